@@ -1,0 +1,88 @@
+"""The one place jobcore reads time: a `Clock` interface, the system clock and a fake.
+
+Everything else receives a clock. Times are float seconds: `time()` is wall-clock epoch
+seconds (shared between processes, so leases and schedules use it), `monotonic()` is for
+measuring durations inside one process. Nothing here knows about jobs.
+"""
+
+from __future__ import annotations
+
+import threading
+import time as _time
+from datetime import datetime
+from typing import Callable, Protocol
+
+
+class Clock(Protocol):
+    """What jobcore needs from time."""
+
+    def time(self) -> float:
+        """Wall-clock seconds since the epoch."""
+
+    def monotonic(self) -> float:
+        """Seconds from an arbitrary start, never going backwards."""
+
+    def sleep(self, delay: float) -> None:
+        """Block the calling thread for `delay` seconds of this clock."""
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        """Call `listener` whenever time jumps (a fake clock's `advance`); may be a no-op."""
+
+
+class SystemClock:
+    """The real clock."""
+
+    def time(self) -> float:
+        return _time.time()
+
+    def monotonic(self) -> float:
+        return _time.monotonic()
+
+    def sleep(self, delay: float) -> None:
+        _time.sleep(max(0.0, delay))
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        """Real time never jumps under our control: nothing to subscribe to."""
+
+
+class FakeClock:
+    """A clock that moves only when told to, for tests.
+
+    `advance(delay)` moves both readings forward and calls every subscriber, so a manager
+    waiting for a timer recomputes its deadline at once. `sleep` advances the clock.
+    """
+
+    def __init__(self, start: float | None = None) -> None:
+        # _lock guards _now and _listeners.
+        self._lock = threading.Lock()
+        self._now = datetime(2030, 1, 1).timestamp() if start is None else float(start)
+        self._start = self._now
+        self._listeners: list[Callable[[], None]] = []
+
+    def time(self) -> float:
+        with self._lock:
+            return self._now
+
+    def monotonic(self) -> float:
+        with self._lock:
+            return self._now - self._start
+
+    def sleep(self, delay: float) -> None:
+        self.advance(delay)
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        with self._lock:
+            self._listeners.append(listener)
+
+    def advance(self, delay: float) -> None:
+        """Move time forward by `delay` seconds and wake every subscriber."""
+        if delay < 0:
+            raise ValueError(f"cannot move a clock backwards by {delay!r}")
+        with self._lock:
+            self._now += delay
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener()
+
+
+SYSTEM_CLOCK = SystemClock()

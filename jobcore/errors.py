@@ -1,0 +1,101 @@
+"""The exception hierarchy of jobcore: one root, and no behaviour beyond messages.
+
+Every error jobcore raises derives from `JobcoreError`. Lookups also derive from
+`LookupError` and bad arguments from `ValueError` or `TypeError`, so callers may catch
+either way. Messages are built from the data that was wrong.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class JobcoreError(Exception):
+    """Root of every exception jobcore raises."""
+
+
+class JobNotFound(JobcoreError, LookupError):
+    """Raised when no job has the given id."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job with id {job_id!r}")
+        self.job_id = job_id
+
+
+class InvalidJob(JobcoreError, ValueError):
+    """Raised when a job's field has a wrong value; the message names the field."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"Job.{field}: {problem}")
+        self.field = field
+
+
+class InvalidJobType(JobcoreError, TypeError):
+    """Raised when a job's field has a wrong type; the message names the field."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"Job.{field}: {problem}")
+        self.field = field
+
+
+class UnknownFunction(JobcoreError, LookupError):
+    """Raised when a job names a function that is not registered with the manager."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"no function registered under {name!r}; call register_function({name!r}, func)"
+            " first, or build the manager with producer=True to enqueue for other workers"
+        )
+        self.name = name
+
+
+class DependencyError(JobcoreError, ValueError):
+    """Raised when `depends_on` names an unknown job or the batch holds a cycle."""
+
+
+class InvalidCronExpression(JobcoreError, ValueError):
+    """Raised for a cron expression that cannot be parsed; the message names the field."""
+
+    def __init__(self, expression: str, field: str, problem: str) -> None:
+        super().__init__(f"invalid cron expression {expression!r}: {field} field: {problem}")
+        self.expression = expression
+        self.field = field
+
+
+class RepositoryError(JobcoreError):
+    """Raised when the storage behind a repository cannot do what was asked
+    (read-only, disk full, locked past the busy timeout, not a jobcore database)."""
+
+
+class JobCancelled(JobcoreError):
+    """Raised inside a running job after its cancellation was requested.
+
+    Let it propagate: the job then ends CANCELLED rather than FAILED."""
+
+    def __init__(self, job_id: str = "") -> None:
+        super().__init__(f"job {job_id!r} was cancelled" if job_id else "job was cancelled")
+        self.job_id = job_id
+
+
+class RetryableError(JobcoreError):
+    """Raise from a job to ask for a retry whatever the message says.
+
+    `delay` (seconds), when given, replaces the back-off delay for this retry."""
+
+    def __init__(self, message: str = "", *, delay: float | None = None) -> None:
+        super().__init__(message)
+        if delay is not None and (not isinstance(delay, (int, float)) or delay < 0):
+            raise ValueError(f"RetryableError.delay must be a number >= 0, got {delay!r}")
+        self.delay = None if delay is None else float(delay)
+
+
+class PermanentError(JobcoreError):
+    """Raise from a job to fail it at once, without retries, whatever the message says."""
+
+
+class JobTimeout(JobcoreError, TimeoutError):
+    """The error recorded when an attempt ran longer than its job's `timeout`."""
+
+    def __init__(self, timeout: float, *args: Any) -> None:
+        super().__init__(f"attempt exceeded its timeout of {timeout:g}s", *args)
+        self.timeout = timeout
