@@ -1,0 +1,280 @@
+"""The data model: `Job` (what to run), `JobResult` (what happened), priorities, statuses.
+
+Validation of a job's own fields lives here; what depends on storage (JSON encoding,
+payload size) lives in `serialization`, and nothing here touches threads or storage.
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import json
+import math
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional
+
+from .errors import InvalidJob, InvalidJobType
+
+PRIORITY_MIN = -(2**31)
+PRIORITY_MAX = 2**31 - 1
+ISOLATIONS = ("thread", "process")
+
+
+class JobPriority(enum.IntEnum):
+    """Named priorities. Any int is accepted too: a higher number runs first."""
+
+    LOW = 0
+    NORMAL = 5
+    HIGH = 10
+    CRITICAL = 20
+
+
+class JobStatus(str, enum.Enum):
+    """Where a job is in its life. `FAILED` is terminal: it is the dead-letter queue."""
+
+    PENDING = "pending"
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def is_terminal(self) -> bool:
+        """True for COMPLETED, FAILED and CANCELLED: nothing more will happen."""
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+UNFINISHED_STATUSES = frozenset({JobStatus.PENDING, JobStatus.SCHEDULED, JobStatus.RUNNING})
+
+# Every state change a repository may make, checked in one place (see repository.base).
+ALLOWED_TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.PENDING: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.SCHEDULED}),
+    JobStatus.SCHEDULED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.PENDING}),
+    JobStatus.RUNNING: frozenset(
+        {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.SCHEDULED, JobStatus.CANCELLED,
+         JobStatus.PENDING}
+    ),
+    JobStatus.COMPLETED: frozenset(),
+    JobStatus.FAILED: frozenset({JobStatus.PENDING}),
+    JobStatus.CANCELLED: frozenset({JobStatus.PENDING}),
+}
+
+
+def function_qualname(func: Callable[..., Any]) -> str:
+    """The name a callable is registered under when none is given: `module.qualname`."""
+    target = func
+    if not (inspect.isfunction(func) or inspect.ismethod(func) or inspect.isbuiltin(func)):
+        if callable(func) and not isinstance(func, type) and hasattr(type(func), "__qualname__"):
+            target = type(func)
+    module = getattr(target, "__module__", None)
+    qualname = getattr(target, "__qualname__", None)
+    if not qualname:
+        raise InvalidJobType(
+            "function", f"{func!r} has no __qualname__; register it and pass function_name"
+        )
+    return f"{module}.{qualname}" if module else qualname
+
+
+def _check_number(field_name: str, value: Any, *, minimum: float, allow_none: bool = False,
+                  strictly_above: bool = False) -> Optional[float]:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidJobType(field_name, f"must be a number, got {type(value).__name__} {value!r}")
+    if math.isnan(value) or math.isinf(value):
+        raise InvalidJob(field_name, f"must be finite, got {value!r}")
+    if value < minimum or (strictly_above and value == minimum):
+        relation = ">" if strictly_above else ">="
+        raise InvalidJob(field_name, f"must be {relation} {minimum:g}, got {value!r}")
+    return float(value)
+
+
+@dataclass
+class Job:
+    """A unit of work to run in the background.
+
+    Give either `function` (a callable, registered under its qualified name if it is not
+    already) or `function_name` (a name registered with the manager, which survives
+    restarts). Every field is validated at construction and again at enqueue; a bad value
+    raises `TypeError` or `ValueError` naming the field.
+    """
+
+    function: Optional[Callable[..., Any]] = None
+    function_name: Optional[str] = None
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    name: Optional[str] = None
+    priority: int = JobPriority.NORMAL
+    scheduled_at: Optional[datetime] = None
+    cron: Optional[str] = None
+    cron_timezone: Optional[str] = None
+    depends_on: list[str] = field(default_factory=list)
+    max_retries: int = 3
+    retry_delay: float = 1.0
+    retry_backoff: float = 2.0
+    retry_jitter: bool = True
+    timeout: Optional[float] = None
+    tags: set[str] = field(default_factory=set)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    owner: Optional[str] = None
+    unique_key: Optional[str] = None
+    isolation: str = "thread"
+    retry_on: Optional[Callable[[BaseException], bool]] = None
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check and normalise every field; raise `TypeError`/`ValueError` naming the field.
+
+        Normalising makes `args` a tuple, `tags` a set and `depends_on` a list of ids."""
+        if self.function is not None and not callable(self.function):
+            raise InvalidJobType("function", f"must be callable, got {self.function!r}")
+        if self.function_name is not None:
+            if not isinstance(self.function_name, str):
+                raise InvalidJobType("function_name", f"must be a str, got {self.function_name!r}")
+            if not self.function_name.strip():
+                raise InvalidJob("function_name", "must not be empty")
+        if self.function is None and self.function_name is None:
+            raise InvalidJob("function", "give a callable `function` or a registered `function_name`")
+        if self.function_name is None:
+            self.function_name = function_qualname(self.function)  # type: ignore[arg-type]
+        if isinstance(self.args, list):
+            self.args = tuple(self.args)
+        if not isinstance(self.args, tuple):
+            raise InvalidJobType("args", f"must be a tuple or list, got {type(self.args).__name__}")
+        if not isinstance(self.kwargs, dict):
+            raise InvalidJobType("kwargs", f"must be a dict, got {type(self.kwargs).__name__}")
+        for key in self.kwargs:
+            if not isinstance(key, str):
+                raise InvalidJobType("kwargs", f"keys must be str, got {key!r}")
+        if "progress_callback" in self.kwargs:
+            raise InvalidJob("kwargs", "progress_callback is supplied by the worker; do not pass it")
+        if self.name is None:
+            self.name = getattr(self.function, "__name__", None) or self.function_name
+        if not isinstance(self.name, str):
+            raise InvalidJobType("name", f"must be a str, got {self.name!r}")
+        if isinstance(self.priority, bool) or not isinstance(self.priority, int):
+            raise InvalidJobType(
+                "priority", f"must be a JobPriority or int, got {type(self.priority).__name__} {self.priority!r}"
+            )
+        if not PRIORITY_MIN <= self.priority <= PRIORITY_MAX:
+            raise InvalidJob("priority", f"must fit in 32 bits, got {self.priority!r}")
+        if self.scheduled_at is not None and not isinstance(self.scheduled_at, datetime):
+            raise InvalidJobType("scheduled_at", f"must be a datetime, got {self.scheduled_at!r}")
+        if self.cron is not None and not isinstance(self.cron, str):
+            raise InvalidJobType("cron", f"must be a str, got {self.cron!r}")
+        if self.cron_timezone is not None:
+            if not isinstance(self.cron_timezone, str):
+                raise InvalidJobType("cron_timezone", f"must be an IANA name, got {self.cron_timezone!r}")
+            if self.cron is None:
+                raise InvalidJob("cron_timezone", "only applies to a job with `cron`")
+        self.depends_on = self._normalise_depends_on(self.depends_on)
+        if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int):
+            raise InvalidJobType("max_retries", f"must be an int, got {self.max_retries!r}")
+        if self.max_retries < 0:
+            raise InvalidJob("max_retries", f"must be >= 0, got {self.max_retries!r}")
+        self.retry_delay = _check_number("retry_delay", self.retry_delay, minimum=0.0)  # type: ignore[assignment]
+        self.retry_backoff = _check_number("retry_backoff", self.retry_backoff, minimum=1.0)  # type: ignore[assignment]
+        if not isinstance(self.retry_jitter, bool):
+            raise InvalidJobType("retry_jitter", f"must be a bool, got {self.retry_jitter!r}")
+        self.timeout = _check_number("timeout", self.timeout, minimum=0.0, allow_none=True,
+                                     strictly_above=True)
+        if isinstance(self.tags, (list, tuple, frozenset)):
+            self.tags = set(self.tags)
+        if not isinstance(self.tags, set):
+            raise InvalidJobType("tags", f"must be a set of str, got {type(self.tags).__name__}")
+        for tag in self.tags:
+            if not isinstance(tag, str):
+                raise InvalidJobType("tags", f"must hold only str, got {tag!r}")
+        if not isinstance(self.metadata, dict):
+            raise InvalidJobType("metadata", f"must be a dict, got {type(self.metadata).__name__}")
+        if self.metadata:
+            try:
+                json.dumps(self.metadata)
+            except (TypeError, ValueError) as exc:
+                raise InvalidJobType("metadata", f"must be JSON-serialisable: {exc}") from None
+        if self.owner is not None and not isinstance(self.owner, str):
+            raise InvalidJobType("owner", f"must be a str, got {self.owner!r}")
+        if self.unique_key is not None and not isinstance(self.unique_key, str):
+            raise InvalidJobType("unique_key", f"must be a str, got {self.unique_key!r}")
+        if self.isolation not in ISOLATIONS:
+            raise InvalidJob("isolation", f"must be one of {ISOLATIONS}, got {self.isolation!r}")
+        if self.retry_on is not None and not callable(self.retry_on):
+            raise InvalidJobType("retry_on", f"must be a callable taking the exception, got {self.retry_on!r}")
+        if not isinstance(self.id, str) or not self.id:
+            raise InvalidJobType("id", f"must be a non-empty str, got {self.id!r}")
+
+    @staticmethod
+    def _normalise_depends_on(value: Any) -> list[str]:
+        if value is None:
+            return []
+        if isinstance(value, (str, Job)):
+            value = [value]
+        if not isinstance(value, Iterable):
+            raise InvalidJobType("depends_on", f"must be a list of job ids, got {value!r}")
+        ids: list[str] = []
+        for item in value:
+            if isinstance(item, Job):
+                item = item.id
+            if not isinstance(item, str) or not item:
+                raise InvalidJobType("depends_on", f"must hold job ids (str), got {item!r}")
+            if item not in ids:
+                ids.append(item)
+        return ids
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """A snapshot of a job's state, as `poll` returns it. Times are naive local datetimes."""
+
+    job_id: str
+    name: str
+    status: JobStatus
+    progress: float = 0.0
+    progress_message: str = ""
+    progress_details: dict[str, Any] = field(default_factory=dict)
+    result: Any = None
+    error: Optional[str] = None
+    error_type: Optional[str] = None
+    traceback: Optional[str] = None
+    attempts: int = 0
+    created_at: Optional[datetime] = None
+    scheduled_at: Optional[datetime] = None
+    started_at: Optional[datetime] = None
+    completed_at: Optional[datetime] = None
+    owner: Optional[str] = None
+    tags: frozenset[str] = frozenset()
+    metadata: dict[str, Any] = field(default_factory=dict)
+    function_name: str = ""
+    priority: int = JobPriority.NORMAL
+    max_retries: int = 3
+    depends_on: tuple[str, ...] = ()
+    worker_id: Optional[str] = None
+    cron: Optional[str] = None
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once nothing more will happen to the job."""
+        return self.status.is_terminal
+
+    @property
+    def succeeded(self) -> bool:
+        """True when the job COMPLETED."""
+        return self.status is JobStatus.COMPLETED
+
+
+class LogEntry(NamedTuple):
+    """One line of a job's log."""
+
+    timestamp: datetime
+    level: str
+    message: str

@@ -1,0 +1,571 @@
+"""Notification channels (callback, email, webhook) and a dispatcher that delivers job
+events to them off the caller's thread; it does not decide which events exist or when.
+
+The engine builds event dicts and calls `NotificationDispatcher.publish`; this module only
+formats and delivers them. An event has at least `event` (such as "job.dead_lettered",
+"job.completed", "job.retrying", "job.cancelled"), `job_id`, `name`, `function_name`,
+`status`, `error`, `error_type`, `attempts` and `timestamp` (ISO 8601), and may carry
+`traceback`. Timeouts are float seconds.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import logging
+import re
+import smtplib
+import ssl
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections import deque
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from typing import Any, Callable, Protocol, runtime_checkable
+
+from jobcore.errors import JobcoreError
+
+__all__ = [
+    "DEAD_LETTERED",
+    "CallbackNotificationChannel",
+    "EmailNotificationChannel",
+    "NotificationChannel",
+    "NotificationDispatcher",
+    "NotificationError",
+    "WebhookNotificationChannel",
+    "format_event_text",
+]
+
+logger = logging.getLogger("jobcore.notifications")
+
+DEAD_LETTERED = "job.dead_lettered"
+"""The event published when a job enters the dead-letter queue (ends FAILED)."""
+
+_BODY_FIELDS = ("event", "job_id", "name", "function_name", "status", "attempts",
+                "error_type", "error", "timestamp")
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")   # an RFC 9110 token
+_thread_numbers = itertools.count(1)
+
+
+class NotificationError(JobcoreError):
+    """Raised by a channel whose recipient refused an event (a webhook's non-2xx answer).
+
+    `status` is the HTTP status when there was one."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@runtime_checkable
+class NotificationChannel(Protocol):
+    """Anything with `send(event)` is a channel.
+
+    `send` receives its own shallow copy of the event dict and may block (the dispatcher
+    calls it on the channel's own thread) or raise (the dispatcher logs it). A channel may
+    also define `wants(event_name) -> bool`, which must be fast; without it, it gets every
+    event.
+    """
+
+    def send(self, event: dict) -> None:
+        """Deliver one event."""
+
+
+def format_event_text(event: Mapping[str, Any], *,
+                      subject_prefix: str = "[jobcore]") -> tuple[str, str]:
+    """Return `(subject, body)` describing `event` in plain text.
+
+    The subject is one line, e.g. "[jobcore] job 'nightly report' dead-lettered after
+    4 attempts: ValueError"; the body lists the event's fields, then its traceback if any.
+    """
+    kind = str(event.get("event") or "job.event")
+    label = event.get("name") or event.get("function_name") or event.get("job_id") or "?"
+    summary = f"job {_one_line(label)!r} {kind.removeprefix('job.').replace('_', '-')}"
+    attempts = event.get("attempts")
+    if isinstance(attempts, int) and not isinstance(attempts, bool) and attempts > 0:
+        summary += f" after {attempts} attempt{'' if attempts == 1 else 's'}"
+    if event.get("error_type"):
+        summary += f": {_one_line(event['error_type'])}"
+    subject = _one_line(f"{subject_prefix} {summary}" if subject_prefix else summary, 250)
+
+    lines = [f"{summary[0].upper()}{summary[1:]}.", ""]
+    extra = sorted((k for k in event if k not in _BODY_FIELDS and k != "traceback"), key=str)
+    for key in [k for k in _BODY_FIELDS if k in event] + extra:
+        value = str(event[key]).replace("\n", "\n" + " " * 16)
+        lines.append(f"{str(key) + ':':<15} {value}")
+    if event.get("traceback"):
+        lines += ["", "Traceback:", str(event["traceback"]).rstrip("\n")]
+    return subject, "\n".join(lines) + "\n"
+
+
+class CallbackNotificationChannel:
+    """Calls `fn(event)` for each event (every event, or only those named in `events`)."""
+
+    def __init__(self, fn: Callable[[dict], Any], *, events: Iterable[str] | None = None) -> None:
+        if not callable(fn):
+            raise TypeError(f"CallbackNotificationChannel needs a callable, got {fn!r}")
+        self.fn = fn
+        self.events = _event_names(events)
+
+    def wants(self, event_name: str) -> bool:
+        """True if this channel delivers events named `event_name`."""
+        return self.events is None or event_name in self.events
+
+    def send(self, event: dict) -> None:
+        """Call the function with `event`, unless this channel does not want it."""
+        if self.wants(event.get("event", "")):
+            self.fn(event)
+
+    def __repr__(self) -> str:
+        return f"CallbackNotificationChannel({getattr(self.fn, '__qualname__', self.fn)!r})"
+
+
+class EmailNotificationChannel:
+    """Sends one plain-text email per event through an SMTP server, with `smtplib`.
+
+    By default only dead-lettered jobs are mailed; pass `events` to choose others.
+    `use_ssl` connects with TLS from the start (port 465); `starttls` upgrades a plain
+    connection (port 587). `ssl_context` defaults to `ssl.create_default_context()`.
+    `timeout` bounds connecting and each read, in seconds. Arguments are checked here:
+    a wrong type is a `TypeError`, a wrong value a `ValueError`.
+    """
+
+    def __init__(self, smtp_host: str, smtp_port: int, from_addr: str,
+                 to_addrs: str | Iterable[str], *, username: str | None = None,
+                 password: str | None = None, starttls: bool = False, use_ssl: bool = False,
+                 timeout: float = 10.0, subject_prefix: str = "[jobcore]",
+                 events: Iterable[str] | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        self.smtp_host = _text("smtp_host", smtp_host)
+        if not isinstance(smtp_port, int) or isinstance(smtp_port, bool):
+            raise TypeError(f"smtp_port must be an int, got {type(smtp_port).__name__}")
+        if not 0 < smtp_port < 65536:
+            raise ValueError(f"smtp_port must be in 1..65535, got {smtp_port}")
+        self.smtp_port = smtp_port
+        self.from_addr = _text("from_addr", from_addr)
+        addrs = [to_addrs] if isinstance(to_addrs, str) else _iterable("to_addrs", to_addrs)
+        self.to_addrs = tuple(_text("to_addrs", addr) for addr in addrs)
+        if not self.to_addrs:
+            raise ValueError("to_addrs must name at least one recipient")
+        if (username is None) != (password is None):
+            raise ValueError("give both username and password to log in, or neither")
+        self.username = None if username is None else _text("username", username)
+        self.password = password if password is None else _text("password", password)
+        if starttls and use_ssl:
+            raise ValueError("use either starttls (port 587) or use_ssl (port 465), not both")
+        self.starttls, self.use_ssl = bool(starttls), bool(use_ssl)
+        self.timeout = _positive("timeout", timeout)
+        if not isinstance(subject_prefix, str):
+            raise TypeError(f"subject_prefix must be a str, got {type(subject_prefix).__name__}")
+        self.subject_prefix = subject_prefix
+        self.events = frozenset({DEAD_LETTERED}) if events is None else _event_names(events)
+        if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
+            raise TypeError(f"ssl_context must be an ssl.SSLContext, got {ssl_context!r}")
+        self.ssl_context = ssl_context
+
+    def wants(self, event_name: str) -> bool:
+        """True if this channel mails events named `event_name`."""
+        return self.events is None or event_name in self.events
+
+    def build_message(self, event: Mapping[str, Any]) -> EmailMessage:
+        """The email this channel sends for `event`."""
+        subject, body = format_event_text(event, subject_prefix=self.subject_prefix)
+        message = EmailMessage()
+        message["Subject"] = subject
+        message["From"] = self.from_addr
+        message["To"] = ", ".join(self.to_addrs)
+        # A domain of our own: make_msgid() would otherwise look up this host's FQDN.
+        message["Message-ID"] = make_msgid(domain=self.from_addr.rpartition("@")[2] or "jobcore")
+        happened_at = _parse_timestamp(event.get("timestamp"))
+        if happened_at is not None:
+            message["Date"] = format_datetime(happened_at)
+        for header, key in (("X-Jobcore-Event", "event"), ("X-Jobcore-Job-Id", "job_id")):
+            if event.get(key):
+                message[header] = _one_line(event[key])
+        # Quoted-printable keeps non-ASCII text 7-bit for servers without 8BITMIME.
+        message.set_content(body, cte=None if body.isascii() else "quoted-printable")
+        return message
+
+    def send(self, event: dict) -> None:
+        """Mail `event` unless this channel does not want it; raises `smtplib` and
+        `OSError` errors (refused login, STARTTLS not offered, connection failures)."""
+        if not self.wants(event.get("event", "")):
+            return
+        message = self.build_message(event)
+        context = self.ssl_context
+        if (self.use_ssl or self.starttls) and context is None:
+            context = ssl.create_default_context()
+        if self.use_ssl:
+            client: smtplib.SMTP = smtplib.SMTP_SSL(
+                self.smtp_host, self.smtp_port, timeout=self.timeout, context=context)
+        else:
+            client = smtplib.SMTP(self.smtp_host, self.smtp_port, timeout=self.timeout)
+        with client:
+            if self.starttls:
+                client.starttls(context=context)
+            if self.username is not None:
+                client.login(self.username, self.password or "")
+            refused = client.send_message(message, self.from_addr, list(self.to_addrs))
+        if refused:
+            logger.warning("mail server %s refused recipients %s", self.smtp_host, sorted(refused))
+
+    def __repr__(self) -> str:
+        return f"EmailNotificationChannel('{self.smtp_host}:{self.smtp_port}' -> {list(self.to_addrs)})"
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Turn a redirect into an HTTPError: urllib would re-send our POST as a body-less GET."""
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any,
+                         newurl: str) -> None:
+        return None
+
+
+class WebhookNotificationChannel:
+    """POSTs each event as JSON to a URL with `urllib`; a non-2xx answer raises.
+
+    Headers sent: `Content-Type: application/json`, `User-Agent: jobcore`, then `headers`
+    (which win on a clash). Values JSON cannot encode are sent as `str(value)`. Redirects
+    are not followed. `timeout` bounds connecting and each read, in seconds. `events`
+    limits which events are posted; None means all.
+    """
+
+    def __init__(self, webhook_url: str, *, timeout: float = 5.0,
+                 headers: Mapping[str, str] | None = None,
+                 events: Iterable[str] | None = None) -> None:
+        parts = urllib.parse.urlsplit(_text("webhook_url", webhook_url))
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"webhook_url must be an http:// or https:// URL with a host, got {webhook_url!r}")
+        self.webhook_url = webhook_url
+        # The URL itself may be the secret (Slack-style hooks): logs show the host only.
+        self._shown_url = f"{parts.scheme}://{parts.hostname}{'' if parts.port is None else f':{parts.port}'}/..."
+        self.timeout = _positive("timeout", timeout)
+        if headers is not None and not isinstance(headers, Mapping):
+            raise TypeError(f"headers must be a mapping of str to str, got {type(headers).__name__}")
+        self.headers = {"Content-Type": "application/json", "User-Agent": "jobcore"}
+        for key, value in (headers or {}).items():
+            if not (isinstance(key, str) and _HEADER_NAME.fullmatch(key)):
+                raise ValueError(f"invalid HTTP header name {key!r}")
+            self.headers[key] = _text(f"header {key!r}", value, empty_ok=True)
+        self.events = _event_names(events)
+        self._opener = urllib.request.build_opener(_NoRedirect)
+
+    def wants(self, event_name: str) -> bool:
+        """True if this channel posts events named `event_name`."""
+        return self.events is None or event_name in self.events
+
+    def send(self, event: dict) -> None:
+        """POST `event` unless this channel does not want it; raises `NotificationError`
+        on a non-2xx answer and `OSError` (`urllib.error.URLError`, `TimeoutError`) when
+        the server cannot be reached or does not answer in time."""
+        if not self.wants(event.get("event", "")):
+            return
+        data = json.dumps(event, default=str).encode("utf-8")
+        request = urllib.request.Request(self.webhook_url, data=data, headers=self.headers,
+                                         method="POST")
+        try:
+            with self._opener.open(request, timeout=self.timeout):
+                pass
+        except urllib.error.HTTPError as exc:
+            with exc:
+                answer = exc.read(1024).decode("utf-8", "replace")
+            raise NotificationError(
+                f"webhook {self._shown_url} answered HTTP {exc.code} {exc.reason}: "
+                f"{_one_line(answer, 200)!r}", status=exc.code) from None
+
+    def __repr__(self) -> str:
+        return f"WebhookNotificationChannel({self._shown_url!r})"
+
+
+class _Delivery:
+    """One channel's queue, counters and thread; the dispatcher's `_lock` guards every field."""
+
+    def __init__(self, channel: Any, lock: threading.Lock) -> None:
+        self.channel = channel
+        self.pending: deque[dict] = deque()
+        self.has_work = threading.Condition(lock)  # notified when pending grows or stopping/retired is set
+        self.accepted = 0       # events ever put in pending
+        self.finished = 0       # events that left pending: sent, failed or discarded
+        self.drop_streak = 0    # events dropped since pending last had room
+        self.thread: threading.Thread | None = None
+        self.stopping = False   # deliver what is pending, then let the thread end
+        self.retired = False    # removed, or its thread ended: flush no longer waits for it
+
+
+class NotificationDispatcher:
+    """Delivers events to channels on one daemon thread per channel, never on the caller's.
+
+    `publish` never waits for a channel: each channel has a queue of at most `queue_size`
+    events, and an event that finds it full is dropped for that channel (logged, counted in
+    `dropped`). A channel's thread (`jobcore-notify-<n>`) starts on the first event it
+    gets, so a slow or hung channel delays only its own queue. A channel that raises is
+    logged and delivery goes on. Usable as a context manager that closes it on exit.
+    """
+
+    def __init__(self, channels: Iterable[Any] = (), *, queue_size: int = 10_000) -> None:
+        if not isinstance(queue_size, int) or isinstance(queue_size, bool):
+            raise TypeError(f"queue_size must be an int, got {type(queue_size).__name__}")
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be at least 1, got {queue_size}")
+        self._queue_size = queue_size
+        # _lock guards _deliveries, _running, _closed, _dropped and every _Delivery's fields.
+        self._lock = threading.Lock()
+        # _progress (on _lock) is notified when a delivery finishes an event, retires, or
+        # its thread ends: what flush() and close() wait for.
+        self._progress = threading.Condition(self._lock)
+        self._deliveries: list[_Delivery] = []
+        self._running: set[_Delivery] = set()   # deliveries whose thread has not ended
+        self._closed = False
+        self._dropped = 0
+        for channel in channels:
+            self.add(channel)
+
+    @property
+    def channels(self) -> tuple[Any, ...]:
+        """The channels, in the order they were added."""
+        with self._lock:
+            return tuple(d.channel for d in self._deliveries)
+
+    @property
+    def dropped(self) -> int:
+        """How many (event, channel) deliveries were dropped because a queue was full."""
+        with self._lock:
+            return self._dropped
+
+    def add(self, channel: Any) -> None:
+        """Deliver future events to `channel`, which needs a callable `send(event)`.
+
+        Raises `TypeError` if it has none, `ValueError` if it was already added, and
+        `RuntimeError` after `close()`."""
+        if not callable(getattr(channel, "send", None)):
+            raise TypeError(f"a notification channel needs a callable send(event), got {channel!r}")
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("cannot add a channel to a closed NotificationDispatcher")
+            if any(d.channel is channel for d in self._deliveries):
+                raise ValueError(f"channel {channel!r} was already added")
+            self._deliveries.append(_Delivery(channel, self._lock))
+
+    def remove(self, channel: Any) -> None:
+        """Stop delivering to `channel`; events still queued for it are discarded.
+
+        An event it is sending now finishes on its thread. `ValueError` if not added."""
+        with self._lock:
+            delivery = next((d for d in self._deliveries if d.channel is channel), None)
+            if delivery is None:
+                raise ValueError(f"channel {channel!r} was not added")
+            self._deliveries.remove(delivery)
+            discarded = self._retire(delivery)
+        if discarded:
+            logger.info("removed notification channel %r; %d queued events discarded", channel, discarded)
+
+    def publish(self, event: Mapping[str, Any]) -> None:
+        """Queue `event` for every channel that wants it, without waiting for any.
+
+        The event is copied, so the caller may reuse its dict. After `close()`, events are
+        ignored."""
+        if not isinstance(event, Mapping):
+            raise TypeError(f"an event must be a mapping, got {type(event).__name__}")
+        snapshot = dict(event)
+        with self._lock:
+            deliveries = [] if self._closed else list(self._deliveries)
+        # wants() is channel code: call it with no lock held.
+        wanted = [d for d in deliveries if _wants(d.channel, snapshot.get("event", ""))]
+        to_start, full, reopened = [], [], []
+        with self._lock:
+            for d in wanted:
+                if d.retired or d.stopping:
+                    continue
+                if len(d.pending) >= self._queue_size:
+                    d.drop_streak += 1
+                    self._dropped += 1
+                    if d.drop_streak & (d.drop_streak - 1) == 0:   # 1, 2, 4, 8...: log, not flood
+                        full.append((d.channel, d.drop_streak))
+                    continue
+                if d.drop_streak:
+                    reopened.append((d.channel, d.drop_streak))
+                    d.drop_streak = 0
+                d.pending.append(snapshot)
+                d.accepted += 1
+                if d.thread is None:
+                    d.thread = threading.Thread(target=self._deliver, args=(d,), daemon=True,
+                                                name=f"jobcore-notify-{next(_thread_numbers)}")
+                    self._running.add(d)
+                    to_start.append(d)
+                else:
+                    d.has_work.notify()
+        for d in to_start:
+            self._start(d)
+        for channel, count in full:
+            logger.warning("notification queue for %r is full (%d events): dropped %d events in a row",
+                           channel, self._queue_size, count)
+        for channel, count in reopened:
+            logger.warning("notification queue for %r has room again after dropping %d events",
+                           channel, count)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every channel has handled (sent, or failed on) each event published
+        before this call; False if `timeout` seconds passed first.
+
+        A hung channel makes this wait the full timeout, and forever when it is None.
+        Removed channels are not waited for."""
+        self._refuse_own_thread("flush")
+        with self._lock:
+            targets = [(d, d.accepted) for d in self._deliveries]
+            return self._progress.wait_for(
+                lambda: all(d.retired or d.finished >= n for d, n in targets), timeout)
+
+    def close(self, timeout: float | None = 5.0) -> bool:
+        """Stop accepting events, deliver what is queued, and let the threads end.
+
+        Waits at most `timeout` seconds (None: no limit); returns False if some channel
+        was still busy then. Its thread is a daemon, so it never holds up interpreter exit.
+        Closing twice is harmless."""
+        self._refuse_own_thread("close")
+        with self._lock:
+            self._closed = True
+            for d in self._deliveries:
+                d.stopping = True
+                d.has_work.notify()
+            ended = self._progress.wait_for(lambda: not self._running, timeout)
+            busy = [(d.channel, len(d.pending)) for d in self._running]
+        for channel, left in busy:
+            logger.warning("notification channel %r still busy at close; %d queued events not delivered",
+                           channel, left)
+        return ended
+
+    def __enter__(self) -> NotificationDispatcher:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _retire(self, d: _Delivery) -> int:
+        """Stop `d` at once; returns how many queued events were discarded. Holds _lock."""
+        discarded = len(d.pending)
+        d.pending.clear()
+        d.finished += discarded
+        d.retired = True
+        d.has_work.notify()
+        self._progress.notify_all()
+        return discarded
+
+    def _start(self, d: _Delivery) -> None:
+        assert d.thread is not None
+        try:
+            d.thread.start()
+        except RuntimeError as exc:   # "can't start new thread", or interpreter shutdown
+            with self._lock:
+                self._running.discard(d)
+                discarded = self._retire(d)
+            logger.error("cannot start a delivery thread for %r (%s); %d events discarded",
+                         d.channel, exc, discarded)
+
+    def _deliver(self, d: _Delivery) -> None:
+        try:
+            while True:
+                with self._lock:
+                    while not (d.pending or d.stopping or d.retired):
+                        d.has_work.wait()
+                    if not d.pending:   # retired, or stopping with nothing left
+                        return
+                    event = d.pending.popleft()
+                _send(d.channel, event)
+                with self._lock:
+                    d.finished += 1
+                    self._progress.notify_all()
+        finally:
+            with self._lock:
+                self._running.discard(d)
+                discarded = 0 if d.retired else self._retire(d)
+            if discarded:
+                logger.error("delivery thread for %r ended; %d queued events discarded", d.channel, discarded)
+
+    def _refuse_own_thread(self, method: str) -> None:
+        with self._lock:
+            mine = any(d.thread is threading.current_thread() for d in self._running)
+        if mine:
+            raise RuntimeError(f"{method}() called from a notification channel would wait for itself")
+
+
+def _send(channel: Any, event: dict) -> None:
+    """Call `channel.send` with a copy of `event`, logging instead of raising."""
+    try:
+        channel.send(dict(event))
+    except (OSError, NotificationError) as exc:   # delivery trouble, not a bug: no traceback
+        logger.warning("notification channel %r could not deliver %s for job %s: %s: %s", channel,
+                       event.get("event"), event.get("job_id"), type(exc).__name__, exc)
+    except Exception:
+        logger.exception("notification channel %r failed on %s for job %s", channel,
+                         event.get("event"), event.get("job_id"))
+
+
+def _wants(channel: Any, event_name: str) -> bool:
+    wants = getattr(channel, "wants", None)
+    if wants is None:
+        return True
+    try:
+        return bool(wants(event_name))
+    except Exception:
+        logger.exception("notification channel %r failed in wants(%r); event skipped", channel, event_name)
+        return False
+
+
+def _event_names(events: Iterable[str] | None) -> frozenset[str] | None:
+    if events is None:
+        return None
+    if isinstance(events, str):
+        raise TypeError(f"events must be a collection of event names, not the string {events!r}")
+    names = frozenset(_text("events", name) for name in _iterable("events", events))
+    if not names:
+        raise ValueError("events must name at least one event (or be None)")
+    return names
+
+
+def _iterable(what: str, value: Any) -> list[Any]:
+    try:
+        return list(value)
+    except TypeError:
+        raise TypeError(f"{what} must be a str or an iterable of str, got {type(value).__name__}") from None
+
+
+def _text(what: str, value: Any, *, empty_ok: bool = False) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, got {type(value).__name__}")
+    if not value.strip() and not empty_ok:
+        raise ValueError(f"{what} must not be empty")
+    if "\r" in value or "\n" in value:
+        raise ValueError(f"{what} must not contain line breaks, got {value!r}")
+    return value
+
+
+def _positive(what: str, value: Any) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"{what} must be a number of seconds, got {type(value).__name__}")
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{what} must be a finite number > 0 of seconds, got {value!r}")
+    return float(value)
+
+
+def _one_line(value: Any, limit: int = 120) -> str:
+    text = " ".join(str(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _parse_timestamp(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        moment = value
+    else:
+        try:
+            # Before Python 3.11, fromisoformat() does not read a "Z" suffix.
+            text = str(value)
+            moment = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
+        except ValueError:
+            return None
+    # A naive time is local wall time; astimezone() attaches the local offset.
+    return moment if moment.tzinfo is not None else moment.astimezone()

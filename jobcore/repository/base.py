@@ -1,0 +1,238 @@
+"""The storage contract: `JobRecord` (one stored job) and the `JobRepository` interface.
+
+This module is the whole promise a backend makes; `jobcore.testing.contract` checks it.
+It holds no storage code and reads no clock: every method that needs the time takes
+`now` (float epoch seconds) from its caller.
+
+Rules every implementation keeps:
+- The repository is the single source of truth for job state. Every state change is a
+  compare-and-set: it applies only if the row still has the status (and, for running
+  jobs, the `worker_id` and `attempts`) the caller saw, and reports whether it applied.
+- Each method is atomic: it applies wholly or not at all, even across processes sharing
+  the store. A method that raises has changed nothing.
+- Methods are safe to call from many threads at once.
+- Failures of the store itself raise `jobcore.errors.RepositoryError`.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Collection, NamedTuple, Optional, Sequence
+
+from ..models import JobStatus
+
+
+@dataclass(slots=True)
+class JobRecord:
+    """One stored job: everything a worker needs to run it and `poll` needs to report it.
+
+    Times are float epoch seconds. `run_at` is when a SCHEDULED job becomes due (a future
+    `scheduled_at`, a retry's back-off, or a cron schedule's next fire). `blocked` counts
+    the dependencies not yet COMPLETED. `decode_error` is set, instead of raising, when a
+    stored row cannot be decoded, so that one corrupt job fails alone.
+    """
+
+    id: str
+    function_name: str
+    name: str
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    priority: int = 5
+    status: JobStatus = JobStatus.PENDING
+    seq: int = 0
+    created_at: float = 0.0
+    scheduled_at: Optional[float] = None
+    run_at: Optional[float] = None
+    started_at: Optional[float] = None
+    completed_at: Optional[float] = None
+    attempts: int = 0
+    max_retries: int = 3
+    retry_delay: float = 1.0
+    retry_backoff: float = 2.0
+    retry_jitter: bool = True
+    timeout: Optional[float] = None
+    tags: frozenset[str] = frozenset()
+    metadata: dict[str, Any] = field(default_factory=dict)
+    owner: Optional[str] = None
+    unique_key: Optional[str] = None
+    isolation: str = "thread"
+    depends_on: tuple[str, ...] = ()
+    blocked: int = 0
+    progress: float = 0.0
+    progress_message: str = ""
+    progress_details: dict[str, Any] = field(default_factory=dict)
+    result: Any = None
+    error: Optional[str] = None
+    error_type: Optional[str] = None
+    traceback: Optional[str] = None
+    worker_id: Optional[str] = None
+    lease_expires_at: Optional[float] = None
+    cancel_requested: bool = False
+    cron: Optional[str] = None
+    cron_timezone: Optional[str] = None
+    decode_error: Optional[str] = None
+
+    @property
+    def is_schedule(self) -> bool:
+        """True for a cron schedule row (it fires runs; it never runs itself)."""
+        return self.cron is not None
+
+    def queue_entry(self) -> "QueueEntry":
+        """The key the manager's ready queue orders this job by."""
+        return QueueEntry(self.id, self.priority, self.seq, self.run_at, self.function_name,
+                          self.is_schedule)
+
+
+class QueueEntry(NamedTuple):
+    """What the manager needs to index a queued job without loading its payload."""
+
+    job_id: str
+    priority: int
+    seq: int
+    run_at: Optional[float]
+    function_name: str
+    is_schedule: bool = False
+
+
+class CancelOutcome(enum.Enum):
+    """What `JobRepository.cancel` did."""
+
+    CANCELLED = "cancelled"      # was pending or scheduled; now CANCELLED
+    REQUESTED = "requested"      # is running; `cancel_requested` is now set
+    FINISHED = "finished"        # already terminal; nothing changed
+    NOT_FOUND = "not_found"      # no such job
+
+
+@dataclass(frozen=True)
+class Cascade:
+    """The effect of a state change on dependent jobs.
+
+    `released`: dependents whose last dependency just COMPLETED (now ready or due).
+    `cancelled`: dependents, transitively, just CANCELLED because this job will never
+    complete."""
+
+    released: tuple[QueueEntry, ...] = ()
+    cancelled: tuple[str, ...] = ()
+
+
+class JobRepository(abc.ABC):
+    """Where jobs live. Subclass it to add a backend; run `jobcore.testing.contract`.
+
+    `persistent` says whether rows outlive the process: a persistent repository stores
+    arguments and results as JSON and rejects what JSON cannot hold.
+    """
+
+    persistent: bool = True
+    max_payload_bytes: Optional[int] = None
+
+    # -- adding jobs -----------------------------------------------------------------
+    @abc.abstractmethod
+    def insert(self, records: Sequence[JobRecord], now: float) -> list[str]:
+        """Store `records` atomically (all or none) and return their ids, in order.
+
+        Assigns each a `seq` increasing with insertion order (FIFO among equal
+        priorities). A record whose `unique_key` matches an unfinished job (or an earlier
+        record of the batch) is not stored; its place in the result holds that job's id.
+        Every `depends_on` id must be stored already or be in the batch, else
+        `DependencyError` (and nothing is stored). `blocked` is set to the number of
+        dependencies not COMPLETED; a record depending on a FAILED or CANCELLED job is
+        stored CANCELLED with an error naming it. Raises `TypeError`/`ValueError` for a
+        payload the store cannot hold.
+        """
+
+    # -- reading -------------------------------------------------------------------
+    @abc.abstractmethod
+    def get(self, job_id: str) -> Optional[JobRecord]:
+        """The stored job, or None."""
+
+    @abc.abstractmethod
+    def ready(self, function_names: Optional[Collection[str]], limit: int) -> list[QueueEntry]:
+        """Up to `limit` PENDING jobs with no unfinished dependency, highest priority
+        first, then lowest `seq`; only those naming one of `function_names` (None: any)."""
+
+    @abc.abstractmethod
+    def scheduled(self, function_names: Optional[Collection[str]], limit: int) -> list[QueueEntry]:
+        """Up to `limit` SCHEDULED jobs and schedules with no unfinished dependency,
+        earliest `run_at` first; filtered as in `ready` (schedules are always included)."""
+
+    @abc.abstractmethod
+    def list(self, *, status: Optional[JobStatus] = None, tags: Optional[Collection[str]] = None,
+             owner: Optional[str] = None, limit: Optional[int] = 50, offset: int = 0) -> list[JobRecord]:
+        """Jobs newest first, filtered by status, owner, and carrying every tag in `tags`."""
+
+    @abc.abstractmethod
+    def count_by_status(self) -> dict[JobStatus, int]:
+        """How many jobs are in each status (every status is a key)."""
+
+    @abc.abstractmethod
+    def logs(self, job_id: str) -> list[tuple[float, str, str]]:
+        """The job's log lines, oldest first: (time, level, message)."""
+
+    # -- running ---------------------------------------------------------------------
+    @abc.abstractmethod
+    def claim(self, job_id: str, worker_id: str, now: float, lease_expires_at: float) -> Optional[JobRecord]:
+        """Take a job to run: PENDING, or SCHEDULED with `run_at <= now`, with no
+        unfinished dependency, and not a schedule. It becomes RUNNING with `attempts`
+        incremented, `started_at = now`, `worker_id` and the lease set, `cancel_requested`
+        cleared. Returns the claimed record, or None if it was not claimable."""
+
+    @abc.abstractmethod
+    def complete(self, job_id: str, worker_id: str, attempt: int, result: Any, now: float) -> Optional[Cascade]:
+        """RUNNING (held by `worker_id` on `attempt`) -> COMPLETED with `result` and
+        progress 1.0; dependents lose one block and those with none left are `released`.
+        Returns None if the job was not held so (its result is discarded)."""
+
+    @abc.abstractmethod
+    def fail(self, job_id: str, worker_id: str, attempt: int, *, error: str, error_type: str,
+             traceback: Optional[str], now: float, retry_at: Optional[float]) -> Optional[Cascade]:
+        """Record a failed attempt of a job held by `worker_id` on `attempt`.
+
+        With `retry_at`, the job becomes SCHEDULED to run again then; without, it
+        becomes FAILED (the dead-letter queue) and its dependents are `cancelled`,
+        transitively. Returns None if the job was not held so."""
+
+    @abc.abstractmethod
+    def finish_cancelled(self, job_id: str, worker_id: str, attempt: int, now: float) -> Optional[Cascade]:
+        """A running job stopped on a cancel request: RUNNING -> CANCELLED, dependents
+        cancelled transitively. Returns None if the job was not held so."""
+
+    @abc.abstractmethod
+    def cancel(self, job_id: str, now: float, reason: str) -> tuple[CancelOutcome, Cascade]:
+        """Cancel a job: PENDING or SCHEDULED (a schedule too) -> CANCELLED with `reason`
+        as its error, and dependents cancelled transitively; RUNNING -> `cancel_requested`
+        set (the worker ends it). Terminal or unknown jobs are left alone."""
+
+    @abc.abstractmethod
+    def requeue(self, job_id: str, now: float) -> Optional[QueueEntry]:
+        """FAILED or CANCELLED -> PENDING with attempts reset and the last error kept only
+        in the logs. Returns the job's queue entry, or None if it was in another state."""
+
+    @abc.abstractmethod
+    def update_progress(self, job_id: str, worker_id: str, attempt: int, progress: float,
+                        message: str, details: dict[str, Any], now: float) -> bool:
+        """Store the progress of a job held by `worker_id` on `attempt`; False if not held."""
+
+    @abc.abstractmethod
+    def add_log(self, job_id: str, level: str, message: str, now: float) -> None:
+        """Append a line to the job's log."""
+
+    @abc.abstractmethod
+    def heartbeat(self, worker_id: str, lease_expires_at: float, now: float) -> list[str]:
+        """Extend the lease of every job `worker_id` is running to `lease_expires_at`;
+        return the ids among them whose cancellation was requested."""
+
+    @abc.abstractmethod
+    def recover_expired(self, now: float) -> list[QueueEntry]:
+        """Take back RUNNING jobs whose lease expired before `now` (their worker died or
+        froze): they become PENDING again (their attempt stays counted), or FAILED with
+        error_type `WorkerLost` when that attempt was their last. Returns the re-queued."""
+
+    # -- housekeeping --------------------------------------------------------------
+    @abc.abstractmethod
+    def delete_finished(self, before: Optional[float]) -> int:
+        """Delete terminal jobs (and their logs) finished before `before` (None: all)."""
+
+    def close(self) -> None:
+        """Release connections and files. The repository is unusable afterwards."""

@@ -1,0 +1,303 @@
+"""`MemoryRepository`: the job store in this process's memory, for tests and throwaway work.
+
+Same contract as every repository; nothing is persisted and arguments are kept as the
+Python objects given (JSON is not required). Not shared between processes.
+"""
+
+from __future__ import annotations
+
+import copy
+import heapq
+import threading
+from typing import Any, Collection, Optional, Sequence
+
+from ..models import TERMINAL_STATUSES, JobStatus
+from ._cascade import check_batch_dependencies, dependency_error_message
+from .base import Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry
+
+_UNFINISHED = (JobStatus.PENDING, JobStatus.SCHEDULED, JobStatus.RUNNING)
+
+
+class MemoryRepository(JobRepository):
+    """An in-memory `JobRepository`. Thread-safe; one lock guards all of its state."""
+
+    persistent = False
+
+    def __init__(self) -> None:
+        # _lock guards every attribute below.
+        self._lock = threading.RLock()
+        self._jobs: dict[str, JobRecord] = {}
+        self._dependents: dict[str, set[str]] = {}
+        self._logs: dict[str, list[tuple[float, str, str]]] = {}
+        self._unique: dict[str, str] = {}
+        self._next_seq = 1
+
+    # -- adding ------------------------------------------------------------------------
+    def insert(self, records: Sequence[JobRecord], now: float) -> list[str]:
+        with self._lock:
+            check_batch_dependencies(records, exists=self._jobs)
+            ids: list[str] = []
+            batch_unique: dict[str, str] = {}
+            stored: list[JobRecord] = []
+            for record in records:
+                if record.id in self._jobs or any(r.id == record.id for r in stored):
+                    raise ValueError(f"Job.id: a job with id {record.id!r} already exists")
+                key = record.unique_key
+                if key is not None and (key in batch_unique or key in self._unique):
+                    ids.append(batch_unique.get(key) or self._unique[key])
+                    continue
+                row = copy.copy(record)
+                row.seq = self._next_seq + len(stored)
+                row.created_at = now
+                if key is not None:
+                    batch_unique[key] = row.id
+                stored.append(row)
+                ids.append(row.id)
+            # Nothing above changed state; from here on nothing raises.
+            self._next_seq += len(stored)
+            for row in stored:
+                self._jobs[row.id] = row
+                if row.unique_key is not None:
+                    self._unique[row.unique_key] = row.id
+            for row in stored:
+                row.blocked = 0
+                dead = None
+                for dep in row.depends_on:
+                    self._dependents.setdefault(dep, set()).add(row.id)
+                    dep_row = self._jobs[dep]
+                    if dep_row.status is not JobStatus.COMPLETED:
+                        row.blocked += 1
+                    if dep_row.status in (JobStatus.FAILED, JobStatus.CANCELLED):
+                        dead = dep_row
+                if dead is not None:
+                    row.status = JobStatus.CANCELLED
+                    row.error = dependency_error_message(dead.id, dead.name, dead.status.value)
+                    row.error_type = "DependencyFailed"
+                    row.completed_at = now
+                    self._forget_unique(row)
+            return ids
+
+    def _forget_unique(self, row: JobRecord) -> None:
+        if row.unique_key is not None and self._unique.get(row.unique_key) == row.id:
+            del self._unique[row.unique_key]
+
+    # -- reading ---------------------------------------------------------------------
+    def get(self, job_id: str) -> Optional[JobRecord]:
+        with self._lock:
+            row = self._jobs.get(job_id)
+            return copy.copy(row) if row is not None else None
+
+    def ready(self, function_names: Optional[Collection[str]], limit: int) -> list[QueueEntry]:
+        with self._lock:
+            rows = [r for r in self._jobs.values()
+                    if r.status is JobStatus.PENDING and r.blocked == 0 and not r.is_schedule
+                    and (function_names is None or r.function_name in function_names)]
+            best = heapq.nsmallest(limit, rows, key=lambda r: (-r.priority, r.seq))
+            return [r.queue_entry() for r in best]
+
+    def scheduled(self, function_names: Optional[Collection[str]], limit: int) -> list[QueueEntry]:
+        with self._lock:
+            rows = [r for r in self._jobs.values()
+                    if r.status is JobStatus.SCHEDULED and r.blocked == 0
+                    and (r.is_schedule or function_names is None or r.function_name in function_names)]
+            best = heapq.nsmallest(limit, rows, key=lambda r: (r.run_at or 0.0, r.seq))
+            return [r.queue_entry() for r in best]
+
+    def list(self, *, status: Optional[JobStatus] = None, tags: Optional[Collection[str]] = None,
+             owner: Optional[str] = None, limit: Optional[int] = 50, offset: int = 0) -> list[JobRecord]:
+        wanted = frozenset(tags or ())
+        with self._lock:
+            rows = [r for r in self._jobs.values()
+                    if (status is None or r.status is status)
+                    and (owner is None or r.owner == owner)
+                    and wanted <= r.tags]
+            rows.sort(key=lambda r: r.seq, reverse=True)
+            end = None if limit is None else offset + limit
+            return [copy.copy(r) for r in rows[offset:end]]
+
+    def count_by_status(self) -> dict[JobStatus, int]:
+        counts = {status: 0 for status in JobStatus}
+        with self._lock:
+            for row in self._jobs.values():
+                counts[row.status] += 1
+        return counts
+
+    def logs(self, job_id: str) -> list[tuple[float, str, str]]:
+        with self._lock:
+            return list(self._logs.get(job_id, ()))
+
+    # -- running ---------------------------------------------------------------------
+    def claim(self, job_id: str, worker_id: str, now: float, lease_expires_at: float) -> Optional[JobRecord]:
+        with self._lock:
+            row = self._jobs.get(job_id)
+            if row is None or row.blocked or row.is_schedule:
+                return None
+            due = row.status is JobStatus.PENDING or (
+                row.status is JobStatus.SCHEDULED and row.run_at is not None and row.run_at <= now)
+            if not due:
+                return None
+            row.status = JobStatus.RUNNING
+            row.attempts += 1
+            row.started_at = now
+            row.worker_id = worker_id
+            row.lease_expires_at = lease_expires_at
+            row.cancel_requested = False
+            return copy.copy(row)
+
+    def _held(self, job_id: str, worker_id: str, attempt: int) -> Optional[JobRecord]:
+        row = self._jobs.get(job_id)
+        if (row is None or row.status is not JobStatus.RUNNING or row.worker_id != worker_id
+                or row.attempts != attempt):
+            return None
+        return row
+
+    def _end(self, row: JobRecord, status: JobStatus, now: float) -> None:
+        row.status = status
+        row.completed_at = now
+        row.lease_expires_at = None
+        self._forget_unique(row)
+
+    def complete(self, job_id: str, worker_id: str, attempt: int, result: Any, now: float) -> Optional[Cascade]:
+        with self._lock:
+            row = self._held(job_id, worker_id, attempt)
+            if row is None:
+                return None
+            self._end(row, JobStatus.COMPLETED, now)
+            row.result = result
+            row.progress = 1.0
+            row.error = row.error_type = row.traceback = None
+            released = []
+            for dep_id in self._dependents.get(job_id, ()):
+                dependent = self._jobs.get(dep_id)
+                if dependent is None or dependent.status not in (JobStatus.PENDING, JobStatus.SCHEDULED):
+                    continue
+                dependent.blocked = max(0, dependent.blocked - 1)
+                if dependent.blocked == 0:
+                    released.append(dependent.queue_entry())
+            return Cascade(released=tuple(released))
+
+    def _cancel_dependents(self, root: JobRecord, now: float) -> tuple[str, ...]:
+        message = dependency_error_message(root.id, root.name, root.status.value)
+        cancelled: list[str] = []
+        stack = list(self._dependents.get(root.id, ()))
+        while stack:
+            row = self._jobs.get(stack.pop())
+            if row is None or row.status not in (JobStatus.PENDING, JobStatus.SCHEDULED):
+                continue
+            self._end(row, JobStatus.CANCELLED, now)
+            row.error, row.error_type = message, "DependencyFailed"
+            cancelled.append(row.id)
+            stack.extend(self._dependents.get(row.id, ()))
+        return tuple(cancelled)
+
+    def fail(self, job_id: str, worker_id: str, attempt: int, *, error: str, error_type: str,
+             traceback: Optional[str], now: float, retry_at: Optional[float]) -> Optional[Cascade]:
+        with self._lock:
+            row = self._held(job_id, worker_id, attempt)
+            if row is None:
+                return None
+            row.error, row.error_type, row.traceback = error, error_type, traceback
+            if retry_at is not None:
+                row.status = JobStatus.SCHEDULED
+                row.run_at = retry_at
+                row.lease_expires_at = None
+                return Cascade()
+            self._end(row, JobStatus.FAILED, now)
+            return Cascade(cancelled=self._cancel_dependents(row, now))
+
+    def finish_cancelled(self, job_id: str, worker_id: str, attempt: int, now: float) -> Optional[Cascade]:
+        with self._lock:
+            row = self._held(job_id, worker_id, attempt)
+            if row is None:
+                return None
+            self._end(row, JobStatus.CANCELLED, now)
+            row.error, row.error_type = "cancelled while running", "JobCancelled"
+            return Cascade(cancelled=self._cancel_dependents(row, now))
+
+    def cancel(self, job_id: str, now: float, reason: str) -> tuple[CancelOutcome, Cascade]:
+        with self._lock:
+            row = self._jobs.get(job_id)
+            if row is None:
+                return CancelOutcome.NOT_FOUND, Cascade()
+            if row.status in TERMINAL_STATUSES:
+                return CancelOutcome.FINISHED, Cascade()
+            if row.status is JobStatus.RUNNING:
+                row.cancel_requested = True
+                return CancelOutcome.REQUESTED, Cascade()
+            self._end(row, JobStatus.CANCELLED, now)
+            row.error, row.error_type = reason, "JobCancelled"
+            return CancelOutcome.CANCELLED, Cascade(cancelled=self._cancel_dependents(row, now))
+
+    def requeue(self, job_id: str, now: float) -> Optional[QueueEntry]:
+        with self._lock:
+            row = self._jobs.get(job_id)
+            if row is None or row.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+                return None
+            if row.unique_key is not None and row.unique_key in self._unique:
+                return None
+            row.status = JobStatus.PENDING
+            row.attempts = 0
+            row.run_at = row.started_at = row.completed_at = None
+            row.error = row.error_type = row.traceback = None
+            row.progress, row.progress_message, row.progress_details = 0.0, "", {}
+            row.worker_id, row.cancel_requested = None, False
+            row.blocked = sum(1 for dep in row.depends_on
+                              if dep in self._jobs and self._jobs[dep].status is not JobStatus.COMPLETED)
+            if row.unique_key is not None:
+                self._unique[row.unique_key] = row.id
+            return row.queue_entry()
+
+    def update_progress(self, job_id: str, worker_id: str, attempt: int, progress: float,
+                        message: str, details: dict[str, Any], now: float) -> bool:
+        with self._lock:
+            row = self._held(job_id, worker_id, attempt)
+            if row is None:
+                return False
+            row.progress, row.progress_message, row.progress_details = progress, message, dict(details)
+            return True
+
+    def add_log(self, job_id: str, level: str, message: str, now: float) -> None:
+        with self._lock:
+            self._logs.setdefault(job_id, []).append((now, level, message))
+
+    def heartbeat(self, worker_id: str, lease_expires_at: float, now: float) -> list[str]:
+        with self._lock:
+            requested = []
+            for row in self._jobs.values():
+                if row.status is JobStatus.RUNNING and row.worker_id == worker_id:
+                    row.lease_expires_at = lease_expires_at
+                    if row.cancel_requested:
+                        requested.append(row.id)
+            return requested
+
+    def recover_expired(self, now: float) -> list[QueueEntry]:
+        with self._lock:
+            recovered = []
+            for row in list(self._jobs.values()):
+                if (row.status is not JobStatus.RUNNING or row.lease_expires_at is None
+                        or row.lease_expires_at >= now):
+                    continue
+                message = f"worker {row.worker_id} lost its lease on attempt {row.attempts}"
+                if row.attempts > row.max_retries:
+                    self._end(row, JobStatus.FAILED, now)
+                    row.error, row.error_type = message, "WorkerLost"
+                    self._cancel_dependents(row, now)
+                else:
+                    row.status = JobStatus.PENDING
+                    row.lease_expires_at = None
+                    row.error, row.error_type = message, "WorkerLost"
+                    recovered.append(row.queue_entry())
+                self._logs.setdefault(row.id, []).append((now, "warning", message))
+            return recovered
+
+    # -- housekeeping ------------------------------------------------------------------
+    def delete_finished(self, before: Optional[float]) -> int:
+        with self._lock:
+            doomed = [r.id for r in self._jobs.values()
+                      if r.status in TERMINAL_STATUSES
+                      and (before is None or (r.completed_at or 0.0) < before)]
+            for job_id in doomed:
+                del self._jobs[job_id]
+                self._logs.pop(job_id, None)
+                self._dependents.pop(job_id, None)
+            return len(doomed)

@@ -1,0 +1,383 @@
+"""`SQLiteRepository`: jobs in one SQLite file, shared by threads and by processes.
+
+WAL mode, one connection per thread, `BEGIN IMMEDIATE` for every write, a busy timeout,
+and SQL from `sqlite_schema` with parameters only. It does not decide what runs when:
+that is the manager's job; this module only keeps rows consistent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import threading
+from typing import Any, Collection, Iterator, Optional, Sequence
+
+from .. import serialization
+from ..errors import DependencyError, RepositoryError
+from ..models import JobStatus
+from . import sqlite_schema as sql
+from ._cascade import check_batch_dependencies, dependency_error_message
+from .base import Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry
+
+DURABILITY = {"normal": "NORMAL", "full": "FULL"}
+_STATUS = {status.value: status for status in JobStatus}
+
+
+def _translate(exc: sqlite3.Error, path: str) -> RepositoryError:
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        problem = "the database stayed locked past the busy timeout"
+    elif "readonly" in text or "read-only" in text:
+        problem = "the database is read-only"
+    elif "disk" in text and "full" in text:
+        problem = "the disk is full"
+    elif "not a database" in text or "malformed" in text:
+        problem = "the file is not a jobcore database (or is corrupt)"
+    else:
+        problem = text
+    return RepositoryError(f"SQLite at {path!r}: {problem} ({text})")
+
+
+class SQLiteRepository(JobRepository):
+    """A `JobRepository` in a SQLite file (WAL mode), safe for threads and processes.
+
+    `durability="normal"` (synchronous=NORMAL) loses nothing when a process crashes; the
+    last commits may roll back on power loss. `"full"` fsyncs every commit.
+    `busy_timeout` is how many seconds a write waits for another writer's lock.
+    """
+
+    persistent = True
+
+    def __init__(self, path: "str | os.PathLike[str]", durability: str = "normal", *,
+                 busy_timeout: float = 30.0,
+                 max_payload_bytes: Optional[int] = serialization.DEFAULT_MAX_PAYLOAD_BYTES) -> None:
+        if durability not in DURABILITY:
+            raise ValueError(f"durability must be one of {sorted(DURABILITY)}, got {durability!r}")
+        if isinstance(busy_timeout, bool) or not isinstance(busy_timeout, (int, float)) or busy_timeout < 0:
+            raise ValueError(f"busy_timeout must be a number of seconds >= 0, got {busy_timeout!r}")
+        self.path = os.fspath(path)
+        if not self.path or self.path == ":memory:":
+            raise ValueError("SQLiteRepository needs a file path; use MemoryRepository for memory")
+        self.durability = durability
+        self.busy_timeout = float(busy_timeout)
+        self.max_payload_bytes = max_payload_bytes
+        self._local = threading.local()
+        # _connections_lock guards _connections (thread -> its connection) and _closed.
+        self._connections_lock = threading.Lock()
+        self._connections: dict[threading.Thread, sqlite3.Connection] = {}
+        self._closed = False
+        self._migrate()
+
+    # -- connections ---------------------------------------------------------------------
+    def _connection(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        with self._connections_lock:
+            if self._closed:
+                raise RepositoryError(f"SQLite at {self.path!r}: the repository is closed")
+            for thread in [t for t in self._connections if not t.is_alive()]:
+                self._connections.pop(thread).close()
+        try:
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA synchronous = {DURABILITY[self.durability]}")
+            conn.execute("PRAGMA foreign_keys = OFF")
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path) from None
+        with self._connections_lock:
+            self._connections[threading.current_thread()] = conn
+        self._local.conn = conn
+        return conn
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A `BEGIN IMMEDIATE` transaction: committed on success, rolled back on error."""
+        conn = self._connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path) from None
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise _translate(exc, self.path) from None
+            raise
+
+    def _read(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        try:
+            return self._connection().execute(query, params).fetchall()
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.path) from None
+
+    def _migrate(self) -> None:
+        with self._write() as conn:
+            try:
+                # Statement by statement: executescript() would COMMIT our transaction.
+                for statement in sql.CREATE_SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                row = conn.execute("SELECT value FROM jobcore_meta WHERE key = 'schema_version'").fetchone()
+                version = int(row[0]) if row else sql.SCHEMA_VERSION
+                if version > sql.SCHEMA_VERSION:
+                    raise RepositoryError(
+                        f"SQLite at {self.path!r}: schema version {version} is newer than this"
+                        f" jobcore understands ({sql.SCHEMA_VERSION}); upgrade jobcore")
+                while version < sql.SCHEMA_VERSION:
+                    for statement in sql.MIGRATIONS[version].split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                    version += 1
+                conn.execute("INSERT OR REPLACE INTO jobcore_meta (key, value) VALUES ('schema_version', ?)",
+                             (str(version),))
+            except sqlite3.DatabaseError as exc:
+                raise _translate(exc, self.path) from None
+
+    def close(self) -> None:
+        with self._connections_lock:
+            self._closed = True
+            connections = list(self._connections.values())
+            self._connections.clear()
+        for conn in connections:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+        self._local = threading.local()
+
+    # -- rows ------------------------------------------------------------------------------
+    def _row_params(self, record: JobRecord, now: float, status: JobStatus, blocked: int,
+                    error: Optional[str]) -> tuple[Any, ...]:
+        payload = serialization.encode_payload(record.args, record.kwargs, self.max_payload_bytes)
+        return (
+            record.id, record.function_name, record.name, payload, record.priority, status.value,
+            blocked, now, record.scheduled_at, record.run_at, record.max_retries, record.retry_delay,
+            record.retry_backoff, int(record.retry_jitter), record.timeout,
+            json.dumps(sorted(record.tags)), serialization.encode(record.metadata, field="metadata"),
+            record.owner, record.unique_key, record.isolation, json.dumps(list(record.depends_on)),
+            record.cron, record.cron_timezone, error,
+            "DependencyFailed" if error else None, now if error else None,
+        )
+
+    @staticmethod
+    def _record(row: Sequence[Any]) -> JobRecord:
+        record = JobRecord(id=row[0], function_name=row[1], name=row[2])
+        (_, _, _, payload, record.priority, status, record.seq, record.created_at, record.scheduled_at,
+         record.run_at, record.started_at, record.completed_at, record.attempts, record.max_retries,
+         record.retry_delay, record.retry_backoff, jitter, record.timeout, tags, metadata,
+         record.owner, record.unique_key, record.isolation, depends_on, record.blocked,
+         record.progress, record.progress_message, details, result, record.error,
+         record.error_type, record.traceback, record.worker_id, record.lease_expires_at,
+         cancel_requested, record.cron, record.cron_timezone) = row
+        record.status = _STATUS.get(status, JobStatus.FAILED)
+        record.retry_jitter = bool(jitter)
+        record.cancel_requested = bool(cancel_requested)
+        try:
+            record.args, record.kwargs = serialization.decode_payload(payload)
+            record.tags = frozenset(json.loads(tags))
+            record.metadata = json.loads(metadata)
+            record.depends_on = tuple(json.loads(depends_on))
+            record.progress_details = json.loads(details)
+            record.result = serialization.decode(result)
+        except (ValueError, TypeError) as exc:
+            record.decode_error = f"stored job {record.id} cannot be decoded: {exc}"
+        return record
+
+    @staticmethod
+    def _entry(row: Sequence[Any]) -> QueueEntry:
+        return QueueEntry(row[0], row[1], row[2], row[3], row[4], bool(row[5]))
+
+    # -- adding ----------------------------------------------------------------------------
+    def insert(self, records: Sequence[JobRecord], now: float) -> list[str]:
+        with self._write() as conn:
+            def exists(job_id: str) -> bool:
+                return conn.execute(sql.SELECT_STATUS, (job_id,)).fetchone() is not None
+
+            check_batch_dependencies(records, exists=_Lookup(exists))
+            ids: list[str] = []
+            batch_unique: dict[str, str] = {}
+            for record in records:
+                key = record.unique_key
+                if key is not None:
+                    existing = batch_unique.get(key) or self._unfinished_with_key(conn, key)
+                    if existing is not None:
+                        ids.append(existing)
+                        continue
+                    batch_unique[key] = record.id
+                blocked, dead = 0, None
+                for dep in record.depends_on:
+                    status, name = conn.execute(sql.SELECT_STATUS, (dep,)).fetchone()
+                    if status != JobStatus.COMPLETED.value:
+                        blocked += 1
+                    if status in (JobStatus.FAILED.value, JobStatus.CANCELLED.value):
+                        dead = dependency_error_message(dep, name, status)
+                status = JobStatus.CANCELLED if dead else record.status
+                try:
+                    conn.execute(sql.INSERT_JOB, self._row_params(record, now, status, blocked, dead))
+                except sqlite3.IntegrityError:
+                    raise ValueError(f"Job.id: a job with id {record.id!r} already exists") from None
+                for dep in record.depends_on:
+                    conn.execute(sql.INSERT_DEP, (record.id, dep))
+                ids.append(record.id)
+            return ids
+
+    @staticmethod
+    def _unfinished_with_key(conn: sqlite3.Connection, key: str) -> Optional[str]:
+        row = conn.execute(sql.SELECT_UNFINISHED_BY_KEY, (key,)).fetchone()
+        return row[0] if row else None
+
+    # -- reading ---------------------------------------------------------------------------
+    def get(self, job_id: str) -> Optional[JobRecord]:
+        rows = self._read(sql.SELECT_JOB, (job_id,))
+        return self._record(rows[0]) if rows else None
+
+    def _queue_query(self, template: str, function_names: Optional[Collection[str]], limit: int,
+                     include_schedules: bool) -> list[QueueEntry]:
+        params: list[Any] = []
+        names = ""
+        if function_names is not None:
+            names = "AND (function_name IN (SELECT value FROM json_each(?))"
+            names += " OR cron IS NOT NULL)" if include_schedules else ")"
+            params.append(json.dumps(sorted(function_names)))
+        params.append(limit)
+        return [self._entry(row) for row in self._read(template.format(names=names), params)]
+
+    def ready(self, function_names: Optional[Collection[str]], limit: int) -> list[QueueEntry]:
+        return self._queue_query(sql.SELECT_READY, function_names, limit, include_schedules=False)
+
+    def scheduled(self, function_names: Optional[Collection[str]], limit: int) -> list[QueueEntry]:
+        return self._queue_query(sql.SELECT_SCHEDULED, function_names, limit, include_schedules=True)
+
+    def list(self, *, status: Optional[JobStatus] = None, tags: Optional[Collection[str]] = None,
+             owner: Optional[str] = None, limit: Optional[int] = 50, offset: int = 0) -> list[JobRecord]:
+        where, params = ["1 = 1"], []  # type: ignore[var-annotated]
+        if status is not None:
+            where.append("status = ?")
+            params.append(JobStatus(status).value)
+        if owner is not None:
+            where.append("owner = ?")
+            params.append(owner)
+        for tag in sorted(tags or ()):
+            where.append("EXISTS (SELECT 1 FROM json_each(jobs.tags) WHERE value = ?)")
+            params.append(tag)
+        params += [-1 if limit is None else limit, offset]
+        query = f"SELECT {sql.COLUMNS} FROM jobs WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT ? OFFSET ?"
+        return [self._record(row) for row in self._read(query, params)]
+
+    def count_by_status(self) -> dict[JobStatus, int]:
+        counts = {status: 0 for status in JobStatus}
+        for status, count in self._read(sql.COUNT_BY_STATUS):
+            if status in _STATUS:
+                counts[_STATUS[status]] = count
+        return counts
+
+    def logs(self, job_id: str) -> list[tuple[float, str, str]]:
+        return [tuple(row) for row in self._read(sql.SELECT_LOGS, (job_id,))]  # type: ignore[misc]
+
+    # -- running ---------------------------------------------------------------------------
+    def claim(self, job_id: str, worker_id: str, now: float, lease_expires_at: float) -> Optional[JobRecord]:
+        with self._write() as conn:
+            row = conn.execute(sql.CLAIM, (now, worker_id, lease_expires_at, job_id, now)).fetchone()
+        return self._record(row) if row else None
+
+    def _cancel_dependents(self, conn: sqlite3.Connection, job_id: str, now: float) -> tuple[str, ...]:
+        status, name = conn.execute(sql.SELECT_STATUS, (job_id,)).fetchone()
+        message = dependency_error_message(job_id, name, status)
+        return tuple(row[0] for row in conn.execute(sql.CANCEL_DEPENDENTS, (job_id, now, message)))
+
+    def complete(self, job_id: str, worker_id: str, attempt: int, result: Any, now: float) -> Optional[Cascade]:
+        encoded = serialization.encode(result, field="result", max_bytes=self.max_payload_bytes)
+        with self._write() as conn:
+            if conn.execute(sql.COMPLETE, (encoded, now, job_id, worker_id, attempt)).rowcount != 1:
+                return None
+            rows = conn.execute(sql.RELEASE_DEPENDENTS, (job_id,)).fetchall()
+        return Cascade(released=tuple(self._entry(row) for row in rows if row[6] == 0))
+
+    def fail(self, job_id: str, worker_id: str, attempt: int, *, error: str, error_type: str,
+             traceback: Optional[str], now: float, retry_at: Optional[float]) -> Optional[Cascade]:
+        with self._write() as conn:
+            if retry_at is not None:
+                params = (retry_at, error, error_type, traceback, job_id, worker_id, attempt)
+                applied = conn.execute(sql.FAIL_RETRY, params).rowcount == 1
+                return Cascade() if applied else None
+            params = (now, error, error_type, traceback, job_id, worker_id, attempt)
+            if conn.execute(sql.FAIL_FINAL, params).rowcount != 1:
+                return None
+            return Cascade(cancelled=self._cancel_dependents(conn, job_id, now))
+
+    def finish_cancelled(self, job_id: str, worker_id: str, attempt: int, now: float) -> Optional[Cascade]:
+        with self._write() as conn:
+            if conn.execute(sql.FINISH_CANCELLED, (now, job_id, worker_id, attempt)).rowcount != 1:
+                return None
+            return Cascade(cancelled=self._cancel_dependents(conn, job_id, now))
+
+    def cancel(self, job_id: str, now: float, reason: str) -> tuple[CancelOutcome, Cascade]:
+        with self._write() as conn:
+            if conn.execute(sql.CANCEL_WAITING, (now, reason, job_id)).rowcount == 1:
+                return CancelOutcome.CANCELLED, Cascade(cancelled=self._cancel_dependents(conn, job_id, now))
+            if conn.execute(sql.REQUEST_CANCEL, (job_id,)).rowcount == 1:
+                return CancelOutcome.REQUESTED, Cascade()
+            found = conn.execute(sql.SELECT_STATUS, (job_id,)).fetchone() is not None
+        return (CancelOutcome.FINISHED if found else CancelOutcome.NOT_FOUND), Cascade()
+
+    def requeue(self, job_id: str, now: float) -> Optional[QueueEntry]:
+        try:
+            with self._write() as conn:
+                row = conn.execute(sql.REQUEUE, (job_id,)).fetchone()
+        except RepositoryError as exc:
+            if "UNIQUE" in str(exc):  # another unfinished job holds its unique_key
+                return None
+            raise
+        return self._entry(row) if row else None
+
+    def update_progress(self, job_id: str, worker_id: str, attempt: int, progress: float,
+                        message: str, details: dict[str, Any], now: float) -> bool:
+        encoded = serialization.encode(details, field="progress details")
+        with self._write() as conn:
+            params = (progress, message, encoded, job_id, worker_id, attempt)
+            return conn.execute(sql.UPDATE_PROGRESS, params).rowcount == 1
+
+    def add_log(self, job_id: str, level: str, message: str, now: float) -> None:
+        with self._write() as conn:
+            conn.execute(sql.INSERT_LOG, (job_id, now, level, message))
+
+    def heartbeat(self, worker_id: str, lease_expires_at: float, now: float) -> list[str]:
+        with self._write() as conn:
+            rows = conn.execute(sql.HEARTBEAT, (lease_expires_at, worker_id)).fetchall()
+        return [job_id for job_id, requested in rows if requested]
+
+    def recover_expired(self, now: float) -> list[QueueEntry]:
+        with self._write() as conn:
+            rows = conn.execute(sql.RECOVER_EXPIRED, (now, now)).fetchall()
+            for row in rows:
+                conn.execute(sql.INSERT_LOG, (row[0], now, "warning", row[7]))
+                if row[6] == JobStatus.FAILED.value:
+                    self._cancel_dependents(conn, row[0], now)
+        return [self._entry(row) for row in rows if row[6] == JobStatus.PENDING.value]
+
+    # -- housekeeping ------------------------------------------------------------------------
+    def delete_finished(self, before: Optional[float]) -> int:
+        with self._write() as conn:
+            if before is None:
+                rows = conn.execute(sql.DELETE_ALL_FINISHED).fetchall()
+            else:
+                rows = conn.execute(sql.DELETE_FINISHED, (before,)).fetchall()
+            for (job_id,) in rows:
+                conn.execute(sql.DELETE_LOGS, (job_id,))
+                conn.execute(sql.DELETE_DEPS, (job_id, job_id))
+        return len(rows)
+
+
+class _Lookup:
+    """Adapts an `exists(job_id)` function to the `in` test `check_batch_dependencies` uses."""
+
+    def __init__(self, exists: Any) -> None:
+        self._exists = exists
+
+    def __contains__(self, job_id: object) -> bool:
+        return isinstance(job_id, str) and self._exists(job_id)

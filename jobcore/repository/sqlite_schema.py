@@ -1,0 +1,204 @@
+"""The SQLite schema of jobcore and the SQL its repository runs, as named constants.
+
+No code runs here; `repository.sqlite` executes these. Schema changes bump
+`SCHEMA_VERSION` and add a step to `MIGRATIONS`.
+"""
+
+SCHEMA_VERSION = 1
+
+# AUTOINCREMENT: SQLite may reuse a deleted rowid, letting a new job overtake older equals.
+CREATE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobcore_meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+    id               TEXT NOT NULL UNIQUE,
+    function_name    TEXT NOT NULL,
+    name             TEXT NOT NULL,
+    payload          TEXT NOT NULL,
+    priority         INTEGER NOT NULL,
+    status           TEXT NOT NULL,
+    blocked          INTEGER NOT NULL DEFAULT 0,
+    created_at       REAL NOT NULL,
+    scheduled_at     REAL,
+    run_at           REAL,
+    started_at       REAL,
+    completed_at     REAL,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    max_retries      INTEGER NOT NULL,
+    retry_delay      REAL NOT NULL,
+    retry_backoff    REAL NOT NULL,
+    retry_jitter     INTEGER NOT NULL,
+    timeout          REAL,
+    tags             TEXT NOT NULL DEFAULT '[]',
+    metadata         TEXT NOT NULL DEFAULT '{}',
+    owner            TEXT,
+    unique_key       TEXT,
+    isolation        TEXT NOT NULL DEFAULT 'thread',
+    depends_on       TEXT NOT NULL DEFAULT '[]',
+    progress         REAL NOT NULL DEFAULT 0,
+    progress_message TEXT NOT NULL DEFAULT '',
+    progress_details TEXT NOT NULL DEFAULT '{}',
+    result           TEXT,
+    error            TEXT,
+    error_type       TEXT,
+    traceback        TEXT,
+    worker_id        TEXT,
+    lease_expires_at REAL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    cron             TEXT,
+    cron_timezone    TEXT
+);
+-- The ready queue: claimable jobs in the order they run.
+CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (priority DESC, seq)
+    WHERE status = 'pending' AND blocked = 0;
+-- Timers: scheduled jobs by due time.
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs (run_at) WHERE status = 'scheduled';
+-- Leases: running jobs by worker (heartbeats) and by expiry (recovery).
+CREATE INDEX IF NOT EXISTS jobs_running_worker ON jobs (worker_id) WHERE status = 'running';
+CREATE INDEX IF NOT EXISTS jobs_lease ON jobs (lease_expires_at) WHERE status = 'running';
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq);
+CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, seq) WHERE owner IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (completed_at)
+    WHERE status IN ('completed', 'failed', 'cancelled');
+-- At most one unfinished job per unique_key.
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_unique ON jobs (unique_key)
+    WHERE unique_key IS NOT NULL AND status IN ('pending', 'scheduled', 'running');
+CREATE TABLE IF NOT EXISTS job_deps (
+    job_id     TEXT NOT NULL,
+    depends_on TEXT NOT NULL,
+    PRIMARY KEY (depends_on, job_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS job_deps_job ON job_deps (job_id);
+CREATE TABLE IF NOT EXISTS job_logs (
+    id      INTEGER PRIMARY KEY,
+    job_id  TEXT NOT NULL,
+    at      REAL NOT NULL,
+    level   TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS job_logs_job ON job_logs (job_id, id);
+"""
+
+# Migrations from version N to N + 1, run in order inside one transaction.
+MIGRATIONS: dict[int, str] = {}
+
+COLUMNS = (
+    "id, function_name, name, payload, priority, status, seq, created_at, scheduled_at, run_at,"
+    " started_at, completed_at, attempts, max_retries, retry_delay, retry_backoff, retry_jitter,"
+    " timeout, tags, metadata, owner, unique_key, isolation, depends_on, blocked, progress,"
+    " progress_message, progress_details, result, error, error_type, traceback, worker_id,"
+    " lease_expires_at, cancel_requested, cron, cron_timezone"
+)
+
+INSERT_JOB = """
+INSERT INTO jobs (id, function_name, name, payload, priority, status, blocked, created_at,
+    scheduled_at, run_at, max_retries, retry_delay, retry_backoff, retry_jitter, timeout, tags,
+    metadata, owner, unique_key, isolation, depends_on, cron, cron_timezone, error, error_type,
+    completed_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+INSERT_DEP = "INSERT OR IGNORE INTO job_deps (job_id, depends_on) VALUES (?, ?)"
+SELECT_UNFINISHED_BY_KEY = """
+SELECT id FROM jobs WHERE unique_key = ? AND status IN ('pending', 'scheduled', 'running')
+"""
+SELECT_JOB = f"SELECT {COLUMNS} FROM jobs WHERE id = ?"
+SELECT_STATUS = "SELECT status, name FROM jobs WHERE id = ?"
+SELECT_READY = """
+SELECT id, priority, seq, run_at, function_name, cron IS NOT NULL FROM jobs
+WHERE status = 'pending' AND blocked = 0 {names}
+ORDER BY priority DESC, seq LIMIT ?
+"""
+SELECT_SCHEDULED = """
+SELECT id, priority, seq, run_at, function_name, cron IS NOT NULL FROM jobs
+WHERE status = 'scheduled' AND blocked = 0 {names}
+ORDER BY run_at LIMIT ?
+"""
+COUNT_BY_STATUS = "SELECT status, COUNT(*) FROM jobs GROUP BY status"
+SELECT_LOGS = "SELECT at, level, message FROM job_logs WHERE job_id = ? ORDER BY id"
+INSERT_LOG = "INSERT INTO job_logs (job_id, at, level, message) VALUES (?, ?, ?, ?)"
+
+CLAIM = f"""
+UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?, worker_id = ?,
+    lease_expires_at = ?, cancel_requested = 0
+WHERE id = ? AND blocked = 0 AND cron IS NULL
+  AND (status = 'pending' OR (status = 'scheduled' AND run_at <= ?))
+RETURNING {COLUMNS}
+"""
+_HELD = "id = ? AND status = 'running' AND worker_id = ? AND attempts = ?"
+COMPLETE = f"""
+UPDATE jobs SET status = 'completed', result = ?, completed_at = ?, progress = 1.0,
+    lease_expires_at = NULL, error = NULL, error_type = NULL, traceback = NULL
+WHERE {_HELD}
+"""
+RELEASE_DEPENDENTS = """
+UPDATE jobs SET blocked = MAX(blocked - 1, 0)
+WHERE id IN (SELECT job_id FROM job_deps WHERE depends_on = ?)
+  AND status IN ('pending', 'scheduled')
+RETURNING id, priority, seq, run_at, function_name, cron IS NOT NULL, blocked
+"""
+FAIL_RETRY = f"""
+UPDATE jobs SET status = 'scheduled', run_at = ?, error = ?, error_type = ?, traceback = ?,
+    lease_expires_at = NULL
+WHERE {_HELD}
+"""
+FAIL_FINAL = f"""
+UPDATE jobs SET status = 'failed', completed_at = ?, error = ?, error_type = ?, traceback = ?,
+    lease_expires_at = NULL
+WHERE {_HELD}
+"""
+FINISH_CANCELLED = f"""
+UPDATE jobs SET status = 'cancelled', completed_at = ?, error = 'cancelled while running',
+    error_type = 'JobCancelled', lease_expires_at = NULL
+WHERE {_HELD}
+"""
+CANCEL_DEPENDENTS = """
+WITH RECURSIVE dependents(id) AS (
+    SELECT job_id FROM job_deps WHERE depends_on = ?
+    UNION
+    SELECT d.job_id FROM job_deps AS d JOIN dependents ON d.depends_on = dependents.id
+)
+UPDATE jobs SET status = 'cancelled', completed_at = ?, error = ?, error_type = 'DependencyFailed'
+WHERE id IN (SELECT id FROM dependents) AND status IN ('pending', 'scheduled')
+RETURNING id
+"""
+CANCEL_WAITING = """
+UPDATE jobs SET status = 'cancelled', completed_at = ?, error = ?, error_type = 'JobCancelled'
+WHERE id = ? AND status IN ('pending', 'scheduled')
+"""
+REQUEST_CANCEL = "UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = 'running'"
+REQUEUE = """
+UPDATE jobs SET status = 'pending', attempts = 0, run_at = NULL, started_at = NULL,
+    completed_at = NULL, error = NULL, error_type = NULL, traceback = NULL, progress = 0,
+    progress_message = '', progress_details = '{}', worker_id = NULL, cancel_requested = 0,
+    blocked = (SELECT COUNT(*) FROM job_deps AS d JOIN jobs AS p ON p.id = d.depends_on
+               WHERE d.job_id = jobs.id AND p.status != 'completed')
+WHERE id = ? AND status IN ('failed', 'cancelled')
+RETURNING id, priority, seq, run_at, function_name, cron IS NOT NULL
+"""
+UPDATE_PROGRESS = f"""
+UPDATE jobs SET progress = ?, progress_message = ?, progress_details = ? WHERE {_HELD}
+"""
+HEARTBEAT = """
+UPDATE jobs SET lease_expires_at = ? WHERE status = 'running' AND worker_id = ?
+RETURNING id, cancel_requested
+"""
+RECOVER_EXPIRED = """
+UPDATE jobs SET status = CASE WHEN attempts > max_retries THEN 'failed' ELSE 'pending' END,
+    completed_at = CASE WHEN attempts > max_retries THEN ? ELSE NULL END,
+    error = 'worker ' || worker_id || ' lost its lease on attempt ' || attempts,
+    error_type = 'WorkerLost', lease_expires_at = NULL
+WHERE status = 'running' AND lease_expires_at < ?
+RETURNING id, priority, seq, run_at, function_name, cron IS NOT NULL, status, error
+"""
+DELETE_FINISHED = """
+DELETE FROM jobs WHERE status IN ('completed', 'failed', 'cancelled') AND completed_at < ?
+RETURNING id
+"""
+DELETE_ALL_FINISHED = """
+DELETE FROM jobs WHERE status IN ('completed', 'failed', 'cancelled') RETURNING id
+"""
+DELETE_LOGS = "DELETE FROM job_logs WHERE job_id = ?"
+DELETE_DEPS = "DELETE FROM job_deps WHERE job_id = ? OR depends_on = ?"

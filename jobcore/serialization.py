@@ -1,0 +1,59 @@
+"""JSON encoding of what jobs carry (arguments, results, details), with a size cap.
+
+Payloads are JSON, never pickle: a database row can always be read by any process and
+never executes code when decoded. Nothing here knows about storage or threads.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .errors import InvalidJob, InvalidJobType
+
+DEFAULT_MAX_PAYLOAD_BYTES = 1_048_576
+
+_encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+_decode = json.loads
+
+
+def encode(value: Any, *, field: str, max_bytes: int | None = None) -> str:
+    """Encode `value` as compact JSON, raising a `TypeError`/`ValueError` naming `field`."""
+    try:
+        text = _encoder.encode(value)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise InvalidJobType(field, f"must be JSON-serialisable: {exc}") from None
+    if max_bytes is not None and len(text) > max_bytes:
+        size = len(text.encode("utf-8"))
+        if size > max_bytes:
+            raise InvalidJob(field, f"encodes to {size} bytes, over the {max_bytes}-byte payload limit")
+    return text
+
+
+def encode_payload(args: tuple[Any, ...], kwargs: dict[str, Any], max_bytes: int | None) -> str:
+    """Encode a job's arguments as one JSON document `[args, kwargs]`."""
+    for index, arg in enumerate(args):
+        _check_encodable(arg, f"args[{index}]")
+    for key, arg in kwargs.items():
+        _check_encodable(arg, f"kwargs[{key!r}]")
+    return encode([list(args), kwargs], field="args", max_bytes=max_bytes)
+
+
+def _check_encodable(value: Any, field: str) -> None:
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return
+    encode(value, field=field)
+
+
+def decode_payload(text: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Decode what `encode_payload` wrote; raises `ValueError` for a corrupt payload."""
+    data = _decode(text)
+    if not (isinstance(data, list) and len(data) == 2 and isinstance(data[0], list)
+            and isinstance(data[1], dict)):
+        raise ValueError(f"payload is not [args, kwargs]: {text[:80]!r}")
+    return tuple(data[0]), data[1]
+
+
+def decode(text: str | None) -> Any:
+    """Decode a JSON column (`None` stays `None`)."""
+    return None if text is None else _decode(text)
