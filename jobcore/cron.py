@@ -16,7 +16,9 @@ fields are restricted a day matches if either matches; otherwise both must match
 
 Time zones: matching is done on wall-clock fields in the expression's zone. A wall time
 that does not exist (spring-forward gap) is skipped; a wall time that occurs twice
-(fall-back) fires once, at its first occurrence (fold=0).
+(fall-back) fires once, at its first occurrence (fold=0), so nothing fires during the
+second pass of a repeated hour, not even `* * * * *`. A naive `after` given to an
+expression with a zone is read as the system's local time (see `next_fire`).
 """
 
 from __future__ import annotations
@@ -251,6 +253,9 @@ class CronExpression:
         returns. Infinite; raises ValueError on the first fire past the 28-year horizon."""
         if not isinstance(after, datetime):
             raise TypeError(f"after must be a datetime, got {type(after).__name__}")
+        return self._fires(after)
+
+    def _fires(self, after: datetime) -> Iterator[datetime]:
         if after.tzinfo is None and self.timezone is None:
             while True:
                 after = self._next_wall(self._after_wall(after), after.year)
@@ -275,7 +280,8 @@ class CronExpression:
 
     def _next_in_zone(self, after: datetime, zone: tzinfo) -> datetime:
         after_utc = _as_utc(after)
-        start = self._after_wall(after.astimezone(zone).replace(tzinfo=None))
+        # Via UTC: astimezone() to the datetime's own tzinfo would keep a nonexistent wall.
+        start = self._after_wall(after_utc.astimezone(zone).replace(tzinfo=None))
         first_year = start.year
         while True:
             wall = self._next_wall(start, first_year)
@@ -291,8 +297,6 @@ class CronExpression:
             start = _first_wall_where(
                 wall, zone, lambda w: _offset_change(w, zone) == timedelta(0)
             )
-            if start <= wall:
-                start = wall + self._step
 
     def _next_wall(self, start: datetime, first_year: int) -> datetime:
         """The first matching wall time at or after `start`, by carrying field by field."""

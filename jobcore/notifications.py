@@ -1,7 +1,7 @@
-"""Notification channels (callback, email, webhook) and a dispatcher that delivers job
-events to them off the caller's thread; it does not decide which events exist or when.
+"""Delivers job events to channels (callback, email, webhook) off-thread; never creates events.
 
-The engine builds event dicts and calls `NotificationDispatcher.publish`; this module only
+The engine decides which events happen and when, builds their dicts, and calls
+`NotificationDispatcher.publish`; this module only formats and delivers them. The engine builds event dicts and calls `NotificationDispatcher.publish`; this module only
 formats and delivers them. An event has at least `event` (such as "job.dead_lettered",
 "job.completed", "job.retrying", "job.cancelled"), `job_id`, `name`, `function_name`,
 `status`, `error`, `error_type`, `attempts` and `timestamp` (ISO 8601), and may carry
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import logging
+import math
 import re
 import smtplib
 import ssl
@@ -155,7 +155,8 @@ class EmailNotificationChannel:
         if (username is None) != (password is None):
             raise ValueError("give both username and password to log in, or neither")
         self.username = None if username is None else _text("username", username)
-        self.password = password if password is None else _text("password", password)
+        # Private, so the password shows in no repr, vars() dump or log.
+        self._login = None if username is None else (username, _text("password", password))
         if starttls and use_ssl:
             raise ValueError("use either starttls (port 587) or use_ssl (port 465), not both")
         self.starttls, self.use_ssl = bool(starttls), bool(use_ssl)
@@ -208,14 +209,16 @@ class EmailNotificationChannel:
         with client:
             if self.starttls:
                 client.starttls(context=context)
-            if self.username is not None:
-                client.login(self.username, self.password or "")
+            if self._login is not None:
+                client.login(*self._login)
             refused = client.send_message(message, self.from_addr, list(self.to_addrs))
         if refused:
-            logger.warning("mail server %s refused recipients %s", self.smtp_host, sorted(refused))
+            logger.warning("mail server %s refused recipients %s", self.smtp_host,
+                           sorted(refused))
 
     def __repr__(self) -> str:
-        return f"EmailNotificationChannel('{self.smtp_host}:{self.smtp_port}' -> {list(self.to_addrs)})"
+        server = f"{self.smtp_host}:{self.smtp_port}"
+        return f"EmailNotificationChannel({server!r} -> {list(self.to_addrs)})"
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -239,14 +242,21 @@ class WebhookNotificationChannel:
                  headers: Mapping[str, str] | None = None,
                  events: Iterable[str] | None = None) -> None:
         parts = urllib.parse.urlsplit(_text("webhook_url", webhook_url))
-        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"webhook_url must be an http:// or https:// URL with a host, got {webhook_url!r}")
+        try:
+            has_host = bool(parts.hostname) and parts.port != 0
+        except ValueError:   # urlsplit checks the port only when it is read
+            has_host = False
+        if parts.scheme.lower() not in ("http", "https") or not has_host:
+            raise ValueError("webhook_url must be an http:// or https:// URL with a host and"
+                             f" a valid port, got {webhook_url!r}")
         self.webhook_url = webhook_url
-        # The URL itself may be the secret (Slack-style hooks): logs show the host only.
-        self._shown_url = f"{parts.scheme}://{parts.hostname}{'' if parts.port is None else f':{parts.port}'}/..."
+        # The URL itself may be the secret (Slack-style hooks): logs show scheme, host and
+        # port only, never the path, query or user info.
+        self._shown_url = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}/..."
         self.timeout = _positive("timeout", timeout)
         if headers is not None and not isinstance(headers, Mapping):
-            raise TypeError(f"headers must be a mapping of str to str, got {type(headers).__name__}")
+            raise TypeError(
+                f"headers must be a mapping of str to str, got {type(headers).__name__}")
         self.headers = {"Content-Type": "application/json", "User-Agent": "jobcore"}
         for key, value in (headers or {}).items():
             if not (isinstance(key, str) and _HEADER_NAME.fullmatch(key)):
@@ -288,7 +298,9 @@ class _Delivery:
     def __init__(self, channel: Any, lock: threading.Lock) -> None:
         self.channel = channel
         self.pending: deque[dict] = deque()
-        self.has_work = threading.Condition(lock)  # notified when pending grows or stopping/retired is set
+        # has_work (on the dispatcher's lock) is notified when pending grows or when
+        # stopping or retired is set: what the delivery thread waits for.
+        self.has_work = threading.Condition(lock)
         self.accepted = 0       # events ever put in pending
         self.finished = 0       # events that left pending: sent, failed or discarded
         self.drop_streak = 0    # events dropped since pending last had room
@@ -304,7 +316,8 @@ class NotificationDispatcher:
     events, and an event that finds it full is dropped for that channel (logged, counted in
     `dropped`). A channel's thread (`jobcore-notify-<n>`) starts on the first event it
     gets, so a slow or hung channel delays only its own queue. A channel that raises is
-    logged and delivery goes on. Usable as a context manager that closes it on exit.
+    logged and delivery goes on. A channel's `wants` is called on the publishing thread.
+    Usable as a context manager that closes it on exit.
     """
 
     def __init__(self, channels: Iterable[Any] = (), *, queue_size: int = 10_000) -> None:
@@ -343,7 +356,8 @@ class NotificationDispatcher:
         Raises `TypeError` if it has none, `ValueError` if it was already added, and
         `RuntimeError` after `close()`."""
         if not callable(getattr(channel, "send", None)):
-            raise TypeError(f"a notification channel needs a callable send(event), got {channel!r}")
+            raise TypeError(
+                f"a notification channel needs a callable send(event), got {channel!r}")
         with self._lock:
             if self._closed:
                 raise RuntimeError("cannot add a channel to a closed NotificationDispatcher")
@@ -362,7 +376,8 @@ class NotificationDispatcher:
             self._deliveries.remove(delivery)
             discarded = self._retire(delivery)
         if discarded:
-            logger.info("removed notification channel %r; %d queued events discarded", channel, discarded)
+            logger.info("removed notification channel %r; %d queued events discarded",
+                        channel, discarded)
 
     def publish(self, event: Mapping[str, Any]) -> None:
         """Queue `event` for every channel that wants it, without waiting for any.
@@ -402,8 +417,8 @@ class NotificationDispatcher:
         for d in to_start:
             self._start(d)
         for channel, count in full:
-            logger.warning("notification queue for %r is full (%d events): dropped %d events in a row",
-                           channel, self._queue_size, count)
+            logger.warning("notification queue for %r is full (%d events): "
+                           "dropped %d events in a row", channel, self._queue_size, count)
         for channel, count in reopened:
             logger.warning("notification queue for %r has room again after dropping %d events",
                            channel, count)
@@ -424,8 +439,8 @@ class NotificationDispatcher:
         """Stop accepting events, deliver what is queued, and let the threads end.
 
         Waits at most `timeout` seconds (None: no limit); returns False if some channel
-        was still busy then. Its thread is a daemon, so it never holds up interpreter exit.
-        Closing twice is harmless."""
+        was still busy then. Delivery threads are daemons, so a hung channel never holds up
+        interpreter exit. Closing twice is harmless."""
         self._refuse_own_thread("close")
         with self._lock:
             self._closed = True
@@ -435,8 +450,8 @@ class NotificationDispatcher:
             ended = self._progress.wait_for(lambda: not self._running, timeout)
             busy = [(d.channel, len(d.pending)) for d in self._running]
         for channel, left in busy:
-            logger.warning("notification channel %r still busy at close; %d queued events not delivered",
-                           channel, left)
+            logger.warning("notification channel %r still busy at close; "
+                           "%d queued events not delivered", channel, left)
         return ended
 
     def __enter__(self) -> NotificationDispatcher:
@@ -484,13 +499,15 @@ class NotificationDispatcher:
                 self._running.discard(d)
                 discarded = 0 if d.retired else self._retire(d)
             if discarded:
-                logger.error("delivery thread for %r ended; %d queued events discarded", d.channel, discarded)
+                logger.error("delivery thread for %r ended; %d queued events discarded",
+                             d.channel, discarded)
 
     def _refuse_own_thread(self, method: str) -> None:
         with self._lock:
             mine = any(d.thread is threading.current_thread() for d in self._running)
         if mine:
-            raise RuntimeError(f"{method}() called from a notification channel would wait for itself")
+            raise RuntimeError(
+                f"{method}() called from a notification channel would wait for itself")
 
 
 def _send(channel: Any, event: dict) -> None:
@@ -512,7 +529,8 @@ def _wants(channel: Any, event_name: str) -> bool:
     try:
         return bool(wants(event_name))
     except Exception:
-        logger.exception("notification channel %r failed in wants(%r); event skipped", channel, event_name)
+        logger.exception("notification channel %r failed in wants(%r); event skipped",
+                         channel, event_name)
         return False
 
 
@@ -531,7 +549,8 @@ def _iterable(what: str, value: Any) -> list[Any]:
     try:
         return list(value)
     except TypeError:
-        raise TypeError(f"{what} must be a str or an iterable of str, got {type(value).__name__}") from None
+        raise TypeError(
+            f"{what} must be a str or an iterable of str, got {type(value).__name__}") from None
 
 
 def _text(what: str, value: Any, *, empty_ok: bool = False) -> str:

@@ -132,7 +132,7 @@ class JobRepository(abc.ABC):
     def insert(self, records: Sequence[JobRecord], now: float) -> list[str]:
         """Store `records` atomically (all or none) and return their ids, in order.
 
-        Assigns each a `seq` increasing with insertion order (FIFO among equal
+        Assigns each stored record a `seq` (also set on the given record) increasing with insertion order (FIFO among equal
         priorities). A record whose `unique_key` matches an unfinished job (or an earlier
         record of the batch) is not stored; its place in the result holds that job's id.
         Every `depends_on` id must be stored already or be in the batch, else
@@ -179,15 +179,19 @@ class JobRepository(abc.ABC):
         cleared. Returns the claimed record, or None if it was not claimable."""
 
     @abc.abstractmethod
-    def complete(self, job_id: str, worker_id: str, attempt: int, result: Any, now: float) -> Optional[Cascade]:
+    def complete(self, job_id: str, worker_id: str, attempt: int, result: Any, now: float,
+                 note: Optional[str] = None) -> Optional[Cascade]:
         """RUNNING (held by `worker_id` on `attempt`) -> COMPLETED with `result` and
         progress 1.0; dependents lose one block and those with none left are `released`.
-        Returns None if the job was not held so (its result is discarded)."""
+        `note`, if given, is logged (level info) in the same transaction. Returns None if
+        the job was not held so (its result is discarded)."""
 
     @abc.abstractmethod
     def fail(self, job_id: str, worker_id: str, attempt: int, *, error: str, error_type: str,
-             traceback: Optional[str], now: float, retry_at: Optional[float]) -> Optional[Cascade]:
-        """Record a failed attempt of a job held by `worker_id` on `attempt`.
+             traceback: Optional[str], now: float, retry_at: Optional[float],
+             note: Optional[str] = None) -> Optional[Cascade]:
+        """Record a failed attempt of a job held by `worker_id` on `attempt`; `note`, if
+        given, is logged (level error) in the same transaction.
 
         With `retry_at`, the job becomes SCHEDULED to run again then; without, it
         becomes FAILED (the dead-letter queue) and its dependents are `cancelled`,
@@ -219,9 +223,10 @@ class JobRepository(abc.ABC):
         """Append a line to the job's log."""
 
     @abc.abstractmethod
-    def heartbeat(self, worker_id: str, lease_expires_at: float, now: float) -> list[str]:
-        """Extend the lease of every job `worker_id` is running to `lease_expires_at`;
-        return the ids among them whose cancellation was requested."""
+    def heartbeat(self, worker_id: str, job_ids: Collection[str], lease_expires_at: float,
+                  now: float) -> list[str]:
+        """Extend to `lease_expires_at` the lease of each job in `job_ids` that `worker_id`
+        is running; return the ids among them whose cancellation was requested."""
 
     @abc.abstractmethod
     def recover_expired(self, now: float) -> list[QueueEntry]:

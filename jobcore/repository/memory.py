@@ -47,7 +47,7 @@ class MemoryRepository(JobRepository):
                     ids.append(batch_unique.get(key) or self._unique[key])
                     continue
                 row = copy.copy(record)
-                row.seq = self._next_seq + len(stored)
+                row.seq = record.seq = self._next_seq + len(stored)
                 row.created_at = now
                 if key is not None:
                     batch_unique[key] = row.id
@@ -157,11 +157,14 @@ class MemoryRepository(JobRepository):
         row.lease_expires_at = None
         self._forget_unique(row)
 
-    def complete(self, job_id: str, worker_id: str, attempt: int, result: Any, now: float) -> Optional[Cascade]:
+    def complete(self, job_id: str, worker_id: str, attempt: int, result: Any, now: float,
+                 note: Optional[str] = None) -> Optional[Cascade]:
         with self._lock:
             row = self._held(job_id, worker_id, attempt)
             if row is None:
                 return None
+            if note is not None:
+                self._logs.setdefault(job_id, []).append((now, "info", note))
             self._end(row, JobStatus.COMPLETED, now)
             row.result = result
             row.progress = 1.0
@@ -191,11 +194,14 @@ class MemoryRepository(JobRepository):
         return tuple(cancelled)
 
     def fail(self, job_id: str, worker_id: str, attempt: int, *, error: str, error_type: str,
-             traceback: Optional[str], now: float, retry_at: Optional[float]) -> Optional[Cascade]:
+             traceback: Optional[str], now: float, retry_at: Optional[float],
+             note: Optional[str] = None) -> Optional[Cascade]:
         with self._lock:
             row = self._held(job_id, worker_id, attempt)
             if row is None:
                 return None
+            if note is not None:
+                self._logs.setdefault(job_id, []).append((now, "error", note))
             row.error, row.error_type, row.traceback = error, error_type, traceback
             if retry_at is not None:
                 row.status = JobStatus.SCHEDULED
@@ -260,11 +266,13 @@ class MemoryRepository(JobRepository):
         with self._lock:
             self._logs.setdefault(job_id, []).append((now, level, message))
 
-    def heartbeat(self, worker_id: str, lease_expires_at: float, now: float) -> list[str]:
+    def heartbeat(self, worker_id: str, job_ids: Collection[str], lease_expires_at: float,
+                  now: float) -> list[str]:
         with self._lock:
             requested = []
-            for row in self._jobs.values():
-                if row.status is JobStatus.RUNNING and row.worker_id == worker_id:
+            for job_id in job_ids:
+                row = self._jobs.get(job_id)
+                if row is not None and row.status is JobStatus.RUNNING and row.worker_id == worker_id:
                     row.lease_expires_at = lease_expires_at
                     if row.cancel_requested:
                         requested.append(row.id)

@@ -218,9 +218,10 @@ class SQLiteRepository(JobRepository):
                         dead = dependency_error_message(dep, name, status)
                 status = JobStatus.CANCELLED if dead else record.status
                 try:
-                    conn.execute(sql.INSERT_JOB, self._row_params(record, now, status, blocked, dead))
+                    cursor = conn.execute(sql.INSERT_JOB, self._row_params(record, now, status, blocked, dead))
                 except sqlite3.IntegrityError:
                     raise ValueError(f"Job.id: a job with id {record.id!r} already exists") from None
+                record.seq = cursor.lastrowid or 0
                 for dep in record.depends_on:
                     conn.execute(sql.INSERT_DEP, (record.id, dep))
                 ids.append(record.id)
@@ -290,24 +291,33 @@ class SQLiteRepository(JobRepository):
         message = dependency_error_message(job_id, name, status)
         return tuple(row[0] for row in conn.execute(sql.CANCEL_DEPENDENTS, (job_id, now, message)))
 
-    def complete(self, job_id: str, worker_id: str, attempt: int, result: Any, now: float) -> Optional[Cascade]:
+    def complete(self, job_id: str, worker_id: str, attempt: int, result: Any, now: float,
+                 note: Optional[str] = None) -> Optional[Cascade]:
         encoded = serialization.encode(result, field="result", max_bytes=self.max_payload_bytes)
         with self._write() as conn:
             if conn.execute(sql.COMPLETE, (encoded, now, job_id, worker_id, attempt)).rowcount != 1:
                 return None
+            if note is not None:
+                conn.execute(sql.INSERT_LOG, (job_id, now, "info", note))
             rows = conn.execute(sql.RELEASE_DEPENDENTS, (job_id,)).fetchall()
         return Cascade(released=tuple(self._entry(row) for row in rows if row[6] == 0))
 
     def fail(self, job_id: str, worker_id: str, attempt: int, *, error: str, error_type: str,
-             traceback: Optional[str], now: float, retry_at: Optional[float]) -> Optional[Cascade]:
+             traceback: Optional[str], now: float, retry_at: Optional[float],
+             note: Optional[str] = None) -> Optional[Cascade]:
         with self._write() as conn:
             if retry_at is not None:
                 params = (retry_at, error, error_type, traceback, job_id, worker_id, attempt)
-                applied = conn.execute(sql.FAIL_RETRY, params).rowcount == 1
-                return Cascade() if applied else None
-            params = (now, error, error_type, traceback, job_id, worker_id, attempt)
-            if conn.execute(sql.FAIL_FINAL, params).rowcount != 1:
+                query = sql.FAIL_RETRY
+            else:
+                params = (now, error, error_type, traceback, job_id, worker_id, attempt)
+                query = sql.FAIL_FINAL
+            if conn.execute(query, params).rowcount != 1:
                 return None
+            if note is not None:
+                conn.execute(sql.INSERT_LOG, (job_id, now, "error", note))
+            if retry_at is not None:
+                return Cascade()
             return Cascade(cancelled=self._cancel_dependents(conn, job_id, now))
 
     def finish_cancelled(self, job_id: str, worker_id: str, attempt: int, now: float) -> Optional[Cascade]:
@@ -346,9 +356,13 @@ class SQLiteRepository(JobRepository):
         with self._write() as conn:
             conn.execute(sql.INSERT_LOG, (job_id, now, level, message))
 
-    def heartbeat(self, worker_id: str, lease_expires_at: float, now: float) -> list[str]:
+    def heartbeat(self, worker_id: str, job_ids: Collection[str], lease_expires_at: float,
+                  now: float) -> list[str]:
+        if not job_ids:
+            return []
         with self._write() as conn:
-            rows = conn.execute(sql.HEARTBEAT, (lease_expires_at, worker_id)).fetchall()
+            params = (lease_expires_at, worker_id, json.dumps(list(job_ids)))
+            rows = conn.execute(sql.HEARTBEAT, params).fetchall()
         return [job_id for job_id, requested in rows if requested]
 
     def recover_expired(self, now: float) -> list[QueueEntry]:

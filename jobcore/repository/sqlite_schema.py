@@ -182,7 +182,8 @@ UPDATE_PROGRESS = f"""
 UPDATE jobs SET progress = ?, progress_message = ?, progress_details = ? WHERE {_HELD}
 """
 HEARTBEAT = """
-UPDATE jobs SET lease_expires_at = ? WHERE status = 'running' AND worker_id = ?
+UPDATE jobs SET lease_expires_at = ?
+WHERE status = 'running' AND worker_id = ? AND id IN (SELECT value FROM json_each(?))
 RETURNING id, cancel_requested
 """
 RECOVER_EXPIRED = """

@@ -1,0 +1,49 @@
+"""The process-wide default manager and the module-level `enqueue`/`poll`/`cancel`.
+
+The default manager is created on first use (SQLite at `$JOBCORE_DB` or `./jobcore.db`),
+started, and stopped at interpreter exit. Nothing else lives here.
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+from typing import Any, Callable, Optional
+
+from .manager import JobManager
+from .models import Job, JobResult
+
+# _default_lock guards _default.
+_default_lock = threading.Lock()
+_default: Optional[JobManager] = None
+
+
+def get_job_manager() -> JobManager:
+    """The process-wide default manager, created and started on first use."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = JobManager()
+            _default.start()
+            atexit.register(_default.stop)
+        return _default
+
+
+def enqueue(job: Job) -> str:
+    """Enqueue `job` on the default manager; returns its id."""
+    return get_job_manager().enqueue(job)
+
+
+def poll(job_id: str) -> Optional[JobResult]:
+    """The job's state from the default manager, or None for an unknown id."""
+    return get_job_manager().poll(job_id)
+
+
+def cancel(job_id: str) -> bool:
+    """Cancel a job through the default manager."""
+    return get_job_manager().cancel(job_id)
+
+
+def register_job_function(name: str, func: Optional[Callable[..., Any]] = None) -> Any:
+    """Register `func` under `name` on the default manager (a decorator without `func`)."""
+    return get_job_manager().register_function(name, func)

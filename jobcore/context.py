@@ -1,0 +1,101 @@
+"""`current_job()` and `JobContext`: what a running job knows about itself.
+
+A worker binds a `JobContext` before calling the job's function; progress and log calls
+go to a `ContextSink` (the manager) that stores them. Nothing here touches storage.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import math
+import threading
+from typing import Any, Optional, Protocol
+
+from .errors import JobCancelled
+
+_current: contextvars.ContextVar[Optional["JobContext"]] = contextvars.ContextVar(
+    "jobcore_current_job", default=None)
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+class ContextSink(Protocol):
+    """Where a running job's reports go."""
+
+    def report_progress(self, context: "JobContext", progress: float, message: str,
+                        details: dict[str, Any]) -> None: ...
+
+    def report_log(self, context: "JobContext", level: str, message: str) -> None: ...
+
+
+class JobContext:
+    """The running job, as seen from inside it (`current_job()`).
+
+    `progress()` and `check_cancelled()` raise `JobCancelled` once cancellation was
+    requested; let it propagate and the job ends CANCELLED.
+    """
+
+    def __init__(self, job_id: str, name: str, attempt: int, sink: ContextSink) -> None:
+        self.id = job_id
+        self.name = name
+        self.attempt = attempt
+        self._sink = sink
+        self._cancel = threading.Event()
+        # Set by the manager when a timeout gave this attempt up: reports are ignored.
+        self.abandoned = False
+
+    @property
+    def cancelled(self) -> bool:
+        """True once cancellation of this job was requested."""
+        return self._cancel.is_set()
+
+    def request_cancel(self) -> None:
+        """Ask the job to stop (the engine calls this; jobs call `check_cancelled`)."""
+        self._cancel.set()
+
+    def check_cancelled(self) -> None:
+        """Raise `JobCancelled` if cancellation was requested."""
+        if self._cancel.is_set():
+            raise JobCancelled(self.id)
+
+    def progress(self, progress: float, message: str = "", **details: Any) -> None:
+        """Report progress (0.0 to 1.0, clamped), a message and JSON details.
+
+        Raises `JobCancelled` if the job was asked to stop."""
+        self.check_cancelled()
+        if isinstance(progress, bool) or not isinstance(progress, (int, float)) or math.isnan(progress):
+            raise TypeError(f"progress must be a number from 0.0 to 1.0, got {progress!r}")
+        if not isinstance(message, str):
+            message = str(message)
+        if not self.abandoned:
+            self._sink.report_progress(self, min(1.0, max(0.0, float(progress))), message, details)
+
+    def log(self, message: str, level: str = "info") -> None:
+        """Append a line to the job's log (see `JobManager.get_logs`)."""
+        level = str(level).lower()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"log level must be one of {LOG_LEVELS}, got {level!r}")
+        if not self.abandoned:
+            self._sink.report_log(self, level, str(message))
+
+    def progress_callback(self, progress: float, message: str = "", **details: Any) -> None:
+        """The `progress_callback` handed to functions that accept one."""
+        self.progress(progress, message, **details)
+
+    def __repr__(self) -> str:
+        return f"JobContext(id={self.id!r}, name={self.name!r}, attempt={self.attempt})"
+
+
+def current_job() -> Optional[JobContext]:
+    """The job running in this thread or task, or None outside a job."""
+    return _current.get()
+
+
+def bind(context: Optional[JobContext]) -> contextvars.Token[Optional[JobContext]]:
+    """Make `context` the current job (the worker calls this); returns a reset token."""
+    return _current.set(context)
+
+
+def unbind(token: contextvars.Token[Optional[JobContext]]) -> None:
+    """Undo `bind`."""
+    _current.reset(token)

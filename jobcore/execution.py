@@ -1,0 +1,74 @@
+"""Running one attempt of a job's function in the calling thread, and what came of it.
+
+Handles `progress_callback`, coroutine functions (on a per-thread event loop) and the
+binding of `current_job()`. It decides nothing about retries and touches no storage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+import traceback as traceback_module
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from .context import JobContext, bind, unbind
+from .errors import JobCancelled
+
+_loops = threading.local()
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What an attempt ended with: a value, or an exception and its formatted traceback."""
+
+    value: Any = None
+    error: Optional[BaseException] = None
+    traceback: Optional[str] = None
+
+    @property
+    def cancelled(self) -> bool:
+        return isinstance(self.error, JobCancelled)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.error is None
+
+
+def accepts_progress_callback(func: Callable[..., Any]) -> bool:
+    """True if `func` declares a parameter named `progress_callback`."""
+    try:
+        return "progress_callback" in inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _event_loop() -> asyncio.AbstractEventLoop:
+    loop = getattr(_loops, "loop", None)
+    if loop is None or loop.is_closed():
+        loop = asyncio.new_event_loop()
+        _loops.loop = loop
+    return loop
+
+
+def run_attempt(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                context: JobContext) -> Outcome:
+    """Call `func(*args, **kwargs)` as the job `context`; never raises."""
+    call_kwargs = dict(kwargs)
+    if accepts_progress_callback(func):
+        call_kwargs["progress_callback"] = context.progress_callback
+    token = bind(context)
+    try:
+        value = func(*args, **call_kwargs)
+        if inspect.isawaitable(value):
+            value = _event_loop().run_until_complete(_await(value))
+        return Outcome(value=value)
+    except BaseException as exc:  # a job must never kill its worker thread
+        return Outcome(error=exc, traceback=traceback_module.format_exc())
+    finally:
+        unbind(token)
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable

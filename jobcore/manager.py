@@ -1,0 +1,410 @@
+"""`JobManager`: the public face of jobcore — enqueue, poll, wait, cancel, retry, inspect.
+
+It validates jobs, turns them into repository records, feeds the `ReadyQueue` and starts
+the `WorkerPool`; it holds no job state of its own beyond that index (the repository is
+the source of truth). Scheduling of cron runs lives in `scheduler`; running in `workers`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import threading
+import uuid
+from datetime import datetime
+from typing import Any, Callable, Collection, Iterable, Optional, Union
+
+from . import serialization
+from .clock import SYSTEM_CLOCK, Clock
+from .errors import InvalidJob, InvalidJobType, JobNotFound, UnknownFunction
+from .models import Job, JobResult, JobStatus, LogEntry
+from .notifications import NotificationDispatcher
+from .queue import ReadyQueue
+from .registry import FunctionRegistry, LocalJobs
+from .repository.base import CancelOutcome, JobRecord, JobRepository
+from .repository.memory import MemoryRepository
+from .repository.sqlite import SQLiteRepository
+from .retry import Classifier, is_transient
+from .workers import PoolSettings, WorkerPool
+
+logger = logging.getLogger("jobcore")
+
+RepositoryLike = Union[JobRepository, str, "os.PathLike[str]", None]
+READY_LOAD_LIMIT = 100_000
+
+
+def default_database_path() -> str:
+    """`$JOBCORE_DB`, or `./jobcore.db`."""
+    return os.environ.get("JOBCORE_DB") or os.path.join(os.getcwd(), "jobcore.db")
+
+
+def build_repository(repository: RepositoryLike) -> JobRepository:
+    """A repository from what `JobManager` accepts: an instance, a path, or None."""
+    if isinstance(repository, JobRepository):
+        return repository
+    if repository is None:
+        return SQLiteRepository(default_database_path())
+    if isinstance(repository, (str, os.PathLike)):
+        text = os.fspath(repository)
+        if text == ":memory:":
+            return MemoryRepository()
+        return SQLiteRepository(text)
+    raise TypeError(f"repository must be a JobRepository, a path or None, got {repository!r}")
+
+
+def _epoch(moment: datetime) -> float:
+    """Epoch seconds of a datetime; naive means local time."""
+    return moment.timestamp()
+
+
+def _local(ts: Optional[float]) -> Optional[datetime]:
+    return None if ts is None else datetime.fromtimestamp(ts)
+
+
+def _positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'>=' if allow_zero else '>'} 0, got {value!r}")
+    return float(value)
+
+
+class JobManager:
+    """Runs jobs from a repository on worker threads; see SPEC for the full contract.
+
+    `repository`: a `JobRepository`, a SQLite path, or None for `$JOBCORE_DB` or
+    `./jobcore.db`. `max_workers` threads run jobs. `lease_timeout` (seconds) is how long a
+    running job's claim lasts without a heartbeat. `producer=True` lets `enqueue` accept
+    function names this manager has not registered (for workers elsewhere to run).
+    `max_retry_delay` caps back-off; `retry_on` replaces the transient-error classifier;
+    `clock` and `rng` let tests control time and jitter. Use it as a context manager to
+    start and stop it.
+    """
+
+    def __init__(self, repository: RepositoryLike = None, *, max_workers: int = 4,
+                 lease_timeout: float = 60.0, producer: bool = False, poll_interval: float = 1.0,
+                 max_retry_delay: float = 3600.0, retry_on: Optional[Classifier] = None,
+                 clock: Optional[Clock] = None, rng: Optional[random.Random] = None,
+                 worker_id: Optional[str] = None) -> None:
+        if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
+            raise ValueError(f"max_workers must be an int >= 1, got {max_workers!r}")
+        if retry_on is not None and not callable(retry_on):
+            raise TypeError(f"retry_on must be a callable taking the exception, got {retry_on!r}")
+        settings = PoolSettings(
+            max_workers=max_workers,
+            lease_timeout=_positive("lease_timeout", lease_timeout),
+            poll_interval=_positive("poll_interval", poll_interval),
+            max_retry_delay=_positive("max_retry_delay", max_retry_delay, allow_zero=True),
+            retry_on=retry_on or is_transient,
+        )
+        self.repository = build_repository(repository)
+        self.producer = bool(producer)
+        self.max_workers = max_workers
+        self.lease_timeout = settings.lease_timeout
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._clock = clock or SYSTEM_CLOCK
+        self._registry = FunctionRegistry()
+        self._local = LocalJobs()
+        self._queue = ReadyQueue(self._clock)
+        self._notifier = NotificationDispatcher()
+        # _settled (a Condition on its own lock) guards _settled_count, bumped whenever a
+        # job this process runs or cancels reaches a terminal state; `wait` sleeps on it.
+        self._settled = threading.Condition(threading.Lock())
+        self._settled_count = 0
+        # _lifecycle_lock guards _running across start/stop.
+        self._lifecycle_lock = threading.Lock()
+        self._running = False
+        self._pool = WorkerPool(self.repository, self._queue, self._registry, self._local, self._clock,
+                                settings, self.worker_id, self._publish, self._mark_settled,
+                                rng or random.Random())
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> "JobManager":
+        """Start the workers; jobs already stored (pending, scheduled, recovered) run."""
+        with self._lifecycle_lock:
+            if self._running:
+                return self
+            self._queue.reopen()
+            self._pool.enqueue_entries(self.repository.recover_expired(self._clock.time()))
+            self._load_queue()
+            self._pool.start()
+            self._running = True
+        return self
+
+    def stop(self, wait: bool = True, timeout: Optional[float] = None) -> None:
+        """Stop taking jobs; with `wait`, let running jobs finish (up to `timeout` s)."""
+        with self._lifecycle_lock:
+            if not self._running:
+                return
+            self._running = False
+            self._queue.close()
+            self._pool.stop(timeout if wait else 0.0)
+        self._notifier.flush(timeout=1.0 if not wait else timeout)
+
+    def close(self) -> None:
+        """Stop, and release the repository and notification threads."""
+        self.stop()
+        self._notifier.close()
+        self.repository.close()
+
+    @property
+    def running(self) -> bool:
+        """True between `start` and `stop`."""
+        return self._running
+
+    @property
+    def workers(self) -> list[threading.Thread]:
+        """The live worker threads."""
+        return self._pool.threads
+
+    def __enter__(self) -> "JobManager":
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _load_queue(self) -> None:
+        names = self._registry.names
+        self._pool.enqueue_entries(self.repository.ready(names, READY_LOAD_LIMIT))
+        self._pool.enqueue_entries(self.repository.scheduled(names, READY_LOAD_LIMIT))
+
+    # -- functions -----------------------------------------------------------------------------
+    def register_function(self, name: str, func: Optional[Callable[..., Any]] = None) -> Any:
+        """Let jobs naming `name` run `func`. Without `func`, returns a decorator."""
+        if func is None:
+            def decorator(target: Callable[..., Any]) -> Callable[..., Any]:
+                self.register_function(name, target)
+                return target
+            return decorator
+        self._registry.register(name, func)
+        if self._running:
+            self._load_queue()
+        return func
+
+    # -- enqueueing -------------------------------------------------------------------------------
+    def enqueue(self, job: Job) -> str:
+        """Validate, persist and queue `job`; return its id (or, for a `unique_key` already
+        held by an unfinished job, that job's id)."""
+        return self.enqueue_many([job])[0]
+
+    def enqueue_many(self, jobs: Iterable[Job]) -> list[str]:
+        """Enqueue several jobs in one transaction: all are accepted or none is."""
+        jobs = list(jobs)
+        for job in jobs:
+            if not isinstance(job, Job):
+                raise TypeError(f"enqueue takes Job objects, got {type(job).__name__}")
+            job.validate()
+        if len({job.id for job in jobs}) != len(jobs):
+            raise InvalidJob("id", "the same job appears twice in one batch")
+        now = self._clock.time()
+        records = [self._record_for(job, now) for job in jobs]
+        for job in jobs:
+            self._bind_function(job)
+        ids = self.repository.insert(records, now)
+        for job, record, job_id in zip(jobs, records, ids):
+            if job_id != record.id:
+                continue  # an unfinished job already holds its unique_key
+            self._local.remember(job.id, self._local_function(job), job.retry_on)
+            if record.blocked == 0 and record.status is not JobStatus.CANCELLED:
+                self._pool.enqueue_entries([record.queue_entry()])
+        return ids
+
+    def _record_for(self, job: Job, now: float) -> JobRecord:
+        name = job.function_name
+        assert name is not None and job.name is not None
+        if job.function is None and name not in self._registry and not self.producer:
+            raise UnknownFunction(name)
+        if job.isolation != "thread":
+            raise InvalidJob("isolation", f"{job.isolation!r} is not supported yet; use 'thread'")
+        if job.cron is not None:
+            raise InvalidJob("cron", "cron schedules are not supported yet")
+        scheduled_at = None if job.scheduled_at is None else _epoch(job.scheduled_at)
+        due_later = scheduled_at is not None and scheduled_at > now
+        if self.repository.persistent:
+            serialization.encode_payload(job.args, job.kwargs, self.repository.max_payload_bytes)
+        return JobRecord(
+            id=job.id, function_name=name, name=job.name, args=job.args, kwargs=dict(job.kwargs),
+            priority=int(job.priority), status=JobStatus.SCHEDULED if due_later else JobStatus.PENDING,
+            scheduled_at=scheduled_at, run_at=scheduled_at if due_later else None,
+            max_retries=job.max_retries, retry_delay=job.retry_delay, retry_backoff=job.retry_backoff,
+            retry_jitter=job.retry_jitter, timeout=job.timeout, tags=frozenset(job.tags),
+            metadata=dict(job.metadata), owner=job.owner, unique_key=job.unique_key,
+            isolation=job.isolation, depends_on=tuple(job.depends_on),
+            blocked=len(job.depends_on),
+        )
+
+    def _bind_function(self, job: Job) -> None:
+        if job.function is not None:
+            self._registry.register(job.function_name, job.function, replace=False)  # type: ignore[arg-type]
+
+    def _local_function(self, job: Job) -> Optional[Callable[..., Any]]:
+        """The job's callable when its name runs another one here (two lambdas, say)."""
+        if job.function is None or self._registry.get(job.function_name) is job.function:  # type: ignore[arg-type]
+            return None
+        return job.function
+
+    # -- reading -----------------------------------------------------------------------------------
+    def poll(self, job_id: str) -> Optional[JobResult]:
+        """The job's current state, or None for an unknown id."""
+        record = self.repository.get(job_id)
+        return None if record is None else self._result(record)
+
+    def wait(self, job_id: str, timeout: Optional[float] = None) -> JobResult:
+        """Block until the job is terminal (whichever process runs it) and return it.
+
+        Raises `TimeoutError` after `timeout` seconds and `JobNotFound` (a LookupError)
+        for an unknown id."""
+        deadline = None if timeout is None else SYSTEM_CLOCK.monotonic() + _positive(
+            "timeout", timeout, allow_zero=True)
+        interval = 0.005
+        while True:
+            with self._settled:
+                seen = self._settled_count
+            record = self.repository.get(job_id)
+            if record is None:
+                raise JobNotFound(job_id)
+            if record.status.is_terminal:
+                return self._result(record)
+            remaining = None if deadline is None else deadline - SYSTEM_CLOCK.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(f"job {job_id!r} is still {record.status.value} after {timeout}s")
+            # Settled here: woken at once. Settled by another process: noticed by polling.
+            interval = min(interval * 2, 0.1)
+            wait_for = interval if remaining is None else min(interval, remaining)
+            with self._settled:
+                if self._settled_count == seen:
+                    self._settled.wait(wait_for)
+
+    def _mark_settled(self, job_id: str) -> None:
+        with self._settled:
+            self._settled_count += 1
+            self._settled.notify_all()
+
+    def _result(self, record: JobRecord) -> JobResult:
+        return JobResult(
+            job_id=record.id, name=record.name, status=record.status, progress=record.progress,
+            progress_message=record.progress_message, progress_details=dict(record.progress_details),
+            result=record.result, error=record.error, error_type=record.error_type,
+            traceback=record.traceback, attempts=record.attempts, created_at=_local(record.created_at),
+            scheduled_at=_local(record.scheduled_at if record.run_at is None else record.run_at),
+            started_at=_local(record.started_at), completed_at=_local(record.completed_at),
+            owner=record.owner, tags=frozenset(record.tags), metadata=dict(record.metadata),
+            function_name=record.function_name, priority=record.priority, max_retries=record.max_retries,
+            depends_on=tuple(record.depends_on), worker_id=record.worker_id, cron=record.cron,
+        )
+
+    def _job(self, record: JobRecord) -> Job:
+        return Job(
+            function=self._registry.get(record.function_name), function_name=record.function_name,
+            args=tuple(record.args), kwargs=dict(record.kwargs), name=record.name,
+            priority=record.priority, scheduled_at=_local(record.scheduled_at),
+            depends_on=list(record.depends_on), max_retries=record.max_retries,
+            retry_delay=record.retry_delay, retry_backoff=record.retry_backoff,
+            retry_jitter=record.retry_jitter, timeout=record.timeout, tags=set(record.tags),
+            metadata=dict(record.metadata), owner=record.owner, unique_key=record.unique_key,
+            isolation=record.isolation, id=record.id,
+        )
+
+    def list_jobs(self, status: Union[JobStatus, str, None] = None, tags: Union[str, Collection[str], None] = None,
+                  owner: Optional[str] = None, limit: Optional[int] = 50, offset: int = 0) -> list[JobResult]:
+        """Jobs newest first, filtered by status, owner, and carrying all of `tags`."""
+        wanted = self._status_arg(status)
+        if isinstance(tags, str):
+            tags = [tags]
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            raise ValueError(f"limit must be an int >= 0 or None, got {limit!r}")
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise ValueError(f"offset must be an int >= 0, got {offset!r}")
+        records = self.repository.list(status=wanted, tags=tags, owner=owner, limit=limit, offset=offset)
+        return [self._result(record) for record in records]
+
+    @staticmethod
+    def _status_arg(status: Union[JobStatus, str, None]) -> Optional[JobStatus]:
+        if status is None or isinstance(status, JobStatus):
+            return status
+        try:
+            return JobStatus(str(status).lower())
+        except ValueError:
+            names = ", ".join(s.value for s in JobStatus)
+            raise ValueError(f"unknown status {status!r}; use one of {names}") from None
+
+    def get_dead_letter_queue(self, limit: Optional[int] = None) -> list[tuple[Job, JobResult]]:
+        """The FAILED jobs, newest first, as (job, result) pairs."""
+        records = self.repository.list(status=JobStatus.FAILED, limit=limit)
+        return [(self._job(record), self._result(record)) for record in records]
+
+    def get_stats(self) -> dict[str, int]:
+        """Job counts: `total` and one lower-case key per status."""
+        counts = self.repository.count_by_status()
+        stats = {"total": sum(counts.values())}
+        stats.update({status.value: counts[status] for status in JobStatus})
+        return stats
+
+    def get_queue_size(self) -> int:
+        """Jobs not yet started: pending plus scheduled."""
+        counts = self.repository.count_by_status()
+        return counts[JobStatus.PENDING] + counts[JobStatus.SCHEDULED]
+
+    def get_logs(self, job_id: str) -> list[LogEntry]:
+        """The job's log lines, oldest first (empty for an unknown id)."""
+        return [LogEntry(datetime.fromtimestamp(at), level, message)
+                for at, level, message in self.repository.logs(job_id)]
+
+    # -- changing ------------------------------------------------------------------------------------
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a job: pending or scheduled at once; running by request (the job stops
+        at its next progress report or `check_cancelled`). False if unknown or finished."""
+        outcome, cascade = self.repository.cancel(job_id, self._clock.time(), "cancelled by request")
+        if outcome is CancelOutcome.REQUESTED:
+            self._pool.request_cancel(job_id)
+            return True
+        if outcome is CancelOutcome.CANCELLED:
+            for cancelled in (job_id, *cascade.cancelled):
+                self._local.forget(cancelled)
+                self._mark_settled(cancelled)
+            return True
+        return False
+
+    def retry(self, job_id: str) -> bool:
+        """Re-queue a FAILED or CANCELLED job with its attempts reset; False otherwise."""
+        now = self._clock.time()
+        entry = self.repository.requeue(job_id, now)
+        if entry is None:
+            return False
+        self.repository.add_log(job_id, "info", "re-queued by request (attempts reset)", now)
+        self._pool.enqueue_entries([entry])
+        return True
+
+    def cleanup_old_results(self, retention_days: float = 7) -> int:
+        """Delete terminal jobs finished more than `retention_days` ago (0: all terminal
+        jobs); returns how many were deleted."""
+        days = _positive("retention_days", retention_days, allow_zero=True)
+        before = None if days == 0 else self._clock.time() - days * 86400.0
+        return self.repository.delete_finished(before)
+
+    # -- notifications -------------------------------------------------------------------------------
+    def add_notification_channel(self, channel: Any) -> None:
+        """Send engine events (at least dead-lettered jobs) to `channel.send(event)`."""
+        self._notifier.add(channel)
+
+    def _publish(self, event: str, record: JobRecord, details: dict[str, Any]) -> None:
+        if not self._notifier.channels:
+            return
+        payload = {
+            "event": event, "job_id": record.id, "name": record.name,
+            "function_name": record.function_name, "attempts": record.attempts,
+            "status": {"job.completed": "completed", "job.cancelled": "cancelled",
+                       "job.dead_lettered": "failed", "job.retrying": "scheduled"}.get(event),
+            "error": details.get("error"), "error_type": details.get("error_type"),
+            "traceback": details.get("traceback"), "owner": record.owner,
+            "timestamp": datetime.fromtimestamp(self._clock.time()).astimezone().isoformat(),
+        }
+        if "retry_at" in details:
+            payload["retry_at"] = datetime.fromtimestamp(details["retry_at"]).astimezone().isoformat()
+        self._notifier.publish(payload)
+
+    def __repr__(self) -> str:
+        state = "running" if self._running else "stopped"
+        return f"<JobManager {self.worker_id} {state} workers={self.max_workers} repository={self.repository!r}>"

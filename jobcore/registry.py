@@ -1,0 +1,81 @@
+"""The function registry: which names this process can run, and the callables behind them.
+
+Persisted jobs name their function; only registered names run. Nothing here runs jobs.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, Optional
+
+from .errors import InvalidJobType
+
+
+class FunctionRegistry:
+    """A thread-safe map from names to callables."""
+
+    def __init__(self) -> None:
+        # _lock guards writes to _functions and _names (readers take the snapshot in _names).
+        self._lock = threading.Lock()
+        self._functions: dict[str, Callable[..., Any]] = {}
+        self._names: frozenset[str] = frozenset()
+
+    def register(self, name: str, func: Callable[..., Any], *, replace: bool = True) -> bool:
+        """Bind `name` to `func`. With `replace=False` an existing binding is kept.
+
+        Returns True if `name` now runs `func`."""
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidJobType("function_name", f"must be a non-empty str, got {name!r}")
+        if not callable(func):
+            raise InvalidJobType("function", f"must be callable, got {func!r}")
+        with self._lock:
+            current = self._functions.get(name)
+            if current is not None and not replace:
+                return current is func
+            self._functions[name] = func
+            self._names = frozenset(self._functions)
+            return True
+
+    def get(self, name: str) -> Optional[Callable[..., Any]]:
+        """The callable registered under `name`, or None."""
+        return self._functions.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._functions
+
+    @property
+    def names(self) -> frozenset[str]:
+        """Every registered name (an immutable snapshot)."""
+        return self._names
+
+
+class LocalJobs:
+    """What some jobs carry that cannot be stored: the callable given as `Job.function`
+    when its name is bound to another callable, and a per-job `retry_on` classifier.
+
+    Kept only in this process, keyed by job id, and forgotten when the job finishes."""
+
+    def __init__(self) -> None:
+        # _lock guards _functions and _classifiers.
+        self._lock = threading.Lock()
+        self._functions: dict[str, Callable[..., Any]] = {}
+        self._classifiers: dict[str, Callable[[BaseException], bool]] = {}
+
+    def remember(self, job_id: str, function: Optional[Callable[..., Any]],
+                 retry_on: Optional[Callable[[BaseException], bool]]) -> None:
+        with self._lock:
+            if function is not None:
+                self._functions[job_id] = function
+            if retry_on is not None:
+                self._classifiers[job_id] = retry_on
+
+    def function(self, job_id: str) -> Optional[Callable[..., Any]]:
+        return self._functions.get(job_id)
+
+    def retry_on(self, job_id: str) -> Optional[Callable[[BaseException], bool]]:
+        return self._classifiers.get(job_id)
+
+    def forget(self, job_id: str) -> None:
+        with self._lock:
+            self._functions.pop(job_id, None)
+            self._classifiers.pop(job_id, None)
