@@ -1,11 +1,11 @@
 """Delivers job events to channels (callback, email, webhook) off-thread; never creates events.
 
 The engine decides which events happen and when, builds their dicts, and calls
-`NotificationDispatcher.publish`; this module only formats and delivers them. The engine builds event dicts and calls `NotificationDispatcher.publish`; this module only
-formats and delivers them. An event has at least `event` (such as "job.dead_lettered",
-"job.completed", "job.retrying", "job.cancelled"), `job_id`, `name`, `function_name`,
-`status`, `error`, `error_type`, `attempts` and `timestamp` (ISO 8601), and may carry
-`traceback`. Timeouts are float seconds.
+`NotificationDispatcher.publish`; this module only formats and delivers them. An event
+has at least `event` ("job.dead_lettered", "job.completed", "job.retrying",
+"job.cancelled", ...), `job_id`, `name`, `function_name`, `status`, `error`, `error_type`,
+`attempts` and `timestamp` (ISO 8601), and may carry `traceback`. Timeouts are float
+seconds.
 """
 
 from __future__ import annotations

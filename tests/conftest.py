@@ -1,0 +1,48 @@
+"""Shared fixtures: real SQLite files in a temp dir, managers that always stop."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Callable, Iterator
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from jobcore import JobManager, MemoryRepository, SQLiteRepository  # noqa: E402
+from jobcore.repository.base import JobRepository  # noqa: E402
+
+
+@pytest.fixture
+def db_path(tmp_path: Any) -> str:
+    """A fresh SQLite file path."""
+    return str(tmp_path / "jobs.db")
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def repository(request: Any, tmp_path: Any) -> Iterator[JobRepository]:
+    """Each backend in turn: a real SQLite file, then memory."""
+    repo: JobRepository
+    if request.param == "sqlite":
+        repo = SQLiteRepository(str(tmp_path / "jobs.db"))
+    else:
+        repo = MemoryRepository()
+    yield repo
+    repo.close()
+
+
+@pytest.fixture
+def make_manager() -> Iterator[Callable[..., JobManager]]:
+    """Build managers that are stopped (and their repositories closed) after the test."""
+    managers: list[JobManager] = []
+
+    def make(*args: Any, **kwargs: Any) -> JobManager:
+        manager = JobManager(*args, **kwargs)
+        managers.append(manager)
+        return manager
+
+    yield make
+    for manager in managers:
+        manager.stop(timeout=10)
+        manager.close()
