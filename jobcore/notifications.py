@@ -72,7 +72,7 @@ class NotificationChannel(Protocol):
     event.
     """
 
-    def send(self, event: dict) -> None:
+    def send(self, event: dict[str, Any]) -> None:
         """Deliver one event."""
 
 
@@ -81,7 +81,8 @@ def format_event_text(event: Mapping[str, Any], *,
     """Return `(subject, body)` describing `event` in plain text.
 
     The subject is one line, e.g. "[jobcore] job 'nightly report' dead-lettered after
-    4 attempts: ValueError"; the body lists the event's fields, then its traceback if any.
+    4 attempts: ValueError"; the body lists the fields that have a value, then the
+    traceback if any.
     """
     kind = str(event.get("event") or "job.event")
     label = event.get("name") or event.get("function_name") or event.get("job_id") or "?"
@@ -96,6 +97,8 @@ def format_event_text(event: Mapping[str, Any], *,
     lines = [f"{summary[0].upper()}{summary[1:]}.", ""]
     extra = sorted((k for k in event if k not in _BODY_FIELDS and k != "traceback"), key=str)
     for key in [k for k in _BODY_FIELDS if k in event] + extra:
+        if event[key] is None:   # e.g. error and traceback of a completed job
+            continue
         value = str(event[key]).replace("\n", "\n" + " " * 16)
         lines.append(f"{str(key) + ':':<15} {value}")
     if event.get("traceback"):
@@ -106,7 +109,8 @@ def format_event_text(event: Mapping[str, Any], *,
 class CallbackNotificationChannel:
     """Calls `fn(event)` for each event (every event, or only those named in `events`)."""
 
-    def __init__(self, fn: Callable[[dict], Any], *, events: Iterable[str] | None = None) -> None:
+    def __init__(self, fn: Callable[[dict[str, Any]], Any], *,
+                 events: Iterable[str] | None = None) -> None:
         if not callable(fn):
             raise TypeError(f"CallbackNotificationChannel needs a callable, got {fn!r}")
         self.fn = fn
@@ -116,7 +120,7 @@ class CallbackNotificationChannel:
         """True if this channel delivers events named `event_name`."""
         return self.events is None or event_name in self.events
 
-    def send(self, event: dict) -> None:
+    def send(self, event: dict[str, Any]) -> None:
         """Call the function with `event`, unless this channel does not want it."""
         if self.wants(event.get("event", "")):
             self.fn(event)
@@ -192,7 +196,7 @@ class EmailNotificationChannel:
         message.set_content(body, cte=None if body.isascii() else "quoted-printable")
         return message
 
-    def send(self, event: dict) -> None:
+    def send(self, event: dict[str, Any]) -> None:
         """Mail `event` unless this channel does not want it; raises `smtplib` and
         `OSError` errors (refused login, STARTTLS not offered, connection failures)."""
         if not self.wants(event.get("event", "")):
@@ -269,7 +273,7 @@ class WebhookNotificationChannel:
         """True if this channel posts events named `event_name`."""
         return self.events is None or event_name in self.events
 
-    def send(self, event: dict) -> None:
+    def send(self, event: dict[str, Any]) -> None:
         """POST `event` unless this channel does not want it; raises `NotificationError`
         on a non-2xx answer and `OSError` (`urllib.error.URLError`, `TimeoutError`) when
         the server cannot be reached or does not answer in time."""
@@ -297,7 +301,7 @@ class _Delivery:
 
     def __init__(self, channel: Any, lock: threading.Lock) -> None:
         self.channel = channel
-        self.pending: deque[dict] = deque()
+        self.pending: deque[dict[str, Any]] = deque()
         # has_work (on the dispatcher's lock) is notified when pending grows or when
         # stopping or retired is set: what the delivery thread waits for.
         self.has_work = threading.Condition(lock)
@@ -510,7 +514,7 @@ class NotificationDispatcher:
                 f"{method}() called from a notification channel would wait for itself")
 
 
-def _send(channel: Any, event: dict) -> None:
+def _send(channel: Any, event: dict[str, Any]) -> None:
     """Call `channel.send` with a copy of `event`, logging instead of raising."""
     try:
         channel.send(dict(event))

@@ -220,7 +220,7 @@ class SMTPHandler(socketserver.StreamRequestHandler):
         with self.server.cond:
             self.server.sessions.append(commands)
         self.reply("220 127.0.0.1 jobcore-test ESMTP")
-        mail_from, rcpt_to = "", []
+        mail_from, rcpt_to = "", list[str]()
         while True:
             line = self.read_line()
             if line is None:
@@ -389,6 +389,7 @@ def test_subject_is_one_line_singular_and_without_missing_parts() -> None:
 
     assert subject == "job 'two lines' completed after 1 attempt"
     assert "job.completed" in body
+    assert "error_type" not in body   # fields without a value are left out
 
 
 # --- CallbackNotificationChannel ---------------------------------------------------------

@@ -1,0 +1,403 @@
+"""JobManager core: priorities, results, progress, cancel, persistence, inspection, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from jobcore import (Job, JobCancelled, JobManager, JobPriority, JobStatus, MemoryRepository,
+                     SQLiteRepository, UnknownFunction, current_job)
+
+WAIT = 10.0  # generous bound for waits that normally end in milliseconds
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def test_enqueue_runs_and_returns_result_with_timestamps(make_manager: Any, db_path: str) -> None:
+    manager = make_manager(db_path, max_workers=2).start()
+    before = datetime.now()
+
+    job_id = manager.enqueue(Job(function=add, args=(2, 3), name="sum"))
+    result = manager.wait(job_id, timeout=WAIT)
+
+    assert result.status is JobStatus.COMPLETED
+    assert result.status == "completed"
+    assert result.result == 5
+    assert result.name == "sum"
+    assert result.attempts == 1
+    assert result.progress == 1.0
+    assert result.error is None
+    assert before <= result.created_at <= result.started_at <= result.completed_at <= datetime.now()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "memory"])
+def test_priorities_run_highest_first_and_fifo_among_equals(make_manager: Any, db_path: str,
+                                                           backend: str) -> None:
+    repo = SQLiteRepository(db_path) if backend == "sqlite" else MemoryRepository()
+    order: list[str] = []
+    manager = make_manager(repo, max_workers=1)
+    manager.register_function("record", order.append)
+    plan = [("low-1", JobPriority.LOW), ("normal-1", JobPriority.NORMAL), ("crit", JobPriority.CRITICAL),
+            ("normal-2", JobPriority.NORMAL), ("high", JobPriority.HIGH), ("low-2", JobPriority.LOW),
+            ("int-7", 7), ("normal-3", JobPriority.NORMAL)]
+    ids = [manager.enqueue(Job(function_name="record", args=(label,), priority=priority))
+           for label, priority in plan]
+
+    manager.start()
+    for job_id in ids:
+        manager.wait(job_id, timeout=WAIT)
+
+    assert order == ["crit", "high", "int-7", "normal-1", "normal-2", "normal-3", "low-1", "low-2"]
+
+
+def test_progress_is_visible_while_running(make_manager: Any, db_path: str) -> None:
+    reported = threading.Event()
+    release = threading.Event()
+
+    def report(progress_callback: Any = None) -> str:
+        progress_callback(0.4, "step 2 of 5", rows=40)
+        reported.set()
+        assert release.wait(WAIT)
+        return "done"
+
+    manager = make_manager(db_path).start()
+    job_id = manager.enqueue(Job(function=report))
+    assert reported.wait(WAIT)
+
+    running = manager.poll(job_id)
+    assert running.status is JobStatus.RUNNING
+    assert running.progress == pytest.approx(0.4)
+    assert running.progress_message == "step 2 of 5"
+    assert running.progress_details == {"rows": 40}
+
+    release.set()
+    assert manager.wait(job_id, timeout=WAIT).result == "done"
+
+
+def test_current_job_reports_progress_and_logs(make_manager: Any, db_path: str) -> None:
+    seen: dict[str, Any] = {}
+
+    def work() -> None:
+        job = current_job()
+        seen["id"] = job.id
+        seen["cancelled"] = job.cancelled
+        job.progress(0.5, "half")
+        job.log("hello from the job")
+        job.log("careful", level="warning")
+
+    manager = make_manager(db_path).start()
+    job_id = manager.enqueue(Job(function=work))
+    manager.wait(job_id, timeout=WAIT)
+
+    assert seen == {"id": job_id, "cancelled": False}
+    logs = manager.get_logs(job_id)
+    assert [(entry.level, entry.message) for entry in logs] == [
+        ("info", "hello from the job"), ("warning", "careful")]
+    assert all(isinstance(entry.timestamp, datetime) for entry in logs)
+    assert current_job() is None
+
+
+def test_coroutine_functions_run_on_an_event_loop(make_manager: Any, db_path: str) -> None:
+    async def fetch(x: int, progress_callback: Any = None) -> int:
+        await asyncio.sleep(0)
+        progress_callback(0.5, "awaited")
+        assert current_job() is not None
+        return x * 2
+
+    manager = make_manager(db_path).start()
+    result = manager.wait(manager.enqueue(Job(function=fetch, args=(21,))), timeout=WAIT)
+    assert (result.status, result.result) == (JobStatus.COMPLETED, 42)
+
+
+def test_cancel_pending_job_is_immediate(make_manager: Any, db_path: str) -> None:
+    manager = make_manager(db_path)  # not started: nothing runs
+    job_id = manager.enqueue(Job(function=add, args=(1, 1)))
+
+    assert manager.cancel(job_id) is True
+    assert manager.poll(job_id).status is JobStatus.CANCELLED
+    assert manager.cancel(job_id) is False
+    assert manager.cancel("no-such-job") is False
+
+    manager.start()
+    assert manager.wait(job_id, timeout=WAIT).status is JobStatus.CANCELLED
+
+
+@pytest.mark.parametrize("style", ["progress_callback", "check_cancelled"])
+def test_cancel_running_job_is_cooperative(make_manager: Any, db_path: str, style: str) -> None:
+    started = threading.Event()
+    cancelled = threading.Event()
+
+    def loop(progress_callback: Any = None) -> None:
+        started.set()
+        assert cancelled.wait(WAIT)
+        if style == "progress_callback":
+            progress_callback(0.5)
+        else:
+            current_job().check_cancelled()
+        raise AssertionError("JobCancelled was not raised")
+
+    manager = make_manager(db_path).start()
+    job_id = manager.enqueue(Job(function=loop))
+    assert started.wait(WAIT)
+
+    assert manager.cancel(job_id) is True
+    cancelled.set()
+
+    result = manager.wait(job_id, timeout=WAIT)
+    assert result.status is JobStatus.CANCELLED
+    assert result.attempts == 1
+
+
+def test_job_that_raises_job_cancelled_itself_ends_cancelled(make_manager: Any, db_path: str) -> None:
+    def give_up() -> None:
+        raise JobCancelled()
+
+    manager = make_manager(db_path).start()
+    assert manager.wait(manager.enqueue(Job(function=give_up)), timeout=WAIT).status is JobStatus.CANCELLED
+
+
+def test_jobs_survive_a_restart_and_results_stay_pollable(make_manager: Any, db_path: str) -> None:
+    first = make_manager(db_path)
+    first.register_function("add", add)
+    done = first.enqueue(Job(function_name="add", args=(1, 2)))
+    first.start()
+    first.wait(done, timeout=WAIT)
+    first.stop()
+    waiting = first.enqueue(Job(function_name="add", args=(3, 4)))  # accepted while stopped
+    first.close()
+
+    second = make_manager(db_path)
+    assert second.poll(done).result == 3
+    assert second.poll(waiting).status is JobStatus.PENDING
+    second.register_function("add", add)
+    second.start()
+    assert second.wait(waiting, timeout=WAIT).result == 7
+
+
+def test_running_job_of_a_live_worker_is_not_taken_on_start(make_manager: Any, db_path: str) -> None:
+    repo = SQLiteRepository(db_path)
+    other = make_manager(repo, producer=True)
+    job_id = other.enqueue(Job(function_name="add", args=(1, 1)))
+    now = datetime.now().timestamp()
+    assert repo.claim(job_id, "other-process", now, now + 3600) is not None
+
+    manager = make_manager(db_path)
+    manager.register_function("add", add)
+    manager.start()
+    manager.stop()
+
+    assert manager.poll(job_id).status is JobStatus.RUNNING  # its lease is still valid
+
+
+def test_expired_lease_is_recovered_on_start(make_manager: Any, db_path: str) -> None:
+    repo = SQLiteRepository(db_path)
+    producer = make_manager(repo, producer=True)
+    job_id = producer.enqueue(Job(function_name="add", args=(2, 2)))
+    now = datetime.now().timestamp()
+    assert repo.claim(job_id, "dead-process", now - 120, now - 60) is not None
+
+    manager = make_manager(db_path)
+    manager.register_function("add", add)
+    manager.start()
+    result = manager.wait(job_id, timeout=WAIT)
+
+    assert (result.status, result.result, result.attempts) == (JobStatus.COMPLETED, 4, 2)
+
+
+def test_stats_list_queue_size_and_cleanup(make_manager: Any, db_path: str) -> None:
+    manager = make_manager(db_path)
+    manager.register_function("add", add)
+    a = manager.enqueue(Job(function_name="add", args=(1, 1), tags={"report", "user:1"}, owner="ann"))
+    b = manager.enqueue(Job(function_name="add", args=(2, 2), tags={"report"}, owner="bob"))
+    c = manager.enqueue(Job(function_name="add", args=(3, 3), owner="ann"))
+    manager.cancel(c)
+
+    assert manager.get_queue_size() == 2
+    assert manager.get_stats() == {"total": 3, "pending": 2, "scheduled": 0, "running": 0,
+                                   "completed": 0, "failed": 0, "cancelled": 1}
+    assert [r.job_id for r in manager.list_jobs()] == [c, b, a]
+    assert [r.job_id for r in manager.list_jobs(status="pending")] == [b, a]
+    assert [r.job_id for r in manager.list_jobs(status=JobStatus.CANCELLED)] == [c]
+    assert [r.job_id for r in manager.list_jobs(owner="ann")] == [c, a]
+    assert [r.job_id for r in manager.list_jobs(tags={"report"})] == [b, a]
+    assert [r.job_id for r in manager.list_jobs(tags={"report", "user:1"})] == [a]
+    assert [r.job_id for r in manager.list_jobs(limit=1, offset=1)] == [b]
+    assert manager.list_jobs(owner="ann")[1].tags == frozenset({"report", "user:1"})
+    with pytest.raises(ValueError, match="status"):
+        manager.list_jobs(status="bogus")
+
+    manager.start()
+    manager.wait(a, timeout=WAIT)
+    manager.wait(b, timeout=WAIT)
+    assert manager.cleanup_old_results(retention_days=7) == 0  # all finished just now
+    assert manager.cleanup_old_results(retention_days=0) == 3
+    assert manager.poll(a) is None
+    assert manager.get_stats()["total"] == 0
+
+
+def test_wait_raises_for_unknown_id_and_on_timeout(make_manager: Any, db_path: str) -> None:
+    manager = make_manager(db_path)  # not started
+    job_id = manager.enqueue(Job(function=add, args=(1, 2)))
+    with pytest.raises(LookupError):
+        manager.wait("missing")
+    with pytest.raises(TimeoutError):
+        manager.wait(job_id, timeout=0.05)
+    assert manager.poll("missing") is None
+
+
+def test_unknown_function_name_is_rejected_unless_producer(make_manager: Any, db_path: str) -> None:
+    manager = make_manager(db_path)
+    with pytest.raises(UnknownFunction, match="not_registered"):
+        manager.enqueue(Job(function_name="not_registered"))
+    assert manager.get_stats()["total"] == 0
+
+    producer = make_manager(db_path, producer=True)
+    job_id = producer.enqueue(Job(function_name="not_registered"))
+    assert producer.poll(job_id).status is JobStatus.PENDING
+
+
+def test_two_lambdas_with_the_same_qualname_each_run_their_own_code(make_manager: Any, db_path: str) -> None:
+    manager = make_manager(db_path).start()
+    first = manager.enqueue(Job(function=lambda: "first"))
+    second = manager.enqueue(Job(function=lambda: "second"))
+    assert manager.wait(first, timeout=WAIT).result == "first"
+    assert manager.wait(second, timeout=WAIT).result == "second"
+
+
+def test_graceful_stop_lets_running_jobs_finish(make_manager: Any, db_path: str) -> None:
+    started = threading.Event()
+    release = threading.Event()
+
+    def slow() -> str:
+        started.set()
+        assert release.wait(WAIT)
+        return "finished"
+
+    manager = make_manager(db_path, max_workers=1).start()
+    running = manager.enqueue(Job(function=slow))
+    assert started.wait(WAIT)
+    queued = manager.enqueue(Job(function=add, args=(1, 1)))
+
+    stopper = threading.Thread(target=manager.stop)
+    stopper.start()
+    release.set()
+    stopper.join(WAIT)
+
+    assert not stopper.is_alive()
+    assert manager.running is False
+    assert manager.poll(running).status is JobStatus.COMPLETED
+    assert manager.poll(queued).status is JobStatus.PENDING  # not taken after stop began
+    manager.stop()  # stopping twice is a no-op
+
+
+def test_stopped_manager_still_enqueues_polls_and_cancels(make_manager: Any, db_path: str) -> None:
+    manager = make_manager(db_path)
+    manager.stop()  # never started: a no-op
+    job_id = manager.enqueue(Job(function=add, args=(1, 1)))
+    assert manager.poll(job_id).status is JobStatus.PENDING
+    assert manager.cancel(job_id)
+    assert manager.running is False
+
+
+def test_context_manager_starts_and_stops(db_path: str) -> None:
+    with JobManager(db_path) as manager:
+        assert manager.running
+        assert len(manager.workers) == 4
+        result = manager.wait(manager.enqueue(Job(function=add, args=(5, 5))), timeout=WAIT)
+    assert manager.running is False
+    assert result.result == 10
+    manager.close()
+
+
+def test_a_thousand_jobs_from_four_threads(make_manager: Any, db_path: str) -> None:
+    manager = make_manager(db_path, max_workers=4).start()
+    ids: list[list[str]] = [[] for _ in range(4)]
+
+    def produce(slot: int) -> None:
+        for i in range(250):
+            ids[slot].append(manager.enqueue(Job(function=add, args=(slot, i))))
+
+    threads = [threading.Thread(target=produce, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT * 3)
+
+    every = [job_id for chunk in ids for job_id in chunk]
+    assert len(set(every)) == 1000
+    for slot, chunk in enumerate(ids):
+        for i, job_id in enumerate(chunk):
+            assert manager.wait(job_id, timeout=WAIT).result == slot + i
+    assert manager.get_stats()["completed"] == 1000
+
+
+def test_enqueue_many_is_one_transaction(make_manager: Any, db_path: str) -> None:
+    manager = make_manager(db_path)
+    good = Job(function=add, args=(1, 2))
+    bad = Job(function=add, args=(object(),))
+    with pytest.raises(TypeError, match=r"args\[0\]"):
+        manager.enqueue_many([good, bad])
+    assert manager.get_stats()["total"] == 0
+
+    ids = manager.enqueue_many([Job(function=add, args=(i, i)) for i in range(5)])
+    assert len(ids) == 5 and manager.get_stats()["pending"] == 5
+
+
+def test_unique_key_returns_the_unfinished_job(make_manager: Any, db_path: str) -> None:
+    manager = make_manager(db_path)
+    first = manager.enqueue(Job(function=add, args=(1, 1), unique_key="nightly"))
+    again = manager.enqueue(Job(function=add, args=(1, 1), unique_key="nightly"))
+    assert again == first
+    assert manager.get_stats()["total"] == 1
+    manager.start()
+    manager.wait(first, timeout=WAIT)
+    third = manager.enqueue(Job(function=add, args=(1, 1), unique_key="nightly"))
+    assert third != first
+
+
+def test_memory_repository_accepts_python_objects(make_manager: Any) -> None:
+    manager = make_manager(MemoryRepository()).start()
+    marker = object()
+    result = manager.wait(manager.enqueue(Job(function=lambda x: x, args=(marker,))), timeout=WAIT)
+    assert result.result is marker
+
+
+def test_module_level_api_in_a_subprocess(tmp_path: Any) -> None:
+    script = textwrap.dedent("""
+        import jobcore
+        from jobcore import Job, JobStatus
+
+        def double(x, progress_callback=None):
+            progress_callback(1.0, "done")
+            return x * 2
+
+        jobcore.register_job_function("double", double)
+        job_id = jobcore.enqueue(Job(function_name="double", args=(21,)))
+        result = jobcore.get_job_manager().wait(job_id, timeout=10)
+        assert jobcore.poll(job_id).result == 42, result
+        assert jobcore.cancel(job_id) is False
+        print("OK", job_id)
+    """)
+    db = tmp_path / "default.db"
+    env = {**os.environ, "JOBCORE_DB": str(db),
+           "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("OK ")
+    assert db.exists()
+    assert not (tmp_path / "jobcore.db").exists()
+    job_id = done.stdout.split()[1]
+    with JobManager(str(db)) as check:
+        assert check.poll(job_id).result == 42

@@ -1,0 +1,118 @@
+"""Bad input: every mistake raises a clear error at the call and leaves the store unchanged."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any, Callable
+
+import pytest
+
+from jobcore import DependencyError, Job, JobManager, JobPriority, UnknownFunction
+
+
+def noop() -> None:
+    return None
+
+
+CONSTRUCTION_ERRORS: list[tuple[str, Callable[[], Any], type[Exception], str]] = [
+    ("no function", lambda: Job(), ValueError, "function"),
+    ("not callable", lambda: Job(function=42), TypeError, "function"),
+    ("priority str", lambda: Job(function=noop, priority="high"), TypeError, "priority"),
+    ("priority float", lambda: Job(function=noop, priority=1.5), TypeError, "priority"),
+    ("priority huge", lambda: Job(function=noop, priority=2**40), ValueError, "priority"),
+    ("timeout str", lambda: Job(function=noop, timeout="10"), TypeError, "timeout"),
+    ("timeout zero", lambda: Job(function=noop, timeout=0), ValueError, "timeout"),
+    ("timeout negative", lambda: Job(function=noop, timeout=-1), ValueError, "timeout"),
+    ("timeout nan", lambda: Job(function=noop, timeout=math.nan), ValueError, "timeout"),
+    ("retries negative", lambda: Job(function=noop, max_retries=-1), ValueError, "max_retries"),
+    ("retries float", lambda: Job(function=noop, max_retries=1.0), TypeError, "max_retries"),
+    ("delay negative", lambda: Job(function=noop, retry_delay=-0.1), ValueError, "retry_delay"),
+    ("backoff below one", lambda: Job(function=noop, retry_backoff=0.5), ValueError, "retry_backoff"),
+    ("jitter str", lambda: Job(function=noop, retry_jitter="yes"), TypeError, "retry_jitter"),
+    ("args dict", lambda: Job(function=noop, args={"a": 1}), TypeError, "args"),
+    ("kwargs list", lambda: Job(function=noop, kwargs=[1]), TypeError, "kwargs"),
+    ("kwargs key", lambda: Job(function=noop, kwargs={1: 2}), TypeError, "kwargs"),
+    ("scheduled str", lambda: Job(function=noop, scheduled_at="tomorrow"), TypeError, "scheduled_at"),
+    ("tags str items", lambda: Job(function=noop, tags={1}), TypeError, "tags"),
+    ("metadata not json", lambda: Job(function=noop, metadata={"x": object()}), TypeError, "metadata"),
+    ("metadata list", lambda: Job(function=noop, metadata=[1]), TypeError, "metadata"),
+    ("isolation", lambda: Job(function=noop, isolation="fiber"), ValueError, "isolation"),
+    ("depends_on ints", lambda: Job(function=noop, depends_on=[1]), TypeError, "depends_on"),
+    ("empty name", lambda: Job(function_name=""), ValueError, "function_name"),
+    ("owner int", lambda: Job(function=noop, owner=5), TypeError, "owner"),
+]
+
+
+@pytest.mark.parametrize("label,build,error,field", CONSTRUCTION_ERRORS,
+                         ids=[case[0] for case in CONSTRUCTION_ERRORS])
+def test_bad_job_fields_raise_naming_the_field(label: str, build: Callable[[], Any],
+                                               error: type[Exception], field: str) -> None:
+    with pytest.raises(error, match=field):
+        build()
+
+
+def test_priority_accepts_enum_and_any_int() -> None:
+    assert Job(function=noop, priority=JobPriority.HIGH).priority == JobPriority.HIGH
+    assert Job(function=noop, priority=-3).priority == -3
+
+
+ENQUEUE_ERRORS: list[tuple[str, Callable[[], Job], type[Exception], str]] = [
+    ("unserialisable arg", lambda: Job(function=noop, args=(object(),)), TypeError, "args"),
+    ("unserialisable kwarg", lambda: Job(function=noop, kwargs={"when": datetime.now()}), TypeError, "kwargs"),
+    ("oversized payload", lambda: Job(function=noop, args=("x" * 2_000_000,)), ValueError, "payload"),
+    ("unknown function", lambda: Job(function_name="nope"), UnknownFunction, "nope"),
+    ("unknown dependency", lambda: Job(function=noop, depends_on=["missing"]), DependencyError, "missing"),
+    ("nan argument", lambda: Job(function=noop, args=(math.nan,)), TypeError, "args"),
+]
+
+
+@pytest.mark.parametrize("label,build,error,text", ENQUEUE_ERRORS, ids=[case[0] for case in ENQUEUE_ERRORS])
+def test_bad_enqueue_raises_and_changes_nothing(make_manager: Any, db_path: str, label: str,
+                                               build: Callable[[], Job], error: type[Exception],
+                                               text: str) -> None:
+    manager = make_manager(db_path)
+    manager.enqueue(Job(function=noop))
+    with pytest.raises(error, match=text):
+        manager.enqueue(build())
+    assert manager.get_stats()["total"] == 1
+    assert manager.get_queue_size() == 1
+
+
+def test_mutating_a_job_after_construction_is_checked_again_at_enqueue(make_manager: Any, db_path: str) -> None:
+    manager = make_manager(db_path)
+    job = Job(function=noop)
+    job.priority = "urgent"  # type: ignore[assignment]
+    with pytest.raises(TypeError, match="priority"):
+        manager.enqueue(job)
+    assert manager.get_stats()["total"] == 0
+
+
+def test_enqueue_rejects_non_jobs_and_duplicate_ids(make_manager: Any, db_path: str) -> None:
+    manager = make_manager(db_path)
+    with pytest.raises(TypeError, match="Job"):
+        manager.enqueue("not a job")  # type: ignore[arg-type]
+    job = Job(function=noop)
+    manager.enqueue(job)
+    with pytest.raises(ValueError, match="already exists"):
+        manager.enqueue(job)
+    with pytest.raises(ValueError, match="twice"):
+        manager.enqueue_many([Job(function=noop, id="same"), Job(function=noop, id="same")])
+    assert manager.get_stats()["total"] == 1
+
+
+def test_manager_arguments_are_checked() -> None:
+    with pytest.raises(ValueError, match="max_workers"):
+        JobManager(":memory:", max_workers=0)
+    with pytest.raises(ValueError, match="lease_timeout"):
+        JobManager(":memory:", lease_timeout=-1)
+    with pytest.raises(TypeError, match="repository"):
+        JobManager(42)  # type: ignore[arg-type]
+
+
+def test_cleanup_and_wait_arguments_are_checked(make_manager: Any, db_path: str) -> None:
+    manager = make_manager(db_path)
+    with pytest.raises(ValueError, match="retention_days"):
+        manager.cleanup_old_results(retention_days=-1)
+    with pytest.raises(TypeError, match="retention_days"):
+        manager.cleanup_old_results(retention_days="7")  # type: ignore[arg-type]
