@@ -141,7 +141,8 @@ class JobManager:
             self._running = False
             self._queue.close()
             self._pool.stop(timeout if wait else 0.0)
-        self._notifier.flush(timeout=1.0 if not wait else timeout)
+        # Bounded: a user's callback channel that hangs must not hang stop().
+        self._notifier.flush(timeout=5.0 if wait else 0.5)
 
     def close(self) -> None:
         """Stop, and release the repository and notification threads."""
