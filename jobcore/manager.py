@@ -337,11 +337,22 @@ class JobManager:
         return [(self._job(record), self._result(record)) for record in records]
 
     def get_stats(self) -> dict[str, int]:
-        """Job counts: `total` and one lower-case key per status."""
+        """Job counts: `total` and one lower-case key per status.
+
+        While threads of timed-out attempts are still stuck in their code, the count of
+        them is added under `abandoned_threads`."""
         counts = self.repository.count_by_status()
         stats = {"total": sum(counts.values())}
         stats.update({status.value: counts[status] for status in JobStatus})
+        abandoned = self._pool.abandoned_threads
+        if abandoned:
+            stats["abandoned_threads"] = abandoned
         return stats
+
+    @property
+    def abandoned_threads(self) -> int:
+        """Threads still stuck in attempts that timed out (they cannot be killed)."""
+        return self._pool.abandoned_threads
 
     def get_queue_size(self) -> int:
         """Jobs not yet started: pending plus scheduled."""
@@ -377,6 +388,11 @@ class JobManager:
         self.repository.add_log(job_id, "info", "re-queued by request (attempts reset)", now)
         self._pool.enqueue_entries([entry])
         return True
+
+    def retry_dead_letters(self, limit: Optional[int] = None) -> list[str]:
+        """Re-queue every job in the dead-letter queue (newest first, up to `limit`);
+        returns the ids re-queued."""
+        return [job.id for job, _ in self.get_dead_letter_queue(limit) if self.retry(job.id)]
 
     def cleanup_old_results(self, retention_days: float = 7) -> int:
         """Delete terminal jobs finished more than `retention_days` ago (0: all terminal

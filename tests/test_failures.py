@@ -1,0 +1,284 @@
+"""Failure handling: classification, back-off, the dead-letter queue, timeouts, notifications."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Iterator
+
+import pytest
+
+from jobcore import (CallbackNotificationChannel, FakeClock, Job, JobStatus, PermanentError,
+                     RetryableError, WebhookNotificationChannel)
+from jobcore.errors import JobTimeout
+from jobcore.retry import is_transient, retry_delay
+
+WAIT = 10.0
+
+
+class Flaky:
+    """Fails with `error` until it has been called `failures` times; records call times."""
+
+    def __init__(self, error: BaseException, failures: int) -> None:
+        self.error = error
+        self.failures = failures
+        self.calls: list[float] = []
+
+    def __call__(self) -> str:
+        self.calls.append(time.monotonic())
+        if len(self.calls) <= self.failures:
+            raise self.error
+        return "ok"
+
+
+@pytest.mark.parametrize("exc,transient", [
+    (TimeoutError(), True), (ConnectionError(), True), (OSError("disk"), True),
+    (JobTimeout(1.0), True), (RetryableError("x"), True),
+    (ValueError("read timeout"), True), (KeyError("Connection refused"), True),
+    (RuntimeError("temporary glitch"), True), (Exception("service UNAVAILABLE"), True),
+    (ValueError("bad input"), False), (TypeError("nope"), False), (KeyError("k"), False),
+    (PermanentError("connection timeout"), False),
+])
+def test_default_classification(exc: BaseException, transient: bool) -> None:
+    assert is_transient(exc) is transient
+
+
+def test_retry_delay_is_exponential_capped_and_jittered_in_band() -> None:
+    rng = random.Random(7)
+    plain = [retry_delay(n, delay=0.2, backoff=2.0, jitter=False, max_delay=60, rng=rng) for n in (1, 2, 3)]
+    assert plain == pytest.approx([0.2, 0.4, 0.8])
+    assert retry_delay(30, delay=1.0, backoff=2.0, jitter=False, max_delay=5.0, rng=rng) == 5.0
+    for n in range(1, 6):
+        base = 0.2 * 2 ** (n - 1)
+        value = retry_delay(n, delay=0.2, backoff=2.0, jitter=True, max_delay=60, rng=rng)
+        assert 0.5 * base <= value <= base
+
+
+def test_transient_errors_retry_until_success_with_backoff_gaps(make_manager: Any, db_path: str) -> None:
+    flaky = Flaky(ConnectionError("connection reset"), failures=3)
+    manager = make_manager(db_path, max_workers=2).start()
+    job_id = manager.enqueue(Job(function=flaky, max_retries=3, retry_delay=0.2, retry_backoff=2.0,
+                                 retry_jitter=False))
+    result = manager.wait(job_id, timeout=WAIT)
+
+    assert (result.status, result.result, result.attempts) == (JobStatus.COMPLETED, "ok", 4)
+    gaps = [b - a for a, b in zip(flaky.calls, flaky.calls[1:])]
+    for gap, expected in zip(gaps, [0.2, 0.4, 0.8]):
+        assert expected - 0.01 <= gap <= expected + 0.15, gaps
+
+
+def test_jittered_gaps_stay_in_the_band(make_manager: Any, db_path: str) -> None:
+    flaky = Flaky(TimeoutError("slow"), failures=2)
+    manager = make_manager(db_path, rng=random.Random(3)).start()
+    job_id = manager.enqueue(Job(function=flaky, max_retries=2, retry_delay=0.2, retry_jitter=True))
+    assert manager.wait(job_id, timeout=WAIT).status is JobStatus.COMPLETED
+    gaps = [b - a for a, b in zip(flaky.calls, flaky.calls[1:])]
+    for gap, base in zip(gaps, [0.2, 0.4]):
+        assert 0.5 * base - 0.01 <= gap <= base + 0.15, gaps
+
+
+def test_exhausted_retries_land_in_the_dead_letter_queue(make_manager: Any, db_path: str) -> None:
+    events: list[dict[str, Any]] = []
+    flaky = Flaky(ConnectionError("connection refused"), failures=100)
+    manager = make_manager(db_path).start()
+    manager.add_notification_channel(CallbackNotificationChannel(events.append))
+    job_id = manager.enqueue(Job(function=flaky, name="sync", max_retries=2, retry_delay=0.01))
+    result = manager.wait(job_id, timeout=WAIT)
+
+    assert result.status is JobStatus.FAILED
+    assert result.attempts == 3
+    assert result.error == "connection refused"
+    assert result.error_type == "ConnectionError"
+    assert "ConnectionError: connection refused" in result.traceback
+    dlq = manager.get_dead_letter_queue()
+    assert [(job.id, job.name, res.attempts) for job, res in dlq] == [(job_id, "sync", 3)]
+    history = [entry.message for entry in manager.get_logs(job_id)]
+    assert len(history) == 3 and all("ConnectionError" in line for line in history)
+    assert "no retries left" in history[-1]
+    manager.stop()
+    dead = [e for e in events if e["event"] == "job.dead_lettered"]
+    assert len(dead) == 1
+    assert {k: dead[0][k] for k in ("job_id", "name", "error", "error_type", "attempts")} == {
+        "job_id": job_id, "name": "sync", "error": "connection refused",
+        "error_type": "ConnectionError", "attempts": 3}
+
+
+def test_permanent_errors_are_not_retried(make_manager: Any, db_path: str) -> None:
+    manager = make_manager(db_path).start()
+    for error in (ValueError("bad row"), PermanentError("connection string invalid")):
+        flaky = Flaky(error, failures=100)
+        result = manager.wait(manager.enqueue(Job(function=flaky, max_retries=5, retry_delay=0.01)),
+                              timeout=WAIT)
+        assert (result.status, result.attempts, len(flaky.calls)) == (JobStatus.FAILED, 1, 1)
+
+
+def test_retryable_error_chooses_its_own_delay(make_manager: Any, db_path: str) -> None:
+    flaky = Flaky(RetryableError("rate limited", delay=0.3), failures=1)
+    manager = make_manager(db_path).start()
+    job_id = manager.enqueue(Job(function=flaky, retry_delay=5.0))
+    assert manager.wait(job_id, timeout=WAIT).status is JobStatus.COMPLETED
+    assert 0.29 <= flaky.calls[1] - flaky.calls[0] <= 0.45
+
+
+def test_classifier_is_replaceable_per_manager_and_per_job(make_manager: Any, db_path: str) -> None:
+    manager = make_manager(db_path, retry_on=lambda exc: isinstance(exc, KeyError)).start()
+    by_manager = Flaky(KeyError("missing"), failures=1)
+    assert manager.wait(manager.enqueue(Job(function=by_manager, retry_delay=0.01)),
+                        timeout=WAIT).attempts == 2
+    by_job = Flaky(KeyError("missing"), failures=1)
+    job = Job(function=by_job, retry_delay=0.01, retry_on=lambda exc: False)
+    assert manager.wait(manager.enqueue(job), timeout=WAIT).status is JobStatus.FAILED
+    assert len(by_job.calls) == 1
+
+
+def test_retry_from_the_dead_letter_queue_resets_attempts(make_manager: Any, db_path: str) -> None:
+    flaky = Flaky(ValueError("bad"), failures=1)
+    manager = make_manager(db_path).start()
+    job_id = manager.enqueue(Job(function=flaky))
+    assert manager.wait(job_id, timeout=WAIT).status is JobStatus.FAILED
+
+    assert manager.retry(job_id) is True
+    result = manager.wait(job_id, timeout=WAIT)
+    assert (result.status, result.attempts, result.error) == (JobStatus.COMPLETED, 1, None)
+    assert manager.retry(job_id) is False  # completed jobs are not re-queued
+    assert manager.get_dead_letter_queue() == []
+
+
+def test_bulk_retry_of_the_dead_letter_queue(make_manager: Any, db_path: str) -> None:
+    manager = make_manager(db_path).start()
+    flakies = [Flaky(ValueError("bad"), failures=1) for _ in range(3)]
+    ids = [manager.enqueue(Job(function=f)) for f in flakies]
+    for job_id in ids:
+        manager.wait(job_id, timeout=WAIT)
+    assert sorted(manager.retry_dead_letters()) == sorted(ids)
+    assert all(manager.wait(job_id, timeout=WAIT).status is JobStatus.COMPLETED for job_id in ids)
+
+
+def test_retry_waits_as_scheduled_and_survives_restart(make_manager: Any, db_path: str) -> None:
+    clock = FakeClock()
+    calls: list[int] = []
+
+    def once_flaky() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError("connection dropped")
+        return "second time lucky"
+
+    first = make_manager(db_path, clock=clock)
+    first.register_function("once_flaky", once_flaky)
+    job_id = first.enqueue(Job(function_name="once_flaky", retry_delay=3600, retry_jitter=False))
+    first.start()
+    deadline = time.monotonic() + WAIT
+    while first.poll(job_id).status is not JobStatus.SCHEDULED and time.monotonic() < deadline:
+        time.sleep(0.005)
+    waiting = first.poll(job_id)
+    assert waiting.status is JobStatus.SCHEDULED
+    assert waiting.scheduled_at.timestamp() == pytest.approx(clock.time() + 3600, abs=1)
+    first.stop()
+
+    second = make_manager(db_path, clock=clock)
+    second.register_function("once_flaky", once_flaky)
+    second.start()
+    clock.advance(3599)
+    with pytest.raises(TimeoutError):
+        second.wait(job_id, timeout=0.2)
+    clock.advance(2)
+    assert second.wait(job_id, timeout=WAIT).result == "second time lucky"
+
+
+def test_stuck_job_times_out_and_its_slot_is_handed_on(make_manager: Any, db_path: str) -> None:
+    release = threading.Event()
+
+    def stuck() -> str:
+        release.wait(WAIT)
+        return "too late"
+
+    manager = make_manager(db_path, max_workers=1).start()
+    try:
+        stuck_id = manager.enqueue(Job(function=stuck, timeout=0.3, max_retries=0))
+        quick_id = manager.enqueue(Job(function=lambda: "quick"))
+        started = time.monotonic()
+        quick = manager.wait(quick_id, timeout=WAIT)
+        stuck_result = manager.wait(stuck_id, timeout=WAIT)
+
+        assert quick.result == "quick"
+        assert time.monotonic() - started < 2.0
+        assert (stuck_result.status, stuck_result.error_type) == (JobStatus.FAILED, "JobTimeout")
+        assert manager.get_stats()["abandoned_threads"] == 1
+        assert len(manager.workers) == 2  # the stuck one and its replacement
+    finally:
+        release.set()
+    deadline = time.monotonic() + WAIT
+    while manager.abandoned_threads and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert manager.abandoned_threads == 0
+    assert manager.poll(stuck_id).status is JobStatus.FAILED  # the late return was discarded
+    assert "abandoned_threads" not in manager.get_stats()
+
+
+def test_timeouts_are_transient_and_retried(make_manager: Any, db_path: str) -> None:
+    release = threading.Event()
+    calls: list[int] = []
+
+    def slow_then_fast() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            release.wait(WAIT)
+        return "fast"
+
+    manager = make_manager(db_path, max_workers=1).start()
+    try:
+        job_id = manager.enqueue(Job(function=slow_then_fast, timeout=0.2, retry_delay=0.01))
+        result = manager.wait(job_id, timeout=WAIT)
+        assert (result.status, result.attempts, result.result) == (JobStatus.COMPLETED, 2, "fast")
+    finally:
+        release.set()
+
+
+class _Hook(BaseHTTPRequestHandler):
+    received: list[dict[str, Any]] = []
+    arrived = threading.Event()
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).received.append(json.loads(body))
+        self.send_response(204)
+        self.end_headers()
+        type(self).arrived.set()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def webhook_server() -> Iterator[str]:
+    _Hook.received = []
+    _Hook.arrived = threading.Event()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook"
+    server.shutdown()
+    server.server_close()
+
+
+def test_raising_channel_beside_a_working_webhook(make_manager: Any, db_path: str,
+                                                  webhook_server: str) -> None:
+    def broken(event: dict[str, Any]) -> None:
+        raise RuntimeError("channel is down")
+
+    manager = make_manager(db_path).start()
+    manager.add_notification_channel(CallbackNotificationChannel(broken))
+    manager.add_notification_channel(WebhookNotificationChannel(webhook_server, timeout=2))
+    job_id = manager.enqueue(Job(function=Flaky(ValueError("bad"), failures=9), name="doomed"))
+    ok_id = manager.enqueue(Job(function=lambda: 1))
+
+    assert manager.wait(job_id, timeout=WAIT).status is JobStatus.FAILED
+    assert manager.wait(ok_id, timeout=WAIT).status is JobStatus.COMPLETED
+    assert _Hook.arrived.wait(WAIT)
+    manager.stop()
+    dead = [e for e in _Hook.received if e["event"] == "job.dead_lettered"]
+    assert [(e["job_id"], e["name"], e["error_type"]) for e in dead] == [(job_id, "doomed", "ValueError")]
