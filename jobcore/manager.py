@@ -19,7 +19,7 @@ from typing import Any, Callable, Collection, Iterable, Optional, Union
 from . import serialization
 from .clock import SYSTEM_CLOCK, Clock
 from .errors import InvalidJob, InvalidJobType, JobNotFound, UnknownFunction
-from .models import Job, JobResult, JobStatus, LogEntry
+from .models import Job, JobResult, JobStatus, LogEntry, function_qualname
 from .notifications import NotificationDispatcher
 from .queue import ReadyQueue
 from .registry import FunctionRegistry, LocalJobs
@@ -27,6 +27,7 @@ from .repository.base import CancelOutcome, JobRecord, JobRepository
 from .repository.memory import MemoryRepository
 from .repository.sqlite import SQLiteRepository
 from .retry import Classifier, is_transient
+from .scheduler import next_fire_epoch
 from .workers import PoolSettings, WorkerPool
 
 logger = logging.getLogger("jobcore")
@@ -184,6 +185,39 @@ class JobManager:
             self._load_queue()
         return func
 
+    def periodic(self, cron: str, *, name: Optional[str] = None, timezone: Optional[str] = None,
+                 run_at_startup: bool = False, **job_options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator: register the function and keep one cron schedule running it.
+
+            @manager.periodic("*/15 * * * *")
+            def send_reminders(): ...
+
+        The schedule is keyed by the function's name, so restarts reuse it rather than
+        adding another; if the expression changed, the old schedule is replaced.
+        `run_at_startup` also enqueues one run now. Other keywords go to `Job`."""
+        def decorator(func: Callable[..., Any]) -> Callable[..., Any]:
+            function_name = name or function_qualname(func)
+            self.register_function(function_name, func)
+            self._ensure_schedule(function_name, cron, timezone, job_options)
+            if run_at_startup:
+                self.enqueue(Job(function_name=function_name, **job_options))
+            return func
+        return decorator
+
+    def _ensure_schedule(self, function_name: str, cron: str, timezone: Optional[str],
+                         job_options: dict[str, Any]) -> str:
+        key = f"jobcore:schedule:{function_name}"
+        job = Job(function_name=function_name, cron=cron, cron_timezone=timezone, unique_key=key,
+                  **job_options)
+        schedule_id = self.enqueue(job)
+        existing = self.repository.get(schedule_id)
+        if schedule_id != job.id and existing is not None and (
+                existing.cron, existing.cron_timezone) != (cron, timezone):
+            self.cancel(schedule_id)
+            schedule_id = self.enqueue(Job(function_name=function_name, cron=cron, cron_timezone=timezone,
+                                           unique_key=key, **job_options))
+        return schedule_id
+
     # -- enqueueing -------------------------------------------------------------------------------
     def enqueue(self, job: Job) -> str:
         """Validate, persist and queue `job`; return its id (or, for a `unique_key` already
@@ -219,21 +253,23 @@ class JobManager:
             raise UnknownFunction(name)
         if job.isolation != "thread":
             raise InvalidJob("isolation", f"{job.isolation!r} is not supported yet; use 'thread'")
-        if job.cron is not None:
-            raise InvalidJob("cron", "cron schedules are not supported yet")
         scheduled_at = None if job.scheduled_at is None else _epoch(job.scheduled_at)
         due_later = scheduled_at is not None and scheduled_at > now
+        run_at = scheduled_at if due_later else None
+        if job.cron is not None:  # a schedule: due at its first fire
+            run_at = next_fire_epoch(job.cron, job.cron_timezone, max(now, scheduled_at or now))
+            due_later = True
         if self.repository.persistent:
             serialization.encode_payload(job.args, job.kwargs, self.repository.max_payload_bytes)
         return JobRecord(
             id=job.id, function_name=name, name=job.name, args=job.args, kwargs=dict(job.kwargs),
             priority=int(job.priority), status=JobStatus.SCHEDULED if due_later else JobStatus.PENDING,
-            scheduled_at=scheduled_at, run_at=scheduled_at if due_later else None,
+            scheduled_at=scheduled_at, run_at=run_at,
             max_retries=job.max_retries, retry_delay=job.retry_delay, retry_backoff=job.retry_backoff,
             retry_jitter=job.retry_jitter, timeout=job.timeout, tags=frozenset(job.tags),
             metadata=dict(job.metadata), owner=job.owner, unique_key=job.unique_key,
             isolation=job.isolation, depends_on=tuple(job.depends_on),
-            blocked=len(job.depends_on),
+            blocked=len(job.depends_on), cron=job.cron, cron_timezone=job.cron_timezone,
         )
 
     def _bind_function(self, job: Job) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional
 
+from .cron import CronExpression
 from .errors import InvalidJob, InvalidJobType
 
 PRIORITY_MIN = -(2**31)
@@ -170,14 +171,18 @@ class Job:
             raise InvalidJob("priority", f"must fit in 32 bits, got {self.priority!r}")
         if self.scheduled_at is not None and not isinstance(self.scheduled_at, datetime):
             raise InvalidJobType("scheduled_at", f"must be a datetime, got {self.scheduled_at!r}")
-        if self.cron is not None and not isinstance(self.cron, str):
-            raise InvalidJobType("cron", f"must be a str, got {self.cron!r}")
+        if self.cron is not None:
+            if not isinstance(self.cron, str):
+                raise InvalidJobType("cron", f"must be a str, got {self.cron!r}")
+            CronExpression(self.cron, self.cron_timezone)  # raises naming the bad field
         if self.cron_timezone is not None:
             if not isinstance(self.cron_timezone, str):
                 raise InvalidJobType("cron_timezone", f"must be an IANA name, got {self.cron_timezone!r}")
             if self.cron is None:
                 raise InvalidJob("cron_timezone", "only applies to a job with `cron`")
         self.depends_on = self._normalise_depends_on(self.depends_on)
+        if self.cron is not None and self.depends_on:
+            raise InvalidJob("depends_on", "a cron schedule cannot depend on jobs")
         if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int):
             raise InvalidJobType("max_retries", f"must be an int, got {self.max_retries!r}")
         if self.max_retries < 0:

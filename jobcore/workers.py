@@ -24,6 +24,7 @@ from .queue import ReadyQueue
 from .registry import FunctionRegistry, LocalJobs
 from .repository.base import Cascade, JobRecord, JobRepository, QueueEntry
 from .retry import Classifier, retry_delay, should_retry
+from .scheduler import ScheduleFirer
 
 logger = logging.getLogger("jobcore.workers")
 
@@ -74,6 +75,7 @@ class WorkerPool:
         self._publish = publish
         self._on_settled = on_settled
         self._rng = rng
+        self._scheduler = ScheduleFirer(repository, clock, self.enqueue_entries)
         # _lock guards _running, _threads, _abandoned, _next_slot, _stopping and the
         # housekeeper's schedule; _wakeup (on _lock) wakes the housekeeper early.
         self._lock = threading.Lock()
@@ -163,6 +165,9 @@ class WorkerPool:
             entry = self._queue.pop()
             if entry is None:
                 return
+            if entry.is_schedule:
+                self._fire_schedule(entry)
+                continue
             now = self._clock.time()
             try:
                 record = self._repo.claim(entry.job_id, self.worker_id, now,
@@ -175,6 +180,15 @@ class WorkerPool:
                 continue  # cancelled, claimed elsewhere, or not due: the repository decides
             if not self._run(record, slot):
                 return  # a timeout gave this thread's slot to a fresh thread
+
+    def _fire_schedule(self, entry: QueueEntry) -> None:
+        try:
+            self._scheduler.fire(entry)
+        except RepositoryError as exc:
+            logger.error("could not fire schedule %s, retrying in 1s: %s", entry.job_id, exc)
+            self._queue.push(entry, self._clock.time() + 1.0)
+        except Exception:  # a broken schedule must not kill the worker
+            logger.exception("schedule %s failed to fire", entry.job_id)
 
     def _run(self, record: JobRecord, slot: _Slot) -> bool:
         context = JobContext(record.id, record.name, record.attempts, self)

@@ -234,6 +234,15 @@ class JobRepository(abc.ABC):
         froze): they become PENDING again (their attempt stays counted), or FAILED with
         error_type `WorkerLost` when that attempt was their last. Returns the re-queued."""
 
+    @abc.abstractmethod
+    def fire_schedule(self, schedule_id: str, fire_at: float, next_run_at: float, run: JobRecord,
+                      now: float) -> bool:
+        """Fire a cron schedule once: if the schedule is still SCHEDULED with
+        `run_at == fire_at`, move its `run_at` to `next_run_at` and store `run` (a PENDING
+        job; its `seq` is set) in the same transaction. Returns False, changing nothing,
+        if the schedule was cancelled or fired already (by any process): each fire time
+        yields at most one run."""
+
     # -- housekeeping --------------------------------------------------------------
     @abc.abstractmethod
     def delete_finished(self, before: Optional[float]) -> int:

@@ -298,6 +298,23 @@ class MemoryRepository(JobRepository):
                 self._logs.setdefault(row.id, []).append((now, "warning", message))
             return recovered
 
+    def fire_schedule(self, schedule_id: str, fire_at: float, next_run_at: float, run: JobRecord,
+                      now: float) -> bool:
+        with self._lock:
+            schedule = self._jobs.get(schedule_id)
+            if (schedule is None or not schedule.is_schedule or schedule.status is not JobStatus.SCHEDULED
+                    or schedule.run_at != fire_at):
+                return False
+            if run.id in self._jobs:
+                raise ValueError(f"Job.id: a job with id {run.id!r} already exists")
+            schedule.run_at = next_run_at
+            row = copy.copy(run)
+            row.seq = run.seq = self._next_seq
+            self._next_seq += 1
+            row.created_at = now
+            self._jobs[row.id] = row
+            return True
+
     # -- housekeeping ------------------------------------------------------------------
     def delete_finished(self, before: Optional[float]) -> int:
         with self._lock:

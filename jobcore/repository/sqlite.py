@@ -201,6 +201,7 @@ class SQLiteRepository(JobRepository):
             check_batch_dependencies(records, exists=_Lookup(exists))
             ids: list[str] = []
             batch_unique: dict[str, str] = {}
+            batch_ids = {record.id for record in records}
             for record in records:
                 key = record.unique_key
                 if key is not None:
@@ -211,6 +212,9 @@ class SQLiteRepository(JobRepository):
                     batch_unique[key] = record.id
                 blocked, dead = 0, None
                 for dep in record.depends_on:
+                    if dep in batch_ids:  # a new job of this batch: not complete yet
+                        blocked += 1
+                        continue
                     status, name = conn.execute(sql.SELECT_STATUS, (dep,)).fetchone()
                     if status != JobStatus.COMPLETED.value:
                         blocked += 1
@@ -373,6 +377,18 @@ class SQLiteRepository(JobRepository):
                 if row[6] == JobStatus.FAILED.value:
                     self._cancel_dependents(conn, row[0], now)
         return [self._entry(row) for row in rows if row[6] == JobStatus.PENDING.value]
+
+    def fire_schedule(self, schedule_id: str, fire_at: float, next_run_at: float, run: JobRecord,
+                      now: float) -> bool:
+        params = self._row_params(run, now, JobStatus.PENDING, 0, None)
+        with self._write() as conn:
+            if conn.execute(sql.ADVANCE_SCHEDULE, (next_run_at, schedule_id, fire_at)).rowcount != 1:
+                return False
+            try:
+                run.seq = conn.execute(sql.INSERT_JOB, params).lastrowid or 0
+            except sqlite3.IntegrityError:
+                raise ValueError(f"Job.id: a job with id {run.id!r} already exists") from None
+        return True
 
     # -- housekeeping ------------------------------------------------------------------------
     def delete_finished(self, before: Optional[float]) -> int:

@@ -203,3 +203,7 @@ DELETE FROM jobs WHERE status IN ('completed', 'failed', 'cancelled') RETURNING 
 """
 DELETE_LOGS = "DELETE FROM job_logs WHERE job_id = ?"
 DELETE_DEPS = "DELETE FROM job_deps WHERE job_id = ? OR depends_on = ?"
+ADVANCE_SCHEDULE = """
+UPDATE jobs SET run_at = ?
+WHERE id = ? AND status = 'scheduled' AND cron IS NOT NULL AND run_at = ?
+"""

@@ -1,0 +1,239 @@
+"""Order and time: dependencies, scheduled_at, and cron schedules."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from jobcore import (DependencyError, FakeClock, InvalidCronExpression, Job, JobManager, JobStatus,
+                     MemoryRepository, SQLiteRepository)
+
+WAIT = 10.0
+
+
+def test_dependencies_run_in_order(make_manager: Any, db_path: str) -> None:
+    order: list[str] = []
+    manager = make_manager(db_path, max_workers=4)
+    manager.register_function("step", order.append)
+    fetch = manager.enqueue(Job(function_name="step", args=("fetch",)))
+    process = manager.enqueue(Job(function_name="step", args=("process",), depends_on=[fetch]))
+    report = manager.enqueue(Job(function_name="step", args=("report",), depends_on=[process, fetch],
+                                 priority=100))
+    assert manager.poll(report).status is JobStatus.PENDING
+
+    manager.start()
+    assert manager.wait(report, timeout=WAIT).status is JobStatus.COMPLETED
+    assert order == ["fetch", "process", "report"]
+
+
+def test_failed_dependency_cancels_dependents_transitively(make_manager: Any, db_path: str) -> None:
+    def explode() -> None:
+        raise ValueError("no data")
+
+    manager = make_manager(db_path)
+    fetch = manager.enqueue(Job(function=explode, name="fetch"))
+    process = manager.enqueue(Job(function=lambda: 1, depends_on=[fetch]))
+    report = manager.enqueue(Job(function=lambda: 2, depends_on=[process]))
+    manager.start()
+
+    assert manager.wait(fetch, timeout=WAIT).status is JobStatus.FAILED
+    for dependent in (process, report):
+        result = manager.wait(dependent, timeout=WAIT)
+        assert result.status is JobStatus.CANCELLED
+        assert fetch in result.error and "fetch" in result.error
+    late = manager.enqueue(Job(function=lambda: 3, depends_on=[fetch]))
+    assert manager.poll(late).status is JobStatus.CANCELLED
+
+
+def test_cancelled_dependency_cancels_dependents(make_manager: Any, db_path: str) -> None:
+    manager = make_manager(db_path)
+    first = manager.enqueue(Job(function=lambda: 1))
+    second = manager.enqueue(Job(function=lambda: 2, depends_on=[first]))
+    assert manager.cancel(first)
+    assert manager.poll(second).status is JobStatus.CANCELLED
+    assert first in manager.poll(second).error
+
+
+def test_batch_dependencies_and_rejected_cycle(make_manager: Any, db_path: str) -> None:
+    manager = make_manager(db_path)
+    a = Job(function=lambda: "a")
+    b = Job(function=lambda: "b", depends_on=[a.id])
+    ids = manager.enqueue_many([b, a])
+    assert ids == [b.id, a.id]
+
+    x = Job(function=lambda: 1, id="x", depends_on=["y"])
+    y = Job(function=lambda: 2, id="y", depends_on=["x"])
+    with pytest.raises(DependencyError, match="cycle"):
+        manager.enqueue_many([x, y])
+    with pytest.raises(ValueError):
+        manager.enqueue(Job(function=lambda: 1, depends_on=["nobody"]))
+    assert manager.get_stats()["total"] == 2
+
+    manager.start()
+    assert manager.wait(b.id, timeout=WAIT).result == "b"
+
+
+def test_dependents_are_released_after_a_restart(make_manager: Any, db_path: str) -> None:
+    first = make_manager(db_path)
+    first.register_function("value", lambda x: x)
+    parent = first.enqueue(Job(function_name="value", args=(1,)))
+    child = first.enqueue(Job(function_name="value", args=(2,), depends_on=[parent]))
+    first.close()
+
+    second = make_manager(db_path)
+    second.register_function("value", lambda x: x)
+    second.start()
+    assert second.wait(child, timeout=WAIT).result == 2
+
+
+def test_scheduled_job_waits_then_starts_on_time(make_manager: Any, db_path: str) -> None:
+    started: list[float] = []
+    manager = make_manager(db_path).start()
+    due = datetime.now() + timedelta(seconds=0.7)
+    job_id = manager.enqueue(Job(function=lambda: started.append(time.time()), scheduled_at=due))
+
+    early = manager.poll(job_id)
+    assert early.status is JobStatus.SCHEDULED
+    assert early.scheduled_at == due.replace(microsecond=due.microsecond)
+    manager.wait(job_id, timeout=WAIT)
+    assert due.timestamp() <= started[0] <= due.timestamp() + 0.1
+
+
+def test_aware_and_past_scheduled_times(make_manager: Any, db_path: str) -> None:
+    manager = make_manager(db_path).start()
+    past = manager.enqueue(Job(function=lambda: "now", scheduled_at=datetime.now() - timedelta(hours=1)))
+    assert manager.wait(past, timeout=WAIT).result == "now"
+    aware = datetime.now(timezone.utc) + timedelta(hours=2)
+    later = manager.enqueue(Job(function=lambda: "later", scheduled_at=aware))
+    result = manager.poll(later)
+    assert result.status is JobStatus.SCHEDULED
+    assert abs(result.scheduled_at.timestamp() - aware.timestamp()) < 0.001
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "memory"])
+def test_scheduled_jobs_follow_an_injected_clock(make_manager: Any, db_path: str, backend: str) -> None:
+    clock = FakeClock()
+    repo = SQLiteRepository(db_path) if backend == "sqlite" else MemoryRepository()
+    manager = make_manager(repo, clock=clock).start()
+    due = datetime.fromtimestamp(clock.time() + 3600)
+    job_id = manager.enqueue(Job(function=lambda: "ran", scheduled_at=due))
+
+    clock.advance(3599)
+    with pytest.raises(TimeoutError):
+        manager.wait(job_id, timeout=0.1)
+    clock.advance(1)
+    assert manager.wait(job_id, timeout=WAIT).result == "ran"
+
+
+def test_invalid_cron_is_rejected_naming_the_field(make_manager: Any, db_path: str) -> None:
+    manager = make_manager(db_path)
+    with pytest.raises(InvalidCronExpression, match="minute"):
+        manager.enqueue(Job(function=lambda: 1, cron="61 * * * *"))
+    with pytest.raises(ValueError, match="timezone"):
+        Job(function=lambda: 1, cron="* * * * *", cron_timezone="Mars/Olympus")
+    assert manager.get_stats()["total"] == 0
+
+
+def test_every_second_schedule_fires_and_stops_when_cancelled(make_manager: Any, db_path: str) -> None:
+    clock = FakeClock(start=1_900_000_000.0)
+    fired = threading.Semaphore(0)
+
+    def tick() -> None:
+        fired.release()
+
+    manager = make_manager(db_path, clock=clock).start()
+    schedule_id = manager.enqueue(Job(function=tick, cron="* * * * * *", name="tick"))
+    assert manager.poll(schedule_id).status is JobStatus.SCHEDULED
+    assert manager.poll(schedule_id).cron == "* * * * * *"
+
+    for _ in range(3):
+        clock.advance(1)
+        assert fired.acquire(timeout=WAIT)
+    assert manager.cancel(schedule_id)
+    clock.advance(5)
+    assert not fired.acquire(timeout=0.3)
+
+    runs = [r for r in manager.list_jobs(limit=None) if r.job_id != schedule_id]
+    assert len(runs) == 3
+    assert all(r.metadata["schedule_id"] == schedule_id for r in runs)
+    fire_times = sorted(datetime.fromisoformat(r.metadata["fire_at"]).timestamp() for r in runs)
+    assert fire_times == [1_900_000_001.0, 1_900_000_002.0, 1_900_000_003.0]
+    assert manager.poll(schedule_id).status is JobStatus.CANCELLED
+
+
+def test_missed_fires_coalesce_into_one_run(make_manager: Any, db_path: str) -> None:
+    clock = FakeClock(start=1_900_000_000.0)
+    manager = make_manager(db_path, clock=clock)
+    manager.register_function("tick", lambda: None)
+    schedule_id = manager.enqueue(Job(function_name="tick", cron="* * * * *"))
+    clock.advance(3600)  # an hour passes with nothing running: 60 fires missed
+    manager.start()
+    deadline = time.monotonic() + WAIT
+    while manager.get_stats()["completed"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    manager.stop()
+    runs = [r for r in manager.list_jobs(limit=None) if r.job_id != schedule_id]
+    assert len(runs) == 1
+    assert manager.poll(schedule_id).scheduled_at.timestamp() > clock.time()
+
+
+def test_two_managers_never_fire_the_same_time_twice(tmp_path: Any) -> None:
+    path = str(tmp_path / "shared.db")
+    clock = FakeClock(start=1_900_000_000.0)
+    calls: list[str] = []
+    lock = threading.Lock()
+
+    def tick() -> None:
+        with lock:
+            calls.append("x")
+
+    managers = [JobManager(path, clock=clock, max_workers=2, worker_id=f"m{i}") for i in range(2)]
+    for manager in managers:
+        manager.register_function("tick", tick)
+    schedule_id = managers[0].enqueue(Job(function_name="tick", cron="* * * * * *"))
+    for manager in managers:
+        manager.start()
+    try:
+        for second in range(1, 6):
+            clock.advance(1)
+            deadline = time.monotonic() + WAIT
+            while time.monotonic() < deadline:
+                runs = [r for r in managers[0].list_jobs(limit=None) if r.job_id != schedule_id]
+                if len(runs) >= second and all(r.status is JobStatus.COMPLETED for r in runs):
+                    break
+                time.sleep(0.005)
+    finally:
+        for manager in managers:
+            manager.stop()
+            manager.close()
+    check = JobManager(path)
+    runs = [r for r in check.list_jobs(limit=None) if r.job_id != schedule_id]
+    fire_times = [r.metadata["fire_at"] for r in runs]
+    assert len(fire_times) == 5
+    assert len(set(fire_times)) == 5
+    assert len(calls) == 5
+    check.close()
+
+
+def test_periodic_decorator_keeps_one_schedule_across_restarts(tmp_path: Any) -> None:
+    path = str(tmp_path / "periodic.db")
+    first = JobManager(path)
+
+    @first.periodic("*/15 * * * *", name="reminders")
+    def reminders() -> str:
+        return "sent"
+
+    first.close()
+    second = JobManager(path)
+    second.periodic("*/15 * * * *", name="reminders")(reminders)
+    schedules = [r for r in second.list_jobs(limit=None) if r.cron]
+    assert [(r.cron, r.status) for r in schedules] == [("*/15 * * * *", JobStatus.SCHEDULED)]
+
+    second.periodic("0 * * * *", name="reminders")(reminders)  # expression changed: replaced
+    live = [r.cron for r in second.list_jobs(status="scheduled", limit=None)]
+    assert live == ["0 * * * *"]
+    second.close()
