@@ -23,17 +23,18 @@ from .models import Job, JobResult, JobStatus, LogEntry, function_qualname
 from .notifications import NotificationDispatcher
 from .queue import ReadyQueue
 from .registry import FunctionRegistry, LocalJobs
-from .repository.base import CancelOutcome, JobRecord, JobRepository
+from .repository.base import CancelOutcome, JobRecord, JobRepository, WorkerInfo
 from .repository.memory import MemoryRepository
 from .repository.sqlite import SQLiteRepository
 from .retry import Classifier, is_transient
 from .scheduler import next_fire_epoch
+from .housekeeper import Housekeeper
 from .workers import PoolSettings, WorkerPool
 
 logger = logging.getLogger("jobcore")
 
 RepositoryLike = Union[JobRepository, str, "os.PathLike[str]", None]
-READY_LOAD_LIMIT = 100_000
+READY_LOAD_LIMIT = 10_000  # a window: the queue is refilled as it drains
 
 
 def default_database_path() -> str:
@@ -86,6 +87,7 @@ class JobManager:
 
     def __init__(self, repository: RepositoryLike = None, *, max_workers: int = 4,
                  lease_timeout: float = 60.0, producer: bool = False, poll_interval: float = 1.0,
+                 discovery_interval: float = 0.05,
                  max_retry_delay: float = 3600.0, retry_on: Optional[Classifier] = None,
                  clock: Optional[Clock] = None, rng: Optional[random.Random] = None,
                  worker_id: Optional[str] = None) -> None:
@@ -120,6 +122,9 @@ class JobManager:
         self._pool = WorkerPool(self.repository, self._queue, self._registry, self._local, self._clock,
                                 settings, self.worker_id, self._publish, self._mark_settled,
                                 rng or random.Random())
+        self._housekeeper = Housekeeper(self.repository, self._pool, self._clock, settings,
+                                        self._load_queue,
+                                        _positive("discovery_interval", discovery_interval))
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> "JobManager":
@@ -131,6 +136,7 @@ class JobManager:
             self._pool.enqueue_entries(self.repository.recover_expired(self._clock.time()))
             self._load_queue()
             self._pool.start()
+            self._housekeeper.start()
             self._running = True
         return self
 
@@ -142,6 +148,7 @@ class JobManager:
             self._running = False
             self._queue.close()
             self._pool.stop(timeout if wait else 0.0)
+            self._housekeeper.stop(timeout if wait else 0.0)
         # Bounded: a user's callback channel that hangs must not hang stop().
         self._notifier.flush(timeout=5.0 if wait else 0.5)
 
@@ -168,9 +175,14 @@ class JobManager:
         self.stop()
 
     def _load_queue(self) -> None:
+        """Index the stored jobs this manager can run (up to a window of the best)."""
         names = self._registry.names
         self._pool.enqueue_entries(self.repository.ready(names, READY_LOAD_LIMIT))
         self._pool.enqueue_entries(self.repository.scheduled(names, READY_LOAD_LIMIT))
+
+    def list_workers(self) -> list[WorkerInfo]:
+        """The managers running jobs on this repository (any process), oldest first."""
+        return self.repository.list_workers()
 
     # -- functions -----------------------------------------------------------------------------
     def register_function(self, name: str, func: Optional[Callable[..., Any]] = None) -> Any:

@@ -28,6 +28,7 @@ class ReadyQueue:
         self._timers: list[tuple[float, int, QueueEntry]] = []
         self._members: set[str] = set()
         self._closed = False
+        clock.subscribe(self.wake)  # a fake clock's jump makes timers due
 
     def push(self, entry: QueueEntry, due_at: Optional[float] = None) -> None:
         """Queue `entry`, ready now or (with `due_at`, epoch seconds) once that time comes.

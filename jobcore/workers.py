@@ -1,10 +1,9 @@
-"""`WorkerPool`: the threads that claim, run and settle jobs, and their housekeeper.
+"""`WorkerPool`: the threads that claim, run and settle jobs; timeouts hand slots on.
 
 Worker threads pop ids from the `ReadyQueue`, claim them in the repository and run them;
-the outcome is settled here (completed, retried, dead-lettered, cancelled). A housekeeper
-thread renews leases, notices cancel requests made by other processes, takes back jobs
-whose lease expired, and enforces timeouts by handing a stuck thread's slot to a fresh
-thread. It depends on the repository interface only, never on a concrete backend.
+the outcome is settled here (completed, retried, dead-lettered, cancelled). Timeouts hand
+a stuck thread's slot to a fresh thread. The periodic work (leases, recovery, discovery)
+is the `Housekeeper`'s. It depends on the repository interface only.
 """
 
 from __future__ import annotations
@@ -76,29 +75,23 @@ class WorkerPool:
         self._on_settled = on_settled
         self._rng = rng
         self._scheduler = ScheduleFirer(repository, clock, self.enqueue_entries)
-        # _lock guards _running, _threads, _abandoned, _next_slot, _stopping and the
-        # housekeeper's schedule; _wakeup (on _lock) wakes the housekeeper early.
+        # _lock guards _running, _threads, _abandoned, _next_slot and _stopping.
         self._lock = threading.Lock()
-        self._wakeup = threading.Condition(self._lock)
         self._running: dict[str, _Attempt] = {}
         self._threads: list[threading.Thread] = []
-        self._housekeeper: Optional[threading.Thread] = None
         self._abandoned = 0
         self._next_slot = 0
         self._stopping = True
-        clock.subscribe(self._wake_housekeeper)
+        self.on_deadline: Callable[[], None] = lambda: None  # set by the housekeeper
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
-        """Start the worker threads and the housekeeper."""
+        """Start the worker threads."""
         with self._lock:
             self._stopping = False
             self._threads = []
             for _ in range(self._settings.max_workers):
                 self._spawn_locked()
-            self._housekeeper = threading.Thread(target=self._housekeep, name="jobcore-housekeeper",
-                                                 daemon=True)
-        self._housekeeper.start()
 
     def _spawn_locked(self) -> None:
         slot = _Slot(self._next_slot)
@@ -112,11 +105,9 @@ class WorkerPool:
         """Stop after running jobs finish; wait up to `timeout`. True if all threads ended."""
         with self._lock:
             self._stopping = True
-            self._wakeup.notify_all()
             threads = [t for t in self._threads]
-            housekeeper = self._housekeeper
         deadline = None if timeout is None else self._clock.monotonic() + timeout
-        for thread in threads + ([housekeeper] if housekeeper else []):
+        for thread in threads:
             remaining = None if deadline is None else max(0.0, deadline - self._clock.monotonic())
             thread.join(remaining)
         return not any(t.is_alive() for t in threads)
@@ -197,8 +188,8 @@ class WorkerPool:
         attempt = _Attempt(record, context, slot, None if timeout is None else now + timeout, now)
         with self._lock:
             self._running[record.id] = attempt
-            if attempt.deadline is not None:
-                self._wakeup.notify_all()
+        if attempt.deadline is not None:
+            self.on_deadline()
         if record.cancel_requested:
             context.request_cancel()
         func = self._local.function(record.id) or self._registry.get(record.function_name)
@@ -314,49 +305,33 @@ class WorkerPool:
                 waited += delay
                 delay = min(delay * 2, 2.0)
 
-    # -- housekeeper --------------------------------------------------------------------------
-    def _wake_housekeeper(self) -> None:
+    # -- called by the housekeeper --------------------------------------------------------
+    def time_out_overdue(self, now: float) -> Optional[float]:
+        """Give up attempts past their deadline (monotonic `now`); return the earliest
+        deadline still ahead, or None."""
         with self._lock:
-            self._wakeup.notify_all()
-        self._queue.wake()
+            overdue = [a for a in self._running.values() if a.deadline is not None and a.deadline <= now]
+            ahead = [a.deadline for a in self._running.values() if a.deadline is not None and a.deadline > now]
+        for attempt in overdue:
+            self._time_out(attempt)
+        return min(ahead) if ahead else None
 
-    def _housekeep(self) -> None:
-        settings = self._settings
-        recover_every = max(settings.poll_interval, settings.lease_timeout / 4)
-        next_recover = self._clock.monotonic()
-        next_beat = self._clock.monotonic() + settings.poll_interval
-        while True:
-            with self._lock:
-                if self._stopping and not self._running:
-                    return
-                now = self._clock.monotonic()
-                expired = [a for a in self._running.values() if a.deadline is not None and a.deadline <= now]
-                deadlines = [a.deadline for a in self._running.values() if a.deadline is not None]
-                wake_at = min([next_beat, next_recover] + deadlines)
-                if not expired and wake_at > now:
-                    self._wakeup.wait(wake_at - now)
-                    continue
-            for attempt in expired:
-                self._time_out(attempt)
-            try:
-                if now >= next_beat:
-                    next_beat = now + settings.poll_interval
-                    self._heartbeat()
-                if now >= next_recover and not self._stopping:
-                    next_recover = now + recover_every
-                    self.enqueue_entries(self._repo.recover_expired(self._clock.time()))
-            except RepositoryError as exc:
-                logger.error("housekeeping failed, will retry: %s", exc)
-            except Exception:  # the housekeeper must survive anything
-                logger.exception("housekeeping failed")
-
-    def _heartbeat(self) -> None:
+    def heartbeat(self) -> list[str]:
+        """Renew the leases of the jobs running here and act on cancel requests made
+        elsewhere; returns the ids running here."""
         ids = self.running_ids()
-        if not ids:
-            return
-        now = self._clock.time()
-        for job_id in self._repo.heartbeat(self.worker_id, ids, now + self._settings.lease_timeout, now):
-            self.request_cancel(job_id)
+        if ids:
+            now = self._clock.time()
+            for job_id in self._repo.heartbeat(self.worker_id, ids, now + self._settings.lease_timeout, now):
+                self.request_cancel(job_id)
+        return ids
+
+    @property
+    def idle(self) -> bool:
+        """True when nothing runs here and nothing is queued: time to look for work."""
+        with self._lock:
+            busy = bool(self._running)
+        return not busy and len(self._queue) == 0
 
     def _time_out(self, attempt: _Attempt) -> None:
         record = attempt.record

@@ -96,6 +96,18 @@ class QueueEntry(NamedTuple):
     is_schedule: bool = False
 
 
+@dataclass(frozen=True)
+class WorkerInfo:
+    """A manager that runs jobs, as the worker registry records it (times: epoch seconds)."""
+
+    worker_id: str
+    host: str
+    pid: int
+    started_at: float
+    heartbeat_at: float
+    running: tuple[str, ...] = ()
+
+
 class CancelOutcome(enum.Enum):
     """What `JobRepository.cancel` did."""
 
@@ -242,6 +254,34 @@ class JobRepository(abc.ABC):
         job; its `seq` is set) in the same transaction. Returns False, changing nothing,
         if the schedule was cancelled or fired already (by any process): each fire time
         yields at most one run."""
+
+    # -- workers and change detection ------------------------------------------------
+    @abc.abstractmethod
+    def register_worker(self, worker_id: str, host: str, pid: int, now: float) -> None:
+        """Record a started manager in the worker registry (replacing a same-id entry)."""
+
+    @abc.abstractmethod
+    def beat_worker(self, worker_id: str, running: Collection[str], now: float) -> None:
+        """Refresh a registered worker's heartbeat time and the ids it is running."""
+
+    @abc.abstractmethod
+    def unregister_worker(self, worker_id: str) -> None:
+        """Remove a worker from the registry (it stopped)."""
+
+    @abc.abstractmethod
+    def list_workers(self) -> list[WorkerInfo]:
+        """Every registered worker, oldest first."""
+
+    @abc.abstractmethod
+    def reap_workers(self, before: float) -> list[str]:
+        """Remove workers whose last heartbeat is older than `before`; return their ids.
+        (Their jobs come back through `recover_expired` once their leases lapse.)"""
+
+    def change_token(self) -> Optional[object]:
+        """A cheap value that changes whenever another connection or process may have
+        changed the store, so idle managers know when to look for new work. None means
+        the backend cannot tell: managers then look every `poll_interval`."""
+        return None
 
     # -- housekeeping --------------------------------------------------------------
     @abc.abstractmethod

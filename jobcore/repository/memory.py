@@ -7,13 +7,14 @@ Python objects given (JSON is not required). Not shared between processes.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import heapq
 import threading
 from typing import Any, Collection, Optional, Sequence
 
 from ..models import TERMINAL_STATUSES, JobStatus
 from ._cascade import check_batch_dependencies, dependency_error_message
-from .base import Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry
+from .base import Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry, WorkerInfo
 
 _UNFINISHED = (JobStatus.PENDING, JobStatus.SCHEDULED, JobStatus.RUNNING)
 
@@ -31,6 +32,7 @@ class MemoryRepository(JobRepository):
         self._logs: dict[str, list[tuple[float, str, str]]] = {}
         self._unique: dict[str, str] = {}
         self._next_seq = 1
+        self._workers: dict[str, WorkerInfo] = {}
 
     # -- adding ------------------------------------------------------------------------
     def insert(self, records: Sequence[JobRecord], now: float) -> list[str]:
@@ -314,6 +316,31 @@ class MemoryRepository(JobRepository):
             row.created_at = now
             self._jobs[row.id] = row
             return True
+
+    def register_worker(self, worker_id: str, host: str, pid: int, now: float) -> None:
+        with self._lock:
+            self._workers[worker_id] = WorkerInfo(worker_id, host, pid, now, now)
+
+    def beat_worker(self, worker_id: str, running: Collection[str], now: float) -> None:
+        with self._lock:
+            info = self._workers.get(worker_id)
+            if info is not None:
+                self._workers[worker_id] = dataclasses.replace(info, heartbeat_at=now, running=tuple(running))
+
+    def unregister_worker(self, worker_id: str) -> None:
+        with self._lock:
+            self._workers.pop(worker_id, None)
+
+    def list_workers(self) -> list[WorkerInfo]:
+        with self._lock:
+            return sorted(self._workers.values(), key=lambda w: (w.started_at, w.worker_id))
+
+    def reap_workers(self, before: float) -> list[str]:
+        with self._lock:
+            stale = [w.worker_id for w in self._workers.values() if w.heartbeat_at < before]
+            for worker_id in stale:
+                del self._workers[worker_id]
+            return stale
 
     # -- housekeeping ------------------------------------------------------------------
     def delete_finished(self, before: Optional[float]) -> int:

@@ -19,7 +19,7 @@ from ..errors import DependencyError, RepositoryError
 from ..models import JobStatus
 from . import sqlite_schema as sql
 from ._cascade import check_batch_dependencies, dependency_error_message
-from .base import Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry
+from .base import Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry, WorkerInfo
 
 DURABILITY = {"normal": "NORMAL", "full": "FULL"}
 _STATUS = {status.value: status for status in JobStatus}
@@ -389,6 +389,32 @@ class SQLiteRepository(JobRepository):
             except sqlite3.IntegrityError:
                 raise ValueError(f"Job.id: a job with id {run.id!r} already exists") from None
         return True
+
+    # -- workers and change detection ----------------------------------------------------------
+    def register_worker(self, worker_id: str, host: str, pid: int, now: float) -> None:
+        with self._write() as conn:
+            conn.execute(sql.REGISTER_WORKER, (worker_id, host, pid, now, now))
+
+    def beat_worker(self, worker_id: str, running: Collection[str], now: float) -> None:
+        with self._write() as conn:
+            conn.execute(sql.BEAT_WORKER, (now, json.dumps(sorted(running)), worker_id))
+
+    def unregister_worker(self, worker_id: str) -> None:
+        with self._write() as conn:
+            conn.execute(sql.UNREGISTER_WORKER, (worker_id,))
+
+    def list_workers(self) -> list[WorkerInfo]:
+        return [WorkerInfo(row[0], row[1], row[2], row[3], row[4], tuple(json.loads(row[5])))
+                for row in self._read(sql.LIST_WORKERS)]
+
+    def reap_workers(self, before: float) -> list[str]:
+        with self._write() as conn:
+            return [row[0] for row in conn.execute(sql.REAP_WORKERS, (before,)).fetchall()]
+
+    def change_token(self) -> Optional[object]:
+        """`PRAGMA data_version` of this thread's connection: it changes whenever another
+        connection (any thread or process) commits."""
+        return self._read("PRAGMA data_version")[0][0]
 
     # -- housekeeping ------------------------------------------------------------------------
     def delete_finished(self, before: Optional[float]) -> int:

@@ -80,6 +80,14 @@ CREATE TABLE IF NOT EXISTS job_logs (
     message TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS job_logs_job ON job_logs (job_id, id);
+CREATE TABLE IF NOT EXISTS jobcore_workers (
+    worker_id    TEXT PRIMARY KEY,
+    host         TEXT NOT NULL,
+    pid          INTEGER NOT NULL,
+    started_at   REAL NOT NULL,
+    heartbeat_at REAL NOT NULL,
+    running      TEXT NOT NULL DEFAULT '[]'
+);
 """
 
 # Migrations from version N to N + 1, run in order inside one transaction.
@@ -207,3 +215,14 @@ ADVANCE_SCHEDULE = """
 UPDATE jobs SET run_at = ?
 WHERE id = ? AND status = 'scheduled' AND cron IS NOT NULL AND run_at = ?
 """
+REGISTER_WORKER = """
+INSERT OR REPLACE INTO jobcore_workers (worker_id, host, pid, started_at, heartbeat_at, running)
+VALUES (?, ?, ?, ?, ?, '[]')
+"""
+BEAT_WORKER = "UPDATE jobcore_workers SET heartbeat_at = ?, running = ? WHERE worker_id = ?"
+UNREGISTER_WORKER = "DELETE FROM jobcore_workers WHERE worker_id = ?"
+LIST_WORKERS = """
+SELECT worker_id, host, pid, started_at, heartbeat_at, running FROM jobcore_workers
+ORDER BY started_at, worker_id
+"""
+REAP_WORKERS = "DELETE FROM jobcore_workers WHERE heartbeat_at < ? RETURNING worker_id"

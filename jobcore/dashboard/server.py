@@ -1,0 +1,343 @@
+"""`DashboardServer`: the dashboard's HTTP server — its page, static files, JSON API and metrics.
+
+Safe by default: it binds 127.0.0.1 and, so bound, answers only requests whose Host is a
+loopback name (a DNS-rebinding page cannot read it); state changes are POSTs carrying the
+per-process CSRF token that the page embeds; an optional access token guards every
+request but the static files. Job data leaves as JSON only (the page builds DOM with
+`textContent`). It reads and changes jobs through a `JobManager` and runs none.
+"""
+
+from __future__ import annotations
+
+import hmac
+import html
+import ipaddress
+import json
+import logging
+import re
+import secrets
+import socket
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from typing import Any, Callable, Optional
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from ..clock import SYSTEM_CLOCK
+from ..errors import JobNotFound, RepositoryError
+from ..manager import JobManager
+from ..models import JobStatus
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import oldest_pending_age, render_metrics
+from .views import job_detail, job_summary, log_entries
+
+logger = logging.getLogger("jobcore.dashboard")
+
+CSRF_HEADER = "X-CSRF-Token"
+DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
+STATIC_FILES = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
+PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self';"
+            " base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+MAX_BODY = 64 * 1024
+
+
+class ApiError(Exception):
+    """An API request that cannot be served: an HTTP status and a one-line reason."""
+
+    def __init__(self, status: HTTPStatus, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _static(name: str) -> bytes:
+    return resources.files(__package__).joinpath("static", name).read_bytes()
+
+
+def _is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class DashboardServer:
+    """Serves the dashboard for `manager` on `host:port` (port 0: any free port).
+
+    `token`, when given, is required on every request but the static files, as
+    `?token=...` or `Authorization: Bearer ...`. `csrf_token` (made per process) must come
+    with every POST in the `X-CSRF-Token` header; the page embeds it."""
+
+    def __init__(self, manager: JobManager, host: str = "127.0.0.1", port: int = 8080, *,
+                 token: Optional[str] = None) -> None:
+        self.manager = manager
+        self.token = token
+        self.csrf_token = secrets.token_urlsafe(32)
+        self.loopback_only = _is_loopback(host)
+        server_class = _IPv6Server if ":" in host else _Server
+        self._httpd = server_class((host, port), _Handler)
+        self._httpd.dashboard = self
+        self._thread: Optional[threading.Thread] = None
+        # _actions_lock guards _actions, counters of cancels and retries served (for /metrics).
+        self._actions_lock = threading.Lock()
+        self._actions = {"cancel": 0, "retry": 0, "dlq_retry": 0}
+
+    @property
+    def port(self) -> int:
+        """The port listened on (useful after binding port 0)."""
+        return int(self._httpd.server_address[1])
+
+    @property
+    def url(self) -> str:
+        """The page's address."""
+        host = str(self._httpd.server_address[0])
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}/"
+
+    def start(self) -> "DashboardServer":
+        """Serve on a background thread (named `jobcore-dashboard`); returns self."""
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="jobcore-dashboard", daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        """Serve on this thread until `close()` is called from another."""
+        self._httpd.serve_forever()
+
+    def close(self) -> None:
+        """Stop serving and release the socket."""
+        if self._thread is not None:
+            self._httpd.shutdown()
+            self._thread.join(timeout=10)
+            self._thread = None
+        self._httpd.server_close()
+
+    def __enter__(self) -> "DashboardServer":
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def count_action(self, action: str) -> None:
+        with self._actions_lock:
+            self._actions[action] = self._actions.get(action, 0) + 1
+
+    def actions(self) -> dict[str, int]:
+        with self._actions_lock:
+            return dict(self._actions)
+
+    def page(self) -> bytes:
+        """index.html with this process's CSRF token filled in."""
+        text = _static("index.html").decode("utf-8")
+        return text.replace("{{csrf_token}}", html.escape(self.csrf_token, quote=True)).encode("utf-8")
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    dashboard: DashboardServer
+
+
+class _IPv6Server(_Server):
+    address_family = socket.AF_INET6
+
+
+Route = Callable[["_Handler", DashboardServer, dict[str, list[str]], str], Any]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    server_version = "jobcore-dashboard"
+    sys_version = ""
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
+        logger.info("%s %s", self.address_string(), format % args)
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    # -- dispatching ------------------------------------------------------------------------
+    def _dispatch(self, method: str) -> None:
+        dashboard = self.server.dashboard
+        parts = urlsplit(self.path)
+        query = parse_qs(parts.query)
+        try:
+            if method == "POST":
+                self._discard_body()
+            self._check_host(dashboard)
+            if not parts.path.startswith("/static/"):
+                self._check_access(dashboard, query)
+            route, job_id = self._route(method, parts.path)
+            if method == "POST" and not hmac.compare_digest(self.headers.get(CSRF_HEADER, ""), dashboard.csrf_token):
+                raise ApiError(HTTPStatus.FORBIDDEN, f"missing or wrong {CSRF_HEADER} header (reload the page)")
+            route(self, dashboard, query, job_id)
+        except ApiError as exc:
+            self._send_json({"error": str(exc)}, exc.status)
+        except RepositoryError as exc:
+            logger.warning("dashboard request %s %s failed: %s", method, parts.path, exc)
+            self._send_json({"error": str(exc)}, HTTPStatus.SERVICE_UNAVAILABLE)
+        except Exception:
+            logger.exception("dashboard request %s %s failed", method, parts.path)
+            self._send_json({"error": "internal error; see the dashboard's log"}, HTTPStatus.INTERNAL_SERVER_ERROR)
+
+    def _discard_body(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY:
+            raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "request body too large")
+        if length:
+            self.rfile.read(length)
+
+    def _check_host(self, dashboard: DashboardServer) -> None:
+        if not dashboard.loopback_only:
+            return
+        host = self.headers.get("Host", "")
+        name = host[1:host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
+        if not _is_loopback(name):
+            raise ApiError(HTTPStatus.FORBIDDEN, f"Host {host!r} is not allowed; use http://127.0.0.1:{dashboard.port}/")
+
+    def _check_access(self, dashboard: DashboardServer, query: dict[str, list[str]]) -> None:
+        if dashboard.token is None:
+            return
+        given = self.headers.get("Authorization", "")
+        given = given[len("Bearer "):] if given.startswith("Bearer ") else (query.get("token") or [""])[0]
+        if not hmac.compare_digest(given.encode(), dashboard.token.encode()):
+            raise ApiError(HTTPStatus.UNAUTHORIZED, "an access token is required (?token=... or Authorization: Bearer)")
+
+    def _route(self, method: str, path: str) -> tuple[Route, str]:
+        allowed = []
+        for route_method, pattern, route in ROUTES:
+            match = pattern.fullmatch(path)
+            if match:
+                if route_method == method:
+                    return route, unquote(match.group("id")) if "id" in pattern.groupindex else ""
+                allowed.append(route_method)
+        if allowed:
+            raise ApiError(HTTPStatus.METHOD_NOT_ALLOWED, f"{method} not allowed here; use {', '.join(allowed)}")
+        raise ApiError(HTTPStatus.NOT_FOUND, f"no such page: {path}")
+
+    # -- responses ------------------------------------------------------------------------------
+    def _send(self, body: bytes, content_type: str, status: HTTPStatus = HTTPStatus.OK,
+              headers: Optional[dict[str, str]] = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Referrer-Policy", "no-referrer")
+        self.send_header("Cache-Control", "no-store")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _send_json(self, data: Any, status: HTTPStatus = HTTPStatus.OK) -> None:
+        body = json.dumps(data, default=str).encode("utf-8")
+        self._send(body, "application/json; charset=utf-8", status)
+
+    # -- pages ----------------------------------------------------------------------------------
+    def page(self, dashboard: DashboardServer, query: dict[str, list[str]], _: str) -> None:
+        self._send(dashboard.page(), "text/html; charset=utf-8",
+                   headers={"Content-Security-Policy": PAGE_CSP, "X-Frame-Options": "DENY"})
+
+    def static(self, dashboard: DashboardServer, query: dict[str, list[str]], name: str) -> None:
+        if name not in STATIC_FILES:
+            raise ApiError(HTTPStatus.NOT_FOUND, f"no such file: {name}")
+        self._send(_static(name), STATIC_FILES[name])
+
+    def metrics(self, dashboard: DashboardServer, query: dict[str, list[str]], _: str) -> None:
+        text = render_metrics(dashboard.manager, SYSTEM_CLOCK.time(), dashboard.actions())
+        self._send(text.encode("utf-8"), METRICS_CONTENT_TYPE)
+
+    # -- reading --------------------------------------------------------------------------------
+    def stats(self, dashboard: DashboardServer, query: dict[str, list[str]], _: str) -> None:
+        stats: dict[str, Any] = dict(dashboard.manager.get_stats())
+        stats["queue_size"] = stats["pending"] + stats["scheduled"]
+        stats["oldest_pending_age"] = oldest_pending_age(dashboard.manager, stats["pending"], SYSTEM_CLOCK.time())
+        self._send_json(stats)
+
+    def jobs(self, dashboard: DashboardServer, query: dict[str, list[str]], _: str) -> None:
+        status = (query.get("status") or [""])[0] or None
+        if status is not None and status not in {s.value for s in JobStatus}:
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"unknown status {status!r}")
+        owner = (query.get("owner") or [""])[0] or None
+        tags = [tag for tag in query.get("tag", []) if tag] or None
+        limit = _int_param(query, "limit", DEFAULT_LIMIT, MAX_LIMIT)
+        offset = _int_param(query, "offset", 0, None)
+        results = dashboard.manager.list_jobs(status=status, tags=tags, owner=owner, limit=limit, offset=offset)
+        self._send_json({"jobs": [job_summary(r) for r in results], "limit": limit, "offset": offset})
+
+    def job(self, dashboard: DashboardServer, query: dict[str, list[str]], job_id: str) -> None:
+        result = _poll(dashboard, job_id)
+        self._send_json(job_detail(result, dashboard.manager.get_logs(job_id)))
+
+    def logs(self, dashboard: DashboardServer, query: dict[str, list[str]], job_id: str) -> None:
+        _poll(dashboard, job_id)
+        self._send_json({"logs": log_entries(dashboard.manager.get_logs(job_id))})
+
+    def dlq(self, dashboard: DashboardServer, query: dict[str, list[str]], _: str) -> None:
+        limit = _int_param(query, "limit", DEFAULT_LIMIT, MAX_LIMIT)
+        pairs = dashboard.manager.get_dead_letter_queue(limit)
+        self._send_json({"jobs": [job_summary(result) for _, result in pairs]})
+
+    # -- changing -------------------------------------------------------------------------------
+    def cancel(self, dashboard: DashboardServer, query: dict[str, list[str]], job_id: str) -> None:
+        _poll(dashboard, job_id)
+        if not dashboard.manager.cancel(job_id):
+            status = _poll(dashboard, job_id).status.value
+            raise ApiError(HTTPStatus.CONFLICT, f"job is already {status}; it cannot be cancelled")
+        dashboard.count_action("cancel")
+        result = _poll(dashboard, job_id)
+        self._send_json({"id": job_id, "status": result.status.value,
+                         "cancel_requested": result.status is JobStatus.RUNNING})
+
+    def retry(self, dashboard: DashboardServer, query: dict[str, list[str]], job_id: str) -> None:
+        _poll(dashboard, job_id)
+        if not dashboard.manager.retry(job_id):
+            status = _poll(dashboard, job_id).status.value
+            raise ApiError(HTTPStatus.CONFLICT, f"job is {status}; only failed or cancelled jobs can be retried")
+        dashboard.count_action("retry")
+        self._send_json({"id": job_id, "status": _poll(dashboard, job_id).status.value})
+
+    def retry_dlq(self, dashboard: DashboardServer, query: dict[str, list[str]], _: str) -> None:
+        ids = dashboard.manager.retry_dead_letters()
+        dashboard.count_action("dlq_retry")
+        self._send_json({"retried": ids, "count": len(ids)})
+
+    def no_favicon(self, dashboard: DashboardServer, query: dict[str, list[str]], _: str) -> None:
+        self._send(b"", "image/x-icon", HTTPStatus.NO_CONTENT)
+
+
+def _poll(dashboard: DashboardServer, job_id: str) -> Any:
+    result = dashboard.manager.poll(job_id)
+    if result is None:
+        raise ApiError(HTTPStatus.NOT_FOUND, str(JobNotFound(job_id)))
+    return result
+
+
+def _int_param(query: dict[str, list[str]], name: str, default: int, maximum: Optional[int]) -> int:
+    text = (query.get(name) or [""])[0]
+    if not text:
+        return default
+    if not text.isdigit():
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"{name} must be a whole number >= 0, got {text!r}")
+    return int(text) if maximum is None else min(int(text), maximum)
+
+
+_JOB = r"/api/jobs/(?P<id>[^/]+)"
+ROUTES: list[tuple[str, re.Pattern[str], Route]] = [
+    ("GET", re.compile(r"/|/index\.html"), _Handler.page),
+    ("GET", re.compile(r"/static/(?P<id>[\w.-]+)"), _Handler.static),
+    ("GET", re.compile(r"/favicon\.ico"), _Handler.no_favicon),
+    ("GET", re.compile(r"/metrics"), _Handler.metrics),
+    ("GET", re.compile(r"/api/stats"), _Handler.stats),
+    ("GET", re.compile(r"/api/jobs"), _Handler.jobs),
+    ("GET", re.compile(_JOB), _Handler.job),
+    ("GET", re.compile(_JOB + "/logs"), _Handler.logs),
+    ("POST", re.compile(_JOB + "/cancel"), _Handler.cancel),
+    ("POST", re.compile(_JOB + "/retry"), _Handler.retry),
+    ("GET", re.compile(r"/api/dlq"), _Handler.dlq),
+    ("POST", re.compile(r"/api/dlq/retry"), _Handler.retry_dlq),
+]

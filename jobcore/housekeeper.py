@@ -1,0 +1,124 @@
+"""`Housekeeper`: one thread doing a manager's periodic upkeep, and nothing else.
+
+It enforces attempt timeouts, renews the leases of running jobs (and hears of cancel
+requests made by other processes), keeps this manager's entry in the worker registry,
+takes back jobs whose lease expired, reaps dead workers, and notices new work written by
+other processes through the repository's cheap `change_token`. It sleeps on its own
+condition until the next of those is due; it never runs jobs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from typing import Callable, Optional
+
+from .clock import Clock
+from .errors import RepositoryError
+from .repository.base import JobRepository
+from .workers import PoolSettings, WorkerPool
+
+logger = logging.getLogger("jobcore.housekeeper")
+
+
+class Housekeeper:
+    """Periodic upkeep for one manager (see module docstring).
+
+    `refill()` reloads the manager's ready queue from the repository. Intervals are float
+    seconds: heartbeats every `poll_interval`, recovery every `lease_timeout / 4` (at least
+    `poll_interval`), and change detection every `discovery_interval`.
+    """
+
+    def __init__(self, repository: JobRepository, pool: WorkerPool, clock: Clock, settings: PoolSettings,
+                 refill: Callable[[], None], discovery_interval: float) -> None:
+        self._repo = repository
+        self._pool = pool
+        self._clock = clock
+        self._settings = settings
+        self._refill = refill
+        self._discovery_interval = discovery_interval
+        # _cond guards _stopping and _thread; the thread sleeps on it between chores.
+        self._cond = threading.Condition(threading.Lock())
+        self._stopping = True
+        self._thread: Optional[threading.Thread] = None
+        pool.on_deadline = self.wake
+        clock.subscribe(self.wake)
+
+    def start(self) -> None:
+        """Register this manager as a worker and start the thread."""
+        now = self._clock.time()
+        self._repo.register_worker(self._pool.worker_id, socket.gethostname(), os.getpid(), now)
+        with self._cond:
+            self._stopping = False
+            self._thread = threading.Thread(target=self._loop, name="jobcore-housekeeper", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: Optional[float]) -> None:
+        """Stop the thread (after the pool stopped) and leave the worker registry."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        try:
+            self._repo.unregister_worker(self._pool.worker_id)
+        except RepositoryError as exc:
+            logger.warning("could not leave the worker registry: %s", exc)
+
+    def wake(self) -> None:
+        """Re-plan now (a deadline was added, or the clock jumped)."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def _loop(self) -> None:
+        settings = self._settings
+        recover_every = max(settings.poll_interval, settings.lease_timeout / 4)
+        start = self._clock.monotonic()
+        next_beat = start + settings.poll_interval
+        next_recover = start + recover_every
+        next_look = start + self._discovery_interval
+        last_refill = start
+        token = self._token()
+        while True:
+            now = self._clock.monotonic()
+            deadline = self._pool.time_out_overdue(now)
+            try:
+                if now >= next_beat:
+                    next_beat = now + settings.poll_interval
+                    running = self._pool.heartbeat()
+                    self._repo.beat_worker(self._pool.worker_id, running, self._clock.time())
+                if now >= next_recover:
+                    next_recover = now + recover_every
+                    wall = self._clock.time()
+                    self._pool.enqueue_entries(self._repo.recover_expired(wall))
+                    for worker_id in self._repo.reap_workers(wall - settings.lease_timeout):
+                        logger.warning("worker %s stopped beating; removed from the registry", worker_id)
+                if now >= next_look:
+                    next_look = now + self._discovery_interval
+                    current = self._token()
+                    # Look when another process changed the store and we have room for
+                    # work, and in any case every poll_interval (higher priorities elsewhere).
+                    changed = current is None or current != token
+                    if (changed and self._pool.idle) or now - last_refill >= settings.poll_interval:
+                        token, last_refill = current, now
+                        self._refill()
+            except RepositoryError as exc:
+                logger.error("housekeeping failed, will retry: %s", exc)
+            except Exception:  # the housekeeper must survive anything
+                logger.exception("housekeeping failed")
+            wake_at = min(t for t in (next_beat, next_recover, next_look, deadline) if t is not None)
+            with self._cond:
+                if self._stopping:
+                    return
+                delay = wake_at - self._clock.monotonic()
+                if delay > 0:
+                    self._cond.wait(delay)
+
+    def _token(self) -> Optional[object]:
+        try:
+            return self._repo.change_token()
+        except RepositoryError:
+            return None
