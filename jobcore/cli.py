@@ -10,11 +10,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import ipaddress
 import json
 import logging
 import os
-import secrets
 import signal
 import sqlite3
 import sys
@@ -27,7 +25,7 @@ from . import __version__, api
 from .dashboard.views import job_detail, job_summary, log_entries
 from .errors import JobcoreError, JobNotFound
 from .manager import JobManager, default_database_path
-from .models import JobResult, JobStatus
+from .models import JobPriority, JobResult, JobStatus
 from .repository.sqlite import SQLiteRepository
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -85,6 +83,11 @@ def _when(result_time: Any) -> str:
 
 def _percent(progress: float) -> str:
     return f"{round(progress * 100)}%"
+
+
+def _priority(value: int) -> str:
+    names = {int(p): p.name.lower() for p in JobPriority}
+    return f"{value} ({names[value]})" if value in names else str(value)
 
 
 def _print_json(data: Any) -> None:
@@ -151,8 +154,8 @@ def cmd_show(manager: JobManager, args: argparse.Namespace) -> int:
         return EXIT_OK
     fields = [
         ("id", result.job_id), ("name", result.name), ("function", result.function_name),
-        ("status", result.status.value), ("progress", f"{_percent(result.progress)} {result.progress_message}"),
-        ("attempts", f"{result.attempts} (max retries {result.max_retries})"), ("priority", result.priority),
+        ("status", result.status.value), ("progress", f"{_percent(result.progress)} {result.progress_message}".rstrip()),
+        ("attempts", f"{result.attempts} (max retries {result.max_retries})"), ("priority", _priority(result.priority)),
         ("owner", result.owner), ("tags", ", ".join(sorted(result.tags)) or None),
         ("created", result.created_at and _when(result.created_at)),
         ("scheduled", result.scheduled_at and _when(result.scheduled_at)),
@@ -177,7 +180,8 @@ def cmd_logs(manager: JobManager, args: argparse.Namespace) -> int:
     entries = manager.get_logs(args.id)
     if args.json:
         _print_json(log_entries(entries))
-    for entry in [] if args.json else entries:
+        return EXIT_OK
+    for entry in entries:
         print(f"{_when(entry.timestamp)}  {entry.level.upper():<8} {clean(entry.message, multiline=True)}")
     return EXIT_OK
 
@@ -264,8 +268,8 @@ def _on_stop_signals(stop: threading.Event) -> None:
 
 
 def _import_failure(module: str, exc: BaseException) -> CommandFailed:
-    where = traceback.extract_tb(exc.__traceback__)
-    location = f" ({where[-1].filename}:{where[-1].lineno})" if where and len(where) > 1 else ""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)[1:] if not f.filename.startswith("<")]
+    location = f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
     return CommandFailed(f"cannot import {module!r}: {type(exc).__name__}: {exc}{location}")
 
 
@@ -299,34 +303,26 @@ def cmd_worker(args: argparse.Namespace) -> int:
     stop.wait()
     print("jobcore worker: stopping, letting running jobs finish (signal again to quit now)", flush=True)
     manager.stop(wait=True, timeout=args.grace)
+    still_running = len(manager.workers)
     manager.close()
+    if still_running:
+        raise CommandFailed(f"{still_running} job(s) still running after --grace {args.grace:g}s;"
+                            " they run again elsewhere once their leases expire")
     print("jobcore worker: stopped", flush=True)
     return EXIT_OK
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    with contextlib.suppress(ValueError):
-        return ipaddress.ip_address(host).is_loopback
-    return False
 
 
 def cmd_dashboard(manager: JobManager, args: argparse.Namespace) -> int:
     from .dashboard.server import DashboardServer
 
-    token = args.token
-    if token is None and not _is_loopback(args.host):
-        token = secrets.token_urlsafe(16)  # reachable from elsewhere: never without a token
     try:
-        server = DashboardServer(manager, host=args.host, port=args.port, token=token)
+        server = DashboardServer(manager, host=args.host, port=args.port, token=args.token)
     except OSError as exc:
         raise CommandFailed(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
     stop = threading.Event()
     _on_stop_signals(stop)
     server.start()
-    print(f"jobcore dashboard on {server.url}{f'?token={token}' if token else ''} for {manager.repository.path}"
-          " (Ctrl-C to stop)", flush=True)
+    print(f"jobcore dashboard on {server.login_url} for {manager.repository.path} (Ctrl-C to stop)", flush=True)
     stop.wait()
     server.close()
     return EXIT_OK

@@ -16,7 +16,6 @@ import uuid
 from datetime import datetime
 from typing import Any, Callable, Collection, Iterable, Optional, Union
 
-from . import serialization
 from .clock import SYSTEM_CLOCK, Clock
 from .errors import InvalidJob, InvalidJobType, JobNotFound, UnknownFunction
 from .models import Job, JobResult, JobStatus, LogEntry, function_qualname
@@ -132,7 +131,6 @@ class JobManager:
         with self._lifecycle_lock:
             if self._running:
                 return self
-            self._queue.reopen()
             self._pool.enqueue_entries(self.repository.recover_expired(self._clock.time()))
             self._load_queue()
             self._pool.start()
@@ -146,7 +144,6 @@ class JobManager:
             if not self._running:
                 return
             self._running = False
-            self._queue.close()
             self._pool.stop(timeout if wait else 0.0)
             self._housekeeper.stop(timeout if wait else 0.0)
         # Bounded: a user's callback channel that hangs must not hang stop().
@@ -271,8 +268,6 @@ class JobManager:
         if job.cron is not None:  # a schedule: due at its first fire
             run_at = next_fire_epoch(job.cron, job.cron_timezone, max(now, scheduled_at or now))
             due_later = True
-        if self.repository.persistent:
-            serialization.encode_payload(job.args, job.kwargs, self.repository.max_payload_bytes)
         return JobRecord(
             id=job.id, function_name=name, name=job.name, args=job.args, kwargs=dict(job.kwargs),
             priority=int(job.priority), status=JobStatus.SCHEDULED if due_later else JobStatus.PENDING,

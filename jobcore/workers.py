@@ -1,29 +1,33 @@
-"""`WorkerPool`: the threads that claim, run and settle jobs; timeouts hand slots on.
+"""`WorkerPool`: the threads that run jobs, and the dispatcher that claims and settles them.
 
-Worker threads pop ids from the `ReadyQueue`, claim them in the repository and run them;
-the outcome is settled here (completed, retried, dead-lettered, cancelled). Timeouts hand
-a stuck thread's slot to a fresh thread. The periodic work (leases, recovery, discovery)
-is the `Housekeeper`'s. It depends on the repository interface only.
+One dispatcher thread takes ids from the `ReadyQueue`, claims them in batches, hands the
+claimed records to `max_workers` worker threads through a small buffer (at most
+`max_workers` claimed jobs wait there), and records finished attempts in batches, in the
+same transaction as the next claims (group commit). Worker threads only run functions.
+A timeout hands a stuck thread's slot to a fresh thread. Periodic upkeep is the
+`Housekeeper`'s. It depends on the repository interface only.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import random
 import threading
-import traceback as traceback_module
-from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Optional
 
+from . import serialization
 from .clock import Clock
 from .context import JobContext
-from .errors import JobTimeout, PermanentError, RepositoryError, RetryableError
+from .errors import JobCancelled, JobTimeout, PermanentError, RepositoryError
 from .execution import Outcome, run_attempt
 from .queue import ReadyQueue
 from .registry import FunctionRegistry, LocalJobs
-from .repository.base import Cascade, JobRecord, JobRepository, QueueEntry
-from .retry import Classifier, retry_delay, should_retry
+from .repository.base import JobRecord, JobRepository, QueueEntry, Settlement
+from .retry import Classifier
 from .scheduler import ScheduleFirer
+from .settle import EVENTS, decide, event_details
 
 logger = logging.getLogger("jobcore.workers")
 
@@ -55,11 +59,18 @@ class _Attempt:
     context: JobContext
     slot: _Slot
     deadline: Optional[float]  # clock.monotonic() value, or None without a timeout
-    started: float = field(default=0.0)
+    started: float
+
+
+@dataclass(eq=False)
+class _Finished:
+    attempt: _Attempt
+    outcome: Outcome
+    ran_for: float
 
 
 class WorkerPool:
-    """Runs jobs from a `ReadyQueue` on `max_workers` threads (see module docstring)."""
+    """Runs jobs from a `ReadyQueue` (see module docstring)."""
 
     def __init__(self, repository: JobRepository, queue: ReadyQueue, registry: FunctionRegistry,
                  local: LocalJobs, clock: Clock, settings: PoolSettings, worker_id: str,
@@ -75,23 +86,35 @@ class WorkerPool:
         self._on_settled = on_settled
         self._rng = rng
         self._scheduler = ScheduleFirer(repository, clock, self.enqueue_entries)
-        # _lock guards _running, _threads, _abandoned, _next_slot and _stopping.
+        # _lock guards every attribute below. Worker threads wait on _work_ready for a
+        # claimed record; the dispatcher waits on _dispatch_needed for finished attempts
+        # or room to claim.
         self._lock = threading.Lock()
+        self._work_ready = threading.Condition(self._lock)
+        self._dispatch_needed = threading.Condition(self._lock)
+        self._buffer: collections.deque[JobRecord] = collections.deque()
         self._running: dict[str, _Attempt] = {}
+        self._finished: list[_Finished] = []
+        self._settling: set[str] = set()
+        self._cancel_ids: set[str] = set()
         self._threads: list[threading.Thread] = []
+        self._dispatcher: Optional[threading.Thread] = None
         self._abandoned = 0
         self._next_slot = 0
         self._stopping = True
         self.on_deadline: Callable[[], None] = lambda: None  # set by the housekeeper
+        queue.listener = self._poke
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
-        """Start the worker threads."""
+        """Start the worker threads and the dispatcher."""
         with self._lock:
             self._stopping = False
             self._threads = []
             for _ in range(self._settings.max_workers):
                 self._spawn_locked()
+            self._dispatcher = threading.Thread(target=self._dispatch, name="jobcore-dispatcher", daemon=True)
+            self._dispatcher.start()
 
     def _spawn_locked(self) -> None:
         slot = _Slot(self._next_slot)
@@ -102,19 +125,23 @@ class WorkerPool:
         thread.start()
 
     def stop(self, timeout: Optional[float]) -> bool:
-        """Stop after running jobs finish; wait up to `timeout`. True if all threads ended."""
+        """Start no more jobs; wait up to `timeout` for running ones to finish and be
+        recorded (claimed, unstarted ones are handed back). True if all threads ended."""
         with self._lock:
             self._stopping = True
-            threads = [t for t in self._threads]
+            self._work_ready.notify_all()
+            self._dispatch_needed.notify_all()
+            threads = list(self._threads)
+            dispatcher = self._dispatcher
         deadline = None if timeout is None else self._clock.monotonic() + timeout
-        for thread in threads:
+        for thread in threads + ([dispatcher] if dispatcher else []):
             remaining = None if deadline is None else max(0.0, deadline - self._clock.monotonic())
             thread.join(remaining)
         return not any(t.is_alive() for t in threads)
 
     @property
     def threads(self) -> list[threading.Thread]:
-        """The live worker threads (abandoned, stuck ones excluded)."""
+        """The live worker threads (including abandoned, stuck ones)."""
         with self._lock:
             return [t for t in self._threads if t.is_alive()]
 
@@ -124,16 +151,27 @@ class WorkerPool:
         with self._lock:
             return self._abandoned
 
-    def running_ids(self) -> list[str]:
+    def held_ids(self) -> list[str]:
+        """Ids this pool holds a claim on: buffered, running, or being recorded."""
         with self._lock:
-            return list(self._running)
+            return [r.id for r in self._buffer] + list(self._running) + list(self._settling)
+
+    @property
+    def idle(self) -> bool:
+        """True when nothing runs or waits here: time to look for work elsewhere."""
+        with self._lock:
+            busy = bool(self._running or self._buffer or self._finished)
+        return not busy and len(self._queue) == 0
 
     def request_cancel(self, job_id: str) -> bool:
-        """Signal a job running here to stop; False if it is not running here."""
+        """Signal a job held here to stop; False if it is not held here."""
         with self._lock:
             attempt = self._running.get(job_id)
-        if attempt is None:
-            return False
+            if attempt is None:
+                if not any(r.id == job_id for r in self._buffer):
+                    return False
+                self._cancel_ids.add(job_id)
+                return True
         attempt.context.request_cancel()
         return True
 
@@ -142,7 +180,7 @@ class WorkerPool:
         return (entry.is_schedule or entry.function_name in self._registry
                 or self._local.function(entry.job_id) is not None)
 
-    def enqueue_entries(self, entries: Any) -> None:
+    def enqueue_entries(self, entries: Iterable[QueueEntry]) -> None:
         """Queue entries this process can run (ready now, or as timers)."""
         now = self._clock.time()
         for entry in entries:
@@ -150,63 +188,51 @@ class WorkerPool:
                 due = entry.run_at if entry.run_at is not None and entry.run_at > now else None
                 self._queue.push(entry, due)
 
+    def _poke(self) -> None:
+        with self._lock:
+            self._dispatch_needed.notify()
+
     # -- worker threads -------------------------------------------------------------------
     def _work(self, slot: _Slot) -> None:
         while True:
-            entry = self._queue.pop()
-            if entry is None:
-                return
-            if entry.is_schedule:
-                self._fire_schedule(entry)
-                continue
-            now = self._clock.time()
-            try:
-                record = self._repo.claim(entry.job_id, self.worker_id, now,
-                                          now + self._settings.lease_timeout)
-            except RepositoryError as exc:
-                logger.error("could not claim job %s, retrying in 1s: %s", entry.job_id, exc)
-                self._queue.push(entry, now + 1.0)
-                continue
-            if record is None:
-                continue  # cancelled, claimed elsewhere, or not due: the repository decides
-            if not self._run(record, slot):
-                return  # a timeout gave this thread's slot to a fresh thread
+            with self._lock:
+                while not self._buffer and not self._stopping:
+                    self._work_ready.wait()
+                if self._stopping:
+                    return  # buffered claims are handed back by the dispatcher
+                record = self._buffer.popleft()
+                context = JobContext(record.id, record.name, record.attempts, self)
+                now = self._clock.monotonic()
+                deadline = None if record.timeout is None else now + record.timeout
+                attempt = _Attempt(record, context, slot, deadline, now)
+                self._running[record.id] = attempt
+                if record.id in self._cancel_ids or record.cancel_requested:
+                    self._cancel_ids.discard(record.id)
+                    context.request_cancel()
+                if len(self._buffer) < self._settings.max_workers:
+                    self._dispatch_needed.notify()  # room to claim more
+            if deadline is not None:
+                self.on_deadline()
+            outcome = self._execute(record, context)
+            with self._lock:
+                if slot.abandoned:
+                    self._abandoned -= 1
+                    logger.warning("job %s returned after its timeout; its outcome is discarded", record.id)
+                    return
+                del self._running[record.id]
+                self._settling.add(record.id)
+                self._finished.append(_Finished(attempt, outcome, self._clock.monotonic() - attempt.started))
+                self._dispatch_needed.notify()
 
-    def _fire_schedule(self, entry: QueueEntry) -> None:
-        try:
-            self._scheduler.fire(entry)
-        except RepositoryError as exc:
-            logger.error("could not fire schedule %s, retrying in 1s: %s", entry.job_id, exc)
-            self._queue.push(entry, self._clock.time() + 1.0)
-        except Exception:  # a broken schedule must not kill the worker
-            logger.exception("schedule %s failed to fire", entry.job_id)
-
-    def _run(self, record: JobRecord, slot: _Slot) -> bool:
-        context = JobContext(record.id, record.name, record.attempts, self)
-        timeout = record.timeout
-        now = self._clock.monotonic()
-        attempt = _Attempt(record, context, slot, None if timeout is None else now + timeout, now)
-        with self._lock:
-            self._running[record.id] = attempt
-        if attempt.deadline is not None:
-            self.on_deadline()
-        if record.cancel_requested:
-            context.request_cancel()
-        func = self._local.function(record.id) or self._registry.get(record.function_name)
+    def _execute(self, record: JobRecord, context: JobContext) -> Outcome:
+        if context.cancelled:
+            return Outcome(error=JobCancelled(record.id))
         if record.decode_error is not None:
-            outcome = Outcome(error=_CorruptJob(record.decode_error))
-        elif func is None:
-            outcome = Outcome(error=_NotRegistered(f"no function registered as {record.function_name!r}"))
-        else:
-            outcome = run_attempt(func, record.args, record.kwargs, context)
-        with self._lock:
-            if slot.abandoned:
-                self._abandoned -= 1
-                logger.warning("job %s returned after its timeout; its outcome is discarded", record.id)
-                return False
-            del self._running[record.id]
-        self._settle(attempt, outcome)
-        return True
+            return Outcome(error=_CorruptJob(record.decode_error))
+        func = self._local.function(record.id) or self._registry.get(record.function_name)
+        if func is None:
+            return Outcome(error=_NotRegistered(f"no function registered as {record.function_name!r}"))
+        return run_attempt(func, record.args, record.kwargs, context)
 
     # -- ContextSink: reports from running jobs ---------------------------------------------
     def report_progress(self, context: JobContext, progress: float, message: str,
@@ -217,142 +243,150 @@ class WorkerPool:
     def report_log(self, context: JobContext, level: str, message: str) -> None:
         self._repo.add_log(context.id, level, message, self._clock.time())
 
-    # -- settling outcomes ------------------------------------------------------------------
-    def _settle(self, attempt: _Attempt, outcome: Outcome) -> None:
-        record = attempt.record
-        ran_for = self._clock.monotonic() - attempt.started
-        try:
-            if outcome.succeeded:
-                try:
-                    note = f"attempt {record.attempts} completed" if record.attempts > 1 else None
-                    cascade = self._persist(lambda: self._repo.complete(
-                        record.id, self.worker_id, record.attempts, outcome.value, self._clock.time(), note))
-                except (TypeError, ValueError) as exc:  # the result cannot be stored
-                    outcome = Outcome(error=exc, traceback=traceback_module.format_exc())
-                else:
-                    self._finish(record, cascade, "job.completed", {"result": outcome.value})
+    # -- the dispatcher -------------------------------------------------------------------------
+    def _dispatch(self) -> None:
+        capacity = 2 * self._settings.max_workers  # running plus as many claimed in reserve
+        backoff = 0.0
+        while True:
+            with self._lock:
+                while True:
+                    finished, self._finished = self._finished, []
+                    room = 0 if self._stopping else capacity - len(self._buffer) - len(self._running)
+                    wants = room > 0 and self._queue.has_ready()
+                    if finished or wants:
+                        break
+                    if self._stopping and not self._running:
+                        buffered = list(self._buffer)
+                        self._buffer.clear()
+                        break
+                    due = self._queue.next_due()
+                    self._dispatch_needed.wait(None if due is None else max(0.0, due - self._clock.time()))
+                if not (finished or wants):
+                    self._hand_back(buffered)
                     return
-            if outcome.cancelled or attempt.context.cancelled:
-                cascade = self._persist(lambda: self._repo.finish_cancelled(
-                    record.id, self.worker_id, record.attempts, self._clock.time()))
-                self._finish(record, cascade, "job.cancelled", {"error": "cancelled while running"})
-                return
-            self._fail(record, outcome, ran_for)
-        except RepositoryError as exc:
-            logger.error("could not record the outcome of job %s (its lease will expire and it"
-                         " will run again): %s", record.id, exc)
-        finally:
-            self._on_settled(record.id)
+            entries = self._queue.pop_ready(room) if wants else []
+            if backoff:
+                threading.Event().wait(backoff)
+            ok = self._exchange(finished, entries)
+            backoff = 0.0 if ok else min(max(backoff * 2, 0.05), 2.0)
 
-    def _fail(self, record: JobRecord, outcome: Outcome, ran_for: float) -> None:
-        exc = outcome.error
-        assert exc is not None
-        error = str(exc) or repr(exc)
-        error_type = type(exc).__name__
-        classifier = self._local.retry_on(record.id) or self._settings.retry_on
-        try:
-            transient = should_retry(exc, classifier)
-        except Exception:  # a broken classifier must not kill the worker
-            logger.exception("retry classifier failed on job %s; treating the error as permanent", record.id)
-            transient = False
+    def _exchange(self, finished: list[_Finished], entries: list[QueueEntry]) -> bool:
+        """Record finished attempts and claim `entries` in one repository call."""
+        for entry in [e for e in entries if e.is_schedule]:
+            self._fire_schedule(entry)
+        claim_ids = [e.job_id for e in entries if not e.is_schedule]
         now = self._clock.time()
-        retry_at = None
-        if transient and record.attempts <= record.max_retries:
-            delay = exc.delay if isinstance(exc, RetryableError) and exc.delay is not None else None
-            if delay is None:
-                delay = retry_delay(record.attempts, delay=record.retry_delay, backoff=record.retry_backoff,
-                                    jitter=record.retry_jitter, max_delay=self._settings.max_retry_delay,
-                                    rng=self._rng)
-            retry_at = now + delay
-            note = (f"attempt {record.attempts} failed after {ran_for:.3f}s: {error_type}: {error};"
-                    f" retry {record.attempts} of {record.max_retries} in {delay:.3f}s")
-        else:
-            why = "no retries left" if transient else "permanent error"
-            note = f"attempt {record.attempts} failed after {ran_for:.3f}s: {error_type}: {error}; {why}"
-        cascade = self._persist(lambda: self._repo.fail(
-            record.id, self.worker_id, record.attempts, error=error, error_type=error_type,
-            traceback=outcome.traceback, now=now, retry_at=retry_at, note=note))
-        details = {"error": error, "error_type": error_type, "traceback": outcome.traceback}
-        if retry_at is None:
-            self._finish(record, cascade, "job.dead_lettered", details)
-        elif cascade is not None:
-            self._queue.push(record.queue_entry(), retry_at)
-            self._publish("job.retrying", record, {**details, "retry_at": retry_at})
+        settlements = [self._decide(f, now) for f in finished]
+        try:
+            cascades, claimed = self._repo.apply(settlements, claim_ids, self.worker_id, now,
+                                                 now + self._settings.lease_timeout)
+        except RepositoryError as exc:
+            logger.error("could not record %d outcomes / claim %d jobs, will retry: %s",
+                         len(settlements), len(claim_ids), exc)
+            for entry in entries:
+                if not entry.is_schedule:
+                    self._queue.push(entry)
+            with self._lock:
+                self._finished[:0] = finished
+            return False
+        claimed.sort(key=lambda r: (-r.priority, r.seq))
+        with self._lock:
+            self._buffer.extend(claimed)
+            for f in finished:
+                self._settling.discard(f.attempt.record.id)
+            for _ in claimed:
+                self._work_ready.notify()
+        for f, settlement, cascade in zip(finished, settlements, cascades):
+            self._after(f.attempt.record, settlement, cascade)
+        return True
 
-    def _finish(self, record: JobRecord, cascade: Optional[Cascade], event: str,
-                details: dict[str, Any]) -> None:
+    def _decide(self, finished: _Finished, now: float) -> Settlement:
+        record = finished.attempt.record
+        outcome = finished.outcome
+        if outcome.succeeded and self._repo.persistent:
+            try:
+                serialization.encode(outcome.value, field="result", max_bytes=self._repo.max_payload_bytes)
+            except (TypeError, ValueError) as exc:  # the result cannot be stored: a failure
+                outcome = Outcome(error=exc, traceback=None)
+        classifier = self._local.retry_on(record.id) or self._settings.retry_on
+        return decide(record, outcome, cancel_requested=finished.attempt.context.cancelled,
+                      classifier=classifier, rng=self._rng, max_retry_delay=self._settings.max_retry_delay,
+                      now=now, ran_for=finished.ran_for)
+
+    def _after(self, record: JobRecord, settlement: Settlement, cascade: Any) -> None:
         if cascade is None:
             logger.warning("job %s was no longer held by this worker; its outcome is discarded", record.id)
+            self._on_settled(record.id)
             return
-        self._local.forget(record.id)
+        if settlement.kind == "retry":
+            self._queue.push(record.queue_entry(), settlement.retry_at)
+        else:
+            self._local.forget(record.id)
         self.enqueue_entries(cascade.released)
         for job_id in cascade.cancelled:
             self._local.forget(job_id)
             self._on_settled(job_id)
-        self._publish(event, record, details)
+        self._on_settled(record.id)
+        details = {"result": settlement.result} if settlement.kind == "complete" else event_details(settlement)
+        self._publish(EVENTS[settlement.kind], record, details)
 
-    def _persist(self, write: Callable[[], Any]) -> Any:
-        """Run a repository write, retrying storage errors with back-off for a while."""
-        delay, waited = 0.05, 0.0
-        while True:
-            try:
-                return write()
-            except RepositoryError as exc:
-                if waited >= self._settings.lease_timeout / 2:
-                    raise
-                logger.warning("repository write failed, retrying in %.2fs: %s", delay, exc)
-                threading.Event().wait(delay)
-                waited += delay
-                delay = min(delay * 2, 2.0)
+    def _hand_back(self, records: list[JobRecord]) -> None:
+        if not records:
+            return
+        now = self._clock.time()
+        releases = [Settlement("release", r.id, r.attempts) for r in records]
+        try:
+            self._repo.apply(releases, [], self.worker_id, now, now)
+        except RepositoryError as exc:
+            logger.error("could not hand back %d unstarted jobs (their leases will lapse): %s",
+                         len(records), exc)
+
+    def _fire_schedule(self, entry: QueueEntry) -> None:
+        try:
+            self._scheduler.fire(entry)
+        except RepositoryError as exc:
+            logger.error("could not fire schedule %s, retrying in 1s: %s", entry.job_id, exc)
+            self._queue.push(entry, self._clock.time() + 1.0)
+        except Exception:  # a broken schedule must not stop the dispatcher
+            logger.exception("schedule %s failed to fire", entry.job_id)
 
     # -- called by the housekeeper --------------------------------------------------------
     def time_out_overdue(self, now: float) -> Optional[float]:
-        """Give up attempts past their deadline (monotonic `now`); return the earliest
+        """Give up attempts past their deadline (monotonic `now`): their threads are
+        abandoned and replaced, and a `JobTimeout` is recorded. Returns the earliest
         deadline still ahead, or None."""
         with self._lock:
-            overdue = [a for a in self._running.values() if a.deadline is not None and a.deadline <= now]
-            ahead = [a.deadline for a in self._running.values() if a.deadline is not None and a.deadline > now]
-        for attempt in overdue:
-            self._time_out(attempt)
+            ahead = []
+            for attempt in list(self._running.values()):
+                if attempt.deadline is None:
+                    continue
+                if attempt.deadline > now:
+                    ahead.append(attempt.deadline)
+                    continue
+                record = attempt.record
+                del self._running[record.id]
+                attempt.slot.abandoned = True
+                attempt.context.abandoned = True
+                self._abandoned += 1
+                if not self._stopping:
+                    self._spawn_locked()  # capacity stays max_workers
+                logger.warning("job %s exceeded its timeout of %.3fs; its thread is abandoned",
+                               record.id, record.timeout)
+                self._settling.add(record.id)
+                outcome = Outcome(error=JobTimeout(record.timeout or 0.0))
+                self._finished.append(_Finished(attempt, outcome, now - attempt.started))
+                self._dispatch_needed.notify()
         return min(ahead) if ahead else None
 
     def heartbeat(self) -> list[str]:
-        """Renew the leases of the jobs running here and act on cancel requests made
-        elsewhere; returns the ids running here."""
-        ids = self.running_ids()
+        """Renew the leases of the jobs held here and act on cancel requests made
+        elsewhere; returns the ids held here."""
+        ids = self.held_ids()
         if ids:
             now = self._clock.time()
             for job_id in self._repo.heartbeat(self.worker_id, ids, now + self._settings.lease_timeout, now):
                 self.request_cancel(job_id)
         return ids
-
-    @property
-    def idle(self) -> bool:
-        """True when nothing runs here and nothing is queued: time to look for work."""
-        with self._lock:
-            busy = bool(self._running)
-        return not busy and len(self._queue) == 0
-
-    def _time_out(self, attempt: _Attempt) -> None:
-        record = attempt.record
-        with self._lock:
-            if self._running.get(record.id) is not attempt:
-                return  # it finished meanwhile
-            del self._running[record.id]
-            attempt.slot.abandoned = True
-            attempt.context.abandoned = True
-            self._abandoned += 1
-            if not self._stopping:
-                self._spawn_locked()  # capacity stays max_workers
-        timeout = record.timeout or 0.0
-        logger.warning("job %s exceeded its timeout of %.3fs; its thread is abandoned", record.id, timeout)
-        error = JobTimeout(timeout)
-        try:
-            self._fail(record, Outcome(error=error, traceback=None), timeout)
-        except RepositoryError as exc:
-            logger.error("could not record the timeout of job %s: %s", record.id, exc)
-        finally:
-            self._on_settled(record.id)
 
 
 class _CorruptJob(PermanentError):

@@ -22,7 +22,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any, Callable, Optional
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from ..clock import SYSTEM_CLOCK
 from ..errors import JobNotFound, RepositoryError
@@ -41,6 +41,7 @@ PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-sr
             " base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 MAX_BODY = 64 * 1024
+SHUTDOWN_POLL = 0.05  # seconds: how soon serve_forever notices close() (the default, 0.5, slows tests)
 
 
 class ApiError(Exception):
@@ -55,7 +56,8 @@ def _static(name: str) -> bytes:
     return resources.files(__package__).joinpath("static", name).read_bytes()
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """True for a loopback address or name (the dashboard's safe default)."""
     if host in LOOPBACK_NAMES:
         return True
     try:
@@ -68,15 +70,17 @@ class DashboardServer:
     """Serves the dashboard for `manager` on `host:port` (port 0: any free port).
 
     `token`, when given, is required on every request but the static files, as
-    `?token=...` or `Authorization: Bearer ...`. `csrf_token` (made per process) must come
-    with every POST in the `X-CSRF-Token` header; the page embeds it."""
+    `?token=...` or `Authorization: Bearer ...`; bound to an address other than loopback
+    without one, a random token is made (see `login_url`). `csrf_token` (made per process)
+    must come with every POST in the `X-CSRF-Token` header; the page embeds it."""
 
     def __init__(self, manager: JobManager, host: str = "127.0.0.1", port: int = 8080, *,
                  token: Optional[str] = None) -> None:
         self.manager = manager
-        self.token = token
+        self.loopback_only = is_loopback(host)
+        # Reachable from other machines: never without an access token.
+        self.token = token if token is not None or self.loopback_only else secrets.token_urlsafe(16)
         self.csrf_token = secrets.token_urlsafe(32)
-        self.loopback_only = _is_loopback(host)
         server_class = _IPv6Server if ":" in host else _Server
         self._httpd = server_class((host, port), _Handler)
         self._httpd.dashboard = self
@@ -96,15 +100,20 @@ class DashboardServer:
         host = str(self._httpd.server_address[0])
         return f"http://{f'[{host}]' if ':' in host else host}:{self.port}/"
 
+    @property
+    def login_url(self) -> str:
+        """The page's address with the access token, if one is required."""
+        return self.url + (f"?token={quote(self.token)}" if self.token else "")
+
     def start(self) -> "DashboardServer":
         """Serve on a background thread (named `jobcore-dashboard`); returns self."""
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="jobcore-dashboard", daemon=True)
+        self._thread = threading.Thread(target=self.serve_forever, name="jobcore-dashboard", daemon=True)
         self._thread.start()
         return self
 
     def serve_forever(self) -> None:
         """Serve on this thread until `close()` is called from another."""
-        self._httpd.serve_forever()
+        self._httpd.serve_forever(poll_interval=SHUTDOWN_POLL)
 
     def close(self) -> None:
         """Stop serving and release the socket."""
@@ -196,7 +205,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         host = self.headers.get("Host", "")
         name = host[1:host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
-        if not _is_loopback(name):
+        if not is_loopback(name):
             raise ApiError(HTTPStatus.FORBIDDEN, f"Host {host!r} is not allowed; use http://127.0.0.1:{dashboard.port}/")
 
     def _check_access(self, dashboard: DashboardServer, query: dict[str, list[str]]) -> None:

@@ -5,9 +5,11 @@ Only pure helpers: no storage and no locks.
 
 from __future__ import annotations
 
-from typing import Any, Container, Sequence
+import dataclasses
+from typing import Any, Callable, Container, Optional, Sequence
 
 from ..errors import DependencyError
+from .base import JobRecord
 
 
 def dependency_error_message(failed_id: str, failed_name: str, status: str) -> str:
@@ -48,3 +50,36 @@ def check_batch_dependencies(records: Sequence[Any], exists: Container[str]) -> 
             else:
                 state[node] = 2
                 stack.pop()
+
+
+def plan_batch(records: Sequence[JobRecord], exists: Container[str],
+               unfinished_with_key: Callable[[str], Optional[str]]) -> tuple[list[str], list[JobRecord]]:
+    """Check a batch for `insert` and decide what of it to store.
+
+    Returns the id each record resolves to, in order (a record whose `unique_key` is held
+    by an unfinished job, or by an earlier record of the batch, resolves to that job), and
+    the records to store. A dependency on a record that is not stored is renamed (in a
+    copy) to the job standing in for it, so the dependent waits for that job.
+    Raises `DependencyError` for an unknown dependency or a cycle."""
+    check_batch_dependencies(records, exists)
+    stand_in: dict[str, str] = {}
+    batch_unique: dict[str, str] = {}
+    for record in records:
+        if record.unique_key is None:
+            continue
+        holder = batch_unique.get(record.unique_key) or unfinished_with_key(record.unique_key)
+        if holder is None:
+            batch_unique[record.unique_key] = record.id
+        else:
+            stand_in[record.id] = holder
+    stored = []
+    for record in records:
+        if record.id in stand_in:
+            continue
+        depends_on = tuple(dict.fromkeys(stand_in.get(dep, dep) for dep in record.depends_on))
+        if depends_on != tuple(record.depends_on):
+            record = dataclasses.replace(record, depends_on=depends_on)
+        stored.append(record)
+    if stand_in:
+        check_batch_dependencies(stored, exists)  # a stand-in can close a cycle
+    return [stand_in.get(record.id, record.id) for record in records], stored

@@ -97,6 +97,25 @@ class QueueEntry(NamedTuple):
 
 
 @dataclass(frozen=True)
+class Settlement:
+    """The recorded end of one attempt of a job held by a worker.
+
+    `kind`: "complete" (with `result`), "retry" (SCHEDULED again at `retry_at`), "fail"
+    (FAILED: the dead-letter queue), "cancel" (CANCELLED while running) or "release"
+    (handed back unstarted: PENDING again, the attempt not counted). `note` is logged."""
+
+    kind: str
+    job_id: str
+    attempt: int
+    result: Any = None
+    error: Optional[str] = None
+    error_type: Optional[str] = None
+    traceback: Optional[str] = None
+    retry_at: Optional[float] = None
+    note: Optional[str] = None
+
+
+@dataclass(frozen=True)
 class WorkerInfo:
     """A manager that runs jobs, as the worker registry records it (times: epoch seconds)."""
 
@@ -213,6 +232,42 @@ class JobRepository(abc.ABC):
     def finish_cancelled(self, job_id: str, worker_id: str, attempt: int, now: float) -> Optional[Cascade]:
         """A running job stopped on a cancel request: RUNNING -> CANCELLED, dependents
         cancelled transitively. Returns None if the job was not held so."""
+
+    def release(self, job_id: str, worker_id: str, attempt: int, now: float) -> bool:
+        """Hand back a job claimed by `worker_id` on `attempt` but never started: it is
+        PENDING again and the attempt is not counted. False if it was not held so.
+
+        This default keeps the attempt counted (it re-schedules the job for `now`);
+        backends should override it."""
+        return self.fail(job_id, worker_id, attempt, error="released unstarted", error_type="Released",
+                         traceback=None, now=now, retry_at=now) is not None
+
+    def apply(self, settlements: Sequence[Settlement], claim_ids: Sequence[str], worker_id: str,
+              now: float, lease_expires_at: float) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
+        """Record `settlements` (each as `complete`/`fail`/`finish_cancelled`/`release`
+        would, each a compare-and-set on its attempt) and then claim what it can of
+        `claim_ids` (as `claim` would), in as few transactions as the backend allows.
+
+        Returns, in order, each settlement's cascade (None where the worker no longer held
+        the job; for "release", an empty Cascade when it applied), and the records claimed.
+        A settlement whose result the store cannot hold raises `TypeError`/`ValueError`
+        before anything is written. This default applies them one by one."""
+        cascades = [self._apply_one(s, worker_id, now) for s in settlements]
+        claimed = [r for r in (self.claim(job_id, worker_id, now, lease_expires_at) for job_id in claim_ids)
+                   if r is not None]
+        return cascades, claimed
+
+    def _apply_one(self, s: Settlement, worker_id: str, now: float) -> Optional[Cascade]:
+        if s.kind == "complete":
+            return self.complete(s.job_id, worker_id, s.attempt, s.result, now, s.note)
+        if s.kind in ("retry", "fail"):
+            return self.fail(s.job_id, worker_id, s.attempt, error=s.error or "", error_type=s.error_type or "",
+                             traceback=s.traceback, now=now, retry_at=s.retry_at, note=s.note)
+        if s.kind == "cancel":
+            return self.finish_cancelled(s.job_id, worker_id, s.attempt, now)
+        if s.kind == "release":
+            return Cascade() if self.release(s.job_id, worker_id, s.attempt, now) else None
+        raise ValueError(f"unknown settlement kind {s.kind!r}")
 
     @abc.abstractmethod
     def cancel(self, job_id: str, now: float, reason: str) -> tuple[CancelOutcome, Cascade]:

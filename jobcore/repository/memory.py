@@ -13,10 +13,18 @@ import threading
 from typing import Any, Collection, Optional, Sequence
 
 from ..models import TERMINAL_STATUSES, JobStatus
-from ._cascade import check_batch_dependencies, dependency_error_message
-from .base import Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry, WorkerInfo
+from ._cascade import dependency_error_message, plan_batch
+from .base import Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry, Settlement, WorkerInfo
 
 _UNFINISHED = (JobStatus.PENDING, JobStatus.SCHEDULED, JobStatus.RUNNING)
+
+
+def _detached(row: JobRecord) -> JobRecord:
+    """A copy with dicts of its own: whoever holds it can change it without touching the store."""
+    clone = copy.copy(row)
+    clone.kwargs, clone.metadata = dict(row.kwargs), dict(row.metadata)
+    clone.progress_details = dict(row.progress_details)
+    return clone
 
 
 class MemoryRepository(JobRepository):
@@ -37,27 +45,19 @@ class MemoryRepository(JobRepository):
     # -- adding ------------------------------------------------------------------------
     def insert(self, records: Sequence[JobRecord], now: float) -> list[str]:
         with self._lock:
-            check_batch_dependencies(records, exists=self._jobs)
-            ids: list[str] = []
-            batch_unique: dict[str, str] = {}
-            stored: list[JobRecord] = []
-            for record in records:
-                if record.id in self._jobs or any(r.id == record.id for r in stored):
-                    raise ValueError(f"Job.id: a job with id {record.id!r} already exists")
-                key = record.unique_key
-                if key is not None and (key in batch_unique or key in self._unique):
-                    ids.append(batch_unique.get(key) or self._unique[key])
-                    continue
-                row = copy.copy(record)
-                row.seq = record.seq = self._next_seq + len(stored)
-                row.created_at = now
-                if key is not None:
-                    batch_unique[key] = row.id
-                stored.append(row)
-                ids.append(row.id)
+            ids, planned = plan_batch(records, exists=self._jobs, unfinished_with_key=self._unique.get)
+            seen: set[str] = set()
+            for row in planned:
+                if row.id in self._jobs or row.id in seen:
+                    raise ValueError(f"Job.id: a job with id {row.id!r} already exists")
+                seen.add(row.id)
             # Nothing above changed state; from here on nothing raises.
-            self._next_seq += len(stored)
+            given = {record.id: record for record in records}
+            stored = [_detached(row) for row in planned]
             for row in stored:
+                row.seq = given[row.id].seq = self._next_seq
+                self._next_seq += 1
+                row.created_at = now
                 self._jobs[row.id] = row
                 if row.unique_key is not None:
                     self._unique[row.unique_key] = row.id
@@ -77,6 +77,8 @@ class MemoryRepository(JobRepository):
                     row.error_type = "DependencyFailed"
                     row.completed_at = now
                     self._forget_unique(row)
+                    # Batch members listed before it that depend on it can never run either.
+                    self._cancel_dependents(row, now)
             return ids
 
     def _forget_unique(self, row: JobRecord) -> None:
@@ -87,7 +89,7 @@ class MemoryRepository(JobRepository):
     def get(self, job_id: str) -> Optional[JobRecord]:
         with self._lock:
             row = self._jobs.get(job_id)
-            return copy.copy(row) if row is not None else None
+            return _detached(row) if row is not None else None
 
     def ready(self, function_names: Optional[Collection[str]], limit: int) -> list[QueueEntry]:
         with self._lock:
@@ -115,7 +117,7 @@ class MemoryRepository(JobRepository):
                     and wanted <= r.tags]
             rows.sort(key=lambda r: r.seq, reverse=True)
             end = None if limit is None else offset + limit
-            return [copy.copy(r) for r in rows[offset:end]]
+            return [_detached(r) for r in rows[offset:end]]
 
     def count_by_status(self) -> dict[JobStatus, int]:
         counts = {status: 0 for status in JobStatus}
@@ -144,7 +146,7 @@ class MemoryRepository(JobRepository):
             row.worker_id = worker_id
             row.lease_expires_at = lease_expires_at
             row.cancel_requested = False
-            return copy.copy(row)
+            return _detached(row)
 
     def _held(self, job_id: str, worker_id: str, attempt: int) -> Optional[JobRecord]:
         row = self._jobs.get(job_id)
@@ -221,6 +223,21 @@ class MemoryRepository(JobRepository):
             self._end(row, JobStatus.CANCELLED, now)
             row.error, row.error_type = "cancelled while running", "JobCancelled"
             return Cascade(cancelled=self._cancel_dependents(row, now))
+
+    def release(self, job_id: str, worker_id: str, attempt: int, now: float) -> bool:
+        with self._lock:
+            row = self._held(job_id, worker_id, attempt)
+            if row is None:
+                return False
+            row.status = JobStatus.PENDING
+            row.attempts -= 1
+            row.worker_id, row.lease_expires_at, row.cancel_requested = None, None, False
+            return True
+
+    def apply(self, settlements: Sequence[Settlement], claim_ids: Sequence[str], worker_id: str,
+              now: float, lease_expires_at: float) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
+        with self._lock:  # one atomic step, as SQLite's single transaction
+            return super().apply(settlements, claim_ids, worker_id, now, lease_expires_at)
 
     def cancel(self, job_id: str, now: float, reason: str) -> tuple[CancelOutcome, Cascade]:
         with self._lock:
@@ -310,7 +327,7 @@ class MemoryRepository(JobRepository):
             if run.id in self._jobs:
                 raise ValueError(f"Job.id: a job with id {run.id!r} already exists")
             schedule.run_at = next_run_at
-            row = copy.copy(run)
+            row = _detached(run)
             row.seq = run.seq = self._next_seq
             self._next_seq += 1
             row.created_at = now

@@ -18,8 +18,8 @@ from .. import serialization
 from ..errors import DependencyError, RepositoryError
 from ..models import JobStatus
 from . import sqlite_schema as sql
-from ._cascade import check_batch_dependencies, dependency_error_message
-from .base import Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry, WorkerInfo
+from ._cascade import dependency_error_message, plan_batch
+from .base import Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry, Settlement, WorkerInfo
 
 DURABILITY = {"normal": "NORMAL", "full": "FULL"}
 _STATUS = {status.value: status for status in JobStatus}
@@ -68,7 +68,13 @@ class SQLiteRepository(JobRepository):
         self._connections_lock = threading.Lock()
         self._connections: dict[threading.Thread, sqlite3.Connection] = {}
         self._closed = False
-        self._migrate()
+        # _write_lock serialises this process's write transactions (see _write).
+        self._write_lock = threading.Lock()
+        try:
+            self._migrate()
+        except BaseException:
+            self.close()  # do not leak the connection (and an open file) of a refused database
+            raise
 
     # -- connections ---------------------------------------------------------------------
     def _connection(self) -> sqlite3.Connection:
@@ -97,19 +103,22 @@ class SQLiteRepository(JobRepository):
     def _write(self) -> Iterator[sqlite3.Connection]:
         """A `BEGIN IMMEDIATE` transaction: committed on success, rolled back on error."""
         conn = self._connection()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise _translate(exc, self.path) from None
-        try:
-            yield conn
-            conn.execute("COMMIT")
-        except BaseException as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error):
+        # One writer per process at a time: threads queue on a fair Python lock instead of
+        # SQLite's busy handler, which sleeps in growing steps and wrecks throughput.
+        with self._write_lock:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
                 raise _translate(exc, self.path) from None
-            raise
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise _translate(exc, self.path) from None
+                raise
 
     def _read(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         try:
@@ -120,23 +129,26 @@ class SQLiteRepository(JobRepository):
     def _migrate(self) -> None:
         with self._write() as conn:
             try:
-                # Statement by statement: executescript() would COMMIT our transaction.
-                for statement in sql.CREATE_SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                row = conn.execute("SELECT value FROM jobcore_meta WHERE key = 'schema_version'").fetchone()
+                # The version first: a newer jobcore's tables may not take this version's indexes.
+                conn.execute(sql.CREATE_META)
+                row = conn.execute(sql.SELECT_SCHEMA_VERSION).fetchone()
                 version = int(row[0]) if row else sql.SCHEMA_VERSION
                 if version > sql.SCHEMA_VERSION:
                     raise RepositoryError(
                         f"SQLite at {self.path!r}: schema version {version} is newer than this"
                         f" jobcore understands ({sql.SCHEMA_VERSION}); upgrade jobcore")
+                # Statement by statement: executescript() would COMMIT our transaction.
+                for statement in sql.CREATE_SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
                 while version < sql.SCHEMA_VERSION:
                     for statement in sql.MIGRATIONS[version].split(";"):
                         if statement.strip():
                             conn.execute(statement)
                     version += 1
-                conn.execute("INSERT OR REPLACE INTO jobcore_meta (key, value) VALUES ('schema_version', ?)",
-                             (str(version),))
+                # Written only when it changes, so a read-only database still opens for reading.
+                if row is None or row[0] != str(version):
+                    conn.execute(sql.SET_SCHEMA_VERSION, (str(version),))
             except sqlite3.DatabaseError as exc:
                 raise _translate(exc, self.path) from None
 
@@ -194,28 +206,21 @@ class SQLiteRepository(JobRepository):
 
     # -- adding ----------------------------------------------------------------------------
     def insert(self, records: Sequence[JobRecord], now: float) -> list[str]:
+        given = {record.id: record for record in records}
         with self._write() as conn:
             def exists(job_id: str) -> bool:
                 return conn.execute(sql.SELECT_STATUS, (job_id,)).fetchone() is not None
 
-            check_batch_dependencies(records, exists=_Lookup(exists))
-            ids: list[str] = []
-            batch_unique: dict[str, str] = {}
-            batch_ids = {record.id for record in records}
-            for record in records:
-                key = record.unique_key
-                if key is not None:
-                    existing = batch_unique.get(key) or self._unfinished_with_key(conn, key)
-                    if existing is not None:
-                        ids.append(existing)
-                        continue
-                    batch_unique[key] = record.id
+            ids, stored = plan_batch(records, exists=_Lookup(exists),
+                                     unfinished_with_key=lambda key: self._unfinished_with_key(conn, key))
+            for record in stored:
                 blocked, dead = 0, None
                 for dep in record.depends_on:
-                    if dep in batch_ids:  # a new job of this batch: not complete yet
+                    row = conn.execute(sql.SELECT_STATUS, (dep,)).fetchone()
+                    if row is None:  # a job later in this batch: not stored yet, so not complete
                         blocked += 1
                         continue
-                    status, name = conn.execute(sql.SELECT_STATUS, (dep,)).fetchone()
+                    status, name = row
                     if status != JobStatus.COMPLETED.value:
                         blocked += 1
                     if status in (JobStatus.FAILED.value, JobStatus.CANCELLED.value):
@@ -225,10 +230,12 @@ class SQLiteRepository(JobRepository):
                     cursor = conn.execute(sql.INSERT_JOB, self._row_params(record, now, status, blocked, dead))
                 except sqlite3.IntegrityError:
                     raise ValueError(f"Job.id: a job with id {record.id!r} already exists") from None
-                record.seq = cursor.lastrowid or 0
+                given[record.id].seq = cursor.lastrowid or 0
                 for dep in record.depends_on:
                     conn.execute(sql.INSERT_DEP, (record.id, dep))
-                ids.append(record.id)
+                if dead:
+                    # Batch members listed before it that depend on it can never run either.
+                    self._cancel_dependents(conn, record.id, now)
             return ids
 
     @staticmethod
@@ -295,40 +302,74 @@ class SQLiteRepository(JobRepository):
         message = dependency_error_message(job_id, name, status)
         return tuple(row[0] for row in conn.execute(sql.CANCEL_DEPENDENTS, (job_id, now, message)))
 
+    def _settle(self, conn: sqlite3.Connection, s: Settlement, encoded: Optional[str], worker_id: str,
+                now: float) -> Optional[Cascade]:
+        """Apply one settlement inside the caller's transaction (`encoded`: its result)."""
+        held = (s.job_id, worker_id, s.attempt)
+        if s.kind == "complete":
+            if conn.execute(sql.COMPLETE, (encoded, now, *held)).rowcount != 1:
+                return None
+            if s.note is not None:
+                conn.execute(sql.INSERT_LOG, (s.job_id, now, "info", s.note))
+            rows = conn.execute(sql.RELEASE_DEPENDENTS, (s.job_id,)).fetchall()
+            return Cascade(released=tuple(self._entry(row) for row in rows if row[6] == 0))
+        if s.kind == "release":
+            return Cascade() if conn.execute(sql.RELEASE, held).rowcount == 1 else None
+        if s.kind == "cancel":
+            if conn.execute(sql.FINISH_CANCELLED, (now, *held)).rowcount != 1:
+                return None
+            return Cascade(cancelled=self._cancel_dependents(conn, s.job_id, now))
+        if s.kind not in ("retry", "fail"):
+            raise ValueError(f"unknown settlement kind {s.kind!r}")
+        retrying = s.kind == "retry" and s.retry_at is not None
+        query = sql.FAIL_RETRY if retrying else sql.FAIL_FINAL
+        first = s.retry_at if retrying else now
+        if conn.execute(query, (first, s.error, s.error_type, s.traceback, *held)).rowcount != 1:
+            return None
+        if s.note is not None:
+            conn.execute(sql.INSERT_LOG, (s.job_id, now, "error", s.note))
+        return Cascade() if retrying else Cascade(cancelled=self._cancel_dependents(conn, s.job_id, now))
+
+    def _encode_result(self, s: Settlement) -> Optional[str]:
+        if s.kind != "complete":
+            return None
+        return serialization.encode(s.result, field="result", max_bytes=self.max_payload_bytes)
+
+    def apply(self, settlements: Sequence[Settlement], claim_ids: Sequence[str], worker_id: str,
+              now: float, lease_expires_at: float) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
+        """One transaction for every settlement and the claims (a group commit)."""
+        encoded = [self._encode_result(s) for s in settlements]  # raises before writing
+        with self._write() as conn:
+            cascades = [self._settle(conn, s, e, worker_id, now) for s, e in zip(settlements, encoded)]
+            rows = []
+            if claim_ids:
+                params = (now, worker_id, lease_expires_at, json.dumps(list(claim_ids)), now)
+                rows = conn.execute(sql.CLAIM_MANY, params).fetchall()
+        return cascades, [self._record(row) for row in rows]
+
+    def _apply_single(self, settlement: Settlement, worker_id: str, now: float) -> Optional[Cascade]:
+        encoded = self._encode_result(settlement)
+        with self._write() as conn:
+            return self._settle(conn, settlement, encoded, worker_id, now)
+
     def complete(self, job_id: str, worker_id: str, attempt: int, result: Any, now: float,
                  note: Optional[str] = None) -> Optional[Cascade]:
-        encoded = serialization.encode(result, field="result", max_bytes=self.max_payload_bytes)
-        with self._write() as conn:
-            if conn.execute(sql.COMPLETE, (encoded, now, job_id, worker_id, attempt)).rowcount != 1:
-                return None
-            if note is not None:
-                conn.execute(sql.INSERT_LOG, (job_id, now, "info", note))
-            rows = conn.execute(sql.RELEASE_DEPENDENTS, (job_id,)).fetchall()
-        return Cascade(released=tuple(self._entry(row) for row in rows if row[6] == 0))
+        return self._apply_single(Settlement("complete", job_id, attempt, result=result, note=note),
+                                  worker_id, now)
 
     def fail(self, job_id: str, worker_id: str, attempt: int, *, error: str, error_type: str,
              traceback: Optional[str], now: float, retry_at: Optional[float],
              note: Optional[str] = None) -> Optional[Cascade]:
-        with self._write() as conn:
-            if retry_at is not None:
-                params = (retry_at, error, error_type, traceback, job_id, worker_id, attempt)
-                query = sql.FAIL_RETRY
-            else:
-                params = (now, error, error_type, traceback, job_id, worker_id, attempt)
-                query = sql.FAIL_FINAL
-            if conn.execute(query, params).rowcount != 1:
-                return None
-            if note is not None:
-                conn.execute(sql.INSERT_LOG, (job_id, now, "error", note))
-            if retry_at is not None:
-                return Cascade()
-            return Cascade(cancelled=self._cancel_dependents(conn, job_id, now))
+        kind = "fail" if retry_at is None else "retry"
+        settlement = Settlement(kind, job_id, attempt, error=error, error_type=error_type,
+                                traceback=traceback, retry_at=retry_at, note=note)
+        return self._apply_single(settlement, worker_id, now)
 
     def finish_cancelled(self, job_id: str, worker_id: str, attempt: int, now: float) -> Optional[Cascade]:
-        with self._write() as conn:
-            if conn.execute(sql.FINISH_CANCELLED, (now, job_id, worker_id, attempt)).rowcount != 1:
-                return None
-            return Cascade(cancelled=self._cancel_dependents(conn, job_id, now))
+        return self._apply_single(Settlement("cancel", job_id, attempt), worker_id, now)
+
+    def release(self, job_id: str, worker_id: str, attempt: int, now: float) -> bool:
+        return self._apply_single(Settlement("release", job_id, attempt), worker_id, now) is not None
 
     def cancel(self, job_id: str, now: float, reason: str) -> tuple[CancelOutcome, Cascade]:
         with self._write() as conn:

@@ -6,12 +6,18 @@ No code runs here; `repository.sqlite` executes these. Schema changes bump
 
 SCHEMA_VERSION = 1
 
-# AUTOINCREMENT: SQLite may reuse a deleted rowid, letting a new job overtake older equals.
-CREATE_SCHEMA = """
+# Created and read before everything else: the schema version decides what else may run.
+CREATE_META = """
 CREATE TABLE IF NOT EXISTS jobcore_meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
-);
+)
+"""
+SELECT_SCHEMA_VERSION = "SELECT value FROM jobcore_meta WHERE key = 'schema_version'"
+SET_SCHEMA_VERSION = "INSERT OR REPLACE INTO jobcore_meta (key, value) VALUES ('schema_version', ?)"
+
+# AUTOINCREMENT: SQLite may reuse a deleted rowid, letting a new job overtake older equals.
+CREATE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     seq              INTEGER PRIMARY KEY AUTOINCREMENT,
     id               TEXT NOT NULL UNIQUE,
@@ -56,13 +62,10 @@ CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (priority DESC, seq)
     WHERE status = 'pending' AND blocked = 0;
 -- Timers: scheduled jobs by due time.
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (run_at) WHERE status = 'scheduled';
--- Leases: running jobs by worker (heartbeats) and by expiry (recovery).
-CREATE INDEX IF NOT EXISTS jobs_running_worker ON jobs (worker_id) WHERE status = 'running';
-CREATE INDEX IF NOT EXISTS jobs_lease ON jobs (lease_expires_at) WHERE status = 'running';
+-- By status, newest first: listing, counting, and finding running leases and finished
+-- jobs. (Every index here costs each claim and completion, so there are no others.)
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq);
 CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, seq) WHERE owner IS NOT NULL;
-CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (completed_at)
-    WHERE status IN ('completed', 'failed', 'cancelled');
 -- At most one unfinished job per unique_key.
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_unique ON jobs (unique_key)
     WHERE unique_key IS NOT NULL AND status IN ('pending', 'scheduled', 'running');
@@ -114,13 +117,17 @@ SELECT id FROM jobs WHERE unique_key = ? AND status IN ('pending', 'scheduled', 
 """
 SELECT_JOB = f"SELECT {COLUMNS} FROM jobs WHERE id = ?"
 SELECT_STATUS = "SELECT status, name FROM jobs WHERE id = ?"
+# INDEXED BY: left to itself the planner reads every pending job through jobs_status and
+# sorts them on each poll (EXPLAIN QUERY PLAN: "USE TEMP B-TREE FOR ORDER BY"); walking the
+# partial index in order stops after `limit` rows. tests/test_repository_contract.py checks.
 SELECT_READY = """
-SELECT id, priority, seq, run_at, function_name, cron IS NOT NULL FROM jobs
+SELECT id, priority, seq, run_at, function_name, cron IS NOT NULL FROM jobs INDEXED BY jobs_ready
 WHERE status = 'pending' AND blocked = 0 {names}
 ORDER BY priority DESC, seq LIMIT ?
 """
+# INDEXED BY jobs_due: as above; due jobs come in run_at order without a sort.
 SELECT_SCHEDULED = """
-SELECT id, priority, seq, run_at, function_name, cron IS NOT NULL FROM jobs
+SELECT id, priority, seq, run_at, function_name, cron IS NOT NULL FROM jobs INDEXED BY jobs_due
 WHERE status = 'scheduled' AND blocked = 0 {names}
 ORDER BY run_at LIMIT ?
 """
@@ -135,16 +142,32 @@ WHERE id = ? AND blocked = 0 AND cron IS NULL
   AND (status = 'pending' OR (status = 'scheduled' AND run_at <= ?))
 RETURNING {COLUMNS}
 """
+# `+status`: keeps the planner off jobs_status, which would read every pending and scheduled
+# job (EXPLAIN QUERY PLAN: "MULTI-INDEX OR ... jobs_status") to claim a handful by id.
+CLAIM_MANY = f"""
+UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?, worker_id = ?,
+    lease_expires_at = ?, cancel_requested = 0
+WHERE id IN (SELECT value FROM json_each(?)) AND blocked = 0 AND cron IS NULL
+  AND (+status = 'pending' OR (+status = 'scheduled' AND run_at <= ?))
+RETURNING {COLUMNS}
+"""
 _HELD = "id = ? AND status = 'running' AND worker_id = ? AND attempts = ?"
+RELEASE = f"""
+UPDATE jobs SET status = 'pending', attempts = attempts - 1, worker_id = NULL,
+    lease_expires_at = NULL, cancel_requested = 0
+WHERE {_HELD}
+"""
 COMPLETE = f"""
 UPDATE jobs SET status = 'completed', result = ?, completed_at = ?, progress = 1.0,
     lease_expires_at = NULL, error = NULL, error_type = NULL, traceback = NULL
 WHERE {_HELD}
 """
+# `+status`: without the unary plus the planner walks every waiting job through jobs_status
+# instead of looking up the few dependents by id (EXPLAIN QUERY PLAN shows which).
 RELEASE_DEPENDENTS = """
 UPDATE jobs SET blocked = MAX(blocked - 1, 0)
 WHERE id IN (SELECT job_id FROM job_deps WHERE depends_on = ?)
-  AND status IN ('pending', 'scheduled')
+  AND +status IN ('pending', 'scheduled')
 RETURNING id, priority, seq, run_at, function_name, cron IS NOT NULL, blocked
 """
 FAIL_RETRY = f"""
@@ -162,6 +185,7 @@ UPDATE jobs SET status = 'cancelled', completed_at = ?, error = 'cancelled while
     error_type = 'JobCancelled', lease_expires_at = NULL
 WHERE {_HELD}
 """
+# `+status`: as in RELEASE_DEPENDENTS.
 CANCEL_DEPENDENTS = """
 WITH RECURSIVE dependents(id) AS (
     SELECT job_id FROM job_deps WHERE depends_on = ?
@@ -169,7 +193,7 @@ WITH RECURSIVE dependents(id) AS (
     SELECT d.job_id FROM job_deps AS d JOIN dependents ON d.depends_on = dependents.id
 )
 UPDATE jobs SET status = 'cancelled', completed_at = ?, error = ?, error_type = 'DependencyFailed'
-WHERE id IN (SELECT id FROM dependents) AND status IN ('pending', 'scheduled')
+WHERE id IN (SELECT id FROM dependents) AND +status IN ('pending', 'scheduled')
 RETURNING id
 """
 CANCEL_WAITING = """

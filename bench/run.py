@@ -1,0 +1,423 @@
+#!/usr/bin/env python3
+"""The jobcore benchmark (issue 6): `python bench/run.py [--quick]`.
+
+Builds its own venv at bench/.venv with the peers (Huey, persist-queue, litequeue; never
+project dependencies), re-runs itself inside it, then measures every engine in one run,
+interleaved, each measurement in a fresh child process and temporary directory, and
+reports medians: a markdown table with ratios on stdout, JSON in bench/results/latest.json,
+progress on stderr. It asserts nothing; `targets` says met or not met.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Optional
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(BENCH)
+VENV = os.path.join(BENCH, ".venv")
+RESULTS = os.path.join(BENCH, "results")
+PEER_REQUIREMENTS = ["huey==3.5.4", "persist-queue==1.1.0", "litequeue==0.9"]
+MARK = "BENCH-RESULT "
+
+FULL = dict(n=20_000, reps=3, pickup=500, pickup_polling=100, pickup_budget=60.0, priority_n=5_000,
+            deep=200_000, deep_drain=20_000, depths=[10_000, 100_000, 1_000_000], depth_ops=2_000,
+            depth_reps=3, procs_n=20_000, timeout=600.0)
+QUICK = dict(n=3_000, reps=1, pickup=100, pickup_polling=30, pickup_budget=15.0, priority_n=2_000,
+             deep=200_000, deep_drain=3_000, depths=[10_000, 100_000], depth_ops=1_000,
+             depth_reps=1, procs_n=5_000, timeout=180.0)
+
+JOBCORE = ["jobcore-sqlite", "jobcore-sqlite-full", "jobcore-memory"]
+PEERS = ["huey", "persist-queue", "litequeue"]
+FLOORS = ["raw-normal", "raw-full", "raw-batch", "heap"]
+SCENARIO_ENGINES = {
+    "e2e": JOBCORE + PEERS + FLOORS,
+    "bulk": JOBCORE + ["litequeue", "raw-batch", "heap"],
+    "concurrent": JOBCORE + PEERS + FLOORS,
+    "priority": JOBCORE + ["huey", "raw-normal", "heap"],
+    "pickup": JOBCORE + PEERS + ["raw-normal", "heap"],
+    "deep": ["jobcore-sqlite", "jobcore-memory", "litequeue", "raw-normal", "heap"],
+}
+POLLING = {"huey"}   # idle workers poll: fewer pickup samples, each takes ~0.1 s
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# -- the venv ---------------------------------------------------------------------------------
+def bootstrap() -> None:
+    """Build bench/.venv with the peers if needed, then re-run this script inside it."""
+    if os.path.realpath(sys.prefix) == os.path.realpath(VENV):
+        return
+    python = os.path.join(VENV, "bin", "python")
+    marker = os.path.join(VENV, "bench-peers.json")
+    try:
+        if not os.path.exists(python):
+            log(f"creating {VENV} ...")
+            subprocess.run([sys.executable, "-m", "venv", VENV], check=True, timeout=300)
+        status: dict[str, Any] = {}
+        if os.path.exists(marker):
+            with open(marker) as f:
+                status = json.load(f)
+        installed = status.get("installed", [])
+        failed: dict[str, str] = {}
+        for requirement in PEER_REQUIREMENTS:
+            if requirement in installed:
+                continue
+            log(f"pip install {requirement} into {VENV} ...")
+            done = subprocess.run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                                   requirement], capture_output=True, text=True, timeout=600)
+            if done.returncode == 0:
+                installed.append(requirement)
+            else:
+                lines = [line for line in done.stderr.splitlines() if line.strip()]
+                failed[requirement] = lines[-1] if lines else f"pip exited {done.returncode}"
+                log(f"  could not install {requirement}: {failed[requirement]}")
+        with open(marker, "w") as f:
+            json.dump({"installed": installed, "failed": failed}, f, indent=1)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log(f"could not build the benchmark venv ({exc}); peers will be n/a")
+        return
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+    os.execve(python, [python, os.path.abspath(__file__), *sys.argv[1:]], env)
+
+
+# -- children -----------------------------------------------------------------------------------
+def child(args: argparse.Namespace) -> None:
+    """Run one measurement in this (fresh) process and print its JSON."""
+    sys.path[:0] = [BENCH, ROOT]
+    try:
+        result = _child_result(args)
+    except NotImplementedError as exc:
+        result = {"error": f"n/a: {exc}"}
+    except ImportError as exc:
+        result = {"error": f"not installed: {exc}"}
+    except Exception as exc:  # report, never crash the run
+        result = {"error": f"{type(exc).__name__}: {exc}"}
+    if result is not None:
+        print(MARK + json.dumps(result), flush=True)
+
+
+def _child_result(args: argparse.Namespace) -> Optional[dict[str, Any]]:
+    import depth
+    import harness
+    if args.child == "procs-worker":
+        depth.procs_worker(args.db, args.workers)
+        return None
+    if args.child == "depth-fill":
+        return depth.depth_fill(args.db, args.depth)
+    if args.child == "depth-measure":
+        return depth.depth_measure(args.db, args.ops, args.timeout)
+    if args.child == "procs":
+        return depth.procs(args.db, args.n, args.procs, args.timeout, os.path.abspath(__file__))
+    from engines import ENGINES
+    engine = ENGINES[args.engine][0]()
+    workdir = args.workdir
+    if args.child == "e2e":
+        if args.profile:
+            return _profiled(lambda: harness.e2e(engine, workdir, args.n, args.timeout), args)
+        return harness.e2e(engine, workdir, args.n, args.timeout)
+    if args.child == "bulk":
+        return harness.bulk(engine, workdir, args.n, args.timeout)
+    if args.child == "concurrent":
+        return harness.concurrent(engine, workdir, args.n, args.timeout)
+    if args.child == "priority":
+        return harness.priority(engine, workdir, args.n, args.timeout)
+    if args.child == "pickup":
+        return harness.pickup(engine, workdir, args.n, args.timeout, args.budget)
+    if args.child == "deep":
+        return harness.deep(engine, workdir, args.depth, args.drain, args.timeout)
+    raise ValueError(f"unknown child {args.child!r}")
+
+
+def _profiled(run: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Run under cProfile in every thread (workers included); print the top functions."""
+    import cProfile
+    import pstats
+    import threading
+    profiles = [cProfile.Profile()]
+
+    def in_new_thread(*_: Any) -> None:
+        sys.setprofile(None)
+        profile = cProfile.Profile()
+        profiles.append(profile)
+        profile.enable()
+    threading.setprofile(in_new_thread)
+    profiles[0].enable()
+    try:
+        result = run()
+    finally:
+        profiles[0].disable()
+        threading.setprofile(None)   # type: ignore[arg-type]
+    stats = pstats.Stats(profiles[0], stream=sys.stderr)
+    for profile in profiles[1:]:
+        stats.add(profile)
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, f"profile-{args.engine}.prof")
+    stats.dump_stats(path)
+    log(f"profile of {args.engine}, {args.n} jobs, all threads (saved to {path}):")
+    stats.sort_stats("tottime").print_stats(30)
+    stats.sort_stats("cumulative").print_stats(30)
+    return result
+
+
+# -- the orchestrator -------------------------------------------------------------------------------
+class Runner:
+    """Runs child measurements with a time limit and collects their results."""
+
+    def __init__(self, args: argparse.Namespace, cfg: dict[str, Any]) -> None:
+        self.args = args
+        self.cfg = cfg
+        self.count = 0
+        self.started = time.monotonic()
+
+    def measure(self, name: str, engine: str = "", timeout: Optional[float] = None, **params: Any) -> dict[str, Any]:
+        timeout = timeout or self.cfg["timeout"]
+        workdir = tempfile.mkdtemp(prefix="jobcore-bench-", dir=self.args.tmpdir)
+        command = [sys.executable, os.path.abspath(__file__), "--child", name, "--workdir", workdir,
+                   "--timeout", str(timeout)]
+        if engine:
+            command += ["--engine", engine]
+        for key, value in params.items():
+            command += [f"--{key}", str(value)]
+        self.count += 1
+        label = f"{name} {engine} " + " ".join(f"{k}={v}" for k, v in params.items() if k != "db")
+        log(f"[{self.count:3d} {time.monotonic() - self.started:6.0f}s] {label.strip()} ...")
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+        t0 = time.monotonic()
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout + 60, env=env)
+            lines = [line for line in done.stdout.splitlines() if line.startswith(MARK)]
+            if lines:
+                result = json.loads(lines[-1][len(MARK):])
+            else:
+                tail = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+                result = {"error": f"child failed: {tail}"}
+        except subprocess.TimeoutExpired:
+            result = {"error": f"timed out after {timeout + 60:.0f}s"}
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        if "error" in result:
+            log(f"      -> {result['error']}")
+        else:
+            shown = {k: v for k, v in result.items() if isinstance(v, (int, float))}
+            log(f"      -> {time.monotonic() - t0:.1f}s " + ", ".join(f"{k}={v:,.4g}" for k, v in shown.items()))
+        return result
+
+
+def _median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    good = [run for run in runs if "error" not in run]
+    summary: dict[str, Any] = {"runs": runs}
+    if not good:
+        summary["error"] = runs[0]["error"] if runs else "not run"
+        return summary
+    for key, value in good[0].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            summary[key] = statistics.median(run[key] for run in good if key in run)
+        elif key == "settings":
+            summary[key] = value
+    return summary
+
+
+def _percentiles(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    if not ordered:
+        return {}
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return {"p50_ms": at(0.50), "p95_ms": at(0.95), "p99_ms": at(0.99), "max_ms": ordered[-1],
+            "mean_ms": statistics.fmean(ordered), "samples": len(ordered)}
+
+
+def _wanted(args: argparse.Namespace, scenario: str) -> bool:
+    return not args.only or scenario in args.only.split(",")
+
+
+def _engines(args: argparse.Namespace, scenario: str) -> list[str]:
+    engines = SCENARIO_ENGINES[scenario]
+    if args.engines:
+        engines = [e for e in engines if e in args.engines.split(",")]
+    return engines
+
+
+def run_all(args: argparse.Namespace, cfg: dict[str, Any]) -> dict[str, Any]:
+    runner = Runner(args, cfg)
+    reps, n = cfg["reps"], cfg["n"]
+    results: dict[str, Any] = {}
+    raw: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    samples: dict[str, list[float]] = {}
+    missed: dict[str, int] = {}
+    pickup_errors: dict[str, str] = {}
+
+    # Interleaved: every repetition runs every engine once, in an order rotated per rep.
+    timed = [s for s in ("e2e", "bulk", "concurrent", "priority", "pickup") if _wanted(args, s)]
+    for rep in range(reps):
+        for scenario in timed:
+            engines = _engines(args, scenario)
+            shift = rep % max(1, len(engines))
+            for engine in engines[shift:] + engines[:shift]:
+                if scenario == "pickup":
+                    total = cfg["pickup_polling"] if engine in POLLING else cfg["pickup"]
+                    result = runner.measure("pickup", engine, n=max(1, total // reps),
+                                            budget=cfg["pickup_budget"] / reps)
+                    if "error" in result:
+                        pickup_errors[engine] = result["error"]
+                    else:
+                        samples.setdefault(engine, []).extend(result["latencies_ms"])
+                        missed[engine] = missed.get(engine, 0) + result["missed"]
+                    continue
+                size = cfg["priority_n"] if scenario == "priority" else n
+                raw.setdefault(scenario, {}).setdefault(engine, []).append(
+                    runner.measure(scenario, engine, n=size))
+    for scenario, by_engine in raw.items():
+        results[scenario] = {engine: _median_of(runs) for engine, runs in by_engine.items()}
+    if "pickup" in timed:
+        results["pickup"] = {}
+        for engine in _engines(args, "pickup"):
+            if engine in samples:
+                results["pickup"][engine] = {**_percentiles(samples[engine]), "missed": missed.get(engine, 0)}
+            else:
+                results["pickup"][engine] = {"error": pickup_errors.get(engine, "not run")}
+
+    if _wanted(args, "deep"):
+        results["deep"] = {"depth": cfg["deep"], "drain": cfg["deep_drain"]}
+        for engine in _engines(args, "deep"):
+            results["deep"][engine] = runner.measure("deep", engine, depth=cfg["deep"], drain=cfg["deep_drain"])
+
+    if _wanted(args, "depth") and (not args.engines or "jobcore-sqlite" in args.engines.split(",")):
+        results["depth"] = run_depth(runner, args, cfg)
+
+    if _wanted(args, "procs") and (not args.engines or "jobcore-sqlite" in args.engines.split(",")):
+        by_count: dict[int, list[dict[str, Any]]] = {1: [], 4: []}
+        for rep in range(reps):
+            for processes in ((1, 4) if rep % 2 == 0 else (4, 1)):
+                workdir = tempfile.mkdtemp(prefix="jobcore-bench-procs-", dir=args.tmpdir)
+                try:
+                    by_count[processes].append(runner.measure(
+                        "procs", procs=processes, n=cfg["procs_n"], db=os.path.join(workdir, "jobs.db")))
+                finally:
+                    shutil.rmtree(workdir, ignore_errors=True)
+        results["procs"] = {str(count): _median_of(runs) for count, runs in by_count.items()}
+    return results
+
+
+def run_depth(runner: Runner, args: argparse.Namespace, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Fill a file to each depth once, then time enqueues and claims on it `depth_reps`
+    times (each pass adds and drains `depth_ops` jobs: a negligible change of depth)."""
+    out: dict[str, Any] = {"ops": cfg["depth_ops"]}
+    for depth_size in cfg["depths"]:
+        workdir = tempfile.mkdtemp(prefix="jobcore-bench-depth-", dir=args.tmpdir)
+        db = os.path.join(workdir, "jobs.db")
+        try:
+            fill = runner.measure("depth-fill", depth=depth_size, db=db, timeout=max(cfg["timeout"], 1800.0))
+            if "error" in fill:
+                out[str(depth_size)] = {"error": fill["error"]}
+                continue
+            runs = [runner.measure("depth-measure", ops=cfg["depth_ops"], db=db) for _ in range(cfg["depth_reps"])]
+            out[str(depth_size)] = {**fill, **{k: v for k, v in _median_of(runs).items()}}
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return out
+
+
+def machine() -> dict[str, Any]:
+    import sqlite3
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
+    except OSError:
+        pass
+    memory = "?"
+    try:
+        with open("/proc/meminfo") as f:
+            memory = f"{int(f.readline().split()[1]) / 2**20:.1f} GiB"
+    except (OSError, ValueError, IndexError):
+        pass
+    return {"nproc": os.cpu_count(), "cpu": cpu, "memory": memory, "python": platform.python_version(),
+            "sqlite": sqlite3.sqlite_version, "platform": platform.platform(),
+            "tmpdir": tempfile.gettempdir()}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, one repetition (~3 min)")
+    parser.add_argument("--reps", type=int, help="repetitions (default 3, --quick 1)")
+    parser.add_argument("--n", type=int, help="jobs per throughput figure (default 20,000)")
+    parser.add_argument("--only", help="comma-separated scenarios: e2e,bulk,concurrent,priority,pickup,deep,depth,procs")
+    parser.add_argument("--engines", help="comma-separated engine keys (see bench/README.md)")
+    parser.add_argument("--no-venv", action="store_true", help="do not build or use bench/.venv (peers n/a)")
+    parser.add_argument("--profile", metavar="ENGINE", help="run the end-to-end figure once under cProfile and exit")
+    parser.add_argument("--tmpdir", help="where the temporary databases go (default: the system's)")
+    parser.add_argument("--output", default=os.path.join(RESULTS, "latest.json"))
+    # child mode (internal)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    for name, kind in (("engine", str), ("workdir", str), ("timeout", float), ("budget", float), ("depth", int),
+                       ("drain", int), ("db", str), ("ops", int), ("procs", int), ("workers", int)):
+        parser.add_argument(f"--{name}", type=kind, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        args.profile = bool(args.profile)
+        child(args)
+        return 0
+    if not args.no_venv:
+        bootstrap()
+    cfg = dict(QUICK if args.quick else FULL)
+    if args.reps:
+        cfg["reps"] = args.reps
+    if args.n:
+        cfg["n"] = args.n
+    if args.profile:
+        workdir = tempfile.mkdtemp(prefix="jobcore-bench-", dir=args.tmpdir)
+        try:
+            command = [sys.executable, os.path.abspath(__file__), "--child", "e2e", "--engine", args.profile,
+                       "--n", str(cfg["n"]), "--workdir", workdir, "--timeout", str(cfg["timeout"]), "--profile", "1"]
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
+            return subprocess.run(command, env=env).returncode
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    sys.path[:0] = [BENCH]
+    import report
+    started = time.time()
+    meta = {"command": "python bench/run.py" + (" --quick" if args.quick else ""), "config": cfg,
+            "machine": machine(), "started_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "peers": _peer_status()}
+    log(f"jobcore benchmark: {'quick' if args.quick else 'full'} run, {cfg['reps']} repetition(s), "
+        f"{cfg['n']:,} jobs per throughput figure; python {sys.executable}")
+    results = run_all(args, cfg)
+    meta["seconds"] = round(time.time() - started, 1)
+    targets = report.targets(results, cfg)
+    text = report.render(results, targets, meta)
+    print(text)
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    with open(args.output, "w") as f:
+        json.dump({"meta": meta, "results": results, "targets": targets}, f, indent=1, default=str)
+    log(f"done in {meta['seconds']:.0f}s; JSON in {args.output}")
+    return 0
+
+
+def _peer_status() -> dict[str, Any]:
+    marker = os.path.join(VENV, "bench-peers.json")
+    status: dict[str, Any] = {"venv": os.path.realpath(sys.prefix) == os.path.realpath(VENV)}
+    if os.path.exists(marker):
+        with open(marker) as f:
+            status.update(json.load(f))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""What an attempt's outcome means for its job: complete, retry, dead-letter or cancel.
+
+`decide` is a pure function of the record, the outcome and the retry policy (time and
+randomness come in as arguments); it returns a `Settlement` for the repository to apply.
+Nothing here writes anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any, Optional
+
+from .errors import RetryableError
+from .execution import Outcome
+from .repository.base import JobRecord, Settlement
+from .retry import Classifier, retry_delay, should_retry
+
+logger = logging.getLogger("jobcore.settle")
+
+
+def decide(record: JobRecord, outcome: Outcome, *, cancel_requested: bool, classifier: Classifier,
+           rng: random.Random, max_retry_delay: float, now: float, ran_for: float) -> Settlement:
+    """The settlement of one finished attempt of `record` (held on `record.attempts`)."""
+    attempt = record.attempts
+    if outcome.succeeded:
+        note = f"attempt {attempt} completed after {ran_for:.3f}s" if attempt > 1 else None
+        return Settlement("complete", record.id, attempt, result=outcome.value, note=note)
+    if outcome.cancelled or cancel_requested:
+        return Settlement("cancel", record.id, attempt, error="cancelled while running",
+                          error_type="JobCancelled")
+    exc = outcome.error
+    assert exc is not None
+    error = str(exc) or repr(exc)
+    error_type = type(exc).__name__
+    try:
+        transient = should_retry(exc, classifier)
+    except Exception:  # a broken classifier must not break the engine
+        logger.exception("retry classifier failed on job %s; treating the error as permanent", record.id)
+        transient = False
+    failed = f"attempt {attempt} failed after {ran_for:.3f}s: {error_type}: {error}"
+    if transient and attempt <= record.max_retries:
+        delay: Optional[float] = exc.delay if isinstance(exc, RetryableError) else None
+        if delay is None:
+            delay = retry_delay(attempt, delay=record.retry_delay, backoff=record.retry_backoff,
+                                jitter=record.retry_jitter, max_delay=max_retry_delay, rng=rng)
+        return Settlement("retry", record.id, attempt, error=error, error_type=error_type,
+                          traceback=outcome.traceback, retry_at=now + delay,
+                          note=f"{failed}; retry {attempt} of {record.max_retries} in {delay:.3f}s")
+    why = "no retries left" if transient else "permanent error"
+    return Settlement("fail", record.id, attempt, error=error, error_type=error_type,
+                      traceback=outcome.traceback, note=f"{failed}; {why}")
+
+
+EVENTS = {"complete": "job.completed", "retry": "job.retrying", "fail": "job.dead_lettered",
+          "cancel": "job.cancelled"}
+
+
+def event_details(settlement: Settlement) -> dict[str, Any]:
+    """What a notification about `settlement` carries beyond the job itself."""
+    details: dict[str, Any] = {"error": settlement.error, "error_type": settlement.error_type,
+                               "traceback": settlement.traceback}
+    if settlement.retry_at is not None:
+        details["retry_at"] = settlement.retry_at
+    return details

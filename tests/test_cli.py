@@ -1,0 +1,517 @@
+"""The command line as a user runs it: `python -m jobcore` in real subprocesses on a real SQLite file."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from jobcore import Job, JobManager, JobStatus, current_job
+from jobcore.cli import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WAIT = 10.0  # bound for waits that normally end in well under a second
+
+
+@dataclass
+class Jobs:
+    """A database holding one job of each interesting kind."""
+
+    db: str
+    completed: str
+    failed: str
+    pending: str
+
+
+def fail_loudly() -> None:
+    raise ValueError("disk says no")
+
+
+def add_one(x: int) -> int:
+    current_job().log("adding one")
+    current_job().progress(0.5, "halfway")
+    return x + 1
+
+
+@pytest.fixture
+def jobs(db_path: str) -> Iterator[Jobs]:
+    """Given a database with a completed job (logs, owner alice, tag report), a failed job
+    with a traceback (owner bob, tag email) and a pending job no worker here can run."""
+    manager = JobManager(db_path, max_workers=1)
+    manager.register_function("add_one", add_one)
+    manager.register_function("fail_loudly", fail_loudly)
+    with manager:
+        completed = manager.enqueue(Job(function_name="add_one", args=(41,), name="add", owner="alice",
+                                        tags={"report"}))
+        failed = manager.enqueue(Job(function_name="fail_loudly", name="explode", owner="bob", tags={"email"},
+                                     max_retries=0))
+        manager.wait(completed, timeout=WAIT)
+        manager.wait(failed, timeout=WAIT)
+    manager.close()
+    producer = JobManager(db_path, producer=True)
+    pending = producer.enqueue(Job(function_name="elsewhere.task", name="later", owner="alice"))
+    producer.close()
+    yield Jobs(db_path, completed, failed, pending)
+
+
+def cli_env(*paths: str, **extra: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if key != "JOBCORE_DB"}
+    env["PYTHONPATH"] = os.pathsep.join([ROOT, *paths])
+    env.update(extra)
+    return env
+
+
+def run(*args: str, db: str | None = None, env: dict[str, str] | None = None,
+        cwd: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `python -m jobcore [--db DB] ARGS` and capture its output."""
+    command = [sys.executable, "-m", "jobcore", *(["--db", db] if db else []), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=30, env=env or cli_env(), cwd=cwd)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert proc.returncode == 1, proc
+    assert proc.stderr.startswith("jobcore: error: ")
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    for fragment in fragments:
+        assert fragment in proc.stderr
+
+
+def status_of(db: str, job_id: str) -> JobStatus:
+    manager = JobManager(db, producer=True)
+    try:
+        result = manager.poll(job_id)
+        assert result is not None
+        return result.status
+    finally:
+        manager.close()
+
+
+# -- reading ---------------------------------------------------------------------------------
+def test_stats_counts_jobs_by_lower_case_status(jobs: Jobs) -> None:
+    text = run("stats", db=jobs.db)
+    as_json = run("stats", "--json", db=jobs.db)
+
+    assert text.returncode == 0 and text.stderr == ""
+    lines = dict(line.rsplit(None, 1) for line in text.stdout.splitlines())
+    assert lines == {"total": "3", "pending": "1", "scheduled": "0", "running": "0", "completed": "1",
+                     "failed": "1", "cancelled": "0", "queue size": "1"}
+    assert json.loads(as_json.stdout) == {"total": 3, "pending": 1, "scheduled": 0, "running": 0, "completed": 1,
+                                          "failed": 1, "cancelled": 0, "queue_size": 1}
+
+
+def test_list_shows_every_job_newest_first(jobs: Jobs) -> None:
+    proc = run("list", db=jobs.db)
+
+    assert proc.returncode == 0
+    header, *rows = proc.stdout.splitlines()
+    assert header.split() == ["ID", "STATUS", "PROGRESS", "ATTEMPTS", "CREATED", "OWNER", "NAME"]
+    assert [row.split()[:2] for row in rows] == [[jobs.pending, "pending"], [jobs.failed, "failed"],
+                                                 [jobs.completed, "completed"]]
+
+
+@pytest.mark.parametrize("filters, expected", [
+    (["--status", "failed"], ["failed"]),
+    (["--owner", "alice"], ["pending", "completed"]),
+    (["--tag", "report"], ["completed"]),
+    (["--owner", "alice", "--status", "pending"], ["pending"]),
+    (["--owner", "nobody"], []),
+])
+def test_list_filters_by_status_owner_and_tag(jobs: Jobs, filters: list[str], expected: list[str]) -> None:
+    proc = run("list", "--json", *filters, db=jobs.db)
+
+    assert proc.returncode == 0
+    listed = json.loads(proc.stdout)
+    assert [job["id"] for job in listed] == [getattr(jobs, name) for name in expected]
+    assert all(job["status"] == name for job, name in zip(listed, expected))
+
+
+def test_list_json_carries_the_job_fields(jobs: Jobs) -> None:
+    [job] = json.loads(run("list", "--json", "--tag", "report", db=jobs.db).stdout)
+
+    assert job["name"] == "add" and job["owner"] == "alice" and job["tags"] == ["report"]
+    assert job["progress"] == 1.0 and job["attempts"] == 1 and job["completed_at"]
+
+
+def test_show_of_a_failed_job_prints_its_error_type_and_traceback(jobs: Jobs) -> None:
+    proc = run("show", jobs.failed, db=jobs.db)
+
+    assert proc.returncode == 0 and proc.stderr == ""
+    assert "status:     failed" in proc.stdout
+    assert "error type: ValueError" in proc.stdout
+    assert "error:      disk says no" in proc.stdout
+    traceback = proc.stdout.split("traceback:\n", 1)[1]
+    assert traceback.startswith("Traceback (most recent call last):")
+    assert "in fail_loudly" in traceback and traceback.rstrip().endswith("ValueError: disk says no")
+
+
+def test_show_json_includes_traceback_and_logs(jobs: Jobs) -> None:
+    failed = json.loads(run("show", "--json", jobs.failed, db=jobs.db).stdout)
+    completed = json.loads(run("show", jobs.completed, "--json", db=jobs.db).stdout)
+
+    assert failed["status"] == "failed" and failed["error_type"] == "ValueError"
+    assert "Traceback (most recent call last)" in failed["traceback"]
+    assert completed["result"] == 42
+    assert [entry["message"] for entry in completed["logs"]] == ["adding one"]
+
+
+def test_logs_prints_the_jobs_lines(jobs: Jobs) -> None:
+    proc = run("logs", jobs.completed, db=jobs.db)
+    as_json = json.loads(run("logs", "--json", jobs.completed, db=jobs.db).stdout)
+
+    assert proc.returncode == 0
+    assert proc.stdout.splitlines()[0].endswith("INFO     adding one")
+    assert as_json[0]["level"] == "info" and as_json[0]["message"] == "adding one"
+
+
+def test_dlq_lists_failed_jobs_and_retry_all_requeues_them(jobs: Jobs) -> None:
+    listed = run("dlq", db=jobs.db)
+    retried = run("dlq", "--retry-all", db=jobs.db)
+    after = run("dlq", db=jobs.db)
+
+    assert listed.returncode == 0
+    assert jobs.failed in listed.stdout and "ValueError: disk says no" in listed.stdout
+    assert jobs.completed not in listed.stdout
+    assert retried.returncode == 0 and "re-queued 1 failed job(s)" in retried.stdout
+    assert after.stdout.strip() == "the dead-letter queue is empty"
+    assert status_of(jobs.db, jobs.failed) is JobStatus.PENDING
+
+
+def test_watch_of_a_completed_job_prints_a_full_bar_and_exits_0(jobs: Jobs) -> None:
+    proc = run("watch", jobs.completed, db=jobs.db)
+
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[" + "#" * 30 + "] 100%  completed  halfway"
+
+
+def test_watch_of_a_failed_job_exits_1_with_its_error(jobs: Jobs) -> None:
+    proc = run("watch", jobs.failed, db=jobs.db)
+
+    assert proc.stdout.startswith("[" + "." * 30 + "]   0%  failed")
+    assert_one_line_error(proc, "ended failed: ValueError: disk says no")
+
+
+def test_watch_follows_a_running_job_until_it_completes(jobs: Jobs, make_manager: Any) -> None:
+    release = threading.Event()
+    reported = threading.Event()
+
+    def slow(progress_callback: Any) -> None:
+        progress_callback(0.5, "half")
+        reported.set()
+        assert release.wait(WAIT)
+
+    manager = make_manager(jobs.db, poll_interval=0.1).start()
+    job_id = manager.enqueue(Job(function=slow))
+    assert reported.wait(WAIT)
+    watcher = subprocess.Popen([sys.executable, "-m", "jobcore", "--db", jobs.db, "watch", job_id, "--interval", "0.05"],
+                               stdout=subprocess.PIPE, text=True, env=cli_env())
+    assert watcher.stdout is not None
+    first = watcher.stdout.readline()
+    release.set()
+    rest = watcher.stdout.read()
+    assert watcher.wait(WAIT) == 0
+
+    assert first.strip() == "[" + "#" * 15 + "." * 15 + "]  50%  running  half"
+    assert rest.strip().endswith("100%  completed  half")
+
+
+# -- changing --------------------------------------------------------------------------------
+def test_cancel_of_a_pending_job_cancels_it_and_a_second_cancel_fails(jobs: Jobs) -> None:
+    first = run("cancel", jobs.pending, db=jobs.db)
+    second = run("cancel", jobs.pending, db=jobs.db)
+
+    assert first.returncode == 0 and first.stdout.strip() == f"cancelled {jobs.pending}"
+    assert_one_line_error(second, "already cancelled")
+    assert status_of(jobs.db, jobs.pending) is JobStatus.CANCELLED
+
+
+def test_retry_requeues_a_failed_job_but_not_a_completed_one(jobs: Jobs) -> None:
+    retried = run("retry", jobs.failed, db=jobs.db)
+    refused = run("retry", jobs.completed, db=jobs.db)
+
+    assert retried.returncode == 0 and jobs.failed in retried.stdout
+    assert status_of(jobs.db, jobs.failed) is JobStatus.PENDING
+    assert_one_line_error(refused, "is completed; only failed or cancelled jobs can be retried")
+
+
+def test_cleanup_deletes_finished_jobs_older_than_the_retention(jobs: Jobs) -> None:
+    kept = run("cleanup", "--retention-days", "7", db=jobs.db)
+    deleted = run("cleanup", "--retention-days", "0", db=jobs.db)
+
+    assert kept.returncode == 0 and "deleted 0 job(s)" in kept.stdout
+    assert deleted.returncode == 0 and "deleted 2 job(s)" in deleted.stdout
+    assert [job["id"] for job in json.loads(run("list", "--json", db=jobs.db).stdout)] == [jobs.pending]
+
+
+# -- mistakes ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("command", ["show", "logs", "cancel", "retry", "watch"])
+def test_an_unknown_id_is_one_line_and_exit_1(jobs: Jobs, command: str) -> None:
+    proc = run(command, "no-such-job", db=jobs.db)
+
+    assert_one_line_error(proc, "no job with id 'no-such-job'")
+    assert proc.stdout == ""
+
+
+def test_a_garbage_file_is_refused_in_one_line_and_left_alone(tmp_path: Any) -> None:
+    garbage = tmp_path / "notes.txt"
+    garbage.write_text("this is not a database\n" * 100)
+
+    proc = run("stats", db=str(garbage))
+
+    assert_one_line_error(proc, "is not a jobcore database")
+    assert garbage.read_text() == "this is not a database\n" * 100
+
+
+def test_another_applications_sqlite_database_is_refused_and_not_changed(tmp_path: Any) -> None:
+    other = str(tmp_path / "app.db")
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE users (name TEXT)")
+    conn.close()
+
+    proc = run("list", db=other)
+    worker = run("worker", "--import", "json", db=other)
+
+    assert_one_line_error(proc, "not a jobcore one")
+    assert_one_line_error(worker, "not a jobcore one")
+    with sqlite3.connect(other) as conn:
+        assert [row[0] for row in conn.execute("SELECT name FROM sqlite_master")] == ["users"]
+    conn.close()
+
+
+def test_a_missing_database_is_refused_and_not_created(tmp_path: Any) -> None:
+    missing = tmp_path / "typo.db"
+
+    proc = run("stats", db=str(missing))
+
+    assert_one_line_error(proc, "no jobcore database at", "typo.db")
+    assert not missing.exists()
+
+
+@pytest.mark.parametrize("args", [
+    [], ["frobnicate"], ["list", "--status", "bogus"], ["cleanup", "--retention-days", "-1"],
+    ["show"], ["worker"], ["worker", "--import", "x", "--workers", "0"],
+])
+def test_usage_errors_exit_2(jobs: Jobs, args: list[str]) -> None:
+    proc = run(*args, db=jobs.db)
+
+    assert proc.returncode == 2
+    assert "usage: jobcore" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_help_names_every_command_and_the_exit_codes() -> None:
+    proc = run("--help")
+    worker_help = run("worker", "--help")
+
+    assert proc.returncode == 0
+    for command in ["stats", "list", "show", "logs", "cancel", "retry", "dlq", "cleanup", "watch", "worker",
+                    "dashboard"]:
+        assert command in proc.stdout
+    assert "exit status: 0 ok, 1 not found or failed, 2 usage error" in proc.stdout
+    assert "register_job_function" in worker_help.stdout and "--workers" in worker_help.stdout
+
+
+def test_db_defaults_to_jobcore_db_then_the_current_directory(jobs: Jobs, tmp_path: Any) -> None:
+    from_env = run("stats", "--json", env=cli_env(JOBCORE_DB=jobs.db))
+    from_cwd = run("stats", cwd=str(tmp_path))
+
+    assert json.loads(from_env.stdout)["total"] == 3
+    assert_one_line_error(from_cwd, os.path.join(str(tmp_path), "jobcore.db"))
+
+
+def test_the_db_option_may_follow_the_command(jobs: Jobs) -> None:
+    proc = run("stats", "--json", "--db", jobs.db)
+
+    assert proc.returncode == 0 and json.loads(proc.stdout)["total"] == 3
+
+
+def test_terminal_control_characters_in_job_data_are_shown_escaped(db_path: str) -> None:
+    producer = JobManager(db_path, producer=True)
+    job_id = producer.enqueue(Job(function_name="x", name="evil\x1b]0;pwned\x07\nname"))
+    producer.close()
+
+    proc = run("list", db=db_path)
+
+    assert "\x1b" not in proc.stdout and "\x07" not in proc.stdout
+    assert "evil\\x1b]0;pwned\\x07\\nname" in proc.stdout and job_id in proc.stdout
+
+
+def test_main_is_the_console_script_entry_point(jobs: Jobs, capsys: Any) -> None:
+    assert main(["--db", jobs.db, "show", jobs.failed]) == 0
+    assert "error type: ValueError" in capsys.readouterr().out
+    assert main(["--db", jobs.db, "show", "nope"]) == 1
+    assert capsys.readouterr().err == "jobcore: error: no job with id 'nope'\n"
+
+
+# -- the dashboard -------------------------------------------------------------------------------
+def test_dashboard_serves_the_database_until_sigterm(jobs: Jobs) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "jobcore", "--db", jobs.db, "dashboard", "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+    try:
+        assert proc.stdout is not None
+        banner = proc.stdout.readline()
+        url = banner.split(" on ", 1)[1].split()[0]
+        with urllib.request.urlopen(url + "api/stats", timeout=WAIT) as reply:
+            stats = json.loads(reply.read())
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(WAIT)
+
+    assert url.startswith("http://127.0.0.1:")
+    assert stats["total"] == 3 and stats["failed"] == 1
+
+
+def test_dashboard_refuses_a_missing_database(tmp_path: Any) -> None:
+    assert_one_line_error(run("dashboard", "--port", "0", db=str(tmp_path / "typo.db")), "no jobcore database")
+
+
+# -- the worker --------------------------------------------------------------------------------
+WORKER_MODULE = """
+import os
+import time
+import urllib.request
+
+import jobcore
+
+
+@jobcore.register_job_function("cli_tasks.double")
+def double(x, progress_callback=None):
+    progress_callback(0.5, "halfway")
+    jobcore.current_job().log("doubling")
+    manager = jobcore.get_job_manager()
+    return {"value": 2 * x, "db": os.environ["JOBCORE_DB"], "max_workers": manager.max_workers}
+
+
+@jobcore.register_job_function("cli_tasks.hold")
+def hold(release_path):
+    # Runs until the test creates `release_path`: lets the test stop the worker mid-job.
+    while not os.path.exists(release_path):
+        time.sleep(0.01)
+    return "released"
+"""
+
+
+class Worker:
+    """A `jobcore worker` subprocess whose stdout lines arrive on a queue."""
+
+    def __init__(self, db: str, module_dir: str, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "jobcore", "--db", db, "worker", "--import", "cli_tasks", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(module_dir))
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line)
+
+    def next_line(self) -> str:
+        return self.lines.get(timeout=WAIT)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(WAIT)
+
+
+@pytest.fixture
+def start_worker(tmp_path: Any) -> Iterator[Callable[..., Worker]]:
+    (tmp_path / "modules").mkdir()
+    (tmp_path / "modules" / "cli_tasks.py").write_text(textwrap.dedent(WORKER_MODULE))
+    workers: list[Worker] = []
+
+    def start(db: str, *args: str) -> Worker:
+        worker = Worker(db, str(tmp_path / "modules"), *args)
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        if worker.proc.poll() is None:
+            worker.proc.kill()
+            worker.proc.wait(WAIT)
+
+
+def wait_until(predicate: Callable[[], bool], what: str) -> None:
+    """Poll another process's effect, with a bound (no event can cross the process)."""
+    deadline = time.monotonic() + WAIT
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_worker_runs_the_jobs_its_module_registers_then_stops_on_sigterm(
+        start_worker: Callable[..., Worker], db_path: str, make_manager: Any) -> None:
+    producer = make_manager(db_path, producer=True)
+    job_id = producer.enqueue(Job(function_name="cli_tasks.double", args=(21,)))
+
+    worker = start_worker(db_path, "--workers", "3")
+    assert "3 thread(s)" in worker.next_line()
+    result = producer.wait(job_id, timeout=WAIT)
+    exit_code = worker.stop()
+
+    assert result.status is JobStatus.COMPLETED
+    assert result.result == {"value": 42, "db": os.path.abspath(db_path), "max_workers": 3}
+    assert [entry.message for entry in producer.get_logs(job_id)] == ["doubling"]
+    assert exit_code == 0
+    assert worker.next_line().startswith("jobcore worker: stopping")
+    assert worker.next_line().strip() == "jobcore worker: stopped"
+
+
+def test_worker_stop_lets_a_running_job_finish(start_worker: Callable[..., Worker], db_path: str,
+                                               make_manager: Any, tmp_path: Any) -> None:
+    release = tmp_path / "release"
+    producer = make_manager(db_path, producer=True)
+    job_id = producer.enqueue(Job(function_name="cli_tasks.hold", args=(str(release),)))
+    worker = start_worker(db_path)
+    worker.next_line()
+    wait_until(lambda: producer.poll(job_id).status is JobStatus.RUNNING, "the job to start")
+
+    worker.proc.send_signal(signal.SIGTERM)
+    assert worker.next_line().startswith("jobcore worker: stopping")
+    assert worker.proc.poll() is None  # still waiting for the running job
+    release.touch()
+
+    assert worker.proc.wait(WAIT) == 0
+    assert producer.poll(job_id).status is JobStatus.COMPLETED
+    assert producer.poll(job_id).result == "released"
+
+
+def test_a_second_signal_quits_the_worker_at_once(start_worker: Callable[..., Worker], db_path: str,
+                                                  make_manager: Any, tmp_path: Any) -> None:
+    producer = make_manager(db_path, producer=True)
+    job_id = producer.enqueue(Job(function_name="cli_tasks.hold", args=(str(tmp_path / "never"),)))
+    worker = start_worker(db_path)
+    worker.next_line()
+    wait_until(lambda: producer.poll(job_id).status is JobStatus.RUNNING, "the job to start")
+
+    worker.proc.send_signal(signal.SIGTERM)
+    assert worker.next_line().startswith("jobcore worker: stopping")
+    worker.proc.send_signal(signal.SIGTERM)
+
+    assert worker.proc.wait(WAIT) == 1
+    assert producer.poll(job_id).status is JobStatus.RUNNING  # taken back once its lease expires
+
+
+def test_worker_that_cannot_import_its_module_says_why_in_one_line(db_path: str, tmp_path: Any) -> None:
+    (tmp_path / "broken_tasks.py").write_text("import jobcore\n\nraise RuntimeError('config missing')\n")
+
+    missing = run("worker", "--import", "no_such_module_here", db=db_path)
+    broken = run("worker", "--import", "broken_tasks", db=db_path, env=cli_env(str(tmp_path)))
+
+    assert_one_line_error(missing, "cannot import 'no_such_module_here': ModuleNotFoundError")
+    assert_one_line_error(broken, "RuntimeError: config missing", "broken_tasks.py:3")

@@ -1,0 +1,339 @@
+"""The dashboard's HTTP surface, in-process on port 0: page, JSON API, CSRF, access token, metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional
+
+import pytest
+
+from jobcore import Job, JobManager, JobStatus, current_job
+from jobcore.dashboard import DashboardServer
+
+WAIT = 10.0
+STATIC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "jobcore", "dashboard", "static")
+XSS_NAME = "<script>alert(1)</script>"
+
+
+@dataclass
+class Response:
+    status: int
+    headers: Any
+    body: bytes
+
+    def json(self) -> Any:
+        assert self.headers["Content-Type"].startswith("application/json")
+        return json.loads(self.body)
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8")
+
+
+def call(server: DashboardServer, path: str, method: str = "GET", headers: Optional[dict[str, str]] = None,
+         csrf: bool = False) -> Response:
+    """One HTTP request to the dashboard; `csrf` sends the page's token as a browser would."""
+    headers = dict(headers or {})
+    if csrf:
+        headers["X-CSRF-Token"] = server.csrf_token
+    request = urllib.request.Request(server.url.rstrip("/") + path, method=method, headers=headers,
+                                     data=b"" if method == "POST" else None)
+    try:
+        with urllib.request.urlopen(request, timeout=WAIT) as reply:
+            return Response(reply.status, reply.headers, reply.read())
+    except urllib.error.HTTPError as error:
+        return Response(error.code, error.headers, error.read())
+
+
+def boom() -> None:
+    raise KeyError("missing thing")
+
+
+def noisy() -> str:
+    current_job().log("step one")
+    current_job().log("careful", level="warning")
+    return "ok"
+
+
+@dataclass
+class Site:
+    server: DashboardServer
+    manager: JobManager
+    completed: str
+    failed: str
+    pending: str
+    xss: str
+
+
+@pytest.fixture
+def site(db_path: str, make_manager: Any) -> Iterator[Site]:
+    """Given a database with a completed job with logs (owner alice, tag nightly), a failed
+    job (owner bob), a pending job and a pending job named like a script tag, and a
+    dashboard serving it through a producer manager that is never started."""
+    worker = make_manager(db_path, max_workers=1)
+    worker.register_function("noisy", noisy)
+    worker.register_function("boom", boom)
+    with worker:
+        completed = worker.enqueue(Job(function_name="noisy", owner="alice", tags={"nightly"}))
+        failed = worker.enqueue(Job(function_name="boom", owner="bob", max_retries=0))
+        worker.wait(completed, timeout=WAIT)
+        worker.wait(failed, timeout=WAIT)
+    manager = make_manager(db_path, producer=True)
+    pending = manager.enqueue(Job(function_name="remote.task", name="pending one", owner="alice"))
+    xss = manager.enqueue(Job(function_name="remote.task", name=XSS_NAME))
+    server = DashboardServer(manager, port=0).start()
+    yield Site(server, manager, completed, failed, pending, xss)
+    server.close()
+
+
+# -- the page ------------------------------------------------------------------------------------
+def test_page_embeds_the_csrf_token_and_a_strict_content_security_policy(site: Site) -> None:
+    page = call(site.server, "/")
+
+    assert page.status == 200 and page.headers["Content-Type"] == "text/html; charset=utf-8"
+    assert f'<meta name="jobcore-csrf-token" content="{site.server.csrf_token}">' in page.text
+    assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+    assert "unsafe-inline" not in page.headers["Content-Security-Policy"]
+    assert page.headers["X-Frame-Options"] == "DENY"
+    assert '<script src="/static/app.js" defer></script>' in page.text
+
+
+def test_static_files_are_served_with_their_types(site: Site) -> None:
+    script = call(site.server, "/static/app.js")
+    style = call(site.server, "/static/style.css")
+    other = call(site.server, "/static/../server.py")
+
+    assert script.status == 200 and script.headers["Content-Type"].startswith("text/javascript")
+    assert b"X-CSRF-Token" in script.body
+    assert style.status == 200 and style.headers["Content-Type"].startswith("text/css")
+    assert other.status == 404
+
+
+def test_the_page_builds_dom_from_job_data_with_text_never_markup() -> None:
+    with open(os.path.join(STATIC, "app.js"), encoding="utf-8") as source:
+        script = source.read()
+    with open(os.path.join(STATIC, "index.html"), encoding="utf-8") as source:
+        page = source.read()
+
+    for sink in ["innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"]:
+        assert sink not in script, sink
+    assert "textContent" in script
+    assert "<script>" not in page and "onclick" not in page  # no inline script for the CSP to allow
+
+
+# -- reading ---------------------------------------------------------------------------------------
+def test_api_stats_counts_jobs_and_the_queue(site: Site) -> None:
+    stats = call(site.server, "/api/stats").json()
+
+    assert {key: stats[key] for key in ["total", "pending", "completed", "failed", "running", "queue_size"]} == {
+        "total": 4, "pending": 2, "completed": 1, "failed": 1, "running": 0, "queue_size": 2}
+    assert 0 <= stats["oldest_pending_age"] < 60
+
+
+def test_api_jobs_lists_newest_first(site: Site) -> None:
+    reply = call(site.server, "/api/jobs")
+
+    assert reply.status == 200 and reply.headers["Cache-Control"] == "no-store"
+    listed = reply.json()["jobs"]
+    assert [job["id"] for job in listed] == [site.xss, site.pending, site.failed, site.completed]
+    assert [job["status"] for job in listed] == ["pending", "pending", "failed", "completed"]
+
+
+@pytest.mark.parametrize("query, expected", [
+    ("?status=failed", ["failed"]),
+    ("?owner=alice", ["pending", "completed"]),
+    ("?tag=nightly", ["completed"]),
+    ("?owner=alice&status=completed", ["completed"]),
+    ("?status=&owner=&tag=", ["xss", "pending", "failed", "completed"]),
+    ("?limit=1&offset=1", ["pending"]),
+])
+def test_api_jobs_filters(site: Site, query: str, expected: list[str]) -> None:
+    listed = call(site.server, "/api/jobs" + query).json()["jobs"]
+
+    assert [job["id"] for job in listed] == [getattr(site, name) for name in expected]
+
+
+@pytest.mark.parametrize("query", ["?status=bogus", "?limit=abc", "?offset=-1"])
+def test_api_jobs_rejects_bad_parameters(site: Site, query: str) -> None:
+    reply = call(site.server, "/api/jobs" + query)
+
+    assert reply.status == 400 and reply.json()["error"]
+
+
+def test_api_job_detail_has_error_type_traceback_and_logs(site: Site) -> None:
+    failed = call(site.server, f"/api/jobs/{site.failed}").json()
+    completed = call(site.server, f"/api/jobs/{site.completed}").json()
+    logs = call(site.server, f"/api/jobs/{site.completed}/logs").json()["logs"]
+
+    assert failed["status"] == "failed" and failed["error_type"] == "KeyError"
+    assert failed["traceback"].startswith("Traceback (most recent call last)")
+    assert completed["result"] == "ok" and completed["progress"] == 1.0
+    assert [(entry["level"], entry["message"]) for entry in completed["logs"]] == [
+        ("info", "step one"), ("warning", "careful")]
+    assert logs == completed["logs"]
+
+
+def test_unknown_jobs_and_pages_are_404(site: Site) -> None:
+    for path, method in [("/api/jobs/nope", "GET"), ("/api/jobs/nope/logs", "GET"),
+                         ("/api/jobs/nope/cancel", "POST"), ("/api/jobs/nope/retry", "POST"),
+                         ("/nowhere", "GET")]:
+        reply = call(site.server, path, method, csrf=True)
+        assert reply.status == 404, path
+        assert reply.json()["error"]
+    assert call(site.server, "/api/jobs/nope").json()["error"] == "no job with id 'nope'"
+
+
+def test_wrong_methods_are_405(site: Site) -> None:
+    assert call(site.server, f"/api/jobs/{site.pending}/cancel").status == 405
+    assert call(site.server, "/api/stats", "POST", csrf=True).status == 405
+
+
+def test_job_data_comes_back_as_json_data_not_markup(site: Site) -> None:
+    reply = call(site.server, f"/api/jobs/{site.xss}")
+
+    assert reply.headers["Content-Type"] == "application/json; charset=utf-8"
+    assert reply.headers["X-Content-Type-Options"] == "nosniff"
+    assert reply.json()["name"] == XSS_NAME
+    assert XSS_NAME not in call(site.server, "/").text
+
+
+# -- changing --------------------------------------------------------------------------------------
+def test_cancel_needs_the_csrf_token(site: Site) -> None:
+    without = call(site.server, f"/api/jobs/{site.pending}/cancel", "POST")
+    wrong = call(site.server, f"/api/jobs/{site.pending}/cancel", "POST", headers={"X-CSRF-Token": "guess"})
+    assert site.manager.poll(site.pending).status is JobStatus.PENDING
+
+    with_token = call(site.server, f"/api/jobs/{site.pending}/cancel", "POST", csrf=True)
+    again = call(site.server, f"/api/jobs/{site.pending}/cancel", "POST", csrf=True)
+
+    assert without.status == 403 and wrong.status == 403
+    assert "X-CSRF-Token" in without.json()["error"]
+    assert with_token.status == 200
+    assert with_token.json() == {"id": site.pending, "status": "cancelled", "cancel_requested": False}
+    assert site.manager.poll(site.pending).status is JobStatus.CANCELLED
+    assert again.status == 409 and "already cancelled" in again.json()["error"]
+
+
+def test_retry_needs_the_csrf_token_and_a_failed_or_cancelled_job(site: Site) -> None:
+    without = call(site.server, f"/api/jobs/{site.failed}/retry", "POST")
+    assert site.manager.poll(site.failed).status is JobStatus.FAILED
+
+    retried = call(site.server, f"/api/jobs/{site.failed}/retry", "POST", csrf=True)
+    refused = call(site.server, f"/api/jobs/{site.completed}/retry", "POST", csrf=True)
+
+    assert without.status == 403
+    assert retried.status == 200 and retried.json() == {"id": site.failed, "status": "pending"}
+    assert site.manager.poll(site.failed).status is JobStatus.PENDING
+    assert refused.status == 409
+
+
+def test_dead_letter_queue_lists_failed_jobs_and_retries_them_all(site: Site) -> None:
+    listed = call(site.server, "/api/dlq").json()["jobs"]
+    without = call(site.server, "/api/dlq/retry", "POST")
+    retried = call(site.server, "/api/dlq/retry", "POST", csrf=True).json()
+
+    assert [job["id"] for job in listed] == [site.failed]
+    assert without.status == 403
+    assert retried == {"retried": [site.failed], "count": 1}
+    assert call(site.server, "/api/dlq").json()["jobs"] == []
+
+
+def test_cancelling_a_running_job_asks_it_to_stop(db_path: str, make_manager: Any) -> None:
+    started = threading.Event()
+    release = threading.Event()
+
+    def patient() -> None:
+        started.set()
+        while not release.wait(0.01):
+            current_job().check_cancelled()
+
+    worker = make_manager(db_path, poll_interval=0.05).start()
+    job_id = worker.enqueue(Job(function=patient))
+    assert started.wait(WAIT)
+    with DashboardServer(make_manager(db_path, producer=True), port=0) as server:
+        reply = call(server, f"/api/jobs/{job_id}/cancel", "POST", csrf=True).json()
+        result = worker.wait(job_id, timeout=WAIT)
+        metrics = call(server, "/metrics").text
+
+    assert reply == {"id": job_id, "status": "running", "cancel_requested": True}
+    assert result.status is JobStatus.CANCELLED
+    assert 'jobcore_dashboard_actions_total{action="cancel"} 1' in metrics
+
+
+# -- safety ------------------------------------------------------------------------------------------
+def test_a_foreign_host_header_is_refused_on_loopback(site: Site) -> None:
+    rebound = call(site.server, "/api/jobs", headers={"Host": f"attacker.example:{site.server.port}"})
+    local = call(site.server, "/api/jobs", headers={"Host": f"localhost:{site.server.port}"})
+
+    assert rebound.status == 403 and "not allowed" in rebound.json()["error"]
+    assert local.status == 200
+
+
+def test_an_access_token_guards_everything_but_static_files(site: Site) -> None:
+    with DashboardServer(site.manager, port=0, token="s3cret") as server:
+        page = call(server, "/")
+        stats = call(server, "/api/stats")
+        metrics = call(server, "/metrics")
+        wrong = call(server, "/api/stats", headers={"Authorization": "Bearer nope"})
+        by_query = call(server, "/api/stats?token=s3cret")
+        by_header = call(server, "/metrics", headers={"Authorization": "Bearer s3cret"})
+        script = call(server, "/static/app.js")
+        post = call(server, f"/api/jobs/{site.pending}/cancel", "POST", csrf=True)
+
+    assert [page.status, stats.status, metrics.status, wrong.status, post.status] == [401] * 5
+    assert server.csrf_token not in page.text
+    assert by_query.status == 200 and by_query.json()["total"] == 4
+    assert by_header.status == 200 and script.status == 200
+    assert site.manager.poll(site.pending).status is JobStatus.PENDING
+
+
+# -- metrics -------------------------------------------------------------------------------------------
+SAMPLE = re.compile(r'^[a-z_]+(\{[a-z_]+="[^"]*"(,[a-z_]+="[^"]*")*\})? -?[0-9.e+-]+$')
+
+
+def test_metrics_are_prometheus_text(site: Site) -> None:
+    reply = call(site.server, "/metrics")
+
+    assert reply.status == 200
+    assert reply.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+    samples = {}
+    for line in reply.text.splitlines():
+        if line.startswith("#"):
+            assert re.match(r"^# (HELP|TYPE) [a-z_]+ .+$", line), line
+        else:
+            assert SAMPLE.match(line), line
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    assert samples['jobcore_jobs{status="pending"}'] == 2
+    assert samples['jobcore_jobs{status="failed"}'] == 1
+    assert samples['jobcore_jobs{status="completed"}'] == 1
+    assert samples["jobcore_jobs_stored"] == 4
+    assert samples["jobcore_queue_depth"] == 2
+    assert samples["jobcore_dead_letter_jobs"] == 1
+    assert 0 <= samples["jobcore_oldest_pending_age_seconds"] < 60
+    assert "# TYPE jobcore_dashboard_actions_total counter" in reply.text
+
+
+def test_oldest_pending_age_is_zero_without_pending_jobs(db_path: str, make_manager: Any) -> None:
+    manager = make_manager(db_path, producer=True)
+    with DashboardServer(manager, port=0) as server:
+        assert "jobcore_oldest_pending_age_seconds 0.0\n" in call(server, "/metrics").text
+        assert call(server, "/api/stats").json()["oldest_pending_age"] is None
+
+
+def test_bound_beyond_loopback_it_makes_an_access_token_of_its_own(db_path: str, make_manager: Any) -> None:
+    with DashboardServer(make_manager(db_path, producer=True), host="0.0.0.0", port=0) as server:
+        assert server.token and server.login_url.endswith(f"/?token={server.token}")
+        local = server.url.replace("0.0.0.0", "127.0.0.1")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(local + "api/stats", timeout=WAIT)
+        with urllib.request.urlopen(f"{local}api/stats?token={server.token}", timeout=WAIT) as reply:
+            assert json.loads(reply.read())["total"] == 0
+
+    assert refused.value.code == 401

@@ -1,0 +1,178 @@
+"""The dashboard in a real headless Chromium: a running job's bar moves, Cancel cancels it.
+
+Chromium is driven through `chromedriver` with the W3C WebDriver protocol spoken over
+urllib (no third-party package). Needs Debian's `chromium` and `chromium-driver`:
+    apt-get install -y chromium chromium-driver
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from typing import Any, Callable, Iterator, Optional
+
+import pytest
+
+from jobcore import Job, JobStatus, current_job
+from jobcore.dashboard import DashboardServer
+
+WAIT = 10.0  # bound on every wait for the page; normally a few hundred milliseconds
+ELEMENT = "element-6066-11e4-a52e-4f735466cecf"  # the W3C key of an element reference
+CHROMEDRIVER = shutil.which("chromedriver")
+CHROMIUM = next((path for path in ["/usr/lib/chromium/chromium", shutil.which("chromium"),
+                                   shutil.which("chromium-browser")] if path and os.path.exists(path)), None)
+
+pytestmark = pytest.mark.skipif(
+    CHROMEDRIVER is None or CHROMIUM is None,
+    reason="BROWSER TEST SKIPPED: Chromium or chromedriver is missing;"
+           " install them with `apt-get install -y chromium chromium-driver`")
+
+
+class WebDriver:
+    """The few WebDriver commands the test needs, over HTTP to a chromedriver."""
+
+    def __init__(self, base: str, profile_dir: str) -> None:
+        self.base = base
+        options = {"binary": CHROMIUM, "args": [
+            "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--disable-dev-shm-usage", f"--user-data-dir={profile_dir}", "--window-size=1280,900"]}
+        capabilities = {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": options}}
+        self.session = self._call("POST", "/session", {"capabilities": capabilities})["sessionId"]
+
+    def _call(self, method: str, path: str, payload: Optional[dict[str, Any]] = None) -> Any:
+        data = None if payload is None else json.dumps(payload).encode()
+        request = urllib.request.Request(self.base + path, data=data, method=method,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as reply:
+                return json.loads(reply.read())["value"]
+        except urllib.error.HTTPError as error:
+            raise AssertionError(f"WebDriver {method} {path}: {error.read().decode()[:500]}") from None
+
+    def command(self, method: str, path: str, payload: Optional[dict[str, Any]] = None) -> Any:
+        return self._call(method, f"/session/{self.session}{path}", payload)
+
+    def get(self, url: str) -> None:
+        self.command("POST", "/url", {"url": url})
+
+    def script(self, source: str, *args: Any) -> Any:
+        return self.command("POST", "/execute/sync", {"script": source, "args": list(args)})
+
+    def find(self, css: str) -> str:
+        return self.command("POST", "/element", {"using": "css selector", "value": css})[ELEMENT]
+
+    def click(self, element: str) -> None:
+        self.command("POST", f"/element/{element}/click", {})
+
+    def wait_for(self, what: str, read: Callable[[], Any], accept: Callable[[Any], bool]) -> Any:
+        """Read the page until `accept(value)`, for at most WAIT seconds (bounded polling)."""
+        deadline = time.monotonic() + WAIT
+        value = read()
+        while not accept(value):
+            assert time.monotonic() < deadline, f"timed out waiting for {what}; last value {value!r}"
+            time.sleep(0.05)
+            value = read()
+        return value
+
+    def quit(self) -> None:
+        try:
+            self._call("DELETE", f"/session/{self.session}")
+        except (OSError, AssertionError):
+            pass
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def browser(tmp_path: Any) -> Iterator[WebDriver]:
+    """A headless Chromium behind a chromedriver on a free local port, both ended after."""
+    port = free_port()
+    driver = subprocess.Popen([CHROMEDRIVER, f"--port={port}"], stdout=subprocess.DEVNULL,  # type: ignore[list-item]
+                              stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + WAIT
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/status", timeout=1) as reply:
+                    if json.loads(reply.read())["value"]["ready"]:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "chromedriver did not start"
+            time.sleep(0.05)
+        web = WebDriver(base, str(tmp_path / "chromium-profile"))
+        try:
+            yield web
+        finally:
+            web.quit()
+    finally:
+        driver.terminate()
+        driver.wait(WAIT)
+
+
+@contextlib.contextmanager
+def open_gates_after(gates: list[threading.Event]) -> Iterator[None]:
+    """Open every gate on the way out, so a failing test never leaves the job blocking stop()."""
+    try:
+        yield
+    finally:
+        for gate in gates:
+            gate.set()
+
+
+def test_a_running_jobs_bar_moves_and_cancel_cancels_it(browser: WebDriver, db_path: str,
+                                                       make_manager: Any) -> None:
+    steps = [threading.Event() for _ in range(3)]
+
+    def stepped(progress_callback: Any) -> None:
+        # Each step waits for the test to open its gate; meanwhile it honours cancel requests.
+        for number, gate in enumerate(steps, start=1):
+            while not gate.wait(0.02):
+                current_job().check_cancelled()
+            progress_callback(number / 4, f"step {number}")
+
+    worker = make_manager(db_path, poll_interval=0.05).start()
+    job_id = worker.enqueue(Job(function=stepped, name="three <b>steps</b>"))
+    dashboard = make_manager(db_path, producer=True)
+    row = f'tr[data-job-id="{job_id}"]'
+
+    def cell(selector: str, attribute: Optional[str] = None) -> Any:
+        read = f"el.getAttribute({json.dumps(attribute)})" if attribute else "el.textContent"
+        return browser.script(f"const el = document.querySelector(arguments[0]); return el ? {read} : null;",
+                              f"{row} {selector}")
+
+    with DashboardServer(dashboard, port=0) as server, open_gates_after(steps):
+        browser.get(server.url + "?refresh=100")
+
+        steps[0].set()
+        first = browser.wait_for("the bar to show step 1", lambda: cell(".bar", "aria-valuenow"),
+                                 lambda value: value == "25")
+        assert cell(".status") == "running"
+        assert cell(".name") == "three <b>steps</b>"  # shown as text, not markup
+        steps[1].set()
+        second = browser.wait_for("the bar to move", lambda: cell(".bar", "aria-valuenow"),
+                                  lambda value: value == "50")
+        assert int(second) > int(first)
+        assert cell(".bar .label") == "50%"
+
+        browser.click(browser.find(f"{row} button.cancel"))
+        browser.wait_for("the status to become cancelled", lambda: cell(".status"),
+                         lambda value: value == "cancelled")
+        assert worker.poll(job_id).status is JobStatus.CANCELLED
+        assert browser.script("return document.querySelector('#connection').textContent").startswith("live")
+        assert browser.script("return document.querySelector('[data-stat=cancelled]').textContent") == "1"
+        assert cell("button.retry", "hidden") is None  # a cancelled job offers Retry

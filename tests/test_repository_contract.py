@@ -1,0 +1,265 @@
+"""The repository contract over every shipped backend, plus what only SQLite promises.
+
+The contract itself lives in `jobcore.testing.contract`; this module only runs it and
+adds SQLite's file-level promises (WAL, durability, schema version, bad files, query
+plans, several connections). It does not test the manager on top.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import stat
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from jobcore.errors import RepositoryError
+from jobcore.models import JobStatus
+from jobcore.repository import MemoryRepository, SQLiteRepository
+from jobcore.repository import sqlite_schema as sql
+from jobcore.testing.contract import NOW, RepositoryContract, claim_race, make_record
+
+
+class TestSQLiteRepository(RepositoryContract):
+    @pytest.fixture
+    def repository(self, tmp_path: Path) -> Iterator[SQLiteRepository]:
+        repo = SQLiteRepository(tmp_path / "jobs.db")
+        yield repo
+        repo.close()
+
+
+class TestMemoryRepository(RepositoryContract):
+    @pytest.fixture
+    def repository(self) -> Iterator[MemoryRepository]:
+        repo = MemoryRepository()
+        yield repo
+        repo.close()
+
+    def test_arguments_are_kept_as_the_python_objects_given(self, repository: MemoryRepository) -> None:
+        handle = object()
+        record = make_record(args=(handle,))
+        repository.insert([record], NOW)
+        assert repository.persistent is False
+        stored = repository.get(record.id)
+        assert stored is not None and stored.args[0] is handle
+
+
+# -- SQLite only -------------------------------------------------------------------------
+@pytest.fixture
+def path(tmp_path: Path) -> str:
+    return str(tmp_path / "jobs.db")
+
+
+@pytest.fixture
+def repo(path: str) -> Iterator[SQLiteRepository]:
+    repository = SQLiteRepository(path)
+    yield repository
+    repository.close()
+
+
+def _raw(path: str) -> sqlite3.Connection:
+    """A plain connection, as another program (or a corrupting disk) would have."""
+    return sqlite3.connect(path, isolation_level=None)
+
+
+def test_the_database_is_in_wal_mode(repo: SQLiteRepository, path: str) -> None:
+    with _raw(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+@pytest.mark.parametrize(("durability", "synchronous"), [("normal", 1), ("full", 2)])
+def test_synchronous_follows_durability(path: str, durability: str, synchronous: int) -> None:
+    repository = SQLiteRepository(path, durability=durability)
+    try:
+        # synchronous is per connection: ask the repository's own (private) one.
+        assert repository._connection().execute("PRAGMA synchronous").fetchone()[0] == synchronous
+    finally:
+        repository.close()
+
+
+def test_an_unknown_durability_or_memory_path_is_refused(path: str) -> None:
+    with pytest.raises(ValueError, match="durability"):
+        SQLiteRepository(path, durability="paranoid")
+    with pytest.raises(ValueError, match="MemoryRepository"):
+        SQLiteRepository(":memory:")
+    assert not os.path.exists(path)
+
+
+def test_the_schema_version_is_stored(repo: SQLiteRepository, path: str) -> None:
+    with _raw(path) as conn:
+        row = conn.execute("SELECT value FROM jobcore_meta WHERE key = 'schema_version'").fetchone()
+    assert row == (str(sql.SCHEMA_VERSION),)
+
+
+def test_a_newer_schema_version_is_refused_and_left_alone(path: str) -> None:
+    # given a database written by a newer jobcore
+    SQLiteRepository(path).close()
+    newer = str(sql.SCHEMA_VERSION + 1)
+    with _raw(path) as conn:
+        conn.execute("UPDATE jobcore_meta SET value = ? WHERE key = 'schema_version'", (newer,))
+    # when this jobcore opens it, then a clear error, and the version is not downgraded
+    with pytest.raises(RepositoryError, match="newer"):
+        SQLiteRepository(path)
+    with _raw(path) as conn:
+        assert conn.execute("SELECT value FROM jobcore_meta").fetchone() == (newer,)
+
+
+def test_a_newer_schema_with_reshaped_tables_is_refused_as_newer(path: str) -> None:
+    # given a newer jobcore's database whose jobs table this version cannot index
+    with _raw(path) as conn:
+        conn.execute("CREATE TABLE jobcore_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        conn.execute("INSERT INTO jobcore_meta VALUES ('schema_version', ?)", (str(sql.SCHEMA_VERSION + 1),))
+        conn.execute("CREATE TABLE jobs (seq INTEGER PRIMARY KEY, id TEXT, state TEXT)")
+    # then the error says why (a newer schema), not which column is missing
+    with pytest.raises(RepositoryError, match="newer"):
+        SQLiteRepository(path)
+
+
+def test_a_file_that_is_not_a_database_is_refused(path: str) -> None:
+    garbage = b"this is not a database, it is a shopping list\n" * 200
+    Path(path).write_bytes(garbage)
+    with pytest.raises(RepositoryError, match="not a jobcore database"):
+        SQLiteRepository(path)
+    assert Path(path).read_bytes() == garbage
+
+
+def test_jobs_survive_closing_and_reopening(path: str) -> None:
+    # given jobs written, run and logged, then the repository closed
+    first = SQLiteRepository(path)
+    done, waiting = make_record(args=(1, "a"), tags=frozenset({"t"})), make_record(priority=9)
+    first.insert([done, waiting], NOW)
+    first.claim(done.id, "w1", NOW, NOW + 30)
+    first.complete(done.id, "w1", 1, {"answer": 42}, NOW + 1, note="attempt 1 completed")
+    first.close()
+    with pytest.raises(RepositoryError, match="closed"):
+        first.get(done.id)
+    # when it is opened again
+    second = SQLiteRepository(path)
+    try:
+        # then everything is there, and new jobs still queue behind the old ones
+        stored = second.get(done.id)
+        assert stored is not None
+        assert (stored.status, stored.result, stored.args, stored.tags) == (
+            JobStatus.COMPLETED, {"answer": 42}, (1, "a"), frozenset({"t"}))
+        assert second.logs(done.id) == [(NOW + 1, "info", "attempt 1 completed")]
+        newcomer = make_record(priority=9)
+        second.insert([newcomer], NOW + 2)
+        assert [e.job_id for e in second.ready(None, 10)] == [waiting.id, newcomer.id]
+    finally:
+        second.close()
+
+
+def test_two_repositories_on_one_file_see_each_others_writes(path: str) -> None:
+    one, two = SQLiteRepository(path), SQLiteRepository(path)
+    try:
+        job = make_record()
+        one.insert([job], NOW)
+        assert [e.job_id for e in two.ready(None, 10)] == [job.id]
+        assert two.claim(job.id, "w2", NOW, NOW + 30) is not None
+        assert one.claim(job.id, "w1", NOW, NOW + 30) is None
+        assert two.complete(job.id, "w2", 1, "done", NOW + 1) is not None
+        stored = one.get(job.id)
+        assert stored is not None and (stored.status, stored.result) == (JobStatus.COMPLETED, "done")
+    finally:
+        one.close()
+        two.close()
+
+
+def test_two_repositories_racing_claim_every_job_exactly_once(path: str) -> None:
+    one, two = SQLiteRepository(path), SQLiteRepository(path)
+    try:
+        inserted, claimed = claim_race(one, [one, two], inserters=4, per_inserter=50)
+        assert len(claimed) == len(set(claimed)) == len(inserted) == 200
+    finally:
+        one.close()
+        two.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
+                    reason="root writes read-only files anyway")
+def test_a_read_only_database_refuses_writes_with_a_repository_error(path: str) -> None:
+    # given a database holding one job, made read-only
+    job = make_record()
+    writable = SQLiteRepository(path)
+    writable.insert([job], NOW)
+    writable.close()
+    os.chmod(path, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+    try:
+        repository = SQLiteRepository(path)
+        try:
+            # then it can still be read, and a write raises a clear error and changes nothing
+            assert repository.get(job.id) is not None
+            with pytest.raises(RepositoryError, match="read-only"):
+                repository.insert([make_record()], NOW)
+            assert sum(repository.count_by_status().values()) == 1
+        finally:
+            repository.close()
+    finally:
+        os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
+
+
+@pytest.mark.parametrize("garbage", ["{not json", "[1, 2, 3]", b"\xff\xfe\x00binary"],
+                         ids=["broken-json", "wrong-shape", "binary"])
+def test_an_undecodable_payload_gives_a_record_with_decode_error(repo: SQLiteRepository, path: str,
+                                                                 garbage: Any) -> None:
+    # given a stored job whose payload was corrupted behind the repository's back
+    good, bad = make_record(args=(1,)), make_record(args=(2,))
+    repo.insert([good, bad], NOW)
+    with _raw(path) as conn:
+        conn.execute("UPDATE jobs SET payload = ? WHERE id = ?", (garbage, bad.id))
+    # when it is read, then the record says so instead of raising, and others are fine
+    stored = repo.get(bad.id)
+    assert stored is not None and bad.id in (stored.decode_error or "")
+    assert repo.get(good.id).decode_error is None  # type: ignore[union-attr]
+    assert {r.id for r in repo.list()} == {good.id, bad.id}
+    claimed = repo.claim(bad.id, "w1", NOW, NOW + 30)
+    assert claimed is not None and claimed.decode_error is not None
+
+
+# -- query plans -------------------------------------------------------------------------
+_FULL_SCAN = re.compile(r"^SCAN (TABLE )?jobs\b(?! USING)")
+
+
+def _plan(path: str, query: str) -> list[str]:
+    with _raw(path) as conn:
+        rows = conn.execute("EXPLAIN QUERY PLAN " + query, (None,) * query.count("?")).fetchall()
+    return [row[3] for row in rows]
+
+
+def _assert_no_full_scan(plan: list[str]) -> None:
+    assert not [step for step in plan if _FULL_SCAN.match(step)], plan
+
+
+_NAMES = "AND (function_name IN (SELECT value FROM json_each(?)))"
+
+
+@pytest.mark.parametrize("names", ["", _NAMES], ids=["any-function", "some-functions"])
+def test_the_ready_query_walks_the_ready_index_in_order(repo: SQLiteRepository, path: str, names: str) -> None:
+    plan = _plan(path, sql.SELECT_READY.format(names=names))
+    _assert_no_full_scan(plan)
+    assert any("jobs_ready" in step for step in plan), plan
+    assert not any("TEMP B-TREE FOR ORDER BY" in step for step in plan), plan
+
+
+def test_the_due_query_walks_the_due_index_in_order(repo: SQLiteRepository, path: str) -> None:
+    plan = _plan(path, sql.SELECT_SCHEDULED.format(names=""))
+    _assert_no_full_scan(plan)
+    assert any("jobs_due" in step for step in plan), plan
+    assert not any("TEMP B-TREE FOR ORDER BY" in step for step in plan), plan
+
+
+@pytest.mark.parametrize("query", ["CLAIM", "COMPLETE", "FAIL_RETRY", "HEARTBEAT", "RECOVER_EXPIRED",
+                                   "SELECT_UNFINISHED_BY_KEY", "DELETE_FINISHED", "REQUEUE"])
+def test_hot_writes_never_scan_the_whole_jobs_table(repo: SQLiteRepository, path: str, query: str) -> None:
+    _assert_no_full_scan(_plan(path, getattr(sql, query)))
+
+
+@pytest.mark.parametrize("query", ["CLAIM", "CLAIM_MANY", "RELEASE_DEPENDENTS", "CANCEL_DEPENDENTS"])
+def test_jobs_are_found_by_id_not_by_walking_every_waiting_job(repo: SQLiteRepository, path: str,
+                                                               query: str) -> None:
+    plan = _plan(path, getattr(sql, query))
+    steps = [step for step in plan if re.match(r"^(SEARCH|SCAN) (TABLE )?jobs\b", step)]
+    assert steps and all("(id=?)" in step for step in steps), plan
