@@ -126,7 +126,9 @@ class _PipeSink:
         self.send(("log", level, message))
 
     def send(self, message: tuple[Any, ...]) -> None:
-        data = ForkingPickler.dumps(message)
+        self.send_bytes(ForkingPickler.dumps(message))
+
+    def send_bytes(self, data: Any) -> None:
         with self._lock:
             self._conn.send_bytes(data)
 
@@ -165,18 +167,13 @@ def serve(conn: Connection) -> None:
                 error = TypeError(f"the return value of {request.qualname} ({type(reply[1]).__name__})"
                                   f" cannot be sent back from the child process: {exc}")
                 data = ForkingPickler.dumps(("error", describe_exception(error, ""), True))
-            sink.send_bytes(data) if False else _send(sink, data)
+            sink.send_bytes(data)
             if not reply[2]:
                 return
     except SystemExit:
         if not _Termination.requested:
             raise
         _die_by_sigterm()
-
-
-def _send(sink: _PipeSink, data: Any) -> None:
-    with sink._lock:
-        sink._conn.send_bytes(data)
 
 
 def _die_by_sigterm() -> None:

@@ -425,10 +425,12 @@ class JobManager:
     def retry(self, job_id: str) -> bool:
         """Re-queue a FAILED or CANCELLED job with its attempts reset; False otherwise."""
         now = self._clock.time()
+        before = self.repository.get(job_id)
         entry = self.repository.requeue(job_id, now)
-        if entry is None:
+        if entry is None or before is None:
             return False
-        self.repository.add_log(job_id, "info", "re-queued by request (attempts reset)", now)
+        last = f" after {before.error_type}: {before.error}" if before.error_type else ""
+        self.repository.add_log(job_id, "info", f"re-queued by request{last} (attempts reset)", now)
         self._pool.enqueue_entries([entry])
         return True
 

@@ -174,5 +174,6 @@ def test_a_running_jobs_bar_moves_and_cancel_cancels_it(browser: WebDriver, db_p
                          lambda value: value == "cancelled")
         assert worker.poll(job_id).status is JobStatus.CANCELLED
         assert browser.script("return document.querySelector('#connection').textContent").startswith("live")
-        assert browser.script("return document.querySelector('[data-stat=cancelled]').textContent") == "1"
+        browser.wait_for("the cancelled count", lambda: browser.script(
+            "return document.querySelector('[data-stat=cancelled]').textContent"), lambda value: value == "1")
         assert cell("button.retry", "hidden") is None  # a cancelled job offers Retry

@@ -212,13 +212,29 @@ UPDATE {{s}}.jobs AS j SET status = 'running', attempts = j.attempts + 1, starte
 FROM target WHERE j.seq = target.seq
 RETURNING {_J_COLUMNS}
 """
-# A running job held by (worker_id, attempts), locked FOR UPDATE: it is about to end.
-_HELD = """
-WITH held AS (
-    SELECT seq FROM {s}.jobs
-    WHERE id = %(id)s AND status = 'running' AND worker_id = %(worker)s AND attempts = %(attempt)s
-    FOR UPDATE
+# Several at once, best first (the order only decides which rows are locked first).
+CLAIM_MANY = f"""
+WITH target AS (
+    SELECT seq FROM {{s}}.jobs
+    WHERE id = ANY(%(ids)s) AND blocked = 0 AND cron IS NULL
+      AND (status = 'pending' OR (status = 'scheduled' AND run_at <= %(now)s))
+    ORDER BY priority DESC, seq
+    FOR NO KEY UPDATE SKIP LOCKED
 )
+UPDATE {{s}}.jobs AS j SET status = 'running', attempts = j.attempts + 1, started_at = %(now)s,
+    worker_id = %(worker)s, lease_expires_at = %(lease)s, cancel_requested = FALSE
+FROM target WHERE j.seq = target.seq
+RETURNING {_J_COLUMNS}
+"""
+_HELD_WHERE = "id = %(id)s AND status = 'running' AND worker_id = %(worker)s AND attempts = %(attempt)s"
+RELEASE = f"""
+UPDATE {{s}}.jobs SET status = 'pending', attempts = attempts - 1, worker_id = NULL,
+    lease_expires_at = NULL, cancel_requested = FALSE
+WHERE {_HELD_WHERE}
+"""
+# A running job held by (worker_id, attempts), locked FOR UPDATE: it is about to end.
+_HELD = f"""
+WITH held AS (SELECT seq FROM {{s}}.jobs WHERE {_HELD_WHERE} FOR UPDATE)
 """
 COMPLETE = _HELD + """
 UPDATE {s}.jobs AS j SET status = 'completed', result = %(result)s, completed_at = %(now)s,
@@ -231,10 +247,10 @@ FROM {{s}}.job_deps AS d
 WHERE d.depends_on = %s AND j.id = d.job_id AND j.status IN ('pending', 'scheduled')
 RETURNING {_J_ENTRY}, j.blocked
 """
-FAIL_RETRY = """
-UPDATE {s}.jobs SET status = 'scheduled', run_at = %(retry_at)s, error = %(error)s,
+FAIL_RETRY = f"""
+UPDATE {{s}}.jobs SET status = 'scheduled', run_at = %(retry_at)s, error = %(error)s,
     error_type = %(error_type)s, traceback = %(traceback)s, lease_expires_at = NULL
-WHERE id = %(id)s AND status = 'running' AND worker_id = %(worker)s AND attempts = %(attempt)s
+WHERE {_HELD_WHERE}
 """
 FAIL_FINAL = _HELD + """
 UPDATE {s}.jobs AS j SET status = 'failed', completed_at = %(now)s, error = %(error)s,
@@ -284,9 +300,10 @@ UPDATE {{s}}.jobs SET status = 'pending', attempts = 0, run_at = NULL, started_a
 WHERE id = %s AND status IN ('failed', 'cancelled')
 RETURNING {ENTRY}
 """
-UPDATE_PROGRESS = """
-UPDATE {s}.jobs SET progress = %s, progress_message = %s, progress_details = %s
-WHERE id = %s AND status = 'running' AND worker_id = %s AND attempts = %s
+UPDATE_PROGRESS = f"""
+UPDATE {{s}}.jobs SET progress = %(progress)s, progress_message = %(message)s,
+    progress_details = %(details)s
+WHERE {_HELD_WHERE}
 """
 HEARTBEAT = """
 UPDATE {s}.jobs SET lease_expires_at = %s

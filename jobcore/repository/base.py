@@ -237,8 +237,9 @@ class JobRepository(abc.ABC):
         """Hand back a job claimed by `worker_id` on `attempt` but never started: it is
         PENDING again and the attempt is not counted. False if it was not held so.
 
-        This default keeps the attempt counted (it re-schedules the job for `now`);
-        backends should override it."""
+        This default is a fallback for backends that do not override it: it re-schedules
+        the job for `now` and so leaves the attempt counted, which the contract suite
+        flags."""
         return self.fail(job_id, worker_id, attempt, error="released unstarted", error_type="Released",
                          traceback=None, now=now, retry_at=now) is not None
 
@@ -277,8 +278,9 @@ class JobRepository(abc.ABC):
 
     @abc.abstractmethod
     def requeue(self, job_id: str, now: float) -> Optional[QueueEntry]:
-        """FAILED or CANCELLED -> PENDING with attempts reset and the last error kept only
-        in the logs. Returns the job's queue entry, or None if it was in another state."""
+        """FAILED or CANCELLED -> PENDING with attempts reset and the error fields cleared
+        (each failed attempt's note stays in the logs). Returns the job's queue entry, or
+        None if it was in another state or another unfinished job holds its unique_key."""
 
     @abc.abstractmethod
     def update_progress(self, job_id: str, worker_id: str, attempt: int, progress: float,
@@ -298,8 +300,9 @@ class JobRepository(abc.ABC):
     @abc.abstractmethod
     def recover_expired(self, now: float) -> list[QueueEntry]:
         """Take back RUNNING jobs whose lease expired before `now` (their worker died or
-        froze): they become PENDING again (their attempt stays counted), or FAILED with
-        error_type `WorkerLost` when that attempt was their last. Returns the re-queued."""
+        froze): they become PENDING again (their attempt stays counted), FAILED with
+        error_type `WorkerLost` when that attempt was their last, or CANCELLED when their
+        cancellation had been requested. Returns the re-queued."""
 
     @abc.abstractmethod
     def fire_schedule(self, schedule_id: str, fire_at: float, next_run_at: float, run: JobRecord,

@@ -305,9 +305,10 @@ class MemoryRepository(JobRepository):
                         or row.lease_expires_at >= now):
                     continue
                 message = f"worker {row.worker_id} lost its lease on attempt {row.attempts}"
-                if row.attempts > row.max_retries:
-                    self._end(row, JobStatus.FAILED, now)
-                    row.error, row.error_type = message, "WorkerLost"
+                if row.cancel_requested or row.attempts > row.max_retries:
+                    cancelled = row.cancel_requested
+                    self._end(row, JobStatus.CANCELLED if cancelled else JobStatus.FAILED, now)
+                    row.error, row.error_type = message, "JobCancelled" if cancelled else "WorkerLost"
                     self._cancel_dependents(row, now)
                 else:
                     row.status = JobStatus.PENDING

@@ -415,7 +415,7 @@ class SQLiteRepository(JobRepository):
             rows = conn.execute(sql.RECOVER_EXPIRED, (now, now)).fetchall()
             for row in rows:
                 conn.execute(sql.INSERT_LOG, (row[0], now, "warning", row[7]))
-                if row[6] == JobStatus.FAILED.value:
+                if row[6] in (JobStatus.FAILED.value, JobStatus.CANCELLED.value):
                     self._cancel_dependents(conn, row[0], now)
         return [self._entry(row) for row in rows if row[6] == JobStatus.PENDING.value]
 

@@ -219,10 +219,12 @@ WHERE status = 'running' AND worker_id = ? AND id IN (SELECT value FROM json_eac
 RETURNING id, cancel_requested
 """
 RECOVER_EXPIRED = """
-UPDATE jobs SET status = CASE WHEN attempts > max_retries THEN 'failed' ELSE 'pending' END,
-    completed_at = CASE WHEN attempts > max_retries THEN ? ELSE NULL END,
+UPDATE jobs SET status = CASE WHEN cancel_requested THEN 'cancelled'
+                          WHEN attempts > max_retries THEN 'failed' ELSE 'pending' END,
+    completed_at = CASE WHEN cancel_requested OR attempts > max_retries THEN ? ELSE NULL END,
     error = 'worker ' || worker_id || ' lost its lease on attempt ' || attempts,
-    error_type = 'WorkerLost', lease_expires_at = NULL
+    error_type = CASE WHEN cancel_requested THEN 'JobCancelled' ELSE 'WorkerLost' END,
+    lease_expires_at = NULL
 WHERE status = 'running' AND lease_expires_at < ?
 RETURNING id, priority, seq, run_at, function_name, cron IS NOT NULL, status, error
 """

@@ -1,0 +1,77 @@
+"""Converting between `JobRecord` and rows of jobcore's PostgreSQL `jobs` table.
+
+Pure functions: no connections, no SQL beyond the column order `schema.COLUMNS` fixes.
+Arguments, metadata, progress details and results are JSON text (as on SQLite, so a
+corrupt row fails its own job with a clear error instead of failing the query); tags and
+dependencies are `TEXT[]`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional, Sequence
+
+from .. import serialization
+from ..models import JobStatus
+from ..repository.base import JobRecord, QueueEntry
+
+_STATUS = {status.value: status for status in JobStatus}
+
+
+def clean_text(value: Optional[str]) -> Optional[str]:
+    """Free text from a job (errors, logs, progress) made storable: PostgreSQL text holds
+    neither NUL characters nor lone surrogates, and recording an outcome must not fail
+    on either. NUL becomes the four characters `\\x00`; a surrogate its escape."""
+    if value is None or (value.isascii() and "\x00" not in value):
+        return value
+    return value.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def row_params(record: JobRecord, now: float, status: JobStatus, blocked: int, error: Optional[str],
+               max_payload_bytes: Optional[int]) -> tuple[Any, ...]:
+    """The parameters of `schema.INSERT_JOB` for `record`, stored with `status`.
+
+    Raises `TypeError`/`ValueError` (naming the field) for what JSON cannot hold."""
+    payload = serialization.encode_payload(record.args, record.kwargs, max_payload_bytes)
+    return (
+        record.id, record.function_name, record.name, payload, record.priority, status.value,
+        blocked, now, record.scheduled_at, record.run_at, record.max_retries, record.retry_delay,
+        record.retry_backoff, bool(record.retry_jitter), record.timeout, sorted(record.tags),
+        serialization.encode(record.metadata, field="metadata"), record.owner, record.unique_key,
+        record.isolation, list(record.depends_on), record.cron, record.cron_timezone, error,
+        "DependencyFailed" if error else None, now if error else None,
+    )
+
+
+def record_from_row(row: Sequence[Any]) -> JobRecord:
+    """A `JobRecord` from a row selected as `schema.COLUMNS`; a payload that cannot be
+    decoded sets `decode_error` rather than raising."""
+    record = JobRecord(id=row[0], function_name=row[1], name=row[2])
+    (_, _, _, payload, record.priority, status, record.seq, record.created_at, record.scheduled_at,
+     record.run_at, record.started_at, record.completed_at, record.attempts, record.max_retries,
+     record.retry_delay, record.retry_backoff, record.retry_jitter, record.timeout, tags, metadata,
+     record.owner, record.unique_key, record.isolation, depends_on, record.blocked,
+     record.progress, record.progress_message, details, result, record.error,
+     record.error_type, record.traceback, record.worker_id, record.lease_expires_at,
+     record.cancel_requested, record.cron, record.cron_timezone) = row
+    record.status = _STATUS.get(status, JobStatus.FAILED)
+    record.tags = frozenset(tags or ())
+    record.depends_on = tuple(depends_on or ())
+    try:
+        record.args, record.kwargs = serialization.decode_payload(payload)
+        record.metadata = json.loads(metadata)
+        record.progress_details = json.loads(details)
+        record.result = serialization.decode(result)
+    except (ValueError, TypeError) as exc:
+        record.decode_error = f"stored job {record.id} cannot be decoded: {exc}"
+    return record
+
+
+def entry_from_row(row: Sequence[Any]) -> QueueEntry:
+    """A `QueueEntry` from a row selected as `schema.ENTRY`."""
+    return QueueEntry(row[0], row[1], row[2], row[3], row[4], bool(row[5]))
+
+
+def status_of(value: str) -> JobStatus:
+    """The `JobStatus` a stored status names (FAILED for one this version does not know)."""
+    return _STATUS.get(value, JobStatus.FAILED)

@@ -1,0 +1,189 @@
+"""Several worker processes on one SQLite file: exactly-once draining, SIGKILL, recovery.
+
+Real subprocesses started as users start them (`python -m jobcore worker --import`), real
+SIGKILL. Each job appends "<n> <pid>" to a log file (O_APPEND) when it starts running, so
+the test can count how often each job ran and where.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from jobcore import Job, JobManager, JobStatus
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WAIT = 60.0
+
+JOBS_MODULE = textwrap.dedent("""
+    import os, time
+    import jobcore
+
+    LOG = os.environ["CHAOS_LOG"]
+
+    def work(n, pause=0.0):
+        fd = os.open(LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        try:
+            os.write(fd, f"{n} {os.getpid()}\\n".encode())
+        finally:
+            os.close(fd)
+        if pause:
+            time.sleep(pause)
+        return n
+
+    def hang(started_file):
+        with open(started_file, "w") as f:
+            f.write(str(os.getpid()))
+        time.sleep(3600)
+
+    jobcore.register_job_function("work", work)
+    jobcore.register_job_function("chaosjobs.hang", hang)
+""")
+
+
+class Workers:
+    """Starts and kills worker processes on one database."""
+
+    def __init__(self, tmp_path: Any) -> None:
+        self.db = str(tmp_path / "shared.db")
+        self.log = str(tmp_path / "runs.log")
+        (tmp_path / "chaosjobs.py").write_text(JOBS_MODULE)
+        self.env = {**os.environ, "CHAOS_LOG": self.log,
+                    "PYTHONPATH": os.pathsep.join([str(tmp_path), ROOT, os.environ.get("PYTHONPATH", "")])}
+        self.cwd = str(tmp_path)
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self, workers: int = 2, lease: float = 1.0) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "jobcore", "--db", self.db, "worker", "--import", "chaosjobs",
+             "--workers", str(workers), "--lease-timeout", str(lease), "--poll-interval", "0.2"],
+            env=self.env, cwd=self.cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.processes.append(process)
+        return process
+
+    def runs(self) -> collections.Counter[int]:
+        if not os.path.exists(self.log):
+            return collections.Counter()
+        with open(self.log) as f:
+            return collections.Counter(int(line.split()[0]) for line in f if line.strip())
+
+    def pids(self) -> set[int]:
+        with open(self.log) as f:
+            return {int(line.split()[1]) for line in f if line.strip()}
+
+    def stop_all(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
+
+
+@pytest.fixture
+def workers(tmp_path: Any) -> Iterator[Workers]:
+    pool = Workers(tmp_path)
+    yield pool
+    pool.stop_all()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.02)
+
+
+def test_two_processes_drain_every_job_exactly_once(workers: Workers) -> None:
+    producer = JobManager(workers.db, producer=True)
+    workers.start(workers=4)
+    workers.start(workers=4)
+    ids = []
+    for start in range(0, 2000, 250):  # arrive in bursts while both are running
+        ids += producer.enqueue_many([Job(function_name="work", args=(n,)) for n in range(start, start + 250)])
+
+    wait_until(lambda: producer.get_stats()["completed"] == 2000)
+
+    runs = workers.runs()
+    assert sorted(runs) == list(range(2000))
+    assert set(runs.values()) == {1}
+    assert len(workers.pids()) == 2  # both processes took work
+    assert all(producer.poll(job_id).attempts == 1 for job_id in ids[::97])
+    producer.close()
+
+
+def test_sigkilled_worker_loses_no_job(workers: Workers) -> None:
+    producer = JobManager(workers.db, producer=True)
+    steady = workers.start(workers=2)
+    victim = workers.start(workers=2)
+    producer.enqueue_many([Job(function_name="work", args=(n,), kwargs={"pause": 0.01}) for n in range(300)])
+
+    for kill, threshold in enumerate((40, 110, 180)):
+        wait_until(lambda: len(workers.runs()) >= threshold)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+        victim = workers.start(workers=2)
+
+    wait_until(lambda: producer.get_stats()["completed"] == 300)
+    runs = workers.runs()
+    assert sorted(runs) == list(range(300))
+    duplicates = sum(count - 1 for count in runs.values())
+    assert duplicates <= 3 * 2 * 2  # at most 2 x max_workers per kill
+    assert steady.poll() is None
+    producer.close()
+
+
+def test_job_of_a_killed_worker_completes_elsewhere(workers: Workers, tmp_path: Any) -> None:
+    producer = JobManager(workers.db, producer=True)
+    started = tmp_path / "started"
+    job_id = producer.enqueue(Job(function_name="chaosjobs.hang", args=(str(started),), max_retries=3))
+    victim = workers.start(workers=1)
+    wait_until(lambda: started.exists() and started.read_text() != "")
+    assert producer.poll(job_id).status is JobStatus.RUNNING
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(10)
+
+    started.unlink()
+    # A healthy worker whose copy of hang() returns at once.
+    (tmp_path / "chaosjobs2.py").write_text(textwrap.dedent("""
+        import jobcore
+        def hang(started_file):
+            return "finished elsewhere"
+        jobcore.register_job_function("chaosjobs.hang", hang)
+    """))
+    rescuer = subprocess.Popen(
+        [sys.executable, "-m", "jobcore", "--db", workers.db, "worker", "--import", "chaosjobs2",
+         "--workers", "1", "--lease-timeout", "1.0", "--poll-interval", "0.2"],
+        env=workers.env, cwd=workers.cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    workers.processes.append(rescuer)
+
+    result = producer.wait(job_id, timeout=WAIT)
+    assert result.status is JobStatus.COMPLETED
+    assert result.result == "finished elsewhere"
+    assert result.attempts >= 2
+    assert any("lost its lease" in entry.message for entry in producer.get_logs(job_id))
+    producer.close()
+
+
+def test_worker_registry_lists_live_processes(workers: Workers) -> None:
+    first = workers.start(workers=1)
+    workers.start(workers=1)
+    manager = JobManager(workers.db, producer=True)
+    wait_until(lambda: len(manager.list_workers()) == 2, timeout=20)
+    assert {w.pid for w in manager.list_workers()} == {p.pid for p in workers.processes}
+    first.send_signal(signal.SIGTERM)
+    first.wait(15)
+    wait_until(lambda: len(manager.list_workers()) == 1, timeout=20)
+    manager.close()
