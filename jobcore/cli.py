@@ -12,6 +12,7 @@ import contextlib
 import importlib
 import json
 import logging
+import math
 import os
 import signal
 import sqlite3
@@ -154,8 +155,10 @@ def cmd_show(manager: JobManager, args: argparse.Namespace) -> int:
         return EXIT_OK
     fields = [
         ("id", result.job_id), ("name", result.name), ("function", result.function_name),
-        ("status", result.status.value), ("progress", f"{_percent(result.progress)} {result.progress_message}".rstrip()),
-        ("attempts", f"{result.attempts} (max retries {result.max_retries})"), ("priority", _priority(result.priority)),
+        ("status", result.status.value),
+        ("progress", f"{_percent(result.progress)} {result.progress_message}".rstrip()),
+        ("attempts", f"{result.attempts} (max retries {result.max_retries})"),
+        ("priority", _priority(result.priority)),
         ("owner", result.owner), ("tags", ", ".join(sorted(result.tags)) or None),
         ("created", result.created_at and _when(result.created_at)),
         ("scheduled", result.scheduled_at and _when(result.scheduled_at)),
@@ -237,7 +240,8 @@ def cmd_cancel(manager: JobManager, args: argparse.Namespace) -> int:
             print(f"cancelled {args.id}")
         return EXIT_OK
     status = _poll_or_fail(manager, args.id).status.value
-    raise CommandFailed(f"job {args.id} is already {status}; only pending, scheduled or running jobs can be cancelled")
+    raise CommandFailed(f"job {args.id} is already {status};"
+                        " only pending, scheduled or running jobs can be cancelled")
 
 
 def cmd_retry(manager: JobManager, args: argparse.Namespace) -> int:
@@ -322,31 +326,28 @@ def cmd_dashboard(manager: JobManager, args: argparse.Namespace) -> int:
     stop = threading.Event()
     _on_stop_signals(stop)
     server.start()
-    print(f"jobcore dashboard on {server.login_url} for {manager.repository.path} (Ctrl-C to stop)", flush=True)
+    print(f"jobcore dashboard on {server.login_url} for {manager.repository.path} (Ctrl-C to stop)",
+          flush=True)
     stop.wait()
     server.close()
     return EXIT_OK
 
 
 # -- the parser --------------------------------------------------------------------------------
-def _non_negative(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+def _number(kind: Callable[[str], Any], minimum: float = 0, *, above: bool = False) -> Callable[[str], Any]:
+    """An argparse type: a `kind` number >= `minimum` (> with `above`)."""
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if value < minimum or (above and value == minimum):
+            raise argparse.ArgumentTypeError(f"must be {'>' if above else '>='} {minimum:g}, got {text}")
         return value
-    parse.__name__ = kind.__name__
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
     return parse
-
-
-def _positive_int(text: str) -> int:
-    value = _non_negative(int)(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
 
 
 EPILOG = """\
@@ -379,16 +380,19 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--db", metavar="PATH", default=argparse.SUPPRESS, help=db_help)
     parser = argparse.ArgumentParser(
-        prog="jobcore", description="Inspect and manage a jobcore job database, run a worker or the dashboard.",
+        prog="jobcore",
+        description="Inspect and manage a jobcore job database, run a worker or the dashboard.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--db", metavar="PATH", default=None, help=db_help)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log engine and server activity to stderr")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log engine and server activity to stderr")
     parser.add_argument("--version", action="version", version=f"jobcore {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def command(name: str, handler: Callable[..., int], summary: str, **kwargs: Any) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, parents=[common], help=summary, description=kwargs.pop("description", summary),
-                                  formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+    def command(name: str, handler: Callable[..., int], summary: str,
+                description: Optional[str] = None) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, parents=[common], help=summary, description=description or summary,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
         sub.set_defaults(handler=handler)
         return sub
 
@@ -400,41 +404,48 @@ def build_parser() -> argparse.ArgumentParser:
     sub = with_json(command("list", cmd_list, "list jobs, newest first"))
     sub.add_argument("--status", choices=STATUSES, help="only jobs with this status")
     sub.add_argument("--owner", help="only jobs of this owner")
-    sub.add_argument("--tag", action="append", metavar="TAG", help="only jobs carrying TAG (repeat: all of them)")
-    sub.add_argument("--limit", type=_non_negative(int), default=50, help="at most N jobs (default 50; 0: all)")
-    sub.add_argument("--offset", type=_non_negative(int), default=0, help="skip the newest N matching jobs")
+    sub.add_argument("--tag", action="append", metavar="TAG",
+                     help="only jobs carrying TAG (repeat: all of them)")
+    sub.add_argument("--limit", type=_number(int), default=50, help="at most N jobs (default 50; 0: all)")
+    sub.add_argument("--offset", type=_number(int), default=0, help="skip the newest N matching jobs")
     for name, handler, summary in [
         ("show", cmd_show, "a job's details; for a failed job its error type and traceback"),
         ("logs", cmd_logs, "a job's log lines, oldest first"),
     ]:
         with_json(command(name, handler, summary)).add_argument("id", metavar="ID", help="the job id")
-    command("cancel", cmd_cancel, "cancel a pending, scheduled or running job").add_argument("id", metavar="ID")
-    command("retry", cmd_retry, "re-queue a failed or cancelled job").add_argument("id", metavar="ID")
+    for name, handler, summary in [
+        ("cancel", cmd_cancel, "cancel a pending, scheduled or running job"),
+        ("retry", cmd_retry, "re-queue a failed or cancelled job"),
+    ]:
+        command(name, handler, summary).add_argument("id", metavar="ID", help="the job id")
     sub = with_json(command("dlq", cmd_dlq, "the dead-letter queue: failed jobs, newest first"))
-    sub.add_argument("--limit", type=_non_negative(int), default=0, help="at most N jobs (default 0: all)")
+    sub.add_argument("--limit", type=_number(int), default=0, help="at most N jobs (default 0: all)")
     sub.add_argument("--retry-all", action="store_true", help="re-queue every job in the dead-letter queue")
     sub = command("cleanup", cmd_cleanup, "delete finished jobs older than a retention period")
-    sub.add_argument("--retention-days", type=_non_negative(float), default=7.0, metavar="N",
+    sub.add_argument("--retention-days", type=_number(float), default=7.0, metavar="N",
                      help="delete completed, failed and cancelled jobs that finished more than N days ago"
                           " (default 7; 0 deletes every finished job)")
-    sub = command("watch", cmd_watch, "a live progress bar until the job ends (exit 0 if it completed, else 1)")
-    sub.add_argument("id", metavar="ID")
-    sub.add_argument("--interval", type=_non_negative(float), default=0.5, help="seconds between refreshes")
+    sub = command("watch", cmd_watch, "a live progress bar until the job ends"
+                  " (exit 0 if it completed, else 1)")
+    sub.add_argument("id", metavar="ID", help="the job id")
+    sub.add_argument("--interval", type=_number(float, above=True), default=0.5,
+                     help="seconds between refreshes (default 0.5)")
     sub = command("worker", cmd_worker, "run the jobs of the functions that MODULE registers",
                   description=WORKER_HELP)
     sub.add_argument("--import", dest="imports", action="append", required=True, metavar="MODULE",
                      help="module to import (repeat for several)")
-    sub.add_argument("--workers", type=_positive_int, default=os.environ.get("JOBCORE_WORKERS") or "4",
+    sub.add_argument("--workers", type=_number(int, 1), default=os.environ.get("JOBCORE_WORKERS") or "4",
                      help="worker threads (default: $JOBCORE_WORKERS, else 4)")
-    sub.add_argument("--grace", type=_non_negative(float), default=None, metavar="SECONDS",
+    sub.add_argument("--grace", type=_number(float), default=None, metavar="SECONDS",
                      help="on stop, wait at most this long for running jobs (default: until they finish)")
     sub = command("dashboard", cmd_dashboard, "serve the web dashboard (live jobs, stats, cancel, retry)",
                   description="Serve the web dashboard and its JSON API (see docs/dashboard.md).\n"
                               "Bound to 127.0.0.1 by default. Bound elsewhere, every request needs the"
                               " access token;\nwithout --token a random one is made and printed in the URL.")
     sub.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    sub.add_argument("--port", type=_non_negative(int), default=8080, help="port (default 8080; 0: any free port)")
-    sub.add_argument("--token", default=None, help="require this access token (?token=... or 'Authorization: Bearer')")
+    sub.add_argument("--port", type=_number(int), default=8080, help="port (default 8080; 0: any free port)")
+    sub.add_argument("--token", default=None,
+                     help="require this access token (?token=... or 'Authorization: Bearer')")
     return parser
 
 

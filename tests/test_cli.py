@@ -107,8 +107,8 @@ def test_stats_counts_jobs_by_lower_case_status(jobs: Jobs) -> None:
     lines = dict(line.rsplit(None, 1) for line in text.stdout.splitlines())
     assert lines == {"total": "3", "pending": "1", "scheduled": "0", "running": "0", "completed": "1",
                      "failed": "1", "cancelled": "0", "queue size": "1"}
-    assert json.loads(as_json.stdout) == {"total": 3, "pending": 1, "scheduled": 0, "running": 0, "completed": 1,
-                                          "failed": 1, "cancelled": 0, "queue_size": 1}
+    assert json.loads(as_json.stdout) == {"total": 3, "pending": 1, "scheduled": 0, "running": 0,
+                                          "completed": 1, "failed": 1, "cancelled": 0, "queue_size": 1}
 
 
 def test_list_shows_every_job_newest_first(jobs: Jobs) -> None:
@@ -214,8 +214,9 @@ def test_watch_follows_a_running_job_until_it_completes(jobs: Jobs, make_manager
     manager = make_manager(jobs.db, poll_interval=0.1).start()
     job_id = manager.enqueue(Job(function=slow))
     assert reported.wait(WAIT)
-    watcher = subprocess.Popen([sys.executable, "-m", "jobcore", "--db", jobs.db, "watch", job_id, "--interval", "0.05"],
-                               stdout=subprocess.PIPE, text=True, env=cli_env())
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "jobcore", "--db", jobs.db, "watch", job_id, "--interval", "0.05"],
+        stdout=subprocess.PIPE, text=True, env=cli_env())
     assert watcher.stdout is not None
     first = watcher.stdout.readline()
     release.set()
@@ -375,7 +376,9 @@ def test_dashboard_serves_the_database_until_sigterm(jobs: Jobs) -> None:
 
 
 def test_dashboard_refuses_a_missing_database(tmp_path: Any) -> None:
-    assert_one_line_error(run("dashboard", "--port", "0", db=str(tmp_path / "typo.db")), "no jobcore database")
+    proc = run("dashboard", "--port", "0", db=str(tmp_path / "typo.db"))
+
+    assert_one_line_error(proc, "no jobcore database")
 
 
 # -- the worker --------------------------------------------------------------------------------

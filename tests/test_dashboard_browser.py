@@ -100,7 +100,8 @@ def free_port() -> int:
 def browser(tmp_path: Any) -> Iterator[WebDriver]:
     """A headless Chromium behind a chromedriver on a free local port, both ended after."""
     port = free_port()
-    driver = subprocess.Popen([CHROMEDRIVER, f"--port={port}"], stdout=subprocess.DEVNULL,  # type: ignore[list-item]
+    assert CHROMEDRIVER is not None
+    driver = subprocess.Popen([CHROMEDRIVER, f"--port={port}"], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:

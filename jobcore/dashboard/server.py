@@ -181,8 +181,8 @@ class _Handler(BaseHTTPRequestHandler):
             if not parts.path.startswith("/static/"):
                 self._check_access(dashboard, query)
             route, job_id = self._route(method, parts.path)
-            if method == "POST" and not hmac.compare_digest(self.headers.get(CSRF_HEADER, ""), dashboard.csrf_token):
-                raise ApiError(HTTPStatus.FORBIDDEN, f"missing or wrong {CSRF_HEADER} header (reload the page)")
+            if method == "POST":
+                self._check_csrf(dashboard)
             route(self, dashboard, query, job_id)
         except ApiError as exc:
             self._send_json({"error": str(exc)}, exc.status)
@@ -191,14 +191,22 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json({"error": str(exc)}, HTTPStatus.SERVICE_UNAVAILABLE)
         except Exception:
             logger.exception("dashboard request %s %s failed", method, parts.path)
-            self._send_json({"error": "internal error; see the dashboard's log"}, HTTPStatus.INTERNAL_SERVER_ERROR)
+            self._send_json({"error": "internal error; see the dashboard's log"},
+                            HTTPStatus.INTERNAL_SERVER_ERROR)
 
     def _discard_body(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
+        text = self.headers.get("Content-Length") or "0"
+        if not text.isdigit():
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"bad Content-Length {text!r}")
+        length = int(text)
         if length > MAX_BODY:
             raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "request body too large")
         if length:
             self.rfile.read(length)
+
+    def _check_csrf(self, dashboard: DashboardServer) -> None:
+        if not hmac.compare_digest(self.headers.get(CSRF_HEADER, "").encode(), dashboard.csrf_token.encode()):
+            raise ApiError(HTTPStatus.FORBIDDEN, f"missing or wrong {CSRF_HEADER} header (reload the page)")
 
     def _check_host(self, dashboard: DashboardServer) -> None:
         if not dashboard.loopback_only:
@@ -206,7 +214,8 @@ class _Handler(BaseHTTPRequestHandler):
         host = self.headers.get("Host", "")
         name = host[1:host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
         if not is_loopback(name):
-            raise ApiError(HTTPStatus.FORBIDDEN, f"Host {host!r} is not allowed; use http://127.0.0.1:{dashboard.port}/")
+            raise ApiError(HTTPStatus.FORBIDDEN,
+                           f"Host {host!r} is not allowed; use http://127.0.0.1:{dashboard.port}/")
 
     def _check_access(self, dashboard: DashboardServer, query: dict[str, list[str]]) -> None:
         if dashboard.token is None:
@@ -214,7 +223,8 @@ class _Handler(BaseHTTPRequestHandler):
         given = self.headers.get("Authorization", "")
         given = given[len("Bearer "):] if given.startswith("Bearer ") else (query.get("token") or [""])[0]
         if not hmac.compare_digest(given.encode(), dashboard.token.encode()):
-            raise ApiError(HTTPStatus.UNAUTHORIZED, "an access token is required (?token=... or Authorization: Bearer)")
+            raise ApiError(HTTPStatus.UNAUTHORIZED,
+                           "an access token is required (?token=... or Authorization: Bearer)")
 
     def _route(self, method: str, path: str) -> tuple[Route, str]:
         allowed = []
@@ -225,7 +235,8 @@ class _Handler(BaseHTTPRequestHandler):
                     return route, unquote(match.group("id")) if "id" in pattern.groupindex else ""
                 allowed.append(route_method)
         if allowed:
-            raise ApiError(HTTPStatus.METHOD_NOT_ALLOWED, f"{method} not allowed here; use {', '.join(allowed)}")
+            raise ApiError(HTTPStatus.METHOD_NOT_ALLOWED,
+                           f"{method} not allowed here; use {', '.join(allowed)}")
         raise ApiError(HTTPStatus.NOT_FOUND, f"no such page: {path}")
 
     # -- responses ------------------------------------------------------------------------------
@@ -264,7 +275,8 @@ class _Handler(BaseHTTPRequestHandler):
     def stats(self, dashboard: DashboardServer, query: dict[str, list[str]], _: str) -> None:
         stats: dict[str, Any] = dict(dashboard.manager.get_stats())
         stats["queue_size"] = stats["pending"] + stats["scheduled"]
-        stats["oldest_pending_age"] = oldest_pending_age(dashboard.manager, stats["pending"], SYSTEM_CLOCK.time())
+        stats["oldest_pending_age"] = oldest_pending_age(dashboard.manager, stats["pending"],
+                                                         SYSTEM_CLOCK.time())
         self._send_json(stats)
 
     def jobs(self, dashboard: DashboardServer, query: dict[str, list[str]], _: str) -> None:
@@ -275,7 +287,8 @@ class _Handler(BaseHTTPRequestHandler):
         tags = [tag for tag in query.get("tag", []) if tag] or None
         limit = _int_param(query, "limit", DEFAULT_LIMIT, MAX_LIMIT)
         offset = _int_param(query, "offset", 0, None)
-        results = dashboard.manager.list_jobs(status=status, tags=tags, owner=owner, limit=limit, offset=offset)
+        results = dashboard.manager.list_jobs(status=status, tags=tags, owner=owner, limit=limit,
+                                              offset=offset)
         self._send_json({"jobs": [job_summary(r) for r in results], "limit": limit, "offset": offset})
 
     def job(self, dashboard: DashboardServer, query: dict[str, list[str]], job_id: str) -> None:
@@ -306,7 +319,8 @@ class _Handler(BaseHTTPRequestHandler):
         _poll(dashboard, job_id)
         if not dashboard.manager.retry(job_id):
             status = _poll(dashboard, job_id).status.value
-            raise ApiError(HTTPStatus.CONFLICT, f"job is {status}; only failed or cancelled jobs can be retried")
+            raise ApiError(HTTPStatus.CONFLICT,
+                           f"job is {status}; only failed or cancelled jobs can be retried")
         dashboard.count_action("retry")
         self._send_json({"id": job_id, "status": _poll(dashboard, job_id).status.value})
 

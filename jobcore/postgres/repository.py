@@ -2,15 +2,15 @@
 
 Same semantics as `SQLiteRepository` (the reference): every method is one transaction on
 a pooled connection, every transition a compare-and-set, SQL from `postgres.schema` with
-parameters only. Row locks replace SQLite's single writer (see `schema`); transactions
-that lose a race (deadlock, serialisation failure, a concurrent unique key) are re-run.
+parameters only. Row locks replace SQLite's single writer (see `schema`); a transaction
+that loses a race (deadlock, serialisation failure, a concurrent unique key) is re-run.
 Writes that make work ready NOTIFY `jobcore_jobs`, which `change_token` listens to.
 It does not decide what runs when, and it never reads the clock: callers pass `now`.
 """
 
 from __future__ import annotations
 
-import json
+import itertools
 import logging
 from typing import Any, Callable, Collection, Optional, Sequence, TypeVar
 
@@ -20,86 +20,123 @@ from psycopg import conninfo
 from .. import serialization
 from ..errors import RepositoryError
 from ..models import JobStatus
-from ..repository._cascade import check_batch_dependencies, dependency_error_message
-from ..repository.base import Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry, WorkerInfo
+from ..repository._cascade import dependency_error_message, plan_batch
+from ..repository.base import (Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry, Settlement,
+                               WorkerInfo)
 from .listener import ChangeListener
 from .pool import ConnectionPool, translate
+from .rows import clean_text, entry_from_row, record_from_row, row_params, status_of
 from .schema import LOCK_SCHEMA, NOTIFY, SCHEMA_VERSION, Statements
 
 logger = logging.getLogger("jobcore.postgres")
 
 T = TypeVar("T")
-_STATUS = {status.value: status for status in JobStatus}
 MAX_TRIES = 8  # runs of one transaction that keeps losing races before giving up
 # Unique indexes whose violation means "a concurrent transaction got there first": the
 # transaction is re-run and then sees the winner (its job, or its unique key's holder).
 _RACE_CONSTRAINTS = {"jobs_unique", "jobs_fire", "job_deps_pkey", "jobcore_meta_pkey",
                      "jobcore_workers_pkey"}
+_SETTLEMENT_KINDS = {"complete", "retry", "fail", "cancel", "release"}
+_DEAD = (JobStatus.FAILED.value, JobStatus.CANCELLED.value)
 
 
 class _Unchanged(Exception):
     """Raised inside a transaction to roll it back and report that nothing applied."""
 
 
-def _text(value: Optional[str]) -> Optional[str]:
-    """Free text from a job (errors, logs, progress) made storable: PostgreSQL text holds
-    neither NUL characters nor lone surrogates, and a worker must not fail on either."""
-    if value is None or value.isascii() and "\x00" not in value:
-        return value
-    return value.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+class _Tx:
+    """One transaction's cursor, and whether it asked to wake idle managers."""
+
+    def __init__(self, cur: psycopg.Cursor[Any], payload: str) -> None:
+        self.cur = cur
+        self.notified = False
+        self._payload = payload
+
+    def notify(self) -> None:
+        """NOTIFY `jobcore_jobs` (once per transaction; delivered when it commits)."""
+        if not self.notified:
+            self.cur.execute(NOTIFY, (self._payload,))
+            self.notified = True
+
+
+def schema_from_dsn(dsn: str) -> Optional[str]:
+    """The first schema of a `search_path` set in the DSN's `options`, if any
+    (`options=-csearch_path=myqueue`), so a bare DSN string can choose the schema."""
+    options = conninfo.conninfo_to_dict(dsn).get("options") or ""
+    words = str(options).replace("-c ", "-c").split()
+    for word in words:
+        setting = word[2:] if word.startswith("-c") else word[2:] if word.startswith("--") else ""
+        name, _, value = setting.partition("=")
+        if name.strip().replace("-", "_") == "search_path" and value.strip():
+            return value.split(",")[0].strip().strip('"') or None
+    return None
 
 
 class PostgresRepository(JobRepository):
     """A `JobRepository` on PostgreSQL (psycopg 3), shared by processes on many machines.
 
     `dsn`: a libpq connection string or `postgresql://` URL. `schema`: the PostgreSQL
-    schema holding jobcore's tables (created, and migrated, on first use), so one database
-    can hold several independent queues. `pool_size`: connections this object keeps (a
-    call holds one only while it runs; `change_token` uses one more, for LISTEN).
+    schema holding jobcore's tables (created, and migrated, on first use), so that one
+    database can hold several independent queues; by default the first entry of a
+    `search_path` given in the DSN's `options`, else `jobcore`. `pool_size`: connections
+    kept (a call holds one only while it runs; `change_token` opens one more, to LISTEN).
     `timeout`: seconds to connect, or to wait for a free pooled connection.
     """
 
     persistent = True
 
-    def __init__(self, dsn: str, *, schema: str = "jobcore", pool_size: int = 10,
+    def __init__(self, dsn: str, *, schema: Optional[str] = None, pool_size: int = 10,
                  timeout: float = 30.0,
                  max_payload_bytes: Optional[int] = serialization.DEFAULT_MAX_PAYLOAD_BYTES) -> None:
         if not isinstance(dsn, str):
             raise TypeError(f"dsn must be a PostgreSQL connection string, got {dsn!r}")
         try:
-            conninfo.conninfo_to_dict(dsn)
+            dsn_schema = schema_from_dsn(dsn)
         except psycopg.ProgrammingError as exc:
             raise ValueError(f"dsn is not a valid PostgreSQL connection string: {exc}") from None
         if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
             raise ValueError(f"pool_size must be an int >= 1, got {pool_size!r}")
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
             raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
-        self.sql = Statements(schema)  # validates the schema name
+        self.schema = schema or dsn_schema or "jobcore"
+        self.sql = Statements(self.schema)  # validates the name
         self.dsn = dsn
-        self.schema = schema
         self.max_payload_bytes = max_payload_bytes
         self._pool = ConnectionPool(dsn, pool_size, float(timeout))
-        self._listener = ChangeListener(self._pool, schema)
-        self._migrate()
+        self._listener = ChangeListener(self._pool, self.schema)
+        # Bumped after each commit that notified: this object's own writes move the token
+        # at once, whatever the latency of the notification's round trip.
+        self._own_changes = itertools.count()
+        self._own_change = 0
+        try:
+            self._migrate()
+        except BaseException:
+            self.close()
+            raise
 
     def __repr__(self) -> str:
         return f"<PostgresRepository {self._pool.where} schema={self.schema!r}>"
 
     # -- transactions ----------------------------------------------------------------------
-    def _transaction(self, work: Callable[[psycopg.Cursor[Any]], T]) -> T:
+    def _transaction(self, work: Callable[[_Tx], T]) -> T:
         """Run `work` in one transaction, re-running it when it lost a race."""
         for attempt in range(1, MAX_TRIES + 1):
             try:
-                with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-                    return work(cur)
+                with self._pool.connection() as conn:
+                    with conn.transaction(), conn.cursor() as cur:
+                        tx = _Tx(cur, self.schema)
+                        result = work(tx)
+                if tx.notified:
+                    self._own_change = next(self._own_changes)
+                return result
             except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected,
                     psycopg.errors.UniqueViolation) as exc:
-                constraint = getattr(exc.diag, "constraint_name", None)
+                constraint = exc.diag.constraint_name
                 if isinstance(exc, psycopg.errors.UniqueViolation) and constraint == "jobs_id_key":
                     raise ValueError(f"Job.id: a job with that id already exists"
                                      f" ({exc.diag.message_detail})") from None
-                racing = not isinstance(exc, psycopg.errors.UniqueViolation) or constraint in _RACE_CONSTRAINTS
-                if not racing or attempt == MAX_TRIES:
+                lost_race = not isinstance(exc, psycopg.errors.UniqueViolation) or constraint in _RACE_CONSTRAINTS
+                if not lost_race or attempt == MAX_TRIES:
                     raise translate(exc, self._pool.where) from None
                 logger.debug("transaction lost a race (%s), run %d; re-running", type(exc).__name__, attempt)
             except psycopg.DataError as exc:
@@ -122,12 +159,9 @@ class PostgresRepository(JobRepository):
     def _rows(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
         return self._run(query, params)[1]
 
-    def _notify(self, cur: psycopg.Cursor[Any]) -> None:
-        """Wake idle managers everywhere once this transaction commits."""
-        cur.execute(NOTIFY, (self.schema,))
-
     def _migrate(self) -> None:
-        def work(cur: psycopg.Cursor[Any]) -> None:
+        def work(tx: _Tx) -> None:
+            cur = tx.cur
             cur.execute(LOCK_SCHEMA, (self.schema,))
             for statement in self.sql.CREATE_SCHEMA:
                 cur.execute(statement)
@@ -141,104 +175,60 @@ class PostgresRepository(JobRepository):
                 for statement in self.sql.MIGRATIONS[version]:
                     cur.execute(statement)
                 version += 1
-            cur.execute(self.sql.STORE_VERSION, (str(version),))
+            if row is None or row[0] != str(version):
+                cur.execute(self.sql.STORE_VERSION, (str(version),))
         self._transaction(work)
 
     def close(self) -> None:
         self._listener.close()
         self._pool.close()
 
-    # -- rows ------------------------------------------------------------------------------
-    def _row_params(self, record: JobRecord, now: float, status: JobStatus, blocked: int,
-                    error: Optional[str]) -> tuple[Any, ...]:
-        payload = serialization.encode_payload(record.args, record.kwargs, self.max_payload_bytes)
-        return (
-            record.id, record.function_name, record.name, payload, record.priority, status.value,
-            blocked, now, record.scheduled_at, record.run_at, record.max_retries, record.retry_delay,
-            record.retry_backoff, bool(record.retry_jitter), record.timeout, sorted(record.tags),
-            serialization.encode(record.metadata, field="metadata"), record.owner, record.unique_key,
-            record.isolation, list(record.depends_on), record.cron, record.cron_timezone, error,
-            "DependencyFailed" if error else None, now if error else None,
-        )
-
-    @staticmethod
-    def _record(row: Sequence[Any]) -> JobRecord:
-        record = JobRecord(id=row[0], function_name=row[1], name=row[2])
-        (_, _, _, payload, record.priority, status, record.seq, record.created_at, record.scheduled_at,
-         record.run_at, record.started_at, record.completed_at, record.attempts, record.max_retries,
-         record.retry_delay, record.retry_backoff, record.retry_jitter, record.timeout, tags, metadata,
-         record.owner, record.unique_key, record.isolation, depends_on, record.blocked,
-         record.progress, record.progress_message, details, result, record.error,
-         record.error_type, record.traceback, record.worker_id, record.lease_expires_at,
-         record.cancel_requested, record.cron, record.cron_timezone) = row
-        record.status = _STATUS.get(status, JobStatus.FAILED)
-        record.tags = frozenset(tags or ())
-        record.depends_on = tuple(depends_on or ())
-        try:
-            record.args, record.kwargs = serialization.decode_payload(payload)
-            record.metadata = json.loads(metadata)
-            record.progress_details = json.loads(details)
-            record.result = serialization.decode(result)
-        except (ValueError, TypeError) as exc:
-            record.decode_error = f"stored job {record.id} cannot be decoded: {exc}"
-        return record
-
-    @staticmethod
-    def _entry(row: Sequence[Any]) -> QueueEntry:
-        return QueueEntry(row[0], row[1], row[2], row[3], row[4], bool(row[5]))
-
     # -- adding ----------------------------------------------------------------------------
     def insert(self, records: Sequence[JobRecord], now: float) -> list[str]:
         records = list(records)
         if not records:
             return []
+        given = {record.id: record for record in records}
 
-        def work(cur: psycopg.Cursor[Any]) -> list[str]:
-            batch_ids = {record.id for record in records}
-            wanted = {dep for record in records for dep in record.depends_on} | batch_ids
-            stored = {row[0]: (row[1], row[2])
-                      for row in cur.execute(self.sql.LOCK_DEPENDENCIES, (sorted(wanted),))}
-            check_batch_dependencies(records, exists=stored)
-            keys = sorted({record.unique_key for record in records if record.unique_key is not None})
+        def work(tx: _Tx) -> list[str]:
+            cur = tx.cur
+            keys = sorted({r.unique_key for r in records if r.unique_key is not None})
             holders = dict(cur.execute(self.sql.SELECT_UNFINISHED_BY_KEYS, (keys,)).fetchall()) if keys else {}
-            ids: list[str] = []
-            batch_unique: dict[str, str] = {}
-            rows: list[tuple[Any, ...]] = []
-            kept: list[JobRecord] = []
-            for record in records:
-                key = record.unique_key
-                if key is not None:
-                    existing = batch_unique.get(key) or holders.get(key)
-                    if existing is not None:
-                        ids.append(existing)
-                        continue
-                    batch_unique[key] = record.id
-                if record.id in stored:
+            wanted = {dep for r in records for dep in r.depends_on} | set(given) | set(holders.values())
+            found = {row[0]: (row[1], row[2])
+                     for row in cur.execute(self.sql.LOCK_DEPENDENCIES, (sorted(wanted),))}
+            ids, planned = plan_batch(records, exists=found, unfinished_with_key=holders.get)
+            rows, dead_ids = [], []
+            for record in planned:
+                if record.id in found:
                     raise ValueError(f"Job.id: a job with id {record.id!r} already exists")
                 blocked, dead = 0, None
                 for dep in record.depends_on:
-                    if dep in batch_ids:  # a new job of this batch: not complete yet
+                    if dep not in found:  # a job of this batch: not complete yet
                         blocked += 1
                         continue
-                    status, name = stored[dep]
+                    status, name = found[dep]
                     if status != JobStatus.COMPLETED.value:
                         blocked += 1
-                    if status in (JobStatus.FAILED.value, JobStatus.CANCELLED.value):
+                    if status in _DEAD:
                         dead = dependency_error_message(dep, name, status)
+                if dead:
+                    dead_ids.append(record.id)
                 status = JobStatus.CANCELLED if dead else record.status
-                rows.append(self._row_params(record, now, status, blocked, dead))
-                kept.append(record)
-                ids.append(record.id)
-            if rows:
-                cur.executemany(self.sql.INSERT_JOB, rows, returning=True)
-                for record in kept:
-                    record.seq = cur.fetchone()[0]  # type: ignore[index]
-                    cur.nextset()
-                deps = [(record.id, dep) for record in kept for dep in record.depends_on]
-                if deps:
-                    cur.executemany(self.sql.INSERT_DEP, deps)
-                if any(row[5] != JobStatus.CANCELLED.value for row in rows):
-                    self._notify(cur)
+                rows.append(row_params(record, now, status, blocked, dead, self.max_payload_bytes))
+            if not rows:
+                return ids
+            cur.executemany(self.sql.INSERT_JOB, rows, returning=True)
+            for record in planned:
+                given[record.id].seq = cur.fetchone()[0]  # type: ignore[index]
+                cur.nextset()
+            deps = [(record.id, dep) for record in planned for dep in record.depends_on]
+            if deps:
+                cur.executemany(self.sql.INSERT_DEP, deps)
+            for job_id in dead_ids:  # batch members depending on it can never run either
+                self._cancel_dependents(cur, job_id, now)
+            if len(dead_ids) < len(rows):
+                tx.notify()
             return ids
 
         return self._transaction(work)
@@ -246,11 +236,11 @@ class PostgresRepository(JobRepository):
     # -- reading ---------------------------------------------------------------------------
     def get(self, job_id: str) -> Optional[JobRecord]:
         rows = self._rows(self.sql.SELECT_JOB, (job_id,))
-        return self._record(rows[0]) if rows else None
+        return record_from_row(rows[0]) if rows else None
 
     def _queue(self, query: str, function_names: Optional[Collection[str]], limit: int) -> list[QueueEntry]:
         params = {"any": function_names is None, "names": sorted(function_names or ()), "limit": limit}
-        return [self._entry(row) for row in self._rows(query, params)]
+        return [entry_from_row(row) for row in self._rows(query, params)]
 
     def ready(self, function_names: Optional[Collection[str]], limit: int) -> list[QueueEntry]:
         return self._queue(self.sql.SELECT_READY, function_names, limit)
@@ -262,13 +252,12 @@ class PostgresRepository(JobRepository):
              owner: Optional[str] = None, limit: Optional[int] = 50, offset: int = 0) -> list[JobRecord]:
         params = {"status": None if status is None else JobStatus(status).value, "owner": owner,
                   "tags": sorted(tags or ()), "limit": limit, "offset": offset}
-        return [self._record(row) for row in self._rows(self.sql.LIST_JOBS, params)]
+        return [record_from_row(row) for row in self._rows(self.sql.LIST_JOBS, params)]
 
     def count_by_status(self) -> dict[JobStatus, int]:
         counts = {status: 0 for status in JobStatus}
         for status, count in self._rows(self.sql.COUNT_BY_STATUS):
-            if status in _STATUS:
-                counts[_STATUS[status]] = count
+            counts[status_of(status)] += count
         return counts
 
     def logs(self, job_id: str) -> list[tuple[float, str, str]]:
@@ -278,75 +267,109 @@ class PostgresRepository(JobRepository):
     def claim(self, job_id: str, worker_id: str, now: float, lease_expires_at: float) -> Optional[JobRecord]:
         params = {"id": job_id, "now": now, "worker": worker_id, "lease": lease_expires_at}
         rows = self._rows(self.sql.CLAIM, params)
-        return self._record(rows[0]) if rows else None
+        return record_from_row(rows[0]) if rows else None
 
     def _cancel_dependents(self, cur: psycopg.Cursor[Any], job_id: str, now: float) -> tuple[str, ...]:
-        """Cancel the waiting dependents of `job_id`, transitively, one level at a time."""
+        """Cancel the waiting dependents of `job_id`, transitively, one level per statement."""
         status, name = cur.execute(self.sql.SELECT_STATUS, (job_id,)).fetchone()  # type: ignore[misc]
         message = dependency_error_message(job_id, name, status)
         cancelled: list[str] = []
         seen, frontier = {job_id}, [job_id]
         while frontier:
             found = [row[0] for row in cur.execute(self.sql.SELECT_DEPENDENTS, (frontier,))]
-            frontier = [dep for dep in found if dep not in seen]
-            if not frontier:
-                break
+            frontier = sorted(dep for dep in found if dep not in seen)
             seen.update(frontier)
-            params = {"ids": frontier, "now": now, "error": message}
-            cancelled.extend(row[0] for row in cur.execute(self.sql.CANCEL_DEPENDENTS, params))
+            if frontier:
+                params = {"ids": frontier, "now": now, "error": message}
+                cancelled.extend(row[0] for row in cur.execute(self.sql.CANCEL_DEPENDENTS, params))
         return tuple(cancelled)
+
+    def _settle(self, tx: _Tx, s: Settlement, encoded: Optional[str], worker_id: str,
+                now: float) -> Optional[Cascade]:
+        """Apply one settlement inside the caller's transaction (`encoded`: its result)."""
+        cur = tx.cur
+        held = {"id": s.job_id, "worker": worker_id, "attempt": s.attempt, "now": now}
+        if s.kind == "complete":
+            if cur.execute(self.sql.COMPLETE, {**held, "result": encoded}).rowcount != 1:
+                return None
+            if s.note is not None:
+                cur.execute(self.sql.INSERT_LOG, (s.job_id, now, "info", clean_text(s.note)))
+            rows = cur.execute(self.sql.RELEASE_DEPENDENTS, (s.job_id,)).fetchall()
+            released = tuple(entry_from_row(row) for row in rows if row[6] == 0)
+            if released:
+                tx.notify()
+            return Cascade(released=released)
+        if s.kind == "release":
+            if cur.execute(self.sql.RELEASE, held).rowcount != 1:
+                return None
+            tx.notify()  # ready again, for whoever is free
+            return Cascade()
+        if s.kind == "cancel":
+            if cur.execute(self.sql.FINISH_CANCELLED, held).rowcount != 1:
+                return None
+            return Cascade(cancelled=self._cancel_dependents(cur, s.job_id, now))
+        retrying = s.kind == "retry" and s.retry_at is not None
+        params = {**held, "retry_at": s.retry_at, "error": clean_text(s.error),
+                  "error_type": clean_text(s.error_type), "traceback": clean_text(s.traceback)}
+        if cur.execute(self.sql.FAIL_RETRY if retrying else self.sql.FAIL_FINAL, params).rowcount != 1:
+            return None
+        if s.note is not None:
+            cur.execute(self.sql.INSERT_LOG, (s.job_id, now, "error", clean_text(s.note)))
+        if retrying:
+            tx.notify()  # its timer, for whichever manager is free then
+            return Cascade()
+        return Cascade(cancelled=self._cancel_dependents(cur, s.job_id, now))
+
+    def _encode_result(self, s: Settlement) -> Optional[str]:
+        if s.kind not in _SETTLEMENT_KINDS:
+            raise ValueError(f"unknown settlement kind {s.kind!r}")
+        if s.kind != "complete":
+            return None
+        return serialization.encode(s.result, field="result", max_bytes=self.max_payload_bytes)
+
+    def apply(self, settlements: Sequence[Settlement], claim_ids: Sequence[str], worker_id: str,
+              now: float, lease_expires_at: float) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
+        """One transaction for every settlement and the claims (a group commit)."""
+        encoded = [self._encode_result(s) for s in settlements]  # raises before writing
+
+        def work(tx: _Tx) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
+            cascades = [self._settle(tx, s, e, worker_id, now) for s, e in zip(settlements, encoded)]
+            rows: list[tuple[Any, ...]] = []
+            if claim_ids:
+                params = {"ids": list(claim_ids), "now": now, "worker": worker_id, "lease": lease_expires_at}
+                rows = tx.cur.execute(self.sql.CLAIM_MANY, params).fetchall()
+            claimed = sorted((record_from_row(row) for row in rows), key=lambda r: (-r.priority, r.seq))
+            return cascades, claimed
+
+        return self._transaction(work)
+
+    def _apply_single(self, settlement: Settlement, worker_id: str, now: float) -> Optional[Cascade]:
+        encoded = self._encode_result(settlement)
+        return self._transaction(lambda tx: self._settle(tx, settlement, encoded, worker_id, now))
 
     def complete(self, job_id: str, worker_id: str, attempt: int, result: Any, now: float,
                  note: Optional[str] = None) -> Optional[Cascade]:
-        encoded = serialization.encode(result, field="result", max_bytes=self.max_payload_bytes)
-        params = {"id": job_id, "worker": worker_id, "attempt": attempt, "result": encoded, "now": now}
-
-        def work(cur: psycopg.Cursor[Any]) -> Optional[Cascade]:
-            if cur.execute(self.sql.COMPLETE, params).rowcount != 1:
-                return None
-            if note is not None:
-                cur.execute(self.sql.INSERT_LOG, (job_id, now, "info", _text(note)))
-            rows = cur.execute(self.sql.RELEASE_DEPENDENTS, (job_id,)).fetchall()
-            released = tuple(self._entry(row) for row in rows if row[6] == 0)
-            if released:
-                self._notify(cur)
-            return Cascade(released=released)
-
-        return self._transaction(work)
+        return self._apply_single(Settlement("complete", job_id, attempt, result=result, note=note),
+                                  worker_id, now)
 
     def fail(self, job_id: str, worker_id: str, attempt: int, *, error: str, error_type: str,
              traceback: Optional[str], now: float, retry_at: Optional[float],
              note: Optional[str] = None) -> Optional[Cascade]:
-        params = {"id": job_id, "worker": worker_id, "attempt": attempt, "now": now,
-                  "retry_at": retry_at, "error": _text(error), "error_type": _text(error_type),
-                  "traceback": _text(traceback)}
-
-        def work(cur: psycopg.Cursor[Any]) -> Optional[Cascade]:
-            query = self.sql.FAIL_FINAL if retry_at is None else self.sql.FAIL_RETRY
-            if cur.execute(query, params).rowcount != 1:
-                return None
-            if note is not None:
-                cur.execute(self.sql.INSERT_LOG, (job_id, now, "error", _text(note)))
-            if retry_at is not None:
-                self._notify(cur)  # its timer, for whichever manager is free then
-                return Cascade()
-            return Cascade(cancelled=self._cancel_dependents(cur, job_id, now))
-
-        return self._transaction(work)
+        kind = "fail" if retry_at is None else "retry"
+        settlement = Settlement(kind, job_id, attempt, error=error, error_type=error_type,
+                                traceback=traceback, retry_at=retry_at, note=note)
+        return self._apply_single(settlement, worker_id, now)
 
     def finish_cancelled(self, job_id: str, worker_id: str, attempt: int, now: float) -> Optional[Cascade]:
-        params = {"id": job_id, "worker": worker_id, "attempt": attempt, "now": now}
+        return self._apply_single(Settlement("cancel", job_id, attempt), worker_id, now)
 
-        def work(cur: psycopg.Cursor[Any]) -> Optional[Cascade]:
-            if cur.execute(self.sql.FINISH_CANCELLED, params).rowcount != 1:
-                return None
-            return Cascade(cancelled=self._cancel_dependents(cur, job_id, now))
-
-        return self._transaction(work)
+    def release(self, job_id: str, worker_id: str, attempt: int, now: float) -> bool:
+        return self._apply_single(Settlement("release", job_id, attempt), worker_id, now) is not None
 
     def cancel(self, job_id: str, now: float, reason: str) -> tuple[CancelOutcome, Cascade]:
-        def work(cur: psycopg.Cursor[Any]) -> tuple[CancelOutcome, Cascade]:
-            params = {"id": job_id, "now": now, "reason": _text(reason)}
+        def work(tx: _Tx) -> tuple[CancelOutcome, Cascade]:
+            cur = tx.cur
+            params = {"id": job_id, "now": now, "reason": clean_text(reason)}
             if cur.execute(self.sql.CANCEL_WAITING, params).rowcount == 1:
                 return CancelOutcome.CANCELLED, Cascade(cancelled=self._cancel_dependents(cur, job_id, now))
             if cur.execute(self.sql.REQUEST_CANCEL, (job_id,)).rowcount == 1:
@@ -357,7 +380,8 @@ class PostgresRepository(JobRepository):
         return self._transaction(work)
 
     def requeue(self, job_id: str, now: float) -> Optional[QueueEntry]:
-        def work(cur: psycopg.Cursor[Any]) -> Optional[QueueEntry]:
+        def work(tx: _Tx) -> Optional[QueueEntry]:
+            cur = tx.cur
             if cur.execute(self.sql.SELECT_UNIQUE_HOLDER, (job_id,)).fetchone() is not None:
                 return None  # another unfinished job holds its unique_key
             statuses = [row[0] for row in cur.execute(self.sql.LOCK_JOB_DEPENDENCIES, (job_id,))]
@@ -365,19 +389,20 @@ class PostgresRepository(JobRepository):
             row = cur.execute(self.sql.REQUEUE, (blocked, job_id)).fetchone()
             if row is None:
                 return None
-            self._notify(cur)
-            return self._entry(row)
+            tx.notify()
+            return entry_from_row(row)
 
         return self._transaction(work)
 
     def update_progress(self, job_id: str, worker_id: str, attempt: int, progress: float,
                         message: str, details: dict[str, Any], now: float) -> bool:
-        encoded = serialization.encode(details, field="progress details")
-        params = (progress, _text(message), encoded, job_id, worker_id, attempt)
+        params = {"progress": progress, "message": clean_text(message),
+                  "details": serialization.encode(details, field="progress details"),
+                  "id": job_id, "worker": worker_id, "attempt": attempt}
         return self._run(self.sql.UPDATE_PROGRESS, params)[0] == 1
 
     def add_log(self, job_id: str, level: str, message: str, now: float) -> None:
-        self._run(self.sql.INSERT_LOG, (job_id, now, _text(level), _text(message)))
+        self._run(self.sql.INSERT_LOG, (job_id, now, clean_text(level), clean_text(message)))
 
     def heartbeat(self, worker_id: str, job_ids: Collection[str], lease_expires_at: float,
                   now: float) -> list[str]:
@@ -387,33 +412,33 @@ class PostgresRepository(JobRepository):
         return [job_id for job_id, requested in rows if requested]
 
     def recover_expired(self, now: float) -> list[QueueEntry]:
-        def work(cur: psycopg.Cursor[Any]) -> list[QueueEntry]:
-            rows = cur.execute(self.sql.RECOVER_EXPIRED, {"now": now}).fetchall()
+        def work(tx: _Tx) -> list[QueueEntry]:
+            rows = tx.cur.execute(self.sql.RECOVER_EXPIRED, {"now": now}).fetchall()
             if not rows:
                 return []
-            cur.executemany(self.sql.INSERT_LOG, [(row[0], now, "warning", row[7]) for row in rows])
+            tx.cur.executemany(self.sql.INSERT_LOG, [(row[0], now, "warning", row[7]) for row in rows])
             for row in rows:
-                if row[6] == JobStatus.FAILED.value:
-                    self._cancel_dependents(cur, row[0], now)
-            recovered = [self._entry(row) for row in rows if row[6] == JobStatus.PENDING.value]
+                if row[6] in _DEAD:  # its last attempt lost, or its cancellation requested
+                    self._cancel_dependents(tx.cur, row[0], now)
+            recovered = [entry_from_row(row) for row in rows if row[6] == JobStatus.PENDING.value]
             if recovered:
-                self._notify(cur)
+                tx.notify()
             return recovered
 
         return self._transaction(work)
 
     def fire_schedule(self, schedule_id: str, fire_at: float, next_run_at: float, run: JobRecord,
                       now: float) -> bool:
-        params = self._row_params(run, now, JobStatus.PENDING, 0, None) + (schedule_id, fire_at)
+        params = row_params(run, now, JobStatus.PENDING, 0, None, self.max_payload_bytes) + (schedule_id, fire_at)
 
-        def work(cur: psycopg.Cursor[Any]) -> bool:
-            if cur.execute(self.sql.ADVANCE_SCHEDULE, (next_run_at, schedule_id, fire_at)).rowcount != 1:
+        def work(tx: _Tx) -> bool:
+            if tx.cur.execute(self.sql.ADVANCE_SCHEDULE, (next_run_at, schedule_id, fire_at)).rowcount != 1:
                 return False
-            row = cur.execute(self.sql.INSERT_RUN, params).fetchone()
+            row = tx.cur.execute(self.sql.INSERT_RUN, params).fetchone()
             if row is None:  # this fire time already has its run: undo the advance
                 raise _Unchanged
             run.seq = row[0]
-            self._notify(cur)
+            tx.notify()
             return True
 
         try:
@@ -439,18 +464,18 @@ class PostgresRepository(JobRepository):
         return [row[0] for row in self._rows(self.sql.REAP_WORKERS, (before,))]
 
     def change_token(self) -> Optional[object]:
-        """How many `NOTIFY jobcore_jobs` for this schema the listening connection has
-        received: it changes when any process commits new or newly ready work."""
-        return self._listener.token()
+        """(NOTIFYs for this schema received by the listening connection, this object's
+        own notifying commits): it moves when any process commits new or newly ready work."""
+        return self._listener.token(), self._own_change
 
     # -- housekeeping ------------------------------------------------------------------------
     def delete_finished(self, before: Optional[float]) -> int:
-        def work(cur: psycopg.Cursor[Any]) -> int:
+        def work(tx: _Tx) -> int:
             params = {"all": before is None, "before": before}
-            ids = [row[0] for row in cur.execute(self.sql.DELETE_FINISHED, params)]
+            ids = [row[0] for row in tx.cur.execute(self.sql.DELETE_FINISHED, params)]
             if ids:
-                cur.execute(self.sql.DELETE_LOGS, (ids,))
-                cur.execute(self.sql.DELETE_DEPS, (ids, ids))
+                tx.cur.execute(self.sql.DELETE_LOGS, (ids,))
+                tx.cur.execute(self.sql.DELETE_DEPS, (ids, ids))
             return len(ids)
 
         return self._transaction(work)

@@ -318,10 +318,12 @@ WITH expired AS (
     ORDER BY seq FOR UPDATE SKIP LOCKED
 )
 UPDATE {{s}}.jobs AS j
-SET status = CASE WHEN j.attempts > j.max_retries THEN 'failed' ELSE 'pending' END,
-    completed_at = CASE WHEN j.attempts > j.max_retries THEN %(now)s ELSE NULL END,
+SET status = CASE WHEN j.cancel_requested THEN 'cancelled'
+                  WHEN j.attempts > j.max_retries THEN 'failed' ELSE 'pending' END,
+    completed_at = CASE WHEN j.cancel_requested OR j.attempts > j.max_retries THEN %(now)s END,
     error = 'worker ' || j.worker_id || ' lost its lease on attempt ' || j.attempts,
-    error_type = 'WorkerLost', lease_expires_at = NULL
+    error_type = CASE WHEN j.cancel_requested THEN 'JobCancelled' ELSE 'WorkerLost' END,
+    lease_expires_at = NULL
 FROM expired WHERE j.seq = expired.seq
 RETURNING {_J_ENTRY}, j.status, j.error
 """

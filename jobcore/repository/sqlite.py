@@ -19,6 +19,7 @@ from ..errors import DependencyError, RepositoryError
 from ..models import JobStatus
 from . import sqlite_schema as sql
 from ._cascade import dependency_error_message, plan_batch
+from .group_commit import GroupCommitter
 from .base import Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry, Settlement, WorkerInfo
 
 DURABILITY = {"normal": "NORMAL", "full": "FULL"}
@@ -70,6 +71,8 @@ class SQLiteRepository(JobRepository):
         self._closed = False
         # _write_lock serialises this process's write transactions (see _write).
         self._write_lock = threading.Lock()
+        # Enqueues and outcomes from many threads share transactions (and fsyncs).
+        self._group: GroupCommitter[sqlite3.Connection] = GroupCommitter(self._write)
         try:
             self._migrate()
         except BaseException:
@@ -206,37 +209,39 @@ class SQLiteRepository(JobRepository):
 
     # -- adding ----------------------------------------------------------------------------
     def insert(self, records: Sequence[JobRecord], now: float) -> list[str]:
-        given = {record.id: record for record in records}
-        with self._write() as conn:
-            def exists(job_id: str) -> bool:
-                return conn.execute(sql.SELECT_STATUS, (job_id,)).fetchone() is not None
+        return self._group.run(lambda conn: self._insert(conn, records, now))
 
-            ids, stored = plan_batch(records, exists=_Lookup(exists),
-                                     unfinished_with_key=lambda key: self._unfinished_with_key(conn, key))
-            for record in stored:
-                blocked, dead = 0, None
-                for dep in record.depends_on:
-                    row = conn.execute(sql.SELECT_STATUS, (dep,)).fetchone()
-                    if row is None:  # a job later in this batch: not stored yet, so not complete
-                        blocked += 1
-                        continue
-                    status, name = row
-                    if status != JobStatus.COMPLETED.value:
-                        blocked += 1
-                    if status in (JobStatus.FAILED.value, JobStatus.CANCELLED.value):
-                        dead = dependency_error_message(dep, name, status)
-                status = JobStatus.CANCELLED if dead else record.status
-                try:
-                    cursor = conn.execute(sql.INSERT_JOB, self._row_params(record, now, status, blocked, dead))
-                except sqlite3.IntegrityError:
-                    raise ValueError(f"Job.id: a job with id {record.id!r} already exists") from None
-                given[record.id].seq = cursor.lastrowid or 0
-                for dep in record.depends_on:
-                    conn.execute(sql.INSERT_DEP, (record.id, dep))
-                if dead:
-                    # Batch members listed before it that depend on it can never run either.
-                    self._cancel_dependents(conn, record.id, now)
-            return ids
+    def _insert(self, conn: sqlite3.Connection, records: Sequence[JobRecord], now: float) -> list[str]:
+        given = {record.id: record for record in records}
+        def exists(job_id: str) -> bool:
+            return conn.execute(sql.SELECT_STATUS, (job_id,)).fetchone() is not None
+
+        ids, stored = plan_batch(records, exists=_Lookup(exists),
+                                 unfinished_with_key=lambda key: self._unfinished_with_key(conn, key))
+        for record in stored:
+            blocked, dead = 0, None
+            for dep in record.depends_on:
+                row = conn.execute(sql.SELECT_STATUS, (dep,)).fetchone()
+                if row is None:  # a job later in this batch: not stored yet, so not complete
+                    blocked += 1
+                    continue
+                status, name = row
+                if status != JobStatus.COMPLETED.value:
+                    blocked += 1
+                if status in (JobStatus.FAILED.value, JobStatus.CANCELLED.value):
+                    dead = dependency_error_message(dep, name, status)
+            status = JobStatus.CANCELLED if dead else record.status
+            try:
+                cursor = conn.execute(sql.INSERT_JOB, self._row_params(record, now, status, blocked, dead))
+            except sqlite3.IntegrityError:
+                raise ValueError(f"Job.id: a job with id {record.id!r} already exists") from None
+            given[record.id].seq = cursor.lastrowid or 0
+            for dep in record.depends_on:
+                conn.execute(sql.INSERT_DEP, (record.id, dep))
+            if dead:
+                # Batch members listed before it that depend on it can never run either.
+                self._cancel_dependents(conn, record.id, now)
+        return ids
 
     @staticmethod
     def _unfinished_with_key(conn: sqlite3.Connection, key: str) -> Optional[str]:
@@ -339,12 +344,16 @@ class SQLiteRepository(JobRepository):
               now: float, lease_expires_at: float) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
         """One transaction for every settlement and the claims (a group commit)."""
         encoded = [self._encode_result(s) for s in settlements]  # raises before writing
-        with self._write() as conn:
+
+        def op(conn: sqlite3.Connection) -> tuple[list[Optional[Cascade]], list[Any]]:
             cascades = [self._settle(conn, s, e, worker_id, now) for s, e in zip(settlements, encoded)]
             rows = []
             if claim_ids:
                 params = (now, worker_id, lease_expires_at, json.dumps(list(claim_ids)), now)
                 rows = conn.execute(sql.CLAIM_MANY, params).fetchall()
+            return cascades, rows
+
+        cascades, rows = self._group.run(op)
         return cascades, [self._record(row) for row in rows]
 
     def _apply_single(self, settlement: Settlement, worker_id: str, now: float) -> Optional[Cascade]:

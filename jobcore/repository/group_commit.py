@@ -1,0 +1,88 @@
+"""Group commit: write operations from many threads share one transaction and one sync.
+
+A thread that wants to write submits an operation (a function of the connection). If no
+other thread is committing, it becomes the leader: it runs every operation submitted so
+far in one transaction, commits once, and hands each its result. Threads that submit
+meanwhile wait and are served by the next leader. If any operation of a batch raises,
+the batch is rolled back and each operation runs again in a transaction of its own, so
+one bad operation fails alone. Knows nothing about jobs or SQL.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, ContextManager, Generic, TypeVar
+
+C = TypeVar("C")
+T = TypeVar("T")
+
+
+class _Ticket:
+    __slots__ = ("op", "done", "value", "error")
+
+    def __init__(self, op: Callable[[Any], Any]) -> None:
+        self.op = op
+        self.done = False
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+
+class GroupCommitter(Generic[C]):
+    """Batches operations into shared transactions.
+
+    `transaction()` must return a context manager that yields a connection inside an open
+    write transaction, commits on normal exit and rolls back when the body raises."""
+
+    def __init__(self, transaction: Callable[[], ContextManager[C]]) -> None:
+        self._transaction = transaction
+        # _cond guards _pending and _leading; followers wait on it for their ticket.
+        self._cond = threading.Condition(threading.Lock())
+        self._pending: list[_Ticket] = []
+        self._leading = False
+
+    def run(self, op: Callable[[C], T]) -> T:
+        """Run `op(connection)` in a committed transaction (perhaps shared) and return
+        its result, or raise what it raised (or what the commit raised)."""
+        ticket = _Ticket(op)
+        with self._cond:
+            self._pending.append(ticket)
+            while not ticket.done and self._leading:
+                self._cond.wait()
+            if not ticket.done:
+                self._leading = True
+                batch, self._pending = self._pending, []
+        if not ticket.done:
+            try:
+                self._run_batch(batch)
+            finally:
+                with self._cond:
+                    self._leading = False  # the next waiter with work leads
+                    self._cond.notify_all()
+        if ticket.error is not None:
+            raise ticket.error
+        return ticket.value  # type: ignore[no-any-return]
+
+    def _run_batch(self, batch: list[_Ticket]) -> None:
+        if len(batch) > 1:
+            try:
+                with self._transaction() as conn:
+                    values = [ticket.op(conn) for ticket in batch]
+            except Exception:
+                pass  # fall through: each alone, so only the bad one fails
+            else:
+                self._finish(batch, values)
+                return
+        for ticket in batch:
+            try:
+                with self._transaction() as conn:
+                    value = ticket.op(conn)
+            except BaseException as exc:
+                self._finish([ticket], [None], exc)
+            else:
+                self._finish([ticket], [value])
+
+    def _finish(self, tickets: list[_Ticket], values: list[Any], error: BaseException | None = None) -> None:
+        with self._cond:
+            for ticket, value in zip(tickets, values):
+                ticket.value, ticket.error, ticket.done = value, error, True
+            self._cond.notify_all()

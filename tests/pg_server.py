@@ -1,0 +1,116 @@
+"""A PostgreSQL server for the tests: the one `JOBCORE_TEST_PG_DSN` names, or a throwaway one.
+
+`server_dsn()` returns a DSN to a database the tests may fill, starting a private cluster
+(initdb in a temp dir, a free loopback port, trust auth, fsync off) the first time it is
+needed when the environment names none; the cluster is stopped when the process exits.
+`SKIP_REASON` is set only when neither is possible. `.ci/postgres.sh` does the same for
+CI from the shell. It holds no jobcore code and no tests.
+"""
+
+from __future__ import annotations
+
+import atexit
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+from typing import Optional
+
+ENV = "JOBCORE_TEST_PG_DSN"
+DATABASE = "jobcore_test"
+
+_lock = threading.Lock()  # guards _dsn and _cluster
+_dsn: Optional[str] = None
+_cluster: Optional[str] = None  # the temp dir of the cluster we started, if any
+
+
+def find_bindir() -> Optional[str]:
+    """The directory holding `initdb` and `pg_ctl` (PostgreSQL 15 preferred), or None."""
+    candidates = ["/usr/lib/postgresql/15/bin"] + sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=False)
+        candidates.append(out.stdout.strip())
+    initdb = shutil.which("initdb")
+    if initdb:
+        candidates.append(os.path.dirname(os.path.realpath(initdb)))
+    for bindir in candidates:
+        if bindir and all(os.access(os.path.join(bindir, tool), os.X_OK) for tool in ("initdb", "pg_ctl")):
+            return bindir
+    return None
+
+
+def _skip_reason() -> Optional[str]:
+    if os.environ.get(ENV):
+        return None
+    if find_bindir() is None:
+        return (f"NO POSTGRESQL: {ENV} is not set and no initdb/pg_ctl was found; the PostgreSQL"
+                " repository is NOT tested here (install postgresql-15, or run .ci/postgres.sh)")
+    return None
+
+
+SKIP_REASON = _skip_reason()
+
+
+def _as_owner(argv: list[str]) -> list[str]:
+    """Run server binaries as `postgres` when we are root: initdb refuses root."""
+    if os.geteuid() == 0:
+        return ["runuser", "-u", "postgres", "--", *argv]
+    return argv
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _run(argv: list[str], what: str) -> None:
+    proc = subprocess.run(_as_owner(argv), capture_output=True, text=True, check=False, timeout=120)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} failed ({proc.returncode}): {proc.stdout}{proc.stderr}")
+
+
+def _start_cluster() -> str:
+    bindir = find_bindir()
+    assert bindir is not None, SKIP_REASON
+    directory = tempfile.mkdtemp(prefix="jobcore-pg-")
+    os.chmod(directory, 0o755)
+    if os.geteuid() == 0:
+        shutil.chown(directory, "postgres")
+    port = _free_port()
+    data = os.path.join(directory, "data")
+    _run([f"{bindir}/initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-locale"],
+         "initdb")
+    options = (f"-p {port} -k {directory} -c listen_addresses=127.0.0.1 -c max_connections=300"
+               " -c fsync=off -c synchronous_commit=off -c full_page_writes=off")
+    _run([f"{bindir}/pg_ctl", "-D", data, "-l", os.path.join(directory, "server.log"), "-w", "-t", "60",
+          "-o", options, "start"], "pg_ctl start")
+    global _cluster
+    _cluster = directory
+    atexit.register(_stop_cluster, bindir, directory)
+    _run([f"{bindir}/createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", DATABASE], "createdb")
+    return f"postgresql://postgres@127.0.0.1:{port}/{DATABASE}"
+
+
+def _stop_cluster(bindir: str, directory: str) -> None:
+    subprocess.run(_as_owner([f"{bindir}/pg_ctl", "-D", os.path.join(directory, "data"), "-m", "immediate",
+                              "-w", "stop"]), capture_output=True, check=False, timeout=60)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def server_dsn() -> str:
+    """A DSN to a database for tests: `$JOBCORE_TEST_PG_DSN`, or a cluster started now."""
+    global _dsn
+    with _lock:
+        if _dsn is None:
+            _dsn = os.environ.get(ENV) or _start_cluster()
+        return _dsn
+
+
+def started_here() -> bool:
+    """True if this process started the cluster (rather than using `$JOBCORE_TEST_PG_DSN`)."""
+    return _cluster is not None

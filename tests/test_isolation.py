@@ -1,0 +1,448 @@
+"""Process isolation: attempts run in pooled child processes that timeouts and cancels end.
+
+Real child processes throughout. The job functions are module-level so a child can
+import this module by name (the runner hands children the parent's sys.path).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterator, Optional
+
+import pytest
+
+from jobcore.context import JobContext, current_job
+from jobcore.errors import JobCancelled, JobTimeout
+from jobcore.execution import Outcome, run_attempt
+from jobcore.isolation import (NotIsolatable, ProcessRunner, RemoteError, WorkerProcessDied,
+                               isolation_problem, memory_limit_supported)
+from jobcore.retry import is_transient
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BOUND = 10.0  # seconds: the most any join in this file waits before failing the test
+
+
+# -- job functions (run in the child) --------------------------------------------------------------
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def fail_with_value_error(n: int) -> None:
+    raise ValueError(f"bad input {n}")
+
+
+def fail_with_connection_error() -> None:
+    raise ConnectionError("peer reset the connection")
+
+
+class CodeError(Exception):
+    """An exception whose constructor does not take its own message (pickle mangles it)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"failed with code {code}")
+        self.code = code
+
+
+def fail_with_code_error() -> None:
+    raise CodeError(7)
+
+
+def fail_with_local_error() -> None:
+    class LocalGlitch(ConnectionError):
+        pass
+    raise LocalGlitch("the link flapped")
+
+
+def report(progress_callback: Any = None) -> str:
+    progress_callback(0.25, "quarter", step=1)
+    job = current_job()
+    assert job is not None
+    job.log("halfway there", "warning")
+    job.progress(1.0, "done", step=2)
+    return f"{job.id}/{job.name}/{job.attempt}/{os.getpid()}"
+
+
+async def async_double(x: int) -> tuple[int, Optional[str]]:
+    await asyncio.sleep(0)
+    job = current_job()
+    return x * 2, None if job is None else job.id
+
+
+def busy_loop() -> None:
+    current_job().log("running")  # type: ignore[union-attr]
+    while True:
+        pass
+
+
+def busy_with_progress(progress_callback: Any = None) -> None:
+    current_job().log("running")  # type: ignore[union-attr]
+    while True:
+        progress_callback(0.5, "working")
+
+
+def busy_then_mark(marker: str) -> None:
+    try:
+        current_job().log("running")  # type: ignore[union-attr]
+        while True:
+            pass
+    finally:
+        with open(marker, "w") as out:
+            out.write("cleaned up")
+
+
+def busy_ignoring_sigterm() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    current_job().log("running")  # type: ignore[union-attr]
+    while True:
+        pass
+
+
+def exit_abruptly(code: int) -> None:
+    os._exit(code)
+
+
+def return_lock() -> Any:
+    return threading.Lock()
+
+
+def allocate(n_bytes: int) -> int:
+    return len(bytearray(n_bytes))
+
+
+def child_pid() -> int:
+    return os.getpid()
+
+
+class Tools:
+    @staticmethod
+    def triple(x: int) -> int:
+        return 3 * x
+
+    @classmethod
+    def name(cls) -> str:
+        return cls.__name__
+
+    def method(self) -> None:
+        pass
+
+
+# -- fixtures -------------------------------------------------------------------------------------------
+class RecordingSink:
+    """A fake ContextSink: keeps every report, and lets a test wait for a log line."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()  # guards events
+        self.events: list[tuple[Any, ...]] = []
+
+    def report_progress(self, context: JobContext, progress: float, message: str,
+                        details: dict[str, Any]) -> None:
+        with self._cond:
+            self.events.append(("progress", progress, message, details))
+            self._cond.notify_all()
+
+    def report_log(self, context: JobContext, level: str, message: str) -> None:
+        with self._cond:
+            self.events.append(("log", level, message))
+            self._cond.notify_all()
+
+    def wait_for_log(self, message: str) -> None:
+        with self._cond:
+            assert self._cond.wait_for(lambda: any(e[0] == "log" and e[2] == message for e in self.events),
+                                       BOUND), f"no log line {message!r} within {BOUND}s"
+
+
+@pytest.fixture
+def runner() -> Iterator[ProcessRunner]:
+    with ProcessRunner(2, grace=0.5) as pool:
+        yield pool
+
+
+@pytest.fixture
+def sink() -> RecordingSink:
+    return RecordingSink()
+
+
+@pytest.fixture
+def context(sink: RecordingSink) -> JobContext:
+    return JobContext("job-1", "a job", 1, sink)
+
+
+@pytest.fixture
+def in_background() -> Iterator[Any]:
+    """Run a blocking call on another thread; the test collects it with a bounded wait."""
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="test-isolation") as executor:
+        yield executor.submit
+
+
+# -- values, errors, reports -----------------------------------------------------------------------
+def test_a_value_comes_back(runner: ProcessRunner, context: JobContext) -> None:
+    outcome = runner.run(add, (2, 3), {}, context)
+    assert outcome == Outcome(value=5)
+
+
+def test_an_exception_comes_back_with_type_message_and_the_childs_traceback(
+        runner: ProcessRunner, context: JobContext) -> None:
+    outcome = runner.run(fail_with_value_error, (7,), {}, context)
+    assert type(outcome.error) is ValueError and str(outcome.error) == "bad input 7"
+    assert outcome.traceback is not None
+    assert "fail_with_value_error" in outcome.traceback and "ValueError: bad input 7" in outcome.traceback
+
+
+def test_a_connection_error_comes_back_as_a_connection_error(runner: ProcessRunner, context: JobContext) -> None:
+    outcome = runner.run(fail_with_connection_error, (), {}, context)
+    assert isinstance(outcome.error, ConnectionError) and is_transient(outcome.error)
+
+
+def test_an_exception_that_pickle_mangles_is_rebuilt_with_its_message_and_attributes(
+        runner: ProcessRunner, context: JobContext) -> None:
+    outcome = runner.run(fail_with_code_error, (), {}, context)
+    assert type(outcome.error) is CodeError
+    assert str(outcome.error) == "failed with code 7" and outcome.error.code == 7
+
+
+def test_an_exception_whose_class_cannot_be_imported_keeps_its_name_and_nearest_base(
+        runner: ProcessRunner, context: JobContext) -> None:
+    outcome = runner.run(fail_with_local_error, (), {}, context)
+    assert isinstance(outcome.error, RemoteError) and isinstance(outcome.error, ConnectionError)
+    assert type(outcome.error).__name__ == "LocalGlitch" and str(outcome.error) == "the link flapped"
+    assert is_transient(outcome.error)
+
+
+def test_progress_and_logs_reach_the_parent_context_in_order(
+        runner: ProcessRunner, context: JobContext, sink: RecordingSink) -> None:
+    outcome = runner.run(report, (), {}, context)
+    job_id, name, attempt, pid = outcome.value.split("/")
+    assert (job_id, name, attempt) == ("job-1", "a job", "1") and int(pid) != os.getpid()
+    assert sink.events == [("progress", 0.25, "quarter", {"step": 1}),
+                           ("log", "warning", "halfway there"),
+                           ("progress", 1.0, "done", {"step": 2})]
+
+
+def test_a_coroutine_function_runs_on_an_event_loop_in_the_child(runner: ProcessRunner, context: JobContext) -> None:
+    assert runner.run(async_double, (21,), {}, context).value == (42, "job-1")
+
+
+def test_a_return_value_that_does_not_pickle_fails_the_attempt_and_the_child_lives_on(
+        runner: ProcessRunner, context: JobContext) -> None:
+    outcome = runner.run(return_lock, (), {}, context)
+    assert isinstance(outcome.error, TypeError) and "cannot be sent back" in str(outcome.error)
+    assert runner.run(add, (1, 1), {}, context).value == 2
+    assert runner.stats.started == 1
+
+
+def test_arguments_that_do_not_pickle_fail_the_attempt_before_any_child_runs_it(
+        runner: ProcessRunner, context: JobContext) -> None:
+    outcome = runner.run(add, (threading.Lock(), 1), {}, context)
+    assert isinstance(outcome.error, TypeError) and "must pickle" in str(outcome.error)
+    assert runner.run(add, (1, 1), {}, context).value == 2
+
+
+def test_a_module_put_on_sys_path_after_the_child_started_is_found(
+        runner: ProcessRunner, context: JobContext, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert runner.run(add, (1, 1), {}, context).value == 2  # the child exists now
+    (tmp_path / "late_isolation_jobs.py").write_text("def shout(s):\n    return s.upper()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import late_isolation_jobs  # type: ignore[import-not-found]
+    try:
+        assert runner.run(late_isolation_jobs.shout, ("hi",), {}, context).value == "HI"
+        assert runner.stats.started == 1
+    finally:
+        sys.modules.pop("late_isolation_jobs", None)
+
+
+# -- timeouts and cancellation ---------------------------------------------------------------------
+def test_a_busy_loop_times_out_and_the_runner_goes_on_with_a_fresh_child(
+        runner: ProcessRunner, context: JobContext) -> None:
+    started = time.monotonic()
+    outcome = runner.run(busy_loop, (), {}, context, timeout=0.5)
+    elapsed = time.monotonic() - started
+    assert isinstance(outcome.error, JobTimeout) and outcome.error.timeout == 0.5
+    assert 0.45 <= elapsed < 1.5
+    assert runner.run(add, (1, 2), {}, context).value == 3
+    stats = runner.stats
+    assert (stats.terminated, stats.started, stats.running) == (1, 2, 0)
+
+
+def test_a_terminated_job_runs_its_finally_blocks(runner: ProcessRunner, context: JobContext, tmp_path: Any) -> None:
+    marker = tmp_path / "marker.txt"
+    outcome = runner.run(busy_then_mark, (str(marker),), {}, context, timeout=0.3)
+    assert isinstance(outcome.error, JobTimeout)
+    assert marker.read_text() == "cleaned up"
+
+
+def test_a_child_that_ignores_sigterm_is_killed_after_the_grace_period(context: JobContext) -> None:
+    with ProcessRunner(1, grace=0.2) as runner:
+        started = time.monotonic()
+        outcome = runner.run(busy_ignoring_sigterm, (), {}, context, timeout=0.3)
+        assert isinstance(outcome.error, JobTimeout)
+        assert 0.45 <= time.monotonic() - started < 2.0
+        assert runner.run(add, (1, 2), {}, context).value == 3
+
+
+def test_cancel_ends_a_busy_loop(runner: ProcessRunner, context: JobContext, sink: RecordingSink,
+                                 in_background: Any) -> None:
+    future = in_background(runner.run, busy_loop, (), {}, context)
+    sink.wait_for_log("running")
+    cancelled_at = time.monotonic()
+    context.request_cancel()
+    outcome = future.result(timeout=BOUND)
+    assert isinstance(outcome.error, JobCancelled) and outcome.cancelled
+    assert time.monotonic() - cancelled_at < 1.0
+    assert runner.stats.terminated == 1
+
+
+def test_cancel_seen_at_a_progress_report_ends_the_job(runner: ProcessRunner, context: JobContext,
+                                                        sink: RecordingSink, in_background: Any) -> None:
+    future = in_background(runner.run, busy_with_progress, (), {}, context)
+    sink.wait_for_log("running")
+    context.request_cancel()
+    assert future.result(timeout=BOUND).cancelled
+
+
+def test_a_job_cancelled_before_it_starts_never_reaches_a_child(runner: ProcessRunner, context: JobContext) -> None:
+    context.request_cancel()
+    assert runner.run(add, (1, 2), {}, context).cancelled
+    assert runner.stats.started == 0
+
+
+# -- children that die ----------------------------------------------------------------------------------
+def test_a_child_that_exits_abruptly_fails_the_attempt_with_a_transient_error(
+        runner: ProcessRunner, context: JobContext) -> None:
+    outcome = runner.run(exit_abruptly, (3,), {}, context)
+    assert type(outcome.error).__name__ == "WorkerProcessDied"
+    assert isinstance(outcome.error, WorkerProcessDied) and outcome.error.exitcode == 3
+    assert "exited with code 3" in str(outcome.error) and is_transient(outcome.error)
+    assert runner.run(add, (1, 2), {}, context).value == 3
+
+
+def test_a_child_killed_from_outside_is_reported(runner: ProcessRunner, context: JobContext, sink: RecordingSink,
+                                                 in_background: Any) -> None:
+    future = in_background(runner.run, busy_loop, (), {}, context)
+    sink.wait_for_log("running")
+    (pid,) = runner.pids()
+    os.kill(pid, signal.SIGKILL)
+    outcome = future.result(timeout=BOUND)
+    assert isinstance(outcome.error, WorkerProcessDied)
+    assert outcome.error.pid == pid and outcome.error.exitcode == -signal.SIGKILL
+    assert "SIGKILL" in str(outcome.error)
+    assert runner.stats.died == 1
+
+
+def test_an_idle_child_that_died_is_replaced_without_failing_the_next_attempt(
+        runner: ProcessRunner, context: JobContext) -> None:
+    pid = runner.run(child_pid, (), {}, context).value
+    os.kill(pid, signal.SIGKILL)
+    assert runner.run(add, (1, 2), {}, context).value == 3
+
+
+@pytest.mark.skipif(not memory_limit_supported(), reason="RLIMIT_AS is not enforced here")
+def test_a_memory_limit_turns_a_big_allocation_into_a_memory_error(runner: ProcessRunner, context: JobContext) -> None:
+    gib = 1024 ** 3
+    outcome = runner.run(allocate, (4 * gib,), {}, context, memory_limit=gib)
+    assert isinstance(outcome.error, MemoryError)
+    assert runner.run(allocate, (1024,), {}, context).value == 1024  # a fresh child, no limit
+
+
+# -- the pool ------------------------------------------------------------------------------------------
+def test_a_thousand_small_jobs_reuse_two_children(context: JobContext) -> None:
+    n = 1000
+    with ProcessRunner(2) as runner, ThreadPoolExecutor(max_workers=2) as threads:
+        started = time.monotonic()
+        outcomes = list(threads.map(lambda i: runner.run(add, (i, 1), {}, context), range(n)))
+        isolated = (time.monotonic() - started) / n
+        stats = runner.stats
+    assert [o.value for o in outcomes] == [i + 1 for i in range(n)]
+    assert stats.started <= 2 and stats.reused >= n - 2
+    started = time.monotonic()
+    for i in range(n):
+        run_attempt(add, (i, 1), {}, context)
+    threaded = (time.monotonic() - started) / n
+    print(f"\nper attempt: isolated {isolated * 1e6:.0f} us (2 children, 2 threads), "
+          f"thread {threaded * 1e6:.1f} us")
+
+
+def test_close_ends_the_children_and_refuses_further_attempts(context: JobContext) -> None:
+    runner = ProcessRunner(2)
+    pid = runner.run(child_pid, (), {}, context).value
+    runner.close()
+    assert runner.pids() == []
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # reaped, not a zombie
+    outcome = runner.run(add, (1, 2), {}, context)
+    assert isinstance(outcome.error, RuntimeError) and "closed" in str(outcome.error)
+
+
+# -- what can run isolated -------------------------------------------------------------------------------
+def test_module_level_functions_static_and_class_methods_and_builtins_can_run_isolated() -> None:
+    for func in (add, Tools.triple, Tools.name, math.factorial, len):
+        assert isolation_problem(func) is None, func
+
+
+@pytest.mark.parametrize("func, words", [
+    (lambda: None, "lambda"),
+    (functools.partial(add, 1), "partial"),
+    (Tools().method, "bound to a Tools instance"),
+    (Tools(), "no __module__ and __qualname__"),
+    ([].append, "bound to a list instance"),
+])
+def test_what_a_child_cannot_find_by_name_is_refused_with_a_reason(func: Any, words: str) -> None:
+    problem = isolation_problem(func)
+    assert problem is not None and words in problem
+
+
+def test_a_nested_function_is_refused_and_the_runner_says_why(runner: ProcessRunner, context: JobContext) -> None:
+    def nested() -> None:
+        pass
+    assert "defined inside another function" in (isolation_problem(nested) or "")
+    outcome = runner.run(nested, (), {}, context)
+    assert isinstance(outcome.error, NotIsolatable) and isinstance(outcome.error, TypeError)
+    assert not is_transient(outcome.error) and runner.stats.started == 0
+
+
+def _python(code: str, tmp_path: Any) -> subprocess.CompletedProcess[str]:
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(code))
+    env = {**os.environ, "PYTHONPATH": REPO_ROOT}
+    return subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env,
+                          timeout=60, cwd=str(tmp_path))
+
+
+def test_a_function_in_a_scripts_main_module_runs_isolated(tmp_path: Any) -> None:
+    done = _python("""
+        from jobcore.context import JobContext
+        from jobcore.isolation import ProcessRunner, isolation_problem
+
+        def square(x):
+            return x * x
+
+        class Sink:
+            def report_progress(self, *a): pass
+            def report_log(self, *a): pass
+
+        if __name__ == "__main__":
+            assert isolation_problem(square) is None
+            with ProcessRunner(1) as runner:
+                print(runner.run(square, (7,), {}, JobContext("j", "j", 1, Sink())).value)
+        """, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "49"
+
+
+def test_a_function_in_an_interactive_main_is_refused(tmp_path: Any) -> None:
+    code = ("from jobcore.isolation import isolation_problem\n"
+            "def f(): pass\n"
+            "print(isolation_problem(f))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": REPO_ROOT})
+    assert done.returncode == 0, done.stderr
+    assert "interactive __main__" in done.stdout
