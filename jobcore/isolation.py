@@ -285,10 +285,9 @@ class ProcessRunner:
         problem = isolation_problem(func)
         if problem is not None:
             return Outcome(error=NotIsolatable(_describe(func), problem))
-        deadline = None if timeout is None else self._clock.monotonic() + timeout
         module, qualname = func.__module__, func.__qualname__
         for _ in range(2):  # a child that died while idle is replaced once
-            child = self._acquire(context, timeout, deadline)
+            child = self._acquire(context)
             if isinstance(child, Outcome):
                 return child
             path = tuple(sys.path)
@@ -306,24 +305,31 @@ class ProcessRunner:
                 self._dead(child, context)
                 continue
             child.sys_path = path
+            # The timeout counts from here: starting a child is the pool's cost, not the job's.
+            deadline = None if timeout is None else self._clock.monotonic() + timeout
             return self._supervise(child, context, timeout, deadline)
         return self._dead_outcome(None, None, context, "could not be handed the job")
 
-    def _acquire(self, context: JobContext, timeout: Optional[float],
-                 deadline: Optional[float]) -> Union[_Child, Outcome]:
+    def _acquire(self, context: JobContext) -> Union[_Child, Outcome]:
         """An idle child, or a new one when below the limit; waits for one otherwise."""
         while True:
-            stopped = self._stopped(context, timeout, deadline)
+            stopped = self._stopped(context, None, None)
             if stopped is not None:
                 return stopped
+            idle: Optional[_Child] = None
             with self._cond:
                 if self._closed:
                     return Outcome(error=RuntimeError("the process runner is closed"))
                 if self._idle:
-                    child = self._idle.pop()  # the warmest child
+                    idle = self._idle.pop()  # the warmest child
                     self._running += 1
                     self._reused += 1
-                    return child
+            if idle is not None:
+                if idle.process.is_alive():
+                    return idle
+                self._dead(idle, context)  # killed while idle (OOM killer, kill): replace it
+                continue
+            with self._cond:
                 if self._live < self._max:
                     self._live += 1
                     self._running += 1

@@ -158,7 +158,9 @@ Route = Callable[["_Handler", DashboardServer, dict[str, list[str]], str], Any]
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     server_version = "jobcore-dashboard"
-    sys_version = ""
+
+    def version_string(self) -> str:
+        return self.server_version  # no Python version in the Server header
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
         logger.info("%s %s", self.address_string(), format % args)

@@ -106,7 +106,7 @@ class PostgresRepository(JobRepository):
         self._listener = ChangeListener(self._pool, self.schema)
         # Bumped after each commit that notified: this object's own writes move the token
         # at once, whatever the latency of the notification's round trip.
-        self._own_changes = itertools.count()
+        self._own_changes = itertools.count(1)
         self._own_change = 0
         try:
             self._migrate()

@@ -1,0 +1,557 @@
+"""`PostgresRepository` on a real server: the contract, its own promises, managers, processes.
+
+The server is `$JOBCORE_TEST_PG_DSN` (CI starts one with `.ci/postgres.sh`) or a
+throwaway cluster started here (`pg_server`). Each test gets a schema of its own, dropped
+afterwards. Without any PostgreSQL binaries the tests skip, loudly; under CI they fail
+instead, since CI must run them.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+import warnings
+from typing import Any, Callable, Iterator
+
+import pytest
+
+import pg_server
+from jobcore import Job, JobManager, JobPriority, JobStatus, RetryableError, current_job
+from jobcore.errors import RepositoryError
+from jobcore.testing.contract import NOW, RepositoryContract, claim_race, make_record
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WAIT = 30.0
+
+try:
+    import psycopg
+    from jobcore.postgres import PostgresRepository
+except ImportError as exc:  # the extra is not installed
+    psycopg = None  # type: ignore[assignment]
+    _MISSING: str | None = (f"NO PSYCOPG: the PostgreSQL repository is NOT tested here ({exc});"
+                            " pip install -e '.[postgres]'")
+else:
+    _MISSING = pg_server.SKIP_REASON
+
+if _MISSING:
+    if os.environ.get("CI"):  # CI must run these: a missing server is a failure there
+        pytestmark = pytest.mark.usefixtures("_fail_in_ci")
+    else:
+        warnings.warn(_MISSING)
+        pytestmark = pytest.mark.skip(reason=_MISSING)
+
+
+@pytest.fixture
+def _fail_in_ci() -> None:
+    pytest.fail(f"CI must test PostgreSQL, but: {_MISSING}")
+
+
+@pytest.fixture(scope="session")
+def server() -> str:
+    dsn = pg_server.server_dsn()
+    where = "started for this run" if pg_server.started_here() else f"from ${pg_server.ENV}"
+    print(f"\nPostgreSQL for jobcore tests: {dsn} ({where})", file=sys.stderr)
+    return dsn
+
+
+class Schema:
+    """A fresh PostgreSQL schema for one test, and DSNs that select it."""
+
+    def __init__(self, server: str) -> None:
+        self.server = server
+        self.name = f"t_{uuid.uuid4().hex[:16]}"
+        separator = "&" if "?" in server else "?"
+        # A bare DSN string selects the schema through search_path (see schema_from_dsn).
+        self.dsn = f"{server}{separator}options=-csearch_path%3D{self.name}"
+
+    def repository(self, **options: Any) -> "PostgresRepository":
+        return PostgresRepository(self.server, schema=self.name, **options)
+
+    def drop(self) -> None:
+        with psycopg.connect(self.server, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{self.name}" CASCADE')
+
+
+@pytest.fixture
+def schema(server: str) -> Iterator[Schema]:
+    fresh = Schema(server)
+    yield fresh
+    fresh.drop()
+
+
+@pytest.fixture
+def repo(schema: Schema) -> Iterator["PostgresRepository"]:
+    repository = schema.repository()
+    yield repository
+    repository.close()
+
+
+class TestPostgresRepository(RepositoryContract):
+    """The whole repository contract, on a real server."""
+
+    @pytest.fixture
+    def repository(self, schema: Schema) -> Iterator["PostgresRepository"]:
+        repository = schema.repository()
+        yield repository
+        repository.close()
+
+
+# -- what only PostgreSQL promises -----------------------------------------------------------
+def test_importing_jobcore_never_imports_psycopg() -> None:
+    code = "import sys, jobcore, jobcore.testing; sys.exit('psycopg' in sys.modules)"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
+    assert subprocess.run([sys.executable, "-c", code], env=env, timeout=60).returncode == 0
+
+
+def test_tables_live_in_their_schema_with_a_version(repo: "PostgresRepository", schema: Schema) -> None:
+    with psycopg.connect(schema.server) as conn:
+        tables = {row[0] for row in conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (schema.name,))}
+        version = conn.execute(f'SELECT value FROM "{schema.name}".jobcore_meta'
+                               " WHERE key = 'schema_version'").fetchone()
+    assert tables == {"jobs", "job_deps", "job_logs", "jobcore_workers", "jobcore_meta"}
+    assert version == ("1",)
+
+
+def test_a_bare_dsn_selects_the_schema_through_search_path(schema: Schema) -> None:
+    repository = PostgresRepository(schema.dsn)
+    try:
+        assert repository.schema == schema.name
+        record = make_record()
+        repository.insert([record], NOW)
+    finally:
+        repository.close()
+    other = schema.repository()
+    try:
+        assert other.get(record.id) is not None
+    finally:
+        other.close()
+
+
+def test_opening_is_idempotent_even_from_many_threads_at_once(schema: Schema) -> None:
+    opened: list[Any] = []
+    errors: list[BaseException] = []
+
+    def open_one() -> None:
+        try:
+            opened.append(schema.repository(pool_size=1))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one, name=f"open-{i}") for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT)
+    for repository in opened:
+        repository.close()
+    assert not errors and len(opened) == 6
+
+
+def test_a_schema_from_a_newer_jobcore_is_refused(repo: "PostgresRepository", schema: Schema) -> None:
+    with psycopg.connect(schema.server, autocommit=True) as conn:
+        conn.execute(f'UPDATE "{schema.name}".jobcore_meta SET value = %s', ("99",))
+    with pytest.raises(RepositoryError, match="version 99"):
+        schema.repository()
+
+
+def test_bad_arguments_are_refused_at_construction(server: str) -> None:
+    with pytest.raises(ValueError, match="schema"):
+        PostgresRepository(server, schema="bad; DROP TABLE x")
+    with pytest.raises(ValueError, match="pool_size"):
+        PostgresRepository(server, pool_size=0)
+    with pytest.raises(TypeError, match="dsn"):
+        PostgresRepository(None)  # type: ignore[arg-type]
+
+
+def test_an_unreachable_server_is_a_clear_repository_error() -> None:
+    with pytest.raises(RepositoryError, match="PostgreSQL at 127.0.0.1:1/"):
+        PostgresRepository("postgresql://nobody@127.0.0.1:1/none", timeout=2)
+
+
+def test_text_postgresql_cannot_hold_is_escaped_in_outcomes_and_refused_in_jobs(
+        repo: "PostgresRepository") -> None:
+    # a job whose error carries NUL and a lone surrogate still gets its failure recorded
+    job = make_record()
+    repo.insert([job], NOW)
+    repo.claim(job.id, "w1", NOW, NOW + 30)
+    assert repo.fail(job.id, "w1", 1, error="bad\x00byte \ud800", error_type="ValueError",
+                     traceback=None, now=NOW, retry_at=None, note="x\x00y") is not None
+    stored = repo.get(job.id)
+    assert stored is not None and stored.error == "bad\\x00byte \\ud800"
+    # a job whose own fields cannot be stored is refused with a ValueError, storing nothing
+    with pytest.raises(ValueError):
+        repo.insert([make_record(name="nul\x00name")], NOW)
+    assert sum(repo.count_by_status().values()) == 1
+
+
+def test_the_change_token_hears_commits_of_other_connections(schema: Schema) -> None:
+    listener, writer = schema.repository(), schema.repository()
+    try:
+        before = listener.change_token()
+        assert listener.change_token() == before
+        writer.insert([make_record()], NOW)
+        deadline = time.monotonic() + 5
+        while listener.change_token() == before and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert listener.change_token() != before
+    finally:
+        listener.close()
+        writer.close()
+
+
+def test_claims_race_across_connections_and_every_job_is_claimed_once(schema: Schema) -> None:
+    repos = [schema.repository(pool_size=4) for _ in range(3)]
+    try:
+        inserted, claimed = claim_race(repos[0], repos[1:], inserters=4, per_inserter=100, claimers=4)
+        assert len(claimed) == len(set(claimed)) == len(inserted) == 400
+    finally:
+        for repository in repos:
+            repository.close()
+
+
+def _race(first: Callable[[], Any], second: Callable[[], Any]) -> None:
+    start = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def run(step: Callable[[], Any]) -> None:
+        try:
+            start.wait(WAIT)
+            step()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(step,), name=f"race-{i}") for i, step in enumerate((first, second))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT)
+    assert not errors, errors
+
+
+@pytest.mark.parametrize("ending", ["complete", "fail"])
+def test_a_dependency_ending_while_its_dependent_is_inserted_never_strands_it(
+        schema: Schema, ending: str) -> None:
+    # given two connections: one ends a running job while the other adds a job depending on it
+    writer, ender = schema.repository(), schema.repository()
+    try:
+        for _ in range(30):
+            parent = make_record()
+            writer.insert([parent], NOW)
+            ender.claim(parent.id, "w1", NOW, NOW + 30)
+            child = make_record(depends_on=(parent.id,))
+            if ending == "complete":
+                end = lambda: ender.complete(parent.id, "w1", 1, None, NOW)  # noqa: E731
+            else:
+                end = lambda: ender.fail(parent.id, "w1", 1, error="x", error_type="E",  # noqa: E731
+                                         traceback=None, now=NOW, retry_at=None)
+            _race(lambda: writer.insert([child], NOW), end)
+            # then the child is never left waiting on a dependency that already ended
+            stored = writer.get(child.id)
+            assert stored is not None
+            if ending == "complete":
+                assert (stored.status, stored.blocked) == (JobStatus.PENDING, 0)
+            else:
+                assert stored.status is JobStatus.CANCELLED
+    finally:
+        writer.close()
+        ender.close()
+
+
+def test_a_small_pool_serves_many_threads(schema: Schema) -> None:
+    repository = schema.repository(pool_size=2)
+    try:
+        threads = [threading.Thread(target=lambda: [repository.insert([make_record()], NOW) for _ in range(20)],
+                                    name=f"pool-{i}") for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(WAIT)
+        assert repository.count_by_status()[JobStatus.PENDING] == 160
+    finally:
+        repository.close()
+
+
+def test_the_ready_query_walks_the_ready_index(repo: "PostgresRepository", schema: Schema) -> None:
+    repo.insert([make_record(priority=i % 7) for i in range(2000)], NOW)
+    with psycopg.connect(schema.server, autocommit=True) as conn:
+        conn.execute(f'ANALYZE "{schema.name}".jobs')
+        conn.execute("SET enable_seqscan = off")
+        plan = "\n".join(row[0] for row in conn.execute(
+            "EXPLAIN " + repo.sql.SELECT_READY, {"any": True, "names": [], "limit": 10}))
+    assert "jobs_ready" in plan and "Sort" not in plan, plan
+
+
+# -- managers on PostgreSQL ----------------------------------------------------------------------
+@pytest.fixture
+def manager_on(schema: Schema, make_manager: Callable[..., JobManager]) -> Callable[..., JobManager]:
+    def make(**options: Any) -> JobManager:
+        options.setdefault("poll_interval", 0.2)
+        return make_manager(schema.repository(), **options)
+    return make
+
+
+def test_priorities_run_highest_first_and_fifo_among_equals(manager_on: Callable[..., JobManager]) -> None:
+    order: list[str] = []
+    manager = manager_on(max_workers=1)
+    manager.register_function("record", order.append)
+    jobs = [Job(function_name="record", args=(name,), priority=priority) for name, priority in
+            [("low", JobPriority.LOW), ("n1", JobPriority.NORMAL), ("crit", JobPriority.CRITICAL),
+             ("n2", JobPriority.NORMAL), ("high", JobPriority.HIGH), ("n3", JobPriority.NORMAL)]]
+    ids = manager.enqueue_many(jobs)
+    manager.start()
+    for job_id in ids:
+        assert manager.wait(job_id, timeout=WAIT).status is JobStatus.COMPLETED
+    assert order == ["crit", "high", "n1", "n2", "n3", "low"]
+
+
+def test_results_progress_and_logs_are_stored(manager_on: Callable[..., JobManager]) -> None:
+    manager = manager_on().start()
+
+    def report(n: int, progress_callback: Any = None) -> dict[str, Any]:
+        progress_callback(0.5, "half way", step=1)
+        current_job().log("hello from the job")
+        return {"n": n, "items": [1, 2]}
+
+    job_id = manager.enqueue(Job(report, args=(7,)))
+    result = manager.wait(job_id, timeout=WAIT)
+    assert (result.status, result.result, result.progress) == (JobStatus.COMPLETED, {"n": 7, "items": [1, 2]}, 1.0)
+    assert result.progress_message == "half way" and result.progress_details == {"step": 1}
+    assert any("hello from the job" in entry.message for entry in manager.get_logs(job_id))
+
+
+def test_cancelling_a_running_job_stops_it(manager_on: Callable[..., JobManager]) -> None:
+    manager = manager_on().start()
+    started = threading.Event()
+
+    def spin(progress_callback: Any = None) -> None:
+        started.set()
+        while True:
+            progress_callback(0.1)
+            time.sleep(0.01)
+
+    job_id = manager.enqueue(Job(spin))
+    assert started.wait(WAIT)
+    assert manager.cancel(job_id) is True
+    assert manager.wait(job_id, timeout=WAIT).status is JobStatus.CANCELLED
+
+
+def test_retries_end_in_the_dead_letter_queue(manager_on: Callable[..., JobManager]) -> None:
+    manager = manager_on().start()
+
+    def flaky() -> None:
+        raise RetryableError("temporarily unavailable", delay=0.05)
+
+    job_id = manager.enqueue(Job(flaky, max_retries=2))
+    result = manager.wait(job_id, timeout=WAIT)
+    assert (result.status, result.attempts, result.error_type) == (JobStatus.FAILED, 3, "RetryableError")
+    assert [job.id for job, _ in manager.get_dead_letter_queue()] == [job_id]
+    assert manager.retry(job_id) is True
+    assert manager.wait(job_id, timeout=WAIT).status is JobStatus.FAILED
+
+
+def test_dependencies_run_in_order_and_failures_cascade(manager_on: Callable[..., JobManager]) -> None:
+    manager = manager_on().start()
+    order: list[str] = []
+    lock = threading.Lock()
+
+    def step(name: str) -> None:
+        with lock:
+            order.append(name)
+
+    def broken() -> None:
+        raise ValueError("no")
+
+    first = Job(step, args=("first",))
+    second = Job(step, args=("second",), depends_on=[first.id])
+    third = Job(step, args=("third",), depends_on=[second.id])
+    doomed = Job(broken, max_retries=0)
+    after_doomed = Job(step, args=("never",), depends_on=[doomed.id])
+    manager.enqueue_many([third, second, first, doomed, after_doomed])
+    assert manager.wait(third.id, timeout=WAIT).status is JobStatus.COMPLETED
+    assert order == ["first", "second", "third"]
+    cancelled = manager.wait(after_doomed.id, timeout=WAIT)
+    assert cancelled.status is JobStatus.CANCELLED and doomed.id in (cancelled.error or "")
+
+
+def test_a_cron_schedule_fires_once_per_second_across_two_managers(
+        schema: Schema, make_manager: Callable[..., JobManager]) -> None:
+    runs: list[str] = []
+    lock = threading.Lock()
+
+    def tick() -> None:
+        with lock:
+            runs.append(current_job().id)
+
+    managers = [make_manager(schema.repository(), poll_interval=0.2) for _ in range(2)]
+    for manager in managers:
+        manager.periodic("* * * * * *", name="tick")(tick)
+    for manager in managers:
+        manager.start()
+    time.sleep(3.5)
+    for manager in managers:
+        manager.stop()
+    repository = managers[0].repository
+    fired = [r for r in repository.list(limit=None) if r.cron is None]
+    fire_times = [r.metadata["fire_at"] for r in fired]
+    assert len(fire_times) == len(set(fire_times)), fire_times     # each second fired once
+    assert 2 <= len(fire_times) <= 5, fire_times
+    assert len(runs) == len(set(runs))                              # and each run ran once
+    assert len([r for r in repository.list(limit=None) if r.cron is not None]) == 1
+
+
+# -- processes sharing one database -----------------------------------------------------------
+WORKER = textwrap.dedent("""
+    import os, sys, time
+    from jobcore import JobManager
+    from jobcore.postgres import PostgresRepository
+
+    dsn, schema, log, go = sys.argv[1:5]
+    lease, poll = float(sys.argv[5]), float(sys.argv[6])
+
+    def record(n):
+        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        try:
+            os.write(fd, f"{n} {os.getpid()} {time.time():.6f}\\n".encode())
+        finally:
+            os.close(fd)
+
+    def work(n, pause=0.0):
+        record(n)
+        time.sleep(pause)
+        return n
+
+    def once_then_hang(n):
+        with open(log) as f:
+            earlier = sum(1 for line in f if line.split()[0] == str(n))
+        record(n)
+        if not earlier:
+            time.sleep(3600)      # the first run hangs until its process is killed
+        return n
+
+    manager = JobManager(PostgresRepository(dsn, schema=schema), max_workers=4, lease_timeout=lease,
+                         poll_interval=poll)
+    manager.register_function("work", work)
+    manager.register_function("once_then_hang", once_then_hang)
+    while not os.path.exists(go):
+        time.sleep(0.01)
+    manager.start()
+    print("started", flush=True)
+    sys.stdin.read()              # until the test closes stdin
+    manager.stop(timeout=10)
+    manager.close()
+""")
+
+
+class Workers:
+    """Worker processes, each a JobManager on the test's schema, and their run log."""
+
+    def __init__(self, schema: Schema, tmp_path: Any) -> None:
+        self.schema = schema
+        self.script = str(tmp_path / "pg_worker.py")
+        self.log = str(tmp_path / "runs.log")
+        self.go = str(tmp_path / "go")
+        with open(self.script, "w") as f:
+            f.write(WORKER)
+        open(self.log, "w").close()
+        self.env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
+        self.processes: list[subprocess.Popen[str]] = []
+
+    def spawn(self, lease: float = 30.0, poll: float = 0.2) -> subprocess.Popen[str]:
+        process = subprocess.Popen(
+            [sys.executable, self.script, self.schema.server, self.schema.name, self.log, self.go,
+             str(lease), str(poll)], env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.processes.append(process)
+        return process
+
+    def go_and_wait_started(self) -> None:
+        open(self.go, "w").close()
+        for process in self.processes:
+            assert process.stdout is not None and process.stdout.readline().strip() == "started"
+
+    def runs(self) -> list[tuple[int, int, float]]:
+        with open(self.log) as f:
+            return [(int(n), int(pid), float(at)) for n, pid, at in (line.split() for line in f if line.strip())]
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                try:
+                    process.communicate(timeout=15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(5)
+
+
+@pytest.fixture
+def workers(schema: Schema, tmp_path: Any) -> Iterator[Workers]:
+    pool = Workers(schema, tmp_path)
+    yield pool
+    pool.stop()
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_two_processes_drain_every_job_exactly_once(workers: Workers, schema: Schema,
+                                                   make_manager: Callable[..., JobManager]) -> None:
+    producer = make_manager(schema.repository(), producer=True)
+    producer.enqueue_many([Job(function_name="work", args=(n,), kwargs={"pause": 0.005}) for n in range(500)])
+    workers.spawn()
+    workers.spawn()
+    workers.go_and_wait_started()
+    _wait_until(lambda: producer.get_stats()["completed"] == 500)
+    runs = workers.runs()
+    counts = collections.Counter(n for n, _, _ in runs)
+    assert sorted(counts) == list(range(500)) and set(counts.values()) == {1}
+    by_process = collections.Counter(pid for _, pid, _ in runs)
+    assert len(by_process) == 2, by_process            # both processes took work
+    print(f"\njobs per process: {sorted(by_process.values())}", file=sys.stderr)
+
+
+def test_a_job_of_a_sigkilled_worker_completes_on_another_after_its_lease(
+        workers: Workers, schema: Schema, make_manager: Callable[..., JobManager]) -> None:
+    producer = make_manager(schema.repository(), producer=True)
+    victim = workers.spawn(lease=1.0)
+    workers.go_and_wait_started()
+    job_id = producer.enqueue(Job(function_name="once_then_hang", args=(1,)))
+    _wait_until(lambda: len(workers.runs()) == 1)
+    assert workers.runs()[0][1] == victim.pid
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(10)
+    survivor = workers.spawn(lease=1.0)
+    assert survivor.stdout is not None and survivor.stdout.readline().strip() == "started"
+    result = producer.wait(job_id, timeout=WAIT)
+    assert result.status is JobStatus.COMPLETED and result.attempts >= 2
+    assert [pid for _, pid, _ in workers.runs()] == [victim.pid, survivor.pid]
+
+
+def test_notify_wakes_an_idle_worker_in_another_process(workers: Workers, schema: Schema,
+                                                       make_manager: Callable[..., JobManager]) -> None:
+    # given an idle worker that, without notifications, would look only every 30 s
+    workers.spawn(poll=30.0)
+    workers.go_and_wait_started()
+    producer = make_manager(schema.repository(), producer=True)
+    latencies = []
+    for n in range(5):
+        time.sleep(0.2)                                  # the worker is idle again
+        enqueued_at = time.time()
+        job_id = producer.enqueue(Job(function_name="work", args=(n,)))
+        assert producer.wait(job_id, timeout=WAIT).status is JobStatus.COMPLETED
+        started_at = [at for m, _, at in workers.runs() if m == n][0]
+        latencies.append(started_at - enqueued_at)
+    print(f"\nNOTIFY pickup latency: median {statistics.median(latencies) * 1000:.0f} ms,"
+          f" max {max(latencies) * 1000:.0f} ms", file=sys.stderr)
+    assert max(latencies) < 2.0, latencies
