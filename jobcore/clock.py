@@ -74,6 +74,16 @@ class FakeClock:
         with self._lock:
             self._listeners.append(listener)
 
+    def jump(self, delta: float) -> None:
+        """Move only the wall clock by `delta` seconds (either way), as when an operator or
+        NTP sets the system time; `monotonic()` is unaffected. Subscribers are woken."""
+        with self._lock:
+            self._now += delta
+            self._start += delta
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener()
+
     def advance(self, delay: float) -> None:
         """Move time forward by `delay` seconds and wake every subscriber."""
         if delay < 0:

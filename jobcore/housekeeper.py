@@ -22,6 +22,8 @@ from .workers import PoolSettings, WorkerPool
 
 logger = logging.getLogger("jobcore.housekeeper")
 
+JUMP_TOLERANCE = 1.0  # seconds of wall-clock drift against monotonic time that count as a jump
+
 
 class Housekeeper:
     """Periodic upkeep for one manager (see module docstring).
@@ -82,9 +84,19 @@ class Housekeeper:
         next_look = start + self._discovery_interval
         last_refill = start
         token = self._token()
+        offset = self._clock.time() - start
         while True:
             now = self._clock.monotonic()
             deadline = self._pool.time_out_overdue(now)
+            # The wall clock jumped (set by hand or NTP): leases are wall times shared with
+            # other processes, so renew ours at once and hold off taking others' back for
+            # a lease period, during which every live worker renews its own.
+            jumped = (self._clock.time() - now) - offset
+            if abs(jumped) > JUMP_TOLERANCE:
+                logger.warning("wall clock jumped by %+.1fs; renewing leases before any recovery", jumped)
+                offset += jumped
+                next_beat = now
+                next_recover = now + settings.lease_timeout
             try:
                 if now >= next_beat:
                     next_beat = now + settings.poll_interval

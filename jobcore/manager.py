@@ -80,8 +80,10 @@ class JobManager:
     running job's claim lasts without a heartbeat. `producer=True` lets `enqueue` accept
     function names this manager has not registered (for workers elsewhere to run).
     `max_retry_delay` caps back-off; `retry_on` replaces the transient-error classifier;
-    `clock` and `rng` let tests control time and jitter. Use it as a context manager to
-    start and stop it.
+    `clock` and `rng` let tests control time and jitter. `immediate=True` runs each job
+    synchronously inside `enqueue` (as Celery's eager mode does; for tests), and
+    `run_pending()` runs what is ready in the calling thread. Use it as a context manager
+    to start and stop it.
     """
 
     def __init__(self, repository: RepositoryLike = None, *, max_workers: int = 4,
@@ -89,7 +91,7 @@ class JobManager:
                  discovery_interval: float = 0.05,
                  max_retry_delay: float = 3600.0, retry_on: Optional[Classifier] = None,
                  clock: Optional[Clock] = None, rng: Optional[random.Random] = None,
-                 worker_id: Optional[str] = None) -> None:
+                 worker_id: Optional[str] = None, immediate: bool = False) -> None:
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
             raise ValueError(f"max_workers must be an int >= 1, got {max_workers!r}")
         if retry_on is not None and not callable(retry_on):
@@ -103,6 +105,7 @@ class JobManager:
         )
         self.repository = build_repository(repository)
         self.producer = bool(producer)
+        self.immediate = bool(immediate)
         self.max_workers = max_workers
         self.lease_timeout = settings.lease_timeout
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -127,9 +130,15 @@ class JobManager:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> "JobManager":
-        """Start the workers; jobs already stored (pending, scheduled, recovered) run."""
+        """Start the workers; jobs already stored (pending, scheduled, recovered) run.
+
+        An `immediate` manager starts no threads: it runs jobs inside `enqueue`."""
         with self._lifecycle_lock:
             if self._running:
+                return self
+            if self.immediate:
+                self._load_queue()
+                self._running = True
                 return self
             self._pool.enqueue_entries(self.repository.recover_expired(self._clock.time()))
             self._load_queue()
@@ -144,6 +153,8 @@ class JobManager:
             if not self._running:
                 return
             self._running = False
+            if self.immediate:
+                return
             self._pool.stop(timeout if wait else 0.0)
             self._housekeeper.stop(timeout if wait else 0.0)
         # Bounded: a user's callback channel that hangs must not hang stop().
@@ -253,7 +264,19 @@ class JobManager:
             self._local.remember(job.id, self._local_function(job), job.retry_on)
             if record.blocked == 0 and record.status is not JobStatus.CANCELLED:
                 self._pool.enqueue_entries([record.queue_entry()])
+        if self.immediate:
+            self._pool.run_pending()
         return ids
+
+    def run_pending(self, limit: Optional[int] = None) -> int:
+        """Run ready jobs synchronously in this thread until none is ready (or `limit`
+        ran), firing due schedules; returns how many ran. For tests: with a `FakeClock`,
+        `clock.advance(...)` then `run_pending()` runs retries and scheduled jobs that came
+        due. Timeouts are not enforced. Not for a started (threaded) manager."""
+        if self._running and not self.immediate:
+            raise RuntimeError("run_pending() is for managers that are not started (or immediate ones)")
+        self._load_queue()
+        return self._pool.run_pending(limit)
 
     def _record_for(self, job: Job, now: float) -> JobRecord:
         name = job.function_name

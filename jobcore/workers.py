@@ -350,6 +350,40 @@ class WorkerPool:
         except Exception:  # a broken schedule must not stop the dispatcher
             logger.exception("schedule %s failed to fire", entry.job_id)
 
+    # -- single-step mode ----------------------------------------------------------------------
+    def run_pending(self, limit: Optional[int] = None) -> int:
+        """Run ready jobs one by one in the calling thread until none is ready (or `limit`
+        ran); fire due schedules on the way. Returns how many jobs ran. Timeouts are not
+        enforced here. For tests and immediate mode, on a pool that is not started."""
+        ran = 0
+        while limit is None or ran < limit:
+            entries = self._queue.pop_ready(1)
+            if not entries:
+                return ran
+            entry = entries[0]
+            if entry.is_schedule:
+                self._fire_schedule(entry)
+                continue
+            now = self._clock.time()
+            _, claimed = self._repo.apply([], [entry.job_id], self.worker_id, now,
+                                          now + self._settings.lease_timeout)
+            if not claimed:
+                continue
+            record = claimed[0]
+            context = JobContext(record.id, record.name, record.attempts, self)
+            attempt = _Attempt(record, context, _Slot(-1), None, self._clock.monotonic())
+            with self._lock:
+                self._running[record.id] = attempt
+            outcome = self._execute(record, context)
+            with self._lock:
+                del self._running[record.id]
+            finished = _Finished(attempt, outcome, self._clock.monotonic() - attempt.started)
+            settlement = self._decide(finished, self._clock.time())
+            cascades, _ = self._repo.apply([settlement], [], self.worker_id, self._clock.time(), 0.0)
+            self._after(record, settlement, cascades[0])
+            ran += 1
+        return ran
+
     # -- called by the housekeeper --------------------------------------------------------
     def time_out_overdue(self, now: float) -> Optional[float]:
         """Give up attempts past their deadline (monotonic `now`): their threads are

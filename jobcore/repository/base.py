@@ -163,7 +163,8 @@ class JobRepository(abc.ABC):
     def insert(self, records: Sequence[JobRecord], now: float) -> list[str]:
         """Store `records` atomically (all or none) and return their ids, in order.
 
-        Assigns each stored record a `seq` (also set on the given record) increasing with insertion order (FIFO among equal
+        Sets `seq`, `blocked` and `status` on each given record that is stored. `seq`
+        increases with insertion order (FIFO among equal
         priorities). A record whose `unique_key` matches an unfinished job (or an earlier
         record of the batch) is not stored; its place in the result holds that job's id.
         Every `depends_on` id must be stored already or be in the batch, else

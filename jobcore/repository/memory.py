@@ -79,6 +79,8 @@ class MemoryRepository(JobRepository):
                     self._forget_unique(row)
                     # Batch members listed before it that depend on it can never run either.
                     self._cancel_dependents(row, now)
+            for row in stored:
+                given[row.id].blocked, given[row.id].status = row.blocked, row.status
             return ids
 
     def _forget_unique(self, row: JobRecord) -> None:

@@ -130,6 +130,8 @@ class SQLiteRepository(JobRepository):
             raise _translate(exc, self.path) from None
 
     def _migrate(self) -> None:
+        if self._current_version() == sql.SCHEMA_VERSION:
+            return  # nothing to write: opening never waits for another process's writer
         with self._write() as conn:
             try:
                 # The version first: a newer jobcore's tables may not take this version's indexes.
@@ -154,6 +156,17 @@ class SQLiteRepository(JobRepository):
                     conn.execute(sql.SET_SCHEMA_VERSION, (str(version),))
             except sqlite3.DatabaseError as exc:
                 raise _translate(exc, self.path) from None
+
+    def _current_version(self) -> Optional[int]:
+        try:
+            rows = self._connection().execute(sql.SELECT_SCHEMA_VERSION).fetchall()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return None
+            raise _translate(exc, self.path) from None
+        except sqlite3.DatabaseError as exc:
+            raise _translate(exc, self.path) from None
+        return int(rows[0][0]) if rows else None
 
     def close(self) -> None:
         with self._connections_lock:
@@ -236,6 +249,7 @@ class SQLiteRepository(JobRepository):
             except sqlite3.IntegrityError:
                 raise ValueError(f"Job.id: a job with id {record.id!r} already exists") from None
             given[record.id].seq = cursor.lastrowid or 0
+            given[record.id].blocked, given[record.id].status = blocked, status
             for dep in record.depends_on:
                 conn.execute(sql.INSERT_DEP, (record.id, dep))
             if dead:

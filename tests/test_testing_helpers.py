@@ -1,0 +1,68 @@
+"""Helpers for users' own test suites: immediate mode and single-step run_pending()."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from jobcore import FakeClock, Job, JobManager, JobStatus, MemoryRepository
+
+
+def test_immediate_mode_runs_jobs_inside_enqueue() -> None:
+    calls: list[int] = []
+    manager = JobManager(MemoryRepository(), immediate=True)
+    job_id = manager.enqueue(Job(function=lambda x: calls.append(x) or x * 2, args=(21,)))
+    assert calls == [21]
+    assert manager.poll(job_id).result == 42
+    assert manager.workers == []
+
+
+def test_immediate_mode_runs_dependents_in_order() -> None:
+    order: list[str] = []
+    manager = JobManager(MemoryRepository(), immediate=True)
+    first = manager.enqueue(Job(function=lambda: order.append("first")))
+    manager.enqueue(Job(function=lambda: order.append("second"), depends_on=[first]))
+    assert order == ["first", "second"]
+
+
+def test_run_pending_steps_through_retries_with_a_fake_clock(db_path: str) -> None:
+    clock = FakeClock()
+    attempts: list[int] = []
+
+    def flaky() -> str:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise ConnectionError("connection reset")
+        return "ok"
+
+    manager = JobManager(db_path, clock=clock)
+    job_id = manager.enqueue(Job(function=flaky, retry_delay=10, retry_jitter=False))
+    assert manager.run_pending() == 1
+    assert manager.poll(job_id).status is JobStatus.SCHEDULED
+    assert manager.run_pending() == 0  # not due yet
+    clock.advance(10)
+    assert manager.run_pending() == 1
+    clock.advance(20)
+    assert manager.run_pending() == 1
+    assert manager.poll(job_id).result == "ok"
+    manager.close()
+
+
+def test_run_pending_fires_schedules(db_path: str) -> None:
+    clock = FakeClock(start=1_900_000_000.0)
+    ticks: list[int] = []
+    manager = JobManager(db_path, clock=clock)
+    manager.enqueue(Job(function=lambda: ticks.append(1), cron="*/5 * * * * *"))
+    clock.advance(5)
+    manager.run_pending()
+    clock.advance(5)
+    manager.run_pending()
+    assert len(ticks) == 2
+    manager.close()
+
+
+def test_run_pending_refuses_a_started_threaded_manager(make_manager: Any, db_path: str) -> None:
+    manager = make_manager(db_path).start()
+    with pytest.raises(RuntimeError, match="not started"):
+        manager.run_pending()
