@@ -1,7 +1,8 @@
-"""Delivers job events to channels (callback, email, webhook) off-thread; never creates events.
+"""Notification channels (callback, email, webhook) and event formatting; never creates events.
 
 The engine decides which events happen and when, builds their dicts, and calls
-`NotificationDispatcher.publish`; this module only formats and delivers them. An event
+`NotificationDispatcher.publish` (in `notify_dispatch`), which calls each channel's
+`send` on a thread of its own; this module only formats and sends. An event
 has at least `event` ("job.dead_lettered", "job.completed", "job.retrying",
 "job.cancelled", ...), `job_id`, `name`, `function_name`, `status`, `error`, `error_type`,
 `attempts` and `timestamp` (ISO 8601), and may carry `traceback`. Timeouts are float
@@ -10,18 +11,15 @@ seconds.
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import math
 import re
 import smtplib
 import ssl
-import threading
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections import deque
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from email.message import EmailMessage
@@ -29,6 +27,7 @@ from email.utils import format_datetime, make_msgid
 from typing import Any, Callable, Protocol, runtime_checkable
 
 from jobcore.errors import JobcoreError
+from jobcore.notify_dispatch import NotificationDispatcher
 
 __all__ = [
     "DEAD_LETTERED",
@@ -49,7 +48,6 @@ DEAD_LETTERED = "job.dead_lettered"
 _BODY_FIELDS = ("event", "job_id", "name", "function_name", "status", "attempts",
                 "error_type", "error", "timestamp")
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")   # an RFC 9110 token
-_thread_numbers = itertools.count(1)
 
 
 class NotificationError(JobcoreError):
@@ -294,248 +292,6 @@ class WebhookNotificationChannel:
 
     def __repr__(self) -> str:
         return f"WebhookNotificationChannel({self._shown_url!r})"
-
-
-class _Delivery:
-    """One channel's queue, counters and thread; the dispatcher's `_lock` guards every field."""
-
-    def __init__(self, channel: Any, lock: threading.Lock) -> None:
-        self.channel = channel
-        self.pending: deque[dict[str, Any]] = deque()
-        # has_work (on the dispatcher's lock) is notified when pending grows or when
-        # stopping or retired is set: what the delivery thread waits for.
-        self.has_work = threading.Condition(lock)
-        self.accepted = 0       # events ever put in pending
-        self.finished = 0       # events that left pending: sent, failed or discarded
-        self.drop_streak = 0    # events dropped since pending last had room
-        self.thread: threading.Thread | None = None
-        self.stopping = False   # deliver what is pending, then let the thread end
-        self.retired = False    # removed, or its thread ended: flush no longer waits for it
-
-
-class NotificationDispatcher:
-    """Delivers events to channels on one daemon thread per channel, never on the caller's.
-
-    `publish` never waits for a channel: each channel has a queue of at most `queue_size`
-    events, and an event that finds it full is dropped for that channel (logged, counted in
-    `dropped`). A channel's thread (`jobcore-notify-<n>`) starts on the first event it
-    gets, so a slow or hung channel delays only its own queue. A channel that raises is
-    logged and delivery goes on. A channel's `wants` is called on the publishing thread.
-    Usable as a context manager that closes it on exit.
-    """
-
-    def __init__(self, channels: Iterable[Any] = (), *, queue_size: int = 10_000) -> None:
-        if not isinstance(queue_size, int) or isinstance(queue_size, bool):
-            raise TypeError(f"queue_size must be an int, got {type(queue_size).__name__}")
-        if queue_size < 1:
-            raise ValueError(f"queue_size must be at least 1, got {queue_size}")
-        self._queue_size = queue_size
-        # _lock guards _deliveries, _running, _closed, _dropped and every _Delivery's fields.
-        self._lock = threading.Lock()
-        # _progress (on _lock) is notified when a delivery finishes an event, retires, or
-        # its thread ends: what flush() and close() wait for.
-        self._progress = threading.Condition(self._lock)
-        self._deliveries: list[_Delivery] = []
-        self._running: set[_Delivery] = set()   # deliveries whose thread has not ended
-        self._closed = False
-        self._dropped = 0
-        for channel in channels:
-            self.add(channel)
-
-    @property
-    def channels(self) -> tuple[Any, ...]:
-        """The channels, in the order they were added."""
-        with self._lock:
-            return tuple(d.channel for d in self._deliveries)
-
-    @property
-    def dropped(self) -> int:
-        """How many (event, channel) deliveries were dropped because a queue was full."""
-        with self._lock:
-            return self._dropped
-
-    def add(self, channel: Any) -> None:
-        """Deliver future events to `channel`, which needs a callable `send(event)`.
-
-        Raises `TypeError` if it has none, `ValueError` if it was already added, and
-        `RuntimeError` after `close()`."""
-        if not callable(getattr(channel, "send", None)):
-            raise TypeError(
-                f"a notification channel needs a callable send(event), got {channel!r}")
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("cannot add a channel to a closed NotificationDispatcher")
-            if any(d.channel is channel for d in self._deliveries):
-                raise ValueError(f"channel {channel!r} was already added")
-            self._deliveries.append(_Delivery(channel, self._lock))
-
-    def remove(self, channel: Any) -> None:
-        """Stop delivering to `channel`; events still queued for it are discarded.
-
-        An event it is sending now finishes on its thread. `ValueError` if not added."""
-        with self._lock:
-            delivery = next((d for d in self._deliveries if d.channel is channel), None)
-            if delivery is None:
-                raise ValueError(f"channel {channel!r} was not added")
-            self._deliveries.remove(delivery)
-            discarded = self._retire(delivery)
-        if discarded:
-            logger.info("removed notification channel %r; %d queued events discarded",
-                        channel, discarded)
-
-    def publish(self, event: Mapping[str, Any]) -> None:
-        """Queue `event` for every channel that wants it, without waiting for any.
-
-        The event is copied, so the caller may reuse its dict. After `close()`, events are
-        ignored."""
-        if not isinstance(event, Mapping):
-            raise TypeError(f"an event must be a mapping, got {type(event).__name__}")
-        snapshot = dict(event)
-        with self._lock:
-            deliveries = [] if self._closed else list(self._deliveries)
-        # wants() is channel code: call it with no lock held.
-        wanted = [d for d in deliveries if _wants(d.channel, snapshot.get("event", ""))]
-        to_start, full, reopened = [], [], []
-        with self._lock:
-            for d in wanted:
-                if d.retired or d.stopping:
-                    continue
-                if len(d.pending) >= self._queue_size:
-                    d.drop_streak += 1
-                    self._dropped += 1
-                    if d.drop_streak & (d.drop_streak - 1) == 0:   # 1, 2, 4, 8...: log, not flood
-                        full.append((d.channel, d.drop_streak))
-                    continue
-                if d.drop_streak:
-                    reopened.append((d.channel, d.drop_streak))
-                    d.drop_streak = 0
-                d.pending.append(snapshot)
-                d.accepted += 1
-                if d.thread is None:
-                    d.thread = threading.Thread(target=self._deliver, args=(d,), daemon=True,
-                                                name=f"jobcore-notify-{next(_thread_numbers)}")
-                    self._running.add(d)
-                    to_start.append(d)
-                else:
-                    d.has_work.notify()
-        for d in to_start:
-            self._start(d)
-        for channel, count in full:
-            logger.warning("notification queue for %r is full (%d events): "
-                           "dropped %d events in a row", channel, self._queue_size, count)
-        for channel, count in reopened:
-            logger.warning("notification queue for %r has room again after dropping %d events",
-                           channel, count)
-
-    def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every channel has handled (sent, or failed on) each event published
-        before this call; False if `timeout` seconds passed first.
-
-        A hung channel makes this wait the full timeout, and forever when it is None.
-        Removed channels are not waited for."""
-        self._refuse_own_thread("flush")
-        with self._lock:
-            targets = [(d, d.accepted) for d in self._deliveries]
-            return self._progress.wait_for(
-                lambda: all(d.retired or d.finished >= n for d, n in targets), timeout)
-
-    def close(self, timeout: float | None = 5.0) -> bool:
-        """Stop accepting events, deliver what is queued, and let the threads end.
-
-        Waits at most `timeout` seconds (None: no limit); returns False if some channel
-        was still busy then. Delivery threads are daemons, so a hung channel never holds up
-        interpreter exit. Closing twice is harmless."""
-        self._refuse_own_thread("close")
-        with self._lock:
-            self._closed = True
-            for d in self._deliveries:
-                d.stopping = True
-                d.has_work.notify()
-            ended = self._progress.wait_for(lambda: not self._running, timeout)
-            busy = [(d.channel, len(d.pending)) for d in self._running]
-        for channel, left in busy:
-            logger.warning("notification channel %r still busy at close; "
-                           "%d queued events not delivered", channel, left)
-        return ended
-
-    def __enter__(self) -> NotificationDispatcher:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def _retire(self, d: _Delivery) -> int:
-        """Stop `d` at once; returns how many queued events were discarded. Holds _lock."""
-        discarded = len(d.pending)
-        d.pending.clear()
-        d.finished += discarded
-        d.retired = True
-        d.has_work.notify()
-        self._progress.notify_all()
-        return discarded
-
-    def _start(self, d: _Delivery) -> None:
-        assert d.thread is not None
-        try:
-            d.thread.start()
-        except RuntimeError as exc:   # "can't start new thread", or interpreter shutdown
-            with self._lock:
-                self._running.discard(d)
-                discarded = self._retire(d)
-            logger.error("cannot start a delivery thread for %r (%s); %d events discarded",
-                         d.channel, exc, discarded)
-
-    def _deliver(self, d: _Delivery) -> None:
-        try:
-            while True:
-                with self._lock:
-                    while not (d.pending or d.stopping or d.retired):
-                        d.has_work.wait()
-                    if not d.pending:   # retired, or stopping with nothing left
-                        return
-                    event = d.pending.popleft()
-                _send(d.channel, event)
-                with self._lock:
-                    d.finished += 1
-                    self._progress.notify_all()
-        finally:
-            with self._lock:
-                self._running.discard(d)
-                discarded = 0 if d.retired else self._retire(d)
-            if discarded:
-                logger.error("delivery thread for %r ended; %d queued events discarded",
-                             d.channel, discarded)
-
-    def _refuse_own_thread(self, method: str) -> None:
-        with self._lock:
-            mine = any(d.thread is threading.current_thread() for d in self._running)
-        if mine:
-            raise RuntimeError(
-                f"{method}() called from a notification channel would wait for itself")
-
-
-def _send(channel: Any, event: dict[str, Any]) -> None:
-    """Call `channel.send` with a copy of `event`, logging instead of raising."""
-    try:
-        channel.send(dict(event))
-    except (OSError, NotificationError) as exc:   # delivery trouble, not a bug: no traceback
-        logger.warning("notification channel %r could not deliver %s for job %s: %s: %s", channel,
-                       event.get("event"), event.get("job_id"), type(exc).__name__, exc)
-    except Exception:
-        logger.exception("notification channel %r failed on %s for job %s", channel,
-                         event.get("event"), event.get("job_id"))
-
-
-def _wants(channel: Any, event_name: str) -> bool:
-    wants = getattr(channel, "wants", None)
-    if wants is None:
-        return True
-    try:
-        return bool(wants(event_name))
-    except Exception:
-        logger.exception("notification channel %r failed in wants(%r); event skipped",
-                         channel, event_name)
-        return False
 
 
 def _event_names(events: Iterable[str] | None) -> frozenset[str] | None:
