@@ -13,55 +13,26 @@ import random
 import socket
 import threading
 import uuid
-from datetime import datetime
 from typing import Any, Callable, Collection, Iterable, Optional, Union
 
 from .clock import SYSTEM_CLOCK, Clock
-from .errors import InvalidJob, InvalidJobType, JobNotFound, UnknownFunction
+from .errors import InvalidJob, JobNotFound, UnknownFunction
 from .models import Job, JobResult, JobStatus, LogEntry, function_qualname
-from .notifications import NotificationDispatcher
+from .notify_dispatch import NotificationDispatcher
+from .records import event_of, job_of, local_datetime, record_for, result_of
 from .queue import ReadyQueue
 from .registry import FunctionRegistry, LocalJobs
-from .repository.base import CancelOutcome, JobRecord, JobRepository, WorkerInfo
-from .repository.memory import MemoryRepository
-from .repository.sqlite import SQLiteRepository
+from .repository.base import CancelOutcome, JobRecord, WorkerInfo
+from .repository.factory import RepositoryLike, build_repository, default_database_path
 from .retry import Classifier, is_transient
-from .scheduler import next_fire_epoch
 from .housekeeper import Housekeeper
 from .workers import PoolSettings, WorkerPool
 
 logger = logging.getLogger("jobcore")
 
-RepositoryLike = Union[JobRepository, str, "os.PathLike[str]", None]
+__all__ = ["JobManager", "build_repository", "default_database_path"]
+
 READY_LOAD_LIMIT = 10_000  # a window: the queue is refilled as it drains
-
-
-def default_database_path() -> str:
-    """`$JOBCORE_DB`, or `./jobcore.db`."""
-    return os.environ.get("JOBCORE_DB") or os.path.join(os.getcwd(), "jobcore.db")
-
-
-def build_repository(repository: RepositoryLike) -> JobRepository:
-    """A repository from what `JobManager` accepts: an instance, a path, or None."""
-    if isinstance(repository, JobRepository):
-        return repository
-    if repository is None:
-        return SQLiteRepository(default_database_path())
-    if isinstance(repository, (str, os.PathLike)):
-        text = os.fspath(repository)
-        if text == ":memory:":
-            return MemoryRepository()
-        return SQLiteRepository(text)
-    raise TypeError(f"repository must be a JobRepository, a path or None, got {repository!r}")
-
-
-def _epoch(moment: datetime) -> float:
-    """Epoch seconds of a datetime; naive means local time."""
-    return moment.timestamp()
-
-
-def _local(ts: Optional[float]) -> Optional[datetime]:
-    return None if ts is None else datetime.fromtimestamp(ts)
 
 
 def _positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
@@ -280,27 +251,12 @@ class JobManager:
 
     def _record_for(self, job: Job, now: float) -> JobRecord:
         name = job.function_name
-        assert name is not None and job.name is not None
+        assert name is not None
         if job.function is None and name not in self._registry and not self.producer:
             raise UnknownFunction(name)
         if job.isolation != "thread":
             raise InvalidJob("isolation", f"{job.isolation!r} is not supported yet; use 'thread'")
-        scheduled_at = None if job.scheduled_at is None else _epoch(job.scheduled_at)
-        due_later = scheduled_at is not None and scheduled_at > now
-        run_at = scheduled_at if due_later else None
-        if job.cron is not None:  # a schedule: due at its first fire
-            run_at = next_fire_epoch(job.cron, job.cron_timezone, max(now, scheduled_at or now))
-            due_later = True
-        return JobRecord(
-            id=job.id, function_name=name, name=job.name, args=job.args, kwargs=dict(job.kwargs),
-            priority=int(job.priority), status=JobStatus.SCHEDULED if due_later else JobStatus.PENDING,
-            scheduled_at=scheduled_at, run_at=run_at,
-            max_retries=job.max_retries, retry_delay=job.retry_delay, retry_backoff=job.retry_backoff,
-            retry_jitter=job.retry_jitter, timeout=job.timeout, tags=frozenset(job.tags),
-            metadata=dict(job.metadata), owner=job.owner, unique_key=job.unique_key,
-            isolation=job.isolation, depends_on=tuple(job.depends_on),
-            blocked=len(job.depends_on), cron=job.cron, cron_timezone=job.cron_timezone,
-        )
+        return record_for(job, now)
 
     def _bind_function(self, job: Job) -> None:
         if job.function is not None:
@@ -316,7 +272,7 @@ class JobManager:
     def poll(self, job_id: str) -> Optional[JobResult]:
         """The job's current state, or None for an unknown id."""
         record = self.repository.get(job_id)
-        return None if record is None else self._result(record)
+        return None if record is None else result_of(record)
 
     def wait(self, job_id: str, timeout: Optional[float] = None) -> JobResult:
         """Block until the job is terminal (whichever process runs it) and return it.
@@ -333,7 +289,7 @@ class JobManager:
             if record is None:
                 raise JobNotFound(job_id)
             if record.status.is_terminal:
-                return self._result(record)
+                return result_of(record)
             remaining = None if deadline is None else deadline - SYSTEM_CLOCK.monotonic()
             if remaining is not None and remaining <= 0:
                 raise TimeoutError(f"job {job_id!r} is still {record.status.value} after {timeout}s")
@@ -349,31 +305,6 @@ class JobManager:
             self._settled_count += 1
             self._settled.notify_all()
 
-    def _result(self, record: JobRecord) -> JobResult:
-        return JobResult(
-            job_id=record.id, name=record.name, status=record.status, progress=record.progress,
-            progress_message=record.progress_message, progress_details=dict(record.progress_details),
-            result=record.result, error=record.error, error_type=record.error_type,
-            traceback=record.traceback, attempts=record.attempts, created_at=_local(record.created_at),
-            scheduled_at=_local(record.scheduled_at if record.run_at is None else record.run_at),
-            started_at=_local(record.started_at), completed_at=_local(record.completed_at),
-            owner=record.owner, tags=frozenset(record.tags), metadata=dict(record.metadata),
-            function_name=record.function_name, priority=record.priority, max_retries=record.max_retries,
-            depends_on=tuple(record.depends_on), worker_id=record.worker_id, cron=record.cron,
-        )
-
-    def _job(self, record: JobRecord) -> Job:
-        return Job(
-            function=self._registry.get(record.function_name), function_name=record.function_name,
-            args=tuple(record.args), kwargs=dict(record.kwargs), name=record.name,
-            priority=record.priority, scheduled_at=_local(record.scheduled_at),
-            depends_on=list(record.depends_on), max_retries=record.max_retries,
-            retry_delay=record.retry_delay, retry_backoff=record.retry_backoff,
-            retry_jitter=record.retry_jitter, timeout=record.timeout, tags=set(record.tags),
-            metadata=dict(record.metadata), owner=record.owner, unique_key=record.unique_key,
-            isolation=record.isolation, id=record.id,
-        )
-
     def list_jobs(self, status: Union[JobStatus, str, None] = None, tags: Union[str, Collection[str], None] = None,
                   owner: Optional[str] = None, limit: Optional[int] = 50, offset: int = 0) -> list[JobResult]:
         """Jobs newest first, filtered by status, owner, and carrying all of `tags`."""
@@ -385,7 +316,7 @@ class JobManager:
         if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
             raise ValueError(f"offset must be an int >= 0, got {offset!r}")
         records = self.repository.list(status=wanted, tags=tags, owner=owner, limit=limit, offset=offset)
-        return [self._result(record) for record in records]
+        return [result_of(record) for record in records]
 
     @staticmethod
     def _status_arg(status: Union[JobStatus, str, None]) -> Optional[JobStatus]:
@@ -400,7 +331,7 @@ class JobManager:
     def get_dead_letter_queue(self, limit: Optional[int] = None) -> list[tuple[Job, JobResult]]:
         """The FAILED jobs, newest first, as (job, result) pairs."""
         records = self.repository.list(status=JobStatus.FAILED, limit=limit)
-        return [(self._job(record), self._result(record)) for record in records]
+        return [(job_of(record, self._registry.get(record.function_name)), result_of(record)) for record in records]
 
     def get_stats(self) -> dict[str, int]:
         """Job counts: `total` and one lower-case key per status.
@@ -427,7 +358,7 @@ class JobManager:
 
     def get_logs(self, job_id: str) -> list[LogEntry]:
         """The job's log lines, oldest first (empty for an unknown id)."""
-        return [LogEntry(datetime.fromtimestamp(at), level, message)
+        return [LogEntry(local_datetime(at), level, message)
                 for at, level, message in self.repository.logs(job_id)]
 
     # -- changing ------------------------------------------------------------------------------------
@@ -475,20 +406,8 @@ class JobManager:
         self._notifier.add(channel)
 
     def _publish(self, event: str, record: JobRecord, details: dict[str, Any]) -> None:
-        if not self._notifier.channels:
-            return
-        payload = {
-            "event": event, "job_id": record.id, "name": record.name,
-            "function_name": record.function_name, "attempts": record.attempts,
-            "status": {"job.completed": "completed", "job.cancelled": "cancelled",
-                       "job.dead_lettered": "failed", "job.retrying": "scheduled"}.get(event),
-            "error": details.get("error"), "error_type": details.get("error_type"),
-            "traceback": details.get("traceback"), "owner": record.owner,
-            "timestamp": datetime.fromtimestamp(self._clock.time()).astimezone().isoformat(),
-        }
-        if "retry_at" in details:
-            payload["retry_at"] = datetime.fromtimestamp(details["retry_at"]).astimezone().isoformat()
-        self._notifier.publish(payload)
+        if self._notifier.channels:
+            self._notifier.publish(event_of(event, record, details, self._clock.time()))
 
     def __repr__(self) -> str:
         state = "running" if self._running else "stopped"

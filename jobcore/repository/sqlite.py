@@ -15,7 +15,7 @@ import threading
 from typing import Any, Collection, Iterator, Optional, Sequence
 
 from .. import serialization
-from ..errors import DependencyError, RepositoryError
+from ..errors import RepositoryError
 from ..models import JobStatus
 from . import sqlite_schema as sql
 from ._cascade import dependency_error_message, plan_batch

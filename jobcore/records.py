@@ -1,0 +1,89 @@
+"""Conversions between the public model (`Job`, `JobResult`, events) and stored `JobRecord`s.
+
+Pure functions: no storage, no threads, no clock (times come in as arguments). Stored
+times are epoch seconds; the public model shows naive local datetimes.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Callable, Optional
+
+from .models import Job, JobResult, JobStatus
+from .repository.base import JobRecord
+from .scheduler import next_fire_epoch
+
+_EVENT_STATUS = {"job.completed": "completed", "job.cancelled": "cancelled",
+                 "job.dead_lettered": "failed", "job.retrying": "scheduled"}
+
+
+def local_datetime(ts: Optional[float]) -> Optional[datetime]:
+    """A naive local datetime from epoch seconds (None stays None)."""
+    return None if ts is None else datetime.fromtimestamp(ts)
+
+
+def record_for(job: Job, now: float) -> JobRecord:
+    """The record that stores a validated `job` enqueued at `now`.
+
+    A future `scheduled_at` makes it SCHEDULED; a `cron` job becomes a schedule due at its
+    first fire (not before `scheduled_at`)."""
+    assert job.function_name is not None and job.name is not None
+    scheduled_at = None if job.scheduled_at is None else job.scheduled_at.timestamp()
+    due_later = scheduled_at is not None and scheduled_at > now
+    run_at = scheduled_at if due_later else None
+    if job.cron is not None:
+        run_at = next_fire_epoch(job.cron, job.cron_timezone, max(now, scheduled_at or now))
+        due_later = True
+    return JobRecord(
+        id=job.id, function_name=job.function_name, name=job.name, args=job.args,
+        kwargs=dict(job.kwargs), priority=int(job.priority),
+        status=JobStatus.SCHEDULED if due_later else JobStatus.PENDING,
+        scheduled_at=scheduled_at, run_at=run_at, max_retries=job.max_retries,
+        retry_delay=job.retry_delay, retry_backoff=job.retry_backoff, retry_jitter=job.retry_jitter,
+        timeout=job.timeout, tags=frozenset(job.tags), metadata=dict(job.metadata), owner=job.owner,
+        unique_key=job.unique_key, isolation=job.isolation, depends_on=tuple(job.depends_on),
+        blocked=len(job.depends_on), cron=job.cron, cron_timezone=job.cron_timezone,
+    )
+
+
+def result_of(record: JobRecord) -> JobResult:
+    """What `poll` shows of a stored job. `scheduled_at` is when it is next due, if it is."""
+    return JobResult(
+        job_id=record.id, name=record.name, status=record.status, progress=record.progress,
+        progress_message=record.progress_message, progress_details=dict(record.progress_details),
+        result=record.result, error=record.error, error_type=record.error_type,
+        traceback=record.traceback, attempts=record.attempts,
+        created_at=local_datetime(record.created_at),
+        scheduled_at=local_datetime(record.scheduled_at if record.run_at is None else record.run_at),
+        started_at=local_datetime(record.started_at), completed_at=local_datetime(record.completed_at),
+        owner=record.owner, tags=frozenset(record.tags), metadata=dict(record.metadata),
+        function_name=record.function_name, priority=record.priority, max_retries=record.max_retries,
+        depends_on=tuple(record.depends_on), worker_id=record.worker_id, cron=record.cron,
+    )
+
+
+def job_of(record: JobRecord, function: Optional[Callable[..., Any]]) -> Job:
+    """The `Job` a stored record was made from (with `function` if registered here)."""
+    return Job(
+        function=function, function_name=record.function_name, args=tuple(record.args),
+        kwargs=dict(record.kwargs), name=record.name, priority=record.priority,
+        scheduled_at=local_datetime(record.scheduled_at), depends_on=list(record.depends_on),
+        max_retries=record.max_retries, retry_delay=record.retry_delay,
+        retry_backoff=record.retry_backoff, retry_jitter=record.retry_jitter, timeout=record.timeout,
+        tags=set(record.tags), metadata=dict(record.metadata), owner=record.owner,
+        unique_key=record.unique_key, isolation=record.isolation, id=record.id,
+    )
+
+
+def event_of(event: str, record: JobRecord, details: dict[str, Any], now: float) -> dict[str, Any]:
+    """The dict notification channels receive for `event` about `record`."""
+    payload = {
+        "event": event, "job_id": record.id, "name": record.name,
+        "function_name": record.function_name, "attempts": record.attempts,
+        "status": _EVENT_STATUS.get(event), "error": details.get("error"),
+        "error_type": details.get("error_type"), "traceback": details.get("traceback"),
+        "owner": record.owner, "timestamp": datetime.fromtimestamp(now).astimezone().isoformat(),
+    }
+    if details.get("retry_at") is not None:
+        payload["retry_at"] = datetime.fromtimestamp(details["retry_at"]).astimezone().isoformat()
+    return payload
