@@ -279,7 +279,8 @@ class WorkerPool:
         settlements = [self._decide(f, now) for f in finished]
         try:
             cascades, claimed = self._repo.apply(settlements, claim_ids, self.worker_id, now,
-                                                 now + self._settings.lease_timeout)
+                                                 now + self._settings.lease_timeout,
+                                                 top_up=self._registry.names)
         except RepositoryError as exc:
             logger.error("could not record %d outcomes / claim %d jobs, will retry: %s",
                          len(settlements), len(claim_ids), exc)

@@ -245,10 +245,13 @@ class JobRepository(abc.ABC):
                          traceback=None, now=now, retry_at=now) is not None
 
     def apply(self, settlements: Sequence[Settlement], claim_ids: Sequence[str], worker_id: str,
-              now: float, lease_expires_at: float) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
+              now: float, lease_expires_at: float, top_up: Optional[Collection[str]] = None,
+              ) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
         """Record `settlements` (each as `complete`/`fail`/`finish_cancelled`/`release`
         would, each a compare-and-set on its attempt) and then claim what it can of
         `claim_ids` (as `claim` would), in as few transactions as the backend allows.
+        With `top_up` (function names), claims that failed (another process took the job)
+        are made up with the best ready jobs naming those functions, as `ready` orders them.
 
         Returns, in order, each settlement's cascade (None where the worker no longer held
         the job; for "release", an empty Cascade when it applied), and the records claimed.
@@ -257,6 +260,11 @@ class JobRepository(abc.ABC):
         cascades = [self._apply_one(s, worker_id, now) for s in settlements]
         claimed = [r for r in (self.claim(job_id, worker_id, now, lease_expires_at) for job_id in claim_ids)
                    if r is not None]
+        if top_up is not None and len(claimed) < len(claim_ids):
+            for entry in self.ready(top_up, len(claim_ids) - len(claimed)):
+                record = self.claim(entry.job_id, worker_id, now, lease_expires_at)
+                if record is not None:
+                    claimed.append(record)
         return cascades, claimed
 
     def _apply_one(self, s: Settlement, worker_id: str, now: float) -> Optional[Cascade]:

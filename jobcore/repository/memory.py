@@ -237,9 +237,10 @@ class MemoryRepository(JobRepository):
             return True
 
     def apply(self, settlements: Sequence[Settlement], claim_ids: Sequence[str], worker_id: str,
-              now: float, lease_expires_at: float) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
+              now: float, lease_expires_at: float, top_up: Optional[Collection[str]] = None,
+              ) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
         with self._lock:  # one atomic step, as SQLite's single transaction
-            return super().apply(settlements, claim_ids, worker_id, now, lease_expires_at)
+            return super().apply(settlements, claim_ids, worker_id, now, lease_expires_at, top_up)
 
     def cancel(self, job_id: str, now: float, reason: str) -> tuple[CancelOutcome, Cascade]:
         with self._lock:

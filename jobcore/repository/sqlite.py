@@ -355,7 +355,8 @@ class SQLiteRepository(JobRepository):
         return serialization.encode(s.result, field="result", max_bytes=self.max_payload_bytes)
 
     def apply(self, settlements: Sequence[Settlement], claim_ids: Sequence[str], worker_id: str,
-              now: float, lease_expires_at: float) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
+              now: float, lease_expires_at: float, top_up: Optional[Collection[str]] = None,
+              ) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
         """One transaction for every settlement and the claims (a group commit)."""
         encoded = [self._encode_result(s) for s in settlements]  # raises before writing
 
@@ -365,6 +366,10 @@ class SQLiteRepository(JobRepository):
             if claim_ids:
                 params = (now, worker_id, lease_expires_at, json.dumps(list(claim_ids)), now)
                 rows = conn.execute(sql.CLAIM_MANY, params).fetchall()
+                missing = len(claim_ids) - len(rows)
+                if top_up is not None and missing > 0:
+                    params = (now, worker_id, lease_expires_at, json.dumps(sorted(top_up)), missing)
+                    rows += conn.execute(sql.CLAIM_BEST, params).fetchall()
             return cascades, rows
 
         cascades, rows = self._group.run(op)

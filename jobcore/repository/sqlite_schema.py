@@ -151,6 +151,17 @@ WHERE id IN (SELECT value FROM json_each(?)) AND blocked = 0 AND cron IS NULL
   AND (+status = 'pending' OR (+status = 'scheduled' AND run_at <= ?))
 RETURNING {COLUMNS}
 """
+# Claims the best ready jobs by the ready index when the ids a manager knew of went stale
+# (other processes took them): one statement, no sort (INDEXED BY as in SELECT_READY).
+CLAIM_BEST = f"""
+UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?, worker_id = ?,
+    lease_expires_at = ?, cancel_requested = 0
+WHERE id IN (SELECT id FROM jobs INDEXED BY jobs_ready
+             WHERE status = 'pending' AND blocked = 0 AND cron IS NULL
+               AND function_name IN (SELECT value FROM json_each(?))
+             ORDER BY priority DESC, seq LIMIT ?)
+RETURNING {COLUMNS}
+"""
 _HELD = "id = ? AND status = 'running' AND worker_id = ? AND attempts = ?"
 RELEASE = f"""
 UPDATE jobs SET status = 'pending', attempts = attempts - 1, worker_id = NULL,
