@@ -281,9 +281,13 @@ class WorkerPool:
             cascades, claimed = self._repo.apply(settlements, claim_ids, self.worker_id, now,
                                                  now + self._settings.lease_timeout,
                                                  top_up=self._registry.names)
-        except RepositoryError as exc:
-            logger.error("could not record %d outcomes / claim %d jobs, will retry: %s",
-                         len(settlements), len(claim_ids), exc)
+        except Exception as exc:  # storage trouble (or a backend bug): retry, never die
+            if isinstance(exc, RepositoryError):
+                logger.error("could not record %d outcomes / claim %d jobs, will retry: %s",
+                             len(settlements), len(claim_ids), exc)
+            else:
+                logger.exception("repository failed to record %d outcomes / claim %d jobs; will retry",
+                                 len(settlements), len(claim_ids))
             for entry in entries:
                 if not entry.is_schedule:
                     self._queue.push(entry)
