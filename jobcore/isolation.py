@@ -1,18 +1,16 @@
-"""Process isolation: `ProcessRunner` runs job attempts in a pool of reusable child processes.
+"""Process isolation: a pool of reusable child processes running job attempts; no retry policy, no storage.
 
 A timeout or a cancel terminates the child (SIGTERM, then SIGKILL after a grace period)
 and a fresh one replaces it on demand; a child that dies fails the attempt with
 `WorkerProcessDied`. Children come from the `forkserver` context on Linux and `spawn`
 elsewhere, never from a fork of the threaded engine. This module decides nothing about
 retries, persists nothing, and does not pick which jobs run isolated: the worker pool
-hands it attempts. The child's side is `jobcore.isolation_child`.
+hands it attempts. The child's loop is `jobcore.isolation_child`; what crosses the pipe,
+`jobcore.isolation_wire`.
 """
 
 from __future__ import annotations
 
-import functools
-import importlib
-import inspect
 import logging
 import multiprocessing
 import pickle
@@ -28,9 +26,14 @@ from typing import Any, Callable, Optional, Union
 
 from .clock import Clock, SystemClock
 from .context import JobContext
-from .errors import JobCancelled, JobcoreError, JobTimeout, PermanentError
+from .errors import JobCancelled, JobcoreError, JobTimeout
 from .execution import Outcome
-from .isolation_child import AttemptRequest, RemoteFailure, serve
+from .isolation_child import memory_limit_supported, serve
+from .isolation_wire import (AttemptRequest, NotIsolatable, RemoteError, RemoteFailure,
+                              isolation_problem, rebuild_exception)
+
+__all__ = ["NotIsolatable", "ProcessRunner", "RemoteError", "RunnerStats", "WorkerProcessDied",
+           "isolation_problem", "memory_limit_supported"]
 
 logger = logging.getLogger("jobcore.isolation")
 
@@ -47,30 +50,6 @@ class WorkerProcessDied(JobcoreError, OSError):
         self.pid = pid
 
 
-class NotIsolatable(PermanentError, TypeError):
-    """The job's function cannot be found by name in a child process (a lambda, a nested
-    function, a bound method...). Raised at enqueue; as an attempt's error, never retried."""
-
-    def __init__(self, function: str, problem: str) -> None:
-        super().__init__(f"{function} cannot run with isolation='process': {problem}")
-        self.function = function
-        self.problem = problem
-
-
-class RemoteError(JobcoreError):
-    """An exception from a child whose class could not be rebuilt here.
-
-    The instance's class is a subclass named like the original (so `error_type` reads the
-    same) that also derives from the nearest base class importable here, so
-    `isinstance(err, ConnectionError)` still holds for a subclass of it."""
-
-    def __init__(self, message: str, type_module: str, type_qualname: str, remote_traceback: str) -> None:
-        super().__init__(message)
-        self.type_module = type_module
-        self.type_qualname = type_qualname
-        self.remote_traceback = remote_traceback
-
-
 @dataclass(frozen=True)
 class RunnerStats:
     """Counters of a `ProcessRunner` since it was built."""
@@ -81,116 +60,6 @@ class RunnerStats:
     idle: int         # children waiting for an attempt
     terminated: int   # children ended by a timeout or cancel
     died: int         # children that died on their own
-
-
-def memory_limit_supported() -> bool:
-    """True if `memory_limit` is enforced here (RLIMIT_AS on Linux and similar)."""
-    try:
-        import resource
-    except ImportError:
-        return False
-    return hasattr(resource, "RLIMIT_AS") and sys.platform != "darwin"
-
-
-def isolation_problem(func: Callable[..., Any]) -> Optional[str]:
-    """None if a child process can import `func` by module and qualified name and call it;
-    otherwise a sentence saying why not. Call it at enqueue for `isolation="process"`."""
-    if not callable(func):
-        return f"{func!r} is not callable"
-    if isinstance(func, functools.partial):
-        return "a functools.partial has no importable name; register the function itself and pass arguments in the job"
-    owner = getattr(func, "__self__", None)
-    if (inspect.ismethod(func) or inspect.isbuiltin(func)) and owner is not None \
-            and not isinstance(owner, type) and not inspect.ismodule(owner):
-        return (f"it is a method bound to a {type(owner).__name__} instance, which a child process"
-                " cannot look up by name; use a module-level function, classmethod or staticmethod")
-    module = getattr(func, "__module__", None)
-    qualname = getattr(func, "__qualname__", None)
-    if not isinstance(module, str) or not isinstance(qualname, str):
-        return ("it has no __module__ and __qualname__ to find it by (a callable object?);"
-                " use a module-level function")
-    if "<lambda>" in qualname:
-        return "it is a lambda, which has no name a child process can import; define it with def at module level"
-    if "<locals>" in qualname:
-        return (f"it is defined inside another function ({qualname}), so a child process cannot"
-                " import it; move it to module level")
-    loaded = sys.modules.get(module)
-    if loaded is None:
-        return f"its module {module!r} is not imported here"
-    if module == "__main__" and not getattr(loaded, "__file__", None):
-        return ("it is defined in an interactive __main__ (no script file), which a child process"
-                " cannot import; move it into a module")
-    target: Any = loaded
-    for part in qualname.split("."):
-        target = getattr(target, part, _MISSING)
-        if target is _MISSING:
-            return f"{module}.{qualname} does not lead back to it; define it at module level"
-    if target is not func and target != func:
-        return (f"{module}.{qualname} names a different object (decorated without functools.wraps,"
-                " or redefined?); register the object that module attribute holds")
-    return None
-
-
-_MISSING = object()
-
-
-def rebuild_exception(failure: RemoteFailure) -> BaseException:
-    """The exception a child reported: the original class when it can be rebuilt with the
-    same message, else a `RemoteError` subclass named like it."""
-    if failure.pickled is not None:
-        try:
-            exc = pickle.loads(failure.pickled)
-            if isinstance(exc, BaseException):
-                return exc
-        except Exception:  # the class does not load here: fall through
-            pass
-    cls = _resolve(failure.module, failure.qualname)
-    if isinstance(cls, type) and issubclass(cls, BaseException):
-        try:
-            exc = cls.__new__(cls)
-            exc.args = failure.args if failure.args is not None else (failure.message,)
-            if failure.state:
-                exc.__dict__.update(failure.state)
-            if str(exc) == failure.message:
-                return exc
-        except Exception:  # a class with its own ideas about construction
-            pass
-    return _remote_class(failure)(failure.message, failure.module, failure.qualname, failure.traceback)
-
-
-_remote_classes: dict[tuple[str, str], type[RemoteError]] = {}
-
-
-def _remote_class(failure: RemoteFailure) -> type[RemoteError]:
-    key = (failure.module, failure.qualname)
-    known = _remote_classes.get(key)
-    if known is not None:
-        return known
-    base: Optional[type] = None
-    for module, qualname in failure.bases:
-        found = _resolve(module, qualname)
-        if isinstance(found, type) and issubclass(found, BaseException):
-            base = found
-            break
-    namespace = {"__module__": failure.module, "__qualname__": failure.qualname}
-    name = failure.qualname.rpartition(".")[2]
-    cls: type[RemoteError] = type(name, (RemoteError,), namespace)
-    if base is not None and not issubclass(RemoteError, base):
-        try:
-            cls = type(name, (RemoteError, base), namespace)
-        except TypeError:  # incompatible layouts: the name and message still come through
-            pass
-    return _remote_classes.setdefault(key, cls)
-
-
-def _resolve(module: str, qualname: str) -> Any:
-    try:
-        target: Any = importlib.import_module(module)
-        for part in qualname.split("."):
-            target = getattr(target, part)
-    except Exception:
-        return None
-    return target
 
 
 def _default_start_method() -> str:
@@ -240,8 +109,11 @@ class ProcessRunner:
         # Every child not yet ended; shared with the exit-time finalizer, which must not
         # hold a reference to self. Guarded by _cond's lock.
         self._children: set[_Child] = set()
+        # Children get the read end; the write end stays here only (spawn and forkserver
+        # pass no other descriptors), so it reads as ended when this process is gone.
+        self._lifeline, lifeline_w = self._mp.Pipe(duplex=False)
         # exitpriority: runs at interpreter exit before multiprocessing joins its children.
-        self._finalizer = Finalize(self, _end_all, args=(self._children, self._cond, self._grace),
+        self._finalizer = Finalize(self, _end_all, args=(self._children, self._cond, self._grace, lifeline_w),
                                    exitpriority=10)
 
     @property
@@ -301,14 +173,15 @@ class ProcessRunner:
                                                f" child process (they must pickle): {exc}"))
             try:
                 child.conn.send_bytes(data)
-            except OSError:
-                self._dead(child, context)
+            except OSError:  # it died while idle, just now
+                self._dead(child)
                 continue
             child.sys_path = path
             # The timeout counts from here: starting a child is the pool's cost, not the job's.
             deadline = None if timeout is None else self._clock.monotonic() + timeout
             return self._supervise(child, context, timeout, deadline)
-        return self._dead_outcome(None, None, context, "could not be handed the job")
+        return Outcome(error=WorkerProcessDied(f"two child processes in a row died before job {context.id}"
+                                               " could be handed to them"))
 
     def _acquire(self, context: JobContext) -> Union[_Child, Outcome]:
         """An idle child, or a new one when below the limit; waits for one otherwise."""
@@ -323,11 +196,14 @@ class ProcessRunner:
                 if self._idle:
                     idle = self._idle.pop()  # the warmest child
                     self._running += 1
-                    self._reused += 1
             if idle is not None:
                 if idle.process.is_alive():
+                    with self._cond:
+                        self._reused += 1
                     return idle
-                self._dead(idle, context)  # killed while idle (OOM killer, kill): replace it
+                exitcode = self._dead(idle)  # killed while idle (OOM killer, kill): replace it
+                logger.warning("idle child process %s had died (exit status %s); replacing it",
+                               idle.pid, exitcode)
                 continue
             with self._cond:
                 if self._live < self._max:
@@ -348,7 +224,8 @@ class ProcessRunner:
 
     def _start_child(self) -> _Child:
         parent_end, child_end = self._mp.Pipe(duplex=True)
-        process = self._mp.Process(target=serve, args=(child_end,), name="jobcore-isolated", daemon=False)
+        process = self._mp.Process(target=serve, args=(child_end, self._lifeline), name="jobcore-isolated",
+                                   daemon=False)
         try:
             process.start()
         finally:
@@ -373,12 +250,12 @@ class ProcessRunner:
                 try:
                     raw = child.conn.recv_bytes()
                 except (EOFError, OSError):
-                    return self._dead(child, context)
+                    return self._died_outcome(self._dead(child), child.pid, context)
                 outcome = self._handle(raw, child, context)
                 if outcome is not None:
                     return outcome
             elif ready:  # only the sentinel: dead, yet something holds its pipe open
-                return self._dead(child, context)
+                return self._died_outcome(self._dead(child), child.pid, context)
             stopped = self._stopped(context, timeout, deadline)
             if stopped is not None:
                 self._terminate(child)
@@ -444,14 +321,15 @@ class ProcessRunner:
             self._forget_locked(child)
         _end(child, self._grace, polite=False)
 
-    def _dead(self, child: _Child, context: JobContext) -> Outcome:
+    def _dead(self, child: _Child) -> Optional[int]:
+        """Account for a child that died on its own and reap it; returns its exit code."""
         with self._cond:
             self._died += 1
             self._forget_locked(child)
         child.process.join(self._grace)  # its pipe closed: the exit status follows at once
-        exitcode = child.process.exitcode
+        exitcode: Optional[int] = child.process.exitcode
         _end(child, self._grace, polite=False)
-        return self._dead_outcome(exitcode, child.pid, context, "died")
+        return exitcode
 
     def _forget_locked(self, child: _Child) -> None:
         self._live -= 1
@@ -460,17 +338,17 @@ class ProcessRunner:
         self._cond.notify()
 
     @staticmethod
-    def _dead_outcome(exitcode: Optional[int], pid: Optional[int], context: JobContext, what: str) -> Outcome:
-        if exitcode is not None and exitcode < 0:
+    def _died_outcome(exitcode: Optional[int], pid: Optional[int], context: JobContext) -> Outcome:
+        if exitcode is None:
+            how = "died"
+        elif exitcode < 0:
             how = f"was killed by signal {-exitcode} ({_signal_name(-exitcode)})"
             if -exitcode == signal.SIGKILL:
                 how += ": the out-of-memory killer, or a kill from outside"
             elif -exitcode == signal.SIGSEGV:
                 how += ": a crash in native code"
-        elif exitcode is not None:
-            how = f"exited with code {exitcode} (os._exit, a fatal error, or a failed start)"
         else:
-            how = what
+            how = f"exited with code {exitcode} (os._exit, a fatal error, or a failed start)"
         message = f"the child process (pid {pid}) running job {context.id} {how} before returning a result"
         logger.warning("%s", message)
         return Outcome(error=WorkerProcessDied(message, exitcode=exitcode, pid=pid))
@@ -519,13 +397,14 @@ def _end(child: _Child, grace: float, *, polite: bool) -> None:
         process.close()
 
 
-def _end_all(children: set[_Child], lock: threading.Condition, grace: float) -> None:
+def _end_all(children: set[_Child], lock: threading.Condition, grace: float, lifeline: Connection) -> None:
     """At interpreter exit (or when the runner is collected): end every child left."""
     with lock:
         remaining = list(children)
         children.clear()
     for child in remaining:
         _end(child, grace, polite=False)
+    lifeline.close()
 
 
 def _signal_name(number: int) -> str:

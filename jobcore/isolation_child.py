@@ -1,4 +1,4 @@
-"""The child side of process isolation: the loop a pooled child process runs, and the wire format.
+"""The loop a pooled child process runs: attempts it is sent; it decides no timeouts or retries.
 
 A child receives one `AttemptRequest` at a time over its pipe, imports the job's function
 by module and qualified name, runs it with `current_job()` bound to a context whose
@@ -14,100 +14,24 @@ Messages from the child are tuples: `("progress", progress, message, details)`,
 from __future__ import annotations
 
 import asyncio
-import importlib
 import inspect
 import os
-import pickle
 import signal
 import sys
 import threading
 import traceback as traceback_module
-from dataclasses import dataclass
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait as wait_for_ready
 from multiprocessing.reduction import ForkingPickler
 from typing import Any, Callable, Optional
 
 from .context import JobContext, bind, unbind
 from .execution import accepts_progress_callback
-
-ORPHAN_CHECK_INTERVAL = 1.0  # seconds between checks that the parent is still alive
+from .isolation_wire import AttemptRequest, describe_exception, resolve_function
 
 try:
     import resource
 except ImportError:  # not on Windows
     resource = None  # type: ignore[assignment]
-
-
-@dataclass(frozen=True)
-class AttemptRequest:
-    """What the parent sends to run one attempt: the function by name, and the job."""
-
-    module: str
-    qualname: str
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    job_id: str
-    name: str
-    attempt: int
-    memory_limit: Optional[int] = None          # bytes of address space (RLIMIT_AS)
-    sys_path: Optional[tuple[str, ...]] = None   # the parent's sys.path when it changed
-
-
-@dataclass(frozen=True)
-class RemoteFailure:
-    """An exception raised in the child, in a form that always crosses the pipe.
-
-    `pickled` holds the instance only when it survived a pickle round trip with the same
-    type and message; `args` and `state` (its `__dict__`) only when they pickle; `bases`
-    names the exception classes in its MRO after its own, nearest first."""
-
-    module: str
-    qualname: str
-    message: str
-    traceback: str
-    pickled: Optional[bytes] = None
-    args: Optional[tuple[Any, ...]] = None
-    state: Optional[dict[str, Any]] = None
-    bases: tuple[tuple[str, str], ...] = ()
-
-
-def describe_exception(exc: BaseException, traceback_text: str) -> RemoteFailure:
-    """Pack `exc` for the trip to the parent (see `RemoteFailure`)."""
-    cls = type(exc)
-    message = _safe_str(exc)
-    pickled = None
-    try:
-        data = pickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)
-        copy = pickle.loads(data)
-        if type(copy) is cls and _safe_str(copy) == message:
-            pickled = data
-    except Exception:  # unpicklable, or a constructor that does not accept its own args
-        pass
-    return RemoteFailure(
-        module=getattr(cls, "__module__", "builtins") or "builtins",
-        qualname=getattr(cls, "__qualname__", cls.__name__),
-        message=message, traceback=traceback_text, pickled=pickled,
-        args=_if_picklable(tuple(exc.args)), state=_if_picklable(dict(getattr(exc, "__dict__", {}))),
-        bases=tuple((base.__module__, base.__qualname__) for base in cls.__mro__[1:]
-                    if isinstance(base, type) and issubclass(base, BaseException)),
-    )
-
-
-def resolve_function(module: str, qualname: str) -> Callable[..., Any]:
-    """Import `module` and follow `qualname` to the job's callable; ImportError if absent."""
-    try:
-        target: Any = importlib.import_module(module)
-    except Exception as exc:
-        raise ImportError(f"the child process cannot import module {module!r} for job function"
-                          f" {qualname!r}: {type(exc).__name__}: {exc}") from exc
-    for part in qualname.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            hint = (" (a function defined under `if __name__ == '__main__':` does not exist when"
-                    " the main module is imported in a child)" if module == "__main__" else "")
-            raise ImportError(f"the child process found no {qualname!r} in module {module!r}{hint}") from None
-    return target
 
 
 class _PipeSink:
@@ -146,11 +70,19 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
-def serve(conn: Connection) -> None:
-    """The child's main loop: run attempts until the pipe closes or `None` arrives."""
+def memory_limit_supported() -> bool:
+    """True if `memory_limit` is enforced here (RLIMIT_AS on Linux and similar)."""
+    return resource is not None and hasattr(resource, "RLIMIT_AS") and sys.platform != "darwin"
+
+
+def serve(conn: Connection, lifeline: Connection) -> None:
+    """The child's main loop: run attempts until the pipe closes or `None` arrives.
+
+    `lifeline` is the read end of a pipe whose only write end the engine holds: it reads
+    as ended once the engine is gone, and then this process exits, busy or not."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     signal.signal(signal.SIGTERM, _on_sigterm)
-    _watch_parent(os.getppid())
+    _exit_with_engine(lifeline)
     sink = _PipeSink(conn)
     try:
         while True:
@@ -167,13 +99,16 @@ def serve(conn: Connection) -> None:
                 error = TypeError(f"the return value of {request.qualname} ({type(reply[1]).__name__})"
                                   f" cannot be sent back from the child process: {exc}")
                 data = ForkingPickler.dumps(("error", describe_exception(error, ""), True))
-            sink.send_bytes(data)
+            try:
+                sink.send_bytes(data)
+            except OSError:
+                return  # the parent stopped listening: it is ending us
             if not reply[2]:
                 return
-    except SystemExit:
-        if not _Termination.requested:
-            raise
-        _die_by_sigterm()
+    except BaseException:
+        if _Termination.requested:
+            _die_by_sigterm()
+        raise
 
 
 def _die_by_sigterm() -> None:
@@ -244,28 +179,12 @@ def _limit_memory(limit: Optional[int], context: JobContext) -> Optional[Callabl
     return lambda: resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
-def _watch_parent(parent_pid: int) -> None:
-    """Exit if we are orphaned, so a busy job cannot outlive the engine that ran it.
-
-    (With forkserver our parent is the fork server, which exits when the engine does.)"""
+def _exit_with_engine(lifeline: Connection) -> None:
+    """Exit as soon as the engine's end of `lifeline` closes, so that a busy job cannot
+    outlive the engine that ran it (nothing is ever written to it)."""
     def watch() -> None:
-        tick = threading.Event()
-        while not tick.wait(ORPHAN_CHECK_INTERVAL):
-            if os.getppid() != parent_pid:
-                os._exit(1)
-    threading.Thread(target=watch, name="jobcore-isolated-orphan-watch", daemon=True).start()
+        wait_for_ready([lifeline])
+        os._exit(1)
+    threading.Thread(target=watch, name="jobcore-isolated-lifeline", daemon=True).start()
 
 
-def _safe_str(exc: BaseException) -> str:
-    try:
-        return str(exc)
-    except Exception:
-        return f"<{type(exc).__name__}: str() failed>"
-
-
-def _if_picklable(value: Any) -> Any:
-    try:
-        pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:
-        return None
-    return value

@@ -215,7 +215,8 @@ def test_an_exception_comes_back_with_type_message_and_the_childs_traceback(
     assert "fail_with_value_error" in outcome.traceback and "ValueError: bad input 7" in outcome.traceback
 
 
-def test_a_connection_error_comes_back_as_a_connection_error(runner: ProcessRunner, context: JobContext) -> None:
+def test_a_connection_error_comes_back_as_a_connection_error(
+        runner: ProcessRunner, context: JobContext) -> None:
     outcome = runner.run(fail_with_connection_error, (), {}, context)
     assert isinstance(outcome.error, ConnectionError) and is_transient(outcome.error)
 
@@ -245,7 +246,8 @@ def test_progress_and_logs_reach_the_parent_context_in_order(
                            ("progress", 1.0, "done", {"step": 2})]
 
 
-def test_a_coroutine_function_runs_on_an_event_loop_in_the_child(runner: ProcessRunner, context: JobContext) -> None:
+def test_a_coroutine_function_runs_on_an_event_loop_in_the_child(
+        runner: ProcessRunner, context: JobContext) -> None:
     assert runner.run(async_double, (21,), {}, context).value == (42, "job-1")
 
 
@@ -291,8 +293,9 @@ def test_a_busy_loop_times_out_and_the_runner_goes_on_with_a_fresh_child(
     assert (stats.terminated, stats.started, stats.running) == (1, 2, 0)
 
 
-def test_a_terminated_job_runs_its_finally_blocks(runner: ProcessRunner, context: JobContext, sink: RecordingSink,
-                                                  in_background: Any, tmp_path: Any) -> None:
+def test_a_terminated_job_runs_its_finally_blocks(
+        runner: ProcessRunner, context: JobContext, sink: RecordingSink,
+        in_background: Any, tmp_path: Any) -> None:
     marker = tmp_path / "marker.txt"
     future = in_background(runner.run, busy_then_mark, (str(marker),), {}, context)
     sink.wait_for_log("running")
@@ -312,7 +315,7 @@ def test_a_child_that_ignores_sigterm_is_killed_after_the_grace_period(context: 
 
 
 def test_cancel_ends_a_busy_loop(runner: ProcessRunner, context: JobContext, sink: RecordingSink,
-                                 in_background: Any) -> None:
+        in_background: Any) -> None:
     future = in_background(runner.run, busy_loop, (), {}, context)
     sink.wait_for_log("running")
     cancelled_at = time.monotonic()
@@ -331,7 +334,8 @@ def test_cancel_seen_at_a_progress_report_ends_the_job(runner: ProcessRunner, co
     assert future.result(timeout=BOUND).cancelled
 
 
-def test_a_job_cancelled_before_it_starts_never_reaches_a_child(runner: ProcessRunner, context: JobContext) -> None:
+def test_a_job_cancelled_before_it_starts_never_reaches_a_child(
+        runner: ProcessRunner, context: JobContext) -> None:
     context.request_cancel()
     assert runner.run(add, (1, 2), {}, context).cancelled
     assert runner.stats.started == 0
@@ -347,8 +351,9 @@ def test_a_child_that_exits_abruptly_fails_the_attempt_with_a_transient_error(
     assert runner.run(add, (1, 2), {}, context).value == 3
 
 
-def test_a_child_killed_from_outside_is_reported(runner: ProcessRunner, context: JobContext, sink: RecordingSink,
-                                                 in_background: Any) -> None:
+def test_a_child_killed_from_outside_is_reported(
+        runner: ProcessRunner, context: JobContext, sink: RecordingSink,
+        in_background: Any) -> None:
     future = in_background(runner.run, busy_loop, (), {}, context)
     sink.wait_for_log("running")
     (pid,) = runner.pids()
@@ -370,7 +375,8 @@ def test_an_idle_child_that_died_is_replaced_without_failing_the_next_attempt(
 
 
 @pytest.mark.skipif(not memory_limit_supported(), reason="RLIMIT_AS is not enforced here")
-def test_a_memory_limit_turns_a_big_allocation_into_a_memory_error(runner: ProcessRunner, context: JobContext) -> None:
+def test_a_memory_limit_turns_a_big_allocation_into_a_memory_error(
+        runner: ProcessRunner, context: JobContext) -> None:
     gib = 1024 ** 3
     outcome = runner.run(allocate, (4 * gib,), {}, context, memory_limit=gib)
     assert isinstance(outcome.error, MemoryError)
@@ -393,6 +399,13 @@ def test_a_thousand_small_jobs_reuse_two_children(context: JobContext) -> None:
     threaded = (time.monotonic() - started) / n
     print(f"\nper attempt: isolated {isolated * 1e6:.0f} us (2 children, 2 threads), "
           f"thread {threaded * 1e6:.1f} us")
+
+
+def test_a_child_is_retired_after_max_attempts_per_process(context: JobContext) -> None:
+    with ProcessRunner(1, max_attempts_per_process=2) as runner:
+        first, second, third = (runner.run(child_pid, (), {}, context).value for _ in range(3))
+        assert first == second != third
+        assert runner.stats.started == 2
 
 
 def test_close_ends_the_children_and_refuses_further_attempts(context: JobContext) -> None:
@@ -424,7 +437,8 @@ def test_what_a_child_cannot_find_by_name_is_refused_with_a_reason(func: Any, wo
     assert problem is not None and words in problem
 
 
-def test_a_nested_function_is_refused_and_the_runner_says_why(runner: ProcessRunner, context: JobContext) -> None:
+def test_a_nested_function_is_refused_and_the_runner_says_why(
+        runner: ProcessRunner, context: JobContext) -> None:
     def nested() -> None:
         pass
     assert "defined inside another function" in (isolation_problem(nested) or "")
@@ -460,6 +474,52 @@ def test_a_function_in_a_scripts_main_module_runs_isolated(tmp_path: Any) -> Non
         """, tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "49"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_children_exit_when_the_engine_is_killed(tmp_path: Any) -> None:
+    script = tmp_path / "engine.py"
+    script.write_text(textwrap.dedent("""
+        import sys
+        from jobcore.context import JobContext
+        from jobcore.isolation import ProcessRunner
+
+        def spin():
+            while True:
+                pass
+
+        class Sink:
+            def report_progress(self, *a): pass
+            def report_log(self, *a): pass
+
+        if __name__ == "__main__":
+            runner = ProcessRunner(1)
+            runner.run(len, ("warm",), {}, JobContext("j", "j", 1, Sink()))
+            print(runner.pids()[0], flush=True)
+            runner.run(spin, (), {}, JobContext("j", "j", 1, Sink()))
+        """))
+    engine = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": REPO_ROOT}, cwd=str(tmp_path))
+    try:
+        child = int(engine.stdout.readline())  # type: ignore[union-attr]
+    finally:
+        engine.kill()
+        engine.wait(BOUND)
+    wait_until_exited(child)
+
+
+def wait_until_exited(pid: int) -> None:
+    """Block until `pid` has exited (a zombie waiting for init counts), at most BOUND s."""
+    tick = threading.Event()
+    for _ in range(int(BOUND / 0.01)):
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                if stat.read().rpartition(")")[2].split()[0] in ("Z", "X"):
+                    return
+        except FileNotFoundError:
+            return
+        tick.wait(0.01)
+    raise AssertionError(f"process {pid} still runs {BOUND}s after its engine was killed")
 
 
 def test_a_function_in_an_interactive_main_is_refused(tmp_path: Any) -> None:
