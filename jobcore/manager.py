@@ -26,6 +26,7 @@ from .repository.base import CancelOutcome, JobRecord, WorkerInfo
 from .repository.factory import RepositoryLike, build_repository, default_database_path
 from .retry import Classifier, is_transient
 from .housekeeper import Housekeeper
+from .isolation import isolation_problem
 from .workers import PoolSettings, WorkerPool
 
 logger = logging.getLogger("jobcore")
@@ -132,8 +133,9 @@ class JobManager:
         self._notifier.flush(timeout=5.0 if wait else 0.5)
 
     def close(self) -> None:
-        """Stop, and release the repository and notification threads."""
+        """Stop, and release the repository, child processes and notification threads."""
         self.stop()
+        self._pool.close()
         self._notifier.close()
         self.repository.close()
 
@@ -254,8 +256,11 @@ class JobManager:
         assert name is not None
         if job.function is None and name not in self._registry and not self.producer:
             raise UnknownFunction(name)
-        if job.isolation != "thread":
-            raise InvalidJob("isolation", f"{job.isolation!r} is not supported yet; use 'thread'")
+        if job.isolation == "process":
+            func = job.function or self._registry.get(name)
+            problem = None if func is None else isolation_problem(func)
+            if problem is not None:
+                raise InvalidJob("isolation", f"{name!r} cannot run in a child process: {problem}")
         return record_for(job, now)
 
     def _bind_function(self, job: Job) -> None:

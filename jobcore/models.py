@@ -127,6 +127,7 @@ class Job:
     owner: Optional[str] = None
     unique_key: Optional[str] = None
     isolation: str = "thread"
+    memory_limit: Optional[int] = None
     retry_on: Optional[Callable[[BaseException], bool]] = None
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
@@ -213,6 +214,13 @@ class Job:
             raise InvalidJobType("unique_key", f"must be a str, got {self.unique_key!r}")
         if self.isolation not in ISOLATIONS:
             raise InvalidJob("isolation", f"must be one of {ISOLATIONS}, got {self.isolation!r}")
+        if self.memory_limit is not None:
+            if isinstance(self.memory_limit, bool) or not isinstance(self.memory_limit, int):
+                raise InvalidJobType("memory_limit", f"must be a number of bytes (int), got {self.memory_limit!r}")
+            if self.memory_limit <= 0:
+                raise InvalidJob("memory_limit", f"must be > 0 bytes, got {self.memory_limit!r}")
+            if self.isolation != "process":
+                raise InvalidJob("memory_limit", "only applies with isolation='process'")
         if self.retry_on is not None and not callable(self.retry_on):
             raise InvalidJobType("retry_on", f"must be a callable taking the exception, got {self.retry_on!r}")
         if not isinstance(self.id, str) or not self.id:

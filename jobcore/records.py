@@ -41,8 +41,9 @@ def record_for(job: Job, now: float) -> JobRecord:
         scheduled_at=scheduled_at, run_at=run_at, max_retries=job.max_retries,
         retry_delay=job.retry_delay, retry_backoff=job.retry_backoff, retry_jitter=job.retry_jitter,
         timeout=job.timeout, tags=frozenset(job.tags), metadata=dict(job.metadata), owner=job.owner,
-        unique_key=job.unique_key, isolation=job.isolation, depends_on=tuple(job.depends_on),
-        blocked=len(job.depends_on), cron=job.cron, cron_timezone=job.cron_timezone,
+        unique_key=job.unique_key, isolation=job.isolation, memory_limit=job.memory_limit,
+        depends_on=tuple(job.depends_on), blocked=len(job.depends_on), cron=job.cron,
+        cron_timezone=job.cron_timezone,
     )
 
 
@@ -71,7 +72,8 @@ def job_of(record: JobRecord, function: Optional[Callable[..., Any]]) -> Job:
         max_retries=record.max_retries, retry_delay=record.retry_delay,
         retry_backoff=record.retry_backoff, retry_jitter=record.retry_jitter, timeout=record.timeout,
         tags=set(record.tags), metadata=dict(record.metadata), owner=record.owner,
-        unique_key=record.unique_key, isolation=record.isolation, id=record.id,
+        unique_key=record.unique_key, isolation=record.isolation,
+        memory_limit=record.memory_limit, id=record.id,
     )
 
 

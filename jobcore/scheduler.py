@@ -52,6 +52,7 @@ def run_for(schedule: JobRecord, fire_at: float) -> JobRecord:
         retry_delay=schedule.retry_delay, retry_backoff=schedule.retry_backoff,
         retry_jitter=schedule.retry_jitter, timeout=schedule.timeout, tags=schedule.tags,
         metadata=metadata, owner=schedule.owner, isolation=schedule.isolation,
+        memory_limit=schedule.memory_limit,
     )
 
 

@@ -58,6 +58,7 @@ class JobRecord:
     owner: Optional[str] = None
     unique_key: Optional[str] = None
     isolation: str = "thread"
+    memory_limit: Optional[int] = None
     depends_on: tuple[str, ...] = ()
     blocked: int = 0
     progress: float = 0.0

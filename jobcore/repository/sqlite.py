@@ -189,7 +189,7 @@ class SQLiteRepository(JobRepository):
             json.dumps(sorted(record.tags)), serialization.encode(record.metadata, field="metadata"),
             record.owner, record.unique_key, record.isolation, json.dumps(list(record.depends_on)),
             record.cron, record.cron_timezone, error,
-            "DependencyFailed" if error else None, now if error else None,
+            "DependencyFailed" if error else None, now if error else None, record.memory_limit,
         )
 
     @staticmethod
@@ -201,7 +201,7 @@ class SQLiteRepository(JobRepository):
          record.owner, record.unique_key, record.isolation, depends_on, record.blocked,
          record.progress, record.progress_message, details, result, record.error,
          record.error_type, record.traceback, record.worker_id, record.lease_expires_at,
-         cancel_requested, record.cron, record.cron_timezone) = row
+         cancel_requested, record.cron, record.cron_timezone, record.memory_limit) = row
         record.status = _STATUS.get(status, JobStatus.FAILED)
         record.retry_jitter = bool(jitter)
         record.cancel_requested = bool(cancel_requested)

@@ -55,7 +55,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     lease_expires_at REAL,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     cron             TEXT,
-    cron_timezone    TEXT
+    cron_timezone    TEXT,
+    memory_limit     INTEGER
 );
 -- The ready queue: claimable jobs in the order they run.
 CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (priority DESC, seq)
@@ -101,15 +102,15 @@ COLUMNS = (
     " started_at, completed_at, attempts, max_retries, retry_delay, retry_backoff, retry_jitter,"
     " timeout, tags, metadata, owner, unique_key, isolation, depends_on, blocked, progress,"
     " progress_message, progress_details, result, error, error_type, traceback, worker_id,"
-    " lease_expires_at, cancel_requested, cron, cron_timezone"
+    " lease_expires_at, cancel_requested, cron, cron_timezone, memory_limit"
 )
 
 INSERT_JOB = """
 INSERT INTO jobs (id, function_name, name, payload, priority, status, blocked, created_at,
     scheduled_at, run_at, max_retries, retry_delay, retry_backoff, retry_jitter, timeout, tags,
     metadata, owner, unique_key, isolation, depends_on, cron, cron_timezone, error, error_type,
-    completed_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    completed_at, memory_limit)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 INSERT_DEP = "INSERT OR IGNORE INTO job_deps (job_id, depends_on) VALUES (?, ?)"
 SELECT_UNFINISHED_BY_KEY = """
