@@ -46,7 +46,12 @@ class JobContext:
 
     @property
     def cancelled(self) -> bool:
-        """True once cancellation of this job was requested."""
+        """True once cancellation of this job was requested (or its attempt timed out)."""
+        return self._cancel.is_set() or self.abandoned
+
+    @property
+    def cancel_requested(self) -> bool:
+        """True once someone asked to cancel this job (a timeout does not count)."""
         return self._cancel.is_set()
 
     def request_cancel(self) -> None:
@@ -54,8 +59,9 @@ class JobContext:
         self._cancel.set()
 
     def check_cancelled(self) -> None:
-        """Raise `JobCancelled` if cancellation was requested."""
-        if self._cancel.is_set():
+        """Raise `JobCancelled` if cancellation was requested, or if the engine gave this
+        attempt up after its timeout (its outcome would be discarded anyway)."""
+        if self._cancel.is_set() or self.abandoned:
             raise JobCancelled(self.id)
 
     def progress(self, progress: float, message: str = "", **details: Any) -> None:

@@ -28,6 +28,9 @@ class ReadyQueue:
         # heapq pops the smallest: -priority puts the highest first, seq keeps FIFO.
         self._ready: list[tuple[int, int, QueueEntry]] = []
         self._timers: list[tuple[float, int, QueueEntry]] = []
+        # Cron schedules wait apart: firing one needs no worker, so it never queues
+        # behind jobs for a free slot.
+        self._schedules: list[tuple[float, int, QueueEntry]] = []
         self._members: set[str] = set()
         clock.subscribe(self.wake)  # a fake clock's jump makes timers due
 
@@ -39,7 +42,11 @@ class ReadyQueue:
             if entry.job_id in self._members:
                 return
             self._members.add(entry.job_id)
-            if due_at is None:
+            if entry.is_schedule:
+                due = self._clock.time() if due_at is None else due_at
+                tell = not self._schedules or due < self._schedules[0][0]
+                heapq.heappush(self._schedules, (due, entry.seq, entry))
+            elif due_at is None:
                 heapq.heappush(self._ready, (-entry.priority, entry.seq, entry))
                 tell = True
             else:
@@ -71,10 +78,22 @@ class ReadyQueue:
                 taken.append(entry)
             return taken
 
-    def next_due(self) -> Optional[float]:
-        """When the earliest timer is due (epoch seconds), or None."""
+    def pop_due_schedules(self) -> list[QueueEntry]:
+        """Take every cron schedule that is due to fire; never blocks."""
         with self._lock:
-            return self._timers[0][0] if self._timers else None
+            now = self._clock.time()
+            due = []
+            while self._schedules and self._schedules[0][0] <= now:
+                entry = heapq.heappop(self._schedules)[2]
+                self._members.discard(entry.job_id)
+                due.append(entry)
+            return due
+
+    def next_due(self) -> Optional[float]:
+        """When the earliest timer or schedule is due (epoch seconds), or None."""
+        with self._lock:
+            heads = [heap[0][0] for heap in (self._timers, self._schedules) if heap]
+            return min(heads) if heads else None
 
     def wake(self) -> None:
         """Tell the consumer to look again (the clock jumped, or state changed)."""

@@ -1,8 +1,8 @@
 """`WorkerPool`: the threads that run jobs, and the dispatcher that claims and settles them.
 
 One dispatcher thread takes ids from the `ReadyQueue`, claims them in batches, hands the
-claimed records to `max_workers` worker threads through a small buffer (at most
-`max_workers` claimed jobs wait there), and records finished attempts in batches, in the
+claimed records to `max_workers` worker threads through a small buffer (while jobs are
+very short, up to `max_workers` claimed jobs wait there in reserve), and records finished attempts in batches, in the
 same transaction as the next claims (group commit). Worker threads only run functions.
 A timeout hands a stuck thread's slot to a fresh thread. Periodic upkeep is the
 `Housekeeper`'s. It depends on the repository interface only.
@@ -33,6 +33,8 @@ from .settle import EVENTS, decide, event_details
 logger = logging.getLogger("jobcore.workers")
 
 Publisher = Callable[[str, JobRecord, dict[str, Any]], None]
+
+RESERVE_BELOW = 0.005  # seconds: jobs shorter than this on average get claimed in reserve
 
 
 @dataclass(frozen=True)
@@ -98,12 +100,13 @@ class WorkerPool:
         self._finished: list[_Finished] = []
         self._settling: set[str] = set()
         self._cancel_ids: set[str] = set()
-        self._threads: list[threading.Thread] = []
+        self._threads: list[tuple[threading.Thread, _Slot]] = []
         self._dispatcher: Optional[threading.Thread] = None
         self._abandoned = 0
         self._next_slot = 0
         self._stopping = True
         self._processes: Optional[ProcessRunner] = None
+        self._average_run = 1.0  # seconds; start without a reserve until jobs prove short
         self.on_deadline: Callable[[], None] = lambda: None  # set by the housekeeper
         queue.listener = self._poke
 
@@ -123,7 +126,7 @@ class WorkerPool:
         self._next_slot += 1
         thread = threading.Thread(target=self._work, args=(slot,), daemon=True,
                                   name=f"jobcore-worker-{slot.index}")
-        self._threads.append(thread)
+        self._threads.append((thread, slot))
         thread.start()
 
     def stop(self, timeout: Optional[float]) -> bool:
@@ -133,7 +136,8 @@ class WorkerPool:
             self._stopping = True
             self._work_ready.notify_all()
             self._dispatch_needed.notify_all()
-            threads = list(self._threads)
+            # Not the abandoned ones: a thread stuck past its timeout may never return.
+            threads = [thread for thread, slot in self._threads if not slot.abandoned]
             dispatcher = self._dispatcher
         deadline = None if timeout is None else self._clock.monotonic() + timeout
         for thread in threads + ([dispatcher] if dispatcher else []):
@@ -143,9 +147,9 @@ class WorkerPool:
 
     @property
     def threads(self) -> list[threading.Thread]:
-        """The live worker threads (including abandoned, stuck ones)."""
+        """The live worker threads (not those abandoned in a timed-out attempt)."""
         with self._lock:
-            return [t for t in self._threads if t.is_alive()]
+            return [thread for thread, slot in self._threads if thread.is_alive() and not slot.abandoned]
 
     @property
     def abandoned_threads(self) -> int:
@@ -230,7 +234,7 @@ class WorkerPool:
                 self._dispatch_needed.notify()
 
     def _execute(self, record: JobRecord, context: JobContext) -> Outcome:
-        if context.cancelled:
+        if context.cancel_requested:
             return Outcome(error=JobCancelled(record.id))
         if record.decode_error is not None:
             return Outcome(error=_CorruptJob(record.decode_error))
@@ -266,15 +270,15 @@ class WorkerPool:
 
     # -- the dispatcher -------------------------------------------------------------------------
     def _dispatch(self) -> None:
-        capacity = 2 * self._settings.max_workers  # running plus as many claimed in reserve
         backoff = 0.0
         while True:
             with self._lock:
                 while True:
                     finished, self._finished = self._finished, []
-                    room = 0 if self._stopping else capacity - len(self._buffer) - len(self._running)
+                    room = 0 if self._stopping else self._capacity() - len(self._buffer) - len(self._running)
                     wants = room > 0 and self._queue.has_ready()
-                    if finished or wants:
+                    schedules = [] if self._stopping else self._queue.pop_due_schedules()
+                    if finished or wants or schedules:
                         break
                     if self._stopping and not self._running:
                         buffered = list(self._buffer)
@@ -282,20 +286,29 @@ class WorkerPool:
                         break
                     due = self._queue.next_due()
                     self._dispatch_needed.wait(None if due is None else max(0.0, due - self._clock.time()))
-                if not (finished or wants):
+                if not (finished or wants or schedules):
                     self._hand_back(buffered)
                     return
+            for schedule in schedules:
+                self._fire_schedule(schedule)
             entries = self._queue.pop_ready(room) if wants else []
             if backoff:
                 threading.Event().wait(backoff)
             ok = self._exchange(finished, entries)
             backoff = 0.0 if ok else min(max(backoff * 2, 0.05), 2.0)
 
+    def _capacity(self) -> int:
+        """How many jobs to hold: one per worker, plus as many claimed in reserve while jobs
+        are short (under RESERVE_BELOW seconds on average), so a worker never waits for the
+        dispatcher between tiny jobs. Long jobs get no reserve: a claimed job would show as
+        running, keep a later higher-priority job waiting, and be out of reach of idle
+        workers elsewhere. Called with _lock held."""
+        workers = self._settings.max_workers
+        return 2 * workers if self._average_run < RESERVE_BELOW else workers
+
     def _exchange(self, finished: list[_Finished], entries: list[QueueEntry]) -> bool:
         """Record finished attempts and claim `entries` in one repository call."""
-        for entry in [e for e in entries if e.is_schedule]:
-            self._fire_schedule(entry)
-        claim_ids = [e.job_id for e in entries if not e.is_schedule]
+        claim_ids = [e.job_id for e in entries]
         now = self._clock.time()
         settlements = [self._decide(f, now) for f in finished]
         try:
@@ -310,13 +323,14 @@ class WorkerPool:
                 logger.exception("repository failed to record %d outcomes / claim %d jobs; will retry",
                                  len(settlements), len(claim_ids))
             for entry in entries:
-                if not entry.is_schedule:
-                    self._queue.push(entry)
+                self._queue.push(entry)
             with self._lock:
                 self._finished[:0] = finished
             return False
         claimed.sort(key=lambda r: (-r.priority, r.seq))
         with self._lock:
+            for f in finished:  # a moving average of run times decides the reserve
+                self._average_run += 0.1 * (f.ran_for - self._average_run)
             self._buffer.extend(claimed)
             for f in finished:
                 self._settling.discard(f.attempt.record.id)
@@ -335,7 +349,7 @@ class WorkerPool:
             except (TypeError, ValueError) as exc:  # the result cannot be stored: a failure
                 outcome = Outcome(error=exc, traceback=None)
         classifier = self._local.retry_on(record.id) or self._settings.retry_on
-        return decide(record, outcome, cancel_requested=finished.attempt.context.cancelled,
+        return decide(record, outcome, cancel_requested=finished.attempt.context.cancel_requested,
                       classifier=classifier, rng=self._rng, max_retry_delay=self._settings.max_retry_delay,
                       now=now, ran_for=finished.ran_for)
 
@@ -383,13 +397,12 @@ class WorkerPool:
         enforced here. For tests and immediate mode, on a pool that is not started."""
         ran = 0
         while limit is None or ran < limit:
+            for schedule in self._queue.pop_due_schedules():
+                self._fire_schedule(schedule)
             entries = self._queue.pop_ready(1)
             if not entries:
                 return ran
             entry = entries[0]
-            if entry.is_schedule:
-                self._fire_schedule(entry)
-                continue
             now = self._clock.time()
             _, claimed = self._repo.apply([], [entry.job_id], self.worker_id, now,
                                           now + self._settings.lease_timeout)

@@ -290,7 +290,8 @@ class JobRepository(abc.ABC):
     def requeue(self, job_id: str, now: float) -> Optional[QueueEntry]:
         """FAILED or CANCELLED -> PENDING with attempts reset and the error fields cleared
         (each failed attempt's note stays in the logs). Returns the job's queue entry, or
-        None if it was in another state or another unfinished job holds its unique_key."""
+        None if it was in another state, is a cron schedule (an ended schedule stays ended:
+        enqueue it again), or another unfinished job holds its unique_key."""
 
     @abc.abstractmethod
     def update_progress(self, job_id: str, worker_id: str, attempt: int, progress: float,

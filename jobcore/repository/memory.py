@@ -259,7 +259,7 @@ class MemoryRepository(JobRepository):
     def requeue(self, job_id: str, now: float) -> Optional[QueueEntry]:
         with self._lock:
             row = self._jobs.get(job_id)
-            if row is None or row.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+            if row is None or row.status not in (JobStatus.FAILED, JobStatus.CANCELLED) or row.is_schedule:
                 return None
             if row.unique_key is not None and row.unique_key in self._unique:
                 return None

@@ -219,7 +219,7 @@ UPDATE jobs SET status = 'pending', attempts = 0, run_at = NULL, started_at = NU
     progress_message = '', progress_details = '{}', worker_id = NULL, cancel_requested = 0,
     blocked = (SELECT COUNT(*) FROM job_deps AS d JOIN jobs AS p ON p.id = d.depends_on
                WHERE d.job_id = jobs.id AND p.status != 'completed')
-WHERE id = ? AND status IN ('failed', 'cancelled')
+WHERE id = ? AND status IN ('failed', 'cancelled') AND cron IS NULL
 RETURNING id, priority, seq, run_at, function_name, cron IS NOT NULL
 """
 UPDATE_PROGRESS = f"""
