@@ -32,6 +32,8 @@ def encode(value: Any, *, field: str, max_bytes: int | None = None) -> str:
 
 def encode_payload(args: tuple[Any, ...], kwargs: dict[str, Any], max_bytes: int | None) -> str:
     """Encode a job's arguments as one JSON document `[args, kwargs]`."""
+    if not args and not kwargs:
+        return "[[],{}]"
     for index, arg in enumerate(args):
         _check_encodable(arg, f"args[{index}]")
     for key, arg in kwargs.items():

@@ -186,8 +186,10 @@ class SQLiteRepository(JobRepository):
             record.id, record.function_name, record.name, payload, record.priority, status.value,
             blocked, now, record.scheduled_at, record.run_at, record.max_retries, record.retry_delay,
             record.retry_backoff, int(record.retry_jitter), record.timeout,
-            json.dumps(sorted(record.tags)), serialization.encode(record.metadata, field="metadata"),
-            record.owner, record.unique_key, record.isolation, json.dumps(list(record.depends_on)),
+            json.dumps(sorted(record.tags)) if record.tags else "[]",
+            serialization.encode(record.metadata, field="metadata") if record.metadata else "{}",
+            record.owner, record.unique_key, record.isolation,
+            json.dumps(list(record.depends_on)) if record.depends_on else "[]",
             record.cron, record.cron_timezone, error,
             "DependencyFailed" if error else None, now if error else None, record.memory_limit,
         )
@@ -207,10 +209,11 @@ class SQLiteRepository(JobRepository):
         record.cancel_requested = bool(cancel_requested)
         try:
             record.args, record.kwargs = serialization.decode_payload(payload)
-            record.tags = frozenset(json.loads(tags))
-            record.metadata = json.loads(metadata)
-            record.depends_on = tuple(json.loads(depends_on))
-            record.progress_details = json.loads(details)
+            # Most jobs carry none of these: skip the decoder for the empty forms.
+            record.tags = frozenset(json.loads(tags)) if tags != "[]" else frozenset()
+            record.metadata = json.loads(metadata) if metadata != "{}" else {}
+            record.depends_on = tuple(json.loads(depends_on)) if depends_on != "[]" else ()
+            record.progress_details = json.loads(details) if details != "{}" else {}
             record.result = serialization.decode(result)
         except (ValueError, TypeError) as exc:
             record.decode_error = f"stored job {record.id} cannot be decoded: {exc}"
