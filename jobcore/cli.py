@@ -14,7 +14,9 @@ import json
 import logging
 import math
 import os
+import select
 import signal
+import socket
 import sqlite3
 import sys
 import threading
@@ -63,10 +65,11 @@ def check_database(path: str, *, create: bool) -> None:
         raise CommandFailed(f"{path!r} is an SQLite database but not a jobcore one (no jobcore tables)")
 
 
-def open_manager(path: str, *, create: bool = False, max_workers: int = 4) -> JobManager:
-    """A manager on the SQLite database at `path`, checked first (see `check_database`)."""
+def open_manager(path: str, *, create: bool = False, **options: Any) -> JobManager:
+    """A producer manager on the SQLite database at `path`, checked first (see
+    `check_database`); `options` go to `JobManager`."""
     check_database(path, create=create)
-    return JobManager(SQLiteRepository(path), producer=True, max_workers=max_workers)
+    return JobManager(SQLiteRepository(path), producer=True, **options)
 
 
 # -- printing -------------------------------------------------------------------------------
@@ -125,12 +128,13 @@ def _poll_or_fail(manager: JobManager, job_id: str) -> JobResult:
 
 
 def cmd_stats(manager: JobManager, args: argparse.Namespace) -> int:
-    stats = dict(manager.get_stats(), queue_size=manager.get_queue_size())
+    stats = dict(manager.get_stats(), queue_size=manager.get_queue_size(),
+                 workers=len(manager.list_workers()))
     if args.json:
         _print_json(stats)
     else:
         for key, value in stats.items():
-            print(f"{key.replace('_', ' '):<11}{value:>9}")
+            print(f"{key.replace('_', ' '):<12}{value:>8}")
     return EXIT_OK
 
 
@@ -261,14 +265,47 @@ def cmd_cleanup(manager: JobManager, args: argparse.Namespace) -> int:
 
 
 # -- long-running commands --------------------------------------------------------------------
-def _on_stop_signals(stop: threading.Event) -> None:
-    """SIGINT/SIGTERM set `stop`; a second one exits at once (status 1)."""
-    def handle(signum: int, frame: Any) -> None:
-        if stop.is_set():
-            raise SystemExit(EXIT_FAILED)
-        stop.set()
-    signal.signal(signal.SIGINT, handle)
-    signal.signal(signal.SIGTERM, handle)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StopSignals:
+    """SIGINT and SIGTERM, waited for through a self-pipe (`signal.set_wakeup_fd`).
+
+    Whichever thread the kernel delivers a signal to, the C handler writes its number to
+    the pipe and `wait` wakes up; the Python handler does nothing, so no code that takes a
+    lock ever runs at an arbitrary point of the main thread (an `Event.set()` handler can
+    deadlock with the `Event.wait()` it interrupts). `wake()` wakes `wait` with 0."""
+
+    def __enter__(self) -> "StopSignals":
+        self._reader, self._writer = socket.socketpair()
+        self._writer.setblocking(False)  # the C handler must never block on a full pipe
+        self._previous_fd = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
+        self._previous = {signum: signal.signal(signum, self._ignore) for signum in STOP_SIGNALS}
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        signal.set_wakeup_fd(self._previous_fd)
+        self._reader.close()
+        self._writer.close()
+
+    @staticmethod
+    def _ignore(signum: int, frame: Any) -> None:
+        """Installed so the signals reach the wakeup pipe instead of their defaults."""
+
+    def wait(self) -> int:
+        """Block until SIGINT or SIGTERM (returns its number) or `wake()` (returns 0)."""
+        while True:
+            select.select([self._reader], [], [])
+            number = self._reader.recv(1)[0]
+            if number == 0 or number in STOP_SIGNALS:  # other Python-handled signals write here too
+                return number
+
+    def wake(self) -> None:
+        """Wake `wait` (from another thread) with 0."""
+        with contextlib.suppress(OSError):
+            self._writer.send(b"\0")
 
 
 def _import_failure(module: str, exc: BaseException) -> CommandFailed:
@@ -288,7 +325,8 @@ def install_default_manager(manager: JobManager) -> None:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     db = os.path.abspath(args.db)
-    manager = open_manager(db, create=True, max_workers=args.workers)
+    manager = open_manager(db, create=True, max_workers=args.workers, lease_timeout=args.lease_timeout,
+                           poll_interval=args.poll_interval)
     os.environ["JOBCORE_DB"] = db  # before the imports: modules that build JobManager() share it
     install_default_manager(manager)
     if os.getcwd() not in sys.path:
@@ -299,14 +337,26 @@ def cmd_worker(args: argparse.Namespace) -> int:
         except Exception as exc:
             manager.close()
             raise _import_failure(module, exc) from None
-    stop = threading.Event()
-    _on_stop_signals(stop)
-    manager.start()
-    print(f"jobcore worker {manager.worker_id}: {args.workers} thread(s) on {db},"
-          f" modules {', '.join(args.imports)}; stop with Ctrl-C or SIGTERM", flush=True)
-    stop.wait()
-    print("jobcore worker: stopping, letting running jobs finish (signal again to quit now)", flush=True)
-    manager.stop(wait=True, timeout=args.grace)
+    with StopSignals() as signals:
+        manager.start()
+        print(f"jobcore worker {manager.worker_id}: {args.workers} thread(s) on {db},"
+              f" modules {', '.join(args.imports)}; stop with Ctrl-C or SIGTERM", flush=True)
+        signals.wait()
+        print("jobcore worker: stopping, letting running jobs finish (signal again to quit now)", flush=True)
+
+        def stop_then_wake() -> None:
+            try:
+                manager.stop(wait=True, timeout=args.grace)
+            finally:
+                signals.wake()
+
+        # Stopped on another thread, so that the main thread stays free to hear a second signal.
+        threading.Thread(target=stop_then_wake, name="jobcore-stopper", daemon=True).start()
+        if signals.wait() != 0:
+            print("jobcore worker: quitting now; interrupted jobs run again once their leases expire",
+                  file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            os._exit(EXIT_FAILED)  # at once: no interpreter shutdown that could wait on a job
     still_running = len(manager.workers)
     manager.close()
     if still_running:
@@ -323,12 +373,11 @@ def cmd_dashboard(manager: JobManager, args: argparse.Namespace) -> int:
         server = DashboardServer(manager, host=args.host, port=args.port, token=args.token)
     except OSError as exc:
         raise CommandFailed(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
-    stop = threading.Event()
-    _on_stop_signals(stop)
-    server.start()
-    print(f"jobcore dashboard on {server.login_url} for {manager.repository.path} (Ctrl-C to stop)",
-          flush=True)
-    stop.wait()
+    with StopSignals() as signals:
+        server.start()
+        print(f"jobcore dashboard on {server.login_url} for {manager.repository.path} (Ctrl-C to stop)",
+              flush=True)
+        signals.wait()
     server.close()
     return EXIT_OK
 
@@ -436,6 +485,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="module to import (repeat for several)")
     sub.add_argument("--workers", type=_number(int, 1), default=os.environ.get("JOBCORE_WORKERS") or "4",
                      help="worker threads (default: $JOBCORE_WORKERS, else 4)")
+    sub.add_argument("--lease-timeout", type=_number(float, above=True), default=60.0, metavar="SECONDS",
+                     help="how long a running job's claim lasts without a heartbeat before another"
+                          " worker may take it back (default 60)")
+    sub.add_argument("--poll-interval", type=_number(float, above=True), default=1.0, metavar="SECONDS",
+                     help="seconds between heartbeats, and between full looks for work (default 1)")
     sub.add_argument("--grace", type=_number(float), default=None, metavar="SECONDS",
                      help="on stop, wait at most this long for running jobs (default: until they finish)")
     sub = command("dashboard", cmd_dashboard, "serve the web dashboard (live jobs, stats, cancel, retry)",

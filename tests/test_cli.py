@@ -80,6 +80,18 @@ def run(*args: str, db: str | None = None, env: dict[str, str] | None = None,
     return subprocess.run(command, capture_output=True, text=True, timeout=30, env=env or cli_env(), cwd=cwd)
 
 
+def run_here(capsys: Any, *args: str, db: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`main()` in this process: `run`'s code path without an interpreter's start-up, for the
+    wide matrices of cases (a subprocess each would triple this file's time)."""
+    argv = [*(["--db", db] if db else []), *args]
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse's usage errors
+        code = int(exit_.code or 0)
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(argv, code, out, err)
+
+
 def assert_one_line_error(proc: subprocess.CompletedProcess[str], *fragments: str) -> None:
     assert proc.returncode == 1, proc
     assert proc.stderr.startswith("jobcore: error: ")
@@ -106,9 +118,10 @@ def test_stats_counts_jobs_by_lower_case_status(jobs: Jobs) -> None:
     assert text.returncode == 0 and text.stderr == ""
     lines = dict(line.rsplit(None, 1) for line in text.stdout.splitlines())
     assert lines == {"total": "3", "pending": "1", "scheduled": "0", "running": "0", "completed": "1",
-                     "failed": "1", "cancelled": "0", "queue size": "1"}
+                     "failed": "1", "cancelled": "0", "queue size": "1", "workers": "0"}
     assert json.loads(as_json.stdout) == {"total": 3, "pending": 1, "scheduled": 0, "running": 0,
-                                          "completed": 1, "failed": 1, "cancelled": 0, "queue_size": 1}
+                                          "completed": 1, "failed": 1, "cancelled": 0, "queue_size": 1,
+                                          "workers": 0}
 
 
 def test_list_shows_every_job_newest_first(jobs: Jobs) -> None:
@@ -128,8 +141,9 @@ def test_list_shows_every_job_newest_first(jobs: Jobs) -> None:
     (["--owner", "alice", "--status", "pending"], ["pending"]),
     (["--owner", "nobody"], []),
 ])
-def test_list_filters_by_status_owner_and_tag(jobs: Jobs, filters: list[str], expected: list[str]) -> None:
-    proc = run("list", "--json", *filters, db=jobs.db)
+def test_list_filters_by_status_owner_and_tag(jobs: Jobs, capsys: Any, filters: list[str],
+                                              expected: list[str]) -> None:
+    proc = run_here(capsys, "list", "--json", *filters, db=jobs.db)
 
     assert proc.returncode == 0
     listed = json.loads(proc.stdout)
@@ -256,9 +270,16 @@ def test_cleanup_deletes_finished_jobs_older_than_the_retention(jobs: Jobs) -> N
 
 
 # -- mistakes ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("command", ["show", "logs", "cancel", "retry", "watch"])
-def test_an_unknown_id_is_one_line_and_exit_1(jobs: Jobs, command: str) -> None:
-    proc = run(command, "no-such-job", db=jobs.db)
+def test_an_unknown_id_is_one_line_and_exit_1(jobs: Jobs) -> None:
+    proc = run("show", "no-such-job", db=jobs.db)
+
+    assert_one_line_error(proc, "no job with id 'no-such-job'")
+    assert proc.stdout == ""
+
+
+@pytest.mark.parametrize("command", ["logs", "cancel", "retry", "watch"])
+def test_every_command_taking_an_id_refuses_an_unknown_one(jobs: Jobs, capsys: Any, command: str) -> None:
+    proc = run_here(capsys, command, "no-such-job", db=jobs.db)
 
     assert_one_line_error(proc, "no job with id 'no-such-job'")
     assert proc.stdout == ""
@@ -299,12 +320,21 @@ def test_a_missing_database_is_refused_and_not_created(tmp_path: Any) -> None:
     assert not missing.exists()
 
 
+def test_a_usage_error_exits_2_with_the_usage(jobs: Jobs) -> None:
+    proc = run("list", "--status", "bogus", db=jobs.db)
+
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.startswith("usage: jobcore list")
+    assert "invalid choice: 'bogus'" in proc.stderr and "Traceback" not in proc.stderr
+
+
 @pytest.mark.parametrize("args", [
-    [], ["frobnicate"], ["list", "--status", "bogus"], ["cleanup", "--retention-days", "-1"],
-    ["show"], ["worker"], ["worker", "--import", "x", "--workers", "0"],
+    [], ["frobnicate"], ["cleanup", "--retention-days", "-1"], ["cleanup", "--retention-days", "nan"],
+    ["show"], ["watch", "x", "--interval", "0"], ["worker"], ["worker", "--import", "x", "--workers", "0"],
+    ["dashboard", "--port", "http"],
 ])
-def test_usage_errors_exit_2(jobs: Jobs, args: list[str]) -> None:
-    proc = run(*args, db=jobs.db)
+def test_usage_errors_exit_2(jobs: Jobs, capsys: Any, args: list[str]) -> None:
+    proc = run_here(capsys, *args, db=jobs.db)
 
     assert proc.returncode == 2
     assert "usage: jobcore" in proc.stderr and "Traceback" not in proc.stderr
@@ -355,7 +385,7 @@ def test_main_is_the_console_script_entry_point(jobs: Jobs, capsys: Any) -> None
 
 
 # -- the dashboard -------------------------------------------------------------------------------
-def test_dashboard_serves_the_database_until_sigterm(jobs: Jobs) -> None:
+def test_dashboard_serves_the_database_until_ctrl_c(jobs: Jobs) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "jobcore", "--db", jobs.db, "dashboard", "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
     try:
@@ -364,7 +394,7 @@ def test_dashboard_serves_the_database_until_sigterm(jobs: Jobs) -> None:
         url = banner.split(" on ", 1)[1].split()[0]
         with urllib.request.urlopen(url + "api/stats", timeout=WAIT) as reply:
             stats = json.loads(reply.read())
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
         assert proc.wait(WAIT) == 0
     finally:
         if proc.poll() is None:
@@ -399,8 +429,10 @@ def double(x, progress_callback=None):
 
 
 @jobcore.register_job_function("cli_tasks.hold")
-def hold(release_path):
-    # Runs until the test creates `release_path`: lets the test stop the worker mid-job.
+def hold(started_path, release_path):
+    # Says it started, then runs until the test creates `release_path`: lets the test stop
+    # the worker mid-job (a job merely claimed would be handed back at stop instead).
+    open(started_path, "w").close()
     while not os.path.exists(release_path):
         time.sleep(0.01)
     return "released"
@@ -465,10 +497,13 @@ def test_worker_runs_the_jobs_its_module_registers_then_stops_on_sigterm(
     worker = start_worker(db_path, "--workers", "3")
     assert "3 thread(s)" in worker.next_line()
     result = producer.wait(job_id, timeout=WAIT)
+    later_id = producer.enqueue(Job(function_name="cli_tasks.double", args=(5,)))  # while it runs
+    later = producer.wait(later_id, timeout=WAIT)
     exit_code = worker.stop()
 
     assert result.status is JobStatus.COMPLETED
     assert result.result == {"value": 42, "db": os.path.abspath(db_path), "max_workers": 3}
+    assert later.result["value"] == 10
     assert [entry.message for entry in producer.get_logs(job_id)] == ["doubling"]
     assert exit_code == 0
     assert worker.next_line().startswith("jobcore worker: stopping")
@@ -479,10 +514,11 @@ def test_worker_stop_lets_a_running_job_finish(start_worker: Callable[..., Worke
                                                make_manager: Any, tmp_path: Any) -> None:
     release = tmp_path / "release"
     producer = make_manager(db_path, producer=True)
-    job_id = producer.enqueue(Job(function_name="cli_tasks.hold", args=(str(release),)))
+    started = tmp_path / "started"
+    job_id = producer.enqueue(Job(function_name="cli_tasks.hold", args=(str(started), str(release))))
     worker = start_worker(db_path)
     worker.next_line()
-    wait_until(lambda: producer.poll(job_id).status is JobStatus.RUNNING, "the job to start")
+    wait_until(started.exists, "the job to start")
 
     worker.proc.send_signal(signal.SIGTERM)
     assert worker.next_line().startswith("jobcore worker: stopping")
@@ -497,17 +533,36 @@ def test_worker_stop_lets_a_running_job_finish(start_worker: Callable[..., Worke
 def test_a_second_signal_quits_the_worker_at_once(start_worker: Callable[..., Worker], db_path: str,
                                                   make_manager: Any, tmp_path: Any) -> None:
     producer = make_manager(db_path, producer=True)
-    job_id = producer.enqueue(Job(function_name="cli_tasks.hold", args=(str(tmp_path / "never"),)))
+    started, never = tmp_path / "started", tmp_path / "never"
+    job_id = producer.enqueue(Job(function_name="cli_tasks.hold", args=(str(started), str(never))))
     worker = start_worker(db_path)
     worker.next_line()
-    wait_until(lambda: producer.poll(job_id).status is JobStatus.RUNNING, "the job to start")
+    wait_until(started.exists, "the job to start")
 
     worker.proc.send_signal(signal.SIGTERM)
     assert worker.next_line().startswith("jobcore worker: stopping")
     worker.proc.send_signal(signal.SIGTERM)
 
     assert worker.proc.wait(WAIT) == 1
+    assert worker.proc.stderr is not None and "Traceback" not in worker.proc.stderr.read()
     assert producer.poll(job_id).status is JobStatus.RUNNING  # taken back once its lease expires
+
+
+def test_a_job_outlasting_the_grace_period_makes_the_worker_exit_1(
+        start_worker: Callable[..., Worker], db_path: str, make_manager: Any, tmp_path: Any) -> None:
+    producer = make_manager(db_path, producer=True)
+    started, never = tmp_path / "started", tmp_path / "never"
+    job_id = producer.enqueue(Job(function_name="cli_tasks.hold", args=(str(started), str(never))))
+    worker = start_worker(db_path, "--grace", "0.2")
+    worker.next_line()
+    wait_until(started.exists, "the job to start")
+
+    worker.proc.send_signal(signal.SIGTERM)
+
+    assert worker.proc.wait(WAIT) == 1
+    assert worker.proc.stderr is not None
+    assert worker.proc.stderr.read() == ("jobcore: error: 1 job(s) still running after --grace 0.2s;"
+                                         " they run again elsewhere once their leases expire\n")
 
 
 def test_worker_that_cannot_import_its_module_says_why_in_one_line(db_path: str, tmp_path: Any) -> None:

@@ -132,8 +132,10 @@ def test_the_page_builds_dom_from_job_data_with_text_never_markup() -> None:
 def test_api_stats_counts_jobs_and_the_queue(site: Site) -> None:
     stats = call(site.server, "/api/stats").json()
 
-    counts = {key: stats[key] for key in ["total", "pending", "completed", "failed", "running", "queue_size"]}
-    assert counts == {"total": 4, "pending": 2, "completed": 1, "failed": 1, "running": 0, "queue_size": 2}
+    counts = {key: stats[key] for key in ["total", "pending", "completed", "failed", "running", "queue_size",
+                                          "workers"]}
+    assert counts == {"total": 4, "pending": 2, "completed": 1, "failed": 1, "running": 0, "queue_size": 2,
+                      "workers": 0}
     assert 0 <= stats["oldest_pending_age"] < 60
 
 
@@ -258,10 +260,12 @@ def test_cancelling_a_running_job_asks_it_to_stop(db_path: str, make_manager: An
     job_id = worker.enqueue(Job(function=patient))
     assert started.wait(WAIT)
     with DashboardServer(make_manager(db_path, producer=True), port=0) as server:
+        workers = call(server, "/api/stats").json()["workers"]
         reply = call(server, f"/api/jobs/{job_id}/cancel", "POST", csrf=True).json()
         result = worker.wait(job_id, timeout=WAIT)
         metrics = call(server, "/metrics").text
 
+    assert workers == 1
     assert reply == {"id": job_id, "status": "running", "cancel_requested": True}
     assert result.status is JobStatus.CANCELLED
     assert 'jobcore_dashboard_actions_total{action="cancel"} 1' in metrics
@@ -317,6 +321,7 @@ def test_metrics_are_prometheus_text(site: Site) -> None:
     assert samples["jobcore_jobs_stored"] == 4
     assert samples["jobcore_queue_depth"] == 2
     assert samples["jobcore_dead_letter_jobs"] == 1
+    assert samples["jobcore_workers"] == 0
     assert 0 <= samples["jobcore_oldest_pending_age_seconds"] < 60
     assert "# TYPE jobcore_dashboard_actions_total counter" in reply.text
 

@@ -44,6 +44,8 @@ def render_metrics(manager: JobManager, now: float, actions: dict[str, int]) -> 
         ("jobcore_oldest_pending_age_seconds", "Seconds since the oldest pending job was created (0: none).",
          0.0 if age is None else round(age, 3)),
         ("jobcore_dead_letter_jobs", "Failed jobs in the dead-letter queue.", stats[JobStatus.FAILED.value]),
+        ("jobcore_workers", "Worker managers registered on this database (any process).",
+         len(manager.list_workers())),
     ]
     for name, help_text, value in gauges:
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {value}"]

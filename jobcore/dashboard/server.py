@@ -277,6 +277,7 @@ class _Handler(BaseHTTPRequestHandler):
     def stats(self, dashboard: DashboardServer, query: dict[str, list[str]], _: str) -> None:
         stats: dict[str, Any] = dict(dashboard.manager.get_stats())
         stats["queue_size"] = stats["pending"] + stats["scheduled"]
+        stats["workers"] = len(dashboard.manager.list_workers())
         stats["oldest_pending_age"] = oldest_pending_age(dashboard.manager, stats["pending"],
                                                          SYSTEM_CLOCK.time())
         self._send_json(stats)
