@@ -29,6 +29,16 @@ def get_job_manager() -> JobManager:
         return _default
 
 
+def set_job_manager(manager: Optional[JobManager]) -> Optional[JobManager]:
+    """Make `manager` the process-wide default (None: build one on next use); returns the
+    previous default. A worker process sets its own before importing task modules, so
+    their `register_job_function` calls land on it."""
+    global _default
+    with _default_lock:
+        previous, _default = _default, manager
+        return previous
+
+
 def enqueue(job: Job) -> str:
     """Enqueue `job` on the default manager; returns its id."""
     return get_job_manager().enqueue(job)

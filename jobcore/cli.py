@@ -319,8 +319,7 @@ def install_default_manager(manager: JobManager) -> None:
 
     So `register_job_function` in the worker's modules registers on the manager that runs
     with `--workers` threads, and the manager starts once everything is registered."""
-    with api._default_lock:  # no public setter yet; see the report on issue 7
-        api._default = manager
+    api.set_job_manager(manager)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
