@@ -17,7 +17,6 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional
 
-from . import serialization
 from .clock import Clock
 from .context import JobContext
 from .errors import JobCancelled, JobTimeout, PermanentError, RepositoryError
@@ -25,14 +24,11 @@ from .execution import Outcome, run_attempt
 from .isolation import ProcessRunner
 from .queue import ReadyQueue
 from .registry import FunctionRegistry, LocalJobs
-from .repository.base import JobRecord, JobRepository, QueueEntry, Settlement
+from .repository.base import JobRecord, JobRepository, QueueEntry
 from .retry import Classifier
-from .scheduler import ScheduleFirer
-from .settle import EVENTS, decide, event_details
+from .recorder import Finished, Publisher, Recorder
 
 logger = logging.getLogger("jobcore.workers")
-
-Publisher = Callable[[str, JobRecord, dict[str, Any]], None]
 
 RESERVE_BELOW = 0.005  # seconds: jobs shorter than this on average get claimed in reserve
 
@@ -65,13 +61,6 @@ class _Attempt:
     started: float
 
 
-@dataclass(eq=False)
-class _Finished:
-    attempt: _Attempt
-    outcome: Outcome
-    ran_for: float
-
-
 class WorkerPool:
     """Runs jobs from a `ReadyQueue` (see module docstring)."""
 
@@ -85,10 +74,10 @@ class WorkerPool:
         self._clock = clock
         self._settings = settings
         self.worker_id = worker_id
-        self._publish = publish
-        self._on_settled = on_settled
-        self._rng = rng
-        self._scheduler = ScheduleFirer(repository, clock, self.enqueue_entries)
+        self._recorder = Recorder(repository, queue, registry, local, clock, worker_id,
+                                  lease_timeout=settings.lease_timeout,
+                                  max_retry_delay=settings.max_retry_delay, retry_on=settings.retry_on,
+                                  rng=rng, publish=publish, on_settled=on_settled)
         # _lock guards every attribute below. Worker threads wait on _work_ready for a
         # claimed record; the dispatcher waits on _dispatch_needed for finished attempts
         # or room to claim.
@@ -97,7 +86,7 @@ class WorkerPool:
         self._dispatch_needed = threading.Condition(self._lock)
         self._buffer: collections.deque[JobRecord] = collections.deque()
         self._running: dict[str, _Attempt] = {}
-        self._finished: list[_Finished] = []
+        self._finished: list[Finished] = []
         self._settling: set[str] = set()
         self._cancel_ids: set[str] = set()
         self._threads: list[tuple[threading.Thread, _Slot]] = []
@@ -181,18 +170,9 @@ class WorkerPool:
         attempt.context.request_cancel()
         return True
 
-    def runnable(self, entry: QueueEntry) -> bool:
-        """True if this process can run (or fire) the queued job."""
-        return (entry.is_schedule or entry.function_name in self._registry
-                or self._local.function(entry.job_id) is not None)
-
     def enqueue_entries(self, entries: Iterable[QueueEntry]) -> None:
         """Queue entries this process can run (ready now, or as timers)."""
-        now = self._clock.time()
-        for entry in entries:
-            if self.runnable(entry):
-                due = entry.run_at if entry.run_at is not None and entry.run_at > now else None
-                self._queue.push(entry, due)
+        self._recorder.enqueue_entries(entries)
 
     def _poke(self) -> None:
         with self._lock:
@@ -230,7 +210,7 @@ class WorkerPool:
                     return
                 del self._running[record.id]
                 self._settling.add(record.id)
-                self._finished.append(_Finished(attempt, outcome, self._clock.monotonic() - attempt.started))
+                self._finished.append(Finished(record, context, outcome, self._clock.monotonic() - attempt.started))
                 self._dispatch_needed.notify()
 
     def _execute(self, record: JobRecord, context: JobContext) -> Outcome:
@@ -287,15 +267,29 @@ class WorkerPool:
                     due = self._queue.next_due()
                     self._dispatch_needed.wait(None if due is None else max(0.0, due - self._clock.time()))
                 if not (finished or wants or schedules):
-                    self._hand_back(buffered)
+                    self._recorder.hand_back(buffered)
                     return
             for schedule in schedules:
-                self._fire_schedule(schedule)
+                self._recorder.fire_schedule(schedule)
             entries = self._queue.pop_ready(room) if wants else []
             if backoff:
                 threading.Event().wait(backoff)
-            ok = self._exchange(finished, entries)
-            backoff = 0.0 if ok else min(max(backoff * 2, 0.05), 2.0)
+            claimed = self._recorder.exchange(finished, [e.job_id for e in entries], self._registry.names)
+            if claimed is None:  # nothing was recorded: put everything back and retry
+                for entry in entries:
+                    self._queue.push(entry)
+                with self._lock:
+                    self._finished[:0] = finished
+                backoff = min(max(backoff * 2, 0.05), 2.0)
+                continue
+            backoff = 0.0
+            with self._lock:
+                for f in finished:  # a moving average of run times decides the reserve
+                    self._average_run += 0.1 * (f.ran_for - self._average_run)
+                    self._settling.discard(f.record.id)
+                self._buffer.extend(claimed)
+                for _ in claimed:
+                    self._work_ready.notify()
 
     def _capacity(self) -> int:
         """How many jobs to hold: one per worker, plus as many claimed in reserve while jobs
@@ -306,90 +300,6 @@ class WorkerPool:
         workers = self._settings.max_workers
         return 2 * workers if self._average_run < RESERVE_BELOW else workers
 
-    def _exchange(self, finished: list[_Finished], entries: list[QueueEntry]) -> bool:
-        """Record finished attempts and claim `entries` in one repository call."""
-        claim_ids = [e.job_id for e in entries]
-        now = self._clock.time()
-        settlements = [self._decide(f, now) for f in finished]
-        try:
-            cascades, claimed = self._repo.apply(settlements, claim_ids, self.worker_id, now,
-                                                 now + self._settings.lease_timeout,
-                                                 top_up=self._registry.names)
-        except Exception as exc:  # storage trouble (or a backend bug): retry, never die
-            if isinstance(exc, RepositoryError):
-                logger.error("could not record %d outcomes / claim %d jobs, will retry: %s",
-                             len(settlements), len(claim_ids), exc)
-            else:
-                logger.exception("repository failed to record %d outcomes / claim %d jobs; will retry",
-                                 len(settlements), len(claim_ids))
-            for entry in entries:
-                self._queue.push(entry)
-            with self._lock:
-                self._finished[:0] = finished
-            return False
-        claimed.sort(key=lambda r: (-r.priority, r.seq))
-        with self._lock:
-            for f in finished:  # a moving average of run times decides the reserve
-                self._average_run += 0.1 * (f.ran_for - self._average_run)
-            self._buffer.extend(claimed)
-            for f in finished:
-                self._settling.discard(f.attempt.record.id)
-            for _ in claimed:
-                self._work_ready.notify()
-        for f, settlement, cascade in zip(finished, settlements, cascades):
-            self._after(f.attempt.record, settlement, cascade)
-        return True
-
-    def _decide(self, finished: _Finished, now: float) -> Settlement:
-        record = finished.attempt.record
-        outcome = finished.outcome
-        if outcome.succeeded and self._repo.persistent:
-            try:
-                serialization.encode(outcome.value, field="result", max_bytes=self._repo.max_payload_bytes)
-            except (TypeError, ValueError) as exc:  # the result cannot be stored: a failure
-                outcome = Outcome(error=exc, traceback=None)
-        classifier = self._local.retry_on(record.id) or self._settings.retry_on
-        return decide(record, outcome, cancel_requested=finished.attempt.context.cancel_requested,
-                      classifier=classifier, rng=self._rng, max_retry_delay=self._settings.max_retry_delay,
-                      now=now, ran_for=finished.ran_for)
-
-    def _after(self, record: JobRecord, settlement: Settlement, cascade: Any) -> None:
-        if cascade is None:
-            logger.warning("job %s was no longer held by this worker; its outcome is discarded", record.id)
-            self._on_settled(record.id)
-            return
-        if settlement.kind == "retry":
-            self._queue.push(record.queue_entry(), settlement.retry_at)
-        else:
-            self._local.forget(record.id)
-        self.enqueue_entries(cascade.released)
-        for job_id in cascade.cancelled:
-            self._local.forget(job_id)
-            self._on_settled(job_id)
-        self._on_settled(record.id)
-        details = {"result": settlement.result} if settlement.kind == "complete" else event_details(settlement)
-        self._publish(EVENTS[settlement.kind], record, details)
-
-    def _hand_back(self, records: list[JobRecord]) -> None:
-        if not records:
-            return
-        now = self._clock.time()
-        releases = [Settlement("release", r.id, r.attempts) for r in records]
-        try:
-            self._repo.apply(releases, [], self.worker_id, now, now)
-        except RepositoryError as exc:
-            logger.error("could not hand back %d unstarted jobs (their leases will lapse): %s",
-                         len(records), exc)
-
-    def _fire_schedule(self, entry: QueueEntry) -> None:
-        try:
-            self._scheduler.fire(entry)
-        except RepositoryError as exc:
-            logger.error("could not fire schedule %s, retrying in 1s: %s", entry.job_id, exc)
-            self._queue.push(entry, self._clock.time() + 1.0)
-        except Exception:  # a broken schedule must not stop the dispatcher
-            logger.exception("schedule %s failed to fire", entry.job_id)
-
     # -- single-step mode ----------------------------------------------------------------------
     def run_pending(self, limit: Optional[int] = None) -> int:
         """Run ready jobs one by one in the calling thread until none is ready (or `limit`
@@ -398,28 +308,24 @@ class WorkerPool:
         ran = 0
         while limit is None or ran < limit:
             for schedule in self._queue.pop_due_schedules():
-                self._fire_schedule(schedule)
+                self._recorder.fire_schedule(schedule)
             entries = self._queue.pop_ready(1)
             if not entries:
                 return ran
-            entry = entries[0]
-            now = self._clock.time()
-            _, claimed = self._repo.apply([], [entry.job_id], self.worker_id, now,
-                                          now + self._settings.lease_timeout)
+            claimed = self._recorder.exchange([], [entries[0].job_id])
             if not claimed:
                 continue
             record = claimed[0]
             context = JobContext(record.id, record.name, record.attempts, self)
-            attempt = _Attempt(record, context, _Slot(-1), None, self._clock.monotonic())
+            started = self._clock.monotonic()
             with self._lock:
-                self._running[record.id] = attempt
+                self._running[record.id] = _Attempt(record, context, _Slot(-1), None, started)
             outcome = self._execute(record, context)
             with self._lock:
                 del self._running[record.id]
-            finished = _Finished(attempt, outcome, self._clock.monotonic() - attempt.started)
-            settlement = self._decide(finished, self._clock.time())
-            cascades, _ = self._repo.apply([settlement], [], self.worker_id, self._clock.time(), 0.0)
-            self._after(record, settlement, cascades[0])
+            if self._recorder.exchange([Finished(record, context, outcome,
+                                                 self._clock.monotonic() - started)], []) is None:
+                raise RepositoryError(f"could not record the outcome of job {record.id}; see the log")
             ran += 1
         return ran
 
@@ -447,7 +353,7 @@ class WorkerPool:
                                record.id, record.timeout)
                 self._settling.add(record.id)
                 outcome = Outcome(error=JobTimeout(record.timeout or 0.0))
-                self._finished.append(_Finished(attempt, outcome, now - attempt.started))
+                self._finished.append(Finished(record, attempt.context, outcome, now - attempt.started))
                 self._dispatch_needed.notify()
         return min(ahead) if ahead else None
 

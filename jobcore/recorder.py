@@ -1,0 +1,152 @@
+"""`Recorder`: turns finished attempts into repository writes, and acts on what they changed.
+
+It decides each settlement (complete, retry, dead-letter, cancel), writes them together
+with the next claims in one repository call, then queues retries and released
+dependents, forgets per-job state and publishes events. It also feeds the ready queue and
+fires cron schedules. It owns no threads: the worker pool's dispatcher calls it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Optional
+
+from . import serialization
+from .clock import Clock
+from .context import JobContext
+from .errors import RepositoryError
+from .execution import Outcome
+from .queue import ReadyQueue
+from .registry import FunctionRegistry, LocalJobs
+from .repository.base import Cascade, JobRecord, JobRepository, QueueEntry, Settlement
+from .retry import Classifier
+from .scheduler import ScheduleFirer
+from .settle import EVENTS, decide, event_details
+
+logger = logging.getLogger("jobcore.workers")
+
+Publisher = Callable[[str, JobRecord, dict[str, Any]], None]
+
+
+@dataclass(eq=False)
+class Finished:
+    """An attempt that ended (or was given up) and awaits recording."""
+
+    record: JobRecord
+    context: JobContext
+    outcome: Outcome
+    ran_for: float
+
+
+class Recorder:
+    """Records outcomes and claims for one worker pool (see module docstring)."""
+
+    def __init__(self, repository: JobRepository, queue: ReadyQueue, registry: FunctionRegistry,
+                 local: LocalJobs, clock: Clock, worker_id: str, *, lease_timeout: float,
+                 max_retry_delay: float, retry_on: Classifier, rng: random.Random,
+                 publish: Publisher, on_settled: Callable[[str], None]) -> None:
+        self._repo = repository
+        self._queue = queue
+        self._registry = registry
+        self._local = local
+        self._clock = clock
+        self._worker_id = worker_id
+        self._lease_timeout = lease_timeout
+        self._max_retry_delay = max_retry_delay
+        self._retry_on = retry_on
+        self._rng = rng
+        self._publish = publish
+        self._on_settled = on_settled
+        self._scheduler = ScheduleFirer(repository, clock, self.enqueue_entries)
+
+    # -- feeding the queue --------------------------------------------------------------------
+    def runnable(self, entry: QueueEntry) -> bool:
+        """True if this process can run (or fire) the queued job."""
+        return (entry.is_schedule or entry.function_name in self._registry
+                or self._local.function(entry.job_id) is not None)
+
+    def enqueue_entries(self, entries: Iterable[QueueEntry]) -> None:
+        """Queue entries this process can run (ready now, or as timers)."""
+        now = self._clock.time()
+        for entry in entries:
+            if self.runnable(entry):
+                due = entry.run_at if entry.run_at is not None and entry.run_at > now else None
+                self._queue.push(entry, due)
+
+    def fire_schedule(self, entry: QueueEntry) -> None:
+        """Fire a due cron schedule; storage trouble retries it in a second."""
+        try:
+            self._scheduler.fire(entry)
+        except RepositoryError as exc:
+            logger.error("could not fire schedule %s, retrying in 1s: %s", entry.job_id, exc)
+            self._queue.push(entry, self._clock.time() + 1.0)
+        except Exception:  # a broken schedule must not stop the dispatcher
+            logger.exception("schedule %s failed to fire", entry.job_id)
+
+    # -- recording ---------------------------------------------------------------------------
+    def exchange(self, finished: list[Finished], claim_ids: list[str],
+                 top_up: Optional[Iterable[str]] = None) -> Optional[list[JobRecord]]:
+        """Record `finished` and claim `claim_ids` (topped up from `top_up` names) in one
+        repository call, then act on the results. Returns the claimed records, best
+        first, or None if the repository failed (nothing was recorded; retry later)."""
+        now = self._clock.time()
+        settlements = [self._settlement(f, now) for f in finished]
+        try:
+            cascades, claimed = self._repo.apply(settlements, claim_ids, self._worker_id, now,
+                                                 now + self._lease_timeout,
+                                                 top_up=None if top_up is None else frozenset(top_up))
+        except Exception as exc:  # storage trouble (or a backend bug): retry, never die
+            if isinstance(exc, RepositoryError):
+                logger.error("could not record %d outcomes / claim %d jobs, will retry: %s",
+                             len(settlements), len(claim_ids), exc)
+            else:
+                logger.exception("repository failed to record %d outcomes / claim %d jobs; will retry",
+                                 len(settlements), len(claim_ids))
+            return None
+        for f, settlement, cascade in zip(finished, settlements, cascades):
+            self._after(f.record, settlement, cascade)
+        claimed.sort(key=lambda r: (-r.priority, r.seq))
+        return claimed
+
+    def _settlement(self, finished: Finished, now: float) -> Settlement:
+        record, outcome = finished.record, finished.outcome
+        if outcome.succeeded and self._repo.persistent:
+            try:
+                serialization.encode(outcome.value, field="result", max_bytes=self._repo.max_payload_bytes)
+            except (TypeError, ValueError) as exc:  # the result cannot be stored: a failure
+                outcome = Outcome(error=exc, traceback=None)
+        classifier = self._local.retry_on(record.id) or self._retry_on
+        return decide(record, outcome, cancel_requested=finished.context.cancel_requested,
+                      classifier=classifier, rng=self._rng, max_retry_delay=self._max_retry_delay,
+                      now=now, ran_for=finished.ran_for)
+
+    def _after(self, record: JobRecord, settlement: Settlement, cascade: Optional[Cascade]) -> None:
+        if cascade is None:
+            logger.warning("job %s was no longer held by this worker; its outcome is discarded", record.id)
+            self._on_settled(record.id)
+            return
+        if settlement.kind == "retry":
+            self._queue.push(record.queue_entry(), settlement.retry_at)
+        else:
+            self._local.forget(record.id)
+        self.enqueue_entries(cascade.released)
+        for job_id in cascade.cancelled:
+            self._local.forget(job_id)
+            self._on_settled(job_id)
+        self._on_settled(record.id)
+        details = {"result": settlement.result} if settlement.kind == "complete" else event_details(settlement)
+        self._publish(EVENTS[settlement.kind], record, details)
+
+    def hand_back(self, records: list[JobRecord]) -> None:
+        """Release claimed jobs that never started (at stop): PENDING again, uncounted."""
+        if not records:
+            return
+        now = self._clock.time()
+        releases = [Settlement("release", r.id, r.attempts) for r in records]
+        try:
+            self._repo.apply(releases, [], self._worker_id, now, now)
+        except RepositoryError as exc:
+            logger.error("could not hand back %d unstarted jobs (their leases will lapse): %s",
+                         len(records), exc)
