@@ -18,27 +18,12 @@ from .. import serialization
 from ..errors import RepositoryError
 from ..models import JobStatus
 from . import sqlite_schema as sql
+from .sqlite_rows import STATUSES, entry_from_row, record_from_row, row_params, translate
 from ._cascade import dependency_error_message, plan_batch
 from .group_commit import GroupCommitter
 from .base import Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry, Settlement, WorkerInfo
 
 DURABILITY = {"normal": "NORMAL", "full": "FULL"}
-_STATUS = {status.value: status for status in JobStatus}
-
-
-def _translate(exc: sqlite3.Error, path: str) -> RepositoryError:
-    text = str(exc)
-    if "locked" in text or "busy" in text:
-        problem = "the database stayed locked past the busy timeout"
-    elif "readonly" in text or "read-only" in text:
-        problem = "the database is read-only"
-    elif "disk" in text and "full" in text:
-        problem = "the disk is full"
-    elif "not a database" in text or "malformed" in text:
-        problem = "the file is not a jobcore database (or is corrupt)"
-    else:
-        problem = text
-    return RepositoryError(f"SQLite at {path!r}: {problem} ({text})")
 
 
 class SQLiteRepository(JobRepository):
@@ -96,7 +81,7 @@ class SQLiteRepository(JobRepository):
             conn.execute(f"PRAGMA synchronous = {DURABILITY[self.durability]}")
             conn.execute("PRAGMA foreign_keys = OFF")
         except sqlite3.Error as exc:
-            raise _translate(exc, self.path) from None
+            raise translate(exc, self.path) from None
         with self._connections_lock:
             self._connections[threading.current_thread()] = conn
         self._local.conn = conn
@@ -112,7 +97,7 @@ class SQLiteRepository(JobRepository):
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
-                raise _translate(exc, self.path) from None
+                raise translate(exc, self.path) from None
             try:
                 yield conn
                 conn.execute("COMMIT")
@@ -120,14 +105,14 @@ class SQLiteRepository(JobRepository):
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 if isinstance(exc, sqlite3.Error):
-                    raise _translate(exc, self.path) from None
+                    raise translate(exc, self.path) from None
                 raise
 
     def _read(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         try:
             return self._connection().execute(query, params).fetchall()
         except sqlite3.Error as exc:
-            raise _translate(exc, self.path) from None
+            raise translate(exc, self.path) from None
 
     def _migrate(self) -> None:
         if self._current_version() == sql.SCHEMA_VERSION:
@@ -155,7 +140,7 @@ class SQLiteRepository(JobRepository):
                 if row is None or row[0] != str(version):
                     conn.execute(sql.SET_SCHEMA_VERSION, (str(version),))
             except sqlite3.DatabaseError as exc:
-                raise _translate(exc, self.path) from None
+                raise translate(exc, self.path) from None
 
     def _current_version(self) -> Optional[int]:
         try:
@@ -163,9 +148,9 @@ class SQLiteRepository(JobRepository):
         except sqlite3.OperationalError as exc:
             if "no such table" in str(exc):
                 return None
-            raise _translate(exc, self.path) from None
+            raise translate(exc, self.path) from None
         except sqlite3.DatabaseError as exc:
-            raise _translate(exc, self.path) from None
+            raise translate(exc, self.path) from None
         return int(rows[0][0]) if rows else None
 
     def close(self) -> None:
@@ -179,50 +164,6 @@ class SQLiteRepository(JobRepository):
         self._local = threading.local()
 
     # -- rows ------------------------------------------------------------------------------
-    def _row_params(self, record: JobRecord, now: float, status: JobStatus, blocked: int,
-                    error: Optional[str]) -> tuple[Any, ...]:
-        payload = serialization.encode_payload(record.args, record.kwargs, self.max_payload_bytes)
-        return (
-            record.id, record.function_name, record.name, payload, record.priority, status.value,
-            blocked, now, record.scheduled_at, record.run_at, record.max_retries, record.retry_delay,
-            record.retry_backoff, int(record.retry_jitter), record.timeout,
-            json.dumps(sorted(record.tags)) if record.tags else "[]",
-            serialization.encode(record.metadata, field="metadata") if record.metadata else "{}",
-            record.owner, record.unique_key, record.isolation,
-            json.dumps(list(record.depends_on)) if record.depends_on else "[]",
-            record.cron, record.cron_timezone, error,
-            "DependencyFailed" if error else None, now if error else None, record.memory_limit,
-        )
-
-    @staticmethod
-    def _record(row: Sequence[Any]) -> JobRecord:
-        record = JobRecord(id=row[0], function_name=row[1], name=row[2])
-        (_, _, _, payload, record.priority, status, record.seq, record.created_at, record.scheduled_at,
-         record.run_at, record.started_at, record.completed_at, record.attempts, record.max_retries,
-         record.retry_delay, record.retry_backoff, jitter, record.timeout, tags, metadata,
-         record.owner, record.unique_key, record.isolation, depends_on, record.blocked,
-         record.progress, record.progress_message, details, result, record.error,
-         record.error_type, record.traceback, record.worker_id, record.lease_expires_at,
-         cancel_requested, record.cron, record.cron_timezone, record.memory_limit) = row
-        record.status = _STATUS.get(status, JobStatus.FAILED)
-        record.retry_jitter = bool(jitter)
-        record.cancel_requested = bool(cancel_requested)
-        try:
-            record.args, record.kwargs = serialization.decode_payload(payload)
-            # Most jobs carry none of these: skip the decoder for the empty forms.
-            record.tags = frozenset(json.loads(tags)) if tags != "[]" else frozenset()
-            record.metadata = json.loads(metadata) if metadata != "{}" else {}
-            record.depends_on = tuple(json.loads(depends_on)) if depends_on != "[]" else ()
-            record.progress_details = json.loads(details) if details != "{}" else {}
-            record.result = serialization.decode(result)
-        except (ValueError, TypeError) as exc:
-            record.decode_error = f"stored job {record.id} cannot be decoded: {exc}"
-        return record
-
-    @staticmethod
-    def _entry(row: Sequence[Any]) -> QueueEntry:
-        return QueueEntry(row[0], row[1], row[2], row[3], row[4], bool(row[5]))
-
     # -- adding ----------------------------------------------------------------------------
     def insert(self, records: Sequence[JobRecord], now: float) -> list[str]:
         return self._group.run(lambda conn: self._insert(conn, records, now))
@@ -248,7 +189,7 @@ class SQLiteRepository(JobRepository):
                     dead = dependency_error_message(dep, name, status)
             status = JobStatus.CANCELLED if dead else record.status
             try:
-                cursor = conn.execute(sql.INSERT_JOB, self._row_params(record, now, status, blocked, dead))
+                cursor = conn.execute(sql.INSERT_JOB, row_params(record, now, status, blocked, dead, self.max_payload_bytes))
             except sqlite3.IntegrityError:
                 raise ValueError(f"Job.id: a job with id {record.id!r} already exists") from None
             given[record.id].seq = cursor.lastrowid or 0
@@ -268,7 +209,7 @@ class SQLiteRepository(JobRepository):
     # -- reading ---------------------------------------------------------------------------
     def get(self, job_id: str) -> Optional[JobRecord]:
         rows = self._read(sql.SELECT_JOB, (job_id,))
-        return self._record(rows[0]) if rows else None
+        return record_from_row(rows[0]) if rows else None
 
     def _queue_query(self, template: str, function_names: Optional[Collection[str]], limit: int,
                      include_schedules: bool) -> list[QueueEntry]:
@@ -279,7 +220,7 @@ class SQLiteRepository(JobRepository):
             names += " OR cron IS NOT NULL)" if include_schedules else ")"
             params.append(json.dumps(sorted(function_names)))
         params.append(limit)
-        return [self._entry(row) for row in self._read(template.format(names=names), params)]
+        return [entry_from_row(row) for row in self._read(template.format(names=names), params)]
 
     def ready(self, function_names: Optional[Collection[str]], limit: int) -> list[QueueEntry]:
         return self._queue_query(sql.SELECT_READY, function_names, limit, include_schedules=False)
@@ -301,13 +242,13 @@ class SQLiteRepository(JobRepository):
             params.append(tag)
         params += [-1 if limit is None else limit, offset]
         query = f"SELECT {sql.COLUMNS} FROM jobs WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT ? OFFSET ?"
-        return [self._record(row) for row in self._read(query, params)]
+        return [record_from_row(row) for row in self._read(query, params)]
 
     def count_by_status(self) -> dict[JobStatus, int]:
         counts = {status: 0 for status in JobStatus}
         for status, count in self._read(sql.COUNT_BY_STATUS):
-            if status in _STATUS:
-                counts[_STATUS[status]] = count
+            if status in STATUSES:
+                counts[STATUSES[status]] = count
         return counts
 
     def logs(self, job_id: str) -> list[tuple[float, str, str]]:
@@ -317,7 +258,7 @@ class SQLiteRepository(JobRepository):
     def claim(self, job_id: str, worker_id: str, now: float, lease_expires_at: float) -> Optional[JobRecord]:
         with self._write() as conn:
             row = conn.execute(sql.CLAIM, (now, worker_id, lease_expires_at, job_id, now)).fetchone()
-        return self._record(row) if row else None
+        return record_from_row(row) if row else None
 
     def _cancel_dependents(self, conn: sqlite3.Connection, job_id: str, now: float) -> tuple[str, ...]:
         status, name = conn.execute(sql.SELECT_STATUS, (job_id,)).fetchone()
@@ -334,7 +275,7 @@ class SQLiteRepository(JobRepository):
             if s.note is not None:
                 conn.execute(sql.INSERT_LOG, (s.job_id, now, "info", s.note))
             rows = conn.execute(sql.RELEASE_DEPENDENTS, (s.job_id,)).fetchall()
-            return Cascade(released=tuple(self._entry(row) for row in rows if row[6] == 0))
+            return Cascade(released=tuple(entry_from_row(row) for row in rows if row[6] == 0))
         if s.kind == "release":
             return Cascade() if conn.execute(sql.RELEASE, held).rowcount == 1 else None
         if s.kind == "cancel":
@@ -376,7 +317,7 @@ class SQLiteRepository(JobRepository):
             return cascades, rows
 
         cascades, rows = self._group.run(op)
-        return cascades, [self._record(row) for row in rows]
+        return cascades, [record_from_row(row) for row in rows]
 
     def _apply_single(self, settlement: Settlement, worker_id: str, now: float) -> Optional[Cascade]:
         encoded = self._encode_result(settlement)
@@ -419,7 +360,7 @@ class SQLiteRepository(JobRepository):
             if "UNIQUE" in str(exc):  # another unfinished job holds its unique_key
                 return None
             raise
-        return self._entry(row) if row else None
+        return entry_from_row(row) if row else None
 
     def update_progress(self, job_id: str, worker_id: str, attempt: int, progress: float,
                         message: str, details: dict[str, Any], now: float) -> bool:
@@ -448,11 +389,11 @@ class SQLiteRepository(JobRepository):
                 conn.execute(sql.INSERT_LOG, (row[0], now, "warning", row[7]))
                 if row[6] in (JobStatus.FAILED.value, JobStatus.CANCELLED.value):
                     self._cancel_dependents(conn, row[0], now)
-        return [self._entry(row) for row in rows if row[6] == JobStatus.PENDING.value]
+        return [entry_from_row(row) for row in rows if row[6] == JobStatus.PENDING.value]
 
     def fire_schedule(self, schedule_id: str, fire_at: float, next_run_at: float, run: JobRecord,
                       now: float) -> bool:
-        params = self._row_params(run, now, JobStatus.PENDING, 0, None)
+        params = row_params(run, now, JobStatus.PENDING, 0, None, self.max_payload_bytes)
         with self._write() as conn:
             if conn.execute(sql.ADVANCE_SCHEDULE, (next_run_at, schedule_id, fire_at)).rowcount != 1:
                 return False

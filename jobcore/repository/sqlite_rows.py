@@ -1,0 +1,80 @@
+"""Rows of jobcore's SQLite tables: encoding records to parameters, decoding rows back,
+and translating driver errors. No connections and no SQL execution here.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any, Optional, Sequence
+
+from .. import serialization
+from ..errors import RepositoryError
+from ..models import JobStatus
+from .base import JobRecord, QueueEntry
+
+STATUSES = {status.value: status for status in JobStatus}
+
+
+def translate(exc: sqlite3.Error, path: str) -> RepositoryError:
+    """A `RepositoryError` saying in words what went wrong with the file at `path`."""
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        problem = "the database stayed locked past the busy timeout"
+    elif "readonly" in text or "read-only" in text:
+        problem = "the database is read-only"
+    elif "disk" in text and "full" in text:
+        problem = "the disk is full"
+    elif "not a database" in text or "malformed" in text:
+        problem = "the file is not a jobcore database (or is corrupt)"
+    else:
+        problem = text
+    return RepositoryError(f"SQLite at {path!r}: {problem} ({text})")
+
+
+def row_params(record: JobRecord, now: float, status: JobStatus, blocked: int, error: Optional[str],
+               max_payload_bytes: Optional[int]) -> tuple[Any, ...]:
+    """The INSERT_JOB parameters storing `record` (raises TypeError/ValueError naming a field)."""
+    payload = serialization.encode_payload(record.args, record.kwargs, max_payload_bytes)
+    return (
+        record.id, record.function_name, record.name, payload, record.priority, status.value,
+        blocked, now, record.scheduled_at, record.run_at, record.max_retries, record.retry_delay,
+        record.retry_backoff, int(record.retry_jitter), record.timeout,
+        json.dumps(sorted(record.tags)) if record.tags else "[]",
+        serialization.encode(record.metadata, field="metadata") if record.metadata else "{}",
+        record.owner, record.unique_key, record.isolation,
+        json.dumps(list(record.depends_on)) if record.depends_on else "[]",
+        record.cron, record.cron_timezone, error,
+        "DependencyFailed" if error else None, now if error else None, record.memory_limit,
+    )
+
+
+def record_from_row(row: Sequence[Any]) -> JobRecord:
+    """A `JobRecord` from a row of `COLUMNS`; an undecodable row gets `decode_error`."""
+    record = JobRecord(id=row[0], function_name=row[1], name=row[2])
+    (_, _, _, payload, record.priority, status, record.seq, record.created_at, record.scheduled_at,
+     record.run_at, record.started_at, record.completed_at, record.attempts, record.max_retries,
+     record.retry_delay, record.retry_backoff, jitter, record.timeout, tags, metadata,
+     record.owner, record.unique_key, record.isolation, depends_on, record.blocked,
+     record.progress, record.progress_message, details, result, record.error,
+     record.error_type, record.traceback, record.worker_id, record.lease_expires_at,
+     cancel_requested, record.cron, record.cron_timezone, record.memory_limit) = row
+    record.status = STATUSES.get(status, JobStatus.FAILED)
+    record.retry_jitter = bool(jitter)
+    record.cancel_requested = bool(cancel_requested)
+    try:
+        record.args, record.kwargs = serialization.decode_payload(payload)
+        # Most jobs carry none of these: skip the decoder for the empty forms.
+        record.tags = frozenset(json.loads(tags)) if tags != "[]" else frozenset()
+        record.metadata = json.loads(metadata) if metadata != "{}" else {}
+        record.depends_on = tuple(json.loads(depends_on)) if depends_on != "[]" else ()
+        record.progress_details = json.loads(details) if details != "{}" else {}
+        record.result = serialization.decode(result)
+    except (ValueError, TypeError) as exc:
+        record.decode_error = f"stored job {record.id} cannot be decoded: {exc}"
+    return record
+
+
+def entry_from_row(row: Sequence[Any]) -> QueueEntry:
+    """A `QueueEntry` from (id, priority, seq, run_at, function_name, is_schedule)."""
+    return QueueEntry(row[0], row[1], row[2], row[3], row[4], bool(row[5]))
