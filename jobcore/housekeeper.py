@@ -2,8 +2,9 @@
 
 It enforces attempt timeouts, renews the leases of running jobs (and hears of cancel
 requests made by other processes), keeps this manager's entry in the worker registry,
-takes back jobs whose lease expired, reaps dead workers, and notices new work written by
-other processes through the repository's cheap `change_token`. It sleeps on its own
+takes back jobs whose lease expired or whose worker process on this host is gone, reaps
+dead workers, and notices new work written by other processes through the repository's
+cheap `change_token`. It sleeps on its own
 condition until the next of those is due; it never runs jobs.
 """
 
@@ -45,13 +46,14 @@ class Housekeeper:
         self._cond = threading.Condition(threading.Lock())
         self._stopping = True
         self._thread: Optional[threading.Thread] = None
+        self._host, self._pid = socket.gethostname(), os.getpid()
         pool.on_deadline = self.wake
         clock.subscribe(self.wake)
 
     def start(self) -> None:
         """Register this manager as a worker and start the thread."""
         now = self._clock.time()
-        self._repo.register_worker(self._pool.worker_id, socket.gethostname(), os.getpid(), now)
+        self._repo.register_worker(self._pool.worker_id, self._host, self._pid, now)
         with self._cond:
             self._stopping = False
             self._thread = threading.Thread(target=self._loop, name="jobcore-housekeeper", daemon=True)
@@ -102,6 +104,8 @@ class Housekeeper:
                     next_beat = now + settings.poll_interval
                     running = self._pool.heartbeat()
                     self._repo.beat_worker(self._pool.worker_id, running, self._clock.time())
+                    if self._expire_dead_neighbours():
+                        next_recover = now  # take their jobs back now, not after the lease
                 if now >= next_recover:
                     next_recover = now + recover_every
                     wall = self._clock.time()
@@ -129,8 +133,33 @@ class Housekeeper:
                 if delay > 0:
                     self._cond.wait(delay)
 
+    def _expire_dead_neighbours(self) -> bool:
+        """End the leases of workers on this host whose process is gone (SIGKILL, OOM):
+        their jobs need not wait out `lease_timeout`. A reused pid only delays this."""
+        found = False
+        for worker in self._repo.list_workers():
+            if worker.host != self._host or worker.pid == self._pid or _pid_alive(worker.pid):
+                continue
+            count = self._repo.expire_worker(worker.worker_id, self._clock.time())
+            self._repo.unregister_worker(worker.worker_id)
+            logger.warning("worker %s (pid %d) is gone; %d of its jobs taken back", worker.worker_id,
+                           worker.pid, count)
+            found = True
+        return found
+
     def _token(self) -> Optional[object]:
         try:
             return self._repo.change_token()
         except RepositoryError:
             return None
+
+
+def _pid_alive(pid: int) -> bool:
+    """True if a process with this pid exists on this machine (or we cannot tell)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, under another user
+        return True
+    return True

@@ -187,3 +187,30 @@ def test_worker_registry_lists_live_processes(workers: Workers) -> None:
     first.wait(15)
     wait_until(lambda: len(manager.list_workers()) == 1, timeout=20)
     manager.close()
+
+
+def test_a_dead_worker_on_this_host_is_noticed_before_its_lease_ends(workers: Workers, tmp_path: Any) -> None:
+    producer = JobManager(workers.db, producer=True)
+    started = tmp_path / "started"
+    job_id = producer.enqueue(Job(function_name="chaosjobs.hang", args=(str(started),)))
+    victim = workers.start(workers=1, lease=3600)  # its lease alone would hold the job an hour
+    wait_until(lambda: started.exists() and started.read_text() != "")
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(10)
+
+    (tmp_path / "rescue.py").write_text(textwrap.dedent("""
+        import jobcore
+        jobcore.register_job_function("chaosjobs.hang", lambda started_file: "rescued")
+    """))
+    rescuer = subprocess.Popen(
+        [sys.executable, "-m", "jobcore", "--db", workers.db, "worker", "--import", "rescue",
+         "--workers", "1", "--poll-interval", "0.2"],
+        env=workers.env, cwd=workers.cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    workers.processes.append(rescuer)
+
+    began = time.monotonic()
+    result = producer.wait(job_id, timeout=WAIT)
+    assert (result.status, result.result) == (JobStatus.COMPLETED, "rescued")
+    assert result.attempts == 2
+    assert time.monotonic() - began < 30  # not the hour-long lease
+    producer.close()

@@ -346,6 +346,14 @@ class JobRepository(abc.ABC):
         """Remove workers whose last heartbeat is older than `before`; return their ids.
         (Their jobs come back through `recover_expired` once their leases lapse.)"""
 
+    def expire_worker(self, worker_id: str, now: float) -> int:
+        """End the leases of every job `worker_id` is running (it is known to be dead), so
+        `recover_expired(now)` takes them back at once; returns how many. This default goes
+        through `list` and `heartbeat`; backends may override it with one statement."""
+        held = [r.id for r in self.list(status=JobStatus.RUNNING, limit=None) if r.worker_id == worker_id]
+        self.heartbeat(worker_id, held, now - 1.0, now)
+        return len(held)
+
     def change_token(self) -> Optional[object]:
         """A cheap value that changes whenever another connection or process may have
         changed the store, so idle managers know when to look for new work. None means

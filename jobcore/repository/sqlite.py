@@ -424,6 +424,10 @@ class SQLiteRepository(JobRepository):
         with self._write() as conn:
             return [row[0] for row in conn.execute(sql.REAP_WORKERS, (before,)).fetchall()]
 
+    def expire_worker(self, worker_id: str, now: float) -> int:
+        with self._write() as conn:
+            return conn.execute(sql.EXPIRE_WORKER, (now - 1.0, worker_id)).rowcount
+
     def change_token(self) -> Optional[object]:
         """`PRAGMA data_version` of this thread's connection: it changes whenever another
         connection (any thread or process) commits."""

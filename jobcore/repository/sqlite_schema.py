@@ -264,3 +264,6 @@ SELECT worker_id, host, pid, started_at, heartbeat_at, running FROM jobcore_work
 ORDER BY started_at, worker_id
 """
 REAP_WORKERS = "DELETE FROM jobcore_workers WHERE heartbeat_at < ? RETURNING worker_id"
+EXPIRE_WORKER = """
+UPDATE jobs SET lease_expires_at = ? WHERE status = 'running' AND worker_id = ?
+"""
