@@ -110,6 +110,7 @@ def test_two_processes_drain_every_job_exactly_once(workers: Workers) -> None:
     producer = JobManager(workers.db, producer=True)
     workers.start(workers=4)
     workers.start(workers=4)
+    wait_until(lambda: len(producer.list_workers()) == 2)  # both up before work arrives
     ids = []
     for start in range(0, 2000, 250):  # arrive in bursts while both are running
         ids += producer.enqueue_many([Job(function_name="work", args=(n,)) for n in range(start, start + 250)])
