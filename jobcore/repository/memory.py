@@ -41,6 +41,7 @@ class MemoryRepository(JobRepository):
         self._unique: dict[str, str] = {}
         self._next_seq = 1
         self._workers: dict[str, WorkerInfo] = {}
+        self._counts: dict[JobStatus, int] = {status: 0 for status in JobStatus}
 
     # -- adding ------------------------------------------------------------------------
     def insert(self, records: Sequence[JobRecord], now: float) -> list[str]:
@@ -59,6 +60,7 @@ class MemoryRepository(JobRepository):
                 self._next_seq += 1
                 row.created_at = now
                 self._jobs[row.id] = row
+                self._counts[row.status] += 1
                 if row.unique_key is not None:
                     self._unique[row.unique_key] = row.id
             for row in stored:
@@ -72,7 +74,7 @@ class MemoryRepository(JobRepository):
                     if dep_row.status in (JobStatus.FAILED, JobStatus.CANCELLED):
                         dead = dep_row
                 if dead is not None:
-                    row.status = JobStatus.CANCELLED
+                    self._set_status(row, JobStatus.CANCELLED)
                     row.error = dependency_error_message(dead.id, dead.name, dead.status.value)
                     row.error_type = "DependencyFailed"
                     row.completed_at = now
@@ -122,11 +124,8 @@ class MemoryRepository(JobRepository):
             return [_detached(r) for r in rows[offset:end]]
 
     def count_by_status(self) -> dict[JobStatus, int]:
-        counts = {status: 0 for status in JobStatus}
         with self._lock:
-            for row in self._jobs.values():
-                counts[row.status] += 1
-        return counts
+            return dict(self._counts)
 
     def logs(self, job_id: str) -> list[tuple[float, str, str]]:
         with self._lock:
@@ -142,7 +141,7 @@ class MemoryRepository(JobRepository):
                 row.status is JobStatus.SCHEDULED and row.run_at is not None and row.run_at <= now)
             if not due:
                 return None
-            row.status = JobStatus.RUNNING
+            self._set_status(row, JobStatus.RUNNING)
             row.attempts += 1
             row.started_at = now
             row.worker_id = worker_id
@@ -157,8 +156,14 @@ class MemoryRepository(JobRepository):
             return None
         return row
 
-    def _end(self, row: JobRecord, status: JobStatus, now: float) -> None:
+    def _set_status(self, row: JobRecord, status: JobStatus) -> None:
+        """Change a stored row's status, keeping the per-status counts exact."""
+        self._counts[row.status] -= 1
+        self._counts[status] += 1
         row.status = status
+
+    def _end(self, row: JobRecord, status: JobStatus, now: float) -> None:
+        self._set_status(row, status)
         row.completed_at = now
         row.lease_expires_at = None
         self._forget_unique(row)
@@ -210,7 +215,7 @@ class MemoryRepository(JobRepository):
                 self._logs.setdefault(job_id, []).append((now, "error", note))
             row.error, row.error_type, row.traceback = error, error_type, traceback
             if retry_at is not None:
-                row.status = JobStatus.SCHEDULED
+                self._set_status(row, JobStatus.SCHEDULED)
                 row.run_at = retry_at
                 row.lease_expires_at = None
                 return Cascade()
@@ -231,7 +236,7 @@ class MemoryRepository(JobRepository):
             row = self._held(job_id, worker_id, attempt)
             if row is None:
                 return False
-            row.status = JobStatus.PENDING
+            self._set_status(row, JobStatus.PENDING)
             row.attempts -= 1
             row.worker_id, row.lease_expires_at, row.cancel_requested = None, None, False
             return True
@@ -263,7 +268,7 @@ class MemoryRepository(JobRepository):
                 return None
             if row.unique_key is not None and row.unique_key in self._unique:
                 return None
-            row.status = JobStatus.PENDING
+            self._set_status(row, JobStatus.PENDING)
             row.attempts = 0
             row.run_at = row.started_at = row.completed_at = None
             row.error = row.error_type = row.traceback = None
@@ -314,7 +319,7 @@ class MemoryRepository(JobRepository):
                     row.error, row.error_type = message, "JobCancelled" if cancelled else "WorkerLost"
                     self._cancel_dependents(row, now)
                 else:
-                    row.status = JobStatus.PENDING
+                    self._set_status(row, JobStatus.PENDING)
                     row.lease_expires_at = None
                     row.error, row.error_type = message, "WorkerLost"
                     recovered.append(row.queue_entry())
@@ -336,6 +341,7 @@ class MemoryRepository(JobRepository):
             self._next_seq += 1
             row.created_at = now
             self._jobs[row.id] = row
+            self._counts[row.status] += 1
             return True
 
     def register_worker(self, worker_id: str, host: str, pid: int, now: float) -> None:
@@ -370,7 +376,7 @@ class MemoryRepository(JobRepository):
                       if r.status in TERMINAL_STATUSES
                       and (before is None or (r.completed_at or 0.0) < before)]
             for job_id in doomed:
-                del self._jobs[job_id]
+                self._counts[self._jobs.pop(job_id).status] -= 1
                 self._logs.pop(job_id, None)
                 self._dependents.pop(job_id, None)
             return len(doomed)

@@ -1,0 +1,138 @@
+"""The long-running commands, `worker` and `dashboard`, and the signals that stop them; no job output.
+
+Both run until SIGINT or SIGTERM; `worker` then stops gracefully, and a second signal
+quits at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+import traceback
+from typing import Any
+
+from .. import api
+from ..manager import JobManager
+from .commands import EXIT_FAILED, EXIT_OK, CommandFailed, open_manager
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StopSignals:
+    """SIGINT and SIGTERM, waited for through a self-pipe (`signal.set_wakeup_fd`).
+
+    Whichever thread the kernel delivers a signal to, the C handler writes its number to
+    the pipe and `wait` wakes up; the Python handler does nothing, so no code that takes a
+    lock ever runs at an arbitrary point of the main thread (an `Event.set()` handler can
+    deadlock with the `Event.wait()` it interrupts). `wake()` wakes `wait` with 0."""
+
+    def __enter__(self) -> "StopSignals":
+        self._reader, self._writer = socket.socketpair()
+        self._writer.setblocking(False)  # the C handler must never block on a full pipe
+        self._previous_fd = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
+        self._previous = {signum: signal.signal(signum, self._ignore) for signum in STOP_SIGNALS}
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        signal.set_wakeup_fd(self._previous_fd)
+        self._reader.close()
+        self._writer.close()
+
+    @staticmethod
+    def _ignore(signum: int, frame: Any) -> None:
+        """Installed so the signals reach the wakeup pipe instead of their defaults."""
+
+    def wait(self) -> int:
+        """Block until SIGINT or SIGTERM (returns its number) or `wake()` (returns 0)."""
+        while True:
+            select.select([self._reader], [], [])
+            number = self._reader.recv(1)[0]
+            if number == 0 or number in STOP_SIGNALS:  # other Python-handled signals write here too
+                return number
+
+    def wake(self) -> None:
+        """Wake `wait` (from another thread) with 0."""
+        with contextlib.suppress(OSError):
+            self._writer.send(b"\0")
+
+
+def _import_failure(module: str, exc: BaseException) -> CommandFailed:
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)[1:] if not f.filename.startswith("<")]
+    location = f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    return CommandFailed(f"cannot import {module!r}: {type(exc).__name__}: {exc}{location}")
+
+
+def install_default_manager(manager: JobManager) -> None:
+    """Make `manager` what `jobcore.get_job_manager()` returns, before any module asks.
+
+    So `register_job_function` in the worker's modules registers on the manager that runs
+    with `--workers` threads, and the manager starts once everything is registered."""
+    api.set_job_manager(manager)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    db = os.path.abspath(args.db)
+    manager = open_manager(db, create=True, max_workers=args.workers, lease_timeout=args.lease_timeout,
+                           poll_interval=args.poll_interval)
+    os.environ["JOBCORE_DB"] = db  # before the imports: modules that build JobManager() share it
+    install_default_manager(manager)
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `python -m` does; the console script does not
+    for module in args.imports:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:
+            manager.close()
+            raise _import_failure(module, exc) from None
+    with StopSignals() as signals:
+        manager.start()
+        print(f"jobcore worker {manager.worker_id}: {args.workers} thread(s) on {db},"
+              f" modules {', '.join(args.imports)}; stop with Ctrl-C or SIGTERM", flush=True)
+        signals.wait()
+        print("jobcore worker: stopping, letting running jobs finish (signal again to quit now)", flush=True)
+
+        def stop_then_wake() -> None:
+            try:
+                manager.stop(wait=True, timeout=args.grace)
+            finally:
+                signals.wake()
+
+        # Stopped on another thread, so that the main thread stays free to hear a second signal.
+        threading.Thread(target=stop_then_wake, name="jobcore-stopper", daemon=True).start()
+        if signals.wait() != 0:
+            print("jobcore worker: quitting now; interrupted jobs run again once their leases expire",
+                  file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            os._exit(EXIT_FAILED)  # at once: no interpreter shutdown that could wait on a job
+    still_running = len(manager.workers)
+    manager.close()
+    if still_running:
+        raise CommandFailed(f"{still_running} job(s) still running after --grace {args.grace:g}s;"
+                            " they run again elsewhere once their leases expire")
+    print("jobcore worker: stopped", flush=True)
+    return EXIT_OK
+
+
+def cmd_dashboard(manager: JobManager, args: argparse.Namespace) -> int:
+    from ..dashboard.server import DashboardServer
+
+    try:
+        server = DashboardServer(manager, host=args.host, port=args.port, token=args.token)
+    except OSError as exc:
+        raise CommandFailed(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    with StopSignals() as signals:
+        server.start()
+        print(f"jobcore dashboard on {server.login_url} for {manager.repository.path} (Ctrl-C to stop)",
+              flush=True)
+        signals.wait()
+    server.close()
+    return EXIT_OK

@@ -1,0 +1,42 @@
+"""Contract tests for `delete_finished` and the sequence numbers that survive it; nothing else deletes."""
+
+from __future__ import annotations
+
+from ...repository.base import JobRepository
+from .support import NOW, _add, _claim, _complete, _fail, _get, _ids_of
+
+
+class _HousekeepingContract:
+    """delete_finished, and the sequence numbers that must survive it."""
+
+    def test_delete_finished_deletes_terminal_jobs_finished_before_the_cutoff(
+            self, repository: JobRepository) -> None:
+        # given old terminal jobs (with logs), a recent one, and unfinished jobs created long ago
+        old_done, old_failed, old_cancelled, at_cutoff, recent = (_add(repository) for _ in range(5))
+        _complete(repository, old_done.id, now=NOW + 1)
+        repository.add_log(old_done.id, "info", "hello", NOW + 1)
+        _fail(repository, old_failed.id, now=NOW + 2)
+        repository.cancel(old_cancelled.id, NOW + 3, "no")
+        _complete(repository, at_cutoff.id, now=NOW + 10)
+        _complete(repository, recent.id, now=NOW + 20)
+        pending, running = _add(repository), _add(repository)
+        _claim(repository, running.id)
+        # when jobs finished before NOW + 10 are deleted
+        assert repository.delete_finished(NOW + 10) == 3
+        # then exactly those are gone, logs included
+        for job in (old_done, old_failed, old_cancelled):
+            assert repository.get(job.id) is None
+        assert repository.logs(old_done.id) == []
+        for job in (at_cutoff, recent, pending, running):
+            assert repository.get(job.id) is not None
+        # and None deletes every terminal job, never an unfinished one
+        assert repository.delete_finished(None) == 2
+        assert [r.id for r in repository.list()] == [running.id, pending.id]
+
+    def test_seq_is_never_reused_after_a_delete(self, repository: JobRepository) -> None:
+        older, newest = _add(repository), _add(repository)
+        _complete(repository, newest.id)
+        repository.delete_finished(None)
+        later = _add(repository)
+        assert _get(repository, later.id).seq > newest.seq > _get(repository, older.id).seq
+        assert _ids_of(repository.ready(None, 10)) == [older.id, later.id]

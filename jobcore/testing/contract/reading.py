@@ -1,0 +1,140 @@
+"""Contract tests for the reads: get, ready, scheduled, list, count_by_status, logs; writes only set up."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...models import JobStatus
+from ...repository.base import JobRepository
+from .support import NOW, _add, _claim, _complete, _fail, _get, _ids_of, make_record
+
+
+class _ReadingContract:
+    """get, ready, scheduled, list, count_by_status and logs."""
+
+    def test_get_of_an_unknown_id_is_none(self, repository: JobRepository) -> None:
+        assert repository.get("no-such-job") is None
+
+    def test_records_handed_out_are_copies(self, repository: JobRepository) -> None:
+        # given a stored job, inserted from a record the caller keeps
+        given = make_record(metadata={"k": 1}, kwargs={"n": 1})
+        repository.insert([given], NOW)
+        # when the caller changes the given record and the records it reads back
+        given.name, given.metadata["k"] = "renamed", 2
+        read = _get(repository, given.id)
+        read.status, read.attempts, read.metadata["k"], read.kwargs["n"] = JobStatus.FAILED, 9, 3, 3
+        listed = repository.list()[0]
+        listed.owner, listed.metadata["k"] = "mallory", 4
+        claimed = _claim(repository, given.id)
+        claimed.worker_id, claimed.progress_details["x"] = "w9", 1
+        # then the store is unchanged
+        stored = _get(repository, given.id)
+        assert (stored.name, stored.status, stored.attempts, stored.owner, stored.worker_id) == (
+            "task", JobStatus.RUNNING, 1, None, "w1")
+        assert (stored.metadata, stored.kwargs, stored.progress_details) == ({"k": 1}, {"n": 1}, {})
+
+    def test_ready_orders_by_priority_then_insertion(self, repository: JobRepository) -> None:
+        # given jobs of mixed priorities, inserted in two batches
+        priorities = [5, 10, 5, 0, 10, -3, 5]
+        records = [make_record(priority=p) for p in priorities]
+        repository.insert(records[:4], NOW)
+        repository.insert(records[4:], NOW)
+        # when the ready queue is read, then highest priority first, FIFO among equals
+        order = sorted(range(len(records)), key=lambda i: (-priorities[i], i))
+        expected = [records[i].id for i in order]
+        assert _ids_of(repository.ready(None, 10)) == expected
+        assert _ids_of(repository.ready(None, 3)) == expected[:3]
+        top = repository.ready(None, 1)[0]
+        assert (top.priority, top.seq, top.function_name, top.is_schedule) == (
+            10, records[1].seq, "tests.task", False)
+
+    def test_ready_filters_by_function_name(self, repository: JobRepository) -> None:
+        mail1 = _add(repository, function_name="mail.send")
+        report = _add(repository, function_name="report.build")
+        mail2 = _add(repository, function_name="mail.send")
+        assert _ids_of(repository.ready(["mail.send"], 10)) == [mail1.id, mail2.id]
+        assert _ids_of(repository.ready({"report.build", "other"}, 10)) == [report.id]
+        assert repository.ready([], 10) == []
+        assert _ids_of(repository.ready(None, 10)) == [mail1.id, report.id, mail2.id]
+
+    def test_ready_excludes_blocked_scheduled_running_and_finished_jobs(self, repository: JobRepository) -> None:
+        # given one job in each situation
+        waiting = _add(repository)
+        _add(repository, depends_on=(waiting.id,))                                 # blocked
+        _add(repository, status=JobStatus.SCHEDULED, run_at=NOW - 1)               # scheduled, due
+        _claim(repository, _add(repository).id)                                    # running
+        _complete(repository, _add(repository).id)                                 # completed
+        repository.cancel(_add(repository).id, NOW, "no")                          # cancelled
+        # then only the plain pending job is ready
+        assert _ids_of(repository.ready(None, 50)) == [waiting.id]
+
+    def test_scheduled_orders_by_run_at_and_filters_by_function_name(self, repository: JobRepository) -> None:
+        # given scheduled jobs due at various times, one blocked, one for another function
+        late = _add(repository, status=JobStatus.SCHEDULED, run_at=NOW + 30)
+        soon = _add(repository, status=JobStatus.SCHEDULED, run_at=NOW + 10)
+        mid = _add(repository, status=JobStatus.SCHEDULED, run_at=NOW + 20)
+        other = _add(repository, status=JobStatus.SCHEDULED, run_at=NOW + 5, function_name="other")
+        _add(repository, status=JobStatus.SCHEDULED, run_at=NOW + 1, depends_on=(late.id,))
+        _add(repository)                                                           # pending
+        # then earliest first, blocked and pending left out, filtered by name
+        assert _ids_of(repository.scheduled(None, 10)) == [other.id, soon.id, mid.id, late.id]
+        assert _ids_of(repository.scheduled(["tests.task"], 2)) == [soon.id, mid.id]
+        assert repository.scheduled(None, 1)[0].run_at == NOW + 5
+
+    def test_scheduled_always_includes_schedules(self, repository: JobRepository) -> None:
+        schedule = _add(repository, function_name="cron.fn", cron="*/5 * * * *",
+                        status=JobStatus.SCHEDULED, run_at=NOW + 300)
+        entries = repository.scheduled(["tests.task"], 10)
+        assert _ids_of(entries) == [schedule.id] and entries[0].is_schedule
+
+    def test_list_is_newest_first_with_limit_and_offset(self, repository: JobRepository) -> None:
+        records = [make_record() for _ in range(5)]
+        repository.insert(records[:2], NOW)
+        repository.insert(records[2:], NOW + 1)
+        newest_first = [r.id for r in reversed(records)]
+        assert [r.id for r in repository.list()] == newest_first
+        assert [r.id for r in repository.list(limit=2)] == newest_first[:2]
+        assert [r.id for r in repository.list(limit=2, offset=2)] == newest_first[2:4]
+        assert [r.id for r in repository.list(limit=None, offset=1)] == newest_first[1:]
+        assert repository.list(offset=5) == []
+
+    def test_list_filters_by_status_owner_and_every_tag(self, repository: JobRepository) -> None:
+        a = _add(repository, owner="alice", tags=frozenset({"x", "y"}))
+        b = _add(repository, owner="bob", tags=frozenset({"x"}))
+        c = _add(repository, owner="alice")
+        _complete(repository, c.id)
+        d = _add(repository, owner="alice", tags=frozenset({"y"}))
+
+        def ids(**filters: Any) -> list[str]:
+            return [r.id for r in repository.list(**filters)]
+
+        assert ids(owner="alice") == [d.id, c.id, a.id]
+        assert ids(tags=["x"]) == [b.id, a.id]
+        assert ids(tags={"x", "y"}) == [a.id]
+        assert ids(status=JobStatus.COMPLETED) == [c.id]
+        assert ids(status=JobStatus.PENDING, owner="alice", tags=["y"]) == [d.id, a.id]
+        assert ids(tags=["nope"]) == [] and ids(owner="carol") == []
+
+    def test_count_by_status_has_every_status(self, repository: JobRepository) -> None:
+        assert repository.count_by_status() == {status: 0 for status in JobStatus}
+        _add(repository)
+        _add(repository)
+        _add(repository, status=JobStatus.SCHEDULED, run_at=NOW + 60)
+        _claim(repository, _add(repository).id)
+        _complete(repository, _add(repository).id)
+        _fail(repository, _add(repository).id)
+        repository.cancel(_add(repository).id, NOW, "no")
+        assert repository.count_by_status() == {
+            JobStatus.PENDING: 2, JobStatus.SCHEDULED: 1, JobStatus.RUNNING: 1,
+            JobStatus.COMPLETED: 1, JobStatus.FAILED: 1, JobStatus.CANCELLED: 1}
+
+    def test_logs_are_kept_per_job_oldest_first(self, repository: JobRepository) -> None:
+        a, b = _add(repository), _add(repository)
+        repository.add_log(a.id, "info", "first", NOW)
+        repository.add_log(b.id, "info", "other job", NOW)
+        repository.add_log(a.id, "warning", "second, same time", NOW)
+        repository.add_log(a.id, "error", "third", NOW + 1)
+        assert repository.logs(a.id) == [(NOW, "info", "first"), (NOW, "warning", "second, same time"),
+                                         (NOW + 1, "error", "third")]
+        assert repository.logs(b.id) == [(NOW, "info", "other job")]
+        assert repository.logs("no-such-job") == []

@@ -1,0 +1,321 @@
+"""Contract tests for one job's life: claim, complete, fail, cancel, requeue, leases; no batches (`settling`)."""
+
+from __future__ import annotations
+
+from ...models import JobStatus
+from ...repository.base import CancelOutcome, Cascade, JobRepository
+from .support import LEASE, NOW, _add, _claim, _complete, _fail, _get, _ids_of, _status
+
+
+class _RunningContract:
+    """claim, complete, fail, finish_cancelled, cancel, requeue, progress, heartbeats, recovery."""
+
+    def test_claim_makes_a_pending_job_running(self, repository: JobRepository) -> None:
+        job = _add(repository)
+        claimed = repository.claim(job.id, "w1", NOW + 5, NOW + 35)
+        assert claimed is not None
+        for record in (claimed, _get(repository, job.id)):
+            assert (record.status, record.attempts, record.started_at, record.worker_id,
+                    record.lease_expires_at, record.cancel_requested) == (
+                JobStatus.RUNNING, 1, NOW + 5, "w1", NOW + 35, False)
+
+    def test_a_claimed_job_cannot_be_claimed_again(self, repository: JobRepository) -> None:
+        job = _add(repository)
+        _claim(repository, job.id, "w1")
+        assert repository.claim(job.id, "w2", NOW + 1, NOW + 31) is None
+        assert repository.claim(job.id, "w1", NOW + 1, NOW + 31) is None
+        stored = _get(repository, job.id)
+        assert (stored.worker_id, stored.attempts, stored.lease_expires_at) == ("w1", 1, NOW + LEASE)
+
+    def test_a_scheduled_job_is_claimable_only_once_due(self, repository: JobRepository) -> None:
+        job = _add(repository, status=JobStatus.SCHEDULED, run_at=NOW + 10)
+        assert repository.claim(job.id, "w1", NOW + 9.5, NOW + 40) is None
+        assert _status(repository, job.id) is JobStatus.SCHEDULED
+        assert _get(repository, job.id).attempts == 0
+        assert _claim(repository, job.id, now=NOW + 10).attempts == 1
+
+    def test_blocked_finished_schedule_and_unknown_jobs_are_not_claimable(self, repository: JobRepository) -> None:
+        dependency = _add(repository)
+        blocked = _add(repository, depends_on=(dependency.id,))
+        cancelled = _add(repository)
+        repository.cancel(cancelled.id, NOW, "no")
+        completed, failed = _add(repository), _add(repository)
+        _complete(repository, completed.id)
+        _fail(repository, failed.id)
+        schedule = _add(repository, cron="* * * * *", status=JobStatus.SCHEDULED, run_at=NOW - 1)
+        for job in (blocked, cancelled, completed, failed, schedule):
+            before = _get(repository, job.id)
+            assert repository.claim(job.id, "w2", NOW + 1, NOW + 31) is None, job
+            after = _get(repository, job.id)
+            assert (after.status, after.attempts, after.worker_id) == (before.status, before.attempts,
+                                                                      before.worker_id)
+        assert repository.claim("no-such-job", "w2", NOW, NOW + LEASE) is None
+
+    def test_complete_applies_only_for_the_holding_worker_and_attempt(self, repository: JobRepository) -> None:
+        # given a running job held by w1 on attempt 1
+        job = _add(repository)
+        _claim(repository, job.id, "w1")
+        # when another worker, or the wrong attempt, completes it: nothing happens
+        assert repository.complete(job.id, "w2", 1, "theirs", NOW + 1) is None
+        assert repository.complete(job.id, "w1", 2, "future", NOW + 1) is None
+        stored = _get(repository, job.id)
+        assert (stored.status, stored.result, stored.completed_at) == (JobStatus.RUNNING, None, None)
+        # when the holder completes it: done, with result and full progress
+        cascade = repository.complete(job.id, "w1", 1, {"rows": 3}, NOW + 2)
+        assert isinstance(cascade, Cascade) and not cascade.released and not cascade.cancelled
+        stored = _get(repository, job.id)
+        assert (stored.status, stored.result, stored.progress, stored.completed_at,
+                stored.lease_expires_at) == (JobStatus.COMPLETED, {"rows": 3}, 1.0, NOW + 2, None)
+        # and completing it again is refused
+        assert repository.complete(job.id, "w1", 1, "again", NOW + 3) is None
+        assert _get(repository, job.id).result == {"rows": 3}
+
+    def test_fail_applies_only_for_the_holding_worker_and_attempt(self, repository: JobRepository) -> None:
+        job = _add(repository)
+        _claim(repository, job.id, "w1")
+        for worker, attempt in (("w2", 1), ("w1", 2)):
+            assert repository.fail(job.id, worker, attempt, error="x", error_type="E", traceback=None,
+                                   now=NOW + 1, retry_at=None, note="should not be logged") is None
+        stored = _get(repository, job.id)
+        assert (stored.status, stored.error, stored.completed_at) == (JobStatus.RUNNING, None, None)
+        assert repository.logs(job.id) == []
+
+    def test_a_stale_attempt_cannot_touch_the_job_once_it_was_taken_back(self, repository: JobRepository) -> None:
+        # given a job whose first attempt lost its lease and was claimed again by the same worker
+        job = _add(repository)
+        _claim(repository, job.id, "w1")
+        assert _ids_of(repository.recover_expired(NOW + LEASE + 1)) == [job.id]
+        assert _claim(repository, job.id, "w1", now=NOW + LEASE + 2).attempts == 2
+        # when the first attempt reports in, then every report is refused
+        later = NOW + LEASE + 3
+        assert repository.update_progress(job.id, "w1", 1, 0.5, "old", {}, later) is False
+        assert repository.complete(job.id, "w1", 1, "old", later) is None
+        assert repository.fail(job.id, "w1", 1, error="old", error_type="E", traceback=None,
+                               now=later, retry_at=None) is None
+        assert repository.finish_cancelled(job.id, "w1", 1, later) is None
+        stored = _get(repository, job.id)
+        assert (stored.status, stored.attempts, stored.progress, stored.result) == (
+            JobStatus.RUNNING, 2, 0.0, None)
+
+    def test_complete_and_fail_log_their_notes(self, repository: JobRepository) -> None:
+        done, failed = _add(repository), _add(repository)
+        _claim(repository, done.id)
+        _claim(repository, failed.id)
+        repository.complete(done.id, "w1", 1, None, NOW + 1, note="attempt 1 completed")
+        repository.fail(failed.id, "w1", 1, error="boom", error_type="ValueError", traceback=None,
+                        now=NOW + 2, retry_at=None, note="attempt 1 failed: boom")
+        assert repository.logs(done.id) == [(NOW + 1, "info", "attempt 1 completed")]
+        assert repository.logs(failed.id) == [(NOW + 2, "error", "attempt 1 failed: boom")]
+
+    def test_fail_with_retry_at_schedules_the_next_attempt(self, repository: JobRepository) -> None:
+        # given a running job with a dependent
+        job = _add(repository, max_retries=3)
+        dependent = _add(repository, depends_on=(job.id,))
+        _claim(repository, job.id)
+        # when its attempt fails with a retry time
+        cascade = repository.fail(job.id, "w1", 1, error="reset", error_type="ConnectionError",
+                                  traceback="Traceback ...", now=NOW + 1, retry_at=NOW + 10)
+        # then it is SCHEDULED for then, the error is recorded, and the dependent still waits
+        assert cascade is not None and not cascade.cancelled and not cascade.released
+        stored = _get(repository, job.id)
+        assert (stored.status, stored.run_at, stored.error, stored.error_type, stored.traceback,
+                stored.attempts, stored.completed_at, stored.lease_expires_at) == (
+            JobStatus.SCHEDULED, NOW + 10, "reset", "ConnectionError", "Traceback ...", 1, None, None)
+        assert _ids_of(repository.scheduled(None, 10)) == [job.id] and repository.ready(None, 10) == []
+        assert _status(repository, dependent.id) is JobStatus.PENDING
+        # and the next attempt can be claimed once due, counted as attempt 2
+        assert repository.claim(job.id, "w1", NOW + 9, NOW + 39) is None
+        assert _claim(repository, job.id, now=NOW + 10).attempts == 2
+
+    def test_fail_without_retry_is_final(self, repository: JobRepository) -> None:
+        job = _add(repository)
+        _claim(repository, job.id)
+        cascade = repository.fail(job.id, "w1", 1, error="bad input", error_type="ValueError",
+                                  traceback="Traceback ...", now=NOW + 1, retry_at=None)
+        assert cascade is not None and not cascade.cancelled
+        stored = _get(repository, job.id)
+        assert (stored.status, stored.error, stored.error_type, stored.traceback, stored.completed_at,
+                stored.lease_expires_at) == (JobStatus.FAILED, "bad input", "ValueError", "Traceback ...",
+                                             NOW + 1, None)
+
+    def test_complete_releases_a_dependent_only_when_its_last_dependency_completes(
+            self, repository: JobRepository) -> None:
+        # given c waiting on a and b, and d waiting on a only
+        a, b = _add(repository), _add(repository)
+        c = _add(repository, depends_on=(a.id, b.id))
+        d = _add(repository, depends_on=(a.id,))
+        # when a completes, then only d is released
+        assert _ids_of(_complete(repository, a.id).released) == [d.id]
+        assert _get(repository, c.id).blocked == 1 and _get(repository, d.id).blocked == 0
+        assert _ids_of(repository.ready(None, 10)) == [b.id, d.id]
+        # when b completes, then c is released too
+        released = _complete(repository, b.id, now=NOW + 1).released
+        assert _ids_of(released) == [c.id] and released[0].seq == _get(repository, c.id).seq
+        assert _ids_of(repository.ready(None, 10)) == [c.id, d.id]
+
+    def test_fail_cancels_dependents_transitively_naming_the_failed_job(self, repository: JobRepository) -> None:
+        # given root <- child (scheduled) <- grandchild, root <- sibling, and an unrelated job
+        root, unrelated = _add(repository), _add(repository)
+        child = _add(repository, depends_on=(root.id,), status=JobStatus.SCHEDULED, run_at=NOW + 60)
+        grandchild = _add(repository, depends_on=(child.id,))
+        sibling = _add(repository, depends_on=(root.id, unrelated.id))
+        # when root fails for good
+        cascade = _fail(repository, root.id, now=NOW + 1)
+        # then every dependent, transitively, is CANCELLED naming root; the unrelated job runs on
+        assert sorted(cascade.cancelled) == sorted([child.id, grandchild.id, sibling.id])
+        for job in (child, grandchild, sibling):
+            stored = _get(repository, job.id)
+            assert stored.status is JobStatus.CANCELLED and root.id in (stored.error or "")
+            assert stored.completed_at == NOW + 1
+        assert _status(repository, unrelated.id) is JobStatus.PENDING
+
+    def test_finish_cancelled_ends_a_running_job_and_its_dependents(self, repository: JobRepository) -> None:
+        job = _add(repository)
+        dependent = _add(repository, depends_on=(job.id,))
+        _claim(repository, job.id, "w1")
+        assert repository.cancel(job.id, NOW + 1, "user")[0] is CancelOutcome.REQUESTED
+        assert repository.finish_cancelled(job.id, "w2", 1, NOW + 2) is None
+        assert _status(repository, job.id) is JobStatus.RUNNING
+        cascade = repository.finish_cancelled(job.id, "w1", 1, NOW + 2)
+        assert cascade is not None and list(cascade.cancelled) == [dependent.id]
+        stored = _get(repository, job.id)
+        assert (stored.status, stored.completed_at, stored.lease_expires_at) == (
+            JobStatus.CANCELLED, NOW + 2, None)
+        assert job.id in (_get(repository, dependent.id).error or "")
+
+    def test_cancel_reports_what_it_did(self, repository: JobRepository) -> None:
+        pending = _add(repository)
+        scheduled = _add(repository, status=JobStatus.SCHEDULED, run_at=NOW + 60)
+        schedule = _add(repository, cron="@daily", status=JobStatus.SCHEDULED, run_at=NOW + 60)
+        running, completed = _add(repository), _add(repository)
+        _claim(repository, running.id)
+        _complete(repository, completed.id)
+        for job in (pending, scheduled, schedule):
+            outcome, cascade = repository.cancel(job.id, NOW + 1, "changed my mind")
+            assert outcome is CancelOutcome.CANCELLED and not cascade.cancelled
+            stored = _get(repository, job.id)
+            assert (stored.status, stored.error, stored.completed_at) == (
+                JobStatus.CANCELLED, "changed my mind", NOW + 1)
+        assert repository.cancel(running.id, NOW + 1, "stop")[0] is CancelOutcome.REQUESTED
+        stored = _get(repository, running.id)
+        assert stored.status is JobStatus.RUNNING and stored.cancel_requested
+        assert repository.cancel(completed.id, NOW + 1, "late")[0] is CancelOutcome.FINISHED
+        assert _status(repository, completed.id) is JobStatus.COMPLETED
+        assert repository.cancel(pending.id, NOW + 2, "again")[0] is CancelOutcome.FINISHED
+        assert _get(repository, pending.id).error == "changed my mind"
+        assert repository.cancel("no-such-job", NOW, "x")[0] is CancelOutcome.NOT_FOUND
+
+    def test_cancel_of_a_pending_job_cascades_to_its_dependents(self, repository: JobRepository) -> None:
+        root = _add(repository)
+        child = _add(repository, depends_on=(root.id,))
+        grandchild = _add(repository, depends_on=(child.id,))
+        outcome, cascade = repository.cancel(root.id, NOW + 1, "not needed")
+        assert outcome is CancelOutcome.CANCELLED
+        assert sorted(cascade.cancelled) == sorted([child.id, grandchild.id])
+        assert all(_status(repository, j.id) is JobStatus.CANCELLED for j in (child, grandchild))
+        assert root.id in (_get(repository, grandchild.id).error or "")
+
+    def test_requeue_makes_failed_and_cancelled_jobs_pending_again(self, repository: JobRepository) -> None:
+        failed, cancelled = _add(repository, priority=3), _add(repository)
+        _fail(repository, failed.id)
+        repository.cancel(cancelled.id, NOW, "no")
+        for job in (failed, cancelled):
+            entry = repository.requeue(job.id, NOW + 1)
+            assert entry is not None and entry.job_id == job.id
+            stored = _get(repository, job.id)
+            assert (stored.status, stored.attempts, stored.error, stored.error_type, stored.completed_at,
+                    stored.blocked) == (JobStatus.PENDING, 0, None, None, None, 0)
+        assert repository.requeue(failed.id, NOW + 1) is None   # now pending: left alone
+        assert _ids_of(repository.ready(None, 10)) == [cancelled.id, failed.id]  # priority 5, then 3
+        assert _claim(repository, failed.id, now=NOW + 2).attempts == 1
+
+    def test_requeue_leaves_unfinished_completed_and_unknown_jobs_alone(self, repository: JobRepository) -> None:
+        pending = _add(repository)
+        scheduled = _add(repository, status=JobStatus.SCHEDULED, run_at=NOW + 60)
+        running, completed = _add(repository), _add(repository)
+        _claim(repository, running.id)
+        _complete(repository, completed.id)
+        for job in (pending, scheduled, running, completed):
+            before = _get(repository, job.id)
+            assert repository.requeue(job.id, NOW + 1) is None
+            after = _get(repository, job.id)
+            assert (after.status, after.attempts) == (before.status, before.attempts)
+        assert repository.requeue("no-such-job", NOW) is None
+
+    def test_requeue_counts_the_dependencies_still_unfinished(self, repository: JobRepository) -> None:
+        waiting_on = _add(repository)
+        dependent = _add(repository, depends_on=(waiting_on.id,))
+        repository.cancel(dependent.id, NOW, "no")
+        assert repository.requeue(dependent.id, NOW + 1) is not None
+        assert _get(repository, dependent.id).blocked == 1
+        assert _ids_of(repository.ready(None, 10)) == [waiting_on.id]
+        assert _ids_of(_complete(repository, waiting_on.id, now=NOW + 2).released) == [dependent.id]
+
+    def test_requeue_never_makes_two_unfinished_jobs_share_a_unique_key(self, repository: JobRepository) -> None:
+        old = _add(repository, unique_key="nightly")
+        _fail(repository, old.id)
+        new = _add(repository, unique_key="nightly")
+        assert repository.requeue(old.id, NOW + 1) is None
+        assert (_status(repository, old.id), _status(repository, new.id)) == (JobStatus.FAILED, JobStatus.PENDING)
+
+    def test_update_progress_applies_only_for_the_holding_worker_and_attempt(
+            self, repository: JobRepository) -> None:
+        job, idle = _add(repository), _add(repository)
+        _claim(repository, job.id, "w1")
+        assert repository.update_progress(job.id, "w1", 1, 0.5, "half", {"rows": 5}, NOW + 1) is True
+        assert repository.update_progress(job.id, "w2", 1, 0.9, "theirs", {}, NOW + 2) is False
+        assert repository.update_progress(job.id, "w1", 2, 0.9, "future", {}, NOW + 2) is False
+        assert repository.update_progress(idle.id, "w1", 0, 0.9, "idle", {}, NOW + 2) is False
+        stored = _get(repository, job.id)
+        assert (stored.progress, stored.progress_message, stored.progress_details) == (0.5, "half", {"rows": 5})
+        assert _get(repository, idle.id).progress == 0.0
+
+    def test_heartbeat_extends_only_the_given_leases_the_worker_holds(self, repository: JobRepository) -> None:
+        # given w1 running a and b, w2 running c, and d pending
+        a, b, c, d = (_add(repository) for _ in range(4))
+        _claim(repository, a.id, "w1")
+        _claim(repository, b.id, "w1")
+        _claim(repository, c.id, "w2")
+        # when w1 heartbeats a, c and d
+        assert repository.heartbeat("w1", [a.id, c.id, d.id], NOW + 100, NOW + 5) == []
+        # then only a's lease moves
+        leases = [_get(repository, j.id).lease_expires_at for j in (a, b, c, d)]
+        assert leases == [NOW + 100, NOW + LEASE, NOW + LEASE, None]
+        assert _status(repository, d.id) is JobStatus.PENDING
+        # and a requested cancellation is reported to the holder only
+        repository.cancel(a.id, NOW + 6, "stop")
+        assert repository.heartbeat("w1", [a.id, b.id], NOW + 110, NOW + 7) == [a.id]
+        assert repository.heartbeat("w2", [a.id, c.id], NOW + 110, NOW + 7) == []
+        assert repository.heartbeat("w1", [], NOW + 110, NOW + 7) == []
+
+    def test_recover_expired_requeues_jobs_whose_lease_ran_out(self, repository: JobRepository) -> None:
+        # given a running job whose worker stopped heartbeating, and one whose worker still does
+        lost, alive = _add(repository, max_retries=3), _add(repository)
+        _claim(repository, lost.id, "w1")
+        _claim(repository, alive.id, "w2")
+        repository.heartbeat("w2", [alive.id], NOW + 90, NOW + 20)
+        # when recovery runs before and after the lost lease's end
+        assert repository.recover_expired(NOW + LEASE - 1) == []
+        recovered = repository.recover_expired(NOW + LEASE + 1)
+        # then only the lost job is back, PENDING, its attempt still counted
+        assert _ids_of(recovered) == [lost.id]
+        stored = _get(repository, lost.id)
+        assert (stored.status, stored.attempts, stored.lease_expires_at) == (JobStatus.PENDING, 1, None)
+        assert _ids_of(repository.ready(None, 10)) == [lost.id]
+        assert _status(repository, alive.id) is JobStatus.RUNNING
+        assert _claim(repository, lost.id, "w3", now=NOW + LEASE + 2).attempts == 2
+
+    def test_recover_expired_fails_a_job_whose_last_attempt_was_lost(self, repository: JobRepository) -> None:
+        # given a job allowed one retry, with a dependent
+        job = _add(repository, max_retries=1)
+        dependent = _add(repository, depends_on=(job.id,))
+        # when both of its attempts lose their lease
+        _claim(repository, job.id, now=NOW)
+        assert _ids_of(repository.recover_expired(NOW + LEASE + 1)) == [job.id]
+        _claim(repository, job.id, now=NOW + 100)
+        assert repository.recover_expired(NOW + 100 + LEASE + 1) == []
+        # then it is FAILED as WorkerLost, and its dependent is cancelled
+        stored = _get(repository, job.id)
+        assert (stored.status, stored.error_type, stored.attempts, stored.completed_at) == (
+            JobStatus.FAILED, "WorkerLost", 2, NOW + 100 + LEASE + 1)
+        assert _status(repository, dependent.id) is JobStatus.CANCELLED

@@ -1,0 +1,84 @@
+"""Contract tests for `release` and `apply`, a worker's batch; single-job settling is tested in `running`."""
+
+from __future__ import annotations
+
+import pytest
+
+from ...models import JobStatus
+from ...repository import base
+from ...repository.base import JobRepository
+from .support import NOW, _add, _claim, _get, _ids_of, _status
+
+
+class _SettlingContract:
+    """release, and apply: a worker's settlements and next claims in one step."""
+
+    def test_release_hands_a_claimed_job_back_without_counting_the_attempt(
+            self, repository: JobRepository) -> None:
+        # given a job claimed by w1
+        job = _add(repository)
+        _claim(repository, job.id, "w1")
+        # when another worker or another attempt releases it: refused
+        assert repository.release(job.id, "w2", 1, NOW + 1) is False
+        assert repository.release(job.id, "w1", 2, NOW + 1) is False
+        assert _status(repository, job.id) is JobStatus.RUNNING
+        # when its holder releases it: PENDING again, as if never claimed
+        assert repository.release(job.id, "w1", 1, NOW + 1) is True
+        stored = _get(repository, job.id)
+        assert (stored.status, stored.attempts, stored.worker_id, stored.lease_expires_at) == (
+            JobStatus.PENDING, 0, None, None)
+        assert _ids_of(repository.ready(None, 10)) == [job.id]
+        assert _claim(repository, job.id, "w2", now=NOW + 2).attempts == 1
+
+    def test_apply_settles_in_order_then_claims(self, repository: JobRepository) -> None:
+        # given w1 holding four jobs, w2 holding one, and jobs waiting to be claimed
+        done, retried, failed, released, theirs = (_add(repository) for _ in range(5))
+        for job in (done, retried, failed, released):
+            _claim(repository, job.id, "w1")
+        _claim(repository, theirs.id, "w2")
+        after_done = _add(repository, depends_on=(done.id,))
+        first, second = _add(repository), _add(repository)
+        later = _add(repository, status=JobStatus.SCHEDULED, run_at=NOW + 60)
+        settlements = [
+            base.Settlement("complete", done.id, 1, result={"n": 1}, note="attempt 1 completed"),
+            base.Settlement("retry", retried.id, 1, error="reset", error_type="ConnectionError",
+                            retry_at=NOW + 10),
+            base.Settlement("fail", failed.id, 1, error="bad", error_type="ValueError"),
+            base.Settlement("release", released.id, 1),
+            base.Settlement("complete", theirs.id, 1, result="not mine"),
+        ]
+        # when w1 applies them and asks for more work
+        cascades, claimed = repository.apply(settlements, [first.id, after_done.id, later.id, second.id,
+                                                           "no-such-job"], "w1", NOW + 1, NOW + 31)
+        # then each settlement reports like its single-job method
+        assert len(cascades) == 5 and cascades[4] is None
+        assert cascades[0] is not None and _ids_of(cascades[0].released) == [after_done.id]
+        assert all(c is not None and not c.cancelled and not c.released for c in cascades[1:4])
+        assert (_get(repository, done.id).status, _get(repository, done.id).result) == (
+            JobStatus.COMPLETED, {"n": 1})
+        assert repository.logs(done.id) == [(NOW + 1, "info", "attempt 1 completed")]
+        assert (_status(repository, retried.id), _get(repository, retried.id).run_at) == (
+            JobStatus.SCHEDULED, NOW + 10)
+        assert _status(repository, failed.id) is JobStatus.FAILED
+        assert (_status(repository, released.id), _get(repository, released.id).attempts) == (
+            JobStatus.PENDING, 0)
+        assert (_status(repository, theirs.id), _get(repository, theirs.id).result) == (JobStatus.RUNNING, None)
+        # and the claims came after them: the job released by `done` is claimed too
+        assert sorted(r.id for r in claimed) == sorted([first.id, after_done.id, second.id])
+        for record in claimed:
+            assert (record.status, record.worker_id, record.attempts, record.lease_expires_at) == (
+                JobStatus.RUNNING, "w1", 1, NOW + 31)
+        assert _status(repository, later.id) is JobStatus.SCHEDULED
+
+    def test_apply_refuses_an_unstorable_result_before_writing(self, repository: JobRepository) -> None:
+        if not repository.persistent:
+            pytest.skip("only persistent repositories promise JSON results")
+        ok, bad, waiting = _add(repository), _add(repository), _add(repository)
+        _claim(repository, ok.id, "w1")
+        _claim(repository, bad.id, "w1")
+        with pytest.raises((TypeError, ValueError)):
+            repository.apply([base.Settlement("complete", ok.id, 1, result="fine"),
+                              base.Settlement("complete", bad.id, 1, result=object())],
+                             [waiting.id], "w1", NOW + 1, NOW + 31)
+        assert [_status(repository, j.id) for j in (ok, bad, waiting)] == [
+            JobStatus.RUNNING, JobStatus.RUNNING, JobStatus.PENDING]
