@@ -18,7 +18,7 @@ from typing import Callable, Optional
 
 from .clock import Clock
 from .errors import RepositoryError
-from .repository.base import JobRepository
+from .repository.base import JobRepository, Recovery
 from .workers import PoolSettings, WorkerPool
 
 logger = logging.getLogger("jobcore.housekeeper")
@@ -35,12 +35,14 @@ class Housekeeper:
     """
 
     def __init__(self, repository: JobRepository, pool: WorkerPool, clock: Clock, settings: PoolSettings,
-                 refill: Callable[[], None], discovery_interval: float) -> None:
+                 refill: Callable[[], None], discovery_interval: float,
+                 on_recovery: Callable[[Recovery], None]) -> None:
         self._repo = repository
         self._pool = pool
         self._clock = clock
         self._settings = settings
         self._refill = refill
+        self._on_recovery = on_recovery  # queues what came back, notifies of what failed
         self._discovery_interval = discovery_interval
         # _cond guards _stopping and _thread; the thread sleeps on it between chores.
         self._cond = threading.Condition(threading.Lock())
@@ -109,7 +111,7 @@ class Housekeeper:
                 if now >= next_recover:
                     next_recover = now + recover_every
                     wall = self._clock.time()
-                    self._pool.enqueue_entries(self._repo.recover_expired(wall))
+                    self._on_recovery(self._repo.recover(wall))
                     for worker_id in self._repo.reap_workers(wall - settings.lease_timeout):
                         logger.warning("worker %s stopped beating; removed from the registry", worker_id)
                 if now >= next_look:

@@ -22,7 +22,7 @@ from .notify_dispatch import NotificationDispatcher
 from .records import event_of, job_of, local_datetime, record_for, result_of
 from .queue import ReadyQueue
 from .registry import FunctionRegistry, LocalJobs
-from .repository.base import CancelOutcome, JobRecord, WorkerInfo
+from .repository.base import CancelOutcome, JobRecord, Recovery, WorkerInfo
 from .repository.factory import RepositoryLike, build_repository, default_database_path
 from .retry import Classifier, is_transient
 from .housekeeper import Housekeeper
@@ -98,7 +98,8 @@ class JobManager:
                                 rng or random.Random())
         self._housekeeper = Housekeeper(self.repository, self._pool, self._clock, settings,
                                         self._load_queue,
-                                        _positive("discovery_interval", discovery_interval))
+                                        _positive("discovery_interval", discovery_interval),
+                                        self._recovered)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> "JobManager":
@@ -112,7 +113,7 @@ class JobManager:
                 self._load_queue()
                 self._running = True
                 return self
-            self._pool.enqueue_entries(self.repository.recover_expired(self._clock.time()))
+            self._recovered(self.repository.recover(self._clock.time()))
             self._load_queue()
             self._pool.start()
             self._housekeeper.start()
@@ -154,6 +155,16 @@ class JobManager:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+    def _recovered(self, recovery: Recovery) -> None:
+        """Queue jobs taken back from dead workers; announce those that ended for good."""
+        self._pool.enqueue_entries(recovery.requeued)
+        for event, ids in (("job.dead_lettered", recovery.failed), ("job.cancelled", recovery.cancelled)):
+            for job_id in ids:
+                self._mark_settled(job_id)
+                record = self.repository.get(job_id)
+                if record is not None:
+                    self._publish(event, record, {"error": record.error, "error_type": record.error_type})
 
     def _load_queue(self) -> None:
         """Index the stored jobs this manager can run (up to a window of the best)."""

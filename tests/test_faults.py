@@ -86,3 +86,26 @@ def test_unwritable_database_raises_clearly_and_keeps_what_was_accepted(make_man
     assert manager.get_stats()["total"] == 1
     manager.start()
     assert manager.wait(accepted, timeout=WAIT).result == 7
+
+
+def test_a_job_whose_last_attempt_was_lost_is_dead_lettered_with_a_notification(
+        make_manager: Any, db_path: str) -> None:
+    from jobcore import CallbackNotificationChannel
+
+    events: list[dict[str, Any]] = []
+    repo = SQLiteRepository(db_path)
+    producer = make_manager(repo, producer=True)
+    job_id = producer.enqueue(Job(function_name="echo", args=(1,), max_retries=0))
+    now = time.time()
+    assert repo.claim(job_id, "dead-worker", now - 120, now - 60) is not None  # lease long gone
+
+    manager = make_manager(db_path)
+    manager.register_function("echo", lambda x: x)
+    manager.add_notification_channel(CallbackNotificationChannel(events.append))
+    manager.start()
+    result = manager.wait(job_id, timeout=WAIT)
+    manager.stop()
+
+    assert (result.status, result.error_type) == (JobStatus.FAILED, "WorkerLost")
+    assert [(e["event"], e["job_id"], e["error_type"]) for e in events] == [
+        ("job.dead_lettered", job_id, "WorkerLost")]

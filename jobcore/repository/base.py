@@ -128,6 +128,16 @@ class WorkerInfo:
     running: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class Recovery:
+    """What `JobRepository.recover` took back: jobs re-queued, and jobs that ended FAILED
+    (their last attempt was lost: the dead-letter queue) or CANCELLED (cancel requested)."""
+
+    requeued: tuple[QueueEntry, ...] = ()
+    failed: tuple[str, ...] = ()
+    cancelled: tuple[str, ...] = ()
+
+
 class CancelOutcome(enum.Enum):
     """What `JobRepository.cancel` did."""
 
@@ -359,6 +369,11 @@ class JobRepository(abc.ABC):
         changed the store, so idle managers know when to look for new work. None means
         the backend cannot tell: managers then look every `poll_interval`."""
         return None
+
+    def recover(self, now: float) -> Recovery:
+        """`recover_expired`, also saying which jobs it ended FAILED or CANCELLED (so the
+        engine can notify of them). This default reports only the re-queued ones."""
+        return Recovery(requeued=tuple(self.recover_expired(now)))
 
     # -- housekeeping --------------------------------------------------------------
     @abc.abstractmethod

@@ -14,7 +14,8 @@ from typing import Any, Collection, Optional, Sequence
 
 from ..models import TERMINAL_STATUSES, JobStatus
 from ._cascade import dependency_error_message, plan_batch
-from .base import Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry, Settlement, WorkerInfo
+from .base import (Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry, Recovery, Settlement,
+                   WorkerInfo)
 
 _UNFINISHED = (JobStatus.PENDING, JobStatus.SCHEDULED, JobStatus.RUNNING)
 
@@ -306,8 +307,11 @@ class MemoryRepository(JobRepository):
             return requested
 
     def recover_expired(self, now: float) -> list[QueueEntry]:
+        return list(self.recover(now).requeued)
+
+    def recover(self, now: float) -> Recovery:
         with self._lock:
-            recovered = []
+            recovered, failed, cancelled_ids = [], [], []
             for row in list(self._jobs.values()):
                 if (row.status is not JobStatus.RUNNING or row.lease_expires_at is None
                         or row.lease_expires_at >= now):
@@ -317,6 +321,7 @@ class MemoryRepository(JobRepository):
                     cancelled = row.cancel_requested
                     self._end(row, JobStatus.CANCELLED if cancelled else JobStatus.FAILED, now)
                     row.error, row.error_type = message, "JobCancelled" if cancelled else "WorkerLost"
+                    (cancelled_ids if cancelled else failed).append(row.id)
                     self._cancel_dependents(row, now)
                 else:
                     self._set_status(row, JobStatus.PENDING)
@@ -324,7 +329,7 @@ class MemoryRepository(JobRepository):
                     row.error, row.error_type = message, "WorkerLost"
                     recovered.append(row.queue_entry())
                 self._logs.setdefault(row.id, []).append((now, "warning", message))
-            return recovered
+            return Recovery(tuple(recovered), tuple(failed), tuple(cancelled_ids))
 
     def fire_schedule(self, schedule_id: str, fire_at: float, next_run_at: float, run: JobRecord,
                       now: float) -> bool:

@@ -21,7 +21,8 @@ from . import sqlite_schema as sql
 from .sqlite_rows import STATUSES, entry_from_row, record_from_row, row_params, translate
 from ._cascade import dependency_error_message, plan_batch
 from .group_commit import GroupCommitter
-from .base import Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry, Settlement, WorkerInfo
+from .base import (Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry, Recovery, Settlement,
+                   WorkerInfo)
 
 DURABILITY = {"normal": "NORMAL", "full": "FULL"}
 
@@ -383,13 +384,18 @@ class SQLiteRepository(JobRepository):
         return [job_id for job_id, requested in rows if requested]
 
     def recover_expired(self, now: float) -> list[QueueEntry]:
+        return list(self.recover(now).requeued)
+
+    def recover(self, now: float) -> Recovery:
         with self._write() as conn:
             rows = conn.execute(sql.RECOVER_EXPIRED, (now, now)).fetchall()
             for row in rows:
                 conn.execute(sql.INSERT_LOG, (row[0], now, "warning", row[7]))
                 if row[6] in (JobStatus.FAILED.value, JobStatus.CANCELLED.value):
                     self._cancel_dependents(conn, row[0], now)
-        return [entry_from_row(row) for row in rows if row[6] == JobStatus.PENDING.value]
+        return Recovery(requeued=tuple(entry_from_row(row) for row in rows if row[6] == JobStatus.PENDING.value),
+                        failed=tuple(row[0] for row in rows if row[6] == JobStatus.FAILED.value),
+                        cancelled=tuple(row[0] for row in rows if row[6] == JobStatus.CANCELLED.value))
 
     def fire_schedule(self, schedule_id: str, fire_at: float, next_run_at: float, run: JobRecord,
                       now: float) -> bool:
