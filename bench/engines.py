@@ -93,31 +93,37 @@ ENGINES: dict[str, tuple[Callable[[], Engine], str, str]] = {
     "heap": (_floor("HeapFloor"), "floor", "stdlib heapq + Condition"),
 }
 
-# What each engine writes and does per job that the others may not: docs/performance.md
-# prints this beside the table.
+# What each engine writes and does per job that the others may not; the report prints it
+# under the tables. jobcore's entries describe the engine as of this benchmark's writing.
 PER_JOB = {
-    "jobcore-sqlite": "validates the Job; JSON-encodes args into a 37-column row with 9 partial"
-                      " indexes; 3 write transactions (insert, claim with RETURNING the whole row,"
-                      " complete); stores the result (NULL here); in-process heap of ids; WAL,"
-                      " synchronous=NORMAL (no fsync per commit)",
-    "jobcore-sqlite-full": "as jobcore SQLite, with synchronous=FULL: an fsync of the WAL on every"
-                           " commit, 3 per job",
-    "jobcore-memory": "validates the Job; copies a JobRecord into a dict under one lock; claims and"
-                      " completes by compare-and-set; arguments kept as Python objects (no JSON)",
-    "huey": "pickles the task; insert (1 commit); dequeue = select + delete in an exclusive"
-            " transaction (1 commit); deletes the revoke key (1 statement); stores no result for"
-            " None; one connection behind one lock for all threads; SQLite default synchronous"
-            " (FULL: fsync per commit); idle workers poll (0.1 s, backing off x1.15 to 10 s)",
-    "persist-queue": "pickles the item; insert (1 commit); get = select + status update (1"
-                     " commit); ack = status update (1 commit); one connection pair behind a lock;"
-                     " SQLite default synchronous (FULL); in-process Event wakes getters; no results",
-    "litequeue": "stores a string; insert (autocommit); pop = UPDATE ... WHERE rowid = (SELECT ..."
+    "jobcore-sqlite": "validates the Job; JSON-encodes args, tags, metadata and dependencies into a"
+                      " ~38-column row (6 indexes on the table); one write transaction per `enqueue`"
+                      " call (concurrent callers share one: group commit); a dispatcher thread claims"
+                      " ready ids in batches (UPDATE ... RETURNING the row) and records outcomes in the"
+                      " same transaction as the next claims; stores status, timestamps and the result"
+                      " (JSON, NULL here); an in-process heap of ids wakes workers at once;"
+                      " WAL, synchronous=NORMAL: no fsync per commit",
+    "jobcore-sqlite-full": "as jobcore SQLite with synchronous=FULL: the WAL is fsynced on every"
+                           " commit (each enqueue call, each dispatcher batch)",
+    "jobcore-memory": "validates the Job; keeps a copy of the record in a dict under one lock;"
+                      " claims and completes by compare-and-set through the same dispatcher; arguments"
+                      " kept as Python objects (no JSON); nothing persisted",
+    "huey": "pickles the task; INSERT (1 commit); dequeue = SELECT + DELETE in an exclusive"
+            " transaction (1 commit); reads the revoke keys, then clears the task's in another"
+            " exclusive transaction (nothing written when there is none); stores no result for"
+            " None; one connection behind one lock for all threads; SQLite's default synchronous=FULL"
+            " (fsync per commit); idle workers poll every 0.1 s, backing off x1.15 up to 10 s",
+    "persist-queue": "pickles the item; INSERT (1 commit); get = SELECT + status UPDATE (1 commit);"
+                     " ack = status UPDATE (1 commit); one writer connection behind a lock; SQLite's"
+                     " default synchronous=FULL; an in-process Event wakes getters; no results",
+    "litequeue": "stores a string; INSERT (autocommit); pop = UPDATE ... WHERE rowid = (SELECT ..."
                  " ORDER BY message_id LIMIT 1) in an IMMEDIATE transaction, which sorts the ready"
-                 " rows; done = update (autocommit); synchronous=NORMAL; no blocking pop (the"
-                 " benchmark's workers poll every 5 ms); no priorities, no results",
+                 " rows on every pop; done = UPDATE (autocommit); synchronous=NORMAL; no blocking"
+                 " pop (the benchmark's workers poll every 5 ms); no priorities, no results",
     "raw-normal": "3 statements per job (INSERT, UPDATE-claim with RETURNING, UPDATE-complete),"
-                  " each its own transaction; WAL, synchronous=NORMAL; workers woken in-process",
-    "raw-full": "as raw NORMAL with synchronous=FULL (fsync per commit)",
+                  " each its own transaction, on a 4-column table with one partial index; WAL,"
+                  " synchronous=NORMAL; workers woken in-process",
+    "raw-full": "as raw NORMAL with synchronous=FULL: an fsync per commit, 3 per job",
     "raw-batch": f"the same 3 statements, {BATCH} jobs per transaction each",
     "heap": "heapq.heappush/heappop under one threading.Condition; nothing stored",
 }

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -22,19 +21,18 @@ import tempfile
 import time
 from typing import Any, Optional
 
-BENCH = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(BENCH)
-VENV = os.path.join(BENCH, ".venv")
+from environment import (BENCH, CODE_ENV, ROOT, bootstrap, code_digest, log, loadavg, machine, peer_status,
+                         snapshot_jobcore)
+
 RESULTS = os.path.join(BENCH, "results")
-PEER_REQUIREMENTS = ["huey==3.5.4", "persist-queue==1.1.0", "litequeue==0.9"]
 MARK = "BENCH-RESULT "
 
 FULL = dict(n=20_000, reps=3, pickup=500, pickup_polling=100, pickup_budget=60.0, priority_n=5_000,
             deep=200_000, deep_drain=20_000, depths=[10_000, 100_000, 1_000_000], depth_ops=2_000,
-            depth_reps=3, procs_n=20_000, timeout=600.0)
+            depth_reps=3, procs_n=20_000, drain_budget=30.0, timeout=600.0)
 QUICK = dict(n=3_000, reps=1, pickup=100, pickup_polling=30, pickup_budget=15.0, priority_n=2_000,
              deep=200_000, deep_drain=3_000, depths=[10_000, 100_000], depth_ops=1_000,
-             depth_reps=1, procs_n=5_000, timeout=180.0)
+             depth_reps=1, procs_n=5_000, drain_budget=15.0, timeout=180.0)
 
 JOBCORE = ["jobcore-sqlite", "jobcore-sqlite-full", "jobcore-memory"]
 PEERS = ["huey", "persist-queue", "litequeue"]
@@ -50,53 +48,10 @@ SCENARIO_ENGINES = {
 POLLING = {"huey"}   # idle workers poll: fewer pickup samples, each takes ~0.1 s
 
 
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-# -- the venv ---------------------------------------------------------------------------------
-def bootstrap() -> None:
-    """Build bench/.venv with the peers if needed, then re-run this script inside it."""
-    if os.path.realpath(sys.prefix) == os.path.realpath(VENV):
-        return
-    python = os.path.join(VENV, "bin", "python")
-    marker = os.path.join(VENV, "bench-peers.json")
-    try:
-        if not os.path.exists(python):
-            log(f"creating {VENV} ...")
-            subprocess.run([sys.executable, "-m", "venv", VENV], check=True, timeout=300)
-        status: dict[str, Any] = {}
-        if os.path.exists(marker):
-            with open(marker) as f:
-                status = json.load(f)
-        installed = status.get("installed", [])
-        failed: dict[str, str] = {}
-        for requirement in PEER_REQUIREMENTS:
-            if requirement in installed:
-                continue
-            log(f"pip install {requirement} into {VENV} ...")
-            done = subprocess.run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                                   requirement], capture_output=True, text=True, timeout=600)
-            if done.returncode == 0:
-                installed.append(requirement)
-            else:
-                lines = [line for line in done.stderr.splitlines() if line.strip()]
-                failed[requirement] = lines[-1] if lines else f"pip exited {done.returncode}"
-                log(f"  could not install {requirement}: {failed[requirement]}")
-        with open(marker, "w") as f:
-            json.dump({"installed": installed, "failed": failed}, f, indent=1)
-    except (OSError, subprocess.SubprocessError) as exc:
-        log(f"could not build the benchmark venv ({exc}); peers will be n/a")
-        return
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
-    os.execve(python, [python, os.path.abspath(__file__), *sys.argv[1:]], env)
-
-
 # -- children -----------------------------------------------------------------------------------
 def child(args: argparse.Namespace) -> None:
     """Run one measurement in this (fresh) process and print its JSON."""
-    sys.path[:0] = [BENCH, ROOT]
+    sys.path[:0] = [BENCH, os.environ.get(CODE_ENV) or ROOT]
     try:
         result = _child_result(args)
     except NotImplementedError as exc:
@@ -127,11 +82,11 @@ def _child_result(args: argparse.Namespace) -> Optional[dict[str, Any]]:
     if args.child == "e2e":
         if args.profile:
             return _profiled(lambda: harness.e2e(engine, workdir, args.n, args.timeout), args)
-        return harness.e2e(engine, workdir, args.n, args.timeout)
+        return harness.e2e(engine, workdir, args.n, args.budget)
     if args.child == "bulk":
         return harness.bulk(engine, workdir, args.n, args.timeout)
     if args.child == "concurrent":
-        return harness.concurrent(engine, workdir, args.n, args.timeout)
+        return harness.concurrent(engine, workdir, args.n, args.budget)
     if args.child == "priority":
         return harness.priority(engine, workdir, args.n, args.timeout)
     if args.child == "pickup":
@@ -176,9 +131,10 @@ def _profiled(run: Any, args: argparse.Namespace) -> dict[str, Any]:
 class Runner:
     """Runs child measurements with a time limit and collects their results."""
 
-    def __init__(self, args: argparse.Namespace, cfg: dict[str, Any]) -> None:
+    def __init__(self, args: argparse.Namespace, cfg: dict[str, Any], code: str) -> None:
         self.args = args
         self.cfg = cfg
+        self.code = code   # the snapshot of jobcore/ every child imports
         self.count = 0
         self.started = time.monotonic()
 
@@ -195,7 +151,7 @@ class Runner:
         label = f"{name} {engine} " + " ".join(f"{k}={v}" for k, v in params.items() if k != "db")
         log(f"[{self.count:3d} {time.monotonic() - self.started:6.0f}s] {label.strip()} ...")
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+        env[CODE_ENV] = self.code
         t0 = time.monotonic()
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=timeout + 60, env=env)
@@ -228,6 +184,9 @@ def _median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
             summary[key] = statistics.median(run[key] for run in good if key in run)
         elif key == "settings":
             summary[key] = value
+    partial = [run["partial"] for run in good if "partial" in run]
+    if partial:
+        summary["partial"] = partial
     return summary
 
 
@@ -253,8 +212,8 @@ def _engines(args: argparse.Namespace, scenario: str) -> list[str]:
     return engines
 
 
-def run_all(args: argparse.Namespace, cfg: dict[str, Any]) -> dict[str, Any]:
-    runner = Runner(args, cfg)
+def run_all(args: argparse.Namespace, cfg: dict[str, Any], code: str) -> dict[str, Any]:
+    runner = Runner(args, cfg, code)
     reps, n = cfg["reps"], cfg["n"]
     results: dict[str, Any] = {}
     raw: dict[str, dict[str, list[dict[str, Any]]]] = {}
@@ -279,9 +238,11 @@ def run_all(args: argparse.Namespace, cfg: dict[str, Any]) -> dict[str, Any]:
                         samples.setdefault(engine, []).extend(result["latencies_ms"])
                         missed[engine] = missed.get(engine, 0) + result["missed"]
                     continue
-                size = cfg["priority_n"] if scenario == "priority" else n
+                params: dict[str, Any] = {"n": cfg["priority_n"] if scenario == "priority" else n}
+                if scenario in ("e2e", "concurrent"):
+                    params["budget"] = cfg["drain_budget"]
                 raw.setdefault(scenario, {}).setdefault(engine, []).append(
-                    runner.measure(scenario, engine, n=size))
+                    runner.measure(scenario, engine, **params))
     for scenario, by_engine in raw.items():
         results[scenario] = {engine: _median_of(runs) for engine, runs in by_engine.items()}
     if "pickup" in timed:
@@ -333,25 +294,6 @@ def run_depth(runner: Runner, args: argparse.Namespace, cfg: dict[str, Any]) -> 
     return out
 
 
-def machine() -> dict[str, Any]:
-    import sqlite3
-    cpu = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
-    except OSError:
-        pass
-    memory = "?"
-    try:
-        with open("/proc/meminfo") as f:
-            memory = f"{int(f.readline().split()[1]) / 2**20:.1f} GiB"
-    except (OSError, ValueError, IndexError):
-        pass
-    return {"nproc": os.cpu_count(), "cpu": cpu, "memory": memory, "python": platform.python_version(),
-            "sqlite": sqlite3.sqlite_version, "platform": platform.platform(),
-            "tmpdir": tempfile.gettempdir()}
-
-
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, one repetition (~3 min)")
@@ -363,6 +305,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--profile", metavar="ENGINE", help="run the end-to-end figure once under cProfile and exit")
     parser.add_argument("--tmpdir", help="where the temporary databases go (default: the system's)")
     parser.add_argument("--output", default=os.path.join(RESULTS, "latest.json"))
+    parser.add_argument("--render", metavar="JSON", help="print the report of a saved run and exit")
     # child mode (internal)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     for name, kind in (("engine", str), ("workdir", str), ("timeout", float), ("budget", float), ("depth", int),
@@ -373,8 +316,16 @@ def main(argv: Optional[list[str]] = None) -> int:
         args.profile = bool(args.profile)
         child(args)
         return 0
+    if args.render:
+        sys.path[:0] = [BENCH]
+        import report
+        with open(args.render) as f:
+            saved = json.load(f)
+        print(report.render(saved["results"], report.targets(saved["results"], saved["meta"]["config"]),
+                            saved["meta"]))
+        return 0
     if not args.no_venv:
-        bootstrap()
+        bootstrap(__file__)
     cfg = dict(QUICK if args.quick else FULL)
     if args.reps:
         cfg["reps"] = args.reps
@@ -385,8 +336,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         try:
             command = [sys.executable, os.path.abspath(__file__), "--child", "e2e", "--engine", args.profile,
                        "--n", str(cfg["n"]), "--workdir", workdir, "--timeout", str(cfg["timeout"]), "--profile", "1"]
-            env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
-            return subprocess.run(command, env=env).returncode
+            return subprocess.run(command).returncode
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
@@ -395,11 +345,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     started = time.time()
     meta = {"command": "python bench/run.py" + (" --quick" if args.quick else ""), "config": cfg,
             "machine": machine(), "started_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "peers": _peer_status()}
+            "peers": peer_status()}
     log(f"jobcore benchmark: {'quick' if args.quick else 'full'} run, {cfg['reps']} repetition(s), "
         f"{cfg['n']:,} jobs per throughput figure; python {sys.executable}")
-    results = run_all(args, cfg)
+    meta["loadavg_before"] = loadavg()
+    code = snapshot_jobcore()
+    meta["jobcore_digest"] = code_digest(code)
+    try:
+        results = run_all(args, cfg, code)
+    finally:
+        shutil.rmtree(code, ignore_errors=True)
     meta["seconds"] = round(time.time() - started, 1)
+    meta["loadavg_after"] = loadavg()
     targets = report.targets(results, cfg)
     text = report.render(results, targets, meta)
     print(text)
@@ -408,15 +365,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         json.dump({"meta": meta, "results": results, "targets": targets}, f, indent=1, default=str)
     log(f"done in {meta['seconds']:.0f}s; JSON in {args.output}")
     return 0
-
-
-def _peer_status() -> dict[str, Any]:
-    marker = os.path.join(VENV, "bench-peers.json")
-    status: dict[str, Any] = {"venv": os.path.realpath(sys.prefix) == os.path.realpath(VENV)}
-    if os.path.exists(marker):
-        with open(marker) as f:
-            status.update(json.load(f))
-    return status
 
 
 if __name__ == "__main__":
