@@ -7,6 +7,7 @@ binding of `current_job()`. It decides nothing about retries and touches no stor
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import threading
 import traceback as traceback_module
@@ -37,11 +38,22 @@ class Outcome:
 
 
 def accepts_progress_callback(func: Callable[..., Any]) -> bool:
-    """True if `func` declares a parameter named `progress_callback`."""
+    """True if `func` declares a parameter named `progress_callback` (cached per function:
+    inspecting a signature costs more than running a small job)."""
+    try:
+        return _accepts_progress_callback(func)
+    except TypeError:  # unhashable callable
+        return _inspect_progress_callback(func)
+
+
+def _inspect_progress_callback(func: Callable[..., Any]) -> bool:
     try:
         return "progress_callback" in inspect.signature(func).parameters
     except (TypeError, ValueError):
         return False
+
+
+_accepts_progress_callback = functools.lru_cache(maxsize=1024)(_inspect_progress_callback)
 
 
 def _event_loop() -> asyncio.AbstractEventLoop:

@@ -94,9 +94,10 @@ class Recorder:
         now = self._clock.time()
         settlements = [self._settlement(f, now) for f in finished]
         try:
+            # Top-ups only help where other processes take jobs this one knows of.
+            wanted = frozenset(top_up) if top_up is not None and self._repo.persistent else None
             cascades, claimed = self._repo.apply(settlements, claim_ids, self._worker_id, now,
-                                                 now + self._lease_timeout,
-                                                 top_up=None if top_up is None else frozenset(top_up))
+                                                 now + self._lease_timeout, top_up=wanted)
         except Exception as exc:  # storage trouble (or a backend bug): retry, never die
             if isinstance(exc, RepositoryError):
                 logger.error("could not record %d outcomes / claim %d jobs, will retry: %s",

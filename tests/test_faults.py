@@ -109,3 +109,25 @@ def test_a_job_whose_last_attempt_was_lost_is_dead_lettered_with_a_notification(
     assert (result.status, result.error_type) == (JobStatus.FAILED, "WorkerLost")
     assert [(e["event"], e["job_id"], e["error_type"]) for e in events] == [
         ("job.dead_lettered", job_id, "WorkerLost")]
+
+
+def test_a_version_1_database_is_migrated(tmp_path: Any) -> None:
+    path = str(tmp_path / "old.db")
+    SQLiteRepository(path).close()
+    raw = sqlite3.connect(path)
+    raw.execute("ALTER TABLE jobs DROP COLUMN memory_limit")  # as version 1 created it
+    raw.execute("UPDATE jobcore_meta SET value = '1' WHERE key = 'schema_version'")
+    raw.commit()
+    raw.close()
+
+    repo = SQLiteRepository(path)
+    from jobcore import JobManager
+    manager = JobManager(repo)
+    manager.register_function("echo", lambda x: x)
+    job_id = manager.enqueue(Job(function_name="echo", args=(5,)))
+    assert manager.run_pending() == 1
+    assert manager.poll(job_id).result == 5
+    check = sqlite3.connect(path)
+    assert check.execute("SELECT value FROM jobcore_meta WHERE key = 'schema_version'").fetchone() == ("2",)
+    check.close()
+    manager.close()

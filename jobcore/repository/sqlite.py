@@ -135,7 +135,11 @@ class SQLiteRepository(JobRepository):
                 while version < sql.SCHEMA_VERSION:
                     for statement in sql.MIGRATIONS[version].split(";"):
                         if statement.strip():
-                            conn.execute(statement)
+                            try:
+                                conn.execute(statement)
+                            except sqlite3.OperationalError as exc:
+                                if "duplicate column" not in str(exc):
+                                    raise
                     version += 1
                 # Written only when it changes, so a read-only database still opens for reading.
                 if row is None or row[0] != str(version):

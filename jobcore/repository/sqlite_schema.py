@@ -4,7 +4,7 @@ No code runs here; `repository.sqlite` executes these. Schema changes bump
 `SCHEMA_VERSION` and add a step to `MIGRATIONS`.
 """
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Created and read before everything else: the schema version decides what else may run.
 CREATE_META = """
@@ -95,7 +95,11 @@ CREATE TABLE IF NOT EXISTS jobcore_workers (
 """
 
 # Migrations from version N to N + 1, run in order inside one transaction.
-MIGRATIONS: dict[int, str] = {}
+# A step may meet a database that already has its change (created by a development build
+# of the same version): "duplicate column" errors are skipped.
+MIGRATIONS: dict[int, str] = {
+    1: "ALTER TABLE jobs ADD COLUMN memory_limit INTEGER",  # isolated jobs' memory cap
+}
 
 COLUMNS = (
     "id, function_name, name, payload, priority, status, seq, created_at, scheduled_at, run_at,"
