@@ -9,6 +9,7 @@ instead, since CI must run them.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 import signal
 import statistics
@@ -26,6 +27,7 @@ import pytest
 import pg_server
 from jobcore import Job, JobManager, JobPriority, JobStatus, RetryableError, current_job
 from jobcore.errors import RepositoryError
+from jobcore.repository.base import JobRecord, Settlement
 from jobcore.testing.contract import NOW, RepositoryContract, claim_race, make_record
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,6 +36,7 @@ WAIT = 30.0
 try:
     import psycopg
     from jobcore.postgres import PostgresRepository
+    from jobcore.postgres.schema import SCHEMA_VERSION
 except ImportError as exc:  # the extra is not installed
     psycopg = None  # type: ignore[assignment]
     _MISSING: str | None = (f"NO PSYCOPG: the PostgreSQL repository is NOT tested here ({exc});"
@@ -106,9 +109,11 @@ class TestPostgresRepository(RepositoryContract):
 
 # -- what only PostgreSQL promises -----------------------------------------------------------
 def test_importing_jobcore_never_imports_psycopg() -> None:
-    code = "import sys, jobcore, jobcore.testing; sys.exit('psycopg' in sys.modules)"
+    code = ("import sys, jobcore, jobcore.testing, jobcore.cli, jobcore.dashboard\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('psycopg', 'jobcore.postgres'))))")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
-    assert subprocess.run([sys.executable, "-c", code], env=env, timeout=60).returncode == 0
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout.strip()) == (0, "[]"), done.stderr
 
 
 def test_tables_live_in_their_schema_with_a_version(repo: "PostgresRepository", schema: Schema) -> None:
@@ -118,7 +123,48 @@ def test_tables_live_in_their_schema_with_a_version(repo: "PostgresRepository", 
         version = conn.execute(f'SELECT value FROM "{schema.name}".jobcore_meta'
                                " WHERE key = 'schema_version'").fetchone()
     assert tables == {"jobs", "job_deps", "job_logs", "jobcore_workers", "jobcore_meta"}
-    assert version == ("1",)
+    assert version == (str(SCHEMA_VERSION),)
+
+
+def test_a_version_1_schema_is_migrated_in_place_keeping_its_jobs(repo: "PostgresRepository",
+                                                                  schema: Schema) -> None:
+    # given a schema as jobcore's first PostgreSQL version left it, holding a job
+    kept = make_record()
+    repo.insert([kept], NOW)
+    with psycopg.connect(schema.server, autocommit=True) as conn:
+        conn.execute(f'ALTER TABLE "{schema.name}".jobs DROP COLUMN memory_limit')
+        conn.execute(f"UPDATE \"{schema.name}\".jobcore_meta SET value = '1'")
+    # when this version opens it
+    migrated = schema.repository()
+    try:
+        # then it is at this version, the job is still there, and the new field is stored
+        capped = make_record(memory_limit=64 * 1024 * 1024)
+        migrated.insert([capped], NOW)
+        assert migrated.get(kept.id) is not None
+        assert migrated.get(capped.id).memory_limit == 64 * 1024 * 1024  # type: ignore[union-attr]
+    finally:
+        migrated.close()
+    with psycopg.connect(schema.server) as conn:
+        assert conn.execute(f'SELECT value FROM "{schema.name}".jobcore_meta').fetchone() == (str(SCHEMA_VERSION),)
+
+
+def test_every_field_of_a_record_is_stored(repo: "PostgresRepository") -> None:
+    # A field added to JobRecord must be added here, and to the table, or this fails.
+    values: dict[str, Any] = dict(
+        function_name="tests.f", name="n", args=(1, "two", [3]), kwargs={"k": {"v": None}}, priority=-7,
+        status=JobStatus.SCHEDULED, scheduled_at=NOW + 5, run_at=NOW + 6, max_retries=9,
+        retry_delay=0.25, retry_backoff=3.0, retry_jitter=False, timeout=12.5, tags=frozenset({"a", "b"}),
+        metadata={"m": [1]}, owner="alice", unique_key="u", isolation="process", memory_limit=1 << 30,
+        cron=None, cron_timezone=None)
+    derived = {"id", "seq", "created_at", "started_at", "completed_at", "attempts", "depends_on", "blocked",
+               "progress", "progress_message", "progress_details", "result", "error", "error_type",
+               "traceback", "worker_id", "lease_expires_at", "cancel_requested", "decode_error"}
+    assert {f.name for f in dataclasses.fields(JobRecord)} == set(values) | derived
+    record = make_record(**values)
+    repo.insert([record], NOW)
+    stored = repo.get(record.id)
+    assert stored is not None
+    assert {name: getattr(stored, name) for name in values} == values
 
 
 def test_a_bare_dsn_selects_the_schema_through_search_path(schema: Schema) -> None:
@@ -266,6 +312,109 @@ def test_a_dependency_ending_while_its_dependent_is_inserted_never_strands_it(
         ender.close()
 
 
+def test_stale_claims_are_topped_up_with_the_best_ready_jobs_in_priority_then_fifo_order(
+        repo: "PostgresRepository") -> None:
+    # given ready jobs of two functions, a scheduled one, and a manager whose ids went stale
+    low, first, second, urgent = (make_record(priority=p) for p in (1, 5, 5, 9))
+    other = make_record(function_name="tests.other", priority=9)
+    later = make_record(status=JobStatus.SCHEDULED, run_at=NOW + 60, priority=9)
+    repo.insert([low, first, second, urgent, other, later], NOW)
+    repo.claim(low.id, "w0", NOW, NOW + 30)
+    # when it claims one id still good and three stale ones, topping up with its function
+    _, taken = repo.apply([], [low.id, "gone-1", "gone-2", second.id], "w1", NOW, NOW + 30,
+                          top_up=["tests.task"])
+    # then the good id and the best others of its function are claimed: nothing else
+    assert [r.id for r in taken] == [urgent.id, first.id, second.id]
+    assert all((r.status, r.worker_id, r.attempts) == (JobStatus.RUNNING, "w1", 1) for r in taken)
+    _, rest = repo.apply([], ["gone-3", "gone-4"], "w2", NOW, NOW + 30, top_up=["tests.task", "tests.other"])
+    assert [r.id for r in rest] == [other.id]
+    assert repo.apply([], ["gone-5"], "w3", NOW, NOW + 30)[1] == []    # no top_up: nothing
+
+
+def test_topped_up_claims_from_many_connections_claim_every_job_once(schema: Schema) -> None:
+    repos = [schema.repository(pool_size=2) for _ in range(4)]
+    try:
+        repos[0].insert([make_record() for _ in range(400)], NOW)
+        claimed: list[list[str]] = [[] for _ in repos]
+
+        def drain(index: int) -> None:
+            stale = [f"gone-{n}" for n in range(5)]
+            while batch := repos[index].apply([], stale, f"w{index}", NOW, NOW + 30, top_up=["tests.task"])[1]:
+                claimed[index] += [r.id for r in batch]
+
+        threads = [threading.Thread(target=drain, args=(i,), name=f"top-up-{i}") for i in range(len(repos))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(WAIT)
+        every = [job_id for ids in claimed for job_id in ids]
+        assert len(every) == len(set(every)) == 400
+        assert sum(1 for ids in claimed if ids) >= 2   # they shared the work
+    finally:
+        for repository in repos:
+            repository.close()
+
+
+def test_completions_applied_together_release_a_shared_dependent_once(repo: "PostgresRepository") -> None:
+    # given a job depending on two running jobs of one worker
+    first, second = make_record(), make_record()
+    repo.insert([first, second], NOW)
+    both = make_record(depends_on=(first.id, second.id))
+    repo.insert([both], NOW)
+    for job in (first, second):
+        repo.claim(job.id, "w1", NOW, NOW + 30)
+    # when both complete in one apply, then the dependent is released once, by the later
+    cascades, _ = repo.apply([Settlement("complete", first.id, 1), Settlement("complete", second.id, 1)],
+                             [], "w1", NOW + 1, NOW + 31)
+    assert [[e.job_id for e in c.released] for c in cascades if c is not None] == [[], [both.id]]
+    stored = repo.get(both.id)
+    assert stored is not None and (stored.status, stored.blocked) == (JobStatus.PENDING, 0)
+
+
+def test_concurrent_fires_from_many_connections_store_one_run(schema: Schema) -> None:
+    repos = [schema.repository(pool_size=1) for _ in range(4)]
+    try:
+        fired = make_record(cron="* * * * *", status=JobStatus.SCHEDULED, run_at=NOW + 60)
+        repos[0].insert([fired], NOW)
+        outcomes: list[bool] = []
+        start = threading.Barrier(len(repos))
+
+        def fire(repository: "PostgresRepository") -> None:
+            start.wait(WAIT)
+            outcomes.append(repository.fire_schedule(fired.id, NOW + 60, NOW + 120, make_record(), NOW + 61))
+
+        threads = [threading.Thread(target=fire, args=(r,), name=f"fire-{i}") for i, r in enumerate(repos)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(WAIT)
+        assert sorted(outcomes) == [False, False, False, True]
+        assert sum(repos[0].count_by_status().values()) == 2
+    finally:
+        for repository in repos:
+            repository.close()
+
+
+def test_a_dead_workers_jobs_come_back_at_once_and_recover_says_how_each_ended(
+        repo: "PostgresRepository") -> None:
+    # given a dead worker holding three jobs: one with attempts left, one on its last
+    # attempt, one whose cancellation was requested; and a live worker holding one
+    again, last, unwanted, alive = make_record(), make_record(max_retries=0), make_record(), make_record()
+    repo.insert([again, last, unwanted, alive], NOW)
+    for job in (again, last, unwanted):
+        repo.claim(job.id, "dead", NOW, NOW + 30)
+    repo.claim(alive.id, "live", NOW, NOW + 30)
+    repo.cancel(unwanted.id, NOW, "stop")
+    # when the dead worker's leases are ended and recovery runs, long before they lapse
+    assert repo.expire_worker("dead", NOW + 1) == 3
+    recovery = repo.recover(NOW + 1)
+    # then each of its jobs ended as its state says, and the live worker kept its job
+    assert ([e.job_id for e in recovery.requeued], recovery.failed, recovery.cancelled) == (
+        [again.id], (last.id,), (unwanted.id,))
+    assert [repo.get(j.id).status for j in (again, last, unwanted, alive)] == [  # type: ignore[union-attr]
+        JobStatus.PENDING, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.RUNNING]
+
+
 def test_a_small_pool_serves_many_threads(schema: Schema) -> None:
     repository = schema.repository(pool_size=2)
     try:
@@ -380,6 +529,20 @@ def test_dependencies_run_in_order_and_failures_cascade(manager_on: Callable[...
     assert order == ["first", "second", "third"]
     cancelled = manager.wait(after_doomed.id, timeout=WAIT)
     assert cancelled.status is JobStatus.CANCELLED and doomed.id in (cancelled.error or "")
+
+
+def test_a_corrupt_row_fails_alone(manager_on: Callable[..., JobManager], schema: Schema) -> None:
+    manager = manager_on()
+    manager.register_function("echo", lambda x: x)
+    broken = manager.enqueue(Job(function_name="echo", args=(1,)))
+    fine = manager.enqueue(Job(function_name="echo", args=(2,)))
+    with psycopg.connect(schema.server, autocommit=True) as conn:
+        conn.execute(f'UPDATE "{schema.name}".jobs SET payload = %s WHERE id = %s', ("not json {", broken))
+    manager.start()
+    bad = manager.wait(broken, timeout=WAIT)
+    assert (bad.status, bad.error_type, bad.attempts) == (JobStatus.FAILED, "CorruptJob", 1)
+    assert "cannot be decoded" in (bad.error or "")
+    assert manager.wait(fine, timeout=WAIT).result == 2
 
 
 def test_a_cron_schedule_fires_once_per_second_across_two_managers(
@@ -505,19 +668,33 @@ def _wait_until(condition: Callable[[], bool], timeout: float = WAIT) -> None:
         time.sleep(0.05)
 
 
+def _deadlocks(server: str) -> int:
+    with psycopg.connect(server) as conn:
+        row = conn.execute("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()").fetchone()
+    return int(row[0]) if row else 0
+
+
 def test_two_processes_drain_every_job_exactly_once(workers: Workers, schema: Schema,
                                                    make_manager: Callable[..., JobManager]) -> None:
+    # given two worker processes with short leases, and jobs arriving in bursts while they run
+    deadlocks = _deadlocks(schema.server)
     producer = make_manager(schema.repository(), producer=True)
-    producer.enqueue_many([Job(function_name="work", args=(n,), kwargs={"pause": 0.005}) for n in range(500)])
-    workers.spawn()
-    workers.spawn()
+    workers.spawn(lease=1.0)
+    workers.spawn(lease=1.0)
     workers.go_and_wait_started()
+    for start in range(0, 500, 100):
+        producer.enqueue_many([Job(function_name="work", args=(n,), kwargs={"pause": 0.002})
+                               for n in range(start, start + 100)])
     _wait_until(lambda: producer.get_stats()["completed"] == 500)
+    workers.stop()
+    # then every job ran exactly once, both processes took work, and no lease was lost
     runs = workers.runs()
     counts = collections.Counter(n for n, _, _ in runs)
     assert sorted(counts) == list(range(500)) and set(counts.values()) == {1}
     by_process = collections.Counter(pid for _, pid, _ in runs)
-    assert len(by_process) == 2, by_process            # both processes took work
+    assert len(by_process) == 2, by_process
+    assert all(r.attempts == 1 for r in producer.repository.list(limit=None))
+    assert _deadlocks(schema.server) == deadlocks  # stats arrive when the workers' sessions end
     print(f"\njobs per process: {sorted(by_process.values())}", file=sys.stderr)
 
 

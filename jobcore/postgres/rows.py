@@ -39,7 +39,7 @@ def row_params(record: JobRecord, now: float, status: JobStatus, blocked: int, e
         record.retry_backoff, bool(record.retry_jitter), record.timeout, sorted(record.tags),
         serialization.encode(record.metadata, field="metadata"), record.owner, record.unique_key,
         record.isolation, list(record.depends_on), record.cron, record.cron_timezone, error,
-        "DependencyFailed" if error else None, now if error else None,
+        "DependencyFailed" if error else None, now if error else None, record.memory_limit,
     )
 
 
@@ -53,7 +53,7 @@ def record_from_row(row: Sequence[Any]) -> JobRecord:
      record.owner, record.unique_key, record.isolation, depends_on, record.blocked,
      record.progress, record.progress_message, details, result, record.error,
      record.error_type, record.traceback, record.worker_id, record.lease_expires_at,
-     record.cancel_requested, record.cron, record.cron_timezone) = row
+     record.cancel_requested, record.cron, record.cron_timezone, record.memory_limit) = row
     record.status = _STATUS.get(status, JobStatus.FAILED)
     record.tags = frozenset(tags or ())
     record.depends_on = tuple(depends_on or ())

@@ -1,0 +1,296 @@
+"""The SQL `PostgresRepository` runs, as named constants, and `Statements` to fill them in.
+
+No code runs here beyond formatting. `{s}` stands for the quoted PostgreSQL schema.
+
+Row locks, and why (READ COMMITTED; rows of `jobs`):
+- Claims take `FOR NO KEY UPDATE SKIP LOCKED`: managers claiming the same job never wait
+  on each other; the loser simply gets nothing.
+- Inserting a job that depends on stored jobs takes `FOR KEY SHARE` on them, and every
+  transition that ends a job (complete, final fail, cancel, recovery, cascade) takes
+  `FOR UPDATE` first. The two conflict, so a dependency cannot end between the moment an
+  insert reads its status and the moment the dependent's `job_deps` row commits (which
+  would leave the dependent blocked forever); claims (`NO KEY UPDATE`) do not conflict
+  with `KEY SHARE`, so inserts never make a claim skip a job.
+- Statements that lock several rows take them in `seq` order, and statements that must
+  never wait (claims, heartbeats, recovery) skip locked rows, so no two transactions
+  wait on each other in a cycle (PostgreSQL would break it only after deadlock_timeout).
+"""
+
+from __future__ import annotations
+
+from . import schema as ddl
+
+COLUMNS = (
+    "id, function_name, name, payload, priority, status, seq, created_at, scheduled_at, run_at,"
+    " started_at, completed_at, attempts, max_retries, retry_delay, retry_backoff, retry_jitter,"
+    " timeout, tags, metadata, owner, unique_key, isolation, depends_on, blocked, progress,"
+    " progress_message, progress_details, result, error, error_type, traceback, worker_id,"
+    " lease_expires_at, cancel_requested, cron, cron_timezone, memory_limit"
+)
+# COALESCE(status, ''), in statements that find a few jobs by id: it keeps the planner
+# off the status indexes. Queue statistics are always stale (thousands of jobs change
+# status between two ANALYZEs), and with them the planner was seen (EXPLAIN ANALYZE) to
+# read every pending job through jobs_ready or jobs_status and filter by id, on every
+# claim and completion: a drain of 20,000 jobs then slowed down as it went.
+_J_COLUMNS = ", ".join(f"j.{column.strip()}" for column in COLUMNS.split(","))
+ENTRY = "id, priority, seq, run_at, function_name, cron IS NOT NULL"
+_J_ENTRY = "j.id, j.priority, j.seq, j.run_at, j.function_name, j.cron IS NOT NULL"
+_UNFINISHED = "('pending', 'scheduled', 'running')"
+
+INSERT_JOB = """
+INSERT INTO {s}.jobs (id, function_name, name, payload, priority, status, blocked, created_at,
+    scheduled_at, run_at, max_retries, retry_delay, retry_backoff, retry_jitter, timeout, tags,
+    metadata, owner, unique_key, isolation, depends_on, cron, cron_timezone, error, error_type,
+    completed_at, memory_limit)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
+    %s, %s, %s, %s, %s)
+RETURNING seq
+"""
+INSERT_RUN = """
+INSERT INTO {s}.jobs (id, function_name, name, payload, priority, status, blocked, created_at,
+    scheduled_at, run_at, max_retries, retry_delay, retry_backoff, retry_jitter, timeout, tags,
+    metadata, owner, unique_key, isolation, depends_on, cron, cron_timezone, error, error_type,
+    completed_at, memory_limit, schedule_id, fire_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
+    %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (schedule_id, fire_at) WHERE schedule_id IS NOT NULL DO NOTHING
+RETURNING seq
+"""
+INSERT_DEP = "INSERT INTO {s}.job_deps (job_id, depends_on) VALUES (%s, %s) ON CONFLICT DO NOTHING"
+# KEY SHARE: see the module docstring. ORDER BY seq: every multi-row locker takes rows
+# in one order, so two of them cannot deadlock.
+LOCK_DEPENDENCIES = """
+SELECT id, status, name FROM {s}.jobs WHERE id = ANY(%s) ORDER BY seq FOR KEY SHARE
+"""
+SELECT_UNFINISHED_BY_KEYS = f"""
+SELECT unique_key, id FROM {{s}}.jobs WHERE unique_key = ANY(%s) AND status IN {_UNFINISHED}
+"""
+SELECT_JOB = f"SELECT {COLUMNS} FROM {{s}}.jobs WHERE id = %s"
+SELECT_STATUS = "SELECT status, name FROM {s}.jobs WHERE id = %s"
+SELECT_READY = f"""
+SELECT {ENTRY} FROM {{s}}.jobs
+WHERE status = 'pending' AND blocked = 0 AND (%(any)s OR function_name = ANY(%(names)s))
+ORDER BY priority DESC, seq LIMIT %(limit)s
+"""
+SELECT_SCHEDULED = f"""
+SELECT {ENTRY} FROM {{s}}.jobs
+WHERE status = 'scheduled' AND blocked = 0
+  AND (%(any)s OR function_name = ANY(%(names)s) OR cron IS NOT NULL)
+ORDER BY run_at, seq LIMIT %(limit)s
+"""
+LIST_JOBS = f"""
+SELECT {COLUMNS} FROM {{s}}.jobs
+WHERE (%(status)s::TEXT IS NULL OR status = %(status)s)
+  AND (%(owner)s::TEXT IS NULL OR owner = %(owner)s)
+  AND tags @> %(tags)s::TEXT[]
+ORDER BY seq DESC LIMIT %(limit)s OFFSET %(offset)s
+"""
+COUNT_BY_STATUS = "SELECT status, COUNT(*) FROM {s}.jobs GROUP BY status"
+SELECT_LOGS = "SELECT at, level, message FROM {s}.job_logs WHERE job_id = %s ORDER BY id"
+INSERT_LOG = "INSERT INTO {s}.job_logs (job_id, at, level, message) VALUES (%s, %s, %s, %s)"
+
+# Claims by id; with `top_up`, ids that went stale (other processes took those jobs) are
+# made up with the best ready jobs naming `names`, in priority then FIFO order: the
+# partial index jobs_ready is walked in order and rows other claimers hold are skipped.
+# One statement: `extra` sees what `wanted` locked, so nothing is claimed twice.
+CLAIM_MANY = f"""
+WITH wanted AS (
+    SELECT seq FROM {{s}}.jobs
+    WHERE id = ANY(%(ids)s) AND blocked = 0 AND cron IS NULL
+      AND (COALESCE(status, '') = 'pending' OR (COALESCE(status, '') = 'scheduled' AND run_at <= %(now)s))
+    ORDER BY priority DESC, seq
+    FOR NO KEY UPDATE SKIP LOCKED
+), extra AS (
+    SELECT seq FROM {{s}}.jobs
+    WHERE %(top_up)s AND status = 'pending' AND blocked = 0 AND cron IS NULL
+      AND function_name = ANY(%(names)s) AND seq NOT IN (SELECT seq FROM wanted)
+    ORDER BY priority DESC, seq
+    LIMIT GREATEST(CARDINALITY(%(ids)s::TEXT[]) - (SELECT COUNT(*) FROM wanted), 0)
+    FOR NO KEY UPDATE SKIP LOCKED
+)
+UPDATE {{s}}.jobs AS j SET status = 'running', attempts = j.attempts + 1, started_at = %(now)s,
+    worker_id = %(worker)s, lease_expires_at = %(lease)s, cancel_requested = FALSE
+WHERE j.seq IN (SELECT seq FROM wanted UNION ALL SELECT seq FROM extra)
+RETURNING {_J_COLUMNS}
+"""
+_HELD_WHERE = "id = %(id)s AND status = 'running' AND worker_id = %(worker)s AND attempts = %(attempt)s"
+RELEASE = f"""
+UPDATE {{s}}.jobs SET status = 'pending', attempts = attempts - 1, worker_id = NULL,
+    lease_expires_at = NULL, cancel_requested = FALSE
+WHERE {_HELD_WHERE}
+"""
+# A running job held by (worker_id, attempts), locked FOR UPDATE: it is about to end.
+_HELD = f"""
+WITH held AS (SELECT seq FROM {{s}}.jobs WHERE {_HELD_WHERE} FOR UPDATE)
+"""
+# Several completions of one worker in one statement each (the dispatcher's hot path).
+COMPLETE_MANY = """
+WITH given AS (
+    SELECT * FROM unnest(%(ids)s::TEXT[], %(attempts)s::INTEGER[], %(results)s::TEXT[])
+        AS given(id, attempt, result)
+), held AS (
+    SELECT j.seq, given.result FROM {s}.jobs AS j JOIN given ON j.id = given.id
+    WHERE COALESCE(j.status, '') = 'running' AND j.worker_id = %(worker)s AND j.attempts = given.attempt
+    ORDER BY j.seq FOR UPDATE OF j
+)
+UPDATE {s}.jobs AS j SET status = 'completed', result = held.result, completed_at = %(now)s,
+    progress = 1.0, lease_expires_at = NULL, error = NULL, error_type = NULL, traceback = NULL
+FROM held WHERE j.seq = held.seq
+RETURNING j.id
+"""
+# A dependent of several of them loses one block per completed dependency; `completed`
+# lists which, so that each release is reported with one of the completions.
+RELEASE_DEPENDENTS_MANY = f"""
+WITH counts AS (
+    SELECT job_id, COUNT(*) AS n, ARRAY_AGG(depends_on) AS completed FROM {{s}}.job_deps
+    WHERE depends_on = ANY(%s) GROUP BY job_id
+), waiting AS (
+    SELECT j.seq, counts.n, counts.completed FROM {{s}}.jobs AS j JOIN counts ON j.id = counts.job_id
+    WHERE COALESCE(j.status, '') IN ('pending', 'scheduled')
+    ORDER BY j.seq FOR NO KEY UPDATE OF j
+)
+UPDATE {{s}}.jobs AS j SET blocked = GREATEST(j.blocked - waiting.n, 0)
+FROM waiting WHERE j.seq = waiting.seq
+RETURNING {_J_ENTRY}, j.blocked, waiting.completed
+"""
+FAIL_RETRY = f"""
+UPDATE {{s}}.jobs SET status = 'scheduled', run_at = %(retry_at)s, error = %(error)s,
+    error_type = %(error_type)s, traceback = %(traceback)s, lease_expires_at = NULL
+WHERE {_HELD_WHERE}
+"""
+FAIL_FINAL = _HELD + """
+UPDATE {s}.jobs AS j SET status = 'failed', completed_at = %(now)s, error = %(error)s,
+    error_type = %(error_type)s, traceback = %(traceback)s, lease_expires_at = NULL
+FROM held WHERE j.seq = held.seq
+"""
+FINISH_CANCELLED = _HELD + """
+UPDATE {s}.jobs AS j SET status = 'cancelled', completed_at = %(now)s,
+    error = 'cancelled while running', error_type = 'JobCancelled', lease_expires_at = NULL
+FROM held WHERE j.seq = held.seq
+"""
+# The cascade goes one level per statement: each statement reads job_deps afresh after
+# the previous one waited for its locks, so a dependent committed meanwhile is seen.
+SELECT_DEPENDENTS = "SELECT DISTINCT job_id FROM {s}.job_deps WHERE depends_on = ANY(%s)"
+CANCEL_DEPENDENTS = """
+WITH doomed AS (
+    SELECT seq FROM {s}.jobs WHERE id = ANY(%(ids)s) AND COALESCE(status, '') IN ('pending', 'scheduled')
+    ORDER BY seq FOR UPDATE
+)
+UPDATE {s}.jobs AS j SET status = 'cancelled', completed_at = %(now)s, error = %(error)s,
+    error_type = 'DependencyFailed'
+FROM doomed WHERE j.seq = doomed.seq
+RETURNING j.id
+"""
+CANCEL_WAITING = """
+WITH waiting AS (
+    SELECT seq FROM {s}.jobs WHERE id = %(id)s AND status IN ('pending', 'scheduled') FOR UPDATE
+)
+UPDATE {s}.jobs AS j SET status = 'cancelled', completed_at = %(now)s, error = %(reason)s,
+    error_type = 'JobCancelled'
+FROM waiting WHERE j.seq = waiting.seq
+"""
+REQUEST_CANCEL = "UPDATE {s}.jobs SET cancel_requested = TRUE WHERE id = %s AND status = 'running'"
+SELECT_UNIQUE_HOLDER = f"""
+SELECT other.id FROM {{s}}.jobs AS j JOIN {{s}}.jobs AS other ON other.unique_key = j.unique_key
+WHERE j.id = %s AND other.id <> j.id AND other.status IN {_UNFINISHED}
+"""
+LOCK_JOB_DEPENDENCIES = """
+SELECT p.status FROM {s}.job_deps AS d JOIN {s}.jobs AS p ON p.id = d.depends_on
+WHERE d.job_id = %s ORDER BY p.seq FOR KEY SHARE OF p
+"""
+REQUEUE = f"""
+UPDATE {{s}}.jobs SET status = 'pending', attempts = 0, run_at = NULL, started_at = NULL,
+    completed_at = NULL, error = NULL, error_type = NULL, traceback = NULL, progress = 0,
+    progress_message = '', progress_details = '{{{{}}}}', worker_id = NULL,
+    cancel_requested = FALSE, blocked = %s
+WHERE id = %s AND status IN ('failed', 'cancelled')
+RETURNING {ENTRY}
+"""
+UPDATE_PROGRESS = f"""
+UPDATE {{s}}.jobs SET progress = %(progress)s, progress_message = %(message)s,
+    progress_details = %(details)s
+WHERE {_HELD_WHERE}
+"""
+# SKIP LOCKED: a heartbeat never waits. A row locked now is being settled by its own
+# worker (or briefly by a claimer that lost the race); waiting for it would let a
+# heartbeat and a settlement of the same worker lock two rows in opposite orders, a
+# deadlock PostgreSQL breaks only after deadlock_timeout (1 s), long enough to lose
+# short leases. The next heartbeat renews what this one skipped.
+HEARTBEAT = """
+WITH beat AS (
+    SELECT seq FROM {s}.jobs
+    WHERE COALESCE(status, '') = 'running' AND worker_id = %(worker)s AND id = ANY(%(ids)s)
+    FOR NO KEY UPDATE SKIP LOCKED
+)
+UPDATE {s}.jobs AS j SET lease_expires_at = %(lease)s
+FROM beat WHERE j.seq = beat.seq
+RETURNING j.id, j.cancel_requested
+"""
+# SKIP LOCKED: a row locked by a heartbeat in flight is alive; another manager already
+# recovering a row needs no help.
+RECOVER_EXPIRED = f"""
+WITH expired AS (
+    SELECT seq FROM {{s}}.jobs WHERE status = 'running' AND lease_expires_at < %(now)s
+    ORDER BY seq FOR UPDATE SKIP LOCKED
+)
+UPDATE {{s}}.jobs AS j
+SET status = CASE WHEN j.cancel_requested THEN 'cancelled'
+                  WHEN j.attempts > j.max_retries THEN 'failed' ELSE 'pending' END,
+    completed_at = CASE WHEN j.cancel_requested OR j.attempts > j.max_retries THEN %(now)s END,
+    error = 'worker ' || j.worker_id || ' lost its lease on attempt ' || j.attempts,
+    error_type = CASE WHEN j.cancel_requested THEN 'JobCancelled' ELSE 'WorkerLost' END,
+    lease_expires_at = NULL
+FROM expired WHERE j.seq = expired.seq
+RETURNING {_J_ENTRY}, j.status, j.error
+"""
+EXPIRE_WORKER = "UPDATE {s}.jobs SET lease_expires_at = %s WHERE status = 'running' AND worker_id = %s"
+DELETE_FINISHED = """
+DELETE FROM {s}.jobs
+WHERE status IN ('completed', 'failed', 'cancelled') AND (%(all)s OR completed_at < %(before)s)
+RETURNING id
+"""
+DELETE_LOGS = "DELETE FROM {s}.job_logs WHERE job_id = ANY(%s)"
+DELETE_DEPS = "DELETE FROM {s}.job_deps WHERE job_id = ANY(%s) OR depends_on = ANY(%s)"
+ADVANCE_SCHEDULE = """
+UPDATE {s}.jobs SET run_at = %s
+WHERE id = %s AND status = 'scheduled' AND cron IS NOT NULL AND run_at = %s
+"""
+REGISTER_WORKER = """
+INSERT INTO {s}.jobcore_workers (worker_id, host, pid, started_at, heartbeat_at, running)
+VALUES (%s, %s, %s, %s, %s, ARRAY[]::TEXT[])
+ON CONFLICT (worker_id) DO UPDATE SET host = EXCLUDED.host, pid = EXCLUDED.pid,
+    started_at = EXCLUDED.started_at, heartbeat_at = EXCLUDED.heartbeat_at, running = EXCLUDED.running
+"""
+BEAT_WORKER = "UPDATE {s}.jobcore_workers SET heartbeat_at = %s, running = %s WHERE worker_id = %s"
+UNREGISTER_WORKER = "DELETE FROM {s}.jobcore_workers WHERE worker_id = %s"
+LIST_WORKERS = """
+SELECT worker_id, host, pid, started_at, heartbeat_at, running FROM {s}.jobcore_workers
+ORDER BY started_at, worker_id
+"""
+REAP_WORKERS = "DELETE FROM {s}.jobcore_workers WHERE heartbeat_at < %s RETURNING worker_id"
+
+_NAMES = [name for name, value in list(globals().items())
+          if name.isupper() and isinstance(value, str) and "{s}" in value]
+
+
+class Statements:
+    """Every SQL constant here, and the schema's DDL, with `{s}` filled in for one schema."""
+
+    CREATE_META: list[str]
+    CREATE_SCHEMA: list[str]
+    MIGRATIONS: dict[int, list[str]]
+
+    def __init__(self, schema: str) -> None:
+        quoted = ddl.quote_identifier(schema)
+        self.schema = schema
+        for name in _NAMES:
+            setattr(self, name, globals()[name].format(s=quoted))
+        self.SELECT_VERSION = ddl.SELECT_VERSION.format(s=quoted)
+        self.STORE_VERSION = ddl.STORE_VERSION.format(s=quoted)
+        self.CREATE_META = [statement.format(s=quoted) for statement in ddl.CREATE_META]
+        self.CREATE_SCHEMA = [statement.format(s=quoted) for statement in ddl.CREATE_SCHEMA]
+        self.MIGRATIONS = {version: [statement.format(s=quoted) for statement in steps]
+                           for version, steps in ddl.MIGRATIONS.items()}
+
+    def __getattr__(self, name: str) -> str:  # reached only for a name __init__ did not set
+        raise AttributeError(f"no SQL statement named {name!r}")

@@ -1,0 +1,106 @@
+"""Recording the ends of attempts on PostgreSQL, inside a transaction the caller opened.
+
+Functions of a `Tx` and the schema's `Statements`: settlements (complete, retry, fail,
+cancel, release) as compare-and-sets on the holding worker and attempt, a run of
+completions in two statements, and the transitive cancellation of dependents. They
+open no transaction and read no clock.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from ..repository._cascade import dependency_error_message
+from ..repository.base import Cascade, QueueEntry, Settlement
+from .database import Tx
+from .queries import Statements
+from .rows import clean_text, entry_from_row
+
+
+def cancel_dependents(sql: Statements, tx: Tx, job_id: str, now: float) -> tuple[str, ...]:
+    """Cancel the waiting dependents of `job_id`, transitively, one level per statement
+    (each level reads `job_deps` afresh, after the previous one waited for its locks, so a
+    dependent committed meanwhile is not missed). Their error names `job_id`."""
+    status, name = tx.execute(sql.SELECT_STATUS, (job_id,)).fetchone()  # type: ignore[misc]
+    message = dependency_error_message(job_id, name, status)
+    cancelled: list[str] = []
+    seen, frontier = {job_id}, [job_id]
+    while frontier:
+        found = [row[0] for row in tx.execute(sql.SELECT_DEPENDENTS, (frontier,))]
+        frontier = sorted(dep for dep in found if dep not in seen)
+        seen.update(frontier)
+        if frontier:
+            params = {"ids": frontier, "now": now, "error": message}
+            cancelled.extend(row[0] for row in tx.execute(sql.CANCEL_DEPENDENTS, params))
+    return tuple(cancelled)
+
+
+def settle_all(sql: Statements, tx: Tx, settlements: Sequence[Settlement], encoded: Sequence[Optional[str]],
+               worker_id: str, now: float) -> list[Optional[Cascade]]:
+    """Apply settlements in order (`encoded`: each one's JSON result, for completions);
+    each run of consecutive completions goes in two statements."""
+    cascades: list[Optional[Cascade]] = []
+    start = 0
+    while start < len(settlements):
+        end = start
+        while end < len(settlements) and settlements[end].kind == "complete":
+            end += 1
+        if end > start:
+            cascades += complete_many(sql, tx, settlements[start:end], encoded[start:end], worker_id, now)
+            start = end
+        else:
+            cascades.append(settle_one(sql, tx, settlements[start], worker_id, now))
+            start += 1
+    return cascades
+
+
+def complete_many(sql: Statements, tx: Tx, settlements: Sequence[Settlement], encoded: Sequence[Optional[str]],
+                  worker_id: str, now: float) -> list[Optional[Cascade]]:
+    """Complete jobs held by `worker_id` and release their dependents; a dependent
+    released here is reported with the last (in settlement order) of its dependencies
+    that completed here."""
+    params = {"ids": [s.job_id for s in settlements], "attempts": [s.attempt for s in settlements],
+              "results": list(encoded), "worker": worker_id, "now": now}
+    done = {row[0] for row in tx.execute(sql.COMPLETE_MANY, params)}
+    notes = [(s.job_id, now, "info", clean_text(s.note)) for s in settlements
+             if s.note is not None and s.job_id in done]
+    if notes:
+        tx.cur.executemany(sql.INSERT_LOG, notes)
+    released: dict[str, list[QueueEntry]] = {}
+    if done:
+        order = {s.job_id: index for index, s in enumerate(settlements)}
+        for row in tx.execute(sql.RELEASE_DEPENDENTS_MANY, (sorted(done),)):
+            if row[6] == 0:
+                by = max(row[7], key=lambda job_id: order.get(job_id, -1))
+                released.setdefault(by, []).append(entry_from_row(row))
+    if released:
+        tx.notify()
+    return [Cascade(released=tuple(released.get(s.job_id, ()))) if s.job_id in done else None
+            for s in settlements]
+
+
+def settle_one(sql: Statements, tx: Tx, s: Settlement, worker_id: str, now: float) -> Optional[Cascade]:
+    """Apply a retry, fail, cancel or release settlement; None if the job was not held so."""
+    held = {"id": s.job_id, "worker": worker_id, "attempt": s.attempt, "now": now}
+    if s.kind == "release":
+        if tx.execute(sql.RELEASE, held).rowcount != 1:
+            return None
+        tx.notify()  # ready again, for whoever is free
+        return Cascade()
+    if s.kind == "cancel":
+        if tx.execute(sql.FINISH_CANCELLED, held).rowcount != 1:
+            return None
+        return Cascade(cancelled=cancel_dependents(sql, tx, s.job_id, now))
+    if s.kind not in ("retry", "fail"):
+        raise ValueError(f"unknown settlement kind {s.kind!r}")
+    retrying = s.kind == "retry" and s.retry_at is not None
+    params = {**held, "retry_at": s.retry_at, "error": clean_text(s.error),
+              "error_type": clean_text(s.error_type), "traceback": clean_text(s.traceback)}
+    if tx.execute(sql.FAIL_RETRY if retrying else sql.FAIL_FINAL, params).rowcount != 1:
+        return None
+    if s.note is not None:
+        tx.execute(sql.INSERT_LOG, (s.job_id, now, "error", clean_text(s.note)))
+    if retrying:
+        tx.notify()  # its timer, for whichever manager is free then
+        return Cascade()
+    return Cascade(cancelled=cancel_dependents(sql, tx, s.job_id, now))
