@@ -20,6 +20,7 @@ from ..dashboard.views import job_detail, job_summary, log_entries
 from ..errors import JobcoreError, JobNotFound
 from ..manager import JobManager
 from ..models import JobResult, JobStatus
+from ..repository.factory import POSTGRES_SCHEMES, build_repository
 from ..repository.sqlite import SQLiteRepository
 from .render import _percent, _print_json, _print_table, _priority, _shorten, _when, clean, render_bar
 
@@ -56,8 +57,13 @@ def check_database(path: str, *, create: bool) -> None:
 
 
 def open_manager(path: str, *, create: bool = False, **options: Any) -> JobManager:
-    """A producer manager on the SQLite database at `path`, checked first (see
-    `check_database`); `options` go to `JobManager`."""
+    """A producer manager on the database at `path` — an SQLite file, checked first (see
+    `check_database`), or a `postgresql://` DSN; `options` go to `JobManager`."""
+    if path.startswith(POSTGRES_SCHEMES):
+        try:
+            return JobManager(build_repository(path), producer=True, **options)
+        except (ImportError, JobcoreError) as exc:
+            raise CommandFailed(str(exc)) from None
     check_database(path, create=create)
     return JobManager(SQLiteRepository(path), producer=True, **options)
 

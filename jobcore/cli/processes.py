@@ -20,6 +20,7 @@ from typing import Any
 
 from .. import api
 from ..manager import JobManager
+from ..repository.factory import POSTGRES_SCHEMES
 from .commands import EXIT_FAILED, EXIT_OK, CommandFailed, open_manager
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -80,7 +81,7 @@ def install_default_manager(manager: JobManager) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    db = os.path.abspath(args.db)
+    db = args.db if args.db.startswith(POSTGRES_SCHEMES) else os.path.abspath(args.db)
     manager = open_manager(db, create=True, max_workers=args.workers, lease_timeout=args.lease_timeout,
                            poll_interval=args.poll_interval)
     os.environ["JOBCORE_DB"] = db  # before the imports: modules that build JobManager() share it

@@ -18,7 +18,7 @@ POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
 def default_database_path() -> str:
-    """`$JOBCORE_DB`, or `./jobcore.db`."""
+    """`$JOBCORE_DB` (a SQLite path or a `postgresql://` DSN), or `./jobcore.db`."""
     return os.environ.get("JOBCORE_DB") or os.path.join(os.getcwd(), "jobcore.db")
 
 
@@ -28,7 +28,7 @@ def build_repository(repository: RepositoryLike) -> JobRepository:
     if isinstance(repository, JobRepository):
         return repository
     if repository is None:
-        return SQLiteRepository(default_database_path())
+        repository = default_database_path()  # $JOBCORE_DB may hold a DSN
     if isinstance(repository, (str, os.PathLike)):
         text = os.fspath(repository)
         if text == ":memory:":
