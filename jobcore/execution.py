@@ -64,9 +64,10 @@ def _event_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
-def run_attempt(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-                context: JobContext) -> Outcome:
-    """Call `func(*args, **kwargs)` as the job `context`; never raises."""
+def call_job(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+             context: JobContext, run_coroutine: Callable[[Any], Any]) -> Any:
+    """Call `func` as the job `context` (with a `progress_callback` if it takes one, and
+    `current_job()` bound); an awaitable result is run to completion by `run_coroutine`."""
     call_kwargs = dict(kwargs)
     if accepts_progress_callback(func):
         call_kwargs["progress_callback"] = context.progress_callback
@@ -74,12 +75,21 @@ def run_attempt(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[st
     try:
         value = func(*args, **call_kwargs)
         if inspect.isawaitable(value):
-            value = _event_loop().run_until_complete(_await(value))
-        return Outcome(value=value)
-    except BaseException as exc:  # a job must never kill its worker thread
-        return Outcome(error=exc, traceback=traceback_module.format_exc())
+            value = run_coroutine(_await(value))
+        return value
     finally:
         unbind(token)
+
+
+def run_attempt(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                context: JobContext) -> Outcome:
+    """Call `func(*args, **kwargs)` as the job `context` on this thread's event loop if it
+    is a coroutine; never raises."""
+    try:
+        return Outcome(value=call_job(func, args, kwargs, context,
+                                      lambda coro: _event_loop().run_until_complete(coro)))
+    except BaseException as exc:  # a job must never kill its worker thread
+        return Outcome(error=exc, traceback=traceback_module.format_exc())
 
 
 async def _await(awaitable: Any) -> Any:

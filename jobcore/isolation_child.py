@@ -14,7 +14,6 @@ Messages from the child are tuples: `("progress", progress, message, details)`,
 from __future__ import annotations
 
 import asyncio
-import inspect
 import os
 import signal
 import sys
@@ -24,8 +23,8 @@ from multiprocessing.connection import Connection, wait as wait_for_ready
 from multiprocessing.reduction import ForkingPickler
 from typing import Any, Callable, Optional
 
-from .context import JobContext, bind, unbind
-from .execution import accepts_progress_callback
+from .context import JobContext
+from .execution import call_job
 from .isolation_wire import AttemptRequest, describe_exception, resolve_function
 
 try:
@@ -131,7 +130,7 @@ def _attempt(request: AttemptRequest, sink: _PipeSink) -> tuple[Any, ...]:
     reusable = True
     try:
         func = resolve_function(request.module, request.qualname)
-        return ("result", _call(func, request.args, request.kwargs, context), reusable)
+        return ("result", call_job(func, request.args, request.kwargs, context, asyncio.run), reusable)
     except BaseException as exc:  # reported to the parent; the child lives on
         if _Termination.requested:
             raise
@@ -141,25 +140,6 @@ def _attempt(request: AttemptRequest, sink: _PipeSink) -> tuple[Any, ...]:
     finally:
         if restore is not None:
             restore()
-
-
-def _call(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-          context: JobContext) -> Any:
-    call_kwargs = dict(kwargs)
-    if accepts_progress_callback(func):
-        call_kwargs["progress_callback"] = context.progress_callback
-    token = bind(context)
-    try:
-        value = func(*args, **call_kwargs)
-        if inspect.isawaitable(value):
-            value = asyncio.run(_await(value))
-        return value
-    finally:
-        unbind(token)
-
-
-async def _await(awaitable: Any) -> Any:
-    return await awaitable
 
 
 def _limit_memory(limit: Optional[int], context: JobContext) -> Optional[Callable[[], None]]:
