@@ -203,7 +203,7 @@ UPDATE {{s}}.jobs SET status = 'pending', attempts = 0, run_at = NULL, started_a
     completed_at = NULL, error = NULL, error_type = NULL, traceback = NULL, progress = 0,
     progress_message = '', progress_details = '{{{{}}}}', worker_id = NULL,
     cancel_requested = FALSE, blocked = %s
-WHERE id = %s AND status IN ('failed', 'cancelled')
+WHERE id = %s AND status IN ('failed', 'cancelled') AND cron IS NULL
 RETURNING {ENTRY}
 """
 UPDATE_PROGRESS = f"""

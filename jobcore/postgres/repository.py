@@ -220,6 +220,8 @@ class PostgresRepository(JobRepository):
             if tx.execute(sql.SELECT_UNIQUE_HOLDER, (job_id,)).fetchone() is not None:
                 return None  # another unfinished job holds its unique_key
             statuses = [row[0] for row in tx.execute(sql.LOCK_JOB_DEPENDENCIES, (job_id,))]
+            if any(status in (JobStatus.FAILED.value, JobStatus.CANCELLED.value) for status in statuses):
+                return None  # a dependency will never complete: retry it first
             blocked = sum(1 for status in statuses if status != JobStatus.COMPLETED.value)
             row = tx.execute(sql.REQUEUE, (blocked, job_id)).fetchone()
             if row is None:

@@ -301,7 +301,8 @@ class JobRepository(abc.ABC):
         """FAILED or CANCELLED -> PENDING with attempts reset and the error fields cleared
         (each failed attempt's note stays in the logs). Returns the job's queue entry, or
         None if it was in another state, is a cron schedule (an ended schedule stays ended:
-        enqueue it again), or another unfinished job holds its unique_key."""
+        enqueue it again), depends on a FAILED or CANCELLED job (retry that first), or
+        another unfinished job holds its unique_key."""
 
     @abc.abstractmethod
     def update_progress(self, job_id: str, worker_id: str, attempt: int, progress: float,

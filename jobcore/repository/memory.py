@@ -269,6 +269,9 @@ class MemoryRepository(JobRepository):
                 return None
             if row.unique_key is not None and row.unique_key in self._unique:
                 return None
+            if any(dep in self._jobs and self._jobs[dep].status in (JobStatus.FAILED, JobStatus.CANCELLED)
+                   for dep in row.depends_on):
+                return None  # a dependency will never complete: retry it first
             self._set_status(row, JobStatus.PENDING)
             row.attempts = 0
             row.run_at = row.started_at = row.completed_at = None

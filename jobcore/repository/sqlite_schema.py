@@ -224,6 +224,8 @@ UPDATE jobs SET status = 'pending', attempts = 0, run_at = NULL, started_at = NU
     blocked = (SELECT COUNT(*) FROM job_deps AS d JOIN jobs AS p ON p.id = d.depends_on
                WHERE d.job_id = jobs.id AND p.status != 'completed')
 WHERE id = ? AND status IN ('failed', 'cancelled') AND cron IS NULL
+  AND NOT EXISTS (SELECT 1 FROM job_deps AS d JOIN jobs AS p ON p.id = d.depends_on
+                  WHERE d.job_id = jobs.id AND p.status IN ('failed', 'cancelled'))
 RETURNING id, priority, seq, run_at, function_name, cron IS NOT NULL
 """
 UPDATE_PROGRESS = f"""

@@ -251,6 +251,17 @@ class _RunningContract:
         assert _ids_of(repository.ready(None, 10)) == [waiting_on.id]
         assert _ids_of(_complete(repository, waiting_on.id, now=NOW + 2).released) == [dependent.id]
 
+    def test_requeue_refuses_a_job_whose_dependency_will_never_complete(self, repository: JobRepository) -> None:
+        parent = _add(repository)
+        child = _add(repository, depends_on=(parent.id,))
+        _fail(repository, parent.id)
+        assert _status(repository, child.id) is JobStatus.CANCELLED
+        assert repository.requeue(child.id, NOW + 1) is None  # it would wait forever
+        assert _status(repository, child.id) is JobStatus.CANCELLED
+        assert repository.requeue(parent.id, NOW + 2) is not None
+        assert repository.requeue(child.id, NOW + 3) is not None  # the parent may complete now
+        assert _get(repository, child.id).blocked == 1
+
     def test_requeue_never_makes_two_unfinished_jobs_share_a_unique_key(self, repository: JobRepository) -> None:
         old = _add(repository, unique_key="nightly")
         _fail(repository, old.id)
