@@ -552,7 +552,7 @@ def test_a_job_outlasting_the_grace_period_makes_the_worker_exit_1(
         start_worker: Callable[..., Worker], db_path: str, make_manager: Any, tmp_path: Any) -> None:
     producer = make_manager(db_path, producer=True)
     started, never = tmp_path / "started", tmp_path / "never"
-    job_id = producer.enqueue(Job(function_name="cli_tasks.hold", args=(str(started), str(never))))
+    producer.enqueue(Job(function_name="cli_tasks.hold", args=(str(started), str(never))))
     worker = start_worker(db_path, "--grace", "0.2")
     worker.next_line()
     wait_until(started.exists, "the job to start")
