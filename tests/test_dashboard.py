@@ -271,6 +271,31 @@ def test_cancelling_a_running_job_asks_it_to_stop(db_path: str, make_manager: An
     assert 'jobcore_dashboard_actions_total{action="cancel"} 1' in metrics
 
 
+def test_metrics_carry_run_times_and_retries_per_function(db_path: str, make_manager: Any) -> None:
+    worker = make_manager(db_path)
+    worker.register_function("quick", lambda: None)
+    calls: list[int] = []
+
+    def flaky() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError("connection reset")
+
+    worker.register_function("flaky", flaky)
+    ids = [worker.enqueue(Job(function_name="quick")) for _ in range(3)]
+    ids.append(worker.enqueue(Job(function_name="flaky", retry_delay=0.01)))
+    worker.start()
+    for job_id in ids:
+        worker.wait(job_id, timeout=WAIT)
+    with DashboardServer(make_manager(db_path, producer=True), port=0) as server:
+        metrics = call(server, "/metrics").text
+
+    assert 'jobcore_job_run_seconds_count{function="quick"} 3' in metrics
+    assert 'jobcore_job_run_seconds_bucket{function="quick",le="+Inf"} 3' in metrics
+    assert 'jobcore_recent_jobs{function="flaky",status="completed"} 1' in metrics
+    assert 'jobcore_recent_retries{function="flaky"} 1' in metrics
+
+
 # -- safety ------------------------------------------------------------------------------------------
 def test_a_foreign_host_header_is_refused_on_loopback(site: Site) -> None:
     rebound = call(site.server, "/api/jobs", headers={"Host": f"attacker.example:{site.server.port}"})

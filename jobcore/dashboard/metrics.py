@@ -26,6 +26,49 @@ def oldest_pending_age(manager: JobManager, pending: int, now: float) -> Optiona
     return max(0.0, now - oldest[0].created_at.timestamp())
 
 
+RECENT_JOBS = 5000  # finished jobs per status that the run-time figures look at
+RUN_BUCKETS = (0.01, 0.1, 1.0, 10.0, 60.0, 600.0, 3600.0)
+
+
+def recent_run_metrics(manager: JobManager) -> list[str]:
+    """Per-function figures over the most recent finished jobs still stored (up to
+    RECENT_JOBS completed and as many failed): a run-time histogram of the last attempt of
+    completed jobs, and counts of finished jobs, failures and retries. They describe a
+    window, so they can fall when old jobs are cleaned up."""
+    completed = manager.list_jobs(status=JobStatus.COMPLETED, limit=RECENT_JOBS)
+    failed = manager.list_jobs(status=JobStatus.FAILED, limit=RECENT_JOBS)
+    runs: dict[str, list[float]] = {}
+    for job in completed:
+        if job.started_at is not None and job.completed_at is not None:
+            runs.setdefault(job.function_name, []).append(
+                max(0.0, (job.completed_at - job.started_at).total_seconds()))
+    lines = ["# HELP jobcore_job_run_seconds Run time of the last attempt of recently completed jobs.",
+             "# TYPE jobcore_job_run_seconds histogram"]
+    for function, seconds in sorted(runs.items()):
+        label = _escape_label(function)
+        for bound in RUN_BUCKETS:
+            count = sum(1 for value in seconds if value <= bound)
+            lines.append(f'jobcore_job_run_seconds_bucket{{function="{label}",le="{bound:g}"}} {count}')
+        lines.append(f'jobcore_job_run_seconds_bucket{{function="{label}",le="+Inf"}} {len(seconds)}')
+        lines.append(f'jobcore_job_run_seconds_sum{{function="{label}"}} {round(sum(seconds), 6)}')
+        lines.append(f'jobcore_job_run_seconds_count{{function="{label}"}} {len(seconds)}')
+    finished: dict[tuple[str, str], int] = {}
+    retries: dict[str, int] = {}
+    for job in completed + failed:
+        key = (job.function_name, job.status.value)
+        finished[key] = finished.get(key, 0) + 1
+        retries[job.function_name] = retries.get(job.function_name, 0) + max(0, job.attempts - 1)
+    lines += ["# HELP jobcore_recent_jobs Recently finished jobs still stored, by function and status.",
+              "# TYPE jobcore_recent_jobs gauge"]
+    lines += [f'jobcore_recent_jobs{{function="{_escape_label(f)}",status="{status}"}} {count}'
+              for (f, status), count in sorted(finished.items())]
+    lines += ["# HELP jobcore_recent_retries Retries (attempts after the first) of recently finished jobs.",
+              "# TYPE jobcore_recent_retries gauge"]
+    lines += [f'jobcore_recent_retries{{function="{_escape_label(f)}"}} {count}'
+              for f, count in sorted(retries.items())]
+    return lines
+
+
 def _escape_label(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
@@ -53,6 +96,7 @@ def render_metrics(manager: JobManager, now: float, actions: dict[str, int]) -> 
               "# TYPE jobcore_dashboard_actions_total counter"]
     lines += [f'jobcore_dashboard_actions_total{{action="{_escape_label(action)}"}} {count}'
               for action, count in sorted(actions.items())]
+    lines += recent_run_metrics(manager)
     lines += ["# HELP jobcore_info The jobcore version serving these metrics.", "# TYPE jobcore_info gauge",
               f'jobcore_info{{version="{_escape_label(__version__)}"}} 1']
     return "\n".join(lines) + "\n"
