@@ -5,9 +5,8 @@ Run it from a fresh clone:  python examples/batch_documents.py
 A batch of 10 documents is queued at LOW priority and starts running on two worker
 threads. Half a second later three users upload documents at HIGH priority. The uploads
 start before every batch document still waiting; within one priority, jobs start in the
-order they were enqueued (FIFO). Jobs a worker had already claimed when the uploads
-arrived (at most `max_workers` of them, held in reserve so a free thread never waits for
-the database) are not pre-empted: they start first. The script prints each start as it
+order they were enqueued (FIFO). Jobs already running when the uploads arrive are not
+interrupted: each upload takes the next free worker. The script prints each start as it
 happens, then the start order.
 """
 
@@ -84,9 +83,9 @@ def main() -> None:
     uploads_first = after_uploads[:len(upload_files)] == upload_files
     batch_in_order = [f for f in started if f not in upload_files] == sorted(
         f for f in started if f not in upload_files)
-    print(f"{arrived_after} batch documents had started before the uploads arrived and"
-          f" {len(reserved)} more were already claimed by a worker (a pool keeps up to"
-          " max_workers claimed jobs in reserve; a claimed job is not pre-empted).")
+    print(f"{arrived_after} batch documents had started before the uploads arrived;"
+          f" {len(reserved)} more started before the first upload (each upload waits only"
+          " for a worker to finish what it is running).")
     print(f"uploads started before every batch document still waiting, in upload order: {uploads_first}")
     print(f"batch documents started in the order they were enqueued (FIFO): {batch_in_order}")
 

@@ -31,7 +31,11 @@ from .workers import PoolSettings, WorkerPool
 
 logger = logging.getLogger("jobcore")
 
-__all__ = ["JobManager", "build_repository", "default_database_path"]
+__all__ = ["JobManager", "RETRY_RULES", "build_repository", "default_database_path"]
+
+RETRY_RULES = ("only a failed or cancelled job can be re-queued, and not a cron schedule, a job"
+               " whose dependency failed or was cancelled (retry that first), or one whose"
+               " unique_key another unfinished job holds")
 
 READY_LOAD_LIMIT = 10_000  # a window: the queue is refilled as it drains
 
@@ -393,7 +397,8 @@ class JobManager:
         return False
 
     def retry(self, job_id: str) -> bool:
-        """Re-queue a FAILED or CANCELLED job with its attempts reset; False otherwise."""
+        """Re-queue a FAILED or CANCELLED job with its attempts reset; False otherwise
+        (see RETRY_RULES)."""
         now = self._clock.time()
         before = self.repository.get(job_id)
         entry = self.repository.requeue(job_id, now)

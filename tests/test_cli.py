@@ -257,7 +257,7 @@ def test_retry_requeues_a_failed_job_but_not_a_completed_one(jobs: Jobs) -> None
 
     assert retried.returncode == 0 and jobs.failed in retried.stdout
     assert status_of(jobs.db, jobs.failed) is JobStatus.PENDING
-    assert_one_line_error(refused, "is completed; only failed or cancelled jobs can be retried")
+    assert_one_line_error(refused, "(completed) was not re-queued: only a failed or cancelled job can be re-queued")
 
 
 def test_cleanup_deletes_finished_jobs_older_than_the_retention(jobs: Jobs) -> None:

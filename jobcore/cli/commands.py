@@ -18,7 +18,7 @@ from typing import Any
 
 from ..dashboard.views import job_detail, job_summary, log_entries
 from ..errors import JobcoreError, JobNotFound
-from ..manager import JobManager
+from ..manager import RETRY_RULES, JobManager
 from ..models import JobResult, JobStatus
 from ..repository.factory import POSTGRES_SCHEMES, build_repository
 from ..repository.sqlite import SQLiteRepository
@@ -203,7 +203,7 @@ def cmd_retry(manager: JobManager, args: argparse.Namespace) -> int:
         print(f"re-queued {args.id} (pending, attempts reset)")
         return EXIT_OK
     status = _poll_or_fail(manager, args.id).status.value
-    raise CommandFailed(f"job {args.id} is {status}; only failed or cancelled jobs can be retried")
+    raise CommandFailed(f"job {args.id} ({status}) was not re-queued: {RETRY_RULES}")
 
 
 def cmd_cleanup(manager: JobManager, args: argparse.Namespace) -> int:

@@ -26,7 +26,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from ..clock import SYSTEM_CLOCK
 from ..errors import JobNotFound, RepositoryError
-from ..manager import JobManager
+from ..manager import RETRY_RULES, JobManager
 from ..models import JobStatus
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import oldest_pending_age, render_metrics
@@ -322,8 +322,7 @@ class _Handler(BaseHTTPRequestHandler):
         _poll(dashboard, job_id)
         if not dashboard.manager.retry(job_id):
             status = _poll(dashboard, job_id).status.value
-            raise ApiError(HTTPStatus.CONFLICT,
-                           f"job is {status}; only failed or cancelled jobs can be retried")
+            raise ApiError(HTTPStatus.CONFLICT, f"job ({status}) was not re-queued: {RETRY_RULES}")
         dashboard.count_action("retry")
         self._send_json({"id": job_id, "status": _poll(dashboard, job_id).status.value})
 
