@@ -16,7 +16,7 @@ import sqlite3
 import threading
 from typing import Any, Optional, Sequence
 
-from harness import WORKERS, Engine, Tracker
+from harness import Engine, Tracker
 
 _SCHEMA = (
     "CREATE TABLE jobs (id INTEGER PRIMARY KEY, priority INTEGER NOT NULL,"
@@ -37,6 +37,7 @@ class RawSQLite(Engine):
 
     bulk = True
     priorities = True
+    thread_prefix = "raw"
 
     def __init__(self, synchronous: str, batch: int) -> None:
         self.synchronous = synchronous
@@ -104,15 +105,6 @@ class RawSQLite(Engine):
         finally:
             conn.close()
 
-    def start(self) -> None:
-        for i in range(WORKERS):
-            thread = threading.Thread(target=self._work, name=f"raw-worker-{i}", daemon=True)
-            self._threads.append(thread)
-            thread.start()
-
-    def wait_done(self, timeout: float) -> None:
-        if not self.tracker.all_done.wait(timeout):
-            raise TimeoutError(f"not every job completed within {timeout:.0f}s")
 
     def close(self) -> None:
         with self._cond:
@@ -130,6 +122,7 @@ class HeapFloor(Engine):
     """`heapq` + `threading.Condition` with 4 consumer threads: the in-memory floor."""
 
     key = "heap"
+    thread_prefix = "heap"
     bulk = True
     priorities = True
 
@@ -167,15 +160,6 @@ class HeapFloor(Engine):
             task(x)
             done()
 
-    def start(self) -> None:
-        for i in range(WORKERS):
-            thread = threading.Thread(target=self._work, name=f"heap-worker-{i}", daemon=True)
-            self._threads.append(thread)
-            thread.start()
-
-    def wait_done(self, timeout: float) -> None:
-        if not self.tracker.all_done.wait(timeout):
-            raise TimeoutError(f"not every job completed within {timeout:.0f}s")
 
     def close(self) -> None:
         with self._cond:

@@ -105,11 +105,22 @@ class Engine:
     def enqueue_bulk(self, xs: Sequence[int], priorities: Optional[Sequence[int]] = None) -> None:
         raise NotImplementedError
 
+    thread_prefix = ""    # set by engines whose workers are threads running `_work`
+
     def start(self) -> None:
+        """Start `WORKERS` threads running `self._work` (engines with their own workers override)."""
+        self._threads = [threading.Thread(target=self._work, name=f"{self.thread_prefix}-worker-{i}", daemon=True)
+                         for i in range(WORKERS)]
+        for thread in self._threads:
+            thread.start()
+
+    def _work(self) -> None:
         raise NotImplementedError
 
     def wait_done(self, timeout: float) -> None:
-        raise NotImplementedError
+        """Block until the tracker saw every job complete."""
+        if not self.tracker.all_done.wait(timeout):
+            raise TimeoutError(f"not every job completed within {timeout:.0f}s")
 
     def close(self) -> None:
         raise NotImplementedError

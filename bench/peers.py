@@ -85,6 +85,7 @@ class PersistQueue(Engine):
     threads loop get -> run -> ack. Complete when `ack` has committed."""
 
     key = "persist-queue"
+    thread_prefix = "pq"
 
     def open(self, workdir: str, tracker: Tracker) -> None:
         from persistqueue import SQLiteAckQueue
@@ -110,15 +111,6 @@ class PersistQueue(Engine):
             queue.ack(id=item["pqid"])
             done()
 
-    def start(self) -> None:
-        for i in range(WORKERS):
-            thread = threading.Thread(target=self._work, name=f"pq-worker-{i}", daemon=True)
-            self._threads.append(thread)
-            thread.start()
-
-    def wait_done(self, timeout: float) -> None:
-        if not self.tracker.all_done.wait(timeout):
-            raise TimeoutError(f"not every job completed within {timeout:.0f}s")
 
     def close(self) -> None:
         self._stop.set()
@@ -136,6 +128,7 @@ class LiteQueue(Engine):
     worker sleeps 5 ms between polls. Complete when `done` has committed."""
 
     key = "litequeue"
+    thread_prefix = "litequeue"
     bulk = True                 # put() inside LiteQueue.transaction()
     deep_drain_cap = 300        # every pop sorts the ready rows: a deep drain takes minutes
     POLL = 0.005
@@ -172,15 +165,6 @@ class LiteQueue(Engine):
         finally:
             queue.close()
 
-    def start(self) -> None:
-        for i in range(WORKERS):
-            thread = threading.Thread(target=self._work, name=f"litequeue-worker-{i}", daemon=True)
-            self._threads.append(thread)
-            thread.start()
-
-    def wait_done(self, timeout: float) -> None:
-        if not self.tracker.all_done.wait(timeout):
-            raise TimeoutError(f"not every job completed within {timeout:.0f}s")
 
     def close(self) -> None:
         self._stop.set()
