@@ -137,3 +137,30 @@ def procs(db: str, n: int, processes: int, timeout: float, run_py: str) -> dict[
                 child.kill()
         producer.close()
     return {"procs_per_s": n / elapsed, "runs": ran, "jobs": n}
+
+
+def isolated_noop(x: int) -> int:
+    """The job the isolation figure runs: importable by child processes (bench/ is on
+    their sys.path as on the parent's)."""
+    return x
+
+
+def isolation(n: int, timeout: float) -> dict[str, Any]:
+    """Run `n` tiny jobs on a 4-worker manager (memory repository) on threads, then in
+    child processes (`isolation="process"`, the pool reused), and give the cost per job."""
+    from jobcore import Job, JobManager, MemoryRepository
+    out: dict[str, Any] = {"n": n}
+    for mode in ("thread", "process"):
+        with JobManager(MemoryRepository(), max_workers=WORKERS) as manager:
+            if mode == "process":  # warm the children up: their start is not a per-job cost
+                warm = [manager.enqueue(Job(function=isolated_noop, args=(x,), isolation=mode))
+                        for x in range(WORKERS)]
+                for job_id in warm:
+                    manager.wait(job_id, timeout=timeout)
+            t0 = time.perf_counter()
+            ids = manager.enqueue_many([Job(function=isolated_noop, args=(x,), isolation=mode) for x in range(n)])
+            for job_id in ids:
+                manager.wait(job_id, timeout=timeout)
+            out[f"{mode}_ms_per_job"] = (time.perf_counter() - t0) / n * 1000
+    out["process_over_thread"] = out["process_ms_per_job"] / out["thread_ms_per_job"]
+    return out

@@ -194,6 +194,19 @@ def render(results: dict[str, Any], targets: list[dict[str, Any]], meta: dict[st
                        f" {entry.get('runs', 0):,.0f} ({dup:+,.0f}) |")
         out.append("")
 
+    iso = results.get("isolation")
+    if iso:
+        out.append(f"## Isolated jobs: {cfg['isolation_n']:,} tiny jobs, 4 workers, memory repository\n")
+        if "error" in iso:
+            out.append(f"n/a ({iso['error']})\n")
+        else:
+            out.append("| mode | ms per job | × thread |")
+            out.append("| --- | ---: | ---: |")
+            out.append(f"| thread | {iso['thread_ms_per_job']:.3f} | 1.00× |")
+            out.append(f"| process (children reused) | {iso['process_ms_per_job']:.3f} |"
+                       f" {iso['process_over_thread']:.2f}× |")
+            out.append("")
+
     if targets:
         out.append("## Targets (ratios measured in this run)\n")
         out.append("| target | measured | needed | verdict |")

@@ -29,10 +29,10 @@ MARK = "BENCH-RESULT "
 
 FULL = dict(n=20_000, reps=3, pickup=500, pickup_polling=100, pickup_budget=60.0, priority_n=5_000,
             deep=200_000, deep_drain=20_000, depths=[10_000, 100_000, 1_000_000], depth_ops=2_000,
-            depth_reps=3, procs_n=20_000, drain_budget=30.0, timeout=600.0)
+            depth_reps=3, procs_n=20_000, isolation_n=1_000, drain_budget=30.0, timeout=600.0)
 QUICK = dict(n=3_000, reps=1, pickup=100, pickup_polling=30, pickup_budget=15.0, priority_n=2_000,
              deep=200_000, deep_drain=3_000, depths=[10_000, 100_000], depth_ops=1_000,
-             depth_reps=1, procs_n=5_000, drain_budget=15.0, timeout=180.0)
+             depth_reps=1, procs_n=5_000, isolation_n=300, drain_budget=15.0, timeout=180.0)
 
 JOBCORE = ["jobcore-sqlite", "jobcore-sqlite-full", "jobcore-memory"]
 PEERS = ["huey", "persist-queue", "litequeue"]
@@ -74,6 +74,8 @@ def _child_result(args: argparse.Namespace) -> Optional[dict[str, Any]]:
         return depth.depth_fill(args.db, args.depth)
     if args.child == "depth-measure":
         return depth.depth_measure(args.db, args.ops, args.timeout)
+    if args.child == "isolation":
+        return depth.isolation(args.n, args.timeout)
     if args.child == "procs":
         return depth.procs(args.db, args.n, args.procs, args.timeout, os.path.abspath(__file__))
     from engines import ENGINES
@@ -272,6 +274,10 @@ def run_all(args: argparse.Namespace, cfg: dict[str, Any], code: str) -> dict[st
                 finally:
                     shutil.rmtree(workdir, ignore_errors=True)
         results["procs"] = {str(count): _median_of(runs) for count, runs in by_count.items()}
+
+    if _wanted(args, "isolation") and (not args.engines or "jobcore-memory" in args.engines.split(",")):
+        results["isolation"] = _median_of([runner.measure("isolation", n=cfg["isolation_n"])
+                                           for _ in range(reps)])
     return results
 
 
@@ -299,7 +305,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, one repetition (~3 min)")
     parser.add_argument("--reps", type=int, help="repetitions (default 3, --quick 1)")
     parser.add_argument("--n", type=int, help="jobs per throughput figure (default 20,000)")
-    parser.add_argument("--only", help="comma-separated scenarios: e2e,bulk,concurrent,priority,pickup,deep,depth,procs")
+    parser.add_argument("--only", help="comma-separated scenarios: e2e,bulk,concurrent,priority,pickup,deep,depth,procs,isolation")
     parser.add_argument("--engines", help="comma-separated engine keys (see bench/README.md)")
     parser.add_argument("--no-venv", action="store_true", help="do not build or use bench/.venv (peers n/a)")
     parser.add_argument("--profile", metavar="ENGINE", help="run the end-to-end figure once under cProfile and exit")
