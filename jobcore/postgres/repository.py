@@ -16,7 +16,7 @@ from .. import serialization
 from ..models import JobStatus
 from ..repository._cascade import dependency_error_message, plan_batch
 from ..repository.base import (Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry, Recovery,
-                               Settlement, WorkerInfo)
+                               Settlement, SettlesThroughApply, WorkerInfo)
 from .database import Database, Tx, Unchanged, schema_from_dsn
 from .rows import clean_text, entry_from_row, record_from_row, row_params, status_of
 from .settling import cancel_dependents, settle_all
@@ -29,7 +29,7 @@ def _best_first(rows: Sequence[Sequence[Any]]) -> list[JobRecord]:
     return sorted((record_from_row(row) for row in rows), key=lambda r: (-r.priority, r.seq))
 
 
-class PostgresRepository(JobRepository):
+class PostgresRepository(SettlesThroughApply, JobRepository):
     """A `JobRepository` on PostgreSQL (psycopg 3), shared by processes on many machines.
 
     `dsn`: a libpq connection string or `postgresql://` URL. `schema`: the PostgreSQL
@@ -179,26 +179,6 @@ class PostgresRepository(JobRepository):
             return cascades, _best_first(rows)
 
         return self._db.transaction(work)
-
-    def _settle(self, settlement: Settlement, worker_id: str, now: float) -> Optional[Cascade]:
-        return self.apply([settlement], [], worker_id, now, now)[0][0]
-
-    def complete(self, job_id: str, worker_id: str, attempt: int, result: Any, now: float,
-                 note: Optional[str] = None) -> Optional[Cascade]:
-        return self._settle(Settlement("complete", job_id, attempt, result=result, note=note), worker_id, now)
-
-    def fail(self, job_id: str, worker_id: str, attempt: int, *, error: str, error_type: str,
-             traceback: Optional[str], now: float, retry_at: Optional[float],
-             note: Optional[str] = None) -> Optional[Cascade]:
-        settlement = Settlement("fail" if retry_at is None else "retry", job_id, attempt, error=error,
-                                error_type=error_type, traceback=traceback, retry_at=retry_at, note=note)
-        return self._settle(settlement, worker_id, now)
-
-    def finish_cancelled(self, job_id: str, worker_id: str, attempt: int, now: float) -> Optional[Cascade]:
-        return self._settle(Settlement("cancel", job_id, attempt), worker_id, now)
-
-    def release(self, job_id: str, worker_id: str, attempt: int, now: float) -> bool:
-        return self._settle(Settlement("release", job_id, attempt), worker_id, now) is not None
 
     def cancel(self, job_id: str, now: float, reason: str) -> tuple[CancelOutcome, Cascade]:
         sql = self.sql

@@ -22,12 +22,12 @@ from .sqlite_rows import STATUSES, entry_from_row, record_from_row, row_params, 
 from ._cascade import dependency_error_message, plan_batch
 from .group_commit import GroupCommitter
 from .base import (Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry, Recovery, Settlement,
-                   WorkerInfo)
+                   SettlesThroughApply, WorkerInfo)
 
 DURABILITY = {"normal": "NORMAL", "full": "FULL"}
 
 
-class SQLiteRepository(JobRepository):
+class SQLiteRepository(SettlesThroughApply, JobRepository):
     """A `JobRepository` in a SQLite file (WAL mode), safe for threads and processes.
 
     `durability="normal"` (synchronous=NORMAL) loses nothing when a process crashes; the
@@ -323,30 +323,6 @@ class SQLiteRepository(JobRepository):
 
         cascades, rows = self._group.run(op)
         return cascades, [record_from_row(row) for row in rows]
-
-    def _apply_single(self, settlement: Settlement, worker_id: str, now: float) -> Optional[Cascade]:
-        encoded = self._encode_result(settlement)
-        with self._write() as conn:
-            return self._settle(conn, settlement, encoded, worker_id, now)
-
-    def complete(self, job_id: str, worker_id: str, attempt: int, result: Any, now: float,
-                 note: Optional[str] = None) -> Optional[Cascade]:
-        return self._apply_single(Settlement("complete", job_id, attempt, result=result, note=note),
-                                  worker_id, now)
-
-    def fail(self, job_id: str, worker_id: str, attempt: int, *, error: str, error_type: str,
-             traceback: Optional[str], now: float, retry_at: Optional[float],
-             note: Optional[str] = None) -> Optional[Cascade]:
-        kind = "fail" if retry_at is None else "retry"
-        settlement = Settlement(kind, job_id, attempt, error=error, error_type=error_type,
-                                traceback=traceback, retry_at=retry_at, note=note)
-        return self._apply_single(settlement, worker_id, now)
-
-    def finish_cancelled(self, job_id: str, worker_id: str, attempt: int, now: float) -> Optional[Cascade]:
-        return self._apply_single(Settlement("cancel", job_id, attempt), worker_id, now)
-
-    def release(self, job_id: str, worker_id: str, attempt: int, now: float) -> bool:
-        return self._apply_single(Settlement("release", job_id, attempt), worker_id, now) is not None
 
     def cancel(self, job_id: str, now: float, reason: str) -> tuple[CancelOutcome, Cascade]:
         with self._write() as conn:
