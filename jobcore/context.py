@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextvars
 import math
-import threading
 from typing import Any, Optional, Protocol
 
 from .errors import JobCancelled
@@ -40,28 +39,30 @@ class JobContext:
         self.name = name
         self.attempt = attempt
         self._sink = sink
-        self._cancel = threading.Event()
+        # A plain flag, not an Event: nothing waits on it, and one is made per attempt.
+        # Setting and reading a bool is atomic; the request only ever goes False -> True.
+        self._cancel = False
         # Set by the manager when a timeout gave this attempt up: reports are ignored.
         self.abandoned = False
 
     @property
     def cancelled(self) -> bool:
         """True once cancellation of this job was requested (or its attempt timed out)."""
-        return self._cancel.is_set() or self.abandoned
+        return self._cancel or self.abandoned
 
     @property
     def cancel_requested(self) -> bool:
         """True once someone asked to cancel this job (a timeout does not count)."""
-        return self._cancel.is_set()
+        return self._cancel
 
     def request_cancel(self) -> None:
         """Ask the job to stop (the engine calls this; jobs call `check_cancelled`)."""
-        self._cancel.set()
+        self._cancel = True
 
     def check_cancelled(self) -> None:
         """Raise `JobCancelled` if cancellation was requested, or if the engine gave this
         attempt up after its timeout (its outcome would be discarded anyway)."""
-        if self._cancel.is_set() or self.abandoned:
+        if self._cancel or self.abandoned:
             raise JobCancelled(self.id)
 
     def progress(self, progress: float, message: str = "", **details: Any) -> None:

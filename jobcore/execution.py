@@ -20,7 +20,7 @@ from .errors import JobCancelled
 _loops = threading.local()
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Outcome:
     """What an attempt ended with: a value, or an exception and its formatted traceback."""
 

@@ -91,9 +91,11 @@ class JobManager:
         self._queue = ReadyQueue(self._clock)
         self._notifier = NotificationDispatcher()
         # _settled (a Condition on its own lock) guards _settled_count, bumped whenever a
-        # job this process runs or cancels reaches a terminal state; `wait` sleeps on it.
+        # job this process runs or cancels reaches a terminal state, and _waiting; `wait`
+        # sleeps on it and is woken when the job it waits for settles here.
         self._settled = threading.Condition(threading.Lock())
         self._settled_count = 0
+        self._waiting: dict[str, int] = {}  # job id -> threads in `wait` for it
         # _lifecycle_lock guards _running across start/stop.
         self._lifecycle_lock = threading.Lock()
         self._running = False
@@ -245,6 +247,10 @@ class JobManager:
         records = [self._record_for(job, now) for job in jobs]
         for job in jobs:
             self._bind_function(job)
+        if len(jobs) == 1 and self._running and not self.immediate:
+            handed = self._hand_off(jobs[0], records[0], now)
+            if handed is not None:
+                return [handed]
         ids = self.repository.insert(records, now)
         for job, record, job_id in zip(jobs, records, ids):
             if job_id != record.id:
@@ -255,6 +261,31 @@ class JobManager:
         if self.immediate:
             self._pool.run_pending()
         return ids
+
+    def _hand_off(self, job: Job, record: JobRecord, now: float) -> Optional[str]:
+        """Store a job that can run at once and give it straight to an idle worker, claimed
+        in the same step: no dispatcher round trip, so the job starts sooner. Returns its
+        id, or None (nothing stored) when no worker is idle or the job must wait anyway."""
+        if (record.status is not JobStatus.PENDING or record.blocked or record.is_schedule
+                or not self._pool.runnable(record.queue_entry())):
+            return None
+        if not self._pool.reserve_idle_worker():
+            return None
+        claimed: Optional[JobRecord] = None
+        try:
+            self._local.remember(job.id, self._local_function(job), job.retry_on)
+            job_id, claimed = self.repository.insert_claimed(
+                record, self.worker_id, now, now + self.lease_timeout)
+        except BaseException:
+            self._local.forget(job.id)
+            raise
+        finally:
+            self._pool.hand_off(claimed)
+        if job_id != record.id:
+            self._local.forget(job.id)  # an unfinished job already holds its unique_key
+        elif claimed is None and record.status is JobStatus.PENDING and not record.blocked:
+            self._pool.enqueue_entries([record.queue_entry()])  # someone else holds it or will
+        return job_id
 
     def run_pending(self, limit: Optional[int] = None) -> int:
         """Run ready jobs synchronously in this thread until none is ready (or `limit`
@@ -318,12 +349,19 @@ class JobManager:
             wait_for = interval if remaining is None else min(interval, remaining)
             with self._settled:
                 if self._settled_count == seen:
-                    self._settled.wait(wait_for)
+                    self._waiting[job_id] = self._waiting.get(job_id, 0) + 1
+                    try:
+                        self._settled.wait(wait_for)
+                    finally:
+                        left = self._waiting.pop(job_id) - 1
+                        if left:
+                            self._waiting[job_id] = left
 
     def _mark_settled(self, job_id: str) -> None:
         with self._settled:
             self._settled_count += 1
-            self._settled.notify_all()
+            if job_id in self._waiting:  # most jobs settle with nobody waiting on them
+                self._settled.notify_all()
 
     def list_jobs(self, status: Union[JobStatus, str, None] = None, tags: Union[str, Collection[str], None] = None,
                   owner: Optional[str] = None, limit: Optional[int] = 50, offset: int = 0) -> list[JobResult]:

@@ -10,10 +10,12 @@ import enum
 import inspect
 import json
 import math
-import uuid
+import os
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional
+from collections.abc import Iterable as IterableABC
+from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 from .cron import CronExpression
 from .errors import InvalidJob, InvalidJobType
@@ -66,6 +68,35 @@ ALLOWED_TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = {
     JobStatus.FAILED: frozenset({JobStatus.PENDING}),
     JobStatus.CANCELLED: frozenset({JobStatus.PENDING}),
 }
+
+
+_random = threading.local()  # per thread: os.urandom bytes not yet used for ids
+
+
+def _forget_random() -> None:
+    global _random
+    _random = threading.local()  # a forked child must not reuse its parent's bytes
+
+
+os.register_at_fork(after_in_child=_forget_random)
+
+
+def new_job_id() -> str:
+    """A random (version 4) UUID as 32 hex digits, like `uuid.uuid4().hex`.
+
+    Drawn from `os.urandom` 4 KiB at a time (a system call per 256 ids, not per id)."""
+    pool = getattr(_random, "pool", None)
+    if not pool:
+        pool = _random.pool = [os.urandom(4096), 0]
+    data, at = pool
+    if at >= 4096:
+        data, at = os.urandom(4096), 0
+        pool[0] = data
+    pool[1] = at + 16
+    value = int.from_bytes(data[at:at + 16], "big")
+    # The version (4) and variant (RFC 4122) bits, as uuid.UUID(version=4) sets them.
+    value = (value & ~(0xF000 << 64) | (0x4000 << 64)) & ~(0xC000 << 48) | (0x8000 << 48)
+    return "%032x" % value
 
 
 def function_qualname(func: Callable[..., Any]) -> str:
@@ -129,7 +160,7 @@ class Job:
     isolation: str = "thread"
     memory_limit: Optional[int] = None
     retry_on: Optional[Callable[[BaseException], bool]] = None
-    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    id: str = field(default_factory=new_job_id)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -228,11 +259,11 @@ class Job:
 
     @staticmethod
     def _normalise_depends_on(value: Any) -> list[str]:
-        if value is None:
-            return []
+        if value is None or (value.__class__ is list and not value):
+            return [] if value is None else value  # the common case, without the checks below
         if isinstance(value, (str, Job)):
             value = [value]
-        if not isinstance(value, Iterable):
+        if not isinstance(value, IterableABC):
             raise InvalidJobType("depends_on", f"must be a list of job ids, got {value!r}")
         ids: list[str] = []
         for item in value:

@@ -94,6 +94,7 @@ class WorkerPool:
         self._abandoned = 0
         self._next_slot = 0
         self._stopping = True
+        self._handoffs = 0  # slots promised to new jobs being handed straight to a worker
         self._processes: Optional[ProcessRunner] = None
         self._average_run = 1.0  # seconds; start without a reserve until jobs prove short
         self.on_deadline: Callable[[], None] = lambda: None  # set by the housekeeper
@@ -174,6 +175,35 @@ class WorkerPool:
         """Queue entries this process can run (ready now, or as timers)."""
         self._recorder.enqueue_entries(entries)
 
+    # -- direct hand-off: a new job to an idle worker, without the dispatcher ----------------
+    def reserve_idle_worker(self) -> bool:
+        """Promise a slot to a job about to be enqueued, if a worker is idle and nothing is
+        queued ahead of it (so handing it over directly keeps priority order). The caller
+        must follow with `hand_off` either way."""
+        with self._lock:
+            if self._stopping:
+                return False
+            busy = len(self._buffer) + len(self._running) + self._handoffs
+            if busy >= self._settings.max_workers or self._queue.has_ready():
+                return False
+            self._handoffs += 1
+            return True
+
+    def hand_off(self, record: Optional[JobRecord]) -> None:
+        """Give a worker the job claimed for a slot `reserve_idle_worker` promised, or
+        (None) give the slot back."""
+        with self._lock:
+            self._handoffs -= 1
+            if record is None:
+                self._dispatch_needed.notify()  # the slot is free again
+                return
+            self._buffer.appendleft(record)
+            self._work_ready.notify()
+
+    def runnable(self, entry: QueueEntry) -> bool:
+        """True if this process can run (or fire) the queued job."""
+        return self._recorder.runnable(entry)
+
     def _poke(self) -> None:
         with self._lock:
             self._dispatch_needed.notify()
@@ -198,8 +228,8 @@ class WorkerPool:
                 if record.id in self._cancel_ids or record.cancel_requested:
                     self._cancel_ids.discard(record.id)
                     context.request_cancel()
-                if len(self._buffer) < self._settings.max_workers:
-                    self._dispatch_needed.notify()  # room to claim more
+                # No call for the dispatcher here: a job moving from the buffer to running
+                # leaves the room to claim unchanged; finishing it (below) makes room.
             if deadline is not None:
                 self.on_deadline()
             outcome = self._execute(record, context)
@@ -255,7 +285,8 @@ class WorkerPool:
             with self._lock:
                 while True:
                     finished, self._finished = self._finished, []
-                    room = 0 if self._stopping else self._capacity() - len(self._buffer) - len(self._running)
+                    room = 0 if self._stopping else (self._capacity() - len(self._buffer) - len(self._running)
+                                                     - self._handoffs)
                     wants = room > 0 and self._queue.has_ready()
                     schedules = [] if self._stopping else self._queue.pop_due_schedules()
                     if finished or wants or schedules:
@@ -288,8 +319,8 @@ class WorkerPool:
                     self._average_run += 0.1 * (f.ran_for - self._average_run)
                     self._settling.discard(f.record.id)
                 self._buffer.extend(claimed)
-                for _ in claimed:
-                    self._work_ready.notify()
+                if claimed:
+                    self._work_ready.notify(len(claimed))
 
     def _capacity(self) -> int:
         """How many jobs to hold: one per worker, plus as many claimed in reserve while jobs

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import abc
 import enum
-from dataclasses import dataclass, field
+import operator
+from dataclasses import dataclass, field, fields
 from typing import Any, Collection, NamedTuple, Optional, Sequence
 
 from ..models import JobStatus
@@ -80,10 +81,18 @@ class JobRecord:
         """True for a cron schedule row (it fires runs; it never runs itself)."""
         return self.cron is not None
 
+    def copy(self) -> "JobRecord":
+        """A shallow copy (as `copy.copy`, several times faster)."""
+        return JobRecord(*_RECORD_FIELDS(self))
+
     def queue_entry(self) -> "QueueEntry":
         """The key the manager's ready queue orders this job by."""
         return QueueEntry(self.id, self.priority, self.seq, self.run_at, self.function_name,
                           self.is_schedule)
+
+
+# Every field of a JobRecord in constructor order, read in one call (for `JobRecord.copy`).
+_RECORD_FIELDS = operator.attrgetter(*(f.name for f in fields(JobRecord)))
 
 
 class QueueEntry(NamedTuple):
@@ -184,6 +193,21 @@ class JobRepository(abc.ABC):
         stored CANCELLED with an error naming it. Raises `TypeError`/`ValueError` for a
         payload the store cannot hold.
         """
+
+    def insert_claimed(self, record: JobRecord, worker_id: str, now: float,
+                       lease_expires_at: float) -> tuple[str, Optional[JobRecord]]:
+        """Store one record (as `insert`) and, if it is ready to run at once, claim it for
+        `worker_id` (as `claim`): a new job handed straight to an idle worker.
+
+        Returns the id `insert` would return and the claimed record, or None when the job
+        was stored without being claimed (waiting on dependencies or a time, cancelled, or
+        its `unique_key` resolved to another job, or another worker claimed it first). This
+        default takes two transactions; a backend may do both in one."""
+        job_id = self.insert([record], now)[0]
+        if job_id != record.id or record.status is not JobStatus.PENDING or record.blocked:
+            return job_id, None
+        _, claimed = self.apply([], [job_id], worker_id, now, lease_expires_at)
+        return job_id, claimed[0] if claimed else None
 
     # -- reading -------------------------------------------------------------------
     @abc.abstractmethod

@@ -6,7 +6,6 @@ Python objects given (JSON is not required). Not shared between processes.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import heapq
 import threading
@@ -22,7 +21,7 @@ _UNFINISHED = (JobStatus.PENDING, JobStatus.SCHEDULED, JobStatus.RUNNING)
 
 def _detached(row: JobRecord) -> JobRecord:
     """A copy with dicts of its own: whoever holds it can change it without touching the store."""
-    clone = copy.copy(row)
+    clone = row.copy()
     clone.kwargs, clone.metadata = dict(row.kwargs), dict(row.metadata)
     clone.progress_details = dict(row.progress_details)
     return clone
