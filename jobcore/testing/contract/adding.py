@@ -7,7 +7,7 @@ import pytest
 from ...errors import DependencyError
 from ...models import JobStatus
 from ...repository.base import JobRepository
-from .support import NOW, _add, _complete, _fail, _get, _ids_of, _status, _total, make_record
+from .support import LEASE, NOW, _add, _complete, _fail, _get, _ids_of, _status, _total, make_record
 
 
 class _AddingContract:
@@ -192,3 +192,37 @@ class _AddingContract:
         stored = _get(repository, consumer.id)
         assert stored.depends_on == (existing.id,) and stored.blocked == 1
         assert _ids_of(_complete(repository, existing.id).released) == [consumer.id]
+
+    def test_insert_claimed_stores_a_ready_job_already_claimed(self, repository: JobRepository) -> None:
+        # given a ready job with arguments
+        record = make_record(args=(1, "two"), kwargs={"k": [3]}, priority=4)
+        # when it is inserted and claimed in one step
+        job_id, claimed = repository.insert_claimed(record, "w1", NOW, NOW + LEASE)
+        # then it is stored running for that worker, on its first attempt, and nobody else gets it
+        assert job_id == record.id and claimed is not None
+        for seen in (claimed, _get(repository, job_id)):
+            assert (seen.id, seen.status, seen.attempts, seen.worker_id, seen.started_at,
+                    seen.lease_expires_at, seen.priority) == (
+                record.id, JobStatus.RUNNING, 1, "w1", NOW, NOW + LEASE, 4)
+            assert (tuple(seen.args), seen.kwargs, seen.created_at) == ((1, "two"), {"k": [3]}, NOW)
+        assert claimed.seq > 0 and claimed.seq == _get(repository, job_id).seq
+        assert repository.claim(job_id, "w2", NOW, NOW + LEASE) is None
+        assert _ids_of(repository.ready(None, 10)) == []
+        # and it completes like any claimed job
+        assert repository.complete(job_id, "w1", 1, "done", NOW + 1) is not None
+
+    def test_insert_claimed_leaves_a_job_that_must_wait_unclaimed(self, repository: JobRepository) -> None:
+        # given a job due later, one waiting on a dependency, and one whose unique_key is held
+        holder = _add(repository, unique_key="only-one")
+        dependency = _add(repository)
+        later = make_record(status=JobStatus.SCHEDULED, scheduled_at=NOW + 60, run_at=NOW + 60)
+        waiting = make_record(depends_on=(dependency.id,))
+        duplicate = make_record(unique_key="only-one")
+        # when each is inserted through insert_claimed
+        results = [repository.insert_claimed(r, "w1", NOW, NOW + LEASE) for r in (later, waiting, duplicate)]
+        # then each is stored as insert would store it and none is claimed
+        assert results == [(later.id, None), (waiting.id, None), (holder.id, None)]
+        assert _status(repository, later.id) is JobStatus.SCHEDULED
+        assert _status(repository, waiting.id) is JobStatus.PENDING and _get(repository, waiting.id).blocked == 1
+        assert repository.get(duplicate.id) is None and _total(repository) == 4
+

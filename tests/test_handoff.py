@@ -1,0 +1,110 @@
+"""A new job given straight to an idle worker: claimed in `enqueue`, never queued behind others."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable
+
+import pytest
+
+from jobcore import Job, JobManager, JobStatus
+from jobcore.repository.base import JobRepository
+
+WAIT = 10.0
+
+
+def _blocking(manager: JobManager) -> tuple[threading.Event, threading.Event]:
+    """Register `block`: it signals `started` and runs until `release` is set."""
+    started, release = threading.Event(), threading.Event()
+
+    def block(tag: str = "") -> str:
+        started.set()
+        release.wait(WAIT)
+        return tag
+
+    manager.register_function("block", block)
+    return started, release
+
+
+def test_a_job_enqueued_while_a_worker_is_idle_is_claimed_before_enqueue_returns(
+        repository: JobRepository, make_manager: Callable[..., JobManager]) -> None:
+    # given a started manager whose workers are all idle
+    manager = make_manager(repository, max_workers=2).start()
+    started, release = _blocking(manager)
+    # when a job is enqueued
+    job_id = manager.enqueue(Job(function_name="block", args=("a",)))
+    # then it is already running for this manager when enqueue returns (no dispatcher round trip)
+    result = manager.poll(job_id)
+    assert result is not None and result.status is JobStatus.RUNNING and result.attempts == 1
+    assert result.worker_id == manager.worker_id
+    assert started.wait(WAIT)
+    release.set()
+    assert manager.wait(job_id, timeout=WAIT).result == "a"
+
+
+def test_a_job_enqueued_while_every_worker_is_busy_waits_its_turn(
+        repository: JobRepository, make_manager: Callable[..., JobManager]) -> None:
+    # given one worker busy with a job
+    manager = make_manager(repository, max_workers=1).start()
+    started, release = _blocking(manager)
+    first = manager.enqueue(Job(function_name="block", args=("first",)))
+    assert started.wait(WAIT)
+    # when more jobs are enqueued, the last with a higher priority
+    low = manager.enqueue(Job(function_name="block", args=("low",)))
+    high = manager.enqueue(Job(function_name="block", args=("high",), priority=9))
+    # then they stay pending, and run in priority order once the worker is free
+    assert [manager.poll(i).status for i in (low, high)] == [JobStatus.PENDING, JobStatus.PENDING]  # type: ignore[union-attr]
+    release.set()
+    finished = [manager.wait(i, timeout=WAIT) for i in (first, low, high)]
+    assert [r.status for r in finished] == [JobStatus.COMPLETED] * 3
+    assert finished[2].started_at <= finished[1].started_at  # type: ignore[operator]
+
+
+def test_a_handed_off_job_keeps_its_unique_key(repository: JobRepository,
+                                               make_manager: Callable[..., JobManager]) -> None:
+    # given a job with a unique key handed to an idle worker and still running
+    manager = make_manager(repository, max_workers=2).start()
+    started, release = _blocking(manager)
+    first = manager.enqueue(Job(function_name="block", unique_key="nightly"))
+    assert started.wait(WAIT)
+    # when another job with the same key is enqueued while a worker is idle
+    second = manager.enqueue(Job(function_name="block", unique_key="nightly"))
+    # then it resolves to the running job and nothing new is stored
+    assert second == first and manager.get_stats()["total"] == 1
+    release.set()
+    assert manager.wait(first, timeout=WAIT).status is JobStatus.COMPLETED
+
+
+def test_a_handed_off_job_runs_the_callable_it_was_given(repository: JobRepository,
+                                                         make_manager: Callable[..., JobManager]) -> None:
+    # given a name registered to one function and a job carrying another under that name
+    manager = make_manager(repository, max_workers=1).start()
+    manager.register_function("shared.name", lambda: "registered")
+    # when the job is enqueued while the worker is idle
+    job_id = manager.enqueue(Job(function=lambda: "given", function_name="shared.name"))
+    # then the worker runs the callable the job carried
+    assert manager.wait(job_id, timeout=WAIT).result == "given"
+
+
+def test_a_producer_does_not_claim_jobs_for_functions_it_cannot_run(
+        repository: JobRepository, make_manager: Callable[..., JobManager]) -> None:
+    # given a started producer with idle workers but no function for the job
+    manager = make_manager(repository, max_workers=1, producer=True).start()
+    # when it enqueues a job for a worker elsewhere
+    job_id = manager.enqueue(Job(function_name="elsewhere.task"))
+    # then the job stays pending for that worker
+    assert manager.poll(job_id).status is JobStatus.PENDING  # type: ignore[union-attr]
+
+
+def test_a_failed_insert_gives_the_promised_worker_back(tmp_path: Any,
+                                                        make_manager: Callable[..., JobManager]) -> None:
+    # given a started SQLite manager with one idle worker
+    manager = make_manager(str(tmp_path / "jobs.db"), max_workers=1).start()
+    manager.register_function("echo", lambda value: value)
+    # when an enqueue fails in the store (arguments JSON cannot hold)
+    with pytest.raises(TypeError):
+        manager.enqueue(Job(function_name="echo", args=(object(),)))
+    # then nothing was stored and the worker still takes the next job
+    assert manager.get_stats()["total"] == 0
+    job_id = manager.enqueue(Job(function_name="echo", args=(7,)))
+    assert manager.wait(job_id, timeout=WAIT).result == 7
