@@ -26,6 +26,9 @@ from .base import (Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry,
 
 DURABILITY = {"normal": "NORMAL", "full": "FULL"}
 
+# Shared by every completion that releases nothing (it is frozen): one less object per job.
+_NOTHING_RELEASED = Cascade()
+
 
 class SQLiteRepository(SettlesThroughApply, JobRepository):
     """A `JobRepository` in a SQLite file (WAL mode), safe for threads and processes.
@@ -270,17 +273,9 @@ class SQLiteRepository(SettlesThroughApply, JobRepository):
         message = dependency_error_message(job_id, name, status)
         return tuple(row[0] for row in conn.execute(sql.CANCEL_DEPENDENTS, (job_id, now, message)))
 
-    def _settle(self, conn: sqlite3.Connection, s: Settlement, encoded: Optional[str], worker_id: str,
-                now: float) -> Optional[Cascade]:
-        """Apply one settlement inside the caller's transaction (`encoded`: its result)."""
+    def _settle(self, conn: sqlite3.Connection, s: Settlement, worker_id: str, now: float) -> Optional[Cascade]:
+        """Apply one settlement other than a completion inside the caller's transaction."""
         held = (s.job_id, worker_id, s.attempt)
-        if s.kind == "complete":
-            if conn.execute(sql.COMPLETE, (encoded, now, *held)).rowcount != 1:
-                return None
-            if s.note is not None:
-                conn.execute(sql.INSERT_LOG, (s.job_id, now, "info", s.note))
-            rows = conn.execute(sql.RELEASE_DEPENDENTS, (s.job_id,)).fetchall()
-            return Cascade(released=tuple(entry_from_row(row) for row in rows if row[6] == 0))
         if s.kind == "release":
             return Cascade() if conn.execute(sql.RELEASE, held).rowcount == 1 else None
         if s.kind == "cancel":
@@ -298,6 +293,64 @@ class SQLiteRepository(SettlesThroughApply, JobRepository):
             conn.execute(sql.INSERT_LOG, (s.job_id, now, "error", s.note))
         return Cascade() if retrying else Cascade(cancelled=self._cancel_dependents(conn, s.job_id, now))
 
+    def _settle_all(self, conn: sqlite3.Connection, settlements: Sequence[Settlement],
+                    encoded: Sequence[Optional[str]], worker_id: str, now: float) -> list[Optional[Cascade]]:
+        """Apply settlements in order, each run of consecutive completions as one batch.
+
+        Only runs are batched, not every completion: a completion and a later failure can
+        reach the same dependent, and its `blocked` must come out as the order gives it."""
+        cascades: list[Optional[Cascade]] = []
+        start, count = 0, len(settlements)
+        while start < count:
+            end = start
+            while end < count and settlements[end].kind == "complete":
+                end += 1
+            if end > start:
+                cascades += self._complete_many(conn, settlements[start:end], encoded[start:end], worker_id, now)
+                start = end
+            else:
+                cascades.append(self._settle(conn, settlements[start], worker_id, now))
+                start += 1
+        return cascades
+
+    def _complete_many(self, conn: sqlite3.Connection, settlements: Sequence[Settlement],
+                       encoded: Sequence[Optional[str]], worker_id: str, now: float) -> list[Optional[Cascade]]:
+        """Complete jobs held by `worker_id` (as many `_settle` calls would) and release
+        their dependents together; a dependent released here is reported with the last
+        (in settlement order) of its dependencies completed here."""
+        completed: list[Optional[str]] = []  # per settlement: its job id if it applied, else None
+        for s, e in zip(settlements, encoded):
+            if conn.execute(sql.COMPLETE, (e, now, s.job_id, worker_id, s.attempt)).rowcount != 1:
+                completed.append(None)
+                continue
+            completed.append(s.job_id)
+            if s.note is not None:
+                conn.execute(sql.INSERT_LOG, (s.job_id, now, "info", s.note))
+        released = self._release_dependents(conn, [job_id for job_id in completed if job_id is not None])
+        cascades: list[Optional[Cascade]] = []
+        for job_id in completed:
+            if job_id is None:
+                cascades.append(None)
+            elif job_id in released:
+                cascades.append(Cascade(released=tuple(released[job_id])))
+            else:
+                cascades.append(_NOTHING_RELEASED)
+        return cascades
+
+    @staticmethod
+    def _release_dependents(conn: sqlite3.Connection, completed: list[str]) -> dict[str, list[QueueEntry]]:
+        """Unblock the dependents of `completed` (in settlement order); returns those now
+        free of blocks by the completion that released them."""
+        released: dict[str, list[QueueEntry]] = {}
+        if not completed:
+            return released
+        ids = json.dumps(completed)
+        if conn.execute(sql.ANY_DEPENDENTS, (ids,)).fetchone()[0]:
+            for row in conn.execute(sql.RELEASE_DEPENDENTS, (ids, ids, ids)):
+                if row[6] == 0:
+                    released.setdefault(row[7], []).append(entry_from_row(row))
+        return released
+
     def _encode_result(self, s: Settlement) -> Optional[str]:
         if s.kind != "complete":
             return None
@@ -310,7 +363,7 @@ class SQLiteRepository(SettlesThroughApply, JobRepository):
         encoded = [self._encode_result(s) for s in settlements]  # raises before writing
 
         def op(conn: sqlite3.Connection) -> tuple[list[Optional[Cascade]], list[Any]]:
-            cascades = [self._settle(conn, s, e, worker_id, now) for s, e in zip(settlements, encoded)]
+            cascades = self._settle_all(conn, settlements, encoded, worker_id, now)
             rows = []
             if claim_ids:
                 params = (now, worker_id, lease_expires_at, json.dumps(list(claim_ids)), now)
