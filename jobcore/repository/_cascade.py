@@ -61,6 +61,8 @@ def plan_batch(records: Sequence[JobRecord], exists: Container[str],
     the records to store. A dependency on a record that is not stored is renamed (in a
     copy) to the job standing in for it, so the dependent waits for that job.
     Raises `DependencyError` for an unknown dependency or a cycle."""
+    if all(not record.depends_on and record.unique_key is None for record in records):
+        return [record.id for record in records], list(records)  # nothing to check or resolve
     check_batch_dependencies(records, exists)
     stand_in: dict[str, str] = {}
     batch_unique: dict[str, str] = {}

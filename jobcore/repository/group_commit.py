@@ -43,6 +43,19 @@ class GroupCommitter(Generic[C]):
     def run(self, op: Callable[[C], T]) -> T:
         """Run `op(connection)` in a committed transaction (perhaps shared) and return
         its result, or raise what it raised (or what the commit raised)."""
+        with self._cond:
+            alone = not self._leading and not self._pending
+            if alone:
+                self._leading = True
+        if alone:  # nobody to share with: run it now, without a ticket
+            try:
+                with self._transaction() as conn:
+                    return op(conn)
+            finally:
+                with self._cond:
+                    self._leading = False
+                    if self._pending:
+                        self._cond.notify_all()  # whoever queued meanwhile leads next
         ticket = _Ticket(op)
         with self._cond:
             self._pending.append(ticket)

@@ -7,27 +7,25 @@ that is the manager's job; this module only keeps rows consistent.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sqlite3
-import threading
-from typing import Any, Collection, Iterator, Optional, Sequence
+from typing import Any, Collection, ContextManager, Optional, Sequence
 
 from .. import serialization
 from ..errors import RepositoryError
 from ..models import JobStatus
 from . import sqlite_schema as sql
+from .sqlite_conn import SYNCHRONOUS, Connections
+from .sqlite_settle import cancel_dependents, encode_result, settle_all
 from .sqlite_rows import STATUSES, entry_from_row, record_from_row, row_params, translate
 from ._cascade import dependency_error_message, plan_batch
 from .group_commit import GroupCommitter
 from .base import (Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry, Recovery, Settlement,
                    SettlesThroughApply, WorkerInfo)
 
-DURABILITY = {"normal": "NORMAL", "full": "FULL"}
+DURABILITY = SYNCHRONOUS
 
-# Shared by every completion that releases nothing (it is frozen): one less object per job.
-_NOTHING_RELEASED = Cascade()
 
 
 class SQLiteRepository(SettlesThroughApply, JobRepository):
@@ -53,13 +51,7 @@ class SQLiteRepository(SettlesThroughApply, JobRepository):
         self.durability = durability
         self.busy_timeout = float(busy_timeout)
         self.max_payload_bytes = max_payload_bytes
-        self._local = threading.local()
-        # _connections_lock guards _connections (thread -> its connection) and _closed.
-        self._connections_lock = threading.Lock()
-        self._connections: dict[threading.Thread, sqlite3.Connection] = {}
-        self._closed = False
-        # _write_lock serialises this process's write transactions (see _write).
-        self._write_lock = threading.Lock()
+        self._db = Connections(self.path, busy_timeout=self.busy_timeout, durability=durability)
         # Enqueues and outcomes from many threads share transactions (and fsyncs).
         self._group: GroupCommitter[sqlite3.Connection] = GroupCommitter(self._write)
         try:
@@ -70,53 +62,14 @@ class SQLiteRepository(SettlesThroughApply, JobRepository):
 
     # -- connections ---------------------------------------------------------------------
     def _connection(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            return conn
-        with self._connections_lock:
-            if self._closed:
-                raise RepositoryError(f"SQLite at {self.path!r}: the repository is closed")
-            for thread in [t for t in self._connections if not t.is_alive()]:
-                self._connections.pop(thread).close()
-        try:
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
-                                   check_same_thread=False)
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute(f"PRAGMA synchronous = {DURABILITY[self.durability]}")
-            conn.execute("PRAGMA foreign_keys = OFF")
-        except sqlite3.Error as exc:
-            raise translate(exc, self.path) from None
-        with self._connections_lock:
-            self._connections[threading.current_thread()] = conn
-        self._local.conn = conn
-        return conn
+        return self._db.get()
 
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self) -> ContextManager[sqlite3.Connection]:
         """A `BEGIN IMMEDIATE` transaction: committed on success, rolled back on error."""
-        conn = self._connection()
-        # One writer per process at a time: threads queue on a fair Python lock instead of
-        # SQLite's busy handler, which sleeps in growing steps and wrecks throughput.
-        with self._write_lock:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise translate(exc, self.path) from None
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    raise translate(exc, self.path) from None
-                raise
+        return self._db.write()
 
     def _read(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        try:
-            return self._connection().execute(query, params).fetchall()
-        except sqlite3.Error as exc:
-            raise translate(exc, self.path) from None
+        return self._db.read(query, params)
 
     def _migrate(self) -> None:
         if self._current_version() == sql.SCHEMA_VERSION:
@@ -162,14 +115,7 @@ class SQLiteRepository(SettlesThroughApply, JobRepository):
         return int(rows[0][0]) if rows else None
 
     def close(self) -> None:
-        with self._connections_lock:
-            self._closed = True
-            connections = list(self._connections.values())
-            self._connections.clear()
-        for conn in connections:
-            with contextlib.suppress(sqlite3.Error):
-                conn.close()
-        self._local = threading.local()
+        self._db.close()
 
     # -- rows ------------------------------------------------------------------------------
     # -- adding ----------------------------------------------------------------------------
@@ -206,8 +152,33 @@ class SQLiteRepository(SettlesThroughApply, JobRepository):
                 conn.execute(sql.INSERT_DEP, (record.id, dep))
             if dead:
                 # Batch members listed before it that depend on it can never run either.
-                self._cancel_dependents(conn, record.id, now)
+                cancel_dependents(conn, record.id, now)
         return ids
+
+    def insert_claimed(self, record: JobRecord, worker_id: str, now: float,
+                       lease_expires_at: float) -> tuple[str, Optional[JobRecord]]:
+        """One INSERT of the row as claimed, for a job that needs no checks against other
+        rows (no dependencies, no unique key); others go the default way."""
+        if (record.depends_on or record.unique_key is not None or record.is_schedule
+                or record.status is not JobStatus.PENDING):
+            return super().insert_claimed(record, worker_id, now, lease_expires_at)
+        params = row_params(record, now, JobStatus.RUNNING, 0, None, self.max_payload_bytes)
+
+        def op(conn: sqlite3.Connection) -> int:
+            try:
+                cursor = conn.execute(sql.INSERT_CLAIMED_JOB, (*params, now, worker_id, lease_expires_at))
+            except sqlite3.IntegrityError:
+                raise ValueError(f"Job.id: a job with id {record.id!r} already exists") from None
+            return cursor.lastrowid or 0
+
+        record.seq = self._group.run(op)
+        record.status, record.blocked = JobStatus.RUNNING, 0
+        claimed = record.copy()
+        # The worker sees the arguments as any claim would: decoded from the stored JSON.
+        claimed.args, claimed.kwargs = serialization.decode_payload(params[3])
+        claimed.created_at, claimed.started_at, claimed.attempts = now, now, 1
+        claimed.worker_id, claimed.lease_expires_at = worker_id, lease_expires_at
+        return record.id, claimed
 
     @staticmethod
     def _unfinished_with_key(conn: sqlite3.Connection, key: str) -> Optional[str]:
@@ -268,102 +239,14 @@ class SQLiteRepository(SettlesThroughApply, JobRepository):
             row = conn.execute(sql.CLAIM, (now, worker_id, lease_expires_at, job_id, now)).fetchone()
         return record_from_row(row) if row else None
 
-    def _cancel_dependents(self, conn: sqlite3.Connection, job_id: str, now: float) -> tuple[str, ...]:
-        status, name = conn.execute(sql.SELECT_STATUS, (job_id,)).fetchone()
-        message = dependency_error_message(job_id, name, status)
-        return tuple(row[0] for row in conn.execute(sql.CANCEL_DEPENDENTS, (job_id, now, message)))
-
-    def _settle(self, conn: sqlite3.Connection, s: Settlement, worker_id: str, now: float) -> Optional[Cascade]:
-        """Apply one settlement other than a completion inside the caller's transaction."""
-        held = (s.job_id, worker_id, s.attempt)
-        if s.kind == "release":
-            return Cascade() if conn.execute(sql.RELEASE, held).rowcount == 1 else None
-        if s.kind == "cancel":
-            if conn.execute(sql.FINISH_CANCELLED, (now, *held)).rowcount != 1:
-                return None
-            return Cascade(cancelled=self._cancel_dependents(conn, s.job_id, now))
-        if s.kind not in ("retry", "fail"):
-            raise ValueError(f"unknown settlement kind {s.kind!r}")
-        retrying = s.kind == "retry" and s.retry_at is not None
-        query = sql.FAIL_RETRY if retrying else sql.FAIL_FINAL
-        first = s.retry_at if retrying else now
-        if conn.execute(query, (first, s.error, s.error_type, s.traceback, *held)).rowcount != 1:
-            return None
-        if s.note is not None:
-            conn.execute(sql.INSERT_LOG, (s.job_id, now, "error", s.note))
-        return Cascade() if retrying else Cascade(cancelled=self._cancel_dependents(conn, s.job_id, now))
-
-    def _settle_all(self, conn: sqlite3.Connection, settlements: Sequence[Settlement],
-                    encoded: Sequence[Optional[str]], worker_id: str, now: float) -> list[Optional[Cascade]]:
-        """Apply settlements in order, each run of consecutive completions as one batch.
-
-        Only runs are batched, not every completion: a completion and a later failure can
-        reach the same dependent, and its `blocked` must come out as the order gives it."""
-        cascades: list[Optional[Cascade]] = []
-        start, count = 0, len(settlements)
-        while start < count:
-            end = start
-            while end < count and settlements[end].kind == "complete":
-                end += 1
-            if end > start:
-                cascades += self._complete_many(conn, settlements[start:end], encoded[start:end], worker_id, now)
-                start = end
-            else:
-                cascades.append(self._settle(conn, settlements[start], worker_id, now))
-                start += 1
-        return cascades
-
-    def _complete_many(self, conn: sqlite3.Connection, settlements: Sequence[Settlement],
-                       encoded: Sequence[Optional[str]], worker_id: str, now: float) -> list[Optional[Cascade]]:
-        """Complete jobs held by `worker_id` (as many `_settle` calls would) and release
-        their dependents together; a dependent released here is reported with the last
-        (in settlement order) of its dependencies completed here."""
-        completed: list[Optional[str]] = []  # per settlement: its job id if it applied, else None
-        for s, e in zip(settlements, encoded):
-            if conn.execute(sql.COMPLETE, (e, now, s.job_id, worker_id, s.attempt)).rowcount != 1:
-                completed.append(None)
-                continue
-            completed.append(s.job_id)
-            if s.note is not None:
-                conn.execute(sql.INSERT_LOG, (s.job_id, now, "info", s.note))
-        released = self._release_dependents(conn, [job_id for job_id in completed if job_id is not None])
-        cascades: list[Optional[Cascade]] = []
-        for job_id in completed:
-            if job_id is None:
-                cascades.append(None)
-            elif job_id in released:
-                cascades.append(Cascade(released=tuple(released[job_id])))
-            else:
-                cascades.append(_NOTHING_RELEASED)
-        return cascades
-
-    @staticmethod
-    def _release_dependents(conn: sqlite3.Connection, completed: list[str]) -> dict[str, list[QueueEntry]]:
-        """Unblock the dependents of `completed` (in settlement order); returns those now
-        free of blocks by the completion that released them."""
-        released: dict[str, list[QueueEntry]] = {}
-        if not completed:
-            return released
-        ids = json.dumps(completed)
-        if conn.execute(sql.ANY_DEPENDENTS, (ids,)).fetchone()[0]:
-            for row in conn.execute(sql.RELEASE_DEPENDENTS, (ids, ids, ids)):
-                if row[6] == 0:
-                    released.setdefault(row[7], []).append(entry_from_row(row))
-        return released
-
-    def _encode_result(self, s: Settlement) -> Optional[str]:
-        if s.kind != "complete":
-            return None
-        return serialization.encode(s.result, field="result", max_bytes=self.max_payload_bytes)
-
     def apply(self, settlements: Sequence[Settlement], claim_ids: Sequence[str], worker_id: str,
               now: float, lease_expires_at: float, top_up: Optional[Collection[str]] = None,
               ) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
         """One transaction for every settlement and the claims (a group commit)."""
-        encoded = [self._encode_result(s) for s in settlements]  # raises before writing
+        encoded = [encode_result(s, self.max_payload_bytes) for s in settlements]  # raises before writing
 
         def op(conn: sqlite3.Connection) -> tuple[list[Optional[Cascade]], list[Any]]:
-            cascades = self._settle_all(conn, settlements, encoded, worker_id, now)
+            cascades = settle_all(conn, settlements, encoded, worker_id, now)
             rows = []
             if claim_ids:
                 params = (now, worker_id, lease_expires_at, json.dumps(list(claim_ids)), now)
@@ -380,7 +263,7 @@ class SQLiteRepository(SettlesThroughApply, JobRepository):
     def cancel(self, job_id: str, now: float, reason: str) -> tuple[CancelOutcome, Cascade]:
         with self._write() as conn:
             if conn.execute(sql.CANCEL_WAITING, (now, reason, job_id)).rowcount == 1:
-                return CancelOutcome.CANCELLED, Cascade(cancelled=self._cancel_dependents(conn, job_id, now))
+                return CancelOutcome.CANCELLED, Cascade(cancelled=cancel_dependents(conn, job_id, now))
             if conn.execute(sql.REQUEST_CANCEL, (job_id,)).rowcount == 1:
                 return CancelOutcome.REQUESTED, Cascade()
             found = conn.execute(sql.SELECT_STATUS, (job_id,)).fetchone() is not None
@@ -425,7 +308,7 @@ class SQLiteRepository(SettlesThroughApply, JobRepository):
             for row in rows:
                 conn.execute(sql.INSERT_LOG, (row[0], now, "warning", row[7]))
                 if row[6] in (JobStatus.FAILED.value, JobStatus.CANCELLED.value):
-                    self._cancel_dependents(conn, row[0], now)
+                    cancel_dependents(conn, row[0], now)
         return Recovery(requeued=tuple(entry_from_row(row) for row in rows if row[6] == JobStatus.PENDING.value),
                         failed=tuple(row[0] for row in rows if row[6] == JobStatus.FAILED.value),
                         cancelled=tuple(row[0] for row in rows if row[6] == JobStatus.CANCELLED.value))

@@ -116,6 +116,14 @@ INSERT INTO jobs (id, function_name, name, payload, priority, status, blocked, c
     completed_at, memory_limit)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
+# A new job stored already claimed by an idle worker of the enqueuing process (hand-off).
+INSERT_CLAIMED_JOB = """
+INSERT INTO jobs (id, function_name, name, payload, priority, status, blocked, created_at,
+    scheduled_at, run_at, max_retries, retry_delay, retry_backoff, retry_jitter, timeout, tags,
+    metadata, owner, unique_key, isolation, depends_on, cron, cron_timezone, error, error_type,
+    completed_at, memory_limit, attempts, started_at, worker_id, lease_expires_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?)
+"""
 INSERT_DEP = "INSERT OR IGNORE INTO job_deps (job_id, depends_on) VALUES (?, ?)"
 SELECT_UNFINISHED_BY_KEY = """
 SELECT id FROM jobs WHERE unique_key = ? AND status IN ('pending', 'scheduled', 'running')

@@ -1,0 +1,145 @@
+"""This process's connections to one SQLite file: one per thread, one writer at a time, and
+a background thread that checkpoints the write-ahead log.
+
+Knows nothing about jobs: `SQLiteRepository` runs its SQL through `write()` and `read()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+import threading
+from typing import Any, Iterator, Optional, Sequence
+
+from ..errors import RepositoryError
+from .sqlite_rows import translate
+
+logger = logging.getLogger("jobcore.sqlite")
+
+SYNCHRONOUS = {"normal": "NORMAL", "full": "FULL"}
+
+# A checkpoint copies the WAL back into the database file and syncs both: milliseconds of
+# work that SQLite would otherwise do inside whichever commit crossed its threshold (1,000
+# pages by default), adding about as much again to every commit on average. Here a thread
+# of the repository's own runs it after every CHECKPOINT_EVERY commits instead, while
+# writers go on (a PASSIVE checkpoint never blocks them). SQLite's own threshold stays as
+# a safety net, raised to WAL_LIMIT_PAGES, in case that thread falls behind.
+CHECKPOINT_EVERY = 64
+WAL_LIMIT_PAGES = 20_000
+
+
+class Connections:
+    """Per-thread connections to the file at `path`, write transactions one at a time
+    (`write`), and WAL checkpoints on a thread of their own.
+
+    `busy_timeout` (seconds) is how long a write waits for another process's lock."""
+
+    def __init__(self, path: str, *, busy_timeout: float, durability: str) -> None:
+        self.path = path
+        self.busy_timeout = busy_timeout
+        self.synchronous = SYNCHRONOUS[durability]
+        self._local = threading.local()
+        # _lock guards _connections (thread -> its connection), _closed and _checkpointer.
+        self._lock = threading.Lock()
+        self._connections: dict[threading.Thread, sqlite3.Connection] = {}
+        self._closed = False
+        self._checkpointer: Optional[threading.Thread] = None
+        # _write_lock serialises this process's write transactions and guards _commits.
+        self._write_lock = threading.Lock()
+        self._commits = 0
+        self._checkpoint_wanted = threading.Event()
+
+    def get(self) -> sqlite3.Connection:
+        """This thread's connection (opened on first use)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        with self._lock:
+            if self._closed:
+                raise RepositoryError(f"SQLite at {self.path!r}: the repository is closed")
+            for thread in [t for t in self._connections if not t.is_alive()]:
+                self._connections.pop(thread).close()
+        try:
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            conn.execute("PRAGMA foreign_keys = OFF")
+            conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_LIMIT_PAGES}")
+        except sqlite3.Error as exc:
+            raise translate(exc, self.path) from None
+        with self._lock:
+            self._connections[threading.current_thread()] = conn
+        self._local.conn = conn
+        return conn
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A `BEGIN IMMEDIATE` transaction: committed on success, rolled back on error."""
+        conn = self.get()
+        # One writer per process at a time: threads queue on a fair Python lock instead of
+        # SQLite's busy handler, which sleeps in growing steps and wrecks throughput.
+        with self._write_lock:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise translate(exc, self.path) from None
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise translate(exc, self.path) from None
+                raise
+            self._commits += 1
+            if self._commits >= CHECKPOINT_EVERY:
+                self._commits = 0
+                self._want_checkpoint()
+
+    def read(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Every row of one query on this thread's connection."""
+        try:
+            return self.get().execute(query, params).fetchall()
+        except sqlite3.Error as exc:
+            raise translate(exc, self.path) from None
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def _want_checkpoint(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            if self._checkpointer is None or not self._checkpointer.is_alive():  # also after a fork
+                self._checkpointer = threading.Thread(target=self._checkpoint_loop, daemon=True,
+                                                      name="jobcore-sqlite-checkpoint")
+                self._checkpointer.start()
+        self._checkpoint_wanted.set()
+
+    def _checkpoint_loop(self) -> None:
+        while True:
+            self._checkpoint_wanted.wait()
+            self._checkpoint_wanted.clear()
+            if self._closed:
+                return
+            try:
+                self.get().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except (sqlite3.Error, RepositoryError) as exc:  # the next commit's checkpoint may do
+                logger.debug("background checkpoint of %s failed: %s", self.path, exc)
+
+    def close(self) -> None:
+        """Close every connection and stop the checkpointer; later use raises."""
+        with self._lock:
+            self._closed = True
+            checkpointer = self._checkpointer
+        self._checkpoint_wanted.set()
+        if checkpointer is not None and checkpointer is not threading.current_thread():
+            checkpointer.join(5.0)
+        with self._lock:
+            connections = list(self._connections.values())
+            self._connections.clear()
+        for conn in connections:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+        self._local = threading.local()

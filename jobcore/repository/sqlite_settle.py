@@ -1,0 +1,115 @@
+"""Recording finished attempts in SQLite: the settlements `SQLiteRepository.apply` writes.
+
+Functions of an open connection inside the caller's write transaction; every statement is
+a compare-and-set on the worker and attempt that holds the job. Completions come in runs
+whose dependents are released by one statement. No transactions are opened here.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Optional, Sequence
+
+from .. import serialization
+from . import sqlite_schema as sql
+from ._cascade import dependency_error_message
+from .base import Cascade, QueueEntry, Settlement
+from .sqlite_rows import entry_from_row
+
+# Shared by every completion that releases nothing (it is frozen): one less object per job.
+_NOTHING_RELEASED = Cascade()
+
+
+def cancel_dependents(conn: sqlite3.Connection, job_id: str, now: float) -> tuple[str, ...]:
+    """Cancel every job waiting, directly or not, on `job_id` (which ended for good); their ids."""
+    status, name = conn.execute(sql.SELECT_STATUS, (job_id,)).fetchone()
+    message = dependency_error_message(job_id, name, status)
+    return tuple(row[0] for row in conn.execute(sql.CANCEL_DEPENDENTS, (job_id, now, message)))
+
+
+def _settle_one(conn: sqlite3.Connection, s: Settlement, worker_id: str, now: float) -> Optional[Cascade]:
+    """Apply one settlement other than a completion inside the caller's transaction."""
+    held = (s.job_id, worker_id, s.attempt)
+    if s.kind == "release":
+        return Cascade() if conn.execute(sql.RELEASE, held).rowcount == 1 else None
+    if s.kind == "cancel":
+        if conn.execute(sql.FINISH_CANCELLED, (now, *held)).rowcount != 1:
+            return None
+        return Cascade(cancelled=cancel_dependents(conn, s.job_id, now))
+    if s.kind not in ("retry", "fail"):
+        raise ValueError(f"unknown settlement kind {s.kind!r}")
+    retrying = s.kind == "retry" and s.retry_at is not None
+    query = sql.FAIL_RETRY if retrying else sql.FAIL_FINAL
+    first = s.retry_at if retrying else now
+    if conn.execute(query, (first, s.error, s.error_type, s.traceback, *held)).rowcount != 1:
+        return None
+    if s.note is not None:
+        conn.execute(sql.INSERT_LOG, (s.job_id, now, "error", s.note))
+    return Cascade() if retrying else Cascade(cancelled=cancel_dependents(conn, s.job_id, now))
+
+
+def settle_all(conn: sqlite3.Connection, settlements: Sequence[Settlement],
+           encoded: Sequence[Optional[str]], worker_id: str, now: float) -> list[Optional[Cascade]]:
+    """Apply settlements in order, each run of consecutive completions as one batch.
+
+    Only runs are batched, not every completion: a completion and a later failure can
+    reach the same dependent, and its `blocked` must come out as the order gives it."""
+    cascades: list[Optional[Cascade]] = []
+    start, count = 0, len(settlements)
+    while start < count:
+        end = start
+        while end < count and settlements[end].kind == "complete":
+            end += 1
+        if end > start:
+            cascades += _complete_many(conn, settlements[start:end], encoded[start:end], worker_id, now)
+            start = end
+        else:
+            cascades.append(_settle_one(conn, settlements[start], worker_id, now))
+            start += 1
+    return cascades
+
+
+def _complete_many(conn: sqlite3.Connection, settlements: Sequence[Settlement],
+               encoded: Sequence[Optional[str]], worker_id: str, now: float) -> list[Optional[Cascade]]:
+    """Complete jobs held by `worker_id` (as many `_settle` calls would) and release
+    their dependents together; a dependent released here is reported with the last
+    (in settlement order) of its dependencies completed here."""
+    completed: list[Optional[str]] = []  # per settlement: its job id if it applied, else None
+    for s, e in zip(settlements, encoded):
+        if conn.execute(sql.COMPLETE, (e, now, s.job_id, worker_id, s.attempt)).rowcount != 1:
+            completed.append(None)
+            continue
+        completed.append(s.job_id)
+        if s.note is not None:
+            conn.execute(sql.INSERT_LOG, (s.job_id, now, "info", s.note))
+    released = _release_dependents(conn, [job_id for job_id in completed if job_id is not None])
+    cascades: list[Optional[Cascade]] = []
+    for job_id in completed:
+        if job_id is None:
+            cascades.append(None)
+        elif job_id in released:
+            cascades.append(Cascade(released=tuple(released[job_id])))
+        else:
+            cascades.append(_NOTHING_RELEASED)
+    return cascades
+
+
+def _release_dependents(conn: sqlite3.Connection, completed: list[str]) -> dict[str, list[QueueEntry]]:
+    """Unblock the dependents of `completed` (in settlement order); returns those now
+    free of blocks by the completion that released them."""
+    released: dict[str, list[QueueEntry]] = {}
+    if not completed:
+        return released
+    ids = json.dumps(completed)
+    if conn.execute(sql.ANY_DEPENDENTS, (ids,)).fetchone()[0]:
+        for row in conn.execute(sql.RELEASE_DEPENDENTS, (ids, ids, ids)):
+            if row[6] == 0:
+                released.setdefault(row[7], []).append(entry_from_row(row))
+    return released
+
+
+def encode_result(s: Settlement, max_bytes: Optional[int]) -> Optional[str]:
+    if s.kind != "complete":
+        return None
+    return serialization.encode(s.result, field="result", max_bytes=max_bytes)
