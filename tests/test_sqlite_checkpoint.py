@@ -1,0 +1,53 @@
+"""The write-ahead log is copied back into the database file by a thread of the repository's
+own, not inside whichever commit crosses SQLite's threshold."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+from jobcore import SQLiteRepository
+from jobcore.repository import sqlite_conn
+from jobcore.testing.contract import NOW, make_record
+
+
+def _checkpointers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "jobcore-sqlite-checkpoint" and t.is_alive()]
+
+
+def test_commits_are_checkpointed_in_the_background_and_the_thread_ends_on_close(tmp_path: Any) -> None:
+    # given a repository whose connections leave checkpoints to the background thread
+    path = str(tmp_path / "jobs.db")
+    repo = SQLiteRepository(path)
+    assert repo._connection().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == sqlite_conn.WAL_LIMIT_PAGES
+    before = len(_checkpointers())
+    empty_size = os.path.getsize(path)
+    # when more commits than CHECKPOINT_EVERY are made (far fewer pages than SQLite's own limit)
+    for _ in range(sqlite_conn.CHECKPOINT_EVERY * 2):
+        repo.insert([make_record(args=("x" * 200,))], NOW)
+    # then the rows reach the database file itself, which only a checkpoint writes
+    deadline = time.monotonic() + 10
+    while os.path.getsize(path) <= empty_size and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert os.path.getsize(path) > empty_size
+    assert len(_checkpointers()) == before + 1
+    # and closing the repository stops its checkpoint thread
+    repo.close()
+    assert len(_checkpointers()) == before
+
+
+def test_a_reopened_file_sees_every_commit_whether_checkpointed_or_not(tmp_path: Any) -> None:
+    # given jobs written through one repository, some of them still only in the WAL
+    path = str(tmp_path / "jobs.db")
+    repo = SQLiteRepository(path)
+    records = [make_record() for _ in range(sqlite_conn.CHECKPOINT_EVERY + 10)]
+    for record in records:
+        repo.insert([record], NOW)
+    # when another repository opens the file
+    other = SQLiteRepository(path)
+    # then it sees all of them
+    assert sum(other.count_by_status().values()) == len(records)
+    other.close()
+    repo.close()
