@@ -105,13 +105,11 @@ class SQLiteRepository(SettlesThroughApply, JobRepository):
 
     def _current_version(self) -> Optional[int]:
         try:
-            rows = self._connection().execute(sql.SELECT_SCHEMA_VERSION).fetchall()
-        except sqlite3.OperationalError as exc:
+            rows = self._read(sql.SELECT_SCHEMA_VERSION)
+        except RepositoryError as exc:
             if "no such table" in str(exc):
                 return None
-            raise translate(exc, self.path) from None
-        except sqlite3.DatabaseError as exc:
-            raise translate(exc, self.path) from None
+            raise
         return int(rows[0][0]) if rows else None
 
     def close(self) -> None:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import sqlite3
 import threading
-from typing import Any, Iterator, Optional, Sequence
+import time
+from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
 
 from ..errors import RepositoryError
 from .sqlite_rows import translate
@@ -18,6 +20,8 @@ from .sqlite_rows import translate
 logger = logging.getLogger("jobcore.sqlite")
 
 SYNCHRONOUS = {"normal": "NORMAL", "full": "FULL"}
+
+T = TypeVar("T")
 
 # A checkpoint copies the WAL back into the database file and syncs both: milliseconds of
 # work that SQLite would otherwise do inside whichever commit crossed its threshold (1,000
@@ -67,6 +71,9 @@ class Connections:
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
             conn.execute("PRAGMA foreign_keys = OFF")
             conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_LIMIT_PAGES}")
+            # From here on a busy database is retried by _until_free, not by SQLite's
+            # busy handler (see there).
+            conn.execute("PRAGMA busy_timeout = 0")
         except sqlite3.Error as exc:
             raise translate(exc, self.path) from None
         with self._lock:
@@ -81,10 +88,7 @@ class Connections:
         # One writer per process at a time: threads queue on a fair Python lock instead of
         # SQLite's busy handler, which sleeps in growing steps and wrecks throughput.
         with self._write_lock:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise translate(exc, self.path) from None
+            self._until_free(conn.execute, "BEGIN IMMEDIATE")
             try:
                 yield conn
                 conn.execute("COMMIT")
@@ -101,10 +105,34 @@ class Connections:
 
     def read(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Every row of one query on this thread's connection."""
-        try:
-            return self.get().execute(query, params).fetchall()
-        except sqlite3.Error as exc:
-            raise translate(exc, self.path) from None
+        conn = self.get()
+        return self._until_free(lambda: conn.execute(query, params).fetchall())
+
+    def _until_free(self, attempt: Callable[..., T], *args: Any) -> T:
+        """`attempt(*args)`, tried again while another process holds the lock it needs, for
+        up to `busy_timeout` seconds; then (or on any other error) a `RepositoryError`.
+
+        SQLite's own busy handler sleeps 1, 2, 5, 10, 15, 20, 25... ms between tries: a
+        process waiting on another's half-millisecond transaction would sleep most of the
+        time. Here the pause starts at 20 µs and doubles to at most 1 ms (with jitter, so
+        waiting processes do not retry in step)."""
+        pause, deadline = 0.00002, None
+        while True:
+            try:
+                return attempt(*args)
+            except sqlite3.OperationalError as exc:
+                text = str(exc)
+                if "locked" not in text and "busy" not in text:
+                    raise translate(exc, self.path) from None
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self.busy_timeout
+                if now >= deadline:
+                    raise translate(exc, self.path) from None
+                time.sleep(min(pause * (0.5 + random.random()), deadline - now))
+                pause = min(pause * 2, 0.001)
+            except sqlite3.Error as exc:
+                raise translate(exc, self.path) from None
 
     # -- checkpoints ---------------------------------------------------------------------
     def _want_checkpoint(self) -> None:
