@@ -51,3 +51,18 @@ def test_a_reopened_file_sees_every_commit_whether_checkpointed_or_not(tmp_path:
     assert sum(other.count_by_status().values()) == len(records)
     other.close()
     repo.close()
+
+
+def test_with_full_durability_sqlite_checkpoints_in_the_foreground(tmp_path: Any) -> None:
+    # given a repository syncing every commit
+    repo = SQLiteRepository(str(tmp_path / "jobs.db"), durability="full")
+    before = len(_checkpointers())
+    # when more commits than CHECKPOINT_EVERY are made
+    for _ in range(sqlite_conn.CHECKPOINT_EVERY * 2):
+        repo.insert([make_record()], NOW)
+    # then no checkpoint thread was started and SQLite keeps its own default threshold
+    assert len(_checkpointers()) == before
+    conn = repo._connection()
+    assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == sqlite_conn.FOREGROUND_WAL_LIMIT_PAGES
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    repo.close()

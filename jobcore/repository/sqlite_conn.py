@@ -29,8 +29,12 @@ T = TypeVar("T")
 # of the repository's own runs it after every CHECKPOINT_EVERY commits instead, while
 # writers go on (a PASSIVE checkpoint never blocks them). SQLite's own threshold stays as
 # a safety net, raised to WAL_LIMIT_PAGES, in case that thread falls behind.
+# With durability "full" every commit waits for the disk anyway, and a checkpoint's own
+# syncs running beside the commits' slowed them down (measured): there SQLite checkpoints
+# in the foreground, at its default threshold.
 CHECKPOINT_EVERY = 64
 WAL_LIMIT_PAGES = 20_000
+FOREGROUND_WAL_LIMIT_PAGES = 1_000
 
 
 class Connections:
@@ -43,6 +47,8 @@ class Connections:
         self.path = path
         self.busy_timeout = busy_timeout
         self.synchronous = SYNCHRONOUS[durability]
+        self.background_checkpoints = durability == "normal"
+        self._wal_limit = WAL_LIMIT_PAGES if self.background_checkpoints else FOREGROUND_WAL_LIMIT_PAGES
         self._local = threading.local()
         # _lock guards _connections (thread -> its connection), _closed and _checkpointer.
         self._lock = threading.Lock()
@@ -70,7 +76,7 @@ class Connections:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
             conn.execute("PRAGMA foreign_keys = OFF")
-            conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_LIMIT_PAGES}")
+            conn.execute(f"PRAGMA wal_autocheckpoint = {self._wal_limit}")
             # From here on a busy database is retried by _until_free, not by SQLite's
             # busy handler (see there).
             conn.execute("PRAGMA busy_timeout = 0")
@@ -99,7 +105,7 @@ class Connections:
                     raise translate(exc, self.path) from None
                 raise
             self._commits += 1
-            if self._commits >= CHECKPOINT_EVERY:
+            if self._commits >= CHECKPOINT_EVERY and self.background_checkpoints:
                 self._commits = 0
                 self._want_checkpoint()
 
