@@ -252,12 +252,14 @@ class JobManager:
             if handed is not None:
                 return [handed]
         ids = self.repository.insert(records, now)
+        entries = []
         for job, record, job_id in zip(jobs, records, ids):
             if job_id != record.id:
                 continue  # an unfinished job already holds its unique_key
             self._local.remember(job.id, self._local_function(job), job.retry_on)
             if record.blocked == 0 and record.status is not JobStatus.CANCELLED:
-                self._pool.enqueue_entries([record.queue_entry()])
+                entries.append(record.queue_entry())
+        self._pool.enqueue_entries(entries)
         if self.immediate:
             self._pool.run_pending()
         return ids

@@ -70,10 +70,14 @@ class Recorder:
     def enqueue_entries(self, entries: Iterable[QueueEntry]) -> None:
         """Queue entries this process can run (ready now, or as timers)."""
         now = self._clock.time()
+        ready = []
         for entry in entries:
             if self.runnable(entry):
-                due = entry.run_at if entry.run_at is not None and entry.run_at > now else None
-                self._queue.push(entry, due)
+                if entry.is_schedule or (entry.run_at is not None and entry.run_at > now):
+                    self._queue.push(entry, entry.run_at if entry.run_at is not None and entry.run_at > now else None)
+                else:
+                    ready.append(entry)
+        self._queue.push_ready(ready)
 
     def fire_schedule(self, entry: QueueEntry) -> None:
         """Fire a due cron schedule; storage trouble retries it in a second."""

@@ -121,6 +121,8 @@ class SQLiteRepository(SettlesThroughApply, JobRepository):
         return self._group.run(lambda conn: self._insert(conn, records, now))
 
     def _insert(self, conn: sqlite3.Connection, records: Sequence[JobRecord], now: float) -> list[str]:
+        if len(records) > 1 and all(not r.depends_on and r.unique_key is None for r in records):
+            return self._insert_plain(conn, records, now)
         given = {record.id: record for record in records}
         def exists(job_id: str) -> bool:
             return conn.execute(sql.SELECT_STATUS, (job_id,)).fetchone() is not None
@@ -151,6 +153,24 @@ class SQLiteRepository(SettlesThroughApply, JobRepository):
             if dead:
                 # Batch members listed before it that depend on it can never run either.
                 cancel_dependents(conn, record.id, now)
+        return ids
+
+    def _insert_plain(self, conn: sqlite3.Connection, records: Sequence[JobRecord], now: float) -> list[str]:
+        """A batch with no dependency and no unique key: nothing to check against other
+        rows, so one `executemany`. Rowids are handed out one after another while this
+        transaction holds the write lock, so the last one tells every record's `seq`."""
+        rows = [row_params(r, now, r.status, 0, None, self.max_payload_bytes) for r in records]
+        ids = [record.id for record in records]
+        taken = {row[0] for row in conn.execute(sql.SELECT_EXISTING_IDS, (json.dumps(ids),))}
+        seen: set[str] = set()
+        for job_id in ids:  # named in the error, as the row-by-row path would
+            if job_id in taken or job_id in seen:
+                raise ValueError(f"Job.id: a job with id {job_id!r} already exists")
+            seen.add(job_id)
+        conn.executemany(sql.INSERT_JOB, rows)
+        first = conn.execute("SELECT last_insert_rowid()").fetchone()[0] - len(records) + 1
+        for offset, record in enumerate(records):
+            record.seq, record.blocked = first + offset, 0
         return ids
 
     def insert_claimed(self, record: JobRecord, worker_id: str, now: float,

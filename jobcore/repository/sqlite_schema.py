@@ -124,6 +124,7 @@ INSERT INTO jobs (id, function_name, name, payload, priority, status, blocked, c
     completed_at, memory_limit, attempts, started_at, worker_id, lease_expires_at)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?)
 """
+SELECT_EXISTING_IDS = "SELECT id FROM jobs WHERE id IN (SELECT value FROM json_each(?))"
 INSERT_DEP = "INSERT OR IGNORE INTO job_deps (job_id, depends_on) VALUES (?, ?)"
 SELECT_UNFINISHED_BY_KEY = """
 SELECT id FROM jobs WHERE unique_key = ? AND status IN ('pending', 'scheduled', 'running')
