@@ -15,10 +15,13 @@ DEFAULT_MAX_PAYLOAD_BYTES = 1_048_576
 
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 _decode = json.loads
+_raw_decode = json.JSONDecoder().raw_decode
 
 
 def encode(value: Any, *, field: str, max_bytes: int | None = None) -> str:
     """Encode `value` as compact JSON, raising a `TypeError`/`ValueError` naming `field`."""
+    if value is None:
+        return "null"  # what most jobs return: skip the encoder
     try:
         text = _encoder.encode(value)
     except (TypeError, ValueError, RecursionError) as exc:
@@ -49,7 +52,15 @@ def _check_encodable(value: Any, field: str) -> None:
 
 def decode_payload(text: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """Decode what `encode_payload` wrote; raises `ValueError` for a corrupt payload."""
-    data = _decode(text)
+    # raw_decode: json.loads without its checks, for the compact text encode_payload
+    # writes; anything else (whitespace around, extra data, bad JSON) goes to json.loads,
+    # which accepts or refuses it as it always did.
+    try:
+        data, end = _raw_decode(text)
+    except (ValueError, TypeError):
+        end = -1
+    if end != len(text):
+        data = _decode(text)
     if not (isinstance(data, list) and len(data) == 2 and isinstance(data[0], list)
             and isinstance(data[1], dict)):
         raise ValueError(f"payload is not [args, kwargs]: {text[:80]!r}")
