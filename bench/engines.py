@@ -100,11 +100,13 @@ PER_JOB = {
                       " ~38-column row (6 indexes on the table); one write transaction per `enqueue`"
                       " call (concurrent callers share one: group commit); a dispatcher thread claims"
                       " ready ids in batches (UPDATE ... RETURNING the row) and records outcomes in the"
-                      " same transaction as the next claims; stores status, timestamps and the result"
-                      " (JSON, NULL here); an in-process heap of ids wakes workers at once;"
-                      " WAL, synchronous=NORMAL: no fsync per commit",
+                      " same transaction as the next claims; a job enqueued while a worker is idle is"
+                      " stored already claimed and handed straight to it; stores status, timestamps and"
+                      " the result (JSON, \"null\" here); an in-process heap of ids wakes workers at once;"
+                      " WAL, synchronous=NORMAL: no fsync per commit, checkpoints on a background thread",
     "jobcore-sqlite-full": "as jobcore SQLite with synchronous=FULL: the WAL is fsynced on every"
-                           " commit (each enqueue call, each dispatcher batch)",
+                           " commit (each enqueue call, each dispatcher batch); SQLite's own"
+                           " checkpoints",
     "jobcore-memory": "validates the Job; keeps a copy of the record in a dict under one lock;"
                       " claims and completes by compare-and-set through the same dispatcher; arguments"
                       " kept as Python objects (no JSON); nothing persisted",

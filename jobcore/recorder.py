@@ -38,6 +38,9 @@ class Finished:
     context: JobContext
     outcome: Outcome
     ran_for: float
+    # Decided by the worker thread that ran the attempt (see `Recorder.decide`), so that the
+    # dispatcher, which every job's recording waits on, does less; None: decided there.
+    settlement: Optional[Settlement] = None
 
 
 class Recorder:
@@ -96,7 +99,7 @@ class Recorder:
         repository call, then act on the results. Returns the claimed records, best
         first, or None if the repository failed (nothing was recorded; retry later)."""
         now = self._clock.time()
-        settlements = [self._settlement(f, now) for f in finished]
+        settlements = [f.settlement or self._settlement(f, now) for f in finished]
         try:
             # Top-ups only help where other processes take jobs this one knows of.
             wanted = frozenset(top_up) if top_up is not None and self._repo.persistent else None
@@ -114,6 +117,15 @@ class Recorder:
             self._after(f.record, settlement, cascade)
         claimed.sort(key=lambda r: (-r.priority, r.seq))
         return claimed
+
+    def decide(self, finished: Finished) -> Optional[Settlement]:
+        """The settlement of `finished` as of now, or None if deciding failed (it is then
+        decided again when recorded). Called by the thread that ran the attempt."""
+        try:
+            return self._settlement(finished, self._clock.time())
+        except Exception:  # never let bookkeeping kill a worker thread
+            logger.exception("could not decide the outcome of job %s here", finished.record.id)
+            return None
 
     def _settlement(self, finished: Finished, now: float) -> Settlement:
         record, outcome = finished.record, finished.outcome

@@ -237,6 +237,9 @@ class WorkerPool:
             if deadline is not None:
                 self.on_deadline()
             outcome = self._execute(record, context)
+            finished = Finished(record, context, outcome, self._clock.monotonic() - attempt.started)
+            if not slot.abandoned:
+                finished.settlement = self._recorder.decide(finished)
             with self._lock:
                 if slot.abandoned:
                     self._abandoned -= 1
@@ -244,7 +247,7 @@ class WorkerPool:
                     return
                 del self._running[record.id]
                 self._settling.add(record.id)
-                self._finished.append(Finished(record, context, outcome, self._clock.monotonic() - attempt.started))
+                self._finished.append(finished)
                 self._dispatch_needed.notify()
 
     def _execute(self, record: JobRecord, context: JobContext) -> Outcome:
