@@ -57,14 +57,15 @@ class ReadyQueue:
 
     def push_ready(self, entries: list[QueueEntry]) -> None:
         """Queue entries that are ready now (no schedules), telling the listener once."""
+        if not entries:
+            return
         with self._lock:
             members, ready = self._members, self._ready
             for entry in entries:
                 if entry.job_id not in members:
                     members.add(entry.job_id)
                     heapq.heappush(ready, (-entry.priority, entry.seq, entry))
-        if entries:
-            self.listener()
+        self.listener()
 
     def _release_due(self) -> None:
         now = self._clock.time()

@@ -76,6 +76,8 @@ class LocalJobs:
         return self._classifiers.get(job_id)
 
     def forget(self, job_id: str) -> None:
+        if job_id not in self._functions and job_id not in self._classifiers:
+            return  # most jobs carry nothing here; a dict lookup needs no lock
         with self._lock:
             self._functions.pop(job_id, None)
             self._classifiers.pop(job_id, None)
