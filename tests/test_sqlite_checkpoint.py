@@ -4,6 +4,7 @@ own, not inside whichever commit crosses SQLite's threshold."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 import time
 from typing import Any
@@ -65,4 +66,38 @@ def test_with_full_durability_sqlite_checkpoints_in_the_foreground(tmp_path: Any
     conn = repo._connection()
     assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == sqlite_conn.FOREGROUND_WAL_LIMIT_PAGES
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    repo.close()
+
+
+def test_a_write_waits_for_another_connections_lock_and_goes_through_once_it_is_released(
+        tmp_path: Any, monkeypatch: Any) -> None:
+    # given another connection (as another process would) holding the write lock, and a
+    # way to see jobcore pause between tries
+    path = str(tmp_path / "jobs.db")
+    repo = SQLiteRepository(path, busy_timeout=30.0)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    paused = threading.Event()
+    pauses: list[float] = []
+    real_sleep = time.sleep
+
+    def sleep(seconds: float) -> None:  # time.sleep itself, for the length of this test
+        pauses.append(seconds)
+        paused.set()
+        real_sleep(seconds)
+
+    monkeypatch.setattr(sqlite_conn.time, "sleep", sleep)
+    record = make_record()
+    outcome: list[Any] = []
+    writer = threading.Thread(target=lambda: outcome.append(repo.insert([record], NOW)))
+    writer.start()
+    # when the writer was refused and paused, and then the lock is released
+    assert paused.wait(10)
+    assert not outcome and repo.get(record.id) is None  # reads go on meanwhile (WAL)
+    holder.execute("COMMIT")
+    writer.join(10)
+    # then the write went through, retried by jobcore rather than failed
+    assert outcome == [[record.id]] and repo.get(record.id) is not None
+    assert max(pauses) <= 0.001  # short pauses, not SQLite's 1, 2, 5, 10... ms steps
+    holder.close()
     repo.close()
