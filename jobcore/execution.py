@@ -68,13 +68,12 @@ def call_job(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, 
              context: JobContext, run_coroutine: Callable[[Any], Any]) -> Any:
     """Call `func` as the job `context` (with a `progress_callback` if it takes one, and
     `current_job()` bound); an awaitable result is run to completion by `run_coroutine`."""
-    call_kwargs = dict(kwargs)
     if accepts_progress_callback(func):
-        call_kwargs["progress_callback"] = context.progress_callback
+        kwargs = {**kwargs, "progress_callback": context.progress_callback}
     token = bind(context)
     try:
-        value = func(*args, **call_kwargs)
-        if inspect.isawaitable(value):
+        value = func(*args, **kwargs)  # ** hands the function a dict of its own
+        if value is not None and inspect.isawaitable(value):
             value = run_coroutine(_await(value))
         return value
     finally:
@@ -86,10 +85,13 @@ def run_attempt(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[st
     """Call `func(*args, **kwargs)` as the job `context` on this thread's event loop if it
     is a coroutine; never raises."""
     try:
-        return Outcome(value=call_job(func, args, kwargs, context,
-                                      lambda coro: _event_loop().run_until_complete(coro)))
+        return Outcome(value=call_job(func, args, kwargs, context, _run_on_this_threads_loop))
     except BaseException as exc:  # a job must never kill its worker thread
         return Outcome(error=exc, traceback=traceback_module.format_exc())
+
+
+def _run_on_this_threads_loop(coroutine: Any) -> Any:
+    return _event_loop().run_until_complete(coroutine)
 
 
 async def _await(awaitable: Any) -> Any:
