@@ -201,8 +201,13 @@ class WorkerPool:
             if record is None:
                 self._dispatch_needed.notify()  # the slot is free again
                 return
-            self._buffer.appendleft(record)
-            self._work_ready.notify()
+            if not self._stopping:
+                self._buffer.appendleft(record)
+                self._work_ready.notify()
+                return
+        # Stopped since the slot was promised: no worker will take it, so hand it back
+        # unstarted (PENDING again, the attempt not counted) rather than leave it held.
+        self._recorder.hand_back([record])
 
     def runnable(self, entry: QueueEntry) -> bool:
         """True if this process can run (or fire) the queued job."""

@@ -108,3 +108,23 @@ def test_a_failed_insert_gives_the_promised_worker_back(tmp_path: Any,
     assert manager.get_stats()["total"] == 0
     job_id = manager.enqueue(Job(function_name="echo", args=(7,)))
     assert manager.wait(job_id, timeout=WAIT).result == 7
+
+
+def test_a_job_handed_off_while_the_pool_stops_is_given_back_unstarted(
+        repository: JobRepository, make_manager: Callable[..., JobManager]) -> None:
+    # given a slot promised to a new job by a started manager
+    manager = make_manager(repository, max_workers=1).start()
+    manager.register_function("echo", lambda value: value)
+    pool = manager._pool
+    assert pool.reserve_idle_worker()
+    # when the manager stops before the claimed job reaches the pool
+    manager.stop()
+    record = manager._record_for(Job(function_name="echo", args=(1,)), 1000.0)
+    job_id, claimed = repository.insert_claimed(record, manager.worker_id, 1000.0, 1060.0)
+    assert claimed is not None
+    pool.hand_off(claimed)
+    # then the job is pending again, its attempt not counted, and nobody holds it
+    stored = repository.get(job_id)
+    assert stored is not None and (stored.status, stored.attempts, stored.worker_id) == (
+        JobStatus.PENDING, 0, None)
+    assert pool.held_ids() == []
