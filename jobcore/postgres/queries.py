@@ -18,15 +18,9 @@ Row locks, and why (READ COMMITTED; rows of `jobs`):
 
 from __future__ import annotations
 
+from ..repository.columns import JOB_COLUMNS as COLUMNS  # the order the row decoders unpack
 from . import schema as ddl
 
-COLUMNS = (
-    "id, function_name, name, payload, priority, status, seq, created_at, scheduled_at, run_at,"
-    " started_at, completed_at, attempts, max_retries, retry_delay, retry_backoff, retry_jitter,"
-    " timeout, tags, metadata, owner, unique_key, isolation, depends_on, blocked, progress,"
-    " progress_message, progress_details, result, error, error_type, traceback, worker_id,"
-    " lease_expires_at, cancel_requested, cron, cron_timezone, memory_limit"
-)
 # COALESCE(status, ''), in statements that find a few jobs by id: it keeps the planner
 # off the status indexes. Queue statistics are always stale (thousands of jobs change
 # status between two ANALYZEs), and with them the planner was seen (EXPLAIN ANALYZE) to

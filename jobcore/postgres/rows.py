@@ -1,6 +1,6 @@
 """Converting between `JobRecord` and rows of jobcore's PostgreSQL `jobs` table.
 
-Pure functions: no connections, no SQL beyond the column order `schema.COLUMNS` fixes.
+Pure functions: no connections, no SQL beyond the column order `repository.columns.JOB_COLUMNS` fixes.
 Arguments, metadata, progress details and results are JSON text (as on SQLite, so a
 corrupt row fails its own job with a clear error instead of failing the query); tags and
 dependencies are `TEXT[]`.
@@ -44,7 +44,7 @@ def row_params(record: JobRecord, now: float, status: JobStatus, blocked: int, e
 
 
 def record_from_row(row: Sequence[Any]) -> JobRecord:
-    """A `JobRecord` from a row selected as `schema.COLUMNS`; a payload that cannot be
+    """A `JobRecord` from a row selected as `JOB_COLUMNS`; a payload that cannot be
     decoded sets `decode_error` rather than raising."""
     record = JobRecord(id=row[0], function_name=row[1], name=row[2])
     (_, _, _, payload, record.priority, status, record.seq, record.created_at, record.scheduled_at,

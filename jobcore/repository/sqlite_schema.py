@@ -4,6 +4,8 @@ No code runs here; `repository.sqlite` executes these. Schema changes bump
 `SCHEMA_VERSION` and add a step to `MIGRATIONS`.
 """
 
+from .columns import JOB_COLUMNS as COLUMNS  # the order the row decoders unpack
+
 SCHEMA_VERSION = 2
 
 # Created and read before everything else: the schema version decides what else may run.
@@ -101,13 +103,6 @@ MIGRATIONS: dict[int, str] = {
     1: "ALTER TABLE jobs ADD COLUMN memory_limit INTEGER",  # isolated jobs' memory cap
 }
 
-COLUMNS = (
-    "id, function_name, name, payload, priority, status, seq, created_at, scheduled_at, run_at,"
-    " started_at, completed_at, attempts, max_retries, retry_delay, retry_backoff, retry_jitter,"
-    " timeout, tags, metadata, owner, unique_key, isolation, depends_on, blocked, progress,"
-    " progress_message, progress_details, result, error, error_type, traceback, worker_id,"
-    " lease_expires_at, cancel_requested, cron, cron_timezone, memory_limit"
-)
 
 INSERT_JOB = """
 INSERT INTO jobs (id, function_name, name, payload, priority, status, blocked, created_at,
