@@ -76,8 +76,9 @@ class Recorder:
         ready = []
         for entry in entries:
             if self.runnable(entry):
-                if entry.is_schedule or (entry.run_at is not None and entry.run_at > now):
-                    self._queue.push(entry, entry.run_at if entry.run_at is not None and entry.run_at > now else None)
+                due = entry.run_at if entry.run_at is not None and entry.run_at > now else None
+                if entry.is_schedule or due is not None:
+                    self._queue.push(entry, due)
                 else:
                     ready.append(entry)
         self._queue.push_ready(ready)

@@ -14,8 +14,8 @@ from typing import Any, Optional, Sequence
 from .. import serialization
 from ..models import JobStatus
 from ..repository.base import JobRecord, QueueEntry
+from ..repository.columns import STATUSES, unpack_job_row
 
-_STATUS = {status.value: status for status in JobStatus}
 
 
 def clean_text(value: Optional[str]) -> Optional[str]:
@@ -46,22 +46,14 @@ def row_params(record: JobRecord, now: float, status: JobStatus, blocked: int, e
 def record_from_row(row: Sequence[Any]) -> JobRecord:
     """A `JobRecord` from a row selected as `JOB_COLUMNS`; a payload that cannot be
     decoded sets `decode_error` rather than raising."""
-    record = JobRecord(id=row[0], function_name=row[1], name=row[2])
-    (_, _, _, payload, record.priority, status, record.seq, record.created_at, record.scheduled_at,
-     record.run_at, record.started_at, record.completed_at, record.attempts, record.max_retries,
-     record.retry_delay, record.retry_backoff, record.retry_jitter, record.timeout, tags, metadata,
-     record.owner, record.unique_key, record.isolation, depends_on, record.blocked,
-     record.progress, record.progress_message, details, result, record.error,
-     record.error_type, record.traceback, record.worker_id, record.lease_expires_at,
-     record.cancel_requested, record.cron, record.cron_timezone, record.memory_limit) = row
-    record.status = _STATUS.get(status, JobStatus.FAILED)
-    record.tags = frozenset(tags or ())
-    record.depends_on = tuple(depends_on or ())
+    record, raw = unpack_job_row(row)
+    record.tags = frozenset(raw.tags or ())  # arrays: the driver already made them lists
+    record.depends_on = tuple(raw.depends_on or ())
     try:
-        record.args, record.kwargs = serialization.decode_payload(payload)
-        record.metadata = json.loads(metadata)
-        record.progress_details = json.loads(details)
-        record.result = serialization.decode(result)
+        record.args, record.kwargs = serialization.decode_payload(raw.payload)
+        record.metadata = json.loads(raw.metadata)
+        record.progress_details = json.loads(raw.progress_details)
+        record.result = serialization.decode(raw.result)
     except (ValueError, TypeError) as exc:
         record.decode_error = f"stored job {record.id} cannot be decoded: {exc}"
     return record
@@ -74,4 +66,4 @@ def entry_from_row(row: Sequence[Any]) -> QueueEntry:
 
 def status_of(value: str) -> JobStatus:
     """The `JobStatus` a stored status names (FAILED for one this version does not know)."""
-    return _STATUS.get(value, JobStatus.FAILED)
+    return STATUSES.get(value, JobStatus.FAILED)

@@ -18,7 +18,8 @@ from ..models import JobStatus
 from . import sqlite_schema as sql
 from .sqlite_conn import SYNCHRONOUS, Connections
 from .sqlite_settle import cancel_dependents, encode_result, settle_all
-from .sqlite_rows import STATUSES, entry_from_row, record_from_row, row_params, translate
+from .columns import STATUSES
+from .sqlite_rows import entry_from_row, record_from_row, row_params, translate
 from ._cascade import dependency_error_message, plan_batch
 from .group_commit import GroupCommitter
 from .base import (Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry, Recovery, Settlement,

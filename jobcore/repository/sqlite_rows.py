@@ -12,8 +12,8 @@ from .. import serialization
 from ..errors import RepositoryError
 from ..models import JobStatus
 from .base import JobRecord, QueueEntry
+from .columns import unpack_job_row
 
-STATUSES = {status.value: status for status in JobStatus}
 
 
 def translate(exc: sqlite3.Error, path: str) -> RepositoryError:
@@ -51,25 +51,15 @@ def row_params(record: JobRecord, now: float, status: JobStatus, blocked: int, e
 
 def record_from_row(row: Sequence[Any]) -> JobRecord:
     """A `JobRecord` from a row of `COLUMNS`; an undecodable row gets `decode_error`."""
-    record = JobRecord(id=row[0], function_name=row[1], name=row[2])
-    (_, _, _, payload, record.priority, status, record.seq, record.created_at, record.scheduled_at,
-     record.run_at, record.started_at, record.completed_at, record.attempts, record.max_retries,
-     record.retry_delay, record.retry_backoff, jitter, record.timeout, tags, metadata,
-     record.owner, record.unique_key, record.isolation, depends_on, record.blocked,
-     record.progress, record.progress_message, details, result, record.error,
-     record.error_type, record.traceback, record.worker_id, record.lease_expires_at,
-     cancel_requested, record.cron, record.cron_timezone, record.memory_limit) = row
-    record.status = STATUSES.get(status, JobStatus.FAILED)
-    record.retry_jitter = bool(jitter)
-    record.cancel_requested = bool(cancel_requested)
+    record, raw = unpack_job_row(row)
     try:
-        record.args, record.kwargs = serialization.decode_payload(payload)
+        record.args, record.kwargs = serialization.decode_payload(raw.payload)
         # Most jobs carry none of these: skip the decoder for the empty forms.
-        record.tags = frozenset(json.loads(tags)) if tags != "[]" else frozenset()
-        record.metadata = json.loads(metadata) if metadata != "{}" else {}
-        record.depends_on = tuple(json.loads(depends_on)) if depends_on != "[]" else ()
-        record.progress_details = json.loads(details) if details != "{}" else {}
-        record.result = serialization.decode(result)
+        record.tags = frozenset(json.loads(raw.tags)) if raw.tags != "[]" else frozenset()
+        record.metadata = json.loads(raw.metadata) if raw.metadata != "{}" else {}
+        record.depends_on = tuple(json.loads(raw.depends_on)) if raw.depends_on != "[]" else ()
+        record.progress_details = json.loads(raw.progress_details) if raw.progress_details != "{}" else {}
+        record.result = serialization.decode(raw.result)
     except (ValueError, TypeError) as exc:
         record.decode_error = f"stored job {record.id} cannot be decoded: {exc}"
     return record
