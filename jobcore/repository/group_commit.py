@@ -40,15 +40,21 @@ class GroupCommitter(Generic[C]):
         self._pending: list[_Ticket] = []
         self._leading = False
 
-    def run(self, op: Callable[[C], T]) -> T:
+    def run(self, op: Callable[[C], T], solo: Callable[[], T] | None = None) -> T:
         """Run `op(connection)` in a committed transaction (perhaps shared) and return
-        its result, or raise what it raised (or what the commit raised)."""
+        its result, or raise what it raised (or what the commit raised).
+
+        `solo`, if given, does the same work committed on its own without a transaction
+        around it (a single statement); it runs instead of `op` when no other operation
+        is there to share a transaction with."""
         with self._cond:
             alone = not self._leading and not self._pending
             if alone:
                 self._leading = True
         if alone:  # nobody to share with: run it now, without a ticket
             try:
+                if solo is not None:
+                    return solo()
                 with self._transaction() as conn:
                     return op(conn)
             finally:

@@ -119,10 +119,32 @@ class SQLiteRepository(SettlesThroughApply, JobRepository):
     # -- rows ------------------------------------------------------------------------------
     # -- adding ----------------------------------------------------------------------------
     def insert(self, records: Sequence[JobRecord], now: float) -> list[str]:
+        if len(records) == 1 and not records[0].depends_on and records[0].unique_key is None:
+            record = records[0]  # nothing to check against other rows: a single INSERT
+            params = row_params(record, now, record.status, 0, None, self.max_payload_bytes)
+            record.seq, record.blocked = self._insert_row(sql.INSERT_JOB, params, record.id), 0
+            return [record.id]
         return self._group.run(lambda conn: self._insert(conn, records, now))
 
+    def _insert_row(self, query: str, params: Sequence[Any], job_id: str) -> int:
+        """Run one INSERT of a job's row; its rowid. Alone, it commits by itself; beside
+        other writers it shares their transaction."""
+        def op(conn: sqlite3.Connection) -> int:
+            try:
+                return conn.execute(query, params).lastrowid or 0
+            except sqlite3.IntegrityError:
+                raise ValueError(f"Job.id: a job with id {job_id!r} already exists") from None
+
+        def solo() -> int:
+            try:
+                return self._db.write_one(query, params).lastrowid or 0
+            except sqlite3.IntegrityError:
+                raise ValueError(f"Job.id: a job with id {job_id!r} already exists") from None
+
+        return self._group.run(op, solo)
+
     def _insert(self, conn: sqlite3.Connection, records: Sequence[JobRecord], now: float) -> list[str]:
-        if len(records) > 1 and all(not r.depends_on and r.unique_key is None for r in records):
+        if all(not r.depends_on and r.unique_key is None for r in records):
             return self._insert_plain(conn, records, now)
         given = {record.id: record for record in records}
         def exists(job_id: str) -> bool:
@@ -182,15 +204,8 @@ class SQLiteRepository(SettlesThroughApply, JobRepository):
                 or record.status is not JobStatus.PENDING):
             return super().insert_claimed(record, worker_id, now, lease_expires_at)
         params = row_params(record, now, JobStatus.RUNNING, 0, None, self.max_payload_bytes)
-
-        def op(conn: sqlite3.Connection) -> int:
-            try:
-                cursor = conn.execute(sql.INSERT_CLAIMED_JOB, (*params, now, worker_id, lease_expires_at))
-            except sqlite3.IntegrityError:
-                raise ValueError(f"Job.id: a job with id {record.id!r} already exists") from None
-            return cursor.lastrowid or 0
-
-        record.seq = self._group.run(op)
+        record.seq = self._insert_row(sql.INSERT_CLAIMED_JOB, (*params, now, worker_id, lease_expires_at),
+                                      record.id)
         record.status, record.blocked = JobStatus.RUNNING, 0
         claimed = record.copy()
         # The worker sees the arguments as any claim would: decoded from the stored JSON.

@@ -104,10 +104,25 @@ class Connections:
                 if isinstance(exc, sqlite3.Error):
                     raise translate(exc, self.path) from None
                 raise
-            self._commits += 1
-            if self._commits >= CHECKPOINT_EVERY and self.background_checkpoints:
-                self._commits = 0
-                self._want_checkpoint()
+            self._committed()
+
+    def write_one(self, query: str, params: Sequence[Any]) -> sqlite3.Cursor:
+        """One statement committed on its own (SQLite's autocommit). Its effect is that
+        of `write()` around it in one call instead of three, and every call gives up
+        the GIL and must win it back, which costs most when other threads are busy.
+        A constraint violation raises `sqlite3.IntegrityError` for the caller to name."""
+        conn = self.get()
+        with self._write_lock:
+            cursor = self._until_free(conn.execute, query, params)
+            self._committed()
+        return cursor
+
+    def _committed(self) -> None:
+        """Count a commit (under _write_lock); every CHECKPOINT_EVERY, wake the checkpointer."""
+        self._commits += 1
+        if self._commits >= CHECKPOINT_EVERY and self.background_checkpoints:
+            self._commits = 0
+            self._want_checkpoint()
 
     def read(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Every row of one query on this thread's connection."""
@@ -137,6 +152,8 @@ class Connections:
                     raise translate(exc, self.path) from None
                 time.sleep(min(pause * (0.5 + random.random()), deadline - now))
                 pause = min(pause * 2, 0.001)
+            except sqlite3.IntegrityError:
+                raise  # a constraint the caller's statement broke: the caller names it
             except sqlite3.Error as exc:
                 raise translate(exc, self.path) from None
 
