@@ -44,6 +44,9 @@ class JobContext:
         self._cancel = False
         # Set by the manager when a timeout gave this attempt up: reports are ignored.
         self.abandoned = False
+        # True once the job reported progress: its stored row then says more than the
+        # claimed record does (see `Completion`).
+        self.reported_progress = False
 
     @property
     def cancelled(self) -> bool:
@@ -74,6 +77,7 @@ class JobContext:
             raise TypeError(f"progress must be a number from 0.0 to 1.0, got {progress!r}")
         if not isinstance(message, str):
             message = str(message)
+        self.reported_progress = True
         if not self.abandoned:
             self._sink.report_progress(self, min(1.0, max(0.0, float(progress))), message, details)
 

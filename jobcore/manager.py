@@ -13,6 +13,7 @@ import random
 import socket
 import threading
 import uuid
+from collections import OrderedDict
 from typing import Any, Callable, Collection, Iterable, Optional, Union
 
 from .clock import SYSTEM_CLOCK, Clock
@@ -27,6 +28,7 @@ from .repository.factory import RepositoryLike, build_repository, default_databa
 from .retry import Classifier, is_transient
 from .housekeeper import Housekeeper
 from .isolation import isolation_problem
+from .recorder import Completion
 from .workers import PoolSettings, WorkerPool
 
 logger = logging.getLogger("jobcore")
@@ -38,6 +40,7 @@ RETRY_RULES = ("only a failed or cancelled job can be re-queued, and not a cron 
                " unique_key another unfinished job holds")
 
 READY_LOAD_LIMIT = 10_000  # a window: the queue is refilled as it drains
+RECENT_COMPLETIONS = 4096  # jobs completed here that `wait` can answer without a read
 
 
 def _positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
@@ -91,11 +94,14 @@ class JobManager:
         self._queue = ReadyQueue(self._clock)
         self._notifier = NotificationDispatcher()
         # _settled (a Condition on its own lock) guards _settled_count, bumped whenever a
-        # job this process runs or cancels reaches a terminal state, and _waiting; `wait`
-        # sleeps on it and is woken when the job it waits for settles here.
+        # job this process runs or cancels reaches a terminal state, _waiting and
+        # _completions; `wait` sleeps on it and is woken when its job settles here.
         self._settled = threading.Condition(threading.Lock())
         self._settled_count = 0
         self._waiting: dict[str, int] = {}  # job id -> threads in `wait` for it
+        # The latest jobs completed here, oldest first (at most RECENT_COMPLETIONS): `wait`
+        # answers from these without reading the row back.
+        self._completions: OrderedDict[str, Completion] = OrderedDict()
         # _lifecycle_lock guards _running across start/stop.
         self._lifecycle_lock = threading.Lock()
         self._running = False
@@ -243,6 +249,10 @@ class JobManager:
             job.validate()
         if len({job.id for job in jobs}) != len(jobs):
             raise InvalidJob("id", "the same job appears twice in one batch")
+        if self._completions:  # an id used again once its job was deleted (by any process)
+            with self._settled:
+                for job in jobs:
+                    self._completions.pop(job.id, None)
         now = self._clock.time()
         records = [self._record_for(job, now) for job in jobs]
         for job in jobs:
@@ -338,6 +348,9 @@ class JobManager:
         while True:
             with self._settled:
                 seen = self._settled_count
+                completion = self._completions.get(job_id)
+            if completion is not None:  # completed here: its row holds nothing else
+                return result_of(completion.stored())
             record = self.repository.get(job_id)
             if record is None:
                 raise JobNotFound(job_id)
@@ -359,9 +372,15 @@ class JobManager:
                         if left:
                             self._waiting[job_id] = left
 
-    def _mark_settled(self, job_id: str) -> None:
+    def _mark_settled(self, job_id: str, completion: Optional[Completion] = None) -> None:
+        """Note that `job_id` reached a terminal state here (with its `Completion` if it
+        completed) and wake whoever waits for it."""
         with self._settled:
             self._settled_count += 1
+            if completion is not None:
+                self._completions[job_id] = completion
+                if len(self._completions) > RECENT_COMPLETIONS:
+                    self._completions.popitem(last=False)
             if job_id in self._waiting:  # most jobs settle with nobody waiting on them
                 self._settled.notify_all()
 
@@ -459,6 +478,8 @@ class JobManager:
         jobs); returns how many were deleted."""
         days = _positive("retention_days", retention_days, allow_zero=True)
         before = None if days == 0 else self._clock.time() - days * 86400.0
+        with self._settled:
+            self._completions.clear()  # `wait` on a deleted job must not find it here
         return self.repository.delete_finished(before)
 
     # -- notifications -------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from .clock import Clock
 from .context import JobContext
 from .errors import RepositoryError
 from .execution import Outcome
+from .models import JobStatus
 from .queue import ReadyQueue
 from .registry import FunctionRegistry, LocalJobs
 from .repository.base import Cascade, JobRecord, JobRepository, QueueEntry, Settlement
@@ -43,13 +44,56 @@ class Finished:
     settlement: Optional[Settlement] = None
 
 
+# A completed job's result longer than this (as JSON) is not remembered (see Completion).
+REMEMBERED_RESULT_CHARS = 1024
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A job this process completed: enough to tell what its row now holds without
+    reading it back. `record` is the job as claimed, less its arguments (it ran without
+    reporting progress, so nothing else changed the row meanwhile); `result` is what the
+    repository stored (the JSON text, for a persistent one); `at` the completion time."""
+
+    record: JobRecord
+    result: Any
+    at: float
+    persistent: bool
+
+    @staticmethod
+    def of(finished: Finished, settlement: Settlement, at: float, persistent: bool) -> Optional["Completion"]:
+        """The completion `settlement` recorded, if it is one worth remembering: not when
+        the job reported progress, nor (in a persistent store) for a long result."""
+        if settlement.kind != "complete" or finished.context.reported_progress:
+            return None
+        result = settlement.encoded_result if persistent else settlement.result
+        if persistent and (result is None or len(result) > REMEMBERED_RESULT_CHARS):
+            return None
+        record = finished.record.copy()
+        record.args, record.kwargs = (), {}  # kept for nothing: payloads may be large
+        return Completion(record, result, at, persistent)
+
+    def stored(self) -> JobRecord:
+        """The record as the repository now holds it (what `get` would return, less the
+        arguments): a completion sets exactly these fields (see `JobRepository.apply`)."""
+        record = self.record.copy()
+        record.status, record.completed_at, record.progress = JobStatus.COMPLETED, self.at, 1.0
+        record.lease_expires_at = record.error = record.error_type = record.traceback = None
+        record.result = serialization.decode(self.result) if self.persistent else self.result
+        return record
+
+
+# Told of every job that settles here: its id, and its `Completion` if it completed.
+Settled = Callable[[str, Optional[Completion]], None]
+
+
 class Recorder:
     """Records outcomes and claims for one worker pool (see module docstring)."""
 
     def __init__(self, repository: JobRepository, queue: ReadyQueue, registry: FunctionRegistry,
                  local: LocalJobs, clock: Clock, worker_id: str, *, lease_timeout: float,
                  max_retry_delay: float, retry_on: Classifier, rng: random.Random,
-                 publish: Publisher, on_settled: Callable[[str], None]) -> None:
+                 publish: Publisher, on_settled: Settled) -> None:
         self._repo = repository
         self._queue = queue
         self._registry = registry
@@ -115,7 +159,7 @@ class Recorder:
                                  len(settlements), len(claim_ids))
             return None
         for f, settlement, cascade in zip(finished, settlements, cascades):
-            self._after(f.record, settlement, cascade)
+            self._after(f, settlement, cascade, now)
         claimed.sort(key=lambda r: (-r.priority, r.seq))
         return claimed
 
@@ -130,20 +174,24 @@ class Recorder:
 
     def _settlement(self, finished: Finished, now: float) -> Settlement:
         record, outcome = finished.record, finished.outcome
+        encoded = None  # encoded once, here: the repository stores this text as it is
         if outcome.succeeded and self._repo.persistent:
             try:
-                serialization.encode(outcome.value, field="result", max_bytes=self._repo.max_payload_bytes)
+                encoded = serialization.encode(outcome.value, field="result",
+                                               max_bytes=self._repo.max_payload_bytes)
             except (TypeError, ValueError) as exc:  # the result cannot be stored: a failure
                 outcome = Outcome(error=exc, traceback=None)
         classifier = self._local.retry_on(record.id) or self._retry_on
         return decide(record, outcome, cancel_requested=finished.context.cancel_requested,
                       classifier=classifier, rng=self._rng, max_retry_delay=self._max_retry_delay,
-                      now=now, ran_for=finished.ran_for)
+                      now=now, ran_for=finished.ran_for, encoded_result=encoded)
 
-    def _after(self, record: JobRecord, settlement: Settlement, cascade: Optional[Cascade]) -> None:
+    def _after(self, finished: Finished, settlement: Settlement, cascade: Optional[Cascade],
+               now: float) -> None:
+        record = finished.record
         if cascade is None:
             logger.warning("job %s was no longer held by this worker; its outcome is discarded", record.id)
-            self._on_settled(record.id)
+            self._on_settled(record.id, None)
             return
         if settlement.kind == "retry":
             self._queue.push(record.queue_entry(), settlement.retry_at)
@@ -152,8 +200,8 @@ class Recorder:
         self.enqueue_entries(cascade.released)
         for job_id in cascade.cancelled:
             self._local.forget(job_id)
-            self._on_settled(job_id)
-        self._on_settled(record.id)
+            self._on_settled(job_id, None)
+        self._on_settled(record.id, Completion.of(finished, settlement, now, self._repo.persistent))
         details = {"result": settlement.result} if settlement.kind == "complete" else event_details(settlement)
         self._publish(EVENTS[settlement.kind], record, details)
 

@@ -20,12 +20,15 @@ logger = logging.getLogger("jobcore.settle")
 
 
 def decide(record: JobRecord, outcome: Outcome, *, cancel_requested: bool, classifier: Classifier,
-           rng: random.Random, max_retry_delay: float, now: float, ran_for: float) -> Settlement:
-    """The settlement of one finished attempt of `record` (held on `record.attempts`)."""
+           rng: random.Random, max_retry_delay: float, now: float, ran_for: float,
+           encoded_result: Optional[str] = None) -> Settlement:
+    """The settlement of one finished attempt of `record` (held on `record.attempts`).
+    `encoded_result`: the outcome's value as JSON, if the caller encoded it already."""
     attempt = record.attempts
     if outcome.succeeded:
         note = f"attempt {attempt} completed after {ran_for:.3f}s" if attempt > 1 else None
-        return Settlement("complete", record.id, attempt, result=outcome.value, note=note)
+        return Settlement("complete", record.id, attempt, result=outcome.value, note=note,
+                          encoded_result=encoded_result)
     if outcome.cancelled or cancel_requested:
         return Settlement("cancel", record.id, attempt, error="cancelled while running",
                           error_type="JobCancelled")

@@ -26,7 +26,7 @@ from .queue import ReadyQueue
 from .registry import FunctionRegistry, LocalJobs
 from .repository.base import JobRecord, JobRepository, QueueEntry
 from .retry import Classifier
-from .recorder import Finished, Publisher, Recorder
+from .recorder import Finished, Publisher, Recorder, Settled
 
 logger = logging.getLogger("jobcore.workers")
 
@@ -66,7 +66,7 @@ class WorkerPool:
 
     def __init__(self, repository: JobRepository, queue: ReadyQueue, registry: FunctionRegistry,
                  local: LocalJobs, clock: Clock, settings: PoolSettings, worker_id: str,
-                 publish: Publisher, on_settled: Callable[[str], None], rng: random.Random) -> None:
+                 publish: Publisher, on_settled: Settled, rng: random.Random) -> None:
         self._repo = repository
         self._queue = queue
         self._registry = registry

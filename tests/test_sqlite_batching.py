@@ -188,6 +188,18 @@ def test_results_round_trip_exactly(repo: SQLiteRepository, result: Any) -> None
     assert [_get(repo, job.id).result for job in jobs] == ["before", result, [result]]
 
 
+def test_a_result_encoded_by_the_engine_is_stored_as_given(repo: SQLiteRepository) -> None:
+    # given completions whose results the engine already encoded (one of them not)
+    jobs = [_running(repo) for _ in range(2)]
+    encoded = Settlement("complete", jobs[0].id, 1, result=(1, 2), encoded_result='[1,2]')
+    # when they are applied
+    _apply(repo, [encoded, _done(jobs[1], result=(3, 4))])
+    # then the encoded text is what was stored, and the other was encoded here
+    with sqlite3.connect(repo.path) as conn:
+        stored = dict(conn.execute("SELECT id, result FROM jobs").fetchall())
+    assert (stored[jobs[0].id], stored[jobs[1].id]) == ("[1,2]", "[3,4]")
+
+
 # -- query plans ---------------------------------------------------------------------------
 def _plan(repo: SQLiteRepository, query: str) -> list[str]:
     with sqlite3.connect(repo.path) as conn:

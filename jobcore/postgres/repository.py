@@ -161,6 +161,8 @@ class PostgresRepository(SettlesThroughApply, JobRepository):
             raise ValueError(f"unknown settlement kind {s.kind!r}")
         if s.kind != "complete":
             return None
+        if s.encoded_result is not None:
+            return s.encoded_result
         return serialization.encode(s.result, field="result", max_bytes=self.max_payload_bytes)
 
     def apply(self, settlements: Sequence[Settlement], claim_ids: Sequence[str], worker_id: str,

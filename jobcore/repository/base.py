@@ -112,7 +112,9 @@ class Settlement:
 
     `kind`: "complete" (with `result`), "retry" (SCHEDULED again at `retry_at`), "fail"
     (FAILED: the dead-letter queue), "cancel" (CANCELLED while running) or "release"
-    (handed back unstarted: PENDING again, the attempt not counted). `note` is logged."""
+    (handed back unstarted: PENDING again, the attempt not counted). `note` is logged.
+    `encoded_result`, if given, is `result` already encoded by `serialization.encode`: a
+    store that keeps JSON may store it as it is instead of encoding `result` again."""
 
     kind: str
     job_id: str
@@ -123,6 +125,7 @@ class Settlement:
     traceback: Optional[str] = None
     retry_at: Optional[float] = None
     note: Optional[str] = None
+    encoded_result: Optional[str] = None
 
 
 @dataclass(frozen=True)

@@ -112,4 +112,6 @@ def _release_dependents(conn: sqlite3.Connection, completed: list[str]) -> dict[
 def encode_result(s: Settlement, max_bytes: Optional[int]) -> Optional[str]:
     if s.kind != "complete":
         return None
+    if s.encoded_result is not None:
+        return s.encoded_result
     return serialization.encode(s.result, field="result", max_bytes=max_bytes)

@@ -1,0 +1,150 @@
+"""`JobManager.wait` answering for jobs completed in this process without reading their
+rows back, and never answering from what it remembers once that may be wrong."""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+import threading
+from typing import Any
+
+import pytest
+
+from jobcore import Job, JobManager, JobStatus, MemoryRepository, SQLiteRepository, current_job
+from jobcore import manager as manager_module
+
+
+def pair(x: int) -> tuple[int, dict[str, int]]:
+    return (x, {"x": x})
+
+
+def reports(x: int) -> int:
+    job = current_job()
+    assert job is not None
+    job.progress(0.5, "halfway", step=x)
+    return x
+
+
+def _fields(result: Any) -> dict[str, Any]:
+    return dataclasses.asdict(result)
+
+
+class _CountingGets:
+    """Wraps a repository's `get` to count row reads."""
+
+    def __init__(self, repository: Any) -> None:
+        self.reads = 0
+        self._get = repository.get
+        repository.get = self
+
+    def __call__(self, job_id: str) -> Any:
+        self.reads += 1
+        return self._get(job_id)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "memory"])
+def test_wait_on_a_job_completed_here_gives_what_poll_gives_without_reading_the_row(
+        make_manager: Any, db_path: str, backend: str) -> None:
+    # given a started manager that completed jobs returning values JSON changes (a tuple)
+    repository = SQLiteRepository(db_path) if backend == "sqlite" else MemoryRepository()
+    manager = make_manager(repository, max_workers=2)
+    manager.register_function("pair", pair)
+    manager.start()
+    ids = [manager.enqueue(Job(function_name="pair", args=(n,))) for n in range(20)]
+    last = manager.wait(ids[-1], timeout=10)
+    assert last.status is JobStatus.COMPLETED
+    for job_id in ids:  # every one settled before the last one's wait returned? wait for each
+        manager.wait(job_id, timeout=10)
+    # when each is waited for again, with row reads counted
+    reads = _CountingGets(manager.repository)
+    waited = [manager.wait(job_id, timeout=10) for job_id in ids]
+    # then no row was read, and each answer equals what poll reads from the repository
+    assert reads.reads == 0
+    for job_id, result in zip(ids, waited):
+        assert _fields(result) == _fields(manager.poll(job_id))
+    assert waited[3].result == ([3, {"x": 3}] if backend == "sqlite" else (3, {"x": 3}))
+    assert waited[3].progress == 1.0 and waited[3].completed_at is not None
+
+
+def test_wait_reads_the_row_of_a_job_that_reported_progress(make_manager: Any, db_path: str) -> None:
+    # given a job that reported progress while it ran (its row holds the message)
+    manager = make_manager(db_path, max_workers=1)
+    manager.register_function("reports", reports)
+    manager.start()
+    job_id = manager.enqueue(Job(function_name="reports", args=(7,)))
+    # when it is waited for
+    result = manager.wait(job_id, timeout=10)
+    # then the answer carries what the job reported, as poll does
+    assert result.status is JobStatus.COMPLETED and result.result == 7
+    assert (result.progress_message, result.progress_details) == ("halfway", {"step": 7})
+    assert _fields(result) == _fields(manager.poll(job_id))
+
+
+def test_wait_on_a_completed_job_that_was_cleaned_up_raises_lookup_error(make_manager: Any,
+                                                                        db_path: str) -> None:
+    # given a job completed here, then deleted by cleanup
+    manager = make_manager(db_path, max_workers=1)
+    manager.register_function("pair", pair)
+    manager.start()
+    job_id = manager.enqueue(Job(function_name="pair", args=(1,)))
+    manager.wait(job_id, timeout=10)
+    assert manager.cleanup_old_results(retention_days=0) == 1
+    # when it is waited for again, then it is unknown
+    with pytest.raises(LookupError):
+        manager.wait(job_id, timeout=1)
+
+
+def test_an_id_used_again_after_another_process_deleted_its_job_is_waited_for_afresh(
+        make_manager: Any, db_path: str) -> None:
+    # given a job completed here, deleted behind this manager's back (as another process
+    # cleaning up would), and a gate that holds the next run of its function
+    gate = threading.Event()
+    manager = make_manager(db_path, max_workers=1)
+    manager.register_function("pair", pair)
+    manager.register_function("gated", lambda x: gate.wait(10) and x * 10)
+    manager.start()
+    job_id = manager.enqueue(Job(function_name="pair", args=(1,), id="reused-id"))
+    assert manager.wait(job_id, timeout=10).result == [1, {"x": 1}]
+    other = sqlite3.connect(db_path)
+    with other:
+        other.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+    other.close()
+    # when a new job takes the same id and is still running
+    assert manager.enqueue(Job(function_name="gated", args=(2,), id="reused-id")) == job_id
+    # then wait does not answer with the old job's result: it waits for the new one
+    with pytest.raises(TimeoutError):
+        manager.wait(job_id, timeout=0.2)
+    gate.set()
+    assert manager.wait(job_id, timeout=10).result == 20
+
+
+def test_only_the_latest_completions_are_remembered(make_manager: Any, db_path: str,
+                                                    monkeypatch: Any) -> None:
+    # given a manager that remembers at most 3 completions
+    monkeypatch.setattr(manager_module, "RECENT_COMPLETIONS", 3)
+    manager = make_manager(db_path, max_workers=1)
+    manager.register_function("pair", pair)
+    manager.start()
+    ids = [manager.enqueue(Job(function_name="pair", args=(n,))) for n in range(6)]
+    for job_id in ids:
+        manager.wait(job_id, timeout=10)
+    # when every job is waited for again
+    reads = _CountingGets(manager.repository)
+    results = [manager.wait(job_id, timeout=10) for job_id in ids]
+    # then the three oldest were read back from the repository, the newest three were not,
+    # and every answer is right
+    assert reads.reads == 3
+    assert [r.result[0] for r in results] == list(range(6))
+    assert len(manager._completions) == 3
+
+
+def test_a_manager_that_runs_nothing_still_waits_by_reading(make_manager: Any, db_path: str) -> None:
+    # given a job completed by one manager, and a second manager on the same file
+    runner = make_manager(db_path, max_workers=1)
+    runner.register_function("pair", pair)
+    runner.start()
+    job_id = runner.enqueue(Job(function_name="pair", args=(5,)))
+    runner.wait(job_id, timeout=10)
+    observer: JobManager = make_manager(db_path, producer=True)
+    # when the second waits for it, then it reads the row and sees the same result
+    assert _fields(observer.wait(job_id, timeout=10)) == _fields(runner.wait(job_id, timeout=10))
