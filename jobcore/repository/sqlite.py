@@ -19,7 +19,7 @@ from . import sqlite_schema as sql
 from .sqlite_conn import SYNCHRONOUS, Connections
 from .sqlite_settle import cancel_dependents, encode_result, settle_all
 from .columns import STATUSES
-from .sqlite_rows import entry_from_row, record_from_row, row_params, translate
+from .sqlite_rows import entry_from_row, is_plain, plain_params, record_from_row, row_params, translate
 from ._cascade import dependency_error_message, plan_batch
 from .group_commit import GroupCommitter
 from .base import (Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry, Recovery, Settlement,
@@ -121,10 +121,21 @@ class SQLiteRepository(SettlesThroughApply, JobRepository):
     def insert(self, records: Sequence[JobRecord], now: float) -> list[str]:
         if len(records) == 1 and not records[0].depends_on and records[0].unique_key is None:
             record = records[0]  # nothing to check against other rows: a single INSERT
-            params = row_params(record, now, record.status, 0, None, self.max_payload_bytes)
-            record.seq, record.blocked = self._insert_row(sql.INSERT_JOB, params, record.id), 0
+            query, params = self._new_row(record, now, record.status)
+            record.seq, record.blocked = self._insert_row(query, params, record.id), 0
             return [record.id]
         return self._group.run(lambda conn: self._insert(conn, records, now))
+
+    def _new_row(self, record: JobRecord, now: float, status: JobStatus,
+                 claimed: bool = False) -> tuple[str, tuple[Any, ...]]:
+        """The INSERT (the short one when it can be) and its parameters storing `record`
+        unblocked, with no error; `claimed`: the statement for a claimed row, whose
+        parameters go on with started_at, worker_id and lease_expires_at."""
+        if is_plain(record):
+            query = sql.INSERT_CLAIMED_PLAIN_JOB if claimed else sql.INSERT_PLAIN_JOB
+            return query, plain_params(record, now, status, self.max_payload_bytes)
+        query = sql.INSERT_CLAIMED_JOB if claimed else sql.INSERT_JOB
+        return query, row_params(record, now, status, 0, None, self.max_payload_bytes)
 
     def _insert_row(self, query: str, params: Sequence[Any], job_id: str) -> int:
         """Run one INSERT of a job's row; its rowid. Alone, it commits by itself; beside
@@ -182,7 +193,12 @@ class SQLiteRepository(SettlesThroughApply, JobRepository):
         """A batch with no dependency and no unique key: nothing to check against other
         rows, so one `executemany`. Rowids are handed out one after another while this
         transaction holds the write lock, so the last one tells every record's `seq`."""
-        rows = [row_params(r, now, r.status, 0, None, self.max_payload_bytes) for r in records]
+        if all(is_plain(r) for r in records):
+            query, rows = sql.INSERT_PLAIN_JOB, [plain_params(r, now, r.status, self.max_payload_bytes)
+                                                 for r in records]
+        else:
+            query, rows = sql.INSERT_JOB, [row_params(r, now, r.status, 0, None, self.max_payload_bytes)
+                                           for r in records]
         ids = [record.id for record in records]
         taken = {row[0] for row in conn.execute(sql.SELECT_EXISTING_IDS, (json.dumps(ids),))}
         seen: set[str] = set()
@@ -190,7 +206,7 @@ class SQLiteRepository(SettlesThroughApply, JobRepository):
             if job_id in taken or job_id in seen:
                 raise ValueError(f"Job.id: a job with id {job_id!r} already exists")
             seen.add(job_id)
-        conn.executemany(sql.INSERT_JOB, rows)
+        conn.executemany(query, rows)
         first = conn.execute("SELECT last_insert_rowid()").fetchone()[0] - len(records) + 1
         for offset, record in enumerate(records):
             record.seq, record.blocked = first + offset, 0
@@ -203,9 +219,8 @@ class SQLiteRepository(SettlesThroughApply, JobRepository):
         if (record.depends_on or record.unique_key is not None or record.is_schedule
                 or record.status is not JobStatus.PENDING):
             return super().insert_claimed(record, worker_id, now, lease_expires_at)
-        params = row_params(record, now, JobStatus.RUNNING, 0, None, self.max_payload_bytes)
-        record.seq = self._insert_row(sql.INSERT_CLAIMED_JOB, (*params, now, worker_id, lease_expires_at),
-                                      record.id)
+        query, params = self._new_row(record, now, JobStatus.RUNNING, claimed=True)
+        record.seq = self._insert_row(query, (*params, now, worker_id, lease_expires_at), record.id)
         record.status, record.blocked = JobStatus.RUNNING, 0
         claimed = record.copy()
         # The worker sees the arguments as any claim would: decoded from the stored JSON.

@@ -32,17 +32,32 @@ def translate(exc: sqlite3.Error, path: str) -> RepositoryError:
     return RepositoryError(f"SQLite at {path!r}: {problem} ({text})")
 
 
+def is_plain(record: JobRecord) -> bool:
+    """True if every optional field of `record` holds its default (see INSERT_PLAIN_JOB)."""
+    return (record.scheduled_at is None and record.run_at is None and not record.tags
+            and not record.metadata and record.owner is None and record.unique_key is None
+            and not record.depends_on and record.cron is None and record.cron_timezone is None
+            and record.memory_limit is None)
+
+
+def plain_params(record: JobRecord, now: float, status: JobStatus,
+                 max_payload_bytes: Optional[int]) -> tuple[Any, ...]:
+    """The INSERT_PLAIN_JOB parameters storing `record`, whose optional fields hold their
+    defaults (raises TypeError/ValueError naming a field)."""
+    payload = serialization.encode_payload(record.args, record.kwargs, max_payload_bytes)
+    return (record.id, record.function_name, record.name, payload, record.priority, status.value, now,
+            record.max_retries, record.retry_delay, record.retry_backoff, int(record.retry_jitter),
+            record.timeout, record.isolation)
+
+
 def row_params(record: JobRecord, now: float, status: JobStatus, blocked: int, error: Optional[str],
                max_payload_bytes: Optional[int]) -> tuple[Any, ...]:
     """The INSERT_JOB parameters storing `record` (raises TypeError/ValueError naming a field)."""
-    payload = serialization.encode_payload(record.args, record.kwargs, max_payload_bytes)
-    return (
-        record.id, record.function_name, record.name, payload, record.priority, status.value,
-        blocked, now, record.scheduled_at, record.run_at, record.max_retries, record.retry_delay,
-        record.retry_backoff, int(record.retry_jitter), record.timeout,
+    return plain_params(record, now, status, max_payload_bytes) + (
+        blocked, record.scheduled_at, record.run_at,
         json.dumps(sorted(record.tags)) if record.tags else "[]",
         serialization.encode(record.metadata, field="metadata") if record.metadata else "{}",
-        record.owner, record.unique_key, record.isolation,
+        record.owner, record.unique_key,
         json.dumps(list(record.depends_on)) if record.depends_on else "[]",
         record.cron, record.cron_timezone, error,
         "DependencyFailed" if error else None, now if error else None, record.memory_limit,

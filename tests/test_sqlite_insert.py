@@ -1,0 +1,85 @@
+"""The short INSERT SQLite uses for jobs whose optional fields hold their defaults stores
+exactly the row the full INSERT would."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from jobcore.models import JobStatus
+from jobcore.repository import SQLiteRepository
+from jobcore.repository import sqlite_schema as sql
+from jobcore.repository.sqlite_rows import is_plain, row_params
+from jobcore.testing.contract import LEASE, NOW, make_record
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Iterator[SQLiteRepository]:
+    repository = SQLiteRepository(tmp_path / "jobs.db")
+    yield repository
+    repository.close()
+
+
+def _row(repo: SQLiteRepository, job_id: str) -> dict[str, Any]:
+    """Every column of a stored job but the ones that tell rows apart."""
+    with sqlite3.connect(repo.path) as conn:
+        conn.row_factory = sqlite3.Row
+        row = dict(conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+    del row["id"], row["seq"]
+    return row
+
+
+def _stored_by_full_insert(repo: SQLiteRepository, record: Any, claimed: bool = False) -> dict[str, Any]:
+    """The row the full INSERT stores for a copy of `record` under another id."""
+    twin = record.copy()
+    twin.id = make_record().id
+    params = row_params(twin, NOW, JobStatus.RUNNING if claimed else twin.status, 0, None, None)
+    with sqlite3.connect(repo.path) as conn:
+        if claimed:
+            conn.execute(sql.INSERT_CLAIMED_JOB, (*params, NOW, "w1", NOW + LEASE))
+        else:
+            conn.execute(sql.INSERT_JOB, params)
+    return _row(repo, twin.id)
+
+
+PLAIN = {"args": (1, "two"), "kwargs": {"k": [3]}, "priority": 7, "timeout": 2.5, "max_retries": 0,
+         "retry_delay": 0.25, "retry_backoff": 3.0, "retry_jitter": False, "isolation": "process"}
+
+
+def test_a_plain_job_alone_is_stored_as_the_full_insert_would(repo: SQLiteRepository) -> None:
+    record = make_record(**PLAIN)
+    assert is_plain(record)
+    repo.insert([record], NOW)
+    assert _row(repo, record.id) == _stored_by_full_insert(repo, record)
+
+
+def test_a_batch_of_plain_jobs_is_stored_as_the_full_insert_would(repo: SQLiteRepository) -> None:
+    records = [make_record(**PLAIN), make_record()]
+    repo.insert(records, NOW)
+    for record in records:
+        assert _row(repo, record.id) == _stored_by_full_insert(repo, record)
+
+
+def test_a_plain_job_handed_off_is_stored_as_the_full_insert_would(repo: SQLiteRepository) -> None:
+    record = make_record(**PLAIN)
+    job_id, claimed = repo.insert_claimed(record, "w1", NOW, NOW + LEASE)
+    assert job_id == record.id and claimed is not None
+    assert _row(repo, record.id) == _stored_by_full_insert(repo, record, claimed=True)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("tags", frozenset({"a"})), ("metadata", {"m": 1}), ("owner", "ann"), ("memory_limit", 1 << 20),
+    ("scheduled_at", NOW + 60), ("run_at", NOW + 60),
+])
+def test_a_job_with_an_optional_field_set_takes_the_full_insert(repo: SQLiteRepository, field: str,
+                                                                value: Any) -> None:
+    record = make_record(**{field: value})
+    assert not is_plain(record)
+    plain = make_record()
+    repo.insert([record, plain], NOW)  # one batch: the plain one follows the other's INSERT
+    stored = repo.get(record.id)
+    assert stored is not None and getattr(stored, field) == value
+    assert _row(repo, plain.id) == _stored_by_full_insert(repo, plain)
