@@ -8,10 +8,12 @@ fires cron schedules. It owns no threads: the worker pool's dispatcher calls it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import operator
 import random
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, NamedTuple, Optional
 
 from . import serialization
 from .clock import Clock
@@ -48,14 +50,22 @@ class Finished:
 REMEMBERED_RESULT_CHARS = 1024
 
 
-@dataclass(frozen=True)
-class Completion:
-    """A job this process completed: enough to tell what its row now holds without
-    reading it back. `record` is the job as claimed, less its arguments (it ran without
-    reporting progress, so nothing else changed the row meanwhile); `result` is what the
-    repository stored (the JSON text, for a persistent one); `at` the completion time."""
+# The fields of a claimed record a `Completion` keeps: all but the arguments (payloads
+# may be large) and what completing sets. One C-level call reads them all.
+_KEPT = tuple(f.name for f in dataclasses.fields(JobRecord)
+              if f.name not in ("args", "kwargs", "status", "completed_at", "progress", "result",
+                                "lease_expires_at", "error", "error_type", "traceback"))
+_read_kept = operator.attrgetter(*_KEPT)
 
-    record: JobRecord
+
+class Completion(NamedTuple):
+    """A job this process completed: enough to tell what its row now holds without
+    reading it back. `kept` holds the claimed record's fields named in _KEPT (it ran
+    without reporting progress, so nothing else changed them in the row meanwhile);
+    `result` is what the repository stored (the JSON text, for a persistent one); `at`
+    the completion time. Made by the dispatcher for every completion, so kept cheap."""
+
+    kept: tuple[Any, ...]
     result: Any
     at: float
     persistent: bool
@@ -69,16 +79,13 @@ class Completion:
         result = settlement.encoded_result if persistent else settlement.result
         if persistent and (result is None or len(result) > REMEMBERED_RESULT_CHARS):
             return None
-        record = finished.record.copy()
-        record.args, record.kwargs = (), {}  # kept for nothing: payloads may be large
-        return Completion(record, result, at, persistent)
+        return Completion(_read_kept(finished.record), result, at, persistent)
 
     def stored(self) -> JobRecord:
         """The record as the repository now holds it (what `get` would return, less the
         arguments): a completion sets exactly these fields (see `JobRepository.apply`)."""
-        record = self.record.copy()
+        record = JobRecord(**dict(zip(_KEPT, self.kept)))
         record.status, record.completed_at, record.progress = JobStatus.COMPLETED, self.at, 1.0
-        record.lease_expires_at = record.error = record.error_type = record.traceback = None
         record.result = serialization.decode(self.result) if self.persistent else self.result
         return record
 
