@@ -34,14 +34,18 @@ def encode(value: Any, *, field: str, max_bytes: int | None = None) -> str:
 
 
 def encode_payload(args: tuple[Any, ...], kwargs: dict[str, Any], max_bytes: int | None) -> str:
-    """Encode a job's arguments as one JSON document `[args, kwargs]`."""
+    """Encode a job's arguments as one JSON document `[args, kwargs]`; an argument that
+    cannot be encoded raises naming it (`args[1]`, `kwargs['when']`)."""
     if not args and not kwargs:
         return "[[],{}]"
-    for index, arg in enumerate(args):
-        _check_encodable(arg, f"args[{index}]")
-    for key, arg in kwargs.items():
-        _check_encodable(arg, f"kwargs[{key!r}]")
-    return encode([list(args), kwargs], field="args", max_bytes=max_bytes)
+    try:
+        return encode([list(args), kwargs], field="args", max_bytes=max_bytes)
+    except InvalidJobType:  # find the argument to name (each encoded only on this path)
+        for index, arg in enumerate(args):
+            _check_encodable(arg, f"args[{index}]")
+        for key, arg in kwargs.items():
+            _check_encodable(arg, f"kwargs[{key!r}]")
+        raise
 
 
 def _check_encodable(value: Any, field: str) -> None:

@@ -348,6 +348,10 @@ def test_enqueue_many_is_one_transaction(make_manager: Any, db_path: str) -> Non
     bad = Job(function=add, args=(object(),))
     with pytest.raises(TypeError, match=r"args\[0\]"):
         manager.enqueue_many([good, bad])
+    with pytest.raises(TypeError, match=r"kwargs\['when'\]"):
+        manager.enqueue(Job(function=add, args=(1, [2, 3]), kwargs={"ok": {"a": 1}, "when": {object()}}))
+    with pytest.raises(TypeError, match=r"args\[1\]"):
+        manager.enqueue(Job(function=add, args=({"a": [1]}, [object()])))
     assert manager.get_stats()["total"] == 0
 
     ids = manager.enqueue_many([Job(function=add, args=(i, i)) for i in range(5)])
