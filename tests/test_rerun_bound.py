@@ -1,0 +1,69 @@
+"""SPEC: after a worker process dies, at most 2 x its max_workers jobs run a second time.
+So a pool never has more than that many jobs started whose outcome is not recorded yet,
+even while recording stalls with claimed jobs in reserve: claims and outcomes go in one
+transaction, and the jobs held (claimed, running, finished unrecorded) are capped."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Sequence
+
+from jobcore import Job, JobManager, MemoryRepository
+from jobcore.repository.base import Settlement
+
+WORKERS = 2
+LIMIT = 2 * WORKERS
+
+
+class SlowRecording(MemoryRepository):
+    """Counts recorded outcomes; the first `apply` that records any waits for `release`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock = threading.Lock()
+        self.recorded = 0
+        self.blocked = threading.Event()
+        self.release = threading.Event()
+
+    def apply(self, settlements: Sequence[Settlement], *args: Any, **kwargs: Any) -> Any:
+        if settlements and not self.blocked.is_set():
+            self.blocked.set()
+            assert self.release.wait(10)
+        outcome = super().apply(settlements, *args, **kwargs)
+        with self.lock:
+            self.recorded += sum(1 for s in settlements if s.kind == "complete")
+        return outcome
+
+
+def test_no_more_than_twice_max_workers_jobs_start_unrecorded(make_manager: Any) -> None:
+    # given a manager whose recording stalls once, and jobs that note, as they start, how
+    # many started jobs have no recorded outcome yet (themselves included)
+    repository = SlowRecording()
+    manager: JobManager = make_manager(repository, max_workers=WORKERS)
+    started = [0]
+    unrecorded_at_start: list[int] = []
+
+    def task() -> None:
+        with repository.lock:
+            started[0] += 1
+            unrecorded_at_start.append(started[0] - repository.recorded)
+
+    manager.register_function("task", task)
+    manager.enqueue_many([Job(function_name="task") for _ in range(60)])
+    manager._pool._average_run = 0.0  # short jobs: claimed jobs are held in reserve from the start
+    # when the workers run while the first recording is stalled
+    manager.start()
+    assert repository.blocked.wait(10)
+    pool = manager._pool
+    deadline = time.monotonic() + 10
+    while (pool._buffer or pool._running) and time.monotonic() < deadline:
+        time.sleep(0.005)  # until the workers ran every job they held
+    with repository.lock:
+        stalled_at = started[0] - repository.recorded
+    repository.release.set()
+    for job_id in [r.job_id for r in manager.list_jobs(limit=1)]:
+        manager.wait(job_id, timeout=10)
+    # then the workers stopped at the limit while recording stalled, and never went past it
+    assert stalled_at == LIMIT
+    assert max(unrecorded_at_start) == LIMIT and len(unrecorded_at_start) == 60
