@@ -16,7 +16,7 @@ from .. import serialization
 from ..models import JobStatus
 from ..repository._cascade import dependency_error_message, plan_batch
 from ..repository.base import (Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry, Recovery,
-                               Settlement, SettlesThroughApply, WorkerInfo)
+                               Settlement, SettlesThroughApply, WorkerInfo, id_taken)
 from .database import Database, Tx, Unchanged, schema_from_dsn
 from .rows import clean_text, entry_from_row, record_from_row, row_params, status_of
 from .settling import cancel_dependents, settle_all
@@ -83,7 +83,7 @@ class PostgresRepository(SettlesThroughApply, JobRepository):
             rows, dead_ids = [], []
             for record in planned:
                 if record.id in found:
-                    raise ValueError(f"Job.id: a job with id {record.id!r} already exists")
+                    raise id_taken(record.id)
                 blocked, dead = 0, None
                 for dep in record.depends_on:
                     if dep not in found:  # a job of this batch: not complete yet

@@ -171,6 +171,11 @@ class Cascade:
     cancelled: tuple[str, ...] = ()
 
 
+def id_taken(job_id: str) -> ValueError:
+    """The error `insert` raises for a record whose id a stored job already has."""
+    return ValueError(f"Job.id: a job with id {job_id!r} already exists")
+
+
 class JobRepository(abc.ABC):
     """Where jobs live. Subclass it to add a backend; run `jobcore.testing.contract`.
 

@@ -14,7 +14,7 @@ from typing import Any, Collection, Optional, Sequence
 from ..models import TERMINAL_STATUSES, JobStatus
 from ._cascade import dependency_error_message, plan_batch
 from .base import (Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry, Recovery, Settlement,
-                   WorkerInfo)
+                   WorkerInfo, id_taken)
 
 _UNFINISHED = (JobStatus.PENDING, JobStatus.SCHEDULED, JobStatus.RUNNING)
 
@@ -50,7 +50,7 @@ class MemoryRepository(JobRepository):
             seen: set[str] = set()
             for row in planned:
                 if row.id in self._jobs or row.id in seen:
-                    raise ValueError(f"Job.id: a job with id {row.id!r} already exists")
+                    raise id_taken(row.id)
                 seen.add(row.id)
             # Nothing above changed state; from here on nothing raises.
             given = {record.id: record for record in records}
@@ -341,7 +341,7 @@ class MemoryRepository(JobRepository):
                     or schedule.run_at != fire_at):
                 return False
             if run.id in self._jobs:
-                raise ValueError(f"Job.id: a job with id {run.id!r} already exists")
+                raise id_taken(run.id)
             schedule.run_at = next_run_at
             row = _detached(run)
             row.seq = run.seq = self._next_seq

@@ -23,7 +23,7 @@ from .sqlite_rows import entry_from_row, is_plain, plain_params, record_from_row
 from ._cascade import dependency_error_message, plan_batch
 from .group_commit import GroupCommitter
 from .base import (Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry, Recovery, Settlement,
-                   SettlesThroughApply, WorkerInfo)
+                   SettlesThroughApply, WorkerInfo, id_taken)
 
 DURABILITY = SYNCHRONOUS
 
@@ -116,7 +116,6 @@ class SQLiteRepository(SettlesThroughApply, JobRepository):
     def close(self) -> None:
         self._db.close()
 
-    # -- rows ------------------------------------------------------------------------------
     # -- adding ----------------------------------------------------------------------------
     def insert(self, records: Sequence[JobRecord], now: float) -> list[str]:
         if len(records) == 1 and not records[0].depends_on and records[0].unique_key is None:
@@ -144,13 +143,13 @@ class SQLiteRepository(SettlesThroughApply, JobRepository):
             try:
                 return conn.execute(query, params).lastrowid or 0
             except sqlite3.IntegrityError:
-                raise ValueError(f"Job.id: a job with id {job_id!r} already exists") from None
+                raise id_taken(job_id) from None
 
         def solo() -> int:
             try:
                 return self._db.write_one(query, params).lastrowid or 0
             except sqlite3.IntegrityError:
-                raise ValueError(f"Job.id: a job with id {job_id!r} already exists") from None
+                raise id_taken(job_id) from None
 
         return self._group.run(op, solo)
 
@@ -179,7 +178,7 @@ class SQLiteRepository(SettlesThroughApply, JobRepository):
             try:
                 cursor = conn.execute(sql.INSERT_JOB, row_params(record, now, status, blocked, dead, self.max_payload_bytes))
             except sqlite3.IntegrityError:
-                raise ValueError(f"Job.id: a job with id {record.id!r} already exists") from None
+                raise id_taken(record.id) from None
             given[record.id].seq = cursor.lastrowid or 0
             given[record.id].blocked, given[record.id].status = blocked, status
             for dep in record.depends_on:
@@ -204,7 +203,7 @@ class SQLiteRepository(SettlesThroughApply, JobRepository):
         seen: set[str] = set()
         for job_id in ids:  # named in the error, as the row-by-row path would
             if job_id in taken or job_id in seen:
-                raise ValueError(f"Job.id: a job with id {job_id!r} already exists")
+                raise id_taken(job_id)
             seen.add(job_id)
         conn.executemany(query, rows)
         first = conn.execute("SELECT last_insert_rowid()").fetchone()[0] - len(records) + 1
@@ -371,7 +370,7 @@ class SQLiteRepository(SettlesThroughApply, JobRepository):
             try:
                 run.seq = conn.execute(sql.INSERT_JOB, params).lastrowid or 0
             except sqlite3.IntegrityError:
-                raise ValueError(f"Job.id: a job with id {run.id!r} already exists") from None
+                raise id_taken(run.id) from None
         return True
 
     # -- workers and change detection ----------------------------------------------------------
