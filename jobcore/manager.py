@@ -478,9 +478,10 @@ class JobManager:
         jobs); returns how many were deleted."""
         days = _positive("retention_days", retention_days, allow_zero=True)
         before = None if days == 0 else self._clock.time() - days * 86400.0
+        deleted = self.repository.delete_finished(before)
         with self._settled:
             self._completions.clear()  # `wait` on a deleted job must not find it here
-        return self.repository.delete_finished(before)
+        return deleted
 
     # -- notifications -------------------------------------------------------------------------------
     def add_notification_channel(self, channel: Any) -> None:
