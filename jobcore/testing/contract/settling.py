@@ -82,3 +82,25 @@ class _SettlingContract:
                              [waiting.id], "w1", NOW + 1, NOW + 31)
         assert [_status(repository, j.id) for j in (ok, bad, waiting)] == [
             JobStatus.RUNNING, JobStatus.RUNNING, JobStatus.PENDING]
+
+    def test_a_completion_changes_only_status_result_completion_time_progress_and_lease(
+            self, repository: JobRepository) -> None:
+        # The manager relies on this: `wait` answers for a job it completed from the record
+        # as claimed plus these changes, without reading the row back.
+        # given a job with every optional field set, claimed by w1
+        job = _add(repository, args=(1,), kwargs={"k": "v"}, priority=7, tags=frozenset({"t"}),
+                   metadata={"m": 1}, owner="ann", timeout=5.0, max_retries=1)
+        claimed = _claim(repository, job.id, "w1")
+        # when w1 records its completion
+        repository.apply([base.Settlement("complete", job.id, 1, result=[1, "two"])], [], "w1",
+                         NOW + 1, NOW + 31)
+        # then the stored job is the claimed one with exactly these fields changed
+        stored = _get(repository, job.id)
+        changed = {"status": JobStatus.COMPLETED, "result": [1, "two"], "completed_at": NOW + 1,
+                   "progress": 1.0, "lease_expires_at": None, "error": None, "error_type": None,
+                   "traceback": None}
+        for name, value in changed.items():
+            assert getattr(stored, name) == value, name
+        for name in base.JobRecord.__dataclass_fields__:
+            if name not in changed:
+                assert getattr(stored, name) == getattr(claimed, name), name
