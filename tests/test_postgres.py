@@ -1,31 +1,28 @@
-"""`PostgresRepository` on a real server: the contract, its own promises, managers, processes.
+"""`PostgresRepository` on a real server: the repository contract and what only PostgreSQL
+promises. Managers and worker processes on PostgreSQL: test_postgres_managers.py.
 
 The server is `$JOBCORE_TEST_PG_DSN` (CI starts one with `.ci/postgres.sh`) or a
 throwaway cluster started here (`pg_server`). Each test gets a schema of its own, dropped
-afterwards. Without any PostgreSQL binaries the tests skip, loudly; under CI they fail
-instead, since CI must run them.
+afterwards (`pg_fixtures`). Without any PostgreSQL binaries the tests skip, loudly; under
+CI they fail instead, since CI must run them.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import os
-import signal
-import statistics
 import subprocess
 import sys
-import textwrap
 import threading
 import time
-import uuid
-import warnings
 from typing import Any, Callable, Iterator
 
 import pytest
 
-import pg_server
-from jobcore import Job, JobManager, JobPriority, JobStatus, RetryableError, current_job
+import pg_fixtures
+from pg_fixtures import *  # noqa: F401,F403 (the fixtures: server, schema, repo)
+from pg_fixtures import Schema
+from jobcore import JobStatus
 from jobcore.errors import RepositoryError
 from jobcore.repository.base import JobRecord, Settlement
 from jobcore.testing.contract import NOW, RepositoryContract, claim_race, make_record
@@ -37,64 +34,10 @@ try:
     import psycopg
     from jobcore.postgres import PostgresRepository
     from jobcore.postgres.schema import SCHEMA_VERSION
-except ImportError as exc:  # the extra is not installed
-    psycopg = None  # type: ignore[assignment]
-    _MISSING: str | None = (f"NO PSYCOPG: the PostgreSQL repository is NOT tested here ({exc});"
-                            " pip install -e '.[postgres]'")
-else:
-    _MISSING = pg_server.SKIP_REASON
+except ImportError:  # the extra is not installed: pg_fixtures.MARKS skips (or fails in CI)
+    pass
 
-if _MISSING:
-    if os.environ.get("CI"):  # CI must run these: a missing server is a failure there
-        pytestmark = pytest.mark.usefixtures("_fail_in_ci")
-    else:
-        warnings.warn(_MISSING)
-        pytestmark = pytest.mark.skip(reason=_MISSING)
-
-
-@pytest.fixture
-def _fail_in_ci() -> None:
-    pytest.fail(f"CI must test PostgreSQL, but: {_MISSING}")
-
-
-@pytest.fixture(scope="session")
-def server() -> str:
-    dsn = pg_server.server_dsn()
-    where = "started for this run" if pg_server.started_here() else f"from ${pg_server.ENV}"
-    print(f"\nPostgreSQL for jobcore tests: {dsn} ({where})", file=sys.stderr)
-    return dsn
-
-
-class Schema:
-    """A fresh PostgreSQL schema for one test, and DSNs that select it."""
-
-    def __init__(self, server: str) -> None:
-        self.server = server
-        self.name = f"t_{uuid.uuid4().hex[:16]}"
-        separator = "&" if "?" in server else "?"
-        # A bare DSN string selects the schema through search_path (see schema_from_dsn).
-        self.dsn = f"{server}{separator}options=-csearch_path%3D{self.name}"
-
-    def repository(self, **options: Any) -> "PostgresRepository":
-        return PostgresRepository(self.server, schema=self.name, **options)
-
-    def drop(self) -> None:
-        with psycopg.connect(self.server, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{self.name}" CASCADE')
-
-
-@pytest.fixture
-def schema(server: str) -> Iterator[Schema]:
-    fresh = Schema(server)
-    yield fresh
-    fresh.drop()
-
-
-@pytest.fixture
-def repo(schema: Schema) -> Iterator["PostgresRepository"]:
-    repository = schema.repository()
-    yield repository
-    repository.close()
+pytestmark = pg_fixtures.MARKS
 
 
 class TestPostgresRepository(RepositoryContract):
@@ -437,298 +380,3 @@ def test_the_ready_query_walks_the_ready_index(repo: "PostgresRepository", schem
         plan = "\n".join(row[0] for row in conn.execute(
             "EXPLAIN " + repo.sql.SELECT_READY, {"any": True, "names": [], "limit": 10}))
     assert "jobs_ready" in plan and "Sort" not in plan, plan
-
-
-# -- managers on PostgreSQL ----------------------------------------------------------------------
-@pytest.fixture
-def manager_on(schema: Schema, make_manager: Callable[..., JobManager]) -> Callable[..., JobManager]:
-    def make(**options: Any) -> JobManager:
-        options.setdefault("poll_interval", 0.2)
-        return make_manager(schema.repository(), **options)
-    return make
-
-
-def test_priorities_run_highest_first_and_fifo_among_equals(manager_on: Callable[..., JobManager]) -> None:
-    order: list[str] = []
-    manager = manager_on(max_workers=1)
-    manager.register_function("record", order.append)
-    jobs = [Job(function_name="record", args=(name,), priority=priority) for name, priority in
-            [("low", JobPriority.LOW), ("n1", JobPriority.NORMAL), ("crit", JobPriority.CRITICAL),
-             ("n2", JobPriority.NORMAL), ("high", JobPriority.HIGH), ("n3", JobPriority.NORMAL)]]
-    ids = manager.enqueue_many(jobs)
-    manager.start()
-    for job_id in ids:
-        assert manager.wait(job_id, timeout=WAIT).status is JobStatus.COMPLETED
-    assert order == ["crit", "high", "n1", "n2", "n3", "low"]
-
-
-def test_results_progress_and_logs_are_stored(manager_on: Callable[..., JobManager]) -> None:
-    manager = manager_on().start()
-
-    def report(n: int, progress_callback: Any = None) -> dict[str, Any]:
-        progress_callback(0.5, "half way", step=1)
-        current_job().log("hello from the job")
-        return {"n": n, "items": [1, 2]}
-
-    job_id = manager.enqueue(Job(report, args=(7,)))
-    result = manager.wait(job_id, timeout=WAIT)
-    assert (result.status, result.result, result.progress) == (JobStatus.COMPLETED, {"n": 7, "items": [1, 2]}, 1.0)
-    assert result.progress_message == "half way" and result.progress_details == {"step": 1}
-    assert any("hello from the job" in entry.message for entry in manager.get_logs(job_id))
-
-
-def test_cancelling_a_running_job_stops_it(manager_on: Callable[..., JobManager]) -> None:
-    manager = manager_on().start()
-    started = threading.Event()
-
-    def spin(progress_callback: Any = None) -> None:
-        started.set()
-        while True:
-            progress_callback(0.1)
-            time.sleep(0.01)
-
-    job_id = manager.enqueue(Job(spin))
-    assert started.wait(WAIT)
-    assert manager.cancel(job_id) is True
-    assert manager.wait(job_id, timeout=WAIT).status is JobStatus.CANCELLED
-
-
-def test_retries_end_in_the_dead_letter_queue(manager_on: Callable[..., JobManager]) -> None:
-    manager = manager_on().start()
-
-    def flaky() -> None:
-        raise RetryableError("temporarily unavailable", delay=0.05)
-
-    job_id = manager.enqueue(Job(flaky, max_retries=2))
-    result = manager.wait(job_id, timeout=WAIT)
-    assert (result.status, result.attempts, result.error_type) == (JobStatus.FAILED, 3, "RetryableError")
-    assert [job.id for job, _ in manager.get_dead_letter_queue()] == [job_id]
-    assert manager.retry(job_id) is True
-    assert manager.wait(job_id, timeout=WAIT).status is JobStatus.FAILED
-
-
-def test_dependencies_run_in_order_and_failures_cascade(manager_on: Callable[..., JobManager]) -> None:
-    manager = manager_on().start()
-    order: list[str] = []
-    lock = threading.Lock()
-
-    def step(name: str) -> None:
-        with lock:
-            order.append(name)
-
-    def broken() -> None:
-        raise ValueError("no")
-
-    first = Job(step, args=("first",))
-    second = Job(step, args=("second",), depends_on=[first.id])
-    third = Job(step, args=("third",), depends_on=[second.id])
-    doomed = Job(broken, max_retries=0)
-    after_doomed = Job(step, args=("never",), depends_on=[doomed.id])
-    manager.enqueue_many([third, second, first, doomed, after_doomed])
-    assert manager.wait(third.id, timeout=WAIT).status is JobStatus.COMPLETED
-    assert order == ["first", "second", "third"]
-    cancelled = manager.wait(after_doomed.id, timeout=WAIT)
-    assert cancelled.status is JobStatus.CANCELLED and doomed.id in (cancelled.error or "")
-
-
-def test_a_corrupt_row_fails_alone(manager_on: Callable[..., JobManager], schema: Schema) -> None:
-    manager = manager_on()
-    manager.register_function("echo", lambda x: x)
-    broken = manager.enqueue(Job(function_name="echo", args=(1,)))
-    fine = manager.enqueue(Job(function_name="echo", args=(2,)))
-    with psycopg.connect(schema.server, autocommit=True) as conn:
-        conn.execute(f'UPDATE "{schema.name}".jobs SET payload = %s WHERE id = %s', ("not json {", broken))
-    manager.start()
-    bad = manager.wait(broken, timeout=WAIT)
-    assert (bad.status, bad.error_type, bad.attempts) == (JobStatus.FAILED, "CorruptJob", 1)
-    assert "cannot be decoded" in (bad.error or "")
-    assert manager.wait(fine, timeout=WAIT).result == 2
-
-
-def test_a_cron_schedule_fires_once_per_second_across_two_managers(
-        schema: Schema, make_manager: Callable[..., JobManager]) -> None:
-    runs: list[str] = []
-    lock = threading.Lock()
-
-    def tick() -> None:
-        with lock:
-            runs.append(current_job().id)
-
-    managers = [make_manager(schema.repository(), poll_interval=0.2) for _ in range(2)]
-    for manager in managers:
-        manager.periodic("* * * * * *", name="tick")(tick)
-    for manager in managers:
-        manager.start()
-    time.sleep(3.5)
-    for manager in managers:
-        manager.stop()
-    repository = managers[0].repository
-    fired = [r for r in repository.list(limit=None) if r.cron is None]
-    fire_times = [r.metadata["fire_at"] for r in fired]
-    assert len(fire_times) == len(set(fire_times)), fire_times     # each second fired once
-    assert 2 <= len(fire_times) <= 5, fire_times
-    assert len(runs) == len(set(runs))                              # and each run ran once
-    assert len([r for r in repository.list(limit=None) if r.cron is not None]) == 1
-
-
-# -- processes sharing one database -----------------------------------------------------------
-WORKER = textwrap.dedent("""
-    import os, sys, time
-    from jobcore import JobManager
-    from jobcore.postgres import PostgresRepository
-
-    dsn, schema, log, go = sys.argv[1:5]
-    lease, poll = float(sys.argv[5]), float(sys.argv[6])
-
-    def record(n):
-        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-        try:
-            os.write(fd, f"{n} {os.getpid()} {time.time():.6f}\\n".encode())
-        finally:
-            os.close(fd)
-
-    def work(n, pause=0.0):
-        record(n)
-        time.sleep(pause)
-        return n
-
-    def once_then_hang(n):
-        with open(log) as f:
-            earlier = sum(1 for line in f if line.split()[0] == str(n))
-        record(n)
-        if not earlier:
-            time.sleep(3600)      # the first run hangs until its process is killed
-        return n
-
-    manager = JobManager(PostgresRepository(dsn, schema=schema), max_workers=4, lease_timeout=lease,
-                         poll_interval=poll)
-    manager.register_function("work", work)
-    manager.register_function("once_then_hang", once_then_hang)
-    while not os.path.exists(go):
-        time.sleep(0.01)
-    manager.start()
-    print("started", flush=True)
-    sys.stdin.read()              # until the test closes stdin
-    manager.stop(timeout=10)
-    manager.close()
-""")
-
-
-class Workers:
-    """Worker processes, each a JobManager on the test's schema, and their run log."""
-
-    def __init__(self, schema: Schema, tmp_path: Any) -> None:
-        self.schema = schema
-        self.script = str(tmp_path / "pg_worker.py")
-        self.log = str(tmp_path / "runs.log")
-        self.go = str(tmp_path / "go")
-        with open(self.script, "w") as f:
-            f.write(WORKER)
-        open(self.log, "w").close()
-        self.env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
-        self.processes: list[subprocess.Popen[str]] = []
-
-    def spawn(self, lease: float = 30.0, poll: float = 0.2) -> subprocess.Popen[str]:
-        process = subprocess.Popen(
-            [sys.executable, self.script, self.schema.server, self.schema.name, self.log, self.go,
-             str(lease), str(poll)], env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.processes.append(process)
-        return process
-
-    def go_and_wait_started(self) -> None:
-        open(self.go, "w").close()
-        for process in self.processes:
-            assert process.stdout is not None and process.stdout.readline().strip() == "started"
-
-    def runs(self) -> list[tuple[int, int, float]]:
-        with open(self.log) as f:
-            return [(int(n), int(pid), float(at)) for n, pid, at in (line.split() for line in f if line.strip())]
-
-    def stop(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                try:
-                    process.communicate(timeout=15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(5)
-
-
-@pytest.fixture
-def workers(schema: Schema, tmp_path: Any) -> Iterator[Workers]:
-    pool = Workers(schema, tmp_path)
-    yield pool
-    pool.stop()
-
-
-def _wait_until(condition: Callable[[], bool], timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
-def _deadlocks(server: str) -> int:
-    with psycopg.connect(server) as conn:
-        row = conn.execute("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()").fetchone()
-    return int(row[0]) if row else 0
-
-
-def test_two_processes_drain_every_job_exactly_once(workers: Workers, schema: Schema,
-                                                   make_manager: Callable[..., JobManager]) -> None:
-    # given two worker processes with short leases, and jobs arriving in bursts while they run
-    deadlocks = _deadlocks(schema.server)
-    producer = make_manager(schema.repository(), producer=True)
-    workers.spawn(lease=1.0)
-    workers.spawn(lease=1.0)
-    workers.go_and_wait_started()
-    for start in range(0, 500, 100):
-        producer.enqueue_many([Job(function_name="work", args=(n,), kwargs={"pause": 0.002})
-                               for n in range(start, start + 100)])
-    _wait_until(lambda: producer.get_stats()["completed"] == 500)
-    workers.stop()
-    # then every job ran exactly once, both processes took work, and no lease was lost
-    runs = workers.runs()
-    counts = collections.Counter(n for n, _, _ in runs)
-    assert sorted(counts) == list(range(500)) and set(counts.values()) == {1}
-    by_process = collections.Counter(pid for _, pid, _ in runs)
-    assert len(by_process) == 2, by_process
-    assert all(r.attempts == 1 for r in producer.repository.list(limit=None))
-    assert _deadlocks(schema.server) == deadlocks  # stats arrive when the workers' sessions end
-    print(f"\njobs per process: {sorted(by_process.values())}", file=sys.stderr)
-
-
-def test_a_job_of_a_sigkilled_worker_completes_on_another_after_its_lease(
-        workers: Workers, schema: Schema, make_manager: Callable[..., JobManager]) -> None:
-    producer = make_manager(schema.repository(), producer=True)
-    victim = workers.spawn(lease=1.0)
-    workers.go_and_wait_started()
-    job_id = producer.enqueue(Job(function_name="once_then_hang", args=(1,)))
-    _wait_until(lambda: len(workers.runs()) == 1)
-    assert workers.runs()[0][1] == victim.pid
-    victim.send_signal(signal.SIGKILL)
-    victim.wait(10)
-    survivor = workers.spawn(lease=1.0)
-    assert survivor.stdout is not None and survivor.stdout.readline().strip() == "started"
-    result = producer.wait(job_id, timeout=WAIT)
-    assert result.status is JobStatus.COMPLETED and result.attempts >= 2
-    assert [pid for _, pid, _ in workers.runs()] == [victim.pid, survivor.pid]
-
-
-def test_notify_wakes_an_idle_worker_in_another_process(workers: Workers, schema: Schema,
-                                                       make_manager: Callable[..., JobManager]) -> None:
-    # given an idle worker that, without notifications, would look only every 30 s
-    workers.spawn(poll=30.0)
-    workers.go_and_wait_started()
-    producer = make_manager(schema.repository(), producer=True)
-    latencies = []
-    for n in range(5):
-        time.sleep(0.2)                                  # the worker is idle again
-        enqueued_at = time.time()
-        job_id = producer.enqueue(Job(function_name="work", args=(n,)))
-        assert producer.wait(job_id, timeout=WAIT).status is JobStatus.COMPLETED
-        started_at = [at for m, _, at in workers.runs() if m == n][0]
-        latencies.append(started_at - enqueued_at)
-    print(f"\nNOTIFY pickup latency: median {statistics.median(latencies) * 1000:.0f} ms,"
-          f" max {max(latencies) * 1000:.0f} ms", file=sys.stderr)
-    assert max(latencies) < 2.0, latencies
