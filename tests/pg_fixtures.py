@@ -17,6 +17,9 @@ import pytest
 
 import pg_server
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
+WAIT = 30.0  # seconds a PostgreSQL test waits for anything before failing
+
 try:
     import psycopg
     from jobcore.postgres import PostgresRepository
@@ -81,4 +84,4 @@ def repo(schema: Schema) -> Iterator["PostgresRepository"]:
     repository.close()
 
 
-__all__ = ["MARKS", "MISSING", "Schema", "_fail_in_ci", "repo", "schema", "server"]
+__all__ = ["MARKS", "MISSING", "ROOT", "Schema", "WAIT", "_fail_in_ci", "psycopg", "repo", "schema", "server"]

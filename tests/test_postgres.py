@@ -21,17 +21,13 @@ import pytest
 
 import pg_fixtures
 from pg_fixtures import *  # noqa: F401,F403 (the fixtures: server, schema, repo)
-from pg_fixtures import Schema
+from pg_fixtures import ROOT, WAIT, Schema, psycopg
 from jobcore import JobStatus
 from jobcore.errors import RepositoryError
 from jobcore.repository.base import JobRecord, Settlement
 from jobcore.testing.contract import NOW, RepositoryContract, claim_race, make_record
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WAIT = 30.0
-
 try:
-    import psycopg
     from jobcore.postgres import PostgresRepository
     from jobcore.postgres.schema import SCHEMA_VERSION
 except ImportError:  # the extra is not installed: pg_fixtures.MARKS skips (or fails in CI)

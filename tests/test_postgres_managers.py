@@ -20,16 +20,8 @@ import pytest
 
 import pg_fixtures
 from pg_fixtures import *  # noqa: F401,F403 (the fixtures: server, schema, repo)
-from pg_fixtures import Schema
+from pg_fixtures import ROOT, WAIT, Schema, psycopg
 from jobcore import Job, JobManager, JobPriority, JobStatus, RetryableError, current_job
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WAIT = 30.0
-
-try:
-    import psycopg
-except ImportError:  # the extra is not installed: pg_fixtures.MARKS skips (or fails in CI)
-    pass
 
 pytestmark = pg_fixtures.MARKS
 
