@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from typing import Any, Collection, ContextManager, Optional, Sequence
+from typing import Any, Callable, Collection, ContextManager, Optional, Sequence
 
 from .. import serialization
 from ..errors import RepositoryError
@@ -139,19 +139,13 @@ class SQLiteRepository(SettlesThroughApply, JobRepository):
     def _insert_row(self, query: str, params: Sequence[Any], job_id: str) -> int:
         """Run one INSERT of a job's row; its rowid. Alone, it commits by itself; beside
         other writers it shares their transaction."""
-        def op(conn: sqlite3.Connection) -> int:
+        def insert(execute: Callable[[str, Sequence[Any]], sqlite3.Cursor]) -> int:
             try:
-                return conn.execute(query, params).lastrowid or 0
+                return execute(query, params).lastrowid or 0
             except sqlite3.IntegrityError:
                 raise id_taken(job_id) from None
 
-        def solo() -> int:
-            try:
-                return self._db.write_one(query, params).lastrowid or 0
-            except sqlite3.IntegrityError:
-                raise id_taken(job_id) from None
-
-        return self._group.run(op, solo)
+        return self._group.run(lambda conn: insert(conn.execute), lambda: insert(self._db.write_one))
 
     def _insert(self, conn: sqlite3.Connection, records: Sequence[JobRecord], now: float) -> list[str]:
         if all(not r.depends_on and r.unique_key is None for r in records):
