@@ -1,9 +1,19 @@
 """`WorkerPool`: the threads that run jobs, and the dispatcher that claims and settles them.
 
-One dispatcher thread takes ids from the `ReadyQueue`, claims them in batches, hands the
-claimed records to `max_workers` worker threads through a small buffer (while jobs are
-very short, up to `max_workers` claimed jobs wait there in reserve), and records finished attempts in batches, in the
-same transaction as the next claims (group commit). Worker threads only run functions.
+Claimed records reach `max_workers` worker threads through a small buffer (while jobs
+are very short, up to `max_workers` claimed jobs wait there in reserve). Finished
+attempts are recorded in batches, in the same repository call as the next claims: an
+*exchange*. One exchange runs at a time, made by whichever thread needs it:
+
+- a worker that finds the buffer empty while jobs are queued makes it itself (recording
+  every outcome that waits) and runs one of the jobs it claimed: while work is queued,
+  no thread is woken to record or to claim, and no worker sleeps between jobs. A worker
+  that finds a job in the buffer runs it and leaves its outcome to that exchange;
+- the dispatcher thread makes it when work arrives for idle workers, when outcomes wait
+  with nothing queued to claim, when they have waited RECORD_WITHIN (the workers busy
+  with buffered jobs), while the repository fails (with back-off), and at stop. It also
+  fires cron schedules.
+
 A timeout hands a stuck thread's slot to a fresh thread. Periodic upkeep is the
 `Housekeeper`'s. It depends on the repository interface only.
 """
@@ -14,6 +24,7 @@ import collections
 import logging
 import random
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional
 
@@ -31,6 +42,9 @@ from .recorder import Finished, Publisher, Recorder, Settled
 logger = logging.getLogger("jobcore.workers")
 
 RESERVE_BELOW = 0.005  # seconds: jobs shorter than this on average get claimed in reserve
+# Seconds: the longest a finished attempt waits to be recorded while the workers, busy
+# with buffered jobs, leave it for a later exchange; then the dispatcher records it.
+RECORD_WITHIN = 0.002
 
 
 @dataclass(frozen=True)
@@ -79,8 +93,8 @@ class WorkerPool:
                                   max_retry_delay=settings.max_retry_delay, retry_on=settings.retry_on,
                                   rng=rng, publish=publish, on_settled=on_settled)
         # _lock guards every attribute below. Worker threads wait on _work_ready for a
-        # claimed record; the dispatcher waits on _dispatch_needed for finished attempts
-        # or room to claim.
+        # claimed record or an exchange to make; the dispatcher waits on _dispatch_needed
+        # for work it must do (see module docstring).
         self._lock = threading.Lock()
         self._work_ready = threading.Condition(self._lock)
         self._dispatch_needed = threading.Condition(self._lock)
@@ -95,6 +109,11 @@ class WorkerPool:
         self._next_slot = 0
         self._stopping = True
         self._handoffs = 0  # slots promised to new jobs being handed straight to a worker
+        self._exchanging = False  # an exchange is under way (one at a time, by any thread)
+        self._claiming = 0  # how many jobs that exchange may claim: held, for the room count
+        self._failing = False  # the last exchange failed: only the dispatcher (backing off) tries
+        self._record_due: Optional[float] = None  # time.monotonic() by which _finished is recorded
+        self._dispatcher_wakes_at: Optional[float] = None  # time.monotonic(); None: not before notified
         self._processes: Optional[ProcessRunner] = None
         self._average_run = 1.0  # seconds; start without a reserve until jobs prove short
         self.on_deadline: Callable[[], None] = lambda: None  # set by the housekeeper
@@ -156,7 +175,7 @@ class WorkerPool:
     def idle(self) -> bool:
         """True when nothing runs or waits here: time to look for work elsewhere."""
         with self._lock:
-            busy = bool(self._running or self._buffer or self._finished)
+            busy = bool(self._running or self._buffer or self._finished or self._exchanging)
         return not busy and len(self._queue) == 0
 
     def request_cancel(self, job_id: str) -> bool:
@@ -187,7 +206,7 @@ class WorkerPool:
         with self._lock:
             if self._stopping or self._finished or self._settling:
                 return False
-            busy = len(self._buffer) + len(self._running) + self._handoffs
+            busy = len(self._buffer) + len(self._running) + self._handoffs + self._claiming
             if busy >= self._settings.max_workers or self._queue.has_ready():
                 return False
             self._handoffs += 1
@@ -221,25 +240,20 @@ class WorkerPool:
     def _work(self, slot: _Slot) -> None:
         while True:
             with self._lock:
-                while not self._buffer and not self._stopping:
+                while True:
+                    if self._stopping:
+                        return  # buffered claims are handed back by the dispatcher
+                    exchange = self._worker_exchange_locked()
+                    if exchange is not None or self._buffer:
+                        break
                     self._work_ready.wait()
-                if self._stopping:
-                    return  # buffered claims are handed back by the dispatcher
-                record = self._buffer.popleft()
-                context = JobContext(record.id, record.name, record.attempts, self)
-                now = self._clock.monotonic()
-                # An isolated attempt's timeout is enforced by its runner, which kills the
-                # child; only a thread's is enforced here, by abandoning the thread.
-                isolated = record.isolation == "process"
-                deadline = None if record.timeout is None or isolated else now + record.timeout
-                attempt = _Attempt(record, context, slot, deadline, now)
-                self._running[record.id] = attempt
-                if record.id in self._cancel_ids or record.cancel_requested:
-                    self._cancel_ids.discard(record.id)
-                    context.request_cancel()
-                # No call for the dispatcher here: a job moving from the buffer to running
-                # leaves the room to claim unchanged; finishing it (below) makes room.
-            if deadline is not None:
+                if exchange is None:
+                    attempt = self._start_locked(self._buffer.popleft(), slot)
+            if exchange is not None:
+                self._exchange(*exchange, by_worker=True)
+                continue
+            record, context = attempt.record, attempt.context
+            if attempt.deadline is not None:
                 self.on_deadline()
             outcome = self._execute(record, context)
             finished = Finished(record, context, outcome, self._clock.monotonic() - attempt.started)
@@ -251,9 +265,47 @@ class WorkerPool:
                     logger.warning("job %s returned after its timeout; its outcome is discarded", record.id)
                     return
                 del self._running[record.id]
-                self._settling.add(record.id)
-                self._finished.append(finished)
+                self._add_finished_locked(finished)
+                if self._stopping:
+                    self._dispatch_needed.notify()  # at stop the dispatcher records everything
+
+    def _start_locked(self, record: JobRecord, slot: _Slot) -> _Attempt:
+        """Make `record` this slot's running attempt. Called with _lock held."""
+        context = JobContext(record.id, record.name, record.attempts, self)
+        now = self._clock.monotonic()
+        # An isolated attempt's timeout is enforced by its runner, which kills the child;
+        # only a thread's is enforced here, by abandoning the thread.
+        isolated = record.isolation == "process"
+        deadline = None if record.timeout is None or isolated else now + record.timeout
+        attempt = _Attempt(record, context, slot, deadline, now)
+        self._running[record.id] = attempt
+        if record.id in self._cancel_ids or record.cancel_requested:
+            self._cancel_ids.discard(record.id)
+            context.request_cancel()
+        return attempt
+
+    def _worker_exchange_locked(self) -> Optional[tuple[list[Finished], int]]:
+        """The exchange a worker makes before taking a job, if one is due: when the buffer
+        is empty and there is room to fill from the queue. With nothing to claim, waiting
+        outcomes are the dispatcher's to record (it is told). Called with _lock held."""
+        if self._exchanging or self._failing or self._buffer:
+            return None
+        if self._room_locked() > 0 and self._queue.has_ready():
+            return self._begin_exchange_locked()
+        if self._finished:
+            self._dispatch_needed.notify()
+        return None
+
+    def _add_finished_locked(self, finished: Finished) -> None:
+        """Queue an outcome for the next exchange; the first one sets the time by which
+        it must be recorded, and wakes the dispatcher if it would sleep past that."""
+        self._settling.add(finished.record.id)
+        if not self._finished:
+            self._record_due = due = time.monotonic() + RECORD_WITHIN
+            wakes_at = self._dispatcher_wakes_at
+            if wakes_at is None or wakes_at > due:
                 self._dispatch_needed.notify()
+        self._finished.append(finished)
 
     def _execute(self, record: JobRecord, context: JobContext) -> Outcome:
         if context.cancel_requested:
@@ -290,49 +342,111 @@ class WorkerPool:
     def report_log(self, context: JobContext, level: str, message: str) -> None:
         self._repo.add_log(context.id, level, message, self._clock.time())
 
+    # -- exchanges: record finished attempts, claim the next jobs ----------------------------
+    def _room_locked(self) -> int:
+        """How many more jobs to claim now. Called with _lock held."""
+        if self._stopping:
+            return 0
+        return (self._capacity() - len(self._buffer) - len(self._running) - self._handoffs
+                - self._claiming)
+
+    def _begin_exchange_locked(self) -> tuple[list[Finished], int]:
+        """Take every outcome waiting and the room to claim, for `_exchange`, which must
+        follow. Called with _lock held."""
+        finished, self._finished = self._finished, []
+        self._record_due = None
+        self._exchanging = True
+        self._claiming = room = max(0, self._room_locked())
+        return finished, room
+
+    def _exchange(self, finished: list[Finished], room: int, *, by_worker: bool) -> bool:
+        """Record `finished` and claim up to `room` ready jobs in one repository call; the
+        claimed go to the buffer. A worker making it takes one of them itself, so it wakes
+        one idle worker fewer. False if the repository failed: everything is put back and
+        the dispatcher retries, backing off."""
+        entries = self._queue.pop_ready(room) if room > 0 else []
+        claimed = self._recorder.exchange(finished, [e.job_id for e in entries], self._registry.names)
+        if claimed is None:
+            for entry in entries:  # outside _lock: the queue's listener takes it
+                self._queue.push(entry)
+        with self._lock:
+            self._exchanging, self._claiming = False, 0
+            if claimed is None:
+                later, self._finished = self._finished, []
+                for f in finished + later:
+                    self._add_finished_locked(f)
+                self._failing = True
+                self._dispatch_needed.notify()
+                return False
+            self._failing = False
+            for f in finished:  # a moving average of run times decides the reserve
+                self._average_run += 0.1 * (f.ran_for - self._average_run)
+                self._settling.discard(f.record.id)
+            self._buffer.extend(claimed)
+            wake = len(claimed) - 1 if by_worker else len(claimed)
+            if wake > 0:
+                self._work_ready.notify(wake)
+            if self._stopping:
+                self._dispatch_needed.notify()  # it may be waiting for this exchange to end
+        return True
+
     # -- the dispatcher -------------------------------------------------------------------------
     def _dispatch(self) -> None:
         backoff = 0.0
         while True:
             with self._lock:
                 while True:
-                    finished, self._finished = self._finished, []
-                    room = 0 if self._stopping else (self._capacity() - len(self._buffer) - len(self._running)
-                                                     - self._handoffs)
-                    wants = room > 0 and self._queue.has_ready()
                     schedules = [] if self._stopping else self._queue.pop_due_schedules()
-                    if finished or wants or schedules:
+                    exchange = None if self._exchanging else self._dispatcher_exchange_locked()
+                    if exchange is not None or schedules:
                         break
-                    if self._stopping and not self._running:
+                    if self._stopping and not self._running and not self._exchanging:
                         buffered = list(self._buffer)
                         self._buffer.clear()
                         break
-                    due = self._queue.next_due()
-                    self._dispatch_needed.wait(None if due is None else max(0.0, due - self._clock.time()))
-                if not (finished or wants or schedules):
-                    self._recorder.hand_back(buffered)
-                    return
+                    self._dispatcher_sleep_locked()
+            if exchange is None and not schedules:
+                self._recorder.hand_back(buffered)
+                return
             for schedule in schedules:
                 self._recorder.fire_schedule(schedule)
-            entries = self._queue.pop_ready(room) if wants else []
+            if exchange is None:
+                continue
             if backoff:
                 threading.Event().wait(backoff)
-            claimed = self._recorder.exchange(finished, [e.job_id for e in entries], self._registry.names)
-            if claimed is None:  # nothing was recorded: put everything back and retry
-                for entry in entries:
-                    self._queue.push(entry)
-                with self._lock:
-                    self._finished[:0] = finished
+            if self._exchange(*exchange, by_worker=False):
+                backoff = 0.0
+            else:
                 backoff = min(max(backoff * 2, 0.05), 2.0)
-                continue
-            backoff = 0.0
-            with self._lock:
-                for f in finished:  # a moving average of run times decides the reserve
-                    self._average_run += 0.1 * (f.ran_for - self._average_run)
-                    self._settling.discard(f.record.id)
-                self._buffer.extend(claimed)
-                if claimed:
-                    self._work_ready.notify(len(claimed))
+
+    def _dispatcher_exchange_locked(self) -> Optional[tuple[list[Finished], int]]:
+        """The exchange the dispatcher makes now, if any (see module docstring). Called
+        with _lock held, when no exchange is under way."""
+        if self._finished:
+            # An empty buffer: no worker is about to record them (one would be making
+            # this exchange, or sleeping).
+            due = self._record_due
+            if (self._stopping or self._failing or not self._buffer or due is None
+                    or time.monotonic() >= due):
+                return self._begin_exchange_locked()
+        if self._room_locked() > 0 and self._queue.has_ready():
+            return self._begin_exchange_locked()
+        return None
+
+    def _dispatcher_sleep_locked(self) -> None:
+        """Wait for a notification, the next timer or schedule, or the time by which
+        waiting outcomes must be recorded. Called with _lock held."""
+        now = time.monotonic()
+        waits = []
+        due = self._queue.next_due()  # clock time: a fake clock's jump notifies instead
+        if due is not None:
+            waits.append(max(0.0, due - self._clock.time()))
+        if self._finished and self._record_due is not None:
+            waits.append(max(0.0, self._record_due - now))
+        timeout = min(waits) if waits else None
+        self._dispatcher_wakes_at = None if timeout is None else now + timeout
+        self._dispatch_needed.wait(timeout)
+        self._dispatcher_wakes_at = None
 
     def _capacity(self) -> int:
         """How many jobs to hold: one per worker, plus as many claimed in reserve while jobs
@@ -394,9 +508,8 @@ class WorkerPool:
                     self._spawn_locked()  # capacity stays max_workers
                 logger.warning("job %s exceeded its timeout of %.3fs; its thread is abandoned",
                                record.id, record.timeout)
-                self._settling.add(record.id)
                 outcome = Outcome(error=JobTimeout(record.timeout or 0.0))
-                self._finished.append(Finished(record, attempt.context, outcome, now - attempt.started))
+                self._add_finished_locked(Finished(record, attempt.context, outcome, now - attempt.started))
                 self._dispatch_needed.notify()
         return min(ahead) if ahead else None
 

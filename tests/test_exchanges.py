@@ -1,0 +1,116 @@
+"""Exchanges: finished attempts recorded together with the next claims, by a worker that
+needs work or by the dispatcher. Outcomes a busy worker leaves for later are recorded
+within RECORD_WITHIN all the same, and a failing repository is retried, never lost."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Sequence
+
+import pytest
+
+from jobcore import Job, JobManager, JobStatus, MemoryRepository, SQLiteRepository
+from jobcore.errors import RepositoryError
+from jobcore.repository.base import JobRepository, Settlement
+
+
+def test_an_outcome_left_for_later_is_recorded_while_every_worker_is_busy(repository: JobRepository,
+                                                                          make_manager: Any) -> None:
+    # given two workers holding four claimed jobs: a tiny one first, then three that block
+    manager: JobManager = make_manager(repository, max_workers=2)
+    release = threading.Event()
+    manager.register_function("tiny", lambda: "done")
+    manager.register_function("block", lambda: release.wait(10))
+    tiny = Job(function_name="tiny", priority=9)
+    blocking = [Job(function_name="block", priority=5 - n) for n in range(3)]
+    manager.enqueue_many([tiny, *blocking])
+    manager._pool._average_run = 0.0  # short jobs: two more are claimed in reserve
+    try:
+        # when the tiny job's worker goes straight on to a buffered job that blocks
+        manager.start()
+        result = manager.wait(tiny.id, timeout=5)
+        # then its outcome was recorded although neither worker came back to record it
+        assert result.status == JobStatus.COMPLETED and result.result == "done"
+        assert manager.poll(blocking[0].id).status == JobStatus.RUNNING
+        assert manager.poll(blocking[1].id).status == JobStatus.RUNNING
+    finally:
+        release.set()
+    for job in blocking:
+        assert manager.wait(job.id, timeout=10).status == JobStatus.COMPLETED
+
+
+class FailingRecording(MemoryRepository):
+    """`apply` raises a storage error the first `failures` times it has outcomes to record."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+        self.failed = 0
+        self.threads: list[str] = []  # who made each exchange that recorded something
+
+    def apply(self, settlements: Sequence[Settlement], *args: Any, **kwargs: Any) -> Any:
+        if settlements:
+            self.threads.append(threading.current_thread().name)
+            if self.failed < self.failures:
+                self.failed += 1
+                raise RepositoryError("disk I/O error (injected)")
+        return super().apply(settlements, *args, **kwargs)
+
+
+def test_outcomes_whose_recording_failed_are_recorded_later_and_run_once(make_manager: Any) -> None:
+    # given a repository that fails the first three recordings, and 40 tiny jobs
+    repository = FailingRecording(failures=3)
+    manager: JobManager = make_manager(repository, max_workers=2)
+    runs: list[int] = []
+    manager.register_function("task", runs.append)
+    ids = manager.enqueue_many([Job(function_name="task", args=(n,)) for n in range(40)])
+    # when they run
+    manager.start()
+    results = [manager.wait(job_id, timeout=10) for job_id in ids]
+    # then every job completed, and ran exactly once: no outcome was lost or re-run
+    assert repository.failed == 3
+    assert all(r.status == JobStatus.COMPLETED and r.attempts == 1 for r in results)
+    assert sorted(runs) == list(range(40))
+
+
+def test_workers_record_their_own_outcomes_while_work_is_queued(make_manager: Any) -> None:
+    # given many tiny jobs queued before the workers start
+    repository = FailingRecording(failures=0)
+    manager: JobManager = make_manager(repository, max_workers=2)
+    manager.register_function("task", lambda: None)
+    ids = manager.enqueue_many([Job(function_name="task") for _ in range(300)])
+    # when they are drained
+    manager.start()
+    assert all(manager.wait(job_id, timeout=10).status == JobStatus.COMPLETED for job_id in ids)
+    # then worker threads made exchanges themselves (no hand-off to the dispatcher per
+    # job), and outcomes were recorded in batches, not one by one
+    assert any(name.startswith("jobcore-worker") for name in repository.threads)
+    assert len(repository.threads) < len(ids) / 2
+
+
+@pytest.mark.parametrize("durability", ["normal", "full"])
+def test_a_drain_on_sqlite_records_every_outcome_once(tmp_path: Any, make_manager: Any,
+                                                      durability: str) -> None:
+    # given a SQLite file with tiny jobs, some failing for good
+    manager: JobManager = make_manager(SQLiteRepository(str(tmp_path / "jobs.db"), durability=durability),
+                                       max_workers=4)
+
+    def task(n: int) -> int:
+        if n % 7 == 0:
+            raise ValueError(f"job {n} fails")
+        return n
+
+    manager.register_function("task", task)
+    ids = manager.enqueue_many([Job(function_name="task", args=(n,), max_retries=0) for n in range(200)])
+    # when the workers drain them
+    manager.start()
+    results = [manager.wait(job_id, timeout=10) for job_id in ids]
+    # then each ended as its function did, after one attempt
+    for n, result in enumerate(results):
+        assert result.attempts == 1
+        if n % 7 == 0:
+            assert result.status == JobStatus.FAILED and result.error_type == "ValueError"
+        else:
+            assert result.status == JobStatus.COMPLETED and result.result == n
+    assert manager.get_stats()["running"] == 0
+
