@@ -109,6 +109,8 @@ class WorkerPool:
         self._next_slot = 0
         self._stopping = True
         self._handoffs = 0  # slots promised to new jobs being handed straight to a worker
+        self._idle = 0  # workers waiting on _work_ready
+        self._waking = 0  # of those, notified and not yet running
         self._exchanging = False  # an exchange is under way (one at a time, by any thread)
         self._claiming = 0  # how many jobs that exchange may claim: held, for the room count
         self._failing = False  # the last exchange failed: only the dispatcher (backing off) tries
@@ -222,7 +224,7 @@ class WorkerPool:
                 return
             if not self._stopping:
                 self._buffer.appendleft(record)
-                self._work_ready.notify()
+                self._wake_one_locked()
                 return
         # Stopped since the slot was promised: no worker will take it, so hand it back
         # unstarted (PENDING again, the attempt not counted) rather than leave it held.
@@ -246,9 +248,15 @@ class WorkerPool:
                     exchange = self._worker_exchange_locked()
                     if exchange is not None or self._buffer:
                         break
+                    self._idle += 1
                     self._work_ready.wait()
+                    self._idle -= 1
+                    if self._waking:
+                        self._waking -= 1
                 if exchange is None:
                     attempt = self._start_locked(self._buffer.popleft(), slot)
+                    if self._buffer:
+                        self._wake_one_locked()
             if exchange is not None:
                 self._exchange(*exchange, by_worker=True)
                 continue
@@ -295,6 +303,15 @@ class WorkerPool:
         if self._finished:
             self._dispatch_needed.notify()
         return None
+
+    def _wake_one_locked(self) -> None:
+        """Wake one idle worker for buffered jobs, unless one is already on its way: it
+        takes a job and, if more wait, wakes the next. While jobs hold the GIL, the thread
+        running them drains the buffer alone and no one is woken for nothing; while they
+        block, idle workers join in one after the other. Called with _lock held."""
+        if self._idle and not self._waking:
+            self._waking += 1
+            self._work_ready.notify()
 
     def _add_finished_locked(self, finished: Finished) -> None:
         """Queue an outcome for the next exchange; the first one sets the time by which
@@ -383,9 +400,8 @@ class WorkerPool:
                 self._average_run += 0.1 * (f.ran_for - self._average_run)
                 self._settling.discard(f.record.id)
             self._buffer.extend(claimed)
-            wake = len(claimed) - 1 if by_worker else len(claimed)
-            if wake > 0:
-                self._work_ready.notify(wake)
+            if len(claimed) > (1 if by_worker else 0):
+                self._wake_one_locked()
             if self._stopping:
                 self._dispatch_needed.notify()  # it may be waiting for this exchange to end
         return True

@@ -114,3 +114,18 @@ def test_a_drain_on_sqlite_records_every_outcome_once(tmp_path: Any, make_manage
             assert result.status == JobStatus.COMPLETED and result.result == n
     assert manager.get_stats()["running"] == 0
 
+
+
+def test_buffered_jobs_that_block_run_on_every_worker_at_once(repository: JobRepository,
+                                                              make_manager: Any) -> None:
+    # given four workers and eight claimed jobs that each wait until four run together
+    manager: JobManager = make_manager(repository, max_workers=4)
+    barrier = threading.Barrier(4)
+    manager.register_function("meet", lambda: barrier.wait(timeout=5))
+    ids = manager.enqueue_many([Job(function_name="meet", max_retries=0) for _ in range(8)])
+    manager._pool._average_run = 0.0  # short jobs: all eight are claimed at once
+    # when they run (one idle worker is woken, and each wakes the next while jobs wait)
+    manager.start()
+    results = [manager.wait(job_id, timeout=10) for job_id in ids]
+    # then every worker joined in: no job's barrier timed out
+    assert [r.status for r in results] == [JobStatus.COMPLETED] * 8
