@@ -32,6 +32,7 @@ class ReadyQueue:
         # behind jobs for a free slot.
         self._schedules: list[tuple[float, int, QueueEntry]] = []
         self._members: set[str] = set()
+        self._high_seq = 0  # the largest seq ever queued
         clock.subscribe(self.wake)  # a fake clock's jump makes timers due
 
     def push(self, entry: QueueEntry, due_at: Optional[float] = None) -> None:
@@ -42,6 +43,7 @@ class ReadyQueue:
             if entry.job_id in self._members:
                 return
             self._members.add(entry.job_id)
+            self._high_seq = max(self._high_seq, entry.seq)
             if entry.is_schedule:
                 due = self._clock.time() if due_at is None else due_at
                 tell = not self._schedules or due < self._schedules[0][0]
@@ -65,6 +67,7 @@ class ReadyQueue:
                 if entry.job_id not in members:
                     members.add(entry.job_id)
                     heapq.heappush(ready, (-entry.priority, entry.seq, entry))
+            self._high_seq = max(self._high_seq, max(entry.seq for entry in entries))
         self.listener()
 
     def _release_due(self) -> None:
@@ -89,6 +92,28 @@ class ReadyQueue:
                 self._members.discard(entry.job_id)
                 taken.append(entry)
             return taken
+
+    @property
+    def high_seq(self) -> int:
+        """The largest `seq` ever queued here: a job stored later has a larger one."""
+        with self._lock:
+            return self._high_seq
+
+    def drop_stale(self, up_to_seq: int) -> int:
+        """Forget the ready entries of plain pending jobs (no `run_at`) with a `seq` up to
+        `up_to_seq`: the repository just found no such job left to claim, so other
+        processes took them all. Due timers stay. Returns how many were dropped; the
+        periodic refill from the repository puts back any job dropped in error."""
+        with self._lock:
+            kept = [item for item in self._ready if item[2].run_at is not None or item[1] > up_to_seq]
+            dropped = len(self._ready) - len(kept)
+            if dropped:
+                for item in self._ready:
+                    if item[2].run_at is None and item[1] <= up_to_seq:
+                        self._members.discard(item[2].job_id)
+                heapq.heapify(kept)
+                self._ready = kept
+            return dropped
 
     def pop_due_schedules(self) -> list[QueueEntry]:
         """Take every cron schedule that is due to fire; never blocks."""

@@ -381,11 +381,17 @@ class WorkerPool:
         claimed go to the buffer. A worker making it takes one of them itself, so it wakes
         one idle worker fewer. False if the repository failed: everything is put back and
         the dispatcher retries, backing off."""
+        known = self._queue.high_seq
         entries = self._queue.pop_ready(room) if room > 0 else []
         claimed = self._recorder.exchange(finished, [e.job_id for e in entries], self._registry.names)
         if claimed is None:
             for entry in entries:  # outside _lock: the queue's listener takes it
                 self._queue.push(entry)
+        elif len(claimed) < len(entries) and self._repo.persistent:
+            # Topped up from the store and still short: no ready job is left there for
+            # this manager, so the ready ids it knew of were taken by other processes.
+            # Forget them now rather than claim them in vain, a transaction at a time.
+            self._queue.drop_stale(known)
         with self._lock:
             self._exchanging, self._claiming = False, 0
             if claimed is None:

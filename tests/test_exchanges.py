@@ -5,6 +5,7 @@ within RECORD_WITHIN all the same, and a failing repository is retried, never lo
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any, Sequence
 
 import pytest
@@ -130,3 +131,66 @@ def test_buffered_jobs_that_block_run_on_every_worker_at_once(repository: JobRep
     results = [manager.wait(job_id, timeout=10) for job_id in ids]
     # then every worker joined in: no job's barrier timed out
     assert [r.status for r in results] == [JobStatus.COMPLETED] * 8
+
+
+class CountingClaims(SQLiteRepository):
+    """Counts `apply` calls that tried to claim jobs."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.claiming = 0
+
+    def apply(self, settlements: Sequence[Settlement], claim_ids: Sequence[str], *args: Any,
+              **kwargs: Any) -> Any:
+        if claim_ids:
+            self.claiming += 1
+        return super().apply(settlements, claim_ids, *args, **kwargs)
+
+
+def test_ids_other_processes_took_are_forgotten_after_one_vain_claim(tmp_path: Any,
+                                                                      make_manager: Any) -> None:
+    # given a manager that queued 100 jobs and, before it started, another manager on the
+    # same file ran them all: every id in its ready queue is stale
+    path = str(tmp_path / "jobs.db")
+    repository = CountingClaims(path)
+    late: JobManager = make_manager(repository, max_workers=4)
+    late.register_function("task", lambda: None)
+    ids = late.enqueue_many([Job(function_name="task") for _ in range(100)])
+    other: JobManager = make_manager(path, max_workers=4)
+    other.register_function("task", lambda: None)
+    other.start()
+    assert all(other.wait(job_id, timeout=10).status == JobStatus.COMPLETED for job_id in ids)
+    other.stop()
+    # when the first manager starts
+    late.start()
+    deadline = time.monotonic() + 5
+    while not late._pool.idle and time.monotonic() < deadline:
+        time.sleep(0.005)
+    # then one claim that came back empty emptied its queue: it did not try the other
+    # ids four at a time, a write transaction each
+    assert late._pool.idle
+    assert repository.claiming == 1
+
+
+def test_dropping_stale_ids_keeps_due_timers_and_jobs_queued_since() -> None:
+    # given a ready queue with plain pending ids, a due retry (it has a run_at), a pending
+    # id queued after the vain claim began (a larger seq), and a timer not yet due
+    from jobcore.clock import FakeClock
+    from jobcore.queue import ReadyQueue
+    from jobcore.repository.base import QueueEntry
+    clock = FakeClock(1000.0)
+    queue = ReadyQueue(clock)
+    queue.push_ready([QueueEntry(f"old{n}", 0, n, None, "task") for n in range(1, 6)])
+    queue.push(QueueEntry("retry", 0, 2, 990.0, "task"))
+    queue.push(QueueEntry("later", 0, 3, 2000.0, "task"), due_at=2000.0)
+    known = queue.high_seq
+    queue.push(QueueEntry("new", 0, known + 1, None, "task"))
+    # when the ids up to that point are dropped as stale
+    dropped = queue.drop_stale(known)
+    # then only the plain pending ids went; each kept one can still be taken, once
+    assert dropped == 5
+    assert [e.job_id for e in queue.pop_ready(10)] == ["retry", "new"]
+    queue.push(QueueEntry("old1", 0, 1, None, "task"))  # forgotten, so it can be queued again
+    assert [e.job_id for e in queue.pop_ready(10)] == ["old1"]
+    clock.advance(1000.0)
+    assert [e.job_id for e in queue.pop_ready(10)] == ["later"]
