@@ -320,7 +320,7 @@ class WorkerPool:
         if not self._finished:
             self._record_due = due = time.monotonic() + RECORD_WITHIN
             wakes_at = self._dispatcher_wakes_at
-            if wakes_at is None or wakes_at > due:
+            if self._buffer and (wakes_at is None or wakes_at > due):
                 self._dispatch_needed.notify()
         self._finished.append(finished)
 
