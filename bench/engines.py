@@ -98,17 +98,18 @@ ENGINES: dict[str, tuple[Callable[[], Engine], str, str]] = {
 PER_JOB = {
     "jobcore-sqlite": "validates the Job; JSON-encodes args, tags, metadata and dependencies into a"
                       " ~38-column row (6 indexes on the table); one write transaction per `enqueue`"
-                      " call (concurrent callers share one: group commit); a dispatcher thread claims"
-                      " ready ids in batches (UPDATE ... RETURNING the row) and records outcomes in the"
-                      " same transaction as the next claims; a job enqueued while a worker is idle is"
+                      " call (concurrent callers share one: group commit); ready ids are claimed in"
+                      " batches (UPDATE ... RETURNING the row) in the same transaction that records"
+                      " finished outcomes, made by a worker thread that ran out of claimed jobs (or by"
+                      " the dispatcher thread when workers are idle); a job enqueued while a worker is idle is"
                       " stored already claimed and handed straight to it; stores status, timestamps and"
                       " the result (JSON, \"null\" here); an in-process heap of ids wakes workers at once;"
                       " WAL, synchronous=NORMAL: no fsync per commit, checkpoints on a background thread",
     "jobcore-sqlite-full": "as jobcore SQLite with synchronous=FULL: the WAL is fsynced on every"
-                           " commit (each enqueue call, each dispatcher batch); SQLite's own"
+                           " commit (each enqueue call, each batch of outcomes and claims); SQLite's own"
                            " checkpoints",
     "jobcore-memory": "validates the Job; keeps a copy of the record in a dict under one lock;"
-                      " claims and completes by compare-and-set through the same dispatcher; arguments"
+                      " claims and completes by compare-and-set in the same batches; arguments"
                       " kept as Python objects (no JSON); nothing persisted",
     "huey": "pickles the task; INSERT (1 commit); dequeue = SELECT + DELETE in an exclusive"
             " transaction (1 commit); reads the revoke keys, then clears the task's in another"
