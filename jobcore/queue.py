@@ -62,12 +62,13 @@ class ReadyQueue:
         if not entries:
             return
         with self._lock:
-            members, ready = self._members, self._ready
+            members, ready, high = self._members, self._ready, self._high_seq
             for entry in entries:
                 if entry.job_id not in members:
                     members.add(entry.job_id)
                     heapq.heappush(ready, (-entry.priority, entry.seq, entry))
-            self._high_seq = max(self._high_seq, max(entry.seq for entry in entries))
+                    high = max(high, entry.seq)
+            self._high_seq = high
         self.listener()
 
     def _release_due(self) -> None:
@@ -105,12 +106,14 @@ class ReadyQueue:
         processes took them all. Due timers stay. Returns how many were dropped; the
         periodic refill from the repository puts back any job dropped in error."""
         with self._lock:
-            kept = [item for item in self._ready if item[2].run_at is not None or item[1] > up_to_seq]
-            dropped = len(self._ready) - len(kept)
+            kept, dropped = [], 0
+            for item in self._ready:
+                if item[2].run_at is None and item[1] <= up_to_seq:
+                    self._members.discard(item[2].job_id)
+                    dropped += 1
+                else:
+                    kept.append(item)
             if dropped:
-                for item in self._ready:
-                    if item[2].run_at is None and item[1] <= up_to_seq:
-                        self._members.discard(item[2].job_id)
                 heapq.heapify(kept)
                 self._ready = kept
             return dropped

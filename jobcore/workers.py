@@ -314,8 +314,9 @@ class WorkerPool:
             self._work_ready.notify()
 
     def _add_finished_locked(self, finished: Finished) -> None:
-        """Queue an outcome for the next exchange; the first one sets the time by which
-        it must be recorded, and wakes the dispatcher if it would sleep past that."""
+        """Queue an outcome for the next exchange. The first one sets the time by which
+        it must be recorded; if jobs are buffered (its worker goes on to one, leaving the
+        outcome for later), the dispatcher is woken when it would sleep past that time."""
         self._settling.add(finished.record.id)
         if not self._finished:
             self._record_due = due = time.monotonic() + RECORD_WITHIN
