@@ -166,7 +166,10 @@ class Recorder:
                                  len(settlements), len(claim_ids))
             return None
         for f, settlement, cascade in zip(finished, settlements, cascades):
-            self._after(f, settlement, cascade, now)
+            try:
+                self._after(f, settlement, cascade, now)
+            except Exception:  # bookkeeping must never end the thread making the exchange
+                logger.exception("after recording job %s, acting on its outcome failed", f.record.id)
         claimed.sort(key=lambda r: (-r.priority, r.seq))
         return claimed
 

@@ -194,3 +194,28 @@ def test_dropping_stale_ids_keeps_due_timers_and_jobs_queued_since() -> None:
     assert [e.job_id for e in queue.pop_ready(10)] == ["old1"]
     clock.advance(1000.0)
     assert [e.job_id for e in queue.pop_ready(10)] == ["later"]
+
+
+def test_a_failure_acting_on_an_outcome_does_not_stall_the_manager(repository: JobRepository,
+                                                                   make_manager: Any) -> None:
+    # given a manager whose bookkeeping after the first recorded outcome raises once
+    manager: JobManager = make_manager(repository, max_workers=2)
+    manager.register_function("task", lambda n: n)
+    recorder = manager._pool._recorder
+    settled = recorder._on_settled
+    failed: list[str] = []
+
+    def flaky(job_id: str, completion: Any) -> None:
+        if not failed:
+            failed.append(job_id)
+            raise RuntimeError("bookkeeping bug (injected)")
+        settled(job_id, completion)
+
+    recorder._on_settled = flaky
+    ids = manager.enqueue_many([Job(function_name="task", args=(n,)) for n in range(50)])
+    # when the jobs run
+    manager.start()
+    # then every job completed, the one whose bookkeeping failed included
+    results = [manager.wait(job_id, timeout=10) for job_id in ids]
+    assert failed and all(r.status == JobStatus.COMPLETED for r in results)
+    assert [r.result for r in results] == list(range(50))
