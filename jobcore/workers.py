@@ -395,10 +395,8 @@ class WorkerPool:
             self._queue.drop_stale(known)
         with self._lock:
             self._exchanging, self._claiming = False, 0
-            if claimed is None:
-                later, self._finished = self._finished, []
-                for f in finished + later:
-                    self._add_finished_locked(f)
+            if claimed is None:  # nothing was recorded: the dispatcher records them, first
+                self._finished[:0] = finished
                 self._failing = True
                 self._dispatch_needed.notify()
                 return False
