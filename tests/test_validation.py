@@ -88,6 +88,32 @@ def test_mutating_a_job_after_construction_is_checked_again_at_enqueue(make_mana
     assert manager.get_stats()["total"] == 0
 
 
+# Changed after construction, in place or by assignment: `enqueue` checks the job again.
+MUTATIONS: list[tuple[str, Callable[[Job], None], type[Exception], str]] = [
+    ("priority assigned", lambda job: setattr(job, "priority", "urgent"), TypeError, "priority"),
+    ("max_retries assigned", lambda job: setattr(job, "max_retries", -1), ValueError, "max_retries"),
+    ("kwarg key added", lambda job: job.kwargs.__setitem__(1, "x"), TypeError, "kwargs"),
+    ("progress_callback added", lambda job: job.kwargs.__setitem__("progress_callback", 1), ValueError,
+     "progress_callback"),
+    ("tag added", lambda job: job.tags.add(7), TypeError, "tags"),  # type: ignore[arg-type]
+    ("metadata added", lambda job: job.metadata.__setitem__("at", object()), TypeError, "metadata"),
+    ("dependency added", lambda job: job.depends_on.append(42), TypeError, "depends_on"),  # type: ignore[arg-type]
+]
+
+
+@pytest.mark.parametrize("label,mutate,error,text", MUTATIONS, ids=[case[0] for case in MUTATIONS])
+@pytest.mark.parametrize("batch", [False, True], ids=["enqueue", "enqueue_many"])
+def test_a_job_changed_in_place_after_construction_is_checked_again(
+        make_manager: Any, db_path: str, label: str, mutate: Callable[[Job], None],
+        error: type[Exception], text: str, batch: bool) -> None:
+    manager = make_manager(db_path)
+    job = Job(function=noop, kwargs={"a": 1}, tags={"t"}, metadata={"m": 1})
+    mutate(job)
+    with pytest.raises(error, match=text):
+        manager.enqueue_many([job]) if batch else manager.enqueue(job)
+    assert manager.get_stats()["total"] == 0
+
+
 def test_enqueue_rejects_non_jobs_and_duplicate_ids(make_manager: Any, db_path: str) -> None:
     manager = make_manager(db_path)
     with pytest.raises(TypeError, match="Job"):
