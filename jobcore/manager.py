@@ -334,7 +334,7 @@ class JobManager:
     # -- reading -----------------------------------------------------------------------------------
     def poll(self, job_id: str) -> Optional[JobResult]:
         """The job's current state, or None for an unknown id."""
-        record = self.repository.get(job_id)
+        record = self.repository.get_without_args(job_id)
         return None if record is None else result_of(record)
 
     def wait(self, job_id: str, timeout: Optional[float] = None) -> JobResult:
@@ -351,7 +351,7 @@ class JobManager:
                 completion = self._completions.get(job_id)
             if completion is not None:  # completed here: its row holds nothing else
                 return result_of(completion.stored())
-            record = self.repository.get(job_id)
+            record = self.repository.get_without_args(job_id)
             if record is None:
                 raise JobNotFound(job_id)
             if record.status.is_terminal:
@@ -394,7 +394,8 @@ class JobManager:
             raise ValueError(f"limit must be an int >= 0 or None, got {limit!r}")
         if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
             raise ValueError(f"offset must be an int >= 0, got {offset!r}")
-        records = self.repository.list(status=wanted, tags=tags, owner=owner, limit=limit, offset=offset)
+        records = self.repository.list_without_args(status=wanted, tags=tags, owner=owner, limit=limit,
+                                                    offset=offset)
         return [result_of(record) for record in records]
 
     @staticmethod

@@ -12,6 +12,11 @@ import pytest
 
 from jobcore import Job, JobManager, JobStatus, MemoryRepository, SQLiteRepository, current_job
 from jobcore import manager as manager_module
+from jobcore import serialization
+
+
+def broken(x: Any) -> None:
+    raise ValueError("broken on purpose")
 
 
 def pair(x: int) -> tuple[int, dict[str, int]]:
@@ -30,16 +35,18 @@ def _fields(result: Any) -> dict[str, Any]:
 
 
 class _CountingGets:
-    """Wraps a repository's `get` to count row reads."""
+    """Wraps a repository's reads of one row (`get`, `get_without_args`) to count them."""
 
     def __init__(self, repository: Any) -> None:
         self.reads = 0
-        self._get = repository.get
-        repository.get = self
+        for name in ("get", "get_without_args"):
+            setattr(repository, name, self._counting(getattr(repository, name)))
 
-    def __call__(self, job_id: str) -> Any:
-        self.reads += 1
-        return self._get(job_id)
+    def _counting(self, read: Any) -> Any:
+        def counted(job_id: str) -> Any:
+            self.reads += 1
+            return read(job_id)
+        return counted
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "memory"])
@@ -148,3 +155,43 @@ def test_a_manager_that_runs_nothing_still_waits_by_reading(make_manager: Any, d
     observer: JobManager = make_manager(db_path, producer=True)
     # when the second waits for it, then it reads the row and sees the same result
     assert _fields(observer.wait(job_id, timeout=10)) == _fields(runner.wait(job_id, timeout=10))
+
+
+def test_poll_wait_and_list_jobs_never_read_the_arguments(make_manager: Any, db_path: str,
+                                                          monkeypatch: Any) -> None:
+    """What they show carries no arguments, so they read none: showing a job costs the
+    same whatever the size of its arguments. The dead-letter queue, which gives the Job
+    back, still reads them."""
+    decoded: list[str] = []
+    real_decode = serialization.decode_payload
+
+    def recording_decode(text: str) -> Any:
+        decoded.append(text)
+        return real_decode(text)
+
+    monkeypatch.setattr(serialization, "decode_payload", recording_decode)
+    # given jobs with large arguments, run by another manager on the same file
+    big = "argument-" * 10_000
+    producer = make_manager(db_path)
+    echo = lambda *args, **kwargs: [list(args), kwargs]  # noqa: E731
+    producer.register_function("echo", echo)
+    producer.register_function("broken", broken)
+    ok = producer.enqueue(Job(function_name="echo", args=(big,), kwargs={"x": big}))
+    bad = producer.enqueue(Job(function_name="broken", args=(big,), max_retries=0))
+    runner = make_manager(db_path, max_workers=1)
+    runner.register_function("echo", echo)
+    runner.register_function("broken", broken)
+    runner.start()
+    assert runner.wait(ok, timeout=10).result == [[big], {"x": big}]
+    assert runner.wait(bad, timeout=10).status is JobStatus.FAILED
+    # when the producer (which completed nothing itself) shows them
+    decoded.clear()
+    assert producer.poll(ok).status is JobStatus.COMPLETED
+    assert producer.wait(ok, timeout=10).result == [[big], {"x": big}]
+    assert [r.job_id for r in producer.list_jobs()] == [bad, ok]
+    assert producer.list_jobs(status="failed")[0].error_type == "ValueError"
+    # then no argument was read or decoded
+    assert not any("argument-" in text for text in decoded)
+    # and the dead-letter queue gives the failed job back with its arguments
+    [(job, result)] = producer.get_dead_letter_queue()
+    assert (job.id, job.args, result.status) == (bad, (big,), JobStatus.FAILED)

@@ -19,6 +19,7 @@ Row locks, and why (READ COMMITTED; rows of `jobs`):
 from __future__ import annotations
 
 from ..repository.columns import JOB_COLUMNS as COLUMNS  # the order the row decoders unpack
+from ..repository.columns import JOB_COLUMNS_WITHOUT_ARGS as COLUMNS_WITHOUT_ARGS
 from . import schema as ddl
 
 # COALESCE(status, ''), in statements that find a few jobs by id: it keeps the planner
@@ -60,6 +61,7 @@ SELECT_UNFINISHED_BY_KEYS = f"""
 SELECT unique_key, id FROM {{s}}.jobs WHERE unique_key = ANY(%s) AND status IN {_UNFINISHED}
 """
 SELECT_JOB = f"SELECT {COLUMNS} FROM {{s}}.jobs WHERE id = %s"
+SELECT_JOB_WITHOUT_ARGS = f"SELECT {COLUMNS_WITHOUT_ARGS} FROM {{s}}.jobs WHERE id = %s"
 SELECT_STATUS = "SELECT status, name FROM {s}.jobs WHERE id = %s"
 SELECT_READY = f"""
 SELECT {ENTRY} FROM {{s}}.jobs
@@ -72,13 +74,14 @@ WHERE status = 'scheduled' AND blocked = 0
   AND (%(any)s OR function_name = ANY(%(names)s) OR cron IS NOT NULL)
 ORDER BY run_at, seq LIMIT %(limit)s
 """
-LIST_JOBS = f"""
-SELECT {COLUMNS} FROM {{s}}.jobs
+_LIST_WHERE = """
 WHERE (%(status)s::TEXT IS NULL OR status = %(status)s)
   AND (%(owner)s::TEXT IS NULL OR owner = %(owner)s)
   AND tags @> %(tags)s::TEXT[]
 ORDER BY seq DESC LIMIT %(limit)s OFFSET %(offset)s
 """
+LIST_JOBS = f"SELECT {COLUMNS} FROM {{s}}.jobs {_LIST_WHERE}"
+LIST_JOBS_WITHOUT_ARGS = f"SELECT {COLUMNS_WITHOUT_ARGS} FROM {{s}}.jobs {_LIST_WHERE}"
 COUNT_BY_STATUS = "SELECT status, COUNT(*) FROM {s}.jobs GROUP BY status"
 SELECT_LOGS = "SELECT at, level, message FROM {s}.job_logs WHERE job_id = %s ORDER BY id"
 INSERT_LOG = "INSERT INTO {s}.job_logs (job_id, at, level, message) VALUES (%s, %s, %s, %s)"

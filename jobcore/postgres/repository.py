@@ -120,6 +120,10 @@ class PostgresRepository(SettlesThroughApply, JobRepository):
         rows = self._db.rows(self.sql.SELECT_JOB, (job_id,))
         return record_from_row(rows[0]) if rows else None
 
+    def get_without_args(self, job_id: str) -> Optional[JobRecord]:
+        rows = self._db.rows(self.sql.SELECT_JOB_WITHOUT_ARGS, (job_id,))
+        return record_from_row(rows[0]) if rows else None
+
     def _queue(self, query: str, function_names: Optional[Collection[str]], limit: int) -> list[QueueEntry]:
         params = {"any": function_names is None, "names": sorted(function_names or ()), "limit": limit}
         return [entry_from_row(row) for row in self._db.rows(query, params)]
@@ -132,9 +136,18 @@ class PostgresRepository(SettlesThroughApply, JobRepository):
 
     def list(self, *, status: Optional[JobStatus] = None, tags: Optional[Collection[str]] = None,
              owner: Optional[str] = None, limit: Optional[int] = 50, offset: int = 0) -> list[JobRecord]:
+        return self._list(self.sql.LIST_JOBS, status, tags, owner, limit, offset)
+
+    def list_without_args(self, *, status: Optional[JobStatus] = None,
+                          tags: Optional[Collection[str]] = None, owner: Optional[str] = None,
+                          limit: Optional[int] = 50, offset: int = 0) -> list[JobRecord]:
+        return self._list(self.sql.LIST_JOBS_WITHOUT_ARGS, status, tags, owner, limit, offset)
+
+    def _list(self, query: str, status: Optional[JobStatus], tags: Optional[Collection[str]],
+              owner: Optional[str], limit: Optional[int], offset: int) -> list[JobRecord]:
         params = {"status": None if status is None else JobStatus(status).value, "owner": owner,
                   "tags": sorted(tags or ()), "limit": limit, "offset": offset}
-        return [record_from_row(row) for row in self._db.rows(self.sql.LIST_JOBS, params)]
+        return [record_from_row(row) for row in self._db.rows(query, params)]
 
     def count_by_status(self) -> dict[JobStatus, int]:
         counts = {status: 0 for status in JobStatus}

@@ -50,7 +50,8 @@ def record_from_row(row: Sequence[Any]) -> JobRecord:
     record.tags = frozenset(raw.tags or ())  # arrays: the driver already made them lists
     record.depends_on = tuple(raw.depends_on or ())
     try:
-        record.args, record.kwargs = serialization.decode_payload(raw.payload)
+        if raw.payload is not None:  # None: selected without the arguments
+            record.args, record.kwargs = serialization.decode_payload(raw.payload)
         record.metadata = json.loads(raw.metadata)
         record.progress_details = json.loads(raw.progress_details)
         record.result = serialization.decode(raw.result)

@@ -222,6 +222,12 @@ class JobRepository(abc.ABC):
     def get(self, job_id: str) -> Optional[JobRecord]:
         """The stored job, or None."""
 
+    def get_without_args(self, job_id: str) -> Optional[JobRecord]:
+        """`get`, but the record's `args` and `kwargs` may be left empty: what `poll` and
+        `wait` read (a `JobResult` shows no arguments). A backend that stores arguments
+        apart can skip reading and decoding them; by default this is `get`."""
+        return self.get(job_id)
+
     @abc.abstractmethod
     def ready(self, function_names: Optional[Collection[str]], limit: int) -> list[QueueEntry]:
         """Up to `limit` PENDING jobs with no unfinished dependency, highest priority
@@ -236,6 +242,13 @@ class JobRepository(abc.ABC):
     def list(self, *, status: Optional[JobStatus] = None, tags: Optional[Collection[str]] = None,
              owner: Optional[str] = None, limit: Optional[int] = 50, offset: int = 0) -> list[JobRecord]:
         """Jobs newest first, filtered by status, owner, and carrying every tag in `tags`."""
+
+    def list_without_args(self, *, status: Optional[JobStatus] = None,
+                          tags: Optional[Collection[str]] = None, owner: Optional[str] = None,
+                          limit: Optional[int] = 50, offset: int = 0) -> list[JobRecord]:
+        """`list`, with `args` and `kwargs` possibly left empty (see `get_without_args`):
+        what `list_jobs` and the dashboard read. By default this is `list`."""
+        return self.list(status=status, tags=tags, owner=owner, limit=limit, offset=offset)
 
     @abc.abstractmethod
     def count_by_status(self) -> dict[JobStatus, int]:

@@ -232,6 +232,10 @@ class SQLiteRepository(SettlesThroughApply, JobRepository):
         rows = self._read(sql.SELECT_JOB, (job_id,))
         return record_from_row(rows[0]) if rows else None
 
+    def get_without_args(self, job_id: str) -> Optional[JobRecord]:
+        rows = self._read(sql.SELECT_JOB_WITHOUT_ARGS, (job_id,))
+        return record_from_row(rows[0]) if rows else None
+
     def _queue_query(self, template: str, function_names: Optional[Collection[str]], limit: int,
                      include_schedules: bool) -> list[QueueEntry]:
         params: list[Any] = []
@@ -251,6 +255,15 @@ class SQLiteRepository(SettlesThroughApply, JobRepository):
 
     def list(self, *, status: Optional[JobStatus] = None, tags: Optional[Collection[str]] = None,
              owner: Optional[str] = None, limit: Optional[int] = 50, offset: int = 0) -> list[JobRecord]:
+        return self._list(sql.COLUMNS, status, tags, owner, limit, offset)
+
+    def list_without_args(self, *, status: Optional[JobStatus] = None,
+                          tags: Optional[Collection[str]] = None, owner: Optional[str] = None,
+                          limit: Optional[int] = 50, offset: int = 0) -> list[JobRecord]:
+        return self._list(sql.COLUMNS_WITHOUT_ARGS, status, tags, owner, limit, offset)
+
+    def _list(self, columns: str, status: Optional[JobStatus], tags: Optional[Collection[str]],
+              owner: Optional[str], limit: Optional[int], offset: int) -> list[JobRecord]:
         where, params = ["1 = 1"], []  # type: ignore[var-annotated]
         if status is not None:
             where.append("status = ?")
@@ -262,7 +275,7 @@ class SQLiteRepository(SettlesThroughApply, JobRepository):
             where.append("EXISTS (SELECT 1 FROM json_each(jobs.tags) WHERE value = ?)")
             params.append(tag)
         params += [-1 if limit is None else limit, offset]
-        query = f"SELECT {sql.COLUMNS} FROM jobs WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT ? OFFSET ?"
+        query = f"SELECT {columns} FROM jobs WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT ? OFFSET ?"
         return [record_from_row(row) for row in self._read(query, params)]
 
     def count_by_status(self) -> dict[JobStatus, int]:

@@ -68,7 +68,8 @@ def record_from_row(row: Sequence[Any]) -> JobRecord:
     """A `JobRecord` from a row of `COLUMNS`; an undecodable row gets `decode_error`."""
     record, raw = unpack_job_row(row)
     try:
-        record.args, record.kwargs = serialization.decode_payload(raw.payload)
+        if raw.payload is not None:  # None: selected without the arguments
+            record.args, record.kwargs = serialization.decode_payload(raw.payload)
         # Most jobs carry none of these: skip the decoder for the empty forms.
         record.tags = frozenset(json.loads(raw.tags)) if raw.tags != "[]" else frozenset()
         record.metadata = json.loads(raw.metadata) if raw.metadata != "{}" else {}

@@ -5,6 +5,7 @@ No code runs here; `repository.sqlite` executes these. Schema changes bump
 """
 
 from .columns import JOB_COLUMNS as COLUMNS  # the order the row decoders unpack
+from .columns import JOB_COLUMNS_WITHOUT_ARGS as COLUMNS_WITHOUT_ARGS
 
 SCHEMA_VERSION = 2
 
@@ -136,6 +137,7 @@ SELECT_UNFINISHED_BY_KEY = """
 SELECT id FROM jobs WHERE unique_key = ? AND status IN ('pending', 'scheduled', 'running')
 """
 SELECT_JOB = f"SELECT {COLUMNS} FROM jobs WHERE id = ?"
+SELECT_JOB_WITHOUT_ARGS = f"SELECT {COLUMNS_WITHOUT_ARGS} FROM jobs WHERE id = ?"
 SELECT_STATUS = "SELECT status, name FROM jobs WHERE id = ?"
 # INDEXED BY: left to itself the planner reads every pending job through jobs_status and
 # sorts them on each poll (EXPLAIN QUERY PLAN: "USE TEMP B-TREE FOR ORDER BY"); walking the

@@ -33,6 +33,31 @@ class _ReadingContract:
             "task", JobStatus.RUNNING, 1, None, "w1")
         assert (stored.metadata, stored.kwargs, stored.progress_details) == ({"k": 1}, {"n": 1}, {})
 
+    def test_reads_without_args_match_full_reads_but_for_the_arguments(self, repository: JobRepository) -> None:
+        # given jobs in several states, with arguments, tags, metadata and a result
+        done = _add(repository, args=(1, "x" * 1000), kwargs={"n": [1, 2]}, tags=frozenset({"t"}),
+                    metadata={"k": 1})
+        _complete(repository, done.id, result={"r": [1, 2]})
+        running = _claim(repository, _add(repository, args=({"deep": [1]},)).id)
+        waiting = _add(repository, kwargs={"a": None}, depends_on=(running.id,))
+        ids = [done.id, running.id, waiting.id]
+
+        def same(full: Any, light: Any) -> bool:  # every field but the arguments, which may be left empty
+            fields = [f for f in type(full).__dataclass_fields__ if f not in ("args", "kwargs")]
+            return (all(getattr(full, f) == getattr(light, f) for f in fields)
+                    and (light.args, light.kwargs) in ((full.args, full.kwargs), ((), {})))
+
+        # then each read without arguments agrees with the full read
+        for job_id in ids:
+            assert same(_get(repository, job_id), repository.get_without_args(job_id))
+        assert repository.get_without_args("no-such-job") is None
+        for status in (None, JobStatus.COMPLETED, JobStatus.PENDING):
+            full, light = repository.list(status=status), repository.list_without_args(status=status)
+            assert [r.id for r in light] == [r.id for r in full]
+            assert all(same(f, lt) for f, lt in zip(full, light))
+        assert [r.id for r in repository.list_without_args(tags=["t"], limit=1, offset=0)] == [done.id]
+        assert [r.id for r in repository.list_without_args(limit=2, offset=1)] == [running.id, done.id]
+
     def test_ready_orders_by_priority_then_insertion(self, repository: JobRepository) -> None:
         # given jobs of mixed priorities, inserted in two batches
         priorities = [5, 10, 5, 0, 10, -3, 5]
