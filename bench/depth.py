@@ -118,10 +118,13 @@ def procs(db: str, n: int, processes: int, timeout: float, run_py: str) -> dict[
             child.stdin.write("go\n")
             child.stdin.flush()
         deadline = time.monotonic() + timeout
+        # Every 20 ms: each look counts every row (about 1.7 ms of CPU at 20,000 jobs), and
+        # looking every 5 ms took about a quarter of a vCPU from the processes measured
+        # (both figures ran 10-25% faster with 20 ms). 20 ms is under 1% of a drain here.
         while producer.get_stats()["completed"] < n:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{processes} processes did not finish {n} jobs in {timeout:.0f}s")
-            time.sleep(0.005)
+            time.sleep(0.02)
         elapsed = time.perf_counter() - t0
         ran = 0
         for child in children:
