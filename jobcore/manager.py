@@ -181,7 +181,8 @@ class JobManager:
     def _load_queue(self) -> None:
         """Index the stored jobs this manager can run (up to a window of the best)."""
         names = self._registry.names
-        self._pool.enqueue_entries(self.repository.ready(names, READY_LOAD_LIMIT))
+        if not self._pool.claims_from_store:
+            self._pool.enqueue_entries(self.repository.ready(names, READY_LOAD_LIMIT))
         self._pool.enqueue_entries(self.repository.scheduled(names, READY_LOAD_LIMIT))
 
     def list_workers(self) -> list[WorkerInfo]:

@@ -146,17 +146,20 @@ class Recorder:
 
     # -- recording ---------------------------------------------------------------------------
     def exchange(self, finished: list[Finished], claim_ids: list[str],
-                 top_up: Optional[Iterable[str]] = None) -> Optional[list[JobRecord]]:
-        """Record `finished` and claim `claim_ids` (topped up from `top_up` names) in one
-        repository call, then act on the results. Returns the claimed records, best
-        first, or None if the repository failed (nothing was recorded; retry later)."""
+                 top_up: Optional[Iterable[str]] = None, up_to: int = 0) -> Optional[list[JobRecord]]:
+        """Record `finished` and claim `claim_ids` (topped up from `top_up` names, to
+        `up_to` claims if more) in one repository call, then act on the results. Returns
+        the claimed records, best first, or None if the repository failed (nothing was
+        recorded; retry later)."""
         now = self._clock.time()
         settlements = [f.settlement or self._settlement(f, now) for f in finished]
         try:
             # Top-ups only help where other processes take jobs this one knows of.
             wanted = frozenset(top_up) if top_up is not None and self._repo.persistent else None
+            # `up_to` only when needed: a backend written before it still works elsewhere.
+            more = {"up_to": up_to} if wanted is not None and up_to > len(claim_ids) else {}
             cascades, claimed = self._repo.apply(settlements, claim_ids, self._worker_id, now,
-                                                 now + self._lease_timeout, top_up=wanted)
+                                                 now + self._lease_timeout, top_up=wanted, **more)
         except Exception as exc:  # storage trouble (or a backend bug): retry, never die
             if isinstance(exc, RepositoryError):
                 logger.error("could not record %d outcomes / claim %d jobs, will retry: %s",
@@ -203,8 +206,8 @@ class Recorder:
             logger.warning("job %s was no longer held by this worker; its outcome is discarded", record.id)
             self._on_settled(record.id, None)
             return
-        if settlement.kind == "retry":
-            self._queue.push(record.queue_entry(), settlement.retry_at)
+        if settlement.kind == "retry":  # a timer: its run_at keeps it from drop_stale
+            self._queue.push(record.queue_entry()._replace(run_at=settlement.retry_at), settlement.retry_at)
         else:
             self._local.forget(record.id)
         self.enqueue_entries(cascade.released)

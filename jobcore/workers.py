@@ -114,6 +114,9 @@ class WorkerPool:
         self._exchanging = False  # an exchange is under way (one at a time, by any thread)
         self._claiming = 0  # how many jobs that exchange may claim: held, for the room count
         self._failing = False  # the last exchange failed: only the dispatcher (backing off) tries
+        # Other processes took ids this manager queued, and the store still had ready jobs:
+        # claim the best of those by number, not by id, until a claim comes back short.
+        self._from_store = False
         self._record_due: Optional[float] = None  # time.monotonic() by which _finished is recorded
         self._dispatcher_wakes_at: Optional[float] = None  # time.monotonic(); None: not before notified
         self._processes: Optional[ProcessRunner] = None
@@ -209,7 +212,7 @@ class WorkerPool:
             if self._stopping or self._finished or self._settling:
                 return False
             busy = len(self._buffer) + len(self._running) + self._handoffs + self._claiming
-            if busy >= self._settings.max_workers or self._queue.has_ready():
+            if busy >= self._settings.max_workers or self._from_store or self._queue.has_ready():
                 return False
             self._handoffs += 1
             return True
@@ -229,6 +232,13 @@ class WorkerPool:
         # Stopped since the slot was promised: no worker will take it, so hand it back
         # unstarted (PENDING again, the attempt not counted) rather than leave it held.
         self._recorder.hand_back([record])
+
+    @property
+    def claims_from_store(self) -> bool:
+        """True while ready jobs are claimed from the store by number (other processes
+        take the ids queued here): reloading the queue's ready ids would be in vain."""
+        with self._lock:
+            return self._from_store
 
     def runnable(self, entry: QueueEntry) -> bool:
         """True if this process can run (or fire) the queued job."""
@@ -292,13 +302,13 @@ class WorkerPool:
             context.request_cancel()
         return attempt
 
-    def _worker_exchange_locked(self) -> Optional[tuple[list[Finished], int]]:
+    def _worker_exchange_locked(self) -> Optional[tuple[list[Finished], int, bool]]:
         """The exchange a worker makes before taking a job, if one is due: when the buffer
         is empty and there is room to fill from the queue. With nothing to claim, waiting
         outcomes are the dispatcher's to record (it is told). Called with _lock held."""
         if self._exchanging or self._failing or self._buffer:
             return None
-        if self._room_locked() > 0 and self._queue.has_ready():
+        if self._room_locked() > 0 and (self._from_store or self._queue.has_ready()):
             return self._begin_exchange_locked()
         if self._finished:
             self._dispatch_needed.notify()
@@ -368,33 +378,48 @@ class WorkerPool:
         return (self._capacity() - len(self._buffer) - len(self._running) - self._handoffs
                 - self._claiming)
 
-    def _begin_exchange_locked(self) -> tuple[list[Finished], int]:
-        """Take every outcome waiting and the room to claim, for `_exchange`, which must
-        follow. Called with _lock held."""
+    def _begin_exchange_locked(self) -> tuple[list[Finished], int, bool]:
+        """Take every outcome waiting, the room to claim and whether to claim from the
+        store, for `_exchange`, which must follow. Called with _lock held."""
         finished, self._finished = self._finished, []
         self._record_due = None
         self._exchanging = True
         self._claiming = room = max(0, self._room_locked())
-        return finished, room
+        return finished, room, self._from_store
 
-    def _exchange(self, finished: list[Finished], room: int, *, by_worker: bool) -> bool:
+    def _exchange(self, finished: list[Finished], room: int, from_store: bool, *, by_worker: bool) -> bool:
         """Record `finished` and claim up to `room` ready jobs in one repository call; the
         claimed go to the buffer. A worker making it takes one of them itself, so it wakes
         one idle worker fewer. False if the repository failed: everything is put back and
-        the dispatcher retries, backing off."""
+        the dispatcher retries, backing off.
+
+        Claims name the ids queued here, best first, and are topped up from the store
+        when some went stale. While other processes take most of them (`from_store`), the
+        plain pending ids are skipped: due timers and retries are claimed by id, and the
+        rest of the room by number, the store's best ready jobs."""
         known = self._queue.high_seq
+        if from_store:
+            self._queue.drop_stale(known)
         entries = self._queue.pop_ready(room) if room > 0 else []
-        claimed = self._recorder.exchange(finished, [e.job_id for e in entries], self._registry.names)
+        ids = [e.job_id for e in entries]
+        wanted = room if from_store else len(ids)
+        claimed = self._recorder.exchange(finished, ids, self._registry.names, up_to=wanted)
         if claimed is None:
             for entry in entries:  # outside _lock: the queue's listener takes it
                 self._queue.push(entry)
-        elif len(claimed) < len(entries) and self._repo.persistent:
-            # Topped up from the store and still short: no ready job is left there for
-            # this manager, so the ready ids it knew of were taken by other processes.
-            # Forget them now rather than claim them in vain, a transaction at a time.
-            self._queue.drop_stale(known)
+        elif self._repo.persistent:
+            if len(claimed) < wanted:
+                # Topped up from the store and still short: no ready job is left there for
+                # this manager, so the ready ids it knew of were taken by other processes.
+                # Forget them now rather than claim them in vain, a transaction at a time.
+                self._queue.drop_stale(known)
+                from_store = False
+            elif ids and not {record.id for record in claimed}.issuperset(ids):
+                from_store = True  # ids went stale, yet the store had as many as asked
         with self._lock:
             self._exchanging, self._claiming = False, 0
+            if claimed is not None:
+                self._from_store = from_store
             if claimed is None:  # nothing was recorded: the dispatcher records them, first
                 self._finished[:0] = finished
                 self._failing = True
@@ -440,7 +465,7 @@ class WorkerPool:
             else:
                 backoff = min(max(backoff * 2, 0.05), 2.0)
 
-    def _dispatcher_exchange_locked(self) -> Optional[tuple[list[Finished], int]]:
+    def _dispatcher_exchange_locked(self) -> Optional[tuple[list[Finished], int, bool]]:
         """The exchange the dispatcher makes now, if any (see module docstring). Called
         with _lock held, when no exchange is under way."""
         if self._finished:
@@ -450,7 +475,7 @@ class WorkerPool:
             if (self._stopping or self._failing or not self._buffer or due is None
                     or time.monotonic() >= due):
                 return self._begin_exchange_locked()
-        if self._room_locked() > 0 and self._queue.has_ready():
+        if self._room_locked() > 0 and (self._from_store or self._queue.has_ready()):
             return self._begin_exchange_locked()
         return None
 

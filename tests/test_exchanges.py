@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import pytest
 
-from jobcore import Job, JobManager, JobStatus, MemoryRepository, SQLiteRepository
+from jobcore import FakeClock, Job, JobManager, JobStatus, MemoryRepository, RetryableError, SQLiteRepository
 from jobcore.errors import RepositoryError
 from jobcore.repository.base import JobRepository, Settlement
 
@@ -170,6 +170,99 @@ def test_ids_other_processes_took_are_forgotten_after_one_vain_claim(tmp_path: A
     # ids four at a time, a write transaction each
     assert late._pool.idle
     assert repository.claiming == 1
+
+
+def _eventually(condition: Any, within: float = 5.0) -> bool:
+    """True once `condition()` is (the exchange that ends a drain may still be finishing)."""
+    deadline = time.monotonic() + within
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.002)
+    return bool(condition())
+
+
+class StealsOnce(SQLiteRepository):
+    """Stands in for another process: the first claim naming ids finds them taken (by
+    worker "elsewhere", just before). Records each claim made: (ids named, up_to)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.stolen: list[str] = []
+        self.claims: list[tuple[list[str], Any]] = []
+
+    def apply(self, settlements: Sequence[Settlement], claim_ids: Sequence[str], worker_id: str,
+              now: float, lease_expires_at: float, top_up: Any = None, up_to: Any = None) -> Any:
+        if claim_ids and not self.stolen:
+            taken = super().apply([], claim_ids, "elsewhere", now, lease_expires_at)[1]
+            self.stolen = [record.id for record in taken]
+        if claim_ids or up_to:
+            self.claims.append((list(claim_ids), up_to))
+        return super().apply(settlements, claim_ids, worker_id, now, lease_expires_at, top_up, up_to)
+
+
+def test_a_manager_whose_ids_others_take_claims_the_best_stored_jobs_by_number(
+        tmp_path: Any, make_manager: Any) -> None:
+    # given 40 queued jobs, the fifth of which fails once (retried at once), and another
+    # process that takes the first ids this manager names
+    repository = StealsOnce(str(tmp_path / "jobs.db"))
+    manager: JobManager = make_manager(repository, max_workers=2, clock=FakeClock())
+    ran: list[int] = []
+    manager.register_function("task", ran.append)
+    failures: list[int] = []
+
+    def flaky(n: int) -> None:
+        if not failures:
+            failures.append(n)
+            raise RetryableError("once")
+        ran.append(n)
+    manager.register_function("flaky", flaky)
+    jobs = [Job(function_name="flaky" if n == 4 else "task", args=(n,), retry_delay=0.0,
+                retry_jitter=False) for n in range(40)]
+    ids = manager.enqueue_many(jobs)
+    # when it runs them
+    manager.start()
+    results = [manager.wait(job_id, timeout=10) for job_id in ids[2:]]
+    # then it ran every job but the two the other took, once each (the flaky one twice)
+    assert sorted(repository.stolen) == sorted(ids[:2])
+    assert [r.status for r in results] == [JobStatus.COMPLETED] * 38
+    assert sorted(ran) == list(range(2, 40)) and manager.poll(ids[4]).attempts == 2  # type: ignore[union-attr]
+    # after that first claim, it named no pending id: it asked for the store's best by
+    # number, naming only the due retry, until the store ran out of ready jobs
+    named = [claim_ids for claim_ids, _ in repository.claims[1:]]
+    assert [claim_ids for claim_ids in named if claim_ids] == [[ids[4]]]
+    retry_claim = repository.claims[1 + named.index([ids[4]])]
+    assert retry_claim[1] is not None and retry_claim[1] > 1
+    assert _eventually(lambda: not manager._pool.claims_from_store)
+    # and a job queued now runs as usual
+    later = manager.enqueue(Job(function_name="task", args=(99,)))
+    assert manager.wait(later, timeout=10).status == JobStatus.COMPLETED
+
+
+def test_ready_ids_are_not_reloaded_while_claims_come_from_the_store(tmp_path: Any, make_manager: Any) -> None:
+    # given a started manager whose first claimed ids another process took, its two
+    # workers held up by the jobs it claimed instead
+    repository = StealsOnce(str(tmp_path / "jobs.db"))
+    manager: JobManager = make_manager(repository, max_workers=2)
+    gate = threading.Event()
+    manager.register_function("task", lambda: gate.wait(10))
+    ids = manager.enqueue_many([Job(function_name="task") for _ in range(20)])
+    loads: list[int] = []
+    ready = repository.ready
+    repository.ready = lambda *args: loads.append(1) or ready(*args)  # type: ignore[method-assign]
+    manager.start()
+    try:
+        assert _eventually(lambda: manager._pool.claims_from_store)
+        # when the queue is reloaded (as the housekeeper does every poll_interval)
+        loads.clear()
+        manager._load_queue()
+        # then no ready id was read: claims take the store's best anyway
+        assert loads == []
+    finally:
+        gate.set()
+    assert all(manager.wait(job_id, timeout=10).status == JobStatus.COMPLETED for job_id in ids[2:])
+    # and once the store ran out of ready jobs, reloads read them again
+    assert _eventually(lambda: not manager._pool.claims_from_store)
+    manager._load_queue()
+    assert loads == [1]
 
 
 def test_dropping_stale_ids_keeps_due_timers_and_jobs_queued_since() -> None:

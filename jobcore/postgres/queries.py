@@ -87,8 +87,9 @@ SELECT_LOGS = "SELECT at, level, message FROM {s}.job_logs WHERE job_id = %s ORD
 INSERT_LOG = "INSERT INTO {s}.job_logs (job_id, at, level, message) VALUES (%s, %s, %s, %s)"
 
 # Claims by id; with `top_up`, ids that went stale (other processes took those jobs) are
-# made up with the best ready jobs naming `names`, in priority then FIFO order: the
-# partial index jobs_ready is walked in order and rows other claimers hold are skipped.
+# made up, to `up_to` claims in all, with the best ready jobs naming `names`, in priority
+# then FIFO order: the partial index jobs_ready is walked in order and rows other claimers
+# hold are skipped.
 # One statement: `extra` sees what `wanted` locked, so nothing is claimed twice.
 CLAIM_MANY = f"""
 WITH wanted AS (
@@ -102,7 +103,7 @@ WITH wanted AS (
     WHERE %(top_up)s AND status = 'pending' AND blocked = 0 AND cron IS NULL
       AND function_name = ANY(%(names)s) AND seq NOT IN (SELECT seq FROM wanted)
     ORDER BY priority DESC, seq
-    LIMIT GREATEST(CARDINALITY(%(ids)s::TEXT[]) - (SELECT COUNT(*) FROM wanted), 0)
+    LIMIT GREATEST(%(up_to)s - (SELECT COUNT(*) FROM wanted), 0)
     FOR NO KEY UPDATE SKIP LOCKED
 )
 UPDATE {{s}}.jobs AS j SET status = 'running', attempts = j.attempts + 1, started_at = %(now)s,

@@ -16,7 +16,7 @@ from .. import serialization
 from ..models import JobStatus
 from ..repository._cascade import dependency_error_message, plan_batch
 from ..repository.base import (Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry, Recovery,
-                               Settlement, SettlesThroughApply, WorkerInfo, id_taken)
+                               Settlement, SettlesThroughApply, WorkerInfo, claim_limit, id_taken)
 from .database import Database, Tx, Unchanged, schema_from_dsn
 from .rows import clean_text, entry_from_row, record_from_row, row_params, status_of
 from .settling import cancel_dependents, settle_all
@@ -161,9 +161,10 @@ class PostgresRepository(SettlesThroughApply, JobRepository):
     # -- running ---------------------------------------------------------------------------
     @staticmethod
     def _claim_params(ids: Sequence[str], worker_id: str, now: float, lease: float,
-                      top_up: Optional[Collection[str]] = None) -> dict[str, Any]:
+                      top_up: Optional[Collection[str]] = None, up_to: Optional[int] = None) -> dict[str, Any]:
         return {"ids": list(ids), "now": now, "worker": worker_id, "lease": lease,
-                "top_up": top_up is not None, "names": sorted(top_up or ())}
+                "top_up": top_up is not None, "names": sorted(top_up or ()),
+                "up_to": claim_limit(ids, up_to)}
 
     def claim(self, job_id: str, worker_id: str, now: float, lease_expires_at: float) -> Optional[JobRecord]:
         rows = self._db.rows(self.sql.CLAIM_MANY, self._claim_params([job_id], worker_id, now, lease_expires_at))
@@ -180,17 +181,18 @@ class PostgresRepository(SettlesThroughApply, JobRepository):
 
     def apply(self, settlements: Sequence[Settlement], claim_ids: Sequence[str], worker_id: str,
               now: float, lease_expires_at: float, top_up: Optional[Collection[str]] = None,
-              ) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
+              up_to: Optional[int] = None) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
         """One transaction for every settlement and the claims (a group commit); the
         claims, top-up included, are one statement (`FOR UPDATE SKIP LOCKED`)."""
         encoded = [self._encode_result(s) for s in settlements]  # raises before writing
-        claim_params = self._claim_params(claim_ids, worker_id, now, lease_expires_at, top_up)
+        claim_params = self._claim_params(claim_ids, worker_id, now, lease_expires_at, top_up, up_to)
+        claiming = claim_params["up_to"] > 0
         if not settlements:  # claims alone: one statement is atomic by itself, no BEGIN/COMMIT
-            return [], _best_first(self._db.rows(self.sql.CLAIM_MANY, claim_params) if claim_ids else [])
+            return [], _best_first(self._db.rows(self.sql.CLAIM_MANY, claim_params) if claiming else [])
 
         def work(tx: Tx) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
             cascades = settle_all(self.sql, tx, settlements, encoded, worker_id, now)
-            rows = tx.execute(self.sql.CLAIM_MANY, claim_params).fetchall() if claim_ids else []
+            rows = tx.execute(self.sql.CLAIM_MANY, claim_params).fetchall() if claiming else []
             return cascades, _best_first(rows)
 
         return self._db.transaction(work)

@@ -176,6 +176,12 @@ def id_taken(job_id: str) -> ValueError:
     return ValueError(f"Job.id: a job with id {job_id!r} already exists")
 
 
+def claim_limit(claim_ids: Sequence[str], up_to: Optional[int]) -> int:
+    """How many jobs an `apply` with a top-up claims at most: `up_to`, never fewer than
+    the ids it names."""
+    return len(claim_ids) if up_to is None else max(up_to, len(claim_ids))
+
+
 class JobRepository(abc.ABC):
     """Where jobs live. Subclass it to add a backend; run `jobcore.testing.contract`.
 
@@ -302,12 +308,14 @@ class JobRepository(abc.ABC):
 
     def apply(self, settlements: Sequence[Settlement], claim_ids: Sequence[str], worker_id: str,
               now: float, lease_expires_at: float, top_up: Optional[Collection[str]] = None,
-              ) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
+              up_to: Optional[int] = None) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
         """Record `settlements` (each as `complete`/`fail`/`finish_cancelled`/`release`
         would, each a compare-and-set on its attempt) and then claim what it can of
         `claim_ids` (as `claim` would), in as few transactions as the backend allows.
         With `top_up` (function names), claims that failed (another process took the job)
-        are made up with the best ready jobs naming those functions, as `ready` orders them.
+        are made up with the best ready jobs naming those functions, as `ready` orders them,
+        up to `up_to` claims in all (default, and at least, `len(claim_ids)`): a manager
+        whose known ids keep going stale asks for the best jobs by number alone.
 
         Returns, in order, each settlement's cascade (None where the worker no longer held
         the job; for "release", an empty Cascade when it applied), and the records claimed.
@@ -316,8 +324,9 @@ class JobRepository(abc.ABC):
         cascades = [self._apply_one(s, worker_id, now) for s in settlements]
         claimed = [r for r in (self.claim(job_id, worker_id, now, lease_expires_at) for job_id in claim_ids)
                    if r is not None]
-        if top_up is not None and len(claimed) < len(claim_ids):
-            for entry in self.ready(top_up, len(claim_ids) - len(claimed)):
+        wanted = claim_limit(claim_ids, up_to)
+        if top_up is not None and len(claimed) < wanted:
+            for entry in self.ready(top_up, wanted - len(claimed)):
                 record = self.claim(entry.job_id, worker_id, now, lease_expires_at)
                 if record is not None:
                     claimed.append(record)

@@ -243,9 +243,9 @@ class MemoryRepository(JobRepository):
 
     def apply(self, settlements: Sequence[Settlement], claim_ids: Sequence[str], worker_id: str,
               now: float, lease_expires_at: float, top_up: Optional[Collection[str]] = None,
-              ) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
+              up_to: Optional[int] = None) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
         with self._lock:  # one atomic step, as SQLite's single transaction
-            return super().apply(settlements, claim_ids, worker_id, now, lease_expires_at, top_up)
+            return super().apply(settlements, claim_ids, worker_id, now, lease_expires_at, top_up, up_to)
 
     def cancel(self, job_id: str, now: float, reason: str) -> tuple[CancelOutcome, Cascade]:
         with self._lock:

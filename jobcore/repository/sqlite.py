@@ -23,7 +23,7 @@ from .sqlite_rows import entry_from_row, is_plain, plain_params, record_from_row
 from ._cascade import dependency_error_message, plan_batch
 from .group_commit import GroupCommitter
 from .base import (Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry, Recovery, Settlement,
-                   SettlesThroughApply, WorkerInfo, id_taken)
+                   SettlesThroughApply, WorkerInfo, claim_limit, id_taken)
 
 DURABILITY = SYNCHRONOUS
 
@@ -296,9 +296,10 @@ class SQLiteRepository(SettlesThroughApply, JobRepository):
 
     def apply(self, settlements: Sequence[Settlement], claim_ids: Sequence[str], worker_id: str,
               now: float, lease_expires_at: float, top_up: Optional[Collection[str]] = None,
-              ) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
+              up_to: Optional[int] = None) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
         """One transaction for every settlement and the claims (a group commit)."""
         encoded = [encode_result(s, self.max_payload_bytes) for s in settlements]  # raises before writing
+        wanted = claim_limit(claim_ids, up_to)
 
         def op(conn: sqlite3.Connection) -> tuple[list[Optional[Cascade]], list[Any]]:
             cascades = settle_all(conn, settlements, encoded, worker_id, now)
@@ -306,10 +307,10 @@ class SQLiteRepository(SettlesThroughApply, JobRepository):
             if claim_ids:
                 params = (now, worker_id, lease_expires_at, json.dumps(list(claim_ids)), now)
                 rows = conn.execute(sql.CLAIM_MANY, params).fetchall()
-                missing = len(claim_ids) - len(rows)
-                if top_up is not None and missing > 0:
-                    params = (now, worker_id, lease_expires_at, json.dumps(sorted(top_up)), missing)
-                    rows += conn.execute(sql.CLAIM_BEST, params).fetchall()
+            missing = wanted - len(rows)
+            if top_up is not None and missing > 0:
+                params = (now, worker_id, lease_expires_at, json.dumps(sorted(top_up)), missing)
+                rows += conn.execute(sql.CLAIM_BEST, params).fetchall()
             return cascades, rows
 
         cascades, rows = self._group.run(op)

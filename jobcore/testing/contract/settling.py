@@ -70,6 +70,28 @@ class _SettlingContract:
                 JobStatus.RUNNING, "w1", 1, NOW + 31)
         assert _status(repository, later.id) is JobStatus.SCHEDULED
 
+    def test_apply_tops_up_stale_claims_with_the_best_ready_jobs_up_to_a_number(
+            self, repository: JobRepository) -> None:
+        # given ready jobs of two functions, one claimed, one scheduled, one blocked
+        low, first, second, urgent = (_add(repository, priority=p) for p in (1, 5, 5, 9))
+        other = _add(repository, function_name="tests.other", priority=9)
+        later = _add(repository, status=JobStatus.SCHEDULED, run_at=NOW + 60, priority=9)
+        blocked = _add(repository, depends_on=(low.id,), priority=9)
+        _claim(repository, low.id, "w0")
+        # when a claim asks for a number without naming a function to top up from: nothing
+        assert repository.apply([], [], "w9", NOW, NOW + 30, up_to=4)[1] == []
+        # when w1 claims one good id and one stale one, topped up to three by its function
+        _, taken = repository.apply([], [second.id, "gone-1"], "w1", NOW, NOW + 30,
+                                    top_up=["tests.task"], up_to=3)
+        # then it holds that id and the best two others of its function, nothing else
+        assert sorted(r.id for r in taken) == sorted([second.id, urgent.id, first.id])
+        assert all((r.status, r.worker_id, r.attempts) == (JobStatus.RUNNING, "w1", 1) for r in taken)
+        # when w2 names no id at all and asks for five of either function: the one left
+        _, rest = repository.apply([], [], "w2", NOW, NOW + 30, top_up=["tests.task", "tests.other"], up_to=5)
+        assert [r.id for r in rest] == [other.id]
+        assert [_status(repository, j.id) for j in (later, blocked)] == [JobStatus.SCHEDULED, JobStatus.PENDING]
+        assert repository.apply([], ["gone-2"], "w3", NOW, NOW + 30, top_up=["tests.task"], up_to=2)[1] == []
+
     def test_apply_refuses_an_unstorable_result_before_writing(self, repository: JobRepository) -> None:
         if not repository.persistent:
             pytest.skip("only persistent repositories promise JSON results")
