@@ -186,7 +186,7 @@ class PostgresRepository(SettlesThroughApply, JobRepository):
         claims, top-up included, are one statement (`FOR UPDATE SKIP LOCKED`)."""
         encoded = [self._encode_result(s) for s in settlements]  # raises before writing
         claim_params = self._claim_params(claim_ids, worker_id, now, lease_expires_at, top_up, up_to)
-        claiming = claim_params["up_to"] > 0
+        claiming = bool(claim_ids) or (top_up is not None and claim_params["up_to"] > 0)
         if not settlements:  # claims alone: one statement is atomic by itself, no BEGIN/COMMIT
             return [], _best_first(self._db.rows(self.sql.CLAIM_MANY, claim_params) if claiming else [])
 
