@@ -418,14 +418,12 @@ class WorkerPool:
                 from_store = True  # ids went stale, yet the store had as many as asked
         with self._lock:
             self._exchanging, self._claiming = False, 0
-            if claimed is not None:
-                self._from_store = from_store
             if claimed is None:  # nothing was recorded: the dispatcher records them, first
                 self._finished[:0] = finished
                 self._failing = True
                 self._dispatch_needed.notify()
                 return False
-            self._failing = False
+            self._failing, self._from_store = False, from_store
             for f in finished:  # a moving average of run times decides the reserve
                 self._average_run += 0.1 * (f.ran_for - self._average_run)
                 self._settling.discard(f.record.id)
