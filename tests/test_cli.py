@@ -11,7 +11,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 import urllib.request
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -20,6 +19,7 @@ import pytest
 
 from jobcore import Job, JobManager, JobStatus, current_job
 from jobcore.cli import main
+from waiting import wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WAIT = 10.0  # bound for waits that normally end in well under a second
@@ -481,14 +481,6 @@ def start_worker(tmp_path: Any) -> Iterator[Callable[..., Worker]]:
             worker.proc.wait(WAIT)
 
 
-def wait_until(predicate: Callable[[], bool], what: str) -> None:
-    """Poll another process's effect, with a bound (no event can cross the process)."""
-    deadline = time.monotonic() + WAIT
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
 def test_worker_runs_the_jobs_its_module_registers_then_stops_on_sigterm(
         start_worker: Callable[..., Worker], db_path: str, make_manager: Any) -> None:
     producer = make_manager(db_path, producer=True)
@@ -518,7 +510,7 @@ def test_worker_stop_lets_a_running_job_finish(start_worker: Callable[..., Worke
     job_id = producer.enqueue(Job(function_name="cli_tasks.hold", args=(str(started), str(release))))
     worker = start_worker(db_path)
     worker.next_line()
-    wait_until(started.exists, "the job to start")
+    wait_until(started.exists, WAIT, "the job to start")
 
     worker.proc.send_signal(signal.SIGTERM)
     assert worker.next_line().startswith("jobcore worker: stopping")
@@ -537,7 +529,7 @@ def test_a_second_signal_quits_the_worker_at_once(start_worker: Callable[..., Wo
     job_id = producer.enqueue(Job(function_name="cli_tasks.hold", args=(str(started), str(never))))
     worker = start_worker(db_path)
     worker.next_line()
-    wait_until(started.exists, "the job to start")
+    wait_until(started.exists, WAIT, "the job to start")
 
     worker.proc.send_signal(signal.SIGTERM)
     assert worker.next_line().startswith("jobcore worker: stopping")
@@ -555,7 +547,7 @@ def test_a_job_outlasting_the_grace_period_makes_the_worker_exit_1(
     producer.enqueue(Job(function_name="cli_tasks.hold", args=(str(started), str(never))))
     worker = start_worker(db_path, "--grace", "0.2")
     worker.next_line()
-    wait_until(started.exists, "the job to start")
+    wait_until(started.exists, WAIT, "the job to start")
 
     worker.proc.send_signal(signal.SIGTERM)
 

@@ -13,6 +13,7 @@ import pytest
 from jobcore import FakeClock, Job, JobManager, JobStatus, MemoryRepository, RetryableError, SQLiteRepository
 from jobcore.errors import RepositoryError
 from jobcore.repository.base import JobRepository, Settlement
+from waiting import wait_until
 
 
 def test_an_outcome_left_for_later_is_recorded_while_every_worker_is_busy(repository: JobRepository,
@@ -172,14 +173,6 @@ def test_ids_other_processes_took_are_forgotten_after_one_vain_claim(tmp_path: A
     assert repository.claiming == 1
 
 
-def _eventually(condition: Any, within: float = 5.0) -> bool:
-    """True once `condition()` is (the exchange that ends a drain may still be finishing)."""
-    deadline = time.monotonic() + within
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.002)
-    return bool(condition())
-
-
 class StealsOnce(SQLiteRepository):
     """Stands in for another process: the first claim naming ids finds them taken (by
     worker "elsewhere", just before). Records each claim made: (ids named, up_to)."""
@@ -231,7 +224,7 @@ def test_a_manager_whose_ids_others_take_claims_the_best_stored_jobs_by_number(
     assert [claim_ids for claim_ids in named if claim_ids] == [[ids[4]]]
     retry_claim = repository.claims[1 + named.index([ids[4]])]
     assert retry_claim[1] is not None and retry_claim[1] > 1
-    assert _eventually(lambda: not manager._pool.claims_from_store)
+    wait_until(lambda: not manager._pool.claims_from_store, 5, "the mode to end", pause=0.002)
     # and a job queued now runs as usual
     later = manager.enqueue(Job(function_name="task", args=(99,)))
     assert manager.wait(later, timeout=10).status == JobStatus.COMPLETED
@@ -250,7 +243,7 @@ def test_ready_ids_are_not_reloaded_while_claims_come_from_the_store(tmp_path: A
     repository.ready = lambda *args: loads.append(1) or ready(*args)  # type: ignore[method-assign]
     manager.start()
     try:
-        assert _eventually(lambda: manager._pool.claims_from_store)
+        wait_until(lambda: manager._pool.claims_from_store, 5, "claims by number", pause=0.002)
         # when the queue is reloaded (as the housekeeper does every poll_interval)
         loads.clear()
         manager._load_queue()
@@ -260,7 +253,7 @@ def test_ready_ids_are_not_reloaded_while_claims_come_from_the_store(tmp_path: A
         gate.set()
     assert all(manager.wait(job_id, timeout=10).status == JobStatus.COMPLETED for job_id in ids[2:])
     # and once the store ran out of ready jobs, reloads read them again
-    assert _eventually(lambda: not manager._pool.claims_from_store)
+    wait_until(lambda: not manager._pool.claims_from_store, 5, "the mode to end", pause=0.002)
     manager._load_queue()
     assert loads == [1]
 

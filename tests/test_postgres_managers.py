@@ -22,6 +22,7 @@ import pg_fixtures
 from pg_fixtures import *  # noqa: F401,F403 (the fixtures: server, schema, repo)
 from pg_fixtures import ROOT, WAIT, Schema, psycopg
 from jobcore import Job, JobManager, JobPriority, JobStatus, RetryableError, current_job
+from waiting import wait_until
 
 pytestmark = pg_fixtures.MARKS
 
@@ -248,13 +249,6 @@ def workers(schema: Schema, tmp_path: Any) -> Iterator[Workers]:
     pool.stop()
 
 
-def _wait_until(condition: Callable[[], bool], timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 def _deadlocks(server: str) -> int:
     with psycopg.connect(server) as conn:
         row = conn.execute("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()").fetchone()
@@ -272,7 +266,7 @@ def test_two_processes_drain_every_job_exactly_once(workers: Workers, schema: Sc
     for start in range(0, 500, 100):
         producer.enqueue_many([Job(function_name="work", args=(n,), kwargs={"pause": 0.002})
                                for n in range(start, start + 100)])
-    _wait_until(lambda: producer.get_stats()["completed"] == 500)
+    wait_until(lambda: producer.get_stats()["completed"] == 500, WAIT)
     workers.stop()
     # then every job ran exactly once, both processes took work, and no lease was lost
     runs = workers.runs()
@@ -291,7 +285,7 @@ def test_a_job_of_a_sigkilled_worker_completes_on_another_after_its_lease(
     victim = workers.spawn(lease=1.0)
     workers.go_and_wait_started()
     job_id = producer.enqueue(Job(function_name="once_then_hang", args=(1,)))
-    _wait_until(lambda: len(workers.runs()) == 1)
+    wait_until(lambda: len(workers.runs()) == 1, WAIT)
     assert workers.runs()[0][1] == victim.pid
     victim.send_signal(signal.SIGKILL)
     victim.wait(10)

@@ -14,11 +14,12 @@ import subprocess
 import sys
 import textwrap
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pytest
 
 from jobcore import Job, JobManager, JobStatus
+from waiting import wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WAIT = 60.0
@@ -98,24 +99,16 @@ def workers(tmp_path: Any) -> Iterator[Workers]:
     pool.stop_all()
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.02)
-
-
 def test_two_processes_drain_every_job_exactly_once(workers: Workers) -> None:
     producer = JobManager(workers.db, producer=True)
     workers.start(workers=4)
     workers.start(workers=4)
-    wait_until(lambda: len(producer.list_workers()) == 2)  # both up before work arrives
+    wait_until(lambda: len(producer.list_workers()) == 2, WAIT)  # both up before work arrives
     ids = []
     for start in range(0, 2000, 250):  # arrive in bursts while both are running
         ids += producer.enqueue_many([Job(function_name="work", args=(n,)) for n in range(start, start + 250)])
 
-    wait_until(lambda: producer.get_stats()["completed"] == 2000)
+    wait_until(lambda: producer.get_stats()["completed"] == 2000, WAIT)
 
     runs = workers.runs()
     assert sorted(runs) == list(range(2000))
@@ -132,12 +125,12 @@ def test_sigkilled_worker_loses_no_job(workers: Workers) -> None:
     producer.enqueue_many([Job(function_name="work", args=(n,), kwargs={"pause": 0.01}) for n in range(300)])
 
     for kill, threshold in enumerate((40, 110, 180)):
-        wait_until(lambda: len(workers.runs()) >= threshold)
+        wait_until(lambda: len(workers.runs()) >= threshold, WAIT)
         victim.send_signal(signal.SIGKILL)
         victim.wait(10)
         victim = workers.start(workers=2)
 
-    wait_until(lambda: producer.get_stats()["completed"] == 300)
+    wait_until(lambda: producer.get_stats()["completed"] == 300, WAIT)
     runs = workers.runs()
     assert sorted(runs) == list(range(300))
     duplicates = sum(count - 1 for count in runs.values())
@@ -151,7 +144,7 @@ def test_job_of_a_killed_worker_completes_elsewhere(workers: Workers, tmp_path: 
     started = tmp_path / "started"
     job_id = producer.enqueue(Job(function_name="chaosjobs.hang", args=(str(started),), max_retries=3))
     victim = workers.start(workers=1)
-    wait_until(lambda: started.exists() and started.read_text() != "")
+    wait_until(lambda: started.exists() and started.read_text() != "", WAIT)
     assert producer.poll(job_id).status is JobStatus.RUNNING
     victim.send_signal(signal.SIGKILL)
     victim.wait(10)
@@ -182,11 +175,11 @@ def test_worker_registry_lists_live_processes(workers: Workers) -> None:
     first = workers.start(workers=1)
     workers.start(workers=1)
     manager = JobManager(workers.db, producer=True)
-    wait_until(lambda: len(manager.list_workers()) == 2, timeout=20)
+    wait_until(lambda: len(manager.list_workers()) == 2, 20)
     assert {w.pid for w in manager.list_workers()} == {p.pid for p in workers.processes}
     first.send_signal(signal.SIGTERM)
     first.wait(15)
-    wait_until(lambda: len(manager.list_workers()) == 1, timeout=20)
+    wait_until(lambda: len(manager.list_workers()) == 1, 20)
     manager.close()
 
 
@@ -195,7 +188,7 @@ def test_a_dead_worker_on_this_host_is_noticed_before_its_lease_ends(workers: Wo
     started = tmp_path / "started"
     job_id = producer.enqueue(Job(function_name="chaosjobs.hang", args=(str(started),)))
     victim = workers.start(workers=1, lease=3600)  # its lease alone would hold the job an hour
-    wait_until(lambda: started.exists() and started.read_text() != "")
+    wait_until(lambda: started.exists() and started.read_text() != "", WAIT)
     victim.send_signal(signal.SIGKILL)
     victim.wait(10)
 
