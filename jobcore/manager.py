@@ -173,7 +173,7 @@ class JobManager:
         self._pool.enqueue_entries(recovery.requeued)
         for event, ids in (("job.dead_lettered", recovery.failed), ("job.cancelled", recovery.cancelled)):
             for job_id in ids:
-                self._mark_settled(job_id)
+                self._mark_settled([(job_id, None)])
                 record = self.repository.get(job_id)
                 if record is not None:
                     self._publish(event, record, {"error": record.error, "error_type": record.error_type})
@@ -351,15 +351,19 @@ class JobManager:
                 seen = self._settled_count
                 completion = self._completions.get(job_id)
             if completion is not None:  # completed here: its row holds nothing else
-                return result_of(completion.stored())
-            record = self.repository.get_without_args(job_id)
-            if record is None:
-                raise JobNotFound(job_id)
-            if record.status.is_terminal:
-                return result_of(record)
+                return completion.job_result()
+            if self._pool.settles_here(job_id):  # and wakes us when it does: no need to read
+                status = JobStatus.RUNNING
+            else:
+                record = self.repository.get_without_args(job_id)
+                if record is None:
+                    raise JobNotFound(job_id)
+                if record.status.is_terminal:
+                    return result_of(record)
+                status = record.status
             remaining = None if deadline is None else deadline - SYSTEM_CLOCK.monotonic()
             if remaining is not None and remaining <= 0:
-                raise TimeoutError(f"job {job_id!r} is still {record.status.value} after {timeout}s")
+                raise TimeoutError(f"job {job_id!r} is still {status.value} after {timeout}s")
             # Settled here: woken at once. Settled by another process: noticed by polling.
             interval = min(interval * 2, 0.1)
             wait_for = interval if remaining is None else min(interval, remaining)
@@ -373,16 +377,20 @@ class JobManager:
                         if left:
                             self._waiting[job_id] = left
 
-    def _mark_settled(self, job_id: str, completion: Optional[Completion] = None) -> None:
-        """Note that `job_id` reached a terminal state here (with its `Completion` if it
-        completed) and wake whoever waits for it."""
+    def _mark_settled(self, settled: Iterable[tuple[str, Optional[Completion]]]) -> None:
+        """Note that these jobs reached a terminal state here (each with its `Completion`
+        if it completed) and wake whoever waits for one of them: one notification for all,
+        so a waiter woken finds every one of them already noted."""
         with self._settled:
-            self._settled_count += 1
-            if completion is not None:
-                self._completions[job_id] = completion
-                if len(self._completions) > RECENT_COMPLETIONS:
-                    self._completions.popitem(last=False)
-            if job_id in self._waiting:  # most jobs settle with nobody waiting on them
+            waited = False
+            for job_id, completion in settled:
+                self._settled_count += 1
+                if completion is not None:
+                    self._completions[job_id] = completion
+                    if len(self._completions) > RECENT_COMPLETIONS:
+                        self._completions.popitem(last=False)
+                waited = waited or job_id in self._waiting  # most settle with nobody waiting
+            if waited:
                 self._settled.notify_all()
 
     def list_jobs(self, status: Union[JobStatus, str, None] = None, tags: Union[str, Collection[str], None] = None,
@@ -453,7 +461,7 @@ class JobManager:
         if outcome is CancelOutcome.CANCELLED:
             for cancelled in (job_id, *cascade.cancelled):
                 self._local.forget(cancelled)
-                self._mark_settled(cancelled)
+                self._mark_settled([(cancelled, None)])
             return True
         return False
 

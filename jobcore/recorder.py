@@ -8,7 +8,6 @@ fires cron schedules. It owns no threads: the worker pool's dispatcher calls it.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import operator
 import random
@@ -20,8 +19,9 @@ from .clock import Clock
 from .context import JobContext
 from .errors import RepositoryError
 from .execution import Outcome
-from .models import JobStatus
+from .models import JobResult, JobStatus
 from .queue import ReadyQueue
+from .records import local_datetime, new_result
 from .registry import FunctionRegistry, LocalJobs
 from .repository.base import Cascade, JobRecord, JobRepository, QueueEntry, Settlement
 from .retry import Classifier
@@ -50,11 +50,11 @@ class Finished:
 REMEMBERED_RESULT_CHARS = 1024
 
 
-# The fields of a claimed record a `Completion` keeps: all but the arguments (payloads
-# may be large) and what completing sets. One C-level call reads them all.
-_KEPT = tuple(f.name for f in dataclasses.fields(JobRecord)
-              if f.name not in ("args", "kwargs", "status", "completed_at", "progress", "result",
-                                "lease_expires_at", "error", "error_type", "traceback"))
+# The fields of a claimed record a `Completion` keeps: those `poll` shows that completing
+# leaves as they were (see `JobRepository.apply`). One C-level call reads them all.
+_KEPT = ("id", "name", "progress_message", "progress_details", "attempts", "created_at",
+         "scheduled_at", "run_at", "started_at", "owner", "tags", "metadata", "function_name",
+         "priority", "max_retries", "depends_on", "worker_id", "cron")
 _read_kept = operator.attrgetter(*_KEPT)
 
 
@@ -81,17 +81,25 @@ class Completion(NamedTuple):
             return None
         return Completion(_read_kept(finished.record), result, at, persistent)
 
-    def stored(self) -> JobRecord:
-        """The record as the repository now holds it (what `get` would return, less the
-        arguments): a completion sets exactly these fields (see `JobRepository.apply`)."""
-        record = JobRecord(**dict(zip(_KEPT, self.kept)))
-        record.status, record.completed_at, record.progress = JobStatus.COMPLETED, self.at, 1.0
-        record.result = serialization.decode(self.result) if self.persistent else self.result
-        return record
+    def job_result(self) -> JobResult:
+        """What `poll` would show of the job's row now (the same as `result_of` of it),
+        made straight from the kept fields: `wait` returns this for every job it waits on,
+        so it is built without an intermediate `JobRecord`."""
+        (job_id, name, message, details, attempts, created_at, scheduled_at, run_at, started_at,
+         owner, tags, metadata, function_name, priority, max_retries, depends_on, worker_id,
+         cron) = self.kept
+        result = serialization.decode(self.result) if self.persistent else self.result
+        return new_result(
+            job_id, name, JobStatus.COMPLETED, 1.0, message, dict(details), result, None, None,
+            None, attempts, local_datetime(created_at),
+            local_datetime(scheduled_at if run_at is None else run_at), local_datetime(started_at),
+            local_datetime(self.at), owner, frozenset(tags), dict(metadata), function_name,
+            priority, max_retries, tuple(depends_on), worker_id, cron)
 
 
-# Told of every job that settles here: its id, and its `Completion` if it completed.
-Settled = Callable[[str, Optional[Completion]], None]
+# Told of the jobs that settled here, in one call per exchange: each one's id, and its
+# `Completion` if it completed.
+Settled = Callable[[list[tuple[str, Optional[Completion]]]], None]
 
 
 class Recorder:
@@ -168,11 +176,17 @@ class Recorder:
                 logger.exception("repository failed to record %d outcomes / claim %d jobs; will retry",
                                  len(settlements), len(claim_ids))
             return None
+        settled: list[tuple[str, Optional[Completion]]] = []
         for f, settlement, cascade in zip(finished, settlements, cascades):
             try:
-                self._after(f, settlement, cascade, now)
+                self._after(f, settlement, cascade, now, settled)
             except Exception:  # bookkeeping must never end the thread making the exchange
                 logger.exception("after recording job %s, acting on its outcome failed", f.record.id)
+        if settled:
+            try:
+                self._on_settled(settled)
+            except Exception:  # waiters then find these by reading the store
+                logger.exception("telling of %d settled jobs failed", len(settled))
         claimed.sort(key=lambda r: (-r.priority, r.seq))
         return claimed
 
@@ -200,11 +214,12 @@ class Recorder:
                       now=now, ran_for=finished.ran_for, encoded_result=encoded)
 
     def _after(self, finished: Finished, settlement: Settlement, cascade: Optional[Cascade],
-               now: float) -> None:
+               now: float, settled: list[tuple[str, Optional[Completion]]]) -> None:
+        """Act on one recorded outcome; add the jobs it settled to `settled`."""
         record = finished.record
         if cascade is None:
             logger.warning("job %s was no longer held by this worker; its outcome is discarded", record.id)
-            self._on_settled(record.id, None)
+            settled.append((record.id, None))
             return
         if settlement.kind == "retry":  # a timer: its run_at keeps it from drop_stale
             self._queue.push(record.queue_entry()._replace(run_at=settlement.retry_at), settlement.retry_at)
@@ -213,8 +228,8 @@ class Recorder:
         self.enqueue_entries(cascade.released)
         for job_id in cascade.cancelled:
             self._local.forget(job_id)
-            self._on_settled(job_id, None)
-        self._on_settled(record.id, Completion.of(finished, settlement, now, self._repo.persistent))
+            settled.append((job_id, None))
+        settled.append((record.id, Completion.of(finished, settlement, now, self._repo.persistent)))
         details = {"result": settlement.result} if settlement.kind == "complete" else event_details(settlement)
         self._publish(EVENTS[settlement.kind], record, details)
 

@@ -37,7 +37,7 @@ from .queue import ReadyQueue
 from .registry import FunctionRegistry, LocalJobs
 from .repository.base import JobRecord, JobRepository, QueueEntry
 from .retry import Classifier
-from .recorder import Finished, Publisher, Recorder, Settled
+from .recorder import Completion, Finished, Publisher, Recorder, Settled
 
 logger = logging.getLogger("jobcore.workers")
 
@@ -91,7 +91,8 @@ class WorkerPool:
         self._recorder = Recorder(repository, queue, registry, local, clock, worker_id,
                                   lease_timeout=settings.lease_timeout,
                                   max_retry_delay=settings.max_retry_delay, retry_on=settings.retry_on,
-                                  rng=rng, publish=publish, on_settled=on_settled)
+                                  rng=rng, publish=publish, on_settled=self._settled)
+        self._on_settled = on_settled
         # _lock guards every attribute below. Worker threads wait on _work_ready for a
         # claimed record or an exchange to make; the dispatcher waits on _dispatch_needed
         # for work it must do (see module docstring).
@@ -175,6 +176,21 @@ class WorkerPool:
         """Ids this pool holds a claim on: buffered, running, or being recorded."""
         with self._lock:
             return [r.id for r in self._buffer] + list(self._running) + list(self._settling)
+
+    def settles_here(self, job_id: str) -> bool:
+        """True if this pool holds a claim on `job_id` that `on_settled` has yet to tell of
+        (buffered, running, or being recorded): the job settles here, and the caller hears
+        of it then."""
+        with self._lock:
+            return (job_id in self._running or job_id in self._settling
+                    or any(r.id == job_id for r in self._buffer))
+
+    def _settled(self, settled: list[tuple[str, Optional[Completion]]]) -> None:
+        """The recorder settled these: they leave `_settling` (see `settles_here`) before
+        `on_settled` hears of them."""
+        with self._lock:
+            self._settling.difference_update(job_id for job_id, _ in settled)
+        self._on_settled(settled)
 
     @property
     def idle(self) -> bool:

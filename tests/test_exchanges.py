@@ -291,11 +291,11 @@ def test_a_failure_acting_on_an_outcome_does_not_stall_the_manager(repository: J
     settled = recorder._on_settled
     failed: list[str] = []
 
-    def flaky(job_id: str, completion: Any) -> None:
+    def flaky(jobs: list[tuple[str, Any]]) -> None:
         if not failed:
-            failed.append(job_id)
+            failed.append(jobs[0][0])
             raise RuntimeError("bookkeeping bug (injected)")
-        settled(job_id, completion)
+        settled(jobs)
 
     recorder._on_settled = flaky
     ids = manager.enqueue_many([Job(function_name="task", args=(n,)) for n in range(50)])

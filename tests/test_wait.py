@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import sqlite3
 import threading
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -57,7 +58,12 @@ def test_wait_on_a_job_completed_here_gives_what_poll_gives_without_reading_the_
     manager = make_manager(repository, max_workers=2)
     manager.register_function("pair", pair)
     manager.start()
-    ids = [manager.enqueue(Job(function_name="pair", args=(n,))) for n in range(20)]
+    # (each field poll shows set apart from its default, so none can be taken for another)
+    past = datetime.now() - timedelta(seconds=5)
+    ids = [manager.enqueue(Job(function_name="pair", args=(n,), name=f"pair {n}", priority=n,
+                               tags={"a", f"t{n}"}, metadata={"n": n}, owner=f"owner {n}",
+                               max_retries=30 - n, scheduled_at=past if n % 2 else None))
+           for n in range(20)]
     last = manager.wait(ids[-1], timeout=10)
     assert last.status is JobStatus.COMPLETED
     for job_id in ids:  # every one settled before the last one's wait returned? wait for each
@@ -71,6 +77,8 @@ def test_wait_on_a_job_completed_here_gives_what_poll_gives_without_reading_the_
         assert _fields(result) == _fields(manager.poll(job_id))
     assert waited[3].result == ([3, {"x": 3}] if backend == "sqlite" else (3, {"x": 3}))
     assert waited[3].progress == 1.0 and waited[3].completed_at is not None
+    assert (waited[3].owner, waited[3].tags, waited[3].metadata) == ("owner 3", {"a", "t3"}, {"n": 3})
+    assert waited[3].scheduled_at is not None and waited[4].scheduled_at is None
 
 
 def test_wait_reads_the_row_of_a_job_that_reported_progress(make_manager: Any, db_path: str) -> None:
@@ -143,6 +151,39 @@ def test_only_the_latest_completions_are_remembered(make_manager: Any, db_path: 
     assert reads.reads == 3
     assert [r.result[0] for r in results] == list(range(6))
     assert len(manager._completions) == 3
+
+
+@pytest.mark.parametrize("reported", [False, True])
+def test_wait_on_a_job_running_here_reads_no_row_until_it_settles(make_manager: Any, db_path: str,
+                                                                  reported: bool) -> None:
+    """A job claimed here settles here, and its waiter is woken then: reading its row
+    while it runs would tell nothing new. One that reported progress is read once, after."""
+    # given a job running here, held at a gate
+    started, gate = threading.Event(), threading.Event()
+
+    def gated(x: int) -> int:
+        if reported:
+            job = current_job()
+            assert job is not None
+            job.progress(0.5, "halfway")
+        started.set()
+        gate.wait(10)
+        return x
+
+    manager = make_manager(db_path, max_workers=1)
+    manager.register_function("gated", gated)
+    manager.start()
+    job_id = manager.enqueue(Job(function_name="gated", args=(3,)))
+    assert started.wait(10)
+    reads = _CountingGets(manager.repository)
+    # when it is waited for while it runs (past a timeout), then released and waited for
+    with pytest.raises(TimeoutError, match="still running"):
+        manager.wait(job_id, timeout=0.05)
+    gate.set()
+    result = manager.wait(job_id, timeout=10)
+    # then the answer is its outcome, and no row was read before it settled
+    assert (result.status, result.result) == (JobStatus.COMPLETED, 3)
+    assert reads.reads == (1 if reported else 0)
 
 
 def test_a_manager_that_runs_nothing_still_waits_by_reading(make_manager: Any, db_path: str) -> None:
