@@ -10,6 +10,7 @@ waiting costs nothing per job.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, Callable, Optional, Sequence
 
 from harness import BATCH, WORKERS, Engine, Tracker
@@ -50,7 +51,14 @@ class Jobcore(Engine):
     def start(self) -> None:
         self.manager.start()
 
+    wait_each = False  # True: completion is seen by a `wait` on every id (harness.waited)
+
     def wait_done(self, timeout: float) -> None:
+        if self.wait_each:
+            deadline = time.monotonic() + timeout
+            for job_id in self.ids:
+                self.manager.wait(job_id, timeout=max(0.0, deadline - time.monotonic()))
+            return
         if not self.tracker.all_started.wait(timeout):
             raise TimeoutError(f"not every job started within {timeout:.0f}s")
         for x in list(self.tracker.last_by_thread.values()):

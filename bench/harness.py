@@ -186,6 +186,15 @@ def e2e(engine: Engine, workdir: str, n: int, budget: float) -> dict[str, Any]:
     return result
 
 
+def waited(engine: Engine, workdir: str, n: int, budget: float) -> dict[str, Any]:
+    """As `e2e`, but the drain ends when a `wait` on every job id, one after the other,
+    has returned: how an application using only the public API sees a queue drained."""
+    if not hasattr(engine, "wait_each"):
+        raise NotImplementedError("only jobcore waits per job id here")
+    engine.wait_each = True
+    return e2e(engine, workdir, n, budget)
+
+
 def bulk(engine: Engine, workdir: str, n: int, timeout: float) -> dict[str, Any]:
     """Enqueue n jobs through the batch API, `BATCH` per call (the enqueue rate only)."""
     if not engine.bulk:

@@ -99,6 +99,22 @@ def render(results: dict[str, Any], targets: list[dict[str, Any]], meta: dict[st
             out.extend(partials)
             out.append("")
 
+    if "waited" in results:
+        out.append("## Completion seen through `wait` on every job id (jobs/s)\n")
+        out.append("drain = as above (jobcore: job bodies counted, then `wait` on each worker thread's"
+                   " last job); waited = the caller, after enqueueing, calls `wait` on every id in turn,"
+                   " as an application using only the public API would; end-to-end = enqueue + that drain.\n")
+        out.append("| engine | drain | drain, waited | waited ÷ drain | end-to-end, waited |")
+        out.append("| --- | ---: | ---: | ---: | ---: |")
+        for engine, entry in results["waited"].items():
+            drain = _get(results, "e2e", engine, "drain_per_s")
+            waited = entry.get("drain_per_s")
+            if "error" in entry:
+                notes.setdefault(engine, f"waited: {entry['error']}")
+            out.append(f"| {_label(engine)} | {_rate(drain)} | {_rate(waited)} | {_ratio(waited, drain)} |"
+                       f" {_rate(entry.get('e2e_per_s'))} |")
+        out.append("")
+
     if "pickup" in results:
         out.append("## Pickup latency with idle workers (ms, enqueue call start → job body starts)\n")
         out.append("| engine | p50 | p95 | p99 | max | samples | p50 × Huey |")
