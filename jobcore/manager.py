@@ -13,11 +13,10 @@ import random
 import socket
 import threading
 import uuid
-from collections import OrderedDict
 from typing import Any, Callable, Collection, Iterable, Optional, Union
 
 from .clock import SYSTEM_CLOCK, Clock
-from .errors import InvalidJob, JobNotFound, UnknownFunction
+from .errors import InvalidJob, UnknownFunction
 from .models import Job, JobResult, JobStatus, LogEntry, function_qualname
 from .notify_dispatch import NotificationDispatcher
 from .records import event_of, job_of, local_datetime, record_for, result_of
@@ -28,7 +27,7 @@ from .repository.factory import RepositoryLike, build_repository, default_databa
 from .retry import Classifier, is_transient
 from .housekeeper import Housekeeper
 from .isolation import isolation_problem
-from .recorder import Completion
+from .waiting import Settlements
 from .workers import PoolSettings, WorkerPool
 
 logger = logging.getLogger("jobcore")
@@ -40,7 +39,6 @@ RETRY_RULES = ("only a failed or cancelled job can be re-queued, and not a cron 
                " unique_key another unfinished job holds")
 
 READY_LOAD_LIMIT = 10_000  # a window: the queue is refilled as it drains
-RECENT_COMPLETIONS = 4096  # jobs completed here that `wait` can answer without a read
 
 
 def _positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
@@ -93,20 +91,12 @@ class JobManager:
         self._local = LocalJobs()
         self._queue = ReadyQueue(self._clock)
         self._notifier = NotificationDispatcher()
-        # _settled (a Condition on its own lock) guards _settled_count, bumped whenever a
-        # job this process runs or cancels reaches a terminal state, _waiting and
-        # _completions; `wait` sleeps on it and is woken when its job settles here.
-        self._settled = threading.Condition(threading.Lock())
-        self._settled_count = 0
-        self._waiting: dict[str, int] = {}  # job id -> threads in `wait` for it
-        # The latest jobs completed here, oldest first (at most RECENT_COMPLETIONS): `wait`
-        # answers from these without reading the row back.
-        self._completions: OrderedDict[str, Completion] = OrderedDict()
+        self._settlements = Settlements()  # jobs settled here, and `wait`'s sleepers
         # _lifecycle_lock guards _running across start/stop.
         self._lifecycle_lock = threading.Lock()
         self._running = False
         self._pool = WorkerPool(self.repository, self._queue, self._registry, self._local, self._clock,
-                                settings, self.worker_id, self._publish, self._mark_settled,
+                                settings, self.worker_id, self._publish, self._settlements.mark,
                                 rng or random.Random())
         self._housekeeper = Housekeeper(self.repository, self._pool, self._clock, settings,
                                         self._load_queue,
@@ -173,7 +163,7 @@ class JobManager:
         self._pool.enqueue_entries(recovery.requeued)
         for event, ids in (("job.dead_lettered", recovery.failed), ("job.cancelled", recovery.cancelled)):
             for job_id in ids:
-                self._mark_settled([(job_id, None)])
+                self._settlements.mark([(job_id, None)])
                 record = self.repository.get(job_id)
                 if record is not None:
                     self._publish(event, record, {"error": record.error, "error_type": record.error_type})
@@ -250,10 +240,7 @@ class JobManager:
             job.validate()
         if len({job.id for job in jobs}) != len(jobs):
             raise InvalidJob("id", "the same job appears twice in one batch")
-        if self._completions:  # an id used again once its job was deleted (by any process)
-            with self._settled:
-                for job in jobs:
-                    self._completions.pop(job.id, None)
+        self._settlements.forget(job.id for job in jobs)  # ids used again once deleted
         now = self._clock.time()
         records = [self._record_for(job, now) for job in jobs]
         for job in jobs:
@@ -345,53 +332,8 @@ class JobManager:
         for an unknown id."""
         deadline = None if timeout is None else SYSTEM_CLOCK.monotonic() + _positive(
             "timeout", timeout, allow_zero=True)
-        interval = 0.005
-        while True:
-            with self._settled:
-                seen = self._settled_count
-                completion = self._completions.get(job_id)
-            if completion is not None:  # completed here: its row holds nothing else
-                return completion.job_result()
-            if self._pool.settles_here(job_id):  # and wakes us when it does: no need to read
-                status = JobStatus.RUNNING
-            else:
-                record = self.repository.get_without_args(job_id)
-                if record is None:
-                    raise JobNotFound(job_id)
-                if record.status.is_terminal:
-                    return result_of(record)
-                status = record.status
-            remaining = None if deadline is None else deadline - SYSTEM_CLOCK.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise TimeoutError(f"job {job_id!r} is still {status.value} after {timeout}s")
-            # Settled here: woken at once. Settled by another process: noticed by polling.
-            interval = min(interval * 2, 0.1)
-            wait_for = interval if remaining is None else min(interval, remaining)
-            with self._settled:
-                if self._settled_count == seen:
-                    self._waiting[job_id] = self._waiting.get(job_id, 0) + 1
-                    try:
-                        self._settled.wait(wait_for)
-                    finally:
-                        left = self._waiting.pop(job_id) - 1
-                        if left:
-                            self._waiting[job_id] = left
-
-    def _mark_settled(self, settled: Iterable[tuple[str, Optional[Completion]]]) -> None:
-        """Note that these jobs reached a terminal state here (each with its `Completion`
-        if it completed) and wake whoever waits for one of them: one notification for all,
-        so a waiter woken finds every one of them already noted."""
-        with self._settled:
-            waited = False
-            for job_id, completion in settled:
-                self._settled_count += 1
-                if completion is not None:
-                    self._completions[job_id] = completion
-                    if len(self._completions) > RECENT_COMPLETIONS:
-                        self._completions.popitem(last=False)
-                waited = waited or job_id in self._waiting  # most settle with nobody waiting
-            if waited:
-                self._settled.notify_all()
+        return self._settlements.wait(job_id, deadline, timeout, held=self._pool.settles_here,
+                                      read=self.repository.get_without_args)
 
     def list_jobs(self, status: Union[JobStatus, str, None] = None, tags: Union[str, Collection[str], None] = None,
                   owner: Optional[str] = None, limit: Optional[int] = 50, offset: int = 0) -> list[JobResult]:
@@ -461,7 +403,7 @@ class JobManager:
         if outcome is CancelOutcome.CANCELLED:
             for cancelled in (job_id, *cascade.cancelled):
                 self._local.forget(cancelled)
-                self._mark_settled([(cancelled, None)])
+                self._settlements.mark([(cancelled, None)])
             return True
         return False
 
@@ -489,8 +431,7 @@ class JobManager:
         days = _positive("retention_days", retention_days, allow_zero=True)
         before = None if days == 0 else self._clock.time() - days * 86400.0
         deleted = self.repository.delete_finished(before)
-        with self._settled:
-            self._completions.clear()  # `wait` on a deleted job must not find it here
+        self._settlements.forget_all()  # `wait` on a deleted job must not find it here
         return deleted
 
     # -- notifications -------------------------------------------------------------------------------

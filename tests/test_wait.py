@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from jobcore import Job, JobManager, JobStatus, MemoryRepository, SQLiteRepository, current_job
-from jobcore import manager as manager_module
+from jobcore import waiting
 from jobcore import serialization
 
 
@@ -136,7 +136,7 @@ def test_an_id_used_again_after_another_process_deleted_its_job_is_waited_for_af
 def test_only_the_latest_completions_are_remembered(make_manager: Any, db_path: str,
                                                     monkeypatch: Any) -> None:
     # given a manager that remembers at most 3 completions
-    monkeypatch.setattr(manager_module, "RECENT_COMPLETIONS", 3)
+    monkeypatch.setattr(waiting, "RECENT_COMPLETIONS", 3)
     manager = make_manager(db_path, max_workers=1)
     manager.register_function("pair", pair)
     manager.start()
@@ -150,7 +150,7 @@ def test_only_the_latest_completions_are_remembered(make_manager: Any, db_path: 
     # and every answer is right
     assert reads.reads == 3
     assert [r.result[0] for r in results] == list(range(6))
-    assert len(manager._completions) == 3
+    assert len(manager._settlements) == 3
 
 
 @pytest.mark.parametrize("reported", [False, True])
