@@ -28,11 +28,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional
 
+from .attempts import AttemptRunner
 from .clock import Clock
 from .context import JobContext
-from .errors import JobCancelled, JobTimeout, PermanentError, RepositoryError
-from .execution import Outcome, run_attempt
-from .isolation import ProcessRunner
+from .errors import JobTimeout, RepositoryError
+from .execution import Outcome
 from .queue import ReadyQueue
 from .registry import FunctionRegistry, LocalJobs
 from .repository.base import JobRecord, JobRepository, QueueEntry
@@ -93,6 +93,7 @@ class WorkerPool:
                                   max_retry_delay=settings.max_retry_delay, retry_on=settings.retry_on,
                                   rng=rng, publish=publish, on_settled=self._settled)
         self._on_settled = on_settled
+        self._attempts = AttemptRunner(registry, local, clock, settings.max_workers)
         # _lock guards every attribute below. Worker threads wait on _work_ready for a
         # claimed record or an exchange to make; the dispatcher waits on _dispatch_needed
         # for work it must do (see module docstring).
@@ -120,7 +121,6 @@ class WorkerPool:
         self._from_store = False
         self._record_due: Optional[float] = None  # time.monotonic() by which _finished is recorded
         self._dispatcher_wakes_at: Optional[float] = None  # time.monotonic(); None: not before notified
-        self._processes: Optional[ProcessRunner] = None
         self._average_run = 1.0  # seconds; start without a reserve until jobs prove short
         self.on_deadline: Callable[[], None] = lambda: None  # set by the housekeeper
         queue.listener = self._poke
@@ -289,7 +289,7 @@ class WorkerPool:
             record, context = attempt.record, attempt.context
             if attempt.deadline is not None:
                 self.on_deadline()
-            outcome = self._execute(record, context)
+            outcome = self._attempts.run(record, context)
             finished = Finished(record, context, outcome, self._clock.monotonic() - attempt.started)
             if not slot.abandoned:
                 finished.settlement = self._recorder.decide(finished)
@@ -351,31 +351,9 @@ class WorkerPool:
                 self._dispatch_needed.notify()
         self._finished.append(finished)
 
-    def _execute(self, record: JobRecord, context: JobContext) -> Outcome:
-        if context.cancel_requested:
-            return Outcome(error=JobCancelled(record.id))
-        if record.decode_error is not None:
-            return Outcome(error=_CorruptJob(record.decode_error))
-        func = self._local.function(record.id) or self._registry.get(record.function_name)
-        if func is None:
-            return Outcome(error=_NotRegistered(f"no function registered as {record.function_name!r}"))
-        if record.isolation == "process":
-            return self._runner().run(func, record.args, record.kwargs, context,
-                                      timeout=record.timeout, memory_limit=record.memory_limit)
-        return run_attempt(func, record.args, record.kwargs, context)
-
-    def _runner(self) -> ProcessRunner:
-        with self._lock:
-            if self._processes is None:  # built on the first isolated job: children cost ~0.1 s
-                self._processes = ProcessRunner(max(1, self._settings.max_workers), clock=self._clock)
-            return self._processes
-
     def close(self) -> None:
         """End idle child processes (after `stop`)."""
-        with self._lock:
-            runner, self._processes = self._processes, None
-        if runner is not None:
-            runner.close()
+        self._attempts.close()
 
     # -- ContextSink: reports from running jobs ---------------------------------------------
     def report_progress(self, context: JobContext, progress: float, message: str,
@@ -537,7 +515,7 @@ class WorkerPool:
             started = self._clock.monotonic()
             with self._lock:
                 self._running[record.id] = _Attempt(record, context, _Slot(-1), None, started)
-            outcome = self._execute(record, context)
+            outcome = self._attempts.run(record, context)
             with self._lock:
                 del self._running[record.id]
             if self._recorder.exchange([Finished(record, context, outcome,
@@ -582,15 +560,3 @@ class WorkerPool:
             for job_id in self._repo.heartbeat(self.worker_id, ids, now + self._settings.lease_timeout, now):
                 self.request_cancel(job_id)
         return ids
-
-
-class _CorruptJob(PermanentError):
-    """A stored job that cannot be decoded (reported as error_type `CorruptJob`)."""
-
-
-class _NotRegistered(PermanentError):
-    """A claimed job whose function is not registered here."""
-
-
-_CorruptJob.__name__ = "CorruptJob"
-_NotRegistered.__name__ = "UnknownFunction"
