@@ -22,6 +22,7 @@ class Jobcore(Engine):
 
     bulk = True
     priorities = True
+    wait_each = False  # True: completion is seen by a `wait` on every id (harness.waited)
 
     def __init__(self, durability: Optional[str]) -> None:
         self.durability = durability   # None: MemoryRepository
@@ -50,8 +51,6 @@ class Jobcore(Engine):
 
     def start(self) -> None:
         self.manager.start()
-
-    wait_each = False  # True: completion is seen by a `wait` on every id (harness.waited)
 
     def wait_done(self, timeout: float) -> None:
         if self.wait_each:

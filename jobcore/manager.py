@@ -330,9 +330,9 @@ class JobManager:
 
         Raises `TimeoutError` after `timeout` seconds and `JobNotFound` (a LookupError)
         for an unknown id."""
-        deadline = None if timeout is None else SYSTEM_CLOCK.monotonic() + _positive(
-            "timeout", timeout, allow_zero=True)
-        return self._settlements.wait(job_id, deadline, timeout, held=self._pool.settles_here,
+        if timeout is not None:
+            _positive("timeout", timeout, allow_zero=True)
+        return self._settlements.wait(job_id, timeout, held=self._pool.settles_here,
                                       read=self.repository.get_without_args)
 
     def list_jobs(self, status: Union[JobStatus, str, None] = None, tags: Union[str, Collection[str], None] = None,

@@ -72,14 +72,14 @@ class Settlements:
         with self._changed:
             return len(self._completions)
 
-    def wait(self, job_id: str, deadline: Optional[float], timeout: Optional[float], *,
-             held: Callable[[str], bool], read: Callable[[str], Optional[JobRecord]]) -> JobResult:
+    def wait(self, job_id: str, timeout: Optional[float], *, held: Callable[[str], bool],
+             read: Callable[[str], Optional[JobRecord]]) -> JobResult:
         """Block until `job_id` is terminal and return what `poll` would show of it.
 
-        `deadline` is a `SYSTEM_CLOCK.monotonic()` time (None: no limit), past which a
-        `TimeoutError` names `timeout`; `held(job_id)` tells whether the job settles here
-        (then its row is not read until it has); `read` reads its row without arguments.
-        Raises `JobNotFound` for an unknown id."""
+        `timeout`: seconds (checked by the caller; None: no limit), then `TimeoutError`.
+        `held(job_id)` tells whether the job settles here (then its row is not read until
+        it has); `read` reads its row without arguments. `JobNotFound` for an unknown id."""
+        deadline = None if timeout is None else SYSTEM_CLOCK.monotonic() + timeout
         interval = FIRST_INTERVAL
         while True:
             with self._changed:
