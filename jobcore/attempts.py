@@ -9,15 +9,17 @@ touches no storage: the worker pool records the `Outcome`.
 from __future__ import annotations
 
 import threading
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from .clock import Clock
 from .context import JobContext
 from .errors import JobCancelled, PermanentError
 from .execution import Outcome, run_attempt
-from .isolation import ProcessRunner
 from .registry import FunctionRegistry, LocalJobs
 from .repository.base import JobRecord
+
+if TYPE_CHECKING:
+    from .isolation import ProcessRunner
 
 
 class AttemptRunner:
@@ -47,6 +49,8 @@ class AttemptRunner:
         return run_attempt(func, record.args, record.kwargs, context)
 
     def _runner(self) -> ProcessRunner:
+        # Imported on the first isolated job: multiprocessing costs ~15 ms at start-up.
+        from .isolation import ProcessRunner
         with self._lock:
             if self._processes is None:
                 self._processes = ProcessRunner(self._children, clock=self._clock)

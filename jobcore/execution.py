@@ -6,16 +6,18 @@ binding of `current_job()`. It decides nothing about retries and touches no stor
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 import threading
 import traceback as traceback_module
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from .context import JobContext, bind, unbind
 from .errors import JobCancelled
+
+if TYPE_CHECKING:
+    import asyncio
 
 _loops = threading.local()
 
@@ -57,6 +59,7 @@ _accepts_progress_callback = functools.lru_cache(maxsize=1024)(_inspect_progress
 
 
 def _event_loop() -> asyncio.AbstractEventLoop:
+    import asyncio  # on the first coroutine job only: importing it costs ~25 ms at start-up
     loop = getattr(_loops, "loop", None)
     if loop is None or loop.is_closed():
         loop = asyncio.new_event_loop()

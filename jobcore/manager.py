@@ -26,7 +26,6 @@ from .repository.base import CancelOutcome, JobRecord, Recovery, WorkerInfo
 from .repository.factory import RepositoryLike, build_repository, default_database_path
 from .retry import Classifier, is_transient
 from .housekeeper import Housekeeper
-from .isolation import isolation_problem
 from .waiting import Settlements
 from .workers import PoolSettings, WorkerPool
 
@@ -303,6 +302,7 @@ class JobManager:
         if job.function is None and name not in self._registry and not self.producer:
             raise UnknownFunction(name)
         if job.isolation == "process":
+            from .isolation import isolation_problem  # multiprocessing: only when needed
             func = job.function or self._registry.get(name)
             problem = None if func is None else isolation_problem(func)
             if problem is not None:
