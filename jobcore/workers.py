@@ -420,6 +420,8 @@ class WorkerPool:
             self._failing, self._from_store = False, from_store
             for f in finished:  # a moving average of run times decides the reserve
                 self._average_run += 0.1 * (f.ran_for - self._average_run)
+                # Most left in _settled already; this catches any never told of (a failed
+                # bookkeeping step), which would otherwise look held here for ever.
                 self._settling.discard(f.record.id)
             self._buffer.extend(claimed)
             if len(claimed) > (1 if by_worker else 0):
