@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import heapq
 import threading
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 from .clock import Clock
 from .repository.base import QueueEntry
+
+# A heap item: (ordering key, seq, entry); the key is -priority (ready) or a due time.
+_Item = tuple[float, int, QueueEntry]
 
 
 class ReadyQueue:
@@ -23,15 +26,17 @@ class ReadyQueue:
     def __init__(self, clock: Clock, listener: Callable[[], None] = lambda: None) -> None:
         self._clock = clock
         self.listener = listener  # called, without any lock held, when there may be work
-        # _lock guards _ready, _timers and _members.
+        # _lock guards _ready, _timers, _schedules and _members.
         self._lock = threading.Lock()
         # heapq pops the smallest: -priority puts the highest first, seq keeps FIFO.
-        self._ready: list[tuple[int, int, QueueEntry]] = []
-        self._timers: list[tuple[float, int, QueueEntry]] = []
+        self._ready: list[_Item] = []
+        self._timers: list[_Item] = []
         # Cron schedules wait apart: firing one needs no worker, so it never queues
         # behind jobs for a free slot.
-        self._schedules: list[tuple[float, int, QueueEntry]] = []
-        self._members: set[str] = set()
+        self._schedules: list[_Item] = []
+        # Each queued id's live heap item. An item whose id maps to another item (or to
+        # none) was discarded: it stays in its heap until it surfaces, then is skipped.
+        self._members: dict[str, _Item] = {}
         self._high_seq = 0  # the largest seq ever queued
         clock.subscribe(self.wake)  # a fake clock's jump makes timers due
 
@@ -42,18 +47,18 @@ class ReadyQueue:
         with self._lock:
             if entry.job_id in self._members:
                 return
-            self._members.add(entry.job_id)
             self._high_seq = max(self._high_seq, entry.seq)
             if entry.is_schedule:
                 due = self._clock.time() if due_at is None else due_at
-                tell = not self._schedules or due < self._schedules[0][0]
-                heapq.heappush(self._schedules, (due, entry.seq, entry))
+                heap, item = self._schedules, (due, entry.seq, entry)
+                tell = not heap or due < heap[0][0]
             elif due_at is None:
-                heapq.heappush(self._ready, (-entry.priority, entry.seq, entry))
-                tell = True
+                heap, item, tell = self._ready, (-entry.priority, entry.seq, entry), True
             else:
-                tell = not self._timers or due_at < self._timers[0][0]
-                heapq.heappush(self._timers, (due_at, entry.seq, entry))
+                heap, item = self._timers, (due_at, entry.seq, entry)
+                tell = not heap or due_at < heap[0][0]
+            self._members[entry.job_id] = item
+            heapq.heappush(heap, item)
         if tell:
             self.listener()
 
@@ -65,17 +70,29 @@ class ReadyQueue:
             members, ready, high = self._members, self._ready, self._high_seq
             for entry in entries:
                 if entry.job_id not in members:
-                    members.add(entry.job_id)
-                    heapq.heappush(ready, (-entry.priority, entry.seq, entry))
+                    members[entry.job_id] = item = (-entry.priority, entry.seq, entry)
+                    heapq.heappush(ready, item)
                     high = max(high, entry.seq)
             self._high_seq = high
         self.listener()
 
+    def _live(self, item: _Item) -> bool:
+        return self._members.get(item[2].job_id) is item
+
+    def _prune(self, heap: list[_Item]) -> None:
+        """Pop discarded items off the top of `heap`, so its head is live (or it is empty)."""
+        while heap and not self._live(heap[0]):
+            heapq.heappop(heap)
+
     def _release_due(self) -> None:
         now = self._clock.time()
         while self._timers and self._timers[0][0] <= now:
-            _, _, entry = heapq.heappop(self._timers)
-            heapq.heappush(self._ready, (-entry.priority, entry.seq, entry))
+            item = heapq.heappop(self._timers)
+            if self._live(item):
+                entry = item[2]
+                self._members[entry.job_id] = ready = (-entry.priority, entry.seq, entry)
+                heapq.heappush(self._ready, ready)
+        self._prune(self._ready)
 
     def has_ready(self) -> bool:
         """True if an entry is ready now (timers that came due count)."""
@@ -89,10 +106,18 @@ class ReadyQueue:
             self._release_due()
             taken = []
             while self._ready and len(taken) < limit:
-                entry = heapq.heappop(self._ready)[2]
-                self._members.discard(entry.job_id)
-                taken.append(entry)
+                item = heapq.heappop(self._ready)
+                if self._live(item):
+                    del self._members[item[2].job_id]
+                    taken.append(item[2])
             return taken
+
+    def discard(self, job_ids: Iterable[str]) -> None:
+        """Forget these ids wherever they are queued: this process claimed them by number
+        (not by id), so naming them in a later claim would be in vain."""
+        with self._lock:
+            for job_id in job_ids:
+                self._members.pop(job_id, None)
 
     @property
     def high_seq(self) -> int:
@@ -108,12 +133,14 @@ class ReadyQueue:
         with self._lock:
             kept, dropped = [], 0
             for item in self._ready:
+                if not self._live(item):
+                    continue
                 if item[2].run_at is None and item[1] <= up_to_seq:
-                    self._members.discard(item[2].job_id)
+                    del self._members[item[2].job_id]
                     dropped += 1
                 else:
                     kept.append(item)
-            if dropped:
+            if len(kept) < len(self._ready):
                 heapq.heapify(kept)
                 self._ready = kept
             return dropped
@@ -123,15 +150,19 @@ class ReadyQueue:
         with self._lock:
             now = self._clock.time()
             due = []
+            self._prune(self._schedules)
             while self._schedules and self._schedules[0][0] <= now:
-                entry = heapq.heappop(self._schedules)[2]
-                self._members.discard(entry.job_id)
-                due.append(entry)
+                item = heapq.heappop(self._schedules)
+                if self._live(item):
+                    del self._members[item[2].job_id]
+                    due.append(item[2])
             return due
 
     def next_due(self) -> Optional[float]:
         """When the earliest timer or schedule is due (epoch seconds), or None."""
         with self._lock:
+            self._prune(self._timers)
+            self._prune(self._schedules)
             heads = [heap[0][0] for heap in (self._timers, self._schedules) if heap]
             return min(heads) if heads else None
 

@@ -402,6 +402,13 @@ class WorkerPool:
             for entry in entries:  # outside _lock: the queue's listener takes it
                 self._queue.push(entry)
         elif self._repo.persistent:
+            named = set(ids)
+            by_number = [record.id for record in claimed if record.id not in named]
+            if by_number:
+                # Their ids may still be queued here (the store's best ready jobs head this
+                # queue too). Named in a later claim they would come back stale, and be
+                # topped up by number again: a chain that fills exchanges with misses.
+                self._queue.discard(by_number)
             if len(claimed) < wanted:
                 # Topped up from the store and still short: no ready job is left there for
                 # this manager, so the ready ids it knew of were taken by other processes.

@@ -282,6 +282,74 @@ def test_dropping_stale_ids_keeps_due_timers_and_jobs_queued_since() -> None:
     assert [e.job_id for e in queue.pop_ready(10)] == ["later"]
 
 
+class StealsAndRaces(SQLiteRepository):
+    """During the first claim naming ids, stands in for another process that took them
+    all (worker "elsewhere") and for a producer thread here that stored and queued one
+    more job meanwhile (`race`, set by the test). Records the ids each claim named."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.race: Any = None
+        self.named: list[list[str]] = []
+
+    def apply(self, settlements: Sequence[Settlement], claim_ids: Sequence[str], worker_id: str,
+              now: float, lease_expires_at: float, top_up: Any = None, up_to: Any = None) -> Any:
+        if claim_ids:
+            if not self.named:
+                super().apply([], claim_ids, "elsewhere", now, lease_expires_at)
+                self.race()
+            self.named.append(list(claim_ids))
+        return super().apply(settlements, claim_ids, worker_id, now, lease_expires_at, top_up, up_to)
+
+
+def test_a_job_claimed_by_number_is_not_named_in_a_later_claim(tmp_path: Any, make_manager: Any) -> None:
+    # given two queued jobs that another process takes as the first claim names them,
+    # while a job enqueued here meanwhile is the only ready one left, so that claim tops
+    # up with it by number
+    repository = StealsAndRaces(str(tmp_path / "jobs.db"))
+    manager: JobManager = make_manager(repository, max_workers=2)
+    ran: list[str] = []
+    manager.register_function("task", ran.append)
+    manager.enqueue_many([Job(function_name="task", args=(name,)) for name in ("a", "b")])
+    racer = manager._record_for(Job(function_name="task", args=("racer",)), time.time())
+
+    def race() -> None:
+        repository.insert([racer], time.time())
+        manager._pool.enqueue_entries([racer.queue_entry()])
+    repository.race = race
+    # when the manager runs
+    manager.start()
+    wait_until(lambda: bool(repository.named), 5, "the first claim", pause=0.002)
+    assert manager.wait(racer.id, timeout=10).status == JobStatus.COMPLETED
+    wait_until(lambda: manager._pool.idle, 5, "the pool to go idle", pause=0.002)
+    # then it ran the racer once, and never named its id in a claim: its queued id was
+    # forgotten when it was claimed by number (else the next claim names it in vain,
+    # its miss is topped up by number, and so on while jobs keep coming)
+    assert ran == ["racer"]
+    assert len(repository.named) == 1 and racer.id not in repository.named[0]
+
+
+def test_a_discarded_id_is_skipped_and_can_be_queued_again() -> None:
+    # given a ready queue holding three ids and a timer
+    from jobcore.clock import FakeClock
+    from jobcore.queue import ReadyQueue
+    from jobcore.repository.base import QueueEntry
+    clock = FakeClock(1000.0)
+    queue = ReadyQueue(clock)
+    queue.push_ready([QueueEntry(name, 0, seq, None, "task") for seq, name in enumerate("abc", 1)])
+    queue.push(QueueEntry("t", 0, 4, 1500.0, "task"), due_at=1500.0)
+    # when two of the ready ids and the timer are discarded, and one of them queued again
+    queue.discard(["a", "b", "t", "unknown"])
+    assert len(queue) == 1 and not queue.drop_stale(0)
+    queue.push(QueueEntry("b", 9, 5, None, "task"))
+    # then only live entries come out, each once, and the discarded timer never fires
+    assert len(queue) == 2
+    assert [e.job_id for e in queue.pop_ready(10)] == ["b", "c"]
+    assert queue.next_due() is None
+    clock.advance(1000.0)
+    assert not queue.has_ready() and queue.pop_ready(10) == [] and len(queue) == 0
+
+
 def test_a_failure_acting_on_an_outcome_does_not_stall_the_manager(repository: JobRepository,
                                                                    make_manager: Any) -> None:
     # given a manager whose bookkeeping after the first recorded outcome raises once
