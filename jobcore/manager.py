@@ -268,6 +268,18 @@ class JobManager:
         if (record.status is not JobStatus.PENDING or record.blocked or record.is_schedule
                 or not self._pool.runnable(record.queue_entry())):
             return None
+        if not record.depends_on and record.unique_key is None and self.repository.inserts_in_exchanges:
+            # No row to check it against: stored in an exchange of the pool's, claimed there
+            # if a worker has room for it.
+            self._local.remember(job.id, self._local_function(job), job.retry_on)
+            try:
+                if self._pool.exchange_inserting(record, now):
+                    return record.id
+            except BaseException:
+                self._local.forget(job.id)
+                raise
+            self._local.forget(job.id)
+            return None
         if not self._pool.reserve_idle_worker():
             return None
         claimed: Optional[JobRecord] = None

@@ -176,6 +176,26 @@ class Recorder:
                 logger.exception("repository failed to record %d outcomes / claim %d jobs; will retry",
                                  len(settlements), len(claim_ids))
             return None
+        self._after_all(finished, settlements, cascades, now)
+        claimed.sort(key=lambda r: (-r.priority, r.seq))
+        return claimed
+
+    def exchange_inserting(self, record: JobRecord, claim_new: bool, finished: list[Finished],
+                           claim_ids: list[str], now: float) -> list[JobRecord]:
+        """`exchange`, storing the plain pending `record` in the same repository call
+        (`insert_and_apply`), claimed if `claim_new`. Returns the claimed records, best
+        first. Raises what the repository raised: nothing was stored, recorded or
+        claimed then (the caller decides what to tell; it may be the new job's fault)."""
+        settlements = [f.settlement or self._settlement(f, now) for f in finished]
+        cascades, claimed = self._repo.insert_and_apply(record, settlements, claim_ids, self._worker_id, now,
+                                                        now + self._lease_timeout, claim_new=claim_new)
+        self._after_all(finished, settlements, cascades, now)
+        claimed.sort(key=lambda r: (-r.priority, r.seq))
+        return claimed
+
+    def _after_all(self, finished: list[Finished], settlements: list[Settlement],
+                   cascades: list[Optional[Cascade]], now: float) -> None:
+        """Act on the recorded outcomes, then tell of the jobs they settled."""
         settled: list[tuple[str, Optional[Completion]]] = []
         for f, settlement, cascade in zip(finished, settlements, cascades):
             try:
@@ -187,8 +207,6 @@ class Recorder:
                 self._on_settled(settled)
             except Exception:  # waiters then find these by reading the store
                 logger.exception("telling of %d settled jobs failed", len(settled))
-        claimed.sort(key=lambda r: (-r.priority, r.seq))
-        return claimed
 
     def decide(self, finished: Finished) -> Optional[Settlement]:
         """The settlement of `finished` as of now, or None if deciding failed (it is then

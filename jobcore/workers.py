@@ -45,6 +45,9 @@ RESERVE_BELOW = 0.005  # seconds: jobs shorter than this on average get claimed 
 # Seconds: the longest a finished attempt waits to be recorded while the workers, busy
 # with buffered jobs, leave it for a later exchange; then the dispatcher records it.
 RECORD_WITHIN = 0.002
+# Seconds: enqueues closer together than this make a stream. While one lasts, exchanges
+# are left to the enqueuing thread (see `exchange_inserting`), not made by the dispatcher.
+STREAM_GAP = 0.001
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,8 @@ class WorkerPool:
         self._from_store = False
         self._record_due: Optional[float] = None  # time.monotonic() by which _finished is recorded
         self._dispatcher_wakes_at: Optional[float] = None  # time.monotonic(); None: not before notified
+        self._last_offer = float("-inf")  # time.monotonic() of the last exchange_inserting call
+        self._stream_until = float("-inf")  # time.monotonic(): enqueues stream in until then
         self._average_run = 1.0  # seconds; start without a reserve until jobs prove short
         self.on_deadline: Callable[[], None] = lambda: None  # set by the housekeeper
         queue.listener = self._poke
@@ -214,6 +219,60 @@ class WorkerPool:
     def enqueue_entries(self, entries: Iterable[QueueEntry]) -> None:
         """Queue entries this process can run (ready now, or as timers)."""
         self._recorder.enqueue_entries(entries)
+
+    # -- the enqueuing thread's exchange: a new job stored with the outcomes and claims ------
+    def exchange_inserting(self, record: JobRecord, now: float) -> bool:
+        """Store the plain pending `record` (no dependencies, no unique key) in an exchange
+        made now, by the enqueuing thread, if none is under way and there is room to claim
+        or an outcome to record. In one repository call it records the waiting outcomes,
+        stores the job and claims the best queued jobs, the new one among them if it is
+        good enough. False (nothing done): the caller stores the job the usual way.
+        Raises what storing it raised (nothing was stored, recorded or claimed), the
+        outcomes then left to the dispatcher.
+
+        A quiet pool hands a new job straight to an idle worker this way (no dispatcher
+        round trip), and under a stream of enqueues (see STREAM_GAP) every job carries
+        the outcomes finished since the last: one transaction per job, and no thread
+        woken to record or to claim."""
+        started = time.monotonic()
+        with self._lock:
+            if started - self._last_offer < STREAM_GAP:
+                self._stream_until = started + STREAM_GAP
+            self._last_offer = started
+            if self._stopping or self._exchanging or self._failing or self._from_store:
+                return False
+            if self._room_locked() <= 0 and not self._finished:
+                return False
+            finished, room, _ = self._begin_exchange_locked()
+        entries = self._queue.pop_ready(room) if room > 0 else []
+        claim_new = room > len(entries)
+        if not claim_new and entries and record.priority > entries[-1].priority:
+            self._queue.push(entries.pop())  # the new job goes before the worst of them
+            claim_new = True
+        try:
+            claimed = self._recorder.exchange_inserting(record, claim_new, finished,
+                                                        [e.job_id for e in entries], now)
+        except Exception:
+            for entry in entries:  # outside _lock: the queue's listener takes it
+                self._queue.push(entry)
+            with self._lock:
+                self._exchanging, self._claiming = False, 0
+                if finished:
+                    self._finished[:0] = finished
+                    self._record_due = time.monotonic()
+                    self._dispatch_needed.notify()
+            raise
+        if not claim_new:
+            self._recorder.enqueue_entries([record.queue_entry()])
+        with self._lock:
+            self._exchanging, self._claiming = False, 0
+            self._ended_locked(finished)
+            self._buffer.extend(claimed)
+            if claimed:
+                self._wake_one_locked()
+            if self._stopping:
+                self._dispatch_needed.notify()  # it may be waiting for this exchange to end
+        return True
 
     # -- direct hand-off: a new job to an idle worker, without the dispatcher ----------------
     def reserve_idle_worker(self) -> bool:
@@ -326,9 +385,13 @@ class WorkerPool:
             return None
         if self._room_locked() > 0 and (self._from_store or self._queue.has_ready()):
             return self._begin_exchange_locked()
-        if self._finished:
+        if self._finished and not self._streaming_locked():
             self._dispatch_needed.notify()
         return None
+
+    def _streaming_locked(self) -> bool:
+        """True while enqueues stream in (see STREAM_GAP). Called with _lock held."""
+        return time.monotonic() < self._stream_until
 
     def _wake_one_locked(self) -> None:
         """Wake one idle worker for buffered jobs, unless one is already on its way: it
@@ -342,12 +405,13 @@ class WorkerPool:
     def _add_finished_locked(self, finished: Finished) -> None:
         """Queue an outcome for the next exchange. The first one sets the time by which
         it must be recorded; if jobs are buffered (its worker goes on to one, leaving the
-        outcome for later), the dispatcher is woken when it would sleep past that time."""
+        outcome for later) or enqueues stream in (the next one may record it), the
+        dispatcher is woken when it would sleep past that time."""
         self._settling.add(finished.record.id)
         if not self._finished:
             self._record_due = due = time.monotonic() + RECORD_WITHIN
             wakes_at = self._dispatcher_wakes_at
-            if self._buffer and (wakes_at is None or wakes_at > due):
+            if (self._buffer or self._streaming_locked()) and (wakes_at is None or wakes_at > due):
                 self._dispatch_needed.notify()
         self._finished.append(finished)
 
@@ -425,17 +489,21 @@ class WorkerPool:
                 self._dispatch_needed.notify()
                 return False
             self._failing, self._from_store = False, from_store
-            for f in finished:  # a moving average of run times decides the reserve
-                self._average_run += 0.1 * (f.ran_for - self._average_run)
-                # Most left in _settled already; this catches any never told of (a failed
-                # bookkeeping step), which would otherwise look held here for ever.
-                self._settling.discard(f.record.id)
+            self._ended_locked(finished)
             self._buffer.extend(claimed)
             if len(claimed) > (1 if by_worker else 0):
                 self._wake_one_locked()
             if self._stopping:
                 self._dispatch_needed.notify()  # it may be waiting for this exchange to end
         return True
+
+    def _ended_locked(self, finished: list[Finished]) -> None:
+        """Bookkeeping once `finished` is recorded. Called with _lock held."""
+        for f in finished:  # a moving average of run times decides the reserve
+            self._average_run += 0.1 * (f.ran_for - self._average_run)
+            # Most left in _settled already; this catches any never told of (a failed
+            # bookkeeping step), which would otherwise look held here for ever.
+            self._settling.discard(f.record.id)
 
     # -- the dispatcher -------------------------------------------------------------------------
     def _dispatch(self) -> None:
@@ -469,6 +537,11 @@ class WorkerPool:
     def _dispatcher_exchange_locked(self) -> Optional[tuple[list[Finished], int, bool]]:
         """The exchange the dispatcher makes now, if any (see module docstring). Called
         with _lock held, when no exchange is under way."""
+        if self._streaming_locked() and not (self._stopping or self._failing):
+            # The next enqueue makes the exchange, unless outcomes wait past their time.
+            due = self._record_due
+            if not (self._finished and due is not None and time.monotonic() >= due):
+                return None
         if self._finished:
             # An empty buffer: no worker is about to record them (one would be making
             # this exchange, or sleeping).
@@ -490,6 +563,11 @@ class WorkerPool:
             waits.append(max(0.0, due - self._clock.time()))
         if self._finished and self._record_due is not None:
             waits.append(max(0.0, self._record_due - now))
+        if now < self._stream_until:
+            # While enqueues stream in, look at this pace: an outcome left for the next
+            # enqueue is then recorded in time without a notification of its own, and
+            # whatever waits is taken up soon after the stream stops.
+            waits.append(RECORD_WITHIN)
         timeout = min(waits) if waits else None
         self._dispatcher_wakes_at = None if timeout is None else now + timeout
         self._dispatch_needed.wait(timeout)

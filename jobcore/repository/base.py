@@ -223,6 +223,30 @@ class JobRepository(abc.ABC):
         _, claimed = self.apply([], [job_id], worker_id, now, lease_expires_at)
         return job_id, claimed[0] if claimed else None
 
+    def insert_and_apply(self, record: JobRecord, settlements: Sequence[Settlement], claim_ids: Sequence[str],
+                         worker_id: str, now: float, lease_expires_at: float, *,
+                         claim_new: bool) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
+        """Store `record` (as `insert`; with `claim_new`, already claimed for `worker_id`,
+        as `insert_claimed`), then `apply(settlements, claim_ids, ...)`: one atomic step.
+        For a record that needs no check against other rows: PENDING, no `depends_on`, no
+        `unique_key`, not a cron schedule (else `ValueError`).
+
+        A manager whose enqueues stream in makes its exchanges this way: each new job
+        carries the outcomes waiting to be recorded and the claims, in one transaction,
+        where they would otherwise take one of their own.
+
+        Returns each settlement's cascade (as `apply`) and the claimed records, the new
+        one first if claimed. If it raises, nothing was stored, recorded or claimed. A
+        backend that cannot promise that leaves this default, which raises
+        `NotImplementedError` (see `inserts_in_exchanges`); the manager then stores jobs
+        and makes exchanges apart."""
+        raise NotImplementedError
+
+    @property
+    def inserts_in_exchanges(self) -> bool:
+        """True if this backend implements `insert_and_apply`."""
+        return type(self).insert_and_apply is not JobRepository.insert_and_apply
+
     # -- reading -------------------------------------------------------------------
     @abc.abstractmethod
     def get(self, job_id: str) -> Optional[JobRecord]:

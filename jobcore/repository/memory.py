@@ -247,6 +247,18 @@ class MemoryRepository(JobRepository):
         with self._lock:  # one atomic step, as SQLite's single transaction
             return super().apply(settlements, claim_ids, worker_id, now, lease_expires_at, top_up, up_to)
 
+    def insert_and_apply(self, record: JobRecord, settlements: Sequence[Settlement], claim_ids: Sequence[str],
+                         worker_id: str, now: float, lease_expires_at: float, *,
+                         claim_new: bool) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
+        if (record.depends_on or record.unique_key is not None or record.is_schedule
+                or record.status is not JobStatus.PENDING):
+            raise ValueError(f"job {record.id} is not a plain pending job")
+        with self._lock:  # one atomic step; only the insert can raise (a taken id), and it goes first
+            self.insert([record], now)
+            cascades, claimed = self.apply(settlements, [record.id, *claim_ids] if claim_new else claim_ids,
+                                           worker_id, now, lease_expires_at)
+        return cascades, claimed
+
     def cancel(self, job_id: str, now: float, reason: str) -> tuple[CancelOutcome, Cascade]:
         with self._lock:
             row = self._jobs.get(job_id)

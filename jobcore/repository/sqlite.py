@@ -214,13 +214,51 @@ class SQLiteRepository(SettlesThroughApply, JobRepository):
             return super().insert_claimed(record, worker_id, now, lease_expires_at)
         query, params = self._new_row(record, now, JobStatus.RUNNING, claimed=True)
         record.seq = self._insert_row(query, (*params, now, worker_id, lease_expires_at), record.id)
+        return record.id, self._stored_claimed(record, params[3], worker_id, now, lease_expires_at)
+
+    def insert_and_apply(self, record: JobRecord, settlements: Sequence[Settlement], claim_ids: Sequence[str],
+                         worker_id: str, now: float, lease_expires_at: float, *,
+                         claim_new: bool) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
+        """The settlements' statements, the new row's INSERT and the claim: one transaction
+        (the INSERT alone, committed by itself, when there is nothing else to do)."""
+        if (record.depends_on or record.unique_key is not None or record.is_schedule
+                or record.status is not JobStatus.PENDING):
+            raise ValueError(f"job {record.id} is not a plain pending job")
+        encoded = [encode_result(s, self.max_payload_bytes) for s in settlements]  # raises before writing
+        status = JobStatus.RUNNING if claim_new else JobStatus.PENDING
+        query, params = self._new_row(record, now, status, claimed=claim_new)
+        row = (*params, now, worker_id, lease_expires_at) if claim_new else params
+        claim = (now, worker_id, lease_expires_at, json.dumps(list(claim_ids)), now)
+
+        def op(conn: sqlite3.Connection) -> tuple[list[Optional[Cascade]], int, list[Any]]:
+            cascades = settle_all(conn, settlements, encoded, worker_id, now)
+            try:
+                seq = conn.execute(query, row).lastrowid or 0
+            except sqlite3.IntegrityError:
+                raise id_taken(record.id) from None
+            return cascades, seq, conn.execute(sql.CLAIM_MANY, claim).fetchall() if claim_ids else []
+
+        if settlements or claim_ids:
+            cascades, record.seq, rows = self._group.run(op)
+        else:
+            cascades, record.seq, rows = [], self._insert_row(query, row, record.id), []
+        record.blocked = 0
+        claimed = [record_from_row(row) for row in rows]
+        if claim_new:
+            claimed.insert(0, self._stored_claimed(record, params[3], worker_id, now, lease_expires_at))
+        return cascades, claimed
+
+    @staticmethod
+    def _stored_claimed(record: JobRecord, payload: str, worker_id: str, now: float,
+                        lease_expires_at: float) -> JobRecord:
+        """What a claim would return of `record`, just stored claimed with `payload`."""
         record.status, record.blocked = JobStatus.RUNNING, 0
         claimed = record.copy()
         # The worker sees the arguments as any claim would: decoded from the stored JSON.
-        claimed.args, claimed.kwargs = serialization.decode_payload(params[3])
+        claimed.args, claimed.kwargs = serialization.decode_payload(payload)
         claimed.created_at, claimed.started_at, claimed.attempts = now, now, 1
         claimed.worker_id, claimed.lease_expires_at = worker_id, lease_expires_at
-        return record.id, claimed
+        return claimed
 
     @staticmethod
     def _unfinished_with_key(conn: sqlite3.Connection, key: str) -> Optional[str]:

@@ -101,11 +101,15 @@ def _release_dependents(conn: sqlite3.Connection, completed: list[str]) -> dict[
     released: dict[str, list[QueueEntry]] = {}
     if not completed:
         return released
+    if len(completed) == 1:
+        if not conn.execute(sql.ANY_DEPENDENT, (completed[0],)).fetchone()[0]:
+            return released
+    elif not conn.execute(sql.ANY_DEPENDENTS, (json.dumps(completed),)).fetchone()[0]:
+        return released
     ids = json.dumps(completed)
-    if conn.execute(sql.ANY_DEPENDENTS, (ids,)).fetchone()[0]:
-        for row in conn.execute(sql.RELEASE_DEPENDENTS, (ids, ids, ids)):
-            if row[6] == 0:
-                released.setdefault(row[7], []).append(entry_from_row(row))
+    for row in conn.execute(sql.RELEASE_DEPENDENTS, (ids, ids, ids)):
+        if row[6] == 0:
+            released.setdefault(row[7], []).append(entry_from_row(row))
     return released
 
 

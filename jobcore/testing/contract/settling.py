@@ -7,7 +7,7 @@ import pytest
 from ...models import JobStatus
 from ...repository import base
 from ...repository.base import JobRepository
-from .support import NOW, _add, _claim, _get, _ids_of, _status
+from .support import NOW, _add, _claim, _get, _ids_of, _status, make_record
 
 
 class _SettlingContract:
@@ -126,3 +126,54 @@ class _SettlingContract:
         for name in base.JobRecord.__dataclass_fields__:
             if name not in changed:
                 assert getattr(stored, name) == getattr(claimed, name), name
+
+    def test_insert_and_apply_stores_a_new_job_with_the_settlements_and_claims(
+            self, repository: JobRepository) -> None:
+        if not repository.inserts_in_exchanges:
+            pytest.skip("this backend stores jobs and makes exchanges apart")
+        # given w1 holding a job with a dependent, and a job waiting to be claimed
+        done, waiting = _add(repository), _add(repository)
+        _claim(repository, done.id, "w1")
+        dependent = _add(repository, depends_on=(done.id,))
+        new, later = make_record(args=(1, "two"), priority=3), make_record()
+        # when w1 stores a new job claimed, with its outcome and a claim, in one step
+        cascades, claimed = repository.insert_and_apply(
+            new, [base.Settlement("complete", done.id, 1, result="ok")], [waiting.id, dependent.id],
+            "w1", NOW + 1, NOW + 31, claim_new=True)
+        # then the outcome is recorded (releasing the dependent, claimed too), and the new
+        # job is stored running for w1, first among the claimed, as insert_claimed stores it
+        assert len(cascades) == 1 and cascades[0] is not None
+        assert _ids_of(cascades[0].released) == [dependent.id]
+        assert (_status(repository, done.id), _get(repository, done.id).result) == (JobStatus.COMPLETED, "ok")
+        assert [r.id for r in claimed[:1]] == [new.id]
+        assert sorted(r.id for r in claimed[1:]) == sorted([waiting.id, dependent.id])
+        for seen in (claimed[0], _get(repository, new.id)):
+            assert (seen.status, seen.worker_id, seen.attempts, seen.started_at, seen.lease_expires_at,
+                    seen.created_at, tuple(seen.args), seen.priority) == (
+                JobStatus.RUNNING, "w1", 1, NOW + 1, NOW + 31, NOW + 1, (1, "two"), 3)
+        assert new.seq == _get(repository, new.id).seq > _get(repository, dependent.id).seq
+        # and without claim_new, a new job is stored pending, after the others
+        assert repository.insert_and_apply(later, [], [], "w1", NOW + 2, NOW + 32, claim_new=False) == ([], [])
+        assert _status(repository, later.id) is JobStatus.PENDING
+        assert _ids_of(repository.ready(None, 10)) == [later.id] and later.seq > new.seq
+
+    def test_insert_and_apply_is_all_or_nothing(self, repository: JobRepository) -> None:
+        if not repository.inserts_in_exchanges:
+            pytest.skip("this backend stores jobs and makes exchanges apart")
+        # given w1 holding a job, and a new record whose id is taken
+        held, waiting = _add(repository), _add(repository)
+        _claim(repository, held.id, "w1")
+        taken = make_record(id=waiting.id)
+        outcome = [base.Settlement("complete", held.id, 1, result="ok")]
+        # when it is stored with the outcome and a claim, it is refused
+        with pytest.raises(ValueError, match=waiting.id):
+            repository.insert_and_apply(taken, outcome, [waiting.id], "w1", NOW + 1, NOW + 31, claim_new=True)
+        # then nothing was recorded or claimed
+        assert [_status(repository, j.id) for j in (held, waiting)] == [JobStatus.RUNNING, JobStatus.PENDING]
+        # and a job that needs checks against other rows is refused before anything is done
+        for record in (make_record(unique_key="k"), make_record(depends_on=(held.id,)),
+                       make_record(status=JobStatus.SCHEDULED, run_at=NOW + 60)):
+            with pytest.raises(ValueError):
+                repository.insert_and_apply(record, outcome, [], "w1", NOW + 1, NOW + 31, claim_new=False)
+            assert repository.get(record.id) is None
+        assert _status(repository, held.id) is JobStatus.RUNNING

@@ -1,0 +1,135 @@
+"""Exchanges made by the enqueuing thread: a plain job is stored in the same transaction
+that records the outcomes waiting and claims the next jobs, itself among them when a
+worker has room. While enqueues stream in, the dispatcher leaves that work to them."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable, Sequence
+
+import pytest
+
+from jobcore import Job, JobManager, JobStatus, MemoryRepository, SQLiteRepository
+from jobcore import workers
+from jobcore.repository.base import JobRepository, Settlement
+from waiting import wait_until
+
+WAIT = 10.0
+
+
+class _NotesRecording:
+    """Notes which call recorded each job's outcome: "apply" (an exchange of the
+    dispatcher's or a worker's) or "insert_and_apply" (one that stored a new job)."""
+
+    recorded_by: dict[str, str]
+    inside = threading.local()  # .inserting: this thread is within insert_and_apply (memory's calls apply)
+
+    def apply(self, settlements: Sequence[Settlement], *args: Any, **kwargs: Any) -> Any:
+        result = super().apply(settlements, *args, **kwargs)  # type: ignore[misc]
+        if not getattr(self.inside, "inserting", False):
+            self._note(settlements, "apply")
+        return result
+
+    def insert_and_apply(self, record: Any, settlements: Sequence[Settlement], *args: Any, **kwargs: Any) -> Any:
+        self.inside.inserting = True
+        try:
+            result = super().insert_and_apply(record, settlements, *args, **kwargs)  # type: ignore[misc]
+        finally:
+            self.inside.inserting = False
+        self._note(settlements, "insert_and_apply")
+        return result
+
+    def _note(self, settlements: Sequence[Settlement], how: str) -> None:
+        for s in settlements:
+            assert s.job_id not in self.recorded_by, f"{s.job_id} recorded twice"
+            self.recorded_by[s.job_id] = how
+
+
+class RecordingSQLite(_NotesRecording, SQLiteRepository):
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.recorded_by = {}
+
+
+class RecordingMemory(_NotesRecording, MemoryRepository):
+    def __init__(self) -> None:
+        super().__init__()
+        self.recorded_by = {}
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def recording(request: Any, tmp_path: Any) -> Any:
+    return RecordingSQLite(str(tmp_path / "jobs.db")) if request.param == "sqlite" else RecordingMemory()
+
+
+def _streaming(manager: JobManager, monkeypatch: Any) -> Callable[[], None]:
+    """Make the pool act as if enqueues streamed in, with outcomes left to them for a
+    minute; returns what ends the stream (the dispatcher then records what waits)."""
+    monkeypatch.setattr(workers, "RECORD_WITHIN", 60.0)
+    pool = manager._pool
+    pool._stream_until = time.monotonic() + 60.0
+
+    def end() -> None:
+        with pool._lock:
+            pool._stream_until = float("-inf")
+            pool._dispatch_needed.notify()
+    return end
+
+
+def test_an_outcome_waiting_when_a_job_is_enqueued_is_recorded_with_it(
+        recording: JobRepository, make_manager: Callable[..., JobManager], monkeypatch: Any) -> None:
+    # given a started manager whose enqueues stream in, and a job that ran and whose
+    # outcome waits to be recorded
+    manager = make_manager(recording, max_workers=1)
+    manager.register_function("task", lambda n: n * 10)
+    manager.start()
+    end_stream = _streaming(manager, monkeypatch)
+    first = manager.enqueue(Job(function_name="task", args=(1,)))
+    wait_until(lambda: first in manager._pool._settling, 5, "the first job to finish", pause=0.002)
+    assert manager.poll(first).status is JobStatus.RUNNING  # type: ignore[union-attr]
+    # when the next job is enqueued
+    second = manager.enqueue(Job(function_name="task", args=(2,)))
+    # then the first job's outcome was recorded in the call that stored the second
+    assert recording.recorded_by[first] == "insert_and_apply"  # type: ignore[attr-defined]
+    assert manager.wait(first, timeout=WAIT).result == 10
+    # and once the stream ends, the dispatcher records what is left
+    end_stream()
+    assert manager.wait(second, timeout=WAIT).result == 20
+    assert recording.recorded_by[second] == "apply"  # type: ignore[attr-defined]
+
+
+def test_an_enqueue_the_store_refuses_leaves_the_waiting_outcomes_recorded(
+        recording: JobRepository, make_manager: Callable[..., JobManager], monkeypatch: Any) -> None:
+    # given a stream of enqueues and a job whose outcome waits to be recorded
+    manager = make_manager(recording, max_workers=1)
+    manager.register_function("task", lambda value: value)
+    manager.start()
+    _streaming(manager, monkeypatch)
+    first = manager.enqueue(Job(function_name="task", args=("kept",)))
+    wait_until(lambda: first in manager._pool._settling, 5, "the first job to finish", pause=0.002)
+    # when an enqueue fails in the exchange that would have recorded it (a taken id)
+    with pytest.raises(ValueError, match=first):
+        manager.enqueue(Job(function_name="task", args=("again",), id=first))
+    # then the outcome is recorded all the same, by the dispatcher, while the stream lasts
+    assert manager.wait(first, timeout=WAIT).result == "kept"
+    assert recording.recorded_by[first] == "apply"  # type: ignore[attr-defined]
+    # and the worker takes the next job
+    later = manager.enqueue(Job(function_name="task", args=("later",)))
+    assert manager._pool.held_ids() == [later] or manager.wait(later, timeout=WAIT).result == "later"
+
+
+def test_jobs_enqueued_while_others_run_each_run_once_and_are_recorded_once(
+        recording: JobRepository, make_manager: Callable[..., JobManager]) -> None:
+    # given a started manager with two workers
+    manager = make_manager(recording, max_workers=2)
+    runs: list[int] = []
+    manager.register_function("task", runs.append)
+    manager.start()
+    # when a producer enqueues jobs one by one as fast as it can, some of higher priority
+    ids = [manager.enqueue(Job(function_name="task", args=(n,), priority=n % 3)) for n in range(300)]
+    # then every job completed after one attempt, and each outcome was recorded once
+    results = [manager.wait(job_id, timeout=WAIT) for job_id in ids]
+    assert [(r.status, r.attempts) for r in results] == [(JobStatus.COMPLETED, 1)] * 300
+    assert sorted(runs) == list(range(300))
+    assert sorted(recording.recorded_by) == sorted(ids)  # type: ignore[attr-defined]
