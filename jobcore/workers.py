@@ -48,6 +48,9 @@ RECORD_WITHIN = 0.002
 # Seconds: enqueues closer together than this make a stream. While one lasts, exchanges
 # are left to the enqueuing thread (see `exchange_inserting`), not made by the dispatcher.
 STREAM_GAP = 0.001
+# While enqueues stream in, an enqueue records the outcomes waiting once this many wait
+# (or the first has waited RECORD_WITHIN).
+STREAM_BATCH = 8
 
 
 @dataclass(frozen=True)
@@ -243,7 +246,13 @@ class WorkerPool:
                 return False
             if self._room_locked() <= 0 and not self._finished:
                 return False
-            finished, room, _ = self._begin_exchange_locked()
+            # While the stream lasts, outcomes wait for a few more: recorded together, they
+            # share statements and bookkeeping. Not past half their RECORD_WITHIN, though:
+            # then the dispatcher would record them, in a transaction of its own.
+            due = self._record_due
+            take = (len(self._finished) >= STREAM_BATCH or not self._streaming_locked()
+                    or due is None or started >= due - RECORD_WITHIN / 2)
+            finished, room, _ = self._begin_exchange_locked(take_finished=take)
         entries = self._queue.pop_ready(room) if room > 0 else []
         claim_new = room > len(entries)
         if not claim_new and entries and record.priority > entries[-1].priority:
@@ -436,11 +445,14 @@ class WorkerPool:
         return (self._capacity() - len(self._buffer) - len(self._running) - self._handoffs
                 - self._claiming)
 
-    def _begin_exchange_locked(self) -> tuple[list[Finished], int, bool]:
-        """Take every outcome waiting, the room to claim and whether to claim from the
-        store, for `_exchange`, which must follow. Called with _lock held."""
-        finished, self._finished = self._finished, []
-        self._record_due = None
+    def _begin_exchange_locked(self, take_finished: bool = True) -> tuple[list[Finished], int, bool]:
+        """Take every outcome waiting (unless not `take_finished`), the room to claim and
+        whether to claim from the store, for `_exchange` (or `exchange_inserting`), which
+        must follow. Called with _lock held."""
+        finished: list[Finished] = []
+        if take_finished:
+            finished, self._finished = self._finished, []
+            self._record_due = None
         self._exchanging = True
         self._claiming = room = max(0, self._room_locked())
         return finished, room, self._from_store

@@ -77,26 +77,47 @@ def _streaming(manager: JobManager, monkeypatch: Any) -> Callable[[], None]:
     return end
 
 
-def test_an_outcome_waiting_when_a_job_is_enqueued_is_recorded_with_it(
+def test_outcomes_waiting_while_enqueues_stream_in_are_recorded_with_a_later_job(
         recording: JobRepository, make_manager: Callable[..., JobManager], monkeypatch: Any) -> None:
-    # given a started manager whose enqueues stream in, and a job that ran and whose
-    # outcome waits to be recorded
+    # given a started manager whose enqueues stream in, outcomes recorded two at a time
     manager = make_manager(recording, max_workers=1)
     manager.register_function("task", lambda n: n * 10)
     manager.start()
     end_stream = _streaming(manager, monkeypatch)
+    monkeypatch.setattr(workers, "STREAM_BATCH", 2)
+    settling = manager._pool._settling
     first = manager.enqueue(Job(function_name="task", args=(1,)))
-    wait_until(lambda: first in manager._pool._settling, 5, "the first job to finish", pause=0.002)
-    assert manager.poll(first).status is JobStatus.RUNNING  # type: ignore[union-attr]
-    # when the next job is enqueued
+    wait_until(lambda: first in settling, 5, "the first job to finish", pause=0.002)
+    # when the next job is enqueued with one outcome waiting, then another with two
     second = manager.enqueue(Job(function_name="task", args=(2,)))
-    # then the first job's outcome was recorded in the call that stored the second
-    assert recording.recorded_by[first] == "insert_and_apply"  # type: ignore[attr-defined]
-    assert manager.wait(first, timeout=WAIT).result == 10
+    wait_until(lambda: second in settling, 5, "the second job to finish", pause=0.002)
+    assert recording.recorded_by == {}  # type: ignore[attr-defined]
+    third = manager.enqueue(Job(function_name="task", args=(3,)))
+    # then both outcomes were recorded in the call that stored the third job
+    assert recording.recorded_by == {first: "insert_and_apply", second: "insert_and_apply"}  # type: ignore[attr-defined]
+    assert [manager.wait(i, timeout=WAIT).result for i in (first, second)] == [10, 20]
     # and once the stream ends, the dispatcher records what is left
     end_stream()
-    assert manager.wait(second, timeout=WAIT).result == 20
-    assert recording.recorded_by[second] == "apply"  # type: ignore[attr-defined]
+    assert manager.wait(third, timeout=WAIT).result == 30
+    assert recording.recorded_by[third] == "apply"  # type: ignore[attr-defined]
+
+
+def test_an_outcome_waiting_past_half_its_time_is_recorded_by_the_next_enqueue(
+        recording: JobRepository, make_manager: Callable[..., JobManager], monkeypatch: Any) -> None:
+    # given a stream of enqueues and one outcome waiting, fewer than STREAM_BATCH
+    manager = make_manager(recording, max_workers=1)
+    manager.register_function("task", lambda n: n * 10)
+    manager.start()
+    _streaming(manager, monkeypatch)
+    first = manager.enqueue(Job(function_name="task", args=(1,)))
+    wait_until(lambda: first in manager._pool._settling, 5, "the first job to finish", pause=0.002)
+    # when half the time it may wait has passed (as if RECORD_WITHIN were 60 s from then)
+    with manager._pool._lock:
+        manager._pool._record_due = time.monotonic() + 30.0
+    manager.enqueue(Job(function_name="task", args=(2,)))
+    # then the next enqueue records it, before the dispatcher would
+    assert recording.recorded_by == {first: "insert_and_apply"}  # type: ignore[attr-defined]
+    assert manager.wait(first, timeout=WAIT).result == 10
 
 
 def test_an_enqueue_the_store_refuses_leaves_the_waiting_outcomes_recorded(
@@ -106,6 +127,7 @@ def test_an_enqueue_the_store_refuses_leaves_the_waiting_outcomes_recorded(
     manager.register_function("task", lambda value: value)
     manager.start()
     _streaming(manager, monkeypatch)
+    monkeypatch.setattr(workers, "STREAM_BATCH", 1)  # the next enqueue takes it along
     first = manager.enqueue(Job(function_name="task", args=("kept",)))
     wait_until(lambda: first in manager._pool._settling, 5, "the first job to finish", pause=0.002)
     # when an enqueue fails in the exchange that would have recorded it (a taken id)
