@@ -189,8 +189,10 @@ class Recorder:
         settlements = [f.settlement or self._settlement(f, now) for f in finished]
         cascades, claimed = self._repo.insert_and_apply(record, settlements, claim_ids, self._worker_id, now,
                                                         now + self._lease_timeout, claim_new=claim_new)
-        self._after_all(finished, settlements, cascades, now)
-        claimed.sort(key=lambda r: (-r.priority, r.seq))
+        if finished:
+            self._after_all(finished, settlements, cascades, now)
+        if len(claimed) > 1:
+            claimed.sort(key=lambda r: (-r.priority, r.seq))
         return claimed
 
     def _after_all(self, finished: list[Finished], settlements: list[Settlement],

@@ -70,50 +70,71 @@ class PostgresRepository(SettlesThroughApply, JobRepository):
         records = list(records)
         if not records:
             return []
+        return self._db.transaction(lambda tx: self._insert_in(tx, records, now))
+
+    def _insert_in(self, tx: Tx, records: list[JobRecord], now: float) -> list[str]:
+        """`insert`'s work, in the transaction `tx`."""
         given = {record.id: record for record in records}
         sql = self.sql
-
-        def work(tx: Tx) -> list[str]:
-            keys = sorted({r.unique_key for r in records if r.unique_key is not None})
-            holders = dict(tx.execute(sql.SELECT_UNFINISHED_BY_KEYS, (keys,)).fetchall()) if keys else {}
-            # Locks the stored dependencies (and stand-ins) against ending meanwhile.
-            wanted = {dep for r in records for dep in r.depends_on} | set(given) | set(holders.values())
-            found = {row[0]: (row[1], row[2]) for row in tx.execute(sql.LOCK_DEPENDENCIES, (sorted(wanted),))}
-            ids, planned = plan_batch(records, exists=found, unfinished_with_key=holders.get)
-            rows, dead_ids = [], []
-            for record in planned:
-                if record.id in found:
-                    raise id_taken(record.id)
-                blocked, dead = 0, None
-                for dep in record.depends_on:
-                    if dep not in found:  # a job of this batch: not complete yet
-                        blocked += 1
-                        continue
-                    status, name = found[dep]
-                    if status != JobStatus.COMPLETED.value:
-                        blocked += 1
-                    if status in _DEAD:
-                        dead = dependency_error_message(dep, name, status)
-                if dead:
-                    dead_ids.append(record.id)
-                status = JobStatus.CANCELLED if dead else record.status
-                rows.append(row_params(record, now, status, blocked, dead, self.max_payload_bytes))
-            if not rows:
-                return ids
-            tx.cur.executemany(sql.INSERT_JOB, rows, returning=True)
-            for record in planned:
-                given[record.id].seq = tx.cur.fetchone()[0]  # type: ignore[index]
-                tx.cur.nextset()
-            deps = [(record.id, dep) for record in planned for dep in record.depends_on]
-            if deps:
-                tx.cur.executemany(sql.INSERT_DEP, deps)
-            for job_id in dead_ids:  # batch members depending on it can never run either
-                cancel_dependents(sql, tx, job_id, now)
-            if len(dead_ids) < len(rows):
-                tx.notify()
+        keys = sorted({r.unique_key for r in records if r.unique_key is not None})
+        holders = dict(tx.execute(sql.SELECT_UNFINISHED_BY_KEYS, (keys,)).fetchall()) if keys else {}
+        # Locks the stored dependencies (and stand-ins) against ending meanwhile.
+        wanted = {dep for r in records for dep in r.depends_on} | set(given) | set(holders.values())
+        found = {row[0]: (row[1], row[2]) for row in tx.execute(sql.LOCK_DEPENDENCIES, (sorted(wanted),))}
+        ids, planned = plan_batch(records, exists=found, unfinished_with_key=holders.get)
+        rows, dead_ids = [], []
+        for record in planned:
+            if record.id in found:
+                raise id_taken(record.id)
+            blocked, dead = 0, None
+            for dep in record.depends_on:
+                if dep not in found:  # a job of this batch: not complete yet
+                    blocked += 1
+                    continue
+                status, name = found[dep]
+                if status != JobStatus.COMPLETED.value:
+                    blocked += 1
+                if status in _DEAD:
+                    dead = dependency_error_message(dep, name, status)
+            if dead:
+                dead_ids.append(record.id)
+            status = JobStatus.CANCELLED if dead else record.status
+            rows.append(row_params(record, now, status, blocked, dead, self.max_payload_bytes))
+        if not rows:
             return ids
+        tx.cur.executemany(sql.INSERT_JOB, rows, returning=True)
+        for record in planned:
+            given[record.id].seq = tx.cur.fetchone()[0]  # type: ignore[index]
+            tx.cur.nextset()
+        deps = [(record.id, dep) for record in planned for dep in record.depends_on]
+        if deps:
+            tx.cur.executemany(sql.INSERT_DEP, deps)
+        for job_id in dead_ids:  # batch members depending on it can never run either
+            cancel_dependents(sql, tx, job_id, now)
+        if len(dead_ids) < len(rows):
+            tx.notify()
+        return ids
 
-        return self._db.transaction(work)
+    def insert_and_apply(self, record: JobRecord, settlements: Sequence[Settlement], claim_ids: Sequence[str],
+                         worker_id: str, now: float, lease_expires_at: float, *,
+                         claim_new: bool) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
+        """The settlements, the new row and the claims (the new job's by id) in one transaction."""
+        if (record.depends_on or record.unique_key is not None or record.is_schedule
+                or record.status is not JobStatus.PENDING):
+            raise ValueError(f"job {record.id} is not a plain pending job")
+        encoded = [self._encode_result(s) for s in settlements]  # raises before writing
+        ids = [record.id, *claim_ids] if claim_new else list(claim_ids)
+        claim_params = self._claim_params(ids, worker_id, now, lease_expires_at)
+
+        def work(tx: Tx) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
+            cascades = settle_all(self.sql, tx, settlements, encoded, worker_id, now)
+            self._insert_in(tx, [record], now)
+            rows = tx.execute(self.sql.CLAIM_MANY, claim_params).fetchall() if ids else []
+            return cascades, _best_first(rows)
+
+        cascades, claimed = self._db.transaction(work)
+        claimed.sort(key=lambda r: r.id != record.id)  # the new job first; stable otherwise
+        return cascades, claimed
 
     # -- reading ---------------------------------------------------------------------------
     def get(self, job_id: str) -> Optional[JobRecord]:

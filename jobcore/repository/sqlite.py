@@ -228,7 +228,6 @@ class SQLiteRepository(SettlesThroughApply, JobRepository):
         status = JobStatus.RUNNING if claim_new else JobStatus.PENDING
         query, params = self._new_row(record, now, status, claimed=claim_new)
         row = (*params, now, worker_id, lease_expires_at) if claim_new else params
-        claim = (now, worker_id, lease_expires_at, json.dumps(list(claim_ids)), now)
 
         def op(conn: sqlite3.Connection) -> tuple[list[Optional[Cascade]], int, list[Any]]:
             cascades = settle_all(conn, settlements, encoded, worker_id, now)
@@ -236,11 +235,14 @@ class SQLiteRepository(SettlesThroughApply, JobRepository):
                 seq = conn.execute(query, row).lastrowid or 0
             except sqlite3.IntegrityError:
                 raise id_taken(record.id) from None
-            return cascades, seq, conn.execute(sql.CLAIM_MANY, claim).fetchall() if claim_ids else []
+            if not claim_ids:
+                return cascades, seq, []
+            claim = (now, worker_id, lease_expires_at, json.dumps(list(claim_ids)), now)
+            return cascades, seq, conn.execute(sql.CLAIM_MANY, claim).fetchall()
 
         if settlements or claim_ids:
             cascades, record.seq, rows = self._group.run(op)
-        else:
+        else:  # a new job alone (a quiet pool's hand-off): one statement, committed by itself
             cascades, record.seq, rows = [], self._insert_row(query, row, record.id), []
         record.blocked = 0
         claimed = [record_from_row(row) for row in rows]
