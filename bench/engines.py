@@ -108,8 +108,10 @@ PER_JOB = {
                       " call (concurrent callers share one: group commit); ready ids are claimed in"
                       " batches (UPDATE ... RETURNING the row) in the same transaction that records"
                       " finished outcomes, made by a worker thread that ran out of claimed jobs (or by"
-                      " the dispatcher thread when workers are idle); a job enqueued while a worker is idle is"
-                      " stored already claimed and handed straight to it; stores status, timestamps and"
+                      " the dispatcher thread when workers are idle); an enqueue on a started manager makes"
+                      " that exchange itself: the new row (claimed, handed straight to a worker with room),"
+                      " the outcomes waiting (a few at a time while enqueues stream in) and the claims in one"
+                      " transaction; stores status, timestamps and"
                       " the result (JSON, \"null\" here); an in-process heap of ids wakes workers at once;"
                       " WAL, synchronous=NORMAL: no fsync per commit, checkpoints on a background thread",
     "jobcore-sqlite-full": "as jobcore SQLite with synchronous=FULL: the WAL is fsynced on every"

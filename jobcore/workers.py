@@ -9,10 +9,14 @@ attempts are recorded in batches, in the same repository call as the next claims
   every outcome that waits) and runs one of the jobs it claimed: while work is queued,
   no thread is woken to record or to claim, and no worker sleeps between jobs. A worker
   that finds a job in the buffer runs it and leaves its outcome to that exchange;
+- the thread calling `enqueue` makes it for a plain job (`exchange_inserting`), storing
+  the job in the same repository call, claimed if a worker has room: a quiet pool's
+  idle worker gets the job with no dispatcher round trip, and while enqueues stream in
+  (STREAM_GAP) they record the finished outcomes, a few at a time;
 - the dispatcher thread makes it when work arrives for idle workers, when outcomes wait
   with nothing queued to claim, when they have waited RECORD_WITHIN (the workers busy
-  with buffered jobs), while the repository fails (with back-off), and at stop. It also
-  fires cron schedules.
+  with buffered jobs, or enqueues streaming in), while the repository fails (with
+  back-off), and at stop. It also fires cron schedules.
 
 A timeout hands a stuck thread's slot to a fresh thread. Periodic upkeep is the
 `Housekeeper`'s. It depends on the repository interface only.

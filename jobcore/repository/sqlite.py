@@ -253,14 +253,17 @@ class SQLiteRepository(SettlesThroughApply, JobRepository):
     @staticmethod
     def _stored_claimed(record: JobRecord, payload: str, worker_id: str, now: float,
                         lease_expires_at: float) -> JobRecord:
-        """What a claim would return of `record`, just stored claimed with `payload`."""
-        record.status, record.blocked = JobStatus.RUNNING, 0
-        claimed = record.copy()
-        # The worker sees the arguments as any claim would: decoded from the stored JSON.
-        claimed.args, claimed.kwargs = serialization.decode_payload(payload)
-        claimed.created_at, claimed.started_at, claimed.attempts = now, now, 1
-        claimed.worker_id, claimed.lease_expires_at = worker_id, lease_expires_at
-        return claimed
+        """`record`, just stored claimed with `payload`, made what a claim would return.
+
+        On the way from `enqueue` to a worker starting the job, so kept short: the record
+        is the caller's own (not copied), and arguments that are all JSON scalars, which
+        decode to what they were, are not decoded again."""
+        if record.kwargs or any(type(arg) not in _JSON_SCALARS for arg in record.args):
+            # The worker sees the arguments as any claim would: decoded from the stored JSON.
+            record.args, record.kwargs = serialization.decode_payload(payload)
+        record.status, record.blocked, record.created_at, record.started_at = JobStatus.RUNNING, 0, now, now
+        record.attempts, record.worker_id, record.lease_expires_at = 1, worker_id, lease_expires_at
+        return record
 
     @staticmethod
     def _unfinished_with_key(conn: sqlite3.Connection, key: str) -> Optional[str]:
@@ -462,6 +465,10 @@ class SQLiteRepository(SettlesThroughApply, JobRepository):
                 conn.execute(sql.DELETE_LOGS, (job_id,))
                 conn.execute(sql.DELETE_DEPS, (job_id, job_id))
         return len(rows)
+
+
+# Types whose values JSON gives back as they were (bool before int: both are exact).
+_JSON_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 class _Lookup:
