@@ -16,7 +16,8 @@ from .. import serialization
 from ..models import JobStatus
 from ..repository._cascade import dependency_error_message, plan_batch
 from ..repository.base import (Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry, Recovery,
-                               Settlement, SettlesThroughApply, WorkerInfo, claim_limit, id_taken)
+                               Settlement, SettlesThroughApply, WorkerInfo, claim_limit, id_taken,
+                               require_plain_pending)
 from .database import Database, Tx, Unchanged, schema_from_dsn
 from .rows import clean_text, entry_from_row, record_from_row, row_params, status_of
 from .settling import cancel_dependents, settle_all
@@ -119,9 +120,7 @@ class PostgresRepository(SettlesThroughApply, JobRepository):
                          worker_id: str, now: float, lease_expires_at: float, *,
                          claim_new: bool) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
         """The settlements, the new row and the claims (the new job's by id) in one transaction."""
-        if (record.depends_on or record.unique_key is not None or record.is_schedule
-                or record.status is not JobStatus.PENDING):
-            raise ValueError(f"job {record.id} is not a plain pending job")
+        require_plain_pending(record)
         encoded = [self._encode_result(s) for s in settlements]  # raises before writing
         ids = [record.id, *claim_ids] if claim_new else list(claim_ids)
         claim_params = self._claim_params(ids, worker_id, now, lease_expires_at)

@@ -176,6 +176,14 @@ def id_taken(job_id: str) -> ValueError:
     return ValueError(f"Job.id: a job with id {job_id!r} already exists")
 
 
+def require_plain_pending(record: "JobRecord") -> None:
+    """Refuse (`ValueError`) a record `insert_and_apply` does not take: one that is not
+    PENDING, has `depends_on` or a `unique_key`, or is a cron schedule."""
+    if (record.depends_on or record.unique_key is not None or record.is_schedule
+            or record.status is not JobStatus.PENDING):
+        raise ValueError(f"job {record.id} is not a plain pending job")
+
+
 def claim_limit(claim_ids: Sequence[str], up_to: Optional[int]) -> int:
     """How many jobs an `apply` with a top-up claims at most: `up_to`, never fewer than
     the ids it names."""

@@ -14,7 +14,7 @@ from typing import Any, Collection, Optional, Sequence
 from ..models import TERMINAL_STATUSES, JobStatus
 from ._cascade import dependency_error_message, plan_batch
 from .base import (Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry, Recovery, Settlement,
-                   WorkerInfo, id_taken)
+                   WorkerInfo, id_taken, require_plain_pending)
 
 _UNFINISHED = (JobStatus.PENDING, JobStatus.SCHEDULED, JobStatus.RUNNING)
 
@@ -250,9 +250,7 @@ class MemoryRepository(JobRepository):
     def insert_and_apply(self, record: JobRecord, settlements: Sequence[Settlement], claim_ids: Sequence[str],
                          worker_id: str, now: float, lease_expires_at: float, *,
                          claim_new: bool) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
-        if (record.depends_on or record.unique_key is not None or record.is_schedule
-                or record.status is not JobStatus.PENDING):
-            raise ValueError(f"job {record.id} is not a plain pending job")
+        require_plain_pending(record)
         with self._lock:  # one atomic step; only the insert can raise (a taken id), and it goes first
             self.insert([record], now)
             cascades, claimed = self.apply(settlements, [record.id, *claim_ids] if claim_new else claim_ids,

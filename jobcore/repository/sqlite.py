@@ -23,7 +23,8 @@ from .sqlite_rows import entry_from_row, is_plain, plain_params, record_from_row
 from ._cascade import dependency_error_message, plan_batch
 from .group_commit import GroupCommitter
 from .base import (Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry, Recovery, Settlement,
-                   SettlesThroughApply, WorkerInfo, claim_limit, id_taken)
+                   SettlesThroughApply, WorkerInfo, claim_limit, id_taken,
+                   require_plain_pending)
 
 DURABILITY = SYNCHRONOUS
 
@@ -221,9 +222,7 @@ class SQLiteRepository(SettlesThroughApply, JobRepository):
                          claim_new: bool) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
         """The settlements' statements, the new row's INSERT and the claim: one transaction
         (the INSERT alone, committed by itself, when there is nothing else to do)."""
-        if (record.depends_on or record.unique_key is not None or record.is_schedule
-                or record.status is not JobStatus.PENDING):
-            raise ValueError(f"job {record.id} is not a plain pending job")
+        require_plain_pending(record)
         encoded = [encode_result(s, self.max_payload_bytes) for s in settlements]  # raises before writing
         status = JobStatus.RUNNING if claim_new else JobStatus.PENDING
         query, params = self._new_row(record, now, status, claimed=claim_new)
