@@ -53,7 +53,7 @@ RECORD_WITHIN = 0.002
 # are left to the enqueuing thread (see `exchange_inserting`), not made by the dispatcher.
 STREAM_GAP = 0.001
 # While enqueues stream in, an enqueue records the outcomes waiting once this many wait
-# (or the first has waited RECORD_WITHIN).
+# (or the first has waited half of RECORD_WITHIN).
 STREAM_BATCH = 8
 
 
@@ -256,6 +256,8 @@ class WorkerPool:
             due = self._record_due
             take = (len(self._finished) >= STREAM_BATCH or not self._streaming_locked()
                     or due is None or started >= due - RECORD_WITHIN / 2)
+            if not take and self._room_locked() <= 0:
+                return False  # nothing to record yet, nothing to claim: the usual way
             finished, room, _ = self._begin_exchange_locked(take_finished=take)
         entries = self._queue.pop_ready(room) if room > 0 else []
         claim_new = room > len(entries)
