@@ -272,14 +272,13 @@ class JobManager:
             # No row to check it against: stored in an exchange of the pool's, claimed there
             # if a worker has room for it.
             self._local.remember(job.id, self._local_function(job), job.retry_on)
+            stored = False
             try:
-                if self._pool.exchange_inserting(record, now):
-                    return record.id
-            except BaseException:
-                self._local.forget(job.id)
-                raise
-            self._local.forget(job.id)
-            return None
+                stored = self._pool.exchange_inserting(record, now)
+            finally:
+                if not stored:
+                    self._local.forget(job.id)  # stored the usual way next, or not at all
+            return record.id if stored else None
         if not self._pool.reserve_idle_worker():
             return None
         claimed: Optional[JobRecord] = None
