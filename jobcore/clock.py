@@ -3,6 +3,11 @@
 Everything else receives a clock. Times are float seconds: `time()` is wall-clock epoch
 seconds (shared between processes, so leases and schedules use it), `monotonic()` is for
 measuring durations inside one process. Nothing here knows about jobs.
+
+`real_monotonic` and `real_sleep` are the exception, on purpose: they pace threads in
+real time whatever clock a manager was given (a batching window of a millisecond or two,
+a pause between tries of a locked database). `Condition.wait` waits in real time too, so
+a fake clock that stands still must not decide when such a wait ends.
 """
 
 from __future__ import annotations
@@ -96,3 +101,13 @@ class FakeClock:
 
 
 SYSTEM_CLOCK = SystemClock()
+
+
+def real_monotonic() -> float:
+    """Real monotonic seconds, for pacing threads (see the module docstring)."""
+    return _time.monotonic()
+
+
+def real_sleep(delay: float) -> None:
+    """Block the calling thread for `delay` real seconds (see the module docstring)."""
+    _time.sleep(max(0.0, delay))

@@ -5,13 +5,13 @@ worker has room. While enqueues stream in, the dispatcher leaves that work to th
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any, Callable, Sequence
 
 import pytest
 
 from jobcore import Job, JobManager, JobStatus, MemoryRepository, SQLiteRepository
-from jobcore import workers
+from jobcore import pacing
+from jobcore.clock import real_monotonic
 from jobcore.repository.base import JobRepository, Settlement
 from waiting import wait_until
 
@@ -66,14 +66,15 @@ def recording(request: Any, tmp_path: Any) -> Any:
 def _streaming(manager: JobManager, monkeypatch: Any) -> Callable[[], None]:
     """Make the pool act as if enqueues streamed in, with outcomes left to them for a
     minute; returns what ends the stream (the dispatcher then records what waits)."""
-    monkeypatch.setattr(workers, "RECORD_WITHIN", 60.0)
-    pool = manager._pool
-    pool._stream_until = time.monotonic() + 60.0
+    monkeypatch.setattr(pacing, "RECORD_WITHIN", 60.0)
+    state = manager._pool._state
+    with state.lock:
+        state.pacing.stream_for(60.0, real_monotonic())
 
     def end() -> None:
-        with pool._lock:
-            pool._stream_until = float("-inf")
-            pool._dispatch_needed.notify()
+        with state.lock:
+            state.pacing.stream_for(0.0, real_monotonic())
+            state.dispatch_needed.notify()
     return end
 
 
@@ -84,8 +85,8 @@ def test_outcomes_waiting_while_enqueues_stream_in_are_recorded_with_a_later_job
     manager.register_function("task", lambda n: n * 10)
     manager.start()
     end_stream = _streaming(manager, monkeypatch)
-    monkeypatch.setattr(workers, "STREAM_BATCH", 2)
-    settling = manager._pool._settling
+    monkeypatch.setattr(pacing, "STREAM_BATCH", 2)
+    settling = manager._pool._state.settling
     first = manager.enqueue(Job(function_name="task", args=(1,)))
     wait_until(lambda: first in settling, 5, "the first job to finish", pause=0.002)
     # when the next job is enqueued with one outcome waiting, then another with two
@@ -110,10 +111,11 @@ def test_an_outcome_waiting_past_half_its_time_is_recorded_by_the_next_enqueue(
     manager.start()
     _streaming(manager, monkeypatch)
     first = manager.enqueue(Job(function_name="task", args=(1,)))
-    wait_until(lambda: first in manager._pool._settling, 5, "the first job to finish", pause=0.002)
+    wait_until(lambda: first in manager._pool._state.settling, 5, "the first job to finish", pause=0.002)
     # when half the time it may wait has passed (as if RECORD_WITHIN were 60 s from then)
-    with manager._pool._lock:
-        manager._pool._record_due = time.monotonic() + 30.0
+    state = manager._pool._state
+    with state.lock:
+        state.pacing.record_due = real_monotonic() + 30.0
     manager.enqueue(Job(function_name="task", args=(2,)))
     # then the next enqueue records it, before the dispatcher would
     assert recording.recorded_by == {first: "insert_and_apply"}  # type: ignore[attr-defined]
@@ -127,9 +129,9 @@ def test_an_enqueue_the_store_refuses_leaves_the_waiting_outcomes_recorded(
     manager.register_function("task", lambda value: value)
     manager.start()
     end_stream = _streaming(manager, monkeypatch)
-    monkeypatch.setattr(workers, "STREAM_BATCH", 1)  # the next enqueue takes it along
+    monkeypatch.setattr(pacing, "STREAM_BATCH", 1)  # the next enqueue takes it along
     first = manager.enqueue(Job(function_name="task", args=("kept",)))
-    wait_until(lambda: first in manager._pool._settling, 5, "the first job to finish", pause=0.002)
+    wait_until(lambda: first in manager._pool._state.settling, 5, "the first job to finish", pause=0.002)
     # when an enqueue fails in the exchange that would have recorded it (a taken id)
     with pytest.raises(ValueError, match=first):
         manager.enqueue(Job(function_name="task", args=("again",), id=first))

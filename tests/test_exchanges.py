@@ -26,7 +26,7 @@ def test_an_outcome_left_for_later_is_recorded_while_every_worker_is_busy(reposi
     tiny = Job(function_name="tiny", priority=9)
     blocking = [Job(function_name="block", priority=5 - n) for n in range(3)]
     manager.enqueue_many([tiny, *blocking])
-    manager._pool._average_run = 0.0  # short jobs: two more are claimed in reserve
+    manager._pool._state.pacing.assume_short_jobs()  # short jobs: two more are claimed in reserve
     try:
         # when the tiny job's worker goes straight on to a buffered job that blocks
         manager.start()
@@ -81,7 +81,7 @@ def test_workers_record_their_own_outcomes_while_work_is_queued(make_manager: An
     manager: JobManager = make_manager(repository, max_workers=2)
     manager.register_function("task", lambda: None)
     ids = manager.enqueue_many([Job(function_name="task") for _ in range(300)])
-    manager._pool._average_run = 0.0  # short jobs: two claimed in reserve, four per batch
+    manager._pool._state.pacing.assume_short_jobs()  # short jobs: two claimed in reserve, four per batch
     # when they are drained
     manager.start()
     assert all(manager.wait(job_id, timeout=10).status == JobStatus.COMPLETED for job_id in ids)
@@ -126,7 +126,7 @@ def test_buffered_jobs_that_block_run_on_every_worker_at_once(repository: JobRep
     barrier = threading.Barrier(4)
     manager.register_function("meet", lambda: barrier.wait(timeout=5))
     ids = manager.enqueue_many([Job(function_name="meet", max_retries=0) for _ in range(8)])
-    manager._pool._average_run = 0.0  # short jobs: all eight are claimed at once
+    manager._pool._state.pacing.assume_short_jobs()  # short jobs: all eight are claimed at once
     # when they run (one idle worker is woken, and each wakes the next while jobs wait)
     manager.start()
     results = [manager.wait(job_id, timeout=10) for job_id in ids]

@@ -51,13 +51,13 @@ def test_no_more_than_twice_max_workers_jobs_start_unrecorded(make_manager: Any)
 
     manager.register_function("task", task)
     manager.enqueue_many([Job(function_name="task") for _ in range(60)])
-    manager._pool._average_run = 0.0  # short jobs: claimed jobs are held in reserve from the start
+    manager._pool._state.pacing.assume_short_jobs()  # short jobs: claimed jobs are held in reserve from the start
     # when the workers run while the first recording is stalled
     manager.start()
     assert repository.blocked.wait(10)
     pool = manager._pool
     deadline = time.monotonic() + 10
-    while (pool._buffer or pool._running) and time.monotonic() < deadline:
+    while (pool._state.buffer or pool._state.running) and time.monotonic() < deadline:
         time.sleep(0.005)  # until the workers ran every job they held
     with repository.lock:
         stalled_at = started[0] - repository.recorded

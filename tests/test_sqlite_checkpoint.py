@@ -79,14 +79,14 @@ def test_a_write_waits_for_another_connections_lock_and_goes_through_once_it_is_
     holder.execute("BEGIN IMMEDIATE")
     paused = threading.Event()
     pauses: list[float] = []
-    real_sleep = time.sleep
+    real_sleep = sqlite_conn.real_sleep
 
-    def sleep(seconds: float) -> None:  # time.sleep itself, for the length of this test
+    def sleep(seconds: float) -> None:  # the pause between tries, for the length of this test
         pauses.append(seconds)
         paused.set()
         real_sleep(seconds)
 
-    monkeypatch.setattr(sqlite_conn.time, "sleep", sleep)
+    monkeypatch.setattr(sqlite_conn, "real_sleep", sleep)
     record = make_record()
     outcome: list[Any] = []
     writer = threading.Thread(target=lambda: outcome.append(repo.insert([record], NOW)))

@@ -11,9 +11,9 @@ import logging
 import random
 import sqlite3
 import threading
-import time
 from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
 
+from ..clock import real_monotonic, real_sleep
 from ..errors import RepositoryError
 from .sqlite_rows import translate
 
@@ -145,12 +145,12 @@ class Connections:
                 text = str(exc)
                 if "locked" not in text and "busy" not in text:
                     raise translate(exc, self.path) from None
-                now = time.monotonic()
+                now = real_monotonic()
                 if deadline is None:
                     deadline = now + self.busy_timeout
                 if now >= deadline:
                     raise translate(exc, self.path) from None
-                time.sleep(min(pause * (0.5 + random.random()), deadline - now))
+                real_sleep(min(pause * (0.5 + random.random()), deadline - now))
                 pause = min(pause * 2, 0.001)
             except sqlite3.IntegrityError:
                 raise  # a constraint the caller's statement broke: the caller names it

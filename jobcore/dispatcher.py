@@ -1,0 +1,94 @@
+"""`Dispatcher`: the pool's thread that makes the exchanges no other thread makes.
+
+It makes one when work arrives for idle workers, when outcomes wait with nothing queued
+to claim, when they have waited past their time (the workers busy with buffered jobs, or
+enqueues streaming in), while the repository fails (with back-off), and at stop, when it
+also hands back the claimed jobs no worker started. It fires due cron schedules. Between
+those it sleeps on `PoolState.dispatch_needed`. The worker threads are `workers`'.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Optional
+
+from .clock import Clock, real_monotonic
+from .exchanges import Exchanges
+from .pool_state import Exchange, PoolState
+from .queue import ReadyQueue
+from .recorder import Recorder
+
+
+class Dispatcher:
+    """The dispatcher thread of one pool."""
+
+    def __init__(self, state: PoolState, exchanges: Exchanges, queue: ReadyQueue,
+                 recorder: Recorder, clock: Clock) -> None:
+        self._state = state
+        self._exchanges = exchanges
+        self._queue = queue
+        self._recorder = recorder
+        self._clock = clock
+        self.thread: Optional[threading.Thread] = None
+
+    def start(self) -> None:
+        """Start the thread; it ends once the pool stops and nothing is left to record."""
+        self.thread = threading.Thread(target=self._run, name="jobcore-dispatcher", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        state = self._state
+        backoff = 0.0
+        while True:
+            with state.lock:
+                while True:
+                    schedules = [] if state.stopping else self._queue.pop_due_schedules()
+                    exchange = None if state.exchanging else self._exchange_due_locked()
+                    if exchange is not None or schedules:
+                        break
+                    if state.stopping and not state.running and not state.exchanging:
+                        buffered = list(state.buffer)
+                        state.buffer.clear()
+                        break
+                    self._sleep_locked()
+            if exchange is None and not schedules:
+                self._recorder.hand_back(buffered)
+                return
+            for schedule in schedules:
+                self._recorder.fire_schedule(schedule)
+            if exchange is None:
+                continue
+            if backoff:
+                threading.Event().wait(backoff)
+            if self._exchanges.run(*exchange, by_worker=False):
+                backoff = 0.0
+            else:
+                backoff = min(max(backoff * 2, 0.05), 2.0)
+
+    def _exchange_due_locked(self) -> Optional[Exchange]:
+        """The exchange to make now, if any (see module docstring). Called with the lock
+        held, when no exchange is under way."""
+        state, pacing = self._state, self._state.pacing
+        if pacing.streaming(real_monotonic()) and not (state.stopping or state.failing):
+            # The next enqueue makes the exchange, unless outcomes wait past their time.
+            if not (state.finished and pacing.overdue(real_monotonic())):
+                return None
+        if state.finished:
+            # An empty buffer: no worker is about to record them (one would be making
+            # this exchange, or sleeping).
+            if (state.stopping or state.failing or not state.buffer or pacing.record_due is None
+                    or pacing.overdue(real_monotonic())):
+                return state.begin_exchange_locked()
+        if state.room_locked() > 0 and (state.from_store or self._queue.has_ready()):
+            return state.begin_exchange_locked()
+        return None
+
+    def _sleep_locked(self) -> None:
+        """Wait for a notification, the next timer or schedule, or the time by which
+        waiting outcomes must be recorded. Called with the lock held."""
+        state = self._state
+        due = self._queue.next_due()  # clock time: a fake clock's jump notifies instead
+        timer_in = None if due is None else max(0.0, due - self._clock.time())
+        timeout = state.pacing.dispatcher_timeout(real_monotonic(), bool(state.finished), timer_in)
+        state.dispatch_needed.wait(timeout)
+        state.pacing.dispatcher_woke()

@@ -1,0 +1,179 @@
+"""`Exchanges`: record finished attempts and claim the next jobs in one repository call.
+
+One exchange runs at a time (`PoolState.exchanging`), made by whichever thread needs it:
+a worker that ran out of claimed jobs (`worker_exchange_locked`, then `run`), the
+dispatcher (`run`), or the thread calling `enqueue` (`inserting`), which stores its new
+job in the same call. Also the direct hand-off of a new job to an idle worker, for jobs
+and backends an enqueue's exchange cannot take. When to make an exchange is the callers'
+business (and `Pacing`'s); no thread starts here.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from .clock import real_monotonic
+from .pool_state import Exchange, PoolState
+from .queue import ReadyQueue
+from .recorder import Finished, Recorder
+from .registry import FunctionRegistry
+from .repository.base import JobRecord, JobRepository
+
+
+class Exchanges:
+    """The exchanges of one pool, on its `PoolState`."""
+
+    def __init__(self, state: PoolState, repository: JobRepository, queue: ReadyQueue,
+                 registry: FunctionRegistry, recorder: Recorder, max_workers: int) -> None:
+        self._state = state
+        self._repo = repository
+        self._queue = queue
+        self._registry = registry
+        self._recorder = recorder
+        self._max_workers = max_workers
+
+    # -- a worker's exchange ----------------------------------------------------------------
+    def worker_exchange_locked(self) -> Optional[Exchange]:
+        """The exchange a worker makes before taking a job, if one is due: when the buffer
+        is empty and there is room to fill from the queue. With nothing to claim, waiting
+        outcomes are the dispatcher's to record (it is told). Called with the lock held."""
+        state = self._state
+        if state.exchanging or state.failing or state.buffer:
+            return None
+        if state.room_locked() > 0 and (state.from_store or self._queue.has_ready()):
+            return state.begin_exchange_locked()
+        if state.finished and not state.pacing.streaming(real_monotonic()):
+            state.dispatch_needed.notify()
+        return None
+
+    def run(self, finished: list[Finished], room: int, from_store: bool, *, by_worker: bool) -> bool:
+        """Record `finished` and claim up to `room` ready jobs in one repository call; the
+        claimed go to the buffer. A worker making it takes one of them itself, so it wakes
+        one idle worker fewer. False if the repository failed: everything is put back and
+        the dispatcher retries, backing off.
+
+        Claims name the ids queued here, best first, and are topped up from the store
+        when some went stale. While other processes take most of them (`from_store`), the
+        plain pending ids are skipped: due timers and retries are claimed by id, and the
+        rest of the room by number, the store's best ready jobs."""
+        known = self._queue.high_seq
+        if from_store:
+            self._queue.drop_stale(known)
+        entries = self._queue.pop_ready(room) if room > 0 else []
+        ids = [e.job_id for e in entries]
+        wanted = room if from_store else len(ids)
+        claimed = self._recorder.exchange(finished, ids, self._registry.names, up_to=wanted)
+        if claimed is None:
+            for entry in entries:  # outside the lock: the queue's listener takes it
+                self._queue.push(entry)
+        elif self._repo.persistent:
+            named = set(ids)
+            by_number = [record.id for record in claimed if record.id not in named]
+            if by_number:
+                # Their ids may still be queued here (the store's best ready jobs head this
+                # queue too). Named in a later claim they would come back stale, and be
+                # topped up by number again: a chain that fills exchanges with misses.
+                self._queue.discard(by_number)
+            if len(claimed) < wanted:
+                # Topped up from the store and still short: no ready job is left there for
+                # this manager, so the ready ids it knew of were taken by other processes.
+                # Forget them now rather than claim them in vain, a transaction at a time.
+                self._queue.drop_stale(known)
+                from_store = False
+            elif ids and not {record.id for record in claimed}.issuperset(ids):
+                from_store = True  # ids went stale, yet the store had as many as asked
+        state = self._state
+        with state.lock:
+            if claimed is None:  # nothing was recorded: the dispatcher records them, first
+                state.give_back_locked(finished)
+                state.failing = True
+                state.dispatch_needed.notify()
+                return False
+            state.failing, state.from_store = False, from_store
+            state.ended_locked(finished, claimed, wake=len(claimed) > (1 if by_worker else 0))
+        return True
+
+    # -- the enqueuing thread's exchange: a new job stored with the outcomes and claims ------
+    def inserting(self, record: JobRecord, now: float) -> bool:
+        """Store the plain pending `record` (no dependencies, no unique key) in an exchange
+        made now, by the enqueuing thread, if none is under way and there is room to claim
+        or an outcome to record. In one repository call it records the waiting outcomes,
+        stores the job and claims the best queued jobs, the new one among them if it is
+        good enough. False (nothing done): the caller stores the job the usual way.
+        Raises what storing it raised (nothing was stored, recorded or claimed), the
+        outcomes then left to the dispatcher.
+
+        A quiet pool hands a new job straight to an idle worker this way (no dispatcher
+        round trip), and under a stream of enqueues (see `Pacing`) every job carries the
+        outcomes finished since the last: one transaction per job, and no thread woken to
+        record or to claim."""
+        state = self._state
+        started = real_monotonic()
+        with state.lock:
+            state.pacing.offered(started)
+            if state.stopping or state.exchanging or state.failing or state.from_store:
+                return False
+            if state.room_locked() <= 0 and not state.finished:
+                return False
+            take = state.pacing.enqueue_takes_outcomes(started, len(state.finished))
+            if not take and state.room_locked() <= 0:
+                return False  # nothing to record yet, nothing to claim: the usual way
+            finished, room, _ = state.begin_exchange_locked(take_finished=take)
+        entries = self._queue.pop_ready(room) if room > 0 else []
+        claim_new = room > len(entries)
+        if not claim_new and entries and record.priority > entries[-1].priority:
+            self._queue.push(entries.pop())  # the new job goes before the worst of them
+            claim_new = True
+        try:
+            claimed = self._recorder.exchange_inserting(record, claim_new, finished,
+                                                        [e.job_id for e in entries], now)
+        except Exception:
+            for entry in entries:  # outside the lock: the queue's listener takes it
+                self._queue.push(entry)
+            with state.lock:
+                state.give_back_locked(finished)
+                if finished:
+                    state.pacing.due_now(real_monotonic())
+                    state.dispatch_needed.notify()
+            raise
+        if not claim_new:
+            self._recorder.enqueue_entries([record.queue_entry()])
+        with state.lock:
+            state.ended_locked(finished, claimed, wake=bool(claimed))
+        return True
+
+    # -- direct hand-off: a new job to an idle worker, without the dispatcher ----------------
+    def reserve_idle_worker(self) -> bool:
+        """Promise a slot to a job about to be enqueued, if a worker is idle, nothing is
+        queued ahead of it (so handing it over directly keeps priority order) and no
+        outcome waits to be recorded. The caller must follow with `hand_off` either way.
+
+        That last condition keeps the shortcut to a quiet pool, where it saves latency:
+        under a steady stream of jobs the dispatcher claims new jobs in the transaction
+        that records finished ones, which a hand-off per job would split into two."""
+        state = self._state
+        with state.lock:
+            if state.stopping or state.finished or state.settling:
+                return False
+            busy = len(state.buffer) + len(state.running) + state.handoffs + state.claiming
+            if busy >= self._max_workers or state.from_store or self._queue.has_ready():
+                return False
+            state.handoffs += 1
+            return True
+
+    def hand_off(self, record: Optional[JobRecord]) -> None:
+        """Give a worker the job claimed for a slot `reserve_idle_worker` promised, or
+        (None) give the slot back."""
+        state = self._state
+        with state.lock:
+            state.handoffs -= 1
+            if record is None:
+                state.dispatch_needed.notify()  # the slot is free again
+                return
+            if not state.stopping:
+                state.buffer.appendleft(record)
+                state.wake_one_locked()
+                return
+        # Stopped since the slot was promised: no worker will take it, so hand it back
+        # unstarted (PENDING again, the attempt not counted) rather than leave it held.
+        self._recorder.hand_back([record])

@@ -1,0 +1,125 @@
+"""`Pacing`: when a worker pool records finished attempts, and how many jobs it holds.
+
+Pure rules over real monotonic seconds given by the caller (`clock.real_monotonic`): a
+batching window is a millisecond or two of real time, whatever clock the manager has.
+No threads, no locks and no storage here; the pool's lock guards its one instance.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+# Jobs shorter than this on average (seconds) get claimed in reserve.
+RESERVE_BELOW = 0.005
+# Seconds: the longest a finished attempt waits to be recorded while the workers, busy
+# with buffered jobs, leave it for a later exchange; then the dispatcher records it.
+RECORD_WITHIN = 0.002
+# Seconds: enqueues closer together than this make a stream. While one lasts, exchanges
+# are left to the enqueuing thread, not made by the dispatcher.
+STREAM_GAP = 0.001
+# While enqueues stream in, an enqueue records the outcomes waiting once this many wait
+# (or the first has waited half of RECORD_WITHIN).
+STREAM_BATCH = 8
+
+
+class Pacing:
+    """The timing state of one pool: the waiting outcomes' deadline, the enqueue stream,
+    the dispatcher's next wake-up and the average run time. Every `now` is real
+    monotonic seconds."""
+
+    def __init__(self, max_workers: int) -> None:
+        self._max_workers = max_workers
+        # By when the outcomes waiting are recorded; None while none waits (or after an
+        # exchange took them).
+        self.record_due: Optional[float] = None
+        # When the sleeping dispatcher wakes by itself; None: not before it is notified.
+        self.dispatcher_wakes_at: Optional[float] = None
+        self._last_offer = float("-inf")  # the last enqueue that offered to make an exchange
+        self._stream_until = float("-inf")  # enqueues stream in until then
+        self._average_run = 1.0  # seconds; start without a reserve until jobs prove short
+
+    # -- how many jobs to hold -----------------------------------------------------------
+    def capacity(self) -> int:
+        """How many jobs the pool holds: one per worker, plus as many claimed in reserve
+        while jobs are short (under RESERVE_BELOW seconds on average), so a worker never
+        waits for the dispatcher between tiny jobs. Long jobs get no reserve: a claimed job
+        would show as running, keep a later higher-priority job waiting, and be out of
+        reach of idle workers elsewhere."""
+        workers = self._max_workers
+        return 2 * workers if self._average_run < RESERVE_BELOW else workers
+
+    def ran(self, seconds: float) -> None:
+        """An attempt ran `seconds`: a moving average decides the reserve."""
+        self._average_run += 0.1 * (seconds - self._average_run)
+
+    def assume_short_jobs(self) -> None:
+        """Hold a reserve from the start, as if jobs had proved short (for tests)."""
+        self._average_run = 0.0
+
+    # -- the enqueue stream ------------------------------------------------------------------
+    def offered(self, now: float) -> None:
+        """An enqueue offered to make an exchange at `now`; one within STREAM_GAP of the
+        last keeps a stream going."""
+        if now - self._last_offer < STREAM_GAP:
+            self._stream_until = max(self._stream_until, now + STREAM_GAP)
+        self._last_offer = now
+
+    def streaming(self, now: float) -> bool:
+        """True while enqueues stream in."""
+        return now < self._stream_until
+
+    def stream_for(self, seconds: float, now: float) -> None:
+        """Treat enqueues as streaming in for `seconds` from `now` (0 ends a stream; for
+        tests)."""
+        self._stream_until = now + seconds if seconds > 0 else float("-inf")
+
+    def enqueue_takes_outcomes(self, now: float, waiting: int) -> bool:
+        """Whether an enqueue's exchange records the `waiting` outcomes. While the stream
+        lasts they wait for a few more (recorded together, they share statements and
+        bookkeeping), but not past half their RECORD_WITHIN: then the dispatcher would
+        record them, in a transaction of its own."""
+        due = self.record_due
+        return (waiting >= STREAM_BATCH or not self.streaming(now) or due is None
+                or now >= due - RECORD_WITHIN / 2)
+
+    # -- outcomes waiting to be recorded ------------------------------------------------------
+    def first_outcome(self, now: float) -> bool:
+        """The first outcome of a batch waits from `now`: it is due RECORD_WITHIN later.
+        True if the dispatcher would sleep past that (it must be told, if no one else
+        will record it in time)."""
+        self.record_due = due = now + RECORD_WITHIN
+        wakes_at = self.dispatcher_wakes_at
+        return wakes_at is None or wakes_at > due
+
+    def overdue(self, now: float) -> bool:
+        """True once waiting outcomes are past their time."""
+        return self.record_due is not None and now >= self.record_due
+
+    def taken(self) -> None:
+        """An exchange took the waiting outcomes."""
+        self.record_due = None
+
+    def due_now(self, now: float) -> None:
+        """Outcomes were given back (their exchange failed): record them at once."""
+        self.record_due = now
+
+    # -- the dispatcher's sleep -------------------------------------------------------------
+    def dispatcher_timeout(self, now: float, outcomes_wait: bool,
+                           timer_in: Optional[float]) -> Optional[float]:
+        """How long the dispatcher may sleep from `now`: until the next timer (`timer_in`
+        seconds, if any), the time the waiting outcomes are due, and, while enqueues
+        stream in, RECORD_WITHIN at most (an outcome left for the next enqueue is then
+        recorded in time without a notification of its own, and whatever waits is taken
+        up soon after the stream stops). None: until notified."""
+        waits = [] if timer_in is None else [timer_in]
+        if outcomes_wait and self.record_due is not None:
+            waits.append(max(0.0, self.record_due - now))
+        if self.streaming(now):
+            waits.append(RECORD_WITHIN)
+        timeout = min(waits) if waits else None
+        self.dispatcher_wakes_at = None if timeout is None else now + timeout
+        return timeout
+
+    def dispatcher_woke(self) -> None:
+        """The dispatcher is awake: nothing need be timed to wake it."""
+        self.dispatcher_wakes_at = None

@@ -1,0 +1,137 @@
+"""`PoolState`: what the threads of one worker pool share, and the lock that guards it.
+
+The claimed records waiting for a worker, the running attempts, the finished ones waiting
+to be recorded, the flags of the one exchange under way, and the `Pacing`; with small
+steps that read or change only this state. No threads start here and nothing is stored:
+the worker threads (`workers`), the dispatcher (`dispatcher`) and the exchanges
+(`exchanges`) act on it.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from dataclasses import dataclass
+from typing import Optional
+
+from .clock import real_monotonic
+from .context import JobContext
+from .pacing import Pacing
+from .recorder import Finished
+from .repository.base import JobRecord
+
+# What an exchange is given to do: the outcomes to record, the room to claim, and whether
+# to claim from the store by number (see `Exchanges.run`).
+Exchange = tuple[list[Finished], int, bool]
+
+
+@dataclass(eq=False)
+class Slot:
+    """One worker thread's place in the pool."""
+
+    index: int
+    abandoned: bool = False
+
+
+@dataclass(eq=False)
+class Attempt:
+    """A job running on a worker thread."""
+
+    record: JobRecord
+    context: JobContext
+    slot: Slot
+    deadline: Optional[float]  # clock.monotonic() value, or None without a timeout
+    started: float
+
+
+class PoolState:
+    """The shared state of one pool. `lock` guards every attribute. Worker threads wait on
+    `work_ready` for a claimed record or an exchange to make; the dispatcher waits on
+    `dispatch_needed` for work it must do. Methods ending in `_locked` are called with
+    `lock` held."""
+
+    def __init__(self, max_workers: int) -> None:
+        self.lock = threading.Lock()
+        self.work_ready = threading.Condition(self.lock)
+        self.dispatch_needed = threading.Condition(self.lock)
+        self.buffer: collections.deque[JobRecord] = collections.deque()  # claimed, not started
+        self.running: dict[str, Attempt] = {}
+        self.finished: list[Finished] = []  # waiting for an exchange to record them
+        self.settling: set[str] = set()  # finished here, not yet told to `on_settled`
+        self.cancel_ids: set[str] = set()  # buffered jobs to cancel when they start
+        self.stopping = True
+        self.handoffs = 0  # slots promised to new jobs being handed straight to a worker
+        self.idle = 0  # workers waiting on work_ready
+        self.waking = 0  # of those, notified and not yet running
+        self.exchanging = False  # an exchange is under way (one at a time, by any thread)
+        self.claiming = 0  # how many jobs that exchange may claim: held, for the room count
+        self.failing = False  # the last exchange failed: only the dispatcher (backing off) tries
+        # Other processes took ids this manager queued, and the store still had ready jobs:
+        # claim the best of those by number, not by id, until a claim comes back short.
+        self.from_store = False
+        self.pacing = Pacing(max_workers)
+
+    def holds_locked(self, job_id: str) -> bool:
+        """True if the job is buffered, running, or being recorded here."""
+        return (job_id in self.running or job_id in self.settling
+                or any(r.id == job_id for r in self.buffer))
+
+    def room_locked(self) -> int:
+        """How many more jobs to claim now."""
+        if self.stopping:
+            return 0
+        return (self.pacing.capacity() - len(self.buffer) - len(self.running) - self.handoffs
+                - self.claiming)
+
+    def wake_one_locked(self) -> None:
+        """Wake one idle worker for buffered jobs, unless one is already on its way: it
+        takes a job and, if more wait, wakes the next. While jobs hold the GIL, the thread
+        running them drains the buffer alone and no one is woken for nothing; while they
+        block, idle workers join in one after the other."""
+        if self.idle and not self.waking:
+            self.waking += 1
+            self.work_ready.notify()
+
+    def add_finished_locked(self, finished: Finished) -> None:
+        """Queue an outcome for the next exchange. The first one sets the time by which
+        it must be recorded; if jobs are buffered (its worker goes on to one, leaving the
+        outcome for later) or enqueues stream in (the next one may record it), the
+        dispatcher is woken when it would sleep past that time."""
+        self.settling.add(finished.record.id)
+        if not self.finished:
+            now = real_monotonic()
+            if self.pacing.first_outcome(now) and (self.buffer or self.pacing.streaming(now)):
+                self.dispatch_needed.notify()
+        self.finished.append(finished)
+
+    def begin_exchange_locked(self, take_finished: bool = True) -> Exchange:
+        """Take every outcome waiting (unless not `take_finished`), the room to claim and
+        whether to claim from the store, for an exchange, which must follow."""
+        finished: list[Finished] = []
+        if take_finished:
+            finished, self.finished = self.finished, []
+            self.pacing.taken()
+        self.exchanging = True
+        self.claiming = room = max(0, self.room_locked())
+        return finished, room, self.from_store
+
+    def give_back_locked(self, finished: list[Finished]) -> None:
+        """An exchange failed: its outcomes wait again, first."""
+        self.exchanging, self.claiming = False, 0
+        self.finished[:0] = finished
+
+    def ended_locked(self, finished: list[Finished], claimed: list[JobRecord], *,
+                     wake: bool) -> None:
+        """An exchange recorded `finished` and claimed `claimed` (to the buffer; one idle
+        worker woken for them if `wake`)."""
+        self.exchanging, self.claiming = False, 0
+        for f in finished:
+            self.pacing.ran(f.ran_for)
+            # Most left in _settled already; this catches any never told of (a failed
+            # bookkeeping step), which would otherwise look held here for ever.
+            self.settling.discard(f.record.id)
+        self.buffer.extend(claimed)
+        if wake:
+            self.wake_one_locked()
+        if self.stopping:
+            self.dispatch_needed.notify()  # it may be waiting for this exchange to end

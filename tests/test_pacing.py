@@ -1,0 +1,80 @@
+"""The pool's timing rules (`Pacing`), given the time: no threads, no sleeping."""
+
+from __future__ import annotations
+
+import pytest
+
+from jobcore.pacing import RECORD_WITHIN, RESERVE_BELOW, STREAM_BATCH, STREAM_GAP, Pacing
+
+T = 1000.0  # any real monotonic reading
+
+
+def test_jobs_proved_short_get_a_reserve_and_long_ones_lose_it() -> None:
+    pacing = Pacing(max_workers=4)
+    assert pacing.capacity() == 4  # no reserve until jobs prove short
+    for _ in range(100):
+        pacing.ran(RESERVE_BELOW / 10)
+    assert pacing.capacity() == 8
+    for _ in range(100):
+        pacing.ran(1.0)
+    assert pacing.capacity() == 4
+
+
+def test_enqueues_closer_than_the_gap_make_a_stream_that_ends_a_gap_after_the_last() -> None:
+    pacing = Pacing(max_workers=1)
+    pacing.offered(T)
+    assert not pacing.streaming(T)  # one enqueue is no stream
+    pacing.offered(T + STREAM_GAP / 2)
+    assert pacing.streaming(T + STREAM_GAP)
+    assert not pacing.streaming(T + STREAM_GAP / 2 + STREAM_GAP)
+    pacing.offered(T + 10.0)  # long after: no stream
+    assert not pacing.streaming(T + 10.0)
+
+
+def test_a_close_enqueue_never_shortens_a_longer_stream() -> None:
+    pacing = Pacing(max_workers=1)
+    pacing.stream_for(60.0, T)
+    pacing.offered(T + 1.0)
+    pacing.offered(T + 1.0 + STREAM_GAP / 2)
+    assert pacing.streaming(T + 30.0)
+    pacing.stream_for(0.0, T + 30.0)
+    assert not pacing.streaming(T + 30.0)
+
+
+def test_while_streaming_an_enqueue_takes_outcomes_once_a_batch_waits_or_half_their_time_passed() -> None:
+    pacing = Pacing(max_workers=1)
+    pacing.stream_for(60.0, T)
+    pacing.first_outcome(T)
+    assert not pacing.enqueue_takes_outcomes(T, waiting=STREAM_BATCH - 1)
+    assert pacing.enqueue_takes_outcomes(T, waiting=STREAM_BATCH)
+    assert pacing.enqueue_takes_outcomes(T + RECORD_WITHIN / 2, waiting=1)
+    pacing.stream_for(0.0, T)
+    assert pacing.enqueue_takes_outcomes(T, waiting=1)  # no stream: always
+
+
+def test_the_first_outcome_asks_for_the_dispatcher_only_if_it_would_sleep_past_its_time() -> None:
+    pacing = Pacing(max_workers=1)
+    assert pacing.first_outcome(T)  # the dispatcher sleeps until notified
+    assert pacing.record_due == T + RECORD_WITHIN
+    assert not pacing.overdue(T) and pacing.overdue(T + RECORD_WITHIN)
+    pacing.taken()
+    assert pacing.record_due is None and not pacing.overdue(T + 10.0)
+    pacing.dispatcher_timeout(T, outcomes_wait=False, timer_in=RECORD_WITHIN / 2)
+    assert not pacing.first_outcome(T)  # it wakes before the outcome is due anyway
+    pacing.dispatcher_woke()
+    assert pacing.first_outcome(T)
+
+
+def test_the_dispatcher_sleeps_until_the_first_of_a_timer_the_outcomes_time_and_the_stream_pace() -> None:
+    pacing = Pacing(max_workers=1)
+    assert pacing.dispatcher_timeout(T, outcomes_wait=False, timer_in=None) is None
+    assert pacing.dispatcher_wakes_at is None
+    assert pacing.dispatcher_timeout(T, outcomes_wait=False, timer_in=5.0) == 5.0
+    pacing.first_outcome(T)
+    assert pacing.dispatcher_timeout(T, outcomes_wait=True, timer_in=5.0) == pytest.approx(RECORD_WITHIN)
+    assert pacing.dispatcher_wakes_at == pytest.approx(T + RECORD_WITHIN)
+    pacing.taken()
+    pacing.stream_for(60.0, T)
+    assert pacing.dispatcher_timeout(T, outcomes_wait=False, timer_in=5.0) == RECORD_WITHIN
+    pacing.due_now(T)
+    assert pacing.dispatcher_timeout(T + 1.0, outcomes_wait=True, timer_in=None) == 0.0
