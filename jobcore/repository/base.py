@@ -1,4 +1,5 @@
-"""The storage contract: `JobRecord` (one stored job) and the `JobRepository` interface.
+"""The storage contract: the `JobRepository` interface, over the values in `values`
+(`JobRecord`, one stored job, and the rest; re-exported here).
 
 This module is the whole promise a backend makes; `jobcore.testing.contract` checks it.
 It holds no storage code and reads no clock: every method that needs the time takes
@@ -17,177 +18,16 @@ Rules every implementation keeps:
 from __future__ import annotations
 
 import abc
-import enum
-import operator
-from dataclasses import dataclass, field, fields
-from typing import Any, Collection, NamedTuple, Optional, Sequence
+from typing import Any, Collection, Optional, Sequence
 
 from ..models import JobStatus
+from .values import (CancelOutcome, Cascade, JobRecord, QueueEntry, Recovery, Settlement, WorkerInfo,
+                     claim_limit, id_taken, require_plain_pending)
 
-
-@dataclass(slots=True)
-class JobRecord:
-    """One stored job: everything a worker needs to run it and `poll` needs to report it.
-
-    Times are float epoch seconds. `run_at` is when a SCHEDULED job becomes due (a future
-    `scheduled_at`, a retry's back-off, or a cron schedule's next fire). `blocked` counts
-    the dependencies not yet COMPLETED. `decode_error` is set, instead of raising, when a
-    stored row cannot be decoded, so that one corrupt job fails alone.
-    """
-
-    id: str
-    function_name: str
-    name: str
-    args: tuple[Any, ...] = ()
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    priority: int = 5
-    status: JobStatus = JobStatus.PENDING
-    seq: int = 0
-    created_at: float = 0.0
-    scheduled_at: Optional[float] = None
-    run_at: Optional[float] = None
-    started_at: Optional[float] = None
-    completed_at: Optional[float] = None
-    attempts: int = 0
-    max_retries: int = 3
-    retry_delay: float = 1.0
-    retry_backoff: float = 2.0
-    retry_jitter: bool = True
-    timeout: Optional[float] = None
-    tags: frozenset[str] = frozenset()
-    metadata: dict[str, Any] = field(default_factory=dict)
-    owner: Optional[str] = None
-    unique_key: Optional[str] = None
-    isolation: str = "thread"
-    memory_limit: Optional[int] = None
-    depends_on: tuple[str, ...] = ()
-    blocked: int = 0
-    progress: float = 0.0
-    progress_message: str = ""
-    progress_details: dict[str, Any] = field(default_factory=dict)
-    result: Any = None
-    error: Optional[str] = None
-    error_type: Optional[str] = None
-    traceback: Optional[str] = None
-    worker_id: Optional[str] = None
-    lease_expires_at: Optional[float] = None
-    cancel_requested: bool = False
-    cron: Optional[str] = None
-    cron_timezone: Optional[str] = None
-    decode_error: Optional[str] = None
-
-    @property
-    def is_schedule(self) -> bool:
-        """True for a cron schedule row (it fires runs; it never runs itself)."""
-        return self.cron is not None
-
-    def copy(self) -> "JobRecord":
-        """A shallow copy (as `copy.copy`, several times faster)."""
-        return JobRecord(*_RECORD_FIELDS(self))
-
-    def queue_entry(self) -> "QueueEntry":
-        """The key the manager's ready queue orders this job by."""
-        return QueueEntry(self.id, self.priority, self.seq, self.run_at, self.function_name,
-                          self.is_schedule)
-
-
-# Every field of a JobRecord in constructor order, read in one call (for `JobRecord.copy`).
-_RECORD_FIELDS = operator.attrgetter(*(f.name for f in fields(JobRecord)))
-
-
-class QueueEntry(NamedTuple):
-    """What the manager needs to index a queued job without loading its payload."""
-
-    job_id: str
-    priority: int
-    seq: int
-    run_at: Optional[float]
-    function_name: str
-    is_schedule: bool = False
-
-
-@dataclass(frozen=True)
-class Settlement:
-    """The recorded end of one attempt of a job held by a worker.
-
-    `kind`: "complete" (with `result`), "retry" (SCHEDULED again at `retry_at`), "fail"
-    (FAILED: the dead-letter queue), "cancel" (CANCELLED while running) or "release"
-    (handed back unstarted: PENDING again, the attempt not counted). `note` is logged.
-    `encoded_result`, if given, is `result` already encoded by `serialization.encode`: a
-    store that keeps JSON may store it as it is instead of encoding `result` again."""
-
-    kind: str
-    job_id: str
-    attempt: int
-    result: Any = None
-    error: Optional[str] = None
-    error_type: Optional[str] = None
-    traceback: Optional[str] = None
-    retry_at: Optional[float] = None
-    note: Optional[str] = None
-    encoded_result: Optional[str] = None
-
-
-@dataclass(frozen=True)
-class WorkerInfo:
-    """A manager that runs jobs, as the worker registry records it (times: epoch seconds)."""
-
-    worker_id: str
-    host: str
-    pid: int
-    started_at: float
-    heartbeat_at: float
-    running: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Recovery:
-    """What `JobRepository.recover` took back: jobs re-queued, and jobs that ended FAILED
-    (their last attempt was lost: the dead-letter queue) or CANCELLED (cancel requested)."""
-
-    requeued: tuple[QueueEntry, ...] = ()
-    failed: tuple[str, ...] = ()
-    cancelled: tuple[str, ...] = ()
-
-
-class CancelOutcome(enum.Enum):
-    """What `JobRepository.cancel` did."""
-
-    CANCELLED = "cancelled"      # was pending or scheduled; now CANCELLED
-    REQUESTED = "requested"      # is running; `cancel_requested` is now set
-    FINISHED = "finished"        # already terminal; nothing changed
-    NOT_FOUND = "not_found"      # no such job
-
-
-@dataclass(frozen=True)
-class Cascade:
-    """The effect of a state change on dependent jobs.
-
-    `released`: dependents whose last dependency just COMPLETED (now ready or due).
-    `cancelled`: dependents, transitively, just CANCELLED because this job will never
-    complete."""
-
-    released: tuple[QueueEntry, ...] = ()
-    cancelled: tuple[str, ...] = ()
-
-
-def id_taken(job_id: str) -> ValueError:
-    """The error `insert` raises for a record whose id a stored job already has."""
-    return ValueError(f"Job.id: a job with id {job_id!r} already exists")
-
-
-def require_plain_pending(record: "JobRecord") -> None:
-    """Refuse (`ValueError`) a record `insert_and_apply` does not take: one that is not
-    PENDING, has `depends_on` or a `unique_key`, or is a cron schedule."""
-    if (record.depends_on or record.unique_key is not None or record.is_schedule
-            or record.status is not JobStatus.PENDING):
-        raise ValueError(f"job {record.id} is not a plain pending job")
-
-
-def claim_limit(claim_ids: Sequence[str], up_to: Optional[int]) -> int:
-    """How many jobs an `apply` with a top-up claims at most: `up_to`, never fewer than
-    the ids it names."""
-    return len(claim_ids) if up_to is None else max(up_to, len(claim_ids))
+# The values are re-exported: backends and callers import them from here.
+__all__ = ["CancelOutcome", "Cascade", "JobRecord", "JobRepository", "QueueEntry", "Recovery",
+           "Settlement", "SettlesThroughApply", "WorkerInfo", "claim_limit", "id_taken",
+           "require_plain_pending"]
 
 
 class JobRepository(abc.ABC):
