@@ -1,0 +1,138 @@
+"""The shortcuts of the enqueue path end where the general code would: same state, same errors.
+
+`Job._already_normal` against the field-by-field checks, `record_for` (positional) against
+the keyword construction it replaced, `MemoryRepository._insert_one` against
+`_insert_batch`, and `enqueue` (one job) against `enqueue_many` (a batch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from datetime import datetime, timedelta
+from typing import Any, Callable
+
+import pytest
+
+from jobcore import Job, JobManager, JobPriority, JobStatus, MemoryRepository
+from jobcore.records import record_for
+from jobcore.repository.base import JobRecord
+from jobcore.scheduler import next_fire_epoch
+
+
+def noop(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+class Name(str):
+    pass
+
+
+SOON = datetime.now() + timedelta(hours=1)
+
+# Keyword arguments of `Job`: valid ones, ones only the full checks normalise, invalid ones.
+JOB_FIELDS: list[dict[str, Any]] = [
+    {"function_name": "task"},
+    {"function": noop},
+    {"function": noop, "function_name": "task", "name": "named"},
+    {"function": lambda: None, "function_name": "task"},
+    {"function_name": "task", "args": [1, 2], "kwargs": {"a": 1}},
+    {"function_name": "task", "priority": JobPriority.HIGH},
+    {"function_name": "task", "priority": -3, "max_retries": 0},
+    {"function_name": "task", "priority": True},
+    {"function_name": "task", "priority": 2**40},
+    {"function_name": "task", "timeout": 2.5, "retry_delay": 0.0, "retry_backoff": 1.0},
+    {"function_name": "task", "timeout": 3, "retry_delay": 2, "retry_backoff": 3},
+    {"function_name": "task", "timeout": 0.0},
+    {"function_name": "task", "timeout": math.inf},
+    {"function_name": "task", "retry_delay": math.nan},
+    {"function_name": "task", "retry_delay": -0.5},
+    {"function_name": "task", "retry_backoff": 0.5},
+    {"function_name": "task", "retry_jitter": False},
+    {"function_name": "task", "retry_jitter": 1},
+    {"function_name": "task", "max_retries": True},
+    {"function_name": "task", "max_retries": -1},
+    {"function_name": "task", "tags": {"a", "b"}, "metadata": {"m": [1, 2]}, "owner": "me"},
+    {"function_name": "task", "tags": ["a", "a"]},
+    {"function_name": "task", "tags": {1}},
+    {"function_name": "task", "metadata": {"m": object()}},
+    {"function_name": "task", "metadata": {"m": math.nan}},
+    {"function_name": "task", "kwargs": {1: 2}},
+    {"function_name": "task", "kwargs": {"progress_callback": 1}},
+    {"function_name": "task", "scheduled_at": SOON, "unique_key": "k"},
+    {"function_name": "task", "scheduled_at": "soon"},
+    {"function_name": "task", "cron": "*/5 * * * *"},
+    {"function_name": "task", "cron_timezone": "UTC"},
+    {"function_name": "task", "depends_on": ["a", "a", "b"]},
+    {"function_name": "task", "depends_on": "a"},
+    {"function_name": "task", "isolation": "process", "memory_limit": 1 << 20},
+    {"function_name": "task", "isolation": "fiber"},
+    {"function_name": "task", "memory_limit": 1 << 20},
+    {"function_name": "task", "retry_on": lambda exc: True},
+    {"function_name": "task", "retry_on": 5},
+    {"function_name": "task", "owner": 5},
+    {"function_name": Name("task"), "name": Name("n")},
+    {"function_name": "  "},
+    {"function_name": 5},
+    {"function": 5, "function_name": "task"},
+    {"function_name": "task", "args": {"a": 1}},
+    {"function_name": "task", "name": 7},
+    {"function_name": "task", "id": ""},
+]
+
+
+def outcome(build: Callable[[], Job], then: Callable[[Job], None] = lambda job: None) -> Any:
+    """The job's fields after `build` and `then`, or the error either raised."""
+    try:
+        job = build()
+        then(job)
+    except (TypeError, ValueError) as exc:
+        return type(exc), str(exc)
+    return {name: getattr(job, name) for name in (f.name for f in dataclasses.fields(Job))}
+
+
+@pytest.mark.parametrize("fields", JOB_FIELDS, ids=[str(n) for n in range(len(JOB_FIELDS))])
+def test_the_quick_check_ends_as_the_full_checks(monkeypatch: pytest.MonkeyPatch,
+                                                  fields: dict[str, Any]) -> None:
+    fields = {"id": "job-1", **fields}
+    quick = outcome(lambda: Job(**fields))
+    monkeypatch.setattr(Job, "_already_normal", lambda self: False)
+    assert outcome(lambda: Job(**fields)) == quick
+
+
+def test_the_quick_check_takes_common_jobs() -> None:
+    for job in (Job(function_name="task", args=(1,)), Job(function=noop, kwargs={"a": 1}, priority=0),
+                Job(function_name="task", tags={"t"}, metadata={"m": 1}, timeout=5.0, owner="o")):
+        assert job._already_normal()
+    # Ints where floats are kept are converted by the full checks; after that, quick.
+    job = Job(function_name="task", retry_delay=2)
+    assert job.retry_delay == 2.0 and type(job.retry_delay) is float and job._already_normal()
+
+
+MUTATIONS: list[Callable[[Job], None]] = [
+    lambda job: None,
+    lambda job: setattr(job, "priority", 1.5),
+    lambda job: setattr(job, "retry_delay", 4),
+    lambda job: setattr(job, "timeout", -1.0),
+    lambda job: setattr(job, "name", None),
+    lambda job: setattr(job, "args", [3]),
+    lambda job: job.tags.add(7),  # type: ignore[arg-type]
+    lambda job: job.kwargs.__setitem__("progress_callback", 1),
+    lambda job: job.depends_on.append("other"),
+    lambda job: setattr(job, "cron", "* * * * *"),
+]
+
+
+@pytest.mark.parametrize("mutate", MUTATIONS, ids=[str(n) for n in range(len(MUTATIONS))])
+def test_validating_again_after_a_change_ends_as_the_full_checks(monkeypatch: pytest.MonkeyPatch,
+                                                                  mutate: Callable[[Job], None]) -> None:
+    def changed_then_validated(job: Job) -> None:
+        mutate(job)
+        job.validate()
+
+    def build() -> Job:
+        return Job(function=noop, id="job-1", kwargs={"a": 1}, tags={"t"})
+
+    quick = outcome(build, changed_then_validated)
+    monkeypatch.setattr(Job, "_already_normal", lambda self: False)
+    assert outcome(build, changed_then_validated) == quick
