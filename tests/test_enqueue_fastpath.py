@@ -136,3 +136,45 @@ def test_validating_again_after_a_change_ends_as_the_full_checks(monkeypatch: py
     quick = outcome(build, changed_then_validated)
     monkeypatch.setattr(Job, "_already_normal", lambda self: False)
     assert outcome(build, changed_then_validated) == quick
+
+
+def keyword_record(job: Job, now: float) -> JobRecord:
+    """`record_for` as it was written before it passed the fields by position."""
+    scheduled_at = None if job.scheduled_at is None else job.scheduled_at.timestamp()
+    due_later = scheduled_at is not None and scheduled_at > now
+    run_at = scheduled_at if due_later else None
+    if job.cron is not None:
+        run_at = next_fire_epoch(job.cron, job.cron_timezone, max(now, scheduled_at or now))
+        due_later = True
+    return JobRecord(
+        id=job.id, function_name=job.function_name, name=job.name, args=job.args,  # type: ignore[arg-type]
+        kwargs=dict(job.kwargs), priority=int(job.priority),
+        status=JobStatus.SCHEDULED if due_later else JobStatus.PENDING,
+        scheduled_at=scheduled_at, run_at=run_at, max_retries=job.max_retries,
+        retry_delay=job.retry_delay, retry_backoff=job.retry_backoff, retry_jitter=job.retry_jitter,
+        timeout=job.timeout, tags=frozenset(job.tags), metadata=dict(job.metadata), owner=job.owner,
+        unique_key=job.unique_key, isolation=job.isolation, memory_limit=job.memory_limit,
+        depends_on=tuple(job.depends_on), blocked=len(job.depends_on), cron=job.cron,
+        cron_timezone=job.cron_timezone,
+    )
+
+
+RECORD_JOBS: list[Callable[[], Job]] = [
+    lambda: Job(function_name="task", args=(1,)),
+    lambda: Job(function=noop, kwargs={"a": 1}, priority=JobPriority.CRITICAL, timeout=2.0),
+    lambda: Job(function_name="task", scheduled_at=SOON, tags={"x"}, metadata={"m": 1}, owner="o"),
+    lambda: Job(function_name="task", scheduled_at=datetime(2001, 1, 1), unique_key="k"),
+    lambda: Job(function_name="task", cron="*/5 * * * *", cron_timezone="UTC"),
+    lambda: Job(function_name="task", depends_on=["a", "b"], retry_jitter=False, max_retries=0),
+    lambda: Job(function=noop, isolation="process", memory_limit=1 << 24),
+]
+
+
+@pytest.mark.parametrize("build", RECORD_JOBS, ids=[str(n) for n in range(len(RECORD_JOBS))])
+def test_record_for_gives_the_record_keyword_construction_gives(build: Callable[[], Job]) -> None:
+    job, now = build(), 1_700_000_000.0
+    made, expected = record_for(job, now), keyword_record(job, now)
+    for field in dataclasses.fields(JobRecord):
+        assert getattr(made, field.name) == getattr(expected, field.name), field.name
+        assert type(getattr(made, field.name)) is type(getattr(expected, field.name)), field.name
+    assert made.kwargs is not job.kwargs and made.metadata is not job.metadata

@@ -87,9 +87,12 @@ class JobRecord:
 
     def queue_entry(self) -> "QueueEntry":
         """The key the manager's ready queue orders this job by."""
-        return QueueEntry(self.id, self.priority, self.seq, self.run_at, self.function_name,
-                          self.is_schedule)
+        # tuple.__new__ is what QueueEntry(...) runs, minus its Python-level __new__.
+        return _new_tuple(QueueEntry, (self.id, self.priority, self.seq, self.run_at,
+                                       self.function_name, self.cron is not None))
 
+
+_new_tuple = tuple.__new__
 
 # Every field of a JobRecord in constructor order, read in one call (for `JobRecord.copy`).
 _RECORD_FIELDS = operator.attrgetter(*(f.name for f in fields(JobRecord)))
