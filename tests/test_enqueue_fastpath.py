@@ -178,3 +178,29 @@ def test_record_for_gives_the_record_keyword_construction_gives(build: Callable[
         assert getattr(made, field.name) == getattr(expected, field.name), field.name
         assert type(getattr(made, field.name)) is type(getattr(expected, field.name)), field.name
     assert made.kwargs is not job.kwargs and made.metadata is not job.metadata
+
+
+def stored_state(repo: MemoryRepository) -> Any:
+    rows = {job_id: dataclasses.astuple(row) for job_id, row in repo._jobs.items()}
+    return rows, dict(repo._counts), repo._next_seq, dict(repo._unique), dict(repo._dependents)
+
+
+@pytest.mark.parametrize("build", [RECORD_JOBS[0], RECORD_JOBS[1], RECORD_JOBS[2], RECORD_JOBS[4]],
+                         ids=["plain", "options", "scheduled", "cron"])
+def test_storing_one_record_alone_matches_the_batch_path(build: Callable[[], Job]) -> None:
+    quick, general = MemoryRepository(), MemoryRepository()
+    for repo in (quick, general):
+        repo.insert([record_for(Job(function_name="task", id="before"), 5.0)], 5.0)
+    job = build()
+    given_quick, given_general = record_for(job, 10.0), record_for(job, 10.0)
+    assert quick._insert_one(given_quick, 10.0) == job.id
+    assert general._insert_batch([given_general], 10.0) == [job.id]
+    assert given_quick == given_general
+    assert stored_state(quick) == stored_state(general)
+    stored = quick._jobs[job.id]
+    assert stored is not given_quick and stored.kwargs is not given_quick.kwargs
+    for insert in (lambda r: quick._insert_one(r, 11.0), lambda r: general._insert_batch([r], 11.0)):
+        with pytest.raises(ValueError, match="already exists") as error:
+            insert(record_for(job, 11.0))
+        assert str(error.value) == f"Job.id: a job with id {job.id!r} already exists"
+    assert stored_state(quick) == stored_state(general)
