@@ -204,3 +204,19 @@ def test_storing_one_record_alone_matches_the_batch_path(build: Callable[[], Job
             insert(record_for(job, 11.0))
         assert str(error.value) == f"Job.id: a job with id {job.id!r} already exists"
     assert stored_state(quick) == stored_state(general)
+
+
+def test_enqueue_of_one_job_stores_and_queues_as_a_batch_does() -> None:
+    manager = JobManager(MemoryRepository())
+    manager.register_function("task", noop)
+    one = Job(function_name="task", args=(1,), tags={"t"}, priority=7)
+    batch = [Job(function_name="task", args=(1,), tags={"t"}, priority=7) for _ in range(2)]
+    assert manager.enqueue(one) == one.id
+    assert manager.enqueue_many(batch) == [job.id for job in batch]
+    ignored = {"id", "seq", "created_at"}
+    rows = [manager.repository.get(job.id) for job in (one, *batch)]
+    shown = [{f.name: getattr(row, f.name) for f in dataclasses.fields(JobRecord) if f.name not in ignored}
+             for row in rows]
+    assert shown[0] == shown[1] == shown[2]
+    assert len(manager._queue) == 3
+    assert manager.run_pending() == 3
