@@ -220,3 +220,21 @@ def test_enqueue_of_one_job_stores_and_queues_as_a_batch_does() -> None:
     assert shown[0] == shown[1] == shown[2]
     assert len(manager._queue) == 3
     assert manager.run_pending() == 3
+
+
+def test_json_text_and_errors_are_those_of_the_encoder() -> None:
+    from jobcore import serialization
+
+    loop: list[Any] = []
+    loop.append(loop)
+    values = [[[1, "é\u2028"], {"a": 1.5, "b": None}], {"k": [True]}, "text", 3, 1e300, None,
+              [math.nan], [math.inf], [object()], {1: 2, None: 3, 2.5: 4}, {(1,): 2}, loop, [10**40]]
+
+    def result(encode: Callable[[Any], str], value: Any) -> Any:
+        try:
+            return encode(value)
+        except (TypeError, ValueError) as exc:
+            return type(exc), str(exc)
+
+    for value in values:
+        assert result(serialization._to_json, value) == result(serialization._encoder.encode, value)
