@@ -238,3 +238,14 @@ def test_json_text_and_errors_are_those_of_the_encoder() -> None:
 
     for value in values:
         assert result(serialization._to_json, value) == result(serialization._encoder.encode, value)
+
+
+def test_a_record_copy_has_every_field_of_the_original() -> None:
+    values = {f.name: object() for f in dataclasses.fields(JobRecord)}
+    record = JobRecord(**values)
+    clone = record.copy()
+    assert type(clone) is JobRecord and clone is not record
+    for name, value in values.items():
+        assert getattr(clone, name) is value, name
+    clone.kwargs = {}
+    assert record.kwargs is values["kwargs"]
