@@ -228,11 +228,13 @@ class JobManager:
     def enqueue(self, job: Job) -> str:
         """Validate, persist and queue `job`; return its id (or, for a `unique_key` already
         held by an unfinished job, that job's id)."""
-        return self.enqueue_many([job])[0]
+        return self.enqueue_many((job,))[0]
 
     def enqueue_many(self, jobs: Iterable[Job]) -> list[str]:
         """Enqueue several jobs in one transaction: all are accepted or none is."""
         jobs = list(jobs)
+        if len(jobs) == 1:
+            return [self._enqueue_one(jobs[0])]
         for job in jobs:
             if not isinstance(job, Job):
                 raise TypeError(f"enqueue takes Job objects, got {type(job).__name__}")
@@ -244,10 +246,6 @@ class JobManager:
         records = [self._record_for(job, now) for job in jobs]
         for job in jobs:
             self._bind_function(job)
-        if len(jobs) == 1 and self._running and not self.immediate:
-            handed = self._hand_off(jobs[0], records[0], now)
-            if handed is not None:
-                return [handed]
         ids = self.repository.insert(records, now)
         entries = []
         for job, record, job_id in zip(jobs, records, ids):
@@ -260,6 +258,29 @@ class JobManager:
         if self.immediate:
             self._pool.run_pending()
         return ids
+
+    def _enqueue_one(self, job: Job) -> str:
+        """`enqueue_many` of one job: the same steps in the same order, without the loops
+        and checks a batch needs (most enqueues are of one job)."""
+        if not isinstance(job, Job):
+            raise TypeError(f"enqueue takes Job objects, got {type(job).__name__}")
+        job.validate()
+        self._settlements.forget((job.id,))  # its id used again once deleted
+        now = self._clock.time()
+        record = self._record_for(job, now)
+        self._bind_function(job)
+        if self._running and not self.immediate:
+            handed = self._hand_off(job, record, now)
+            if handed is not None:
+                return handed
+        job_id = self.repository.insert([record], now)[0]
+        if job_id == record.id:  # else an unfinished job already holds its unique_key
+            self._local.remember(job.id, self._local_function(job), job.retry_on)
+            if record.blocked == 0 and record.status is not JobStatus.CANCELLED:
+                self._pool.enqueue_entries((record.queue_entry(),))
+        if self.immediate:
+            self._pool.run_pending()
+        return job_id
 
     def _hand_off(self, job: Job, record: JobRecord, now: float) -> Optional[str]:
         """Store a job that can run at once and give it straight to an idle worker, claimed

@@ -169,6 +169,11 @@ class Job:
         """Check and normalise every field; raise `TypeError`/`ValueError` naming the field.
 
         Normalising makes `args` a tuple, `tags` a set and `depends_on` a list of ids."""
+        # It runs twice per job (construction and enqueue): most jobs pass the one cheap
+        # pass of `_already_normal`; any other job, and every invalid one, is checked field
+        # by field below, so errors and their order are those of the checks below.
+        if self._already_normal():
+            return
         if self.function is not None and not callable(self.function):
             raise InvalidJobType("function", f"must be callable, got {self.function!r}")
         if self.function_name is not None:
@@ -256,6 +261,61 @@ class Job:
             raise InvalidJobType("retry_on", f"must be a callable taking the exception, got {self.retry_on!r}")
         if not isinstance(self.id, str) or not self.id:
             raise InvalidJobType("id", f"must be a non-empty str, got {self.id!r}")
+
+    def _already_normal(self) -> bool:
+        """True if every field holds exact built-in types that the checks in `validate`
+        accept and would leave as they are (an unset `name` is set here as they set it).
+
+        Only exact types (`x.__class__ is float`, not a subclass) and values the full checks
+        take without converting are accepted: for them, the full checks change nothing
+        (`float()` of a float is the same object, an empty `depends_on` list is kept).
+        Anything else returns False, before or after setting `name`, and the full checks
+        then run from the start, reaching the same state or raising the same error."""
+        function, function_name, kwargs = self.function, self.function_name, self.kwargs
+        if not (function_name.__class__ is str and function_name.strip()
+                and (function is None or callable(function))
+                and self.args.__class__ is tuple and kwargs.__class__ is dict):
+            return False
+        if kwargs:
+            for key in kwargs:
+                if key.__class__ is not str:
+                    return False
+            if "progress_callback" in kwargs:
+                return False
+        if self.name is None:  # what the full checks set at this point, having passed the above
+            self.name = getattr(function, "__name__", None) or function_name
+        priority, depends_on, tags, metadata = self.priority, self.depends_on, self.tags, self.metadata
+        max_retries, retry_delay, retry_backoff, timeout = (
+            self.max_retries, self.retry_delay, self.retry_backoff, self.timeout)
+        if not (self.name.__class__ is str
+                and (priority.__class__ is int or priority.__class__ is JobPriority)
+                and PRIORITY_MIN <= priority <= PRIORITY_MAX
+                and (self.scheduled_at is None or isinstance(self.scheduled_at, datetime))
+                and self.cron is None and self.cron_timezone is None
+                and depends_on.__class__ is list and not depends_on
+                and max_retries.__class__ is int and max_retries >= 0
+                # NaN fails every comparison, and infinity the upper bound.
+                and retry_delay.__class__ is float and 0.0 <= retry_delay < math.inf
+                and retry_backoff.__class__ is float and 1.0 <= retry_backoff < math.inf
+                and (self.retry_jitter is True or self.retry_jitter is False)
+                and (timeout is None or (timeout.__class__ is float and 0.0 < timeout < math.inf))
+                and tags.__class__ is set and metadata.__class__ is dict
+                and (self.owner is None or self.owner.__class__ is str)
+                and (self.unique_key is None or self.unique_key.__class__ is str)
+                and self.isolation.__class__ is str and self.isolation in ISOLATIONS
+                and self.memory_limit is None
+                and (self.retry_on is None or callable(self.retry_on))
+                and self.id.__class__ is str and self.id):
+            return False
+        for tag in tags:
+            if tag.__class__ is not str:
+                return False
+        if metadata:
+            try:
+                json.dumps(metadata)
+            except (TypeError, ValueError):
+                return False  # the full checks raise naming it
+        return True
 
     @staticmethod
     def _normalise_depends_on(value: Any) -> list[str]:

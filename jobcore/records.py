@@ -32,20 +32,34 @@ def record_for(job: Job, now: float) -> JobRecord:
     scheduled_at = None if job.scheduled_at is None else job.scheduled_at.timestamp()
     due_later = scheduled_at is not None and scheduled_at > now
     run_at = scheduled_at if due_later else None
-    if job.cron is not None:
-        run_at = next_fire_epoch(job.cron, job.cron_timezone, max(now, scheduled_at or now))
+    cron = job.cron
+    if cron is not None:
+        run_at = next_fire_epoch(cron, job.cron_timezone, max(now, scheduled_at or now))
         due_later = True
+    depends_on = job.depends_on
+    # Every field given by position, in `_FIELD_ORDER`: binding 40 keywords costs as much
+    # again as the record itself, and this runs once per enqueued job.
     return JobRecord(
-        id=job.id, function_name=job.function_name, name=job.name, args=job.args,
-        kwargs=dict(job.kwargs), priority=int(job.priority),
-        status=JobStatus.SCHEDULED if due_later else JobStatus.PENDING,
-        scheduled_at=scheduled_at, run_at=run_at, max_retries=job.max_retries,
-        retry_delay=job.retry_delay, retry_backoff=job.retry_backoff, retry_jitter=job.retry_jitter,
-        timeout=job.timeout, tags=frozenset(job.tags), metadata=dict(job.metadata), owner=job.owner,
-        unique_key=job.unique_key, isolation=job.isolation, memory_limit=job.memory_limit,
-        depends_on=tuple(job.depends_on), blocked=len(job.depends_on), cron=job.cron,
-        cron_timezone=job.cron_timezone,
-    )
+        job.id, job.function_name, job.name, job.args, dict(job.kwargs), int(job.priority),
+        _SCHEDULED if due_later else _PENDING, 0, 0.0, scheduled_at, run_at, None, None, 0,
+        job.max_retries, job.retry_delay, job.retry_backoff, job.retry_jitter, job.timeout,
+        frozenset(job.tags), dict(job.metadata), job.owner, job.unique_key, job.isolation,
+        job.memory_limit, tuple(depends_on), len(depends_on), 0.0, "", {}, None, None, None, None,
+        None, None, False, cron, job.cron_timezone, None)
+
+
+_PENDING, _SCHEDULED = JobStatus.PENDING, JobStatus.SCHEDULED
+# The order `record_for` passes JobRecord's fields in; checked here, so that a field added
+# or moved in JobRecord fails at import instead of storing values in the wrong fields.
+_FIELD_ORDER = (
+    "id", "function_name", "name", "args", "kwargs", "priority", "status", "seq", "created_at",
+    "scheduled_at", "run_at", "started_at", "completed_at", "attempts", "max_retries",
+    "retry_delay", "retry_backoff", "retry_jitter", "timeout", "tags", "metadata", "owner",
+    "unique_key", "isolation", "memory_limit", "depends_on", "blocked", "progress",
+    "progress_message", "progress_details", "result", "error", "error_type", "traceback",
+    "worker_id", "lease_expires_at", "cancel_requested", "cron", "cron_timezone", "decode_error")
+if tuple(f.name for f in dataclasses.fields(JobRecord)) != _FIELD_ORDER:
+    raise ImportError("jobcore.records.record_for passes JobRecord's fields in an outdated order")
 
 
 _RESULT_FIELDS = tuple(f.name for f in dataclasses.fields(JobResult))

@@ -63,6 +63,8 @@ class LocalJobs:
 
     def remember(self, job_id: str, function: Optional[Callable[..., Any]],
                  retry_on: Optional[Callable[[BaseException], bool]]) -> None:
+        if function is None and retry_on is None:
+            return  # what most jobs carry: nothing to keep, no lock to take
         with self._lock:
             if function is not None:
                 self._functions[job_id] = function

@@ -45,6 +45,12 @@ class MemoryRepository(JobRepository):
 
     # -- adding ------------------------------------------------------------------------
     def insert(self, records: Sequence[JobRecord], now: float) -> list[str]:
+        if len(records) == 1 and not records[0].depends_on and records[0].unique_key is None:
+            return [self._insert_one(records[0], now)]
+        return self._insert_batch(records, now)
+
+    def _insert_batch(self, records: Sequence[JobRecord], now: float) -> list[str]:
+        """`insert` of any batch: planned, checked, then stored."""
         with self._lock:
             ids, planned = plan_batch(records, exists=self._jobs, unfinished_with_key=self._unique.get)
             seen: set[str] = set()
@@ -84,6 +90,22 @@ class MemoryRepository(JobRepository):
             for row in stored:
                 given[row.id].blocked, given[row.id].status = row.blocked, row.status
             return ids
+
+    def _insert_one(self, record: JobRecord, now: float) -> str:
+        """`insert` of a lone record with no dependency and no unique key (what most
+        enqueues store): nothing to plan or resolve, so it is stored as `_insert_batch`
+        would store it, without that path's bookkeeping for many records."""
+        with self._lock:
+            if record.id in self._jobs:
+                raise id_taken(record.id)
+            row = _detached(record)
+            row.seq = record.seq = self._next_seq
+            self._next_seq += 1
+            row.created_at = now
+            row.blocked = record.blocked = 0
+            self._jobs[row.id] = row
+            self._counts[row.status] += 1
+            return row.id
 
     def _forget_unique(self, row: JobRecord) -> None:
         if row.unique_key is not None and self._unique.get(row.unique_key) == row.id:

@@ -9,9 +9,8 @@ re-exports them all.
 from __future__ import annotations
 
 import enum
-import operator
 from dataclasses import dataclass, field, fields
-from typing import Any, NamedTuple, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 from ..models import JobStatus
 
@@ -74,16 +73,31 @@ class JobRecord:
 
     def copy(self) -> "JobRecord":
         """A shallow copy (as `copy.copy`, several times faster)."""
-        return JobRecord(*_RECORD_FIELDS(self))
+        return _copy_record(self)
 
     def queue_entry(self) -> "QueueEntry":
         """The key the manager's ready queue orders this job by."""
-        return QueueEntry(self.id, self.priority, self.seq, self.run_at, self.function_name,
-                          self.is_schedule)
+        # tuple.__new__ is what QueueEntry(...) runs, minus its Python-level __new__.
+        return _new_tuple(QueueEntry, (self.id, self.priority, self.seq, self.run_at,
+                                       self.function_name, self.cron is not None))
 
 
-# Every field of a JobRecord in constructor order, read in one call (for `JobRecord.copy`).
-_RECORD_FIELDS = operator.attrgetter(*(f.name for f in fields(JobRecord)))
+_new_tuple = tuple.__new__
+
+
+def _record_copier() -> Callable[[JobRecord], JobRecord]:
+    """The function behind `JobRecord.copy`: it sets every field of an instance made without
+    `__init__` straight from the original (0.8 µs; `__init__` with 40 arguments took 2.4 µs,
+    and the memory store copies a record on every write and read). It is generated, as
+    dataclasses generates `__init__`, so that it always names every field of the class."""
+    lines = [f"    clone.{f.name} = record.{f.name}\n" for f in fields(JobRecord)]
+    source = "def copy_record(record):\n    clone = new(JobRecord)\n" + "".join(lines) + "    return clone\n"
+    namespace: dict[str, Any] = {"new": object.__new__, "JobRecord": JobRecord}
+    exec(source, namespace)  # noqa: S102 - source built above from the field names only
+    return namespace["copy_record"]  # type: ignore[no-any-return]
+
+
+_copy_record = _record_copier()
 
 
 class QueueEntry(NamedTuple):
