@@ -1,8 +1,9 @@
 """`JobManager`: the public face of jobcore — enqueue, poll, wait, cancel, retry, inspect.
 
-It validates jobs, turns them into repository records, feeds the `ReadyQueue` and starts
-the `WorkerPool`; it holds no job state of its own beyond that index (the repository is
-the source of truth). Scheduling of cron runs lives in `scheduler`; running in `workers`.
+It wires the parts together and answers for them: storing and queueing new jobs is the
+`Enqueuer`'s (`enqueuing`), running them the `WorkerPool`'s (`workers`), scheduling of
+cron runs `scheduler`'s. It holds no job state of its own beyond the `ReadyQueue` index
+(the repository is the source of truth).
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ import uuid
 from typing import Any, Callable, Collection, Iterable, Optional, Union
 
 from .clock import SYSTEM_CLOCK, Clock
-from .errors import InvalidJob, UnknownFunction
+from .enqueuing import Enqueuer
 from .models import Job, JobResult, JobStatus, LogEntry, function_qualname
 from .notify_dispatch import NotificationDispatcher
-from .records import event_of, job_of, local_datetime, record_for, result_of
+from .records import event_of, job_of, local_datetime, result_of
 from .queue import ReadyQueue
 from .registry import FunctionRegistry, LocalJobs
 from .repository.base import CancelOutcome, JobRecord, Recovery, WorkerInfo
@@ -97,6 +98,10 @@ class JobManager:
         self._pool = WorkerPool(self.repository, self._queue, self._registry, self._local, self._clock,
                                 settings, self.worker_id, self._publish, self._settlements.mark,
                                 rng or random.Random())
+        self._enqueuer = Enqueuer(self.repository, self._registry, self._local, self._pool,
+                                  self._settlements, self._clock, producer=self.producer,
+                                  immediate=self.immediate, worker_id=self.worker_id,
+                                  lease_timeout=self.lease_timeout)
         self._housekeeper = Housekeeper(self.repository, self._pool, self._clock, settings,
                                         self._load_queue,
                                         _positive("discovery_interval", discovery_interval),
@@ -118,7 +123,7 @@ class JobManager:
             self._load_queue()
             self._pool.start()
             self._housekeeper.start()
-            self._running = True
+            self._running = self._enqueuer.started = True
         return self
 
     def stop(self, wait: bool = True, timeout: Optional[float] = None) -> None:
@@ -126,7 +131,7 @@ class JobManager:
         with self._lifecycle_lock:
             if not self._running:
                 return
-            self._running = False
+            self._running = self._enqueuer.started = False
             if self.immediate:
                 return
             self._pool.stop(timeout if wait else 0.0)
@@ -232,91 +237,7 @@ class JobManager:
 
     def enqueue_many(self, jobs: Iterable[Job]) -> list[str]:
         """Enqueue several jobs in one transaction: all are accepted or none is."""
-        jobs = list(jobs)
-        if len(jobs) == 1:
-            return [self._enqueue_one(jobs[0])]
-        for job in jobs:
-            if not isinstance(job, Job):
-                raise TypeError(f"enqueue takes Job objects, got {type(job).__name__}")
-            job.validate()
-        if len({job.id for job in jobs}) != len(jobs):
-            raise InvalidJob("id", "the same job appears twice in one batch")
-        self._settlements.forget(job.id for job in jobs)  # ids used again once deleted
-        now = self._clock.time()
-        records = [self._record_for(job, now) for job in jobs]
-        for job in jobs:
-            self._bind_function(job)
-        ids = self.repository.insert(records, now)
-        entries = []
-        for job, record, job_id in zip(jobs, records, ids):
-            if job_id != record.id:
-                continue  # an unfinished job already holds its unique_key
-            self._local.remember(job.id, self._local_function(job), job.retry_on)
-            if record.blocked == 0 and record.status is not JobStatus.CANCELLED:
-                entries.append(record.queue_entry())
-        self._pool.enqueue_entries(entries)
-        if self.immediate:
-            self._pool.run_pending()
-        return ids
-
-    def _enqueue_one(self, job: Job) -> str:
-        """`enqueue_many` of one job: the same steps in the same order, without the loops
-        and checks a batch needs (most enqueues are of one job)."""
-        if not isinstance(job, Job):
-            raise TypeError(f"enqueue takes Job objects, got {type(job).__name__}")
-        job.validate()
-        self._settlements.forget((job.id,))  # its id used again once deleted
-        now = self._clock.time()
-        record = self._record_for(job, now)
-        self._bind_function(job)
-        if self._running and not self.immediate:
-            handed = self._hand_off(job, record, now)
-            if handed is not None:
-                return handed
-        job_id = self.repository.insert([record], now)[0]
-        if job_id == record.id:  # else an unfinished job already holds its unique_key
-            self._local.remember(job.id, self._local_function(job), job.retry_on)
-            if record.blocked == 0 and record.status is not JobStatus.CANCELLED:
-                self._pool.enqueue_entries((record.queue_entry(),))
-        if self.immediate:
-            self._pool.run_pending()
-        return job_id
-
-    def _hand_off(self, job: Job, record: JobRecord, now: float) -> Optional[str]:
-        """Store a job that can run at once and give it straight to an idle worker, claimed
-        in the same step: no dispatcher round trip, so the job starts sooner. Returns its
-        id, or None (nothing stored) when no worker is idle or the job must wait anyway."""
-        if (record.status is not JobStatus.PENDING or record.blocked or record.is_schedule
-                or not self._pool.runnable(record.queue_entry())):
-            return None
-        if not record.depends_on and record.unique_key is None and self.repository.inserts_in_exchanges:
-            # No row to check it against: stored in an exchange of the pool's, claimed there
-            # if a worker has room for it.
-            self._local.remember(job.id, self._local_function(job), job.retry_on)
-            stored = False
-            try:
-                stored = self._pool.exchange_inserting(record, now)
-            finally:
-                if not stored:
-                    self._local.forget(job.id)  # stored the usual way next, or not at all
-            return record.id if stored else None
-        if not self._pool.reserve_idle_worker():
-            return None
-        claimed: Optional[JobRecord] = None
-        try:
-            self._local.remember(job.id, self._local_function(job), job.retry_on)
-            job_id, claimed = self.repository.insert_claimed(
-                record, self.worker_id, now, now + self.lease_timeout)
-        except BaseException:
-            self._local.forget(job.id)
-            raise
-        finally:
-            self._pool.hand_off(claimed)
-        if job_id != record.id:
-            self._local.forget(job.id)  # an unfinished job already holds its unique_key
-        elif claimed is None and record.status is JobStatus.PENDING and not record.blocked:
-            self._pool.enqueue_entries([record.queue_entry()])  # someone else holds it or will
-        return job_id
+        return self._enqueuer.enqueue_many(jobs)
 
     def run_pending(self, limit: Optional[int] = None) -> int:
         """Run ready jobs synchronously in this thread until none is ready (or `limit`
@@ -327,29 +248,6 @@ class JobManager:
             raise RuntimeError("run_pending() is for managers that are not started (or immediate ones)")
         self._load_queue()
         return self._pool.run_pending(limit)
-
-    def _record_for(self, job: Job, now: float) -> JobRecord:
-        name = job.function_name
-        assert name is not None
-        if job.function is None and name not in self._registry and not self.producer:
-            raise UnknownFunction(name)
-        if job.isolation == "process":
-            from .isolation import isolation_problem  # multiprocessing: only when needed
-            func = job.function or self._registry.get(name)
-            problem = None if func is None else isolation_problem(func)
-            if problem is not None:
-                raise InvalidJob("isolation", f"{name!r} cannot run in a child process: {problem}")
-        return record_for(job, now)
-
-    def _bind_function(self, job: Job) -> None:
-        if job.function is not None:
-            self._registry.register(job.function_name, job.function, replace=False)  # type: ignore[arg-type]
-
-    def _local_function(self, job: Job) -> Optional[Callable[..., Any]]:
-        """The job's callable when its name runs another one here (two lambdas, say)."""
-        if job.function is None or self._registry.get(job.function_name) is job.function:  # type: ignore[arg-type]
-            return None
-        return job.function
 
     # -- reading -----------------------------------------------------------------------------------
     def poll(self, job_id: str) -> Optional[JobResult]:

@@ -311,7 +311,7 @@ def test_a_job_claimed_by_number_is_not_named_in_a_later_claim(tmp_path: Any, ma
     ran: list[str] = []
     manager.register_function("task", ran.append)
     manager.enqueue_many([Job(function_name="task", args=(name,)) for name in ("a", "b")])
-    racer = manager._record_for(Job(function_name="task", args=("racer",)), time.time())
+    racer = manager._enqueuer.record_for(Job(function_name="task", args=("racer",)), time.time())
 
     def race() -> None:
         repository.insert([racer], time.time())

@@ -119,7 +119,7 @@ def test_a_job_handed_off_while_the_pool_stops_is_given_back_unstarted(
     assert pool.reserve_idle_worker()
     # when the manager stops before the claimed job reaches the pool
     manager.stop()
-    record = manager._record_for(Job(function_name="echo", args=(1,)), 1000.0)
+    record = manager._enqueuer.record_for(Job(function_name="echo", args=(1,)), 1000.0)
     job_id, claimed = repository.insert_claimed(record, manager.worker_id, 1000.0, 1060.0)
     assert claimed is not None
     pool.hand_off(claimed)

@@ -1,0 +1,157 @@
+"""`Enqueuer`: how `JobManager.enqueue` and `enqueue_many` store and queue jobs.
+
+It checks jobs against this manager (registered names, process isolation), turns them
+into records, stores them (one transaction per call) and queues the ready ones. On a
+started manager, a job that can run at once goes straight to a worker: a plain job is
+stored in an exchange of the pool's (`WorkerPool.exchange_inserting`), others through a
+promised idle worker. It holds no state of its own but `started`; reading jobs back and
+changing them is the manager's.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Optional
+
+from .clock import Clock
+from .errors import InvalidJob, UnknownFunction
+from .models import Job, JobStatus
+from .records import record_for
+from .registry import FunctionRegistry, LocalJobs
+from .repository.base import JobRecord, JobRepository
+from .waiting import Settlements
+from .workers import WorkerPool
+
+
+class Enqueuer:
+    """The enqueueing half of one `JobManager`."""
+
+    def __init__(self, repository: JobRepository, registry: FunctionRegistry, local: LocalJobs,
+                 pool: WorkerPool, settlements: Settlements, clock: Clock, *, producer: bool,
+                 immediate: bool, worker_id: str, lease_timeout: float) -> None:
+        self._repo = repository
+        self._registry = registry
+        self._local = local
+        self._pool = pool
+        self._settlements = settlements
+        self._clock = clock
+        self._producer = producer
+        self._immediate = immediate  # each enqueue then runs what is ready, in its thread
+        self._worker_id = worker_id
+        self._lease_timeout = lease_timeout
+        # True while the manager's worker threads run (set by its start and stop): jobs may
+        # then be handed straight to them.
+        self.started = False
+
+    def enqueue_many(self, jobs: Iterable[Job]) -> list[str]:
+        """Store and queue `jobs` in one transaction: all are accepted or none is. Returns
+        their ids (for a `unique_key` already held by an unfinished job, that job's)."""
+        jobs = list(jobs)
+        if len(jobs) == 1:
+            return [self.enqueue_one(jobs[0])]
+        for job in jobs:
+            if not isinstance(job, Job):
+                raise TypeError(f"enqueue takes Job objects, got {type(job).__name__}")
+            job.validate()
+        if len({job.id for job in jobs}) != len(jobs):
+            raise InvalidJob("id", "the same job appears twice in one batch")
+        self._settlements.forget(job.id for job in jobs)  # ids used again once deleted
+        now = self._clock.time()
+        records = [self.record_for(job, now) for job in jobs]
+        for job in jobs:
+            self._bind_function(job)
+        ids = self._repo.insert(records, now)
+        entries = []
+        for job, record, job_id in zip(jobs, records, ids):
+            if job_id != record.id:
+                continue  # an unfinished job already holds its unique_key
+            self._local.remember(job.id, self._local_function(job), job.retry_on)
+            if record.blocked == 0 and record.status is not JobStatus.CANCELLED:
+                entries.append(record.queue_entry())
+        self._pool.enqueue_entries(entries)
+        if self._immediate:
+            self._pool.run_pending()
+        return ids
+
+    def enqueue_one(self, job: Job) -> str:
+        """`enqueue_many` of one job: the same steps in the same order, without the loops
+        and checks a batch needs (most enqueues are of one job)."""
+        if not isinstance(job, Job):
+            raise TypeError(f"enqueue takes Job objects, got {type(job).__name__}")
+        job.validate()
+        self._settlements.forget((job.id,))  # its id used again once deleted
+        now = self._clock.time()
+        record = self.record_for(job, now)
+        self._bind_function(job)
+        if self.started:
+            handed = self._hand_off(job, record, now)
+            if handed is not None:
+                return handed
+        job_id = self._repo.insert([record], now)[0]
+        if job_id == record.id:  # else an unfinished job already holds its unique_key
+            self._local.remember(job.id, self._local_function(job), job.retry_on)
+            if record.blocked == 0 and record.status is not JobStatus.CANCELLED:
+                self._pool.enqueue_entries((record.queue_entry(),))
+        if self._immediate:
+            self._pool.run_pending()
+        return job_id
+
+    def _hand_off(self, job: Job, record: JobRecord, now: float) -> Optional[str]:
+        """Store a job that can run at once and give it straight to an idle worker, claimed
+        in the same step: no dispatcher round trip, so the job starts sooner. Returns its
+        id, or None (nothing stored) when no worker is idle or the job must wait anyway."""
+        if (record.status is not JobStatus.PENDING or record.blocked or record.is_schedule
+                or not self._pool.runnable(record.queue_entry())):
+            return None
+        if not record.depends_on and record.unique_key is None and self._repo.inserts_in_exchanges:
+            # No row to check it against: stored in an exchange of the pool's, claimed there
+            # if a worker has room for it.
+            self._local.remember(job.id, self._local_function(job), job.retry_on)
+            stored = False
+            try:
+                stored = self._pool.exchange_inserting(record, now)
+            finally:
+                if not stored:
+                    self._local.forget(job.id)  # stored the usual way next, or not at all
+            return record.id if stored else None
+        if not self._pool.reserve_idle_worker():
+            return None
+        claimed: Optional[JobRecord] = None
+        try:
+            self._local.remember(job.id, self._local_function(job), job.retry_on)
+            job_id, claimed = self._repo.insert_claimed(
+                record, self._worker_id, now, now + self._lease_timeout)
+        except BaseException:
+            self._local.forget(job.id)
+            raise
+        finally:
+            self._pool.hand_off(claimed)
+        if job_id != record.id:
+            self._local.forget(job.id)  # an unfinished job already holds its unique_key
+        elif claimed is None and record.status is JobStatus.PENDING and not record.blocked:
+            self._pool.enqueue_entries([record.queue_entry()])  # someone else holds it or will
+        return job_id
+
+    def record_for(self, job: Job, now: float) -> JobRecord:
+        """The record that stores a validated `job` enqueued at `now`; raises if this manager
+        cannot accept it (an unknown function name, a function a child process cannot run)."""
+        name = job.function_name
+        assert name is not None
+        if job.function is None and name not in self._registry and not self._producer:
+            raise UnknownFunction(name)
+        if job.isolation == "process":
+            from .isolation import isolation_problem  # multiprocessing: only when needed
+            func = job.function or self._registry.get(name)
+            problem = None if func is None else isolation_problem(func)
+            if problem is not None:
+                raise InvalidJob("isolation", f"{name!r} cannot run in a child process: {problem}")
+        return record_for(job, now)
+
+    def _bind_function(self, job: Job) -> None:
+        if job.function is not None:
+            self._registry.register(job.function_name, job.function, replace=False)  # type: ignore[arg-type]
+
+    def _local_function(self, job: Job) -> Optional[Callable[..., Any]]:
+        """The job's callable when its name runs another one here (two lambdas, say)."""
+        if job.function is None or self._registry.get(job.function_name) is job.function:  # type: ignore[arg-type]
+            return None
+        return job.function
