@@ -1,0 +1,196 @@
+"""`SQLiteAdding`: how `SQLiteRepository` stores new jobs (`insert`, `insert_claimed`,
+`insert_and_apply`).
+
+A lone job with nothing to check against other rows is one INSERT (shared with other
+writers' transactions by the group committer); a batch is one transaction, checked for
+taken ids, dependencies and unique keys. Reading, claiming and settling stored jobs is
+`sqlite`'s; the SQL is `sqlite_schema`'s.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any, Callable, Optional, Sequence
+
+from .. import serialization
+from ..models import JobStatus
+from . import sqlite_schema as sql
+from ._cascade import dependency_error_message, plan_batch
+from .base import Cascade, JobRecord, JobRepository, Settlement, id_taken, require_plain_pending
+from .group_commit import GroupCommitter
+from .sqlite_conn import Connections
+from .sqlite_rows import is_plain, plain_params, record_from_row, row_params
+from .sqlite_settle import cancel_dependents, encode_result, settle_all
+
+
+class SQLiteAdding(JobRepository):
+    """The adding half of `SQLiteRepository`, which sets the attributes below."""
+
+    max_payload_bytes: Optional[int]
+    _db: Connections
+    _group: GroupCommitter[sqlite3.Connection]
+
+    def insert(self, records: Sequence[JobRecord], now: float) -> list[str]:
+        if len(records) == 1 and not records[0].depends_on and records[0].unique_key is None:
+            record = records[0]  # nothing to check against other rows: a single INSERT
+            query, params = self._new_row(record, now, record.status)
+            record.seq, record.blocked = self._insert_row(query, params, record.id), 0
+            return [record.id]
+        return self._group.run(lambda conn: self._insert(conn, records, now))
+
+    def _new_row(self, record: JobRecord, now: float, status: JobStatus,
+                 claimed: bool = False) -> tuple[str, tuple[Any, ...]]:
+        """The INSERT (the short one when it can be) and its parameters storing `record`
+        unblocked, with no error; `claimed`: the statement for a claimed row, whose
+        parameters go on with started_at, worker_id and lease_expires_at."""
+        if is_plain(record):
+            query = sql.INSERT_CLAIMED_PLAIN_JOB if claimed else sql.INSERT_PLAIN_JOB
+            return query, plain_params(record, now, status, self.max_payload_bytes)
+        query = sql.INSERT_CLAIMED_JOB if claimed else sql.INSERT_JOB
+        return query, row_params(record, now, status, 0, None, self.max_payload_bytes)
+
+    def _insert_row(self, query: str, params: Sequence[Any], job_id: str) -> int:
+        """Run one INSERT of a job's row; its rowid. Alone, it commits by itself; beside
+        other writers it shares their transaction."""
+        def insert(execute: Callable[[str, Sequence[Any]], sqlite3.Cursor]) -> int:
+            try:
+                return execute(query, params).lastrowid or 0
+            except sqlite3.IntegrityError:
+                raise id_taken(job_id) from None
+
+        return self._group.run(lambda conn: insert(conn.execute), lambda: insert(self._db.write_one))
+
+    def _insert(self, conn: sqlite3.Connection, records: Sequence[JobRecord], now: float) -> list[str]:
+        if all(not r.depends_on and r.unique_key is None for r in records):
+            return self._insert_plain(conn, records, now)
+        given = {record.id: record for record in records}
+        def exists(job_id: str) -> bool:
+            return conn.execute(sql.SELECT_STATUS, (job_id,)).fetchone() is not None
+
+        ids, stored = plan_batch(records, exists=_Lookup(exists),
+                                 unfinished_with_key=lambda key: self._unfinished_with_key(conn, key))
+        for record in stored:
+            blocked, dead = 0, None
+            for dep in record.depends_on:
+                row = conn.execute(sql.SELECT_STATUS, (dep,)).fetchone()
+                if row is None:  # a job later in this batch: not stored yet, so not complete
+                    blocked += 1
+                    continue
+                status, name = row
+                if status != JobStatus.COMPLETED.value:
+                    blocked += 1
+                if status in (JobStatus.FAILED.value, JobStatus.CANCELLED.value):
+                    dead = dependency_error_message(dep, name, status)
+            status = JobStatus.CANCELLED if dead else record.status
+            try:
+                cursor = conn.execute(sql.INSERT_JOB, row_params(record, now, status, blocked, dead, self.max_payload_bytes))
+            except sqlite3.IntegrityError:
+                raise id_taken(record.id) from None
+            given[record.id].seq = cursor.lastrowid or 0
+            given[record.id].blocked, given[record.id].status = blocked, status
+            for dep in record.depends_on:
+                conn.execute(sql.INSERT_DEP, (record.id, dep))
+            if dead:
+                # Batch members listed before it that depend on it can never run either.
+                cancel_dependents(conn, record.id, now)
+        return ids
+
+    def _insert_plain(self, conn: sqlite3.Connection, records: Sequence[JobRecord], now: float) -> list[str]:
+        """A batch with no dependency and no unique key: nothing to check against other
+        rows, so one `executemany`. Rowids are handed out one after another while this
+        transaction holds the write lock, so the last one tells every record's `seq`."""
+        if all(is_plain(r) for r in records):
+            query, rows = sql.INSERT_PLAIN_JOB, [plain_params(r, now, r.status, self.max_payload_bytes)
+                                                 for r in records]
+        else:
+            query, rows = sql.INSERT_JOB, [row_params(r, now, r.status, 0, None, self.max_payload_bytes)
+                                           for r in records]
+        ids = [record.id for record in records]
+        taken = {row[0] for row in conn.execute(sql.SELECT_EXISTING_IDS, (json.dumps(ids),))}
+        seen: set[str] = set()
+        for job_id in ids:  # named in the error, as the row-by-row path would
+            if job_id in taken or job_id in seen:
+                raise id_taken(job_id)
+            seen.add(job_id)
+        conn.executemany(query, rows)
+        first = conn.execute("SELECT last_insert_rowid()").fetchone()[0] - len(records) + 1
+        for offset, record in enumerate(records):
+            record.seq, record.blocked = first + offset, 0
+        return ids
+
+    def insert_claimed(self, record: JobRecord, worker_id: str, now: float,
+                       lease_expires_at: float) -> tuple[str, Optional[JobRecord]]:
+        """One INSERT of the row as claimed, for a job that needs no checks against other
+        rows (no dependencies, no unique key); others go the default way."""
+        if (record.depends_on or record.unique_key is not None or record.is_schedule
+                or record.status is not JobStatus.PENDING):
+            return super().insert_claimed(record, worker_id, now, lease_expires_at)
+        query, params = self._new_row(record, now, JobStatus.RUNNING, claimed=True)
+        record.seq = self._insert_row(query, (*params, now, worker_id, lease_expires_at), record.id)
+        return record.id, self._stored_claimed(record, params[3], worker_id, now, lease_expires_at)
+
+    def insert_and_apply(self, record: JobRecord, settlements: Sequence[Settlement], claim_ids: Sequence[str],
+                         worker_id: str, now: float, lease_expires_at: float, *,
+                         claim_new: bool) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
+        """The settlements' statements, the new row's INSERT and the claim: one transaction
+        (the INSERT alone, committed by itself, when there is nothing else to do)."""
+        require_plain_pending(record)
+        encoded = [encode_result(s, self.max_payload_bytes) for s in settlements]  # raises before writing
+        status = JobStatus.RUNNING if claim_new else JobStatus.PENDING
+        query, params = self._new_row(record, now, status, claimed=claim_new)
+        row = (*params, now, worker_id, lease_expires_at) if claim_new else params
+
+        def op(conn: sqlite3.Connection) -> tuple[list[Optional[Cascade]], int, list[Any]]:
+            cascades = settle_all(conn, settlements, encoded, worker_id, now)
+            try:
+                seq = conn.execute(query, row).lastrowid or 0
+            except sqlite3.IntegrityError:
+                raise id_taken(record.id) from None
+            if not claim_ids:
+                return cascades, seq, []
+            claim = (now, worker_id, lease_expires_at, json.dumps(list(claim_ids)), now)
+            return cascades, seq, conn.execute(sql.CLAIM_MANY, claim).fetchall()
+
+        if settlements or claim_ids:
+            cascades, record.seq, rows = self._group.run(op)
+        else:  # a new job alone (a quiet pool's hand-off): one statement, committed by itself
+            cascades, record.seq, rows = [], self._insert_row(query, row, record.id), []
+        record.blocked = 0
+        claimed = [record_from_row(row) for row in rows]
+        if claim_new:
+            claimed.insert(0, self._stored_claimed(record, params[3], worker_id, now, lease_expires_at))
+        return cascades, claimed
+
+    @staticmethod
+    def _stored_claimed(record: JobRecord, payload: str, worker_id: str, now: float,
+                        lease_expires_at: float) -> JobRecord:
+        """`record`, just stored claimed with `payload`, made what a claim would return.
+
+        On the way from `enqueue` to a worker starting the job, so kept short: the record
+        is the caller's own (not copied), and arguments that are all JSON scalars, which
+        decode to what they were, are not decoded again."""
+        if record.kwargs or any(type(arg) not in _JSON_SCALARS for arg in record.args):
+            # The worker sees the arguments as any claim would: decoded from the stored JSON.
+            record.args, record.kwargs = serialization.decode_payload(payload)
+        record.status, record.blocked, record.created_at, record.started_at = JobStatus.RUNNING, 0, now, now
+        record.attempts, record.worker_id, record.lease_expires_at = 1, worker_id, lease_expires_at
+        return record
+
+    @staticmethod
+    def _unfinished_with_key(conn: sqlite3.Connection, key: str) -> Optional[str]:
+        row = conn.execute(sql.SELECT_UNFINISHED_BY_KEY, (key,)).fetchone()
+        return row[0] if row else None
+
+
+_JSON_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+class _Lookup:
+    """Adapts an `exists(job_id)` function to the `in` test `check_batch_dependencies` uses."""
+
+    def __init__(self, exists: Any) -> None:
+        self._exists = exists
+
+    def __contains__(self, job_id: object) -> bool:
+        return isinstance(job_id, str) and self._exists(job_id)
