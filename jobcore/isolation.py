@@ -6,7 +6,7 @@ and a fresh one replaces it on demand; a child that dies fails the attempt with
 elsewhere, never from a fork of the threaded engine. This module decides nothing about
 retries, persists nothing, and does not pick which jobs run isolated: the worker pool
 hands it attempts. The child's loop is `jobcore.isolation_child`; what crosses the pipe,
-`jobcore.isolation_wire`.
+`jobcore.isolation_wire`; one child and how it ends, `jobcore.isolation_process`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import sys
 import threading
 import traceback as traceback_module
 from dataclasses import dataclass
-from multiprocessing.connection import Connection, wait as wait_for_ready
+from multiprocessing.connection import wait as wait_for_ready
 from multiprocessing.reduction import ForkingPickler
 from multiprocessing.util import Finalize
 from typing import Any, Callable, Optional, Union
@@ -29,6 +29,7 @@ from .context import JobContext
 from .errors import JobCancelled, JobcoreError, JobTimeout
 from .execution import Outcome
 from .isolation_child import memory_limit_supported, serve
+from .isolation_process import Child, default_start_method, end_all, end_child, signal_name
 from .isolation_wire import (AttemptRequest, NotIsolatable, RemoteError, RemoteFailure,
                               isolation_problem, rebuild_exception)
 
@@ -62,23 +63,6 @@ class RunnerStats:
     died: int         # children that died on their own
 
 
-def _default_start_method() -> str:
-    if sys.platform.startswith("linux") and "forkserver" in multiprocessing.get_all_start_methods():
-        return "forkserver"
-    return "spawn"
-
-
-@dataclass(eq=False)
-class _Child:
-    """One pooled child process and the parent's end of its pipe."""
-
-    process: Any  # multiprocessing.Process (BaseProcess)
-    conn: Connection
-    pid: Optional[int]
-    attempts: int = 0
-    sys_path: tuple[str, ...] = ()
-
-
 class ProcessRunner:
     """A pool of reusable child processes running job attempts (see the module docstring).
 
@@ -97,23 +81,23 @@ class ProcessRunner:
         self._max = max_processes
         self._grace = float(grace)
         self._max_attempts = max_attempts_per_process
-        self._mp = multiprocessing.get_context(start_method or _default_start_method())
+        self._mp = multiprocessing.get_context(start_method or default_start_method())
         self._clock = clock or SystemClock()
         # _cond's lock guards _idle, _live, _running, _closed and the counters.
         self._cond = threading.Condition(threading.Lock())
-        self._idle: list[_Child] = []
+        self._idle: list[Child] = []
         self._live = 0      # children started and not yet ended (idle, busy or starting)
         self._running = 0
         self._closed = False
         self._started = self._reused = self._terminated = self._died = 0
         # Every child not yet ended; shared with the exit-time finalizer, which must not
         # hold a reference to self. Guarded by _cond's lock.
-        self._children: set[_Child] = set()
+        self._children: set[Child] = set()
         # Children get the read end; the write end stays here only (spawn and forkserver
         # pass no other descriptors), so it reads as ended when this process is gone.
         self._lifeline, lifeline_w = self._mp.Pipe(duplex=False)
         # exitpriority: runs at interpreter exit before multiprocessing joins its children.
-        self._finalizer = Finalize(self, _end_all, args=(self._children, self._cond, self._grace, lifeline_w),
+        self._finalizer = Finalize(self, end_all, args=(self._children, self._cond, self._grace, lifeline_w),
                                    exitpriority=10)
 
     @property
@@ -183,13 +167,13 @@ class ProcessRunner:
         return Outcome(error=WorkerProcessDied(f"two child processes in a row died before job {context.id}"
                                                " could be handed to them"))
 
-    def _acquire(self, context: JobContext) -> Union[_Child, Outcome]:
+    def _acquire(self, context: JobContext) -> Union[Child, Outcome]:
         """An idle child, or a new one when below the limit; waits for one otherwise."""
         while True:
             stopped = self._stopped(context, None, None)
             if stopped is not None:
                 return stopped
-            idle: Optional[_Child] = None
+            idle: Optional[Child] = None
             with self._cond:
                 if self._closed:
                     return Outcome(error=RuntimeError("the process runner is closed"))
@@ -222,7 +206,7 @@ class ProcessRunner:
             return Outcome(error=WorkerProcessDied(f"could not start a child process: {exc}"),
                            traceback=traceback_module.format_exc())
 
-    def _start_child(self) -> _Child:
+    def _start_child(self) -> Child:
         parent_end, child_end = self._mp.Pipe(duplex=True)
         process = self._mp.Process(target=serve, args=(child_end, self._lifeline), name="jobcore-isolated",
                                    daemon=False)
@@ -230,14 +214,14 @@ class ProcessRunner:
             process.start()
         finally:
             child_end.close()  # else the parent would never see EOF when the child dies
-        child = _Child(process, parent_end, process.pid, sys_path=tuple(sys.path))
+        child = Child(process, parent_end, process.pid, sys_path=tuple(sys.path))
         with self._cond:
             self._started += 1
             self._children.add(child)
         logger.debug("started child process %s (%s)", process.pid, self.start_method)
         return child
 
-    def _supervise(self, child: _Child, context: JobContext, timeout: Optional[float],
+    def _supervise(self, child: Child, context: JobContext, timeout: Optional[float],
                    deadline: Optional[float]) -> Outcome:
         """Relay the child's reports until its answer, its death, a timeout or a cancel."""
         watched = [child.conn, child.process.sentinel]
@@ -261,7 +245,7 @@ class ProcessRunner:
                 self._terminate(child)
                 return stopped
 
-    def _handle(self, raw: bytes, child: _Child, context: JobContext) -> Optional[Outcome]:
+    def _handle(self, raw: bytes, child: Child, context: JobContext) -> Optional[Outcome]:
         """Act on one message from the child; an Outcome once the attempt is over."""
         try:
             message = pickle.loads(raw)
@@ -298,7 +282,7 @@ class ProcessRunner:
         return None
 
     # -- ending children --------------------------------------------------------------------------
-    def _release(self, child: _Child, reusable: bool) -> None:
+    def _release(self, child: Child, reusable: bool) -> None:
         """Return a child that answered to the idle list, or retire it."""
         child.attempts += 1
         with self._cond:
@@ -312,26 +296,26 @@ class ProcessRunner:
                 self._children.discard(child)
             self._cond.notify()
         if not keep:
-            _end(child, self._grace, polite=True)
+            end_child(child, self._grace, polite=True)
 
-    def _terminate(self, child: _Child) -> None:
+    def _terminate(self, child: Child) -> None:
         """End a busy child at once (timeout, cancel); its place is refilled on demand."""
         with self._cond:
             self._terminated += 1
             self._forget_locked(child)
-        _end(child, self._grace, polite=False)
+        end_child(child, self._grace, polite=False)
 
-    def _dead(self, child: _Child) -> Optional[int]:
+    def _dead(self, child: Child) -> Optional[int]:
         """Account for a child that died on its own and reap it; returns its exit code."""
         with self._cond:
             self._died += 1
             self._forget_locked(child)
         child.process.join(self._grace)  # its pipe closed: the exit status follows at once
         exitcode: Optional[int] = child.process.exitcode
-        _end(child, self._grace, polite=False)
+        end_child(child, self._grace, polite=False)
         return exitcode
 
-    def _forget_locked(self, child: _Child) -> None:
+    def _forget_locked(self, child: Child) -> None:
         self._live -= 1
         self._running -= 1
         self._children.discard(child)
@@ -342,7 +326,7 @@ class ProcessRunner:
         if exitcode is None:
             how = "died"
         elif exitcode < 0:
-            how = f"was killed by signal {-exitcode} ({_signal_name(-exitcode)})"
+            how = f"was killed by signal {-exitcode} ({signal_name(-exitcode)})"
             if -exitcode == signal.SIGKILL:
                 how += ": the out-of-memory killer, or a kill from outside"
             elif -exitcode == signal.SIGSEGV:
@@ -368,50 +352,13 @@ class ProcessRunner:
         deadline = self._clock.monotonic() + timeout
         for child in idle:
             child.process.join(max(0.0, deadline - self._clock.monotonic()))
-            _end(child, self._grace, polite=False)
+            end_child(child, self._grace, polite=False)
 
     def __enter__(self) -> "ProcessRunner":
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
-
-
-def _end(child: _Child, grace: float, *, polite: bool) -> None:
-    """End `child`: close its pipe (a polite end lets it exit on EOF), then SIGTERM, and
-    SIGKILL after `grace`; reap it."""
-    try:
-        child.conn.close()
-    except OSError:
-        pass
-    process = child.process
-    if polite:
-        process.join(grace)
-    if process.exitcode is None:
-        process.terminate()
-        process.join(grace)
-    if process.exitcode is None:
-        process.kill()
-        process.join(5.0)  # SIGKILL cannot be caught; only a process stuck in the kernel lingers
-    if process.exitcode is not None:
-        process.close()
-
-
-def _end_all(children: set[_Child], lock: threading.Condition, grace: float, lifeline: Connection) -> None:
-    """At interpreter exit (or when the runner is collected): end every child left."""
-    with lock:
-        remaining = list(children)
-        children.clear()
-    for child in remaining:
-        _end(child, grace, polite=False)
-    lifeline.close()
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return "unknown signal"
 
 
 def _describe(func: Callable[..., Any]) -> str:

@@ -1,0 +1,70 @@
+"""One pooled child process of process isolation (`Child`), and how children end.
+
+A child ends with its pipe closed (a polite end lets it exit on EOF), then SIGTERM, and
+SIGKILL after a grace period; `end_all` ends every child left at interpreter exit. Which
+child runs what, and when one is ended, is `isolation.ProcessRunner`'s business.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any, Optional
+
+
+def default_start_method() -> str:
+    if sys.platform.startswith("linux") and "forkserver" in multiprocessing.get_all_start_methods():
+        return "forkserver"
+    return "spawn"
+
+
+@dataclass(eq=False)
+class Child:
+    """One pooled child process and the parent's end of its pipe."""
+
+    process: Any  # multiprocessing.Process (BaseProcess)
+    conn: Connection
+    pid: Optional[int]
+    attempts: int = 0
+    sys_path: tuple[str, ...] = ()
+
+
+def end_child(child: Child, grace: float, *, polite: bool) -> None:
+    """End `child`: close its pipe (a polite end lets it exit on EOF), then SIGTERM, and
+    SIGKILL after `grace`; reap it."""
+    try:
+        child.conn.close()
+    except OSError:
+        pass
+    process = child.process
+    if polite:
+        process.join(grace)
+    if process.exitcode is None:
+        process.terminate()
+        process.join(grace)
+    if process.exitcode is None:
+        process.kill()
+        process.join(5.0)  # SIGKILL cannot be caught; only a process stuck in the kernel lingers
+    if process.exitcode is not None:
+        process.close()
+
+
+def end_all(children: set[Child], lock: threading.Condition, grace: float, lifeline: Connection) -> None:
+    """At interpreter exit (or when the runner is collected): end every child left."""
+    with lock:
+        remaining = list(children)
+        children.clear()
+    for child in remaining:
+        end_child(child, grace, polite=False)
+    lifeline.close()
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return "unknown signal"
