@@ -13,13 +13,14 @@ import traceback as traceback_module
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from .context import JobContext, bind, unbind
+from .context import JobContext, _current
 from .errors import JobCancelled
 
 if TYPE_CHECKING:
     import asyncio
 
 _loops = threading.local()
+_bind, _unbind = _current.set, _current.reset
 
 
 @dataclass(slots=True)
@@ -73,14 +74,14 @@ def call_job(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, 
     `current_job()` bound); an awaitable result is run to completion by `run_coroutine`."""
     if accepts_progress_callback(func):
         kwargs = {**kwargs, "progress_callback": context.progress_callback}
-    token = bind(context)
+    token = _bind(context)  # `bind`, without the call around it (once per job)
     try:
         value = func(*args, **kwargs)  # ** hands the function a dict of its own
         if value is not None and inspect.isawaitable(value):
             value = run_coroutine(_await(value))
         return value
     finally:
-        unbind(token)
+        _unbind(token)  # `unbind`
 
 
 def run_attempt(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -88,7 +89,7 @@ def run_attempt(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[st
     """Call `func(*args, **kwargs)` as the job `context` on this thread's event loop if it
     is a coroutine; never raises."""
     try:
-        return Outcome(value=call_job(func, args, kwargs, context, _run_on_this_threads_loop))
+        return Outcome(call_job(func, args, kwargs, context, _run_on_this_threads_loop))
     except BaseException as exc:  # a job must never kill its worker thread
         return Outcome(error=exc, traceback=traceback_module.format_exc())
 
