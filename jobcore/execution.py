@@ -88,7 +88,7 @@ def run_attempt(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[st
     """Call `func(*args, **kwargs)` as the job `context` on this thread's event loop if it
     is a coroutine; never raises."""
     try:
-        return Outcome(value=call_job(func, args, kwargs, context, _run_on_this_threads_loop))
+        return Outcome(call_job(func, args, kwargs, context, _run_on_this_threads_loop))
     except BaseException as exc:  # a job must never kill its worker thread
         return Outcome(error=exc, traceback=traceback_module.format_exc())
 

@@ -59,6 +59,9 @@ class NotificationDispatcher:
         # its thread ends: what flush() and close() wait for.
         self._progress = threading.Condition(self._lock)
         self._deliveries: list[_Delivery] = []
+        # The channels of _deliveries, in order: replaced (never changed) under _lock at
+        # each add and remove, so `channels` reads it without the lock (once per event).
+        self._channels: tuple[Any, ...] = ()
         self._running: set[_Delivery] = set()   # deliveries whose thread has not ended
         self._closed = False
         self._dropped = 0
@@ -68,8 +71,7 @@ class NotificationDispatcher:
     @property
     def channels(self) -> tuple[Any, ...]:
         """The channels, in the order they were added."""
-        with self._lock:
-            return tuple(d.channel for d in self._deliveries)
+        return self._channels
 
     @property
     def dropped(self) -> int:
@@ -91,6 +93,7 @@ class NotificationDispatcher:
             if any(d.channel is channel for d in self._deliveries):
                 raise ValueError(f"channel {channel!r} was already added")
             self._deliveries.append(_Delivery(channel, self._lock))
+            self._channels = tuple(d.channel for d in self._deliveries)
 
     def remove(self, channel: Any) -> None:
         """Stop delivering to `channel`; events still queued for it are discarded.
@@ -101,6 +104,7 @@ class NotificationDispatcher:
             if delivery is None:
                 raise ValueError(f"channel {channel!r} was not added")
             self._deliveries.remove(delivery)
+            self._channels = tuple(d.channel for d in self._deliveries)
             discarded = self._retire(delivery)
         if discarded:
             logger.info("removed notification channel %r; %d queued events discarded",

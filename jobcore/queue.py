@@ -85,6 +85,11 @@ class ReadyQueue:
             heapq.heappop(heap)
 
     def _release_due(self) -> None:
+        if self._timers:  # the clock is read only when a timer may be due
+            self._release_timers()
+        self._prune(self._ready)
+
+    def _release_timers(self) -> None:
         now = self._clock.time()
         while self._timers and self._timers[0][0] <= now:
             item = heapq.heappop(self._timers)
@@ -92,7 +97,6 @@ class ReadyQueue:
                 entry = item[2]
                 self._members[entry.job_id] = ready = (-entry.priority, entry.seq, entry)
                 heapq.heappush(self._ready, ready)
-        self._prune(self._ready)
 
     def has_ready(self) -> bool:
         """True if an entry is ready now (timers that came due count)."""
@@ -105,11 +109,13 @@ class ReadyQueue:
         with self._lock:
             self._release_due()
             taken = []
-            while self._ready and len(taken) < limit:
-                item = heapq.heappop(self._ready)
-                if self._live(item):
-                    del self._members[item[2].job_id]
-                    taken.append(item[2])
+            ready, members = self._ready, self._members
+            while ready and len(taken) < limit:
+                item = heapq.heappop(ready)
+                entry = item[2]
+                if members.get(entry.job_id) is item:  # live (see `_live`)
+                    del members[entry.job_id]
+                    taken.append(entry)
             return taken
 
     def discard(self, job_ids: Iterable[str]) -> None:

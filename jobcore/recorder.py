@@ -26,7 +26,7 @@ from .registry import FunctionRegistry, LocalJobs
 from .repository.base import Cascade, JobRecord, JobRepository, QueueEntry, Settlement
 from .retry import Classifier
 from .scheduler import ScheduleFirer
-from .settle import EVENTS, decide, event_details
+from .settle import EVENTS, completed, decide, event_details
 
 logger = logging.getLogger("jobcore.workers")
 
@@ -182,7 +182,8 @@ class Recorder:
                                  len(settlements), len(claim_ids))
             return None
         self._after_all(finished, settlements, cascades, now)
-        claimed.sort(key=lambda r: (-r.priority, r.seq))
+        if len(claimed) > 1:
+            claimed.sort(key=lambda r: (-r.priority, r.seq))
         return claimed
 
     def exchange_inserting(self, record: JobRecord, claim_new: bool, finished: list[Finished],
@@ -226,17 +227,20 @@ class Recorder:
 
     def _settlement(self, finished: Finished, now: float) -> Settlement:
         record, outcome = finished.record, finished.outcome
-        encoded = None  # encoded once, here: the repository stores this text as it is
-        if outcome.succeeded and self._repo.persistent:
-            try:
+        if outcome.error is None:  # succeeded: no retry policy to look up (see `completed`)
+            if not self._repo.persistent:
+                return completed(record, outcome.value, finished.ran_for)
+            try:  # encoded once, here: the repository stores this text as it is
                 encoded = serialization.encode(outcome.value, field="result",
                                                max_bytes=self._repo.max_payload_bytes)
             except (TypeError, ValueError) as exc:  # the result cannot be stored: a failure
                 outcome = Outcome(error=exc, traceback=None)
+            else:
+                return completed(record, outcome.value, finished.ran_for, encoded)
         classifier = self._local.retry_on(record.id) or self._retry_on
         return decide(record, outcome, cancel_requested=finished.context.cancel_requested,
                       classifier=classifier, rng=self._rng, max_retry_delay=self._max_retry_delay,
-                      now=now, ran_for=finished.ran_for, encoded_result=encoded)
+                      now=now, ran_for=finished.ran_for)
 
     def _after(self, finished: Finished, settlement: Settlement, cascade: Optional[Cascade],
                now: float, settled: list[tuple[str, Optional[Completion]]]) -> None:
@@ -250,7 +254,8 @@ class Recorder:
             self._queue.push(record.queue_entry()._replace(run_at=settlement.retry_at), settlement.retry_at)
         else:
             self._local.forget(record.id)
-        self.enqueue_entries(cascade.released)
+        if cascade.released:  # most release nothing
+            self.enqueue_entries(cascade.released)
         for job_id in cascade.cancelled:
             self._local.forget(job_id)
             settled.append((job_id, None))

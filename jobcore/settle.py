@@ -26,9 +26,7 @@ def decide(record: JobRecord, outcome: Outcome, *, cancel_requested: bool, class
     `encoded_result`: the outcome's value as JSON, if the caller encoded it already."""
     attempt = record.attempts
     if outcome.succeeded:
-        note = f"attempt {attempt} completed after {ran_for:.3f}s" if attempt > 1 else None
-        return Settlement("complete", record.id, attempt, result=outcome.value, note=note,
-                          encoded_result=encoded_result)
+        return completed(record, outcome.value, ran_for, encoded_result)
     if outcome.cancelled or cancel_requested:
         return Settlement("cancel", record.id, attempt, error="cancelled while running",
                           error_type="JobCancelled")
@@ -53,6 +51,14 @@ def decide(record: JobRecord, outcome: Outcome, *, cancel_requested: bool, class
     why = "no retries left" if transient else "permanent error"
     return Settlement("fail", record.id, attempt, error=error, error_type=error_type,
                       traceback=outcome.traceback, note=f"{failed}; {why}")
+
+
+def completed(record: JobRecord, value: Any, ran_for: float, encoded_result: Optional[str] = None) -> Settlement:
+    """The settlement of an attempt of `record` that returned `value`: what `decide` returns
+    for any successful outcome (the retry policy and a cancel request do not matter then)."""
+    attempt = record.attempts
+    note = f"attempt {attempt} completed after {ran_for:.3f}s" if attempt > 1 else None
+    return Settlement("complete", record.id, attempt, result=value, note=note, encoded_result=encoded_result)
 
 
 EVENTS = {"complete": "job.completed", "retry": "job.retrying", "fail": "job.dead_lettered",

@@ -9,7 +9,7 @@ re-exports them all.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 from ..models import JobStatus
@@ -85,12 +85,15 @@ class JobRecord:
 _new_tuple = tuple.__new__
 
 
-def _record_copier() -> Callable[[JobRecord], JobRecord]:
+def _record_copier(detach: bool = False) -> Callable[[JobRecord], JobRecord]:
     """The function behind `JobRecord.copy`: it sets every field of an instance made without
     `__init__` straight from the original (0.8 µs; `__init__` with 40 arguments took 2.4 µs,
     and the memory store copies a record on every write and read). It is generated, as
-    dataclasses generates `__init__`, so that it always names every field of the class."""
-    lines = [f"    clone.{f.name} = record.{f.name}\n" for f in fields(JobRecord)]
+    dataclasses generates `__init__`, so that it always names every field of the class.
+    With `detach`, each dict field (those whose default is a new dict) gets a shallow
+    copy of its own in the same pass: `detached_copy`."""
+    lines = [f"    clone.{f.name} = dict(record.{f.name})\n" if detach and f.default_factory is dict
+             else f"    clone.{f.name} = record.{f.name}\n" for f in fields(JobRecord)]
     source = "def copy_record(record):\n    clone = new(JobRecord)\n" + "".join(lines) + "    return clone\n"
     namespace: dict[str, Any] = {"new": object.__new__, "JobRecord": JobRecord}
     exec(source, namespace)  # noqa: S102 - source built above from the field names only
@@ -98,6 +101,11 @@ def _record_copier() -> Callable[[JobRecord], JobRecord]:
 
 
 _copy_record = _record_copier()
+
+# A shallow copy whose dict fields (kwargs, metadata, progress_details) are copies too:
+# whoever holds it can change them without touching the original (the memory store's
+# `_detached`). One generated pass, rather than `copy` and then each dict set again.
+detached_copy = _record_copier(detach=True)
 
 
 class QueueEntry(NamedTuple):
@@ -111,6 +119,32 @@ class QueueEntry(NamedTuple):
     is_schedule: bool = False
 
 
+def _frozen_init(cls: type) -> type:
+    """Give the frozen dataclass `cls` a faster `__init__` of the same signature: it fills
+    the instance's `__dict__` in one call, where the generated one calls
+    `object.__setattr__` once per field (a `Settlement` took 3.8 µs to make, 1.9 µs so;
+    one is made per job recorded). Equality, hashing, repr and frozenness stay the
+    dataclass's own. Generated from the fields, so it always names every one of them."""
+    namespace: dict[str, Any] = {}
+    params, items = [], []
+    for f in fields(cls):
+        assert f.default_factory is MISSING, "only plain defaults are supported"
+        if f.default is MISSING:
+            params.append(f.name)
+        else:
+            namespace[f"_default_{f.name}"] = f.default
+            params.append(f"{f.name}=_default_{f.name}")
+        items.append(f"{f.name!r}: {f.name}")
+    source = (f"def __init__(self, {', '.join(params)}):\n"
+              f"    self.__dict__.update({{{', '.join(items)}}})\n")
+    exec(source, namespace)  # noqa: S102 - source built above from the field names only
+    init = namespace["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    cls.__init__ = init  # type: ignore[misc]
+    return cls
+
+
+@_frozen_init
 @dataclass(frozen=True)
 class Settlement:
     """The recorded end of one attempt of a job held by a worker.
@@ -164,6 +198,7 @@ class CancelOutcome(enum.Enum):
     NOT_FOUND = "not_found"      # no such job
 
 
+@_frozen_init
 @dataclass(frozen=True)
 class Cascade:
     """The effect of a state change on dependent jobs.
