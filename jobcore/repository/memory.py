@@ -1,7 +1,8 @@
 """`MemoryRepository`: the job store in this process's memory, for tests and throwaway work.
 
 Same contract as every repository; nothing is persisted and arguments are kept as the
-Python objects given (JSON is not required). Not shared between processes.
+Python objects given (JSON is not required). Not shared between processes. Storing new
+jobs is `memory_adding`'s.
 """
 
 from __future__ import annotations
@@ -12,24 +13,22 @@ import threading
 from typing import Any, Collection, Optional, Sequence
 
 from ..models import TERMINAL_STATUSES, JobStatus
-from ._cascade import dependency_error_message, plan_batch
+from ._cascade import dependency_error_message
 from .base import (Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry, Recovery, Settlement,
-                   WorkerInfo, claim_limit, id_taken, require_plain_pending)
-from .values import detached_copy
+                   WorkerInfo, claim_limit, id_taken)
+from .memory_adding import MemoryAdding
+# A copy with dicts of its own: whoever holds it can change it without touching the store.
+from .values import detached_copy as _detached
 
 _UNFINISHED = (JobStatus.PENDING, JobStatus.SCHEDULED, JobStatus.RUNNING)
 
-
-# A copy with dicts of its own (kwargs, metadata, progress_details): whoever holds it can
-# change it without touching the store, and the store's later changes do not reach it.
-_detached = detached_copy
 
 # What a completion that releases nothing, or a retry, returns: a Cascade is frozen (and
 # holds tuples), so one can be shared; one object less per job recorded.
 _NO_CASCADE = Cascade()
 
 
-class MemoryRepository(JobRepository):
+class MemoryRepository(MemoryAdding, JobRepository):
     """An in-memory `JobRepository`. Thread-safe; one lock guards all of its state."""
 
     persistent = False
@@ -45,70 +44,7 @@ class MemoryRepository(JobRepository):
         self._workers: dict[str, WorkerInfo] = {}
         self._counts: dict[JobStatus, int] = {status: 0 for status in JobStatus}
 
-    # -- adding ------------------------------------------------------------------------
-    def insert(self, records: Sequence[JobRecord], now: float) -> list[str]:
-        if len(records) == 1 and not records[0].depends_on and records[0].unique_key is None:
-            return [self._insert_one(records[0], now)]
-        return self._insert_batch(records, now)
-
-    def _insert_batch(self, records: Sequence[JobRecord], now: float) -> list[str]:
-        """`insert` of any batch: planned, checked, then stored."""
-        with self._lock:
-            ids, planned = plan_batch(records, exists=self._jobs, unfinished_with_key=self._unique.get)
-            seen: set[str] = set()
-            for row in planned:
-                if row.id in self._jobs or row.id in seen:
-                    raise id_taken(row.id)
-                seen.add(row.id)
-            # Nothing above changed state; from here on nothing raises.
-            given = {record.id: record for record in records}
-            stored = [_detached(row) for row in planned]
-            for row in stored:
-                row.seq = given[row.id].seq = self._next_seq
-                self._next_seq += 1
-                row.created_at = now
-                self._jobs[row.id] = row
-                self._counts[row.status] += 1
-                if row.unique_key is not None:
-                    self._unique[row.unique_key] = row.id
-            for row in stored:
-                row.blocked = 0
-                dead = None
-                for dep in row.depends_on:
-                    self._dependents.setdefault(dep, set()).add(row.id)
-                    dep_row = self._jobs[dep]
-                    if dep_row.status is not JobStatus.COMPLETED:
-                        row.blocked += 1
-                    if dep_row.status in (JobStatus.FAILED, JobStatus.CANCELLED):
-                        dead = dep_row
-                if dead is not None:
-                    self._set_status(row, JobStatus.CANCELLED)
-                    row.error = dependency_error_message(dead.id, dead.name, dead.status.value)
-                    row.error_type = "DependencyFailed"
-                    row.completed_at = now
-                    self._forget_unique(row)
-                    # Batch members listed before it that depend on it can never run either.
-                    self._cancel_dependents(row, now)
-            for row in stored:
-                given[row.id].blocked, given[row.id].status = row.blocked, row.status
-            return ids
-
-    def _insert_one(self, record: JobRecord, now: float) -> str:
-        """`insert` of a lone record with no dependency and no unique key (what most
-        enqueues store): nothing to plan or resolve, so it is stored as `_insert_batch`
-        would store it, without that path's bookkeeping for many records."""
-        with self._lock:
-            if record.id in self._jobs:
-                raise id_taken(record.id)
-            row = _detached(record)
-            row.seq = record.seq = self._next_seq
-            self._next_seq += 1
-            row.created_at = now
-            row.blocked = record.blocked = 0
-            self._jobs[row.id] = row
-            self._counts[row.status] += 1
-            return row.id
-
+    # -- adding: see MemoryAdding ---------------------------------------------------
     def _forget_unique(self, row: JobRecord) -> None:
         if row.unique_key is not None and self._unique.get(row.unique_key) == row.id:
             del self._unique[row.unique_key]
@@ -307,16 +243,6 @@ class MemoryRepository(JobRepository):
                     if record is not None:
                         claimed.append(record)
             return cascades, claimed
-
-    def insert_and_apply(self, record: JobRecord, settlements: Sequence[Settlement], claim_ids: Sequence[str],
-                         worker_id: str, now: float, lease_expires_at: float, *,
-                         claim_new: bool) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
-        require_plain_pending(record)
-        with self._lock:  # one atomic step; only the insert can raise (a taken id), and it goes first
-            self.insert([record], now)
-            cascades, claimed = self.apply(settlements, [record.id, *claim_ids] if claim_new else claim_ids,
-                                           worker_id, now, lease_expires_at)
-        return cascades, claimed
 
     def cancel(self, job_id: str, now: float, reason: str) -> tuple[CancelOutcome, Cascade]:
         with self._lock:

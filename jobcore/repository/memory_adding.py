@@ -1,0 +1,112 @@
+"""`MemoryAdding`: how `MemoryRepository` stores new jobs (`insert`, `insert_and_apply`).
+
+A lone job with nothing to check against other jobs is stored at once; a batch is
+planned first (taken ids, dependencies, unique keys), then stored whole or not at all.
+Reading, claiming and settling stored jobs is `memory`'s.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Optional, Sequence
+
+from ..models import JobStatus
+from ._cascade import dependency_error_message, plan_batch
+from .base import Cascade, JobRecord, JobRepository, Settlement, id_taken, require_plain_pending
+# A copy with dicts of its own: whoever holds it can change it without touching the store.
+from .values import detached_copy as _detached
+
+
+class MemoryAdding(JobRepository):
+    """The adding half of `MemoryRepository`, which sets the attributes below (all guarded
+    by `_lock`) and provides the steps named at the end."""
+
+    _lock: threading.RLock
+    _jobs: dict[str, JobRecord]
+    _dependents: dict[str, set[str]]
+    _unique: dict[str, str]
+    _next_seq: int
+    _counts: dict[JobStatus, int]
+
+    def insert(self, records: Sequence[JobRecord], now: float) -> list[str]:
+        if len(records) == 1 and not records[0].depends_on and records[0].unique_key is None:
+            return [self._insert_one(records[0], now)]
+        return self._insert_batch(records, now)
+
+    def _insert_batch(self, records: Sequence[JobRecord], now: float) -> list[str]:
+        """`insert` of any batch: planned, checked, then stored."""
+        with self._lock:
+            ids, planned = plan_batch(records, exists=self._jobs, unfinished_with_key=self._unique.get)
+            seen: set[str] = set()
+            for row in planned:
+                if row.id in self._jobs or row.id in seen:
+                    raise id_taken(row.id)
+                seen.add(row.id)
+            # Nothing above changed state; from here on nothing raises.
+            given = {record.id: record for record in records}
+            stored = [_detached(row) for row in planned]
+            for row in stored:
+                row.seq = given[row.id].seq = self._next_seq
+                self._next_seq += 1
+                row.created_at = now
+                self._jobs[row.id] = row
+                self._counts[row.status] += 1
+                if row.unique_key is not None:
+                    self._unique[row.unique_key] = row.id
+            for row in stored:
+                row.blocked = 0
+                dead = None
+                for dep in row.depends_on:
+                    self._dependents.setdefault(dep, set()).add(row.id)
+                    dep_row = self._jobs[dep]
+                    if dep_row.status is not JobStatus.COMPLETED:
+                        row.blocked += 1
+                    if dep_row.status in (JobStatus.FAILED, JobStatus.CANCELLED):
+                        dead = dep_row
+                if dead is not None:
+                    self._set_status(row, JobStatus.CANCELLED)
+                    row.error = dependency_error_message(dead.id, dead.name, dead.status.value)
+                    row.error_type = "DependencyFailed"
+                    row.completed_at = now
+                    self._forget_unique(row)
+                    # Batch members listed before it that depend on it can never run either.
+                    self._cancel_dependents(row, now)
+            for row in stored:
+                given[row.id].blocked, given[row.id].status = row.blocked, row.status
+            return ids
+
+    def _insert_one(self, record: JobRecord, now: float) -> str:
+        """`insert` of a lone record with no dependency and no unique key (what most
+        enqueues store): nothing to plan or resolve, so it is stored as `_insert_batch`
+        would store it, without that path's bookkeeping for many records."""
+        with self._lock:
+            if record.id in self._jobs:
+                raise id_taken(record.id)
+            row = _detached(record)
+            row.seq = record.seq = self._next_seq
+            self._next_seq += 1
+            row.created_at = now
+            row.blocked = record.blocked = 0
+            self._jobs[row.id] = row
+            self._counts[row.status] += 1
+            return row.id
+
+    def insert_and_apply(self, record: JobRecord, settlements: Sequence[Settlement], claim_ids: Sequence[str],
+                         worker_id: str, now: float, lease_expires_at: float, *,
+                         claim_new: bool) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
+        require_plain_pending(record)
+        with self._lock:  # one atomic step; only the insert can raise (a taken id), and it goes first
+            self.insert([record], now)
+            cascades, claimed = self.apply(settlements, [record.id, *claim_ids] if claim_new else claim_ids,
+                                           worker_id, now, lease_expires_at)
+        return cascades, claimed
+
+    # Provided by MemoryRepository.
+    def _set_status(self, row: JobRecord, status: JobStatus) -> None:
+        raise NotImplementedError
+
+    def _forget_unique(self, row: JobRecord) -> None:
+        raise NotImplementedError
+
+    def _cancel_dependents(self, root: JobRecord, now: float) -> tuple[str, ...]:
+        raise NotImplementedError
