@@ -208,8 +208,22 @@ class WorkerPool:
     # -- worker threads -------------------------------------------------------------------
     def _work(self, slot: Slot) -> None:
         state, exchanges = self._state, self._exchanges
+        finished: Optional[Finished] = None  # the attempt this thread just ran
         while True:
             with state.lock:
+                if finished is not None:
+                    # Handed in under the same lock take that looks for the next job: one
+                    # lock round trip per job, not two.
+                    if slot.abandoned:
+                        self._abandoned -= 1
+                        logger.warning("job %s returned after its timeout; its outcome is discarded",
+                                       finished.record.id)
+                        return
+                    del state.running[finished.record.id]
+                    state.add_finished_locked(finished)
+                    if state.stopping:
+                        state.dispatch_needed.notify()  # at stop the dispatcher records everything
+                    finished = None
                 while True:
                     if state.stopping:
                         return  # buffered claims are handed back by the dispatcher
@@ -235,15 +249,6 @@ class WorkerPool:
             finished = Finished(record, context, outcome, self._clock.monotonic() - attempt.started)
             if not slot.abandoned:
                 finished.settlement = self._recorder.decide(finished)
-            with state.lock:
-                if slot.abandoned:
-                    self._abandoned -= 1
-                    logger.warning("job %s returned after its timeout; its outcome is discarded", record.id)
-                    return
-                del state.running[record.id]
-                state.add_finished_locked(finished)
-                if state.stopping:
-                    state.dispatch_needed.notify()  # at stop the dispatcher records everything
 
     def _start_locked(self, record: JobRecord, slot: Slot) -> Attempt:
         """Make `record` this slot's running attempt. Called with the lock held."""
