@@ -17,7 +17,7 @@ from .errors import InvalidJob, UnknownFunction
 from .models import Job, JobStatus
 from .records import record_for
 from .registry import FunctionRegistry, LocalJobs
-from .repository.base import JobRecord, JobRepository
+from .repository.base import JobRecord, JobRepository, QueueEntry
 from .waiting import Settlements
 from .workers import WorkerPool
 
@@ -60,14 +60,8 @@ class Enqueuer:
         for job in jobs:
             self._bind_function(job)
         ids = self._repo.insert(records, now)
-        entries = []
-        for job, record, job_id in zip(jobs, records, ids):
-            if job_id != record.id:
-                continue  # an unfinished job already holds its unique_key
-            self._local.remember(job.id, self._local_function(job), job.retry_on)
-            if record.blocked == 0 and record.status is not JobStatus.CANCELLED:
-                entries.append(record.queue_entry())
-        self._pool.enqueue_entries(entries)
+        stored = (self._stored(job, record, job_id) for job, record, job_id in zip(jobs, records, ids))
+        self._pool.enqueue_entries([entry for entry in stored if entry is not None])
         if self._immediate:
             self._pool.run_pending()
         return ids
@@ -87,13 +81,24 @@ class Enqueuer:
             if handed is not None:
                 return handed
         job_id = self._repo.insert([record], now)[0]
-        if job_id == record.id:  # else an unfinished job already holds its unique_key
-            self._local.remember(job.id, self._local_function(job), job.retry_on)
-            if record.blocked == 0 and record.status is not JobStatus.CANCELLED:
-                self._pool.enqueue_entries((record.queue_entry(),))
+        entry = self._stored(job, record, job_id)
+        if entry is not None:
+            self._pool.enqueue_entries((entry,))
         if self._immediate:
             self._pool.run_pending()
         return job_id
+
+    def _stored(self, job: Job, record: JobRecord, job_id: str) -> Optional[QueueEntry]:
+        """After `record` was inserted as `job_id`: remember what the job carries here, and
+        return its queue entry if it is ready or due later (None if it waits on
+        dependencies or was cancelled). None too, with nothing remembered, when it was not
+        stored: an unfinished job already holds its unique_key (`job_id` is that job's)."""
+        if job_id != record.id:
+            return None
+        self._local.remember(job.id, self._local_function(job), job.retry_on)
+        if record.blocked == 0 and record.status is not JobStatus.CANCELLED:
+            return record.queue_entry()
+        return None
 
     def _hand_off(self, job: Job, record: JobRecord, now: float) -> Optional[str]:
         """Store a job that can run at once and give it straight to an idle worker, claimed

@@ -15,7 +15,7 @@ from typing import Any, Collection, Optional, Sequence
 from ..models import TERMINAL_STATUSES, JobStatus
 from ._cascade import dependency_error_message
 from .base import (Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry, Recovery, Settlement,
-                   WorkerInfo, claim_limit, id_taken)
+                   WorkerInfo, id_taken)
 from .memory_adding import MemoryAdding
 # A copy with dicts of its own: whoever holds it can change it without touching the store.
 from .values import detached_copy as _detached
@@ -94,28 +94,20 @@ class MemoryRepository(MemoryAdding, JobRepository):
     # -- running ---------------------------------------------------------------------
     def claim(self, job_id: str, worker_id: str, now: float, lease_expires_at: float) -> Optional[JobRecord]:
         with self._lock:
-            return self._claim_locked(job_id, worker_id, now, lease_expires_at)
-
-    def _claim_locked(self, job_id: str, worker_id: str, now: float,
-                      lease_expires_at: float) -> Optional[JobRecord]:
-        """`claim`, with the lock held."""
-        row = self._jobs.get(job_id)
-        if row is None or row.blocked or row.cron is not None:  # a cron row is a schedule
-            return None
-        status = row.status
-        if not (status is JobStatus.PENDING or (
-                status is JobStatus.SCHEDULED and row.run_at is not None and row.run_at <= now)):
-            return None
-        counts = self._counts
-        counts[status] -= 1
-        counts[JobStatus.RUNNING] += 1
-        row.status = JobStatus.RUNNING
-        row.attempts += 1
-        row.started_at = now
-        row.worker_id = worker_id
-        row.lease_expires_at = lease_expires_at
-        row.cancel_requested = False
-        return _detached(row)
+            row = self._jobs.get(job_id)
+            if row is None or row.blocked or row.cron is not None:  # a cron row is a schedule
+                return None
+            status = row.status
+            if not (status is JobStatus.PENDING or (
+                    status is JobStatus.SCHEDULED and row.run_at is not None and row.run_at <= now)):
+                return None
+            self._set_status(row, JobStatus.RUNNING)
+            row.attempts += 1
+            row.started_at = now
+            row.worker_id = worker_id
+            row.lease_expires_at = lease_expires_at
+            row.cancel_requested = False
+            return _detached(row)
 
     def _held(self, job_id: str, worker_id: str, attempt: int) -> Optional[JobRecord]:
         row = self._jobs.get(job_id)
@@ -139,33 +131,27 @@ class MemoryRepository(MemoryAdding, JobRepository):
     def complete(self, job_id: str, worker_id: str, attempt: int, result: Any, now: float,
                  note: Optional[str] = None) -> Optional[Cascade]:
         with self._lock:
-            return self._complete_locked(job_id, worker_id, attempt, result, now, note)
-
-    def _complete_locked(self, job_id: str, worker_id: str, attempt: int, result: Any, now: float,
-                         note: Optional[str]) -> Optional[Cascade]:
-        """`complete`, with the lock held."""
-        row = self._jobs.get(job_id)
-        if (row is None or row.status is not JobStatus.RUNNING or row.worker_id != worker_id
-                or row.attempts != attempt):  # as `_held`
-            return None
-        if note is not None:
-            self._logs.setdefault(job_id, []).append((now, "info", note))
-        self._end(row, JobStatus.COMPLETED, now)
-        row.result = result
-        row.progress = 1.0
-        row.error = row.error_type = row.traceback = None
-        dependents = self._dependents.get(job_id)
-        if not dependents:
-            return _NO_CASCADE
-        released = []
-        for dep_id in dependents:
-            dependent = self._jobs.get(dep_id)
-            if dependent is None or dependent.status not in (JobStatus.PENDING, JobStatus.SCHEDULED):
-                continue
-            dependent.blocked = max(0, dependent.blocked - 1)
-            if dependent.blocked == 0:
-                released.append(dependent.queue_entry())
-        return Cascade(released=tuple(released)) if released else _NO_CASCADE
+            row = self._held(job_id, worker_id, attempt)
+            if row is None:
+                return None
+            if note is not None:
+                self._logs.setdefault(job_id, []).append((now, "info", note))
+            self._end(row, JobStatus.COMPLETED, now)
+            row.result = result
+            row.progress = 1.0
+            row.error = row.error_type = row.traceback = None
+            dependents = self._dependents.get(job_id)
+            if not dependents:
+                return _NO_CASCADE
+            released = []
+            for dep_id in dependents:
+                dependent = self._jobs.get(dep_id)
+                if dependent is None or dependent.status not in (JobStatus.PENDING, JobStatus.SCHEDULED):
+                    continue
+                dependent.blocked = max(0, dependent.blocked - 1)
+                if dependent.blocked == 0:
+                    released.append(dependent.queue_entry())
+            return Cascade(released=tuple(released)) if released else _NO_CASCADE
 
     def _cancel_dependents(self, root: JobRecord, now: float) -> tuple[str, ...]:
         message = dependency_error_message(root.id, root.name, root.status.value)
@@ -221,28 +207,8 @@ class MemoryRepository(MemoryAdding, JobRepository):
     def apply(self, settlements: Sequence[Settlement], claim_ids: Sequence[str], worker_id: str,
               now: float, lease_expires_at: float, top_up: Optional[Collection[str]] = None,
               up_to: Optional[int] = None) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
-        cls = type(self)
-        if cls.complete is not MemoryRepository.complete or cls.claim is not MemoryRepository.claim:
-            # A subclass changed how one job is completed or claimed: go through its methods.
-            with self._lock:  # one atomic step, as SQLite's single transaction
-                return super().apply(settlements, claim_ids, worker_id, now, lease_expires_at, top_up, up_to)
         with self._lock:  # one atomic step, as SQLite's single transaction
-            # The default `apply`, completing and claiming under the lock already held.
-            complete, claim = self._complete_locked, self._claim_locked
-            cascades = [complete(s.job_id, worker_id, s.attempt, s.result, now, s.note) if s.kind == "complete"
-                        else self._apply_one(s, worker_id, now) for s in settlements]
-            claimed = []
-            for job_id in claim_ids:
-                record = claim(job_id, worker_id, now, lease_expires_at)
-                if record is not None:
-                    claimed.append(record)
-            wanted = claim_limit(claim_ids, up_to)
-            if top_up is not None and len(claimed) < wanted:
-                for entry in self.ready(top_up, wanted - len(claimed)):
-                    record = claim(entry.job_id, worker_id, now, lease_expires_at)
-                    if record is not None:
-                        claimed.append(record)
-            return cascades, claimed
+            return super().apply(settlements, claim_ids, worker_id, now, lease_expires_at, top_up, up_to)
 
     def cancel(self, job_id: str, now: float, reason: str) -> tuple[CancelOutcome, Cascade]:
         with self._lock:
