@@ -38,8 +38,10 @@ class Enqueuer:
         self._immediate = immediate  # each enqueue then runs what is ready, in its thread
         self._worker_id = worker_id
         self._lease_timeout = lease_timeout
-        # True while the manager's worker threads run (set by its start and stop): jobs may
-        # then be handed straight to them.
+        # True while the manager's worker threads run: jobs may then be handed straight to
+        # them. Written by the manager's start and stop (under its lifecycle lock), read
+        # here without a lock: a stale True only offers a job to a stopping pool, which
+        # refuses it, and the job is stored the usual way.
         self.started = False
 
     def enqueue_many(self, jobs: Iterable[Job]) -> list[str]:
