@@ -109,13 +109,11 @@ class ReadyQueue:
         with self._lock:
             self._release_due()
             taken = []
-            ready, members = self._ready, self._members
-            while ready and len(taken) < limit:
-                item = heapq.heappop(ready)
-                entry = item[2]
-                if members.get(entry.job_id) is item:  # live (see `_live`)
-                    del members[entry.job_id]
-                    taken.append(entry)
+            while self._ready and len(taken) < limit:
+                item = heapq.heappop(self._ready)
+                if self._live(item):
+                    del self._members[item[2].job_id]
+                    taken.append(item[2])
             return taken
 
     def discard(self, job_ids: Iterable[str]) -> None:

@@ -131,16 +131,11 @@ class Recorder:
 
     def enqueue_entries(self, entries: Iterable[QueueEntry]) -> None:
         """Queue entries this process can run (ready now, or as timers)."""
-        now: Optional[float] = None  # read once, and only for an entry with a run_at
+        now = self._clock.time()
         ready = []
         for entry in entries:
             if self.runnable(entry):
-                run_at, due = entry.run_at, None
-                if run_at is not None:
-                    if now is None:
-                        now = self._clock.time()
-                    if run_at > now:
-                        due = run_at
+                due = entry.run_at if entry.run_at is not None and entry.run_at > now else None
                 if entry.is_schedule or due is not None:
                     self._queue.push(entry, due)
                 else:
