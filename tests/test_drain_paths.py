@@ -10,6 +10,7 @@ from typing import Any, Optional
 import pytest
 
 from jobcore.execution import Outcome
+from jobcore.models import JobStatus
 from jobcore.notify_dispatch import NotificationDispatcher
 from jobcore.repository.base import Cascade, JobRecord, Settlement
 from jobcore.repository.memory import MemoryRepository
@@ -99,3 +100,109 @@ def test_channels_follow_adds_and_removes_in_order() -> None:
         dispatcher.add(third)
         dispatcher.remove(first)
         assert dispatcher.channels == (second, third)
+
+
+# -- SQLite claims read a plain job's row 14 columns wide ----------------------------------
+
+def _claim_cases(now: float) -> list[JobRecord]:
+    """Jobs ready to claim: a plain one, and one for each field a plain job leaves at its
+    default (each must come back exactly as a full read of its row shows it)."""
+    def job(name: str, **fields: Any) -> JobRecord:
+        given: dict[str, Any] = dict(args=(1, "a", [2]), kwargs={"k": {"v": 1.5}}, priority=3,
+                                     max_retries=2, retry_delay=0.5, retry_backoff=3.0,
+                                     retry_jitter=False, timeout=9.5, created_at=now)
+        return JobRecord(id=f"job-{name}", function_name="f", name=name, **{**given, **fields})
+    return [
+        job("plain"),
+        job("no-args", args=(), kwargs={}),
+        job("tags", tags=frozenset({"x", "y"})),
+        job("metadata", metadata={"m": [1]}),
+        job("owner", owner="team"),
+        job("unique", unique_key="u"),
+        job("process", isolation="process"),
+        job("memory", memory_limit=1 << 20),
+        job("scheduled", status=JobStatus.SCHEDULED, scheduled_at=now - 5, run_at=now - 5),
+    ]
+
+
+def _sqlite(tmp_path: Any) -> Any:
+    from jobcore.repository.sqlite import SQLiteRepository
+    return SQLiteRepository(str(tmp_path / "claims.db"))
+
+
+def _assert_each_claim_reads_as_its_row(repo: Any, claimed: list[JobRecord], ids: list[str]) -> None:
+    assert [r.id for r in claimed] == ids
+    for record in claimed:
+        assert record == repo.get(record.id), record.name
+        assert record.status is JobStatus.RUNNING and record.worker_id == "w"
+
+
+def test_sqlite_batch_claims_give_records_equal_to_a_full_read_of_the_row(tmp_path: Any) -> None:
+    # given a plain job and one job per optional field, each ready to claim
+    repo = _sqlite(tmp_path)
+    now = 1_700_000_000.0
+    cases = _claim_cases(now)
+    repo.insert(cases, now)
+    ids = [r.id for r in cases]
+    # when one exchange claims them by id
+    _, claimed = repo.apply([], ids, "w", now + 1, now + 61)
+    # then each record equals what reading its whole row gives, field by field
+    _assert_each_claim_reads_as_its_row(repo, claimed, ids)
+    repo.close()
+
+
+def test_sqlite_claims_of_jobs_changed_since_they_were_stored_read_their_row(tmp_path: Any) -> None:
+    # given jobs claimed once and handed back changed: progress reported, a failure retried,
+    # a cancel requested, a job failed for good and then retried by hand
+    repo = _sqlite(tmp_path)
+    now = 1_700_000_000.0
+    records = [JobRecord(id=f"j{i}", function_name="f", name=f"n{i}", args=(i,), created_at=now)
+               for i in range(4)]
+    repo.insert(records, now)
+    _, first = repo.apply([], [r.id for r in records], "w", now, now + 60)
+    repo.update_progress("j0", "w", 1, 0.5, "half", {"step": 2}, now)
+    repo.release("j0", "w", 1, now)
+    repo.fail("j1", "w", 1, error="boom", error_type="OSError", traceback="tb", now=now, retry_at=now)
+    repo.cancel("j2", now, "asked")  # running: a request
+    repo.release("j2", "w", 1, now)
+    repo.fail("j3", "w", 1, error="bad", error_type="ValueError", traceback="tb", now=now, retry_at=None)
+    assert repo.requeue("j3", now) is not None
+    # when they are claimed again, the retry (scheduled) and one more by id, the rest
+    # topped up by number
+    _, claimed = repo.apply([], ["j1", "j0"], "w", now + 1, now + 61, top_up={"f"}, up_to=4)
+    # then each record equals a full read of its row
+    assert {r.id for r in claimed} == {"j0", "j1", "j2", "j3"}
+    _assert_each_claim_reads_as_its_row(repo, claimed, [r.id for r in claimed])
+    repo.close()
+
+
+def test_sqlite_an_enqueue_exchange_claims_as_a_batch_claim_does(tmp_path: Any) -> None:
+    # given queued jobs of every kind, and a new plain job stored in an exchange
+    repo = _sqlite(tmp_path)
+    now = 1_700_000_000.0
+    cases = _claim_cases(now)
+    repo.insert(cases, now)
+    new = JobRecord(id="new", function_name="f", name="new", args=(7,), created_at=now)
+    # when the exchange stores it claimed and claims the queued ones
+    _, claimed = repo.insert_and_apply(new, [], [r.id for r in cases], "w", now + 1, now + 61,
+                                       claim_new=True)
+    # then every claimed record equals a full read of its row
+    _assert_each_claim_reads_as_its_row(repo, claimed, ["new"] + [r.id for r in cases])
+    repo.close()
+
+
+def test_a_corrupt_payload_claimed_plain_fails_alone(tmp_path: Any) -> None:
+    # given two plain jobs, one of whose stored arguments are not JSON
+    repo = _sqlite(tmp_path)
+    now = 1_700_000_000.0
+    repo.insert([JobRecord(id=i, function_name="f", name=i, created_at=now) for i in ("good", "bad")], now)
+    conn = repo._db.get()
+    conn.execute("UPDATE jobs SET payload = '[[1' WHERE id = 'bad'")
+    # when both are claimed
+    _, claimed = repo.apply([], ["good", "bad"], "w", now, now + 60)
+    # then the corrupt one carries a decode error, as a full read gives it, and the other none
+    by_id = {r.id: r for r in claimed}
+    assert by_id["good"].decode_error is None
+    assert by_id["bad"].decode_error is not None and "bad" in by_id["bad"].decode_error
+    assert by_id["bad"].decode_error == repo.get("bad").decode_error
+    repo.close()

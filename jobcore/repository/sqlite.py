@@ -18,9 +18,9 @@ from ..errors import RepositoryError
 from ..models import JobStatus
 from . import sqlite_schema as sql
 from .sqlite_conn import SYNCHRONOUS, Connections
-from .sqlite_settle import cancel_dependents, encode_result, settle_all
+from .sqlite_settle import cancel_dependents, claim_rows, encode_result, settle_all
 from .columns import STATUSES
-from .sqlite_rows import entry_from_row, record_from_row, row_params, translate
+from .sqlite_rows import claimed_records, entry_from_row, record_from_row, row_params, translate
 from .group_commit import GroupCommitter
 from .sqlite_adding import SQLiteAdding
 from .base import (Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry, Recovery, Settlement,
@@ -191,20 +191,21 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
         encoded = [encode_result(s, self.max_payload_bytes) for s in settlements]  # raises before writing
         wanted = claim_limit(claim_ids, up_to)
 
-        def op(conn: sqlite3.Connection) -> tuple[list[Optional[Cascade]], list[Any]]:
+        def op(conn: sqlite3.Connection) -> tuple[list[Optional[Cascade]], list[Any], dict[str, Any]]:
             cascades = settle_all(conn, settlements, encoded, worker_id, now)
-            rows = []
+            rows: list[Any] = []
+            full: dict[str, Any] = {}
             if claim_ids:
                 params = (now, worker_id, lease_expires_at, json.dumps(list(claim_ids)), now)
-                rows = conn.execute(sql.CLAIM_MANY, params).fetchall()
+                rows = claim_rows(conn, sql.CLAIM_MANY, params, full)
             missing = wanted - len(rows)
             if top_up is not None and missing > 0:
                 params = (now, worker_id, lease_expires_at, json.dumps(sorted(top_up)), missing)
-                rows += conn.execute(sql.CLAIM_BEST, params).fetchall()
-            return cascades, rows
+                rows += claim_rows(conn, sql.CLAIM_BEST, params, full)
+            return cascades, rows, full
 
-        cascades, rows = self._group.run(op)
-        return cascades, [record_from_row(row) for row in rows]
+        cascades, rows, full = self._group.run(op)
+        return cascades, claimed_records(rows, full, now, worker_id, lease_expires_at)
 
     def cancel(self, job_id: str, now: float, reason: str) -> tuple[CancelOutcome, Cascade]:
         with self._write() as conn:

@@ -20,8 +20,8 @@ from ._cascade import dependency_error_message, plan_batch
 from .base import Cascade, JobRecord, JobRepository, Settlement, id_taken, require_plain_pending
 from .group_commit import GroupCommitter
 from .sqlite_conn import Connections
-from .sqlite_rows import is_plain, plain_params, record_from_row, row_params
-from .sqlite_settle import cancel_dependents, encode_result, settle_all
+from .sqlite_rows import claimed_records, is_plain, plain_params, row_params
+from .sqlite_settle import cancel_dependents, claim_rows, encode_result, settle_all
 
 
 class SQLiteAdding(JobRepository):
@@ -141,6 +141,8 @@ class SQLiteAdding(JobRepository):
         query, params = self._new_row(record, now, status, claimed=claim_new)
         row = (*params, now, worker_id, lease_expires_at) if claim_new else params
 
+        full: dict[str, Any] = {}
+
         def op(conn: sqlite3.Connection) -> tuple[list[Optional[Cascade]], int, list[Any]]:
             cascades = settle_all(conn, settlements, encoded, worker_id, now)
             try:
@@ -150,14 +152,14 @@ class SQLiteAdding(JobRepository):
             if not claim_ids:
                 return cascades, seq, []
             claim = (now, worker_id, lease_expires_at, json.dumps(list(claim_ids)), now)
-            return cascades, seq, conn.execute(sql.CLAIM_MANY, claim).fetchall()
+            return cascades, seq, claim_rows(conn, sql.CLAIM_MANY, claim, full)
 
         if settlements or claim_ids:
             cascades, record.seq, rows = self._group.run(op)
         else:  # a new job alone (a quiet pool's hand-off): one statement, committed by itself
             cascades, record.seq, rows = [], self._insert_row(query, row, record.id), []
         record.blocked = 0
-        claimed = [record_from_row(row) for row in rows]
+        claimed = claimed_records(rows, full, now, worker_id, lease_expires_at)
         if claim_new:
             claimed.insert(0, self._stored_claimed(record, params[3], worker_id, now, lease_expires_at))
         return cascades, claimed

@@ -12,6 +12,7 @@ from .. import serialization
 from ..errors import RepositoryError
 from ..models import JobStatus
 from .base import JobRecord, QueueEntry
+from .values import RECORD_FIELDS
 from .columns import unpack_job_row
 
 
@@ -79,6 +80,38 @@ def record_from_row(row: Sequence[Any]) -> JobRecord:
     except (ValueError, TypeError) as exc:
         record.decode_error = f"stored job {record.id} cannot be decoded: {exc}"
     return record
+
+
+def claimed_records(rows: Sequence[Sequence[Any]], full: dict[str, Sequence[Any]], started_at: float,
+                    worker_id: str, lease_expires_at: float) -> list[JobRecord]:
+    """The records of claimed jobs, in the order of `rows` (rows of `CLAIMED_COLUMNS`,
+    from a claim given `started_at`, `worker_id` and `lease_expires_at`). A row whose last
+    column says the job is not plain is taken from `full`, its whole row by id."""
+    return [_plain_claimed(row, started_at, worker_id, lease_expires_at) if row[14]
+            else record_from_row(full[row[0]]) for row in rows]
+
+
+def _plain_claimed(row: Sequence[Any], started_at: float, worker_id: str,
+                   lease_expires_at: float) -> JobRecord:
+    """The record of a plain job just claimed: `record_from_row` of its whole row, from
+    the columns that differ between plain jobs. An undecodable payload gets `decode_error`."""
+    (job_id, function_name, name, payload, priority, seq, created_at, attempts, max_retries,
+     retry_delay, retry_backoff, jitter, timeout, isolation, _) = row
+    # Every field by position, in RECORD_FIELDS (checked at import).
+    record = JobRecord(
+        job_id, function_name, name, (), {}, priority, _RUNNING, seq, created_at, None, None,
+        started_at, None, attempts, max_retries, retry_delay, retry_backoff, bool(jitter),
+        timeout, frozenset(), {}, None, None, isolation, None, (), 0, 0.0, "", {}, None, None,
+        None, None, worker_id, lease_expires_at, False, None, None, None)
+    try:
+        record.args, record.kwargs = serialization.decode_payload(payload)
+    except (ValueError, TypeError) as exc:
+        record.decode_error = f"stored job {job_id} cannot be decoded: {exc}"
+    return record
+
+
+_RUNNING = JobStatus.RUNNING
+assert len(RECORD_FIELDS) == 40 and RECORD_FIELDS[-1] == "decode_error"
 
 
 def entry_from_row(row: Sequence[Any]) -> QueueEntry:

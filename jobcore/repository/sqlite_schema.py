@@ -157,6 +157,22 @@ COUNT_BY_STATUS = "SELECT status, COUNT(*) FROM jobs GROUP BY status"
 SELECT_LOGS = "SELECT at, level, message FROM job_logs WHERE job_id = ? ORDER BY id"
 INSERT_LOG = "INSERT INTO job_logs (job_id, at, level, message) VALUES (?, ?, ?, ?)"
 
+# What the batch claims return, in the order `claimed_records` reads it: the columns a
+# claimed job's record needs that differ between plain jobs, then whether every other
+# column holds what it holds for a plain job stored by INSERT_PLAIN_JOB and claimed. The
+# claims set status, started_at, worker_id, lease_expires_at and cancel_requested, and
+# take only rows with blocked = 0 and no cron. Such a row (most rows) is read back 14
+# columns wide instead of 38: each column read makes a Python object, about 9 µs a job
+# here (measured). Any other claimed row is read in full by SELECT_JOBS_BY_IDS in the
+# same transaction.
+CLAIMED_COLUMNS = """id, function_name, name, payload, priority, seq, created_at, attempts, max_retries,
+    retry_delay, retry_backoff, retry_jitter, timeout, isolation,
+    (scheduled_at IS NULL AND run_at IS NULL AND completed_at IS NULL AND tags = '[]'
+     AND metadata = '{}' AND owner IS NULL AND unique_key IS NULL AND depends_on = '[]'
+     AND progress = 0 AND progress_message = '' AND progress_details = '{}'
+     AND result IS NULL AND error IS NULL AND error_type IS NULL AND traceback IS NULL
+     AND cron_timezone IS NULL AND memory_limit IS NULL)"""
+SELECT_JOBS_BY_IDS = f"SELECT {COLUMNS} FROM jobs WHERE id IN (SELECT value FROM json_each(?))"
 CLAIM = f"""
 UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?, worker_id = ?,
     lease_expires_at = ?, cancel_requested = 0
@@ -171,7 +187,7 @@ UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?, wor
     lease_expires_at = ?, cancel_requested = 0
 WHERE id IN (SELECT value FROM json_each(?)) AND blocked = 0 AND cron IS NULL
   AND (+status = 'pending' OR (+status = 'scheduled' AND run_at <= ?))
-RETURNING {COLUMNS}
+RETURNING {CLAIMED_COLUMNS}
 """
 # Claims the best ready jobs by the ready index when the ids a manager knew of went stale
 # (other processes took them): one statement, no sort (INDEXED BY as in SELECT_READY).
@@ -182,7 +198,7 @@ WHERE id IN (SELECT id FROM jobs INDEXED BY jobs_ready
              WHERE status = 'pending' AND blocked = 0 AND cron IS NULL
                AND function_name IN (SELECT value FROM json_each(?))
              ORDER BY priority DESC, seq LIMIT ?)
-RETURNING {COLUMNS}
+RETURNING {CLAIMED_COLUMNS}
 """
 _HELD = "id = ? AND status = 'running' AND worker_id = ? AND attempts = ?"
 RELEASE = f"""

@@ -1,4 +1,5 @@
-"""Recording finished attempts in SQLite: the settlements `SQLiteRepository.apply` writes.
+"""Recording finished attempts and claiming jobs in SQLite: the statements
+`SQLiteRepository.apply` writes.
 
 Functions of an open connection inside the caller's write transaction; every statement is
 a compare-and-set on the worker and attempt that holds the job. Completions come in runs
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from .. import serialization
 from . import sqlite_schema as sql
@@ -119,3 +120,16 @@ def encode_result(s: Settlement, max_bytes: Optional[int]) -> Optional[str]:
     if s.encoded_result is not None:
         return s.encoded_result
     return serialization.encode(s.result, field="result", max_bytes=max_bytes)
+
+
+def claim_rows(conn: sqlite3.Connection, query: str, params: Sequence[Any],
+               full: dict[str, Sequence[Any]]) -> list[Any]:
+    """Run a batch claim (CLAIM_MANY or CLAIM_BEST) inside the caller's transaction; its
+    rows of `CLAIMED_COLUMNS`. The whole row of each claimed job that is not plain goes
+    into `full`, by id, for `claimed_records`."""
+    rows = conn.execute(query, params).fetchall()
+    unusual = [row[0] for row in rows if not row[14]]
+    if unusual:
+        for row in conn.execute(sql.SELECT_JOBS_BY_IDS, (json.dumps(unusual),)):
+            full[row[0]] = row
+    return rows

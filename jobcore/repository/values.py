@@ -82,6 +82,20 @@ class JobRecord:
                                        self.function_name, self.cron is not None))
 
 
+# JobRecord's fields in order, for code that passes every one by position (binding 40
+# keywords costs as much again as the record itself, on paths run once per job). Checked
+# here, so that a field added or moved fails at import instead of storing values in the
+# wrong fields.
+RECORD_FIELDS = (
+    "id", "function_name", "name", "args", "kwargs", "priority", "status", "seq", "created_at",
+    "scheduled_at", "run_at", "started_at", "completed_at", "attempts", "max_retries",
+    "retry_delay", "retry_backoff", "retry_jitter", "timeout", "tags", "metadata", "owner",
+    "unique_key", "isolation", "memory_limit", "depends_on", "blocked", "progress",
+    "progress_message", "progress_details", "result", "error", "error_type", "traceback",
+    "worker_id", "lease_expires_at", "cancel_requested", "cron", "cron_timezone", "decode_error")
+if tuple(f.name for f in fields(JobRecord)) != RECORD_FIELDS:
+    raise ImportError("JobRecord's fields changed: update RECORD_FIELDS and the code passing them by position")
+
 _new_tuple = tuple.__new__
 
 
