@@ -12,8 +12,8 @@ from .. import serialization
 from ..errors import RepositoryError
 from ..models import JobStatus
 from .base import JobRecord, QueueEntry
-from .values import RECORD_FIELDS
 from .columns import unpack_job_row
+from .sqlite_schema import CLAIMED_PLAIN
 
 
 
@@ -87,7 +87,7 @@ def claimed_records(rows: Sequence[Sequence[Any]], full: dict[str, Sequence[Any]
     """The records of claimed jobs, in the order of `rows` (rows of `CLAIMED_COLUMNS`,
     from a claim given `started_at`, `worker_id` and `lease_expires_at`). A row whose last
     column says the job is not plain is taken from `full`, its whole row by id."""
-    return [_plain_claimed(row, started_at, worker_id, lease_expires_at) if row[14]
+    return [_plain_claimed(row, started_at, worker_id, lease_expires_at) if row[CLAIMED_PLAIN]
             else record_from_row(full[row[0]]) for row in rows]
 
 
@@ -111,7 +111,6 @@ def _plain_claimed(row: Sequence[Any], started_at: float, worker_id: str,
 
 
 _RUNNING = JobStatus.RUNNING
-assert len(RECORD_FIELDS) == 40 and RECORD_FIELDS[-1] == "decode_error"
 
 
 def entry_from_row(row: Sequence[Any]) -> QueueEntry:

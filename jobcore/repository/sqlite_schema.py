@@ -172,6 +172,9 @@ CLAIMED_COLUMNS = """id, function_name, name, payload, priority, seq, created_at
      AND progress = 0 AND progress_message = '' AND progress_details = '{}'
      AND result IS NULL AND error IS NULL AND error_type IS NULL AND traceback IS NULL
      AND cron_timezone IS NULL AND memory_limit IS NULL)"""
+CLAIMED_PLAIN = 14  # the index of that last column in a claimed row
+if CLAIMED_COLUMNS.count(",") != CLAIMED_PLAIN:
+    raise ImportError("CLAIMED_COLUMNS changed: update CLAIMED_PLAIN and sqlite_rows._plain_claimed")
 SELECT_JOBS_BY_IDS = f"SELECT {COLUMNS} FROM jobs WHERE id IN (SELECT value FROM json_each(?))"
 CLAIM = f"""
 UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?, worker_id = ?,

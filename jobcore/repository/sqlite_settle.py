@@ -128,7 +128,7 @@ def claim_rows(conn: sqlite3.Connection, query: str, params: Sequence[Any],
     rows of `CLAIMED_COLUMNS`. The whole row of each claimed job that is not plain goes
     into `full`, by id, for `claimed_records`."""
     rows = conn.execute(query, params).fetchall()
-    unusual = [row[0] for row in rows if not row[14]]
+    unusual = [row[0] for row in rows if not row[sql.CLAIMED_PLAIN]]
     if unusual:
         for row in conn.execute(sql.SELECT_JOBS_BY_IDS, (json.dumps(unusual),)):
             full[row[0]] = row
