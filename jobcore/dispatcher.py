@@ -89,8 +89,6 @@ class Dispatcher:
         state = self._state
         due = self._queue.next_due()  # clock time: a fake clock's jump notifies instead
         timer_in = None if due is None else max(0.0, due - self._clock.time())
-        holding = bool(state.exchanging or state.buffer or state.running)
-        timeout = state.pacing.dispatcher_timeout(real_monotonic(), bool(state.finished), timer_in,
-                                                  holding)
+        timeout = state.pacing.dispatcher_timeout(real_monotonic(), bool(state.finished), timer_in)
         state.dispatch_needed.wait(timeout)
         state.pacing.dispatcher_woke()

@@ -104,21 +104,17 @@ class Pacing:
         self.record_due = now
 
     # -- the dispatcher's sleep -------------------------------------------------------------
-    def dispatcher_timeout(self, now: float, outcomes_wait: bool, timer_in: Optional[float],
-                           holding: bool = False) -> Optional[float]:
+    def dispatcher_timeout(self, now: float, outcomes_wait: bool,
+                           timer_in: Optional[float]) -> Optional[float]:
         """How long the dispatcher may sleep from `now`: until the next timer (`timer_in`
-        seconds, if any), the time the waiting outcomes are due, and RECORD_WITHIN at most
-        while enqueues stream in or while the pool is `holding` jobs (claimed, running or
-        being recorded) that are short on average. Then the first outcome of each batch,
-        due RECORD_WITHIN after it, needs no notification (see `first_outcome`): the
-        dispatcher wakes in time anyway. A drain of tiny jobs used to wake it once per
-        batch, about 1,100 times a second here, each wake-up taking the GIL from the
-        worker running jobs; now at most 500, and none while the pool holds nothing or
-        runs long jobs. None: until notified."""
+        seconds, if any), the time the waiting outcomes are due, and, while enqueues
+        stream in, RECORD_WITHIN at most (an outcome left for the next enqueue is then
+        recorded in time without a notification of its own, and whatever waits is taken
+        up soon after the stream stops). None: until notified."""
         waits = [] if timer_in is None else [timer_in]
         if outcomes_wait and self.record_due is not None:
             waits.append(max(0.0, self.record_due - now))
-        if self.streaming(now) or (holding and self._average_run < RESERVE_BELOW):
+        if self.streaming(now):
             waits.append(RECORD_WITHIN)
         timeout = min(waits) if waits else None
         self.dispatcher_wakes_at = None if timeout is None else now + timeout

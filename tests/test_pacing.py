@@ -78,27 +78,3 @@ def test_the_dispatcher_sleeps_until_the_first_of_a_timer_the_outcomes_time_and_
     assert pacing.dispatcher_timeout(T, outcomes_wait=False, timer_in=5.0) == RECORD_WITHIN
     pacing.due_now(T)
     assert pacing.dispatcher_timeout(T + 1.0, outcomes_wait=True, timer_in=None) == 0.0
-
-
-def test_while_the_pool_holds_short_jobs_the_dispatcher_wakes_in_time_for_any_outcome() -> None:
-    # given a pool whose jobs proved short
-    pacing = Pacing(max_workers=1)
-    pacing.assume_short_jobs()
-    # when it holds jobs, the dispatcher sleeps RECORD_WITHIN at most, so the first outcome
-    # of a batch, due RECORD_WITHIN after it, needs no notification
-    assert pacing.dispatcher_timeout(T, outcomes_wait=False, timer_in=None, holding=True) == RECORD_WITHIN
-    assert not pacing.first_outcome(T + RECORD_WITHIN / 4)
-    pacing.taken()
-    pacing.dispatcher_woke()
-    # and holding nothing, it sleeps until notified (no timer while idle)
-    assert pacing.dispatcher_timeout(T, outcomes_wait=False, timer_in=None, holding=False) is None
-    assert pacing.first_outcome(T)
-
-
-def test_while_the_pool_holds_long_jobs_the_dispatcher_sleeps_until_notified() -> None:
-    # given a pool whose jobs run long on average (the default until they prove short)
-    pacing = Pacing(max_workers=1)
-    pacing.ran(1.0)
-    # then holding jobs sets no timer, and the first outcome of a batch asks for it
-    assert pacing.dispatcher_timeout(T, outcomes_wait=False, timer_in=None, holding=True) is None
-    assert pacing.first_outcome(T)
