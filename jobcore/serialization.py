@@ -98,5 +98,13 @@ def decode_payload(text: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
 
 
 def decode(text: str | None) -> Any:
-    """Decode a JSON column (`None` stays `None`)."""
-    return None if text is None else _decode(text)
+    """Decode a JSON column (`None` stays `None`). As in `decode_payload`, compact text
+    (what `encode` writes) skips `json.loads`'s checks; anything else goes through them.
+    `wait` decodes every result it answers from memory, so this is on its path."""
+    if text is None:
+        return None
+    try:
+        data, end = _raw_decode(text)
+    except (ValueError, TypeError):
+        end = -1
+    return data if end == len(text) else _decode(text)

@@ -241,6 +241,26 @@ def test_json_text_and_errors_are_those_of_the_encoder() -> None:
     assert serialization._to_json is serialization._c_to_json  # this Python's json has its C encoder
 
 
+def test_decoding_a_column_gives_what_json_loads_gives_or_its_error() -> None:
+    import json
+
+    from jobcore import serialization
+
+    texts = ["null", "1", "-2.5e3", '"a"', '"\\u00e9"', "[1,[2,{}]]", '{"a":null}', "true", "NaN",
+             "-Infinity", " 1", "1 ", "\n[1]\n", "[1]x", "[1", "", "nul", "{}{}", '"\\ud800"']
+
+    def outcome(decode: Callable[[str], Any], text: str) -> Any:
+        try:
+            value = decode(text)
+        except ValueError as exc:
+            return type(exc), str(exc)
+        return type(value), repr(value)
+
+    for text in texts:
+        assert outcome(serialization.decode, text) == outcome(json.loads, text), text
+    assert serialization.decode(None) is None
+
+
 def test_a_record_copy_has_every_field_of_the_original() -> None:
     values = {f.name: object() for f in dataclasses.fields(JobRecord)}
     record = JobRecord(**values)
