@@ -141,23 +141,22 @@ class SQLiteAdding(JobRepository):
         query, params = self._new_row(record, now, status, claimed=claim_new)
         row = (*params, now, worker_id, lease_expires_at) if claim_new else params
 
-        full: dict[str, Any] = {}
-
-        def op(conn: sqlite3.Connection) -> tuple[list[Optional[Cascade]], int, list[Any]]:
+        def op(conn: sqlite3.Connection) -> tuple[list[Optional[Cascade]], int, list[Any], dict[str, Any]]:
             cascades = settle_all(conn, settlements, encoded, worker_id, now)
             try:
                 seq = conn.execute(query, row).lastrowid or 0
             except sqlite3.IntegrityError:
                 raise id_taken(record.id) from None
+            full: dict[str, Any] = {}
             if not claim_ids:
-                return cascades, seq, []
+                return cascades, seq, [], full
             claim = (now, worker_id, lease_expires_at, json.dumps(list(claim_ids)), now)
-            return cascades, seq, claim_rows(conn, sql.CLAIM_MANY, claim, full)
+            return cascades, seq, claim_rows(conn, sql.CLAIM_MANY, claim, full), full
 
         if settlements or claim_ids:
-            cascades, record.seq, rows = self._group.run(op)
+            cascades, record.seq, rows, full = self._group.run(op)
         else:  # a new job alone (a quiet pool's hand-off): one statement, committed by itself
-            cascades, record.seq, rows = [], self._insert_row(query, row, record.id), []
+            cascades, record.seq, rows, full = [], self._insert_row(query, row, record.id), [], {}
         record.blocked = 0
         claimed = claimed_records(rows, full, now, worker_id, lease_expires_at)
         if claim_new:
