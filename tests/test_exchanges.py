@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import datetime
 from typing import Any, Sequence
 
 import pytest
@@ -220,14 +221,36 @@ def test_a_manager_whose_ids_others_take_claims_the_best_stored_jobs_by_number(
     assert sorted(ran) == list(range(2, 40)) and manager.poll(ids[4]).attempts == 2  # type: ignore[union-attr]
     # after that first claim, it named no pending id: it asked for the store's best by
     # number, naming only the due retry, until the store ran out of ready jobs
+    # (how much more such a claim asks for depends on the room left at that moment; the
+    # test below pins it down)
     named = [claim_ids for claim_ids, _ in repository.claims[1:]]
     assert [claim_ids for claim_ids in named if claim_ids] == [[ids[4]]]
-    retry_claim = repository.claims[1 + named.index([ids[4]])]
-    assert retry_claim[1] is not None and retry_claim[1] > 1
+    assert any(up_to for claim_ids, up_to in repository.claims[1:] if not claim_ids)
     wait_until(lambda: not manager._pool.claims_from_store, 5, "the mode to end", pause=0.002)
     # and a job queued now runs as usual
     later = manager.enqueue(Job(function_name="task", args=(99,)))
     assert manager.wait(later, timeout=10).status == JobStatus.COMPLETED
+
+
+def test_a_claim_from_the_store_names_due_timers_and_asks_for_the_rest_of_its_room(
+        tmp_path: Any, make_manager: Any) -> None:
+    # given a manager in the mode where other processes take the ids it queued, with
+    # pending jobs queued and a scheduled job now due
+    clock = FakeClock()
+    repository = StealsOnce(str(tmp_path / "jobs.db"))
+    repository.stolen = ["nothing"]  # no other process this time
+    manager: JobManager = make_manager(repository, max_workers=2, clock=clock)
+    manager.register_function("task", lambda: None)
+    pending = manager.enqueue_many([Job(function_name="task") for _ in range(5)])
+    due = manager.enqueue(Job(function_name="task",
+                              scheduled_at=datetime.fromtimestamp(clock.time() + 10)))
+    clock.advance(20)
+    # when an exchange with room for three jobs is made in that mode
+    assert manager._pool._exchanges.run([], 3, True, by_worker=False)
+    # then it named the due job alone, asked the store for three in all, and got the due
+    # job and the two best pending ones
+    assert repository.claims == [([due], 3)]
+    assert sorted(r.id for r in manager._pool._state.buffer) == sorted([due, *pending[:2]])
 
 
 def test_ready_ids_are_not_reloaded_while_claims_come_from_the_store(tmp_path: Any, make_manager: Any) -> None:
