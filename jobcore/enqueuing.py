@@ -154,7 +154,7 @@ class Enqueuer:
         return record_for(job, now)
 
     def _bind_function(self, job: Job) -> None:
-        if job.function is not None:
+        if job.function is not None and self._registry.get(job.function_name) is not job.function:  # type: ignore[arg-type]
             self._registry.register(job.function_name, job.function, replace=False)  # type: ignore[arg-type]
 
     def _local_function(self, job: Job) -> Optional[Callable[..., Any]]:

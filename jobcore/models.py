@@ -264,7 +264,8 @@ class Job:
 
     def _already_normal(self) -> bool:
         """True if every field holds exact built-in types that the checks in `validate`
-        accept and would leave as they are (an unset `name` is set here as they set it).
+        accept and would leave as they are (an unset `function_name` or `name` is set here
+        as they set it).
 
         Only exact types (`x.__class__ is float`, not a subclass) and values the full checks
         take without converting are accepted: for them, the full checks change nothing
@@ -272,6 +273,11 @@ class Job:
         Anything else returns False, before or after setting `name`, and the full checks
         then run from the start, reaching the same state or raising the same error."""
         function, function_name, kwargs = self.function, self.function_name, self.kwargs
+        if function_name is None and function is not None and callable(function):
+            try:  # what the full checks set at this point, having passed the checks before it
+                function_name = self.function_name = function_qualname(function)
+            except InvalidJobType:
+                return False  # the full checks raise it
         if not (function_name.__class__ is str and function_name.strip()
                 and (function is None or callable(function))
                 and self.args.__class__ is tuple and kwargs.__class__ is dict):

@@ -28,6 +28,14 @@ class Name(str):
     pass
 
 
+def _unnamed() -> None:
+    return None
+
+
+UNNAMED = _unnamed
+UNNAMED.__qualname__ = ""
+
+
 SOON = datetime.now() + timedelta(hours=1)
 
 # Keyword arguments of `Job`: valid ones, ones only the full checks normalise, invalid ones.
@@ -75,6 +83,13 @@ JOB_FIELDS: list[dict[str, Any]] = [
     {"function_name": "  "},
     {"function_name": 5},
     {"function": 5, "function_name": "task"},
+    {"function": 5},
+    {"function": Name},  # a class: named by its own qualified name
+    {"function": Name("callable?")},
+    {"function": len, "args": ("abc",)},
+    {"function": "task".upper},
+    {"function": lambda: None, "name": "lambda"},
+    {"function": UNNAMED},  # no qualified name: the full checks raise naming the field
     {"function_name": "task", "args": {"a": 1}},
     {"function_name": "task", "name": 7},
     {"function_name": "task", "id": ""},
@@ -104,6 +119,10 @@ def test_the_quick_check_takes_common_jobs() -> None:
     for job in (Job(function_name="task", args=(1,)), Job(function=noop, kwargs={"a": 1}, priority=0),
                 Job(function_name="task", tags={"t"}, metadata={"m": 1}, timeout=5.0, owner="o")):
         assert job._already_normal()
+    # A job given only its callable is named by the quick check, as the full checks name it.
+    job = Job(function=noop, args=(1,))
+    job.function_name = job.name = None
+    assert job._already_normal() and job.function_name == f"{__name__}.noop" and job.name == "noop"
     # Ints where floats are kept are converted by the full checks; after that, quick.
     job = Job(function_name="task", retry_delay=2)
     assert job.retry_delay == 2.0 and type(job.retry_delay) is float and job._already_normal()
