@@ -201,7 +201,8 @@ def test_record_for_gives_the_record_keyword_construction_gives(build: Callable[
 
 def stored_state(repo: MemoryRepository) -> Any:
     rows = {job_id: dataclasses.astuple(row) for job_id, row in repo._jobs.items()}
-    return rows, dict(repo._counts), repo._next_seq, dict(repo._unique), dict(repo._dependents)
+    by_status = {status: list(rows) for status, rows in repo._by_status.items()}
+    return rows, by_status, repo._next_seq, dict(repo._unique), dict(repo._dependents)
 
 
 @pytest.mark.parametrize("build", [RECORD_JOBS[0], RECORD_JOBS[1], RECORD_JOBS[2], RECORD_JOBS[4]],

@@ -28,6 +28,10 @@ _UNFINISHED = (JobStatus.PENDING, JobStatus.SCHEDULED, JobStatus.RUNNING)
 _NO_CASCADE = Cascade()
 
 
+def _seq_of(row: JobRecord) -> int:
+    return row.seq
+
+
 class MemoryRepository(MemoryAdding, JobRepository):
     """An in-memory `JobRepository`. Thread-safe; one lock guards all of its state."""
 
@@ -42,7 +46,9 @@ class MemoryRepository(MemoryAdding, JobRepository):
         self._unique: dict[str, str] = {}
         self._next_seq = 1
         self._workers: dict[str, WorkerInfo] = {}
-        self._counts: dict[JobStatus, int] = {status: 0 for status in JobStatus}
+        # Every row of _jobs, by its status (_set_status moves it): reading one status,
+        # counting, or looking for work costs what that status holds, not the whole store.
+        self._by_status: dict[JobStatus, dict[str, JobRecord]] = {status: {} for status in JobStatus}
 
     # -- adding: see MemoryAdding ---------------------------------------------------
     def _forget_unique(self, row: JobRecord) -> None:
@@ -57,16 +63,16 @@ class MemoryRepository(MemoryAdding, JobRepository):
 
     def ready(self, function_names: Optional[Collection[str]], limit: int) -> list[QueueEntry]:
         with self._lock:
-            rows = [r for r in self._jobs.values()
-                    if r.status is JobStatus.PENDING and r.blocked == 0 and not r.is_schedule
+            rows = [r for r in self._by_status[JobStatus.PENDING].values()
+                    if r.blocked == 0 and not r.is_schedule
                     and (function_names is None or r.function_name in function_names)]
             best = heapq.nsmallest(limit, rows, key=lambda r: (-r.priority, r.seq))
             return [r.queue_entry() for r in best]
 
     def scheduled(self, function_names: Optional[Collection[str]], limit: int) -> list[QueueEntry]:
         with self._lock:
-            rows = [r for r in self._jobs.values()
-                    if r.status is JobStatus.SCHEDULED and r.blocked == 0
+            rows = [r for r in self._by_status[JobStatus.SCHEDULED].values()
+                    if r.blocked == 0
                     and (r.is_schedule or function_names is None or r.function_name in function_names)]
             best = heapq.nsmallest(limit, rows, key=lambda r: (r.run_at or 0.0, r.seq))
             return [r.queue_entry() for r in best]
@@ -74,18 +80,30 @@ class MemoryRepository(MemoryAdding, JobRepository):
     def list(self, *, status: Optional[JobStatus] = None, tags: Optional[Collection[str]] = None,
              owner: Optional[str] = None, limit: Optional[int] = 50, offset: int = 0) -> list[JobRecord]:
         wanted = frozenset(tags or ())
+        end = None if limit is None else offset + limit
+
+        def matches(r: JobRecord) -> bool:
+            return (status is None or r.status is status) and (owner is None or r.owner == owner) and wanted <= r.tags
+
         with self._lock:
-            rows = [r for r in self._jobs.values()
-                    if (status is None or r.status is status)
-                    and (owner is None or r.owner == owner)
-                    and wanted <= r.tags]
-            rows.sort(key=lambda r: r.seq, reverse=True)
-            end = None if limit is None else offset + limit
+            few = None if status is None else self._by_status[status]
+            if few is not None and (end is None or len(few) * 4 < len(self._jobs)):
+                rows = [r for r in few.values() if matches(r)]
+                rows = sorted(rows, key=_seq_of, reverse=True) if end is None else heapq.nlargest(end, rows, key=_seq_of)
+            else:
+                # _jobs is in seq order (rows are added with the next seq, and never moved):
+                # newest first, stopping once `end` rows matched.
+                rows = []
+                for r in reversed(self._jobs.values()):
+                    if matches(r):
+                        rows.append(r)
+                        if len(rows) == end:
+                            break
             return [_detached(r) for r in rows[offset:end]]
 
     def count_by_status(self) -> dict[JobStatus, int]:
         with self._lock:
-            return dict(self._counts)
+            return {status: len(rows) for status, rows in self._by_status.items()}
 
     def logs(self, job_id: str) -> list[tuple[float, str, str]]:
         with self._lock:
@@ -117,10 +135,15 @@ class MemoryRepository(MemoryAdding, JobRepository):
         return row
 
     def _set_status(self, row: JobRecord, status: JobStatus) -> None:
-        """Change a stored row's status, keeping the per-status counts exact."""
-        self._counts[row.status] -= 1
-        self._counts[status] += 1
+        """Change a stored row's status, moving it to that status in `_by_status`."""
+        del self._by_status[row.status][row.id]
+        self._by_status[status][row.id] = row
         row.status = status
+
+    def _add_row(self, row: JobRecord) -> None:
+        """Store a new row (its seq the next one: `list` relies on _jobs being in seq order)."""
+        self._jobs[row.id] = row
+        self._by_status[row.status][row.id] = row
 
     def _end(self, row: JobRecord, status: JobStatus, now: float) -> None:
         self._set_status(row, status)
@@ -277,9 +300,8 @@ class MemoryRepository(MemoryAdding, JobRepository):
     def recover(self, now: float) -> Recovery:
         with self._lock:
             recovered, failed, cancelled_ids = [], [], []
-            for row in list(self._jobs.values()):
-                if (row.status is not JobStatus.RUNNING or row.lease_expires_at is None
-                        or row.lease_expires_at >= now):
+            for row in sorted(self._by_status[JobStatus.RUNNING].values(), key=_seq_of):
+                if row.lease_expires_at is None or row.lease_expires_at >= now:
                     continue
                 message = f"worker {row.worker_id} lost its lease on attempt {row.attempts}"
                 if row.cancel_requested or row.attempts > row.max_retries:
@@ -310,8 +332,7 @@ class MemoryRepository(MemoryAdding, JobRepository):
             row.seq = run.seq = self._next_seq
             self._next_seq += 1
             row.created_at = now
-            self._jobs[row.id] = row
-            self._counts[row.status] += 1
+            self._add_row(row)
             return True
 
     def register_worker(self, worker_id: str, host: str, pid: int, now: float) -> None:
@@ -342,11 +363,11 @@ class MemoryRepository(MemoryAdding, JobRepository):
     # -- housekeeping ------------------------------------------------------------------
     def delete_finished(self, before: Optional[float]) -> int:
         with self._lock:
-            doomed = [r.id for r in self._jobs.values()
-                      if r.status in TERMINAL_STATUSES
-                      and (before is None or (r.completed_at or 0.0) < before)]
-            for job_id in doomed:
-                self._counts[self._jobs.pop(job_id).status] -= 1
+            doomed = [r for status in TERMINAL_STATUSES for r in self._by_status[status].values()
+                      if before is None or (r.completed_at or 0.0) < before]
+            for row in doomed:
+                job_id = row.id
+                del self._jobs[job_id], self._by_status[row.status][job_id]
                 self._logs.pop(job_id, None)
                 self._dependents.pop(job_id, None)
             return len(doomed)

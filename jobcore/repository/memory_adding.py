@@ -26,7 +26,6 @@ class MemoryAdding(JobRepository):
     _dependents: dict[str, set[str]]
     _unique: dict[str, str]
     _next_seq: int
-    _counts: dict[JobStatus, int]
 
     def insert(self, records: Sequence[JobRecord], now: float) -> list[str]:
         if len(records) == 1 and not records[0].depends_on and records[0].unique_key is None:
@@ -49,8 +48,7 @@ class MemoryAdding(JobRepository):
                 row.seq = given[row.id].seq = self._next_seq
                 self._next_seq += 1
                 row.created_at = now
-                self._jobs[row.id] = row
-                self._counts[row.status] += 1
+                self._add_row(row)
                 if row.unique_key is not None:
                     self._unique[row.unique_key] = row.id
             for row in stored:
@@ -87,8 +85,7 @@ class MemoryAdding(JobRepository):
             self._next_seq += 1
             row.created_at = now
             row.blocked = record.blocked = 0
-            self._jobs[row.id] = row
-            self._counts[row.status] += 1
+            self._add_row(row)
             return row.id
 
     def insert_and_apply(self, record: JobRecord, settlements: Sequence[Settlement], claim_ids: Sequence[str],
@@ -102,6 +99,9 @@ class MemoryAdding(JobRepository):
         return cascades, claimed
 
     # Provided by MemoryRepository.
+    def _add_row(self, row: JobRecord) -> None:
+        raise NotImplementedError
+
     def _set_status(self, row: JobRecord, status: JobStatus) -> None:
         raise NotImplementedError
 

@@ -1,0 +1,174 @@
+"""`MemoryRepository` keeps its rows by status, so that reading one status, counting, and
+looking for work cost what that status holds, not the whole store (an idle manager looks
+for work 20 times a second: scanning 100,000 finished rows each time kept a core busy).
+
+Checked here: after any sequence of operations the index partitions the store exactly by
+status and every read answers as a scan of the whole store would; and the reads a manager
+makes while idle do not touch the whole store.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Optional
+
+import pytest
+
+from jobcore import JobStatus, MemoryRepository
+from jobcore.repository.base import JobRecord
+from jobcore.testing.contract.support import LEASE, NOW, make_record
+
+
+def _scan_list(repo: MemoryRepository, status: Optional[JobStatus], owner: Optional[str],
+               tags: frozenset[str], limit: Optional[int], offset: int) -> list[str]:
+    """What `list` must answer: every row, filtered, newest (highest seq) first."""
+    rows = [r for r in repo._jobs.values()
+            if (status is None or r.status is status) and (owner is None or r.owner == owner) and tags <= r.tags]
+    rows.sort(key=lambda r: r.seq, reverse=True)
+    end = None if limit is None else offset + limit
+    return [r.id for r in rows[offset:end]]
+
+
+def _check(repo: MemoryRepository, rng: random.Random) -> None:
+    rows = repo._jobs
+    indexed = {job_id: status for status, by_id in repo._by_status.items() for job_id in by_id}
+    assert indexed == {job_id: row.status for job_id, row in rows.items()}
+    assert all(repo._by_status[row.status][job_id] is row for job_id, row in rows.items())
+    assert [r.seq for r in rows.values()] == sorted(r.seq for r in rows.values())  # what `list` relies on
+    expected_counts = {status: sum(1 for r in rows.values() if r.status is status) for status in JobStatus}
+    assert repo.count_by_status() == expected_counts
+    ready = [r for r in rows.values() if r.status is JobStatus.PENDING and r.blocked == 0 and not r.is_schedule]
+    ready.sort(key=lambda r: (-r.priority, r.seq))
+    assert [e.job_id for e in repo.ready(None, 5)] == [r.id for r in ready[:5]]
+    due = [r for r in rows.values() if r.status is JobStatus.SCHEDULED and r.blocked == 0]
+    due.sort(key=lambda r: (r.run_at or 0.0, r.seq))
+    assert [e.job_id for e in repo.scheduled(None, 5)] == [r.id for r in due[:5]]
+    for _ in range(4):
+        status = rng.choice([None, *JobStatus])
+        owner = rng.choice([None, None, "ann", "bob"])
+        tags = frozenset(rng.choice([(), (), ("red",), ("red", "blue")]))
+        limit = rng.choice([None, 0, 1, 3, 50])
+        offset = rng.choice([0, 0, 1, 4])
+        got = [r.id for r in repo.list(status=status, owner=owner, tags=tags, limit=limit, offset=offset)]
+        assert got == _scan_list(repo, status, owner, tags, limit, offset), (status, owner, tags, limit, offset)
+
+
+def _step(repo: MemoryRepository, rng: random.Random, now: float) -> None:
+    rows = list(repo._jobs.values())
+    by = {status: [r for r in rows if r.status is status] for status in JobStatus}
+    action = rng.randrange(10)
+    if action <= 2 or not rows:
+        fields: dict[str, Any] = {"priority": rng.randrange(3), "owner": rng.choice([None, "ann", "bob"]),
+                                  "tags": frozenset(rng.choice([(), ("red",), ("red", "blue")]))}
+        if rng.random() < 0.2:
+            fields.update(status=JobStatus.SCHEDULED, run_at=now + rng.choice([-1.0, 5.0]))
+        if rng.random() < 0.2 and rows:
+            fields["depends_on"] = (rng.choice(rows).id,)
+        repo.insert([make_record(**fields) for _ in range(rng.randrange(1, 4))], now)
+    elif action == 3 and (by[JobStatus.PENDING] or by[JobStatus.SCHEDULED]):
+        row = rng.choice(by[JobStatus.PENDING] + by[JobStatus.SCHEDULED])
+        repo.claim(row.id, "w", now, now + rng.choice([-1.0, LEASE]))
+    elif action in (4, 5) and by[JobStatus.RUNNING]:
+        row = rng.choice(by[JobStatus.RUNNING])
+        if action == 4:
+            repo.complete(row.id, row.worker_id or "", row.attempts, None, now)
+        else:
+            repo.fail(row.id, row.worker_id or "", row.attempts, error="boom", error_type="ValueError",
+                      traceback=None, now=now, retry_at=rng.choice([None, now + 1.0]))
+    elif action == 6 and rows:
+        repo.cancel(rng.choice(rows).id, now, "by request")
+    elif action == 7 and (by[JobStatus.FAILED] or by[JobStatus.CANCELLED]):
+        repo.requeue(rng.choice(by[JobStatus.FAILED] + by[JobStatus.CANCELLED]).id, now)
+    elif action == 8 and by[JobStatus.RUNNING]:
+        row = rng.choice(by[JobStatus.RUNNING])
+        repo.release(row.id, row.worker_id or "", row.attempts, now)
+    elif action == 9:
+        if rng.random() < 0.5:
+            repo.recover(now)
+        else:
+            repo.delete_finished(rng.choice([None, now - 2.0]))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_the_status_index_matches_a_scan_of_the_store_after_any_operations(seed: int) -> None:
+    rng = random.Random(seed)
+    repo = MemoryRepository()
+    for step in range(150):
+        _step(repo, rng, NOW + step)
+        _check(repo, rng)
+
+
+class _NoScan(dict):  # type: ignore[type-arg]
+    """A store that refuses to be walked whole (lookups by id still work)."""
+
+    def values(self) -> Any:
+        raise AssertionError("the whole store was scanned")
+
+    def items(self) -> Any:
+        raise AssertionError("the whole store was scanned")
+
+    def __iter__(self) -> Any:
+        raise AssertionError("the whole store was scanned")
+
+    def __reversed__(self) -> Any:
+        raise AssertionError("the whole store was scanned")
+
+
+def test_what_an_idle_manager_reads_does_not_walk_the_finished_jobs() -> None:
+    # given a store of finished jobs and a few others
+    repo = MemoryRepository()
+    done = [make_record() for _ in range(200)]
+    repo.insert(done, NOW)
+    for record in done:
+        claimed = repo.claim(record.id, "w", NOW, NOW + LEASE)
+        assert claimed is not None
+        repo.complete(record.id, "w", 1, None, NOW)
+    failed = make_record(max_retries=0)
+    waiting = make_record(status=JobStatus.SCHEDULED, run_at=NOW + 60)
+    repo.insert([failed, waiting, make_record()], NOW)
+    repo.claim(failed.id, "w", NOW, NOW + LEASE)
+    repo.fail(failed.id, "w", 1, error="boom", error_type="ValueError", traceback=None, now=NOW, retry_at=None)
+    repo._jobs = _NoScan(repo._jobs)
+
+    # then looking for work, recovering leases, counting and listing a small status read
+    # only what those statuses hold
+    assert len(repo.ready(None, 10)) == 1
+    assert [e.job_id for e in repo.scheduled(None, 10)] == [waiting.id]
+    assert repo.recover(NOW + 2 * LEASE).requeued == ()
+    counts = repo.count_by_status()
+    assert counts[JobStatus.COMPLETED] == 200 and counts[JobStatus.FAILED] == 1
+    assert [r.id for r in repo.list(status=JobStatus.FAILED)] == [failed.id]
+    assert repo.delete_finished(NOW - 1.0) == 0
+
+
+class _CountedView:
+    """A values view that records which rows a reversed walk read."""
+
+    def __init__(self, view: Any, seen: list[str]) -> None:
+        self.view, self.seen = view, seen
+
+    def __iter__(self) -> Any:
+        return iter(self.view)
+
+    def __len__(self) -> int:
+        return len(self.view)
+
+    def __reversed__(self) -> Any:
+        for row in reversed(self.view):
+            self.seen.append(row.id)
+            yield row
+
+
+def test_the_newest_jobs_are_listed_without_reading_older_ones() -> None:
+    repo = MemoryRepository()
+    records: list[JobRecord] = [make_record() for _ in range(300)]
+    repo.insert(records, NOW)
+    seen: list[str] = []
+
+    class Watched(dict):  # type: ignore[type-arg]
+        def values(self) -> Any:
+            return _CountedView(super().values(), seen)
+
+    repo._jobs = Watched(repo._jobs)
+    assert [r.id for r in repo.list(limit=5, offset=2)] == [r.id for r in records[::-1][2:7]]
+    assert len(seen) == 7
