@@ -263,3 +263,14 @@ def test_jobs_are_found_by_id_not_by_walking_every_waiting_job(repo: SQLiteRepos
     plan = _plan(path, getattr(sql, query))
     steps = [step for step in plan if re.match(r"^(SEARCH|SCAN) (TABLE )?jobs\b", step)]
     assert steps and all("(id=?)" in step for step in steps), plan
+
+
+def test_counting_reads_the_finished_jobs_only_as_a_total(repo: SQLiteRepository, path: str) -> None:
+    # The total is SQLite's whole-table count (the Count opcode: an index's pages, not its
+    # entries); every status counted on its own is a range of jobs_status.
+    plan = _plan(path, sql.COUNT_BY_STATUS)
+    searches = [step for step in plan if step.startswith("SEARCH jobs")]
+    assert len(searches) == 5 and all("jobs_status (status=?)" in step for step in searches), plan
+    with _raw(path) as conn:
+        opcodes = [row[1] for row in conn.execute("EXPLAIN " + sql.COUNT_BY_STATUS, (None,) * 5)]
+    assert opcodes.count("Count") == 1, opcodes
