@@ -42,6 +42,7 @@ class Housekeeper:
         self._clock = clock
         self._settings = settings
         self._refill = refill
+        self._exact_token = repository.change_token_sees_every_write
         self._on_recovery = on_recovery  # queues what came back, notifies of what failed
         self._discovery_interval = discovery_interval
         # _cond guards _stopping and _thread; the thread sleeps on it between chores.
@@ -118,9 +119,12 @@ class Housekeeper:
                     next_look = now + self._discovery_interval
                     current = self._token()
                     # Look when another process changed the store and we have room for
-                    # work, and in any case every poll_interval (higher priorities elsewhere).
+                    # work, and in any case every poll_interval (higher priorities elsewhere)
+                    # unless the token says nothing was written since the last look: the
+                    # queue already holds what this manager's own writes made runnable.
                     changed = current is None or current != token
-                    if (changed and self._pool.idle) or now - last_refill >= settings.poll_interval:
+                    due = now - last_refill >= settings.poll_interval and (changed or not self._exact_token)
+                    if (changed and self._pool.idle) or due:
                         token, last_refill = current, now
                         self._refill()
             except RepositoryError as exc:

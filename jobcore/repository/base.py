@@ -39,6 +39,11 @@ class JobRepository(abc.ABC):
 
     persistent: bool = True
     max_payload_bytes: Optional[int] = None
+    # True if `change_token` moves at every write committed through any other connection
+    # or thread (claims and completions included): an unchanged token then means nothing
+    # in the store changed but this caller's own writes, so a manager holding every job its
+    # own writes made runnable need not read the store again (see housekeeper).
+    change_token_sees_every_write: bool = False
 
     # -- adding jobs -----------------------------------------------------------------
     @abc.abstractmethod
@@ -294,7 +299,8 @@ class JobRepository(abc.ABC):
     def change_token(self) -> Optional[object]:
         """A cheap value that changes whenever another connection or process may have
         changed the store, so idle managers know when to look for new work. None means
-        the backend cannot tell: managers then look every `poll_interval`."""
+        the backend cannot tell: managers then look every `poll_interval`. See also
+        `change_token_sees_every_write`."""
         return None
 
     def recover(self, now: float) -> Recovery:

@@ -36,6 +36,7 @@ class MemoryRepository(MemoryAdding, JobRepository):
     """An in-memory `JobRepository`. Thread-safe; one lock guards all of its state."""
 
     persistent = False
+    change_token_sees_every_write = True  # _writes: see change_token
 
     def __init__(self) -> None:
         # _lock guards every attribute below.
@@ -49,6 +50,9 @@ class MemoryRepository(MemoryAdding, JobRepository):
         # Every row of _jobs, by its status (_set_status moves it): reading one status,
         # counting, or looking for work costs what that status holds, not the whole store.
         self._by_status: dict[JobStatus, dict[str, JobRecord]] = {status: {} for status in JobStatus}
+        # Moves at each row added and each status changed: every write that can make a job
+        # runnable (a dependency released goes with its dependency's completion) or take one.
+        self._writes = 0
 
     # -- adding: see MemoryAdding ---------------------------------------------------
     def _forget_unique(self, row: JobRecord) -> None:
@@ -101,6 +105,11 @@ class MemoryRepository(MemoryAdding, JobRepository):
                             break
             return [_detached(r) for r in rows[offset:end]]
 
+    def change_token(self) -> Optional[object]:
+        """How many writes could have made a job runnable or taken one (this manager's own
+        included): an idle manager reads the store again only when it moved."""
+        return self._writes  # one int read: no lock needed
+
     def count_by_status(self) -> dict[JobStatus, int]:
         with self._lock:
             return {status: len(rows) for status, rows in self._by_status.items()}
@@ -139,11 +148,13 @@ class MemoryRepository(MemoryAdding, JobRepository):
         del self._by_status[row.status][row.id]
         self._by_status[status][row.id] = row
         row.status = status
+        self._writes += 1
 
     def _add_row(self, row: JobRecord) -> None:
         """Store a new row (its seq the next one: `list` relies on _jobs being in seq order)."""
         self._jobs[row.id] = row
         self._by_status[row.status][row.id] = row
+        self._writes += 1
 
     def _end(self, row: JobRecord, status: JobStatus, now: float) -> None:
         self._set_status(row, status)

@@ -43,6 +43,7 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
     """
 
     persistent = True
+    change_token_sees_every_write = True  # data_version: every other connection's commit
 
     def __init__(self, path: "str | os.PathLike[str]", durability: str = "normal", *,
                  busy_timeout: float = 30.0,

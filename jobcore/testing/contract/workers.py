@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from ...repository.base import JobRepository
-from .support import NOW, make_record
+from .support import LEASE, NOW, make_record
 
 
 class _WorkersContract:
@@ -55,3 +55,16 @@ class _WorkersContract:
         writer.start()
         writer.join(10)
         assert repository.change_token() != before
+
+    def test_an_exact_change_token_moves_at_claims_and_completions_too(self, repository: JobRepository) -> None:
+        if not repository.change_token_sees_every_write:
+            pytest.skip("this backend's token moves only when work is added")
+        record = make_record()
+        repository.insert([record], NOW)
+        for write in (lambda: repository.claim(record.id, "w1", NOW, NOW + LEASE),
+                      lambda: repository.complete(record.id, "w1", 1, None, NOW)):
+            before = repository.change_token()
+            writer = threading.Thread(target=write, name="contract-change-writer")
+            writer.start()
+            writer.join(10)
+            assert repository.change_token() != before
