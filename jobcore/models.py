@@ -84,19 +84,24 @@ os.register_at_fork(after_in_child=_forget_random)
 def new_job_id() -> str:
     """A random (version 4) UUID as 32 hex digits, like `uuid.uuid4().hex`.
 
-    Drawn from `os.urandom` 4 KiB at a time (a system call per 256 ids, not per id)."""
+    Drawn from `os.urandom` 4 KiB at a time (a system call per 256 ids, not per id), whose
+    version and variant bits are set for all 256 at once."""
     pool = getattr(_random, "pool", None)
-    if not pool:
-        pool = _random.pool = [os.urandom(4096), 0]
-    data, at = pool
-    if at >= 4096:
-        data, at = os.urandom(4096), 0
-        pool[0] = data
+    if not pool or pool[1] >= 4096:
+        pool = _random.pool = [_uuid4_bytes(), 0]
+    at = pool[1]
     pool[1] = at + 16
-    value = int.from_bytes(data[at:at + 16], "big")
-    # The version (4) and variant (RFC 4122) bits, as uuid.UUID(version=4) sets them.
-    value = (value & ~(0xF000 << 64) | (0x4000 << 64)) & ~(0xC000 << 48) | (0x8000 << 48)
-    return "%032x" % value
+    return pool[0][at:at + 16].hex()
+
+
+def _uuid4_bytes() -> bytes:
+    """4 KiB of random bytes, each 16 of them a version 4 UUID: the version (4) in the
+    high nibble of byte 6 and the RFC 4122 variant (binary 10) in the top bits of byte 8,
+    as uuid.UUID(version=4) sets them."""
+    data = bytearray(os.urandom(4096))
+    data[6::16] = bytes(b & 0x0F | 0x40 for b in data[6::16])
+    data[8::16] = bytes(b & 0x3F | 0x80 for b in data[8::16])
+    return bytes(data)
 
 
 def function_qualname(func: Callable[..., Any]) -> str:

@@ -142,3 +142,40 @@ def test_cleanup_and_wait_arguments_are_checked(make_manager: Any, db_path: str)
         manager.cleanup_old_results(retention_days=-1)
     with pytest.raises(TypeError, match="retention_days"):
         manager.cleanup_old_results(retention_days="7")  # type: ignore[arg-type]
+
+
+def test_job_ids_are_distinct_uuid4_hex_strings_in_threads_and_forked_children() -> None:
+    import os
+    import threading
+    import uuid
+
+    def check(ids: list[str]) -> None:
+        for job_id in ids:
+            parsed = uuid.UUID(job_id)
+            assert parsed.hex == job_id and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+    # more than one pool of random bytes per thread (256 ids each), in several threads
+    made: list[list[str]] = [[] for _ in range(4)]
+    threads = [threading.Thread(target=lambda out=out: out.extend(Job(function=noop).id for _ in range(600)))
+               for out in made]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    ids = [job_id for out in made for job_id in out]
+    check(ids)
+    assert len(set(ids)) == len(ids) == 2400
+
+    # a forked child draws bytes of its own, not the rest of its parent's pool
+    Job(function=noop)  # the parent's pool now holds unused ids
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next id and leave at once
+        os.write(write, Job(function=noop).id.encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    check([child])
+    assert child != Job(function=noop).id
