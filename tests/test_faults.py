@@ -122,12 +122,13 @@ def test_a_version_1_database_is_migrated(tmp_path: Any) -> None:
 
     repo = SQLiteRepository(path)
     from jobcore import JobManager
+    from jobcore.repository.sqlite_schema import SCHEMA_VERSION
     manager = JobManager(repo)
     manager.register_function("echo", lambda x: x)
     job_id = manager.enqueue(Job(function_name="echo", args=(5,)))
     assert manager.run_pending() == 1
     assert manager.poll(job_id).result == 5
     check = sqlite3.connect(path)
-    assert check.execute("SELECT value FROM jobcore_meta WHERE key = 'schema_version'").fetchone() == ("2",)
+    assert check.execute("SELECT value FROM jobcore_meta WHERE key = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
     check.close()
     manager.close()

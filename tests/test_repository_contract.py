@@ -19,6 +19,7 @@ import pytest
 from jobcore.errors import RepositoryError
 from jobcore.models import JobStatus
 from jobcore.repository import MemoryRepository, SQLiteRepository
+from jobcore.repository import sqlite_queue
 from jobcore.repository import sqlite_schema as sql
 from jobcore.testing.contract import NOW, RepositoryContract, claim_race, make_record
 
@@ -233,22 +234,26 @@ def _assert_no_full_scan(plan: list[str]) -> None:
     assert not [step for step in plan if _FULL_SCAN.match(step)], plan
 
 
-_NAMES = "AND (function_name IN (SELECT value FROM json_each(?)))"
-
-
-@pytest.mark.parametrize("names", ["", _NAMES], ids=["any-function", "some-functions"])
-def test_the_ready_query_walks_the_ready_index_in_order(repo: SQLiteRepository, path: str, names: str) -> None:
-    plan = _plan(path, sql.SELECT_READY.format(names=names))
+@pytest.mark.parametrize("query,index", [("READY_OF", "jobs_ready"), ("DUE_OF", "jobs_due"),
+                                         ("SCHEDULES", "jobs_schedules")])
+def test_a_managers_queue_is_read_from_one_range_of_an_index_in_order(repo: SQLiteRepository, path: str,
+                                                                       query: str, index: str) -> None:
+    plan = _plan(path, getattr(sql, query))
     _assert_no_full_scan(plan)
-    assert any("jobs_ready" in step for step in plan), plan
-    assert not any("TEMP B-TREE FOR ORDER BY" in step for step in plan), plan
+    assert len(plan) == 1 and index in plan[0], plan
+    assert index == "jobs_schedules" or "(function_name=?)" in plan[0], plan
 
 
-def test_the_due_query_walks_the_due_index_in_order(repo: SQLiteRepository, path: str) -> None:
-    plan = _plan(path, sql.SELECT_SCHEDULED.format(names=""))
-    _assert_no_full_scan(plan)
-    assert any("jobs_due" in step for step in plan), plan
-    assert not any("TEMP B-TREE FOR ORDER BY" in step for step in plan), plan
+@pytest.mark.parametrize("functions", [1, 3])
+def test_claims_by_number_read_one_range_of_the_ready_index_per_function(repo: SQLiteRepository, path: str,
+                                                                         functions: int) -> None:
+    query, params = sqlite_queue.claim_best([f"f{n}" for n in range(functions)], 4)
+    with _raw(path) as conn:
+        plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + query, (None,) * (3 + len(params)))]
+    steps = [step for step in plan if re.match(r"^(SEARCH|SCAN) (TABLE )?jobs\b", step)]
+    ranges = [step for step in steps if "jobs_ready (function_name=?)" in step]
+    assert len(ranges) == functions and len(steps) == functions + 1, plan
+    assert all(step in ranges or "(id=?)" in step for step in steps), plan
 
 
 @pytest.mark.parametrize("query", ["CLAIM", "COMPLETE", "FAIL_RETRY", "HEARTBEAT", "RECOVER_EXPIRED",

@@ -16,6 +16,7 @@ from typing import Any, Collection, ContextManager, Optional, Sequence
 from .. import serialization
 from ..errors import RepositoryError
 from ..models import JobStatus
+from . import sqlite_queue
 from . import sqlite_schema as sql
 from .sqlite_conn import SYNCHRONOUS, Connections
 from .sqlite_settle import cancel_dependents, claim_rows, encode_result, settle_all
@@ -131,22 +132,13 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
         rows = self._read(sql.SELECT_JOB_WITHOUT_ARGS, (job_id,))
         return record_from_row(rows[0]) if rows else None
 
-    def _queue_query(self, template: str, function_names: Optional[Collection[str]], limit: int,
-                     include_schedules: bool) -> list[QueueEntry]:
-        params: list[Any] = []
-        names = ""
-        if function_names is not None:
-            names = "AND (function_name IN (SELECT value FROM json_each(?))"
-            names += " OR cron IS NOT NULL)" if include_schedules else ")"
-            params.append(json.dumps(sorted(function_names)))
-        params.append(limit)
-        return [entry_from_row(row) for row in self._read(template.format(names=names), params)]
-
     def ready(self, function_names: Optional[Collection[str]], limit: int) -> list[QueueEntry]:
-        return self._queue_query(sql.SELECT_READY, function_names, limit, include_schedules=False)
+        rows = self._db.reading(lambda conn: sqlite_queue.ready_rows(conn, function_names, limit))
+        return [entry_from_row(row) for row in rows]
 
     def scheduled(self, function_names: Optional[Collection[str]], limit: int) -> list[QueueEntry]:
-        return self._queue_query(sql.SELECT_SCHEDULED, function_names, limit, include_schedules=True)
+        rows = self._db.reading(lambda conn: sqlite_queue.scheduled_rows(conn, function_names, limit))
+        return [entry_from_row(row) for row in rows]
 
     def list(self, *, status: Optional[JobStatus] = None, tags: Optional[Collection[str]] = None,
              owner: Optional[str] = None, limit: Optional[int] = 50, offset: int = 0) -> list[JobRecord]:
@@ -203,9 +195,9 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
                 params = (now, worker_id, lease_expires_at, json.dumps(list(claim_ids)), now)
                 rows = claim_rows(conn, sql.CLAIM_MANY, params, full)
             missing = wanted - len(rows)
-            if top_up is not None and missing > 0:
-                params = (now, worker_id, lease_expires_at, json.dumps(sorted(top_up)), missing)
-                rows += claim_rows(conn, sql.CLAIM_BEST, params, full)
+            if top_up and missing > 0:
+                query, best = sqlite_queue.claim_best(top_up, missing)
+                rows += claim_rows(conn, query, (now, worker_id, lease_expires_at, *best), full)
             return cascades, rows, full
 
         cascades, rows, full = self._group.run(op)

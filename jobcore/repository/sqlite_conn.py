@@ -129,6 +129,12 @@ class Connections:
         conn = self.get()
         return self._until_free(lambda: conn.execute(query, params).fetchall())
 
+    def reading(self, read: Callable[[sqlite3.Connection], T]) -> T:
+        """`read(connection)` on this thread's connection, outside any write transaction,
+        tried again as `read` is while another process holds a lock it needs."""
+        conn = self.get()
+        return self._until_free(lambda: read(conn))
+
     def _until_free(self, attempt: Callable[..., T], *args: Any) -> T:
         """`attempt(*args)`, tried again while another process holds the lock it needs, for
         up to `busy_timeout` seconds; then (or on any other error) a `RepositoryError`.

@@ -7,7 +7,7 @@ No code runs here; `repository.sqlite` executes these. Schema changes bump
 from .columns import JOB_COLUMNS as COLUMNS  # the order the row decoders unpack
 from .columns import JOB_COLUMNS_WITHOUT_ARGS as COLUMNS_WITHOUT_ARGS
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Created and read before everything else: the schema version decides what else may run.
 CREATE_META = """
@@ -61,11 +61,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     cron_timezone    TEXT,
     memory_limit     INTEGER
 );
--- The ready queue: claimable jobs in the order they run.
-CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (priority DESC, seq)
+-- The ready queue: claimable jobs of each function in the order they run. A manager
+-- reads the ranges of the functions it runs (sqlite_queue), never other functions' jobs.
+CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (function_name, priority DESC, seq)
     WHERE status = 'pending' AND blocked = 0;
--- Timers: scheduled jobs by due time.
-CREATE INDEX IF NOT EXISTS jobs_due ON jobs (run_at) WHERE status = 'scheduled';
+-- Timers: scheduled jobs of each function by due time, and cron schedules (which any
+-- manager fires) by their next fire time.
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs (function_name, run_at) WHERE status = 'scheduled';
+CREATE INDEX IF NOT EXISTS jobs_schedules ON jobs (run_at) WHERE status = 'scheduled' AND cron IS NOT NULL;
 -- By status, newest first: listing, counting, and finding running leases and finished
 -- jobs. (Every index here costs each claim and completion, so there are no others.)
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq);
@@ -102,6 +105,13 @@ CREATE TABLE IF NOT EXISTS jobcore_workers (
 # of the same version): "duplicate column" errors are skipped.
 MIGRATIONS: dict[int, str] = {
     1: "ALTER TABLE jobs ADD COLUMN memory_limit INTEGER",  # isolated jobs' memory cap
+    # The queue indexes led by function_name (jobs_schedules comes from CREATE_SCHEMA).
+    2: """
+DROP INDEX IF EXISTS jobs_ready;
+CREATE INDEX jobs_ready ON jobs (function_name, priority DESC, seq) WHERE status = 'pending' AND blocked = 0;
+DROP INDEX IF EXISTS jobs_due;
+CREATE INDEX jobs_due ON jobs (function_name, run_at) WHERE status = 'scheduled'
+""",
 }
 
 
@@ -139,19 +149,34 @@ SELECT id FROM jobs WHERE unique_key = ? AND status IN ('pending', 'scheduled', 
 SELECT_JOB = f"SELECT {COLUMNS} FROM jobs WHERE id = ?"
 SELECT_JOB_WITHOUT_ARGS = f"SELECT {COLUMNS_WITHOUT_ARGS} FROM jobs WHERE id = ?"
 SELECT_STATUS = "SELECT status, name FROM jobs WHERE id = ?"
-# INDEXED BY: left to itself the planner reads every pending job through jobs_status and
-# sorts them on each poll (EXPLAIN QUERY PLAN: "USE TEMP B-TREE FOR ORDER BY"); walking the
-# partial index in order stops after `limit` rows. tests/test_repository_contract.py checks.
-SELECT_READY = """
-SELECT id, priority, seq, run_at, function_name, cron IS NOT NULL FROM jobs INDEXED BY jobs_ready
-WHERE status = 'pending' AND blocked = 0 {names}
+# A manager's queue, read by sqlite_queue: each function's ready jobs best first, its
+# scheduled jobs by due time, and the cron schedules, each one range of its index walked in
+# order (INDEXED BY: left to itself the planner may read every pending job through
+# jobs_status and sort them; tests/test_repository_contract.py checks the plans).
+# The *_ANY forms, for any function, sort every ready or scheduled job: no manager uses them.
+_QUEUE_COLUMNS = "id, priority, seq, run_at, function_name, cron IS NOT NULL"
+READY_OF = f"""
+SELECT {_QUEUE_COLUMNS} FROM jobs INDEXED BY jobs_ready
+WHERE function_name = ? AND status = 'pending' AND blocked = 0
 ORDER BY priority DESC, seq LIMIT ?
 """
-# INDEXED BY jobs_due: as above; due jobs come in run_at order without a sort.
-SELECT_SCHEDULED = """
-SELECT id, priority, seq, run_at, function_name, cron IS NOT NULL FROM jobs INDEXED BY jobs_due
-WHERE status = 'scheduled' AND blocked = 0 {names}
-ORDER BY run_at LIMIT ?
+READY_ANY = f"""
+SELECT {_QUEUE_COLUMNS} FROM jobs WHERE status = 'pending' AND blocked = 0
+ORDER BY priority DESC, seq LIMIT ?
+"""
+DUE_OF = f"""
+SELECT {_QUEUE_COLUMNS} FROM jobs INDEXED BY jobs_due
+WHERE function_name = ? AND status = 'scheduled' AND blocked = 0 AND cron IS NULL
+ORDER BY run_at, seq LIMIT ?
+"""
+SCHEDULES = f"""
+SELECT {_QUEUE_COLUMNS} FROM jobs INDEXED BY jobs_schedules
+WHERE status = 'scheduled' AND blocked = 0 AND cron IS NOT NULL
+ORDER BY run_at, seq LIMIT ?
+"""
+DUE_ANY = f"""
+SELECT {_QUEUE_COLUMNS} FROM jobs WHERE status = 'scheduled' AND blocked = 0
+ORDER BY run_at, seq LIMIT ?
 """
 # The total, then the jobs of each status but 'completed' (one parameter each, in the
 # order of sqlite.COUNTED), in one statement and so one snapshot. 'completed', most rows
@@ -197,17 +222,18 @@ WHERE id IN (SELECT value FROM json_each(?)) AND blocked = 0 AND cron IS NULL
   AND (+status = 'pending' OR (+status = 'scheduled' AND run_at <= ?))
 RETURNING {CLAIMED_COLUMNS}
 """
-# Claims the best ready jobs by the ready index when the ids a manager knew of went stale
-# (other processes took them): one statement, no sort (INDEXED BY as in SELECT_READY).
+# Claims the best ready jobs by number when the ids a manager knew of went stale (other
+# processes took them): {best} is sqlite_queue.best_ids for the manager's functions, each
+# function's best `up_to` by the ready index, the best `up_to` of those.
 CLAIM_BEST = f"""
 UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?, worker_id = ?,
     lease_expires_at = ?, cancel_requested = 0
-WHERE id IN (SELECT id FROM jobs INDEXED BY jobs_ready
-             WHERE status = 'pending' AND blocked = 0 AND cron IS NULL
-               AND function_name IN (SELECT value FROM json_each(?))
-             ORDER BY priority DESC, seq LIMIT ?)
+WHERE id IN ({{best}})
 RETURNING {CLAIMED_COLUMNS}
 """
+BEST_OF = """SELECT * FROM (SELECT id, priority, seq FROM jobs INDEXED BY jobs_ready
+    WHERE function_name = ? AND status = 'pending' AND blocked = 0 AND cron IS NULL
+    ORDER BY priority DESC, seq LIMIT ?)"""
 _HELD = "id = ? AND status = 'running' AND worker_id = ? AND attempts = ?"
 RELEASE = f"""
 UPDATE jobs SET status = 'pending', attempts = attempts - 1, worker_id = NULL,

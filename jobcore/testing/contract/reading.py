@@ -82,6 +82,20 @@ class _ReadingContract:
         assert repository.ready([], 10) == []
         assert _ids_of(repository.ready(None, 10)) == [mail1.id, report.id, mail2.id]
 
+    def test_ready_merges_several_functions_by_priority_then_insertion(self, repository: JobRepository) -> None:
+        # given jobs of three functions, priorities and functions interleaved
+        plan = [("f.a", 1), ("f.b", 5), ("f.c", 9), ("f.a", 5), ("f.b", 1), ("f.a", 9), ("f.c", 5),
+                ("f.b", 9), ("f.a", 1), ("f.b", 5)]
+        records = [make_record(function_name=name, priority=priority) for name, priority in plan]
+        repository.insert(records[:5], NOW)
+        repository.insert(records[5:], NOW)
+        # then two of the functions read together come in one order: priority, then FIFO
+        wanted = [r for r in records if r.function_name != "f.c"]
+        expected = [r.id for r in sorted(wanted, key=lambda r: (-r.priority, records.index(r)))]
+        for limit in (1, 3, len(expected), 50):
+            assert _ids_of(repository.ready({"f.b", "f.a"}, limit)) == expected[:limit]
+        assert _ids_of(repository.ready(["f.c"], 50)) == [records[2].id, records[6].id]
+
     def test_ready_excludes_blocked_scheduled_running_and_finished_jobs(self, repository: JobRepository) -> None:
         # given one job in each situation
         waiting = _add(repository)
@@ -105,6 +119,21 @@ class _ReadingContract:
         assert _ids_of(repository.scheduled(None, 10)) == [other.id, soon.id, mid.id, late.id]
         assert _ids_of(repository.scheduled(["tests.task"], 2)) == [soon.id, mid.id]
         assert repository.scheduled(None, 1)[0].run_at == NOW + 5
+
+    def test_scheduled_merges_several_functions_and_every_schedule_by_due_time(
+            self, repository: JobRepository) -> None:
+        # given scheduled jobs of three functions and a schedule of a function not asked for
+        due = [("f.a", 40), ("f.b", 10), ("f.c", 5), ("f.a", 10), ("f.b", 30), ("f.a", 20)]
+        records = [_add(repository, function_name=name, status=JobStatus.SCHEDULED, run_at=NOW + at)
+                   for name, at in due]
+        schedule = _add(repository, function_name="f.c", cron="*/5 * * * *", status=JobStatus.SCHEDULED,
+                        run_at=NOW + 25)
+        # then earliest first (FIFO for the same time), the schedule among them
+        wanted = [r for r in records if r.function_name != "f.c"] + [schedule]
+        expected = [r.id for r in sorted(wanted, key=lambda r: (r.run_at, r.seq))]
+        for limit in (1, 4, 50):
+            assert _ids_of(repository.scheduled(["f.a", "f.b"], limit)) == expected[:limit]
+        assert _ids_of(repository.scheduled([], 50)) == [schedule.id]
 
     def test_scheduled_always_includes_schedules(self, repository: JobRepository) -> None:
         schedule = _add(repository, function_name="cron.fn", cron="*/5 * * * *",

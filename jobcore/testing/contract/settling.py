@@ -92,6 +92,19 @@ class _SettlingContract:
         assert [_status(repository, j.id) for j in (later, blocked)] == [JobStatus.SCHEDULED, JobStatus.PENDING]
         assert repository.apply([], ["gone-2"], "w3", NOW, NOW + 30, top_up=["tests.task"], up_to=2)[1] == []
 
+    def test_claims_by_number_take_the_best_of_several_functions(self, repository: JobRepository) -> None:
+        # given ready jobs of three functions, priorities interleaved
+        plan = [("f.a", 1), ("f.b", 5), ("f.c", 9), ("f.a", 5), ("f.b", 9), ("f.c", 7), ("f.a", 9), ("f.b", 1)]
+        records = [_add(repository, function_name=name, priority=priority) for name, priority in plan]
+        # when a manager running two of them asks for three by number, then four more
+        _, first = repository.apply([], [], "w1", NOW, NOW + 30, top_up=["f.b", "f.a"], up_to=3)
+        _, rest = repository.apply([], [], "w1", NOW, NOW + 30, top_up=["f.b", "f.a"], up_to=4)
+        # then the best three of those functions, then the rest of them, and no other job
+        wanted = sorted((r for r in records if r.function_name != "f.c"), key=lambda r: (-r.priority, r.seq))
+        assert sorted(r.id for r in first) == sorted(r.id for r in wanted[:3])
+        assert sorted(r.id for r in rest) == sorted(r.id for r in wanted[3:])
+        assert [_status(repository, r.id) for r in records if r.function_name == "f.c"] == [JobStatus.PENDING] * 2
+
     def test_apply_refuses_an_unstorable_result_before_writing(self, repository: JobRepository) -> None:
         if not repository.persistent:
             pytest.skip("only persistent repositories promise JSON results")

@@ -1,0 +1,87 @@
+"""A manager's queue read from SQLite: the best ready jobs and the next due ones of the
+functions it runs, and the claim of the best ready jobs by number.
+
+Each function's jobs are one range of an index led by `function_name` (jobs_ready,
+jobs_due), walked in order, and several functions' ranges are merged as they are read: a
+manager reads about as many rows as it takes and never walks the jobs of functions it
+does not run. (With one index holding every function's jobs in one order, a manager
+running only `a` beside 100,000 ready jobs of `b` walked all of them at each look for
+work, 20 times a second while other processes wrote: half a core.) No connection of its
+own: the repository passes the one to use; the SQL is `sqlite_schema`'s.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import json
+import sqlite3
+from typing import Any, Callable, Collection, Optional, Sequence
+
+from . import sqlite_schema as sql
+
+Row = Sequence[Any]  # (id, priority, seq, run_at, function_name, is_schedule)
+
+# Function names one claim statement names at most (SQLite allows 500 terms in a compound
+# SELECT); a manager running more is rare, and its claims by number read through them all.
+MAX_NAMED = 200
+
+
+def _by_rank(row: Row) -> tuple[int, int]:
+    return -row[1], row[2]  # as jobs_ready orders one function's jobs: priority, then seq
+
+
+def _by_due(row: Row) -> tuple[float, int]:
+    return row[3] or 0.0, row[2]  # as jobs_due orders them (NULL first, as 0.0 does here)
+
+
+def _merged(conn: sqlite3.Connection, queries: list[tuple[str, tuple[Any, ...]]],
+            key: Callable[[Row], Any], limit: int) -> list[Row]:
+    """The first `limit` rows of several queries, each already in `key` order, merged:
+    each query's rows are stepped only as far as the merge takes them. The statements
+    run together, so they read one snapshot."""
+    cursors = [conn.execute(query, params) for query, params in queries]
+    try:
+        if len(cursors) == 1:
+            return cursors[0].fetchall()
+        return list(itertools.islice(heapq.merge(*cursors, key=key), limit))
+    finally:
+        for cursor in cursors:
+            cursor.close()
+
+
+def ready_rows(conn: sqlite3.Connection, names: Optional[Collection[str]], limit: int) -> list[Row]:
+    """The best `limit` ready jobs of the functions `names` (None: any function, sorted
+    whole), in the order they run."""
+    if names is None:
+        return conn.execute(sql.READY_ANY, (limit,)).fetchall()
+    if not names or limit <= 0:
+        return []
+    return _merged(conn, [(sql.READY_OF, (name, limit)) for name in sorted(names)], _by_rank, limit)
+
+
+def scheduled_rows(conn: sqlite3.Connection, names: Optional[Collection[str]], limit: int) -> list[Row]:
+    """The first `limit` scheduled jobs by due time: those of the functions `names` (None:
+    any function) and every cron schedule, whatever its function (firing one runs nothing)."""
+    if names is None:
+        return conn.execute(sql.DUE_ANY, (limit,)).fetchall()
+    if limit <= 0:
+        return []
+    queries = [(sql.DUE_OF, (name, limit)) for name in sorted(names)]
+    queries.append((sql.SCHEDULES, (limit,)))
+    return _merged(conn, queries, _by_due, limit)
+
+
+def claim_best(names: Collection[str], up_to: int) -> tuple[str, tuple[Any, ...]]:
+    """The part of CLAIM_BEST choosing the best `up_to` ready jobs of the functions `names`
+    (non-empty), and its parameters: each function's best `up_to` by its range of
+    jobs_ready, then the best of those (a sort of at most `up_to` rows per function)."""
+    ordered = sorted(names)
+    if len(ordered) > MAX_NAMED:  # one range per function would not fit in one statement
+        best = ("SELECT id FROM jobs WHERE status = 'pending' AND blocked = 0 AND cron IS NULL"
+                " AND function_name IN (SELECT value FROM json_each(?)) ORDER BY priority DESC, seq LIMIT ?")
+        return sql.CLAIM_BEST.replace("{best}", best), (json.dumps(ordered), up_to)
+    arms = " UNION ALL ".join([sql.BEST_OF] * len(ordered))
+    best = f"SELECT id FROM ({arms} ORDER BY priority DESC, seq LIMIT ?)"
+    params = tuple(itertools.chain.from_iterable((name, up_to) for name in ordered)) + (up_to,)
+    return sql.CLAIM_BEST.replace("{best}", best), params
