@@ -87,6 +87,36 @@ def test_a_version_1_schema_is_migrated_in_place_keeping_its_jobs(repo: "Postgre
         assert conn.execute(f'SELECT value FROM "{schema.name}".jobcore_meta').fetchone() == (str(SCHEMA_VERSION),)
 
 
+def test_a_version_2_schema_gets_the_queue_indexes_led_by_function_name(repo: "PostgresRepository",
+                                                                        schema: Schema) -> None:
+    # given a schema as version 2 left it (the queue indexes in one order for every
+    # function), holding a ready job
+    kept = make_record()
+    repo.insert([kept], NOW)
+    with psycopg.connect(schema.server, autocommit=True) as conn:
+        s = f'"{schema.name}"'
+        conn.execute(f"DROP INDEX {s}.jobs_ready")
+        conn.execute(f"DROP INDEX {s}.jobs_due")
+        conn.execute(f"DROP INDEX {s}.jobs_schedules")
+        conn.execute(f"CREATE INDEX jobs_ready ON {s}.jobs (priority DESC, seq) WHERE status = 'pending' AND blocked = 0")
+        conn.execute(f"CREATE INDEX jobs_due ON {s}.jobs (run_at, seq) WHERE status = 'scheduled'")
+        conn.execute(f"UPDATE {s}.jobcore_meta SET value = '2'")
+    # when this version opens it
+    migrated = schema.repository()
+    try:
+        # then the indexes are led by function_name and the job is read from them
+        assert [entry.job_id for entry in migrated.ready({"tests.task"}, 10)] == [kept.id]
+    finally:
+        migrated.close()
+    with psycopg.connect(schema.server) as conn:
+        definitions = dict(conn.execute("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = %s",
+                                        (schema.name,)).fetchall())
+        assert conn.execute(f'SELECT value FROM "{schema.name}".jobcore_meta').fetchone() == (str(SCHEMA_VERSION),)
+    assert "(function_name, priority DESC, seq)" in definitions["jobs_ready"]
+    assert "(function_name, run_at, seq)" in definitions["jobs_due"]
+    assert "cron IS NOT NULL" in definitions["jobs_schedules"]
+
+
 def test_every_field_of_a_record_is_stored(repo: "PostgresRepository") -> None:
     # A field added to JobRecord must be added here, and to the table, or this fails.
     values: dict[str, Any] = dict(
@@ -368,11 +398,27 @@ def test_a_small_pool_serves_many_threads(schema: Schema) -> None:
         repository.close()
 
 
-def test_the_ready_query_walks_the_ready_index(repo: "PostgresRepository", schema: Schema) -> None:
-    repo.insert([make_record(priority=i % 7) for i in range(2000)], NOW)
+def test_the_queue_is_read_from_each_functions_range_of_its_index(repo: "PostgresRepository",
+                                                                   schema: Schema) -> None:
+    # given many ready and scheduled jobs of a function the reader does not run
+    repo.insert([make_record(function_name="other", priority=i % 7) for i in range(2000)], NOW)
+    repo.insert([make_record(function_name="other", status=JobStatus.SCHEDULED, run_at=NOW + i)
+                 for i in range(2000)], NOW)
+    repo.insert([make_record(priority=i % 7) for i in range(20)], NOW)
     with psycopg.connect(schema.server, autocommit=True) as conn:
         conn.execute(f'ANALYZE "{schema.name}".jobs')
-        conn.execute("SET enable_seqscan = off")
-        plan = "\n".join(row[0] for row in conn.execute(
-            "EXPLAIN " + repo.sql.SELECT_READY, {"any": True, "names": [], "limit": 10}))
-    assert "jobs_ready" in plan and "Sort" not in plan, plan
+        plans = {}
+        for name in ("SELECT_READY", "SELECT_SCHEDULED"):
+            rows = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + getattr(repo.sql, name),
+                                {"names": ["tests.task"], "limit": 10}).fetchone()[0]
+            plans[name] = rows[0]["Plan"]
+
+    def nodes(plan: dict) -> list[dict]:
+        return [plan] + [node for child in plan.get("Plans", ()) for node in nodes(child)]
+
+    # then each read walks its index ranges in order and reads no row of the other function
+    for name, index in (("SELECT_READY", "jobs_ready"), ("SELECT_SCHEDULED", "jobs_due")):
+        scans = [n for n in nodes(plans[name]) if n["Node Type"].startswith(("Index", "Seq", "Bitmap"))]
+        assert any(n.get("Index Name") == index for n in scans), plans[name]
+        assert all(n["Node Type"] != "Seq Scan" for n in scans), plans[name]
+        assert sum(n["Actual Rows"] * n["Actual Loops"] for n in scans) <= 20, plans[name]

@@ -63,15 +63,35 @@ SELECT unique_key, id FROM {{s}}.jobs WHERE unique_key = ANY(%s) AND status IN {
 SELECT_JOB = f"SELECT {COLUMNS} FROM {{s}}.jobs WHERE id = %s"
 SELECT_JOB_WITHOUT_ARGS = f"SELECT {COLUMNS_WITHOUT_ARGS} FROM {{s}}.jobs WHERE id = %s"
 SELECT_STATUS = "SELECT status, name FROM {s}.jobs WHERE id = %s"
+# A manager's queue: the best of each function it runs (`names`), each read in order from
+# its range of jobs_ready or jobs_due (LATERAL, with LIMIT: no other function's jobs are
+# read), then the best of those. Cron schedules come whatever their function. The *_ANY
+# forms, for any function, sort every ready or scheduled job: no manager uses them.
+_AS_ENTRY = "id, priority, seq, run_at, function_name, cron IS NOT NULL AS is_schedule"
 SELECT_READY = f"""
-SELECT {ENTRY} FROM {{s}}.jobs
-WHERE status = 'pending' AND blocked = 0 AND (%(any)s OR function_name = ANY(%(names)s))
+SELECT e.* FROM unnest(%(names)s::TEXT[]) AS n(name) CROSS JOIN LATERAL (
+    SELECT {_AS_ENTRY} FROM {{s}}.jobs
+    WHERE function_name = n.name AND status = 'pending' AND blocked = 0
+    ORDER BY priority DESC, seq LIMIT %(limit)s) AS e
+ORDER BY e.priority DESC, e.seq LIMIT %(limit)s
+"""
+SELECT_READY_ANY = f"""
+SELECT {ENTRY} FROM {{s}}.jobs WHERE status = 'pending' AND blocked = 0
 ORDER BY priority DESC, seq LIMIT %(limit)s
 """
 SELECT_SCHEDULED = f"""
-SELECT {ENTRY} FROM {{s}}.jobs
-WHERE status = 'scheduled' AND blocked = 0
-  AND (%(any)s OR function_name = ANY(%(names)s) OR cron IS NOT NULL)
+SELECT * FROM (
+    SELECT e.* FROM unnest(%(names)s::TEXT[]) AS n(name) CROSS JOIN LATERAL (
+        SELECT {_AS_ENTRY} FROM {{s}}.jobs
+        WHERE function_name = n.name AND status = 'scheduled' AND blocked = 0 AND cron IS NULL
+        ORDER BY run_at, seq LIMIT %(limit)s) AS e
+    UNION ALL
+    (SELECT {_AS_ENTRY} FROM {{s}}.jobs WHERE status = 'scheduled' AND blocked = 0 AND cron IS NOT NULL
+     ORDER BY run_at, seq LIMIT %(limit)s)
+) AS due ORDER BY run_at, seq LIMIT %(limit)s
+"""
+SELECT_SCHEDULED_ANY = f"""
+SELECT {ENTRY} FROM {{s}}.jobs WHERE status = 'scheduled' AND blocked = 0
 ORDER BY run_at, seq LIMIT %(limit)s
 """
 _LIST_WHERE = """
@@ -88,8 +108,9 @@ INSERT_LOG = "INSERT INTO {s}.job_logs (job_id, at, level, message) VALUES (%s, 
 
 # Claims by id; with `top_up`, ids that went stale (other processes took those jobs) are
 # made up, to `up_to` claims in all, with the best ready jobs naming `names`, in priority
-# then FIFO order: the partial index jobs_ready is walked in order and rows other claimers
-# hold are skipped.
+# then FIFO order: each function's range of jobs_ready is walked in order, rows other
+# claimers hold skipped, and the best of what each gave are taken (rows one function's
+# walk locked beyond those stay locked until this statement's transaction ends).
 # One statement: `extra` sees what `wanted` locked, so nothing is claimed twice.
 CLAIM_MANY = f"""
 WITH wanted AS (
@@ -99,12 +120,15 @@ WITH wanted AS (
     ORDER BY priority DESC, seq
     FOR NO KEY UPDATE SKIP LOCKED
 ), extra AS (
-    SELECT seq FROM {{s}}.jobs
-    WHERE %(top_up)s AND status = 'pending' AND blocked = 0 AND cron IS NULL
-      AND function_name = ANY(%(names)s) AND seq NOT IN (SELECT seq FROM wanted)
-    ORDER BY priority DESC, seq
+    SELECT e.seq FROM unnest(%(names)s::TEXT[]) AS n(name) CROSS JOIN LATERAL (
+        SELECT seq, priority FROM {{s}}.jobs
+        WHERE %(top_up)s AND function_name = n.name AND status = 'pending' AND blocked = 0
+          AND cron IS NULL AND seq NOT IN (SELECT seq FROM wanted)
+        ORDER BY priority DESC, seq
+        LIMIT GREATEST(%(up_to)s - (SELECT COUNT(*) FROM wanted), 0)
+        FOR NO KEY UPDATE SKIP LOCKED) AS e
+    ORDER BY e.priority DESC, e.seq
     LIMIT GREATEST(%(up_to)s - (SELECT COUNT(*) FROM wanted), 0)
-    FOR NO KEY UPDATE SKIP LOCKED
 )
 UPDATE {{s}}.jobs AS j SET status = 'running', attempts = j.attempts + 1, started_at = %(now)s,
     worker_id = %(worker)s, lease_expires_at = %(lease)s, cancel_requested = FALSE

@@ -144,15 +144,17 @@ class PostgresRepository(SettlesThroughApply, JobRepository):
         rows = self._db.rows(self.sql.SELECT_JOB_WITHOUT_ARGS, (job_id,))
         return record_from_row(rows[0]) if rows else None
 
-    def _queue(self, query: str, function_names: Optional[Collection[str]], limit: int) -> list[QueueEntry]:
-        params = {"any": function_names is None, "names": sorted(function_names or ()), "limit": limit}
+    def _queue(self, named: str, any_function: str, function_names: Optional[Collection[str]],
+               limit: int) -> list[QueueEntry]:
+        query = any_function if function_names is None else named
+        params = {"names": sorted(function_names or ()), "limit": limit}
         return [entry_from_row(row) for row in self._db.rows(query, params)]
 
     def ready(self, function_names: Optional[Collection[str]], limit: int) -> list[QueueEntry]:
-        return self._queue(self.sql.SELECT_READY, function_names, limit)
+        return self._queue(self.sql.SELECT_READY, self.sql.SELECT_READY_ANY, function_names, limit)
 
     def scheduled(self, function_names: Optional[Collection[str]], limit: int) -> list[QueueEntry]:
-        return self._queue(self.sql.SELECT_SCHEDULED, function_names, limit)
+        return self._queue(self.sql.SELECT_SCHEDULED, self.sql.SELECT_SCHEDULED_ANY, function_names, limit)
 
     def list(self, *, status: Optional[JobStatus] = None, tags: Optional[Collection[str]] = None,
              owner: Optional[str] = None, limit: Optional[int] = 50, offset: int = 0) -> list[JobRecord]:

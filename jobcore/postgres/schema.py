@@ -9,7 +9,7 @@ advisory lock, in one transaction.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Created and read before everything else: the schema version decides what else may run
 # (a newer jobcore's tables may not take this version's indexes).
@@ -70,12 +70,16 @@ CREATE TABLE IF NOT EXISTS {s}.jobs (
     CONSTRAINT jobs_status_valid CHECK (status IN
         ('pending', 'scheduled', 'running', 'completed', 'failed', 'cancelled'))
 )""",
-    # The ready queue: claimable jobs in the order they run (ready, claims and top-ups
-    # walk it in order and stop after `limit` rows).
-    """CREATE INDEX IF NOT EXISTS jobs_ready ON {s}.jobs (priority DESC, seq)
+    # The ready queue: claimable jobs of each function in the order they run. Reads and
+    # claims by number walk the range of each function a manager runs, in order, and stop
+    # after `limit` rows; they never walk other functions' jobs.
+    """CREATE INDEX IF NOT EXISTS jobs_ready ON {s}.jobs (function_name, priority DESC, seq)
     WHERE status = 'pending' AND blocked = 0""",
-    # Timers: scheduled jobs by due time.
-    "CREATE INDEX IF NOT EXISTS jobs_due ON {s}.jobs (run_at, seq) WHERE status = 'scheduled'",
+    # Timers: scheduled jobs of each function by due time, and cron schedules (which any
+    # manager fires) by their next fire time.
+    "CREATE INDEX IF NOT EXISTS jobs_due ON {s}.jobs (function_name, run_at, seq) WHERE status = 'scheduled'",
+    """CREATE INDEX IF NOT EXISTS jobs_schedules ON {s}.jobs (run_at, seq)
+    WHERE status = 'scheduled' AND cron IS NOT NULL""",
     # By status, newest first: listing, counting, and finding running leases and finished
     # jobs. Every index costs each claim and completion (a status change rewrites every
     # index entry of the row), so there are no others beyond the constraints below.
@@ -118,6 +122,8 @@ CREATE TABLE IF NOT EXISTS {s}.jobcore_workers (
 # migrator's transaction (under its advisory lock), before CREATE_SCHEMA.
 MIGRATIONS: dict[int, list[str]] = {
     1: ["ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS memory_limit BIGINT"],  # isolated jobs' cap
+    # The queue indexes, led by function_name from version 3: CREATE_SCHEMA makes them again.
+    2: ["DROP INDEX IF EXISTS {s}.jobs_ready", "DROP INDEX IF EXISTS {s}.jobs_due"],
 }
 
 # Serialises migrators of one schema across processes (two CREATE TABLE IF NOT EXISTS
