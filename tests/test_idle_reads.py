@@ -13,6 +13,8 @@ import threading
 from datetime import datetime, timedelta
 from typing import Any, Callable
 
+import pytest
+
 from jobcore import FakeClock, Job, JobManager, JobRepository, MemoryRepository, SQLiteRepository
 
 WAIT = 10.0
@@ -56,29 +58,28 @@ class Watched:
         assert self._looks.acquire(timeout=WAIT)
 
 
-def _manager(make_manager: Callable[..., JobManager], repository: JobRepository,
-             clock: FakeClock) -> JobManager:
+def _idle_manager(make_manager: Callable[..., JobManager], repository: JobRepository,
+                  clock: FakeClock, *jobs: Job) -> tuple[JobManager, Watched, int]:
+    """A started manager on `repository` holding `jobs`, past its first looks; with the
+    store's reloads counted from then on (and how many there were so far)."""
+    watched = Watched(repository)
     manager = make_manager(repository, clock=clock, poll_interval=1.0, discovery_interval=0.05)
     manager.register_function("noop", noop)
-    return manager
-
-
-def _later(clock: FakeClock) -> datetime:
-    return datetime.fromtimestamp(clock.time()) + timedelta(hours=1)
+    for job in jobs:
+        manager.enqueue(job)
+    manager.start()
+    watched.started()
+    for _ in range(2):
+        watched.pass_time(clock, 1.5)
+    return manager, watched, watched.reloads
 
 
 def test_an_idle_manager_does_not_reload_an_unchanged_store(repository: JobRepository,
                                                             make_manager: Callable[..., JobManager]) -> None:
     # given an idle manager with a job scheduled for later, past its first looks
     clock = FakeClock()
-    watched = Watched(repository)
-    manager = _manager(make_manager, repository, clock)
-    manager.enqueue(Job(function_name="noop", scheduled_at=_later(clock)))
-    manager.start()
-    watched.started()
-    for _ in range(2):
-        watched.pass_time(clock, 1.5)
-    before = watched.reloads
+    later = datetime.fromtimestamp(clock.time()) + timedelta(hours=1)
+    _, watched, before = _idle_manager(make_manager, repository, clock, Job(function_name="noop", scheduled_at=later))
 
     # when several poll intervals pass with nothing written
     for _ in range(5):
@@ -88,45 +89,21 @@ def test_an_idle_manager_does_not_reload_an_unchanged_store(repository: JobRepos
     assert watched.reloads == before
 
 
-def test_an_idle_manager_reloads_after_another_writer_adds_a_job(tmp_path: Any,
+@pytest.mark.parametrize("backend", ["sqlite", "memory"])
+def test_an_idle_manager_reloads_after_another_writer_adds_a_job(backend: str, tmp_path: Any,
                                                                  make_manager: Callable[..., JobManager]) -> None:
-    # given an idle manager on a SQLite file, past its first looks
+    # given an idle manager, past its first looks
     clock = FakeClock()
     path = str(tmp_path / "jobs.db")
-    repository = SQLiteRepository(path)
-    watched = Watched(repository)
-    manager = _manager(make_manager, repository, clock)
-    manager.start()
-    watched.started()
-    for _ in range(2):
-        watched.pass_time(clock, 1.5)
-    before = watched.reloads
+    repository: JobRepository = SQLiteRepository(path) if backend == "sqlite" else MemoryRepository()
+    manager, watched, before = _idle_manager(make_manager, repository, clock)
 
-    # when another process's manager (another connection) stores a job
-    producer = make_manager(SQLiteRepository(path), clock=clock, producer=True)
-    job_id = producer.enqueue(Job(function_name="noop"))
+    # when another writer stores a job: another process's manager (another connection to
+    # the file), or another manager sharing the memory store
+    other = SQLiteRepository(path) if backend == "sqlite" else repository
+    job_id = make_manager(other, clock=clock, producer=True).enqueue(Job(function_name="noop"))
     watched.pass_time(clock, 0.06)
 
     # then the idle manager read the store again and ran it
-    assert watched.reloads > before
-    assert manager.wait(job_id, timeout=WAIT).status.value == "completed"
-
-
-def test_an_idle_manager_reloads_after_another_manager_adds_to_a_shared_memory_store(
-        make_manager: Callable[..., JobManager]) -> None:
-    clock = FakeClock()
-    repository = MemoryRepository()
-    watched = Watched(repository)
-    manager = _manager(make_manager, repository, clock)
-    manager.start()
-    watched.started()
-    for _ in range(2):
-        watched.pass_time(clock, 1.5)
-    before = watched.reloads
-
-    producer = make_manager(repository, clock=clock, producer=True)
-    job_id = producer.enqueue(Job(function_name="noop"))
-    watched.pass_time(clock, 0.06)
-
     assert watched.reloads > before
     assert manager.wait(job_id, timeout=WAIT).status.value == "completed"

@@ -72,16 +72,29 @@ def scheduled_rows(conn: sqlite3.Connection, names: Optional[Collection[str]], l
     return _merged(conn, queries, _by_due, limit)
 
 
+# CLAIM_BEST for one function: its range of jobs_ready, in order (what most managers run,
+# and claims by number come once a batch, in single processes too: no sort, no SQL built).
+_CLAIM_BEST_OF_ONE = sql.CLAIM_BEST.replace("{best}", sql.BEST_OF_ONE)
+_CLAIM_BEST_OF_MANY: dict[int, str] = {}  # by the number of functions (a few distinct ones)
+_CLAIM_BEST_OF_ANY = sql.CLAIM_BEST.replace(
+    "{best}", "SELECT id FROM jobs WHERE status = 'pending' AND blocked = 0 AND cron IS NULL"
+              " AND function_name IN (SELECT value FROM json_each(?)) ORDER BY priority DESC, seq LIMIT ?")
+
+
 def claim_best(names: Collection[str], up_to: int) -> tuple[str, tuple[Any, ...]]:
-    """The part of CLAIM_BEST choosing the best `up_to` ready jobs of the functions `names`
-    (non-empty), and its parameters: each function's best `up_to` by its range of
-    jobs_ready, then the best of those (a sort of at most `up_to` rows per function)."""
+    """CLAIM_BEST choosing the best `up_to` ready jobs of the functions `names` (non-empty),
+    and its parameters after the claim's own three: for several functions, each one's best
+    `up_to` by its range of jobs_ready, then the best of those (a sort of at most `up_to`
+    rows per function)."""
+    if len(names) == 1:
+        (name,) = names
+        return _CLAIM_BEST_OF_ONE, (name, up_to)
     ordered = sorted(names)
     if len(ordered) > MAX_NAMED:  # one range per function would not fit in one statement
-        best = ("SELECT id FROM jobs WHERE status = 'pending' AND blocked = 0 AND cron IS NULL"
-                " AND function_name IN (SELECT value FROM json_each(?)) ORDER BY priority DESC, seq LIMIT ?")
-        return sql.CLAIM_BEST.replace("{best}", best), (json.dumps(ordered), up_to)
-    arms = " UNION ALL ".join([sql.BEST_OF] * len(ordered))
-    best = f"SELECT id FROM ({arms} ORDER BY priority DESC, seq LIMIT ?)"
-    params = tuple(itertools.chain.from_iterable((name, up_to) for name in ordered)) + (up_to,)
-    return sql.CLAIM_BEST.replace("{best}", best), params
+        return _CLAIM_BEST_OF_ANY, (json.dumps(ordered), up_to)
+    query = _CLAIM_BEST_OF_MANY.get(len(ordered))
+    if query is None:
+        arms = " UNION ALL ".join([sql.BEST_OF] * len(ordered))
+        query = sql.CLAIM_BEST.replace("{best}", f"SELECT id FROM ({arms} ORDER BY priority DESC, seq LIMIT ?)")
+        _CLAIM_BEST_OF_MANY[len(ordered)] = query  # the same text for the same count: no lock needed
+    return query, tuple(itertools.chain.from_iterable((name, up_to) for name in ordered)) + (up_to,)

@@ -231,9 +231,10 @@ UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?, wor
 WHERE id IN ({{best}})
 RETURNING {CLAIMED_COLUMNS}
 """
-BEST_OF = """SELECT * FROM (SELECT id, priority, seq FROM jobs INDEXED BY jobs_ready
+BEST_OF_ONE = """SELECT id FROM jobs INDEXED BY jobs_ready
     WHERE function_name = ? AND status = 'pending' AND blocked = 0 AND cron IS NULL
-    ORDER BY priority DESC, seq LIMIT ?)"""
+    ORDER BY priority DESC, seq LIMIT ?"""
+BEST_OF = f"SELECT * FROM ({BEST_OF_ONE.replace('SELECT id', 'SELECT id, priority, seq', 1)})"
 _HELD = "id = ? AND status = 'running' AND worker_id = ? AND attempts = ?"
 RELEASE = f"""
 UPDATE jobs SET status = 'pending', attempts = attempts - 1, worker_id = NULL,
