@@ -38,8 +38,9 @@ def _by_due(row: Row) -> tuple[float, int]:
 def _merged(conn: sqlite3.Connection, queries: list[tuple[str, tuple[Any, ...]]],
             key: Callable[[Row], Any], limit: int) -> list[Row]:
     """The first `limit` rows of several queries, each already in `key` order, merged:
-    each query's rows are stepped only as far as the merge takes them. The statements
-    run together, so they read one snapshot."""
+    each query's rows are stepped only as far as the merge takes them. (A query that
+    finds nothing ends at once, so the others may read a later commit: harmless for a
+    queue, which the store's claims check anyway.)"""
     cursors = [conn.execute(query, params) for query, params in queries]
     try:
         if len(cursors) == 1:
