@@ -223,8 +223,9 @@ WHERE id IN (SELECT value FROM json_each(?)) AND blocked = 0 AND cron IS NULL
 RETURNING {CLAIMED_COLUMNS}
 """
 # Claims the best ready jobs by number when the ids a manager knew of went stale (other
-# processes took them): {best} is sqlite_queue.best_ids for the manager's functions, each
-# function's best `up_to` by the ready index, the best `up_to` of those.
+# processes took them). sqlite_queue.claim_best fills in {best} for the manager's functions:
+# one function's range of jobs_ready (BEST_OF_ONE), or each function's best `up_to` by its
+# range (BEST_OF) and the best `up_to` of those.
 CLAIM_BEST = f"""
 UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?, worker_id = ?,
     lease_expires_at = ?, cancel_requested = 0
