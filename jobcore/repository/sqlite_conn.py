@@ -126,8 +126,7 @@ class Connections:
 
     def read(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Every row of one query on this thread's connection."""
-        conn = self.get()
-        return self._until_free(lambda: conn.execute(query, params).fetchall())
+        return self.reading(lambda conn: conn.execute(query, params).fetchall())
 
     def reading(self, read: Callable[[sqlite3.Connection], T]) -> T:
         """`read(connection)` on this thread's connection, outside any write transaction,
