@@ -101,8 +101,11 @@ def workers(tmp_path: Any) -> Iterator[Workers]:
 
 def test_two_processes_drain_every_job_exactly_once(workers: Workers) -> None:
     producer = JobManager(workers.db, producer=True)
-    workers.start(workers=4)
-    workers.start(workers=4)
+    # Leases far longer than the test: both processes live, so no job may run twice. (With
+    # a 1 s lease a process stalled that long on a loaded machine loses its claims, and a
+    # job it then runs anyway runs twice: at-least-once, which the crash tests cover.)
+    workers.start(workers=4, lease=30.0)
+    workers.start(workers=4, lease=30.0)
     wait_until(lambda: len(producer.list_workers()) == 2, WAIT)  # both up before work arrives
     ids = []
     for start in range(0, 2000, 250):  # arrive in bursts while both are running
