@@ -11,10 +11,6 @@ from typing import Optional
 
 # Jobs shorter than this on average (seconds) get claimed in reserve.
 RESERVE_BELOW = 0.005
-# Seconds of work a worker's share of the reserve may hold beyond its first job, when the
-# repository lets more than one job a worker be held (`JobRepository.reserve_per_worker`):
-# about the longest a job of higher priority, claimed later, waits behind the reserve.
-RESERVE_WORK = 0.001
 # Seconds: the longest a finished attempt waits to be recorded while the workers, busy
 # with buffered jobs, leave it for a later exchange; then the dispatcher records it.
 RECORD_WITHIN = 0.002
@@ -31,9 +27,8 @@ class Pacing:
     the dispatcher's next wake-up and the average run time. Every `now` is real
     monotonic seconds."""
 
-    def __init__(self, max_workers: int, reserve_per_worker: int = 1) -> None:
+    def __init__(self, max_workers: int) -> None:
         self._max_workers = max_workers
-        self._reserve_per_worker = max(1, reserve_per_worker)
         # By when the outcomes waiting are recorded; None while none waits (or after an
         # exchange took them).
         self.record_due: Optional[float] = None
@@ -45,22 +40,13 @@ class Pacing:
 
     # -- how many jobs to hold -----------------------------------------------------------
     def capacity(self) -> int:
-        """How many jobs the pool holds: one per worker, plus some claimed in reserve while
-        jobs are short (under RESERVE_BELOW seconds on average), so a worker never waits for
-        the dispatcher between tiny jobs. Long jobs get no reserve: a claimed job would show
-        as running, keep a later higher-priority job waiting, and be out of reach of idle
-        workers elsewhere.
-
-        The reserve is one job a worker, or up to `reserve_per_worker` of them where the
-        repository says each transaction has a fixed cost worth sharing (a commit, a round
-        trip), as many as fit in RESERVE_WORK seconds of the average job."""
+        """How many jobs the pool holds: one per worker, plus as many claimed in reserve
+        while jobs are short (under RESERVE_BELOW seconds on average), so a worker never
+        waits for the dispatcher between tiny jobs. Long jobs get no reserve: a claimed job
+        would show as running, keep a later higher-priority job waiting, and be out of
+        reach of idle workers elsewhere."""
         workers = self._max_workers
-        average = self._average_run
-        if average >= RESERVE_BELOW:
-            return workers
-        most = self._reserve_per_worker
-        fits = most if average <= RESERVE_WORK / most else int(RESERVE_WORK / average)
-        return workers * (1 + max(1, fits))
+        return 2 * workers if self._average_run < RESERVE_BELOW else workers
 
     def ran(self, seconds: float) -> None:
         """An attempt ran `seconds`: a moving average decides the reserve."""

@@ -50,7 +50,7 @@ class PoolState:
     `dispatch_needed` for work it must do. Methods ending in `_locked` are called with
     `lock` held."""
 
-    def __init__(self, max_workers: int, reserve_per_worker: int = 1) -> None:
+    def __init__(self, max_workers: int) -> None:
         self.lock = threading.Lock()
         self.work_ready = threading.Condition(self.lock)
         self.dispatch_needed = threading.Condition(self.lock)
@@ -69,7 +69,7 @@ class PoolState:
         # Other processes took ids this manager queued, and the store still had ready jobs:
         # claim the best of those by number, not by id, until a claim comes back short.
         self.from_store = False
-        self.pacing = Pacing(max_workers, reserve_per_worker)
+        self.pacing = Pacing(max_workers)
 
     def holds_locked(self, job_id: str) -> bool:
         """True if the job is buffered, running, or being recorded here."""

@@ -73,7 +73,7 @@ class WorkerPool:
                                   rng=rng, publish=publish, on_settled=self._settled)
         self._on_settled = on_settled
         self._attempts = AttemptRunner(registry, local, clock, settings.max_workers)
-        self._state = PoolState(settings.max_workers, repository.reserve_per_worker)
+        self._state = PoolState(settings.max_workers)
         self._exchanges = Exchanges(self._state, repository, queue, registry, self._recorder,
                                     settings.max_workers)
         self._dispatcher = Dispatcher(self._state, self._exchanges, queue, self._recorder, clock)

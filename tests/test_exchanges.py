@@ -135,45 +135,6 @@ def test_buffered_jobs_that_block_run_on_every_worker_at_once(repository: JobRep
     assert [r.status for r in results] == [JobStatus.COMPLETED] * 8
 
 
-class LargestClaim:
-    """Remembers the most jobs one `apply` claimed (mixed into a repository class)."""
-
-    largest = 0
-
-    def apply(self, *args: Any, **kwargs: Any) -> Any:
-        cascades, claimed = super().apply(*args, **kwargs)  # type: ignore[misc]
-        self.largest = max(self.largest, len(claimed))
-        return cascades, claimed
-
-
-class SQLiteLargestClaim(LargestClaim, SQLiteRepository):
-    pass
-
-
-class MemoryLargestClaim(LargestClaim, MemoryRepository):
-    pass
-
-
-@pytest.mark.parametrize("backend", ["sqlite", "memory"])
-def test_short_jobs_are_claimed_as_many_at_once_as_the_store_gains_from(tmp_path: Any, make_manager: Any,
-                                                                        backend: str) -> None:
-    # given tiny jobs queued for two workers, in SQLite (a commit per exchange, worth
-    # sharing) or in memory (nothing to share)
-    repository = (SQLiteLargestClaim(str(tmp_path / "jobs.db")) if backend == "sqlite"
-                  else MemoryLargestClaim())
-    manager: JobManager = make_manager(repository, max_workers=2)
-    manager.register_function("task", lambda: None)
-    ids = manager.enqueue_many([Job(function_name="task") for _ in range(200)])
-    manager._pool._state.pacing.assume_short_jobs()
-    # when they are drained
-    manager.start()
-    assert all(manager.wait(job_id, timeout=10).status == JobStatus.COMPLETED for job_id in ids)
-    # then SQLite claimed its whole reserve in one transaction, and memory one job a worker
-    per_worker = 1 + repository.reserve_per_worker
-    assert repository.largest == 2 * per_worker
-    assert per_worker == (16 if backend == "sqlite" else 2)
-
-
 class CountingClaims(SQLiteRepository):
     """Counts `apply` calls that tried to claim jobs."""
 

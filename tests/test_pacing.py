@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from jobcore.pacing import RECORD_WITHIN, RESERVE_BELOW, RESERVE_WORK, STREAM_BATCH, STREAM_GAP, Pacing
+from jobcore.pacing import RECORD_WITHIN, RESERVE_BELOW, STREAM_BATCH, STREAM_GAP, Pacing
 
 T = 1000.0  # any real monotonic reading
 
@@ -18,35 +18,6 @@ def test_jobs_proved_short_get_a_reserve_and_long_ones_lose_it() -> None:
     for _ in range(100):
         pacing.ran(1.0)
     assert pacing.capacity() == 4
-
-
-def settle_average(pacing: Pacing, seconds: float) -> None:
-    for _ in range(300):
-        pacing.ran(seconds)
-
-
-def test_a_store_with_a_cost_per_transaction_gets_a_reserve_of_a_millisecond_of_work() -> None:
-    pacing = Pacing(max_workers=4, reserve_per_worker=15)
-    assert pacing.capacity() == 4  # no reserve until jobs prove short
-    settle_average(pacing, 0.00001)
-    assert pacing.capacity() == 4 * 16  # tiny jobs: the most the store allows
-    settle_average(pacing, 0.00022)
-    assert pacing.capacity() == 4 * 5  # four a worker fit in RESERVE_WORK
-    settle_average(pacing, 0.002)
-    assert pacing.capacity() == 4 * 2  # never fewer than one a worker while jobs are short
-    settle_average(pacing, 1.0)
-    assert pacing.capacity() == 4
-
-
-@pytest.mark.parametrize("average", [0.0, 1e-6, 0.00004, 0.0001, 0.0003, 0.0007, 0.001, 0.0015, 0.004])
-def test_what_a_reserve_holds_beyond_one_job_a_worker_fits_in_the_reserve_work(average: float) -> None:
-    # (how long a later job of higher priority may wait behind the reserve)
-    pacing = Pacing(max_workers=3, reserve_per_worker=15)
-    pacing.assume_short_jobs()
-    settle_average(pacing, average)
-    per_worker = pacing.capacity() // 3 - 1
-    assert 1 <= per_worker <= 15
-    assert per_worker * pacing._average_run <= max(RESERVE_WORK, pacing._average_run)
 
 
 def test_enqueues_closer_than_the_gap_make_a_stream_that_ends_a_gap_after_the_last() -> None:

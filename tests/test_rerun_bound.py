@@ -9,18 +9,21 @@ import threading
 import time
 from typing import Any, Sequence
 
-from jobcore import Job, JobManager, MemoryRepository
+import pytest
+
+from jobcore import Job, JobManager, MemoryRepository, SQLiteRepository
 from jobcore.repository.base import Settlement
 
 WORKERS = 2
 LIMIT = 2 * WORKERS
 
 
-class SlowRecording(MemoryRepository):
-    """Counts recorded outcomes; the first `apply` that records any waits for `release`."""
+class SlowRecording:
+    """Counts recorded outcomes; the first `apply` that records any waits for `release`.
+    Mixed into a repository class (below)."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)  # type: ignore[call-arg]
         self.lock = threading.Lock()
         self.recorded = 0
         self.blocked = threading.Event()
@@ -30,16 +33,27 @@ class SlowRecording(MemoryRepository):
         if settlements and not self.blocked.is_set():
             self.blocked.set()
             assert self.release.wait(10)
-        outcome = super().apply(settlements, *args, **kwargs)
+        outcome = super().apply(settlements, *args, **kwargs)  # type: ignore[misc]
         with self.lock:
             self.recorded += sum(1 for s in settlements if s.kind == "complete")
         return outcome
 
 
-def test_no_more_than_twice_max_workers_jobs_start_unrecorded(make_manager: Any) -> None:
+class MemorySlowRecording(SlowRecording, MemoryRepository):
+    pass
+
+
+class SQLiteSlowRecording(SlowRecording, SQLiteRepository):
+    pass
+
+
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+def test_no_more_than_twice_max_workers_jobs_start_unrecorded(make_manager: Any, tmp_path: Any,
+                                                              backend: str) -> None:
     # given a manager whose recording stalls once, and jobs that note, as they start, how
     # many started jobs have no recorded outcome yet (themselves included)
-    repository = SlowRecording()
+    repository: Any = (MemorySlowRecording() if backend == "memory"
+                       else SQLiteSlowRecording(str(tmp_path / "jobs.db")))
     manager: JobManager = make_manager(repository, max_workers=WORKERS)
     started = [0]
     unrecorded_at_start: list[int] = []

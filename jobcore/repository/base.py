@@ -44,11 +44,6 @@ class JobRepository(abc.ABC):
     # in the store changed but this caller's own writes, so a manager holding every job its
     # own writes made runnable need not read the store again (see housekeeper).
     change_token_sees_every_write: bool = False
-    # How many short jobs a manager may hold claimed for each of its worker threads beyond
-    # the one it runs (see `pacing.Pacing.capacity`). A store whose every transaction has
-    # a fixed cost (a commit, a round trip) records and claims more jobs per transaction
-    # with more held; one without such a cost gains nothing and keeps 1.
-    reserve_per_worker: int = 1
 
     # -- adding jobs -----------------------------------------------------------------
     @abc.abstractmethod
