@@ -11,8 +11,10 @@ from typing import Any, Sequence
 
 import pytest
 
+import pg_fixtures
+from pg_fixtures import *  # noqa: F401,F403 (the fixtures: server, schema)
 from jobcore import Job, JobManager, MemoryRepository, SQLiteRepository
-from jobcore.repository.base import Settlement
+from jobcore.repository.base import JobRepository, Settlement
 
 WORKERS = 2
 LIMIT = 2 * WORKERS
@@ -22,8 +24,8 @@ class SlowRecording:
     """Counts recorded outcomes; the first `apply` that records any waits for `release`.
     Mixed into a repository class (below)."""
 
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)  # type: ignore[call-arg]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
         self.lock = threading.Lock()
         self.recorded = 0
         self.blocked = threading.Event()
@@ -47,13 +49,27 @@ class SQLiteSlowRecording(SlowRecording, SQLiteRepository):
     pass
 
 
-@pytest.mark.parametrize("backend", ["memory", "sqlite"])
-def test_no_more_than_twice_max_workers_jobs_start_unrecorded(make_manager: Any, tmp_path: Any,
-                                                              backend: str) -> None:
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pg_fixtures.MARKS)])
+def slow_repository(request: Any, tmp_path: Any) -> JobRepository:
+    """A repository of each backend whose first recording stalls. Set up before the
+    managers (the test names it first), so a PostgreSQL schema outlives them."""
+    if request.param == "memory":
+        return MemorySlowRecording()
+    if request.param == "sqlite":
+        return SQLiteSlowRecording(str(tmp_path / "jobs.db"))
+
+    class PostgresSlowRecording(SlowRecording, pg_fixtures.PostgresRepository):
+        pass
+
+    schema = request.getfixturevalue("schema")
+    return PostgresSlowRecording(schema.server, schema=schema.name)
+
+
+def test_no_more_than_twice_max_workers_jobs_start_unrecorded(slow_repository: Any,
+                                                              make_manager: Any) -> None:
     # given a manager whose recording stalls once, and jobs that note, as they start, how
     # many started jobs have no recorded outcome yet (themselves included)
-    repository: Any = (MemorySlowRecording() if backend == "memory"
-                       else SQLiteSlowRecording(str(tmp_path / "jobs.db")))
+    repository = slow_repository
     manager: JobManager = make_manager(repository, max_workers=WORKERS)
     started = [0]
     unrecorded_at_start: list[int] = []
