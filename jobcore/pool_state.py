@@ -69,6 +69,9 @@ class PoolState:
         # Other processes took ids this manager queued, and the store still had ready jobs:
         # claim the best of those by number, not by id, until a claim comes back short.
         self.from_store = False
+        # Wall time until which the last heartbeat leased every job held here then (jobs
+        # claimed since carry their own lease): see `claims.ClaimCheck`.
+        self.renewed_until = float("-inf")
         self.pacing = Pacing(max_workers)
 
     def holds_locked(self, job_id: str) -> bool:

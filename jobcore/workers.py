@@ -22,6 +22,7 @@ repository interface only.
 
 from __future__ import annotations
 
+import collections
 import logging
 import random
 import threading
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional
 
 from .attempts import AttemptRunner
+from .claims import ClaimCheck
 from .clock import Clock
 from .context import JobContext
 from .dispatcher import Dispatcher
@@ -74,6 +76,7 @@ class WorkerPool:
         self._on_settled = on_settled
         self._attempts = AttemptRunner(registry, local, clock, settings.max_workers)
         self._state = PoolState(settings.max_workers)
+        self._claims = ClaimCheck(repository, worker_id, clock, settings.lease_timeout)
         self._exchanges = Exchanges(self._state, repository, queue, registry, self._recorder,
                                     settings.max_workers)
         self._dispatcher = Dispatcher(self._state, self._exchanges, queue, self._recorder, clock)
@@ -89,6 +92,8 @@ class WorkerPool:
         """Start the worker threads and the dispatcher."""
         with self._state.lock:
             self._state.stopping = False
+            # Nothing is held yet: what is claimed from now on carries its own lease.
+            self._state.renewed_until = self._clock.time() + self._settings.lease_timeout
             self._threads = []
             for _ in range(self._settings.max_workers):
                 self._spawn_locked()
@@ -239,10 +244,14 @@ class WorkerPool:
                     attempt = self._start_locked(state.buffer.popleft(), slot)
                     if state.buffer:
                         state.wake_one_locked()
+                    suspect = self._claims.suspect(attempt.record, state.renewed_until, self._clock.time())
             if exchange is not None:
                 exchanges.run(*exchange, by_worker=True)
                 continue
             record, context = attempt.record, attempt.context
+            if suspect and not self._claims.still_ours(record, renew=True):
+                self._drop_unstarted(record, started=True)
+                continue
             if attempt.deadline is not None:
                 self.on_deadline()
             outcome = self._attempts.run(record, context)
@@ -336,10 +345,37 @@ class WorkerPool:
 
     def heartbeat(self) -> list[str]:
         """Renew the leases of the jobs held here and act on cancel requests made
-        elsewhere; returns the ids held here."""
+        elsewhere; returns the ids held here. After a gap in which leases may have lapsed
+        (see `claims`), buffered jobs that are no longer this pool's are dropped, unstarted."""
+        state = self._state
         ids = self.held_ids()
+        now = self._clock.time()
+        renewed_until = now + self._settings.lease_timeout
         if ids:
-            now = self._clock.time()
-            for job_id in self._repo.heartbeat(self.worker_id, ids, now + self._settings.lease_timeout, now):
+            for job_id in self._repo.heartbeat(self.worker_id, ids, renewed_until, now):
                 self.request_cancel(job_id)
+        with state.lock:
+            buffered = [r for r in state.buffer if self._claims.suspect(r, state.renewed_until, now)]
+        for record in buffered:
+            if not self._claims.still_ours(record, renew=False):
+                self._drop_unstarted(record, started=False)
+        with state.lock:
+            state.renewed_until = max(state.renewed_until, renewed_until)
         return ids
+
+    def _drop_unstarted(self, record: JobRecord, *, started: bool) -> None:
+        """Let go of a claimed job that is no longer this pool's, without running or
+        recording it: taken off the running attempts (`started`: a worker had just taken
+        it) or out of the buffer; whoever waits for it here reads the store again."""
+        state = self._state
+        with state.lock:
+            if started:
+                state.running.pop(record.id, None)
+            else:
+                kept = [r for r in state.buffer if r is not record]
+                if len(kept) == len(state.buffer):
+                    return  # a worker took it meanwhile, and checks it itself
+                state.buffer = collections.deque(kept)
+            state.cancel_ids.discard(record.id)
+            state.dispatch_needed.notify()  # room to claim again
+        self._on_settled([(record.id, None)])

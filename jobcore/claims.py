@@ -1,0 +1,62 @@
+"""`ClaimCheck`: whether a job a pool claimed is still its own before the job starts.
+
+A claim is a lease that heartbeats renew. A process that stops renewing for longer than
+the lease (suspended, starved of CPU, a paused VM) may find, when it wakes, that another
+process took back the jobs it held and ran them. A running job cannot be called back,
+but one still waiting in the pool's buffer need not start: the pool checks it with the
+repository first, whenever neither its claim nor the pool's last heartbeat leaves it half
+a lease (the rest is room for clocks that differ between processes). Between heartbeats
+every `poll_interval` and a lease of `lease_timeout`, that never happens in a healthy
+process, so the check costs nothing there. No threads and no locks here; the pool calls it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .clock import Clock
+from .errors import RepositoryError
+from .models import JobStatus
+from .repository.base import JobRecord, JobRepository
+
+logger = logging.getLogger("jobcore.workers")
+
+
+class ClaimCheck:
+    """The check for one pool: its repository, its worker id, its clock and lease."""
+
+    def __init__(self, repository: JobRepository, worker_id: str, clock: Clock,
+                 lease_timeout: float) -> None:
+        self._repo = repository
+        self._worker_id = worker_id
+        self._clock = clock
+        self._lease = lease_timeout
+
+    def suspect(self, record: JobRecord, renewed_until: float, now: float) -> bool:
+        """True if `record`'s lease may have lapsed by wall time `now`: neither its claim's
+        expiry nor `renewed_until` (what the pool's last heartbeat gave every job it held)
+        is half a lease away."""
+        claimed_until = record.lease_expires_at
+        known = renewed_until if claimed_until is None else max(claimed_until, renewed_until)
+        return now >= known - self._lease / 2
+
+    def still_ours(self, record: JobRecord, *, renew: bool) -> bool:
+        """True if the store still has `record`'s attempt running under this pool's worker
+        id; with `renew`, its lease is renewed first (renewal only touches a row still
+        ours, so a True answer comes with a fresh lease). A repository that fails to
+        answer counts as No: not starting the job loses nothing, its lease lapses and it
+        runs elsewhere or later."""
+        now = self._clock.time()
+        try:
+            if renew:
+                self._repo.heartbeat(self._worker_id, [record.id], now + self._lease, now)
+            current = self._repo.get_without_args(record.id)
+        except RepositoryError as exc:
+            logger.warning("could not check the claim on job %s before starting it: %s", record.id, exc)
+            return False
+        ours = (current is not None and current.status is JobStatus.RUNNING
+                and current.worker_id == self._worker_id and current.attempts == record.attempts)
+        if not ours:
+            logger.warning("job %s: this worker's claim lapsed before it started (the process"
+                           " stopped renewing it); not started here", record.id)
+        return ours
