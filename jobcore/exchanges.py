@@ -115,9 +115,10 @@ class Exchanges:
                 return False
             if state.room_locked() <= 0 and not state.finished:
                 return False
-            take = state.pacing.enqueue_takes_outcomes(started, len(state.finished))
-            if not take and state.room_locked() <= 0:
-                return False  # nothing to record yet, nothing to claim: the usual way
+            # The outcomes waiting are recorded now if the pacing says so, or if a claim
+            # made without them would have no room (SPEC's bound counts them).
+            take = (state.pacing.enqueue_takes_outcomes(started, len(state.finished))
+                    or state.room_locked(recording=False) <= 0)
             finished, room, _ = state.begin_exchange_locked(take_finished=take)
         entries = self._queue.pop_ready(room) if room > 0 else []
         claim_new = room > len(entries)

@@ -72,6 +72,7 @@ class PoolState:
         # Wall time until which the last heartbeat leased every job held here then (jobs
         # claimed since carry their own lease): see `claims.ClaimCheck`.
         self.renewed_until = float("-inf")
+        self.max_workers = max_workers
         self.pacing = Pacing(max_workers)
 
     def holds_locked(self, job_id: str) -> bool:
@@ -79,12 +80,22 @@ class PoolState:
         return (job_id in self.running or job_id in self.settling
                 or any(r.id == job_id for r in self.buffer))
 
-    def room_locked(self) -> int:
-        """How many more jobs to claim now."""
+    def room_locked(self, recording: bool = True) -> int:
+        """How many more jobs to claim now, in an exchange that records every outcome
+        waiting (`recording`) or none of them.
+
+        The jobs held (buffered, running, promised, being claimed) stay within the
+        pacing's capacity. SPEC's bound (at most 2 x max_workers jobs run again after
+        the process dies) caps the jobs claimed and not yet recorded: outcomes waiting
+        count too, unless the claim records them in the same transaction (jobs claimed
+        there cannot start before those outcomes are stored)."""
         if self.stopping:
             return 0
-        return (self.pacing.capacity() - len(self.buffer) - len(self.running) - self.handoffs
-                - self.claiming)
+        held = len(self.buffer) + len(self.running) + self.handoffs + self.claiming
+        room = self.pacing.capacity() - held
+        if recording:
+            return room
+        return min(room, 2 * self.max_workers - held - len(self.finished))
 
     def wake_one_locked(self) -> None:
         """Wake one idle worker for buffered jobs, unless one is already on its way: it
@@ -115,7 +126,7 @@ class PoolState:
             finished, self.finished = self.finished, []
             self.pacing.taken()
         self.exchanging = True
-        self.claiming = room = max(0, self.room_locked())
+        self.claiming = room = max(0, self.room_locked(recording=take_finished))
         return finished, room, self.from_store
 
     def give_back_locked(self, finished: list[Finished]) -> None:

@@ -1,7 +1,8 @@
 """SPEC: after a worker process dies, at most 2 x its max_workers jobs run a second time.
 So a pool never has more than that many jobs started whose outcome is not recorded yet,
-even while recording stalls with claimed jobs in reserve: claims and outcomes go in one
-transaction, and the jobs held (claimed, running, finished unrecorded) are capped."""
+even while recording stalls with claimed jobs in reserve, or while outcomes wait for the
+next of a stream of enqueues to record them: claims and outcomes go in one transaction,
+and the jobs held (claimed, running, finished unrecorded) are capped."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import pytest
 
 import pg_fixtures
 from pg_fixtures import *  # noqa: F401,F403 (the fixtures: server, schema)
-from jobcore import Job, JobManager, MemoryRepository, SQLiteRepository
+from jobcore import Job, JobManager, MemoryRepository, SQLiteRepository, pacing
+from jobcore.clock import real_monotonic
+from waiting import wait_until
 from jobcore.repository.base import JobRepository, Settlement
 
 WORKERS = 2
@@ -21,7 +24,8 @@ LIMIT = 2 * WORKERS
 
 
 class SlowRecording:
-    """Counts recorded outcomes; the first `apply` that records any waits for `release`.
+    """Counts recorded outcomes; the first `apply` that records any waits for `resume` (not
+    `release`, which would hide the repository method of that name).
     Mixed into a repository class (below)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -29,13 +33,21 @@ class SlowRecording:
         self.lock = threading.Lock()
         self.recorded = 0
         self.blocked = threading.Event()
-        self.release = threading.Event()
+        self.resume = threading.Event()
 
     def apply(self, settlements: Sequence[Settlement], *args: Any, **kwargs: Any) -> Any:
         if settlements and not self.blocked.is_set():
             self.blocked.set()
-            assert self.release.wait(10)
+            assert self.resume.wait(10)
         outcome = super().apply(settlements, *args, **kwargs)  # type: ignore[misc]
+        with self.lock:
+            self.recorded += sum(1 for s in settlements if s.kind == "complete")
+        return outcome
+
+    def insert_and_apply(self, record: Any, settlements: Sequence[Settlement], *args: Any,
+                         **kwargs: Any) -> Any:
+        """An enqueue's exchange records outcomes too (it never stalls here)."""
+        outcome = super().insert_and_apply(record, settlements, *args, **kwargs)  # type: ignore[misc]
         with self.lock:
             self.recorded += sum(1 for s in settlements if s.kind == "complete")
         return outcome
@@ -91,9 +103,55 @@ def test_no_more_than_twice_max_workers_jobs_start_unrecorded(slow_repository: A
         time.sleep(0.005)  # until the workers ran every job they held
     with repository.lock:
         stalled_at = started[0] - repository.recorded
-    repository.release.set()
+    repository.resume.set()
     for job_id in [r.job_id for r in manager.list_jobs(limit=1)]:
         manager.wait(job_id, timeout=10)
     # then the workers stopped at the limit while recording stalled, and never went past it
     assert stalled_at == LIMIT
     assert max(unrecorded_at_start) == LIMIT and len(unrecorded_at_start) == 60
+
+
+def test_an_enqueue_claims_no_job_past_the_bound_while_outcomes_wait(
+        slow_repository: Any, make_manager: Any, monkeypatch: Any) -> None:
+    # given a started manager whose finished outcomes wait for the next enqueue to record
+    # them (enqueues stream in, and they are not due for a minute): LIMIT - 1 of them
+    monkeypatch.setattr(pacing, "RECORD_WITHIN", 60.0)
+    repository = slow_repository
+    repository.resume.set()  # no stall: outcomes wait on the pacing alone
+    manager: JobManager = make_manager(repository, max_workers=WORKERS)
+    started = [0]
+    unrecorded_at_start: list[int] = []
+    gate = threading.Event()
+
+    def note() -> None:
+        with repository.lock:
+            started[0] += 1
+            unrecorded_at_start.append(started[0] - repository.recorded)
+
+    def blocker() -> None:
+        note()
+        assert gate.wait(10)
+
+    manager.register_function("quick", note)
+    manager.register_function("blocker", blocker)
+    state = manager._pool._state
+    state.pacing.assume_short_jobs()
+    manager.start()
+    state.pacing.stream_for(60.0, real_monotonic())
+    quick = [manager.enqueue(Job(function_name="quick")) for _ in range(LIMIT - 1)]
+    wait_until(lambda: len(state.finished) == LIMIT - 1, 10, "the quick jobs' outcomes to wait")
+    assert repository.recorded == 0
+    # when more jobs are enqueued while those outcomes still wait
+    blockers = [manager.enqueue(Job(function_name="blocker")) for _ in range(LIMIT)]
+    wait_until(lambda: len(state.running) == WORKERS, 10, "both workers to run a blocker")
+    # then no job started past the bound: a claim made without recording those outcomes
+    # took no more than the room they leave
+    with repository.lock:
+        assert max(unrecorded_at_start) <= LIMIT, unrecorded_at_start
+    # and once the stream ends and the blockers go on, every job completes
+    state.pacing.stream_for(0, real_monotonic())
+    manager._pool._poke()
+    gate.set()
+    for job_id in quick + blockers:
+        assert manager.wait(job_id, timeout=10).status.value == "completed"
+    assert max(unrecorded_at_start) <= LIMIT and len(unrecorded_at_start) == 2 * LIMIT - 1
