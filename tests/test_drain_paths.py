@@ -14,7 +14,7 @@ from jobcore.models import JobStatus
 from jobcore.notify_dispatch import NotificationDispatcher
 from jobcore.repository.base import Cascade, JobRecord, Settlement
 from jobcore.repository.memory import MemoryRepository
-from jobcore.repository.values import detached_copy
+from jobcore.repository.values import SHARED_EMPTY, detached_copy
 from jobcore.retry import is_transient
 from jobcore.settle import completed, decide
 
@@ -51,6 +51,32 @@ def test_a_detached_copy_has_dicts_of_its_own_and_every_other_field_as_is() -> N
             assert copied is not original
         else:
             assert copied is original
+
+
+def test_memory_rows_share_an_empty_dict_and_never_see_each_others_changes() -> None:
+    # given a memory store holding three jobs that carry no kwargs, metadata or progress
+    # details, stored one at a time and in a batch
+    repo = MemoryRepository()
+    repo.insert([JobRecord(id="a", function_name="f", name="a")], 1.0)
+    repo.insert([JobRecord(id="b", function_name="f", name="b"), JobRecord(id="c", function_name="f", name="c")], 1.0)
+    rows = repo._jobs  # noqa: SLF001 - what the store keeps, to check it shares
+    # then the rows share one empty dict for each of those fields
+    for field in ("kwargs", "metadata", "progress_details"):
+        assert getattr(rows["a"], field) is getattr(rows["b"], field) is getattr(rows["c"], field) is SHARED_EMPTY
+    # when every record given out has its dicts changed, and one job reports progress
+    for record in [repo.get("a"), repo.get_without_args("b"), *repo.list(), *repo.apply([], ["c"], "w", 2.0, 60.0)[1]]:
+        assert record is not None
+        record.kwargs["x"], record.metadata["x"], record.progress_details["x"] = 1, 2, 3
+    claimed = repo.get("c")
+    assert claimed is not None
+    repo.update_progress("c", "w", claimed.attempts, 0.5, "half", {"step": 1}, 3.0)
+    # then no other job shows any of it, and the shared dict is still empty
+    assert SHARED_EMPTY == {}
+    for job_id in ("a", "b"):
+        record = repo.get(job_id)
+        assert record is not None
+        assert (record.kwargs, record.metadata, record.progress_details) == ({}, {}, {})
+    assert repo.get("c").progress_details == {"step": 1}  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("attempt", [1, 3])

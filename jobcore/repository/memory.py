@@ -20,6 +20,7 @@ from .base import (Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry,
 from .memory_adding import MemoryAdding
 # A copy with dicts of its own: whoever holds it can change it without touching the store.
 from .values import detached_copy as _detached
+from .values import stored_copy as _stored
 
 _UNFINISHED = (JobStatus.PENDING, JobStatus.SCHEDULED, JobStatus.RUNNING)
 
@@ -42,6 +43,9 @@ class MemoryRepository(MemoryAdding, JobRepository):
     def __init__(self) -> None:
         # _lock guards every attribute below.
         self._lock = threading.RLock()
+        # The rows, by id: copies made on the way in (`stored_copy`, whose empty dict fields
+        # share one dict) and never given out: every record read is a `detached_copy`, and a
+        # row's dict fields are only ever replaced, never changed in place.
         self._jobs: dict[str, JobRecord] = {}
         self._dependents: dict[str, set[str]] = {}
         self._logs: dict[str, list[tuple[float, str, str]]] = {}
@@ -344,7 +348,7 @@ class MemoryRepository(MemoryAdding, JobRepository):
             if run.id in self._jobs:
                 raise id_taken(run.id)
             schedule.run_at = next_run_at
-            row = _detached(run)
+            row = _stored(run)
             row.seq = run.seq = self._next_seq
             self._next_seq += 1
             row.created_at = now

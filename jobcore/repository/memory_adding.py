@@ -14,7 +14,7 @@ from ..models import JobStatus
 from ._cascade import dependency_error_message, plan_batch
 from .base import Cascade, JobRecord, JobRepository, Settlement, id_taken, require_plain_pending
 # A copy with dicts of its own: whoever holds it can change it without touching the store.
-from .values import detached_copy as _detached
+from .values import stored_copy as _stored
 
 
 class MemoryAdding(JobRepository):
@@ -43,7 +43,7 @@ class MemoryAdding(JobRepository):
                 seen.add(row.id)
             # Nothing above changed state; from here on nothing raises.
             given = {record.id: record for record in records}
-            stored = [_detached(row) for row in planned]
+            stored = [_stored(row) for row in planned]
             for row in stored:
                 row.seq = given[row.id].seq = self._next_seq
                 self._next_seq += 1
@@ -80,7 +80,7 @@ class MemoryAdding(JobRepository):
         with self._lock:
             if record.id in self._jobs:
                 raise id_taken(record.id)
-            row = _detached(record)
+            row = _stored(record)
             row.seq = record.seq = self._next_seq
             self._next_seq += 1
             row.created_at = now
