@@ -74,6 +74,38 @@ def depth_measure(db: str, ops: int, timeout: float) -> dict[str, Any]:
             "start_s": t2 - t1, "stop_s": t4 - t3, "rss_mb": started["rss_mb"], "queued_after": queued}
 
 
+def depth_memory(depth: int, ops: int, timeout: float) -> dict[str, Any]:
+    """The same figures on a memory repository, in one process (it has no file): queue
+    `depth` jobs with `enqueue_many`, then time `ops` single enqueues, `start()`, and the
+    first `ops` jobs run to completion."""
+    from jobcore import Job, JobManager, MemoryRepository
+    noop, reached, _ = _noop_counter(ops)
+    manager = JobManager(MemoryRepository(), max_workers=WORKERS)
+    manager.register_function("noop", noop)
+    t0 = time.perf_counter()
+    for start in range(0, depth, FILL_BATCH):
+        manager.enqueue_many([Job(function_name="noop", args=(x,)) for x in range(start, min(depth, start + FILL_BATCH))])
+    fill_elapsed = time.perf_counter() - t0
+    filled = read_rss_mb()
+    base = 10**9
+    t0 = time.perf_counter()
+    for x in range(ops):
+        manager.enqueue(Job(function_name="noop", args=(base + x,)))
+    t1 = time.perf_counter()
+    manager.start()
+    t2 = time.perf_counter()
+    if not reached.wait(timeout):
+        manager.close()
+        raise TimeoutError(f"{ops} jobs did not run within {timeout:.0f}s")
+    t3 = time.perf_counter()
+    manager.stop()
+    started = read_rss_mb()
+    manager.close()
+    return {"fill_per_s": depth / fill_elapsed, "fill_rss_mb": filled["rss_mb"],
+            "enqueue_us": (t1 - t0) / ops * 1e6, "claim_us": (t3 - t2) / ops * 1e6,
+            "start_s": t2 - t1, "rss_mb": started["rss_mb"]}
+
+
 # -- several processes on one file ------------------------------------------------------------
 def procs_worker(db: str, workers: int) -> None:
     """A worker process: say ready, start on "go", stop on "stop", report what it ran."""

@@ -178,23 +178,15 @@ def render(results: dict[str, Any], targets: list[dict[str, Any]], meta: dict[st
                    " 4 workers running the first jobs to completion (claim + run + complete); start = `start()`"
                    " on that file; RSS filled = the process that enqueued them all (its own index of every"
                    " job); RSS started = a fresh process started on the file.\n")
-        out.append("| depth | fill jobs/s | enqueue µs | claim µs/job | start() s | RSS filled (MB) |"
-                   " RSS started (MB) |")
-        out.append("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-        sizes = [k for k in depth if k.isdigit()]
-        for size in sizes:
-            entry = depth[size]
-            if "error" in entry:
-                out.append(f"| {int(size):,} | n/a ({entry['error']}) | | | | | |")
-                continue
-            out.append(f"| {int(size):,} | {_rate(entry.get('fill_per_s'))} | {entry.get('enqueue_us', 0):.0f} |"
-                       f" {entry.get('claim_us', 0):.0f} | {entry.get('start_s', 0):.2f} |"
-                       f" {entry.get('fill_rss_mb', 0):.0f} | {entry.get('rss_mb', 0):.0f} |")
-        if len(sizes) >= 2 and all("error" not in depth[s] for s in (sizes[0], sizes[-1])):
-            a, b = depth[sizes[0]], depth[sizes[-1]]
-            out.append(f"| ratio {int(sizes[-1]):,} ÷ {int(sizes[0]):,} | | {_ratio(b.get('enqueue_us'), a.get('enqueue_us'))} |"
-                       f" {_ratio(b.get('claim_us'), a.get('claim_us'))} | | | |")
-        out.append("")
+        _depth_table(out, depth, "RSS filled (MB)", "RSS started (MB)")
+    if "depth_memory" in results:
+        depth = results["depth_memory"]
+        out.append(f"## jobcore memory against queue depth: {depth['ops']:,} enqueues and"
+                   f" {depth['ops']:,} claims at each depth\n")
+        out.append("As above, in one process (a memory store has no file to start another on), filled afresh"
+                   " for each repetition; RSS queued = after filling, RSS run = after the claims. The"
+                   " store keeps every job whole, arguments included.\n")
+        _depth_table(out, depth, "RSS queued (MB)", "RSS run (MB)")
 
     if "procs" in results:
         out.append(f"## Worker processes on one SQLite file: {cfg['procs_n']:,} queued jobs, 4 threads per process\n")
@@ -302,3 +294,24 @@ def targets(results: dict[str, Any], cfg: dict[str, Any]) -> list[dict[str, Any]
                        _div(_get(results, "procs", "4", "procs_per_s"), _get(results, "procs", "1", "procs_per_s")),
                        1.0 + 1e-9 if procs else 1.0))
     return out
+
+
+def _depth_table(out: list[str], depth: dict[str, Any], filled: str, started: str) -> None:
+    """The rows of a depth sweep (`depth`: ops and one entry per depth), and the ratio of
+    the deepest to the shallowest."""
+    out.append(f"| depth | fill jobs/s | enqueue µs | claim µs/job | start() s | {filled} | {started} |")
+    out.append("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    sizes = [k for k in depth if k.isdigit()]
+    for size in sizes:
+        entry = depth[size]
+        if "error" in entry:
+            out.append(f"| {int(size):,} | n/a ({entry['error']}) | | | | | |")
+            continue
+        out.append(f"| {int(size):,} | {_rate(entry.get('fill_per_s'))} | {entry.get('enqueue_us', 0):.0f} |"
+                   f" {entry.get('claim_us', 0):.0f} | {entry.get('start_s', 0):.2f} |"
+                   f" {entry.get('fill_rss_mb', 0):.0f} | {entry.get('rss_mb', 0):.0f} |")
+    if len(sizes) >= 2 and all("error" not in depth[s] for s in (sizes[0], sizes[-1])):
+        a, b = depth[sizes[0]], depth[sizes[-1]]
+        out.append(f"| ratio {int(sizes[-1]):,} ÷ {int(sizes[0]):,} | | {_ratio(b.get('enqueue_us'), a.get('enqueue_us'))} |"
+                   f" {_ratio(b.get('claim_us'), a.get('claim_us'))} | | | |")
+    out.append("")

@@ -75,6 +75,8 @@ def _child_result(args: argparse.Namespace) -> Optional[dict[str, Any]]:
         return depth.depth_fill(args.db, args.depth)
     if args.child == "depth-measure":
         return depth.depth_measure(args.db, args.ops, args.timeout)
+    if args.child == "depth-memory":
+        return depth.depth_memory(args.depth, args.ops, args.timeout)
     if args.child == "isolation":
         return depth.isolation(args.n, args.timeout)
     if args.child == "procs":
@@ -265,6 +267,8 @@ def run_all(args: argparse.Namespace, cfg: dict[str, Any], code: str) -> dict[st
 
     if _wanted(args, "depth") and (not args.engines or "jobcore-sqlite" in args.engines.split(",")):
         results["depth"] = run_depth(runner, args, cfg)
+    if _wanted(args, "depth") and (not args.engines or "jobcore-memory" in args.engines.split(",")):
+        results["depth_memory"] = run_depth_memory(runner, cfg)
 
     if _wanted(args, "procs") and (not args.engines or "jobcore-sqlite" in args.engines.split(",")):
         by_count: dict[int, list[dict[str, Any]]] = {1: [], 4: []}
@@ -300,6 +304,16 @@ def run_depth(runner: Runner, args: argparse.Namespace, cfg: dict[str, Any]) -> 
             out[str(depth_size)] = {**fill, **{k: v for k, v in _median_of(runs).items()}}
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+    return out
+
+
+def run_depth_memory(runner: Runner, cfg: dict[str, Any]) -> dict[str, Any]:
+    """The depth figures on a memory repository: each repetition fills a fresh process."""
+    out: dict[str, Any] = {"ops": cfg["depth_ops"]}
+    for depth_size in cfg["depths"]:
+        runs = [runner.measure("depth-memory", depth=depth_size, ops=cfg["depth_ops"],
+                               timeout=max(cfg["timeout"], 1800.0)) for _ in range(cfg["depth_reps"])]
+        out[str(depth_size)] = _median_of(runs)
     return out
 
 
