@@ -4,7 +4,8 @@ Its housekeeper looks for work every `discovery_interval` and, as a safety net, 
 its queue every `poll_interval`. On a backend whose change token moves at every write
 (SQLite's data_version, the memory store's count of writes), an unchanged token means
 there is nothing new to load: 100,000 jobs scheduled for later used to cost an idle
-manager 8-13% of a core, re-read every second (or every 50 ms in memory).
+manager 8-13% of a core, re-read every second (or every 50 ms in memory). A busy manager's reloads are spaced
+out by what they cost.
 """
 
 from __future__ import annotations
@@ -107,3 +108,51 @@ def test_an_idle_manager_reloads_after_another_writer_adds_a_job(backend: str, t
     # then the idle manager read the store again and ran it
     assert watched.reloads > before
     assert manager.wait(job_id, timeout=WAIT).status.value == "completed"
+
+
+def test_a_busy_manager_spaces_out_reloads_by_what_they_cost(make_manager: Callable[..., JobManager]) -> None:
+    # given a busy manager (its one worker runs a job until released) whose store changes
+    # between its looks (another manager keeps adding jobs of a function it does not run)
+    clock = FakeClock()
+    repository = MemoryRepository()
+    watched = Watched(repository)
+    manager = make_manager(repository, clock=clock, poll_interval=1.0, discovery_interval=0.05, max_workers=1)
+    release, started = threading.Event(), threading.Event()
+
+    def busy() -> None:
+        started.set()
+        assert release.wait(WAIT)
+
+    manager.register_function("busy", busy)
+    producer = make_manager(repository, clock=clock, producer=True)
+    busy_id = manager.enqueue(Job(function_name="busy"))
+    manager.start()
+    watched.started()
+    assert started.wait(WAIT)
+
+    def reloads_over(passes: int) -> int:
+        before = watched.reloads
+        for _ in range(passes):
+            producer.enqueue(Job(function_name="elsewhere"))
+            watched.pass_time(clock, 1.5)
+        return watched.reloads - before
+
+    # (cheap reloads come every poll_interval)
+    assert reloads_over(3) == 3
+    # when one reload takes 0.2 s of real time (as sorting a million ready jobs can)
+    ready = repository.ready
+
+    def slow_ready(*args: Any) -> Any:
+        threading.Event().wait(0.2)  # the cost being modelled, not a wait for an effect
+        return ready(*args)
+
+    repository.ready = slow_ready  # type: ignore[method-assign]
+    assert reloads_over(1) == 1
+    repository.ready = ready  # type: ignore[method-assign]
+    # then the next comes only once 20 times that has passed (at least 4 s: none in 3.1 s)
+    assert reloads_over(2) == 0
+    # and once one has come, cheap again, they come every poll_interval again
+    assert any(reloads_over(1) for _ in range(20))
+    assert reloads_over(3) == 3
+    release.set()
+    assert manager.wait(busy_id, timeout=WAIT).status.value == "completed"
