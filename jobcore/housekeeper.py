@@ -24,28 +24,32 @@ from .workers import PoolSettings, WorkerPool
 logger = logging.getLogger("jobcore.housekeeper")
 
 JUMP_TOLERANCE = 1.0  # seconds of wall-clock drift against monotonic time that count as a jump
-# The periodic reloads of a busy manager's queue take at most about this share of the time:
-# a reload that took 0.35 s (a memory store holding a million ready jobs sorts them all)
-# comes every 7 s rather than every poll_interval.
+# While its queue is well stocked, a busy manager's periodic reloads (a look for higher
+# priorities elsewhere) take at most about this share of the time: one that took 0.35 s
+# (a memory store holding a million ready jobs sorts them all) comes every 7 s rather
+# than every poll_interval. A queue running low is reloaded every poll_interval anyway:
+# its workers need what the reload brings.
 RELOAD_SHARE = 0.05
 
 
 class Housekeeper:
     """Periodic upkeep for one manager (see module docstring).
 
-    `refill()` reloads the manager's ready queue from the repository. Intervals are float
+    `refill()` reloads the manager's ready queue from the repository; `stocked()` tells
+    whether that queue holds plenty (then costly reloads are spaced out). Intervals are float
     seconds: heartbeats every `poll_interval`, recovery every `lease_timeout / 4` (at least
     `poll_interval`), and change detection every `discovery_interval`.
     """
 
     def __init__(self, repository: JobRepository, pool: WorkerPool, clock: Clock, settings: PoolSettings,
                  refill: Callable[[], None], discovery_interval: float,
-                 on_recovery: Callable[[Recovery], None]) -> None:
+                 on_recovery: Callable[[Recovery], None], stocked: Callable[[], bool] = lambda: False) -> None:
         self._repo = repository
         self._pool = pool
         self._clock = clock
         self._settings = settings
         self._refill = refill
+        self._stocked = stocked
         self._exact_token = repository.change_token_sees_every_write
         self._on_recovery = on_recovery  # queues what came back, notifies of what failed
         self._discovery_interval = discovery_interval
@@ -127,10 +131,11 @@ class Housekeeper:
                     # work, and in any case every poll_interval (higher priorities elsewhere)
                     # unless the token says nothing was written since the last look: the
                     # queue already holds what this manager's own writes made runnable.
-                    # A busy manager's reloads are spaced out by what they cost (real time:
-                    # the work they keep from the workers), RELOAD_SHARE at most.
+                    # A busy manager with a well-stocked queue spaces its reloads out by
+                    # what they cost (real time: the work they keep from the workers).
                     changed = current is None or current != token
-                    due = now - last_refill >= refill_every and (changed or not self._exact_token)
+                    every = refill_every if self._stocked() else settings.poll_interval
+                    due = now - last_refill >= every and (changed or not self._exact_token)
                     if (changed and self._pool.idle) or due:
                         token, last_refill = current, now
                         began = real_monotonic()

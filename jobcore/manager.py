@@ -105,7 +105,8 @@ class JobManager:
         self._housekeeper = Housekeeper(self.repository, self._pool, self._clock, settings,
                                         self._load_queue,
                                         _positive("discovery_interval", discovery_interval),
-                                        self._recovered)
+                                        self._recovered,
+                                        stocked=lambda: len(self._queue) >= READY_LOAD_LIMIT // 2)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> "JobManager":
