@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 from ..models import JobStatus
 from ._cascade import dependency_error_message, plan_batch
 from .base import Cascade, JobRecord, JobRepository, Settlement, id_taken, require_plain_pending
-# A copy with dicts of its own: whoever holds it can change it without touching the store.
+# The copy the store keeps of a record given to it: dicts of its own, empty ones shared.
 from .values import stored_copy as _stored
 
 
