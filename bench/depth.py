@@ -50,10 +50,21 @@ def depth_fill(db: str, depth: int) -> dict[str, Any]:
 def depth_measure(db: str, ops: int, timeout: float) -> dict[str, Any]:
     """On a file already `depth` deep: time `ops` single enqueues, then start a manager
     (4 workers) and time the first `ops` jobs run to completion."""
-    from jobcore import Job, JobManager
+    from jobcore import JobManager
     noop, reached, _ = _noop_counter(ops)
     manager = JobManager(db, max_workers=WORKERS)
     manager.register_function("noop", noop)
+    figures = _enqueue_start_claim(manager, reached, ops, timeout)
+    figures["rss_mb"] = figures.pop("started_rss_mb")
+    figures["queued_after"] = manager.get_queue_size()
+    manager.close()
+    return figures
+
+
+def _enqueue_start_claim(manager: Any, reached: threading.Event, ops: int, timeout: float) -> dict[str, Any]:
+    """Time `ops` single enqueues on `manager` (not started), its `start()`, the first
+    `ops` jobs run to completion (`reached` is set then) and a graceful `stop()`."""
+    from jobcore import Job
     base = 10**9
     t0 = time.perf_counter()
     for x in range(ops):
@@ -68,10 +79,8 @@ def depth_measure(db: str, ops: int, timeout: float) -> dict[str, Any]:
     t3 = time.perf_counter()
     manager.stop()   # graceful: the jobs in hand settle first
     t4 = time.perf_counter()
-    queued = manager.get_queue_size()
-    manager.close()
     return {"enqueue_us": (t1 - t0) / ops * 1e6, "claim_us": (t3 - t2) / ops * 1e6,
-            "start_s": t2 - t1, "stop_s": t4 - t3, "rss_mb": started["rss_mb"], "queued_after": queued}
+            "start_s": t2 - t1, "stop_s": t4 - t3, "started_rss_mb": started["rss_mb"]}
 
 
 def depth_memory(depth: int, ops: int, timeout: float) -> dict[str, Any]:
@@ -87,23 +96,11 @@ def depth_memory(depth: int, ops: int, timeout: float) -> dict[str, Any]:
         manager.enqueue_many([Job(function_name="noop", args=(x,)) for x in range(start, min(depth, start + FILL_BATCH))])
     fill_elapsed = time.perf_counter() - t0
     filled = read_rss_mb()
-    base = 10**9
-    t0 = time.perf_counter()
-    for x in range(ops):
-        manager.enqueue(Job(function_name="noop", args=(base + x,)))
-    t1 = time.perf_counter()
-    manager.start()
-    t2 = time.perf_counter()
-    if not reached.wait(timeout):
-        manager.close()
-        raise TimeoutError(f"{ops} jobs did not run within {timeout:.0f}s")
-    t3 = time.perf_counter()
-    manager.stop()
-    started = read_rss_mb()
+    figures = _enqueue_start_claim(manager, reached, ops, timeout)
+    del figures["started_rss_mb"]
+    figures.update(fill_per_s=depth / fill_elapsed, fill_rss_mb=filled["rss_mb"], rss_mb=read_rss_mb()["rss_mb"])
     manager.close()
-    return {"fill_per_s": depth / fill_elapsed, "fill_rss_mb": filled["rss_mb"],
-            "enqueue_us": (t1 - t0) / ops * 1e6, "claim_us": (t3 - t2) / ops * 1e6,
-            "start_s": t2 - t1, "rss_mb": started["rss_mb"]}
+    return figures
 
 
 # -- several processes on one file ------------------------------------------------------------

@@ -12,12 +12,12 @@ from typing import Any, Sequence
 
 import pytest
 
-import pg_fixtures
 from pg_fixtures import *  # noqa: F401,F403 (the fixtures: server, schema)
-from jobcore import Job, JobManager, MemoryRepository, SQLiteRepository, pacing
+from jobcore import Job, JobManager, pacing
 from jobcore.clock import real_monotonic
 from waiting import wait_until
 from jobcore.repository.base import JobRepository, Settlement
+from mixed_repositories import BACKENDS, repository_with
 
 WORKERS = 2
 LIMIT = 2 * WORKERS
@@ -53,28 +53,11 @@ class SlowRecording:
         return outcome
 
 
-class MemorySlowRecording(SlowRecording, MemoryRepository):
-    pass
-
-
-class SQLiteSlowRecording(SlowRecording, SQLiteRepository):
-    pass
-
-
-@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pg_fixtures.MARKS)])
+@pytest.fixture(params=BACKENDS)
 def slow_repository(request: Any, tmp_path: Any) -> JobRepository:
     """A repository of each backend whose first recording stalls. Set up before the
     managers (the test names it first), so a PostgreSQL schema outlives them."""
-    if request.param == "memory":
-        return MemorySlowRecording()
-    if request.param == "sqlite":
-        return SQLiteSlowRecording(str(tmp_path / "jobs.db"))
-
-    class PostgresSlowRecording(SlowRecording, pg_fixtures.PostgresRepository):
-        pass
-
-    schema = request.getfixturevalue("schema")
-    return PostgresSlowRecording(schema.server, schema=schema.name)
+    return repository_with(SlowRecording, request, tmp_path)
 
 
 def test_no_more_than_twice_max_workers_jobs_start_unrecorded(slow_repository: Any,

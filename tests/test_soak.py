@@ -15,11 +15,10 @@ from typing import Any, Optional, Sequence
 
 import pytest
 
-import pg_fixtures
 from pg_fixtures import *  # noqa: F401,F403 (the fixtures: server, schema)
-from jobcore import (Job, JobManager, JobStatus, MemoryRepository, RetryableError, SQLiteRepository,
-                     current_job)
+from jobcore import Job, JobManager, JobStatus, RetryableError, current_job
 from jobcore.repository.base import JobRepository, Settlement
+from mixed_repositories import BACKENDS, repository_with
 
 WORKERS = 3
 PER_PRODUCER = 150
@@ -50,26 +49,9 @@ class Counting:
         return super().insert_and_apply(record, settlements, *args, **kwargs)  # type: ignore[misc]
 
 
-class CountingMemory(Counting, MemoryRepository):
-    pass
-
-
-class CountingSQLite(Counting, SQLiteRepository):
-    pass
-
-
-@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pg_fixtures.MARKS)])
+@pytest.fixture(params=BACKENDS)
 def counting_repository(request: Any, tmp_path: Any) -> JobRepository:
-    if request.param == "memory":
-        return CountingMemory()
-    if request.param == "sqlite":
-        return CountingSQLite(str(tmp_path / "jobs.db"))
-
-    class CountingPostgres(Counting, pg_fixtures.PostgresRepository):
-        pass
-
-    schema = request.getfixturevalue("schema")
-    return CountingPostgres(schema.server, schema=schema.name)
+    return repository_with(Counting, request, tmp_path)
 
 
 class Runs:
