@@ -170,23 +170,23 @@ def render(results: dict[str, Any], targets: list[dict[str, Any]], meta: dict[st
                        f" {_rate(entry['deep_drain_per_s'])} | {_ratio(entry['deep_drain_per_s'], shallow)} |")
         out.append("")
 
-    if "depth" in results:
-        depth = results["depth"]
-        out.append(f"## jobcore SQLite (normal) against queue depth: {depth['ops']:,} enqueues and"
-                   f" {depth['ops']:,} claims at each depth\n")
-        out.append("enqueue = one `enqueue` call on a file already that deep; claim = wall time per job for"
-                   " 4 workers running the first jobs to completion (claim + run + complete); start = `start()`"
-                   " on that file; RSS filled = the process that enqueued them all (its own index of every"
-                   " job); RSS started = a fresh process started on the file.\n")
-        _depth_table(out, depth, "RSS filled (MB)", "RSS started (MB)")
-    if "depth_memory" in results:
-        depth = results["depth_memory"]
-        out.append(f"## jobcore memory against queue depth: {depth['ops']:,} enqueues and"
-                   f" {depth['ops']:,} claims at each depth\n")
-        out.append("As above, in one process (a memory store has no file to start another on), filled afresh"
-                   " for each repetition; RSS queued = after filling, RSS run = after the claims. The"
-                   " store keeps every job whole, arguments included.\n")
-        _depth_table(out, depth, "RSS queued (MB)", "RSS run (MB)")
+    depth_sweeps = (
+        ("depth", "jobcore SQLite (normal)",
+         "enqueue = one `enqueue` call on a file already that deep; claim = wall time per job for"
+         " 4 workers running the first jobs to completion (claim + run + complete); start = `start()`"
+         " on that file; RSS filled = the process that enqueued them all (its own index of every"
+         " job); RSS started = a fresh process started on the file.", "RSS filled (MB)", "RSS started (MB)"),
+        ("depth_memory", "jobcore memory",
+         "As above, in one process (a memory store has no file to start another on), filled afresh"
+         " for each repetition; RSS queued = after filling, RSS run = after the claims. The"
+         " store keeps every job whole, arguments included.", "RSS queued (MB)", "RSS run (MB)"))
+    for key, engine, note, filled, started in depth_sweeps:
+        if key in results:
+            depth = results[key]
+            out.append(f"## {engine} against queue depth: {depth['ops']:,} enqueues and"
+                       f" {depth['ops']:,} claims at each depth\n")
+            out.append(note + "\n")
+            _depth_table(out, depth, filled, started)
 
     if "procs" in results:
         out.append(f"## Worker processes on one SQLite file: {cfg['procs_n']:,} queued jobs, 4 threads per process\n")
