@@ -125,7 +125,8 @@ class ReadyQueue:
 
     @property
     def high_seq(self) -> int:
-        """The largest `seq` ever queued here: a job stored later has a larger one."""
+        """The largest `seq` ever queued here: a job stored later has a larger one, unless
+        the newest jobs were deleted meanwhile (SQLite may give their seq again)."""
         with self._lock:
             return self._high_seq
 

@@ -83,3 +83,50 @@ def test_a_job_with_an_optional_field_set_takes_the_full_insert(repo: SQLiteRepo
     stored = repo.get(record.id)
     assert stored is not None and getattr(stored, field) == value
     assert _row(repo, plain.id) == _stored_by_full_insert(repo, plain)
+
+
+def _seqs(repo: SQLiteRepository) -> dict[str, int]:
+    with sqlite3.connect(repo.path) as conn:
+        return dict(conn.execute("SELECT id, seq FROM jobs"))
+
+
+def test_a_new_file_keeps_no_sqlite_sequence(repo: SQLiteRepository) -> None:
+    # AUTOINCREMENT would read and write sqlite_sequence in every INSERT (a page a commit)
+    records = [make_record() for _ in range(3)]
+    repo.insert(records[:1], NOW)
+    repo.insert(records[1:], NOW)
+    assert [r.seq for r in records] == [1, 2, 3] == [_seqs(repo)[r.id] for r in records]
+    with sqlite3.connect(repo.path) as conn:
+        assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'sqlite_sequence'").fetchall() == []
+
+
+def test_a_file_made_with_autoincrement_is_used_as_it_is(tmp_path: Path) -> None:
+    # given a file whose jobs table was made by an earlier jobcore, with AUTOINCREMENT
+    path = tmp_path / "old.db"
+    old_schema = sql.CREATE_SCHEMA.replace("seq              INTEGER PRIMARY KEY,",
+                                           "seq              INTEGER PRIMARY KEY AUTOINCREMENT,")
+    assert old_schema != sql.CREATE_SCHEMA
+    with sqlite3.connect(path) as conn:
+        conn.executescript(old_schema)
+        conn.execute(sql.CREATE_META)
+        conn.execute(sql.SET_SCHEMA_VERSION, (str(sql.SCHEMA_VERSION),))
+    repo = SQLiteRepository(path)
+    try:
+        older, newest = make_record(), make_record()
+        repo.insert([older], NOW)
+        repo.insert([newest], NOW)
+        assert repo.claim(newest.id, "w1", NOW, NOW + LEASE) is not None
+        repo.delete_finished(None)  # nothing finished yet: both stay
+        assert set(_seqs(repo)) == {older.id, newest.id}
+        # when the newest finishes and is deleted, and a batch and a single job follow
+        assert repo.complete(newest.id, "w1", 1, None, NOW + 1) is not None
+        assert repo.delete_finished(None) == 1
+        batch, single = [make_record(), make_record()], make_record()
+        repo.insert(batch, NOW + 2)
+        repo.insert([single], NOW + 3)
+        # then every seq is the one stored, after the deleted one's (sqlite_sequence kept it)
+        stored = _seqs(repo)
+        assert [r.seq for r in (*batch, single)] == [stored[r.id] for r in (*batch, single)] == [3, 4, 5]
+        assert [e.job_id for e in repo.ready(None, 10)] == [older.id, batch[0].id, batch[1].id, single.id]
+    finally:
+        repo.close()

@@ -51,8 +51,8 @@ class JobRepository(abc.ABC):
         """Store `records` atomically (all or none) and return their ids, in order.
 
         Sets `seq`, `blocked` and `status` on each given record that is stored. `seq`
-        increases with insertion order (FIFO among equal
-        priorities). A record whose `unique_key` matches an unfinished job (or an earlier
+        is above every stored job's (FIFO among equal priorities; the seq of a newest
+        job since deleted may be given again). A record whose `unique_key` matches an unfinished job (or an earlier
         record of the batch) is not stored; its place in the result holds that job's id.
         Every `depends_on` id must be stored already or be in the batch, else
         `DependencyError` (and nothing is stored). `blocked` is set to the number of
