@@ -1,12 +1,13 @@
-"""GroupCommitter's solo path, and single-statement writes on SQLite (no transaction of
-their own when no other writer is there to share one with)."""
+"""GroupCommitter: its solo path, shared transactions (one bad operation failing alone,
+each of many threads getting its own result), and single-statement writes on SQLite (no
+transaction of their own when no other writer is there to share one with)."""
 
 from __future__ import annotations
 
 import contextlib
 import sqlite3
 import threading
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -16,13 +17,15 @@ from jobcore.testing.contract import NOW, make_record
 
 
 class _Transactions:
-    """A fake transaction source that counts its transactions and can hold one open."""
+    """A fake transaction source that counts its transactions, can hold one open, and
+    keeps what the operations of each committed transaction wrote to its log."""
 
     def __init__(self) -> None:
         self.opened = 0
         self.hold = threading.Event()
         self.held = threading.Event()
         self.hold.set()
+        self.committed: list[list[str]] = []
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[list[str]]:
@@ -31,6 +34,40 @@ class _Transactions:
         self.held.set()
         assert self.hold.wait(10)
         yield log
+        self.committed.append(log)
+
+
+def _writes(entry: str) -> Callable[[list[str]], str]:
+    def op(log: list[str]) -> str:
+        log.append(entry)
+        return entry
+    return op
+
+
+def _queued_behind_a_held_leader(group: GroupCommitter[list[str]], source: _Transactions,
+                                 ops: list[Callable[[list[str]], str]]) -> tuple[threading.Thread, list[Any]]:
+    """A leader holding its transaction open, then a thread per op queued behind it, in
+    order; returns the leader and, per op, what its run returned or raised (filled in as
+    they end)."""
+    source.hold.clear()
+    leader = threading.Thread(target=group.run, args=(_writes("leader"),))
+    leader.start()
+    assert source.held.wait(10)
+    outcomes: list[Any] = [None] * len(ops)
+
+    def submit(n: int) -> None:
+        try:
+            outcomes[n] = group.run(ops[n])
+        except Exception as exc:
+            outcomes[n] = exc
+
+    for n in range(len(ops)):
+        thread = threading.Thread(target=submit, args=(n,))
+        thread.start()
+        outcomes[n] = thread
+        while len(group._pending) < n + 1:  # queued in this order
+            threading.Event().wait(0.001)
+    return leader, outcomes
 
 
 def test_an_operation_alone_runs_solo_without_a_transaction() -> None:
@@ -71,6 +108,49 @@ def test_an_operation_queued_behind_a_leader_shares_a_transaction_instead_of_goi
     # then both ran in one shared transaction after the leader's, and neither went solo
     assert sorted(values) == ["shared 1", "shared 2"] and solos == []
     assert source.opened == 2
+
+
+def test_one_bad_operation_of_a_shared_transaction_fails_alone() -> None:
+    # given three operations queued behind a leader, the middle one raising
+    source = _Transactions()
+    group: GroupCommitter[list[str]] = GroupCommitter(source.transaction)
+
+    def bad(log: list[str]) -> str:
+        log.append("bad")
+        raise ValueError("bad operation")
+
+    leader, outcomes = _queued_behind_a_held_leader(group, source, [_writes("a"), bad, _writes("c")])
+    threads = list(outcomes)
+    # when the leader commits
+    source.hold.set()
+    for thread in [leader, *threads]:
+        thread.join(10)
+    # then the shared transaction was undone and each ran alone: only the bad one failed
+    assert outcomes[0] == "a" and outcomes[2] == "c"
+    assert isinstance(outcomes[1], ValueError) and str(outcomes[1]) == "bad operation"
+    assert source.committed == [["leader"], ["a"], ["c"]]
+    assert source.opened == 5  # the leader's, the shared one undone, then a, bad and c alone
+
+
+def test_each_of_many_threads_gets_its_own_result_once() -> None:
+    # given 16 threads each running 100 operations through one committer
+    source = _Transactions()
+    group: GroupCommitter[list[str]] = GroupCommitter(source.transaction)
+    results: dict[int, list[str]] = {}
+
+    def submit(n: int) -> None:
+        results[n] = [group.run(_writes(f"{n}.{i}")) for i in range(100)]
+
+    threads = [threading.Thread(target=submit, args=(n,)) for n in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    # then each got back what its own operations returned, and each committed once
+    assert all(results[n] == [f"{n}.{i}" for i in range(100)] for n in range(16))
+    written = [entry for log in source.committed for entry in log]
+    assert sorted(written) == sorted(f"{n}.{i}" for n in range(16) for i in range(100))
+    assert group._pending == [] and not group._leading
 
 
 def test_a_single_insert_commits_by_itself_and_is_seen_by_another_connection(tmp_path: Any) -> None:
