@@ -211,6 +211,39 @@ def bulk(engine: Engine, workdir: str, n: int, timeout: float) -> dict[str, Any]
     return {"enqueue_many_per_s": n / (t1 - t0)}
 
 
+def producers(engine: Engine, workdir: str, n: int, threads: int) -> dict[str, Any]:
+    """n jobs enqueued one call at a time by `threads` producer threads at once (the
+    workers not started): what concurrent callers share, such as a commit's fsync."""
+    tracker = Tracker(n)
+    engine.open(workdir, tracker)
+    shares = [list(range(k, n, threads)) for k in range(threads)]
+    gate = threading.Barrier(threads + 1)
+    errors: list[BaseException] = []
+
+    def produce(xs: list[int]) -> None:
+        gate.wait()
+        try:
+            for x in xs:
+                engine.enqueue(x)
+        except BaseException as exc:  # told below: the figure would be wrong
+            errors.append(exc)
+
+    pool = [threading.Thread(target=produce, args=(xs,)) for xs in shares]
+    try:
+        for thread in pool:
+            thread.start()
+        gate.wait()
+        t0 = time.perf_counter()
+        for thread in pool:
+            thread.join()
+        t1 = time.perf_counter()
+    finally:
+        engine.close()
+    if errors:
+        raise errors[0]
+    return {"enqueue_per_s": n / (t1 - t0), "threads": threads}
+
+
 def concurrent(engine: Engine, workdir: str, n: int, budget: float) -> dict[str, Any]:
     """Workers running while one producer thread enqueues n jobs one call at a time."""
     tracker = Tracker(n)

@@ -115,6 +115,23 @@ def render(results: dict[str, Any], targets: list[dict[str, Any]], meta: dict[st
                        f" {_rate(entry.get('e2e_per_s'))} |")
         out.append("")
 
+    if "producers" in results:
+        threads = next((int(e["threads"]) for e in results["producers"].values() if "threads" in e), 0)
+        out.append(f"## Enqueue from {threads} producer threads at once (jobs/s)\n")
+        out.append(f"{threads} threads share the {cfg['n']:,} jobs, one `enqueue` call per job,"
+                   " the workers not started; one producer = the enqueue column of the throughput table."
+                   " jobcore's concurrent callers share a transaction and its commit (group commit);"
+                   " each raw floor INSERT is its own.\n")
+        out.append(f"| engine | one producer | {threads} producers | × one producer |")
+        out.append("| --- | ---: | ---: | ---: |")
+        for engine, entry in results["producers"].items():
+            one = _get(results, "e2e", engine, "enqueue_per_s")
+            many = entry.get("enqueue_per_s")
+            if "error" in entry:
+                notes.setdefault(engine, f"producers: {entry['error']}")
+            out.append(f"| {_label(engine)} | {_rate(one)} | {_rate(many)} | {_ratio(many, one)} |")
+        out.append("")
+
     if "pickup" in results:
         out.append("## Pickup latency with idle workers (ms, enqueue call start → job body starts)\n")
         out.append("| engine | p50 | p95 | p99 | max | samples | p50 × Huey |")

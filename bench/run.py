@@ -41,11 +41,13 @@ SCENARIO_ENGINES = {
     "e2e": JOBCORE + PEERS + FLOORS,
     "bulk": JOBCORE + ["litequeue", "raw-batch", "heap"],
     "concurrent": JOBCORE + PEERS + FLOORS,
+    "producers": JOBCORE + ["huey", "raw-normal", "raw-full"],
     "waited": JOBCORE,
     "priority": JOBCORE + ["huey", "raw-normal", "heap"],
     "pickup": JOBCORE + PEERS + ["raw-normal", "heap"],
     "deep": ["jobcore-sqlite", "jobcore-memory", "litequeue", "raw-normal", "heap"],
 }
+PRODUCERS = 4        # threads enqueueing at once in the "producers" figure
 POLLING = {"huey"}   # idle workers poll: fewer pickup samples, each takes ~0.1 s
 
 
@@ -92,6 +94,8 @@ def _child_result(args: argparse.Namespace) -> Optional[dict[str, Any]]:
         return harness.waited(engine, workdir, args.n, args.budget)
     if args.child == "bulk":
         return harness.bulk(engine, workdir, args.n, args.timeout)
+    if args.child == "producers":
+        return harness.producers(engine, workdir, args.n, PRODUCERS)
     if args.child == "concurrent":
         return harness.concurrent(engine, workdir, args.n, args.budget)
     if args.child == "priority":
@@ -229,7 +233,8 @@ def run_all(args: argparse.Namespace, cfg: dict[str, Any], code: str) -> dict[st
     pickup_errors: dict[str, str] = {}
 
     # Interleaved: every repetition runs every engine once, in an order rotated per rep.
-    timed = [s for s in ("e2e", "bulk", "concurrent", "waited", "priority", "pickup") if _wanted(args, s)]
+    timed = [s for s in ("e2e", "bulk", "producers", "concurrent", "waited", "priority", "pickup")
+             if _wanted(args, s)]
     for rep in range(reps):
         for scenario in timed:
             engines = _engines(args, scenario)
@@ -322,7 +327,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, one repetition (~3 min)")
     parser.add_argument("--reps", type=int, help="repetitions (default 3, --quick 1)")
     parser.add_argument("--n", type=int, help="jobs per throughput figure (default 20,000)")
-    parser.add_argument("--only", help="comma-separated scenarios: e2e,bulk,concurrent,waited,priority,pickup,deep,depth,procs,isolation")
+    parser.add_argument("--only", help="comma-separated scenarios: e2e,bulk,producers,concurrent,waited,priority,"
+                                        "pickup,deep,depth,procs,isolation")
     parser.add_argument("--engines", help="comma-separated engine keys (see bench/README.md)")
     parser.add_argument("--no-venv", action="store_true", help="do not build or use bench/.venv (peers n/a)")
     parser.add_argument("--profile", metavar="ENGINE", help="run the end-to-end figure once under cProfile and exit")
