@@ -41,7 +41,7 @@ SCENARIO_ENGINES = {
     "e2e": JOBCORE + PEERS + FLOORS,
     "bulk": JOBCORE + ["litequeue", "raw-batch", "heap"],
     "concurrent": JOBCORE + PEERS + FLOORS,
-    "producers": JOBCORE + ["huey", "raw-normal", "raw-full"],
+    "producers": JOBCORE + ["huey", "raw-normal", "raw-full", "heap"],
     "waited": JOBCORE,
     "priority": JOBCORE + ["huey", "raw-normal", "heap"],
     "pickup": JOBCORE + PEERS + ["raw-normal", "heap"],
