@@ -106,9 +106,10 @@ class Enqueuer:
         """Store a job that can run at once and give it straight to an idle worker, claimed
         in the same step: no dispatcher round trip, so the job starts sooner. Returns its
         id, or None (nothing stored) when no worker is idle or the job must wait anyway."""
-        if (record.status is not JobStatus.PENDING or record.blocked or record.is_schedule
-                or not self._pool.runnable(record.queue_entry())):
+        if record.status is not JobStatus.PENDING or record.blocked or record.is_schedule:
             return None
+        if record.function_name not in self._registry and not self._pool.runnable(record.queue_entry()):
+            return None  # (a registered function runs here: the common case, asked first)
         if not record.depends_on and record.unique_key is None and self._repo.inserts_in_exchanges:
             # No row to check it against: stored in an exchange of the pool's, claimed there
             # if a worker has room for it.

@@ -107,6 +107,8 @@ class ReadyQueue:
     def pop_ready(self, limit: int) -> list[QueueEntry]:
         """Take up to `limit` ready entries, best first; never blocks."""
         with self._lock:
+            if not self._ready and not self._timers:
+                return []  # nothing queued (a quiet pool's enqueue asks every time)
             self._release_due()
             taken = []
             while self._ready and len(taken) < limit:

@@ -57,10 +57,15 @@ class Settlements:
     def forget(self, job_ids: Iterable[str]) -> None:
         """Forget the completions of these ids (used again by new jobs after theirs were
         deleted, by any process)."""
-        if self._completions:
+        # Looked up first without the lock (one dict lookup each, whole under the GIL):
+        # an id is only ever found here after its job was deleted and its id given again,
+        # so most enqueues take no lock for this.
+        completions = self._completions
+        known = [job_id for job_id in job_ids if job_id in completions] if completions else None
+        if known:
             with self._changed:
-                for job_id in job_ids:
-                    self._completions.pop(job_id, None)
+                for job_id in known:
+                    completions.pop(job_id, None)
 
     def forget_all(self) -> None:
         """Forget every completion (their rows may have been deleted)."""

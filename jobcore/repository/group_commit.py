@@ -35,8 +35,11 @@ class GroupCommitter(Generic[C]):
 
     def __init__(self, transaction: Callable[[], ContextManager[C]]) -> None:
         self._transaction = transaction
-        # _cond guards _pending and _leading; followers wait on it for their ticket.
-        self._cond = threading.Condition(threading.Lock())
+        # _lock guards _pending and _leading; followers wait on _cond, a condition on it,
+        # for their ticket. (`with self._lock` rather than `with self._cond`: the same
+        # lock, without two Python calls to the condition's __enter__ and __exit__.)
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._pending: list[_Ticket] = []
         self._leading = False
 
@@ -47,7 +50,7 @@ class GroupCommitter(Generic[C]):
         `solo`, if given, does the same work committed on its own without a transaction
         around it (a single statement); it runs instead of `op` when no other operation
         is there to share a transaction with."""
-        with self._cond:
+        with self._lock:
             alone = not self._leading and not self._pending
             if alone:
                 self._leading = True
@@ -58,12 +61,12 @@ class GroupCommitter(Generic[C]):
                 with self._transaction() as conn:
                     return op(conn)
             finally:
-                with self._cond:
+                with self._lock:
                     self._leading = False
                     if self._pending:
                         self._cond.notify_all()  # whoever queued meanwhile leads next
         ticket = _Ticket(op)
-        with self._cond:
+        with self._lock:
             self._pending.append(ticket)
             while not ticket.done and self._leading:
                 self._cond.wait()
@@ -74,7 +77,7 @@ class GroupCommitter(Generic[C]):
             try:
                 self._run_batch(batch)
             finally:
-                with self._cond:
+                with self._lock:
                     self._leading = False  # the next waiter with work leads
                     self._cond.notify_all()
         if ticket.error is not None:
@@ -101,7 +104,7 @@ class GroupCommitter(Generic[C]):
                 self._finish([ticket], [value])
 
     def _finish(self, tickets: list[_Ticket], values: list[Any], error: BaseException | None = None) -> None:
-        with self._cond:
+        with self._lock:
             for ticket, value in zip(tickets, values):
                 ticket.value, ticket.error, ticket.done = value, error, True
             self._cond.notify_all()

@@ -41,12 +41,16 @@ def is_plain(record: JobRecord) -> bool:
             and record.memory_limit is None)
 
 
+# Each status's text by a dict lookup: `.value` on an Enum member runs two Python calls.
+_STATUS_TEXT = {status: status.value for status in JobStatus}
+
+
 def plain_params(record: JobRecord, now: float, status: JobStatus,
                  max_payload_bytes: Optional[int]) -> tuple[Any, ...]:
     """The INSERT_PLAIN_JOB parameters storing `record`, whose optional fields hold their
     defaults (raises TypeError/ValueError naming a field)."""
     payload = serialization.encode_payload(record.args, record.kwargs, max_payload_bytes)
-    return (record.id, record.function_name, record.name, payload, record.priority, status.value, now,
+    return (record.id, record.function_name, record.name, payload, record.priority, _STATUS_TEXT[status], now,
             record.max_retries, record.retry_delay, record.retry_backoff, int(record.retry_jitter),
             record.timeout, record.isolation)
 
