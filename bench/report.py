@@ -6,7 +6,7 @@ Pure functions of the results dict that `run.py` builds; no measuring here.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from engines import ENGINES, PER_JOB
 
@@ -44,6 +44,18 @@ def _ms(value: Optional[float]) -> str:
 def _why(results: dict[str, Any], scenario: str, engine: str) -> Optional[str]:
     entry = results.get(scenario, {}).get(engine, {})
     return entry.get("error") if isinstance(entry, dict) else None
+
+
+def _beside_e2e(results: dict[str, Any], scenario: str, metric: str,
+                notes: dict[str, str]) -> Iterator[tuple[dict[str, Any], str]]:
+    """For each engine of `scenario`: its entry, and the start of its table row: the
+    end-to-end scenario's `metric`, this scenario's, and the second over the first (an
+    error goes to `notes`)."""
+    for engine, entry in results[scenario].items():
+        base, value = _get(results, "e2e", engine, metric), entry.get(metric)
+        if "error" in entry:
+            notes.setdefault(engine, f"{scenario}: {entry['error']}")
+        yield entry, f"| {_label(engine)} | {_rate(base)} | {_rate(value)} | {_ratio(value, base)} |"
 
 
 def render(results: dict[str, Any], targets: list[dict[str, Any]], meta: dict[str, Any]) -> str:
@@ -106,13 +118,8 @@ def render(results: dict[str, Any], targets: list[dict[str, Any]], meta: dict[st
                    " as an application using only the public API would; end-to-end = enqueue + that drain.\n")
         out.append("| engine | drain | drain, waited | waited ÷ drain | end-to-end, waited |")
         out.append("| --- | ---: | ---: | ---: | ---: |")
-        for engine, entry in results["waited"].items():
-            drain = _get(results, "e2e", engine, "drain_per_s")
-            waited = entry.get("drain_per_s")
-            if "error" in entry:
-                notes.setdefault(engine, f"waited: {entry['error']}")
-            out.append(f"| {_label(engine)} | {_rate(drain)} | {_rate(waited)} | {_ratio(waited, drain)} |"
-                       f" {_rate(entry.get('e2e_per_s'))} |")
+        for entry, row in _beside_e2e(results, "waited", "drain_per_s", notes):
+            out.append(f"{row} {_rate(entry.get('e2e_per_s'))} |")
         out.append("")
 
     if "producers" in results:
@@ -125,12 +132,7 @@ def render(results: dict[str, Any], targets: list[dict[str, Any]], meta: dict[st
                    " turns at Python's locks and GIL cost by themselves.\n")
         out.append(f"| engine | one producer | {threads} producers | × one producer |")
         out.append("| --- | ---: | ---: | ---: |")
-        for engine, entry in results["producers"].items():
-            one = _get(results, "e2e", engine, "enqueue_per_s")
-            many = entry.get("enqueue_per_s")
-            if "error" in entry:
-                notes.setdefault(engine, f"producers: {entry['error']}")
-            out.append(f"| {_label(engine)} | {_rate(one)} | {_rate(many)} | {_ratio(many, one)} |")
+        out.extend(row for _, row in _beside_e2e(results, "producers", "enqueue_per_s", notes))
         out.append("")
 
     if "pickup" in results:
