@@ -52,8 +52,9 @@ class JobRepository(abc.ABC):
 
         Sets `seq`, `blocked` and `status` on each given record that is stored. `seq`
         is above every stored job's (FIFO among equal priorities; the seq of a newest
-        job since deleted may be given again). A record whose `unique_key` matches an unfinished job (or an earlier
-        record of the batch) is not stored; its place in the result holds that job's id.
+        job since deleted may be given again). A record whose `unique_key` matches an
+        unfinished job (or an earlier record of the batch) is not stored; its place in
+        the result holds that job's id.
         Every `depends_on` id must be stored already or be in the batch, else
         `DependencyError` (and nothing is stored). `blocked` is set to the number of
         dependencies not COMPLETED; a record depending on a FAILED or CANCELLED job is
