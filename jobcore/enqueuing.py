@@ -62,8 +62,8 @@ class Enqueuer:
         for job in jobs:
             self._bind_function(job)
         ids = self._repo.insert(records, now)
-        stored = (self._stored(job, record, job_id) for job, record, job_id in zip(jobs, records, ids))
-        self._pool.enqueue_entries([entry for entry in stored if entry is not None])
+        stored = [self._stored(job, record, job_id) for job, record, job_id in zip(jobs, records, ids)]
+        self.queue_here([entry for entry in stored if entry is not None])
         if self._immediate:
             self._pool.run_pending()
         return ids
@@ -85,10 +85,20 @@ class Enqueuer:
         job_id = self._repo.insert([record], now)[0]
         entry = self._stored(job, record, job_id)
         if entry is not None:
-            self._pool.enqueue_entries((entry,))
+            self.queue_here((entry,))
         if self._immediate:
             self._pool.run_pending()
         return job_id
+
+    def queue_here(self, entries: Iterable[QueueEntry]) -> None:
+        """Queue stored jobs for this manager's workers. A producer not started queues
+        nothing: it would otherwise keep an entry for every job it ever enqueued of a
+        function registered here (`Job(function=...)` registers one), as nothing here
+        takes them; if it starts, `start` reads the best of the store, as after a restart.
+        Any other manager queues them before `start` too, to run them when it starts
+        without reading them back."""
+        if self.started or self._immediate or not self._producer:
+            self._pool.enqueue_entries(entries)
 
     def _stored(self, job: Job, record: JobRecord, job_id: str) -> Optional[QueueEntry]:
         """After `record` was inserted as `job_id`: remember what the job carries here, and

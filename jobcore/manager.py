@@ -348,7 +348,7 @@ class JobManager:
             return False
         last = f" after {before.error_type}: {before.error}" if before.error_type else ""
         self.repository.add_log(job_id, "info", f"re-queued by request{last} (attempts reset)", now)
-        self._pool.enqueue_entries([entry])
+        self._enqueuer.queue_here([entry])
         return True
 
     def retry_dead_letters(self, limit: Optional[int] = None) -> list[str]:

@@ -15,6 +15,7 @@ import pytest
 
 from jobcore import (Job, JobCancelled, JobManager, JobPriority, JobStatus, MemoryRepository,
                      SQLiteRepository, UnknownFunction, current_job)
+from jobcore.manager import READY_LOAD_LIMIT
 
 WAIT = 10.0  # generous bound for waits that normally end in milliseconds
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -265,6 +266,46 @@ def test_unknown_function_name_is_rejected_unless_producer(make_manager: Any, db
     producer = make_manager(db_path, producer=True)
     job_id = producer.enqueue(Job(function_name="not_registered"))
     assert producer.poll(job_id).status is JobStatus.PENDING
+
+
+def _process(n: int) -> int:
+    return n
+
+
+def test_a_producer_keeps_no_entry_for_the_jobs_it_enqueues(make_manager: Any,
+                                                            db_path: str) -> None:
+    # given a producer that enqueues jobs of functions it registers (Job(function=...)),
+    # as a web process never started would
+    producer = make_manager(db_path, producer=True)
+    ids = [producer.enqueue(Job(function=_process, args=(n,))) for n in range(2_000)]
+    ids += producer.enqueue_many([Job(function=_process, args=(n,)) for n in range(500)])
+    # then nothing is held here for them (nothing here would ever take them): they wait
+    # in the store, for workers elsewhere
+    assert len(producer._queue) == 0
+    assert producer.get_stats()["pending"] == 2_500
+    # and a worker that registers the function runs them
+    worker = make_manager(db_path)
+    worker.register_function(f"{__name__}._process", _process)
+    worker.start()
+    assert [worker.wait(job_id, timeout=WAIT).result for job_id in ids[:3]] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "memory"])
+def test_a_producer_started_later_runs_every_job_past_the_load_window(make_manager: Any, db_path: str,
+                                                                      backend: str) -> None:
+    # given more jobs enqueued on a producer not started than a manager loads at once
+    repo = SQLiteRepository(db_path) if backend == "sqlite" else MemoryRepository()
+    manager = make_manager(repo, max_workers=4, producer=True)
+    ran: list[int] = []
+    manager.register_function("task", ran.append)
+    count = READY_LOAD_LIMIT + 2_000
+    ids = manager.enqueue_many([Job(function_name="task", args=(n,)) for n in range(count)])
+    assert len(manager._queue) == 0
+    # when it starts
+    manager.start()
+    # then every one of them runs, once
+    assert all(manager.wait(job_id, timeout=WAIT).status is JobStatus.COMPLETED for job_id in ids)
+    assert sorted(ran) == list(range(count))
 
 
 def test_two_lambdas_with_the_same_qualname_each_run_their_own_code(make_manager: Any, db_path: str) -> None:
