@@ -53,9 +53,11 @@ class Housekeeper:
         self._exact_token = repository.change_token_sees_every_write
         self._on_recovery = on_recovery  # queues what came back, notifies of what failed
         self._discovery_interval = discovery_interval
-        # _cond guards _stopping and _thread; the thread sleeps on it between chores.
+        # _cond guards _stopping, _refill_soon and _thread; the thread sleeps on it
+        # between chores.
         self._cond = threading.Condition(threading.Lock())
         self._stopping = True
+        self._refill_soon = False  # see `refill_soon`
         self._thread: Optional[threading.Thread] = None
         self._host, self._pid = socket.gethostname(), os.getpid()
         pool.on_deadline = self.wake
@@ -88,6 +90,14 @@ class Housekeeper:
         with self._cond:
             self._cond.notify_all()
 
+    def refill_soon(self) -> None:
+        """Refill the ready queue now: it holds a window of the store's ready jobs and
+        runs low, with more waiting there. (Any thread; a manager not started has no
+        housekeeper thread, and its `run_pending` reads the store itself.)"""
+        with self._cond:
+            self._refill_soon = True
+            self._cond.notify_all()
+
     def _loop(self) -> None:
         settings = self._settings
         recover_every = max(settings.poll_interval, settings.lease_timeout / 4)
@@ -112,6 +122,11 @@ class Housekeeper:
                 next_beat = now
                 next_recover = now + settings.lease_timeout
             try:
+                with self._cond:
+                    soon, self._refill_soon = self._refill_soon, False
+                if soon:
+                    last_refill = now
+                    self._refill()
                 if now >= next_beat:
                     next_beat = now + settings.poll_interval
                     running = self._pool.heartbeat()
@@ -150,7 +165,7 @@ class Housekeeper:
                 if self._stopping:
                     return
                 delay = wake_at - self._clock.monotonic()
-                if delay > 0:
+                if delay > 0 and not self._refill_soon:
                     self._cond.wait(delay)
 
     def _expire_dead_neighbours(self) -> bool:

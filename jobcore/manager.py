@@ -107,6 +107,7 @@ class JobManager:
                                         _positive("discovery_interval", discovery_interval),
                                         self._recovered,
                                         stocked=lambda: len(self._queue) >= READY_LOAD_LIMIT // 2)
+        self._queue.running_low = self._housekeeper.refill_soon
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> "JobManager":
@@ -173,12 +174,19 @@ class JobManager:
                 if record is not None:
                     self._publish(event, record, {"error": record.error, "error_type": record.error_type})
 
-    def _load_queue(self) -> None:
-        """Index the stored jobs this manager can run (up to a window of the best)."""
+    def _load_queue(self) -> bool:
+        """Index the stored jobs this manager can run (up to a window of the best). True
+        if the window of ready jobs was full: more may wait in the store, and the queue
+        is read again before it runs dry."""
         names = self._registry.names
+        more = False
         if not self._pool.claims_from_store:
-            self._pool.enqueue_entries(self.repository.ready(names, READY_LOAD_LIMIT))
+            ready = self.repository.ready(names, READY_LOAD_LIMIT)
+            self._pool.enqueue_entries(ready)
+            more = len(ready) >= READY_LOAD_LIMIT
+            self._queue.watch_low(READY_LOAD_LIMIT // 4 if more else 0)
         self._pool.enqueue_entries(self.repository.scheduled(names, READY_LOAD_LIMIT))
+        return more
 
     def list_workers(self) -> list[WorkerInfo]:
         """The managers running jobs on this repository (any process), oldest first."""
@@ -247,8 +255,13 @@ class JobManager:
         due. Timeouts are not enforced. Not for a started (threaded) manager."""
         if self._running and not self.immediate:
             raise RuntimeError("run_pending() is for managers that are not started (or immediate ones)")
-        self._load_queue()
-        return self._pool.run_pending(limit)
+        ran = 0
+        while True:  # a window of the store at a time
+            more = self._load_queue()
+            ran_now = self._pool.run_pending(None if limit is None else limit - ran)
+            ran += ran_now
+            if not more or not ran_now or (limit is not None and ran >= limit):
+                return ran
 
     # -- reading -----------------------------------------------------------------------------------
     def poll(self, job_id: str) -> Optional[JobResult]:

@@ -38,6 +38,10 @@ class ReadyQueue:
         # none) was discarded: it stays in its heap until it surfaces, then is skipped.
         self._members: dict[str, _Item] = {}
         self._high_seq = 0  # the largest seq ever queued
+        # While non-zero, a pop that leaves fewer entries queued than this calls
+        # `running_low` (once; see `watch_low`).
+        self._low_water = 0
+        self.running_low: Callable[[], None] = lambda: None  # called without any lock held
         clock.subscribe(self.wake)  # a fake clock's jump makes timers due
 
     def push(self, entry: QueueEntry, due_at: Optional[float] = None) -> None:
@@ -116,7 +120,19 @@ class ReadyQueue:
                 if self._live(item):
                     del self._members[item[2].job_id]
                     taken.append(item[2])
-            return taken
+            low = len(self._members) < self._low_water
+            if low:
+                self._low_water = 0
+        if low:
+            self.running_low()
+        return taken
+
+    def watch_low(self, below: int) -> None:
+        """Call `running_low` once, when a pop leaves fewer than `below` entries queued
+        (0: stop watching). For a queue holding a window of a bigger store: it is read
+        again before it runs dry."""
+        with self._lock:
+            self._low_water = below
 
     def discard(self, job_ids: Iterable[str]) -> None:
         """Forget these ids wherever they are queued: this process claimed them by number

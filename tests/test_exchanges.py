@@ -151,13 +151,15 @@ class CountingClaims(SQLiteRepository):
 
 def test_ids_other_processes_took_are_forgotten_after_one_vain_claim(tmp_path: Any,
                                                                       make_manager: Any) -> None:
-    # given a manager that queued 100 jobs and, before it started, another manager on the
-    # same file ran them all: every id in its ready queue is stale
+    # given a manager whose ready queue holds the ids of 100 stored jobs (as a read of the
+    # store fills it) and, before it started, another manager on the same file ran them
+    # all: every id in its ready queue is stale
     path = str(tmp_path / "jobs.db")
     repository = CountingClaims(path)
     late: JobManager = make_manager(repository, max_workers=4)
     late.register_function("task", lambda: None)
     ids = late.enqueue_many([Job(function_name="task") for _ in range(100)])
+    late._queue.push_ready(repository.ready(["task"], 1_000))
     other: JobManager = make_manager(path, max_workers=4)
     other.register_function("task", lambda: None)
     other.start()
@@ -245,6 +247,7 @@ def test_a_claim_from_the_store_names_due_timers_and_asks_for_the_rest_of_its_ro
     due = manager.enqueue(Job(function_name="task",
                               scheduled_at=datetime.fromtimestamp(clock.time() + 10)))
     clock.advance(20)
+    manager._load_queue()  # queued as `start` queues them (an enqueue before it leaves them stored)
     # when an exchange with room for three jobs is made in that mode
     assert manager._pool._exchanges.run([], 3, True, by_worker=False)
     # then it named the due job alone, asked the store for three in all, and got the due

@@ -15,6 +15,7 @@ import pytest
 
 from jobcore import (Job, JobCancelled, JobManager, JobPriority, JobStatus, MemoryRepository,
                      SQLiteRepository, UnknownFunction, current_job)
+import jobcore.manager
 from jobcore.manager import READY_LOAD_LIMIT
 
 WAIT = 10.0  # generous bound for waits that normally end in milliseconds
@@ -272,17 +273,18 @@ def _process(n: int) -> int:
     return n
 
 
-def test_a_producer_keeps_no_entry_for_the_jobs_it_enqueues(make_manager: Any,
-                                                            db_path: str) -> None:
-    # given a producer that enqueues jobs of functions it registers (Job(function=...)),
-    # as a web process never started would
-    producer = make_manager(db_path, producer=True)
-    ids = [producer.enqueue(Job(function=_process, args=(n,))) for n in range(2_000)]
-    ids += producer.enqueue_many([Job(function=_process, args=(n,)) for n in range(500)])
-    # then nothing is held here for them (nothing here would ever take them): they wait
-    # in the store, for workers elsewhere
-    assert len(producer._queue) == 0
-    assert producer.get_stats()["pending"] == 2_500
+@pytest.mark.parametrize("producer", [True, False])
+def test_a_manager_not_started_keeps_no_entry_for_the_jobs_it_stores(make_manager: Any, db_path: str,
+                                                                     producer: bool) -> None:
+    # given a manager on a SQLite file, not started, that enqueues jobs of functions it
+    # registers (Job(function=...)), as a web process would (a producer, or not)
+    manager = make_manager(db_path, producer=producer)
+    ids = [manager.enqueue(Job(function=_process, args=(n,))) for n in range(2_000)]
+    ids += manager.enqueue_many([Job(function=_process, args=(n,)) for n in range(500)])
+    # then nothing is held here for them: they wait in the store, for workers elsewhere
+    # (or for this manager's start, which reads them from there)
+    assert len(manager._queue) == 0
+    assert manager.get_stats()["pending"] == 2_500
     # and a worker that registers the function runs them
     worker = make_manager(db_path)
     worker.register_function(f"{__name__}._process", _process)
@@ -306,6 +308,47 @@ def test_a_producer_started_later_runs_every_job_past_the_load_window(make_manag
     # then every one of them runs, once
     assert all(manager.wait(job_id, timeout=WAIT).status is JobStatus.COMPLETED for job_id in ids)
     assert sorted(ran) == list(range(count))
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "memory"])
+def test_a_store_deeper_than_the_window_is_read_again_before_the_queue_runs_dry(
+        make_manager: Any, db_path: str, backend: str, monkeypatch: Any) -> None:
+    # given a manager that reads 100 ready jobs at a time, whose periodic reads of the
+    # store (and looks for changes made there) are a minute apart, and 1,000 jobs stored
+    # before it starts (with priorities)
+    monkeypatch.setattr(jobcore.manager, "READY_LOAD_LIMIT", 100)
+    repo = SQLiteRepository(db_path) if backend == "sqlite" else MemoryRepository()
+    manager = make_manager(repo, max_workers=4, producer=True, poll_interval=60.0, discovery_interval=60.0)
+    ran: list[int] = []
+    manager.register_function("task", ran.append)
+    ids = manager.enqueue_many([Job(function_name="task", args=(n,), priority=n % 3) for n in range(1_000)])
+    # when it starts
+    manager.start()
+    # then the store is read again as the queue runs low: every job runs, once, long
+    # before a periodic read would have come
+    assert all(manager.wait(job_id, timeout=WAIT).status is JobStatus.COMPLETED for job_id in ids)
+    assert sorted(ran) == list(range(1_000))
+    # and the windows came best first: the first 100 jobs to run were of the top priority
+    assert {n % 3 for n in ran[:100]} == {2}
+
+
+def test_run_pending_runs_every_stored_job_past_the_load_window(make_manager: Any, db_path: str,
+                                                                monkeypatch: Any) -> None:
+    # given a manager not started that reads 50 ready jobs at a time, and 120 jobs stored
+    monkeypatch.setattr(jobcore.manager, "READY_LOAD_LIMIT", 50)
+    manager = make_manager(db_path)
+    ran: list[int] = []
+    manager.register_function("task", ran.append)
+    manager.enqueue_many([Job(function_name="task", args=(n,)) for n in range(120)])
+    # when the test runs what is pending in its own thread
+    # then every job runs, in order, a window at a time
+    assert manager.run_pending() == 120
+    assert ran == list(range(120))
+    # and a limit is kept across windows
+    manager.enqueue_many([Job(function_name="task", args=(n,)) for n in range(120, 240)])
+    assert manager.run_pending(limit=70) == 70
+    assert manager.run_pending() == 50
+    assert ran == list(range(240))
 
 
 def test_two_lambdas_with_the_same_qualname_each_run_their_own_code(make_manager: Any, db_path: str) -> None:
