@@ -62,8 +62,9 @@ class Enqueuer:
         for job in jobs:
             self._bind_function(job)
         ids = self._repo.insert(records, now)
-        stored = [self._stored(job, record, job_id) for job, record, job_id in zip(jobs, records, ids)]
-        self.queue_here([entry for entry in stored if entry is not None])
+        ready = [record for job, record, job_id in zip(jobs, records, ids) if self._stored(job, record, job_id)]
+        if ready and self._queues():
+            self._pool.enqueue_entries([record.queue_entry() for record in ready])
         if self._immediate:
             self._pool.run_pending()
         return ids
@@ -83,36 +84,37 @@ class Enqueuer:
             if handed is not None:
                 return handed
         job_id = self._repo.insert([record], now)[0]
-        entry = self._stored(job, record, job_id)
-        if entry is not None:
-            self.queue_here((entry,))
+        if self._stored(job, record, job_id) and self._queues():
+            self._pool.enqueue_entries((record.queue_entry(),))
         if self._immediate:
             self._pool.run_pending()
         return job_id
 
     def queue_here(self, entries: Iterable[QueueEntry]) -> None:
-        """Queue stored jobs for this manager's workers, once they run (or at once for an
-        immediate manager). Before `start`, a persistent store keeps them: `start` reads
+        """Queue stored jobs for this manager's workers, if it queues them now (`_queues`)."""
+        if self._queues():
+            self._pool.enqueue_entries(entries)
+
+    def _queues(self) -> bool:
+        """Whether jobs stored now are queued here: once the workers run (or at once for
+        an immediate manager). Before `start`, a persistent store keeps them: `start` reads
         the best of it into the queue, a window at a time, as after a restart (queueing
         each here cost an enqueue a tenth of its time, and a producer, which nothing here
         takes jobs from, would keep an entry for every job it ever enqueued of a function
         registered here; `Job(function=...)` registers one). A manager not started on the
         memory store, whose windows would each sort every pending job, queues them
         (unless it is a producer): the store keeps each job whole here anyway."""
-        if self.started or self._immediate or not (self._producer or self._repo.persistent):
-            self._pool.enqueue_entries(entries)
+        return self.started or self._immediate or not (self._producer or self._repo.persistent)
 
-    def _stored(self, job: Job, record: JobRecord, job_id: str) -> Optional[QueueEntry]:
+    def _stored(self, job: Job, record: JobRecord, job_id: str) -> bool:
         """After `record` was inserted as `job_id`: remember what the job carries here, and
-        return its queue entry if it is ready or due later (None if it waits on
-        dependencies or was cancelled). None too, with nothing remembered, when it was not
-        stored: an unfinished job already holds its unique_key (`job_id` is that job's)."""
+        tell whether it is to be queued: ready or due later (False if it waits on
+        dependencies or was cancelled). False too, with nothing remembered, when it was
+        not stored: an unfinished job already holds its unique_key (`job_id` is that job's)."""
         if job_id != record.id:
-            return None
+            return False
         self._local.remember(job.id, self._local_function(job), job.retry_on)
-        if record.blocked == 0 and record.status is not JobStatus.CANCELLED:
-            return record.queue_entry()
-        return None
+        return record.blocked == 0 and record.status is not JobStatus.CANCELLED
 
     def _hand_off(self, job: Job, record: JobRecord, now: float) -> Optional[str]:
         """Store a job that can run at once and give it straight to an idle worker, claimed

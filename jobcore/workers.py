@@ -207,6 +207,8 @@ class WorkerPool:
         return self._recorder.runnable(entry)
 
     def _poke(self) -> None:
+        if self._dispatcher.thread is None:
+            return  # never started: no one to tell (the dispatcher looks before it first sleeps)
         with self._state.lock:
             self._state.dispatch_needed.notify()
 

@@ -90,6 +90,24 @@ def _seqs(repo: SQLiteRepository) -> dict[str, int]:
         return dict(conn.execute("SELECT id, seq FROM jobs"))
 
 
+@pytest.mark.parametrize("position", [0, 299, 499])
+def test_a_batch_reusing_a_stored_id_names_it_and_stores_nothing(repo: SQLiteRepository,
+                                                                 position: int) -> None:
+    # given a stored job, and a batch of 500 plain jobs one of which reuses its id
+    existing = make_record(name="original")
+    repo.insert([existing], NOW)
+    batch = [make_record() for _ in range(500)]
+    batch[position] = make_record(id=existing.id, name="impostor")
+    # when the batch is inserted (one statement for all of them)
+    # then the error names that id, and no job of the batch is stored
+    with pytest.raises(ValueError, match=existing.id):
+        repo.insert(batch, NOW)
+    assert repo.count_by_status()[JobStatus.PENDING] == 1
+    assert repo.get(existing.id).name == "original"  # type: ignore[union-attr]
+    # and the next batch goes in whole
+    assert repo.insert([make_record() for _ in range(3)], NOW + 1) and repo.count_by_status()[JobStatus.PENDING] == 4
+
+
 def test_a_new_file_keeps_no_sqlite_sequence(repo: SQLiteRepository) -> None:
     # AUTOINCREMENT would read and write sqlite_sequence in every INSERT (a page a commit)
     records = [make_record() for _ in range(3)]

@@ -107,13 +107,18 @@ class SQLiteAdding(JobRepository):
             query, rows = sql.INSERT_JOB, [row_params(r, now, r.status, 0, None, self.max_payload_bytes)
                                            for r in records]
         ids = [record.id for record in records]
-        taken = {row[0] for row in conn.execute(sql.SELECT_EXISTING_IDS, (json.dumps(ids),))}
         seen: set[str] = set()
         for job_id in ids:  # named in the error, as the row-by-row path would
-            if job_id in taken or job_id in seen:
+            if job_id in seen:
                 raise id_taken(job_id)
             seen.add(job_id)
-        conn.executemany(query, rows)
+        before = conn.total_changes
+        try:
+            conn.executemany(query, rows)
+        except sqlite3.IntegrityError:
+            # The rows go in in order and the first that fails stops them: its id is taken
+            # (the transaction is rolled back by the caller).
+            raise id_taken(ids[conn.total_changes - before]) from None
         first = conn.execute("SELECT last_insert_rowid()").fetchone()[0] - len(records) + 1
         for offset, record in enumerate(records):
             record.seq, record.blocked = first + offset, 0

@@ -145,7 +145,6 @@ INSERT_JOB = _insert(f"{_PLAIN}, {_OPTIONAL}")
 INSERT_PLAIN_JOB = _insert(_PLAIN)
 INSERT_CLAIMED_JOB = _insert(f"{_PLAIN}, {_OPTIONAL}", claimed=True)
 INSERT_CLAIMED_PLAIN_JOB = _insert(_PLAIN, claimed=True)
-SELECT_EXISTING_IDS = "SELECT id FROM jobs WHERE id IN (SELECT value FROM json_each(?))"
 INSERT_DEP = "INSERT OR IGNORE INTO job_deps (job_id, depends_on) VALUES (?, ?)"
 SELECT_UNFINISHED_BY_KEY = """
 SELECT id FROM jobs WHERE unique_key = ? AND status IN ('pending', 'scheduled', 'running')
