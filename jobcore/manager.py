@@ -242,7 +242,7 @@ class JobManager:
     def enqueue(self, job: Job) -> str:
         """Validate, persist and queue `job`; return its id (or, for a `unique_key` already
         held by an unfinished job, that job's id)."""
-        return self.enqueue_many((job,))[0]
+        return self._enqueuer.enqueue_one(job)
 
     def enqueue_many(self, jobs: Iterable[Job]) -> list[str]:
         """Enqueue several jobs in one transaction: all are accepted or none is."""
