@@ -33,8 +33,8 @@ def _noop_counter(target: int) -> tuple[Any, threading.Event, list[int]]:
 
 def depth_fill(db: str, depth: int) -> dict[str, Any]:
     """Queue `depth` no-op jobs with `enqueue_many` (batches of 5,000) in a manager that
-    has the function registered and is not started: the process a producer would be,
-    holding its own index of every job it queued."""
+    has the function registered and is not started: the process a producer would be (on a
+    file it keeps nothing per job it queued; before cbad7c4 it kept an entry for each)."""
     from jobcore import Job, JobManager
     manager = JobManager(db, max_workers=WORKERS)
     manager.register_function("noop", lambda x: None)

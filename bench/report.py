@@ -194,8 +194,8 @@ def render(results: dict[str, Any], targets: list[dict[str, Any]], meta: dict[st
         ("depth", "jobcore SQLite (normal)",
          "enqueue = one `enqueue` call on a file already that deep; claim = wall time per job for"
          " 4 workers running the first jobs to completion (claim + run + complete); start = `start()`"
-         " on that file; RSS filled = the process that enqueued them all (its own index of every"
-         " job); RSS started = a fresh process started on the file.", "RSS filled (MB)", "RSS started (MB)"),
+         " on that file; RSS filled = the process that enqueued them all (a manager not started:"
+         " on a file it keeps nothing per job); RSS started = a fresh process started on the file.", "RSS filled (MB)", "RSS started (MB)"),
         ("depth_memory", "jobcore memory",
          "As above, in one process (a memory store has no file to start another on), filled afresh"
          " for each repetition; RSS queued = after filling, RSS run = after the claims. The"
