@@ -332,6 +332,31 @@ def test_a_store_deeper_than_the_window_is_read_again_before_the_queue_runs_dry(
     assert {n % 3 for n in ran[:100]} == {2}
 
 
+def test_two_managers_reading_windows_of_one_file_run_every_job_once(make_manager: Any, db_path: str,
+                                                                     monkeypatch: Any) -> None:
+    # given 600 jobs stored in one file, and two managers on it that read 50 ready jobs
+    # at a time, their periodic reads and looks for changes a minute apart
+    monkeypatch.setattr(jobcore.manager, "READY_LOAD_LIMIT", 50)
+    ran: list[int] = []
+    lock = threading.Lock()
+
+    def task(n: int) -> None:
+        with lock:
+            ran.append(n)
+    managers = []
+    for _ in range(2):
+        manager = make_manager(db_path, max_workers=2, poll_interval=60.0, discovery_interval=60.0)
+        manager.register_function("task", task)
+        managers.append(manager)
+    ids = managers[0].enqueue_many([Job(function_name="task", args=(n,)) for n in range(600)])
+    # when both start, each reading the windows the other takes jobs from
+    for manager in managers:
+        manager.start()
+    # then every job runs, once, without waiting for a periodic read
+    assert all(managers[0].wait(job_id, timeout=WAIT).status is JobStatus.COMPLETED for job_id in ids)
+    assert sorted(ran) == list(range(600))
+
+
 def test_run_pending_runs_every_stored_job_past_the_load_window(make_manager: Any, db_path: str,
                                                                 monkeypatch: Any) -> None:
     # given a manager not started that reads 50 ready jobs at a time, and 120 jobs stored
