@@ -101,3 +101,63 @@ def test_a_write_waits_for_another_connections_lock_and_goes_through_once_it_is_
     assert max(pauses) <= 0.001  # short pauses, not SQLite's 1, 2, 5, 10... ms steps
     holder.close()
     repo.close()
+
+
+def _wal_size(path: str) -> int:
+    return os.path.getsize(path + "-wal") if os.path.exists(path + "-wal") else 0
+
+
+def _wait_for(condition: Any, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_the_wal_is_emptied_once_commits_stop(tmp_path: Any, monkeypatch: Any) -> None:
+    # given a repository that empties its WAL after 50 ms without a call for a checkpoint,
+    # and more commits than CHECKPOINT_EVERY (the WAL a few hundred KB)
+    monkeypatch.setattr(sqlite_conn, "IDLE_TRUNCATE_AFTER", 0.05)
+    path = str(tmp_path / "jobs.db")
+    repo = SQLiteRepository(path)
+    records = [make_record(args=("x" * 500,)) for _ in range(sqlite_conn.CHECKPOINT_EVERY * 3)]
+    for record in records:
+        repo.insert([record], NOW)
+    assert _wal_size(path) > 0
+    # when the commits stop, then the WAL file is emptied
+    assert _wait_for(lambda: _wal_size(path) == 0)
+    # and nothing was lost: another connection reads every job, and writing goes on
+    repo.insert([make_record()], NOW)
+    other = SQLiteRepository(path)
+    assert sum(other.count_by_status().values()) == len(records) + 1
+    other.close()
+    repo.close()
+
+
+def test_a_reader_elsewhere_keeps_the_wal_until_it_ends_and_writes_go_on(tmp_path: Any,
+                                                                         monkeypatch: Any) -> None:
+    # given a repository that empties its WAL after 50 ms without a call for a checkpoint,
+    # and another connection (as another process would) reading a snapshot that needs it
+    monkeypatch.setattr(sqlite_conn, "IDLE_TRUNCATE_AFTER", 0.05)
+    path = str(tmp_path / "jobs.db")
+    repo = SQLiteRepository(path)
+    for _ in range(sqlite_conn.CHECKPOINT_EVERY * 2):
+        repo.insert([make_record()], NOW)
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    seen = reader.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+    repo.insert([make_record()], NOW)  # after the snapshot: the reader still needs the WAL
+    # when several quiet spells pass while it reads
+    time.sleep(0.3)
+    # then the WAL is still there, the reader's snapshot unchanged, and a write goes through
+    assert _wal_size(path) > 0
+    assert reader.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == seen
+    repo.insert([make_record()], NOW)
+    # and once the reader ends, the WAL is emptied
+    reader.execute("COMMIT")
+    reader.close()
+    assert _wait_for(lambda: _wal_size(path) == 0)
+    assert sum(repo.count_by_status().values()) == seen + 2
+    repo.close()

@@ -35,6 +35,13 @@ T = TypeVar("T")
 CHECKPOINT_EVERY = 64
 WAL_LIMIT_PAGES = 20_000
 FOREGROUND_WAL_LIMIT_PAGES = 1_000
+# Under steady writes the WAL is seldom wholly copied back at the moment a writer starts,
+# so SQLite seldom starts it over, and the file grows towards WAL_LIMIT_PAGES (about 80 MB)
+# and keeps that size. Once the background checkpoints stop being called for (fewer than
+# CHECKPOINT_EVERY commits in this many seconds), the thread empties it: a TRUNCATE
+# checkpoint, which gives up at once (to be tried after the next quiet spell) while any
+# connection, in any process, writes or reads an older snapshot.
+IDLE_TRUNCATE_AFTER = 2.0
 
 
 class Connections:
@@ -174,15 +181,20 @@ class Connections:
         self._checkpoint_wanted.set()
 
     def _checkpoint_loop(self) -> None:
+        quiet_for: Optional[float] = None  # how long to wait for a call before emptying the WAL
         while True:
-            self._checkpoint_wanted.wait()
+            wanted = self._checkpoint_wanted.wait(quiet_for)
             self._checkpoint_wanted.clear()
             if self._closed:
                 return
+            mode = "PASSIVE" if wanted else "TRUNCATE"
             try:
-                self.get().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                busy = self.get().execute(f"PRAGMA wal_checkpoint({mode})").fetchone()[0]
             except (sqlite3.Error, RepositoryError) as exc:  # the next commit's checkpoint may do
-                logger.debug("background checkpoint of %s failed: %s", self.path, exc)
+                logger.debug("background %s checkpoint of %s failed: %s", mode, self.path, exc)
+                busy = 1
+            # Commits came (or the WAL could not be emptied): empty it once they stop.
+            quiet_for = IDLE_TRUNCATE_AFTER if wanted or busy else None
 
     def close(self) -> None:
         """Close every connection and stop the checkpointer; later use raises."""
