@@ -50,6 +50,24 @@ def test_priorities_run_highest_first_and_fifo_among_equals(manager_on: Callable
     assert order == ["crit", "high", "n1", "n2", "n3", "low"]
 
 
+def test_a_store_deeper_than_the_window_runs_every_job_without_a_periodic_read(
+        manager_on: Callable[..., JobManager], monkeypatch: Any) -> None:
+    # given a manager that reads 40 ready jobs at a time, its periodic reads and looks for
+    # changes a minute apart, not started while 300 jobs are stored (so it keeps none)
+    import jobcore.manager
+    monkeypatch.setattr(jobcore.manager, "READY_LOAD_LIMIT", 40)
+    manager = manager_on(max_workers=2, poll_interval=60.0, discovery_interval=60.0)
+    ran: list[int] = []
+    manager.register_function("task", ran.append)
+    ids = manager.enqueue_many([Job(function_name="task", args=(n,), priority=n % 2) for n in range(300)])
+    assert len(manager._queue) == 0
+    # when it starts, then every job runs once, read from the store window after window
+    manager.start()
+    assert all(manager.wait(job_id, timeout=WAIT).status is JobStatus.COMPLETED for job_id in ids)
+    assert sorted(ran) == list(range(300))
+    assert {n % 2 for n in ran[:40]} == {1}  # the best window first
+
+
 def test_results_progress_and_logs_are_stored(manager_on: Callable[..., JobManager]) -> None:
     manager = manager_on().start()
 
