@@ -42,6 +42,8 @@ FOREGROUND_WAL_LIMIT_PAGES = 1_000
 # checkpoint, which gives up at once (to be tried after the next quiet spell) while any
 # connection, in any process, writes or reads an older snapshot.
 IDLE_TRUNCATE_AFTER = 2.0
+_CHECKPOINT_PASSIVE = "PRAGMA wal_checkpoint(PASSIVE)"
+_CHECKPOINT_TRUNCATE = "PRAGMA wal_checkpoint(TRUNCATE)"
 
 
 class Connections:
@@ -187,11 +189,11 @@ class Connections:
             self._checkpoint_wanted.clear()
             if self._closed:
                 return
-            mode = "PASSIVE" if wanted else "TRUNCATE"
+            query = _CHECKPOINT_PASSIVE if wanted else _CHECKPOINT_TRUNCATE
             try:
-                busy = self.get().execute(f"PRAGMA wal_checkpoint({mode})").fetchone()[0]
+                busy = self.get().execute(query).fetchone()[0]
             except (sqlite3.Error, RepositoryError) as exc:  # the next commit's checkpoint may do
-                logger.debug("background %s checkpoint of %s failed: %s", mode, self.path, exc)
+                logger.debug("background checkpoint of %s failed (%s): %s", self.path, query, exc)
                 busy = 1
             # Commits came (or the WAL could not be emptied): empty it once they stop.
             quiet_for = IDLE_TRUNCATE_AFTER if wanted or busy else None
