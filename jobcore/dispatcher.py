@@ -3,8 +3,10 @@
 It makes one when work arrives for idle workers, when outcomes wait with nothing queued
 to claim, when they have waited past their time (the workers busy with buffered jobs, or
 enqueues streaming in), while the repository fails (with back-off), and at stop, when it
-also hands back the claimed jobs no worker started. It fires due cron schedules. Between
-those it sleeps on `PoolState.dispatch_needed`. The worker threads are `workers`'.
+also hands back the claimed jobs no worker started. It fires due cron schedules, and
+wakes an idle worker for buffered tiny jobs that the busy worker has left waiting
+(`Pacing.tiny`). Between those it sleeps on `PoolState.dispatch_needed`. The worker
+threads are `workers`'.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Optional
 
 from .clock import Clock, real_monotonic
 from .exchanges import Exchanges
+from .pacing import STALL_AFTER
 from .pool_state import Exchange, PoolState
 from .queue import ReadyQueue
 from .recorder import Recorder
@@ -30,6 +33,10 @@ class Dispatcher:
         self._recorder = recorder
         self._clock = clock
         self.thread: Optional[threading.Thread] = None
+        # PoolState.taken when last looked at, and since when (real monotonic) the buffer
+        # has held jobs with that count unchanged: only this thread reads or writes them.
+        self._seen_taken = 0
+        self._seen_at = 0.0
 
     def start(self) -> None:
         """Start the thread; it ends once the pool stops and nothing is left to record."""
@@ -42,6 +49,7 @@ class Dispatcher:
         while True:
             with state.lock:
                 while True:
+                    self._wake_if_stalled_locked()
                     schedules = [] if state.stopping else self._queue.pop_due_schedules()
                     exchange = None if state.exchanging else self._exchange_due_locked()
                     if exchange is not None or schedules:
@@ -83,12 +91,24 @@ class Dispatcher:
             return state.begin_exchange_locked()
         return None
 
+    def _wake_if_stalled_locked(self) -> None:
+        """Wake an idle worker if buffered jobs have waited STALL_AFTER with none taken
+        (while jobs are tiny, buffered ones wake no one: see `wake_for_buffer_locked`).
+        Called with the lock held, at each of this thread's wake-ups."""
+        state, now = self._state, real_monotonic()
+        if not state.buffer or state.taken != self._seen_taken:
+            self._seen_taken, self._seen_at = state.taken, now
+        elif now - self._seen_at >= STALL_AFTER and not state.stopping:
+            state.wake_one_locked()
+            self._seen_at = now
+
     def _sleep_locked(self) -> None:
         """Wait for a notification, the next timer or schedule, or the time by which
         waiting outcomes must be recorded. Called with the lock held."""
         state = self._state
         due = self._queue.next_due()  # clock time: a fake clock's jump notifies instead
         timer_in = None if due is None else max(0.0, due - self._clock.time())
-        timeout = state.pacing.dispatcher_timeout(real_monotonic(), bool(state.finished), timer_in)
+        timeout = state.pacing.dispatcher_timeout(real_monotonic(), bool(state.finished), timer_in,
+                                                  busy=state.busy_locked())
         state.dispatch_needed.wait(timeout)
         state.pacing.dispatcher_woke()

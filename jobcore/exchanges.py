@@ -90,7 +90,8 @@ class Exchanges:
                 state.dispatch_needed.notify()
                 return False
             state.failing, state.from_store = False, from_store
-            state.ended_locked(finished, claimed, wake=len(claimed) > (1 if by_worker else 0))
+            state.ended_locked(finished, claimed, wake=len(claimed) > (1 if by_worker else 0),
+                               active=by_worker)
         return True
 
     # -- the enqueuing thread's exchange: a new job stored with the outcomes and claims ------
@@ -173,7 +174,7 @@ class Exchanges:
                 return
             if not state.stopping:
                 state.buffer.appendleft(record)
-                state.wake_one_locked()
+                state.wake_for_buffer_locked(active=False)
                 return
         # Stopped since the slot was promised: no worker will take it, so hand it back
         # unstarted (PENDING again, the attempt not counted) rather than leave it held.

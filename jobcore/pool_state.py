@@ -16,7 +16,7 @@ from typing import Optional
 
 from .clock import real_monotonic
 from .context import JobContext
-from .pacing import Pacing
+from .pacing import STALL_AFTER, Pacing
 from .recorder import Finished
 from .repository.base import JobRecord
 
@@ -63,6 +63,7 @@ class PoolState:
         self.handoffs = 0  # slots promised to new jobs being handed straight to a worker
         self.idle = 0  # workers waiting on work_ready
         self.waking = 0  # of those, notified and not yet running
+        self.taken = 0  # buffered jobs workers have taken, ever: the dispatcher spots a stall
         self.exchanging = False  # an exchange is under way (one at a time, by any thread)
         self.claiming = 0  # how many jobs that exchange may claim: held, for the room count
         self.failing = False  # the last exchange failed: only the dispatcher (backing off) tries
@@ -106,6 +107,23 @@ class PoolState:
             self.waking += 1
             self.work_ready.notify()
 
+    def wake_for_buffer_locked(self, active: bool) -> None:
+        """Wake one idle worker for buffered jobs (`wake_one_locked`), unless jobs are tiny
+        (`Pacing.tiny`) and a worker will be back at the buffer soon: one is running a job,
+        or the caller is a worker about to (`active`). The dispatcher wakes one if they
+        stall (`Dispatcher`)."""
+        if (active or self.running) and self.pacing.tiny():
+            if self.pacing.dispatcher_sleeps_past(real_monotonic() + STALL_AFTER):
+                self.dispatch_needed.notify()  # to look for a stall in time
+            return
+        self.wake_one_locked()
+
+    def busy_locked(self) -> bool:
+        """True while jobs are buffered, outcomes wait to be recorded, or an exchange is
+        under way: the dispatcher then keeps an eye on the buffer (not for a long job
+        running alone)."""
+        return bool(self.buffer or self.finished or self.exchanging)
+
     def add_finished_locked(self, finished: Finished) -> None:
         """Queue an outcome for the next exchange. The first one sets the time by which
         it must be recorded; if jobs are buffered (its worker goes on to one, leaving the
@@ -135,9 +153,9 @@ class PoolState:
         self.finished[:0] = finished
 
     def ended_locked(self, finished: list[Finished], claimed: list[JobRecord], *,
-                     wake: bool) -> None:
+                     wake: bool, active: bool = False) -> None:
         """An exchange recorded `finished` and claimed `claimed` (to the buffer; one idle
-        worker woken for them if `wake`)."""
+        worker woken for them if `wake`, as `wake_for_buffer_locked(active)` does)."""
         self.exchanging, self.claiming = False, 0
         for f in finished:
             self.pacing.ran(f.ran_for)
@@ -146,6 +164,6 @@ class PoolState:
             self.settling.discard(f.record.id)
         self.buffer.extend(claimed)
         if wake:
-            self.wake_one_locked()
+            self.wake_for_buffer_locked(active)
         if self.stopping:
             self.dispatch_needed.notify()  # it may be waiting for this exchange to end

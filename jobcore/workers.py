@@ -244,8 +244,9 @@ class WorkerPool:
                         state.waking -= 1
                 if exchange is None:
                     attempt = self._start_locked(state.buffer.popleft(), slot)
+                    state.taken += 1
                     if state.buffer:
-                        state.wake_one_locked()
+                        state.wake_for_buffer_locked(active=True)
                     suspect = self._claims.suspect(attempt.record, state.renewed_until, self._clock.time())
             if exchange is not None:
                 exchanges.run(*exchange, by_worker=True)

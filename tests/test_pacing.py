@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from jobcore.pacing import RECORD_WITHIN, RESERVE_BELOW, STREAM_BATCH, STREAM_GAP, Pacing
+from jobcore.pacing import RECORD_WITHIN, RESERVE_BELOW, STALL_AFTER, STREAM_BATCH, STREAM_GAP, TINY_BELOW, Pacing
+from jobcore.pool_state import PoolState
 
 T = 1000.0  # any real monotonic reading
 
@@ -78,3 +79,60 @@ def test_the_dispatcher_sleeps_until_the_first_of_a_timer_the_outcomes_time_and_
     assert pacing.dispatcher_timeout(T, outcomes_wait=False, timer_in=5.0) == RECORD_WITHIN
     pacing.due_now(T)
     assert pacing.dispatcher_timeout(T + 1.0, outcomes_wait=True, timer_in=None) == 0.0
+
+
+def test_jobs_prove_tiny_by_their_average_and_stop_being_tiny_once_they_run_long() -> None:
+    pacing = Pacing(max_workers=4)
+    assert not pacing.tiny()  # not until jobs prove short
+    for _ in range(100):
+        pacing.ran(TINY_BELOW / 10)
+    assert pacing.tiny()
+    for _ in range(30):
+        pacing.ran(TINY_BELOW * 10)
+    assert not pacing.tiny()
+
+
+def test_while_the_pool_holds_tiny_jobs_the_dispatcher_looks_at_least_every_stall_period() -> None:
+    pacing = Pacing(max_workers=1)
+    pacing.assume_short_jobs()
+    assert pacing.dispatcher_timeout(T, outcomes_wait=False, timer_in=5.0, busy=True) == STALL_AFTER
+    assert not pacing.dispatcher_sleeps_past(T + STALL_AFTER)
+    assert pacing.dispatcher_timeout(T, outcomes_wait=False, timer_in=None, busy=False) is None
+    assert pacing.dispatcher_sleeps_past(T + STALL_AFTER)  # idle pool: until notified
+    for _ in range(100):
+        pacing.ran(1.0)
+    assert pacing.dispatcher_timeout(T, outcomes_wait=False, timer_in=None, busy=True) is None  # long jobs
+
+
+def _state_with_idle_worker(tiny: bool) -> PoolState:
+    state = PoolState(max_workers=2)
+    state.stopping = False
+    state.idle = 1
+    if tiny:
+        state.pacing.assume_short_jobs()
+    return state
+
+
+def test_buffered_tiny_jobs_wake_no_idle_worker_while_one_works_on_them() -> None:
+    # given tiny jobs and an idle worker
+    state = _state_with_idle_worker(tiny=True)
+    state.pacing.dispatcher_timeout(T, outcomes_wait=False, timer_in=None, busy=True)  # it ticks
+    # when a worker about to run one (active) or a running job leaves more buffered
+    with state.lock:
+        state.wake_for_buffer_locked(active=True)
+        state.running["busy"] = object()  # type: ignore[assignment]
+        state.wake_for_buffer_locked(active=False)
+    # then the idle worker is left asleep: the busy one takes them next
+    assert state.waking == 0
+
+
+def test_buffered_jobs_wake_an_idle_worker_when_no_one_works_or_jobs_are_not_tiny() -> None:
+    alone = _state_with_idle_worker(tiny=True)
+    with alone.lock:
+        alone.wake_for_buffer_locked(active=False)  # nothing running: someone must come
+    assert alone.waking == 1
+    slow = _state_with_idle_worker(tiny=False)
+    slow.running["busy"] = object()  # type: ignore[assignment]
+    with slow.lock:
+        slow.wake_for_buffer_locked(active=True)  # jobs not proved tiny: join in at once
+    assert slow.waking == 1

@@ -1,0 +1,53 @@
+"""While jobs are tiny (`Pacing.tiny`), buffered jobs are left to the busy worker, and
+the dispatcher wakes an idle one when they stall behind a long job after all."""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+from jobcore import Job, JobManager
+from jobcore.repository.base import JobRepository
+
+WAIT = 10.0
+
+
+def test_a_job_buffered_behind_a_long_one_starts_on_an_idle_worker_while_jobs_are_tiny(
+        repository: JobRepository, make_manager: Callable[..., JobManager]) -> None:
+    # given a pool whose jobs proved tiny, and a long job queued ahead of a short one
+    manager = make_manager(repository, max_workers=2)
+    started, release, second = threading.Event(), threading.Event(), threading.Event()
+
+    def long_job() -> None:
+        started.set()
+        assert release.wait(WAIT)
+
+    manager.register_function("long", long_job)
+    manager.register_function("short", second.set)
+    manager.enqueue_many([Job(function_name="long", priority=9), Job(function_name="short")])
+    state = manager._pool._state
+    state.pacing.assume_short_jobs()
+    # when the workers start: one claim takes both, and one worker is woken for them
+    manager.start()
+    assert started.wait(WAIT)
+    # then the short job does not wait for the long one: the other worker runs it
+    assert second.wait(WAIT), "the buffered job waited behind the long one"
+    assert not release.is_set()
+    assert state.taken == 2
+    release.set()
+
+
+def test_a_drain_of_tiny_jobs_runs_every_job_once(
+        repository: JobRepository, make_manager: Callable[..., JobManager]) -> None:
+    # given 600 tiny jobs queued, and a pool that treats them as tiny from the start
+    manager = make_manager(repository, max_workers=4)
+    ran: list[int] = []
+    manager.register_function("tiny", ran.append)
+    ids = manager.enqueue_many([Job(function_name="tiny", args=(n,)) for n in range(600)])
+    manager._pool._state.pacing.assume_short_jobs()
+    # when they are drained
+    manager.start()
+    results = [manager.wait(job_id, timeout=WAIT) for job_id in ids]
+    # then each ran once and completed
+    assert sorted(ran) == list(range(600))
+    assert {r.status.value for r in results} == {"completed"}
