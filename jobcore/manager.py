@@ -185,6 +185,10 @@ class JobManager:
             self._pool.enqueue_entries(ready)
             more = len(ready) >= READY_LOAD_LIMIT
             self._queue.watch_low(READY_LOAD_LIMIT // 4 if more else 0)
+        else:
+            # No ids to queue: the pool claims the store's best by number, in an exchange
+            # the dispatcher makes when told (an idle pool would otherwise never look).
+            self._pool.wake_dispatcher()
         self._pool.enqueue_entries(self.repository.scheduled(names, READY_LOAD_LIMIT))
         return more
 

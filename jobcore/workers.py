@@ -206,6 +206,11 @@ class WorkerPool:
         """True if this process can run (or fire) the queued job."""
         return self._recorder.runnable(entry)
 
+    def wake_dispatcher(self) -> None:
+        """Have the dispatcher look for work now (it claims what is due and there is room
+        for): new jobs in the store that nothing queued here tells of."""
+        self._poke()
+
     def _poke(self) -> None:
         if self._dispatcher.thread is None:
             return  # never started: no one to tell (the dispatcher looks before it first sleeps)

@@ -167,3 +167,23 @@ def test_a_busy_manager_spaces_out_costly_reloads_while_its_queue_is_stocked(
     assert reloads_over(3) == 3
     release.set()
     assert manager.wait(busy_id, timeout=WAIT).status.value == "completed"
+
+
+def test_an_idle_manager_claiming_from_the_store_by_number_still_finds_new_jobs(
+        db_path: str, make_manager: Any) -> None:
+    # given a started manager on a file, idle, in the mode where other processes took the
+    # ids it queued and it claims the store's best ready jobs by number instead
+    ran = threading.Event()
+    worker = make_manager(db_path, discovery_interval=0.01)
+    worker.register_function("task", ran.set)
+    worker.start()
+    state = worker._pool._state
+    with state.lock:
+        state.from_store = True
+    # when another manager (another process, as far as the file knows) stores a job
+    producer = make_manager(db_path, producer=True)
+    job_id = producer.enqueue(Job(function_name="task"))
+    # then the idle manager notices it and runs it (it used to wait for ever: it queued
+    # no id for it and told no thread to claim by number)
+    assert ran.wait(5.0), "the new job was never claimed"
+    assert producer.wait(job_id, timeout=5.0).status.value == "completed"
