@@ -447,12 +447,26 @@ class Worker:
             [sys.executable, "-m", "jobcore", "--db", db, "worker", "--import", "cli_tasks", *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(module_dir))
         self.lines: queue.Queue[str] = queue.Queue()
+        self.errors: list[str] = []  # its stderr, read as it comes: a full pipe would block it
+        self.errors_done = threading.Event()
         threading.Thread(target=self._read, daemon=True).start()
+        threading.Thread(target=self._read_errors, daemon=True).start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             self.lines.put(line)
+
+    def _read_errors(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.errors.append(line)
+        self.errors_done.set()
+
+    def stderr(self) -> str:
+        """All it wrote to stderr, once it has exited."""
+        assert self.errors_done.wait(WAIT)
+        return "".join(self.errors)
 
     def next_line(self) -> str:
         return self.lines.get(timeout=WAIT)
@@ -479,6 +493,8 @@ def start_worker(tmp_path: Any) -> Iterator[Callable[..., Worker]]:
         if worker.proc.poll() is None:
             worker.proc.kill()
             worker.proc.wait(WAIT)
+        if worker.errors:  # shown with a failing test's output
+            print(f"stderr of worker {worker.proc.pid}:", "".join(worker.errors), sep="\n")
 
 
 def test_worker_runs_the_jobs_its_module_registers_then_stops_on_sigterm(
@@ -536,7 +552,7 @@ def test_a_second_signal_quits_the_worker_at_once(start_worker: Callable[..., Wo
     worker.proc.send_signal(signal.SIGTERM)
 
     assert worker.proc.wait(WAIT) == 1
-    assert worker.proc.stderr is not None and "Traceback" not in worker.proc.stderr.read()
+    assert "Traceback" not in worker.stderr()
     assert producer.poll(job_id).status is JobStatus.RUNNING  # taken back once its lease expires
 
 
@@ -553,7 +569,7 @@ def test_a_job_outlasting_the_grace_period_makes_the_worker_exit_1(
 
     assert worker.proc.wait(WAIT) == 1
     assert worker.proc.stderr is not None
-    assert worker.proc.stderr.read() == ("jobcore: error: 1 job(s) still running after --grace 0.2s;"
+    assert worker.stderr() == ("jobcore: error: 1 job(s) still running after --grace 0.2s;"
                                          " they run again elsewhere once their leases expire\n")
 
 
