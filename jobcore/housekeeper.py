@@ -108,6 +108,10 @@ class Housekeeper:
         last_refill = start
         refill_every = settings.poll_interval  # at least; more if reloads prove costly
         token = self._token()
+        # The first look reads the store whatever the token says: a job another process
+        # stored after `start` read the store, but before that token was taken, would
+        # otherwise leave no change to notice, and wait for ever.
+        first_look = True
         offset = self._clock.time() - start
         while True:
             now = self._clock.monotonic()
@@ -148,10 +152,11 @@ class Housekeeper:
                     # queue already holds what this manager's own writes made runnable.
                     # A busy manager with a well-stocked queue spaces its reloads out by
                     # what they cost (real time: the work they keep from the workers).
-                    changed = current is None or current != token
+                    changed = first_look or current is None or current != token
                     every = refill_every if self._stocked() else settings.poll_interval
                     due = now - last_refill >= every and (changed or not self._exact_token)
                     if (changed and self._pool.idle) or due:
+                        first_look = False
                         token, last_refill = current, now
                         began = real_monotonic()
                         self._refill()

@@ -187,3 +187,36 @@ def test_an_idle_manager_claiming_from_the_store_by_number_still_finds_new_jobs(
     # no id for it and told no thread to claim by number)
     assert ran.wait(5.0), "the new job was never claimed"
     assert producer.wait(job_id, timeout=5.0).status.value == "completed"
+
+
+class _FirstTokenWaits(SQLiteRepository):
+    """A file whose first `change_token` waits until `go` is set: the housekeeper's first
+    look at the store's token is held back until the test has stored a job elsewhere."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.asked, self.go = threading.Event(), threading.Event()
+
+    def change_token(self) -> Any:
+        if not self.asked.is_set():
+            self.asked.set()
+            assert self.go.wait(10)
+        return super().change_token()
+
+
+def test_a_job_stored_elsewhere_while_a_manager_starts_is_found(db_path: str, make_manager: Any) -> None:
+    # given a manager that has read the store at start, its housekeeper not yet looking
+    ran = threading.Event()
+    repository = _FirstTokenWaits(db_path)
+    worker = make_manager(repository, discovery_interval=0.01)
+    worker.register_function("task", ran.set)
+    worker.start()
+    assert repository.asked.wait(5.0)
+    # when another process stores a job before the housekeeper's first look
+    producer = make_manager(db_path, producer=True)
+    job_id = producer.enqueue(Job(function_name="task"))
+    repository.go.set()
+    # then the manager finds and runs it (it took the token after that write for its
+    # starting point, saw no change, and never read the store again)
+    assert ran.wait(5.0), "the job stored during start was never found"
+    assert producer.wait(job_id, timeout=5.0).status.value == "completed"
