@@ -104,7 +104,7 @@ ENGINES: dict[str, tuple[Callable[[], Engine], str, str]] = {
 # under the tables. jobcore's entries describe the engine as of this benchmark's writing.
 PER_JOB = {
     "jobcore-sqlite": "validates the Job; JSON-encodes args, tags, metadata and dependencies into a"
-                      " ~38-column row (7 indexes on the table, 3 of them holding a plain pending job); one write transaction per `enqueue`"
+                      " ~38-column row (7 indexes on the table, 2 of them holding a plain pending job); one write transaction per `enqueue`"
                       " call (concurrent callers share one: group commit); ready ids are claimed in"
                       " batches (UPDATE ... RETURNING the row) in the same transaction that records"
                       " finished outcomes, made by a worker thread that ran out of claimed jobs (or by"

@@ -95,6 +95,39 @@ def test_the_schema_version_is_stored(repo: SQLiteRepository, path: str) -> None
     assert row == (str(sql.SCHEMA_VERSION),)
 
 
+def test_a_version_3_database_gets_jobs_status_without_the_ready_pending_jobs(path: str) -> None:
+    # given a database as version 3 left it (jobs_status over every row), holding a pending
+    # job, one waiting on it, and a completed one
+    repo = SQLiteRepository(path)
+    first = make_record()
+    waiting = make_record(depends_on=(first.id,))
+    done = make_record()
+    repo.insert([first, waiting, done], NOW)
+    claimed = repo.claim(done.id, "w1", NOW, NOW + 30)
+    assert claimed is not None and repo.complete(done.id, "w1", claimed.attempts, None, NOW) is not None
+    repo.close()
+    with _raw(path) as conn:
+        conn.executescript("""
+            DROP INDEX jobs_status;
+            CREATE INDEX jobs_status ON jobs (status, seq);
+            UPDATE jobcore_meta SET value = '3' WHERE key = 'schema_version';
+        """)
+    # when this version opens it
+    repo = SQLiteRepository(path)
+    # then jobs_status leaves the ready pending jobs out, the version is the current one,
+    # and the jobs are counted and listed as before
+    with _raw(path) as conn:
+        definition = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'jobs_status'").fetchone()[0]
+        version = conn.execute("SELECT value FROM jobcore_meta WHERE key = 'schema_version'").fetchone()
+    assert "blocked <> 0" in definition and version == (str(sql.SCHEMA_VERSION),)
+    counts = repo.count_by_status()
+    assert (counts[JobStatus.PENDING], counts[JobStatus.COMPLETED]) == (2, 1)
+    assert [r.id for r in repo.list(status=JobStatus.PENDING)] == [waiting.id, first.id]
+    assert [r.id for r in repo.list(status=JobStatus.COMPLETED)] == [done.id]
+    assert repo.delete_finished(None) == 1
+    repo.close()
+
+
 def test_a_newer_schema_version_is_refused_and_left_alone(path: str) -> None:
     # given a database written by a newer jobcore
     SQLiteRepository(path).close()
@@ -272,10 +305,42 @@ def test_jobs_are_found_by_id_not_by_walking_every_waiting_job(repo: SQLiteRepos
 
 def test_counting_reads_the_finished_jobs_only_as_a_total(repo: SQLiteRepository, path: str) -> None:
     # The total is SQLite's whole-table count (the Count opcode: an index's pages, not its
-    # entries); every status counted on its own is a range of jobs_status.
+    # entries); the ready pending jobs are the entries of jobs_ready, and every other status
+    # counted on its own (and the pending jobs waiting on dependencies) a range of jobs_status.
     plan = _plan(path, sql.COUNT_BY_STATUS)
+    _assert_no_full_scan(plan)
     searches = [step for step in plan if step.startswith("SEARCH jobs")]
     assert len(searches) == 5 and all("jobs_status (status=?)" in step for step in searches), plan
+    assert [step for step in plan if step.startswith("SCAN jobs USING") and "jobs_ready" in step], plan
     with _raw(path) as conn:
-        opcodes = [row[1] for row in conn.execute("EXPLAIN " + sql.COUNT_BY_STATUS, (None,) * 5)]
+        opcodes = [row[1] for row in conn.execute("EXPLAIN " + sql.COUNT_BY_STATUS)]
     assert opcodes.count("Count") == 1, opcodes
+
+
+@pytest.mark.parametrize("query", ["DELETE_FINISHED", "DELETE_ALL_FINISHED"])
+def test_deleting_finished_jobs_reads_one_range_of_jobs_status_per_finished_status(
+        repo: SQLiteRepository, path: str, query: str) -> None:
+    plan = _plan(path, getattr(sql, query))
+    _assert_no_full_scan(plan)
+    searches = [step for step in plan if "jobs_status (status=?)" in step]
+    assert len(searches) == 3, plan
+
+
+def _frames_written(path: str, write: Any) -> int:
+    """How many pages (WAL frames) `write()` commits to a database whose WAL was emptied."""
+    with _raw(path) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        write()
+        return conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+
+
+def test_a_new_plain_job_enters_only_the_table_its_id_index_and_jobs_ready(repo: SQLiteRepository,
+                                                                            path: str) -> None:
+    # given an empty store (each table and index one page), then one plain pending job
+    # when it is stored
+    frames = _frames_written(path, lambda: repo.insert([make_record()], NOW))
+    # then its commit wrote three pages: jobs_status holds no plain pending job
+    assert frames == 3
+    # and a job waiting on another enters jobs_status too (counted and listed from there)
+    waiting = make_record(depends_on=(repo.list()[0].id,))
+    assert _frames_written(path, lambda: repo.insert([waiting], NOW)) > 3

@@ -29,9 +29,8 @@ from .base import (Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry,
 DURABILITY = SYNCHRONOUS
 
 # The statuses sql.COUNT_BY_STATUS counts one by one, in its order; the rest are 'completed'.
-COUNTED = tuple(status for status in JobStatus if status is not JobStatus.COMPLETED)
-_COUNTED_VALUES = tuple(status.value for status in COUNTED)
-if sql.COUNT_BY_STATUS.count("?") != len(COUNTED):
+COUNTED = tuple(JobStatus(value) for value in sql.COUNTED_STATUSES)
+if set(COUNTED) != set(JobStatus) - {JobStatus.COMPLETED}:
     raise ImportError("COUNT_BY_STATUS must count every status but 'completed'")
 
 
@@ -166,7 +165,7 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
         return [record_from_row(row) for row in self._read(query, params)]
 
     def count_by_status(self) -> dict[JobStatus, int]:
-        total, *counted = self._read(sql.COUNT_BY_STATUS, _COUNTED_VALUES)[0]
+        total, *counted = self._read(sql.COUNT_BY_STATUS)[0]
         counts = dict(zip(COUNTED, counted))
         counts[JobStatus.COMPLETED] = total - sum(counted)  # jobcore writes no other status
         return counts
@@ -304,7 +303,7 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
             if before is None:
                 rows = conn.execute(sql.DELETE_ALL_FINISHED).fetchall()
             else:
-                rows = conn.execute(sql.DELETE_FINISHED, (before,)).fetchall()
+                rows = conn.execute(sql.DELETE_FINISHED, (before,) * 3).fetchall()
             for (job_id,) in rows:
                 conn.execute(sql.DELETE_LOGS, (job_id,))
                 conn.execute(sql.DELETE_DEPS, (job_id, job_id))

@@ -182,6 +182,24 @@ class _ReadingContract:
             JobStatus.PENDING: 2, JobStatus.SCHEDULED: 1, JobStatus.RUNNING: 1,
             JobStatus.COMPLETED: 1, JobStatus.FAILED: 1, JobStatus.CANCELLED: 1}
 
+    def test_jobs_waiting_on_dependencies_are_counted_and_listed_as_pending(
+            self, repository: JobRepository) -> None:
+        # given a pending job, a job waiting on it, a job waiting on that one, and another
+        # job completed
+        first = _add(repository)
+        second = _add(repository, depends_on=(first.id,))
+        third = _add(repository, depends_on=(second.id,))
+        _complete(repository, _add(repository).id)
+        # then all three are pending, the two waiting ones included, newest first
+        assert repository.count_by_status()[JobStatus.PENDING] == 3
+        assert [r.id for r in repository.list(status=JobStatus.PENDING)] == [third.id, second.id, first.id]
+        # and once the first completes, the second (released) and the third still are
+        _complete(repository, first.id)
+        counts = repository.count_by_status()
+        assert (counts[JobStatus.PENDING], counts[JobStatus.COMPLETED]) == (2, 2)
+        assert [r.id for r in repository.list(status=JobStatus.PENDING)] == [third.id, second.id]
+        assert [r.id for r in repository.list(status=JobStatus.PENDING, limit=1, offset=1)] == [second.id]
+
     def test_logs_are_kept_per_job_oldest_first(self, repository: JobRepository) -> None:
         a, b = _add(repository), _add(repository)
         repository.add_log(a.id, "info", "first", NOW)
