@@ -145,6 +145,13 @@ class Pacing:
         wakes_at = self.dispatcher_wakes_at
         return wakes_at is None or wakes_at > when
 
+    def dispatcher_looks_soon(self, now: float) -> bool:
+        """True while enqueues stream in and the dispatcher, asleep, wakes by itself within
+        RECORD_WITHIN: jobs queued meanwhile need no notification (the stream's next
+        enqueue makes the exchange, and the dispatcher takes over once the stream ends).
+        Telling it of each one woke it about once per job, for nothing, on the other CPU."""
+        return self.streaming(now) and not self.dispatcher_sleeps_past(now + RECORD_WITHIN)
+
     def dispatcher_woke(self) -> None:
         """The dispatcher is awake: nothing need be timed to wake it."""
         self.dispatcher_wakes_at = None

@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable, Optional
 
 from .attempts import AttemptRunner
 from .claims import ClaimCheck
-from .clock import Clock
+from .clock import Clock, real_monotonic
 from .context import JobContext
 from .dispatcher import Dispatcher
 from .errors import JobTimeout, RepositoryError
@@ -85,7 +85,7 @@ class WorkerPool:
         self._abandoned = 0
         self._next_slot = 0
         self.on_deadline: Callable[[], None] = lambda: None  # set by the housekeeper
-        queue.listener = self._poke
+        queue.listener = self._ready_arrived
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -216,6 +216,17 @@ class WorkerPool:
             return  # never started: no one to tell (the dispatcher looks before it first sleeps)
         with self._state.lock:
             self._state.dispatch_needed.notify()
+
+    def _ready_arrived(self) -> None:
+        """The queue's listener: jobs may be ready. The dispatcher is told, unless it will
+        look soon anyway while enqueues stream in (`Pacing.dispatcher_looks_soon`)."""
+        if self._dispatcher.thread is None:
+            return
+        state = self._state
+        with state.lock:
+            if not (state.stopping or state.failing) and state.pacing.dispatcher_looks_soon(real_monotonic()):
+                return
+            state.dispatch_needed.notify()
 
     # -- worker threads -------------------------------------------------------------------
     def _work(self, slot: Slot) -> None:

@@ -136,3 +136,20 @@ def test_buffered_jobs_wake_an_idle_worker_when_no_one_works_or_jobs_are_not_tin
     with slow.lock:
         slow.wake_for_buffer_locked(active=True)  # jobs not proved tiny: join in at once
     assert slow.waking == 1
+
+
+def test_ready_jobs_need_no_notification_only_while_a_stream_lasts_and_the_dispatcher_looks_soon() -> None:
+    pacing = Pacing(max_workers=1)
+    pacing.stream_for(60.0, T)
+    assert not pacing.dispatcher_looks_soon(T)  # awake (or never slept): tell it
+    pacing.dispatcher_timeout(T, outcomes_wait=False, timer_in=None)  # it sleeps RECORD_WITHIN
+    assert pacing.dispatcher_looks_soon(T)
+    assert pacing.dispatcher_looks_soon(T + RECORD_WITHIN / 2)
+    pacing.stream_for(0.0, T)
+    assert not pacing.dispatcher_looks_soon(T)  # no stream: no enqueue will make the exchange
+    pacing.dispatcher_timeout(T, outcomes_wait=False, timer_in=None)  # until notified
+    pacing.stream_for(60.0, T)
+    assert not pacing.dispatcher_looks_soon(T)  # it would sleep through the stream's end
+    pacing.dispatcher_timeout(T, outcomes_wait=False, timer_in=5.0)
+    pacing.dispatcher_woke()
+    assert not pacing.dispatcher_looks_soon(T)
