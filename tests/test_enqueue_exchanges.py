@@ -16,6 +16,7 @@ from jobcore.repository.base import JobRepository, Settlement
 from waiting import wait_until
 
 WAIT = 10.0
+STREAMED = 1000
 
 
 class _NotesRecording:
@@ -144,13 +145,20 @@ def test_an_enqueue_the_store_refuses_leaves_the_waiting_outcomes_recorded(
     assert manager.wait(later, timeout=WAIT).result == "later"
 
 
-def test_jobs_enqueued_while_others_run_each_run_once_and_are_recorded_once(
-        recording: JobRepository, make_manager: Callable[..., JobManager]) -> None:
-    # given a started manager with two workers
-    manager = make_manager(recording, max_workers=2)
+def _started_with_two_workers(repository: JobRepository,
+                              make_manager: Callable[..., JobManager]) -> tuple[JobManager, list[int]]:
+    """A started manager with two workers and "task", which notes its argument in the list."""
+    manager = make_manager(repository, max_workers=2)
     runs: list[int] = []
     manager.register_function("task", runs.append)
     manager.start()
+    return manager, runs
+
+
+def test_jobs_enqueued_while_others_run_each_run_once_and_are_recorded_once(
+        recording: JobRepository, make_manager: Callable[..., JobManager]) -> None:
+    # given a started manager with two workers
+    manager, runs = _started_with_two_workers(recording, make_manager)
     # when a producer enqueues jobs one by one as fast as it can, some of higher priority
     ids = [manager.enqueue(Job(function_name="task", args=(n,), priority=n % 3)) for n in range(300)]
     # then every job completed after one attempt, and each outcome was recorded once
@@ -158,3 +166,32 @@ def test_jobs_enqueued_while_others_run_each_run_once_and_are_recorded_once(
     assert [(r.status, r.attempts) for r in results] == [(JobStatus.COMPLETED, 1)] * 300
     assert sorted(runs) == list(range(300))
     assert sorted(recording.recorded_by) == sorted(ids)  # type: ignore[attr-defined]
+
+
+def test_jobs_enqueued_in_a_stream_all_run_without_a_dispatcher_wake_up_each(
+        repository: JobRepository, make_manager: Callable[..., JobManager]) -> None:
+    # given a started pool whose dispatcher's wake-ups by notification are counted
+    manager, ran = _started_with_two_workers(repository, make_manager)
+    state = manager._pool._state
+    condition, notified = state.dispatch_needed, [0]
+    wait = condition.wait
+
+    def counted_wait(timeout: Any = None) -> bool:
+        woken = wait(timeout)
+        notified[0] += woken
+        return woken
+
+    condition.wait = counted_wait  # type: ignore[method-assign]
+    # when enqueues stream in (held as a stream throughout, with the dispatcher's own
+    # RECORD_WITHIN: `_streaming` stretches it), then the stream ends
+    with state.lock:
+        state.pacing.stream_for(60.0, real_monotonic())
+    ids = [manager.enqueue(Job(function_name="task", args=(n,))) for n in range(STREAMED)]
+    with state.lock:
+        state.pacing.stream_for(0.0, real_monotonic())
+    # then every job runs once, those left queued at the end of the stream included
+    results = [manager.wait(job_id, timeout=WAIT) for job_id in ids]
+    assert sorted(ran) == list(range(STREAMED))
+    assert {r.status.value for r in results} == {"completed"}
+    # and the dispatcher was woken by notification for a few of them only
+    assert notified[0] < STREAMED // 20, notified[0]
