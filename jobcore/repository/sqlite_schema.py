@@ -210,6 +210,9 @@ SELECT (SELECT COUNT(*) FROM jobs),
     (SELECT COUNT(*) FROM jobs WHERE status = 'failed'),
     (SELECT COUNT(*) FROM jobs WHERE status = 'cancelled')
 """
+_COUNT_ORDER = [COUNT_BY_STATUS.find(f"status = '{status}'") for status in COUNTED_STATUSES]
+if -1 in _COUNT_ORDER or _COUNT_ORDER != sorted(_COUNT_ORDER):
+    raise ImportError("COUNT_BY_STATUS must count COUNTED_STATUSES in their order")
 SELECT_LOGS = "SELECT at, level, message FROM job_logs WHERE job_id = ? ORDER BY id"
 INSERT_LOG = "INSERT INTO job_logs (job_id, at, level, message) VALUES (?, ?, ?, ?)"
 
