@@ -209,22 +209,20 @@ class WorkerPool:
     def wake_dispatcher(self) -> None:
         """Have the dispatcher look for work now (it claims what is due and there is room
         for): new jobs in the store that nothing queued here tells of."""
-        self._poke()
-
-    def _poke(self) -> None:
-        if self._dispatcher.thread is None:
-            return  # never started: no one to tell (the dispatcher looks before it first sleeps)
-        with self._state.lock:
-            self._state.dispatch_needed.notify()
+        self._tell_dispatcher(unless_it_looks_soon=False)
 
     def _ready_arrived(self) -> None:
         """The queue's listener: jobs may be ready. The dispatcher is told, unless it will
         look soon anyway while enqueues stream in (`Pacing.dispatcher_looks_soon`)."""
+        self._tell_dispatcher(unless_it_looks_soon=True)
+
+    def _tell_dispatcher(self, *, unless_it_looks_soon: bool) -> None:
         if self._dispatcher.thread is None:
-            return
+            return  # never started: no one to tell (the dispatcher looks before it first sleeps)
         state = self._state
         with state.lock:
-            if not (state.stopping or state.failing) and state.pacing.dispatcher_looks_soon(real_monotonic()):
+            if (unless_it_looks_soon and not (state.stopping or state.failing)
+                    and state.pacing.dispatcher_looks_soon(real_monotonic())):
                 return
             state.dispatch_needed.notify()
 

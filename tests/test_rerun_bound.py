@@ -133,7 +133,7 @@ def test_an_enqueue_claims_no_job_past_the_bound_while_outcomes_wait(
         assert max(unrecorded_at_start) <= LIMIT, unrecorded_at_start
     # and once the stream ends and the blockers go on, every job completes
     state.pacing.stream_for(0, real_monotonic())
-    manager._pool._poke()
+    manager._pool.wake_dispatcher()
     gate.set()
     for job_id in quick + blockers:
         assert manager.wait(job_id, timeout=10).status.value == "completed"
