@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Optional
 
 from .clock import real_monotonic
+from .pacing import EXCHANGE_WAIT
 from .pool_state import Exchange, PoolState
 from .queue import ReadyQueue
 from .recorder import Finished, Recorder
@@ -97,10 +98,11 @@ class Exchanges:
     # -- the enqueuing thread's exchange: a new job stored with the outcomes and claims ------
     def inserting(self, record: JobRecord, now: float) -> bool:
         """Store the plain pending `record` (no dependencies, no unique key) in an exchange
-        made now, by the enqueuing thread, if none is under way and there is room to claim
-        or an outcome to record. In one repository call it records the waiting outcomes,
-        stores the job and claims the best queued jobs, the new one among them if it is
-        good enough. False (nothing done): the caller stores the job the usual way.
+        made now, by the enqueuing thread, if there is room to claim or an outcome to
+        record; an exchange under way is waited for first (up to `EXCHANGE_WAIT`). In one
+        repository call it records the waiting outcomes, stores the job and claims the
+        best queued jobs, the new one among them if it is good enough. False (nothing
+        done): the caller stores the job the usual way.
         Raises what storing it raised (nothing was stored, recorded or claimed), the
         outcomes then left to the dispatcher.
 
@@ -112,6 +114,8 @@ class Exchanges:
         started = real_monotonic()
         with state.lock:
             state.pacing.offered(started)
+            if state.exchanging and not (state.stopping or state.failing or state.from_store):
+                state.await_exchange_locked(EXCHANGE_WAIT)
             if state.stopping or state.exchanging or state.failing or state.from_store:
                 return False
             if state.room_locked() <= 0 and not state.finished:

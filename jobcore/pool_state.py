@@ -47,8 +47,9 @@ class Attempt:
 class PoolState:
     """The shared state of one pool. `lock` guards every attribute. Worker threads wait on
     `work_ready` for a claimed record or an exchange to make; the dispatcher waits on
-    `dispatch_needed` for work it must do. Methods ending in `_locked` are called with
-    `lock` held."""
+    `dispatch_needed` for work it must do; an enqueuing thread waits on `exchange_ended`
+    for the exchange under way to end, to make its own. Methods ending in `_locked` are
+    called with `lock` held."""
 
     def __init__(self, max_workers: int) -> None:
         self.lock = threading.Lock()
@@ -65,6 +66,8 @@ class PoolState:
         self.waking = 0  # of those, notified and not yet running
         self.taken = 0  # buffered jobs workers have taken, ever: the dispatcher spots a stall
         self.exchanging = False  # an exchange is under way (one at a time, by any thread)
+        self.exchange_ended = threading.Condition(self.lock)
+        self.awaiting_exchange = 0  # enqueuing threads waiting on exchange_ended
         self.claiming = 0  # how many jobs that exchange may claim: held, for the room count
         self.failing = False  # the last exchange failed: only the dispatcher (backing off) tries
         # Other processes took ids this manager queued, and the store still had ready jobs:
@@ -149,14 +152,27 @@ class PoolState:
 
     def give_back_locked(self, finished: list[Finished]) -> None:
         """An exchange failed: its outcomes wait again, first."""
-        self.exchanging, self.claiming = False, 0
+        self._exchange_over_locked()
         self.finished[:0] = finished
+
+    def _exchange_over_locked(self) -> None:
+        self.exchanging, self.claiming = False, 0
+        if self.awaiting_exchange:
+            self.exchange_ended.notify_all()
+
+    def await_exchange_locked(self, seconds: float) -> None:
+        """Wait (releasing the lock) for the exchange under way to end, at most `seconds`."""
+        self.awaiting_exchange += 1
+        try:
+            self.exchange_ended.wait(seconds)
+        finally:
+            self.awaiting_exchange -= 1
 
     def ended_locked(self, finished: list[Finished], claimed: list[JobRecord], *,
                      wake: bool, active: bool = False) -> None:
         """An exchange recorded `finished` and claimed `claimed` (to the buffer; one idle
         worker woken for them if `wake`, as `wake_for_buffer_locked(active)` does)."""
-        self.exchanging, self.claiming = False, 0
+        self._exchange_over_locked()
         for f in finished:
             self.pacing.ran(f.ran_for)
             # Most left in _settled already; this catches any never told of (a failed

@@ -5,12 +5,12 @@ worker has room. While enqueues stream in, the dispatcher leaves that work to th
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import pytest
 
 from jobcore import Job, JobManager, JobStatus, MemoryRepository, SQLiteRepository
-from jobcore import pacing
+from jobcore import exchanges, pacing
 from jobcore.clock import real_monotonic
 from jobcore.repository.base import JobRepository, Settlement
 from waiting import wait_until
@@ -195,3 +195,113 @@ def test_jobs_enqueued_in_a_stream_all_run_without_a_dispatcher_wake_up_each(
     assert {r.status.value for r in results} == {"completed"}
     # and the dispatcher was woken by notification for a few of them only
     assert notified[0] < STREAMED // 20, notified[0]
+
+
+class _Gated:
+    """Notes how each new job was stored ("insert": on its own; "insert_and_apply": in an
+    enqueue's exchange), and, once `hold()` was called, holds the next exchange that
+    records outcomes (`apply`) until `release()`."""
+
+    stored_by: dict[str, str]
+    inside = threading.local()  # .inserting: within insert_and_apply (memory's calls apply)
+
+    def hold(self) -> None:
+        self.held, self.entered, self.gate = True, threading.Event(), threading.Event()
+
+    def release(self) -> None:
+        self.gate.set()
+
+    def apply(self, settlements: Sequence[Settlement], *args: Any, **kwargs: Any) -> Any:
+        if settlements and getattr(self, "held", False) and not getattr(self.inside, "inserting", False):
+            self.held = False
+            self.entered.set()
+            assert self.gate.wait(WAIT)
+        return super().apply(settlements, *args, **kwargs)  # type: ignore[misc]
+
+    def insert(self, records: Sequence[Any], *args: Any, **kwargs: Any) -> Any:
+        for record in records:
+            self.stored_by.setdefault(record.id, "insert")
+        return super().insert(records, *args, **kwargs)  # type: ignore[misc]
+
+    def insert_and_apply(self, record: Any, *args: Any, **kwargs: Any) -> Any:
+        self.stored_by[record.id] = "insert_and_apply"
+        self.inside.inserting = True
+        try:
+            return super().insert_and_apply(record, *args, **kwargs)  # type: ignore[misc]
+        finally:
+            self.inside.inserting = False
+
+
+class GatedSQLite(_Gated, SQLiteRepository):
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.stored_by = {}
+
+
+class GatedMemory(_Gated, MemoryRepository):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stored_by = {}
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def gated(request: Any, tmp_path: Any) -> Iterator[Any]:
+    repository = GatedSQLite(str(tmp_path / "jobs.db")) if request.param == "sqlite" else GatedMemory()
+    yield repository
+    if hasattr(repository, "gate"):
+        repository.release()  # a test that failed holding it: let the manager stop
+
+
+def _exchange_held(gated: Any, make_manager: Callable[..., JobManager]) -> JobManager:
+    """A started manager whose dispatcher is in an exchange, held, recording a job's outcome."""
+    manager = make_manager(gated, max_workers=1)
+    manager.register_function("task", lambda n: n * 10)
+    manager.start()
+    gated.hold()
+    manager.enqueue(Job(function_name="task", args=(1,)))
+    assert gated.entered.wait(WAIT), "the outcome was never recorded"
+    return manager
+
+
+def _enqueue_in_thread(manager: JobManager, job: Job) -> threading.Event:
+    done = threading.Event()
+
+    def enqueue() -> None:
+        manager.enqueue(job)
+        done.set()
+    threading.Thread(target=enqueue, daemon=True).start()
+    return done
+
+
+def test_an_enqueue_waits_for_the_exchange_under_way_and_stores_its_job_in_its_own(
+        gated: Any, make_manager: Callable[..., JobManager], monkeypatch: Any) -> None:
+    # given an exchange under way, held (and an enqueue's wait for it that would not end)
+    manager = _exchange_held(gated, make_manager)
+    monkeypatch.setattr(exchanges, "EXCHANGE_WAIT", 60.0)
+    # when another thread enqueues a job meanwhile
+    job = Job(function_name="task", args=(2,))
+    done = _enqueue_in_thread(manager, job)
+    # then the enqueue waits for that exchange, storing nothing yet
+    assert not done.wait(0.1)
+    assert job.id not in gated.stored_by
+    # and once it ends, the job is stored in an exchange of the enqueue's, and runs
+    gated.release()
+    assert done.wait(WAIT)
+    assert gated.stored_by[job.id] == "insert_and_apply"
+    assert manager.wait(job.id, timeout=WAIT).result == 20
+
+
+def test_an_enqueue_waits_for_an_exchange_under_way_only_so_long(
+        gated: Any, make_manager: Callable[..., JobManager], monkeypatch: Any) -> None:
+    # given an exchange under way, held, and a short wait for it
+    manager = _exchange_held(gated, make_manager)
+    monkeypatch.setattr(exchanges, "EXCHANGE_WAIT", 0.05)
+    # when another thread enqueues a job meanwhile
+    job = Job(function_name="task", args=(2,))
+    done = _enqueue_in_thread(manager, job)
+    # then the enqueue stores it the usual way while that exchange is still held
+    assert done.wait(WAIT)
+    assert gated.stored_by[job.id] == "insert"
+    # and the job runs once the exchange ends
+    gated.release()
+    assert manager.wait(job.id, timeout=WAIT).result == 20
