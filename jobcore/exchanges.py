@@ -10,6 +10,7 @@ business (and `Pacing`'s); no thread starts here.
 
 from __future__ import annotations
 
+import threading
 from typing import Optional
 
 from .clock import real_monotonic
@@ -99,11 +100,11 @@ class Exchanges:
     def inserting(self, record: JobRecord, now: float) -> bool:
         """Store the plain pending `record` (no dependencies, no unique key) in an exchange
         made now, by the enqueuing thread, if there is room to claim or an outcome to
-        record; an exchange under way is waited for first (up to `EXCHANGE_WAIT`). In one
-        repository call it records the waiting outcomes, stores the job and claims the
-        best queued jobs, the new one among them if it is good enough. False (nothing
-        done): the caller stores the job the usual way.
-        Raises what storing it raised (nothing was stored, recorded or claimed), the
+        record; an exchange under way is waited for first (up to `EXCHANGE_WAIT`), unless
+        another enqueue makes it or several threads enqueue. In one repository call it
+        records the waiting outcomes, stores the job and claims the best queued jobs, the
+        new one among them if it is good enough. False (nothing done): the caller stores
+        the job the usual way. Raises what storing it raised (nothing was stored, recorded or claimed), the
         outcomes then left to the dispatcher.
 
         A quiet pool hands a new job straight to an idle worker this way (no dispatcher
@@ -113,8 +114,10 @@ class Exchanges:
         state = self._state
         started = real_monotonic()
         with state.lock:
-            state.pacing.offered(started)
-            if state.exchanging and not (state.stopping or state.failing or state.from_store):
+            state.pacing.offered(started, threading.get_ident())
+            if (state.exchanging and not state.enqueue_exchanging
+                    and state.pacing.one_producer(started)
+                    and not (state.stopping or state.failing or state.from_store)):
                 state.await_exchange_locked(EXCHANGE_WAIT)
             if state.stopping or state.exchanging or state.failing or state.from_store:
                 return False
@@ -125,6 +128,7 @@ class Exchanges:
             take = (state.pacing.enqueue_takes_outcomes(started, len(state.finished))
                     or state.room_locked(recording=False) <= 0)
             finished, room, _ = state.begin_exchange_locked(take_finished=take)
+            state.enqueue_exchanging = True
         entries = self._queue.pop_ready(room) if room > 0 else []
         claim_new = room > len(entries)
         if not claim_new and entries and record.priority > entries[-1].priority:

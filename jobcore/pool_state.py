@@ -66,6 +66,7 @@ class PoolState:
         self.waking = 0  # of those, notified and not yet running
         self.taken = 0  # buffered jobs workers have taken, ever: the dispatcher spots a stall
         self.exchanging = False  # an exchange is under way (one at a time, by any thread)
+        self.enqueue_exchanging = False  # that exchange stores a new job (`Exchanges.inserting`)
         self.exchange_ended = threading.Condition(self.lock)
         self.awaiting_exchange = 0  # enqueuing threads waiting on exchange_ended
         self.claiming = 0  # how many jobs that exchange may claim: held, for the room count
@@ -156,7 +157,7 @@ class PoolState:
         self.finished[:0] = finished
 
     def _exchange_over_locked(self) -> None:
-        self.exchanging, self.claiming = False, 0
+        self.exchanging, self.enqueue_exchanging, self.claiming = False, False, 0
         if self.awaiting_exchange:
             self.exchange_ended.notify_all()
 

@@ -4,6 +4,7 @@ worker has room. While enqueues stream in, the dispatcher leaves that work to th
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 from typing import Any, Callable, Iterator, Sequence
 
@@ -252,56 +253,86 @@ def gated(request: Any, tmp_path: Any) -> Iterator[Any]:
         repository.release()  # a test that failed holding it: let the manager stop
 
 
-def _exchange_held(gated: Any, make_manager: Callable[..., JobManager]) -> JobManager:
-    """A started manager whose dispatcher is in an exchange, held, recording a job's outcome."""
+class _Producer:
+    """One thread that makes every enqueue of a test, each in the background."""
+
+    def __init__(self, manager: JobManager) -> None:
+        self._manager = manager
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+
+    def enqueue(self, job: Job) -> "concurrent.futures.Future[str]":
+        return self._executor.submit(self._manager.enqueue, job)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False)
+
+
+@pytest.fixture
+def held_exchange(gated: Any, make_manager: Callable[..., JobManager]) -> Iterator[tuple[JobManager, _Producer]]:
+    """A started manager (one worker) whose dispatcher is in an exchange, held, recording
+    the outcome of a job `_Producer` enqueued; with that producer."""
     manager = make_manager(gated, max_workers=1)
     manager.register_function("task", lambda n: n * 10)
     manager.start()
+    producer = _Producer(manager)
     gated.hold()
-    manager.enqueue(Job(function_name="task", args=(1,)))
+    producer.enqueue(Job(function_name="task", args=(1,))).result(WAIT)
     assert gated.entered.wait(WAIT), "the outcome was never recorded"
-    return manager
-
-
-def _enqueue_in_thread(manager: JobManager, job: Job) -> threading.Event:
-    done = threading.Event()
-
-    def enqueue() -> None:
-        manager.enqueue(job)
-        done.set()
-    threading.Thread(target=enqueue, daemon=True).start()
-    return done
+    yield manager, producer
+    producer.close()
 
 
 def test_an_enqueue_waits_for_the_exchange_under_way_and_stores_its_job_in_its_own(
-        gated: Any, make_manager: Callable[..., JobManager], monkeypatch: Any) -> None:
+        gated: Any, held_exchange: tuple[JobManager, _Producer], monkeypatch: Any) -> None:
     # given an exchange under way, held (and an enqueue's wait for it that would not end)
-    manager = _exchange_held(gated, make_manager)
+    manager, producer = held_exchange
     monkeypatch.setattr(exchanges, "EXCHANGE_WAIT", 60.0)
-    # when another thread enqueues a job meanwhile
+    # when the thread that enqueues jobs enqueues another meanwhile
     job = Job(function_name="task", args=(2,))
-    done = _enqueue_in_thread(manager, job)
+    enqueued = producer.enqueue(job)
     # then the enqueue waits for that exchange, storing nothing yet
-    assert not done.wait(0.1)
+    with pytest.raises(concurrent.futures.TimeoutError):
+        enqueued.result(0.1)
     assert job.id not in gated.stored_by
     # and once it ends, the job is stored in an exchange of the enqueue's, and runs
     gated.release()
-    assert done.wait(WAIT)
+    assert enqueued.result(WAIT) == job.id
     assert gated.stored_by[job.id] == "insert_and_apply"
     assert manager.wait(job.id, timeout=WAIT).result == 20
 
 
 def test_an_enqueue_waits_for_an_exchange_under_way_only_so_long(
-        gated: Any, make_manager: Callable[..., JobManager], monkeypatch: Any) -> None:
+        gated: Any, held_exchange: tuple[JobManager, _Producer], monkeypatch: Any) -> None:
     # given an exchange under way, held, and a short wait for it
-    manager = _exchange_held(gated, make_manager)
+    manager, producer = held_exchange
     monkeypatch.setattr(exchanges, "EXCHANGE_WAIT", 0.05)
-    # when another thread enqueues a job meanwhile
+    # when another job is enqueued meanwhile
     job = Job(function_name="task", args=(2,))
-    done = _enqueue_in_thread(manager, job)
     # then the enqueue stores it the usual way while that exchange is still held
-    assert done.wait(WAIT)
+    assert producer.enqueue(job).result(WAIT) == job.id
     assert gated.stored_by[job.id] == "insert"
     # and the job runs once the exchange ends
     gated.release()
+    assert manager.wait(job.id, timeout=WAIT).result == 20
+
+
+def test_while_several_threads_enqueue_none_waits_for_an_exchange_under_way(
+        gated: Any, held_exchange: tuple[JobManager, _Producer], monkeypatch: Any) -> None:
+    # given an exchange under way, held, and a wait for it that would not end
+    manager, producer = held_exchange
+    monkeypatch.setattr(exchanges, "EXCHANGE_WAIT", 60.0)
+    # when another thread enqueues just before the producer (within a stream's gap)
+    monkeypatch.setattr(pacing, "STREAM_GAP", 60.0)
+    state = manager._pool._state
+    with state.lock:
+        state.pacing.offered(real_monotonic(), threading.get_ident())
+    job = Job(function_name="task", args=(2,))
+    # then the producer's enqueue stores its job the usual way, without waiting
+    assert producer.enqueue(job).result(WAIT) == job.id
+    assert gated.stored_by[job.id] == "insert"
+    # and it runs once the exchange and the stream end
+    gated.release()
+    with state.lock:
+        state.pacing.stream_for(0.0, real_monotonic())
+        state.dispatch_needed.notify()
     assert manager.wait(job.id, timeout=WAIT).result == 20

@@ -32,6 +32,19 @@ def test_enqueues_closer_than_the_gap_make_a_stream_that_ends_a_gap_after_the_la
     assert not pacing.streaming(T + 10.0)
 
 
+def test_close_enqueues_from_two_threads_count_as_several_producers_for_a_gap() -> None:
+    pacing = Pacing(max_workers=1)
+    pacing.offered(T, 1)
+    pacing.offered(T + STREAM_GAP / 2, 1)
+    assert pacing.one_producer(T + STREAM_GAP / 2)  # one thread's stream
+    pacing.offered(T + STREAM_GAP, 2)
+    assert not pacing.one_producer(T + STREAM_GAP)
+    assert not pacing.one_producer(T + 1.9 * STREAM_GAP)
+    assert pacing.one_producer(T + 2 * STREAM_GAP)  # a gap after the last shared pair
+    pacing.offered(T + 10.0, 3)  # long after, from another thread: no stream to share
+    assert pacing.one_producer(T + 10.0)
+
+
 def test_a_close_enqueue_never_shortens_a_longer_stream() -> None:
     pacing = Pacing(max_workers=1)
     pacing.stream_for(60.0, T)
