@@ -104,8 +104,8 @@ class Exchanges:
         another enqueue makes it or several threads enqueue. In one repository call it
         records the waiting outcomes, stores the job and claims the best queued jobs, the
         new one among them if it is good enough. False (nothing done): the caller stores
-        the job the usual way. Raises what storing it raised (nothing was stored, recorded or claimed), the
-        outcomes then left to the dispatcher.
+        the job the usual way. Raises what storing it raised (nothing was stored, recorded
+        or claimed), the outcomes then left to the dispatcher.
 
         A quiet pool hands a new job straight to an idle worker this way (no dispatcher
         round trip), and under a stream of enqueues (see `Pacing`) every job carries the
