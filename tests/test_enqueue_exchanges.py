@@ -198,13 +198,12 @@ def test_jobs_enqueued_in_a_stream_all_run_without_a_dispatcher_wake_up_each(
     assert notified[0] < STREAMED // 20, notified[0]
 
 
-class _Gated:
-    """Notes how each new job was stored ("insert": on its own; "insert_and_apply": in an
-    enqueue's exchange), and, once `hold()` was called, holds the next exchange that
-    records outcomes (`apply`) until `release()`."""
+class _Gated(_NotesRecording):
+    """Also notes how each new job was stored ("insert": on its own; "insert_and_apply":
+    in an enqueue's exchange), and, once `hold()` was called, holds the next exchange
+    that records outcomes (`apply`) until `release()`."""
 
     stored_by: dict[str, str]
-    inside = threading.local()  # .inserting: within insert_and_apply (memory's calls apply)
 
     def hold(self) -> None:
         self.held, self.entered, self.gate = True, threading.Event(), threading.Event()
@@ -217,7 +216,7 @@ class _Gated:
             self.held = False
             self.entered.set()
             assert self.gate.wait(WAIT)
-        return super().apply(settlements, *args, **kwargs)  # type: ignore[misc]
+        return super().apply(settlements, *args, **kwargs)
 
     def insert(self, records: Sequence[Any], *args: Any, **kwargs: Any) -> Any:
         for record in records:
@@ -226,23 +225,19 @@ class _Gated:
 
     def insert_and_apply(self, record: Any, *args: Any, **kwargs: Any) -> Any:
         self.stored_by[record.id] = "insert_and_apply"
-        self.inside.inserting = True
-        try:
-            return super().insert_and_apply(record, *args, **kwargs)  # type: ignore[misc]
-        finally:
-            self.inside.inserting = False
+        return super().insert_and_apply(record, *args, **kwargs)
 
 
 class GatedSQLite(_Gated, SQLiteRepository):
     def __init__(self, path: str) -> None:
         super().__init__(path)
-        self.stored_by = {}
+        self.recorded_by, self.stored_by = {}, {}
 
 
 class GatedMemory(_Gated, MemoryRepository):
     def __init__(self) -> None:
         super().__init__()
-        self.stored_by = {}
+        self.recorded_by, self.stored_by = {}, {}
 
 
 @pytest.fixture(params=["sqlite", "memory"])
