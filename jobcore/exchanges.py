@@ -127,8 +127,7 @@ class Exchanges:
             # made without them would have no room (SPEC's bound counts them).
             take = (state.pacing.enqueue_takes_outcomes(started, len(state.finished))
                     or state.room_locked(recording=False) <= 0)
-            finished, room, _ = state.begin_exchange_locked(take_finished=take)
-            state.enqueue_exchanging = True
+            finished, room, _ = state.begin_exchange_locked(take_finished=take, by_enqueue=True)
         entries = self._queue.pop_ready(room) if room > 0 else []
         claim_new = room > len(entries)
         if not claim_new and entries and record.priority > entries[-1].priority:

@@ -140,14 +140,15 @@ class PoolState:
                 self.dispatch_needed.notify()
         self.finished.append(finished)
 
-    def begin_exchange_locked(self, take_finished: bool = True) -> Exchange:
+    def begin_exchange_locked(self, take_finished: bool = True, by_enqueue: bool = False) -> Exchange:
         """Take every outcome waiting (unless not `take_finished`), the room to claim and
-        whether to claim from the store, for an exchange, which must follow."""
+        whether to claim from the store, for an exchange, which must follow (one that
+        stores a new job if `by_enqueue`)."""
         finished: list[Finished] = []
         if take_finished:
             finished, self.finished = self.finished, []
             self.pacing.taken()
-        self.exchanging = True
+        self.exchanging, self.enqueue_exchanging = True, by_enqueue
         self.claiming = room = max(0, self.room_locked(recording=take_finished))
         return finished, room, self.from_store
 
