@@ -64,7 +64,8 @@ class Exchanges:
         entries = self._queue.pop_ready(room) if room > 0 else []
         ids = [e.job_id for e in entries]
         wanted = room if from_store else len(ids)
-        claimed = self._recorder.exchange(finished, ids, self._registry.names, up_to=wanted)
+        claimed = self._recorder.exchange(finished, ids, self._registry.names, up_to=wanted,
+                                          claim_seqs=[e.seq for e in entries])
         if claimed is None:
             for entry in entries:  # outside the lock: the queue's listener takes it
                 self._queue.push(entry)
@@ -134,8 +135,8 @@ class Exchanges:
             self._queue.push(entries.pop())  # the new job goes before the worst of them
             claim_new = True
         try:
-            claimed = self._recorder.exchange_inserting(record, claim_new, finished,
-                                                        [e.job_id for e in entries], now)
+            claimed = self._recorder.exchange_inserting(record, claim_new, finished, [e.job_id for e in entries],
+                                                        now, [e.seq for e in entries])
         except Exception:
             for entry in entries:  # outside the lock: the queue's listener takes it
                 self._queue.push(entry)

@@ -8,6 +8,7 @@ fires cron schedules. It owns no threads: the worker pool's dispatcher calls it.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import operator
 import random
@@ -110,6 +111,11 @@ class Recorder:
                  max_retry_delay: float, retry_on: Classifier, rng: random.Random,
                  publish: Publisher, on_settled: Settled) -> None:
         self._repo = repository
+        # Whether to pass claims' seqs: to a backend that finds rows by them, through a
+        # method that takes them (a subclass may override it without the argument).
+        self._seqs_to_apply = repository.finds_rows_by_seq and _takes(repository.apply, "claim_seqs")
+        self._seqs_to_insert = (repository.finds_rows_by_seq
+                                and _takes(repository.insert_and_apply, "claim_seqs"))
         self._queue = queue
         self._registry = registry
         self._local = local
@@ -154,18 +160,21 @@ class Recorder:
 
     # -- recording ---------------------------------------------------------------------------
     def exchange(self, finished: list[Finished], claim_ids: list[str],
-                 top_up: Optional[Iterable[str]] = None, up_to: int = 0) -> Optional[list[JobRecord]]:
+                 top_up: Optional[Iterable[str]] = None, up_to: int = 0,
+                 claim_seqs: Optional[list[int]] = None) -> Optional[list[JobRecord]]:
         """Record `finished` and claim `claim_ids` (topped up from `top_up` names, to
         `up_to` claims if more) in one repository call, then act on the results. Returns
         the claimed records, best first, or None if the repository failed (nothing was
-        recorded; retry later)."""
+        recorded; retry later). `claim_seqs`: the seqs of `claim_ids`, if known."""
         now = self._clock.time()
         settlements = [f.settlement or self._settlement(f, now) for f in finished]
         try:
             # Top-ups only help where other processes take jobs this one knows of.
             wanted = frozenset(top_up) if top_up is not None and self._repo.persistent else None
             # `up_to` only when needed: a backend written before it still works elsewhere.
-            more = {"up_to": up_to} if wanted is not None and up_to > len(claim_ids) else {}
+            more: dict[str, Any] = {"up_to": up_to} if wanted is not None and up_to > len(claim_ids) else {}
+            if claim_seqs is not None and self._seqs_to_apply:
+                more["claim_seqs"] = claim_seqs
             cascades, claimed = self._repo.apply(settlements, claim_ids, self._worker_id, now,
                                                  now + self._lease_timeout, top_up=wanted, **more)
         except Exception as exc:  # storage trouble (or a backend bug): retry, never die
@@ -182,14 +191,16 @@ class Recorder:
         return claimed
 
     def exchange_inserting(self, record: JobRecord, claim_new: bool, finished: list[Finished],
-                           claim_ids: list[str], now: float) -> list[JobRecord]:
+                           claim_ids: list[str], now: float,
+                           claim_seqs: Optional[list[int]] = None) -> list[JobRecord]:
         """`exchange`, storing the plain pending `record` in the same repository call
         (`insert_and_apply`), claimed if `claim_new`. Returns the claimed records, best
         first. Raises what the repository raised: nothing was stored, recorded or
         claimed then (the caller decides what to tell; it may be the new job's fault)."""
         settlements = [f.settlement or self._settlement(f, now) for f in finished]
+        seqs: dict[str, Any] = {"claim_seqs": claim_seqs} if claim_seqs is not None and self._seqs_to_insert else {}
         cascades, claimed = self._repo.insert_and_apply(record, settlements, claim_ids, self._worker_id, now,
-                                                        now + self._lease_timeout, claim_new=claim_new)
+                                                        now + self._lease_timeout, claim_new=claim_new, **seqs)
         if finished:
             self._after_all(finished, settlements, cascades, now)
         if len(claimed) > 1:
@@ -263,9 +274,18 @@ class Recorder:
         if not records:
             return
         now = self._clock.time()
-        releases = [Settlement("release", r.id, r.attempts) for r in records]
+        releases = [Settlement("release", r.id, r.attempts, seq=r.seq or None) for r in records]
         try:
             self._repo.apply(releases, [], self._worker_id, now, now)
         except RepositoryError as exc:
             logger.error("could not hand back %d unstarted jobs (their leases will lapse): %s",
                          len(records), exc)
+
+
+def _takes(method: Callable[..., Any], name: str) -> bool:
+    """True if `method` takes the keyword argument `name` (by name or through `**kwargs`)."""
+    try:
+        parameters = inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())

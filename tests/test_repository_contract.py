@@ -286,7 +286,8 @@ def test_claims_by_number_read_one_range_of_the_ready_index_per_function(repo: S
     steps = [step for step in plan if re.match(r"^(SEARCH|SCAN) (TABLE )?jobs\b", step)]
     ranges = [step for step in steps if "jobs_ready (function_name=?)" in step]
     assert len(ranges) == functions and len(steps) == functions + 1, plan
-    assert all(step in ranges or "(id=?)" in step for step in steps), plan
+    # the ranges give seqs, and each claimed row is found by it: the table's own key
+    assert all(step in ranges or "INTEGER PRIMARY KEY (rowid=?)" in step for step in steps), plan
 
 
 @pytest.mark.parametrize("query", ["CLAIM", "COMPLETE", "FAIL_RETRY", "HEARTBEAT", "RECOVER_EXPIRED",
@@ -301,6 +302,16 @@ def test_jobs_are_found_by_id_not_by_walking_every_waiting_job(repo: SQLiteRepos
     plan = _plan(path, getattr(sql, query))
     steps = [step for step in plan if re.match(r"^(SEARCH|SCAN) (TABLE )?jobs\b", step)]
     assert steps and all("(id=?)" in step for step in steps), plan
+
+
+@pytest.mark.parametrize("query", ["CLAIM_MANY_BY_SEQ", *[f"HELD_BY_SEQ:{name}" for name in (
+    "RELEASE", "COMPLETE", "FAIL_RETRY", "FAIL_FINAL", "FINISH_CANCELLED")]])
+def test_an_exchange_given_seqs_finds_each_row_by_its_key_without_the_id_index(
+        repo: SQLiteRepository, path: str, query: str) -> None:
+    statement = sql.HELD_BY_SEQ[getattr(sql, query.split(":")[1])] if ":" in query else getattr(sql, query)
+    plan = _plan(path, statement)
+    steps = [step for step in plan if re.match(r"^(SEARCH|SCAN) (TABLE )?jobs\b", step)]
+    assert steps == ["SEARCH jobs USING INTEGER PRIMARY KEY (rowid=?)"], plan
 
 
 def test_counting_reads_the_finished_jobs_only_as_a_total(repo: SQLiteRepository, path: str) -> None:

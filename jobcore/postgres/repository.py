@@ -117,8 +117,8 @@ class PostgresRepository(SettlesThroughApply, JobRepository):
         return ids
 
     def insert_and_apply(self, record: JobRecord, settlements: Sequence[Settlement], claim_ids: Sequence[str],
-                         worker_id: str, now: float, lease_expires_at: float, *,
-                         claim_new: bool) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
+                         worker_id: str, now: float, lease_expires_at: float, *, claim_new: bool,
+                         claim_seqs: Optional[Sequence[int]] = None) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
         """The settlements, the new row and the claims (the new job's by id) in one transaction."""
         require_plain_pending(record)
         encoded = [self._encode_result(s) for s in settlements]  # raises before writing
@@ -203,7 +203,8 @@ class PostgresRepository(SettlesThroughApply, JobRepository):
 
     def apply(self, settlements: Sequence[Settlement], claim_ids: Sequence[str], worker_id: str,
               now: float, lease_expires_at: float, top_up: Optional[Collection[str]] = None,
-              up_to: Optional[int] = None) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
+              up_to: Optional[int] = None, *,
+              claim_seqs: Optional[Sequence[int]] = None) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
         """One transaction for every settlement and the claims (a group commit); the
         claims, top-up included, are one statement (`FOR UPDATE SKIP LOCKED`)."""
         encoded = [self._encode_result(s) for s in settlements]  # raises before writing

@@ -44,6 +44,10 @@ class JobRepository(abc.ABC):
     # in the store changed but this caller's own writes, so a manager holding every job its
     # own writes made runnable need not read the store again (see housekeeper).
     change_token_sees_every_write: bool = False
+    # True if `apply` and `insert_and_apply` use `claim_seqs` to find the rows to claim by
+    # their `seq`: the engine passes it only then, and only to a method that takes it (a
+    # backend, or a subclass's override, written before it gets none).
+    finds_rows_by_seq: bool = False
 
     # -- adding jobs -----------------------------------------------------------------
     @abc.abstractmethod
@@ -78,10 +82,11 @@ class JobRepository(abc.ABC):
         return job_id, claimed[0] if claimed else None
 
     def insert_and_apply(self, record: JobRecord, settlements: Sequence[Settlement], claim_ids: Sequence[str],
-                         worker_id: str, now: float, lease_expires_at: float, *,
-                         claim_new: bool) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
+                         worker_id: str, now: float, lease_expires_at: float, *, claim_new: bool,
+                         claim_seqs: Optional[Sequence[int]] = None) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
         """Store `record` (as `insert`; with `claim_new`, already claimed for `worker_id`,
-        as `insert_claimed`), then `apply(settlements, claim_ids, ...)`: one atomic step.
+        as `insert_claimed`), then `apply(settlements, claim_ids, ..., claim_seqs=...)`:
+        one atomic step.
         For a record that needs no check against other rows: PENDING, no `depends_on`, no
         `unique_key`, not a cron schedule (else `ValueError`).
 
@@ -186,7 +191,8 @@ class JobRepository(abc.ABC):
 
     def apply(self, settlements: Sequence[Settlement], claim_ids: Sequence[str], worker_id: str,
               now: float, lease_expires_at: float, top_up: Optional[Collection[str]] = None,
-              up_to: Optional[int] = None) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
+              up_to: Optional[int] = None, *,
+              claim_seqs: Optional[Sequence[int]] = None) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
         """Record `settlements` (each as `complete`/`fail`/`finish_cancelled`/`release`
         would, each a compare-and-set on its attempt) and then claim what it can of
         `claim_ids` (as `claim` would), in as few transactions as the backend allows.
@@ -198,7 +204,11 @@ class JobRepository(abc.ABC):
         Returns, in order, each settlement's cascade (None where the worker no longer held
         the job; for "release", an empty Cascade when it applied), and the records claimed.
         A settlement whose result the store cannot hold raises `TypeError`/`ValueError`
-        before anything is written. This default applies them one by one."""
+        before anything is written. This default applies them one by one.
+
+        `claim_seqs` (given only where `finds_rows_by_seq`) is the `seq` of each of
+        `claim_ids`, in order: the backend may find the rows by it, claiming only those
+        whose ids match too. Likewise a settlement's `seq`, if set, may find its row."""
         cascades = [self._apply_one(s, worker_id, now) for s in settlements]
         claimed = [r for r in (self.claim(job_id, worker_id, now, lease_expires_at) for job_id in claim_ids)
                    if r is not None]

@@ -249,7 +249,8 @@ class MemoryRepository(MemoryAdding, JobRepository):
 
     def apply(self, settlements: Sequence[Settlement], claim_ids: Sequence[str], worker_id: str,
               now: float, lease_expires_at: float, top_up: Optional[Collection[str]] = None,
-              up_to: Optional[int] = None) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
+              up_to: Optional[int] = None, *,
+              claim_seqs: Optional[Sequence[int]] = None) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
         with self._lock:  # one atomic step, as SQLite's single transaction
             return super().apply(settlements, claim_ids, worker_id, now, lease_expires_at, top_up, up_to)
 

@@ -89,8 +89,8 @@ class MemoryAdding(JobRepository):
             return row.id
 
     def insert_and_apply(self, record: JobRecord, settlements: Sequence[Settlement], claim_ids: Sequence[str],
-                         worker_id: str, now: float, lease_expires_at: float, *,
-                         claim_new: bool) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
+                         worker_id: str, now: float, lease_expires_at: float, *, claim_new: bool,
+                         claim_seqs: Optional[Sequence[int]] = None) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
         require_plain_pending(record)
         with self._lock:  # one atomic step; only the insert can raise (a taken id), and it goes first
             self.insert([record], now)

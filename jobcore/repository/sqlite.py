@@ -19,7 +19,7 @@ from ..models import JobStatus
 from . import sqlite_queue
 from . import sqlite_schema as sql
 from .sqlite_conn import SYNCHRONOUS, Connections
-from .sqlite_settle import cancel_dependents, claim_rows, encode_result, settle_all
+from .sqlite_settle import cancel_dependents, claim_known, claim_rows, encode_result, settle_all
 from .sqlite_rows import claimed_records, entry_from_row, record_from_row, row_params, translate
 from .group_commit import GroupCommitter
 from .sqlite_adding import SQLiteAdding
@@ -44,6 +44,7 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
 
     persistent = True
     change_token_sees_every_write = True  # data_version: every other connection's commit
+    finds_rows_by_seq = True  # claims and settlements find a row by its seq, the rowid
 
     def __init__(self, path: "str | os.PathLike[str]", durability: str = "normal", *,
                  busy_timeout: float = 30.0,
@@ -181,8 +182,10 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
 
     def apply(self, settlements: Sequence[Settlement], claim_ids: Sequence[str], worker_id: str,
               now: float, lease_expires_at: float, top_up: Optional[Collection[str]] = None,
-              up_to: Optional[int] = None) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
-        """One transaction for every settlement and the claims (a group commit)."""
+              up_to: Optional[int] = None, *,
+              claim_seqs: Optional[Sequence[int]] = None) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
+        """One transaction for every settlement and the claims (a group commit). Rows are
+        found by their seq where it is given (the table's own key, no index read)."""
         encoded = [encode_result(s, self.max_payload_bytes) for s in settlements]  # raises before writing
         wanted = claim_limit(claim_ids, up_to)
 
@@ -191,8 +194,7 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
             rows: list[Any] = []
             full: dict[str, Any] = {}
             if claim_ids:
-                params = (now, worker_id, lease_expires_at, json.dumps(list(claim_ids)), now)
-                rows = claim_rows(conn, sql.CLAIM_MANY, params, full)
+                rows = claim_known(conn, claim_ids, claim_seqs, (now, worker_id, lease_expires_at), now, full)
             missing = wanted - len(rows)
             if top_up and missing > 0:
                 query, best = sqlite_queue.claim_best(top_up, missing)

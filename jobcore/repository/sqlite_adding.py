@@ -9,7 +9,6 @@ taken ids, dependencies and unique keys. Reading, claiming and settling stored j
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from typing import Any, Callable, Optional, Sequence
 
@@ -21,7 +20,7 @@ from .base import Cascade, JobRecord, JobRepository, Settlement, id_taken, requi
 from .group_commit import GroupCommitter
 from .sqlite_conn import Connections
 from .sqlite_rows import claimed_records, is_plain, plain_params, row_params
-from .sqlite_settle import cancel_dependents, claim_rows, encode_result, settle_all
+from .sqlite_settle import cancel_dependents, claim_known, encode_result, settle_all
 
 
 class SQLiteAdding(JobRepository):
@@ -136,8 +135,8 @@ class SQLiteAdding(JobRepository):
         return record.id, self._stored_claimed(record, params[3], worker_id, now, lease_expires_at)
 
     def insert_and_apply(self, record: JobRecord, settlements: Sequence[Settlement], claim_ids: Sequence[str],
-                         worker_id: str, now: float, lease_expires_at: float, *,
-                         claim_new: bool) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
+                         worker_id: str, now: float, lease_expires_at: float, *, claim_new: bool,
+                         claim_seqs: Optional[Sequence[int]] = None) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
         """The settlements' statements, the new row's INSERT and the claim: one transaction
         (the INSERT alone, committed by itself, when there is nothing else to do)."""
         require_plain_pending(record)
@@ -155,8 +154,8 @@ class SQLiteAdding(JobRepository):
             full: dict[str, Any] = {}
             if not claim_ids:
                 return cascades, seq, [], full
-            claim = (now, worker_id, lease_expires_at, json.dumps(list(claim_ids)), now)
-            return cascades, seq, claim_rows(conn, sql.CLAIM_MANY, claim, full), full
+            head = (now, worker_id, lease_expires_at)
+            return cascades, seq, claim_known(conn, claim_ids, claim_seqs, head, now, full), full
 
         if settlements or claim_ids:
             cascades, record.seq, rows, full = self._group.run(op)

@@ -78,7 +78,7 @@ def scheduled_rows(conn: sqlite3.Connection, names: Optional[Collection[str]], l
 _CLAIM_BEST_OF_ONE = sql.CLAIM_BEST.replace("{best}", sql.BEST_OF_ONE)
 _CLAIM_BEST_OF_MANY: dict[int, str] = {}  # by the number of functions (a few distinct ones)
 _CLAIM_BEST_OF_ANY = sql.CLAIM_BEST.replace(
-    "{best}", "SELECT id FROM jobs WHERE status = 'pending' AND blocked = 0 AND cron IS NULL"
+    "{best}", "SELECT seq FROM jobs WHERE status = 'pending' AND blocked = 0 AND cron IS NULL"
               " AND function_name IN (SELECT value FROM json_each(?)) ORDER BY priority DESC, seq LIMIT ?")
 
 
@@ -96,6 +96,6 @@ def claim_best(names: Collection[str], up_to: int) -> tuple[str, tuple[Any, ...]
     query = _CLAIM_BEST_OF_MANY.get(len(ordered))
     if query is None:
         arms = " UNION ALL ".join([sql.BEST_OF] * len(ordered))
-        query = sql.CLAIM_BEST.replace("{best}", f"SELECT id FROM ({arms} ORDER BY priority DESC, seq LIMIT ?)")
+        query = sql.CLAIM_BEST.replace("{best}", f"SELECT seq FROM ({arms} ORDER BY priority DESC, seq LIMIT ?)")
         _CLAIM_BEST_OF_MANY[len(ordered)] = query  # the same text for the same count: no lock needed
     return query, tuple(itertools.chain.from_iterable((name, up_to) for name in ordered)) + (up_to,)

@@ -251,20 +251,27 @@ WHERE id IN (SELECT value FROM json_each(?)) AND blocked = 0 AND cron IS NULL
   AND (+status = 'pending' OR (+status = 'scheduled' AND run_at <= ?))
 RETURNING {CLAIMED_COLUMNS}
 """
+# The same claim finding each row by its seq (the table's own key: no index read), given
+# the seqs (first JSON array) and ids (second) of the jobs to claim: a row is claimed only
+# if its id is one of them too (`+id`: checked on the row found, not looked up).
+CLAIM_MANY_BY_SEQ = CLAIM_MANY.replace(
+    "WHERE id IN (SELECT value FROM json_each(?))",
+    "WHERE seq IN (SELECT value FROM json_each(?)) AND +id IN (SELECT value FROM json_each(?))")
 # Claims the best ready jobs by number when the ids a manager knew of went stale (other
 # processes took them). sqlite_queue.claim_best fills in {best} for the manager's functions:
 # one function's range of jobs_ready (BEST_OF_ONE), or each function's best `up_to` by its
-# range (BEST_OF) and the best `up_to` of those.
+# range (BEST_OF) and the best `up_to` of those. They choose seqs, which jobs_ready holds,
+# so the rows are found by their key.
 CLAIM_BEST = f"""
 UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?, worker_id = ?,
     lease_expires_at = ?, cancel_requested = 0
-WHERE id IN ({{best}})
+WHERE seq IN ({{best}})
 RETURNING {CLAIMED_COLUMNS}
 """
-BEST_OF_ONE = """SELECT id FROM jobs INDEXED BY jobs_ready
+BEST_OF_ONE = """SELECT seq FROM jobs INDEXED BY jobs_ready
     WHERE function_name = ? AND status = 'pending' AND blocked = 0 AND cron IS NULL
     ORDER BY priority DESC, seq LIMIT ?"""
-BEST_OF = f"SELECT * FROM ({BEST_OF_ONE.replace('SELECT id', 'SELECT id, priority, seq', 1)})"
+BEST_OF = f"SELECT * FROM ({BEST_OF_ONE.replace('SELECT seq', 'SELECT seq, priority', 1)})"
 _HELD = "id = ? AND status = 'running' AND worker_id = ? AND attempts = ?"
 RELEASE = f"""
 UPDATE jobs SET status = 'pending', attempts = attempts - 1, worker_id = NULL,
@@ -323,6 +330,10 @@ UPDATE jobs SET status = 'cancelled', completed_at = ?, error = 'cancelled while
     error_type = 'JobCancelled', lease_expires_at = NULL
 WHERE {_HELD}
 """
+# Each statement above on a job held, finding the row by its seq (no index read) and
+# checking its id: the parameters go on with the seq before the id.
+HELD_BY_SEQ = {query: query.replace(f"WHERE {_HELD}", f"WHERE seq = ? AND {_HELD}")
+               for query in (RELEASE, COMPLETE, FAIL_RETRY, FAIL_FINAL, FINISH_CANCELLED)}
 # `+status`: as in RELEASE_DEPENDENTS.
 CANCEL_DEPENDENTS = """
 WITH RECURSIVE dependents(id) AS (

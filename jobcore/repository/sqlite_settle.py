@@ -3,7 +3,9 @@
 
 Functions of an open connection inside the caller's write transaction; every statement is
 a compare-and-set on the worker and attempt that holds the job. Completions come in runs
-whose dependents are released by one statement. No transactions are opened here.
+whose dependents are released by one statement. A row whose seq the engine knows is found
+by it, the table's own key, with no read of the index on ids (whose pages every other
+process's commit leaves to be read again). No transactions are opened here.
 """
 
 from __future__ import annotations
@@ -29,13 +31,25 @@ def cancel_dependents(conn: sqlite3.Connection, job_id: str, now: float) -> tupl
     return tuple(row[0] for row in conn.execute(sql.CANCEL_DEPENDENTS, (job_id, now, message)))
 
 
+def _held_update(conn: sqlite3.Connection, query: str, values: tuple[Any, ...], s: Settlement,
+                 worker_id: str) -> bool:
+    """Run `query`, one of the statements on a job held (`sqlite_schema.HELD_BY_SEQ`'s
+    keys), setting `values` on the job `s` names; True if it applied. The row is found by
+    the seq `s` gives, if any (no index read; its id checked too), else by its id: also
+    when the seq finds no such row, so a wrong seq costs a statement, never an outcome."""
+    if s.seq is not None:
+        by_seq = (*values, s.seq, s.job_id, worker_id, s.attempt)
+        if conn.execute(sql.HELD_BY_SEQ[query], by_seq).rowcount == 1:
+            return True
+    return conn.execute(query, (*values, s.job_id, worker_id, s.attempt)).rowcount == 1
+
+
 def _settle_one(conn: sqlite3.Connection, s: Settlement, worker_id: str, now: float) -> Optional[Cascade]:
     """Apply one settlement other than a completion inside the caller's transaction."""
-    held = (s.job_id, worker_id, s.attempt)
     if s.kind == "release":
-        return Cascade() if conn.execute(sql.RELEASE, held).rowcount == 1 else None
+        return Cascade() if _held_update(conn, sql.RELEASE, (), s, worker_id) else None
     if s.kind == "cancel":
-        if conn.execute(sql.FINISH_CANCELLED, (now, *held)).rowcount != 1:
+        if not _held_update(conn, sql.FINISH_CANCELLED, (now,), s, worker_id):
             return None
         return Cascade(cancelled=cancel_dependents(conn, s.job_id, now))
     if s.kind not in ("retry", "fail"):
@@ -43,7 +57,7 @@ def _settle_one(conn: sqlite3.Connection, s: Settlement, worker_id: str, now: fl
     retrying = s.kind == "retry" and s.retry_at is not None
     query = sql.FAIL_RETRY if retrying else sql.FAIL_FINAL
     first = s.retry_at if retrying else now
-    if conn.execute(query, (first, s.error, s.error_type, s.traceback, *held)).rowcount != 1:
+    if not _held_update(conn, query, (first, s.error, s.error_type, s.traceback), s, worker_id):
         return None
     if s.note is not None:
         conn.execute(sql.INSERT_LOG, (s.job_id, now, "error", s.note))
@@ -78,7 +92,7 @@ def _complete_many(conn: sqlite3.Connection, settlements: Sequence[Settlement],
     (in settlement order) of its dependencies completed here."""
     completed: list[Optional[str]] = []  # per settlement: its job id if it applied, else None
     for s, e in zip(settlements, encoded):
-        if conn.execute(sql.COMPLETE, (e, now, s.job_id, worker_id, s.attempt)).rowcount != 1:
+        if not _held_update(conn, sql.COMPLETE, (e, now), s, worker_id):
             completed.append(None)
             continue
         completed.append(s.job_id)
@@ -122,11 +136,22 @@ def encode_result(s: Settlement, max_bytes: Optional[int]) -> Optional[str]:
     return serialization.encode(s.result, field="result", max_bytes=max_bytes)
 
 
+def claim_known(conn: sqlite3.Connection, claim_ids: Sequence[str], claim_seqs: Optional[Sequence[int]],
+                head: tuple[Any, ...], now: float, full: dict[str, Sequence[Any]]) -> list[Any]:
+    """Claim the jobs `claim_ids` inside the caller's transaction (`head`: the claim's
+    started_at, worker_id and lease_expires_at); their rows, as `claim_rows`. By their
+    seqs when `claim_seqs` gives every one (in the same order), else by their ids."""
+    if claim_seqs is not None and len(claim_seqs) == len(claim_ids) and all(claim_seqs):
+        params = (*head, json.dumps(list(claim_seqs)), json.dumps(list(claim_ids)), now)
+        return claim_rows(conn, sql.CLAIM_MANY_BY_SEQ, params, full)
+    return claim_rows(conn, sql.CLAIM_MANY, (*head, json.dumps(list(claim_ids)), now), full)
+
+
 def claim_rows(conn: sqlite3.Connection, query: str, params: Sequence[Any],
                full: dict[str, Sequence[Any]]) -> list[Any]:
-    """Run a batch claim (CLAIM_MANY or CLAIM_BEST) inside the caller's transaction; its
-    rows of `CLAIMED_COLUMNS`. The whole row of each claimed job that is not plain goes
-    into `full`, by id, for `claimed_records`."""
+    """Run a batch claim (CLAIM_MANY, CLAIM_MANY_BY_SEQ or CLAIM_BEST) inside the caller's
+    transaction; its rows of `CLAIMED_COLUMNS`. The whole row of each claimed job that is
+    not plain goes into `full`, by id, for `claimed_records`."""
     rows = conn.execute(query, params).fetchall()
     unusual = [row[0] for row in rows if not row[sql.CLAIMED_PLAIN]]
     if unusual:

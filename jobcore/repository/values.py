@@ -182,7 +182,9 @@ class Settlement:
     (FAILED: the dead-letter queue), "cancel" (CANCELLED while running) or "release"
     (handed back unstarted: PENDING again, the attempt not counted). `note` is logged.
     `encoded_result`, if given, is `result` already encoded by `serialization.encode`: a
-    store that keeps JSON may store it as it is instead of encoding `result` again."""
+    store that keeps JSON may store it as it is instead of encoding `result` again.
+    `seq`, if given, is the job's `seq` (as the store assigned it): a store may find the
+    row by it (checking `job_id` too) rather than through an index on ids."""
 
     kind: str
     job_id: str
@@ -194,6 +196,7 @@ class Settlement:
     retry_at: Optional[float] = None
     note: Optional[str] = None
     encoded_result: Optional[str] = None
+    seq: Optional[int] = None
 
 
 @dataclass(frozen=True)
