@@ -281,7 +281,7 @@ class JobManager:
         if timeout is not None:
             _positive("timeout", timeout, allow_zero=True)
         return self._settlements.wait(job_id, timeout, held=self._pool.settles_here,
-                                      read=self.repository.get_without_args)
+                                      read=self.repository.get_without_args, worker_id=self.worker_id)
 
     def list_jobs(self, status: Union[JobStatus, str, None] = None, tags: Union[str, Collection[str], None] = None,
                   owner: Optional[str] = None, limit: Optional[int] = 50, offset: int = 0) -> list[JobResult]:

@@ -19,7 +19,9 @@ from .recorder import Completion
 from .records import result_of
 from .repository.base import JobRecord
 
-RECENT_COMPLETIONS = 4096  # jobs completed here that `wait` can answer without a read
+RECENT_COMPLETIONS = 4096  # jobs completed here that `wait` can answer without a read, at first
+MOST_COMPLETIONS = 32_768  # and at most: remembered while callers of `wait` fall behind
+BEHIND_READS = 16  # reads of jobs completed here, while that many are remembered, to double it
 FIRST_INTERVAL = 0.01  # seconds between reads of a job another process may settle, doubling
 LAST_INTERVAL = 0.1  # to this
 
@@ -29,14 +31,19 @@ class Settlements:
 
     def __init__(self) -> None:
         # _changed (a Condition on its own lock) guards _count, bumped whenever a job this
-        # process runs or cancels reaches a terminal state, _waiting and _completions;
-        # `wait` sleeps on it and is woken when its job settles here.
+        # process runs or cancels reaches a terminal state, _waiting, _completions, _keep
+        # and _behind; `wait` sleeps on it and is woken when its job settles here.
         self._changed = threading.Condition(threading.Lock())
         self._count = 0
         self._waiting: dict[str, int] = {}  # job id -> threads in `wait` for it
-        # The latest jobs completed here, oldest first (at most RECENT_COMPLETIONS): `wait`
-        # answers from these without reading the row back.
+        # The latest jobs completed here, oldest first (at most _keep): `wait` answers from
+        # these without reading the row back. A caller waiting on every job in turn may fall
+        # further behind the workers than that; each job it then reads back was completed
+        # here, and after BEHIND_READS of them _keep doubles (up to MOST_COMPLETIONS, about
+        # 0.8 KB each), so it catches up again instead of reading every job from then on.
         self._completions: OrderedDict[str, Completion] = OrderedDict()
+        self._keep = RECENT_COMPLETIONS
+        self._behind = 0  # reads counted towards the next doubling
 
     def mark(self, settled: Iterable[tuple[str, Optional[Completion]]]) -> None:
         """Note that these jobs reached a terminal state here (each with its `Completion`
@@ -48,7 +55,7 @@ class Settlements:
                 self._count += 1
                 if completion is not None:
                     self._completions[job_id] = completion
-                    if len(self._completions) > RECENT_COMPLETIONS:
+                    if len(self._completions) > self._keep:
                         self._completions.popitem(last=False)
                 waited = waited or job_id in self._waiting  # most settle with nobody waiting
             if waited:
@@ -78,12 +85,14 @@ class Settlements:
             return len(self._completions)
 
     def wait(self, job_id: str, timeout: Optional[float], *, held: Callable[[str], bool],
-             read: Callable[[str], Optional[JobRecord]]) -> JobResult:
+             read: Callable[[str], Optional[JobRecord]], worker_id: Optional[str] = None) -> JobResult:
         """Block until `job_id` is terminal and return what `poll` would show of it.
 
         `timeout`: seconds (checked by the caller; None: no limit), then `TimeoutError`.
         `held(job_id)` tells whether the job settles here (then its row is not read until
-        it has); `read` reads its row without arguments. `JobNotFound` for an unknown id."""
+        it has); `read` reads its row without arguments. `worker_id`: the one this process
+        completes jobs as (a completed row of its read back counts as falling behind).
+        `JobNotFound` for an unknown id."""
         deadline = None if timeout is None else SYSTEM_CLOCK.monotonic() + timeout
         interval = FIRST_INTERVAL
         while True:
@@ -99,6 +108,9 @@ class Settlements:
                 if record is None:
                     raise JobNotFound(job_id)
                 if record.status.is_terminal:
+                    if (record.status is JobStatus.COMPLETED and worker_id is not None
+                            and record.worker_id == worker_id):
+                        self._read_back()
                     return result_of(record)
                 status = record.status
             remaining = None if deadline is None else deadline - SYSTEM_CLOCK.monotonic()
@@ -107,6 +119,16 @@ class Settlements:
             # Settled here: woken at once. Settled by another process: noticed by reading.
             self._sleep(job_id, seen, interval if remaining is None else min(interval, remaining))
             interval = min(interval * 2, LAST_INTERVAL)
+
+    def _read_back(self) -> None:
+        """A job completed here was read back: count it if it may have been forgotten
+        (as many completions remembered as are kept), and remember more after enough."""
+        with self._changed:
+            if len(self._completions) < self._keep or self._keep >= MOST_COMPLETIONS:
+                return
+            self._behind += 1
+            if self._behind >= BEHIND_READS:
+                self._keep, self._behind = min(2 * self._keep, MOST_COMPLETIONS), 0
 
     def _sleep(self, job_id: str, seen: int, seconds: float) -> None:
         """Sleep up to `seconds`, or until a job settles here, unless one has since `seen`."""

@@ -153,6 +153,73 @@ def test_only_the_latest_completions_are_remembered(make_manager: Any, db_path: 
     assert len(manager._settlements) == 3
 
 
+def _remembering(monkeypatch: Any, first: int, most: int, behind: int) -> None:
+    monkeypatch.setattr(waiting, "RECENT_COMPLETIONS", first)
+    monkeypatch.setattr(waiting, "MOST_COMPLETIONS", most)
+    monkeypatch.setattr(waiting, "BEHIND_READS", behind)
+
+
+def test_a_caller_that_fell_behind_makes_more_completions_remembered(make_manager: Any, db_path: str,
+                                                                       monkeypatch: Any) -> None:
+    # given a manager remembering 4 completions at first, twice as many after every 2
+    # jobs it completed had to be read back, at most 16; 8 jobs completed and waited for
+    _remembering(monkeypatch, first=4, most=16, behind=2)
+    manager = make_manager(db_path, max_workers=1)
+    manager.register_function("pair", pair)
+    manager.start()
+    first = [manager.enqueue(Job(function_name="pair", args=(n,))) for n in range(8)]
+    for job_id in first:
+        manager.wait(job_id, timeout=10)
+    assert len(manager._settlements) == 4
+    # when a caller waits on the oldest two again, fallen behind what is remembered
+    reads = _CountingGets(manager.repository)
+    assert [manager.wait(job_id, timeout=10).result[0] for job_id in first[:2]] == [0, 1]
+    assert reads.reads == 2
+    # then 8 are remembered from then on: the next 8 completions are answered without a read
+    later = [manager.enqueue(Job(function_name="pair", args=(n,))) for n in range(8, 16)]
+    for job_id in later:
+        manager.wait(job_id, timeout=10)
+    assert len(manager._settlements) == 8
+    reads.reads = 0
+    assert [manager.wait(job_id, timeout=10).result[0] for job_id in later] == list(range(8, 16))
+    assert reads.reads == 0
+    # and however far a caller falls behind, no more than the most are remembered
+    for job_id in first + later:
+        manager.wait(job_id, timeout=10)
+    more = [manager.enqueue(Job(function_name="pair", args=(n,))) for n in range(16, 40)]
+    for job_id in more:
+        manager.wait(job_id, timeout=10)
+    for job_id in first + later + more:
+        manager.wait(job_id, timeout=10)
+    assert len(manager._settlements) == 16
+
+
+def test_reading_back_jobs_another_process_completed_remembers_no_more(make_manager: Any, db_path: str,
+                                                                        monkeypatch: Any) -> None:
+    # given jobs completed by another manager on the same file, and a manager here whose
+    # own remembered completions are full
+    _remembering(monkeypatch, first=2, most=16, behind=1)
+    other = make_manager(db_path, max_workers=1)
+    other.register_function("pair", pair)
+    other.start()
+    theirs = [other.enqueue(Job(function_name="pair", args=(n,))) for n in range(4)]
+    for job_id in theirs:
+        other.wait(job_id, timeout=10)
+    other.stop()
+    manager = make_manager(db_path, max_workers=1)
+    manager.register_function("pair", pair)
+    manager.start()
+    mine = [manager.enqueue(Job(function_name="pair", args=(n,))) for n in range(4, 6)]
+    for job_id in mine:
+        manager.wait(job_id, timeout=10)
+    # when a caller here waits on the other manager's jobs (read back: not completed here)
+    assert [manager.wait(job_id, timeout=10).result[0] for job_id in theirs] == list(range(4))
+    # then it still remembers 2: four more completions here keep only the latest 2
+    for job_id in [manager.enqueue(Job(function_name="pair", args=(n,))) for n in range(6, 10)]:
+        manager.wait(job_id, timeout=10)
+    assert len(manager._settlements) == 2
+
+
 @pytest.mark.parametrize("reported", [False, True])
 def test_wait_on_a_job_running_here_reads_no_row_until_it_settles(make_manager: Any, db_path: str,
                                                                   reported: bool) -> None:
