@@ -39,8 +39,9 @@ class Settlements:
         # The latest jobs completed here, oldest first (at most _keep): `wait` answers from
         # these without reading the row back. A caller waiting on every job in turn may fall
         # further behind the workers than that; each job it then reads back was completed
-        # here, and after BEHIND_READS of them _keep doubles (up to MOST_COMPLETIONS, about
-        # 0.8 KB each), so it catches up again instead of reading every job from then on.
+        # here before the oldest one remembered, and after BEHIND_READS of them _keep
+        # doubles (up to MOST_COMPLETIONS, about 0.8 KB each), so it catches up again
+        # instead of reading every job from then on.
         self._completions: OrderedDict[str, Completion] = OrderedDict()
         self._keep = RECENT_COMPLETIONS
         self._behind = 0  # reads counted towards the next doubling
@@ -110,7 +111,7 @@ class Settlements:
                 if record.status.is_terminal:
                     if (record.status is JobStatus.COMPLETED and worker_id is not None
                             and record.worker_id == worker_id):
-                        self._read_back()
+                        self._read_back(record.completed_at)
                     return result_of(record)
                 status = record.status
             remaining = None if deadline is None else deadline - SYSTEM_CLOCK.monotonic()
@@ -120,11 +121,15 @@ class Settlements:
             self._sleep(job_id, seen, interval if remaining is None else min(interval, remaining))
             interval = min(interval * 2, LAST_INTERVAL)
 
-    def _read_back(self) -> None:
-        """A job completed here was read back: count it if it may have been forgotten
-        (as many completions remembered as are kept), and remember more after enough."""
+    def _read_back(self, completed_at: Optional[float]) -> None:
+        """A job completed here (at `completed_at`) was read back: count it if it was
+        forgotten, having completed before the oldest completion remembered (not one
+        read between its commit and `mark`), and remember more after enough of them."""
         with self._changed:
             if len(self._completions) < self._keep or self._keep >= MOST_COMPLETIONS:
+                return
+            oldest = next(iter(self._completions.values()))
+            if completed_at is None or completed_at >= oldest.at:
                 return
             self._behind += 1
             if self._behind >= BEHIND_READS:

@@ -14,6 +14,9 @@ import pytest
 from jobcore import Job, JobManager, JobStatus, MemoryRepository, SQLiteRepository, current_job
 from jobcore import waiting
 from jobcore import serialization
+from jobcore.recorder import Completion
+from jobcore.repository.base import JobRecord
+from jobcore.testing.contract import make_record
 
 
 def broken(x: Any) -> None:
@@ -159,38 +162,43 @@ def _remembering(monkeypatch: Any, first: int, most: int, behind: int) -> None:
     monkeypatch.setattr(waiting, "BEHIND_READS", behind)
 
 
+def _started(make_manager: Any, db_path: str) -> JobManager:
+    manager: JobManager = make_manager(db_path, max_workers=1)
+    manager.register_function("pair", pair)
+    manager.start()
+    return manager
+
+
+def _run(manager: JobManager, numbers: range) -> list[str]:
+    """Enqueue a `pair` job of each number, then wait for each in turn; their ids."""
+    ids = [manager.enqueue(Job(function_name="pair", args=(n,))) for n in numbers]
+    for job_id in ids:
+        manager.wait(job_id, timeout=10)
+    return ids
+
+
 def test_a_caller_that_fell_behind_makes_more_completions_remembered(make_manager: Any, db_path: str,
                                                                        monkeypatch: Any) -> None:
     # given a manager remembering 4 completions at first, twice as many after every 2
     # jobs it completed had to be read back, at most 16; 8 jobs completed and waited for
     _remembering(monkeypatch, first=4, most=16, behind=2)
-    manager = make_manager(db_path, max_workers=1)
-    manager.register_function("pair", pair)
-    manager.start()
-    first = [manager.enqueue(Job(function_name="pair", args=(n,))) for n in range(8)]
-    for job_id in first:
-        manager.wait(job_id, timeout=10)
+    manager = _started(make_manager, db_path)
+    first = _run(manager, range(8))
     assert len(manager._settlements) == 4
     # when a caller waits on the oldest two again, fallen behind what is remembered
     reads = _CountingGets(manager.repository)
     assert [manager.wait(job_id, timeout=10).result[0] for job_id in first[:2]] == [0, 1]
     assert reads.reads == 2
     # then 8 are remembered from then on: the next 8 completions are answered without a read
-    later = [manager.enqueue(Job(function_name="pair", args=(n,))) for n in range(8, 16)]
-    for job_id in later:
-        manager.wait(job_id, timeout=10)
+    later = _run(manager, range(8, 16))
     assert len(manager._settlements) == 8
     reads.reads = 0
     assert [manager.wait(job_id, timeout=10).result[0] for job_id in later] == list(range(8, 16))
     assert reads.reads == 0
     # and however far a caller falls behind, no more than the most are remembered
-    for job_id in first + later:
+    for job_id in first + later + _run(manager, range(16, 40)) + first + later:
         manager.wait(job_id, timeout=10)
-    more = [manager.enqueue(Job(function_name="pair", args=(n,))) for n in range(16, 40)]
-    for job_id in more:
-        manager.wait(job_id, timeout=10)
-    for job_id in first + later + more:
-        manager.wait(job_id, timeout=10)
+    _run(manager, range(40, 80))
     assert len(manager._settlements) == 16
 
 
@@ -199,25 +207,40 @@ def test_reading_back_jobs_another_process_completed_remembers_no_more(make_mana
     # given jobs completed by another manager on the same file, and a manager here whose
     # own remembered completions are full
     _remembering(monkeypatch, first=2, most=16, behind=1)
-    other = make_manager(db_path, max_workers=1)
-    other.register_function("pair", pair)
-    other.start()
-    theirs = [other.enqueue(Job(function_name="pair", args=(n,))) for n in range(4)]
-    for job_id in theirs:
-        other.wait(job_id, timeout=10)
+    other = _started(make_manager, db_path)
+    theirs = _run(other, range(4))
     other.stop()
-    manager = make_manager(db_path, max_workers=1)
-    manager.register_function("pair", pair)
-    manager.start()
-    mine = [manager.enqueue(Job(function_name="pair", args=(n,))) for n in range(4, 6)]
-    for job_id in mine:
-        manager.wait(job_id, timeout=10)
+    manager = _started(make_manager, db_path)
+    _run(manager, range(4, 6))
     # when a caller here waits on the other manager's jobs (read back: not completed here)
     assert [manager.wait(job_id, timeout=10).result[0] for job_id in theirs] == list(range(4))
     # then it still remembers 2: four more completions here keep only the latest 2
-    for job_id in [manager.enqueue(Job(function_name="pair", args=(n,))) for n in range(6, 10)]:
-        manager.wait(job_id, timeout=10)
+    _run(manager, range(6, 10))
     assert len(manager._settlements) == 2
+
+
+def test_only_jobs_forgotten_count_as_falling_behind(monkeypatch: Any) -> None:
+    # given 2 completions remembered (all there is room for), completed at 10 and 11
+    _remembering(monkeypatch, first=2, most=16, behind=1)
+    settlements = waiting.Settlements()
+    settlements.mark([(f"kept-{n}", Completion((), None, 10.0 + n, False)) for n in range(2)])
+
+    def wait_reading(record: JobRecord) -> None:
+        settlements.wait(record.id, 1.0, held=lambda _: False, read=lambda _: record, worker_id="here")
+
+    def remembered_after_four_more() -> int:
+        settlements.mark([(f"more-{n}", Completion((), None, 20.0 + n, False)) for n in range(4)])
+        return len(settlements)
+
+    # when a caller reads back a job completed here after the oldest one remembered (read
+    # between its commit and its completion being noted), or one completed elsewhere
+    wait_reading(make_record(status=JobStatus.COMPLETED, worker_id="here", completed_at=12.0))
+    wait_reading(make_record(status=JobStatus.COMPLETED, worker_id="elsewhere", completed_at=5.0))
+    # then nothing more is remembered
+    assert remembered_after_four_more() == 2
+    # but a job completed here before the oldest one remembered was forgotten: it counts
+    wait_reading(make_record(status=JobStatus.COMPLETED, worker_id="here", completed_at=5.0))
+    assert remembered_after_four_more() == 4
 
 
 @pytest.mark.parametrize("reported", [False, True])
