@@ -171,10 +171,10 @@ class Recorder:
         try:
             # Top-ups only help where other processes take jobs this one knows of.
             wanted = frozenset(top_up) if top_up is not None and self._repo.persistent else None
+            more = _seqs(claim_seqs, self._seqs_to_apply)
             # `up_to` only when needed: a backend written before it still works elsewhere.
-            more: dict[str, Any] = {"up_to": up_to} if wanted is not None and up_to > len(claim_ids) else {}
-            if claim_seqs is not None and self._seqs_to_apply:
-                more["claim_seqs"] = claim_seqs
+            if wanted is not None and up_to > len(claim_ids):
+                more["up_to"] = up_to
             cascades, claimed = self._repo.apply(settlements, claim_ids, self._worker_id, now,
                                                  now + self._lease_timeout, top_up=wanted, **more)
         except Exception as exc:  # storage trouble (or a backend bug): retry, never die
@@ -198,9 +198,9 @@ class Recorder:
         first. Raises what the repository raised: nothing was stored, recorded or
         claimed then (the caller decides what to tell; it may be the new job's fault)."""
         settlements = [f.settlement or self._settlement(f, now) for f in finished]
-        seqs: dict[str, Any] = {"claim_seqs": claim_seqs} if claim_seqs is not None and self._seqs_to_insert else {}
         cascades, claimed = self._repo.insert_and_apply(record, settlements, claim_ids, self._worker_id, now,
-                                                        now + self._lease_timeout, claim_new=claim_new, **seqs)
+                                                        now + self._lease_timeout, claim_new=claim_new,
+                                                        **_seqs(claim_seqs, self._seqs_to_insert))
         if finished:
             self._after_all(finished, settlements, cascades, now)
         if len(claimed) > 1:
@@ -274,12 +274,18 @@ class Recorder:
         if not records:
             return
         now = self._clock.time()
-        releases = [Settlement("release", r.id, r.attempts, seq=r.seq or None) for r in records]
+        releases = [Settlement("release", r.id, r.attempts, seq=r.seq) for r in records]
         try:
             self._repo.apply(releases, [], self._worker_id, now, now)
         except RepositoryError as exc:
             logger.error("could not hand back %d unstarted jobs (their leases will lapse): %s",
                          len(records), exc)
+
+
+def _seqs(claim_seqs: Optional[list[int]], taken: bool) -> dict[str, Any]:
+    """The `claim_seqs` keyword argument, for a repository method that `taken` says takes
+    it (and only then: a backend written before it still works)."""
+    return {"claim_seqs": claim_seqs} if taken and claim_seqs is not None else {}
 
 
 def _takes(method: Callable[..., Any], name: str) -> bool:

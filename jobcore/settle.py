@@ -29,7 +29,7 @@ def decide(record: JobRecord, outcome: Outcome, *, cancel_requested: bool, class
         return completed(record, outcome.value, ran_for, encoded_result)
     if outcome.cancelled or cancel_requested:
         return Settlement("cancel", record.id, attempt, error="cancelled while running",
-                          error_type="JobCancelled", seq=record.seq or None)
+                          error_type="JobCancelled", seq=record.seq)
     exc = outcome.error
     assert exc is not None
     error = str(exc) or repr(exc)
@@ -48,10 +48,10 @@ def decide(record: JobRecord, outcome: Outcome, *, cancel_requested: bool, class
         return Settlement("retry", record.id, attempt, error=error, error_type=error_type,
                           traceback=outcome.traceback, retry_at=now + delay,
                           note=f"{failed}; retry {attempt} of {record.max_retries} in {delay:.3f}s",
-                          seq=record.seq or None)
+                          seq=record.seq)
     why = "no retries left" if transient else "permanent error"
     return Settlement("fail", record.id, attempt, error=error, error_type=error_type,
-                      traceback=outcome.traceback, note=f"{failed}; {why}", seq=record.seq or None)
+                      traceback=outcome.traceback, note=f"{failed}; {why}", seq=record.seq)
 
 
 def completed(record: JobRecord, value: Any, ran_for: float, encoded_result: Optional[str] = None) -> Settlement:
@@ -60,7 +60,7 @@ def completed(record: JobRecord, value: Any, ran_for: float, encoded_result: Opt
     attempt = record.attempts
     note = f"attempt {attempt} completed after {ran_for:.3f}s" if attempt > 1 else None
     return Settlement("complete", record.id, attempt, result=value, note=note, encoded_result=encoded_result,
-                      seq=record.seq or None)
+                      seq=record.seq)
 
 
 EVENTS = {"complete": "job.completed", "retry": "job.retrying", "fail": "job.dead_lettered",

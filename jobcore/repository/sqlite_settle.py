@@ -37,7 +37,7 @@ def _held_update(conn: sqlite3.Connection, query: str, values: tuple[Any, ...], 
     keys), setting `values` on the job `s` names; True if it applied. The row is found by
     the seq `s` gives, if any (no index read; its id checked too), else by its id: also
     when the seq finds no such row, so a wrong seq costs a statement, never an outcome."""
-    if s.seq is not None:
+    if s.seq:  # 0: a record not stored yet, whose seq is unknown
         by_seq = (*values, s.seq, s.job_id, worker_id, s.attempt)
         if conn.execute(sql.HELD_BY_SEQ[query], by_seq).rowcount == 1:
             return True

@@ -183,8 +183,9 @@ class Settlement:
     (handed back unstarted: PENDING again, the attempt not counted). `note` is logged.
     `encoded_result`, if given, is `result` already encoded by `serialization.encode`: a
     store that keeps JSON may store it as it is instead of encoding `result` again.
-    `seq`, if given, is the job's `seq` (as the store assigned it): a store may find the
-    row by it (checking `job_id` too) rather than through an index on ids."""
+    `seq`, if given and not 0 (a record's seq before it is stored), is the job's `seq` as
+    the store assigned it: a store may find the row by it (checking `job_id` too) rather
+    than through an index on ids."""
 
     kind: str
     job_id: str
