@@ -23,6 +23,7 @@ class Jobcore(Engine):
     bulk = True
     priorities = True
     wait_each = False  # True: completion is seen by a `wait` on every id (harness.waited)
+    poll_each = False  # True: by a `poll` of every id until it is done, no pause (harness.polled)
 
     def __init__(self, durability: Optional[str]) -> None:
         self.durability = durability   # None: MemoryRepository
@@ -53,6 +54,13 @@ class Jobcore(Engine):
         self.manager.start()
 
     def wait_done(self, timeout: float) -> None:
+        if self.poll_each:
+            deadline = time.monotonic() + timeout
+            for job_id in self.ids:
+                while not self.manager.poll(job_id).status.is_terminal:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"job {job_id} not done within {timeout:.0f}s")
+            return
         if self.wait_each:
             deadline = time.monotonic() + timeout
             for job_id in self.ids:

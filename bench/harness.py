@@ -195,6 +195,15 @@ def waited(engine: Engine, workdir: str, n: int, budget: float) -> dict[str, Any
     return e2e(engine, workdir, n, budget)
 
 
+def polled(engine: Engine, workdir: str, n: int, budget: float) -> dict[str, Any]:
+    """As `e2e`, but the drain ends when a loop that polls every job id in turn, without
+    pausing, until it is done has seen them all: the busy loop an application may write."""
+    if not hasattr(engine, "poll_each"):
+        raise NotImplementedError("only jobcore is polled per job id here")
+    engine.poll_each = True
+    return e2e(engine, workdir, n, budget)
+
+
 def bulk(engine: Engine, workdir: str, n: int, timeout: float) -> dict[str, Any]:
     """Enqueue n jobs through the batch API, `BATCH` per call (the enqueue rate only)."""
     if not engine.bulk:

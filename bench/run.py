@@ -43,6 +43,7 @@ SCENARIO_ENGINES = {
     "concurrent": JOBCORE + PEERS + FLOORS,
     "producers": JOBCORE + ["huey", "raw-normal", "raw-full", "heap"],
     "waited": JOBCORE,
+    "polled": JOBCORE,
     "priority": JOBCORE + ["huey", "raw-normal", "heap"],
     "pickup": JOBCORE + PEERS + ["raw-normal", "heap"],
     "deep": ["jobcore-sqlite", "jobcore-memory", "litequeue", "raw-normal", "heap"],
@@ -92,6 +93,8 @@ def _child_result(args: argparse.Namespace) -> Optional[dict[str, Any]]:
         return harness.e2e(engine, workdir, args.n, args.budget)
     if args.child == "waited":
         return harness.waited(engine, workdir, args.n, args.budget)
+    if args.child == "polled":
+        return harness.polled(engine, workdir, args.n, args.budget)
     if args.child == "bulk":
         return harness.bulk(engine, workdir, args.n, args.timeout)
     if args.child == "producers":
@@ -233,7 +236,8 @@ def run_all(args: argparse.Namespace, cfg: dict[str, Any], code: str) -> dict[st
     pickup_errors: dict[str, str] = {}
 
     # Interleaved: every repetition runs every engine once, in an order rotated per rep.
-    timed = [s for s in ("e2e", "bulk", "producers", "concurrent", "waited", "priority", "pickup")
+    timed = [s for s in ("e2e", "bulk", "producers", "concurrent", "waited", "polled", "priority",
+                                 "pickup")
              if _wanted(args, s)]
     for rep in range(reps):
         for scenario in timed:
@@ -251,7 +255,7 @@ def run_all(args: argparse.Namespace, cfg: dict[str, Any], code: str) -> dict[st
                         missed[engine] = missed.get(engine, 0) + result["missed"]
                     continue
                 params: dict[str, Any] = {"n": cfg["priority_n"] if scenario == "priority" else n}
-                if scenario in ("e2e", "concurrent", "waited"):
+                if scenario in ("e2e", "concurrent", "waited", "polled"):
                     params["budget"] = cfg["drain_budget"]
                 raw.setdefault(scenario, {}).setdefault(engine, []).append(
                     runner.measure(scenario, engine, **params))
@@ -327,7 +331,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, one repetition (~3 min)")
     parser.add_argument("--reps", type=int, help="repetitions (default 3, --quick 1)")
     parser.add_argument("--n", type=int, help="jobs per throughput figure (default 20,000)")
-    parser.add_argument("--only", help="comma-separated scenarios: e2e,bulk,producers,concurrent,waited,priority,"
+    parser.add_argument("--only", help="comma-separated scenarios: e2e,bulk,producers,concurrent,waited,polled,priority,"
                                         "pickup,deep,depth,procs,isolation")
     parser.add_argument("--engines", help="comma-separated engine keys (see bench/README.md)")
     parser.add_argument("--no-venv", action="store_true", help="do not build or use bench/.venv (peers n/a)")
