@@ -236,8 +236,7 @@ def run_all(args: argparse.Namespace, cfg: dict[str, Any], code: str) -> dict[st
     pickup_errors: dict[str, str] = {}
 
     # Interleaved: every repetition runs every engine once, in an order rotated per rep.
-    timed = [s for s in ("e2e", "bulk", "producers", "concurrent", "waited", "polled", "priority",
-                                 "pickup")
+    timed = [s for s in ("e2e", "bulk", "producers", "concurrent", "waited", "polled", "priority", "pickup")
              if _wanted(args, s)]
     for rep in range(reps):
         for scenario in timed:

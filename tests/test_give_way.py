@@ -2,8 +2,11 @@
 
 On the memory store nothing in `poll` or `get_stats` blocks, so without a pause of its
 own such a loop would keep the GIL until the interpreter takes it away. Here that
-interval is made long (10 s) for the loop's duration: the job is then done within a
-bounded number of reads only if each read gives the GIL up itself."""
+interval is made long (10 s) for the loop's duration: a `poll` loop then sees its job
+done within a bounded number of reads only if each read gives the GIL up itself (it took
+2-3 reads with that, and never finished without it). `get_stats` and `get_queue_size`
+loops sometimes got there without it too (the workers ran whenever the loop waited for
+a lock they held), so the tests after them check that those reads give way, and when."""
 
 from __future__ import annotations
 
