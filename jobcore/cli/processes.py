@@ -20,7 +20,9 @@ from typing import Any
 
 from .. import api
 from ..manager import JobManager
+from ..repository.base import JobRepository
 from ..repository.factory import POSTGRES_SCHEMES
+from ..repository.sqlite import SQLiteRepository
 from .commands import EXIT_FAILED, EXIT_OK, CommandFailed, open_manager
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -132,8 +134,14 @@ def cmd_dashboard(manager: JobManager, args: argparse.Namespace) -> int:
         raise CommandFailed(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
     with StopSignals() as signals:
         server.start()
-        print(f"jobcore dashboard on {server.login_url} for {manager.repository.path} (Ctrl-C to stop)",
+        print(f"jobcore dashboard on {server.login_url} for {_location(manager.repository)} (Ctrl-C to stop)",
               flush=True)
         signals.wait()
     server.close()
     return EXIT_OK
+
+
+def _location(repository: JobRepository) -> str:
+    """Where the jobs are, for a banner: a SQLite file's path, else the repository's repr
+    (a PostgreSQL repository names its server and schema, never the password)."""
+    return repository.path if isinstance(repository, SQLiteRepository) else repr(repository)

@@ -1,0 +1,71 @@
+"""The command line on a PostgreSQL database (`--db postgresql://...`): the commands read
+the schema the DSN selects, and the dashboard serves it (against the server of
+`pg_fixtures`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+
+import pg_fixtures
+from pg_fixtures import *  # noqa: F401,F403 (the fixtures: server, schema, repo)
+from pg_fixtures import ROOT, WAIT, Schema
+from jobcore import Job, JobManager
+
+pytestmark = pg_fixtures.MARKS
+
+
+def _env() -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if key != "JOBCORE_DB"}
+    env["PYTHONPATH"] = ROOT
+    return env
+
+
+def _jobs(schema: Schema, n: int) -> list[str]:
+    """`n` jobs queued in the schema by a producer (nothing runs them)."""
+    repository = schema.repository()
+    try:
+        producer = JobManager(repository, producer=True)
+        return [producer.enqueue(Job(function_name="elsewhere.task", args=(x,))) for x in range(n)]
+    finally:
+        repository.close()
+
+
+def test_stats_and_show_read_the_schema_the_dsn_selects(schema: Schema) -> None:
+    ids = _jobs(schema, 3)
+
+    stats = subprocess.run([sys.executable, "-m", "jobcore", "--db", schema.dsn, "stats", "--json"],
+                           capture_output=True, text=True, env=_env(), timeout=WAIT)
+    show = subprocess.run([sys.executable, "-m", "jobcore", "--db", schema.dsn, "show", ids[0]],
+                          capture_output=True, text=True, env=_env(), timeout=WAIT)
+
+    assert stats.returncode == 0, stats.stderr
+    assert json.loads(stats.stdout)["pending"] == 3
+    assert show.returncode == 0, show.stderr
+    assert ids[0] in show.stdout and "pending" in show.stdout
+
+
+def test_the_dashboard_serves_a_postgresql_database_until_ctrl_c(schema: Schema) -> None:
+    _jobs(schema, 2)
+    proc = subprocess.Popen([sys.executable, "-m", "jobcore", "--db", schema.dsn, "dashboard", "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        assert proc.stdout is not None
+        banner = proc.stdout.readline()
+        assert " on http://" in banner, proc.stderr.read() if proc.stderr else banner
+        url = banner.split(" on ", 1)[1].split()[0]
+        with urllib.request.urlopen(url + "api/stats", timeout=WAIT) as reply:
+            stats = json.loads(reply.read())
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        assert proc.wait(WAIT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(WAIT)
+
+    assert f"schema='{schema.name}'" in banner  # where the jobs are, without a password
+    assert stats["total"] == 2 and stats["pending"] == 2
