@@ -10,6 +10,7 @@ clock: callers pass `now`.
 
 from __future__ import annotations
 
+import builtins
 from typing import Any, Collection, Optional, Sequence
 
 from .. import serialization
@@ -162,11 +163,11 @@ class PostgresRepository(SettlesThroughApply, JobRepository):
 
     def list_without_args(self, *, status: Optional[JobStatus] = None,
                           tags: Optional[Collection[str]] = None, owner: Optional[str] = None,
-                          limit: Optional[int] = 50, offset: int = 0) -> list[JobRecord]:
+                          limit: Optional[int] = 50, offset: int = 0) -> builtins.list[JobRecord]:
         return self._list(self.sql.LIST_JOBS_WITHOUT_ARGS, status, tags, owner, limit, offset)
 
     def _list(self, query: str, status: Optional[JobStatus], tags: Optional[Collection[str]],
-              owner: Optional[str], limit: Optional[int], offset: int) -> list[JobRecord]:
+              owner: Optional[str], limit: Optional[int], offset: int) -> builtins.list[JobRecord]:
         params = {"status": None if status is None else JobStatus(status).value, "owner": owner,
                   "tags": sorted(tags or ()), "limit": limit, "offset": offset}
         return [record_from_row(row) for row in self._db.rows(query, params)]
@@ -177,7 +178,7 @@ class PostgresRepository(SettlesThroughApply, JobRepository):
             counts[status_of(status)] += count
         return counts
 
-    def logs(self, job_id: str) -> list[tuple[float, str, str]]:
+    def logs(self, job_id: str) -> builtins.list[tuple[float, str, str]]:
         return [tuple(row) for row in self._db.rows(self.sql.SELECT_LOGS, (job_id,))]  # type: ignore[misc]
 
     # -- running ---------------------------------------------------------------------------
@@ -204,7 +205,7 @@ class PostgresRepository(SettlesThroughApply, JobRepository):
     def apply(self, settlements: Sequence[Settlement], claim_ids: Sequence[str], worker_id: str,
               now: float, lease_expires_at: float, top_up: Optional[Collection[str]] = None,
               up_to: Optional[int] = None, *,
-              claim_seqs: Optional[Sequence[int]] = None) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
+              claim_seqs: Optional[Sequence[int]] = None) -> tuple[builtins.list[Optional[Cascade]], builtins.list[JobRecord]]:
         """One transaction for every settlement and the claims (a group commit); the
         claims, top-up included, are one statement (`FOR UPDATE SKIP LOCKED`)."""
         encoded = [self._encode_result(s) for s in settlements]  # raises before writing
@@ -262,13 +263,13 @@ class PostgresRepository(SettlesThroughApply, JobRepository):
         self._db.run(self.sql.INSERT_LOG, (job_id, now, clean_text(level), clean_text(message)))
 
     def heartbeat(self, worker_id: str, job_ids: Collection[str], lease_expires_at: float,
-                  now: float) -> list[str]:
+                  now: float) -> builtins.list[str]:
         if not job_ids:
             return []
         params = {"lease": lease_expires_at, "worker": worker_id, "ids": list(job_ids)}
         return [job_id for job_id, requested in self._db.rows(self.sql.HEARTBEAT, params) if requested]
 
-    def recover_expired(self, now: float) -> list[QueueEntry]:
+    def recover_expired(self, now: float) -> builtins.list[QueueEntry]:
         return list(self.recover(now).requeued)
 
     def recover(self, now: float) -> Recovery:
@@ -320,11 +321,11 @@ class PostgresRepository(SettlesThroughApply, JobRepository):
     def unregister_worker(self, worker_id: str) -> None:
         self._db.run(self.sql.UNREGISTER_WORKER, (worker_id,))
 
-    def list_workers(self) -> list[WorkerInfo]:
+    def list_workers(self) -> builtins.list[WorkerInfo]:
         return [WorkerInfo(row[0], row[1], row[2], row[3], row[4], tuple(row[5] or ()))
                 for row in self._db.rows(self.sql.LIST_WORKERS)]
 
-    def reap_workers(self, before: float) -> list[str]:
+    def reap_workers(self, before: float) -> builtins.list[str]:
         return [row[0] for row in self._db.rows(self.sql.REAP_WORKERS, (before,))]
 
     def expire_worker(self, worker_id: str, now: float) -> int:

@@ -17,6 +17,7 @@ Rules every implementation keeps:
 
 from __future__ import annotations
 
+import builtins
 import abc
 from typing import Any, Collection, Optional, Sequence
 
@@ -134,7 +135,7 @@ class JobRepository(abc.ABC):
 
     def list_without_args(self, *, status: Optional[JobStatus] = None,
                           tags: Optional[Collection[str]] = None, owner: Optional[str] = None,
-                          limit: Optional[int] = 50, offset: int = 0) -> list[JobRecord]:
+                          limit: Optional[int] = 50, offset: int = 0) -> builtins.list[JobRecord]:
         """`list`, with `args` and `kwargs` possibly left empty (see `get_without_args`):
         what `list_jobs` and the dashboard read. By default this is `list`."""
         return self.list(status=status, tags=tags, owner=owner, limit=limit, offset=offset)
@@ -144,7 +145,7 @@ class JobRepository(abc.ABC):
         """How many jobs are in each status (every status is a key)."""
 
     @abc.abstractmethod
-    def logs(self, job_id: str) -> list[tuple[float, str, str]]:
+    def logs(self, job_id: str) -> builtins.list[tuple[float, str, str]]:
         """The job's log lines, oldest first: (time, level, message)."""
 
     # -- running ---------------------------------------------------------------------
@@ -192,7 +193,7 @@ class JobRepository(abc.ABC):
     def apply(self, settlements: Sequence[Settlement], claim_ids: Sequence[str], worker_id: str,
               now: float, lease_expires_at: float, top_up: Optional[Collection[str]] = None,
               up_to: Optional[int] = None, *,
-              claim_seqs: Optional[Sequence[int]] = None) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
+              claim_seqs: Optional[Sequence[int]] = None) -> tuple[builtins.list[Optional[Cascade]], builtins.list[JobRecord]]:
         """Record `settlements` (each as `complete`/`fail`/`finish_cancelled`/`release`
         would, each a compare-and-set on its attempt) and then claim what it can of
         `claim_ids` (as `claim` would), in as few transactions as the backend allows.
@@ -257,12 +258,12 @@ class JobRepository(abc.ABC):
 
     @abc.abstractmethod
     def heartbeat(self, worker_id: str, job_ids: Collection[str], lease_expires_at: float,
-                  now: float) -> list[str]:
+                  now: float) -> builtins.list[str]:
         """Extend to `lease_expires_at` the lease of each job in `job_ids` that `worker_id`
         is running; return the ids among them whose cancellation was requested."""
 
     @abc.abstractmethod
-    def recover_expired(self, now: float) -> list[QueueEntry]:
+    def recover_expired(self, now: float) -> builtins.list[QueueEntry]:
         """Take back RUNNING jobs whose lease expired before `now` (their worker died or
         froze): they become PENDING again (their attempt stays counted), FAILED with
         error_type `WorkerLost` when that attempt was their last, or CANCELLED when their
@@ -291,11 +292,11 @@ class JobRepository(abc.ABC):
         """Remove a worker from the registry (it stopped)."""
 
     @abc.abstractmethod
-    def list_workers(self) -> list[WorkerInfo]:
+    def list_workers(self) -> builtins.list[WorkerInfo]:
         """Every registered worker, oldest first."""
 
     @abc.abstractmethod
-    def reap_workers(self, before: float) -> list[str]:
+    def reap_workers(self, before: float) -> builtins.list[str]:
         """Remove workers whose last heartbeat is older than `before`; return their ids.
         (Their jobs come back through `recover_expired` once their leases lapse.)"""
 

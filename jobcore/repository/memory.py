@@ -7,6 +7,7 @@ jobs is `memory_adding`'s.
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import heapq
 import operator
@@ -123,7 +124,7 @@ class MemoryRepository(MemoryAdding, JobRepository):
         with self._lock:
             return {status: len(rows) for status, rows in self._by_status.items()}
 
-    def logs(self, job_id: str) -> list[tuple[float, str, str]]:
+    def logs(self, job_id: str) -> builtins.list[tuple[float, str, str]]:
         with self._lock:
             return list(self._logs.get(job_id, ()))
 
@@ -250,7 +251,7 @@ class MemoryRepository(MemoryAdding, JobRepository):
     def apply(self, settlements: Sequence[Settlement], claim_ids: Sequence[str], worker_id: str,
               now: float, lease_expires_at: float, top_up: Optional[Collection[str]] = None,
               up_to: Optional[int] = None, *,
-              claim_seqs: Optional[Sequence[int]] = None) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
+              claim_seqs: Optional[Sequence[int]] = None) -> tuple[builtins.list[Optional[Cascade]], builtins.list[JobRecord]]:
         with self._lock:  # one atomic step, as SQLite's single transaction
             return super().apply(settlements, claim_ids, worker_id, now, lease_expires_at, top_up, up_to)
 
@@ -304,7 +305,7 @@ class MemoryRepository(MemoryAdding, JobRepository):
             self._logs.setdefault(job_id, []).append((now, level, message))
 
     def heartbeat(self, worker_id: str, job_ids: Collection[str], lease_expires_at: float,
-                  now: float) -> list[str]:
+                  now: float) -> builtins.list[str]:
         with self._lock:
             requested = []
             for job_id in job_ids:
@@ -315,7 +316,7 @@ class MemoryRepository(MemoryAdding, JobRepository):
                         requested.append(row.id)
             return requested
 
-    def recover_expired(self, now: float) -> list[QueueEntry]:
+    def recover_expired(self, now: float) -> builtins.list[QueueEntry]:
         return list(self.recover(now).requeued)
 
     def recover(self, now: float) -> Recovery:
@@ -370,11 +371,11 @@ class MemoryRepository(MemoryAdding, JobRepository):
         with self._lock:
             self._workers.pop(worker_id, None)
 
-    def list_workers(self) -> list[WorkerInfo]:
+    def list_workers(self) -> builtins.list[WorkerInfo]:
         with self._lock:
             return sorted(self._workers.values(), key=lambda w: (w.started_at, w.worker_id))
 
-    def reap_workers(self, before: float) -> list[str]:
+    def reap_workers(self, before: float) -> builtins.list[str]:
         with self._lock:
             stale = [w.worker_id for w in self._workers.values() if w.heartbeat_at < before]
             for worker_id in stale:

@@ -8,6 +8,7 @@ that is the manager's job; this module only keeps rows consistent. Storing new j
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import sqlite3
@@ -146,11 +147,11 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
 
     def list_without_args(self, *, status: Optional[JobStatus] = None,
                           tags: Optional[Collection[str]] = None, owner: Optional[str] = None,
-                          limit: Optional[int] = 50, offset: int = 0) -> list[JobRecord]:
+                          limit: Optional[int] = 50, offset: int = 0) -> builtins.list[JobRecord]:
         return self._list(sql.COLUMNS_WITHOUT_ARGS, status, tags, owner, limit, offset)
 
     def _list(self, columns: str, status: Optional[JobStatus], tags: Optional[Collection[str]],
-              owner: Optional[str], limit: Optional[int], offset: int) -> list[JobRecord]:
+              owner: Optional[str], limit: Optional[int], offset: int) -> builtins.list[JobRecord]:
         where, params = ["1 = 1"], []  # type: ignore[var-annotated]
         if status is not None:
             where.append("status = ?")
@@ -171,7 +172,7 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
         counts[JobStatus.COMPLETED] = total - sum(counted)  # jobcore writes no other status
         return counts
 
-    def logs(self, job_id: str) -> list[tuple[float, str, str]]:
+    def logs(self, job_id: str) -> builtins.list[tuple[float, str, str]]:
         return [tuple(row) for row in self._read(sql.SELECT_LOGS, (job_id,))]  # type: ignore[misc]
 
     # -- running ---------------------------------------------------------------------------
@@ -183,7 +184,7 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
     def apply(self, settlements: Sequence[Settlement], claim_ids: Sequence[str], worker_id: str,
               now: float, lease_expires_at: float, top_up: Optional[Collection[str]] = None,
               up_to: Optional[int] = None, *,
-              claim_seqs: Optional[Sequence[int]] = None) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
+              claim_seqs: Optional[Sequence[int]] = None) -> tuple[builtins.list[Optional[Cascade]], builtins.list[JobRecord]]:
         """One transaction for every settlement and the claims (a group commit). Rows are
         found by their seq where it is given (the table's own key, no index read)."""
         encoded = [encode_result(s, self.max_payload_bytes) for s in settlements]  # raises before writing
@@ -235,7 +236,7 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
             conn.execute(sql.INSERT_LOG, (job_id, now, level, message))
 
     def heartbeat(self, worker_id: str, job_ids: Collection[str], lease_expires_at: float,
-                  now: float) -> list[str]:
+                  now: float) -> builtins.list[str]:
         if not job_ids:
             return []
         with self._write() as conn:
@@ -243,7 +244,7 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
             rows = conn.execute(sql.HEARTBEAT, params).fetchall()
         return [job_id for job_id, requested in rows if requested]
 
-    def recover_expired(self, now: float) -> list[QueueEntry]:
+    def recover_expired(self, now: float) -> builtins.list[QueueEntry]:
         return list(self.recover(now).requeued)
 
     def recover(self, now: float) -> Recovery:
@@ -282,11 +283,11 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
         with self._write() as conn:
             conn.execute(sql.UNREGISTER_WORKER, (worker_id,))
 
-    def list_workers(self) -> list[WorkerInfo]:
+    def list_workers(self) -> builtins.list[WorkerInfo]:
         return [WorkerInfo(row[0], row[1], row[2], row[3], row[4], tuple(json.loads(row[5])))
                 for row in self._read(sql.LIST_WORKERS)]
 
-    def reap_workers(self, before: float) -> list[str]:
+    def reap_workers(self, before: float) -> builtins.list[str]:
         with self._write() as conn:
             return [row[0] for row in conn.execute(sql.REAP_WORKERS, (before,)).fetchall()]
 
