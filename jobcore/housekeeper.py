@@ -42,7 +42,7 @@ class Housekeeper:
     """
 
     def __init__(self, repository: JobRepository, pool: WorkerPool, clock: Clock, settings: PoolSettings,
-                 refill: Callable[[], None], discovery_interval: float,
+                 refill: Callable[[], object], discovery_interval: float,
                  on_recovery: Callable[[Recovery], None], stocked: Callable[[], bool] = lambda: False) -> None:
         self._repo = repository
         self._pool = pool

@@ -81,7 +81,8 @@ class ProcessRunner:
         self._max = max_processes
         self._grace = float(grace)
         self._max_attempts = max_attempts_per_process
-        self._mp = multiprocessing.get_context(start_method or default_start_method())
+        # (typeshed's BaseContext lacks `Process`, which every concrete context has)
+        self._mp: Any = multiprocessing.get_context(start_method or default_start_method())
         self._clock = clock or SystemClock()
         # _cond's lock guards _idle, _live, _running, _closed and the counters.
         self._cond = threading.Condition(threading.Lock())

@@ -114,7 +114,7 @@ class ReadyQueue:
             if not self._ready and not self._timers:
                 return []  # nothing queued (a quiet pool's enqueue asks every time)
             self._release_due()
-            taken = []
+            taken: list[QueueEntry] = []
             while self._ready and len(taken) < limit:
                 item = heapq.heappop(self._ready)
                 if self._live(item):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import datetime
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, overload
 
 from .models import Job, JobResult, JobStatus
 from .repository.base import JobRecord
@@ -16,6 +16,14 @@ from .scheduler import next_fire_epoch
 
 _EVENT_STATUS = {"job.completed": "completed", "job.cancelled": "cancelled",
                  "job.dead_lettered": "failed", "job.retrying": "scheduled"}
+
+
+@overload
+def local_datetime(ts: float) -> datetime: ...
+@overload
+def local_datetime(ts: None) -> None: ...
+@overload
+def local_datetime(ts: Optional[float]) -> Optional[datetime]: ...
 
 
 def local_datetime(ts: Optional[float]) -> Optional[datetime]:

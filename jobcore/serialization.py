@@ -7,7 +7,7 @@ never executes code when decoded. Nothing here knows about storage or threads.
 from __future__ import annotations
 
 import json
-from json.encoder import c_make_encoder, encode_basestring
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 from .errors import InvalidJob, InvalidJobType

@@ -321,7 +321,9 @@ class MemoryRepository(MemoryAdding, JobRepository):
 
     def recover(self, now: float) -> Recovery:
         with self._lock:
-            recovered, failed, cancelled_ids = [], [], []
+            recovered: list[QueueEntry] = []
+            failed: list[str] = []
+            cancelled_ids: list[str] = []
             for row in sorted(self._by_status[JobStatus.RUNNING].values(), key=_seq_of):
                 if row.lease_expires_at is None or row.lease_expires_at >= now:
                     continue

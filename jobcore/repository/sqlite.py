@@ -152,7 +152,8 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
 
     def _list(self, columns: str, status: Optional[JobStatus], tags: Optional[Collection[str]],
               owner: Optional[str], limit: Optional[int], offset: int) -> builtins.list[JobRecord]:
-        where, params = ["1 = 1"], []  # type: ignore[var-annotated]
+        where: list[str] = ["1 = 1"]
+        params: list[Any] = []
         if status is not None:
             where.append("status = ?")
             params.append(JobStatus(status).value)

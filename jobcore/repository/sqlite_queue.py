@@ -68,7 +68,7 @@ def scheduled_rows(conn: sqlite3.Connection, names: Optional[Collection[str]], l
         return conn.execute(sql.DUE_ANY, (limit,)).fetchall()
     if limit <= 0:
         return []
-    queries = [(sql.DUE_OF, (name, limit)) for name in sorted(names)]
+    queries: list[tuple[str, tuple[Any, ...]]] = [(sql.DUE_OF, (name, limit)) for name in sorted(names)]
     queries.append((sql.SCHEDULES, (limit,)))
     return _merged(conn, queries, _by_due, limit)
 
