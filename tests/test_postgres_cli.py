@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from typing import Any
 
 import pg_fixtures
 from pg_fixtures import *  # noqa: F401,F403 (the fixtures: server, schema, repo)
@@ -69,3 +70,42 @@ def test_the_dashboard_serves_a_postgresql_database_until_ctrl_c(schema: Schema)
 
     assert f"schema='{schema.name}'" in banner  # where the jobs are, without a password
     assert stats["total"] == 2 and stats["pending"] == 2
+
+
+WORKER_MODULE = '''
+import jobcore
+
+
+@jobcore.register_job_function("pg_cli_tasks.double")
+def double(x):
+    return 2 * x
+'''
+
+
+def test_a_worker_runs_the_jobs_of_a_postgresql_database_and_never_prints_its_password(
+        schema: Schema, tmp_path: Any) -> None:
+    (tmp_path / "pg_cli_tasks.py").write_text(WORKER_MODULE)
+    assert "@" in schema.dsn and ":" not in schema.dsn.split("://", 1)[1].split("@", 1)[0]
+    with_password = schema.dsn.replace("@", ":s3cret-word@", 1)  # the test server trusts local users
+    env = {**_env(), "PYTHONPATH": os.pathsep.join([ROOT, str(tmp_path)])}
+    proc = subprocess.Popen([sys.executable, "-m", "jobcore", "--db", with_password, "worker", "--import",
+                             "pg_cli_tasks"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    repository = schema.repository()
+    try:
+        assert proc.stdout is not None
+        banner = proc.stdout.readline()
+        producer = JobManager(repository, producer=True)
+        ids = [producer.enqueue(Job(function_name="pg_cli_tasks.double", args=(x,))) for x in range(3)]
+        results = [producer.wait(job_id, timeout=WAIT).result for job_id in ids]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0
+        rest = proc.stdout.read() + (proc.stderr.read() if proc.stderr else "")
+    finally:
+        repository.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(WAIT)
+
+    assert results == [0, 2, 4]
+    assert f"schema='{schema.name}'" in banner
+    assert "s3cret-word" not in banner + rest

@@ -98,7 +98,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             raise _import_failure(module, exc) from None
     with StopSignals() as signals:
         manager.start()
-        print(f"jobcore worker {manager.worker_id}: {args.workers} thread(s) on {db},"
+        print(f"jobcore worker {manager.worker_id}: {args.workers} thread(s) on {_location(manager.repository)},"
               f" modules {', '.join(args.imports)}; stop with Ctrl-C or SIGTERM", flush=True)
         signals.wait()
         print("jobcore worker: stopping, letting running jobs finish (signal again to quit now)", flush=True)
