@@ -104,7 +104,7 @@ class ProcessRunner:
     @property
     def start_method(self) -> str:
         """'forkserver' or 'spawn'."""
-        return self._mp.get_start_method()
+        return str(self._mp.get_start_method())
 
     @property
     def stats(self) -> RunnerStats:

@@ -89,7 +89,8 @@ def resolve_function(module: str, qualname: str) -> Callable[..., Any]:
             hint = (" (a function defined under `if __name__ == '__main__':` does not exist when"
                     " the main module is imported in a child)" if module == "__main__" else "")
             raise ImportError(f"the child process found no {qualname!r} in module {module!r}{hint}") from None
-    return target
+    function: Callable[..., Any] = target
+    return function
 
 
 class NotIsolatable(PermanentError, TypeError):

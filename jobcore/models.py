@@ -89,9 +89,10 @@ def new_job_id() -> str:
     pool = getattr(_random, "pool", None)
     if not pool or pool[1] >= 4096:
         pool = _random.pool = [_uuid4_bytes(), 0]
-    at = pool[1]
+    at: int = pool[1]
     pool[1] = at + 16
-    return pool[0][at:at + 16].hex()
+    drawn: bytes = pool[0]
+    return drawn[at:at + 16].hex()
 
 
 def _uuid4_bytes() -> bytes:

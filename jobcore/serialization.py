@@ -23,7 +23,7 @@ def _c_to_json(value: Any) -> str:
     markers each call, as there) without the Python layers around it."""
     if isinstance(value, str):
         return _encoder.encode(value)
-    return "".join(c_make_encoder({}, _encoder.default, encode_basestring, None, ":", ",",  # type: ignore[misc]
+    return "".join(c_make_encoder({}, _encoder.default, encode_basestring, None, ":", ",",
                                   False, False, False)(value, 0))
 
 

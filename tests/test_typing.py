@@ -1,4 +1,4 @@
-"""The package's type hints hold together: `mypy jobcore` finds no error.
+"""The package's type hints hold together: `mypy --strict jobcore` finds no error.
 
 jobcore ships `py.typed`, so an application's type checker reads these hints; one that
 names the wrong thing (`list[...]` inside a class with a `list` method meant that
@@ -18,8 +18,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytest.importorskip("mypy", reason="TYPE CHECK SKIPPED: mypy is missing; `pip install -e '.[test]'` brings it")
 
 
-def test_mypy_finds_no_error_in_the_package(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "mypy", "--cache-dir", str(tmp_path), "jobcore"],
+def test_mypy_strict_finds_no_error_in_the_package(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(tmp_path), "jobcore"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
 
     assert done.returncode == 0, done.stdout + done.stderr

@@ -179,7 +179,7 @@ class PostgresRepository(SettlesThroughApply, JobRepository):
         return counts
 
     def logs(self, job_id: str) -> builtins.list[tuple[float, str, str]]:
-        return [tuple(row) for row in self._db.rows(self.sql.SELECT_LOGS, (job_id,))]  # type: ignore[misc]
+        return [tuple(row) for row in self._db.rows(self.sql.SELECT_LOGS, (job_id,))]
 
     # -- running ---------------------------------------------------------------------------
     @staticmethod

@@ -174,7 +174,7 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
         return counts
 
     def logs(self, job_id: str) -> builtins.list[tuple[float, str, str]]:
-        return [tuple(row) for row in self._read(sql.SELECT_LOGS, (job_id,))]  # type: ignore[misc]
+        return [tuple(row) for row in self._read(sql.SELECT_LOGS, (job_id,))]
 
     # -- running ---------------------------------------------------------------------------
     def claim(self, job_id: str, worker_id: str, now: float, lease_expires_at: float) -> Optional[JobRecord]:
@@ -299,7 +299,8 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
     def change_token(self) -> Optional[object]:
         """`PRAGMA data_version` of this thread's connection: it changes whenever another
         connection (any thread or process) commits."""
-        return self._read("PRAGMA data_version")[0][0]
+        version: object = self._read("PRAGMA data_version")[0][0]
+        return version
 
     # -- housekeeping ------------------------------------------------------------------------
     def delete_finished(self, before: Optional[float]) -> int:

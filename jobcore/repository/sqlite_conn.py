@@ -71,7 +71,7 @@ class Connections:
 
     def get(self) -> sqlite3.Connection:
         """This thread's connection (opened on first use)."""
-        conn = getattr(self._local, "conn", None)
+        conn: Optional[sqlite3.Connection] = getattr(self._local, "conn", None)
         if conn is not None:
             return conn
         with self._lock:

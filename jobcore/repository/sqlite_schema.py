@@ -4,8 +4,10 @@ No code runs here; `repository.sqlite` executes these. Schema changes bump
 `SCHEMA_VERSION` and add a step to `MIGRATIONS`.
 """
 
-from .columns import JOB_COLUMNS as COLUMNS  # the order the row decoders unpack
-from .columns import JOB_COLUMNS_WITHOUT_ARGS as COLUMNS_WITHOUT_ARGS
+from . import columns as _columns
+
+COLUMNS = _columns.JOB_COLUMNS  # the order the row decoders unpack
+COLUMNS_WITHOUT_ARGS = _columns.JOB_COLUMNS_WITHOUT_ARGS
 
 SCHEMA_VERSION = 4
 
