@@ -4,7 +4,7 @@ It enforces attempt timeouts, renews the leases of running jobs (and hears of ca
 requests made by other processes), keeps this manager's entry in the worker registry,
 takes back jobs whose lease expired or whose worker process on this host is gone, reaps
 dead workers, and notices new work written by other processes through the repository's
-cheap `change_token`. It sleeps on its own
+cheap `change_token`, and stores the progress reports that wait (see `progress`). It sleeps on its own
 condition until the next of those is due; it never runs jobs.
 """
 
@@ -58,9 +58,11 @@ class Housekeeper:
         self._cond = threading.Condition(threading.Lock())
         self._stopping = True
         self._refill_soon = False  # see `refill_soon`
+        self._replan = False  # see `wake`: set while the thread is busy, it does not sleep
         self._thread: Optional[threading.Thread] = None
         self._host, self._pid = socket.gethostname(), os.getpid()
         pool.on_deadline = self.wake
+        pool.on_progress_waiting = self.wake
         clock.subscribe(self.wake)
 
     def start(self) -> None:
@@ -86,8 +88,9 @@ class Housekeeper:
             logger.warning("could not leave the worker registry: %s", exc)
 
     def wake(self) -> None:
-        """Re-plan now (a deadline was added, or the clock jumped)."""
+        """Re-plan now (a deadline was added, a progress report waits, or the clock jumped)."""
         with self._cond:
+            self._replan = True
             self._cond.notify_all()
 
     def refill_soon(self) -> None:
@@ -125,9 +128,11 @@ class Housekeeper:
                 offset += jumped
                 next_beat = now
                 next_recover = now + settings.lease_timeout
+            progress_due = None
             try:
                 with self._cond:
-                    soon, self._refill_soon = self._refill_soon, False
+                    soon, self._refill_soon, self._replan = self._refill_soon, False, False
+                progress_due = self._pool.flush_progress()
                 if soon:
                     last_refill = now
                     self._refill()
@@ -170,7 +175,9 @@ class Housekeeper:
                 if self._stopping:
                     return
                 delay = wake_at - self._clock.monotonic()
-                if delay > 0 and not self._refill_soon:
+                if progress_due is not None:  # real time, whatever clock the rest keeps
+                    delay = min(delay, progress_due - real_monotonic())
+                if delay > 0 and not (self._refill_soon or self._replan):
                     self._cond.wait(delay)
 
     def _expire_dead_neighbours(self) -> bool:

@@ -275,7 +275,7 @@ class JobManager:
             return None
         if self._running and not record.status.is_terminal:
             _give_way()  # the caller will likely poll again: let the workers run it meanwhile
-        return result_of(record)
+        return result_of(self._with_latest_progress(record))
 
     def wait(self, job_id: str, timeout: Optional[float] = None) -> JobResult:
         """Block until the job is terminal (whichever process runs it) and return it.
@@ -299,7 +299,18 @@ class JobManager:
             raise ValueError(f"offset must be an int >= 0, got {offset!r}")
         records = self.repository.list_without_args(status=wanted, tags=tags, owner=owner, limit=limit,
                                                     offset=offset)
-        return [result_of(record) for record in records]
+        return [result_of(self._with_latest_progress(record)) for record in records]
+
+    def _with_latest_progress(self, record: JobRecord) -> JobRecord:
+        """`record` (just read, so ours to change) with the latest progress its job reported
+        here if that is not in the row yet (see `progress`)."""
+        if record.status is JobStatus.RUNNING:
+            report = self._pool.latest_progress(record.id)
+            if (report is not None and record.worker_id == self.worker_id
+                    and record.attempts == report.context.attempt):
+                record.progress, record.progress_message = report.progress, report.message
+                record.progress_details = report.details
+        return record
 
     @staticmethod
     def _status_arg(status: Union[JobStatus, str, None]) -> Optional[JobStatus]:

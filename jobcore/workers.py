@@ -38,6 +38,7 @@ from .errors import JobTimeout, RepositoryError
 from .exchanges import Exchanges
 from .execution import Outcome
 from .pool_state import Attempt, PoolState, Slot
+from .progress import ProgressWriter, Report
 from .queue import ReadyQueue
 from .registry import FunctionRegistry, LocalJobs
 from .repository.base import JobRecord, JobRepository, QueueEntry
@@ -85,6 +86,9 @@ class WorkerPool:
         self._abandoned = 0
         self._next_slot = 0
         self.on_deadline: Callable[[], None] = lambda: None  # set by the housekeeper
+        self.on_progress_waiting: Callable[[], None] = lambda: None  # set by the housekeeper
+        self._progress = ProgressWriter(self._write_progress, throttle=repository.persistent,
+                                        wake=lambda: self.on_progress_waiting())
         queue.listener = self._ready_arrived
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -272,6 +276,7 @@ class WorkerPool:
             if attempt.deadline is not None:
                 self.on_deadline()
             outcome = self._attempts.run(record, context)
+            self._progress.take(context)  # its last report stored before its outcome
             finished = Finished(record, context, outcome, self._clock.monotonic() - attempt.started)
             if not slot.abandoned:
                 finished.settlement = self._recorder.decide(finished)
@@ -298,8 +303,12 @@ class WorkerPool:
     # -- ContextSink: reports from running jobs ---------------------------------------------
     def report_progress(self, context: JobContext, progress: float, message: str,
                         details: dict[str, Any]) -> None:
-        self._repo.update_progress(context.id, self.worker_id, context.attempt, progress, message,
-                                   details, self._clock.time())
+        self._progress.report(Report(context, progress, message, details))
+
+    def _write_progress(self, report: Report) -> None:
+        context = report.context
+        self._repo.update_progress(context.id, self.worker_id, context.attempt, report.progress,
+                                   report.message, report.details, self._clock.time())
 
     def report_log(self, context: JobContext, level: str, message: str) -> None:
         self._repo.add_log(context.id, level, message, self._clock.time())
@@ -325,6 +334,7 @@ class WorkerPool:
             with self._state.lock:
                 self._state.running[record.id] = Attempt(record, context, Slot(-1), None, started)
             outcome = self._attempts.run(record, context)
+            self._progress.take(context)
             with self._state.lock:
                 del self._state.running[record.id]
             if self._recorder.exchange([Finished(record, context, outcome,
@@ -333,7 +343,17 @@ class WorkerPool:
             ran += 1
         return ran
 
+    # -- progress reports -------------------------------------------------------------------
+    def latest_progress(self, job_id: str) -> Optional[Report]:
+        """The latest progress report of a job running here not yet in its row, if any."""
+        return self._progress.latest(job_id)
+
     # -- called by the housekeeper --------------------------------------------------------
+    def flush_progress(self) -> Optional[float]:
+        """Store the progress reports due (see `ProgressWriter.flush_due`); returns when
+        the next one is due (real monotonic seconds), or None."""
+        return self._progress.flush_due()
+
     def time_out_overdue(self, now: float) -> Optional[float]:
         """Give up attempts past their deadline (monotonic `now`): their threads are
         abandoned and replaced, and a `JobTimeout` is recorded. Returns the earliest
