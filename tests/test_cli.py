@@ -11,7 +11,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import urllib.request
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -19,6 +18,7 @@ import pytest
 
 from jobcore import Job, JobManager, JobStatus, current_job
 from jobcore.cli import main
+from dashboard_cli import serve_dashboard
 from waiting import wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -386,22 +386,9 @@ def test_main_is_the_console_script_entry_point(jobs: Jobs, capsys: Any) -> None
 
 # -- the dashboard -------------------------------------------------------------------------------
 def test_dashboard_serves_the_database_until_ctrl_c(jobs: Jobs) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "jobcore", "--db", jobs.db, "dashboard", "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
-    try:
-        assert proc.stdout is not None
-        banner = proc.stdout.readline()
-        url = banner.split(" on ", 1)[1].split()[0]
-        with urllib.request.urlopen(url + "api/stats", timeout=WAIT) as reply:
-            stats = json.loads(reply.read())
-        proc.send_signal(signal.SIGINT)  # Ctrl-C
-        assert proc.wait(WAIT) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(WAIT)
+    banner, url, stats = serve_dashboard(jobs.db, cli_env(), WAIT)
 
-    assert url.startswith("http://127.0.0.1:")
+    assert url.startswith("http://127.0.0.1:") and os.path.abspath(jobs.db) in banner
     assert stats["total"] == 3 and stats["failed"] == 1
 
 

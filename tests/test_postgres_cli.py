@@ -9,10 +9,10 @@ import os
 import signal
 import subprocess
 import sys
-import urllib.request
 from typing import Any
 
 import pg_fixtures
+from dashboard_cli import serve_dashboard
 from pg_fixtures import *  # noqa: F401,F403 (the fixtures: server, schema, repo)
 from pg_fixtures import ROOT, WAIT, Schema
 from jobcore import Job, JobManager
@@ -52,21 +52,7 @@ def test_stats_and_show_read_the_schema_the_dsn_selects(schema: Schema) -> None:
 
 def test_the_dashboard_serves_a_postgresql_database_until_ctrl_c(schema: Schema) -> None:
     _jobs(schema, 2)
-    proc = subprocess.Popen([sys.executable, "-m", "jobcore", "--db", schema.dsn, "dashboard", "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
-    try:
-        assert proc.stdout is not None
-        banner = proc.stdout.readline()
-        assert " on http://" in banner, proc.stderr.read() if proc.stderr else banner
-        url = banner.split(" on ", 1)[1].split()[0]
-        with urllib.request.urlopen(url + "api/stats", timeout=WAIT) as reply:
-            stats = json.loads(reply.read())
-        proc.send_signal(signal.SIGINT)  # Ctrl-C
-        assert proc.wait(WAIT) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(WAIT)
+    banner, _, stats = serve_dashboard(schema.dsn, _env(), WAIT)
 
     assert f"schema='{schema.name}'" in banner  # where the jobs are, without a password
     assert stats["total"] == 2 and stats["pending"] == 2
