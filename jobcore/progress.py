@@ -15,11 +15,14 @@ A store that is not persistent gets every report at once (it costs a dict update
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any, Callable, NamedTuple, Optional
 
 from .clock import real_monotonic
 from .context import JobContext
+
+logger = logging.getLogger("jobcore.progress")
 
 PROGRESS_INTERVAL = 0.1  # seconds between two writes of one attempt's progress, at least
 
@@ -89,7 +92,8 @@ class ProgressWriter:
 
     def take(self, context: JobContext) -> None:
         """The attempt of `context` ended: write its waiting report, if any, and forget it.
-        Called before its outcome is recorded (the write is refused once the job ended)."""
+        Called by the worker thread before the outcome is recorded (the write is refused
+        once the job ended); a store that fails it is logged, and the outcome goes on."""
         if not self._throttle:
             return
         with self._lock:
@@ -98,8 +102,12 @@ class ProgressWriter:
             if report is None or report.context is not context:
                 return
             del self._waiting[context.id]
-            if not context.abandoned:
+            if context.abandoned:
+                return
+            try:
                 self._write(report)
+            except Exception as exc:  # the worker thread must go on to record the outcome
+                logger.warning("could not store the last progress report of job %s: %s", context.id, exc)
 
     def latest(self, job_id: str) -> Optional[Report]:
         """The latest report of the job's running attempt not yet written, if any."""

@@ -12,6 +12,7 @@ import pytest
 from jobcore import Job, JobManager, JobStatus, MemoryRepository, SQLiteRepository
 from jobcore import progress as progress_module
 from jobcore.context import JobContext
+from jobcore.errors import RepositoryError
 from jobcore.progress import PROGRESS_INTERVAL, ProgressWriter, Report
 from waiting import wait_until
 
@@ -179,3 +180,24 @@ def test_an_ended_attempt_writes_what_waits_unless_it_was_given_up(now: list[flo
     assert writer.flush_due() is None
     writer.report(Report(JobContext("a", "a", 2, _Sink()), 0.5, "", {}))  # the next attempt: at once
     assert written[-1] == ("a", 0.5)
+
+
+def test_a_store_refusing_the_last_report_is_logged_and_the_attempt_goes_on(
+        now: list[float], caplog: pytest.LogCaptureFixture) -> None:
+    writes: list[float] = []
+
+    def write(report: Report) -> None:
+        if writes:
+            raise RepositoryError("disk full")
+        writes.append(report.progress)
+
+    writer = ProgressWriter(write, throttle=True, wake=lambda: None)
+    context = JobContext("a", "a", 1, _Sink())
+    writer.report(Report(context, 0.1, "", {}))
+    writer.report(Report(context, 0.2, "", {}))
+
+    with caplog.at_level("WARNING", logger="jobcore.progress"):
+        writer.take(context)  # does not raise: the worker goes on to record the outcome
+    assert writes == [0.1]
+    assert "could not store the last progress report of job a: disk full" in caplog.text
+    assert writer.latest("a") is None
