@@ -185,3 +185,11 @@ class PoolState:
             self.wake_for_buffer_locked(active)
         if self.stopping:
             self.dispatch_needed.notify()  # it may be waiting for this exchange to end
+        elif self.finished:
+            # Outcomes handed in while this exchange ran wait for the next one. A worker
+            # that finds an exchange under way makes none and tells no one, so unless the
+            # dispatcher is timed to wake by their due time, tell it now: with no worker
+            # running and no enqueue coming, nothing else would record them.
+            due = self.pacing.record_due
+            if due is None or self.pacing.dispatcher_sleeps_past(due):
+                self.dispatch_needed.notify()

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from jobcore.pacing import RECORD_WITHIN, RESERVE_BELOW, STALL_AFTER, STREAM_BATCH, STREAM_GAP, TINY_BELOW, Pacing
+from jobcore.context import JobContext
+from jobcore.execution import Outcome
 from jobcore.pool_state import PoolState
+from jobcore.recorder import Finished
+from jobcore.testing.contract import make_record
 
 T = 1000.0  # any real monotonic reading
 
@@ -166,3 +172,34 @@ def test_ready_jobs_need_no_notification_only_while_a_stream_lasts_and_the_dispa
     pacing.dispatcher_timeout(T, outcomes_wait=False, timer_in=5.0)
     pacing.dispatcher_woke()
     assert not pacing.dispatcher_looks_soon(T)
+
+
+def test_outcomes_handed_in_during_an_exchange_wake_a_dispatcher_asleep_for_good() -> None:
+    # given the dispatcher asleep until notified (an idle pool, no stream, no timer)
+    state = PoolState(max_workers=2)
+    state.stopping = False
+    asleep, told = threading.Event(), []
+
+    def dispatcher() -> None:
+        with state.lock:
+            state.pacing.dispatcher_timeout(T, outcomes_wait=False, timer_in=None)
+            asleep.set()
+            told.append(state.dispatch_needed.wait(10.0))
+
+    thread = threading.Thread(target=dispatcher)
+    thread.start()
+    assert asleep.wait(10.0)
+    # when a job's outcome is handed in while an exchange runs (its worker then makes
+    # none: one is under way), nothing buffered and no enqueue streaming in
+    with state.lock:  # taken once the dispatcher waits
+        state.begin_exchange_locked()
+        state.add_finished_locked(_finished("a"))
+        # then the exchange's end tells the dispatcher, which records it
+        state.ended_locked([], [], wake=False)
+    thread.join(10.0)
+    assert told == [True]
+
+
+def _finished(job_id: str) -> Finished:
+    record = make_record(id=job_id)
+    return Finished(record, JobContext(job_id, job_id, 1, None), Outcome(), 0.001)  # type: ignore[arg-type]
