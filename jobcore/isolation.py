@@ -29,7 +29,7 @@ from .context import JobContext
 from .errors import JobCancelled, JobcoreError, JobTimeout
 from .execution import Outcome
 from .isolation_child import memory_limit_supported, serve
-from .isolation_process import Child, default_start_method, end_all, end_child, signal_name
+from .isolation_process import Child, alive, default_start_method, end_all, end_child, signal_name
 from .isolation_wire import (AttemptRequest, NotIsolatable, RemoteError, RemoteFailure,
                               isolation_problem, rebuild_exception)
 
@@ -182,7 +182,7 @@ class ProcessRunner:
                     idle = self._idle.pop()  # the warmest child
                     self._running += 1
             if idle is not None:
-                if idle.process.is_alive():
+                if alive(idle):
                     with self._cond:
                         self._reused += 1
                     return idle
@@ -230,17 +230,20 @@ class ProcessRunner:
             wait = POLL_INTERVAL
             if deadline is not None:
                 wait = max(0.0, min(wait, deadline - self._clock.monotonic()))
-            ready = wait_for_ready(watched, wait)
+            try:
+                ready = wait_for_ready(watched, wait)
+            except (OSError, ValueError):  # its pipe was closed under us: ended at exit
+                return self._died_outcome(self._dead(child), child, context)
             if child.conn in ready:
                 try:
                     raw = child.conn.recv_bytes()
                 except (EOFError, OSError):
-                    return self._died_outcome(self._dead(child), child.pid, context)
+                    return self._died_outcome(self._dead(child), child, context)
                 outcome = self._handle(raw, child, context)
                 if outcome is not None:
                     return outcome
             elif ready:  # only the sentinel: dead, yet something holds its pipe open
-                return self._died_outcome(self._dead(child), child.pid, context)
+                return self._died_outcome(self._dead(child), child, context)
             stopped = self._stopped(context, timeout, deadline)
             if stopped is not None:
                 self._terminate(child)
@@ -311,10 +314,8 @@ class ProcessRunner:
         with self._cond:
             self._died += 1
             self._forget_locked(child)
-        child.process.join(self._grace)  # its pipe closed: the exit status follows at once
-        exitcode: Optional[int] = child.process.exitcode
-        end_child(child, self._grace, polite=False)
-        return exitcode
+        # Polite: its pipe is closed, so the exit status follows at once.
+        return end_child(child, self._grace, polite=True)
 
     def _forget_locked(self, child: Child) -> None:
         self._live -= 1
@@ -323,8 +324,11 @@ class ProcessRunner:
         self._cond.notify()
 
     @staticmethod
-    def _died_outcome(exitcode: Optional[int], pid: Optional[int], context: JobContext) -> Outcome:
-        if exitcode is None:
+    def _died_outcome(exitcode: Optional[int], child: Child, context: JobContext) -> Outcome:
+        pid = child.pid
+        if child.at_exit:
+            how = "was ended because this process is exiting"
+        elif exitcode is None:
             how = "died"
         elif exitcode < 0:
             how = f"was killed by signal {-exitcode} ({signal_name(-exitcode)})"

@@ -11,7 +11,7 @@ import multiprocessing
 import signal
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any, Optional
 
@@ -24,33 +24,56 @@ def default_start_method() -> str:
 
 @dataclass(eq=False)
 class Child:
-    """One pooled child process and the parent's end of its pipe."""
+    """One pooled child process and the parent's end of its pipe.
+
+    Ending a child can race: a worker thread reaps the child it supervises while the
+    exit-time `end_all` ends every child left. `ending` serialises the two, and once
+    `ended` the exit status stays readable in `exitcode` (the process object is closed)."""
 
     process: Any  # multiprocessing.Process (BaseProcess)
     conn: Connection
     pid: Optional[int]
     attempts: int = 0
     sys_path: tuple[str, ...] = ()
+    # `ending` guards ended, exitcode and at_exit, and the ending of the process.
+    ending: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    ended: bool = False
+    exitcode: Optional[int] = None
+    at_exit: bool = False  # ended by end_all because this process is exiting
 
 
-def end_child(child: Child, grace: float, *, polite: bool) -> None:
+def end_child(child: Child, grace: float, *, polite: bool, at_exit: bool = False) -> Optional[int]:
     """End `child`: close its pipe (a polite end lets it exit on EOF), then SIGTERM, and
-    SIGKILL after `grace`; reap it."""
-    try:
-        child.conn.close()
-    except OSError:
-        pass
-    process = child.process
-    if polite:
-        process.join(grace)
-    if process.exitcode is None:
-        process.terminate()
-        process.join(grace)
-    if process.exitcode is None:
-        process.kill()
-        process.join(5.0)  # SIGKILL cannot be caught; only a process stuck in the kernel lingers
-    if process.exitcode is not None:
-        process.close()
+    SIGKILL after `grace`; reap it. Returns its exit status (None if it could not be
+    reaped). Ending a child twice, from two threads or one after the other, is harmless."""
+    with child.ending:
+        if child.ended:
+            return child.exitcode
+        child.at_exit = at_exit
+        try:
+            child.conn.close()
+        except OSError:
+            pass
+        process = child.process
+        if polite:
+            process.join(grace)
+        if process.exitcode is None:
+            process.terminate()
+            process.join(grace)
+        if process.exitcode is None:
+            process.kill()
+            process.join(5.0)  # SIGKILL cannot be caught; only a process stuck in the kernel lingers
+        child.exitcode = process.exitcode
+        if child.exitcode is not None:
+            child.ended = True
+            process.close()
+        return child.exitcode
+
+
+def alive(child: Child) -> bool:
+    """True while `child` runs (False once ended, also by another thread)."""
+    with child.ending:
+        return not child.ended and bool(child.process.is_alive())
 
 
 def end_all(children: set[Child], lock: threading.Condition, grace: float, lifeline: Connection) -> None:
@@ -59,7 +82,7 @@ def end_all(children: set[Child], lock: threading.Condition, grace: float, lifel
         remaining = list(children)
         children.clear()
     for child in remaining:
-        end_child(child, grace, polite=False)
+        end_child(child, grace, polite=False, at_exit=True)
     lifeline.close()
 
 

@@ -365,6 +365,25 @@ def test_a_child_killed_from_outside_is_reported(
     assert runner.stats.died == 1
 
 
+def test_a_child_ended_at_interpreter_exit_fails_its_attempt_as_transient_not_as_a_runner_error(
+        runner: ProcessRunner, context: JobContext, sink: RecordingSink, in_background: Any,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # At exit the runner's finalizer ends every child while a worker thread still
+    # supervises one; the thread once read the closed process and failed the job with
+    # a permanent ValueError("process object is closed").
+    future = in_background(runner.run, busy_loop, (), {}, context)
+    sink.wait_for_log("running")
+    (pid,) = runner.pids()
+    runner._finalizer()  # what atexit runs
+    outcome = future.result(timeout=BOUND)
+    assert isinstance(outcome.error, WorkerProcessDied), outcome.error
+    assert "because this process is exiting" in str(outcome.error) and outcome.error.pid == pid
+    assert is_transient(outcome.error)
+    assert "failed in the runner" not in caplog.text
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # reaped, not a zombie
+
+
 def test_an_idle_child_that_died_is_replaced_without_failing_the_next_attempt(
         runner: ProcessRunner, context: JobContext) -> None:
     pid = runner.run(child_pid, (), {}, context).value
