@@ -183,3 +183,44 @@ def test_a_single_insert_of_a_taken_id_names_it_and_leaves_the_connection_usable
     other = make_record()
     assert repo.insert([other], NOW) == [other.id]
     repo.close()
+
+
+def test_log_lines_written_at_once_share_a_transaction_and_each_is_kept(tmp_path: Any) -> None:
+    # given a repository whose group committer's leader holds its transaction open
+    repo = SQLiteRepository(str(tmp_path / "jobs.db"))
+    record = make_record()
+    repo.insert([record], NOW)
+    release, held = threading.Event(), threading.Event()
+
+    def hold(conn: sqlite3.Connection) -> None:
+        held.set()
+        assert release.wait(10)
+
+    leader = threading.Thread(target=repo._group.run, args=(hold,))
+    leader.start()
+    assert held.wait(10)
+    commits = repo._db._commits
+    # when three jobs' threads log meanwhile
+    loggers = [threading.Thread(target=repo.add_log, args=(record.id, "info", f"line {n}", NOW + n))
+               for n in range(3)]
+    for thread in loggers:
+        thread.start()
+    queued = False
+    for _ in range(5000):
+        queued = len(repo._group._pending) == 3
+        if queued:
+            break
+        threading.Event().wait(0.001)
+    release.set()
+    for thread in loggers + [leader]:
+        thread.join(10)
+    assert queued, "the log lines did not queue behind the leader"
+    # then the leader's transaction and one shared by the three lines were committed,
+    # not four, and every line is there
+    assert repo._db._commits == commits + 2
+    assert sorted(entry[2] for entry in repo.logs(record.id)) == ["line 0", "line 1", "line 2"]
+    # and a line logged alone is one statement committed by itself
+    repo.add_log(record.id, "warning", "alone", NOW + 5)
+    assert repo._db._commits == commits + 3
+    assert repo.logs(record.id)[-1][1:] == ("warning", "alone")
+    repo.close()

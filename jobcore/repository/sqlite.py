@@ -233,8 +233,11 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
             return conn.execute(sql.UPDATE_PROGRESS, params).rowcount == 1
 
     def add_log(self, job_id: str, level: str, message: str, now: float) -> None:
-        with self._write() as conn:
-            conn.execute(sql.INSERT_LOG, (job_id, now, level, message))
+        # Alone, one statement committed by itself; beside other writers (jobs logging at
+        # once, enqueues) it shares their transaction and, under "full", their fsync.
+        params = (job_id, now, level, message)
+        self._group.run(lambda conn: conn.execute(sql.INSERT_LOG, params),
+                        lambda: self._db.write_one(sql.INSERT_LOG, params))
 
     def heartbeat(self, worker_id: str, job_ids: Collection[str], lease_expires_at: float,
                   now: float) -> builtins.list[str]:
