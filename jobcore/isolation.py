@@ -300,14 +300,14 @@ class ProcessRunner:
                 self._children.discard(child)
             self._cond.notify()
         if not keep:
-            end_child(child, self._grace, polite=True)
+            end_child(child, self._grace, polite=self._grace)
 
     def _terminate(self, child: Child) -> None:
         """End a busy child at once (timeout, cancel); its place is refilled on demand."""
         with self._cond:
             self._terminated += 1
             self._forget_locked(child)
-        end_child(child, self._grace, polite=False)
+        end_child(child, self._grace)
 
     def _dead(self, child: Child) -> Optional[int]:
         """Account for a child that died on its own and reap it; returns its exit code."""
@@ -315,7 +315,7 @@ class ProcessRunner:
             self._died += 1
             self._forget_locked(child)
         # Polite: its pipe is closed, so the exit status follows at once.
-        return end_child(child, self._grace, polite=True)
+        return end_child(child, self._grace, polite=self._grace)
 
     def _forget_locked(self, child: Child) -> None:
         self._live -= 1
@@ -353,11 +353,10 @@ class ProcessRunner:
                 self._children.discard(child)
             self._cond.notify_all()
         for child in idle:
-            child.conn.close()  # EOF: the child's loop returns
+            child.conn.close()  # EOF: the child's loop returns (all of them at once)
         deadline = self._clock.monotonic() + timeout
         for child in idle:
-            child.process.join(max(0.0, deadline - self._clock.monotonic()))
-            end_child(child, self._grace, polite=False)
+            end_child(child, self._grace, polite=max(0.0, deadline - self._clock.monotonic()))
 
     def __enter__(self) -> "ProcessRunner":
         return self

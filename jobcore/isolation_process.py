@@ -42,10 +42,10 @@ class Child:
     at_exit: bool = False  # ended by end_all because this process is exiting
 
 
-def end_child(child: Child, grace: float, *, polite: bool, at_exit: bool = False) -> Optional[int]:
-    """End `child`: close its pipe (a polite end lets it exit on EOF), then SIGTERM, and
-    SIGKILL after `grace`; reap it. Returns its exit status (None if it could not be
-    reaped). Ending a child twice, from two threads or one after the other, is harmless."""
+def end_child(child: Child, grace: float, *, polite: float = 0.0, at_exit: bool = False) -> Optional[int]:
+    """End `child`: close its pipe and give it `polite` seconds to exit on that EOF, then
+    SIGTERM, and SIGKILL after `grace`; reap it. Returns its exit status (None if it could
+    not be reaped). Ending a child twice, from two threads or one after the other, is harmless."""
     with child.ending:
         if child.ended:
             return child.exitcode
@@ -55,8 +55,8 @@ def end_child(child: Child, grace: float, *, polite: bool, at_exit: bool = False
         except OSError:
             pass
         process = child.process
-        if polite:
-            process.join(grace)
+        if polite > 0:
+            process.join(polite)
         if process.exitcode is None:
             process.terminate()
             process.join(grace)
@@ -82,7 +82,7 @@ def end_all(children: set[Child], lock: threading.Condition, grace: float, lifel
         remaining = list(children)
         children.clear()
     for child in remaining:
-        end_child(child, grace, polite=False, at_exit=True)
+        end_child(child, grace, at_exit=True)
     lifeline.close()
 
 

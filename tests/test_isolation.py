@@ -384,6 +384,16 @@ def test_a_child_ended_at_interpreter_exit_fails_its_attempt_as_transient_not_as
         os.kill(pid, 0)  # reaped, not a zombie
 
 
+def test_close_after_the_exit_time_finalizer_ended_an_idle_child_is_quiet(context: JobContext) -> None:
+    runner = ProcessRunner(1)
+    pid = runner.run(child_pid, (), {}, context).value
+    runner._finalizer()  # interpreter exit ended the idle child first
+    runner.close()       # then a manager's close: nothing left to end, nothing raised
+    assert runner.pids() == []
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
 def test_an_idle_child_that_died_is_replaced_without_failing_the_next_attempt(
         runner: ProcessRunner, context: JobContext) -> None:
     pid = runner.run(child_pid, (), {}, context).value
