@@ -129,10 +129,16 @@ class ReadyQueue:
 
     def watch_low(self, below: int) -> None:
         """Call `running_low` once, when a pop leaves fewer than `below` entries queued
-        (0: stop watching). For a queue holding a window of a bigger store: it is read
-        again before it runs dry."""
+        (0: stop watching), or at once if fewer are queued already. For a queue holding a
+        window of a bigger store: it is read again before it runs dry.
+
+        "At once" matters: workers pop a window as soon as it is queued, before its reader
+        gets here, and a queue they emptied sees no more pops to notice it by."""
         with self._lock:
-            self._low_water = below
+            low = 0 < below and len(self._members) < below
+            self._low_water = 0 if low else below
+        if low:
+            self.running_low()
 
     def discard(self, job_ids: Iterable[str]) -> None:
         """Forget these ids wherever they are queued: this process claimed them by number

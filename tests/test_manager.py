@@ -17,6 +17,7 @@ from jobcore import (Job, JobCancelled, JobManager, JobPriority, JobStatus, Memo
                      SQLiteRepository, UnknownFunction, current_job)
 import jobcore.manager
 from jobcore.manager import READY_LOAD_LIMIT
+from waiting import wait_until
 
 WAIT = 10.0  # generous bound for waits that normally end in milliseconds
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -330,6 +331,35 @@ def test_a_store_deeper_than_the_window_is_read_again_before_the_queue_runs_dry(
     assert sorted(ran) == list(range(1_000))
     # and the windows came best first: the first 100 jobs to run were of the top priority
     assert {n % 3 for n in ran[:100]} == {2}
+
+
+def test_a_window_the_workers_empty_before_its_low_mark_is_set_is_read_again(
+        make_manager: Any, monkeypatch: Any) -> None:
+    # given a manager reading 100 ready jobs at a time (periodic reads a minute apart), 300
+    # jobs stored, and a reader that sets the low mark of each later window only once the
+    # workers have emptied it (they pop a window as soon as it is queued; once this
+    # happened by chance, the queue stayed empty until the periodic read)
+    monkeypatch.setattr(jobcore.manager, "READY_LOAD_LIMIT", 100)
+    manager = make_manager(MemoryRepository(), max_workers=4, producer=True, poll_interval=60.0,
+                           discovery_interval=60.0)
+    ran: list[int] = []
+    manager.register_function("task", ran.append)
+    ids = manager.enqueue_many([Job(function_name="task", args=(n,)) for n in range(300)])
+    queue, real_watch_low = manager._queue, manager._queue.watch_low
+    late: list[int] = []
+
+    def watch_low_late(below: int) -> None:
+        if below and manager.running:
+            wait_until(lambda: len(queue) == 0, WAIT, "the workers to empty the window")
+            late.append(below)
+        real_watch_low(below)
+
+    monkeypatch.setattr(queue, "watch_low", watch_low_late)
+    # when it starts
+    manager.start()
+    # then each window is read again all the same: every job runs, once
+    assert all(manager.wait(job_id, timeout=WAIT).status is JobStatus.COMPLETED for job_id in ids)
+    assert sorted(ran) == list(range(300)) and late
 
 
 def test_two_managers_reading_windows_of_one_file_run_every_job_once(make_manager: Any, db_path: str,
