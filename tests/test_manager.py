@@ -544,3 +544,37 @@ def test_module_level_api_in_a_subprocess(tmp_path: Any) -> None:
     job_id = done.stdout.split()[1]
     with JobManager(str(db)) as check:
         assert check.poll(job_id).result == 42
+
+
+def test_a_script_that_ends_while_a_default_manager_job_runs_stops_it_cleanly(tmp_path: Any) -> None:
+    # given a script whose job runs on the default manager when the script ends: the
+    # manager stops at exit, the job's worker writes its outcome (opening its connection
+    # then) while the main thread, which Python reports as ended during exit, still
+    # holds its own (it was closed under it as a dead thread's)
+    script = textwrap.dedent("""
+        import threading
+        import jobcore
+
+        def nap():
+            threading.Event().wait(0.3)
+            return "rested"
+
+        jobcore.register_job_function("nap", nap)
+        print("OK", jobcore.enqueue(jobcore.Job(function_name="nap")))
+    """)
+    db = tmp_path / "default.db"
+    env = {**os.environ, "JOBCORE_DB": str(db),
+           "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    # then the script exits quietly, the job's outcome is stored, and the manager left
+    # the worker registry
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    job_id = done.stdout.split()[1]
+    repo = SQLiteRepository(str(db))
+    try:
+        record = repo.get(job_id)
+        assert record is not None and record.status is JobStatus.COMPLETED and record.result == "rested"
+        assert repo.list_workers() == []
+    finally:
+        repo.close()

@@ -77,7 +77,11 @@ class Connections:
         with self._lock:
             if self._closed:
                 raise RepositoryError(f"SQLite at {self.path!r}: the repository is closed")
-            for thread in [t for t in self._connections if not t.is_alive()]:
+            # Close the connections of threads that ended. Not the main thread's: once
+            # the interpreter begins to exit it reads as ended while it still runs the
+            # atexit handlers (a manager's stop among them), its connection in hand.
+            main = threading.main_thread()
+            for thread in [t for t in self._connections if not t.is_alive() and t is not main]:
                 self._connections.pop(thread).close()
         try:
             conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
