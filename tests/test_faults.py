@@ -88,6 +88,13 @@ def test_unwritable_database_raises_clearly_and_keeps_what_was_accepted(make_man
     assert manager.wait(accepted, timeout=WAIT).result == 7
 
 
+def test_a_database_in_a_directory_that_does_not_exist_is_refused_naming_it(tmp_path: Any) -> None:
+    missing = tmp_path / "no-such-dir"
+    with pytest.raises(RepositoryError, match=f"its directory '{missing}' does not exist"):
+        SQLiteRepository(str(missing / "jobs.db"))
+    assert not missing.exists()  # nothing created on the way
+
+
 def test_a_job_whose_last_attempt_was_lost_is_dead_lettered_with_a_notification(
         make_manager: Any, db_path: str) -> None:
     from jobcore import CallbackNotificationChannel

@@ -5,6 +5,7 @@ and translating driver errors. No connections and no SQL execution here.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from typing import Any, Optional, Sequence
 
@@ -28,6 +29,12 @@ def translate(exc: sqlite3.Error, path: str) -> RepositoryError:
         problem = "the disk is full"
     elif "not a database" in text or "malformed" in text:
         problem = "the file is not a jobcore database (or is corrupt)"
+    elif "unable to open" in text:
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            problem = f"cannot create the file: its directory {folder!r} does not exist"
+        else:
+            problem = "cannot open or create the file (check its permissions and its directory's)"
     else:
         problem = text
     return RepositoryError(f"SQLite at {path!r}: {problem} ({text})")
