@@ -1,5 +1,6 @@
 """The scripts in examples/ run from a fresh clone as their docstrings say (the README's
-demo is one of them): each exits 0 and prints the line that shows what it demonstrates.
+demo is one of them): each exits 0, prints the line that shows what it demonstrates, and
+prints no traceback or warning of the engine's.
 
 They run at once, each a real subprocess in a directory of its own (two of them start
 worker processes of their own with `python -m jobcore`), so the file costs about as long
@@ -55,3 +56,5 @@ def test_each_example_runs_to_its_end_and_shows_what_it_demonstrates(tmp_path: A
     for name, (code, out) in outputs.items():
         assert code == 0, f"{name} exited with {code}:\n{out[-3000:]}"
         assert EXPECTED[name] in out, f"{name} did not print {EXPECTED[name]!r}:\n{out[-3000:]}"
+        # and nothing went wrong on the way (the engine's own warnings say "could not")
+        assert "Traceback" not in out and "could not" not in out, f"{name}:\n{out[-3000:]}"
