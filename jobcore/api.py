@@ -25,6 +25,11 @@ def get_job_manager() -> JobManager:
         if _default is None:
             _default = JobManager()
             _default.start()
+            # atexit runs its handlers last registered first. multiprocessing's own, which
+            # ends the child processes of isolated jobs, is registered when it is first
+            # imported: import it now, so that it runs after this graceful stop (which lets
+            # running jobs finish, isolated ones too) rather than before it (about 5 ms).
+            import multiprocessing.util  # noqa: F401
             atexit.register(_default.stop)
         return _default
 

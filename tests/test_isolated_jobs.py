@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
-from jobcore import Job, JobStatus
+from jobcore import Job, JobStatus, SQLiteRepository
 
 WAIT = 15.0
 
@@ -78,3 +81,45 @@ def test_what_cannot_run_isolated_is_rejected_at_enqueue(make_manager: Any, db_p
     with pytest.raises(ValueError, match="memory_limit"):
         Job(function=print, memory_limit=1024)
     assert manager.get_stats()["total"] == 0
+
+
+def test_a_script_ending_while_an_isolated_job_runs_on_the_default_manager_lets_it_finish(
+        tmp_path: Any) -> None:
+    # given a script that leaves an isolated job running on the default manager, which
+    # stops gracefully at exit (running jobs finish) as it does for thread jobs
+    (tmp_path / "napjobs.py").write_text(textwrap.dedent("""
+        import threading
+
+        def nap():
+            threading.Event().wait(0.5)
+            return "rested"
+    """))
+    script = textwrap.dedent("""
+        import sys, threading
+        import jobcore, napjobs
+        from jobcore import JobStatus
+
+        if __name__ == "__main__":
+            jobcore.register_job_function("nap", napjobs.nap)
+            job_id = jobcore.enqueue(jobcore.Job(function_name="nap", isolation="process", max_retries=0))
+            while jobcore.poll(job_id).status is not JobStatus.RUNNING:
+                threading.Event().wait(0.01)
+            print("OK", job_id)
+    """)
+    (tmp_path / "leave.py").write_text(script)
+    db = tmp_path / "default.db"
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "JOBCORE_DB": str(db),
+           "PYTHONPATH": os.pathsep.join([root, str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "leave.py"], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.startswith("OK "), done.stderr
+    # then the job ran to its end: its child was not killed first by multiprocessing's
+    # exit handler (it was, and the job was dead-lettered as WorkerProcessDied)
+    repo = SQLiteRepository(str(db))
+    try:
+        record = repo.get(done.stdout.split()[1])
+    finally:
+        repo.close()
+    assert record is not None and record.status is JobStatus.COMPLETED, (record, done.stderr)
+    assert record.result == "rested" and record.attempts == 1
