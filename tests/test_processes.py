@@ -211,3 +211,36 @@ def test_a_dead_worker_on_this_host_is_noticed_before_its_lease_ends(workers: Wo
     assert result.attempts == 2
     assert time.monotonic() - began < 30  # not the hour-long lease
     producer.close()
+
+
+def test_a_forked_child_opens_connections_of_its_own_and_both_processes_go_on(tmp_path: Any) -> None:
+    # given a producer whose process has used the file (as a web app's master does when
+    # it builds its manager at import time, before forking its workers)
+    path = str(tmp_path / "jobs.db")
+    producer = JobManager(path, producer=True)
+    first = producer.enqueue(Job(function_name="noop", args=(0,)))
+    inherited = id(producer.repository._db.get())
+    # when the process forks and the child enqueues, then leaves the way Python does
+    # (closing what it holds)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        code = 1
+        try:
+            own = id(producer.repository._db.get())
+            job_id = producer.enqueue(Job(function_name="noop", args=(1,)))
+            os.write(write, f"{own != inherited} {job_id}".encode())
+            producer.repository.close()
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    report = os.read(read, 200).decode().split()
+    os.close(read)
+    _, status = os.waitpid(pid, 0)
+    # then the child used a connection of its own (SQLite forbids using one across a
+    # fork), its job is stored, and the parent's connection still works
+    assert status == 0 and report[0] == "True", report
+    last = producer.enqueue(Job(function_name="noop", args=(2,)))
+    assert [producer.poll(job_id).status for job_id in (first, report[1], last)] == [JobStatus.PENDING] * 3
+    producer.repository.close()

@@ -19,7 +19,7 @@ from ..errors import RepositoryError
 from ..models import JobStatus
 from . import sqlite_queue
 from . import sqlite_schema as sql
-from .sqlite_conn import SYNCHRONOUS, Connections
+from .sqlite_conn import SYNCHRONOUS, Connections, on_fork_in_child
 from .sqlite_settle import cancel_dependents, claim_known, claim_rows, encode_result, settle_all
 from .sqlite_rows import claimed_records, entry_from_row, record_from_row, row_params, translate
 from .group_commit import GroupCommitter
@@ -63,6 +63,9 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
         self._db = Connections(self.path, busy_timeout=self.busy_timeout, durability=durability)
         # Enqueues and outcomes from many threads share transactions (and fsyncs).
         self._group: GroupCommitter[sqlite3.Connection] = GroupCommitter(self._write)
+        # A process that forks after this (a web server's workers, say) gives each child
+        # connections of its own, and a group committer no parent thread was inside.
+        on_fork_in_child(self, "_forked")
         try:
             self._migrate()
         except BaseException:
@@ -70,6 +73,10 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
             raise
 
     # -- connections ---------------------------------------------------------------------
+    def _forked(self) -> None:
+        self._db.forked()
+        self._group = GroupCommitter(self._write)
+
     def _connection(self) -> sqlite3.Connection:
         return self._db.get()
 

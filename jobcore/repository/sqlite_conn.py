@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 import sqlite3
 import threading
+import weakref
 from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
 
 from ..clock import real_monotonic, real_sleep
@@ -46,6 +48,27 @@ _CHECKPOINT_PASSIVE = "PRAGMA wal_checkpoint(PASSIVE)"
 _CHECKPOINT_TRUNCATE = "PRAGMA wal_checkpoint(TRUNCATE)"
 
 
+# Connections a forked child inherited from its parent. The child never uses them (SQLite
+# forbids using a connection across fork: its locks are per process) and never closes
+# them (closing one may make SQLite believe the file's last connection went, and
+# checkpoint or remove the WAL under the parent): kept here so no garbage collection
+# closes them either.
+_INHERITED: list[sqlite3.Connection] = []
+
+
+def on_fork_in_child(obj: object, method: str) -> None:
+    """Call `obj.<method>()` in every child this process forks from now on, while `obj`
+    lives (a weak reference: the registration does not keep it alive)."""
+    ref = weakref.ref(obj)
+
+    def after_in_child() -> None:
+        alive = ref()
+        if alive is not None:
+            getattr(alive, method)()
+
+    os.register_at_fork(after_in_child=after_in_child)
+
+
 class Connections:
     """Per-thread connections to the file at `path`, write transactions one at a time
     (`write`), and WAL checkpoints on a thread of their own.
@@ -67,6 +90,18 @@ class Connections:
         # _write_lock serialises this process's write transactions and guards _commits.
         self._write_lock = threading.Lock()
         self._commits = 0
+        self._checkpoint_wanted = threading.Event()
+
+    def forked(self) -> None:
+        """In a forked child (where no other thread runs yet): forget the parent's
+        connections, locks and checkpointer; this process opens connections of its own."""
+        _INHERITED.extend(self._connections.values())
+        self._connections = {}
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._commits = 0
+        self._checkpointer = None
         self._checkpoint_wanted = threading.Event()
 
     def get(self) -> sqlite3.Connection:
