@@ -23,15 +23,30 @@ def get_job_manager() -> JobManager:
     global _default
     with _default_lock:
         if _default is None:
-            _default = JobManager()
-            _default.start()
-            # atexit runs its handlers last registered first. multiprocessing's own, which
-            # ends the child processes of isolated jobs, is registered when it is first
-            # imported: import it now, so that it runs after this graceful stop (which lets
-            # running jobs finish, isolated ones too) rather than before it (about 5 ms).
-            import multiprocessing.util  # noqa: F401
-            atexit.register(_default.stop)
+            _default = _started(JobManager())
+        elif _default._forked_while_running:
+            # A forked child (a web server's worker, say): the default manager's workers
+            # stayed in the parent. This process gets one of its own, on the same store,
+            # running the functions registered so far.
+            inherited = _default
+            _default = JobManager(inherited.repository, max_workers=inherited.max_workers,
+                                  lease_timeout=inherited.lease_timeout)
+            for name in inherited._registry.names:
+                _default.register_function(name, inherited._registry.get(name))
+            _started(_default)
         return _default
+
+
+def _started(manager: JobManager) -> JobManager:
+    """Start `manager` and have it stopped gracefully at interpreter exit."""
+    manager.start()
+    # atexit runs its handlers last registered first. multiprocessing's own, which ends
+    # the child processes of isolated jobs, is registered when it is first imported:
+    # import it now, so that it runs after this graceful stop (which lets running jobs
+    # finish, isolated ones too) rather than before it (about 5 ms).
+    import multiprocessing.util  # noqa: F401
+    atexit.register(manager.stop)
+    return manager
 
 
 def set_job_manager(manager: Optional[JobManager]) -> Optional[JobManager]:

@@ -18,6 +18,7 @@ from typing import Any, Callable, Collection, Iterable, Optional, Union
 
 from .clock import SYSTEM_CLOCK, Clock, real_sleep
 from .enqueuing import Enqueuer
+from .forks import on_fork_in_child
 from .models import Job, JobResult, JobStatus, LogEntry, function_qualname
 from .notify_dispatch import NotificationDispatcher
 from .records import event_of, job_of, local_datetime, result_of
@@ -108,6 +109,9 @@ class JobManager:
                                         self._recovered,
                                         stocked=lambda: len(self._queue) >= READY_LOAD_LIMIT // 2)
         self._queue.running_low = self._housekeeper.refill_soon
+        # True in a child forked while this manager ran: its workers stayed in the parent.
+        self._forked_while_running = False
+        on_fork_in_child(self, "_forked")
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> "JobManager":
@@ -115,6 +119,9 @@ class JobManager:
 
         An `immediate` manager starts no threads: it runs jobs inside `enqueue`."""
         with self._lifecycle_lock:
+            if self._forked_while_running:
+                raise RuntimeError("this manager was started in the process this one was forked from, and its"
+                                   " workers run there; build a new JobManager to run workers in this process")
             if self._running:
                 return self
             if self.immediate:
@@ -140,6 +147,15 @@ class JobManager:
             self._housekeeper.stop(timeout if wait else 0.0)
         # Bounded: a user's callback channel that hangs must not hang stop().
         self._notifier.flush(timeout=5.0 if wait else 0.5)
+
+    def _forked(self) -> None:
+        """In a child forked while this manager ran (its threads stayed in the parent): it
+        goes on as a manager that is not started: it stores, polls and cancels jobs, and
+        whatever runs jobs on the store (the parent, say) runs those enqueued here."""
+        self._lifecycle_lock = threading.Lock()
+        if self._running:
+            self._forked_while_running = True
+            self._running = self._enqueuer.started = False
 
     def close(self) -> None:
         """Stop, and release the repository, child processes and notification threads."""

@@ -244,3 +244,70 @@ def test_a_forked_child_opens_connections_of_its_own_and_both_processes_go_on(tm
     last = producer.enqueue(Job(function_name="noop", args=(2,)))
     assert [producer.poll(job_id).status for job_id in (first, report[1], last)] == [JobStatus.PENDING] * 3
     producer.repository.close()
+
+
+def test_a_manager_running_when_its_process_forks_stores_jobs_in_the_child_for_the_parent(
+        tmp_path: Any) -> None:
+    # given a started manager (its worker threads run in this process)
+    path = str(tmp_path / "jobs.db")
+    manager = JobManager(path, max_workers=2, discovery_interval=0.02)
+    manager.register_function("where", os.getpid)
+    manager.start()
+    try:
+        assert manager.wait(manager.enqueue(Job(function_name="where")), timeout=WAIT).result == os.getpid()
+        # when the process forks, and the child enqueues through it and tries to start it
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child
+            code = 1
+            try:
+                refused = ""
+                try:
+                    manager.start()
+                except RuntimeError as exc:
+                    refused = "refused" if "build a new JobManager" in str(exc) else str(exc)
+                job_id = manager.enqueue(Job(function_name="where"))
+                os.write(write, f"{refused} {manager.running} {job_id}".encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write)
+        report = os.read(read, 200).decode().split()
+        os.close(read)
+        _, status = os.waitpid(pid, 0)
+        # then the child's manager was not running (its workers stayed here) and said so
+        # when asked to start, and the job it stored runs here, in the parent
+        assert status == 0 and report[:2] == ["refused", "False"], report
+        assert manager.wait(report[2], timeout=WAIT).result == os.getpid()
+    finally:
+        manager.stop()
+
+
+def test_the_default_manager_of_a_forked_child_runs_jobs_in_the_child(tmp_path: Any) -> None:
+    # given a script whose default manager runs, then forks (a web server preloading the
+    # app): the child enqueues through the module-level API and waits
+    script = textwrap.dedent("""
+        import os
+        import jobcore
+
+        jobcore.register_job_function("where", os.getpid)
+        first = jobcore.enqueue(jobcore.Job(function_name="where"))
+        assert jobcore.get_job_manager().wait(first, timeout=30).result == os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            job_id = jobcore.enqueue(jobcore.Job(function_name="where"))
+            result = jobcore.get_job_manager().wait(job_id, timeout=30)
+            print("CHILD", result.status.value, result.result == os.getpid(), flush=True)
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        print("PARENT", status)
+    """)
+    env = {**os.environ, "JOBCORE_DB": str(tmp_path / "default.db"),
+           "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    # then the child got a default manager of its own, whose workers ran its job there
+    # (before, the inherited one claimed it for workers that stayed in the parent, and it
+    # sat RUNNING until its lease expired)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["CHILD completed True", "PARENT 0"], done.stdout + done.stderr

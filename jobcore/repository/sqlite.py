@@ -16,10 +16,11 @@ from typing import Any, Collection, ContextManager, Optional, Sequence
 
 from .. import serialization
 from ..errors import RepositoryError
+from ..forks import on_fork_in_child
 from ..models import JobStatus
 from . import sqlite_queue
 from . import sqlite_schema as sql
-from .sqlite_conn import SYNCHRONOUS, Connections, on_fork_in_child
+from .sqlite_conn import SYNCHRONOUS, Connections
 from .sqlite_settle import cancel_dependents, claim_known, claim_rows, encode_result, settle_all
 from .sqlite_rows import claimed_records, entry_from_row, record_from_row, row_params, translate
 from .group_commit import GroupCommitter

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import random
 import sqlite3
 import threading
-import weakref
 from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
 
 from ..clock import real_monotonic, real_sleep
@@ -54,19 +52,6 @@ _CHECKPOINT_TRUNCATE = "PRAGMA wal_checkpoint(TRUNCATE)"
 # checkpoint or remove the WAL under the parent): kept here so no garbage collection
 # closes them either.
 _INHERITED: list[sqlite3.Connection] = []
-
-
-def on_fork_in_child(obj: object, method: str) -> None:
-    """Call `obj.<method>()` in every child this process forks from now on, while `obj`
-    lives (a weak reference: the registration does not keep it alive)."""
-    ref = weakref.ref(obj)
-
-    def after_in_child() -> None:
-        alive = ref()
-        if alive is not None:
-            getattr(alive, method)()
-
-    os.register_at_fork(after_in_child=after_in_child)
 
 
 class Connections:
