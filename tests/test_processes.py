@@ -213,6 +213,25 @@ def test_a_dead_worker_on_this_host_is_noticed_before_its_lease_ends(workers: Wo
     producer.close()
 
 
+def _in_forked_child(body: Any) -> tuple[int, list[str]]:
+    """Run `body()` in a forked child of this process; its exit status and the words of
+    the text `body` returned (the child leaves with os._exit, running no cleanup of ours)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.write(write, body().encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    report = os.read(read, 400).decode().split()
+    os.close(read)
+    _, status = os.waitpid(pid, 0)
+    return status, report
+
+
 def test_a_forked_child_opens_connections_of_its_own_and_both_processes_go_on(tmp_path: Any) -> None:
     # given a producer whose process has used the file (as a web app's master does when
     # it builds its manager at import time, before forking its workers)
@@ -222,22 +241,13 @@ def test_a_forked_child_opens_connections_of_its_own_and_both_processes_go_on(tm
     inherited = id(producer.repository._db.get())
     # when the process forks and the child enqueues, then leaves the way Python does
     # (closing what it holds)
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child
-        code = 1
-        try:
-            own = id(producer.repository._db.get())
-            job_id = producer.enqueue(Job(function_name="noop", args=(1,)))
-            os.write(write, f"{own != inherited} {job_id}".encode())
-            producer.repository.close()
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write)
-    report = os.read(read, 200).decode().split()
-    os.close(read)
-    _, status = os.waitpid(pid, 0)
+    def child() -> str:
+        own = id(producer.repository._db.get())
+        job_id = producer.enqueue(Job(function_name="noop", args=(1,)))
+        producer.repository.close()
+        return f"{own != inherited} {job_id}"
+
+    status, report = _in_forked_child(child)
     # then the child used a connection of its own (SQLite forbids using one across a
     # fork), its job is stored, and the parent's connection still works
     assert status == 0 and report[0] == "True", report
@@ -256,25 +266,15 @@ def test_a_manager_running_when_its_process_forks_stores_jobs_in_the_child_for_t
     try:
         assert manager.wait(manager.enqueue(Job(function_name="where")), timeout=WAIT).result == os.getpid()
         # when the process forks, and the child enqueues through it and tries to start it
-        read, write = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child
-            code = 1
+        def child() -> str:
+            refused = ""
             try:
-                refused = ""
-                try:
-                    manager.start()
-                except RuntimeError as exc:
-                    refused = "refused" if "build a new JobManager" in str(exc) else str(exc)
-                job_id = manager.enqueue(Job(function_name="where"))
-                os.write(write, f"{refused} {manager.running} {job_id}".encode())
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(write)
-        report = os.read(read, 200).decode().split()
-        os.close(read)
-        _, status = os.waitpid(pid, 0)
+                manager.start()
+            except RuntimeError as exc:
+                refused = "refused" if "build a new JobManager" in str(exc) else str(exc)
+            return f"{refused} {manager.running} {manager.enqueue(Job(function_name='where'))}"
+
+        status, report = _in_forked_child(child)
         # then the child's manager was not running (its workers stayed here) and said so
         # when asked to start, and the job it stored runs here, in the parent
         assert status == 0 and report[:2] == ["refused", "False"], report
