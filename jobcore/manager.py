@@ -153,7 +153,7 @@ class JobManager:
         goes on as a manager that is not started: it stores, polls and cancels jobs, and
         whatever runs jobs on the store (the parent, say) runs those enqueued here."""
         self._lifecycle_lock = threading.Lock()
-        if self._running:
+        if self._running and not self.immediate:  # an immediate manager has no threads
             self._forked_while_running = True
             self._running = self._enqueuer.started = False
 

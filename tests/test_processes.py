@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from jobcore import Job, JobManager, JobStatus
+from jobcore import Job, JobManager, JobStatus, MemoryRepository
 from waiting import wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -311,3 +311,17 @@ def test_the_default_manager_of_a_forked_child_runs_jobs_in_the_child(tmp_path: 
     # sat RUNNING until its lease expired)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:2] == ["CHILD completed True", "PARENT 0"], done.stdout + done.stderr
+
+
+def test_an_immediate_manager_goes_on_running_jobs_in_a_forked_child() -> None:
+    # given an immediate manager (it runs jobs inside enqueue, with no thread to lose)
+    manager = JobManager(MemoryRepository(), immediate=True)
+    manager.register_function("where", os.getpid)
+    manager.start()
+
+    # when the process forks, then the child's enqueue runs the job there, as before
+    def child() -> str:
+        result = manager.wait(manager.enqueue(Job(function_name="where")), timeout=WAIT)
+        return f"{result.result == os.getpid()} {manager.running}"
+
+    assert _in_forked_child(child) == (0, ["True", "True"])
