@@ -2,7 +2,8 @@
 
 `server_dsn()` returns a DSN to a database the tests may fill, starting a private cluster
 (initdb in a temp dir, a free loopback port, trust auth, fsync off) the first time it is
-needed when the environment names none; the cluster is stopped when the process exits.
+needed when the environment names none; the cluster is stopped when the process exits,
+also when it is killed (a watchdog process waits for it).
 `SKIP_REASON` is set only when neither is possible. `.ci/postgres.sh` does the same for
 CI from the shell. It holds no jobcore code and no tests.
 """
@@ -11,10 +12,12 @@ from __future__ import annotations
 
 import atexit
 import glob
+import json
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 from typing import Optional
@@ -25,6 +28,7 @@ DATABASE = "jobcore_test"
 _lock = threading.Lock()  # guards _dsn and _cluster
 _dsn: Optional[str] = None
 _cluster: Optional[str] = None  # the temp dir of the cluster we started, if any
+_watchdog: Optional["subprocess.Popen[bytes]"] = None  # stops that cluster if we are killed
 
 
 def find_bindir() -> Optional[str]:
@@ -89,17 +93,34 @@ def _start_cluster() -> str:
                " -c fsync=off -c synchronous_commit=off -c full_page_writes=off")
     _run([f"{bindir}/pg_ctl", "-D", data, "-l", os.path.join(directory, "server.log"), "-w", "-t", "60",
           "-o", options, "start"], "pg_ctl start")
-    global _cluster
+    global _cluster, _watchdog
     _cluster = directory
     atexit.register(_stop_cluster, bindir, directory)
+    # atexit does not run when the test process is killed (a timeout, Ctrl-C twice): a
+    # watchdog process of its own session waits for the end of a pipe only this process
+    # holds open, then stops the cluster and removes its directory.
+    _watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, json.dumps(_stop_argv(bindir, directory)),
+                                  directory], stdin=subprocess.PIPE, start_new_session=True,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _run([f"{bindir}/createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", DATABASE], "createdb")
     return f"postgresql://postgres@127.0.0.1:{port}/{DATABASE}"
 
 
+def _stop_argv(bindir: str, directory: str) -> list[str]:
+    return _as_owner([f"{bindir}/pg_ctl", "-D", os.path.join(directory, "data"), "-m", "immediate", "-w", "stop"])
+
+
 def _stop_cluster(bindir: str, directory: str) -> None:
-    subprocess.run(_as_owner([f"{bindir}/pg_ctl", "-D", os.path.join(directory, "data"), "-m", "immediate",
-                              "-w", "stop"]), capture_output=True, check=False, timeout=60)
+    subprocess.run(_stop_argv(bindir, directory), capture_output=True, check=False, timeout=60)
     shutil.rmtree(directory, ignore_errors=True)
+
+
+_WATCHDOG = """
+import json, shutil, subprocess, sys
+sys.stdin.buffer.read()  # returns once the test process is gone, however it ended
+subprocess.run(json.loads(sys.argv[1]), capture_output=True, check=False, timeout=60)
+shutil.rmtree(sys.argv[2], ignore_errors=True)
+"""
 
 
 def server_dsn() -> str:
