@@ -28,12 +28,7 @@ def get_job_manager() -> JobManager:
             # A forked child (a web server's worker, say): the default manager's workers
             # stayed in the parent. This process gets one of its own, on the same store,
             # running the functions registered so far.
-            inherited = _default
-            _default = JobManager(inherited.repository, max_workers=inherited.max_workers,
-                                  lease_timeout=inherited.lease_timeout)
-            for name in inherited._registry.names:
-                _default.register_function(name, inherited._registry.get(name))
-            _started(_default)
+            _default = _started(_default._successor())
         return _default
 
 

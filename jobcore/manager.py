@@ -157,6 +157,15 @@ class JobManager:
             self._forked_while_running = True
             self._running = self._enqueuer.started = False
 
+    def _successor(self) -> "JobManager":
+        """A manager not started, for this process, on the same repository, with this
+        one's size and lease and the functions registered on it (the default manager of
+        a process forked while it ran)."""
+        successor = JobManager(self.repository, max_workers=self.max_workers, lease_timeout=self.lease_timeout)
+        for name in self._registry.names:
+            successor.register_function(name, self._registry.get(name))
+        return successor
+
     def close(self) -> None:
         """Stop, and release the repository, child processes and notification threads."""
         self.stop()
