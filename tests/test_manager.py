@@ -560,7 +560,10 @@ def test_a_script_that_ends_while_a_default_manager_job_runs_stops_it_cleanly(tm
             return "rested"
 
         jobcore.register_job_function("nap", nap)
-        print("OK", jobcore.enqueue(jobcore.Job(function_name="nap")))
+        job_id = jobcore.enqueue(jobcore.Job(function_name="nap"))
+        while jobcore.poll(job_id).status is not jobcore.JobStatus.RUNNING:  # else stop hands it back
+            threading.Event().wait(0.01)
+        print("OK", job_id)
     """)
     db = tmp_path / "default.db"
     env = {**os.environ, "JOBCORE_DB": str(db),
