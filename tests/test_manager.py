@@ -516,6 +516,14 @@ def test_memory_repository_accepts_python_objects(make_manager: Any) -> None:
     assert result.result is marker
 
 
+def _run_script(script: str, cwd: Any, db: Any) -> "subprocess.CompletedProcess[str]":
+    """Run `script` with Python in `cwd`, the default manager's database at `db`."""
+    env = {**os.environ, "JOBCORE_DB": str(db),
+           "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-c", script], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=60)
+
+
 def test_module_level_api_in_a_subprocess(tmp_path: Any) -> None:
     script = textwrap.dedent("""
         import jobcore
@@ -533,10 +541,7 @@ def test_module_level_api_in_a_subprocess(tmp_path: Any) -> None:
         print("OK", job_id)
     """)
     db = tmp_path / "default.db"
-    env = {**os.environ, "JOBCORE_DB": str(db),
-           "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True,
-                          text=True, timeout=60)
+    done = _run_script(script, tmp_path, db)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("OK ")
     assert db.exists()
@@ -566,10 +571,7 @@ def test_a_script_that_ends_while_a_default_manager_job_runs_stops_it_cleanly(tm
         print("OK", job_id)
     """)
     db = tmp_path / "default.db"
-    env = {**os.environ, "JOBCORE_DB": str(db),
-           "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True,
-                          text=True, timeout=60)
+    done = _run_script(script, tmp_path, db)
     # then the script exits quietly, the job's outcome is stored, and the manager left
     # the worker registry
     assert done.returncode == 0 and done.stderr == "", done.stderr
