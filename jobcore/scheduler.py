@@ -26,11 +26,20 @@ logger = logging.getLogger("jobcore.scheduler")
 def next_fire_epoch(cron: str, timezone: Optional[str], after: float) -> float:
     """Epoch seconds of the first fire of `cron` strictly after `after` (epoch seconds).
 
-    Without a time zone the expression follows local wall time."""
+    Without a time zone the expression follows local wall time, with the rules a zone's
+    gets (docs/cron.md): a wall time the clocks skip is skipped, and one they repeat fires
+    at its first pass only."""
     expression = CronExpression(cron, timezone)
-    zone: Optional[tzinfo] = ZoneInfo(timezone) if timezone else None
-    start = datetime.fromtimestamp(after, zone) if zone else datetime.fromtimestamp(after)
-    return expression.next_fire(start).timestamp()
+    if timezone:
+        return expression.next_fire(datetime.fromtimestamp(after, ZoneInfo(timezone))).timestamp()
+    # Naive fires are wall times, and `.timestamp()` reads one as its first pass (fold 0):
+    # after a moment in the second pass of a repeated hour, the wall times still ahead in
+    # that hour lie before it, and are passed over like those of a skipped hour.
+    for wall in expression.iter_fires(datetime.fromtimestamp(after)):
+        moment = wall.timestamp()
+        if moment > after and datetime.fromtimestamp(moment) == wall:
+            return moment
+    raise AssertionError("iter_fires is infinite")  # pragma: no cover
 
 
 def fire_time_text(moment: float, timezone: Optional[str]) -> str:

@@ -237,3 +237,55 @@ def test_periodic_decorator_keeps_one_schedule_across_restarts(tmp_path: Any) ->
     live = [r.cron for r in second.list_jobs(status="scheduled", limit=None)]
     assert live == ["0 * * * *"]
     second.close()
+
+
+@pytest.fixture
+def new_york_local_time(monkeypatch: Any) -> Any:
+    """The process's local zone is America/New_York for the test (restored after)."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_a_local_time_schedule_fires_once_when_the_clocks_go_back(new_york_local_time: Any, tmp_path: Any) -> None:
+    # No cron_timezone: local wall time. Down from 01:20 EDT on 2026-11-01, the process
+    # comes back at 01:05 EST, in the second pass of the repeated hour: the 01:30 fire it
+    # missed (EDT) is one run, and the schedule moves on to the next day. It used to find
+    # 01:30 (read as EDT, already past) again and again: endless runs of one fire time.
+    db = str(tmp_path / "jobs.db")
+    clock = FakeClock(start=datetime(2026, 11, 1, 5, 20, tzinfo=timezone.utc).timestamp())
+    first = JobManager(db, clock=clock)
+    first.register_function("nightly", lambda: "done")
+    schedule_id = first.enqueue(Job(function_name="nightly", cron="30 1 * * *"))
+    first.close()
+    clock.advance(45 * 60)
+    again = JobManager(db, clock=clock)
+    again.register_function("nightly", lambda: "done")
+    try:
+        assert again.run_pending(limit=10) == 1
+        runs = [r for r in again.list_jobs(limit=None) if r.job_id != schedule_id]
+        assert [r.metadata["fire_at"] for r in runs] == ["2026-11-01T01:30:00-04:00"]
+        assert again.poll(schedule_id).scheduled_at == datetime(2026, 11, 2, 1, 30)
+    finally:
+        again.close()
+
+
+def test_local_time_schedules_follow_the_daylight_saving_rules_of_a_zone(new_york_local_time: Any) -> None:
+    # The same rules as with cron_timezone (docs/cron.md): a skipped wall time is skipped,
+    # and a repeated one fires at its first pass only.
+    from jobcore.scheduler import next_fire_epoch
+
+    def local(*wall: int) -> float:
+        return datetime(*wall).timestamp()  # naive: local time, first pass
+
+    for zone in (None, "America/New_York"):
+        # 2026-03-08: 02:00-03:00 does not exist. 02:30 is skipped, not moved to 03:30.
+        assert next_fire_epoch("30 2 * * *", zone, local(2026, 3, 8, 1, 0)) == local(2026, 3, 9, 2, 30)
+        assert next_fire_epoch("*/30 * * * *", zone, local(2026, 3, 8, 1, 30)) == local(2026, 3, 8, 3, 0)
+        # 2026-11-01: 01:00-02:00 happens twice. From the second pass's 01:10 (06:10 UTC)
+        # nothing fires until 02:00 EST; from the first pass's, 01:15 EDT is next.
+        second_pass = datetime(2026, 11, 1, 6, 10, tzinfo=timezone.utc).timestamp()
+        assert next_fire_epoch("*/5 * * * *", zone, second_pass) == local(2026, 11, 1, 2, 0)
+        assert next_fire_epoch("*/5 * * * *", zone, second_pass - 3600) == second_pass - 3600 + 300
