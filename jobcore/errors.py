@@ -77,6 +77,11 @@ class JobCancelled(JobcoreError):
         self.job_id = job_id
 
 
+# The longest a retry may be put off, in seconds (100 years): later than that, a job's
+# retry time would soon have no calendar date to show (datetime ends with the year 9999).
+LONGEST_RETRY_DELAY = 100 * 365.25 * 86400
+
+
 class RetryableError(JobcoreError):
     """Raise from a job to ask for a retry whatever the message says.
 
@@ -84,8 +89,10 @@ class RetryableError(JobcoreError):
 
     def __init__(self, message: str = "", *, delay: float | None = None) -> None:
         super().__init__(message)
-        if delay is not None and (not isinstance(delay, (int, float)) or delay < 0):
-            raise ValueError(f"RetryableError.delay must be a number >= 0, got {delay!r}")
+        if delay is not None and (isinstance(delay, bool) or not isinstance(delay, (int, float))
+                                  or not 0 <= delay <= LONGEST_RETRY_DELAY):
+            raise ValueError(f"RetryableError.delay must be a number of seconds from 0 to "
+                             f"{LONGEST_RETRY_DELAY:.0f} (100 years), got {delay!r}")
         self.delay = None if delay is None else float(delay)
 
 

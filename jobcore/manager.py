@@ -9,6 +9,7 @@ cron runs `scheduler`'s. It holds no job state of its own beyond the `ReadyQueue
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import socket
@@ -18,6 +19,7 @@ from typing import Any, Callable, Collection, Iterable, Optional, Union
 
 from .clock import SYSTEM_CLOCK, Clock, real_sleep
 from .enqueuing import Enqueuer
+from .errors import LONGEST_RETRY_DELAY
 from .forks import on_fork_in_child
 from .models import Job, JobResult, JobStatus, LogEntry, function_qualname
 from .notify_dispatch import NotificationDispatcher
@@ -42,11 +44,14 @@ RETRY_RULES = ("only a failed or cancelled job can be re-queued, and not a cron 
 READY_LOAD_LIMIT = 10_000  # a window: the queue is refilled as it drains
 
 
-def _positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
+def _positive(name: str, value: Any, *, allow_zero: bool = False, unit: str = "seconds",
+              most: float = math.inf) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
+        raise TypeError(f"{name} must be a number of {unit}, got {value!r}")
+    if math.isnan(value) or value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"{name} must be {'>=' if allow_zero else '>'} 0, got {value!r}")
+    if value > most:
+        raise ValueError(f"{name} must be at most {most:.0f} {unit}, got {value!r}")
     return float(value)
 
 
@@ -78,7 +83,7 @@ class JobManager:
             max_workers=max_workers,
             lease_timeout=_positive("lease_timeout", lease_timeout),
             poll_interval=_positive("poll_interval", poll_interval),
-            max_retry_delay=_positive("max_retry_delay", max_retry_delay, allow_zero=True),
+            max_retry_delay=_positive("max_retry_delay", max_retry_delay, allow_zero=True, most=LONGEST_RETRY_DELAY),
             retry_on=retry_on or is_transient,
         )
         self.repository = build_repository(repository)
@@ -420,7 +425,7 @@ class JobManager:
     def cleanup_old_results(self, retention_days: float = 7) -> int:
         """Delete terminal jobs finished more than `retention_days` ago (0: all terminal
         jobs); returns how many were deleted."""
-        days = _positive("retention_days", retention_days, allow_zero=True)
+        days = _positive("retention_days", retention_days, allow_zero=True, unit="days")
         before = None if days == 0 else self._clock.time() - days * 86400.0
         deleted = self.repository.delete_finished(before)
         self._settlements.forget_all()  # `wait` on a deleted job must not find it here

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import pytest
 
-from jobcore import DependencyError, Job, JobManager, JobPriority, UnknownFunction
+from jobcore import DependencyError, Job, JobManager, JobPriority, RetryableError, UnknownFunction
 
 
 def noop() -> None:
@@ -134,14 +134,31 @@ def test_manager_arguments_are_checked() -> None:
         JobManager(":memory:", lease_timeout=-1)
     with pytest.raises(TypeError, match="repository"):
         JobManager(42)  # type: ignore[arg-type]
+    # NaN turned the cap off; past 100 years a retry time has soon no date to show
+    for bad in (math.nan, math.inf, 1e12):
+        with pytest.raises(ValueError, match="max_retry_delay"):
+            JobManager(":memory:", max_retry_delay=bad)
+    with pytest.raises(ValueError, match="lease_timeout"):
+        JobManager(":memory:", lease_timeout=math.nan)
+
+
+@pytest.mark.parametrize("delay", [math.inf, math.nan, 1e12, -1, True, "30"])
+def test_a_retryable_error_with_a_delay_no_retry_time_can_follow_is_refused(delay: Any) -> None:
+    # Accepted, inf / nan / 1e12 made a job whose poll() and list_jobs() raised (no date
+    # for its retry time), or one never retried.
+    with pytest.raises(ValueError, match="RetryableError.delay"):
+        RetryableError("later", delay=delay)
+    assert RetryableError("later", delay=3600).delay == 3600.0
 
 
 def test_cleanup_and_wait_arguments_are_checked(make_manager: Any, db_path: str) -> None:
     manager = make_manager(db_path)
     with pytest.raises(ValueError, match="retention_days"):
         manager.cleanup_old_results(retention_days=-1)
-    with pytest.raises(TypeError, match="retention_days"):
+    with pytest.raises(TypeError, match="retention_days must be a number of days"):
         manager.cleanup_old_results(retention_days="7")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="retention_days"):
+        manager.cleanup_old_results(retention_days=math.nan)  # was 0 deleted, no error
 
 
 def test_job_ids_are_distinct_uuid4_hex_strings_in_threads_and_forked_children() -> None:
