@@ -15,7 +15,7 @@ from typing import Any, Collection, Optional, Sequence
 
 from .. import serialization
 from ..models import JobStatus
-from ..repository._cascade import dependency_error_message, plan_batch
+from ..repository._cascade import ENDED, dependency_error_message, plan_batch
 from ..repository.base import (Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry, Recovery,
                                Settlement, SettlesThroughApply, WorkerInfo, claim_limit, id_taken,
                                require_plain_pending)
@@ -24,7 +24,6 @@ from .rows import clean_text, entry_from_row, record_from_row, row_params, statu
 from .settling import cancel_dependents, settle_all
 
 _SETTLEMENT_KINDS = {"complete", "retry", "fail", "cancel", "release"}
-_DEAD = (JobStatus.FAILED.value, JobStatus.CANCELLED.value)
 
 
 def _best_first(rows: Sequence[Sequence[Any]]) -> list[JobRecord]:
@@ -83,23 +82,20 @@ class PostgresRepository(SettlesThroughApply, JobRepository):
         # Locks the stored dependencies (and stand-ins) against ending meanwhile.
         wanted = {dep for r in records for dep in r.depends_on} | set(given) | set(holders.values())
         found = {row[0]: (row[1], row[2]) for row in tx.execute(sql.LOCK_DEPENDENCIES, (sorted(wanted),))}
-        ids, planned = plan_batch(records, exists=found, unfinished_with_key=holders.get)
-        rows, dead_ids = [], []
+        ids, planned, cancelled_by = plan_batch(records, exists=found, unfinished_with_key=holders.get,
+                                                ended=lambda job_id: found[job_id][0] in ENDED)
+        rows = []
         for record in planned:
             if record.id in found:
                 raise id_taken(record.id)
-            blocked, dead = 0, None
-            for dep in record.depends_on:
-                if dep not in found:  # a job of this batch: not complete yet
-                    blocked += 1
-                    continue
-                status, name = found[dep]
-                if status != JobStatus.COMPLETED.value:
-                    blocked += 1
-                if status in _DEAD:
-                    dead = dependency_error_message(dep, name, status)
-            if dead:
-                dead_ids.append(record.id)
+            blocked = sum(1 for dep in record.depends_on  # not found: a job of this batch
+                          if dep not in found or found[dep][0] != JobStatus.COMPLETED.value)
+            dead = None
+            culprit = cancelled_by.get(record.id)
+            if culprit is not None:  # a dependency that will never complete
+                name, status = (given[culprit].name, JobStatus.CANCELLED.value) if culprit in given else (
+                    found[culprit][1], found[culprit][0])
+                dead = dependency_error_message(culprit, name, status)
             status = JobStatus.CANCELLED if dead else record.status
             rows.append(row_params(record, now, status, blocked, dead, self.max_payload_bytes))
         if not rows:
@@ -111,9 +107,7 @@ class PostgresRepository(SettlesThroughApply, JobRepository):
         deps = [(record.id, dep) for record in planned for dep in record.depends_on]
         if deps:
             tx.cur.executemany(sql.INSERT_DEP, deps)
-        for job_id in dead_ids:  # batch members depending on it can never run either
-            cancel_dependents(sql, tx, job_id, now)
-        if len(dead_ids) < len(rows):
+        if len(cancelled_by) < len(rows):
             tx.notify()
         return ids
 
@@ -281,7 +275,7 @@ class PostgresRepository(SettlesThroughApply, JobRepository):
                 return Recovery()
             tx.cur.executemany(sql.INSERT_LOG, [(row[0], now, "warning", row[7]) for row in rows])
             for row in rows:
-                if row[6] in _DEAD:  # its last attempt lost, or its cancellation requested
+                if row[6] in ENDED:  # its last attempt lost, or its cancellation requested
                     cancel_dependents(sql, tx, row[0], now)
             requeued = tuple(entry_from_row(row) for row in rows if row[6] == JobStatus.PENDING.value)
             if requeued:

@@ -9,7 +9,12 @@ import dataclasses
 from typing import Any, Callable, Container, Optional, Sequence
 
 from ..errors import DependencyError
+from ..models import JobStatus
 from .base import JobRecord
+
+
+# The statuses of a dependency that will never complete (as text; JobStatus members match too).
+ENDED = (JobStatus.FAILED.value, JobStatus.CANCELLED.value)
 
 
 def dependency_error_message(failed_id: str, failed_name: str, status: str) -> str:
@@ -53,27 +58,23 @@ def check_batch_dependencies(records: Sequence[Any], exists: Container[str]) -> 
 
 
 def plan_batch(records: Sequence[JobRecord], exists: Container[str],
-               unfinished_with_key: Callable[[str], Optional[str]]) -> tuple[list[str], list[JobRecord]]:
-    """Check a batch for `insert` and decide what of it to store.
+               unfinished_with_key: Callable[[str], Optional[str]],
+               ended: Callable[[str], bool]) -> tuple[list[str], list[JobRecord], dict[str, str]]:
+    """Check a batch for `insert` and decide what of it to store, and how.
 
     Returns the id each record resolves to, in order (a record whose `unique_key` is held
-    by an unfinished job, or by an earlier record of the batch, resolves to that job), and
-    the records to store. A dependency on a record that is not stored is renamed (in a
-    copy) to the job standing in for it, so the dependent waits for that job.
+    by an unfinished job, or by an earlier record of the batch, resolves to that job); the
+    records to store, where a dependency on a record not stored is renamed (in a copy) to
+    the job standing in for it, so the dependent waits for that job; and, for each record
+    to store CANCELLED, the dependency that will never complete: a stored job that
+    `ended(job_id)` says ended FAILED or CANCELLED, or a record of the batch stored
+    cancelled. Such a record holds no `unique_key`, so a later record of the batch with its
+    key is stored in its own right, as if each had been enqueued in turn.
     Raises `DependencyError` for an unknown dependency or a cycle."""
     if all(not record.depends_on and record.unique_key is None for record in records):
-        return [record.id for record in records], list(records)  # nothing to check or resolve
+        return [record.id for record in records], list(records), {}  # nothing to check or resolve
     check_batch_dependencies(records, exists)
-    stand_in: dict[str, str] = {}
-    batch_unique: dict[str, str] = {}
-    for record in records:
-        if record.unique_key is None:
-            continue
-        holder = batch_unique.get(record.unique_key) or unfinished_with_key(record.unique_key)
-        if holder is None:
-            batch_unique[record.unique_key] = record.id
-        else:
-            stand_in[record.id] = holder
+    stand_in, cancelled_by = _plan(records, unfinished_with_key, ended)
     stored = []
     for record in records:
         if record.id in stand_in:
@@ -84,4 +85,66 @@ def plan_batch(records: Sequence[JobRecord], exists: Container[str],
         stored.append(record)
     if stand_in:
         check_batch_dependencies(stored, exists)  # a stand-in can close a cycle
-    return [stand_in.get(record.id, record.id) for record in records], stored
+    return [stand_in.get(record.id, record.id) for record in records], stored, cancelled_by
+
+
+def _plan(records: Sequence[JobRecord], unfinished_with_key: Callable[[str], Optional[str]],
+          ended: Callable[[str], bool]) -> tuple[dict[str, str], dict[str, str]]:
+    """For each record not to be stored, the job standing in for it: the holder of its
+    unique_key, an unfinished stored job or the first record of the batch with that key
+    not stored cancelled. For each record stored cancelled, the dependency that dooms it.
+
+    Whether a record is stored cancelled depends on its dependencies (and on the jobs
+    standing in for them), and which record holds a key on whether the earlier ones with
+    that key are: each record is decided after its dependencies and the previous record
+    with its key, in that order (Kahn's algorithm, iterative: batches may be long chains)."""
+    batch = {record.id: record for record in records}
+    previous: dict[str, str] = {}  # record id -> the previous record with its unique_key
+    last_with: dict[str, str] = {}
+    for record in records:
+        if record.unique_key is not None:
+            if record.unique_key in last_with:
+                previous[record.id] = last_with[record.unique_key]
+            last_with[record.unique_key] = record.id
+    needs = {record.id: [dep for dep in record.depends_on if dep in batch] + (
+        [previous[record.id]] if record.id in previous else []) for record in records}
+    waiting_on = {job_id: len(set(deps)) for job_id, deps in needs.items()}
+    needed_by: dict[str, list[str]] = {}
+    for job_id, deps in needs.items():
+        for dep in set(deps):
+            needed_by.setdefault(dep, []).append(job_id)
+    ready = [job_id for job_id, count in waiting_on.items() if count == 0]
+    holders: dict[str, Optional[str]] = {}  # unique_key -> unfinished stored job holding it
+    holder_before: dict[str, Optional[str]] = {}  # record id -> the job holding its key before it
+    cancelled_by: dict[str, str] = {}  # record id -> the dependency that dooms it
+    stand_in: dict[str, str] = {}
+    decided = 0
+    while ready:
+        job_id = ready.pop()
+        decided += 1
+        record = batch[job_id]
+        key = record.unique_key
+        holder: Optional[str] = None
+        if key is not None:
+            if key not in holders:
+                holders[key] = unfinished_with_key(key)
+            holder = holders[key]
+            before = previous.get(job_id)
+            if holder is None and before is not None:
+                holder = holder_before[before] or (None if before in cancelled_by else before)
+            holder_before[job_id] = holder
+        if holder is not None:  # its dependents wait for the holder, which is unfinished
+            stand_in[job_id] = holder
+        else:
+            for dep in record.depends_on:
+                dep = stand_in.get(dep, dep)
+                if dep in cancelled_by if dep in batch else ended(dep):
+                    cancelled_by[job_id] = dep
+                    break
+        for dependent in needed_by.get(job_id, ()):
+            waiting_on[dependent] -= 1
+            if waiting_on[dependent] == 0:
+                ready.append(dependent)
+    if decided < len(records):
+        raise DependencyError("dependency cycle through jobs sharing a unique_key")
+    return stand_in, cancelled_by

@@ -11,7 +11,7 @@ import threading
 from typing import Optional, Sequence
 
 from ..models import JobStatus
-from ._cascade import dependency_error_message, plan_batch
+from ._cascade import ENDED, dependency_error_message, plan_batch
 from .base import Cascade, JobRecord, JobRepository, Settlement, id_taken, require_plain_pending
 # The copy the store keeps of a record given to it: dicts of its own, empty ones shared.
 from .values import stored_copy as _stored
@@ -35,7 +35,9 @@ class MemoryAdding(JobRepository):
     def _insert_batch(self, records: Sequence[JobRecord], now: float) -> list[str]:
         """`insert` of any batch: planned, checked, then stored."""
         with self._lock:
-            ids, planned = plan_batch(records, exists=self._jobs, unfinished_with_key=self._unique.get)
+            ids, planned, cancelled_by = plan_batch(
+                records, exists=self._jobs, unfinished_with_key=self._unique.get,
+                ended=lambda job_id: self._jobs[job_id].status in ENDED)
             seen: set[str] = set()
             for row in planned:
                 if row.id in self._jobs or row.id in seen:
@@ -49,26 +51,22 @@ class MemoryAdding(JobRepository):
                 self._next_seq += 1
                 row.created_at = now
                 self._add_row(row)
-                if row.unique_key is not None:
+                if row.unique_key is not None and row.id not in cancelled_by:
                     self._unique[row.unique_key] = row.id
             for row in stored:
                 row.blocked = 0
-                dead = None
                 for dep in row.depends_on:
                     self._dependents.setdefault(dep, set()).add(row.id)
-                    dep_row = self._jobs[dep]
-                    if dep_row.status is not JobStatus.COMPLETED:
+                    if self._jobs[dep].status is not JobStatus.COMPLETED:
                         row.blocked += 1
-                    if dep_row.status in (JobStatus.FAILED, JobStatus.CANCELLED):
-                        dead = dep_row
-                if dead is not None:
+                culprit = cancelled_by.get(row.id)
+                if culprit is not None:  # a dependency that will never complete
+                    dead = self._jobs[culprit]
+                    status = JobStatus.CANCELLED if culprit in given else dead.status
                     self._set_status(row, JobStatus.CANCELLED)
-                    row.error = dependency_error_message(dead.id, dead.name, dead.status.value)
+                    row.error = dependency_error_message(culprit, dead.name, status.value)
                     row.error_type = "DependencyFailed"
                     row.completed_at = now
-                    self._forget_unique(row)
-                    # Batch members listed before it that depend on it can never run either.
-                    self._cancel_dependents(row, now)
             for row in stored:
                 given[row.id].blocked, given[row.id].status = row.blocked, row.status
             return ids

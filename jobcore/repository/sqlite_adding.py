@@ -15,12 +15,12 @@ from typing import Any, Callable, Optional, Sequence
 from .. import serialization
 from ..models import JobStatus
 from . import sqlite_schema as sql
-from ._cascade import dependency_error_message, plan_batch
+from ._cascade import ENDED, dependency_error_message, plan_batch
 from .base import Cascade, JobRecord, JobRepository, Settlement, id_taken, require_plain_pending
 from .group_commit import GroupCommitter
 from .sqlite_conn import Connections
 from .sqlite_rows import claimed_records, is_plain, plain_params, row_params
-from .sqlite_settle import cancel_dependents, claim_known, encode_result, settle_all
+from .sqlite_settle import claim_known, encode_result, settle_all
 
 
 class SQLiteAdding(JobRepository):
@@ -67,20 +67,20 @@ class SQLiteAdding(JobRepository):
         def exists(job_id: str) -> bool:
             return conn.execute(sql.SELECT_STATUS, (job_id,)).fetchone() is not None
 
-        ids, stored = plan_batch(records, exists=_Lookup(exists),
-                                 unfinished_with_key=lambda key: self._unfinished_with_key(conn, key))
+        def ended(job_id: str) -> bool:
+            row = conn.execute(sql.SELECT_STATUS, (job_id,)).fetchone()
+            return row is not None and row[0] in ENDED
+
+        ids, stored, cancelled_by = plan_batch(
+            records, exists=_Lookup(exists), unfinished_with_key=lambda key: self._unfinished_with_key(conn, key),
+            ended=ended)
         for record in stored:
-            blocked, dead = 0, None
+            blocked = 0
             for dep in record.depends_on:
                 row = conn.execute(sql.SELECT_STATUS, (dep,)).fetchone()
-                if row is None:  # a job later in this batch: not stored yet, so not complete
+                if row is None or row[0] != JobStatus.COMPLETED.value:  # None: later in this batch
                     blocked += 1
-                    continue
-                status, name = row
-                if status != JobStatus.COMPLETED.value:
-                    blocked += 1
-                if status in (JobStatus.FAILED.value, JobStatus.CANCELLED.value):
-                    dead = dependency_error_message(dep, name, status)
+            dead = self._doomed_by(conn, cancelled_by.get(record.id), given)
             status = JobStatus.CANCELLED if dead else record.status
             try:
                 cursor = conn.execute(sql.INSERT_JOB, row_params(record, now, status, blocked, dead, self.max_payload_bytes))
@@ -90,9 +90,6 @@ class SQLiteAdding(JobRepository):
             given[record.id].blocked, given[record.id].status = blocked, status
             for dep in record.depends_on:
                 conn.execute(sql.INSERT_DEP, (record.id, dep))
-            if dead:
-                # Batch members listed before it that depend on it can never run either.
-                cancel_dependents(conn, record.id, now)
         return ids
 
     def _insert_plain(self, conn: sqlite3.Connection, records: Sequence[JobRecord], now: float) -> list[str]:
@@ -181,6 +178,17 @@ class SQLiteAdding(JobRepository):
         record.status, record.blocked, record.created_at, record.started_at = JobStatus.RUNNING, 0, now, now
         record.attempts, record.worker_id, record.lease_expires_at = 1, worker_id, lease_expires_at
         return record
+
+    @staticmethod
+    def _doomed_by(conn: sqlite3.Connection, culprit: Optional[str], batch: dict[str, JobRecord]) -> Optional[str]:
+        """The error of a job stored cancelled because `culprit`, a dependency, will never
+        complete (a member of its batch stored cancelled, or a stored job); None if None."""
+        if culprit is None:
+            return None
+        if culprit in batch:
+            return dependency_error_message(culprit, batch[culprit].name, JobStatus.CANCELLED.value)
+        status, name = conn.execute(sql.SELECT_STATUS, (culprit,)).fetchone()
+        return dependency_error_message(culprit, name, status)
 
     @staticmethod
     def _unfinished_with_key(conn: sqlite3.Connection, key: str) -> Optional[str]:

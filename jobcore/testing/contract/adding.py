@@ -193,6 +193,65 @@ class _AddingContract:
         assert stored.depends_on == (existing.id,) and stored.blocked == 1
         assert _ids_of(_complete(repository, existing.id).released) == [consumer.id]
 
+    def test_a_batch_member_cancelled_at_insert_holds_no_unique_key(self, repository: JobRepository) -> None:
+        # given a failed job, and a batch of jobs sharing key "k": the first depends on the
+        # failed job, the second on the first, the third on nothing
+        dead = _add(repository)
+        _fail(repository, dead.id)
+        doomed = make_record(unique_key="k", depends_on=(dead.id,))
+        also_doomed = make_record(unique_key="k", depends_on=(doomed.id,))
+        free = make_record(unique_key="k")
+        late = make_record(unique_key="k")
+        # when the batch is inserted
+        ids = repository.insert([doomed, also_doomed, free, late], NOW + 1)
+        # then the two that can never run are stored cancelled and hold no key (as if each
+        # had been inserted in turn), so the third is stored to run and holds it
+        assert ids == [doomed.id, also_doomed.id, free.id, free.id]
+        assert (_status(repository, doomed.id), _status(repository, also_doomed.id)) == (
+            JobStatus.CANCELLED, JobStatus.CANCELLED)
+        assert _status(repository, free.id) is JobStatus.PENDING
+        assert repository.get(late.id) is None and _ids_of(repository.ready(None, 10)) == [free.id]
+
+    def test_a_member_cancelled_by_a_later_member_of_its_batch_holds_no_unique_key(
+            self, repository: JobRepository) -> None:
+        # given a failed job, and a batch: a job with key "k" depending on the last member,
+        # a job with key "k", and the last member, depending on the failed job
+        dead = _add(repository)
+        _fail(repository, dead.id)
+        last = make_record(depends_on=(dead.id,))
+        waits_for_last = make_record(unique_key="k", depends_on=(last.id,))
+        free = make_record(unique_key="k")
+        # when inserted: the first never runs, so the second is stored in its own right
+        assert repository.insert([waits_for_last, free, last], NOW + 1) == [waits_for_last.id, free.id, last.id]
+        stored = _get(repository, waits_for_last.id)
+        assert stored.status is JobStatus.CANCELLED and last.id in (stored.error or "")
+        assert _status(repository, last.id) is JobStatus.CANCELLED
+        assert _ids_of(repository.ready(None, 10)) == [free.id]
+
+    def test_a_key_held_in_the_batch_stands_in_for_a_later_member_that_would_be_cancelled(
+            self, repository: JobRepository) -> None:
+        # given a failed job, and a batch: a job with key "k", then one with that key
+        # depending on the failed job, and a job depending on that one
+        dead = _add(repository)
+        _fail(repository, dead.id)
+        holder = make_record(unique_key="k")
+        duplicate = make_record(unique_key="k", depends_on=(dead.id,))
+        consumer = make_record(depends_on=(duplicate.id,))
+        # when inserted: the duplicate resolves to the holder, unfinished, before its
+        # dependencies count; the consumer waits for the holder
+        assert repository.insert([holder, duplicate, consumer], NOW + 1) == [holder.id, holder.id, consumer.id]
+        stored = _get(repository, consumer.id)
+        assert stored.status is JobStatus.PENDING and stored.depends_on == (holder.id,)
+        assert repository.get(duplicate.id) is None
+
+    def test_a_long_chain_of_keyed_jobs_in_one_batch_is_planned(self, repository: JobRepository) -> None:
+        # a chain deeper than Python's recursion limit, each job with its own key
+        chain = [make_record(unique_key="link-0")]
+        for n in range(1, 3000):
+            chain.append(make_record(unique_key=f"link-{n}", depends_on=(chain[-1].id,)))
+        assert repository.insert(chain, NOW) == [r.id for r in chain]
+        assert _ids_of(repository.ready(None, 10)) == [chain[0].id]
+
     def test_insert_claimed_stores_a_ready_job_already_claimed(self, repository: JobRepository) -> None:
         # given a ready job with arguments
         record = make_record(args=(1, "two"), kwargs={"k": [3]}, priority=4)
