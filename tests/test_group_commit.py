@@ -132,6 +132,32 @@ def test_one_bad_operation_of_a_shared_transaction_fails_alone() -> None:
     assert source.opened == 5  # the leader's, the shared one undone, then a, bad and c alone
 
 
+def test_a_shared_transaction_that_cannot_begin_fails_every_operation_once() -> None:
+    # given three operations queued behind a leader, and a database that stays locked:
+    # opening a transaction waits out the busy timeout, then raises
+    source = _Transactions()
+    group: GroupCommitter[list[str]] = GroupCommitter(source.transaction)
+    leader, outcomes = _queued_behind_a_held_leader(group, source, [_writes("a"), _writes("b"), _writes("c")])
+    threads = list(outcomes)
+    locked = RuntimeError("the database stayed locked past the busy timeout")
+
+    @contextlib.contextmanager
+    def cannot_begin() -> Iterator[list[str]]:
+        source.opened += 1
+        raise locked
+        yield []  # pragma: no cover
+
+    group._transaction = cannot_begin
+    # when the leader's transaction ends and the shared one cannot begin
+    source.hold.set()
+    for thread in [leader, *threads]:
+        thread.join(10)
+    # then each operation fails with that error after one wait, not a wait of its own
+    # each (one caller of eight waited nine busy timeouts)
+    assert all(isinstance(o, RuntimeError) and str(o) == str(locked) for o in outcomes)
+    assert source.opened == 2  # the leader's, then the shared one
+
+
 def test_each_of_many_threads_gets_its_own_result_once() -> None:
     # given 16 threads each running 100 operations through one committer
     source = _Transactions()

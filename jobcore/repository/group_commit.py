@@ -5,11 +5,13 @@ other thread is committing, it becomes the leader: it runs every operation submi
 far in one transaction, commits once, and hands each its result. Threads that submit
 meanwhile wait and are served by the next leader. If any operation of a batch raises,
 the batch is rolled back and each operation runs again in a transaction of its own, so
-one bad operation fails alone. Knows nothing about jobs or SQL.
+one bad operation fails alone; if opening or committing the transaction fails, every
+operation of the batch fails with that error. Knows nothing about jobs or SQL.
 """
 
 from __future__ import annotations
 
+import copy
 import threading
 from typing import Any, Callable, ContextManager, Generic, TypeVar
 
@@ -86,11 +88,22 @@ class GroupCommitter(Generic[C]):
 
     def _run_batch(self, batch: list[_Ticket]) -> None:
         if len(batch) > 1:
+            in_op = False  # whether what raised was an operation, or opening or committing
             try:
                 with self._transaction() as conn:
-                    values = [ticket.op(conn) for ticket in batch]
-            except Exception:
-                pass  # fall through: each alone, so only the bad one fails
+                    values = []
+                    for ticket in batch:
+                        in_op = True
+                        values.append(ticket.op(conn))
+                        in_op = False
+            except Exception as exc:
+                if not in_op:
+                    # No operation's doing (a lock held past the busy timeout, a full
+                    # disk): alone, each would wait for it and fail the same way in turn.
+                    for ticket in batch:
+                        self._finish([ticket], [None], copy.copy(exc))
+                    return
+                # else fall through: each alone, so only the bad one fails
             else:
                 self._finish(batch, values)
                 return
