@@ -60,7 +60,7 @@ class Housekeeper:
         self._refill_soon = False  # see `refill_soon`
         self._replan = False  # see `wake`: set while the thread is busy, it does not sleep
         self._thread: Optional[threading.Thread] = None
-        self._host, self._pid = socket.gethostname(), os.getpid()
+        self._host, self._pid = host_identity(), os.getpid()
         pool.on_deadline = self.wake
         pool.on_progress_waiting = self.wake
         clock.subscribe(self.wake)
@@ -182,7 +182,9 @@ class Housekeeper:
 
     def _expire_dead_neighbours(self) -> bool:
         """End the leases of workers on this host whose process is gone (SIGKILL, OOM):
-        their jobs need not wait out `lease_timeout`. A reused pid only delays this."""
+        their jobs need not wait out `lease_timeout`. A reused pid only delays this.
+        "This host" is `host_identity()`: a worker in another pid namespace (another
+        container on the machine) has pids this process cannot see, so it is left alone."""
         found = False
         for worker in self._repo.list_workers():
             if worker.host != self._host or worker.pid == self._pid or _pid_alive(worker.pid):
@@ -199,6 +201,20 @@ class Housekeeper:
             return self._repo.change_token()
         except RepositoryError:
             return None
+
+
+def host_identity() -> str:
+    """What a worker registers as its host: where its pid means a process this one can
+    check. The host name, and on Linux this boot of the machine and the pid namespace
+    (containers on one machine, even sharing its host name, each have their own pids)."""
+    parts = [socket.gethostname()]
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as boot:
+            parts.append(f"boot:{boot.read().strip()[:8]}")
+        parts.append(os.readlink("/proc/self/ns/pid"))  # "pid:[4026531836]"
+    except OSError:
+        pass  # not Linux, or no /proc: the host name alone
+    return " ".join(parts)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -223,8 +223,11 @@ class JobManager:
         return more
 
     def list_workers(self) -> list[WorkerInfo]:
-        """The managers running jobs on this repository (any process), oldest first."""
-        return self.repository.list_workers()
+        """The managers running jobs on this repository (any process), oldest first: those
+        that beat within the last `lease_timeout` seconds. One killed without stopping
+        leaves an entry that a running manager removes in time; until then it is left out."""
+        since = self._clock.time() - self.lease_timeout
+        return [worker for worker in self.repository.list_workers() if worker.heartbeat_at >= since]
 
     # -- functions -----------------------------------------------------------------------------
     def register_function(self, name: str, func: Optional[Callable[..., Any]] = None) -> Any:

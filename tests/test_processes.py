@@ -325,3 +325,50 @@ def test_an_immediate_manager_goes_on_running_jobs_in_a_forked_child() -> None:
         return f"{result.result == os.getpid()} {manager.running}"
 
     assert _in_forked_child(child) == (0, ["True", "True"])
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has ended (and been reaped)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait(10)
+    return child.pid
+
+
+def test_only_a_worker_in_this_pid_namespace_is_taken_for_dead_by_its_pid(tmp_path: Any) -> None:
+    # given two workers on this machine whose pids no process here has, each holding a
+    # running job with an hour-long lease: one registered as this host and pid namespace,
+    # one with this host name but in another pid namespace (another container sharing
+    # the host name and the file), whose pid means nothing here
+    from jobcore.housekeeper import host_identity
+
+    manager = JobManager(str(tmp_path / "jobs.db"), lease_timeout=3600, producer=True)
+    repo, now = manager.repository, time.time()
+    here = host_identity()
+    elsewhere = here.rsplit(" ", 1)[0] + " pid:[1]" if " pid:[" in here else here + " pid:[1]"
+    held = {}
+    for worker_id, host in (("gone-here", here), ("alive-elsewhere", elsewhere)):
+        repo.register_worker(worker_id, host, _dead_pid(), now)
+        held[worker_id] = manager.enqueue(Job(function_name="noop", args=(worker_id,)))
+        assert repo.claim(held[worker_id], worker_id, now, now + 3600) is not None
+    # when this manager's housekeeper looks for dead neighbours
+    assert manager._housekeeper._expire_dead_neighbours() is True
+    # then only the one in this namespace lost its job (the other, live in its own
+    # namespace, would have its job run twice at once) and its entry
+    repo.recover(time.time())
+    assert manager.poll(held["gone-here"]).status is JobStatus.PENDING
+    assert manager.poll(held["alive-elsewhere"]).status is JobStatus.RUNNING
+    assert [w.worker_id for w in repo.list_workers()] == ["alive-elsewhere"]
+    manager.close()
+
+
+def test_a_worker_that_stopped_beating_is_not_listed_before_its_entry_is_removed(tmp_path: Any) -> None:
+    # given a registry entry that last beat two minutes ago (a worker killed with no
+    # other worker running to remove it) and one that beat just now
+    manager = JobManager(str(tmp_path / "jobs.db"), lease_timeout=60)
+    now = time.time()
+    manager.repository.register_worker("killed", "host", 1, now - 120)
+    manager.repository.register_worker("beating", "host", 2, now)
+    # then only the one beating within the lease counts as a worker (it said 2 for ever)
+    assert [w.worker_id for w in manager.list_workers()] == ["beating"]
+    assert len(manager.repository.list_workers()) == 2  # the entry itself is still there
+    manager.close()
