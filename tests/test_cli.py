@@ -340,6 +340,57 @@ def test_usage_errors_exit_2(jobs: Jobs, capsys: Any, args: list[str]) -> None:
     assert "usage: jobcore" in proc.stderr and "Traceback" not in proc.stderr
 
 
+BEYOND = "99999999999999999999"  # more than SQLite's (and PostgreSQL's) 64-bit integers hold
+
+
+@pytest.mark.parametrize("args, complaint", [
+    (["dashboard", "--host", "0.0.0.0", "--token", ""], "argument --token: the access token must not be empty"),
+    (["dashboard", "--token="], "argument --token: the access token must not be empty"),
+    (["dashboard", "--token", "ключ"],
+     "argument --token: the access token must be printable ASCII characters without spaces"),
+    (["dashboard", "--token", "two words"],
+     "argument --token: the access token must be printable ASCII characters without spaces"),
+    (["dashboard", "--port", "70000"], "argument --port: must be <= 65535, got 70000"),
+    (["dashboard", "--port", "-1"], "argument --port: must be >= 0, got -1"),
+    (["list", "--offset", BEYOND], f"argument --offset: must be <= {2**63 - 1}, got {BEYOND}"),
+    (["list", "--limit", BEYOND], f"argument --limit: must be <= {2**63 - 1}, got {BEYOND}"),
+    (["dlq", "--limit", BEYOND], f"argument --limit: must be <= {2**63 - 1}, got {BEYOND}"),
+])
+def test_bad_values_are_usage_errors_before_the_database_is_opened(tmp_path: Any, capsys: Any, args: list[str],
+                                                                    complaint: str) -> None:
+    missing = tmp_path / "never.db"  # reached only if the value were let through: that would exit 1
+
+    proc = run_here(capsys, *args, db=str(missing))
+
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.startswith(f"usage: jobcore {args[0]}") and "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines()[-1] == f"jobcore {args[0]}: error: {complaint}"
+    assert not missing.exists()
+
+
+@pytest.mark.parametrize("args", [["dashboard", "--port", "70000"], ["list", "--offset", BEYOND],
+                                  ["dlq", "--limit", BEYOND]])
+def test_out_of_range_numbers_on_a_real_database_are_usage_errors_not_tracebacks(jobs: Jobs,
+                                                                                  args: list[str]) -> None:
+    proc = run(*args, db=jobs.db)
+
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "Traceback" not in proc.stderr and "Error" not in proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith(f"jobcore {args[0]}: error: argument {args[1]}: must be <= ")
+
+
+def test_the_largest_limit_and_offset_are_taken(jobs: Jobs, capsys: Any) -> None:
+    largest = str(2**63 - 1)
+
+    listed = run_here(capsys, "list", "--json", "--limit", largest, db=jobs.db)
+    skipped = run_here(capsys, "list", "--json", "--offset", largest, db=jobs.db)
+    dead = run_here(capsys, "dlq", "--json", "--limit", largest, db=jobs.db)
+
+    assert listed.returncode == 0 and len(json.loads(listed.stdout)) == 3
+    assert skipped.returncode == 0 and json.loads(skipped.stdout) == []
+    assert dead.returncode == 0 and [job["id"] for job in json.loads(dead.stdout)] == [jobs.failed]
+
+
 def test_help_names_every_command_and_the_exit_codes() -> None:
     proc = run("--help")
     worker_help = run("worker", "--help")

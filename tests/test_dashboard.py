@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
+import socket
 import threading
 import urllib.error
 import urllib.request
@@ -50,6 +52,15 @@ def call(server: DashboardServer, path: str, method: str = "GET", headers: Optio
             return Response(reply.status, reply.headers, reply.read())
     except urllib.error.HTTPError as error:
         return Response(error.code, error.headers, error.read())
+
+
+def exchange(server: DashboardServer, request: bytes) -> Response:
+    """Send `request` as raw bytes (what urllib would refuse to send) and read the answer."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT) as sock:
+        sock.sendall(request)
+        reply = http.client.HTTPResponse(sock)
+        reply.begin()
+        return Response(reply.status, reply.headers, reply.read())
 
 
 def boom() -> None:
@@ -162,11 +173,41 @@ def test_api_jobs_filters(site: Site, query: str, expected: list[str]) -> None:
     assert [job["id"] for job in listed] == [getattr(site, name) for name in expected]
 
 
-@pytest.mark.parametrize("query", ["?status=bogus", "?limit=abc", "?offset=-1"])
+@pytest.mark.parametrize("query", [
+    "?status=bogus", "?limit=abc", "?offset=-1",
+    "?offset=99999999999999999999", "?limit=99999999999999999999",  # beyond the database's integers
+    "?limit=%C2%B2",  # '²': str.isdigit() says yes, int() says no
+    "?offset=%D9%A3",  # an Arabic-Indic 3: int() takes it, the API takes ASCII digits only
+    "?offset=" + "9" * 5000,  # more digits than int() converts
+])
 def test_api_jobs_rejects_bad_parameters(site: Site, query: str) -> None:
     reply = call(site.server, "/api/jobs" + query)
 
     assert reply.status == 400 and reply.json()["error"]
+
+
+def test_api_jobs_takes_the_largest_offset_and_caps_the_limit(site: Site) -> None:
+    beyond = call(site.server, f"/api/jobs?offset={2**63 - 1}")
+    capped = call(site.server, f"/api/jobs?limit={2**63 - 1}")
+
+    assert beyond.status == 200 and beyond.json()["jobs"] == []
+    assert capped.status == 200 and capped.json()["limit"] == 1000 and len(capped.json()["jobs"]) == 4
+
+
+@pytest.mark.parametrize("query", ["?limit=%C2%B2", "?limit=-1", "?limit=99999999999999999999"])
+def test_api_dlq_rejects_a_bad_limit(site: Site, query: str) -> None:
+    reply = call(site.server, "/api/dlq" + query)
+
+    assert reply.status == 400 and "limit must be" in reply.json()["error"]
+
+
+@pytest.mark.parametrize("length", [b"\xb2", b"abc", b"-1", b"99999999999999999999"])
+def test_a_post_with_a_bad_content_length_is_400_and_changes_nothing(site: Site, length: bytes) -> None:
+    reply = exchange(site.server, b"POST /api/dlq/retry HTTP/1.1\r\nHost: 127.0.0.1\r\nX-CSRF-Token: "
+                     + site.server.csrf_token.encode() + b"\r\nContent-Length: " + length + b"\r\n\r\n")
+
+    assert reply.status == 400 and "Content-Length" in reply.json()["error"]
+    assert site.manager.poll(site.failed).status is JobStatus.FAILED
 
 
 def test_api_job_detail_has_error_type_traceback_and_logs(site: Site) -> None:
@@ -195,6 +236,52 @@ def test_unknown_jobs_and_pages_are_404(site: Site) -> None:
 def test_wrong_methods_are_405(site: Site) -> None:
     assert call(site.server, f"/api/jobs/{site.pending}/cancel").status == 405
     assert call(site.server, "/api/stats", "POST", csrf=True).status == 405
+
+
+@pytest.mark.parametrize("method, path, allow", [
+    ("DELETE", "/api/jobs/{pending}", "GET, HEAD"),
+    ("PUT", "/api/jobs/{pending}/cancel", "POST"),
+    ("PATCH", "/api/stats", "GET, HEAD"),
+    ("OPTIONS", "/api/dlq/retry", "POST"),
+    ("HEAD", "/api/jobs/{pending}/cancel", "POST"),
+])
+def test_every_other_method_is_a_json_405_naming_the_allowed_ones(site: Site, method: str, path: str,
+                                                                   allow: str) -> None:
+    reply = call(site.server, path.format(pending=site.pending), method, csrf=True)
+
+    assert reply.status == 405 and reply.headers["Allow"] == allow
+    assert reply.headers["Content-Type"] == "application/json; charset=utf-8"
+    if method != "HEAD":
+        assert reply.json() == {"error": f"{method} not allowed here; use {allow}"}
+    assert site.manager.poll(site.pending).status is JobStatus.PENDING
+
+
+def test_head_answers_as_get_without_the_body(site: Site) -> None:
+    script = call(site.server, "/static/app.js")
+    head = call(site.server, "/static/app.js", "HEAD")
+    stats = call(site.server, "/api/stats", "HEAD")
+    missing = call(site.server, "/api/jobs/nope", "HEAD")
+
+    assert head.status == 200 and head.body == b""
+    assert head.headers["Content-Type"] == script.headers["Content-Type"]
+    assert int(head.headers["Content-Length"]) == len(script.body) > 0
+    assert stats.status == 200 and stats.headers["Content-Type"].startswith("application/json")
+    assert missing.status == 404 and missing.body == b""
+
+
+@pytest.mark.parametrize("request_bytes, status", [
+    (b"GET / HTTP/1.1 extra\r\n\r\n", 400),
+    (b"GET / HTTP/2.0\r\n\r\n", 505),
+    (b"BREW /api/stats HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 501),
+    (b"GET /" + b"a" * (65537 - 5), 414),  # exactly what the server reads: no unread bytes to reset on
+])
+def test_malformed_requests_get_json_errors_too(site: Site, request_bytes: bytes, status: int) -> None:
+    reply = exchange(site.server, request_bytes)
+
+    assert reply.status == status
+    assert reply.headers["X-Content-Type-Options"] == "nosniff"
+    error = reply.json()["error"]
+    assert error and "\n" not in error and "<" not in error
 
 
 def test_job_data_comes_back_as_json_data_not_markup(site: Site) -> None:
@@ -302,7 +389,29 @@ def test_a_foreign_host_header_is_refused_on_loopback(site: Site) -> None:
     local = call(site.server, "/api/jobs", headers={"Host": f"localhost:{site.server.port}"})
 
     assert rebound.status == 403 and "not allowed" in rebound.json()["error"]
+    assert rebound.json()["error"].endswith(f"; use http://127.0.0.1:{site.server.port}/")
     assert local.status == 200
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback here")
+def test_bound_to_ipv6_loopback_a_foreign_host_is_told_the_bound_address(site: Site) -> None:
+    with DashboardServer(site.manager, host="::1", port=0) as server:
+        rebound = call(server, "/api/stats", headers={"Host": "attacker.example"})
+        local = call(server, "/api/stats")
+
+    assert server.url == f"http://[::1]:{server.port}/"
+    assert rebound.status == 403
+    assert rebound.json()["error"] == f"Host 'attacker.example' is not allowed; use {server.url}"
+    assert local.status == 200 and local.json()["total"] == 4
 
 
 def test_an_access_token_guards_everything_but_static_files(site: Site) -> None:
@@ -321,6 +430,30 @@ def test_an_access_token_guards_everything_but_static_files(site: Site) -> None:
     assert by_query.status == 200 and by_query.json()["total"] == 4
     assert by_header.status == 200 and script.status == 200
     assert site.manager.poll(site.pending).status is JobStatus.PENDING
+
+
+def test_a_token_of_printable_ascii_punctuation_works_by_query_and_by_header(site: Site) -> None:
+    token = "a+b/c=d~!%&#?"
+    with DashboardServer(site.manager, port=0, token=token) as server:
+        by_login_url = urllib.request.urlopen(server.login_url.replace("/?", "/api/stats?"), timeout=WAIT)
+        by_header = call(server, "/api/stats", headers={"Authorization": f"Bearer {token}"})
+
+    with by_login_url:
+        assert by_login_url.status == 200
+    assert by_header.status == 200
+
+
+@pytest.mark.parametrize("token", ["", "ключ", "two words", " padded", "tab\there"])
+def test_a_token_that_is_empty_or_not_printable_ascii_is_refused(site: Site, token: str) -> None:
+    for host in ["127.0.0.1", "0.0.0.0"]:
+        with pytest.raises(ValueError, match="access token must"):
+            DashboardServer(site.manager, host=host, port=0, token=token)
+
+
+@pytest.mark.parametrize("port", [-1, 65536, 2**64])
+def test_a_port_beyond_tcp_is_refused(site: Site, port: int) -> None:
+    with pytest.raises(ValueError, match="a port is a number from 0 to 65535"):
+        DashboardServer(site.manager, port=port)
 
 
 # -- metrics -------------------------------------------------------------------------------------------

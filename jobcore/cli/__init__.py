@@ -18,6 +18,7 @@ import sys
 from typing import Any, Callable, Optional, Sequence
 
 from .. import __version__
+from ..dashboard.checks import MAX_PORT, MAX_WHOLE, check_token
 from ..errors import JobcoreError
 from ..manager import default_database_path
 from ..models import JobStatus
@@ -36,8 +37,9 @@ STATUSES = [status.value for status in JobStatus]
 
 
 # -- the parser --------------------------------------------------------------------------------
-def _number(kind: Callable[[str], Any], minimum: float = 0, *, above: bool = False) -> Callable[[str], Any]:
-    """An argparse type: a `kind` number >= `minimum` (> with `above`)."""
+def _number(kind: Callable[[str], Any], minimum: float = 0, maximum: Optional[float] = None, *,
+            above: bool = False) -> Callable[[str], Any]:
+    """An argparse type: a `kind` number >= `minimum` (> with `above`), and <= `maximum` if given."""
     def parse(text: str) -> Any:
         try:
             value = kind(text)
@@ -47,9 +49,23 @@ def _number(kind: Callable[[str], Any], minimum: float = 0, *, above: bool = Fal
             raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
         if value < minimum or (above and value == minimum):
             raise argparse.ArgumentTypeError(f"must be {'>' if above else '>='} {minimum:g}, got {text}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be <= {maximum}, got {text}")
         return value
     parse.__name__ = kind.__name__  # argparse names the type in its messages
     return parse
+
+
+COUNT = _number(int, 0, MAX_WHOLE)  # a --limit or --offset: the database's integers end at 2**63 - 1
+PORT = _number(int, 0, MAX_PORT)
+
+
+def _token(text: str) -> str:
+    """An argparse type: an access token (not empty, printable ASCII without spaces)."""
+    try:
+        return check_token(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 EPILOG = """\
@@ -108,8 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--owner", help="only jobs of this owner")
     sub.add_argument("--tag", action="append", metavar="TAG",
                      help="only jobs carrying TAG (repeat: all of them)")
-    sub.add_argument("--limit", type=_number(int), default=50, help="at most N jobs (default 50; 0: all)")
-    sub.add_argument("--offset", type=_number(int), default=0, help="skip the newest N matching jobs")
+    sub.add_argument("--limit", type=COUNT, default=50, help="at most N jobs (default 50; 0: all)")
+    sub.add_argument("--offset", type=COUNT, default=0, help="skip the newest N matching jobs")
     for name, handler, summary in [
         ("show", cmd_show, "a job's details; for a failed job its error type and traceback"),
         ("logs", cmd_logs, "a job's log lines, oldest first"),
@@ -121,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     ]:
         command(name, handler, summary).add_argument("id", metavar="ID", help="the job id")
     sub = with_json(command("dlq", cmd_dlq, "the dead-letter queue: failed jobs, newest first"))
-    sub.add_argument("--limit", type=_number(int), default=0, help="at most N jobs (default 0: all)")
+    sub.add_argument("--limit", type=COUNT, default=0, help="at most N jobs (default 0: all)")
     sub.add_argument("--retry-all", action="store_true", help="re-queue every job in the dead-letter queue")
     sub = command("cleanup", cmd_cleanup, "delete finished jobs older than a retention period")
     sub.add_argument("--retention-days", type=_number(float), default=7.0, metavar="N",
@@ -150,9 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
                               "Bound to 127.0.0.1 by default. Bound elsewhere, every request needs the"
                               " access token;\nwithout --token a random one is made and printed in the URL.")
     sub.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    sub.add_argument("--port", type=_number(int), default=8080, help="port (default 8080; 0: any free port)")
-    sub.add_argument("--token", default=None,
-                     help="require this access token (?token=... or 'Authorization: Bearer')")
+    sub.add_argument("--port", type=PORT, default=8080, help="port, 0 to 65535 (default 8080; 0: any free port)")
+    sub.add_argument("--token", type=_token, default=None,
+                     help="require this access token (?token=... or 'Authorization: Bearer');"
+                          " printable ASCII, no spaces")
     return parser
 
 

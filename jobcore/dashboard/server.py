@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hmac
 import html
-import ipaddress
 import json
 import logging
 import re
@@ -28,6 +27,7 @@ from ..clock import SYSTEM_CLOCK
 from ..errors import JobNotFound, RepositoryError
 from ..manager import RETRY_RULES, JobManager
 from ..models import JobStatus
+from .checks import check_port, check_token, is_loopback, whole_number
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import oldest_pending_age, render_metrics
 from .views import job_detail, job_summary, log_entries
@@ -39,7 +39,6 @@ DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
 STATIC_FILES = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
 PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self';"
             " base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
-LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 MAX_BODY = 64 * 1024
 SHUTDOWN_POLL = 0.05  # seconds: how soon serve_forever notices close() (the default, 0.5, slows tests)
 
@@ -47,23 +46,14 @@ SHUTDOWN_POLL = 0.05  # seconds: how soon serve_forever notices close() (the def
 class ApiError(Exception):
     """An API request that cannot be served: an HTTP status and a one-line reason."""
 
-    def __init__(self, status: HTTPStatus, message: str) -> None:
+    def __init__(self, status: HTTPStatus, message: str, headers: Optional[dict[str, str]] = None) -> None:
         super().__init__(message)
         self.status = status
+        self.headers = headers or {}
 
 
 def _static(name: str) -> bytes:
     return resources.files(__package__).joinpath("static").joinpath(name).read_bytes()  # one name a call: 3.10
-
-
-def is_loopback(host: str) -> bool:
-    """True for a loopback address or name (the dashboard's safe default)."""
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class DashboardServer:
@@ -71,11 +61,16 @@ class DashboardServer:
 
     `token`, when given, is required on every request but the static files, as
     `?token=...` or `Authorization: Bearer ...`; bound to an address other than loopback
-    without one, a random token is made (see `login_url`). `csrf_token` (made per process)
-    must come with every POST in the `X-CSRF-Token` header; the page embeds it."""
+    without one, a random token is made (see `login_url`). A token must be printable ASCII
+    without spaces, and not empty (`ValueError` otherwise), as `port` must be 0 to 65535.
+    `csrf_token` (made per process) must come with every POST in the `X-CSRF-Token`
+    header; the page embeds it."""
 
     def __init__(self, manager: JobManager, host: str = "127.0.0.1", port: int = 8080, *,
                  token: Optional[str] = None) -> None:
+        if token is not None:
+            check_token(token)  # "" would match a request without one
+        check_port(port)
         self.manager = manager
         self.loopback_only = is_loopback(host)
         # Reachable from other machines: never without an access token.
@@ -168,8 +163,30 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self._dispatch("GET")
 
+    def do_HEAD(self) -> None:
+        self._dispatch("HEAD")  # answered as GET is, without the body (see _send)
+
     def do_POST(self) -> None:
         self._dispatch("POST")
+
+    def do_other(self) -> None:
+        """Methods HTTP defines but no path here takes: a JSON 405 (404 for an unknown path)."""
+        self._dispatch(self.command)
+
+    # A method HTTP does not define at all gets http.server's 501, as JSON (see send_error).
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = do_other
+
+    def send_error(self, code: int, message: Optional[str] = None, explain: Optional[str] = None) -> None:
+        """http.server's own errors (a malformed request line, 414, 431, 501, 505...) as JSON too."""
+        try:
+            status = HTTPStatus(code)
+        except ValueError:
+            status = HTTPStatus.INTERNAL_SERVER_ERROR
+        self.log_error("code %d, message %s", code, message)
+        self.close_connection = True
+        if self.request_version == "HTTP/0.9":  # still the default: the request line did not parse,
+            self.request_version = "HTTP/1.0"   # and a bare body without a status would say nothing
+        self._send_json({"error": message or status.phrase}, status, headers={"Connection": "close"})
 
     # -- dispatching ------------------------------------------------------------------------
     def _dispatch(self, method: str) -> None:
@@ -177,7 +194,7 @@ class _Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         query = parse_qs(parts.query)
         try:
-            if method == "POST":
+            if method not in ("GET", "HEAD"):
                 self._discard_body()
             self._check_host(dashboard)
             if not parts.path.startswith("/static/"):
@@ -187,7 +204,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._check_csrf(dashboard)
             route(self, dashboard, query, job_id)
         except ApiError as exc:
-            self._send_json({"error": str(exc)}, exc.status)
+            self._send_json({"error": str(exc)}, exc.status, exc.headers)
         except RepositoryError as exc:
             logger.warning("dashboard request %s %s failed: %s", method, parts.path, exc)
             self._send_json({"error": str(exc)}, HTTPStatus.SERVICE_UNAVAILABLE)
@@ -198,9 +215,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _discard_body(self) -> None:
         text = self.headers.get("Content-Length") or "0"
-        if not text.isdigit():
-            raise ApiError(HTTPStatus.BAD_REQUEST, f"bad Content-Length {text!r}")
-        length = int(text)
+        try:
+            length = whole_number(text)
+        except ValueError:
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"bad Content-Length {text!r}") from None
         if length > MAX_BODY:
             raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "request body too large")
         if length:
@@ -216,8 +234,7 @@ class _Handler(BaseHTTPRequestHandler):
         host = self.headers.get("Host", "")
         name = host[1:host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
         if not is_loopback(name):
-            raise ApiError(HTTPStatus.FORBIDDEN,
-                           f"Host {host!r} is not allowed; use http://127.0.0.1:{dashboard.port}/")
+            raise ApiError(HTTPStatus.FORBIDDEN, f"Host {host!r} is not allowed; use {dashboard.url}")
 
     def _check_access(self, dashboard: DashboardServer, query: dict[str, list[str]]) -> None:
         if dashboard.token is None:
@@ -229,16 +246,16 @@ class _Handler(BaseHTTPRequestHandler):
                            "an access token is required (?token=... or Authorization: Bearer)")
 
     def _route(self, method: str, path: str) -> tuple[Route, str]:
-        allowed = []
+        allowed: list[str] = []
         for route_method, pattern, route in ROUTES:
             match = pattern.fullmatch(path)
             if match:
-                if route_method == method:
+                if route_method == method or (route_method, method) == ("GET", "HEAD"):
                     return route, unquote(match.group("id")) if "id" in pattern.groupindex else ""
-                allowed.append(route_method)
+                allowed += ["GET", "HEAD"] if route_method == "GET" else [route_method]
         if allowed:
-            raise ApiError(HTTPStatus.METHOD_NOT_ALLOWED,
-                           f"{method} not allowed here; use {', '.join(allowed)}")
+            raise ApiError(HTTPStatus.METHOD_NOT_ALLOWED, f"{method} not allowed here; use {', '.join(allowed)}",
+                           {"Allow": ", ".join(allowed)})
         raise ApiError(HTTPStatus.NOT_FOUND, f"no such page: {path}")
 
     # -- responses ------------------------------------------------------------------------------
@@ -253,11 +270,13 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":  # HEAD: GET's status and headers, Content-Length included
+            self.wfile.write(body)
 
-    def _send_json(self, data: Any, status: HTTPStatus = HTTPStatus.OK) -> None:
+    def _send_json(self, data: Any, status: HTTPStatus = HTTPStatus.OK,
+                   headers: Optional[dict[str, str]] = None) -> None:
         body = json.dumps(data, default=str).encode("utf-8")
-        self._send(body, "application/json; charset=utf-8", status)
+        self._send(body, "application/json; charset=utf-8", status, headers)
 
     # -- pages ----------------------------------------------------------------------------------
     def page(self, dashboard: DashboardServer, query: dict[str, list[str]], _: str) -> None:
@@ -342,13 +361,16 @@ def _poll(dashboard: DashboardServer, job_id: str) -> Any:
     return result
 
 
-def _int_param(query: dict[str, list[str]], name: str, default: int, maximum: Optional[int]) -> int:
+def _int_param(query: dict[str, list[str]], name: str, default: int, clamp: Optional[int]) -> int:
+    """The whole number `name` (below 2**63), at most `clamp`; a 400 if it is not one."""
     text = (query.get(name) or [""])[0]
     if not text:
         return default
-    if not text.isdigit():
-        raise ApiError(HTTPStatus.BAD_REQUEST, f"{name} must be a whole number >= 0, got {text!r}")
-    return int(text) if maximum is None else min(int(text), maximum)
+    try:
+        value = whole_number(text)
+    except ValueError as exc:
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"{name} {exc}") from None
+    return value if clamp is None else min(value, clamp)
 
 
 _JOB = r"/api/jobs/(?P<id>[^/]+)"
