@@ -55,6 +55,12 @@ def _positive(name: str, value: Any, *, allow_zero: bool = False, unit: str = "s
     return float(value)
 
 
+def _count(name: str, value: Any) -> None:
+    """A `limit` or `offset`: an int >= 0 (bool is not one)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be an int >= 0{' or None' if name == 'limit' else ''}, got {value!r}")
+
+
 class JobManager:
     """Runs jobs from a repository on worker threads; see SPEC for the full contract.
 
@@ -326,10 +332,9 @@ class JobManager:
         wanted = self._status_arg(status)
         if isinstance(tags, str):
             tags = [tags]
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-            raise ValueError(f"limit must be an int >= 0 or None, got {limit!r}")
-        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-            raise ValueError(f"offset must be an int >= 0, got {offset!r}")
+        if limit is not None:
+            _count("limit", limit)
+        _count("offset", offset)
         records = self.repository.list_without_args(status=wanted, tags=tags, owner=owner, limit=limit,
                                                     offset=offset)
         return [result_of(self._with_latest_progress(record)) for record in records]
@@ -357,6 +362,8 @@ class JobManager:
 
     def get_dead_letter_queue(self, limit: Optional[int] = None) -> list[tuple[Job, JobResult]]:
         """The FAILED jobs, newest first, as (job, result) pairs."""
+        if limit is not None:
+            _count("limit", limit)
         records = self.repository.list(status=JobStatus.FAILED, limit=limit)
         return [(job_of(record, self._registry.get(record.function_name)), result_of(record)) for record in records]
 

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import pytest
 
-from jobcore import DependencyError, Job, JobManager, JobPriority, RetryableError, UnknownFunction
+from jobcore import DependencyError, InvalidJob, Job, JobManager, JobPriority, RetryableError, UnknownFunction
 
 
 def noop() -> None:
@@ -120,7 +120,7 @@ def test_enqueue_rejects_non_jobs_and_duplicate_ids(make_manager: Any, db_path: 
         manager.enqueue("not a job")  # type: ignore[arg-type]
     job = Job(function=noop)
     manager.enqueue(job)
-    with pytest.raises(ValueError, match="already exists"):
+    with pytest.raises(InvalidJob, match="already exists"):  # a JobcoreError, as api.md says
         manager.enqueue(job)
     with pytest.raises(ValueError, match="twice"):
         manager.enqueue_many([Job(function=noop, id="same"), Job(function=noop, id="same")])
@@ -196,3 +196,15 @@ def test_job_ids_are_distinct_uuid4_hex_strings_in_threads_and_forked_children()
     os.waitpid(pid, 0)
     check([child])
     assert child != Job(function=noop).id
+
+
+@pytest.mark.parametrize("limit", [-1, 1.5, "2", True])
+def test_a_bad_limit_or_offset_is_a_value_error_on_every_store(make_manager: Any, db_path: str, limit: Any) -> None:
+    # get_dead_letter_queue took them unchecked: -1 gave every job on SQLite and all but
+    # one on memory, 1.5 a raw sqlite3.IntegrityError, "2" a TypeError on memory only
+    from jobcore import MemoryRepository
+    for manager in (make_manager(db_path), make_manager(MemoryRepository())):
+        for call in (lambda: manager.get_dead_letter_queue(limit), lambda: manager.list_jobs(limit=limit),
+                     lambda: manager.list_jobs(offset=limit)):
+            with pytest.raises(ValueError, match="limit|offset"):
+                call()

@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional, TypeVar
 import psycopg
 from psycopg import conninfo
 
-from ..errors import RepositoryError
+from ..errors import InvalidJob, RepositoryError
 from . import schema as ddl
 from .listener import ChangeListener
 from .pool import ConnectionPool, translate
@@ -107,8 +107,8 @@ class Database:
             except _LOST_RACE as exc:
                 constraint = exc.diag.constraint_name
                 if isinstance(exc, psycopg.errors.UniqueViolation) and constraint == "jobs_id_key":
-                    raise ValueError(f"Job.id: a job with that id already exists"
-                                     f" ({exc.diag.message_detail})") from None
+                    raise InvalidJob("id", f"a job with that id already exists"
+                                           f" ({exc.diag.message_detail})") from None
                 lost = not isinstance(exc, psycopg.errors.UniqueViolation) or constraint in _RACE_CONSTRAINTS
                 if not lost or attempt == MAX_TRIES:
                     raise translate(exc, self.where) from None

@@ -12,6 +12,7 @@ import enum
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
+from ..errors import InvalidJob
 from ..models import JobStatus
 
 
@@ -244,9 +245,9 @@ class Cascade:
     cancelled: tuple[str, ...] = ()
 
 
-def id_taken(job_id: str) -> ValueError:
+def id_taken(job_id: str) -> InvalidJob:
     """The error `insert` raises for a record whose id a stored job already has."""
-    return ValueError(f"Job.id: a job with id {job_id!r} already exists")
+    return InvalidJob("id", f"a job with id {job_id!r} already exists")
 
 
 def require_plain_pending(record: "JobRecord") -> None:
