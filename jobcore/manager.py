@@ -424,6 +424,7 @@ class JobManager:
             return False
         last = f" after {before.error_type}: {before.error}" if before.error_type else ""
         self.repository.add_log(job_id, "info", f"re-queued by request{last} (attempts reset)", now)
+        self._queue.discard([job_id])  # an entry it had before it ended (a timer) is stale
         self._enqueuer.queue_here([entry])
         return True
 

@@ -142,7 +142,8 @@ class ReadyQueue:
 
     def discard(self, job_ids: Iterable[str]) -> None:
         """Forget these ids wherever they are queued: this process claimed them by number
-        (not by id), so naming them in a later claim would be in vain."""
+        (not by id), so naming them in a later claim would be in vain, or they are about to
+        be queued again with a new entry (a `push` of a queued id is ignored)."""
         with self._lock:
             for job_id in job_ids:
                 self._members.pop(job_id, None)

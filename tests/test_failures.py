@@ -147,6 +147,22 @@ def test_retry_from_the_dead_letter_queue_resets_attempts(make_manager: Any, db_
     assert manager.get_dead_letter_queue() == []
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "memory"])
+def test_a_scheduled_job_cancelled_then_retried_runs_at_once(make_manager: Any, db_path: str, backend: str) -> None:
+    # given a started manager and a job due in an hour, cancelled before its time
+    from datetime import datetime, timedelta
+    from jobcore import MemoryRepository
+    manager = make_manager(db_path if backend == "sqlite" else MemoryRepository()).start()
+    manager.register_function("ok", lambda: "ran")
+    job_id = manager.enqueue(Job(function_name="ok", scheduled_at=datetime.now() + timedelta(hours=1)))
+    assert manager.cancel(job_id) is True
+    # when it is retried: PENDING again, so ready now
+    assert manager.retry(job_id) is True
+    assert manager.poll(job_id).status is JobStatus.PENDING
+    # then it runs at once (its old timer, still queued, kept the new entry out for the hour)
+    assert manager.wait(job_id, timeout=WAIT).result == "ran"
+
+
 def test_bulk_retry_of_the_dead_letter_queue(make_manager: Any, db_path: str) -> None:
     manager = make_manager(db_path).start()
     flakies = [Flaky(ValueError("bad"), failures=1) for _ in range(3)]
