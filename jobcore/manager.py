@@ -38,8 +38,8 @@ logger = logging.getLogger("jobcore")
 __all__ = ["JobManager", "RETRY_RULES", "build_repository", "default_database_path"]
 
 RETRY_RULES = ("only a failed or cancelled job can be re-queued, and not a cron schedule, a job"
-               " whose dependency failed or was cancelled (retry that first), or one whose"
-               " unique_key another unfinished job holds")
+               " whose dependency failed or was cancelled (retry that first), one that never ran"
+               " whose dependency was deleted, or one whose unique_key another unfinished job holds")
 
 READY_LOAD_LIMIT = 10_000  # a window: the queue is refilled as it drains
 

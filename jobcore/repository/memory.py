@@ -279,6 +279,8 @@ class MemoryRepository(MemoryAdding, JobRepository):
             if any(dep in self._jobs and self._jobs[dep].status in (JobStatus.FAILED, JobStatus.CANCELLED)
                    for dep in row.depends_on):
                 return None  # a dependency will never complete: retry it first
+            if row.started_at is None and any(dep not in self._jobs for dep in row.depends_on):
+                return None  # never ran, and a dependency was deleted: whether it completed is unknown
             self._set_status(row, JobStatus.PENDING)
             row.attempts = 0
             row.run_at = row.started_at = row.completed_at = None

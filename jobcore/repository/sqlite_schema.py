@@ -165,6 +165,13 @@ SELECT id FROM jobs WHERE unique_key = ? AND status IN ('pending', 'scheduled', 
 SELECT_JOB = f"SELECT {COLUMNS} FROM jobs WHERE id = ?"
 SELECT_JOB_WITHOUT_ARGS = f"SELECT {COLUMNS_WITHOUT_ARGS} FROM jobs WHERE id = ?"
 SELECT_STATUS = "SELECT status, name FROM jobs WHERE id = ?"
+# Listing's filter for one tag (a parameter). A row whose tags are not a JSON array (a
+# corrupt row) is taken as tagless: json_each of text that is not JSON failed the whole
+# statement ("malformed JSON"), and so every tag-filtered listing; the row itself shows its
+# decode error where it is read. CASE tries its arms in order, so json_type never sees
+# text that is not JSON.
+HAS_TAG = """EXISTS (SELECT 1 FROM json_each(CASE WHEN NOT json_valid(jobs.tags) THEN '[]'
+    WHEN json_type(jobs.tags) = 'array' THEN jobs.tags ELSE '[]' END) WHERE value = ?)"""
 # A manager's queue, read by sqlite_queue: each function's ready jobs best first, its
 # scheduled jobs by due time, and the cron schedules, each one range of its index walked in
 # order (INDEXED BY: left to itself the planner may read every pending job through
@@ -361,6 +368,10 @@ UPDATE jobs SET status = 'pending', attempts = 0, run_at = NULL, started_at = NU
 WHERE id = ? AND status IN ('failed', 'cancelled') AND cron IS NULL
   AND NOT EXISTS (SELECT 1 FROM job_deps AS d JOIN jobs AS p ON p.id = d.depends_on
                   WHERE d.job_id = jobs.id AND p.status IN ('failed', 'cancelled'))
+  AND (started_at IS NOT NULL  -- else a dependency deleted (cleaned up) may not have completed
+       OR NOT EXISTS (SELECT 1 FROM json_each(CASE WHEN json_valid(jobs.depends_on) THEN jobs.depends_on
+                                                   ELSE '[]' END) AS d
+                      WHERE NOT EXISTS (SELECT 1 FROM jobs AS p WHERE p.id = d.value)))
 RETURNING id, priority, seq, run_at, function_name, cron IS NOT NULL
 """
 UPDATE_PROGRESS = f"""

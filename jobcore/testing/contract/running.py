@@ -262,6 +262,26 @@ class _RunningContract:
         assert repository.requeue(child.id, NOW + 3) is not None  # the parent may complete now
         assert _get(repository, child.id).blocked == 1
 
+    def test_requeue_refuses_a_job_that_never_ran_whose_dependency_was_deleted(
+            self, repository: JobRepository) -> None:
+        # given a job cancelled while it waited for its dependency, which failed and was
+        # deleted since (cleaned up); and a job that ran after its dependency completed,
+        # failed, and whose dependency was deleted too
+        parent = _add(repository)
+        child = _add(repository, depends_on=(parent.id,))
+        repository.cancel(child.id, NOW + 10, "not needed")
+        _fail(repository, parent.id, now=NOW + 1)
+        done = _add(repository)
+        _complete(repository, done.id, now=NOW + 1)
+        ran = _add(repository, depends_on=(done.id,))
+        _fail(repository, ran.id, now=NOW + 10)
+        assert repository.delete_finished(NOW + 5) == 2
+        assert repository.get(parent.id) is None and repository.get(done.id) is None
+        # then the first is not re-queued: whether its dependency completed is unknown (it
+        # failed), and the dependent would run without it; the second, which ran, is
+        assert repository.requeue(child.id, NOW + 1) is None
+        assert repository.requeue(ran.id, NOW + 1) is not None
+
     def test_requeue_never_makes_two_unfinished_jobs_share_a_unique_key(self, repository: JobRepository) -> None:
         old = _add(repository, unique_key="nightly")
         _fail(repository, old.id)
