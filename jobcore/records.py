@@ -76,10 +76,16 @@ def new_result(*values: Any) -> JobResult:
 
 
 def result_of(record: JobRecord) -> JobResult:
-    """What `poll` shows of a stored job. `scheduled_at` is when it is next due, if it is."""
+    """What `poll` shows of a stored job. `scheduled_at` is when it is next due, if it is.
+
+    A job stored corrupt (`decode_error`) shows that error until it has one of its own (it
+    fails with it, as `CorruptJob`, when a worker claims it)."""
+    error, error_type = record.error, record.error_type
+    if record.decode_error is not None and error is None:
+        error, error_type = record.decode_error, error_type or "CorruptJob"
     return new_result(
         record.id, record.name, record.status, record.progress, record.progress_message,
-        dict(record.progress_details), record.result, record.error, record.error_type,
+        dict(record.progress_details), record.result, error, error_type,
         record.traceback, record.attempts, local_datetime(record.created_at),
         local_datetime(record.scheduled_at if record.run_at is None else record.run_at),
         local_datetime(record.started_at), local_datetime(record.completed_at), record.owner,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -139,3 +140,149 @@ def test_a_version_1_database_is_migrated(tmp_path: Any) -> None:
     assert check.execute("SELECT value FROM jobcore_meta WHERE key = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
     check.close()
     manager.close()
+
+
+def _corrupt(db_path: str, job_id: str, column: str, sql_value: str) -> None:
+    """Set `column` of one job's row to the SQL literal `sql_value`, as a hand edit would."""
+    raw = sqlite3.connect(db_path)
+    raw.execute(f"UPDATE jobs SET {column} = {sql_value} WHERE id = ?", (job_id,))
+    raw.commit()
+    raw.close()
+
+
+@pytest.mark.parametrize("functions", [1, 2])
+def test_a_text_priority_fails_its_job_alone_and_the_manager_starts(make_manager: Any, db_path: str,
+                                                                     functions: int) -> None:
+    # (with two functions the queue is read per function and merged: its sort failed too)
+    manager = make_manager(db_path)
+    manager.register_function("echo", lambda x: x)
+    if functions == 2:
+        manager.register_function("other", lambda x: x)
+        manager.enqueue(Job(function_name="other", args=(0,), scheduled_at=datetime.now() + timedelta(hours=1)))
+    fine = [manager.enqueue(Job(function_name="echo", args=(n,))) for n in range(3)]
+    broken = manager.enqueue(Job(function_name="echo", args=(9,)))
+    _corrupt(db_path, broken, "priority", "'abc'")
+
+    manager.start()  # the ready heap once failed here on -'abc'
+    bad = manager.wait(broken, timeout=WAIT)
+    assert (bad.status, bad.error_type, bad.attempts) == (JobStatus.FAILED, "CorruptJob", 1)
+    assert "cannot be decoded" in bad.error and "priority holds 'abc'" in bad.error
+    assert [manager.wait(job_id, timeout=WAIT).result for job_id in fine] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("functions", [1, 2])
+def test_a_text_due_time_does_not_stop_the_manager(make_manager: Any, db_path: str, functions: int) -> None:
+    manager = make_manager(db_path)
+    manager.register_function("echo", lambda x: x)
+    if functions == 2:
+        manager.register_function("other", lambda x: x)
+        manager.enqueue(Job(function_name="other", args=(0,), scheduled_at=datetime.now() + timedelta(hours=2)))
+    in_an_hour = datetime.now() + timedelta(hours=1)
+    later = manager.enqueue(Job(function_name="echo", args=(1,), scheduled_at=in_an_hour))
+    _corrupt(db_path, later, "run_at", "'soon'")
+
+    manager.start()  # the timers once failed here on 'soon' > now
+    assert manager.wait(manager.enqueue(Job(function_name="echo", args=(2,))), timeout=WAIT).result == 2
+    shown = manager.poll(later)
+    assert shown.status is JobStatus.SCHEDULED and shown.error_type == "CorruptJob"
+    assert "run_at holds 'soon', not a time" in shown.error
+
+
+def test_a_text_timeout_fails_its_job_and_the_worker_thread_survives(make_manager: Any,
+                                                                      db_path: str) -> None:
+    manager = make_manager(db_path, max_workers=1)
+    manager.register_function("echo", lambda x: x)
+    broken = manager.enqueue(Job(function_name="echo", args=(1,), timeout=5.0, priority=100))
+    _corrupt(db_path, broken, "timeout", "'t'")
+
+    manager.start()
+    bad = manager.wait(broken, timeout=WAIT)
+    assert (bad.status, bad.error_type, bad.attempts) == (JobStatus.FAILED, "CorruptJob", 1)
+    assert "timeout holds 't', not a number" in bad.error
+    # The one worker thread lived on (it once died on now + 't', and the job went back to
+    # pending to kill the next thread that claimed it).
+    after = [manager.enqueue(Job(function_name="echo", args=(n,))) for n in range(3)]
+    assert [manager.wait(job_id, timeout=WAIT).result for job_id in after] == [0, 1, 2]
+    assert manager.poll(broken).attempts == 1
+
+
+def test_claims_give_a_row_with_a_number_of_the_wrong_kind_a_decode_error(db_path: str) -> None:
+    from jobcore.records import record_for
+
+    repo = SQLiteRepository(db_path)
+    try:
+        jobs = [Job(function_name="echo", args=(n,)) for n in range(3)]
+        jobs[1].tags = {"with-tags"}  # not plain: claimed with its whole row
+        now = time.time()
+        ids = repo.insert([record_for(job, now) for job in jobs], now)
+        _corrupt(db_path, ids[0], "retry_delay", "'soon'")  # plain: the claimed-row fast path
+        _corrupt(db_path, ids[1], "created_at", "'x'")
+
+        _, claimed = repo.apply([], ids, "worker", now, now + 60)
+        by_id = {record.id: record for record in claimed}
+        assert set(by_id) == set(ids)
+        assert "retry_delay holds 'soon', not a number" in (by_id[ids[0]].decode_error or "")
+        assert by_id[ids[0]].retry_delay == 1.0  # a harmless default
+        assert "created_at holds 'x', not a time" in (by_id[ids[1]].decode_error or "")
+        assert by_id[ids[1]].created_at == 0.0
+        assert by_id[ids[2]].decode_error is None and by_id[ids[2]].args == (2,)
+    finally:
+        repo.close()
+
+
+def test_tags_that_are_not_json_leave_tag_filters_working(make_manager: Any, db_path: str) -> None:
+    manager = make_manager(db_path)
+    manager.register_function("echo", lambda x: x)
+    good = manager.enqueue(Job(function_name="echo", args=(1,), tags={"nightly"}))
+    broken = manager.enqueue(Job(function_name="echo", args=(2,), tags={"other"}))
+    _corrupt(db_path, broken, "tags", "'{not json'")
+
+    assert [r.job_id for r in manager.list_jobs(tags="nightly")] == [good]
+    assert manager.list_jobs(tags="other") == []  # the corrupt row reads as tagless
+    listed = {r.job_id: r for r in manager.list_jobs()}
+    assert set(listed) == {good, broken}
+    assert listed[good].error is None
+    assert "cannot be decoded" in (listed[broken].error or "")
+    assert "cannot be decoded" in (manager.poll(broken).error or "")
+
+    manager.start()
+    bad = manager.wait(broken, timeout=WAIT)
+    assert (bad.status, bad.error_type) == (JobStatus.FAILED, "CorruptJob")
+    assert manager.wait(good, timeout=WAIT).result == 1
+
+
+@pytest.mark.parametrize("column, sql_value, told", [
+    ("metadata", "'[1]'", "metadata holds [1], not a JSON object"),
+    ("tags", """'{"a": 1}'""", "tags holds {'a': 1}, not a list of strings"),
+    ("tags", "'[1, 2]'", "tags holds [1, 2], not a list of strings"),
+    ("depends_on", """'"x"'""", "depends_on holds 'x', not a list of strings"),
+    ("progress_details", "'[1]'", "progress_details holds [1], not a JSON object"),
+    ("created_at", "'x'", "created_at holds 'x', not a time"),
+    ("created_at", "1e300", "created_at holds 1e+300, not a time"),
+    ("max_retries", "'z'", "max_retries holds 'z', not an integer"),
+    ("progress", "'p'", "progress holds 'p', not a number"),
+])
+def test_a_field_of_the_wrong_shape_fails_its_job_alone(make_manager: Any, db_path: str, column: str,
+                                                         sql_value: str, told: str) -> None:
+    manager = make_manager(db_path)
+    manager.register_function("echo", lambda x: x)
+    fine = [manager.enqueue(Job(function_name="echo", args=(n,), metadata={"n": n})) for n in range(3)]
+    broken = manager.enqueue(Job(function_name="echo", args=(9,)))
+    _corrupt(db_path, broken, column, sql_value)
+
+    # Listing and polling show every job; only the corrupt one carries an error.
+    listed = {r.job_id: r for r in manager.list_jobs()}
+    assert set(listed) == {*fine, broken}
+    assert [listed[job_id].error for job_id in fine] == [None, None, None]
+    shown = manager.poll(broken)
+    assert shown.status is JobStatus.PENDING and shown.error_type == "CorruptJob"
+    assert "cannot be decoded" in shown.error and told in shown.error
+    assert manager.poll(fine[0]).metadata == {"n": 0}
+
+    manager.start()
+    bad = manager.wait(broken, timeout=WAIT)
+    assert (bad.status, bad.error_type) == (JobStatus.FAILED, "CorruptJob")
+    assert told in bad.error
+    assert [manager.wait(job_id, timeout=WAIT).result for job_id in fine] == [0, 1, 2]
+    assert [job.id for job, _ in manager.get_dead_letter_queue()] == [broken]
+    assert len(manager.list_jobs()) == 4

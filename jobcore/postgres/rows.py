@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 from .. import serialization
 from ..models import JobStatus
 from ..repository.base import JobRecord, QueueEntry
-from ..repository.columns import STATUSES, unpack_job_row
+from ..repository.columns import STATUSES, json_object, unpack_job_row
 
 
 
@@ -45,18 +45,20 @@ def row_params(record: JobRecord, now: float, status: JobStatus, blocked: int, e
 
 def record_from_row(row: Sequence[Any]) -> JobRecord:
     """A `JobRecord` from a row selected as `JOB_COLUMNS`; a payload that cannot be
-    decoded sets `decode_error` rather than raising."""
+    decoded (or metadata or progress details that are not a JSON object) sets
+    `decode_error` rather than raising."""
     record, raw = unpack_job_row(row)
     record.tags = frozenset(raw.tags or ())  # arrays: the driver already made them lists
     record.depends_on = tuple(raw.depends_on or ())
     try:
         if raw.payload is not None:  # None: selected without the arguments
             record.args, record.kwargs = serialization.decode_payload(raw.payload)
-        record.metadata = json.loads(raw.metadata)
-        record.progress_details = json.loads(raw.progress_details)
+        record.metadata = json_object(json.loads(raw.metadata), "metadata")
+        record.progress_details = json_object(json.loads(raw.progress_details), "progress_details")
         record.result = serialization.decode(raw.result)
     except (ValueError, TypeError) as exc:
-        record.decode_error = f"stored job {record.id} cannot be decoded: {exc}"
+        if record.decode_error is None:  # else a number was wrong first: that one is told
+            record.decode_error = f"stored job {record.id} cannot be decoded: {exc}"
     return record
 
 

@@ -169,7 +169,7 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
             where.append("owner = ?")
             params.append(owner)
         for tag in sorted(tags or ()):
-            where.append("EXISTS (SELECT 1 FROM json_each(jobs.tags) WHERE value = ?)")
+            where.append(sql.HAS_TAG)
             params.append(tag)
         params += [-1 if limit is None else limit, offset]
         query = f"SELECT {columns} FROM jobs WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT ? OFFSET ?"

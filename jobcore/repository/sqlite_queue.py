@@ -19,6 +19,7 @@ import sqlite3
 from typing import Any, Callable, Collection, Optional, Sequence
 
 from . import sqlite_schema as sql
+from .columns import DEFAULT_PRIORITY, REAL_TYPES
 
 Row = Sequence[Any]  # (id, priority, seq, run_at, function_name, is_schedule)
 
@@ -27,12 +28,17 @@ Row = Sequence[Any]  # (id, priority, seq, run_at, function_name, is_schedule)
 MAX_NAMED = 200
 
 
+# As jobs_ready orders one function's jobs: priority, then seq; and as jobs_due orders
+# them by due time (NULL first, as 0.0 does here). A corrupt row's value that is not a
+# number sorts as entry_from_row reads it (the default priority, due now).
 def _by_rank(row: Row) -> tuple[int, int]:
-    return -row[1], row[2]  # as jobs_ready orders one function's jobs: priority, then seq
+    priority = row[1]
+    return -(priority if type(priority) is int else DEFAULT_PRIORITY), row[2]
 
 
 def _by_due(row: Row) -> tuple[float, int]:
-    return row[3] or 0.0, row[2]  # as jobs_due orders them (NULL first, as 0.0 does here)
+    due = row[3]
+    return due if type(due) in REAL_TYPES else 0.0, row[2]
 
 
 def _merged(conn: sqlite3.Connection, queries: list[tuple[str, tuple[Any, ...]]],

@@ -13,7 +13,8 @@ from .. import serialization
 from ..errors import RepositoryError
 from ..models import JobStatus
 from .base import JobRecord, QueueEntry
-from .columns import unpack_job_row
+from .columns import (DEFAULT_PRIORITY, REAL_TYPES, TIME_LIMIT, json_object, json_strings, unpack_job_row,
+                      unsound_numbers)
 from .sqlite_schema import CLAIMED_PLAIN
 
 
@@ -77,19 +78,25 @@ def row_params(record: JobRecord, now: float, status: JobStatus, blocked: int, e
 
 
 def record_from_row(row: Sequence[Any]) -> JobRecord:
-    """A `JobRecord` from a row of `COLUMNS`; an undecodable row gets `decode_error`."""
+    """A `JobRecord` from a row of `COLUMNS`; an undecodable row gets `decode_error` (a
+    number of the wrong kind, JSON that does not parse or is not of its field's shape)."""
     record, raw = unpack_job_row(row)
     try:
         if raw.payload is not None:  # None: selected without the arguments
             record.args, record.kwargs = serialization.decode_payload(raw.payload)
         # Most jobs carry none of these: skip the decoder for the empty forms.
-        record.tags = frozenset(json.loads(raw.tags)) if raw.tags != "[]" else frozenset()
-        record.metadata = json.loads(raw.metadata) if raw.metadata != "{}" else {}
-        record.depends_on = tuple(json.loads(raw.depends_on)) if raw.depends_on != "[]" else ()
-        record.progress_details = json.loads(raw.progress_details) if raw.progress_details != "{}" else {}
+        if raw.tags != "[]":
+            record.tags = frozenset(json_strings(json.loads(raw.tags), "tags"))
+        if raw.metadata != "{}":
+            record.metadata = json_object(json.loads(raw.metadata), "metadata")
+        if raw.depends_on != "[]":
+            record.depends_on = tuple(json_strings(json.loads(raw.depends_on), "depends_on"))
+        if raw.progress_details != "{}":
+            record.progress_details = json_object(json.loads(raw.progress_details), "progress_details")
         record.result = serialization.decode(raw.result)
     except (ValueError, TypeError) as exc:
-        record.decode_error = f"stored job {record.id} cannot be decoded: {exc}"
+        if record.decode_error is None:  # else a number was wrong first: that one is told
+            record.decode_error = f"stored job {record.id} cannot be decoded: {exc}"
     return record
 
 
@@ -105,7 +112,8 @@ def claimed_records(rows: Sequence[Sequence[Any]], full: dict[str, Sequence[Any]
 def _plain_claimed(row: Sequence[Any], started_at: float, worker_id: str,
                    lease_expires_at: float) -> JobRecord:
     """The record of a plain job just claimed: `record_from_row` of its whole row, from
-    the columns that differ between plain jobs. An undecodable payload gets `decode_error`."""
+    the columns that differ between plain jobs. An undecodable payload, or a number of the
+    wrong kind, gets `decode_error`."""
     (job_id, function_name, name, payload, priority, seq, created_at, attempts, max_retries,
      retry_delay, retry_backoff, jitter, timeout, isolation, _) = row
     # Every field by position, in RECORD_FIELDS (checked at import).
@@ -114,10 +122,17 @@ def _plain_claimed(row: Sequence[Any], started_at: float, worker_id: str,
         started_at, None, attempts, max_retries, retry_delay, retry_backoff, bool(jitter),
         timeout, frozenset(), {}, None, None, isolation, None, (), 0, 0.0, "", {}, None, None,
         None, None, worker_id, lease_expires_at, False, None, None, None)
+    # `unsound_numbers` of the numbers a plain row holds, checked here in locals (cheaper).
+    if not (type(priority) is int and type(attempts) is int and type(max_retries) is int
+            and type(retry_delay) in REAL_TYPES and type(retry_backoff) in REAL_TYPES
+            and (timeout is None or type(timeout) in REAL_TYPES)
+            and type(created_at) in REAL_TYPES and -TIME_LIMIT < created_at < TIME_LIMIT):
+        record.decode_error = unsound_numbers(record)
     try:
         record.args, record.kwargs = serialization.decode_payload(payload)
     except (ValueError, TypeError) as exc:
-        record.decode_error = f"stored job {job_id} cannot be decoded: {exc}"
+        if record.decode_error is None:
+            record.decode_error = f"stored job {job_id} cannot be decoded: {exc}"
     return record
 
 
@@ -125,5 +140,15 @@ _RUNNING = JobStatus.RUNNING
 
 
 def entry_from_row(row: Sequence[Any]) -> QueueEntry:
-    """A `QueueEntry` from (id, priority, seq, run_at, function_name, is_schedule)."""
-    return QueueEntry(row[0], row[1], row[2], row[3], row[4], bool(row[5]))
+    """A `QueueEntry` from (id, priority, seq, run_at, function_name, is_schedule).
+
+    A corrupt row's priority or due time that is not a number (the ready heap and the
+    timers cannot order it: `-'abc'` failed a manager's start) reads as the default
+    priority, or as due now. Claiming the job reads its row, whose decode error fails it
+    as corrupt; a due time SQLite cannot compare never passes the claim's `run_at <= now`,
+    so that job stays scheduled, showing its decode error where it is polled or listed."""
+    priority, run_at = row[1], row[3]
+    if type(priority) is not int or not (run_at is None or type(run_at) in REAL_TYPES):
+        priority = priority if type(priority) is int else DEFAULT_PRIORITY
+        run_at = run_at if type(run_at) in REAL_TYPES else None
+    return QueueEntry(row[0], priority, row[2], run_at, row[4], bool(row[5]))
