@@ -10,6 +10,7 @@ import dataclasses
 from datetime import datetime
 from typing import Any, Callable, Optional, overload
 
+from .errors import InvalidJob
 from .models import Job, JobResult, JobStatus
 from .repository.base import JobRecord
 from .scheduler import next_fire_epoch
@@ -42,7 +43,10 @@ def record_for(job: Job, now: float) -> JobRecord:
     run_at = scheduled_at if due_later else None
     cron = job.cron
     if cron is not None:
-        run_at = next_fire_epoch(cron, job.cron_timezone, max(now, scheduled_at or now))
+        try:
+            run_at = next_fire_epoch(cron, job.cron_timezone, max(now, scheduled_at or now))
+        except ValueError as exc:  # it never fires (`0 0 30 2 *`)
+            raise InvalidJob("cron", str(exc)) from None
         due_later = True
     depends_on = job.depends_on
     # Every field given by position, in `RECORD_FIELDS` (checked at import).

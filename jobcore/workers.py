@@ -29,6 +29,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional
 
+from . import serialization
 from .attempts import AttemptRunner
 from .claims import ClaimCheck
 from .clock import Clock, real_monotonic
@@ -303,6 +304,8 @@ class WorkerPool:
     # -- ContextSink: reports from running jobs ---------------------------------------------
     def report_progress(self, context: JobContext, progress: float, message: str,
                         details: dict[str, Any]) -> None:
+        if details and self._repo.persistent:  # checked here, in the job's thread: raises at its call
+            serialization.encode(details, field="progress details", max_bytes=self._repo.max_payload_bytes)
         self._progress.report(Report(context, progress, message, details))
 
     def _write_progress(self, report: Report) -> None:

@@ -619,3 +619,17 @@ def test_worker_that_cannot_import_its_module_says_why_in_one_line(db_path: str,
 
     assert_one_line_error(missing, "cannot import 'no_such_module_here': ModuleNotFoundError")
     assert_one_line_error(broken, "RuntimeError: config missing", "broken_tasks.py:3")
+
+
+def test_a_malformed_postgres_dsn_is_one_line_that_never_shows_the_password() -> None:
+    pytest.importorskip("psycopg")
+    from jobcore import JobManager
+    dsn = "postgresql://user:topsecret@[bad"
+    with pytest.raises(ValueError, match="not a valid PostgreSQL connection string") as error:
+        JobManager(dsn)
+    assert "topsecret" not in str(error.value)
+    # it printed a traceback ending in that ValueError, quoting the whole DSN
+    done = run("stats", db=dsn)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.startswith("jobcore: error: dsn is not a valid") and done.stderr.count("\n") == 1
+    assert "topsecret" not in done.stderr and "Traceback" not in done.stderr

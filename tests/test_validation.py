@@ -61,9 +61,12 @@ ENQUEUE_ERRORS: list[tuple[str, Callable[[], Job], type[Exception], str]] = [
     ("unserialisable arg", lambda: Job(function=noop, args=(object(),)), TypeError, "args"),
     ("unserialisable kwarg", lambda: Job(function=noop, kwargs={"when": datetime.now()}), TypeError, "kwargs"),
     ("oversized payload", lambda: Job(function=noop, args=("x" * 2_000_000,)), ValueError, "payload"),
+    ("oversized metadata", lambda: Job(function=noop, metadata={"blob": "x" * 2_000_000}), ValueError,
+     "metadata.*payload limit"),  # stored whole before: the limit is per payload, metadata one
     ("unknown function", lambda: Job(function_name="nope"), UnknownFunction, "nope"),
     ("unknown dependency", lambda: Job(function=noop, depends_on=["missing"]), DependencyError, "missing"),
     ("nan argument", lambda: Job(function=noop, args=(math.nan,)), TypeError, "args"),
+    ("schedule that never fires", lambda: Job(function=noop, cron="0 0 30 2 *"), InvalidJob, "Job.cron.*does not fire"),
 ]
 
 
@@ -208,3 +211,24 @@ def test_a_bad_limit_or_offset_is_a_value_error_on_every_store(make_manager: Any
                      lambda: manager.list_jobs(offset=limit)):
             with pytest.raises(ValueError, match="limit|offset"):
                 call()
+
+
+def test_progress_details_over_the_payload_limit_fail_at_the_call(make_manager: Any, db_path: str) -> None:
+    # (they were stored whole; the limit holds for each payload: arguments, result,
+    # metadata, progress details). Checked in the job's thread, so the job sees the error.
+    from jobcore import InvalidJob
+    seen: list[str] = []
+
+    def reports(progress_callback: Callable[..., None]) -> str:
+        progress_callback(0.5, "small", rows=3)
+        try:
+            progress_callback(0.6, "big", blob="x" * 2_000_000)
+        except InvalidJob as exc:
+            seen.append(str(exc))
+        return "done"
+
+    manager = make_manager(db_path).start()
+    manager.register_function("reports", reports)
+    result = manager.wait(manager.enqueue(Job(function_name="reports")), timeout=10)
+    assert result.result == "done" and result.progress_details == {"rows": 3}
+    assert len(seen) == 1 and "progress details" in seen[0] and "payload limit" in seen[0]

@@ -62,7 +62,7 @@ def open_manager(path: str, *, create: bool = False, **options: Any) -> JobManag
     if path.startswith(POSTGRES_SCHEMES):
         try:
             return JobManager(build_repository(path), producer=True, **options)
-        except (ImportError, JobcoreError) as exc:
+        except (ImportError, JobcoreError, ValueError) as exc:  # ValueError: a malformed DSN
             raise CommandFailed(str(exc)) from None
     check_database(path, create=create)
     return JobManager(SQLiteRepository(path), producer=True, **options)

@@ -62,7 +62,9 @@ def schema_from_dsn(dsn: str) -> Optional[str]:
     try:
         options = str(conninfo.conninfo_to_dict(dsn).get("options") or "")
     except psycopg.ProgrammingError as exc:
-        raise ValueError(f"dsn is not a valid PostgreSQL connection string: {exc}") from None
+        # psycopg quotes the string, password and all: never show that
+        problem = str(exc).strip().replace(dsn, "<the DSN>")
+        raise ValueError(f"dsn is not a valid PostgreSQL connection string: {problem}") from None
     for word in options.replace("-c ", "-c").split():
         setting = word[2:] if word.startswith(("-c", "--")) else ""
         name, _, value = setting.partition("=")

@@ -37,7 +37,8 @@ def row_params(record: JobRecord, now: float, status: JobStatus, blocked: int, e
         record.id, record.function_name, record.name, payload, record.priority, status.value,
         blocked, now, record.scheduled_at, record.run_at, record.max_retries, record.retry_delay,
         record.retry_backoff, bool(record.retry_jitter), record.timeout, sorted(record.tags),
-        serialization.encode(record.metadata, field="metadata"), record.owner, record.unique_key,
+        serialization.encode(record.metadata, field="metadata", max_bytes=max_payload_bytes), record.owner,
+        record.unique_key,
         record.isolation, list(record.depends_on), record.cron, record.cron_timezone, error,
         "DependencyFailed" if error else None, now if error else None, record.memory_limit,
     )

@@ -69,7 +69,7 @@ def row_params(record: JobRecord, now: float, status: JobStatus, blocked: int, e
     return plain_params(record, now, status, max_payload_bytes) + (
         blocked, record.scheduled_at, record.run_at,
         json.dumps(sorted(record.tags)) if record.tags else "[]",
-        serialization.encode(record.metadata, field="metadata") if record.metadata else "{}",
+        serialization.encode(record.metadata, field="metadata", max_bytes=max_payload_bytes) if record.metadata else "{}",
         record.owner, record.unique_key,
         json.dumps(list(record.depends_on)) if record.depends_on else "[]",
         record.cron, record.cron_timezone, error,
