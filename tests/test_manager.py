@@ -560,14 +560,16 @@ def test_a_script_that_ends_while_a_default_manager_job_runs_stops_it_cleanly(tm
         import threading
         import jobcore
 
+        started = threading.Event()
+
         def nap():
+            started.set()
             threading.Event().wait(0.3)
             return "rested"
 
         jobcore.register_job_function("nap", nap)
         job_id = jobcore.enqueue(jobcore.Job(function_name="nap"))
-        while jobcore.poll(job_id).status is not jobcore.JobStatus.RUNNING:  # else stop hands it back
-            threading.Event().wait(0.01)
+        started.wait()  # its body runs: shown RUNNING, it may be claimed but unstarted, and handed back
         print("OK", job_id)
     """)
     db = tmp_path / "default.db"
