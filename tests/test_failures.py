@@ -216,12 +216,10 @@ def test_stuck_job_times_out_and_its_slot_is_handed_on(make_manager: Any, db_pat
     try:
         stuck_id = manager.enqueue(Job(function=stuck, timeout=0.3, max_retries=0))
         quick_id = manager.enqueue(Job(function=lambda: "quick"))
-        started = time.monotonic()
         quick = manager.wait(quick_id, timeout=WAIT)
         stuck_result = manager.wait(stuck_id, timeout=WAIT)
 
-        assert quick.result == "quick"
-        assert time.monotonic() - started < 2.0
+        assert quick.result == "quick" and not release.is_set()  # ran while the stuck one still hung
         assert (stuck_result.status, stuck_result.error_type) == (JobStatus.FAILED, "JobTimeout")
         assert manager.get_stats()["abandoned_threads"] == 1
         assert len(manager.workers) == 1  # the replacement; the stuck one is abandoned
