@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 import threading
-from typing import Callable, Optional
+from typing import Callable, Collection, Optional
 
 from .clock import Clock, real_monotonic
 from .errors import RepositoryError
@@ -139,7 +139,7 @@ class Housekeeper:
                 if now >= next_beat:
                     next_beat = now + settings.poll_interval
                     running = self._pool.heartbeat()
-                    self._repo.beat_worker(self._pool.worker_id, running, self._clock.time())
+                    self._beat(running)
                     if self._expire_dead_neighbours():
                         next_recover = now  # take their jobs back now, not after the lease
                 if now >= next_recover:
@@ -179,6 +179,16 @@ class Housekeeper:
                     delay = min(delay, progress_due - real_monotonic())
                 if delay > 0 and not (self._refill_soon or self._replan):
                     self._cond.wait(delay)
+
+    def _beat(self, running: Collection[str]) -> None:
+        """Beat in the worker registry; register again if the entry is gone (its beats
+        failed, in an outage, for longer than another worker's lease_timeout)."""
+        worker_id, now = self._pool.worker_id, self._clock.time()
+        if self._repo.beat_worker(worker_id, running, now) is False:
+            logger.warning("worker %s was removed from the worker registry while its heartbeats failed;"
+                           " registered again", worker_id)
+            self._repo.register_worker(worker_id, self._host, self._pid, now)
+            self._repo.beat_worker(worker_id, running, now)
 
     def _expire_dead_neighbours(self) -> bool:
         """End the leases of workers on this host whose process is gone (SIGKILL, OOM):

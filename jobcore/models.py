@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 from .cron import CronExpression
 from .errors import InvalidJob, InvalidJobType
+from .serialization import check_text
 
 PRIORITY_MIN = -(2**31)
 PRIORITY_MAX = 2**31 - 1
@@ -187,6 +188,7 @@ class Job:
                 raise InvalidJobType("function_name", f"must be a str, got {self.function_name!r}")
             if not self.function_name.strip():
                 raise InvalidJob("function_name", "must not be empty")
+            check_text("function_name", self.function_name)
         if self.function is None and self.function_name is None:
             raise InvalidJob("function", "give a callable `function` or a registered `function_name`")
         if self.function_name is None:
@@ -206,6 +208,7 @@ class Job:
             self.name = getattr(self.function, "__name__", None) or self.function_name
         if not isinstance(self.name, str):
             raise InvalidJobType("name", f"must be a str, got {self.name!r}")
+        check_text("name", self.name)
         if isinstance(self.priority, bool) or not isinstance(self.priority, int):
             raise InvalidJobType(
                 "priority", f"must be a JobPriority or int, got {type(self.priority).__name__} {self.priority!r}"
@@ -243,6 +246,7 @@ class Job:
         for tag in self.tags:
             if not isinstance(tag, str):
                 raise InvalidJobType("tags", f"must hold only str, got {tag!r}")
+            check_text("tags", tag)
         if not isinstance(self.metadata, dict):
             raise InvalidJobType("metadata", f"must be a dict, got {type(self.metadata).__name__}")
         if self.metadata:
@@ -250,10 +254,14 @@ class Job:
                 json.dumps(self.metadata)
             except (TypeError, ValueError) as exc:
                 raise InvalidJobType("metadata", f"must be JSON-serialisable: {exc}") from None
-        if self.owner is not None and not isinstance(self.owner, str):
-            raise InvalidJobType("owner", f"must be a str, got {self.owner!r}")
-        if self.unique_key is not None and not isinstance(self.unique_key, str):
-            raise InvalidJobType("unique_key", f"must be a str, got {self.unique_key!r}")
+        if self.owner is not None:
+            if not isinstance(self.owner, str):
+                raise InvalidJobType("owner", f"must be a str, got {self.owner!r}")
+            check_text("owner", self.owner)
+        if self.unique_key is not None:
+            if not isinstance(self.unique_key, str):
+                raise InvalidJobType("unique_key", f"must be a str, got {self.unique_key!r}")
+            check_text("unique_key", self.unique_key)
         if self.isolation not in ISOLATIONS:
             raise InvalidJob("isolation", f"must be one of {ISOLATIONS}, got {self.isolation!r}")
         if self.memory_limit is not None:
@@ -267,6 +275,7 @@ class Job:
             raise InvalidJobType("retry_on", f"must be a callable taking the exception, got {self.retry_on!r}")
         if not isinstance(self.id, str) or not self.id:
             raise InvalidJobType("id", f"must be a non-empty str, got {self.id!r}")
+        check_text("id", self.id)
 
     def _already_normal(self) -> bool:
         """True if every field holds exact built-in types that the checks in `validate`
@@ -284,7 +293,7 @@ class Job:
                 function_name = self.function_name = function_qualname(function)
             except InvalidJobType:
                 return False  # the full checks raise it
-        if not (function_name.__class__ is str and function_name.strip()
+        if not (function_name.__class__ is str and function_name.strip() and function_name.isascii()
                 and (function is None or callable(function))
                 and self.args.__class__ is tuple and kwargs.__class__ is dict):
             return False
@@ -299,7 +308,7 @@ class Job:
         priority, depends_on, tags, metadata = self.priority, self.depends_on, self.tags, self.metadata
         max_retries, retry_delay, retry_backoff, timeout = (
             self.max_retries, self.retry_delay, self.retry_backoff, self.timeout)
-        if not (self.name.__class__ is str
+        if not (self.name.__class__ is str and self.name.isascii()
                 and (priority.__class__ is int or priority.__class__ is JobPriority)
                 and PRIORITY_MIN <= priority <= PRIORITY_MAX
                 and (self.scheduled_at is None or isinstance(self.scheduled_at, datetime))
@@ -312,15 +321,15 @@ class Job:
                 and (self.retry_jitter is True or self.retry_jitter is False)
                 and (timeout is None or (timeout.__class__ is float and 0.0 < timeout < math.inf))
                 and tags.__class__ is set and metadata.__class__ is dict
-                and (self.owner is None or self.owner.__class__ is str)
-                and (self.unique_key is None or self.unique_key.__class__ is str)
+                and (self.owner is None or (self.owner.__class__ is str and self.owner.isascii()))
+                and (self.unique_key is None or (self.unique_key.__class__ is str and self.unique_key.isascii()))
                 and self.isolation.__class__ is str and self.isolation in ISOLATIONS
                 and self.memory_limit is None
                 and (self.retry_on is None or callable(self.retry_on))
-                and self.id.__class__ is str and self.id):
+                and self.id.__class__ is str and self.id and self.id.isascii()):
             return False
         for tag in tags:
-            if tag.__class__ is not str:
+            if tag.__class__ is not str or not tag.isascii():
                 return False
         if metadata:
             try:

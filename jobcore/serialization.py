@@ -7,6 +7,7 @@ never executes code when decoded. Nothing here knows about storage or threads.
 from __future__ import annotations
 
 import json
+import re
 from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
@@ -52,11 +53,25 @@ def encode(value: Any, *, field: str, max_bytes: int | None = None) -> str:
         text = _to_json(value)
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidJobType(field, f"must be JSON-serialisable: {exc}") from None
+    if not text.isascii():  # (isascii: a flag read, for most payloads all there is to check)
+        check_text(field, text)
     if max_bytes is not None and len(text) > max_bytes:
         size = len(text.encode("utf-8"))
         if size > max_bytes:
             raise InvalidJob(field, f"encodes to {size} bytes, over the {max_bytes}-byte payload limit")
     return text
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_text(field: str, text: str) -> None:
+    """Raise `InvalidJobType` naming `field` if `text` holds a lone surrogate (a str Python
+    allows and UTF-8 cannot encode: no database would take it, and a result holding one
+    stalled every outcome recorded with it)."""
+    found = _SURROGATE.search(text)
+    if found is not None:
+        raise InvalidJobType(field, f"holds a lone surrogate {found.group()!r}, which UTF-8 cannot store")
 
 
 def encode_payload(args: tuple[Any, ...], kwargs: dict[str, Any], max_bytes: int | None) -> str:

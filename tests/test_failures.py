@@ -163,6 +163,19 @@ def test_a_scheduled_job_cancelled_then_retried_runs_at_once(make_manager: Any, 
     assert manager.wait(job_id, timeout=WAIT).result == "ran"
 
 
+def test_a_result_no_database_can_store_fails_its_job_alone(make_manager: Any, db_path: str) -> None:
+    # given a job returning a str with a lone surrogate (UTF-8 cannot encode it): its
+    # outcome was retried with every other for ever, so no job ran and stop() hung
+    manager = make_manager(db_path).start()
+    manager.register_function("odd", lambda: "\ud800")
+    manager.register_function("ok", lambda n: n)
+    odd = manager.enqueue(Job(function_name="odd", max_retries=0))
+    assert manager.wait(odd, timeout=WAIT).error_type == "InvalidJobType"
+    assert "surrogate" in (manager.poll(odd).error or "")
+    assert [manager.wait(manager.enqueue(Job(function_name="ok", args=(n,))), timeout=WAIT).result
+            for n in range(3)] == [0, 1, 2]
+
+
 def test_bulk_retry_of_the_dead_letter_queue(make_manager: Any, db_path: str) -> None:
     manager = make_manager(db_path).start()
     flakies = [Flaky(ValueError("bad"), failures=1) for _ in range(3)]

@@ -372,3 +372,18 @@ def test_a_worker_that_stopped_beating_is_not_listed_before_its_entry_is_removed
     assert [w.worker_id for w in manager.list_workers()] == ["beating"]
     assert len(manager.repository.list_workers()) == 2  # the entry itself is still there
     manager.close()
+
+
+def test_a_worker_removed_from_the_registry_while_its_beats_failed_registers_again(tmp_path: Any) -> None:
+    # given a started manager whose registry entry another worker removed (as one does
+    # to entries silent for lease_timeout: after an outage longer than that, live
+    # workers were left out of the registry for good)
+    manager = JobManager(str(tmp_path / "jobs.db"), poll_interval=0.05).start()
+    try:
+        (entry,) = manager.repository.list_workers()
+        manager.repository.unregister_worker(manager.worker_id)
+        # then its next heartbeat finds the entry gone and registers again
+        wait_until(lambda: [w.worker_id for w in manager.repository.list_workers()] == [manager.worker_id], WAIT)
+        assert manager.repository.list_workers()[0].host == entry.host
+    finally:
+        manager.close()

@@ -67,6 +67,10 @@ ENQUEUE_ERRORS: list[tuple[str, Callable[[], Job], type[Exception], str]] = [
     ("unknown dependency", lambda: Job(function=noop, depends_on=["missing"]), DependencyError, "missing"),
     ("nan argument", lambda: Job(function=noop, args=(math.nan,)), TypeError, "args"),
     ("schedule that never fires", lambda: Job(function=noop, cron="0 0 30 2 *"), InvalidJob, "Job.cron.*does not fire"),
+    # a str Python allows and UTF-8 cannot store: the driver's bare UnicodeEncodeError named no field
+    ("lone surrogate in an argument", lambda: Job(function=noop, args=("a\ud800",)), TypeError, "args.*surrogate"),
+    ("lone surrogate in metadata", lambda: Job(function=noop, metadata={"k": "\udc00"}), TypeError,
+     "metadata.*surrogate"),
 ]
 
 
@@ -232,3 +236,10 @@ def test_progress_details_over_the_payload_limit_fail_at_the_call(make_manager: 
     result = manager.wait(manager.enqueue(Job(function_name="reports")), timeout=10)
     assert result.result == "done" and result.progress_details == {"rows": 3}
     assert len(seen) == 1 and "progress details" in seen[0] and "payload limit" in seen[0]
+
+
+@pytest.mark.parametrize("field", ["name", "owner", "unique_key", "tags", "function_name"])
+def test_a_lone_surrogate_in_a_text_field_is_refused_naming_it(field: str) -> None:
+    value: Any = {"t\ud800"} if field == "tags" else "a\ud800b"
+    with pytest.raises(TypeError, match=f"Job.{field}: holds a lone surrogate"):
+        Job(function=noop, **{field: value})

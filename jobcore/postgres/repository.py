@@ -309,8 +309,8 @@ class PostgresRepository(SettlesThroughApply, JobRepository):
     def register_worker(self, worker_id: str, host: str, pid: int, now: float) -> None:
         self._db.run(self.sql.REGISTER_WORKER, (worker_id, host, pid, now, now))
 
-    def beat_worker(self, worker_id: str, running: Collection[str], now: float) -> None:
-        self._db.run(self.sql.BEAT_WORKER, (now, sorted(running), worker_id))
+    def beat_worker(self, worker_id: str, running: Collection[str], now: float) -> bool:
+        return self._db.run(self.sql.BEAT_WORKER, (now, sorted(running), worker_id))[0] == 1
 
     def unregister_worker(self, worker_id: str) -> None:
         self._db.run(self.sql.UNREGISTER_WORKER, (worker_id,))

@@ -284,8 +284,12 @@ class JobRepository(abc.ABC):
         """Record a started manager in the worker registry (replacing a same-id entry)."""
 
     @abc.abstractmethod
-    def beat_worker(self, worker_id: str, running: Collection[str], now: float) -> None:
-        """Refresh a registered worker's heartbeat time and the ids it is running."""
+    def beat_worker(self, worker_id: str, running: Collection[str], now: float) -> Optional[bool]:
+        """Refresh a registered worker's heartbeat time and the ids it is running.
+
+        May return False when no such worker is registered (another worker removed its
+        entry while its heartbeats failed, in an outage): the manager registers again.
+        None (or True) says nothing is known to be wrong."""
 
     @abc.abstractmethod
     def unregister_worker(self, worker_id: str) -> None:

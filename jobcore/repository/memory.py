@@ -365,11 +365,12 @@ class MemoryRepository(MemoryAdding, JobRepository):
         with self._lock:
             self._workers[worker_id] = WorkerInfo(worker_id, host, pid, now, now)
 
-    def beat_worker(self, worker_id: str, running: Collection[str], now: float) -> None:
+    def beat_worker(self, worker_id: str, running: Collection[str], now: float) -> bool:
         with self._lock:
             info = self._workers.get(worker_id)
             if info is not None:
                 self._workers[worker_id] = dataclasses.replace(info, heartbeat_at=now, running=tuple(running))
+            return info is not None
 
     def unregister_worker(self, worker_id: str) -> None:
         with self._lock:

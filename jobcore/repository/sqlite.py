@@ -287,9 +287,9 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
         with self._write() as conn:
             conn.execute(sql.REGISTER_WORKER, (worker_id, host, pid, now, now))
 
-    def beat_worker(self, worker_id: str, running: Collection[str], now: float) -> None:
+    def beat_worker(self, worker_id: str, running: Collection[str], now: float) -> bool:
         with self._write() as conn:
-            conn.execute(sql.BEAT_WORKER, (now, json.dumps(sorted(running)), worker_id))
+            return conn.execute(sql.BEAT_WORKER, (now, json.dumps(sorted(running)), worker_id)).rowcount == 1
 
     def unregister_worker(self, worker_id: str) -> None:
         with self._write() as conn:

@@ -22,8 +22,9 @@ class _WorkersContract:
                 tuple(first.running)) == ("w1", "host-a", 101, NOW, NOW, ())
         assert second.worker_id == "w2"
         # when w1 beats with its running jobs, and an unknown worker beats
-        repository.beat_worker("w1", ["job-b", "job-a"], NOW + 5)
-        repository.beat_worker("ghost", ["job-c"], NOW + 5)
+        assert repository.beat_worker("w1", ["job-b", "job-a"], NOW + 5) is not False
+        # (False: a worker whose entry is gone registers again; None: the backend cannot tell)
+        assert repository.beat_worker("ghost", ["job-c"], NOW + 5) in (False, None)
         # then w1 is refreshed and the ghost is not registered
         beaten = repository.list_workers()[0]
         assert (beaten.heartbeat_at, sorted(beaten.running), beaten.started_at) == (
