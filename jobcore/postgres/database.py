@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 from typing import Any, Callable, Optional, TypeVar
 
 import psycopg
@@ -62,8 +63,8 @@ def schema_from_dsn(dsn: str) -> Optional[str]:
     try:
         options = str(conninfo.conninfo_to_dict(dsn).get("options") or "")
     except psycopg.ProgrammingError as exc:
-        # psycopg quotes the string, password and all: never show that
-        problem = str(exc).strip().replace(dsn, "<the DSN>")
+        # psycopg quotes the string or a piece of it, password and all: never show those
+        problem = re.sub(r'"[^"]*"', '"..."', str(exc).strip())
         raise ValueError(f"dsn is not a valid PostgreSQL connection string: {problem}") from None
     for word in options.replace("-c ", "-c").split():
         setting = word[2:] if word.startswith(("-c", "--")) else ""
