@@ -10,14 +10,19 @@ ready or the earliest timer changed, and sleeps on its own condition until then.
 from __future__ import annotations
 
 import heapq
+import itertools
 import threading
 from typing import Callable, Iterable, Optional
 
 from .clock import Clock
 from .repository.base import QueueEntry
 
-# A heap item: (ordering key, seq, entry); the key is -priority (ready) or a due time.
-_Item = tuple[float, int, QueueEntry]
+# A heap item: (ordering key, seq, tie, entry); the key is -priority (ready) or a due time.
+# `tie`, unique per item, settles what key and seq leave equal (one job queued again after
+# its old item was discarded), so heapq never compares two entries (a float run_at with
+# None raised TypeError, in a worker thread too).
+_Item = tuple[float, int, int, QueueEntry]
+_ties = itertools.count()
 
 
 class ReadyQueue:
@@ -54,12 +59,12 @@ class ReadyQueue:
             self._high_seq = max(self._high_seq, entry.seq)
             if entry.is_schedule:
                 due = self._clock.time() if due_at is None else due_at
-                heap, item = self._schedules, (due, entry.seq, entry)
+                heap, item = self._schedules, (due, entry.seq, next(_ties), entry)
                 tell = not heap or due < heap[0][0]
             elif due_at is None:
-                heap, item, tell = self._ready, (-entry.priority, entry.seq, entry), True
+                heap, item, tell = self._ready, (-entry.priority, entry.seq, next(_ties), entry), True
             else:
-                heap, item = self._timers, (due_at, entry.seq, entry)
+                heap, item = self._timers, (due_at, entry.seq, next(_ties), entry)
                 tell = not heap or due_at < heap[0][0]
             self._members[entry.job_id] = item
             heapq.heappush(heap, item)
@@ -74,14 +79,14 @@ class ReadyQueue:
             members, ready, high = self._members, self._ready, self._high_seq
             for entry in entries:
                 if entry.job_id not in members:
-                    members[entry.job_id] = item = (-entry.priority, entry.seq, entry)
+                    members[entry.job_id] = item = (-entry.priority, entry.seq, next(_ties), entry)
                     heapq.heappush(ready, item)
                     high = max(high, entry.seq)
             self._high_seq = high
         self.listener()
 
     def _live(self, item: _Item) -> bool:
-        return self._members.get(item[2].job_id) is item
+        return self._members.get(item[3].job_id) is item
 
     def _prune(self, heap: list[_Item]) -> None:
         """Pop discarded items off the top of `heap`, so its head is live (or it is empty)."""
@@ -98,8 +103,8 @@ class ReadyQueue:
         while self._timers and self._timers[0][0] <= now:
             item = heapq.heappop(self._timers)
             if self._live(item):
-                entry = item[2]
-                self._members[entry.job_id] = ready = (-entry.priority, entry.seq, entry)
+                entry = item[3]
+                self._members[entry.job_id] = ready = (-entry.priority, entry.seq, next(_ties), entry)
                 heapq.heappush(self._ready, ready)
 
     def has_ready(self) -> bool:
@@ -118,8 +123,8 @@ class ReadyQueue:
             while self._ready and len(taken) < limit:
                 item = heapq.heappop(self._ready)
                 if self._live(item):
-                    del self._members[item[2].job_id]
-                    taken.append(item[2])
+                    del self._members[item[3].job_id]
+                    taken.append(item[3])
             low = len(self._members) < self._low_water
             if low:
                 self._low_water = 0
@@ -165,8 +170,8 @@ class ReadyQueue:
             for item in self._ready:
                 if not self._live(item):
                     continue
-                if item[2].run_at is None and item[1] <= up_to_seq:
-                    del self._members[item[2].job_id]
+                if item[3].run_at is None and item[1] <= up_to_seq:
+                    del self._members[item[3].job_id]
                     dropped += 1
                 else:
                     kept.append(item)
@@ -184,8 +189,8 @@ class ReadyQueue:
             while self._schedules and self._schedules[0][0] <= now:
                 item = heapq.heappop(self._schedules)
                 if self._live(item):
-                    del self._members[item[2].job_id]
-                    due.append(item[2])
+                    del self._members[item[3].job_id]
+                    due.append(item[3])
             return due
 
     def next_due(self) -> Optional[float]:

@@ -277,6 +277,9 @@ class WorkerPool:
             if attempt.deadline is not None:
                 self.on_deadline()
             outcome = self._attempts.run(record, context)
+            if attempt.deadline is not None:
+                with state.lock:  # returned in time: what the engine does next is not its time
+                    attempt.deadline = None
             self._progress.take(context)  # its last report stored before its outcome
             finished = Finished(record, context, outcome, self._clock.monotonic() - attempt.started)
             if not slot.abandoned:

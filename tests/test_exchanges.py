@@ -399,3 +399,59 @@ def test_a_failure_acting_on_an_outcome_does_not_stall_the_manager(repository: J
     results = [manager.wait(job_id, timeout=10) for job_id in ids]
     assert failed and all(r.status == JobStatus.COMPLETED for r in results)
     assert [r.result for r in results] == list(range(50))
+
+
+def test_a_job_queued_again_beside_its_discarded_entry_is_ordered_without_comparing_entries() -> None:
+    # given a job whose due timer came due (its entry has a run_at), discarded and queued
+    # again ready (the same priority and seq, no run_at), as retry() of it does
+    from jobcore.clock import FakeClock
+    from jobcore.queue import ReadyQueue
+    from jobcore.repository.base import QueueEntry
+    clock = FakeClock(1000.0)
+    queue = ReadyQueue(clock)
+    queue.push(QueueEntry("job", 5, 7, 990.0, "task"), due_at=990.0)
+    assert queue.has_ready()  # released from the timers into the ready heap
+    queue.discard(["job"])
+    # when it is queued again, beside its old item: heapq compared the two entries
+    # (TypeError: None < float), in retry() and then in a worker thread
+    queue.push(QueueEntry("job", 5, 7, None, "task"))
+    queue.push(QueueEntry("other", 5, 7, None, "task"))
+    # then it comes out once, live, with the other
+    assert sorted(entry.job_id for entry in queue.pop_ready(10)) == ["job", "other"]
+    assert queue.pop_ready(10) == []
+
+
+def test_a_job_that_returns_in_time_is_not_timed_out_while_the_engine_finishes_its_attempt(
+        tmp_path: Any) -> None:
+    # given a job with a 0.2 s timeout whose last progress report waits to be written when
+    # it returns, and a write lock another connection holds for 0.6 s meanwhile
+    import sqlite3
+    path = str(tmp_path / "jobs.db")
+    manager = JobManager(SQLiteRepository(path), max_workers=1).start()
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_lock() -> None:
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        locked.set()
+        release.wait(0.6)
+        conn.execute("COMMIT")
+        conn.close()
+
+    def reports(progress_callback: Any) -> str:
+        progress_callback(0.5, "first")   # written at once
+        threading.Thread(target=hold_lock).start()
+        assert locked.wait(10)
+        progress_callback(0.9, "second")  # within the interval: written when the attempt ends
+        return "done"
+
+    try:
+        manager.register_function("reports", reports)
+        job_id = manager.enqueue(Job(function_name="reports", timeout=0.2, max_retries=0))
+        result = manager.wait(job_id, timeout=30)
+        # then it completed: its function returned within 0.2 s (the write of its last
+        # report waited out the lock after that: it was failed as JobTimeout, result lost)
+        assert (result.status, result.result, result.error_type) == (JobStatus.COMPLETED, "done", None)
+    finally:
+        release.set()
+        manager.close()
