@@ -10,6 +10,7 @@ business (and `Pacing`'s); no thread starts here.
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Optional
 
@@ -20,6 +21,8 @@ from .queue import ReadyQueue
 from .recorder import Finished, Recorder
 from .registry import FunctionRegistry
 from .repository.base import JobRecord, JobRepository
+
+logger = logging.getLogger("jobcore.workers")
 
 
 class Exchanges:
@@ -59,9 +62,13 @@ class Exchanges:
         plain pending ids are skipped: due timers and retries are claimed by id, and the
         rest of the room by number, the store's best ready jobs."""
         known = self._queue.high_seq
-        if from_store:
-            self._queue.drop_stale(known)
-        entries = self._queue.pop_ready(room) if room > 0 else []
+        try:
+            if from_store:
+                self._queue.drop_stale(known)
+            entries = self._queue.pop_ready(room) if room > 0 else []
+        except Exception:  # a fault here must not end the thread: it holds the pool's one exchange
+            logger.exception("reading the ready queue failed; this exchange claims nothing")
+            entries = []
         ids = [e.job_id for e in entries]
         wanted = room if from_store else len(ids)
         claimed = self._recorder.exchange(finished, ids, self._registry.names, up_to=wanted,

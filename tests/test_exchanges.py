@@ -455,3 +455,29 @@ def test_a_job_that_returns_in_time_is_not_timed_out_while_the_engine_finishes_i
     finally:
         release.set()
         manager.close()
+
+
+def test_a_fault_reading_the_ready_queue_does_not_wedge_the_pool() -> None:
+    # given a manager whose ready queue fails once when an exchange reads it (as a heap
+    # comparing entries once did): the thread making the exchange died holding the pool's
+    # one exchange, so no job ran again and stop() hung
+    manager = JobManager(MemoryRepository(), max_workers=2)
+    manager.register_function("echo", lambda n: n)
+    real_pop, failed = manager._queue.pop_ready, threading.Event()
+
+    def pop_once_failing(limit: int) -> Any:
+        if not failed.is_set():
+            failed.set()
+            raise RuntimeError("a fault in the queue")
+        return real_pop(limit)
+
+    manager._queue.pop_ready = pop_once_failing  # type: ignore[method-assign]
+    ids = [manager.enqueue(Job(function_name="echo", args=(n,))) for n in range(20)]
+    manager.start()
+    try:
+        # then the jobs still run, and stop returns
+        assert [manager.wait(job_id, timeout=10).result for job_id in ids] == list(range(20))
+        assert failed.is_set()
+    finally:
+        manager.stop(timeout=10)
+        manager.close()
