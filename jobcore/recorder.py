@@ -27,7 +27,7 @@ from .registry import FunctionRegistry, LocalJobs
 from .repository.base import Cascade, JobRecord, JobRepository, QueueEntry, Settlement
 from .retry import Classifier
 from .scheduler import ScheduleFirer
-from .settle import EVENTS, completed, decide, event_details
+from .settle import EVENTS, completed, decide, describe, event_details
 
 logger = logging.getLogger("jobcore.workers")
 
@@ -167,7 +167,7 @@ class Recorder:
         the claimed records, best first, or None if the repository failed (nothing was
         recorded; retry later). `claim_seqs`: the seqs of `claim_ids`, if known."""
         now = self._clock.time()
-        settlements = [f.settlement or self._settlement(f, now) for f in finished]
+        settlements = [f.settlement or self._settled(f, now) for f in finished]
         try:
             # Top-ups only help where other processes take jobs this one knows of.
             wanted = frozenset(top_up) if top_up is not None and self._repo.persistent else None
@@ -197,7 +197,7 @@ class Recorder:
         (`insert_and_apply`), claimed if `claim_new`. Returns the claimed records, best
         first. Raises what the repository raised: nothing was stored, recorded or
         claimed then (the caller decides what to tell; it may be the new job's fault)."""
-        settlements = [f.settlement or self._settlement(f, now) for f in finished]
+        settlements = [f.settlement or self._settled(f, now) for f in finished]
         cascades, claimed = self._repo.insert_and_apply(record, settlements, claim_ids, self._worker_id, now,
                                                         now + self._lease_timeout, claim_new=claim_new,
                                                         **_seqs(claim_seqs, self._seqs_to_insert))
@@ -230,6 +230,17 @@ class Recorder:
         except Exception:  # never let bookkeeping kill a worker thread
             logger.exception("could not decide the outcome of job %s here", finished.record.id)
             return None
+
+    def _settled(self, finished: Finished, now: float) -> Settlement:
+        """`_settlement`, or if even that fails (a bug of the engine's), a final failure
+        saying so: the thread recording it must go on, and the job must not stay RUNNING."""
+        try:
+            return self._settlement(finished, now)
+        except Exception as exc:
+            logger.exception("could not decide the outcome of job %s; it is failed", finished.record.id)
+            record = finished.record
+            return Settlement("fail", record.id, record.attempts, error=f"its outcome could not be recorded: "
+                              f"{describe(exc)}", error_type=type(exc).__name__, seq=record.seq)
 
     def _settlement(self, finished: Finished, now: float) -> Settlement:
         record, outcome = finished.record, finished.outcome

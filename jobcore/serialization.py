@@ -53,6 +53,8 @@ def encode(value: Any, *, field: str, max_bytes: int | None = None) -> str:
         text = _to_json(value)
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidJobType(field, f"must be JSON-serialisable: {exc}") from None
+    except Exception as exc:  # a container whose own methods raise while it is encoded
+        raise InvalidJobType(field, f"must be JSON-serialisable: encoding it raised {type(exc).__name__}") from None
     if not text.isascii():  # (isascii: a flag read, for most payloads all there is to check)
         check_text(field, text)
     if max_bytes is not None and len(text) > max_bytes:

@@ -32,7 +32,7 @@ def decide(record: JobRecord, outcome: Outcome, *, cancel_requested: bool, class
                           error_type="JobCancelled", seq=record.seq)
     exc = outcome.error
     assert exc is not None
-    error = str(exc) or repr(exc)
+    error = describe(exc)
     error_type = type(exc).__name__
     try:
         transient = should_retry(exc, classifier)
@@ -52,6 +52,18 @@ def decide(record: JobRecord, outcome: Outcome, *, cancel_requested: bool, class
     why = "no retries left" if transient else "permanent error"
     return Settlement("fail", record.id, attempt, error=error, error_type=error_type,
                       traceback=outcome.traceback, note=f"{failed}; {why}", seq=record.seq)
+
+
+def describe(exc: BaseException) -> str:
+    """`str(exc)`, or its repr if empty; a job's exception whose `__str__` raises (its own
+    bug) is described by its type rather than ending the thread recording it."""
+    try:
+        return str(exc) or repr(exc)
+    except Exception:
+        try:
+            return repr(exc)
+        except Exception:
+            return f"<{type(exc).__name__} that cannot be shown>"
 
 
 def completed(record: JobRecord, value: Any, ran_for: float, encoded_result: Optional[str] = None) -> Settlement:

@@ -176,6 +176,41 @@ def test_a_result_no_database_can_store_fails_its_job_alone(make_manager: Any, d
             for n in range(3)] == [0, 1, 2]
 
 
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("__str__ is broken")
+
+
+class _BrokenDict(dict):  # type: ignore[type-arg]
+    def items(self) -> Any:
+        raise RuntimeError("items() is broken")
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "memory"])
+def test_an_outcome_the_engine_cannot_describe_fails_its_job_and_the_pool_goes_on(
+        make_manager: Any, db_path: str, backend: str) -> None:
+    # given jobs raising an exception whose __str__ raises, and returning a dict whose
+    # items() raises: deciding their outcome raised in the thread recording it, which
+    # died (the dispatcher or a worker), leaving the job RUNNING and the queue stopped
+    from jobcore import MemoryRepository
+
+    def unprintable() -> None:
+        raise _Unprintable()
+
+    manager = make_manager(db_path if backend == "sqlite" else MemoryRepository()).start()
+    manager.register_function("unprintable", unprintable)
+    manager.register_function("broken", lambda: _BrokenDict(a=1))
+    manager.register_function("ok", lambda n: n)
+    bad = manager.wait(manager.enqueue(Job(function_name="unprintable", max_retries=0)), timeout=WAIT)
+    assert (bad.status, bad.error_type) == (JobStatus.FAILED, "_Unprintable")
+    if backend == "sqlite":  # the memory store keeps results as the objects returned
+        broken = manager.wait(manager.enqueue(Job(function_name="broken", max_retries=0)), timeout=WAIT)
+        assert (broken.status, broken.error_type) == (JobStatus.FAILED, "InvalidJobType")
+    # then the pool goes on
+    assert [manager.wait(manager.enqueue(Job(function_name="ok", args=(n,))), timeout=WAIT).result
+            for n in range(4)] == [0, 1, 2, 3]
+
+
 def test_bulk_retry_of_the_dead_letter_queue(make_manager: Any, db_path: str) -> None:
     manager = make_manager(db_path).start()
     flakies = [Flaky(ValueError("bad"), failures=1) for _ in range(3)]
