@@ -91,8 +91,8 @@ class FakeClock:
 
     def advance(self, delay: float) -> None:
         """Move time forward by `delay` seconds and wake every subscriber."""
-        if delay < 0:
-            raise ValueError(f"cannot move a clock backwards by {delay!r}")
+        if not delay >= 0:  # NaN too
+            raise ValueError(f"cannot move a clock backwards (or by NaN): {delay!r}")
         with self._lock:
             self._now += delay
             listeners = list(self._listeners)

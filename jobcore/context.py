@@ -62,6 +62,10 @@ class JobContext:
         """Ask the job to stop (the engine calls this; jobs call `check_cancelled`)."""
         self._cancel = True
 
+    def runs_on(self, sink: object) -> bool:
+        """True if this attempt reports to `sink` (the engine asks: is it one of mine?)."""
+        return self._sink is sink
+
     def check_cancelled(self) -> None:
         """Raise `JobCancelled` if cancellation was requested, or if the engine gave this
         attempt up after its timeout (its outcome would be discarded anyway)."""

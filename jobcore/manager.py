@@ -18,6 +18,7 @@ import uuid
 from typing import Any, Callable, Collection, Iterable, Optional, Union
 
 from .clock import SYSTEM_CLOCK, Clock, real_sleep
+from .context import current_job
 from .enqueuing import Enqueuer
 from .errors import LONGEST_RETRY_DELAY
 from .forks import on_fork_in_child
@@ -147,7 +148,14 @@ class JobManager:
         return self
 
     def stop(self, wait: bool = True, timeout: Optional[float] = None) -> None:
-        """Stop taking jobs; with `wait`, let running jobs finish (up to `timeout` s)."""
+        """Stop taking jobs; with `wait`, let running jobs finish (up to `timeout` s).
+
+        Raises RuntimeError when called from inside one of this manager's jobs (it would
+        wait for that job, its own caller): stop it from another thread."""
+        job = current_job()
+        if job is not None and job.runs_on(self._pool):
+            raise RuntimeError("stop() called from inside one of this manager's jobs would wait for that"
+                               " job itself; call it from another thread")
         with self._lifecycle_lock:
             if not self._running:
                 return

@@ -248,7 +248,7 @@ def _send(channel: Any, event: dict[str, Any]) -> None:
     except (OSError, JobcoreError) as exc:   # delivery trouble, not a bug: no traceback
         logger.warning("notification channel %r could not deliver %s for job %s: %s: %s", channel,
                        event.get("event"), event.get("job_id"), type(exc).__name__, exc)
-    except Exception:
+    except BaseException:  # SystemExit too: it ended the delivery thread, events lost unlogged
         logger.exception("notification channel %r failed on %s for job %s", channel,
                          event.get("event"), event.get("job_id"))
 

@@ -423,8 +423,9 @@ def test_a_job_queued_again_beside_its_discarded_entry_is_ordered_without_compar
 
 def test_a_job_that_returns_in_time_is_not_timed_out_while_the_engine_finishes_its_attempt(
         tmp_path: Any) -> None:
-    # given a job with a 0.2 s timeout whose last progress report waits to be written when
-    # it returns, and a write lock another connection holds for 0.6 s meanwhile
+    # given a job with a 0.5 s timeout whose last progress report waits to be written when
+    # it returns, and a write lock another connection holds for 1.5 s meanwhile (the
+    # deadline comes before the manager's first heartbeat, which would wait on it too)
     import sqlite3
     path = str(tmp_path / "jobs.db")
     manager = JobManager(SQLiteRepository(path), max_workers=1).start()
@@ -434,7 +435,7 @@ def test_a_job_that_returns_in_time_is_not_timed_out_while_the_engine_finishes_i
         conn = sqlite3.connect(path, isolation_level=None)
         conn.execute("BEGIN IMMEDIATE")
         locked.set()
-        release.wait(0.6)
+        release.wait(1.5)
         conn.execute("COMMIT")
         conn.close()
 
@@ -447,9 +448,9 @@ def test_a_job_that_returns_in_time_is_not_timed_out_while_the_engine_finishes_i
 
     try:
         manager.register_function("reports", reports)
-        job_id = manager.enqueue(Job(function_name="reports", timeout=0.2, max_retries=0))
+        job_id = manager.enqueue(Job(function_name="reports", timeout=0.5, max_retries=0))
         result = manager.wait(job_id, timeout=30)
-        # then it completed: its function returned within 0.2 s (the write of its last
+        # then it completed: its function returned within 0.5 s (the write of its last
         # report waited out the lock after that: it was failed as JobTimeout, result lost)
         assert (result.status, result.result, result.error_type) == (JobStatus.COMPLETED, "done", None)
     finally:

@@ -158,7 +158,8 @@ def test_a_scheduled_job_cancelled_then_retried_runs_at_once(make_manager: Any, 
     assert manager.cancel(job_id) is True
     # when it is retried: PENDING again, so ready now
     assert manager.retry(job_id) is True
-    assert manager.poll(job_id).status is JobStatus.PENDING
+    # (not SCHEDULED: ready now; a worker may have taken it already)
+    assert manager.poll(job_id).status in (JobStatus.PENDING, JobStatus.RUNNING, JobStatus.COMPLETED)
     # then it runs at once (its old timer, still queued, kept the new entry out for the hour)
     assert manager.wait(job_id, timeout=WAIT).result == "ran"
 
@@ -344,3 +345,17 @@ def test_raising_channel_beside_a_working_webhook(make_manager: Any, db_path: st
     manager.stop()
     dead = [e for e in _Hook.received if e["event"] == "job.dead_lettered"]
     assert [(e["job_id"], e["name"], e["error_type"]) for e in dead] == [(job_id, "doomed", "ValueError")]
+
+
+def test_stop_from_inside_one_of_its_jobs_is_refused_and_the_manager_runs_on(make_manager: Any,
+                                                                            db_path: str) -> None:
+    # it failed the job with "cannot join current thread" and left the manager half
+    # stopped (running False, its housekeeper beating; a later start ran two)
+    manager = make_manager(db_path).start()
+    manager.register_function("stopper", lambda: manager.stop())
+    result = manager.wait(manager.enqueue(Job(function_name="stopper", max_retries=0)), timeout=WAIT)
+    assert (result.status, result.error_type) == (JobStatus.FAILED, "RuntimeError")
+    assert "from inside one of this manager's jobs" in (result.error or "")
+    assert manager.running
+    manager.register_function("ok", lambda: "still running")
+    assert manager.wait(manager.enqueue(Job(function_name="ok")), timeout=WAIT).result == "still running"

@@ -66,3 +66,12 @@ def test_run_pending_refuses_a_started_threaded_manager(make_manager: Any, db_pa
     manager = make_manager(db_path).start()
     with pytest.raises(RuntimeError, match="not started"):
         manager.run_pending()
+
+
+def test_a_fake_clock_refuses_a_nan_advance() -> None:
+    # accepted, it made every later time NaN (an enqueue on SQLite then failed as a taken id)
+    from jobcore import FakeClock
+    clock = FakeClock(start=1000.0)
+    with pytest.raises(ValueError, match="NaN"):
+        clock.advance(float("nan"))
+    assert clock.time() == 1000.0
