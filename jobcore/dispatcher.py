@@ -11,6 +11,7 @@ threads are `workers`'.
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Optional
 
@@ -21,6 +22,8 @@ from .pool_state import Exchange, PoolState
 from .queue import ReadyQueue
 from .recorder import Recorder
 
+
+logger = logging.getLogger("jobcore.workers")
 
 class Dispatcher:
     """The dispatcher thread of one pool."""
@@ -70,8 +73,14 @@ class Dispatcher:
                 threading.Event().wait(backoff)
             if self._exchanges.run(*exchange, by_worker=False):
                 backoff = 0.0
-            else:
-                backoff = min(max(backoff * 2, 0.05), 2.0)
+                continue
+            with state.lock:
+                if state.closed:  # it failed on a closed repository: give up, for good
+                    logger.warning("manager closed with %d outcomes not recorded; their jobs are taken"
+                                   " back when their leases expire", len(state.finished))
+                    state.finished.clear()
+                    return
+            backoff = min(max(backoff * 2, 0.05), 2.0)
 
     def _exchange_due_locked(self) -> Optional[Exchange]:
         """The exchange to make now, if any (see module docstring). Called with the lock

@@ -71,6 +71,9 @@ class PoolState:
         self.awaiting_exchange = 0  # enqueuing threads waiting on exchange_ended
         self.claiming = 0  # how many jobs that exchange may claim: held, for the room count
         self.failing = False  # the last exchange failed: only the dispatcher (backing off) tries
+        # The manager was closed (its repository with it): a failed exchange is not tried
+        # again, its outcomes left to lease recovery.
+        self.closed = False
         # Other processes took ids this manager queued, and the store still had ready jobs:
         # claim the best of those by number, not by id, until a claim comes back short.
         self.from_store = False

@@ -301,7 +301,11 @@ class WorkerPool:
         return attempt
 
     def close(self) -> None:
-        """End idle child processes (after `stop`)."""
+        """End idle child processes (after `stop`); the dispatcher, if a stop that did not
+        wait left it recording, gives up once it cannot (the repository closes next)."""
+        with self._state.lock:
+            self._state.closed = True
+            self._state.dispatch_needed.notify()
         self._attempts.close()
 
     # -- ContextSink: reports from running jobs ---------------------------------------------

@@ -585,3 +585,29 @@ def test_a_script_that_ends_while_a_default_manager_job_runs_stops_it_cleanly(tm
         assert repo.list_workers() == []
     finally:
         repo.close()
+
+
+def test_closing_after_a_stop_that_did_not_wait_ends_every_thread(db_path: str) -> None:
+    # given a job running when the manager is stopped without waiting, then closed: its
+    # outcome cannot be recorded any more (the repository is closed), and the dispatcher
+    # tried again for ever, logging each time
+    manager = JobManager(db_path, max_workers=1)
+    started, release = threading.Event(), threading.Event()
+
+    def blocking() -> str:
+        started.set()
+        release.wait(WAIT)
+        return "late"
+
+    manager.register_function("blocking", blocking)
+    manager.start()
+    manager.enqueue(Job(function_name="blocking"))
+    assert started.wait(WAIT)
+    manager.stop(wait=False)
+    manager.close()
+    dispatcher = manager._pool._dispatcher.thread
+    release.set()
+    # then the dispatcher gives up (the job is taken back when its lease expires)
+    assert dispatcher is not None
+    dispatcher.join(WAIT)
+    assert not dispatcher.is_alive()
