@@ -373,7 +373,8 @@ class JobManager:
         if limit is not None:
             _count("limit", limit)
         records = self.repository.list(status=JobStatus.FAILED, limit=limit)
-        return [(job_of(record, self._registry.get(record.function_name)), result_of(record)) for record in records]
+        return [(job_of(record, self._local.function(record.id) or self._registry.get(record.function_name)),
+                 result_of(record)) for record in records]
 
     def get_stats(self) -> dict[str, int]:
         """Job counts: `total` and one lower-case key per status.
@@ -417,7 +418,7 @@ class JobManager:
             return True
         if outcome is CancelOutcome.CANCELLED:
             for cancelled in (job_id, *cascade.cancelled):
-                self._local.forget(cancelled)
+                self._local.ended(cancelled)
                 self._settlements.mark([(cancelled, None)])
             return True
         return False

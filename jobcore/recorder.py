@@ -269,12 +269,14 @@ class Recorder:
             return
         if settlement.kind == "retry":  # a timer: its run_at keeps it from drop_stale
             self._queue.push(record.queue_entry()._replace(run_at=settlement.retry_at), settlement.retry_at)
-        else:
+        elif settlement.kind == "complete":
             self._local.forget(record.id)
+        else:  # failed or cancelled: a retry runs it again
+            self._local.ended(record.id)
         if cascade.released:  # most release nothing
             self.enqueue_entries(cascade.released)
         for job_id in cascade.cancelled:
-            self._local.forget(job_id)
+            self._local.ended(job_id)
             settled.append((job_id, None))
         settled.append((record.id, Completion.of(finished, settlement, now, self._repo.persistent)))
         details = {"result": settlement.result} if settlement.kind == "complete" else event_details(settlement)

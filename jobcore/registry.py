@@ -6,6 +6,7 @@ Persisted jobs name their function; only registered names run. Nothing here runs
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from typing import Any, Callable, Optional
 
 from .errors import InvalidJobType
@@ -53,13 +54,21 @@ class LocalJobs:
     """What some jobs carry that cannot be stored: the callable given as `Job.function`
     when its name is bound to another callable, and a per-job `retry_on` classifier.
 
-    Kept only in this process, keyed by job id, and forgotten when the job finishes."""
+    Kept only in this process, keyed by job id: forgotten when the job completes; when it
+    fails or is cancelled, kept among the latest ENDED_KEPT such jobs, so that a `retry` of
+    one runs its own callable, not whatever else its name is bound to."""
+
+    ENDED_KEPT = 10_000
 
     def __init__(self) -> None:
-        # _lock guards _functions and _classifiers.
+        # _lock guards _functions, _classifiers and _ended (reads take no lock: one dict
+        # lookup each, whole under the GIL).
         self._lock = threading.Lock()
         self._functions: dict[str, Callable[..., Any]] = {}
         self._classifiers: dict[str, Callable[[BaseException], bool]] = {}
+        # Jobs that failed or were cancelled, oldest first: (function, classifier).
+        self._ended: OrderedDict[str, tuple[Optional[Callable[..., Any]],
+                                            Optional[Callable[[BaseException], bool]]]] = OrderedDict()
 
     def remember(self, job_id: str, function: Optional[Callable[..., Any]],
                  retry_on: Optional[Callable[[BaseException], bool]]) -> None:
@@ -72,14 +81,32 @@ class LocalJobs:
                 self._classifiers[job_id] = retry_on
 
     def function(self, job_id: str) -> Optional[Callable[..., Any]]:
-        return self._functions.get(job_id)
+        found = self._functions.get(job_id)
+        if found is None and self._ended:
+            found = self._ended.get(job_id, (None, None))[0]
+        return found
 
     def retry_on(self, job_id: str) -> Optional[Callable[[BaseException], bool]]:
-        return self._classifiers.get(job_id)
+        found = self._classifiers.get(job_id)
+        if found is None and self._ended:
+            found = self._ended.get(job_id, (None, None))[1]
+        return found
 
     def forget(self, job_id: str) -> None:
-        if job_id not in self._functions and job_id not in self._classifiers:
+        """The job completed (or was never stored): nothing of it is needed again."""
+        if job_id not in self._functions and job_id not in self._classifiers and job_id not in self._ended:
             return  # most jobs carry nothing here; a dict lookup needs no lock
         with self._lock:
             self._functions.pop(job_id, None)
             self._classifiers.pop(job_id, None)
+            self._ended.pop(job_id, None)
+
+    def ended(self, job_id: str) -> None:
+        """The job failed or was cancelled: keep what it carries for a `retry`, a while."""
+        if job_id not in self._functions and job_id not in self._classifiers:
+            return
+        with self._lock:
+            carried = (self._functions.pop(job_id, None), self._classifiers.pop(job_id, None))
+            self._ended[job_id] = carried
+            while len(self._ended) > self.ENDED_KEPT:
+                self._ended.popitem(last=False)

@@ -359,3 +359,36 @@ def test_stop_from_inside_one_of_its_jobs_is_refused_and_the_manager_runs_on(mak
     assert manager.running
     manager.register_function("ok", lambda: "still running")
     assert manager.wait(manager.enqueue(Job(function_name="ok")), timeout=WAIT).result == "still running"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "memory"])
+def test_retry_of_a_job_whose_function_shares_its_name_runs_its_own(make_manager: Any, db_path: str,
+                                                                   backend: str) -> None:
+    # given two jobs of functools.partial objects, both named `functools.partial`: the
+    # first sends an e-mail, the second charges a card and fails
+    import functools
+    from jobcore import MemoryRepository
+    calls: list[str] = []
+
+    def send(to: str) -> str:
+        calls.append("email")
+        return f"emailed {to}"
+
+    def charge(amount: int) -> str:
+        calls.append("charge")
+        if calls.count("charge") == 1:
+            raise ValueError("card declined")
+        return f"charged {amount}"
+
+    manager = make_manager(db_path if backend == "sqlite" else MemoryRepository()).start()
+    emailed = manager.enqueue(Job(function=functools.partial(send, "ann")))
+    assert manager.wait(emailed, timeout=WAIT).result == "emailed ann"
+    charged = manager.enqueue(Job(function=functools.partial(charge, 100), max_retries=0))
+    assert manager.wait(charged, timeout=WAIT).status is JobStatus.FAILED
+    # then the dead-letter queue shows its own callable, and a retry runs it (it ran the
+    # e-mail, the first callable bound to that name, and completed)
+    (dead, _), = manager.get_dead_letter_queue()
+    assert dead.function is not None and dead.function.func is charge  # type: ignore[attr-defined]
+    assert manager.retry(charged) is True
+    assert manager.wait(charged, timeout=WAIT).result == "charged 100"
+    assert calls == ["email", "charge", "charge"]
