@@ -64,23 +64,29 @@ class SQLiteAdding(JobRepository):
         if all(not r.depends_on and r.unique_key is None for r in records):
             return self._insert_plain(conn, records, now)
         given = {record.id: record for record in records}
-        def exists(job_id: str) -> bool:
-            return conn.execute(sql.SELECT_STATUS, (job_id,)).fetchone() is not None
+        stored_rows: dict[str, Any] = {}
 
-        def ended(job_id: str) -> bool:
-            row = conn.execute(sql.SELECT_STATUS, (job_id,)).fetchone()
-            return row is not None and row[0] in ENDED
+        def row_of(job_id: str) -> Any:
+            """(status, name) of a job stored before this batch, or None: read once each."""
+            if job_id not in stored_rows:
+                stored_rows[job_id] = conn.execute(sql.SELECT_STATUS, (job_id,)).fetchone()
+            return stored_rows[job_id]
 
         ids, stored, cancelled_by = plan_batch(
-            records, exists=_Lookup(exists), unfinished_with_key=lambda key: self._unfinished_with_key(conn, key),
-            ended=ended)
+            records, exists=_Lookup(lambda job_id: row_of(job_id) is not None),
+            unfinished_with_key=lambda key: self._unfinished_with_key(conn, key),
+            ended=lambda job_id: row_of(job_id)[0] in ENDED)
         for record in stored:
-            blocked = 0
-            for dep in record.depends_on:
-                row = conn.execute(sql.SELECT_STATUS, (dep,)).fetchone()
-                if row is None or row[0] != JobStatus.COMPLETED.value:  # None: later in this batch
-                    blocked += 1
-            dead = self._doomed_by(conn, cancelled_by.get(record.id), given)
+            # A member of the batch is not complete; a stored job, unless its status says so.
+            blocked = sum(1 for dep in record.depends_on
+                          if dep in given or row_of(dep)[0] != JobStatus.COMPLETED.value)
+            culprit, dead = cancelled_by.get(record.id), None  # a dependency that never completes
+            if culprit is not None:
+                if culprit in given:  # stored cancelled in this batch
+                    ended_as, name = JobStatus.CANCELLED.value, given[culprit].name
+                else:
+                    ended_as, name = row_of(culprit)
+                dead = dependency_error_message(culprit, name, ended_as)
             status = JobStatus.CANCELLED if dead else record.status
             try:
                 cursor = conn.execute(sql.INSERT_JOB, row_params(record, now, status, blocked, dead, self.max_payload_bytes))
@@ -178,17 +184,6 @@ class SQLiteAdding(JobRepository):
         record.status, record.blocked, record.created_at, record.started_at = JobStatus.RUNNING, 0, now, now
         record.attempts, record.worker_id, record.lease_expires_at = 1, worker_id, lease_expires_at
         return record
-
-    @staticmethod
-    def _doomed_by(conn: sqlite3.Connection, culprit: Optional[str], batch: dict[str, JobRecord]) -> Optional[str]:
-        """The error of a job stored cancelled because `culprit`, a dependency, will never
-        complete (a member of its batch stored cancelled, or a stored job); None if None."""
-        if culprit is None:
-            return None
-        if culprit in batch:
-            return dependency_error_message(culprit, batch[culprit].name, JobStatus.CANCELLED.value)
-        status, name = conn.execute(sql.SELECT_STATUS, (culprit,)).fetchone()
-        return dependency_error_message(culprit, name, status)
 
     @staticmethod
     def _unfinished_with_key(conn: sqlite3.Connection, key: str) -> Optional[str]:
