@@ -25,8 +25,11 @@ if TYPE_CHECKING:
 class AttemptRunner:
     """Runs attempts for one worker pool; owns the child processes of isolated jobs."""
 
-    def __init__(self, registry: FunctionRegistry, local: LocalJobs, clock: Clock, children: int) -> None:
+    def __init__(self, registry: FunctionRegistry, local: LocalJobs, clock: Clock, children: int, *,
+                 check_details: bool = False, max_payload_bytes: Optional[int] = None) -> None:
         self._registry = registry
+        self._check_details = check_details
+        self._max_payload_bytes = max_payload_bytes
         self._local = local
         self._clock = clock
         self._children = max(1, children)
@@ -45,7 +48,9 @@ class AttemptRunner:
             return Outcome(error=_NotRegistered(f"no function registered as {record.function_name!r}"))
         if record.isolation == "process":
             return self._runner().run(func, record.args, record.kwargs, context,
-                                      timeout=record.timeout, memory_limit=record.memory_limit)
+                                      timeout=record.timeout, memory_limit=record.memory_limit,
+                                      check_details=self._check_details,
+                                      max_payload_bytes=self._max_payload_bytes)
         return run_attempt(func, record.args, record.kwargs, context)
 
     def _runner(self) -> ProcessRunner:

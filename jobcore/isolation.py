@@ -121,7 +121,8 @@ class ProcessRunner:
     # -- running an attempt ---------------------------------------------------------------------
     def run(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
             context: JobContext, *, timeout: Optional[float] = None,
-            memory_limit: Optional[int] = None) -> Outcome:
+            memory_limit: Optional[int] = None, check_details: bool = False,
+            max_payload_bytes: Optional[int] = None) -> Outcome:
         """Run one attempt of `func(*args, **kwargs)` in a child as the job `context`;
         block until it ends; never raise.
 
@@ -130,15 +131,19 @@ class ProcessRunner:
         `POLL_INTERVAL`) it is `JobCancelled`; a child that dies gives `WorkerProcessDied`.
         An exception from the job comes back as its own class when that can be rebuilt
         here, else as a `RemoteError`; the traceback is the child's. `memory_limit` caps
-        the child's address space in bytes (RLIMIT_AS) for this attempt."""
+        the child's address space in bytes (RLIMIT_AS) for this attempt. With
+        `check_details`, progress details must encode as JSON (within `max_payload_bytes`):
+        the job's call raises otherwise, as in a thread job on a persistent store."""
         try:
-            return self._run(func, args, kwargs, context, timeout, memory_limit)
+            return self._run(func, args, kwargs, context, timeout, memory_limit,
+                             (check_details, max_payload_bytes))
         except BaseException as exc:  # the worker thread must survive anything
             logger.exception("isolated attempt of job %s failed in the runner", context.id)
             return Outcome(error=exc, traceback=traceback_module.format_exc())
 
     def _run(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-             context: JobContext, timeout: Optional[float], memory_limit: Optional[int]) -> Outcome:
+             context: JobContext, timeout: Optional[float], memory_limit: Optional[int],
+             details: tuple[bool, Optional[int]]) -> Outcome:
         problem = isolation_problem(func)
         if problem is not None:
             return Outcome(error=NotIsolatable(_describe(func), problem))
@@ -149,7 +154,8 @@ class ProcessRunner:
                 return child
             path = tuple(sys.path)
             request = AttemptRequest(module, qualname, tuple(args), dict(kwargs), context.id, context.name,
-                                     context.attempt, memory_limit, None if path == child.sys_path else path)
+                                     context.attempt, memory_limit, None if path == child.sys_path else path,
+                                     *details)
             try:
                 data = ForkingPickler.dumps(request)
             except Exception as exc:
@@ -307,7 +313,7 @@ class ProcessRunner:
         with self._cond:
             self._terminated += 1
             self._forget_locked(child)
-        end_child(child, self._grace)
+        end_child(child, self._grace, group=True)
 
     def _dead(self, child: Child) -> Optional[int]:
         """Account for a child that died on its own and reap it; returns its exit code."""

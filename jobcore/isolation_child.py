@@ -9,6 +9,9 @@ and it never touches storage. The parent side is `jobcore.isolation`.
 Messages from the child are tuples: `("progress", progress, message, details)`,
 `("log", level, message)`, then exactly one of `("result", value, reusable)` or
 `("error", RemoteFailure, reusable)`; `reusable` is False when the child should be retired.
+Reports made after that answer (by a thread the job left running) are dropped here.
+The child leads a process group of its own, so the processes its jobs start can be
+ended with it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from multiprocessing.connection import Connection, wait as wait_for_ready
 from multiprocessing.reduction import ForkingPickler
 from typing import Any, Callable, Optional
 
+from . import serialization
 from .context import JobContext
 from .execution import call_job
 from .isolation_wire import AttemptRequest, describe_exception, resolve_function
@@ -34,26 +38,57 @@ except ImportError:  # not on Windows
 
 
 class _PipeSink:
-    """Sends a job's progress and log reports to the parent (a `ContextSink`)."""
+    """The child's end of the pipe to the parent, shared by the attempts it runs in turn."""
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
-        # _lock guards writes to _conn: a job's own threads may report concurrently.
-        self._lock = threading.Lock()
+        # lock guards writes to _conn (a job's own threads may report concurrently) and
+        # each `_AttemptSink`'s open flag, so no report follows its attempt's answer.
+        self.lock = threading.Lock()
+
+    def send_bytes(self, data: Any) -> None:
+        with self.lock:
+            self._conn.send_bytes(data)
+
+    def send_bytes_locked(self, data: Any) -> None:
+        """Send `data`; called with `lock` held."""
+        self._conn.send_bytes(data)
+
+
+class _AttemptSink:
+    """One attempt's progress and log reports to the parent (a `ContextSink`).
+
+    Closed when the attempt ends, before its answer is sent: the parent takes every
+    report for the attempt it is running, so a report from a thread the job left behind
+    would otherwise land on the next job this child runs (its progress, its log). Such
+    late reports are dropped. Progress details are checked here as the engine checks
+    them in a thread job, so a bad one raises at the job's own call."""
+
+    def __init__(self, pipe: _PipeSink, request: AttemptRequest) -> None:
+        self._pipe = pipe
+        self._check_details = request.check_details
+        self._max_bytes = request.max_payload_bytes
+        self._open = True  # guarded by pipe.lock
 
     def report_progress(self, context: JobContext, progress: float, message: str,
                         details: dict[str, Any]) -> None:
-        self.send(("progress", progress, message, details))
+        if details and self._check_details:
+            serialization.encode(details, field="progress details", max_bytes=self._max_bytes)
+        self._send(("progress", progress, message, details))
 
     def report_log(self, context: JobContext, level: str, message: str) -> None:
-        self.send(("log", level, message))
+        self._send(("log", level, message))
 
-    def send(self, message: tuple[Any, ...]) -> None:
-        self.send_bytes(ForkingPickler.dumps(message))
+    def _send(self, message: tuple[Any, ...]) -> None:
+        data = ForkingPickler.dumps(message)
+        with self._pipe.lock:
+            if self._open:
+                self._pipe.send_bytes_locked(data)
 
-    def send_bytes(self, data: Any) -> None:
-        with self._lock:
-            self._conn.send_bytes(data)
+    def close(self) -> None:
+        """The attempt is over: later reports are dropped."""
+        with self._pipe.lock:
+            self._open = False
 
 
 class _Termination:
@@ -81,8 +116,12 @@ def serve(conn: Connection, lifeline: Connection) -> None:
     as ended once the engine is gone, and then this process exits, busy or not."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     signal.signal(signal.SIGTERM, _on_sigterm)
+    if hasattr(os, "setpgid"):
+        # A process group of its own, which the processes a job starts join: a timeout
+        # or a cancel ends them with the child (`isolation_process.end_child`).
+        os.setpgid(0, 0)
     _exit_with_engine(lifeline)
-    sink = _PipeSink(conn)
+    pipe = _PipeSink(conn)
     try:
         while True:
             try:
@@ -91,7 +130,7 @@ def serve(conn: Connection, lifeline: Connection) -> None:
                 return  # the parent closed the pipe or died
             if request is None:
                 return
-            reply = _attempt(request, sink)
+            reply = _attempt(request, pipe)
             try:
                 data = ForkingPickler.dumps(reply)
             except Exception as exc:  # the return value does not pickle
@@ -99,7 +138,7 @@ def serve(conn: Connection, lifeline: Connection) -> None:
                                   f" cannot be sent back from the child process: {exc}")
                 data = ForkingPickler.dumps(("error", describe_exception(error, ""), True))
             try:
-                sink.send_bytes(data)
+                pipe.send_bytes(data)
             except OSError:
                 return  # the parent stopped listening: it is ending us
             if not reply[2]:
@@ -122,9 +161,10 @@ def _die_by_sigterm() -> None:
     os._exit(128 + signal.SIGTERM)  # not reached on POSIX
 
 
-def _attempt(request: AttemptRequest, sink: _PipeSink) -> tuple[Any, ...]:
+def _attempt(request: AttemptRequest, pipe: _PipeSink) -> tuple[Any, ...]:
     if request.sys_path is not None:
         sys.path[:] = request.sys_path
+    sink = _AttemptSink(pipe, request)
     context = JobContext(request.job_id, request.name, request.attempt, sink)
     restore = _limit_memory(request.memory_limit, context)
     reusable = True
@@ -138,6 +178,7 @@ def _attempt(request: AttemptRequest, sink: _PipeSink) -> tuple[Any, ...]:
             reusable = False  # allocations half-failed inside libraries: start afresh
         return ("error", describe_exception(exc, traceback_module.format_exc()), reusable)
     finally:
+        sink.close()
         if restore is not None:
             restore()
 

@@ -33,6 +33,8 @@ class AttemptRequest:
     attempt: int
     memory_limit: Optional[int] = None          # bytes of address space (RLIMIT_AS)
     sys_path: Optional[tuple[str, ...]] = None   # the parent's sys.path when it changed
+    check_details: bool = False                  # progress details must encode as JSON
+    max_payload_bytes: Optional[int] = None      # and fit this many bytes
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,11 @@ class WorkerPool:
                                   max_retry_delay=settings.max_retry_delay, retry_on=settings.retry_on,
                                   rng=rng, publish=publish, on_settled=self._settled)
         self._on_settled = on_settled
-        self._attempts = AttemptRunner(registry, local, clock, settings.max_workers)
+        # An isolated job's progress details are checked in its child, as report_progress
+        # checks a thread job's.
+        self._attempts = AttemptRunner(registry, local, clock, settings.max_workers,
+                                       check_details=repository.persistent,
+                                       max_payload_bytes=repository.max_payload_bytes)
         self._state = PoolState(settings.max_workers)
         self._claims = ClaimCheck(repository, worker_id, clock, settings.lease_timeout)
         self._exchanges = Exchanges(self._state, repository, queue, registry, self._recorder,

@@ -29,6 +29,46 @@ def busy_module(tmp_path: Any) -> Iterator[Any]:
 
         def grab(megabytes):
             return len(bytearray(megabytes * 1024 * 1024))
+
+        def _until(path):
+            import os, time
+            deadline = time.monotonic() + 15
+            while not os.path.exists(path):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(path)
+                time.sleep(0.005)
+
+        def leave_reporter(folder):
+            # A thread that outlives the job and reports once the next job has started.
+            import threading
+            from jobcore import current_job
+            context = current_job()
+            def late():
+                _until(folder + "/next-started")
+                context.log("late line of the first job")
+                context.progress(0.99, "late progress of the first job")
+                open(folder + "/reported", "w").close()
+            threading.Thread(target=late).start()
+            return "first"
+
+        def start_and_wait_for_report(folder):
+            open(folder + "/next-started", "w").close()
+            _until(folder + "/reported")
+            return "second"
+
+        def start_a_process_and_hang(pid_file):
+            import subprocess, time
+            process = subprocess.Popen(["sleep", "60"])
+            with open(pid_file + ".tmp", "w") as f:
+                f.write(str(process.pid))
+            import os
+            os.replace(pid_file + ".tmp", pid_file)
+            time.sleep(60)
+
+        def bad_details():
+            from jobcore import current_job
+            current_job().progress(0.5, "half", when=object())
+            return "reached"
     """))
     sys.path.insert(0, str(tmp_path))
     import busyjobs  # noqa: F401
@@ -123,3 +163,58 @@ def test_a_script_ending_while_an_isolated_job_runs_on_the_default_manager_lets_
         repo.close()
     assert record is not None and record.status is JobStatus.COMPLETED, (record, done.stderr)
     assert record.result == "rested" and record.attempts == 1
+
+
+def test_a_report_left_behind_by_one_job_never_reaches_the_next(make_manager: Any, db_path: str, busy_module: Any,
+                                                                 tmp_path: Path) -> None:
+    # One child runs both jobs in turn: a thread the first job left running reports while
+    # the second one runs. The report belonged to the first job's attempt, which was over.
+    folder = str(tmp_path)
+    manager = make_manager(db_path, max_workers=1).start()
+    first = manager.enqueue(Job(function=busy_module.leave_reporter, args=(folder,), isolation="process"))
+    assert manager.wait(first, timeout=WAIT).result == "first"
+    second = manager.enqueue(Job(function=busy_module.start_and_wait_for_report, args=(folder,),
+                                 isolation="process"))
+    result = manager.wait(second, timeout=WAIT)
+    assert result.result == "second"
+    assert (result.progress, result.progress_message) == (1.0, "")
+    assert [line.message for line in manager.get_logs(second)] == []
+
+
+def _gone(pid: int) -> bool:
+    """True once `pid` no longer runs (gone, or a zombie waiting to be reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_timeout_ends_the_processes_the_job_started(make_manager: Any, db_path: str, busy_module: Any,
+                                                       tmp_path: Path) -> None:
+    pid_file = str(tmp_path / "pid")
+    manager = make_manager(db_path, max_workers=1).start()
+    job_id = manager.enqueue(Job(function=busy_module.start_a_process_and_hang, args=(pid_file,),
+                                 isolation="process", timeout=1.0, max_retries=0))
+    result = manager.wait(job_id, timeout=WAIT)
+    assert (result.status, result.error_type) == (JobStatus.FAILED, "JobTimeout")
+    grandchild = int(Path(pid_file).read_text())
+    try:
+        deadline = time.monotonic() + WAIT  # the signal is sent before the timeout is recorded
+        while not _gone(grandchild) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _gone(grandchild), "the process the job started outlived its timeout"
+    finally:
+        if not _gone(grandchild):
+            os.kill(grandchild, 9)
+
+
+@pytest.mark.parametrize("isolation", ["thread", "process"])
+def test_bad_progress_details_raise_in_the_job_either_way(make_manager: Any, db_path: str, busy_module: Any,
+                                                         isolation: str) -> None:
+    manager = make_manager(db_path, max_workers=1).start()
+    job_id = manager.enqueue(Job(function=busy_module.bad_details, isolation=isolation, max_retries=0))
+    result = manager.wait(job_id, timeout=WAIT)
+    assert (result.status, result.error_type) == (JobStatus.FAILED, "InvalidJobType")
+    assert "progress details" in result.error
