@@ -151,7 +151,8 @@ class JobManager:
         """Stop taking jobs; with `wait`, let running jobs finish (up to `timeout` s).
 
         Raises RuntimeError when called from inside one of this manager's jobs (it would
-        wait for that job, its own caller): stop it from another thread."""
+        wait for that job, its own caller): stop it from another thread. Called by a
+        notification channel, it does not wait for the events still being delivered."""
         job = current_job()
         if job is not None and job.runs_on(self._pool):
             raise RuntimeError("stop() called from inside one of this manager's jobs would wait for that"
@@ -164,8 +165,10 @@ class JobManager:
                 return
             self._pool.stop(timeout if wait else 0.0)
             self._housekeeper.stop(timeout if wait else 0.0)
-        # Bounded: a user's callback channel that hangs must not hang stop().
-        self._notifier.flush(timeout=5.0 if wait else 0.5)
+        # Bounded: a user's callback channel that hangs must not hang stop(). Not on a
+        # delivery thread (a channel stopping the manager): it would wait for itself.
+        if not self._notifier.on_delivery_thread():
+            self._notifier.flush(timeout=5.0 if wait else 0.5)
 
     def _forked(self) -> None:
         """In a child forked while this manager ran (its threads stayed in the parent): it
@@ -186,7 +189,13 @@ class JobManager:
         return successor
 
     def close(self) -> None:
-        """Stop, and release the repository, child processes and notification threads."""
+        """Stop, and release the repository, child processes and notification threads.
+
+        Raises RuntimeError, changing nothing, when called by a notification channel: it
+        would wait for its own delivery thread to end. Call `stop()` there instead."""
+        if self._notifier.on_delivery_thread():
+            raise RuntimeError("close() called from a notification channel would wait for itself;"
+                               " call stop() there, and close() from another thread")
         self.stop()
         self._pool.close()
         self._notifier.close()

@@ -11,6 +11,7 @@ seconds.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEAD_LETTERED",
+    "EVENT_NAMES",
     "CallbackNotificationChannel",
     "EmailNotificationChannel",
     "NotificationChannel",
@@ -44,6 +46,8 @@ logger = logging.getLogger("jobcore.notifications")
 
 DEAD_LETTERED = "job.dead_lettered"
 """The event published when a job enters the dead-letter queue (ends FAILED)."""
+EVENT_NAMES = frozenset({"job.completed", "job.retrying", DEAD_LETTERED, "job.cancelled"})
+"""Every event name the engine publishes; a channel's `events` must name some of these."""
 
 _BODY_FIELDS = ("event", "job_id", "name", "function_name", "status", "attempts",
                 "error_type", "error", "timestamp")
@@ -105,7 +109,10 @@ def format_event_text(event: Mapping[str, Any], *,
 
 
 class CallbackNotificationChannel:
-    """Calls `fn(event)` for each event (every event, or only those named in `events`)."""
+    """Calls `fn(event)` for each event (every event, or only those named in `events`).
+
+    A coroutine function (or any `fn` returning an awaitable) is run to its end with
+    `asyncio.run` on the delivery thread."""
 
     def __init__(self, fn: Callable[[dict[str, Any]], Any], *,
                  events: Iterable[str] | None = None) -> None:
@@ -121,7 +128,14 @@ class CallbackNotificationChannel:
     def send(self, event: dict[str, Any]) -> None:
         """Call the function with `event`, unless this channel does not want it."""
         if self.wants(event.get("event", "")):
-            self.fn(event)
+            result = self.fn(event)
+            if inspect.isawaitable(result):
+                import asyncio  # only for channels that need it: it costs start-up time
+                asyncio.run(_awaited(result))
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
 
     def __repr__(self) -> str:
         return f"CallbackNotificationChannel({getattr(self.fn, '__qualname__', self.fn)!r})"
@@ -321,6 +335,10 @@ def _event_names(events: Iterable[str] | None) -> frozenset[str] | None:
     names = frozenset(_text("events", name) for name in _iterable("events", events))
     if not names:
         raise ValueError("events must name at least one event (or be None)")
+    unknown = sorted(names - EVENT_NAMES)
+    if unknown:  # a misspelt name would silently deliver nothing
+        raise ValueError(f"events names no event jobcore publishes: {', '.join(map(repr, unknown))};"
+                         f" the events are {', '.join(sorted(EVENT_NAMES))}")
     return names
 
 

@@ -233,10 +233,13 @@ class NotificationDispatcher:
                 logger.error("delivery thread for %r ended; %d queued events discarded",
                              d.channel, discarded)
 
-    def _refuse_own_thread(self, method: str) -> None:
+    def on_delivery_thread(self) -> bool:
+        """True when called by a channel, on one of the delivery threads."""
         with self._lock:
-            mine = any(d.thread is threading.current_thread() for d in self._running)
-        if mine:
+            return any(d.thread is threading.current_thread() for d in self._running)
+
+    def _refuse_own_thread(self, method: str) -> None:
+        if self.on_delivery_thread():
             raise RuntimeError(
                 f"{method}() called from a notification channel would wait for itself")
 

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from jobcore.notifications import (
+    DEAD_LETTERED,
     CallbackNotificationChannel,
     EmailNotificationChannel,
     NotificationChannel,
@@ -801,3 +802,65 @@ def test_email_checks_its_arguments(changes, error, match) -> None:
 def test_callback_channel_checks_its_function() -> None:
     with pytest.raises(TypeError, match="callable"):
         CallbackNotificationChannel("print")  # type: ignore[arg-type]
+
+
+def _fail() -> None:
+    raise ValueError("no")
+
+
+def test_a_channel_may_stop_the_manager_but_not_close_it(make_manager, db_path) -> None:
+    # A circuit breaker: the first dead-lettered job stops the workers.
+    from jobcore import Job, JobStatus
+
+    outcome: dict[str, Any] = {}
+    handled = threading.Event()
+    manager = make_manager(db_path, max_workers=1)
+
+    def breaker(event: dict[str, Any]) -> None:
+        try:
+            manager.close()
+        except RuntimeError as exc:
+            outcome["close"] = str(exc)
+        outcome["running after close"] = manager.running
+        manager.stop()
+        outcome["running after stop"] = manager.running
+        handled.set()
+
+    manager.add_notification_channel(CallbackNotificationChannel(breaker, events=[DEAD_LETTERED]))
+    manager.start()
+    job_id = manager.enqueue(Job(function=_fail, max_retries=0))
+    assert manager.wait(job_id, timeout=WAIT).status is JobStatus.FAILED
+    assert handled.wait(WAIT)
+    assert "close() called from a notification channel" in outcome["close"]
+    assert outcome["running after close"] is True  # refused before anything changed
+    assert outcome["running after stop"] is False
+    assert manager.poll(job_id).status is JobStatus.FAILED  # the repository is still open
+
+
+def test_a_channel_refuses_event_names_the_engine_never_publishes() -> None:
+    from jobcore.notifications import EVENT_NAMES
+    from jobcore.settle import EVENTS
+
+    assert EVENT_NAMES == set(EVENTS.values())  # the names the engine publishes
+    for make in (lambda events: CallbackNotificationChannel(print, events=events),
+                 lambda events: WebhookNotificationChannel("http://127.0.0.1:9/", events=events),
+                 lambda events: EmailNotificationChannel("localhost", 25, "a@example.com", "b@example.com",
+                                                         events=events)):
+        with pytest.raises(ValueError, match="'job.failed'.*job.dead_lettered"):
+            make(["job.dead_lettered", "job.failed"])
+        assert make(["job.retrying"]).wants("job.retrying")
+
+
+def test_a_coroutine_callback_is_run_to_its_end(dispatchers) -> None:
+    import asyncio
+
+    got: list[str] = []
+
+    async def on_event(event: dict[str, Any]) -> None:
+        await asyncio.sleep(0)
+        got.append(event["job_id"])
+
+    dispatcher = dispatchers(CallbackNotificationChannel(on_event))
+    dispatcher.publish(make_event(job_id="j1"))
+    assert dispatcher.flush(WAIT)
+    assert got == ["j1"]
