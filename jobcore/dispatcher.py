@@ -41,17 +41,22 @@ class Dispatcher:
         self._seen_taken = 0
         self._seen_at = 0.0
 
-    def start(self) -> None:
-        """Start the thread; it ends once the pool stops and nothing is left to record."""
-        self.thread = threading.Thread(target=self._run, name="jobcore-dispatcher", daemon=True)
+    def start(self, generation: int) -> None:
+        """Start the thread for the pool's start numbered `generation`; it ends once the
+        pool stops and nothing is left to record, or once the pool starts again (the next
+        start's dispatcher takes over)."""
+        self.thread = threading.Thread(target=self._run, args=(generation,), name="jobcore-dispatcher",
+                                       daemon=True)
         self.thread.start()
 
-    def _run(self) -> None:
+    def _run(self, generation: int) -> None:
         state = self._state
         backoff = 0.0
         while True:
             with state.lock:
                 while True:
+                    if state.generation != generation:
+                        return
                     self._wake_if_stalled_locked()
                     schedules = [] if state.stopping else self._queue.pop_due_schedules()
                     exchange = None if state.exchanging else self._exchange_due_locked()

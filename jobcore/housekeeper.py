@@ -66,7 +66,17 @@ class Housekeeper:
         clock.subscribe(self.wake)
 
     def start(self) -> None:
-        """Register this manager as a worker and start the thread."""
+        """Register this manager as a worker and start the thread.
+
+        The thread of an earlier start, told to stop by a `stop` that did not wait for it,
+        is waited for first (it ends once the chores under way are done): one thread does
+        the upkeep, never two."""
+        with self._cond:
+            self._stopping = True  # as `stop` left it (a start makes sure)
+            self._cond.notify_all()
+            previous = self._thread
+        if previous is not None:
+            previous.join()
         now = self._clock.time()
         self._repo.register_worker(self._pool.worker_id, self._host, self._pid, now)
         with self._cond:

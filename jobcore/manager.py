@@ -129,7 +129,9 @@ class JobManager:
     def start(self) -> "JobManager":
         """Start the workers; jobs already stored (pending, scheduled, recovered) run.
 
-        An `immediate` manager starts no threads: it runs jobs inside `enqueue`."""
+        After a `stop` that did not wait, the threads of the earlier start take no part:
+        see `WorkerPool.start` and `Housekeeper.start`. An `immediate` manager starts no
+        threads: it runs jobs inside `enqueue`."""
         with self._lifecycle_lock:
             if self._forked_while_running:
                 raise RuntimeError("this manager was started in the process this one was forked from, and its"

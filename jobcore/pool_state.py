@@ -30,6 +30,7 @@ class Slot:
     """One worker thread's place in the pool."""
 
     index: int
+    generation: int = 0  # the `PoolState.generation` it was started in
     abandoned: bool = False
 
 
@@ -61,6 +62,8 @@ class PoolState:
         self.settling: set[str] = set()  # finished here, not yet told to `on_settled`
         self.cancel_ids: set[str] = set()  # buffered jobs to cancel when they start
         self.stopping = True
+        # Counts the pool's starts: threads started by an earlier one leave (`WorkerPool.start`).
+        self.generation = 0
         self.handoffs = 0  # slots promised to new jobs being handed straight to a worker
         self.idle = 0  # workers waiting on work_ready
         self.waking = 0  # of those, notified and not yet running

@@ -98,18 +98,36 @@ class WorkerPool:
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
-        """Start the worker threads and the dispatcher."""
-        with self._state.lock:
-            self._state.stopping = False
-            # Nothing is held yet: what is claimed from now on carries its own lease.
-            self._state.renewed_until = self._clock.time() + self._settings.lease_timeout
-            self._threads = []
+        """Start the worker threads and the dispatcher: a new generation of them.
+
+        After a stop that did not wait, threads of the earlier start may still run. They
+        take no part in this one: its dispatcher is waited for (it ends at once, or after
+        the exchange it is making), and each of its workers still running a job ends when
+        the job returns, handing in the outcome for this generation's exchanges to record.
+        The running jobs stay within `max_workers` (a new worker has no room for a job
+        while an old one runs)."""
+        state = self._state
+        with state.lock:
+            state.generation += 1
+            # Old threads waiting for work wake up to see they are no longer wanted.
+            state.work_ready.notify_all()
+            state.dispatch_needed.notify_all()
+            previous = self._dispatcher.thread
+        if previous is not None:
+            previous.join()  # not the caller: the dispatcher runs no user code
+        with state.lock:
+            state.stopping = False
+            if not (state.buffer or state.running):
+                # Nothing is held: what is claimed from now on carries its own lease. (Jobs
+                # an earlier start left held keep the last heartbeat's: see `claims`.)
+                state.renewed_until = self._clock.time() + self._settings.lease_timeout
+            self._threads = [(thread, slot) for thread, slot in self._threads if thread.is_alive()]
             for _ in range(self._settings.max_workers):
                 self._spawn_locked()
-            self._dispatcher.start()
+            self._dispatcher.start(state.generation)
 
     def _spawn_locked(self) -> None:
-        slot = Slot(self._next_slot)
+        slot = Slot(self._next_slot, generation=self._state.generation)
         self._next_slot += 1
         thread = threading.Thread(target=self._work, args=(slot,), daemon=True,
                                   name=f"jobcore-worker-{slot.index}")
@@ -257,6 +275,9 @@ class WorkerPool:
                 while True:
                     if state.stopping:
                         return  # buffered claims are handed back by the dispatcher
+                    if slot.generation != state.generation:
+                        self._leave_locked()
+                        return
                     exchange = exchanges.worker_exchange_locked()
                     if exchange is not None or state.buffer:
                         break
@@ -288,6 +309,15 @@ class WorkerPool:
             finished = Finished(record, context, outcome, self._clock.monotonic() - attempt.started)
             if not slot.abandoned:
                 finished.settlement = self._recorder.decide(finished)
+
+    def _leave_locked(self) -> None:
+        """A worker of an earlier start leaves (see `start`): the outcome it may just have
+        handed in and the jobs it may just have claimed are left to this generation's
+        threads, told of them as a worker that goes on would have. Called with the lock held."""
+        state = self._state
+        state.dispatch_needed.notify()  # records what waits, as `worker_exchange_locked` tells it to
+        if state.buffer:
+            state.wake_one_locked()
 
     def _start_locked(self, record: JobRecord, slot: Slot) -> Attempt:
         """Make `record` this slot's running attempt. Called with the lock held."""
@@ -385,8 +415,8 @@ class WorkerPool:
                 attempt.slot.abandoned = True
                 attempt.context.abandoned = True
                 self._abandoned += 1
-                if not self._state.stopping:
-                    self._spawn_locked()  # capacity stays max_workers
+                if not self._state.stopping and attempt.slot.generation == self._state.generation:
+                    self._spawn_locked()  # capacity stays max_workers (an earlier start's slot ends anyway)
                 logger.warning("job %s exceeded its timeout of %.3fs; its thread is abandoned",
                                record.id, record.timeout)
                 outcome = Outcome(error=JobTimeout(record.timeout or 0.0))

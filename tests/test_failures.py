@@ -392,3 +392,36 @@ def test_retry_of_a_job_whose_function_shares_its_name_runs_its_own(make_manager
     assert manager.retry(charged) is True
     assert manager.wait(charged, timeout=WAIT).result == "charged 100"
     assert calls == ["email", "charge", "charge"]
+
+
+def test_a_job_of_an_earlier_start_that_times_out_after_a_restart_adds_no_worker(
+        make_manager: Any, db_path: str) -> None:
+    # given a job with a timeout still running when the manager is stopped without
+    # waiting, then started again (the new start has its own max_workers threads)
+    clock = FakeClock()
+    started, release = threading.Event(), threading.Event()
+
+    def stuck() -> str:
+        started.set()
+        release.wait(WAIT)
+        return "too late"
+
+    manager = make_manager(db_path, max_workers=1, clock=clock)
+    manager.register_function("stuck", stuck)
+    manager.start()
+    try:
+        job_id = manager.enqueue(Job(function_name="stuck", timeout=5.0, max_retries=0))
+        assert started.wait(WAIT)
+        manager.stop(wait=False)
+        manager.start()
+
+        # when it times out
+        clock.advance(10)
+        result = manager.wait(job_id, timeout=WAIT)
+
+        # then its thread is abandoned, and not replaced: the new start's one worker is enough
+        assert (result.status, result.error_type) == (JobStatus.FAILED, "JobTimeout")
+        assert len(manager.workers) == 1
+        assert manager.wait(manager.enqueue(Job(function=lambda: "quick")), timeout=WAIT).result == "quick"
+    finally:
+        release.set()

@@ -611,3 +611,96 @@ def test_closing_after_a_stop_that_did_not_wait_ends_every_thread(db_path: str) 
     assert dispatcher is not None
     dispatcher.join(WAIT)
     assert not dispatcher.is_alive()
+
+
+def _threads_since(before: set[threading.Thread]) -> dict[str, int]:
+    """The live jobcore threads started since `before` was taken, counted by kind."""
+    kinds: dict[str, int] = {}
+    for thread in threading.enumerate():
+        if thread in before or not thread.is_alive():
+            continue
+        for kind in ("worker", "dispatcher", "housekeeper"):
+            if thread.name.startswith(f"jobcore-{kind}"):
+                kinds[kind] = kinds.get(kind, 0) + 1
+    return kinds
+
+
+@pytest.mark.parametrize("stop_args", [{"wait": False}, {"timeout": 0}], ids=["wait=False", "timeout=0"])
+def test_a_restart_after_a_stop_that_did_not_wait_runs_one_generation_of_threads(
+        make_manager: Any, db_path: str, stop_args: dict[str, Any]) -> None:
+    # given a job still running when the manager is stopped without waiting for it
+    before = set(threading.enumerate())
+    started, release = threading.Event(), threading.Event()
+    ran_on: list[threading.Thread] = []
+
+    def blocking() -> str:
+        ran_on.append(threading.current_thread())
+        started.set()
+        release.wait(WAIT)
+        return "late"
+
+    manager = make_manager(db_path, max_workers=2)
+    manager.register_function("blocking", blocking)
+    manager.start()
+    assert _threads_since(before) == {"worker": 2, "dispatcher": 1, "housekeeper": 1}
+    first_workers = manager.workers
+    running = manager.enqueue(Job(function_name="blocking"))
+    assert started.wait(WAIT)
+    manager.stop(**stop_args)
+
+    # when it is started again
+    manager.start()
+
+    # then the earlier start's dispatcher and housekeeper are gone: one of each runs
+    kinds = _threads_since(before)
+    assert (kinds.get("dispatcher"), kinds.get("housekeeper")) == (1, 1)
+    # new jobs run beside the old one (one of the two slots is free)...
+    assert manager.wait(manager.enqueue(Job(function=add, args=(2, 3))), timeout=WAIT).result == 5
+    # ...whose outcome is still recorded once it returns
+    release.set()
+    assert manager.wait(running, timeout=WAIT).result == "late"
+    # and the earlier start's workers end (the one that ran the job once it returned)
+    assert ran_on[0] in first_workers
+    for thread in first_workers:
+        thread.join(WAIT)
+        assert not thread.is_alive()
+    assert _threads_since(before) == {"worker": 2, "dispatcher": 1, "housekeeper": 1}
+    assert len(manager.workers) == 2
+    assert manager.wait(manager.enqueue(Job(function=add, args=(1, 1))), timeout=WAIT).result == 2
+
+
+class _HeldBeats(SQLiteRepository):
+    """An SQLite repository that, once armed, holds the housekeeper inside its next
+    heartbeat until released."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.armed, self.inside, self.release = threading.Event(), threading.Event(), threading.Event()
+
+    def beat_worker(self, worker_id: str, running: Any, now: float) -> Any:
+        if self.armed.is_set():
+            self.armed.clear()
+            self.inside.set()
+            self.release.wait(WAIT)
+        return super().beat_worker(worker_id, running, now)
+
+
+def test_a_restart_while_the_housekeeper_is_busy_leaves_one_housekeeper(make_manager: Any, db_path: str) -> None:
+    # given a manager stopped without waiting while its housekeeper is in a heartbeat
+    before = set(threading.enumerate())
+    repository = _HeldBeats(db_path)
+    manager = make_manager(repository, max_workers=1, poll_interval=0.05).start()
+    repository.armed.set()
+    assert repository.inside.wait(WAIT)
+    manager.stop(wait=False)
+
+    # when it is started again, and the heartbeat then returns
+    restart = threading.Thread(target=manager.start)
+    restart.start()
+    repository.release.set()
+    restart.join(WAIT)
+    assert not restart.is_alive()
+
+    # then the old housekeeper has ended: one housekeeper beats, not two
+    assert _threads_since(before).get("housekeeper") == 1
+    assert manager.wait(manager.enqueue(Job(function=add, args=(4, 4))), timeout=WAIT).result == 8
