@@ -1,7 +1,8 @@
 """`Enqueuer`: how `JobManager.enqueue` and `enqueue_many` store and queue jobs.
 
 It checks jobs against this manager (registered names, process isolation), turns them
-into records, stores them (one transaction per call) and queues the ready ones. On a
+into records, stores them (one transaction per call), registers a `Job.function` once its
+job is stored, and queues the ready ones. On a
 started manager, a job that can run at once goes straight to a worker: a plain job is
 stored in an exchange of the pool's (`WorkerPool.exchange_inserting`), others through a
 promised idle worker. It holds no state of its own but `started`; reading jobs back and
@@ -59,9 +60,9 @@ class Enqueuer:
         self._settlements.forget(job.id for job in jobs)  # ids used again once deleted
         now = self._clock.time()
         records = [self.record_for(job, now) for job in jobs]
+        ids = self._repo.insert(records, now)
         for job in jobs:
             self._bind_function(job)
-        ids = self._repo.insert(records, now)
         ready = [record for job, record, job_id in zip(jobs, records, ids) if self._stored(job, record, job_id)]
         if ready and self._queues():
             self._pool.enqueue_entries([record.queue_entry() for record in ready])
@@ -78,12 +79,15 @@ class Enqueuer:
         self._settlements.forget((job.id,))  # its id used again once deleted
         now = self._clock.time()
         record = self.record_for(job, now)
-        self._bind_function(job)
         if self.started:
             handed = self._hand_off(job, record, now)
             if handed is not None:
+                self._bind_function(job)
+                if job.function is not None and self._registry.get(job.function_name) is job.function:  # type: ignore[arg-type]
+                    self._local.drop_function(job.id, job.function)  # carried until then: see `_bind_function`
                 return handed
         job_id = self._repo.insert([record], now)[0]
+        self._bind_function(job)
         if self._stored(job, record, job_id) and self._queues():
             self._pool.enqueue_entries((record.queue_entry(),))
         if self._immediate:
@@ -122,8 +126,9 @@ class Enqueuer:
         id, or None (nothing stored) when no worker is idle or the job must wait anyway."""
         if record.status is not JobStatus.PENDING or record.blocked or record.is_schedule:
             return None
-        if record.function_name not in self._registry and not self._pool.runnable(record.queue_entry()):
-            return None  # (a registered function runs here: the common case, asked first)
+        if (job.function is None and record.function_name not in self._registry
+                and not self._pool.runnable(record.queue_entry())):
+            return None  # (a job's own or a registered function runs here: the common cases, asked first)
         if not record.depends_on and record.unique_key is None and self._repo.inserts_in_exchanges:
             # No row to check it against: stored in an exchange of the pool's, claimed there
             # if a worker has room for it.
@@ -169,6 +174,11 @@ class Enqueuer:
         return record_for(job, now)
 
     def _bind_function(self, job: Job) -> None:
+        """Register the job's `function` under its name if none is registered. Called once
+        the job is accepted (stored): one refused leaves the registry as it was, and
+        threads enqueueing at once have nothing to undo. Until then the name runs no
+        function here, so a job handed straight to a worker carries its own
+        (`_local_function`, as for a name bound to another callable)."""
         if job.function is not None and self._registry.get(job.function_name) is not job.function:  # type: ignore[arg-type]
             self._registry.register(job.function_name, job.function, replace=False)  # type: ignore[arg-type]
 

@@ -52,7 +52,8 @@ class FunctionRegistry:
 
 class LocalJobs:
     """What some jobs carry that cannot be stored: the callable given as `Job.function`
-    when its name is bound to another callable, and a per-job `retry_on` classifier.
+    when its name is bound to another callable (or, for a job handed straight to a worker,
+    to none yet: see `Enqueuer._bind_function`), and a per-job `retry_on` classifier.
 
     Kept only in this process, keyed by job id: forgotten when the job completes; when it
     fails or is cancelled, kept among the latest ENDED_KEPT such jobs, so that a `retry` of
@@ -100,6 +101,15 @@ class LocalJobs:
             self._functions.pop(job_id, None)
             self._classifiers.pop(job_id, None)
             self._ended.pop(job_id, None)
+
+    def drop_function(self, job_id: str, function: Callable[..., Any]) -> None:
+        """The job carried `function` only until its name was registered to it: forget that
+        (not its classifier); its name now runs the same."""
+        if self._functions.get(job_id) is not function:
+            return  # a dict lookup needs no lock
+        with self._lock:
+            if self._functions.get(job_id) is function:
+                del self._functions[job_id]
 
     def ended(self, job_id: str) -> None:
         """The job failed or was cancelled: keep what it carries for a `retry`, a while."""

@@ -243,3 +243,101 @@ def test_a_lone_surrogate_in_a_text_field_is_refused_naming_it(field: str) -> No
     value: Any = {"t\ud800"} if field == "tags" else "a\ud800b"
     with pytest.raises(TypeError, match=f"Job.{field}: holds a lone surrogate"):
         Job(function=noop, **{field: value})
+
+
+def never_accepted(*args: Any) -> None:
+    return None
+
+
+def batch_mate() -> None:
+    return None
+
+
+def _bad_priority() -> Job:
+    job = Job(function=never_accepted)
+    job.priority = "urgent"  # type: ignore[assignment]
+    return job
+
+
+# `Job(function=f)` registers f (under its qualified name) only if the job is accepted.
+REJECTIONS: list[tuple[str, Callable[[], Job], type[Exception], str]] = [
+    ("unserialisable arg", lambda: Job(function=never_accepted, args=(object(),)), TypeError, "args"),
+    ("oversized payload", lambda: Job(function=never_accepted, args=("x" * 2_000_000,)), ValueError, "payload"),
+    ("unknown dependency", lambda: Job(function=never_accepted, depends_on=["missing"]), DependencyError, "missing"),
+    ("bad priority type", _bad_priority, TypeError, "priority"),
+    ("schedule that never fires", lambda: Job(function=never_accepted, cron="0 0 30 2 *"), InvalidJob, "cron"),
+    ("id already stored", lambda: Job(function=never_accepted, id="taken"), InvalidJob, "already exists"),
+]
+NEVER_ACCEPTED = f"{__name__}.never_accepted"
+BATCH_MATE = f"{__name__}.batch_mate"
+
+
+@pytest.mark.parametrize("label,build,error,text", REJECTIONS, ids=[case[0] for case in REJECTIONS])
+@pytest.mark.parametrize("how", ["enqueue", "enqueue_many", "started"])
+def test_a_rejected_job_leaves_its_function_unregistered(make_manager: Any, db_path: str, label: str,
+                                                         build: Callable[[], Job], error: type[Exception],
+                                                         text: str, how: str) -> None:
+    # given a manager (started or not) where neither function is registered
+    manager = make_manager(db_path)
+    manager.enqueue(Job(function=noop, id="taken"))
+    if how == "started":
+        manager.start()
+
+    # when a job of each is rejected: alone, or with a good job in one batch
+    with pytest.raises(error, match=text):
+        if how == "enqueue_many":
+            manager.enqueue_many([Job(function=batch_mate), build()])
+        else:
+            manager.enqueue(build())
+
+    # then neither is registered: a job naming them is refused as it was before
+    for name in (NEVER_ACCEPTED, BATCH_MATE):
+        with pytest.raises(UnknownFunction, match=name):
+            manager.enqueue(Job(function_name=name))
+    assert manager.get_stats()["total"] == 1
+
+
+def test_a_rejected_job_leaves_a_function_registered_before_registered(make_manager: Any, db_path: str) -> None:
+    manager = make_manager(db_path)
+    manager.register_function(NEVER_ACCEPTED, never_accepted)
+    with pytest.raises(TypeError, match="args"):
+        manager.enqueue(Job(function=never_accepted, args=(object(),)))
+    manager.start()
+    assert manager.wait(manager.enqueue(Job(function_name=NEVER_ACCEPTED)), timeout=10).error is None
+
+
+def first_seen_here(n: int) -> int:
+    return n
+
+
+def test_good_and_bad_jobs_of_a_new_function_from_many_threads(make_manager: Any, db_path: str) -> None:
+    # given a started manager, and threads enqueueing at once, each a rejected then an
+    # accepted job of a function not registered yet
+    import threading
+
+    manager = make_manager(db_path, max_workers=2).start()
+    barrier = threading.Barrier(4)
+    accepted: list[str] = []
+    refused: list[Exception] = []
+
+    def enqueue_both(n: int) -> None:
+        barrier.wait(10)
+        for i in range(20):
+            try:
+                manager.enqueue(Job(function=first_seen_here, args=(object(),)))
+            except TypeError as exc:
+                refused.append(exc)
+            accepted.append(manager.enqueue(Job(function=first_seen_here, args=(n * 100 + i,))))
+
+    threads = [threading.Thread(target=enqueue_both, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    # then every bad one was refused, every good one runs, and the function stays registered
+    assert len(refused) == 80 and len(accepted) == 80
+    assert sorted(manager.wait(job_id, timeout=10).result for job_id in accepted) == sorted(
+        n * 100 + i for n in range(4) for i in range(20))
+    name = f"{__name__}.first_seen_here"
+    assert manager.wait(manager.enqueue(Job(function_name=name, args=(7,))), timeout=10).result == 7
