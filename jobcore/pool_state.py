@@ -31,7 +31,8 @@ class Slot:
 
     index: int
     generation: int = 0  # the `PoolState.generation` it was started in
-    abandoned: bool = False
+    abandoned: bool = False  # its job timed out: the thread is left to return when it may
+    ended: bool = False  # its thread returned from its loop
 
 
 @dataclass(eq=False)
@@ -49,7 +50,8 @@ class PoolState:
     """The shared state of one pool. `lock` guards every attribute. Worker threads wait on
     `work_ready` for a claimed record or an exchange to make; the dispatcher waits on
     `dispatch_needed` for work it must do; an enqueuing thread waits on `exchange_ended`
-    for the exchange under way to end, to make its own. Methods ending in `_locked` are
+    for the exchange under way to end, to make its own; `stop` waits on `workers_changed`
+    for the worker threads to end. Methods ending in `_locked` are
     called with `lock` held."""
 
     def __init__(self, max_workers: int) -> None:
@@ -71,6 +73,8 @@ class PoolState:
         self.exchanging = False  # an exchange is under way (one at a time, by any thread)
         self.enqueue_exchanging = False  # that exchange stores a new job (`Exchanges.inserting`)
         self.exchange_ended = threading.Condition(self.lock)
+        # Notified when a worker thread ends or is abandoned (its job timed out): `stop` waits on it.
+        self.workers_changed = threading.Condition(self.lock)
         self.awaiting_exchange = 0  # enqueuing threads waiting on exchange_ended
         self.claiming = 0  # how many jobs that exchange may claim: held, for the room count
         self.failing = False  # the last exchange failed: only the dispatcher (backing off) tries

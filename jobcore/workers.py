@@ -136,20 +136,33 @@ class WorkerPool:
 
     def stop(self, timeout: Optional[float]) -> bool:
         """Start no more jobs; wait up to `timeout` for running ones to finish and be
-        recorded (claimed, unstarted ones are handed back). True if all threads ended."""
+        recorded (claimed, unstarted ones are handed back). True if all threads ended.
+
+        Not for threads abandoned in a timed-out attempt, which may never return: also
+        not for one abandoned while this waits (its job timed out during the stop)."""
         state = self._state
+        deadline = None if timeout is None else self._clock.monotonic() + timeout
+
+        def remaining() -> Optional[float]:
+            return None if deadline is None else max(0.0, deadline - self._clock.monotonic())
+
+        def working() -> bool:
+            return any(not (slot.ended or slot.abandoned) for _, slot in self._threads)
+
         with state.lock:
             state.stopping = True
             state.work_ready.notify_all()
             state.dispatch_needed.notify_all()
-            # Not the abandoned ones: a thread stuck past its timeout may never return.
-            threads = [thread for thread, slot in self._threads if not slot.abandoned]
             dispatcher = self._dispatcher.thread
-        deadline = None if timeout is None else self._clock.monotonic() + timeout
-        for thread in threads + ([dispatcher] if dispatcher else []):
-            remaining = None if deadline is None else max(0.0, deadline - self._clock.monotonic())
-            thread.join(remaining)
-        return not any(t.is_alive() for t in threads)
+            while working():
+                left = remaining()
+                if left == 0.0:
+                    break
+                state.workers_changed.wait(left)
+            ended = not working()
+        if dispatcher is not None:
+            dispatcher.join(remaining())
+        return ended
 
     @property
     def threads(self) -> list[threading.Thread]:
@@ -255,6 +268,16 @@ class WorkerPool:
 
     # -- worker threads -------------------------------------------------------------------
     def _work(self, slot: Slot) -> None:
+        try:
+            self._serve(slot)
+        finally:
+            with self._state.lock:
+                slot.ended = True
+                # Forgotten (an abandoned thread that came back, too: timeouts must not grow the list).
+                self._threads = [(thread, other) for thread, other in self._threads if other is not slot]
+                self._state.workers_changed.notify_all()  # `stop` may be waiting for this one
+
+    def _serve(self, slot: Slot) -> None:
         state, exchanges = self._state, self._exchanges
         finished: Optional[Finished] = None  # the attempt this thread just ran
         while True:
@@ -415,6 +438,7 @@ class WorkerPool:
                 attempt.slot.abandoned = True
                 attempt.context.abandoned = True
                 self._abandoned += 1
+                self._state.workers_changed.notify_all()  # `stop` waits no more for its thread
                 if not self._state.stopping and attempt.slot.generation == self._state.generation:
                     self._spawn_locked()  # capacity stays max_workers (an earlier start's slot ends anyway)
                 logger.warning("job %s exceeded its timeout of %.3fs; its thread is abandoned",

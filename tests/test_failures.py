@@ -301,6 +301,44 @@ def test_timeouts_are_transient_and_retried(make_manager: Any, db_path: str) -> 
         release.set()
 
 
+def test_stop_does_not_wait_for_a_thread_its_job_timeout_abandons_meanwhile(make_manager: Any,
+                                                                            db_path: str) -> None:
+    started, release = threading.Event(), threading.Event()
+
+    def hang() -> None:
+        started.set()
+        release.wait()  # until the test ends: only its timeout lets the worker go
+
+    manager = make_manager(db_path, max_workers=2).start()
+    try:
+        job_id = manager.enqueue(Job(function=hang, timeout=0.3, max_retries=0))
+        assert started.wait(WAIT)
+        stopper = threading.Thread(target=manager.stop)  # waits for running jobs, not abandoned threads
+        stopper.start()
+        stopper.join(WAIT)
+        assert not stopper.is_alive(), "stop() waited for a thread its job's timeout had abandoned"
+        result = manager.poll(job_id)
+        assert (result.status, result.error_type) == (JobStatus.FAILED, "JobTimeout")
+    finally:
+        release.set()
+
+
+def test_timed_out_threads_are_forgotten_once_they_return(make_manager: Any, db_path: str) -> None:
+    release = threading.Event()
+    manager = make_manager(db_path, max_workers=1).start()
+    job_ids = [manager.enqueue(Job(function=release.wait, args=(WAIT,), timeout=0.05, max_retries=0))
+               for _ in range(3)]
+    for job_id in job_ids:
+        assert manager.wait(job_id, timeout=WAIT).error_type == "JobTimeout"
+    assert manager.abandoned_threads == 3
+    release.set()
+    deadline = time.monotonic() + WAIT
+    while manager.abandoned_threads and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert manager.abandoned_threads == 0
+    assert len(manager._pool._threads) == 1  # the one worker left, not every thread that ever ran
+
+
 class _Hook(BaseHTTPRequestHandler):
     received: list[dict[str, Any]] = []
     arrived = threading.Event()
