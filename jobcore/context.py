@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import contextvars
 import math
-from typing import Any, Optional, Protocol
+import numbers
+from typing import Any, Optional, Protocol, cast
 
 from .errors import JobCancelled
+from .serialization import storable_text
 
 _current: contextvars.ContextVar[Optional["JobContext"]] = contextvars.ContextVar(
     "jobcore_current_job", default=None)
@@ -77,13 +79,11 @@ class JobContext:
 
         Raises `JobCancelled` if the job was asked to stop."""
         self.check_cancelled()
-        if isinstance(progress, bool) or not isinstance(progress, (int, float)) or math.isnan(progress):
-            raise TypeError(f"progress must be a number from 0.0 to 1.0, got {progress!r}")
-        if not isinstance(message, str):
-            message = str(message)
+        value = _fraction_done(progress)
+        message = storable_text(message if isinstance(message, str) else str(message))
         self.reported_progress = True
         if not self.abandoned:
-            self._sink.report_progress(self, min(1.0, max(0.0, float(progress))), message, details)
+            self._sink.report_progress(self, value, message, details)
 
     def log(self, message: str, level: str = "info") -> None:
         """Append a line to the job's log (see `JobManager.get_logs`)."""
@@ -91,7 +91,7 @@ class JobContext:
         if level not in LOG_LEVELS:
             raise ValueError(f"log level must be one of {LOG_LEVELS}, got {level!r}")
         if not self.abandoned:
-            self._sink.report_log(self, level, str(message))
+            self._sink.report_log(self, level, storable_text(str(message)))
 
     def progress_callback(self, progress: float, message: str = "", **details: Any) -> None:
         """The `progress_callback` handed to functions that accept one."""
@@ -99,6 +99,19 @@ class JobContext:
 
     def __repr__(self) -> str:
         return f"JobContext(id={self.id!r}, name={self.name!r}, attempt={self.attempt})"
+
+
+def _fraction_done(progress: Any) -> float:
+    """`progress` (any real number: int, float, Fraction, a NumPy float) clamped to 0.0-1.0."""
+    if isinstance(progress, bool) or not isinstance(progress, numbers.Real):
+        raise TypeError(f"progress must be a number from 0.0 to 1.0, got {progress!r}")
+    try:
+        value = float(progress)
+    except OverflowError:  # an int too large for a float: far past either end
+        return 1.0 if cast(Any, progress) > 0 else 0.0
+    if math.isnan(value):
+        raise TypeError(f"progress must be a number from 0.0 to 1.0, got {progress!r}")
+    return min(1.0, max(0.0, value))
 
 
 def current_job() -> Optional[JobContext]:

@@ -239,8 +239,9 @@ class Recorder:
         except Exception as exc:
             logger.exception("could not decide the outcome of job %s; it is failed", finished.record.id)
             record = finished.record
-            return Settlement("fail", record.id, record.attempts, error=f"its outcome could not be recorded: "
-                              f"{describe(exc)}", error_type=type(exc).__name__, seq=record.seq)
+            return Settlement("fail", record.id, record.attempts, error=serialization.storable_text(
+                              f"its outcome could not be recorded: {describe(exc)}"),
+                              error_type=serialization.storable_text(type(exc).__name__), seq=record.seq)
 
     def _settlement(self, finished: Finished, now: float) -> Settlement:
         record, outcome = finished.record, finished.outcome

@@ -64,6 +64,25 @@ def encode(value: Any, *, field: str, max_bytes: int | None = None) -> str:
     return text
 
 
+# Free text from a job is kept up to these many characters: the middle of a longer one is cut.
+ERROR_TEXT_LIMIT = 65_536      # an error message (and a log line, a progress message)
+TRACEBACK_LIMIT = 262_144      # a traceback
+
+
+def storable_text(text: str, limit: int = ERROR_TEXT_LIMIT) -> str:
+    """Free text from a job (an error, a traceback, a log line, a progress message) as
+    every store holds it: a lone surrogate, which UTF-8 cannot encode (a file name from
+    `os.listdir`, say), becomes its backslash escape, and past `limit` characters the
+    middle is cut, the head and the tail kept. An error is the job's, not a mistake to
+    refuse: recording it must not fail (it stalled every outcome recorded with it)."""
+    if not text.isascii():
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(text) > limit:
+        keep = limit // 2
+        text = f"{text[:keep]}\n... [{len(text) - 2 * keep} characters cut] ...\n{text[-keep:]}"
+    return text
+
+
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 

@@ -15,6 +15,7 @@ from .errors import RetryableError
 from .execution import Outcome
 from .repository.base import JobRecord, Settlement
 from .retry import Classifier, retry_delay, should_retry
+from .serialization import TRACEBACK_LIMIT, storable_text
 
 logger = logging.getLogger("jobcore.settle")
 
@@ -32,8 +33,9 @@ def decide(record: JobRecord, outcome: Outcome, *, cancel_requested: bool, class
                           error_type="JobCancelled", seq=record.seq)
     exc = outcome.error
     assert exc is not None
-    error = describe(exc)
-    error_type = type(exc).__name__
+    error = storable_text(describe(exc))
+    error_type = storable_text(type(exc).__name__)
+    traceback = None if outcome.traceback is None else storable_text(outcome.traceback, TRACEBACK_LIMIT)
     try:
         transient = should_retry(exc, classifier)
     except Exception:  # a broken classifier must not break the engine
@@ -46,12 +48,12 @@ def decide(record: JobRecord, outcome: Outcome, *, cancel_requested: bool, class
             delay = retry_delay(attempt, delay=record.retry_delay, backoff=record.retry_backoff,
                                 jitter=record.retry_jitter, max_delay=max_retry_delay, rng=rng)
         return Settlement("retry", record.id, attempt, error=error, error_type=error_type,
-                          traceback=outcome.traceback, retry_at=now + delay,
+                          traceback=traceback, retry_at=now + delay,
                           note=f"{failed}; retry {attempt} of {record.max_retries} in {delay:.3f}s",
                           seq=record.seq)
     why = "no retries left" if transient else "permanent error"
     return Settlement("fail", record.id, attempt, error=error, error_type=error_type,
-                      traceback=outcome.traceback, note=f"{failed}; {why}", seq=record.seq)
+                      traceback=traceback, note=f"{failed}; {why}", seq=record.seq)
 
 
 def describe(exc: BaseException) -> str:

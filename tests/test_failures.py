@@ -463,3 +463,40 @@ def test_a_job_of_an_earlier_start_that_times_out_after_a_restart_adds_no_worker
         assert manager.wait(manager.enqueue(Job(function=lambda: "quick")), timeout=WAIT).result == "quick"
     finally:
         release.set()
+
+
+def test_an_error_with_text_utf8_cannot_encode_fails_its_job_alone(make_manager: Any, db_path: str) -> None:
+    # A file name from os.listdir() that is not UTF-8 holds lone surrogates.
+    name = b"report-\xff.csv".decode("utf-8", "surrogateescape")
+
+    def bad_file() -> None:
+        from jobcore import current_job
+        context = current_job()
+        assert context is not None
+        context.log(f"opening {name}")
+        context.progress(0.5, f"reading {name}")
+        raise ValueError(f"cannot parse {name}")
+
+    manager = make_manager(db_path, max_workers=1).start()
+    bad = manager.enqueue(Job(function=bad_file, max_retries=0))
+    after = manager.enqueue(Job(function=len, args=("ok",)))
+    assert manager.wait(after, timeout=WAIT).result == 2  # the queue did not stall on it
+    result = manager.wait(bad, timeout=WAIT)
+    assert (result.status, result.error) == (JobStatus.FAILED, "cannot parse report-\\udcff.csv")
+    assert "report-\\udcff.csv" in result.traceback
+    assert result.progress_message == "reading report-\\udcff.csv"
+    assert "opening report-\\udcff.csv" in [line.message for line in manager.get_logs(bad)]
+
+
+def test_a_huge_error_message_is_stored_cut_to_its_head_and_tail(make_manager: Any, db_path: str) -> None:
+    from jobcore.serialization import ERROR_TEXT_LIMIT
+
+    def shout() -> None:
+        raise ValueError("head " + "x" * 5_000_000 + " tail")
+
+    manager = make_manager(db_path, max_workers=1).start()
+    result = manager.wait(manager.enqueue(Job(function=shout, max_retries=0)), timeout=WAIT)
+    assert result.status is JobStatus.FAILED
+    assert result.error.startswith("head xxx") and result.error.endswith("xxx tail")
+    assert "characters cut" in result.error and len(result.error) < ERROR_TEXT_LIMIT + 100
+    assert len(result.traceback) < 300_000

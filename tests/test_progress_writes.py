@@ -201,3 +201,29 @@ def test_a_store_refusing_the_last_report_is_logged_and_the_attempt_goes_on(
     assert writes == [0.1]
     assert "could not store the last progress report of job a: disk full" in caplog.text
     assert writer.latest("a") is None
+
+
+class _Recording:
+    """A sink that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.progress: list[float] = []
+
+    def report_progress(self, context: JobContext, progress: float, message: str, details: dict) -> None:
+        self.progress.append(progress)
+
+    def report_log(self, context: JobContext, level: str, message: str) -> None:
+        pass
+
+
+def test_progress_takes_any_real_number_and_clamps_it() -> None:
+    from fractions import Fraction
+
+    sink = _Recording()
+    context = JobContext("a", "a", 1, sink)
+    for value in (Fraction(1, 4), 2 ** 2000, -(2 ** 2000), 0.5, 3):
+        context.progress(value)
+    assert sink.progress == [0.25, 1.0, 0.0, 0.5, 1.0]
+    for bad in (float("nan"), True, "0.5", None, complex(1, 0)):
+        with pytest.raises(TypeError, match="progress must be a number"):
+            context.progress(bad)
