@@ -18,6 +18,12 @@ from datetime import datetime
 from typing import Callable, Protocol
 
 
+# The longest a thread sleeps on a condition in one go before it looks again. A time far
+# ahead (a job scheduled centuries from now) must not reach `Condition.wait`, which
+# raises OverflowError past the platform's limit (that ended the dispatcher thread).
+LONGEST_WAIT = 3600.0
+
+
 class Clock(Protocol):
     """What jobcore needs from time."""
 

@@ -16,7 +16,7 @@ import socket
 import threading
 from typing import Callable, Collection, Optional
 
-from .clock import Clock, real_monotonic
+from .clock import LONGEST_WAIT, Clock, real_monotonic
 from .errors import RepositoryError
 from .repository.base import JobRepository, Recovery
 from .workers import PoolSettings, WorkerPool
@@ -188,7 +188,7 @@ class Housekeeper:
                 if progress_due is not None:  # real time, whatever clock the rest keeps
                     delay = min(delay, progress_due - real_monotonic())
                 if delay > 0 and not (self._refill_soon or self._replan):
-                    self._cond.wait(delay)
+                    self._cond.wait(min(delay, LONGEST_WAIT))
 
     def _beat(self, running: Collection[str]) -> None:
         """Beat in the worker registry; register again if the entry is gone (its beats

@@ -22,7 +22,7 @@ from .context import current_job
 from .enqueuing import Enqueuer
 from .errors import LONGEST_RETRY_DELAY
 from .forks import on_fork_in_child
-from .models import Job, JobResult, JobStatus, LogEntry, function_qualname
+from .models import INT64_MAX, Job, JobResult, JobStatus, LogEntry, function_qualname
 from .notify_dispatch import NotificationDispatcher
 from .records import event_of, job_of, local_datetime, result_of
 from .queue import ReadyQueue
@@ -57,9 +57,10 @@ def _positive(name: str, value: Any, *, allow_zero: bool = False, unit: str = "s
 
 
 def _count(name: str, value: Any) -> None:
-    """A `limit` or `offset`: an int >= 0 (bool is not one)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be an int >= 0{' or None' if name == 'limit' else ''}, got {value!r}")
+    """A `limit` or `offset`: an int from 0 to 2**63 - 1 (what a store takes; bool is not one)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= INT64_MAX:
+        raise ValueError(f"{name} must be an int from 0 to 2**63 - 1{' or None' if name == 'limit' else ''},"
+                         f" got {value!r}")
 
 
 class JobManager:

@@ -24,6 +24,11 @@ from .serialization import check_text
 PRIORITY_MIN = -(2**31)
 PRIORITY_MAX = 2**31 - 1
 ISOLATIONS = ("thread", "process")
+MAX_RETRIES = 1_000_000_000  # attempts (max_retries + 1) fit a 32-bit column
+INT64_MAX = 2**63 - 1  # the largest integer SQLite and PostgreSQL's BIGINT store
+# Epoch seconds `datetime.fromtimestamp` shows on every platform (years 69 to 3871): the
+# times a job may be given, and a store read back as sound.
+TIME_LIMIT = 6e10
 
 
 class JobPriority(enum.IntEnum):
@@ -121,6 +126,16 @@ def function_qualname(func: Callable[..., Any]) -> str:
     return f"{module}.{qualname}" if module else qualname
 
 
+def _check_time(field_name: str, value: datetime) -> None:
+    """Raise `InvalidJob` unless `value` is a time every store keeps and shows back."""
+    try:
+        seconds = value.timestamp()
+    except (OverflowError, ValueError, OSError):  # e.g. a naive datetime.min east of UTC
+        seconds = math.inf
+    if not -TIME_LIMIT < seconds < TIME_LIMIT:
+        raise InvalidJob(field_name, f"must be between the years 70 and 3870, got {value.isoformat()}")
+
+
 def _check_number(field_name: str, value: Any, *, minimum: float, allow_none: bool = False,
                   strictly_above: bool = False) -> Optional[float]:
     if value is None and allow_none:
@@ -215,8 +230,10 @@ class Job:
             )
         if not PRIORITY_MIN <= self.priority <= PRIORITY_MAX:
             raise InvalidJob("priority", f"must fit in 32 bits, got {self.priority!r}")
-        if self.scheduled_at is not None and not isinstance(self.scheduled_at, datetime):
-            raise InvalidJobType("scheduled_at", f"must be a datetime, got {self.scheduled_at!r}")
+        if self.scheduled_at is not None:
+            if not isinstance(self.scheduled_at, datetime):
+                raise InvalidJobType("scheduled_at", f"must be a datetime, got {self.scheduled_at!r}")
+            _check_time("scheduled_at", self.scheduled_at)
         if self.cron is not None:
             if not isinstance(self.cron, str):
                 raise InvalidJobType("cron", f"must be a str, got {self.cron!r}")
@@ -231,8 +248,8 @@ class Job:
             raise InvalidJob("depends_on", "a cron schedule cannot depend on jobs")
         if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int):
             raise InvalidJobType("max_retries", f"must be an int, got {self.max_retries!r}")
-        if self.max_retries < 0:
-            raise InvalidJob("max_retries", f"must be >= 0, got {self.max_retries!r}")
+        if not 0 <= self.max_retries <= MAX_RETRIES:
+            raise InvalidJob("max_retries", f"must be from 0 to {MAX_RETRIES:,}, got {self.max_retries!r}")
         self.retry_delay = _check_number("retry_delay", self.retry_delay, minimum=0.0)  # type: ignore[assignment]
         self.retry_backoff = _check_number("retry_backoff", self.retry_backoff, minimum=1.0)  # type: ignore[assignment]
         if not isinstance(self.retry_jitter, bool):
@@ -267,8 +284,8 @@ class Job:
         if self.memory_limit is not None:
             if isinstance(self.memory_limit, bool) or not isinstance(self.memory_limit, int):
                 raise InvalidJobType("memory_limit", f"must be a number of bytes (int), got {self.memory_limit!r}")
-            if self.memory_limit <= 0:
-                raise InvalidJob("memory_limit", f"must be > 0 bytes, got {self.memory_limit!r}")
+            if not 0 < self.memory_limit <= INT64_MAX:
+                raise InvalidJob("memory_limit", f"must be > 0 bytes (and fit 64 bits), got {self.memory_limit!r}")
             if self.isolation != "process":
                 raise InvalidJob("memory_limit", "only applies with isolation='process'")
         if self.retry_on is not None and not callable(self.retry_on):
@@ -311,10 +328,10 @@ class Job:
         if not (self.name.__class__ is str and self.name.isascii()
                 and (priority.__class__ is int or priority.__class__ is JobPriority)
                 and PRIORITY_MIN <= priority <= PRIORITY_MAX
-                and (self.scheduled_at is None or isinstance(self.scheduled_at, datetime))
+                and self.scheduled_at is None
                 and self.cron is None and self.cron_timezone is None
                 and depends_on.__class__ is list and not depends_on
-                and max_retries.__class__ is int and max_retries >= 0
+                and max_retries.__class__ is int and 0 <= max_retries <= MAX_RETRIES
                 # NaN fails every comparison, and infinity the upper bound.
                 and retry_delay.__class__ is float and 0.0 <= retry_delay < math.inf
                 and retry_backoff.__class__ is float and 1.0 <= retry_backoff < math.inf

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+from .clock import LONGEST_WAIT
+
 # Jobs shorter than this on average (seconds) get claimed in reserve.
 RESERVE_BELOW = 0.005
 # Seconds: the longest a finished attempt waits to be recorded while the workers, busy
@@ -152,7 +154,7 @@ class Pacing:
             waits.append(RECORD_WITHIN)
         if busy and self.tiny():
             waits.append(STALL_AFTER)
-        timeout = min(waits) if waits else None
+        timeout = min(*waits, LONGEST_WAIT) if waits else None
         self.dispatcher_wakes_at = None if timeout is None else now + timeout
         return timeout
 

@@ -289,3 +289,17 @@ def test_local_time_schedules_follow_the_daylight_saving_rules_of_a_zone(new_yor
         second_pass = datetime(2026, 11, 1, 6, 10, tzinfo=timezone.utc).timestamp()
         assert next_fire_epoch("*/5 * * * *", zone, second_pass) == local(2026, 11, 1, 2, 0)
         assert next_fire_epoch("*/5 * * * *", zone, second_pass - 3600) == second_pass - 3600 + 300
+
+
+@pytest.mark.parametrize("store", ["sqlite", "memory"])
+def test_a_job_scheduled_centuries_ahead_leaves_the_workers_running(make_manager: Any, db_path: str,
+                                                                   store: str) -> None:
+    # The dispatcher slept until its time: past the platform's limit, Condition.wait raised
+    # OverflowError, the dispatcher thread died, and no outcome was recorded again.
+    from jobcore import MemoryRepository
+    manager = make_manager(db_path if store == "sqlite" else MemoryRepository(), max_workers=1).start()
+    far = manager.enqueue(Job(function=len, args=("x",), scheduled_at=datetime(3800, 1, 1)))
+    for _ in range(3):
+        assert manager.wait(manager.enqueue(Job(function=len, args=("ok",))), timeout=10).result == 2
+    assert manager.poll(far).status is JobStatus.SCHEDULED
+    assert manager.poll(far).scheduled_at == datetime(3800, 1, 1)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Callable
 
 import pytest
@@ -34,6 +34,15 @@ CONSTRUCTION_ERRORS: list[tuple[str, Callable[[], Any], type[Exception], str]] =
     ("kwargs list", lambda: Job(function=noop, kwargs=[1]), TypeError, "kwargs"),
     ("kwargs key", lambda: Job(function=noop, kwargs={1: 2}), TypeError, "kwargs"),
     ("scheduled str", lambda: Job(function=noop, scheduled_at="tomorrow"), TypeError, "scheduled_at"),
+    # A store cannot show these back: poll and every listing raised; year 0 did not name the field.
+    ("scheduled year 4000", lambda: Job(function=noop, scheduled_at=datetime(4000, 1, 1)), ValueError,
+     "scheduled_at"),
+    ("scheduled min", lambda: Job(function=noop, scheduled_at=datetime.min), ValueError, "scheduled_at"),
+    ("scheduled min utc", lambda: Job(function=noop, scheduled_at=datetime.min.replace(tzinfo=timezone.utc)),
+     ValueError, "scheduled_at"),
+    ("retries huge", lambda: Job(function=noop, max_retries=2**63), ValueError, "max_retries"),
+    ("memory limit huge", lambda: Job(function=noop, isolation="process", memory_limit=2**63), ValueError,
+     "memory_limit"),
     ("tags str items", lambda: Job(function=noop, tags={1}), TypeError, "tags"),
     ("metadata not json", lambda: Job(function=noop, metadata={"x": object()}), TypeError, "metadata"),
     ("metadata list", lambda: Job(function=noop, metadata=[1]), TypeError, "metadata"),
@@ -205,7 +214,7 @@ def test_job_ids_are_distinct_uuid4_hex_strings_in_threads_and_forked_children()
     assert child != Job(function=noop).id
 
 
-@pytest.mark.parametrize("limit", [-1, 1.5, "2", True])
+@pytest.mark.parametrize("limit", [-1, 1.5, "2", True, 2**63])
 def test_a_bad_limit_or_offset_is_a_value_error_on_every_store(make_manager: Any, db_path: str, limit: Any) -> None:
     # get_dead_letter_queue took them unchecked: -1 gave every job on SQLite and all but
     # one on memory, 1.5 a raw sqlite3.IntegrityError, "2" a TypeError on memory only

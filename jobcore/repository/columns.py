@@ -11,7 +11,7 @@ from __future__ import annotations
 import reprlib
 from typing import Any, NamedTuple, Optional, Sequence
 
-from ..models import JobStatus
+from ..models import TIME_LIMIT, JobStatus
 from .base import JobRecord
 
 JOB_COLUMNS = (
@@ -65,9 +65,8 @@ def unpack_job_row(row: Sequence[Any]) -> tuple[JobRecord, Encoded]:
 # the ready heap (`-priority`), a worker's deadline (`now + timeout`) or `poll`
 # (`datetime.fromtimestamp`) and failed every job, or killed the worker thread.
 REAL_TYPES = (float, int)
-# Epoch seconds `datetime.fromtimestamp` shows on every platform (years 69 to 3871); a
-# larger one (or infinity) raised OverflowError in every `poll` and listing of the job.
-TIME_LIMIT = 6e10
+# TIME_LIMIT (models): past it (or infinity) `poll` and every listing of the job raised
+# OverflowError.
 
 
 def unsound_numbers(record: JobRecord) -> Optional[str]:

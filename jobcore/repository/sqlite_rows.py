@@ -11,10 +11,9 @@ from typing import Any, Optional, Sequence
 
 from .. import serialization
 from ..errors import RepositoryError
-from ..models import JobStatus
+from ..models import TIME_LIMIT, JobStatus
 from .base import JobRecord, QueueEntry
-from .columns import (DEFAULT_PRIORITY, REAL_TYPES, TIME_LIMIT, json_object, json_strings, unpack_job_row,
-                      unsound_numbers)
+from .columns import DEFAULT_PRIORITY, REAL_TYPES, json_object, json_strings, unpack_job_row, unsound_numbers
 from .sqlite_schema import CLAIMED_PLAIN
 
 
