@@ -54,7 +54,7 @@ REMEMBERED_RESULT_CHARS = 1024
 # The fields of a claimed record a `Completion` keeps: those `poll` shows that completing
 # leaves as they were (see `JobRepository.apply`). One C-level call reads them all.
 _KEPT = ("id", "name", "progress_message", "progress_details", "attempts", "created_at",
-         "scheduled_at", "run_at", "started_at", "owner", "tags", "metadata", "function_name",
+         "scheduled_at", "started_at", "owner", "tags", "metadata", "function_name",
          "priority", "max_retries", "depends_on", "worker_id", "cron")
 _read_kept = operator.attrgetter(*_KEPT)
 
@@ -86,14 +86,13 @@ class Completion(NamedTuple):
         """What `poll` would show of the job's row now (the same as `result_of` of it),
         made straight from the kept fields: `wait` returns this for every job it waits on,
         so it is built without an intermediate `JobRecord`."""
-        (job_id, name, message, details, attempts, created_at, scheduled_at, run_at, started_at,
+        (job_id, name, message, details, attempts, created_at, scheduled_at, started_at,
          owner, tags, metadata, function_name, priority, max_retries, depends_on, worker_id,
          cron) = self.kept
         result = serialization.decode(self.result) if self.persistent else self.result
         return new_result(
             job_id, name, JobStatus.COMPLETED, 1.0, message, dict(details), result, None, None,
-            None, attempts, local_datetime(created_at),
-            local_datetime(scheduled_at if run_at is None else run_at), local_datetime(started_at),
+            None, attempts, local_datetime(created_at), local_datetime(scheduled_at), local_datetime(started_at),
             local_datetime(self.at), owner, frozenset(tags), dict(metadata), function_name,
             priority, max_retries, tuple(depends_on), worker_id, cron)
 

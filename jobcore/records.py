@@ -80,7 +80,9 @@ def new_result(*values: Any) -> JobResult:
 
 
 def result_of(record: JobRecord) -> JobResult:
-    """What `poll` shows of a stored job. `scheduled_at` is when it is next due, if it is.
+    """What `poll` shows of a stored job. `scheduled_at` is when it is next due while it
+    waits for a time (SCHEDULED), else the time it was given (a retry's time is not kept
+    once the retry ran).
 
     A job stored corrupt (`decode_error`) shows that error until it has one of its own (it
     fails with it, as `CorruptJob`, when a worker claims it)."""
@@ -91,7 +93,8 @@ def result_of(record: JobRecord) -> JobResult:
         record.id, record.name, record.status, record.progress, record.progress_message,
         dict(record.progress_details), record.result, error, error_type,
         record.traceback, record.attempts, local_datetime(record.created_at),
-        local_datetime(record.scheduled_at if record.run_at is None else record.run_at),
+        local_datetime(record.run_at if record.status is JobStatus.SCHEDULED and record.run_at is not None
+                       else record.scheduled_at),
         local_datetime(record.started_at), local_datetime(record.completed_at), record.owner,
         frozenset(record.tags), dict(record.metadata), record.function_name, record.priority,
         record.max_retries, tuple(record.depends_on), record.worker_id, record.cron)

@@ -328,3 +328,31 @@ def test_poll_wait_and_list_jobs_never_read_the_arguments(make_manager: Any, db_
     # and the dead-letter queue gives the failed job back with its arguments
     [(job, result)] = producer.get_dead_letter_queue()
     assert (job.id, job.args, result.status) == (bad, (big,), JobStatus.FAILED)
+
+
+def test_wait_shows_what_poll_shows_of_metadata_changed_after_enqueue(make_manager: Any, db_path: str) -> None:
+    release = threading.Event()
+    manager = make_manager(db_path, max_workers=1).start()
+    inner = [1]
+    job_id = manager.enqueue(Job(function=release.wait, args=(10,), metadata={"pair": (1, 2), "list": inner}))
+    inner.append("changed after enqueue")
+    release.set()
+    waited = manager.wait(job_id, timeout=10)
+    assert waited.metadata == manager.poll(job_id).metadata == {"pair": [1, 2], "list": [1]}
+
+
+def test_scheduled_at_is_not_a_spent_retry_time(make_manager: Any, db_path: str) -> None:
+    calls: list[int] = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError("once")
+        return "done"
+
+    manager = make_manager(db_path, max_workers=1).start()
+    job_id = manager.enqueue(Job(function=flaky, retry_delay=0.01, retry_jitter=False))
+    waited = manager.wait(job_id, timeout=10)
+    assert (waited.result, waited.attempts) == ("done", 2)
+    assert waited.scheduled_at is None and manager.poll(job_id).scheduled_at is None
+    assert manager.list_jobs()[0].scheduled_at is None

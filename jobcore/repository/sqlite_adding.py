@@ -181,6 +181,8 @@ class SQLiteAdding(JobRepository):
         if record.kwargs or any(type(arg) not in _JSON_SCALARS for arg in record.args):
             # The worker sees the arguments as any claim would: decoded from the stored JSON.
             record.args, record.kwargs = serialization.decode_payload(payload)
+        if record.metadata:  # as stored (JSON), not as given: `wait` shows it as `poll` does
+            record.metadata = serialization.decode(serialization.encode(record.metadata, field="metadata"))
         record.status, record.blocked, record.created_at, record.started_at = JobStatus.RUNNING, 0, now, now
         record.attempts, record.worker_id, record.lease_expires_at = 1, worker_id, lease_expires_at
         return record
