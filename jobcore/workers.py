@@ -326,8 +326,11 @@ class WorkerPool:
                 self.on_deadline()
             outcome = self._attempts.run(record, context)
             if attempt.deadline is not None:
-                with state.lock:  # returned in time: what the engine does next is not its time
+                with state.lock:  # what the engine does next is not the job's time
+                    overdue = not slot.abandoned and self._clock.monotonic() >= attempt.deadline
                     attempt.deadline = None
+                if overdue:  # it returned late, before the housekeeper looked: a timeout all the same
+                    outcome = Outcome(error=JobTimeout(record.timeout or 0.0))
             self._progress.take(context)  # its last report stored before its outcome
             finished = Finished(record, context, outcome, self._clock.monotonic() - attempt.started)
             if not slot.abandoned:

@@ -500,3 +500,19 @@ def test_a_huge_error_message_is_stored_cut_to_its_head_and_tail(make_manager: A
     assert result.error.startswith("head xxx") and result.error.endswith("xxx tail")
     assert "characters cut" in result.error and len(result.error) < ERROR_TEXT_LIMIT + 100
     assert len(result.traceback) < 300_000
+
+
+def test_a_job_that_returns_after_its_timeout_is_a_timeout_whoever_notices_first(make_manager: Any,
+                                                                                 db_path: str) -> None:
+    # It overran its timeout, then returned before the housekeeper looked: it used to
+    # complete then, and time out when the housekeeper looked first (a coin toss).
+    clock = FakeClock()
+
+    def overrun() -> str:
+        clock.advance(5.0)  # as a C call holding the GIL past the deadline would
+        return "late"
+
+    manager = make_manager(db_path, max_workers=1, clock=clock).start()
+    for _ in range(5):
+        result = manager.wait(manager.enqueue(Job(function=overrun, timeout=1.0, max_retries=0)), timeout=WAIT)
+        assert (result.status, result.error_type) == (JobStatus.FAILED, "JobTimeout")
