@@ -195,6 +195,9 @@ class Housekeeper:
         failed, in an outage, for longer than another worker's lease_timeout)."""
         worker_id, now = self._pool.worker_id, self._clock.time()
         if self._repo.beat_worker(worker_id, running, now) is False:
+            with self._cond:
+                if self._stopping:  # `stop` unregistered it (it did not wait for this beat)
+                    return
             logger.warning("worker %s was removed from the worker registry while its heartbeats failed;"
                            " registered again", worker_id)
             self._repo.register_worker(worker_id, self._host, self._pid, now)

@@ -704,3 +704,18 @@ def test_a_restart_while_the_housekeeper_is_busy_leaves_one_housekeeper(make_man
     # then the old housekeeper has ended: one housekeeper beats, not two
     assert _threads_since(before).get("housekeeper") == 1
     assert manager.wait(manager.enqueue(Job(function=add, args=(4, 4))), timeout=WAIT).result == 8
+
+
+def test_a_stop_that_did_not_wait_for_a_heartbeat_leaves_the_registry(make_manager: Any, db_path: str) -> None:
+    # The heartbeat under way found the entry gone (the stop had removed it) and put it back.
+    before = set(threading.enumerate())
+    repository = _HeldBeats(db_path)
+    manager = make_manager(repository, max_workers=1, poll_interval=0.05).start()
+    repository.armed.set()
+    assert repository.inside.wait(WAIT)
+    manager.stop(wait=False)
+    [housekeeper] = [t for t in set(threading.enumerate()) - before if "housekeeper" in t.name]
+    repository.release.set()
+    housekeeper.join(WAIT)
+    assert not housekeeper.is_alive()
+    assert [w.worker_id for w in repository.list_workers()] == []
