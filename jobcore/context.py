@@ -34,6 +34,12 @@ class JobContext:
 
     `progress()` and `check_cancelled()` raise `JobCancelled` once cancellation was
     requested; let it propagate and the job ends CANCELLED.
+
+    A context belongs to one attempt. Once the attempt is over (it ended, or was abandoned
+    after its timeout), it no longer changes the job: `cancelled` is true, `progress()` and
+    `check_cancelled()` raise `JobCancelled` and `log()` is ignored, so that code the job
+    left running (a thread it started, a context copied into an executor) stops at its
+    next report instead of reporting into a later attempt.
     """
 
     def __init__(self, job_id: str, name: str, attempt: int, sink: ContextSink) -> None:
@@ -46,14 +52,23 @@ class JobContext:
         self._cancel = False
         # Set by the manager when a timeout gave this attempt up: reports are ignored.
         self.abandoned = False
+        # Set by the worker once the attempt returned, before its last report is written
+        # and its outcome recorded: later reports are refused (see the class docstring).
+        self.ended = False
         # True once the job reported progress: its stored row then says more than the
         # claimed record does (see `Completion`).
         self.reported_progress = False
 
     @property
     def cancelled(self) -> bool:
-        """True once cancellation of this job was requested (or its attempt timed out)."""
-        return self._cancel or self.abandoned
+        """True once cancellation of this job was requested (or its attempt timed out, or
+        is over)."""
+        return self._cancel or self.over
+
+    @property
+    def over(self) -> bool:
+        """True once this attempt ended or was abandoned: it no longer changes the job."""
+        return self.abandoned or self.ended
 
     @property
     def cancel_requested(self) -> bool:
@@ -70,27 +85,29 @@ class JobContext:
 
     def check_cancelled(self) -> None:
         """Raise `JobCancelled` if cancellation was requested, or if the engine gave this
-        attempt up after its timeout (its outcome would be discarded anyway)."""
-        if self._cancel or self.abandoned:
+        attempt up after its timeout (its outcome would be discarded anyway), or if the
+        attempt is over."""
+        if self._cancel or self.over:
             raise JobCancelled(self.id)
 
     def progress(self, progress: float, message: str = "", **details: Any) -> None:
         """Report progress (0.0 to 1.0, clamped), a message and JSON details.
 
-        Raises `JobCancelled` if the job was asked to stop."""
+        Raises `JobCancelled` if the job was asked to stop, or the attempt is over."""
         self.check_cancelled()
         value = _fraction_done(progress)
         message = storable_text(message if isinstance(message, str) else str(message))
         self.reported_progress = True
-        if not self.abandoned:
+        if not self.over:  # it may have ended since the check above
             self._sink.report_progress(self, value, message, details)
 
     def log(self, message: str, level: str = "info") -> None:
-        """Append a line to the job's log (see `JobManager.get_logs`)."""
+        """Append a line to the job's log (see `JobManager.get_logs`); ignored once the
+        attempt is over."""
         level = str(level).lower()
         if level not in LOG_LEVELS:
             raise ValueError(f"log level must be one of {LOG_LEVELS}, got {level!r}")
-        if not self.abandoned:
+        if not self.over:
             self._sink.report_log(self, level, storable_text(str(message)))
 
     def progress_callback(self, progress: float, message: str = "", **details: Any) -> None:

@@ -1,14 +1,20 @@
 """Running one attempt of a job's function in the calling thread, and what came of it.
 
-Handles `progress_callback`, coroutine functions (on a per-thread event loop) and the
-binding of `current_job()`. It decides nothing about retries and touches no storage.
+Handles `progress_callback`, coroutine functions and the binding of `current_job()`. It
+decides nothing about retries and touches no storage.
+
+A coroutine job runs as `asyncio.run` would run it: on an event loop of its own, made for
+the attempt and closed after it, once the tasks the job left on it are cancelled and
+drained, its async generators finalised and its default executor shut down. (A loop kept
+per thread, as before, let such leftovers wake up inside a later job of the thread, where
+`current_job()` still named theirs. A loop per attempt costs about 45 µs of CPU a
+coroutine job, measured: 11 µs before, 54 µs after, for a job awaiting `sleep(0)`.)
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-import threading
 import traceback as traceback_module
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional
@@ -18,8 +24,6 @@ from .errors import JobCancelled
 
 if TYPE_CHECKING:
     import asyncio
-
-_loops = threading.local()
 
 
 @dataclass(slots=True)
@@ -58,15 +62,6 @@ def _inspect_progress_callback(func: Callable[..., Any]) -> bool:
 _accepts_progress_callback = functools.lru_cache(maxsize=1024)(_inspect_progress_callback)
 
 
-def _event_loop() -> asyncio.AbstractEventLoop:
-    import asyncio  # on the first coroutine job only: importing it costs ~25 ms at start-up
-    loop = getattr(_loops, "loop", None)
-    if loop is None or loop.is_closed():
-        loop = asyncio.new_event_loop()
-        _loops.loop = loop
-    return loop
-
-
 def call_job(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
              context: JobContext, run_coroutine: Callable[[Any], Any]) -> Any:
     """Call `func` as the job `context` (with a `progress_callback` if it takes one, and
@@ -85,16 +80,50 @@ def call_job(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, 
 
 def run_attempt(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
                 context: JobContext) -> Outcome:
-    """Call `func(*args, **kwargs)` as the job `context` on this thread's event loop if it
-    is a coroutine; never raises."""
+    """Call `func(*args, **kwargs)` as the job `context` (a coroutine to its end, on an event
+    loop of its own: see the module docstring); never raises."""
     try:
-        return Outcome(call_job(func, args, kwargs, context, _run_on_this_threads_loop))
+        return Outcome(call_job(func, args, kwargs, context, run_coroutine))
     except BaseException as exc:  # a job must never kill its worker thread
         return Outcome(error=exc, traceback=traceback_module.format_exc())
 
 
-def _run_on_this_threads_loop(coroutine: Any) -> Any:
-    return _event_loop().run_until_complete(coroutine)
+def run_coroutine(coroutine: Any) -> Any:
+    """Run `coroutine` to its end on a new event loop and return its result, as
+    `asyncio.run` does."""
+    import asyncio  # on the first coroutine job only: importing it costs ~25 ms at start-up
+    # Not asyncio.run: it would also set (then unset) the thread's current event loop,
+    # which the caller of an immediate manager may rely on.
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coroutine)
+    finally:
+        try:
+            _cancel_leftover_tasks(loop)
+            loop.run_until_complete(_shut_down(loop))
+        finally:
+            loop.close()
+
+
+def _cancel_leftover_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel the tasks the job left on `loop` and let them end (as `asyncio.run` does)."""
+    import asyncio
+    leftovers = asyncio.all_tasks(loop)
+    if not leftovers:
+        return
+    for task in leftovers:
+        task.cancel()
+    loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
+    for task in leftovers:
+        if not task.cancelled() and task.exception() is not None:
+            loop.call_exception_handler({
+                "message": "unhandled exception in a task a job left running when it ended",
+                "exception": task.exception(), "task": task})
+
+
+async def _shut_down(loop: asyncio.AbstractEventLoop) -> None:
+    await loop.shutdown_asyncgens()
+    await loop.shutdown_default_executor()
 
 
 async def _await(awaitable: Any) -> Any:

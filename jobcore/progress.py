@@ -59,6 +59,10 @@ class ProgressWriter:
             return
         job_id, now = report.context.id, real_monotonic()
         with self._lock:
+            if report.context.ended:
+                # Made as the attempt ended, by code it left running: `take` writes the
+                # last report that counts (and kept here, it would outlive the attempt).
+                return
             last = self._written_at.get(job_id)
             if last is None or now - last >= PROGRESS_INTERVAL:
                 self._waiting.pop(job_id, None)
@@ -91,9 +95,10 @@ class ProgressWriter:
         return due_next
 
     def take(self, context: JobContext) -> None:
-        """The attempt of `context` ended: write its waiting report, if any, and forget it.
-        Called by the worker thread before the outcome is recorded (the write is refused
-        once the job ended); a store that fails it is logged, and the outcome goes on."""
+        """The attempt of `context` ended (`context.ended` is set): write its waiting report,
+        if any, and forget it. Called by the worker thread before the outcome is recorded
+        (the write is refused once the job ended); a store that fails it is logged, and the
+        outcome goes on."""
         if not self._throttle:
             return
         with self._lock:

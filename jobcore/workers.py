@@ -331,6 +331,7 @@ class WorkerPool:
                     attempt.deadline = None
                 if overdue:  # it returned late, before the housekeeper looked: a timeout all the same
                     outcome = Outcome(error=JobTimeout(record.timeout or 0.0))
+            context.ended = True  # code the job left running no longer reports into it
             self._progress.take(context)  # its last report stored before its outcome
             finished = Finished(record, context, outcome, self._clock.monotonic() - attempt.started)
             if not slot.abandoned:
@@ -404,6 +405,7 @@ class WorkerPool:
             with self._state.lock:
                 self._state.running[record.id] = Attempt(record, context, Slot(-1), None, started)
             outcome = self._attempts.run(record, context)
+            context.ended = True
             self._progress.take(context)
             with self._state.lock:
                 del self._state.running[record.id]

@@ -123,6 +123,132 @@ def test_coroutine_functions_run_on_an_event_loop(make_manager: Any, db_path: st
     assert (result.status, result.result) == (JobStatus.COMPLETED, 42)
 
 
+@pytest.mark.parametrize("ending", ["returns", "raises"])
+def test_tasks_a_coroutine_job_leaves_running_are_cancelled_when_it_ends(make_manager: Any, db_path: str,
+                                                                          ending: str) -> None:
+    # Given one worker thread, and a coroutine job that starts a task which never ends
+    # (it yields to the loop over and over, noting which job it thinks it runs in)
+    ticks: list[str] = []
+    cancelled_as: list[str] = []
+
+    async def leave_a_task_behind() -> None:
+        async def forever() -> None:
+            try:
+                while True:
+                    ticks.append(current_job().id)
+                    await asyncio.sleep(0)
+            except asyncio.CancelledError:
+                cancelled_as.append(current_job().id)
+                raise
+
+        asyncio.get_running_loop().create_task(forever())
+        await asyncio.sleep(0)
+        if ending == "raises":
+            raise ValueError("the job ends, its task does not")
+
+    async def yield_a_few_times() -> None:
+        for _ in range(20):
+            await asyncio.sleep(0)  # a task left on this thread's loop would run here
+
+    manager = make_manager(db_path, max_workers=1).start()
+    first = manager.enqueue(Job(function=leave_a_task_behind, max_retries=0))
+
+    # When the job ends, then its task was cancelled before its outcome was recorded
+    assert manager.wait(first, timeout=WAIT).status in (JobStatus.COMPLETED, JobStatus.FAILED)
+    assert cancelled_as == [first]
+
+    # and the next coroutine job on the same thread runs without it
+    ticks_after_first = len(ticks)
+    second = manager.enqueue(Job(function=yield_a_few_times))
+    assert manager.wait(second, timeout=WAIT).status is JobStatus.COMPLETED
+    assert len(ticks) == ticks_after_first and set(ticks) == {first}
+
+
+def test_async_generators_a_coroutine_job_leaves_open_are_closed_when_it_ends(make_manager: Any,
+                                                                               db_path: str) -> None:
+    kept: list[Any] = []  # keeps the generator alive: only the end of its loop closes it
+    closed = threading.Event()
+
+    async def numbers() -> Any:
+        try:
+            while True:
+                yield 1
+        finally:
+            closed.set()
+
+    async def read_one() -> int:
+        generator = numbers()
+        kept.append(generator)
+        return await generator.__anext__()
+
+    manager = make_manager(db_path, max_workers=1).start()
+    assert manager.wait(manager.enqueue(Job(function=read_one)), timeout=WAIT).result == 1
+    assert closed.is_set()  # finalised before the outcome was recorded
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "memory"])
+def test_the_context_of_an_ended_attempt_no_longer_changes_the_job(make_manager: Any, db_path: str,
+                                                                  backend: str) -> None:
+    # Given a job whose first run fails, keeping its context, and a retried run that waits
+    contexts: list[Any] = []
+    second_run_reported = threading.Event()
+    finish = threading.Event()
+
+    def job() -> str:
+        context = current_job()
+        contexts.append(context)
+        if len(contexts) == 1:
+            raise ValueError("the first run fails")
+        context.progress(0.1, "second run")
+        second_run_reported.set()
+        assert finish.wait(WAIT)
+        return "done"
+
+    manager = make_manager(db_path if backend == "sqlite" else MemoryRepository(), max_workers=1).start()
+    job_id = manager.enqueue(Job(function=job, max_retries=0))
+    assert manager.wait(job_id, timeout=WAIT).status is JobStatus.FAILED
+    stale = contexts[0]
+    logs_before = [(entry.level, entry.message) for entry in manager.get_logs(job_id)]
+
+    # When the job is retried (its attempts reset: the new run is attempt 1 again) and the
+    # first run's context reports while the new run is running
+    assert manager.retry(job_id)
+    try:
+        assert second_run_reported.wait(WAIT)
+        assert stale.attempt == contexts[1].attempt == 1
+        assert stale.cancelled
+        with pytest.raises(JobCancelled):
+            stale.progress(0.99, "stale: from the first run")
+        with pytest.raises(JobCancelled):
+            stale.check_cancelled()
+        stale.log("stale: from the first run")
+
+        # Then the new run's progress and the job's log are untouched
+        running = manager.poll(job_id)
+        assert (running.progress, running.progress_message) == (0.1, "second run")
+        assert not contexts[1].cancelled
+    finally:
+        finish.set()
+    assert manager.wait(job_id, timeout=WAIT).result == "done"
+    messages = [entry.message for entry in manager.get_logs(job_id)]
+    assert messages[:len(logs_before)] == [message for _, message in logs_before]
+    assert not any("stale" in message for message in messages)
+
+
+def test_run_pending_ends_the_context_of_each_attempt(db_path: str) -> None:
+    contexts: list[Any] = []
+    manager = JobManager(db_path)
+    try:
+        job_id = manager.enqueue(Job(function=lambda: contexts.append(current_job())))
+        assert manager.run_pending() == 1
+        with pytest.raises(JobCancelled):
+            contexts[0].progress(0.5)
+        contexts[0].log("late")
+        assert manager.get_logs(job_id) == []
+    finally:
+        manager.close()
+
+
 def test_cancel_pending_job_is_immediate(make_manager: Any, db_path: str) -> None:
     manager = make_manager(db_path)  # not started: nothing runs
     job_id = manager.enqueue(Job(function=add, args=(1, 1)))
