@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 
-from jobcore import FakeClock, Job, JobManager, JobStatus, MemoryRepository
+from jobcore import FakeClock, Job, JobManager, JobStatus, MemoryRepository, current_job
 
 
 def test_immediate_mode_runs_jobs_inside_enqueue() -> None:
@@ -24,6 +25,34 @@ def test_immediate_mode_runs_dependents_in_order() -> None:
     first = manager.enqueue(Job(function=lambda: order.append("first")))
     manager.enqueue(Job(function=lambda: order.append("second"), depends_on=[first]))
     assert order == ["first", "second"]
+
+
+async def _send_mail(to: str) -> str:
+    await asyncio.sleep(0)
+    if to == "nobody":
+        raise ValueError("no address")
+    return f"sent to {to} as job {current_job().id}"
+
+
+@pytest.mark.parametrize("mode", ["immediate", "run_pending"])
+def test_coroutine_jobs_run_when_called_from_running_async_code(mode: str) -> None:
+    # Given code that runs in an event loop (a pytest-asyncio test, an async web handler)
+    async def handler() -> list[Any]:
+        loop = asyncio.get_running_loop()
+        manager = JobManager(MemoryRepository(), immediate=(mode == "immediate"))
+        # When it enqueues coroutine jobs that run in its thread
+        ids = [manager.enqueue(Job(function=_send_mail, args=(to,), max_retries=0)) for to in ("ann", "nobody")]
+        if mode == "run_pending":
+            assert manager.run_pending() == 2
+        assert asyncio.get_running_loop() is loop
+        await asyncio.sleep(0)  # and its own loop goes on
+        return [manager.poll(job_id) for job_id in ids]
+
+    sent, failed = asyncio.run(handler())
+
+    # Then they ran to their end, each as its job
+    assert (sent.status, sent.result) == (JobStatus.COMPLETED, f"sent to ann as job {sent.job_id}")
+    assert (failed.status, failed.error_type, failed.error) == (JobStatus.FAILED, "ValueError", "no address")
 
 
 def test_run_pending_steps_through_retries_with_a_fake_clock(db_path: str) -> None:
