@@ -7,6 +7,7 @@ reads a clock or touches storage.
 from __future__ import annotations
 
 import random
+import sys
 from typing import Callable
 
 from .errors import JobTimeout, PermanentError, RetryableError
@@ -16,22 +17,38 @@ Classifier = Callable[[BaseException], bool]
 TRANSIENT_TYPES: tuple[type[BaseException], ...] = (TimeoutError, ConnectionError, OSError, JobTimeout)
 TRANSIENT_WORDS = ("timeout", "connection", "temporary", "unavailable")
 
+# Before Python 3.11, asyncio.TimeoutError (what asyncio.wait_for raises) and
+# concurrent.futures.TimeoutError are classes of their own, not the built-in TimeoutError
+# (3.11 made them aliases of it), and their message is empty: they are transient too.
+# Named by the modules that define them and looked up only once those are loaded (no
+# instance exists before), since importing asyncio costs ~25 ms at start-up.
+_OTHER_TIMEOUT_MODULES = ("asyncio.exceptions", "concurrent.futures._base") if sys.version_info < (3, 11) else ()
+
 
 def is_transient(exc: BaseException) -> bool:
     """The default classifier: True if `exc` is worth retrying.
 
-    `RetryableError` always is and `PermanentError` never is. Otherwise `TimeoutError`,
-    `ConnectionError`, `OSError` (and `JobTimeout`) are, and so is any exception whose
-    message mentions timeout, connection, temporary or unavailable. Everything else is
-    permanent."""
+    `RetryableError` always is and `PermanentError` never is. Otherwise `TimeoutError`
+    (`asyncio.TimeoutError` and `concurrent.futures.TimeoutError` included, also on
+    Python 3.10), `ConnectionError`, `OSError` (and `JobTimeout`) are, and so is any
+    exception whose message mentions timeout, connection, temporary or unavailable.
+    Everything else is permanent."""
     if isinstance(exc, RetryableError):
         return True
     if isinstance(exc, PermanentError):
         return False
-    if isinstance(exc, TRANSIENT_TYPES):
+    if isinstance(exc, TRANSIENT_TYPES) or _is_other_timeout(exc):
         return True
     message = str(exc).lower()
     return any(word in message for word in TRANSIENT_WORDS)
+
+
+def _is_other_timeout(exc: BaseException) -> bool:
+    for name in _OTHER_TIMEOUT_MODULES:
+        module = sys.modules.get(name)
+        if module is not None and isinstance(exc, module.TimeoutError):
+            return True
+    return False
 
 
 def should_retry(exc: BaseException, classifier: Classifier) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import json
 import random
 import threading
@@ -36,6 +38,8 @@ class Flaky:
 
 @pytest.mark.parametrize("exc,transient", [
     (TimeoutError(), True), (ConnectionError(), True), (OSError("disk"), True),
+    # not subclasses of TimeoutError before Python 3.11, and their message is empty
+    (asyncio.TimeoutError(), True), (concurrent.futures.TimeoutError(), True),
     (JobTimeout(1.0), True), (RetryableError("x"), True),
     (ValueError("read timeout"), True), (KeyError("Connection refused"), True),
     (RuntimeError("temporary glitch"), True), (Exception("service UNAVAILABLE"), True),
