@@ -27,7 +27,7 @@ from .registry import FunctionRegistry, LocalJobs
 from .repository.base import Cascade, JobRecord, JobRepository, QueueEntry, Settlement
 from .retry import Classifier
 from .scheduler import ScheduleFirer
-from .settle import EVENTS, completed, decide, describe, event_details
+from .settle import EVENTS, cancelled, completed, decide, describe, event_details
 
 logger = logging.getLogger("jobcore.workers")
 
@@ -267,6 +267,8 @@ class Recorder:
             logger.warning("job %s was no longer held by this worker; its outcome is discarded", record.id)
             settled.append((record.id, None))
             return
+        if cascade.cancelled_instead:  # cancel() came too late for the worker to see: no retry timer
+            settlement = cancelled(record)
         if settlement.kind == "retry":  # a timer: its run_at keeps it from drop_stale
             self._queue.push(record.queue_entry()._replace(run_at=settlement.retry_at), settlement.retry_at)
         elif settlement.kind == "complete":

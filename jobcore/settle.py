@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from .errors import RetryableError
 from .execution import Outcome
-from .repository.base import JobRecord, Settlement
+from .repository.base import CANCELLED_ERROR_TYPE, CANCELLED_WHILE_RUNNING, JobRecord, Settlement
 from .retry import Classifier, retry_delay, should_retry
 from .serialization import TRACEBACK_LIMIT, storable_text
 
@@ -29,8 +29,7 @@ def decide(record: JobRecord, outcome: Outcome, *, cancel_requested: bool, class
     if outcome.succeeded:
         return completed(record, outcome.value, ran_for, encoded_result)
     if outcome.cancelled or cancel_requested:
-        return Settlement("cancel", record.id, attempt, error="cancelled while running",
-                          error_type="JobCancelled", seq=record.seq)
+        return cancelled(record)
     exc = outcome.error
     assert exc is not None
     error = storable_text(describe(exc))
@@ -54,6 +53,14 @@ def decide(record: JobRecord, outcome: Outcome, *, cancel_requested: bool, class
     why = "no retries left" if transient else "permanent error"
     return Settlement("fail", record.id, attempt, error=error, error_type=error_type,
                       traceback=traceback, note=f"{failed}; {why}", seq=record.seq)
+
+
+def cancelled(record: JobRecord) -> Settlement:
+    """The settlement of an attempt of `record` stopped on a cancel request: what `decide`
+    returns for one, and what the store made of a retry or failure whose job's
+    cancellation had been requested (`Cascade.cancelled_instead`)."""
+    return Settlement("cancel", record.id, record.attempts, error=CANCELLED_WHILE_RUNNING,
+                      error_type=CANCELLED_ERROR_TYPE, seq=record.seq)
 
 
 def describe(exc: BaseException) -> str:

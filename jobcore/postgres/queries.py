@@ -6,11 +6,12 @@ Row locks, and why (READ COMMITTED; rows of `jobs`):
 - Claims take `FOR NO KEY UPDATE SKIP LOCKED`: managers claiming the same job never wait
   on each other; the loser simply gets nothing.
 - Inserting a job that depends on stored jobs takes `FOR KEY SHARE` on them, and every
-  transition that ends a job (complete, final fail, cancel, recovery, cascade) takes
-  `FOR UPDATE` first. The two conflict, so a dependency cannot end between the moment an
-  insert reads its status and the moment the dependent's `job_deps` row commits (which
-  would leave the dependent blocked forever); claims (`NO KEY UPDATE`) do not conflict
-  with `KEY SHARE`, so inserts never make a claim skip a job.
+  transition that ends a job (complete, final fail, cancel, recovery, cascade; a retry
+  too, which ends it if its cancellation was requested) takes `FOR UPDATE` first. The
+  two conflict, so a dependency cannot end between the moment an insert reads its
+  status and the moment the dependent's `job_deps` row commits (which would leave the
+  dependent blocked forever); claims (`NO KEY UPDATE`) do not conflict with `KEY SHARE`,
+  so inserts never make a claim skip a job.
 - Statements that lock several rows take them in `seq` order, and statements that must
   never wait (claims, heartbeats, recovery) skip locked rows, so no two transactions
   wait on each other in a cycle (PostgreSQL would break it only after deadlock_timeout).
@@ -175,20 +176,37 @@ UPDATE {{s}}.jobs AS j SET blocked = GREATEST(j.blocked - waiting.n, 0)
 FROM waiting WHERE j.seq = waiting.seq
 RETURNING {_J_ENTRY}, j.blocked, waiting.completed
 """
-FAIL_RETRY = f"""
-UPDATE {{s}}.jobs SET status = 'scheduled', run_at = %(retry_at)s, error = %(error)s,
-    error_type = %(error_type)s, traceback = %(traceback)s, lease_expires_at = NULL
-WHERE {_HELD_WHERE}
-"""
-FAIL_FINAL = _HELD + """
-UPDATE {s}.jobs AS j SET status = 'failed', completed_at = %(now)s, error = %(error)s,
-    error_type = %(error_type)s, traceback = %(traceback)s, lease_expires_at = NULL
-FROM held WHERE j.seq = held.seq
-"""
 FINISH_CANCELLED = _HELD + """
 UPDATE {s}.jobs AS j SET status = 'cancelled', completed_at = %(now)s,
     error = 'cancelled while running', error_type = 'JobCancelled', lease_expires_at = NULL
 FROM held WHERE j.seq = held.seq
+"""
+# A failed attempt of a job whose cancellation was requested (cancel() returned True while
+# the outcome was on its way: the worker had not heard of it, or the attempt had already
+# ended or timed out) ends CANCELLED, as FINISH_CANCELLED leaves it, in the same statement:
+# no retry, no dead letter. The SET reads the row as the lock found it (a cancel request
+# committed meanwhile is seen), and RETURNING tells the caller which it did. A retry
+# takes FOR UPDATE too, since it may end the job (see the module docstring).
+FAIL_RETRY = _HELD + """
+UPDATE {s}.jobs AS j SET status = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'scheduled' END,
+    run_at = CASE WHEN j.cancel_requested THEN j.run_at ELSE %(retry_at)s END,
+    completed_at = CASE WHEN j.cancel_requested THEN %(now)s ELSE j.completed_at END,
+    error = CASE WHEN j.cancel_requested THEN 'cancelled while running' ELSE %(error)s END,
+    error_type = CASE WHEN j.cancel_requested THEN 'JobCancelled' ELSE %(error_type)s END,
+    traceback = CASE WHEN j.cancel_requested THEN j.traceback ELSE %(traceback)s END,
+    lease_expires_at = NULL
+FROM held WHERE j.seq = held.seq
+RETURNING j.cancel_requested
+"""
+FAIL_FINAL = _HELD + """
+UPDATE {s}.jobs AS j SET status = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'failed' END,
+    completed_at = %(now)s,
+    error = CASE WHEN j.cancel_requested THEN 'cancelled while running' ELSE %(error)s END,
+    error_type = CASE WHEN j.cancel_requested THEN 'JobCancelled' ELSE %(error_type)s END,
+    traceback = CASE WHEN j.cancel_requested THEN j.traceback ELSE %(traceback)s END,
+    lease_expires_at = NULL
+FROM held WHERE j.seq = held.seq
+RETURNING j.cancel_requested
 """
 # The cascade goes one level per statement: each statement reads job_deps afresh after
 # the previous one waited for its locks, so a dependent committed meanwhile is seen.

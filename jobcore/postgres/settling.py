@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from ..repository._cascade import dependency_error_message
-from ..repository.base import Cascade, QueueEntry, Settlement
+from ..repository.base import Cascade, QueueEntry, Settlement, cancelled_instead_note
 from .database import Tx
 from .queries import Statements
 from .rows import clean_text, entry_from_row
@@ -96,11 +96,14 @@ def settle_one(sql: Statements, tx: Tx, s: Settlement, worker_id: str, now: floa
     retrying = s.kind == "retry" and s.retry_at is not None
     params = {**held, "retry_at": s.retry_at, "error": clean_text(s.error),
               "error_type": clean_text(s.error_type), "traceback": clean_text(s.traceback)}
-    if tx.execute(sql.FAIL_RETRY if retrying else sql.FAIL_FINAL, params).rowcount != 1:
+    row = tx.execute(sql.FAIL_RETRY if retrying else sql.FAIL_FINAL, params).fetchone()
+    if row is None:
         return None
+    cancelled = bool(row[0])  # its cancellation was requested: it ended CANCELLED instead
     if s.note is not None:
-        tx.execute(sql.INSERT_LOG, (s.job_id, now, "error", clean_text(s.note)))
-    if retrying:
+        note = cancelled_instead_note(s.note) if cancelled else s.note
+        tx.execute(sql.INSERT_LOG, (s.job_id, now, "error", clean_text(note)))
+    if retrying and not cancelled:
         tx.notify()  # its timer, for whichever manager is free then
         return Cascade()
-    return Cascade(cancelled=cancel_dependents(sql, tx, s.job_id, now))
+    return Cascade(cancelled=cancel_dependents(sql, tx, s.job_id, now), cancelled_instead=cancelled)

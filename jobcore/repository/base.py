@@ -22,13 +22,14 @@ import abc
 from typing import Any, Collection, Optional, Sequence
 
 from ..models import JobStatus
-from .values import (CancelOutcome, Cascade, JobRecord, QueueEntry, Recovery, Settlement, WorkerInfo,
-                     claim_limit, id_taken, require_plain_pending)
+from .values import (CANCELLED_ERROR_TYPE, CANCELLED_WHILE_RUNNING, CancelOutcome, Cascade, JobRecord,
+                     QueueEntry, Recovery, Settlement, WorkerInfo, cancelled_instead_note, claim_limit,
+                     id_taken, require_plain_pending)
 
 # The values are re-exported: backends and callers import them from here.
-__all__ = ["CancelOutcome", "Cascade", "JobRecord", "JobRepository", "QueueEntry", "Recovery",
-           "Settlement", "SettlesThroughApply", "WorkerInfo", "claim_limit", "id_taken",
-           "require_plain_pending"]
+__all__ = ["CANCELLED_ERROR_TYPE", "CANCELLED_WHILE_RUNNING", "CancelOutcome", "Cascade", "JobRecord",
+           "JobRepository", "QueueEntry", "Recovery", "Settlement", "SettlesThroughApply", "WorkerInfo",
+           "cancelled_instead_note", "claim_limit", "id_taken", "require_plain_pending"]
 
 
 class JobRepository(abc.ABC):
@@ -173,12 +174,21 @@ class JobRepository(abc.ABC):
 
         With `retry_at`, the job becomes SCHEDULED to run again then; without, it
         becomes FAILED (the dead-letter queue) and its dependents are `cancelled`,
-        transitively. Returns None if the job was not held so."""
+        transitively. Returns None if the job was not held so.
+
+        If the job's cancellation was requested (`cancel_requested`: the attempt ended
+        before the worker heard of it), it becomes CANCELLED instead, in the same
+        compare-and-set, exactly as `finish_cancelled` leaves it (error
+        `CANCELLED_WHILE_RUNNING`, type `CANCELLED_ERROR_TYPE`), its dependents
+        `cancelled`; the cascade says `cancelled_instead`, and `note`, if given, is
+        logged as `cancelled_instead_note(note)`. A cancel that returned True is never
+        undone by a retry."""
 
     @abc.abstractmethod
     def finish_cancelled(self, job_id: str, worker_id: str, attempt: int, now: float) -> Optional[Cascade]:
-        """A running job stopped on a cancel request: RUNNING -> CANCELLED, dependents
-        cancelled transitively. Returns None if the job was not held so."""
+        """A running job stopped on a cancel request: RUNNING -> CANCELLED with error
+        `CANCELLED_WHILE_RUNNING` (type `CANCELLED_ERROR_TYPE`), dependents cancelled
+        transitively. Returns None if the job was not held so."""
 
     def release(self, job_id: str, worker_id: str, attempt: int, now: float) -> bool:
         """Hand back a job claimed by `worker_id` on `attempt` but never started: it is

@@ -16,8 +16,8 @@ from typing import Any, Collection, Optional, Sequence
 
 from ..models import TERMINAL_STATUSES, JobStatus
 from ._cascade import dependency_error_message
-from .base import (Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry, Recovery, Settlement,
-                   WorkerInfo, id_taken)
+from .base import (CANCELLED_ERROR_TYPE, CANCELLED_WHILE_RUNNING, Cascade, CancelOutcome, JobRecord,
+                   JobRepository, QueueEntry, Recovery, Settlement, WorkerInfo, cancelled_instead_note, id_taken)
 from .memory_adding import MemoryAdding
 # A copy with dicts of its own: whoever holds it can change it without touching the store.
 from .values import detached_copy as _detached
@@ -218,6 +218,10 @@ class MemoryRepository(MemoryAdding, JobRepository):
             row = self._held(job_id, worker_id, attempt)
             if row is None:
                 return None
+            if row.cancel_requested:  # cancel() returned True: no retry, no dead letter
+                if note is not None:
+                    self._logs.setdefault(job_id, []).append((now, "error", cancelled_instead_note(note)))
+                return self._finish_cancelled(row, now, instead=True)
             if note is not None:
                 self._logs.setdefault(job_id, []).append((now, "error", note))
             row.error, row.error_type, row.traceback = error, error_type, traceback
@@ -232,11 +236,13 @@ class MemoryRepository(MemoryAdding, JobRepository):
     def finish_cancelled(self, job_id: str, worker_id: str, attempt: int, now: float) -> Optional[Cascade]:
         with self._lock:
             row = self._held(job_id, worker_id, attempt)
-            if row is None:
-                return None
-            self._end(row, JobStatus.CANCELLED, now)
-            row.error, row.error_type = "cancelled while running", "JobCancelled"
-            return Cascade(cancelled=self._cancel_dependents(row, now))
+            return None if row is None else self._finish_cancelled(row, now)
+
+    def _finish_cancelled(self, row: JobRecord, now: float, instead: bool = False) -> Cascade:
+        """End a held row CANCELLED on its cancel request (`instead` of a retry or failure)."""
+        self._end(row, JobStatus.CANCELLED, now)
+        row.error, row.error_type = CANCELLED_WHILE_RUNNING, CANCELLED_ERROR_TYPE
+        return Cascade(cancelled=self._cancel_dependents(row, now), cancelled_instead=instead)
 
     def release(self, job_id: str, worker_id: str, attempt: int, now: float) -> bool:
         with self._lock:

@@ -324,20 +324,35 @@ RETURNING id, priority, seq, run_at, function_name, cron IS NOT NULL, blocked,
                                 JOIN job_deps AS d ON d.depends_on = c.value
                                 WHERE d.job_id = +jobs.id ORDER BY c.key DESC LIMIT 1) END
 """
-FAIL_RETRY = f"""
-UPDATE jobs SET status = 'scheduled', run_at = ?, error = ?, error_type = ?, traceback = ?,
-    lease_expires_at = NULL
-WHERE {_HELD}
-"""
-FAIL_FINAL = f"""
-UPDATE jobs SET status = 'failed', completed_at = ?, error = ?, error_type = ?, traceback = ?,
-    lease_expires_at = NULL
-WHERE {_HELD}
-"""
 FINISH_CANCELLED = f"""
 UPDATE jobs SET status = 'cancelled', completed_at = ?, error = 'cancelled while running',
     error_type = 'JobCancelled', lease_expires_at = NULL
 WHERE {_HELD}
+"""
+# A failed attempt of a job whose cancellation was requested (cancel() returned True while
+# the outcome was on its way: the worker had not heard of it, or the attempt had already
+# ended or timed out) ends CANCELLED, as FINISH_CANCELLED leaves it, in the same statement:
+# no retry, no dead letter. RETURNING tells the caller which it did.
+FAIL_RETRY = f"""
+UPDATE jobs SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'scheduled' END,
+    run_at = CASE WHEN cancel_requested THEN run_at ELSE ? END,
+    completed_at = CASE WHEN cancel_requested THEN ? ELSE completed_at END,
+    error = CASE WHEN cancel_requested THEN 'cancelled while running' ELSE ? END,
+    error_type = CASE WHEN cancel_requested THEN 'JobCancelled' ELSE ? END,
+    traceback = CASE WHEN cancel_requested THEN traceback ELSE ? END,
+    lease_expires_at = NULL
+WHERE {_HELD}
+RETURNING cancel_requested
+"""
+FAIL_FINAL = f"""
+UPDATE jobs SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'failed' END,
+    completed_at = ?,
+    error = CASE WHEN cancel_requested THEN 'cancelled while running' ELSE ? END,
+    error_type = CASE WHEN cancel_requested THEN 'JobCancelled' ELSE ? END,
+    traceback = CASE WHEN cancel_requested THEN traceback ELSE ? END,
+    lease_expires_at = NULL
+WHERE {_HELD}
+RETURNING cancel_requested
 """
 # Each statement above on a job held, finding the row by its seq (no index read) and
 # checking its id: the parameters go on with the seq before the id.

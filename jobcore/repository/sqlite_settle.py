@@ -17,7 +17,7 @@ from typing import Any, Optional, Sequence
 from .. import serialization
 from . import sqlite_schema as sql
 from ._cascade import dependency_error_message
-from .base import Cascade, QueueEntry, Settlement
+from .base import Cascade, QueueEntry, Settlement, cancelled_instead_note
 from .sqlite_rows import entry_from_row
 
 # Shared by every completion that releases nothing (it is frozen): one less object per job.
@@ -44,6 +44,19 @@ def _held_update(conn: sqlite3.Connection, query: str, values: tuple[Any, ...], 
     return conn.execute(query, (*values, s.job_id, worker_id, s.attempt)).rowcount == 1
 
 
+def _held_returning(conn: sqlite3.Connection, query: str, values: tuple[Any, ...], s: Settlement,
+                    worker_id: str) -> Optional[Any]:
+    """`_held_update` for a statement with a RETURNING clause: the row it returned, or
+    None if it did not apply (`rowcount` is not known until the rows are fetched)."""
+    if s.seq:
+        by_seq = (*values, s.seq, s.job_id, worker_id, s.attempt)
+        for row in conn.execute(sql.HELD_BY_SEQ[query], by_seq).fetchall():
+            return row
+    for row in conn.execute(query, (*values, s.job_id, worker_id, s.attempt)).fetchall():
+        return row
+    return None
+
+
 def _settle_one(conn: sqlite3.Connection, s: Settlement, worker_id: str, now: float) -> Optional[Cascade]:
     """Apply one settlement other than a completion inside the caller's transaction."""
     if s.kind == "release":
@@ -55,13 +68,20 @@ def _settle_one(conn: sqlite3.Connection, s: Settlement, worker_id: str, now: fl
     if s.kind not in ("retry", "fail"):
         raise ValueError(f"unknown settlement kind {s.kind!r}")
     retrying = s.kind == "retry" and s.retry_at is not None
-    query = sql.FAIL_RETRY if retrying else sql.FAIL_FINAL
-    first = s.retry_at if retrying else now
-    if not _held_update(conn, query, (first, s.error, s.error_type, s.traceback), s, worker_id):
+    if retrying:
+        row = _held_returning(conn, sql.FAIL_RETRY, (s.retry_at, now, s.error, s.error_type, s.traceback),
+                              s, worker_id)
+    else:
+        row = _held_returning(conn, sql.FAIL_FINAL, (now, s.error, s.error_type, s.traceback), s, worker_id)
+    if row is None:
         return None
+    cancelled = bool(row[0])  # its cancellation was requested: it ended CANCELLED instead
     if s.note is not None:
-        conn.execute(sql.INSERT_LOG, (s.job_id, now, "error", s.note))
-    return Cascade() if retrying else Cascade(cancelled=cancel_dependents(conn, s.job_id, now))
+        note = cancelled_instead_note(s.note) if cancelled else s.note
+        conn.execute(sql.INSERT_LOG, (s.job_id, now, "error", note))
+    if retrying and not cancelled:
+        return Cascade()
+    return Cascade(cancelled=cancel_dependents(conn, s.job_id, now), cancelled_instead=cancelled)
 
 
 def settle_all(conn: sqlite3.Connection, settlements: Sequence[Settlement],

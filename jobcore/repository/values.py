@@ -239,10 +239,25 @@ class Cascade:
 
     `released`: dependents whose last dependency just COMPLETED (now ready or due).
     `cancelled`: dependents, transitively, just CANCELLED because this job will never
-    complete."""
+    complete.
+    `cancelled_instead`: a retry or failure that ended the job CANCELLED instead, as
+    `finish_cancelled` would have, because its cancellation had been requested."""
 
     released: tuple[QueueEntry, ...] = ()
     cancelled: tuple[str, ...] = ()
+    cancelled_instead: bool = False
+
+
+# The error and error type of a job stopped while running on a cancel request
+# (`finish_cancelled`, or a retry or failure settled as CANCELLED instead).
+CANCELLED_WHILE_RUNNING = "cancelled while running"
+CANCELLED_ERROR_TYPE = "JobCancelled"
+
+
+def cancelled_instead_note(note: str) -> str:
+    """The log line of a failed attempt (its `note`) that a store settled as CANCELLED
+    instead of a retry or failure, the job's cancellation having been requested."""
+    return f"{note}; its cancellation was requested: cancelled instead"
 
 
 def id_taken(job_id: str) -> InvalidJob:

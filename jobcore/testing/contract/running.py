@@ -169,6 +169,27 @@ class _RunningContract:
             assert stored.completed_at == NOW + 1
         assert _status(repository, unrelated.id) is JobStatus.PENDING
 
+    def test_fail_ends_a_job_cancelled_once_its_cancellation_was_requested(self, repository: JobRepository) -> None:
+        for retry_at in (NOW + 10, None):
+            # given a running job with a dependent, asked to cancel while its attempt ended
+            job = _add(repository, max_retries=3)
+            dependent = _add(repository, depends_on=(job.id,))
+            _claim(repository, job.id, "w1")
+            assert repository.cancel(job.id, NOW + 1, "stop")[0] is CancelOutcome.REQUESTED
+            # when another worker reports a failure, nothing changes
+            assert repository.fail(job.id, "w2", 1, error="x", error_type="E", traceback=None, now=NOW + 2,
+                                   retry_at=retry_at) is None
+            # when its holder records the failure, retry or not: CANCELLED, its dependent too
+            cascade = repository.fail(job.id, "w1", 1, error="reset", error_type="ConnectionError",
+                                      traceback=None, now=NOW + 2, retry_at=retry_at)
+            assert cascade is not None and cascade.cancelled_instead and list(cascade.cancelled) == [dependent.id]
+            stored = _get(repository, job.id)
+            assert (stored.status, stored.error_type, stored.completed_at) == (
+                JobStatus.CANCELLED, "JobCancelled", NOW + 2), retry_at
+            assert _status(repository, dependent.id) is JobStatus.CANCELLED
+        # and a failure of a job nobody asked to cancel says it was not cancelled instead
+        assert not _fail(repository, _add(repository).id).cancelled_instead
+
     def test_finish_cancelled_ends_a_running_job_and_its_dependents(self, repository: JobRepository) -> None:
         job = _add(repository)
         dependent = _add(repository, depends_on=(job.id,))

@@ -6,7 +6,7 @@ import pytest
 
 from ...models import JobStatus
 from ...repository import base
-from ...repository.base import JobRepository
+from ...repository.base import CancelOutcome, JobRepository
 from .support import NOW, _add, _claim, _get, _ids_of, _status, make_record
 
 
@@ -69,6 +69,50 @@ class _SettlingContract:
             assert (record.status, record.worker_id, record.attempts, record.lease_expires_at) == (
                 JobStatus.RUNNING, "w1", 1, NOW + 31)
         assert _status(repository, later.id) is JobStatus.SCHEDULED
+
+    def test_apply_ends_a_retry_or_failure_cancelled_once_its_cancellation_was_requested(
+            self, repository: JobRepository) -> None:
+        # given w1 holding four jobs, each with a dependent, three of them asked to cancel
+        retried, failed, done, plain = jobs = [_add(repository) for _ in range(4)]
+        dependents = [_add(repository, depends_on=(job.id,)) for job in jobs]
+        for job in jobs:
+            _claim(repository, job.id, "w1")
+        for job in (retried, failed, done):
+            assert repository.cancel(job.id, NOW + 1, "stop")[0] is CancelOutcome.REQUESTED
+        # when w1 records the attempts, which ended before it heard of the cancels: a retry
+        # (found by its seq) and a failure, a completion, and a retry of the fourth job
+        settlements = [
+            base.Settlement("retry", retried.id, 1, error="reset", error_type="ConnectionError",
+                            traceback="Traceback ...", retry_at=NOW + 10, note="attempt 1 failed; retry 1 of 3",
+                            seq=retried.seq),
+            base.Settlement("fail", failed.id, 1, error="bad", error_type="ValueError", traceback="Traceback ...",
+                            note="attempt 1 failed; permanent error"),
+            base.Settlement("complete", done.id, 1, result="ok"),
+            base.Settlement("retry", plain.id, 1, error="reset", error_type="ConnectionError", retry_at=NOW + 10),
+        ]
+        cascades, _ = repository.apply(settlements, [], "w1", NOW + 2, NOW + 32)
+        # then the retry and the failure ended CANCELLED, as finish_cancelled ends a job,
+        # their dependents cancelled naming them, and the cascades say so
+        for job, dependent, cascade, note in zip((retried, failed), dependents, cascades, (
+                "attempt 1 failed; retry 1 of 3", "attempt 1 failed; permanent error")):
+            assert cascade is not None and cascade.cancelled_instead and list(cascade.cancelled) == [dependent.id]
+            stored = _get(repository, job.id)
+            assert (stored.status, stored.error, stored.error_type, stored.completed_at, stored.lease_expires_at,
+                    stored.attempts) == (JobStatus.CANCELLED, base.CANCELLED_WHILE_RUNNING,
+                                         base.CANCELLED_ERROR_TYPE, NOW + 2, None, 1)
+            assert repository.logs(job.id) == [(NOW + 2, "error", base.cancelled_instead_note(note))]
+            stored_dependent = _get(repository, dependent.id)
+            assert stored_dependent.status is JobStatus.CANCELLED and job.id in (stored_dependent.error or "")
+        # and nothing brings the cancelled retry back
+        assert repository.claim(retried.id, "w2", NOW + 10, NOW + 40) is None
+        assert _ids_of(repository.scheduled(None, 10)) == [plain.id]
+        # and a completion stays a completion; a retry nobody cancelled is a retry
+        assert cascades[2] is not None and not cascades[2].cancelled_instead
+        assert _ids_of(cascades[2].released) == [dependents[2].id]
+        assert (_status(repository, done.id), _get(repository, done.id).result) == (JobStatus.COMPLETED, "ok")
+        assert cascades[3] is not None and not cascades[3].cancelled_instead and not cascades[3].cancelled
+        assert (_status(repository, plain.id), _status(repository, dependents[3].id)) == (
+            JobStatus.SCHEDULED, JobStatus.PENDING)
 
     def test_apply_tops_up_stale_claims_with_the_best_ready_jobs_up_to_a_number(
             self, repository: JobRepository) -> None:
