@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from jobcore import FakeClock, Job, JobStatus, RepositoryError, SQLiteRepository
+from jobcore import FakeClock, Job, JobManager, JobStatus, RepositoryError, SQLiteRepository
 
 WAIT = 10.0
 
@@ -171,7 +171,11 @@ def test_a_text_priority_fails_its_job_alone_and_the_manager_starts(make_manager
 
 
 @pytest.mark.parametrize("functions", [1, 2])
-def test_a_text_due_time_does_not_stop_the_manager(make_manager: Any, db_path: str, functions: int) -> None:
+@pytest.mark.parametrize("sql_value, shown", [("'soon'", "'soon'"), ("x'00'", "b'\\x00'"), ("1e999", "inf")])
+def test_a_due_time_that_is_not_a_time_fails_its_job_alone_once_started(
+        make_manager: Any, db_path: str, functions: int, sql_value: str, shown: str) -> None:
+    # given a scheduled job whose due time was edited to text, bytes or infinity (SQLite's
+    # `run_at <= now` is never true for those: the job stayed SCHEDULED for ever)
     manager = make_manager(db_path)
     manager.register_function("echo", lambda x: x)
     if functions == 2:
@@ -179,13 +183,90 @@ def test_a_text_due_time_does_not_stop_the_manager(make_manager: Any, db_path: s
         manager.enqueue(Job(function_name="other", args=(0,), scheduled_at=datetime.now() + timedelta(hours=2)))
     in_an_hour = datetime.now() + timedelta(hours=1)
     later = manager.enqueue(Job(function_name="echo", args=(1,), scheduled_at=in_an_hour))
-    _corrupt(db_path, later, "run_at", "'soon'")
+    _corrupt(db_path, later, "run_at", sql_value)
+    told = f"run_at holds {shown}, not a time"
+    before = manager.poll(later)
+    assert before.status is JobStatus.SCHEDULED and told in before.error
 
-    manager.start()  # the timers once failed here on 'soon' > now
+    # when the manager starts (the timers once failed here on 'soon' > now)
+    manager.start()
+
+    # then that job fails alone as corrupt, naming the column, and the others run
+    bad = manager.wait(later, timeout=WAIT)
+    assert (bad.status, bad.error_type, bad.attempts) == (JobStatus.FAILED, "CorruptJob", 1)
+    assert told in bad.error
     assert manager.wait(manager.enqueue(Job(function_name="echo", args=(2,))), timeout=WAIT).result == 2
-    shown = manager.poll(later)
-    assert shown.status is JobStatus.SCHEDULED and shown.error_type == "CorruptJob"
-    assert "run_at holds 'soon', not a time" in shown.error
+    assert [job.id for job, _ in manager.get_dead_letter_queue()] == [later]
+
+
+def test_a_due_time_that_is_not_a_time_fails_its_job_in_run_pending(db_path: str) -> None:
+    # given a manager that is not started, and a scheduled job whose due time is text
+    manager = JobManager(db_path)
+    try:
+        manager.register_function("echo", lambda x: x)
+        later = manager.enqueue(Job(function_name="echo", args=(1,),
+                                    scheduled_at=datetime.now() + timedelta(hours=1)))
+        fine = manager.enqueue(Job(function_name="echo", args=(2,)))
+        _corrupt(db_path, later, "run_at", "'garbage'")
+        # when it runs what is ready, then the corrupt job is failed with the rest
+        assert manager.run_pending() == 2
+        bad = manager.poll(later)
+        assert (bad.status, bad.error_type) == (JobStatus.FAILED, "CorruptJob")
+        assert "run_at holds 'garbage', not a time" in bad.error
+        assert manager.poll(fine).result == 2
+    finally:
+        manager.close()
+
+
+def test_a_running_job_whose_lease_is_not_a_time_is_taken_back(make_manager: Any, db_path: str) -> None:
+    # given a job claimed by a worker that died, its lease edited to text (SQLite's
+    # `lease_expires_at < now` is never true for text: it stayed RUNNING for ever)
+    repo = SQLiteRepository(db_path)
+    producer = make_manager(repo, producer=True)
+    job_id = producer.enqueue(Job(function_name="echo", args=(1,)))
+    now = time.time()
+    assert repo.claim(job_id, "dead-worker", now, now + 3600) is not None
+    _corrupt(db_path, job_id, "lease_expires_at", "'garbage'")
+
+    # when a manager runs on the store (recovering leases often)
+    manager = make_manager(db_path, lease_timeout=0.2, poll_interval=0.05)
+    manager.register_function("echo", lambda x: x)
+    manager.start()
+
+    # then the job is taken back and runs again, and its log tells why
+    result = manager.wait(job_id, timeout=WAIT)
+    assert (result.status, result.attempts, result.result) == (JobStatus.COMPLETED, 2, 1)
+    messages = [entry.message for entry in manager.get_logs(job_id)]
+    assert any("lease_expires_at held 'garbage', not a time" in m for m in messages), messages
+    assert any("dead-worker lost its lease on attempt 1" in m for m in messages), messages
+
+
+def test_recovery_gives_a_lease_that_is_not_a_time_one_round_to_be_renewed(db_path: str) -> None:
+    # given a running job whose lease is text: its worker may be alive (it renews its leases
+    # at each heartbeat), so recovery must not take the job from it at once
+    repo = SQLiteRepository(db_path)
+    try:
+        from jobcore.records import record_for
+        now = time.time()
+        (job_id,) = repo.insert([record_for(Job(function_name="echo", args=(1,)), now)], now)
+        assert repo.claim(job_id, "worker", now, now + 60) is not None
+        _corrupt(db_path, job_id, "lease_expires_at", "'garbage'")
+
+        # when recovery runs, the lease is made to end now, and the job stays with its worker
+        first = repo.recover(now)
+        assert (first.requeued, first.failed, first.cancelled) == ((), (), ())
+        stored = repo.get(job_id)
+        assert (stored.status, stored.lease_expires_at, stored.decode_error) == (JobStatus.RUNNING, now, None)
+        # and a worker that renews it keeps it
+        assert repo.heartbeat("worker", [job_id], now + 60, now) == []
+        assert repo.recover(now + 1).requeued == ()
+        # but one that does not loses it at the next round
+        _corrupt(db_path, job_id, "lease_expires_at", "'garbage'")
+        assert repo.recover(now + 2).requeued == ()
+        assert [entry.job_id for entry in repo.recover(now + 3).requeued] == [job_id]
+        assert repo.get(job_id).status is JobStatus.PENDING
+    finally:
+        repo.close()
 
 
 def test_a_text_timeout_fails_its_job_and_the_worker_thread_survives(make_manager: Any,
@@ -261,6 +342,8 @@ def test_tags_that_are_not_json_leave_tag_filters_working(make_manager: Any, db_
     ("created_at", "1e300", "created_at holds 1e+300, not a time"),
     ("max_retries", "'z'", "max_retries holds 'z', not an integer"),
     ("progress", "'p'", "progress holds 'p', not a number"),
+    ("run_at", "'soon'", "run_at holds 'soon', not a time"),  # a pending job's due time
+    ("scheduled_at", "'x'", "scheduled_at holds 'x', not a time"),
 ])
 def test_a_field_of_the_wrong_shape_fails_its_job_alone(make_manager: Any, db_path: str, column: str,
                                                          sql_value: str, told: str) -> None:

@@ -14,6 +14,7 @@ import sys
 import textwrap
 import threading
 import time
+from datetime import datetime, timedelta
 from typing import Any, Callable, Iterator
 
 import pytest
@@ -149,6 +150,51 @@ def test_a_corrupt_row_fails_alone(manager_on: Callable[..., JobManager], schema
     assert (bad.status, bad.error_type, bad.attempts) == (JobStatus.FAILED, "CorruptJob", 1)
     assert "cannot be decoded" in (bad.error or "")
     assert manager.wait(fine, timeout=WAIT).result == 2
+
+
+def _set_time(schema: Schema, job_id: str, column: str, value: str) -> None:
+    """Set a time column of one job's row to `value` (as PostgreSQL reads a float8), by hand."""
+    with psycopg.connect(schema.server, autocommit=True) as conn:
+        conn.execute(f'UPDATE "{schema.name}".jobs SET {column} = %s::float8 WHERE id = %s', (value, job_id))
+
+
+@pytest.mark.parametrize("value, shown", [("Infinity", "inf"), ("NaN", "nan"), ("1e300", "1e+300")])
+def test_a_due_time_that_is_not_a_time_fails_its_job_alone(manager_on: Callable[..., JobManager], schema: Schema,
+                                                           value: str, shown: str) -> None:
+    # given a scheduled job whose due time was edited to no usable time (`run_at <= now`
+    # is never true of those: it stayed SCHEDULED for ever)
+    manager = manager_on()
+    manager.register_function("echo", lambda x: x)
+    later = manager.enqueue(Job(function_name="echo", args=(1,), scheduled_at=datetime.now() + timedelta(hours=1)))
+    _set_time(schema, later, "run_at", value)
+
+    # when the manager starts, then that job fails alone as corrupt, naming the column
+    manager.start()
+    bad = manager.wait(later, timeout=WAIT)
+    assert (bad.status, bad.error_type, bad.attempts) == (JobStatus.FAILED, "CorruptJob", 1)
+    assert f"run_at holds {shown}, not a time" in (bad.error or "")
+    assert manager.wait(manager.enqueue(Job(function_name="echo", args=(2,))), timeout=WAIT).result == 2
+
+
+def test_a_running_job_whose_lease_is_not_a_time_is_taken_back(schema: Schema,
+                                                                make_manager: Callable[..., JobManager]) -> None:
+    # given a job claimed by a worker that died, its lease edited to infinity
+    repo = schema.repository()
+    job_id = make_manager(repo, producer=True).enqueue(Job(function_name="echo", args=(1,)))
+    now = time.time()
+    assert repo.claim(job_id, "dead-worker", now, now + 3600) is not None
+    _set_time(schema, job_id, "lease_expires_at", "Infinity")
+
+    # when a manager runs on the store, recovering leases often
+    manager = make_manager(schema.repository(), lease_timeout=0.2, poll_interval=0.05)
+    manager.register_function("echo", lambda x: x)
+    manager.start()
+
+    # then the job is taken back and runs again, and its log tells why
+    result = manager.wait(job_id, timeout=WAIT)
+    assert (result.status, result.attempts, result.result) == (JobStatus.COMPLETED, 2, 1)
+    messages = [entry.message for entry in manager.get_logs(job_id)]
+    assert any("lease_expires_at held inf, not a time" in m for m in messages), messages
 
 
 def test_a_cron_schedule_fires_once_per_second_across_two_managers(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from ..repository.columns import JOB_COLUMNS as COLUMNS  # the order the row decoders unpack
 from ..repository.columns import JOB_COLUMNS_WITHOUT_ARGS as COLUMNS_WITHOUT_ARGS
+from ..repository.columns import UNUSABLE_TIME_SQL
 from . import schema as ddl
 
 # COALESCE(status, ''), in statements that find a few jobs by id: it keeps the planner
@@ -107,6 +108,10 @@ COUNT_BY_STATUS = "SELECT status, COUNT(*) FROM {s}.jobs GROUP BY status"
 SELECT_LOGS = "SELECT at, level, message FROM {s}.job_logs WHERE job_id = %s ORDER BY id"
 INSERT_LOG = "INSERT INTO {s}.job_logs (job_id, at, level, message) VALUES (%s, %s, %s, %s)"
 
+# A scheduled job is due at its time, or at once if that is no usable time (infinity, NaN:
+# see UNUSABLE_TIME_SQL): the claim reads its row, whose decode error fails it as CorruptJob.
+_DUE = f"(run_at <= %(now)s OR {UNUSABLE_TIME_SQL.format(column='run_at')})"
+
 # Claims by id; with `top_up`, ids that went stale (other processes took those jobs) are
 # made up, to `up_to` claims in all, with the best ready jobs naming `names`, in priority
 # then FIFO order: each function's range of jobs_ready is walked in order, rows other
@@ -117,7 +122,7 @@ CLAIM_MANY = f"""
 WITH wanted AS (
     SELECT seq FROM {{s}}.jobs
     WHERE id = ANY(%(ids)s) AND blocked = 0 AND cron IS NULL
-      AND (COALESCE(status, '') = 'pending' OR (COALESCE(status, '') = 'scheduled' AND run_at <= %(now)s))
+      AND (COALESCE(status, '') = 'pending' OR (COALESCE(status, '') = 'scheduled' AND {_DUE}))
     ORDER BY priority DESC, seq
     FOR NO KEY UPDATE SKIP LOCKED
 ), extra AS (
@@ -268,6 +273,19 @@ WITH beat AS (
 UPDATE {s}.jobs AS j SET lease_expires_at = %(lease)s
 FROM beat WHERE j.seq = beat.seq
 RETURNING j.id, j.cancel_requested
+"""
+# Running jobs whose lease is no usable time (see UNUSABLE_TIME_SQL): recovery makes it end
+# now rather than take them back at once (their worker may live, and renews it at its next
+# heartbeat; the next round takes back the job of a dead one). Returns the old lease too.
+END_UNREADABLE_LEASES = f"""
+WITH unreadable AS (
+    SELECT seq, lease_expires_at FROM {{s}}.jobs
+    WHERE status = 'running' AND {UNUSABLE_TIME_SQL.format(column='lease_expires_at')}
+    ORDER BY seq FOR UPDATE SKIP LOCKED
+)
+UPDATE {{s}}.jobs AS j SET lease_expires_at = %(now)s
+FROM unreadable WHERE j.seq = unreadable.seq
+RETURNING j.id, unreadable.lease_expires_at
 """
 # SKIP LOCKED: a row locked by a heartbeat in flight is alive; another manager already
 # recovering a row needs no help.

@@ -16,6 +16,7 @@ from typing import Any, Collection, Optional, Sequence
 from .. import serialization
 from ..models import JobStatus
 from ..repository._cascade import ENDED, dependency_error_message, plan_batch
+from ..repository.columns import unreadable_lease_message
 from ..repository.base import (Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry, Recovery,
                                Settlement, SettlesThroughApply, WorkerInfo, claim_limit, id_taken,
                                require_plain_pending)
@@ -270,6 +271,10 @@ class PostgresRepository(SettlesThroughApply, JobRepository):
         sql = self.sql
 
         def work(tx: Tx) -> Recovery:
+            unreadable = tx.execute(sql.END_UNREADABLE_LEASES, {"now": now}).fetchall()
+            if unreadable:
+                tx.cur.executemany(sql.INSERT_LOG, [(job_id, now, "warning", unreadable_lease_message(lease))
+                                                    for job_id, lease in unreadable])
             rows = tx.execute(sql.RECOVER_EXPIRED, {"now": now}).fetchall()
             if not rows:
                 return Recovery()

@@ -12,7 +12,7 @@ import json
 from typing import Any, Optional, Sequence
 
 from .. import serialization
-from ..models import JobStatus
+from ..models import TIME_LIMIT, JobStatus
 from ..repository.base import JobRecord, QueueEntry
 from ..repository.columns import STATUSES, json_object, unpack_job_row
 
@@ -64,8 +64,13 @@ def record_from_row(row: Sequence[Any]) -> JobRecord:
 
 
 def entry_from_row(row: Sequence[Any]) -> QueueEntry:
-    """A `QueueEntry` from a row selected as `schema.ENTRY`."""
-    return QueueEntry(row[0], row[1], row[2], row[3], row[4], bool(row[5]))
+    """A `QueueEntry` from a row selected as `schema.ENTRY`. A due time that is no usable
+    time (infinity, NaN: the timers would never reach it) reads as due now; claiming the
+    job reads its row, whose decode error fails it as corrupt."""
+    run_at = row[3]
+    if run_at is not None and not -TIME_LIMIT < run_at < TIME_LIMIT:
+        run_at = None
+    return QueueEntry(row[0], row[1], row[2], run_at, row[4], bool(row[5]))
 
 
 def status_of(value: str) -> JobStatus:

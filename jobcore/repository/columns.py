@@ -69,6 +69,29 @@ REAL_TYPES = (float, int)
 # OverflowError.
 
 
+# SQL true of a stored time that is no usable one, for the statements that find jobs by a
+# time (with `{column}` filled in): text or bytes (SQLite keeps whatever a column is
+# given, and orders them above every number), infinity, NaN (PostgreSQL orders it above
+# every number), a number beyond TIME_LIMIT. Such a due time never passed `run_at <= now`,
+# nor such a lease `lease_expires_at < now`, so the job stayed SCHEDULED, or RUNNING, for
+# ever. NULL is not one (the comparisons give NULL). The bounds are written out, not bound:
+# two more parameters of every claim otherwise.
+UNUSABLE_TIME_SQL = f"NOT ({{column}} > {-TIME_LIMIT:.1f} AND {{column}} < {TIME_LIMIT:.1f})"
+
+
+def usable_time(value: Any) -> Optional[float]:
+    """`value`, a stored time, if it is one jobcore can use (a number within TIME_LIMIT);
+    else None."""
+    return value if type(value) in REAL_TYPES and -TIME_LIMIT < value < TIME_LIMIT else None
+
+
+def unreadable_lease_message(lease: Any) -> str:
+    """What a running job's log says when recovery ends its lease that held `lease`, no
+    usable time."""
+    return (f"lease_expires_at held {reprlib.repr(lease)}, not a time: the lease ends now; a live worker"
+            " renews it at its next heartbeat, else the job is taken back")
+
+
 def unsound_numbers(record: JobRecord) -> Optional[str]:
     """None if every number of `record` (as a row gave it) is a number of its field's kind;
     else what is wrong, as a `decode_error`, with each wrong field set to its default so

@@ -23,6 +23,7 @@ from . import sqlite_schema as sql
 from .sqlite_conn import SYNCHRONOUS, Connections
 from .sqlite_settle import cancel_dependents, claim_known, claim_rows, encode_result, settle_all
 from .sqlite_rows import claimed_records, entry_from_row, record_from_row, row_params, translate
+from .columns import unreadable_lease_message
 from .group_commit import GroupCommitter
 from .sqlite_adding import SQLiteAdding
 from .base import (Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry, Recovery, Settlement,
@@ -261,6 +262,7 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
 
     def recover(self, now: float) -> Recovery:
         with self._write() as conn:
+            _end_unreadable_leases(conn, now)
             rows = conn.execute(sql.RECOVER_EXPIRED, (now, now)).fetchall()
             for row in rows:
                 conn.execute(sql.INSERT_LOG, (row[0], now, "warning", row[7]))
@@ -324,6 +326,16 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
                 conn.execute(sql.DELETE_LOGS, (job_id,))
                 conn.execute(sql.DELETE_DEPS, (job_id, job_id))
         return len(rows)
+
+
+def _end_unreadable_leases(conn: sqlite3.Connection, now: float) -> None:
+    """Make the leases of running jobs that hold no usable time end at `now`, logging
+    it to each job: recovery never took them back (`lease_expires_at < now` is never true
+    of text), and whether their worker lives is unknown. A live one renews the lease at its
+    next heartbeat; else the next recovery round takes the job back."""
+    for job_id, lease in conn.execute(sql.UNREADABLE_LEASES).fetchall():
+        conn.execute(sql.END_LEASE, (now, job_id))
+        conn.execute(sql.INSERT_LOG, (job_id, now, "warning", unreadable_lease_message(lease)))
 
 
 # Types whose values JSON gives back as they were (bool before int: both are exact).

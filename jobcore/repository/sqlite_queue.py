@@ -19,7 +19,7 @@ import sqlite3
 from typing import Any, Callable, Collection, Optional, Sequence
 
 from . import sqlite_schema as sql
-from .columns import DEFAULT_PRIORITY, REAL_TYPES
+from .columns import DEFAULT_PRIORITY, usable_time
 
 Row = Sequence[Any]  # (id, priority, seq, run_at, function_name, is_schedule)
 
@@ -30,15 +30,15 @@ MAX_NAMED = 200
 
 # As jobs_ready orders one function's jobs: priority, then seq; and as jobs_due orders
 # them by due time (NULL first, as 0.0 does here). A corrupt row's value that is not a
-# number sorts as entry_from_row reads it (the default priority, due now).
+# number (or no usable time) sorts as entry_from_row reads it (the default priority, due now).
 def _by_rank(row: Row) -> tuple[int, int]:
     priority = row[1]
     return -(priority if type(priority) is int else DEFAULT_PRIORITY), row[2]
 
 
 def _by_due(row: Row) -> tuple[float, int]:
-    due = row[3]
-    return due if type(due) in REAL_TYPES else 0.0, row[2]
+    due = usable_time(row[3])
+    return 0.0 if due is None else due, row[2]
 
 
 def _merged(conn: sqlite3.Connection, queries: list[tuple[str, tuple[Any, ...]]],

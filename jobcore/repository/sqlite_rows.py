@@ -13,7 +13,8 @@ from .. import serialization
 from ..errors import RepositoryError
 from ..models import TIME_LIMIT, JobStatus
 from .base import JobRecord, QueueEntry
-from .columns import DEFAULT_PRIORITY, REAL_TYPES, json_object, json_strings, unpack_job_row, unsound_numbers
+from .columns import (DEFAULT_PRIORITY, REAL_TYPES, json_object, json_strings, unpack_job_row, unsound_numbers,
+                      usable_time)
 from .sqlite_schema import CLAIMED_PLAIN
 
 
@@ -141,13 +142,14 @@ _RUNNING = JobStatus.RUNNING
 def entry_from_row(row: Sequence[Any]) -> QueueEntry:
     """A `QueueEntry` from (id, priority, seq, run_at, function_name, is_schedule).
 
-    A corrupt row's priority or due time that is not a number (the ready heap and the
-    timers cannot order it: `-'abc'` failed a manager's start) reads as the default
-    priority, or as due now. Claiming the job reads its row, whose decode error fails it
-    as corrupt; a due time SQLite cannot compare never passes the claim's `run_at <= now`,
-    so that job stays scheduled, showing its decode error where it is polled or listed."""
+    A corrupt row's priority that is not a number, or due time that is no usable time
+    (text, infinity: the ready heap and the timers cannot order it, and `-'abc'` failed a
+    manager's start), reads as the default priority, or as due now. Claiming the job reads
+    its row, whose decode error fails it as corrupt (the claims take a scheduled job whose
+    due time is unusable as due: see sqlite_schema._DUE)."""
     priority, run_at = row[1], row[3]
-    if type(priority) is not int or not (run_at is None or type(run_at) in REAL_TYPES):
+    if type(priority) is not int or not (run_at is None or (type(run_at) in REAL_TYPES
+                                                             and -TIME_LIMIT < run_at < TIME_LIMIT)):
         priority = priority if type(priority) is int else DEFAULT_PRIORITY
-        run_at = run_at if type(run_at) in REAL_TYPES else None
+        run_at = usable_time(run_at)
     return QueueEntry(row[0], priority, row[2], run_at, row[4], bool(row[5]))

@@ -225,6 +225,11 @@ if -1 in _COUNT_ORDER or _COUNT_ORDER != sorted(_COUNT_ORDER):
 SELECT_LOGS = "SELECT at, level, message FROM job_logs WHERE job_id = ? ORDER BY id"
 INSERT_LOG = "INSERT INTO job_logs (job_id, at, level, message) VALUES (?, ?, ?, ?)"
 
+# A scheduled job is due at its time, or at once if that is no usable time (see
+# columns.UNUSABLE_TIME_SQL): the claim reads its row, whose decode error then fails it
+# alone as CorruptJob. (The second term is read only for a scheduled row not due yet.)
+_DUE = f"(run_at <= ? OR {_columns.UNUSABLE_TIME_SQL.format(column='run_at')})"
+
 # What the batch claims return, in the order `claimed_records` reads it: the columns a
 # claimed job's record needs that differ between plain jobs, then whether every other
 # column holds what it holds for a plain job stored by INSERT_PLAIN_JOB and claimed. The
@@ -248,7 +253,7 @@ CLAIM = f"""
 UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?, worker_id = ?,
     lease_expires_at = ?, cancel_requested = 0
 WHERE id = ? AND blocked = 0 AND cron IS NULL
-  AND (status = 'pending' OR (status = 'scheduled' AND run_at <= ?))
+  AND (status = 'pending' OR (status = 'scheduled' AND {_DUE}))
 RETURNING {COLUMNS}
 """
 # `+status`: keeps the planner off jobs_status, which would read every pending and scheduled
@@ -257,7 +262,7 @@ CLAIM_MANY = f"""
 UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?, worker_id = ?,
     lease_expires_at = ?, cancel_requested = 0
 WHERE id IN (SELECT value FROM json_each(?)) AND blocked = 0 AND cron IS NULL
-  AND (+status = 'pending' OR (+status = 'scheduled' AND run_at <= ?))
+  AND (+status = 'pending' OR (+status = 'scheduled' AND {_DUE}))
 RETURNING {CLAIMED_COLUMNS}
 """
 # The same claim finding each row by its seq (the table's own key: no index read), given
@@ -397,6 +402,14 @@ UPDATE jobs SET lease_expires_at = ?
 WHERE status = 'running' AND worker_id = ? AND id IN (SELECT value FROM json_each(?))
 RETURNING id, cancel_requested
 """
+# Running jobs whose lease is no usable time (see columns.UNUSABLE_TIME_SQL), for recovery
+# to end their lease now rather than take them back at once: a live worker renews it at
+# its next heartbeat; the next recovery round takes back the job of a dead one.
+UNREADABLE_LEASES = f"""
+SELECT id, lease_expires_at FROM jobs
+WHERE status = 'running' AND {_columns.UNUSABLE_TIME_SQL.format(column='lease_expires_at')}
+"""
+END_LEASE = "UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND status = 'running'"
 RECOVER_EXPIRED = """
 UPDATE jobs SET status = CASE WHEN cancel_requested THEN 'cancelled'
                           WHEN attempts > max_retries THEN 'failed' ELSE 'pending' END,
