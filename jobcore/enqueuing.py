@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, Optional
 
 from .clock import Clock
 from .errors import InvalidJob, UnknownFunction
+from .execution import check_room_to_run_here
 from .models import Job, JobStatus
 from .records import record_for
 from .registry import FunctionRegistry, LocalJobs
@@ -57,6 +58,8 @@ class Enqueuer:
             job.validate()
         if len({job.id for job in jobs}) != len(jobs):
             raise InvalidJob("id", "the same job appears twice in one batch")
+        if self._immediate:
+            check_room_to_run_here()  # before storing: a job stored but not run would stay PENDING
         self._settlements.forget(job.id for job in jobs)  # ids used again once deleted
         now = self._clock.time()
         records = [self.record_for(job, now) for job in jobs]
@@ -76,6 +79,8 @@ class Enqueuer:
         if not isinstance(job, Job):
             raise TypeError(f"enqueue takes Job objects, got {type(job).__name__}")
         job.validate()
+        if self._immediate:
+            check_room_to_run_here()  # before storing: a job stored but not run would stay PENDING
         self._settlements.forget((job.id,))  # its id used again once deleted
         now = self._clock.time()
         record = self.record_for(job, now)

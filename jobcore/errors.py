@@ -106,3 +106,17 @@ class JobTimeout(JobcoreError, TimeoutError):
     def __init__(self, timeout: float, *args: Any) -> None:
         super().__init__(f"attempt exceeded its timeout of {timeout:g}s", *args)
         self.timeout = timeout
+
+
+class ImmediateRecursionError(JobcoreError, RecursionError):
+    """Raised by an immediate manager's `enqueue` (and by `run_pending`) when too little
+    of the stack is left to run a job inside the call and record its outcome: jobs that
+    enqueue jobs ran nested that deep. Nothing is stored or run."""
+
+    def __init__(self, room: int, limit: int) -> None:
+        super().__init__(
+            f"too deep to run a job inside this call: fewer than {room} of the {limit} frames"
+            " sys.getrecursionlimit() allows are left (an immediate manager runs each job inside"
+            " the enqueue that stores it, so jobs that enqueue jobs nest); nothing was stored")
+        self.room = room
+        self.limit = limit

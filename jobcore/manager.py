@@ -21,6 +21,7 @@ from .clock import SYSTEM_CLOCK, Clock, real_sleep
 from .context import current_job
 from .enqueuing import Enqueuer
 from .errors import LONGEST_RETRY_DELAY
+from .execution import check_room_to_run_here
 from .forks import on_fork_in_child
 from .models import INT64_MAX, Job, JobResult, JobStatus, LogEntry, function_qualname
 from .notify_dispatch import NotificationDispatcher
@@ -318,6 +319,7 @@ class JobManager:
         due. Timeouts are not enforced. Not for a started (threaded) manager."""
         if self._running and not self.immediate:
             raise RuntimeError("run_pending() is for managers that are not started (or immediate ones)")
+        check_room_to_run_here()  # a job it runs may call it again, and so on
         ran = 0
         while True:  # a window of the store at a time
             more = self._load_queue()

@@ -55,6 +55,78 @@ def test_coroutine_jobs_run_when_called_from_running_async_code(mode: str) -> No
     assert (failed.status, failed.error_type, failed.error) == (JobStatus.FAILED, "ValueError", "no address")
 
 
+def _on_a_deeper_stack(frames: int, call: Any) -> Any:
+    """`call()` from `frames` frames further down the stack."""
+    return call() if frames == 0 else _on_a_deeper_stack(frames - 1, call)
+
+
+# Each step of the recursion below is 7 frames (the job, enqueue, the run of the next
+# job): starting 0 to 23 frames deeper meets the recursion limit at each of them (3 times).
+@pytest.mark.parametrize("backend", ["sqlite", "memory"])
+@pytest.mark.parametrize("offset", range(0, 24, 1))
+def test_immediate_jobs_enqueueing_jobs_too_deep_all_end_and_the_manager_goes_on(
+        db_path: str, backend: str, offset: int) -> None:
+    # given an immediate manager whose job enqueues the next one, without end: each runs
+    # inside the enqueue of the one before, until the stack runs out (RecursionError was
+    # then raised again while recording outcomes: 1 to 3 jobs stayed RUNNING, or PENDING)
+    manager = JobManager(db_path if backend == "sqlite" else MemoryRepository(), immediate=True)
+    try:
+        def dive(n: int) -> int:
+            manager.enqueue(Job(function_name="dive", args=(n + 1,)))
+            return n
+
+        manager.register_function("dive", dive)
+
+        # when the first is enqueued
+        first = _on_a_deeper_stack(offset, lambda: manager.enqueue(Job(function_name="dive", args=(0,))))
+
+        # then every job ended: the deepest failed with a RecursionError, the rest completed
+        jobs = manager.list_jobs(limit=None)
+        assert len(jobs) > 10
+        by_status: dict[JobStatus, list[Any]] = {}
+        for job in jobs:
+            by_status.setdefault(job.status, []).append(job)
+        assert set(by_status) == {JobStatus.COMPLETED, JobStatus.FAILED}, {s: len(j) for s, j in by_status.items()}
+        [failed] = by_status[JobStatus.FAILED]
+        assert failed.error_type == "ImmediateRecursionError" and failed.attempts == 1
+        assert "too deep" in (failed.error or "")
+        assert manager.poll(first).status is JobStatus.COMPLETED
+        # and the manager goes on
+        assert manager.poll(manager.enqueue(Job(function=lambda: "ok"))).result == "ok"
+    finally:
+        manager.close()
+
+
+def test_an_immediate_manager_refuses_to_nest_a_job_with_no_room_left_and_stores_nothing(db_path: str) -> None:
+    # given an immediate manager, called with little stack left
+    import sys
+    manager = JobManager(db_path, immediate=True)
+    try:
+        manager.register_function("echo", lambda x: x)
+        room = sys.getrecursionlimit() - len(_stack())
+
+        # when it is asked to run a job (enqueue) or what is ready (run_pending) there
+        def near_the_limit(call: Any) -> Any:
+            return _on_a_deeper_stack(room - 60, call)
+
+        # then it raises a RecursionError, storing nothing, and goes on afterwards
+        with pytest.raises(RecursionError, match="too deep"):
+            near_the_limit(lambda: manager.enqueue(Job(function_name="echo", args=(1,))))
+        with pytest.raises(RecursionError, match="too deep"):
+            near_the_limit(lambda: manager.enqueue_many([Job(function_name="echo", args=(n,)) for n in range(2)]))
+        with pytest.raises(RecursionError, match="too deep"):
+            near_the_limit(manager.run_pending)
+        assert manager.get_stats()["total"] == 0
+        assert manager.poll(manager.enqueue(Job(function_name="echo", args=(2,)))).result == 2
+    finally:
+        manager.close()
+
+
+def _stack() -> list[Any]:
+    import inspect
+    return inspect.stack(0)
+
+
 def test_run_pending_steps_through_retries_with_a_fake_clock(db_path: str) -> None:
     clock = FakeClock()
     attempts: list[int] = []
