@@ -11,8 +11,8 @@ from .api import cancel, enqueue, get_job_manager, poll, register_job_function
 from .clock import FakeClock, SystemClock
 from .context import JobContext, current_job
 from .cron import CronExpression
-from .errors import (DependencyError, InvalidCronExpression, InvalidJob, InvalidJobType,
-                     JobcoreError, JobCancelled, JobNotFound, JobTimeout, PermanentError,
+from .errors import (DependencyError, ImmediateRecursionError, InvalidCronExpression, InvalidJob,
+                     InvalidJobType, JobcoreError, JobCancelled, JobNotFound, JobTimeout, PermanentError,
                      RepositoryError, RetryableError, UnknownFunction)
 from .manager import JobManager
 from .models import Job, JobPriority, JobResult, JobStatus, LogEntry
@@ -24,7 +24,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CallbackNotificationChannel", "CronExpression", "DependencyError", "EmailNotificationChannel",
-    "FakeClock", "InvalidCronExpression", "InvalidJob", "InvalidJobType", "Job", "JobCancelled",
+    "FakeClock", "ImmediateRecursionError", "InvalidCronExpression", "InvalidJob", "InvalidJobType", "Job", "JobCancelled",
     "JobContext", "JobManager", "JobNotFound", "JobPriority", "JobRepository", "JobResult",
     "JobStatus", "JobTimeout", "JobcoreError", "LogEntry", "MemoryRepository", "NotificationChannel",
     "PermanentError", "RepositoryError", "RetryableError", "SQLiteRepository", "SystemClock",
