@@ -164,7 +164,9 @@ class Recorder:
         """Record `finished` and claim `claim_ids` (topped up from `top_up` names, to
         `up_to` claims if more) in one repository call, then act on the results. Returns
         the claimed records, best first, or None if the repository failed (nothing was
-        recorded; retry later). `claim_seqs`: the seqs of `claim_ids`, if known."""
+        recorded; retry later). An error other than a `RepositoryError` made with claims
+        drops them (none are made) and records the outcomes alone. `claim_seqs`: the seqs
+        of `claim_ids`, if known."""
         now = self._clock.time()
         settlements = [f.settlement or self._settled(f, now) for f in finished]
         try:
@@ -176,14 +178,31 @@ class Recorder:
                 more["up_to"] = up_to
             cascades, claimed = self._repo.apply(settlements, claim_ids, self._worker_id, now,
                                                  now + self._lease_timeout, top_up=wanted, **more)
-        except Exception as exc:  # storage trouble (or a backend bug): retry, never die
-            if isinstance(exc, RepositoryError):
-                logger.error("could not record %d outcomes / claim %d jobs, will retry: %s",
-                             len(settlements), len(claim_ids), exc)
-            else:
-                logger.exception("repository failed to record %d outcomes / claim %d jobs; will retry",
-                                 len(settlements), len(claim_ids))
+        except RepositoryError as exc:  # storage trouble: retry, never die
+            logger.error("could not record %d outcomes / claim %d jobs, will retry: %s",
+                         len(settlements), len(claim_ids), exc)
             return None
+        except Exception:  # a backend bug, or a claim it cannot make: never die, never loop
+            if not claim_ids and wanted is None:
+                logger.exception("repository failed to record %d outcomes; will retry", len(settlements))
+                return None
+            # Retried with the same claims it would fail again for ever, the outcomes with
+            # it (a corrupt row's id once did: its jobs stayed RUNNING, nothing else ran).
+            # The claims are dropped (their jobs stay in the store, as after a lost race)
+            # and the outcomes recorded alone.
+            logger.exception("repository failed to record %d outcomes and claim %d jobs; the claims are"
+                             " dropped and the outcomes recorded alone", len(settlements), len(claim_ids))
+            if not settlements:
+                return []
+            try:
+                cascades, claimed = self._repo.apply(settlements, [], self._worker_id, now,
+                                                     now + self._lease_timeout)
+            except Exception as exc:
+                if isinstance(exc, RepositoryError):
+                    logger.error("could not record %d outcomes, will retry: %s", len(settlements), exc)
+                else:
+                    logger.exception("repository failed to record %d outcomes; will retry", len(settlements))
+                return None
         self._after_all(finished, settlements, cascades, now)
         if len(claimed) > 1:
             claimed.sort(key=lambda r: (-r.priority, r.seq))

@@ -369,3 +369,163 @@ def test_a_field_of_the_wrong_shape_fails_its_job_alone(make_manager: Any, db_pa
     assert [manager.wait(job_id, timeout=WAIT).result for job_id in fine] == [0, 1, 2]
     assert [job.id for job, _ in manager.get_dead_letter_queue()] == [broken]
     assert len(manager.list_jobs()) == 4
+
+
+def _stored(db_path: str, seq: int) -> tuple[Any, ...]:
+    """(status, error_type, error) of the row `seq`, read as another tool would."""
+    raw = sqlite3.connect(db_path)
+    try:
+        return raw.execute("SELECT status, error_type, error FROM jobs WHERE seq = ?", (seq,)).fetchone()
+    finally:
+        raw.close()
+
+
+def test_a_row_whose_id_is_bytes_fails_alone_and_the_others_run(make_manager: Any, db_path: str) -> None:
+    # given five jobs, one whose id was edited to bytes (it once went into the ready queue,
+    # every claim failed on it and the manager retried them for ever with its outcomes:
+    # two jobs stayed RUNNING and nothing else ran)
+    producer = make_manager(db_path, producer=True)
+    ids = [producer.enqueue(Job(function_name="work", args=(n,))) for n in range(5)]
+    seq = producer.repository.get(ids[2]).seq
+    _corrupt(db_path, ids[2], "id", "CAST(id AS BLOB)")
+
+    # when a manager runs them (recovering often)
+    manager = make_manager(db_path, max_workers=2, lease_timeout=0.4, poll_interval=0.05)
+    manager.register_function("work", lambda x: x)
+    manager.start()
+
+    # then the others complete
+    fine = ids[:2] + ids[3:]
+    assert [manager.wait(job_id, timeout=WAIT).result for job_id in fine] == [0, 1, 3, 4]
+    # and the corrupt one is failed by the next recovery round, naming its id
+    deadline = time.monotonic() + WAIT
+    while _stored(db_path, seq)[0] == "pending" and time.monotonic() < deadline:
+        assert manager.wait(manager.enqueue(Job(function_name="work", args=(9,))), timeout=WAIT).result == 9
+    status, error_type, error = _stored(db_path, seq)
+    assert (status, error_type) == ("failed", "CorruptJob")
+    assert f"stored job {ids[2]} cannot be decoded: id holds b'" in error and "not text" in error
+    # and listing shows it, its id as text, with that error
+    shown = {r.job_id: r for r in manager.list_jobs(limit=None)}[ids[2]]
+    assert (shown.status, shown.error_type) == (JobStatus.FAILED, "CorruptJob")
+
+
+def test_reading_the_queue_never_gives_out_an_id_that_is_not_text(db_path: str) -> None:
+    from jobcore.records import record_for
+
+    repo = SQLiteRepository(db_path)
+    try:
+        now = time.time()
+        jobs = [Job(function_name="work", args=(0,)),
+                Job(function_name="work", args=(1,), scheduled_at=datetime.now() + timedelta(hours=1)),
+                Job(function_name="work", args=(2,))]
+        ids = repo.insert([record_for(job, now) for job in jobs], now)
+        seqs = [repo.get(job_id).seq for job_id in ids]
+        for job_id in ids[:2]:
+            _corrupt(db_path, job_id, "id", "CAST(id AS BLOB)")
+        # the queue reads skip them, and claims by number do not take them
+        assert [e.job_id for e in repo.ready(["work"], 10)] == [ids[2]]
+        assert repo.scheduled(["work"], 10) == []
+        _, claimed = repo.apply([], [], "worker", now, now + 60, top_up={"work"}, up_to=5)
+        assert [r.id for r in claimed] == [ids[2]]
+        # and the next recovery fails them (they cannot be named: not reported)
+        assert repo.recover(now).failed == ()
+        for seq, job_id in zip(seqs[:2], ids[:2]):
+            status, error_type, error = _stored(db_path, seq)
+            assert (status, error_type) == ("failed", "CorruptJob")
+            assert f"stored job {job_id} cannot be decoded: id holds b'" in error and "not text" in error
+    finally:
+        repo.close()
+
+
+def test_an_exchange_whose_claims_fail_with_a_bug_records_its_outcomes_alone(db_path: str) -> None:
+    # given a job claimed and run, its outcome to be recorded with a claim the repository
+    # cannot make (an id that is not text: json.dumps raised TypeError)
+    from jobcore.context import JobContext
+    from jobcore.execution import Outcome
+    from jobcore.recorder import Finished
+
+    manager = JobManager(db_path)
+    try:
+        manager.register_function("work", lambda x: x)
+        job_id = manager.enqueue(Job(function_name="work", args=(1,)))
+        recorder = manager._pool._recorder
+        (record,) = recorder.exchange([], [job_id])
+        finished = Finished(record, JobContext(record.id, record.name, record.attempts, manager._pool),
+                            Outcome(value=1), 0.0)
+        # when the exchange is made
+        claimed = recorder.exchange([finished], [b"poison"])  # type: ignore[list-item]
+        # then the claim is dropped and the outcome recorded (it was retried for ever)
+        assert claimed == []
+        assert (manager.poll(job_id).status, manager.poll(job_id).result) == (JobStatus.COMPLETED, 1)
+        # and with no outcome, the claim is dropped too (not retried as storage trouble)
+        assert recorder.exchange([], [b"poison"]) == []  # type: ignore[list-item]
+    finally:
+        manager.close()
+
+
+def test_a_status_jobcore_never_writes_reads_as_a_corrupt_failure(db_path: str) -> None:
+    # given a row whose status was edited to one jobcore never writes
+    manager = JobManager(db_path, producer=True)
+    try:
+        job_id = manager.enqueue(Job(function_name="work", args=(1,)))
+        other = manager.enqueue(Job(function_name="work", args=(2,)))
+        _corrupt(db_path, job_id, "status", "'PENDING'")
+        # then poll and listing show it failed, as corrupt, naming the status
+        shown = manager.poll(job_id)
+        assert (shown.status, shown.error_type) == (JobStatus.FAILED, "CorruptJob")
+        assert "status holds 'PENDING', not one jobcore writes" in shown.error
+        assert {r.job_id: r.status for r in manager.list_jobs()}[job_id] is JobStatus.FAILED
+        # and the counts give it as failed, not completed
+        stats = manager.get_stats()
+        assert (stats["total"], stats["pending"], stats["failed"], stats["completed"]) == (2, 1, 1, 0)
+        # and cleanup of every finished job deletes it (it once never did), and only it
+        assert manager.cleanup_old_results(0) == 1
+        assert manager.poll(job_id) is None and manager.poll(other).status is JobStatus.PENDING
+    finally:
+        manager.close()
+
+
+def test_a_status_jobcore_never_writes_can_be_retried_or_cleaned_up_by_age(db_path: str) -> None:
+    clock = FakeClock()
+    manager = JobManager(db_path, clock=clock)
+    try:
+        manager.register_function("work", lambda x: x)
+        retried = manager.enqueue(Job(function_name="work", args=(1,)))
+        old = manager.enqueue(Job(function_name="work", args=(2,)))
+        for job_id in (retried, old):
+            _corrupt(db_path, job_id, "status", "'weird'")
+        # retry() puts it back to pending (it once returned False), and it runs
+        assert manager.retry(retried)
+        assert manager.run_pending() == 1 and manager.poll(retried).result == 1
+        # cleanup by age takes one never finished by when it was created
+        assert manager.cleanup_old_results(1) == 0
+        clock.advance(2 * 86400)
+        assert manager.cleanup_old_results(1) == 2  # it, and the job completed then
+        assert manager.poll(old) is None
+    finally:
+        manager.close()
+
+
+@pytest.mark.parametrize("sql_value, shown", [("'x'", "'x'"), ("-1", "-1")])
+def test_a_pending_job_whose_blocked_count_is_unusable_fails_alone(make_manager: Any, db_path: str,
+                                                                    sql_value: str, shown: str) -> None:
+    # given a job without dependencies whose count of unfinished ones was edited to
+    # something that never reaches 0 (it stayed PENDING for ever, with no error)
+    producer = make_manager(db_path, producer=True)
+    ids = [producer.enqueue(Job(function_name="work", args=(n,))) for n in range(3)]
+    _corrupt(db_path, ids[1], "blocked", sql_value)
+    told = f"blocked holds {shown}, not an integer >= 0"
+    before = producer.poll(ids[1])
+    assert before.status is JobStatus.PENDING and before.error_type == "CorruptJob" and told in before.error
+
+    # when a manager starts (recovering first)
+    manager = make_manager(db_path, max_workers=2)
+    manager.register_function("work", lambda x: x)
+    manager.start()
+
+    # then it fails alone as corrupt, named in the dead-letter queue, and the others run
+    bad = manager.wait(ids[1], timeout=WAIT)
+    assert (bad.status, bad.error_type, bad.attempts) == (JobStatus.FAILED, "CorruptJob", 0)
+    assert told in bad.error
+    assert [manager.wait(job_id, timeout=WAIT).result for job_id in (ids[0], ids[2])] == [0, 2]
+    assert [job.id for job, _ in manager.get_dead_letter_queue()] == [ids[1]]

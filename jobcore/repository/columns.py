@@ -43,8 +43,9 @@ class Encoded(NamedTuple):
 
 
 def unpack_job_row(row: Sequence[Any]) -> tuple[JobRecord, Encoded]:
-    """A `JobRecord` with every plain field of a `JOB_COLUMNS` row set (an unknown status
-    reads FAILED), and the columns left to decode."""
+    """A `JobRecord` with every plain field of a `JOB_COLUMNS` row set, and the columns
+    left to decode. A status jobcore never writes (a hand edit: 'PENDING') reads FAILED
+    with a `decode_error` saying so, as a number of the wrong kind does."""
     record = JobRecord(id=row[0], function_name=row[1], name=row[2])
     (_, _, _, payload, record.priority, status, record.seq, record.created_at, record.scheduled_at,
      record.run_at, record.started_at, record.completed_at, record.attempts, record.max_retries,
@@ -53,11 +54,23 @@ def unpack_job_row(row: Sequence[Any]) -> tuple[JobRecord, Encoded]:
      record.progress, record.progress_message, details, result, record.error,
      record.error_type, record.traceback, record.worker_id, record.lease_expires_at,
      cancel_requested, record.cron, record.cron_timezone, record.memory_limit) = row
-    record.status = STATUSES.get(status, JobStatus.FAILED)
+    known = STATUSES.get(status)
+    record.status = known or JobStatus.FAILED
     record.retry_jitter = bool(jitter)
     record.cancel_requested = bool(cancel_requested)
     record.decode_error = unsound_numbers(record)
+    if known is None:
+        record.decode_error = unknown_status(record, status)
     return record, Encoded(payload, tags, metadata, depends_on, details, result)
+
+
+def unknown_status(record: JobRecord, status: Any) -> str:
+    """The `decode_error` of `record`, read from a row whose status is `status`, none that
+    jobcore writes (added to what `unsound_numbers` found, if anything)."""
+    told = f"status holds {reprlib.repr(status)}, not one jobcore writes (it reads as failed)"
+    if record.decode_error is None:
+        return f"stored job {record.id} cannot be decoded: {told}"
+    return f"{record.decode_error}; {told}"
 
 
 # A stored number of the right kind. SQLite keeps whatever a column is given: a row edited
@@ -100,7 +113,7 @@ def unsound_numbers(record: JobRecord) -> Optional[str]:
     # this runs for every row read (0.15 to 0.2 us).
     real, limit = REAL_TYPES, TIME_LIMIT
     at: Optional[float]
-    if (type(record.priority) is int and type(record.attempts) is int
+    if (type(record.id) is str and type(record.priority) is int and type(record.attempts) is int
             and type(record.max_retries) is int and type(record.retry_delay) in real
             and type(record.retry_backoff) in real and type(record.progress) in real
             and type(at := record.created_at) in real and -limit < at < limit
@@ -110,7 +123,8 @@ def unsound_numbers(record: JobRecord) -> Optional[str]:
             and ((at := record.completed_at) is None or (type(at) in real and -limit < at < limit))
             and ((at := record.lease_expires_at) is None or (type(at) in real and -limit < at < limit))
             and (record.timeout is None or type(record.timeout) in real)
-            and (record.memory_limit is None or type(record.memory_limit) is int)):
+            and (record.memory_limit is None or type(record.memory_limit) is int)
+            and type(record.blocked) is int and record.blocked >= 0):
         return None
     return _reset_unsound(record)
 
@@ -132,6 +146,13 @@ DEFAULT_PRIORITY = _DEFAULTS.priority  # what a corrupt row's priority reads as
 
 def _reset_unsound(record: JobRecord) -> Optional[str]:
     wrong = []
+    if type(record.id) is not str:  # SQLite keeps bytes too; the record shows it as text
+        wrong.append(f"id holds {reprlib.repr(record.id)}, not text")
+        record.id = text_of_id(record.id)
+    # The count of unfinished dependencies: 'x' or -1 never reaches 0, and the job waited for ever.
+    if not (type(record.blocked) is int and record.blocked >= 0):
+        wrong.append(f"blocked holds {reprlib.repr(record.blocked)}, not an integer >= 0")
+        record.blocked = 0
     for name, kinds, nullable, is_time in _NUMBERS:
         value = getattr(record, name)
         if value is None and nullable:
@@ -144,6 +165,11 @@ def _reset_unsound(record: JobRecord) -> Optional[str]:
     if not wrong:
         return None
     return f"stored job {record.id} cannot be decoded: {'; '.join(wrong)}"
+
+
+def text_of_id(value: Any) -> str:
+    """A stored id that is not text (bytes: a hand edit, another tool), as text to show."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def json_object(value: Any, field: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import logging
 import os
 import sqlite3
 from typing import Any, Collection, ContextManager, Optional, Sequence
@@ -22,7 +23,7 @@ from . import sqlite_queue
 from . import sqlite_schema as sql
 from .sqlite_conn import SYNCHRONOUS, Connections
 from .sqlite_settle import cancel_dependents, claim_known, claim_rows, encode_result, settle_all
-from .sqlite_rows import claimed_records, entry_from_row, record_from_row, row_params, translate
+from .sqlite_rows import claimed_records, entry_from_row, queue_entries, record_from_row, row_params, translate
 from .columns import unreadable_lease_message
 from .group_commit import GroupCommitter
 from .sqlite_adding import SQLiteAdding
@@ -31,10 +32,13 @@ from .base import (Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry,
 
 DURABILITY = SYNCHRONOUS
 
-# The statuses sql.COUNT_BY_STATUS counts one by one, in its order; the rest are 'completed'.
+logger = logging.getLogger("jobcore.sqlite")
+
+# The statuses sql.COUNT_BY_STATUS counts one by one, in its order; the rest of the total
+# are rows whose status jobcore never writes, which read (and are counted) as failed.
 COUNTED = tuple(JobStatus(value) for value in sql.COUNTED_STATUSES)
-if set(COUNTED) != set(JobStatus) - {JobStatus.COMPLETED}:
-    raise ImportError("COUNT_BY_STATUS must count every status but 'completed'")
+if set(COUNTED) != set(JobStatus):
+    raise ImportError("COUNT_BY_STATUS must count every status")
 
 
 class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
@@ -63,6 +67,9 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
         self.busy_timeout = float(busy_timeout)
         self.max_payload_bytes = max_payload_bytes
         self._db = Connections(self.path, busy_timeout=self.busy_timeout, durability=durability)
+        # The seqs of queued rows whose id is not text, seen by reads of the queue, for the
+        # next `recover` to fail (a read has no `now`, and writes nothing).
+        self._unaddressable: set[int] = set()
         # Enqueues and outcomes from many threads share transactions (and fsyncs).
         self._group: GroupCommitter[sqlite3.Connection] = GroupCommitter(self._write)
         # A process that forks after this (a web server's workers, say) gives each child
@@ -144,11 +151,11 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
 
     def ready(self, function_names: Optional[Collection[str]], limit: int) -> list[QueueEntry]:
         rows = self._db.reading(lambda conn: sqlite_queue.ready_rows(conn, function_names, limit))
-        return [entry_from_row(row) for row in rows]
+        return queue_entries(rows, self._unaddressable)
 
     def scheduled(self, function_names: Optional[Collection[str]], limit: int) -> list[QueueEntry]:
         rows = self._db.reading(lambda conn: sqlite_queue.scheduled_rows(conn, function_names, limit))
-        return [entry_from_row(row) for row in rows]
+        return queue_entries(rows, self._unaddressable)
 
     def list(self, *, status: Optional[JobStatus] = None, tags: Optional[Collection[str]] = None,
              owner: Optional[str] = None, limit: Optional[int] = 50, offset: int = 0) -> list[JobRecord]:
@@ -179,7 +186,7 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
     def count_by_status(self) -> dict[JobStatus, int]:
         total, *counted = self._read(sql.COUNT_BY_STATUS)[0]
         counts = dict(zip(COUNTED, counted))
-        counts[JobStatus.COMPLETED] = total - sum(counted)  # jobcore writes no other status
+        counts[JobStatus.FAILED] += total - sum(counted)  # statuses jobcore never writes read as failed
         return counts
 
     def logs(self, job_id: str) -> builtins.list[tuple[float, str, str]]:
@@ -261,15 +268,23 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
         return list(self.recover(now).requeued)
 
     def recover(self, now: float) -> Recovery:
+        """Also fails, as CorruptJob, the waiting jobs no claim reaches because their row is
+        corrupt: a pending job whose `blocked` is no integer >= 0, and a queued row whose
+        id is not text (noted by `ready` and `scheduled`, or taken back here)."""
+        unaddressable, self._unaddressable = self._unaddressable, set()
         with self._write() as conn:
             _end_unreadable_leases(conn, now)
             rows = conn.execute(sql.RECOVER_EXPIRED, (now, now)).fetchall()
             for row in rows:
                 conn.execute(sql.INSERT_LOG, (row[0], now, "warning", row[7]))
-                if row[6] in (JobStatus.FAILED.value, JobStatus.CANCELLED.value):
+                if type(row[0]) is not str:
+                    unaddressable.add(row[2])
+                elif row[6] in (JobStatus.FAILED.value, JobStatus.CANCELLED.value):
                     cancel_dependents(conn, row[0], now)
-        return Recovery(requeued=tuple(entry_from_row(row) for row in rows if row[6] == JobStatus.PENDING.value),
-                        failed=tuple(row[0] for row in rows if row[6] == JobStatus.FAILED.value),
+            corrupt = _fail_corrupt(conn, unaddressable, now)
+        requeued = queue_entries([row for row in rows if row[6] == JobStatus.PENDING.value], set())
+        return Recovery(requeued=tuple(requeued),
+                        failed=tuple(row[0] for row in rows if row[6] == JobStatus.FAILED.value) + corrupt,
                         cancelled=tuple(row[0] for row in rows if row[6] == JobStatus.CANCELLED.value))
 
     def fire_schedule(self, schedule_id: str, fire_at: float, next_run_at: float, run: JobRecord,
@@ -322,10 +337,36 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
                 rows = conn.execute(sql.DELETE_ALL_FINISHED).fetchall()
             else:
                 rows = conn.execute(sql.DELETE_FINISHED, (before,) * 3).fetchall()
+            total, *counted = conn.execute(sql.COUNT_BY_STATUS).fetchone()
+            if total != sum(counted):  # rows whose status jobcore never writes: they read as failed
+                rows += conn.execute(sql.DELETE_UNKNOWN_STATUS, (before,) * 3).fetchall()
             for (job_id,) in rows:
                 conn.execute(sql.DELETE_LOGS, (job_id,))
                 conn.execute(sql.DELETE_DEPS, (job_id, job_id))
         return len(rows)
+
+
+def _fail_corrupt(conn: sqlite3.Connection, seqs: Collection[int], now: float) -> tuple[str, ...]:
+    """Fail as CorruptJob the waiting jobs whose rows no claim reaches: those of `seqs`
+    (ids that are not text) and the pending jobs whose `blocked` is no integer >= 0.
+    Their decode error (see columns.unsound_numbers) is their error; dependents of those
+    with a text id are cancelled. The ids of those with a text id (the others cannot be
+    named: logged only)."""
+    rows = conn.execute(sql.UNUSABLE_BLOCKED).fetchall()
+    for seq in seqs:
+        rows += conn.execute(sql.SELECT_JOB_BY_SEQ, (seq,)).fetchall()
+    failed: list[str] = []
+    for row in rows:
+        record = record_from_row(row)
+        if record.decode_error is None:  # mended meanwhile
+            continue
+        if conn.execute(sql.FAIL_CORRUPT, (now, record.decode_error, record.seq)).rowcount != 1:
+            continue
+        logger.warning("failed corrupt job %s: %s", record.id, record.decode_error)
+        if type(row[0]) is str:
+            cancel_dependents(conn, row[0], now)
+            failed.append(row[0])
+    return tuple(failed)
 
 
 def _end_unreadable_leases(conn: sqlite3.Connection, now: float) -> None:

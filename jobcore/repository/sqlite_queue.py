@@ -84,7 +84,7 @@ def scheduled_rows(conn: sqlite3.Connection, names: Optional[Collection[str]], l
 _CLAIM_BEST_OF_ONE = sql.CLAIM_BEST.replace("{best}", sql.BEST_OF_ONE)
 _CLAIM_BEST_OF_MANY: dict[int, str] = {}  # by the number of functions (a few distinct ones)
 _CLAIM_BEST_OF_ANY = sql.CLAIM_BEST.replace(
-    "{best}", "SELECT seq FROM jobs WHERE status = 'pending' AND blocked = 0 AND cron IS NULL"
+    "{best}", "SELECT seq FROM jobs WHERE status = 'pending' AND blocked = 0 AND cron IS NULL AND typeof(id) = 'text'"
               " AND function_name IN (SELECT value FROM json_each(?)) ORDER BY priority DESC, seq LIMIT ?")
 
 

@@ -153,3 +153,14 @@ def entry_from_row(row: Sequence[Any]) -> QueueEntry:
         priority = priority if type(priority) is int else DEFAULT_PRIORITY
         run_at = usable_time(run_at)
     return QueueEntry(row[0], priority, row[2], run_at, row[4], bool(row[5]))
+
+
+def queue_entries(rows: Sequence[Sequence[Any]], unaddressable: set[int]) -> list[QueueEntry]:
+    """`entry_from_row` of each row whose id is text; the seqs of the others (bytes: a hand
+    edit, another tool) go into `unaddressable`, for recovery to fail them as corrupt. An
+    id that is not text never enters a queue: the claims' JSON of ids failed on it, and
+    with it every exchange of the manager (its outcomes were never recorded)."""
+    entries = [entry_from_row(row) for row in rows if type(row[0]) is str]
+    if len(entries) != len(rows):
+        unaddressable.update(row[2] for row in rows if type(row[0]) is not str)
+    return entries

@@ -202,20 +202,22 @@ SELECT {_QUEUE_COLUMNS} FROM jobs WHERE status = 'scheduled' AND blocked = 0
 ORDER BY run_at, seq LIMIT ?
 """
 # The total, then the jobs of each status in COUNTED_STATUSES, in one statement and so one
-# snapshot. 'completed', most rows of a long-lived store, is the rest of the total: SQLite
-# counts a whole table from its smallest index's pages without reading their entries
-# (200,000 rows: 2.3 ms, where a GROUP BY status read every entry in 28). Each other status
-# is one range of jobs_status, but 'pending': its ready jobs are the entries of jobs_ready,
-# and those waiting on dependencies a range of jobs_status. The statuses are written out,
-# not bound: a bound status would make SQLite prepare the statement again at every call to
-# choose its partial index.
-COUNTED_STATUSES = ("pending", "scheduled", "running", "failed", "cancelled")
+# snapshot. SQLite counts a whole table from its smallest index's pages without reading
+# their entries; each status is one range of jobs_status, but 'pending': its ready jobs are
+# the entries of jobs_ready, and those waiting on dependencies a range of jobs_status. What
+# the total has beyond them are rows whose status jobcore never writes (a hand edit:
+# 'PENDING'): they read as failed, and are counted so (`SQLiteRepository.count_by_status`).
+# ('completed' was once the rest of the total, and such rows were counted as completed.)
+# The statuses are written out, not bound: a bound status would make SQLite prepare the
+# statement again at every call to choose its partial index.
+COUNTED_STATUSES = ("pending", "scheduled", "running", "completed", "failed", "cancelled")
 COUNT_BY_STATUS = """
 SELECT (SELECT COUNT(*) FROM jobs),
     (SELECT COUNT(*) FROM jobs WHERE status = 'pending' AND blocked = 0)
         + (SELECT COUNT(*) FROM jobs WHERE status = 'pending' AND blocked <> 0),
     (SELECT COUNT(*) FROM jobs WHERE status = 'scheduled'),
     (SELECT COUNT(*) FROM jobs WHERE status = 'running'),
+    (SELECT COUNT(*) FROM jobs WHERE status = 'completed'),
     (SELECT COUNT(*) FROM jobs WHERE status = 'failed'),
     (SELECT COUNT(*) FROM jobs WHERE status = 'cancelled')
 """
@@ -282,8 +284,10 @@ UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?, wor
 WHERE seq IN ({{best}})
 RETURNING {CLAIMED_COLUMNS}
 """
+# `typeof(id) = 'text'`: a row whose id is bytes (a hand edit) is never handed out; its
+# seq is noted where the queue is read and recovery fails it (FAIL_CORRUPT).
 BEST_OF_ONE = """SELECT seq FROM jobs INDEXED BY jobs_ready
-    WHERE function_name = ? AND status = 'pending' AND blocked = 0 AND cron IS NULL
+    WHERE function_name = ? AND status = 'pending' AND blocked = 0 AND cron IS NULL AND typeof(id) = 'text'
     ORDER BY priority DESC, seq LIMIT ?"""
 BEST_OF = f"SELECT * FROM ({BEST_OF_ONE.replace('SELECT seq', 'SELECT seq, priority', 1)})"
 _HELD = "id = ? AND status = 'running' AND worker_id = ? AND attempts = ?"
@@ -379,13 +383,15 @@ UPDATE jobs SET status = 'cancelled', completed_at = ?, error = ?, error_type = 
 WHERE id = ? AND status IN ('pending', 'scheduled')
 """
 REQUEST_CANCEL = "UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = 'running'"
+# Failed and cancelled jobs, and those whose status jobcore never writes (they read as
+# failed: see COUNT_BY_STATUS), go back to pending.
 REQUEUE = """
 UPDATE jobs SET status = 'pending', attempts = 0, run_at = NULL, started_at = NULL,
     completed_at = NULL, error = NULL, error_type = NULL, traceback = NULL, progress = 0,
     progress_message = '', progress_details = '{}', worker_id = NULL, cancel_requested = 0,
     blocked = (SELECT COUNT(*) FROM job_deps AS d JOIN jobs AS p ON p.id = d.depends_on
                WHERE d.job_id = jobs.id AND p.status != 'completed')
-WHERE id = ? AND status IN ('failed', 'cancelled') AND cron IS NULL
+WHERE id = ? AND status NOT IN ('pending', 'scheduled', 'running', 'completed') AND cron IS NULL
   AND NOT EXISTS (SELECT 1 FROM job_deps AS d JOIN jobs AS p ON p.id = d.depends_on
                   WHERE d.job_id = jobs.id AND p.status IN ('failed', 'cancelled'))
   AND (started_at IS NOT NULL  -- else a dependency deleted (cleaned up) may not have completed
@@ -408,6 +414,21 @@ RETURNING id, cancel_requested
 UNREADABLE_LEASES = f"""
 SELECT id, lease_expires_at FROM jobs
 WHERE status = 'running' AND {_columns.UNUSABLE_TIME_SQL.format(column='lease_expires_at')}
+"""
+# Pending jobs whose count of unfinished dependencies is no integer >= 0 (a hand edit: 'x'
+# or -1 never reaches 0, and the job waited for ever): one range of jobs_status (which holds
+# the pending rows with blocked <> 0), read by each recovery round.
+UNUSABLE_BLOCKED = f"""
+SELECT {COLUMNS} FROM jobs
+WHERE status = 'pending' AND blocked <> 0 AND NOT (typeof(blocked) = 'integer' AND blocked > 0)
+"""
+SELECT_JOB_BY_SEQ = f"SELECT {COLUMNS} FROM jobs WHERE seq = ?"
+# A waiting job whose row is corrupt in a way no claim reaches, ended as a claim of it would
+# end it (see columns.unsound_numbers), found by its seq: its id may be no text.
+FAIL_CORRUPT = """
+UPDATE jobs SET status = 'failed', completed_at = ?, error = ?, error_type = 'CorruptJob',
+    worker_id = NULL, lease_expires_at = NULL
+WHERE seq = ? AND status IN ('pending', 'scheduled')
 """
 END_LEASE = "UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND status = 'running'"
 RECOVER_EXPIRED = """
@@ -434,6 +455,15 @@ DELETE FROM jobs WHERE seq IN (
     SELECT seq FROM jobs WHERE status = 'completed'
     UNION ALL SELECT seq FROM jobs WHERE status = 'failed'
     UNION ALL SELECT seq FROM jobs WHERE status = 'cancelled')
+RETURNING id
+"""
+# Rows whose status jobcore never writes (they read as failed: see COUNT_BY_STATUS),
+# finished before the time given (or, never finished, created before it). No index holds
+# them: this reads the whole table, so it runs only when counting finds some.
+DELETE_UNKNOWN_STATUS = """
+DELETE FROM jobs
+WHERE status NOT IN ('pending', 'scheduled', 'running', 'completed', 'failed', 'cancelled')
+  AND (? IS NULL OR completed_at < ? OR (completed_at IS NULL AND created_at < ?))
 RETURNING id
 """
 DELETE_LOGS = "DELETE FROM job_logs WHERE job_id = ?"
