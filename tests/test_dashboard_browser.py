@@ -178,3 +178,112 @@ def test_a_running_jobs_bar_moves_and_cancel_cancels_it(browser: WebDriver, db_p
         browser.wait_for("the cancelled count", lambda: browser.script(
             "return document.querySelector('[data-stat=cancelled]').textContent"), lambda value: value == "1")
         assert cell("button.retry", "hidden") is None  # a cancelled job offers Retry
+
+
+COUNT_FETCHES = """
+window.jobcoreFetches = 0;
+const original = window.fetch;
+window.fetch = (...args) => { window.jobcoreFetches += 1; return original(...args); };
+"""
+
+
+def wait_for_fetches(browser: WebDriver, count: int) -> None:
+    """Let the page make `count` more requests (several refreshes at ?refresh=100)."""
+    start = browser.script("return window.jobcoreFetches")
+    browser.wait_for(f"{count} more requests", lambda: browser.script("return window.jobcoreFetches"),
+                     lambda value: value >= start + count)
+
+
+SELECT = """
+const range = document.createRange();
+range.selectNodeContents(document.querySelector(arguments[0]));
+getSelection().removeAllRanges();
+getSelection().addRange(range);
+return getSelection().toString();
+"""
+
+
+def test_the_detail_shows_every_field_and_the_logs_tail_growing_in_place(browser: WebDriver, db_path: str,
+                                                                          make_manager: Any) -> None:
+    gates = [threading.Event() for _ in range(2)]
+
+    def chatty() -> None:
+        for number in range(600):
+            current_job().log(f"line {number}")
+        current_job().progress(0.5, "half", stage={"nested": True})
+        while not gates[0].wait(0.02):
+            current_job().check_cancelled()
+        current_job().log("line 600")
+        while not gates[1].wait(0.02):
+            current_job().check_cancelled()
+
+    worker = make_manager(db_path, poll_interval=0.05)
+    worker.register_function("chatty", chatty)
+    worker.start()
+    job_id = worker.enqueue(Job(function_name="chatty", name="chatty one"))
+    schedule_id = worker.enqueue(Job(function_name="chatty", name="nightly", cron="0 3 * * *"))
+    dashboard = make_manager(db_path, producer=True)
+
+    def logs() -> Any:
+        return browser.script("return Array.from(document.querySelectorAll('#detail-logs li .message'),"
+                              " (node) => node.textContent)")
+
+    def labels() -> Any:
+        return browser.script("return Array.from(document.querySelectorAll('#detail-fields dt'),"
+                              " (node) => node.textContent)")
+
+    with DashboardServer(dashboard, port=0) as server, open_gates_after(gates):
+        browser.get(server.url + "?refresh=100")
+        browser.wait_for("the job's progress", lambda: browser.script(
+            "const el = document.querySelector(arguments[0]); return el && el.getAttribute('aria-valuenow');",
+            f'tr[data-job-id="{job_id}"] .bar'), lambda value: value == "50")
+        browser.click(browser.find(f'tr[data-job-id="{job_id}"] button.job-id'))
+
+        shown = browser.wait_for("the log's tail", logs, lambda value: value and value[-1] == "line 599")
+        assert shown == [f"line {n}" for n in range(100, 600)]
+        assert browser.script("return document.querySelector('#detail-logs-note').textContent") == \
+            "the last 500 of 600 lines"
+        assert "progress details" in labels()
+        assert '{"stage":{"nested":true}}' in browser.script("return document.querySelector('#detail').innerText")
+
+        # A new line is appended to the list on show; the lines already there stay (same nodes).
+        browser.script("document.querySelector('#detail-logs li:last-child').dataset.mark = 'kept'")
+        gates[0].set()
+        grown = browser.wait_for("the new line", logs, lambda value: value[-1] == "line 600")
+        assert grown == [f"line {n}" for n in range(101, 601)]
+        assert browser.script("return document.querySelector('#detail-logs li[data-mark=kept] .message')"
+                              ".textContent") == "line 599"
+        assert browser.script("return document.querySelector('#detail-logs-note').textContent") == \
+            "the last 500 of 601 lines"
+
+        browser.click(browser.find(f'tr[data-job-id="{schedule_id}"] button.job-id'))
+        browser.wait_for("the schedule's cron", labels, lambda value: "cron" in value)
+        assert "0 3 * * *" in browser.script("return document.querySelector('#detail-fields').textContent")
+
+
+def test_refreshes_keep_a_text_selection(browser: WebDriver, db_path: str, make_manager: Any) -> None:
+    def fails() -> None:
+        current_job().progress(0.3, "partly", rows=3)
+        raise ValueError("nope: a long message worth copying")
+
+    worker = make_manager(db_path, poll_interval=0.05)
+    worker.register_function("fails", fails)
+    with worker:
+        job_id = worker.enqueue(Job(function_name="fails", name="copy me", max_retries=0))
+        worker.wait(job_id, timeout=WAIT)
+    dashboard = make_manager(db_path, producer=True)
+    row = f'tr[data-job-id="{job_id}"]'
+
+    with DashboardServer(dashboard, port=0) as server:
+        browser.get(server.url + "?refresh=100")
+        browser.click(browser.find(f"{row} button.job-id"))
+        browser.wait_for("the traceback", lambda: browser.script(
+            "return document.querySelector('#detail-traceback').textContent"), lambda value: "nope" in value)
+        browser.script(COUNT_FETCHES)
+
+        for selector in ["#detail-traceback", f"{row} td.name", "#detail-fields dd:last-of-type",
+                         "[data-stat=failed]"]:
+            selected = browser.script(SELECT, selector)
+            wait_for_fetches(browser, 6)  # the stats, the table and the detail, three times over
+
+            assert selected and browser.script("return getSelection().toString()") == selected, selector

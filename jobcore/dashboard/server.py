@@ -15,10 +15,9 @@ import json
 import logging
 import re
 import secrets
-import socket
 import threading
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from importlib import resources
 from typing import Any, Callable, Optional
 from urllib.parse import parse_qs, quote, unquote, urlsplit
@@ -28,6 +27,7 @@ from ..errors import JobNotFound, RepositoryError
 from ..manager import RETRY_RULES, JobManager
 from ..models import JobStatus
 from .checks import check_port, check_token, is_loopback, whole_number
+from .connections import DashboardHTTPServer, DashboardHTTPServerV6, redact_tokens
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import oldest_pending_age, render_metrics
 from .views import job_detail, job_summary, log_entries
@@ -36,6 +36,11 @@ logger = logging.getLogger("jobcore.dashboard")
 
 CSRF_HEADER = "X-CSRF-Token"
 DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
+MAX_TAGS = 20  # distinct tag= filters: each is a clause of the query (SQLite's tree fails near 1,000)
+DETAIL_LOGS = 500  # the last log lines a job's detail carries (with the total as log_count)
+DEFAULT_LOG_LIMIT, MAX_LOG_LIMIT = 500, 5000  # lines per GET /api/jobs/ID/logs
+REQUEST_TIMEOUT = 30.0  # seconds a connection may sit idle or half-sent before it is closed
+MAX_CONNECTIONS = 100  # connections served at once (a thread each); more are answered 503 and closed
 STATIC_FILES = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
 PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self';"
             " base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
@@ -64,20 +69,28 @@ class DashboardServer:
     without one, a random token is made (see `login_url`). A token must be printable ASCII
     without spaces, and not empty (`ValueError` otherwise), as `port` must be 0 to 65535.
     `csrf_token` (made per process) must come with every POST in the `X-CSRF-Token`
-    header; the page embeds it."""
+    header; the page embeds it. A connection idle or half-sent for `request_timeout`
+    seconds is closed; past `max_connections` served at once, a new one is answered 503
+    (`ValueError` unless both are above 0)."""
 
     def __init__(self, manager: JobManager, host: str = "127.0.0.1", port: int = 8080, *,
-                 token: Optional[str] = None) -> None:
+                 token: Optional[str] = None, request_timeout: float = REQUEST_TIMEOUT,
+                 max_connections: int = MAX_CONNECTIONS) -> None:
         if token is not None:
             check_token(token)  # "" would match a request without one
         check_port(port)
+        if not request_timeout > 0:  # also refuses NaN
+            raise ValueError(f"request_timeout must be above 0 seconds, got {request_timeout!r}")
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, got {max_connections!r}")
         self.manager = manager
         self.loopback_only = is_loopback(host)
         # Reachable from other machines: never without an access token.
         self.token = token if token is not None or self.loopback_only else secrets.token_urlsafe(16)
         self.csrf_token = secrets.token_urlsafe(32)
-        server_class = _IPv6Server if ":" in host else _Server
-        self._httpd = server_class((host, port), _Handler)
+        server_class = DashboardHTTPServerV6 if ":" in host else DashboardHTTPServer
+        self._httpd = server_class((host, port), _Handler, request_timeout=request_timeout,
+                                   max_connections=max_connections)
         self._httpd.dashboard = self
         self._thread: Optional[threading.Thread] = None
         # _actions_lock guards _actions, counters of cancels and retries served (for /metrics).
@@ -138,27 +151,26 @@ class DashboardServer:
         return text.replace("{{csrf_token}}", html.escape(self.csrf_token, quote=True)).encode("utf-8")
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    dashboard: DashboardServer
-
-
-class _IPv6Server(_Server):
-    address_family = socket.AF_INET6
-
-
 Route = Callable[["_Handler", DashboardServer, dict[str, list[str]], str], Any]
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: _Server
+    server: DashboardHTTPServer
     server_version = "jobcore-dashboard"
+
+    def setup(self) -> None:
+        super().setup()
+        # A read or write waiting longer raises TimeoutError (http.server logs it or ends the
+        # request on it) and the connection is closed: without it an idle client holds a
+        # thread and a file descriptor for ever.
+        self.connection.settimeout(self.server.request_timeout)
 
     def version_string(self) -> str:
         return self.server_version  # no Python version in the Server header
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
-        logger.info("%s %s", self.address_string(), format % args)
+        # Request lines carry the access token when the page is opened as /?token=...
+        logger.info("%s %s", self.address_string(), redact_tokens(format % args))
 
     def do_GET(self) -> None:
         self._dispatch("GET")
@@ -205,6 +217,9 @@ class _Handler(BaseHTTPRequestHandler):
             route(self, dashboard, query, job_id)
         except ApiError as exc:
             self._send_json({"error": str(exc)}, exc.status, exc.headers)
+        except (TimeoutError, ConnectionError) as exc:  # the client went quiet or away mid-request
+            logger.info("dashboard request %s %s abandoned: %r", method, parts.path, exc)
+            self.close_connection = True
         except RepositoryError as exc:
             logger.warning("dashboard request %s %s failed: %s", method, parts.path, exc)
             self._send_json({"error": str(exc)}, HTTPStatus.SERVICE_UNAVAILABLE)
@@ -239,8 +254,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _check_access(self, dashboard: DashboardServer, query: dict[str, list[str]]) -> None:
         if dashboard.token is None:
             return
-        given = self.headers.get("Authorization", "")
-        given = given[len("Bearer "):] if given.startswith("Bearer ") else (query.get("token") or [""])[0]
+        scheme, _, credentials = self.headers.get("Authorization", "").strip().partition(" ")
+        # The scheme is case-insensitive (RFC 7235 section 2.1): "bearer" is "Bearer".
+        given = credentials.strip() if scheme.lower() == "bearer" else (query.get("token") or [""])[0]
         if not hmac.compare_digest(given.encode(), dashboard.token.encode()):
             raise ApiError(HTTPStatus.UNAUTHORIZED,
                            "an access token is required (?token=... or Authorization: Bearer)")
@@ -306,7 +322,9 @@ class _Handler(BaseHTTPRequestHandler):
         if status is not None and status not in {s.value for s in JobStatus}:
             raise ApiError(HTTPStatus.BAD_REQUEST, f"unknown status {status!r}")
         owner = (query.get("owner") or [""])[0] or None
-        tags = [tag for tag in query.get("tag", []) if tag] or None
+        tags = list(dict.fromkeys(tag for tag in query.get("tag", []) if tag)) or None  # repeats once
+        if tags is not None and len(tags) > MAX_TAGS:
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"at most {MAX_TAGS} distinct tag values, got {len(tags)}")
         limit = _int_param(query, "limit", DEFAULT_LIMIT, MAX_LIMIT)
         offset = _int_param(query, "offset", 0, None)
         results = dashboard.manager.list_jobs(status=status, tags=tags, owner=owner, limit=limit,
@@ -314,17 +332,30 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json({"jobs": [job_summary(r) for r in results], "limit": limit, "offset": offset})
 
     def job(self, dashboard: DashboardServer, query: dict[str, list[str]], job_id: str) -> None:
+        wanted = _int_param(query, "logs", DETAIL_LOGS, DETAIL_LOGS)
         result = _poll(dashboard, job_id)
-        self._send_json(job_detail(result, dashboard.manager.get_logs(job_id)))
+        if not wanted:  # logs=0: the fields only, without reading the log at all
+            self._send_json(job_detail(result))
+            return
+        entries = dashboard.manager.get_logs(job_id)
+        detail = job_detail(result, entries[-wanted:])
+        detail["log_count"] = len(entries)
+        self._send_json(detail)
 
     def logs(self, dashboard: DashboardServer, query: dict[str, list[str]], job_id: str) -> None:
+        after = _int_param(query, "after", 0, None)
+        limit = _int_param(query, "limit", DEFAULT_LOG_LIMIT, MAX_LOG_LIMIT)
         _poll(dashboard, job_id)
-        self._send_json({"logs": log_entries(dashboard.manager.get_logs(job_id))})
+        entries = dashboard.manager.get_logs(job_id)
+        self._send_json({"logs": log_entries(entries[after:after + limit]), "after": after,
+                         "total": len(entries)})
 
     def dlq(self, dashboard: DashboardServer, query: dict[str, list[str]], _: str) -> None:
         limit = _int_param(query, "limit", DEFAULT_LIMIT, MAX_LIMIT)
-        pairs = dashboard.manager.get_dead_letter_queue(limit)
-        self._send_json({"jobs": [job_summary(result) for _, result in pairs]})
+        # list_jobs reads no arguments: get_dead_letter_queue would decode every failed
+        # job's (a megabyte each, say) to return these same summaries.
+        results = dashboard.manager.list_jobs(status=JobStatus.FAILED, limit=limit)
+        self._send_json({"jobs": [job_summary(result) for result in results]})
 
     # -- changing -------------------------------------------------------------------------------
     def cancel(self, dashboard: DashboardServer, query: dict[str, list[str]], job_id: str) -> None:

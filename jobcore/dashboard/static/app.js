@@ -2,12 +2,17 @@
 // Job data is untrusted: it only ever reaches the page through textContent, attribute
 // setters and form values, never as markup. Query parameters: ?refresh=MS (default 1000),
 // ?token=... (the access token, when the server requires one).
+// A refresh writes a node only when its text changes (a write clears any text selection in
+// it), and the open job's detail is fetched apart from the stats and table: its log comes
+// once, then only the lines added since.
 "use strict";
 
 (function () {
   const STATUSES = ["pending", "scheduled", "running", "completed", "failed", "cancelled"];
   const CANCELLABLE = new Set(["pending", "scheduled", "running"]);
   const RETRYABLE = new Set(["failed", "cancelled"]);
+  const TERMINAL = new Set(["completed", "failed", "cancelled"]);
+  const DETAIL_LOGS = 500;   // log lines the detail shows at most (the server's DETAIL_LOGS)
 
   const params = new URLSearchParams(window.location.search);
   const refreshMs = Math.max(100, parseInt(params.get("refresh"), 10) || 1000);
@@ -21,6 +26,12 @@
     cancelling: new Set(),   // running jobs whose cancel was requested here
     inFlight: false,
     timer: null,
+  };
+  const detail = {
+    id: null,                // the job whose fields and log are on show
+    key: null,               // its fields as JSON, to skip redrawing unchanged ones
+    logCount: 0,             // log lines of that job read so far (those shown are the last of them)
+    loading: null,           // id of the job whose detail is being fetched
   };
 
   const $ = (selector) => document.querySelector(selector);
@@ -44,6 +55,10 @@
   }
 
   // -- building DOM ------------------------------------------------------------------------
+  function setText(node, text) {
+    if (node.textContent !== text) node.textContent = text;
+  }
+
   function el(tag, className, text) {
     const node = document.createElement(tag);
     if (className) node.className = className;
@@ -70,9 +85,11 @@
   function setBar(bar, progress, message) {
     const pct = percent(progress);
     bar.setAttribute("aria-valuenow", String(pct));
-    bar.title = message || pct + "%";
-    bar.querySelector(".fill").style.width = pct + "%";
-    bar.querySelector(".label").textContent = pct + "%";
+    const title = message || pct + "%";
+    if (bar.title !== title) bar.title = title;
+    const fill = bar.querySelector(".fill");
+    if (fill.style.width !== pct + "%") fill.style.width = pct + "%";
+    setText(bar.querySelector(".label"), pct + "%");
   }
 
   function makeBar() {
@@ -112,21 +129,21 @@
 
   function updateRow(row, job) {
     const cells = row.cells_;
-    cells.name.textContent = job.name;
-    cells.name.title = job.function_name;
+    setText(cells.name, String(job.name));
+    if (cells.name.title !== job.function_name) cells.name.title = job.function_name;
     const status = cells.status.firstChild;
-    status.textContent = job.status;
-    status.className = "status " + job.status;
+    setText(status, job.status);
+    if (status.className !== "status " + job.status) status.className = "status " + job.status;
     setBar(cells.progress.firstChild, job.progress, job.progress_message);
-    cells.attempts.textContent = String(job.attempts);
-    cells.owner.textContent = job.owner || "–";
-    cells.tags.textContent = job.tags.join(", ");
-    cells.created.textContent = formatTime(job.created_at);
+    setText(cells.attempts, String(job.attempts));
+    setText(cells.owner, job.owner || "–");
+    setText(cells.tags, job.tags.join(", "));
+    setText(cells.created, formatTime(job.created_at));
     if (job.status !== "running") state.cancelling.delete(job.id);
     const cancel = cells.actions.querySelector(".cancel");
     cancel.hidden = !CANCELLABLE.has(job.status);
     cancel.disabled = state.cancelling.has(job.id);
-    cancel.textContent = cancel.disabled ? "Cancelling…" : "Cancel";
+    setText(cancel, cancel.disabled ? "Cancelling…" : "Cancel");
     cells.actions.querySelector(".retry").hidden = !RETRYABLE.has(job.status);
     row.classList.toggle("selected", job.id === state.selected);
   }
@@ -159,49 +176,141 @@
   function renderStats(stats) {
     for (const dd of document.querySelectorAll("#stats [data-stat]")) {
       const key = dd.dataset.stat;
-      dd.textContent = key === "oldest_pending_age" ? formatAge(stats[key]) : String(stats[key] ?? "–");
+      setText(dd, key === "oldest_pending_age" ? formatAge(stats[key]) : String(stats[key] ?? "–"));
     }
-    $("#dlq-count").textContent = String(stats.failed);
+    setText($("#dlq-count"), String(stats.failed));
     $("#dlq-retry").disabled = !stats.failed;
   }
 
-  function field(list, label, value) {
-    if (value === null || value === undefined || value === "") return;
-    list.append(el("dt", null, label), el("dd", null, value));
+  function hasKeys(value) {
+    return value !== null && typeof value === "object" && Object.keys(value).length > 0;
   }
 
-  function renderDetail(job) {
-    $("#detail-id").textContent = job.id;
-    const fields = $("#detail-fields");
-    fields.replaceChildren();
-    field(fields, "name", job.name);
-    field(fields, "function", job.function_name);
-    field(fields, "status", job.status);
-    field(fields, "progress", percent(job.progress) + "% " + (job.progress_message || ""));
-    field(fields, "attempts", job.attempts + " (max retries " + job.max_retries + ")");
-    field(fields, "priority", job.priority);
-    field(fields, "owner", job.owner);
-    field(fields, "tags", job.tags.join(", "));
-    field(fields, "created", job.created_at && formatTime(job.created_at));
-    field(fields, "scheduled", job.scheduled_at && formatTime(job.scheduled_at));
-    field(fields, "started", job.started_at && formatTime(job.started_at));
-    field(fields, "completed", job.completed_at && formatTime(job.completed_at));
-    field(fields, "worker", job.worker_id);
-    field(fields, "depends on", job.depends_on.join(", "));
-    if (Object.keys(job.metadata || {}).length) field(fields, "metadata", JSON.stringify(job.metadata));
-    if (job.result !== null) field(fields, "result", JSON.stringify(job.result));
-    field(fields, "error type", job.error_type);
-    field(fields, "error", job.error);
+  // The detail's fields as [label, text] pairs, empty ones left out.
+  function detailFields(job) {
+    const pairs = [];
+    const add = (label, value) => {
+      if (value !== null && value !== undefined && value !== "") pairs.push([label, String(value)]);
+    };
+    add("name", job.name);
+    add("function", job.function_name);
+    add("status", job.status);
+    add("progress", percent(job.progress) + "% " + (job.progress_message || ""));
+    if (hasKeys(job.progress_details)) add("progress details", JSON.stringify(job.progress_details));
+    add("attempts", job.attempts + " (max retries " + job.max_retries + ")");
+    add("priority", job.priority);
+    add("owner", job.owner);
+    add("tags", job.tags.join(", "));
+    add("cron", job.cron);
+    add("created", job.created_at && formatTime(job.created_at));
+    add("scheduled", job.scheduled_at && formatTime(job.scheduled_at));
+    add("started", job.started_at && formatTime(job.started_at));
+    add("completed", job.completed_at && formatTime(job.completed_at));
+    add("worker", job.worker_id);
+    add("depends on", job.depends_on.join(", "));
+    if (hasKeys(job.metadata)) add("metadata", JSON.stringify(job.metadata));
+    if (job.result !== null && job.result !== undefined) add("result", JSON.stringify(job.result));
+    add("error type", job.error_type);
+    add("error", job.error);
+    return pairs;
+  }
+
+  // Shows the job's fields; false (touching nothing) when they are what is shown already.
+  function renderFields(job) {
+    const fieldsOnly = Object.assign({}, job);
+    delete fieldsOnly.logs;
+    delete fieldsOnly.log_count;
+    const key = JSON.stringify(fieldsOnly);
+    if (key === detail.key) return false;
+    detail.key = key;
+    setText($("#detail-id"), job.id);
+    const list = $("#detail-fields");
+    const pairs = detailFields(job);
+    const labels = Array.from(list.querySelectorAll("dt"), (node) => node.textContent);
+    if (labels.length === pairs.length && pairs.every(([label], i) => labels[i] === label)) {
+      const values = list.querySelectorAll("dd");   // same fields: change the values that changed
+      pairs.forEach(([, text], i) => setText(values[i], text));
+    } else {
+      list.replaceChildren(...pairs.flatMap(([label, text]) => [el("dt", null, label), el("dd", null, text)]));
+    }
     $("#detail-traceback-section").hidden = !job.traceback;
-    $("#detail-traceback").textContent = job.traceback || "";
-    const logs = $("#detail-logs");
-    logs.replaceChildren(...job.logs.map((entry) => {
-      const item = el("li", "log " + entry.level);
-      item.append(el("time", null, formatTime(entry.timestamp)), el("span", "level", entry.level),
-                  el("span", "message", entry.message));
-      return item;
-    }));
-    $("#detail").hidden = false;
+    setText($("#detail-traceback"), job.traceback || "");
+    return true;
+  }
+
+  function logItem(entry) {
+    const item = el("li", "log " + entry.level);
+    item.append(el("time", null, formatTime(entry.timestamp)), el("span", "level", entry.level),
+                el("span", "message", entry.message));
+    return item;
+  }
+
+  // Shows `entries` as the last lines of a log of `total` lines; `append` keeps those shown.
+  function renderLogs(entries, total, append) {
+    const list = $("#detail-logs");
+    if (append) {
+      list.append(...entries.map(logItem));
+      while (list.children.length > DETAIL_LOGS) list.firstElementChild.remove();
+    } else {
+      list.replaceChildren(...entries.map(logItem));
+    }
+    const shown = list.children.length;
+    const note = $("#detail-logs-note");
+    note.hidden = shown >= total;
+    setText(note, shown >= total ? "" : "the last " + shown + " of " + total + " lines");
+  }
+
+  function logsPath(id, after) {
+    return "/api/jobs/" + encodeURIComponent(id) + "/logs?after=" + after + "&limit=" + DETAIL_LOGS;
+  }
+
+  // Brings the open job's detail up to date: all of it when first shown, then its fields
+  // when they changed and only the log lines added since (none once it ended unchanged).
+  async function refreshDetail() {
+    const id = state.selected;
+    if (!id || detail.loading === id) return;
+    detail.loading = id;
+    const current = () => state.selected === id;
+    try {
+      const path = "/api/jobs/" + encodeURIComponent(id);
+      if (detail.id !== id) {
+        const job = await request("GET", path);   // the fields and the last DETAIL_LOGS lines
+        if (!current()) return;
+        detail.id = id;
+        detail.key = null;
+        detail.logCount = job.log_count;
+        renderFields(job);
+        renderLogs(job.logs, job.log_count, false);
+        $("#detail").hidden = false;
+        return;
+      }
+      const job = await request("GET", path + "?logs=0");
+      if (!current()) return;
+      const changed = renderFields(job);
+      if (!changed && TERMINAL.has(job.status)) return;   // an ended job's log is written
+      const page = await request("GET", logsPath(id, detail.logCount));
+      if (!current() || detail.id !== id) return;
+      if (page.total >= detail.logCount && page.total === detail.logCount + page.logs.length) {
+        if (page.logs.length) renderLogs(page.logs, page.total, true);
+        detail.logCount = page.total;
+      } else {   // more was added than one page holds (or the log was cut): show its tail
+        const tail = await request("GET", logsPath(id, Math.max(0, page.total - DETAIL_LOGS)));
+        if (!current() || detail.id !== id) return;
+        renderLogs(tail.logs, tail.total, false);
+        detail.logCount = tail.after + tail.logs.length;
+      }
+    } catch (err) {
+      // Keep what is shown (a deleted job, a lost connection); the stats line says offline.
+    } finally {
+      if (detail.loading === id) detail.loading = null;
+    }
+  }
+
+  function closeDetail() {
+    state.selected = null;
+    detail.id = null;
+    detail.key = null;
+    $("#detail").hidden = true;
   }
 
   // -- the refresh loop --------------------------------------------------------------------
@@ -223,14 +332,9 @@
     if (state.inFlight) return;
     state.inFlight = true;
     try {
-      const [stats, jobs, detail] = await Promise.all([
-        request("GET", "/api/stats"),
-        request("GET", jobsQuery()),
-        state.selected ? request("GET", "/api/jobs/" + encodeURIComponent(state.selected)).catch(() => null) : null,
-      ]);
+      const [stats, jobs] = await Promise.all([request("GET", "/api/stats"), request("GET", jobsQuery())]);
       renderStats(stats);
       renderJobs(jobs.jobs);
-      if (detail) renderDetail(detail);
       setConnection("live · updated " + new Date().toLocaleTimeString(), true);
     } catch (err) {
       setConnection("offline: " + err.message, false);
@@ -242,7 +346,10 @@
   function schedule(delay) {
     window.clearTimeout(state.timer);
     state.timer = window.setTimeout(async () => {
-      if (!document.hidden) await refresh();
+      if (!document.hidden) {
+        refreshDetail();   // not awaited: a slow detail never holds up the table
+        await refresh();
+      }
       schedule(refreshMs);
     }, delay);
   }
@@ -258,7 +365,8 @@
     try {
       if (action === "show") {
         state.selected = id;
-        renderDetail(await request("GET", "/api/jobs/" + encodeURIComponent(id)));
+        detail.id = null;   // fetch it whole, even if it is the one on show
+        await refreshDetail();
         $("#detail").scrollIntoView({ block: "nearest" });
       } else {
         const reply = await request("POST", "/api/jobs/" + encodeURIComponent(id) + "/" + action);
@@ -294,8 +402,7 @@
       if (row && !button.disabled) act(button.dataset.action, row.dataset.jobId);
     });
     $("#detail-close").addEventListener("click", () => {
-      state.selected = null;
-      $("#detail").hidden = true;
+      closeDetail();
       schedule(0);
     });
     $("#dlq-show").addEventListener("click", () => {
