@@ -63,8 +63,13 @@ class Dispatcher:
                     if exchange is not None or schedules:
                         break
                     if state.stopping and not state.running and not state.exchanging:
+                        # Handed back below: held (`settling`) until `on_settled` is told of
+                        # them, whether they end PENDING or, their cancel requested, CANCELLED.
                         buffered = list(state.buffer)
                         state.buffer.clear()
+                        handed = [r.id for r in buffered]
+                        state.settling.update(handed)
+                        state.cancel_ids.difference_update(handed)
                         break
                     self._sleep_locked()
             if exchange is None and not schedules:

@@ -28,7 +28,7 @@ from .notify_dispatch import NotificationDispatcher
 from .records import event_of, job_of, local_datetime, result_of
 from .queue import ReadyQueue
 from .registry import FunctionRegistry, LocalJobs
-from .repository.base import CancelOutcome, JobRecord, Recovery, WorkerInfo
+from .repository.base import CANCELLED_BY_REQUEST, CancelOutcome, JobRecord, Recovery, WorkerInfo
 from .repository.factory import RepositoryLike, build_repository, default_database_path
 from .retry import Classifier, is_transient
 from .housekeeper import Housekeeper
@@ -426,7 +426,7 @@ class JobManager:
     def cancel(self, job_id: str) -> bool:
         """Cancel a job: pending or scheduled at once; running by request (the job stops
         at its next progress report or `check_cancelled`). False if unknown or finished."""
-        outcome, cascade = self.repository.cancel(job_id, self._clock.time(), "cancelled by request")
+        outcome, cascade = self.repository.cancel(job_id, self._clock.time(), CANCELLED_BY_REQUEST)
         if outcome is CancelOutcome.REQUESTED:
             self._pool.request_cancel(job_id)
             return True

@@ -24,7 +24,8 @@ from .models import JobResult, JobStatus
 from .queue import ReadyQueue
 from .records import local_datetime, new_result
 from .registry import FunctionRegistry, LocalJobs
-from .repository.base import Cascade, JobRecord, JobRepository, QueueEntry, Settlement
+from .repository.base import (CANCELLED_BY_REQUEST, CANCELLED_ERROR_TYPE, Cascade, JobRecord, JobRepository,
+                              QueueEntry, Settlement)
 from .retry import Classifier
 from .scheduler import ScheduleFirer
 from .settle import EVENTS, cancelled, completed, decide, describe, event_details
@@ -304,16 +305,43 @@ class Recorder:
         self._publish(EVENTS[settlement.kind], record, details)
 
     def hand_back(self, records: list[JobRecord]) -> None:
-        """Release claimed jobs that never started (at stop): PENDING again, uncounted."""
+        """Release claimed jobs that never started (at stop): PENDING again, uncounted; or
+        CANCELLED, if their cancellation was requested meanwhile (the store decides, in
+        the same write: see `JobRepository.release`), which is then told as a cancel is.
+        Every one is told to `on_settled`, so whoever waits for it here looks again."""
         if not records:
             return
         now = self._clock.time()
         releases = [Settlement("release", r.id, r.attempts, seq=r.seq) for r in records]
+        settled: list[tuple[str, Optional[Completion]]] = [(r.id, None) for r in records]
+        cascades: list[Optional[Cascade]] = []
         try:
-            self._repo.apply(releases, [], self._worker_id, now, now)
+            cascades, _ = self._repo.apply(releases, [], self._worker_id, now, now)
         except RepositoryError as exc:
             logger.error("could not hand back %d unstarted jobs (their leases will lapse): %s",
                          len(records), exc)
+        finally:
+            for record, cascade in zip(records, cascades):
+                if cascade is not None and cascade.cancelled_instead:
+                    self._handed_back_cancelled(record, cascade, settled)
+            self._on_settled(settled)
+
+    def _handed_back_cancelled(self, record: JobRecord, cascade: Cascade,
+                               settled: list[tuple[str, Optional[Completion]]]) -> None:
+        """A job handed back unstarted ended CANCELLED (its cancel was requested while it
+        waited to start): act on it as on a cancel; its dependents go in `settled`."""
+        self._local.ended(record.id)
+        for job_id in cascade.cancelled:
+            self._local.ended(job_id)
+            settled.append((job_id, None))
+        uncounted = record.copy()  # as the store left it: the attempt never started
+        uncounted.attempts -= 1
+        details = event_details(Settlement("cancel", record.id, uncounted.attempts, error=CANCELLED_BY_REQUEST,
+                                           error_type=CANCELLED_ERROR_TYPE))
+        try:
+            self._publish(EVENTS["cancel"], uncounted, details)
+        except Exception:  # a notification must not keep the others from being told
+            logger.exception("announcing the cancel of job %s failed", record.id)
 
 
 def _seqs(claim_seqs: Optional[list[int]], taken: bool) -> dict[str, Any]:

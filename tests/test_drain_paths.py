@@ -179,7 +179,8 @@ def test_sqlite_batch_claims_give_records_equal_to_a_full_read_of_the_row(tmp_pa
 
 def test_sqlite_claims_of_jobs_changed_since_they_were_stored_read_their_row(tmp_path: Any) -> None:
     # given jobs claimed once and handed back changed: progress reported, a failure retried,
-    # a cancel requested, a job failed for good and then retried by hand
+    # a cancel requested (so handed back CANCELLED) and then retried by hand, a job failed
+    # for good and then retried by hand
     repo = _sqlite(tmp_path)
     now = 1_700_000_000.0
     records = [JobRecord(id=f"j{i}", function_name="f", name=f"n{i}", args=(i,), created_at=now)
@@ -191,6 +192,7 @@ def test_sqlite_claims_of_jobs_changed_since_they_were_stored_read_their_row(tmp
     repo.fail("j1", "w", 1, error="boom", error_type="OSError", traceback="tb", now=now, retry_at=now)
     repo.cancel("j2", now, "asked")  # running: a request
     repo.release("j2", "w", 1, now)
+    assert repo.requeue("j2", now) is not None
     repo.fail("j3", "w", 1, error="bad", error_type="ValueError", traceback="tb", now=now, retry_at=None)
     assert repo.requeue("j3", now) is not None
     # when they are claimed again, the retry (scheduled) and one more by id, the rest

@@ -24,11 +24,12 @@ from pg_fixtures import *  # noqa: F401,F403 (the fixtures: server, schema, repo
 from pg_fixtures import ROOT, WAIT, Schema, psycopg
 from jobcore import JobStatus
 from jobcore.errors import RepositoryError
-from jobcore.repository.base import JobRecord, Settlement
+from jobcore.repository.base import CancelOutcome, JobRecord, Settlement
 from jobcore.testing.contract import NOW, RepositoryContract, claim_race, make_record
 
 try:
     from jobcore.postgres import PostgresRepository
+    from jobcore.postgres.queries import Statements
     from jobcore.postgres.schema import SCHEMA_VERSION
 except ImportError:  # the extra is not installed: pg_fixtures.MARKS skips (or fails in CI)
     pass
@@ -382,6 +383,55 @@ def test_a_dead_workers_jobs_come_back_at_once_and_recover_says_how_each_ended(
         [again.id], (last.id,), (unwanted.id,))
     assert [repo.get(j.id).status for j in (again, last, unwanted, alive)] == [  # type: ignore[union-attr]
         JobStatus.PENDING, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.RUNNING]
+
+
+@pytest.mark.parametrize("transition", ["retry", "release"])
+def test_a_cancel_waits_for_a_transition_under_way_and_acts_on_the_status_it_leaves(
+        schema: Schema, transition: str) -> None:
+    # given a running job, and another connection recording, not yet committed, its retry
+    # (RUNNING to SCHEDULED) or its hand-back (RUNNING to PENDING): the row is locked
+    repository = schema.repository()
+    job = make_record()
+    repository.insert([job], NOW)
+    repository.claim(job.id, "w1", NOW, NOW + 30)
+    sql = Statements(schema.name)
+    held = {"id": job.id, "worker": "w1", "attempt": 1, "now": NOW + 1}
+    try:
+        with psycopg.connect(schema.server) as other, psycopg.connect(schema.server, autocommit=True) as watch:
+            if transition == "retry":
+                other.execute(sql.FAIL_RETRY, {**held, "retry_at": NOW + 10, "error": "reset",
+                                               "error_type": "ConnectionError", "traceback": None})
+            else:
+                other.execute(sql.RELEASE, held)
+            # when cancel() runs meanwhile, and that transaction commits while it waits
+            outcomes: list[Any] = []
+            canceller = threading.Thread(target=lambda: outcomes.append(repository.cancel(job.id, NOW + 2, "stop")),
+                                         name="canceller")
+            canceller.start()
+            _wait_until_blocked_by(watch, other.info.backend_pid, canceller)
+            other.commit()
+            canceller.join(WAIT)
+        # then it saw the job as that transition left it, unfinished, and cancelled it at
+        # once: two statements each looking for one status both missed it (cancel() was False)
+        assert [outcome for outcome, _ in outcomes] == [CancelOutcome.CANCELLED]
+        stored = repository.get(job.id)
+        assert stored is not None and (stored.status, stored.error) == (JobStatus.CANCELLED, "stop")
+    finally:
+        repository.close()
+
+
+def _wait_until_blocked_by(watch: Any, pid: int, thread: threading.Thread) -> None:
+    """Return once a backend waits for a lock `pid` holds (the thread's statement); fail if
+    the thread ended without waiting, or nothing waits within WAIT seconds."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        blocked = watch.execute("SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))",
+                                (pid,)).fetchone()[0]
+        if blocked:
+            return
+        assert thread.is_alive(), "the statement ended without waiting for the lock"
+        assert time.monotonic() < deadline, f"nothing waited for the lock within {WAIT}s"
+        threading.Event().wait(0.01)
 
 
 def test_a_small_pool_serves_many_threads(schema: Schema) -> None:

@@ -7,7 +7,8 @@ Row locks, and why (READ COMMITTED; rows of `jobs`):
   on each other; the loser simply gets nothing.
 - Inserting a job that depends on stored jobs takes `FOR KEY SHARE` on them, and every
   transition that ends a job (complete, final fail, cancel, recovery, cascade; a retry
-  too, which ends it if its cancellation was requested) takes `FOR UPDATE` first. The
+  or a hand-back too, which end it if its cancellation was requested) takes `FOR UPDATE`
+  first; `cancel` takes it before it reads the status it acts on. The
   two conflict, so a dependency cannot end between the moment an insert reads its
   status and the moment the dependent's `job_deps` row commits (which would leave the
   dependent blocked forever); claims (`NO KEY UPDATE`) do not conflict with `KEY SHARE`,
@@ -142,14 +143,23 @@ WHERE j.seq IN (SELECT seq FROM wanted UNION ALL SELECT seq FROM extra)
 RETURNING {_J_COLUMNS}
 """
 _HELD_WHERE = "id = %(id)s AND status = 'running' AND worker_id = %(worker)s AND attempts = %(attempt)s"
-RELEASE = f"""
-UPDATE {{s}}.jobs SET status = 'pending', attempts = attempts - 1, worker_id = NULL,
-    lease_expires_at = NULL, cancel_requested = FALSE
-WHERE {_HELD_WHERE}
-"""
 # A running job held by (worker_id, attempts), locked FOR UPDATE: it is about to end.
 _HELD = f"""
 WITH held AS (SELECT seq FROM {{s}}.jobs WHERE {_HELD_WHERE} FOR UPDATE)
+"""
+# A claimed job handed back unstarted (at stop) is PENDING again, its attempt uncounted;
+# or, if its cancellation was requested meanwhile (cancel() returned True), CANCELLED as
+# CANCEL_WAITING leaves a pending job, in the same statement: it must not run later. It
+# takes FOR UPDATE, since it may end the job; the SET reads the row as the lock found it
+# (a cancel request committed meanwhile is seen), and RETURNING tells which it did.
+RELEASE = _HELD + """
+UPDATE {s}.jobs AS j SET status = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'pending' END,
+    completed_at = CASE WHEN j.cancel_requested THEN %(now)s ELSE j.completed_at END,
+    error = CASE WHEN j.cancel_requested THEN 'cancelled by request' ELSE j.error END,
+    error_type = CASE WHEN j.cancel_requested THEN 'JobCancelled' ELSE j.error_type END,
+    attempts = j.attempts - 1, worker_id = NULL, lease_expires_at = NULL, cancel_requested = FALSE
+FROM held WHERE j.seq = held.seq
+RETURNING j.status = 'cancelled'
 """
 # Several completions of one worker in one statement each (the dispatcher's hot path).
 COMPLETE_MANY = """
@@ -234,6 +244,13 @@ UPDATE {s}.jobs AS j SET status = 'cancelled', completed_at = %(now)s, error = %
     error_type = 'JobCancelled'
 FROM waiting WHERE j.seq = waiting.seq
 """
+# cancel() locks the job's row first and decides on the status it finds: two statements
+# that each looked for the status they act on (pending or scheduled, then running) could
+# both miss a job that went from one to the other between them (a retry recorded: running
+# to scheduled), and cancel() returned False for an unfinished job. FOR UPDATE: cancelling
+# may end the job (see the module docstring); it waits for a transition under way and
+# returns the row as that transition left it.
+LOCK_FOR_CANCEL = "SELECT status FROM {s}.jobs WHERE id = %s FOR UPDATE"
 REQUEST_CANCEL = "UPDATE {s}.jobs SET cancel_requested = TRUE WHERE id = %s AND status = 'running'"
 SELECT_UNIQUE_HOLDER = f"""
 SELECT other.id FROM {{s}}.jobs AS j JOIN {{s}}.jobs AS other ON other.unique_key = j.unique_key

@@ -220,12 +220,19 @@ class PostgresRepository(SettlesThroughApply, JobRepository):
         sql = self.sql
 
         def work(tx: Tx) -> tuple[CancelOutcome, Cascade]:
-            if tx.execute(sql.CANCEL_WAITING, {"id": job_id, "now": now, "reason": clean_text(reason)}).rowcount:
+            # The row locked first, and what is done decided on the status it then has
+            # (see queries.LOCK_FOR_CANCEL): no transition can come between.
+            row = tx.execute(sql.LOCK_FOR_CANCEL, (job_id,)).fetchone()
+            if row is None:
+                return CancelOutcome.NOT_FOUND, Cascade()
+            status = row[0]
+            if status in (JobStatus.PENDING.value, JobStatus.SCHEDULED.value):
+                tx.execute(sql.CANCEL_WAITING, {"id": job_id, "now": now, "reason": clean_text(reason)})
                 return CancelOutcome.CANCELLED, Cascade(cancelled=cancel_dependents(sql, tx, job_id, now))
-            if tx.execute(sql.REQUEST_CANCEL, (job_id,)).rowcount:
+            if status == JobStatus.RUNNING.value:
+                tx.execute(sql.REQUEST_CANCEL, (job_id,))
                 return CancelOutcome.REQUESTED, Cascade()
-            found = tx.execute(sql.SELECT_STATUS, (job_id,)).fetchone() is not None
-            return (CancelOutcome.FINISHED if found else CancelOutcome.NOT_FOUND), Cascade()
+            return CancelOutcome.FINISHED, Cascade()
 
         return self._db.transaction(work)
 

@@ -83,10 +83,14 @@ def settle_one(sql: Statements, tx: Tx, s: Settlement, worker_id: str, now: floa
     """Apply a retry, fail, cancel or release settlement; None if the job was not held so."""
     held = {"id": s.job_id, "worker": worker_id, "attempt": s.attempt, "now": now}
     if s.kind == "release":
-        if tx.execute(sql.RELEASE, held).rowcount != 1:
+        released = tx.execute(sql.RELEASE, held).fetchone()
+        if released is None:
             return None
-        tx.notify()  # ready again, for whoever is free
-        return Cascade()
+        if not released[0]:
+            tx.notify()  # ready again, for whoever is free
+            return Cascade()
+        # Its cancellation was requested: it ended CANCELLED instead of PENDING.
+        return Cascade(cancelled=cancel_dependents(sql, tx, s.job_id, now), cancelled_instead=True)
     if s.kind == "cancel":
         if tx.execute(sql.FINISH_CANCELLED, held).rowcount != 1:
             return None

@@ -22,14 +22,14 @@ import abc
 from typing import Any, Collection, Optional, Sequence
 
 from ..models import JobStatus
-from .values import (CANCELLED_ERROR_TYPE, CANCELLED_WHILE_RUNNING, CancelOutcome, Cascade, JobRecord,
-                     QueueEntry, Recovery, Settlement, WorkerInfo, cancelled_instead_note, claim_limit,
-                     id_taken, require_plain_pending)
+from .values import (CANCELLED_BY_REQUEST, CANCELLED_ERROR_TYPE, CANCELLED_WHILE_RUNNING, CancelOutcome,
+                     Cascade, JobRecord, QueueEntry, Recovery, Settlement, WorkerInfo, cancelled_instead_note,
+                     claim_limit, id_taken, require_plain_pending)
 
 # The values are re-exported: backends and callers import them from here.
-__all__ = ["CANCELLED_ERROR_TYPE", "CANCELLED_WHILE_RUNNING", "CancelOutcome", "Cascade", "JobRecord",
-           "JobRepository", "QueueEntry", "Recovery", "Settlement", "SettlesThroughApply", "WorkerInfo",
-           "cancelled_instead_note", "claim_limit", "id_taken", "require_plain_pending"]
+__all__ = ["CANCELLED_BY_REQUEST", "CANCELLED_ERROR_TYPE", "CANCELLED_WHILE_RUNNING", "CancelOutcome",
+           "Cascade", "JobRecord", "JobRepository", "QueueEntry", "Recovery", "Settlement", "SettlesThroughApply",
+           "WorkerInfo", "cancelled_instead_note", "claim_limit", "id_taken", "require_plain_pending"]
 
 
 class JobRepository(abc.ABC):
@@ -194,6 +194,13 @@ class JobRepository(abc.ABC):
         """Hand back a job claimed by `worker_id` on `attempt` but never started: it is
         PENDING again and the attempt is not counted. False if it was not held so.
 
+        If its cancellation was requested (`cancel` returned True while it was claimed),
+        it becomes CANCELLED instead, in the same compare-and-set, as `cancel` of a pending
+        job leaves it (error `CANCELLED_BY_REQUEST`, type `CANCELLED_ERROR_TYPE`, the
+        attempt not counted) and its dependents are cancelled, transitively; through
+        `apply`, the cascade says `cancelled_instead` and lists them. A cancel that
+        returned True is never undone by a hand-back.
+
         This default is a fallback for backends that do not override it: it re-schedules
         the job for `now` and so leaves the attempt counted, which the contract suite
         flags."""
@@ -213,7 +220,8 @@ class JobRepository(abc.ABC):
         whose known ids keep going stale asks for the best jobs by number alone.
 
         Returns, in order, each settlement's cascade (None where the worker no longer held
-        the job; for "release", an empty Cascade when it applied), and the records claimed.
+        the job; for "release", an empty Cascade when it applied, unless the job ended
+        CANCELLED instead: see `release`), and the records claimed.
         A settlement whose result the store cannot hold raises `TypeError`/`ValueError`
         before anything is written. This default applies them one by one.
 

@@ -16,8 +16,9 @@ from typing import Any, Collection, Optional, Sequence
 
 from ..models import TERMINAL_STATUSES, JobStatus
 from ._cascade import dependency_error_message
-from .base import (CANCELLED_ERROR_TYPE, CANCELLED_WHILE_RUNNING, Cascade, CancelOutcome, JobRecord,
-                   JobRepository, QueueEntry, Recovery, Settlement, WorkerInfo, cancelled_instead_note, id_taken)
+from .base import (CANCELLED_BY_REQUEST, CANCELLED_ERROR_TYPE, CANCELLED_WHILE_RUNNING, Cascade, CancelOutcome,
+                   JobRecord, JobRepository, QueueEntry, Recovery, Settlement, WorkerInfo, cancelled_instead_note,
+                   id_taken)
 from .memory_adding import MemoryAdding
 # A copy with dicts of its own: whoever holds it can change it without touching the store.
 from .values import detached_copy as _detached
@@ -245,14 +246,28 @@ class MemoryRepository(MemoryAdding, JobRepository):
         return Cascade(cancelled=self._cancel_dependents(row, now), cancelled_instead=instead)
 
     def release(self, job_id: str, worker_id: str, attempt: int, now: float) -> bool:
+        return self._release(job_id, worker_id, attempt, now) is not None
+
+    def _release(self, job_id: str, worker_id: str, attempt: int, now: float) -> Optional[Cascade]:
+        """`release`, saying what it did as `apply` does: None if not held so."""
         with self._lock:
             row = self._held(job_id, worker_id, attempt)
             if row is None:
-                return False
-            self._set_status(row, JobStatus.PENDING)
+                return None
             row.attempts -= 1
+            cancelled = row.cancel_requested  # cancel() returned True: it never runs
             row.worker_id, row.lease_expires_at, row.cancel_requested = None, None, False
-            return True
+            if not cancelled:
+                self._set_status(row, JobStatus.PENDING)
+                return _NO_CASCADE
+            self._end(row, JobStatus.CANCELLED, now)
+            row.error, row.error_type = CANCELLED_BY_REQUEST, CANCELLED_ERROR_TYPE
+            return Cascade(cancelled=self._cancel_dependents(row, now), cancelled_instead=True)
+
+    def _apply_one(self, s: Settlement, worker_id: str, now: float) -> Optional[Cascade]:
+        if s.kind == "release":  # its cascade says whether it ended CANCELLED instead
+            return self._release(s.job_id, worker_id, s.attempt, now)
+        return super()._apply_one(s, worker_id, now)
 
     def apply(self, settlements: Sequence[Settlement], claim_ids: Sequence[str], worker_id: str,
               now: float, lease_expires_at: float, top_up: Optional[Collection[str]] = None,

@@ -291,10 +291,18 @@ BEST_OF_ONE = """SELECT seq FROM jobs INDEXED BY jobs_ready
     ORDER BY priority DESC, seq LIMIT ?"""
 BEST_OF = f"SELECT * FROM ({BEST_OF_ONE.replace('SELECT seq', 'SELECT seq, priority', 1)})"
 _HELD = "id = ? AND status = 'running' AND worker_id = ? AND attempts = ?"
+# A claimed job handed back unstarted (at stop) is PENDING again, its attempt uncounted;
+# or, if its cancellation was requested meanwhile (cancel() returned True), CANCELLED as
+# CANCEL_WAITING leaves a pending job, in the same statement: it must not run later.
+# RETURNING tells the caller which it did.
 RELEASE = f"""
-UPDATE jobs SET status = 'pending', attempts = attempts - 1, worker_id = NULL,
-    lease_expires_at = NULL, cancel_requested = 0
+UPDATE jobs SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'pending' END,
+    completed_at = CASE WHEN cancel_requested THEN ? ELSE completed_at END,
+    error = CASE WHEN cancel_requested THEN 'cancelled by request' ELSE error END,
+    error_type = CASE WHEN cancel_requested THEN 'JobCancelled' ELSE error_type END,
+    attempts = attempts - 1, worker_id = NULL, lease_expires_at = NULL, cancel_requested = 0
 WHERE {_HELD}
+RETURNING status = 'cancelled'
 """
 COMPLETE = f"""
 UPDATE jobs SET status = 'completed', result = ?, completed_at = ?, progress = 1.0,

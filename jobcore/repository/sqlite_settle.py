@@ -60,7 +60,13 @@ def _held_returning(conn: sqlite3.Connection, query: str, values: tuple[Any, ...
 def _settle_one(conn: sqlite3.Connection, s: Settlement, worker_id: str, now: float) -> Optional[Cascade]:
     """Apply one settlement other than a completion inside the caller's transaction."""
     if s.kind == "release":
-        return Cascade() if _held_update(conn, sql.RELEASE, (), s, worker_id) else None
+        row = _held_returning(conn, sql.RELEASE, (now,), s, worker_id)
+        if row is None:
+            return None
+        if not row[0]:
+            return _NOTHING_RELEASED
+        # Its cancellation was requested: it ended CANCELLED instead of PENDING.
+        return Cascade(cancelled=cancel_dependents(conn, s.job_id, now), cancelled_instead=True)
     if s.kind == "cancel":
         if not _held_update(conn, sql.FINISH_CANCELLED, (now,), s, worker_id):
             return None

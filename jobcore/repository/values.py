@@ -241,7 +241,9 @@ class Cascade:
     `cancelled`: dependents, transitively, just CANCELLED because this job will never
     complete.
     `cancelled_instead`: a retry or failure that ended the job CANCELLED instead, as
-    `finish_cancelled` would have, because its cancellation had been requested."""
+    `finish_cancelled` would have, or a release (a hand-back) that ended it CANCELLED
+    instead of PENDING, as `cancel` of a pending job would have, because its cancellation
+    had been requested."""
 
     released: tuple[QueueEntry, ...] = ()
     cancelled: tuple[str, ...] = ()
@@ -252,6 +254,10 @@ class Cascade:
 # (`finish_cancelled`, or a retry or failure settled as CANCELLED instead).
 CANCELLED_WHILE_RUNNING = "cancelled while running"
 CANCELLED_ERROR_TYPE = "JobCancelled"
+# The error of a job cancelled before it started: `cancel` of a pending or scheduled job
+# (the reason the manager gives), or a claimed job handed back unstarted whose
+# cancellation had been requested (`release`).
+CANCELLED_BY_REQUEST = "cancelled by request"
 
 
 def cancelled_instead_note(note: str) -> str:

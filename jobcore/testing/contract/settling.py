@@ -30,6 +30,45 @@ class _SettlingContract:
         assert _ids_of(repository.ready(None, 10)) == [job.id]
         assert _claim(repository, job.id, "w2", now=NOW + 2).attempts == 1
 
+    def test_a_claimed_job_whose_cancellation_was_requested_is_handed_back_cancelled(
+            self, repository: JobRepository) -> None:
+        # given w1 holding three unstarted jobs, each with a dependent, two asked to cancel
+        # (cancel() returned True: they were RUNNING, claimed, when asked)
+        asked, plain, alone = jobs = [_add(repository, unique_key=f"key-{i}") for i in range(3)]
+        dependents = [_add(repository, depends_on=(job.id,)) for job in jobs]
+        for job in jobs:
+            _claim(repository, job.id, "w1")
+        for job in (asked, alone):
+            assert repository.cancel(job.id, NOW + 1, base.CANCELLED_BY_REQUEST)[0] is CancelOutcome.REQUESTED
+        # when w1 hands them back unstarted (at stop): two through apply, one found by its seq
+        cascades, claimed = repository.apply([base.Settlement("release", asked.id, 1, seq=asked.seq),
+                                              base.Settlement("release", plain.id, 1)], [], "w1", NOW + 2, NOW + 2)
+        # and the third alone
+        assert repository.release(alone.id, "w1", 1, NOW + 2) is True
+        # then the jobs asked to cancel ended CANCELLED, as a cancel of a pending job ends
+        # one, the attempt not counted, and their dependents cancelled naming them
+        assert claimed == []
+        assert cascades[0] is not None and cascades[0].cancelled_instead
+        assert list(cascades[0].cancelled) == [dependents[0].id]
+        for job, dependent in ((asked, dependents[0]), (alone, dependents[2])):
+            stored = _get(repository, job.id)
+            assert (stored.status, stored.error, stored.error_type, stored.completed_at, stored.attempts,
+                    stored.worker_id, stored.lease_expires_at) == (
+                JobStatus.CANCELLED, base.CANCELLED_BY_REQUEST, base.CANCELLED_ERROR_TYPE, NOW + 2, 0, None, None)
+            stored_dependent = _get(repository, dependent.id)
+            assert stored_dependent.status is JobStatus.CANCELLED and job.id in (stored_dependent.error or "")
+            # and nothing runs them later: not claimable, not ready, their unique keys free
+            assert repository.claim(job.id, "w2", NOW + 3, NOW + 33) is None
+            assert repository.cancel(job.id, NOW + 3, "again")[0] is CancelOutcome.FINISHED
+        assert _ids_of(repository.ready(None, 10)) == [plain.id]
+        again = make_record(unique_key="key-0")
+        assert repository.insert([again], NOW + 3) == [again.id]
+        # and the job nobody cancelled is PENDING again, as before, its dependent waiting
+        assert cascades[1] is not None and not cascades[1].cancelled_instead and not cascades[1].cancelled
+        stored = _get(repository, plain.id)
+        assert (stored.status, stored.attempts, stored.worker_id, stored.error) == (JobStatus.PENDING, 0, None, None)
+        assert _status(repository, dependents[1].id) is JobStatus.PENDING
+
     def test_apply_settles_in_order_then_claims(self, repository: JobRepository) -> None:
         # given w1 holding four jobs, w2 holding one, and jobs waiting to be claimed
         done, retried, failed, released, theirs = (_add(repository) for _ in range(5))
