@@ -6,11 +6,15 @@ Knows nothing about jobs: `SQLiteRepository` runs its SQL through `write()` and 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
+import os
 import random
 import sqlite3
 import threading
+import urllib.parse
+import weakref
 from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
 
 from ..clock import real_monotonic, real_sleep
@@ -53,16 +57,67 @@ _CHECKPOINT_TRUNCATE = "PRAGMA wal_checkpoint(TRUNCATE)"
 # closes them either.
 _INHERITED: list[sqlite3.Connection] = []
 
+# Every `Connections` of this process not yet closed, for `_close_at_exit`.
+_OPEN: "weakref.WeakSet[Connections]" = weakref.WeakSet()
+
+
+def _close_at_exit() -> None:
+    """At interpreter exit, close the connections of repositories nobody closed (a producer
+    script that enqueued and ended, a `with JobManager(...)` block): SQLite checkpoints the
+    write-ahead log into the database file as a process's last connection to it closes,
+    and removes `-wal` and `-shm` when no other process has the file open. Otherwise
+    recent commits would stay in `-wal` only, and a copy of the database file alone
+    would lack them."""
+    for connections in list(_OPEN):
+        connections.close_unless_in_use()
+
+
+# Registered at import, so it runs after the handlers registered later (atexit runs the
+# last registered first): the default manager's graceful stop among them (`api`).
+atexit.register(_close_at_exit)
+
+
+def file_uri(path: str, mode: str, paths: Any = os.path) -> str:
+    """An SQLite URI naming the file at `path` (made absolute by `paths`, os.path or
+    ntpath; any character URIs reserve quoted), opened in `mode` ("rw": the file must
+    exist, SQLite never creates it)."""
+    absolute = paths.abspath(path)
+    if paths.sep != "/":  # Windows: C:\data\jobs.db -> /C:/data/jobs.db
+        absolute = absolute.replace(paths.sep, "/")
+    if not absolute.startswith("/"):
+        absolute = "/" + absolute
+    # "file://" and an empty authority, then the path: one starting "//" (a Windows
+    # share, \\server\share) stays a path.
+    return f"file://{urllib.parse.quote(absolute, safe='/:')}?mode={mode}"
+
+
+def locked_error(path: str) -> RepositoryError:
+    """What a call raises once it has waited `busy_timeout` for the write lock."""
+    return translate(sqlite3.OperationalError("database is locked"), path)
+
 
 class Connections:
     """Per-thread connections to the file at `path`, write transactions one at a time
     (`write`), and WAL checkpoints on a thread of their own.
 
-    `busy_timeout` (seconds) is how long a write waits for another process's lock."""
+    `busy_timeout` (seconds) is how long a call waits, in all, for the database to be
+    free: for this process's other writers ahead of it and for another process's lock.
+    `check(connection)`, if given, runs on the first connection before anything is
+    written (the journal mode among it), and may refuse the file by raising.
 
-    def __init__(self, path: str, *, busy_timeout: float, durability: str) -> None:
+    Only the first connection may create the file, and only if it did not exist when
+    this object was made: the others open it with `mode=rw`, so a file removed or moved
+    while in use is an error rather than a new empty database in its place."""
+
+    def __init__(self, path: str, *, busy_timeout: float, durability: str,
+                 check: Optional[Callable[[sqlite3.Connection], None]] = None) -> None:
         self.path = path
         self.busy_timeout = busy_timeout
+        self._check = check
+        self._uri = file_uri(path, "rw")
+        # Whether the next connection may create the file (cleared by the first that opens).
+        self._may_create = not os.path.exists(path)
+        self._checked = False  # whether `check` accepted the file
         self.synchronous = SYNCHRONOUS[durability]
         self.background_checkpoints = durability == "normal"
         self._wal_limit = WAL_LIMIT_PAGES if self.background_checkpoints else FOREGROUND_WAL_LIMIT_PAGES
@@ -76,6 +131,7 @@ class Connections:
         self._write_lock = threading.Lock()
         self._commits = 0
         self._checkpoint_wanted = threading.Event()
+        _OPEN.add(self)
 
     def forked(self) -> None:
         """In a forked child (where no other thread runs yet): forget the parent's
@@ -103,31 +159,61 @@ class Connections:
             main = threading.main_thread()
             for thread in [t for t in self._connections if not t.is_alive() and t is not main]:
                 self._connections.pop(thread).close()
-        try:
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
-                                   check_same_thread=False)
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-            conn.execute("PRAGMA foreign_keys = OFF")
-            conn.execute(f"PRAGMA wal_autocheckpoint = {self._wal_limit}")
-            # From here on a busy database is retried by _until_free, not by SQLite's
-            # busy handler (see there).
-            conn.execute("PRAGMA busy_timeout = 0")
-        except sqlite3.Error as exc:
-            raise translate(exc, self.path) from None
+        conn = self._open()
         with self._lock:
+            if self._closed:  # closed while this one opened (at interpreter exit, say)
+                conn.close()
+                raise RepositoryError(f"SQLite at {self.path!r}: the repository is closed")
             self._connections[threading.current_thread()] = conn
         self._local.conn = conn
         return conn
+
+    def _open(self) -> sqlite3.Connection:
+        """A new connection, set up: WAL, this repository's durability, no busy handler."""
+        may_create = self._may_create
+        # timeout=0: a busy database is retried by _until_free, not by SQLite's busy
+        # handler (see there).
+        try:
+            if may_create:
+                conn = sqlite3.connect(self.path, timeout=0, isolation_level=None, check_same_thread=False)
+            else:
+                conn = sqlite3.connect(self._uri, timeout=0, uri=True, isolation_level=None,
+                                       check_same_thread=False)
+        except sqlite3.Error as exc:
+            if not may_create and not os.path.exists(self.path):
+                raise RepositoryError(
+                    f"SQLite at {self.path!r}: the file is gone (removed or moved while in use);"
+                    f" jobcore does not create an empty database in its place ({exc})") from None
+            raise translate(exc, self.path) from None
+        try:
+            # The set-up too: `journal_mode = WAL` on a new file that another process is
+            # setting up answers "database is locked" at once, whatever the busy timeout
+            # (measured: 1 process in 800, 8 opening a new file at once).
+            self._until_free(None, self._set_up, conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._may_create = False
+        return conn
+
+    def _set_up(self, conn: sqlite3.Connection) -> None:
+        if not self._checked and self._check is not None:
+            self._check(conn)  # before the journal mode: a refused file is left as it was
+            self._checked = True
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":  # another process held the file: try again
+            raise sqlite3.OperationalError(f"database is locked (the journal mode stayed {mode!r})")
+        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        conn.execute("PRAGMA foreign_keys = OFF")
+        conn.execute(f"PRAGMA wal_autocheckpoint = {self._wal_limit}")
 
     @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
         """A `BEGIN IMMEDIATE` transaction: committed on success, rolled back on error."""
         conn = self.get()
-        # One writer per process at a time: threads queue on a fair Python lock instead of
-        # SQLite's busy handler, which sleeps in growing steps and wrecks throughput.
-        with self._write_lock:
-            self._until_free(conn.execute, "BEGIN IMMEDIATE")
+        deadline = self._take_write_lock()
+        try:
+            self._until_free(deadline, conn.execute, "BEGIN IMMEDIATE")
             try:
                 yield conn
                 conn.execute("COMMIT")
@@ -138,6 +224,8 @@ class Connections:
                     raise translate(exc, self.path) from None
                 raise
             self._committed()
+        finally:
+            self._write_lock.release()
 
     def write_one(self, query: str, params: Sequence[Any]) -> sqlite3.Cursor:
         """One statement committed on its own (SQLite's autocommit). Its effect is that
@@ -145,10 +233,29 @@ class Connections:
         the GIL and must win it back, which costs most when other threads are busy.
         A constraint violation raises `sqlite3.IntegrityError` for the caller to name."""
         conn = self.get()
-        with self._write_lock:
-            cursor = self._until_free(conn.execute, query, params)
+        deadline = self._take_write_lock()
+        try:
+            cursor = self._until_free(deadline, conn.execute, query, params)
             self._committed()
+        finally:
+            self._write_lock.release()
         return cursor
+
+    def _take_write_lock(self) -> Optional[float]:
+        """Take _write_lock, waiting at most `busy_timeout` (else raise as a busy database
+        does), and return when this call's wait for the database ends: None if the lock
+        was free (the wait starts at the first busy answer, as the call starts now).
+
+        One writer per process at a time: threads queue on a Python lock instead of
+        SQLite's busy handler, which sleeps in growing steps and wrecks throughput. A
+        thread queued behind one that waits for another process's lock waits only what is
+        left of its own `busy_timeout` after that: not a full one more per thread ahead."""
+        if self._write_lock.acquire(False):
+            return None
+        deadline = real_monotonic() + self.busy_timeout
+        if not self._write_lock.acquire(timeout=self.busy_timeout):
+            raise locked_error(self.path)
+        return deadline
 
     def _committed(self) -> None:
         """Count a commit (under _write_lock); every CHECKPOINT_EVERY, wake the checkpointer."""
@@ -165,17 +272,18 @@ class Connections:
         """`read(connection)` on this thread's connection, outside any write transaction,
         tried again as `read` is while another process holds a lock it needs."""
         conn = self.get()
-        return self._until_free(lambda: read(conn))
+        return self._until_free(None, read, conn)
 
-    def _until_free(self, attempt: Callable[..., T], *args: Any) -> T:
-        """`attempt(*args)`, tried again while another process holds the lock it needs, for
-        up to `busy_timeout` seconds; then (or on any other error) a `RepositoryError`.
+    def _until_free(self, deadline: Optional[float], attempt: Callable[..., T], *args: Any) -> T:
+        """`attempt(*args)`, tried again while another process holds the lock it needs,
+        until `deadline` (`real_monotonic()` time; None: `busy_timeout` seconds after the
+        first busy answer); then (or on any other error) a `RepositoryError`.
 
         SQLite's own busy handler sleeps 1, 2, 5, 10, 15, 20, 25... ms between tries: a
         process waiting on another's half-millisecond transaction would sleep most of the
         time. Here the pause starts at 20 µs and doubles to at most 1 ms (with jitter, so
         waiting processes do not retry in step)."""
-        pause, deadline = 0.00002, None
+        pause = 0.00002
         while True:
             try:
                 return attempt(*args)
@@ -222,8 +330,25 @@ class Connections:
             # Commits came (or the WAL could not be emptied): empty it once they stop.
             quiet_for = IDLE_TRUNCATE_AFTER if wanted or busy else None
 
+    def close_unless_in_use(self) -> None:
+        """`close()`, unless a thread other than this one and the checkpointer is alive
+        with a connection (a manager left running at interpreter exit, say: its daemon
+        threads may be inside a statement) or a write is under way."""
+        if not self._write_lock.acquire(timeout=0.5):
+            return
+        try:
+            with self._lock:
+                current, checkpointer = threading.current_thread(), self._checkpointer
+                if any(thread.is_alive() and thread is not current and thread is not checkpointer
+                       for thread in self._connections):
+                    return
+            self.close()
+        finally:
+            self._write_lock.release()
+
     def close(self) -> None:
         """Close every connection and stop the checkpointer; later use raises."""
+        _OPEN.discard(self)
         with self._lock:
             self._closed = True
             checkpointer = self._checkpointer
