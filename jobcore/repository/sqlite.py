@@ -66,7 +66,8 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
         self.durability = durability
         self.busy_timeout = float(busy_timeout)
         self.max_payload_bytes = max_payload_bytes
-        self._db = Connections(self.path, busy_timeout=self.busy_timeout, durability=durability)
+        self._db = Connections(self.path, busy_timeout=self.busy_timeout, durability=durability,
+                               check=self._refuse_other_tables)
         # The seqs of queued rows whose id is not text, seen by reads of the queue, for the
         # next `recover` to fail (a read has no `now`, and writes nothing).
         self._unaddressable: set[int] = set()
@@ -104,7 +105,7 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
                 # The version first: a newer jobcore's tables may not take this version's indexes.
                 conn.execute(sql.CREATE_META)
                 row = conn.execute(sql.SELECT_SCHEMA_VERSION).fetchone()
-                version = int(row[0]) if row else sql.SCHEMA_VERSION
+                version = self._version(row[0]) if row else sql.SCHEMA_VERSION
                 if version > sql.SCHEMA_VERSION:
                     raise RepositoryError(
                         f"SQLite at {self.path!r}: schema version {version} is newer than this"
@@ -135,7 +136,27 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
             if "no such table" in str(exc):
                 return None
             raise
-        return int(rows[0][0]) if rows else None
+        return self._version(rows[0][0]) if rows else None
+
+    def _version(self, stored: Any) -> int:
+        """The schema version stored as `stored`: an integer, or a RepositoryError."""
+        try:
+            return int(stored)
+        except (TypeError, ValueError):
+            raise RepositoryError(f"SQLite at {self.path!r}: schema version {stored!r} is not a number:"
+                                  " the file is corrupt or not jobcore's") from None
+
+    def _refuse_other_tables(self, conn: sqlite3.Connection) -> None:
+        """Refuse a database holding a table named as one of jobcore's but no jobcore_meta:
+        another application's (jobcore would fail on its columns, or change its rows).
+        Runs on the first connection, before the journal mode is set: a refused file is
+        left as it was."""
+        names = {row[0] for row in conn.execute(sql.SELECT_TABLE_NAMES)}
+        if "jobcore_meta" not in names:
+            for table in sql.TABLES:
+                if table in names:
+                    raise RepositoryError(f"SQLite at {self.path!r}: table {table!r} is not jobcore's"
+                                          " (the file has no jobcore_meta table); give jobcore a file of its own")
 
     def close(self) -> None:
         self._db.close()
