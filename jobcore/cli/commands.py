@@ -22,6 +22,7 @@ from ..manager import RETRY_RULES, JobManager
 from ..models import JobResult, JobStatus
 from ..repository.factory import POSTGRES_SCHEMES, build_repository
 from ..repository.sqlite import SQLiteRepository
+from ..repository.sqlite_rows import translate
 from .render import _percent, _print_json, _print_table, _priority, _shorten, _when, clean, render_bar
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -48,8 +49,8 @@ def check_database(path: str, *, create: bool) -> None:
     try:
         with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    except sqlite3.OperationalError as exc:
-        raise CommandFailed(f"cannot open {path!r}: {exc}") from None
+    except sqlite3.OperationalError as exc:  # read-only directory, full disk, locked...: in words
+        raise CommandFailed(str(translate(exc, path))) from None
     except sqlite3.DatabaseError as exc:
         raise CommandFailed(f"{path!r} is not a jobcore database ({exc})") from None
     if "jobcore_meta" not in tables and (tables or not create):

@@ -22,23 +22,40 @@ from .sqlite_schema import CLAIMED_PLAIN
 def translate(exc: sqlite3.Error, path: str) -> RepositoryError:
     """A `RepositoryError` saying in words what went wrong with the file at `path`."""
     text = str(exc)
+    name = getattr(exc, "sqlite_errorname", "")  # Python 3.11+: SQLITE_FULL, SQLITE_IOERR_SHMSIZE...
+    folder = os.path.dirname(os.path.abspath(path))
     if "locked" in text or "busy" in text:
         problem = "the database stayed locked past the busy timeout"
     elif "readonly" in text or "read-only" in text:
         problem = "the database is read-only"
-    elif "disk" in text and "full" in text:
+    elif name in ("SQLITE_FULL", "SQLITE_IOERR_SHMSIZE") or ("disk" in text and "full" in text) or (
+            # SQLITE_IOERR_SHMSIZE: the -shm file could not grow (opening, reading); a full
+            # disk met while writing may read as "disk I/O error" too. Without an error
+            # name (Python 3.10), the disk's free space tells.
+            (name.startswith("SQLITE_IOERR") or "disk I/O error" in text) and _no_space_left(folder)):
         problem = "the disk is full"
     elif "not a database" in text or "malformed" in text:
         problem = "the file is not a jobcore database (or is corrupt)"
     elif "unable to open" in text:
-        folder = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(folder):
             problem = f"cannot create the file: its directory {folder!r} does not exist"
+        elif os.path.exists(path) and not os.access(folder, os.W_OK):
+            # SQLite opens a WAL database only with its -shm file, which it cannot create
+            # here (a read-only mount, or a directory it may not write).
+            problem = ("the database is read-only, and so is its directory, which holds no -wal and -shm"
+                       " files that SQLite could use: give write access to the directory")
         else:
             problem = "cannot open or create the file (check its permissions and its directory's)"
     else:
         problem = text
     return RepositoryError(f"SQLite at {path!r}: {problem} ({text})")
+
+
+def _no_space_left(folder: str) -> bool:
+    try:
+        return os.statvfs(folder).f_bavail == 0
+    except (AttributeError, OSError):  # no statvfs (Windows), or no such folder
+        return False
 
 
 def is_plain(record: JobRecord) -> bool:
