@@ -276,6 +276,8 @@ def test_refreshes_keep_a_text_selection(browser: WebDriver, db_path: str, make_
 
     with DashboardServer(dashboard, port=0) as server:
         browser.get(server.url + "?refresh=100")
+        browser.wait_for("the job's row", lambda: browser.script(
+            "return document.querySelector(arguments[0]) !== null", f"{row} button.job-id"), bool)
         browser.click(browser.find(f"{row} button.job-id"))
         browser.wait_for("the traceback", lambda: browser.script(
             "return document.querySelector('#detail-traceback').textContent"), lambda value: "nope" in value)
