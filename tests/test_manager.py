@@ -811,14 +811,21 @@ class _HeldBeats(SQLiteRepository):
         return super().beat_worker(worker_id, running, now)
 
 
-def test_a_restart_while_the_housekeeper_is_busy_leaves_one_housekeeper(make_manager: Any, db_path: str) -> None:
-    # given a manager stopped without waiting while its housekeeper is in a heartbeat
+def _stopped_mid_heartbeat(make_manager: Any, db_path: str) -> tuple[set[threading.Thread], _HeldBeats, Any]:
+    """The threads before, the repository and a manager stopped without waiting while its
+    housekeeper is held inside a heartbeat (release it with `repository.release`)."""
     before = set(threading.enumerate())
     repository = _HeldBeats(db_path)
     manager = make_manager(repository, max_workers=1, poll_interval=0.05).start()
     repository.armed.set()
     assert repository.inside.wait(WAIT)
     manager.stop(wait=False)
+    return before, repository, manager
+
+
+def test_a_restart_while_the_housekeeper_is_busy_leaves_one_housekeeper(make_manager: Any, db_path: str) -> None:
+    # given a manager stopped without waiting while its housekeeper is in a heartbeat
+    before, repository, manager = _stopped_mid_heartbeat(make_manager, db_path)
 
     # when it is started again, and the heartbeat then returns
     restart = threading.Thread(target=manager.start)
@@ -834,12 +841,7 @@ def test_a_restart_while_the_housekeeper_is_busy_leaves_one_housekeeper(make_man
 
 def test_a_stop_that_did_not_wait_for_a_heartbeat_leaves_the_registry(make_manager: Any, db_path: str) -> None:
     # The heartbeat under way found the entry gone (the stop had removed it) and put it back.
-    before = set(threading.enumerate())
-    repository = _HeldBeats(db_path)
-    manager = make_manager(repository, max_workers=1, poll_interval=0.05).start()
-    repository.armed.set()
-    assert repository.inside.wait(WAIT)
-    manager.stop(wait=False)
+    before, repository, _ = _stopped_mid_heartbeat(make_manager, db_path)
     [housekeeper] = [t for t in set(threading.enumerate()) - before if "housekeeper" in t.name]
     repository.release.set()
     housekeeper.join(WAIT)

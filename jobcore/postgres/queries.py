@@ -202,27 +202,22 @@ FROM held WHERE j.seq = held.seq
 # no retry, no dead letter. The SET reads the row as the lock found it (a cancel request
 # committed meanwhile is seen), and RETURNING tells the caller which it did. A retry
 # takes FOR UPDATE too, since it may end the job (see the module docstring).
+# The error columns and the rest, shared by both: a cancel requested wins over the error.
+_OR_CANCELLED = """
+    error = CASE WHEN j.cancel_requested THEN 'cancelled while running' ELSE %(error)s END,
+    error_type = CASE WHEN j.cancel_requested THEN 'JobCancelled' ELSE %(error_type)s END,
+    traceback = CASE WHEN j.cancel_requested THEN j.traceback ELSE %(traceback)s END,
+    lease_expires_at = NULL
+FROM held WHERE j.seq = held.seq
+RETURNING j.cancel_requested
+"""
 FAIL_RETRY = _HELD + """
 UPDATE {s}.jobs AS j SET status = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'scheduled' END,
     run_at = CASE WHEN j.cancel_requested THEN j.run_at ELSE %(retry_at)s END,
-    completed_at = CASE WHEN j.cancel_requested THEN %(now)s ELSE j.completed_at END,
-    error = CASE WHEN j.cancel_requested THEN 'cancelled while running' ELSE %(error)s END,
-    error_type = CASE WHEN j.cancel_requested THEN 'JobCancelled' ELSE %(error_type)s END,
-    traceback = CASE WHEN j.cancel_requested THEN j.traceback ELSE %(traceback)s END,
-    lease_expires_at = NULL
-FROM held WHERE j.seq = held.seq
-RETURNING j.cancel_requested
-"""
+    completed_at = CASE WHEN j.cancel_requested THEN %(now)s ELSE j.completed_at END,""" + _OR_CANCELLED
 FAIL_FINAL = _HELD + """
 UPDATE {s}.jobs AS j SET status = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'failed' END,
-    completed_at = %(now)s,
-    error = CASE WHEN j.cancel_requested THEN 'cancelled while running' ELSE %(error)s END,
-    error_type = CASE WHEN j.cancel_requested THEN 'JobCancelled' ELSE %(error_type)s END,
-    traceback = CASE WHEN j.cancel_requested THEN j.traceback ELSE %(traceback)s END,
-    lease_expires_at = NULL
-FROM held WHERE j.seq = held.seq
-RETURNING j.cancel_requested
-"""
+    completed_at = %(now)s,""" + _OR_CANCELLED
 # The cascade goes one level per statement: each statement reads job_deps afresh after
 # the previous one waited for its locks, so a dependent committed meanwhile is seen.
 SELECT_DEPENDENTS = "SELECT DISTINCT job_id FROM {s}.job_deps WHERE depends_on = ANY(%s)"
