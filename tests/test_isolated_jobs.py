@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from jobcore import Job, JobStatus, SQLiteRepository
+from jobcore import FakeClock, Job, JobStatus, SQLiteRepository
 
 WAIT = 15.0
 
@@ -194,12 +194,17 @@ def _gone(pid: int) -> bool:
 def test_a_timeout_ends_the_processes_the_job_started(make_manager: Any, db_path: str, busy_module: Any,
                                                        tmp_path: Path) -> None:
     pid_file = str(tmp_path / "pid")
-    manager = make_manager(db_path, max_workers=1).start()
+    clock = FakeClock()  # the timeout passes once the job has started its process, not before
+    manager = make_manager(db_path, max_workers=1, clock=clock).start()
     job_id = manager.enqueue(Job(function=busy_module.start_a_process_and_hang, args=(pid_file,),
                                  isolation="process", timeout=1.0, max_retries=0))
-    result = manager.wait(job_id, timeout=WAIT)
-    assert (result.status, result.error_type) == (JobStatus.FAILED, "JobTimeout")
+    deadline = time.monotonic() + WAIT
+    while not os.path.exists(pid_file) and time.monotonic() < deadline:
+        time.sleep(0.01)
     grandchild = int(Path(pid_file).read_text())
+    clock.advance(2.0)
+    result = manager.wait(job_id, timeout=WAIT)
+    assert (result.status, result.error_type) == (JobStatus.FAILED, "JobTimeout"), result.error
     try:
         deadline = time.monotonic() + WAIT  # the signal is sent before the timeout is recorded
         while not _gone(grandchild) and time.monotonic() < deadline:
