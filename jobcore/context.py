@@ -87,7 +87,7 @@ class JobContext:
         """Raise `JobCancelled` if cancellation was requested, or if the engine gave this
         attempt up after its timeout (its outcome would be discarded anyway), or if the
         attempt is over."""
-        if self._cancel or self.over:
+        if self.cancelled:
             raise JobCancelled(self.id)
 
     def progress(self, progress: float, message: str = "", **details: Any) -> None:
@@ -120,6 +120,8 @@ class JobContext:
 
 def _fraction_done(progress: Any) -> float:
     """`progress` (any real number: int, float, Fraction, a NumPy float) clamped to 0.0-1.0."""
+    if progress.__class__ is float and not math.isnan(progress):  # the usual case: no ABC check
+        return min(1.0, max(0.0, progress))
     if isinstance(progress, bool) or not isinstance(progress, numbers.Real):
         raise TypeError(f"progress must be a number from 0.0 to 1.0, got {progress!r}")
     try:

@@ -32,7 +32,6 @@ class Slot:
     index: int
     generation: int = 0  # the `PoolState.generation` it was started in
     abandoned: bool = False  # its job timed out: the thread is left to return when it may
-    ended: bool = False  # its thread returned from its loop
 
 
 @dataclass(eq=False)

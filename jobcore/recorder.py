@@ -193,17 +193,9 @@ class Recorder:
             # and the outcomes recorded alone.
             logger.exception("repository failed to record %d outcomes and claim %d jobs; the claims are"
                              " dropped and the outcomes recorded alone", len(settlements), len(claim_ids))
-            if not settlements:
-                return []
-            try:
-                cascades, claimed = self._repo.apply(settlements, [], self._worker_id, now,
-                                                     now + self._lease_timeout)
-            except Exception as exc:
-                if isinstance(exc, RepositoryError):
-                    logger.error("could not record %d outcomes, will retry: %s", len(settlements), exc)
-                else:
-                    logger.exception("repository failed to record %d outcomes; will retry", len(settlements))
-                return None
+            for f, settlement in zip(finished, settlements):
+                f.settlement = settlement  # decided once
+            return self.exchange(finished, []) if finished else []
         self._after_all(finished, settlements, cascades, now)
         if len(claimed) > 1:
             claimed.sort(key=lambda r: (-r.priority, r.seq))

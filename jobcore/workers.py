@@ -121,7 +121,6 @@ class WorkerPool:
                 # Nothing is held: what is claimed from now on carries its own lease. (Jobs
                 # an earlier start left held keep the last heartbeat's: see `claims`.)
                 state.renewed_until = self._clock.time() + self._settings.lease_timeout
-            self._threads = [(thread, slot) for thread, slot in self._threads if thread.is_alive()]
             for _ in range(self._settings.max_workers):
                 self._spawn_locked()
             self._dispatcher.start(state.generation)
@@ -146,8 +145,8 @@ class WorkerPool:
         def remaining() -> Optional[float]:
             return None if deadline is None else max(0.0, deadline - self._clock.monotonic())
 
-        def working() -> bool:
-            return any(not (slot.ended or slot.abandoned) for _, slot in self._threads)
+        def working() -> bool:  # (a thread leaves `_threads` as its loop ends)
+            return any(not slot.abandoned for _, slot in self._threads)
 
         with state.lock:
             state.stopping = True
@@ -272,7 +271,6 @@ class WorkerPool:
             self._serve(slot)
         finally:
             with self._state.lock:
-                slot.ended = True
                 # Forgotten (an abandoned thread that came back, too: timeouts must not grow the list).
                 self._threads = [(thread, other) for thread, other in self._threads if other is not slot]
                 self._state.workers_changed.notify_all()  # `stop` may be waiting for this one
