@@ -417,10 +417,19 @@ class JobManager:
         counts = self.repository.count_by_status()
         return counts[JobStatus.PENDING] + counts[JobStatus.SCHEDULED]
 
-    def get_logs(self, job_id: str) -> list[LogEntry]:
-        """The job's log lines, oldest first (empty for an unknown id)."""
-        return [LogEntry(local_datetime(at), level, message)
-                for at, level, message in self.repository.logs(job_id)]
+    def get_logs(self, job_id: str, offset: int = 0, limit: Optional[int] = None) -> list[LogEntry]:
+        """The job's log lines, oldest first (empty for an unknown id): from the
+        `offset`-th line on, at most `limit` of them (None: all), for a job that logs a lot."""
+        _count("offset", offset)
+        if limit is not None:
+            _count("limit", limit)
+        lines = (self.repository.logs(job_id) if offset == 0 and limit is None
+                 else self.repository.log_page(job_id, offset, limit))
+        return [LogEntry(local_datetime(at), level, message) for at, level, message in lines]
+
+    def count_logs(self, job_id: str) -> int:
+        """How many log lines the job has (0 for an unknown id)."""
+        return self.repository.count_logs(job_id)
 
     # -- changing ------------------------------------------------------------------------------------
     def cancel(self, job_id: str) -> bool:

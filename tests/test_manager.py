@@ -109,6 +109,14 @@ def test_current_job_reports_progress_and_logs(make_manager: Any, db_path: str) 
         ("info", "hello from the job"), ("warning", "careful")]
     assert all(isinstance(entry.timestamp, datetime) for entry in logs)
     assert current_job() is None
+    # a page of them, for a job that logs a lot
+    assert manager.count_logs(job_id) == 2 and manager.count_logs("no-such-job") == 0
+    assert [entry.message for entry in manager.get_logs(job_id, offset=1)] == ["careful"]
+    assert [entry.message for entry in manager.get_logs(job_id, limit=1)] == ["hello from the job"]
+    assert manager.get_logs(job_id, offset=2, limit=5) == []
+    for bad in ({"offset": -1}, {"limit": -1}, {"offset": 1.5}, {"limit": True}):
+        with pytest.raises(ValueError, match="offset|limit"):
+            manager.get_logs(job_id, **bad)
 
 
 def test_coroutine_functions_run_on_an_event_loop(make_manager: Any, db_path: str) -> None:

@@ -337,18 +337,18 @@ class _Handler(BaseHTTPRequestHandler):
         if not wanted:  # logs=0: the fields only, without reading the log at all
             self._send_json(job_detail(result))
             return
-        entries = dashboard.manager.get_logs(job_id)
-        detail = job_detail(result, entries[-wanted:])
-        detail["log_count"] = len(entries)
+        count = dashboard.manager.count_logs(job_id)
+        detail = job_detail(result, dashboard.manager.get_logs(job_id, max(0, count - wanted), wanted))
+        detail["log_count"] = count
         self._send_json(detail)
 
     def logs(self, dashboard: DashboardServer, query: dict[str, list[str]], job_id: str) -> None:
         after = _int_param(query, "after", 0, None)
         limit = _int_param(query, "limit", DEFAULT_LOG_LIMIT, MAX_LOG_LIMIT)
         _poll(dashboard, job_id)
-        entries = dashboard.manager.get_logs(job_id)
-        self._send_json({"logs": log_entries(entries[after:after + limit]), "after": after,
-                         "total": len(entries)})
+        total = dashboard.manager.count_logs(job_id)
+        entries = dashboard.manager.get_logs(job_id, after, limit) if after < total else []
+        self._send_json({"logs": log_entries(entries), "after": after, "total": total})
 
     def dlq(self, dashboard: DashboardServer, query: dict[str, list[str]], _: str) -> None:
         limit = _int_param(query, "limit", DEFAULT_LIMIT, MAX_LIMIT)

@@ -107,6 +107,8 @@ LIST_JOBS = f"SELECT {COLUMNS} FROM {{s}}.jobs {_LIST_WHERE}"
 LIST_JOBS_WITHOUT_ARGS = f"SELECT {COLUMNS_WITHOUT_ARGS} FROM {{s}}.jobs {_LIST_WHERE}"
 COUNT_BY_STATUS = "SELECT status, COUNT(*) FROM {s}.jobs GROUP BY status"
 SELECT_LOGS = "SELECT at, level, message FROM {s}.job_logs WHERE job_id = %s ORDER BY id"
+SELECT_LOG_PAGE = SELECT_LOGS + " LIMIT %s OFFSET %s"  # LIMIT NULL: no limit
+COUNT_LOGS = "SELECT count(*) FROM {s}.job_logs WHERE job_id = %s"
 INSERT_LOG = "INSERT INTO {s}.job_logs (job_id, at, level, message) VALUES (%s, %s, %s, %s)"
 
 # A scheduled job is due at its time, or at once if that is no usable time (infinity, NaN:

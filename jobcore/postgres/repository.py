@@ -176,6 +176,12 @@ class PostgresRepository(SettlesThroughApply, JobRepository):
     def logs(self, job_id: str) -> builtins.list[tuple[float, str, str]]:
         return [tuple(row) for row in self._db.rows(self.sql.SELECT_LOGS, (job_id,))]
 
+    def log_page(self, job_id: str, offset: int, limit: Optional[int]) -> builtins.list[tuple[float, str, str]]:
+        return [tuple(row) for row in self._db.rows(self.sql.SELECT_LOG_PAGE, (job_id, limit, offset))]
+
+    def count_logs(self, job_id: str) -> int:
+        return int(self._db.rows(self.sql.COUNT_LOGS, (job_id,))[0][0])
+
     # -- running ---------------------------------------------------------------------------
     @staticmethod
     def _claim_params(ids: Sequence[str], worker_id: str, now: float, lease: float,

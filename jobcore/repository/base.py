@@ -149,6 +149,17 @@ class JobRepository(abc.ABC):
     def logs(self, job_id: str) -> builtins.list[tuple[float, str, str]]:
         """The job's log lines, oldest first: (time, level, message)."""
 
+    def log_page(self, job_id: str, offset: int, limit: Optional[int]) -> builtins.list[tuple[float, str, str]]:
+        """The job's log lines from the `offset`-th on (oldest first), at most `limit`
+        (None: all). By default a slice of `logs`; a store that keeps many lines a job
+        reads only the page."""
+        lines = self.logs(job_id)
+        return lines[offset:] if limit is None else lines[offset:offset + limit]
+
+    def count_logs(self, job_id: str) -> int:
+        """How many log lines the job has. By default `len(logs(job_id))`."""
+        return len(self.logs(job_id))
+
     # -- running ---------------------------------------------------------------------
     @abc.abstractmethod
     def claim(self, job_id: str, worker_id: str, now: float, lease_expires_at: float) -> Optional[JobRecord]:

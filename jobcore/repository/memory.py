@@ -129,6 +129,15 @@ class MemoryRepository(MemoryAdding, JobRepository):
         with self._lock:
             return list(self._logs.get(job_id, ()))
 
+    def log_page(self, job_id: str, offset: int, limit: Optional[int]) -> builtins.list[tuple[float, str, str]]:
+        with self._lock:
+            lines = self._logs.get(job_id, [])
+            return lines[offset:] if limit is None else lines[offset:offset + limit]
+
+    def count_logs(self, job_id: str) -> int:
+        with self._lock:
+            return len(self._logs.get(job_id, ()))
+
     # -- running ---------------------------------------------------------------------
     def claim(self, job_id: str, worker_id: str, now: float, lease_expires_at: float) -> Optional[JobRecord]:
         with self._lock:

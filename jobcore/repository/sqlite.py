@@ -213,6 +213,12 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
     def logs(self, job_id: str) -> builtins.list[tuple[float, str, str]]:
         return [tuple(row) for row in self._read(sql.SELECT_LOGS, (job_id,))]
 
+    def log_page(self, job_id: str, offset: int, limit: Optional[int]) -> builtins.list[tuple[float, str, str]]:
+        return [tuple(row) for row in self._read(sql.SELECT_LOG_PAGE, (job_id, -1 if limit is None else limit, offset))]
+
+    def count_logs(self, job_id: str) -> int:
+        return int(self._read(sql.COUNT_LOGS, (job_id,))[0][0])
+
     # -- running ---------------------------------------------------------------------------
     def claim(self, job_id: str, worker_id: str, now: float, lease_expires_at: float) -> Optional[JobRecord]:
         with self._write() as conn:

@@ -229,6 +229,8 @@ _COUNT_ORDER = [COUNT_BY_STATUS.find(f"status = '{status}'") for status in COUNT
 if -1 in _COUNT_ORDER or _COUNT_ORDER != sorted(_COUNT_ORDER):
     raise ImportError("COUNT_BY_STATUS must count COUNTED_STATUSES in their order")
 SELECT_LOGS = "SELECT at, level, message FROM job_logs WHERE job_id = ? ORDER BY id"
+SELECT_LOG_PAGE = SELECT_LOGS + " LIMIT ? OFFSET ?"  # LIMIT -1: no limit
+COUNT_LOGS = "SELECT count(*) FROM job_logs WHERE job_id = ?"
 INSERT_LOG = "INSERT INTO job_logs (job_id, at, level, message) VALUES (?, ?, ?, ?)"
 
 # A scheduled job is due at its time, or at once if that is no usable time (see

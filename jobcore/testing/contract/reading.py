@@ -210,3 +210,15 @@ class _ReadingContract:
                                          (NOW + 1, "error", "third")]
         assert repository.logs(b.id) == [(NOW, "info", "other job")]
         assert repository.logs("no-such-job") == []
+
+    def test_logs_are_read_a_page_at_a_time(self, repository: JobRepository) -> None:
+        job, other = _add(repository), _add(repository)
+        for n in range(7):
+            repository.add_log(job.id, "info", f"line {n}", NOW + n)
+        repository.add_log(other.id, "info", "other job", NOW)
+        assert repository.count_logs(job.id) == 7 and repository.count_logs("no-such-job") == 0
+        assert [m for _, _, m in repository.log_page(job.id, 2, 3)] == ["line 2", "line 3", "line 4"]
+        assert [m for _, _, m in repository.log_page(job.id, 5, None)] == ["line 5", "line 6"]
+        assert repository.log_page(job.id, 0, None) == repository.logs(job.id)
+        assert repository.log_page(job.id, 6, 0) == [] and repository.log_page(job.id, 7, 5) == []
+        assert repository.log_page("no-such-job", 0, 10) == []
