@@ -87,6 +87,8 @@ class RetryableError(JobcoreError):
 
     `delay` (seconds), when given, replaces the back-off delay for this retry."""
 
+    delay: float | None = None  # also for a subclass whose __init__ does not call this one's
+
     def __init__(self, message: str = "", *, delay: float | None = None) -> None:
         super().__init__(message)
         if delay is not None and (isinstance(delay, bool) or not isinstance(delay, (int, float))

@@ -29,7 +29,7 @@ from typing import Any, Callable, Optional
 from . import serialization
 from .context import JobContext
 from .execution import call_job
-from .isolation_wire import AttemptRequest, describe_exception, resolve_function
+from .isolation_wire import AttemptRequest, UnpicklableResult, describe_exception, resolve_function
 
 try:
     import resource
@@ -134,7 +134,7 @@ def serve(conn: Connection, lifeline: Connection) -> None:
             try:
                 data = ForkingPickler.dumps(reply)
             except Exception as exc:  # the return value does not pickle
-                error = TypeError(f"the return value of {request.qualname} ({type(reply[1]).__name__})"
+                error = UnpicklableResult(f"the return value of {request.qualname} ({type(reply[1]).__name__})"
                                   f" cannot be sent back from the child process: {exc}")
                 data = ForkingPickler.dumps(("error", describe_exception(error, ""), True))
             try:

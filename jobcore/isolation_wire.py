@@ -105,6 +105,11 @@ class NotIsolatable(PermanentError, TypeError):
         self.problem = problem
 
 
+class UnpicklableResult(PermanentError, TypeError):
+    """An isolated job's return value that cannot be pickled back from its child process:
+    the attempt fails, and retrying would return the same kind of value again."""
+
+
 class RemoteError(JobcoreError):
     """An exception from a child whose class could not be rebuilt here.
 

@@ -263,7 +263,11 @@ class Recorder:
                 encoded = serialization.encode(outcome.value, field="result",
                                                max_bytes=self._repo.max_payload_bytes)
             except (TypeError, ValueError) as exc:  # the result cannot be stored: a failure
-                outcome = Outcome(error=exc, traceback=None)
+                return decide(record, Outcome(error=exc, traceback=None),
+                              cancel_requested=finished.context.cancel_requested,
+                              classifier=_never_retried,  # the next attempt would return one too
+                              rng=self._rng, max_retry_delay=self._max_retry_delay, now=now,
+                              ran_for=finished.ran_for)
             else:
                 return completed(record, outcome.value, finished.ran_for, encoded)
         classifier = self._local.retry_on(record.id) or self._retry_on
@@ -334,6 +338,12 @@ class Recorder:
             self._publish(EVENTS["cancel"], uncounted, details)
         except Exception:  # a notification must not keep the others from being told
             logger.exception("announcing the cancel of job %s failed", record.id)
+
+
+def _never_retried(exc: BaseException) -> bool:
+    """The classifier for a return value the store cannot hold: whatever the error's
+    message says (a `sqlite3.Connection` mentions a connection), a retry cannot help."""
+    return False
 
 
 def _seqs(claim_seqs: Optional[list[int]], taken: bool) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import logging
 import random
 from typing import Any, Optional
 
-from .errors import RetryableError
+from .errors import LONGEST_RETRY_DELAY, RetryableError
 from .execution import Outcome
 from .repository.base import CANCELLED_ERROR_TYPE, CANCELLED_WHILE_RUNNING, JobRecord, Settlement
 from .retry import Classifier, retry_delay, should_retry
@@ -42,7 +42,7 @@ def decide(record: JobRecord, outcome: Outcome, *, cancel_requested: bool, class
         transient = False
     failed = f"attempt {attempt} failed after {ran_for:.3f}s: {error_type}: {error}"
     if transient and attempt <= record.max_retries:
-        delay: Optional[float] = exc.delay if isinstance(exc, RetryableError) else None
+        delay = asked_delay(exc, record.id)
         if delay is None:
             delay = retry_delay(attempt, delay=record.retry_delay, backoff=record.retry_backoff,
                                 jitter=record.retry_jitter, max_delay=max_retry_delay, rng=rng)
@@ -53,6 +53,23 @@ def decide(record: JobRecord, outcome: Outcome, *, cancel_requested: bool, class
     why = "no retries left" if transient else "permanent error"
     return Settlement("fail", record.id, attempt, error=error, error_type=error_type,
                       traceback=traceback, note=f"{failed}; {why}", seq=record.seq)
+
+
+def asked_delay(exc: BaseException, job_id: str) -> Optional[float]:
+    """The delay a `RetryableError` asked for, or None for the back-off: also when a
+    subclass never set one (its `__init__` did not call `RetryableError.__init__`) or set
+    one that is not a number of seconds from 0 to `LONGEST_RETRY_DELAY` (logged)."""
+    if not isinstance(exc, RetryableError):
+        return None
+    delay = getattr(exc, "delay", None)
+    if delay is None:
+        return None
+    if (isinstance(delay, bool) or not isinstance(delay, (int, float))
+            or not 0 <= delay <= LONGEST_RETRY_DELAY):  # NaN fails this too
+        logger.warning("job %s raised %s with delay %r, not a number of seconds from 0 to %.0f;"
+                       " its back-off is used instead", job_id, type(exc).__name__, delay, LONGEST_RETRY_DELAY)
+        return None
+    return float(delay)
 
 
 def cancelled(record: JobRecord) -> Settlement:

@@ -386,7 +386,9 @@ class WorkerPool:
     def run_pending(self, limit: Optional[int] = None) -> int:
         """Run ready jobs one by one in the calling thread until none is ready (or `limit`
         ran); fire due schedules on the way. Returns how many jobs ran. Timeouts are not
-        enforced here. For tests and immediate mode, on a pool that is not started."""
+        enforced here. For tests and immediate mode, on a pool that is not started.
+        A job interrupted by Ctrl-C (or calling `sys.exit`) is recorded as failed with
+        that error, which is then raised here, in the caller's thread."""
         ran = 0
         while limit is None or ran < limit:
             for schedule in self._queue.pop_due_schedules():
@@ -411,6 +413,8 @@ class WorkerPool:
                                                  self._clock.monotonic() - started)], []) is None:
                 raise RepositoryError(f"could not record the outcome of job {record.id}; see the log")
             ran += 1
+            if isinstance(outcome.error, (KeyboardInterrupt, SystemExit)):
+                raise outcome.error  # recorded as any error; now it stops the caller, as a plain call would
         return ran
 
     # -- progress reports -------------------------------------------------------------------

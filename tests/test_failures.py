@@ -520,3 +520,75 @@ def test_a_job_that_returns_after_its_timeout_is_a_timeout_whoever_notices_first
     for _ in range(5):
         result = manager.wait(manager.enqueue(Job(function=overrun, timeout=1.0, max_retries=0)), timeout=WAIT)
         assert (result.status, result.error_type) == (JobStatus.FAILED, "JobTimeout")
+
+
+class _RateLimited(RetryableError):
+    def __init__(self, retry_after: Any) -> None:  # not calling RetryableError.__init__
+        self.retry_after = retry_after
+        self.delay = retry_after
+
+
+@pytest.mark.parametrize("asked", [None, "5", float("nan"), -1.0, True])
+def test_a_retryable_error_subclass_without_a_usable_delay_is_retried_on_the_back_off(
+        make_manager: Any, db_path: str, asked: Any) -> None:
+    # given a RetryableError subclass whose __init__ does not call the base's: reading its
+    # delay raised AttributeError, and the job was dead-lettered as an engine failure
+    clock = FakeClock()
+    manager = make_manager(db_path, clock=clock, rng=random.Random(1))
+    calls: list[int] = []
+
+    def limited() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            error = _RateLimited(asked)
+            if asked is None:
+                del error.delay  # never set at all, as most such subclasses leave it
+            raise error
+        return "ok"
+
+    job_id = manager.enqueue(Job(function=limited, retry_delay=2.0, retry_jitter=False))
+    assert manager.run_pending() == 1
+    retried = manager.poll(job_id)
+    assert (retried.status, retried.error_type, retried.attempts) == (JobStatus.SCHEDULED, "_RateLimited", 1)
+    assert manager.run_pending() == 0  # then waits the back-off's 2 s, not the delay asked for
+    clock.advance(2.0)
+    assert manager.run_pending() == 1
+    assert (manager.poll(job_id).status, manager.poll(job_id).result) == (JobStatus.COMPLETED, "ok")
+
+
+def test_a_result_the_store_cannot_hold_is_never_retried_whatever_its_type_is_called(
+        make_manager: Any, db_path: str, tmp_path: Any) -> None:
+    # given a job returning a sqlite3.Connection: the JSON error names the type, and the
+    # default classifier took "Connection" for a transient error: it ran 4 times
+    import sqlite3
+    manager = make_manager(db_path).start()
+    calls: list[int] = []
+
+    def open_connection() -> Any:
+        calls.append(1)
+        return sqlite3.connect(str(tmp_path / "other.db"), check_same_thread=False)
+
+    result = manager.wait(manager.enqueue(Job(function=open_connection, retry_delay=0.0)), timeout=WAIT)
+    assert (result.status, result.error_type, result.attempts, len(calls)) == (
+        JobStatus.FAILED, "InvalidJobType", 1, 1)
+    assert "Connection" in (result.error or "")
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, SystemExit])
+def test_ctrl_c_in_a_job_run_in_the_callers_thread_reaches_the_caller(
+        make_manager: Any, db_path: str, stop: type) -> None:
+    # given a job interrupted while run_pending() or an immediate enqueue runs it in the
+    # caller's thread: the interrupt was recorded and swallowed, and the program went on
+    def interrupted() -> None:
+        raise stop()
+
+    manager = make_manager(db_path)
+    job_id = manager.enqueue(Job(function=interrupted))
+    after = manager.enqueue(Job(function=lambda: "later"))
+    with pytest.raises(stop):
+        manager.run_pending()
+    assert (manager.poll(job_id).status, manager.poll(job_id).error_type) == (JobStatus.FAILED, stop.__name__)
+    assert manager.poll(after).status is JobStatus.PENDING  # nothing more ran after it
+    eager = make_manager(db_path, immediate=True)
+    with pytest.raises(stop):
+        eager.enqueue(Job(function=interrupted))

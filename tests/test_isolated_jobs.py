@@ -65,6 +65,10 @@ def busy_module(tmp_path: Any) -> Iterator[Any]:
             os.replace(pid_file + ".tmp", pid_file)
             time.sleep(60)
 
+        def open_connection(path):
+            import sqlite3
+            return sqlite3.connect(path)  # does not pickle; its type name says "Connection"
+
         def bad_details():
             from jobcore import current_job
             current_job().progress(0.5, "half", when=object())
@@ -223,3 +227,15 @@ def test_bad_progress_details_raise_in_the_job_either_way(make_manager: Any, db_
     result = manager.wait(job_id, timeout=WAIT)
     assert (result.status, result.error_type) == (JobStatus.FAILED, "InvalidJobType")
     assert "progress details" in result.error
+
+
+def test_a_result_that_cannot_come_back_from_the_child_fails_once_whatever_its_name(
+        make_manager: Any, db_path: str, busy_module: Any, tmp_path: Any) -> None:
+    # given an isolated job returning a sqlite3.Connection: the error said "Connection",
+    # which the default classifier took for a transient error, so it ran 4 times
+    manager = make_manager(db_path, max_workers=1).start()
+    job_id = manager.enqueue(Job(function=busy_module.open_connection, args=(str(tmp_path / "x.db"),),
+                                 isolation="process", retry_delay=0.0))
+    result = manager.wait(job_id, timeout=WAIT)
+    assert (result.status, result.error_type, result.attempts) == (JobStatus.FAILED, "UnpicklableResult", 1)
+    assert "cannot be sent back" in (result.error or "")
