@@ -91,12 +91,12 @@ class JobContext:
             raise JobCancelled(self.id)
 
     def progress(self, progress: float, message: str = "", **details: Any) -> None:
-        """Report progress (0.0 to 1.0, clamped), a message and JSON details.
+        """Report progress (0.0 to 1.0, clamped), a message (None: none) and JSON details.
 
         Raises `JobCancelled` if the job was asked to stop, or the attempt is over."""
         self.check_cancelled()
         value = _fraction_done(progress)
-        message = storable_text(message if isinstance(message, str) else str(message))
+        message = storable_text(message if isinstance(message, str) else "" if message is None else str(message))
         self.reported_progress = True
         if not self.over:  # it may have ended since the check above
             self._sink.report_progress(self, value, message, details)

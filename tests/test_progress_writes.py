@@ -208,9 +208,11 @@ class _Recording:
 
     def __init__(self) -> None:
         self.progress: list[float] = []
+        self.messages: list[str] = []
 
     def report_progress(self, context: JobContext, progress: float, message: str, details: dict) -> None:
         self.progress.append(progress)
+        self.messages.append(message)
 
     def report_log(self, context: JobContext, level: str, message: str) -> None:
         pass
@@ -227,3 +229,12 @@ def test_progress_takes_any_real_number_and_clamps_it() -> None:
     for bad in (float("nan"), True, "0.5", None, complex(1, 0)):
         with pytest.raises(TypeError, match="progress must be a number"):
             context.progress(bad)
+
+
+def test_a_progress_message_of_none_is_no_message() -> None:
+    # given progress_callback(0.5, None): the message was stored as the text "None"
+    sink = _Recording()
+    context = JobContext("a", "a", 1, sink)
+    context.progress(0.5, None)  # type: ignore[arg-type]
+    context.progress(0.6, 42)  # type: ignore[arg-type]
+    assert sink.messages == ["", "42"]
