@@ -187,6 +187,23 @@ def _run_on_a_helper_thread(coroutine: Any) -> Any:
 NESTED_RUN_ROOM = 100
 
 
+# True in the child process of an isolated job (set by `isolation_child.serve` before it
+# imports any job's module): a manager that module builds and starts, or the default
+# manager its `register_job_function` calls build, must not run workers there.
+_isolated_child = False
+
+
+def mark_isolated_child() -> None:
+    """Note that this process runs isolated attempts for another process's manager."""
+    global _isolated_child
+    _isolated_child = True
+
+
+def in_isolated_child() -> bool:
+    """True in the child process of an isolated job (see `mark_isolated_child`)."""
+    return _isolated_child
+
+
 def check_room_to_run_here() -> None:
     """Raise `ImmediateRecursionError` unless NESTED_RUN_ROOM frames are left below the
     caller before the recursion limit: enough to run a job and record its outcome."""

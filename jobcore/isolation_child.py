@@ -28,7 +28,7 @@ from typing import Any, Callable, Optional
 
 from . import serialization
 from .context import JobContext
-from .execution import call_job
+from .execution import call_job, mark_isolated_child
 from .isolation_wire import AttemptRequest, UnpicklableResult, describe_exception, resolve_function
 
 try:
@@ -114,6 +114,7 @@ def serve(conn: Connection, lifeline: Connection) -> None:
 
     `lifeline` is the read end of a pipe whose only write end the engine holds: it reads
     as ended once the engine is gone, and then this process exits, busy or not."""
+    mark_isolated_child()  # before any job's module is imported: it may start a manager
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     signal.signal(signal.SIGTERM, _on_sigterm)
     if hasattr(os, "setpgid"):

@@ -21,7 +21,7 @@ from .clock import SYSTEM_CLOCK, Clock, real_sleep
 from .context import current_job
 from .enqueuing import Enqueuer
 from .errors import LONGEST_RETRY_DELAY
-from .execution import check_room_to_run_here
+from .execution import check_room_to_run_here, in_isolated_child
 from .forks import on_fork_in_child
 from .models import INT64_MAX, Job, JobResult, JobStatus, LogEntry, function_qualname
 from .notify_dispatch import NotificationDispatcher
@@ -133,7 +133,14 @@ class JobManager:
 
         After a `stop` that did not wait, the threads of the earlier start take no part:
         see `WorkerPool.start` and `Housekeeper.start`. An `immediate` manager starts no
-        threads: it runs jobs inside `enqueue`."""
+        threads: it runs jobs inside `enqueue`.
+
+        In the child process of an isolated job it does nothing: a job's module imported
+        there (which may start a manager, or call `register_job_function`) must not run
+        workers that claim other jobs inside a process a timeout or cancel ends."""
+        if in_isolated_child() and not self.immediate:
+            logger.debug("manager %s not started: this process runs isolated attempts", self.worker_id)
+            return self
         with self._lifecycle_lock:
             if self._forked_while_running:
                 raise RuntimeError("this manager was started in the process this one was forked from, and its"

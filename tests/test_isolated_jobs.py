@@ -69,6 +69,16 @@ def busy_module(tmp_path: Any) -> Iterator[Any]:
             import sqlite3
             return sqlite3.connect(path)  # does not pickle; its type name says "Connection"
 
+        def start_managers(db):
+            # What a job's module may do at import: start a manager of its own, or call
+            # register_job_function, which builds the default one on $JOBCORE_DB.
+            import os
+            import jobcore
+            os.environ["JOBCORE_DB"] = db
+            own = jobcore.JobManager(jobcore.MemoryRepository()).start()
+            jobcore.register_job_function("busyjobs.quick", quick)
+            return [own.running, jobcore.get_job_manager().running]
+
         def bad_details():
             from jobcore import current_job
             current_job().progress(0.5, "half", when=object())
@@ -239,3 +249,14 @@ def test_a_result_that_cannot_come_back_from_the_child_fails_once_whatever_its_n
     result = manager.wait(job_id, timeout=WAIT)
     assert (result.status, result.error_type, result.attempts) == (JobStatus.FAILED, "UnpicklableResult", 1)
     assert "cannot be sent back" in (result.error or "")
+
+
+def test_no_manager_runs_workers_in_the_child_process_of_an_isolated_job(
+        make_manager: Any, db_path: str, busy_module: Any) -> None:
+    # given a job module whose import registers functions on the default manager (as the
+    # CLI's worker docs show): in the child it built and started a manager on the same
+    # file, which claimed other jobs there; a cancel of the isolated job killed them too
+    manager = make_manager(db_path, max_workers=1).start()
+    job_id = manager.enqueue(Job(function=busy_module.start_managers, args=(db_path,), isolation="process"))
+    assert manager.wait(job_id, timeout=WAIT).result == [False, False]
+    assert [worker.worker_id for worker in manager.list_workers()] == [manager.worker_id]
