@@ -447,7 +447,9 @@ class JobManager:
             self._pool.request_cancel(job_id)
             return True
         if outcome is CancelOutcome.CANCELLED:
-            for cancelled in (job_id, *cascade.cancelled):
+            ended = (job_id, *cascade.cancelled)
+            self._queue.discard(ended)  # a timer of theirs would only fail to claim
+            for cancelled in ended:
                 self._local.ended(cancelled)
                 self._settlements.mark([(cancelled, None)])
             return True

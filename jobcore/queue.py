@@ -17,12 +17,21 @@ from typing import Callable, Iterable, Optional
 from .clock import Clock
 from .repository.base import QueueEntry
 
-# A heap item: (ordering key, seq, tie, entry); the key is -priority (ready) or a due time.
-# `tie`, unique per item, settles what key and seq leave equal (one job queued again after
-# its old item was discarded), so heapq never compares two entries (a float run_at with
-# None raised TypeError, in a worker thread too).
-_Item = tuple[float, int, int, QueueEntry]
+# A heap item: (ordering key, seq, tie, entry, due); the key is -priority (ready) or a due
+# time. `tie`, unique per item, settles what key and seq leave equal (one job queued again
+# after its old item was discarded), so heapq never compares two entries (a float run_at
+# with None raised TypeError, in a worker thread too). `due` is the time a timer or
+# schedule is due, None for a ready item: an id queued again sooner replaces its item.
+_Item = tuple[float, int, int, QueueEntry, Optional[float]]
 _ties = itertools.count()
+
+
+def _sooner(current: _Item, due_at: Optional[float]) -> bool:
+    """True if an id queued as `current` is queued again due sooner (None: ready now): its
+    job was retried or stored again elsewhere (another process's `retry` of a job whose
+    timer was an hour ahead, say), and the old timer must not hold it back."""
+    was_due = current[4]
+    return was_due is not None and (due_at is None or due_at < was_due)
 
 
 class ReadyQueue:
@@ -52,19 +61,21 @@ class ReadyQueue:
     def push(self, entry: QueueEntry, due_at: Optional[float] = None) -> None:
         """Queue `entry`, ready now or (with `due_at`, epoch seconds) once that time comes.
 
-        An id already queued is not queued twice."""
+        An id already queued is not queued twice, unless this time it is due sooner: then
+        this entry replaces the one queued."""
         with self._lock:
-            if entry.job_id in self._members:
+            current = self._members.get(entry.job_id)
+            if current is not None and not _sooner(current, due_at):
                 return
             self._high_seq = max(self._high_seq, entry.seq)
             if entry.is_schedule:
                 due = self._clock.time() if due_at is None else due_at
-                heap, item = self._schedules, (due, entry.seq, next(_ties), entry)
+                heap, item = self._schedules, (due, entry.seq, next(_ties), entry, due)
                 tell = not heap or due < heap[0][0]
             elif due_at is None:
-                heap, item, tell = self._ready, (-entry.priority, entry.seq, next(_ties), entry), True
+                heap, item, tell = self._ready, (-entry.priority, entry.seq, next(_ties), entry, None), True
             else:
-                heap, item = self._timers, (due_at, entry.seq, next(_ties), entry)
+                heap, item = self._timers, (due_at, entry.seq, next(_ties), entry, due_at)
                 tell = not heap or due_at < heap[0][0]
             self._members[entry.job_id] = item
             heapq.heappush(heap, item)
@@ -78,8 +89,9 @@ class ReadyQueue:
         with self._lock:
             members, ready, high = self._members, self._ready, self._high_seq
             for entry in entries:
-                if entry.job_id not in members:
-                    members[entry.job_id] = item = (-entry.priority, entry.seq, next(_ties), entry)
+                current = members.get(entry.job_id)
+                if current is None or current[4] is not None:  # a timer of its: ready now is sooner
+                    members[entry.job_id] = item = (-entry.priority, entry.seq, next(_ties), entry, None)
                     heapq.heappush(ready, item)
                     high = max(high, entry.seq)
             self._high_seq = high
@@ -104,7 +116,7 @@ class ReadyQueue:
             item = heapq.heappop(self._timers)
             if self._live(item):
                 entry = item[3]
-                self._members[entry.job_id] = ready = (-entry.priority, entry.seq, next(_ties), entry)
+                self._members[entry.job_id] = ready = (-entry.priority, entry.seq, next(_ties), entry, None)
                 heapq.heappush(self._ready, ready)
 
     def has_ready(self) -> bool:

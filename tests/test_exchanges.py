@@ -482,3 +482,31 @@ def test_a_fault_reading_the_ready_queue_does_not_wedge_the_pool() -> None:
     finally:
         manager.stop(timeout=10)
         manager.close()
+
+
+def test_a_job_queued_again_sooner_replaces_its_timer() -> None:
+    # given timers of jobs due in an hour (another process then retried them: ready now)
+    from jobcore.clock import FakeClock
+    from jobcore.queue import ReadyQueue
+    from jobcore.repository.base import QueueEntry
+    clock = FakeClock(1000.0)
+    queue = ReadyQueue(clock)
+    for seq, name in enumerate("abcd", 1):
+        queue.push(QueueEntry(name, 0, seq, 4600.0, "task"), due_at=4600.0)
+    # when they are queued again: ready (one by one, and in a batch), due sooner, and later
+    queue.push(QueueEntry("a", 0, 1, None, "task"))
+    queue.push_ready([QueueEntry("b", 0, 2, None, "task")])
+    queue.push(QueueEntry("c", 0, 3, 2000.0, "task"), due_at=2000.0)
+    queue.push(QueueEntry("d", 0, 4, 9000.0, "task"), due_at=9000.0)
+    # then the ready ones come out now, each once, and the others at their soonest time
+    assert len(queue) == 4
+    assert [e.job_id for e in queue.pop_ready(10)] == ["a", "b"]
+    assert queue.next_due() == 2000.0
+    clock.advance(1000.0)
+    assert [e.job_id for e in queue.pop_ready(10)] == ["c"]
+    clock.advance(10_000.0)
+    assert [e.job_id for e in queue.pop_ready(10)] == ["d"] and queue.pop_ready(10) == []
+    # and a ready entry is not pushed back to a timer
+    queue.push(QueueEntry("e", 0, 5, None, "task"))
+    queue.push(QueueEntry("e", 0, 5, 99_999.0, "task"), due_at=99_999.0)
+    assert [e.job_id for e in queue.pop_ready(10)] == ["e"]

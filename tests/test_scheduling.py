@@ -303,3 +303,24 @@ def test_a_job_scheduled_centuries_ahead_leaves_the_workers_running(make_manager
         assert manager.wait(manager.enqueue(Job(function=len, args=("ok",))), timeout=10).result == 2
     assert manager.poll(far).status is JobStatus.SCHEDULED
     assert manager.poll(far).scheduled_at == datetime(3800, 1, 1)
+
+
+def test_a_job_retried_by_another_process_runs_now_not_at_its_old_time(tmp_path: Any) -> None:
+    # given a worker holding the timer of a job scheduled an hour ahead
+    path = str(tmp_path / "shared.db")
+    clock = FakeClock(start=1_900_000_000.0)
+    worker = JobManager(path, clock=clock, max_workers=1)
+    worker.register_function("ok", lambda: "ran")
+    other = JobManager(path, clock=clock, producer=True)  # the CLI or the dashboard
+    job_id = other.enqueue(Job(function_name="ok", scheduled_at=datetime.fromtimestamp(clock.time() + 3600)))
+    worker.start()
+    try:
+        # when another process cancels and retries it (ready now, says docs/api.md)
+        assert other.cancel(job_id) and other.retry(job_id)
+        clock.advance(5.0)  # the worker looks at the store again (a fake clock's seconds)
+        # then the worker runs it without the clock reaching the old time: its timer
+        # kept the job's id queued, so the ready job was not queued
+        assert worker.wait(job_id, timeout=WAIT).result == "ran"
+    finally:
+        worker.close()
+        other.close()

@@ -427,4 +427,10 @@ class MemoryRepository(MemoryAdding, JobRepository):
                 del self._jobs[job_id], self._by_status[row.status][job_id]
                 self._logs.pop(job_id, None)
                 self._dependents.pop(job_id, None)
+                for dep in row.depends_on:  # as SQL deletes its job_deps rows both ways: a
+                    waiting = self._dependents.get(dep)  # new job given this id is not theirs
+                    if waiting is not None:
+                        waiting.discard(job_id)
+                        if not waiting:
+                            del self._dependents[dep]
             return len(doomed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ...models import JobStatus
 from ...repository.base import JobRepository
 from .support import NOW, _add, _claim, _complete, _fail, _get, _ids_of
 
@@ -47,3 +48,23 @@ class _HousekeepingContract:
         again = _add(repository)
         assert _get(repository, again.id).seq > _get(repository, later.id).seq
         assert _ids_of(repository.ready(None, 10)) == [older.id, later.id, again.id]
+
+    def test_a_new_job_given_a_deleted_dependents_id_is_not_that_dependent(
+            self, repository: JobRepository) -> None:
+        # given a dependent cancelled and deleted while its dependency waits, and a new
+        # job given its id, depending on nothing (and one depending on another job)
+        parent, gate = _add(repository), _add(repository)
+        child = _add(repository, depends_on=(parent.id,))
+        waiter = _add(repository, depends_on=(parent.id,))
+        repository.cancel(child.id, NOW + 1, "no")
+        repository.cancel(waiter.id, NOW + 1, "no")
+        assert repository.delete_finished(None) == 2
+        _add(repository, id=child.id)
+        _add(repository, id=waiter.id, depends_on=(gate.id,))
+        # when the old dependency completes, or is cancelled
+        _complete(repository, parent.id, now=NOW + 2)
+        # then neither new job is released or cancelled by it
+        assert _get(repository, child.id).status is JobStatus.PENDING
+        assert _get(repository, waiter.id).blocked == 1
+        ready = _ids_of(repository.ready(None, 10))
+        assert child.id in ready and waiter.id not in ready
