@@ -20,7 +20,7 @@ from typing import Any, Callable, Collection, Iterable, Optional, Union
 from .clock import SYSTEM_CLOCK, Clock, real_sleep
 from .context import current_job
 from .enqueuing import Enqueuer
-from .errors import LONGEST_RETRY_DELAY
+from .errors import LONGEST_RETRY_DELAY, JobNotFound
 from .execution import check_room_to_run_here, in_isolated_child
 from .forks import on_fork_in_child
 from .models import INT64_MAX, Job, JobResult, JobStatus, LogEntry, function_qualname
@@ -31,6 +31,7 @@ from .registry import FunctionRegistry, LocalJobs
 from .repository.base import CANCELLED_BY_REQUEST, CancelOutcome, JobRecord, Recovery, WorkerInfo
 from .repository.factory import RepositoryLike, build_repository, default_database_path
 from .retry import Classifier, is_transient
+from .serialization import storable
 from .housekeeper import Housekeeper
 from .waiting import Settlements
 from .workers import PoolSettings, WorkerPool
@@ -62,6 +63,14 @@ def _count(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= INT64_MAX:
         raise ValueError(f"{name} must be an int from 0 to 2**63 - 1{' or None' if name == 'limit' else ''},"
                          f" got {value!r}")
+
+
+def _may_exist(job_id: Any) -> bool:
+    """Whether `job_id` could name a stored job: a str (else `TypeError`) that a store can
+    hold (an id from a non-UTF-8 command line, with a lone surrogate, cannot: unknown)."""
+    if not isinstance(job_id, str):
+        raise TypeError(f"job_id must be a str, got {type(job_id).__name__} {job_id!r}")
+    return storable(job_id)
 
 
 class JobManager:
@@ -338,6 +347,8 @@ class JobManager:
     # -- reading -----------------------------------------------------------------------------------
     def poll(self, job_id: str) -> Optional[JobResult]:
         """The job's current state, or None for an unknown id."""
+        if not _may_exist(job_id):
+            return None
         record = self.repository.get_without_args(job_id)
         if record is None:
             return None
@@ -352,6 +363,8 @@ class JobManager:
         for an unknown id."""
         if timeout is not None:
             _positive("timeout", timeout, allow_zero=True)
+        if not _may_exist(job_id):
+            raise JobNotFound(job_id)
         return self._settlements.wait(job_id, timeout, held=self._pool.settles_here,
                                       read=self.repository.get_without_args, worker_id=self.worker_id)
 
@@ -364,6 +377,11 @@ class JobManager:
         if limit is not None:
             _count("limit", limit)
         _count("offset", offset)
+        for text in (owner, *(tags or ())):
+            if text is not None and not isinstance(text, str):
+                raise TypeError(f"owner and tags must be str, got {type(text).__name__} {text!r}")
+        if not all(storable(text) for text in (owner or "", *(tags or ()))):
+            return []  # no job holds such text (see `_may_exist`)
         records = self.repository.list_without_args(status=wanted, tags=tags, owner=owner, limit=limit,
                                                     offset=offset)
         return [result_of(self._with_latest_progress(record)) for record in records]
@@ -430,18 +448,22 @@ class JobManager:
         _count("offset", offset)
         if limit is not None:
             _count("limit", limit)
+        if not _may_exist(job_id):
+            return []
         lines = (self.repository.logs(job_id) if offset == 0 and limit is None
                  else self.repository.log_page(job_id, offset, limit))
         return [LogEntry(local_datetime(at), level, message) for at, level, message in lines]
 
     def count_logs(self, job_id: str) -> int:
         """How many log lines the job has (0 for an unknown id)."""
-        return self.repository.count_logs(job_id)
+        return self.repository.count_logs(job_id) if _may_exist(job_id) else 0
 
     # -- changing ------------------------------------------------------------------------------------
     def cancel(self, job_id: str) -> bool:
         """Cancel a job: pending or scheduled at once; running by request (the job stops
         at its next progress report or `check_cancelled`). False if unknown or finished."""
+        if not _may_exist(job_id):
+            return False
         outcome, cascade = self.repository.cancel(job_id, self._clock.time(), CANCELLED_BY_REQUEST)
         if outcome is CancelOutcome.REQUESTED:
             self._pool.request_cancel(job_id)
@@ -458,6 +480,8 @@ class JobManager:
     def retry(self, job_id: str) -> bool:
         """Re-queue a FAILED or CANCELLED job with its attempts reset; False otherwise
         (see RETRY_RULES)."""
+        if not _may_exist(job_id):
+            return False
         now = self._clock.time()
         before = self.repository.get(job_id)
         entry = self.repository.requeue(job_id, now)

@@ -86,6 +86,11 @@ def storable_text(text: str, limit: int = ERROR_TEXT_LIMIT) -> str:
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+def storable(text: str) -> bool:
+    """False if `text` holds a lone surrogate (see `check_text`): no job stores such text."""
+    return _SURROGATE.search(text) is None
+
+
 def check_text(field: str, text: str) -> None:
     """Raise `InvalidJobType` naming `field` if `text` holds a lone surrogate (a str Python
     allows and UTF-8 cannot encode: no database would take it, and a result holding one
