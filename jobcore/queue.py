@@ -68,6 +68,7 @@ class ReadyQueue:
             if current is not None and not _sooner(current, due_at):
                 return
             self._high_seq = max(self._high_seq, entry.seq)
+            item: _Item
             if entry.is_schedule:
                 due = self._clock.time() if due_at is None else due_at
                 heap, item = self._schedules, (due, entry.seq, next(_ties), entry, due)

@@ -21,8 +21,7 @@ def cancel_dependents(sql: Statements, tx: Tx, job_id: str, now: float) -> tuple
     """Cancel the waiting dependents of `job_id`, transitively, one level per statement
     (each level reads `job_deps` afresh, after the previous one waited for its locks, so a
     dependent committed meanwhile is not missed). Their error names `job_id`."""
-    status, name = tx.execute(sql.SELECT_STATUS, (job_id,)).fetchone()  # type: ignore[misc]
-    message = dependency_error_message(job_id, name, status)
+    message: Optional[str] = None  # read only for a job with dependents (most have none)
     cancelled: list[str] = []
     seen, frontier = {job_id}, [job_id]
     while frontier:
@@ -30,6 +29,9 @@ def cancel_dependents(sql: Statements, tx: Tx, job_id: str, now: float) -> tuple
         frontier = sorted(dep for dep in found if dep not in seen)
         seen.update(frontier)
         if frontier:
+            if message is None:
+                status, name = tx.execute(sql.SELECT_STATUS, (job_id,)).fetchone()  # type: ignore[misc]
+                message = dependency_error_message(job_id, name, status)
             params = {"ids": frontier, "now": now, "error": message}
             cancelled.extend(row[0] for row in tx.execute(sql.CANCEL_DEPENDENTS, params))
     return tuple(cancelled)

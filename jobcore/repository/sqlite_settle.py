@@ -26,6 +26,8 @@ _NOTHING_RELEASED = Cascade()
 
 def cancel_dependents(conn: sqlite3.Connection, job_id: str, now: float) -> tuple[str, ...]:
     """Cancel every job waiting, directly or not, on `job_id` (which ended for good); their ids."""
+    if not conn.execute(sql.ANY_DEPENDENT, (job_id,)).fetchone()[0]:
+        return ()  # most jobs: one primary-key probe instead of a read and a recursive query
     status, name = conn.execute(sql.SELECT_STATUS, (job_id,)).fetchone()
     message = dependency_error_message(job_id, name, status)
     return tuple(row[0] for row in conn.execute(sql.CANCEL_DEPENDENTS, (job_id, now, message)))
