@@ -439,8 +439,7 @@ class JobManager:
         """Jobs not yet started: pending plus scheduled."""
         if self._running:
             _give_way()  # often asked in a loop until the queue is empty
-        counts = self.repository.count_by_status()
-        return counts[JobStatus.PENDING] + counts[JobStatus.SCHEDULED]
+        return self.repository.count_queued()
 
     def get_logs(self, job_id: str, offset: int = 0, limit: Optional[int] = None) -> list[LogEntry]:
         """The job's log lines, oldest first (empty for an unknown id): from the

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from jobcore import (Job, JobCancelled, JobManager, JobPriority, JobStatus, MemoryRepository,
+from jobcore import (Job, JobCancelled, JobManager, JobPriority, JobRepository, JobStatus, MemoryRepository,
                      SQLiteRepository, UnknownFunction, current_job)
 import jobcore.manager
 from jobcore.manager import READY_LOAD_LIMIT
@@ -381,6 +381,32 @@ def test_stats_list_queue_size_and_cleanup(make_manager: Any, db_path: str) -> N
     assert manager.cleanup_old_results(retention_days=0) == 3
     assert manager.poll(a) is None
     assert manager.get_stats()["total"] == 0
+
+
+class _NoStatusCounts(SQLiteRepository):
+    """A SQLite store whose counts of every status must not be read."""
+
+    def count_by_status(self) -> dict[JobStatus, int]:
+        raise AssertionError("count_by_status read (on SQLite it reads every finished job kept)")
+
+
+class _DefaultQueueCount(MemoryRepository):
+    """A store without a count_queued of its own, as a backend written before it."""
+
+    def count_queued(self) -> int:
+        return JobRepository.count_queued(self)
+
+
+def test_queue_size_counts_the_queue_alone(make_manager: Any, db_path: str) -> None:
+    # given a pending, a scheduled and a cancelled job
+    for repo in (_NoStatusCounts(db_path), _DefaultQueueCount()):
+        manager = make_manager(repo, producer=True)
+        manager.enqueue(Job(function_name="add", args=(1, 1)))
+        manager.enqueue(Job(function_name="add", args=(1, 1), scheduled_at=datetime(2999, 1, 1)))
+        manager.cancel(manager.enqueue(Job(function_name="add", args=(1, 1))))
+        # then the queue size is the two waiting, read without counting every status
+        # (or, from a backend that has no count_queued, from those counts)
+        assert manager.get_queue_size() == 2
 
 
 def test_wait_raises_for_unknown_id_and_on_timeout(make_manager: Any, db_path: str) -> None:

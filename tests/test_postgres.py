@@ -472,3 +472,28 @@ def test_the_queue_is_read_from_each_functions_range_of_its_index(repo: "Postgre
         assert any(n.get("Index Name") == index for n in scans), plans[name]
         assert all(n["Node Type"] != "Seq Scan" for n in scans), plans[name]
         assert sum(n["Actual Rows"] * n["Actual Loops"] for n in scans) <= 20, plans[name]
+
+
+def test_the_queue_is_counted_without_reading_the_finished_jobs(repo: "PostgresRepository",
+                                                                schema: Schema) -> None:
+    # given many finished jobs kept, and a few pending, waiting and scheduled
+    finished = [make_record() for _ in range(5000)]
+    repo.insert(finished, NOW)
+    first = make_record()
+    repo.insert([first, make_record(depends_on=(first.id,)),
+                 make_record(status=JobStatus.SCHEDULED, run_at=NOW + 60)], NOW)
+    with psycopg.connect(schema.server, autocommit=True) as conn:
+        conn.execute(f'UPDATE "{schema.name}".jobs SET status = \'completed\', completed_at = %s'
+                     ' WHERE id = ANY(%s)', (NOW, [r.id for r in finished]))
+        conn.execute(f'VACUUM ANALYZE "{schema.name}".jobs')
+        plan = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + repo.sql.COUNT_QUEUED).fetchone()[0][0]["Plan"]
+
+    def nodes(node: dict) -> list[dict]:
+        return [node] + [child for sub in node.get("Plans", ()) for child in nodes(sub)]
+
+    # then the count is theirs, as count_by_status gives it, read from index ranges alone
+    counts = repo.count_by_status()
+    assert repo.count_queued() == counts[JobStatus.PENDING] + counts[JobStatus.SCHEDULED] == 3
+    scans = [n for n in nodes(plan) if n["Node Type"].startswith(("Index", "Seq", "Bitmap"))]
+    assert scans and all(n["Node Type"] != "Seq Scan" for n in scans), plan
+    assert sum(n["Actual Rows"] * n["Actual Loops"] for n in scans) <= 3, plan

@@ -331,6 +331,43 @@ def test_counting_reads_each_status_as_a_range_and_the_total_from_index_pages(re
     assert opcodes.count("Count") == 1, opcodes
 
 
+def test_counting_the_queue_reads_only_the_unfinished_jobs_index_entries(repo: SQLiteRepository,
+                                                                         path: str) -> None:
+    # The ready pending jobs are the entries of jobs_ready, those waiting on dependencies
+    # and the scheduled ones a range of jobs_status each: no whole-table count (the Count
+    # opcode reads every page of an index) and no range of finished jobs.
+    plan = _plan(path, sql.COUNT_QUEUED)
+    _assert_no_full_scan(plan)
+    searches = [step for step in plan if step.startswith("SEARCH jobs")]
+    assert len(searches) == 2 and all("jobs_status (status=?)" in step for step in searches), plan
+    assert [step for step in plan if step.startswith("SCAN jobs USING") and "jobs_ready" in step], plan
+    with _raw(path) as conn:
+        opcodes = [row[1] for row in conn.execute("EXPLAIN " + sql.COUNT_QUEUED)]
+    assert "Count" not in opcodes, opcodes
+
+
+@pytest.mark.parametrize(("column", "sql_value"), [
+    ("status", "'PENDING'"), ("status", "'weird'"), ("status", "'scheduled '"), ("blocked", "'x'"),
+    ("blocked", "-1"), ("blocked", "2.5"), ("run_at", "'soon'")])
+def test_the_queue_count_agrees_with_the_status_counts_on_hand_edited_rows(
+        repo: SQLiteRepository, path: str, column: str, sql_value: str) -> None:
+    # given a ready job, a scheduled one, a finished one, and a pending and a scheduled job
+    # whose rows were edited by hand
+    ready, scheduled = make_record(), make_record(status=JobStatus.SCHEDULED, run_at=NOW + 60)
+    done = make_record()
+    edited = [make_record(), make_record(status=JobStatus.SCHEDULED, run_at=NOW + 60)]
+    repo.insert([ready, scheduled, done, *edited], NOW)
+    claimed = repo.claim(done.id, "w1", NOW, NOW + 30)
+    assert claimed is not None and repo.complete(done.id, "w1", claimed.attempts, None, NOW) is not None
+    with _raw(path) as conn:
+        for record in edited:
+            conn.execute(f"UPDATE jobs SET {column} = {sql_value} WHERE id = ?", (record.id,))
+    # then count_queued gives what count_by_status counts as pending and scheduled
+    counts = repo.count_by_status()
+    assert repo.count_queued() == counts[JobStatus.PENDING] + counts[JobStatus.SCHEDULED], counts
+    assert sum(counts.values()) == 5
+
+
 @pytest.mark.parametrize("query", ["DELETE_FINISHED", "DELETE_ALL_FINISHED"])
 def test_deleting_finished_jobs_reads_one_range_of_jobs_status_per_finished_status(
         repo: SQLiteRepository, path: str, query: str) -> None:

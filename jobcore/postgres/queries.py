@@ -106,6 +106,9 @@ ORDER BY seq DESC LIMIT %(limit)s OFFSET %(offset)s
 LIST_JOBS = f"SELECT {COLUMNS} FROM {{s}}.jobs {_LIST_WHERE}"
 LIST_JOBS_WITHOUT_ARGS = f"SELECT {COLUMNS_WITHOUT_ARGS} FROM {{s}}.jobs {_LIST_WHERE}"
 COUNT_BY_STATUS = "SELECT status, COUNT(*) FROM {s}.jobs GROUP BY status"
+# Pending and scheduled jobs: ranges of jobs_status (or the queue's partial indexes), never
+# the finished jobs, which are most rows of a store that keeps them.
+COUNT_QUEUED = "SELECT COUNT(*) FROM {s}.jobs WHERE status IN ('pending', 'scheduled')"
 SELECT_LOGS = "SELECT at, level, message FROM {s}.job_logs WHERE job_id = %s ORDER BY id"
 SELECT_LOG_PAGE = SELECT_LOGS + " LIMIT %s OFFSET %s"  # LIMIT NULL: no limit
 COUNT_LOGS = "SELECT count(*) FROM {s}.job_logs WHERE job_id = %s"

@@ -173,6 +173,9 @@ class PostgresRepository(SettlesThroughApply, JobRepository):
             counts[status_of(status)] += count
         return counts
 
+    def count_queued(self) -> int:
+        return int(self._db.rows(self.sql.COUNT_QUEUED)[0][0])
+
     def logs(self, job_id: str) -> builtins.list[tuple[float, str, str]]:
         return [tuple(row) for row in self._db.rows(self.sql.SELECT_LOGS, (job_id,))]
 

@@ -145,6 +145,14 @@ class JobRepository(abc.ABC):
     def count_by_status(self) -> dict[JobStatus, int]:
         """How many jobs are in each status (every status is a key)."""
 
+    def count_queued(self) -> int:
+        """How many jobs are not started yet: PENDING (those waiting on dependencies
+        included) plus SCHEDULED (cron schedules included), exactly as `count_by_status`
+        counts them. What `get_queue_size` reads, often in a loop: by default derived from
+        `count_by_status`; a store that keeps many finished jobs counts only the others."""
+        counts = self.count_by_status()
+        return counts[JobStatus.PENDING] + counts[JobStatus.SCHEDULED]
+
     @abc.abstractmethod
     def logs(self, job_id: str) -> builtins.list[tuple[float, str, str]]:
         """The job's log lines, oldest first: (time, level, message)."""

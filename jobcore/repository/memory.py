@@ -125,6 +125,10 @@ class MemoryRepository(MemoryAdding, JobRepository):
         with self._lock:
             return {status: len(rows) for status, rows in self._by_status.items()}
 
+    def count_queued(self) -> int:
+        with self._lock:
+            return len(self._by_status[JobStatus.PENDING]) + len(self._by_status[JobStatus.SCHEDULED])
+
     def logs(self, job_id: str) -> builtins.list[tuple[float, str, str]]:
         with self._lock:
             return list(self._logs.get(job_id, ()))

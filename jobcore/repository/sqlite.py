@@ -210,6 +210,9 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
         counts[JobStatus.FAILED] += total - sum(counted)  # statuses jobcore never writes read as failed
         return counts
 
+    def count_queued(self) -> int:
+        return int(self._read(sql.COUNT_QUEUED)[0][0])
+
     def logs(self, job_id: str) -> builtins.list[tuple[float, str, str]]:
         return [tuple(row) for row in self._read(sql.SELECT_LOGS, (job_id,))]
 

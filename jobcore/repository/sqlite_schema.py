@@ -215,11 +215,13 @@ ORDER BY run_at, seq LIMIT ?
 # The statuses are written out, not bound: a bound status would make SQLite prepare the
 # statement again at every call to choose its partial index.
 COUNTED_STATUSES = ("pending", "scheduled", "running", "completed", "failed", "cancelled")
-COUNT_BY_STATUS = """
+_COUNT_PENDING = """(SELECT COUNT(*) FROM jobs WHERE status = 'pending' AND blocked = 0)
+        + (SELECT COUNT(*) FROM jobs WHERE status = 'pending' AND blocked <> 0)"""
+_COUNT_SCHEDULED = "(SELECT COUNT(*) FROM jobs WHERE status = 'scheduled')"
+COUNT_BY_STATUS = f"""
 SELECT (SELECT COUNT(*) FROM jobs),
-    (SELECT COUNT(*) FROM jobs WHERE status = 'pending' AND blocked = 0)
-        + (SELECT COUNT(*) FROM jobs WHERE status = 'pending' AND blocked <> 0),
-    (SELECT COUNT(*) FROM jobs WHERE status = 'scheduled'),
+    {_COUNT_PENDING},
+    {_COUNT_SCHEDULED},
     (SELECT COUNT(*) FROM jobs WHERE status = 'running'),
     (SELECT COUNT(*) FROM jobs WHERE status = 'completed'),
     (SELECT COUNT(*) FROM jobs WHERE status = 'failed'),
@@ -228,6 +230,11 @@ SELECT (SELECT COUNT(*) FROM jobs),
 _COUNT_ORDER = [COUNT_BY_STATUS.find(f"status = '{status}'") for status in COUNTED_STATUSES]
 if -1 in _COUNT_ORDER or _COUNT_ORDER != sorted(_COUNT_ORDER):
     raise ImportError("COUNT_BY_STATUS must count COUNTED_STATUSES in their order")
+# What `count_queued` reads: COUNT_BY_STATUS's own pending and scheduled terms (so the two
+# agree on every row, corrupt ones included), without its whole-table total and its
+# finished ranges, which grow with every finished job kept: the entries of jobs_ready and
+# two ranges of jobs_status, all unfinished jobs.
+COUNT_QUEUED = f"SELECT {_COUNT_PENDING} + {_COUNT_SCHEDULED}"
 SELECT_LOGS = "SELECT at, level, message FROM job_logs WHERE job_id = ? ORDER BY id"
 SELECT_LOG_PAGE = SELECT_LOGS + " LIMIT ? OFFSET ?"  # LIMIT -1: no limit
 COUNT_LOGS = "SELECT count(*) FROM job_logs WHERE job_id = ?"

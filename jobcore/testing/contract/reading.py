@@ -1,4 +1,4 @@
-"""Contract tests for the reads: get, ready, scheduled, list, count_by_status, logs; writes only set up."""
+"""Contract tests for the reads: get, ready, scheduled, list, the counts, logs; writes only set up."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from .support import NOW, _add, _claim, _complete, _fail, _get, _ids_of, make_re
 
 
 class _ReadingContract:
-    """get, ready, scheduled, list, count_by_status and logs."""
+    """get, ready, scheduled, list, count_by_status, count_queued and logs."""
 
     def test_get_of_an_unknown_id_is_none(self, repository: JobRepository) -> None:
         assert repository.get("no-such-job") is None
@@ -199,6 +199,42 @@ class _ReadingContract:
         assert (counts[JobStatus.PENDING], counts[JobStatus.COMPLETED]) == (2, 2)
         assert [r.id for r in repository.list(status=JobStatus.PENDING)] == [third.id, second.id]
         assert [r.id for r in repository.list(status=JobStatus.PENDING, limit=1, offset=1)] == [second.id]
+
+    def test_count_queued_is_the_pending_and_scheduled_count_by_status_gives(
+            self, repository: JobRepository) -> None:
+        def queued() -> int:
+            counts = repository.count_by_status()
+            count = repository.count_queued()
+            assert count == counts[JobStatus.PENDING] + counts[JobStatus.SCHEDULED], counts
+            return count
+
+        assert queued() == 0
+        # given a job of every waiting kind: ready, waiting on a dependency, due later, a
+        # cron schedule, waiting out a retry back-off; and others running or ended
+        first = _add(repository)
+        waiting = _add(repository, depends_on=(first.id,))
+        _add(repository, status=JobStatus.SCHEDULED, run_at=NOW + 60)
+        _add(repository, cron="* * * * *", status=JobStatus.SCHEDULED, run_at=NOW + 60)
+        retried = _add(repository)
+        attempt = _claim(repository, retried.id).attempts
+        assert repository.fail(retried.id, "w1", attempt, error="boom", error_type="OSError", traceback=None,
+                               now=NOW, retry_at=NOW + 5) is not None
+        doomed = _add(repository)
+        _add(repository, depends_on=(doomed.id,))
+        _claim(repository, doomed.id)
+        _complete(repository, _add(repository).id)
+        repository.cancel(_add(repository).id, NOW, "no")
+        # then the count is theirs, and follows them as they move on
+        assert queued() == 6
+        _complete(repository, first.id)  # releases the waiting job: still pending
+        assert queued() == 5
+        _claim(repository, waiting.id)
+        assert queued() == 4
+        assert repository.fail(doomed.id, "w1", 1, error="boom", error_type="ValueError", traceback=None,
+                               now=NOW, retry_at=None) is not None  # its dependent is cancelled
+        assert queued() == 3
+        assert repository.requeue(doomed.id, NOW) is not None
+        assert queued() == 4
 
     def test_logs_are_kept_per_job_oldest_first(self, repository: JobRepository) -> None:
         a, b = _add(repository), _add(repository)
