@@ -24,8 +24,10 @@ import inspect
 import sys
 import threading
 import traceback as traceback_module
+import types
+import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Optional
 
 from .context import JobContext, bind, unbind
 from .errors import ImmediateRecursionError, JobCancelled
@@ -52,12 +54,20 @@ class Outcome:
 
 
 def accepts_progress_callback(func: Callable[..., Any]) -> bool:
-    """True if `func` declares a parameter named `progress_callback` (cached per function:
-    inspecting a signature costs more than running a small job)."""
-    try:
-        return _accepts_progress_callback(func)
-    except TypeError:  # unhashable callable
-        return _inspect_progress_callback(func)
+    """True if `func` declares a parameter named `progress_callback`, as `inspect.signature`
+    gives its parameters (cached: inspecting a signature costs more than running a small
+    job, 6-13 µs here, and a new partial or lambda per job would miss a cache keyed by
+    the callable itself)."""
+    key = _signature_key(func)
+    if key is not None:
+        answer = _by_code.get(key)
+        if answer is None:
+            answer = _inspect_progress_callback(func)
+            if len(_by_code) >= _BY_CODE_MAX:  # dynamically made code: start over
+                _by_code.clear()
+            _by_code[key] = answer
+        return answer
+    return _by_object(func)
 
 
 def _inspect_progress_callback(func: Callable[..., Any]) -> bool:
@@ -67,7 +77,70 @@ def _inspect_progress_callback(func: Callable[..., Any]) -> bool:
         return False
 
 
-_accepts_progress_callback = functools.lru_cache(maxsize=1024)(_inspect_progress_callback)
+# The answers for functions, bound methods and partials, by `_signature_key`: code objects,
+# counts and keyword names, never the callable, its bound arguments or its instance (a
+# module-global cache keyed by the callable kept every job's partial, and what it held,
+# alive after the job ended). Dict reads and writes are atomic: two threads that miss at
+# once both inspect and store the same answer.
+_by_code: dict[Hashable, bool] = {}
+_BY_CODE_MAX = 1024
+# Attributes of a function's or partial's own that `inspect.signature` reads before its
+# code (a decorator's `__wrapped__`, an explicit signature, a partialmethod's function):
+# with one of them, the code alone does not decide the answer.
+_SIGNATURE_ATTRIBUTES = ("__wrapped__", "__signature__", "__text_signature__", "_partialmethod",
+                         "__partialmethod__")
+_PLACEHOLDER = getattr(functools, "Placeholder", None)  # Python 3.14: a partial's unbound slot
+
+
+def _signature_key(func: Callable[..., Any]) -> Optional[Hashable]:
+    """What the names and kinds of `inspect.signature(func)`'s parameters depend on alone,
+    holding none of `func`'s data; None for a callable other than a plain function, a
+    bound method or a `functools.partial` of one (or with a signature attribute of its own).
+
+    A function's parameters are its code's; a bound method's those of its `__func__` but the
+    first; a partial's those of its `func` less the ones its positional arguments fill, and
+    with those its keywords name made keyword-only (still there: called with
+    `progress_callback=`, it overrides the one bound), whatever the values bound."""
+    kind = type(func)
+    if kind is types.FunctionType:
+        return None if _has_own_signature(func) else func.__code__
+    if kind is types.MethodType:
+        inner = _signature_key(func.__func__)  # type: ignore[attr-defined]
+        return None if inner is None else ("method", inner)
+    if kind is functools.partial:
+        inner = _signature_key(func.func)  # type: ignore[attr-defined]
+        if inner is None or _has_own_signature(func):
+            return None
+        args: tuple[Any, ...] = func.args  # type: ignore[attr-defined]
+        filled = len(args) if _PLACEHOLDER is None else tuple(arg is _PLACEHOLDER for arg in args)
+        return ("partial", inner, filled, frozenset(func.keywords))  # type: ignore[attr-defined]
+    return None
+
+
+def _has_own_signature(func: Any) -> bool:
+    own = func.__dict__
+    return bool(own) and any(name in own for name in _SIGNATURE_ATTRIBUTES)
+
+
+# Other callables (callable objects, classes, decorated functions), by the object's
+# identity (never its own __hash__ or __eq__: user code), holding it weakly: its entry goes
+# with it (the callback runs as it is freed, before its id can be given again). One that
+# cannot be held weakly is inspected at each call.
+_by_object_answers: dict[int, tuple[weakref.ref[Any], bool]] = {}
+
+
+def _by_object(func: Callable[..., Any]) -> bool:
+    key = id(func)
+    entry = _by_object_answers.get(key)
+    if entry is not None and entry[0]() is func:
+        return entry[1]
+    answer = _inspect_progress_callback(func)
+    try:
+        held = weakref.ref(func, lambda _: _by_object_answers.pop(key, None))
+    except TypeError:  # not weakly referenceable (a builtin)
+        return answer
+    _by_object_answers[key] = (held, answer)
+    return answer
 
 
 def call_job(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
