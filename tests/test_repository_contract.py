@@ -291,7 +291,7 @@ def test_claims_by_number_read_one_range_of_the_ready_index_per_function(repo: S
 
 
 @pytest.mark.parametrize("query", ["CLAIM", "COMPLETE", "FAIL_RETRY", "HEARTBEAT", "RECOVER_EXPIRED",
-                                   "SELECT_UNFINISHED_BY_KEY", "DELETE_FINISHED", "REQUEUE",
+                                   "SELECT_UNFINISHED_BY_KEY", "REQUEUE",
                                    "UNUSABLE_BLOCKED", "FAIL_CORRUPT"])
 def test_hot_writes_never_scan_the_whole_jobs_table(repo: SQLiteRepository, path: str, query: str) -> None:
     _assert_no_full_scan(_plan(path, getattr(sql, query)))
@@ -368,13 +368,52 @@ def test_the_queue_count_agrees_with_the_status_counts_on_hand_edited_rows(
     assert sum(counts.values()) == 5
 
 
-@pytest.mark.parametrize("query", ["DELETE_FINISHED", "DELETE_ALL_FINISHED"])
-def test_deleting_finished_jobs_reads_one_range_of_jobs_status_per_finished_status(
-        repo: SQLiteRepository, path: str, query: str) -> None:
-    plan = _plan(path, getattr(sql, query))
-    _assert_no_full_scan(plan)
-    searches = [step for step in plan if "jobs_status (status=?)" in step]
-    assert len(searches) == 3, plan
+def test_deleting_finished_jobs_reads_a_range_of_jobs_status_and_their_logs_and_links_by_index(
+        repo: SQLiteRepository, path: str) -> None:
+    for query in sql.DELETE_FINISHED.values():
+        plan = _plan(path, query)
+        _assert_no_full_scan(plan)
+        assert len([step for step in plan if "jobs_status (status=?)" in step]) == 1, plan
+    for query in (sql.DELETE_LOGS, sql.DELETE_DEPS):
+        plan = _plan(path, query)
+        assert not [step for step in plan if step.startswith("SCAN job")], plan
+
+
+def test_cleanup_deletes_a_chunk_a_transaction_and_everything_of_each_job(repo: SQLiteRepository,
+                                                                           path: str, monkeypatch: Any) -> None:
+    # given finished jobs of every terminal status, with logs and dependency links, more
+    # than a chunk of them: one transaction deleted them all, holding every other writer
+    # (in every process) for seconds at a million jobs
+    import jobcore.repository.sqlite as sqlite_module
+    monkeypatch.setattr(sqlite_module, "DELETE_CHUNK", 3)
+    parent = make_record()
+    repo.insert([parent], NOW)
+    children = [make_record(depends_on=(parent.id,)) for _ in range(4)]
+    repo.insert(children, NOW)
+    done = [make_record() for _ in range(7)]
+    repo.insert(done, NOW)
+    for record in (parent, *done):
+        claimed = repo.claim(record.id, "w1", NOW, NOW + 30)
+        assert claimed is not None
+        if record is done[0]:
+            assert repo.fail(record.id, "w1", claimed.attempts, error="boom", error_type="E", traceback=None,
+                             now=NOW + 1, retry_at=None) is not None
+        else:
+            assert repo.complete(record.id, "w1", claimed.attempts, None, NOW + 1) is not None
+        repo.add_log(record.id, "info", "a line", NOW + 1)
+    for child in children[:2]:
+        repo.cancel(child.id, NOW + 2, "no")
+    commits: list[int] = []
+    original = repo._db._committed
+    monkeypatch.setattr(repo._db, "_committed", lambda: (commits.append(1), original())[1])
+    # when every finished job is deleted, 3 a transaction
+    assert repo.delete_finished(None) == 10
+    # then it took several transactions, and left no log line or link of theirs
+    assert len(commits) >= 4
+    with _raw(path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM job_logs").fetchone()[0] == 0
+        assert conn.execute("SELECT COUNT(*) FROM job_deps").fetchone()[0] == 0
+    assert sorted(r.id for r in repo.list()) == sorted(c.id for c in children[2:])
 
 
 def _frames_written(path: str, write: Any) -> int:

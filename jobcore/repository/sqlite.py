@@ -18,7 +18,7 @@ from typing import Any, Collection, ContextManager, Optional, Sequence
 from .. import serialization
 from ..errors import RepositoryError
 from ..forks import on_fork_in_child
-from ..models import JobStatus
+from ..models import TERMINAL_STATUSES, JobStatus
 from . import sqlite_queue
 from . import sqlite_schema as sql
 from .sqlite_conn import SYNCHRONOUS, Connections
@@ -362,18 +362,36 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
 
     # -- housekeeping ------------------------------------------------------------------------
     def delete_finished(self, before: Optional[float]) -> int:
+        """Delete in chunks of DELETE_CHUNK jobs, a write transaction each: deleting a
+        million jobs holds the database's write lock for seconds, and every other writer
+        (in every process) would wait that long, past its busy timeout."""
+        deleted = 0
+        for status in TERMINAL_STATUSES:
+            while True:
+                with self._write() as conn:
+                    rows = conn.execute(sql.DELETE_FINISHED[status.value], (before, before, DELETE_CHUNK)).fetchall()
+                    _delete_logs_and_deps(conn, rows)
+                deleted += len(rows)
+                if len(rows) < DELETE_CHUNK:
+                    break
         with self._write() as conn:
-            if before is None:
-                rows = conn.execute(sql.DELETE_ALL_FINISHED).fetchall()
-            else:
-                rows = conn.execute(sql.DELETE_FINISHED, (before,) * 3).fetchall()
             total, *counted = conn.execute(sql.COUNT_BY_STATUS).fetchone()
             if total != sum(counted):  # rows whose status jobcore never writes: they read as failed
-                rows += conn.execute(sql.DELETE_UNKNOWN_STATUS, (before,) * 3).fetchall()
-            for (job_id,) in rows:
-                conn.execute(sql.DELETE_LOGS, (job_id,))
-                conn.execute(sql.DELETE_DEPS, (job_id, job_id))
-        return len(rows)
+                rows = conn.execute(sql.DELETE_UNKNOWN_STATUS, (before,) * 3).fetchall()
+                _delete_logs_and_deps(conn, rows)
+                deleted += len(rows)
+        return deleted
+
+
+DELETE_CHUNK = 1000  # jobs deleted a transaction by `delete_finished` (about 10 ms here)
+
+
+def _delete_logs_and_deps(conn: sqlite3.Connection, rows: Sequence[tuple[str]]) -> None:
+    """Delete the log lines and dependency links of the jobs whose ids are `rows`."""
+    if rows:
+        ids = json.dumps([job_id for (job_id,) in rows])
+        conn.execute(sql.DELETE_LOGS, (ids,))
+        conn.execute(sql.DELETE_DEPS, (ids, ids))
 
 
 def _fail_corrupt(conn: sqlite3.Connection, seqs: Collection[int], now: float) -> tuple[str, ...]:

@@ -464,20 +464,17 @@ RETURNING id, priority, seq, run_at, function_name, cron IS NOT NULL, status, er
 """
 # Each finished status is its own range of jobs_status: SQLite matches `status IN (...)`
 # to none of the partial index's terms, and would read the whole table.
-DELETE_FINISHED = """
+# Up to LIMIT jobs of one terminal status finished before a time (None: any time):
+# cleanup deletes a chunk a write transaction, so other writers (every process) wait for
+# one chunk, not the whole purge. One status at a time, in seq order: jobs kept (finished
+# later) come last in their status, so each chunk finds its rows without reading them.
+# The status is written into each statement: jobs_status, a partial index, is used only
+# for a status the planner can see.
+DELETE_FINISHED = {status: f"""
 DELETE FROM jobs WHERE seq IN (
-    SELECT seq FROM jobs WHERE status = 'completed' AND completed_at < ?
-    UNION ALL SELECT seq FROM jobs WHERE status = 'failed' AND completed_at < ?
-    UNION ALL SELECT seq FROM jobs WHERE status = 'cancelled' AND completed_at < ?)
+    SELECT seq FROM jobs WHERE status = '{status}' AND (? IS NULL OR completed_at < ?) LIMIT ?)
 RETURNING id
-"""
-DELETE_ALL_FINISHED = """
-DELETE FROM jobs WHERE seq IN (
-    SELECT seq FROM jobs WHERE status = 'completed'
-    UNION ALL SELECT seq FROM jobs WHERE status = 'failed'
-    UNION ALL SELECT seq FROM jobs WHERE status = 'cancelled')
-RETURNING id
-"""
+""" for status in ("completed", "failed", "cancelled")}
 # Rows whose status jobcore never writes (they read as failed: see COUNT_BY_STATUS),
 # finished before the time given (or, never finished, created before it). No index holds
 # them: this reads the whole table, so it runs only when counting finds some.
@@ -487,8 +484,12 @@ WHERE status NOT IN ('pending', 'scheduled', 'running', 'completed', 'failed', '
   AND (? IS NULL OR completed_at < ? OR (completed_at IS NULL AND created_at < ?))
 RETURNING id
 """
-DELETE_LOGS = "DELETE FROM job_logs WHERE job_id = ?"
-DELETE_DEPS = "DELETE FROM job_deps WHERE job_id = ? OR depends_on = ?"
+# Given a JSON array of the ids deleted (one statement a chunk, not two a job).
+DELETE_LOGS = "DELETE FROM job_logs WHERE job_id IN (SELECT value FROM json_each(?))"
+DELETE_DEPS = """
+DELETE FROM job_deps WHERE job_id IN (SELECT value FROM json_each(?))
+    OR depends_on IN (SELECT value FROM json_each(?))
+"""
 ADVANCE_SCHEDULE = """
 UPDATE jobs SET run_at = ?
 WHERE id = ? AND status = 'scheduled' AND cron IS NOT NULL AND run_at = ?
