@@ -122,7 +122,8 @@ class Enqueuer:
         not stored: an unfinished job already holds its unique_key (`job_id` is that job's)."""
         if job_id != record.id:
             return False
-        self._local.remember(job.id, self._local_function(job), job.retry_on)
+        if self.started or self._immediate or not self._producer:  # a producer not started keeps nothing per job
+            self._local.remember(job.id, self._local_function(job), job.retry_on)
         return record.blocked == 0 and record.status is not JobStatus.CANCELLED
 
     def _hand_off(self, job: Job, record: JobRecord, now: float) -> Optional[str]:

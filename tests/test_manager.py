@@ -446,6 +446,10 @@ def test_a_manager_not_started_keeps_no_entry_for_the_jobs_it_stores(make_manage
     # (or for this manager's start, which reads them from there)
     assert len(manager._queue) == 0
     assert manager.get_stats()["pending"] == 2_500
+    # nor, on a producer, a job's own classifier (it would run elsewhere: kept, it leaked
+    # 120 bytes a job for ever)
+    manager.enqueue(Job(function=_process, args=(0,), retry_on=bool))
+    assert len(manager._local._classifiers) == (0 if producer else 1)
     # and a worker that registers the function runs them
     worker = make_manager(db_path)
     worker.register_function(f"{__name__}._process", _process)
