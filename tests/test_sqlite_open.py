@@ -311,3 +311,28 @@ def test_file_uris_name_windows_paths() -> None:
     assert file_uri("C:\\data\\my jobs.db", "rw", ntpath) == "file:///C:/data/my%20jobs.db?mode=rw"
     assert file_uri("\\\\server\\share\\jobs.db", "rw", ntpath) == "file:////server/share/jobs.db?mode=rw"
     assert file_uri("/srv/q#1?.db", "rw") == "file:///srv/q%231%3F.db?mode=rw"
+
+
+def test_the_connection_of_a_thread_not_started_by_threading_is_closed_as_it_ends(tmp_path: Path) -> None:
+    # given threads started by C code (here `_thread`): each reads as alive for ever, so
+    # the connection each opened stayed open, a file descriptor each
+    import _thread
+    from jobcore import SQLiteRepository
+    repo = SQLiteRepository(str(tmp_path / "jobs.db"))
+    done = threading.Semaphore(0)
+
+    def request() -> None:
+        try:
+            repo.get("no-such-job")
+        finally:
+            done.release()
+
+    for _ in range(40):
+        _thread.start_new_thread(request, ())
+        assert done.acquire(timeout=10)
+    # then once they ended, their connections are closed and forgotten
+    deadline = time.monotonic() + 10
+    while len(repo._db._connections) > 1 and time.monotonic() < deadline:
+        time.sleep(0.01)  # the last thread may still be ending
+    assert len(repo._db._connections) <= 1
+    repo.close()

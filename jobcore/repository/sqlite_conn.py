@@ -57,6 +57,19 @@ _CHECKPOINT_TRUNCATE = "PRAGMA wal_checkpoint(TRUNCATE)"
 # closes them either.
 _INHERITED: list[sqlite3.Connection] = []
 
+
+class _ThreadEnd:
+    """Kept in a thread's local storage beside its connection: freed as the thread ends."""
+
+    __slots__ = ("__weakref__",)
+
+
+def _thread_ended(connections: "weakref.ref[Connections]", thread: threading.Thread,
+                  conn: sqlite3.Connection) -> None:
+    owner = connections()
+    if owner is not None:
+        owner._forget(thread, conn)
+
 # Every `Connections` of this process not yet closed, for `_close_at_exit`.
 _OPEN: "weakref.WeakSet[Connections]" = weakref.WeakSet()
 
@@ -136,11 +149,11 @@ class Connections:
     def forked(self) -> None:
         """In a forked child (where no other thread runs yet): forget the parent's
         connections, locks and checkpointer; this process opens connections of its own."""
+        self._lock = threading.Lock()  # first: dropping the old local storage below runs
+        self._write_lock = threading.Lock()  # `_forget`, which takes it
         _INHERITED.extend(self._connections.values())
         self._connections = {}
         self._local = threading.local()
-        self._lock = threading.Lock()
-        self._write_lock = threading.Lock()
         self._commits = 0
         self._checkpointer = None
         self._checkpoint_wanted = threading.Event()
@@ -164,9 +177,24 @@ class Connections:
             if self._closed:  # closed while this one opened (at interpreter exit, say)
                 conn.close()
                 raise RepositoryError(f"SQLite at {self.path!r}: the repository is closed")
-            self._connections[threading.current_thread()] = conn
+            thread = threading.current_thread()
+            self._connections[thread] = conn
         self._local.conn = conn
+        # Closed when this thread's local storage goes, as the thread ends: a thread not
+        # started by `threading` (by C code, or `_thread`) reads as alive for ever, so the
+        # sweep above never closed its connection (a file descriptor each).
+        self._local.owner = owner = _ThreadEnd()
+        weakref.finalize(owner, _thread_ended, weakref.ref(self), thread, conn).atexit = False
         return conn
+
+    def _forget(self, thread: threading.Thread, conn: sqlite3.Connection) -> None:
+        """Close `thread`'s connection `conn` (the thread ended) unless it was replaced."""
+        with self._lock:
+            if self._connections.get(thread) is not conn:
+                return
+            del self._connections[thread]
+        with contextlib.suppress(sqlite3.Error):
+            conn.close()
 
     def _open(self) -> sqlite3.Connection:
         """A new connection, set up: WAL, this repository's durability, no busy handler."""
