@@ -11,6 +11,7 @@ import math
 import numbers
 from typing import Any, Optional, Protocol, cast
 
+from .clock import real_monotonic
 from .errors import JobCancelled
 from .serialization import storable_text
 
@@ -56,8 +57,11 @@ class JobContext:
         # and its outcome recorded: later reports are refused (see the class docstring).
         self.ended = False
         # True once the job reported progress: its stored row then says more than the
-        # claimed record does (see `Completion`).
+        # claimed record does (see `Completion`), and a report may wait to be stored.
         self.reported_progress = False
+        # When the attempt began (real monotonic seconds): its progress reports are stored
+        # at most once an interval, counted from here (see `progress.ProgressWriter`).
+        self.began_at = real_monotonic()
 
     @property
     def cancelled(self) -> bool:

@@ -62,7 +62,7 @@ class Housekeeper:
         self._thread: Optional[threading.Thread] = None
         self._host, self._pid = host_identity(), os.getpid()
         pool.on_deadline = self.wake
-        pool.on_progress_waiting = self.wake
+        pool.on_progress_waiting = self.wake_to_flush
         clock.subscribe(self.wake)
 
     def start(self) -> None:
@@ -102,6 +102,16 @@ class Housekeeper:
         with self._cond:
             self._replan = True
             self._cond.notify_all()
+
+    def wake_to_flush(self) -> bool:
+        """`wake`, for progress reports that wait to be written; False (nothing done) if
+        the thread is not running, so the caller writes them itself."""
+        with self._cond:
+            if self._stopping:
+                return False
+            self._replan = True
+            self._cond.notify_all()
+            return True
 
     def refill_soon(self) -> None:
         """Refill the ready queue now: it holds a window of the store's ready jobs and

@@ -1,14 +1,25 @@
 """`ProgressWriter`: how the progress a running job reports reaches its row.
 
 A persistent store gets at most one report of an attempt every `PROGRESS_INTERVAL`
-seconds. A job reporting in a tight loop would otherwise commit a transaction per call
-(about 28 µs each on SQLite, 230 with durability "full", measured). The first report
-after a quiet spell is written at once; a report made sooner waits, and the latest
-waiting one is written once the interval has passed (`flush_due`, called by the
-housekeeper, which is woken when a first report waits) or when the attempt ends
-(`take`, before its outcome is recorded), whichever comes first. Meanwhile the process
-running the job reads the latest report here (`latest`): its `poll` shows each report
-the moment it is made, other processes within the interval.
+seconds, and a short attempt's last report goes in the transaction that records its
+outcome, never in one of its own. A job reporting in a tight loop would otherwise commit a
+transaction per call (about 28 µs each on SQLite, 230 with durability "full", measured),
+and even one report per job made a short job wait for a write of its own (about 300 µs on
+SQLite with four busy workers, queued behind the exchanges, measured), then write its
+last report again, in another transaction, before its outcome.
+
+A report is kept here, the latest of each attempt; the job's thread never writes it. The
+housekeeper (`flush_due`) writes the latest waiting report of an attempt once an interval
+has passed since the attempt's last write, or since it began: at once if that is so
+already (it is woken), else when the interval ends. If the attempt ends first, `take`
+hands its latest report to the worker, which records it with the outcome, in the same
+transaction (`Settlement.progress`): the row ends with it, and a short job's reports cost
+no write at all. Meanwhile the process running the job reads the latest report here
+(`latest`), until the outcome is recorded: its `poll` shows each report the moment it is
+made, other processes within the interval.
+
+With no housekeeper running (a manager not started runs jobs in the caller's thread with
+`run_pending`), the job's thread writes a report that is due when it makes it.
 
 A store that is not persistent gets every report at once (it costs a dict update there).
 """
@@ -17,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, Iterable, NamedTuple, Optional
 
 from .clock import real_monotonic
 from .context import JobContext
@@ -40,81 +51,148 @@ Write = Callable[[Report], None]
 
 
 class ProgressWriter:
-    """The progress reports of one pool's running attempts (see module docstring)."""
+    """The progress reports of one pool's running attempts (see module docstring).
 
-    def __init__(self, write: Write, *, throttle: bool, wake: Callable[[], None]) -> None:
+    `wake` asks the thread that calls `flush_due` (the housekeeper) to call it now; it
+    returns False if no such thread runs."""
+
+    def __init__(self, write: Write, *, throttle: bool, wake: Callable[[], bool]) -> None:
         self._write = write
         self._throttle = throttle
-        self._wake = wake  # tells the housekeeper that a first report waits
-        # _lock guards _waiting and _written_at, and is held while a report is written, so
-        # that two reports of one attempt reach the store in the order they were made.
+        self._wake = wake
+        # _lock guards the four dicts and _flush_at. Never held while a report is written:
+        # a job's thread takes it at each report, and must not wait for the store.
         self._lock = threading.Lock()
         self._waiting: dict[str, Report] = {}  # job id -> its latest report not yet written
-        self._written_at: dict[str, float] = {}  # job id -> when its last report was written
+        self._writing: dict[str, Report] = {}  # job id -> its report being written now
+        self._ending: dict[str, Report] = {}  # job id -> its last report, to be recorded with its outcome
+        self._written_at: dict[str, float] = {}  # job id -> when its attempt last wrote a report
+        # When the flusher looks next, as it was told (None: not told of anything waiting);
+        # a report due sooner wakes it.
+        self._flush_at: Optional[float] = None
+        # _flushing is held by the one thread flushing, across its writes, so that two
+        # reports of one attempt reach the store in the order they were made. Only
+        # flushers take it.
+        self._flushing = threading.Lock()
 
     def report(self, report: Report) -> None:
-        """Write `report` now, or keep it to write later (see module docstring)."""
+        """Keep `report` for later, or write it now to a store that is not persistent
+        (see module docstring)."""
         if not self._throttle:
             self._write(report)
             return
-        job_id, now = report.context.id, real_monotonic()
+        context = report.context
         with self._lock:
-            if report.context.ended:
-                # Made as the attempt ended, by code it left running: `take` writes the
+            if context.ended:
+                # Made as the attempt ended, by code it left running: `take` hands on the
                 # last report that counts (and kept here, it would outlive the attempt).
                 return
-            last = self._written_at.get(job_id)
-            if last is None or now - last >= PROGRESS_INTERVAL:
-                self._waiting.pop(job_id, None)
-                self._written_at[job_id] = now
-                self._write(report)
-                return
-            first = not self._waiting
-            self._waiting[job_id] = report
-        if first:
-            self._wake()
+            self._waiting[context.id] = report
+            due = self._due_locked(context)
+            flush_at = self._flush_at
+            tell = flush_at is None or due < flush_at  # (in a tight loop: told already)
+            if tell:
+                now = real_monotonic()
+                self._flush_at = due if due > now else now
+        if tell and not self._wake():
+            with self._lock:
+                self._flush_at = None  # nobody was told: the next report tries again
+            if due <= now:
+                self.flush_due()  # no housekeeper runs: this thread writes what is due
+
+    def _due_locked(self, context: JobContext) -> float:
+        """When the attempt's waiting report may be written: an interval after its last
+        write, or after it began (a write of an earlier attempt came before that)."""
+        written = self._written_at.get(context.id)
+        began = context.began_at
+        return (began if written is None or written < began else written) + PROGRESS_INTERVAL
 
     def flush_due(self) -> Optional[float]:
         """Write the waiting reports whose interval has passed; returns when the next one
-        is due (real monotonic seconds), or None if none waits."""
+        is due (real monotonic seconds), or None if none waits. A write the store fails is
+        logged and dropped: a later report, or the outcome, brings the row up to date."""
         if not self._waiting:  # one dict read: most calls find nothing
+            self._flush_at = None  # (a report added meanwhile woke the flusher: it looks again)
             return None
-        now, due_next = real_monotonic(), None
+        with self._flushing:
+            due, due_next = self._take_due(real_monotonic())
+            for report in due:
+                try:
+                    self._write(report)
+                except Exception as exc:  # the housekeeper goes on; so do the other reports
+                    logger.warning("could not store a progress report of job %s: %s", report.context.id, exc)
+            with self._lock:
+                for report in due:
+                    if self._writing.get(report.context.id) is report:
+                        del self._writing[report.context.id]
+        return due_next
+
+    def _take_due(self, now: float) -> tuple[list[Report], Optional[float]]:
+        """Move the waiting reports due at `now` to `_writing`, and drop those of attempts
+        given up; returns the due reports and when the next one is due."""
+        due: list[Report] = []
+        due_next: Optional[float] = None
         with self._lock:
             for job_id, report in list(self._waiting.items()):
                 if report.context.abandoned:  # timed out: nothing of it is recorded any more
                     del self._waiting[job_id]
+                    self._written_at.pop(job_id, None)
                     continue
-                due = self._written_at.get(job_id, now) + PROGRESS_INTERVAL
-                if due > now:
-                    due_next = due if due_next is None else min(due_next, due)
+                at = self._due_locked(report.context)
+                if at > now:
+                    due_next = at if due_next is None else min(due_next, at)
                     continue
+                # Into _writing before out of _waiting: `latest`, reading without the
+                # lock, finds it in one or the other.
+                self._writing[job_id] = report
                 del self._waiting[job_id]
                 self._written_at[job_id] = now
-                self._write(report)
-        return due_next
+                due.append(report)
+            self._flush_at = due_next
+        return due, due_next
 
-    def take(self, context: JobContext) -> None:
-        """The attempt of `context` ended (`context.ended` is set): write its waiting report,
-        if any, and forget it. Called by the worker thread before the outcome is recorded
-        (the write is refused once the job ended); a store that fails it is logged, and the
-        outcome goes on."""
-        if not self._throttle:
-            return
+    def take(self, context: JobContext) -> Optional[Report]:
+        """The attempt of `context` ended (`context.ended` is set): its latest report not
+        yet surely in its row, for the worker to record with its outcome, or None (also
+        for an attempt given up after its timeout). `latest` shows it until `settled`
+        says the outcome was recorded."""
+        if not self._throttle or not context.reported_progress:
+            return None  # most jobs: no lock taken
         with self._lock:
             self._written_at.pop(context.id, None)
             report = self._waiting.get(context.id)
-            if report is None or report.context is not context:
-                return
-            del self._waiting[context.id]
+            if report is not None and report.context is context:
+                self._ending[context.id] = report  # (before it leaves _waiting: see _take_due)
+                del self._waiting[context.id]
+            else:
+                # Being written now, it may reach the store only after the outcome, and be
+                # refused then: the outcome records it too.
+                report = self._writing.get(context.id)
+                if report is None or report.context is not context:
+                    return None
+                self._ending[context.id] = report
             if context.abandoned:
-                return
-            try:
-                self._write(report)
-            except Exception as exc:  # the worker thread must go on to record the outcome
-                logger.warning("could not store the last progress report of job %s: %s", context.id, exc)
+                del self._ending[context.id]
+                return None
+            return report
+
+    def settled(self, job_ids: Iterable[str]) -> None:
+        """The outcomes of these jobs' attempts were recorded (or discarded): forget them."""
+        if not (self._ending or self._written_at):  # dict reads: most jobs reported nothing
+            return
+        with self._lock:
+            for job_id in job_ids:
+                self._ending.pop(job_id, None)
+                self._written_at.pop(job_id, None)  # (an attempt given up: `take` never came)
 
     def latest(self, job_id: str) -> Optional[Report]:
-        """The latest report of the job's running attempt not yet written, if any."""
-        report = self._waiting.get(job_id)  # one dict read, whole under the GIL
+        """The latest report of the job's running attempt that may not be in its row yet,
+        if any: waiting, taken for its outcome, or being written (newest first)."""
+        # Dict reads, each whole under the GIL; a report is put in its next place before
+        # it leaves the last, so one of them has it.
+        report = self._waiting.get(job_id)
+        if report is None:
+            report = self._ending.get(job_id)
+            if report is None:
+                report = self._writing.get(job_id)
         return None if report is None or report.context.abandoned else report

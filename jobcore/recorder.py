@@ -21,11 +21,12 @@ from .context import JobContext
 from .errors import RepositoryError
 from .execution import Outcome
 from .models import JobResult, JobStatus
+from .progress import Report
 from .queue import ReadyQueue
 from .records import local_datetime, new_result
 from .registry import FunctionRegistry, LocalJobs
 from .repository.base import (CANCELLED_BY_REQUEST, CANCELLED_ERROR_TYPE, Cascade, JobRecord, JobRepository,
-                              QueueEntry, Settlement)
+                              LastProgress, QueueEntry, Settlement)
 from .retry import Classifier
 from .scheduler import ScheduleFirer
 from .settle import EVENTS, cancelled, completed, decide, describe, event_details
@@ -46,6 +47,9 @@ class Finished:
     # Decided by the worker thread that ran the attempt (see `Recorder.decide`), so that the
     # dispatcher, which every job's recording waits on, does less; None: decided there.
     settlement: Optional[Settlement] = None
+    # The attempt's last progress report that may not be in its row yet: recorded with
+    # the outcome, in the same transaction (see `progress`).
+    last_report: Optional[Report] = None
 
 
 # A completed job's result longer than this (as JSON) is not remembered (see Completion).
@@ -237,7 +241,7 @@ class Recorder:
         """The settlement of `finished` as of now, or None if deciding failed (it is then
         decided again when recorded). Called by the thread that ran the attempt."""
         try:
-            return self._settlement(finished, self._clock.time())
+            return self._with_last_report(self._settlement(finished, self._clock.time()), finished)
         except Exception:  # never let bookkeeping kill a worker thread
             logger.exception("could not decide the outcome of job %s here", finished.record.id)
             return None
@@ -246,13 +250,32 @@ class Recorder:
         """`_settlement`, or if even that fails (a bug of the engine's), a final failure
         saying so: the thread recording it must go on, and the job must not stay RUNNING."""
         try:
-            return self._settlement(finished, now)
+            settlement = self._settlement(finished, now)
         except Exception as exc:
             logger.exception("could not decide the outcome of job %s; it is failed", finished.record.id)
             record = finished.record
-            return Settlement("fail", record.id, record.attempts, error=serialization.storable_text(
-                              f"its outcome could not be recorded: {describe(exc)}"),
-                              error_type=serialization.storable_text(type(exc).__name__), seq=record.seq)
+            settlement = Settlement("fail", record.id, record.attempts, error=serialization.storable_text(
+                                    f"its outcome could not be recorded: {describe(exc)}"),
+                                    error_type=serialization.storable_text(type(exc).__name__), seq=record.seq)
+        return self._with_last_report(settlement, finished)
+
+    def _with_last_report(self, settlement: Settlement, finished: Finished) -> Settlement:
+        """`settlement` carrying the attempt's last progress report, if one may not be in
+        its row yet, for the store to record with it (details encoded here, once, for a
+        persistent store). Details the store cannot hold (changed by the job since it
+        reported them) are logged, and the report left out: the outcome goes on."""
+        report = finished.last_report
+        if report is None:
+            return settlement
+        details, encoded = report.details, None
+        if self._repo.persistent:
+            try:
+                encoded = "{}" if not details else serialization.encode(
+                    details, field="progress details", max_bytes=self._repo.max_payload_bytes)
+            except (TypeError, ValueError) as exc:
+                logger.warning("could not store the last progress report of job %s: %s", finished.record.id, exc)
+                return settlement
+        return settlement.carrying(LastProgress(report.progress, report.message, details, encoded))
 
     def _settlement(self, finished: Finished, now: float) -> Settlement:
         record, outcome = finished.record, finished.outcome

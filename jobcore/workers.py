@@ -91,7 +91,8 @@ class WorkerPool:
         self._abandoned = 0
         self._next_slot = 0
         self.on_deadline: Callable[[], None] = lambda: None  # set by the housekeeper
-        self.on_progress_waiting: Callable[[], None] = lambda: None  # set by the housekeeper
+        # Set by the housekeeper: have it write the progress reports due (False: it does not run).
+        self.on_progress_waiting: Callable[[], bool] = lambda: False
         self._progress = ProgressWriter(self._write_progress, throttle=repository.persistent,
                                         wake=lambda: self.on_progress_waiting())
         queue.listener = self._ready_arrived
@@ -193,6 +194,7 @@ class WorkerPool:
         `on_settled` hears of them."""
         with self._state.lock:
             self._state.settling.difference_update(job_id for job_id, _ in settled)
+        self._progress.settled(job_id for job_id, _ in settled)  # their last reports are in their rows
         self._on_settled(settled)
 
     @property
@@ -330,8 +332,8 @@ class WorkerPool:
                 if overdue:  # it returned late, before the housekeeper looked: a timeout all the same
                     outcome = Outcome(error=JobTimeout(record.timeout or 0.0))
             context.ended = True  # code the job left running no longer reports into it
-            self._progress.take(context)  # its last report stored before its outcome
-            finished = Finished(record, context, outcome, self._clock.monotonic() - attempt.started)
+            finished = Finished(record, context, outcome, self._clock.monotonic() - attempt.started,
+                                last_report=self._last_report(context))
             if not slot.abandoned:
                 finished.settlement = self._recorder.decide(finished)
 
@@ -379,6 +381,20 @@ class WorkerPool:
         self._repo.update_progress(context.id, self.worker_id, context.attempt, report.progress,
                                    report.message, report.details, self._clock.time())
 
+    def _last_report(self, context: JobContext) -> Optional[Report]:
+        """The ended attempt's last progress report that may not be in its row yet, for the
+        transaction recording its outcome to store (see `progress`). A store that cannot
+        (not `stores_settlement_progress`) gets it here, before the outcome, as its own
+        write; if it fails that, it is logged, and the outcome goes on."""
+        report = self._progress.take(context)
+        if report is None or self._repo.stores_settlement_progress:
+            return report
+        try:
+            self._write_progress(report)
+        except Exception as exc:  # the worker thread must go on to record the outcome
+            logger.warning("could not store the last progress report of job %s: %s", context.id, exc)
+        return None
+
     def report_log(self, context: JobContext, level: str, message: str) -> None:
         self._repo.add_log(context.id, level, message, self._clock.time())
 
@@ -406,11 +422,11 @@ class WorkerPool:
                 self._state.running[record.id] = Attempt(record, context, Slot(-1), None, started)
             outcome = self._attempts.run(record, context)
             context.ended = True
-            self._progress.take(context)
+            last_report = self._last_report(context)
             with self._state.lock:
                 del self._state.running[record.id]
-            if self._recorder.exchange([Finished(record, context, outcome,
-                                                 self._clock.monotonic() - started)], []) is None:
+            if self._recorder.exchange([Finished(record, context, outcome, self._clock.monotonic() - started,
+                                                 last_report=last_report)], []) is None:
                 raise RepositoryError(f"could not record the outcome of job {record.id}; see the log")
             ran += 1
             if isinstance(outcome.error, (KeyboardInterrupt, SystemExit)):
@@ -419,7 +435,8 @@ class WorkerPool:
 
     # -- progress reports -------------------------------------------------------------------
     def latest_progress(self, job_id: str) -> Optional[Report]:
-        """The latest progress report of a job running here not yet in its row, if any."""
+        """The latest progress report of a job running here that may not be in its row yet
+        (its outcome not recorded either), if any."""
         return self._progress.latest(job_id)
 
     # -- called by the housekeeper --------------------------------------------------------

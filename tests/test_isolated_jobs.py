@@ -83,6 +83,14 @@ def busy_module(tmp_path: Any) -> Iterator[Any]:
             from jobcore import current_job
             current_job().progress(0.5, "half", when=object())
             return "reached"
+
+        def report_steps(fail):
+            from jobcore import current_job
+            for step in (1, 2, 3):
+                current_job().progress(step / 4, f"step {step}", step=step)
+            if fail:
+                raise ValueError("failed after step 3")
+            return "reported"
     """))
     sys.path.insert(0, str(tmp_path))
     import busyjobs  # noqa: F401
@@ -193,6 +201,25 @@ def test_a_report_left_behind_by_one_job_never_reaches_the_next(make_manager: An
     assert result.result == "second"
     assert (result.progress, result.progress_message) == (1.0, "")
     assert [line.message for line in manager.get_logs(second)] == []
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_an_isolated_attempts_last_report_is_in_its_row_once_its_outcome_is(
+        make_manager: Any, db_path: str, busy_module: Any, fail: bool) -> None:
+    # The child's reports reach the parent's context, whose last one the outcome records.
+    manager = make_manager(db_path, max_workers=1).start()
+    job_id = manager.enqueue(Job(function=busy_module.report_steps, args=(fail,), isolation="process",
+                                 max_retries=0))
+    result = manager.wait(job_id, timeout=WAIT)
+    other = SQLiteRepository(db_path)  # the row itself, as another process reads it
+    try:
+        row = other.get(job_id)
+    finally:
+        other.close()
+    assert row is not None and row.status is result.status
+    assert result.status is (JobStatus.FAILED if fail else JobStatus.COMPLETED)
+    assert (row.progress, row.progress_message, row.progress_details) == (
+        0.75 if fail else 1.0, "step 3", {"step": 3})
 
 
 def _gone(pid: int) -> bool:

@@ -1,11 +1,12 @@
 """Progress reports reach a persistent store at most every PROGRESS_INTERVAL per attempt,
-the latest one always, and the process running the job shows each report at once."""
+never from the job's thread; an attempt's last report goes in the transaction recording
+its outcome; and the process running the job shows each report at once."""
 
 from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import pytest
 
@@ -14,6 +15,9 @@ from jobcore import progress as progress_module
 from jobcore.context import JobContext
 from jobcore.errors import RepositoryError
 from jobcore.progress import PROGRESS_INTERVAL, ProgressWriter, Report
+from jobcore.repository.base import JobRepository, Settlement
+from mixed_repositories import BACKENDS, repository_with
+from pg_fixtures import *  # noqa: F401,F403 (the fixtures: server, schema)
 from waiting import wait_until
 
 WAIT = 10.0
@@ -21,15 +25,34 @@ REPORTS = 1_000
 
 
 class CountingSQLite(SQLiteRepository):
-    """A SQLite store that counts the progress writes it receives."""
+    """A SQLite store that counts the progress writes it receives: on their own
+    (`update_progress`), and carried by the settlements an `apply` records (`folded`, the
+    progress each carried, by job id)."""
 
     def __init__(self, path: str) -> None:
         super().__init__(path)
         self.progress_writes = 0
+        self.folded: dict[str, list[tuple[float, str, dict[str, Any]]]] = {}
+        # Set by a test: `apply` waits for it before recording a settlement carrying progress.
+        self.hold_folding: Optional[threading.Event] = None
+        self.folding = threading.Event()
 
     def update_progress(self, *args: Any, **kwargs: Any) -> bool:
         self.progress_writes += 1
         return super().update_progress(*args, **kwargs)
+
+    def apply(self, settlements: Sequence[Settlement], *args: Any, **kwargs: Any) -> Any:
+        for s in settlements:
+            if s.progress is not None:
+                self.folded.setdefault(s.job_id, []).append(s.progress[:3])
+                self.folding.set()
+                if self.hold_folding is not None:
+                    assert self.hold_folding.wait(WAIT)
+        return super().apply(settlements, *args, **kwargs)
+
+    def writes_of(self, job_id: str) -> int:
+        """Progress writes in all: on their own and carried by the job's outcomes."""
+        return self.progress_writes + len(self.folded.get(job_id, ()))
 
 
 class CountingMemory(MemoryRepository):
@@ -62,12 +85,128 @@ def sqlite_manager(tmp_path: Any) -> Iterator[tuple[JobManager, CountingSQLite]]
 
 def test_a_tight_loop_of_reports_writes_a_few_of_them(sqlite_manager: tuple[JobManager, CountingSQLite]) -> None:
     manager, repository = sqlite_manager
-    result = manager.wait(manager.enqueue(Job(function_name="many_reports")), timeout=WAIT)
+    job_id = manager.enqueue(Job(function_name="many_reports"))
+    result = manager.wait(job_id, timeout=WAIT)
 
     assert result.status is JobStatus.COMPLETED
-    # the first report at once, at most one per interval while the loop ran, the last at its end
-    assert 2 <= repository.progress_writes <= 3 + result.result / PROGRESS_INTERVAL
-    assert repository.progress_writes < REPORTS / 10
+    # at most one per interval while the loop ran, and the last with the outcome
+    assert 1 <= repository.writes_of(job_id) <= 2 + result.result / PROGRESS_INTERVAL
+    assert repository.writes_of(job_id) < REPORTS / 10
+
+
+def reports_and_ends(fail: bool = False, progress_callback: Any = None) -> str:
+    for step in (1, 2, 3):
+        progress_callback(step / 4, f"step {step}", step=step)
+    if fail:
+        raise ValueError("failed after step 3")
+    return "done"
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_a_short_attempts_reports_are_recorded_with_its_outcome_in_one_transaction(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch, fail: bool) -> None:
+    # given an interval no attempt outlives: nothing is due before the attempt ends
+    monkeypatch.setattr(progress_module, "PROGRESS_INTERVAL", 3600.0)
+    repository = CountingSQLite(str(tmp_path / "jobs.db"))
+    with JobManager(repository, max_workers=2) as manager:
+        manager.register_function("reports_and_ends", reports_and_ends)
+        # when a job reports three times, then returns or raises
+        job_id = manager.enqueue(Job(function_name="reports_and_ends", kwargs={"fail": fail}, max_retries=0))
+        result = manager.wait(job_id, timeout=WAIT)
+    # then no report had a write of its own: the last one went in the call (one
+    # transaction) that recorded the outcome
+    assert repository.progress_writes == 0
+    assert repository.folded == {job_id: [(0.75, "step 3", {"step": 3})]}
+    # and the row holds it, read afresh from the file
+    stored = SQLiteRepository(str(tmp_path / "jobs.db"))
+    try:
+        row = stored.get(job_id)
+    finally:
+        stored.close()
+    assert row is not None
+    assert row.status is (JobStatus.FAILED if fail else JobStatus.COMPLETED)
+    assert (row.progress, row.progress_message, row.progress_details) == (
+        0.75 if fail else 1.0, "step 3", {"step": 3})
+    assert (result.progress, result.progress_message, result.progress_details) == (
+        row.progress, row.progress_message, row.progress_details)
+
+
+class RecordingWrites:
+    """Counts what a repository is given: progress writes of their own, and the settlements
+    carrying progress, by the call that recorded them (`apply` or `insert_and_apply`: one
+    transaction each). Mixed into a repository class (see `repository_with`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+        self.own_writes = 0
+        self.carried: list[tuple[str, str, float, str]] = []  # (call, kind, progress, message)
+
+    def update_progress(self, *args: Any, **kwargs: Any) -> bool:
+        self.own_writes += 1
+        return super().update_progress(*args, **kwargs)  # type: ignore[misc, no-any-return]
+
+    def _note(self, call: str, settlements: Sequence[Settlement]) -> None:
+        self.carried += [(call, s.kind, s.progress.progress, s.progress.message)
+                         for s in settlements if s.progress is not None]
+
+    def apply(self, settlements: Sequence[Settlement], *args: Any, **kwargs: Any) -> Any:
+        self._note("apply", settlements)
+        return super().apply(settlements, *args, **kwargs)  # type: ignore[misc]
+
+    def insert_and_apply(self, record: Any, settlements: Sequence[Settlement], *args: Any, **kwargs: Any) -> Any:
+        self._note("insert_and_apply", settlements)
+        return super().insert_and_apply(record, settlements, *args, **kwargs)  # type: ignore[misc]
+
+
+@pytest.fixture(params=BACKENDS)
+def recording_repository(request: Any, tmp_path: Any) -> JobRepository:
+    return repository_with(RecordingWrites, request, tmp_path)
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_each_store_ends_with_the_last_report_of_a_short_attempt(
+        recording_repository: Any, make_manager: Any, monkeypatch: pytest.MonkeyPatch, fail: bool) -> None:
+    monkeypatch.setattr(progress_module, "PROGRESS_INTERVAL", 3600.0)
+    repository = recording_repository
+    manager: JobManager = make_manager(repository, max_workers=2)
+    manager.register_function("reports_and_ends", reports_and_ends)
+    manager.start()
+    job_id = manager.enqueue(Job(function_name="reports_and_ends", kwargs={"fail": fail}, max_retries=0))
+    result = manager.wait(job_id, timeout=WAIT)
+    row = repository.get(job_id)
+    assert row is not None and row.status is result.status
+    assert (row.progress, row.progress_message, row.progress_details) == (
+        0.75 if fail else 1.0, "step 3", {"step": 3})
+    if repository.persistent:
+        # no write of its own: the last report went with the outcome, in one call
+        assert repository.own_writes == 0
+        assert [entry[1:] for entry in repository.carried] == [("fail" if fail else "complete", 0.75, "step 3")]
+    else:
+        # the memory store takes every report at once (nothing waits to go with the outcome)
+        assert repository.own_writes == 3 and repository.carried == []
+
+
+def test_this_process_shows_the_last_report_until_the_outcome_is_recorded(tmp_path: Any,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(progress_module, "PROGRESS_INTERVAL", 3600.0)
+    repository = CountingSQLite(str(tmp_path / "jobs.db"))
+    repository.hold_folding = threading.Event()
+    with JobManager(repository, max_workers=1) as manager:
+        manager.register_function("reports_and_ends", reports_and_ends)
+        job_id = manager.enqueue(Job(function_name="reports_and_ends"))
+        try:
+            # given the attempt ended, its outcome (carrying its last report) held on its way
+            assert repository.folding.wait(WAIT)
+            # then poll in this process shows that report while the row does not hold it yet
+            polled = manager.poll(job_id)
+            assert polled is not None and polled.status is JobStatus.RUNNING
+            assert (polled.progress, polled.progress_message, polled.progress_details) == (0.75, "step 3", {"step": 3})
+            row = repository.get(job_id)
+            assert row is not None and (row.progress, row.progress_message) == (0.0, "")
+        finally:
+            repository.hold_folding.set()
+        result = manager.wait(job_id, timeout=WAIT)
+    assert (result.status, result.progress, result.progress_message) == (JobStatus.COMPLETED, 1.0, "step 3")
 
 
 def test_the_row_keeps_the_last_report_of_an_attempt(sqlite_manager: tuple[JobManager, CountingSQLite]) -> None:
@@ -142,65 +281,160 @@ def now(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     return clock
 
 
-def _writer() -> tuple[ProgressWriter, list[tuple[str, float]], list[int]]:
+def _context(job_id: str, now: list[float], attempt: int = 1) -> JobContext:
+    """A context whose attempt began at the test clock's `now`."""
+    context = JobContext(job_id, job_id, attempt, _Sink())
+    context.began_at = now[0]
+    context.reported_progress = True  # as `progress()` sets it
+    return context
+
+
+def _writer(housekeeper: bool = True) -> tuple[ProgressWriter, list[tuple[str, float]], list[int]]:
     written: list[tuple[str, float]] = []
     wakes = [0]
 
-    def wake() -> None:
+    def wake() -> bool:
         wakes[0] += 1
+        return housekeeper
 
     return ProgressWriter(lambda r: written.append((r.context.id, r.progress)), throttle=True, wake=wake), written, wakes
 
 
-def test_reports_wait_for_the_interval_then_the_latest_is_written(now: list[float]) -> None:
+def test_reports_wait_an_interval_from_the_attempts_start_then_the_latest_is_written(now: list[float]) -> None:
     writer, written, wakes = _writer()
-    context = JobContext("a", "a", 1, _Sink())
+    context = _context("a", now)
+    now[0] += PROGRESS_INTERVAL / 2
     for fraction in (0.1, 0.2, 0.3):
         writer.report(Report(context, fraction, "", {}))
-    assert written == [("a", 0.1)] and wakes == [1]  # the housekeeper told once
+    # nothing written by the job's thread; the housekeeper told once, of when it is due
+    assert written == [] and wakes == [1]
     assert writer.latest("a") == Report(context, 0.3, "", {})
     assert writer.flush_due() == pytest.approx(100.0 + PROGRESS_INTERVAL)  # not yet
-    now[0] += PROGRESS_INTERVAL
+    now[0] = 100.0 + PROGRESS_INTERVAL
     assert writer.flush_due() is None
-    assert written == [("a", 0.1), ("a", 0.3)] and writer.latest("a") is None
+    assert written == [("a", 0.3)] and writer.latest("a") is None
+    # then the next report waits an interval from that write
+    writer.report(Report(context, 0.4, "", {}))
+    assert writer.flush_due() == pytest.approx(100.0 + 2 * PROGRESS_INTERVAL)
+    assert written == [("a", 0.3)] and wakes == [2]
 
 
-def test_an_ended_attempt_writes_what_waits_unless_it_was_given_up(now: list[float]) -> None:
+def test_a_report_after_a_quiet_spell_is_written_at_once_by_the_housekeeper(now: list[float]) -> None:
+    writer, written, wakes = _writer()
+    context = _context("a", now)
+    now[0] += 5.0
+    writer.report(Report(context, 0.5, "", {}))
+    assert wakes == [1] and written == []  # the housekeeper is woken; the job's thread writes nothing
+    assert writer.flush_due() is None
+    assert written == [("a", 0.5)]
+
+
+def test_without_a_housekeeper_the_reporting_thread_writes_what_is_due(now: list[float]) -> None:
+    writer, written, _ = _writer(housekeeper=False)
+    context = _context("a", now)
+    writer.report(Report(context, 0.1, "", {}))  # within the attempt's first interval: waits
+    assert written == []
+    now[0] += PROGRESS_INTERVAL
+    writer.report(Report(context, 0.2, "", {}))
+    assert written == [("a", 0.2)]
+
+
+def test_an_ended_attempt_hands_its_last_report_to_its_outcome(now: list[float]) -> None:
     writer, written, _ = _writer()
-    ended, given_up = JobContext("a", "a", 1, _Sink()), JobContext("b", "b", 1, _Sink())
+    ended, given_up = _context("a", now), _context("b", now)
     for context in (ended, given_up):
         writer.report(Report(context, 0.1, "", {}))
         writer.report(Report(context, 0.2, "", {}))
     given_up.abandoned = True  # its attempt timed out
-
     assert writer.latest("b") is None
-    writer.take(ended)
-    writer.take(given_up)
-    assert written == [("a", 0.1), ("b", 0.1), ("a", 0.2)]
-    assert writer.flush_due() is None
-    writer.report(Report(JobContext("a", "a", 2, _Sink()), 0.5, "", {}))  # the next attempt: at once
-    assert written[-1] == ("a", 0.5)
+
+    ended.ended = given_up.ended = True
+    # the last report of the ended attempt goes to its outcome, unwritten here
+    assert writer.take(ended) == Report(ended, 0.2, "", {})
+    assert writer.take(given_up) is None
+    writer.report(Report(ended, 0.9, "", {}))  # made by code the attempt left running: refused
+    now[0] += PROGRESS_INTERVAL
+    assert writer.flush_due() is None and written == []
+    # this process shows it until the outcome is recorded
+    assert writer.latest("a") == Report(ended, 0.2, "", {})
+    writer.settled(["a", "b"])
+    assert writer.latest("a") is None
+    # and the next attempt starts afresh
+    writer.report(Report(_context("a", now, attempt=2), 0.5, "", {}))
+    assert writer.latest("a") is not None and written == []
 
 
-def test_a_store_refusing_the_last_report_is_logged_and_the_attempt_goes_on(
-        now: list[float], caplog: pytest.LogCaptureFixture) -> None:
-    writes: list[float] = []
+def test_a_report_being_written_as_the_attempt_ends_goes_with_the_outcome_too(now: list[float]) -> None:
+    # The flusher's write may reach the store only after the outcome (then refused): the
+    # outcome must carry that report as well.
+    context = _context("a", now)
+    taken: list[Optional[Report]] = []
 
     def write(report: Report) -> None:
-        if writes:
+        context.ended = True  # the attempt ends while this write is under way
+        taken.append(writer.take(context))
+        assert writer.latest("a") == report  # shown until the outcome is recorded
+
+    writer = ProgressWriter(write, throttle=True, wake=lambda: True)
+    now[0] += 5.0
+    writer.report(Report(context, 0.7, "", {}))
+    writer.flush_due()
+    assert taken == [Report(context, 0.7, "", {})]
+    assert writer.latest("a") == Report(context, 0.7, "", {})  # the write done, the outcome not yet
+
+
+def test_a_write_the_store_refuses_is_logged_and_the_others_go_on(
+        now: list[float], caplog: pytest.LogCaptureFixture) -> None:
+    writes: list[str] = []
+
+    def write(report: Report) -> None:
+        if report.context.id == "a":
             raise RepositoryError("disk full")
-        writes.append(report.progress)
+        writes.append(report.context.id)
 
-    writer = ProgressWriter(write, throttle=True, wake=lambda: None)
-    context = JobContext("a", "a", 1, _Sink())
-    writer.report(Report(context, 0.1, "", {}))
-    writer.report(Report(context, 0.2, "", {}))
-
+    writer = ProgressWriter(write, throttle=True, wake=lambda: True)
+    a, b = _context("a", now), _context("b", now)
+    now[0] += 5.0
+    writer.report(Report(a, 0.1, "", {}))
+    writer.report(Report(b, 0.1, "", {}))
     with caplog.at_level("WARNING", logger="jobcore.progress"):
-        writer.take(context)  # does not raise: the worker goes on to record the outcome
-    assert writes == [0.1]
-    assert "could not store the last progress report of job a: disk full" in caplog.text
-    assert writer.latest("a") is None
+        assert writer.flush_due() is None  # does not raise: the housekeeper goes on
+    assert writes == ["b"]
+    assert "could not store a progress report of job a: disk full" in caplog.text
+    assert writer.latest("a") is None and writer.latest("b") is None
+
+
+class _ApplyOnly(CountingSQLite):
+    """A store whose `apply` predates `Settlement.progress`: it records no progress."""
+
+    stores_settlement_progress = False
+    refuse_progress = False
+
+    def update_progress(self, *args: Any, **kwargs: Any) -> bool:
+        if self.refuse_progress:
+            self.progress_writes += 1
+            raise RepositoryError("disk full")
+        return super().update_progress(*args, **kwargs)
+
+
+@pytest.mark.parametrize("refuse", [False, True])
+def test_a_store_that_cannot_record_progress_with_outcomes_gets_the_last_report_before_it(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, refuse: bool) -> None:
+    monkeypatch.setattr(progress_module, "PROGRESS_INTERVAL", 3600.0)
+    repository = _ApplyOnly(str(tmp_path / "jobs.db"))
+    repository.refuse_progress = refuse
+    with caplog.at_level("WARNING", logger="jobcore.workers"):
+        with JobManager(repository, max_workers=1) as manager:
+            manager.register_function("reports_and_ends", reports_and_ends)
+            result = manager.wait(manager.enqueue(Job(function_name="reports_and_ends")), timeout=WAIT)
+    assert repository.folded == {}  # never handed a report it would drop
+    assert repository.progress_writes == 1
+    assert result.status is JobStatus.COMPLETED  # the outcome went on either way
+    if refuse:
+        assert "could not store the last progress report of job" in caplog.text
+        assert result.progress_message == ""
+    else:
+        assert (result.progress, result.progress_message, result.progress_details) == (1.0, "step 3", {"step": 3})
 
 
 class _Recording:

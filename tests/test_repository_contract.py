@@ -290,8 +290,8 @@ def test_claims_by_number_read_one_range_of_the_ready_index_per_function(repo: S
     assert all(step in ranges or "INTEGER PRIMARY KEY (rowid=?)" in step for step in steps), plan
 
 
-@pytest.mark.parametrize("query", ["CLAIM", "COMPLETE", "FAIL_RETRY", "HEARTBEAT", "RECOVER_EXPIRED",
-                                   "SELECT_UNFINISHED_BY_KEY", "REQUEUE",
+@pytest.mark.parametrize("query", ["CLAIM", "COMPLETE", "COMPLETE_REPORTED", "FAIL_RETRY", "HEARTBEAT",
+                                   "RECOVER_EXPIRED", "SELECT_UNFINISHED_BY_KEY", "REQUEUE",
                                    "UNUSABLE_BLOCKED", "FAIL_CORRUPT"])
 def test_hot_writes_never_scan_the_whole_jobs_table(repo: SQLiteRepository, path: str, query: str) -> None:
     _assert_no_full_scan(_plan(path, getattr(sql, query)))
@@ -306,7 +306,7 @@ def test_jobs_are_found_by_id_not_by_walking_every_waiting_job(repo: SQLiteRepos
 
 
 @pytest.mark.parametrize("query", ["CLAIM_MANY_BY_SEQ", *[f"HELD_BY_SEQ:{name}" for name in (
-    "RELEASE", "COMPLETE", "FAIL_RETRY", "FAIL_FINAL", "FINISH_CANCELLED")]])
+    "RELEASE", "COMPLETE", "COMPLETE_REPORTED", "FAIL_RETRY", "FAIL_FINAL", "FINISH_CANCELLED", "UPDATE_PROGRESS")]])
 def test_an_exchange_given_seqs_finds_each_row_by_its_key_without_the_id_index(
         repo: SQLiteRepository, path: str, query: str) -> None:
     statement = sql.HELD_BY_SEQ[getattr(sql, query.split(":")[1])] if ":" in query else getattr(sql, query)

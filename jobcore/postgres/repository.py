@@ -16,7 +16,7 @@ from typing import Any, Collection, Optional, Sequence
 from .. import serialization
 from ..models import JobStatus
 from ..repository._cascade import ENDED, dependency_error_message, plan_batch
-from ..repository.columns import unreadable_lease_message
+from ..repository.columns import encode_progress, unreadable_lease_message
 from ..repository.base import (Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry, Recovery,
                                Settlement, SettlesThroughApply, WorkerInfo, claim_limit, id_taken,
                                require_plain_pending)
@@ -44,6 +44,7 @@ class PostgresRepository(SettlesThroughApply, JobRepository):
     """
 
     persistent = True
+    stores_settlement_progress = True  # in the outcome's own transaction (settling)
 
     def __init__(self, dsn: str, *, schema: Optional[str] = None, pool_size: int = 10,
                  timeout: float = 30.0,
@@ -118,11 +119,12 @@ class PostgresRepository(SettlesThroughApply, JobRepository):
         """The settlements, the new row and the claims (the new job's by id) in one transaction."""
         require_plain_pending(record)
         encoded = [self._encode_result(s) for s in settlements]  # raises before writing
+        progress = encode_progress(settlements)
         ids = [record.id, *claim_ids] if claim_new else list(claim_ids)
         claim_params = self._claim_params(ids, worker_id, now, lease_expires_at)
 
         def work(tx: Tx) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
-            cascades = settle_all(self.sql, tx, settlements, encoded, worker_id, now)
+            cascades = settle_all(self.sql, tx, settlements, encoded, worker_id, now, progress)
             self._insert_in(tx, [record], now)
             rows = tx.execute(self.sql.CLAIM_MANY, claim_params).fetchall() if ids else []
             return cascades, _best_first(rows)
@@ -213,13 +215,14 @@ class PostgresRepository(SettlesThroughApply, JobRepository):
         """One transaction for every settlement and the claims (a group commit); the
         claims, top-up included, are one statement (`FOR UPDATE SKIP LOCKED`)."""
         encoded = [self._encode_result(s) for s in settlements]  # raises before writing
+        progress = encode_progress(settlements)
         claim_params = self._claim_params(claim_ids, worker_id, now, lease_expires_at, top_up, up_to)
         claiming = bool(claim_ids) or (top_up is not None and claim_params["up_to"] > 0)
         if not settlements:  # claims alone: one statement is atomic by itself, no BEGIN/COMMIT
             return [], _best_first(self._db.rows(self.sql.CLAIM_MANY, claim_params) if claiming else [])
 
         def work(tx: Tx) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
-            cascades = settle_all(self.sql, tx, settlements, encoded, worker_id, now)
+            cascades = settle_all(self.sql, tx, settlements, encoded, worker_id, now, progress)
             rows = tx.execute(self.sql.CLAIM_MANY, claim_params).fetchall() if claiming else []
             return cascades, _best_first(rows)
 

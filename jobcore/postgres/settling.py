@@ -38,9 +38,14 @@ def cancel_dependents(sql: Statements, tx: Tx, job_id: str, now: float) -> tuple
 
 
 def settle_all(sql: Statements, tx: Tx, settlements: Sequence[Settlement], encoded: Sequence[Optional[str]],
-               worker_id: str, now: float) -> list[Optional[Cascade]]:
+               worker_id: str, now: float,
+               progress: Optional[Sequence[Optional[str]]] = None) -> list[Optional[Cascade]]:
     """Apply settlements in order (`encoded`: each one's JSON result, for completions);
-    each run of consecutive completions goes in two statements."""
+    each run of consecutive completions goes in two statements. First the last progress
+    reports they carry (`progress`: each one's details as JSON, from `encode_progress`;
+    None if none carries one)."""
+    if progress is not None:
+        store_progress(sql, tx, settlements, progress, worker_id)
     cascades: list[Optional[Cascade]] = []
     start = 0
     while start < len(settlements):
@@ -54,6 +59,20 @@ def settle_all(sql: Statements, tx: Tx, settlements: Sequence[Settlement], encod
             cascades.append(settle_one(sql, tx, settlements[start], worker_id, now))
             start += 1
     return cascades
+
+
+def store_progress(sql: Statements, tx: Tx, settlements: Sequence[Settlement], details: Sequence[Optional[str]],
+                   worker_id: str) -> None:
+    """Write the last progress report each settlement carries (UPDATE_PROGRESS, on the
+    attempt it names) before the outcomes, which leave the rows no longer held. In the
+    order of their seqs, the order COMPLETE_MANY locks rows in: the rows this locks first
+    are not locked in another order later in the transaction."""
+    carrying = sorted((s for s in settlements if s.progress is not None), key=lambda s: (s.seq or 0, s.job_id))
+    by_id = {s.job_id: d for s, d in zip(settlements, details)}
+    tx.cur.executemany(sql.UPDATE_PROGRESS, [
+        {"progress": s.progress.progress, "message": clean_text(s.progress.message), "details": by_id[s.job_id],
+         "id": s.job_id, "worker": worker_id, "attempt": s.attempt}
+        for s in carrying if s.progress is not None])
 
 
 def complete_many(sql: Statements, tx: Tx, settlements: Sequence[Settlement], encoded: Sequence[Optional[str]],

@@ -23,13 +23,13 @@ from typing import Any, Collection, Optional, Sequence
 
 from ..models import JobStatus
 from .values import (CANCELLED_BY_REQUEST, CANCELLED_ERROR_TYPE, CANCELLED_WHILE_RUNNING, CancelOutcome,
-                     Cascade, JobRecord, QueueEntry, Recovery, Settlement, WorkerInfo, cancelled_instead_note,
-                     claim_limit, id_taken, require_plain_pending)
+                     Cascade, JobRecord, LastProgress, QueueEntry, Recovery, Settlement, WorkerInfo,
+                     cancelled_instead_note, claim_limit, id_taken, require_plain_pending)
 
 # The values are re-exported: backends and callers import them from here.
 __all__ = ["CANCELLED_BY_REQUEST", "CANCELLED_ERROR_TYPE", "CANCELLED_WHILE_RUNNING", "CancelOutcome",
-           "Cascade", "JobRecord", "JobRepository", "QueueEntry", "Recovery", "Settlement", "SettlesThroughApply",
-           "WorkerInfo", "cancelled_instead_note", "claim_limit", "id_taken", "require_plain_pending"]
+           "Cascade", "JobRecord", "JobRepository", "LastProgress", "QueueEntry", "Recovery", "Settlement",
+           "SettlesThroughApply", "WorkerInfo", "cancelled_instead_note", "claim_limit", "id_taken", "require_plain_pending"]
 
 
 class JobRepository(abc.ABC):
@@ -50,6 +50,11 @@ class JobRepository(abc.ABC):
     # their `seq`: the engine passes it only then, and only to a method that takes it (a
     # backend, or a subclass's override, written before it gets none).
     finds_rows_by_seq: bool = False
+    # True if `apply` and `insert_and_apply` store a settlement's `progress` (the default
+    # `apply` does): the engine then hands an attempt's last progress report to the
+    # transaction that records its outcome. Else (a backend whose `apply` predates it) the
+    # engine stores that report with `update_progress` before the outcome.
+    stores_settlement_progress: bool = False
 
     # -- adding jobs -----------------------------------------------------------------
     @abc.abstractmethod
@@ -246,7 +251,11 @@ class JobRepository(abc.ABC):
 
         `claim_seqs` (given only where `finds_rows_by_seq`) is the `seq` of each of
         `claim_ids`, in order: the backend may find the rows by it, claiming only those
-        whose ids match too. Likewise a settlement's `seq`, if set, may find its row."""
+        whose ids match too. Likewise a settlement's `seq`, if set, may find its row.
+
+        A settlement's `progress` (given only where `stores_settlement_progress`) is
+        stored as `update_progress` would store it, just before that settlement: a
+        compare-and-set on the same attempt, so the row of an outcome recorded ends with it."""
         cascades = [self._apply_one(s, worker_id, now) for s in settlements]
         claimed = [r for r in (self.claim(job_id, worker_id, now, lease_expires_at) for job_id in claim_ids)
                    if r is not None]
@@ -259,6 +268,9 @@ class JobRepository(abc.ABC):
         return cascades, claimed
 
     def _apply_one(self, s: Settlement, worker_id: str, now: float) -> Optional[Cascade]:
+        if s.progress is not None:
+            self.update_progress(s.job_id, worker_id, s.attempt, s.progress.progress, s.progress.message,
+                                 s.progress.details, now)
         if s.kind == "complete":
             return self.complete(s.job_id, worker_id, s.attempt, s.result, now, s.note)
         if s.kind in ("retry", "fail"):

@@ -3,7 +3,7 @@ unpacking of such a row into a `JobRecord`'s plain fields.
 
 SQLite's and PostgreSQL's row decoders both start from `unpack_job_row`, so the order is
 written once, here; each then decodes what its store keeps in its own types (JSON text,
-arrays). No SQL runs here.
+arrays). Also what both store of a settlement's last progress report. No SQL runs here.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from __future__ import annotations
 import reprlib
 from typing import Any, NamedTuple, Optional, Sequence
 
+from .. import serialization
 from ..models import TIME_LIMIT, JobStatus
-from .base import JobRecord
+from .base import JobRecord, Settlement
 
 JOB_COLUMNS = (
     "id, function_name, name, payload, priority, status, seq, created_at, scheduled_at, run_at,"
@@ -184,3 +185,16 @@ def json_strings(value: Any, field: str) -> list[str]:
     if type(value) is not list or not all(type(item) is str for item in value):
         raise ValueError(f"{field} holds {reprlib.repr(value)}, not a list of strings")
     return value
+
+
+def encode_progress(settlements: Sequence[Settlement]) -> Optional[list[Optional[str]]]:
+    """The details of the last progress report each settlement carries, as the JSON text
+    a SQL store keeps (None where it carries none); None if none carries one (most
+    batches: one pass). Raises `TypeError`/`ValueError`, before anything is written, for
+    details JSON cannot hold."""
+    if all(s.progress is None for s in settlements):
+        return None
+    return [None if s.progress is None else s.progress.encoded_details
+            if s.progress.encoded_details is not None
+            else serialization.encode(s.progress.details, field="progress details")
+            for s in settlements]

@@ -41,6 +41,7 @@ class MemoryRepository(MemoryAdding, JobRepository):
 
     persistent = False
     change_token_sees_every_write = True  # _writes: see change_token
+    stores_settlement_progress = True  # the default `apply`'s way, under the one lock
 
     def __init__(self) -> None:
         # _lock guards every attribute below.

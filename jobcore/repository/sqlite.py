@@ -24,7 +24,7 @@ from . import sqlite_schema as sql
 from .sqlite_conn import SYNCHRONOUS, Connections
 from .sqlite_settle import cancel_dependents, claim_known, claim_rows, encode_result, settle_all
 from .sqlite_rows import claimed_records, entry_from_row, queue_entries, record_from_row, row_params, translate
-from .columns import unreadable_lease_message
+from .columns import encode_progress, unreadable_lease_message
 from .group_commit import GroupCommitter
 from .sqlite_adding import SQLiteAdding
 from .base import (Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry, Recovery, Settlement,
@@ -52,6 +52,7 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
     persistent = True
     change_token_sees_every_write = True  # data_version: every other connection's commit
     finds_rows_by_seq = True  # claims and settlements find a row by its seq, the rowid
+    stores_settlement_progress = True  # in the outcome's own transaction (sqlite_settle)
 
     def __init__(self, path: "str | os.PathLike[str]", durability: str = "normal", *,
                  busy_timeout: float = 30.0,
@@ -235,10 +236,11 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
         """One transaction for every settlement and the claims (a group commit). Rows are
         found by their seq where it is given (the table's own key, no index read)."""
         encoded = [encode_result(s, self.max_payload_bytes) for s in settlements]  # raises before writing
+        progress = encode_progress(settlements)
         wanted = claim_limit(claim_ids, up_to)
 
         def op(conn: sqlite3.Connection) -> tuple[list[Optional[Cascade]], list[Any], dict[str, Any]]:
-            cascades = settle_all(conn, settlements, encoded, worker_id, now)
+            cascades = settle_all(conn, settlements, encoded, worker_id, now, progress)
             rows: list[Any] = []
             full: dict[str, Any] = {}
             if claim_ids:

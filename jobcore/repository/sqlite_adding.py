@@ -16,6 +16,7 @@ from .. import serialization
 from ..models import JobStatus
 from . import sqlite_schema as sql
 from ._cascade import ENDED, dependency_error_message, plan_batch
+from .columns import encode_progress
 from .base import Cascade, JobRecord, JobRepository, Settlement, id_taken, require_plain_pending
 from .group_commit import GroupCommitter
 from .sqlite_conn import Connections
@@ -144,12 +145,13 @@ class SQLiteAdding(JobRepository):
         (the INSERT alone, committed by itself, when there is nothing else to do)."""
         require_plain_pending(record)
         encoded = [encode_result(s, self.max_payload_bytes) for s in settlements]  # raises before writing
+        progress = encode_progress(settlements)
         status = JobStatus.RUNNING if claim_new else JobStatus.PENDING
         query, params = self._new_row(record, now, status, claimed=claim_new)
         row = (*params, now, worker_id, lease_expires_at) if claim_new else params
 
         def op(conn: sqlite3.Connection) -> tuple[list[Optional[Cascade]], int, list[Any], dict[str, Any]]:
-            cascades = settle_all(conn, settlements, encoded, worker_id, now)
+            cascades = settle_all(conn, settlements, encoded, worker_id, now, progress)
             try:
                 seq = conn.execute(query, row).lastrowid or 0
             except sqlite3.IntegrityError:

@@ -322,6 +322,15 @@ UPDATE jobs SET status = 'completed', result = ?, completed_at = ?, progress = 1
     lease_expires_at = NULL, error = NULL, error_type = NULL, traceback = NULL
 WHERE {_HELD}
 """
+# COMPLETE for an attempt whose last progress report is not in its row yet (the settlement
+# carries it): its message and details set in the same statement, not in an UPDATE_PROGRESS
+# of their own.
+COMPLETE_REPORTED = f"""
+UPDATE jobs SET status = 'completed', result = ?, completed_at = ?, progress = 1.0,
+    progress_message = ?, progress_details = ?,
+    lease_expires_at = NULL, error = NULL, error_type = NULL, traceback = NULL
+WHERE {_HELD}
+"""
 # A run of completions: one COMPLETE per job, then their dependents released together.
 # Measured against one UPDATE ... FROM json_each(?) RETURNING for the whole run, per-row
 # COMPLETEs cost less (RETURNING runs a trigger program per row, and each result would be
@@ -384,10 +393,6 @@ UPDATE jobs SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'faile
 WHERE {_HELD}
 RETURNING cancel_requested
 """
-# Each statement above on a job held, finding the row by its seq (no index read) and
-# checking its id: the parameters go on with the seq before the id.
-HELD_BY_SEQ = {query: query.replace(f"WHERE {_HELD}", f"WHERE seq = ? AND {_HELD}")
-               for query in (RELEASE, COMPLETE, FAIL_RETRY, FAIL_FINAL, FINISH_CANCELLED)}
 # `+status`: as in RELEASE_DEPENDENTS.
 CANCEL_DEPENDENTS = """
 WITH RECURSIVE dependents(id) AS (
@@ -424,6 +429,12 @@ RETURNING id, priority, seq, run_at, function_name, cron IS NOT NULL
 UPDATE_PROGRESS = f"""
 UPDATE jobs SET progress = ?, progress_message = ?, progress_details = ? WHERE {_HELD}
 """
+# Each statement on a job held above (and UPDATE_PROGRESS, for a settlement carrying progress),
+# finding the row by its seq (no index read) and checking its id: the parameters go on with
+# the seq before the id.
+HELD_BY_SEQ = {query: query.replace(f"WHERE {_HELD}", f"WHERE seq = ? AND {_HELD}")
+               for query in (RELEASE, COMPLETE, COMPLETE_REPORTED, FAIL_RETRY, FAIL_FINAL, FINISH_CANCELLED,
+                             UPDATE_PROGRESS)}
 HEARTBEAT = """
 UPDATE jobs SET lease_expires_at = ?
 WHERE status = 'running' AND worker_id = ? AND id IN (SELECT value FROM json_each(?))

@@ -93,11 +93,16 @@ def _settle_one(conn: sqlite3.Connection, s: Settlement, worker_id: str, now: fl
 
 
 def settle_all(conn: sqlite3.Connection, settlements: Sequence[Settlement],
-           encoded: Sequence[Optional[str]], worker_id: str, now: float) -> list[Optional[Cascade]]:
-    """Apply settlements in order, each run of consecutive completions as one batch.
+               encoded: Sequence[Optional[str]], worker_id: str, now: float,
+               progress: Optional[Sequence[Optional[str]]] = None) -> list[Optional[Cascade]]:
+    """Apply settlements in order, each run of consecutive completions as one batch, with
+    the last progress reports they carry (`progress`: each one's details as JSON, from
+    `columns.encode_progress`; None if none carries one).
 
     Only runs are batched, not every completion: a completion and a later failure can
     reach the same dependent, and its `blocked` must come out as the order gives it."""
+    if progress is not None:
+        _store_progress(conn, settlements, progress, worker_id)
     cascades: list[Optional[Cascade]] = []
     start, count = 0, len(settlements)
     while start < count:
@@ -105,7 +110,8 @@ def settle_all(conn: sqlite3.Connection, settlements: Sequence[Settlement],
         while end < count and settlements[end].kind == "complete":
             end += 1
         if end > start:
-            cascades += _complete_many(conn, settlements[start:end], encoded[start:end], worker_id, now)
+            details = None if progress is None else progress[start:end]
+            cascades += _complete_many(conn, settlements[start:end], encoded[start:end], worker_id, now, details)
             start = end
         else:
             cascades.append(_settle_one(conn, settlements[start], worker_id, now))
@@ -113,14 +119,33 @@ def settle_all(conn: sqlite3.Connection, settlements: Sequence[Settlement],
     return cascades
 
 
+def _store_progress(conn: sqlite3.Connection, settlements: Sequence[Settlement],
+                    details: Sequence[Optional[str]], worker_id: str) -> None:
+    """Write the last progress report each settlement but a completion carries (a
+    completion stores its own: COMPLETE_REPORTED), as UPDATE_PROGRESS on the attempt the
+    settlement names: before its outcome, which would leave the row no longer held (a
+    report of an attempt not held any more is dropped, as `update_progress` drops it)."""
+    for s, encoded in zip(settlements, details):
+        if s.progress is not None and s.kind != "complete":
+            _held_update(conn, sql.UPDATE_PROGRESS, (s.progress.progress, s.progress.message, encoded),
+                         s, worker_id)
+
+
 def _complete_many(conn: sqlite3.Connection, settlements: Sequence[Settlement],
-               encoded: Sequence[Optional[str]], worker_id: str, now: float) -> list[Optional[Cascade]]:
-    """Complete jobs held by `worker_id` (as many `_settle` calls would) and release
-    their dependents together; a dependent released here is reported with the last
-    (in settlement order) of its dependencies completed here."""
+                   encoded: Sequence[Optional[str]], worker_id: str, now: float,
+                   details: Optional[Sequence[Optional[str]]] = None) -> list[Optional[Cascade]]:
+    """Complete jobs held by `worker_id` (as many `_settle` calls would), each with the
+    last progress report it carries (`details`: as in `settle_all`), and release their
+    dependents together; a dependent released here is reported with the last (in
+    settlement order) of its dependencies completed here."""
     completed: list[Optional[str]] = []  # per settlement: its job id if it applied, else None
-    for s, e in zip(settlements, encoded):
-        if not _held_update(conn, sql.COMPLETE, (e, now), s, worker_id):
+    for index, (s, e) in enumerate(zip(settlements, encoded)):
+        if s.progress is None or details is None:
+            applied = _held_update(conn, sql.COMPLETE, (e, now), s, worker_id)
+        else:
+            values = (e, now, s.progress.message, details[index])
+            applied = _held_update(conn, sql.COMPLETE_REPORTED, values, s, worker_id)
+        if not applied:
             completed.append(None)
             continue
         completed.append(s.job_id)

@@ -1,5 +1,5 @@
 """The values the storage contract speaks in: `JobRecord` (one stored job), `QueueEntry`,
-`Settlement`, `Cascade`, `Recovery`, `CancelOutcome` and `WorkerInfo`.
+`Settlement` (with its `LastProgress`), `Cascade`, `Recovery`, `CancelOutcome` and `WorkerInfo`.
 
 Plain data and the small checks every backend shares; no storage code, no clock. The
 interface that takes and returns them is `repository.base.JobRepository`, which
@@ -174,6 +174,18 @@ def _frozen_init(cls: type) -> type:
     return cls
 
 
+class LastProgress(NamedTuple):
+    """An attempt's last progress report, carried by its `Settlement`: `progress` (0.0 to
+    1.0), `message`, `details`, and `encoded_details`, the details already encoded by
+    `serialization.encode` if the engine has them (a store that keeps JSON may store that
+    text as it is)."""
+
+    progress: float
+    message: str
+    details: dict[str, Any]
+    encoded_details: Optional[str] = None
+
+
 @_frozen_init
 @dataclass(frozen=True)
 class Settlement:
@@ -186,7 +198,11 @@ class Settlement:
     store that keeps JSON may store it as it is instead of encoding `result` again.
     `seq`, if given and not 0 (a record's seq before it is stored), is the job's `seq` as
     the store assigned it: a store may find the row by it (checking `job_id` too) rather
-    than through an index on ids."""
+    than through an index on ids.
+    `progress`, if given, is the attempt's last progress report, not in the row yet: a
+    store that says `stores_settlement_progress` writes it (as `update_progress` would)
+    in the same step, before the outcome, so the row ends with it (a completion then sets
+    `progress` to 1.0 and keeps the report's message and details)."""
 
     kind: str
     job_id: str
@@ -199,6 +215,15 @@ class Settlement:
     note: Optional[str] = None
     encoded_result: Optional[str] = None
     seq: Optional[int] = None
+    progress: Optional[LastProgress] = None
+
+    def carrying(self, progress: LastProgress) -> "Settlement":
+        """A copy of this settlement carrying `progress`: one dict copy, where
+        `dataclasses.replace` checks every field (0.6 µs against 3.4, measured; one is
+        made per job that reported progress)."""
+        copy: Settlement = object.__new__(Settlement)
+        copy.__dict__.update(self.__dict__, progress=progress)
+        return copy
 
 
 @dataclass(frozen=True)

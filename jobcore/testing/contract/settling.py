@@ -201,6 +201,47 @@ class _SettlingContract:
         assert [_status(repository, j.id) for j in (ok, bad, waiting)] == [
             JobStatus.RUNNING, JobStatus.RUNNING, JobStatus.PENDING]
 
+    def test_apply_stores_the_last_progress_report_a_settlement_carries_with_its_outcome(
+            self, repository: JobRepository) -> None:
+        if not repository.stores_settlement_progress:
+            pytest.skip("this backend stores progress through update_progress only")
+        # given w1 holding four jobs, one of them on another attempt than the settlement says
+        done, failed, retried, stale = jobs = [_add(repository, max_retries=3) for _ in range(4)]
+        for job in jobs:
+            _claim(repository, job.id, "w1")
+        half = base.LastProgress(0.5, "half", {"rows": 5})
+        # when their outcomes are recorded, each carrying the attempt's last report (one
+        # with its details already encoded, one found by its seq)
+        cascades, _ = repository.apply([
+            base.Settlement("complete", done.id, 1, result="ok", progress=half),
+            base.Settlement("fail", failed.id, 1, error="boom", error_type="ValueError",
+                            progress=base.LastProgress(0.25, "quarter", {"rows": 2}, '{"rows": 2}')),
+            base.Settlement("retry", retried.id, 1, error="reset", error_type="ConnectionError",
+                            retry_at=NOW + 60, seq=retried.seq, progress=half),
+            base.Settlement("complete", stale.id, 2, result="late", progress=base.LastProgress(0.9, "stale", {})),
+        ], [], "w1", NOW + 1, NOW + 31)
+        # then each row ends with its report (a completion at 1.0, keeping the message and
+        # details), and the settlement that did not apply wrote nothing either
+        assert cascades[3] is None
+        stored = [_get(repository, job.id) for job in jobs]
+        assert [(r.status, r.progress, r.progress_message, r.progress_details) for r in stored] == [
+            (JobStatus.COMPLETED, 1.0, "half", {"rows": 5}),
+            (JobStatus.FAILED, 0.25, "quarter", {"rows": 2}),
+            (JobStatus.SCHEDULED, 0.5, "half", {"rows": 5}),
+            (JobStatus.RUNNING, 0.0, "", {}),
+        ]
+
+    def test_insert_and_apply_stores_the_last_progress_report_a_settlement_carries(
+            self, repository: JobRepository) -> None:
+        if not (repository.inserts_in_exchanges and repository.stores_settlement_progress):
+            pytest.skip("this backend stores jobs and makes exchanges apart, or progress through update_progress")
+        held = _add(repository)
+        _claim(repository, held.id, "w1")
+        settlement = base.Settlement("complete", held.id, 1, result="ok", progress=base.LastProgress(0.4, "most", {}))
+        repository.insert_and_apply(make_record(), [settlement], [], "w1", NOW + 1, NOW + 31, claim_new=False)
+        stored = _get(repository, held.id)
+        assert (stored.status, stored.progress, stored.progress_message) == (JobStatus.COMPLETED, 1.0, "most")
+
     def test_a_completion_changes_only_status_result_completion_time_progress_and_lease(
             self, repository: JobRepository) -> None:
         # The manager relies on this: `wait` answers for a job it completed from the record
