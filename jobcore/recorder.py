@@ -241,7 +241,8 @@ class Recorder:
         """The settlement of `finished` as of now, or None if deciding failed (it is then
         decided again when recorded). Called by the thread that ran the attempt."""
         try:
-            return self._with_last_report(self._settlement(finished, self._clock.time()), finished)
+            settlement = self._settlement(finished, self._clock.time())
+            return settlement if finished.last_report is None else self._with_last_report(settlement, finished)
         except Exception:  # never let bookkeeping kill a worker thread
             logger.exception("could not decide the outcome of job %s here", finished.record.id)
             return None

@@ -333,7 +333,7 @@ class WorkerPool:
                     outcome = Outcome(error=JobTimeout(record.timeout or 0.0))
             context.ended = True  # code the job left running no longer reports into it
             finished = Finished(record, context, outcome, self._clock.monotonic() - attempt.started,
-                                last_report=self._last_report(context))
+                                last_report=self._last_report(context) if context.reported_progress else None)
             if not slot.abandoned:
                 finished.settlement = self._recorder.decide(finished)
 
