@@ -18,7 +18,7 @@ from typing import Callable, Collection, Optional
 
 from .clock import LONGEST_WAIT, Clock, real_monotonic
 from .errors import RepositoryError
-from .repository.base import JobRepository, Recovery
+from .repository.base import JobRepository, Recovery, takes_argument
 from .workers import PoolSettings, WorkerPool
 
 logger = logging.getLogger("jobcore.housekeeper")
@@ -61,6 +61,11 @@ class Housekeeper:
         self._replan = False  # see `wake`: set while the thread is busy, it does not sleep
         self._thread: Optional[threading.Thread] = None
         self._host, self._pid = host_identity(), os.getpid()
+        # Our own lease goes into our registry entry, and others' entries are reaped by
+        # theirs, where the backend's methods take them (one written before does not).
+        self._own_lease = ({"lease_timeout": settings.lease_timeout}
+                           if takes_argument(repository.register_worker, "lease_timeout") else {})
+        self._reaps_by_own_lease = takes_argument(repository.reap_workers, "now")
         pool.on_deadline = self.wake
         pool.on_progress_waiting = self.wake_to_flush
         clock.subscribe(self.wake)
@@ -77,8 +82,7 @@ class Housekeeper:
             previous = self._thread
         if previous is not None:
             previous.join()
-        now = self._clock.time()
-        self._repo.register_worker(self._pool.worker_id, self._host, self._pid, now)
+        self._register(self._clock.time())
         with self._cond:
             self._stopping = False
             self._thread = threading.Thread(target=self._loop, name="jobcore-housekeeper", daemon=True)
@@ -166,7 +170,7 @@ class Housekeeper:
                     next_recover = now + recover_every
                     wall = self._clock.time()
                     self._on_recovery(self._repo.recover(wall))
-                    for worker_id in self._repo.reap_workers(wall - settings.lease_timeout):
+                    for worker_id in self._reap(wall):
                         logger.warning("worker %s stopped beating; removed from the registry", worker_id)
                 if now >= next_look:
                     next_look = now + self._discovery_interval
@@ -210,8 +214,20 @@ class Housekeeper:
                     return
             logger.warning("worker %s was removed from the worker registry while its heartbeats failed;"
                            " registered again", worker_id)
-            self._repo.register_worker(worker_id, self._host, self._pid, now)
+            self._register(now)
             self._repo.beat_worker(worker_id, running, now)
+
+    def _register(self, now: float) -> None:
+        self._repo.register_worker(self._pool.worker_id, self._host, self._pid, now, **self._own_lease)
+
+    def _reap(self, now: float) -> list[str]:
+        """Remove the registry entries silent for their own lease_timeout (ours for
+        entries that recorded none): a worker with a longer lease, beating less often,
+        is not removed between its beats."""
+        before = now - self._settings.lease_timeout
+        if self._reaps_by_own_lease:
+            return self._repo.reap_workers(before, now=now)
+        return self._repo.reap_workers(before)
 
     def _expire_dead_neighbours(self) -> bool:
         """End the leases of workers on this host whose process is gone (SIGKILL, OOM):

@@ -267,10 +267,13 @@ class JobManager:
 
     def list_workers(self) -> list[WorkerInfo]:
         """The managers running jobs on this repository (any process), oldest first: those
-        that beat within the last `lease_timeout` seconds. One killed without stopping
-        leaves an entry that a running manager removes in time; until then it is left out."""
-        since = self._clock.time() - self.lease_timeout
-        return [worker for worker in self.repository.list_workers() if worker.heartbeat_at >= since]
+        that beat within their own `lease_timeout` (this manager's, for an entry that
+        recorded none). One killed without stopping leaves an entry that a running manager
+        removes in time; until then it is left out."""
+        now = self._clock.time()
+        return [worker for worker in self.repository.list_workers()
+                if worker.heartbeat_at >= now - (self.lease_timeout if worker.lease_timeout is None
+                                                 else worker.lease_timeout)]
 
     # -- functions -----------------------------------------------------------------------------
     def register_function(self, name: str, func: Optional[Callable[..., Any]] = None) -> Any:

@@ -8,7 +8,6 @@ fires cron schedules. It owns no threads: the worker pool's dispatcher calls it.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import operator
 import random
@@ -26,7 +25,7 @@ from .queue import ReadyQueue
 from .records import local_datetime, new_result
 from .registry import FunctionRegistry, LocalJobs
 from .repository.base import (CANCELLED_BY_REQUEST, CANCELLED_ERROR_TYPE, Cascade, JobRecord, JobRepository,
-                              LastProgress, QueueEntry, Settlement)
+                              LastProgress, QueueEntry, Settlement, takes_argument)
 from .retry import Classifier
 from .scheduler import ScheduleFirer
 from .settle import EVENTS, cancelled, completed, decide, describe, event_details
@@ -117,9 +116,9 @@ class Recorder:
         self._repo = repository
         # Whether to pass claims' seqs: to a backend that finds rows by them, through a
         # method that takes them (a subclass may override it without the argument).
-        self._seqs_to_apply = repository.finds_rows_by_seq and _takes(repository.apply, "claim_seqs")
+        self._seqs_to_apply = repository.finds_rows_by_seq and takes_argument(repository.apply, "claim_seqs")
         self._seqs_to_insert = (repository.finds_rows_by_seq
-                                and _takes(repository.insert_and_apply, "claim_seqs"))
+                                and takes_argument(repository.insert_and_apply, "claim_seqs"))
         self._queue = queue
         self._registry = registry
         self._local = local
@@ -376,10 +375,3 @@ def _seqs(claim_seqs: Optional[list[int]], taken: bool) -> dict[str, Any]:
     return {"claim_seqs": claim_seqs} if taken and claim_seqs is not None else {}
 
 
-def _takes(method: Callable[..., Any], name: str) -> bool:
-    """True if `method` takes the keyword argument `name` (by name or through `**kwargs`)."""
-    try:
-        parameters = inspect.signature(method).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())

@@ -88,6 +88,27 @@ def test_a_version_1_schema_is_migrated_in_place_keeping_its_jobs(repo: "Postgre
         assert conn.execute(f'SELECT value FROM "{schema.name}".jobcore_meta').fetchone() == (str(SCHEMA_VERSION),)
 
 
+def test_a_version_3_schema_gets_worker_leases_keeping_its_entries(repo: "PostgresRepository",
+                                                                   schema: Schema) -> None:
+    # given a schema as version 3 left it (no lease in worker entries), with an entry
+    repo.register_worker("old", "host-a", 101, NOW)
+    with psycopg.connect(schema.server, autocommit=True) as conn:
+        conn.execute(f'ALTER TABLE "{schema.name}".jobcore_workers DROP COLUMN lease_timeout')
+        conn.execute(f"UPDATE \"{schema.name}\".jobcore_meta SET value = '3'")
+    # when this version opens it
+    migrated = schema.repository()
+    try:
+        # then the old entry has no lease of its own, a new one records its lease, and
+        # each is reaped by its own (the old one by the reaper's)
+        migrated.register_worker("new", "host-a", 102, NOW + 1, lease_timeout=60.0)
+        assert [(w.worker_id, w.lease_timeout) for w in migrated.list_workers()] == [("old", None), ("new", 60.0)]
+        assert migrated.reap_workers(NOW + 10 - 1.5, now=NOW + 10) == ["old"]
+    finally:
+        migrated.close()
+    with psycopg.connect(schema.server) as conn:
+        assert conn.execute(f'SELECT value FROM "{schema.name}".jobcore_meta').fetchone() == (str(SCHEMA_VERSION),)
+
+
 def test_a_version_2_schema_gets_the_queue_indexes_led_by_function_name(repo: "PostgresRepository",
                                                                         schema: Schema) -> None:
     # given a schema as version 2 left it (the queue indexes in one order for every

@@ -13,12 +13,13 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import pytest
 
-from jobcore import Job, JobManager, JobStatus, MemoryRepository
+from jobcore import FakeClock, Job, JobManager, JobStatus, MemoryRepository, SQLiteRepository
 from waiting import wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -385,5 +386,119 @@ def test_a_worker_removed_from_the_registry_while_its_beats_failed_registers_aga
         # then its next heartbeat finds the entry gone and registers again
         wait_until(lambda: [w.worker_id for w in manager.repository.list_workers()] == [manager.worker_id], WAIT)
         assert manager.repository.list_workers()[0].host == entry.host
+    finally:
+        manager.close()
+
+
+class _Watch:
+    """Mixed into a repository: tells when its manager's housekeeper has begun its loop
+    (`looping`: it takes a change token first, after reading the clock its timers start
+    from), and waits for its heartbeats and reaps to reach a wall time (`saw`)."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.looping = threading.Event()
+        # _seen guards _latest: the time of the latest heartbeat, and the `before` of the latest reap.
+        self._seen = threading.Condition()
+        self._latest = {"beat": float("-inf"), "reap": float("-inf")}
+
+    def change_token(self) -> Optional[object]:
+        self.looping.set()
+        return super().change_token()  # type: ignore[misc, no-any-return]
+
+    def beat_worker(self, worker_id: str, running: Any, now: float) -> Optional[bool]:
+        beaten = super().beat_worker(worker_id, running, now)  # type: ignore[misc]
+        self._saw("beat", now)
+        return beaten  # type: ignore[no-any-return]
+
+    def reap_workers(self, before: float, now: Optional[float] = None) -> list[str]:
+        reap = super().reap_workers  # type: ignore[misc]
+        removed = reap(before) if now is None else reap(before, now=now)
+        self._saw("reap", before)
+        return removed  # type: ignore[no-any-return]
+
+    def _saw(self, what: str, at: float) -> None:
+        with self._seen:
+            self._latest[what] = max(self._latest[what], at)
+            self._seen.notify_all()
+
+    def saw(self, what: str, at: float) -> bool:
+        """Wait (bounded) for a heartbeat ("beat") at wall time `at` or later, or a reap
+        ("reap") of the entries silent since `at` or later."""
+        with self._seen:
+            return self._seen.wait_for(lambda: self._latest[what] >= at, WAIT)
+
+
+class _WatchedSQLite(_Watch, SQLiteRepository):
+    pass
+
+
+def _advance(clock: FakeClock, seconds: float, beating: _Watch) -> None:
+    """Move `clock` on by `seconds` in steps of 0.45 s, each once `beating`'s housekeeper
+    has beaten after the one before. Its jump check reads the monotonic and the wall
+    clock apart: two steps in between would be taken for a wall clock jump (over 1 s),
+    which holds recovery and reaping off for a lease. (Its heartbeats come at most every
+    0.45 s: each step makes one due.)"""
+    while seconds > 0:
+        step = min(seconds, 0.45)
+        clock.advance(step)
+        seconds -= step
+        assert beating.saw("beat", clock.time())
+
+
+def test_workers_with_different_leases_keep_each_others_registry_entries(
+        make_manager: Any, db_path: str) -> None:
+    # given a long-job worker (60 s lease, a heartbeat every 2 s) and a fast one (1.5 s
+    # lease, a heartbeat every 0.2 s) on one file, both registered at the same moment
+    clock = FakeClock()
+    started = clock.time()
+    slow_repo, fast_repo = _WatchedSQLite(db_path), _WatchedSQLite(db_path)
+    slow = make_manager(slow_repo, lease_timeout=60.0, poll_interval=2.0, clock=clock).start()
+    fast = make_manager(fast_repo, lease_timeout=1.5, poll_interval=0.2, clock=clock).start()
+    assert slow_repo.looping.wait(WAIT) and fast_repo.looping.wait(WAIT)
+
+    # when 1.8 s pass (the slow worker's next heartbeat is 0.2 s away) and the fast one
+    # looks for silent workers
+    _advance(clock, 1.8, fast_repo)
+    assert fast_repo.saw("reap", started + 0.25)  # (the one due at 1.8 s)
+
+    # then the slow worker, silent for 1.8 s of its own 60 s lease, is still registered,
+    # and listed by either manager (it was removed and left out by the fast one's lease)
+    both = sorted([slow.worker_id, fast.worker_id])
+    assert sorted(w.worker_id for w in fast_repo.list_workers()) == both
+    assert sorted(w.worker_id for w in fast.list_workers()) == both
+    assert sorted(w.worker_id for w in slow.list_workers()) == both
+    entry = next(w for w in fast.list_workers() if w.worker_id == slow.worker_id)
+    assert (entry.heartbeat_at, entry.lease_timeout) == (started, 60.0)
+
+
+class _RegistryWithoutLeases(_Watch, MemoryRepository):
+    """A backend written before worker entries recorded a lease: the older signatures."""
+
+    def register_worker(self, worker_id: str, host: str, pid: int, now: float) -> None:  # type: ignore[override]
+        super().register_worker(worker_id, host, pid, now)
+
+    def reap_workers(self, before: float) -> list[str]:  # type: ignore[override]
+        return super().reap_workers(before)
+
+
+def test_a_backend_whose_registry_records_no_leases_still_registers_and_reaps() -> None:
+    # given a manager on a backend whose registry methods take no lease, and a silent
+    # entry of a dead worker
+    clock = FakeClock()
+    started = clock.time()
+    repository = _RegistryWithoutLeases()
+    repository.register_worker("dead", "elsewhere", 1, started)
+    manager = JobManager(repository, lease_timeout=1.0, poll_interval=0.1, clock=clock).start()
+    try:
+        # then it registers without one, is listed by its own lease, and reaps the
+        # silent entry by its own lease too
+        (entry,) = [w for w in repository.list_workers() if w.worker_id == manager.worker_id]
+        assert entry.lease_timeout is None
+        assert repository.looping.wait(WAIT)
+        _advance(clock, 1.35, repository)
+        assert repository.saw("reap", started + 0.3)
+        assert [w.worker_id for w in repository.list_workers()] == [manager.worker_id]
+        assert [w.worker_id for w in manager.list_workers()] == [manager.worker_id]
     finally:
         manager.close()

@@ -128,6 +128,31 @@ def test_a_version_3_database_gets_jobs_status_without_the_ready_pending_jobs(pa
     repo.close()
 
 
+def test_a_version_4_database_gets_worker_leases_keeping_its_entries(path: str) -> None:
+    # given a database as version 4 left it (no lease in worker entries), with an entry
+    SQLiteRepository(path).close()
+    with _raw(path) as conn:
+        conn.executescript("""
+            ALTER TABLE jobcore_workers DROP COLUMN lease_timeout;
+            INSERT INTO jobcore_workers (worker_id, host, pid, started_at, heartbeat_at, running)
+                VALUES ('old', 'host-a', 101, 1000000.0, 1000000.0, '[]');
+            UPDATE jobcore_meta SET value = '4' WHERE key = 'schema_version';
+        """)
+    # when this version opens it
+    repo = SQLiteRepository(path)
+    try:
+        # then the old entry has no lease of its own, a new one records its lease, and
+        # each is reaped by its own (the old one by the reaper's)
+        repo.register_worker("new", "host-a", 102, NOW + 1, lease_timeout=60.0)
+        assert [(w.worker_id, w.lease_timeout) for w in repo.list_workers()] == [("old", None), ("new", 60.0)]
+        assert repo.reap_workers(NOW + 10 - 1.5, now=NOW + 10) == ["old"]
+    finally:
+        repo.close()
+    with _raw(path) as conn:
+        version = conn.execute("SELECT value FROM jobcore_meta WHERE key = 'schema_version'").fetchone()
+    assert version == (str(sql.SCHEMA_VERSION),) == ("5",)
+
+
 def test_a_newer_schema_version_is_refused_and_left_alone(path: str) -> None:
     # given a database written by a newer jobcore
     SQLiteRepository(path).close()

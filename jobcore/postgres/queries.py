@@ -334,18 +334,24 @@ UPDATE {s}.jobs SET run_at = %s
 WHERE id = %s AND status = 'scheduled' AND cron IS NOT NULL AND run_at = %s
 """
 REGISTER_WORKER = """
-INSERT INTO {s}.jobcore_workers (worker_id, host, pid, started_at, heartbeat_at, running)
-VALUES (%s, %s, %s, %s, %s, ARRAY[]::TEXT[])
+INSERT INTO {s}.jobcore_workers (worker_id, host, pid, started_at, heartbeat_at, running, lease_timeout)
+VALUES (%s, %s, %s, %s, %s, ARRAY[]::TEXT[], %s)
 ON CONFLICT (worker_id) DO UPDATE SET host = EXCLUDED.host, pid = EXCLUDED.pid,
-    started_at = EXCLUDED.started_at, heartbeat_at = EXCLUDED.heartbeat_at, running = EXCLUDED.running
+    started_at = EXCLUDED.started_at, heartbeat_at = EXCLUDED.heartbeat_at, running = EXCLUDED.running,
+    lease_timeout = EXCLUDED.lease_timeout
 """
 BEAT_WORKER = "UPDATE {s}.jobcore_workers SET heartbeat_at = %s, running = %s WHERE worker_id = %s"
 UNREGISTER_WORKER = "DELETE FROM {s}.jobcore_workers WHERE worker_id = %s"
 LIST_WORKERS = """
-SELECT worker_id, host, pid, started_at, heartbeat_at, running FROM {s}.jobcore_workers
+SELECT worker_id, host, pid, started_at, heartbeat_at, running, lease_timeout FROM {s}.jobcore_workers
 ORDER BY started_at, worker_id
 """
-REAP_WORKERS = "DELETE FROM {s}.jobcore_workers WHERE heartbeat_at < %s RETURNING worker_id"
+# (now, before): an entry with its own lease is silent once older than now - lease; one
+# without (or with no `now` given: NULL - lease is NULL) once older than `before`.
+REAP_WORKERS = """
+DELETE FROM {s}.jobcore_workers
+WHERE heartbeat_at < COALESCE(%s::DOUBLE PRECISION - lease_timeout, %s) RETURNING worker_id
+"""
 
 _NAMES = [name for name, value in list(globals().items())
           if name.isupper() and isinstance(value, str) and "{s}" in value]

@@ -330,8 +330,9 @@ class PostgresRepository(SettlesThroughApply, JobRepository):
             return False
 
     # -- workers and change detection ----------------------------------------------------------
-    def register_worker(self, worker_id: str, host: str, pid: int, now: float) -> None:
-        self._db.run(self.sql.REGISTER_WORKER, (worker_id, host, pid, now, now))
+    def register_worker(self, worker_id: str, host: str, pid: int, now: float,
+                        lease_timeout: Optional[float] = None) -> None:
+        self._db.run(self.sql.REGISTER_WORKER, (worker_id, host, pid, now, now, lease_timeout))
 
     def beat_worker(self, worker_id: str, running: Collection[str], now: float) -> bool:
         return self._db.run(self.sql.BEAT_WORKER, (now, sorted(running), worker_id))[0] == 1
@@ -340,11 +341,11 @@ class PostgresRepository(SettlesThroughApply, JobRepository):
         self._db.run(self.sql.UNREGISTER_WORKER, (worker_id,))
 
     def list_workers(self) -> builtins.list[WorkerInfo]:
-        return [WorkerInfo(row[0], row[1], row[2], row[3], row[4], tuple(row[5] or ()))
+        return [WorkerInfo(row[0], row[1], row[2], row[3], row[4], tuple(row[5] or ()), row[6])
                 for row in self._db.rows(self.sql.LIST_WORKERS)]
 
-    def reap_workers(self, before: float) -> builtins.list[str]:
-        return [row[0] for row in self._db.rows(self.sql.REAP_WORKERS, (before,))]
+    def reap_workers(self, before: float, now: Optional[float] = None) -> builtins.list[str]:
+        return [row[0] for row in self._db.rows(self.sql.REAP_WORKERS, (now, before))]
 
     def expire_worker(self, worker_id: str, now: float) -> int:
         return self._db.run(self.sql.EXPIRE_WORKER, (now - 1.0, worker_id))[0]

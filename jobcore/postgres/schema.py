@@ -9,7 +9,7 @@ advisory lock, in one transaction.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Created and read before everything else: the schema version decides what else may run
 # (a newer jobcore's tables may not take this version's indexes).
@@ -114,7 +114,8 @@ CREATE TABLE IF NOT EXISTS {s}.jobcore_workers (
     pid          INTEGER NOT NULL,
     started_at   DOUBLE PRECISION NOT NULL,
     heartbeat_at DOUBLE PRECISION NOT NULL,
-    running      TEXT[] NOT NULL DEFAULT ARRAY[]::TEXT[]
+    running      TEXT[] NOT NULL DEFAULT ARRAY[]::TEXT[],
+    lease_timeout DOUBLE PRECISION
 )""",
 ]
 
@@ -124,6 +125,10 @@ MIGRATIONS: dict[int, list[str]] = {
     1: ["ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS memory_limit BIGINT"],  # isolated jobs' cap
     # The queue indexes, led by function_name from version 3: CREATE_SCHEMA makes them again.
     2: ["DROP INDEX IF EXISTS {s}.jobs_ready", "DROP INDEX IF EXISTS {s}.jobs_due"],
+    # Each worker's own lease: entries are reaped by it, not by the reaper's (NULL in
+    # entries an older jobcore still running writes: judged by the reader's lease).
+    # IF EXISTS: a schema without the table gets it, with the column, from CREATE_SCHEMA.
+    3: ["ALTER TABLE IF EXISTS {s}.jobcore_workers ADD COLUMN IF NOT EXISTS lease_timeout DOUBLE PRECISION"],
 }
 
 # Serialises migrators of one schema across processes (two CREATE TABLE IF NOT EXISTS

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import builtins
 import abc
-from typing import Any, Collection, Optional, Sequence
+import inspect
+from typing import Any, Callable, Collection, Optional, Sequence
 
 from ..models import JobStatus
 from .values import (CANCELLED_BY_REQUEST, CANCELLED_ERROR_TYPE, CANCELLED_WHILE_RUNNING, CancelOutcome,
@@ -29,7 +30,8 @@ from .values import (CANCELLED_BY_REQUEST, CANCELLED_ERROR_TYPE, CANCELLED_WHILE
 # The values are re-exported: backends and callers import them from here.
 __all__ = ["CANCELLED_BY_REQUEST", "CANCELLED_ERROR_TYPE", "CANCELLED_WHILE_RUNNING", "CancelOutcome",
            "Cascade", "JobRecord", "JobRepository", "LastProgress", "QueueEntry", "Recovery", "Settlement",
-           "SettlesThroughApply", "WorkerInfo", "cancelled_instead_note", "claim_limit", "id_taken", "require_plain_pending"]
+           "SettlesThroughApply", "WorkerInfo", "cancelled_instead_note", "claim_limit", "id_taken",
+           "require_plain_pending", "takes_argument"]
 
 
 class JobRepository(abc.ABC):
@@ -329,8 +331,14 @@ class JobRepository(abc.ABC):
 
     # -- workers and change detection ------------------------------------------------
     @abc.abstractmethod
-    def register_worker(self, worker_id: str, host: str, pid: int, now: float) -> None:
-        """Record a started manager in the worker registry (replacing a same-id entry)."""
+    def register_worker(self, worker_id: str, host: str, pid: int, now: float,
+                        lease_timeout: Optional[float] = None) -> None:
+        """Record a started manager in the worker registry (replacing a same-id entry),
+        with its own `lease_timeout` (seconds; `WorkerInfo.lease_timeout`), by which
+        `reap_workers` and readers of `list_workers` judge the entry silent.
+
+        (The engine passes `lease_timeout` only to a method that takes it: a backend
+        written before it stores none, and its entries are judged by the reader's lease.)"""
 
     @abc.abstractmethod
     def beat_worker(self, worker_id: str, running: Collection[str], now: float) -> Optional[bool]:
@@ -349,9 +357,17 @@ class JobRepository(abc.ABC):
         """Every registered worker, oldest first."""
 
     @abc.abstractmethod
-    def reap_workers(self, before: float) -> builtins.list[str]:
+    def reap_workers(self, before: float, now: Optional[float] = None) -> builtins.list[str]:
         """Remove workers whose last heartbeat is older than `before`; return their ids.
-        (Their jobs come back through `recover_expired` once their leases lapse.)"""
+        With `now`, an entry that recorded its own `lease_timeout` is judged by that
+        instead: removed if its last heartbeat is older than `now - lease_timeout`
+        (workers with different leases share a store: a long-lease worker beating every
+        few seconds must not be removed by the reaper's short lease). `before` then
+        applies only to entries without one. (Their jobs come back through
+        `recover_expired` once their leases lapse.)
+
+        (The engine passes `now` only to a method that takes it: a backend written before
+        it reaps every entry by `before`.)"""
 
     def expire_worker(self, worker_id: str, now: float) -> int:
         """End the leases of every job `worker_id` is running (it is known to be dead), so
@@ -380,6 +396,17 @@ class JobRepository(abc.ABC):
 
     def close(self) -> None:
         """Release connections and files. The repository is unusable afterwards."""
+
+
+def takes_argument(method: Callable[..., Any], name: str) -> bool:
+    """True if `method` takes the keyword argument `name` (by name or through `**kwargs`):
+    the engine passes an argument added to this interface later only to a backend's
+    method (or a subclass's override) that takes it, so one written before still works."""
+    try:
+        parameters = inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
 class SettlesThroughApply:

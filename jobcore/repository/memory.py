@@ -396,9 +396,10 @@ class MemoryRepository(MemoryAdding, JobRepository):
             self._add_row(row)
             return True
 
-    def register_worker(self, worker_id: str, host: str, pid: int, now: float) -> None:
+    def register_worker(self, worker_id: str, host: str, pid: int, now: float,
+                        lease_timeout: Optional[float] = None) -> None:
         with self._lock:
-            self._workers[worker_id] = WorkerInfo(worker_id, host, pid, now, now)
+            self._workers[worker_id] = WorkerInfo(worker_id, host, pid, now, now, (), lease_timeout)
 
     def beat_worker(self, worker_id: str, running: Collection[str], now: float) -> bool:
         with self._lock:
@@ -415,9 +416,11 @@ class MemoryRepository(MemoryAdding, JobRepository):
         with self._lock:
             return sorted(self._workers.values(), key=lambda w: (w.started_at, w.worker_id))
 
-    def reap_workers(self, before: float) -> builtins.list[str]:
+    def reap_workers(self, before: float, now: Optional[float] = None) -> builtins.list[str]:
         with self._lock:
-            stale = [w.worker_id for w in self._workers.values() if w.heartbeat_at < before]
+            stale = [w.worker_id for w in self._workers.values()
+                     if w.heartbeat_at < (before if now is None or w.lease_timeout is None
+                                          else now - w.lease_timeout)]
             for worker_id in stale:
                 del self._workers[worker_id]
             return stale

@@ -332,9 +332,10 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
         return True
 
     # -- workers and change detection ----------------------------------------------------------
-    def register_worker(self, worker_id: str, host: str, pid: int, now: float) -> None:
+    def register_worker(self, worker_id: str, host: str, pid: int, now: float,
+                        lease_timeout: Optional[float] = None) -> None:
         with self._write() as conn:
-            conn.execute(sql.REGISTER_WORKER, (worker_id, host, pid, now, now))
+            conn.execute(sql.REGISTER_WORKER, (worker_id, host, pid, now, now, lease_timeout))
 
     def beat_worker(self, worker_id: str, running: Collection[str], now: float) -> bool:
         with self._write() as conn:
@@ -345,12 +346,12 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
             conn.execute(sql.UNREGISTER_WORKER, (worker_id,))
 
     def list_workers(self) -> builtins.list[WorkerInfo]:
-        return [WorkerInfo(row[0], row[1], row[2], row[3], row[4], tuple(json.loads(row[5])))
+        return [WorkerInfo(row[0], row[1], row[2], row[3], row[4], tuple(json.loads(row[5])), row[6])
                 for row in self._read(sql.LIST_WORKERS)]
 
-    def reap_workers(self, before: float) -> builtins.list[str]:
+    def reap_workers(self, before: float, now: Optional[float] = None) -> builtins.list[str]:
         with self._write() as conn:
-            return [row[0] for row in conn.execute(sql.REAP_WORKERS, (before,)).fetchall()]
+            return [row[0] for row in conn.execute(sql.REAP_WORKERS, (now, before)).fetchall()]
 
     def expire_worker(self, worker_id: str, now: float) -> int:
         with self._write() as conn:

@@ -9,7 +9,7 @@ from . import columns as _columns
 COLUMNS = _columns.JOB_COLUMNS  # the order the row decoders unpack
 COLUMNS_WITHOUT_ARGS = _columns.JOB_COLUMNS_WITHOUT_ARGS
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # The statuses are listed one by one (not `status <> 'pending'`, not `status IN (...)`):
 # SQLite uses a partial index for a query only if one of the query's own terms is one of
@@ -115,7 +115,8 @@ CREATE TABLE IF NOT EXISTS jobcore_workers (
     pid          INTEGER NOT NULL,
     started_at   REAL NOT NULL,
     heartbeat_at REAL NOT NULL,
-    running      TEXT NOT NULL DEFAULT '[]'
+    running      TEXT NOT NULL DEFAULT '[]',
+    lease_timeout REAL
 );
 """
 
@@ -133,6 +134,9 @@ CREATE INDEX jobs_due ON jobs (function_name, run_at) WHERE status = 'scheduled'
 """,
     # jobs_status without the pending jobs that jobs_ready holds.
     3: "DROP INDEX IF EXISTS jobs_status;" + _JOBS_STATUS_INDEX,
+    # Each worker's own lease: entries are reaped by it, not by the reaper's (NULL in
+    # entries an older jobcore still running writes: judged by the reader's lease).
+    4: "ALTER TABLE jobcore_workers ADD COLUMN lease_timeout REAL",
 }
 
 
@@ -506,16 +510,20 @@ UPDATE jobs SET run_at = ?
 WHERE id = ? AND status = 'scheduled' AND cron IS NOT NULL AND run_at = ?
 """
 REGISTER_WORKER = """
-INSERT OR REPLACE INTO jobcore_workers (worker_id, host, pid, started_at, heartbeat_at, running)
-VALUES (?, ?, ?, ?, ?, '[]')
+INSERT OR REPLACE INTO jobcore_workers (worker_id, host, pid, started_at, heartbeat_at, running, lease_timeout)
+VALUES (?, ?, ?, ?, ?, '[]', ?)
 """
 BEAT_WORKER = "UPDATE jobcore_workers SET heartbeat_at = ?, running = ? WHERE worker_id = ?"
 UNREGISTER_WORKER = "DELETE FROM jobcore_workers WHERE worker_id = ?"
 LIST_WORKERS = """
-SELECT worker_id, host, pid, started_at, heartbeat_at, running FROM jobcore_workers
+SELECT worker_id, host, pid, started_at, heartbeat_at, running, lease_timeout FROM jobcore_workers
 ORDER BY started_at, worker_id
 """
-REAP_WORKERS = "DELETE FROM jobcore_workers WHERE heartbeat_at < ? RETURNING worker_id"
+# (now, before): an entry with its own lease is silent once older than now - lease; one
+# without (or with no `now` given: NULL - lease is NULL) once older than `before`.
+REAP_WORKERS = """
+DELETE FROM jobcore_workers WHERE heartbeat_at < COALESCE(? - lease_timeout, ?) RETURNING worker_id
+"""
 EXPIRE_WORKER = """
 UPDATE jobs SET lease_expires_at = ? WHERE status = 'running' AND worker_id = ?
 """

@@ -236,6 +236,10 @@ class WorkerInfo:
     started_at: float
     heartbeat_at: float
     running: tuple[str, ...] = ()
+    # The worker's own lease_timeout (seconds): its entry counts as silent, and is
+    # reaped, once it has not beaten for that long. None for an entry written without
+    # one (an older jobcore, or a backend that stores none): the reader's lease is used.
+    lease_timeout: Optional[float] = None
 
 
 @dataclass(frozen=True)
