@@ -5,7 +5,9 @@ requests made by other processes), keeps this manager's entry in the worker regi
 takes back jobs whose lease expired or whose worker process on this host is gone, reaps
 dead workers, and notices new work written by other processes through the repository's
 cheap `change_token`, and stores the progress reports that wait (see `progress`). It sleeps on its own
-condition until the next of those is due; it never runs jobs.
+condition until the next of those is due; it never runs jobs. After a stop that did not
+wait for the jobs running here, it goes on renewing their leases (and enforcing their
+timeouts) until they end, and nothing else.
 """
 
 from __future__ import annotations
@@ -53,10 +55,13 @@ class Housekeeper:
         self._exact_token = repository.change_token_sees_every_write
         self._on_recovery = on_recovery  # queues what came back, notifies of what failed
         self._discovery_interval = discovery_interval
-        # _cond guards _stopping, _refill_soon and _thread; the thread sleeps on it
-        # between chores.
+        # _cond guards _stopping, _starts, _refill_soon, _replan and _thread; the thread
+        # sleeps on it between chores.
         self._cond = threading.Condition(threading.Lock())
         self._stopping = True
+        # Counts starts (and `close`): the thread of an earlier one, still renewing the
+        # leases of jobs that outlived a stop (`_keep_leases`), leaves once it moves.
+        self._starts = 0
         self._refill_soon = False  # see `refill_soon`
         self._replan = False  # see `wake`: set while the thread is busy, it does not sleep
         self._thread: Optional[threading.Thread] = None
@@ -74,10 +79,12 @@ class Housekeeper:
         """Register this manager as a worker and start the thread.
 
         The thread of an earlier start, told to stop by a `stop` that did not wait for it,
-        is waited for first (it ends once the chores under way are done): one thread does
-        the upkeep, never two."""
+        is waited for first (it ends once the chores under way are done; one renewing the
+        leases of jobs still running leaves them to this start's thread, whose heartbeats
+        renew every job the pool holds): one thread does the upkeep, never two."""
         with self._cond:
             self._stopping = True  # as `stop` left it (a start makes sure)
+            self._starts += 1
             self._cond.notify_all()
             previous = self._thread
         if previous is not None:
@@ -85,17 +92,49 @@ class Housekeeper:
         self._register(self._clock.time())
         with self._cond:
             self._stopping = False
-            self._thread = threading.Thread(target=self._loop, name="jobcore-housekeeper", daemon=True)
+            self._thread = threading.Thread(target=self._run, args=(self._starts,), name="jobcore-housekeeper",
+                                            daemon=True)
             self._thread.start()
 
     def stop(self, timeout: Optional[float]) -> None:
-        """Stop the thread (after the pool stopped) and leave the worker registry."""
+        """Stop the upkeep (after the pool stopped) and leave the worker registry.
+
+        Jobs still running here (the pool's stop did not wait for them all) keep their
+        leases, so that no other worker runs them while they run here: the thread goes
+        on renewing those (and enforcing their timeouts, storing their progress) until
+        each has ended and its outcome was recorded, then leaves the registry and ends
+        (see `_keep_leases`). It is a daemon: if the process exits first, the leases
+        lapse and the jobs are taken back as after a crash."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
             thread = self._thread
+        if self._pool.held_ids():
+            return  # the thread keeps their leases, and leaves the registry after them
         if thread is not None:
             thread.join(timeout)
+        self._leave_registry()
+
+    def close(self) -> None:
+        """End the thread for good, before the repository closes: the leases it still
+        renewed after a stop that did not wait (see `stop`) are renewed no more; those
+        jobs are taken back when their leases expire, and may run elsewhere while their
+        threads here go on."""
+        with self._cond:
+            self._stopping = True
+            self._starts += 1
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is None or not thread.is_alive():
+            return
+        held = self._pool.held_ids()
+        if held:  # (info: the worker command says so itself, after its --grace)
+            logger.info("manager closed while %d of its jobs still run: their leases are renewed no more,"
+                        " and they are taken back when those expire (%s)", len(held), ", ".join(held))
+        thread.join()
+        self._leave_registry()
+
+    def _leave_registry(self) -> None:
         try:
             self._repo.unregister_worker(self._pool.worker_id)
         except RepositoryError as exc:
@@ -124,6 +163,14 @@ class Housekeeper:
         with self._cond:
             self._refill_soon = True
             self._cond.notify_all()
+
+    def _run(self, start: int) -> None:
+        """The thread of the start numbered `start`: upkeep until a stop, then the leases
+        of the jobs still running here until they end (unless a start or `close` comes
+        first)."""
+        self._loop()
+        if self._keep_leases(start):
+            self._leave_registry()
 
     def _loop(self) -> None:
         settings = self._settings
@@ -195,14 +242,56 @@ class Housekeeper:
             except Exception:  # the housekeeper must survive anything
                 logger.exception("housekeeping failed")
             wake_at = min(t for t in (next_beat, next_recover, next_look, deadline) if t is not None)
+            if self._sleep(wake_at, progress_due, lambda: self._stopping):
+                return
+
+    def _keep_leases(self, start: int) -> bool:
+        """After a stop that did not wait for every job running here: every
+        `poll_interval`, renew the leases of the jobs the pool still holds (and hear of
+        cancel requests for them) and beat in the registry; store their progress and time
+        them out as the upkeep does. Nothing else: no recovery, no reaping, no looking for
+        work. Returns True once the pool holds no job (each ended and was recorded, or
+        nothing ran at the stop), False as soon as a start (whose thread renews them from
+        then on) or `close` comes."""
+        def superseded() -> bool:
+            return self._starts != start
+
+        next_beat = self._clock.monotonic()
+        while True:
             with self._cond:
-                if self._stopping:
-                    return
-                delay = wake_at - self._clock.monotonic()
-                if progress_due is not None:  # real time, whatever clock the rest keeps
-                    delay = min(delay, progress_due - real_monotonic())
-                if delay > 0 and not (self._refill_soon or self._replan):
-                    self._cond.wait(min(delay, LONGEST_WAIT))
+                if superseded():
+                    return False
+                self._refill_soon = self._replan = False  # a stopped manager loads no work
+            if not self._pool.held_ids():
+                return True
+            now = self._clock.monotonic()
+            deadline = progress_due = None
+            try:
+                deadline = self._pool.time_out_overdue(now)
+                progress_due = self._pool.flush_progress()
+                if now >= next_beat:
+                    next_beat = now + self._settings.poll_interval
+                    self._beat(self._pool.heartbeat())
+            except RepositoryError as exc:
+                logger.error("renewing the leases of jobs running after the stop failed, will retry: %s", exc)
+            except Exception:  # as the upkeep: the leases must outlive anything
+                logger.exception("renewing the leases of jobs running after the stop failed")
+            wake_at = next_beat if deadline is None else min(next_beat, deadline)
+            if self._sleep(wake_at, progress_due, superseded):
+                return False
+
+    def _sleep(self, wake_at: float, progress_due: Optional[float], leave: Callable[[], bool]) -> bool:
+        """Sleep until monotonic `wake_at`, real `progress_due` or a wake-up. Returns True
+        at once, not sleeping, if `leave()` (asked under the lock) says the thread ends."""
+        with self._cond:
+            if leave():
+                return True
+            delay = wake_at - self._clock.monotonic()
+            if progress_due is not None:  # real time, whatever clock the rest keeps
+                delay = min(delay, progress_due - real_monotonic())
+            if delay > 0 and not (self._refill_soon or self._replan):
+                self._cond.wait(min(delay, LONGEST_WAIT))
+        return False
 
     def _beat(self, running: Collection[str]) -> None:
         """Beat in the worker registry; register again if the entry is gone (its beats

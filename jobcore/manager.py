@@ -170,6 +170,11 @@ class JobManager:
     def stop(self, wait: bool = True, timeout: Optional[float] = None) -> None:
         """Stop taking jobs; with `wait`, let running jobs finish (up to `timeout` s).
 
+        Jobs still running when it returns (`timeout` ran out, or not `wait`) go on in
+        their threads, and this process keeps renewing their leases until they end and
+        records their outcomes then: no other worker runs them meanwhile. `close()` (or
+        the process exiting) ends that; their leases then lapse and they are taken back.
+
         Raises RuntimeError when called from inside one of this manager's jobs (it would
         wait for that job, its own caller): stop it from another thread. Called by a
         notification channel, it does not wait for the events still being delivered."""
@@ -210,6 +215,8 @@ class JobManager:
 
     def close(self) -> None:
         """Stop, and release the repository, child processes and notification threads.
+        Jobs a `stop` that did not wait left running here have their leases renewed no
+        more: they are taken back once those expire.
 
         Raises RuntimeError, changing nothing, when called by a notification channel: it
         would wait for its own delivery thread to end. Call `stop()` there instead."""
@@ -217,6 +224,7 @@ class JobManager:
             raise RuntimeError("close() called from a notification channel would wait for itself;"
                                " call stop() there, and close() from another thread")
         self.stop()
+        self._housekeeper.close()  # leases it still renews after a stop: renewed no more
         self._pool.close()
         self._notifier.close()
         self.repository.close()

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from jobcore import (Job, JobCancelled, JobManager, JobPriority, JobRepository, JobStatus, MemoryRepository,
+from jobcore import (FakeClock, Job, JobCancelled, JobManager, JobPriority, JobRepository, JobStatus, MemoryRepository,
                      SQLiteRepository, UnknownFunction, current_job)
 import jobcore.manager
 from jobcore.manager import READY_LOAD_LIMIT
@@ -771,10 +771,112 @@ def test_closing_after_a_stop_that_did_not_wait_ends_every_thread(db_path: str) 
     manager.close()
     dispatcher = manager._pool._dispatcher.thread
     release.set()
-    # then the dispatcher gives up (the job is taken back when its lease expires)
+    # then the dispatcher gives up (the job is taken back when its lease expires), and
+    # the housekeeper, which renewed its lease after the stop, has ended
     assert dispatcher is not None
     dispatcher.join(WAIT)
     assert not dispatcher.is_alive()
+    housekeeper = manager._housekeeper._thread
+    assert housekeeper is not None and not housekeeper.is_alive()
+
+
+class _WatchedLeases(SQLiteRepository):
+    """An SQLite repository that tells when its manager has renewed a job's lease."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        # _renewals guards _renewed: for each job id, the latest time its lease was renewed at.
+        self._renewals = threading.Condition()
+        self._renewed: dict[str, float] = {}
+
+    def heartbeat(self, worker_id: str, job_ids: Any, lease_expires_at: float, now: float) -> list[str]:
+        cancelled = super().heartbeat(worker_id, job_ids, lease_expires_at, now)
+        with self._renewals:
+            for job_id in job_ids:
+                self._renewed[job_id] = max(self._renewed.get(job_id, now), now)
+            self._renewals.notify_all()
+        return cancelled
+
+    def renewed(self, job_id: str, at: float) -> bool:
+        """Wait (bounded) for a renewal of the job's lease at time `at` or later."""
+        with self._renewals:
+            return self._renewals.wait_for(lambda: self._renewed.get(job_id, float("-inf")) >= at, WAIT)
+
+
+@pytest.mark.parametrize("stop_args", [{"timeout": 0}, {"wait": False}], ids=["timeout=0", "wait=False"])
+def test_a_job_running_past_a_stop_keeps_its_lease_and_runs_once(make_manager: Any, db_path: str,
+                                                                 stop_args: dict[str, Any]) -> None:
+    # given a job still running in this live process when its manager's stop stops
+    # waiting for it (as a web app reloading its manager does)
+    clock = FakeClock()
+    runs: list[str] = []
+    started, release = threading.Event(), threading.Event()
+
+    def long_job(by: str) -> str:
+        runs.append(by)
+        started.set()
+        assert release.wait(WAIT)
+        return by
+
+    repository = _WatchedLeases(db_path)
+    first = make_manager(repository, max_workers=1, lease_timeout=1.0, poll_interval=0.2, clock=clock)
+    first.register_function("long", lambda: long_job("first"))
+    first.start()
+    job_id = first.enqueue(Job(function_name="long"))
+    assert started.wait(WAIT)
+    first.stop(**stop_args)
+    assert not first.running
+
+    # when its lease would have lapsed three times over (no step over 1 s: see the housekeeper's jump check)
+    for _ in range(6):
+        clock.advance(0.5)
+        assert repository.renewed(job_id, clock.time()), "the lease of a job still running was not renewed"
+
+    # then another manager starting now (and taking back expired leases) leaves it alone...
+    second = make_manager(db_path, max_workers=1, lease_timeout=1.0, poll_interval=0.2, clock=clock)
+    second.register_function("long", lambda: long_job("second"))
+    second.start()
+    record = second.repository.get(job_id)
+    assert record is not None and (record.status, record.worker_id) == (JobStatus.RUNNING, first.worker_id)
+    # ...and once it returns, the first manager records its outcome: it ran once
+    release.set()
+    result = first.wait(job_id, timeout=WAIT)
+    assert (result.status, result.attempts, result.result) == (JobStatus.COMPLETED, 1, "first")
+    assert runs == ["first"]
+    # and the stopped manager's thread that renewed the lease ends and leaves the registry
+    housekeeper = first._housekeeper._thread
+    assert housekeeper is not None
+    housekeeper.join(WAIT)
+    assert not housekeeper.is_alive()
+    assert [w.worker_id for w in repository.list_workers()] == [second.worker_id]
+
+
+def test_a_job_running_past_a_stop_is_still_timed_out(make_manager: Any, db_path: str) -> None:
+    # given a job with a timeout still running when its manager stops without waiting
+    clock = FakeClock()
+    started, release = threading.Event(), threading.Event()
+
+    def stuck() -> str:
+        started.set()
+        release.wait()  # until the test ends: only its timeout ends the attempt
+        return "too late"
+
+    manager = make_manager(db_path, max_workers=1, clock=clock)
+    manager.register_function("stuck", stuck)
+    manager.start()
+    try:
+        job_id = manager.enqueue(Job(function_name="stuck", timeout=5.0, max_retries=0))
+        assert started.wait(WAIT)
+        manager.stop(wait=False)
+
+        # when its timeout passes (its lease renewed meanwhile)
+        clock.advance(10)
+
+        # then it is timed out as in a running manager (its lease is not renewed for ever)
+        result = manager.wait(job_id, timeout=WAIT)
+        assert (result.status, result.error_type) == (JobStatus.FAILED, "JobTimeout")
+    finally:
+        release.set()
 
 
 def _threads_since(before: set[threading.Thread]) -> dict[str, int]:
