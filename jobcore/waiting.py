@@ -2,15 +2,16 @@
 callers blocked in `wait` until a job settles.
 
 It reads no rows itself: `wait` is given how to read one and how to tell whether the
-job is held here (then it settles here, and the waiter is woken at that moment). Jobs
-settled by other processes are noticed by reading, at growing intervals.
+job is held here (then it settles here, and its waiters are woken at that moment, and
+no one else: each settlement costs the same however many threads wait for other jobs).
+Jobs settled by other processes are noticed by reading, at growing intervals.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional, Union
 
 from .clock import SYSTEM_CLOCK
 from .errors import JobNotFound
@@ -26,16 +27,32 @@ FIRST_INTERVAL = 0.01  # seconds between reads of a job another process may sett
 LAST_INTERVAL = 0.1  # to this
 
 
+class _Waiters:
+    """The threads in `Settlements.wait` for one job id, and how they are woken."""
+
+    __slots__ = ("threads", "settled", "woken")
+
+    def __init__(self, lock: threading.Lock) -> None:
+        # All guarded by the owning `Settlements`' lock (`woken` is a condition on it).
+        self.threads = 0  # in `wait` for this id: the record goes when the last one leaves
+        # Times the job settled here since the first of them came: a waiter compares it
+        # with what it saw before it checked, so a settlement between its check and its
+        # sleep is not missed.
+        self.settled = 0
+        self.woken = threading.Condition(lock)  # notified when the job settles here
+
+
 class Settlements:
     """The jobs settled here, and the threads waiting for one (see module docstring)."""
 
     def __init__(self) -> None:
-        # _changed (a Condition on its own lock) guards _count, bumped whenever a job this
-        # process runs or cancels reaches a terminal state, _waiting, _completions, _keep
-        # and _behind; `wait` sleeps on it and is woken when its job settles here.
-        self._changed = threading.Condition(threading.Lock())
-        self._count = 0
-        self._waiting: dict[str, int] = {}  # job id -> threads in `wait` for it
+        # _lock guards _waiters (each one's fields too: its condition is on this lock),
+        # _completions, _keep and _behind. One condition per job waited for, not one for
+        # all: with one, every settlement woke every waiter, and each whose job was not
+        # held here read its row again, so the work per job grew with the threads waiting
+        # (200 of them: about 80 row reads per job).
+        self._lock = threading.Lock()
+        self._waiters: dict[str, _Waiters] = {}  # job id -> the threads in `wait` for it
         # The latest jobs completed here, oldest first (at most _keep): `wait` answers from
         # these without reading the row back. A caller waiting on every job in turn may fall
         # further behind the workers than that; each job it then reads back was completed
@@ -48,19 +65,19 @@ class Settlements:
 
     def mark(self, settled: Iterable[tuple[str, Optional[Completion]]]) -> None:
         """Note that these jobs reached a terminal state here (each with its `Completion`
-        if it completed) and wake whoever waits for one of them: one notification for all,
-        so a waiter woken finds every one of them already noted."""
-        with self._changed:
-            waited = False
+        if it completed) and wake whoever waits for one of them, and no one else: a waiter
+        woken finds its job already noted."""
+        with self._lock:
+            waiters = self._waiters
             for job_id, completion in settled:
-                self._count += 1
                 if completion is not None:
                     self._completions[job_id] = completion
                     if len(self._completions) > self._keep:
                         self._completions.popitem(last=False)
-                waited = waited or job_id in self._waiting  # most settle with nobody waiting
-            if waited:
-                self._changed.notify_all()
+                waiting = waiters.get(job_id) if waiters else None  # most settle with nobody waiting
+                if waiting is not None:
+                    waiting.settled += 1
+                    waiting.woken.notify_all()
 
     def forget(self, job_ids: Iterable[str]) -> None:
         """Forget the completions of these ids (used again by new jobs after theirs were
@@ -71,18 +88,18 @@ class Settlements:
         completions = self._completions
         known = [job_id for job_id in job_ids if job_id in completions] if completions else None
         if known:
-            with self._changed:
+            with self._lock:
                 for job_id in known:
                     completions.pop(job_id, None)
 
     def forget_all(self) -> None:
         """Forget every completion (their rows may have been deleted)."""
-        with self._changed:
+        with self._lock:
             self._completions.clear()
 
     def __len__(self) -> int:
         """How many completions are remembered."""
-        with self._changed:
+        with self._lock:
             return len(self._completions)
 
     def wait(self, job_id: str, timeout: Optional[float], *, held: Callable[[str], bool],
@@ -94,38 +111,70 @@ class Settlements:
         it has); `read` reads its row without arguments. `worker_id`: the one this process
         completes jobs as (a completed row of its read back counts as falling behind).
         `JobNotFound` for an unknown id."""
+        with self._lock:
+            completion = self._completions.get(job_id)
+        if completion is not None:  # completed here already: answered without joining its waiters
+            return completion.job_result()
         deadline = None if timeout is None else SYSTEM_CLOCK.monotonic() + timeout
         interval = FIRST_INTERVAL
-        while True:
-            with self._changed:
-                seen = self._count
-                completion = self._completions.get(job_id)
-            if completion is not None:  # completed here: its row holds nothing else
-                return completion.job_result()
-            if held(job_id):  # and wakes us when it does: no need to read
-                status = JobStatus.RUNNING
-            else:
-                record = read(job_id)
-                if record is None:
-                    raise JobNotFound(job_id)
-                if record.status.is_terminal:
-                    if (record.status is JobStatus.COMPLETED and worker_id is not None
-                            and record.worker_id == worker_id):
-                        self._read_back(record.completed_at)
-                    return result_of(record)
-                status = record.status
-            remaining = None if deadline is None else deadline - SYSTEM_CLOCK.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise TimeoutError(f"job {job_id!r} is still {status.value} after {timeout}s")
-            # Settled here: woken at once. Settled by another process: noticed by reading.
-            self._sleep(job_id, seen, interval if remaining is None else min(interval, remaining))
-            interval = min(interval * 2, LAST_INTERVAL)
+        waiting = self._enter(job_id)
+        try:
+            while True:
+                with self._lock:
+                    seen = waiting.settled  # before looking: a settlement after it wakes the sleep
+                found = self._look(job_id, held, read, worker_id)
+                if isinstance(found, JobResult):
+                    return found
+                remaining = None if deadline is None else deadline - SYSTEM_CLOCK.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"job {job_id!r} is still {found.value} after {timeout}s")
+                # Settled here: woken at once (and only its waiters are). Settled by another
+                # process: noticed by reading, at growing intervals.
+                self._sleep(waiting, seen, interval if remaining is None else min(interval, remaining))
+                interval = min(interval * 2, LAST_INTERVAL)
+        finally:
+            self._leave(job_id, waiting)
+
+    def _enter(self, job_id: str) -> _Waiters:
+        """Count the caller among the waiters of `job_id`, for the rest of its `wait`."""
+        with self._lock:
+            waiting = self._waiters.get(job_id)
+            if waiting is None:
+                waiting = self._waiters[job_id] = _Waiters(self._lock)
+            waiting.threads += 1
+            return waiting
+
+    def _leave(self, job_id: str, waiting: _Waiters) -> None:
+        """The caller's `wait` for `job_id` is over: the last one out drops its waiters."""
+        with self._lock:
+            waiting.threads -= 1
+            if not waiting.threads:
+                del self._waiters[job_id]
+
+    def _look(self, job_id: str, held: Callable[[str], bool], read: Callable[[str], Optional[JobRecord]],
+              worker_id: Optional[str]) -> Union[JobResult, JobStatus]:
+        """What `wait` would return now if the job is terminal, else its status (RUNNING,
+        unread, while it is held here). See `wait` for the arguments."""
+        with self._lock:
+            completion = self._completions.get(job_id)
+        if completion is not None:  # completed here: its row holds nothing else
+            return completion.job_result()
+        if held(job_id):  # and wakes us when it does: no need to read
+            return JobStatus.RUNNING
+        record = read(job_id)
+        if record is None:
+            raise JobNotFound(job_id)
+        if not record.status.is_terminal:
+            return record.status
+        if record.status is JobStatus.COMPLETED and worker_id is not None and record.worker_id == worker_id:
+            self._read_back(record.completed_at)
+        return result_of(record)
 
     def _read_back(self, completed_at: Optional[float]) -> None:
         """A job completed here (at `completed_at`) was read back: count it if it was
         forgotten, having completed before the oldest completion remembered (not one
         read between its commit and `mark`), and remember more after enough of them."""
-        with self._changed:
+        with self._lock:
             if len(self._completions) < self._keep or self._keep >= MOST_COMPLETIONS:
                 return
             oldest = next(iter(self._completions.values()))
@@ -135,15 +184,9 @@ class Settlements:
             if self._behind >= BEHIND_READS:
                 self._keep, self._behind = min(2 * self._keep, MOST_COMPLETIONS), 0
 
-    def _sleep(self, job_id: str, seen: int, seconds: float) -> None:
-        """Sleep up to `seconds`, or until a job settles here, unless one has since `seen`."""
-        with self._changed:
-            if self._count != seen:
-                return
-            self._waiting[job_id] = self._waiting.get(job_id, 0) + 1
-            try:
-                self._changed.wait(seconds)
-            finally:
-                left = self._waiting.pop(job_id) - 1
-                if left:
-                    self._waiting[job_id] = left
+    def _sleep(self, waiting: _Waiters, seen: int, seconds: float) -> None:
+        """Sleep up to `seconds`, or until the job `waiting` is for settles here; not at all
+        if it settled here since `waiting.settled` was `seen`."""
+        with self._lock:
+            if waiting.settled == seen:
+                waiting.woken.wait(seconds)
