@@ -5,9 +5,11 @@ requests made by other processes), keeps this manager's entry in the worker regi
 takes back jobs whose lease expired or whose worker process on this host is gone, reaps
 dead workers, and notices new work written by other processes through the repository's
 cheap `change_token`, and stores the progress reports that wait (see `progress`). It sleeps on its own
-condition until the next of those is due; it never runs jobs. After a stop that did not
-wait for the jobs running here, it goes on renewing their leases (and enforcing their
-timeouts) until they end, and nothing else.
+condition until the next of those is due; it never runs jobs. After a wall-clock jump, and
+after the store failed it (an outage: no worker's heartbeats got through), it takes no
+lease back for a lease period, in which every live worker renews its own. After a stop
+that did not wait for the jobs running here, it goes on renewing their leases (and
+enforcing their timeouts) until they end, and nothing else.
 """
 
 from __future__ import annotations
@@ -178,6 +180,8 @@ class Housekeeper:
         start = self._clock.monotonic()
         next_beat = start + settings.poll_interval
         next_recover = start + recover_every
+        held_until = start  # no recovery before this (monotonic): see the clock jump and the outage below
+        failing_since: Optional[float] = None  # a store call failed here since the last beat that worked
         next_look = start + self._discovery_interval
         last_refill = start
         refill_every = settings.poll_interval  # at least; more if reloads prove costly
@@ -198,7 +202,7 @@ class Housekeeper:
                 logger.warning("wall clock jumped by %+.1fs; renewing leases before any recovery", jumped)
                 offset += jumped
                 next_beat = now
-                next_recover = now + settings.lease_timeout
+                held_until = next_recover = now + settings.lease_timeout
             progress_due = None
             try:
                 with self._cond:
@@ -211,14 +215,30 @@ class Housekeeper:
                     next_beat = now + settings.poll_interval
                     running = self._pool.heartbeat()
                     self._beat(running)
+                    back = self._clock.monotonic()
+                    if failing_since is not None and back - failing_since >= settings.poll_interval:
+                        # The store works again after an outage. The other live workers'
+                        # heartbeats failed as ours did, and their leases may have lapsed:
+                        # whoever took those back first would run their jobs a second time
+                        # beside them. Hold recovery off for a lease period from now, in
+                        # which each renews its own. (Shorter trouble cannot have kept a
+                        # worker beating every poll_interval from renewing for a lease.)
+                        held_until = next_recover = max(next_recover, back + settings.lease_timeout)
+                        logger.warning("the store works again after failing for %.1fs; leases renewed, and"
+                                       " expired leases are taken back no sooner than %.1fs from now",
+                                       back - failing_since, settings.lease_timeout)
+                    failing_since = None
                     if self._expire_dead_neighbours():
-                        next_recover = now  # take their jobs back now, not after the lease
+                        next_recover = max(now, held_until)  # take their jobs back now, not after the lease
+                # After store calls failed here (a server down, a database locked past its
+                # busy timeout), a beat must work before any recovery: our leases first.
                 if now >= next_recover:
                     next_recover = now + recover_every
-                    wall = self._clock.time()
-                    self._on_recovery(self._repo.recover(wall))
-                    for worker_id in self._reap(wall):
-                        logger.warning("worker %s stopped beating; removed from the registry", worker_id)
+                    if failing_since is None:
+                        wall = self._clock.time()
+                        self._on_recovery(self._repo.recover(wall))
+                        for worker_id in self._reap(wall):
+                            logger.warning("worker %s stopped beating; removed from the registry", worker_id)
                 if now >= next_look:
                     next_look = now + self._discovery_interval
                     current = self._token()
@@ -239,6 +259,8 @@ class Housekeeper:
                         refill_every = max(settings.poll_interval, (real_monotonic() - began) / RELOAD_SHARE)
             except RepositoryError as exc:
                 logger.error("housekeeping failed, will retry: %s", exc)
+                if failing_since is None:
+                    failing_since = now
             except Exception:  # the housekeeper must survive anything
                 logger.exception("housekeeping failed")
             wake_at = min(t for t in (next_beat, next_recover, next_look, deadline) if t is not None)

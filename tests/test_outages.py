@@ -1,0 +1,199 @@
+"""Store outages: every call to the store fails (a server stopped, a database locked past
+its busy timeout), for longer than `lease_timeout`, then works again. No live worker
+runs another's job meanwhile (SPEC: "a job is never run by two live workers at the same
+time"). The store is SQLite behind a wrapper that fails on demand; each manager is one
+process, time is a `FakeClock`."""
+
+from __future__ import annotations
+
+import functools
+import threading
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from jobcore import FakeClock, Job, JobManager, JobStatus, RepositoryError, SQLiteRepository
+from jobcore.clock import Clock
+from waiting import wait_until
+
+WAIT = 10.0
+LEASE = 10.0
+POLL = 1.0  # lease recovery every LEASE / 4 = 2.5 s
+
+
+class Unreachable(SQLiteRepository):
+    """An SQLite repository whose every call fails while `down` is set, as one on a
+    stopped server would; it notes the clock time of each call it is asked for, by name
+    (`tried`), and counts those that failed (`failed`)."""
+
+    def __init__(self, path: str, clock: Clock) -> None:
+        self.down = threading.Event()
+        self.clock = clock
+        self.seen = threading.Condition()  # guards tried and failed; notified at each call
+        self.tried: dict[str, float] = {}
+        self.failed: dict[str, int] = {}
+        super().__init__(path)
+
+    def __getattribute__(self, name: str) -> Any:
+        attr = super().__getattribute__(name)
+        if name.startswith("_") or name in _OWN or not callable(attr):
+            return attr
+        note = object.__getattribute__(self, "_note")
+
+        @functools.wraps(attr)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            note(name)
+            return attr(*args, **kwargs)
+        return call
+
+    def _note(self, name: str) -> None:
+        down = self.down.is_set()
+        with self.seen:
+            self.tried[name] = self.clock.time()
+            if down:
+                self.failed[name] = self.failed.get(name, 0) + 1
+            self.seen.notify_all()
+        if down:
+            raise RepositoryError(f"{name}: server unreachable (injected)")
+
+    def wait_for(self, condition: Callable[[], bool], what: str) -> None:
+        with self.seen:
+            assert self.seen.wait_for(condition, WAIT), f"timed out waiting for {what}"
+
+    def beat_tried(self, at: float) -> None:
+        """Wait for a heartbeat (its job leases or its registry entry) tried at `at` or later."""
+        self.wait_for(lambda: max(self.tried.get("heartbeat", 0.0), self.tried.get("beat_worker", 0.0)) >= at,
+                      f"a heartbeat at {at}")
+
+    def failures(self, name: str) -> int:
+        with self.seen:
+            return self.failed.get(name, 0)
+
+
+_OWN = {"close", *vars(Unreachable)}  # called as they are: the test's own, and closing
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def release() -> Iterator[threading.Event]:
+    event = threading.Event()
+    yield event
+    event.set()  # a job still blocking when a test fails must not hold the teardown's stop
+
+
+@pytest.fixture
+def make_store(make_manager: Any, db_path: str) -> Iterator[Callable[[Clock], Unreachable]]:
+    """Build `Unreachable` stores on `db_path`, working again before the managers stop."""
+    stores: list[Unreachable] = []
+
+    def make(clock: Clock) -> Unreachable:
+        stores.append(Unreachable(db_path, clock))
+        return stores[-1]
+
+    yield make
+    for store in stores:
+        store.down.clear()
+
+
+def step(clock: FakeClock, *beating: Unreachable) -> float:
+    """Move time on by one poll_interval and wait for each manager to have beaten (or
+    tried to) since: its upkeep has acted on the time before (lease recovery included)."""
+    clock.advance(POLL)
+    for repository in beating:
+        repository.beat_tried(clock.time())
+    return clock.monotonic()
+
+
+def running_in(make_manager: Any, make_store: Any, clock: FakeClock, release: threading.Event,
+               runs: list[str]) -> tuple[JobManager, Unreachable, str]:
+    """A started manager running one job (blocking until `release`) that notes its runs."""
+    repository = make_store(clock)
+    manager = make_manager(repository, max_workers=1, lease_timeout=LEASE, poll_interval=POLL, clock=clock)
+    started = threading.Event()
+
+    def long_job() -> str:
+        runs.append("first")
+        started.set()
+        assert release.wait(WAIT)
+        return "first"
+
+    manager.register_function("long", long_job)
+    manager.start()
+    job_id = manager.enqueue(Job(function_name="long"))
+    assert started.wait(WAIT)
+    return manager, repository, job_id
+
+
+def other_worker(make_manager: Any, make_store: Any, clock: FakeClock,
+                 runs: list[str]) -> tuple[JobManager, Unreachable]:
+    """A second started manager on the same store (another process), idle, for the job too."""
+    repository = make_store(clock)
+    manager = make_manager(repository, max_workers=1, lease_timeout=LEASE, poll_interval=POLL, clock=clock)
+    manager.register_function("long", lambda: runs.append("second") or "second")
+    return manager.start(), repository
+
+
+@pytest.mark.parametrize("ends", ["after", "during"], ids=["job-ends-after-the-outage", "job-ends-during-it"])
+def test_after_an_outage_longer_than_the_lease_no_live_worker_runs_anothers_job(
+        make_manager: Any, make_store: Any, clock: FakeClock, release: threading.Event, ends: str) -> None:
+    # given a long job running in one manager, and another manager idle on the same store
+    runs: list[str] = []
+    first, first_store, job_id = running_in(make_manager, make_store, clock, release, runs)
+    second, second_store = other_worker(make_manager, make_store, clock, runs)
+
+    # when the store fails both for longer than the job's lease (the job may end meanwhile:
+    # its outcome then waits to be recorded)
+    first_store.down.set()
+    second_store.down.set()
+    for n in range(int(LEASE) + 2):
+        step(clock, first_store, second_store)
+        if ends == "during" and n == 5:
+            release.set()
+            wait_until(lambda: not first._pool._state.running, WAIT, "the job to end")
+    assert first_store.failures("heartbeat") > 0 and second_store.failures("beat_worker") > 0
+    # and works again for the idle manager first, past its next lease recovery round...
+    second_store.down.clear()
+    back = step(clock, first_store, second_store)
+    for _ in range(3):
+        step(clock, first_store, second_store)
+    # ...then for the manager running the job
+    first_store.down.clear()
+
+    # then the idle manager took nothing back while the other renewed its leases
+    while clock.monotonic() < back + LEASE + POLL:
+        step(clock, first_store, second_store)
+    record = second.repository.get(job_id)
+    assert record is not None and record.worker_id == first.worker_id
+    assert second_store.tried["recover"] >= clock.time() - 2 * POLL  # its recovery rounds resumed
+    # and the job ran once, its outcome recorded by the manager that ran it
+    release.set()
+    result = first.wait(job_id, timeout=WAIT)
+    assert (result.status, result.attempts, result.result) == (JobStatus.COMPLETED, 1, "first")
+    assert runs == ["first"]
+
+
+def test_a_worker_still_unreachable_a_lease_after_the_store_came_back_loses_its_job(
+        make_manager: Any, make_store: Any, clock: FakeClock, release: threading.Event) -> None:
+    # given a long job running in one manager, and another manager idle on the same store
+    runs: list[str] = []
+    first, first_store, job_id = running_in(make_manager, make_store, clock, release, runs)
+    second, second_store = other_worker(make_manager, make_store, clock, runs)
+    # when the store fails both for longer than the lease, then works again for the idle
+    # one only (the other cut off from it, as by a network partition)
+    first_store.down.set()
+    second_store.down.set()
+    for _ in range(int(LEASE) + 2):
+        step(clock, first_store, second_store)
+    second_store.down.clear()
+    back = step(clock, second_store)
+    # then once a lease has passed since the store came back, the job is taken back and
+    # runs again there: recovery is held off, not stopped
+    while clock.monotonic() < back + LEASE + POLL:
+        step(clock, second_store)
+    result = second.wait(job_id, timeout=WAIT)
+    assert (result.status, result.attempts, result.result) == (JobStatus.COMPLETED, 2, "second")
+    first_store.down.clear()
