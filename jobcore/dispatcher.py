@@ -3,10 +3,11 @@
 It makes one when work arrives for idle workers, when outcomes wait with nothing queued
 to claim, when they have waited past their time (the workers busy with buffered jobs, or
 enqueues streaming in), while the repository fails (with back-off), and at stop, when it
-also hands back the claimed jobs no worker started. It fires due cron schedules, and
-wakes an idle worker for buffered tiny jobs that the busy worker has left waiting
-(`Pacing.tiny`). Between those it sleeps on `PoolState.dispatch_needed`. The worker
-threads are `workers`'.
+also hands back the claimed jobs no worker started (and gives up the outcomes the
+repository has failed to record for a lease_timeout, rather than wait for it to work).
+It fires due cron schedules, and wakes an idle worker for buffered tiny jobs that the
+busy worker has left waiting (`Pacing.tiny`). Between those it sleeps on
+`PoolState.dispatch_needed`. The worker threads are `workers`'.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from .exchanges import Exchanges
 from .pacing import STALL_AFTER
 from .pool_state import Exchange, PoolState
 from .queue import ReadyQueue
-from .recorder import Recorder
+from .recorder import Finished, Recorder
 
 
 logger = logging.getLogger("jobcore.workers")
@@ -29,12 +30,15 @@ class Dispatcher:
     """The dispatcher thread of one pool."""
 
     def __init__(self, state: PoolState, exchanges: Exchanges, queue: ReadyQueue,
-                 recorder: Recorder, clock: Clock) -> None:
+                 recorder: Recorder, clock: Clock, give_up_after: float) -> None:
         self._state = state
         self._exchanges = exchanges
         self._queue = queue
         self._recorder = recorder
         self._clock = clock
+        # While the pool stops, outcomes the store has failed to record for this long
+        # (the lease_timeout: their leases have expired by then) are given up.
+        self._give_up_after = give_up_after
         self.thread: Optional[threading.Thread] = None
         # PoolState.taken when last looked at, and since when (real monotonic) the buffer
         # has held jobs with that count unchanged: only this thread reads or writes them.
@@ -52,6 +56,7 @@ class Dispatcher:
     def _run(self, generation: int) -> None:
         state = self._state
         backoff = 0.0
+        failing_since: Optional[float] = None  # clock.monotonic() of the first of the exchanges failing now
         while True:
             with state.lock:
                 while True:
@@ -82,15 +87,34 @@ class Dispatcher:
             if backoff:
                 threading.Event().wait(backoff)
             if self._exchanges.run(*exchange, by_worker=False):
-                backoff = 0.0
+                backoff, failing_since = 0.0, None
                 continue
+            now = self._clock.monotonic()
+            failing_since = now if failing_since is None else failing_since
             with state.lock:
                 if state.closed:  # it failed on a closed repository: give up, for good
                     logger.warning("manager closed with %d outcomes not recorded; their jobs are taken"
                                    " back when their leases expire", len(state.finished))
                     state.finished.clear()
                     return
+                lost = []
+                if state.stopping and now - failing_since >= self._give_up_after:
+                    lost, state.finished = state.finished, []
+            if lost:
+                self._give_up(lost, now - failing_since)
+                continue  # (no back-off: what is left is handing back what no worker started)
             backoff = min(max(backoff * 2, 0.05), 2.0)
+
+    def _give_up(self, lost: list[Finished], failing_for: float) -> None:
+        """Stop trying to record `lost`, at a stop (a store down, a database locked, for
+        lease_timeout): retried for ever, they kept `stop()`, and the process's exit,
+        waiting for the store to come back. Their leases have expired (none could be
+        renewed meanwhile): each job is taken back and runs again, as after a crash."""
+        ids = [f.record.id for f in lost]
+        logger.error("stopping: the outcomes of %d jobs could not be recorded for %.1fs, and are given up;"
+                     " each job is taken back once its lease expires, and runs again: %s",
+                     len(ids), failing_for, ", ".join(ids))
+        self._recorder.forget_unrecorded(ids)
 
     def _exchange_due_locked(self) -> Optional[Exchange]:
         """The exchange to make now, if any (see module docstring). Called with the lock

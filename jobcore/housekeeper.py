@@ -104,8 +104,9 @@ class Housekeeper:
         Jobs still running here (the pool's stop did not wait for them all) keep their
         leases, so that no other worker runs them while they run here: the thread goes
         on renewing those (and enforcing their timeouts, storing their progress) until
-        each has ended and its outcome was recorded, then leaves the registry and ends
-        (see `_keep_leases`). It is a daemon: if the process exits first, the leases
+        each has ended and its outcome was recorded (or given up, the store failing for
+        a lease_timeout: see `Dispatcher`), then leaves the registry and ends (see
+        `_keep_leases`). It is a daemon: if the process exits first, the leases
         lapse and the jobs are taken back as after a crash."""
         with self._cond:
             self._stopping = True
@@ -272,8 +273,8 @@ class Housekeeper:
         `poll_interval`, renew the leases of the jobs the pool still holds (and hear of
         cancel requests for them) and beat in the registry; store their progress and time
         them out as the upkeep does. Nothing else: no recovery, no reaping, no looking for
-        work. Returns True once the pool holds no job (each ended and was recorded, or
-        nothing ran at the stop), False as soon as a start (whose thread renews them from
+        work. Returns True once the pool holds no job (each ended and was recorded or
+        given up, or nothing ran at the stop), False as soon as a start (whose thread renews them from
         then on) or `close` comes."""
         def superseded() -> bool:
             return self._starts != start

@@ -174,6 +174,9 @@ class JobManager:
         their threads, and this process keeps renewing their leases until they end and
         records their outcomes then: no other worker runs them meanwhile. `close()` (or
         the process exiting) ends that; their leases then lapse and they are taken back.
+        Outcomes the repository fails to record for `lease_timeout` while stopping (a
+        server down) are given up, logged by job id: their jobs are taken back and run
+        again. So a stop without a timeout never waits for the store to come back.
 
         Raises RuntimeError when called from inside one of this manager's jobs (it would
         wait for that job, its own caller): stop it from another thread. Called by a

@@ -323,6 +323,12 @@ class Recorder:
         details = {"result": settlement.result} if settlement.kind == "complete" else event_details(settlement)
         self._publish(EVENTS[settlement.kind], record, details)
 
+    def forget_unrecorded(self, job_ids: list[str]) -> None:
+        """Let go of finished jobs whose outcomes will not be recorded here (see
+        `Dispatcher`): they are told to `on_settled` as settled here, unrecorded, so
+        whoever waits for them reads the store again, and nothing renews their leases."""
+        self._on_settled([(job_id, None) for job_id in job_ids])
+
     def hand_back(self, records: list[JobRecord]) -> None:
         """Release claimed jobs that never started (at stop): PENDING again, uncounted; or
         CANCELLED, if their cancellation was requested meanwhile (the store decides, in

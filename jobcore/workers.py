@@ -85,7 +85,8 @@ class WorkerPool:
         self._claims = ClaimCheck(repository, worker_id, clock, settings.lease_timeout)
         self._exchanges = Exchanges(self._state, repository, queue, registry, self._recorder,
                                     settings.max_workers)
-        self._dispatcher = Dispatcher(self._state, self._exchanges, queue, self._recorder, clock)
+        self._dispatcher = Dispatcher(self._state, self._exchanges, queue, self._recorder, clock,
+                                      give_up_after=settings.lease_timeout)
         # The state's lock guards these too.
         self._threads: list[tuple[threading.Thread, Slot]] = []
         self._abandoned = 0

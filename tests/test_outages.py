@@ -1,19 +1,21 @@
 """Store outages: every call to the store fails (a server stopped, a database locked past
 its busy timeout), for longer than `lease_timeout`, then works again. No live worker
 runs another's job meanwhile (SPEC: "a job is never run by two live workers at the same
-time"). The store is SQLite behind a wrapper that fails on demand; each manager is one
-process, time is a `FakeClock`."""
+time"), and `stop()` does not wait for the store to come back. The store is SQLite behind
+a wrapper that fails on demand; each manager is one process, time is a `FakeClock`."""
 
 from __future__ import annotations
 
 import functools
+import logging
 import threading
+import time
 from typing import Any, Callable, Iterator
 
 import pytest
 
 from jobcore import FakeClock, Job, JobManager, JobStatus, RepositoryError, SQLiteRepository
-from jobcore.clock import Clock
+from jobcore.clock import SYSTEM_CLOCK, Clock
 from waiting import wait_until
 
 WAIT = 10.0
@@ -197,3 +199,113 @@ def test_a_worker_still_unreachable_a_lease_after_the_store_came_back_loses_its_
     result = second.wait(job_id, timeout=WAIT)
     assert (result.status, result.attempts, result.result) == (JobStatus.COMPLETED, 2, "second")
     first_store.down.clear()
+
+
+def finished_during_an_outage(make_manager: Any, make_store: Any, clock: FakeClock,
+                              release: threading.Event) -> tuple[JobManager, Unreachable, str]:
+    """A manager whose job ended after the store went down: its outcome waits to be recorded."""
+    manager, repository, job_id = running_in(make_manager, make_store, clock, release, [])
+    repository.down.set()
+    release.set()
+    repository.wait_for(lambda: repository.failed.get("apply", 0) > 0, "an outcome failing to be recorded")
+    return manager, repository, job_id
+
+
+def stopping(manager: JobManager, **stop_args: Any) -> threading.Thread:
+    thread = threading.Thread(target=manager.stop, kwargs=stop_args, name="test-stop")
+    thread.start()
+    return thread
+
+
+def test_a_stop_during_an_outage_records_the_outcomes_once_the_store_is_back(
+        make_manager: Any, make_store: Any, clock: FakeClock, release: threading.Event) -> None:
+    # given a manager whose finished job's outcome the store fails to record
+    manager, repository, job_id = finished_during_an_outage(make_manager, make_store, clock, release)
+    # when it is stopped, and the outage lasts less than a lease
+    stopper = stopping(manager)
+    for _ in range(int(LEASE / 2)):
+        step(clock, repository)
+    tries = repository.failures("apply")
+    repository.wait_for(lambda: repository.failed["apply"] >= tries + 2, "the outcome to be tried again")
+    # then the stop goes on trying to record it (its lease may yet be valid)...
+    assert stopper.is_alive()
+    # ...and records it once the store works again, then returns: the job ran once
+    repository.down.clear()
+    stopper.join(WAIT)
+    assert not stopper.is_alive()
+    result = manager.poll(job_id)
+    assert result is not None and (result.status, result.attempts) == (JobStatus.COMPLETED, 1)
+
+
+def test_a_stop_during_an_outage_longer_than_the_lease_gives_the_outcomes_up(
+        make_manager: Any, make_store: Any, db_path: str, clock: FakeClock, release: threading.Event,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # given a manager whose finished job's outcome the store fails to record
+    manager, repository, job_id = finished_during_an_outage(make_manager, make_store, clock, release)
+    # when it is stopped, and the store fails for a lease
+    stopper = stopping(manager)
+    for _ in range(int(LEASE)):
+        step(clock, repository)
+    # then the stop returns without the store, naming the job whose outcome is given up
+    stopper.join(WAIT)
+    assert not stopper.is_alive(), "stop() waited for the store to come back"
+    given_up = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR and "given up" in r.getMessage()]
+    assert len(given_up) == 1 and job_id in given_up[0]
+    # and once the store is back, the job (still leased to the stopped manager, the
+    # lease expired) is taken back and runs again elsewhere: at least once, not lost
+    repository.down.clear()
+    record = repository.get(job_id)
+    assert record is not None and (record.status, record.worker_id) == (JobStatus.RUNNING, manager.worker_id)
+    clock.advance(POLL)
+    other = make_manager(db_path, max_workers=1, lease_timeout=LEASE, poll_interval=POLL, clock=clock)
+    other.register_function("long", lambda: "again")
+    other.start()
+    result = other.wait(job_id, timeout=WAIT)
+    assert (result.status, result.attempts, result.result) == (JobStatus.COMPLETED, 2, "again")
+
+
+def test_a_stop_with_a_timeout_during_an_outage_returns_at_its_timeout_and_its_threads_end_after_the_lease(
+        make_manager: Any, make_store: Any, clock: FakeClock, release: threading.Event) -> None:
+    # given a manager whose finished job's outcome the store fails to record
+    manager, repository, job_id = finished_during_an_outage(make_manager, make_store, clock, release)
+    dispatcher, housekeeper = manager._pool._dispatcher.thread, manager._housekeeper._thread
+    assert dispatcher is not None and housekeeper is not None
+    # when it is stopped with a timeout (on a fake clock that stands still: 0.2 s real)
+    stopper = stopping(manager, timeout=0.2)
+    # then the stop returns at it, leaving the outcome to be recorded...
+    stopper.join(WAIT)
+    assert not stopper.is_alive()
+    assert dispatcher.is_alive() and manager._pool.held_ids() == [job_id]
+    # ...and once the store has failed for a lease, the threads still trying give it up and end
+    for _ in range(int(LEASE)):
+        step(clock, repository)
+    for thread in (dispatcher, housekeeper):
+        thread.join(WAIT)
+        assert not thread.is_alive()
+    assert manager._pool.held_ids() == []
+    repository.down.clear()
+
+
+def test_stop_on_the_system_clock_returns_about_a_lease_into_an_outage(
+        make_manager: Any, make_store: Any, release: threading.Event) -> None:
+    # given a manager on the real clock, with a short lease, whose finished job's outcome
+    # the store fails to record (the interpreter's exit stops the default manager so)
+    repository = make_store(SYSTEM_CLOCK)
+    manager = make_manager(repository, max_workers=1, lease_timeout=0.5, poll_interval=0.05)
+    started = threading.Event()
+    manager.register_function("nap", lambda: started.set() or release.wait(WAIT))
+    manager.start()
+    job_id = manager.enqueue(Job(function_name="nap"))
+    assert started.wait(WAIT)
+    repository.down.set()
+    began = time.monotonic()
+    release.set()
+    # when it is stopped with no timeout, then it returns (it once waited for the store)
+    stopper = stopping(manager)
+    stopper.join(WAIT)
+    assert not stopper.is_alive(), "stop() waited for the store to come back"
+    assert time.monotonic() - began >= 0.5  # after trying for the lease
+    assert manager._pool.held_ids() == []
+    repository.down.clear()
+    record = repository.get(job_id)
+    assert record is not None and record.status is JobStatus.RUNNING  # left to be taken back, its lease expired
