@@ -5,24 +5,29 @@
 needed when the environment names none; the cluster is stopped when the process exits,
 also when it is killed (a watchdog process waits for it).
 `SKIP_REASON` is set only when neither is possible. `.ci/postgres.sh` does the same for
-CI from the shell. It holds no jobcore code and no tests.
+CI from the shell. `restart()` and `stopped()` restart or stop the server, when it is one
+of those two (never a server the environment merely names). It holds no jobcore code and
+no tests.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import glob
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
-from typing import Optional
+from typing import Iterator, Optional
 
 ENV = "JOBCORE_TEST_PG_DSN"
+DIR_ENV = "JOBCORE_TEST_PG_DIR"  # .ci/postgres.sh's cluster directory, exported with its DSN
 DATABASE = "jobcore_test"
 
 _lock = threading.Lock()  # guards _dsn and _cluster
@@ -135,3 +140,64 @@ def server_dsn() -> str:
 def started_here() -> bool:
     """True if this process started the cluster (rather than using `$JOBCORE_TEST_PG_DSN`)."""
     return _cluster is not None
+
+
+def _own_cluster() -> Optional[str]:
+    """The directory of the cluster the tests use if we may restart it: started here, or
+    by `.ci/postgres.sh` (which exports its directory with its DSN); else None."""
+    with _lock:
+        if _cluster is not None:
+            return _cluster
+    directory = os.environ.get(DIR_ENV)
+    if os.environ.get(ENV) and directory and os.path.isfile(os.path.join(directory, "data", "PG_VERSION")):
+        return directory
+    return None
+
+
+def restartable() -> bool:
+    """True if `restart()` and `stopped()` can act on the server the tests use (call
+    `server_dsn()` first)."""
+    return _own_cluster() is not None and find_bindir() is not None
+
+
+def restart() -> None:
+    """Restart the server as an operator would (`pg_ctl restart -m fast`: every session is
+    ended with `terminating connection due to administrator command`), and return once it
+    accepts connections again. pg_ctl starts it with the options it was started with."""
+    _pg_ctl("restart", "-m", "fast")
+
+
+@contextlib.contextmanager
+def stopped() -> Iterator[None]:
+    """Stop the server (fast: sessions are ended) for the block, then start it again with
+    the options it had, and wait until it accepts connections."""
+    directory = _own_cluster()
+    assert directory is not None, "stopped() needs a cluster of our own"
+    options = _options_started_with(os.path.join(directory, "data"))
+    _pg_ctl("stop", "-m", "fast")
+    try:
+        yield
+    finally:
+        _pg_ctl("start", "-o", options)
+
+
+def _options_started_with(data: str) -> str:
+    """The server's command-line options as `postmaster.opts` recorded them, less `-D`
+    (pg_ctl passes that itself)."""
+    with open(os.path.join(data, "postmaster.opts"), encoding="utf-8") as opts:
+        words = shlex.split(opts.read())[1:]  # the postgres binary, then its arguments
+    kept: list[str] = []
+    while words:
+        word = words.pop(0)
+        if word == "-D":
+            words.pop(0)
+        else:
+            kept.append(shlex.quote(word))
+    return " ".join(kept)
+
+
+def _pg_ctl(action: str, *options: str) -> None:
+    directory, bindir = _own_cluster(), find_bindir()
+    assert directory is not None and bindir is not None, "pg_ctl needs a cluster of our own"
+    _run([f"{bindir}/pg_ctl", "-D", os.path.join(directory, "data"), "-l", os.path.join(directory, "server.log"),
+          "-w", "-t", "60", *options, action], f"pg_ctl {action}")

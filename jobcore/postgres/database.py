@@ -1,9 +1,10 @@
 """`Database`: one jobcore schema on a PostgreSQL server — transactions, retries, migrations.
 
 It owns the connection pool and the LISTEN connection, runs a unit of work in one
-transaction (re-running it when it lost a race to another transaction), runs single
-statements in autocommit, creates and migrates the schema, and turns psycopg errors into
-jobcore's. It knows nothing of jobs: that is `PostgresRepository`'s part.
+transaction (re-running it when it lost a race to another transaction, and once more when
+its connection broke before it could commit), runs single statements in autocommit,
+creates and migrates the schema, and turns psycopg errors into jobcore's. It knows
+nothing of jobs: that is `PostgresRepository`'s part.
 """
 
 from __future__ import annotations
@@ -38,6 +39,15 @@ class Unchanged(Exception):
     """Raise inside a unit of work to roll its transaction back (the caller catches it)."""
 
 
+class _ConnectionLost(Exception):
+    """The connection broke under a statement, or under a transaction before its COMMIT
+    was sent (`error` says how): the caller decides whether running it again is safe."""
+
+    def __init__(self, error: psycopg.OperationalError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class Tx:
     """One transaction: its cursor, and whether it asked to wake idle managers."""
 
@@ -55,6 +65,17 @@ class Tx:
         if not self.notified:
             self.cur.execute(ddl.NOTIFY, (self._schema,))
             self.notified = True
+
+
+def _lost_race(exc: psycopg.Error) -> bool:
+    """Whether `exc` (one of `_LOST_RACE`) means another transaction got there first.
+    Raises `InvalidJob` for a job id that is taken."""
+    if not isinstance(exc, psycopg.errors.UniqueViolation):
+        return True  # a serialization failure or a deadlock: always worth a re-run
+    constraint = exc.diag.constraint_name
+    if constraint == "jobs_id_key":
+        raise InvalidJob("id", f"a job with that id already exists ({exc.diag.message_detail})") from None
+    return constraint in _RACE_CONSTRAINTS
 
 
 def schema_from_dsn(dsn: str) -> Optional[str]:
@@ -97,45 +118,90 @@ class Database:
 
     def transaction(self, work: Callable[[Tx], T]) -> T:
         """Run `work` in one transaction (committed if it returns, rolled back if it
-        raises), re-running it when it lost a race. Translates psycopg's errors."""
-        for attempt in range(1, MAX_TRIES + 1):
+        raises), re-running it when it lost a race, and once when its connection broke
+        before COMMIT was sent (the server then rolled it back: nothing was applied).
+        A connection that breaks during COMMIT is not re-run: it may have committed.
+        Translates psycopg's errors."""
+        reconnected = False
+        races = 0  # runs that lost a race
+        while True:  # ends: each pass returns, raises, or counts a race or the reconnection
             try:
-                with self.pool.connection() as conn:
-                    with conn.transaction(), conn.cursor() as cur:
+                return self._transaction_once(work)
+            except _ConnectionLost as lost:
+                if reconnected:
+                    raise translate(lost.error, self.where) from None
+                reconnected = True
+                logger.info("connection to %s broke before its transaction committed (%s);"
+                            " re-running it on another connection", self.where, lost)
+            except _LOST_RACE as exc:
+                races += 1
+                if not _lost_race(exc) or races == MAX_TRIES:
+                    raise translate(exc, self.where) from None
+                logger.debug("transaction lost a race (%s), run %d; re-running", type(exc).__name__, races)
+            except psycopg.DataError as exc:
+                raise ValueError(f"PostgreSQL cannot store this value: {exc}") from None
+            except psycopg.Error as exc:
+                raise translate(exc, self.where) from None
+
+    def _transaction_once(self, work: Callable[[Tx], T]) -> T:
+        """One run of `transaction`; `_ConnectionLost` if the connection broke before COMMIT."""
+        with self.pool.connection() as conn:
+            committing = False
+            try:
+                with conn.transaction():
+                    with conn.cursor() as cur:
                         tx = Tx(cur, self.schema)
                         result = work(tx)
-                if tx.notified:
-                    self._own_change = next(self._own_changes)
-                return result
-            except _LOST_RACE as exc:
-                constraint = exc.diag.constraint_name
-                if isinstance(exc, psycopg.errors.UniqueViolation) and constraint == "jobs_id_key":
-                    raise InvalidJob("id", f"a job with that id already exists"
-                                           f" ({exc.diag.message_detail})") from None
-                lost = not isinstance(exc, psycopg.errors.UniqueViolation) or constraint in _RACE_CONSTRAINTS
-                if not lost or attempt == MAX_TRIES:
-                    raise translate(exc, self.where) from None
-                logger.debug("transaction lost a race (%s), run %d; re-running", type(exc).__name__, attempt)
+                    committing = True  # leaving the block sends COMMIT
+            except psycopg.OperationalError as exc:
+                if conn.closed and not committing:
+                    raise _ConnectionLost(exc) from exc
+                raise
+        if tx.notified:
+            self._own_change = next(self._own_changes)
+        return result
+
+    def run(self, query: str, params: Any = None, *,
+            idempotent: bool = False) -> tuple[int, list[tuple[Any, ...]]]:
+        """Run one statement on its own (autocommit: atomic by itself): (rowcount, rows).
+
+        An `idempotent` statement (a read, or a write that leaves the same rows and returns
+        the same whether it runs once or twice) is re-run once on another connection when
+        its connection broke under it. Any other write is not: the connection may have
+        broken after the statement committed, and a second run would apply it twice."""
+        runs = 2 if idempotent else 1
+        for run in range(1, runs + 1):
+            try:
+                return self._run_once(query, params)
+            except _ConnectionLost as lost:
+                if run == runs:
+                    raise translate(lost.error, self.where) from None
+                logger.info("connection to %s broke under a statement (%s); re-running it on"
+                            " another connection", self.where, lost)
             except psycopg.DataError as exc:
                 raise ValueError(f"PostgreSQL cannot store this value: {exc}") from None
             except psycopg.Error as exc:
                 raise translate(exc, self.where) from None
         raise AssertionError("unreachable")
 
-    def run(self, query: str, params: Any = None) -> tuple[int, list[tuple[Any, ...]]]:
-        """Run one statement on its own (autocommit: atomic by itself): (rowcount, rows)."""
-        try:
-            with self.pool.connection() as conn:
+    def _run_once(self, query: str, params: Any) -> tuple[int, list[tuple[Any, ...]]]:
+        """One run of `run`; `_ConnectionLost` if the connection broke under it."""
+        with self.pool.connection() as conn:
+            try:
                 cur = conn.execute(query, params)
                 return cur.rowcount, (cur.fetchall() if cur.description is not None else [])
-        except psycopg.DataError as exc:
-            raise ValueError(f"PostgreSQL cannot store this value: {exc}") from None
-        except psycopg.Error as exc:
-            raise translate(exc, self.where) from None
+            except psycopg.OperationalError as exc:
+                if conn.closed:
+                    raise _ConnectionLost(exc) from exc
+                raise
 
-    def rows(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
-        """The rows one statement returns."""
-        return self.run(query, params)[1]
+    def rows(self, query: str, params: Any = None, *, idempotent: bool = False) -> list[tuple[Any, ...]]:
+        """The rows one statement returns (`idempotent`: see `run`)."""
+        return self.run(query, params, idempotent=idempotent)[1]
+
+    def read(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
+        """The rows a statement that only reads returns (re-run if its connection broke)."""
+        return self.rows(query, params, idempotent=True)
 
     def change_token(self) -> object:
         """(notifications for this schema heard, own notifying commits)."""

@@ -78,6 +78,11 @@ class ChangeListener:
         self._retry_at = now + RECONNECT_DELAY
         try:
             conn = self._pool.connect()
+            if conn.info.server_version >= 140000:  # the setting is new in PostgreSQL 14
+                # This session is idle by design: a server-wide idle_session_timeout (meant
+                # for forgotten sessions) would end it every time, each time a warning and
+                # a reconnection that makes every manager re-read the store.
+                conn.execute("SET idle_session_timeout = 0")
             conn.execute(f"LISTEN {CHANNEL}")
         except (RepositoryError, psycopg.Error) as exc:
             if not self._warned:

@@ -4,22 +4,29 @@ Connections are autocommit (a transaction is opened explicitly where a method ne
 one), lent to one thread at a time and returned after each repository call, so a
 manager with four workers needs a handful of connections whatever its thread count. It
 is not a general-purpose pool: no health checks in the background, no resizing, no
-statistics; a connection that broke is dropped when it comes back, and a forked child
+statistics. An idle connection is checked as it is lent (one `poll` that never waits,
+see `is_alive`), so one the server ended while it sat idle (a restart,
+`idle_session_timeout`, `pg_terminate_backend`) is dropped rather than handed out; a
+connection that broke under a caller is dropped when it comes back; and a forked child
 starts a pool of its own without touching (or closing) its parent's connections.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import select
 import threading
-from typing import Iterator
+from typing import Iterator, Optional
 
 import psycopg
 from psycopg import conninfo
 
 from ..clock import SYSTEM_CLOCK
 from ..errors import RepositoryError
+
+logger = logging.getLogger("jobcore.postgres")
 
 APPLICATION_NAME = "jobcore"
 
@@ -51,6 +58,34 @@ def translate(exc: BaseException, where: str) -> RepositoryError:
         problem = type(exc).__name__
     text = " ".join(str(exc).split())
     return RepositoryError(f"PostgreSQL at {where}: {problem} ({text})")
+
+
+def is_alive(conn: psycopg.Connection) -> bool:
+    """Whether an idle pooled connection may be lent: open, outside any transaction, and
+    with nothing from the server waiting on its socket.
+
+    A pooled session LISTENs for nothing and is asked nothing while idle, so whatever
+    arrives on it meanwhile is the server ending it: the `FATAL` message and end of stream
+    of a restart or shutdown (`terminating connection due to administrator command`),
+    of `idle_session_timeout`, or of `pg_terminate_backend`. libpq reads those only when
+    the next statement is sent, and fails that statement with them; checking first costs
+    one `poll` that never waits (about a microsecond). A connection a network device
+    dropped silently still looks alive: see docs/postgres.md on keepalives."""
+    if conn.closed or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        return False
+    try:
+        return not _readable(conn.fileno())
+    except (psycopg.Error, OSError, ValueError):
+        return False
+
+
+def _readable(fd: int) -> bool:
+    """Whether `fd` has input (or an error or hang-up) pending; never waits."""
+    if hasattr(select, "poll"):  # poll has no FD_SETSIZE limit: a busy process may hold > 1024 fds
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
+    return bool(select.select([fd], [], [], 0)[0])  # Windows
 
 
 class ConnectionPool:
@@ -90,7 +125,20 @@ class ConnectionPool:
             self._release(conn)
 
     def _acquire(self) -> psycopg.Connection:
+        """An idle connection that `is_alive`, else a new one; waits up to `timeout`
+        for a free slot. Dead idle connections are dropped on the way."""
         deadline = SYSTEM_CLOCK.monotonic() + self.timeout
+        while True:
+            conn = self._take_idle_or_reserve(deadline)
+            if conn is None:  # a slot was reserved for a new connection
+                return self._open_reserved()
+            if is_alive(conn):  # checked outside the lock: it is a system call
+                return conn
+            logger.debug("dropping an idle connection to %s the server ended", self.where)
+            self._discard(conn)
+
+    def _take_idle_or_reserve(self, deadline: float) -> Optional[psycopg.Connection]:
+        """Pop an idle connection, or reserve a slot (count it in `_size`) and return None."""
         with self._cond:
             self._check_fork_locked()
             while True:
@@ -100,13 +148,16 @@ class ConnectionPool:
                     return self._idle.pop()
                 if self._size < self.max_size:
                     self._size += 1
-                    break
+                    return None
                 remaining = deadline - SYSTEM_CLOCK.monotonic()
                 if remaining <= 0:
                     raise RepositoryError(
                         f"PostgreSQL at {self.where}: no free connection within {self.timeout:g}s"
                         f" (all {self.max_size} in use; raise pool_size)")
                 self._cond.wait(remaining)
+
+    def _open_reserved(self) -> psycopg.Connection:
+        """Open a connection in a slot `_take_idle_or_reserve` reserved (freed on failure)."""
         try:
             return self.connect()
         except BaseException:
@@ -124,6 +175,13 @@ class ConnectionPool:
             if usable and not self._closed:
                 self._idle.append(conn)
                 self._cond.notify()
+                return
+        self._discard(conn)
+
+    def _discard(self, conn: psycopg.Connection) -> None:
+        """Free the slot of a connection of this pool that will not be lent again, and close it."""
+        with self._cond:
+            if os.getpid() != self._pid:  # lent before a fork: the parent's, not ours
                 return
             self._size -= 1
             self._cond.notify()

@@ -135,18 +135,18 @@ class PostgresRepository(SettlesThroughApply, JobRepository):
 
     # -- reading ---------------------------------------------------------------------------
     def get(self, job_id: str) -> Optional[JobRecord]:
-        rows = self._db.rows(self.sql.SELECT_JOB, (job_id,))
+        rows = self._db.read(self.sql.SELECT_JOB, (job_id,))
         return record_from_row(rows[0]) if rows else None
 
     def get_without_args(self, job_id: str) -> Optional[JobRecord]:
-        rows = self._db.rows(self.sql.SELECT_JOB_WITHOUT_ARGS, (job_id,))
+        rows = self._db.read(self.sql.SELECT_JOB_WITHOUT_ARGS, (job_id,))
         return record_from_row(rows[0]) if rows else None
 
     def _queue(self, named: str, any_function: str, function_names: Optional[Collection[str]],
                limit: int) -> list[QueueEntry]:
         query = any_function if function_names is None else named
         params = {"names": sorted(function_names or ()), "limit": limit}
-        return [entry_from_row(row) for row in self._db.rows(query, params)]
+        return [entry_from_row(row) for row in self._db.read(query, params)]
 
     def ready(self, function_names: Optional[Collection[str]], limit: int) -> list[QueueEntry]:
         return self._queue(self.sql.SELECT_READY, self.sql.SELECT_READY_ANY, function_names, limit)
@@ -167,25 +167,25 @@ class PostgresRepository(SettlesThroughApply, JobRepository):
               owner: Optional[str], limit: Optional[int], offset: int) -> builtins.list[JobRecord]:
         params = {"status": None if status is None else JobStatus(status).value, "owner": owner,
                   "tags": sorted(tags or ()), "limit": limit, "offset": offset}
-        return [record_from_row(row) for row in self._db.rows(query, params)]
+        return [record_from_row(row) for row in self._db.read(query, params)]
 
     def count_by_status(self) -> dict[JobStatus, int]:
         counts = {status: 0 for status in JobStatus}
-        for status, count in self._db.rows(self.sql.COUNT_BY_STATUS):
+        for status, count in self._db.read(self.sql.COUNT_BY_STATUS):
             counts[status_of(status)] += count
         return counts
 
     def count_queued(self) -> int:
-        return int(self._db.rows(self.sql.COUNT_QUEUED)[0][0])
+        return int(self._db.read(self.sql.COUNT_QUEUED)[0][0])
 
     def logs(self, job_id: str) -> builtins.list[tuple[float, str, str]]:
-        return [tuple(row) for row in self._db.rows(self.sql.SELECT_LOGS, (job_id,))]
+        return [tuple(row) for row in self._db.read(self.sql.SELECT_LOGS, (job_id,))]
 
     def log_page(self, job_id: str, offset: int, limit: Optional[int]) -> builtins.list[tuple[float, str, str]]:
-        return [tuple(row) for row in self._db.rows(self.sql.SELECT_LOG_PAGE, (job_id, limit, offset))]
+        return [tuple(row) for row in self._db.read(self.sql.SELECT_LOG_PAGE, (job_id, limit, offset))]
 
     def count_logs(self, job_id: str) -> int:
-        return int(self._db.rows(self.sql.COUNT_LOGS, (job_id,))[0][0])
+        return int(self._db.read(self.sql.COUNT_LOGS, (job_id,))[0][0])
 
     # -- running ---------------------------------------------------------------------------
     @staticmethod
@@ -271,7 +271,7 @@ class PostgresRepository(SettlesThroughApply, JobRepository):
         params = {"progress": progress, "message": clean_text(message),
                   "details": serialization.encode(details, field="progress details"),
                   "id": job_id, "worker": worker_id, "attempt": attempt}
-        return self._db.run(self.sql.UPDATE_PROGRESS, params)[0] == 1
+        return self._db.run(self.sql.UPDATE_PROGRESS, params, idempotent=True)[0] == 1
 
     def add_log(self, job_id: str, level: str, message: str, now: float) -> None:
         self._db.run(self.sql.INSERT_LOG, (job_id, now, clean_text(level), clean_text(message)))
@@ -281,7 +281,7 @@ class PostgresRepository(SettlesThroughApply, JobRepository):
         if not job_ids:
             return []
         params = {"lease": lease_expires_at, "worker": worker_id, "ids": list(job_ids)}
-        return [job_id for job_id, requested in self._db.rows(self.sql.HEARTBEAT, params) if requested]
+        return [job_id for job_id, requested in self._db.rows(self.sql.HEARTBEAT, params, idempotent=True) if requested]
 
     def recover_expired(self, now: float) -> builtins.list[QueueEntry]:
         return list(self.recover(now).requeued)
@@ -332,23 +332,23 @@ class PostgresRepository(SettlesThroughApply, JobRepository):
     # -- workers and change detection ----------------------------------------------------------
     def register_worker(self, worker_id: str, host: str, pid: int, now: float,
                         lease_timeout: Optional[float] = None) -> None:
-        self._db.run(self.sql.REGISTER_WORKER, (worker_id, host, pid, now, now, lease_timeout))
+        self._db.run(self.sql.REGISTER_WORKER, (worker_id, host, pid, now, now, lease_timeout), idempotent=True)
 
     def beat_worker(self, worker_id: str, running: Collection[str], now: float) -> bool:
-        return self._db.run(self.sql.BEAT_WORKER, (now, sorted(running), worker_id))[0] == 1
+        return self._db.run(self.sql.BEAT_WORKER, (now, sorted(running), worker_id), idempotent=True)[0] == 1
 
     def unregister_worker(self, worker_id: str) -> None:
-        self._db.run(self.sql.UNREGISTER_WORKER, (worker_id,))
+        self._db.run(self.sql.UNREGISTER_WORKER, (worker_id,), idempotent=True)
 
     def list_workers(self) -> builtins.list[WorkerInfo]:
         return [WorkerInfo(row[0], row[1], row[2], row[3], row[4], tuple(row[5] or ()), row[6])
-                for row in self._db.rows(self.sql.LIST_WORKERS)]
+                for row in self._db.read(self.sql.LIST_WORKERS)]
 
     def reap_workers(self, before: float, now: Optional[float] = None) -> builtins.list[str]:
         return [row[0] for row in self._db.rows(self.sql.REAP_WORKERS, (now, before))]
 
     def expire_worker(self, worker_id: str, now: float) -> int:
-        return self._db.run(self.sql.EXPIRE_WORKER, (now - 1.0, worker_id))[0]
+        return self._db.run(self.sql.EXPIRE_WORKER, (now - 1.0, worker_id), idempotent=True)[0]
 
     def change_token(self) -> Optional[object]:
         """Moves whenever a commit (by any process) made work new or ready: the count of
