@@ -10,6 +10,7 @@ CI they fail instead, since CI must run them.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import subprocess
 import sys
@@ -437,6 +438,40 @@ def test_a_cancel_waits_for_a_transition_under_way_and_acts_on_the_status_it_lea
         assert [outcome for outcome, _ in outcomes] == [CancelOutcome.CANCELLED]
         stored = repository.get(job.id)
         assert stored is not None and (stored.status, stored.error) == (JobStatus.CANCELLED, "stop")
+    finally:
+        repository.close()
+
+
+def test_a_producer_that_loses_a_unique_key_race_gets_the_holder_without_a_warning(
+        schema: Schema, caplog: pytest.LogCaptureFixture) -> None:
+    # given a batch whose first job has unique_key "k", then one depending on a stored job
+    # another connection holds locked, then many more: its insert looks for holders of "k"
+    # (none yet), then waits for that lock
+    repository = schema.repository()
+    parent = make_record()
+    repository.insert([parent], NOW)
+    keyed, dependent = make_record(unique_key="k"), make_record(depends_on=(parent.id,))
+    batch = [keyed, dependent, *(make_record() for _ in range(300))]
+    holder = make_record(unique_key="k")
+    inserted: list[list[str]] = []
+    caplog.set_level(logging.DEBUG, logger="psycopg")
+    try:
+        with psycopg.connect(schema.server) as locker, psycopg.connect(schema.server, autocommit=True) as watch:
+            locker.execute(f'SELECT 1 FROM "{schema.name}".jobs WHERE id = %s FOR UPDATE', (parent.id,))
+            inserter = threading.Thread(target=lambda: inserted.append(repository.insert(batch, NOW)),
+                                        name="inserter")
+            inserter.start()
+            _wait_until_blocked_by(watch, locker.info.backend_pid, inserter)
+            # when another producer's job takes "k" meanwhile, and the lock is then released:
+            # the batch's first row meets the key taken at once, its others still on their way
+            repository.insert([holder], NOW)
+            locker.commit()
+            inserter.join(WAIT)
+        # then the batch gets the holder's id for its keyed job, its others are stored, and
+        # psycopg logged nothing about the race the repository handled
+        assert inserted == [[holder.id, *(record.id for record in batch[1:])]]
+        assert repository.get(keyed.id) is None and repository.count_by_status()[JobStatus.PENDING] == 303
+        assert [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING] == []
     finally:
         repository.close()
 

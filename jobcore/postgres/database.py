@@ -39,6 +39,12 @@ class Unchanged(Exception):
     """Raise inside a unit of work to roll its transaction back (the caller catches it)."""
 
 
+class LostRace(Exception):
+    """Raise inside a unit of work that found a concurrent transaction got there first
+    without an error from the server (an `ON CONFLICT DO NOTHING` that inserted nothing):
+    the transaction is rolled back and re-run, like one that hit a race's unique index."""
+
+
 class _ConnectionLost(Exception):
     """The connection broke under a statement, or under a transaction before its COMMIT
     was sent (`error` says how): the caller decides whether running it again is safe."""
@@ -133,6 +139,12 @@ class Database:
                 reconnected = True
                 logger.info("connection to %s broke before its transaction committed (%s);"
                             " re-running it on another connection", self.where, lost)
+            except LostRace:
+                races += 1
+                if races == MAX_TRIES:
+                    raise RepositoryError(f"PostgreSQL at {self.where}: a transaction lost"
+                                          f" {MAX_TRIES} races in a row") from None
+                logger.debug("transaction lost a race (nothing inserted), run %d; re-running", races)
             except _LOST_RACE as exc:
                 races += 1
                 if not _lost_race(exc) or races == MAX_TRIES:

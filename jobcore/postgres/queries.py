@@ -44,6 +44,14 @@ VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 
     %s, %s, %s, %s, %s)
 RETURNING seq
 """
+# For batches with a unique_key: a job whose key another transaction took since the
+# insert looked (SELECT_UNFINISHED_BY_KEYS) is not inserted and returns no row, and the
+# insert runs again to find that holder. Not an error: inserts are pipelined, and psycopg
+# logs a WARNING for an error inside a pipeline even when the caller handles it. Batches
+# without keys keep INSERT_JOB: ON CONFLICT makes every row a speculative insertion.
+INSERT_JOB_KEYED = INSERT_JOB.replace("RETURNING seq", f"""ON CONFLICT (unique_key)
+    WHERE unique_key IS NOT NULL AND status IN {_UNFINISHED} DO NOTHING
+RETURNING seq""")
 INSERT_RUN = """
 INSERT INTO {s}.jobs (id, function_name, name, payload, priority, status, blocked, created_at,
     scheduled_at, run_at, max_retries, retry_delay, retry_backoff, retry_jitter, timeout, tags,

@@ -20,7 +20,7 @@ from ..repository.columns import encode_progress, unreadable_lease_message
 from ..repository.base import (Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry, Recovery,
                                Settlement, SettlesThroughApply, WorkerInfo, claim_limit, id_taken,
                                require_plain_pending)
-from .database import Database, Tx, Unchanged, schema_from_dsn
+from .database import Database, LostRace, Tx, Unchanged, schema_from_dsn
 from .rows import clean_text, entry_from_row, record_from_row, row_params, status_of
 from .settling import cancel_dependents, settle_all
 
@@ -102,9 +102,12 @@ class PostgresRepository(SettlesThroughApply, JobRepository):
             rows.append(row_params(record, now, status, blocked, dead, self.max_payload_bytes))
         if not rows:
             return ids
-        tx.cur.executemany(sql.INSERT_JOB, rows, returning=True)
+        tx.cur.executemany(sql.INSERT_JOB_KEYED if keys else sql.INSERT_JOB, rows, returning=True)
         for record in planned:
-            given[record.id].seq = tx.cur.fetchone()[0]  # type: ignore[index]
+            row = tx.cur.fetchone()
+            if row is None:  # its unique_key was taken since we looked: run again to find the holder
+                raise LostRace
+            given[record.id].seq = row[0]
             tx.cur.nextset()
         deps = [(record.id, dep) for record in planned for dep in record.depends_on]
         if deps:
