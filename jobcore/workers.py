@@ -155,12 +155,20 @@ class WorkerPool:
             state.work_ready.notify_all()
             state.dispatch_needed.notify_all()
             dispatcher = self._dispatcher.thread
+            threads = list(self._threads)
             while working():
                 left = remaining()
                 if left == 0.0:
                     break
                 state.workers_changed.wait(left)
             ended = not working()
+            # Threads whose loops ended, not yet gone: joined below (moments each), so
+            # that none is alive when this returns (at interpreter exit, the store closes
+            # its connections only once no other thread of its is alive).
+            still = {id(slot) for _, slot in self._threads}
+            leaving = [thread for thread, slot in threads if not slot.abandoned and id(slot) not in still]
+        for thread in leaving:
+            thread.join(remaining())
         if dispatcher is not None:
             dispatcher.join(remaining())
         return ended
