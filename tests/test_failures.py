@@ -17,6 +17,7 @@ from jobcore import (CallbackNotificationChannel, FakeClock, Job, JobStatus, Per
                      RetryableError, WebhookNotificationChannel)
 from jobcore.errors import JobTimeout
 from jobcore.retry import is_transient, retry_delay
+from stuck import stuck_past_stop
 
 WAIT = 10.0
 
@@ -440,21 +441,9 @@ def test_a_job_of_an_earlier_start_that_times_out_after_a_restart_adds_no_worker
         make_manager: Any, db_path: str) -> None:
     # given a job with a timeout still running when the manager is stopped without
     # waiting, then started again (the new start has its own max_workers threads)
-    clock = FakeClock()
-    started, release = threading.Event(), threading.Event()
-
-    def stuck() -> str:
-        started.set()
-        release.wait(WAIT)
-        return "too late"
-
-    manager = make_manager(db_path, max_workers=1, clock=clock)
-    manager.register_function("stuck", stuck)
-    manager.start()
+    release = threading.Event()
     try:
-        job_id = manager.enqueue(Job(function_name="stuck", timeout=5.0, max_retries=0))
-        assert started.wait(WAIT)
-        manager.stop(wait=False)
+        manager, job_id, clock = stuck_past_stop(make_manager, db_path, release)
         manager.start()
 
         # when it times out

@@ -16,6 +16,7 @@ import pytest
 from jobcore import (FakeClock, Job, JobCancelled, JobManager, JobPriority, JobRepository, JobStatus, MemoryRepository,
                      SQLiteRepository, UnknownFunction, current_job)
 import jobcore.manager
+from stuck import stuck_past_stop
 from jobcore.manager import READY_LOAD_LIMIT
 from waiting import wait_until
 
@@ -853,21 +854,9 @@ def test_a_job_running_past_a_stop_keeps_its_lease_and_runs_once(make_manager: A
 
 def test_a_job_running_past_a_stop_is_still_timed_out(make_manager: Any, db_path: str) -> None:
     # given a job with a timeout still running when its manager stops without waiting
-    clock = FakeClock()
-    started, release = threading.Event(), threading.Event()
-
-    def stuck() -> str:
-        started.set()
-        release.wait()  # until the test ends: only its timeout ends the attempt
-        return "too late"
-
-    manager = make_manager(db_path, max_workers=1, clock=clock)
-    manager.register_function("stuck", stuck)
-    manager.start()
+    release = threading.Event()
     try:
-        job_id = manager.enqueue(Job(function_name="stuck", timeout=5.0, max_retries=0))
-        assert started.wait(WAIT)
-        manager.stop(wait=False)
+        manager, job_id, clock = stuck_past_stop(make_manager, db_path, release)
 
         # when its timeout passes (its lease renewed meanwhile)
         clock.advance(10)

@@ -139,6 +139,18 @@ def other_worker(make_manager: Any, make_store: Any, clock: FakeClock,
     return manager.start(), repository
 
 
+def down_past_the_lease(clock: FakeClock, *stores: Unreachable,
+                        meanwhile: Callable[[], None] = lambda: None) -> None:
+    """Make every call of `stores` fail for longer than a lease (calling `meanwhile` a few
+    polls in), each manager beating (in vain) all along."""
+    for store in stores:
+        store.down.set()
+    for n in range(int(LEASE) + 2):
+        step(clock, *stores)
+        if n == 5:
+            meanwhile()
+
+
 @pytest.mark.parametrize("ends", ["after", "during"], ids=["job-ends-after-the-outage", "job-ends-during-it"])
 def test_after_an_outage_longer_than_the_lease_no_live_worker_runs_anothers_job(
         make_manager: Any, make_store: Any, clock: FakeClock, release: threading.Event, ends: str) -> None:
@@ -149,13 +161,12 @@ def test_after_an_outage_longer_than_the_lease_no_live_worker_runs_anothers_job(
 
     # when the store fails both for longer than the job's lease (the job may end meanwhile:
     # its outcome then waits to be recorded)
-    first_store.down.set()
-    second_store.down.set()
-    for n in range(int(LEASE) + 2):
-        step(clock, first_store, second_store)
-        if ends == "during" and n == 5:
+    def job_ends() -> None:
+        if ends == "during":
             release.set()
             wait_until(lambda: not first._pool._state.running, WAIT, "the job to end")
+
+    down_past_the_lease(clock, first_store, second_store, meanwhile=job_ends)
     assert first_store.failures("heartbeat") > 0 and second_store.failures("beat_worker") > 0
     # and works again for the idle manager first, past its next lease recovery round...
     second_store.down.clear()
@@ -186,10 +197,7 @@ def test_a_worker_still_unreachable_a_lease_after_the_store_came_back_loses_its_
     second, second_store = other_worker(make_manager, make_store, clock, runs)
     # when the store fails both for longer than the lease, then works again for the idle
     # one only (the other cut off from it, as by a network partition)
-    first_store.down.set()
-    second_store.down.set()
-    for _ in range(int(LEASE) + 2):
-        step(clock, first_store, second_store)
+    down_past_the_lease(clock, first_store, second_store)
     second_store.down.clear()
     back = step(clock, second_store)
     # then once a lease has passed since the store came back, the job is taken back and
