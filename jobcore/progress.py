@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from typing import Any, Callable, Iterable, NamedTuple, Optional
 
 from .clock import real_monotonic
@@ -36,6 +37,7 @@ from .context import JobContext
 logger = logging.getLogger("jobcore.progress")
 
 PROGRESS_INTERVAL = 0.1  # seconds between two writes of one attempt's progress, at least
+RECENT_KEPT = 256  # last reports of settled attempts kept for `latest` (see `_recent`)
 
 
 class Report(NamedTuple):
@@ -66,6 +68,12 @@ class ProgressWriter:
         self._waiting: dict[str, Report] = {}  # job id -> its latest report not yet written
         self._writing: dict[str, Report] = {}  # job id -> its report being written now
         self._ending: dict[str, Report] = {}  # job id -> its last report, to be recorded with its outcome
+        # job id -> the last report of its running attempt written to its row, and of the
+        # latest attempts settled (at most RECENT_KEPT): `poll` reads the row before it asks
+        # `latest`, and a report written (or an outcome recorded) in between must not make
+        # it show an older report than it showed before.
+        self._written: dict[str, Report] = {}
+        self._recent: OrderedDict[str, Report] = OrderedDict()
         self._written_at: dict[str, float] = {}  # job id -> when its attempt last wrote a report
         # When the flusher looks next, as it was told (None: not told of anything waiting);
         # a report due sooner wakes it.
@@ -123,8 +131,10 @@ class ProgressWriter:
                     logger.warning("could not store a progress report of job %s: %s", report.context.id, exc)
             with self._lock:
                 for report in due:
-                    if self._writing.get(report.context.id) is report:
-                        del self._writing[report.context.id]
+                    job_id = report.context.id
+                    if self._writing.get(job_id) is report:
+                        self._written[job_id] = report  # (before it leaves _writing: see `latest`)
+                        del self._writing[job_id]
         return due_next
 
     def _take_due(self, now: float) -> tuple[list[Report], Optional[float]]:
@@ -137,6 +147,7 @@ class ProgressWriter:
                 if report.context.abandoned:  # timed out: nothing of it is recorded any more
                     del self._waiting[job_id]
                     self._written_at.pop(job_id, None)
+                    self._written.pop(job_id, None)
                     continue
                 at = self._due_locked(report.context)
                 if at > now:
@@ -178,16 +189,26 @@ class ProgressWriter:
 
     def settled(self, job_ids: Iterable[str]) -> None:
         """The outcomes of these jobs' attempts were recorded (or discarded): forget them."""
-        if not (self._ending or self._written_at):  # dict reads: most jobs reported nothing
+        if not (self._ending or self._written_at or self._written):  # dict reads: most jobs reported nothing
             return
         with self._lock:
+            recent = self._recent
             for job_id in job_ids:
+                last = self._ending.get(job_id) or self._written.get(job_id)
+                if last is not None:  # (into _recent before out of the others: see `latest`)
+                    recent[job_id] = last
+                    recent.move_to_end(job_id)
+                    if len(recent) > RECENT_KEPT:
+                        recent.popitem(last=False)
                 self._ending.pop(job_id, None)
+                self._written.pop(job_id, None)
                 self._written_at.pop(job_id, None)  # (an attempt given up: `take` never came)
 
     def latest(self, job_id: str) -> Optional[Report]:
-        """The latest report of the job's running attempt that may not be in its row yet,
-        if any: waiting, taken for its outcome, or being written (newest first)."""
+        """The latest report of the job's attempt running here (or just settled), if any:
+        waiting, taken for its outcome, being written, written (newest first), or the last
+        one of an attempt settled lately. The caller applies it only to a row read before,
+        showing that attempt still running."""
         # Dict reads, each whole under the GIL; a report is put in its next place before
         # it leaves the last, so one of them has it.
         report = self._waiting.get(job_id)
@@ -195,4 +216,8 @@ class ProgressWriter:
             report = self._ending.get(job_id)
             if report is None:
                 report = self._writing.get(job_id)
+                if report is None:
+                    report = self._written.get(job_id)
+                    if report is None:
+                        report = self._recent.get(job_id)
         return None if report is None or report.context.abandoned else report
