@@ -208,11 +208,14 @@ class WorkerPool:
 
     @property
     def idle(self) -> bool:
-        """True when nothing runs or waits here: time to look for work elsewhere."""
+        """True when nothing runs here and nothing queued here is ready: time to look for
+        work elsewhere. Timers and cron schedules not due yet do not count: a manager
+        holding one (a `periodic` job, a retry an hour ahead) still notices at once the
+        jobs another process enqueues or retries."""
         state = self._state
         with state.lock:
             busy = bool(state.running or state.buffer or state.finished or state.exchanging)
-        return not busy and len(self._queue) == 0
+        return not busy and not self._queue.has_ready()
 
     def request_cancel(self, job_id: str) -> bool:
         """Signal a job held here to stop; False if it is not held here."""

@@ -324,3 +324,30 @@ def test_a_job_retried_by_another_process_runs_now_not_at_its_old_time(tmp_path:
     finally:
         worker.close()
         other.close()
+
+
+@pytest.mark.parametrize("holding", ["timer", "schedule"])
+def test_a_manager_holding_a_timer_notices_another_processs_job_at_once(tmp_path: Any, holding: str) -> None:
+    # given a started manager whose queue holds only a job due in an hour (or a cron
+    # schedule): it counted as busy, so it read the store for another process's jobs only
+    # every poll_interval (a second) instead of every discovery_interval (50 ms)
+    path = str(tmp_path / "shared.db")
+    clock = FakeClock(start=1_900_000_000.0)
+    worker = JobManager(path, clock=clock, max_workers=1)
+    worker.register_function("ok", lambda: "ran")
+    other = JobManager(path, clock=clock, producer=True)
+    if holding == "timer":
+        other.enqueue(Job(function_name="ok", scheduled_at=datetime.fromtimestamp(clock.time() + 3600)))
+    else:
+        other.enqueue(Job(function_name="ok", cron="0 * * * *"))
+    worker.start()
+    try:
+        # when another process enqueues a job, and a little more than a discovery interval passes
+        job_id = other.enqueue(Job(function_name="ok"))
+        for _ in range(3):
+            clock.advance(0.03)
+        # then the worker runs it (the fake clock never reaches a poll_interval)
+        assert worker.wait(job_id, timeout=WAIT).result == "ran"
+    finally:
+        worker.close()
+        other.close()
