@@ -42,6 +42,14 @@ class _Waiters:
         self.woken = threading.Condition(lock)  # notified when the job settles here
 
 
+def _generated(job_id: str) -> bool:
+    """Whether `job_id` has the shape of the ids jobcore makes (uuid4 hex), never given
+    again: a job with an id of its own choosing ("nightly-report") may be deleted by
+    another process and that id given to a new job there, which only its row tells, so
+    `wait` reads its row rather than answering from what it remembers."""
+    return len(job_id) == 32 and job_id[12] == "4" and job_id[16] in "89ab"
+
+
 class Settlements:
     """The jobs settled here, and the threads waiting for one (see module docstring)."""
 
@@ -70,7 +78,7 @@ class Settlements:
         with self._lock:
             waiters = self._waiters
             for job_id, completion in settled:
-                if completion is not None:
+                if completion is not None and _generated(job_id):
                     self._completions[job_id] = completion
                     if len(self._completions) > self._keep:
                         self._completions.popitem(last=False)

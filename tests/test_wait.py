@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import sqlite3
 import threading
+import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -225,13 +226,13 @@ def test_only_jobs_forgotten_count_as_falling_behind(monkeypatch: Any) -> None:
     # given 2 completions remembered (all there is room for), completed at 10 and 11
     _remembering(monkeypatch, first=2, most=16, behind=1)
     settlements = waiting.Settlements()
-    settlements.mark([(f"kept-{n}", Completion((), None, 10.0 + n, False)) for n in range(2)])
+    settlements.mark([(uuid.uuid4().hex, Completion((), None, 10.0 + n, False)) for n in range(2)])
 
     def wait_reading(record: JobRecord) -> None:
         settlements.wait(record.id, 1.0, held=lambda _: False, read=lambda _: record, worker_id="here")
 
     def remembered_after_four_more() -> int:
-        settlements.mark([(f"more-{n}", Completion((), None, 20.0 + n, False)) for n in range(4)])
+        settlements.mark([(uuid.uuid4().hex, Completion((), None, 20.0 + n, False)) for n in range(4)])
         return len(settlements)
 
     # when a caller reads back a job completed here after the oldest one remembered (read
@@ -356,3 +357,27 @@ def test_scheduled_at_is_not_a_spent_retry_time(make_manager: Any, db_path: str)
     assert (waited.result, waited.attempts) == ("done", 2)
     assert waited.scheduled_at is None and manager.poll(job_id).scheduled_at is None
     assert manager.list_jobs()[0].scheduled_at is None
+
+
+def test_wait_reads_the_row_of_a_job_with_an_id_of_its_own(tmp_path: Any) -> None:
+    # given a job with an id of its own completed here, then deleted by another process,
+    # which gave that id to a new job: wait answered with the old job's result
+    path = str(tmp_path / "shared.db")
+    worker = JobManager(path, max_workers=1)
+    worker.register_function("value", lambda n: n)
+    other = JobManager(path, producer=True)
+    worker.start()
+    try:
+        assert worker.wait(worker.enqueue(Job(function_name="value", args=(42,), id="nightly-report")),
+                           timeout=10).result == 42
+        assert other.cleanup_old_results(0) == 1
+        worker.stop()
+        other.enqueue(Job(function_name="value", args=(7,), id="nightly-report"))
+        # then wait sees the new job (pending: its manager is stopped), not the old result
+        with pytest.raises(TimeoutError):
+            worker.wait("nightly-report", timeout=0.05)
+        worker.start()
+        assert worker.wait("nightly-report", timeout=10).result == 7
+    finally:
+        worker.close()
+        other.close()
