@@ -211,13 +211,8 @@ class ProgressWriter:
         showing that attempt still running."""
         # Dict reads, each whole under the GIL; a report is put in its next place before
         # it leaves the last, so one of them has it.
-        report = self._waiting.get(job_id)
-        if report is None:
-            report = self._ending.get(job_id)
-            if report is None:
-                report = self._writing.get(job_id)
-                if report is None:
-                    report = self._written.get(job_id)
-                    if report is None:
-                        report = self._recent.get(job_id)
-        return None if report is None or report.context.abandoned else report
+        for place in (self._waiting, self._ending, self._writing, self._written, self._recent):
+            report = place.get(job_id)
+            if report is not None:
+                return None if report.context.abandoned else report
+        return None

@@ -279,21 +279,19 @@ class Recorder:
 
     def _settlement(self, finished: Finished, now: float) -> Settlement:
         record, outcome = finished.record, finished.outcome
+        classifier: Optional[Classifier] = None
         if outcome.error is None:  # succeeded: no retry policy to look up (see `completed`)
             if not self._repo.persistent:
                 return completed(record, outcome.value, finished.ran_for)
             try:  # encoded once, here: the repository stores this text as it is
                 encoded = serialization.encode(outcome.value, field="result",
                                                max_bytes=self._repo.max_payload_bytes)
-            except (TypeError, ValueError) as exc:  # the result cannot be stored: a failure
-                return decide(record, Outcome(error=exc, traceback=None),
-                              cancel_requested=finished.context.cancel_requested,
-                              classifier=_never_retried,  # the next attempt would return one too
-                              rng=self._rng, max_retry_delay=self._max_retry_delay, now=now,
-                              ran_for=finished.ran_for)
+            except (TypeError, ValueError) as exc:  # the result cannot be stored: a failure,
+                outcome, classifier = Outcome(error=exc, traceback=None), _never_retried  # for good
             else:
                 return completed(record, outcome.value, finished.ran_for, encoded)
-        classifier = self._local.retry_on(record.id) or self._retry_on
+        if classifier is None:
+            classifier = self._local.retry_on(record.id) or self._retry_on
         return decide(record, outcome, cancel_requested=finished.context.cancel_requested,
                       classifier=classifier, rng=self._rng, max_retry_delay=self._max_retry_delay,
                       now=now, ran_for=finished.ran_for)

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from jobcore import FakeClock, Job, JobManager, JobStatus, RepositoryError, SQLiteRepository
+from recovery_checks import runs_again_with_its_reason
 
 WAIT = 10.0
 
@@ -229,15 +230,9 @@ def test_a_running_job_whose_lease_is_not_a_time_is_taken_back(make_manager: Any
     _corrupt(db_path, job_id, "lease_expires_at", "'garbage'")
 
     # when a manager runs on the store (recovering leases often)
-    manager = make_manager(db_path, lease_timeout=0.2, poll_interval=0.05)
-    manager.register_function("echo", lambda x: x)
-    manager.start()
-
     # then the job is taken back and runs again, and its log tells why
-    result = manager.wait(job_id, timeout=WAIT)
-    assert (result.status, result.attempts, result.result) == (JobStatus.COMPLETED, 2, 1)
-    messages = [entry.message for entry in manager.get_logs(job_id)]
-    assert any("lease_expires_at held 'garbage', not a time" in m for m in messages), messages
+    messages = runs_again_with_its_reason(make_manager, db_path, job_id,
+                                          "lease_expires_at held 'garbage', not a time")
     assert any("dead-worker lost its lease on attempt 1" in m for m in messages), messages
 
 

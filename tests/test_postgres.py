@@ -27,6 +27,7 @@ from jobcore import JobStatus
 from jobcore.errors import RepositoryError
 from jobcore.repository.base import CancelOutcome, JobRecord, Settlement
 from jobcore.testing.contract import NOW, RepositoryContract, claim_race, make_record
+from recovery_checks import check_entries_with_and_without_a_lease
 
 try:
     from jobcore.postgres import PostgresRepository
@@ -101,9 +102,7 @@ def test_a_version_3_schema_gets_worker_leases_keeping_its_entries(repo: "Postgr
     try:
         # then the old entry has no lease of its own, a new one records its lease, and
         # each is reaped by its own (the old one by the reaper's)
-        migrated.register_worker("new", "host-a", 102, NOW + 1, lease_timeout=60.0)
-        assert [(w.worker_id, w.lease_timeout) for w in migrated.list_workers()] == [("old", None), ("new", 60.0)]
-        assert migrated.reap_workers(NOW + 10 - 1.5, now=NOW + 10) == ["old"]
+        check_entries_with_and_without_a_lease(migrated)
     finally:
         migrated.close()
     with psycopg.connect(schema.server) as conn:

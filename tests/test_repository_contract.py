@@ -22,6 +22,7 @@ from jobcore.repository import MemoryRepository, SQLiteRepository
 from jobcore.repository import sqlite_queue
 from jobcore.repository import sqlite_schema as sql
 from jobcore.testing.contract import NOW, RepositoryContract, claim_race, make_record
+from recovery_checks import check_entries_with_and_without_a_lease
 
 
 class TestSQLiteRepository(RepositoryContract):
@@ -143,9 +144,7 @@ def test_a_version_4_database_gets_worker_leases_keeping_its_entries(path: str) 
     try:
         # then the old entry has no lease of its own, a new one records its lease, and
         # each is reaped by its own (the old one by the reaper's)
-        repo.register_worker("new", "host-a", 102, NOW + 1, lease_timeout=60.0)
-        assert [(w.worker_id, w.lease_timeout) for w in repo.list_workers()] == [("old", None), ("new", 60.0)]
-        assert repo.reap_workers(NOW + 10 - 1.5, now=NOW + 10) == ["old"]
+        check_entries_with_and_without_a_lease(repo)
     finally:
         repo.close()
     with _raw(path) as conn:
