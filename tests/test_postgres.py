@@ -230,6 +230,28 @@ def test_text_postgresql_cannot_hold_is_escaped_in_outcomes_and_refused_in_jobs(
     assert sum(repo.count_by_status().values()) == 1
 
 
+def test_a_lone_plain_job_is_stored_by_one_statement_as_a_batch_stores_it(repo: "PostgresRepository") -> None:
+    # One autocommit INSERT that also notifies (INSERT_ALONE), instead of a transaction.
+    options = dict(function_name="tests.f", args=(1, "two"), kwargs={"k": [None]}, priority=3, max_retries=2,
+                   retry_jitter=False, timeout=1.5, tags=frozenset({"t"}), metadata={"m": 1})
+    alone, first, second = make_record(**options), make_record(**options), make_record(**options)
+    before = repo.change_token()
+    assert repo.insert([alone], NOW) == [alone.id]
+    assert repo.change_token() != before  # its own write moves its token at once
+    assert repo.insert([first, second], NOW) == [first.id, second.id]
+    assert first.seq < second.seq and alone.seq < first.seq
+    ignored = {"id", "seq"}
+    rows = [repo.get(record.id) for record in (alone, first)]
+    assert rows[0] is not None and rows[1] is not None and rows[0].seq == alone.seq
+    shown = [{f.name: getattr(row, f.name) for f in dataclasses.fields(JobRecord) if f.name not in ignored}
+             for row in rows]
+    assert shown[0] == shown[1]
+    for taken in (alone, first):  # the id of a job stored alone, or in a batch
+        with pytest.raises(ValueError, match="already exists"):
+            repo.insert([make_record(id=taken.id)], NOW + 1)
+    assert repo.get(alone.id).created_at == NOW  # type: ignore[union-attr]
+
+
 def test_the_change_token_hears_commits_of_other_connections(schema: Schema) -> None:
     listener, writer = schema.repository(), schema.repository()
     try:

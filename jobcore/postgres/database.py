@@ -207,6 +207,24 @@ class Database:
                     raise _ConnectionLost(exc) from exc
                 raise
 
+    def insert_alone(self, query: str, params: Any) -> list[tuple[Any, ...]]:
+        """The rows of one INSERT of a job that also NOTIFYs (`queries.INSERT_ALONE`), run
+        on its own (autocommit), never twice: moves this object's change token as a
+        transaction that notified does. A taken job id raises `InvalidJob`."""
+        try:
+            rows = self._run_once(query, params)[1]
+        except _ConnectionLost as lost:
+            raise translate(lost.error, self.where) from None
+        except psycopg.errors.UniqueViolation as exc:
+            _lost_race(exc)  # raises InvalidJob for the id: the only unique column given
+            raise translate(exc, self.where) from None
+        except psycopg.DataError as exc:
+            raise ValueError(f"PostgreSQL cannot store this value: {exc}") from None
+        except psycopg.Error as exc:
+            raise translate(exc, self.where) from None
+        self._own_change = next(self._own_changes)
+        return rows
+
     def rows(self, query: str, params: Any = None, *, idempotent: bool = False) -> list[tuple[Any, ...]]:
         """The rows one statement returns (`idempotent`: see `run`)."""
         return self.run(query, params, idempotent=idempotent)[1]

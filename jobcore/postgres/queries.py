@@ -44,6 +44,11 @@ VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 
     %s, %s, %s, %s, %s)
 RETURNING seq
 """
+# One job that needs no check against other rows (no dependencies, no unique key), alone:
+# stored and announced (NOTIFY, as `Tx.notify`) by one autocommit statement, one round
+# trip instead of a transaction's BEGIN, lookup, INSERT, NOTIFY and COMMIT. A taken id
+# fails on jobs_id_key, as the lookup would have found it.
+INSERT_ALONE = "WITH added AS (" + INSERT_JOB.strip() + ") SELECT seq, pg_notify('jobcore_jobs', %s) FROM added"
 # For batches with a unique_key: a job whose key another transaction took since the
 # insert looked (SELECT_UNFINISHED_BY_KEYS) is not inserted and returns no row, and the
 # insert runs again to find that holder. Not an error: inserts are pipelined, and psycopg

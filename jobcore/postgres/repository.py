@@ -73,6 +73,11 @@ class PostgresRepository(SettlesThroughApply, JobRepository):
         records = list(records)
         if not records:
             return []
+        if len(records) == 1 and not records[0].depends_on and records[0].unique_key is None:
+            record = records[0]  # nothing to check against other rows: one statement
+            params = row_params(record, now, record.status, 0, None, self.max_payload_bytes)
+            record.seq = self._db.insert_alone(self.sql.INSERT_ALONE, (*params, self.schema))[0][0]
+            return [record.id]
         return self._db.transaction(lambda tx: self._insert_in(tx, records, now))
 
     def _insert_in(self, tx: Tx, records: list[JobRecord], now: float) -> list[str]:
