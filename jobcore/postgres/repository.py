@@ -31,6 +31,13 @@ def _best_first(rows: Sequence[Sequence[Any]]) -> list[JobRecord]:
     return sorted((record_from_row(row) for row in rows), key=lambda r: (-r.priority, r.seq))
 
 
+def _alone(records: Sequence[JobRecord]) -> bool:
+    """Whether `records` is one job that needs no check against other rows (no
+    dependencies, no unique key): stored by INSERT_ALONE, whose failure on the index of
+    ids says the id is taken, with no lookup first."""
+    return len(records) == 1 and not records[0].depends_on and records[0].unique_key is None
+
+
 class PostgresRepository(SettlesThroughApply, JobRepository):
     """A `JobRepository` on PostgreSQL (psycopg 3), shared by processes on many machines.
 
@@ -73,15 +80,21 @@ class PostgresRepository(SettlesThroughApply, JobRepository):
         records = list(records)
         if not records:
             return []
-        if len(records) == 1 and not records[0].depends_on and records[0].unique_key is None:
-            record = records[0]  # nothing to check against other rows: one statement
-            params = row_params(record, now, record.status, 0, None, self.max_payload_bytes)
-            record.seq = self._db.insert_alone(self.sql.INSERT_ALONE, (*params, self.schema))[0][0]
-            return [record.id]
+        if _alone(records):  # nothing to check against other rows: one statement
+            records[0].seq = self._db.insert_alone(self.sql.INSERT_ALONE, self._alone_params(records[0], now))[0][0]
+            return [records[0].id]
         return self._db.transaction(lambda tx: self._insert_in(tx, records, now))
+
+    def _alone_params(self, record: JobRecord, now: float) -> tuple[Any, ...]:
+        """The parameters of INSERT_ALONE storing `record` (see `_alone`)."""
+        return (*row_params(record, now, record.status, 0, None, self.max_payload_bytes), self.schema)
 
     def _insert_in(self, tx: Tx, records: list[JobRecord], now: float) -> list[str]:
         """`insert`'s work, in the transaction `tx`."""
+        if _alone(records):  # a taken id fails the statement, and so the transaction
+            records[0].seq = tx.execute(self.sql.INSERT_ALONE, self._alone_params(records[0], now)).fetchone()[0]
+            tx.notified = True
+            return [records[0].id]
         given = {record.id: record for record in records}
         sql = self.sql
         keys = sorted({r.unique_key for r in records if r.unique_key is not None})
