@@ -71,7 +71,7 @@ INSERT_DEP = "INSERT INTO {s}.job_deps (job_id, depends_on) VALUES (%s, %s) ON C
 # KEY SHARE: see the module docstring. ORDER BY seq: every multi-row locker takes rows
 # in one order, so two of them cannot deadlock.
 LOCK_DEPENDENCIES = """
-SELECT id, status, name FROM {s}.jobs WHERE id = ANY(%s) ORDER BY seq FOR KEY SHARE
+SELECT id, status, name, cron IS NOT NULL FROM {s}.jobs WHERE id = ANY(%s) ORDER BY seq FOR KEY SHARE
 """
 SELECT_UNFINISHED_BY_KEYS = f"""
 SELECT unique_key, id FROM {{s}}.jobs WHERE unique_key = ANY(%s) AND status IN {_UNFINISHED}

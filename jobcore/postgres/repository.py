@@ -101,9 +101,10 @@ class PostgresRepository(SettlesThroughApply, JobRepository):
         holders = dict(tx.execute(sql.SELECT_UNFINISHED_BY_KEYS, (keys,)).fetchall()) if keys else {}
         # Locks the stored dependencies (and stand-ins) against ending meanwhile.
         wanted = {dep for r in records for dep in r.depends_on} | set(given) | set(holders.values())
-        found = {row[0]: (row[1], row[2]) for row in tx.execute(sql.LOCK_DEPENDENCIES, (sorted(wanted),))}
+        found = {row[0]: (row[1], row[2], row[3]) for row in tx.execute(sql.LOCK_DEPENDENCIES, (sorted(wanted),))}
         ids, planned, cancelled_by = plan_batch(records, exists=found, unfinished_with_key=holders.get,
-                                                ended=lambda job_id: found[job_id][0] in ENDED)
+                                                ended=lambda job_id: found[job_id][0] in ENDED,
+                                                schedule=lambda job_id: found[job_id][2])
         rows = []
         for record in planned:
             if record.id in found:

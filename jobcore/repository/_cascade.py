@@ -22,17 +22,27 @@ def dependency_error_message(failed_id: str, failed_name: str, status: str) -> s
     return f"dependency {failed_id} ({failed_name}) ended {status}"
 
 
-def check_batch_dependencies(records: Sequence[Any], exists: Container[str]) -> None:
-    """Raise `DependencyError` for an unknown dependency or a cycle inside the batch.
+def check_batch_dependencies(records: Sequence[Any], exists: Container[str],
+                             schedule: Callable[[str], bool] = lambda job_id: False) -> None:
+    """Raise `DependencyError` for an unknown dependency, a cron schedule (which never
+    completes: its runs are jobs of their own) or a cycle inside the batch.
 
-    `exists` answers `job_id in exists` for jobs already stored."""
+    `exists` answers `job_id in exists` for jobs already stored; `schedule(job_id)`
+    whether such a job is a cron schedule."""
     batch = {record.id: record for record in records}
     for record in records:
         for dep in record.depends_on:
             if dep == record.id:
                 raise DependencyError(f"job {record.id} depends on itself")
-            if dep not in batch and dep not in exists:
+            if dep in batch:
+                is_schedule = batch[dep].cron is not None
+            elif dep in exists:
+                is_schedule = schedule(dep)
+            else:
                 raise DependencyError(f"job {record.id} depends on unknown job {dep!r}")
+            if is_schedule:
+                raise DependencyError(f"job {record.id} depends on cron schedule {dep!r}, which never"
+                                      " completes (each of its runs is a job of its own)")
     # Depth-first search for a cycle among batch members (stored jobs cannot depend on
     # batch members, so a cycle can only run through the batch).
     state: dict[str, int] = {}
@@ -59,7 +69,8 @@ def check_batch_dependencies(records: Sequence[Any], exists: Container[str]) -> 
 
 def plan_batch(records: Sequence[JobRecord], exists: Container[str],
                unfinished_with_key: Callable[[str], Optional[str]],
-               ended: Callable[[str], bool]) -> tuple[list[str], list[JobRecord], dict[str, str]]:
+               ended: Callable[[str], bool],
+               schedule: Callable[[str], bool]) -> tuple[list[str], list[JobRecord], dict[str, str]]:
     """Check a batch for `insert` and decide what of it to store, and how.
 
     Returns the id each record resolves to, in order (a record whose `unique_key` is held
@@ -70,10 +81,11 @@ def plan_batch(records: Sequence[JobRecord], exists: Container[str],
     `ended(job_id)` says ended FAILED or CANCELLED, or a record of the batch stored
     cancelled. Such a record holds no `unique_key`, so a later record of the batch with its
     key is stored in its own right, as if each had been enqueued in turn.
-    Raises `DependencyError` for an unknown dependency or a cycle."""
+    Raises `DependencyError` for an unknown dependency, one on a cron schedule
+    (`schedule(job_id)` tells whether a stored job is one) or a cycle."""
     if all(not record.depends_on and record.unique_key is None for record in records):
         return [record.id for record in records], list(records), {}  # nothing to check or resolve
-    check_batch_dependencies(records, exists)
+    check_batch_dependencies(records, exists, schedule)
     stand_in, cancelled_by = _plan(records, unfinished_with_key, ended)
     stored = []
     for record in records:
@@ -84,7 +96,7 @@ def plan_batch(records: Sequence[JobRecord], exists: Container[str],
             record = dataclasses.replace(record, depends_on=depends_on)
         stored.append(record)
     if stand_in:
-        check_batch_dependencies(stored, exists)  # a stand-in can close a cycle
+        check_batch_dependencies(stored, exists, schedule)  # a stand-in can close a cycle, or be a schedule
     return [stand_in.get(record.id, record.id) for record in records], stored, cancelled_by
 
 

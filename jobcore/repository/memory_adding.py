@@ -37,7 +37,8 @@ class MemoryAdding(JobRepository):
         with self._lock:
             ids, planned, cancelled_by = plan_batch(
                 records, exists=self._jobs, unfinished_with_key=self._unique.get,
-                ended=lambda job_id: self._jobs[job_id].status in ENDED)
+                ended=lambda job_id: self._jobs[job_id].status in ENDED,
+                schedule=lambda job_id: self._jobs[job_id].cron is not None)
             seen: set[str] = set()
             for row in planned:
                 if row.id in self._jobs or row.id in seen:

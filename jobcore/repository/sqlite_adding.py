@@ -68,15 +68,15 @@ class SQLiteAdding(JobRepository):
         stored_rows: dict[str, Any] = {}
 
         def row_of(job_id: str) -> Any:
-            """(status, name) of a job stored before this batch, or None: read once each."""
+            """(status, name, is a schedule) of a job stored before this batch, or None: read once each."""
             if job_id not in stored_rows:
-                stored_rows[job_id] = conn.execute(sql.SELECT_STATUS, (job_id,)).fetchone()
+                stored_rows[job_id] = conn.execute(sql.SELECT_DEPENDENCY, (job_id,)).fetchone()
             return stored_rows[job_id]
 
         ids, stored, cancelled_by = plan_batch(
             records, exists=_Lookup(lambda job_id: row_of(job_id) is not None),
             unfinished_with_key=lambda key: self._unfinished_with_key(conn, key),
-            ended=lambda job_id: row_of(job_id)[0] in ENDED)
+            ended=lambda job_id: row_of(job_id)[0] in ENDED, schedule=lambda job_id: bool(row_of(job_id)[2]))
         for record in stored:
             # A member of the batch is not complete; a stored job, unless its status says so.
             blocked = sum(1 for dep in record.depends_on
@@ -86,7 +86,7 @@ class SQLiteAdding(JobRepository):
                 if culprit in given:  # stored cancelled in this batch
                     ended_as, name = JobStatus.CANCELLED.value, given[culprit].name
                 else:
-                    ended_as, name = row_of(culprit)
+                    ended_as, name = row_of(culprit)[:2]
                 dead = dependency_error_message(culprit, name, ended_as)
             status = JobStatus.CANCELLED if dead else record.status
             try:

@@ -173,6 +173,7 @@ SELECT id FROM jobs WHERE unique_key = ? AND status IN ('pending', 'scheduled', 
 SELECT_JOB = f"SELECT {COLUMNS} FROM jobs WHERE id = ?"
 SELECT_JOB_WITHOUT_ARGS = f"SELECT {COLUMNS_WITHOUT_ARGS} FROM jobs WHERE id = ?"
 SELECT_STATUS = "SELECT status, name FROM jobs WHERE id = ?"
+SELECT_DEPENDENCY = "SELECT status, name, cron IS NOT NULL FROM jobs WHERE id = ?"
 # Listing's filter for one tag (a parameter). A row whose tags are not a JSON array (a
 # corrupt row) is taken as tagless: json_each of text that is not JSON failed the whole
 # statement ("malformed JSON"), and so every tag-filtered listing; the row itself shows its

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from ...errors import DependencyError
 from ...models import JobStatus
-from ...repository.base import JobRepository
+from ...repository.base import JobRecord, JobRepository
 from .support import LEASE, NOW, _add, _complete, _fail, _get, _ids_of, _status, _total, make_record
 
 
@@ -57,6 +59,21 @@ class _AddingContract:
         with pytest.raises(DependencyError, match="no-such-job"):
             repository.insert([good, bad], NOW)
         assert repository.get(good.id) is None and _total(repository) == 0
+
+    def test_a_job_depending_on_a_cron_schedule_is_refused(self, repository: JobRepository) -> None:
+        # A schedule stays SCHEDULED for as long as it lives: a dependent would never run.
+        def schedule(**fields: Any) -> JobRecord:
+            return make_record(cron="* * * * *", status=JobStatus.SCHEDULED, run_at=NOW + 60, **fields)
+
+        stored = schedule(unique_key="nightly")
+        repository.insert([stored], NOW)
+        in_batch, stand_in = schedule(), schedule(unique_key="nightly")  # stand_in resolves to `stored`
+        for batch in ([make_record(depends_on=(stored.id,))],
+                      [make_record(), in_batch, make_record(depends_on=(in_batch.id,))],
+                      [stand_in, make_record(depends_on=(stand_in.id,))]):
+            with pytest.raises(DependencyError, match="cron schedule"):
+                repository.insert(batch, NOW)
+        assert _total(repository) == 1  # nothing of the refused batches was stored
 
     def test_a_duplicate_id_raises_value_error_and_stores_nothing(self, repository: JobRepository) -> None:
         # given a stored job
