@@ -36,7 +36,8 @@ def record_for(job: Job, now: float) -> JobRecord:
     """The record that stores a validated `job` enqueued at `now`.
 
     A future `scheduled_at` makes it SCHEDULED; a `cron` job becomes a schedule due at its
-    first fire (not before `scheduled_at`)."""
+    first fire after `now`, and not before a future `scheduled_at` (a fire at that very
+    moment counts: "do not start before it")."""
     assert job.function_name is not None and job.name is not None
     scheduled_at = None if job.scheduled_at is None else job.scheduled_at.timestamp()
     due_later = scheduled_at is not None and scheduled_at > now
@@ -44,7 +45,10 @@ def record_for(job: Job, now: float) -> JobRecord:
     cron = job.cron
     if cron is not None:
         try:
-            run_at = next_fire_epoch(cron, job.cron_timezone, max(now, scheduled_at or now))
+            # Fires are whole seconds and `scheduled_at` whole microseconds: the first fire
+            # after a microsecond before it is the first at or after it.
+            start = max(now, scheduled_at - 1e-6) if due_later and scheduled_at is not None else now
+            run_at = next_fire_epoch(cron, job.cron_timezone, start)
         except ValueError as exc:  # it never fires (`0 0 30 2 *`)
             raise InvalidJob("cron", str(exc)) from None
         due_later = True

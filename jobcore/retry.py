@@ -70,8 +70,8 @@ def retry_delay(retry: int, *, delay: float, backoff: float, jitter: bool, max_d
         raise ValueError(f"retry numbers start at 1, got {retry}")
     try:
         base = delay * backoff ** (retry - 1)
-    except OverflowError:
-        base = max_delay
+    except OverflowError:  # a huge power of the back-off: past any cap, unless there is no delay
+        base = 0.0 if delay == 0 else max_delay
     base = min(base, max_delay)
     if jitter:
         base *= rng.uniform(0.5, 1.0)

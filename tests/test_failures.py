@@ -56,6 +56,9 @@ def test_retry_delay_is_exponential_capped_and_jittered_in_band() -> None:
     plain = [retry_delay(n, delay=0.2, backoff=2.0, jitter=False, max_delay=60, rng=rng) for n in (1, 2, 3)]
     assert plain == pytest.approx([0.2, 0.4, 0.8])
     assert retry_delay(30, delay=1.0, backoff=2.0, jitter=False, max_delay=5.0, rng=rng) == 5.0
+    # past the largest power a float holds: the cap, but no delay stays none
+    assert retry_delay(1025, delay=1.0, backoff=2.0, jitter=False, max_delay=5.0, rng=rng) == 5.0
+    assert retry_delay(1025, delay=0.0, backoff=2.0, jitter=False, max_delay=5.0, rng=rng) == 0.0
     for n in range(1, 6):
         base = 0.2 * 2 ** (n - 1)
         value = retry_delay(n, delay=0.2, backoff=2.0, jitter=True, max_delay=60, rng=rng)

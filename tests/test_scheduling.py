@@ -165,6 +165,20 @@ def test_every_second_schedule_fires_and_stops_when_cancelled(make_manager: Any,
     assert manager.poll(schedule_id).status is JobStatus.CANCELLED
 
 
+@pytest.mark.parametrize("zone", [None, "UTC"])
+def test_a_cron_schedule_fires_first_at_a_scheduled_at_that_is_a_fire_time(zone: Any) -> None:
+    # SPEC: scheduled_at means "do not start before it", so a fire at that moment counts.
+    manager = JobManager(MemoryRepository(), clock=FakeClock(start=1_900_000_000.0))
+    manager.register_function("tick", lambda: None)
+    start = datetime.fromtimestamp(1_900_000_000.0 + 86_400 * 3).replace(minute=0, second=0, microsecond=0)
+    if zone:
+        start = start.astimezone(timezone.utc)
+    for at, first in ((start, start), (start + timedelta(microseconds=1), start + timedelta(hours=1))):
+        schedule_id = manager.enqueue(Job(function_name="tick", cron="0 * * * *", cron_timezone=zone,
+                                          scheduled_at=at))
+        assert manager.poll(schedule_id).scheduled_at.timestamp() == first.timestamp()
+
+
 def test_missed_fires_coalesce_into_one_run(make_manager: Any, db_path: str) -> None:
     clock = FakeClock(start=1_900_000_000.0)
     manager = make_manager(db_path, clock=clock)
