@@ -97,6 +97,11 @@ class JobManager:
             raise ValueError(f"max_workers must be an int >= 1, got {max_workers!r}")
         if retry_on is not None and not callable(retry_on):
             raise TypeError(f"retry_on must be a callable taking the exception, got {retry_on!r}")
+        if rng is not None and not callable(getattr(rng, "uniform", None)):  # a seed given as 42, say
+            raise TypeError(f"rng must be a random.Random (for a seed: random.Random(seed)), got {rng!r}")
+        if clock is not None and not all(callable(getattr(clock, name, None))
+                                         for name in ("time", "monotonic", "subscribe")):
+            raise TypeError(f"clock must be a jobcore Clock (SystemClock, FakeClock), got {clock!r}")
         settings = PoolSettings(
             max_workers=max_workers,
             lease_timeout=_positive("lease_timeout", lease_timeout),
@@ -110,7 +115,7 @@ class JobManager:
         self.max_workers = max_workers
         self.lease_timeout = settings.lease_timeout
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._clock = clock or SYSTEM_CLOCK
+        self._clock = SYSTEM_CLOCK if clock is None else clock
         self._registry = FunctionRegistry()
         self._local = LocalJobs()
         self._queue = ReadyQueue(self._clock)
@@ -121,7 +126,7 @@ class JobManager:
         self._running = False
         self._pool = WorkerPool(self.repository, self._queue, self._registry, self._local, self._clock,
                                 settings, self.worker_id, self._publish, self._settlements.mark,
-                                rng or random.Random())
+                                random.Random() if rng is None else rng)
         self._enqueuer = Enqueuer(self.repository, self._registry, self._local, self._pool,
                                   self._settlements, self._clock, producer=self.producer,
                                   immediate=self.immediate, worker_id=self.worker_id,
@@ -181,6 +186,8 @@ class JobManager:
         Raises RuntimeError when called from inside one of this manager's jobs (it would
         wait for that job, its own caller): stop it from another thread. Called by a
         notification channel, it does not wait for the events still being delivered."""
+        if timeout is not None:
+            _positive("timeout", timeout, allow_zero=True)
         job = current_job()
         if job is not None and job.runs_on(self._pool):
             raise RuntimeError("stop() called from inside one of this manager's jobs would wait for that"
@@ -349,6 +356,8 @@ class JobManager:
         due. Timeouts are not enforced. Not for a started (threaded) manager."""
         if self._running and not self.immediate:
             raise RuntimeError("run_pending() is for managers that are not started (or immediate ones)")
+        if limit is not None:
+            _count("limit", limit)
         check_room_to_run_here()  # a job it runs may call it again, and so on
         ran = 0
         while True:  # a window of the store at a time

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import random
 from datetime import datetime, timezone
 from typing import Any, Callable
 
 import pytest
 
-from jobcore import DependencyError, InvalidJob, Job, JobManager, JobPriority, RetryableError, UnknownFunction
+from jobcore import (DependencyError, FakeClock, InvalidJob, Job, JobManager, JobPriority, RetryableError,
+                     UnknownFunction)
 
 
 def noop() -> None:
@@ -156,6 +158,22 @@ def test_manager_arguments_are_checked() -> None:
             JobManager(":memory:", max_retry_delay=bad)
     with pytest.raises(ValueError, match="lease_timeout"):
         JobManager(":memory:", lease_timeout=math.nan)
+    # A seed for rng, or a clock that is not one, was accepted: the first retry of every
+    # job then failed it for good with an AttributeError from inside the engine.
+    for seed in (42, 0):
+        with pytest.raises(TypeError, match="rng must be a random.Random"):
+            JobManager(":memory:", rng=seed)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="clock must be"):
+        JobManager(":memory:", clock=object())  # type: ignore[arg-type]
+    JobManager(":memory:", rng=random.Random(0), clock=FakeClock()).close()
+    manager = JobManager(":memory:")
+    for bad in (-1, 1.5, True):  # run_pending(-1) ran nothing and returned 0; stop(timeout=-1) passed
+        with pytest.raises(ValueError, match="limit"):
+            manager.run_pending(bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="timeout"):
+        manager.stop(timeout=-1)
+    assert manager.run_pending(0) == 0
+    manager.close()
 
 
 @pytest.mark.parametrize("delay", [math.inf, math.nan, 1e12, -1, True, "30"])
