@@ -56,7 +56,7 @@ class Dispatcher:
     def _run(self, generation: int) -> None:
         state = self._state
         backoff = 0.0
-        failing_since: Optional[float] = None  # clock.monotonic() of the first of the exchanges failing now
+        failing_since: Optional[float] = None  # real_monotonic() of the first of the exchanges failing now
         while True:
             with state.lock:
                 while True:
@@ -89,7 +89,7 @@ class Dispatcher:
             if self._exchanges.run(*exchange, by_worker=False):
                 backoff, failing_since = 0.0, None
                 continue
-            now = self._clock.monotonic()
+            now = real_monotonic()  # a stop gives up after real seconds, whatever a fake clock says
             failing_since = now if failing_since is None else failing_since
             with state.lock:
                 if state.closed:  # it failed on a closed repository: give up, for good

@@ -204,6 +204,9 @@ class Housekeeper:
                 offset += jumped
                 next_beat = now
                 held_until = next_recover = now + settings.lease_timeout
+                # The dispatcher sleeps real seconds until the next timer's wall time: after
+                # a jump forward (a resume from suspend, NTP) that timer is due sooner.
+                self._pool.wake_dispatcher()
             progress_due = None
             try:
                 with self._cond:

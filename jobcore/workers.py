@@ -142,10 +142,11 @@ class WorkerPool:
         Not for threads abandoned in a timed-out attempt, which may never return: also
         not for one abandoned while this waits (its job timed out during the stop)."""
         state = self._state
-        deadline = None if timeout is None else self._clock.monotonic() + timeout
+        # The caller's seconds, real ones: a fake clock standing still must not hold it up.
+        deadline = None if timeout is None else real_monotonic() + timeout
 
         def remaining() -> Optional[float]:
-            return None if deadline is None else max(0.0, deadline - self._clock.monotonic())
+            return None if deadline is None else max(0.0, deadline - real_monotonic())
 
         def working() -> bool:  # (a thread leaves `_threads` as its loop ends)
             return any(not slot.abandoned for _, slot in self._threads)

@@ -365,3 +365,37 @@ def test_a_manager_holding_a_timer_notices_another_processs_job_at_once(tmp_path
     finally:
         worker.close()
         other.close()
+
+
+class _SteppedClock:
+    """The system clock, whose wall time can be stepped as the OS steps it (NTP, a
+    resume from suspend): nothing is told, as with the real clock."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def time(self) -> float:
+        return time.time() + self.offset
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, delay: float) -> None:
+        time.sleep(max(0.0, delay))
+
+    def subscribe(self, listener: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "memory"])
+def test_a_wall_clock_step_forward_brings_a_timer_forward(backend: str, db_path: str) -> None:
+    # The dispatcher slept real seconds until the old due time: a job due 20 s ahead,
+    # brought to 0.3 s ahead by a step, started 20 s later.
+    clock, started = _SteppedClock(), threading.Event()
+    manager = JobManager(db_path if backend == "sqlite" else MemoryRepository(), clock=clock)  # type: ignore[arg-type]
+    manager.register_function("job", started.set)
+    with manager:
+        manager.enqueue(Job(function_name="job", scheduled_at=datetime.fromtimestamp(clock.time() + 20)))
+        time.sleep(0.2)  # the dispatcher is asleep on the timer
+        clock.offset += 19.7
+        assert started.wait(10)

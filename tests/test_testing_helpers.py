@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -176,3 +178,27 @@ def test_a_fake_clock_refuses_a_nan_advance() -> None:
     with pytest.raises(ValueError, match="NaN"):
         clock.advance(float("nan"))
     assert clock.time() == 1000.0
+
+
+@pytest.mark.parametrize("repository", ["sqlite", "memory"])
+def test_stop_with_a_timeout_counts_real_seconds_on_a_fake_clock(repository: str, db_path: str) -> None:
+    # The deadline was read on the manager's clock: a FakeClock standing still held stop()
+    # until the job ended, however short the timeout.
+    release, started = threading.Event(), threading.Event()
+
+    def blocks() -> None:
+        started.set()
+        release.wait(30)
+
+    manager = JobManager(db_path if repository == "sqlite" else MemoryRepository(), clock=FakeClock())
+    manager.start()
+    try:
+        job_id = manager.enqueue(Job(function=blocks))
+        assert started.wait(10)
+        began = time.monotonic()
+        manager.stop(timeout=0.2)
+        assert not release.is_set() and time.monotonic() - began < 10
+    finally:
+        release.set()
+    assert manager.wait(job_id, timeout=10).status is JobStatus.COMPLETED  # recorded all the same
+    manager.close()
