@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import math
 import os
 import re
 import socket
@@ -450,10 +451,18 @@ def test_a_token_that_is_empty_or_not_printable_ascii_is_refused(site: Site, tok
             DashboardServer(site.manager, host=host, port=0, token=token)
 
 
-@pytest.mark.parametrize("port", [-1, 65536, 2**64])
+@pytest.mark.parametrize("port", [-1, 65536, 2**64, "8080", 80.0, True])
 def test_a_port_beyond_tcp_is_refused(site: Site, port: int) -> None:
-    with pytest.raises(ValueError, match="a port is a number from 0 to 65535"):
+    # (a port given as text raised a TypeError from a comparison)
+    with pytest.raises(ValueError, match="a port is a whole number from 0 to 65535"):
         DashboardServer(site.manager, port=port)
+
+
+@pytest.mark.parametrize("limits", [{"request_timeout": "30"}, {"request_timeout": math.nan},
+                                    {"max_connections": "5"}, {"max_connections": 0}])
+def test_bad_connection_limits_are_refused(site: Site, limits: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=next(iter(limits))):
+        DashboardServer(site.manager, port=0, **limits)
 
 
 # -- metrics -------------------------------------------------------------------------------------------

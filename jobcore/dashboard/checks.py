@@ -30,8 +30,8 @@ def whole_number(text: str, maximum: int = MAX_WHOLE) -> int:
 
 def check_port(port: int) -> int:
     """`port` if it is a TCP port number (0 to 65535; 0: any free port)."""
-    if not 0 <= port <= MAX_PORT:
-        raise ValueError(f"a port is a number from 0 to {MAX_PORT}, got {port}")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= MAX_PORT:
+        raise ValueError(f"a port is a whole number from 0 to {MAX_PORT}, got {port!r}")
     return port
 
 

@@ -79,9 +79,10 @@ class DashboardServer:
         if token is not None:
             check_token(token)  # "" would match a request without one
         check_port(port)
-        if not request_timeout > 0:  # also refuses NaN
+        if (isinstance(request_timeout, bool) or not isinstance(request_timeout, (int, float))
+                or not request_timeout > 0):  # also refuses NaN
             raise ValueError(f"request_timeout must be above 0 seconds, got {request_timeout!r}")
-        if max_connections < 1:
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
             raise ValueError(f"max_connections must be at least 1, got {max_connections!r}")
         self.manager = manager
         self.loopback_only = is_loopback(host)

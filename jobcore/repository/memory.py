@@ -311,8 +311,10 @@ class MemoryRepository(MemoryAdding, JobRepository):
                 return None
             if row.unique_key is not None and row.unique_key in self._unique:
                 return None
-            if any(dep in self._jobs and self._jobs[dep].status in (JobStatus.FAILED, JobStatus.CANCELLED)
-                   for dep in row.depends_on):
+            # Its dependencies still linked to it: cleanup unlinks a deleted one (as SQL deletes
+            # its job_deps rows), so a new job given that id later is not one of them.
+            linked = [self._jobs[dep] for dep in row.depends_on if job_id in self._dependents.get(dep, ())]
+            if any(dep.status in (JobStatus.FAILED, JobStatus.CANCELLED) for dep in linked):
                 return None  # a dependency will never complete: retry it first
             if row.started_at is None and any(dep not in self._jobs for dep in row.depends_on):
                 return None  # never ran, and a dependency was deleted: whether it completed is unknown
@@ -322,8 +324,7 @@ class MemoryRepository(MemoryAdding, JobRepository):
             row.error = row.error_type = row.traceback = None
             row.progress, row.progress_message, row.progress_details = 0.0, "", {}
             row.worker_id, row.cancel_requested = None, False
-            row.blocked = sum(1 for dep in row.depends_on
-                              if dep in self._jobs and self._jobs[dep].status is not JobStatus.COMPLETED)
+            row.blocked = sum(1 for dep in linked if dep.status is not JobStatus.COMPLETED)
             if row.unique_key is not None:
                 self._unique[row.unique_key] = row.id
             return row.queue_entry()

@@ -303,6 +303,20 @@ class _RunningContract:
         assert repository.requeue(child.id, NOW + 1) is None
         assert repository.requeue(ran.id, NOW + 1) is not None
 
+    def test_requeue_ignores_a_new_job_given_a_deleted_dependencys_id(self, repository: JobRepository) -> None:
+        # given a job that ran after its dependency completed and failed; the dependency
+        # deleted since (cleaned up), and its id given to a new job, which fails
+        done = _add(repository)
+        _complete(repository, done.id, now=NOW + 1)
+        ran = _add(repository, depends_on=(done.id,))
+        _fail(repository, ran.id, now=NOW + 10)
+        assert repository.delete_finished(NOW + 5) == 1
+        _fail(repository, _add(repository, id=done.id).id, now=NOW + 11)
+        # then the new job is none of its dependencies: it is re-queued, ready at once
+        entry = repository.requeue(ran.id, NOW + 12)
+        assert entry is not None and _get(repository, ran.id).blocked == 0
+        assert ran.id in _ids_of(repository.ready(None, 10))
+
     def test_requeue_never_makes_two_unfinished_jobs_share_a_unique_key(self, repository: JobRepository) -> None:
         old = _add(repository, unique_key="nightly")
         _fail(repository, old.id)
