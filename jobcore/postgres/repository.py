@@ -92,7 +92,7 @@ class PostgresRepository(SettlesThroughApply, JobRepository):
     def _insert_in(self, tx: Tx, records: list[JobRecord], now: float) -> list[str]:
         """`insert`'s work, in the transaction `tx`."""
         if _alone(records):  # a taken id fails the statement, and so the transaction
-            records[0].seq = tx.execute(self.sql.INSERT_ALONE, self._alone_params(records[0], now)).fetchone()[0]
+            records[0].seq = tx.execute(self.sql.INSERT_ALONE, self._alone_params(records[0], now)).fetchall()[0][0]
             tx.notified = True
             return [records[0].id]
         given = {record.id: record for record in records}
