@@ -428,6 +428,44 @@ def test_terminal_control_characters_in_job_data_are_shown_escaped(db_path: str)
     assert "evil\\x1b]0;pwned\\x07\\nname" in proc.stdout and job_id in proc.stdout
 
 
+def test_text_the_output_encoding_lacks_is_escaped_never_a_traceback(db_path: str) -> None:
+    # Given a job whose name cp1252 (a Windows redirect's encoding) cannot encode: every
+    # command showing it died half way through its output with a UnicodeEncodeError traceback.
+    producer = JobManager(db_path, producer=True)
+    job_id = producer.enqueue(Job(function_name="reports.build", name="月次レポート", owner="zoë"))
+    producer.close()
+    env = cli_env(PYTHONIOENCODING="cp1252")
+
+    def run_cp1252(*args: str) -> tuple[int, str, str]:
+        proc = subprocess.run([sys.executable, "-m", "jobcore", "--db", db_path, *args], capture_output=True,
+                              timeout=30, env=env)
+        return proc.returncode, proc.stdout.decode("cp1252"), proc.stderr.decode("cp1252")
+
+    listed, as_json, shown, unknown = (run_cp1252("list"), run_cp1252("list", "--json"), run_cp1252("show", job_id),
+                                       run_cp1252("show", "月"))
+
+    escaped = "\\u6708\\u6b21\\u30ec\\u30dd\\u30fc\\u30c8"
+    assert listed[0] == 0 and listed[2] == ""
+    assert listed[1].splitlines()[1].endswith(f"zoë    {escaped}")
+    assert as_json[0] == 0 and as_json[2] == ""
+    assert json.loads(as_json[1])[0]["name"] == "月次レポート"  # still valid JSON, meaning the same
+    assert json.loads(as_json[1])[0]["owner"] == "zoë"
+    assert shown[0] == 0 and f"name:       {escaped}\n" in shown[1] and "owner:      zoë\n" in shown[1]
+    assert unknown[0] == 1 and unknown[1] == ""
+    assert unknown[2] == "jobcore: error: no job with id '\\u6708'\n"
+
+
+def test_json_is_written_as_is_where_the_encoding_can_show_it(db_path: str) -> None:
+    producer = JobManager(db_path, producer=True)
+    producer.enqueue(Job(function_name="reports.build", name="月次レポート"))
+    producer.close()
+
+    listed = subprocess.run([sys.executable, "-m", "jobcore", "--db", db_path, "list", "--json"], capture_output=True,
+                            timeout=30, env=cli_env(PYTHONIOENCODING="utf-8"))
+
+    assert listed.returncode == 0 and '"name": "月次レポート"' in listed.stdout.decode("utf-8")
+
+
 def test_main_is_the_console_script_entry_point(jobs: Jobs, capsys: Any) -> None:
     assert main(["--db", jobs.db, "show", jobs.failed]) == 0
     assert "error type: ValueError" in capsys.readouterr().out

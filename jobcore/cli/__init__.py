@@ -2,7 +2,8 @@
 
 Every command but `worker` talks to the database through a producer `JobManager` that is
 never started, so it runs nothing. Exit codes: 0 ok, 1 not found or failed, 2 usage.
-Errors are one line on stderr (`jobcore: error: ...`), never a traceback.
+Errors are one line on stderr (`jobcore: error: ...`), never a traceback. Output never
+fails for want of an encoding: text that stdout or stderr cannot encode is shown escaped.
 
 `commands` holds the commands that read and change jobs, `processes` the long-running
 `worker` and `dashboard`, `render` the terminal formatting they share.
@@ -11,11 +12,13 @@ Errors are one line on stderr (`jobcore: error: ...`), never a traceback.
 from __future__ import annotations
 
 import argparse
+import codecs
+import contextlib
 import logging
 import math
 import os
 import sys
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 from .. import __version__
 from ..dashboard.checks import MAX_PORT, MAX_WHOLE, check_token
@@ -173,8 +176,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _escape_unencodable(exc: UnicodeError) -> tuple[Union[str, bytes], int]:
+    """An encoding error handler: what surrogateescape restores (the bytes of a non-UTF-8
+    path, as Python's own handler for the standard streams does), else backslash escapes."""
+    try:
+        return _SURROGATEESCAPE(exc)
+    except UnicodeError:  # not only escaped bytes: shown as escapes
+        return codecs.backslashreplace_errors(exc)
+
+
+_SURROGATEESCAPE = codecs.lookup_error("surrogateescape")
+
+
+codecs.register_error("jobcore.escape", _escape_unencodable)
+
+
+def _never_fail_to_encode() -> None:
+    """Make stdout and stderr show text their encoding lacks escaped (`\u6708`) instead of
+    raising UnicodeEncodeError halfway through the output: a job named in Japanese listed
+    to a cp1252 file (a Windows redirect), an ASCII or Latin-1 locale. A stream whose
+    handler never fails (replace, backslashreplace...) is left as its user set it."""
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) in ("strict", "surrogateescape") and hasattr(stream, "reconfigure"):
+            with contextlib.suppress(ValueError, OSError):  # a closed or detached stream: left alone
+                stream.reconfigure(errors="jobcore.escape")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; returns the exit status."""
+    _never_fail_to_encode()  # first: argparse's messages may quote an argument
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any, Iterable, Optional, Sequence
 
 from ..models import JobPriority, JobResult
@@ -32,7 +33,15 @@ def _priority(value: int) -> str:
 
 
 def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+    """`data` as JSON on stdout: its text as is where stdout's encoding can show it, else
+    with every non-ASCII character as a JSON escape (`\\u6708`), so that the output stays
+    valid JSON meaning the same (the stream's own escapes, `\\xe9`, are not JSON)."""
+    text = json.dumps(data, indent=2, ensure_ascii=False, default=str)
+    try:
+        text.encode(getattr(sys.stdout, "encoding", None) or "utf-8")
+    except (UnicodeEncodeError, LookupError):
+        text = json.dumps(data, indent=2, ensure_ascii=True, default=str)
+    print(text)
 
 
 def _print_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
