@@ -659,6 +659,24 @@ def test_worker_that_cannot_import_its_module_says_why_in_one_line(db_path: str,
     assert_one_line_error(broken, "RuntimeError: config missing", "broken_tasks.py:3")
 
 
+def test_an_import_failure_never_names_the_import_machinery_as_its_place(db_path: str, tmp_path: Any) -> None:
+    # They named importlib/__init__.py, where the import machinery raised or re-raised them.
+    (tmp_path / "syntax_tasks.py").write_text("import jobcore\ndef f(:\n    pass\n")
+    (tmp_path / "needy_tasks.py").write_text("import jobcore\nimport no_such_dependency\n")
+    env = cli_env(str(tmp_path))
+
+    missing = run("worker", "--import", "taskz", db=db_path, env=env)
+    syntax = run("worker", "--import", "syntax_tasks", db=db_path, env=env)
+    needy = run("worker", "--import", "needy_tasks", db=db_path, env=env)
+
+    assert missing.stderr == ("jobcore: error: cannot import 'taskz': ModuleNotFoundError:"
+                              " No module named 'taskz'\n")  # no place: none is the user's
+    assert_one_line_error(syntax, "cannot import 'syntax_tasks': SyntaxError: ")
+    assert syntax.stderr.endswith(f" ({tmp_path / 'syntax_tasks.py'}:2)\n") and "importlib" not in syntax.stderr
+    assert needy.stderr == ("jobcore: error: cannot import 'needy_tasks': ModuleNotFoundError: No module named"
+                            f" 'no_such_dependency' ({tmp_path / 'needy_tasks.py'}:2)\n")
+
+
 def test_a_malformed_postgres_dsn_is_one_line_that_never_shows_the_password() -> None:
     pytest.importorskip("psycopg")
     from jobcore import JobManager

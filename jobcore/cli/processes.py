@@ -68,10 +68,28 @@ class StopSignals:
             self._writer.send(b"\0")
 
 
+# The import machinery's own files, never where an import failed: `importlib/__init__.py`
+# raises a misspelt module's ModuleNotFoundError and re-raises a module's SyntaxError.
+_IMPORTLIB_DIR = (os.path.join(os.path.dirname(os.path.abspath(importlib.__file__)), "")
+                  if importlib.__file__ else None)
+
+
+def _in_user_code(filename: str) -> bool:
+    return not filename.startswith("<") and not (  # "<frozen importlib._bootstrap>", "<string>"
+        _IMPORTLIB_DIR is not None and os.path.abspath(filename).startswith(_IMPORTLIB_DIR))
+
+
 def _import_failure(module: str, exc: BaseException) -> CommandFailed:
-    frames = [f for f in traceback.extract_tb(exc.__traceback__)[1:] if not f.filename.startswith("<")]
-    location = f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
-    return CommandFailed(f"cannot import {module!r}: {type(exc).__name__}: {exc}{location}")
+    """One line: the exception and where it was raised (the user's file and line); no
+    place at all when none is the user's (`No module named 'taskz'` is raised by importlib)."""
+    message = str(exc)
+    if isinstance(exc, SyntaxError) and exc.filename and not exc.filename.startswith("<"):
+        # Raised by the compiler, from no frame: its place is the source it was reading.
+        message, location = str(exc.msg), f" ({exc.filename}:{exc.lineno})"
+    else:
+        frames = [f for f in traceback.extract_tb(exc.__traceback__)[1:] if _in_user_code(f.filename)]
+        location = f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    return CommandFailed(f"cannot import {module!r}: {type(exc).__name__}: {message}{location}")
 
 
 def install_default_manager(manager: JobManager) -> None:
