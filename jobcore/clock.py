@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time as _time
 from datetime import datetime
-from typing import Callable, Protocol
+from typing import Callable, Optional, Protocol
 
 
 # The longest a thread sleeps on a condition in one go before it looks again. A time far
@@ -117,3 +117,15 @@ def real_monotonic() -> float:
 def real_sleep(delay: float) -> None:
     """Block the calling thread for `delay` real seconds (see the module docstring)."""
     _time.sleep(max(0.0, delay))
+
+
+def join_within(thread: threading.Thread, timeout: Optional[float]) -> None:
+    """`thread.join(timeout)` for any timeout: a long one (`stop(timeout=1e300)`, a
+    worker's `--grace`) is waited for in steps of LONGEST_WAIT real seconds, as
+    `Thread.join` raises OverflowError past the platform's limit."""
+    deadline = None if timeout is None else _time.monotonic() + timeout
+    while thread.is_alive():
+        left = LONGEST_WAIT if deadline is None else min(deadline - _time.monotonic(), LONGEST_WAIT)
+        if left <= 0:
+            return
+        thread.join(left)

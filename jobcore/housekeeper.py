@@ -20,7 +20,7 @@ import socket
 import threading
 from typing import Callable, Collection, Optional
 
-from .clock import LONGEST_WAIT, Clock, real_monotonic
+from .clock import LONGEST_WAIT, Clock, join_within, real_monotonic
 from .errors import RepositoryError
 from .repository.base import JobRepository, Recovery, takes_argument
 from .workers import PoolSettings, WorkerPool
@@ -115,7 +115,7 @@ class Housekeeper:
         if self._pool.held_ids():
             return  # the thread keeps their leases, and leaves the registry after them
         if thread is not None:
-            thread.join(timeout)
+            join_within(thread, timeout)
         self._leave_registry()
 
     def close(self) -> None:

@@ -38,13 +38,20 @@ from .workers import PoolSettings, WorkerPool
 
 logger = logging.getLogger("jobcore")
 
-__all__ = ["JobManager", "RETRY_RULES", "build_repository", "default_database_path"]
+__all__ = ["JobManager", "RETRY_RULES", "LONGEST_PERIOD", "build_repository", "default_database_path"]
 
 RETRY_RULES = ("only a failed or cancelled job can be re-queued, and not a cron schedule, a job"
                " whose dependency failed or was cancelled (retry that first), one that never ran"
                " whose dependency was deleted, or one whose unique_key another unfinished job holds")
 
 READY_LOAD_LIMIT = 10_000  # a window: the queue is refilled as it drains
+
+# The longest `lease_timeout`, `poll_interval` and `discovery_interval` (100 years, the
+# longest retry delay too). A lease ends at now + lease_timeout, which must stay a time the
+# stores take (models.TIME_LIMIT, 6e10 s): a lease of 1e11 s was stored past it, read back
+# as corrupt by every other manager's recovery, ended at once and logged into the running
+# job's log on each heartbeat. Now + 100 years stays far inside (year 2126 against 3871).
+LONGEST_PERIOD = LONGEST_RETRY_DELAY
 
 
 def _positive(name: str, value: Any, *, allow_zero: bool = False, unit: str = "seconds",
@@ -54,7 +61,8 @@ def _positive(name: str, value: Any, *, allow_zero: bool = False, unit: str = "s
     if math.isnan(value) or value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"{name} must be {'>=' if allow_zero else '>'} 0, got {value!r}")
     if value > most:
-        raise ValueError(f"{name} must be at most {most:.0f} {unit}, got {value!r}")
+        raise ValueError(f"{name} must be at most {most:.0f} {unit}"
+                         f"{' (100 years)' if most == LONGEST_PERIOD else ''}, got {value!r}")
     return float(value)
 
 
@@ -104,8 +112,8 @@ class JobManager:
             raise TypeError(f"clock must be a jobcore Clock (SystemClock, FakeClock), got {clock!r}")
         settings = PoolSettings(
             max_workers=max_workers,
-            lease_timeout=_positive("lease_timeout", lease_timeout),
-            poll_interval=_positive("poll_interval", poll_interval),
+            lease_timeout=_positive("lease_timeout", lease_timeout, most=LONGEST_PERIOD),
+            poll_interval=_positive("poll_interval", poll_interval, most=LONGEST_PERIOD),
             max_retry_delay=_positive("max_retry_delay", max_retry_delay, allow_zero=True, most=LONGEST_RETRY_DELAY),
             retry_on=retry_on or is_transient,
         )
@@ -133,7 +141,7 @@ class JobManager:
                                   lease_timeout=self.lease_timeout)
         self._housekeeper = Housekeeper(self.repository, self._pool, self._clock, settings,
                                         self._load_queue,
-                                        _positive("discovery_interval", discovery_interval),
+                                        _positive("discovery_interval", discovery_interval, most=LONGEST_PERIOD),
                                         self._recovered,
                                         stocked=lambda: len(self._queue) >= READY_LOAD_LIMIT // 2)
         self._queue.running_low = self._housekeeper.refill_soon

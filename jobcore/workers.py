@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable, Optional
 from . import serialization
 from .attempts import AttemptRunner
 from .claims import ClaimCheck
-from .clock import Clock, real_monotonic
+from .clock import LONGEST_WAIT, Clock, join_within, real_monotonic
 from .context import JobContext
 from .dispatcher import Dispatcher
 from .errors import JobTimeout, RepositoryError
@@ -161,7 +161,7 @@ class WorkerPool:
                 left = remaining()
                 if left == 0.0:
                     break
-                state.workers_changed.wait(left)
+                state.workers_changed.wait(None if left is None else min(left, LONGEST_WAIT))  # no OverflowError
             ended = not working()
             # Threads whose loops ended, not yet gone: joined below (moments each), so
             # that none is alive when this returns (at interpreter exit, the store closes
@@ -169,9 +169,9 @@ class WorkerPool:
             still = {id(slot) for _, slot in self._threads}
             leaving = [thread for thread, slot in threads if not slot.abandoned and id(slot) not in still]
         for thread in leaving:
-            thread.join(remaining())
+            join_within(thread, remaining())
         if dispatcher is not None:
-            dispatcher.join(remaining())
+            join_within(dispatcher, remaining())
         return ended
 
     @property

@@ -355,6 +355,12 @@ BEYOND = "99999999999999999999"  # more than SQLite's (and PostgreSQL's) 64-bit 
     (["list", "--offset", BEYOND], f"argument --offset: must be <= {2**63 - 1}, got {BEYOND}"),
     (["list", "--limit", BEYOND], f"argument --limit: must be <= {2**63 - 1}, got {BEYOND}"),
     (["dlq", "--limit", BEYOND], f"argument --limit: must be <= {2**63 - 1}, got {BEYOND}"),
+    # Taken, a lease ending past the times a store keeps was read back by every other
+    # worker's recovery as corrupt: ended at once, logged into the running job every second.
+    (["worker", "--import", "x", "--lease-timeout", "1e11"],
+     "argument --lease-timeout: must be <= 3155760000, got 1e11"),
+    (["worker", "--import", "x", "--poll-interval", "3155760001"],
+     "argument --poll-interval: must be <= 3155760000, got 3155760001"),
 ])
 def test_bad_values_are_usage_errors_before_the_database_is_opened(tmp_path: Any, capsys: Any, args: list[str],
                                                                     complaint: str) -> None:
@@ -675,6 +681,17 @@ def test_an_import_failure_never_names_the_import_machinery_as_its_place(db_path
     assert syntax.stderr.endswith(f" ({tmp_path / 'syntax_tasks.py'}:2)\n") and "importlib" not in syntax.stderr
     assert needy.stderr == ("jobcore: error: cannot import 'needy_tasks': ModuleNotFoundError: No module named"
                             f" 'no_such_dependency' ({tmp_path / 'needy_tasks.py'}:2)\n")
+
+
+def test_a_grace_period_too_long_for_the_platform_waits_as_none_would(
+        start_worker: Callable[..., Worker], db_path: str) -> None:
+    worker = start_worker(db_path, "--grace", "1e300")  # stop() raised OverflowError on a thread
+    worker.next_line()
+
+    assert worker.stop() == 0
+    assert worker.next_line().startswith("jobcore worker: stopping")
+    assert worker.next_line().strip() == "jobcore worker: stopped"
+    assert worker.stderr() == ""
 
 
 def test_a_malformed_postgres_dsn_is_one_line_that_never_shows_the_password() -> None:

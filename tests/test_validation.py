@@ -9,8 +9,9 @@ from typing import Any, Callable
 
 import pytest
 
-from jobcore import (DependencyError, FakeClock, InvalidJob, Job, JobManager, JobPriority, RetryableError,
-                     UnknownFunction)
+from jobcore import (DependencyError, FakeClock, InvalidJob, Job, JobManager, JobPriority, JobStatus, RetryableError,
+                     SQLiteRepository, UnknownFunction)
+from jobcore.manager import LONGEST_PERIOD
 
 
 def noop() -> None:
@@ -173,6 +174,42 @@ def test_manager_arguments_are_checked() -> None:
     with pytest.raises(ValueError, match="timeout"):
         manager.stop(timeout=-1)
     assert manager.run_pending(0) == 0
+    manager.close()
+
+
+@pytest.mark.parametrize("name", ["lease_timeout", "poll_interval", "discovery_interval"])
+def test_a_period_past_100_years_is_refused(name: str) -> None:
+    # A lease_timeout of 1e11 s was taken: the lease, ending past the times a store keeps,
+    # was read back by other managers' recovery as corrupt, ended, and logged into the
+    # running job's log on every heartbeat.
+    with pytest.raises(ValueError) as refused:
+        JobManager(":memory:", **{name: 1e11})
+    assert str(refused.value) == f"{name} must be at most 3155760000 seconds (100 years), got 100000000000.0"
+    JobManager(":memory:", **{name: LONGEST_PERIOD}).close()
+
+
+def test_the_longest_lease_ends_at_a_time_the_store_keeps(db_path: str) -> None:
+    clock = FakeClock()
+    producer = JobManager(db_path, producer=True, clock=clock)
+    job_id = producer.enqueue(Job(function_name="elsewhere.task"))
+    repository = SQLiteRepository(db_path)
+    now = clock.time()
+    assert repository.claim(job_id, "a-worker", now, now + LONGEST_PERIOD) is not None
+
+    recovered = repository.recover(now + 1.0)  # what another manager does every lease / 4
+
+    assert recovered.requeued == () and repository.logs(job_id) == []
+    assert producer.poll(job_id).status is JobStatus.RUNNING
+    repository.close()
+    producer.close()
+
+
+def test_stop_takes_a_timeout_longer_than_the_platform_waits() -> None:
+    manager = JobManager(":memory:", max_workers=2).start()
+
+    manager.stop(timeout=1e300)  # OverflowError: timestamp out of range for platform time_t
+
+    assert not manager.running
     manager.close()
 
 

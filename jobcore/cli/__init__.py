@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 from .. import __version__
 from ..dashboard.checks import MAX_PORT, MAX_WHOLE, check_token
 from ..errors import JobcoreError
-from ..manager import default_database_path
+from ..manager import LONGEST_PERIOD, default_database_path
 from ..models import JobStatus
 from .commands import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CommandFailed, check_database,
                        cmd_cancel, cmd_cleanup, cmd_dlq, cmd_list, cmd_logs, cmd_retry, cmd_show, cmd_stats,
@@ -61,6 +61,7 @@ def _number(kind: Callable[[str], Any], minimum: float = 0, maximum: Optional[fl
 
 COUNT = _number(int, 0, MAX_WHOLE)  # a --limit or --offset: the database's integers end at 2**63 - 1
 PORT = _number(int, 0, MAX_PORT)
+PERIOD = _number(float, above=True, maximum=int(LONGEST_PERIOD))  # as JobManager takes (why: LONGEST_PERIOD)
 
 
 def _token(text: str) -> str:
@@ -157,11 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="module to import (repeat for several)")
     sub.add_argument("--workers", type=_number(int, 1), default=os.environ.get("JOBCORE_WORKERS") or "4",
                      help="worker threads (default: $JOBCORE_WORKERS, else 4)")
-    sub.add_argument("--lease-timeout", type=_number(float, above=True), default=60.0, metavar="SECONDS",
+    sub.add_argument("--lease-timeout", type=PERIOD, default=60.0, metavar="SECONDS",
                      help="how long a running job's claim lasts without a heartbeat before another"
-                          " worker may take it back (default 60)")
-    sub.add_argument("--poll-interval", type=_number(float, above=True), default=1.0, metavar="SECONDS",
-                     help="seconds between heartbeats, and between full looks for work (default 1)")
+                          " worker may take it back (default 60; at most 3155760000, 100 years)")
+    sub.add_argument("--poll-interval", type=PERIOD, default=1.0, metavar="SECONDS",
+                     help="seconds between heartbeats, and between full looks for work (default 1;"
+                          " at most 100 years)")
     sub.add_argument("--grace", type=_number(float), default=None, metavar="SECONDS",
                      help="on stop, wait at most this long for running jobs (default: until they finish)")
     sub = command("dashboard", cmd_dashboard, "serve the web dashboard (live jobs, stats, cancel, retry)",
