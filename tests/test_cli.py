@@ -202,6 +202,55 @@ def test_dlq_lists_failed_jobs_and_retry_all_requeues_them(jobs: Jobs) -> None:
     assert status_of(jobs.db, jobs.failed) is JobStatus.PENDING
 
 
+def test_dlq_retry_all_json_prints_what_it_re_queued_as_json(jobs: Jobs) -> None:
+    retried = run("dlq", "--retry-all", "--json", db=jobs.db)  # it printed "re-queued 1 failed job(s)"
+
+    assert retried.returncode == 0 and retried.stderr == ""
+    assert json.loads(retried.stdout) == {"retried": [jobs.failed], "count": 1, "skipped": []}
+    assert status_of(jobs.db, jobs.failed) is JobStatus.PENDING
+
+
+@pytest.fixture
+def blocked_dead_letter(jobs: Jobs) -> tuple[Jobs, str]:
+    """Given, beside the failed job of `jobs`, a failed job whose unique_key a pending job
+    enqueued since holds: `retry` refuses it."""
+    manager = JobManager(jobs.db, max_workers=1)
+    manager.register_function("fail_loudly", fail_loudly)
+    blocked = manager.enqueue(Job(function_name="fail_loudly", name="nightly", unique_key="nightly-1",
+                                  max_retries=0))
+    manager.run_pending()
+    manager.enqueue(Job(function_name="fail_loudly", unique_key="nightly-1"))
+    manager.close()
+    assert status_of(jobs.db, blocked) is JobStatus.FAILED
+    return jobs, blocked
+
+
+def test_dlq_retry_all_names_the_jobs_it_could_not_re_queue_and_exits_1(
+        blocked_dead_letter: tuple[Jobs, str]) -> None:
+    jobs, blocked = blocked_dead_letter
+
+    retried = run("dlq", "--retry-all", db=jobs.db)  # it printed "re-queued 1", exit 0
+
+    assert retried.stdout.splitlines() == [
+        "re-queued 1 failed job(s)",
+        f"not re-queued: {blocked} (nightly): another unfinished job holds its unique_key 'nightly-1'"]
+    assert_one_line_error(retried, "1 failed job(s) could not be re-queued and stay in the dead-letter queue")
+    assert status_of(jobs.db, jobs.failed) is JobStatus.PENDING
+    assert status_of(jobs.db, blocked) is JobStatus.FAILED
+
+
+def test_dlq_retry_all_json_names_the_skipped_jobs_too(blocked_dead_letter: tuple[Jobs, str]) -> None:
+    jobs, blocked = blocked_dead_letter
+
+    retried = run("dlq", "--retry-all", "--json", db=jobs.db)
+
+    assert json.loads(retried.stdout) == {
+        "retried": [jobs.failed], "count": 1,
+        "skipped": [{"id": blocked, "name": "nightly",
+                     "reason": "another unfinished job holds its unique_key 'nightly-1'"}]}
+    assert_one_line_error(retried, "1 failed job(s) could not be re-queued")
+
+
 def test_watch_of_a_completed_job_prints_a_full_bar_and_exits_0(jobs: Jobs) -> None:
     proc = run("watch", jobs.completed, db=jobs.db)
 
