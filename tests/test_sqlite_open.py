@@ -313,6 +313,43 @@ def test_file_uris_name_windows_paths() -> None:
     assert file_uri("/srv/q#1?.db", "rw") == "file:///srv/q%231%3F.db?mode=rw"
 
 
+def test_a_file_whose_name_is_not_utf8_opens_from_every_thread_and_from_the_command_line(tmp_path: Path) -> None:
+    # given a Latin-1 file name on a UTF-8 system, as os.listdir() and the command line
+    # give it: 'caf\udce9.db', a lone surrogate. Quoting it into the URI raised
+    # UnicodeEncodeError: no repository opened it, and the CLI printed a traceback.
+    raw = os.path.join(os.fsencode(tmp_path), b"caf\xe9.db")
+    try:
+        open(raw, "wb").close()
+        os.remove(raw)
+    except OSError:
+        pytest.skip("this file system refuses names that are not UTF-8")
+    path = os.fsdecode(raw)
+    assert "\udce9" in path
+
+    # when a repository creates it, then another opens it (by URI, as every thread's
+    # connection but a new file's first does)
+    manager = JobManager(SQLiteRepository(path), producer=True)
+    job_id = manager.enqueue(Job(function_name="work"))
+    manager.close()
+    assert os.path.exists(raw)
+    reopened = SQLiteRepository(path)
+    seen: list[Any] = []
+    thread = threading.Thread(target=lambda: seen.append(reopened.get(job_id)))
+    thread.start()
+    thread.join(30)
+    reopened.close()
+
+    # then both see the job, in the one file of that name
+    assert [record.id for record in seen] == [job_id]
+    assert sorted(os.listdir(os.fsencode(tmp_path))) == [b"caf\xe9.db"]
+    # and the command line, given the name's bytes, reads it too
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, "-m", "jobcore", "--db", raw, "stats"], env=env,
+                          capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert b"pending" in proc.stdout and b"Traceback" not in proc.stderr
+
+
 def test_the_connection_of_a_thread_not_started_by_threading_is_closed_as_it_ends(tmp_path: Path) -> None:
     # given threads started by C code (here `_thread`): each reads as alive for ever, so
     # the connection each opened stayed open, a file descriptor each

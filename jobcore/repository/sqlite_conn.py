@@ -93,7 +93,10 @@ atexit.register(_close_at_exit)
 def file_uri(path: str, mode: str, paths: Any = os.path) -> str:
     """An SQLite URI naming the file at `path` (made absolute by `paths`, os.path or
     ntpath; any character URIs reserve quoted), opened in `mode` ("rw": the file must
-    exist, SQLite never creates it)."""
+    exist, SQLite never creates it). What is quoted is the bytes the file system names
+    the file by (`os.fsencode`): a name that is not UTF-8 (a Latin-1 one, which
+    `os.listdir` and the command line give with lone surrogates, 'caf\\udce9.db') reaches
+    SQLite as those bytes, where the str itself cannot be quoted (UnicodeEncodeError)."""
     absolute = paths.abspath(path)
     if paths.sep != "/":  # Windows: C:\data\jobs.db -> /C:/data/jobs.db
         absolute = absolute.replace(paths.sep, "/")
@@ -101,7 +104,7 @@ def file_uri(path: str, mode: str, paths: Any = os.path) -> str:
         absolute = "/" + absolute
     # "file://" and an empty authority, then the path: one starting "//" (a Windows
     # share, \\server\share) stays a path.
-    return f"file://{urllib.parse.quote(absolute, safe='/:')}?mode={mode}"
+    return f"file://{urllib.parse.quote(os.fsencode(absolute), safe='/:')}?mode={mode}"
 
 
 def locked_error(path: str) -> RepositoryError:
