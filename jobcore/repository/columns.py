@@ -148,7 +148,10 @@ DEFAULT_PRIORITY = _DEFAULTS.priority  # what a corrupt row's priority reads as
 def _reset_unsound(record: JobRecord) -> Optional[str]:
     wrong = []
     if type(record.id) is not str:  # SQLite keeps bytes too; the record shows it as text
-        wrong.append(f"id holds {reprlib.repr(record.id)}, not text")
+        if isinstance(record.id, str):  # of another type: SQLite text that is not UTF-8 (sqlite_rows)
+            wrong.append(f"id holds text that is not UTF-8 ({reprlib.repr(str(record.id))})")
+        else:
+            wrong.append(f"id holds {reprlib.repr(record.id)}, not text")
         record.id = text_of_id(record.id)
     # The count of unfinished dependencies: 'x' or -1 never reaches 0, and the job waited for ever.
     if not (type(record.blocked) is int and record.blocked >= 0):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import threading
-from typing import Any, Callable, ContextManager, Generic, TypeVar
+from typing import Any, Callable, Generic, TypeVar
 
 C = TypeVar("C")
 T = TypeVar("T")
@@ -32,10 +32,12 @@ class _Ticket:
 class GroupCommitter(Generic[C]):
     """Batches operations into shared transactions.
 
-    `transaction()` must return a context manager that yields a connection inside an open
-    write transaction, commits on normal exit and rolls back when the body raises."""
+    `transaction(body)` must run `body(connection)` inside an open write transaction and
+    return its value once committed, or roll back and raise what it raised. It may run
+    `body` again in a transaction of its own (SQLite's does after reading text that is not
+    UTF-8): an operation may run more than once, as it does when its batch fails."""
 
-    def __init__(self, transaction: Callable[[], ContextManager[C]]) -> None:
+    def __init__(self, transaction: Callable[[Callable[[C], Any]], Any]) -> None:
         self._transaction = transaction
         # _lock guards _pending and _leading; followers wait on _cond, a condition on it,
         # for their ticket. (`with self._lock` rather than `with self._cond`: the same
@@ -60,8 +62,7 @@ class GroupCommitter(Generic[C]):
             try:
                 if solo is not None:
                     return solo()
-                with self._transaction() as conn:
-                    return op(conn)
+                return self._transaction(op)  # type: ignore[no-any-return]
             finally:
                 with self._lock:
                     self._leading = False
@@ -89,13 +90,18 @@ class GroupCommitter(Generic[C]):
     def _run_batch(self, batch: list[_Ticket]) -> None:
         if len(batch) > 1:
             in_op = False  # whether what raised was an operation, or opening or committing
+
+            def run_all(conn: C) -> list[Any]:
+                nonlocal in_op
+                values = []
+                for ticket in batch:
+                    in_op = True
+                    values.append(ticket.op(conn))
+                    in_op = False
+                return values
+
             try:
-                with self._transaction() as conn:
-                    values = []
-                    for ticket in batch:
-                        in_op = True
-                        values.append(ticket.op(conn))
-                        in_op = False
+                values = self._transaction(run_all)
             except Exception as exc:
                 if not in_op:
                     # No operation's doing (a lock held past the busy timeout, a full
@@ -109,8 +115,7 @@ class GroupCommitter(Generic[C]):
                 return
         for ticket in batch:
             try:
-                with self._transaction() as conn:
-                    value = ticket.op(conn)
+                value = self._transaction(ticket.op)
             except BaseException as exc:
                 self._finish([ticket], [None], exc)
             else:

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import sqlite3
-from typing import Any, Collection, ContextManager, Optional, Sequence
+from typing import Any, Callable, Collection, ContextManager, Optional, Sequence, TypeVar
 
 from .. import serialization
 from ..errors import RepositoryError
@@ -33,6 +33,8 @@ from .base import (Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry,
 DURABILITY = SYNCHRONOUS
 
 logger = logging.getLogger("jobcore.sqlite")
+
+T = TypeVar("T")
 
 # The statuses sql.COUNT_BY_STATUS counts one by one, in its order; the rest of the total
 # are rows whose status jobcore never writes, which read (and are counted) as failed.
@@ -73,7 +75,7 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
         # next `recover` to fail (a read has no `now`, and writes nothing).
         self._unaddressable: set[int] = set()
         # Enqueues and outcomes from many threads share transactions (and fsyncs).
-        self._group: GroupCommitter[sqlite3.Connection] = GroupCommitter(self._write)
+        self._group: GroupCommitter[sqlite3.Connection] = GroupCommitter(self._db.transaction)
         # A process that forks after this (a web server's workers, say) gives each child
         # connections of its own, and a group committer no parent thread was inside.
         on_fork_in_child(self, "_forked")
@@ -86,14 +88,20 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
     # -- connections ---------------------------------------------------------------------
     def _forked(self) -> None:
         self._db.forked()
-        self._group = GroupCommitter(self._write)
+        self._group = GroupCommitter(self._db.transaction)
 
     def _connection(self) -> sqlite3.Connection:
         return self._db.get()
 
     def _write(self) -> ContextManager[sqlite3.Connection]:
-        """A `BEGIN IMMEDIATE` transaction: committed on success, rolled back on error."""
+        """A `BEGIN IMMEDIATE` transaction: committed on success, rolled back on error.
+        For writes that read no stored text; the others run in `_transaction`."""
         return self._db.write()
+
+    def _transaction(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """`op(connection)` in a `_write` transaction, run once more if it read stored text
+        that is not UTF-8 (see Connections.transaction)."""
+        return self._db.transaction(op)
 
     def _read(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self._db.read(query, params)
@@ -225,8 +233,8 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
 
     # -- running ---------------------------------------------------------------------------
     def claim(self, job_id: str, worker_id: str, now: float, lease_expires_at: float) -> Optional[JobRecord]:
-        with self._write() as conn:
-            row = conn.execute(sql.CLAIM, (now, worker_id, lease_expires_at, job_id, now)).fetchone()
+        params = (now, worker_id, lease_expires_at, job_id, now)
+        row = self._transaction(lambda conn: conn.execute(sql.CLAIM, params).fetchone())
         return record_from_row(row) if row else None
 
     def apply(self, settlements: Sequence[Settlement], claim_ids: Sequence[str], worker_id: str,
@@ -255,18 +263,19 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
         return cascades, claimed_records(rows, full, now, worker_id, lease_expires_at)
 
     def cancel(self, job_id: str, now: float, reason: str) -> tuple[CancelOutcome, Cascade]:
-        with self._write() as conn:
+        def op(conn: sqlite3.Connection) -> tuple[CancelOutcome, Cascade]:
             if conn.execute(sql.CANCEL_WAITING, (now, reason, job_id)).rowcount == 1:
                 return CancelOutcome.CANCELLED, Cascade(cancelled=cancel_dependents(conn, job_id, now))
             if conn.execute(sql.REQUEST_CANCEL, (job_id,)).rowcount == 1:
                 return CancelOutcome.REQUESTED, Cascade()
             found = conn.execute(sql.SELECT_STATUS, (job_id,)).fetchone() is not None
-        return (CancelOutcome.FINISHED if found else CancelOutcome.NOT_FOUND), Cascade()
+            return (CancelOutcome.FINISHED if found else CancelOutcome.NOT_FOUND), Cascade()
+
+        return self._transaction(op)
 
     def requeue(self, job_id: str, now: float) -> Optional[QueueEntry]:
         try:
-            with self._write() as conn:
-                row = conn.execute(sql.REQUEUE, (job_id,)).fetchone()
+            row = self._transaction(lambda conn: conn.execute(sql.REQUEUE, (job_id,)).fetchone())
         except RepositoryError as exc:
             if "UNIQUE" in str(exc):  # another unfinished job holds its unique_key
                 return None
@@ -291,9 +300,8 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
                   now: float) -> builtins.list[str]:
         if not job_ids:
             return []
-        with self._write() as conn:
-            params = (lease_expires_at, worker_id, json.dumps(list(job_ids)))
-            rows = conn.execute(sql.HEARTBEAT, params).fetchall()
+        params = (lease_expires_at, worker_id, json.dumps(list(job_ids)))
+        rows = self._transaction(lambda conn: conn.execute(sql.HEARTBEAT, params).fetchall())
         return [job_id for job_id, requested in rows if requested]
 
     def recover_expired(self, now: float) -> builtins.list[QueueEntry]:
@@ -304,16 +312,20 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
         corrupt: a pending job whose `blocked` is no integer >= 0, and a queued row whose
         id is not text (noted by `ready` and `scheduled`, or taken back here)."""
         unaddressable, self._unaddressable = self._unaddressable, set()
-        with self._write() as conn:
+
+        def op(conn: sqlite3.Connection) -> tuple[list[Any], tuple[str, ...]]:
+            seqs = set(unaddressable)  # a copy: a second run starts from the same
             _end_unreadable_leases(conn, now)
             rows = conn.execute(sql.RECOVER_EXPIRED, (now, now)).fetchall()
             for row in rows:
                 conn.execute(sql.INSERT_LOG, (row[0], now, "warning", row[7]))
                 if type(row[0]) is not str:
-                    unaddressable.add(row[2])
+                    seqs.add(row[2])
                 elif row[6] in (JobStatus.FAILED.value, JobStatus.CANCELLED.value):
                     cancel_dependents(conn, row[0], now)
-            corrupt = _fail_corrupt(conn, unaddressable, now)
+            return rows, _fail_corrupt(conn, seqs, now)
+
+        rows, corrupt = self._transaction(op)
         requeued = queue_entries([row for row in rows if row[6] == JobStatus.PENDING.value], set())
         return Recovery(requeued=tuple(requeued),
                         failed=tuple(row[0] for row in rows if row[6] == JobStatus.FAILED.value) + corrupt,
@@ -350,8 +362,8 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
                 for row in self._read(sql.LIST_WORKERS)]
 
     def reap_workers(self, before: float, now: Optional[float] = None) -> builtins.list[str]:
-        with self._write() as conn:
-            return [row[0] for row in conn.execute(sql.REAP_WORKERS, (now, before)).fetchall()]
+        rows = self._transaction(lambda conn: conn.execute(sql.REAP_WORKERS, (now, before)).fetchall())
+        return [row[0] for row in rows]
 
     def expire_worker(self, worker_id: str, now: float) -> int:
         with self._write() as conn:
@@ -371,22 +383,30 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
         deleted = 0
         for status in TERMINAL_STATUSES:
             while True:
-                with self._write() as conn:
-                    rows = conn.execute(sql.DELETE_FINISHED[status.value], (before, before, DELETE_CHUNK)).fetchall()
-                    _delete_logs_and_deps(conn, rows)
+                rows = self._transaction(lambda conn: _delete_chunk(conn, sql.DELETE_FINISHED[status.value],
+                                                                    (before, before, DELETE_CHUNK)))
                 deleted += len(rows)
                 if len(rows) < DELETE_CHUNK:
                     break
-        with self._write() as conn:
+        def unknown(conn: sqlite3.Connection) -> int:
             total, *counted = conn.execute(sql.COUNT_BY_STATUS).fetchone()
-            if total != sum(counted):  # rows whose status jobcore never writes: they read as failed
-                rows = conn.execute(sql.DELETE_UNKNOWN_STATUS, (before,) * 3).fetchall()
-                _delete_logs_and_deps(conn, rows)
-                deleted += len(rows)
-        return deleted
+            if total == sum(counted):
+                return 0
+            # rows whose status jobcore never writes: they read as failed
+            return len(_delete_chunk(conn, sql.DELETE_UNKNOWN_STATUS, (before,) * 3))
+
+        return deleted + self._transaction(unknown)
 
 
 DELETE_CHUNK = 1000  # jobs deleted a transaction by `delete_finished` (about 10 ms here)
+
+
+def _delete_chunk(conn: sqlite3.Connection, query: str, params: Sequence[Any]) -> list[tuple[str]]:
+    """Run `query`, a DELETE returning the ids of the jobs it deleted, then delete their log
+    lines and dependency links; those ids."""
+    rows: list[tuple[str]] = conn.execute(query, params).fetchall()
+    _delete_logs_and_deps(conn, rows)
+    return rows
 
 
 def _delete_logs_and_deps(conn: sqlite3.Connection, rows: Sequence[tuple[str]]) -> None:

@@ -1,7 +1,9 @@
 """This process's connections to one SQLite file: one per thread, one writer at a time, and
 a background thread that checkpoints the write-ahead log.
 
-Knows nothing about jobs: `SQLiteRepository` runs its SQL through `write()` and `read()`.
+Knows nothing about jobs: `SQLiteRepository` runs its SQL through `write()`,
+`transaction()` and `read()`. A connection reads text with sqlite3's own decoder until it
+meets stored text that is not UTF-8, then tolerantly (see sqlite_rows.tolerant_text).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
 
 from ..clock import real_monotonic, real_sleep
 from ..errors import RepositoryError
-from .sqlite_rows import translate
+from .sqlite_rows import TextNotUtf8, is_not_utf8, tolerant_text, translate
 
 logger = logging.getLogger("jobcore.sqlite")
 
@@ -134,6 +136,10 @@ class Connections:
         # Whether the next connection may create the file (cleared by the first that opens).
         self._may_create = not os.path.exists(path)
         self._checked = False  # whether `check` accepted the file
+        # Whether a connection met stored text that is not UTF-8: those opened after it read
+        # text tolerantly from the start (the others switch as each meets it).
+        self._tolerant = False
+        self._warned = False  # whether that was logged
         self.synchronous = SYNCHRONOUS[durability]
         self.background_checkpoints = durability == "normal"
         self._wal_limit = WAL_LIMIT_PAGES if self.background_checkpoints else FOREGROUND_WAL_LIMIT_PAGES
@@ -225,6 +231,8 @@ class Connections:
             conn.close()
             raise
         self._may_create = False
+        if self._tolerant:
+            conn.text_factory = tolerant_text
         return conn
 
     def _set_up(self, conn: sqlite3.Connection) -> None:
@@ -251,12 +259,40 @@ class Connections:
             except BaseException as exc:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
+                if is_not_utf8(exc):
+                    self._read_tolerantly(conn)
+                    raise TextNotUtf8(self.path, str(exc)) from None
                 if isinstance(exc, sqlite3.Error):
                     raise translate(exc, self.path) from None
                 raise
             self._committed()
         finally:
             self._write_lock.release()
+
+    def transaction(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """`op(connection)` inside `write()`: its value, once committed. If it read stored
+        text that is not UTF-8 (`TextNotUtf8`), it runs once more, in a transaction of its
+        own, on the connection that now reads such text tolerantly: the job rows holding it
+        then fail alone, as corrupt, where every statement reading one failed."""
+        try:
+            with self.write() as conn:
+                return op(conn)
+        except TextNotUtf8 as error:  # `write()` made the connection read tolerantly
+            self._warn_once(error)
+            with self.write() as conn:
+                return op(conn)
+
+    def _read_tolerantly(self, conn: sqlite3.Connection) -> None:
+        """Make `conn`, and every connection opened from now on, read text that is not
+        UTF-8 tolerantly."""
+        self._tolerant = True
+        conn.text_factory = tolerant_text
+
+    def _warn_once(self, error: TextNotUtf8) -> None:
+        if not self._warned:
+            self._warned = True
+            logger.warning("%s: reading text tolerantly from now on; a job whose row holds such text"
+                           " fails as CorruptJob", error)
 
     def write_one(self, query: str, params: Sequence[Any]) -> sqlite3.Cursor:
         """One statement committed on its own (SQLite's autocommit). Its effect is that
@@ -301,9 +337,15 @@ class Connections:
 
     def reading(self, read: Callable[[sqlite3.Connection], T]) -> T:
         """`read(connection)` on this thread's connection, outside any write transaction,
-        tried again as `read` is while another process holds a lock it needs."""
+        tried again as `read` is while another process holds a lock it needs, and once more
+        if it read stored text that is not UTF-8 (see `transaction`)."""
         conn = self.get()
-        return self._until_free(None, read, conn)
+        try:
+            return self._until_free(None, read, conn)
+        except TextNotUtf8 as error:
+            self._read_tolerantly(conn)
+            self._warn_once(error)
+            return self._until_free(None, read, conn)
 
     def _until_free(self, deadline: Optional[float], attempt: Callable[..., T], *args: Any) -> T:
         """`attempt(*args)`, tried again while another process holds the lock it needs,
@@ -320,6 +362,8 @@ class Connections:
                 return attempt(*args)
             except sqlite3.OperationalError as exc:
                 text = str(exc)
+                if is_not_utf8(exc):  # first: the text it quotes may hold "locked"
+                    raise TextNotUtf8(self.path, text) from None
                 if "locked" not in text and "busy" not in text:
                     raise translate(exc, self.path) from None
                 now = real_monotonic()

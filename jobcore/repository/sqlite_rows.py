@@ -1,11 +1,13 @@
-"""Rows of jobcore's SQLite tables: encoding records to parameters, decoding rows back,
-and translating driver errors. No connections and no SQL execution here.
+"""Rows of jobcore's SQLite tables: encoding records to parameters, decoding rows back
+(text that is not UTF-8 too), and translating driver errors. No connections and no SQL
+execution here.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import reprlib
 import sqlite3
 from typing import Any, Optional, Sequence
 
@@ -13,9 +15,81 @@ from .. import serialization
 from ..errors import RepositoryError
 from ..models import TIME_LIMIT, JobStatus
 from .base import JobRecord, QueueEntry
-from .columns import (DEFAULT_PRIORITY, REAL_TYPES, json_object, json_strings, unpack_job_row, unsound_numbers,
-                      usable_time)
-from .sqlite_schema import CLAIMED_PLAIN
+from .columns import (DEFAULT_PRIORITY, JOB_COLUMNS, REAL_TYPES, json_object, json_strings, text_of_id,
+                      unpack_job_row, unsound_numbers, usable_time)
+from .sqlite_schema import CLAIMED_COLUMNS, CLAIMED_PLAIN
+
+
+# -- text that is not UTF-8 ------------------------------------------------------------------
+# SQLite keeps whatever bytes a TEXT value is given (another tool, a hand edit, corruption),
+# and sqlite3's default text_factory (str) raises OperationalError on a value that is not
+# UTF-8, failing the whole statement: one such row stopped every claim of a worker (its
+# group-commit transaction rolled back, retried for ever) and every listing. A Python
+# text_factory on every connection would cost about 0.2 us a text value read (measured), so
+# a connection reads text strictly until it meets such a value, then tolerantly
+# (`tolerant_text`, see sqlite_conn.Connections), and the statement runs again.
+NOT_UTF8 = "Could not decode to UTF-8"  # how sqlite3's OperationalError for one begins
+
+
+class UndecodableText(str):
+    """Stored text whose bytes are not UTF-8, as a tolerant connection reads it: each byte
+    that is not UTF-8 shows as U+FFFD. Its type tells it from text stored as jobcore
+    stores it: a job row holding one fails alone, as corrupt (`decode_error`)."""
+
+    __slots__ = ()
+
+
+# Whether this process ever read an `UndecodableText`: until it has, the row decoders do not
+# look for one (a check of every column of every row read, for a value most stores never hold).
+undecodable_read = False
+
+
+def tolerant_text(data: bytes) -> str:
+    """The text_factory of a connection that met text that is not UTF-8: `data` decoded,
+    or if it is not UTF-8 an `UndecodableText`."""
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        global undecodable_read
+        undecodable_read = True
+        return UndecodableText(data.decode("utf-8", "replace"))
+
+
+class TextNotUtf8(RepositoryError):
+    """A statement read stored text that is not UTF-8 on a connection that read text
+    strictly (sqlite3's default). The connection reads it tolerantly from then on
+    (`tolerant_text`): what failed succeeds if run again, as sqlite_conn's `reading` and
+    `transaction` run it."""
+
+    def __init__(self, path: str, detail: str) -> None:
+        super().__init__(f"SQLite at {path!r} holds text that is not UTF-8 ({detail})")
+
+
+def is_not_utf8(exc: BaseException) -> bool:
+    """True if `exc` is sqlite3's error for reading, strictly, text that is not UTF-8."""
+    return isinstance(exc, sqlite3.OperationalError) and str(exc).startswith(NOT_UTF8)
+
+
+# The columns of a job row, None for those whose text that is not UTF-8 is told of by
+# `unpack_job_row`: the id (by columns.unsound_numbers: no text of jobcore's) and the
+# status (by columns.unknown_status: none jobcore writes).
+_JOB_COLUMN_NAMES = tuple(None if name in ("id", "status") else name
+                          for name in (name.strip() for name in JOB_COLUMNS.split(",")))
+_CLAIMED_COLUMN_NAMES = tuple(name.strip() for name in CLAIMED_COLUMNS.split(",")[:CLAIMED_PLAIN])
+
+
+def _undecodable_error(record: JobRecord, row: Sequence[Any], names: Sequence[Optional[str]]) -> Optional[str]:
+    """`record`'s `decode_error` (None if it has none) with the columns of `row` (named by
+    `names`) that held text that is not UTF-8 added: its arguments, tags, metadata or result
+    would otherwise be decoded from the text as read, U+FFFD for each bad byte."""
+    wrong = [f"{name} holds text that is not UTF-8 ({reprlib.repr(str(value))})"
+             for name, value in zip(names, row) if type(value) is UndecodableText and name is not None]
+    if not wrong:
+        return record.decode_error
+    told = "; ".join(wrong)
+    if record.decode_error is None:
+        return f"stored job {record.id} cannot be decoded: {told}"
+    return f"{record.decode_error}; {told}"
 
 
 
@@ -96,8 +170,11 @@ def row_params(record: JobRecord, now: float, status: JobStatus, blocked: int, e
 
 def record_from_row(row: Sequence[Any]) -> JobRecord:
     """A `JobRecord` from a row of `COLUMNS`; an undecodable row gets `decode_error` (a
-    number of the wrong kind, JSON that does not parse or is not of its field's shape)."""
+    number of the wrong kind, JSON that does not parse or is not of its field's shape,
+    text that is not UTF-8)."""
     record, raw = unpack_job_row(row)
+    if undecodable_read:  # the row may hold text that is not UTF-8 (see tolerant_text)
+        record.decode_error = _undecodable_error(record, row, _JOB_COLUMN_NAMES)
     try:
         if raw.payload is not None:  # None: selected without the arguments
             record.args, record.kwargs = serialization.decode_payload(raw.payload)
@@ -129,8 +206,8 @@ def claimed_records(rows: Sequence[Sequence[Any]], full: dict[str, Sequence[Any]
 def _plain_claimed(row: Sequence[Any], started_at: float, worker_id: str,
                    lease_expires_at: float) -> JobRecord:
     """The record of a plain job just claimed: `record_from_row` of its whole row, from
-    the columns that differ between plain jobs. An undecodable payload, or a number of the
-    wrong kind, gets `decode_error`."""
+    the columns that differ between plain jobs. An undecodable payload, a number of the
+    wrong kind, or text that is not UTF-8, gets `decode_error`."""
     (job_id, function_name, name, payload, priority, seq, created_at, attempts, max_retries,
      retry_delay, retry_backoff, jitter, timeout, isolation, _) = row
     # Every field by position, in RECORD_FIELDS (checked at import).
@@ -145,6 +222,9 @@ def _plain_claimed(row: Sequence[Any], started_at: float, worker_id: str,
             and (timeout is None or type(timeout) in REAL_TYPES)
             and type(created_at) in REAL_TYPES and -TIME_LIMIT < created_at < TIME_LIMIT):
         record.decode_error = unsound_numbers(record)
+    if undecodable_read:  # the row may hold text that is not UTF-8 (see tolerant_text)
+        record.id = text_of_id(job_id)  # of type str (an UndecodableText is told of below)
+        record.decode_error = _undecodable_error(record, row, _CLAIMED_COLUMN_NAMES)
     try:
         record.args, record.kwargs = serialization.decode_payload(payload)
     except (ValueError, TypeError) as exc:
