@@ -172,7 +172,8 @@ class Exchanges:
         with state.lock:
             if state.stopping or state.finished or state.settling:
                 return False
-            busy = len(state.buffer) + len(state.running) + state.handoffs + state.claiming
+            busy = (len(state.buffer) + len(state.running) + len(state.deferred) + state.handoffs
+                    + state.claiming)
             if busy >= self._max_workers or state.from_store or self._queue.has_ready():
                 return False
             state.handoffs += 1

@@ -1,7 +1,7 @@
 """`PoolState`: what the threads of one worker pool share, and the lock that guards it.
 
-The claimed records waiting for a worker, the running attempts, the finished ones waiting
-to be recorded, the flags of the one exchange under way, and the `Pacing`; with small
+The claimed records waiting for a worker (and those waiting for an earlier attempt of
+their job to end), the running attempts, the finished ones waiting to be recorded, the flags of the one exchange under way, and the `Pacing`; with small
 steps that read or change only this state. No threads start here and nothing is stored:
 the worker threads (`workers`), the dispatcher (`dispatcher`) and the exchanges
 (`exchanges`) act on it.
@@ -59,6 +59,10 @@ class PoolState:
         self.dispatch_needed = threading.Condition(self.lock)
         self.buffer: collections.deque[JobRecord] = collections.deque()  # claimed, not started
         self.running: dict[str, Attempt] = {}
+        # Claimed jobs whose earlier attempt still runs here, each started when it ends
+        # (see `defer_locked`). Their ids are all in `running`, so what counts that as
+        # held here (`holds_locked`, `WorkerPool.held_ids`, the heartbeat) counts them.
+        self.deferred: dict[str, JobRecord] = {}
         self.finished: list[Finished] = []  # waiting for an exchange to record them
         self.settling: set[str] = set()  # finished here, not yet told to `on_settled`
         self.cancel_ids: set[str] = set()  # buffered jobs to cancel when they start
@@ -105,11 +109,46 @@ class PoolState:
         there cannot start before those outcomes are stored)."""
         if self.stopping:
             return 0
-        held = len(self.buffer) + len(self.running) + self.handoffs + self.claiming
+        held = len(self.buffer) + len(self.running) + len(self.deferred) + self.handoffs + self.claiming
         room = self.pacing.capacity() - held
         if recording:
             return room
         return min(room, 2 * self.max_workers - held - len(self.finished))
+
+    def defer_locked(self, record: JobRecord) -> bool:
+        """Keep the claimed `record`, just taken from the buffer, from starting while an
+        earlier attempt of its job still runs here; True if it was kept aside.
+
+        That happens only after this process stopped renewing its leases for longer than
+        the lease (suspended, a paused VM): another process took the job back, and this
+        pool claimed it again. The earlier attempt's outcome will be discarded (the row
+        has moved on to the new attempt). The new one starts when the earlier one ends
+        (`end_attempt_locked`), its lease renewed meanwhile: the process never runs two
+        attempts of one job at once, and the job runs once more, as a taken-back job does.
+        (A later claim of the same job, after another stall, replaces it: the store has
+        moved on to that one.)"""
+        if record.id not in self.running:
+            return False
+        kept = self.deferred.get(record.id)
+        if kept is None or kept.attempts < record.attempts:
+            self.deferred[record.id] = record
+        return True
+
+    def end_attempt_locked(self, attempt: Attempt) -> bool:
+        """`attempt` no longer runs here (it returned, timed out, or was let go of before
+        it started): it leaves `running`, and a claim of its job kept aside for it
+        (`defer_locked`) goes to the front of the buffer. True if one did; waking a worker
+        for it is the caller's business. Only that attempt leaves: never another attempt
+        of the same job that runs in its place."""
+        job_id = attempt.record.id
+        if self.running.get(job_id) is not attempt:
+            return False
+        del self.running[job_id]
+        record = self.deferred.pop(job_id, None)
+        if record is None:
+            return False
+        self.buffer.appendleft(record)
+        return True
 
     def wake_one_locked(self) -> None:
         """Wake one idle worker for buffered jobs, unless one is already on its way: it

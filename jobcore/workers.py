@@ -228,6 +228,8 @@ class WorkerPool:
                     return False
                 state.cancel_ids.add(job_id)
                 return True
+            if job_id in state.deferred:  # claimed again here: that attempt starts cancelled
+                state.cancel_ids.add(job_id)
         attempt.context.request_cancel()
         return True
 
@@ -292,7 +294,8 @@ class WorkerPool:
 
     def _serve(self, slot: Slot) -> None:
         state, exchanges = self._state, self._exchanges
-        finished: Optional[Finished] = None  # the attempt this thread just ran
+        attempt: Attempt  # the attempt this thread runs (set before any use)
+        finished: Optional[Finished] = None  # its outcome, once it ran
         while True:
             with state.lock:
                 if finished is not None:
@@ -303,7 +306,9 @@ class WorkerPool:
                         logger.warning("job %s returned after its timeout; its outcome is discarded",
                                        finished.record.id)
                         return
-                    del state.running[finished.record.id]
+                    # (A claim of the same job kept aside for this attempt goes to the
+                    # buffer, and this thread takes it next: see `PoolState.defer_locked`.)
+                    state.end_attempt_locked(attempt)
                     state.add_finished_locked(finished)
                     if state.stopping:
                         state.dispatch_needed.notify()  # at stop the dispatcher records everything
@@ -323,17 +328,20 @@ class WorkerPool:
                     if state.waking:
                         state.waking -= 1
                 if exchange is None:
-                    attempt = self._start_locked(state.buffer.popleft(), slot)
+                    record = state.buffer.popleft()
                     state.taken += 1
                     if state.buffer:
                         state.wake_for_buffer_locked(active=True)
+                    if state.defer_locked(record):
+                        continue  # an earlier attempt of the job still runs here
+                    attempt = self._start_locked(record, slot)
                     suspect = self._claims.suspect(attempt.record, state.renewed_until, self._clock.time())
             if exchange is not None:
                 exchanges.run(*exchange, by_worker=True)
                 continue
             record, context = attempt.record, attempt.context
             if suspect and not self._claims.still_ours(record, renew=True):
-                self._drop_unstarted(record, started=True)
+                self._drop_unstarted(record, started=attempt)
                 continue
             if attempt.deadline is not None:
                 self.on_deadline()
@@ -471,7 +479,8 @@ class WorkerPool:
                     ahead.append(attempt.deadline)
                     continue
                 record = attempt.record
-                del self._state.running[record.id]
+                if self._state.end_attempt_locked(attempt):
+                    self._state.wake_one_locked()  # a claim of the job kept aside for it starts now
                 attempt.slot.abandoned = True
                 attempt.context.abandoned = True
                 self._abandoned += 1
@@ -500,19 +509,19 @@ class WorkerPool:
             buffered = [r for r in state.buffer if self._claims.suspect(r, state.renewed_until, now)]
         for record in buffered:
             if not self._claims.still_ours(record, renew=False):
-                self._drop_unstarted(record, started=False)
+                self._drop_unstarted(record, started=None)
         with state.lock:
             state.renewed_until = max(state.renewed_until, renewed_until)
         return ids
 
-    def _drop_unstarted(self, record: JobRecord, *, started: bool) -> None:
+    def _drop_unstarted(self, record: JobRecord, *, started: Optional[Attempt]) -> None:
         """Let go of a claimed job that is no longer this pool's, without running or
-        recording it: taken off the running attempts (`started`: a worker had just taken
-        it) or out of the buffer; whoever waits for it here reads the store again."""
+        recording it: taken off the running attempts (`started`: the attempt a worker had
+        just made of it) or out of the buffer; whoever waits for it here reads the store again."""
         state = self._state
         with state.lock:
-            if started:
-                state.running.pop(record.id, None)
+            if started is not None:
+                state.end_attempt_locked(started)
             else:
                 kept = [r for r in state.buffer if r is not record]
                 if len(kept) == len(state.buffer):

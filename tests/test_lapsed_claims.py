@@ -1,14 +1,17 @@
-"""A job claimed in reserve does not start if the claim lapsed while the process stalled
-and another process took the job: SPEC's "never run by two live workers at the same
-time" (jobcore.claims). A stall is a fake clock moved past the lease while a job blocks
-the only worker; the other process is a second repository on the same file."""
+"""A process that stalls past its lease runs no job beside another attempt of it: a job
+claimed in reserve does not start if the claim lapsed while the process stalled and
+another process took the job (jobcore.claims), and a job taken back during the stall
+and claimed here again waits for its first attempt, still running here, to end
+(`PoolState.defer_locked`): SPEC's "never run by two live workers at the same time". A
+stall is a fake clock moved past the lease while a job blocks a worker; the other
+process is a second repository on the same file."""
 
 from __future__ import annotations
 
 import threading
 from typing import Any
 
-from jobcore import FakeClock, Job, JobManager, JobStatus, SQLiteRepository
+from jobcore import FakeClock, Job, JobManager, JobStatus, SQLiteRepository, current_job
 from waiting import wait_until
 
 LEASE = 10.0
@@ -91,3 +94,99 @@ def test_without_a_stall_no_claim_is_checked(tmp_path: Any, make_manager: Any) -
     # then no job's claim was read back before it started
     assert repository.reads == 0
     assert sorted(done) == list(range(100))
+
+
+class Attempts:
+    """A job function that blocks each attempt until the test releases it, and notes
+    which attempts started and how many ran at once."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()  # guards started, now_running and most
+        self.started: list[int] = []
+        self.now_running = 0
+        self.most = 0
+        self.release = {1: threading.Event(), 2: threading.Event(), 3: threading.Event()}
+
+    def __call__(self) -> int:
+        attempt = current_job().attempt
+        with self.lock:
+            self.started.append(attempt)
+            self.now_running += 1
+            self.most = max(self.most, self.now_running)
+        try:
+            self.release[attempt].wait(10)
+        finally:
+            with self.lock:
+                self.now_running -= 1
+        return attempt
+
+
+def taken_back_and_claimed_here_again(tmp_path: Any, make_manager: Any
+                                      ) -> tuple[JobManager, Attempts, str, SQLiteRepository]:
+    """A manager whose first attempt of a job still runs after a stall past its lease in
+    which another process took the job back (a second repository on the same file),
+    and which has then claimed the job again itself, as its second attempt."""
+    clock = FakeClock()
+    attempts = Attempts()
+    manager: JobManager = make_manager(str(tmp_path / "jobs.db"), max_workers=2, lease_timeout=LEASE,
+                                       poll_interval=1.0, clock=clock)
+    manager.register_function("long", attempts)
+    job_id = manager.enqueue(Job(function_name="long", max_retries=3))
+    manager.start()
+    wait_until(lambda: attempts.started == [1], 10, "the first attempt to start")
+    other = SQLiteRepository(str(tmp_path / "jobs.db"))
+    later = clock.time() + LEASE + 1
+    assert [entry.job_id for entry in other.recover(later).requeued] == [job_id]
+    clock.advance(LEASE + 1)  # the manager wakes, finds the job pending again, and claims it
+    state = manager._pool._state
+
+    def claimed_again_and_taken_by_a_worker() -> bool:
+        row = other.get_without_args(job_id)
+        with state.lock:
+            taken = not state.buffer and not state.exchanging
+        return (row is not None and row.status == JobStatus.RUNNING and row.attempts == 2
+                and row.worker_id == manager._pool.worker_id and taken)
+
+    wait_until(claimed_again_and_taken_by_a_worker, 10, "the job to be claimed here again")
+    return manager, attempts, job_id, other
+
+
+def test_a_job_claimed_again_while_its_first_attempt_still_runs_here_waits_for_it(
+        tmp_path: Any, make_manager: Any) -> None:
+    # given a manager that stalled past its lease while running a job's first attempt,
+    # lost the job to recovery and claimed it again itself
+    manager, attempts, job_id, other = taken_back_and_claimed_here_again(tmp_path, make_manager)
+    state = manager._pool._state
+    # then the second attempt does not start beside the first (it is held: its lease renewed)
+    with state.lock:
+        assert state.running[job_id].record.attempts == 1
+    assert job_id in manager._pool.held_ids()
+    # when the first attempt returns (its outcome is discarded)
+    attempts.release[2].set()
+    attempts.release[1].set()
+    # then the second one runs, is recorded, and the job completes: run twice, never at once
+    result = manager.wait(job_id, timeout=10)
+    assert result.status == JobStatus.COMPLETED and result.attempts == 2 and result.result == 2
+    assert attempts.started == [1, 2] and attempts.most == 1
+    # and no worker thread died on the way
+    wait_until(lambda: not state.running and not state.finished and not state.settling, 10)
+    assert len(manager.workers) == 2
+    other.close()
+
+
+def test_a_job_claimed_again_while_its_first_attempt_runs_is_handed_back_at_a_stop(
+        tmp_path: Any, make_manager: Any) -> None:
+    # given a manager whose second attempt of a job waits for its first to end
+    manager, attempts, job_id, other = taken_back_and_claimed_here_again(tmp_path, make_manager)
+    # when the manager stops, and the first attempt returns meanwhile
+    stopping = threading.Thread(target=manager.stop, kwargs={"timeout": 10})
+    stopping.start()
+    attempts.release[1].set()
+    stopping.join(10)
+    assert not stopping.is_alive()
+    # then the second attempt never started: handed back, pending, its attempt uncounted
+    row = other.get_without_args(job_id)
+    assert row is not None and row.status == JobStatus.PENDING and row.attempts == 1
+    assert attempts.started == [1]
+    other.close()
+
