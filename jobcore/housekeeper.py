@@ -5,9 +5,11 @@ requests made by other processes), keeps this manager's entry in the worker regi
 takes back jobs whose lease expired or whose worker process on this host is gone, reaps
 dead workers, and notices new work written by other processes through the repository's
 cheap `change_token`, and stores the progress reports that wait (see `progress`). It sleeps on its own
-condition until the next of those is due; it never runs jobs. After a wall-clock jump, and
-after the store failed it (an outage: no worker's heartbeats got through), it takes no
-lease back for a lease period, in which every live worker renews its own. After a stop
+condition until the next of those is due; it never runs jobs. After a wall-clock jump,
+after the store failed it (an outage: no worker's heartbeats got through), and after a
+stall of its own process (its beat came half a lease late: what stalled it may have
+stalled its neighbours), it takes no lease back for a lease period, in which every live
+worker renews its own. After a stop
 that did not wait for the jobs running here, it goes on renewing their leases (and
 enforcing their timeouts) until they end, and nothing else.
 """
@@ -216,7 +218,19 @@ class Housekeeper:
                     last_refill = now
                     self._refill()
                 if now >= next_beat:
+                    late = now - next_beat
                     next_beat = now + settings.poll_interval
+                    if late >= settings.lease_timeout / 2:
+                        # This process stalled (suspended, a paused VM, starved of CPU): its
+                        # beat comes half a lease late. Whatever stalled it may have stalled
+                        # the other workers on its machine too, whose leases then lapsed with
+                        # no fault of theirs; each renews its own at its first beat after
+                        # it. Taking those back first would run their jobs a second time
+                        # beside them (or use up their attempts), so hold recovery off for
+                        # a lease period from now, as after an outage.
+                        held_until = next_recover = max(next_recover, now + settings.lease_timeout)
+                        logger.warning("this process stalled for %.1fs; expired leases are taken back no"
+                                       " sooner than %.1fs from now", late, settings.lease_timeout)
                     running = self._pool.heartbeat()
                     self._beat(running)
                     back = self._clock.monotonic()

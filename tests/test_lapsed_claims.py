@@ -190,3 +190,74 @@ def test_a_job_claimed_again_while_its_first_attempt_runs_is_handed_back_at_a_st
     assert attempts.started == [1]
     other.close()
 
+
+class Watched(SQLiteRepository):
+    """Tells when its manager's housekeeper has begun its loop (`looping`: it takes a
+    change token first, after reading the clock its timers start from) and the time of
+    its latest beat in the worker registry (`beaten`); while `stalled` is set, its
+    heartbeats wait for `resumed` (a process that has not been scheduled yet)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.looping = threading.Event()
+        self.stalled = threading.Event()
+        self.resumed = threading.Event()
+        self.beats = threading.Condition()  # guards `beaten`
+        self.beaten = float("-inf")
+
+    def change_token(self) -> Any:
+        self.looping.set()
+        return super().change_token()
+
+    def heartbeat(self, *args: Any) -> Any:
+        if self.stalled.is_set():
+            self.resumed.wait(10)
+        return super().heartbeat(*args)
+
+    def beat_worker(self, worker_id: str, running: Any, now: float) -> Any:
+        beaten = super().beat_worker(worker_id, running, now)
+        with self.beats:
+            self.beaten = max(self.beaten, now)
+            self.beats.notify_all()
+        return beaten
+
+    def beat_at(self, at: float) -> bool:
+        with self.beats:
+            return self.beats.wait_for(lambda: self.beaten >= at, 10)
+
+
+def test_workers_stalled_together_past_their_lease_take_no_job_from_each_other(
+        tmp_path: Any, make_manager: Any) -> None:
+    # given two managers on one file (one clock: one machine), the first running a job
+    clock = FakeClock()
+    attempts = Attempts()
+    running_repo, other_repo = Watched(str(tmp_path / "jobs.db")), Watched(str(tmp_path / "jobs.db"))
+    running: JobManager = make_manager(running_repo, lease_timeout=LEASE, poll_interval=1.0, clock=clock)
+    running.register_function("long", attempts)
+    job_id = running.enqueue(Job(function_name="long"))
+    running.start()
+    other: JobManager = make_manager(other_repo, lease_timeout=LEASE, poll_interval=1.0, clock=clock)
+    other.register_function("long", attempts)
+    other.start()
+    wait_until(lambda: attempts.started == [1], 10, "the job to start")
+    assert running_repo.looping.wait(10) and other_repo.looping.wait(10)
+    # (each beats once first: an advance while a housekeeper sets its timers up, after its
+    # change token, looks like a wall clock jump to it, unless it is 1 s at most)
+    clock.advance(1.0)
+    assert running_repo.beat_at(clock.time()) and other_repo.beat_at(clock.time())
+    # when the whole machine stalls past the lease, and the other manager's housekeeper
+    # gets to run before the first one's renews its leases (two rounds of it)
+    running_repo.stalled.set()
+    clock.advance(3 * LEASE)
+    assert other_repo.beat_at(clock.time())
+    clock.advance(1.0)
+    assert other_repo.beat_at(clock.time())
+    running_repo.resumed.set()
+    assert running_repo.beat_at(clock.time())
+    # then the job was not taken back: it runs on, once, and completes as its first attempt
+    row = other_repo.get_without_args(job_id)
+    assert row is not None and row.status == JobStatus.RUNNING and row.attempts == 1
+    attempts.release[1].set()
+    result = running.wait(job_id, timeout=10)
+    assert result.status == JobStatus.COMPLETED and result.attempts == 1
+    assert attempts.started == [1]
