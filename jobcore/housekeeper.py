@@ -9,9 +9,9 @@ condition until the next of those is due; it never runs jobs. After a wall-clock
 after the store failed it (an outage: no worker's heartbeats got through), and after a
 stall of its own process (its beat came half a lease late: what stalled it may have
 stalled its neighbours), it takes no lease back for a lease period, in which every live
-worker renews its own. After a stop
-that did not wait for the jobs running here, it goes on renewing their leases (and
-enforcing their timeouts) until they end, and nothing else.
+worker renews its own. After a stop that did not wait for the jobs running here (or a
+start that failed after it), it goes on renewing their leases (and enforcing their
+timeouts) until they end, and nothing else.
 """
 
 from __future__ import annotations
@@ -85,15 +85,27 @@ class Housekeeper:
         The thread of an earlier start, told to stop by a `stop` that did not wait for it,
         is waited for first (it ends once the chores under way are done; one renewing the
         leases of jobs still running leaves them to this start's thread, whose heartbeats
-        renew every job the pool holds): one thread does the upkeep, never two."""
+        renew every job the pool holds): one thread does the upkeep, never two.
+
+        If registering fails (the store down or locked) or is interrupted, it raises with
+        no upkeep started; a thread renews the leases the earlier one renewed, as after a
+        stop (a pool started later takes them over)."""
         with self._cond:
             self._stopping = True  # as `stop` left it (a start makes sure)
             self._starts += 1
             self._cond.notify_all()
             previous = self._thread
-        if previous is not None:
-            previous.join()
-        self._register(self._clock.time())
+        try:
+            if previous is not None:
+                previous.join()
+            self._register(self._clock.time())
+        except BaseException:
+            if self._pool.held_ids():  # jobs running past a stop: their leases must not lapse
+                with self._cond:
+                    self._thread = threading.Thread(target=self._run, args=(self._starts, False),
+                                                    name="jobcore-housekeeper", daemon=True)
+                    self._thread.start()
+            raise
         with self._cond:
             self._stopping = False
             self._thread = threading.Thread(target=self._run, args=(self._starts,), name="jobcore-housekeeper",
@@ -169,11 +181,12 @@ class Housekeeper:
             self._refill_soon = True
             self._cond.notify_all()
 
-    def _run(self, start: int) -> None:
-        """The thread of the start numbered `start`: upkeep until a stop, then the leases
-        of the jobs still running here until they end (unless a start or `close` comes
-        first)."""
-        self._loop()
+    def _run(self, start: int, upkeep: bool = True) -> None:
+        """The thread of the start numbered `start`: upkeep (if `upkeep`) until a stop,
+        then the leases of the jobs still running here until they end (unless a start or
+        `close` comes first)."""
+        if upkeep:
+            self._loop()
         if self._keep_leases(start):
             self._leave_registry()
 

@@ -17,7 +17,7 @@ import threading
 import uuid
 from typing import Any, Callable, Collection, Iterable, Optional, Union
 
-from .clock import SYSTEM_CLOCK, Clock, real_sleep
+from .clock import SYSTEM_CLOCK, Clock, real_monotonic, real_sleep
 from .context import current_job
 from .enqueuing import Enqueuer
 from .errors import LONGEST_RETRY_DELAY, JobNotFound
@@ -129,9 +129,18 @@ class JobManager:
         self._queue = ReadyQueue(self._clock)
         self._notifier = NotificationDispatcher()
         self._settlements = Settlements()  # jobs settled here, and `wait`'s sleepers
-        # _lifecycle_lock guards _running across start/stop.
+        # _lifecycle_lock guards _running, _stops and _stop_unfinished. `start` holds it
+        # throughout; `stop` only to change them, not while it waits for jobs (see `stop`).
         self._lifecycle_lock = threading.Lock()
         self._running = False
+        self._stops = 0  # `stop` calls stopping the pool and housekeeper now: `start` waits for them
+        self._stops_ended = threading.Condition(self._lifecycle_lock)  # notified as each of those returns
+        # A stop began, and none has stopped the pool and housekeeper since (one was
+        # interrupted, by Ctrl-C say): the next `stop` does it, the next `start` takes over.
+        self._stop_unfinished = False
+        # `.call` is "start" or "stop" while this thread is inside that call: a signal
+        # handler that interrupts it runs on the same thread, and must not wait for it.
+        self._in_lifecycle = threading.local()
         self._pool = WorkerPool(self.repository, self._queue, self._registry, self._local, self._clock,
                                 settings, self.worker_id, self._publish, self._settlements.mark,
                                 random.Random() if rng is None else rng)
@@ -148,6 +157,7 @@ class JobManager:
         # True in a child forked while this manager ran: its workers stayed in the parent.
         self._forked_while_running = False
         on_fork_in_child(self, "_forked")
+        on_fork_in_child(self, "_lifecycle_after_fork")  # (after `_forked`: registration order)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> "JobManager":
@@ -157,27 +167,59 @@ class JobManager:
         see `WorkerPool.start` and `Housekeeper.start`. An `immediate` manager starts no
         threads: it runs jobs inside `enqueue`.
 
+        Called while a `stop` in another thread waits for the jobs, it waits for that stop
+        to return, then starts. Raises RuntimeError where that would wait for itself:
+        from inside one of this manager's jobs (while such a stop waits), and on a thread
+        already inside `start` or `stop` (a signal handler that interrupted it).
+
+        If it fails (the store failing as it registers this manager as a worker, say), it
+        raises with nothing started: no job runs, and a later `start` may try again.
+
         In the child process of an isolated job it does nothing: a job's module imported
         there (which may start a manager, or call `register_job_function`) must not run
         workers that claim other jobs inside a process a timeout or cancel ends."""
         if in_isolated_child() and not self.immediate:
             logger.debug("manager %s not started: this process runs isolated attempts", self.worker_id)
             return self
-        with self._lifecycle_lock:
-            if self._forked_while_running:
-                raise RuntimeError("this manager was started in the process this one was forked from, and its"
-                                   " workers run there; build a new JobManager to run workers in this process")
-            if self._running:
-                return self
-            if self.immediate:
+        call = getattr(self._in_lifecycle, "call", None)
+        if call is not None:
+            raise RuntimeError(f"start() called while this thread is inside {call}() (from a signal handler?)"
+                               " would wait for itself; call it once that returned")
+        self._in_lifecycle.call = "start"
+        try:
+            with self._lifecycle_lock:
+                if self._forked_while_running:
+                    raise RuntimeError("this manager was started in the process this one was forked from, and"
+                                       " its workers run there; build a new JobManager to run workers in this"
+                                       " process")
+                if self._stops:
+                    job = current_job()
+                    if job is not None and job.runs_on(self._pool):
+                        raise RuntimeError("start() called from inside one of this manager's jobs while stop()"
+                                           " waits for its jobs would wait for itself")
+                    while self._stops:  # a start must not race a stop: it follows it
+                        self._stops_ended.wait()
+                if self._running:
+                    return self
+                if self.immediate:
+                    self._load_queue()
+                    self._running = True
+                    return self
+                self._recovered(self.repository.recover(self._clock.time()))
                 self._load_queue()
-                self._running = True
-                return self
-            self._recovered(self.repository.recover(self._clock.time()))
-            self._load_queue()
-            self._pool.start()
-            self._housekeeper.start()
-            self._running = self._enqueuer.started = True
+                # The housekeeper first: its start registers this manager as a worker, a
+                # store call that may fail; it must fail before any worker takes a job.
+                self._housekeeper.start()
+                try:
+                    self._pool.start()
+                except BaseException:
+                    self._pool.stop(0.0)  # what it started takes no job, and ends
+                    self._housekeeper.stop(0.0)
+                    raise
+                self._stop_unfinished = False  # (an interrupted stop's threads were taken over)
+                self._running = self._enqueuer.started = True
+        finally:
+            self._in_lifecycle.call = None
         return self
 
     def stop(self, wait: bool = True, timeout: Optional[float] = None) -> None:
@@ -191,27 +233,60 @@ class JobManager:
         server down) are given up, logged by job id: their jobs are taken back and run
         again. So a stop without a timeout never waits for the store to come back.
 
-        Raises RuntimeError when called from inside one of this manager's jobs (it would
-        wait for that job, its own caller): stop it from another thread. Called by a
-        notification channel, it does not wait for the events still being delivered."""
+        Several may run at once (threads, a supervisor's deadline): each waits for the
+        running jobs up to its own `timeout`. Called again on a thread already inside
+        `start` or `stop` (a signal handler that interrupted it), it returns at once,
+        changing nothing: the call under way goes on. After a stop interrupted while it
+        waited (Ctrl-C), the next `stop` finishes it.
+
+        From inside one of this manager's jobs, only `stop(wait=False)`: with `wait` it
+        would wait for that job, its own caller (RuntimeError; stop it from another
+        thread). Called by a notification channel, it does not wait for the events still
+        being delivered."""
         if timeout is not None:
             _positive("timeout", timeout, allow_zero=True)
+        if getattr(self._in_lifecycle, "call", None) is not None:
+            return  # the start or stop this thread is inside goes on once the handler returns
         job = current_job()
-        if job is not None and job.runs_on(self._pool):
+        if wait and job is not None and job.runs_on(self._pool):
             raise RuntimeError("stop() called from inside one of this manager's jobs would wait for that"
-                               " job itself; call it from another thread")
-        with self._lifecycle_lock:
-            if not self._running:
-                return
-            self._running = self._enqueuer.started = False
-            if self.immediate:
-                return
-            self._pool.stop(timeout if wait else 0.0)
-            self._housekeeper.stop(timeout if wait else 0.0)
+                               " job itself; call stop(wait=False) there, or stop() from another thread")
+        self._in_lifecycle.call = "stop"
+        try:
+            stopped = self._stop_threads(timeout if wait else 0.0)
+        finally:
+            self._in_lifecycle.call = None
         # Bounded: a user's callback channel that hangs must not hang stop(). Not on a
         # delivery thread (a channel stopping the manager): it would wait for itself.
-        if not self._notifier.on_delivery_thread():
+        if stopped and not self._notifier.on_delivery_thread():
             self._notifier.flush(timeout=5.0 if wait else 0.5)
+
+    def _stop_threads(self, timeout: Optional[float]) -> bool:
+        """Stop the pool and the housekeeper, waiting for running jobs up to `timeout`;
+        False if there was nothing to stop: not started, and no stop under way or left
+        unfinished. The lock is held only to change the state, so that concurrent stops
+        each keep to their own timeout (one under way is joined, not taken for done)."""
+        with self._lifecycle_lock:
+            if self._running:
+                self._stop_unfinished = True
+                self._running = self._enqueuer.started = False
+            elif not (self._stop_unfinished or self._stops):
+                return False
+            if self.immediate:
+                self._stop_unfinished = False
+                return False
+            self._stops += 1
+        try:
+            deadline = None if timeout is None else real_monotonic() + timeout
+            self._pool.stop(timeout)
+            self._housekeeper.stop(None if deadline is None else max(0.0, deadline - real_monotonic()))
+            with self._lifecycle_lock:
+                self._stop_unfinished = False
+        finally:
+            with self._lifecycle_lock:
+                self._stops -= 1
+                self._stops_ended.notify_all()
+        return True
 
     def _forked(self) -> None:
         """In a child forked while this manager ran (its threads stayed in the parent): it
@@ -221,6 +296,16 @@ class JobManager:
         if self._running and not self.immediate:  # an immediate manager has no threads
             self._forked_while_running = True
             self._running = self._enqueuer.started = False
+
+    def _lifecycle_after_fork(self) -> None:
+        """In a forked child: no thread of this process is inside `start` or `stop` (the
+        parent's are not here), and the pool's threads that a stop would wait for are not
+        either: a lock a parent thread held stays held here, so it is a new one."""
+        self._lifecycle_lock = threading.Lock()
+        self._stops_ended = threading.Condition(self._lifecycle_lock)
+        self._stops = 0
+        self._stop_unfinished = False
+        self._in_lifecycle = threading.local()
 
     def _successor(self) -> "JobManager":
         """A manager not started, for this process, on the same repository, with this
@@ -236,12 +321,25 @@ class JobManager:
         Jobs a `stop` that did not wait left running here have their leases renewed no
         more: they are taken back once those expire.
 
-        Raises RuntimeError, changing nothing, when called by a notification channel: it
-        would wait for its own delivery thread to end. Call `stop()` there instead."""
+        Raises RuntimeError, changing nothing, where it would wait for itself: called by
+        a notification channel (for its own delivery thread to end: call `stop()` there
+        instead), from inside one of this manager's jobs (call `stop(wait=False)` there),
+        or on a thread already inside `start` or `stop` (a signal handler)."""
         if self._notifier.on_delivery_thread():
             raise RuntimeError("close() called from a notification channel would wait for itself;"
                                " call stop() there, and close() from another thread")
+        job = current_job()
+        if job is not None and job.runs_on(self._pool):
+            raise RuntimeError("close() called from inside one of this manager's jobs would wait for that"
+                               " job itself; call stop(wait=False) there, and close() from another thread")
+        call = getattr(self._in_lifecycle, "call", None)
+        if call is not None:
+            raise RuntimeError(f"close() called while this thread is inside {call}() (from a signal handler?)"
+                               " would wait for itself; call stop() there, and close() once that returned")
         self.stop()
+        with self._lifecycle_lock:
+            while self._stops:  # another thread's stop returns before what it uses is released
+                self._stops_ended.wait()
         self._housekeeper.close()  # leases it still renews after a stop: renewed no more
         self._pool.close()
         self._notifier.close()

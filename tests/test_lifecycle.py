@@ -1,0 +1,339 @@
+"""`JobManager.start`, `stop` and `close` racing each other, failing, interrupted, or
+called from inside the manager's own jobs and from signal handlers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from typing import Any, Iterator
+
+import pytest
+
+from jobcore import FakeClock, Job, JobManager, JobStatus, MemoryRepository, SQLiteRepository
+from jobcore.errors import RepositoryError
+from waiting import wait_until
+
+WAIT = 10.0  # generous bound for waits that normally end in milliseconds
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _jobcore_threads(before: set[threading.Thread]) -> list[str]:
+    """The names of the live jobcore threads started since `before` was taken."""
+    return sorted(t.name for t in threading.enumerate()
+                  if t not in before and t.is_alive() and t.name.startswith("jobcore-"))
+
+
+class _Blocker:
+    """A job function that runs until released: `started` tells it began."""
+
+    def __init__(self) -> None:
+        self.started, self.release = threading.Event(), threading.Event()
+
+    def __call__(self) -> str:
+        self.started.set()
+        assert self.release.wait(WAIT)
+        return "done"
+
+
+@pytest.fixture
+def blocker() -> Iterator[_Blocker]:
+    job = _Blocker()
+    yield job
+    job.release.set()  # whatever the test did, the job's thread ends
+
+
+def _running_one(make_manager: Any, store: Any, blocker: _Blocker, **options: Any) -> tuple[JobManager, str]:
+    """A started manager of one worker, running `blocker` as the job whose id it returns."""
+    manager = make_manager(store, max_workers=1, **options)
+    manager.register_function("block", blocker)
+    manager.start()
+    job_id = manager.enqueue(Job(function_name="block"))
+    assert blocker.started.wait(WAIT)
+    return manager, job_id
+
+
+def _stopping_in_thread(manager: JobManager) -> threading.Thread:
+    """A thread inside a graceful `stop()` of `manager`, waiting for its running job."""
+    stopper = threading.Thread(target=manager.stop, name="graceful-stop")
+    stopper.start()
+    wait_until(lambda: not manager.running, WAIT, "the graceful stop to begin")
+    return stopper
+
+
+# -- several stops at once ------------------------------------------------------------------
+def test_a_stop_with_a_timeout_returns_in_time_while_a_graceful_stop_waits(
+        make_manager: Any, db_path: str, blocker: _Blocker) -> None:
+    # given a graceful stop waiting in another thread for a running job (the app's shutdown)
+    manager, job_id = _running_one(make_manager, db_path, blocker)
+    graceful = _stopping_in_thread(manager)
+
+    # when a supervisor's stop with a timeout comes
+    returned = threading.Event()
+
+    def bounded() -> None:
+        manager.stop(timeout=0.2)
+        returned.set()
+
+    threading.Thread(target=bounded).start()
+
+    # then it returns after its own timeout, not once the graceful one ends (it waited
+    # for the manager's lock, held by the graceful stop until the job ended)
+    began = time.monotonic()
+    assert returned.wait(WAIT - 5), "stop(timeout=0.2) waited for the other stop"
+    assert time.monotonic() - began < 5.0
+    assert graceful.is_alive() and manager.poll(job_id).status is JobStatus.RUNNING
+    # and the graceful stop still lets the job finish, then ends the housekeeper
+    blocker.release.set()
+    graceful.join(WAIT)
+    assert not graceful.is_alive()
+    assert manager.poll(job_id).status is JobStatus.COMPLETED
+    assert manager.list_workers() == []
+
+
+def test_a_start_during_a_stop_waits_for_that_stop_then_starts(
+        make_manager: Any, db_path: str, blocker: _Blocker) -> None:
+    # given a graceful stop waiting for a running job
+    manager, job_id = _running_one(make_manager, db_path, blocker)
+    graceful = _stopping_in_thread(manager)
+
+    # when another thread starts the manager
+    restart = threading.Thread(target=manager.start)
+    restart.start()
+
+    # then the start does not race the stop: it waits for it, and starts after it
+    restart.join(0.2)
+    assert restart.is_alive() and not manager.running
+    blocker.release.set()
+    graceful.join(WAIT)
+    restart.join(WAIT)
+    assert not restart.is_alive() and manager.running
+    assert manager.poll(job_id).status is JobStatus.COMPLETED
+    manager.register_function("two", lambda: 2)
+    assert manager.wait(manager.enqueue(Job(function_name="two")), timeout=WAIT).result == 2
+
+
+def test_a_stop_in_a_signal_handler_that_interrupted_a_stop_returns(tmp_path: Any) -> None:
+    # given a graceful stop on the main thread (leaving a `with` block), waiting for a job,
+    # when a SIGTERM handler calls stop(timeout=...) on that same thread: it waited for
+    # the manager's lock, which the stop it interrupted held, for ever
+    script = textwrap.dedent(f"""
+        import faulthandler, os, signal, threading
+        from jobcore import Job, JobManager
+        faulthandler.dump_traceback_later(20, exit=True)
+        started, release = threading.Event(), threading.Event()
+
+        def block():
+            started.set()
+            release.wait(20)
+            return "done"
+
+        manager = JobManager({str(tmp_path / "jobs.db")!r}, max_workers=1)
+        manager.register_function("block", block)
+
+        def on_term(signum, frame):
+            manager.stop(timeout=1)
+            print("handler returned", flush=True)
+            release.set()
+
+        signal.signal(signal.SIGTERM, on_term)
+
+        def terminate_once_stopping():
+            while manager.running:
+                threading.Event().wait(0.01)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        with manager:
+            job_id = manager.enqueue(Job(function_name="block"))
+            started.wait(20)
+            threading.Thread(target=terminate_once_stopping).start()
+        print("left the block:", manager.poll(job_id).status.value, flush=True)
+        manager.close()
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
+    try:
+        done = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True,
+                              text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the stop called by the signal handler never returned")
+    # then the handler's stop returns at once, and the stop it interrupted goes on
+    assert (done.returncode, done.stdout) == (0, "handler returned\nleft the block: completed\n"), done.stderr
+
+
+# -- a start that fails ---------------------------------------------------------------------
+class _Unregistrable(MemoryRepository):
+    """A memory store that fails to register workers while `failing` is set (a database
+    locked past its busy timeout, say)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failing = True
+
+    def register_worker(self, *args: Any, **kwargs: Any) -> Any:
+        if self.failing:
+            raise RepositoryError("database is locked (simulated)")
+        return super().register_worker(*args, **kwargs)
+
+
+def test_a_start_that_fails_to_register_leaves_nothing_running_and_may_be_tried_again(
+        make_manager: Any) -> None:
+    # given stored jobs, and a store that fails as the manager registers as a worker
+    before = set(threading.enumerate())
+    repository = _Unregistrable()
+    manager = make_manager(repository, max_workers=2)
+    manager.register_function("double", lambda x: 2 * x)
+    ids = [manager.enqueue(Job(function_name="double", args=(n,))) for n in range(3)]
+
+    # when it starts
+    with pytest.raises(RepositoryError, match="locked"):
+        manager.start()
+
+    # then it started nothing: no thread runs (its workers ran the jobs, with no
+    # housekeeper renewing their leases, and neither stop() nor close() ended them)
+    assert _jobcore_threads(before) == []
+    assert not manager.running
+    assert [manager.poll(job_id).status for job_id in ids] == [JobStatus.PENDING] * 3
+    # and once the store works again, a start runs them
+    repository.failing = False
+    manager.start()
+    assert [manager.wait(job_id, timeout=WAIT).result for job_id in ids] == [0, 2, 4]
+    assert [w.worker_id for w in manager.list_workers()] == [manager.worker_id]
+
+
+class _WatchedUnregistrable(SQLiteRepository):
+    """An SQLite store that tells when a job's lease was renewed, and fails to register
+    workers while `failing` is set."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.failing = False
+        # _renewals guards _renewed: for each job id, the latest time its lease was renewed at.
+        self._renewals = threading.Condition()
+        self._renewed: dict[str, float] = {}
+
+    def register_worker(self, *args: Any, **kwargs: Any) -> Any:
+        if self.failing:
+            raise RepositoryError("database is locked (simulated)")
+        return super().register_worker(*args, **kwargs)
+
+    def heartbeat(self, worker_id: str, job_ids: Any, lease_expires_at: float, now: float) -> list[str]:
+        cancelled = super().heartbeat(worker_id, job_ids, lease_expires_at, now)
+        with self._renewals:
+            for job_id in job_ids:
+                self._renewed[job_id] = max(self._renewed.get(job_id, now), now)
+            self._renewals.notify_all()
+        return cancelled
+
+    def renewed(self, job_id: str, at: float) -> bool:
+        """Wait (bounded) for a renewal of the job's lease at time `at` or later."""
+        with self._renewals:
+            return self._renewals.wait_for(lambda: self._renewed.get(job_id, float("-inf")) >= at, WAIT)
+
+
+def test_a_failed_restart_keeps_renewing_the_lease_of_a_job_running_past_the_stop(
+        make_manager: Any, db_path: str, blocker: _Blocker) -> None:
+    # given a job still running after a stop that did not wait (its lease renewed by the
+    # housekeeper meanwhile), and a restart that fails to register the manager
+    clock = FakeClock()
+    repository = _WatchedUnregistrable(db_path)
+    manager, job_id = _running_one(make_manager, repository, blocker, lease_timeout=1.0, poll_interval=0.2,
+                                   clock=clock)
+    manager.stop(wait=False)
+    repository.failing = True
+    with pytest.raises(RepositoryError):
+        manager.start()
+
+    # when its lease would have lapsed three times over (no step over 1 s: see the
+    # housekeeper's jump check)
+    for _ in range(6):
+        clock.advance(0.5)
+        # then it is still renewed: the start superseded the thread renewing it, and none
+        # took over
+        assert repository.renewed(job_id, clock.time()), "the lease of a job still running was not renewed"
+    # and its outcome is recorded once it returns
+    blocker.release.set()
+    result = manager.wait(job_id, timeout=WAIT)
+    assert (result.status, result.attempts) == (JobStatus.COMPLETED, 1)
+
+
+# -- from inside a job ----------------------------------------------------------------------
+def test_a_job_may_stop_its_manager_without_waiting_but_not_close_it(make_manager: Any, db_path: str) -> None:
+    # given jobs that stop their own manager without waiting, and that close it
+    manager = make_manager(db_path, max_workers=2, poll_interval=0.05).start()
+    closing: dict[str, str] = {}
+
+    def shutdown() -> str:
+        manager.stop(wait=False)
+        return "asked to stop"
+
+    def closer() -> None:
+        try:
+            manager.close()
+        except RuntimeError as exc:
+            closing["error"] = str(exc)
+
+    manager.register_function("closer", closer)
+    manager.register_function("shutdown", shutdown)
+    # when each runs
+    closed = manager.wait(manager.enqueue(Job(function_name="closer")), timeout=WAIT)
+    stopped = manager.wait(manager.enqueue(Job(function_name="shutdown", max_retries=0)), timeout=WAIT)
+
+    # then close() is refused (it would wait for the job itself), naming itself, and
+    # changes nothing...
+    assert closed.status is JobStatus.COMPLETED
+    assert "close() called from inside one of this manager's jobs" in closing["error"]
+    assert "stop(wait=False)" in closing["error"]
+    # ...while stop(wait=False) stops the manager, and the job's outcome is recorded
+    assert (stopped.status, stopped.result) == (JobStatus.COMPLETED, "asked to stop")
+    assert not manager.running
+    housekeeper = manager._housekeeper._thread
+    assert housekeeper is not None
+    housekeeper.join(WAIT)  # it renewed the job's lease until the job ended, then left
+    assert not housekeeper.is_alive()
+    assert manager.list_workers() == []
+
+
+# -- an interrupted stop --------------------------------------------------------------------
+class _CtrlC(BaseException):
+    """What a Ctrl-C's KeyboardInterrupt does to the code it lands in."""
+
+
+def test_a_stop_after_one_interrupted_while_it_waited_finishes_it(
+        make_manager: Any, db_path: str, blocker: _Blocker) -> None:
+    # given a graceful stop on the main thread, interrupted (Ctrl-C) while it waits for a job
+    manager, job_id = _running_one(make_manager, db_path, blocker)
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise _CtrlC()
+
+    def interrupt_once_stopping() -> None:
+        wait_until(lambda: not manager.running, WAIT, "the stop to begin")
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    try:
+        threading.Thread(target=interrupt_once_stopping).start()
+        with pytest.raises(_CtrlC):
+            manager.stop()
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert not manager.running
+
+    # when the job ends, and stop() is called again
+    blocker.release.set()
+    manager.stop()
+
+    # then that stop finishes what the first began: the job's outcome is recorded, the
+    # housekeeper has ended and the manager left the worker registry (the second stop
+    # did nothing: the manager was listed, its housekeeper running, until close())
+    assert manager.poll(job_id).status is JobStatus.COMPLETED
+    housekeeper = manager._housekeeper._thread
+    assert housekeeper is not None and not housekeeper.is_alive()
+    assert manager.list_workers() == []
+    # and it starts again as after any stop
+    manager.start()
+    assert manager.wait(manager.enqueue(Job(function_name="block")), timeout=WAIT).result == "done"
