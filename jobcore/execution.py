@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Optional
 
 from .context import JobContext, bind, unbind
-from .errors import ImmediateRecursionError, JobCancelled
+from .errors import ImmediateRecursionError
+from .retry import is_cancellation
 
 if TYPE_CHECKING:
     import asyncio
@@ -46,7 +47,9 @@ class Outcome:
 
     @property
     def cancelled(self) -> bool:
-        return isinstance(self.error, JobCancelled)
+        """The attempt ended on `JobCancelled` (also one raised in a task of a `TaskGroup`,
+        which reaches here inside an exception group)."""
+        return self.error is not None and is_cancellation(self.error)
 
     @property
     def succeeded(self) -> bool:

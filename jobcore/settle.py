@@ -14,7 +14,7 @@ from typing import Any, Optional
 from .errors import LONGEST_RETRY_DELAY, RetryableError
 from .execution import Outcome
 from .repository.base import CANCELLED_ERROR_TYPE, CANCELLED_WHILE_RUNNING, JobRecord, Settlement
-from .retry import Classifier, retry_delay, should_retry
+from .retry import Classifier, is_group, leaves, retry_delay, should_retry
 from .serialization import TRACEBACK_LIMIT, storable_text
 
 logger = logging.getLogger("jobcore.settle")
@@ -33,7 +33,7 @@ def decide(record: JobRecord, outcome: Outcome, *, cancel_requested: bool, class
     exc = outcome.error
     assert exc is not None
     error = storable_text(describe(exc))
-    error_type = storable_text(type(exc).__name__)
+    error_type = storable_text(type_name(exc))
     traceback = None if outcome.traceback is None else storable_text(outcome.traceback, TRACEBACK_LIMIT)
     try:
         transient = should_retry(exc, classifier)
@@ -58,7 +58,14 @@ def decide(record: JobRecord, outcome: Outcome, *, cancel_requested: bool, class
 def asked_delay(exc: BaseException, job_id: str) -> Optional[float]:
     """The delay a `RetryableError` asked for, or None for the back-off: also when a
     subclass never set one (its `__init__` did not call `RetryableError.__init__`) or set
-    one that is not a number of seconds from 0 to `LONGEST_RETRY_DELAY` (logged)."""
+    one that is not a number of seconds from 0 to `LONGEST_RETRY_DELAY` (logged). For an
+    exception group, the longest that one of its `RetryableError` leaves asked for: each
+    asked to wait at least that long."""
+    asked = [delay for leaf in leaves(exc) if (delay := _asked_by(leaf, job_id)) is not None]
+    return max(asked, default=None)
+
+
+def _asked_by(exc: BaseException, job_id: str) -> Optional[float]:
     if not isinstance(exc, RetryableError):
         return None
     delay = getattr(exc, "delay", None)
@@ -80,9 +87,37 @@ def cancelled(record: JobRecord) -> Settlement:
                       error_type=CANCELLED_ERROR_TYPE, seq=record.seq)
 
 
+# The leaves of an exception group named in its recorded error, at most (the rest are
+# counted): its traceback shows them all.
+GROUP_LEAVES_SHOWN = 10
+
+
+def type_name(exc: BaseException) -> str:
+    """The `error_type` recorded for `exc`: its class name; for an exception group, with
+    the class names of its leaves, each once, in order: `ExceptionGroup[ConnectionError]`."""
+    if not is_group(exc):
+        return type(exc).__name__
+    names = list(dict.fromkeys(type(leaf).__name__ for leaf in leaves(exc)))
+    if len(names) > GROUP_LEAVES_SHOWN:
+        names[GROUP_LEAVES_SHOWN:] = [f"{len(names) - GROUP_LEAVES_SHOWN} more"]
+    return f"{type(exc).__name__}[{', '.join(names)}]"
+
+
 def describe(exc: BaseException) -> str:
     """`str(exc)`, or its repr if empty; a job's exception whose `__str__` raises (its own
-    bug) is described by its type rather than ending the thread recording it."""
+    bug) is described by its type rather than ending the thread recording it. An exception
+    group's message is followed by its leaves', each after its type: `unhandled errors in a
+    TaskGroup (1 sub-exception): ConnectionError: connection reset by peer`."""
+    if not is_group(exc):
+        return _message(exc)
+    found = leaves(exc)
+    shown = [f"{type(leaf).__name__}: {_message(leaf)}" for leaf in found[:GROUP_LEAVES_SHOWN]]
+    if len(found) > GROUP_LEAVES_SHOWN:
+        shown.append(f"and {len(found) - GROUP_LEAVES_SHOWN} more")
+    return f"{_message(exc)}: {'; '.join(shown)}"
+
+
+def _message(exc: BaseException) -> str:
     try:
         return str(exc) or repr(exc)
     except Exception:

@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import json
 import random
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,10 +14,10 @@ from typing import Any, Iterator
 
 import pytest
 
-from jobcore import (CallbackNotificationChannel, FakeClock, Job, JobStatus, PermanentError,
+from jobcore import (CallbackNotificationChannel, FakeClock, Job, JobCancelled, JobStatus, PermanentError,
                      RetryableError, WebhookNotificationChannel)
 from jobcore.errors import JobTimeout
-from jobcore.retry import is_transient, retry_delay
+from jobcore.retry import is_transient, retry_delay, should_retry
 from stuck import stuck_past_stop
 
 WAIT = 10.0
@@ -584,3 +585,125 @@ def test_ctrl_c_in_a_job_run_in_the_callers_thread_reaches_the_caller(
     eager = make_manager(db_path, immediate=True)
     with pytest.raises(stop):
         eager.enqueue(Job(function=interrupted))
+
+
+
+needs_groups = pytest.mark.skipif(sys.version_info < (3, 11), reason="exception groups are Python 3.11+")
+
+
+def _group(*errors: BaseException, message: str = "several failed") -> Any:
+    return ExceptionGroup(message, errors)  # noqa: F821 (Python 3.11+)
+
+
+@needs_groups
+@pytest.mark.parametrize("error,transient", [
+    (lambda: _group(ConnectionError("reset")), True),
+    (lambda: _group(ConnectionError("reset"), TimeoutError()), True),
+    (lambda: _group(_group(ConnectionError("reset")), _group(_group(OSError("disk")))), True),  # nested
+    (lambda: _group(ConnectionError("reset"), ValueError("bad")), False),  # not every one transient
+    (lambda: _group(RetryableError("busy"), ValueError("bad")), True),  # RetryableError wins over others
+    (lambda: _group(RetryableError("busy"), _group(PermanentError("gone"))), False),  # PermanentError over all
+    (lambda: _group(ValueError("read timeout")), True),  # the leaf's message counts, not the group's
+    (lambda: _group(ValueError("bad"), message="temporary failures"), False),
+])
+def test_an_exception_group_is_classified_by_the_exceptions_it_holds(error: Any, transient: bool) -> None:
+    # given the kind of exception group an asyncio.TaskGroup raises: classified as itself,
+    # it was permanent (its type is no transient one, nor does its message say so),
+    # RetryableError and all
+    exc = error()
+    assert is_transient(exc) is transient
+    # and a classifier of the user's sees the exceptions the group holds, never the group
+    seen: list[BaseException] = []
+
+    def classifier(leaf: BaseException) -> bool:
+        seen.append(leaf)
+        return is_transient(leaf)
+
+    assert should_retry(exc, classifier) is transient
+    assert not any(isinstance(leaf, BaseExceptionGroup) for leaf in seen)  # noqa: F821 (Python 3.11+)
+
+
+async def _in_a_task_group(*errors: BaseException) -> str:
+    """Raise `errors`, each from a task of an asyncio.TaskGroup (each task raises in its
+    first step, so the group holds them all); "ok" if there are none."""
+    async def task(error: BaseException) -> None:
+        raise error
+
+    async with asyncio.TaskGroup() as group:
+        for error in errors:
+            group.create_task(task(error))
+    return "ok"
+
+
+@needs_groups
+def test_errors_raised_in_a_task_group_are_retried_as_they_would_be_alone(make_manager: Any, db_path: str) -> None:
+    # given coroutine jobs whose tasks fail in an asyncio.TaskGroup, once: each job was
+    # failed after one attempt, error_type ExceptionGroup, whatever its tasks raised
+    clock = FakeClock()
+    manager = make_manager(db_path, clock=clock)
+    failures = {"asked": [RetryableError("503 from a", delay=30.0)],
+                "transient": [ConnectionError("connection reset by peer")],
+                "both": [ConnectionError("reset"), RetryableError("503", delay=45.0)]}
+    attempts: dict[str, int] = {}
+
+    def job(kind: str) -> Any:
+        async def run() -> str:
+            attempts[kind] = attempts.get(kind, 0) + 1
+            return await _in_a_task_group(*(failures[kind] if attempts[kind] == 1 else []))
+        return run
+
+    ids = {kind: manager.enqueue(Job(function=job(kind), retry_delay=10.0, retry_jitter=False)) for kind in failures}
+
+    # when they run
+    assert manager.run_pending() == 3
+
+    # then each is retried, its error named by what its tasks raised
+    retrying = {kind: manager.poll(job_id) for kind, job_id in ids.items()}
+    assert {kind: r.status for kind, r in retrying.items()} == dict.fromkeys(failures, JobStatus.SCHEDULED)
+    assert (retrying["asked"].error_type, retrying["asked"].error) == (
+        "ExceptionGroup[RetryableError]",
+        "unhandled errors in a TaskGroup (1 sub-exception): RetryableError: 503 from a")
+    assert (retrying["both"].error_type, retrying["both"].error) == (
+        "ExceptionGroup[ConnectionError, RetryableError]",
+        "unhandled errors in a TaskGroup (2 sub-exceptions): ConnectionError: reset; RetryableError: 503")
+    # after the back-off (10 s), or the delay asked for (30 s), or the longest asked (45 s)
+    for seconds in (10.0, 20.0, 15.0):
+        clock.advance(seconds)
+        assert manager.run_pending() == 1
+    assert {kind: manager.poll(job_id).result for kind, job_id in ids.items()} == dict.fromkeys(failures, "ok")
+    assert attempts == dict.fromkeys(failures, 2)
+
+
+@needs_groups
+def test_a_task_group_holding_a_permanent_error_or_a_cancellation_ends_its_job(make_manager: Any,
+                                                                                db_path: str) -> None:
+    # given TaskGroup jobs holding a PermanentError beside a transient error, JobCancelled
+    # (a task saw the cancellation first), and a KeyError the job's classifier retries
+    manager = make_manager(db_path)
+
+    def job(*errors: BaseException) -> Any:
+        async def run() -> str:
+            return await _in_a_task_group(*errors)
+        return run
+
+    permanent = manager.enqueue(Job(function=job(ConnectionError("reset"), PermanentError("gone"))))
+    cancelled = manager.enqueue(Job(function=job(JobCancelled("x"))))
+    by_job = manager.enqueue(Job(function=job(KeyError("k")), retry_on=lambda exc: isinstance(exc, KeyError)))
+
+    # when they run
+    assert manager.run_pending() == 3
+
+    # then the first is failed at once, the second cancelled, the third retried
+    assert [manager.poll(job_id).status for job_id in (permanent, cancelled, by_job)] == [
+        JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.SCHEDULED]
+    failed = manager.poll(permanent)
+    assert (failed.attempts, failed.error_type) == (1, "ExceptionGroup[ConnectionError, PermanentError]")
+    assert "PermanentError: gone" in (failed.traceback or "")
+
+
+def test_the_exceptiongroup_backports_groups_are_classified_by_their_leaves_too() -> None:
+    # given the `exceptiongroup` backport, whose groups anyio's task groups raise on
+    # Python 3.10 (where none is built in; on 3.11+ it gives the built-in one)
+    backport = pytest.importorskip("exceptiongroup")
+    assert is_transient(backport.ExceptionGroup("batch", [ConnectionError("reset")]))
+    assert not is_transient(backport.ExceptionGroup("timeout in batch", [ValueError("bad")]))
