@@ -7,7 +7,7 @@ either way. Messages are built from the data that was wrong.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 
 class JobcoreError(Exception):
@@ -112,13 +112,22 @@ class JobTimeout(JobcoreError, TimeoutError):
 
 class ImmediateRecursionError(JobcoreError, RecursionError):
     """Raised by an immediate manager's `enqueue` (and by `run_pending`) when too little
-    of the stack is left to run a job inside the call and record its outcome: jobs that
-    enqueue jobs ran nested that deep. Nothing is stored or run."""
+    of the stack is left to run a job inside the call and record its outcome, or when the
+    call runs in `nested_threads` helper threads nested in one another, the most allowed
+    (coroutine jobs, and jobs run from async code, each run on a thread of its own): jobs
+    that enqueue jobs ran nested that deep. Nothing is stored or run."""
 
-    def __init__(self, room: int, limit: int) -> None:
+    def __init__(self, room: int, limit: int, *, nested_threads: Optional[int] = None) -> None:
+        if nested_threads is None:
+            why = (f"fewer than {room} of the {limit} frames sys.getrecursionlimit() allows are"
+                   " left")
+        else:
+            why = (f"it runs in {nested_threads} helper threads nested in one another, the most"
+                   " allowed (a coroutine job, or any job run where an event loop runs, runs on a"
+                   " thread of its own)")
         super().__init__(
-            f"too deep to run a job inside this call: fewer than {room} of the {limit} frames"
-            " sys.getrecursionlimit() allows are left (an immediate manager runs each job inside"
-            " the enqueue that stores it, so jobs that enqueue jobs nest); nothing was stored")
+            f"too deep to run a job inside this call: {why} (an immediate manager runs each job"
+            " inside the enqueue that stores it, so jobs that enqueue jobs nest); nothing was stored")
         self.room = room
         self.limit = limit
+        self.nested_threads = nested_threads

@@ -12,8 +12,10 @@ per thread, as before, let such leftovers wake up inside a later job of the thre
 coroutine job, measured: 11 µs before, 54 µs after, for a job awaiting `sleep(0)`.)
 
 Called from a thread whose own loop is running (an immediate manager's `enqueue`, or
-`run_pending`, in async code), a coroutine job runs on a helper thread with a loop of its
-own, and the caller waits for it: one thread runs one loop at a time.
+`run_pending`, in async code), an attempt runs on a helper thread, and the caller waits
+for it: a coroutine job gets a loop of its own there (one thread runs one loop at a
+time), and a sync job runs as on a worker thread, where no loop runs (so that it may
+call `asyncio.run` itself, as it may on a started manager).
 """
 
 from __future__ import annotations
@@ -156,32 +158,52 @@ def call_job(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, 
     try:
         value = func(*args, **kwargs)  # ** hands the function a dict of its own
         if value is not None and inspect.isawaitable(value):
-            value = run_coroutine(_await(value))
+            awaiting = _await(value)
+            try:
+                value = run_coroutine(awaiting)
+            except BaseException:
+                if inspect.getcoroutinestate(awaiting) == inspect.CORO_CREATED:
+                    _discard(awaiting, value)  # no loop or thread could be made to run it
+                raise
         return value
     finally:
         unbind(token)
 
 
+def _discard(awaiting: Any, awaitable: Any) -> None:
+    """Close coroutines that will never run, so that Python does not warn, at some later
+    garbage collection, that they were never awaited: the error says what went wrong."""
+    awaiting.close()
+    if inspect.iscoroutine(awaitable):
+        awaitable.close()
+
+
 def run_attempt(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
                 context: JobContext) -> Outcome:
     """Call `func(*args, **kwargs)` as the job `context` (a coroutine to its end, on an event
-    loop of its own: see the module docstring); never raises."""
+    loop of its own; on a helper thread if a loop runs in this one: see the module
+    docstring); never raises."""
     try:
+        if _loop_runs_here():
+            return Outcome(_run_on_a_helper_thread(call_job, func, args, kwargs, context, run_coroutine))
         return Outcome(call_job(func, args, kwargs, context, run_coroutine))
     except BaseException as exc:  # a job must never kill its worker thread
         return Outcome(error=exc, traceback=traceback_module.format_exc())
+
+
+def _loop_runs_here() -> bool:
+    """True if an event loop runs in this thread (never on a worker thread of its own)."""
+    asyncio = sys.modules.get("asyncio")  # not imported: no loop runs (importing it costs ~25 ms)
+    return asyncio is not None and asyncio._get_running_loop() is not None
 
 
 def run_coroutine(coroutine: Any) -> Any:
     """Run `coroutine` to its end on a new event loop and return its result, as
     `asyncio.run` does; if this thread's loop is running, on a helper thread (see the
     module docstring)."""
-    import asyncio  # on the first coroutine job only: importing it costs ~25 ms at start-up
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:  # none runs here: the usual case
-        return _run_on_a_new_loop(coroutine)
-    return _run_on_a_helper_thread(coroutine)
+    if _loop_runs_here():  # not after run_attempt, which then moved to a helper thread
+        return _run_on_a_helper_thread(_run_on_a_new_loop, coroutine)
+    return _run_on_a_new_loop(coroutine)
 
 
 def _run_on_a_new_loop(coroutine: Any) -> Any:
@@ -228,27 +250,52 @@ class _Ending:
     error: Optional[BaseException] = None
 
 
-def _run_on_a_helper_thread(coroutine: Any) -> Any:
-    """Run `coroutine` on a new loop in a thread of its own and wait for it. The thread
-    runs in a copy of the caller's context, so `current_job()` there is the caller's job.
-    The caller's loop is blocked meanwhile, as by any blocking call: the job must not
-    await anything of that loop."""
+# How many helper threads the current context runs in, one inside another's call: a job
+# run on a helper thread may enqueue the next job on an immediate manager, which runs it
+# on one more helper thread (its own stack, and a loop of its own: 3 file descriptors)
+# inside that enqueue, and so on. Each thread's stack is new, so the frames left there
+# never tell how deep such a chain goes (`check_room_to_run_here` counts both).
+# contextvars.copy_context() carries it into each helper thread.
+_helper_threads: contextvars.ContextVar[int] = contextvars.ContextVar("jobcore_helper_threads", default=0)
+
+
+def _run_on_a_helper_thread(call: Callable[..., Any], *args: Any) -> Any:
+    """Return `call(*args)`, run in a thread of its own; the caller waits for it (and
+    what it raises is raised again here). The thread runs in a copy of the caller's
+    context, so `current_job()` and the caller's context variables are seen there, one
+    helper thread deeper. The caller's loop is blocked meanwhile, as by any blocking
+    call: the job must not await anything of that loop."""
     context = contextvars.copy_context()
     ending = _Ending()
 
     def run() -> None:
         try:
-            ending.value = context.run(_run_on_a_new_loop, coroutine)
+            ending.value = context.run(_one_thread_deeper, call, args)
         except BaseException as exc:  # raised again in the caller's thread
             ending.error = exc
 
-    thread = threading.Thread(target=run, name="jobcore-coroutine", daemon=True)
+    thread = threading.Thread(target=run, name="jobcore-helper", daemon=True)
     thread.start()
     thread.join()
     error, ending.error = ending.error, None
     if error is not None:
         raise error
     return ending.value
+
+
+def _one_thread_deeper(call: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    _helper_threads.set(_helper_threads.get() + 1)  # in the helper's copy of the context
+    return call(*args)
+
+
+# Helper threads an immediate manager's `enqueue` (or `run_pending`) may run in, one
+# nested in another (see `_helper_threads`): a chain of jobs each enqueueing the next,
+# called from async code or of coroutine jobs, runs each on a new thread, and grew until
+# the process ran out of threads or file descriptors (OSError EMFILE at level 338 under
+# the common limit of 1024 open files, then retried as transient). 100, as deep as a
+# chain of sync jobs goes under the default recursion limit (about 128 levels), uses
+# 300 file descriptors at most.
+NESTED_THREAD_LIMIT = 100
 
 
 # Frames kept free below a call that runs jobs in the calling thread (an immediate
@@ -282,8 +329,12 @@ def in_isolated_child() -> bool:
 
 def check_room_to_run_here() -> None:
     """Raise `ImmediateRecursionError` unless NESTED_RUN_ROOM frames are left below the
-    caller before the recursion limit: enough to run a job and record its outcome."""
+    caller before the recursion limit (enough to run a job and record its outcome), and
+    the caller runs in fewer than NESTED_THREAD_LIMIT nested helper threads."""
     limit = sys.getrecursionlimit()
+    nested = _helper_threads.get()
+    if nested >= NESTED_THREAD_LIMIT:
+        raise ImmediateRecursionError(NESTED_RUN_ROOM, limit, nested_threads=nested)
     try:
         sys._getframe(max(0, limit - NESTED_RUN_ROOM))  # one C call, however deep
     except ValueError:  # the stack is not that deep

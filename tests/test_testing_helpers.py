@@ -129,6 +129,115 @@ def _stack() -> list[Any]:
     return inspect.stack(0)
 
 
+@pytest.mark.parametrize("caller", ["sync code", "async code"])
+def test_an_immediate_chain_of_coroutine_jobs_stops_as_deep_as_a_sync_one_and_cleanly(caller: str) -> None:
+    # given an immediate manager whose coroutine job enqueues the next one, 150 deep: each
+    # ran on a new helper thread (with a loop of its own), on a new stack, so the
+    # recursion guard never tripped; without an end the chain grew until the process ran
+    # out of file descriptors (EMFILE), with warnings of coroutines never awaited
+    import gc
+    import warnings
+    manager = JobManager(MemoryRepository(), immediate=True)
+    most_helpers = [0]
+
+    async def step(n: int) -> int:
+        most_helpers[0] = max(most_helpers[0], len(_helper_threads()))
+        if n < 150:
+            manager.enqueue(Job(function=step, args=(n + 1,), max_retries=0))
+        return n
+
+    async def from_async_code() -> str:
+        return manager.enqueue(Job(function=step, args=(0,), max_retries=0))
+
+    # when the first is enqueued
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if caller == "sync code":
+            first = manager.enqueue(Job(function=step, args=(0,), max_retries=0))
+        else:
+            first = asyncio.run(from_async_code())
+        gc.collect()
+
+    # then the chain stops 100 helper threads deep, as the sync chain stops at its
+    # recursion guard: the job that enqueued there failed, the ones around it completed,
+    # and the refused enqueue stored nothing
+    jobs = manager.list_jobs(limit=None)
+    by_status = {status: [job for job in jobs if job.status is status] for status in JobStatus}
+    [failed] = by_status[JobStatus.FAILED]
+    assert (failed.error_type, failed.attempts) == ("ImmediateRecursionError", 1)
+    assert "100 helper threads nested" in (failed.error or "")
+    assert len(jobs) == len(by_status[JobStatus.COMPLETED]) + 1 < 150
+    assert manager.poll(first).status is JobStatus.COMPLETED
+    # cleanly: at most 100 helper threads at a time, none left, no warning
+    assert most_helpers[0] == 100
+    assert _helper_threads() == []
+    assert [str(w.message) for w in caught] == []
+    # and the manager goes on
+    assert manager.poll(manager.enqueue(Job(function=step, args=(150,)))).result == 150
+
+
+def _helper_threads() -> list[threading.Thread]:
+    """The helper threads alive, by their name (other tests' threads may come and go)."""
+    return [thread for thread in threading.enumerate() if thread.name == "jobcore-helper"]
+
+
+def _sync_job_with_its_own_loop(progress_callback: Any) -> dict[str, Any]:
+    """A sync job wrapping async code, as a sync task calling an async client does."""
+    async def fetch() -> str:
+        await asyncio.sleep(0)
+        return "fetched"
+
+    progress_callback(0.5, "halfway")
+    return {"value": asyncio.run(fetch()), "job": current_job().id, "request": _REQUEST.get()}
+
+
+_REQUEST: Any = __import__("contextvars").ContextVar("request", default=None)
+
+
+@pytest.mark.parametrize("mode", ["immediate", "run_pending"])
+def test_a_sync_job_run_from_async_code_may_run_an_event_loop_of_its_own(db_path: str, mode: str) -> None:
+    # given async code (a pytest-asyncio test, an async handler) with its loop running,
+    # that sets a context variable and enqueues sync jobs that call asyncio.run, and one
+    # that is interrupted: the sync job ran in the caller's thread, where asyncio.run
+    # refused to run ("cannot be called from a running event loop"); on a started
+    # manager it ran
+    manager = JobManager(db_path, immediate=(mode == "immediate"))
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    async def handler() -> tuple[str, str]:
+        loop = asyncio.get_running_loop()
+        _REQUEST.set("request-42")
+        job_id = manager.enqueue(Job(function=_sync_job_with_its_own_loop, max_retries=0))
+        if mode == "run_pending":
+            assert manager.run_pending() == 1
+        stopped = manager.enqueue(Job(function=interrupted, max_retries=0)) if mode == "immediate" else ""
+        assert asyncio.get_running_loop() is loop
+        return job_id, stopped
+
+    # when it runs (the interrupt reaching the caller, as from sync code)
+    try:
+        if mode == "immediate":
+            with pytest.raises(KeyboardInterrupt):
+                asyncio.run(handler())
+            [ran] = [job for job in manager.list_jobs() if job.name.endswith("_sync_job_with_its_own_loop")]
+            job_id = ran.job_id
+        else:
+            job_id, _ = asyncio.run(handler())
+
+        # then the job completed as on a started manager, as itself, in the caller's context
+        result = manager.poll(job_id)
+        assert (result.status, result.error) == (JobStatus.COMPLETED, None)
+        assert result.result == {"value": "fetched", "job": job_id, "request": "request-42"}
+        assert result.progress_message == "halfway"
+        if mode == "immediate":
+            assert [(job.status, job.error_type) for job in manager.list_jobs(status="failed")] == [
+                (JobStatus.FAILED, "KeyboardInterrupt")]
+    finally:
+        manager.close()
+
+
 def test_run_pending_steps_through_retries_with_a_fake_clock(db_path: str) -> None:
     clock = FakeClock()
     attempts: list[int] = []
