@@ -716,6 +716,30 @@ def test_module_level_api_in_a_subprocess(tmp_path: Any) -> None:
         assert check.poll(job_id).result == 42
 
 
+def test_the_default_manager_once_stopped_stays_stopped_until_started_again(tmp_path: Any) -> None:
+    # given an app whose shutdown hook stopped the default manager (api.md says so)
+    script = textwrap.dedent("""
+        import jobcore
+        from jobcore import Job
+
+        jobcore.register_job_function("double", lambda x: x * 2)
+        manager = jobcore.get_job_manager()
+        manager.stop()
+
+        # when it is asked for again and given a job
+        assert jobcore.get_job_manager() is manager and not manager.running
+        job_id = jobcore.enqueue(Job(function_name="double", args=(21,)))
+
+        # then the job is stored, no worker runs it, until start() is called again
+        assert jobcore.poll(job_id).status == "pending" and manager.workers == []
+        manager.start()
+        assert manager.wait(job_id, timeout=10).result == 42
+        print("OK")
+    """)
+    done = _run_script(script, tmp_path, tmp_path / "default.db")
+    assert (done.returncode, done.stdout) == (0, "OK\n"), done.stderr
+
+
 def test_a_script_that_ends_while_a_default_manager_job_runs_stops_it_cleanly(tmp_path: Any) -> None:
     # given a script whose job runs on the default manager when the script ends: the
     # manager stops at exit, the job's worker writes its outcome (opening its connection
