@@ -7,6 +7,7 @@ started, and stopped at interpreter exit. Nothing else lives here.
 from __future__ import annotations
 
 import atexit
+import os
 import threading
 from typing import Any, Callable, Optional
 
@@ -16,6 +17,16 @@ from .models import Job, JobResult
 # _default_lock guards _default.
 _default_lock = threading.Lock()
 _default: Optional[JobManager] = None
+
+
+def _forked() -> None:
+    """In a forked child: a lock of its own (a parent thread may have held this one,
+    inside a module-level `enqueue`, as it forked)."""
+    global _default_lock
+    _default_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def get_job_manager() -> JobManager:

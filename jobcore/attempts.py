@@ -61,6 +61,12 @@ class AttemptRunner:
                 self._processes = ProcessRunner(self._children, clock=self._clock)
             return self._processes
 
+    def forked(self) -> None:
+        """In a forked child: the parent's child processes are not this process's to use
+        or end (they run the parent's attempts); a lock of its own."""
+        self._lock = threading.Lock()
+        self._processes = None
+
     def close(self) -> None:
         """End idle child processes (once no attempt runs)."""
         with self._lock:

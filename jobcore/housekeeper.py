@@ -132,6 +132,12 @@ class Housekeeper:
             join_within(thread, timeout)
         self._leave_registry()
 
+    def forked(self) -> None:
+        """In a forked child: a lock of its own (the parent's thread may have held this
+        one), and this process's pid to register a start under, not the parent's."""
+        self._cond = threading.Condition(threading.Lock())
+        self._pid = os.getpid()
+
     def close(self) -> None:
         """End the thread for good, before the repository closes: the leases it still
         renewed after a stop that did not wait (see `stop`) are renewed no more; those

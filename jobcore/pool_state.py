@@ -93,6 +93,12 @@ class PoolState:
         self.max_workers = max_workers
         self.pacing = Pacing(max_workers)
 
+    def forked(self) -> None:
+        """In a forked child: the state of a pool that holds nothing and runs no thread,
+        with a lock of its own. The parent's threads stayed in the parent, with the jobs
+        they held (and perhaps this lock)."""
+        self.__init__(self.max_workers)  # type: ignore[misc]
+
     def holds_locked(self, job_id: str) -> bool:
         """True if the job is buffered, running, or being recorded here."""
         return (job_id in self.running or job_id in self.settling

@@ -58,6 +58,10 @@ class ReadyQueue:
         self.running_low: Callable[[], None] = lambda: None  # called without any lock held
         clock.subscribe(self.wake)  # a fake clock's jump makes timers due
 
+    def forked(self) -> None:
+        """In a forked child: a lock of its own (a parent thread may have held this one)."""
+        self._lock = threading.Lock()
+
     def push(self, entry: QueueEntry, due_at: Optional[float] = None) -> None:
         """Queue `entry`, ready now or (with `due_at`, epoch seconds) once that time comes.
 

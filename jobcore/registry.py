@@ -21,6 +21,10 @@ class FunctionRegistry:
         self._functions: dict[str, Callable[..., Any]] = {}
         self._names: frozenset[str] = frozenset()
 
+    def forked(self) -> None:
+        """In a forked child: a lock of its own (a parent thread may have held this one)."""
+        self._lock = threading.Lock()
+
     def register(self, name: str, func: Callable[..., Any], *, replace: bool = True) -> bool:
         """Bind `name` to `func`. With `replace=False` an existing binding is kept.
 
@@ -70,6 +74,10 @@ class LocalJobs:
         # Jobs that failed or were cancelled, oldest first: (function, classifier).
         self._ended: OrderedDict[str, tuple[Optional[Callable[..., Any]],
                                             Optional[Callable[[BaseException], bool]]]] = OrderedDict()
+
+    def forked(self) -> None:
+        """In a forked child: a lock of its own (a parent thread may have held this one)."""
+        self._lock = threading.Lock()
 
     def remember(self, job_id: str, function: Optional[Callable[..., Any]],
                  retry_on: Optional[Callable[[BaseException], bool]]) -> None:

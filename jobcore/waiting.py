@@ -71,6 +71,12 @@ class Settlements:
         self._keep = RECENT_COMPLETIONS
         self._behind = 0  # reads counted towards the next doubling
 
+    def forked(self) -> None:
+        """In a forked child: no thread waits here yet (the parent's stayed there), and a
+        lock of its own (one of them may have held this one)."""
+        self._lock = threading.Lock()
+        self._waiters = {}
+
     def mark(self, settled: Iterable[tuple[str, Optional[Completion]]]) -> None:
         """Note that these jobs reached a terminal state here (each with its `Completion`
         if it completed) and wake whoever waits for one of them, and no one else: a waiter

@@ -94,9 +94,23 @@ class WorkerPool:
         self.on_deadline: Callable[[], None] = lambda: None  # set by the housekeeper
         # Set by the housekeeper: have it write the progress reports due (False: it does not run).
         self.on_progress_waiting: Callable[[], bool] = lambda: False
-        self._progress = ProgressWriter(self._write_progress, throttle=repository.persistent,
-                                        wake=lambda: self.on_progress_waiting())
+        self._progress = self._progress_writer()
         queue.listener = self._ready_arrived
+
+    def _progress_writer(self) -> ProgressWriter:
+        return ProgressWriter(self._write_progress, throttle=self._repo.persistent,
+                              wake=lambda: self.on_progress_waiting())
+
+    def forked(self) -> None:
+        """In a forked child: a pool that holds nothing and runs no thread. The parent's
+        threads stayed there with the jobs they held (buffered, running, being recorded),
+        which settle there: held here, `wait` would sleep until a settlement here that
+        never comes, and `poll` would show the progress they had at the fork."""
+        self._state.forked()
+        self._threads = []
+        self._abandoned = 0
+        self._progress = self._progress_writer()
+        self._attempts.forked()
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:

@@ -14,6 +14,7 @@ import operator
 import threading
 from typing import Any, Collection, Optional, Sequence
 
+from ..forks import on_fork, take_before_fork
 from ..models import TERMINAL_STATUSES, JobStatus
 from ._cascade import dependency_error_message
 from .base import (CANCELLED_BY_REQUEST, CANCELLED_ERROR_TYPE, CANCELLED_WHILE_RUNNING, Cascade, CancelOutcome,
@@ -61,6 +62,23 @@ class MemoryRepository(MemoryAdding, JobRepository):
         # Moves at each row added and each status changed: every write that can make a job
         # runnable (a dependency released goes with its dependency's completion) or take one.
         self._writes = 0
+        # A forked child has a copy of the store of its own: one no thread was changing at
+        # the fork, with a lock of its own (the parent's may have been held then).
+        self._held_for_fork = False
+        on_fork(self, before="_before_fork", after_in_parent="_after_fork_in_parent",
+                after_in_child="_forked")
+
+    def _before_fork(self) -> None:
+        self._held_for_fork = take_before_fork(self._lock, "the memory store's lock")
+
+    def _after_fork_in_parent(self) -> None:
+        if self._held_for_fork:
+            self._held_for_fork = False
+            self._lock.release()
+
+    def _forked(self) -> None:
+        self._held_for_fork = False
+        self._lock = threading.RLock()
 
     # -- adding: see MemoryAdding ---------------------------------------------------
     def _forget_unique(self, row: JobRecord) -> None:

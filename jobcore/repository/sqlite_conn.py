@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
 
 from ..clock import real_monotonic, real_sleep
 from ..errors import RepositoryError
+from ..forks import on_fork
 from .sqlite_rows import TextNotUtf8, is_not_utf8, tolerant_text, translate
 
 logger = logging.getLogger("jobcore.sqlite")
@@ -67,7 +68,13 @@ class _ThreadEnd:
 
 
 def _thread_ended(connections: "weakref.ref[Connections]", thread: threading.Thread,
-                  conn: sqlite3.Connection) -> None:
+                  conn: sqlite3.Connection, pid: int) -> None:
+    # Not in a forked child (`pid` opened `conn`): there the parent's threads' local storage
+    # is dropped inside os.fork(), before any after-fork hook has replaced the locks a
+    # parent thread may have held as it forked (`_forget` takes one), and the connection
+    # is one the child must leave alone (see _INHERITED).
+    if os.getpid() != pid:
+        return
     owner = connections()
     if owner is not None:
         owner._forget(thread, conn)
@@ -152,17 +159,67 @@ class Connections:
         # _write_lock serialises this process's write transactions and guards _commits.
         self._write_lock = threading.Lock()
         self._commits = 0
+        # _writing is held while a connection of this process may hold SQLite's write lock:
+        # from each try at a write (BEGIN IMMEDIATE, or a statement committing on its own)
+        # to its COMMIT or ROLLBACK; _writer is the thread holding it. _checkpointing is
+        # held across a checkpoint (a TRUNCATE one takes the write lock too). A fork waits
+        # for both (`_before_fork`): see there.
+        self._writing = threading.Lock()
+        self._writer: Optional[int] = None
+        self._checkpointing = threading.Lock()
+        self._held_for_fork: list[threading.Lock] = []  # taken by _before_fork, for the parent to release
+        self._pid = os.getpid()  # the process whose connections these are
         self._checkpoint_wanted = threading.Event()
         _OPEN.add(self)
+        on_fork(self, before="_before_fork", after_in_parent="_after_fork_in_parent")
+
+    def _before_fork(self) -> None:
+        """Just before this process forks: wait for the write and the checkpoint under way
+        on its connections, if any, to end, and start no other until it has forked.
+
+        SQLite keeps the locks a process holds in that process's memory, and a forked
+        child inherits that bookkeeping with its parent's connections, which it never
+        closes (see _INHERITED). Had one of them been inside a write transaction at the
+        fork, SQLite in the child would count the write lock as held for ever by a
+        connection of its own, and every write of the child would find the database
+        locked, for good (measured: about 1 child in 6 forked from a busy manager).
+
+        The wait is bounded: a write of this process lasts well under a second, and
+        waits on another process's lock outside `_writing`; a thread of this process
+        may still hold it past `busy_timeout` (a write stuck on a slow disk), and the
+        forking thread may be the writer itself (inside a write, a signal handler forks):
+        then the fork goes on, logged, and the child may find the database locked."""
+        wait = max(self.busy_timeout, 1.0)
+        for lock, what in ((self._writing, "a write"), (self._checkpointing, "a checkpoint")):
+            if lock is self._writing and self._writer == threading.get_ident():
+                taken = False  # the forking thread's own write: it cannot end before the fork
+            else:
+                taken = lock.acquire(timeout=wait)
+            if taken:
+                self._held_for_fork.append(lock)
+            else:
+                logger.warning("forking while %s on %s is under way: the child may find the database"
+                               " locked", what, self.path)
+
+    def _after_fork_in_parent(self) -> None:
+        """The fork is done: writes and checkpoints go on (see `_before_fork`)."""
+        held, self._held_for_fork = self._held_for_fork, []
+        for lock in held:
+            lock.release()
 
     def forked(self) -> None:
         """In a forked child (where no other thread runs yet): forget the parent's
         connections, locks and checkpointer; this process opens connections of its own."""
-        self._lock = threading.Lock()  # first: dropping the old local storage below runs
-        self._write_lock = threading.Lock()  # `_forget`, which takes it
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._writing = threading.Lock()
+        self._writer = None
+        self._checkpointing = threading.Lock()
+        self._held_for_fork = []
         _INHERITED.extend(self._connections.values())
         self._connections = {}
-        self._local = threading.local()
+        self._local = threading.local()  # (its finalizers do nothing in this process: `_thread_ended`)
         self._commits = 0
         self._checkpointer = None
         self._checkpoint_wanted = threading.Event()
@@ -193,7 +250,7 @@ class Connections:
         # started by `threading` (by C code, or `_thread`) reads as alive for ever, so the
         # sweep above never closed its connection (a file descriptor each).
         self._local.owner = owner = _ThreadEnd()
-        weakref.finalize(owner, _thread_ended, weakref.ref(self), thread, conn).atexit = False
+        weakref.finalize(owner, _thread_ended, weakref.ref(self), thread, conn, self._pid).atexit = False
         return conn
 
     def _forget(self, thread: threading.Thread, conn: sqlite3.Connection) -> None:
@@ -252,7 +309,7 @@ class Connections:
         conn = self.get()
         deadline = self._take_write_lock()
         try:
-            self._until_free(deadline, conn.execute, "BEGIN IMMEDIATE")
+            self._until_free(deadline, self._in_write, conn.execute, "BEGIN IMMEDIATE")
             try:
                 yield conn
                 conn.execute("COMMIT")
@@ -265,6 +322,8 @@ class Connections:
                 if isinstance(exc, sqlite3.Error):
                     raise translate(exc, self.path) from None
                 raise
+            finally:
+                self._write_done()
             self._committed()
         finally:
             self._write_lock.release()
@@ -302,7 +361,8 @@ class Connections:
         conn = self.get()
         deadline = self._take_write_lock()
         try:
-            cursor = self._until_free(deadline, conn.execute, query, params)
+            cursor: sqlite3.Cursor = self._until_free(deadline, self._in_write, conn.execute, query, params)
+            self._write_done()
             self._committed()
         finally:
             self._write_lock.release()
@@ -323,6 +383,24 @@ class Connections:
         if not self._write_lock.acquire(timeout=self.busy_timeout):
             raise locked_error(self.path)
         return deadline
+
+    def _in_write(self, attempt: Callable[..., T], *args: Any) -> T:
+        """`attempt(*args)`, one try at a write, taking `_writing` (see `_before_fork`):
+        still held when it returns, until `_write_done()`; let go if it raises (the
+        database was busy, say: no fork waits while this thread waits for another
+        process)."""
+        self._writing.acquire()
+        self._writer = threading.get_ident()
+        try:
+            return attempt(*args)
+        except BaseException:
+            self._write_done()
+            raise
+
+    def _write_done(self) -> None:
+        """The write `_in_write` began has ended (committed, rolled back, or failed)."""
+        self._writer = None
+        self._writing.release()
 
     def _committed(self) -> None:
         """Count a commit (under _write_lock); every CHECKPOINT_EVERY, wake the checkpointer."""
@@ -398,7 +476,9 @@ class Connections:
                 return
             query = _CHECKPOINT_PASSIVE if wanted else _CHECKPOINT_TRUNCATE
             try:
-                busy = self.get().execute(query).fetchone()[0]
+                conn = self.get()
+                with self._checkpointing:  # see `_before_fork`
+                    busy = conn.execute(query).fetchone()[0]
             except (sqlite3.Error, RepositoryError) as exc:  # the next commit's checkpoint may do
                 logger.debug("background checkpoint of %s failed (%s): %s", self.path, query, exc)
                 busy = 1

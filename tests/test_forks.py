@@ -1,0 +1,252 @@
+"""A process forked while its repository and manager are busy: the child's writes, waits
+and locks.
+
+Real `os.fork()`, real SQLite files and threads. What a parent thread is doing at the
+moment of the fork is made certain with events: a hook registered after the objects
+under test runs before theirs (Python runs `before` hooks last registered first), so it
+can let a parent thread go on exactly as the fork begins. Each child reports through a
+pipe and leaves with `os._exit`; one that hangs is killed.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import threading
+import time
+from typing import Any, Callable, Iterator, Optional
+
+import pytest
+
+from jobcore import Job, JobManager, JobStatus, MemoryRepository, SQLiteRepository
+
+CHILD_WAIT = 20.0  # seconds a child has to report; it does in well under one
+WAIT = 10.0
+
+
+def _in_forked_child(body: Callable[[], str], timeout: float = CHILD_WAIT) -> Optional[str]:
+    """Fork; the child runs `body()` and reports what it returned (or the error it
+    raised). The report, or None if the child did not report within `timeout` seconds
+    (it hangs, and is killed: no process is left behind)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read)
+            try:
+                report = body()
+            except BaseException as exc:  # reported, not raised: pytest must not go on in the child
+                report = f"{type(exc).__name__}: {exc}"
+            os.write(write, report.encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    try:
+        ready, _, _ = select.select([read], [], [], timeout)
+        report = os.read(read, 4000).decode() if ready else None
+    finally:
+        os.close(read)
+        if report is None:
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    return report
+
+
+class _AtFork:
+    """`os.fork()` hooks: `before(action)` has the next fork run `action` in the forking
+    thread before the `before` hooks of the objects built until now; `in_parent(action)`,
+    in the parent once it has forked."""
+
+    def __init__(self) -> None:
+        self._before: list[Callable[[], None]] = []
+        self._in_parent: list[Callable[[], None]] = []
+        # (They stay registered: they do nothing once run.)
+        os.register_at_fork(before=lambda: self._run(self._before),
+                            after_in_parent=lambda: self._run(self._in_parent))
+
+    def before(self, action: Callable[[], None]) -> None:
+        self._before.append(action)
+
+    def in_parent(self, action: Callable[[], None]) -> None:
+        self._in_parent.append(action)
+
+    @staticmethod
+    def _run(actions: list[Callable[[], None]]) -> None:
+        while actions:
+            actions.pop(0)()
+
+
+@pytest.fixture
+def threads() -> Iterator[list[threading.Thread]]:
+    """Threads a test starts, joined (bounded) when it ends."""
+    started: list[threading.Thread] = []
+    yield started
+    for thread in started:
+        thread.join(WAIT)
+
+
+def test_a_child_forked_while_a_write_transaction_is_open_writes_at_once(
+        tmp_path: Any, threads: list[threading.Thread]) -> None:
+    # given a producer whose process has written, with a short busy timeout
+    path = str(tmp_path / "jobs.db")
+    producer = JobManager(SQLiteRepository(path, busy_timeout=1.0), producer=True)
+    first = producer.enqueue(Job(function_name="noop", priority=0))
+    inside, done = threading.Event(), threading.Event()
+
+    # and a thread of it inside a write transaction that lasts half a second (the thread
+    # stays on: as it ends, SQLite closes its connection, which a fork must not meet)
+    def writer() -> None:
+        with producer.repository._db.write() as conn:
+            conn.execute("UPDATE jobs SET priority = 7 WHERE id = ?", (first,))
+            inside.set()
+            threading.Event().wait(0.5)
+        done.wait(WAIT)
+
+    threads.append(threading.Thread(target=writer))
+    threads[-1].start()
+    assert inside.wait(WAIT)
+
+    # when the process forks at once, and the child enqueues through the producer it
+    # inherited and through a new one on the same file
+
+    def child() -> str:
+        priority = producer.repository.get(first).priority
+        began = time.monotonic()
+        inherited = producer.enqueue(Job(function_name="noop"))
+        own = JobManager(SQLiteRepository(path, busy_timeout=1.0), producer=True)
+        fresh = own.enqueue(Job(function_name="noop"))
+        return f"{priority} {time.monotonic() - began:.3f} {inherited} {fresh}"
+
+    try:
+        report = _in_forked_child(child)
+    finally:
+        done.set()
+    # then the fork waited for the transaction to end (the child sees what it wrote), and
+    # the child writes at once. Before, the child inherited the transaction open: SQLite
+    # there counted the write lock as held for ever by a connection of the child's own
+    # (every write of the child found the database locked), unless closing the inherited
+    # connection in the child, as its thread's storage went, rolled it back there.
+    assert report is not None and not report.startswith("RepositoryError"), report
+    priority, took, *ids = report.split()
+    assert priority == "7" and float(took) < 1.0, report
+    assert [producer.poll(job_id).status for job_id in ids] == [JobStatus.PENDING] * 2
+    producer.repository.close()
+
+
+def test_a_fork_while_a_thread_holds_the_connections_lock_neither_hangs_nor_breaks_the_child(
+        tmp_path: Any, threads: list[threading.Thread]) -> None:
+    # given a repository with a connection on a thread that is alive at the fork (its
+    # thread-local storage is dropped in the child, inside os.fork()), and another thread
+    # holding the lock that guards the connections (as one opening its connection does)
+    path = str(tmp_path / "jobs.db")
+    producer = JobManager(path, producer=True)
+    db = producer.repository._db
+    opened, holding, done = threading.Event(), threading.Event(), threading.Event()
+
+    def reader() -> None:
+        producer.get_queue_size()  # opens this thread's connection
+        opened.set()
+        done.wait(WAIT)
+
+    def holder() -> None:
+        with db._lock:
+            holding.set()
+            done.wait(WAIT)
+
+    threads.extend([threading.Thread(target=reader), threading.Thread(target=holder)])
+    threads[0].start()
+    assert opened.wait(WAIT)
+    threads[1].start()
+    assert holding.wait(WAIT)
+
+    # when the process forks, and the child enqueues
+    try:
+        report = _in_forked_child(lambda: producer.enqueue(Job(function_name="noop")), timeout=5.0)
+    finally:
+        done.set()
+    # then the child did not hang inside os.fork() (closing the reader's connection there
+    # took the held lock) and stored its job
+    assert report is not None, "the child hung"
+    assert producer.poll(report).status is JobStatus.PENDING, report
+    producer.repository.close()
+
+
+def test_a_child_waits_for_a_job_its_parent_was_running_at_the_fork(tmp_path: Any) -> None:
+    # given a started manager running a job that goes on until told
+    started, release = threading.Event(), threading.Event()
+
+    def held() -> str:
+        started.set()
+        release.wait(WAIT)
+        return "done"
+
+    manager = JobManager(str(tmp_path / "jobs.db"), max_workers=2)
+    manager.register_function("held", held)
+    manager.start()
+    try:
+        job_id = manager.enqueue(Job(function_name="held"))
+        assert started.wait(WAIT)
+
+        # when the process forks while it runs, the parent lets it finish, and the child
+        # waits for it
+        def child() -> str:
+            result = manager.wait(job_id, timeout=5.0)
+            return f"{result.status.value} {result.result}"
+
+        hook = _AtFork()
+        hook.in_parent(release.set)
+        report = _in_forked_child(child)
+        # then the child's wait returns once the parent recorded the outcome (before, the
+        # pool's state copied from the parent said the job settled in the child, which
+        # waited for a settlement that never came there, until its timeout)
+        assert report == "completed done", report
+    finally:
+        release.set()
+        manager.stop()
+
+
+def test_locks_parent_threads_hold_at_the_fork_do_not_hang_the_child(
+        threads: list[threading.Thread]) -> None:
+    # given a started manager on the memory store, a thread inside the store's lock
+    # (let go as the fork begins) and one holding the pool's lock through the fork (as an
+    # enqueuing thread or a worker does for moments)
+    repository = MemoryRepository()
+    manager = JobManager(repository, max_workers=1)
+    manager.register_function("noop", lambda: None)
+    manager.start()
+    hook = _AtFork()
+    in_store, in_pool, go_on, done = (threading.Event() for _ in range(4))
+
+    def store_user() -> None:
+        with repository._lock:
+            in_store.set()
+            go_on.wait(WAIT)
+
+    def pool_user() -> None:
+        with manager._pool._state.lock:
+            in_pool.set()
+            done.wait(WAIT)
+
+    threads.extend([threading.Thread(target=store_user), threading.Thread(target=pool_user)])
+    for thread in threads:
+        thread.start()
+    try:
+        assert in_store.wait(WAIT) and in_pool.wait(WAIT)
+        hook.before(go_on.set)
+
+        # when the process forks, and the child enqueues, polls, cancels and waits
+        def child() -> str:
+            job_id = manager.enqueue(Job(function_name="noop"))
+            before = manager.poll(job_id)
+            cancelled = manager.cancel(job_id)
+            result = manager.wait(job_id, timeout=5.0)
+            return f"{before is not None} {cancelled} {result.status.value}"
+
+        report = _in_forked_child(child, timeout=5.0)
+    finally:
+        go_on.set()
+        done.set()
+    # then none of it waited for a lock a parent thread held at the fork
+    assert report == "True True cancelled", report
+    manager.stop()
