@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import secrets
 import subprocess
 import sys
 import threading
@@ -250,6 +251,74 @@ def test_a_lone_plain_job_is_stored_by_one_statement_as_a_batch_stores_it(repo: 
         with pytest.raises(ValueError, match="already exists"):
             repo.insert([make_record(id=taken.id)], NOW + 1)
     assert repo.get(alone.id).created_at == NOW  # type: ignore[union-attr]
+
+
+def test_a_lone_insert_whose_backend_is_ended_mid_statement_runs_again(schema: Schema) -> None:
+    # One autocommit statement: its connection broke under it (the server ended the
+    # backend while the INSERT waited for a lock) and it was not run again.
+    repo = schema.repository()
+    locker = psycopg.connect(schema.server, autocommit=False)
+    try:
+        locker.execute(f'LOCK TABLE "{schema.name}".jobs IN EXCLUSIVE MODE')
+        record, done = make_record(), threading.Event()
+        outcome: list[Any] = []
+
+        def insert() -> None:
+            try:
+                outcome.append(repo.insert([record], NOW))
+            except Exception as exc:  # shown by the assertion below
+                outcome.append(exc)
+            done.set()
+
+        thread = threading.Thread(target=insert)
+        thread.start()
+        _wait_until_blocked_by(locker, locker.info.backend_pid, thread)
+        with psycopg.connect(schema.server, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))",
+                          (locker.info.backend_pid,))
+        locker.rollback()
+        assert done.wait(WAIT)
+        thread.join()
+        assert outcome == [[record.id]]
+        stored = repo.get(record.id)
+        assert stored is not None and stored.seq == record.seq
+    finally:
+        locker.close()
+        repo.close()
+
+
+def test_a_lone_insert_run_again_after_it_committed_finds_its_own_row(repo: "PostgresRepository",
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # The connection breaking after the first run committed: the second run finds the id
+    # taken, by this very job, so the insert succeeds; by another job, it is refused.
+    from jobcore.postgres import database
+    real = repo._db._run_once
+    breaks = [True, True]
+
+    def commit_then_break(query: str, params: Any) -> Any:
+        result = real(query, params)
+        if "INSERT" in query and breaks and breaks.pop():
+            raise database._ConnectionLost(psycopg.OperationalError("server closed the connection unexpectedly"))
+        return result
+
+    monkeypatch.setattr(repo._db, "_run_once", commit_then_break)
+    record = make_record(args=(1,))
+    assert repo.insert([record], NOW) == [record.id]
+    assert repo.get(record.id).seq == record.seq  # type: ignore[union-attr]
+    breaks.append(True)
+    with pytest.raises(ValueError, match="already exists"):  # another job given that id
+        repo.insert([make_record(id=record.id, args=(2,))], NOW)
+
+
+@pytest.mark.parametrize("field", ["id", "unique_key", "owner"])
+def test_a_value_too_long_for_its_index_is_an_invalid_job_naming_it(repo: "PostgresRepository", field: str) -> None:
+    # It was "the server cannot be reached or the connection broke" (an index row past
+    # the B-tree's 2,704 bytes is an OperationalError in psycopg).
+    with pytest.raises(ValueError, match=f"Job.{field}: is too long for PostgreSQL's index"):
+        repo.insert([make_record(**{field: secrets.token_urlsafe(3000)})], NOW)  # (random: PostgreSQL compresses)
+    from jobcore.postgres.pool import translate
+    timeout = translate(psycopg.errors.QueryCanceled("canceling statement due to statement timeout"), "db")
+    assert "QueryCanceled" in str(timeout) and "connection broke" not in str(timeout)
 
 
 def test_the_change_token_hears_commits_of_other_connections(schema: Schema) -> None:

@@ -73,6 +73,21 @@ class Tx:
             self.notified = True
 
 
+# The job field each index on `jobs` holds, for a value too long for its B-tree.
+_INDEXED_FIELDS = {"jobs_id_key": "id", "jobs_unique": "unique_key", "jobs_owner": "owner",
+                   "jobs_ready": "function_name", "jobs_due": "function_name"}
+
+
+def too_long(exc: psycopg.errors.ProgramLimitExceeded) -> Optional[InvalidJob]:
+    """`InvalidJob` naming the field whose value is too long for PostgreSQL's index on
+    it ("index row size ... exceeds btree ... maximum 2704 for index ..."), or None."""
+    found = re.search(r'for index "([^"]+)"', str(exc))
+    field = _INDEXED_FIELDS.get(found.group(1)) if found else None
+    if field is None:
+        return None
+    return InvalidJob(field, "is too long for PostgreSQL's index on it (at most about 2,700 bytes)")
+
+
 def _lost_race(exc: psycopg.Error) -> bool:
     """Whether `exc` (one of `_LOST_RACE`) means another transaction got there first.
     Raises `InvalidJob` for a job id that is taken."""
@@ -150,6 +165,8 @@ class Database:
                 if not _lost_race(exc) or races == MAX_TRIES:
                     raise translate(exc, self.where) from None
                 logger.debug("transaction lost a race (%s), run %d; re-running", type(exc).__name__, races)
+            except psycopg.errors.ProgramLimitExceeded as exc:
+                raise too_long(exc) or translate(exc, self.where) from None
             except psycopg.DataError as exc:
                 raise ValueError(f"PostgreSQL cannot store this value: {exc}") from None
             except psycopg.Error as exc:
@@ -207,23 +224,46 @@ class Database:
                     raise _ConnectionLost(exc) from exc
                 raise
 
-    def insert_alone(self, query: str, params: Any) -> list[tuple[Any, ...]]:
-        """The rows of one INSERT of a job that also NOTIFYs (`queries.INSERT_ALONE`), run
-        on its own (autocommit), never twice: moves this object's change token as a
-        transaction that notified does. A taken job id raises `InvalidJob`."""
+    def insert_alone(self, query: str, params: Any, stored: Callable[[], Optional[int]]) -> int:
+        """The seq of a job stored by one INSERT that also NOTIFYs (`queries.INSERT_ALONE`),
+        run on its own (autocommit): moves this object's change token as a transaction
+        that notified does. A taken job id raises `InvalidJob`.
+
+        If its connection breaks under it, it runs once more on another connection: the
+        first run may have committed or not, and the id, unique, makes a second store
+        impossible. A second run that finds the id taken asks `stored()`: the seq of the
+        row if the first run stored it (the same job, as `stored` tells it), else None
+        (another job's id: `InvalidJob`)."""
         try:
-            rows = self._run_once(query, params)[1]
+            rows = self._insert_once(query, params)
         except _ConnectionLost as lost:
-            raise translate(lost.error, self.where) from None
+            logger.info("connection to %s broke under an insert (%s); running it again on another"
+                        " connection", self.where, lost)
+            try:
+                rows = self._insert_once(query, params)
+            except _ConnectionLost as again:
+                raise translate(again.error, self.where) from None
+            except InvalidJob:
+                seq = stored()
+                if seq is None:
+                    raise
+                rows = [(seq,)]
+        self._own_change = next(self._own_changes)
+        return int(rows[0][0])
+
+    def _insert_once(self, query: str, params: Any) -> list[tuple[Any, ...]]:
+        """One run of `insert_alone`; `_ConnectionLost` if the connection broke under it."""
+        try:
+            return self._run_once(query, params)[1]
         except psycopg.errors.UniqueViolation as exc:
             _lost_race(exc)  # raises InvalidJob for the id: the only unique column given
             raise translate(exc, self.where) from None
+        except psycopg.errors.ProgramLimitExceeded as exc:
+            raise too_long(exc) or translate(exc, self.where) from None
         except psycopg.DataError as exc:
             raise ValueError(f"PostgreSQL cannot store this value: {exc}") from None
         except psycopg.Error as exc:
             raise translate(exc, self.where) from None
-        self._own_change = next(self._own_changes)
-        return rows
 
     def rows(self, query: str, params: Any = None, *, idempotent: bool = False) -> list[tuple[Any, ...]]:
         """The rows one statement returns (`idempotent`: see `run`)."""

@@ -44,7 +44,10 @@ def describe(dsn: str) -> str:
 
 def translate(exc: BaseException, where: str) -> RepositoryError:
     """A `RepositoryError` naming the server and what went wrong."""
-    if isinstance(exc, psycopg.OperationalError):
+    state = getattr(exc, "sqlstate", None)
+    if isinstance(exc, psycopg.OperationalError) and (state is None or state[:2] == "08" or state[:3] == "57P"):
+        # (other operational errors are the server's answers: a statement timeout, a
+        # value too big for an index, a lock not available: named as they are below)
         problem = "the server cannot be reached or the connection broke"
     elif isinstance(exc, psycopg.errors.ReadOnlySqlTransaction):
         problem = "the server is read-only (a standby?)"

@@ -49,6 +49,7 @@ RETURNING seq
 # trip instead of a transaction's BEGIN, lookup, INSERT, NOTIFY and COMMIT. A taken id
 # fails on jobs_id_key, as the lookup would have found it.
 INSERT_ALONE = "WITH added AS (" + INSERT_JOB.strip() + ") SELECT seq, pg_notify('jobcore_jobs', %s) FROM added"
+SELECT_INSERTED = "SELECT seq, function_name, payload, created_at FROM {s}.jobs WHERE id = %s"
 # For batches with a unique_key: a job whose key another transaction took since the
 # insert looked (SELECT_UNFINISHED_BY_KEYS) is not inserted and returns no row, and the
 # insert runs again to find that holder. Not an error: inserts are pipelined, and psycopg

@@ -81,9 +81,22 @@ class PostgresRepository(SettlesThroughApply, JobRepository):
         if not records:
             return []
         if _alone(records):  # nothing to check against other rows: one statement
-            records[0].seq = self._db.insert_alone(self.sql.INSERT_ALONE, self._alone_params(records[0], now))[0][0]
-            return [records[0].id]
+            record = records[0]
+            record.seq = self._db.insert_alone(self.sql.INSERT_ALONE, self._alone_params(record, now),
+                                               stored=lambda: self._stored_seq(record, now))
+            return [record.id]
         return self._db.transaction(lambda tx: self._insert_in(tx, records, now))
+
+    def _stored_seq(self, record: JobRecord, now: float) -> Optional[int]:
+        """The seq of `record` as a run of INSERT_ALONE at `now` stored it, if that row
+        is there (its id, name, arguments and time of creation), else None."""
+        rows = self._db.read(self.sql.SELECT_INSERTED, (record.id,))
+        if not rows:
+            return None
+        seq, function_name, payload, created_at = rows[0]
+        mine = (function_name == record.function_name and created_at == now
+                and payload == serialization.encode_payload(record.args, record.kwargs, self.max_payload_bytes))
+        return int(seq) if mine else None
 
     def _alone_params(self, record: JobRecord, now: float) -> tuple[Any, ...]:
         """The parameters of INSERT_ALONE storing `record` (see `_alone`)."""
