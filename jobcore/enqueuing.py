@@ -137,29 +137,33 @@ class Enqueuer:
             return None  # (a job's own or a registered function runs here: the common cases, asked first)
         if not record.depends_on and record.unique_key is None and self._repo.inserts_in_exchanges:
             # No row to check it against: stored in an exchange of the pool's, claimed there
-            # if a worker has room for it.
+            # if a worker has room for it. What it carries is kept before (a worker may run
+            # it at once), and put back as it was if it was not stored: its id may be
+            # another job's, whose own must stay.
+            before = self._local.kept(job.id)
             self._local.remember(job.id, self._local_function(job), job.retry_on)
             stored = False
             try:
                 stored = self._pool.exchange_inserting(record, now)
             finally:
                 if not stored:
-                    self._local.forget(job.id)  # stored the usual way next, or not at all
+                    self._local.put_back(job.id, before)  # stored the usual way next, or not at all
             return record.id if stored else None
         if not self._pool.reserve_idle_worker():
             return None
         claimed: Optional[JobRecord] = None
+        before = self._local.kept(job.id)
         try:
             self._local.remember(job.id, self._local_function(job), job.retry_on)
             job_id, claimed = self._repo.insert_claimed(
                 record, self._worker_id, now, now + self._lease_timeout)
         except BaseException:
-            self._local.forget(job.id)
+            self._local.put_back(job.id, before)
             raise
         finally:
             self._pool.hand_off(claimed)
         if job_id != record.id:
-            self._local.forget(job.id)  # an unfinished job already holds its unique_key
+            self._local.put_back(job.id, before)  # an unfinished job already holds its unique_key
         elif claimed is None and record.status is JobStatus.PENDING and not record.blocked:
             self._pool.enqueue_entries([record.queue_entry()])  # someone else holds it or will
         return job_id

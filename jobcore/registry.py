@@ -89,6 +89,25 @@ class LocalJobs:
             if retry_on is not None:
                 self._classifiers[job_id] = retry_on
 
+    def kept(self, job_id: str) -> tuple[Any, Any, Any]:
+        """What is kept for `job_id` now, for `put_back`: a job given an id already taken
+        is refused, and what the job holding it carries must stay as it was."""
+        return self._functions.get(job_id), self._classifiers.get(job_id), self._ended.get(job_id)
+
+    def put_back(self, job_id: str, kept: tuple[Any, Any, Any]) -> None:
+        """Keep for `job_id` what `kept` (from `kept`) says, and nothing else: undoes a
+        `remember` for a job that was not stored."""
+        function, classifier, ended = kept
+        if function is None and classifier is None and ended is None:
+            self.forget(job_id)
+            return
+        with self._lock:
+            for held, value in ((self._functions, function), (self._classifiers, classifier), (self._ended, ended)):
+                if value is None:
+                    held.pop(job_id, None)
+                else:
+                    held[job_id] = value
+
     def function(self, job_id: str) -> Optional[Callable[..., Any]]:
         found = self._functions.get(job_id)
         if found is None and self._ended:

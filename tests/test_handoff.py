@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import threading
+from datetime import datetime
 from typing import Any, Callable
 
 import pytest
 
-from jobcore import Job, JobManager, JobStatus
+from jobcore import FakeClock, Job, JobManager, JobStatus
 from jobcore.repository.base import JobRepository
 
 WAIT = 10.0
@@ -84,6 +85,32 @@ def test_a_handed_off_job_runs_the_callable_it_was_given(repository: JobReposito
     job_id = manager.enqueue(Job(function=lambda: "given", function_name="shared.name"))
     # then the worker runs the callable the job carried
     assert manager.wait(job_id, timeout=WAIT).result == "given"
+
+
+def test_a_job_refused_for_a_taken_id_leaves_what_the_job_holding_it_carries(
+        repository: JobRepository, make_manager: Callable[..., JobManager]) -> None:
+    # given a job due in an hour carrying its own callable (its name runs another) and its
+    # own retry_on, and a worker idle
+    clock = FakeClock()
+    manager = make_manager(repository, max_workers=1, clock=clock).start()
+    manager.register_function("shared.name", lambda: "registered")
+    attempts: list[int] = []
+
+    def flaky() -> None:
+        attempts.append(1)
+        raise ValueError("boom")  # not retried, unless the job's own retry_on says so
+
+    job_id = manager.enqueue(Job(function=flaky, function_name="shared.name", max_retries=2, retry_delay=0,
+                                 retry_jitter=False, retry_on=lambda exc: True,
+                                 scheduled_at=datetime.fromtimestamp(clock.time() + 3600)))
+    # when a job given its id is refused (it was handed to the idle worker, and erased
+    # what the job holding the id carries)
+    with pytest.raises(ValueError, match="already exists"):
+        manager.enqueue(Job(function=lambda: "other", function_name="shared.name", id=job_id))
+    clock.advance(3600)
+    # then the job runs its own callable, retried by its own classifier
+    result = manager.wait(job_id, timeout=WAIT)
+    assert (result.status, result.error, len(attempts)) == (JobStatus.FAILED, "boom", 3)
 
 
 def test_a_producer_does_not_claim_jobs_for_functions_it_cannot_run(
