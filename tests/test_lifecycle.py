@@ -14,9 +14,10 @@ from typing import Any, Iterator
 
 import pytest
 
-from jobcore import FakeClock, Job, JobManager, JobStatus, MemoryRepository, SQLiteRepository
+from jobcore import FakeClock, Job, JobManager, JobStatus, MemoryRepository
 from jobcore.errors import RepositoryError
 from waiting import wait_until
+from watched_leases import WatchedLeases
 
 WAIT = 10.0  # generous bound for waits that normally end in milliseconds
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -204,34 +205,18 @@ def test_a_start_that_fails_to_register_leaves_nothing_running_and_may_be_tried_
     assert [w.worker_id for w in manager.list_workers()] == [manager.worker_id]
 
 
-class _WatchedUnregistrable(SQLiteRepository):
+class _WatchedUnregistrable(WatchedLeases):
     """An SQLite store that tells when a job's lease was renewed, and fails to register
     workers while `failing` is set."""
 
     def __init__(self, path: str) -> None:
         super().__init__(path)
         self.failing = False
-        # _renewals guards _renewed: for each job id, the latest time its lease was renewed at.
-        self._renewals = threading.Condition()
-        self._renewed: dict[str, float] = {}
 
     def register_worker(self, *args: Any, **kwargs: Any) -> Any:
         if self.failing:
             raise RepositoryError("database is locked (simulated)")
         return super().register_worker(*args, **kwargs)
-
-    def heartbeat(self, worker_id: str, job_ids: Any, lease_expires_at: float, now: float) -> list[str]:
-        cancelled = super().heartbeat(worker_id, job_ids, lease_expires_at, now)
-        with self._renewals:
-            for job_id in job_ids:
-                self._renewed[job_id] = max(self._renewed.get(job_id, now), now)
-            self._renewals.notify_all()
-        return cancelled
-
-    def renewed(self, job_id: str, at: float) -> bool:
-        """Wait (bounded) for a renewal of the job's lease at time `at` or later."""
-        with self._renewals:
-            return self._renewals.wait_for(lambda: self._renewed.get(job_id, float("-inf")) >= at, WAIT)
 
 
 def test_a_failed_restart_keeps_renewing_the_lease_of_a_job_running_past_the_stop(

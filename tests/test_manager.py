@@ -19,6 +19,7 @@ import jobcore.manager
 from stuck import stuck_past_stop
 from jobcore.manager import READY_LOAD_LIMIT
 from waiting import wait_until
+from watched_leases import WatchedLeases
 
 WAIT = 10.0  # generous bound for waits that normally end in milliseconds
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -805,29 +806,6 @@ def test_closing_after_a_stop_that_did_not_wait_ends_every_thread(db_path: str) 
     assert housekeeper is not None and not housekeeper.is_alive()
 
 
-class _WatchedLeases(SQLiteRepository):
-    """An SQLite repository that tells when its manager has renewed a job's lease."""
-
-    def __init__(self, path: str) -> None:
-        super().__init__(path)
-        # _renewals guards _renewed: for each job id, the latest time its lease was renewed at.
-        self._renewals = threading.Condition()
-        self._renewed: dict[str, float] = {}
-
-    def heartbeat(self, worker_id: str, job_ids: Any, lease_expires_at: float, now: float) -> list[str]:
-        cancelled = super().heartbeat(worker_id, job_ids, lease_expires_at, now)
-        with self._renewals:
-            for job_id in job_ids:
-                self._renewed[job_id] = max(self._renewed.get(job_id, now), now)
-            self._renewals.notify_all()
-        return cancelled
-
-    def renewed(self, job_id: str, at: float) -> bool:
-        """Wait (bounded) for a renewal of the job's lease at time `at` or later."""
-        with self._renewals:
-            return self._renewals.wait_for(lambda: self._renewed.get(job_id, float("-inf")) >= at, WAIT)
-
-
 @pytest.mark.parametrize("stop_args", [{"timeout": 0}, {"wait": False}], ids=["timeout=0", "wait=False"])
 def test_a_job_running_past_a_stop_keeps_its_lease_and_runs_once(make_manager: Any, db_path: str,
                                                                  stop_args: dict[str, Any]) -> None:
@@ -843,7 +821,7 @@ def test_a_job_running_past_a_stop_keeps_its_lease_and_runs_once(make_manager: A
         assert release.wait(WAIT)
         return by
 
-    repository = _WatchedLeases(db_path)
+    repository = WatchedLeases(db_path)
     first = make_manager(repository, max_workers=1, lease_timeout=1.0, poll_interval=0.2, clock=clock)
     first.register_function("long", lambda: long_job("first"))
     first.start()

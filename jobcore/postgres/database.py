@@ -165,12 +165,17 @@ class Database:
                 if not _lost_race(exc) or races == MAX_TRIES:
                     raise translate(exc, self.where) from None
                 logger.debug("transaction lost a race (%s), run %d; re-running", type(exc).__name__, races)
-            except psycopg.errors.ProgramLimitExceeded as exc:
-                raise too_long(exc) or translate(exc, self.where) from None
-            except psycopg.DataError as exc:
-                raise ValueError(f"PostgreSQL cannot store this value: {exc}") from None
             except psycopg.Error as exc:
-                raise translate(exc, self.where) from None
+                raise self._error(exc) from None
+
+    def _error(self, exc: psycopg.Error) -> Exception:
+        """What a caller gets for `exc`: `InvalidJob` for a value too long for its index,
+        `ValueError` for one PostgreSQL cannot hold, else a `RepositoryError` naming it."""
+        if isinstance(exc, psycopg.errors.ProgramLimitExceeded):
+            return too_long(exc) or translate(exc, self.where)
+        if isinstance(exc, psycopg.DataError):
+            return ValueError(f"PostgreSQL cannot store this value: {exc}")
+        return translate(exc, self.where)
 
     def _transaction_once(self, work: Callable[[Tx], T]) -> T:
         """One run of `transaction`; `_ConnectionLost` if the connection broke before COMMIT."""
@@ -207,10 +212,8 @@ class Database:
                     raise translate(lost.error, self.where) from None
                 logger.info("connection to %s broke under a statement (%s); re-running it on"
                             " another connection", self.where, lost)
-            except psycopg.DataError as exc:
-                raise ValueError(f"PostgreSQL cannot store this value: {exc}") from None
             except psycopg.Error as exc:
-                raise translate(exc, self.where) from None
+                raise self._error(exc) from None
         raise AssertionError("unreachable")
 
     def _run_once(self, query: str, params: Any) -> tuple[int, list[tuple[Any, ...]]]:
@@ -258,12 +261,8 @@ class Database:
         except psycopg.errors.UniqueViolation as exc:
             _lost_race(exc)  # raises InvalidJob for the id: the only unique column given
             raise translate(exc, self.where) from None
-        except psycopg.errors.ProgramLimitExceeded as exc:
-            raise too_long(exc) or translate(exc, self.where) from None
-        except psycopg.DataError as exc:
-            raise ValueError(f"PostgreSQL cannot store this value: {exc}") from None
         except psycopg.Error as exc:
-            raise translate(exc, self.where) from None
+            raise self._error(exc) from None
 
     def rows(self, query: str, params: Any = None, *, idempotent: bool = False) -> list[tuple[Any, ...]]:
         """The rows one statement returns (`idempotent`: see `run`)."""
