@@ -250,3 +250,33 @@ def test_locks_parent_threads_hold_at_the_fork_do_not_hang_the_child(
     # then none of it waited for a lock a parent thread held at the fork
     assert report == "True True cancelled", report
     manager.stop()
+
+
+@pytest.mark.parametrize("how", ["write_one", "write"])
+def test_an_interrupt_between_a_write_and_its_end_leaves_no_write_gate_held(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    # Ctrl-C (or any exception) landing after the statement and before the gate that
+    # forks wait on was let go left it held for good: every later write hung; landing
+    # right after BEGIN, it left the transaction open, holding SQLite's write lock.
+    repository = SQLiteRepository(str(tmp_path / "gate.db"))
+    connections = repository._db
+    until_free = connections._until_free
+
+    def interrupted(deadline: Any, attempt: Any, *args: Any) -> Any:
+        until_free(deadline, attempt, *args)  # the write began (or was made), and then
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(connections, "_until_free", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        if how == "write_one":
+            connections.write_one("INSERT INTO jobcore_meta (key, value) VALUES ('a', 'b')", ())
+        else:
+            with connections.write() as conn:
+                conn.execute("INSERT INTO jobcore_meta (key, value) VALUES ('a', 'b')")
+    monkeypatch.setattr(connections, "_until_free", until_free)
+    assert not connections._writing.locked()
+    done = threading.Event()
+    threading.Thread(target=lambda: (connections.write_one("DELETE FROM jobcore_meta WHERE key = 'a'", ()),
+                                     done.set()), daemon=True).start()
+    assert done.wait(10)
+    repository.close()

@@ -322,10 +322,13 @@ class Connections:
                 if isinstance(exc, sqlite3.Error):
                     raise translate(exc, self.path) from None
                 raise
-            finally:
-                self._write_done()
             self._committed()
+        except BaseException:
+            if conn.in_transaction:  # begun, and interrupted before the body (Ctrl-C, say)
+                conn.execute("ROLLBACK")
+            raise
         finally:
+            self._write_done()  # here, whatever raised where
             self._write_lock.release()
 
     def transaction(self, op: Callable[[sqlite3.Connection], T]) -> T:
@@ -362,9 +365,9 @@ class Connections:
         deadline = self._take_write_lock()
         try:
             cursor: sqlite3.Cursor = self._until_free(deadline, self._in_write, conn.execute, query, params)
-            self._write_done()
             self._committed()
         finally:
+            self._write_done()  # (see `write`)
             self._write_lock.release()
         return cursor
 
@@ -386,10 +389,15 @@ class Connections:
 
     def _in_write(self, attempt: Callable[..., T], *args: Any) -> T:
         """`attempt(*args)`, one try at a write, taking `_writing` (see `_before_fork`):
-        still held when it returns, until `_write_done()`; let go if it raises (the
-        database was busy, say: no fork waits while this thread waits for another
-        process)."""
-        self._writing.acquire()
+        still held when it returns, until `_write_done()` (which the caller calls in the
+        `finally` that lets `_write_lock` go); let go if it raises (the database was busy,
+        say: no fork waits while this thread waits for another process).
+
+        `_writer` is set in the same breath as the lock is taken (no Python call between,
+        where a signal handler could raise), so `_write_done` knows whether this thread
+        holds it."""
+        if not self._writing.acquire(timeout=max(self.busy_timeout, 1.0)):  # a fork under way, at most
+            raise locked_error(self.path)
         self._writer = threading.get_ident()
         try:
             return attempt(*args)
@@ -398,9 +406,11 @@ class Connections:
             raise
 
     def _write_done(self) -> None:
-        """The write `_in_write` began has ended (committed, rolled back, or failed)."""
-        self._writer = None
-        self._writing.release()
+        """The write `_in_write` began has ended (committed, rolled back, or failed): let
+        `_writing` go, if this thread holds it."""
+        if self._writer == threading.get_ident():
+            self._writer = None
+            self._writing.release()
 
     def _committed(self) -> None:
         """Count a commit (under _write_lock); every CHECKPOINT_EVERY, wake the checkpointer."""
