@@ -7,9 +7,9 @@ dead workers, and notices new work written by other processes through the reposi
 cheap `change_token`, and stores the progress reports that wait (see `progress`). It sleeps on its own
 condition until the next of those is due; it never runs jobs. After a wall-clock jump,
 after the store failed it (an outage: no worker's heartbeats got through), and after a
-stall of its own process (its beat came half a lease late: what stalled it may have
-stalled its neighbours), it takes no lease back for a lease period, in which every live
-worker renews its own. After a stop that did not wait for the jobs running here (or a
+stall of its own process (its beat came half a lease late, in real time too: what
+stalled it may have stalled its neighbours), it takes no lease back for a lease period,
+in which every live worker renews its own. After a stop that did not wait for the jobs running here (or a
 start that failed after it), it goes on renewing their leases (and enforcing their
 timeouts) until they end, and nothing else.
 """
@@ -201,6 +201,7 @@ class Housekeeper:
         recover_every = max(settings.poll_interval, settings.lease_timeout / 4)
         start = self._clock.monotonic()
         next_beat = start + settings.poll_interval
+        beat_due_real = real_monotonic() + settings.poll_interval  # next_beat in real time (see the stall below)
         next_recover = start + recover_every
         held_until = start  # no recovery before this (monotonic): see the clock jump and the outage below
         failing_since: Optional[float] = None  # a store call failed here since the last beat that worked
@@ -215,6 +216,12 @@ class Housekeeper:
         offset = self._clock.time() - start
         while True:
             now = self._clock.monotonic()
+            real_now = real_monotonic()
+            if now < next_beat:
+                # When the beat falls due in real time, seen from here: a fake clock that
+                # stands still (a test between two `advance`s) moves it on, so that only
+                # time this thread really lost makes its beat late (see the stall below).
+                beat_due_real = real_now + (next_beat - now)
             deadline = self._pool.time_out_overdue(now)
             # The wall clock jumped (set by hand or NTP): leases are wall times shared with
             # other processes, so renew ours at once and hold off taking others' back for
@@ -237,7 +244,10 @@ class Housekeeper:
                     last_refill = now
                     self._refill()
                 if now >= next_beat:
-                    late = now - next_beat
+                    # Late on the manager's clock (leases may have lapsed) and in real time
+                    # (this thread did not run): a fake clock's `advance` is the first
+                    # alone, and stalls nothing; with the system clock the two agree.
+                    late = min(now - next_beat, real_now - beat_due_real)
                     next_beat = now + settings.poll_interval
                     if late >= settings.lease_timeout / 2:
                         # This process stalled (suspended, a paused VM, starved of CPU): its

@@ -4,16 +4,27 @@ another process took the job (jobcore.claims), and a job taken back during the s
 and claimed here again waits for its first attempt, still running here, to end
 (`PoolState.defer_locked`): SPEC's "never run by two live workers at the same time". A
 stall is a fake clock moved past the lease while a job blocks a worker; the other
-process is a second repository on the same file."""
+process is a second repository on the same file.
+
+A stall of the whole machine (every worker process stopped past its lease) takes no job
+from a live worker: there the stall is real (SIGSTOP of two worker processes), as an
+advance of a fake clock is no stall, and a manager on one takes expired leases back at it."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 import threading
+import time
 from typing import Any
 
 from jobcore import FakeClock, Job, JobManager, JobStatus, SQLiteRepository, current_job
 from waiting import wait_until
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LEASE = 10.0
 
 
@@ -194,25 +205,17 @@ def test_a_job_claimed_again_while_its_first_attempt_runs_is_handed_back_at_a_st
 class Watched(SQLiteRepository):
     """Tells when its manager's housekeeper has begun its loop (`looping`: it takes a
     change token first, after reading the clock its timers start from) and the time of
-    its latest beat in the worker registry (`beaten`); while `stalled` is set, its
-    heartbeats wait for `resumed` (a process that has not been scheduled yet)."""
+    its latest beat in the worker registry (`beaten`)."""
 
     def __init__(self, path: str) -> None:
         super().__init__(path)
         self.looping = threading.Event()
-        self.stalled = threading.Event()
-        self.resumed = threading.Event()
         self.beats = threading.Condition()  # guards `beaten`
         self.beaten = float("-inf")
 
     def change_token(self) -> Any:
         self.looping.set()
         return super().change_token()
-
-    def heartbeat(self, *args: Any) -> Any:
-        if self.stalled.is_set():
-            self.resumed.wait(10)
-        return super().heartbeat(*args)
 
     def beat_worker(self, worker_id: str, running: Any, now: float) -> Any:
         beaten = super().beat_worker(worker_id, running, now)
@@ -226,38 +229,92 @@ class Watched(SQLiteRepository):
             return self.beats.wait_for(lambda: self.beaten >= at, 10)
 
 
-def test_workers_stalled_together_past_their_lease_take_no_job_from_each_other(
+def test_a_started_manager_takes_back_a_dead_workers_lease_after_one_advance_of_its_fake_clock(
         tmp_path: Any, make_manager: Any) -> None:
-    # given two managers on one file (one clock: one machine), the first running a job
+    # given a job claimed by a worker that died (elsewhere: no process of this host to check),
+    # and a started manager on a fake clock, its housekeeper past its first beat
     clock = FakeClock()
-    attempts = Attempts()
-    running_repo, other_repo = Watched(str(tmp_path / "jobs.db")), Watched(str(tmp_path / "jobs.db"))
-    running: JobManager = make_manager(running_repo, lease_timeout=LEASE, poll_interval=1.0, clock=clock)
-    running.register_function("long", attempts)
-    job_id = running.enqueue(Job(function_name="long"))
-    running.start()
-    other: JobManager = make_manager(other_repo, lease_timeout=LEASE, poll_interval=1.0, clock=clock)
-    other.register_function("long", attempts)
-    other.start()
-    wait_until(lambda: attempts.started == [1], 10, "the job to start")
-    assert running_repo.looping.wait(10) and other_repo.looping.wait(10)
-    # (each beats once first: an advance while a housekeeper sets its timers up, after its
-    # change token, looks like a wall clock jump to it, unless it is 1 s at most)
+    repository = Watched(str(tmp_path / "jobs.db"))
+    manager: JobManager = make_manager(repository, lease_timeout=60.0, poll_interval=1.0, clock=clock)
+    manager.register_function("work", lambda: "done")
+    job_id = manager.enqueue(Job(function_name="work", max_retries=3))
+    assert repository.claim(job_id, "otherhost:1:dead", clock.time(), clock.time() + 60) is not None
+    manager.start()
+    assert repository.looping.wait(10)
+    # (an advance while the housekeeper sets its timers up looks like a wall clock jump to
+    # it, unless it is 1 s at most)
     clock.advance(1.0)
-    assert running_repo.beat_at(clock.time()) and other_repo.beat_at(clock.time())
-    # when the whole machine stalls past the lease, and the other manager's housekeeper
-    # gets to run before the first one's renews its leases (two rounds of it)
-    running_repo.stalled.set()
-    clock.advance(3 * LEASE)
-    assert other_repo.beat_at(clock.time())
-    clock.advance(1.0)
-    assert other_repo.beat_at(clock.time())
-    running_repo.resumed.set()
-    assert running_repo.beat_at(clock.time())
-    # then the job was not taken back: it runs on, once, and completes as its first attempt
-    row = other_repo.get_without_args(job_id)
-    assert row is not None and row.status == JobStatus.RUNNING and row.attempts == 1
-    attempts.release[1].set()
-    result = running.wait(job_id, timeout=10)
-    assert result.status == JobStatus.COMPLETED and result.attempts == 1
-    assert attempts.started == [1]
+    assert repository.beat_at(clock.time())
+    # when the test moves the clock past that lease in one step (no process stalled: a
+    # fake clock's advance is not one, however big)
+    clock.advance(61.0)
+    # then the manager takes the job back and runs it, with no second advance
+    result = manager.wait(job_id, timeout=5)
+    assert result.status == JobStatus.COMPLETED and result.attempts == 2 and result.result == "done"
+
+
+STALL_JOBS = textwrap.dedent("""
+    import os, time
+    import jobcore
+
+    def hold(log, release):
+        # Note each start (pid, attempt), then run until the test releases the job.
+        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        try:
+            os.write(fd, f"{os.getpid()} {jobcore.current_job().attempt}\\n".encode())
+        finally:
+            os.close(fd)
+        deadline = time.monotonic() + 30
+        while not os.path.exists(release) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return "held"
+
+    jobcore.register_job_function("stalljobs.hold", hold)
+""")
+STALL_LEASE = 1.0
+
+
+def starts(log: Any) -> list[tuple[int, int]]:
+    """The (pid, attempt) of each start the job noted."""
+    if not log.exists():
+        return []
+    return [(int(pid), int(attempt)) for pid, attempt in (line.split() for line in log.read_text().splitlines())]
+
+
+def test_workers_stalled_together_past_their_lease_take_no_job_from_each_other(tmp_path: Any) -> None:
+    # given two worker processes on one file (one machine), one of them running a job
+    (tmp_path / "stalljobs.py").write_text(STALL_JOBS)
+    db, log, release = str(tmp_path / "jobs.db"), tmp_path / "starts.log", tmp_path / "release"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), ROOT, os.environ.get("PYTHONPATH", "")])}
+    producer = JobManager(db, producer=True)
+    processes = [subprocess.Popen(
+        [sys.executable, "-m", "jobcore", "--db", db, "worker", "--import", "stalljobs", "--workers", "1",
+         "--lease-timeout", str(STALL_LEASE), "--poll-interval", "0.1"],
+        env=env, cwd=str(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
+    try:
+        wait_until(lambda: len(producer.list_workers()) == 2, 30, "both workers to start")
+        job_id = producer.enqueue(Job(function_name="stalljobs.hold", args=(str(log), str(release)),
+                                      max_retries=3))
+        wait_until(lambda: starts(log), 30, "the job to start")
+        [(holder_pid, _)] = starts(log)
+        holder, = [p for p in processes if p.pid == holder_pid]
+        other, = [p for p in processes if p.pid != holder_pid]
+        # when the whole machine stalls for twice the lease (both processes stopped: their
+        # clocks move on, the holder's lease lapses), and the one not running the job
+        # resumes first, running its housekeeping for a while before the holder resumes
+        for process in processes:
+            process.send_signal(signal.SIGSTOP)
+        time.sleep(2 * STALL_LEASE)  # the stall itself
+        other.send_signal(signal.SIGCONT)
+        time.sleep(0.4)  # ample for its first beat and the recovery round that came with it
+        holder.send_signal(signal.SIGCONT)
+        release.touch()
+        # then the other did not take the job back: it ran once, and completes as attempt 1
+        result = producer.wait(job_id, timeout=30)
+        assert result.status == JobStatus.COMPLETED and result.attempts == 1 and result.result == "held"
+        assert starts(log) == [(holder_pid, 1)]
+    finally:
+        for process in processes:
+            process.kill()  # stopped or not
+            process.wait(10)
+        producer.close()
