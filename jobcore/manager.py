@@ -292,12 +292,15 @@ class JobManager:
         """In a forked child. The parent's threads stayed in the parent, with the locks
         they held at the fork and the jobs they held (buffered, running, being recorded):
         here the parts get locks of their own, and the pool holds nothing, so `wait` and
-        `poll` read those jobs' rows (they settle there). A child forked while this
-        manager ran goes on as a manager that is not started: it stores, polls and cancels
-        jobs, and whatever runs jobs on the store (the parent, say) runs those enqueued
-        here."""
+        `poll` read those jobs' rows (they settle there). The notification channels'
+        delivery threads and the events queued for them stay in the parent too: events
+        published here go to the same channels, on threads of this process. A child
+        forked while this manager ran goes on as a manager that is not started: it
+        stores, polls and cancels jobs, and whatever runs jobs on the store (the parent,
+        say) runs those enqueued here."""
         self._lifecycle_lock = threading.Lock()
-        for part in (self._pool, self._queue, self._settlements, self._registry, self._local, self._housekeeper):
+        for part in (self._pool, self._queue, self._settlements, self._registry, self._local, self._housekeeper,
+                     self._notifier):
             part.forked()
         if self._running and not self.immediate:  # an immediate manager has no threads
             self._forked_while_running = True

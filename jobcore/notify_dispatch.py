@@ -185,6 +185,20 @@ class NotificationDispatcher:
                            "%d queued events not delivered", channel, left)
         return ended
 
+    def forked(self) -> None:
+        """In a forked child. The delivery threads stayed in the parent, with the lock if
+        one of them (or any parent thread) held it at the fork; the events queued for them
+        are the parent's, delivered there. Here: a lock of its own, the same channels with
+        empty queues and no thread (one starts at the first event published here), and no
+        thread counted as running, so `flush` and `close` wait only for this process's.
+        Closed if it was."""
+        self._lock = threading.Lock()
+        self._progress = threading.Condition(self._lock)
+        # (Only the forking thread runs here: nothing else reads these while they change.)
+        self._deliveries = [_Delivery(d.channel, self._lock) for d in self._deliveries]
+        self._channels = tuple(d.channel for d in self._deliveries)
+        self._running = set()
+
     def __enter__(self) -> NotificationDispatcher:
         return self
 

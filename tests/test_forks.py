@@ -280,3 +280,89 @@ def test_an_interrupt_between_a_write_and_its_end_leaves_no_write_gate_held(
                                      done.set()), daemon=True).start()
     assert done.wait(10)
     repository.close()
+
+
+class _Channel:
+    """A notification channel noting each event with the pid of the process it came in."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()  # guards events
+        self.events: list[tuple[int, str, str]] = []
+        self.got = threading.Condition(self.lock)
+
+    def send(self, event: dict[str, Any]) -> None:
+        with self.lock:
+            self.events.append((os.getpid(), event["event"], event["job_id"]))
+            self.got.notify_all()
+
+    def of_this_process(self) -> list[tuple[str, str]]:
+        with self.lock:
+            return [(name, job_id) for pid, name, job_id in self.events if pid == os.getpid()]
+
+
+def _notifying_manager(tmp_path: Any) -> tuple[JobManager, _Channel]:
+    """A manager, stopped, whose channel's delivery thread (started by an event it
+    delivered) goes on in this process, waiting for the next."""
+    manager = JobManager(str(tmp_path / "jobs.db"), max_workers=1)
+    channel = _Channel()
+    manager.add_notification_channel(channel)
+    manager.register_function("noop", lambda: "done")
+    manager.start()
+    first = manager.enqueue(Job(function_name="noop"))
+    with channel.got:
+        assert channel.got.wait_for(lambda: channel.events, WAIT)
+    assert channel.of_this_process() == [("job.completed", first)]
+    manager.stop()
+    return manager, channel
+
+
+def _notify_in_child(manager: JobManager, channel: _Channel) -> str:
+    """In a forked child: run a job (its event is published here), wait for its
+    delivery, close; report what the channel got here and how long close took."""
+    job_id = manager.enqueue(Job(function_name="noop"))
+    manager.run_pending()
+    flushed = manager._notifier.flush(timeout=5.0)
+    began = time.monotonic()
+    manager.close()
+    took = time.monotonic() - began
+    return f"{flushed} {channel.of_this_process() == [('job.completed', job_id)]} {took < 1.0}"
+
+
+def test_a_child_forked_from_a_manager_with_a_notification_channel_delivers_its_own_events(
+        tmp_path: Any) -> None:
+    # given a manager whose channel's delivery thread runs in this process
+    manager, channel = _notifying_manager(tmp_path)
+    try:
+        # when the process forks, and the child runs a job and closes the manager
+        report = _in_forked_child(lambda: _notify_in_child(manager, channel))
+        # then the child delivered the job's event on a thread of its own, and closed at
+        # once (before, it counted the parent's thread as its channel's: the event waited
+        # in a queue no thread of its read, and close waited 5 s for that thread)
+        assert report == "True True True", report
+    finally:
+        manager.close()
+
+
+def test_a_parent_thread_holding_the_notification_lock_at_the_fork_does_not_hang_the_child(
+        tmp_path: Any, threads: list[threading.Thread]) -> None:
+    # given a manager with a notification channel, and a thread holding its notification
+    # lock through the fork (as a publishing thread does for moments)
+    manager, channel = _notifying_manager(tmp_path)
+    inside, done = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with manager._notifier._lock:
+            inside.set()
+            done.wait(WAIT)
+
+    threads.append(threading.Thread(target=holder))
+    threads[-1].start()
+    try:
+        assert inside.wait(WAIT)
+        # when the process forks, and the child runs a job and closes the manager
+        report = _in_forked_child(lambda: _notify_in_child(manager, channel), timeout=10.0)
+    finally:
+        done.set()
+        manager.close()
+    # then the child published, delivered and closed with a lock of its own
+    assert report == "True True True", report
