@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextvars
 import math
 import numbers
+import os
 from typing import Any, Optional, Protocol, cast
 
 from .clock import real_monotonic
@@ -30,6 +31,19 @@ class ContextSink(Protocol):
     def report_log(self, context: "JobContext", level: str, message: str) -> None: ...
 
 
+# This process's id, kept current across forks (os.getpid() is a system call).
+_process = os.getpid()
+
+
+def _forked() -> None:
+    global _process
+    _process = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
+
+
 class JobContext:
     """The running job, as seen from inside it (`current_job()`).
 
@@ -48,6 +62,7 @@ class JobContext:
         self.name = name
         self.attempt = attempt
         self._sink = sink
+        self._process = _process  # (a thread forking inside the job keeps it bound in the child)
         # A plain flag, not an Event: nothing waits on it, and one is made per attempt.
         # Setting and reading a bool is atomic; the request only ever goes False -> True.
         self._cancel = False
@@ -84,8 +99,9 @@ class JobContext:
         self._cancel = True
 
     def runs_on(self, sink: object) -> bool:
-        """True if this attempt reports to `sink` (the engine asks: is it one of mine?)."""
-        return self._sink is sink
+        """True if this attempt reports to `sink` (the engine asks: is it one of mine?) and
+        runs in this process: not in a child the job forked, where nothing runs it."""
+        return self._sink is sink and self._process == _process
 
     def check_cancelled(self) -> None:
         """Raise `JobCancelled` if cancellation was requested, or if the engine gave this

@@ -366,3 +366,25 @@ def test_a_parent_thread_holding_the_notification_lock_at_the_fork_does_not_hang
         manager.close()
     # then the child published, delivered and closed with a lock of its own
     assert report == "True True True", report
+
+
+def test_a_child_forked_inside_a_job_may_stop_and_close_its_copy_of_the_manager(tmp_path: Any) -> None:
+    # The forking thread keeps the job bound in the child, where nothing runs it: stop()
+    # and close() there refused, "called from inside one of this manager's jobs".
+    manager = JobManager(str(tmp_path / "jobs.db"), max_workers=1)
+
+    def child() -> str:
+        manager.stop()
+        manager.close()
+        return f"stopped and closed; running={manager.running}"
+
+    manager.register_function("forks", lambda: _in_forked_child(child))
+    manager.register_function("stops", manager.stop)
+    with manager:
+        job_id = manager.enqueue(Job(function_name="forks"))
+        result = manager.wait(job_id, timeout=WAIT)
+        # in this process, a job's stop() that waits is still refused: it would wait for itself
+        refused = manager.wait(manager.enqueue(Job(function_name="stops")), timeout=WAIT)
+    assert (result.status, result.result) == (JobStatus.COMPLETED, "stopped and closed; running=False")
+    assert refused.status is JobStatus.FAILED and "inside one of this manager's jobs" in (refused.error or "")
+    manager.close()
