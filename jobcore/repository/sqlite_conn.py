@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
 from ..clock import real_monotonic, real_sleep
 from ..errors import RepositoryError
 from ..forks import on_fork
+from .sqlite_gate import ForkGate
 from .sqlite_rows import TextNotUtf8, is_not_utf8, tolerant_text, translate
 
 logger = logging.getLogger("jobcore.sqlite")
@@ -168,14 +169,24 @@ class Connections:
         self._writer: Optional[int] = None
         self._checkpointing = threading.Lock()
         self._held_for_fork: list[threading.Lock] = []  # taken by _before_fork, for the parent to release
+        # Every call into SQLite on these connections (reads, writes, opening and closing
+        # one, checkpoints) passes through _gate, which a fork closes and waits at: see
+        # sqlite_gate and `_before_fork`.
+        self._gate = ForkGate()
         self._pid = os.getpid()  # the process whose connections these are
         self._checkpoint_wanted = threading.Event()
         _OPEN.add(self)
         on_fork(self, before="_before_fork", after_in_parent="_after_fork_in_parent")
 
     def _before_fork(self) -> None:
-        """Just before this process forks: wait for the write and the checkpoint under way
-        on its connections, if any, to end, and start no other until it has forked.
+        """Just before this process forks: wait for the calls into SQLite under way on its
+        connections (reads, writes, a connection opening or closing, a checkpoint), if
+        any, to end, and start no other until it has forked.
+
+        SQLite guards its own process-wide state with mutexes (see sqlite_gate): one a
+        thread of the parent held at the fork stays locked in the child, whose first
+        connection then waits on it for ever (measured: 1 child in 5 forked from a
+        process whose threads poll).
 
         SQLite keeps the locks a process holds in that process's memory, and a forked
         child inherits that bookkeeping with its parent's connections, which it never
@@ -188,13 +199,19 @@ class Connections:
         waits on another process's lock outside `_writing`; a thread of this process
         may still hold it past `busy_timeout` (a write stuck on a slow disk), and the
         forking thread may be the writer itself (inside a write, a signal handler forks):
-        then the fork goes on, logged, and the child may find the database locked."""
-        wait = max(self.busy_timeout, 1.0)
+        then the fork goes on, logged, and the child may find the database locked (or,
+        for a call other than a write, hang on its first connection). A thread waiting
+        between tries for another process's lock is outside the gate meanwhile: no fork
+        waits for another process."""
+        deadline = real_monotonic() + max(self.busy_timeout, 1.0)
+        if not self._gate.before_fork(max(self.busy_timeout, 1.0)):
+            logger.warning("forking while a call into SQLite on %s is under way: the child may hang"
+                           " on its first connection, or find the database locked", self.path)
         for lock, what in ((self._writing, "a write"), (self._checkpointing, "a checkpoint")):
             if lock is self._writing and self._writer == threading.get_ident():
                 taken = False  # the forking thread's own write: it cannot end before the fork
             else:
-                taken = lock.acquire(timeout=wait)
+                taken = lock.acquire(timeout=max(deadline - real_monotonic(), 0.0))
             if taken:
                 self._held_for_fork.append(lock)
             else:
@@ -202,10 +219,11 @@ class Connections:
                                " locked", what, self.path)
 
     def _after_fork_in_parent(self) -> None:
-        """The fork is done: writes and checkpoints go on (see `_before_fork`)."""
+        """The fork is done: calls into SQLite go on (see `_before_fork`)."""
         held, self._held_for_fork = self._held_for_fork, []
         for lock in held:
             lock.release()
+        self._gate.after_fork_in_parent()
 
     def forked(self) -> None:
         """In a forked child (where no other thread runs yet): forget the parent's
@@ -217,6 +235,7 @@ class Connections:
         self._writer = None
         self._checkpointing = threading.Lock()
         self._held_for_fork = []
+        self._gate.forked()
         _INHERITED.extend(self._connections.values())
         self._connections = {}
         self._local = threading.local()  # (its finalizers do nothing in this process: `_thread_ended`)
@@ -229,6 +248,15 @@ class Connections:
         conn: Optional[sqlite3.Connection] = getattr(self._local, "conn", None)
         if conn is not None:
             return conn
+        self._gate.enter()  # (see `_before_fork`)
+        try:
+            return self._first_connection()
+        finally:
+            self._gate.leave()
+
+    def _first_connection(self) -> sqlite3.Connection:
+        """This thread's connection, opened (inside the fork gate), and the connections of
+        threads that ended closed."""
         with self._lock:
             if self._closed:
                 raise RepositoryError(f"SQLite at {self.path!r}: the repository is closed")
@@ -259,8 +287,12 @@ class Connections:
             if self._connections.get(thread) is not conn:
                 return
             del self._connections[thread]
-        with contextlib.suppress(sqlite3.Error):
-            conn.close()
+        self._gate.enter()  # (see `_before_fork`; never waits in the forking thread)
+        try:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+        finally:
+            self._gate.leave()
 
     def _open(self) -> sqlite3.Connection:
         """A new connection, set up: WAL, this repository's durability, no busy handler."""
@@ -306,30 +338,34 @@ class Connections:
     @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
         """A `BEGIN IMMEDIATE` transaction: committed on success, rolled back on error."""
-        conn = self.get()
-        deadline = self._take_write_lock()
+        self._gate.enter()  # the whole of it, body included (see `_before_fork`)
         try:
-            self._until_free(deadline, self._in_write, conn.execute, "BEGIN IMMEDIATE")
+            conn = self.get()
+            deadline = self._take_write_lock()
             try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException as exc:
-                if conn.in_transaction:
+                self._until_free(deadline, self._in_write, conn.execute, "BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                except BaseException as exc:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    if is_not_utf8(exc):
+                        self._read_tolerantly(conn)
+                        raise TextNotUtf8(self.path, str(exc)) from None
+                    if isinstance(exc, sqlite3.Error):
+                        raise translate(exc, self.path) from None
+                    raise
+                self._committed()
+            except BaseException:
+                if conn.in_transaction:  # begun, and interrupted before the body (Ctrl-C, say)
                     conn.execute("ROLLBACK")
-                if is_not_utf8(exc):
-                    self._read_tolerantly(conn)
-                    raise TextNotUtf8(self.path, str(exc)) from None
-                if isinstance(exc, sqlite3.Error):
-                    raise translate(exc, self.path) from None
                 raise
-            self._committed()
-        except BaseException:
-            if conn.in_transaction:  # begun, and interrupted before the body (Ctrl-C, say)
-                conn.execute("ROLLBACK")
-            raise
+            finally:
+                self._write_done()  # here, whatever raised where
+                self._write_lock.release()
         finally:
-            self._write_done()  # here, whatever raised where
-            self._write_lock.release()
+            self._gate.leave()
 
     def transaction(self, op: Callable[[sqlite3.Connection], T]) -> T:
         """`op(connection)` inside `write()`: its value, once committed. If it read stored
@@ -361,14 +397,19 @@ class Connections:
         of `write()` around it in one call instead of three, and every call gives up
         the GIL and must win it back, which costs most when other threads are busy.
         A constraint violation raises `sqlite3.IntegrityError` for the caller to name."""
-        conn = self.get()
-        deadline = self._take_write_lock()
+        gate = self._gate
+        gate.enter()  # (see `_before_fork`)
         try:
-            cursor: sqlite3.Cursor = self._until_free(deadline, self._in_write, conn.execute, query, params)
-            self._committed()
+            conn = self.get()
+            deadline = self._take_write_lock()
+            try:
+                cursor: sqlite3.Cursor = self._until_free(deadline, self._in_write, conn.execute, query, params)
+                self._committed()
+            finally:
+                self._write_done()  # (see `write`)
+                self._write_lock.release()
         finally:
-            self._write_done()  # (see `write`)
-            self._write_lock.release()
+            gate.leave()
         return cursor
 
     def _take_write_lock(self) -> Optional[float]:
@@ -427,13 +468,18 @@ class Connections:
         """`read(connection)` on this thread's connection, outside any write transaction,
         tried again as `read` is while another process holds a lock it needs, and once more
         if it read stored text that is not UTF-8 (see `transaction`)."""
-        conn = self.get()
+        gate = self._gate
+        gate.enter()  # (see `_before_fork`)
         try:
-            return self._until_free(None, read, conn)
-        except TextNotUtf8 as error:
-            self._read_tolerantly(conn)
-            self._warn_once(error)
-            return self._until_free(None, read, conn)
+            conn = self.get()
+            try:
+                return self._until_free(None, read, conn)
+            except TextNotUtf8 as error:
+                self._read_tolerantly(conn)
+                self._warn_once(error)
+                return self._until_free(None, read, conn)
+        finally:
+            gate.leave()
 
     def _until_free(self, deadline: Optional[float], attempt: Callable[..., T], *args: Any) -> T:
         """`attempt(*args)`, tried again while another process holds the lock it needs,
@@ -459,7 +505,14 @@ class Connections:
                     deadline = now + self.busy_timeout
                 if now >= deadline:
                     raise translate(exc, self.path) from None
-                real_sleep(min(pause * (0.5 + random.random()), deadline - now))
+                # No call into SQLite while it sleeps: a fork need not wait for another
+                # process (unless this thread is inside twice, in a callback, say).
+                stepped_out = self._gate.step_out()
+                try:
+                    real_sleep(min(pause * (0.5 + random.random()), deadline - now))
+                finally:
+                    if stepped_out:
+                        self._gate.step_in()
                 pause = min(pause * 2, 0.001)
             except sqlite3.IntegrityError:
                 raise  # a constraint the caller's statement broke: the caller names it
@@ -486,9 +539,13 @@ class Connections:
                 return
             query = _CHECKPOINT_PASSIVE if wanted else _CHECKPOINT_TRUNCATE
             try:
-                conn = self.get()
-                with self._checkpointing:  # see `_before_fork`
-                    busy = conn.execute(query).fetchone()[0]
+                self._gate.enter()  # (see `_before_fork`)
+                try:
+                    conn = self.get()
+                    with self._checkpointing:  # see `_before_fork`
+                        busy = conn.execute(query).fetchone()[0]
+                finally:
+                    self._gate.leave()
             except (sqlite3.Error, RepositoryError) as exc:  # the next commit's checkpoint may do
                 logger.debug("background checkpoint of %s failed (%s): %s", self.path, query, exc)
                 busy = 1
@@ -523,7 +580,11 @@ class Connections:
         with self._lock:
             connections = list(self._connections.values())
             self._connections.clear()
-        for conn in connections:
-            with contextlib.suppress(sqlite3.Error):
-                conn.close()
+        self._gate.enter()  # (see `_before_fork`; after the join: the checkpointer may wait here)
+        try:
+            for conn in connections:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+        finally:
+            self._gate.leave()
         self._local = threading.local()
