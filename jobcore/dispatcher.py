@@ -56,7 +56,10 @@ class Dispatcher:
     def _run(self, generation: int) -> None:
         state = self._state
         backoff = 0.0
-        failing_since: Optional[float] = None  # real_monotonic() of the first of the exchanges failing now
+        # When the first of the exchanges failing now failed: on this manager's clock, and
+        # in real seconds (a stop gives up after a lease of either: leases lapse on the
+        # manager's clock, and a fake one standing still must not hold the stop for ever).
+        failing_since: Optional[tuple[float, float]] = None
         while True:
             with state.lock:
                 while True:
@@ -89,8 +92,9 @@ class Dispatcher:
             if self._exchanges.run(*exchange, by_worker=False):
                 backoff, failing_since = 0.0, None
                 continue
-            now = real_monotonic()  # a stop gives up after real seconds, whatever a fake clock says
+            now = (self._clock.monotonic(), real_monotonic())
             failing_since = now if failing_since is None else failing_since
+            failing_for = max(now[0] - failing_since[0], now[1] - failing_since[1])
             with state.lock:
                 if state.closed:  # it failed on a closed repository: give up, for good
                     logger.warning("manager closed with %d outcomes not recorded; their jobs are taken"
@@ -98,10 +102,10 @@ class Dispatcher:
                     state.finished.clear()
                     return
                 lost = []
-                if state.stopping and now - failing_since >= self._give_up_after:
+                if state.stopping and failing_for >= self._give_up_after:
                     lost, state.finished = state.finished, []
             if lost:
-                self._give_up(lost, now - failing_since)
+                self._give_up(lost, failing_for)
                 continue  # (no back-off: what is left is handing back what no worker started)
             backoff = min(max(backoff * 2, 0.05), 2.0)
 
