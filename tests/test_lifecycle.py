@@ -166,18 +166,22 @@ def test_a_stop_in_a_signal_handler_that_interrupted_a_stop_returns(tmp_path: An
 
 
 # -- a start that fails ---------------------------------------------------------------------
-class _Unregistrable(MemoryRepository):
-    """A memory store that fails to register workers while `failing` is set (a database
-    locked past its busy timeout, say)."""
+class _FailsToRegister:
+    """Mixed into a store: it fails to register workers while `failing` is set (a
+    database locked past its busy timeout, say)."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.failing = True
+    failing = False
 
     def register_worker(self, *args: Any, **kwargs: Any) -> Any:
         if self.failing:
             raise RepositoryError("database is locked (simulated)")
-        return super().register_worker(*args, **kwargs)
+        return super().register_worker(*args, **kwargs)  # type: ignore[misc]
+
+
+class _Unregistrable(_FailsToRegister, MemoryRepository):
+    """A memory store that fails to register workers (until `failing` is cleared)."""
+
+    failing = True
 
 
 def test_a_start_that_fails_to_register_leaves_nothing_running_and_may_be_tried_again(
@@ -205,18 +209,9 @@ def test_a_start_that_fails_to_register_leaves_nothing_running_and_may_be_tried_
     assert [w.worker_id for w in manager.list_workers()] == [manager.worker_id]
 
 
-class _WatchedUnregistrable(WatchedLeases):
+class _WatchedUnregistrable(_FailsToRegister, WatchedLeases):
     """An SQLite store that tells when a job's lease was renewed, and fails to register
     workers while `failing` is set."""
-
-    def __init__(self, path: str) -> None:
-        super().__init__(path)
-        self.failing = False
-
-    def register_worker(self, *args: Any, **kwargs: Any) -> Any:
-        if self.failing:
-            raise RepositoryError("database is locked (simulated)")
-        return super().register_worker(*args, **kwargs)
 
 
 def test_a_failed_restart_keeps_renewing_the_lease_of_a_job_running_past_the_stop(
