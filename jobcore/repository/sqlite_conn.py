@@ -160,18 +160,9 @@ class Connections:
         # _write_lock serialises this process's write transactions and guards _commits.
         self._write_lock = threading.Lock()
         self._commits = 0
-        # _writing is held while a connection of this process may hold SQLite's write lock:
-        # from each try at a write (BEGIN IMMEDIATE, or a statement committing on its own)
-        # to its COMMIT or ROLLBACK; _writer is the thread holding it. _checkpointing is
-        # held across a checkpoint (a TRUNCATE one takes the write lock too). A fork waits
-        # for both (`_before_fork`): see there.
-        self._writing = threading.Lock()
-        self._writer: Optional[int] = None
-        self._checkpointing = threading.Lock()
-        self._held_for_fork: list[threading.Lock] = []  # taken by _before_fork, for the parent to release
-        # Every call into SQLite on these connections (reads, writes, opening and closing
-        # one, checkpoints) passes through _gate, which a fork closes and waits at: see
-        # sqlite_gate and `_before_fork`.
+        # Every call into SQLite on these connections (reads, writes from BEGIN to COMMIT
+        # or ROLLBACK, opening and closing one, checkpoints) passes through _gate, which a
+        # fork closes and waits at: see sqlite_gate and `_before_fork`.
         self._gate = ForkGate()
         self._pid = os.getpid()  # the process whose connections these are
         self._checkpoint_wanted = threading.Event()
@@ -195,34 +186,18 @@ class Connections:
         connection of its own, and every write of the child would find the database
         locked, for good (measured: about 1 child in 6 forked from a busy manager).
 
-        The wait is bounded: a write of this process lasts well under a second, and
-        waits on another process's lock outside `_writing`; a thread of this process
-        may still hold it past `busy_timeout` (a write stuck on a slow disk), and the
-        forking thread may be the writer itself (inside a write, a signal handler forks):
-        then the fork goes on, logged, and the child may find the database locked (or,
-        for a call other than a write, hang on its first connection). A thread waiting
-        between tries for another process's lock is outside the gate meanwhile: no fork
-        waits for another process."""
-        deadline = real_monotonic() + max(self.busy_timeout, 1.0)
+        The wait is bounded: a call of this process lasts well under a second, and a
+        thread waiting between tries for another process's lock is outside the gate
+        meanwhile (no fork waits for another process); a call may still last past
+        `busy_timeout` (a write stuck on a slow disk), and the forking thread may be
+        inside one itself (a signal handler forks): then the fork goes on, logged, and
+        the child may find the database locked, or hang on its first connection."""
         if not self._gate.before_fork(max(self.busy_timeout, 1.0)):
             logger.warning("forking while a call into SQLite on %s is under way: the child may hang"
                            " on its first connection, or find the database locked", self.path)
-        for lock, what in ((self._writing, "a write"), (self._checkpointing, "a checkpoint")):
-            if lock is self._writing and self._writer == threading.get_ident():
-                taken = False  # the forking thread's own write: it cannot end before the fork
-            else:
-                taken = lock.acquire(timeout=max(deadline - real_monotonic(), 0.0))
-            if taken:
-                self._held_for_fork.append(lock)
-            else:
-                logger.warning("forking while %s on %s is under way: the child may find the database"
-                               " locked", what, self.path)
 
     def _after_fork_in_parent(self) -> None:
         """The fork is done: calls into SQLite go on (see `_before_fork`)."""
-        held, self._held_for_fork = self._held_for_fork, []
-        for lock in held:
-            lock.release()
         self._gate.after_fork_in_parent()
 
     def forked(self) -> None:
@@ -231,10 +206,6 @@ class Connections:
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
-        self._writing = threading.Lock()
-        self._writer = None
-        self._checkpointing = threading.Lock()
-        self._held_for_fork = []
         self._gate.forked()
         _INHERITED.extend(self._connections.values())
         self._connections = {}
@@ -343,7 +314,7 @@ class Connections:
             conn = self.get()
             deadline = self._take_write_lock()
             try:
-                self._until_free(deadline, self._in_write, conn.execute, "BEGIN IMMEDIATE")
+                self._until_free(deadline, conn.execute, "BEGIN IMMEDIATE")
                 try:
                     yield conn
                     conn.execute("COMMIT")
@@ -362,7 +333,6 @@ class Connections:
                     conn.execute("ROLLBACK")
                 raise
             finally:
-                self._write_done()  # here, whatever raised where
                 self._write_lock.release()
         finally:
             self._gate.leave()
@@ -403,10 +373,9 @@ class Connections:
             conn = self.get()
             deadline = self._take_write_lock()
             try:
-                cursor: sqlite3.Cursor = self._until_free(deadline, self._in_write, conn.execute, query, params)
+                cursor: sqlite3.Cursor = self._until_free(deadline, conn.execute, query, params)
                 self._committed()
             finally:
-                self._write_done()  # (see `write`)
                 self._write_lock.release()
         finally:
             gate.leave()
@@ -427,31 +396,6 @@ class Connections:
         if not self._write_lock.acquire(timeout=self.busy_timeout):
             raise locked_error(self.path)
         return deadline
-
-    def _in_write(self, attempt: Callable[..., T], *args: Any) -> T:
-        """`attempt(*args)`, one try at a write, taking `_writing` (see `_before_fork`):
-        still held when it returns, until `_write_done()` (which the caller calls in the
-        `finally` that lets `_write_lock` go); let go if it raises (the database was busy,
-        say: no fork waits while this thread waits for another process).
-
-        `_writer` is set in the same breath as the lock is taken (no Python call between,
-        where a signal handler could raise), so `_write_done` knows whether this thread
-        holds it."""
-        if not self._writing.acquire(timeout=max(self.busy_timeout, 1.0)):  # a fork under way, at most
-            raise locked_error(self.path)
-        self._writer = threading.get_ident()
-        try:
-            return attempt(*args)
-        except BaseException:
-            self._write_done()
-            raise
-
-    def _write_done(self) -> None:
-        """The write `_in_write` began has ended (committed, rolled back, or failed): let
-        `_writing` go, if this thread holds it."""
-        if self._writer == threading.get_ident():
-            self._writer = None
-            self._writing.release()
 
     def _committed(self) -> None:
         """Count a commit (under _write_lock); every CHECKPOINT_EVERY, wake the checkpointer."""
@@ -542,8 +486,7 @@ class Connections:
                 self._gate.enter()  # (see `_before_fork`)
                 try:
                     conn = self.get()
-                    with self._checkpointing:  # see `_before_fork`
-                        busy = conn.execute(query).fetchone()[0]
+                    busy = conn.execute(query).fetchone()[0]
                 finally:
                     self._gate.leave()
             except (sqlite3.Error, RepositoryError) as exc:  # the next commit's checkpoint may do
