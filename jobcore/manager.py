@@ -157,7 +157,6 @@ class JobManager:
         # True in a child forked while this manager ran: its workers stayed in the parent.
         self._forked_while_running = False
         on_fork_in_child(self, "_forked")
-        on_fork_in_child(self, "_lifecycle_after_fork")  # (after `_forked`: registration order)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> "JobManager":
@@ -297,24 +296,19 @@ class JobManager:
         published here go to the same channels, on threads of this process. A child
         forked while this manager ran goes on as a manager that is not started: it
         stores, polls and cancels jobs, and whatever runs jobs on the store (the parent,
-        say) runs those enqueued here."""
+        say) runs those enqueued here. No thread of this process is inside `start` or
+        `stop` (the parent's are not here)."""
         self._lifecycle_lock = threading.Lock()
+        self._stops_ended = threading.Condition(self._lifecycle_lock)
+        self._stops = 0
+        self._stop_unfinished = False
+        self._in_lifecycle = threading.local()
         for part in (self._pool, self._queue, self._settlements, self._registry, self._local, self._housekeeper,
                      self._notifier):
             part.forked()
         if self._running and not self.immediate:  # an immediate manager has no threads
             self._forked_while_running = True
             self._running = self._enqueuer.started = False
-
-    def _lifecycle_after_fork(self) -> None:
-        """In a forked child: no thread of this process is inside `start` or `stop` (the
-        parent's are not here), and the pool's threads that a stop would wait for are not
-        either: a lock a parent thread held stays held here, so it is a new one."""
-        self._lifecycle_lock = threading.Lock()
-        self._stops_ended = threading.Condition(self._lifecycle_lock)
-        self._stops = 0
-        self._stop_unfinished = False
-        self._in_lifecycle = threading.local()
 
     def _successor(self) -> "JobManager":
         """A manager not started, for this process, on the same repository, with this
