@@ -1,7 +1,8 @@
 """`PoolState`: what the threads of one worker pool share, and the lock that guards it.
 
 The claimed records waiting for a worker (and those waiting for an earlier attempt of
-their job to end), the running attempts, the finished ones waiting to be recorded, the flags of the one exchange under way, and the `Pacing`; with small
+their job to end), the running attempts, the finished ones waiting to be recorded, the
+flags of the one exchange under way, and the `Pacing`; with small
 steps that read or change only this state. No threads start here and nothing is stored:
 the worker threads (`workers`), the dispatcher (`dispatcher`) and the exchanges
 (`exchanges`) act on it.
