@@ -10,7 +10,8 @@ import time
 from typing import Any
 
 from jobcore import SQLiteRepository
-from jobcore.repository import sqlite_conn
+from jobcore.repository import sqlite_checkpoint, sqlite_conn
+from jobcore.repository.sqlite_checkpoint import CHECKPOINT_EVERY, FOREGROUND_WAL_LIMIT_PAGES, WAL_LIMIT_PAGES
 from jobcore.testing.contract import NOW, make_record
 
 
@@ -22,11 +23,11 @@ def test_commits_are_checkpointed_in_the_background_and_the_thread_ends_on_close
     # given a repository whose connections leave checkpoints to the background thread
     path = str(tmp_path / "jobs.db")
     repo = SQLiteRepository(path)
-    assert repo._connection().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == sqlite_conn.WAL_LIMIT_PAGES
+    assert repo._connection().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == WAL_LIMIT_PAGES
     before = len(_checkpointers())
     empty_size = os.path.getsize(path)
     # when more commits than CHECKPOINT_EVERY are made (far fewer pages than SQLite's own limit)
-    for _ in range(sqlite_conn.CHECKPOINT_EVERY * 2):
+    for _ in range(CHECKPOINT_EVERY * 2):
         repo.insert([make_record(args=("x" * 200,))], NOW)
     # then the rows reach the database file itself, which only a checkpoint writes
     deadline = time.monotonic() + 10
@@ -43,7 +44,7 @@ def test_a_reopened_file_sees_every_commit_whether_checkpointed_or_not(tmp_path:
     # given jobs written through one repository, some of them still only in the WAL
     path = str(tmp_path / "jobs.db")
     repo = SQLiteRepository(path)
-    records = [make_record() for _ in range(sqlite_conn.CHECKPOINT_EVERY + 10)]
+    records = [make_record() for _ in range(CHECKPOINT_EVERY + 10)]
     for record in records:
         repo.insert([record], NOW)
     # when another repository opens the file
@@ -59,12 +60,12 @@ def test_with_full_durability_sqlite_checkpoints_in_the_foreground(tmp_path: Any
     repo = SQLiteRepository(str(tmp_path / "jobs.db"), durability="full")
     before = len(_checkpointers())
     # when more commits than CHECKPOINT_EVERY are made
-    for _ in range(sqlite_conn.CHECKPOINT_EVERY * 2):
+    for _ in range(CHECKPOINT_EVERY * 2):
         repo.insert([make_record()], NOW)
     # then no checkpoint thread was started and SQLite keeps its own default threshold
     assert len(_checkpointers()) == before
     conn = repo._connection()
-    assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == sqlite_conn.FOREGROUND_WAL_LIMIT_PAGES
+    assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == FOREGROUND_WAL_LIMIT_PAGES
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     repo.close()
 
@@ -119,10 +120,10 @@ def _wait_for(condition: Any, seconds: float = 10.0) -> bool:
 def test_the_wal_is_emptied_once_commits_stop(tmp_path: Any, monkeypatch: Any) -> None:
     # given a repository that empties its WAL after 50 ms without a call for a checkpoint,
     # and more commits than CHECKPOINT_EVERY (the WAL a few hundred KB)
-    monkeypatch.setattr(sqlite_conn, "IDLE_TRUNCATE_AFTER", 0.05)
+    monkeypatch.setattr(sqlite_checkpoint, "IDLE_TRUNCATE_AFTER", 0.05)
     path = str(tmp_path / "jobs.db")
     repo = SQLiteRepository(path)
-    records = [make_record(args=("x" * 500,)) for _ in range(sqlite_conn.CHECKPOINT_EVERY * 3)]
+    records = [make_record(args=("x" * 500,)) for _ in range(CHECKPOINT_EVERY * 3)]
     for record in records:
         repo.insert([record], NOW)
     assert _wal_size(path) > 0
@@ -140,10 +141,10 @@ def test_a_reader_elsewhere_keeps_the_wal_until_it_ends_and_writes_go_on(tmp_pat
                                                                          monkeypatch: Any) -> None:
     # given a repository that empties its WAL after 50 ms without a call for a checkpoint,
     # and another connection (as another process would) reading a snapshot that needs it
-    monkeypatch.setattr(sqlite_conn, "IDLE_TRUNCATE_AFTER", 0.05)
+    monkeypatch.setattr(sqlite_checkpoint, "IDLE_TRUNCATE_AFTER", 0.05)
     path = str(tmp_path / "jobs.db")
     repo = SQLiteRepository(path)
-    for _ in range(sqlite_conn.CHECKPOINT_EVERY * 2):
+    for _ in range(CHECKPOINT_EVERY * 2):
         repo.insert([make_record()], NOW)
     reader = sqlite3.connect(path, isolation_level=None)
     reader.execute("BEGIN")

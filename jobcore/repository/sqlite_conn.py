@@ -1,5 +1,5 @@
-"""This process's connections to one SQLite file: one per thread, one writer at a time, and
-a background thread that checkpoints the write-ahead log.
+"""This process's connections to one SQLite file: one per thread, one writer at a time.
+Their background checkpoints of the write-ahead log are sqlite_checkpoint's.
 
 Knows nothing about jobs: `SQLiteRepository` runs its SQL through `write()`,
 `transaction()` and `read()`. A connection reads text with sqlite3's own decoder until it
@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
 from ..clock import real_monotonic, real_sleep
 from ..errors import RepositoryError
 from ..forks import on_fork
+from .sqlite_checkpoint import CHECKPOINT_EVERY, FOREGROUND_WAL_LIMIT_PAGES, WAL_LIMIT_PAGES, Checkpointer
 from .sqlite_gate import ForkGate
 from .sqlite_rows import TextNotUtf8, is_not_utf8, tolerant_text, translate
 
@@ -30,28 +31,6 @@ logger = logging.getLogger("jobcore.sqlite")
 SYNCHRONOUS = {"normal": "NORMAL", "full": "FULL"}
 
 T = TypeVar("T")
-
-# A checkpoint copies the WAL back into the database file and syncs both: milliseconds of
-# work that SQLite would otherwise do inside whichever commit crossed its threshold (1,000
-# pages by default), adding about as much again to every commit on average. Here a thread
-# of the repository's own runs it after every CHECKPOINT_EVERY commits instead, while
-# writers go on (a PASSIVE checkpoint never blocks them). SQLite's own threshold stays as
-# a safety net, raised to WAL_LIMIT_PAGES, in case that thread falls behind.
-# With durability "full" every commit waits for the disk anyway, and a checkpoint's own
-# syncs running beside the commits' slowed them down (measured): there SQLite checkpoints
-# in the foreground, at its default threshold.
-CHECKPOINT_EVERY = 64
-WAL_LIMIT_PAGES = 20_000
-FOREGROUND_WAL_LIMIT_PAGES = 1_000
-# Under steady writes the WAL is seldom wholly copied back at the moment a writer starts,
-# so SQLite seldom starts it over, and the file grows towards WAL_LIMIT_PAGES (about 80 MB)
-# and keeps that size. Once the background checkpoints stop being called for (fewer than
-# CHECKPOINT_EVERY commits in this many seconds), the thread empties it: a TRUNCATE
-# checkpoint, which gives up at once (to be tried after the next quiet spell) while any
-# connection, in any process, writes or reads an older snapshot.
-IDLE_TRUNCATE_AFTER = 2.0
-_CHECKPOINT_PASSIVE = "PRAGMA wal_checkpoint(PASSIVE)"
-_CHECKPOINT_TRUNCATE = "PRAGMA wal_checkpoint(TRUNCATE)"
 
 
 # Connections a forked child inherited from its parent. The child never uses them (SQLite
@@ -124,7 +103,8 @@ def locked_error(path: str) -> RepositoryError:
 
 class Connections:
     """Per-thread connections to the file at `path`, write transactions one at a time
-    (`write`), and WAL checkpoints on a thread of their own.
+    (`write`), and WAL checkpoints on a thread of their own (a `Checkpointer`, woken
+    every CHECKPOINT_EVERY commits).
 
     `busy_timeout` (seconds) is how long a call waits, in all, for the database to be
     free: for this process's other writers ahead of it and for another process's lock.
@@ -152,11 +132,10 @@ class Connections:
         self.background_checkpoints = durability == "normal"
         self._wal_limit = WAL_LIMIT_PAGES if self.background_checkpoints else FOREGROUND_WAL_LIMIT_PAGES
         self._local = threading.local()
-        # _lock guards _connections (thread -> its connection), _closed and _checkpointer.
+        # _lock guards _connections (thread -> its connection) and _closed.
         self._lock = threading.Lock()
         self._connections: dict[threading.Thread, sqlite3.Connection] = {}
         self._closed = False
-        self._checkpointer: Optional[threading.Thread] = None
         # _write_lock serialises this process's write transactions and guards _commits.
         self._write_lock = threading.Lock()
         self._commits = 0
@@ -165,7 +144,7 @@ class Connections:
         # fork closes and waits at: see sqlite_gate and `_before_fork`.
         self._gate = ForkGate()
         self._pid = os.getpid()  # the process whose connections these are
-        self._checkpoint_wanted = threading.Event()
+        self._checkpoints = Checkpointer(path, self._gate, self.get)
         _OPEN.add(self)
         on_fork(self, before="_before_fork", after_in_parent="_after_fork_in_parent")
 
@@ -211,8 +190,7 @@ class Connections:
         self._connections = {}
         self._local = threading.local()  # (its finalizers do nothing in this process: `_thread_ended`)
         self._commits = 0
-        self._checkpointer = None
-        self._checkpoint_wanted = threading.Event()
+        self._checkpoints.forked()
 
     def get(self) -> sqlite3.Connection:
         """This thread's connection (opened on first use)."""
@@ -402,7 +380,7 @@ class Connections:
         self._commits += 1
         if self._commits >= CHECKPOINT_EVERY and self.background_checkpoints:
             self._commits = 0
-            self._want_checkpoint()
+            self._checkpoints.want()
 
     def read(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Every row of one query on this thread's connection."""
@@ -463,38 +441,6 @@ class Connections:
             except sqlite3.Error as exc:
                 raise translate(exc, self.path) from None
 
-    # -- checkpoints ---------------------------------------------------------------------
-    def _want_checkpoint(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            if self._checkpointer is None or not self._checkpointer.is_alive():  # also after a fork
-                self._checkpointer = threading.Thread(target=self._checkpoint_loop, daemon=True,
-                                                      name="jobcore-sqlite-checkpoint")
-                self._checkpointer.start()
-        self._checkpoint_wanted.set()
-
-    def _checkpoint_loop(self) -> None:
-        quiet_for: Optional[float] = None  # how long to wait for a call before emptying the WAL
-        while True:
-            wanted = self._checkpoint_wanted.wait(quiet_for)
-            self._checkpoint_wanted.clear()
-            if self._closed:
-                return
-            query = _CHECKPOINT_PASSIVE if wanted else _CHECKPOINT_TRUNCATE
-            try:
-                self._gate.enter()  # (see `_before_fork`)
-                try:
-                    conn = self.get()
-                    busy = conn.execute(query).fetchone()[0]
-                finally:
-                    self._gate.leave()
-            except (sqlite3.Error, RepositoryError) as exc:  # the next commit's checkpoint may do
-                logger.debug("background checkpoint of %s failed (%s): %s", self.path, query, exc)
-                busy = 1
-            # Commits came (or the WAL could not be emptied): empty it once they stop.
-            quiet_for = IDLE_TRUNCATE_AFTER if wanted or busy else None
-
     def close_unless_in_use(self) -> None:
         """`close()`, unless a thread other than this one and the checkpointer is alive
         with a connection (a manager left running at interpreter exit, say: its daemon
@@ -503,7 +449,9 @@ class Connections:
             return
         try:
             with self._lock:
-                current, checkpointer = threading.current_thread(), self._checkpointer
+                # (Read outside the checkpointer's lock: only a commit, counted under
+                # _write_lock, which this holds, starts a checkpoint thread.)
+                current, checkpointer = threading.current_thread(), self._checkpoints.thread
                 if any(thread.is_alive() and thread is not current and thread is not checkpointer
                        for thread in self._connections):
                     return
@@ -514,13 +462,11 @@ class Connections:
     def close(self) -> None:
         """Close every connection and stop the checkpointer; later use raises."""
         _OPEN.discard(self)
+        # The checkpointer first: closed, it starts no thread, so none outlives the join,
+        # and the one it joins has ended before its connection is closed below.
+        self._checkpoints.close()
         with self._lock:
             self._closed = True
-            checkpointer = self._checkpointer
-        self._checkpoint_wanted.set()
-        if checkpointer is not None and checkpointer is not threading.current_thread():
-            checkpointer.join(5.0)
-        with self._lock:
             connections = list(self._connections.values())
             self._connections.clear()
         self._gate.enter()  # (see `_before_fork`; after the join: the checkpointer may wait here)
