@@ -35,7 +35,7 @@ def get_job_manager() -> JobManager:
     with _default_lock:
         if _default is None:
             _default = _started(JobManager())
-        elif _default._forked_while_running:
+        elif _default._lifecycle.forked_while_running:
             # A forked child (a web server's worker, say): the default manager's workers
             # stayed in the parent. This process gets one of its own, on the same store,
             # running the functions registered so far.

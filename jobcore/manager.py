@@ -1,14 +1,14 @@
 """`JobManager`: the public face of jobcore — enqueue, poll, wait, cancel, retry, inspect.
 
 It wires the parts together and answers for them: storing and queueing new jobs is the
-`Enqueuer`'s (`enqueuing`), running them the `WorkerPool`'s (`workers`), scheduling of
-cron runs `scheduler`'s. It holds no job state of its own beyond the `ReadyQueue` index
+`Enqueuer`'s (`enqueuing`), running them the `WorkerPool`'s (`workers`), starting and
+stopping its threads the `Lifecycle`'s (`lifecycle`), scheduling of cron runs
+`scheduler`'s. It holds no job state of its own beyond the `ReadyQueue` index
 (the repository is the source of truth).
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import random
@@ -17,12 +17,10 @@ import threading
 import uuid
 from typing import Any, Callable, Collection, Iterable, Optional, Union
 
-from .clock import SYSTEM_CLOCK, Clock, real_monotonic, real_sleep
-from .context import current_job
+from .clock import SYSTEM_CLOCK, Clock, real_sleep
 from .enqueuing import Enqueuer
 from .errors import LONGEST_RETRY_DELAY, JobNotFound
-from .execution import check_room_to_run_here, in_isolated_child
-from .forks import on_fork_in_child
+from .execution import check_room_to_run_here
 from .models import INT64_MAX, Job, JobResult, JobStatus, LogEntry, function_qualname
 from .notify_dispatch import NotificationDispatcher
 from .records import event_of, job_of, local_datetime, result_of
@@ -33,10 +31,9 @@ from .repository.factory import RepositoryLike, build_repository, default_databa
 from .retry import Classifier, is_transient
 from .serialization import storable
 from .housekeeper import Housekeeper
+from .lifecycle import Lifecycle
 from .waiting import Settlements
 from .workers import PoolSettings, WorkerPool
-
-logger = logging.getLogger("jobcore")
 
 __all__ = ["JobManager", "RETRY_RULES", "LONGEST_PERIOD", "build_repository", "default_database_path"]
 
@@ -129,18 +126,6 @@ class JobManager:
         self._queue = ReadyQueue(self._clock)
         self._notifier = NotificationDispatcher()
         self._settlements = Settlements()  # jobs settled here, and `wait`'s sleepers
-        # _lifecycle_lock guards _running, _stops and _stop_unfinished. `start` holds it
-        # throughout; `stop` only to change them, not while it waits for jobs (see `stop`).
-        self._lifecycle_lock = threading.Lock()
-        self._running = False
-        self._stops = 0  # `stop` calls stopping the pool and housekeeper now: `start` waits for them
-        self._stops_ended = threading.Condition(self._lifecycle_lock)  # notified as each of those returns
-        # A stop began, and none has stopped the pool and housekeeper since (one was
-        # interrupted, by Ctrl-C say): the next `stop` does it, the next `start` takes over.
-        self._stop_unfinished = False
-        # `.call` is "start" or "stop" while this thread is inside that call: a signal
-        # handler that interrupts it runs on the same thread, and must not wait for it.
-        self._in_lifecycle = threading.local()
         self._pool = WorkerPool(self.repository, self._queue, self._registry, self._local, self._clock,
                                 settings, self.worker_id, self._publish, self._settlements.mark,
                                 random.Random() if rng is None else rng)
@@ -154,9 +139,12 @@ class JobManager:
                                         self._recovered,
                                         stocked=lambda: len(self._queue) >= READY_LOAD_LIMIT // 2)
         self._queue.running_low = self._housekeeper.refill_soon
-        # True in a child forked while this manager ran: its workers stayed in the parent.
-        self._forked_while_running = False
-        on_fork_in_child(self, "_forked")
+        # Starting and stopping the threads, and a forked child's reset of every part.
+        self._lifecycle = Lifecycle(self.repository, self._clock, self._pool, self._housekeeper, self._enqueuer,
+                                    self._notifier, (self._pool, self._queue, self._settlements, self._registry,
+                                                     self._local, self._housekeeper, self._notifier),
+                                    immediate=self.immediate, worker_id=self.worker_id,
+                                    load_queue=self._load_queue, recovered=self._recovered)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> "JobManager":
@@ -177,48 +165,7 @@ class JobManager:
         In the child process of an isolated job it does nothing: a job's module imported
         there (which may start a manager, or call `register_job_function`) must not run
         workers that claim other jobs inside a process a timeout or cancel ends."""
-        if in_isolated_child() and not self.immediate:
-            logger.debug("manager %s not started: this process runs isolated attempts", self.worker_id)
-            return self
-        call = getattr(self._in_lifecycle, "call", None)
-        if call is not None:
-            raise RuntimeError(f"start() called while this thread is inside {call}() (from a signal handler?)"
-                               " would wait for itself; call it once that returned")
-        self._in_lifecycle.call = "start"
-        try:
-            with self._lifecycle_lock:
-                if self._forked_while_running:
-                    raise RuntimeError("this manager was started in the process this one was forked from, and"
-                                       " its workers run there; build a new JobManager to run workers in this"
-                                       " process")
-                if self._stops:
-                    job = current_job()
-                    if job is not None and job.runs_on(self._pool):
-                        raise RuntimeError("start() called from inside one of this manager's jobs while stop()"
-                                           " waits for its jobs would wait for itself")
-                    while self._stops:  # a start must not race a stop: it follows it
-                        self._stops_ended.wait()
-                if self._running:
-                    return self
-                if self.immediate:
-                    self._load_queue()
-                    self._running = True
-                    return self
-                self._recovered(self.repository.recover(self._clock.time()))
-                self._load_queue()
-                # The housekeeper first: its start registers this manager as a worker, a
-                # store call that may fail; it must fail before any worker takes a job.
-                self._housekeeper.start()
-                try:
-                    self._pool.start()
-                except BaseException:
-                    self._pool.stop(0.0)  # what it started takes no job, and ends
-                    self._housekeeper.stop(0.0)
-                    raise
-                self._stop_unfinished = False  # (an interrupted stop's threads were taken over)
-                self._running = self._enqueuer.started = True
-        finally:
-            self._in_lifecycle.call = None
+        self._lifecycle.start()
         return self
 
     def stop(self, wait: bool = True, timeout: Optional[float] = None) -> None:
@@ -244,76 +191,13 @@ class JobManager:
         being delivered."""
         if timeout is not None:
             _positive("timeout", timeout, allow_zero=True)
-        if getattr(self._in_lifecycle, "call", None) is not None:
-            return  # the start or stop this thread is inside goes on once the handler returns
-        job = current_job()
-        if wait and job is not None and job.runs_on(self._pool):
-            raise RuntimeError("stop() called from inside one of this manager's jobs would wait for that"
-                               " job itself; call stop(wait=False) there, or stop() from another thread")
-        self._in_lifecycle.call = "stop"
-        try:
-            stopped = self._stop_threads(timeout if wait else 0.0)
-        finally:
-            self._in_lifecycle.call = None
-        # Bounded: a user's callback channel that hangs must not hang stop(). Not on a
-        # delivery thread (a channel stopping the manager): it would wait for itself.
-        if stopped and not self._notifier.on_delivery_thread():
-            self._notifier.flush(timeout=5.0 if wait else 0.5)
-
-    def _stop_threads(self, timeout: Optional[float]) -> bool:
-        """Stop the pool and the housekeeper, waiting for running jobs up to `timeout`;
-        False if there was nothing to stop: not started, and no stop under way or left
-        unfinished. The lock is held only to change the state, so that concurrent stops
-        each keep to their own timeout (one under way is joined, not taken for done)."""
-        with self._lifecycle_lock:
-            if self._running:
-                self._stop_unfinished = True
-                self._running = self._enqueuer.started = False
-            elif not (self._stop_unfinished or self._stops):
-                return False
-            if self.immediate:
-                self._stop_unfinished = False
-                return False
-            self._stops += 1
-        try:
-            deadline = None if timeout is None else real_monotonic() + timeout
-            self._pool.stop(timeout)
-            self._housekeeper.stop(None if deadline is None else max(0.0, deadline - real_monotonic()))
-            with self._lifecycle_lock:
-                self._stop_unfinished = False
-        finally:
-            with self._lifecycle_lock:
-                self._stops -= 1
-                self._stops_ended.notify_all()
-        return True
-
-    def _forked(self) -> None:
-        """In a forked child. The parent's threads stayed in the parent, with the locks
-        they held at the fork and the jobs they held (buffered, running, being recorded):
-        here the parts get locks of their own, and the pool holds nothing, so `wait` and
-        `poll` read those jobs' rows (they settle there). The notification channels'
-        delivery threads and the events queued for them stay in the parent too: events
-        published here go to the same channels, on threads of this process. A child
-        forked while this manager ran goes on as a manager that is not started: it
-        stores, polls and cancels jobs, and whatever runs jobs on the store (the parent,
-        say) runs those enqueued here. No thread of this process is inside `start` or
-        `stop` (the parent's are not here)."""
-        self._lifecycle_lock = threading.Lock()
-        self._stops_ended = threading.Condition(self._lifecycle_lock)
-        self._stops = 0
-        self._stop_unfinished = False
-        self._in_lifecycle = threading.local()
-        for part in (self._pool, self._queue, self._settlements, self._registry, self._local, self._housekeeper,
-                     self._notifier):
-            part.forked()
-        if self._running and not self.immediate:  # an immediate manager has no threads
-            self._forked_while_running = True
-            self._running = self._enqueuer.started = False
+        self._lifecycle.stop(wait, timeout)
 
     def _successor(self) -> "JobManager":
         """A manager not started, for this process, on the same repository, with this
         one's size and lease and the functions registered on it (the default manager of
-        a process forked while it ran)."""
+        a process forked while it ran). Here, not in `Lifecycle`: lifecycle.py does not
+        import manager.py."""
         successor = JobManager(self.repository, max_workers=self.max_workers, lease_timeout=self.lease_timeout)
         for name in self._registry.names:
             successor.register_function(name, self._registry.get(name))
@@ -328,30 +212,12 @@ class JobManager:
         a notification channel (for its own delivery thread to end: call `stop()` there
         instead), from inside one of this manager's jobs (call `stop(wait=False)` there),
         or on a thread already inside `start` or `stop` (a signal handler)."""
-        if self._notifier.on_delivery_thread():
-            raise RuntimeError("close() called from a notification channel would wait for itself;"
-                               " call stop() there, and close() from another thread")
-        job = current_job()
-        if job is not None and job.runs_on(self._pool):
-            raise RuntimeError("close() called from inside one of this manager's jobs would wait for that"
-                               " job itself; call stop(wait=False) there, and close() from another thread")
-        call = getattr(self._in_lifecycle, "call", None)
-        if call is not None:
-            raise RuntimeError(f"close() called while this thread is inside {call}() (from a signal handler?)"
-                               " would wait for itself; call stop() there, and close() once that returned")
-        self.stop()
-        with self._lifecycle_lock:
-            while self._stops:  # another thread's stop returns before what it uses is released
-                self._stops_ended.wait()
-        self._housekeeper.close()  # leases it still renews after a stop: renewed no more
-        self._pool.close()
-        self._notifier.close()
-        self.repository.close()
+        self._lifecycle.close()
 
     @property
     def running(self) -> bool:
         """True between `start` and `stop`."""
-        return self._running
+        return self._lifecycle.running
 
     @property
     def workers(self) -> list[threading.Thread]:
@@ -411,7 +277,7 @@ class JobManager:
                 return target
             return decorator
         self._registry.register(name, func)
-        if self._running:
+        if self._lifecycle.running:
             self._load_queue()
         return func
 
@@ -463,7 +329,7 @@ class JobManager:
         ran), firing due schedules; returns how many ran. For tests: with a `FakeClock`,
         `clock.advance(...)` then `run_pending()` runs retries and scheduled jobs that came
         due. Timeouts are not enforced. Not for a started (threaded) manager."""
-        if self._running and not self.immediate:
+        if self._lifecycle.running and not self.immediate:
             raise RuntimeError("run_pending() is for managers that are not started (or immediate ones)")
         if limit is not None:
             _count("limit", limit)
@@ -484,7 +350,7 @@ class JobManager:
         record = self.repository.get_without_args(job_id)
         if record is None:
             return None
-        if self._running and not record.status.is_terminal:
+        if self._lifecycle.running and not record.status.is_terminal:
             _give_way()  # the caller will likely poll again: let the workers run it meanwhile
         return result_of(self._with_latest_progress(record))
 
@@ -552,7 +418,7 @@ class JobManager:
 
         While threads of timed-out attempts are still stuck in their code, the count of
         them is added under `abandoned_threads`."""
-        if self._running:
+        if self._lifecycle.running:
             _give_way()  # often asked in a loop until the jobs are done
         counts = self.repository.count_by_status()
         stats = {"total": sum(counts.values())}
@@ -569,7 +435,7 @@ class JobManager:
 
     def get_queue_size(self) -> int:
         """Jobs not yet started: pending plus scheduled."""
-        if self._running:
+        if self._lifecycle.running:
             _give_way()  # often asked in a loop until the queue is empty
         return self.repository.count_queued()
 
@@ -648,7 +514,7 @@ class JobManager:
             self._notifier.publish(event_of(event, record, details, self._clock.time()))
 
     def __repr__(self) -> str:
-        state = "running" if self._running else "stopped"
+        state = "running" if self._lifecycle.running else "stopped"
         return f"<JobManager {self.worker_id} {state} workers={self.max_workers} repository={self.repository!r}>"
 
 
