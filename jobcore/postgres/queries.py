@@ -230,10 +230,15 @@ _OR_CANCELLED = """
 FROM held WHERE j.seq = held.seq
 RETURNING j.cancel_requested
 """
+# A job waiting for its retry has no progress: the next attempt starts from 0. One that
+# ends CANCELLED keeps its last report, as every ended job does.
 FAIL_RETRY = _HELD + """
 UPDATE {s}.jobs AS j SET status = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'scheduled' END,
     run_at = CASE WHEN j.cancel_requested THEN j.run_at ELSE %(retry_at)s END,
-    completed_at = CASE WHEN j.cancel_requested THEN %(now)s ELSE j.completed_at END,""" + _OR_CANCELLED
+    completed_at = CASE WHEN j.cancel_requested THEN %(now)s ELSE j.completed_at END,
+    progress = CASE WHEN j.cancel_requested THEN j.progress ELSE 0 END,
+    progress_message = CASE WHEN j.cancel_requested THEN j.progress_message ELSE '' END,
+    progress_details = CASE WHEN j.cancel_requested THEN j.progress_details ELSE '{{}}' END,""" + _OR_CANCELLED
 FAIL_FINAL = _HELD + """
 UPDATE {s}.jobs AS j SET status = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'failed' END,
     completed_at = %(now)s,""" + _OR_CANCELLED
@@ -320,6 +325,8 @@ RETURNING j.id, unreadable.lease_expires_at
 """
 # SKIP LOCKED: a row locked by a heartbeat in flight is alive; another manager already
 # recovering a row needs no help.
+# A job taken back to run again has no progress, as after FAIL_RETRY; one that ends
+# FAILED or CANCELLED keeps its lost attempt's last report.
 RECOVER_EXPIRED = f"""
 WITH expired AS (
     SELECT seq FROM {{s}}.jobs WHERE status = 'running' AND lease_expires_at < %(now)s
@@ -331,6 +338,11 @@ SET status = CASE WHEN j.cancel_requested THEN 'cancelled'
     completed_at = CASE WHEN j.cancel_requested OR j.attempts > j.max_retries THEN %(now)s END,
     error = 'worker ' || j.worker_id || ' lost its lease on attempt ' || j.attempts,
     error_type = CASE WHEN j.cancel_requested THEN 'JobCancelled' ELSE 'WorkerLost' END,
+    progress = CASE WHEN j.cancel_requested OR j.attempts > j.max_retries THEN j.progress ELSE 0 END,
+    progress_message = CASE WHEN j.cancel_requested OR j.attempts > j.max_retries
+                            THEN j.progress_message ELSE '' END,
+    progress_details = CASE WHEN j.cancel_requested OR j.attempts > j.max_retries
+                            THEN j.progress_details ELSE '{{{{}}}}' END,
     lease_expires_at = NULL
 FROM expired WHERE j.seq = expired.seq
 RETURNING {_J_ENTRY}, j.status, j.error

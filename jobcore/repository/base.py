@@ -198,9 +198,10 @@ class JobRepository(abc.ABC):
         """Record a failed attempt of a job held by `worker_id` on `attempt`; `note`, if
         given, is logged (level error) in the same transaction.
 
-        With `retry_at`, the job becomes SCHEDULED to run again then; without, it
-        becomes FAILED (the dead-letter queue) and its dependents are `cancelled`,
-        transitively. Returns None if the job was not held so.
+        With `retry_at`, the job becomes SCHEDULED to run again then, its progress
+        reset (0.0, no message, no details: the next attempt starts from none); without,
+        it becomes FAILED (the dead-letter queue), keeping its progress, and its
+        dependents are `cancelled`, transitively. Returns None if the job was not held so.
 
         If the job's cancellation was requested (`cancel_requested`: the attempt ended
         before the worker heard of it), it becomes CANCELLED instead, in the same
@@ -292,11 +293,11 @@ class JobRepository(abc.ABC):
 
     @abc.abstractmethod
     def requeue(self, job_id: str, now: float) -> Optional[QueueEntry]:
-        """FAILED or CANCELLED -> PENDING with attempts reset and the error fields cleared
-        (each failed attempt's note stays in the logs). Returns the job's queue entry, or
-        None if it was in another state, is a cron schedule (an ended schedule stays ended:
-        enqueue it again), depends on a FAILED or CANCELLED job (retry that first), or
-        another unfinished job holds its unique_key."""
+        """FAILED or CANCELLED -> PENDING with attempts reset and the error and progress
+        fields cleared (each failed attempt's note stays in the logs). Returns the job's
+        queue entry, or None if it was in another state, is a cron schedule (an ended
+        schedule stays ended: enqueue it again), depends on a FAILED or CANCELLED job
+        (retry that first), or another unfinished job holds its unique_key."""
 
     @abc.abstractmethod
     def update_progress(self, job_id: str, worker_id: str, attempt: int, progress: float,
@@ -316,9 +317,10 @@ class JobRepository(abc.ABC):
     @abc.abstractmethod
     def recover_expired(self, now: float) -> builtins.list[QueueEntry]:
         """Take back RUNNING jobs whose lease expired before `now` (their worker died or
-        froze): they become PENDING again (their attempt stays counted), FAILED with
-        error_type `WorkerLost` when that attempt was their last, or CANCELLED when their
-        cancellation had been requested. Returns the re-queued."""
+        froze): they become PENDING again (their attempt stays counted, their progress
+        reset as a retry's is: see `fail`), FAILED with error_type `WorkerLost` when that
+        attempt was their last, or CANCELLED when their cancellation had been requested
+        (both keeping their progress). Returns the re-queued."""
 
     @abc.abstractmethod
     def fire_schedule(self, schedule_id: str, fire_at: float, next_run_at: float, run: JobRecord,

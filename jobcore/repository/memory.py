@@ -258,10 +258,11 @@ class MemoryRepository(MemoryAdding, JobRepository):
             if note is not None:
                 self._logs.setdefault(job_id, []).append((now, "error", note))
             row.error, row.error_type, row.traceback = error, error_type, traceback
-            if retry_at is not None:
+            if retry_at is not None:  # the next attempt starts from no progress
                 self._set_status(row, JobStatus.SCHEDULED)
                 row.run_at = retry_at
                 row.lease_expires_at = None
+                row.progress, row.progress_message, row.progress_details = 0.0, "", {}
                 return _NO_CASCADE
             self._end(row, JobStatus.FAILED, now)
             return Cascade(cancelled=self._cancel_dependents(row, now))
@@ -390,10 +391,11 @@ class MemoryRepository(MemoryAdding, JobRepository):
                     row.error, row.error_type = message, "JobCancelled" if cancelled else "WorkerLost"
                     (cancelled_ids if cancelled else failed).append(row.id)
                     self._cancel_dependents(row, now)
-                else:
+                else:  # to run again, from no progress
                     self._set_status(row, JobStatus.PENDING)
                     row.lease_expires_at = None
                     row.error, row.error_type = message, "WorkerLost"
+                    row.progress, row.progress_message, row.progress_details = 0.0, "", {}
                     recovered.append(row.queue_entry())
                 self._logs.setdefault(row.id, []).append((now, "warning", message))
             return Recovery(tuple(recovered), tuple(failed), tuple(cancelled_ids))

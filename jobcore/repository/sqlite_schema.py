@@ -377,6 +377,9 @@ WHERE {_HELD}
 # the outcome was on its way: the worker had not heard of it, or the attempt had already
 # ended or timed out) ends CANCELLED, as FINISH_CANCELLED leaves it, in the same statement:
 # no retry, no dead letter. RETURNING tells the caller which it did.
+# A job waiting for its retry has no progress: the next attempt starts from 0 (a bar
+# showing the failed attempt's 0.8 until the new one reports would jump back). One that
+# ends CANCELLED keeps its last report, as every ended job does.
 FAIL_RETRY = f"""
 UPDATE jobs SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'scheduled' END,
     run_at = CASE WHEN cancel_requested THEN run_at ELSE ? END,
@@ -384,6 +387,9 @@ UPDATE jobs SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'sched
     error = CASE WHEN cancel_requested THEN 'cancelled while running' ELSE ? END,
     error_type = CASE WHEN cancel_requested THEN 'JobCancelled' ELSE ? END,
     traceback = CASE WHEN cancel_requested THEN traceback ELSE ? END,
+    progress = CASE WHEN cancel_requested THEN progress ELSE 0 END,
+    progress_message = CASE WHEN cancel_requested THEN progress_message ELSE '' END,
+    progress_details = CASE WHEN cancel_requested THEN progress_details ELSE '{{}}' END,
     lease_expires_at = NULL
 WHERE {_HELD}
 RETURNING cancel_requested
@@ -468,12 +474,17 @@ UPDATE jobs SET status = 'failed', completed_at = ?, error = ?, error_type = 'Co
 WHERE seq = ? AND status IN ('pending', 'scheduled')
 """
 END_LEASE = "UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND status = 'running'"
+# A job taken back to run again has no progress, as after FAIL_RETRY; one that ends
+# FAILED or CANCELLED keeps its lost attempt's last report.
 RECOVER_EXPIRED = """
 UPDATE jobs SET status = CASE WHEN cancel_requested THEN 'cancelled'
                           WHEN attempts > max_retries THEN 'failed' ELSE 'pending' END,
     completed_at = CASE WHEN cancel_requested OR attempts > max_retries THEN ? ELSE NULL END,
     error = 'worker ' || worker_id || ' lost its lease on attempt ' || attempts,
     error_type = CASE WHEN cancel_requested THEN 'JobCancelled' ELSE 'WorkerLost' END,
+    progress = CASE WHEN cancel_requested OR attempts > max_retries THEN progress ELSE 0 END,
+    progress_message = CASE WHEN cancel_requested OR attempts > max_retries THEN progress_message ELSE '' END,
+    progress_details = CASE WHEN cancel_requested OR attempts > max_retries THEN progress_details ELSE '{}' END,
     lease_expires_at = NULL
 WHERE status = 'running' AND lease_expires_at < ?
 RETURNING id, priority, seq, run_at, function_name, cron IS NOT NULL, status, error

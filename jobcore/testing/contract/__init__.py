@@ -18,7 +18,7 @@ A backend runs the whole suite by subclassing `RepositoryContract` and providing
             repo.close()
 
 The tests are grouped by what they exercise, one mixin per module (`adding`, `reading`,
-`running`, `settling`, `schedules`, `workers`, `housekeeping`, `concurrency`);
+`running`, `settling`, `progress`, `schedules`, `workers`, `housekeeping`, `concurrency`);
 `RepositoryContract` combines them and is the one class to subclass. `support` holds the
 fixed times and the helpers they share.
 """
@@ -28,6 +28,7 @@ from __future__ import annotations
 from .adding import _AddingContract
 from .concurrency import _ConcurrencyContract
 from .housekeeping import _HousekeepingContract
+from .progress import _ProgressContract
 from .reading import _ReadingContract
 from .running import _RunningContract
 from .schedules import _SchedulesContract
@@ -39,7 +40,8 @@ __all__ = ["RepositoryContract", "make_record", "claim_race", "NOW", "LEASE"]
 
 
 class RepositoryContract(_AddingContract, _ReadingContract, _RunningContract, _SettlingContract,
-                         _SchedulesContract, _WorkersContract, _HousekeepingContract, _ConcurrencyContract):
+                         _ProgressContract, _SchedulesContract, _WorkersContract, _HousekeepingContract,
+                         _ConcurrencyContract):
     """Every promise of `JobRepository`, as pytest tests.
 
     Subclass it in a `Test...` class and provide a `repository` fixture yielding a fresh,

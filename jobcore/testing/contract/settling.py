@@ -221,13 +221,14 @@ class _SettlingContract:
             base.Settlement("complete", stale.id, 2, result="late", progress=base.LastProgress(0.9, "stale", {})),
         ], [], "w1", NOW + 1, NOW + 31)
         # then each row ends with its report (a completion at 1.0, keeping the message and
-        # details), and the settlement that did not apply wrote nothing either
+        # details) but the retry's, which waits for its next attempt with none (see
+        # `progress`); the settlement that did not apply wrote nothing either
         assert cascades[3] is None
         stored = [_get(repository, job.id) for job in jobs]
         assert [(r.status, r.progress, r.progress_message, r.progress_details) for r in stored] == [
             (JobStatus.COMPLETED, 1.0, "half", {"rows": 5}),
             (JobStatus.FAILED, 0.25, "quarter", {"rows": 2}),
-            (JobStatus.SCHEDULED, 0.5, "half", {"rows": 5}),
+            (JobStatus.SCHEDULED, 0.0, "", {}),
             (JobStatus.RUNNING, 0.0, "", {}),
         ]
 
