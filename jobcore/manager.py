@@ -347,12 +347,13 @@ class JobManager:
         """The job's current state, or None for an unknown id."""
         if not _may_exist(job_id):
             return None
+        since = self._pool.progress_mark()
         record = self.repository.get_without_args(job_id)
         if record is None:
             return None
         if self._lifecycle.running and not record.status.is_terminal:
             _give_way()  # the caller will likely poll again: let the workers run it meanwhile
-        return result_of(self._with_latest_progress(record))
+        return result_of(self._with_latest_progress(record, since))
 
     def wait(self, job_id: str, timeout: Optional[float] = None) -> JobResult:
         """Block until the job is terminal (whichever process runs it) and return it.
@@ -380,15 +381,19 @@ class JobManager:
                 raise TypeError(f"owner and tags must be str, got {type(text).__name__} {text!r}")
         if not all(storable(text) for text in (owner or "", *(tags or ()))):
             return []  # no job holds such text (see `_may_exist`)
+        since = self._pool.progress_mark()
         records = self.repository.list_without_args(status=wanted, tags=tags, owner=owner, limit=limit,
                                                     offset=offset)
-        return [result_of(self._with_latest_progress(record)) for record in records]
+        return [result_of(self._with_latest_progress(record, since)) for record in records]
 
-    def _with_latest_progress(self, record: JobRecord) -> JobRecord:
-        """`record` (just read, so ours to change) with the latest progress its job reported
-        here if that is not in the row yet (see `progress`)."""
+    def _with_latest_progress(self, record: JobRecord, since: int) -> JobRecord:
+        """`record` (just read, after the `progress_mark` `since`, so ours to change) with
+        the latest progress its job reported here if that is not in the row yet (see
+        `progress`): never that of an attempt whose outcome the row holds already, even
+        when the attempt running now has the same number (a job re-queued counts from 1
+        again)."""
         if record.status is JobStatus.RUNNING:
-            report = self._pool.latest_progress(record.id)
+            report = self._pool.latest_progress(record.id, since)
             if (report is not None and record.worker_id == self.worker_id
                     and record.attempts == report.context.attempt):
                 record.progress, record.progress_message = report.progress, report.message

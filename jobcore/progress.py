@@ -16,7 +16,10 @@ hands its latest report to the worker, which records it with the outcome, in the
 transaction (`Settlement.progress`): the row ends with it, and a short job's reports cost
 no write at all. Meanwhile the process running the job reads the latest report here
 (`latest`), until the outcome is recorded: its `poll` shows each report the moment it is
-made, other processes within the interval.
+made, other processes within the interval. An attempt's last report is kept a while after
+its outcome is recorded, for a `poll` that read the row before; never for one that read
+it after (see `mark`): the row then holds what came of the attempt, and the job may run
+again, from no progress, as a retry, a job taken back or one re-queued.
 
 With no housekeeper running (a manager not started runs jobs in the caller's thread with
 `run_pending`), the job's thread writes a report that is due when it makes it.
@@ -69,11 +72,13 @@ class ProgressWriter:
         self._writing: dict[str, Report] = {}  # job id -> its report being written now
         self._ending: dict[str, Report] = {}  # job id -> its last report, to be recorded with its outcome
         # job id -> the last report of its running attempt written to its row, and of the
-        # latest attempts settled (at most RECENT_KEPT): `poll` reads the row before it asks
-        # `latest`, and a report written (or an outcome recorded) in between must not make
-        # it show an older report than it showed before.
+        # latest attempts settled (at most RECENT_KEPT, each with the value of _settles
+        # once it was kept): `poll` reads the row before it asks `latest`, and a report
+        # written (or an outcome recorded) in between must not make it show an older
+        # report than it showed before.
         self._written: dict[str, Report] = {}
-        self._recent: OrderedDict[str, Report] = OrderedDict()
+        self._recent: OrderedDict[str, tuple[Report, int]] = OrderedDict()
+        self._settles = 0  # reports kept in _recent so far: what `mark` returns
         self._written_at: dict[str, float] = {}  # job id -> when its attempt last wrote a report
         # When the flusher looks next, as it was told (None: not told of anything waiting);
         # a report due sooner wakes it.
@@ -196,7 +201,8 @@ class ProgressWriter:
             for job_id in job_ids:
                 last = self._ending.get(job_id) or self._written.get(job_id)
                 if last is not None:  # (into _recent before out of the others: see `latest`)
-                    recent[job_id] = last
+                    self._settles += 1
+                    recent[job_id] = (last, self._settles)
                     recent.move_to_end(job_id)
                     if len(recent) > RECENT_KEPT:
                         recent.popitem(last=False)
@@ -204,15 +210,28 @@ class ProgressWriter:
                 self._written.pop(job_id, None)
                 self._written_at.pop(job_id, None)  # (an attempt given up: `take` never came)
 
-    def latest(self, job_id: str) -> Optional[Report]:
+    def mark(self) -> int:
+        """A mark to take before reading a job's row, for `latest` (one int read)."""
+        return self._settles
+
+    def latest(self, job_id: str, since: Optional[int] = None) -> Optional[Report]:
         """The latest report of the job's attempt running here (or just settled), if any:
         waiting, taken for its outcome, being written, written (newest first), or the last
         one of an attempt settled lately. The caller applies it only to a row read before,
-        showing that attempt still running."""
+        showing that attempt still running.
+
+        `since`, the `mark` taken before the row was read (None: not known), leaves out
+        the report of an attempt settled before then: that row holds the attempt's outcome
+        already, or what came after it (a retry, a recovery or a requeue, each from no
+        progress, and maybe a new attempt of the same number here: a requeued job's
+        attempts restart at 1)."""
         # Dict reads, each whole under the GIL; a report is put in its next place before
         # it leaves the last, so one of them has it.
-        for place in (self._waiting, self._ending, self._writing, self._written, self._recent):
+        for place in (self._waiting, self._ending, self._writing, self._written):
             report = place.get(job_id)
             if report is not None:
                 return None if report.context.abandoned else report
-        return None
+        kept = self._recent.get(job_id)
+        if kept is None or (since is not None and kept[1] <= since):
+            return None
+        return None if kept[0].context.abandoned else kept[0]

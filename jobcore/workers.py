@@ -469,10 +469,15 @@ class WorkerPool:
         return ran
 
     # -- progress reports -------------------------------------------------------------------
-    def latest_progress(self, job_id: str) -> Optional[Report]:
+    def progress_mark(self) -> int:
+        """A mark to take before reading a job's row, for `latest_progress`."""
+        return self._progress.mark()
+
+    def latest_progress(self, job_id: str, since: int) -> Optional[Report]:
         """The latest progress report of a job running here that may not be in its row yet
-        (its outcome not recorded either), if any."""
-        return self._progress.latest(job_id)
+        (its outcome not recorded either), if any, for a row read after `since` (a
+        `progress_mark`): see `ProgressWriter.latest`."""
+        return self._progress.latest(job_id, since)
 
     # -- called by the housekeeper --------------------------------------------------------
     def flush_progress(self) -> Optional[float]:

@@ -367,6 +367,28 @@ def test_an_ended_attempt_hands_its_last_report_to_its_outcome(now: list[float])
     assert writer.latest("a") is not None and written == []
 
 
+def test_a_settled_attempts_report_is_shown_only_for_a_row_read_before_it_settled(now: list[float]) -> None:
+    # given an attempt that reported, ended, and handed its last report to its outcome
+    writer, _, _ = _writer()
+    ended = _context("a", now)
+    writer.report(Report(ended, 0.8, "almost", {}))
+    ended.ended = True
+    assert writer.take(ended) == Report(ended, 0.8, "almost", {})
+    # when a row is read (after a mark), then the outcome is recorded and settled
+    read_before = writer.mark()
+    writer.settled(["a"])
+    read_after = writer.mark()
+    # then the report is shown for the row read before, which may show the attempt still
+    # running; never for one read after, which holds the outcome or what came after it
+    # (the job retried or re-queued, maybe running again as an attempt of that number)
+    assert writer.latest("a", read_before) == Report(ended, 0.8, "almost", {})
+    assert writer.latest("a", read_after) is None
+    # and a new attempt's reports are shown, whenever the row was read
+    again = _context("a", now)
+    writer.report(Report(again, 0.1, "", {}))
+    assert writer.latest("a", read_after) == Report(again, 0.1, "", {})
+
+
 def test_a_report_being_written_as_the_attempt_ends_goes_with_the_outcome_too(now: list[float]) -> None:
     # The flusher's write may reach the store only after the outcome (then refused): the
     # outcome must carry that report as well.
