@@ -411,12 +411,21 @@ class JobManager:
             raise ValueError(f"unknown status {status!r}; use one of {names}") from None
 
     def get_dead_letter_queue(self, limit: Optional[int] = None) -> list[tuple[Job, JobResult]]:
-        """The FAILED jobs, newest first, as (job, result) pairs."""
+        """The FAILED jobs, newest first, as (job, result) pairs: the most recently failed
+        first (when its last attempt ended, however long ago it was enqueued), then the
+        later enqueued among jobs that failed at the same moment."""
         if limit is not None:
             _count("limit", limit)
-        records = self.repository.list(status=JobStatus.FAILED, limit=limit)
+        records = self.repository.list_dead_letters(limit)
         return [(job_of(record, self._local.function(record.id) or self._registry.get(record.function_name)),
                  result_of(record)) for record in records]
+
+    def list_dead_letters(self, limit: Optional[int] = None) -> list[JobResult]:
+        """The dead-letter queue as `get_dead_letter_queue` orders it, as results only: the
+        jobs' arguments are not read (what the dashboard and `jobcore dlq` show)."""
+        if limit is not None:
+            _count("limit", limit)
+        return [result_of(record) for record in self.repository.list_dead_letters_without_args(limit)]
 
     def get_stats(self) -> dict[str, int]:
         """Job counts: `total` and one lower-case key per status.

@@ -16,9 +16,10 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from jobcore import Job, JobManager, JobStatus, current_job
+from jobcore import FakeClock, Job, JobManager, JobStatus, current_job
 from jobcore.cli import main
 from dashboard_cli import serve_dashboard
+from dead_letter_order import fail_out_of_order
 from waiting import wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -200,6 +201,23 @@ def test_dlq_lists_failed_jobs_and_retry_all_requeues_them(jobs: Jobs) -> None:
     assert retried.returncode == 0 and "re-queued 1 failed job(s)" in retried.stdout
     assert after.stdout.strip() == "the dead-letter queue is empty"
     assert status_of(jobs.db, jobs.failed) is JobStatus.PENDING
+
+
+def test_dlq_lists_the_most_recently_failed_first(db_path: str) -> None:
+    # given failed jobs whose failure order is not their enqueue order (see fail_out_of_order)
+    clock = FakeClock()
+    manager = JobManager(db_path, clock=clock)
+    order = fail_out_of_order(manager, clock)
+    manager.close()
+
+    as_json = run("dlq", "--json", db=db_path)
+    table = run("dlq", "--limit", "2", db=db_path)
+    listed = run("list", "--status", "failed", "--json", db=db_path)
+
+    # then the queue is by failure time (the oldest job failed last); `list` is not
+    assert [job["id"] for job in json.loads(as_json.stdout)] == order.by_failure
+    assert [line.split()[0] for line in table.stdout.splitlines()[1:]] == order.by_failure[:2]
+    assert [job["id"] for job in json.loads(listed.stdout)] == order.by_enqueue
 
 
 def test_dlq_retry_all_json_prints_what_it_re_queued_as_json(jobs: Jobs) -> None:

@@ -16,8 +16,9 @@ from typing import Any, Iterator, Optional
 
 import pytest
 
-from jobcore import Job, JobManager, JobStatus, current_job
+from jobcore import FakeClock, Job, JobManager, JobStatus, current_job
 from jobcore.dashboard import DashboardServer
+from dead_letter_order import fail_out_of_order
 
 WAIT = 10.0
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -331,8 +332,46 @@ def test_dead_letter_queue_lists_failed_jobs_and_retries_them_all(site: Site) ->
 
     assert [job["id"] for job in listed] == [site.failed]
     assert without.status == 403
-    assert retried == {"retried": [site.failed], "count": 1}
+    assert retried == {"retried": [site.failed], "count": 1, "skipped": []}
     assert call(site.server, "/api/dlq").json()["jobs"] == []
+
+
+def test_dead_letter_queue_lists_the_most_recently_failed_first(db_path: str, make_manager: Any) -> None:
+    # given failed jobs whose failure order is not their enqueue order (see fail_out_of_order)
+    clock = FakeClock()
+    order = fail_out_of_order(make_manager(db_path, clock=clock), clock)
+    manager = make_manager(db_path, producer=True)
+
+    with DashboardServer(manager, port=0) as server:
+        listed = call(server, "/api/dlq").json()["jobs"]
+        first = call(server, "/api/dlq?limit=1").json()["jobs"]
+        by_status = call(server, "/api/jobs?status=failed").json()["jobs"]
+
+    # then the queue is by failure time (the oldest job failed last); the job list is not
+    assert [job["id"] for job in listed] == order.by_failure
+    assert [job["id"] for job in first] == order.by_failure[:1] and first[0]["name"] == "old"
+    assert [job["id"] for job in by_status] == order.by_enqueue
+
+
+def test_retrying_the_dead_letter_queue_names_the_jobs_it_could_not_re_queue(site: Site, db_path: str,
+                                                                             make_manager: Any) -> None:
+    # given, beside the site's failed job, a failed job whose unique_key a job enqueued
+    # since holds: retry refuses it
+    worker = make_manager(db_path)
+    worker.register_function("boom", boom)
+    blocked = worker.enqueue(Job(function_name="boom", name="nightly", unique_key="nightly-1", max_retries=0))
+    worker.run_pending()
+    site.manager.enqueue(Job(function_name="remote.task", unique_key="nightly-1"))
+
+    reply = call(site.server, "/api/dlq/retry", "POST", csrf=True)
+
+    # then the answer names it and why, beside the job re-queued, and it stays failed
+    assert reply.status == 200 and reply.json() == {
+        "retried": [site.failed], "count": 1,
+        "skipped": [{"id": blocked, "name": "nightly",
+                     "reason": "another unfinished job holds its unique_key 'nightly-1'"}]}
+    assert site.manager.poll(blocked).status is JobStatus.FAILED
+    assert site.manager.poll(site.failed).status is JobStatus.PENDING
 
 
 def test_cancelling_a_running_job_asks_it_to_stop(db_path: str, make_manager: Any) -> None:

@@ -1,4 +1,5 @@
-"""The dashboard in a real headless Chromium: a running job's bar moves, Cancel cancels it.
+"""The dashboard in a real headless Chromium: a running job's bar moves, Cancel cancels it,
+the dead-letter queue is shown and retried.
 
 Chromium is driven through `chromedriver` with the W3C WebDriver protocol spoken over
 urllib (no third-party package). Needs Debian's `chromium` and `chromium-driver`:
@@ -21,8 +22,9 @@ from typing import Any, Callable, Iterator, Optional
 
 import pytest
 
-from jobcore import Job, JobStatus, current_job
+from jobcore import FakeClock, Job, JobStatus, current_job
 from jobcore.dashboard import DashboardServer
+from dead_letter_order import fail_out_of_order
 
 WAIT = 10.0  # bound on every wait for the page; normally a few hundred milliseconds
 ELEMENT = "element-6066-11e4-a52e-4f735466cecf"  # the W3C key of an element reference
@@ -289,3 +291,60 @@ def test_refreshes_keep_a_text_selection(browser: WebDriver, db_path: str, make_
             wait_for_fetches(browser, 6)  # the stats, the table and the detail, three times over
 
             assert selected and browser.script("return getSelection().toString()") == selected, selector
+
+
+def test_show_them_lists_the_dead_letter_queue_by_failure_and_retry_all_names_what_it_skipped(
+        browser: WebDriver, db_path: str, make_manager: Any) -> None:
+    # given failed jobs whose failure order is not their enqueue order (see
+    # fail_out_of_order), and, failed last, a job whose unique_key a job enqueued since holds
+    clock = FakeClock()
+    worker = make_manager(db_path, clock=clock)
+    order = fail_out_of_order(worker, clock)
+    blocked = worker.enqueue(Job(function_name="fails", name="nightly", unique_key="nightly-1", max_retries=0))
+    worker.run_pending()
+    dashboard = make_manager(db_path, producer=True)
+    dashboard.enqueue(Job(function_name="elsewhere.task", unique_key="nightly-1"))
+
+    def rows() -> Any:
+        return browser.script("return Array.from(document.querySelectorAll('#jobs tbody tr'),"
+                              " (row) => row.dataset.jobId)")
+
+    def text(selector: str) -> Any:
+        return browser.script("const el = document.querySelector(arguments[0]); return el && el.textContent;",
+                              selector)
+
+    with DashboardServer(dashboard, port=0) as server:
+        browser.get(server.url + "?refresh=100")
+        browser.wait_for("the failed count", lambda: text("#dlq-count"), lambda value: value == "5")
+
+        # when "Show them" is clicked, then the table is the queue, the latest failure first,
+        # with when each failed
+        browser.click(browser.find("#dlq-show"))
+        browser.wait_for("the dead-letter queue", rows, lambda value: value == [blocked, *order.by_failure])
+        assert text("#time-heading") == "Failed"
+        assert text(f'tr[data-job-id="{order.by_failure[0]}"] td.time') not in (None, "–")
+        # (choosing a filter by hand lists jobs by enqueue order again)
+        browser.script("const select = document.querySelector('#filter-status');"
+                       " select.dispatchEvent(new Event('change', { bubbles: true }));")
+        browser.wait_for("the failed jobs by enqueue order", rows,
+                         lambda value: value == [blocked, *order.by_enqueue])
+        assert text("#time-heading") == "Created"
+        browser.click(browser.find("#dlq-show"))
+        browser.wait_for("the dead-letter queue again", rows, lambda value: value == [blocked, *order.by_failure])
+
+        # when "Retry all failed" is clicked (and confirmed), then the page says how many were
+        # re-queued and names the one skipped, with why; it stays in the queue
+        browser.script("window.confirm = () => true;")
+        browser.click(browser.find("#dlq-retry"))
+        browser.wait_for("the retry's answer", lambda: text("#flash-text"),
+                         lambda value: value == "re-queued 4 failed job(s); not re-queued, 1:")
+        skipped = browser.script("return Array.from(document.querySelectorAll('#flash-skipped li'),"
+                                 " (item) => [item.dataset.jobId, item.textContent])")
+        assert skipped == [[blocked, f"{blocked[:8]} (nightly): another unfinished job holds its"
+                                     " unique_key 'nightly-1'"]]
+        browser.wait_for("the queue left", rows, lambda value: value == [blocked])
+        assert dashboard.poll(blocked).status is JobStatus.FAILED  # type: ignore[union-attr]
+
+        # and its id opens its detail
+        browser.click(browser.find("#flash-skipped li button.job-id"))
+        browser.wait_for("the skipped job's detail", lambda: text("#detail-id"), lambda value: value == blocked)

@@ -51,7 +51,8 @@ def test_the_dead_letter_queue_is_listed_without_reading_job_arguments(site: Sit
         raise AssertionError("the dead-letter queue read every failed job's arguments")
 
     expected = call(site.server, "/api/jobs?status=failed").json()["jobs"]
-    monkeypatch.setattr(site.manager.repository, "list", read_with_arguments)
+    for method in ("list", "list_dead_letters"):
+        monkeypatch.setattr(site.manager.repository, method, read_with_arguments)
 
     reply = call(site.server, "/api/dlq")
 

@@ -14,10 +14,11 @@ from typing import Any, Iterator
 
 import pytest
 
-from jobcore import (CallbackNotificationChannel, FakeClock, Job, JobCancelled, JobStatus, PermanentError,
-                     RetryableError, WebhookNotificationChannel)
+from jobcore import (CallbackNotificationChannel, FakeClock, Job, JobCancelled, JobStatus, MemoryRepository,
+                     PermanentError, RetryableError, WebhookNotificationChannel)
 from jobcore.errors import JobTimeout
 from jobcore.retry import is_transient, retry_delay, should_retry
+from dead_letter_order import fail_out_of_order
 from stuck import stuck_past_stop
 
 WAIT = 10.0
@@ -229,6 +230,30 @@ def test_bulk_retry_of_the_dead_letter_queue(make_manager: Any, db_path: str) ->
         manager.wait(job_id, timeout=WAIT)
     assert sorted(manager.retry_dead_letters()) == sorted(ids)
     assert all(manager.wait(job_id, timeout=WAIT).status is JobStatus.COMPLETED for job_id in ids)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "memory"])
+def test_the_dead_letter_queue_comes_most_recently_failed_first(make_manager: Any, db_path: str,
+                                                                backend: str) -> None:
+    # given failed jobs whose failure order is not their enqueue order: the oldest job
+    # failed again a minute ago (see fail_out_of_order)
+    clock = FakeClock()
+    manager = make_manager(db_path if backend == "sqlite" else MemoryRepository(), clock=clock)
+    order = fail_out_of_order(manager, clock)
+
+    # when the dead-letter queue is read, then the most recently failed job comes first,
+    # and jobs that failed at the same moment the later enqueued first
+    assert [job.id for job, _ in manager.get_dead_letter_queue()] == order.by_failure
+    assert [job.id for job, _ in manager.get_dead_letter_queue(limit=2)] == order.by_failure[:2]
+    assert [result.job_id for result in manager.list_dead_letters()] == order.by_failure
+    assert [result.job_id for result in manager.list_dead_letters(3)] == order.by_failure[:3]
+    (job, result), = manager.get_dead_letter_queue(limit=1)
+    assert (job.name, result.error, result.attempts) == ("old", "bad row", 1)
+    # while list_jobs stays newest enqueued first
+    assert [result.job_id for result in manager.list_jobs(status="failed")] == order.by_enqueue
+    # and retrying part of the queue takes its newest failures
+    assert manager.retry_dead_letters(limit=2) == order.by_failure[:2]
+    assert [result.job_id for result in manager.list_dead_letters()] == order.by_failure[2:]
 
 
 def test_retry_waits_as_scheduled_and_survives_restart(make_manager: Any, db_path: str) -> None:

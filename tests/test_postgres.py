@@ -140,6 +140,34 @@ def test_a_version_2_schema_gets_the_queue_indexes_led_by_function_name(repo: "P
     assert "cron IS NOT NULL" in definitions["jobs_schedules"]
 
 
+def test_a_version_4_schema_gets_the_dead_letter_index_keeping_its_order(repo: "PostgresRepository",
+                                                                        schema: Schema) -> None:
+    # given a schema as version 4 left it (no index of failed jobs by finish time), holding
+    # a job that failed last but was enqueued first, and one that failed first
+    late, early = make_record(), make_record()
+    repo.insert([late, early], NOW)
+    for record, at in ((early, NOW + 1), (late, NOW + 2)):
+        claimed = repo.claim(record.id, "w1", at, at + 30)
+        assert claimed is not None and repo.fail(record.id, "w1", claimed.attempts, error="boom", error_type="E",
+                                                 traceback=None, now=at, retry_at=None) is not None
+    with psycopg.connect(schema.server, autocommit=True) as conn:
+        conn.execute(f'DROP INDEX "{schema.name}".jobs_failed')
+        conn.execute(f"UPDATE \"{schema.name}\".jobcore_meta SET value = '4'")
+    # when this version opens it
+    migrated = schema.repository()
+    try:
+        # then the index is there and the dead-letter queue is the most recently failed first
+        assert [r.id for r in migrated.list_dead_letters()] == [late.id, early.id]
+    finally:
+        migrated.close()
+    with psycopg.connect(schema.server) as conn:
+        definitions = dict(conn.execute("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = %s",
+                                        (schema.name,)).fetchall())
+        assert conn.execute(f'SELECT value FROM "{schema.name}".jobcore_meta').fetchone() == (str(SCHEMA_VERSION),)
+    assert "(completed_at DESC NULLS LAST, seq DESC)" in definitions["jobs_failed"]
+    assert "'failed'" in definitions["jobs_failed"]
+
+
 def test_every_field_of_a_record_is_stored(repo: "PostgresRepository") -> None:
     # A field added to JobRecord must be added here, and to the table, or this fails.
     values: dict[str, Any] = dict(
@@ -643,3 +671,29 @@ def test_the_queue_is_counted_without_reading_the_finished_jobs(repo: "PostgresR
     scans = [n for n in nodes(plan) if n["Node Type"].startswith(("Index", "Seq", "Bitmap"))]
     assert scans and all(n["Node Type"] != "Seq Scan" for n in scans), plan
     assert sum(n["Actual Rows"] * n["Actual Loops"] for n in scans) <= 3, plan
+
+
+@pytest.mark.parametrize("query", ["LIST_DEAD_LETTERS", "LIST_DEAD_LETTERS_WITHOUT_ARGS"])
+def test_the_dead_letter_queue_is_read_in_order_without_sorting_every_failed_job(
+        repo: "PostgresRepository", schema: Schema, query: str) -> None:
+    # given many failed jobs, and more jobs in other states
+    records = [make_record() for _ in range(3000)]
+    repo.insert(records, NOW)
+    with psycopg.connect(schema.server, autocommit=True) as conn:
+        conn.execute(f'UPDATE "{schema.name}".jobs SET status = \'failed\', completed_at = seq'
+                     ' WHERE seq % 3 <> 0')
+        conn.execute(f'UPDATE "{schema.name}".jobs SET status = \'completed\', completed_at = seq'
+                     ' WHERE seq % 3 = 0')
+        conn.execute(f'VACUUM ANALYZE "{schema.name}".jobs')
+        plan = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + getattr(repo.sql, query), (10,)).fetchone()[0][0]["Plan"]
+
+    def nodes(node: dict) -> list[dict]:
+        return [node] + [child for sub in node.get("Plans", ()) for child in nodes(sub)]
+
+    # then the first page is read in order from jobs_failed, and nothing else: no sort
+    scans = [n for n in nodes(plan) if n["Node Type"].startswith(("Index", "Seq", "Bitmap"))]
+    assert [n.get("Index Name") for n in scans] == ["jobs_failed"], plan
+    assert not [n for n in nodes(plan) if n["Node Type"] == "Sort"], plan
+    assert sum(n["Actual Rows"] * n["Actual Loops"] for n in scans) <= 10, plan
+    newest = [r.id for seq, r in reversed(list(enumerate(records, start=1))) if seq % 3][:2]
+    assert [r.id for r in repo.list_dead_letters(2)] == newest

@@ -19,9 +19,11 @@ import pytest
 from jobcore.errors import RepositoryError
 from jobcore.models import JobStatus
 from jobcore.repository import MemoryRepository, SQLiteRepository
+from jobcore.repository.base import JobRepository
 from jobcore.repository import sqlite_queue
 from jobcore.repository import sqlite_schema as sql
 from jobcore.testing.contract import NOW, RepositoryContract, claim_race, make_record
+from jobcore.testing.contract.reading import _ReadingContract
 from recovery_checks import check_entries_with_and_without_a_lease
 
 
@@ -47,6 +49,21 @@ class TestMemoryRepository(RepositoryContract):
         assert repository.persistent is False
         stored = repository.get(record.id)
         assert stored is not None and stored.args[0] is handle
+
+
+class _DeadLettersByDefault(MemoryRepository):
+    """A backend written before `list_dead_letters`: the interface's defaults serve it."""
+
+    list_dead_letters = JobRepository.list_dead_letters
+    list_dead_letters_without_args = JobRepository.list_dead_letters_without_args
+
+
+def test_a_backend_without_dead_letter_reads_of_its_own_gets_the_same_order() -> None:
+    repository = _DeadLettersByDefault()
+    try:
+        _ReadingContract().test_dead_letters_are_the_failed_jobs_most_recently_failed_first(repository)
+    finally:
+        repository.close()
 
 
 # -- SQLite only -------------------------------------------------------------------------
@@ -149,7 +166,38 @@ def test_a_version_4_database_gets_worker_leases_keeping_its_entries(path: str) 
         repo.close()
     with _raw(path) as conn:
         version = conn.execute("SELECT value FROM jobcore_meta WHERE key = 'schema_version'").fetchone()
-    assert version == (str(sql.SCHEMA_VERSION),) == ("5",)
+    assert version == (str(sql.SCHEMA_VERSION),)
+
+
+def test_a_version_5_database_gets_the_dead_letter_index_keeping_its_order(path: str) -> None:
+    # given a database as version 5 left it (no index of failed jobs by finish time),
+    # holding a job that failed last but was enqueued first, and one that failed first
+    repo = SQLiteRepository(path)
+    late, early = make_record(), make_record()
+    repo.insert([late, early], NOW)
+    for record, at in ((early, NOW + 1), (late, NOW + 2)):
+        claimed = repo.claim(record.id, "w1", at, at + 30)
+        assert claimed is not None and repo.fail(record.id, "w1", claimed.attempts, error="boom", error_type="E",
+                                                 traceback=None, now=at, retry_at=None) is not None
+    repo.close()
+    with _raw(path) as conn:
+        conn.executescript("""
+            DROP INDEX jobs_failed;
+            UPDATE jobcore_meta SET value = '5' WHERE key = 'schema_version';
+        """)
+    # when this version opens it
+    repo = SQLiteRepository(path)
+    try:
+        # then the index is there, the version is the current one, and the dead-letter
+        # queue is read from it, the most recently failed first
+        with _raw(path) as conn:
+            definition = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'jobs_failed'").fetchone()
+            version = conn.execute("SELECT value FROM jobcore_meta WHERE key = 'schema_version'").fetchone()
+        assert definition is not None and "status = 'failed'" in definition[0]
+        assert version == (str(sql.SCHEMA_VERSION),) == ("6",)
+        assert [r.id for r in repo.list_dead_letters()] == [late.id, early.id]
+    finally:
+        repo.close()
 
 
 def test_a_newer_schema_version_is_refused_and_left_alone(path: str) -> None:
@@ -337,6 +385,22 @@ def test_an_exchange_given_seqs_finds_each_row_by_its_key_without_the_id_index(
     plan = _plan(path, statement)
     steps = [step for step in plan if re.match(r"^(SEARCH|SCAN) (TABLE )?jobs\b", step)]
     assert steps == ["SEARCH jobs USING INTEGER PRIMARY KEY (rowid=?)"], plan
+
+
+@pytest.mark.parametrize("query", ["LIST_DEAD_LETTERS", "LIST_DEAD_LETTERS_WITHOUT_ARGS"])
+def test_the_dead_letter_queue_is_read_in_order_from_its_index_without_sorting(repo: SQLiteRepository,
+                                                                              path: str, query: str) -> None:
+    # given many failed jobs (the planner chooses by the data it is given, not a rule)
+    records = [make_record() for _ in range(300)]
+    repo.insert(records, NOW)
+    with _raw(path) as conn:
+        conn.execute("UPDATE jobs SET status = 'failed', completed_at = seq")
+        conn.execute("ANALYZE")
+    # when the first page of the dead-letter queue is planned, then it walks jobs_failed
+    # backwards and stops after the page: no sort of every failed job
+    plan = _plan(path, getattr(sql, query))
+    assert plan == ["SCAN jobs USING INDEX jobs_failed"], plan
+    assert [r.id for r in repo.list_dead_letters(2)] == [records[-1].id, records[-2].id]
 
 
 def test_counting_reads_each_status_as_a_range_and_the_total_from_index_pages(repo: SQLiteRepository,

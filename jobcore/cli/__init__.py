@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("retry", cmd_retry, "re-queue a failed or cancelled job"),
     ]:
         command(name, handler, summary).add_argument("id", metavar="ID", help="the job id")
-    sub = with_json(command("dlq", cmd_dlq, "the dead-letter queue: failed jobs, newest first"))
+    sub = with_json(command("dlq", cmd_dlq, "the dead-letter queue: failed jobs, the most recently failed first"))
     sub.add_argument("--limit", type=COUNT, default=0, help="at most N jobs (default 0: all)")
     sub.add_argument("--retry-all", action="store_true", help="re-queue every job in the dead-letter queue")
     sub = command("cleanup", cmd_cleanup, "delete finished jobs older than a retention period")

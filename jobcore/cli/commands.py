@@ -16,10 +16,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..dashboard.views import job_detail, job_summary, log_entries
+from ..dashboard.views import job_detail, job_summary, log_entries, retry_all_report
+from ..dead_letters import retry_all
 from ..errors import JobcoreError, JobNotFound
 from ..manager import RETRY_RULES, JobManager
-from ..models import Job, JobResult, JobStatus
+from ..models import JobResult, JobStatus
 from ..repository.factory import POSTGRES_SCHEMES, build_repository
 from ..repository.sqlite import SQLiteRepository
 from ..repository.sqlite_rows import translate
@@ -143,58 +144,26 @@ def cmd_logs(manager: JobManager, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _why_not_requeued(manager: JobManager, job: Job) -> tuple[str, bool]:
-    """Why `retry` refused a job of the dead-letter queue, from what is stored now (the
-    reasons of RETRY_RULES, checked in turn: the unique key is the last one left), and
-    whether the job is still in the queue (not if it was retried or deleted meanwhile)."""
-    now = manager.poll(job.id)
-    if now is None:
-        return "it was deleted meanwhile", False
-    if now.status is not JobStatus.FAILED:
-        return f"it is {now.status.value} now", False
-    if job.cron is not None:
-        return "it is a cron schedule", True
-    for dependency in job.depends_on:
-        result = manager.poll(dependency)
-        if result is None and now.started_at is None:
-            return f"it never ran and its dependency {dependency} was deleted", True
-        if result is not None and result.status in (JobStatus.FAILED, JobStatus.CANCELLED):
-            return f"its dependency {dependency} is {result.status.value} (retry that first)", True
-    if job.unique_key is not None:
-        return f"another unfinished job holds its unique_key {job.unique_key!r}", True
-    return RETRY_RULES, True
-
-
 def _retry_all(manager: JobManager, args: argparse.Namespace) -> int:
     """Re-queue the dead-letter queue, naming each job not re-queued and why; exit 1 if
-    any is left in it. (`retry_dead_letters` returns only the ids it re-queued: a job it
-    refused, its unique key held by a job enqueued since, went unmentioned.)"""
-    retried: list[str] = []
-    skipped: list[dict[str, Any]] = []
-    left = 0
-    for job, result in manager.get_dead_letter_queue(args.limit or None):
-        if manager.retry(job.id):
-            retried.append(job.id)
-            continue
-        reason, still_failed = _why_not_requeued(manager, job)
-        skipped.append({"id": job.id, "name": result.name, "reason": reason})
-        left += still_failed
-    if args.json:  # the dashboard's answer to POST /api/dlq/retry, and what was skipped
-        _print_json({"retried": retried, "count": len(retried), "skipped": skipped})
+    any is left in it."""
+    report = retry_all(manager, args.limit or None)
+    if args.json:  # the dashboard's answer to POST /api/dlq/retry
+        _print_json(retry_all_report(report))
     else:
-        print(f"re-queued {len(retried)} failed job(s)")
-        for entry in skipped:
-            name = f" ({clean(entry['name'])})" if entry["name"] else ""
-            print(f"not re-queued: {entry['id']}{name}: {clean(entry['reason'])}")
-    if left:
-        raise CommandFailed(f"{left} failed job(s) could not be re-queued and stay in the dead-letter queue")
+        print(f"re-queued {len(report.retried)} failed job(s)")
+        for entry in report.skipped:
+            name = f" ({clean(entry.name)})" if entry.name else ""
+            print(f"not re-queued: {entry.job_id}{name}: {clean(entry.reason)}")
+    if report.left:
+        raise CommandFailed(f"{report.left} failed job(s) could not be re-queued and stay in the dead-letter queue")
     return EXIT_OK
 
 
 def cmd_dlq(manager: JobManager, args: argparse.Namespace) -> int:
     if args.retry_all:
         return _retry_all(manager, args)
-    results = [result for _, result in manager.get_dead_letter_queue(args.limit or None)]
+    results = manager.list_dead_letters(args.limit or None)  # by failure time; no arguments read
     if args.json:
         _print_json([job_summary(result) for result in results])
     elif not results:

@@ -23,6 +23,7 @@ from typing import Any, Callable, Optional
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from ..clock import SYSTEM_CLOCK
+from ..dead_letters import retry_all
 from ..errors import JobNotFound, RepositoryError
 from ..manager import RETRY_RULES, JobManager
 from ..models import JobStatus
@@ -30,7 +31,7 @@ from .checks import check_port, check_token, is_loopback, whole_number
 from .connections import DashboardHTTPServer, DashboardHTTPServerV6, redact_tokens
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import oldest_pending_age, render_metrics
-from .views import job_detail, job_summary, log_entries
+from .views import job_detail, job_summary, log_entries, retry_all_report
 
 logger = logging.getLogger("jobcore.dashboard")
 
@@ -353,9 +354,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def dlq(self, dashboard: DashboardServer, query: dict[str, list[str]], _: str) -> None:
         limit = _int_param(query, "limit", DEFAULT_LIMIT, MAX_LIMIT)
-        # list_jobs reads no arguments: get_dead_letter_queue would decode every failed
-        # job's (a megabyte each, say) to return these same summaries.
-        results = dashboard.manager.list_jobs(status=JobStatus.FAILED, limit=limit)
+        # list_dead_letters reads no arguments: get_dead_letter_queue would decode every
+        # failed job's (a megabyte each, say) to return these same summaries.
+        results = dashboard.manager.list_dead_letters(limit)
         self._send_json({"jobs": [job_summary(result) for result in results]})
 
     # -- changing -------------------------------------------------------------------------------
@@ -378,9 +379,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json({"id": job_id, "status": _poll(dashboard, job_id).status.value})
 
     def retry_dlq(self, dashboard: DashboardServer, query: dict[str, list[str]], _: str) -> None:
-        ids = dashboard.manager.retry_dead_letters()
+        report = retry_all(dashboard.manager)  # names the jobs it could not re-queue, and why
         dashboard.count_action("dlq_retry")
-        self._send_json({"retried": ids, "count": len(ids)})
+        self._send_json(retry_all_report(report))
 
     def no_favicon(self, dashboard: DashboardServer, query: dict[str, list[str]], _: str) -> None:
         self._send(b"", "image/x-icon", HTTPStatus.NO_CONTENT)

@@ -1,6 +1,6 @@
 """JSON views of jobs, shared by the CLI's `--json` output and the dashboard's API.
 
-Pure functions from `JobResult`/`LogEntry` to JSON-ready dicts (times as ISO 8601 local
+Pure functions from `JobResult`/`LogEntry` (and a `RetryAllReport`) to JSON-ready dicts (times as ISO 8601 local
 time with offset, status names lower case). They read nothing and change nothing.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Iterable, Optional
 
+from ..dead_letters import RetryAllReport
 from ..models import JobResult, LogEntry
 
 
@@ -61,3 +62,11 @@ def job_detail(result: JobResult, logs: Optional[Iterable[LogEntry]] = None) -> 
     if logs is not None:
         detail["logs"] = log_entries(logs)
     return detail
+
+
+def retry_all_report(report: RetryAllReport) -> dict[str, Any]:
+    """What re-queuing the dead-letter queue did: `retried` (ids), their `count`, and
+    `skipped`, each job not re-queued as `id`, `name` and `reason`."""
+    return {"retried": list(report.retried), "count": len(report.retried),
+            "skipped": [{"id": entry.job_id, "name": entry.name, "reason": entry.reason}
+                        for entry in report.skipped]}

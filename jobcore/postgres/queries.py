@@ -119,6 +119,14 @@ ORDER BY seq DESC LIMIT %(limit)s OFFSET %(offset)s
 """
 LIST_JOBS = f"SELECT {COLUMNS} FROM {{s}}.jobs {_LIST_WHERE}"
 LIST_JOBS_WITHOUT_ARGS = f"SELECT {COLUMNS_WITHOUT_ARGS} FROM {{s}}.jobs {_LIST_WHERE}"
+# The dead-letter queue, the most recently failed first, read in order from jobs_failed
+# (NULLS LAST: PostgreSQL puts NULLs first in a DESC order; SQLite and the memory store
+# put a row without a finish time last). LIMIT NULL: no limit.
+_DEAD_LETTERS = """
+WHERE status = 'failed' ORDER BY completed_at DESC NULLS LAST, seq DESC LIMIT %s
+"""
+LIST_DEAD_LETTERS = f"SELECT {COLUMNS} FROM {{s}}.jobs {_DEAD_LETTERS}"
+LIST_DEAD_LETTERS_WITHOUT_ARGS = f"SELECT {COLUMNS_WITHOUT_ARGS} FROM {{s}}.jobs {_DEAD_LETTERS}"
 COUNT_BY_STATUS = "SELECT status, COUNT(*) FROM {s}.jobs GROUP BY status"
 # Pending and scheduled jobs: ranges of jobs_status (or the queue's partial indexes), never
 # the finished jobs, which are most rows of a store that keeps them.

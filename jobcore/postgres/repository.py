@@ -198,6 +198,12 @@ class PostgresRepository(SettlesThroughApply, JobRepository):
                           limit: Optional[int] = 50, offset: int = 0) -> builtins.list[JobRecord]:
         return self._list(self.sql.LIST_JOBS_WITHOUT_ARGS, status, tags, owner, limit, offset)
 
+    def list_dead_letters(self, limit: Optional[int] = None) -> builtins.list[JobRecord]:
+        return [record_from_row(row) for row in self._db.read(self.sql.LIST_DEAD_LETTERS, (limit,))]
+
+    def list_dead_letters_without_args(self, limit: Optional[int] = None) -> builtins.list[JobRecord]:
+        return [record_from_row(row) for row in self._db.read(self.sql.LIST_DEAD_LETTERS_WITHOUT_ARGS, (limit,))]
+
     def _list(self, query: str, status: Optional[JobStatus], tags: Optional[Collection[str]],
               owner: Optional[str], limit: Optional[int], offset: int) -> builtins.list[JobRecord]:
         params = {"status": None if status is None else JobStatus(status).value, "owner": owner,

@@ -9,7 +9,7 @@ advisory lock, in one transaction.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # Created and read before everything else: the schema version decides what else may run
 # (a newer jobcore's tables may not take this version's indexes).
@@ -84,6 +84,11 @@ CREATE TABLE IF NOT EXISTS {s}.jobs (
     # jobs. Every index costs each claim and completion (a status change rewrites every
     # index entry of the row), so there are no others beyond the constraints below.
     "CREATE INDEX IF NOT EXISTS jobs_status ON {s}.jobs (status, seq)",
+    # The dead-letter queue, the most recently failed first (its query's exact order:
+    # read in order, the first `limit` rows only, where jobs_status gave every failed job
+    # to sort). Only a job entering or leaving FAILED writes it.
+    """CREATE INDEX IF NOT EXISTS jobs_failed ON {s}.jobs (completed_at DESC NULLS LAST, seq DESC)
+    WHERE status = 'failed'""",
     "CREATE INDEX IF NOT EXISTS jobs_owner ON {s}.jobs (owner, seq) WHERE owner IS NOT NULL",
     # At most one unfinished job per unique_key.
     """CREATE UNIQUE INDEX IF NOT EXISTS jobs_unique ON {s}.jobs (unique_key)
@@ -129,6 +134,8 @@ MIGRATIONS: dict[int, list[str]] = {
     # entries an older jobcore still running writes: judged by the reader's lease).
     # IF EXISTS: a schema without the table gets it, with the column, from CREATE_SCHEMA.
     3: ["ALTER TABLE IF EXISTS {s}.jobcore_workers ADD COLUMN IF NOT EXISTS lease_timeout DOUBLE PRECISION"],
+    # The dead-letter queue's index by finish time: CREATE_SCHEMA, run next, makes it.
+    4: [],
 }
 
 # Serialises migrators of one schema across processes (two CREATE TABLE IF NOT EXISTS

@@ -25,13 +25,13 @@ from typing import Any, Callable, Collection, Optional, Sequence
 from ..models import JobStatus
 from .values import (CANCELLED_BY_REQUEST, CANCELLED_ERROR_TYPE, CANCELLED_WHILE_RUNNING, CancelOutcome,
                      Cascade, JobRecord, LastProgress, QueueEntry, Recovery, Settlement, WorkerInfo,
-                     cancelled_instead_note, claim_limit, id_taken, require_plain_pending)
+                     cancelled_instead_note, claim_limit, id_taken, newest_failures, require_plain_pending)
 
 # The values are re-exported: backends and callers import them from here.
 __all__ = ["CANCELLED_BY_REQUEST", "CANCELLED_ERROR_TYPE", "CANCELLED_WHILE_RUNNING", "CancelOutcome",
            "Cascade", "JobRecord", "JobRepository", "LastProgress", "QueueEntry", "Recovery", "Settlement",
            "SettlesThroughApply", "WorkerInfo", "cancelled_instead_note", "claim_limit", "id_taken",
-           "require_plain_pending", "takes_argument"]
+           "newest_failures", "require_plain_pending", "takes_argument"]
 
 
 class JobRepository(abc.ABC):
@@ -147,6 +147,22 @@ class JobRepository(abc.ABC):
         """`list`, with `args` and `kwargs` possibly left empty (see `get_without_args`):
         what `list_jobs` and the dashboard read. By default this is `list`."""
         return self.list(status=status, tags=tags, owner=owner, limit=limit, offset=offset)
+
+    def list_dead_letters(self, limit: Optional[int] = None) -> builtins.list[JobRecord]:
+        """The dead-letter queue: FAILED jobs, the most recently failed first (by
+        `completed_at`; among jobs that failed at the same moment, the later enqueued
+        first; a row without `completed_at` last), at most `limit` (None: all). Not
+        `list`'s order: a job enqueued long ago whose retry failed just now comes first.
+
+        By default `list` reads every failed job and `values.newest_failures` sorts them;
+        a store that keeps many reads only `limit` of them, from an index by finish time."""
+        return newest_failures(self.list(status=JobStatus.FAILED, limit=None), limit)
+
+    def list_dead_letters_without_args(self, limit: Optional[int] = None) -> builtins.list[JobRecord]:
+        """`list_dead_letters`, with `args` and `kwargs` possibly left empty (see
+        `get_without_args`): what the dashboard and `jobcore dlq` read. By default this is
+        `list_dead_letters`."""
+        return self.list_dead_letters(limit)
 
     @abc.abstractmethod
     def count_by_status(self) -> dict[JobStatus, int]:

@@ -19,7 +19,7 @@ from ..models import TERMINAL_STATUSES, JobStatus
 from ._cascade import dependency_error_message
 from .base import (CANCELLED_BY_REQUEST, CANCELLED_ERROR_TYPE, CANCELLED_WHILE_RUNNING, Cascade, CancelOutcome,
                    JobRecord, JobRepository, QueueEntry, Recovery, Settlement, WorkerInfo, cancelled_instead_note,
-                   id_taken)
+                   id_taken, newest_failures)
 from .memory_adding import MemoryAdding
 # A copy with dicts of its own: whoever holds it can change it without touching the store.
 from .values import detached_copy as _detached
@@ -134,6 +134,11 @@ class MemoryRepository(MemoryAdding, JobRepository):
                         if len(rows) == end:
                             break
             return [_detached(r) for r in rows[offset:end]]
+
+    def list_dead_letters(self, limit: Optional[int] = None) -> builtins.list[JobRecord]:
+        with self._lock:  # the failed rows only, kept apart by _by_status
+            rows = newest_failures(self._by_status[JobStatus.FAILED].values(), limit)
+            return [_detached(r) for r in rows]
 
     def change_token(self) -> Optional[object]:
         """How many writes could have made a job runnable or taken one (this manager's own

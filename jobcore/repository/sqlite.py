@@ -196,6 +196,13 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
                           limit: Optional[int] = 50, offset: int = 0) -> builtins.list[JobRecord]:
         return self._list(sql.COLUMNS_WITHOUT_ARGS, status, tags, owner, limit, offset)
 
+    def list_dead_letters(self, limit: Optional[int] = None) -> builtins.list[JobRecord]:
+        return [record_from_row(row) for row in self._read(sql.LIST_DEAD_LETTERS, (-1 if limit is None else limit,))]
+
+    def list_dead_letters_without_args(self, limit: Optional[int] = None) -> builtins.list[JobRecord]:
+        return [record_from_row(row)
+                for row in self._read(sql.LIST_DEAD_LETTERS_WITHOUT_ARGS, (-1 if limit is None else limit,))]
+
     def _list(self, columns: str, status: Optional[JobStatus], tags: Optional[Collection[str]],
               owner: Optional[str], limit: Optional[int], offset: int) -> builtins.list[JobRecord]:
         where: list[str] = ["1 = 1"]

@@ -9,7 +9,7 @@ from . import columns as _columns
 COLUMNS = _columns.JOB_COLUMNS  # the order the row decoders unpack
 COLUMNS_WITHOUT_ARGS = _columns.JOB_COLUMNS_WITHOUT_ARGS
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # The statuses are listed one by one (not `status <> 'pending'`, not `status IN (...)`):
 # SQLite uses a partial index for a query only if one of the query's own terms is one of
@@ -17,6 +17,13 @@ SCHEMA_VERSION = 5
 _JOBS_STATUS_INDEX = """CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq)
     WHERE status = 'scheduled' OR status = 'running' OR status = 'completed' OR status = 'failed'
        OR status = 'cancelled' OR blocked <> 0"""
+
+# The dead-letter queue, the most recently failed first: failed jobs by finish time, read
+# backwards (seq, the rowid, ends every entry: among equal times the later enqueued comes
+# first). Without it the queue was read from jobs_status's range of every failed job and
+# sorted in full ("USE TEMP B-TREE FOR ORDER BY") to give the first few. Only a job
+# entering or leaving FAILED writes it, never a claim or completion.
+_JOBS_FAILED_INDEX = "CREATE INDEX IF NOT EXISTS jobs_failed ON jobs (completed_at) WHERE status = 'failed'"
 
 # Created and read before everything else: the schema version decides what else may run.
 CREATE_META = """
@@ -91,6 +98,8 @@ CREATE INDEX IF NOT EXISTS jobs_schedules ON jobs (run_at) WHERE status = 'sched
 -- Pending jobs, except those waiting on dependencies, are left out: jobs_ready holds them
 -- and counts them, and each index a new job enters is one more page its INSERT writes.
 """ + _JOBS_STATUS_INDEX + """;
+-- The dead-letter queue by finish time: only a job entering or leaving FAILED writes it.
+""" + _JOBS_FAILED_INDEX + """;
 CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, seq) WHERE owner IS NOT NULL;
 -- At most one unfinished job per unique_key.
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_unique ON jobs (unique_key)
@@ -137,6 +146,8 @@ CREATE INDEX jobs_due ON jobs (function_name, run_at) WHERE status = 'scheduled'
     # Each worker's own lease: entries are reaped by it, not by the reaper's (NULL in
     # entries an older jobcore still running writes: judged by the reader's lease).
     4: "ALTER TABLE jobcore_workers ADD COLUMN lease_timeout REAL",
+    # The dead-letter queue's index by finish time (CREATE_SCHEMA, run first, makes it too).
+    5: _JOBS_FAILED_INDEX,
 }
 
 
@@ -173,6 +184,12 @@ SELECT id FROM jobs WHERE unique_key = ? AND status IN ('pending', 'scheduled', 
 SELECT_JOB = f"SELECT {COLUMNS} FROM jobs WHERE id = ?"
 SELECT_JOB_WITHOUT_ARGS = f"SELECT {COLUMNS_WITHOUT_ARGS} FROM jobs WHERE id = ?"
 SELECT_STATUS = "SELECT status, name FROM jobs WHERE id = ?"
+# The dead-letter queue (see _JOBS_FAILED_INDEX). INDEXED BY: left to itself the planner
+# reads jobs_status's range of every failed job and sorts them all (tests check the plan).
+_DEAD_LETTERS = ("FROM jobs INDEXED BY jobs_failed WHERE status = 'failed'"
+                 " ORDER BY completed_at DESC, seq DESC LIMIT ?")
+LIST_DEAD_LETTERS = f"SELECT {COLUMNS} {_DEAD_LETTERS}"
+LIST_DEAD_LETTERS_WITHOUT_ARGS = f"SELECT {COLUMNS_WITHOUT_ARGS} {_DEAD_LETTERS}"
 SELECT_DEPENDENCY = "SELECT status, name, cron IS NOT NULL FROM jobs WHERE id = ?"
 # Listing's filter for one tag (a parameter). A row whose tags are not a JSON array (a
 # corrupt row) is taken as tagless: json_each of text that is not JSON failed the whole

@@ -1,7 +1,7 @@
 """The values the storage contract speaks in: `JobRecord` (one stored job), `QueueEntry`,
 `Settlement` (with its `LastProgress`), `Cascade`, `Recovery`, `CancelOutcome` and `WorkerInfo`.
 
-Plain data and the small checks every backend shares; no storage code, no clock. The
+Plain data and the small checks (and the dead-letter queue's order) every backend shares; no storage code, no clock. The
 interface that takes and returns them is `repository.base.JobRepository`, which
 re-exports them all.
 """
@@ -9,8 +9,9 @@ re-exports them all.
 from __future__ import annotations
 
 import enum
+import heapq
 from dataclasses import MISSING, dataclass, field, fields
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence
 
 from ..errors import InvalidJob
 from ..models import JobStatus
@@ -312,3 +313,17 @@ def claim_limit(claim_ids: Sequence[str], up_to: Optional[int]) -> int:
     """How many jobs an `apply` with a top-up claims at most: `up_to`, never fewer than
     the ids it names."""
     return len(claim_ids) if up_to is None else max(up_to, len(claim_ids))
+
+
+def newest_failures(records: Iterable["JobRecord"], limit: Optional[int]) -> list["JobRecord"]:
+    """The dead-letter queue's order over FAILED `records`, up to `limit` (None: all): the
+    most recently failed first (by `completed_at`, when the last attempt ended, which a
+    `retry` resets, not when the job was enqueued); among jobs that failed at the same
+    moment, the later enqueued (higher `seq`) first; a row without `completed_at` after
+    every row with one. What `list_dead_letters` gives, for a store that sorts in Python."""
+    def newest(record: "JobRecord") -> tuple[bool, float, int]:
+        at = record.completed_at
+        return at is not None, 0.0 if at is None else at, record.seq
+    if limit is None:
+        return sorted(records, key=newest, reverse=True)
+    return heapq.nlargest(limit, records, key=newest)

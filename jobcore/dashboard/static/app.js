@@ -4,7 +4,9 @@
 // ?token=... (the access token, when the server requires one).
 // A refresh writes a node only when its text changes (a write clears any text selection in
 // it), and the open job's detail is fetched apart from the stats and table: its log comes
-// once, then only the lines added since.
+// once, then only the lines added since. "Show them" turns the table into the dead-letter
+// queue (GET /api/dlq: the most recently failed first, with when each failed) until a
+// filter is changed.
 "use strict";
 
 (function () {
@@ -21,6 +23,7 @@
 
   const state = {
     filters: { status: "", owner: "", tag: "" },
+    deadLetters: false,      // the table shows the dead-letter queue ("Show them"), not /api/jobs
     selected: null,          // id of the job shown in the detail panel
     rows: new Map(),         // job id -> <tr>, kept so rows update in place
     cancelling: new Set(),   // running jobs whose cancel was requested here
@@ -127,7 +130,7 @@
     return row;
   }
 
-  function updateRow(row, job) {
+  function updateRow(row, job, deadLetters) {
     const cells = row.cells_;
     setText(cells.name, String(job.name));
     if (cells.name.title !== job.function_name) cells.name.title = job.function_name;
@@ -138,7 +141,7 @@
     setText(cells.attempts, String(job.attempts));
     setText(cells.owner, job.owner || "–");
     setText(cells.tags, job.tags.join(", "));
-    setText(cells.created, formatTime(job.created_at));
+    setText(cells.created, formatTime(deadLetters ? job.completed_at : job.created_at));
     if (job.status !== "running") state.cancelling.delete(job.id);
     const cancel = cells.actions.querySelector(".cancel");
     cancel.hidden = !CANCELLABLE.has(job.status);
@@ -148,8 +151,10 @@
     row.classList.toggle("selected", job.id === state.selected);
   }
 
-  function renderJobs(jobs) {
+  // `deadLetters`: the jobs are the dead-letter queue, shown with when each failed.
+  function renderJobs(jobs, deadLetters) {
     const tbody = $("#jobs tbody");
+    setText($("#time-heading"), deadLetters ? "Failed" : "Created");
     const seen = new Set();
     let previous = null;
     for (const job of jobs) {
@@ -159,7 +164,7 @@
         row = createRow(job.id);
         state.rows.set(job.id, row);
       }
-      updateRow(row, job);
+      updateRow(row, job, deadLetters);
       const expected = previous ? previous.nextSibling : tbody.firstChild;
       if (expected !== row) tbody.insertBefore(row, expected);
       previous = row;
@@ -315,6 +320,7 @@
 
   // -- the refresh loop --------------------------------------------------------------------
   function jobsQuery() {
+    if (state.deadLetters) return "/api/dlq?limit=100";
     const query = new URLSearchParams({ limit: "100" });
     for (const [key, value] of Object.entries(state.filters)) {
       if (value) query.set(key, value);
@@ -332,9 +338,10 @@
     if (state.inFlight) return;
     state.inFlight = true;
     try {
+      const deadLetters = state.deadLetters;   // what this answer is, whatever a click changes meanwhile
       const [stats, jobs] = await Promise.all([request("GET", "/api/stats"), request("GET", jobsQuery())]);
       renderStats(stats);
-      renderJobs(jobs.jobs);
+      renderJobs(jobs.jobs, deadLetters);
       setConnection("live · updated " + new Date().toLocaleTimeString(), true);
     } catch (err) {
       setConnection("offline: " + err.message, false);
@@ -354,10 +361,20 @@
     }, delay);
   }
 
-  function flash(text) {
-    const node = $("#flash");
-    node.textContent = text;
-    node.hidden = !text;
+  // Shows `text`, and under it the jobs a "Retry all failed" could not re-queue, each with
+  // why (the `skipped` of POST /api/dlq/retry); its id opens the job's detail.
+  function flash(text, skipped) {
+    setText($("#flash-text"), text);
+    $("#flash-skipped").replaceChildren(...(skipped || []).map((entry) => {
+      const item = el("li", "skipped-job");
+      item.dataset.jobId = entry.id;
+      const idButton = el("button", "link job-id", entry.id.slice(0, 8));
+      idButton.type = "button";
+      idButton.title = entry.id;
+      item.append(idButton, (entry.name ? " (" + entry.name + ")" : "") + ": " + entry.reason);
+      return item;
+    }));
+    $("#flash").hidden = !text;
   }
 
   // -- user actions ------------------------------------------------------------------------
@@ -380,6 +397,8 @@
   }
 
   function readFilters() {
+    state.deadLetters = false;
+    $("#dlq-show").setAttribute("aria-pressed", "false");
     state.filters = {
       status: $("#filter-status").value,
       owner: $("#filter-owner").value.trim(),
@@ -407,13 +426,23 @@
     });
     $("#dlq-show").addEventListener("click", () => {
       select.value = "failed";
+      $("#filter-owner").value = "";
+      $("#filter-tag").value = "";
       readFilters();
+      state.deadLetters = true;   // by failure time: /api/dlq, not /api/jobs?status=failed
+      $("#dlq-show").setAttribute("aria-pressed", "true");
+    });
+    $("#flash-skipped").addEventListener("click", (event) => {
+      const item = event.target.closest("button.job-id") && event.target.closest("li[data-job-id]");
+      if (item) act("show", item.dataset.jobId);
     });
     $("#dlq-retry").addEventListener("click", async () => {
       if (!window.confirm("Re-queue every failed job?")) return;
       try {
         const reply = await request("POST", "/api/dlq/retry");
-        flash("re-queued " + reply.count + " failed job(s)");
+        const skipped = reply.skipped || [];
+        flash("re-queued " + reply.count + " failed job(s)"
+              + (skipped.length ? "; not re-queued, " + skipped.length + ":" : ""), skipped);
       } catch (err) {
         flash("retry all failed: " + err.message);
       }

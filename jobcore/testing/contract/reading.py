@@ -1,4 +1,5 @@
-"""Contract tests for the reads: get, ready, scheduled, list, the counts, logs; writes only set up."""
+"""Contract tests for the reads: get, ready, scheduled, list, the dead-letter queue, the
+counts, logs; writes only set up."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from .support import NOW, _add, _claim, _complete, _fail, _get, _ids_of, make_re
 
 
 class _ReadingContract:
-    """get, ready, scheduled, list, count_by_status, count_queued and logs."""
+    """get, ready, scheduled, list, list_dead_letters, count_by_status, count_queued and logs."""
 
     def test_get_of_an_unknown_id_is_none(self, repository: JobRepository) -> None:
         assert repository.get("no-such-job") is None
@@ -168,6 +169,38 @@ class _ReadingContract:
         assert ids(status=JobStatus.COMPLETED) == [c.id]
         assert ids(status=JobStatus.PENDING, owner="alice", tags=["y"]) == [d.id, a.id]
         assert ids(tags=["nope"]) == [] and ids(owner="carol") == []
+
+    def test_dead_letters_are_the_failed_jobs_most_recently_failed_first(self, repository: JobRepository) -> None:
+        # given, in enqueue order: a job that failed last, one that failed first, two that
+        # failed at one moment, a completed job and a pending one
+        late, early, tie_a, tie_b, done = (_add(repository, args=(n,), kwargs={"n": n}) for n in range(5))
+        _add(repository)
+        _fail(repository, early.id, now=NOW + 1)
+        _fail(repository, tie_a.id, now=NOW + 2)
+        _fail(repository, tie_b.id, now=NOW + 2)
+        _fail(repository, late.id, now=NOW + 3)
+        _complete(repository, done.id, now=NOW + 4)
+
+        def ids(records: list[Any]) -> list[str]:
+            return [r.id for r in records]
+
+        # then the dead-letter queue is by failure time, the later enqueued first among equals
+        newest = [late.id, tie_b.id, tie_a.id, early.id]
+        assert ids(repository.list_dead_letters()) == newest
+        assert ids(repository.list_dead_letters(2)) == newest[:2]
+        assert repository.list_dead_letters(0) == []
+        assert [(r.args, r.kwargs) for r in repository.list_dead_letters(1)] == [((0,), {"n": 0})]
+        assert ids(repository.list_dead_letters_without_args()) == newest
+        assert ids(repository.list_dead_letters_without_args(3)) == newest[:3]
+        # and listing by status keeps the newest enqueued first
+        assert ids(repository.list(status=JobStatus.FAILED)) == [tie_b.id, tie_a.id, early.id, late.id]
+
+        # when the first failure is re-queued and fails again, later than every other
+        assert repository.requeue(early.id, NOW + 5) is not None
+        assert ids(repository.list_dead_letters()) == [late.id, tie_b.id, tie_a.id]
+        _fail(repository, early.id, now=NOW + 6)
+        # then it comes first
+        assert ids(repository.list_dead_letters()) == [early.id, late.id, tie_b.id, tie_a.id]
 
     def test_count_by_status_has_every_status(self, repository: JobRepository) -> None:
         assert repository.count_by_status() == {status: 0 for status in JobStatus}
