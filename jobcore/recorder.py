@@ -49,10 +49,23 @@ class Finished:
     # The attempt's last progress report that may not be in its row yet: recorded with
     # the outcome, in the same transaction (see `progress`).
     last_report: Optional[Report] = None
+    # Only on the failure path (see `Recorder._record_each`): how many exchanges carrying
+    # this outcome the repository failed, and how many times it failed to record it alone
+    # while it renewed the job's lease (it works, but not for this outcome).
+    failed_exchanges: int = 0
+    failed_alone: int = 0
 
 
 # A completed job's result longer than this (as JSON) is not remembered (see Completion).
 REMEMBERED_RESULT_CHARS = 1024
+
+# After this many failed exchanges carrying an outcome, the outcomes are recorded one at a
+# time (see `Recorder._record_each`): one the store cannot take must not hold the others,
+# and the claims, back for ever. A store that is down fails the first, and that is all.
+ISOLATE_AFTER = 2
+# An outcome the store failed to record alone this many times, while it renewed the job's
+# lease each time (so it works), is recorded as a failure of the job saying so.
+UNRECORDABLE_AFTER = 3
 
 
 # The fields of a claimed record a `Completion` keeps: those `poll` shows that completing
@@ -167,10 +180,12 @@ class Recorder:
                  claim_seqs: Optional[list[int]] = None) -> Optional[list[JobRecord]]:
         """Record `finished` and claim `claim_ids` (topped up from `top_up` names, to
         `up_to` claims if more) in one repository call, then act on the results. Returns
-        the claimed records, best first, or None if the repository failed (nothing was
-        recorded; retry later). An error other than a `RepositoryError` made with claims
-        drops them (none are made) and records the outcomes alone. `claim_seqs`: the seqs
-        of `claim_ids`, if known."""
+        the claimed records, best first, or None if the repository failed: no claim was
+        made, and `finished` (changed in place) holds the outcomes not recorded; retry
+        later. An error other than a `RepositoryError` made with claims drops them (none
+        are made) and records the outcomes alone; made with outcomes alone, or a
+        `RepositoryError` repeated, it records each alone (see `_record_each`).
+        `claim_seqs`: the seqs of `claim_ids`, if known."""
         now = self._clock.time()
         settlements = [f.settlement or self._settled(f, now) for f in finished]
         try:
@@ -185,11 +200,22 @@ class Recorder:
         except RepositoryError as exc:  # storage trouble: retry, never die
             logger.error("could not record %d outcomes / claim %d jobs, will retry: %s",
                          len(settlements), len(claim_ids), exc)
+            for f in finished:
+                f.failed_exchanges += 1
+            if finished and max(f.failed_exchanges for f in finished) >= ISOLATE_AFTER:
+                # Perhaps one outcome the store refuses, every time: the others are recorded
+                # alone, and the claims wait for the next exchange (it retries them).
+                self._record_each(finished, settlements, now)
             return None
         except Exception:  # a backend bug, or a claim it cannot make: never die, never loop
             if not claim_ids and wanted is None:
-                logger.exception("repository failed to record %d outcomes; will retry", len(settlements))
-                return None
+                # Retried as it is, one outcome the backend refuses (a result too long for
+                # its column: see `JobRepository.apply`) stalled every outcome and claim
+                # after it, for ever. Each is recorded alone, and one refused alone fails
+                # its job.
+                logger.exception("repository failed to record %d outcomes; each is recorded alone",
+                                 len(settlements))
+                return [] if self._record_each(finished, settlements, now) else None
             # Retried with the same claims it would fail again for ever, the outcomes with
             # it (a corrupt row's id once did: its jobs stayed RUNNING, nothing else ran).
             # The claims are dropped (their jobs stay in the store, as after a lost race)
@@ -220,6 +246,65 @@ class Recorder:
         if len(claimed) > 1:
             claimed.sort(key=lambda r: (-r.priority, r.seq))
         return claimed
+
+    def _record_each(self, finished: list[Finished], settlements: list[Settlement], now: float) -> bool:
+        """Record each of `settlements` (of `finished`) in a call of its own, after a call
+        recording them together failed; act on those recorded. One the repository refuses
+        with an error other than a `RepositoryError` (it cannot hold it), or fails to
+        record `UNRECORDABLE_AFTER` times while renewing its lease, becomes a final failure
+        of its job saying why (or, if even that is refused, is given up: its lease lapses
+        and it is taken back, as after a crash). A `RepositoryError` for the lease too says
+        the store is down: the rest wait. `finished` is left holding (in place) those not
+        recorded, to be retried; returns True if there are none."""
+        recorded: list[tuple[Finished, Settlement, Optional[Cascade]]] = []
+        left: list[Finished] = []
+        given_up: list[str] = []
+        pending = sorted(zip(finished, settlements), key=lambda pair: pair[0].failed_alone)  # suspects last
+        for index, (f, settlement) in enumerate(pending):
+            try:
+                recorded.append((f, settlement, self._record_alone(settlement, now)))
+                continue
+            except RepositoryError as exc:
+                if not self._store_works(f, now):  # down: nothing more to learn now
+                    left.extend(g for g, _ in pending[index:])
+                    break
+                f.failed_alone += 1
+                if f.failed_alone < UNRECORDABLE_AFTER:
+                    logger.error("could not record the outcome of job %s (the store works), will retry: %s",
+                                 f.record.id, exc)
+                    left.append(f)
+                    continue
+                refusal: Exception = exc
+            except Exception as exc:  # the backend cannot hold this outcome: no retry can help
+                refusal = exc
+            logger.error("the repository refused the outcome of job %s; the job is failed: %s",
+                         f.record.id, describe(refusal))
+            failure = _unrecordable(f.record, refusal)
+            try:
+                recorded.append((f, failure, self._record_alone(failure, now)))
+            except Exception:
+                logger.exception("could not record the failure of job %s either; it is given up, and taken"
+                                 " back once its lease expires", f.record.id)
+                given_up.append(f.record.id)
+        if given_up:
+            self.forget_unrecorded(given_up)
+        if recorded:
+            done, decided, cascades = (list(column) for column in zip(*recorded))
+            self._after_all(done, decided, cascades, now)
+        finished[:] = left
+        return not left
+
+    def _record_alone(self, settlement: Settlement, now: float) -> Optional[Cascade]:
+        return self._repo.apply([settlement], [], self._worker_id, now, now + self._lease_timeout)[0][0]
+
+    def _store_works(self, finished: Finished, now: float) -> bool:
+        """True if the store renews the job's lease (a write to its very row): the failure
+        to record its outcome is then this outcome's, not the store's."""
+        try:
+            self._repo.heartbeat(self._worker_id, [finished.record.id], now + self._lease_timeout, now)
+        except Exception:
+            return False
+        return True
 
     def _after_all(self, finished: list[Finished], settlements: list[Settlement],
                    cascades: list[Optional[Cascade]], now: float) -> None:
@@ -253,10 +338,7 @@ class Recorder:
             settlement = self._settlement(finished, now)
         except Exception as exc:
             logger.exception("could not decide the outcome of job %s; it is failed", finished.record.id)
-            record = finished.record
-            settlement = Settlement("fail", record.id, record.attempts, error=serialization.storable_text(
-                                    f"its outcome could not be recorded: {describe(exc)}"),
-                                    error_type=serialization.storable_text(type(exc).__name__), seq=record.seq)
+            settlement = _unrecordable(finished.record, exc)
         return self._with_last_report(settlement, finished)
 
     def _with_last_report(self, settlement: Settlement, finished: Finished) -> Settlement:
@@ -365,6 +447,14 @@ class Recorder:
             self._publish(EVENTS["cancel"], uncounted, details)
         except Exception:  # a notification must not keep the others from being told
             logger.exception("announcing the cancel of job %s failed", record.id)
+
+
+def _unrecordable(record: JobRecord, exc: BaseException) -> Settlement:
+    """The final failure of a job whose outcome could not be decided or recorded: a short
+    error saying why, which any store holds."""
+    return Settlement("fail", record.id, record.attempts, error=serialization.storable_text(
+                      f"its outcome could not be recorded: {describe(exc)}"),
+                      error_type=serialization.storable_text(type(exc).__name__), seq=record.seq)
 
 
 def _never_retried(exc: BaseException) -> bool:

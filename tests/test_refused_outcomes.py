@@ -1,0 +1,116 @@
+"""Outcomes a backend refuses: one outcome its store cannot take fails its own job, and
+every other outcome and claim goes on (it once stalled the whole manager for ever)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Sequence
+
+import pytest
+
+from jobcore import (CallbackNotificationChannel, Job, JobManager, JobStatus, MemoryRepository, RepositoryError,
+                     SQLiteRepository)
+from jobcore.recorder import UNRECORDABLE_AFTER
+from jobcore.repository.base import JobRepository, Settlement
+from waiting import wait_until
+
+WAIT = 10.0
+LIMIT = 1000  # characters the stores below hold in a result
+
+
+class RefusesLongResults:
+    """A backend mixin whose store holds results of up to LIMIT characters, and says so
+    only when asked to store a longer one (it sets no `max_payload_bytes`): `apply` raises
+    `error` before writing anything, as `JobRepository.apply` allows."""
+
+    error: type[Exception] = ValueError
+    refused = 0  # how many calls it refused
+
+    def apply(self, settlements: Sequence[Settlement], *args: Any, **kwargs: Any) -> Any:
+        self._check(settlements)
+        return super().apply(settlements, *args, **kwargs)  # type: ignore[misc]
+
+    def insert_and_apply(self, record: Any, settlements: Sequence[Settlement], *args: Any, **kwargs: Any) -> Any:
+        self._check(settlements)
+        return super().insert_and_apply(record, settlements, *args, **kwargs)  # type: ignore[misc]
+
+    def _check(self, settlements: Sequence[Settlement]) -> None:
+        if any(s.kind == "complete" and len(str(s.result)) > LIMIT for s in settlements):
+            self.refused += 1
+            raise self.error(f"the result column holds at most {LIMIT} characters")
+
+
+class SQLiteRefusing(RefusesLongResults, SQLiteRepository):
+    pass
+
+
+class MemoryRefusing(RefusesLongResults, MemoryRepository):
+    pass
+
+
+@pytest.mark.parametrize("error", [ValueError, RepositoryError])
+@pytest.mark.parametrize("backend", ["sqlite", "memory"])
+def test_an_outcome_the_store_refuses_fails_its_job_and_the_others_run(make_manager: Any, tmp_path: Any,
+                                                                       backend: str, error: type) -> None:
+    # given a store refusing results over LIMIT characters, with a ValueError (it cannot
+    # hold it) or a RepositoryError (as a driver's error translated), and 20 jobs of which
+    # the first returns a longer one, all run on two workers
+    repository: JobRepository = (SQLiteRefusing(str(tmp_path / "jobs.db")) if backend == "sqlite"
+                                 else MemoryRefusing())
+    repository.error = error  # type: ignore[attr-defined]
+    manager: JobManager = make_manager(repository, max_workers=2, poll_interval=0.2)
+    dead: list[str] = []
+    told = threading.Event()
+    manager.add_notification_channel(CallbackNotificationChannel(
+        lambda event: (dead.append(event["job_id"]), told.set()) if event["event"] == "job.dead_lettered" else None))
+    manager.register_function("work", lambda n: "x" * (5 * LIMIT) if n == 0 else n)
+    ids = manager.enqueue_many([Job(function_name="work", args=(n,), max_retries=0) for n in range(20)])
+    # when they run
+    manager.start()
+    results = [manager.wait(job_id, timeout=WAIT) for job_id in ids]
+    # then every other job completed, once
+    assert [(r.status, r.result, r.attempts) for r in results[1:]] == [
+        (JobStatus.COMPLETED, n, 1) for n in range(1, 20)]
+    # and the refused one failed, saying why, and was dead-lettered like any failure
+    refused = results[0]
+    assert (refused.status, refused.error_type, refused.attempts) == (JobStatus.FAILED, error.__name__, 1)
+    assert "its outcome could not be recorded" in (refused.error or "")
+    assert f"at most {LIMIT} characters" in (refused.error or "")
+    assert told.wait(WAIT) and dead == [ids[0]]
+    assert repository.refused >= 1  # type: ignore[attr-defined]
+
+
+class Unwritable(MemoryRepository):
+    """Every write of an outcome, and every lease renewal, fails: a store that is down."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = threading.Event()
+        self.down.set()
+        self.attempts = 0
+
+    def apply(self, settlements: Sequence[Settlement], *args: Any, **kwargs: Any) -> Any:
+        if settlements and self.down.is_set():
+            self.attempts += 1
+            raise RepositoryError("disk I/O error (injected)")
+        return super().apply(settlements, *args, **kwargs)
+
+    def heartbeat(self, *args: Any, **kwargs: Any) -> Any:
+        if self.down.is_set():
+            raise RepositoryError("disk I/O error (injected)")
+        return super().heartbeat(*args, **kwargs)
+
+
+def test_a_store_that_is_down_fails_no_outcome_however_often_it_is_retried(make_manager: Any) -> None:
+    # given a store that refuses every outcome and lease renewal, and three finished jobs
+    repository = Unwritable()
+    manager: JobManager = make_manager(repository, max_workers=3, poll_interval=0.2)
+    manager.register_function("work", lambda n: n)
+    ids = manager.enqueue_many([Job(function_name="work", args=(n,), max_retries=0) for n in range(3)])
+    manager.start()
+    # when the manager has tried to record them in more rounds than it takes to give up
+    # on one outcome the store refuses alone (each round after the first two tries one alone)
+    wait_until(lambda: repository.attempts >= 2 + 2 * UNRECORDABLE_AFTER, WAIT, "retries")
+    # then none was failed for it: once the store is back, each completes
+    repository.down.clear()
+    assert [manager.wait(job_id, timeout=WAIT).status for job_id in ids] == [JobStatus.COMPLETED] * 3
