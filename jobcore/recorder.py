@@ -25,7 +25,7 @@ from .queue import ReadyQueue
 from .records import local_datetime, new_result
 from .registry import FunctionRegistry, LocalJobs
 from .repository.base import (CANCELLED_BY_REQUEST, CANCELLED_ERROR_TYPE, Cascade, JobRecord, JobRepository,
-                              LastProgress, QueueEntry, Settlement, takes_argument)
+                              LastProgress, PartlyApplied, QueueEntry, Settlement, takes_argument)
 from .retry import Classifier
 from .scheduler import ScheduleFirer
 from .settle import EVENTS, cancelled, completed, decide, describe, event_details
@@ -200,6 +200,11 @@ class Recorder:
         except RepositoryError as exc:  # storage trouble: retry, never die
             logger.error("could not record %d outcomes / claim %d jobs, will retry: %s",
                          len(settlements), len(claim_ids), exc)
+            if isinstance(exc, PartlyApplied):  # (a backend's `apply` made one call at a time)
+                # Those recorded are acted on now: retried, they would be "no longer held".
+                done = len(exc.cascades)
+                self._after_all(finished[:done], settlements[:done], exc.cascades, now)
+                finished[:done], settlements = [], settlements[done:]
             for f in finished:
                 f.failed_exchanges += 1
             if finished and max(f.failed_exchanges for f in finished) >= ISOLATE_AFTER:
@@ -425,6 +430,8 @@ class Recorder:
         except RepositoryError as exc:
             logger.error("could not hand back %d unstarted jobs (their leases will lapse): %s",
                          len(records), exc)
+            if isinstance(exc, PartlyApplied):  # the first ones were handed back
+                cascades = exc.cascades
         finally:
             for record, cascade in zip(records, cascades):
                 if cascade is not None and cascade.cancelled_instead:

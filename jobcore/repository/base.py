@@ -10,7 +10,8 @@ Rules every implementation keeps:
   compare-and-set: it applies only if the row still has the status (and, for running
   jobs, the `worker_id` and `attempts`) the caller saw, and reports whether it applied.
 - Each method is atomic: it applies wholly or not at all, even across processes sharing
-  the store. A method that raises has changed nothing.
+  the store. A method that raises has changed nothing. (The defaults that take several
+  calls, `apply` and `insert_claimed`, promise less and say what: see them.)
 - Methods are safe to call from many threads at once.
 - Failures of the store itself raise `jobcore.errors.RepositoryError`.
 """
@@ -20,18 +21,23 @@ from __future__ import annotations
 import builtins
 import abc
 import inspect
+import logging
 from typing import Any, Callable, Collection, Optional, Sequence
 
 from ..models import JobStatus
+from . import one_by_one
 from .values import (CANCELLED_BY_REQUEST, CANCELLED_ERROR_TYPE, CANCELLED_WHILE_RUNNING, CancelOutcome,
-                     Cascade, JobRecord, LastProgress, QueueEntry, Recovery, Settlement, WorkerInfo,
-                     cancelled_instead_note, claim_limit, id_taken, newest_failures, require_plain_pending)
+                     Cascade, JobRecord, LastProgress, PartlyApplied, QueueEntry, Recovery, Settlement,
+                     WorkerInfo, cancelled_instead_note, claim_limit, id_taken, newest_failures,
+                     require_plain_pending)
 
 # The values are re-exported: backends and callers import them from here.
 __all__ = ["CANCELLED_BY_REQUEST", "CANCELLED_ERROR_TYPE", "CANCELLED_WHILE_RUNNING", "CancelOutcome",
-           "Cascade", "JobRecord", "JobRepository", "LastProgress", "QueueEntry", "Recovery", "Settlement",
-           "SettlesThroughApply", "WorkerInfo", "cancelled_instead_note", "claim_limit", "id_taken",
-           "newest_failures", "require_plain_pending", "takes_argument"]
+           "Cascade", "JobRecord", "JobRepository", "LastProgress", "PartlyApplied", "QueueEntry", "Recovery",
+           "Settlement", "SettlesThroughApply", "WorkerInfo", "cancelled_instead_note", "claim_limit",
+           "id_taken", "newest_failures", "require_plain_pending", "takes_argument"]
+
+logger = logging.getLogger("jobcore.repository")
 
 
 class JobRepository(abc.ABC):
@@ -82,12 +88,22 @@ class JobRepository(abc.ABC):
 
         Returns the id `insert` would return and the claimed record, or None when the job
         was stored without being claimed (waiting on dependencies or a time, cancelled, or
-        its `unique_key` resolved to another job, or another worker claimed it first). This
-        default takes two transactions; a backend may do both in one."""
+        its `unique_key` resolved to another job, or another worker claimed it first). It
+        raises only if nothing was stored.
+
+        This default takes two transactions; a backend may do both in one. A claim that
+        raises once the job is stored is logged, and the job returned unclaimed (it waits
+        for a later claim, as if another worker had taken it first): raised, it would tell
+        the caller that nothing was stored, and a caller retrying would store it twice."""
         job_id = self.insert([record], now)[0]
         if job_id != record.id or record.status is not JobStatus.PENDING or record.blocked:
             return job_id, None
-        _, claimed = self.apply([], [job_id], worker_id, now, lease_expires_at)
+        try:
+            _, claimed = self.apply([], [job_id], worker_id, now, lease_expires_at)
+        except Exception as exc:  # stored already: the caller must not be told otherwise
+            logger.warning("job %s was stored but claiming it failed; it waits for a later claim: %r",
+                           job_id, exc)
+            return job_id, None
         return job_id, claimed[0] if claimed else None
 
     def insert_and_apply(self, record: JobRecord, settlements: Sequence[Settlement], claim_ids: Sequence[str],
@@ -266,7 +282,16 @@ class JobRepository(abc.ABC):
         the job; for "release", an empty Cascade when it applied, unless the job ended
         CANCELLED instead: see `release`), and the records claimed.
         A settlement whose result the store cannot hold raises `TypeError`/`ValueError`
-        before anything is written. This default applies them one by one.
+        before anything is written.
+
+        This default (see `one_by_one`) makes them one single-job call at a time, not as
+        one transaction, and so promises less: in a persistent store it checks every
+        settlement first (its kind, and that JSON holds its result within
+        `max_payload_bytes`); a settlement that raises once earlier ones were written
+        raises `PartlyApplied` (a `RepositoryError` saying which were recorded; nothing is
+        undone); once anything was written, a claim that raises ends the claiming (logged)
+        and what was done is returned. A release reports `cancelled_instead` by reading
+        the row back.
 
         `claim_seqs` (given only where `finds_rows_by_seq`) is the `seq` of each of
         `claim_ids`, in order: the backend may find the rows by it, claiming only those
@@ -275,31 +300,12 @@ class JobRepository(abc.ABC):
         A settlement's `progress` (given only where `stores_settlement_progress`) is
         stored as `update_progress` would store it, just before that settlement: a
         compare-and-set on the same attempt, so the row of an outcome recorded ends with it."""
-        cascades = [self._apply_one(s, worker_id, now) for s in settlements]
-        claimed = [r for r in (self.claim(job_id, worker_id, now, lease_expires_at) for job_id in claim_ids)
-                   if r is not None]
-        wanted = claim_limit(claim_ids, up_to)
-        if top_up is not None and len(claimed) < wanted:
-            for entry in self.ready(top_up, wanted - len(claimed)):
-                record = self.claim(entry.job_id, worker_id, now, lease_expires_at)
-                if record is not None:
-                    claimed.append(record)
-        return cascades, claimed
+        return one_by_one.apply(self, settlements, claim_ids, worker_id, now, lease_expires_at, top_up, up_to)
 
     def _apply_one(self, s: Settlement, worker_id: str, now: float) -> Optional[Cascade]:
-        if s.progress is not None:
-            self.update_progress(s.job_id, worker_id, s.attempt, s.progress.progress, s.progress.message,
-                                 s.progress.details, now)
-        if s.kind == "complete":
-            return self.complete(s.job_id, worker_id, s.attempt, s.result, now, s.note)
-        if s.kind in ("retry", "fail"):
-            return self.fail(s.job_id, worker_id, s.attempt, error=s.error or "", error_type=s.error_type or "",
-                             traceback=s.traceback, now=now, retry_at=s.retry_at, note=s.note)
-        if s.kind == "cancel":
-            return self.finish_cancelled(s.job_id, worker_id, s.attempt, now)
-        if s.kind == "release":
-            return Cascade() if self.release(s.job_id, worker_id, s.attempt, now) else None
-        raise ValueError(f"unknown settlement kind {s.kind!r}")
+        """One settlement, through the single-job method that makes it (for the default
+        `apply`; a subclass may make some kinds itself)."""
+        return one_by_one.apply_one(self, s, worker_id, now)
 
     @abc.abstractmethod
     def cancel(self, job_id: str, now: float, reason: str) -> tuple[CancelOutcome, Cascade]:

@@ -13,7 +13,7 @@ import heapq
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence
 
-from ..errors import InvalidJob
+from ..errors import InvalidJob, RepositoryError
 from ..models import JobStatus
 
 
@@ -278,6 +278,18 @@ class Cascade:
     released: tuple[QueueEntry, ...] = ()
     cancelled: tuple[str, ...] = ()
     cancelled_instead: bool = False
+
+
+class PartlyApplied(RepositoryError):
+    """Raised by the default `JobRepository.apply` (one single-job call at a time, no
+    transaction) when a settlement raised after earlier ones were recorded: `cascades`
+    holds what those returned, in order (the first `len(cascades)` settlements); the one
+    that raised is `__cause__`, and it and those after it were not recorded, nor any claim
+    made. Retrying only those loses nothing."""
+
+    def __init__(self, cascades: Sequence[Optional[Cascade]], cause: BaseException) -> None:
+        super().__init__(f"{len(cascades)} settlements were recorded, then one failed: {cause}")
+        self.cascades = list(cascades)
 
 
 # The error and error type of a job stopped while running on a cancel request
