@@ -522,3 +522,41 @@ def test_a_new_plain_job_enters_only_the_table_its_id_index_and_jobs_ready(repo:
     # and a job waiting on another enters jobs_status too (counted and listed from there)
     waiting = make_record(depends_on=(repo.list()[0].id,))
     assert _frames_written(path, lambda: repo.insert([waiting], NOW)) > 3
+
+
+# -- the suite catches what it promises to --------------------------------------------------
+class RecoverRequeuesCancelled(MemoryRepository):
+    """A backend whose recovery forgets cancel requests: a lapsed job whose cancel() returned
+    True is re-queued and runs again."""
+
+    def recover(self, now: float) -> Any:
+        with self._lock:
+            for row in self._by_status[JobStatus.RUNNING].values():
+                row.cancel_requested = False
+            return super().recover(now)
+
+
+class RequeueRevivesSchedules(MemoryRepository):
+    """A backend whose requeue makes a cancelled cron schedule PENDING, as any cancelled job."""
+
+    def requeue(self, job_id: str, now: float) -> Any:
+        with self._lock:
+            row = self._jobs.get(job_id)
+            if row is not None and row.is_schedule and row.status is JobStatus.CANCELLED:
+                self._set_status(row, JobStatus.PENDING)
+                return row.queue_entry()
+        return super().requeue(job_id, now)
+
+
+@pytest.mark.parametrize(("backend", "test"), [
+    (RecoverRequeuesCancelled, "test_recovery_ends_a_lapsed_job_cancelled_once_its_cancellation_was_requested"),
+    (RecoverRequeuesCancelled, "test_recover_reports_what_it_ended_and_expire_worker_ends_leases_at_once"),
+    (RequeueRevivesSchedules, "test_requeue_leaves_an_ended_schedule_ended"),
+])
+def test_the_contract_suite_fails_a_backend_that_breaks_its_promise(backend: type, test: str) -> None:
+    repository = backend()
+    try:
+        with pytest.raises(AssertionError):
+            getattr(RepositoryContract(), test)(repository)
+    finally:
+        repository.close()

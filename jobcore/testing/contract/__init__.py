@@ -18,7 +18,7 @@ A backend runs the whole suite by subclassing `RepositoryContract` and providing
             repo.close()
 
 The tests are grouped by what they exercise, one mixin per module (`adding`, `reading`,
-`running`, `settling`, `progress`, `schedules`, `workers`, `housekeeping`, `concurrency`);
+`running`, `recovering`, `settling`, `progress`, `schedules`, `workers`, `housekeeping`, `concurrency`);
 `RepositoryContract` combines them and is the one class to subclass. `support` holds the
 fixed times and the helpers they share.
 """
@@ -30,6 +30,7 @@ from .concurrency import _ConcurrencyContract
 from .housekeeping import _HousekeepingContract
 from .progress import _ProgressContract
 from .reading import _ReadingContract
+from .recovering import _RecoveringContract
 from .running import _RunningContract
 from .schedules import _SchedulesContract
 from .settling import _SettlingContract
@@ -39,8 +40,9 @@ from .workers import _WorkersContract
 __all__ = ["RepositoryContract", "make_record", "claim_race", "NOW", "LEASE"]
 
 
-class RepositoryContract(_AddingContract, _ReadingContract, _RunningContract, _SettlingContract,
-                         _ProgressContract, _SchedulesContract, _WorkersContract, _HousekeepingContract,
+class RepositoryContract(_AddingContract, _ReadingContract, _RunningContract, _RecoveringContract,
+                         _SettlingContract, _ProgressContract, _SchedulesContract, _WorkersContract,
+                         _HousekeepingContract,
                          _ConcurrencyContract):
     """Every promise of `JobRepository`, as pytest tests.
 

@@ -1,4 +1,5 @@
-"""Contract tests for one job's life: claim, complete, fail, cancel, requeue, leases; no batches (`settling`)."""
+"""Contract tests for one job's life: claim, complete, fail, cancel, requeue, leases; no batches
+(`settling`), no recovery of lapsed leases (`recovering`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from .support import LEASE, NOW, _add, _claim, _complete, _fail, _get, _ids_of, 
 
 
 class _RunningContract:
-    """claim, complete, fail, finish_cancelled, cancel, requeue, progress, heartbeats, recovery."""
+    """claim, complete, fail, finish_cancelled, cancel, requeue, progress, heartbeats."""
 
     def test_claim_makes_a_pending_job_running(self, repository: JobRepository) -> None:
         job = _add(repository)
@@ -353,35 +354,3 @@ class _RunningContract:
         assert repository.heartbeat("w1", [a.id, b.id], NOW + 110, NOW + 7) == [a.id]
         assert repository.heartbeat("w2", [a.id, c.id], NOW + 110, NOW + 7) == []
         assert repository.heartbeat("w1", [], NOW + 110, NOW + 7) == []
-
-    def test_recover_expired_requeues_jobs_whose_lease_ran_out(self, repository: JobRepository) -> None:
-        # given a running job whose worker stopped heartbeating, and one whose worker still does
-        lost, alive = _add(repository, max_retries=3), _add(repository)
-        _claim(repository, lost.id, "w1")
-        _claim(repository, alive.id, "w2")
-        repository.heartbeat("w2", [alive.id], NOW + 90, NOW + 20)
-        # when recovery runs before and after the lost lease's end
-        assert repository.recover_expired(NOW + LEASE - 1) == []
-        recovered = repository.recover_expired(NOW + LEASE + 1)
-        # then only the lost job is back, PENDING, its attempt still counted
-        assert _ids_of(recovered) == [lost.id]
-        stored = _get(repository, lost.id)
-        assert (stored.status, stored.attempts, stored.lease_expires_at) == (JobStatus.PENDING, 1, None)
-        assert _ids_of(repository.ready(None, 10)) == [lost.id]
-        assert _status(repository, alive.id) is JobStatus.RUNNING
-        assert _claim(repository, lost.id, "w3", now=NOW + LEASE + 2).attempts == 2
-
-    def test_recover_expired_fails_a_job_whose_last_attempt_was_lost(self, repository: JobRepository) -> None:
-        # given a job allowed one retry, with a dependent
-        job = _add(repository, max_retries=1)
-        dependent = _add(repository, depends_on=(job.id,))
-        # when both of its attempts lose their lease
-        _claim(repository, job.id, now=NOW)
-        assert _ids_of(repository.recover_expired(NOW + LEASE + 1)) == [job.id]
-        _claim(repository, job.id, now=NOW + 100)
-        assert repository.recover_expired(NOW + 100 + LEASE + 1) == []
-        # then it is FAILED as WorkerLost, and its dependent is cancelled
-        stored = _get(repository, job.id)
-        assert (stored.status, stored.error_type, stored.attempts, stored.completed_at) == (
-            JobStatus.FAILED, "WorkerLost", 2, NOW + 100 + LEASE + 1)
-        assert _status(repository, dependent.id) is JobStatus.CANCELLED
