@@ -194,7 +194,7 @@ class ProgressWriter:
 
     def settled(self, job_ids: Iterable[str]) -> None:
         """The outcomes of these jobs' attempts were recorded (or discarded): forget them."""
-        if not (self._ending or self._written_at or self._written):  # dict reads: most jobs reported nothing
+        if not (self._ending or self._written_at or self._written or self._writing):  # most jobs reported nothing
             return
         with self._lock:
             recent = self._recent
@@ -209,6 +209,12 @@ class ProgressWriter:
                 self._ending.pop(job_id, None)
                 self._written.pop(job_id, None)
                 self._written_at.pop(job_id, None)  # (an attempt given up: `take` never came)
+                writing = self._writing.get(job_id)
+                if writing is not None and writing.context.over:
+                    # Its write, still under way, must not move it to _written once it
+                    # returns (`flush_due`): kept there, `latest` would show it to every
+                    # later poll, whatever its mark, and nothing would ever remove it.
+                    del self._writing[job_id]
 
     def mark(self) -> int:
         """A mark to take before reading a job's row, for `latest` (one int read)."""

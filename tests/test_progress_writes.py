@@ -499,3 +499,34 @@ def test_a_progress_message_of_none_is_no_message() -> None:
     context.progress(0.6, 42)  # type: ignore[arg-type]
     assert sink.messages == ["", "42"]
 
+
+
+def test_a_report_whose_write_returns_after_its_attempt_settled_is_not_shown_again() -> None:
+    # The housekeeper was writing an attempt's last report (its store call waiting, on a
+    # busy file) as the attempt ended and its outcome was recorded: once the write
+    # returned, the report moved to the written ones, never to leave them, and every
+    # later poll of the job (re-queued and running again here, as attempt 1 again) showed
+    # it, whatever its mark.
+    writing, release = threading.Event(), threading.Event()
+
+    def slow_write(report: Report) -> None:
+        writing.set()
+        assert release.wait(10)
+
+    writer = ProgressWriter(slow_write, throttle=True, wake=lambda: True)
+    context = JobContext("a", "a", 1, _Recording())
+    context.began_at -= 2 * PROGRESS_INTERVAL  # its first report is due at once
+    context.reported_progress = True
+    writer.report(Report(context, 0.8, "almost", {"step": 8}))
+    flusher = threading.Thread(target=writer.flush_due)
+    flusher.start()
+    assert writing.wait(10)
+    context.ended = True
+    taken = writer.take(context)
+    assert taken is not None and taken.progress == 0.8  # the outcome records it
+    writer.settled(["a"])
+    assert writer.latest("a", writer.mark()) is None
+    release.set()
+    flusher.join(10)
+    assert not flusher.is_alive()
+    assert writer.latest("a", writer.mark()) is None
