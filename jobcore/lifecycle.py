@@ -159,8 +159,9 @@ class Lifecycle:
                 self._stops_ended.notify_all()
         return True
 
-    def close(self) -> None:
-        """`JobManager.close` (see there): stop, then release the parts and the repository."""
+    def close(self, stop: Callable[[], None]) -> None:
+        """`JobManager.close` (see there): `stop()` (the manager's own, which a subclass
+        may extend), then release the parts and the repository."""
         if self._notifier.on_delivery_thread():
             raise RuntimeError("close() called from a notification channel would wait for itself;"
                                " call stop() there, and close() from another thread")
@@ -172,7 +173,7 @@ class Lifecycle:
         if call is not None:
             raise RuntimeError(f"close() called while this thread is inside {call}() (from a signal handler?)"
                                " would wait for itself; call stop() there, and close() once that returned")
-        self.stop(True, None)
+        stop()
         with self._lock:
             while self._stops:  # another thread's stop returns before what it uses is released
                 self._stops_ended.wait()

@@ -10,7 +10,7 @@ import sys
 import textwrap
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import pytest
 
@@ -317,3 +317,19 @@ def test_a_stop_after_one_interrupted_while_it_waited_finishes_it(
     # and it starts again as after any stop
     manager.start()
     assert manager.wait(manager.enqueue(Job(function_name="block")), timeout=WAIT).result == "done"
+
+
+def test_close_stops_through_the_managers_own_stop() -> None:
+    # A subclass extending stop() (to flush something of its own, say) had it run on
+    # close() until the lifecycle moved out of the manager, which then stopped directly.
+    calls: list[tuple[bool, object]] = []
+
+    class Extended(JobManager):
+        def stop(self, wait: bool = True, timeout: Optional[float] = None) -> None:
+            calls.append((wait, timeout))
+            super().stop(wait, timeout)
+
+    manager = Extended(MemoryRepository()).start()
+    manager.close()
+    assert calls == [(True, None)]
+    assert not manager.running
