@@ -60,12 +60,9 @@ class Finished:
 REMEMBERED_RESULT_CHARS = 1024
 
 # After this many failed exchanges carrying an outcome, the outcomes are recorded one at a
-# time (see `Recorder._record_each`): one the store cannot take must not hold the others,
-# and the claims, back for ever. A store that is down fails the first, and that is all.
+# time (see `Recorder._record_each`): one the store cannot take must not hold the others
+# back. A store that is down fails the first, and that is all.
 ISOLATE_AFTER = 2
-# An outcome the store failed to record alone this many times, while it renewed the job's
-# lease each time (so it works), is recorded as a failure of the job saying so.
-UNRECORDABLE_AFTER = 3
 
 
 # The fields of a claimed record a `Completion` keeps: those `poll` shows that completing
@@ -255,12 +252,14 @@ class Recorder:
     def _record_each(self, finished: list[Finished], settlements: list[Settlement], now: float) -> bool:
         """Record each of `settlements` (of `finished`) in a call of its own, after a call
         recording them together failed; act on those recorded. One the repository refuses
-        with an error other than a `RepositoryError` (it cannot hold it), or fails to
-        record `UNRECORDABLE_AFTER` times while renewing its lease, becomes a final failure
-        of its job saying why (or, if even that is refused, is given up: its lease lapses
-        and it is taken back, as after a crash). A `RepositoryError` for the lease too says
-        the store is down: the rest wait. `finished` is left holding (in place) those not
-        recorded, to be retried; returns True if there are none."""
+        with a `TypeError` or `ValueError` (it cannot hold it: see `JobRepository.apply`)
+        becomes a final failure of its job saying why (or, if even that is refused, is
+        given up: its lease lapses and it is taken back, as after a crash). Any other error
+        is the store's trouble, which may pass (a disk full for a moment, a connection
+        lost): the outcome is retried later, never failed for it; and if the store does
+        not renew that job's lease either, it is down, and the rest wait too. `finished`
+        is left holding (in place) those not recorded, to be retried; returns True if
+        there are none."""
         recorded: list[tuple[Finished, Settlement, Optional[Cascade]]] = []
         left: list[Finished] = []
         given_up: list[str] = []
@@ -269,19 +268,16 @@ class Recorder:
             try:
                 recorded.append((f, settlement, self._record_alone(settlement, now)))
                 continue
-            except RepositoryError as exc:
+            except (TypeError, ValueError) as exc:  # the backend cannot hold this outcome: no retry helps
+                refusal: Exception = exc
+            except Exception as exc:
+                f.failed_alone += 1
                 if not self._store_works(f, now):  # down: nothing more to learn now
                     left.extend(g for g, _ in pending[index:])
                     break
-                f.failed_alone += 1
-                if f.failed_alone < UNRECORDABLE_AFTER:
-                    logger.error("could not record the outcome of job %s (the store works), will retry: %s",
-                                 f.record.id, exc)
-                    left.append(f)
-                    continue
-                refusal: Exception = exc
-            except Exception as exc:  # the backend cannot hold this outcome: no retry can help
-                refusal = exc
+                logger.error("could not record the outcome of job %s, will retry: %s", f.record.id, exc)
+                left.append(f)
+                continue
             logger.error("the repository refused the outcome of job %s; the job is failed: %s",
                          f.record.id, describe(refusal))
             failure = _unrecordable(f.record, refusal)
@@ -303,8 +299,9 @@ class Recorder:
         return self._repo.apply([settlement], [], self._worker_id, now, now + self._lease_timeout)[0][0]
 
     def _store_works(self, finished: Finished, now: float) -> bool:
-        """True if the store renews the job's lease (a write to its very row): the failure
-        to record its outcome is then this outcome's, not the store's."""
+        """True if the store renews the job's lease (a write to its very row): it is not
+        down, and the other outcomes are worth trying now. (Not proof that it can take
+        this outcome's write: a full disk may refuse a long result and take a lease.)"""
         try:
             self._repo.heartbeat(self._worker_id, [finished.record.id], now + self._lease_timeout, now)
         except Exception:

@@ -10,7 +10,6 @@ import pytest
 
 from jobcore import (CallbackNotificationChannel, Job, JobManager, JobStatus, MemoryRepository, RepositoryError,
                      SQLiteRepository)
-from jobcore.recorder import UNRECORDABLE_AFTER
 from jobcore.repository.base import JobRepository, Settlement
 from waiting import wait_until
 
@@ -48,13 +47,14 @@ class MemoryRefusing(RefusesLongResults, MemoryRepository):
     pass
 
 
-@pytest.mark.parametrize("error", [ValueError, RepositoryError])
+@pytest.mark.parametrize("error", [ValueError, TypeError])
 @pytest.mark.parametrize("backend", ["sqlite", "memory"])
 def test_an_outcome_the_store_refuses_fails_its_job_and_the_others_run(make_manager: Any, tmp_path: Any,
                                                                        backend: str, error: type) -> None:
-    # given a store refusing results over LIMIT characters, with a ValueError (it cannot
-    # hold it) or a RepositoryError (as a driver's error translated), and 20 jobs of which
-    # the first returns a longer one, all run on two workers
+    # given a store refusing results over LIMIT characters with a ValueError or a TypeError
+    # (it cannot hold it: see JobRepository.apply; a RepositoryError is trouble that may
+    # pass, retried), and 20 jobs of which the first returns a longer one, all run on two
+    # workers
     repository: JobRepository = (SQLiteRefusing(str(tmp_path / "jobs.db")) if backend == "sqlite"
                                  else MemoryRefusing())
     repository.error = error  # type: ignore[attr-defined]
@@ -81,36 +81,46 @@ def test_an_outcome_the_store_refuses_fails_its_job_and_the_others_run(make_mana
 
 
 class Unwritable(MemoryRepository):
-    """Every write of an outcome, and every lease renewal, fails: a store that is down."""
+    """Every write of an outcome fails, and every lease renewal too (a store that is down)
+    unless `renews` (a disk full for a while: a lease's write in place goes through where
+    a result's does not)."""
 
-    def __init__(self) -> None:
+    def __init__(self, renews: bool = False, error: type[Exception] = RepositoryError) -> None:
         super().__init__()
         self.down = threading.Event()
         self.down.set()
         self.attempts = 0
+        self.renews = renews
+        self.error = error
 
     def apply(self, settlements: Sequence[Settlement], *args: Any, **kwargs: Any) -> Any:
         if settlements and self.down.is_set():
             self.attempts += 1
-            raise RepositoryError("disk I/O error (injected)")
+            raise self.error("disk I/O error (injected)")
         return super().apply(settlements, *args, **kwargs)
 
     def heartbeat(self, *args: Any, **kwargs: Any) -> Any:
-        if self.down.is_set():
+        if self.down.is_set() and not self.renews:
             raise RepositoryError("disk I/O error (injected)")
         return super().heartbeat(*args, **kwargs)
 
 
-def test_a_store_that_is_down_fails_no_outcome_however_often_it_is_retried(make_manager: Any) -> None:
-    # given a store that refuses every outcome and lease renewal, and three finished jobs
-    repository = Unwritable()
+@pytest.mark.parametrize("error", [RepositoryError, ConnectionError])
+@pytest.mark.parametrize("renews", [False, True], ids=["down", "renewing leases"])
+def test_a_store_that_fails_outcomes_for_a_while_fails_no_job_for_it(make_manager: Any, renews: bool,
+                                                                     error: type[Exception]) -> None:
+    # given a store that refuses every outcome with a RepositoryError (or a driver's error
+    # it did not translate), renewing leases or not (a disk full for a moment failed every
+    # job finishing then: the renewal was taken for proof that the store worked and the
+    # outcome was at fault; an untranslated error failed the job at once), and three
+    # finished jobs with no retry left
+    repository = Unwritable(renews, error)
     manager: JobManager = make_manager(repository, max_workers=3, poll_interval=0.2)
     manager.register_function("work", lambda n: n)
     ids = manager.enqueue_many([Job(function_name="work", args=(n,), max_retries=0) for n in range(3)])
     manager.start()
-    # when the manager has tried to record them in more rounds than it takes to give up
-    # on one outcome the store refuses alone (each round after the first two tries one alone)
-    wait_until(lambda: repository.attempts >= 2 + 2 * UNRECORDABLE_AFTER, WAIT, "retries")
+    # when the manager has tried to record them many times, alone and together
+    wait_until(lambda: repository.attempts >= 12, WAIT, "retries")
     # then none was failed for it: once the store is back, each completes
     repository.down.clear()
     assert [manager.wait(job_id, timeout=WAIT).status for job_id in ids] == [JobStatus.COMPLETED] * 3

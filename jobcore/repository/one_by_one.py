@@ -2,7 +2,8 @@
 call at a time, for a backend that implements only those.
 
 It cannot make the batch one transaction (a backend that can overrides `apply`, as
-SQLite, PostgreSQL and memory do), so it keeps what it can of `apply`'s promise: every
+SQLite and PostgreSQL do; memory runs this under its own lock, which makes it one step),
+so it keeps what it can of `apply`'s promise: every
 settlement is checked before anything is written; a settlement that raises once earlier
 ones were written raises `PartlyApplied`, saying which were recorded; and once anything
 was written, a claim that raises ends the claiming, and what was done is returned.
