@@ -277,25 +277,83 @@ class Database:
         return self._listener.token(), self._own_change
 
     def _migrate(self) -> None:
+        """Create or migrate the schema when it is missing or behind; else touch nothing.
+
+        The version is read first without a lock and without DDL: a current schema (every
+        open but the first of each version) is then opened by a role with no more than
+        USAGE on the schema and DML on its tables, and never waits for other transactions.
+        (CREATE INDEX IF NOT EXISTS takes a SHARE lock on `jobs` even when the index exists:
+        run on every open, it waited for each open write to `jobs` while every writer of
+        every process queued behind it.) Otherwise the migrator takes the advisory lock,
+        reads the version again (another process may have migrated meanwhile), and creates
+        or migrates in one transaction."""
+        exists, version = self.transaction(self._stored_version)
+        if version == ddl.SCHEMA_VERSION:
+            return
+        self._refuse_newer(version)
+
         def work(tx: Tx) -> None:
             tx.execute(ddl.LOCK_SCHEMA, (self.schema,))
-            for statement in self.sql.CREATE_META:
-                tx.execute(statement)
-            row = tx.execute(self.sql.SELECT_VERSION).fetchone()
-            version = int(row[0]) if row else ddl.SCHEMA_VERSION
-            if version > ddl.SCHEMA_VERSION:
-                raise RepositoryError(
-                    f"PostgreSQL at {self.where}: schema {self.schema!r} is at version {version},"
-                    f" newer than this jobcore understands ({ddl.SCHEMA_VERSION}); upgrade jobcore")
-            while version < ddl.SCHEMA_VERSION:  # step by step from what is there
-                for statement in self.sql.MIGRATIONS[version]:
+            exists, stored = self._stored_version(tx)
+            if stored == ddl.SCHEMA_VERSION:
+                return  # another process migrated it while we waited for the lock
+            self._refuse_newer(stored)
+            try:
+                if not exists:
+                    tx.execute(self.sql.CREATE_NAMESPACE)
+                for statement in self.sql.CREATE_META:
                     tx.execute(statement)
-                version += 1
-            for statement in self.sql.CREATE_SCHEMA:  # IF NOT EXISTS: new installs, new indexes
-                tx.execute(statement)
-            if row is None or row[0] != str(version):
+                version = ddl.SCHEMA_VERSION if stored is None else stored  # None: a new install
+                while version < ddl.SCHEMA_VERSION:  # step by step from what is there
+                    for statement in self.sql.MIGRATIONS[version]:
+                        tx.execute(statement)
+                    version += 1
+                for statement in self.sql.CREATE_SCHEMA:  # IF NOT EXISTS: new installs, new indexes
+                    tx.execute(statement)
                 tx.execute(self.sql.STORE_VERSION, (str(version),))
+            except psycopg.errors.InsufficientPrivilege as exc:
+                raise self._may_not_migrate(exists, stored, tx, exc) from None
         self.transaction(work)
+
+    def _stored_version(self, tx: Tx) -> tuple[bool, Optional[int]]:
+        """(whether the schema exists, its stored version or None if it has none yet),
+        read without DDL and without a lock."""
+        state = tx.execute(ddl.SELECT_SCHEMA_STATE, {"schema": self.schema}).fetchone()
+        exists, has_meta = state if state else (False, False)
+        if not has_meta:
+            return bool(exists), None
+        row = tx.execute(self.sql.SELECT_VERSION).fetchone()
+        return True, (int(row[0]) if row else None)
+
+    def _refuse_newer(self, version: Optional[int]) -> None:
+        if version is not None and version > ddl.SCHEMA_VERSION:
+            raise RepositoryError(
+                f"PostgreSQL at {self.where}: schema {self.schema!r} is at version {version},"
+                f" newer than this jobcore understands ({ddl.SCHEMA_VERSION}); upgrade jobcore")
+
+    def _may_not_migrate(self, exists: bool, version: Optional[int], tx: Tx,
+                         exc: psycopg.errors.InsufficientPrivilege) -> RepositoryError:
+        """The error for a role that must create or migrate the schema but may not: what
+        has to happen, and who may do it (the server's own message is kept at the end)."""
+        role = tx.cur.connection.info.user
+        owner = role  # as the SQL suggested below needs it: quoted unless plain lower case
+        if not (role.replace("_", "a").isalnum() and role.isascii() and role.islower()):
+            owner = '"' + role.replace('"', '""') + '"'
+        quoted = ddl.quote_identifier(self.schema)
+        if not exists:
+            needed = (f"schema {self.schema!r} does not exist and role {role!r} may not create it;"
+                      f" create it for the role (CREATE SCHEMA {quoted} AUTHORIZATION {owner}),"
+                      f" or have a role that may create it open it once with this jobcore")
+        elif version is None:
+            needed = (f"schema {self.schema!r} has no jobcore tables (version {ddl.SCHEMA_VERSION})"
+                      f" and role {role!r} may not create them there; the schema's owner must"
+                      f" open it once with this jobcore (or grant CREATE on it)")
+        else:
+            needed = (f"schema {self.schema!r} is at version {version} and this jobcore needs version"
+                      f" {ddl.SCHEMA_VERSION}, but role {role!r} may not migrate it; the owner of"
+                      f" the schema and its tables must open it once with this jobcore")
+        text = " ".join(str(exc).split())
+        return RepositoryError(f"PostgreSQL at {self.where}: {needed} ({text})")
 
     def close(self) -> None:
         """Close the LISTEN connection and the pool."""

@@ -405,6 +405,7 @@ class Statements:
             setattr(self, name, globals()[name].format(s=quoted))
         self.SELECT_VERSION = ddl.SELECT_VERSION.format(s=quoted)
         self.STORE_VERSION = ddl.STORE_VERSION.format(s=quoted)
+        self.CREATE_NAMESPACE = ddl.CREATE_NAMESPACE.format(s=quoted)
         self.CREATE_META = [statement.format(s=quoted) for statement in ddl.CREATE_META]
         self.CREATE_SCHEMA = [statement.format(s=quoted) for statement in ddl.CREATE_SCHEMA]
         self.MIGRATIONS = {version: [statement.format(s=quoted) for statement in steps]

@@ -3,18 +3,30 @@
 Every table lives in one PostgreSQL schema (`jobcore` unless told otherwise), written
 `{s}` here and in `queries`, and filled in, quoted, by `queries.Statements`, so nothing
 depends on `search_path`. A schema change bumps `SCHEMA_VERSION` and adds the steps from
-the previous version to `MIGRATIONS`; `PostgresRepository` applies them on open, under an
-advisory lock, in one transaction.
+the previous version to `MIGRATIONS`. `PostgresRepository` reads the version on open,
+without a lock, and runs no DDL when it is current; only a schema that is missing or
+behind is created or migrated, under an advisory lock, in one transaction.
 """
 
 from __future__ import annotations
 
 SCHEMA_VERSION = 5
 
+# Whether the schema, and its version table, exist: (schema, jobcore_meta), from the
+# catalogs, which any role may read. Asked before reading the version, so that a missing
+# table is an answer rather than an error (which would abort the migrator's transaction).
+SELECT_SCHEMA_STATE = """
+SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = %(schema)s),
+       EXISTS (SELECT FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE n.nspname = %(schema)s AND c.relname = 'jobcore_meta')
+"""
+# Run only when the schema is missing: PostgreSQL checks the CREATE privilege on the
+# database before it looks for the schema, so IF NOT EXISTS alone fails for a role that
+# was given a schema (CREATE SCHEMA ... AUTHORIZATION app) but may not create one.
+CREATE_NAMESPACE = "CREATE SCHEMA IF NOT EXISTS {s}"
 # Created and read before everything else: the schema version decides what else may run
 # (a newer jobcore's tables may not take this version's indexes).
 CREATE_META = [
-    "CREATE SCHEMA IF NOT EXISTS {s}",
     """
 CREATE TABLE IF NOT EXISTS {s}.jobcore_meta (
     key   TEXT PRIMARY KEY,
@@ -22,7 +34,10 @@ CREATE TABLE IF NOT EXISTS {s}.jobcore_meta (
 )""",
 ]
 
-# One statement per item, run in order by the migrator in its transaction.
+# One statement per item, run in order by the migrator in its transaction, and only by
+# it: every CREATE ... IF NOT EXISTS still needs the CREATE privilege on the schema, and
+# CREATE INDEX IF NOT EXISTS takes a SHARE lock on `jobs` even when the index exists (it
+# waits for every open write to `jobs`, and every later writer waits behind it).
 # IDENTITY (not a sequence default nobody owns): seq orders FIFO among equal priorities.
 CREATE_SCHEMA = [
     """
