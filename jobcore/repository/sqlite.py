@@ -23,7 +23,8 @@ from . import sqlite_queue
 from . import sqlite_schema as sql
 from .sqlite_conn import SYNCHRONOUS, Connections
 from .sqlite_settle import cancel_dependents, claim_known, claim_rows, encode_result, settle_all
-from .sqlite_rows import claimed_records, entry_from_row, queue_entries, record_from_row, row_params, translate
+from .sqlite_rows import (READ_ONLY, claimed_records, entry_from_row, queue_entries, record_from_row, row_params,
+                          translate)
 from .columns import encode_progress, unreadable_lease_message
 from .group_commit import GroupCommitter
 from .sqlite_adding import SQLiteAdding
@@ -70,7 +71,7 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
         self.busy_timeout = float(busy_timeout)
         self.max_payload_bytes = max_payload_bytes
         self._db = Connections(self.path, busy_timeout=self.busy_timeout, durability=durability,
-                               check=self._refuse_other_tables)
+                               check=self._refuse_foreign_file)
         # The seqs of queued rows whose id is not text, seen by reads of the queue, for the
         # next `recover` to fail (a read has no `now`, and writes nothing).
         self._unaddressable: set[int] = set()
@@ -107,36 +108,56 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
         return self._db.read(query, params)
 
     def _migrate(self) -> None:
-        if self._current_version() == sql.SCHEMA_VERSION:
+        current = self._current_version()
+        if current == sql.SCHEMA_VERSION:
             return  # nothing to write: opening never waits for another process's writer
-        with self._write() as conn:
-            try:
-                # The version first: a newer jobcore's tables may not take this version's indexes.
-                conn.execute(sql.CREATE_META)
-                row = conn.execute(sql.SELECT_SCHEMA_VERSION).fetchone()
-                version = self._version(row[0]) if row else sql.SCHEMA_VERSION
-                if version > sql.SCHEMA_VERSION:
-                    raise RepositoryError(
-                        f"SQLite at {self.path!r}: schema version {version} is newer than this"
-                        f" jobcore understands ({sql.SCHEMA_VERSION}); upgrade jobcore")
-                # Statement by statement: executescript() would COMMIT our transaction.
-                for statement in sql.CREATE_SCHEMA.split(";"):
+        if current is not None:
+            # Before the write lock: a newer jobcore's process may hold it for long (a big
+            # cleanup, its own migration), and this one would say "locked" after its busy
+            # timeout instead of what is wrong. (The first connection's check refused the
+            # file already; a newer jobcore may have migrated it since.)
+            self._refuse_newer(current)
+        try:
+            with self._write() as conn:
+                self._migrate_in(conn)
+        except RepositoryError as exc:
+            if not str(exc).startswith(f"SQLite at {self.path!r}: {READ_ONLY}"):
+                raise
+            # A reader's read-only copy (a file it may not write, or in a directory it may
+            # not write) opens only once migrated: say what to do, not only what failed.
+            needed = ("jobcore's tables must be created in it" if current is None
+                      else f"schema version {current} must be migrated to {sql.SCHEMA_VERSION}")
+            detail = str(exc).removeprefix(f"SQLite at {self.path!r}: ")
+            raise RepositoryError(
+                f"SQLite at {self.path!r}: {needed} once, by a process with write access to the file"
+                f" and its directory; this one cannot write it: {detail}") from None
+
+    def _migrate_in(self, conn: sqlite3.Connection) -> None:
+        """Create or migrate jobcore's tables inside the write transaction `conn` is in."""
+        try:
+            # The version first: a newer jobcore's tables may not take this version's indexes.
+            conn.execute(sql.CREATE_META)
+            row = conn.execute(sql.SELECT_SCHEMA_VERSION).fetchone()
+            version = self._version(row[0]) if row else sql.SCHEMA_VERSION
+            self._refuse_newer(version)  # again: a newer jobcore may have migrated it since it was read
+            # Statement by statement: executescript() would COMMIT our transaction.
+            for statement in sql.CREATE_SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            while version < sql.SCHEMA_VERSION:
+                for statement in sql.MIGRATIONS[version].split(";"):
                     if statement.strip():
-                        conn.execute(statement)
-                while version < sql.SCHEMA_VERSION:
-                    for statement in sql.MIGRATIONS[version].split(";"):
-                        if statement.strip():
-                            try:
-                                conn.execute(statement)
-                            except sqlite3.OperationalError as exc:
-                                if "duplicate column" not in str(exc):
-                                    raise
-                    version += 1
-                # Written only when it changes, so a read-only database still opens for reading.
-                if row is None or row[0] != str(version):
-                    conn.execute(sql.SET_SCHEMA_VERSION, (str(version),))
-            except sqlite3.DatabaseError as exc:
-                raise translate(exc, self.path) from None
+                        try:
+                            conn.execute(statement)
+                        except sqlite3.OperationalError as exc:
+                            if "duplicate column" not in str(exc):
+                                raise
+                version += 1
+            # Written only when it changes, so a read-only database still opens for reading.
+            if row is None or row[0] != str(version):
+                conn.execute(sql.SET_SCHEMA_VERSION, (str(version),))
+        except sqlite3.DatabaseError as exc:
+            raise translate(exc, self.path) from None
 
     def _current_version(self) -> Optional[int]:
         try:
@@ -155,17 +176,27 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
             raise RepositoryError(f"SQLite at {self.path!r}: schema version {stored!r} is not a number:"
                                   " the file is corrupt or not jobcore's") from None
 
-    def _refuse_other_tables(self, conn: sqlite3.Connection) -> None:
+    def _refuse_newer(self, version: int) -> None:
+        if version > sql.SCHEMA_VERSION:
+            raise RepositoryError(
+                f"SQLite at {self.path!r}: schema version {version} is newer than this"
+                f" jobcore understands ({sql.SCHEMA_VERSION}); upgrade jobcore")
+
+    def _refuse_foreign_file(self, conn: sqlite3.Connection) -> None:
         """Refuse a database holding a table named as one of jobcore's but no jobcore_meta:
-        another application's (jobcore would fail on its columns, or change its rows).
-        Runs on the first connection, before the journal mode is set: a refused file is
-        left as it was."""
+        another application's (jobcore would fail on its columns, or change its rows); and
+        one whose schema version is newer than this jobcore's, or no number. Runs on the
+        first connection, before the journal mode is set: a refused file is left as it was."""
         names = {row[0] for row in conn.execute(sql.SELECT_TABLE_NAMES)}
         if "jobcore_meta" not in names:
             for table in sql.TABLES:
                 if table in names:
                     raise RepositoryError(f"SQLite at {self.path!r}: table {table!r} is not jobcore's"
                                           " (the file has no jobcore_meta table); give jobcore a file of its own")
+            return
+        rows = conn.execute(sql.SELECT_SCHEMA_VERSION).fetchall()  # all: no statement left open
+        if rows:
+            self._refuse_newer(self._version(rows[0][0]))
 
     def close(self) -> None:
         self._db.close()

@@ -93,6 +93,14 @@ def _undecodable_error(record: JobRecord, row: Sequence[Any], names: Sequence[Op
 
 
 
+READ_ONLY = "the database is read-only"  # how `translate`'s words for a file it may not write begin
+
+# SQLite opens a WAL database only with its -shm file, which it cannot create in a directory
+# it may not write (a read-only mount, permissions).
+_READ_ONLY_DIRECTORY = (f"{READ_ONLY}, and so is its directory, which holds no -wal and -shm files that SQLite"
+                        " could use: give write access to the directory")
+
+
 def translate(exc: sqlite3.Error, path: str) -> RepositoryError:
     """A `RepositoryError` saying in words what went wrong with the file at `path`."""
     text = str(exc)
@@ -101,7 +109,15 @@ def translate(exc: sqlite3.Error, path: str) -> RepositoryError:
     if "locked" in text or "busy" in text:
         problem = "the database stayed locked past the busy timeout"
     elif "readonly" in text or "read-only" in text:
-        problem = "the database is read-only"
+        # SQLite (3.40 here) names the directory's fault SQLITE_READONLY_DIRECTORY, in the
+        # words of any read-only database ("attempt to write a readonly database"), even
+        # when the file itself may be written. Without an error name (Python 3.10), the
+        # directory and the -shm file tell.
+        if name == "SQLITE_READONLY_DIRECTORY" or (
+                not name and not os.access(folder, os.W_OK) and not os.path.exists(f"{path}-shm")):
+            problem = _READ_ONLY_DIRECTORY
+        else:
+            problem = READ_ONLY
     elif name in ("SQLITE_FULL", "SQLITE_IOERR_SHMSIZE") or ("disk" in text and "full" in text) or (
             # SQLITE_IOERR_SHMSIZE: the -shm file could not grow (opening, reading); a full
             # disk met while writing may read as "disk I/O error" too. Without an error
@@ -114,10 +130,7 @@ def translate(exc: sqlite3.Error, path: str) -> RepositoryError:
         if not os.path.isdir(folder):
             problem = f"cannot create the file: its directory {folder!r} does not exist"
         elif os.path.exists(path) and not os.access(folder, os.W_OK):
-            # SQLite opens a WAL database only with its -shm file, which it cannot create
-            # here (a read-only mount, or a directory it may not write).
-            problem = ("the database is read-only, and so is its directory, which holds no -wal and -shm"
-                       " files that SQLite could use: give write access to the directory")
+            problem = _READ_ONLY_DIRECTORY  # in the words some SQLite builds give it
         else:
             problem = "cannot open or create the file (check its permissions and its directory's)"
     else:
