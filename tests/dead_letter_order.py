@@ -1,11 +1,14 @@
 """`fail_out_of_order`: a dead-letter queue whose order (by failure time) is not the
-enqueue order; shared by the manager, command-line and dashboard tests."""
+enqueue order; shared by the manager, command-line and dashboard tests (and
+`fail_late_then_early`, the same through a repository, by the migration tests)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from jobcore import FakeClock, Job, JobManager, JobStatus
+from jobcore.repository.base import JobRecord, JobRepository
+from jobcore.testing.contract import NOW, make_record
 
 HOUR, DAY = 3600.0, 86400.0
 
@@ -48,3 +51,15 @@ def fail_out_of_order(manager: JobManager, clock: FakeClock) -> DeadLetters:
     assert all(manager.poll(job_id).status is JobStatus.FAILED  # type: ignore[union-attr]
                for job_id in (old, tie_a, tie_b, recent))
     return DeadLetters(by_failure=[old, recent, tie_b, tie_a], by_enqueue=[recent, tie_b, tie_a, old])
+
+
+def fail_late_then_early(repo: JobRepository) -> tuple[JobRecord, JobRecord]:
+    """Store two jobs in `repo` and fail them through it, the first enqueued failing last:
+    (late, early)."""
+    late, early = make_record(), make_record()
+    repo.insert([late, early], NOW)
+    for record, at in ((early, NOW + 1), (late, NOW + 2)):
+        claimed = repo.claim(record.id, "w1", at, at + 30)
+        assert claimed is not None and repo.fail(record.id, "w1", claimed.attempts, error="boom", error_type="E",
+                                                 traceback=None, now=at, retry_at=None) is not None
+    return late, early

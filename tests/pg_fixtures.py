@@ -65,6 +65,13 @@ class Schema:
     def repository(self, **options: Any) -> "PostgresRepository":
         return PostgresRepository(self.server, schema=self.name, **options)
 
+    def back_to_version_4(self, dsn: Optional[str] = None) -> None:
+        """Make the schema as version 4 left it (no index of failed jobs by finish time),
+        connected as `dsn` (the server's by default)."""
+        with psycopg.connect(dsn or self.server, autocommit=True) as conn:
+            conn.execute(f'DROP INDEX "{self.name}".jobs_failed')
+            conn.execute(f"UPDATE \"{self.name}\".jobcore_meta SET value = '4'")
+
     def drop(self) -> None:
         with psycopg.connect(self.server, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{self.name}" CASCADE')

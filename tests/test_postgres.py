@@ -28,6 +28,7 @@ from jobcore import JobStatus
 from jobcore.errors import RepositoryError
 from jobcore.repository.base import CancelOutcome, JobRecord, Settlement
 from jobcore.testing.contract import NOW, RepositoryContract, claim_race, make_record
+from dead_letter_order import fail_late_then_early
 from recovery_checks import check_entries_with_and_without_a_lease
 
 try:
@@ -131,28 +132,27 @@ def test_a_version_2_schema_gets_the_queue_indexes_led_by_function_name(repo: "P
         assert [entry.job_id for entry in migrated.ready({"tests.task"}, 10)] == [kept.id]
     finally:
         migrated.close()
+    definitions = _migrated_index_definitions(schema)
+    assert "(function_name, priority DESC, seq)" in definitions["jobs_ready"]
+    assert "(function_name, run_at, seq)" in definitions["jobs_due"]
+    assert "cron IS NOT NULL" in definitions["jobs_schedules"]
+
+
+def _migrated_index_definitions(schema: Schema) -> dict[str, str]:
+    """The schema's index definitions by name, once it is at this version's SCHEMA_VERSION."""
     with psycopg.connect(schema.server) as conn:
         definitions = dict(conn.execute("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = %s",
                                         (schema.name,)).fetchall())
         assert conn.execute(f'SELECT value FROM "{schema.name}".jobcore_meta').fetchone() == (str(SCHEMA_VERSION),)
-    assert "(function_name, priority DESC, seq)" in definitions["jobs_ready"]
-    assert "(function_name, run_at, seq)" in definitions["jobs_due"]
-    assert "cron IS NOT NULL" in definitions["jobs_schedules"]
+    return definitions
 
 
 def test_a_version_4_schema_gets_the_dead_letter_index_keeping_its_order(repo: "PostgresRepository",
                                                                         schema: Schema) -> None:
     # given a schema as version 4 left it (no index of failed jobs by finish time), holding
     # a job that failed last but was enqueued first, and one that failed first
-    late, early = make_record(), make_record()
-    repo.insert([late, early], NOW)
-    for record, at in ((early, NOW + 1), (late, NOW + 2)):
-        claimed = repo.claim(record.id, "w1", at, at + 30)
-        assert claimed is not None and repo.fail(record.id, "w1", claimed.attempts, error="boom", error_type="E",
-                                                 traceback=None, now=at, retry_at=None) is not None
-    with psycopg.connect(schema.server, autocommit=True) as conn:
-        conn.execute(f'DROP INDEX "{schema.name}".jobs_failed')
-        conn.execute(f"UPDATE \"{schema.name}\".jobcore_meta SET value = '4'")
+    late, early = fail_late_then_early(repo)
+    schema.back_to_version_4()
     # when this version opens it
     migrated = schema.repository()
     try:
@@ -160,10 +160,7 @@ def test_a_version_4_schema_gets_the_dead_letter_index_keeping_its_order(repo: "
         assert [r.id for r in migrated.list_dead_letters()] == [late.id, early.id]
     finally:
         migrated.close()
-    with psycopg.connect(schema.server) as conn:
-        definitions = dict(conn.execute("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = %s",
-                                        (schema.name,)).fetchall())
-        assert conn.execute(f'SELECT value FROM "{schema.name}".jobcore_meta').fetchone() == (str(SCHEMA_VERSION),)
+    definitions = _migrated_index_definitions(schema)
     assert "(completed_at DESC NULLS LAST, seq DESC)" in definitions["jobs_failed"]
     assert "'failed'" in definitions["jobs_failed"]
 

@@ -134,9 +134,7 @@ def test_a_role_that_must_migrate_but_may_not_is_told_to_have_the_owner_open_it_
         for table in TABLES:
             conn.execute(f'ALTER TABLE "{schema.name}".{table} OWNER TO {owner.name}')
     _grant_use(schema, app)
-    with psycopg.connect(owner.dsn, autocommit=True) as conn:
-        conn.execute(f'DROP INDEX "{schema.name}".jobs_failed')
-        conn.execute(f"UPDATE \"{schema.name}\".jobcore_meta SET value = '4'")
+    schema.back_to_version_4(owner.dsn)
     # when the application role opens it, then it is refused, saying what must happen
     with pytest.raises(RepositoryError) as refused:
         app.repository(schema)
@@ -206,9 +204,7 @@ def test_a_schema_behind_is_migrated_under_an_open_write_once_the_write_ends(rep
     # given a version 4 schema (no dead-letter index) while a write to jobs is open
     record = make_record()
     repo.insert([record], NOW)
-    with psycopg.connect(schema.server, autocommit=True) as conn:
-        conn.execute(f'DROP INDEX "{schema.name}".jobs_failed')
-        conn.execute(f"UPDATE \"{schema.name}\".jobcore_meta SET value = '4'")
+    schema.back_to_version_4()
     with psycopg.connect(schema.server) as writer:
         writer.execute(f'UPDATE "{schema.name}".jobs SET priority = priority WHERE id = %s', (record.id,))
         # when an impatient repository opens it, then migrating it needs the lock on jobs

@@ -24,6 +24,7 @@ from jobcore.repository import sqlite_queue
 from jobcore.repository import sqlite_schema as sql
 from jobcore.testing.contract import NOW, RepositoryContract, claim_race, make_record
 from jobcore.testing.contract.reading import _ReadingContract
+from dead_letter_order import fail_late_then_early
 from recovery_checks import check_entries_with_and_without_a_lease
 
 
@@ -173,12 +174,7 @@ def test_a_version_5_database_gets_the_dead_letter_index_keeping_its_order(path:
     # given a database as version 5 left it (no index of failed jobs by finish time),
     # holding a job that failed last but was enqueued first, and one that failed first
     repo = SQLiteRepository(path)
-    late, early = make_record(), make_record()
-    repo.insert([late, early], NOW)
-    for record, at in ((early, NOW + 1), (late, NOW + 2)):
-        claimed = repo.claim(record.id, "w1", at, at + 30)
-        assert claimed is not None and repo.fail(record.id, "w1", claimed.attempts, error="boom", error_type="E",
-                                                 traceback=None, now=at, retry_at=None) is not None
+    late, early = fail_late_then_early(repo)
     repo.close()
     with _raw(path) as conn:
         conn.executescript("""
