@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, NamedTuple, Optional
 
 from . import serialization
-from .clock import Clock
+from .clock import Clock, real_monotonic
 from .context import JobContext
 from .errors import RepositoryError
 from .execution import Outcome
@@ -50,10 +50,12 @@ class Finished:
     # the outcome, in the same transaction (see `progress`).
     last_report: Optional[Report] = None
     # Only on the failure path (see `Recorder._record_each`): how many exchanges carrying
-    # this outcome the repository failed, and how many times it failed to record it alone
-    # while it renewed the job's lease (it works, but not for this outcome).
+    # this outcome the repository failed, how many times it failed to record it alone,
+    # and since when (real monotonic seconds) it has failed alone while the store renewed
+    # the job's lease (it works, but not for this outcome).
     failed_exchanges: int = 0
     failed_alone: int = 0
+    refused_since: Optional[float] = None
 
 
 # A completed job's result longer than this (as JSON) is not remembered (see Completion).
@@ -256,8 +258,9 @@ class Recorder:
         becomes a final failure of its job saying why (or, if even that is refused, is
         given up: its lease lapses and it is taken back, as after a crash). Any other error
         is the store's trouble, which may pass (a disk full for a moment, a connection
-        lost): the outcome is retried later, never failed for it; and if the store does
-        not renew that job's lease either, it is down, and the rest wait too. `finished`
+        lost): the outcome is retried later, never failed for it; if the store does not
+        renew that job's lease either, it is down, and the rest wait too; if it does, for
+        a whole lease, the outcome is given up (the job taken back later). `finished`
         is left holding (in place) those not recorded, to be retried; returns True if
         there are none."""
         recorded: list[tuple[Finished, Settlement, Optional[Cascade]]] = []
@@ -275,8 +278,21 @@ class Recorder:
                 if not self._store_works(f, now):  # down: nothing more to learn now
                     left.extend(g for g, _ in pending[index:])
                     break
-                logger.error("could not record the outcome of job %s, will retry: %s", f.record.id, exc)
-                left.append(f)
+                at = real_monotonic()
+                if f.refused_since is None:
+                    f.refused_since = at
+                if at - f.refused_since < self._lease_timeout:
+                    logger.error("could not record the outcome of job %s, will retry: %s", f.record.id, exc)
+                    left.append(f)
+                    continue
+                # Refused for a whole lease by a store that works otherwise (a statement
+                # timeout this one write always hits, say): kept, it would hold every
+                # claim back for ever. Given up, as a crash gives it up: its lease lapses
+                # and recovery takes the job back (a new attempt, counted), never failed
+                # for the store's trouble.
+                logger.error("could not record the outcome of job %s for %.0fs while the store works; it is given"
+                             " up, and taken back once its lease expires: %s", f.record.id, at - f.refused_since, exc)
+                given_up.append(f.record.id)
                 continue
             logger.error("the repository refused the outcome of job %s; the job is failed: %s",
                          f.record.id, describe(refusal))

@@ -124,3 +124,25 @@ def test_a_store_that_fails_outcomes_for_a_while_fails_no_job_for_it(make_manage
     # then none was failed for it: once the store is back, each completes
     repository.down.clear()
     assert [manager.wait(job_id, timeout=WAIT).status for job_id in ids] == [JobStatus.COMPLETED] * 3
+
+
+def test_an_outcome_a_working_store_refuses_for_a_whole_lease_is_given_up_and_the_rest_go_on(
+        make_manager: Any) -> None:
+    # given a store that refuses one job's outcome with a RepositoryError every time (a
+    # statement timeout that one write always hits, say) while it renews leases and takes
+    # every other write: kept for retry for ever, it held every later claim back
+    repository = MemoryRefusing()
+    repository.error = RepositoryError  # type: ignore[attr-defined]
+    manager: JobManager = make_manager(repository, max_workers=2, poll_interval=0.2, lease_timeout=1.0)
+    manager.register_function("work", lambda n: "x" * (5 * LIMIT) if n == 0 else n)
+    stuck = manager.enqueue(Job(function_name="work", args=(0,), max_retries=0))
+    manager.start()
+    wait_until(lambda: repository.refused >= 3, WAIT, "the refused outcome retried")
+    # when more jobs come after it
+    later = [manager.enqueue(Job(function_name="work", args=(n,))) for n in range(1, 4)]
+    # then they run, once the refused outcome has been given up (after a lease)
+    assert [manager.wait(job_id, timeout=WAIT).status for job_id in later] == [JobStatus.COMPLETED] * 3
+    # and the refused job was never failed for the store's trouble: taken back once its
+    # lease lapsed, it ends as a lost attempt (no retry left), not with the refusal
+    result = manager.wait(stuck, timeout=WAIT)
+    assert result.status is JobStatus.FAILED and result.error_type == "WorkerLost"
