@@ -39,7 +39,7 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "geteuid"), reason="POSIX permis
 # The child's first lines: jobcore imported while it may still read any file (root's own
 # interpreter may be out of nobody's reach), then root's privileges dropped for good.
 _PRELUDE = f"""
-import os, sys
+import os, shutil, sys  # shutil: argparse imports it late, maybe from a folder nobody may read
 from jobcore import JobManager, SQLiteRepository
 from jobcore.cli import main
 from jobcore.errors import RepositoryError
