@@ -217,3 +217,65 @@ def test_a_schema_behind_is_migrated_under_an_open_write_once_the_write_ends(rep
     # and once the write ended, the open migrates it as before
     PostgresRepository(impatient, schema=schema.name).close()
     assert _version(schema) == (str(SCHEMA_VERSION),)
+
+
+def _relations(schema: Schema) -> set[str]:
+    """The names of the tables and indexes in the schema."""
+    with psycopg.connect(schema.server) as conn:
+        return {name for (name,) in conn.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = %s AND c.relkind IN ('r', 'i')", (schema.name,)).fetchall()}
+
+
+def test_a_current_schema_missing_a_table_or_an_index_dropped_by_hand_gets_them_again(
+        repo: "PostgresRepository", schema: Schema) -> None:
+    # given a current schema whose jobs table (with its indexes) and logs index someone
+    # dropped by hand: without them every call fails, or every read of logs crawls
+    whole = _relations(schema)
+    with psycopg.connect(schema.server, autocommit=True) as conn:
+        conn.execute(f'DROP TABLE "{schema.name}".jobs CASCADE')
+        conn.execute(f'DROP INDEX "{schema.name}".job_logs_job')
+    assert "jobs" not in _relations(schema) and "job_logs_job" not in _relations(schema)
+    # when it is opened again, then every table and index is there again, and it works
+    opened = schema.repository()
+    try:
+        assert _relations(schema) == whole
+        _check_it_works(opened)
+    finally:
+        opened.close()
+    assert _version(schema) == (str(SCHEMA_VERSION),)
+
+
+def test_a_role_that_must_make_a_dropped_index_again_but_may_not_is_told_who_must(
+        repo: "PostgresRepository", schema: Schema, make_role: Callable[[], Role]) -> None:
+    # given a current schema missing an index, and an application role that may only use it
+    app = make_role()
+    _grant_use(schema, app)
+    with psycopg.connect(schema.server, autocommit=True) as conn:
+        conn.execute(f'DROP INDEX "{schema.name}".jobs_owner')
+    # when the application role opens it, then it is refused, naming what is missing
+    with pytest.raises(RepositoryError) as refused:
+        app.repository(schema)
+    message = str(refused.value)
+    assert f"schema {schema.name!r} is missing jobs_owner" in message
+    assert f"role {app.name!r} may not create them" in message
+    assert "jobs_owner" not in _relations(schema)
+    # and once a role that may has opened it, the index is back and the role opens it
+    schema.repository().close()
+    assert "jobs_owner" in _relations(schema)
+    opened = app.repository(schema)
+    try:
+        _check_it_works(opened)
+    finally:
+        opened.close()
+
+
+def test_a_schema_version_that_is_not_a_number_is_refused_as_corrupt(repo: "PostgresRepository",
+                                                                     schema: Schema) -> None:
+    with psycopg.connect(schema.server, autocommit=True) as conn:
+        conn.execute(f"UPDATE \"{schema.name}\".jobcore_meta SET value = 'six'")
+    with pytest.raises(RepositoryError) as refused:
+        schema.repository()
+    assert (f"schema {schema.name!r}: schema version 'six' is not a number: the schema is corrupt"
+            f" or not jobcore's") in str(refused.value)
+    assert _version(schema) == ("six",)  # left as it was

@@ -277,27 +277,32 @@ class Database:
         return self._listener.token(), self._own_change
 
     def _migrate(self) -> None:
-        """Create or migrate the schema when it is missing or behind; else touch nothing.
+        """Create, migrate or repair the schema when it is missing, behind or missing a
+        table or index; else touch nothing.
 
-        The version is read first without a lock and without DDL: a current schema (every
-        open but the first of each version) is then opened by a role with no more than
-        USAGE on the schema and DML on its tables, and never waits for other transactions.
-        (CREATE INDEX IF NOT EXISTS takes a SHARE lock on `jobs` even when the index exists:
-        run on every open, it waited for each open write to `jobs` while every writer of
-        every process queued behind it.) Otherwise the migrator takes the advisory lock,
-        reads the version again (another process may have migrated meanwhile), and creates
-        or migrates in one transaction."""
-        exists, version = self.transaction(self._stored_version)
-        if version == ddl.SCHEMA_VERSION:
+        The version, and which of jobcore's tables and indexes are there, are read first
+        without a lock and without DDL: a current, whole schema (every open but the first
+        of each version) is then opened by a role with no more than USAGE on the schema and
+        DML on its tables, and never waits for other transactions. (CREATE INDEX IF NOT
+        EXISTS takes a SHARE lock on `jobs` even when the index exists: run on every open,
+        it waited for each open write to `jobs` while every writer of every process queued
+        behind it.) Otherwise the migrator takes the advisory lock, reads both again
+        (another process may have migrated meanwhile), and creates, migrates or makes
+        again what was dropped in one transaction."""
+        exists, version, missing = self.transaction(self._stored_version)
+        if version == ddl.SCHEMA_VERSION and not missing:
             return
         self._refuse_newer(version)
 
         def work(tx: Tx) -> None:
             tx.execute(ddl.LOCK_SCHEMA, (self.schema,))
-            exists, stored = self._stored_version(tx)
-            if stored == ddl.SCHEMA_VERSION:
+            exists, stored, missing = self._stored_version(tx)
+            if stored == ddl.SCHEMA_VERSION and not missing:
                 return  # another process migrated it while we waited for the lock
             self._refuse_newer(stored)
+            if stored == ddl.SCHEMA_VERSION:
+                logger.warning("PostgreSQL at %s: schema %r is missing %s (dropped by hand?);"
+                               " creating them again", self.where, self.schema, ", ".join(missing))
             try:
                 if not exists:
                     tx.execute(self.sql.CREATE_NAMESPACE)
@@ -308,22 +313,32 @@ class Database:
                     for statement in self.sql.MIGRATIONS[version]:
                         tx.execute(statement)
                     version += 1
-                for statement in self.sql.CREATE_SCHEMA:  # IF NOT EXISTS: new installs, new indexes
+                for statement in self.sql.CREATE_SCHEMA:  # IF NOT EXISTS: new installs, new or dropped indexes
                     tx.execute(statement)
                 tx.execute(self.sql.STORE_VERSION, (str(version),))
             except psycopg.errors.InsufficientPrivilege as exc:
-                raise self._may_not_migrate(exists, stored, tx, exc) from None
+                raise self._may_not_migrate(exists, stored, missing, tx, exc) from None
         self.transaction(work)
 
-    def _stored_version(self, tx: Tx) -> tuple[bool, Optional[int]]:
-        """(whether the schema exists, its stored version or None if it has none yet),
-        read without DDL and without a lock."""
-        state = tx.execute(ddl.SELECT_SCHEMA_STATE, {"schema": self.schema}).fetchone()
-        exists, has_meta = state if state else (False, False)
+    def _stored_version(self, tx: Tx) -> tuple[bool, Optional[int], list[str]]:
+        """(whether the schema exists, its stored version or None if it has none yet, the
+        tables and indexes of `schema.CREATE_SCHEMA` it lacks), read without DDL and
+        without a lock. A version that is not a number raises `RepositoryError`."""
+        state = tx.execute(ddl.SELECT_SCHEMA_STATE, {"schema": self.schema,
+                                                     "relations": list(ddl.SCHEMA_RELATIONS)}).fetchone()
+        exists, has_meta, present = state if state else (False, False, [])
+        missing = [name for name in ddl.SCHEMA_RELATIONS if name not in present]
         if not has_meta:
-            return bool(exists), None
+            return bool(exists), None, missing
         row = tx.execute(self.sql.SELECT_VERSION).fetchone()
-        return True, (int(row[0]) if row else None)
+        if row is None:
+            return True, None, missing
+        try:
+            return True, int(row[0]), missing
+        except (TypeError, ValueError):
+            raise RepositoryError(f"PostgreSQL at {self.where}: schema {self.schema!r}: schema version"
+                                  f" {row[0]!r} is not a number: the schema is corrupt or not jobcore's"
+                                  ) from None
 
     def _refuse_newer(self, version: Optional[int]) -> None:
         if version is not None and version > ddl.SCHEMA_VERSION:
@@ -331,7 +346,7 @@ class Database:
                 f"PostgreSQL at {self.where}: schema {self.schema!r} is at version {version},"
                 f" newer than this jobcore understands ({ddl.SCHEMA_VERSION}); upgrade jobcore")
 
-    def _may_not_migrate(self, exists: bool, version: Optional[int], tx: Tx,
+    def _may_not_migrate(self, exists: bool, version: Optional[int], missing: list[str], tx: Tx,
                          exc: psycopg.errors.InsufficientPrivilege) -> RepositoryError:
         """The error for a role that must create or migrate the schema but may not: what
         has to happen, and who may do it (the server's own message is kept at the end)."""
@@ -348,6 +363,10 @@ class Database:
             needed = (f"schema {self.schema!r} has no jobcore tables (version {ddl.SCHEMA_VERSION})"
                       f" and role {role!r} may not create them there; the schema's owner must"
                       f" open it once with this jobcore (or grant CREATE on it)")
+        elif version == ddl.SCHEMA_VERSION:
+            needed = (f"schema {self.schema!r} is missing {', '.join(missing)} (dropped by hand?) and"
+                      f" role {role!r} may not create them; the owner of the schema and its tables"
+                      f" must open it once with this jobcore to make them again")
         else:
             needed = (f"schema {self.schema!r} is at version {version} and this jobcore needs version"
                       f" {ddl.SCHEMA_VERSION}, but role {role!r} may not migrate it; the owner of"

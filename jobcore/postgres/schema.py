@@ -4,21 +4,30 @@ Every table lives in one PostgreSQL schema (`jobcore` unless told otherwise), wr
 `{s}` here and in `queries`, and filled in, quoted, by `queries.Statements`, so nothing
 depends on `search_path`. A schema change bumps `SCHEMA_VERSION` and adds the steps from
 the previous version to `MIGRATIONS`. `PostgresRepository` reads the version on open,
-without a lock, and runs no DDL when it is current; only a schema that is missing or
-behind is created or migrated, under an advisory lock, in one transaction.
+and whether every table and index of `CREATE_SCHEMA` is there, without a lock, and runs
+no DDL when the schema is current and whole; only a schema that is missing, behind or
+missing a table or index (dropped by hand) is created, migrated or repaired, under an
+advisory lock, in one transaction.
 """
 
 from __future__ import annotations
 
+import re
+
 SCHEMA_VERSION = 5
 
-# Whether the schema, and its version table, exist: (schema, jobcore_meta), from the
+# Whether the schema, and its version table, exist, and which of `relations` (the tables
+# and indexes of CREATE_SCHEMA) it holds: (schema, jobcore_meta, [names]), from the
 # catalogs, which any role may read. Asked before reading the version, so that a missing
-# table is an answer rather than an error (which would abort the migrator's transaction).
+# table is an answer rather than an error (which would abort the migrator's transaction),
+# and so that a current schema with a table or index dropped by hand is repaired (its
+# tables fail every call without it, and its queries crawl without an index).
 SELECT_SCHEMA_STATE = """
 SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = %(schema)s),
        EXISTS (SELECT FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-               WHERE n.nspname = %(schema)s AND c.relname = 'jobcore_meta')
+               WHERE n.nspname = %(schema)s AND c.relname = 'jobcore_meta'),
+       ARRAY(SELECT c.relname::TEXT FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = %(schema)s AND c.relname = ANY(%(relations)s))
 """
 # Run only when the schema is missing: PostgreSQL checks the CREATE privilege on the
 # database before it looks for the schema, so IF NOT EXISTS alone fails for a role that
@@ -138,6 +147,17 @@ CREATE TABLE IF NOT EXISTS {s}.jobcore_workers (
     lease_timeout DOUBLE PRECISION
 )""",
 ]
+
+# The tables and indexes CREATE_SCHEMA makes, by name, read from its statements so that
+# a new one cannot be left out: the open checks that each is there (SELECT_SCHEMA_STATE).
+# (The indexes of constraints are not named here: CREATE TABLE IF NOT EXISTS would not
+# make them again, and PostgreSQL refuses to drop one on its own.)
+SCHEMA_RELATIONS: tuple[str, ...] = tuple(
+    found.group(1) for statement in CREATE_SCHEMA
+    for found in [re.match(r"\s*CREATE (?:UNIQUE )?(?:TABLE|INDEX) IF NOT EXISTS (?:\{s\}\.)?(\w+)",
+                           statement)]
+    if found)
+assert len(SCHEMA_RELATIONS) == len(CREATE_SCHEMA), "a CREATE_SCHEMA statement names no relation"
 
 # Migrations from version N to N + 1: lists of statements, run in order inside the
 # migrator's transaction (under its advisory lock), before CREATE_SCHEMA.
