@@ -113,7 +113,8 @@ class Housekeeper:
             self._thread.start()
 
     def stop(self, timeout: Optional[float]) -> None:
-        """Stop the upkeep (after the pool stopped) and leave the worker registry.
+        """Stop the upkeep (after the pool stopped); the thread leaves the worker registry
+        as it ends.
 
         Jobs still running here (the pool's stop did not wait for them all) keep their
         leases, so that no other worker runs them while they run here: the thread goes
@@ -128,9 +129,13 @@ class Housekeeper:
             thread = self._thread
         if self._pool.held_ids():
             return  # the thread keeps their leases, and leaves the registry after them
-        if thread is not None:
-            join_within(thread, timeout)
-        self._leave_registry()
+        if thread is None:
+            self._leave_registry()
+            return
+        # The thread leaves the registry on its way out (see `_run`), once: leaving it here
+        # too was a second store call, which in an outage (a database locked) waited a
+        # whole busy timeout more. A stop whose timeout ends first leaves that to it.
+        join_within(thread, timeout)
 
     def forked(self) -> None:
         """In a forked child: a lock of its own (the parent's thread may have held this
@@ -201,7 +206,8 @@ class Housekeeper:
         recover_every = max(settings.poll_interval, settings.lease_timeout / 4)
         start = self._clock.monotonic()
         next_beat = start + settings.poll_interval
-        beat_due_real = real_monotonic() + settings.poll_interval  # next_beat in real time (see the stall below)
+        # next_beat in real time, or when the store calls last returned if later (see the stall below)
+        beat_due_real = real_monotonic() + settings.poll_interval
         next_recover = start + recover_every
         held_until = start  # no recovery before this (monotonic): see the clock jump and the outage below
         failing_since: Optional[float] = None  # a store call failed here since the last beat that worked
@@ -310,6 +316,12 @@ class Housekeeper:
                     failing_since = now
             except Exception:  # the housekeeper must survive anything
                 logger.exception("housekeeping failed")
+            # The store calls above have returned (or raised). A beat that fell due while
+            # they waited (a database another program locked holds each for its busy
+            # timeout) is late from now on only: this thread ran all along, and no stall
+            # of the process made it late (it once logged one, the busy timeout over half a
+            # lease). A stall while it sleeps, or while it is due, still counts in full.
+            beat_due_real = max(beat_due_real, real_monotonic())
             wake_at = min(t for t in (next_beat, next_recover, next_look, deadline) if t is not None)
             if self._sleep(wake_at, progress_due, lambda: self._stopping):
                 return

@@ -287,6 +287,49 @@ def test_a_stop_during_an_outage_longer_than_the_lease_gives_the_outcomes_up(
     assert (result.status, result.attempts, result.result) == (JobStatus.COMPLETED, 2, "again")
 
 
+class SlowToFail(Unreachable):
+    """`Unreachable` whose first failing `apply` (an outcome recorded) takes `blocked_for`
+    seconds of its fake clock to fail, as a write to a database locked by another program
+    waits its busy timeout."""
+
+    blocked_for = 0.0
+
+    def _note(self, name: str) -> None:
+        if name == "apply" and self.down.is_set() and not self.failures("apply"):
+            assert isinstance(self.clock, FakeClock)
+            self.clock.advance(self.blocked_for)
+        super()._note(name)
+
+
+def test_a_stop_counts_the_outage_from_when_the_first_failed_recording_began(
+        make_manager: Any, db_path: str, clock: FakeClock, release: threading.Event,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # given a manager (a long lease: on the real clock too, the stop would wait it out)
+    # whose finished job's outcome the store fails to record, the first try failing only
+    # once a whole lease had passed
+    lease = 30.0
+    repository = SlowToFail(db_path, clock)
+    repository.blocked_for = lease
+    manager = make_manager(repository, max_workers=1, lease_timeout=lease, poll_interval=POLL, clock=clock)
+    manager.register_function("nap", lambda: release.wait(WAIT) and "done")
+    manager.start()
+    job_id = manager.enqueue(Job(function_name="nap"))
+    wait_until(lambda: manager._pool.held_ids() == [job_id], WAIT, "the job to run")
+    repository.down.set()
+    release.set()
+    repository.wait_for(lambda: repository.failed.get("apply", 0) > 0, "an outcome failing to be recorded")
+    # when it is stopped, the clock standing still
+    stopper = stopping(manager)
+    # then its next failed try gives the outcome up: the store has failed for a lease
+    # since that first try began (counted from when it returned, the stop waited a lease
+    # more, here as long in real seconds)
+    stopper.join(WAIT)
+    assert not stopper.is_alive(), "stop() counted the outage from the end of the first failed try"
+    given_up = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR and "given up" in r.getMessage()]
+    assert len(given_up) == 1 and job_id in given_up[0]
+    repository.down.clear()
+
+
 def test_a_stop_with_a_timeout_during_an_outage_returns_at_its_timeout_and_its_threads_end_after_the_lease(
         make_manager: Any, make_store: Any, clock: FakeClock, release: threading.Event) -> None:
     # given a manager whose finished job's outcome the store fails to record

@@ -1,0 +1,105 @@
+"""A real SQLite file whose write lock another program holds (`BEGIN EXCLUSIVE`) while a
+manager on the system clock beats and stops: each store call then waits its whole busy
+timeout and fails. The stop leaves the worker registry once, and a beat made late by the
+housekeeper's own blocked call is not taken for a stall of the process."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from typing import Any, Collection, Iterator, Optional
+
+import pytest
+
+from jobcore import RepositoryError, SQLiteRepository
+from waiting import wait_until
+
+WAIT = 10.0
+
+
+class Counting(SQLiteRepository):
+    """SQLite that counts `unregister_worker` calls and `beat_worker` calls that failed."""
+
+    def __init__(self, path: str, busy_timeout: float) -> None:
+        self.seen = threading.Condition()  # guards the counts; notified at each
+        self.unregistered = 0
+        self.beats_failed = 0
+        super().__init__(path, busy_timeout=busy_timeout)
+
+    def unregister_worker(self, worker_id: str) -> None:
+        with self.seen:
+            self.unregistered += 1
+            self.seen.notify_all()
+        super().unregister_worker(worker_id)
+
+    def beat_worker(self, worker_id: str, running: Collection[str], now: float) -> Optional[bool]:
+        try:
+            return super().beat_worker(worker_id, running, now)
+        except RepositoryError:
+            with self.seen:
+                self.beats_failed += 1
+                self.seen.notify_all()
+            raise
+
+    def wait_for_failed_beats(self, count: int) -> None:
+        with self.seen:
+            assert self.seen.wait_for(lambda: self.beats_failed >= count, WAIT), f"{count} failed beats"
+
+
+@pytest.fixture
+def lock(db_path: str) -> Iterator[sqlite3.Connection]:
+    """Another program's connection to `db_path`, that takes the write lock when told."""
+    connection = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+    yield connection
+    if connection.in_transaction:
+        connection.execute("ROLLBACK")
+    connection.close()
+
+
+def test_a_stop_leaves_the_worker_registry_once(make_manager: Any, db_path: str) -> None:
+    # given a started manager on a healthy store
+    repository = Counting(db_path, busy_timeout=5.0)
+    manager = make_manager(repository, max_workers=1, poll_interval=0.05)
+    manager.start()
+    # when it stops, then it left the registry with one call (the housekeeper thread and
+    # then stop() each made one)
+    manager.stop()
+    assert repository.unregistered == 1
+    assert manager.list_workers() == []
+
+
+def test_a_stop_while_another_program_holds_the_lock_tries_to_leave_the_registry_once(
+        make_manager: Any, db_path: str, lock: sqlite3.Connection, caplog: Any) -> None:
+    # given a started manager, idle, whose database another program has locked
+    repository = Counting(db_path, busy_timeout=0.2)
+    manager = make_manager(repository, max_workers=1, lease_timeout=1.0, poll_interval=0.05)
+    manager.start()
+    lock.execute("BEGIN EXCLUSIVE")
+    repository.wait_for_failed_beats(1)
+    # when it stops, then it tried to leave the registry once (each try waits a busy
+    # timeout in vain: two made the stop wait for both)
+    with caplog.at_level(logging.WARNING, logger="jobcore.housekeeper"):
+        manager.stop()
+    assert repository.unregistered == 1
+    assert len([r for r in caplog.records if "could not leave the worker registry" in r.message]) == 1
+
+
+def test_a_beat_late_from_its_own_blocked_store_call_is_no_stall(
+        make_manager: Any, db_path: str, lock: sqlite3.Connection, caplog: Any) -> None:
+    # given a started manager whose busy timeout is more than half its lease
+    repository = Counting(db_path, busy_timeout=0.7)
+    manager = make_manager(repository, max_workers=1, lease_timeout=1.0, poll_interval=0.05)
+    manager.start()
+    with caplog.at_level(logging.WARNING, logger="jobcore.housekeeper"):
+        # when another program holds the write lock for a few of its beats, each waiting
+        # the busy timeout in vain, and then lets it go
+        lock.execute("BEGIN EXCLUSIVE")
+        repository.wait_for_failed_beats(2)
+        lock.execute("ROLLBACK")
+        wait_until(lambda: any("works again" in r.message for r in caplog.records), WAIT,
+                   "a beat that works after the lock")
+    # then the outage was logged as one, not as a stall of this process (every beat came
+    # late by the busy timeout its blocked call before had waited)
+    messages = [r.message for r in caplog.records]
+    assert not [m for m in messages if "stalled" in m], messages
