@@ -87,6 +87,13 @@ def _version(schema: Schema) -> tuple[str, ...]:
                             " WHERE key = 'schema_version'").fetchone()  # type: ignore[return-value]
 
 
+def _refused(role: Role, schema: Schema) -> str:
+    """The message of the RepositoryError `role` gets opening `schema`."""
+    with pytest.raises(RepositoryError) as refused:
+        role.repository(schema)
+    return str(refused.value)
+
+
 def test_a_role_with_only_usage_and_dml_opens_a_current_schema(repo: "PostgresRepository", schema: Schema,
                                                                make_role: Callable[[], Role]) -> None:
     # given a current schema an administrator made, and an application role that may only
@@ -136,9 +143,7 @@ def test_a_role_that_must_migrate_but_may_not_is_told_to_have_the_owner_open_it_
     _grant_use(schema, app)
     schema.back_to_version_4(owner.dsn)
     # when the application role opens it, then it is refused, saying what must happen
-    with pytest.raises(RepositoryError) as refused:
-        app.repository(schema)
-    message = str(refused.value)
+    message = _refused(app, schema)
     assert f"schema {schema.name!r} is at version 4 and this jobcore needs version {SCHEMA_VERSION}" in message
     assert f"role {app.name!r} may not migrate it" in message
     assert "the owner of the schema and its tables must open it once with this jobcore" in message
@@ -156,9 +161,7 @@ def test_a_role_that_must_migrate_but_may_not_is_told_to_have_the_owner_open_it_
 def test_a_role_that_may_not_create_the_missing_schema_is_told_how_to_create_it(
         schema: Schema, make_role: Callable[[], Role]) -> None:
     app = make_role()
-    with pytest.raises(RepositoryError) as refused:
-        app.repository(schema)
-    message = str(refused.value)
+    message = _refused(app, schema)
     assert f"schema {schema.name!r} does not exist and role {app.name!r} may not create it" in message
     assert f'CREATE SCHEMA "{schema.name}" AUTHORIZATION {app.name}' in message
 
@@ -169,9 +172,7 @@ def test_a_role_that_may_not_create_the_tables_in_an_empty_schema_is_told_who_ma
     with psycopg.connect(schema.server, autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{schema.name}"')
         conn.execute(f'GRANT USAGE ON SCHEMA "{schema.name}" TO {app.name}')
-    with pytest.raises(RepositoryError) as refused:
-        app.repository(schema)
-    message = str(refused.value)
+    message = _refused(app, schema)
     assert f"schema {schema.name!r} has no jobcore tables (version {SCHEMA_VERSION})" in message
     assert f"role {app.name!r} may not create them there; the schema's owner must open it once" in message
 
@@ -254,9 +255,7 @@ def test_a_role_that_must_make_a_dropped_index_again_but_may_not_is_told_who_mus
     with psycopg.connect(schema.server, autocommit=True) as conn:
         conn.execute(f'DROP INDEX "{schema.name}".jobs_owner')
     # when the application role opens it, then it is refused, naming what is missing
-    with pytest.raises(RepositoryError) as refused:
-        app.repository(schema)
-    message = str(refused.value)
+    message = _refused(app, schema)
     assert f"schema {schema.name!r} is missing jobs_owner" in message
     assert f"role {app.name!r} may not create them" in message
     assert "jobs_owner" not in _relations(schema)
