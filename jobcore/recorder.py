@@ -50,11 +50,10 @@ class Finished:
     # the outcome, in the same transaction (see `progress`).
     last_report: Optional[Report] = None
     # Only on the failure path (see `Recorder._record_each`): how many exchanges carrying
-    # this outcome the repository failed, how many times it failed to record it alone,
-    # and since when (real monotonic seconds) it has failed alone while the store renewed
-    # the job's lease (it works, but not for this outcome).
+    # this outcome the repository failed, and since when (real monotonic seconds) it has
+    # failed alone while the store renewed the job's lease (it works, but not for this
+    # outcome).
     failed_exchanges: int = 0
-    failed_alone: int = 0
     refused_since: Optional[float] = None
 
 
@@ -266,7 +265,8 @@ class Recorder:
         recorded: list[tuple[Finished, Settlement, Optional[Cascade]]] = []
         left: list[Finished] = []
         given_up: list[str] = []
-        pending = sorted(zip(finished, settlements), key=lambda pair: pair[0].failed_alone)  # suspects last
+        pending = sorted(zip(finished, settlements),
+                         key=lambda pair: pair[0].refused_since is not None)  # suspects last
         for index, (f, settlement) in enumerate(pending):
             try:
                 recorded.append((f, settlement, self._record_alone(settlement, now)))
@@ -274,7 +274,6 @@ class Recorder:
             except (TypeError, ValueError) as exc:  # the backend cannot hold this outcome: no retry helps
                 refusal: Exception = exc
             except Exception as exc:
-                f.failed_alone += 1
                 if not self._store_works(f, now):  # down: nothing more to learn now
                     left.extend(g for g, _ in pending[index:])
                     break
