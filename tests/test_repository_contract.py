@@ -21,7 +21,8 @@ from jobcore.models import JobStatus
 from jobcore.repository import MemoryRepository, SQLiteRepository
 from jobcore.repository.base import JobRepository
 from jobcore.repository import sqlite_queue
-from jobcore.repository import sqlite_schema as sql
+from jobcore.repository import sqlite_schema as schema
+from jobcore.repository import sqlite_sql as sql
 from jobcore.testing.contract import NOW, RepositoryContract, claim_race, make_record
 from jobcore.testing.contract.reading import _ReadingContract
 from dead_letter_order import fail_late_then_early
@@ -111,7 +112,7 @@ def test_an_unknown_durability_or_memory_path_is_refused(path: str) -> None:
 def test_the_schema_version_is_stored(repo: SQLiteRepository, path: str) -> None:
     with _raw(path) as conn:
         row = conn.execute("SELECT value FROM jobcore_meta WHERE key = 'schema_version'").fetchone()
-    assert row == (str(sql.SCHEMA_VERSION),)
+    assert row == (str(schema.SCHEMA_VERSION),)
 
 
 def test_a_version_3_database_gets_jobs_status_without_the_ready_pending_jobs(path: str) -> None:
@@ -138,7 +139,7 @@ def test_a_version_3_database_gets_jobs_status_without_the_ready_pending_jobs(pa
     with _raw(path) as conn:
         definition = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'jobs_status'").fetchone()[0]
         version = conn.execute("SELECT value FROM jobcore_meta WHERE key = 'schema_version'").fetchone()
-    assert "blocked <> 0" in definition and version == (str(sql.SCHEMA_VERSION),)
+    assert "blocked <> 0" in definition and version == (str(schema.SCHEMA_VERSION),)
     counts = repo.count_by_status()
     assert (counts[JobStatus.PENDING], counts[JobStatus.COMPLETED]) == (2, 1)
     assert [r.id for r in repo.list(status=JobStatus.PENDING)] == [waiting.id, first.id]
@@ -167,7 +168,7 @@ def test_a_version_4_database_gets_worker_leases_keeping_its_entries(path: str) 
         repo.close()
     with _raw(path) as conn:
         version = conn.execute("SELECT value FROM jobcore_meta WHERE key = 'schema_version'").fetchone()
-    assert version == (str(sql.SCHEMA_VERSION),)
+    assert version == (str(schema.SCHEMA_VERSION),)
 
 
 def test_a_version_5_database_gets_the_dead_letter_index_keeping_its_order(path: str) -> None:
@@ -190,7 +191,7 @@ def test_a_version_5_database_gets_the_dead_letter_index_keeping_its_order(path:
             definition = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'jobs_failed'").fetchone()
             version = conn.execute("SELECT value FROM jobcore_meta WHERE key = 'schema_version'").fetchone()
         assert definition is not None and "status = 'failed'" in definition[0]
-        assert version == (str(sql.SCHEMA_VERSION),) == ("6",)
+        assert version == (str(schema.SCHEMA_VERSION),) == ("6",)
         assert [r.id for r in repo.list_dead_letters()] == [late.id, early.id]
     finally:
         repo.close()
@@ -199,7 +200,7 @@ def test_a_version_5_database_gets_the_dead_letter_index_keeping_its_order(path:
 def test_a_newer_schema_version_is_refused_and_left_alone(path: str) -> None:
     # given a database written by a newer jobcore
     SQLiteRepository(path).close()
-    newer = str(sql.SCHEMA_VERSION + 1)
+    newer = str(schema.SCHEMA_VERSION + 1)
     with _raw(path) as conn:
         conn.execute("UPDATE jobcore_meta SET value = ? WHERE key = 'schema_version'", (newer,))
     # when this jobcore opens it, then a clear error, and the version is not downgraded
@@ -213,7 +214,7 @@ def test_a_newer_schema_with_reshaped_tables_is_refused_as_newer(path: str) -> N
     # given a newer jobcore's database whose jobs table this version cannot index
     with _raw(path) as conn:
         conn.execute("CREATE TABLE jobcore_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        conn.execute("INSERT INTO jobcore_meta VALUES ('schema_version', ?)", (str(sql.SCHEMA_VERSION + 1),))
+        conn.execute("INSERT INTO jobcore_meta VALUES ('schema_version', ?)", (str(schema.SCHEMA_VERSION + 1),))
         conn.execute("CREATE TABLE jobs (seq INTEGER PRIMARY KEY, id TEXT, state TEXT)")
     # then the error says why (a newer schema), not which column is missing
     with pytest.raises(RepositoryError, match="newer"):

@@ -11,7 +11,8 @@ import pytest
 
 from jobcore.models import JobStatus
 from jobcore.repository import SQLiteRepository
-from jobcore.repository import sqlite_schema as sql
+from jobcore.repository import sqlite_schema as schema
+from jobcore.repository import sqlite_sql as sql
 from jobcore.repository.sqlite_rows import is_plain, row_params
 from jobcore.testing.contract import LEASE, NOW, make_record
 
@@ -121,13 +122,13 @@ def test_a_new_file_keeps_no_sqlite_sequence(repo: SQLiteRepository) -> None:
 def test_a_file_made_with_autoincrement_is_used_as_it_is(tmp_path: Path) -> None:
     # given a file whose jobs table was made by an earlier jobcore, with AUTOINCREMENT
     path = tmp_path / "old.db"
-    old_schema = sql.CREATE_SCHEMA.replace("seq              INTEGER PRIMARY KEY,",
+    old_schema = schema.CREATE_SCHEMA.replace("seq              INTEGER PRIMARY KEY,",
                                            "seq              INTEGER PRIMARY KEY AUTOINCREMENT,")
-    assert old_schema != sql.CREATE_SCHEMA
+    assert old_schema != schema.CREATE_SCHEMA
     with sqlite3.connect(path) as conn:
         conn.executescript(old_schema)
-        conn.execute(sql.CREATE_META)
-        conn.execute(sql.SET_SCHEMA_VERSION, (str(sql.SCHEMA_VERSION),))
+        conn.execute(schema.CREATE_META)
+        conn.execute(schema.SET_SCHEMA_VERSION, (str(schema.SCHEMA_VERSION),))
     repo = SQLiteRepository(path)
     try:
         older, newest = make_record(), make_record()

@@ -21,7 +21,7 @@ import pytest
 from jobcore import Job, JobManager, SQLiteRepository
 from jobcore.errors import RepositoryError
 from jobcore.repository import sqlite_conn, sqlite_rows
-from jobcore.repository import sqlite_schema as sql
+from jobcore.repository import sqlite_schema as schema
 from jobcore.repository.sqlite_conn import file_uri
 from jobcore.repository.sqlite_rows import translate
 
@@ -150,7 +150,7 @@ def test_a_journal_mode_that_never_becomes_wal_fails_after_the_busy_timeout(
 
 
 # -- another application's database -------------------------------------------------------------
-@pytest.mark.parametrize("table", sql.TABLES)
+@pytest.mark.parametrize("table", schema.TABLES)
 def test_another_applications_table_named_as_jobcores_is_refused_and_the_file_left_as_it_was(
         tmp_path: Path, table: str) -> None:
     path = str(tmp_path / "crm.db")
@@ -161,14 +161,14 @@ def test_another_applications_table_named_as_jobcores_is_refused_and_the_file_le
         SQLiteRepository(path)
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)  # was switched to wal for good
-        assert [row[0] for row in conn.execute(sql.SELECT_TABLE_NAMES)] == [table]
+        assert [row[0] for row in conn.execute(schema.SELECT_TABLE_NAMES)] == [table]
     conn.close()
 
 
 def test_the_refused_tables_are_jobcores_own() -> None:
     created = {statement.split("EXISTS")[1].split("(")[0].strip()
-               for statement in sql.CREATE_SCHEMA.split(";") if "CREATE TABLE" in statement}
-    assert created == set(sql.TABLES)
+               for statement in schema.CREATE_SCHEMA.split(";") if "CREATE TABLE" in statement}
+    assert created == set(schema.TABLES)
 
 
 def test_a_database_without_tables_named_as_jobcores_still_gets_them(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ import pytest
 from jobcore import Job, JobManager, SQLiteRepository
 from jobcore.errors import RepositoryError
 from jobcore.repository import sqlite_rows
-from jobcore.repository import sqlite_schema as sql
+from jobcore.repository import sqlite_schema as schema
 from jobcore.repository.sqlite_rows import translate
 
 ROOT = str(Path(__file__).resolve().parent.parent)
@@ -79,16 +79,16 @@ def shared_dir() -> Iterator[Path]:
         shutil.rmtree(folder)
 
 
-def make_database(path: Path, version: int = sql.SCHEMA_VERSION) -> None:
-    """A jobcore database holding one job, at schema `version`: sql.SCHEMA_VERSION, or the
+def make_database(path: Path, version: int = schema.SCHEMA_VERSION) -> None:
+    """A jobcore database holding one job, at schema `version`: schema.SCHEMA_VERSION, or the
     one before (as the previous jobcore left it), or a newer one's (only its number), with
     no -wal or -shm file beside it (as a copy of the file alone)."""
     manager = JobManager(str(path), producer=True)
     manager.enqueue(Job(function_name="work"))
     manager.close()
     with sqlite3.connect(path) as conn:
-        if version < sql.SCHEMA_VERSION:
-            assert version == sql.SCHEMA_VERSION - 1 and sql.MIGRATIONS[version] == sql._JOBS_FAILED_INDEX
+        if version < schema.SCHEMA_VERSION:
+            assert version == schema.SCHEMA_VERSION - 1 and schema.MIGRATIONS[version] == schema._JOBS_FAILED_INDEX
             conn.execute("DROP INDEX jobs_failed")
         conn.execute("UPDATE jobcore_meta SET value = ? WHERE key = 'schema_version'", (str(version),))
     conn.close()
@@ -101,7 +101,7 @@ def test_a_read_only_copy_of_an_older_schema_says_it_must_be_migrated_by_a_proce
     # Given read-only copies of a current database and of one the previous jobcore wrote,
     # in a directory the reader may write
     older, current = shared_dir / "older.db", shared_dir / "current.db"
-    make_database(older, sql.SCHEMA_VERSION - 1)
+    make_database(older, schema.SCHEMA_VERSION - 1)
     make_database(current)
     for path in (older, current):
         os.chmod(path, 0o444)
@@ -115,8 +115,8 @@ def test_a_read_only_copy_of_an_older_schema_says_it_must_be_migrated_by_a_proce
         sys.exit(main(["--db", {str(older)!r}, "stats"]))
     """, shared_dir)
     # then the older one's error says what to do, where it said only "read-only"
-    said = (f"SQLite at {str(older)!r}: schema version {sql.SCHEMA_VERSION - 1} must be migrated to"
-            f" {sql.SCHEMA_VERSION} once, by a process with write access to the file and its directory;"
+    said = (f"SQLite at {str(older)!r}: schema version {schema.SCHEMA_VERSION - 1} must be migrated to"
+            f" {schema.SCHEMA_VERSION} once, by a process with write access to the file and its directory;"
             " this one cannot write it: the database is read-only (attempt to write a readonly database)")
     assert result.stdout.splitlines() == ["1", said], result.stderr
     assert result.returncode == 1
@@ -129,7 +129,7 @@ def test_a_read_only_copy_of_an_older_schema_says_it_must_be_migrated_by_a_proce
 
 
 # -- a read-only directory ------------------------------------------------------------------------
-@pytest.mark.parametrize("version, mode", [(sql.SCHEMA_VERSION, 0o666), (sql.SCHEMA_VERSION - 1, 0o444)],
+@pytest.mark.parametrize("version, mode", [(schema.SCHEMA_VERSION, 0o666), (schema.SCHEMA_VERSION - 1, 0o444)],
                          ids=["current-writable-file", "older-read-only-file"])
 def test_a_database_in_a_read_only_directory_without_its_shm_file_says_the_directory_is_read_only(
         shared_dir: Path, version: int, mode: int) -> None:
@@ -175,7 +175,7 @@ def test_a_newer_schema_is_refused_at_once_while_another_process_writes_to_it(tm
     # Given a newer jobcore's database, whose write lock another connection holds (a newer
     # jobcore's process in a long write: a big cleanup, its own migration)
     path = tmp_path / "jobs.db"
-    make_database(path, sql.SCHEMA_VERSION + 1)
+    make_database(path, schema.SCHEMA_VERSION + 1)
     holder = sqlite3.connect(path, isolation_level=None)
     try:
         holder.execute("BEGIN IMMEDIATE")
@@ -183,8 +183,8 @@ def test_a_newer_schema_is_refused_at_once_while_another_process_writes_to_it(tm
         # when this jobcore opens it, then it says why at once: it waited the whole busy
         # timeout for the lock, then said the database stayed locked
         started = time.monotonic()
-        with pytest.raises(RepositoryError, match=f"schema version {sql.SCHEMA_VERSION + 1} is newer than this"
-                                                  f" jobcore understands \\({sql.SCHEMA_VERSION}\\); upgrade jobcore"):
+        with pytest.raises(RepositoryError, match=f"schema version {schema.SCHEMA_VERSION + 1} is newer than this"
+                                                  f" jobcore understands \\({schema.SCHEMA_VERSION}\\); upgrade jobcore"):
             SQLiteRepository(str(path), busy_timeout=2.0)
         assert time.monotonic() - started < 2.0
     finally:
@@ -199,7 +199,7 @@ def _digest(path: Path) -> str:
 def test_a_refused_newer_database_is_left_as_it_was_its_journal_mode_too(tmp_path: Path) -> None:
     # Given a newer jobcore's database in rollback-journal mode (shipped as one file, say)
     path = tmp_path / "jobs.db"
-    make_database(path, sql.SCHEMA_VERSION + 1)
+    make_database(path, schema.SCHEMA_VERSION + 1)
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode = DELETE").fetchone() == ("delete",)
     conn.close()

@@ -16,7 +16,7 @@ import sqlite3
 from typing import Any, Callable
 
 from jobcore import JobStatus, SQLiteRepository
-from jobcore.repository import sqlite_schema as sql
+from jobcore.repository import sqlite_schema as schema
 from jobcore.testing.contract import NOW, make_record
 
 
@@ -98,7 +98,7 @@ def test_a_version_2_database_gets_the_queue_indexes_led_by_function_name(tmp_pa
     assert "(function_name, priority DESC, seq)" in definitions["jobs_ready"]
     assert "(function_name, run_at)" in definitions["jobs_due"]
     assert "cron IS NOT NULL" in definitions["jobs_schedules"]
-    assert version == (str(sql.SCHEMA_VERSION),)
+    assert version == (str(schema.SCHEMA_VERSION),)
     assert [entry.job_id for entry in repo.ready({"a"}, 10)] == ["old"]
     assert [record.id for record in repo.apply([], ["old"], "w1", NOW, NOW + 30)[1]] == ["old"]
     repo.close()

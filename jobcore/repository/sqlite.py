@@ -1,8 +1,9 @@
 """`SQLiteRepository`: jobs in one SQLite file, shared by threads and by processes.
 
 WAL mode, one connection per thread, `BEGIN IMMEDIATE` for every write, a busy timeout,
-and SQL from `sqlite_schema` with parameters only. It does not decide what runs when:
-that is the manager's job; this module only keeps rows consistent. Storing new jobs is
+and SQL from `sqlite_sql` (on `sqlite_schema`'s tables) with parameters only. It does
+not decide what runs when: that is the manager's job; this module only keeps rows
+consistent. Storing new jobs is
 `sqlite_adding`'s.
 """
 
@@ -20,7 +21,8 @@ from ..errors import RepositoryError
 from ..forks import on_fork_in_child
 from ..models import TERMINAL_STATUSES, JobStatus
 from . import sqlite_queue
-from . import sqlite_schema as sql
+from . import sqlite_schema as schema
+from . import sqlite_sql as sql
 from .sqlite_conn import SYNCHRONOUS, Connections
 from .sqlite_settle import cancel_dependents, claim_known, claim_rows, encode_result, settle_all
 from .sqlite_rows import (READ_ONLY, claimed_records, entry_from_row, queue_entries, record_from_row, row_params,
@@ -109,7 +111,7 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
 
     def _migrate(self) -> None:
         current = self._current_version()
-        if current == sql.SCHEMA_VERSION:
+        if current == schema.SCHEMA_VERSION:
             return  # nothing to write: opening never waits for another process's writer
         if current is not None:
             # Before the write lock: a newer jobcore's process may hold it for long (a big
@@ -126,7 +128,7 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
             # A reader's read-only copy (a file it may not write, or in a directory it may
             # not write) opens only once migrated: say what to do, not only what failed.
             needed = ("jobcore's tables must be created in it" if current is None
-                      else f"schema version {current} must be migrated to {sql.SCHEMA_VERSION}")
+                      else f"schema version {current} must be migrated to {schema.SCHEMA_VERSION}")
             detail = str(exc).removeprefix(f"SQLite at {self.path!r}: ")
             raise RepositoryError(
                 f"SQLite at {self.path!r}: {needed} once, by a process with write access to the file"
@@ -136,16 +138,16 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
         """Create or migrate jobcore's tables inside the write transaction `conn` is in."""
         try:
             # The version first: a newer jobcore's tables may not take this version's indexes.
-            conn.execute(sql.CREATE_META)
-            row = conn.execute(sql.SELECT_SCHEMA_VERSION).fetchone()
-            version = self._version(row[0]) if row else sql.SCHEMA_VERSION
+            conn.execute(schema.CREATE_META)
+            row = conn.execute(schema.SELECT_SCHEMA_VERSION).fetchone()
+            version = self._version(row[0]) if row else schema.SCHEMA_VERSION
             self._refuse_newer(version)  # again: a newer jobcore may have migrated it since it was read
             # Statement by statement: executescript() would COMMIT our transaction.
-            for statement in sql.CREATE_SCHEMA.split(";"):
+            for statement in schema.CREATE_SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
-            while version < sql.SCHEMA_VERSION:
-                for statement in sql.MIGRATIONS[version].split(";"):
+            while version < schema.SCHEMA_VERSION:
+                for statement in schema.MIGRATIONS[version].split(";"):
                     if statement.strip():
                         try:
                             conn.execute(statement)
@@ -155,13 +157,13 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
                 version += 1
             # Written only when it changes, so a read-only database still opens for reading.
             if row is None or row[0] != str(version):
-                conn.execute(sql.SET_SCHEMA_VERSION, (str(version),))
+                conn.execute(schema.SET_SCHEMA_VERSION, (str(version),))
         except sqlite3.DatabaseError as exc:
             raise translate(exc, self.path) from None
 
     def _current_version(self) -> Optional[int]:
         try:
-            rows = self._read(sql.SELECT_SCHEMA_VERSION)
+            rows = self._read(schema.SELECT_SCHEMA_VERSION)
         except RepositoryError as exc:
             if "no such table" in str(exc):
                 return None
@@ -177,24 +179,24 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
                                   " the file is corrupt or not jobcore's") from None
 
     def _refuse_newer(self, version: int) -> None:
-        if version > sql.SCHEMA_VERSION:
+        if version > schema.SCHEMA_VERSION:
             raise RepositoryError(
                 f"SQLite at {self.path!r}: schema version {version} is newer than this"
-                f" jobcore understands ({sql.SCHEMA_VERSION}); upgrade jobcore")
+                f" jobcore understands ({schema.SCHEMA_VERSION}); upgrade jobcore")
 
     def _refuse_foreign_file(self, conn: sqlite3.Connection) -> None:
         """Refuse a database holding a table named as one of jobcore's but no jobcore_meta:
         another application's (jobcore would fail on its columns, or change its rows); and
         one whose schema version is newer than this jobcore's, or no number. Runs on the
         first connection, before the journal mode is set: a refused file is left as it was."""
-        names = {row[0] for row in conn.execute(sql.SELECT_TABLE_NAMES)}
+        names = {row[0] for row in conn.execute(schema.SELECT_TABLE_NAMES)}
         if "jobcore_meta" not in names:
-            for table in sql.TABLES:
+            for table in schema.TABLES:
                 if table in names:
                     raise RepositoryError(f"SQLite at {self.path!r}: table {table!r} is not jobcore's"
                                           " (the file has no jobcore_meta table); give jobcore a file of its own")
             return
-        rows = conn.execute(sql.SELECT_SCHEMA_VERSION).fetchall()  # all: no statement left open
+        rows = conn.execute(schema.SELECT_SCHEMA_VERSION).fetchall()  # all: no statement left open
         if rows:
             self._refuse_newer(self._version(rows[0][0]))
 

@@ -4,7 +4,7 @@
 A lone job with nothing to check against other rows is one INSERT (shared with other
 writers' transactions by the group committer); a batch is one transaction, checked for
 taken ids, dependencies and unique keys. Reading, claiming and settling stored jobs is
-`sqlite`'s; the SQL is `sqlite_schema`'s.
+`sqlite`'s; the SQL is `sqlite_sql`'s.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from .. import serialization
 from ..models import JobStatus
-from . import sqlite_schema as sql
+from . import sqlite_sql as sql
 from ._cascade import ENDED, dependency_error_message, plan_batch
 from .columns import encode_progress
 from .base import Cascade, JobRecord, JobRepository, Settlement, id_taken, require_plain_pending

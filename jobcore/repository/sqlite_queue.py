@@ -7,7 +7,7 @@ manager reads about as many rows as it takes and never walks the jobs of functio
 does not run. (With one index holding every function's jobs in one order, a manager
 running only `a` beside 100,000 ready jobs of `b` walked all of them at each look for
 work, 20 times a second while other processes wrote: half a core.) No connection of its
-own: the repository passes the one to use; the SQL is `sqlite_schema`'s.
+own: the repository passes the one to use; the SQL is `sqlite_sql`'s.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import json
 import sqlite3
 from typing import Any, Callable, Collection, Optional, Sequence
 
-from . import sqlite_schema as sql
+from . import sqlite_sql as sql
 from .columns import DEFAULT_PRIORITY, usable_time
 
 Row = Sequence[Any]  # (id, priority, seq, run_at, function_name, is_schedule)

@@ -15,7 +15,7 @@ import sqlite3
 from typing import Any, Optional, Sequence
 
 from .. import serialization
-from . import sqlite_schema as sql
+from . import sqlite_sql as sql
 from ._cascade import dependency_error_message
 from .base import Cascade, QueueEntry, Settlement, cancelled_instead_note
 from .sqlite_rows import entry_from_row
@@ -35,7 +35,7 @@ def cancel_dependents(conn: sqlite3.Connection, job_id: str, now: float) -> tupl
 
 def _held_update(conn: sqlite3.Connection, query: str, values: tuple[Any, ...], s: Settlement,
                  worker_id: str) -> bool:
-    """Run `query`, one of the statements on a job held (`sqlite_schema.HELD_BY_SEQ`'s
+    """Run `query`, one of the statements on a job held (`sqlite_sql.HELD_BY_SEQ`'s
     keys), setting `values` on the job `s` names; True if it applied. The row is found by
     the seq `s` gives, if any (no index read; its id checked too), else by its id: also
     when the seq finds no such row, so a wrong seq costs a statement, never an outcome."""
