@@ -43,8 +43,9 @@ class Housekeeper:
 
     `refill()` reloads the manager's ready queue from the repository; `stocked()` tells
     whether that queue holds plenty (then costly reloads are spaced out). Intervals are float
-    seconds: heartbeats every `poll_interval`, recovery every `lease_timeout / 4` (at least
-    `poll_interval`), and change detection every `discovery_interval`.
+    seconds: heartbeats every `poll_interval` (at least three a lease: `beat_every`),
+    recovery every `lease_timeout / 4` (at least `poll_interval`), and change detection
+    every `discovery_interval`.
     """
 
     def __init__(self, repository: JobRepository, pool: WorkerPool, clock: Clock, settings: PoolSettings,
@@ -205,9 +206,10 @@ class Housekeeper:
         settings = self._settings
         recover_every = max(settings.poll_interval, settings.lease_timeout / 4)
         start = self._clock.monotonic()
-        next_beat = start + settings.poll_interval
+        beat_every = settings.beat_every
+        next_beat = start + beat_every
         # next_beat in real time, or when the store calls last returned if later (see the stall below)
-        beat_due_real = real_monotonic() + settings.poll_interval
+        beat_due_real = real_monotonic() + beat_every
         next_recover = start + recover_every
         held_until = start  # no recovery before this (monotonic): see the clock jump and the outage below
         failing_since: Optional[float] = None  # a store call failed here since the last beat that worked
@@ -254,7 +256,7 @@ class Housekeeper:
                     # (this thread did not run): a fake clock's `advance` is the first
                     # alone, and stalls nothing; with the system clock the two agree.
                     late = min(now - next_beat, real_now - beat_due_real)
-                    next_beat = now + settings.poll_interval
+                    next_beat = now + beat_every
                     if late >= settings.lease_timeout / 2:
                         # This process stalled (suspended, a paused VM, starved of CPU): its
                         # beat comes half a lease late. Whatever stalled it may have stalled
@@ -269,13 +271,13 @@ class Housekeeper:
                     running = self._pool.heartbeat()
                     self._beat(running)
                     back = self._clock.monotonic()
-                    if failing_since is not None and back - failing_since >= settings.poll_interval:
+                    if failing_since is not None and back - failing_since >= beat_every:
                         # The store works again after an outage. The other live workers'
                         # heartbeats failed as ours did, and their leases may have lapsed:
                         # whoever took those back first would run their jobs a second time
                         # beside them. Hold recovery off for a lease period from now, in
                         # which each renews its own. (Shorter trouble cannot have kept a
-                        # worker beating every poll_interval from renewing for a lease.)
+                        # worker beating every beat_every from renewing for a lease.)
                         held_until = next_recover = max(next_recover, back + settings.lease_timeout)
                         logger.warning("the store works again after failing for %.1fs; leases renewed, and"
                                        " expired leases are taken back no sooner than %.1fs from now",
@@ -328,7 +330,7 @@ class Housekeeper:
 
     def _keep_leases(self, start: int) -> bool:
         """After a stop that did not wait for every job running here: every
-        `poll_interval`, renew the leases of the jobs the pool still holds (and hear of
+        `beat_every`, renew the leases of the jobs the pool still holds (and hear of
         cancel requests for them) and beat in the registry; store their progress and time
         them out as the upkeep does. Nothing else: no recovery, no reaping, no looking for
         work. Returns True once the pool holds no job (each ended and was recorded or
@@ -351,7 +353,7 @@ class Housekeeper:
                 deadline = self._pool.time_out_overdue(now)
                 progress_due = self._pool.flush_progress()
                 if now >= next_beat:
-                    next_beat = now + self._settings.poll_interval
+                    next_beat = now + self._settings.beat_every
                     self._beat(self._pool.heartbeat())
             except RepositoryError as exc:
                 logger.error("renewing the leases of jobs running after the stop failed, will retry: %s", exc)

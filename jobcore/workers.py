@@ -59,6 +59,13 @@ class PoolSettings:
     max_retry_delay: float
     retry_on: Classifier
 
+    @property
+    def beat_every(self) -> float:
+        """How often the leases of running jobs are renewed: every `poll_interval`, and at
+        least three times a lease (beating every poll_interval set near or past the lease,
+        a live job's lease lapsed between beats, and another process ran it beside it)."""
+        return min(self.poll_interval, self.lease_timeout / 3)
+
 
 class WorkerPool:
     """Runs jobs from a `ReadyQueue` (see module docstring)."""

@@ -854,6 +854,44 @@ def test_a_job_running_past_a_stop_keeps_its_lease_and_runs_once(make_manager: A
     assert [w.worker_id for w in repository.list_workers()] == [second.worker_id]
 
 
+def test_a_poll_interval_longer_than_the_lease_still_renews_a_running_job_in_time(make_manager: Any,
+                                                                                  db_path: str) -> None:
+    # given a manager whose poll_interval (5 s) outlasts its lease (1 s), running a long job
+    clock = FakeClock()
+    runs: list[str] = []
+    started, release = threading.Event(), threading.Event()
+
+    def long_job(by: str) -> str:
+        runs.append(by)
+        started.set()
+        assert release.wait(WAIT)
+        return by
+
+    repository = WatchedLeases(db_path)
+    first = make_manager(repository, max_workers=1, lease_timeout=1.0, poll_interval=5.0, clock=clock)
+    first.register_function("long", lambda: long_job("first"))
+    first.start()
+    job_id = first.enqueue(Job(function_name="long"))
+    assert started.wait(WAIT)
+
+    # when three leases' worth of time passes, in steps longer than a third of a lease
+    for _ in range(8):
+        clock.advance(0.4)
+        # then each step renews its lease (a beat every third of the lease, not every 5 s)
+        assert repository.renewed(job_id, clock.time()), "the lease lapsed between two beats"
+
+    # and another manager taking back expired leases leaves it alone: it runs once
+    second = make_manager(db_path, max_workers=1, lease_timeout=1.0, poll_interval=5.0, clock=clock)
+    second.register_function("long", lambda: long_job("second"))
+    second.start()
+    record = second.repository.get(job_id)
+    assert record is not None and (record.status, record.worker_id) == (JobStatus.RUNNING, first.worker_id)
+    release.set()
+    result = first.wait(job_id, timeout=WAIT)
+    assert (result.status, result.attempts, result.result) == (JobStatus.COMPLETED, 1, "first")
+    assert runs == ["first"]
+
+
 def test_a_job_running_past_a_stop_is_still_timed_out(make_manager: Any, db_path: str) -> None:
     # given a job with a timeout still running when its manager stops without waiting
     release = threading.Event()
