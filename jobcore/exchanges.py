@@ -92,6 +92,8 @@ class Exchanges:
                 from_store = False
             elif ids and not {record.id for record in claimed}.issuperset(ids):
                 from_store = True  # ids went stale, yet the store had as many as asked
+        if claimed:
+            claimed = self._recorder.make_way(claimed)  # (after the above: they were claimed)
         state = self._state
         with state.lock:
             if claimed is None:  # nothing was recorded: the dispatcher records them, first
@@ -155,6 +157,7 @@ class Exchanges:
             raise
         if not claim_new:
             self._recorder.enqueue_entries([record.queue_entry()])
+        claimed = self._recorder.make_way(claimed)
         with state.lock:
             state.ended_locked(finished, claimed, wake=bool(claimed))
         return True

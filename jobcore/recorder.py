@@ -12,7 +12,7 @@ import logging
 import operator
 import random
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, NamedTuple, Optional
+from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence
 
 from . import serialization
 from .clock import Clock, real_monotonic
@@ -142,6 +142,9 @@ class Recorder:
         self._publish = publish
         self._on_settled = on_settled
         self._scheduler = ScheduleFirer(repository, clock, self.enqueue_entries)
+        # The dependents the last exchange released, ready now and runnable here (see
+        # `make_way`): set by each exchange, which the pool makes one at a time.
+        self._released_now: list[QueueEntry] = []
 
     # -- feeding the queue --------------------------------------------------------------------
     def runnable(self, entry: QueueEntry) -> bool:
@@ -185,6 +188,7 @@ class Recorder:
         `RepositoryError` repeated, it records each alone (see `_record_each`).
         `claim_seqs`: the seqs of `claim_ids`, if known."""
         now = self._clock.time()
+        self._released_now = []
         settlements = [f.settlement or self._settled(f, now) for f in finished]
         try:
             # Top-ups only help where other processes take jobs this one knows of.
@@ -229,6 +233,7 @@ class Recorder:
                 f.settlement = settlement  # decided once
             return self.exchange(finished, []) if finished else []
         self._after_all(finished, settlements, cascades, now)
+        self._released_now = self._ready_released(cascades, now)
         if len(claimed) > 1:
             claimed.sort(key=lambda r: (-r.priority, r.seq))
         return claimed
@@ -240,15 +245,47 @@ class Recorder:
         (`insert_and_apply`), claimed if `claim_new`. Returns the claimed records, best
         first. Raises what the repository raised: nothing was stored, recorded or
         claimed then (the caller decides what to tell; it may be the new job's fault)."""
+        self._released_now = []
         settlements = [f.settlement or self._settled(f, now) for f in finished]
         cascades, claimed = self._repo.insert_and_apply(record, settlements, claim_ids, self._worker_id, now,
                                                         now + self._lease_timeout, claim_new=claim_new,
                                                         **_seqs(claim_seqs, self._seqs_to_insert))
         if finished:
             self._after_all(finished, settlements, cascades, now)
+            self._released_now = self._ready_released(cascades, now)
         if len(claimed) > 1:
             claimed.sort(key=lambda r: (-r.priority, r.seq))
         return claimed
+
+    def _ready_released(self, cascades: Sequence[Optional[Cascade]], now: float) -> list[QueueEntry]:
+        """The dependents `cascades` released that are ready now and runnable here."""
+        return [entry for cascade in cascades if cascade is not None for entry in cascade.released
+                if not entry.is_schedule and (entry.run_at is None or entry.run_at <= now)
+                and self.runnable(entry)]
+
+    def make_way(self, claimed: list[JobRecord]) -> list[JobRecord]:
+        """`claimed` (best first), the claims of the exchange just made, less those that
+        are worse than dependents its outcomes released: their jobs were chosen from the
+        queue before the outcomes were recorded, when the released ones were not ready
+        yet. The worse ones are handed back (PENDING again, the attempt not counted) and
+        queued here again, so that the next claim takes the released ones first, as it
+        would take jobs of their priority enqueued then. Most exchanges release nothing."""
+        released, self._released_now = self._released_now, []
+        if not released or not claimed:
+            return claimed
+        kept = list(claimed)
+        worse: list[JobRecord] = []
+        for priority in sorted((entry.priority for entry in released), reverse=True):
+            if not kept or kept[-1].priority >= priority:
+                break
+            worse.append(kept.pop())
+        if not worse:
+            return claimed
+        pending, held = self._release(worse)
+        self.enqueue_entries([record.queue_entry() for record in pending])
+        if held:  # the store failed: those are still ours to run
+            kept = sorted(kept + held, key=lambda r: (-r.priority, r.seq))
+        return kept
 
     def _record_each(self, finished: list[Finished], settlements: list[Settlement], now: float) -> bool:
         """Record each of `settlements` (of `finished`) in a call of its own, after a call
@@ -431,12 +468,17 @@ class Recorder:
         CANCELLED, if their cancellation was requested meanwhile (the store decides, in
         the same write: see `JobRepository.release`), which is then told as a cancel is.
         Every one is told to `on_settled`, so whoever waits for it here looks again."""
-        if not records:
-            return
+        if records:
+            self._release(records)
+
+    def _release(self, records: list[JobRecord]) -> tuple[list[JobRecord], list[JobRecord]]:
+        """`hand_back`: returns the records handed back PENDING, and those the store
+        failed to hand back (still held here; their leases lapse unless renewed)."""
         now = self._clock.time()
         releases = [Settlement("release", r.id, r.attempts, seq=r.seq) for r in records]
         settled: list[tuple[str, Optional[Completion]]] = [(r.id, None) for r in records]
         cascades: list[Optional[Cascade]] = []
+        pending: list[JobRecord] = []
         try:
             cascades, _ = self._repo.apply(releases, [], self._worker_id, now, now)
         except RepositoryError as exc:
@@ -448,7 +490,10 @@ class Recorder:
             for record, cascade in zip(records, cascades):
                 if cascade is not None and cascade.cancelled_instead:
                     self._handed_back_cancelled(record, cascade, settled)
+                elif cascade is not None:
+                    pending.append(record)
             self._on_settled(settled)
+        return pending, records[len(cascades):]
 
     def _handed_back_cancelled(self, record: JobRecord, cascade: Cascade,
                                settled: list[tuple[str, Optional[Completion]]]) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from jobcore import (DependencyError, FakeClock, InvalidCronExpression, Job, JobManager, JobStatus,
+from jobcore import (DependencyError, FakeClock, InvalidCronExpression, Job, JobManager, JobPriority, JobStatus,
                      MemoryRepository, SQLiteRepository)
 
 WAIT = 10.0
@@ -28,6 +28,41 @@ def test_dependencies_run_in_order(make_manager: Any, db_path: str) -> None:
     manager.start()
     assert manager.wait(report, timeout=WAIT).status is JobStatus.COMPLETED
     assert order == ["fetch", "process", "report"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "memory"])
+def test_a_dependent_released_by_a_completion_runs_before_lower_priority_jobs_waiting(
+        make_manager: Any, db_path: str, backend: str) -> None:
+    # given one worker running a gate job, NORMAL jobs waiting, and a CRITICAL job that
+    # depends on the gate (the NORMAL ones are next in the queue until the gate completes)
+    order: list[str] = []
+    gate_started, open_gate = threading.Event(), threading.Event()
+
+    def step(label: str) -> None:
+        order.append(label)
+        if label == "gate":
+            gate_started.set()
+            assert open_gate.wait(WAIT)
+
+    repository = SQLiteRepository(db_path) if backend == "sqlite" else MemoryRepository()
+    manager = make_manager(repository, max_workers=1)
+    manager.register_function("step", step)
+    gate = Job(function_name="step", args=("gate",), priority=JobPriority.HIGH)
+    ids = manager.enqueue_many([gate] + [Job(function_name="step", args=(f"normal{i}",)) for i in range(3)]
+                               + [Job(function_name="step", args=("critical",), priority=JobPriority.CRITICAL,
+                                      depends_on=[gate.id])])
+    manager.start()
+    assert gate_started.wait(WAIT)
+
+    # when the gate completes (the exchange recording it had chosen a NORMAL job to claim)
+    open_gate.set()
+    for job_id in ids:
+        assert manager.wait(job_id, timeout=WAIT).status is JobStatus.COMPLETED
+
+    # then the released CRITICAL job runs next, as one enqueued then would, and the NORMAL
+    # job handed back for it runs after it, with its attempt not counted
+    assert order == ["gate", "critical", "normal0", "normal1", "normal2"]
+    assert [manager.poll(job_id).attempts for job_id in ids] == [1, 1, 1, 1, 1]
 
 
 def test_failed_dependency_cancels_dependents_transitively(make_manager: Any, db_path: str) -> None:
