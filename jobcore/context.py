@@ -10,7 +10,7 @@ import contextvars
 import math
 import numbers
 import os
-from typing import Any, Optional, Protocol, cast
+from typing import Any, Callable, Optional, Protocol, cast
 
 from .clock import real_monotonic
 from .errors import JobCancelled
@@ -66,8 +66,11 @@ class JobContext:
         # A plain flag, not an Event: nothing waits on it, and one is made per attempt.
         # Setting and reading a bool is atomic; the request only ever goes False -> True.
         self._cancel = False
-        # Set by the manager when a timeout gave this attempt up: reports are ignored.
+        # Set by the manager when a timeout gave this attempt up (`abandon`): reports are ignored.
         self.abandoned = False
+        # Called by `abandon`, if set: a coroutine job's loop sets it to cancel the job's
+        # task there (a thread cannot be stopped from outside; a task can).
+        self.on_abandon: Optional[Callable[[], None]] = None
         # Set by the worker once the attempt returned, before its last report is written
         # and its outcome recorded: later reports are refused (see the class docstring).
         self.ended = False
@@ -77,6 +80,14 @@ class JobContext:
         # When the attempt began (real monotonic seconds): its progress reports are stored
         # at most once an interval, counted from here (see `progress.ProgressWriter`).
         self.began_at = real_monotonic()
+
+    def abandon(self) -> None:
+        """The engine gave this attempt up (its timeout passed): its reports are ignored
+        from now on, and a coroutine job's task is cancelled (`on_abandon`)."""
+        self.abandoned = True
+        hook = self.on_abandon
+        if hook is not None:
+            hook()
 
     @property
     def cancelled(self) -> bool:

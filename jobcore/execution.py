@@ -31,7 +31,7 @@ import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Optional
 
-from .context import JobContext, bind, unbind
+from .context import JobContext, bind, current_job, unbind
 from .errors import ImmediateRecursionError
 from .retry import is_cancellation
 
@@ -212,13 +212,31 @@ def _run_on_a_new_loop(coroutine: Any) -> Any:
     # which the caller of an immediate manager may rely on.
     loop = asyncio.new_event_loop()
     try:
-        return loop.run_until_complete(coroutine)
+        task = asyncio.ensure_future(coroutine, loop=loop)
+        context = current_job()
+        if context is not None:
+            # Timed out, the job is given up, and its thread would run on for as long as the
+            # coroutine awaits (an hour's sleep, a request without a timeout): cancelled, the
+            # task ends at its next await, and so does the thread.
+            context.on_abandon = functools.partial(_cancel_from_elsewhere, loop, task)
+            if context.abandoned:  # given up before the hook was set
+                task.cancel()
+        return loop.run_until_complete(task)
     finally:
         try:
             _cancel_leftover_tasks(loop)
             loop.run_until_complete(_shut_down(loop))
         finally:
             loop.close()
+
+
+def _cancel_from_elsewhere(loop: asyncio.AbstractEventLoop, task: asyncio.Future[Any]) -> None:
+    """Cancel `task` on `loop`, which runs in another thread, unless the loop is closed
+    (the job ended meanwhile)."""
+    try:
+        loop.call_soon_threadsafe(task.cancel)
+    except RuntimeError:  # "Event loop is closed"
+        pass
 
 
 def _cancel_leftover_tasks(loop: asyncio.AbstractEventLoop) -> None:

@@ -508,7 +508,7 @@ class WorkerPool:
                 if self._state.end_attempt_locked(attempt):
                     self._state.wake_one_locked()  # a claim of the job kept aside for it starts now
                 attempt.slot.abandoned = True
-                attempt.context.abandoned = True
+                attempt.context.abandon()  # a coroutine job's task is cancelled: its thread returns
                 self._abandoned += 1
                 self._state.workers_changed.notify_all()  # `stop` waits no more for its thread
                 if not self._state.stopping and attempt.slot.generation == self._state.generation:

@@ -316,6 +316,37 @@ def test_stuck_job_times_out_and_its_slot_is_handed_on(make_manager: Any, db_pat
     assert "abandoned_threads" not in manager.get_stats()
 
 
+def test_a_coroutine_job_that_times_out_is_cancelled_and_its_thread_returns(make_manager: Any,
+                                                                             db_path: str) -> None:
+    # given a coroutine job awaiting far longer than its timeout
+    import asyncio
+    cancelled = threading.Event()
+
+    async def sleeper() -> str:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return "too late"
+
+    manager = make_manager(db_path, max_workers=1).start()
+    job_id = manager.enqueue(Job(function=sleeper, timeout=0.3, max_retries=0))
+
+    # when it times out
+    result = manager.wait(job_id, timeout=WAIT)
+
+    # then it fails as a timeout, its task is cancelled at its await (a thread cannot be
+    # stopped, a task can), and the abandoned thread returns instead of sleeping an hour
+    assert (result.status, result.error_type) == (JobStatus.FAILED, "JobTimeout")
+    assert cancelled.wait(WAIT)
+    deadline = time.monotonic() + WAIT
+    while manager.abandoned_threads and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert manager.abandoned_threads == 0
+    assert manager.poll(job_id).error_type == "JobTimeout"  # the late return was discarded
+
+
 def test_timeouts_are_transient_and_retried(make_manager: Any, db_path: str) -> None:
     release = threading.Event()
     calls: list[int] = []
