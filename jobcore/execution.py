@@ -211,9 +211,9 @@ def _run_on_a_new_loop(coroutine: Any) -> Any:
     # Not asyncio.run: it would also set (then unset) the thread's current event loop,
     # which the caller of an immediate manager may rely on.
     loop = asyncio.new_event_loop()
+    context = current_job()
     try:
         task = asyncio.ensure_future(coroutine, loop=loop)
-        context = current_job()
         if context is not None:
             # Timed out, the job is given up, and its thread would run on for as long as the
             # coroutine awaits (an hour's sleep, a request without a timeout): cancelled, the
@@ -223,6 +223,8 @@ def _run_on_a_new_loop(coroutine: Any) -> Any:
                 task.cancel()
         return loop.run_until_complete(task)
     finally:
+        if context is not None:
+            context.on_abandon = None  # (the loop and task are done with)
         try:
             _cancel_leftover_tasks(loop)
             loop.run_until_complete(_shut_down(loop))
