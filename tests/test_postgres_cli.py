@@ -95,3 +95,29 @@ def test_a_worker_runs_the_jobs_of_a_postgresql_database_and_never_prints_its_pa
     assert results == [0, 2, 4]
     assert f"schema='{schema.name}'" in banner
     assert "s3cret-word" not in banner + rest
+
+
+# Each example that starts `python -m jobcore worker` processes, and a line it prints at its end.
+WORKER_EXAMPLES = {
+    "long_job.py": "poller: result {'title': 'holiday-2024', 'frames': 1200",
+    "worker_pool.py": "jobcore worker: stopped",
+}
+
+
+def test_the_examples_that_start_workers_run_on_the_dsn_in_jobcore_db(schema: Schema, tmp_path: Any) -> None:
+    # docs/index.md: each example runs on `$JOBCORE_DB` if set, which may be a DSN (not a path
+    # to make absolute: "postgresql://h/db" would become "/cwd/postgresql:/h/db").
+    env = {**_env(), "JOBCORE_DB": schema.dsn}
+    outputs = {}
+    for name, expected in WORKER_EXAMPLES.items():
+        cwd = tmp_path / name.removesuffix(".py")
+        cwd.mkdir()
+        run = subprocess.run([sys.executable, os.path.join(ROOT, "examples", name)], cwd=cwd, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=4 * WAIT)
+        outputs[name] = (run.returncode, run.stdout)
+
+    for name, (code, out) in outputs.items():
+        assert code == 0, f"{name} exited with {code}:\n{out[-3000:]}"
+        assert f"database: {schema.dsn}\n" in out, f"{name}:\n{out[-3000:]}"
+        assert WORKER_EXAMPLES[name] in out, f"{name}:\n{out[-3000:]}"
+        assert "Traceback" not in out, f"{name}:\n{out[-3000:]}"

@@ -21,7 +21,7 @@ from typing import Any
 from .. import api
 from ..manager import JobManager
 from ..repository.base import JobRepository
-from ..repository.factory import POSTGRES_SCHEMES
+from ..repository.factory import absolute_location
 from ..repository.sqlite import SQLiteRepository
 from .commands import EXIT_FAILED, EXIT_OK, CommandFailed, open_manager
 
@@ -101,7 +101,7 @@ def install_default_manager(manager: JobManager) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    db = args.db if args.db.startswith(POSTGRES_SCHEMES) else os.path.abspath(args.db)
+    db = absolute_location(args.db)
     manager = open_manager(db, create=True, max_workers=args.workers, lease_timeout=args.lease_timeout,
                            poll_interval=args.poll_interval)
     os.environ["JOBCORE_DB"] = db  # before the imports: modules that build JobManager() share it

@@ -22,6 +22,12 @@ def default_database_path() -> str:
     return os.environ.get("JOBCORE_DB") or os.path.join(os.getcwd(), "jobcore.db")
 
 
+def absolute_location(location: str) -> str:
+    """`location` for another process or folder: a SQLite path made absolute, a
+    `postgresql://` DSN as given (`os.path.abspath` would mangle its `//`)."""
+    return location if location.startswith(POSTGRES_SCHEMES) else os.path.abspath(location)
+
+
 def build_repository(repository: RepositoryLike) -> JobRepository:
     """A `JobRepository` from an instance, a SQLite path (":memory:" means
     `MemoryRepository`), a `postgresql://` DSN, or None (SQLite at the default path)."""
