@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -311,3 +316,21 @@ def test_stop_with_a_timeout_counts_real_seconds_on_a_fake_clock(repository: str
         release.set()
     assert manager.wait(job_id, timeout=10).status is JobStatus.COMPLETED  # recorded all the same
     manager.close()
+
+
+def test_the_pytest_fixture_of_docs_testing_md_runs_as_printed(tmp_path: Any) -> None:
+    # given the doc's example, verbatim, and the one function it leaves to the reader
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "testing.md").read_text()
+    section = doc.split("## The real thing: threads and a file", 1)[1]
+    example = re.search(r"```python\n(.*?)```", section, re.S)
+    assert example is not None
+    reader = "def build_report(user_id):\n    return {'user': user_id}\n"
+    (tmp_path / "test_doc_example.py").write_text(example.group(1) + "\n\n" + reader)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent),
+                                                                     os.environ.get("PYTHONPATH")]))}
+    # when pytest runs it
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_doc_example.py"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    # then its test passes
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "1 passed" in run.stdout
