@@ -138,7 +138,8 @@ class ProcessRunner:
             return self._run(func, args, kwargs, context, timeout, memory_limit,
                              (check_details, max_payload_bytes))
         except BaseException as exc:  # the worker thread must survive anything
-            logger.exception("isolated attempt of job %s failed in the runner", context.id)
+            # No context.id here: the context may be what failed (run must not raise).
+            logger.exception("an isolated attempt failed in the runner")
             return Outcome(error=exc, traceback=traceback_module.format_exc())
 
     def _run(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],

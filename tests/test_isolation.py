@@ -266,6 +266,13 @@ def test_arguments_that_do_not_pickle_fail_the_attempt_before_any_child_runs_it(
     assert runner.run(add, (1, 1), {}, context).value == 2
 
 
+def test_run_never_raises_even_when_its_context_is_what_is_wrong(runner: ProcessRunner) -> None:
+    # given no JobContext (the runner's own handler must not read the thing that failed)
+    outcome = runner.run(add, (1, 1), {}, None)  # type: ignore[arg-type]
+    # then the failure is the outcome, not an exception out of run
+    assert isinstance(outcome.error, AttributeError) and outcome.traceback
+
+
 def test_a_module_put_on_sys_path_after_the_child_started_is_found(
         runner: ProcessRunner, context: JobContext, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     assert runner.run(add, (1, 1), {}, context).value == 2  # the child exists now
