@@ -12,6 +12,7 @@ a fake clock that stands still must not decide when such a wait ends.
 
 from __future__ import annotations
 
+import math
 import threading
 import time as _time
 from datetime import datetime
@@ -22,6 +23,16 @@ from typing import Callable, Optional, Protocol
 # ahead (a job scheduled centuries from now) must not reach `Condition.wait`, which
 # raises OverflowError past the platform's limit (that ended the dispatcher thread).
 LONGEST_WAIT = 3600.0
+
+
+def as_seconds(value: float) -> float:
+    """`value` (an int or a float) as float seconds. An int too large for a float is
+    infinite, as a float that large would be, rather than an `OverflowError`: checks that
+    follow (`isnan`, `isinf`, bounds, `now + value`) then treat 10**400 as they treat inf."""
+    try:
+        return float(value)
+    except OverflowError:  # only an int beyond about 1.8e308
+        return math.inf if value > 0 else -math.inf
 
 
 class Clock(Protocol):
@@ -66,7 +77,7 @@ class FakeClock:
     def __init__(self, start: float | None = None) -> None:
         # _lock guards _now and _listeners.
         self._lock = threading.Lock()
-        self._now = datetime(2030, 1, 1).timestamp() if start is None else float(start)
+        self._now = datetime(2030, 1, 1).timestamp() if start is None else as_seconds(start)
         self._start = self._now
         self._listeners: list[Callable[[], None]] = []
 
@@ -88,19 +99,21 @@ class FakeClock:
     def jump(self, delta: float) -> None:
         """Move only the wall clock by `delta` seconds (either way), as when an operator or
         NTP sets the system time; `monotonic()` is unaffected. Subscribers are woken."""
+        seconds = as_seconds(delta)
         with self._lock:
-            self._now += delta
-            self._start += delta
+            self._now += seconds
+            self._start += seconds
             listeners = list(self._listeners)
         for listener in listeners:
             listener()
 
     def advance(self, delay: float) -> None:
         """Move time forward by `delay` seconds and wake every subscriber."""
-        if not delay >= 0:  # NaN too
+        seconds = as_seconds(delay)
+        if not seconds >= 0:  # NaN too
             raise ValueError(f"cannot move a clock backwards (or by NaN): {delay!r}")
         with self._lock:
-            self._now += delay
+            self._now += seconds
             listeners = list(self._listeners)
         for listener in listeners:
             listener()

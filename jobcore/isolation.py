@@ -24,7 +24,7 @@ from multiprocessing.reduction import ForkingPickler
 from multiprocessing.util import Finalize
 from typing import Any, Callable, Optional, Union
 
-from .clock import Clock, SystemClock
+from .clock import Clock, SystemClock, as_seconds
 from .context import JobContext
 from .errors import JobCancelled, JobcoreError, JobTimeout
 from .execution import Outcome
@@ -79,7 +79,7 @@ class ProcessRunner:
         if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not grace >= 0:
             raise ValueError(f"grace must be a number of seconds >= 0, got {grace!r}")
         self._max = max_processes
-        self._grace = float(grace)
+        self._grace = as_seconds(grace)
         self._max_attempts = max_attempts_per_process
         # (typeshed's BaseContext lacks `Process`, which every concrete context has)
         self._mp: Any = multiprocessing.get_context(start_method or default_start_method())

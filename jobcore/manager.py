@@ -17,7 +17,7 @@ import threading
 import uuid
 from typing import Any, Callable, Collection, Iterable, Optional, Union
 
-from .clock import SYSTEM_CLOCK, Clock, real_sleep
+from .clock import SYSTEM_CLOCK, Clock, as_seconds, real_sleep
 from .enqueuing import Enqueuer
 from .errors import LONGEST_RETRY_DELAY, JobNotFound
 from .execution import check_room_to_run_here
@@ -55,12 +55,13 @@ def _positive(name: str, value: Any, *, allow_zero: bool = False, unit: str = "s
               most: float = math.inf) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number of {unit}, got {value!r}")
-    if math.isnan(value) or value < 0 or (value == 0 and not allow_zero):
+    seconds = as_seconds(value)  # an int too large for a float is inf: "for ever" where that is allowed
+    if math.isnan(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
         raise ValueError(f"{name} must be {'>=' if allow_zero else '>'} 0, got {value!r}")
-    if value > most:
+    if seconds > most:
         raise ValueError(f"{name} must be at most {most:.0f} {unit}"
                          f"{' (100 years)' if most == LONGEST_PERIOD else ''}, got {value!r}")
-    return float(value)
+    return seconds
 
 
 def _count(name: str, value: Any) -> None:
@@ -190,7 +191,7 @@ class JobManager:
         thread). Called by a notification channel, it does not wait for the events still
         being delivered."""
         if timeout is not None:
-            _positive("timeout", timeout, allow_zero=True)
+            timeout = _positive("timeout", timeout, allow_zero=True)
         self._lifecycle.stop(wait, timeout)
 
     def _successor(self) -> "JobManager":
@@ -361,7 +362,7 @@ class JobManager:
         Raises `TimeoutError` after `timeout` seconds and `JobNotFound` (a LookupError)
         for an unknown id."""
         if timeout is not None:
-            _positive("timeout", timeout, allow_zero=True)
+            timeout = _positive("timeout", timeout, allow_zero=True)
         if not _may_exist(job_id):
             raise JobNotFound(job_id)
         return self._settlements.wait(job_id, timeout, held=self._pool.settles_here,

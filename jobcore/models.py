@@ -17,6 +17,7 @@ from datetime import datetime
 from collections.abc import Iterable as IterableABC
 from typing import Any, Callable, Mapping, NamedTuple, Optional
 
+from .clock import as_seconds
 from .cron import CronExpression
 from .errors import InvalidJob, InvalidJobType
 from .serialization import check_text
@@ -142,12 +143,13 @@ def _check_number(field_name: str, value: Any, *, minimum: float, allow_none: bo
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidJobType(field_name, f"must be a number, got {type(value).__name__} {value!r}")
-    if math.isnan(value) or math.isinf(value):
+    seconds = as_seconds(value)  # (not `float()`: an int too large for one is not finite either)
+    if math.isnan(seconds) or math.isinf(seconds):
         raise InvalidJob(field_name, f"must be finite, got {value!r}")
-    if value < minimum or (strictly_above and value == minimum):
+    if seconds < minimum or (strictly_above and seconds == minimum):
         relation = ">" if strictly_above else ">="
         raise InvalidJob(field_name, f"must be {relation} {minimum:g}, got {value!r}")
-    return float(value)
+    return seconds
 
 
 @dataclass

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
 
+from jobcore.clock import as_seconds
 from jobcore.errors import JobcoreError
 from jobcore.notify_dispatch import NotificationDispatcher
 
@@ -363,9 +364,10 @@ def _text(what: str, value: Any, *, empty_ok: bool = False) -> str:
 def _positive(what: str, value: Any) -> float:
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise TypeError(f"{what} must be a number of seconds, got {type(value).__name__}")
-    if not (value > 0 and math.isfinite(value)):
+    seconds = as_seconds(value)
+    if not (seconds > 0 and math.isfinite(seconds)):
         raise ValueError(f"{what} must be a finite number > 0 of seconds, got {value!r}")
-    return float(value)
+    return seconds
 
 
 def _one_line(value: Any, limit: int = 120) -> str:

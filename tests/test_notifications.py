@@ -587,6 +587,16 @@ def test_dispatcher_checks_its_arguments() -> None:
     assert dispatcher.channels == (channel,)
 
 
+@pytest.mark.parametrize("build", [
+    lambda timeout: WebhookNotificationChannel("http://127.0.0.1:9/hook", timeout=timeout),
+    lambda timeout: EmailNotificationChannel("127.0.0.1", 25, "a@example.com", ["b@example.com"], timeout=timeout),
+], ids=["webhook", "email"])
+def test_a_channel_timeout_past_a_floats_range_is_refused_naming_it(build: Callable[[Any], Any]) -> None:
+    # was a bare "OverflowError: int too large to convert to float" from math.isfinite
+    with pytest.raises(ValueError, match="timeout must be a finite number"):
+        build(10**400)
+
+
 # --- WebhookNotificationChannel -----------------------------------------------------------
 
 def test_webhook_posts_the_event_as_json(webhook_server, dispatchers) -> None:

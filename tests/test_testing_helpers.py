@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import re
 import subprocess
@@ -292,6 +293,15 @@ def test_a_fake_clock_refuses_a_nan_advance() -> None:
     with pytest.raises(ValueError, match="NaN"):
         clock.advance(float("nan"))
     assert clock.time() == 1000.0
+
+
+def test_a_fake_clock_advances_by_an_int_past_a_floats_range_as_by_inf() -> None:
+    from jobcore import FakeClock
+    clock = FakeClock(start=1000.0)
+    clock.advance(10**400)  # was OverflowError: int too large to convert to float
+    assert clock.time() == math.inf and clock.monotonic() == math.inf
+    with pytest.raises(ValueError, match="backwards"):
+        FakeClock().advance(-10**400)
 
 
 @pytest.mark.parametrize("repository", ["sqlite", "memory"])

@@ -28,6 +28,10 @@ CONSTRUCTION_ERRORS: list[tuple[str, Callable[[], Any], type[Exception], str]] =
     ("timeout zero", lambda: Job(function=noop, timeout=0), ValueError, "timeout"),
     ("timeout negative", lambda: Job(function=noop, timeout=-1), ValueError, "timeout"),
     ("timeout nan", lambda: Job(function=noop, timeout=math.nan), ValueError, "timeout"),
+    # An int past a float's range raised a bare OverflowError (math.isnan converts it first).
+    ("timeout past a float", lambda: Job(function=noop, timeout=10**400), ValueError, "timeout"),
+    ("delay past a float", lambda: Job(function=noop, retry_delay=10**400), ValueError, "retry_delay"),
+    ("backoff past a float", lambda: Job(function=noop, retry_backoff=10**400), ValueError, "retry_backoff"),
     ("retries negative", lambda: Job(function=noop, max_retries=-1), ValueError, "max_retries"),
     ("retries float", lambda: Job(function=noop, max_retries=1.0), TypeError, "max_retries"),
     ("delay negative", lambda: Job(function=noop, retry_delay=-0.1), ValueError, "retry_delay"),
@@ -186,6 +190,31 @@ def test_a_period_past_100_years_is_refused(name: str) -> None:
         JobManager(":memory:", **{name: 1e11})
     assert str(refused.value) == f"{name} must be at most 3155760000 seconds (100 years), got 100000000000.0"
     JobManager(":memory:", **{name: LONGEST_PERIOD}).close()
+
+
+@pytest.mark.parametrize("name", ["lease_timeout", "poll_interval", "discovery_interval", "max_retry_delay"])
+def test_a_period_past_a_floats_range_is_refused_naming_it(name: str) -> None:
+    # was a bare "OverflowError: int too large to convert to float"
+    with pytest.raises(ValueError, match=f"^{name} must be at most"):
+        JobManager(":memory:", **{name: 10**400})
+
+
+def test_a_timeout_or_retention_past_a_floats_range_means_for_ever(make_manager: Any, db_path: str) -> None:
+    # given a started manager and a job it completed
+    manager = make_manager(db_path, max_workers=1)
+    manager.register_function("noop", noop)
+    manager.start()
+    job_id = manager.enqueue(Job(function_name="noop"))
+
+    # when every duration is an int no float holds (each raised OverflowError)
+    result = manager.wait(job_id, timeout=10**400)
+    manager.stop(timeout=10**400)  # api.md: "any number, however large"
+    deleted = manager.cleanup_old_results(10**400)
+
+    # then they mean what math.inf means: no limit, and nothing finished that long ago
+    assert result.status is JobStatus.COMPLETED
+    assert not manager.running
+    assert deleted == 0 and manager.poll(job_id).status is JobStatus.COMPLETED
 
 
 def test_the_longest_lease_ends_at_a_time_the_store_keeps(db_path: str) -> None:
