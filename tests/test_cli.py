@@ -441,6 +441,22 @@ def test_bad_values_are_usage_errors_before_the_database_is_opened(tmp_path: Any
     assert not missing.exists()
 
 
+@pytest.mark.parametrize("value, complaint", [("abc", "not a number: 'abc'"), ("0", "must be >= 1, got 0")])
+def test_a_bad_jobcore_workers_is_a_usage_error_naming_the_variable(tmp_path: Any, capsys: Any,
+                                                                    monkeypatch: Any, value: str,
+                                                                    complaint: str) -> None:
+    # given no --workers, so the count comes from $JOBCORE_WORKERS (it was blamed on --workers)
+    monkeypatch.setenv("JOBCORE_WORKERS", value)
+    missing = tmp_path / "never.db"
+
+    proc = run_here(capsys, "worker", "--import", "x", db=str(missing))
+
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.startswith("usage: jobcore worker") and "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines()[-1] == f"jobcore worker: error: $JOBCORE_WORKERS: {complaint}"
+    assert not missing.exists()
+
+
 @pytest.mark.parametrize("args", [["dashboard", "--port", "70000"], ["list", "--offset", BEYOND],
                                   ["dlq", "--limit", BEYOND]])
 def test_out_of_range_numbers_on_a_real_database_are_usage_errors_not_tracebacks(jobs: Jobs,

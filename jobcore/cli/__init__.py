@@ -62,6 +62,7 @@ def _number(kind: Callable[[str], Any], minimum: float = 0, maximum: Optional[fl
 COUNT = _number(int, 0, MAX_WHOLE)  # a --limit or --offset: the database's integers end at 2**63 - 1
 PORT = _number(int, 0, MAX_PORT)
 PERIOD = _number(float, above=True, maximum=int(LONGEST_PERIOD))  # as JobManager takes (why: LONGEST_PERIOD)
+WORKERS = _number(int, 1)
 
 
 def _token(text: str) -> str:
@@ -115,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
                 description: Optional[str] = None) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, parents=[common], help=summary, description=description or summary,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-        sub.set_defaults(handler=handler)
+        sub.set_defaults(handler=handler, usage_error=sub.error)  # usage_error: for what `main` checks
         return sub
 
     def with_json(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -156,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
                   description=WORKER_HELP)
     sub.add_argument("--import", dest="imports", action="append", required=True, metavar="MODULE",
                      help="module to import (repeat for several)")
-    sub.add_argument("--workers", type=_number(int, 1), default=os.environ.get("JOBCORE_WORKERS") or "4",
+    # default None: $JOBCORE_WORKERS is read in `main`, so a bad one is named, not "--workers"
+    sub.add_argument("--workers", type=WORKERS, default=None,
                      help="worker threads (default: $JOBCORE_WORKERS, else 4)")
     sub.add_argument("--lease-timeout", type=PERIOD, default=60.0, metavar="SECONDS",
                      help="how long a running job's claim lasts without a heartbeat before another"
@@ -212,6 +214,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args.db = args.db or default_database_path()
+    if args.command == "worker" and args.workers is None:
+        try:
+            args.workers = WORKERS(os.environ.get("JOBCORE_WORKERS") or "4")
+        except argparse.ArgumentTypeError as exc:
+            args.usage_error(f"$JOBCORE_WORKERS: {exc}")  # exits 2 with the usage, as argparse does
     try:
         if args.command == "worker":
             return cmd_worker(args)
