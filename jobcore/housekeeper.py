@@ -221,7 +221,31 @@ class Housekeeper:
         # stored after `start` read the store, but before that token was taken, would
         # otherwise leave no change to notice, and wait for ever.
         first_look = True
-        offset = self._clock.time() - start
+        offset = self._clock.time() - start  # wall minus monotonic: see `wall_now`
+        tolerance = JUMP_TOLERANCE
+
+        def wall_now(now: float) -> Optional[float]:
+            """The wall time, or None if the wall clock jumped (set by hand or NTP) since
+            `offset` was taken (`now`: this pass's monotonic time). Leases are wall times
+            shared with other processes, so after a jump ours are renewed at once and
+            taking others' back is held off for a lease period, during which every live
+            worker renews its own."""
+            nonlocal offset, next_beat, held_until, next_recover
+            before, wall, after = self._clock.monotonic(), self._clock.time(), self._clock.monotonic()
+            # Monotonic read on both sides of the wall reading: a fake clock's `advance`
+            # (both readings move) between two of the three reads is no jump, whichever two.
+            drift = min((wall - before) - offset, (wall - after) - offset, key=abs)
+            if abs(drift) <= tolerance:
+                return wall
+            logger.warning("wall clock jumped by %+.1fs; renewing leases before any recovery", drift)
+            offset += drift
+            next_beat = now  # due in this pass (at its top) or the next
+            held_until = next_recover = after + settings.lease_timeout
+            # The dispatcher sleeps real seconds until the next timer's wall time: after
+            # a jump forward (a resume from suspend, NTP) that timer is due sooner.
+            self._pool.wake_dispatcher()
+            return None
+
         while True:
             now = self._clock.monotonic()
             real_now = real_monotonic()
@@ -231,18 +255,7 @@ class Housekeeper:
                 # time this thread really lost makes its beat late (see the stall below).
                 beat_due_real = real_now + (next_beat - now)
             deadline = self._pool.time_out_overdue(now)
-            # The wall clock jumped (set by hand or NTP): leases are wall times shared with
-            # other processes, so renew ours at once and hold off taking others' back for
-            # a lease period, during which every live worker renews its own.
-            jumped = (self._clock.time() - now) - offset
-            if abs(jumped) > JUMP_TOLERANCE:
-                logger.warning("wall clock jumped by %+.1fs; renewing leases before any recovery", jumped)
-                offset += jumped
-                next_beat = now
-                held_until = next_recover = now + settings.lease_timeout
-                # The dispatcher sleeps real seconds until the next timer's wall time: after
-                # a jump forward (a resume from suspend, NTP) that timer is due sooner.
-                self._pool.wake_dispatcher()
+            wall_now(now)
             progress_due = None
             try:
                 with self._cond:
@@ -289,8 +302,13 @@ class Housekeeper:
                 # busy timeout), a beat must work before any recovery: our leases first.
                 if now >= next_recover:
                     next_recover = now + recover_every
-                    if failing_since is None:
-                        wall = self._clock.time()
+                    # The wall time recovery compares leases with is checked for a jump in
+                    # the same reading: one since the top of this pass (while the heartbeat
+                    # above waited on a busy store, say) renewed our leases with the time
+                    # before it, and they would expire by the time after it. A jump found
+                    # here is handled as there (renew first, hold recovery off a lease).
+                    wall = wall_now(now) if failing_since is None else None
+                    if wall is not None:
                         self._on_recovery(self._repo.recover(wall))
                         for worker_id in self._reap(wall):
                             logger.warning("worker %s stopped beating; removed from the registry", worker_id)

@@ -60,6 +60,61 @@ def test_a_wall_clock_jump_does_not_steal_running_jobs(make_manager: Any, db_pat
     assert (result.status, result.attempts, result.result) == (JobStatus.COMPLETED, 1, "done once")
 
 
+class _StepsDuringHeartbeat(SQLiteRepository):
+    """Steps the wall clock while the lease renewal armed for it is under way (as NTP
+    may, while that write waits on a busy database): it is written with the time before."""
+
+    def __init__(self, path: str, clock: FakeClock) -> None:
+        super().__init__(path)
+        self.clock = clock
+        self.armed = threading.Event()
+        self.stepped = threading.Event()
+
+    def heartbeat(self, worker_id: str, job_ids: Any, lease_expires_at: float, now: float) -> list[str]:
+        renewed = super().heartbeat(worker_id, job_ids, lease_expires_at, now)
+        if self.armed.is_set() and not self.stepped.is_set():
+            self.clock.jump(3600)
+            self.stepped.set()
+        return renewed
+
+
+def test_a_wall_clock_step_during_a_lease_renewal_does_not_take_back_our_own_jobs(
+        make_manager: Any, db_path: str) -> None:
+    # Given a long job running on a started manager
+    clock = FakeClock()
+    starts: list[int] = []
+    release = threading.Event()
+
+    def long_job() -> str:
+        starts.append(1)
+        assert release.wait(WAIT)
+        return "done once"
+
+    repo = _StepsDuringHeartbeat(db_path, clock)
+    manager = make_manager(repo, clock=clock, lease_timeout=60).start()
+    job_id = manager.enqueue(Job(function=long_job, max_retries=5))
+    deadline = time.monotonic() + WAIT
+    while not starts and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert starts
+
+    # When a heartbeat and a recovery round come due in one housekeeping pass, and the
+    # wall clock steps an hour ahead after the heartbeat read the time, before recovery
+    repo.armed.set()
+    clock.advance(16)
+    assert repo.stepped.wait(WAIT)
+
+    # Then the lease is renewed with the new time and the job is not taken back
+    while repo.get(job_id).lease_expires_at < clock.time() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    record = repo.get(job_id)
+    assert record.lease_expires_at > clock.time()
+    assert (record.status, record.attempts) == (JobStatus.RUNNING, 1)
+    release.set()
+    result = manager.wait(job_id, timeout=WAIT)
+    assert (result.status, result.attempts, result.result, len(starts)) == (JobStatus.COMPLETED, 1, "done once", 1)
+
+
 def test_scheduled_jobs_survive_a_backward_jump(make_manager: Any, db_path: str) -> None:
     clock = FakeClock()
     manager = make_manager(db_path, clock=clock).start()
