@@ -29,7 +29,9 @@ from .workers import PoolSettings, WorkerPool
 
 logger = logging.getLogger("jobcore.housekeeper")
 
-JUMP_TOLERANCE = 1.0  # seconds of wall-clock drift against monotonic time that count as a jump
+# Seconds of wall-clock drift against monotonic time that count as no jump, at most (see
+# `jump_tolerance`).
+JUMP_TOLERANCE = 1.0
 # While its queue is well stocked, a busy manager's periodic reloads (a look for higher
 # priorities elsewhere) take at most about this share of the time: one that took 0.35 s
 # (a memory store holding a million ready jobs sorts them all) comes every 7 s rather
@@ -222,7 +224,7 @@ class Housekeeper:
         # otherwise leave no change to notice, and wait for ever.
         first_look = True
         offset = self._clock.time() - start  # wall minus monotonic: see `wall_now`
-        tolerance = JUMP_TOLERANCE
+        tolerance = jump_tolerance(settings.lease_timeout)
 
         def wall_now(now: float) -> Optional[float]:
             """The wall time, or None if the wall clock jumped (set by hand or NTP) since
@@ -440,6 +442,15 @@ class Housekeeper:
             return self._repo.change_token()
         except RepositoryError:
             return None
+
+
+def jump_tolerance(lease_timeout: float) -> float:
+    """How far (seconds) the wall clock may drift against the monotonic clock before a
+    housekeeper treats it as a jump: JUMP_TOLERANCE, or a quarter of the lease if less.
+    Leases are renewed at least three times a lease, so a live one has about two thirds of
+    it left; a step forward by a fixed second took live jobs back under a lease of 1.2 s
+    (ntpd steps any offset over 128 ms)."""
+    return min(JUMP_TOLERANCE, lease_timeout / 4)
 
 
 def host_identity() -> str:

@@ -115,6 +115,70 @@ def test_a_wall_clock_step_during_a_lease_renewal_does_not_take_back_our_own_job
     assert (result.status, result.attempts, result.result, len(starts)) == (JobStatus.COMPLETED, 1, "done once", 1)
 
 
+class _WatchedClock:
+    """Delegates to a clock; tells when a housekeeper thread first read the wall clock
+    (the reading a housekeeper measures jumps from)."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self._clock = clock
+        self.read_by_housekeeper = threading.Event()
+
+    def time(self) -> float:
+        if threading.current_thread().name == "jobcore-housekeeper":
+            self.read_by_housekeeper.set()
+        return self._clock.time()
+
+    def monotonic(self) -> float:
+        return self._clock.monotonic()
+
+    def sleep(self, delay: float) -> None:
+        self._clock.sleep(delay)
+
+    def subscribe(self, listener: Any) -> None:
+        self._clock.subscribe(listener)
+
+
+def test_a_sub_second_step_counts_as_a_jump_under_a_short_lease(make_manager: Any, db_path: str) -> None:
+    # Given a job running on one manager (lease 1.2 s, a heartbeat every 0.4 s) and a
+    # second manager on the same database, whose recovery comes due every 0.3 s
+    clock = FakeClock()
+    starts: list[int] = []
+    release = threading.Event()
+
+    def long_job() -> str:
+        starts.append(1)
+        assert release.wait(WAIT)
+        return "done once"
+
+    runner = make_manager(db_path, clock=clock, lease_timeout=1.2, poll_interval=0.4).start()
+    job_id = runner.enqueue(Job(function=long_job, max_retries=5))
+    watched = _WatchedClock(clock)
+    other = make_manager(db_path, clock=watched, lease_timeout=1.2, poll_interval=0.3).start()
+    assert watched.read_by_housekeeper.wait(WAIT)
+    deadline = time.monotonic() + WAIT
+    while not starts and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert starts
+
+    # When the wall clock steps 0.9 s ahead (under a second), then the other manager's
+    # recovery comes due before the runner's next heartbeat: the lease taken at the
+    # claim has lapsed on the wall clock by then
+    clock.jump(0.9)
+    clock.advance(0.35)
+
+    # Then the runner renews at once, and the other manager takes nothing back
+    repo = runner.repository
+    while (repo.get(job_id).lease_expires_at or 0.0) < clock.time() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    record = repo.get(job_id)
+    assert (record.lease_expires_at or 0.0) > clock.time()
+    assert (record.status, record.attempts) == (JobStatus.RUNNING, 1)
+    release.set()
+    result = runner.wait(job_id, timeout=WAIT)
+    assert (result.status, result.attempts, len(starts)) == (JobStatus.COMPLETED, 1, 1)
+    assert other.poll(job_id).attempts == 1
+
+
 def test_scheduled_jobs_survive_a_backward_jump(make_manager: Any, db_path: str) -> None:
     clock = FakeClock()
     manager = make_manager(db_path, clock=clock).start()
