@@ -18,7 +18,9 @@ Time zones: matching is done on wall-clock fields in the expression's zone. A wa
 that does not exist (spring-forward gap) is skipped; a wall time that occurs twice
 (fall-back) fires once, at its first occurrence (fold=0), so nothing fires during the
 second pass of a repeated hour, not even `* * * * *`. A naive `after` given to an
-expression with a zone is read as the system's local time (see `next_fire`).
+expression with a zone is read as the system's local time (see `next_fire`). Without a
+zone, a naive `after` is the system's local wall time, and the same rules apply in the
+system's local zone (`TZ`).
 """
 
 from __future__ import annotations
@@ -139,6 +141,46 @@ def _offset_change(wall: datetime, zone: tzinfo) -> timedelta:
     return abs(after - before)
 
 
+_EPOCH = datetime(1970, 1, 1)
+
+
+class _LocalZone(tzinfo):
+    """The machine's local zone (`TZ`, as `time.localtime` reads it at each call) as a
+    tzinfo with its daylight saving rules, for naive wall times with no cron timezone:
+    they then follow the same rules as a named zone's (a skipped wall time is skipped, a
+    repeated one fires at its first pass). Offsets come from `datetime.timestamp`, which
+    honours `fold` (PEP 495), so a fixed-offset `astimezone()` zone is no substitute."""
+
+    def utcoffset(self, dt: datetime | None) -> timedelta:
+        if dt is None:
+            return timedelta(0)
+        wall = dt.replace(tzinfo=None, microsecond=0)
+        try:
+            return wall - (_EPOCH + timedelta(seconds=wall.timestamp()))
+        except (OverflowError, OSError):  # at the ends of datetime's range
+            raise ValueError(f"{wall} is out of the range of local time") from None
+
+    def dst(self, dt: datetime | None) -> timedelta | None:
+        return None
+
+    def tzname(self, dt: datetime | None) -> str | None:
+        return None
+
+    def fromutc(self, dt: datetime) -> datetime:
+        utc = dt.replace(tzinfo=None)
+        try:
+            local = datetime.fromtimestamp((utc.replace(microsecond=0) - _EPOCH) // timedelta(seconds=1))
+        except (OverflowError, OSError):  # as in `utcoffset`
+            raise ValueError(f"{utc} UTC is out of the range of local time") from None
+        return local.replace(microsecond=utc.microsecond, tzinfo=self)  # fold set by fromtimestamp
+
+    def __repr__(self) -> str:
+        return "<local time>"
+
+
+_LOCAL = _LocalZone()
+
+
 def _first_wall_where(
     wall: datetime, zone: tzinfo, wanted: Callable[[datetime], bool]
 ) -> datetime:
@@ -237,7 +279,9 @@ class CronExpression:
     def next_fire(self, after: datetime) -> datetime:
         """The first fire time strictly after `after`, with microsecond 0.
 
-        - naive `after`, no timezone: `after` is wall time; the result is naive wall time.
+        - naive `after`, no timezone: `after` is the system's local wall time (its `fold`
+          telling which pass of a repeated hour); the result is naive local wall time,
+          by the same daylight saving rules as with a timezone (see the module docstring).
         - aware `after`: the result is aware, in the expression's timezone, or in
           `after`'s tzinfo when the expression has none.
         - naive `after` with a timezone: `after` is the system's local time; the fire is
@@ -257,9 +301,12 @@ class CronExpression:
 
     def _fires(self, after: datetime) -> Iterator[datetime]:
         if after.tzinfo is None and self.timezone is None:
+            # The machine's local wall time, by the rules a zone's follows (docs/cron.md);
+            # `after`'s fold tells which pass of a repeated hour it lies in.
+            moment = after.replace(tzinfo=_LOCAL)
             while True:
-                after = self._next_wall(self._after_wall(after), after.year)
-                yield after
+                moment = self._next_in_zone(moment, _LOCAL)
+                yield moment.replace(tzinfo=None)
         naive_local = after.tzinfo is None
         zone = self.timezone or after.tzinfo
         assert zone is not None

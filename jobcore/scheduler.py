@@ -32,14 +32,9 @@ def next_fire_epoch(cron: str, timezone: Optional[str], after: float) -> float:
     expression = CronExpression(cron, timezone)
     if timezone:
         return expression.next_fire(datetime.fromtimestamp(after, ZoneInfo(timezone))).timestamp()
-    # Naive fires are wall times, and `.timestamp()` reads one as its first pass (fold 0):
-    # after a moment in the second pass of a repeated hour, the wall times still ahead in
-    # that hour lie before it, and are passed over like those of a skipped hour.
-    for wall in expression.iter_fires(datetime.fromtimestamp(after)):
-        moment = wall.timestamp()
-        if moment > after and datetime.fromtimestamp(moment) == wall:
-            return moment
-    raise AssertionError("iter_fires is infinite")  # pragma: no cover
+    # A naive `after` is local wall time, and `fromtimestamp` sets its fold in the second
+    # pass of a repeated hour; the naive fire is a first pass (fold 0), as `.timestamp()` reads it.
+    return expression.next_fire(datetime.fromtimestamp(after)).timestamp()
 
 
 def fire_time_text(moment: float, timezone: Optional[str]) -> str:

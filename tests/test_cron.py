@@ -3,7 +3,10 @@ properties against brute-force references written here, independently of the mod
 
 from __future__ import annotations
 
+import os
+import time
 from datetime import date, datetime, timedelta, timezone
+from typing import Iterator
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -15,6 +18,34 @@ from jobcore.errors import InvalidCronExpression
 NY = ZoneInfo("America/New_York")
 BERLIN = ZoneInfo("Europe/Berlin")
 UTC = ZoneInfo("UTC")
+
+
+def _set_local_zone(name: str | None) -> None:
+    if name is None:
+        os.environ.pop("TZ", None)
+    else:
+        os.environ["TZ"] = name
+    time.tzset()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _utc_local_time() -> Iterator[None]:
+    """Naive times without a timezone are the machine's local time: these tests read them
+    in UTC, whatever the machine's zone (restored after)."""
+    before = os.environ.get("TZ")
+    _set_local_zone("UTC")
+    yield
+    _set_local_zone(before)
+
+
+@pytest.fixture
+def berlin_local_time() -> Iterator[None]:
+    """The process's local zone is Europe/Berlin for the test (UTC again after)."""
+    _set_local_zone("Europe/Berlin")
+    try:
+        yield
+    finally:
+        _set_local_zone("UTC")
 
 
 # --- next fire tables ---------------------------------------------------------------
@@ -205,8 +236,30 @@ def test_naive_after_with_timezone_is_local_time_in_and_out() -> None:
 
 def test_naive_after_without_timezone_is_wall_time() -> None:
     result = CronExpression("30 2 * * *").next_fire(datetime(2025, 3, 9, 0, 0))
-    assert result == datetime(2025, 3, 9, 2, 30)  # no zone, so no DST gap
+    assert result == datetime(2025, 3, 9, 2, 30)  # local time is UTC here: no DST gap
     assert result.tzinfo is None
+
+
+def test_naive_local_time_skips_the_wall_times_the_clocks_skip(berlin_local_time: None) -> None:
+    # Given no cron timezone and a machine in Europe/Berlin, where 02:00-03:00 does not
+    # exist on 2026-03-29: those fires are skipped, as with cron_timezone (docs/cron.md)
+    assert CronExpression("30 2 * * *").next_fire(datetime(2026, 3, 29, 1, 0)) == datetime(2026, 3, 30, 2, 30)
+    assert CronExpression("*/30 * * * *").next_fire(datetime(2026, 3, 29, 1, 45)) == datetime(2026, 3, 29, 3, 0)
+
+
+def test_naive_local_time_fires_a_repeated_wall_time_once(berlin_local_time: None) -> None:
+    # Given 02:00-03:00 twice on 2026-10-25 in Berlin: each wall time fires at its first
+    # pass; from the second pass (fold=1, as datetime.fromtimestamp gives) the hour's
+    # fires are behind, and the next is 03:00
+    every_half_hour = CronExpression("*/30 * * * *")
+    fires = every_half_hour.iter_fires(datetime(2026, 10, 25, 1, 0))
+    assert [next(fires) for _ in range(4)] == [
+        datetime(2026, 10, 25, 1, 30), datetime(2026, 10, 25, 2, 0),
+        datetime(2026, 10, 25, 2, 30), datetime(2026, 10, 25, 3, 0)]
+    second_pass = datetime(2026, 10, 25, 2, 10, fold=1)
+    assert every_half_hour.next_fire(second_pass) == datetime(2026, 10, 25, 3, 0)
+    assert CronExpression("40 2 * * *").next_fire(second_pass) == datetime(2026, 10, 26, 2, 40)
+    assert CronExpression("40 2 * * *").next_fire(datetime(2026, 10, 25, 2, 10)) == datetime(2026, 10, 25, 2, 40)
 
 
 # --- never firing, equality, bad input ---------------------------------------------
