@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Optional
 from .clock import as_seconds
 from .cron import CronExpression
 from .errors import InvalidJob, InvalidJobType
-from .serialization import check_text
+from .serialization import check_keys, check_text
 
 PRIORITY_MIN = -(2**31)
 PRIORITY_MAX = 2**31 - 1
@@ -273,6 +273,7 @@ class Job:
                 json.dumps(self.metadata)
             except (TypeError, ValueError) as exc:
                 raise InvalidJobType("metadata", f"must be JSON-serialisable: {exc}") from None
+            check_keys(self.metadata, "metadata")  # every store: a JSON dict (json.dumps takes an int key)
         if self.owner is not None:
             if not isinstance(self.owner, str):
                 raise InvalidJobType("owner", f"must be a str, got {self.owner!r}")
@@ -353,6 +354,7 @@ class Job:
         if metadata:
             try:
                 json.dumps(metadata)
+                check_keys(metadata, "metadata")
             except (TypeError, ValueError):
                 return False  # the full checks raise naming it
         return True

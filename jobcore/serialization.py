@@ -45,8 +45,9 @@ _decode = json.loads
 _raw_decode = json.JSONDecoder().raw_decode
 
 
-def encode(value: Any, *, field: str, max_bytes: int | None = None) -> str:
-    """Encode `value` as compact JSON, raising a `TypeError`/`ValueError` naming `field`."""
+def encode(value: Any, *, field: str, max_bytes: int | None = None, _check_keys: bool = True) -> str:
+    """Encode `value` as compact JSON, raising a `TypeError`/`ValueError` naming `field`
+    (a dict key that is not a str is refused: see `check_keys`)."""
     if value is None:
         return "null"  # what most jobs return: skip the encoder
     try:
@@ -55,6 +56,8 @@ def encode(value: Any, *, field: str, max_bytes: int | None = None) -> str:
         raise InvalidJobType(field, f"must be JSON-serialisable: {exc}") from None
     except Exception as exc:  # a container whose own methods raise while it is encoded
         raise InvalidJobType(field, f"must be JSON-serialisable: encoding it raised {type(exc).__name__}") from None
+    if _check_keys and ":" in text:  # a non-empty dict somewhere (compact JSON writes `"key":value`), or a str with a colon
+        check_keys(value, field)
     if not text.isascii():  # (isascii: a flag read, for most payloads all there is to check)
         check_text(field, text)
     if max_bytes is not None and len(text) > max_bytes:
@@ -62,6 +65,49 @@ def encode(value: Any, *, field: str, max_bytes: int | None = None) -> str:
         if size > max_bytes:
             raise InvalidJob(field, f"encodes to {size} bytes, over the {max_bytes}-byte payload limit")
     return text
+
+
+def check_keys(value: Any, field: str) -> None:
+    """Raise `InvalidJobType` naming `field` if a dict anywhere in `value` has a key that is
+    not a str. JSON keys are strings: json writes 1, 1.5, True and None as "1", "1.5",
+    "true" and "null", so such a dict would come back rewritten, and `{1: 'a', '1': 'b'}`
+    with an entry lost."""
+    key = _non_str_key(value)
+    if key is not _ALL_STR:
+        raise InvalidJobType(field, f"must be JSON-serialisable with str dict keys, got the "
+                                    f"{type(key).__name__} key {key!r} (JSON would store it as a str)")
+
+
+_ALL_STR = object()
+
+
+def _non_str_key(value: Any) -> Any:
+    """The first dict key in `value` that is not a str, else `_ALL_STR`. (C-level checks
+    first, `str.join` and a superset test of the types held: a flat dict of str keys and
+    scalar values costs about half a microsecond.)"""
+    if not isinstance(value, _CONTAINERS):
+        return _ALL_STR
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            try:
+                "".join(item)  # a TypeError if a key is not a str (a str subclass is one)
+            except TypeError:
+                return next(k for k in item if not isinstance(k, str))
+            inners: Any = item.values()
+        else:
+            inners = item
+        if _LEAVES.issuperset(map(type, inners)):
+            continue  # only scalars in it
+        for inner in inners:
+            if isinstance(inner, _CONTAINERS):
+                stack.append(inner)
+    return _ALL_STR
+
+
+_LEAVES = frozenset({str, int, float, bool, type(None)})  # exact types: a subclass is looked at
+_CONTAINERS = (dict, list, tuple)  # what json encodes as an object or an array
 
 
 # Free text from a job is kept up to these many characters: the middle of a longer one is cut.
@@ -106,13 +152,19 @@ def encode_payload(args: tuple[Any, ...], kwargs: dict[str, Any], max_bytes: int
     if not args and not kwargs:
         return "[[],{}]"
     try:
-        return encode([list(args), kwargs], field="args", max_bytes=max_bytes)
+        text = encode([list(args), kwargs], field="args", max_bytes=max_bytes, _check_keys=False)
     except InvalidJobType:  # find the argument to name (each encoded only on this path)
         for index, arg in enumerate(args):
             _check_encodable(arg, f"args[{index}]")
         for key, arg in kwargs.items():
             _check_encodable(arg, f"kwargs[{key!r}]")
         raise
+    if ":" in text and (_non_str_key(args) is not _ALL_STR or _non_str_key(kwargs) is not _ALL_STR):
+        for index, arg in enumerate(args):  # find the argument to name
+            check_keys(arg, f"args[{index}]")
+        for key, arg in kwargs.items():
+            check_keys(arg, f"kwargs[{key!r}]")
+    return text
 
 
 def _check_encodable(value: Any, field: str) -> None:

@@ -187,6 +187,18 @@ def test_a_result_no_database_can_store_fails_its_job_alone(make_manager: Any, d
             for n in range(3)] == [0, 1, 2]
 
 
+def test_a_result_with_a_key_json_would_rewrite_fails_its_job_alone(make_manager: Any, db_path: str) -> None:
+    # given a job returning {1: 'a', '1': 'b'}: the store kept {'1': 'b'}, silently
+    manager = make_manager(db_path).start()
+    manager.register_function("int_keys", lambda: {"by_id": {1: "a", "1": "b"}})
+    manager.register_function("ok", lambda n: {"n": {"v": n}})
+    odd = manager.enqueue(Job(function_name="int_keys", max_retries=3))
+    failed = manager.wait(odd, timeout=WAIT)
+    assert (failed.status, failed.error_type, failed.attempts) == (JobStatus.FAILED, "InvalidJobType", 1)
+    assert "result" in (failed.error or "") and "int key 1" in (failed.error or "")
+    assert manager.wait(manager.enqueue(Job(function_name="ok", args=(2,))), timeout=WAIT).result == {"n": {"v": 2}}
+
+
 class _Unprintable(Exception):
     def __str__(self) -> str:
         raise RuntimeError("__str__ is broken")

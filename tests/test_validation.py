@@ -53,6 +53,8 @@ CONSTRUCTION_ERRORS: list[tuple[str, Callable[[], Any], type[Exception], str]] =
     ("tags str items", lambda: Job(function=noop, tags={1}), TypeError, "tags"),
     ("metadata not json", lambda: Job(function=noop, metadata={"x": object()}), TypeError, "metadata"),
     ("metadata list", lambda: Job(function=noop, metadata=[1]), TypeError, "metadata"),
+    # json.dumps takes an int key and stores it as "2": on every store, metadata is a JSON dict
+    ("metadata int key", lambda: Job(function=noop, metadata={"a": [{2: "x"}]}), TypeError, "metadata.*str dict keys"),
     ("isolation", lambda: Job(function=noop, isolation="fiber"), ValueError, "isolation"),
     ("depends_on ints", lambda: Job(function=noop, depends_on=[1]), TypeError, "depends_on"),
     ("empty name", lambda: Job(function_name=""), ValueError, "function_name"),
@@ -85,6 +87,12 @@ ENQUEUE_ERRORS: list[tuple[str, Callable[[], Job], type[Exception], str]] = [
     ("schedule that never fires", lambda: Job(function=noop, cron="0 0 30 2 *"), InvalidJob, "Job.cron.*does not fire"),
     # a str Python allows and UTF-8 cannot store: the driver's bare UnicodeEncodeError named no field
     ("lone surrogate in an argument", lambda: Job(function=noop, args=("a\ud800",)), TypeError, "args.*surrogate"),
+    # json writes 1, True and None keys as "1", "true", "null": the function got other keys,
+    # and {1: 'a', '1': 'b'} lost an entry
+    ("int key in a nested argument", lambda: Job(function=noop, args=(1, [{"a": {1: "a", "1": "b"}}])), TypeError,
+     r"args\[1\].*str dict keys.*int key 1"),
+    ("None key in a kwarg", lambda: Job(function=noop, kwargs={"d": {None: 1}}), TypeError,
+     r"kwargs\['d'\].*NoneType key None"),
     ("lone surrogate in metadata", lambda: Job(function=noop, metadata={"k": "\udc00"}), TypeError,
      "metadata.*surrogate"),
 ]
