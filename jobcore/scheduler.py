@@ -74,17 +74,21 @@ class ScheduleFirer:
         schedule = self._repo.get(entry.job_id)
         if schedule is None or schedule.status is not JobStatus.SCHEDULED or schedule.cron is None:
             return  # cancelled or cleaned up: the schedule has ended
-        if schedule.decode_error is not None:
-            logger.error("schedule %s cannot be decoded and will not fire: %s", schedule.id,
-                         schedule.decode_error)
-            return
         now = self._clock.time()
+        if schedule.decode_error is not None:
+            self._fail_corrupt(schedule, schedule.decode_error, now)
+            return
         fire_at = schedule.run_at
         if fire_at is None or fire_at > now:
             self._requeue([schedule.queue_entry()])  # not due (another process moved it on)
             return
         # Coalesce: however many fires were missed, the next one is after now.
-        next_at = next_fire_epoch(schedule.cron, schedule.cron_timezone, now)
+        try:
+            next_at = next_fire_epoch(schedule.cron, schedule.cron_timezone, now)
+        except Exception as exc:  # a row changed behind enqueue's checks: it can never fire
+            self._fail_corrupt(schedule, f"the schedule cannot fire: cron {schedule.cron!r}"
+                                         f" (time zone {schedule.cron_timezone!r}): {exc}", now)
+            return
         run = run_for(schedule, fire_at)
         if self._repo.fire_schedule(schedule.id, fire_at, next_at, run, now):
             logger.info("schedule %s fired for %s", schedule.id, run.metadata["fire_at"])
@@ -94,3 +98,11 @@ class ScheduleFirer:
             current = self._repo.get(schedule.id)
             if current is not None and current.status is JobStatus.SCHEDULED:
                 self._requeue([current.queue_entry()])
+
+    def _fail_corrupt(self, schedule: JobRecord, error: str, now: float) -> None:
+        """End a schedule that can never fire FAILED (`CorruptJob`), as a claim ends any
+        other corrupt row; one left SCHEDULED would never run and never end."""
+        if self._repo.fail_schedule(schedule.id, error, now):
+            logger.error("schedule %s is corrupt and failed: %s", schedule.id, error)
+        else:
+            logger.error("schedule %s is corrupt and will not fire: %s", schedule.id, error)

@@ -33,6 +33,30 @@ def test_a_corrupt_row_fails_alone(make_manager: Any, db_path: str) -> None:
     assert manager.wait(fine, timeout=WAIT).result == 2
 
 
+@pytest.mark.parametrize("column, sql_value, shown", [
+    ("cron", "'99 99 * * *'", "minute field"),
+    ("cron_timezone", "'Nowhere/Atlantis'", "Nowhere/Atlantis"),
+    ("payload", "'not json {'", "cannot be decoded"),
+])
+def test_a_corrupt_schedule_fails_alone(make_manager: Any, db_path: str, column: str, sql_value: str,
+                                        shown: str) -> None:
+    # given a due schedule whose row was edited into one that cannot fire: it logged an
+    # exception (or "will not fire") and stayed SCHEDULED for ever
+    manager = make_manager(db_path)
+    manager.register_function("echo", lambda x=0: x)
+    schedule = manager.enqueue(Job(function_name="echo", cron="0 0 1 1 *"))
+    fine = manager.enqueue(Job(function_name="echo", args=(2,)))
+    _corrupt(db_path, schedule, column, sql_value)
+    _corrupt(db_path, schedule, "run_at", repr(time.time() - 1))  # due now
+
+    manager.start()
+    bad = manager.wait(schedule, timeout=WAIT)
+    assert (bad.status, bad.error_type) == (JobStatus.FAILED, "CorruptJob")
+    assert shown in (bad.error or "")
+    assert manager.wait(fine, timeout=WAIT).result == 2
+    assert manager.get_stats()["total"] == 2  # no run was made of it
+
+
 def test_a_wall_clock_jump_does_not_steal_running_jobs(make_manager: Any, db_path: str) -> None:
     clock = FakeClock()
     started = threading.Event()

@@ -353,6 +353,14 @@ class JobRepository(abc.ABC):
         if the schedule was cancelled or fired already (by any process): each fire time
         yields at most one run."""
 
+    def fail_schedule(self, schedule_id: str, error: str, now: float) -> bool:
+        """A cron schedule that can never fire (its row is corrupt: a column that cannot be
+        decoded, a cron expression or time zone that does not parse): SCHEDULED -> FAILED
+        with `error`, error type `CorruptJob`, as a claim fails any other corrupt row.
+        Returns False, changing nothing, if it is not a SCHEDULED schedule. By default
+        False: a backend without it leaves such a schedule as it is (logged, never fired)."""
+        return False
+
     # -- workers and change detection ------------------------------------------------
     @abc.abstractmethod
     def register_worker(self, worker_id: str, host: str, pid: int, now: float,

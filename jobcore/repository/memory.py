@@ -405,6 +405,15 @@ class MemoryRepository(MemoryAdding, JobRepository):
                 self._logs.setdefault(row.id, []).append((now, "warning", message))
             return Recovery(tuple(recovered), tuple(failed), tuple(cancelled_ids))
 
+    def fail_schedule(self, schedule_id: str, error: str, now: float) -> bool:
+        with self._lock:
+            row = self._jobs.get(schedule_id)
+            if row is None or not row.is_schedule or row.status is not JobStatus.SCHEDULED:
+                return False
+            self._end(row, JobStatus.FAILED, now)
+            row.error, row.error_type = error, "CorruptJob"
+            return True
+
     def fire_schedule(self, schedule_id: str, fire_at: float, next_run_at: float, run: JobRecord,
                       now: float) -> bool:
         with self._lock:

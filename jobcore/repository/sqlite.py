@@ -383,6 +383,11 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
                 raise id_taken(run.id) from None
         return True
 
+    def fail_schedule(self, schedule_id: str, error: str, now: float) -> bool:
+        with self._write() as conn:
+            row = conn.execute(sql.SELECT_SCHEDULE_SEQ, (schedule_id,)).fetchone()
+            return row is not None and conn.execute(sql.FAIL_CORRUPT, (now, error, row[0])).rowcount == 1
+
     # -- workers and change detection ----------------------------------------------------------
     def register_worker(self, worker_id: str, host: str, pid: int, now: float,
                         lease_timeout: Optional[float] = None) -> None:

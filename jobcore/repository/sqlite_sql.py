@@ -347,6 +347,8 @@ UPDATE jobs SET status = 'failed', completed_at = ?, error = ?, error_type = 'Co
     worker_id = NULL, lease_expires_at = NULL
 WHERE seq = ? AND status IN ('pending', 'scheduled')
 """
+# A schedule that can never fire, ended by FAIL_CORRUPT (ScheduleFirer.fire).
+SELECT_SCHEDULE_SEQ = "SELECT seq FROM jobs WHERE id = ? AND status = 'scheduled' AND cron IS NOT NULL"
 END_LEASE = "UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND status = 'running'"
 # A job taken back to run again has no progress, as after FAIL_RETRY; one that ends
 # FAILED or CANCELLED keeps its lost attempt's last report.
