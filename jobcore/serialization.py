@@ -45,6 +45,18 @@ _decode = json.loads
 _raw_decode = json.JSONDecoder().raw_decode
 
 
+def payload_cap(max_payload_bytes: Any) -> int | None:
+    """A store's `max_payload_bytes` checked: an int >= 1, or None (no cap). Every store
+    that takes it checks it here, at construction: 0 or -5 refused every later payload
+    (even `[[],{}]`, and a result, failing a job whose function succeeded)."""
+    if max_payload_bytes is None:
+        return None
+    if isinstance(max_payload_bytes, bool) or not isinstance(max_payload_bytes, int) or max_payload_bytes < 1:
+        raise ValueError(f"max_payload_bytes must be a number of bytes >= 1 (an int), or None for no cap,"
+                         f" got {max_payload_bytes!r}")
+    return max_payload_bytes
+
+
 def encode(value: Any, *, field: str, max_bytes: int | None = None, _check_keys: bool = True) -> str:
     """Encode `value` as compact JSON, raising a `TypeError`/`ValueError` naming `field`
     (a dict key that is not a str is refused: see `check_keys`)."""

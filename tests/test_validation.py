@@ -189,6 +189,23 @@ def test_manager_arguments_are_checked() -> None:
     manager.close()
 
 
+@pytest.mark.parametrize("cap", [0, -5, 1.5, "1000", True])
+def test_a_payload_cap_no_payload_fits_is_refused_at_construction(tmp_path: Any, cap: Any) -> None:
+    # given max_payload_bytes=-5 or 0: accepted, then every enqueue with arguments failed,
+    # and so did every job's result (a function that returned 1 ended FAILED)
+    path = tmp_path / "cap.db"
+    with pytest.raises(ValueError, match="max_payload_bytes"):
+        SQLiteRepository(str(path), max_payload_bytes=cap)
+    assert not path.exists()  # refused before the file was made
+
+
+def test_a_payload_cap_of_one_byte_or_none_is_taken(tmp_path: Any) -> None:
+    for cap in (1, None):
+        repository = SQLiteRepository(str(tmp_path / f"{cap}.db"), max_payload_bytes=cap)
+        assert repository.max_payload_bytes == cap
+        repository.close()
+
+
 @pytest.mark.parametrize("name", ["lease_timeout", "poll_interval", "discovery_interval"])
 def test_a_period_past_100_years_is_refused(name: str) -> None:
     # A lease_timeout of 1e11 s was taken: the lease, ending past the times a store keeps,

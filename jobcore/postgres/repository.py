@@ -65,7 +65,7 @@ class PostgresRepository(SettlesThroughApply, JobRepository):
             raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
         self.dsn = dsn
         self.schema = schema or dsn_schema or "jobcore"
-        self.max_payload_bytes = max_payload_bytes
+        self.max_payload_bytes = serialization.payload_cap(max_payload_bytes)
         self._db = Database(dsn, self.schema, pool_size, float(timeout))
         self.sql = self._db.sql
 

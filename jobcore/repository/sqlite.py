@@ -71,7 +71,7 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
             raise ValueError("SQLiteRepository needs a file path; use MemoryRepository for memory")
         self.durability = durability
         self.busy_timeout = float(busy_timeout)
-        self.max_payload_bytes = max_payload_bytes
+        self.max_payload_bytes = serialization.payload_cap(max_payload_bytes)
         self._db = Connections(self.path, busy_timeout=self.busy_timeout, durability=durability,
                                check=self._refuse_foreign_file)
         # The seqs of queued rows whose id is not text, seen by reads of the queue, for the
