@@ -517,6 +517,21 @@ def test_terminal_control_characters_in_job_data_are_shown_escaped(db_path: str)
     assert "evil\\x1b]0;pwned\\x07\\nname" in proc.stdout and job_id in proc.stdout
 
 
+def test_a_newline_in_a_log_line_is_escaped_so_it_cannot_fake_an_entry(db_path: str, capsys: Any) -> None:
+    # given a job that logs one line holding a newline and what looks like another entry
+    manager = JobManager(db_path)
+    manager.register_function("j", lambda: current_job().log("step 1\n2026-01-01 00:00:00  INFO     paid OK"))
+    job_id = manager.enqueue(Job(function_name="j"))
+    manager.run_pending()
+    manager.close()
+
+    proc = run_here(capsys, "logs", job_id, db=db_path)
+
+    assert proc.returncode == 0
+    assert proc.stdout.count("\n") == 1  # one entry, one line
+    assert proc.stdout.rstrip("\n").endswith("INFO     step 1\\n2026-01-01 00:00:00  INFO     paid OK")
+
+
 def test_text_the_output_encoding_lacks_is_escaped_never_a_traceback(db_path: str) -> None:
     # Given a job whose name cp1252 (a Windows redirect's encoding) cannot encode: every
     # command showing it died half way through its output with a UnicodeEncodeError traceback.

@@ -140,7 +140,9 @@ def cmd_logs(manager: JobManager, args: argparse.Namespace) -> int:
         _print_json(log_entries(entries))
         return EXIT_OK
     for entry in entries:
-        print(f"{_when(entry.timestamp)}  {entry.level.upper():<8} {clean(entry.message, multiline=True)}")
+        # One entry, one line: a newline in a message is shown escaped (raw, it printed a
+        # second line that read as another entry, written by the job).
+        print(f"{_when(entry.timestamp)}  {entry.level.upper():<8} {clean(entry.message)}")
     return EXIT_OK
 
 
