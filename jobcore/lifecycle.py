@@ -67,6 +67,9 @@ class Lifecycle:
         self._in_lifecycle = threading.local()
         # True in a child forked while this manager ran: its workers stayed in the parent.
         self.forked_while_running = False
+        # True once `close` released the parts: `start` refuses (guarded by _lock). SQLite's
+        # closed store refused it anyway; the memory store ran jobs whose events no channel heard.
+        self._closed = False
         on_fork_in_child(self, "_forked")
 
     def start(self) -> None:
@@ -85,6 +88,9 @@ class Lifecycle:
                     raise RuntimeError("this manager was started in the process this one was forked from, and"
                                        " its workers run there; build a new JobManager to run workers in this"
                                        " process")
+                if self._closed:
+                    raise RuntimeError("start() called on a closed manager: close() released its repository and"
+                                       " notification threads; build a new JobManager")
                 if self._stops:
                     job = current_job()
                     if job is not None and job.runs_on(self._pool):
@@ -177,6 +183,7 @@ class Lifecycle:
         with self._lock:
             while self._stops:  # another thread's stop returns before what it uses is released
                 self._stops_ended.wait()
+            self._closed = True
         self._housekeeper.close()  # leases it still renews after a stop: renewed no more
         self._pool.close()
         self._notifier.close()

@@ -163,6 +163,8 @@ class JobManager:
         If it fails (the store failing as it registers this manager as a worker, say), it
         raises with nothing started: no job runs, and a later `start` may try again.
 
+        After `close()` it raises RuntimeError, on every store: a closed manager is unusable.
+
         In the child process of an isolated job it does nothing: a job's module imported
         there (which may start a manager, or call `register_job_function`) must not run
         workers that claim other jobs inside a process a timeout or cancel ends."""

@@ -14,7 +14,7 @@ from typing import Any, Iterator, Optional
 
 import pytest
 
-from jobcore import FakeClock, Job, JobManager, JobStatus, MemoryRepository
+from jobcore import CallbackNotificationChannel, FakeClock, Job, JobManager, JobStatus, MemoryRepository
 from jobcore.errors import RepositoryError
 from waiting import wait_until
 from watched_leases import WatchedLeases
@@ -333,3 +333,20 @@ def test_close_stops_through_the_managers_own_stop() -> None:
     manager.close()
     assert calls == [(True, None)]
     assert not manager.running
+
+
+@pytest.mark.parametrize("store", ["sqlite", "memory"])
+@pytest.mark.parametrize("immediate", [False, True])
+def test_a_closed_manager_cannot_be_started_again(db_path: str, store: str, immediate: bool) -> None:
+    # given a closed manager: on SQLite start() met the closed store, but on memory it
+    # started again and ran jobs whose events its released channels never heard
+    events: list[dict[str, Any]] = []
+    manager = JobManager(db_path if store == "sqlite" else MemoryRepository(), immediate=immediate)
+    manager.register_function("ok", lambda: 1)
+    manager.add_notification_channel(CallbackNotificationChannel(events.append))
+    manager.close()
+
+    with pytest.raises(RuntimeError, match="closed manager"):
+        manager.start()
+    assert not manager.running
+    assert events == []
