@@ -97,7 +97,16 @@ def _non_str_key(value: Any) -> Any:
     """The first dict key in `value` that is not a str, else `_ALL_STR`. (C-level checks
     first, `str.join` and a superset test of the types held: a flat dict of str keys and
     scalar values costs about half a microsecond.)"""
-    if not isinstance(value, _CONTAINERS):
+    if value.__class__ is dict:  # the common cases first: a flat dict, a flat list
+        try:
+            "".join(value)  # a TypeError if a key is not a str (a str subclass is one)
+        except TypeError:
+            return next(k for k in value if not isinstance(k, str))
+        if _LEAVES.issuperset(map(type, value.values())):
+            return _ALL_STR
+    elif (value.__class__ is list or value.__class__ is tuple) and _LEAVES.issuperset(map(type, value)):
+        return _ALL_STR
+    elif not isinstance(value, _CONTAINERS):
         return _ALL_STR
     stack = [value]
     while stack:
@@ -171,11 +180,13 @@ def encode_payload(args: tuple[Any, ...], kwargs: dict[str, Any], max_bytes: int
         for key, arg in kwargs.items():
             _check_encodable(arg, f"kwargs[{key!r}]")
         raise
-    if ":" in text and (_non_str_key(args) is not _ALL_STR or _non_str_key(kwargs) is not _ALL_STR):
-        for index, arg in enumerate(args):  # find the argument to name
-            check_keys(arg, f"args[{index}]")
+    if ":" in text:  # a non-empty dict somewhere: each argument's keys checked, to name it
+        for index, arg in enumerate(args):
+            if arg.__class__ not in _LEAVES and _non_str_key(arg) is not _ALL_STR:
+                check_keys(arg, f"args[{index}]")
         for key, arg in kwargs.items():
-            check_keys(arg, f"kwargs[{key!r}]")
+            if arg.__class__ not in _LEAVES and _non_str_key(arg) is not _ALL_STR:
+                check_keys(arg, f"kwargs[{key!r}]")
     return text
 
 
