@@ -367,6 +367,12 @@ ADVANCE_SCHEDULE = """
 UPDATE {s}.jobs SET run_at = %s
 WHERE id = %s AND status = 'scheduled' AND cron IS NOT NULL AND run_at = %s
 """
+# A schedule that can never fire (ScheduleFirer.fire), ended as SQLite's FAIL_CORRUPT ends it.
+FAIL_SCHEDULE = """
+UPDATE {s}.jobs SET status = 'failed', completed_at = %s, error = %s, error_type = 'CorruptJob',
+    worker_id = NULL, lease_expires_at = NULL
+WHERE id = %s AND status = 'scheduled' AND cron IS NOT NULL
+"""
 REGISTER_WORKER = """
 INSERT INTO {s}.jobcore_workers (worker_id, host, pid, started_at, heartbeat_at, running, lease_timeout)
 VALUES (%s, %s, %s, %s, %s, ARRAY[]::TEXT[], %s)

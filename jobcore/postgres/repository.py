@@ -351,6 +351,10 @@ class PostgresRepository(SettlesThroughApply, JobRepository):
 
         return self._db.transaction(work)
 
+    def fail_schedule(self, schedule_id: str, error: str, now: float) -> bool:
+        params = (now, clean_text(error), schedule_id)
+        return bool(self._db.transaction(lambda tx: tx.execute(self.sql.FAIL_SCHEDULE, params).rowcount == 1))
+
     def fire_schedule(self, schedule_id: str, fire_at: float, next_run_at: float, run: JobRecord,
                       now: float) -> bool:
         params = row_params(run, now, JobStatus.PENDING, 0, None, self.max_payload_bytes) + (schedule_id, fire_at)
