@@ -6,7 +6,7 @@ import sqlite3
 import threading
 import time
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
@@ -102,10 +102,8 @@ class _StepsDuringHeartbeat(SQLiteRepository):
         return renewed
 
 
-def test_a_wall_clock_step_during_a_lease_renewal_does_not_take_back_our_own_jobs(
-        make_manager: Any, db_path: str) -> None:
-    # Given a long job running on a started manager
-    clock = FakeClock()
+def _counted_long_job() -> tuple[list[int], threading.Event, Callable[[], str]]:
+    """A job that counts its starts and returns "done once" when `release` is set."""
     starts: list[int] = []
     release = threading.Event()
 
@@ -113,6 +111,14 @@ def test_a_wall_clock_step_during_a_lease_renewal_does_not_take_back_our_own_job
         starts.append(1)
         assert release.wait(WAIT)
         return "done once"
+    return starts, release, long_job
+
+
+def test_a_wall_clock_step_during_a_lease_renewal_does_not_take_back_our_own_jobs(
+        make_manager: Any, db_path: str) -> None:
+    # Given a long job running on a started manager
+    clock = FakeClock()
+    starts, release, long_job = _counted_long_job()
 
     repo = _StepsDuringHeartbeat(db_path, clock)
     manager = make_manager(repo, clock=clock, lease_timeout=60).start()
@@ -166,13 +172,7 @@ def test_a_sub_second_step_counts_as_a_jump_under_a_short_lease(make_manager: An
     # Given a job running on one manager (lease 1.2 s, a heartbeat every 0.4 s) and a
     # second manager on the same database, whose recovery comes due every 0.3 s
     clock = FakeClock()
-    starts: list[int] = []
-    release = threading.Event()
-
-    def long_job() -> str:
-        starts.append(1)
-        assert release.wait(WAIT)
-        return "done once"
+    starts, release, long_job = _counted_long_job()
 
     runner = make_manager(db_path, clock=clock, lease_timeout=1.2, poll_interval=0.4).start()
     job_id = runner.enqueue(Job(function=long_job, max_retries=5))

@@ -806,27 +806,52 @@ def test_closing_after_a_stop_that_did_not_wait_ends_every_thread(db_path: str) 
     assert housekeeper is not None and not housekeeper.is_alive()
 
 
+class _LongJobHeld:
+    """A manager ("first": one worker, a 1 s lease, a fake clock, a `WatchedLeases` store)
+    running a job that returns who ran it once `release` is set; `runs` lists who started it."""
+
+    def __init__(self, make_manager: Any, db_path: str, *, poll_interval: float) -> None:
+        self.clock = FakeClock()
+        self.runs: list[str] = []
+        self.started, self.release = threading.Event(), threading.Event()
+        self.repository = WatchedLeases(db_path)
+        self.first = make_manager(self.repository, max_workers=1, lease_timeout=1.0, poll_interval=poll_interval,
+                                  clock=self.clock)
+        self.first.register_function("long", lambda: self.long_job("first"))
+        self.first.start()
+        self.job_id = self.first.enqueue(Job(function_name="long"))
+        assert self.started.wait(WAIT)
+
+    def long_job(self, by: str) -> str:
+        self.runs.append(by)
+        self.started.set()
+        assert self.release.wait(WAIT)
+        return by
+
+    def runs_once_beside(self, make_manager: Any, db_path: str) -> JobManager:
+        """Start a second manager on the file (it takes expired leases back as it starts)
+        and check it leaves the job to the first, which runs it once and records it; the
+        second manager."""
+        second = make_manager(db_path, max_workers=1, lease_timeout=1.0, poll_interval=0.2, clock=self.clock)
+        second.register_function("long", lambda: self.long_job("second"))
+        second.start()
+        record = second.repository.get(self.job_id)
+        assert record is not None and (record.status, record.worker_id) == (JobStatus.RUNNING,
+                                                                            self.first.worker_id)
+        self.release.set()
+        result = self.first.wait(self.job_id, timeout=WAIT)
+        assert (result.status, result.attempts, result.result) == (JobStatus.COMPLETED, 1, "first")
+        assert self.runs == ["first"]
+        return second  # type: ignore[no-any-return]
+
+
 @pytest.mark.parametrize("stop_args", [{"timeout": 0}, {"wait": False}], ids=["timeout=0", "wait=False"])
 def test_a_job_running_past_a_stop_keeps_its_lease_and_runs_once(make_manager: Any, db_path: str,
                                                                  stop_args: dict[str, Any]) -> None:
     # given a job still running in this live process when its manager's stop stops
     # waiting for it (as a web app reloading its manager does)
-    clock = FakeClock()
-    runs: list[str] = []
-    started, release = threading.Event(), threading.Event()
-
-    def long_job(by: str) -> str:
-        runs.append(by)
-        started.set()
-        assert release.wait(WAIT)
-        return by
-
-    repository = WatchedLeases(db_path)
-    first = make_manager(repository, max_workers=1, lease_timeout=1.0, poll_interval=0.2, clock=clock)
-    first.register_function("long", lambda: long_job("first"))
-    first.start()
-    job_id = first.enqueue(Job(function_name="long"))
-    assert started.wait(WAIT)
+    held = _LongJobHeld(make_manager, db_path, poll_interval=0.2)
+    clock, repository, first, job_id = held.clock, held.repository, held.first, held.job_id
     first.stop(**stop_args)
     assert not first.running
 
@@ -835,17 +860,9 @@ def test_a_job_running_past_a_stop_keeps_its_lease_and_runs_once(make_manager: A
         clock.advance(0.5)
         assert repository.renewed(job_id, clock.time()), "the lease of a job still running was not renewed"
 
-    # then another manager starting now (and taking back expired leases) leaves it alone...
-    second = make_manager(db_path, max_workers=1, lease_timeout=1.0, poll_interval=0.2, clock=clock)
-    second.register_function("long", lambda: long_job("second"))
-    second.start()
-    record = second.repository.get(job_id)
-    assert record is not None and (record.status, record.worker_id) == (JobStatus.RUNNING, first.worker_id)
-    # ...and once it returns, the first manager records its outcome: it ran once
-    release.set()
-    result = first.wait(job_id, timeout=WAIT)
-    assert (result.status, result.attempts, result.result) == (JobStatus.COMPLETED, 1, "first")
-    assert runs == ["first"]
+    # then another manager starting now (and taking back expired leases) leaves it alone,
+    # and once it returns, the first manager records its outcome: it ran once
+    second = held.runs_once_beside(make_manager, db_path)
     # and the stopped manager's thread that renewed the lease ends and leaves the registry
     housekeeper = first._housekeeper._thread
     assert housekeeper is not None
@@ -857,22 +874,8 @@ def test_a_job_running_past_a_stop_keeps_its_lease_and_runs_once(make_manager: A
 def test_a_poll_interval_longer_than_the_lease_still_renews_a_running_job_in_time(make_manager: Any,
                                                                                   db_path: str) -> None:
     # given a manager whose poll_interval (5 s) outlasts its lease (1 s), running a long job
-    clock = FakeClock()
-    runs: list[str] = []
-    started, release = threading.Event(), threading.Event()
-
-    def long_job(by: str) -> str:
-        runs.append(by)
-        started.set()
-        assert release.wait(WAIT)
-        return by
-
-    repository = WatchedLeases(db_path)
-    first = make_manager(repository, max_workers=1, lease_timeout=1.0, poll_interval=5.0, clock=clock)
-    first.register_function("long", lambda: long_job("first"))
-    first.start()
-    job_id = first.enqueue(Job(function_name="long"))
-    assert started.wait(WAIT)
+    held = _LongJobHeld(make_manager, db_path, poll_interval=5.0)
+    clock, repository, job_id = held.clock, held.repository, held.job_id
 
     # when three leases' worth of time passes, in steps longer than a third of a lease
     for _ in range(8):
@@ -881,15 +884,7 @@ def test_a_poll_interval_longer_than_the_lease_still_renews_a_running_job_in_tim
         assert repository.renewed(job_id, clock.time()), "the lease lapsed between two beats"
 
     # and another manager taking back expired leases leaves it alone: it runs once
-    second = make_manager(db_path, max_workers=1, lease_timeout=1.0, poll_interval=5.0, clock=clock)
-    second.register_function("long", lambda: long_job("second"))
-    second.start()
-    record = second.repository.get(job_id)
-    assert record is not None and (record.status, record.worker_id) == (JobStatus.RUNNING, first.worker_id)
-    release.set()
-    result = first.wait(job_id, timeout=WAIT)
-    assert (result.status, result.attempts, result.result) == (JobStatus.COMPLETED, 1, "first")
-    assert runs == ["first"]
+    held.runs_once_beside(make_manager, db_path)
 
 
 def test_a_job_running_past_a_stop_is_still_timed_out(make_manager: Any, db_path: str) -> None:
