@@ -275,7 +275,8 @@ class Recorder:
             return claimed
         kept = list(claimed)
         worse: list[JobRecord] = []
-        for priority in sorted((entry.priority for entry in released), reverse=True):
+        taken = {record.id for record in claimed}  # (claimed by number, a released one may be among them)
+        for priority in sorted((entry.priority for entry in released if entry.job_id not in taken), reverse=True):
             if not kept or kept[-1].priority >= priority:
                 break
             worse.append(kept.pop())

@@ -510,3 +510,34 @@ def test_a_job_queued_again_sooner_replaces_its_timer() -> None:
     queue.push(QueueEntry("e", 0, 5, None, "task"))
     queue.push(QueueEntry("e", 0, 5, 99_999.0, "task"), due_at=99_999.0)
     assert [e.job_id for e in queue.pop_ready(10)] == ["e"]
+
+
+@pytest.mark.parametrize("released_claimed_too", [False, True], ids=["released-waits", "released-claimed"])
+def test_make_way_hands_back_only_claims_worse_than_a_released_dependent_left_unclaimed(
+        make_manager: Any, released_claimed_too: bool) -> None:
+    # given an exchange that claimed a NORMAL job, and whose outcomes released a CRITICAL
+    # dependent (claimed too when the claim was by number, from the store's best)
+    repository = MemoryRepository()
+    manager = make_manager(repository, max_workers=1)
+    manager.register_function("noop", lambda: None)
+    normal = manager.enqueue(Job(function_name="noop"))
+    critical = manager.enqueue(Job(function_name="noop", priority=100))
+    recorder = manager._pool._recorder
+    now = time.time()
+    wanted = [critical, normal] if released_claimed_too else [normal]
+    _, claimed = repository.apply([], wanted, manager.worker_id, now, now + 60)
+    claimed.sort(key=lambda record: -record.priority)
+    recorder._released_now = [repository.get(critical).queue_entry()]
+
+    # when it makes way for the released job
+    kept = recorder.make_way(claimed)
+
+    # then the NORMAL claim goes back (PENDING, its attempt not counted) only if the
+    # CRITICAL job is left to claim; a claim that took it already keeps both
+    if released_claimed_too:
+        assert [record.id for record in kept] == [critical, normal]
+        assert repository.get(normal).status is JobStatus.RUNNING
+    else:
+        assert kept == []
+        record = repository.get(normal)
+        assert (record.status, record.attempts) == (JobStatus.PENDING, 0)
