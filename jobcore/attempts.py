@@ -46,6 +46,12 @@ class AttemptRunner:
         func = self._local.function(record.id) or self._registry.get(record.function_name)
         if func is None:
             return Outcome(error=_NotRegistered(f"no function registered as {record.function_name!r}"))
+        if record.isolation != "thread" and record.isolation != "process":
+            # A stored value jobcore never writes (a hand edit, another program): running it
+            # on a thread would go against what the row says, on a process against what it
+            # was checked for. It fails as any other column that cannot be read.
+            return Outcome(error=_CorruptJob(f"stored job {record.id} cannot be decoded: isolation holds"
+                                             f" {record.isolation!r}, neither 'thread' nor 'process'"))
         if record.isolation == "process":
             return self._runner().run(func, record.args, record.kwargs, context,
                                       timeout=record.timeout, memory_limit=record.memory_limit,

@@ -33,6 +33,26 @@ def test_a_corrupt_row_fails_alone(make_manager: Any, db_path: str) -> None:
     assert manager.wait(fine, timeout=WAIT).result == 2
 
 
+def test_an_isolation_jobcore_never_writes_fails_its_job_as_corrupt(make_manager: Any, db_path: str) -> None:
+    # given a row whose isolation was edited by hand to a value jobcore never writes
+    manager = make_manager(db_path)
+    ran: list[int] = []
+    manager.register_function("echo", lambda x: ran.append(x) or x)
+    broken = manager.enqueue(Job(function_name="echo", args=(1,)))
+    fine = manager.enqueue(Job(function_name="echo", args=(2,)))
+    _corrupt(db_path, broken, "isolation", "'banana'")
+
+    # when the manager runs them
+    manager.start()
+    bad = manager.wait(broken, timeout=WAIT)
+
+    # then that job fails alone as corrupt, without running (not on a thread by default)
+    assert (bad.status, bad.error_type, bad.attempts) == (JobStatus.FAILED, "CorruptJob", 1)
+    assert "isolation holds 'banana'" in bad.error
+    assert manager.wait(fine, timeout=WAIT).result == 2
+    assert ran == [2]
+
+
 @pytest.mark.parametrize("column, sql_value, shown", [
     ("cron", "'99 99 * * *'", "minute field"),
     ("cron_timezone", "'Nowhere/Atlantis'", "Nowhere/Atlantis"),
