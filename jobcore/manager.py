@@ -339,10 +339,12 @@ class JobManager:
         check_room_to_run_here()  # a job it runs may call it again, and so on
         ran = 0
         while True:  # a window of the store at a time
-            more = self._load_queue()
+            self._load_queue()
             ran_now = self._pool.run_pending(None if limit is None else limit - ran)
             ran += ran_now
-            if not more or not ran_now or (limit is not None and ran >= limit):
+            # Until a window runs nothing: the jobs run may have stored others ready now (an
+            # enqueue or a retry inside a job), which a persistent store keeps no note of here.
+            if not ran_now or (limit is not None and ran >= limit):
                 return ran
 
     # -- reading -----------------------------------------------------------------------------------

@@ -152,6 +152,15 @@ def _check_number(field_name: str, value: Any, *, minimum: float, allow_none: bo
     return seconds
 
 
+def _check_id_text(field: str, text: str) -> None:
+    """`check_text`, and no NUL character: ids and tags are matched inside SQLite's JSON
+    functions, which end a string at a NUL (a job whose id held one was stored and never
+    claimed), and PostgreSQL cannot store one at all."""
+    check_text(field, text)
+    if "\x00" in text:
+        raise InvalidJob(field, f"must not contain a NUL character, got {text!r}")
+
+
 @dataclass
 class Job:
     """A unit of work to run in the background.
@@ -265,12 +274,12 @@ class Job:
         for tag in self.tags:
             if not isinstance(tag, str):
                 raise InvalidJobType("tags", f"must hold only str, got {tag!r}")
-            check_text("tags", tag)
+            _check_id_text("tags", tag)
         if not isinstance(self.metadata, dict):
             raise InvalidJobType("metadata", f"must be a dict, got {type(self.metadata).__name__}")
         if self.metadata:
             try:
-                json.dumps(self.metadata)
+                json.dumps(self.metadata, allow_nan=False)  # (as the stores encode it: JSON has no NaN)
             except (TypeError, ValueError) as exc:
                 raise InvalidJobType("metadata", f"must be JSON-serialisable: {exc}") from None
             check_keys(self.metadata, "metadata")  # every store: a JSON dict (json.dumps takes an int key)
@@ -295,7 +304,7 @@ class Job:
             raise InvalidJobType("retry_on", f"must be a callable taking the exception, got {self.retry_on!r}")
         if not isinstance(self.id, str) or not self.id:
             raise InvalidJobType("id", f"must be a non-empty str, got {self.id!r}")
-        check_text("id", self.id)
+        _check_id_text("id", self.id)
 
     def _already_normal(self) -> bool:
         """True if every field holds exact built-in types that the checks in `validate`
@@ -346,14 +355,14 @@ class Job:
                 and self.isolation.__class__ is str and self.isolation in ISOLATIONS
                 and self.memory_limit is None
                 and (self.retry_on is None or callable(self.retry_on))
-                and self.id.__class__ is str and self.id and self.id.isascii()):
+                and self.id.__class__ is str and self.id and self.id.isascii() and "\x00" not in self.id):
             return False
         for tag in tags:
-            if tag.__class__ is not str or not tag.isascii():
+            if tag.__class__ is not str or not tag.isascii() or "\x00" in tag:
                 return False
         if metadata:
             try:
-                json.dumps(metadata)
+                json.dumps(metadata, allow_nan=False)
                 check_keys(metadata, "metadata")
             except (TypeError, ValueError):
                 return False  # the full checks raise naming it

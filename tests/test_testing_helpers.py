@@ -344,3 +344,41 @@ def test_the_pytest_fixture_of_docs_testing_md_runs_as_printed(tmp_path: Any) ->
     # then its test passes
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "1 passed" in run.stdout
+
+
+@pytest.mark.parametrize("store", ["sqlite", "memory"])
+def test_run_pending_runs_jobs_that_the_jobs_it_runs_enqueue_or_retry(tmp_path: Any, store: str) -> None:
+    # given a job that enqueues a child and re-queues a failed job (the memory store kept
+    # notes of such jobs; a persistent store keeps none, and the SQLite run left them)
+    from jobcore import SQLiteRepository
+    repository: Any = SQLiteRepository(str(tmp_path / "jobs.db")) if store == "sqlite" else MemoryRepository()
+    manager = JobManager(repository, clock=FakeClock())
+    ran: list[str] = []
+
+    def fails() -> None:
+        ran.append("victim")
+        if ran.count("victim") == 1:
+            raise ValueError("first time")
+
+    manager.register_function("victim", fails)
+    manager.register_function("child", lambda: ran.append("child"))
+
+    def parent() -> None:
+        ran.append("parent")
+        manager.enqueue(Job(function_name="child"))
+        assert manager.retry(victim)
+
+    manager.register_function("parent", parent)
+    victim = manager.enqueue(Job(function_name="victim", max_retries=0))
+    assert manager.run_pending() == 1 and manager.poll(victim).status is JobStatus.FAILED
+    parent_id = manager.enqueue(Job(function_name="parent"))
+
+    # when run_pending runs the parent
+    count = manager.run_pending()
+
+    # then it also runs what the parent made ready, before it returns
+    assert count == 3
+    assert sorted(ran) == ["child", "parent", "victim", "victim"]
+    assert manager.poll(parent_id).status is JobStatus.COMPLETED
+    assert manager.poll(victim).status is JobStatus.COMPLETED
+    manager.close()

@@ -363,6 +363,23 @@ def test_a_lone_surrogate_in_a_text_field_is_refused_naming_it(field: str) -> No
         Job(function=noop, **{field: value})
 
 
+@pytest.mark.parametrize("field", ["id", "tags"])
+def test_a_nul_in_an_id_or_a_tag_is_refused_naming_it(field: str) -> None:
+    # (SQLite's JSON functions end such a string at the NUL: a job with that id was stored
+    # and never claimed; PostgreSQL cannot store one at all)
+    value: Any = {"urgent\x00x"} if field == "tags" else "job\x00one"
+    with pytest.raises(ValueError, match=f"Job.{field}: must not contain a NUL character"):
+        Job(function=noop, **{field: value})
+
+
+@pytest.mark.parametrize("number", [float("nan"), float("inf")])
+def test_metadata_holding_nan_or_infinity_is_refused_for_every_store(number: float) -> None:
+    # JSON has no NaN or Infinity: a persistent store refused it when storing, while the
+    # memory store kept it (metadata is "a JSON-serialisable dict" with every repository)
+    with pytest.raises(TypeError, match="Job.metadata: must be JSON-serialisable"):
+        Job(function=noop, metadata={"score": number})
+
+
 def never_accepted(*args: Any) -> None:
     return None
 
