@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import enum
 import inspect
-import json
 import math
 import os
 import threading
@@ -20,7 +19,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Optional
 from .clock import as_seconds
 from .cron import CronExpression
 from .errors import InvalidJob, InvalidJobType
-from .serialization import check_keys, check_text
+from .serialization import check_text, encode
 
 PRIORITY_MIN = -(2**31)
 PRIORITY_MAX = 2**31 - 1
@@ -278,11 +277,7 @@ class Job:
         if not isinstance(self.metadata, dict):
             raise InvalidJobType("metadata", f"must be a dict, got {type(self.metadata).__name__}")
         if self.metadata:
-            try:
-                json.dumps(self.metadata, allow_nan=False)  # (as the stores encode it: JSON has no NaN)
-            except (TypeError, ValueError) as exc:
-                raise InvalidJobType("metadata", f"must be JSON-serialisable: {exc}") from None
-            check_keys(self.metadata, "metadata")  # every store: a JSON dict (json.dumps takes an int key)
+            encode(self.metadata, field="metadata")  # every store: a JSON dict, as the stores encode it
         if self.owner is not None:
             if not isinstance(self.owner, str):
                 raise InvalidJobType("owner", f"must be a str, got {self.owner!r}")
@@ -362,8 +357,7 @@ class Job:
                 return False
         if metadata:
             try:
-                json.dumps(metadata, allow_nan=False)
-                check_keys(metadata, "metadata")
+                encode(metadata, field="metadata")
             except (TypeError, ValueError):
                 return False  # the full checks raise naming it
         return True
