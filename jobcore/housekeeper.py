@@ -8,7 +8,8 @@ cheap `change_token`, and stores the progress reports that wait (see `progress`)
 condition until the next of those is due; it never runs jobs. After a wall-clock jump,
 after the store failed it (an outage: no worker's heartbeats got through), and after a
 stall of its own process (its beat came half a lease late, in real time too: what
-stalled it may have stalled its neighbours), it takes no lease back for a lease period,
+stalled it may have stalled its neighbours), and after a pass that took half a lease
+(a store locked by another program, or a stall in the pass), it takes no lease back for a lease period,
 in which every live worker renews its own. After a stop that did not wait for the jobs running here (or a
 start that failed after it), it goes on renewing their leases (and enforcing their
 timeouts) until they end, and nothing else.
@@ -248,9 +249,29 @@ class Housekeeper:
             self._pool.wake_dispatcher()
             return None
 
+        real_now, held_in_pass = real_monotonic(), False  # this pass's top in real time; long_pass held it off
+
+        def long_pass(now: float) -> bool:
+            """True if this pass has taken half a lease so far, in real time: a store call
+            waited (another program locked the store) or the process stopped in it. The
+            other workers' heartbeats waited or stopped as well, and their leases may have
+            lapsed with no fault of theirs: recovery is held off a lease from now, as after
+            an outage, and our own leases are renewed at once."""
+            nonlocal next_beat, held_until, next_recover, held_in_pass
+            took = real_monotonic() - real_now
+            if took < settings.lease_timeout / 2 or held_in_pass:
+                return held_in_pass
+            held_in_pass = True
+            next_beat = now
+            held_until = next_recover = max(next_recover, self._clock.monotonic() + settings.lease_timeout)
+            logger.warning("housekeeping took %.1fs (a store locked, or this process stopped); expired"
+                           " leases are taken back no sooner than %.1fs from now", took, settings.lease_timeout)
+            return True
+
         while True:
             now = self._clock.monotonic()
             real_now = real_monotonic()
+            held_in_pass = False
             if now < next_beat:
                 # When the beat falls due in real time, seen from here: a fake clock that
                 # stands still (a test between two `advance`s) moves it on, so that only
@@ -310,6 +331,10 @@ class Housekeeper:
                     # before it, and they would expire by the time after it. A jump found
                     # here is handled as there (renew first, hold recovery off a lease).
                     wall = wall_now(now) if failing_since is None else None
+                    # (A stall after the check that follows this reading only makes `wall`
+                    # older: a recovery by it takes back less.)
+                    if long_pass(now):
+                        wall = None
                     if wall is not None:
                         self._on_recovery(self._repo.recover(wall))
                         for worker_id in self._reap(wall):
@@ -344,6 +369,8 @@ class Housekeeper:
             # of the process made it late (it once logged one, the busy timeout over half a
             # lease). A stall while it sleeps, or while it is due, still counts in full.
             beat_due_real = max(beat_due_real, real_monotonic())
+            if failing_since is None:
+                long_pass(now)  # a call after the recovery (or in a pass without one) waited
             wake_at = min(t for t in (next_beat, next_recover, next_look, deadline) if t is not None)
             if self._sleep(wake_at, progress_due, lambda: self._stopping):
                 return

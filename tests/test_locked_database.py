@@ -1,10 +1,12 @@
 """A real SQLite file whose write lock another program holds (`BEGIN EXCLUSIVE`) while a
 manager on the system clock beats and stops: each store call then waits its whole busy
 timeout and fails. The stop leaves the worker registry once, and a beat made late by the
-housekeeper's own blocked call is not taken for a stall of the process."""
+housekeeper's own blocked call is not taken for a stall of the process. A lock shorter
+than the busy timeout and longer than the lease takes no running job back."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import threading
@@ -13,6 +15,7 @@ from typing import Any, Collection, Iterator, Optional
 import pytest
 
 from jobcore import RepositoryError, SQLiteRepository
+from recovery_checks import runs_once_through_a_lock
 from waiting import wait_until
 
 WAIT = 10.0
@@ -103,3 +106,18 @@ def test_a_beat_late_from_its_own_blocked_store_call_is_no_stall(
     # late by the busy timeout its blocked call before had waited)
     messages = [r.message for r in caplog.records]
     assert not [m for m in messages if "stalled" in m], messages
+
+
+def test_a_job_runs_once_through_a_lock_longer_than_its_lease(make_manager: Any, db_path: str,
+                                                             lock: sqlite3.Connection) -> None:
+    # given two managers on one file whose busy timeout outlasts the lock below, and
+    # whose lease it does not: every write of theirs waits, and then works
+    @contextlib.contextmanager
+    def locked() -> Iterator[None]:
+        lock.execute("BEGIN EXCLUSIVE")
+        try:
+            yield
+        finally:
+            lock.execute("ROLLBACK")
+
+    runs_once_through_a_lock(lambda: SQLiteRepository(db_path, busy_timeout=WAIT), make_manager, locked)

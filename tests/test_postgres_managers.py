@@ -6,6 +6,7 @@ The repository's own contract and promises: test_postgres.py.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import signal
 import statistics
@@ -23,7 +24,7 @@ import pg_fixtures
 from pg_fixtures import *  # noqa: F401,F403 (the fixtures: server, schema, repo)
 from pg_fixtures import ROOT, WAIT, Schema, psycopg
 from jobcore import Job, JobManager, JobPriority, JobStatus, RetryableError, current_job
-from recovery_checks import runs_again_with_its_reason
+from recovery_checks import runs_again_with_its_reason, runs_once_through_a_lock
 from waiting import wait_until
 
 pytestmark = pg_fixtures.MARKS
@@ -189,6 +190,21 @@ def test_a_running_job_whose_lease_is_not_a_time_is_taken_back(schema: Schema,
     # when a manager runs on the store, recovering leases often
     # then the job is taken back and runs again, and its log tells why
     runs_again_with_its_reason(make_manager, schema.repository(), job_id, "lease_expires_at held inf, not a time")
+
+
+def test_a_job_runs_once_through_a_table_lock_longer_than_its_lease(schema: Schema,
+                                                                   make_manager: Callable[..., JobManager]) -> None:
+    # given two managers on one schema, one running a job, and another program that
+    # locks the jobs table (as LOCK TABLE or VACUUM FULL do) for longer than the lease
+    @contextlib.contextmanager
+    def locked() -> Iterator[None]:
+        with psycopg.connect(schema.server) as conn:
+            conn.execute(f'LOCK TABLE "{schema.name}".jobs IN ACCESS EXCLUSIVE MODE')
+            yield
+            conn.rollback()
+
+    # then the job is not taken back: it runs once
+    runs_once_through_a_lock(schema.repository, make_manager, locked)
 
 
 def test_a_cron_schedule_fires_once_per_second_across_two_managers(

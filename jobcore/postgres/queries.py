@@ -308,13 +308,18 @@ WHERE {_HELD_WHERE}
 # heartbeat and a settlement of the same worker lock two rows in opposite orders, a
 # deadlock PostgreSQL breaks only after deadlock_timeout (1 s), long enough to lose
 # short leases. The next heartbeat renews what this one skipped.
+# The lease counts from when the row is written: a statement that waited behind a lock on
+# the table (LOCK TABLE, VACUUM FULL) adds its wait (server time, no clock compared), or
+# a lease computed before the wait would be written expired, and taken back beside the
+# job still running.
 HEARTBEAT = """
 WITH beat AS (
     SELECT seq FROM {s}.jobs
     WHERE COALESCE(status, '') = 'running' AND worker_id = %(worker)s AND id = ANY(%(ids)s)
     FOR NO KEY UPDATE SKIP LOCKED
 )
-UPDATE {s}.jobs AS j SET lease_expires_at = %(lease)s
+UPDATE {s}.jobs AS j
+SET lease_expires_at = %(lease)s + EXTRACT(EPOCH FROM clock_timestamp() - statement_timestamp())::float8
 FROM beat WHERE j.seq = beat.seq
 RETURNING j.id, j.cancel_requested
 """

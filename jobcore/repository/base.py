@@ -334,7 +334,9 @@ class JobRepository(abc.ABC):
     def heartbeat(self, worker_id: str, job_ids: Collection[str], lease_expires_at: float,
                   now: float) -> builtins.list[str]:
         """Extend to `lease_expires_at` the lease of each job in `job_ids` that `worker_id`
-        is running; return the ids among them whose cancellation was requested."""
+        is running; return the ids among them whose cancellation was requested. A store
+        whose write may wait behind a lock (another program's) adds that wait to the lease:
+        it counts from when it is written, not from when it was asked for."""
 
     @abc.abstractmethod
     def recover_expired(self, now: float) -> builtins.list[QueueEntry]:

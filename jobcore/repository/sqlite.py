@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sqlite3
+import time
 from typing import Any, Callable, Collection, ContextManager, Optional, Sequence, TypeVar
 
 from .. import serialization
@@ -340,8 +341,16 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
                   now: float) -> builtins.list[str]:
         if not job_ids:
             return []
-        params = (lease_expires_at, worker_id, json.dumps(list(job_ids)))
-        rows = self._transaction(lambda conn: conn.execute(sql.HEARTBEAT, params).fetchall())
+        ids, asked = json.dumps(list(job_ids)), time.monotonic()
+
+        def op(conn: sqlite3.Connection) -> list[Any]:
+            # The lease counts from when the row is written: a write that waited for
+            # another program's lock adds its wait, or a lease computed before it would be
+            # written expired, and taken back beside the job still running.
+            lease = lease_expires_at + (time.monotonic() - asked)
+            return conn.execute(sql.HEARTBEAT, (lease, worker_id, ids)).fetchall()
+
+        rows = self._transaction(op)
         return [job_id for job_id, requested in rows if requested]
 
     def recover_expired(self, now: float) -> builtins.list[QueueEntry]:
