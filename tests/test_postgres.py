@@ -361,6 +361,24 @@ def test_the_change_token_hears_commits_of_other_connections(schema: Schema) -> 
         writer.close()
 
 
+def test_a_listening_connection_that_cannot_listen_is_closed(schema: Schema, monkeypatch: Any) -> None:
+    # given a repository whose LISTEN the server refuses (a channel name it cannot parse)
+    import jobcore.postgres.listener
+    monkeypatch.setattr(jobcore.postgres.listener, "CHANNEL", "no such channel")
+    repo = schema.repository()
+    opened: list[Any] = []
+    connect = repo._db.pool.connect
+    monkeypatch.setattr(repo._db.pool, "connect", lambda: opened.append(connect()) or opened[-1])
+    try:
+        # when it is asked for its change token, then it has none to give, and the
+        # connection it opened for it was closed, not left open on the server
+        before = repo.change_token()
+        assert len(opened) == 1 and opened[0].closed
+        assert repo.change_token() == before
+    finally:
+        repo.close()
+
+
 def test_claims_race_across_connections_and_every_job_is_claimed_once(schema: Schema) -> None:
     repos = [schema.repository(pool_size=4) for _ in range(3)]
     try:

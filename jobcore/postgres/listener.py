@@ -76,6 +76,7 @@ class ChangeListener:
         if now < self._retry_at:
             return False
         self._retry_at = now + RECONNECT_DELAY
+        conn = None
         try:
             conn = self._pool.connect()
             if conn.info.server_version >= 140000:  # the setting is new in PostgreSQL 14
@@ -85,6 +86,9 @@ class ChangeListener:
                 conn.execute("SET idle_session_timeout = 0")
             conn.execute(f"LISTEN {CHANNEL}")
         except (RepositoryError, psycopg.Error) as exc:
+            if conn is not None:  # connected, then SET or LISTEN failed: not kept, so closed
+                with contextlib.suppress(psycopg.Error):
+                    conn.close()
             if not self._warned:
                 logger.warning("cannot LISTEN for new jobs on %s (managers will poll): %s",
                                self._pool.where, exc)
