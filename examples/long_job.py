@@ -30,7 +30,6 @@ sys.path.insert(0, ROOT)
 
 import jobcore  # noqa: E402
 from jobcore import Job, JobManager  # noqa: E402
-from jobcore.repository.factory import absolute_location  # noqa: E402
 
 FUNCTION = "long_job.render_video"
 
@@ -84,7 +83,9 @@ def relay(stream, prefix: str) -> None:
 
 def main() -> None:
     # a path made absolute (the workers run in another folder), a postgresql:// DSN as given
-    db = absolute_location(os.environ.get("JOBCORE_DB") or os.path.join(tempfile.mkdtemp(), "long_job.db"))
+    db = os.environ.get("JOBCORE_DB") or os.path.join(tempfile.mkdtemp(), "long_job.db")
+    if not db.startswith(("postgresql://", "postgres://")):
+        db = os.path.abspath(db)
     here = os.path.dirname(os.path.abspath(__file__))
     # `python -m jobcore` must find the package from a fresh clone, and the worker must
     # find this file as the module `long_job` (it puts its working directory on sys.path).

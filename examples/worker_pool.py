@@ -28,7 +28,6 @@ sys.path.insert(0, ROOT)
 
 import jobcore  # noqa: E402
 from jobcore import Job, JobManager, JobPriority, JobStatus  # noqa: E402
-from jobcore.repository.factory import absolute_location  # noqa: E402
 
 
 def export_data(user: str, rows: int, progress_callback=None) -> dict:
@@ -72,7 +71,9 @@ def frame(app: JobManager, ids: list[str], pids: dict[str, int], elapsed: float)
 
 def main() -> None:
     # a path made absolute (the workers run in another folder), a postgresql:// DSN as given
-    db = absolute_location(os.environ.get("JOBCORE_DB") or os.path.join(tempfile.mkdtemp(), "app.db"))
+    db = os.environ.get("JOBCORE_DB") or os.path.join(tempfile.mkdtemp(), "app.db")
+    if not db.startswith(("postgresql://", "postgres://")):
+        db = os.path.abspath(db)
     here = os.path.dirname(os.path.abspath(__file__))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
     command = [sys.executable, "-m", "jobcore", "--db", db, "worker", "--import", "worker_pool",
