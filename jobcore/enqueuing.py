@@ -45,6 +45,9 @@ class Enqueuer:
         # here without a lock: a stale True only offers a job to a stopping pool, which
         # refuses it, and the job is stored the usual way.
         self.started = False
+        # True while `run_pending` runs jobs in this manager: the jobs they enqueue are
+        # queued here too, to run in their order among those of the window it read.
+        self.running_pending = False
 
     def enqueue_many(self, jobs: Iterable[Job]) -> list[str]:
         """Store and queue `jobs` in one transaction: all are accepted or none is. Returns
@@ -113,7 +116,8 @@ class Enqueuer:
         registered here; `Job(function=...)` registers one). A manager not started on the
         memory store, whose windows would each sort every pending job, queues them
         (unless it is a producer): the store keeps each job whole here anyway."""
-        return self.started or self._immediate or not (self._producer or self._repo.persistent)
+        return (self.started or self._immediate or self.running_pending
+                or not (self._producer or self._repo.persistent))
 
     def _stored(self, job: Job, record: JobRecord, job_id: str) -> bool:
         """After `record` was inserted as `job_id`: remember what the job carries here, and

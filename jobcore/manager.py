@@ -29,7 +29,7 @@ from .registry import FunctionRegistry, LocalJobs
 from .repository.base import CANCELLED_BY_REQUEST, CancelOutcome, JobRecord, Recovery, WorkerInfo
 from .repository.factory import RepositoryLike, build_repository, default_database_path
 from .retry import Classifier, is_transient
-from .serialization import storable
+from .serialization import could_be_id, storable
 from .housekeeper import Housekeeper
 from .lifecycle import Lifecycle
 from .waiting import Settlements
@@ -72,11 +72,12 @@ def _count(name: str, value: Any) -> None:
 
 
 def _may_exist(job_id: Any) -> bool:
-    """Whether `job_id` could name a stored job: a str (else `TypeError`) that a store can
-    hold (an id from a non-UTF-8 command line, with a lone surrogate, cannot: unknown)."""
+    """Whether `job_id` could name a stored job: a str (else `TypeError`) that an id can
+    be (one from a non-UTF-8 command line, with a lone surrogate, or one holding a NUL,
+    cannot: unknown, on every store)."""
     if not isinstance(job_id, str):
         raise TypeError(f"job_id must be a str, got {type(job_id).__name__} {job_id!r}")
-    return storable(job_id)
+    return could_be_id(job_id)
 
 
 class JobManager:
@@ -337,15 +338,20 @@ class JobManager:
         if limit is not None:
             _count("limit", limit)
         check_room_to_run_here()  # a job it runs may call it again, and so on
-        ran = 0
-        while True:  # a window of the store at a time
-            self._load_queue()
-            ran_now = self._pool.run_pending(None if limit is None else limit - ran)
-            ran += ran_now
-            # Until a window runs nothing: the jobs run may have stored others ready now (an
-            # enqueue or a retry inside a job), which a persistent store keeps no note of here.
-            if not ran_now or (limit is not None and ran >= limit):
-                return ran
+        ran, enqueuer = 0, self._enqueuer
+        was, enqueuer.running_pending = enqueuer.running_pending, True  # (see `Enqueuer.running_pending`)
+        try:
+            while True:  # a window of the store at a time
+                self._load_queue()
+                ran_now = self._pool.run_pending(None if limit is None else limit - ran)
+                ran += ran_now
+                # Until a window runs nothing: the jobs run may have stored others ready now
+                # (a retry inside a job, a dependent released), which a persistent store
+                # keeps no note of here.
+                if not ran_now or (limit is not None and ran >= limit):
+                    return ran
+        finally:
+            enqueuer.running_pending = was
 
     # -- reading -----------------------------------------------------------------------------------
     def poll(self, job_id: str) -> Optional[JobResult]:
@@ -384,7 +390,7 @@ class JobManager:
         for text in (owner, *(tags or ())):
             if text is not None and not isinstance(text, str):
                 raise TypeError(f"owner and tags must be str, got {type(text).__name__} {text!r}")
-        if not all(storable(text) for text in (owner or "", *(tags or ()))):
+        if not (storable(owner or "") and all(could_be_id(tag) for tag in tags or ())):
             return []  # no job holds such text (see `_may_exist`)
         since = self._pool.progress_mark()
         records = self.repository.list_without_args(status=wanted, tags=tags, owner=owner, limit=limit,

@@ -213,7 +213,7 @@ class Job:
                 raise InvalidJobType("function_name", f"must be a str, got {self.function_name!r}")
             if not self.function_name.strip():
                 raise InvalidJob("function_name", "must not be empty")
-            check_text("function_name", self.function_name)
+            _check_id_text("function_name", self.function_name)  # matched in SQLite's JSON functions too
         if self.function is None and self.function_name is None:
             raise InvalidJob("function", "give a callable `function` or a registered `function_name`")
         if self.function_name is None:
@@ -318,6 +318,7 @@ class Job:
             except InvalidJobType:
                 return False  # the full checks raise it
         if not (function_name.__class__ is str and function_name.strip() and function_name.isascii()
+                and "\x00" not in function_name
                 and (function is None or callable(function))
                 and self.args.__class__ is tuple and kwargs.__class__ is dict):
             return False

@@ -9,7 +9,7 @@ import threading
 from collections import OrderedDict
 from typing import Any, Callable, Optional
 
-from .errors import InvalidJobType
+from .errors import InvalidJob, InvalidJobType
 
 
 class FunctionRegistry:
@@ -31,6 +31,8 @@ class FunctionRegistry:
         Returns True if `name` now runs `func`."""
         if not isinstance(name, str) or not name.strip():
             raise InvalidJobType("function_name", f"must be a non-empty str, got {name!r}")
+        if "\x00" in name:  # no job can name it (see `Job`), and the stores' queries would choke on it
+            raise InvalidJob("function_name", f"must not contain a NUL character, got {name!r}")
         if not callable(func):
             raise InvalidJobType("function", f"must be callable, got {func!r}")
         with self._lock:

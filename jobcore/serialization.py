@@ -158,6 +158,12 @@ def storable(text: str) -> bool:
     return _SURROGATE.search(text) is None
 
 
+def could_be_id(text: str) -> bool:
+    """False if no job's id or tag can be `text`: it holds a lone surrogate or a NUL
+    (refused in both: see `models._check_id_text`)."""
+    return "\x00" not in text and _SURROGATE.search(text) is None
+
+
 def check_text(field: str, text: str) -> None:
     """Raise `InvalidJobType` naming `field` if `text` holds a lone surrogate (a str Python
     allows and UTF-8 cannot encode: no database would take it, and a result holding one

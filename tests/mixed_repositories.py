@@ -28,3 +28,7 @@ def repository_with(mixin: type, request: Any, tmp_path: Any) -> JobRepository:
     schema = request.getfixturevalue("schema")
     cls = type(f"Postgres{mixin.__name__}", (mixin, pg_fixtures.PostgresRepository), {})
     return cls(schema.server, schema=schema.name)  # type: ignore[no-any-return]
+
+
+class AsIs:
+    """No hooks: the backend as it is (for `repository_with`)."""

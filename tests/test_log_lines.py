@@ -10,19 +10,15 @@ import pytest
 
 from jobcore import Job, JobManager, JobStatus, current_job
 from jobcore.repository.base import JobRepository
-from mixed_repositories import BACKENDS, repository_with
+from mixed_repositories import BACKENDS, AsIs, repository_with
 from pg_fixtures import *  # noqa: F401,F403 (the fixtures: server, schema)
 
 WAIT = 10.0
 
 
-class _AsIs:
-    """No hooks: the backend as it is (`repository_with` mixes this in)."""
-
-
 @pytest.fixture(params=BACKENDS)
 def any_repository(request: Any, tmp_path: Any) -> JobRepository:
-    return repository_with(_AsIs, request, tmp_path)
+    return repository_with(AsIs, request, tmp_path)
 
 
 def test_a_line_is_stored_when_log_returns_and_lines_keep_their_order(any_repository: Any,

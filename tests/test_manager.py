@@ -572,6 +572,30 @@ def test_run_pending_runs_every_stored_job_past_the_load_window(make_manager: An
     assert ran == list(range(240))
 
 
+@pytest.mark.parametrize("store", ["sqlite", "memory"])
+def test_run_pending_runs_a_job_enqueued_by_a_job_in_its_priority_order(make_manager: Any, db_path: str,
+                                                                        store: str) -> None:
+    # given a job that enqueues a CRITICAL one, and a LOW job waiting behind it (on SQLite
+    # the LOW one ran first: the enqueued job was only in the store, not the window read)
+    manager = make_manager(db_path if store == "sqlite" else ":memory:")
+    ran: list[str] = []
+    manager.register_function("child", lambda: ran.append("child"))
+    manager.register_function("low", lambda: ran.append("low"))
+
+    @manager.register_function("parent")
+    def parent() -> None:
+        ran.append("parent")
+        manager.enqueue(Job(function_name="child", priority=JobPriority.CRITICAL))
+
+    manager.enqueue(Job(function_name="parent", priority=JobPriority.HIGH))
+    low = manager.enqueue(Job(function_name="low", priority=JobPriority.LOW))
+    # when the test runs two of what is pending, then the rest
+    assert manager.run_pending(limit=2) == 2
+    # then the parent ran, then its child, before the LOW job, which still waits
+    assert ran == ["parent", "child"] and manager.poll(low).status is JobStatus.PENDING
+    assert manager.run_pending() == 1 and ran == ["parent", "child", "low"]
+
+
 def test_two_lambdas_with_the_same_qualname_each_run_their_own_code(make_manager: Any, db_path: str) -> None:
     manager = make_manager(db_path).start()
     first = manager.enqueue(Job(function=lambda: "first"))

@@ -21,7 +21,7 @@ from ..repository.base import (Cascade, CancelOutcome, JobRecord, JobRepository,
                                Settlement, SettlesThroughApply, WorkerInfo, claim_limit, id_taken,
                                require_plain_pending)
 from .database import Database, LostRace, Tx, Unchanged, schema_from_dsn
-from .rows import clean_text, entry_from_row, record_from_row, row_params, status_of
+from .rows import clean_text, entry_from_row, record_from_row, refuse_nul, row_params, status_of
 from .settling import cancel_dependents, settle_all
 
 _SETTLEMENT_KINDS = {"complete", "retry", "fail", "cancel", "release"}
@@ -80,6 +80,8 @@ class PostgresRepository(SettlesThroughApply, JobRepository):
         records = list(records)
         if not records:
             return []
+        for record in records:
+            refuse_nul(record)  # before a unique key is looked up by it
         if _alone(records):  # nothing to check against other rows: one statement
             record = records[0]
             record.seq = self._db.insert_alone(self.sql.INSERT_ALONE, self._alone_params(record, now),
@@ -206,6 +208,8 @@ class PostgresRepository(SettlesThroughApply, JobRepository):
 
     def _list(self, query: str, status: Optional[JobStatus], tags: Optional[Collection[str]],
               owner: Optional[str], limit: Optional[int], offset: int) -> builtins.list[JobRecord]:
+        if owner is not None and "\x00" in owner:
+            return []  # PostgreSQL stores no NUL: no job here has such an owner
         params = {"status": None if status is None else JobStatus(status).value, "owner": owner,
                   "tags": sorted(tags or ()), "limit": limit, "offset": offset}
         return [record_from_row(row) for row in self._db.read(query, params)]

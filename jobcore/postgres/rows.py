@@ -12,6 +12,7 @@ import json
 from typing import Any, Optional, Sequence
 
 from .. import serialization
+from ..errors import InvalidJob
 from ..models import TIME_LIMIT, JobStatus
 from ..repository.base import JobRecord, QueueEntry
 from ..repository.columns import STATUSES, json_object, unpack_job_row
@@ -27,11 +28,23 @@ def clean_text(value: Optional[str]) -> Optional[str]:
     return value.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def refuse_nul(record: JobRecord) -> None:
+    """`InvalidJob` naming the field if a text field of `record` holds a NUL character,
+    which PostgreSQL text cannot hold. (Ids, tags and function names hold none: `Job`
+    refuses it on every store.)"""
+    for field, text in (("name", record.name), ("owner", record.owner), ("unique_key", record.unique_key),
+                        ("cron_timezone", record.cron_timezone)):
+        if text is not None and "\x00" in text:
+            raise InvalidJob(field, "must not contain a NUL character: PostgreSQL cannot store one")
+
+
 def row_params(record: JobRecord, now: float, status: JobStatus, blocked: int, error: Optional[str],
                max_payload_bytes: Optional[int]) -> tuple[Any, ...]:
     """The parameters of `schema.INSERT_JOB` for `record`, stored with `status`.
 
-    Raises `TypeError`/`ValueError` (naming the field) for what JSON cannot hold."""
+    Raises `TypeError`/`ValueError` (naming the field) for what JSON cannot hold, and
+    as `refuse_nul`."""
+    refuse_nul(record)
     payload = serialization.encode_payload(record.args, record.kwargs, max_payload_bytes)
     return (
         record.id, record.function_name, record.name, payload, record.priority, status.value,

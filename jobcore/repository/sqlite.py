@@ -247,9 +247,10 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
         if owner is not None:
             where.append("owner = ?")
             params.append(owner)
-        for tag in sorted(tags or ()):
-            where.append(sql.HAS_TAG)
-            params.append(tag)
+        if tags:
+            wanted = sorted(set(tags))
+            where.append(sql.HAS_TAGS)
+            params += [json.dumps(wanted), len(wanted)]
         params += [-1 if limit is None else limit, offset]
         query = f"SELECT {columns} FROM jobs WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT ? OFFSET ?"
         return [record_from_row(row) for row in self._read(query, params)]

@@ -48,13 +48,16 @@ _DEAD_LETTERS = ("FROM jobs INDEXED BY jobs_failed WHERE status = 'failed'"
 LIST_DEAD_LETTERS = f"SELECT {COLUMNS} {_DEAD_LETTERS}"
 LIST_DEAD_LETTERS_WITHOUT_ARGS = f"SELECT {COLUMNS_WITHOUT_ARGS} {_DEAD_LETTERS}"
 SELECT_DEPENDENCY = "SELECT status, name, cron IS NOT NULL FROM jobs WHERE id = ?"
-# Listing's filter for one tag (a parameter). A row whose tags are not a JSON array (a
-# corrupt row) is taken as tagless: json_each of text that is not JSON failed the whole
-# statement ("malformed JSON"), and so every tag-filtered listing; the row itself shows its
-# decode error where it is read. CASE tries its arms in order, so json_type never sees
-# text that is not JSON.
-HAS_TAG = """EXISTS (SELECT 1 FROM json_each(CASE WHEN NOT json_valid(jobs.tags) THEN '[]'
-    WHEN json_type(jobs.tags) = 'array' THEN jobs.tags ELSE '[]' END) WHERE value = ?)"""
+# Listing's filter for tags: a JSON array of distinct tags, and how many they are; a row
+# matches if it holds all of them. One condition for any number of tags (one EXISTS per
+# tag made a thousand tags an expression tree deeper than SQLite allows). A row whose
+# tags are not a JSON array (a corrupt row) is taken as tagless: json_each of text that
+# is not JSON failed the whole statement ("malformed JSON"), and so every tag-filtered
+# listing; the row itself shows its decode error where it is read. CASE tries its arms
+# in order, so json_type never sees text that is not JSON.
+HAS_TAGS = """(SELECT count(DISTINCT value) FROM json_each(CASE WHEN NOT json_valid(jobs.tags) THEN '[]'
+    WHEN json_type(jobs.tags) = 'array' THEN jobs.tags ELSE '[]' END)
+    WHERE value IN (SELECT value FROM json_each(?))) = ?"""
 # A manager's queue, read by sqlite_queue: each function's ready jobs best first, its
 # scheduled jobs by due time, and the cron schedules, each one range of its index walked in
 # order (INDEXED BY: left to itself the planner may read every pending job through
