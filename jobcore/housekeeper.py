@@ -8,15 +8,17 @@ cheap `change_token`, and stores the progress reports that wait (see `progress`)
 condition until the next of those is due; it never runs jobs. After a wall-clock jump,
 after the store failed it (an outage: no worker's heartbeats got through), and after a
 stall of its own process (its beat came half a lease late, in real time too: what
-stalled it may have stalled its neighbours), and after a pass that took half a lease
-(a store locked by another program, or a stall in the pass), it takes no lease back for a lease period,
-in which every live worker renews its own. After a stop that did not wait for the jobs running here (or a
+stalled it may have stalled its neighbours), it takes no lease back for a lease period,
+in which every live worker renews its own. After a pass that took half a lease (a store
+locked by another program, or a stall in the pass), it takes back for a lease period
+only leases that expired before that pass began. After a stop that did not wait for the jobs running here (or a
 start that failed after it), it goes on renewing their leases (and enforcing their
 timeouts) until they end, and nothing else.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import socket
@@ -249,24 +251,43 @@ class Housekeeper:
             self._pool.wake_dispatcher()
             return None
 
-        real_now, held_in_pass = real_monotonic(), False  # this pass's top in real time; long_pass held it off
+        # This pass's top: real time, and the wall time (None after a jump) read there.
+        real_now, top_wall = real_monotonic(), None
+        held_in_pass = False  # long_pass found this pass long already
+        # After a pass that took half a lease (see `long_pass`): (until when, monotonic; the
+        # wall time at that pass's top), oldest first. While any is held, recovery takes
+        # back only leases that expired before the oldest one's wall time.
+        caps: collections.deque[tuple[float, float]] = collections.deque()
 
-        def long_pass(now: float) -> bool:
-            """True if this pass has taken half a lease so far, in real time: a store call
-            waited (another program locked the store) or the process stopped in it. The
-            other workers' heartbeats waited or stopped as well, and their leases may have
-            lapsed with no fault of theirs: recovery is held off a lease from now, as after
-            an outage, and our own leases are renewed at once."""
-            nonlocal next_beat, held_until, next_recover, held_in_pass
+        def long_pass(now: float) -> None:
+            """If this pass has taken half a lease so far, in real time (a store call
+            waited: another program locked the store; or the process stopped in it), the
+            other workers' heartbeats may have waited or stopped as well, and their leases
+            lapsed with no fault of theirs while this pass waited. For a lease from now,
+            recovery takes back only leases that expired before this pass began (their
+            owners failed to renew before any of that wait), and our own leases are renewed
+            at once. Unlike a hold-off, this never stops recovery for good: locks that keep
+            coming (each over half a lease) move that time on as they come."""
+            nonlocal next_beat, held_in_pass
             took = real_monotonic() - real_now
             if took < settings.lease_timeout / 2 or held_in_pass:
-                return held_in_pass
+                return
             held_in_pass = True
             next_beat = now
-            held_until = next_recover = max(next_recover, self._clock.monotonic() + settings.lease_timeout)
-            logger.warning("housekeeping took %.1fs (a store locked, or this process stopped); expired"
-                           " leases are taken back no sooner than %.1fs from now", took, settings.lease_timeout)
-            return True
+            if top_wall is None:
+                return  # a jump at the top: recovery is held off a lease already
+            if not caps:
+                logger.warning("housekeeping took %.1fs (a store locked, or this process stopped); for"
+                               " %.1fs, only leases that expired before it began are taken back",
+                               took, settings.lease_timeout)
+            caps.append((self._clock.monotonic() + settings.lease_timeout, top_wall))
+
+        def capped(wall: float) -> float:
+            """`wall`, or the oldest cap's wall time if earlier (see `caps`)."""
+            monotonic = self._clock.monotonic()
+            while caps and caps[0][0] <= monotonic:
+                caps.popleft()
+            return min(wall, caps[0][1]) if caps else wall
 
         while True:
             now = self._clock.monotonic()
@@ -278,7 +299,9 @@ class Housekeeper:
                 # time this thread really lost makes its beat late (see the stall below).
                 beat_due_real = real_now + (next_beat - now)
             deadline = self._pool.time_out_overdue(now)
-            wall_now(now)
+            top_wall = wall_now(now)
+            if top_wall is None:
+                caps.clear()  # wall times from before a jump
             progress_due = None
             try:
                 with self._cond:
@@ -333,9 +356,9 @@ class Housekeeper:
                     wall = wall_now(now) if failing_since is None else None
                     # (A stall after the check that follows this reading only makes `wall`
                     # older: a recovery by it takes back less.)
-                    if long_pass(now):
-                        wall = None
+                    long_pass(now)
                     if wall is not None:
+                        wall = capped(wall)
                         self._on_recovery(self._repo.recover(wall))
                         for worker_id in self._reap(wall):
                             logger.warning("worker %s stopped beating; removed from the registry", worker_id)

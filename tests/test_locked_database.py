@@ -2,7 +2,8 @@
 manager on the system clock beats and stops: each store call then waits its whole busy
 timeout and fails. The stop leaves the worker registry once, and a beat made late by the
 housekeeper's own blocked call is not taken for a stall of the process. A lock shorter
-than the busy timeout and longer than the lease takes no running job back."""
+than the busy timeout and longer than the lease takes no running job back, and locks
+that keep coming do not keep a dead worker's job from coming back."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ import contextlib
 import logging
 import sqlite3
 import threading
+import time
 from typing import Any, Collection, Iterator, Optional
 
 import pytest
 
-from jobcore import RepositoryError, SQLiteRepository
+from jobcore import Job, JobStatus, RepositoryError, SQLiteRepository
 from recovery_checks import runs_once_through_a_lock
 from waiting import wait_until
 
@@ -121,3 +123,37 @@ def test_a_job_runs_once_through_a_lock_longer_than_its_lease(make_manager: Any,
             lock.execute("ROLLBACK")
 
     runs_once_through_a_lock(lambda: SQLiteRepository(db_path, busy_timeout=WAIT), make_manager, locked)
+
+
+def test_locks_that_keep_coming_delay_a_dead_workers_job_and_do_not_hold_it_for_good(
+        make_manager: Any, db_path: str, lock: sqlite3.Connection) -> None:
+    # given a job claimed by a worker that died (its lease a second long), and another
+    # program that locks the file for 0.6 of every 0.65 s: longer than half the lease, so
+    # each of the manager's housekeeping passes waits that long (the job never came back:
+    # each such pass held every recovery off a lease again)
+    repository = SQLiteRepository(db_path, busy_timeout=WAIT)
+    manager = make_manager(repository, max_workers=1, lease_timeout=1.0, poll_interval=0.05)
+    manager.register_function("echo", lambda x: x)
+    job_id = manager.enqueue(Job(function_name="echo", args=(1,)))
+    now = time.time()
+    assert repository.claim(job_id, "dead-worker", now, now + 1.0) is not None
+    stop = threading.Event()
+
+    def lock_again_and_again() -> None:
+        while not stop.is_set():
+            lock.execute("BEGIN EXCLUSIVE")
+            stop.wait(0.6)
+            lock.execute("ROLLBACK")
+            time.sleep(0.05)
+
+    locker = threading.Thread(target=lock_again_and_again)
+    locker.start()
+    try:
+        # when a manager runs on the file meanwhile
+        manager.start()
+        # then the job is taken back and runs again, within a few leases
+        result = manager.wait(job_id, timeout=WAIT)
+        assert (result.status, result.attempts, result.result) == (JobStatus.COMPLETED, 2, 1)
+    finally:
+        stop.set()
+        locker.join(WAIT)
