@@ -313,7 +313,9 @@ class CronExpression:
         moment = after.astimezone() if naive_local else after
         while True:
             moment = self._next_in_zone(moment, zone)
-            yield moment.astimezone().replace(tzinfo=None) if naive_local else moment
+            # Naive local time via the timestamp: it sets `fold` in a repeated hour, which a
+            # fixed-offset `astimezone()` zone drops (02:01 of the second pass read as the first).
+            yield datetime.fromtimestamp(moment.timestamp()) if naive_local else moment
 
     def _after_wall(self, wall: datetime) -> datetime:
         """The first candidate wall time strictly after `wall`: the next whole unit."""

@@ -546,3 +546,15 @@ def test_dst_hours_are_jumped_not_walked_second_by_second(
     result = CronExpression("* * * * * *", "America/New_York").next_fire(after)
     assert result.replace(tzinfo=None) in (datetime(2025, 11, 2, 2, 0), datetime(2025, 3, 9, 3, 0))
     assert len(calls) <= 3
+
+
+def test_a_naive_fire_in_the_second_pass_of_a_repeated_local_hour_keeps_its_fold(berlin_local_time: None) -> None:
+    # given an expression in New York, asked with a naive Berlin time in the first pass of
+    # Berlin's repeated hour (02:41 CEST on 2021-10-31)
+    expression = CronExpression("1,16 * * * *", "America/New_York")
+    after = datetime(2021, 10, 31, 2, 41)
+    # then its next fire (21:01 in New York) is Berlin's 02:01 of the second pass, fold=1:
+    # it was returned with fold=0, naming an instant an hour earlier, before `after`
+    fire = expression.next_fire(after)
+    assert (fire, fire.fold) == (datetime(2021, 10, 31, 2, 1), 1)
+    assert fire.timestamp() == datetime(2021, 10, 31, 1, 1, tzinfo=UTC).timestamp() > after.timestamp()
