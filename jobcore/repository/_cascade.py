@@ -128,7 +128,7 @@ def _plan(records: Sequence[JobRecord], unfinished_with_key: Callable[[str], Opt
     ready = [job_id for job_id, count in waiting_on.items() if count == 0]
     holders: dict[str, Optional[str]] = {}  # unique_key -> unfinished stored job holding it
     holder_before: dict[str, Optional[str]] = {}  # record id -> the job holding its key before it
-    cancelled_by: dict[str, str] = {}  # record id -> the dependency that dooms it
+    cancelled_by: dict[str, str] = {}  # record id -> the stored, ended job that dooms it
     stand_in: dict[str, str] = {}
     decided = 0
     while ready:
@@ -151,7 +151,9 @@ def _plan(records: Sequence[JobRecord], unfinished_with_key: Callable[[str], Opt
             for dep in record.depends_on:
                 dep = stand_in.get(dep, dep)
                 if dep in cancelled_by if dep in batch else ended(dep):
-                    cancelled_by[job_id] = dep
+                    # The stored job that ended, as a cascade at run time names it (a
+                    # dependency of this batch doomed by it passes it on).
+                    cancelled_by[job_id] = cancelled_by.get(dep, dep)
                     break
         for dependent in needed_by.get(job_id, ()):
             waiting_on[dependent] -= 1
