@@ -105,8 +105,11 @@ def result_of(record: JobRecord) -> JobResult:
 
 
 def job_of(record: JobRecord, function: Optional[Callable[..., Any]]) -> Job:
-    """The `Job` a stored record was made from (with `function` if registered here)."""
-    return Job(
+    """The `Job` a stored record was made from (with `function` if registered here), a
+    cron schedule's with its `cron` and `cron_timezone`. A row holding what `Job` refuses
+    (a corrupt row, edited by hand) gives a `Job` of its values as stored, unchecked: one
+    such row must not make every other job of a listing unreadable."""
+    values: dict[str, Any] = dict(
         function=function, function_name=record.function_name, args=tuple(record.args),
         kwargs=dict(record.kwargs), name=record.name, priority=record.priority,
         scheduled_at=local_datetime(record.scheduled_at), depends_on=list(record.depends_on),
@@ -116,6 +119,17 @@ def job_of(record: JobRecord, function: Optional[Callable[..., Any]]) -> Job:
         unique_key=record.unique_key, isolation=record.isolation,
         memory_limit=record.memory_limit, id=record.id,
     )
+    if record.cron is not None:
+        values.update(cron=record.cron, cron_timezone=record.cron_timezone)
+    try:
+        return Job(**values)
+    except (TypeError, ValueError):
+        job = object.__new__(Job)  # no __post_init__: nothing checked
+        for f in dataclasses.fields(Job):
+            value = values[f.name] if f.name in values else (
+                f.default if f.default is not dataclasses.MISSING else f.default_factory())  # type: ignore[operator]
+            setattr(job, f.name, value)
+        return job
 
 
 def event_of(event: str, record: JobRecord, details: dict[str, Any], now: float) -> dict[str, Any]:

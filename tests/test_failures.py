@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import json
 import random
+import sqlite3
 import sys
 import threading
 import time
@@ -242,6 +243,34 @@ def test_bulk_retry_of_the_dead_letter_queue(make_manager: Any, db_path: str) ->
         manager.wait(job_id, timeout=WAIT)
     assert sorted(manager.retry_dead_letters()) == sorted(ids)
     assert all(manager.wait(job_id, timeout=WAIT).status is JobStatus.COMPLETED for job_id in ids)
+
+
+def test_a_corrupt_row_leaves_the_rest_of_the_dead_letter_queue_readable(make_manager: Any, db_path: str) -> None:
+    # given two failed jobs and a failed cron schedule, then one failed job's row edited by
+    # hand to hold what `Job` refuses (the whole queue raised InvalidJob), and the
+    # schedule's zone edited to one that does not exist (it ended FAILED as CorruptJob)
+    clock = FakeClock()
+    manager = make_manager(db_path, clock=clock)
+    manager.register_function("bad", _raise_permanent)
+    ids = [manager.enqueue(Job(function_name="bad", max_retries=0)) for _ in range(2)]
+    schedule = manager.enqueue(Job(function_name="bad", cron="*/5 * * * *", cron_timezone="Europe/Berlin"))
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("UPDATE jobs SET retry_backoff = 0.5 WHERE id = ?", (ids[0],))
+        conn.execute("UPDATE jobs SET cron_timezone = 'Mars/Olympus' WHERE id = ?", (schedule,))
+    conn.close()
+    clock.advance(600)
+    manager.run_pending()
+    # then every one of them is in the dead-letter queue, as the Job it was enqueued as
+    # (the schedule with its cron expression, which was dropped), the edited one as stored
+    jobs = {job.id: job for job, _ in manager.get_dead_letter_queue()}
+    assert sorted(jobs) == sorted([*ids, schedule])
+    assert jobs[ids[0]].retry_backoff == 0.5 and jobs[ids[1]].retry_backoff == 2.0
+    assert (jobs[schedule].cron, jobs[schedule].cron_timezone) == ("*/5 * * * *", "Mars/Olympus")
+    # and it can be retried, but for the schedule, which says why
+    from jobcore.dead_letters import retry_all
+    report = retry_all(manager)
+    assert sorted(report.retried) == sorted(ids)
+    assert [(s.job_id, s.reason) for s in report.skipped] == [(schedule, "it is a cron schedule")]
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "memory"])
@@ -775,3 +804,7 @@ def test_the_exceptiongroup_backports_groups_are_classified_by_their_leaves_too(
     backport = pytest.importorskip("exceptiongroup")
     assert is_transient(backport.ExceptionGroup("batch", [ConnectionError("reset")]))
     assert not is_transient(backport.ExceptionGroup("timeout in batch", [ValueError("bad")]))
+
+
+def _raise_permanent() -> None:
+    raise PermanentError("no")
