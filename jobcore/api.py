@@ -9,7 +9,7 @@ from __future__ import annotations
 import atexit
 import os
 import threading
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 from .manager import JobManager
 from .models import Job, JobResult
@@ -80,6 +80,7 @@ def cancel(job_id: str) -> bool:
     return get_job_manager().cancel(job_id)
 
 
-def register_job_function(name: str, func: Optional[Callable[..., Any]] = None) -> Any:
-    """Register `func` under `name` on the default manager (a decorator without `func`)."""
+def register_job_function(name: Union[str, Callable[..., Any]], func: Optional[Callable[..., Any]] = None) -> Any:
+    """Register `func` under `name` on the default manager (a decorator without `func`;
+    a function alone is registered under its `module.qualname`, as `register_function` does)."""
     return get_job_manager().register_function(name, func)

@@ -19,7 +19,7 @@ from typing import Any, Callable, Collection, Iterable, Optional, Union
 
 from .clock import SYSTEM_CLOCK, Clock, as_seconds, real_sleep
 from .enqueuing import Enqueuer
-from .errors import LONGEST_RETRY_DELAY, JobNotFound
+from .errors import LONGEST_RETRY_DELAY, InvalidJobType, JobNotFound
 from .execution import check_room_to_run_here
 from .models import INT64_MAX, Job, JobResult, JobStatus, LogEntry, function_qualname
 from .notify_dispatch import NotificationDispatcher
@@ -273,8 +273,14 @@ class JobManager:
                                                  else worker.lease_timeout)]
 
     # -- functions -----------------------------------------------------------------------------
-    def register_function(self, name: str, func: Optional[Callable[..., Any]] = None) -> Any:
-        """Let jobs naming `name` run `func`. Without `func`, returns a decorator."""
+    def register_function(self, name: Union[str, Callable[..., Any]], func: Optional[Callable[..., Any]] = None) -> Any:
+        """Let jobs naming `name` run `func`. Without `func`, returns a decorator. Given a
+        function alone (`register_function(f)`, or `@register_function` bare), registers it
+        under its `module.qualname`, the name `Job(function=f)` gives it, and returns it."""
+        if callable(name):
+            if func is not None:
+                raise InvalidJobType("function_name", f"must be a str, got {name!r}")
+            func, name = name, function_qualname(name)
         if func is None:
             def decorator(target: Callable[..., Any]) -> Callable[..., Any]:
                 self.register_function(name, target)

@@ -118,6 +118,10 @@ def function_qualname(func: Callable[..., Any]) -> str:
         if callable(func) and not isinstance(func, type) and hasattr(type(func), "__qualname__"):
             target = type(func)
     module = getattr(target, "__module__", None)
+    if module == "__mp_main__":
+        # The main script, run again in a multiprocessing child ("spawn", "forkserver")
+        # under this name: its functions keep the name the parent gave their jobs.
+        module = "__main__"
     qualname = getattr(target, "__qualname__", None)
     if not qualname:
         raise InvalidJobType(

@@ -572,6 +572,30 @@ def test_run_pending_runs_every_stored_job_past_the_load_window(make_manager: An
     assert ran == list(range(240))
 
 
+def test_a_function_registered_alone_or_by_a_bare_decorator_runs_under_its_qualified_name(
+        make_manager: Any, db_path: str) -> None:
+    # given functions registered without a name (the bare decorator replaced the function
+    # with jobcore's inner decorator, and registered nothing)
+    manager = make_manager(db_path)
+
+    @manager.register_function
+    def double(x: int) -> int:
+        return 2 * x
+
+    assert manager.register_function(add) is add
+    # then each stays the function it was, and jobs naming it by its qualified name, or
+    # giving it, run it
+    assert double(2) == 4
+    ids = [manager.enqueue(Job(function_name=f"{__name__}.{double.__qualname__}", args=(3,))),
+           manager.enqueue(Job(function=double, args=(4,))), manager.enqueue(Job(function_name=f"{__name__}.add",
+                                                                                 args=(1, 2)))]
+    assert manager.run_pending() == 3
+    assert [manager.poll(job_id).result for job_id in ids] == [6, 8, 3]
+    # and a callable given as the name beside a function is refused
+    with pytest.raises(TypeError, match="Job.function_name: must be a str"):
+        manager.register_function(add, add)
+
+
 @pytest.mark.parametrize("store", ["sqlite", "memory"])
 def test_run_pending_runs_a_job_enqueued_by_a_job_in_its_priority_order(make_manager: Any, db_path: str,
                                                                         store: str) -> None:

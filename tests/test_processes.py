@@ -502,3 +502,46 @@ def test_a_backend_whose_registry_records_no_leases_still_registers_and_reaps() 
         assert [w.worker_id for w in manager.list_workers()] == [manager.worker_id]
     finally:
         manager.close()
+
+
+SPAWNED_MAIN = textwrap.dedent("""
+    import multiprocessing, sys
+    from jobcore import Job, JobManager
+
+    def noop():
+        return "ran"
+
+    def work(db, stop):
+        with JobManager(db) as manager:
+            manager.register_function(noop)  # a function alone: under its module.qualname
+            stop.wait(30)
+
+    if __name__ == "__main__":
+        db = sys.argv[1]
+        producer = JobManager(db)  # not started: it only stores
+        job_id = producer.enqueue(Job(function=noop))
+        print(producer.poll(job_id).function_name, flush=True)
+        context = multiprocessing.get_context("spawn")
+        stop = context.Event()
+        child = context.Process(target=work, args=(db, stop))
+        child.start()
+        try:
+            print(producer.wait(job_id, timeout=20).result, flush=True)
+        finally:
+            stop.set()
+            child.join(20)
+            producer.close()
+""")
+
+
+def test_a_spawned_child_runs_the_jobs_of_a_function_of_the_main_script(tmp_path: Any) -> None:
+    # given a script that enqueues Job(function=noop) ("__main__.noop"), and a child started
+    # by spawn that registers noop alone: there its module is "__mp_main__", and the jobs
+    # waited for ever
+    script = tmp_path / "app.py"
+    script.write_text(SPAWNED_MAIN)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run([sys.executable, str(script), str(tmp_path / "jobs.db")], env=env, cwd=str(tmp_path),
+                         capture_output=True, text=True, timeout=60)
+    # then the child ran it
+    assert run.stdout.split() == ["__main__.noop", "ran"], run.stderr
