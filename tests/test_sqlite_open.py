@@ -149,6 +149,17 @@ def test_a_journal_mode_that_never_becomes_wal_fails_after_the_busy_timeout(
         _Flaky.answers = []
 
 
+def test_an_in_memory_sqlite_database_is_refused_at_once_saying_why(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # given a shared-cache in-memory URI (it waited the whole busy timeout, 30 s, then said
+    # the database was locked: its journal mode is "memory", never WAL)
+    monkeypatch.chdir(tmp_path)
+    began = time.monotonic()
+    with pytest.raises(RepositoryError, match="an in-memory SQLite database cannot be used"):
+        SQLiteRepository("file::memory:?cache=shared", busy_timeout=10.0)
+    assert time.monotonic() - began < 5.0  # not the busy timeout
+
+
 # -- another application's database -------------------------------------------------------------
 @pytest.mark.parametrize("table", schema.TABLES)
 def test_another_applications_table_named_as_jobcores_is_refused_and_the_file_left_as_it_was(

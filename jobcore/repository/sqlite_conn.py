@@ -278,6 +278,11 @@ class Connections:
             self._check(conn)  # before the journal mode: a refused file is left as it was
             self._checked = True
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() == "memory":  # an in-memory database ("file::memory:"): never WAL
+            raise RepositoryError(
+                f"SQLite at {self.path!r}: an in-memory SQLite database cannot be used (it has no"
+                " write-ahead log, and each connection would see a database of its own); give a"
+                " file path, or \":memory:\" for jobcore's MemoryRepository")
         if str(mode).lower() != "wal":  # another process held the file: try again
             raise sqlite3.OperationalError(f"database is locked (the journal mode stayed {mode!r})")
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")
