@@ -482,8 +482,10 @@ class Housekeeper:
                 continue
             count = self._repo.expire_worker(worker.worker_id, self._clock.time())
             self._repo.unregister_worker(worker.worker_id)
-            logger.warning("worker %s (pid %d) is gone; %d of its jobs taken back", worker.worker_id,
-                           worker.pid, count)
+            # A warning only if it held jobs: a process that ended without stopping its
+            # manager (a multiprocessing child returning) leaves an entry and nothing else.
+            logger.log(logging.WARNING if count else logging.INFO, "worker %s (pid %d) is gone; %d of its"
+                       " jobs taken back", worker.worker_id, worker.pid, count)
             found = True
         return found
 

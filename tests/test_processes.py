@@ -8,6 +8,7 @@ the test can count how often each job ran and where.
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import signal
 import subprocess
@@ -212,6 +213,25 @@ def test_a_dead_worker_on_this_host_is_noticed_before_its_lease_ends(workers: Wo
     assert result.attempts == 2
     assert time.monotonic() - began < 30  # not the hour-long lease
     producer.close()
+
+
+def test_a_gone_worker_that_held_no_job_is_removed_without_a_warning(tmp_path: Any, caplog: Any) -> None:
+    # given a registry entry of a process on this host that ended holding no job (a
+    # multiprocessing child that returned without stopping its manager): each other
+    # manager warned of it on stderr
+    from jobcore.housekeeper import host_identity
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait(10)
+    db = str(tmp_path / "jobs.db")
+    SQLiteRepository(db).register_worker("gone-worker", host_identity(), gone.pid, time.time(), lease_timeout=3600)
+    # when a manager runs on the file
+    with caplog.at_level(logging.INFO, logger="jobcore.housekeeper"):
+        with JobManager(db, poll_interval=0.05) as manager:
+            wait_until(lambda: [w.worker_id for w in manager.list_workers()] == [manager.worker_id], WAIT,
+                       "the gone worker's entry to be removed")
+    # then it removed the entry, saying so at INFO, not WARNING
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if "gone-worker" in r.getMessage()]
+    assert said == [(logging.INFO, f"worker gone-worker (pid {gone.pid}) is gone; 0 of its jobs taken back")]
 
 
 def _in_forked_child(body: Any) -> tuple[int, list[str]]:
