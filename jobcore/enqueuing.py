@@ -29,8 +29,10 @@ class Enqueuer:
 
     def __init__(self, repository: JobRepository, registry: FunctionRegistry, local: LocalJobs,
                  pool: WorkerPool, settlements: Settlements, clock: Clock, *, producer: bool,
-                 immediate: bool, worker_id: str, lease_timeout: float) -> None:
+                 immediate: bool, worker_id: str, lease_timeout: float,
+                 ring: Callable[[], None] = lambda: None) -> None:
         self._repo = repository
+        self._ring = ring  # tells the other managers of this process on the store (see `Doorbell`)
         self._registry = registry
         self._local = local
         self._pool = pool
@@ -67,6 +69,7 @@ class Enqueuer:
         now = self._clock.time()
         records = [self.record_for(job, now) for job in jobs]
         ids = self._repo.insert(records, now)
+        self._ring()
         for job in jobs:
             self._bind_function(job)
         ready = [record for job, record, job_id in zip(jobs, records, ids) if self._stored(job, record, job_id)]
@@ -95,6 +98,7 @@ class Enqueuer:
                     self._local.drop_function(job.id, job.function)  # carried until then: see `_bind_function`
                 return handed
         job_id = self._repo.insert([record], now)[0]
+        self._ring()
         self._bind_function(job)
         if self._stored(job, record, job_id) and self._queues():
             self._pool.enqueue_entries((record.queue_entry(),))

@@ -25,6 +25,7 @@ import socket
 import threading
 from typing import Callable, Collection, Optional
 
+from .doorbell import Doorbell
 from .clock import LONGEST_WAIT, Clock, join_within, real_monotonic
 from .errors import RepositoryError
 from .repository.base import JobRepository, Recovery, takes_argument
@@ -65,8 +66,8 @@ class Housekeeper:
         self._exact_token = repository.change_token_sees_every_write
         self._on_recovery = on_recovery  # queues what came back, notifies of what failed
         self._discovery_interval = discovery_interval
-        # _cond guards _stopping, _starts, _refill_soon, _replan and _thread; the thread
-        # sleeps on it between chores.
+        # _cond guards _stopping, _starts, _refill_soon, _replan, _look_soon and _thread;
+        # the thread sleeps on it between chores.
         self._cond = threading.Condition(threading.Lock())
         self._stopping = True
         # Counts starts (and `close`): the thread of an earlier one, still renewing the
@@ -74,6 +75,9 @@ class Housekeeper:
         self._starts = 0
         self._refill_soon = False  # see `refill_soon`
         self._replan = False  # see `wake`: set while the thread is busy, it does not sleep
+        self._look_soon = False  # see `look_soon`
+        # Other managers of this process on this store ring it when they store work.
+        self._doorbell = Doorbell(repository.store_key, self.look_soon)
         self._thread: Optional[threading.Thread] = None
         self._host, self._pid = host_identity(), os.getpid()
         # Our own lease goes into our registry entry, and others' entries are reaped by
@@ -190,6 +194,17 @@ class Housekeeper:
             self._cond.notify_all()
             return True
 
+    def look_soon(self) -> None:
+        """Look for new work now, as at the next `discovery_interval` (another manager of
+        this process stored some: see `Doorbell`)."""
+        with self._cond:
+            self._look_soon = True
+            self._cond.notify_all()
+
+    def ring(self) -> None:
+        """Tell the other managers of this process on this store that work was stored."""
+        self._doorbell.ring()
+
     def refill_soon(self) -> None:
         """Refill the ready queue now: it holds a window of the store's ready jobs and
         runs low, with more waiting there. (Any thread; a manager not started has no
@@ -203,7 +218,11 @@ class Housekeeper:
         then the leases of the jobs still running here until they end (unless a start or
         `close` comes first)."""
         if upkeep:
-            self._loop()
+            self._doorbell.join()
+            try:
+                self._loop()
+            finally:
+                self._doorbell.leave()
         if self._keep_leases(start):
             self._leave_registry()
 
@@ -306,6 +325,8 @@ class Housekeeper:
             try:
                 with self._cond:
                     soon, self._refill_soon, self._replan = self._refill_soon, False, False
+                    if self._look_soon:
+                        self._look_soon, next_look = False, now
                 progress_due = self._pool.flush_progress()
                 if soon:
                     last_refill = now
@@ -442,7 +463,7 @@ class Housekeeper:
             delay = wake_at - self._clock.monotonic()
             if progress_due is not None:  # real time, whatever clock the rest keeps
                 delay = min(delay, progress_due - real_monotonic())
-            if delay > 0 and not (self._refill_soon or self._replan):
+            if delay > 0 and not (self._refill_soon or self._replan or self._look_soon):
                 self._cond.wait(min(delay, LONGEST_WAIT))
         return False
 

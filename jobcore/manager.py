@@ -131,15 +131,15 @@ class JobManager:
         self._pool = WorkerPool(self.repository, self._queue, self._registry, self._local, self._clock,
                                 settings, self.worker_id, self._publish, self._settlements.mark,
                                 random.Random() if rng is None else rng)
-        self._enqueuer = Enqueuer(self.repository, self._registry, self._local, self._pool,
-                                  self._settlements, self._clock, producer=self.producer,
-                                  immediate=self.immediate, worker_id=self.worker_id,
-                                  lease_timeout=self.lease_timeout)
         self._housekeeper = Housekeeper(self.repository, self._pool, self._clock, settings,
                                         self._load_queue,
                                         _positive("discovery_interval", discovery_interval, most=LONGEST_PERIOD),
                                         self._recovered,
                                         stocked=lambda: len(self._queue) >= READY_LOAD_LIMIT // 2)
+        self._enqueuer = Enqueuer(self.repository, self._registry, self._local, self._pool,
+                                  self._settlements, self._clock, producer=self.producer,
+                                  immediate=self.immediate, worker_id=self.worker_id,
+                                  lease_timeout=self.lease_timeout, ring=self._housekeeper.ring)
         self._queue.running_low = self._housekeeper.refill_soon
         # Starting and stopping the threads, and a forked child's reset of every part.
         self._lifecycle = Lifecycle(self.repository, self._clock, self._pool, self._housekeeper, self._enqueuer,

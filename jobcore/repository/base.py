@@ -22,7 +22,7 @@ import builtins
 import abc
 import inspect
 import logging
-from typing import Any, Callable, Collection, Optional, Sequence
+from typing import Any, Callable, Collection, Hashable, Optional, Sequence
 
 from ..models import JobStatus
 from . import one_by_one
@@ -410,6 +410,14 @@ class JobRepository(abc.ABC):
         held = [r.id for r in self.list(status=JobStatus.RUNNING, limit=None) if r.worker_id == worker_id]
         self.heartbeat(worker_id, held, now - 1.0, now)
         return len(held)
+
+    @property
+    def store_key(self) -> Hashable:
+        """What names the store within this process: managers of one process on the same
+        store wake each other when one stores work (see `doorbell`). This repository
+        object itself by default; a backend whose objects may share a store (two
+        `SQLiteRepository` objects on one file) names the store."""
+        return self
 
     def change_token(self) -> Optional[object]:
         """A cheap value that changes whenever another connection or process may have

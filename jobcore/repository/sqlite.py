@@ -15,7 +15,7 @@ import logging
 import os
 import sqlite3
 import time
-from typing import Any, Callable, Collection, ContextManager, Optional, Sequence, TypeVar
+from typing import Any, Callable, Collection, ContextManager, Hashable, Optional, Sequence, TypeVar
 
 from .. import serialization
 from ..errors import RepositoryError
@@ -423,6 +423,11 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
     def expire_worker(self, worker_id: str, now: float) -> int:
         with self._write() as conn:
             return conn.execute(sql.EXPIRE_WORKER, (now - 1.0, worker_id)).rowcount
+
+    @property
+    def store_key(self) -> Hashable:
+        """The file (its real path): every `SQLiteRepository` of this process on it."""
+        return ("sqlite", os.path.realpath(self.path))
 
     def change_token(self) -> Optional[object]:
         """`PRAGMA data_version` of this thread's connection: it changes whenever another

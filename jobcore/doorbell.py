@@ -1,0 +1,72 @@
+"""`Doorbell`: managers of one process on the same store wake each other's housekeeper
+when one of them stores work.
+
+A manager learns of jobs another manager stored by looking at the store's change token
+every `discovery_interval` (50 ms): across processes there is no cheaper way. Within one
+process there is: a producer manager beside a worker manager on the same SQLite file (or
+the same repository object) rings, and the worker manager looks at once, so its pickup
+takes about what a single manager's does instead of up to a look interval. A ring only
+asks for the look; whether the housekeeper then reads the store is its own rule (it
+reads when its workers have room), so a stream of enqueues costs a busy manager no reads.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Callable, Hashable
+
+# _lock guards _rings, the bells that joined, by key. `ring` reads _rings without the lock
+# (one dict read, atomic under the GIL); `join` and `leave` replace its tuples whole.
+_lock = threading.Lock()
+_rings: dict[Hashable, tuple["Doorbell", ...]] = {}
+
+
+def _forked() -> None:
+    """In a forked child: the parent's housekeepers stayed in the parent, so no bell rings
+    for them here (and a parent thread may have held the lock as it forked)."""
+    global _lock, _rings
+    _lock = threading.Lock()
+    _rings = {}
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
+
+
+class Doorbell:
+    """One manager's place among the managers of this process on one store.
+
+    `key` names the store (see `JobRepository.store_key`); `wake` asks this manager's
+    housekeeper to look for new work now. `join` while the housekeeper runs, `leave` once
+    it stops; `ring` after storing ready work wakes the others that joined with the same key.
+    """
+
+    def __init__(self, key: Hashable, wake: Callable[[], None]) -> None:
+        self.key = key
+        self._wake = wake
+
+    def join(self) -> None:
+        """Be woken by the others' rings (idempotent)."""
+        with _lock:
+            bells = _rings.get(self.key, ())
+            if self not in bells:
+                _rings[self.key] = (*bells, self)
+
+    def leave(self) -> None:
+        """Be woken no more (idempotent)."""
+        with _lock:
+            bells = tuple(bell for bell in _rings.get(self.key, ()) if bell is not self)
+            if bells:
+                _rings[self.key] = bells
+            else:
+                _rings.pop(self.key, None)
+
+    def ring(self) -> None:
+        """Wake the other managers of this process on this store that joined."""
+        bells = _rings.get(self.key)
+        if not bells or (len(bells) == 1 and bells[0] is self):
+            return  # the common case: this manager alone (or none) on the store
+        for bell in bells:
+            if bell is not self:
+                bell._wake()

@@ -1,0 +1,75 @@
+"""Managers of one process on one store wake each other when one stores work (`Doorbell`):
+a worker manager beside a producer starts a job at once, not at its next look (which
+these tests put a minute away)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+import pytest
+
+from jobcore import Job, JobManager, JobStatus, MemoryRepository
+from jobcore.doorbell import Doorbell
+
+WAIT = 10.0
+SLOW = 60.0  # discovery_interval and poll_interval: no look of their own within the test
+
+
+@pytest.mark.parametrize("store", ["sqlite", "memory"])
+def test_a_worker_manager_starts_a_job_a_producer_beside_it_stored(make_manager: Any, db_path: str,
+                                                                   store: str) -> None:
+    # given a started worker manager that looks for new work once a minute, and a producer
+    # manager in the same process on the same store (another SQLiteRepository on the file,
+    # or the same MemoryRepository)
+    shared = MemoryRepository() if store == "memory" else None
+    worker = make_manager(shared or db_path, discovery_interval=SLOW, poll_interval=SLOW)
+    started = threading.Event()
+    worker.register_function("job", started.set)
+    worker.start()
+    producer = make_manager(shared or db_path, producer=True)
+    # when the producer stores jobs, one alone and a batch
+    first = producer.enqueue(Job(function_name="job"))
+    # then the worker runs them now, not at its next look
+    assert started.wait(WAIT)
+    assert producer.wait(first, timeout=WAIT).status is JobStatus.COMPLETED
+    batch = producer.enqueue_many([Job(function_name="job") for _ in range(3)])
+    assert all(producer.wait(job_id, timeout=WAIT).status is JobStatus.COMPLETED for job_id in batch)
+
+
+def test_a_stopped_manager_is_rung_no_more_and_one_on_another_file_never(make_manager: Any, tmp_path: Any) -> None:
+    # given managers on two files, started and then stopped
+    rung: list[str] = []
+    one, other = (Doorbell(("sqlite", str(tmp_path / name)), lambda name=name: rung.append(name))
+                  for name in ("one", "other"))
+    producer = Doorbell(("sqlite", str(tmp_path / "one")), lambda: rung.append("producer"))
+    one.join()
+    other.join()
+    # when a producer on the first file rings, then only the manager on that file wakes
+    producer.ring()
+    assert rung == ["one"]
+    # and a bell that left wakes no more; one ringing alone wakes nobody, itself included
+    one.leave()
+    one.leave()
+    producer.ring()
+    other.ring()
+    assert rung == ["one"]
+    other.leave()
+
+
+def test_a_forked_child_rings_none_of_its_parents_managers(tmp_path: Any) -> None:
+    # given a bell joined in this process, then a fork
+    rung: list[str] = []
+    parent = Doorbell("key", lambda: rung.append("parent"))
+    parent.join()
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: its ring must find no bell of the parent's
+            child_rung: list[str] = []
+            Doorbell("key", lambda: child_rung.append("x")).ring()
+            os._exit(0 if not rung and not child_rung else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        parent.leave()
