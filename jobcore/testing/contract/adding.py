@@ -243,7 +243,7 @@ class _AddingContract:
         # when inserted: the first never runs, so the second is stored in its own right
         assert repository.insert([waits_for_last, free, last], NOW + 1) == [waits_for_last.id, free.id, last.id]
         stored = _get(repository, waits_for_last.id)
-        assert stored.status is JobStatus.CANCELLED and last.id in (stored.error or "")
+        assert stored.status is JobStatus.CANCELLED and dead.id in (stored.error or "")  # the job that failed
         assert _status(repository, last.id) is JobStatus.CANCELLED
         assert _ids_of(repository.ready(None, 10)) == [free.id]
 
