@@ -29,7 +29,8 @@ from .context import JobContext
 from .errors import JobCancelled, JobcoreError, JobTimeout
 from .execution import Outcome
 from .isolation_child import memory_limit_supported, serve
-from .isolation_process import Child, alive, default_start_method, end_all, end_child, signal_name
+from .isolation_process import (Child, alive, default_start_method, end_all, end_child, outlived_server,
+                                signal_name)
 from .isolation_wire import (AttemptRequest, NotIsolatable, RemoteError, RemoteFailure,
                               isolation_problem, rebuild_exception)
 
@@ -249,8 +250,15 @@ class ProcessRunner:
                 outcome = self._handle(raw, child, context)
                 if outcome is not None:
                     return outcome
-            elif ready:  # only the sentinel: dead, yet something holds its pipe open
-                return self._died_outcome(self._dead(child), child, context)
+            elif ready:  # only the sentinel
+                if outlived_server(child):
+                    # The forkserver died, not the child: its pipe still tells when it answers
+                    # or dies (EOF), so it is watched by that alone.
+                    logger.warning("the forkserver that started child process %s (job %s) died;"
+                                   " the child runs on", child.pid, context.id)
+                    watched = [child.conn]
+                else:  # dead, yet something holds its pipe open
+                    return self._died_outcome(self._dead(child), child, context)
             stopped = self._stopped(context, timeout, deadline)
             if stopped is not None:
                 self._terminate(child)
@@ -298,7 +306,7 @@ class ProcessRunner:
         child.attempts += 1
         with self._cond:
             self._running -= 1
-            keep = reusable and not self._closed and (
+            keep = reusable and not self._closed and not child.orphaned and (
                 self._max_attempts is None or child.attempts < self._max_attempts)
             if keep:
                 self._idle.append(child)
@@ -335,6 +343,8 @@ class ProcessRunner:
         pid = child.pid
         if child.at_exit:
             how = "was ended because this process is exiting"
+        elif child.orphaned:
+            how = "died after the forkserver that started it had died (exit status unknown)"
         elif exitcode is None:
             how = "died"
         elif exitcode < 0:

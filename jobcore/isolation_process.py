@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any, Optional
 
+from .clock import real_monotonic
+
 
 def default_start_method() -> str:
     if sys.platform.startswith("linux") and "forkserver" in multiprocessing.get_all_start_methods():
@@ -42,6 +44,10 @@ class Child:
     ended: bool = False
     exitcode: Optional[int] = None
     at_exit: bool = False  # ended by end_all because this process is exiting
+    # Its forkserver died: `process` reports exit code 255 while the child may live on
+    # (no longer our descendant), so it is watched and ended by its pid (`outlived_server`).
+    orphaned: bool = False
+    closing: bool = False  # ended by `ProcessRunner.close` while it ran an attempt
 
 
 def end_child(child: Child, grace: float, *, polite: float = 0.0, at_exit: bool = False,
@@ -70,6 +76,8 @@ def end_child(child: Child, grace: float, *, polite: float = 0.0, at_exit: bool 
         if process.exitcode is None:
             _signal(process, signal.SIGKILL, group)
             process.join(5.0)  # SIGKILL cannot be caught; only a process stuck in the kernel lingers
+        if outlived_server(child):
+            return _end_orphan(child, grace, polite, group)
         if group:
             _kill_group(child.pid)  # what the job started and left behind
         child.exitcode = process.exitcode
@@ -77,6 +85,77 @@ def end_child(child: Child, grace: float, *, polite: float = 0.0, at_exit: bool 
             child.ended = True
             process.close()
         return child.exitcode
+
+
+def outlived_server(child: Child) -> bool:
+    """True if `child`'s process object says it ended while its pid still runs: under
+    forkserver, the process object's sentinel and exit code come from the forkserver,
+    which reports 255 when it dies itself (SIGTERM to the engine's process group), and
+    the child, reparented, runs on. Marks the child `orphaned`; call with `ending` held
+    or from the thread supervising the child."""
+    if child.orphaned:
+        return True
+    if child.process.exitcode is None or child.pid is None or not exists(child.pid):
+        return False
+    child.orphaned = True
+    return True
+
+
+def _end_orphan(child: Child, grace: float, polite: float, group: bool) -> Optional[int]:
+    """`end_child` for an orphaned child: not ours to reap, so signalled and waited for by
+    pid until it no longer exists (init reaps it). Its exit status is unknown (None)."""
+    pid = child.pid
+    assert pid is not None
+    if not wait_gone(pid, polite):
+        _signal_pid(pid, signal.SIGTERM, group)
+        if not wait_gone(pid, grace):
+            _signal_pid(pid, signal.SIGKILL, group)
+            wait_gone(pid, 5.0)
+    if group:
+        _kill_group(pid)
+    child.ended = not exists(pid)
+    child.exitcode = None
+    if child.ended:
+        child.process.close()
+    return None
+
+
+def exists(pid: int) -> bool:
+    """True while process `pid` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a pid reused by another user's process: ours is gone
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rpartition(b")")[2].split()[0] != b"Z"
+    except (OSError, IndexError):  # no /proc (not Linux), or gone just now
+        return sys.platform != "linux"
+
+
+def wait_gone(pid: int, timeout: float) -> bool:
+    """Wait up to `timeout` seconds until process `pid` no longer runs; True if it is gone."""
+    pause = threading.Event()  # never set: a bounded wait that wakes in steps
+    deadline = real_monotonic() + timeout
+    while exists(pid):
+        left = deadline - real_monotonic()
+        if left <= 0:
+            return False
+        pause.wait(min(0.01, left))
+    return True
+
+
+def _signal_pid(pid: int, number: int, group: bool) -> None:
+    """Send signal `number` to `pid`, or to the process group it leads if `group`."""
+    try:
+        if group and hasattr(os, "killpg") and os.getpgid(pid) == pid:
+            os.killpg(pid, number)
+        else:
+            os.kill(pid, number)
+    except OSError:  # gone already
+        pass
 
 
 def _signal(process: Any, number: int, group: bool) -> None:

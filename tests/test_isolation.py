@@ -107,6 +107,13 @@ def busy_ignoring_sigterm() -> None:
         pass
 
 
+def wait_for_file(path: str) -> int:
+    current_job().log("running")  # type: ignore[union-attr]
+    while not os.path.exists(path):
+        threading.Event().wait(0.01)
+    return os.getpid()
+
+
 def exit_abruptly(code: int) -> None:
     os._exit(code)
 
@@ -368,6 +375,39 @@ def test_a_child_killed_from_outside_is_reported(
     assert outcome.error.pid == pid and outcome.error.exitcode == -signal.SIGKILL
     assert "SIGKILL" in str(outcome.error)
     assert runner.stats.died == 1
+
+
+def wait_for(condition: Any, what: str) -> None:
+    """Block until `condition()` holds, at most BOUND seconds."""
+    pause = threading.Event()
+    for _ in range(int(BOUND / 0.01)):
+        if condition():
+            return
+        pause.wait(0.01)
+    raise AssertionError(f"not within {BOUND}s: {what}")
+
+
+def test_a_forkserver_that_dies_leaves_the_running_attempt_to_its_child(
+        runner: ProcessRunner, context: JobContext, sink: RecordingSink, in_background: Any,
+        tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    # Under forkserver a child's exit is reported by the forkserver; when that died
+    # (SIGTERM to the engine's process group) the attempt was once failed at once as
+    # "exited with code 255" while the child ran on, and its retry ran beside it.
+    if runner.start_method != "forkserver":
+        pytest.skip("only the forkserver start method has a forkserver")
+    from multiprocessing import forkserver
+    marker = tmp_path / "go"
+    future = in_background(runner.run, wait_for_file, (str(marker),), {}, context)
+    sink.wait_for_log("running")
+    (pid,) = runner.pids()
+    os.kill(forkserver._forkserver._forkserver_pid, signal.SIGTERM)  # type: ignore[attr-defined]
+    wait_for(lambda: future.done() or "forkserver that started" in caplog.text,
+             "the runner saw the forkserver die")
+    assert not future.done(), future.result()  # the attempt is not over while its child runs
+    marker.write_text("go")
+    assert future.result(timeout=BOUND).value == pid  # the child's answer is the outcome
+    wait_until_gone(pid)  # not reused (no forkserver tells of its end): ended
+    assert runner.run(add, (1, 2), {}, context).value == 3  # a new forkserver, a new child
 
 
 def test_a_child_ended_at_interpreter_exit_fails_its_attempt_as_transient_not_as_a_runner_error(
