@@ -74,7 +74,7 @@ class AttemptRunner:
         self._processes = None
 
     def close(self) -> None:
-        """End idle child processes (once no attempt runs)."""
+        """End the child processes, busy ones too (see `ProcessRunner.close`)."""
         with self._lock:
             runner, self._processes = self._processes, None
         if runner is not None:

@@ -343,6 +343,8 @@ class ProcessRunner:
         pid = child.pid
         if child.at_exit:
             how = "was ended because this process is exiting"
+        elif child.closing:
+            how = "was ended because its runner was closed"
         elif child.orphaned:
             how = "died after the forkserver that started it had died (exit status unknown)"
         elif exitcode is None:
@@ -360,20 +362,28 @@ class ProcessRunner:
         return Outcome(error=WorkerProcessDied(message, exitcode=exitcode, pid=pid))
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop taking attempts and end the idle children, waiting up to `timeout` seconds
-        for them to exit before killing them; busy children end when their attempt does."""
+        """Stop taking attempts and end every child: an idle one gets up to `timeout`
+        seconds to exit on its pipe's end before it is killed; a busy one, with its process
+        group, SIGTERM and then SIGKILL after the grace period. Returns once they are gone.
+        An attempt whose child this ended fails with `WorkerProcessDied` (its runner was
+        closed); the engine records no such outcome: the job's lease lapses instead."""
         with self._cond:
             self._closed = True
             idle, self._idle = self._idle, []
             self._live -= len(idle)
             for child in idle:
                 self._children.discard(child)
+            busy = list(self._children)  # their supervising threads account for them
+            for child in busy:
+                child.closing = True
             self._cond.notify_all()
         for child in idle:
             child.conn.close()  # EOF: the child's loop returns (all of them at once)
         deadline = self._clock.monotonic() + timeout
         for child in idle:
             end_child(child, self._grace, polite=max(0.0, deadline - self._clock.monotonic()))
+        for child in busy:
+            end_child(child, self._grace, group=True)
 
     def __enter__(self) -> "ProcessRunner":
         return self

@@ -367,6 +367,14 @@ class WorkerPool:
             if attempt.deadline is not None:
                 self.on_deadline()
             outcome = self._attempts.run(record, context)
+            if record.isolation == "process" and self._is_closed():
+                # `close` ended its child (or it answered as close began): not recorded.
+                # Its lease lapses and the job is taken back, never beside that child.
+                logger.info("job %s: its child process was ended by close(); the attempt is not"
+                            " recorded", record.id)
+                context.ended = True
+                self._drop_unstarted(record, started=attempt)
+                continue
             if attempt.deadline is not None:
                 with state.lock:  # what the engine does next is not the job's time
                     overdue = not slot.abandoned and self._clock.monotonic() >= attempt.deadline
@@ -403,9 +411,14 @@ class WorkerPool:
             context.request_cancel()
         return attempt
 
+    def _is_closed(self) -> bool:
+        with self._state.lock:
+            return self._state.closed
+
     def close(self) -> None:
-        """End idle child processes (after `stop`); the dispatcher, if a stop that did not
-        wait left it recording, gives up once it cannot (the repository closes next)."""
+        """End the child processes of isolated jobs, busy ones too (after `stop`): their
+        attempts are not recorded. The dispatcher, if a stop that did not wait left it
+        recording, gives up once it cannot (the repository closes next)."""
         with self._state.lock:
             self._state.closed = True
             self._state.dispatch_needed.notify()

@@ -27,6 +27,14 @@ def busy_module(tmp_path: Any) -> Iterator[Any]:
         def quick(x):
             return x + 1
 
+        def spin_and_tell(pid_file):
+            import os
+            with open(pid_file + ".tmp", "w") as f:
+                f.write(str(os.getpid()))
+            os.replace(pid_file + ".tmp", pid_file)
+            while True:
+                pass
+
         def grab(megabytes):
             return len(bytearray(megabytes * 1024 * 1024))
 
@@ -287,3 +295,27 @@ def test_no_manager_runs_workers_in_the_child_process_of_an_isolated_job(
     job_id = manager.enqueue(Job(function=busy_module.start_managers, args=(db_path,), isolation="process"))
     assert manager.wait(job_id, timeout=WAIT).result == [False, False]
     assert [worker.worker_id for worker in manager.list_workers()] == [manager.worker_id]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_close_ends_a_busy_child_and_records_nothing_of_its_attempt(
+        make_manager: Any, db_path: str, busy_module: Any, tmp_path: Path) -> None:
+    # close() once left a busy child running: another manager took the job back after
+    # the lease and ran it beside that child.
+    pid_file = str(tmp_path / "pid")
+    manager = make_manager(db_path, max_workers=1, lease_timeout=60).start()
+    job_id = manager.enqueue(Job(function=busy_module.spin_and_tell, args=(pid_file,), isolation="process"))
+    deadline = time.monotonic() + WAIT
+    while not os.path.exists(pid_file) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    child = int(Path(pid_file).read_text())
+    manager.stop(timeout=0)  # the job runs on, its lease renewed
+    try:
+        manager.close()
+        assert _gone(child), "close() returned while the isolated job's child still ran"
+    finally:
+        if not _gone(child):
+            os.kill(child, 9)
+    row = make_manager(db_path).poll(job_id)
+    # Not recorded: the lease lapses and the job is taken back, its old child gone.
+    assert (row.status, row.attempts, row.error_type) == (JobStatus.RUNNING, 1, None)

@@ -493,6 +493,24 @@ def test_close_ends_the_children_and_refuses_further_attempts(context: JobContex
     assert isinstance(outcome.error, RuntimeError) and "closed" in str(outcome.error)
 
 
+def test_close_ends_a_busy_child_before_it_returns(context: JobContext, sink: RecordingSink,
+                                                   in_background: Any) -> None:
+    runner = ProcessRunner(1, grace=0.5)
+    try:
+        future = in_background(runner.run, busy_loop, (), {}, context)
+        sink.wait_for_log("running")
+        (pid,) = runner.pids()
+        runner.close()
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # gone (reaped) once close returns
+        outcome = future.result(timeout=BOUND)
+        assert isinstance(outcome.error, WorkerProcessDied), outcome.error
+        assert "its runner was closed" in str(outcome.error)
+        assert runner.pids() == [] and runner.stats.running == 0
+    finally:
+        runner._finalizer()  # on the old code, the child spun on
+
+
 # -- what can run isolated -------------------------------------------------------------------------------
 def test_module_level_functions_static_and_class_methods_and_builtins_can_run_isolated() -> None:
     for func in (add, Tools.triple, Tools.name, math.factorial, len):
