@@ -40,6 +40,7 @@ __all__ = ["NotIsolatable", "ProcessRunner", "RemoteError", "RunnerStats", "Work
 logger = logging.getLogger("jobcore.isolation")
 
 POLL_INTERVAL = 0.05  # seconds between checks for cancel while a child runs an attempt
+START_TIMEOUT = 60.0  # seconds a fresh child may take to start before its attempt fails
 
 
 class WorkerProcessDied(JobcoreError, OSError):
@@ -70,17 +71,20 @@ class ProcessRunner:
     Children start lazily, at most `max_processes` at a time, each running one attempt at
     a time. `grace` is how many seconds a terminated child has between SIGTERM and
     SIGKILL. `max_attempts_per_process` retires a child after that many attempts (None:
-    never). Thread-safe; `run` blocks the calling thread for the attempt."""
+    never). A fresh child that has not started within `start_timeout` seconds is ended
+    and its attempt fails with `WorkerProcessDied`; an attempt's timeout starts only once
+    its child has started. Thread-safe; `run` blocks the calling thread for the attempt."""
 
     def __init__(self, max_processes: int, *, grace: float = 1.0,
                  max_attempts_per_process: Optional[int] = None, start_method: Optional[str] = None,
-                 clock: Optional[Clock] = None) -> None:
+                 clock: Optional[Clock] = None, start_timeout: float = START_TIMEOUT) -> None:
         if isinstance(max_processes, bool) or not isinstance(max_processes, int) or max_processes < 1:
             raise ValueError(f"max_processes must be an int >= 1, got {max_processes!r}")
         if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not grace >= 0:
             raise ValueError(f"grace must be a number of seconds >= 0, got {grace!r}")
         self._max = max_processes
         self._grace = as_seconds(grace)
+        self._start_timeout = as_seconds(start_timeout)
         self._max_attempts = max_attempts_per_process
         # (typeshed's BaseContext lacks `Process`, which every concrete context has)
         self._mp: Any = multiprocessing.get_context(start_method or default_start_method())
@@ -170,9 +174,7 @@ class ProcessRunner:
                 self._dead(child)
                 continue
             child.sys_path = path
-            # The timeout counts from here: starting a child is the pool's cost, not the job's.
-            deadline = None if timeout is None else self._clock.monotonic() + timeout
-            return self._supervise(child, context, timeout, deadline)
+            return self._supervise(child, context, timeout)
         return Outcome(error=WorkerProcessDied(f"two child processes in a row died before job {context.id}"
                                                " could be handed to them"))
 
@@ -230,10 +232,14 @@ class ProcessRunner:
         logger.debug("started child process %s (%s)", process.pid, self.start_method)
         return child
 
-    def _supervise(self, child: Child, context: JobContext, timeout: Optional[float],
-                   deadline: Optional[float]) -> Outcome:
-        """Relay the child's reports until its answer, its death, a timeout or a cancel."""
+    def _supervise(self, child: Child, context: JobContext, timeout: Optional[float]) -> Outcome:
+        """Relay the child's reports until its answer, its death, a timeout or a cancel.
+
+        The timeout counts from the child's "ready" (sent once, as it starts): starting a
+        child is the pool's cost, not the job's. Until then the start-up limit applies."""
         watched = [child.conn, child.process.sentinel]
+        starting = not child.ready
+        deadline = self._deadline(self._start_timeout if starting else timeout)
         while True:
             wait = POLL_INTERVAL
             if deadline is not None:
@@ -250,6 +256,9 @@ class ProcessRunner:
                 outcome = self._handle(raw, child, context)
                 if outcome is not None:
                     return outcome
+                if starting and child.ready:
+                    starting = False
+                    deadline = self._deadline(timeout)
             elif ready:  # only the sentinel
                 if outlived_server(child):
                     # The forkserver died, not the child: its pipe still tells when it answers
@@ -259,10 +268,19 @@ class ProcessRunner:
                     watched = [child.conn]
                 else:  # dead, yet something holds its pipe open
                     return self._died_outcome(self._dead(child), child, context)
-            stopped = self._stopped(context, timeout, deadline)
+            if starting and deadline is not None and self._clock.monotonic() >= deadline:
+                self._terminate(child)
+                message = (f"the child process (pid {child.pid}) for job {context.id} did not start"
+                           f" within {self._start_timeout:g}s")
+                logger.warning("%s", message)
+                return Outcome(error=WorkerProcessDied(message, pid=child.pid))
+            stopped = self._stopped(context, timeout, None if starting else deadline)
             if stopped is not None:
                 self._terminate(child)
                 return stopped
+
+    def _deadline(self, timeout: Optional[float]) -> Optional[float]:
+        return None if timeout is None else self._clock.monotonic() + timeout
 
     def _handle(self, raw: bytes, child: Child, context: JobContext) -> Optional[Outcome]:
         """Act on one message from the child; an Outcome once the attempt is over."""
@@ -273,6 +291,9 @@ class ProcessRunner:
             return Outcome(error=TypeError(f"a message from the child process running job {context.id}"
                                            f" cannot be unpickled here: {type(exc).__name__}: {exc}"))
         kind = message[0]
+        if kind == "ready":
+            child.ready = True
+            return None
         if kind == "result":
             self._release(child, reusable=message[2])
             return Outcome(value=message[1])

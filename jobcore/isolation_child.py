@@ -6,7 +6,9 @@ reports travel back over the pipe, and answers with the value or a `RemoteFailur
 does not decide timeouts, cancellation or retries (the parent terminates it instead),
 and it never touches storage. The parent side is `jobcore.isolation`.
 
-Messages from the child are tuples: `("progress", progress, message, details)`,
+Messages from the child are tuples: `("ready",)` once, as it starts (an attempt's
+timeout counts from there, not from the child's start-up); then, for each attempt,
+`("progress", progress, message, details)`,
 `("log", level, message)`, then exactly one of `("result", value, reusable)` or
 `("error", RemoteFailure, reusable)`; `reusable` is False when the child should be retired.
 Reports made after that answer (by a thread the job left running) are dropped here.
@@ -124,6 +126,10 @@ def serve(conn: Connection, lifeline: Connection) -> None:
     _exit_with_engine(lifeline)
     pipe = _PipeSink(conn)
     try:
+        try:
+            pipe.send_bytes(ForkingPickler.dumps(("ready",)))
+        except OSError:
+            return  # the parent is ending us already
         while True:
             try:
                 request = conn.recv()

@@ -39,6 +39,7 @@ class Child:
     pid: Optional[int]
     attempts: int = 0
     sys_path: tuple[str, ...] = ()
+    ready: bool = False  # it sent "ready": started, its start-up over
     # `ending` guards ended, exitcode and at_exit, and the ending of the process.
     ending: threading.Lock = field(default_factory=threading.Lock, repr=False)
     ended: bool = False

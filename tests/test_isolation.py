@@ -568,6 +568,59 @@ def test_a_function_in_a_scripts_main_module_runs_isolated(tmp_path: Any) -> Non
     assert done.stdout.strip() == "49"
 
 
+def test_a_slow_child_start_up_does_not_count_against_the_timeout(tmp_path: Any) -> None:
+    # The script's top level runs again in each child (as __mp_main__): a start-up of
+    # 1 s, longer than the 0.5 s timeout. Once every such attempt timed out, and each
+    # timeout killed the child, so its retry had a fresh, slow child too.
+    done = _python("""
+        import time
+        from jobcore.context import JobContext
+        from jobcore.isolation import ProcessRunner
+
+        if __name__ == "__mp_main__":
+            time.sleep(1.0)  # a slow import in the child
+
+        def square(x):
+            return x * x
+
+        class Sink:
+            def report_progress(self, *a): pass
+            def report_log(self, *a): pass
+
+        if __name__ == "__main__":
+            with ProcessRunner(1) as runner:
+                outcome = runner.run(square, (7,), {}, JobContext("j", "j", 1, Sink()), timeout=0.5)
+                print(outcome.value, repr(outcome.error))
+        """, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "49 None"
+
+
+def test_a_child_that_does_not_start_in_time_fails_the_attempt(tmp_path: Any) -> None:
+    done = _python("""
+        import threading
+        from jobcore.context import JobContext
+        from jobcore.isolation import ProcessRunner
+
+        if __name__ == "__mp_main__":
+            threading.Event().wait()  # a start-up that hangs
+
+        class Sink:
+            def report_progress(self, *a): pass
+            def report_log(self, *a): pass
+
+        if __name__ == "__main__":
+            with ProcessRunner(1, start_timeout=0.5, grace=0.1) as runner:
+                outcome = runner.run(len, ("x",), {}, JobContext("j", "j", 1, Sink()), timeout=60)
+                print(type(outcome.error).__name__, outcome.error)
+                print(runner.pids(), runner.stats.terminated)
+        """, tmp_path)
+    assert done.returncode == 0, done.stderr
+    first, second = done.stdout.strip().splitlines()
+    assert first.startswith("WorkerProcessDied ") and "did not start within 0.5s" in first
+    assert second == "[] 1"
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_children_exit_when_the_engine_is_killed(tmp_path: Any) -> None:
     script = tmp_path / "engine.py"
