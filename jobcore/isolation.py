@@ -40,6 +40,7 @@ __all__ = ["NotIsolatable", "ProcessRunner", "RemoteError", "RunnerStats", "Work
 logger = logging.getLogger("jobcore.isolation")
 
 POLL_INTERVAL = 0.05  # seconds between checks for cancel while a child runs an attempt
+_TRIES = 3  # children one attempt may use up when they die before it reaches them
 START_TIMEOUT = 60.0  # seconds a fresh child may take to start before its attempt fails
 
 
@@ -154,8 +155,14 @@ class ProcessRunner:
         if problem is not None:
             return Outcome(error=NotIsolatable(_describe(func), problem))
         module, qualname = func.__module__, func.__qualname__
-        for _ in range(2):  # a child that died while idle is replaced once
+        # A child that died while idle, or while starting (before it could run the job:
+        # Ctrl-C reaching it before it ignores SIGINT, say), is not the job's failure: replaced.
+        failed_start: Optional[Outcome] = None
+        for _ in range(_TRIES):
             child = self._acquire(context)
+            if isinstance(child, _FailedStart):  # (the forkserver killed as it started, say)
+                failed_start = child.outcome
+                continue
             if isinstance(child, Outcome):
                 return child
             path = tuple(sys.path)
@@ -174,11 +181,15 @@ class ProcessRunner:
                 self._dead(child)
                 continue
             child.sys_path = path
-            return self._supervise(child, context, timeout)
-        return Outcome(error=WorkerProcessDied(f"two child processes in a row died before job {context.id}"
-                                               " could be handed to them"))
+            outcome = self._supervise(child, context, timeout)
+            if outcome is not None:
+                return outcome
+        if failed_start is not None:
+            return failed_start
+        return Outcome(error=WorkerProcessDied(f"{_TRIES} child processes in a row died before job {context.id}"
+                                               " could be handed to them (while idle or starting)"))
 
-    def _acquire(self, context: JobContext) -> Union[Child, Outcome]:
+    def _acquire(self, context: JobContext) -> Union[Child, Outcome, _FailedStart]:
         """An idle child, or a new one when below the limit; waits for one otherwise."""
         while True:
             stopped = self._stopped(context, None, None)
@@ -214,8 +225,8 @@ class ProcessRunner:
                 self._running -= 1
                 self._cond.notify()
             logger.error("could not start a child process: %s", exc)
-            return Outcome(error=WorkerProcessDied(f"could not start a child process: {exc}"),
-                           traceback=traceback_module.format_exc())
+            return _FailedStart(Outcome(error=WorkerProcessDied(f"could not start a child process: {exc}"),
+                                        traceback=traceback_module.format_exc()))
 
     def _start_child(self) -> Child:
         parent_end, child_end = self._mp.Pipe(duplex=True)
@@ -232,8 +243,9 @@ class ProcessRunner:
         logger.debug("started child process %s (%s)", process.pid, self.start_method)
         return child
 
-    def _supervise(self, child: Child, context: JobContext, timeout: Optional[float]) -> Outcome:
-        """Relay the child's reports until its answer, its death, a timeout or a cancel.
+    def _supervise(self, child: Child, context: JobContext, timeout: Optional[float]) -> Optional[Outcome]:
+        """Relay the child's reports until its answer, its death, a timeout or a cancel;
+        None if the child died while starting, before the job could run in it.
 
         The timeout counts from the child's "ready" (sent once, as it starts): starting a
         child is the pool's cost, not the job's. Until then the start-up limit applies."""
@@ -247,12 +259,12 @@ class ProcessRunner:
             try:
                 ready = wait_for_ready(watched, wait)
             except (OSError, ValueError):  # its pipe was closed under us: ended at exit
-                return self._died_outcome(self._dead(child), child, context)
+                return self._gone(child, context, starting)
             if child.conn in ready:
                 try:
                     raw = child.conn.recv_bytes()
                 except (EOFError, OSError):
-                    return self._died_outcome(self._dead(child), child, context)
+                    return self._gone(child, context, starting)
                 outcome = self._handle(raw, child, context)
                 if outcome is not None:
                     return outcome
@@ -267,7 +279,7 @@ class ProcessRunner:
                                    " the child runs on", child.pid, context.id)
                     watched = [child.conn]
                 else:  # dead, yet something holds its pipe open
-                    return self._died_outcome(self._dead(child), child, context)
+                    return self._gone(child, context, starting)
             if starting and deadline is not None and self._clock.monotonic() >= deadline:
                 self._terminate(child)
                 message = (f"the child process (pid {child.pid}) for job {context.id} did not start"
@@ -359,6 +371,16 @@ class ProcessRunner:
         self._children.discard(child)
         self._cond.notify()
 
+    def _gone(self, child: Child, context: JobContext, starting: bool) -> Optional[Outcome]:
+        """A child that died: its attempt's outcome, or None if it died while starting
+        (before "ready", so before it could have received the attempt) on its own."""
+        exitcode = self._dead(child)
+        if starting and not (child.closing or child.at_exit):
+            logger.warning("child process %s died while starting (exit status %s), before job %s"
+                           " could run in it; trying another", child.pid, exitcode, context.id)
+            return None
+        return self._died_outcome(exitcode, child, context)
+
     @staticmethod
     def _died_outcome(exitcode: Optional[int], child: Child, context: JobContext) -> Outcome:
         pid = child.pid
@@ -411,6 +433,13 @@ class ProcessRunner:
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
+
+
+@dataclass(frozen=True)
+class _FailedStart:
+    """A child that could not be started: the attempt tries another, up to `_TRIES`."""
+
+    outcome: Outcome
 
 
 def _describe(func: Callable[..., Any]) -> str:

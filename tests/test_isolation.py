@@ -621,6 +621,51 @@ def test_a_child_that_does_not_start_in_time_fails_the_attempt(tmp_path: Any) ->
     assert second == "[] 1"
 
 
+def test_a_child_killed_by_ctrl_c_while_it_starts_is_replaced_without_failing_the_attempt(
+        tmp_path: Any) -> None:
+    # Ctrl-C to the process group reaches a child still starting, before it ignores
+    # SIGINT; the attempt, which had not reached it, once failed as WorkerProcessDied.
+    done = _python("""
+        import os, signal, threading
+        from jobcore.context import JobContext
+        from jobcore.isolation import ProcessRunner
+
+        if __name__ == "__mp_main__":  # each child's start-up; the first one's hangs
+            try:
+                fd = os.open("first", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                pass
+            else:
+                os.write(fd, str(os.getpid()).encode())
+                os.close(fd)
+                threading.Event().wait()
+
+        def square(x):
+            return x * x
+
+        class Sink:
+            def report_progress(self, *a): pass
+            def report_log(self, *a): pass
+
+        if __name__ == "__main__":
+            with ProcessRunner(1) as runner:
+                outcomes = []
+                job = threading.Thread(target=lambda: outcomes.append(
+                    runner.run(square, (7,), {}, JobContext("j", "j", 1, Sink()))))
+                job.start()
+                tick = threading.Event()
+                for _ in range(1000):
+                    if os.path.exists("first") and os.path.getsize("first"):
+                        break
+                    tick.wait(0.01)
+                os.kill(int(open("first").read()), signal.SIGINT)
+                job.join(10)
+                print(outcomes[0].value, repr(outcomes[0].error), runner.stats.started)
+        """, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "49 None 2"
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_children_exit_when_the_engine_is_killed(tmp_path: Any) -> None:
     script = tmp_path / "engine.py"
