@@ -162,8 +162,10 @@ def call_job(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, 
             try:
                 value = run_coroutine(awaiting)
             except BaseException:
-                if inspect.getcoroutinestate(awaiting) == inspect.CORO_CREATED:
-                    _discard(awaiting, value)  # no loop or thread could be made to run it
+                # Never started: no loop or thread could be made to run it, or its task was
+                # cancelled before its first step (a timeout abandoned it at once), which
+                # leaves the wrapper closed, never having awaited the job's coroutine.
+                _discard(awaiting, value)
                 raise
         return value
     finally:
@@ -171,10 +173,12 @@ def call_job(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, 
 
 
 def _discard(awaiting: Any, awaitable: Any) -> None:
-    """Close coroutines that will never run, so that Python does not warn, at some later
-    garbage collection, that they were never awaited: the error says what went wrong."""
-    awaiting.close()
-    if inspect.iscoroutine(awaitable):
+    """Close the coroutines of those two that never started, so that Python does not warn,
+    at some later garbage collection, that they were never awaited: the error says what
+    went wrong. One that started has ended already (its error is being raised)."""
+    if inspect.getcoroutinestate(awaiting) == inspect.CORO_CREATED:
+        awaiting.close()
+    if inspect.iscoroutine(awaitable) and inspect.getcoroutinestate(awaitable) == inspect.CORO_CREATED:
         awaitable.close()
 
 

@@ -200,3 +200,33 @@ def test_an_ended_jobs_partial_and_what_it_holds_are_not_kept() -> None:
     gc.collect()
     # then nothing keeps the object (the signature cache kept the partial, and it)
     assert held() is None
+
+
+async def _never_reached() -> str:
+    return "ran"
+
+
+class _NoReports:
+    def report_progress(self, *args: Any) -> None:
+        pass
+
+    def report_log(self, *args: Any) -> None:
+        pass
+
+
+def test_a_coroutine_job_given_up_before_its_task_first_ran_leaves_no_never_awaited_warning() -> None:
+    # A timeout of 1e-9 s abandons the attempt before its task starts: the task is
+    # cancelled before the wrapper coroutine ran, which then ended closed, never having
+    # awaited the job's own coroutine ("coroutine ... was never awaited" at collection).
+    import warnings
+    from jobcore.context import JobContext
+    from jobcore.execution import run_attempt
+    context = JobContext("job-1", "a job", 1, _NoReports())
+    context.abandon()  # given up already, as a timeout does before the loop starts
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        outcome = run_attempt(_never_reached, (), {}, context)
+        assert outcome.error is not None and type(outcome.error).__name__ == "CancelledError"
+        del outcome
+        gc.collect()
+    assert [str(w.message) for w in caught if "never awaited" in str(w.message)] == []
