@@ -2,7 +2,9 @@
 
 A timeout or a cancel terminates the child (SIGTERM, then SIGKILL after a grace period)
 and a fresh one replaces it on demand; a child that dies fails the attempt with
-`WorkerProcessDied`. Children come from the `forkserver` context on Linux and `spawn`
+`WorkerProcessDied`, unless it died while starting, before the attempt reached it (then
+another child runs it). A child outlives its forkserver, and is then watched through its
+pipe and ended by its pid. `close` ends busy children too. Children come from the `forkserver` context on Linux and `spawn`
 elsewhere, never from a fork of the threaded engine. This module decides nothing about
 retries, persists nothing, and does not pick which jobs run isolated: the worker pool
 hands it attempts. The child's loop is `jobcore.isolation_child`; what crosses the pipe,
@@ -14,7 +16,6 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import pickle
-import signal
 import sys
 import threading
 import traceback as traceback_module
@@ -29,8 +30,8 @@ from .context import JobContext
 from .errors import JobCancelled, JobcoreError, JobTimeout
 from .execution import Outcome
 from .isolation_child import memory_limit_supported, serve
-from .isolation_process import (Child, alive, default_start_method, end_all, end_child, outlived_server,
-                                signal_name)
+from .isolation_process import (Child, alive, default_start_method, end_all, end_child, how_it_ended,
+                                outlived_server)
 from .isolation_wire import (AttemptRequest, NotIsolatable, RemoteError, RemoteFailure,
                               isolation_problem, rebuild_exception)
 
@@ -384,22 +385,7 @@ class ProcessRunner:
     @staticmethod
     def _died_outcome(exitcode: Optional[int], child: Child, context: JobContext) -> Outcome:
         pid = child.pid
-        if child.at_exit:
-            how = "was ended because this process is exiting"
-        elif child.closing:
-            how = "was ended because its runner was closed"
-        elif child.orphaned:
-            how = "died after the forkserver that started it had died (exit status unknown)"
-        elif exitcode is None:
-            how = "died"
-        elif exitcode < 0:
-            how = f"was killed by signal {-exitcode} ({signal_name(-exitcode)})"
-            if -exitcode == signal.SIGKILL:
-                how += ": the out-of-memory killer, or a kill from outside"
-            elif -exitcode == signal.SIGSEGV:
-                how += ": a crash in native code"
-        else:
-            how = f"exited with code {exitcode} (os._exit, a fatal error, or a failed start)"
+        how = how_it_ended(child, exitcode)
         message = f"the child process (pid {pid}) running job {context.id} {how} before returning a result"
         logger.warning("%s", message)
         return Outcome(error=WorkerProcessDied(message, exitcode=exitcode, pid=pid))

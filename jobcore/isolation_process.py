@@ -31,8 +31,10 @@ class Child:
     """One pooled child process and the parent's end of its pipe.
 
     Ending a child can race: a worker thread reaps the child it supervises while the
-    exit-time `end_all` ends every child left. `ending` serialises the two, and once
-    `ended` the exit status stays readable in `exitcode` (the process object is closed)."""
+    exit-time `end_all` (or `ProcessRunner.close`) ends every child left. `ending`
+    serialises the two, and once `ended` the exit status stays readable in `exitcode`
+    (the process object is closed). `ready` is the supervising thread's alone; `closing`
+    is set under the runner's lock before the child is ended, and read after."""
 
     process: Any  # multiprocessing.Process (BaseProcess)
     conn: Connection
@@ -199,6 +201,26 @@ def end_all(children: set[Child], lock: threading.Condition, grace: float, lifel
     for child in remaining:
         end_child(child, grace, at_exit=True, group=True)
     lifeline.close()
+
+
+def how_it_ended(child: Child, exitcode: Optional[int]) -> str:
+    """How an ended `child` ended, for a message: "... running job X {how} before ..."."""
+    if child.at_exit:
+        return "was ended because this process is exiting"
+    if child.closing:
+        return "was ended because its runner was closed"
+    if child.orphaned:
+        return "died after the forkserver that started it had died (exit status unknown)"
+    if exitcode is None:
+        return "died"
+    if exitcode >= 0:
+        return f"exited with code {exitcode} (os._exit, a fatal error, or a failed start)"
+    how = f"was killed by signal {-exitcode} ({signal_name(-exitcode)})"
+    if -exitcode == signal.SIGKILL:
+        how += ": the out-of-memory killer, or a kill from outside"
+    elif -exitcode == signal.SIGSEGV:
+        how += ": a crash in native code"
+    return how
 
 
 def signal_name(number: int) -> str:
