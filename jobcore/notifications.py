@@ -134,12 +134,12 @@ class CallbackNotificationChannel:
                 import asyncio  # only for channels that need it: it costs start-up time
                 asyncio.run(_awaited(result))
 
+    def __repr__(self) -> str:
+        return f"CallbackNotificationChannel({getattr(self.fn, '__qualname__', self.fn)!r})"
+
 
 async def _awaited(awaitable: Any) -> Any:
     return await awaitable
-
-    def __repr__(self) -> str:
-        return f"CallbackNotificationChannel({getattr(self.fn, '__qualname__', self.fn)!r})"
 
 
 class EmailNotificationChannel:

@@ -171,6 +171,20 @@ def test_show_of_a_failed_job_prints_its_error_type_and_traceback(jobs: Jobs) ->
     assert "in fail_loudly" in traceback and traceback.rstrip().endswith("ValueError: disk says no")
 
 
+def test_show_prints_a_schedules_cron_and_a_jobs_progress_details(db_path: str) -> None:
+    # given a cron schedule, and a job whose progress carries details (show printed neither)
+    manager = JobManager(db_path, producer=True)
+    schedule = manager.enqueue(Job(function_name="tasks.tick", cron="*/5 * * * *"))
+    job_id = manager.enqueue(Job(function_name="tasks.step"))
+    manager.repository.claim(job_id, "w1", 1.0, 1e12)
+    manager.repository.update_progress(job_id, "w1", 1, 0.5, "half", {"rows": 3}, 2.0)
+    manager.close()
+    # then show prints them
+    assert "cron:       */5 * * * * (a schedule" in run("show", schedule, db=db_path).stdout
+    shown = run("show", job_id, db=db_path).stdout
+    assert 'details:    {"rows": 3}' in shown and "progress:   50% half" in shown
+
+
 def test_show_json_includes_traceback_and_logs(jobs: Jobs) -> None:
     failed = json.loads(run("show", "--json", jobs.failed, db=jobs.db).stdout)
     completed = json.loads(run("show", jobs.completed, "--json", db=jobs.db).stdout)

@@ -163,6 +163,8 @@ def test_redaction_touches_only_token_parameters() -> None:
     assert redact_tokens('"GET /x?a=1&token=s&b=2 HTTP/1.1" 200 -') == '"GET /x?a=1&token=[redacted]&b=2 HTTP/1.1" 200 -'
     assert redact_tokens("GET /x?tokens=1&my_token=2") == "GET /x?tokens=1&my_token=2"
     assert redact_tokens("GET /?%74oken=s") == "GET /?%74oken=[redacted]"
+    # a token may hold quotes (sent unencoded by curl or a script): all of it is hidden
+    assert redact_tokens('"GET /?token=pub\'SEC"RET&x=1 HTTP/1.1" 200 -') == '"GET /?token=[redacted]&x=1 HTTP/1.1" 200 -'
 
 
 @pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])

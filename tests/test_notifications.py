@@ -406,6 +406,8 @@ def test_callback_channel_calls_its_function_with_the_events_it_wants() -> None:
     assert isinstance(channel, NotificationChannel)
     assert not isinstance(object(), NotificationChannel)
     assert CallbackNotificationChannel(recorder).wants("anything")
+    # and log lines name it by its function (its __repr__ was dead code inside a coroutine)
+    assert repr(CallbackNotificationChannel(make_event)) == "CallbackNotificationChannel('make_event')"
 
 
 # --- NotificationDispatcher ---------------------------------------------------------------

@@ -112,6 +112,7 @@ def cmd_show(manager: JobManager, args: argparse.Namespace) -> int:
         ("id", result.job_id), ("name", result.name), ("function", result.function_name),
         ("status", result.status.value),
         ("progress", f"{_percent(result.progress)} {result.progress_message}".rstrip()),
+        ("details", json.dumps(result.progress_details) if result.progress_details else None),  # of the progress
         ("attempts", f"{result.attempts} (max retries {result.max_retries})"),
         ("priority", _priority(result.priority)),
         ("owner", result.owner), ("tags", ", ".join(sorted(result.tags)) or None),
@@ -120,6 +121,7 @@ def cmd_show(manager: JobManager, args: argparse.Namespace) -> int:
         ("started", result.started_at and _when(result.started_at)),
         ("completed", result.completed_at and _when(result.completed_at)),
         ("worker", result.worker_id), ("depends on", ", ".join(result.depends_on) or None),
+        ("cron", result.cron and f"{result.cron} (a schedule: each fire enqueues a run)"),
         ("metadata", json.dumps(result.metadata) if result.metadata else None),
         ("result", None if result.result is None else json.dumps(result.result, default=str)),
         ("error type", result.error_type), ("error", result.error),
