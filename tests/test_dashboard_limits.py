@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 from typing import Any
 
@@ -136,6 +137,52 @@ def test_connections_past_the_cap_are_answered_503_until_one_ends(site: Site) ->
             served = call(server, "/api/stats")
 
     assert refused.status == 503 and "too many connections" in refused.json()["error"]
+    assert served.status == 200
+
+
+def _trickle(sock: socket.socket, stop: threading.Event) -> None:
+    """Send a request a byte every 0.1 s (never whole within a test) until stopped or cut."""
+    for byte in b"GET /api/stats HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: " + b"a" * 1000:
+        if stop.wait(0.1):
+            return
+        try:
+            sock.sendall(bytes([byte]))
+        except OSError:
+            return
+
+
+def test_a_request_trickled_a_byte_at_a_time_is_cut_at_the_request_timeout(site: Site) -> None:
+    # Each byte comes well within the timeout: only a deadline for the whole request ends it.
+    timeout, stop = 0.5, threading.Event()
+    with DashboardServer(site.manager, port=0, request_timeout=timeout, max_connections=2) as server:
+        started = time.monotonic()
+        socks = [socket.create_connection(("127.0.0.1", server.port), timeout=5.0) for _ in range(2)]
+        threads = [threading.Thread(target=_trickle, args=(sock, stop), daemon=True) for sock in socks]
+        for thread in threads:
+            thread.start()
+        try:
+            refused = call(server, "/api/stats")  # both slots held by the tricklers
+            answers = []
+            for sock in socks:
+                try:
+                    answers.append(sock.recv(1024))  # b"" once the server closes (5 s at most)
+                except ConnectionResetError:
+                    answers.append(b"")
+            cut_after = time.monotonic() - started
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(WAIT)
+            for sock in socks:
+                sock.close()
+        deadline = time.monotonic() + WAIT  # the threads give their slots back as they end
+        served = call(server, "/api/stats")
+        while served.status == 503 and time.monotonic() < deadline:
+            time.sleep(0.02)
+            served = call(server, "/api/stats")
+
+    assert refused.status == 503
+    assert answers == [b"", b""] and cut_after < timeout + 1.5
     assert served.status == 200
 
 

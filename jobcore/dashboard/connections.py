@@ -2,8 +2,8 @@
 
 `DashboardHTTPServer` caps the connections served at once (past the cap a new one is
 answered `503` and closed at once, so idle clients cannot exhaust the process's file
-descriptors, which the job store needs too); the handler's socket timeout (see
-`server._Handler.setup`) closes a connection idle or half-sent for too long.
+descriptors, which the job store needs too); the handler's request deadline (see
+`server._Handler.setup`) closes a connection idle, half-sent or trickling for too long.
 `redact_tokens` keeps access tokens out of logged request lines. It knows nothing of jobs.
 """
 
@@ -41,8 +41,8 @@ def redact_tokens(text: str) -> str:
 class DashboardHTTPServer(ThreadingHTTPServer):
     """A `ThreadingHTTPServer` serving at most `max_connections` connections at once.
 
-    `request_timeout` (seconds) is how long the handler waits on its socket before it
-    closes the connection; `dashboard` is the `DashboardServer` the handler serves."""
+    `request_timeout` (seconds) is how long the handler waits for a whole request (or for
+    one write) before it closes the connection; `dashboard` is the `DashboardServer` the handler serves."""
 
     daemon_threads = True
     dashboard: Any  # the DashboardServer; typed in server.py, which imports this module

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import html
+import io
 import json
 import logging
 import re
@@ -22,7 +23,8 @@ from importlib import resources
 from typing import Any, Callable, Optional
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from ..clock import SYSTEM_CLOCK
+from ..clock import SYSTEM_CLOCK, real_monotonic
+from ..deadline_io import DeadlineReader
 from ..dead_letters import retry_all
 from ..errors import JobNotFound, RepositoryError
 from ..manager import RETRY_RULES, JobManager
@@ -40,7 +42,7 @@ DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
 MAX_TAGS = 20  # distinct tag= filters: each is a clause of the query (SQLite's tree fails near 1,000)
 DETAIL_LOGS = 500  # the last log lines a job's detail carries (with the total as log_count)
 DEFAULT_LOG_LIMIT, MAX_LOG_LIMIT = 500, 5000  # lines per GET /api/jobs/ID/logs
-REQUEST_TIMEOUT = 30.0  # seconds a connection may sit idle or half-sent before it is closed
+REQUEST_TIMEOUT = 30.0  # seconds a whole request may take to arrive, or a write to go, before the connection closes
 MAX_CONNECTIONS = 100  # connections served at once (a thread each); more are answered 503 and closed
 STATIC_FILES = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
 PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self';"
@@ -70,8 +72,8 @@ class DashboardServer:
     without one, a random token is made (see `login_url`). A token must be printable ASCII
     without spaces, and not empty (`ValueError` otherwise), as `port` must be 0 to 65535.
     `csrf_token` (made per process) must come with every POST in the `X-CSRF-Token`
-    header; the page embeds it. A connection idle or half-sent for `request_timeout`
-    seconds is closed; past `max_connections` served at once, a new one is answered 503
+    header; the page embeds it. A connection whose request has not all come within
+    `request_timeout` seconds (of the wait for it starting) is closed, however it trickles; past `max_connections` served at once, a new one is answered 503
     (`ValueError` unless both are above 0)."""
 
     def __init__(self, manager: JobManager, host: str = "127.0.0.1", port: int = 8080, *,
@@ -162,10 +164,20 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
-        # A read or write waiting longer raises TimeoutError (http.server logs it or ends the
-        # request on it) and the connection is closed: without it an idle client holds a
-        # thread and a file descriptor for ever.
+        # A write waiting longer than request_timeout raises TimeoutError, and so does a read
+        # past the request's deadline (see handle_one_request): http.server logs it or ends
+        # the request on it and the connection is closed. Without it an idle client, or one
+        # trickling a byte at a time, holds a thread and a file descriptor for ever.
         self.connection.settimeout(self.server.request_timeout)
+        self.rfile.close()
+        self._reader = DeadlineReader(self.connection, real_monotonic() + self.server.request_timeout)
+        self.rfile = io.BufferedReader(self._reader)
+
+    def handle_one_request(self) -> None:
+        # The request line, headers and body must all come within request_timeout of the
+        # moment the server starts waiting for them (after the previous answer, if any).
+        self._reader.deadline = real_monotonic() + self.server.request_timeout
+        super().handle_one_request()
 
     def version_string(self) -> str:
         return self.server_version  # no Python version in the Server header
