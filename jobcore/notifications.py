@@ -249,26 +249,14 @@ def _is_ssl_context(value: Any) -> bool:
     return isinstance(value, ssl.SSLContext)
 
 
-def _opener_without_redirects() -> Any:
-    """A urllib opener that turns a redirect into an HTTPError: urllib would re-send our
-    POST as a body-less GET."""
-    import urllib.request
-
-    class NoRedirect(urllib.request.HTTPRedirectHandler):
-        def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any,
-                             newurl: str) -> None:
-            return None
-
-    return urllib.request.build_opener(NoRedirect)
-
-
 class WebhookNotificationChannel:
     """POSTs each event as JSON to a URL with `urllib`; a non-2xx answer raises.
 
     Headers sent: `Content-Type: application/json`, `User-Agent: jobcore`, then `headers`
     (which win on a clash). Values JSON cannot encode are sent as `str(value)`. Redirects
-    are not followed. `timeout` bounds connecting and each read, in seconds. `events`
-    limits which events are posted; None means all.
+    are not followed. `timeout` (seconds) bounds each delivery as a whole: connecting,
+    sending the event and reading the answer, however slowly the server trickles it.
+    `events` limits which events are posted; None means all.
     """
 
     def __init__(self, webhook_url: str, *, timeout: float = 5.0,
@@ -296,7 +284,8 @@ class WebhookNotificationChannel:
                 raise ValueError(f"invalid HTTP header name {key!r}")
             self.headers[key] = _text(f"header {key!r}", value, empty_ok=True)
         self.events = _event_names(events)
-        self._opener = _opener_without_redirects()
+        from jobcore.deadline_io import deadline_opener  # imports urllib.request: see above
+        self._opener = deadline_opener()
 
     def wants(self, event_name: str) -> bool:
         """True if this channel posts events named `event_name`."""
@@ -305,7 +294,7 @@ class WebhookNotificationChannel:
     def send(self, event: dict[str, Any]) -> None:
         """POST `event` unless this channel does not want it; raises `NotificationError`
         on a non-2xx answer and `OSError` (`urllib.error.URLError`, `TimeoutError`) when
-        the server cannot be reached or does not answer in time."""
+        the server cannot be reached or has not answered within `timeout`."""
         import urllib.error
         import urllib.request
 

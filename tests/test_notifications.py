@@ -14,6 +14,7 @@ import socketserver
 import ssl
 import subprocess
 import threading
+import time
 from dataclasses import dataclass
 from email import policy
 from email.message import EmailMessage
@@ -100,12 +101,14 @@ class HTTPRequest:
 
 
 class WebhookServer(ThreadingHTTPServer):
-    """Records every request; answers `status`, or never answers while `hang` is set."""
+    """Records every request; answers `status`, or never answers while `hang` is set, or
+    trickles the first `trickle` answers a header line every 0.1 s (never ending them)."""
 
-    def __init__(self, status: int = 200, hang: bool = False, location: str | None = None) -> None:
+    def __init__(self, status: int = 200, hang: bool = False, location: str | None = None,
+                 trickle: int = 0) -> None:
         super().__init__(("127.0.0.1", 0), WebhookHandler)
-        self.status, self.hang, self.location = status, hang, location
-        self.cond = threading.Condition()   # guards requests
+        self.status, self.hang, self.location, self.trickle = status, hang, location, trickle
+        self.cond = threading.Condition()   # guards requests and trickle
         self.requests: list[HTTPRequest] = []
         self.release = threading.Event()    # lets hanging handlers return
         self.thread = threading.Thread(target=self.serve_forever, args=(0.02,), daemon=True)
@@ -135,6 +138,10 @@ class WebhookHandler(BaseHTTPRequestHandler):
             self.server.requests.append(
                 HTTPRequest(self.command, self.path, dict(self.headers.items()), body))
             self.server.cond.notify_all()
+            trickled, self.server.trickle = self.server.trickle > 0, max(0, self.server.trickle - 1)
+        if trickled:
+            self._trickle()
+            return
         if self.server.hang:
             self.server.release.wait(WAIT)
             self.close_connection = True
@@ -146,6 +153,18 @@ class WebhookHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(answer)))
         self.end_headers()
         self.wfile.write(answer)
+
+    def _trickle(self) -> None:
+        """A status line, then a header line every 0.1 s until stopped (WAIT at most)."""
+        self.close_connection = True
+        try:
+            self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+            for _ in range(int(WAIT / 0.1)):
+                if self.server.release.wait(0.1):
+                    return
+                self.wfile.write(b"X-Slow: 1\r\n")
+        except OSError:   # the client gave up and closed
+            pass
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -662,6 +681,25 @@ def test_a_hung_webhook_delays_only_its_own_channel(webhook_server, dispatchers,
     assert not server.release.is_set()
     assert dispatcher.flush(WAIT)             # the webhook gave up after its 0.5 s
     assert "timed out" in warnings_from(caplog)[0].getMessage()
+
+
+def test_a_webhook_trickling_its_answer_is_given_up_at_the_timeout(webhook_server, dispatchers,
+                                                                    caplog) -> None:
+    # Each header line comes well within the timeout: only a deadline for the whole
+    # delivery ends the first one.
+    server = webhook_server(trickle=1)
+    dispatcher = dispatchers(WebhookNotificationChannel(server.url, timeout=0.5))
+    started = time.monotonic()
+
+    dispatcher.publish(make_event(job_id="first"))
+    dispatcher.publish(make_event(job_id="second"))
+
+    assert dispatcher.flush(WAIT)
+    took = time.monotonic() - started
+    assert [json.loads(r.body)["job_id"] for r in server.requests] == ["first", "second"]
+    [warning] = [r.getMessage() for r in warnings_from(caplog)]
+    assert "job first" in warning and "timed out" in warning
+    assert took < 0.5 + 1.5   # the second answered at once, after the first gave up
 
 
 def test_webhook_posts_only_the_events_it_wants(webhook_server) -> None:
