@@ -53,6 +53,7 @@ EVENT_NAMES = frozenset({"job.completed", "job.retrying", DEAD_LETTERED, "job.ca
 _BODY_FIELDS = ("event", "job_id", "name", "function_name", "status", "attempts",
                 "error_type", "error", "timestamp")
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")   # an RFC 9110 token
+_URL_SAFE = "/%:@!$&'()*+,;="   # kept as they are in a webhook URL's path (RFC 3986 pchar)
 
 
 class NotificationError(JobcoreError):
@@ -253,7 +254,8 @@ class WebhookNotificationChannel:
     """POSTs each event as JSON to a URL with `urllib`; a non-2xx answer raises.
 
     Headers sent: `Content-Type: application/json`, `User-Agent: jobcore`, then `headers`
-    (which win on a clash). Values JSON cannot encode are sent as `str(value)`. Redirects
+    (which win on a clash); credentials in the URL go as `Authorization: Basic`. Values
+    JSON cannot encode are sent as `str(value)`. Redirects
     are not followed. `timeout` (seconds) bounds each delivery as a whole: connecting,
     sending the event and reading the answer, however slowly the server trickles it.
     `events` limits which events are posted; None means all.
@@ -267,13 +269,22 @@ class WebhookNotificationChannel:
             has_host = bool(parts.hostname) and parts.port != 0
         except ValueError:   # urlsplit checks the port only when it is read
             has_host = False
+        userinfo, _, host_port = parts.netloc.rpartition("@")
         if parts.scheme.lower() not in ("http", "https") or not has_host:
+            shown = urllib.parse.urlunsplit(parts._replace(netloc=host_port))  # no credentials
             raise ValueError("webhook_url must be an http:// or https:// URL with a host and"
-                             f" a valid port, got {webhook_url!r}")
-        self.webhook_url = webhook_url
+                             f" a valid port, got {shown!r}")
+        # Credentials in the URL are sent as Basic authorization (urllib would take
+        # "user:pass@host" for a host name), and kept private: no repr, vars() or log shows them.
+        self._authorization = _basic_authorization(userinfo) if userinfo else None
+        # Sent as is, a non-ASCII path or query fails every delivery: percent-encoded here,
+        # once (escapes already in it are kept). The fragment is never sent.
+        self.webhook_url = urllib.parse.urlunsplit((
+            parts.scheme, host_port, urllib.parse.quote(parts.path, safe=_URL_SAFE),
+            urllib.parse.quote(parts.query, safe=_URL_SAFE + "?"), ""))
         # The URL itself may be the secret (Slack-style hooks): logs show scheme, host and
         # port only, never the path, query or user info.
-        self._shown_url = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}/..."
+        self._shown_url = f"{parts.scheme}://{host_port}/..."
         self.timeout = _positive("timeout", timeout)
         if headers is not None and not isinstance(headers, Mapping):
             raise TypeError(
@@ -283,6 +294,8 @@ class WebhookNotificationChannel:
             if not (isinstance(key, str) and _HEADER_NAME.fullmatch(key)):
                 raise ValueError(f"invalid HTTP header name {key!r}")
             self.headers[key] = _text(f"header {key!r}", value, empty_ok=True)
+            if max(map(ord, value), default=0) > 255:  # http.client would fail every delivery on it
+                raise ValueError(f"header {key!r} must be Latin-1 text (as HTTP sends it), got {value!r}")
         self.events = _event_names(events)
         from jobcore.deadline_io import deadline_opener  # imports urllib.request: see above
         self._opener = deadline_opener()
@@ -303,6 +316,8 @@ class WebhookNotificationChannel:
         data = json.dumps(event, default=str).encode("utf-8")
         request = urllib.request.Request(self.webhook_url, data=data, headers=self.headers,
                                          method="POST")
+        if self._authorization is not None and not request.has_header("Authorization"):
+            request.add_header("Authorization", self._authorization)  # `headers` win on a clash
         try:
             with self._opener.open(request, timeout=self.timeout):
                 pass
@@ -315,6 +330,15 @@ class WebhookNotificationChannel:
 
     def __repr__(self) -> str:
         return f"WebhookNotificationChannel({self._shown_url!r})"
+
+
+def _basic_authorization(userinfo: str) -> str:
+    """An `Authorization: Basic` value for a URL's `user:password` (percent-decoded, UTF-8)."""
+    import base64
+
+    user, _, password = userinfo.partition(":")
+    pair = f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}"
+    return "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
 
 
 def _event_names(events: Iterable[str] | None) -> frozenset[str] | None:

@@ -702,6 +702,38 @@ def test_a_webhook_trickling_its_answer_is_given_up_at_the_timeout(webhook_serve
     assert took < 0.5 + 1.5   # the second answered at once, after the first gave up
 
 
+def test_credentials_in_a_webhook_url_are_sent_as_basic_authorization(webhook_server, dispatchers,
+                                                                       caplog) -> None:
+    server = webhook_server(status=500)   # an error, so that the channel logs its URL
+    port = server.server_address[1]
+    channel = WebhookNotificationChannel(f"http://us%C3%A9r:pa%40ss@127.0.0.1:{port}/hook?x=1")
+    overridden = WebhookNotificationChannel(f"http://user:pw@127.0.0.1:{port}/hook",
+                                            headers={"authorization": "Bearer t0k3n"})
+    dispatcher = dispatchers(channel, overridden)
+
+    dispatcher.publish(make_event())
+
+    assert dispatcher.flush(WAIT)
+    assert sorted(r.headers["Authorization"] for r in server.requests) == [
+        "Basic " + base64.b64encode("usér:pa@ss".encode()).decode(), "Bearer t0k3n"]
+    assert {r.path for r in server.requests} == {"/hook?x=1", "/hook"}
+    shown = repr(channel) + repr(vars(channel)) + caplog.text
+    assert "HTTP 500" in caplog.text and "pa%40ss" not in shown and "pa@ss" not in shown
+    with pytest.raises(ValueError, match="port") as refused:
+        WebhookNotificationChannel("http://user:s3cret@127.0.0.1:0/hook")
+    assert "s3cret" not in str(refused.value)
+
+
+def test_a_non_ascii_webhook_path_is_percent_encoded_once(webhook_server) -> None:
+    server = webhook_server()
+    port = server.server_address[1]
+
+    WebhookNotificationChannel(f"http://127.0.0.1:{port}/café/a b?q=né#top").send(make_event())
+    WebhookNotificationChannel(f"http://127.0.0.1:{port}/caf%C3%A9?q=n%C3%A9").send(make_event())
+
+    assert [r.path for r in server.requests] == ["/caf%C3%A9/a%20b?q=n%C3%A9", "/caf%C3%A9?q=n%C3%A9"]
+
+
 def test_webhook_posts_only_the_events_it_wants(webhook_server) -> None:
     server = webhook_server()
     channel = WebhookNotificationChannel(server.url, events={"job.dead_lettered"})
@@ -724,6 +756,7 @@ def test_webhook_posts_only_the_events_it_wants(webhook_server) -> None:
     (("https://example.com/", {"timeout": "5"}), TypeError, "timeout"),
     (("https://example.com/", {"headers": {"Bad Name": "x"}}), ValueError, "header name"),
     (("https://example.com/", {"headers": {"X-Ok": "a\r\nX: 1"}}), ValueError, "line breaks"),
+    (("https://example.com/", {"headers": {"X-Ok": "\u6708"}}), ValueError, "Latin-1"),
     (("https://example.com/", {"events": "job.completed"}), TypeError, "events"),
     (("https://example.com/", {"events": set()}), ValueError, "events"),
 ])
