@@ -257,7 +257,8 @@ class WebhookNotificationChannel:
     (which win on a clash); credentials in the URL go as `Authorization: Basic`. Values
     JSON cannot encode are sent as `str(value)`. Redirects
     are not followed. `timeout` (seconds) bounds each delivery as a whole: connecting,
-    sending the event and reading the answer, however slowly the server trickles it.
+    sending the event and reading the answer, however slowly the server trickles it
+    (not the host name's lookup).
     `events` limits which events are posted; None means all.
     """
 
