@@ -539,6 +539,17 @@ def test_a_nested_function_is_refused_and_the_runner_says_why(
     assert not is_transient(outcome.error) and runner.stats.started == 0
 
 
+# What the scripts below that drive a ProcessRunner start with (before their own code).
+_RUNNER = """
+from jobcore.context import JobContext
+from jobcore.isolation import ProcessRunner
+
+class Sink:
+    def report_progress(self, *a): pass
+    def report_log(self, *a): pass
+"""
+
+
 def _python(code: str, tmp_path: Any) -> subprocess.CompletedProcess[str]:
     script = tmp_path / "script.py"
     script.write_text(textwrap.dedent(code))
@@ -572,10 +583,8 @@ def test_a_slow_child_start_up_does_not_count_against_the_timeout(tmp_path: Any)
     # The script's top level runs again in each child (as __mp_main__): a start-up of
     # 1 s, longer than the 0.5 s timeout. Once every such attempt timed out, and each
     # timeout killed the child, so its retry had a fresh, slow child too.
-    done = _python("""
+    done = _python(_RUNNER + textwrap.dedent("""
         import time
-        from jobcore.context import JobContext
-        from jobcore.isolation import ProcessRunner
 
         if __name__ == "__mp_main__":
             time.sleep(1.0)  # a slow import in the child
@@ -583,38 +592,28 @@ def test_a_slow_child_start_up_does_not_count_against_the_timeout(tmp_path: Any)
         def square(x):
             return x * x
 
-        class Sink:
-            def report_progress(self, *a): pass
-            def report_log(self, *a): pass
-
         if __name__ == "__main__":
             with ProcessRunner(1) as runner:
                 outcome = runner.run(square, (7,), {}, JobContext("j", "j", 1, Sink()), timeout=0.5)
                 print(outcome.value, repr(outcome.error))
-        """, tmp_path)
+        """), tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "49 None"
 
 
 def test_a_child_that_does_not_start_in_time_fails_the_attempt(tmp_path: Any) -> None:
-    done = _python("""
+    done = _python(_RUNNER + textwrap.dedent("""
         import threading
-        from jobcore.context import JobContext
-        from jobcore.isolation import ProcessRunner
 
         if __name__ == "__mp_main__":
             threading.Event().wait()  # a start-up that hangs
-
-        class Sink:
-            def report_progress(self, *a): pass
-            def report_log(self, *a): pass
 
         if __name__ == "__main__":
             with ProcessRunner(1, start_timeout=0.5, grace=0.1) as runner:
                 outcome = runner.run(len, ("x",), {}, JobContext("j", "j", 1, Sink()), timeout=60)
                 print(type(outcome.error).__name__, outcome.error)
                 print(runner.pids(), runner.stats.terminated)
-        """, tmp_path)
+        """), tmp_path)
     assert done.returncode == 0, done.stderr
     first, second = done.stdout.strip().splitlines()
     assert first.startswith("WorkerProcessDied ") and "did not start within 0.5s" in first
@@ -625,10 +624,8 @@ def test_a_child_killed_by_ctrl_c_while_it_starts_is_replaced_without_failing_th
         tmp_path: Any) -> None:
     # Ctrl-C to the process group reaches a child still starting, before it ignores
     # SIGINT; the attempt, which had not reached it, once failed as WorkerProcessDied.
-    done = _python("""
+    done = _python(_RUNNER + textwrap.dedent("""
         import os, signal, threading
-        from jobcore.context import JobContext
-        from jobcore.isolation import ProcessRunner
 
         if __name__ == "__mp_main__":  # each child's start-up; the first one's hangs
             try:
@@ -642,10 +639,6 @@ def test_a_child_killed_by_ctrl_c_while_it_starts_is_replaced_without_failing_th
 
         def square(x):
             return x * x
-
-        class Sink:
-            def report_progress(self, *a): pass
-            def report_log(self, *a): pass
 
         if __name__ == "__main__":
             with ProcessRunner(1) as runner:
@@ -661,7 +654,7 @@ def test_a_child_killed_by_ctrl_c_while_it_starts_is_replaced_without_failing_th
                 os.kill(int(open("first").read()), signal.SIGINT)
                 job.join(10)
                 print(outcomes[0].value, repr(outcomes[0].error), runner.stats.started)
-        """, tmp_path)
+        """), tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "49 None 2"
 

@@ -20,12 +20,15 @@ def any_repository(request: Any, tmp_path: Any) -> JobRepository:
     return repository_with(AsIs, request, tmp_path)
 
 
-def test_an_id_or_a_filter_holding_a_nul_is_unknown_on_every_store(any_repository: Any, make_manager: Any) -> None:
-    # given a manager with a job owned by "a" (PostgreSQL raised ValueError for each call)
+@pytest.mark.parametrize("odd", ["a\x00b", "ab\udcff"])
+def test_an_id_or_a_filter_no_job_can_hold_is_unknown_on_every_store(any_repository: Any, make_manager: Any,
+                                                                     odd: str) -> None:
+    # given a manager with a job owned by "a", and text holding a NUL (PostgreSQL raised
+    # ValueError for each call) or a lone surrogate (an id from a non-UTF-8 command line:
+    # SQLite and PostgreSQL raised a bare UnicodeEncodeError)
     manager = make_manager(any_repository, producer=True)
     manager.enqueue(Job(function_name="echo", owner="a", tags={"t"}))
-    odd = "a\x00b"
-    # then a lookup by an id holding a NUL finds nothing, as for any unknown id
+    # then a lookup by such an id finds nothing, as for any unknown id
     assert manager.poll(odd) is None and manager.cancel(odd) is False and manager.retry(odd) is False
     assert manager.get_logs(odd) == [] and manager.count_logs(odd) == 0
     with pytest.raises(LookupError):
