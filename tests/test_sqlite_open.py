@@ -384,3 +384,39 @@ def test_the_connection_of_a_thread_not_started_by_threading_is_closed_as_it_end
         time.sleep(0.01)  # the last thread may still be ending
     assert len(repo._db._connections) <= 1
     repo.close()
+
+
+CLOSE_DURING_READ = textwrap.dedent("""
+    import sys, threading, time
+    from jobcore import SQLiteRepository
+
+    repository = SQLiteRepository(sys.argv[1])
+    started, counted = threading.Event(), []
+
+    def read():
+        started.set()
+        counted.append(repository._read(
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 2000000)"
+            " SELECT count(*) FROM c")[0][0])
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    started.wait()
+    time.sleep(0.05)  # inside its statement (about half a second long)
+    repository.close()
+    reader.join()
+    print(counted)
+""")
+
+
+def test_close_waits_for_a_statement_another_thread_is_running(tmp_path: Path) -> None:
+    # given a thread inside a long read when the repository closes (a dashboard request
+    # still reading as its manager closed): its connection was closed under the statement,
+    # and the process died of a segfault
+    script = tmp_path / "close_during_read.py"
+    script.write_text(CLOSE_DURING_READ)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run([sys.executable, str(script), str(tmp_path / "jobs.db")], env=env,
+                         capture_output=True, text=True, timeout=60)
+    # then the read ends as usual, and the connection is closed after it
+    assert (run.returncode, run.stdout.strip()) == (0, "[2000000]"), run.stderr

@@ -39,6 +39,8 @@ T = TypeVar("T")
 # checkpoint or remove the WAL under the parent): kept here so no garbage collection
 # closes them either.
 _INHERITED: list[sqlite3.Connection] = []
+# Seconds `close` waits for the calls under way on the connections it closes.
+CLOSE_WAIT = 5.0
 
 
 class _ThreadEnd:
@@ -472,13 +474,23 @@ class Connections:
         self._checkpoints.close()
         with self._lock:
             self._closed = True
-            connections = list(self._connections.values())
+            connections = list(self._connections.items())
             self._connections.clear()
-        self._gate.enter()  # (see `_before_fork`; after the join: the checkpointer may wait here)
+        # As before a fork: no call starts meanwhile, and the calls under way end first. A
+        # connection closed under another thread's statement (a dashboard request still
+        # reading as its manager closed) crashed the process (a segfault in SQLite).
+        # (After the join: the checkpointer may wait here.) One still in a call after
+        # CLOSE_WAIT (a write waiting out its busy timeout) is left open, not closed under it.
+        self._gate.before_fork(CLOSE_WAIT)
         try:
-            for conn in connections:
+            busy = self._gate.others_inside()
+            for thread, conn in connections:
+                if thread.ident in busy:
+                    logger.warning("SQLite at %r: a connection still in use by thread %s is left open"
+                                   " at close", self.path, thread.name)
+                    continue
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
         finally:
-            self._gate.leave()
+            self._gate.after_fork_in_parent()
         self._local = threading.local()

@@ -93,6 +93,11 @@ class ForkGate:
             self._forkers.add(me)
             return self._cond.wait_for(lambda: all(ident == me for ident in self._inside), timeout)
 
+    def others_inside(self) -> set[int]:
+        """The ids of the threads other than this one inside a call now."""
+        me = get_ident()
+        return {ident for ident in list(self._inside) if ident != me}
+
     def after_fork_in_parent(self) -> None:
         """This thread's fork is done: open the gate (unless another thread forks too)."""
         with self._cond:
