@@ -233,7 +233,11 @@ class Housekeeper:
     def _loop(self) -> None:
         settings = self._settings
         recover_every = max(settings.poll_interval, settings.lease_timeout / 4)
-        start = self._clock.monotonic()
+        # Wall minus monotonic (see `wall_now`), read together: read after the first change
+        # token below (a store call, long if the store is busy; a test's fake clock moving
+        # meanwhile), it took that call's time for a jump back of the wall clock.
+        start, first_wall = self._clock.monotonic(), self._clock.time()
+        offset = first_wall - start
         beat_every = settings.beat_every
         next_beat = start + beat_every
         # next_beat in real time, or when the store calls last returned if later (see the stall below)
@@ -249,7 +253,6 @@ class Housekeeper:
         # stored after `start` read the store, but before that token was taken, would
         # otherwise leave no change to notice, and wait for ever.
         first_look = True
-        offset = self._clock.time() - start  # wall minus monotonic: see `wall_now`
         tolerance = jump_tolerance(settings.lease_timeout)
 
         def wall_now(now: float) -> Optional[float]:
