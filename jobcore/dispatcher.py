@@ -159,7 +159,13 @@ class Dispatcher:
         state = self._state
         due = self._queue.next_due()  # clock time: a fake clock's jump notifies instead
         timer_in = None if due is None else max(0.0, due - self._clock.time())
-        timeout = state.pacing.dispatcher_timeout(real_monotonic(), bool(state.finished), timer_in,
-                                                  busy=state.busy_locked())
+        # Outcomes past their time while an exchange is under way are not this thread's to
+        # record until it ends, and its end tells this thread (`PoolState.ended_locked`).
+        # Timed by their due time, it spun with a zero timeout for as long as that exchange
+        # waited for the database (another manager's write on the file, say: 670,000
+        # wake-ups in 4 s, every job of the process several times slower).
+        now = real_monotonic()
+        outcomes_wait = bool(state.finished) and not (state.exchanging and state.pacing.overdue(now))
+        timeout = state.pacing.dispatcher_timeout(now, outcomes_wait, timer_in, busy=state.busy_locked())
         state.dispatch_needed.wait(timeout)
         state.pacing.dispatcher_woke()

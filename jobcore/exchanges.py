@@ -151,7 +151,7 @@ class Exchanges:
                 self._queue.push(entry)
             with state.lock:
                 state.give_back_locked(finished)
-                if finished:
+                if state.finished:  # given back, or handed in while it ran
                     state.pacing.due_now(real_monotonic())
                     state.dispatch_needed.notify()
             raise

@@ -12,6 +12,7 @@ import pytest
 
 from jobcore import Job, JobManager, JobStatus, MemoryRepository, SQLiteRepository
 from jobcore import exchanges, pacing
+from jobcore.errors import RepositoryError
 from jobcore.clock import real_monotonic
 from jobcore.repository.base import JobRepository, Settlement
 from waiting import wait_until
@@ -331,3 +332,113 @@ def test_while_several_threads_enqueue_none_waits_for_an_exchange_under_way(
         state.pacing.stream_for(0.0, real_monotonic())
         state.dispatch_needed.notify()
     assert manager.wait(job.id, timeout=WAIT).result == 20
+
+
+class _InsertGated:
+    """Once `hold()` was called, holds the next exchange that stores a new job
+    (`insert_and_apply`) until `release()`."""
+
+    def hold(self) -> None:
+        self.held, self.entered, self.gate = True, threading.Event(), threading.Event()
+
+    def release(self, refuse: bool = False) -> None:
+        """Let the held exchange go on, or (`refuse`) fail as a store refusing it would."""
+        self.refuse = refuse
+        self.gate.set()
+
+    def insert_and_apply(self, record: Any, *args: Any, **kwargs: Any) -> Any:
+        if getattr(self, "held", False):
+            self.held = False
+            self.entered.set()
+            assert self.gate.wait(WAIT)
+            if self.refuse:
+                raise RepositoryError("refused")
+        return super().insert_and_apply(record, *args, **kwargs)  # type: ignore[misc]
+
+
+class InsertGatedSQLite(_InsertGated, SQLiteRepository):
+    pass
+
+
+class InsertGatedMemory(_InsertGated, MemoryRepository):
+    pass
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def insert_gated(request: Any, tmp_path: Any) -> Iterator[Any]:
+    repository = (InsertGatedSQLite(str(tmp_path / "jobs.db")) if request.param == "sqlite"
+                  else InsertGatedMemory())
+    yield repository
+    if hasattr(repository, "gate"):
+        repository.release()  # a test that failed holding it: let the manager stop
+
+
+@pytest.fixture
+def held_with_blocker(insert_gated: Any, make_manager: Callable[..., JobManager]
+                      ) -> Iterator[tuple[JobManager, "concurrent.futures.Future[str]", str, threading.Event]]:
+    """A started pool of two workers, one running a job that blocks (its id) until the
+    event given is set, and an enqueue's exchange held under way (as a write waits for
+    another manager's on the same file): the manager, the enqueue's future, the blocking
+    job's id, the event."""
+    manager = make_manager(insert_gated, max_workers=2)
+    started, go = threading.Event(), threading.Event()
+    manager.register_function("blocker", lambda: (started.set(), go.wait(WAIT)) and None)
+    manager.register_function("task", lambda n: n * 10)
+    manager.start()
+    blocker = manager.enqueue(Job(function_name="blocker"))
+    assert started.wait(WAIT)
+    producer = _Producer(manager)
+    insert_gated.hold()
+    enqueued = producer.enqueue(Job(function_name="task", args=(2,)))
+    assert insert_gated.entered.wait(WAIT), "no exchange stored the job"
+    yield manager, enqueued, blocker, go
+    go.set()
+    producer.close()
+
+
+def test_the_dispatcher_sleeps_while_outcomes_wait_for_an_exchange_under_way(
+        insert_gated: Any, held_with_blocker: Any) -> None:
+    # given an enqueue's exchange held under way, beside a job that blocks
+    manager, enqueued, blocker, go = held_with_blocker
+    # and the dispatcher's waits counted
+    state = manager._pool._state
+    condition, waits, spinning = state.dispatch_needed, [0], threading.Event()
+    wait = condition.wait
+
+    def counted_wait(timeout: Any = None) -> bool:
+        waits[0] += 1
+        if waits[0] >= 200:
+            spinning.set()
+        return wait(timeout)
+
+    condition.wait = counted_wait  # type: ignore[method-assign]
+    # when the blocked job finishes meanwhile (its outcome waits: the exchange under way
+    # cannot take it) and the dispatcher is woken
+    go.set()
+    wait_until(lambda: bool(state.finished), timeout=WAIT, what="the outcome handed in")
+    with state.lock:
+        state.dispatch_needed.notify()
+    # then the dispatcher sleeps until that exchange ends: it does not wake again and
+    # again while the outcome is past its time (it did, with a zero timeout)
+    assert not spinning.wait(0.5), f"{waits[0]} waits while the exchange was held"
+    # and once the exchange ends, both outcomes are recorded
+    insert_gated.release()
+    job_id = enqueued.result(WAIT)
+    assert manager.wait(job_id, timeout=WAIT).result == 20
+    assert manager.wait(blocker, timeout=WAIT).status is JobStatus.COMPLETED
+
+
+def test_an_outcome_handed_in_during_an_enqueue_exchange_that_fails_is_recorded(
+        insert_gated: Any, held_with_blocker: Any) -> None:
+    # given an enqueue's exchange held under way, beside a job that blocks
+    manager, enqueued, blocker, go = held_with_blocker
+    # when that job finishes meanwhile (its outcome waits for the exchange to end)
+    go.set()
+    state = manager._pool._state
+    wait_until(lambda: bool(state.finished), timeout=WAIT, what="the outcome handed in")
+    # and the exchange fails (the store refused the new job)
+    insert_gated.release(refuse=True)
+    with pytest.raises(RepositoryError):
+        enqueued.result(WAIT)
+    # then the outcome is recorded all the same: the dispatcher was told
+    assert manager.wait(blocker, timeout=WAIT).status is JobStatus.COMPLETED
