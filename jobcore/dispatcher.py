@@ -157,7 +157,9 @@ class Dispatcher:
         """Wait for a notification, the next timer or schedule, or the time by which
         waiting outcomes must be recorded. Called with the lock held."""
         state = self._state
-        due = self._queue.next_due()  # clock time: a fake clock's jump notifies instead
+        # Clock time: a fake clock's jump notifies instead. A stopping pool fires no
+        # schedule (one due would wake it again at once, for as long as a job still ran).
+        due = self._queue.next_due(schedules=not state.stopping)
         timer_in = None if due is None else max(0.0, due - self._clock.time())
         # Outcomes past their time while an exchange is under way are not this thread's to
         # record until it ends, and its end tells this thread (`PoolState.ended_locked`).

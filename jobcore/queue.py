@@ -210,12 +210,19 @@ class ReadyQueue:
                     due.append(item[3])
             return due
 
-    def next_due(self) -> Optional[float]:
-        """When the earliest timer or schedule is due (epoch seconds), or None."""
+    def next_due(self, schedules: bool = True) -> Optional[float]:
+        """When the earliest timer not due yet, or schedule (unless not `schedules`), is
+        due (epoch seconds), or None. Timers already due are made ready first: the
+        consumer sleeps until one is due, and one due that it cannot take now (no worker
+        free) is ready, not a reason to wake again at once (it woke again and again,
+        spinning, while every worker was busy)."""
         with self._lock:
+            if self._timers:
+                self._release_timers()
             self._prune(self._timers)
             self._prune(self._schedules)
-            heads = [heap[0][0] for heap in (self._timers, self._schedules) if heap]
+            heads = [heap[0][0] for heap in ((self._timers, self._schedules) if schedules else (self._timers,))
+                     if heap]
             return min(heads) if heads else None
 
     def wake(self) -> None:
