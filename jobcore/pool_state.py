@@ -178,10 +178,12 @@ class PoolState:
         self.wake_one_locked()
 
     def busy_locked(self) -> bool:
-        """True while jobs are buffered, outcomes wait to be recorded, or an exchange is
-        under way: the dispatcher then keeps an eye on the buffer (not for a long job
-        running alone)."""
-        return bool(self.buffer or self.finished or self.exchanging)
+        """True while jobs are buffered and a worker idle could be woken for them, outcomes
+        wait to be recorded, or an exchange is under way: the dispatcher then keeps an eye
+        on the buffer (not for a long job running alone, nor for jobs claimed in reserve
+        while every worker runs one: it woke every STALL_AFTER for as long as they ran, to
+        find no one to wake; the first worker free takes them)."""
+        return bool((self.buffer and self.idle > self.waking) or self.finished or self.exchanging)
 
     def add_finished_locked(self, finished: Finished) -> None:
         """Queue an outcome for the next exchange. The first one sets the time by which

@@ -16,7 +16,7 @@ from jobcore.repository.base import JobRepository
 from waiting import wait_until
 
 WAIT = 10.0
-SPINNING = 200  # waits in WATCHED seconds that only a busy loop makes
+SPINNING = 50  # waits in WATCHED seconds that only a busy loop makes
 WATCHED = 0.5
 
 
@@ -96,3 +96,21 @@ def test_a_schedule_due_during_a_stop_waits_without_a_busy_loop(blocked: _Blocke
     assert not stopping.is_alive()
     assert blocked.manager.poll(blocked.blocker).status is JobStatus.COMPLETED
     assert blocked.manager.poll(schedule).status is JobStatus.SCHEDULED
+
+
+def test_jobs_claimed_in_reserve_while_every_worker_is_busy_wake_no_one(blocked: _Blocked) -> None:
+    # given a manager whose jobs have proved tiny (it claims a reserve) and whose one
+    # worker is busy with a job that blocks
+    state = blocked.manager._pool._state
+    with state.lock:
+        state.pacing.assume_short_jobs()
+    blocked.start()
+    # when a job is claimed in reserve meanwhile (held in the buffer for that worker)
+    job_id = blocked.manager.enqueue(Job(function_name="task", args=(3,)))
+    wait_until(lambda: len(state.buffer) == 1, timeout=WAIT, what="the job claimed in reserve")
+    # then the dispatcher sleeps: with no worker idle, there is no one to wake for it (it
+    # looked every 2 ms for as long as the long job ran)
+    assert not blocked.spins()
+    # and the worker takes it once free
+    blocked.release()
+    assert blocked.manager.wait(job_id, timeout=WAIT).result == 30
