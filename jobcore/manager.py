@@ -14,10 +14,11 @@ import os
 import random
 import socket
 import threading
+import time
 import uuid
 from typing import Any, Callable, Collection, Iterable, Optional, Union
 
-from .clock import SYSTEM_CLOCK, Clock, as_seconds, real_sleep
+from .clock import SYSTEM_CLOCK, Clock, as_seconds, real_monotonic, real_sleep
 from .enqueuing import Enqueuer
 from .errors import LONGEST_RETRY_DELAY, InvalidJobType, JobNotFound
 from .execution import check_room_to_run_here
@@ -30,7 +31,7 @@ from .repository.base import CANCELLED_BY_REQUEST, CancelOutcome, JobRecord, Rec
 from .repository.factory import RepositoryLike, build_repository, default_database_path
 from .retry import Classifier, is_transient
 from .serialization import could_be_id, storable
-from .housekeeper import Housekeeper
+from .housekeeper import RELOAD_SHARE, Housekeeper
 from .lifecycle import Lifecycle
 from .waiting import Settlements
 from .workers import PoolSettings, WorkerPool
@@ -42,6 +43,9 @@ RETRY_RULES = ("only a failed or cancelled job can be re-queued, and not a cron 
                " whose dependency was deleted, or one whose unique_key another unfinished job holds")
 
 READY_LOAD_LIMIT = 10_000  # a window: the queue is refilled as it drains
+# CPU seconds: a read of the scheduled jobs that cost more than this (about a thousand rows)
+# is spaced out on the housekeeper's looks, to about RELOAD_SHARE of the time.
+SPACED_SCHEDULED_READ = 0.005
 
 # The longest `lease_timeout`, `poll_interval` and `discovery_interval` (100 years, the
 # longest retry delay too). A lease ends at now + lease_timeout, which must stay a time the
@@ -131,8 +135,11 @@ class JobManager:
         self._pool = WorkerPool(self.repository, self._queue, self._registry, self._local, self._clock,
                                 settings, self.worker_id, self._publish, self._settlements.mark,
                                 random.Random() if rng is None else rng)
+        # Real monotonic time before which a look of the housekeeper's skips the scheduled
+        # jobs (see `_load_queue`); only the thread loading the queue sets it.
+        self._scheduled_read_after = 0.0
         self._housekeeper = Housekeeper(self.repository, self._pool, self._clock, settings,
-                                        self._load_queue,
+                                        lambda: self._load_queue(spaced=True),
                                         _positive("discovery_interval", discovery_interval, most=LONGEST_PERIOD),
                                         self._recovered,
                                         stocked=lambda: len(self._queue) >= READY_LOAD_LIMIT // 2)
@@ -244,10 +251,18 @@ class JobManager:
                 if record is not None:
                     self._publish(event, record, {"error": record.error, "error_type": record.error_type})
 
-    def _load_queue(self) -> bool:
+    def _load_queue(self, spaced: bool = False) -> bool:
         """Index the stored jobs this manager can run (up to a window of the best). True
         if the window of ready jobs was full: more may wait in the store, and the queue
-        is read again before it runs dry."""
+        is read again before it runs dry.
+
+        With `spaced` (the housekeeper's looks), a read of the scheduled jobs that proved
+        costly is skipped until its cost is about RELOAD_SHARE of the time since: an idle
+        manager holding thousands of jobs scheduled for later read them all again at every
+        look after another process's commit (each heartbeat or progress report of a
+        worker beside it), up to 85% of a CPU with 20,000. Those it holds are queued as
+        timers already; one another process schedules is found a little later (a second
+        or two at that size)."""
         names = self._registry.names
         more = False
         if not self._pool.claims_from_store:
@@ -259,7 +274,12 @@ class JobManager:
             # No ids to queue: the pool claims the store's best by number, in an exchange
             # the dispatcher makes when told (an idle pool would otherwise never look).
             self._pool.wake_dispatcher()
-        self._pool.enqueue_entries(self.repository.scheduled(names, READY_LOAD_LIMIT))
+        began = real_monotonic()
+        if not spaced or began >= self._scheduled_read_after:
+            cpu = time.thread_time()  # its cost: CPU, which a loaded machine does not inflate
+            self._pool.enqueue_entries(self.repository.scheduled(names, READY_LOAD_LIMIT))
+            took = time.thread_time() - cpu
+            self._scheduled_read_after = began + took / RELOAD_SHARE if took > SPACED_SCHEDULED_READ else 0.0
         return more
 
     def list_workers(self) -> list[WorkerInfo]:

@@ -5,12 +5,13 @@ its queue every `poll_interval`. On a backend whose change token moves at every 
 (SQLite's data_version, the memory store's count of writes), an unchanged token means
 there is nothing new to load: 100,000 jobs scheduled for later used to cost an idle
 manager 8-13% of a core, re-read every second (or every 50 ms in memory). A busy manager's reloads are spaced
-out by what they cost.
+out by what they cost, and so are an idle one's costly reads of its scheduled jobs.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from datetime import datetime, timedelta
 from typing import Any, Callable
 
@@ -220,3 +221,38 @@ def test_a_job_stored_elsewhere_while_a_manager_starts_is_found(db_path: str, ma
     # starting point, saw no change, and never read the store again)
     assert ran.wait(5.0), "the job stored during start was never found"
     assert producer.wait(job_id, timeout=5.0).status.value == "completed"
+
+
+def test_an_idle_manager_spaces_out_costly_reads_of_its_scheduled_jobs(
+        repository: JobRepository, make_manager: Callable[..., JobManager]) -> None:
+    # given an idle manager whose store changes before each of its looks (another
+    # process's heartbeats and progress reports on the file), and whose scheduled jobs
+    # cost 20 ms of CPU to read (thousands of them, due later)
+    changes, token = [0], repository.change_token
+
+    def changing_token() -> Any:
+        token()
+        changes[0] += 1
+        return changes[0]
+
+    repository.change_token = changing_token  # type: ignore[method-assign]
+    clock = FakeClock()
+    manager, watched, _ = _idle_manager(make_manager, repository, clock)
+    scheduled = repository.scheduled
+
+    def costly_scheduled(*args: Any) -> Any:
+        end = time.thread_time() + 0.02
+        while time.thread_time() < end:  # the cost being modelled: CPU, not a wait
+            pass
+        return scheduled(*args)
+
+    repository.scheduled = costly_scheduled  # type: ignore[method-assign]
+    # when it looks 10 times (every discovery_interval, each finding the store changed)
+    before, began = watched.reloads, time.monotonic()
+    for _ in range(10):
+        watched.pass_time(clock, 0.06)
+    elapsed = time.monotonic() - began
+    # then it read its scheduled jobs again about once per 20 times their cost (0.4 s) of
+    # real time, not at each look (it did: up to 85% of a CPU with 20,000 of them)
+    reads = watched.reloads - before
+    assert 1 <= reads <= 2 + elapsed / 0.4, (reads, elapsed)
