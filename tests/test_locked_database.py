@@ -16,7 +16,7 @@ from typing import Any, Collection, Iterator, Optional
 
 import pytest
 
-from jobcore import Job, JobStatus, RepositoryError, SQLiteRepository
+from jobcore import Job, JobManager, JobStatus, RepositoryError, SQLiteRepository
 from recovery_checks import runs_once_through_a_lock
 from waiting import wait_until
 
@@ -157,3 +157,31 @@ def test_locks_that_keep_coming_delay_a_dead_workers_job_and_do_not_hold_it_for_
     finally:
         stop.set()
         locker.join(WAIT)
+
+
+def test_a_write_waiting_out_a_long_lock_tries_again_less_often(db_path: str, lock: sqlite3.Connection,
+                                                                  monkeypatch: Any) -> None:
+    # given a repository whose pauses between tries for the lock are counted
+    from jobcore.repository import sqlite_conn
+    repository = SQLiteRepository(db_path, busy_timeout=1.0)
+    producer = JobManager(repository, producer=True)
+    pauses: list[float] = []
+    sleep = sqlite_conn.real_sleep
+
+    def counted_sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        sleep(seconds)
+
+    monkeypatch.setattr(sqlite_conn, "real_sleep", counted_sleep)
+    # when another program holds the write lock through a write's whole busy timeout
+    lock.execute("BEGIN IMMEDIATE")
+    began = time.monotonic()
+    with pytest.raises(RepositoryError):
+        producer.enqueue(Job(function_name="task"))
+    waited = time.monotonic() - began
+    # then it waited that long, trying often at first (contention) and then every 10 ms
+    # or so (an outage), not every millisecond for the whole second
+    assert waited >= 0.9
+    assert len(pauses) < 400, len(pauses)
+    assert max(pauses) > 0.004
+    producer.close()

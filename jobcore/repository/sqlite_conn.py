@@ -41,6 +41,11 @@ T = TypeVar("T")
 _INHERITED: list[sqlite3.Connection] = []
 # Seconds `close` waits for the calls under way on the connections it closes.
 CLOSE_WAIT = 5.0
+# Seconds: a wait for another process's lock longer than this is an outage, not
+# contention (a write transaction here lasts about a millisecond); tries then come
+# every OUTAGE_PAUSE seconds (with jitter) instead of every millisecond at most.
+LONG_LOCK = 0.1
+OUTAGE_PAUSE = 0.01
 
 
 class _ThreadEnd:
@@ -418,8 +423,10 @@ class Connections:
         SQLite's own busy handler sleeps 1, 2, 5, 10, 15, 20, 25... ms between tries: a
         process waiting on another's half-millisecond transaction would sleep most of the
         time. Here the pause starts at 20 µs and doubles to at most 1 ms (with jitter, so
-        waiting processes do not retry in step)."""
-        pause = 0.00002
+        waiting processes do not retry in step). A lock held past LONG_LOCK is no
+        contention but an outage (another program's long transaction): the pause then
+        grows to OUTAGE_PAUSE, not a thousand tries a second for the whole busy timeout."""
+        pause, longest, waited_from = 0.00002, 0.001, None
         while True:
             try:
                 return attempt(*args)
@@ -434,6 +441,10 @@ class Connections:
                     deadline = now + self.busy_timeout
                 if now >= deadline:
                     raise translate(exc, self.path) from None
+                if waited_from is None:
+                    waited_from = now
+                elif now - waited_from >= LONG_LOCK:
+                    longest = OUTAGE_PAUSE
                 # No call into SQLite while it sleeps: a fork need not wait for another
                 # process (unless this thread is inside twice, in a callback, say).
                 stepped_out = self._gate.step_out()
@@ -442,7 +453,7 @@ class Connections:
                 finally:
                     if stepped_out:
                         self._gate.step_in()
-                pause = min(pause * 2, 0.001)
+                pause = min(pause * 2, longest)
             except sqlite3.IntegrityError:
                 raise  # a constraint the caller's statement broke: the caller names it
             except sqlite3.Error as exc:
