@@ -266,8 +266,11 @@ class JobManager:
         names = self._registry.names
         more = False
         if not self._pool.claims_from_store:
-            ready = self.repository.ready(names, READY_LOAD_LIMIT)
-            self._pool.enqueue_entries(ready)
+            # Each read is marked (`ReadyQueue.reading`): a job it saw waiting just before a
+            # cancel committed is not queued again after that cancel discarded it.
+            with self._queue.reading() as read:
+                ready = self.repository.ready(names, READY_LOAD_LIMIT)
+                self._pool.enqueue_entries(ready, read)
             more = len(ready) >= READY_LOAD_LIMIT
             self._queue.watch_low(READY_LOAD_LIMIT // 4 if more else 0)
         else:
@@ -277,7 +280,8 @@ class JobManager:
         began = real_monotonic()
         if not spaced or began >= self._scheduled_read_after:
             cpu = time.thread_time()  # its cost: CPU, which a loaded machine does not inflate
-            self._pool.enqueue_entries(self.repository.scheduled(names, READY_LOAD_LIMIT))
+            with self._queue.reading() as read:
+                self._pool.enqueue_entries(self.repository.scheduled(names, READY_LOAD_LIMIT), read)
             took = time.thread_time() - cpu
             self._scheduled_read_after = began + took / RELOAD_SHARE if took > SPACED_SCHEDULED_READ else 0.0
         return more

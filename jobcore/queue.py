@@ -5,14 +5,25 @@ heap of timers for jobs due later. It stores ids and keys, never payloads; the r
 stays the source of truth, so an id taken from here may fail to claim, and that is fine.
 It never blocks: whoever consumes it is told through `listener` when an entry became
 ready or the earliest timer changed, and sleeps on its own condition until then.
+
+A discarded entry (its job cancelled, claimed, or queued again with another time) is
+dropped from the index at once but left in its heap, to be skipped when it surfaces. Each
+heap counts those dead items and is rebuilt from its live ones once the dead outnumber
+them by COMPACT_FLOOR, so memory stays proportional to the jobs queued: an application
+scheduling jobs a week ahead and cancelling most of them (reminders, debounced work) grew
+the timers heap without bound. A rebuild reads fewer than twice the items that died since
+the last one, so a discard stays O(1) amortised. And a read of the store marked with
+`reading` does not queue again an id discarded while it was under way.
 """
 
 from __future__ import annotations
 
+import collections
 import heapq
 import itertools
 import threading
-from typing import Callable, Iterable, Optional
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator, Optional
 
 from .clock import Clock
 from .repository.base import QueueEntry
@@ -24,6 +35,15 @@ from .repository.base import QueueEntry
 # schedule is due, None for a ready item: an id queued again sooner replaces its item.
 _Item = tuple[float, int, int, QueueEntry, Optional[float]]
 _ties = itertools.count()
+
+# The heaps, by the index of each in `ReadyQueue._heaps` and `_dead`. An item's heap follows
+# from the item: a ready item has no due time; a timer and a schedule do, and a schedule's
+# entry says it is one (see `ReadyQueue._bury`).
+_READY, _TIMERS, _SCHEDULES = 0, 1, 2
+
+# A heap is rebuilt once its dead items outnumber its live ones by this many: never for a
+# few (a rebuild of a small heap would cost more than the items it frees).
+COMPACT_FLOOR = 64
 
 
 def _sooner(current: _Item, due_at: Optional[float]) -> bool:
@@ -40,7 +60,8 @@ class ReadyQueue:
     def __init__(self, clock: Clock, listener: Callable[[], None] = lambda: None) -> None:
         self._clock = clock
         self.listener = listener  # called, without any lock held, when there may be work
-        # _lock guards _ready, _timers, _schedules and _members.
+        # _lock guards _ready, _timers, _schedules, _members, _dead, _high_seq, _low_water,
+        # _discards, _reads and _discarded.
         self._lock = threading.Lock()
         # heapq pops the smallest: -priority puts the highest first, seq keeps FIFO.
         self._ready: list[_Item] = []
@@ -51,6 +72,16 @@ class ReadyQueue:
         # Each queued id's live heap item. An item whose id maps to another item (or to
         # none) was discarded: it stays in its heap until it surfaces, then is skipped.
         self._members: dict[str, _Item] = {}
+        # The three heaps by kind (_READY, _TIMERS, _SCHEDULES; each changed in place, never
+        # replaced) and how many dead items each holds: items no longer in _members.
+        self._heaps = (self._ready, self._timers, self._schedules)
+        self._dead = [0, 0, 0]
+        # How many `discard` calls so far: a read's mark (see `reading`). While reads are
+        # under way, _reads counts them by mark and _discarded holds the ids discarded
+        # meanwhile, each with the count of discards then; emptied as the reads end.
+        self._discards = 0
+        self._reads: collections.Counter[int] = collections.Counter()
+        self._discarded: dict[str, int] = {}
         self._high_seq = 0  # the largest seq ever queued
         # While non-zero, a pop that leaves fewer entries queued than this calls
         # `running_low` (once; see `watch_low`).
@@ -59,17 +90,80 @@ class ReadyQueue:
         clock.subscribe(self.wake)  # a fake clock's jump makes timers due
 
     def forked(self) -> None:
-        """In a forked child: a lock of its own (a parent thread may have held this one)."""
+        """In a forked child: a lock of its own (a parent thread may have held this one).
+        Reads under way in the parent's threads are not the child's: it forgets them."""
         self._lock = threading.Lock()
+        self._reads.clear()
+        self._discarded.clear()
 
-    def push(self, entry: QueueEntry, due_at: Optional[float] = None) -> None:
+    @contextmanager
+    def reading(self) -> Iterator[int]:
+        """Bracket a read of the store whose entries are then queued with `read=` the mark
+        this yields: an id discarded after the read began is not queued again from it.
+
+        Such a read may see a job waiting just before a `cancel` commits, and queue it just
+        after that cancel discarded it (the housekeeper's re-read of the scheduled jobs, as
+        the application cancels one): the job would not run (its claim, or its schedule's
+        fire, fails in the store), but its entry stayed until its time came, a week ahead
+        perhaps. Whoever discards an id and queues it again (a `retry`) queues it without a
+        mark, as does anything that queues what it has just written itself."""
+        with self._lock:
+            mark = self._discards
+            self._reads[mark] += 1
+        try:
+            yield mark
+        finally:
+            with self._lock:
+                self._reads[mark] -= 1
+                if not self._reads[mark]:
+                    del self._reads[mark]
+                if not self._reads:
+                    self._discarded.clear()
+                elif self._discarded:  # reads still under way began at their marks: older discards spare them
+                    oldest = min(self._reads)
+                    self._discarded = {job_id: at for job_id, at in self._discarded.items() if at > oldest}
+
+    def _discarded_since(self, job_id: str, read: Optional[int]) -> bool:
+        """True if `job_id` was discarded after the read marked `read` began (see `reading`)."""
+        return read is not None and self._discarded.get(job_id, -1) > read
+
+    def _bury(self, item: _Item) -> None:
+        """Count `item`, no longer in `_members`, as dead in its heap; rebuild that heap from
+        its live items once the dead outnumber them by COMPACT_FLOOR. A rebuild reads fewer
+        than twice the items buried since the last one: O(1) amortised a burial."""
+        kind = _READY if item[4] is None else _SCHEDULES if item[3].is_schedule else _TIMERS
+        heap, dead = self._heaps[kind], self._dead[kind] + 1
+        if dead > len(heap) - dead + COMPACT_FLOOR:
+            heap[:] = self._live_items(kind, heap)
+            heapq.heapify(heap)
+            dead = 0
+        self._dead[kind] = dead
+
+    def _live_items(self, kind: int, heap: list[_Item]) -> list[_Item]:
+        """The live items of `heap`, the heap of `kind`: each of them is in `_members`. Read
+        from `_members` when it is the smaller (the usual case: one heap holds most of the
+        queue), reading no dead item. Measured over 990,000 discards of timers a week ahead
+        (66 rebuilds of some 30,000 items, about half of them dead): 0.37 s so, 2.2 s
+        testing each item of the heap against `_members` (1.1 us an item)."""
+        members = self._members
+        if len(members) >= len(heap):
+            return [kept for kept in heap if members.get(kept[3].job_id) is kept]
+        if kind == _READY:
+            return [kept for kept in members.values() if kept[4] is None]
+        schedules = kind == _SCHEDULES
+        return [kept for kept in members.values() if kept[4] is not None and bool(kept[3].is_schedule) is schedules]
+
+    def push(self, entry: QueueEntry, due_at: Optional[float] = None, *, read: Optional[int] = None) -> None:
         """Queue `entry`, ready now or (with `due_at`, epoch seconds) once that time comes.
 
         An id already queued is not queued twice, unless this time it is due sooner: then
-        this entry replaces the one queued."""
+        this entry replaces the one queued. `read`: the mark of the store read that found
+        the entry (see `reading`); an id discarded since is not queued."""
         with self._lock:
             current = self._members.get(entry.job_id)
             if current is not None and not _sooner(current, due_at):
+                return
+            if self._discarded and self._discarded_since(entry.job_id, read):
                 return
             self._high_seq = max(self._high_seq, entry.seq)
             item: _Item
@@ -84,36 +178,47 @@ class ReadyQueue:
                 tell = not heap or due_at < heap[0][0]
             self._members[entry.job_id] = item
             heapq.heappush(heap, item)
+            if current is not None:
+                self._bury(current)
         if tell:
             self.listener()
 
-    def push_ready(self, entries: list[QueueEntry]) -> None:
-        """Queue entries that are ready now (no schedules), telling the listener once."""
+    def push_ready(self, entries: list[QueueEntry], *, read: Optional[int] = None) -> None:
+        """Queue entries that are ready now (no schedules), telling the listener once.
+        `read`: as for `push`."""
         if not entries:
             return
         with self._lock:
             members, ready, high = self._members, self._ready, self._high_seq
+            check = read is not None and bool(self._discarded)
             for entry in entries:
                 current = members.get(entry.job_id)
                 if current is None or current[4] is not None:  # a timer of its: ready now is sooner
+                    if check and self._discarded_since(entry.job_id, read):
+                        continue
                     members[entry.job_id] = item = (-entry.priority, entry.seq, next(_ties), entry, None)
                     heapq.heappush(ready, item)
                     high = max(high, entry.seq)
+                    if current is not None:
+                        self._bury(current)
             self._high_seq = high
         self.listener()
 
     def _live(self, item: _Item) -> bool:
         return self._members.get(item[3].job_id) is item
 
-    def _prune(self, heap: list[_Item]) -> None:
-        """Pop discarded items off the top of `heap`, so its head is live (or it is empty)."""
+    def _prune(self, kind: int) -> None:
+        """Pop dead items off the top of the heap of `kind`, so its head is live (or it is
+        empty)."""
+        heap = self._heaps[kind]
         while heap and not self._live(heap[0]):
             heapq.heappop(heap)
+            self._dead[kind] -= 1
 
     def _release_due(self) -> None:
         if self._timers:  # the clock is read only when a timer may be due
             self._release_timers()
-        self._prune(self._ready)
+        self._prune(_READY)
 
     def _release_timers(self) -> None:
         now = self._clock.time()
@@ -123,6 +228,8 @@ class ReadyQueue:
                 entry = item[3]
                 self._members[entry.job_id] = ready = (-entry.priority, entry.seq, next(_ties), entry, None)
                 heapq.heappush(self._ready, ready)
+            else:
+                self._dead[_TIMERS] -= 1
 
     def has_ready(self) -> bool:
         """True if an entry is ready now (timers that came due count)."""
@@ -142,6 +249,8 @@ class ReadyQueue:
                 if self._live(item):
                     del self._members[item[3].job_id]
                     taken.append(item[3])
+                else:
+                    self._dead[_READY] -= 1
             low = len(self._members) < self._low_water
             if low:
                 self._low_water = 0
@@ -163,12 +272,21 @@ class ReadyQueue:
             self.running_low()
 
     def discard(self, job_ids: Iterable[str]) -> None:
-        """Forget these ids wherever they are queued: this process claimed them by number
-        (not by id), so naming them in a later claim would be in vain, or they are about to
-        be queued again with a new entry (a `push` of a queued id is ignored)."""
+        """Forget these ids wherever they are queued: their jobs ended (cancelled), this
+        process claimed them by number (not by id), so naming them in a later claim would
+        be in vain, or they are about to be queued again with a new entry (a `push` of a
+        queued id is ignored). A store read under way does not queue them again (see
+        `reading`)."""
         with self._lock:
+            self._discards += 1
+            reading, at = bool(self._reads), self._discards
+            forget, bury, discarded = self._members.pop, self._bury, self._discarded
             for job_id in job_ids:
-                self._members.pop(job_id, None)
+                item = forget(job_id, None)
+                if item is not None:
+                    bury(item)
+                if reading:
+                    discarded[job_id] = at
 
     @property
     def high_seq(self) -> int:
@@ -194,7 +312,8 @@ class ReadyQueue:
                     kept.append(item)
             if len(kept) < len(self._ready):
                 heapq.heapify(kept)
-                self._ready = kept
+                self._ready[:] = kept
+            self._dead[_READY] = 0  # kept holds live items only
             return dropped
 
     def pop_due_schedules(self) -> list[QueueEntry]:
@@ -202,12 +321,14 @@ class ReadyQueue:
         with self._lock:
             now = self._clock.time()
             due = []
-            self._prune(self._schedules)
+            self._prune(_SCHEDULES)
             while self._schedules and self._schedules[0][0] <= now:
                 item = heapq.heappop(self._schedules)
                 if self._live(item):
                     del self._members[item[3].job_id]
                     due.append(item[3])
+                else:
+                    self._dead[_SCHEDULES] -= 1
             return due
 
     def next_due(self, schedules: bool = True) -> Optional[float]:
@@ -219,8 +340,8 @@ class ReadyQueue:
         with self._lock:
             if self._timers:
                 self._release_timers()
-            self._prune(self._timers)
-            self._prune(self._schedules)
+            self._prune(_TIMERS)
+            self._prune(_SCHEDULES)
             heads = [heap[0][0] for heap in ((self._timers, self._schedules) if schedules else (self._timers,))
                      if heap]
             return min(heads) if heads else None

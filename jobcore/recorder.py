@@ -152,23 +152,26 @@ class Recorder:
         return (entry.is_schedule or entry.function_name in self._registry
                 or self._local.function(entry.job_id) is not None)
 
-    def enqueue_entries(self, entries: Iterable[QueueEntry]) -> None:
-        """Queue entries this process can run (ready now, or as timers)."""
+    def enqueue_entries(self, entries: Iterable[QueueEntry], read: Optional[int] = None) -> None:
+        """Queue entries this process can run (ready now, or as timers). `read`: the mark
+        of the store read that found them (`ReadyQueue.reading`), if they were read."""
         now = self._clock.time()
         ready = []
         for entry in entries:
             if self.runnable(entry):
                 due = entry.run_at if entry.run_at is not None and entry.run_at > now else None
                 if entry.is_schedule or due is not None:
-                    self._queue.push(entry, due)
+                    self._queue.push(entry, due, read=read)
                 else:
                     ready.append(entry)
-        self._queue.push_ready(ready)
+        self._queue.push_ready(ready, read=read)
 
     def fire_schedule(self, entry: QueueEntry) -> None:
         """Fire a due cron schedule; storage trouble retries it in a second."""
         try:
-            self._scheduler.fire(entry)
+            # A read: a cancel committed after it must not leave the schedule queued.
+            with self._queue.reading() as read:
+                self._scheduler.fire(entry, read)
         except RepositoryError as exc:
             logger.error("could not fire schedule %s, retrying in 1s: %s", entry.job_id, exc)
             self._queue.push(entry, self._clock.time() + 1.0)

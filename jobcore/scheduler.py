@@ -64,13 +64,16 @@ class ScheduleFirer:
     """Fires due schedules on behalf of a worker pool."""
 
     def __init__(self, repository: JobRepository, clock: Clock,
-                 requeue: Callable[[list[QueueEntry]], None]) -> None:
+                 requeue: Callable[[list[QueueEntry], Optional[int]], None]) -> None:
         self._repo = repository
         self._clock = clock
-        self._requeue = requeue  # queues runs and the schedule's next timer
+        # Queues runs and the schedule's next timer, found by the read marked by its
+        # second argument (see `ReadyQueue.reading`).
+        self._requeue = requeue
 
-    def fire(self, entry: QueueEntry) -> None:
-        """Handle a schedule's timer: enqueue its run if it is due and still ours to fire."""
+    def fire(self, entry: QueueEntry, read: Optional[int] = None) -> None:
+        """Handle a schedule's timer: enqueue its run if it is due and still ours to fire.
+        `read`: the mark of a `ReadyQueue.reading` begun before the schedule was read."""
         schedule = self._repo.get(entry.job_id)
         if schedule is None or schedule.status is not JobStatus.SCHEDULED or schedule.cron is None:
             return  # cancelled or cleaned up: the schedule has ended
@@ -80,7 +83,7 @@ class ScheduleFirer:
             return
         fire_at = schedule.run_at
         if fire_at is None or fire_at > now:
-            self._requeue([schedule.queue_entry()])  # not due (another process moved it on)
+            self._requeue([schedule.queue_entry()], read)  # not due (another process moved it on)
             return
         # Coalesce: however many fires were missed, the next one is after now.
         try:
@@ -93,11 +96,11 @@ class ScheduleFirer:
         if self._repo.fire_schedule(schedule.id, fire_at, next_at, run, now):
             logger.info("schedule %s fired for %s", schedule.id, run.metadata["fire_at"])
             schedule.run_at = next_at
-            self._requeue([run.queue_entry(), schedule.queue_entry()])
+            self._requeue([run.queue_entry(), schedule.queue_entry()], read)
         else:
             current = self._repo.get(schedule.id)
             if current is not None and current.status is JobStatus.SCHEDULED:
-                self._requeue([current.queue_entry()])
+                self._requeue([current.queue_entry()], read)
 
     def _fail_corrupt(self, schedule: JobRecord, error: str, now: float) -> None:
         """End a schedule that can never fire FAILED (`CorruptJob`), as a claim ends any

@@ -254,9 +254,10 @@ class WorkerPool:
         attempt.context.request_cancel()
         return True
 
-    def enqueue_entries(self, entries: Iterable[QueueEntry]) -> None:
-        """Queue entries this process can run (ready now, or as timers)."""
-        self._recorder.enqueue_entries(entries)
+    def enqueue_entries(self, entries: Iterable[QueueEntry], read: Optional[int] = None) -> None:
+        """Queue entries this process can run (ready now, or as timers); `read` as for
+        `Recorder.enqueue_entries`."""
+        self._recorder.enqueue_entries(entries, read)
 
     def exchange_inserting(self, record: JobRecord, now: float) -> bool:
         """Store a plain pending job in an exchange made by the enqueuing thread; False if
