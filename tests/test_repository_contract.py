@@ -336,6 +336,15 @@ def _assert_no_full_scan(plan: list[str]) -> None:
     assert not [step for step in plan if _FULL_SCAN.match(step)], plan
 
 
+def test_the_statuses_wait_reads_are_found_by_id(repo: SQLiteRepository, path: str) -> None:
+    # read every few ms while callers wait for jobs another process may settle: each job
+    # by the index of ids, never a scan of the table
+    plan = _plan(path, sql.SELECT_STATUSES)
+    _assert_no_full_scan(plan)
+    assert any(re.match(r"^SEARCH (TABLE )?jobs USING (COVERING )?INDEX sqlite_autoindex_jobs_1 \(id=\?\)", step)
+               for step in plan), plan
+
+
 @pytest.mark.parametrize("query,index", [("READY_OF", "jobs_ready"), ("DUE_OF", "jobs_due"),
                                          ("SCHEDULES", "jobs_schedules")])
 def test_a_managers_queue_is_read_from_one_range_of_an_index_in_order(repo: SQLiteRepository, path: str,

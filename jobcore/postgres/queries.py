@@ -80,6 +80,8 @@ SELECT unique_key, id FROM {{s}}.jobs WHERE unique_key = ANY(%s) AND status IN {
 SELECT_JOB = f"SELECT {COLUMNS} FROM {{s}}.jobs WHERE id = %s"
 SELECT_JOB_WITHOUT_ARGS = f"SELECT {COLUMNS_WITHOUT_ARGS} FROM {{s}}.jobs WHERE id = %s"
 SELECT_STATUS = "SELECT status, name FROM {s}.jobs WHERE id = %s"
+# The jobs callers of `wait` wait for, all in one statement (ids as one text array).
+SELECT_STATUSES = "SELECT id, status FROM {s}.jobs WHERE id = ANY(%s)"
 # A manager's queue: the best of each function it runs (`names`), each read in order from
 # its range of jobs_ready or jobs_due (LATERAL, with LIMIT: no other function's jobs are
 # read), then the best of those. Cron schedules come whatever their function. The *_ANY

@@ -179,6 +179,12 @@ class PostgresRepository(SettlesThroughApply, JobRepository):
         rows = self._db.read(self.sql.SELECT_JOB_WITHOUT_ARGS, (job_id,))
         return record_from_row(rows[0]) if rows else None
 
+    def get_statuses(self, job_ids: Collection[str]) -> dict[str, JobStatus]:
+        if not job_ids:
+            return {}
+        rows = self._db.read(self.sql.SELECT_STATUSES, (builtins.list(job_ids),))
+        return {job_id: status_of(status) for job_id, status in rows}
+
     def _queue(self, named: str, any_function: str, function_names: Optional[Collection[str]],
                limit: int) -> list[QueueEntry]:
         query = any_function if function_names is None else named

@@ -142,6 +142,23 @@ class JobRepository(abc.ABC):
         apart can skip reading and decoding them; by default this is `get`."""
         return self.get(job_id)
 
+    def get_statuses(self, job_ids: Collection[str]) -> dict[str, JobStatus]:
+        """The status of each stored job among `job_ids`, by id; an id of no stored job is
+        left out. What `JobManager.wait` reads, in one
+        call every few milliseconds, for every job its callers wait for that this process
+        does not hold: a caller is woken to read its job's row only once it is terminal or
+        gone. A status the backend does not know reads FAILED, as `get` reads it.
+
+        By default one `get_without_args` per id. A backend should read them all in one
+        query (SQLite, PostgreSQL and the memory repository do): the default costs as many
+        reads as there are jobs waited for, though from one thread instead of each caller's."""
+        statuses: dict[str, JobStatus] = {}
+        for job_id in job_ids:
+            record = self.get_without_args(job_id)
+            if record is not None:
+                statuses[job_id] = record.status
+        return statuses
+
     @abc.abstractmethod
     def ready(self, function_names: Optional[Collection[str]], limit: int) -> list[QueueEntry]:
         """Up to `limit` PENDING jobs with no unfinished dependency, highest priority

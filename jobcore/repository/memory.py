@@ -91,6 +91,11 @@ class MemoryRepository(MemoryAdding, JobRepository):
             row = self._jobs.get(job_id)
             return _detached(row) if row is not None else None
 
+    def get_statuses(self, job_ids: Collection[str]) -> dict[str, JobStatus]:
+        jobs = self._jobs
+        with self._lock:
+            return {job_id: row.status for job_id in job_ids if (row := jobs.get(job_id)) is not None}
+
     def ready(self, function_names: Optional[Collection[str]], limit: int) -> list[QueueEntry]:
         with self._lock:
             rows = [r for r in self._by_status[JobStatus.PENDING].values()

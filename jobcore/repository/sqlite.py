@@ -28,7 +28,7 @@ from .sqlite_conn import SYNCHRONOUS, Connections
 from .sqlite_settle import cancel_dependents, claim_known, claim_rows, encode_result, settle_all
 from .sqlite_rows import (READ_ONLY, claimed_records, entry_from_row, queue_entries, record_from_row, row_params,
                           translate)
-from .columns import encode_progress, unreadable_lease_message
+from .columns import STATUSES, encode_progress, unreadable_lease_message
 from .group_commit import GroupCommitter
 from .sqlite_adding import SQLiteAdding
 from .base import (Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry, Recovery, Settlement,
@@ -212,6 +212,12 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
     def get_without_args(self, job_id: str) -> Optional[JobRecord]:
         rows = self._read(sql.SELECT_JOB_WITHOUT_ARGS, (job_id,))
         return record_from_row(rows[0]) if rows else None
+
+    def get_statuses(self, job_ids: Collection[str]) -> dict[str, JobStatus]:
+        if not job_ids:
+            return {}
+        rows = self._read(sql.SELECT_STATUSES, (json.dumps(builtins.list(job_ids)),))
+        return {job_id: STATUSES.get(status, JobStatus.FAILED) for job_id, status in rows}
 
     def ready(self, function_names: Optional[Collection[str]], limit: int) -> list[QueueEntry]:
         rows = self._db.reading(lambda conn: sqlite_queue.ready_rows(conn, function_names, limit))

@@ -41,6 +41,8 @@ SELECT id FROM jobs WHERE unique_key = ? AND status IN ('pending', 'scheduled', 
 SELECT_JOB = f"SELECT {COLUMNS} FROM jobs WHERE id = ?"
 SELECT_JOB_WITHOUT_ARGS = f"SELECT {COLUMNS_WITHOUT_ARGS} FROM jobs WHERE id = ?"
 SELECT_STATUS = "SELECT status, name FROM jobs WHERE id = ?"
+# The jobs callers of `wait` wait for, all in one statement (ids as one JSON array).
+SELECT_STATUSES = "SELECT id, status FROM jobs WHERE id IN (SELECT value FROM json_each(?))"
 # The dead-letter queue (sqlite_schema._JOBS_FAILED_INDEX). INDEXED BY: left to itself the planner
 # reads jobs_status's range of every failed job and sorts them all (tests check the plan).
 _DEAD_LETTERS = ("FROM jobs INDEXED BY jobs_failed WHERE status = 'failed'"

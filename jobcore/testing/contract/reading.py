@@ -59,6 +59,29 @@ class _ReadingContract:
         assert [r.id for r in repository.list_without_args(tags=["t"], limit=1, offset=0)] == [done.id]
         assert [r.id for r in repository.list_without_args(limit=2, offset=1)] == [running.id, done.id]
 
+    def test_statuses_of_many_jobs_are_read_at_once(self, repository: JobRepository) -> None:
+        # given jobs pending, waiting on a dependency, scheduled, running, completed, failed
+        # and cancelled (what callers of `wait` wait for, and what they wait to see)
+        pending = _add(repository)
+        running = _claim(repository, _add(repository).id)
+        blocked = _add(repository, depends_on=(running.id,))
+        later = _add(repository, status=JobStatus.SCHEDULED, scheduled_at=NOW + 60, run_at=NOW + 60)
+        done = _add(repository)
+        _complete(repository, done.id)
+        failed = _add(repository)
+        _fail(repository, failed.id)
+        cancelled = _add(repository)
+        repository.cancel(cancelled.id, NOW, "not wanted")
+        expected = {pending.id: JobStatus.PENDING, running.id: JobStatus.RUNNING, blocked.id: JobStatus.PENDING,
+                    later.id: JobStatus.SCHEDULED, done.id: JobStatus.COMPLETED, failed.id: JobStatus.FAILED,
+                    cancelled.id: JobStatus.CANCELLED}
+        # when their statuses are read in one call, with an unknown id and an id given twice
+        found = repository.get_statuses([*expected, "no-such-job", done.id])
+        # then each stored job's status comes by its id, and nothing for the unknown one
+        assert dict(found) == expected
+        assert dict(repository.get_statuses({pending.id, "no-such-job"})) == {pending.id: JobStatus.PENDING}
+        assert dict(repository.get_statuses([])) == {}
+
     def test_ready_orders_by_priority_then_insertion(self, repository: JobRepository) -> None:
         # given jobs of mixed priorities, inserted in two batches
         priorities = [5, 10, 5, 0, 10, -3, 5]
