@@ -1,21 +1,25 @@
 """`Settlements`: what one manager knows of the jobs that settled in its process, and the
 callers blocked in `wait` until a job settles.
 
-It reads no rows itself: `wait` is given how to read one and how to tell whether the
-job is held here (then it settles here, and its waiters are woken at that moment, and
-no one else: each settlement costs the same however many threads wait for other jobs).
-Jobs settled by other processes are noticed by reading, at growing intervals.
+It reads no rows itself: `wait` is given how to read one, how to read the statuses of
+many, and how to tell whether the job is held here (then it settles here, and its
+waiters are woken at that moment, and no one else: each settlement costs the same
+however many threads wait for other jobs). Jobs settled by other processes are noticed
+by one `polling.StatusPoller` for all the callers: it reads the statuses of every job
+waited for in one call, at growing intervals, and wakes the callers of those that ended;
+each caller reads its own job's row only when it begins to wait and once it was told to.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Callable, Iterable, Optional, Union
+from typing import Callable, Collection, Iterable, Optional, Union
 
 from .clock import SYSTEM_CLOCK
 from .errors import JobNotFound
 from .models import JobResult, JobStatus
+from .polling import Statuses, StatusPoller
 from .recorder import Completion
 from .records import result_of
 from .repository.base import JobRecord
@@ -25,21 +29,22 @@ MOST_COMPLETIONS = 32_768  # and at most: remembered while callers of `wait` fal
 BEHIND_READS = 16  # reads of jobs completed here, while that many are remembered, to double it
 FIRST_INTERVAL = 0.01  # seconds between reads of a job another process may settle, doubling
 LAST_INTERVAL = 0.1  # to this
+POLLER_LINGER = 1.0  # seconds the thread reading them waits for another caller once none waits
 
 
 class _Waiters:
     """The threads in `Settlements.wait` for one job id, and how they are woken."""
 
-    __slots__ = ("threads", "settled", "woken")
+    __slots__ = ("threads", "told", "woken")
 
     def __init__(self, lock: threading.Lock) -> None:
         # All guarded by the owning `Settlements`' lock (`woken` is a condition on it).
         self.threads = 0  # in `wait` for this id: the record goes when the last one leaves
-        # Times the job settled here since the first of them came: a waiter compares it
-        # with what it saw before it checked, so a settlement between its check and its
-        # sleep is not missed.
-        self.settled = 0
-        self.woken = threading.Condition(lock)  # notified when the job settles here
+        # Times they were told to look again since the first of them came (the job settled
+        # here, or the poller found it ended, gone or unreadable): a waiter compares it with
+        # what it saw before it looked, so news between its look and its sleep is not missed.
+        self.told = 0
+        self.woken = threading.Condition(lock)  # notified when they are told
 
 
 def _generated(job_id: str) -> bool:
@@ -70,12 +75,17 @@ class Settlements:
         self._completions: OrderedDict[str, Completion] = OrderedDict()
         self._keep = RECENT_COMPLETIONS
         self._behind = 0  # reads counted towards the next doubling
+        # Reads the jobs waited for that another process may settle, for every caller at
+        # once (the callers each read their own at intervals before: see polling).
+        self._poller = StatusPoller(self._look_again, first_interval=FIRST_INTERVAL,
+                                    last_interval=LAST_INTERVAL, linger=POLLER_LINGER)
 
     def forked(self) -> None:
         """In a forked child: no thread waits here yet (the parent's stayed there), and a
         lock of its own (one of them may have held this one)."""
         self._lock = threading.Lock()
         self._waiters = {}
+        self._poller.forked()
 
     def mark(self, settled: Iterable[tuple[str, Optional[Completion]]]) -> None:
         """Note that these jobs reached a terminal state here (each with its `Completion`
@@ -90,7 +100,17 @@ class Settlements:
                         self._completions.popitem(last=False)
                 waiting = waiters.get(job_id) if waiters else None  # most settle with nobody waiting
                 if waiting is not None:
-                    waiting.settled += 1
+                    waiting.told += 1
+                    waiting.woken.notify_all()
+
+    def _look_again(self, job_ids: list[str]) -> None:
+        """The poller's news: wake the waiters of these jobs to read them (each ended, is
+        gone, or could not be read in the batch), and no one else."""
+        with self._lock:
+            for job_id in job_ids:
+                waiting = self._waiters.get(job_id)
+                if waiting is not None:
+                    waiting.told += 1
                     waiting.woken.notify_all()
 
     def forget(self, job_ids: Iterable[str]) -> None:
@@ -117,36 +137,49 @@ class Settlements:
             return len(self._completions)
 
     def wait(self, job_id: str, timeout: Optional[float], *, held: Callable[[str], bool],
-             read: Callable[[str], Optional[JobRecord]], worker_id: Optional[str] = None) -> JobResult:
+             read: Callable[[str], Optional[JobRecord]], statuses: Optional[Statuses] = None,
+             worker_id: Optional[str] = None) -> JobResult:
         """Block until `job_id` is terminal and return what `poll` would show of it.
 
         `timeout`: seconds (checked by the caller; None: no limit), then `TimeoutError`.
         `held(job_id)` tells whether the job settles here (then its row is not read until
-        it has); `read` reads its row without arguments. `worker_id`: the one this process
-        completes jobs as (a completed row of its read back counts as falling behind).
-        `JobNotFound` for an unknown id."""
+        it has); `read` reads its row without arguments; `statuses` reads the statuses of
+        many jobs (as `JobRepository.get_statuses`; None: one `read` each). `worker_id`:
+        the one this process completes jobs as (a completed row of its read back counts as
+        falling behind). `JobNotFound` for an unknown id.
+
+        The row is read when the wait begins, and again only when the job settled here
+        (and was not remembered), or the poller found it ended or gone: however many
+        threads wait, the rows read while they do grow with time, not with their number."""
         with self._lock:
             completion = self._completions.get(job_id)
         if completion is not None:  # completed here already: answered without joining its waiters
             return completion.job_result()
         deadline = None if timeout is None else SYSTEM_CLOCK.monotonic() + timeout
-        interval = FIRST_INTERVAL
+        poller, watched = self._poller, False
         waiting = self._enter(job_id)
         try:
             while True:
                 with self._lock:
-                    seen = waiting.settled  # before looking: a settlement after it wakes the sleep
+                    seen = waiting.told  # before looking: news after it wakes the sleep
                 found = self._look(job_id, held, read, worker_id)
                 if isinstance(found, JobResult):
                     return found
                 remaining = None if deadline is None else deadline - SYSTEM_CLOCK.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(f"job {job_id!r} is still {found.value} after {timeout}s")
+                if not watched:
+                    poller.watch(job_id, held, statuses or _reading_each(read))
+                    watched = True
                 # Settled here: woken at once (and only its waiters are). Settled by another
-                # process: noticed by reading, at growing intervals.
-                self._sleep(waiting, seen, interval if remaining is None else min(interval, remaining))
-                interval = min(interval * 2, LAST_INTERVAL)
+                # process: woken once the poller reads it ended. With no poller thread (none
+                # could start), the caller reads its job itself every LAST_INTERVAL.
+                if not poller.ensure_running():
+                    remaining = LAST_INTERVAL if remaining is None else min(LAST_INTERVAL, remaining)
+                self._sleep(waiting, seen, remaining)
         finally:
+            if watched:
+                poller.unwatch(job_id)
             self._leave(job_id, waiting)
 
     def _enter(self, job_id: str) -> _Waiters:
@@ -198,9 +231,21 @@ class Settlements:
             if self._behind >= BEHIND_READS:
                 self._keep, self._behind = min(2 * self._keep, MOST_COMPLETIONS), 0
 
-    def _sleep(self, waiting: _Waiters, seen: int, seconds: float) -> None:
-        """Sleep up to `seconds`, or until the job `waiting` is for settles here; not at all
-        if it settled here since `waiting.settled` was `seen`."""
+    def _sleep(self, waiting: _Waiters, seen: int, seconds: Optional[float]) -> None:
+        """Sleep up to `seconds` (None: no limit), or until the waiters `waiting` holds are
+        told to look again; not at all if they were told since `waiting.told` was `seen`."""
         with self._lock:
-            if waiting.settled == seen:
+            if waiting.told == seen:
                 waiting.woken.wait(seconds)
+
+
+def _reading_each(read: Callable[[str], Optional[JobRecord]]) -> Statuses:
+    """`statuses` for a caller that gave only `read`: one read per job."""
+    def statuses(job_ids: Collection[str]) -> dict[str, JobStatus]:
+        found = {}
+        for job_id in job_ids:
+            record = read(job_id)
+            if record is not None:
+                found[job_id] = record.status
+        return found
+    return statuses

@@ -86,6 +86,50 @@ def test_results_progress_and_logs_are_stored(manager_on: Callable[..., JobManag
     assert any("hello from the job" in entry.message for entry in manager.get_logs(job_id))
 
 
+def test_many_waiters_notice_jobs_another_manager_runs_through_batched_reads(
+        manager_on: Callable[..., JobManager], schema: Schema) -> None:
+    # given a producer that stores jobs it cannot run, its row and batched reads counted,
+    # and a thread waiting for each job
+    producer = manager_on(producer=True)
+    repository = producer.repository
+    rows, batches = collections.Counter[str](), []
+    read_row, read_statuses = repository.get_without_args, repository.get_statuses
+    lock, all_polled = threading.Lock(), threading.Event()  # lock guards rows and batches
+
+    def counted_row(job_id: str) -> Any:
+        with lock:
+            rows[job_id] += 1
+        return read_row(job_id)
+
+    def counted_statuses(job_ids: Any) -> Any:
+        with lock:
+            batches.append(list(job_ids))
+            if {job_id for batch in batches for job_id in batch} == set(ids):
+                all_polled.set()  # each waiter read its row, then the poller read its status
+        return read_statuses(job_ids)
+
+    repository.get_without_args = counted_row  # type: ignore[method-assign]
+    repository.get_statuses = counted_statuses  # type: ignore[method-assign]
+    ids = producer.enqueue_many([Job(function_name="square", args=(n,)) for n in range(30)])
+    results: dict[str, Any] = {}
+    threads = [threading.Thread(target=lambda job_id=job_id: results.__setitem__(
+        job_id, producer.wait(job_id, timeout=WAIT))) for job_id in ids]
+    for thread in threads:
+        thread.start()
+    assert all_polled.wait(WAIT)
+    # when another manager on the schema runs them
+    runner = manager_on(max_workers=2)
+    runner.register_function("square", lambda n: n * n)
+    runner.start()
+    for thread in threads:
+        thread.join(WAIT)
+    # then every waiter has its result, having read its own row twice (as it began, and
+    # once the batched read found the job ended), whatever the polls in between
+    assert [results[job_id].result for job_id in ids] == [n * n for n in range(30)]
+    assert rows == {job_id: 2 for job_id in ids}
+    assert max(len(batch) for batch in batches) > 1
+
+
 def test_cancelling_a_running_job_stops_it(manager_on: Callable[..., JobManager]) -> None:
     manager = manager_on().start()
     started = threading.Event()
