@@ -14,7 +14,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence
 
-from . import serialization
+from . import serialization, sizes
 from .clock import Clock, real_monotonic
 from .context import JobContext
 from .errors import RepositoryError
@@ -59,6 +59,11 @@ class Finished:
 
 # A completed job's result longer than this (as JSON) is not remembered (see Completion).
 REMEMBERED_RESULT_CHARS = 1024
+# Nor one whose kept fields (its metadata, tags, name...) take more memory than about
+# this many bytes (see `sizes.bytes_left`): each is remembered among thousands (see
+# waiting.Settlements), and they may be as large as a payload (4,096 jobs with 100 KB of
+# metadata each held 410 MB). Those of a job without metadata or tags: about 200.
+REMEMBERED_FIELDS_BYTES = 4096
 
 # After this many failed exchanges carrying an outcome, the outcomes are recorded one at a
 # time (see `Recorder._record_each`): one the store cannot take must not hold the others
@@ -89,13 +94,17 @@ class Completion(NamedTuple):
     @staticmethod
     def of(finished: Finished, settlement: Settlement, at: float, persistent: bool) -> Optional["Completion"]:
         """The completion `settlement` recorded, if it is one worth remembering: not when
-        the job reported progress, nor (in a persistent store) for a long result."""
+        the job reported progress, nor (in a persistent store) for a long result, nor
+        when its kept fields are large (`REMEMBERED_FIELDS_BYTES`)."""
         if settlement.kind != "complete" or finished.context.reported_progress:
             return None
         result = settlement.encoded_result if persistent else settlement.result
         if persistent and (result is None or len(result) > REMEMBERED_RESULT_CHARS):
             return None
-        return Completion(_read_kept(finished.record), result, at, persistent)
+        record = finished.record
+        if not _kept_fields_fit(record):
+            return None
+        return Completion(_read_kept(record), result, at, persistent)
 
     def job_result(self) -> JobResult:
         """What `poll` would show of the job's row now (the same as `result_of` of it),
@@ -110,6 +119,26 @@ class Completion(NamedTuple):
             None, attempts, local_datetime(created_at), local_datetime(scheduled_at), local_datetime(started_at),
             local_datetime(self.at), owner, frozenset(tags), dict(metadata), function_name,
             priority, max_retries, tuple(depends_on), worker_id, cron)
+
+
+def _kept_fields_fit(record: JobRecord) -> bool:
+    """Whether the fields of `record` a `Completion` keeps take about
+    REMEMBERED_FIELDS_BYTES or fewer (see `sizes.bytes_left`). For most jobs (without
+    metadata, tags, dependencies, progress details, owner or cron) that is six truth
+    tests and three `len` calls (about 0.2 µs); no field is ever encoded."""
+    try:
+        left = REMEMBERED_FIELDS_BYTES - 3 * sizes.STR - len(record.name) - len(record.function_name) - len(
+            record.progress_message)
+    except TypeError:  # not text (a row edited by hand): not worth the care
+        return False
+    if not (record.metadata or record.tags or record.depends_on or record.progress_details
+            or record.owner or record.cron):
+        return left >= 0
+    for value in (record.metadata, record.tags, record.depends_on, record.progress_details,
+                  record.owner, record.cron):
+        if value and left >= 0:
+            left = sizes.bytes_left(value, left)
+    return left >= 0
 
 
 # Told of the jobs that settled here, in one call per exchange: each one's id, and its

@@ -71,7 +71,8 @@ class Settlements:
         # further behind the workers than that; each job it then reads back was completed
         # here before the oldest one remembered, and after BEHIND_READS of them _keep
         # doubles (up to MOST_COMPLETIONS, about 0.8 KB each), so it catches up again
-        # instead of reading every job from then on.
+        # instead of reading every job from then on. A large one is never here (see
+        # `Completion.of`): with 100 KB of metadata each, 4,096 held 410 MB.
         self._completions: OrderedDict[str, Completion] = OrderedDict()
         self._keep = RECENT_COMPLETIONS
         self._behind = 0  # reads counted towards the next doubling

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
+import sys
 import threading
 import uuid
 from datetime import datetime, timedelta
@@ -13,8 +14,7 @@ from typing import Any
 import pytest
 
 from jobcore import Job, JobManager, JobStatus, MemoryRepository, SQLiteRepository, current_job
-from jobcore import waiting
-from jobcore import serialization
+from jobcore import recorder, serialization, sizes, waiting
 from jobcore.recorder import Completion
 from jobcore.repository.base import JobRecord
 from jobcore.testing.contract import make_record
@@ -381,3 +381,114 @@ def test_wait_reads_the_row_of_a_job_with_an_id_of_its_own(tmp_path: Any) -> Non
     finally:
         worker.close()
         other.close()
+
+
+def _large_fields(n: int) -> dict[str, Any]:
+    """Job fields of which the `n % 4`th takes 5 KB or more (more than a remembered
+    completion keeps), or of an ordinary size if `n` is negative."""
+    if n < 0:
+        return {"metadata": {"user": "u-1", "n": -n}, "tags": {"billing"}}
+    large: list[dict[str, Any]] = [{"metadata": {"blob": "x" * 5000, "n": n}},
+                                   {"tags": {f"tag-{i:04}" for i in range(500)}},
+                                   {"name": "long " * 1000}, {"owner": "o" * 5000}]
+    return large[n % 4]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "memory"])
+def test_wait_on_a_job_with_large_fields_gives_what_it_gave_from_memory(
+        make_manager: Any, db_path: str, backend: str, monkeypatch: Any) -> None:
+    # given a started manager, and jobs with 100 KB of metadata (or another large field)
+    # it completed while completions of any size were remembered (as before)
+    repository = SQLiteRepository(db_path) if backend == "sqlite" else MemoryRepository()
+    manager = make_manager(repository, max_workers=1)
+    manager.register_function("pair", pair)
+    manager.start()
+    fields = [{"metadata": {"blob": "x" * 100_000, "nested": {"list": [1, 2.5, None, True]}},
+               "tags": {"a", "b"}, "owner": "someone"}] + [_large_fields(n) for n in range(1, 4)]
+    monkeypatch.setattr(recorder, "REMEMBERED_FIELDS_BYTES", 10**9, raising=False)  # (none before)
+    remembered = [manager.enqueue(Job(function_name="pair", args=(n,), **f)) for n, f in enumerate(fields)]
+    for job_id in remembered:
+        manager.wait(job_id, timeout=10)
+    monkeypatch.undo()
+    reads = _CountingGets(manager.repository)
+    from_memory = [manager.wait(job_id, timeout=10) for job_id in remembered]
+    assert reads.reads == 0
+    # when they are waited for once they are no longer remembered (read back), and the
+    # same jobs run again now are waited for
+    manager._settlements.forget(remembered)
+    from_rows = [manager.wait(job_id, timeout=10) for job_id in remembered]
+    a_read = reads.reads // len(remembered)  # (calls counted for one row read: `get` may be called by the other)
+    assert a_read and reads.reads == a_read * len(remembered)
+    again = [manager.enqueue(Job(function_name="pair", args=(n,), **f)) for n, f in enumerate(fields)]
+    now = [manager.wait(job_id, timeout=10) for job_id in again]
+    # then the jobs completed now were not remembered (each was read back), and every
+    # answer is the one given from memory before, and what poll shows
+    assert reads.reads == 2 * a_read * len(remembered)
+    assert [_fields(r) for r in from_rows] == [_fields(r) for r in from_memory]
+    assert [_fields(r) for r in from_memory] == [_fields(manager.poll(job_id)) for job_id in remembered]
+    assert [_fields(r) for r in now] == [_fields(manager.poll(job_id)) for job_id in again]
+    assert now[0].metadata == fields[0]["metadata"] and now[0].tags == {"a", "b"}
+    for before, after in zip(from_memory, now):
+        assert ({k: v for k, v in _fields(after).items() if k not in ("job_id", "created_at", "started_at",
+                                                                       "completed_at")}
+                == {k: v for k, v in _fields(before).items() if k not in ("job_id", "created_at", "started_at",
+                                                                          "completed_at")})
+
+
+def _deep_size(value: Any) -> int:
+    """`sys.getsizeof` of `value` and of all its containers hold."""
+    inner = list(value.items()) if isinstance(value, dict) else value
+    if isinstance(value, (dict, list, tuple, set, frozenset)):
+        return sys.getsizeof(value) + sum(_deep_size(item) for item in inner)
+    return sys.getsizeof(value)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "memory"])
+def test_the_fields_remembered_of_completions_stay_small(make_manager: Any, db_path: str, backend: str) -> None:
+    # given a started manager
+    repository = SQLiteRepository(db_path) if backend == "sqlite" else MemoryRepository()
+    manager = make_manager(repository, max_workers=2)
+    manager.register_function("pair", pair)
+    manager.start()
+    # when it completes 200 jobs, each with one field of 5 KB or more (metadata, tags,
+    # name or owner), and 50 ordinary ones, and each is waited for
+    ids = manager.enqueue_many([Job(function_name="pair", args=(n,), **_large_fields(n if n < 200 else -n))
+                                for n in range(250)])
+    results = [manager.wait(job_id, timeout=10) for job_id in ids]
+    assert [r.status for r in results] == [JobStatus.COMPLETED] * 250
+    # then only the ordinary ones are remembered, each with its fields in under 4 KB
+    # (before: all 250, the large ones with their 5 KB and more each; with 100 KB of
+    # metadata each, 4,096 held 410 MB)
+    kept = list(manager._settlements._completions.items())
+    assert sorted(job_id for job_id, _ in kept) == sorted(ids[200:])
+    assert max(_deep_size(completion.kept) for _, completion in kept) <= recorder.REMEMBERED_FIELDS_BYTES
+
+
+def test_the_memory_a_value_takes_is_told_near_enough_and_at_a_bounded_cost() -> None:
+    # a value's size is told within a factor of two of what its objects take
+    values: list[Any] = [{"user": "u-1", "n": 3, "ok": True, "none": None, "x": 2.5}, ["a", "bc", 1],
+                         {"nested": {"deeper": [{"k": "v" * 300}]}}, frozenset({"t1", "t2"}), "x" * 900,
+                         {f"k{i}": [] for i in range(20)}, tuple(f"id-{i}" for i in range(30))]
+    for value in values:
+        told = 100_000 - sizes.bytes_left(value, 100_000)
+        assert _deep_size(value) // 2 <= told <= 2 * _deep_size(value), (value, told, _deep_size(value))
+    # and however large, the count stops once past the budget, without a RecursionError
+    assert sizes.bytes_left({"blob": "x" * 100_000}, 4096) < 0
+    deep: Any = []
+    for _ in range(100_000):
+        deep = [deep]
+    assert sizes.bytes_left(deep, 4096) < 0
+
+    # looking at no more items of a container than the budget allows, whatever it holds
+    looked: list[int] = []
+
+    class Counted(list):  # type: ignore[type-arg]
+        def __iter__(self) -> Any:
+            for item in super().__iter__():
+                looked.append(1)
+                yield item
+
+    assert sizes.bytes_left(Counted([["y"]] * 1_000_000), 4096) < 0
+    assert looked == []  # told by its length alone
+    assert sizes.bytes_left(Counted([["y"]] * 400), 4096) < 0
+    assert 0 < len(looked) <= 2 * 4096 // sizes.ARRAY_ITEM
