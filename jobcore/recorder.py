@@ -9,20 +9,18 @@ fires cron schedules. It owns no threads: the worker pool's dispatcher calls it.
 from __future__ import annotations
 
 import logging
-import operator
 import random
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
-from . import serialization, sizes
+from . import serialization
+from .completions import Completion
 from .clock import Clock, real_monotonic
 from .context import JobContext
 from .errors import RepositoryError
 from .execution import Outcome
-from .models import JobResult, JobStatus
 from .progress import Report
 from .queue import ReadyQueue
-from .records import local_datetime, new_result
 from .registry import FunctionRegistry, LocalJobs
 from .repository.base import (CANCELLED_BY_REQUEST, CANCELLED_ERROR_TYPE, Cascade, JobRecord, JobRepository,
                               LastProgress, PartlyApplied, QueueEntry, Settlement, takes_argument)
@@ -57,88 +55,10 @@ class Finished:
     refused_since: Optional[float] = None
 
 
-# A completed job's result longer than this (as JSON) is not remembered (see Completion).
-REMEMBERED_RESULT_CHARS = 1024
-# Nor one whose kept fields (its metadata, tags, name...) take more memory than about
-# this many bytes (see `sizes.bytes_left`): each is remembered among thousands (see
-# waiting.Settlements), and they may be as large as a payload (4,096 jobs with 100 KB of
-# metadata each held 410 MB). Those of a job without metadata or tags: about 200.
-REMEMBERED_FIELDS_BYTES = 4096
-
 # After this many failed exchanges carrying an outcome, the outcomes are recorded one at a
 # time (see `Recorder._record_each`): one the store cannot take must not hold the others
 # back. A store that is down fails the first, and that is all.
 ISOLATE_AFTER = 2
-
-
-# The fields of a claimed record a `Completion` keeps: those `poll` shows that completing
-# leaves as they were (see `JobRepository.apply`). One C-level call reads them all.
-_KEPT = ("id", "name", "progress_message", "progress_details", "attempts", "created_at",
-         "scheduled_at", "started_at", "owner", "tags", "metadata", "function_name",
-         "priority", "max_retries", "depends_on", "worker_id", "cron")
-_read_kept = operator.attrgetter(*_KEPT)
-
-
-class Completion(NamedTuple):
-    """A job this process completed: enough to tell what its row now holds without
-    reading it back. `kept` holds the claimed record's fields named in _KEPT (it ran
-    without reporting progress, so nothing else changed them in the row meanwhile);
-    `result` is what the repository stored (the JSON text, for a persistent one); `at`
-    the completion time. Made by the dispatcher for every completion, so kept cheap."""
-
-    kept: tuple[Any, ...]
-    result: Any
-    at: float
-    persistent: bool
-
-    @staticmethod
-    def of(finished: Finished, settlement: Settlement, at: float, persistent: bool) -> Optional["Completion"]:
-        """The completion `settlement` recorded, if it is one worth remembering: not when
-        the job reported progress, nor (in a persistent store) for a long result, nor
-        when its kept fields are large (`REMEMBERED_FIELDS_BYTES`)."""
-        if settlement.kind != "complete" or finished.context.reported_progress:
-            return None
-        result = settlement.encoded_result if persistent else settlement.result
-        if persistent and (result is None or len(result) > REMEMBERED_RESULT_CHARS):
-            return None
-        record = finished.record
-        if not _kept_fields_fit(record):
-            return None
-        return Completion(_read_kept(record), result, at, persistent)
-
-    def job_result(self) -> JobResult:
-        """What `poll` would show of the job's row now (the same as `result_of` of it),
-        made straight from the kept fields: `wait` returns this for every job it waits on,
-        so it is built without an intermediate `JobRecord`."""
-        (job_id, name, message, details, attempts, created_at, scheduled_at, started_at,
-         owner, tags, metadata, function_name, priority, max_retries, depends_on, worker_id,
-         cron) = self.kept
-        result = serialization.decode(self.result) if self.persistent else self.result
-        return new_result(
-            job_id, name, JobStatus.COMPLETED, 1.0, message, dict(details), result, None, None,
-            None, attempts, local_datetime(created_at), local_datetime(scheduled_at), local_datetime(started_at),
-            local_datetime(self.at), owner, frozenset(tags), dict(metadata), function_name,
-            priority, max_retries, tuple(depends_on), worker_id, cron)
-
-
-def _kept_fields_fit(record: JobRecord) -> bool:
-    """Whether the fields of `record` a `Completion` keeps take about
-    REMEMBERED_FIELDS_BYTES or fewer (see `sizes.bytes_left`). For most jobs (without
-    metadata, tags, dependencies, progress details, owner or cron) that is six truth
-    tests and three `len` calls (about 0.2 µs); no field is ever encoded."""
-    try:
-        left = REMEMBERED_FIELDS_BYTES - 3 * sizes.STR - len(record.name) - len(record.function_name) - len(
-            record.progress_message)
-    except TypeError:  # not text (a row edited by hand): not worth the care
-        return False
-    if not (record.metadata or record.tags or record.depends_on or record.progress_details
-            or record.owner or record.cron):
-        return left >= 0
-    for value in (record.metadata, record.tags, record.depends_on, record.progress_details,
-                  record.owner, record.cron):
-        if value and left >= 0:
-            left = sizes.bytes_left(value, left)
-    return left >= 0
 
 
 # Told of the jobs that settled here, in one call per exchange: each one's id, and its
@@ -486,7 +406,8 @@ class Recorder:
         for job_id in cascade.cancelled:
             self._local.ended(job_id)
             settled.append((job_id, None))
-        settled.append((record.id, Completion.of(finished, settlement, now, self._repo.persistent)))
+        settled.append((record.id, Completion.of(finished.record, finished.context.reported_progress, settlement, now,
+                                                        self._repo.persistent)))
         details = {"result": settlement.result} if settlement.kind == "complete" else event_details(settlement)
         self._publish(EVENTS[settlement.kind], record, details)
 

@@ -20,7 +20,7 @@ from .clock import SYSTEM_CLOCK
 from .errors import JobNotFound
 from .models import JobResult, JobStatus
 from .polling import Statuses, StatusPoller
-from .recorder import Completion
+from .completions import Completion
 from .records import result_of
 from .repository.base import JobRecord
 

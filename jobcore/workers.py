@@ -44,7 +44,8 @@ from .queue import ReadyQueue
 from .registry import FunctionRegistry, LocalJobs
 from .repository.base import JobRecord, JobRepository, QueueEntry
 from .retry import Classifier
-from .recorder import Completion, Finished, Publisher, Recorder, Settled
+from .completions import Completion
+from .recorder import Finished, Publisher, Recorder, Settled
 
 logger = logging.getLogger("jobcore.workers")
 

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from jobcore import Job, JobManager, JobStatus, MemoryRepository, SQLiteRepository, current_job
-from jobcore import recorder, serialization, sizes, waiting
-from jobcore.recorder import Completion
+from jobcore import completions, serialization, sizes, waiting
+from jobcore.completions import Completion
 from jobcore.repository.base import JobRecord
 from jobcore.testing.contract import make_record
 
@@ -405,7 +405,7 @@ def test_wait_on_a_job_with_large_fields_gives_what_it_gave_from_memory(
     manager.start()
     fields = [{"metadata": {"blob": "x" * 100_000, "nested": {"list": [1, 2.5, None, True]}},
                "tags": {"a", "b"}, "owner": "someone"}] + [_large_fields(n) for n in range(1, 4)]
-    monkeypatch.setattr(recorder, "REMEMBERED_FIELDS_BYTES", 10**9, raising=False)  # (none before)
+    monkeypatch.setattr(completions, "REMEMBERED_FIELDS_BYTES", 10**9, raising=False)  # (none before)
     remembered = [manager.enqueue(Job(function_name="pair", args=(n,), **f)) for n, f in enumerate(fields)]
     for job_id in remembered:
         manager.wait(job_id, timeout=10)
@@ -461,7 +461,7 @@ def test_the_fields_remembered_of_completions_stay_small(make_manager: Any, db_p
     # metadata each, 4,096 held 410 MB)
     kept = list(manager._settlements._completions.items())
     assert sorted(job_id for job_id, _ in kept) == sorted(ids[200:])
-    assert max(_deep_size(completion.kept) for _, completion in kept) <= recorder.REMEMBERED_FIELDS_BYTES
+    assert max(_deep_size(completion.kept) for _, completion in kept) <= completions.REMEMBERED_FIELDS_BYTES
 
 
 def test_the_memory_a_value_takes_is_told_near_enough_and_at_a_bounded_cost() -> None:
