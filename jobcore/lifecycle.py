@@ -165,9 +165,9 @@ class Lifecycle:
                 self._stops_ended.notify_all()
         return True
 
-    def close(self, stop: Callable[[], None]) -> None:
+    def close(self, stop: Callable[[], None], release: Callable[[], None] = lambda: None) -> None:
         """`JobManager.close` (see there): `stop()` (the manager's own, which a subclass
-        may extend), then release the parts and the repository."""
+        may extend), then release the parts, call `release()`, and close the repository."""
         if self._notifier.on_delivery_thread():
             raise RuntimeError("close() called from a notification channel would wait for itself;"
                                " call stop() there, and close() from another thread")
@@ -187,6 +187,7 @@ class Lifecycle:
         self._housekeeper.close()  # leases it still renews after a stop: renewed no more
         self._pool.close()
         self._notifier.close()
+        release()
         self._repository.close()
 
     def _forked(self) -> None:

@@ -223,7 +223,7 @@ class JobManager:
         a notification channel (for its own delivery thread to end: call `stop()` there
         instead), from inside one of this manager's jobs (call `stop(wait=False)` there),
         or on a thread already inside `start` or `stop` (a signal handler)."""
-        self._lifecycle.close(self.stop)
+        self._lifecycle.close(self.stop, self._settlements.close)  # (`wait`'s poller thread ends)
 
     @property
     def running(self) -> bool:

@@ -17,8 +17,10 @@ Now a read covers every job due, whatever the number of callers.
 from __future__ import annotations
 
 import logging
+import atexit
 import math
 import threading
+import weakref
 from typing import Callable, Collection, Mapping, Optional
 
 from .clock import SYSTEM_CLOCK
@@ -28,6 +30,26 @@ logger = logging.getLogger("jobcore.waiting")
 
 Held = Callable[[str], bool]  # whether a job is held here (see `StatusPoller.watch`)
 Statuses = Callable[[Collection[str]], Mapping[str, JobStatus]]  # as `JobRepository.get_statuses`
+
+# How long `close` waits for the thread to end (a round under way ends with its read).
+CLOSE_WAIT = 5.0
+
+# The pollers whose thread runs, for `_close_at_exit` (a WeakSet: it adds and removes
+# under its own guard). The hook is registered with the first thread started: after
+# sqlite_conn's (registered at import), so it runs before it (atexit runs the last
+# registered first). A thread still lingering at exit held its SQLite connection, and
+# the store then left its commits in the write-ahead log rather than fold them into the
+# database file (it skips the close while another thread with a connection is alive).
+_RUNNING: "weakref.WeakSet[StatusPoller]" = weakref.WeakSet()
+_at_exit_registered = threading.Lock()  # taken once, by the first thread started, never let go
+
+
+def _close_at_exit() -> None:
+    """At interpreter exit: end every poller's thread, so that no jobcore thread is left
+    holding a store connection (callers still waiting, on daemon threads, read their own
+    jobs from then on)."""
+    for poller in list(_RUNNING):
+        poller.close()
 
 
 class _Watched:
@@ -78,11 +100,15 @@ class StatusPoller:
         # nothing watched); None while it runs a round, or no thread runs.
         self._sleeping_until: Optional[float] = None
         self._warned = False  # that no thread could start (said once)
+        self._closed = False  # by `close`: no thread starts again
 
     def forked(self) -> None:
         """In a forked child: nothing is watched and no thread runs (the parent's stayed
-        there), and a lock of its own (the thread may have held the parent's)."""
+        there), and a lock of its own (the thread may have held the parent's); closed if
+        the parent's was."""
+        closed = self._closed
         self._new_state()
+        self._closed = closed
 
     def watch(self, job_id: str, held: Held, statuses: Statuses) -> None:
         """Read `job_id`'s status from now on, first in `first_interval` seconds, until as
@@ -109,12 +135,28 @@ class StatusPoller:
             if not watched.watchers:
                 del self._watched[job_id]
 
+    def close(self) -> None:
+        """End the thread (waiting for a round under way, up to CLOSE_WAIT seconds) and
+        start none again: callers still waiting read their own jobs from then on (on a
+        closed store, that raises). For the manager's `close`, and at interpreter exit."""
+        with self._lock:
+            self._closed = True
+            thread = self._thread
+            self._wakeup.notify()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(CLOSE_WAIT)
+
     def ensure_running(self) -> bool:
         """Start the thread if none runs. False if it cannot start (the interpreter is
-        exiting, or out of threads): the caller must then read its job itself."""
+        exiting, or out of threads, or the poller was closed): the caller must then read
+        its job itself."""
+        if not _at_exit_registered.locked() and _at_exit_registered.acquire(blocking=False):
+            atexit.register(_close_at_exit)
         with self._lock:
             if self._thread is not None:
                 return True
+            if self._closed:
+                return False
             # Started under the lock: the new thread takes it first thing, so it waits for
             # this call to return; `Thread.start` waits only for it to begin.
             thread = threading.Thread(target=self._run, name="jobcore-waits", daemon=True)
@@ -127,6 +169,7 @@ class StatusPoller:
                                    " wait reads its own: %s", exc)
                 return False
             self._thread = thread
+            _RUNNING.add(self)
             return True
 
     @property
@@ -161,6 +204,9 @@ class StatusPoller:
         with self._lock:
             idle_since: Optional[float] = None
             while True:
+                if self._closed:
+                    self._thread = self._sleeping_until = None
+                    return None
                 now = SYSTEM_CLOCK.monotonic()
                 watched = self._watched
                 if not watched:

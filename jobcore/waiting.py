@@ -29,6 +29,9 @@ MOST_COMPLETIONS = 32_768  # and at most: remembered while callers of `wait` fal
 BEHIND_READS = 16  # reads of jobs completed here, while that many are remembered, to double it
 FIRST_INTERVAL = 0.01  # seconds between reads of a job another process may settle, doubling
 LAST_INTERVAL = 0.1  # to this
+# The longest a caller sleeps at once (a timeout past what a lock can wait for, 10**400
+# or inf, raised OverflowError); it looks again after it.
+LONGEST_SLEEP = 3600.0
 POLLER_LINGER = 1.0  # seconds the thread reading them waits for another caller once none waits
 
 
@@ -103,6 +106,15 @@ class Settlements:
                 if waiting is not None:
                     waiting.told += 1
                     waiting.woken.notify_all()
+
+    def close(self) -> None:
+        """The manager closed: end the poller's thread, and wake every caller still
+        waiting to look again (at a closed store, which raises)."""
+        self._poller.close()
+        with self._lock:
+            for waiting in self._waiters.values():
+                waiting.told += 1
+                waiting.woken.notify_all()
 
     def _look_again(self, job_ids: list[str]) -> None:
         """The poller's news: wake the waiters of these jobs to read them (each ended, is
@@ -233,8 +245,11 @@ class Settlements:
                 self._keep, self._behind = min(2 * self._keep, MOST_COMPLETIONS), 0
 
     def _sleep(self, waiting: _Waiters, seen: int, seconds: Optional[float]) -> None:
-        """Sleep up to `seconds` (None: no limit), or until the waiters `waiting` holds are
-        told to look again; not at all if they were told since `waiting.told` was `seen`."""
+        """Sleep up to `seconds` (None: no limit; at most LONGEST_SLEEP at a time: the
+        caller looks again after it), or until the waiters `waiting` holds are told to
+        look again; not at all if they were told since `waiting.told` was `seen`."""
+        if seconds is not None and seconds > LONGEST_SLEEP:  # (inf, 1e300: past what a lock can wait)
+            seconds = LONGEST_SLEEP
         with self._lock:
             if waiting.told == seen:
                 waiting.woken.wait(seconds)

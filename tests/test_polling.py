@@ -378,3 +378,55 @@ def test_the_poller_thread_ends_once_nobody_waits_and_another_starts_for_the_nex
     jobs.end()
     _joined(threads)
     assert results["second"].status is JobStatus.CANCELLED
+
+
+def test_close_ends_the_poller_thread_and_wakes_the_callers_still_waiting(
+        make_manager: Any, counted: _CountedReads) -> None:
+    # given jobs nobody runs, a thread waiting for each (with no timeout), and the poller
+    # reading their statuses
+    manager, ids = _queued(make_manager, counted, count=5)
+    counted.expect(ids)
+    threads, outcomes = _waiting(manager, ids, timeout=None)  # type: ignore[arg-type]
+    assert counted.first_reads.wait(JOIN)
+    poller = manager._settlements._poller.thread
+    assert poller is not None and poller.is_alive()
+    # when the manager closes
+    manager.close()
+    # then the poller's thread has ended (it lingered a second after its last caller, and
+    # so kept its SQLite connection past an interpreter exit: the store then left its
+    # commits in the write-ahead log) and none starts again
+    assert not poller.is_alive()
+    assert not [thread for thread in threading.enumerate() if thread.name == "jobcore-waits"]
+    # and every caller was woken to look again, at the closed store, which raised
+    _joined(threads)
+    assert all(isinstance(outcomes[job_id], Exception) and not isinstance(outcomes[job_id], TimeoutError)
+               for job_id in ids), outcomes
+    assert not manager._settlements._poller.ensure_running()
+
+
+def test_a_script_that_waits_then_exits_leaves_every_commit_in_the_database_file(tmp_path: Any) -> None:
+    # given a script that stores a job, waits for it (another process runs it, so the
+    # poller reads it) and exits at once, without closing its manager
+    db = str(tmp_path / "jobs.db")
+    script = textwrap.dedent(f"""
+        from jobcore import Job, JobManager, SQLiteRepository
+        manager = JobManager(SQLiteRepository({db!r}), producer=True)
+        job_id = manager.enqueue(Job(function_name="builtins.len", args=("abc",)))
+        runner = JobManager(SQLiteRepository({db!r}), max_workers=1)
+        runner.register_function("builtins.len", len)
+        runner.start()
+        print(manager.wait(job_id, timeout=30).status.value)
+        runner.close()
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": ROOT})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["completed"]
+    # then its commits are in the database file itself (its write-ahead log was folded in
+    # at exit): the file alone holds the completed job
+    assert not os.path.exists(db + "-wal")
+    alone = sqlite3.connect(db)
+    try:
+        assert alone.execute("SELECT status FROM jobs").fetchall() == [("completed",)]
+    finally:
+        alone.close()
