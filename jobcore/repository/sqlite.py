@@ -21,7 +21,7 @@ from .. import serialization
 from ..errors import RepositoryError
 from ..forks import on_fork_in_child
 from ..models import TERMINAL_STATUSES, JobStatus
-from . import sqlite_queue
+from . import sqlite_listing, sqlite_queue
 from . import sqlite_schema as schema
 from . import sqlite_sql as sql
 from .sqlite_conn import SYNCHRONOUS, Connections
@@ -245,21 +245,10 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
 
     def _list(self, columns: str, status: Optional[JobStatus], tags: Optional[Collection[str]],
               owner: Optional[str], limit: Optional[int], offset: int) -> builtins.list[JobRecord]:
-        where: list[str] = ["1 = 1"]
-        params: list[Any] = []
-        if status is not None:
-            where.append("status = ?")
-            params.append(JobStatus(status).value)
-        if owner is not None:
-            where.append("owner = ?")
-            params.append(owner)
-        if tags:
-            wanted = sorted(set(tags))
-            where.append(sql.HAS_TAGS)
-            params += [json.dumps(wanted), len(wanted)]
-        params += [-1 if limit is None else limit, offset]
-        query = f"SELECT {columns} FROM jobs WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT ? OFFSET ?"
-        return [record_from_row(row) for row in self._read(query, params)]
+        wanted = None if status is None else JobStatus(status).value
+        rows = self._db.reading(lambda conn: sqlite_listing.list_rows(conn, columns, wanted, owner, tags, limit,
+                                                                      offset))
+        return [record_from_row(row) for row in rows]
 
     def count_by_status(self) -> dict[JobStatus, int]:
         total, *counted = self._read(sql.COUNT_BY_STATUS)[0]

@@ -119,6 +119,42 @@ if -1 in _COUNT_ORDER or _COUNT_ORDER != sorted(_COUNT_ORDER):
 # finished ranges, which grow with every finished job kept: the entries of jobs_ready and
 # two ranges of jobs_status, all unfinished jobs.
 COUNT_QUEUED = f"SELECT {_COUNT_PENDING} + {_COUNT_SCHEDULED}"
+
+# Listing newest first (`list`: list_jobs, the dashboard, `jobcore list`), put together by
+# sqlite_listing from the text below only: {columns} is COLUMNS or COLUMNS_WITHOUT_ARGS,
+# {index} empty or one of the INDEXED BY clauses, {where} some of the terms AND-ed. What a
+# caller gives (owner, tags, limit, offset) is always bound, never written into the text.
+LIST = "SELECT {columns} FROM jobs{index} WHERE {where} ORDER BY seq DESC LIMIT ? OFFSET ?"
+# How many rows a listing's range holds, up to the last `?`: reading a range costs an
+# entry each (an index's own entries: no row is read).
+COUNT_UP_TO = "SELECT count(*) FROM (SELECT 1 FROM jobs{index} WHERE {where} LIMIT ?)"
+BY_STATUS = " INDEXED BY jobs_status"
+BY_OWNER = " INDEXED BY jobs_owner"
+# A status is written into the statement, one text per JobStatus value (the caller's status
+# is checked against the enum first): jobs_status is a partial index, and SQLite found a
+# bound status's range only by preparing the statement again at every call, once it had
+# the value (about 60 µs a call here, as long as reading 50 rows takes).
+STATUS_TERMS = {status: f"status = '{status}'" for status in COUNTED_STATUSES}
+OWNER_TERM = "owner = ?"
+# The owner checked on each row read (unary plus: no index), where the rows come by seq.
+OWNER_CHECKED = "+owner = ?"
+TAGS_TERM = HAS_TAGS
+# The newest rows only: a range of the table's own key, from the newest row back to
+# `?` seqs before it (fewer rows once older ones are deleted). Any such range is where a
+# listing of the whole table newest first begins, so what a listing finds in it is what the
+# whole listing gives, as far as it goes.
+NEWEST_TERM = "seq > (SELECT max(seq) FROM jobs) - ?"
+# Whether that range is every row (NULL: there are none): then a walk of the whole table
+# is what reads it.
+NEWEST_IS_ALL = "SELECT (SELECT min(seq) FROM jobs) > (SELECT max(seq) FROM jobs) - ?"
+# Every pending job: the ready ones are the entries of jobs_ready, by function and priority
+# (not by seq), and those waiting on dependencies a range of jobs_status (blocked is never
+# NULL, so every pending row is in one of the two). Their seqs are gathered, then sorted
+# (SQLite builds a temporary index of them) and the rows found by their key newest first.
+_PENDING_SEQS = """SELECT seq FROM jobs INDEXED BY jobs_ready WHERE status = 'pending' AND blocked = 0
+    UNION ALL SELECT seq FROM jobs INDEXED BY jobs_status WHERE status = 'pending' AND blocked <> 0"""
+PENDING_TERM = f"seq IN ({_PENDING_SEQS})"
+COUNT_PENDING_UP_TO = f"SELECT count(*) FROM (SELECT 1 FROM ({_PENDING_SEQS}) LIMIT ?)"
 SELECT_LOGS = "SELECT at, level, message FROM job_logs WHERE job_id = ? ORDER BY id"
 SELECT_LOG_PAGE = SELECT_LOGS + " LIMIT ? OFFSET ?"  # LIMIT -1: no limit
 COUNT_LOGS = "SELECT count(*) FROM job_logs WHERE job_id = ?"

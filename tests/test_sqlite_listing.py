@@ -1,0 +1,243 @@
+"""Listing jobs from SQLite (`jobcore.repository.sqlite_listing`): every status filter is
+read from an index, never by walking the whole table, and every listing answers exactly
+as filtering all the jobs in Python would, whichever way it chose to read them.
+
+The plans are checked on real files whose shape makes the old ways slow: pending jobs
+are in no index in seq order, and a bound status or an owner's range left the planner to
+walk every job (10 pending jobs behind 1,000,000 finished: 108 ms a listing).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import sqlite3
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import pytest
+
+from jobcore.models import JobStatus
+from jobcore.repository.base import JobRecord
+from jobcore.repository import SQLiteRepository
+from jobcore.repository import sqlite_sql as sql
+from jobcore.testing.contract.support import NOW, make_record
+
+_FULL_SCAN = re.compile(r"^SCAN (TABLE )?jobs\b(?! USING)")
+_PAGES = [(50, 0), (1, 3), (None, 0)]
+Statement = tuple[str, tuple[Any, ...]]
+
+
+class _Recording:
+    """A connection that notes each statement run on it, with its parameters."""
+
+    def __init__(self, conn: sqlite3.Connection, seen: list[Statement]) -> None:
+        self._conn, self._seen = conn, seen
+
+    def execute(self, query: str, params: Any = ()) -> sqlite3.Cursor:
+        self._seen.append((query, tuple(params)))
+        return self._conn.execute(query, params)
+
+
+def _record_statements(repo: SQLiteRepository, monkeypatch: pytest.MonkeyPatch) -> list[Statement]:
+    """The statements `repo`'s reads run from now on (as many as they run)."""
+    seen: list[Statement] = []
+    reading = repo._db.reading
+
+    def recording(read: Callable[[Any], Any]) -> Any:
+        return reading(lambda conn: read(_Recording(conn, seen)))
+
+    monkeypatch.setattr(repo._db, "reading", recording)
+    return seen
+
+
+def _plan(path: Path, query: str, params: tuple[Any, ...]) -> list[str]:
+    with sqlite3.connect(path) as conn:
+        return [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + query, params)]
+
+
+def _set_status(path: Path, ids: list[str], status: str, **columns: Any) -> None:
+    sets = ", ".join(["status = ?"] + [f"{name} = ?" for name in columns])
+    with sqlite3.connect(path) as conn:
+        conn.executemany(f"UPDATE jobs SET {sets} WHERE id = ?",
+                         [(status, *columns.values(), job_id) for job_id in ids])
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "jobs.db"
+
+
+@pytest.fixture
+def repo(path: Path) -> Iterator[SQLiteRepository]:
+    repository = SQLiteRepository(path)
+    yield repository
+    repository.close()
+
+
+def _few_of_each_behind_many_finished(repo: SQLiteRepository, path: Path) -> None:
+    """A store that kept its history: the oldest jobs are a few of each status (pending ones
+    waiting on dependencies too), then 3,000 completed ones, 2,000 of them alice's."""
+    def job(n: int) -> Any:
+        return make_record(owner="alice" if n % 2 == 0 else None, tags=frozenset({"t"}) if n % 3 == 0 else frozenset())
+
+    few = {status: [job(n) for n in range(5)] for status in
+           ("pending", "scheduled", "running", "failed", "cancelled")}
+    waiting = [make_record(owner="alice", depends_on=(few["pending"][0].id,)) for _ in range(3)]
+    done = [make_record(owner="alice" if n % 3 else None, tags=frozenset({"t"}) if n % 5 == 0 else frozenset())
+            for n in range(3000)]
+    repo.insert([record for records in few.values() for record in records] + waiting, NOW)
+    for start in range(0, len(done), 500):
+        repo.insert(done[start:start + 500], NOW)
+    _set_status(path, [r.id for r in few["scheduled"]], "scheduled", run_at=NOW + 60)
+    _set_status(path, [r.id for r in few["running"]], "running", worker_id="w1", attempts=1)
+    for status in ("failed", "cancelled"):
+        _set_status(path, [r.id for r in few[status]], status, completed_at=NOW)
+    _set_status(path, [r.id for r in done], "completed", completed_at=NOW)
+
+
+def _listing_plans(repo: SQLiteRepository, path: Path, monkeypatch: pytest.MonkeyPatch,
+                   **filters: Any) -> list[list[str]]:
+    seen = _record_statements(repo, monkeypatch)
+    repo.list_without_args(**filters)
+    monkeypatch.undo()
+    assert seen
+    return [_plan(path, query, params) for query, params in seen]
+
+
+@pytest.mark.parametrize("status", list(JobStatus))
+@pytest.mark.parametrize("owner", [None, "alice"])
+@pytest.mark.parametrize("tags", [None, ["t"]])
+@pytest.mark.parametrize("limit, offset", _PAGES)
+def test_each_status_is_listed_from_an_index_never_by_walking_every_job(
+        repo: SQLiteRepository, path: Path, monkeypatch: pytest.MonkeyPatch, status: JobStatus,
+        owner: Optional[str], tags: Optional[list[str]], limit: Optional[int], offset: int) -> None:
+    # given a few jobs of each status behind 3,000 completed ones, most of them alice's
+    _few_of_each_behind_many_finished(repo, path)
+    # when a status is listed, with or without other filters
+    plans = _listing_plans(repo, path, monkeypatch, status=status, owner=owner, tags=tags, limit=limit,
+                           offset=offset)
+    # then no statement it ran walks the whole table
+    for plan in plans:
+        assert not [step for step in plan if _FULL_SCAN.match(step)], plans
+    # and the rows of a status but `completed` come from its own range, not from alice's
+    # 2,000 (the planner, left to choose, walked hers), nor from the table's
+    listing = plans[-1]
+    if status is JobStatus.PENDING:
+        assert "SEARCH jobs USING INTEGER PRIMARY KEY (rowid=?)" in listing, listing
+        assert [step for step in listing if "jobs_ready" in step], listing
+    elif status is not JobStatus.COMPLETED:
+        assert [step for step in listing if "USING INDEX jobs_status (status=?)" in step], listing
+        assert not [step for step in listing if "jobs_owner" in step], listing
+
+
+@pytest.mark.parametrize("limit, offset", [(50, 0), (1, 3)])
+def test_a_backlog_of_pending_jobs_is_listed_from_its_newest_rows(
+        repo: SQLiteRepository, path: Path, monkeypatch: pytest.MonkeyPatch, limit: int, offset: int) -> None:
+    # given a few finished jobs, then a backlog of 3,000 pending ones, more than a look at
+    # the newest rows reads
+    old = [make_record() for _ in range(5)]
+    repo.insert(old, NOW)
+    _set_status(path, [r.id for r in old], "completed", completed_at=NOW)
+    for _ in range(6):
+        repo.insert([make_record() for _ in range(500)], NOW)
+    # when the first pages of pending jobs are listed
+    plans = _listing_plans(repo, path, monkeypatch, status=JobStatus.PENDING, limit=limit, offset=offset)
+    # then they are read from a range of the newest rows (by the table's own key), not
+    # from every pending job sorted, nor the whole table
+    for plan in plans:
+        assert not [step for step in plan if _FULL_SCAN.match(step)], plans
+    assert "SEARCH jobs USING INTEGER PRIMARY KEY (rowid>?)" in plans[-1], plans
+
+
+def test_no_status_is_bound_and_what_callers_give_is(repo: SQLiteRepository, path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # given jobs whose owner and tags hold quotes, as a careless caller's text would
+    owner, tag = "o'brien", "x'); DROP TABLE jobs; --"
+    records = [make_record(owner=owner, tags=frozenset({tag})) for _ in range(3)]
+    repo.insert(records, NOW)
+    seen = _record_statements(repo, monkeypatch)
+    # when they are listed by status, owner and tag
+    listed = [r.id for r in repo.list_without_args(status=JobStatus.PENDING, owner=owner, tags=[tag])]
+    # then they are found, and no statement holds the caller's text or binds a status
+    assert listed == [r.id for r in reversed(records)]
+    for query, params in seen:
+        assert owner not in query and "DROP" not in query
+        assert not {status.value for status in JobStatus} & set(params), (query, params)
+
+
+# -- every listing as a scan of all the jobs would answer ---------------------------------
+_OWNERS = [None, "alice", "bob", "o'brien"]
+
+
+def _random_store(repo: SQLiteRepository, path: Path, rng: random.Random) -> None:
+    """400 jobs of random statuses, owners and tags; some pending ones wait on others, and a
+    few rows were edited by hand (a status jobcore never writes, a `blocked` that is no count)."""
+    records: list[JobRecord] = []
+    for n in range(400):
+        depends = (records[rng.randrange(n)].id,) if n and rng.random() < 0.05 else ()
+        records.append(make_record(owner=rng.choice(_OWNERS), depends_on=depends,
+                                   tags=frozenset(tag for tag in ("t", "u") if rng.random() < 0.4)))
+    for start in range(0, len(records), 100):
+        repo.insert(records[start:start + 100], NOW)
+    statuses = ["pending"] * 3 + ["scheduled", "running", "completed", "completed", "failed", "cancelled"]
+    by_status: dict[str, list[str]] = {}
+    for record in records:
+        if not record.depends_on:
+            by_status.setdefault(rng.choice(statuses), []).append(record.id)
+    for status, ids in by_status.items():
+        if status != "pending":
+            _set_status(path, ids, status)
+    with sqlite3.connect(path) as conn:
+        pending = by_status["pending"]
+        conn.execute("UPDATE jobs SET status = 'PENDING' WHERE id = ?", (pending[0],))
+        conn.execute("UPDATE jobs SET blocked = 'x' WHERE id = ?", (pending[1],))
+        conn.execute("UPDATE jobs SET blocked = -1 WHERE id = ?", (pending[2],))
+
+
+def _scan(path: Path, status: Optional[JobStatus], owner: Optional[str], tags: Optional[list[str]],
+          limit: Optional[int], offset: int) -> list[str]:
+    """What `list` must answer: every row, newest first, filtered here."""
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT id, status, owner, tags FROM jobs ORDER BY seq DESC").fetchall()
+    found = [job_id for job_id, stored_status, stored_owner, stored_tags in rows
+             if (status is None or stored_status == status.value) and (owner is None or stored_owner == owner)
+             and set(tags or ()) <= set(json.loads(stored_tags))]
+    return found[offset:None if limit is None else offset + limit]
+
+
+def test_every_listing_is_what_filtering_all_the_jobs_gives(repo: SQLiteRepository, path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from jobcore.repository import sqlite_listing  # (imported here: the plan tests run on any version)
+
+    # given a store of jobs of every status, owner and tags, some of them edited by hand
+    _random_store(repo, path, random.Random(7))
+    seen = _record_statements(repo, monkeypatch)
+    # (COUNT_FLOOR, COUNT_PER_MATCH, SORT_CAP): as shipped, then small enough that 400 jobs
+    # take each way: the newest rows looked at and enough (or not), every pending job
+    # sorted, and a walk of the table or of an owner's range
+    limits = [(sqlite_listing.COUNT_FLOOR, sqlite_listing.COUNT_PER_MATCH, sqlite_listing.SORT_CAP),
+              (8, 1, 30), (1, 0, 1000), (1000, 0, 5)]
+    for floor, per_match, sort_cap in limits:
+        monkeypatch.setattr(sqlite_listing, "COUNT_FLOOR", floor)
+        monkeypatch.setattr(sqlite_listing, "COUNT_PER_MATCH", per_match)
+        monkeypatch.setattr(sqlite_listing, "SORT_CAP", sort_cap)
+        for status in [None, *JobStatus]:
+            for owner in [*_OWNERS, "nobody"]:
+                for tags in [None, ["t"], ["t", "u"]]:
+                    for limit, offset in [(50, 0), (7, 0), (1, 0), (7, 40), (0, 0), (None, 0), (None, 3), (5, 1000)]:
+                        # when they are listed, then it is what a scan of them all gives
+                        listed = [r.id for r in repo.list_without_args(status=status, owner=owner, tags=tags,
+                                                                        limit=limit, offset=offset)]
+                        assert listed == _scan(path, status, owner, tags, limit, offset), (
+                            status, owner, tags, limit, offset, (floor, per_match, sort_cap))
+    # and every way of reading them was taken
+    listings = [query for query, _ in seen if query.startswith("SELECT") and "ORDER BY seq DESC" in query]
+    pending = [query for query in listings if sql.STATUS_TERMS["pending"] in query or sql.PENDING_TERM in query]
+    assert [query for query in pending if sql.PENDING_TERM in query]  # every pending job sorted
+    assert [query for query in pending if sql.NEWEST_TERM in query]  # the newest rows looked at
+    assert [query for query in pending if sql.PENDING_TERM not in query and sql.NEWEST_TERM not in query
+            and sql.BY_OWNER not in query]  # the table walked
+    assert [query for query in listings if sql.BY_OWNER in query]
+    assert [query for query in listings if sql.BY_STATUS in query]
