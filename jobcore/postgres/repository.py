@@ -16,6 +16,8 @@ from typing import Any, Collection, Optional, Sequence
 from .. import serialization
 from ..models import JobStatus
 from ..repository._cascade import ENDED, dependency_error_message, plan_batch
+from ..repository.columns import JOB_COLUMNS as COLUMNS
+from ..repository.columns import JOB_COLUMNS_WITHOUT_ARGS as COLUMNS_WITHOUT_ARGS
 from ..repository.columns import encode_progress, unreadable_lease_message
 from ..repository.base import (Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry, Recovery,
                                Settlement, SettlesThroughApply, WorkerInfo, claim_limit, id_taken,
@@ -199,12 +201,12 @@ class PostgresRepository(SettlesThroughApply, JobRepository):
 
     def list(self, *, status: Optional[JobStatus] = None, tags: Optional[Collection[str]] = None,
              owner: Optional[str] = None, limit: Optional[int] = 50, offset: int = 0) -> list[JobRecord]:
-        return self._list(self.sql.LIST_JOBS, status, tags, owner, limit, offset)
+        return self._list(COLUMNS, status, tags, owner, limit, offset)
 
     def list_without_args(self, *, status: Optional[JobStatus] = None,
                           tags: Optional[Collection[str]] = None, owner: Optional[str] = None,
                           limit: Optional[int] = 50, offset: int = 0) -> builtins.list[JobRecord]:
-        return self._list(self.sql.LIST_JOBS_WITHOUT_ARGS, status, tags, owner, limit, offset)
+        return self._list(COLUMNS_WITHOUT_ARGS, status, tags, owner, limit, offset)
 
     def list_dead_letters(self, limit: Optional[int] = None) -> builtins.list[JobRecord]:
         return [record_from_row(row) for row in self._db.read(self.sql.LIST_DEAD_LETTERS, (limit,))]
@@ -212,12 +214,12 @@ class PostgresRepository(SettlesThroughApply, JobRepository):
     def list_dead_letters_without_args(self, limit: Optional[int] = None) -> builtins.list[JobRecord]:
         return [record_from_row(row) for row in self._db.read(self.sql.LIST_DEAD_LETTERS_WITHOUT_ARGS, (limit,))]
 
-    def _list(self, query: str, status: Optional[JobStatus], tags: Optional[Collection[str]],
+    def _list(self, columns: str, status: Optional[JobStatus], tags: Optional[Collection[str]],
               owner: Optional[str], limit: Optional[int], offset: int) -> builtins.list[JobRecord]:
         if owner is not None and "\x00" in owner:
             return []  # PostgreSQL stores no NUL: no job here has such an owner
-        params = {"status": None if status is None else JobStatus(status).value, "owner": owner,
-                  "tags": sorted(tags or ()), "limit": limit, "offset": offset}
+        query = self.sql.LIST[columns][(None if status is None else JobStatus(status).value, owner is not None)]
+        params = {"owner": owner, "tags": sorted(tags or ()), "limit": limit, "offset": offset}
         return [record_from_row(row) for row in self._db.read(query, params)]
 
     def count_by_status(self) -> dict[JobStatus, int]:
