@@ -20,6 +20,7 @@ them all, 22 ms instead of 0.55; found by a leak hunt).
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import os
 import threading
@@ -75,15 +76,19 @@ class _Registry:
     at-fork hooks that call them (given to the interpreter at the first registration)."""
 
     def __init__(self) -> None:
-        # _lock guards _entries, _next and _hooked. It is held only to update or copy
-        # _entries, never while a hook or any other code runs. A dying object's weak
-        # reference callback may run on any thread at any moment, the one holding _lock
-        # included: it only tries the lock, and if that fails leaves its key in _dead,
-        # which whoever holds _lock empties before letting it go (`_unlock`). A forked
-        # child makes a new _lock: a parent thread may have held this one at the fork.
-        self._lock = threading.Lock()
+        # _lock guards _entries and _hooked. It is held only to update or copy _entries,
+        # never while a hook or any other code runs. A dying object's weak reference
+        # callback may run on any thread at any moment, the one holding _lock included:
+        # it only tries the lock, and if that fails leaves its key in _dead, which
+        # whoever holds _lock empties before letting it go (`_unlock`). Reentrant: a
+        # collection inside a registration (any allocation may start one) may run a
+        # finalizer that registers another object on the same thread (with a plain lock
+        # it waited for itself for ever, found by a review); a copy changed under it is
+        # taken again (`_copy`). A forked child makes a new _lock: a parent thread may
+        # have held this one at the fork.
+        self._lock = threading.RLock()
         self._entries: dict[int, _Entry] = {}  # by a key growing with each registration: in order
-        self._next = 0
+        self._keys = itertools.count()  # those keys (one `next` each: no step to interleave)
         self._hooked = False  # whether the interpreter was given `_before` and the others
         self._dead: list[int] = []  # keys of entries whose objects went (list.append: atomic)
         # Per forking thread: the entries whose `before` this fork ran, for `after_in_parent`.
@@ -96,8 +101,7 @@ class _Registry:
             raise TypeError("on_fork: name at least one of before, after_in_parent and after_in_child")
         self._lock.acquire()
         try:
-            key = self._next
-            self._next += 1
+            key = next(self._keys)
             # (A TypeError for an object that takes no weak reference: nothing changed.)
             ref = weakref.ref(obj, functools.partial(self._gone, key))
             self._entries[key] = _Entry(ref, before, after_in_parent, after_in_child)
@@ -105,10 +109,11 @@ class _Registry:
                 # At the first registration, not at import: jobcore's modules give the
                 # interpreter their own child hooks (fresh locks) as they are imported,
                 # some after this one, and those must have run in a child before any
-                # object's, as when each object registered its own.
+                # object's, as when each object registered its own. Marked first: a
+                # registration nested in this one must not hook again.
+                self._hooked = True
                 os.register_at_fork(before=self._before, after_in_parent=self._after_in_parent,
                                     after_in_child=self._after_in_child)
-                self._hooked = True
         finally:
             self._unlock()
 
@@ -167,7 +172,7 @@ class _Registry:
     def _after_in_child(self) -> None:
         # The only thread here: no other can be changing the entries, and the parent
         # thread that may have held the lock at the fork is not here to let it go.
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._forking = threading.local()
         # Every object registered before the fork: one that another thread registered
         # after this fork's `before` ran is in this child's memory too.

@@ -11,6 +11,9 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import subprocess
+import sys
+import textwrap
 import threading
 from typing import Any, Callable, Iterator, Optional
 
@@ -253,3 +256,45 @@ def test_a_hook_that_raises_is_logged_and_the_others_still_run(caplog: pytest.Lo
 def test_on_fork_wants_a_method() -> None:
     with pytest.raises(TypeError):
         on_fork(threading.Event())
+
+
+_REENTRY = textwrap.dedent("""
+    import gc, sys
+    from jobcore.forks import on_fork
+
+    class Hooked:
+        def c(self): pass
+
+    kept = []
+
+    class Reregisters:  # freed only by the collector; registers another object as it goes
+        def __init__(self): self.me = self
+        def __del__(self):
+            h = Hooked(); kept.append(h)
+            on_fork(h, after_in_child="c")
+
+    first = Hooked()
+    on_fork(first, after_in_child="c")
+    for k in range(10):
+        h = Hooked()
+        gc.collect(); gc.disable()
+        Reregisters()
+        gc.enable()
+        gc.set_threshold(gc.get_count()[0] + k, 1000, 1000)  # a collection k allocations on
+        on_fork(h, after_in_child="c")
+        gc.set_threshold(700, 10, 10)
+    gc.collect()
+    print(len(kept))
+""")
+
+
+def test_a_finalizer_that_registers_during_a_registration_does_not_wait_for_itself() -> None:
+    # given a registration during which the collector frees an object whose finalizer
+    # registers another object for fork hooks, on the same thread (a collection at each
+    # of the first ten allocations of the registration in turn)
+    done = subprocess.run([sys.executable, "-c", _REENTRY], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))})
+    # then every registration returned (with a plain lock, the nested one waited for the
+    # outer one, on its own thread, for ever), the finalizers' too
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["10"]
