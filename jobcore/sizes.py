@@ -10,11 +10,13 @@ from __future__ import annotations
 from typing import Any, Optional
 
 # About what CPython (3.10-3.13, 64-bit) takes for each: an ASCII str 49 bytes and its
-# length (one of other characters, up to 4 bytes each: under-counted), a number 24-32,
+# length (one of other characters, up to WIDE bytes each: counted so), a number 24-32
+# (an int more, 1 byte for 8 bits: one of 4,300 digits, as JSON allows, takes 1.8 KB),
 # a dict 64-184 and some 32 an entry, a list or tuple 40-56 and 8 an item, a set 216 and
 # some 64 an item (measured with sys.getsizeof).
 STR = 50
 SCALAR = 32
+WIDE = 4
 DICT, DICT_ENTRY = 100, 32
 ARRAY, ARRAY_ITEM = 56, 8
 SET, SET_ITEM = 216, 64
@@ -50,15 +52,15 @@ def _left(value: Any, left: int) -> int:
     if kind is None:
         kind = _kind(value)
     if kind == _STR:
-        return left - STR - len(value)
+        return left - STR - (len(value) if value.isascii() else WIDE * len(value))
     if kind == _DICT:
         left -= DICT + (DICT_ENTRY + STR) * len(value)  # with its keys' str overhead
         if left < 0:
             return left
         try:
-            left -= sum(map(len, value))  # the keys' text (str: JSON's are)
+            left -= _text(value)  # the keys' text (str: JSON's are)
         except TypeError:
-            pass  # a key with no length: counted as a short str
+            pass  # a key that is not text: counted as a short str
         inner: Any = value.values()
     elif kind == _ARRAY:
         left -= ARRAY + ARRAY_ITEM * len(value)
@@ -66,16 +68,20 @@ def _left(value: Any, left: int) -> int:
     elif kind == _SET:
         left -= SET + SET_ITEM * len(value)
         inner = value
+    elif value.__class__ is int:
+        return left - SCALAR - (value.bit_length() >> 3)
     else:
         return left - SCALAR
     if left < 0:
         return left
     if _STRS.issuperset(map(type, inner)):  # (tags, dependencies, most metadata: in C)
-        return left - STR * len(value) - sum(map(len, inner))
+        return left - STR * len(value) - _text(inner)
     for item in inner:
         cls = item.__class__
         if cls is str:
-            left -= STR + len(item)
+            left -= STR + (len(item) if item.isascii() else WIDE * len(item))
+        elif cls is int:  # (JSON's may have 4,300 digits: 1.8 KB)
+            left -= SCALAR + (item.bit_length() >> 3)
         elif cls in _SCALARS:
             left -= SCALAR
         else:
@@ -83,6 +89,14 @@ def _left(value: Any, left: int) -> int:
         if left < 0:
             break
     return left
+
+
+def _text(strings: Any) -> int:
+    """About the bytes the characters of `strings` (str each; TypeError if not) take:
+    one a character for ASCII text, else up to WIDE (a str of any other character holds
+    them 1, 2 or 4 bytes wide: counted as the widest)."""
+    chars = sum(map(len, strings))
+    return chars if all(map(str.isascii, strings)) else WIDE * chars
 
 
 def _kind(value: Any) -> Optional[int]:

@@ -472,6 +472,14 @@ def test_the_memory_a_value_takes_is_told_near_enough_and_at_a_bounded_cost() ->
     for value in values:
         told = 100_000 - sizes.bytes_left(value, 100_000)
         assert _deep_size(value) // 2 <= told <= 2 * _deep_size(value), (value, told, _deep_size(value))
+    # and never much less for large ints (JSON's have up to 4,300 digits) and text of
+    # other characters than ASCII (up to 4 bytes each), which were told as small (80
+    # ints of 4,000 digits: 3.4 KB told, 145 KB taken; a wait remembered 4,096 of them)
+    for value in ([10**4000] * 3, {"n": 10**3000}, 2**9000, "日本語" * 300, ["😀" * 300, "😀"],
+                  {"ключ": "значение" * 50}, {"😀" * 100: 1}, ("é" * 100,)):
+        told = 100_000 - sizes.bytes_left(value, 100_000)
+        assert _deep_size(value) // 2 <= told, (value, told, _deep_size(value))
+    assert sizes.bytes_left([10**4000] * 80, 4096) < 0
     # and however large, the count stops once past the budget, without a RecursionError
     assert sizes.bytes_left({"blob": "x" * 100_000}, 4096) < 0
     deep: Any = []
