@@ -128,16 +128,22 @@ class ReadyQueue:
         return read is not None and self._discarded.get(job_id, -1) > read
 
     def _bury(self, item: _Item) -> None:
-        """Count `item`, no longer in `_members`, as dead in its heap; rebuild that heap from
-        its live items once the dead outnumber them by COMPACT_FLOOR. A rebuild reads fewer
-        than twice the items buried since the last one: O(1) amortised a burial."""
+        """Count `item`, no longer in `_members`, as dead in its heap (see `_compact`)."""
         kind = _READY if item[4] is None else _SCHEDULES if item[3].is_schedule else _TIMERS
-        heap, dead = self._heaps[kind], self._dead[kind] + 1
+        self._dead[kind] += 1
+        self._compact(kind)
+
+    def _compact(self, kind: int) -> None:
+        """Rebuild the heap of `kind` from its live items once its dead outnumber them by
+        COMPACT_FLOOR. Checked as items die and as live ones leave (popped, or made
+        ready): dead items behind a live head due in a day stayed after every other one
+        left (found by a review). A rebuild reads fewer than twice the items buried since
+        the last one: O(1) amortised a burial."""
+        heap, dead = self._heaps[kind], self._dead[kind]
         if dead > len(heap) - dead + COMPACT_FLOOR:
             heap[:] = self._live_items(kind, heap)
             heapq.heapify(heap)
-            dead = 0
-        self._dead[kind] = dead
+            self._dead[kind] = 0
 
     def _live_items(self, kind: int, heap: list[_Item]) -> list[_Item]:
         """The live items of `heap`, the heap of `kind`: each of them is in `_members`. Read
@@ -230,6 +236,7 @@ class ReadyQueue:
                 heapq.heappush(self._ready, ready)
             else:
                 self._dead[_TIMERS] -= 1
+        self._compact(_TIMERS)
 
     def has_ready(self) -> bool:
         """True if an entry is ready now (timers that came due count)."""
@@ -251,6 +258,7 @@ class ReadyQueue:
                     taken.append(item[3])
                 else:
                     self._dead[_READY] -= 1
+            self._compact(_READY)
             low = len(self._members) < self._low_water
             if low:
                 self._low_water = 0
@@ -329,6 +337,7 @@ class ReadyQueue:
                     due.append(item[3])
                 else:
                     self._dead[_SCHEDULES] -= 1
+            self._compact(_SCHEDULES)
             return due
 
     def next_due(self, schedules: bool = True) -> Optional[float]:

@@ -138,6 +138,31 @@ def test_ready_ids_claimed_by_number_are_compacted() -> None:
     assert taken == [f"r{n}" for p in (2, 1, 0) for n in range(0, 3_000, 100) if n % 3 == p]
 
 
+def test_dead_items_behind_a_live_head_go_once_the_live_ones_before_them_leave() -> None:
+    # given timers due in a minute, as many a week ahead that were cancelled (dead behind
+    # the minute ones, and too few to outnumber them), and one live timer a day ahead
+    clock = FakeClock(START)
+    queue = ReadyQueue(clock)
+    for n in range(1_000):
+        queue.push(timer(f"soon{n}", n, START + 60), START + 60)
+        queue.push(timer(f"week{n}", 1_000 + n, START + WEEK), START + WEEK)
+    queue.push(timer("tomorrow", 2_000, START + 86_400), START + 86_400)
+    queue.discard(f"week{n}" for n in range(1_000))
+    assert_counts_exact(queue)
+    # when the minute ones come due and are taken (no timer is discarded after)
+    clock.advance(120)
+    taken = []
+    while batch := queue.pop_ready(100):
+        taken.extend(entry.job_id for entry in batch)
+    # then the dead ones went too: they stayed behind the day-ahead head until it fired
+    assert taken == [f"soon{n}" for n in range(1_000)]
+    assert len(queue._timers) <= bound(1)
+    assert_counts_exact(queue)
+    # and the day-ahead one fires at its time
+    clock.advance(86_400)
+    assert [entry.job_id for entry in queue.pop_ready(10)] == ["tomorrow"]
+
+
 def test_a_read_begun_before_a_discard_does_not_queue_the_id_again() -> None:
     clock = FakeClock(START)
     queue = ReadyQueue(clock)
