@@ -24,6 +24,7 @@ import pytest
 from jobcore import Job, JobManager, JobResult, JobStatus, RepositoryError, SQLiteRepository, waiting
 from jobcore.repository.base import JobRecord
 from jobcore.testing.contract import make_record
+from test_waiters import _joined
 
 WAITERS = 40
 JOIN = 30.0  # seconds: bounds every join and wait here; none is expected to take long
@@ -117,12 +118,6 @@ def _waiting(manager: JobManager, ids: list[str], timeout: float = JOIN) -> tupl
     for thread in threads:
         thread.start()
     return threads, outcomes
-
-
-def _joined(threads: list[threading.Thread]) -> None:
-    for thread in threads:
-        thread.join(JOIN)
-    assert not any(thread.is_alive() for thread in threads)
 
 
 def _queued(make_manager: Callable[..., JobManager], repository: Any, count: int = WAITERS) -> tuple[
@@ -395,8 +390,7 @@ def test_close_ends_the_poller_thread_and_wakes_the_callers_still_waiting(
     # then the poller's thread has ended (it lingered a second after its last caller, and
     # so kept its SQLite connection past an interpreter exit: the store then left its
     # commits in the write-ahead log) and none starts again
-    assert not poller.is_alive()
-    assert not [thread for thread in threading.enumerate() if thread.name == "jobcore-waits"]
+    assert not poller.is_alive() and manager._settlements._poller.thread is None
     # and every caller was woken to look again, at the closed store, which raised
     _joined(threads)
     assert all(isinstance(outcomes[job_id], Exception) and not isinstance(outcomes[job_id], TimeoutError)
