@@ -25,6 +25,7 @@ from jobcore import Job, JobManager, JobResult, JobStatus, RepositoryError, SQLi
 from jobcore.repository.base import JobRecord
 from jobcore.testing.contract import make_record
 from test_waiters import _joined
+from waiting import wait_until
 
 WAITERS = 40
 JOIN = 30.0  # seconds: bounds every join and wait here; none is expected to take long
@@ -383,6 +384,7 @@ def test_close_ends_the_poller_thread_and_wakes_the_callers_still_waiting(
     counted.expect(ids)
     threads, outcomes = _waiting(manager, ids, timeout=None)  # type: ignore[arg-type]
     assert counted.first_reads.wait(JOIN)
+    wait_until(lambda: manager._settlements._poller.thread is not None, JOIN, "the poller's thread")
     poller = manager._settlements._poller.thread
     assert poller is not None and poller.is_alive()
     # when the manager closes
