@@ -241,3 +241,18 @@ def test_every_listing_is_what_filtering_all_the_jobs_gives(repo: SQLiteReposito
             and sql.BY_OWNER not in query]  # the table walked
     assert [query for query in listings if sql.BY_OWNER in query]
     assert [query for query in listings if sql.BY_STATUS in query]
+
+
+@pytest.mark.parametrize("status", [JobStatus.PENDING, JobStatus.FAILED])
+@pytest.mark.parametrize("limit, offset", [(2**63 - 1, 0), (None, 2**62), (1, 2**59)])
+def test_a_limit_or_offset_as_large_as_list_jobs_takes_lists_as_before(
+        repo: SQLiteRepository, status: JobStatus, limit: Optional[int], offset: int) -> None:
+    # given an owner's pending jobs
+    ids = [record.id for record in (make_record(owner="alice") for _ in range(3))]
+    repo.insert([make_record(owner="alice", id=job_id) for job_id in ids], NOW)
+    # when its jobs of a status are listed with a page past what SQLite's integers hold
+    # once the counts that choose the way are sized from it (OverflowError)
+    listed = [r.id for r in repo.list_without_args(status=status, owner="alice", limit=limit, offset=offset)]
+    # then the listing is what it was: everything from the start, nothing past the end
+    expected = sorted(ids) if status is JobStatus.PENDING and offset == 0 else []
+    assert sorted(listed) == expected

@@ -35,6 +35,7 @@ Row = Sequence[Any]
 # COUNT_PER_MATCH more for each match the page needs (offset + limit). Counting costs an
 # index entry each (about 45 ns here), a walk at least a row each (about 110 ns), so a
 # range counted shorter than that is walked rather than another.
+INT64_MAX = 2**63 - 1  # the largest integer SQLite takes as a parameter
 COUNT_FLOOR = 1_024
 COUNT_PER_MATCH = 16
 # The most pending jobs whose seqs a listing sorts (about 2 ms for 10,000 here; a walk of
@@ -74,7 +75,8 @@ def list_rows(conn: sqlite3.Connection, columns: str, status: Optional[str], own
     if status is None:
         return _list(conn, columns, "", [], [], filters, limit, offset)
     status_term = sql.STATUS_TERMS[status]  # KeyError for anything but a JobStatus value
-    budget = COUNT_FLOOR + COUNT_PER_MATCH * (offset + (limit or 0))
+    # (Bound as a LIMIT: capped at what SQLite's integers hold, for a limit of sys.maxsize.)
+    budget = min(COUNT_FLOOR + COUNT_PER_MATCH * (offset + (limit or 0)), INT64_MAX)
     if status == "pending":
         return _list_pending(conn, columns, filters, limit, offset, budget)
     index = sql.BY_STATUS
