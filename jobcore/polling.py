@@ -16,8 +16,8 @@ Now a read covers every job due, whatever the number of callers.
 
 from __future__ import annotations
 
-import logging
 import atexit
+import logging
 import math
 import threading
 import weakref
@@ -25,6 +25,7 @@ from typing import Callable, Collection, Mapping, Optional
 
 from .clock import SYSTEM_CLOCK
 from .models import JobStatus
+from .repository import sqlite_conn  # (imported first: its exit hook must be registered before ours)
 
 logger = logging.getLogger("jobcore.waiting")
 
@@ -35,13 +36,10 @@ Statuses = Callable[[Collection[str]], Mapping[str, JobStatus]]  # as `JobReposi
 CLOSE_WAIT = 5.0
 
 # The pollers whose thread runs, for `_close_at_exit` (a WeakSet: it adds and removes
-# under its own guard). The hook is registered with the first thread started: after
-# sqlite_conn's (registered at import), so it runs before it (atexit runs the last
-# registered first). A thread still lingering at exit held its SQLite connection, and
+# under its own guard). A thread still lingering at exit held its SQLite connection, and
 # the store then left its commits in the write-ahead log rather than fold them into the
 # database file (it skips the close while another thread with a connection is alive).
 _RUNNING: "weakref.WeakSet[StatusPoller]" = weakref.WeakSet()
-_at_exit_registered = threading.Lock()  # taken once, by the first thread started, never let go
 
 
 def _close_at_exit() -> None:
@@ -150,8 +148,6 @@ class StatusPoller:
         """Start the thread if none runs. False if it cannot start (the interpreter is
         exiting, or out of threads, or the poller was closed): the caller must then read
         its job itself."""
-        if not _at_exit_registered.locked() and _at_exit_registered.acquire(blocking=False):
-            atexit.register(_close_at_exit)
         with self._lock:
             if self._thread is not None:
                 return True
@@ -254,3 +250,10 @@ class StatusPoller:
                     told.append(job_id)
         if told:
             self._look_again(told)
+
+
+# Registered at import, after sqlite_conn's (imported above): atexit runs the last
+# registered first, so the pollers' threads end before the stores close at exit. (At
+# the first thread's start, a first `wait` made inside an exit handler registered it too
+# late to run.)
+atexit.register(_close_at_exit)

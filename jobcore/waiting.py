@@ -17,7 +17,7 @@ from collections import OrderedDict
 from typing import Callable, Collection, Iterable, Optional, Union
 
 from .clock import SYSTEM_CLOCK
-from .errors import JobNotFound
+from .errors import JobNotFound, RepositoryError
 from .models import JobResult, JobStatus
 from .polling import Statuses, StatusPoller
 from .completions import Completion
@@ -40,7 +40,7 @@ class _Waiters:
 
     __slots__ = ("threads", "told", "woken")
 
-    def __init__(self, lock: threading.Lock) -> None:
+    def __init__(self, lock: threading.RLock) -> None:
         # All guarded by the owning `Settlements`' lock (`woken` is a condition on it).
         self.threads = 0  # in `wait` for this id: the record goes when the last one leaves
         # Times they were told to look again since the first of them came (the job settled
@@ -66,8 +66,11 @@ class Settlements:
         # _completions, _keep and _behind. One condition per job waited for, not one for
         # all: with one, every settlement woke every waiter, and each whose job was not
         # held here read its row again, so the work per job grew with the threads waiting
-        # (200 of them: about 80 row reads per job).
-        self._lock = threading.Lock()
+        # (200 of them: about 80 row reads per job). Reentrant: `close` from a signal
+        # handler may interrupt this thread while it holds the lock inside `wait` (it
+        # waited for itself for ever; found by a review).
+        self._lock = threading.RLock()
+        self._closed = False  # by `close`: a job not ended then is waited for no more
         self._waiters: dict[str, _Waiters] = {}  # job id -> the threads in `wait` for it
         # The latest jobs completed here, oldest first (at most _keep): `wait` answers from
         # these without reading the row back. A caller waiting on every job in turn may fall
@@ -87,7 +90,7 @@ class Settlements:
     def forked(self) -> None:
         """In a forked child: no thread waits here yet (the parent's stayed there), and a
         lock of its own (one of them may have held this one)."""
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._waiters = {}
         self._poller.forked()
 
@@ -109,9 +112,12 @@ class Settlements:
 
     def close(self) -> None:
         """The manager closed: end the poller's thread, and wake every caller still
-        waiting to look again (at a closed store, which raises)."""
+        waiting: each looks once more, and raises RepositoryError if its job has not
+        ended (a closed SQLite or PostgreSQL store raises on that look already; a memory
+        store, whose close changes nothing, had its callers wait for ever)."""
         self._poller.close()
         with self._lock:
+            self._closed = True
             for waiting in self._waiters.values():
                 waiting.told += 1
                 waiting.woken.notify_all()
@@ -178,6 +184,8 @@ class Settlements:
                 found = self._look(job_id, held, read, worker_id)
                 if isinstance(found, JobResult):
                     return found
+                if self._closed:
+                    raise RepositoryError(f"job {job_id!r} is still {found.value}, and its manager was closed")
                 remaining = None if deadline is None else deadline - SYSTEM_CLOCK.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(f"job {job_id!r} is still {found.value} after {timeout}s")

@@ -21,7 +21,7 @@ from typing import Any, Callable, Collection, Iterator, Optional
 
 import pytest
 
-from jobcore import Job, JobManager, JobResult, JobStatus, RepositoryError, SQLiteRepository, waiting
+from jobcore import Job, JobManager, JobResult, JobStatus, MemoryRepository, RepositoryError, SQLiteRepository, waiting
 from jobcore.repository.base import JobRecord
 from jobcore.testing.contract import make_record
 from test_waiters import _joined
@@ -426,3 +426,69 @@ def test_a_script_that_waits_then_exits_leaves_every_commit_in_the_database_file
         assert alone.execute("SELECT status FROM jobs").fetchall() == [("completed",)]
     finally:
         alone.close()
+
+
+def test_callers_waiting_on_a_memory_store_raise_once_its_manager_closes(make_manager: Any) -> None:
+    # given a memory store (whose close changes nothing: its rows can still be read),
+    # a job nobody runs, and a thread waiting for it with no timeout
+    manager, ids = _queued(make_manager, MemoryRepository(), count=1)
+    threads, outcomes = _waiting(manager, ids, timeout=None)  # type: ignore[arg-type]
+    wait_until(lambda: manager._settlements._waiters, JOIN, "the caller in wait")
+    # when the manager closes
+    manager.close()
+    # then the caller raises, saying why (it read its job every 0.1 s for ever)
+    _joined(threads)
+    assert isinstance(outcomes[ids[0]], RepositoryError) and "closed" in str(outcomes[ids[0]])
+    # and so does a wait begun after, on a job not ended
+    with pytest.raises(RepositoryError):
+        manager.wait(ids[0], timeout=None)
+
+
+def test_a_first_wait_inside_an_exit_handler_still_leaves_every_commit_in_the_database_file(
+        tmp_path: Any) -> None:
+    # given a script whose only wait is made by an exit handler (its poller's thread starts
+    # during the interpreter's exit)
+    db = str(tmp_path / "jobs.db")
+    script = textwrap.dedent(f"""
+        import atexit
+        from jobcore import Job, JobManager, SQLiteRepository
+        manager = JobManager(SQLiteRepository({db!r}), producer=True)
+        runner = JobManager(SQLiteRepository({db!r}), max_workers=1)
+        runner.register_function("builtins.len", len)
+
+        def at_exit():
+            job_id = manager.enqueue(Job(function_name="builtins.len", args=("abc",)))
+            runner.start()
+            print(manager.wait(job_id, timeout=30).status.value)
+            runner.close()
+
+        atexit.register(at_exit)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": ROOT})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["completed"]
+    # then the poller's thread ended before the store closed at exit: the file alone
+    # holds the completed job (the exit hook was registered only with the first thread,
+    # during the exit, too late to run)
+    assert not os.path.exists(db + "-wal")
+
+
+def test_close_from_a_signal_handler_that_interrupted_a_wait_holding_its_lock_returns(tmp_path: Any) -> None:
+    # given a signal handler that closes the manager, and a signal that comes while the
+    # main thread holds the waiters' lock (as `wait` does for a few steps at a time)
+    script = textwrap.dedent(f"""
+        import faulthandler, os, signal
+        from jobcore import JobManager
+        manager = JobManager({str(tmp_path / "jobs.db")!r}, producer=True)
+        signal.signal(signal.SIGUSR1, lambda *args: manager.close())
+        faulthandler.dump_traceback_later(20, exit=True)
+        with manager._settlements._lock:
+            signal.raise_signal(signal.SIGUSR1)
+        print("closed")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": ROOT})
+    # then the close returned (it waited for the lock its own thread held, for ever)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["closed"]
