@@ -23,7 +23,7 @@ import threading
 import weakref
 from typing import Callable, Collection, Mapping, Optional
 
-from .clock import SYSTEM_CLOCK
+from .clock import SYSTEM_CLOCK, real_monotonic
 from .models import JobStatus
 from .repository import sqlite_conn  # (imported first: its exit hook must be registered before ours)
 
@@ -46,8 +46,13 @@ def _close_at_exit() -> None:
     """At interpreter exit: end every poller's thread, so that no jobcore thread is left
     holding a store connection (callers still waiting, on daemon threads, read their own
     jobs from then on)."""
-    for poller in list(_RUNNING):
-        poller.close()
+    # All told first, then joined against one deadline: a thread stuck in a read (behind
+    # a locked database) cost CLOSE_WAIT each, one after another.
+    threads = [poller.close(join=False) for poller in list(_RUNNING)]
+    deadline = real_monotonic() + CLOSE_WAIT
+    for thread in threads:
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - real_monotonic()))
 
 
 class _Watched:
@@ -133,16 +138,18 @@ class StatusPoller:
             if not watched.watchers:
                 del self._watched[job_id]
 
-    def close(self) -> None:
-        """End the thread (waiting for a round under way, up to CLOSE_WAIT seconds) and
-        start none again: callers still waiting read their own jobs from then on (on a
-        closed store, that raises). For the manager's `close`, and at interpreter exit."""
+    def close(self, join: bool = True) -> Optional[threading.Thread]:
+        """End the thread (waiting, if `join`, for a round under way, up to CLOSE_WAIT
+        seconds) and start none again: callers still waiting read their own jobs from
+        then on (on a closed store, that raises). For the manager's `close`, and at
+        interpreter exit. Returns the thread, if one ran."""
         with self._lock:
             self._closed = True
             thread = self._thread
             self._wakeup.notify()
-        if thread is not None and thread is not threading.current_thread():
+        if join and thread is not None and thread is not threading.current_thread():
             thread.join(CLOSE_WAIT)
+        return thread
 
     def ensure_running(self) -> bool:
         """Start the thread if none runs. False if it cannot start (the interpreter is

@@ -16,7 +16,7 @@ import threading
 from collections import OrderedDict
 from typing import Callable, Collection, Iterable, Optional, Union
 
-from .clock import SYSTEM_CLOCK
+from .clock import SYSTEM_CLOCK, real_monotonic
 from .errors import JobNotFound, RepositoryError
 from .models import JobResult, JobStatus
 from .polling import Statuses, StatusPoller
@@ -32,6 +32,7 @@ LAST_INTERVAL = 0.1  # to this
 # The longest a caller sleeps at once (a timeout past what a lock can wait for, 10**400
 # or inf, raised OverflowError); it looks again after it.
 LONGEST_SLEEP = 3600.0
+CLOSE_LOOKS = 2.0  # seconds `close` waits at most for the callers it woke to look once more
 POLLER_LINGER = 1.0  # seconds the thread reading them waits for another caller once none waits
 
 
@@ -71,6 +72,8 @@ class Settlements:
         # waited for itself for ever; found by a review).
         self._lock = threading.RLock()
         self._closed = False  # by `close`: a job not ended then is waited for no more
+        self._left = threading.Condition(self._lock)  # notified as the last waiter of a job leaves, once closed
+        self._inside = threading.local()  # .waits: how many `wait` calls this thread is inside
         self._waiters: dict[str, _Waiters] = {}  # job id -> the threads in `wait` for it
         # The latest jobs completed here, oldest first (at most _keep): `wait` answers from
         # these without reading the row back. A caller waiting on every job in turn may fall
@@ -91,6 +94,7 @@ class Settlements:
         """In a forked child: no thread waits here yet (the parent's stayed there), and a
         lock of its own (one of them may have held this one)."""
         self._lock = threading.RLock()
+        self._left = threading.Condition(self._lock)
         self._waiters = {}
         self._poller.forked()
 
@@ -115,12 +119,22 @@ class Settlements:
         waiting: each looks once more, and raises RepositoryError if its job has not
         ended (a closed SQLite or PostgreSQL store raises on that look already; a memory
         store, whose close changes nothing, had its callers wait for ever)."""
-        self._poller.close()
+        # On a thread inside `wait` (a signal handler's close), nothing is waited for: the
+        # frame it interrupted may hold what the others need.
+        inside = bool(getattr(self._inside, "waits", 0))
+        self._poller.close(join=not inside)
         with self._lock:
             self._closed = True
             for waiting in self._waiters.values():
                 waiting.told += 1
                 waiting.woken.notify_all()
+            # Their last looks, before the store closes (`close` closes it next): a
+            # caller whose job had ended elsewhere, not yet read by the poller, read a
+            # closed store and raised instead of returning its result (found by a
+            # review). Bounded: a look blocked behind a locked store is not waited out.
+            deadline = real_monotonic() + CLOSE_LOOKS
+            while self._waiters and not inside and (left := deadline - real_monotonic()) > 0:
+                self._left.wait(left)
 
     def _look_again(self, job_ids: list[str]) -> None:
         """The poller's news: wake the waiters of these jobs to read them (each ended, is
@@ -177,6 +191,7 @@ class Settlements:
         deadline = None if timeout is None else SYSTEM_CLOCK.monotonic() + timeout
         poller, watched = self._poller, False
         waiting = self._enter(job_id)
+        self._inside.waits = getattr(self._inside, "waits", 0) + 1
         try:
             while True:
                 with self._lock:
@@ -199,6 +214,7 @@ class Settlements:
                     remaining = LAST_INTERVAL if remaining is None else min(LAST_INTERVAL, remaining)
                 self._sleep(waiting, seen, remaining)
         finally:
+            self._inside.waits -= 1
             if watched:
                 poller.unwatch(job_id)
             self._leave(job_id, waiting)
@@ -218,6 +234,8 @@ class Settlements:
             waiting.threads -= 1
             if not waiting.threads:
                 del self._waiters[job_id]
+                if self._closed:
+                    self._left.notify_all()
 
     def _look(self, job_id: str, held: Callable[[str], bool], read: Callable[[str], Optional[JobRecord]],
               worker_id: Optional[str]) -> Union[JobResult, JobStatus]:

@@ -492,3 +492,31 @@ def test_close_from_a_signal_handler_that_interrupted_a_wait_holding_its_lock_re
     # then the close returned (it waited for the lock its own thread held, for ever)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["closed"]
+
+
+class _StaleStatuses(SQLiteRepository):
+    """A real SQLite repository whose batched status reads always say pending: the poller
+    never tells a caller its job ended (as when it ended just after the poller's read)."""
+
+    def get_statuses(self, job_ids: Collection[str]) -> dict[str, JobStatus]:
+        return {job_id: JobStatus.PENDING for job_id in job_ids}
+
+
+def test_callers_whose_jobs_ended_elsewhere_get_their_results_when_the_manager_closes(
+        make_manager: Any, db_path: str) -> None:
+    # given callers waiting for jobs nobody here runs, which another manager on the file
+    # then runs to completion, unseen yet by the poller
+    repository = _StaleStatuses(db_path)
+    manager, ids = _queued(make_manager, repository, count=10)
+    threads, outcomes = _waiting(manager, ids, timeout=None)  # type: ignore[arg-type]
+    wait_until(lambda: len(manager._settlements._poller._watched) == len(ids), JOIN, "every caller watching")
+    runner = make_manager(SQLiteRepository(db_path), max_workers=1)
+    runner.register_function("double", lambda x: 2 * x)
+    assert runner.run_pending() == len(ids)
+    # when the waiting manager closes
+    manager.close()
+    # then each caller looked once more before its store closed, and got its result
+    # (each read the closed store and raised)
+    _joined(threads)
+    assert [getattr(outcomes[job_id], "status", outcomes[job_id]) for job_id in ids] == [JobStatus.COMPLETED] * len(ids)
+    assert [outcomes[job_id].result for job_id in ids] == [2 * n for n in range(len(ids))]
