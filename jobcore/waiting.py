@@ -12,9 +12,10 @@ each caller reads its own job's row only when it begins to wait and once it was 
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
-from typing import Callable, Collection, Iterable, Optional, Union
+from typing import Callable, Iterable, Optional, Union
 
 from .clock import SYSTEM_CLOCK, real_monotonic
 from .errors import JobNotFound, RepositoryError
@@ -22,7 +23,7 @@ from .models import JobResult, JobStatus
 from .polling import Statuses, StatusPoller
 from .completions import Completion
 from .records import result_of
-from .repository.base import JobRecord
+from .repository.base import JobRecord, statuses_read_one_by_one
 
 RECENT_COMPLETIONS = 4096  # jobs completed here that `wait` can answer without a read, at first
 MOST_COMPLETIONS = 32_768  # and at most: remembered while callers of `wait` fall behind
@@ -205,7 +206,7 @@ class Settlements:
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(f"job {job_id!r} is still {found.value} after {timeout}s")
                 if not watched:
-                    poller.watch(job_id, held, statuses or _reading_each(read))
+                    poller.watch(job_id, held, statuses or functools.partial(statuses_read_one_by_one, read))
                     watched = True
                 # Settled here: woken at once (and only its waiters are). Settled by another
                 # process: woken once the poller reads it ended. With no poller thread (none
@@ -280,14 +281,3 @@ class Settlements:
             if waiting.told == seen:
                 waiting.woken.wait(seconds)
 
-
-def _reading_each(read: Callable[[str], Optional[JobRecord]]) -> Statuses:
-    """`statuses` for a caller that gave only `read`: one read per job."""
-    def statuses(job_ids: Collection[str]) -> dict[str, JobStatus]:
-        found = {}
-        for job_id in job_ids:
-            record = read(job_id)
-            if record is not None:
-                found[job_id] = record.status
-        return found
-    return statuses

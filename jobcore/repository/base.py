@@ -22,7 +22,7 @@ import builtins
 import abc
 import inspect
 import logging
-from typing import Any, Callable, Collection, Hashable, Optional, Sequence
+from typing import Any, Callable, Collection, Hashable, Iterable, Optional, Sequence
 
 from ..models import JobStatus
 from . import one_by_one
@@ -38,6 +38,18 @@ __all__ = ["CANCELLED_BY_REQUEST", "CANCELLED_ERROR_TYPE", "CANCELLED_WHILE_RUNN
            "id_taken", "newest_failures", "require_plain_pending", "takes_argument"]
 
 logger = logging.getLogger("jobcore.repository")
+
+
+def statuses_read_one_by_one(read: Callable[[str], Optional[JobRecord]],
+                             job_ids: Iterable[str]) -> dict[str, JobStatus]:
+    """The status of each job among `job_ids` that `read` (one job's record, or None)
+    finds, by id: `JobRepository.get_statuses` for a backend without a query for many."""
+    statuses: dict[str, JobStatus] = {}
+    for job_id in job_ids:
+        record = read(job_id)
+        if record is not None:
+            statuses[job_id] = record.status
+    return statuses
 
 
 class JobRepository(abc.ABC):
@@ -152,12 +164,7 @@ class JobRepository(abc.ABC):
         By default one `get_without_args` per id. A backend should read them all in one
         query (SQLite, PostgreSQL and the memory repository do): the default costs as many
         reads as there are jobs waited for, though from one thread instead of each caller's."""
-        statuses: dict[str, JobStatus] = {}
-        for job_id in job_ids:
-            record = self.get_without_args(job_id)
-            if record is not None:
-                statuses[job_id] = record.status
-        return statuses
+        return statuses_read_one_by_one(self.get_without_args, job_ids)
 
     @abc.abstractmethod
     def ready(self, function_names: Optional[Collection[str]], limit: int) -> list[QueueEntry]:

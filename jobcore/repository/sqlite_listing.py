@@ -27,6 +27,7 @@ import json
 import sqlite3
 from typing import Any, Collection, Optional, Sequence
 
+from ..models import INT64_MAX
 from . import sqlite_sql as sql
 
 Row = Sequence[Any]
@@ -35,7 +36,6 @@ Row = Sequence[Any]
 # COUNT_PER_MATCH more for each match the page needs (offset + limit). Counting costs an
 # index entry each (about 45 ns here), a walk at least a row each (about 110 ns), so a
 # range counted shorter than that is walked rather than another.
-INT64_MAX = 2**63 - 1  # the largest integer SQLite takes as a parameter
 COUNT_FLOOR = 1_024
 COUNT_PER_MATCH = 16
 # The most pending jobs whose seqs a listing sorts (about 2 ms for 10,000 here; a walk of
