@@ -11,31 +11,33 @@ stall of its own process (its beat came half a lease late, in real time too: wha
 stalled it may have stalled its neighbours), it takes no lease back for a lease period,
 in which every live worker renews its own. After a pass that took half a lease (a store
 locked by another program, or a stall in the pass), it takes back for a lease period
-only leases that expired before that pass began. After a stop that did not wait for the jobs running here (or a
-start that failed after it), it goes on renewing their leases (and enforcing their
-timeouts) until they end, and nothing else.
+only leases that expired before that pass began (those times and hold-offs are kept by
+`LeaseTiming`, in `lease_timing`; which workers on this host are gone, by `neighbours`).
+After a stop that did not wait for the jobs running here (or a start that failed after
+it), it goes on renewing their leases (and enforcing their timeouts) until they end, and
+nothing else.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
-import socket
 import threading
 from typing import Callable, Collection, Optional
 
 from .doorbell import Doorbell
 from .clock import LONGEST_WAIT, Clock, join_within, real_monotonic
 from .errors import RepositoryError
+from .lease_timing import JUMP_TOLERANCE as JUMP_TOLERANCE  # (re-exported: defined here before)
+from .lease_timing import LeaseTiming
+from .lease_timing import jump_tolerance as jump_tolerance  # (re-exported: defined here before)
+from .neighbours import expire_dead_neighbours
+from .neighbours import host_identity as host_identity  # (re-exported: defined here before)
 from .repository.base import JobRepository, Recovery, takes_argument
 from .workers import PoolSettings, WorkerPool
 
 logger = logging.getLogger("jobcore.housekeeper")
 
-# Seconds of wall-clock drift against monotonic time that count as no jump, at most (see
-# `jump_tolerance`).
-JUMP_TOLERANCE = 1.0
 # While its queue is well stocked, a busy manager's periodic reloads (a look for higher
 # priorities elsewhere) take at most about this share of the time: one that took 0.35 s
 # (a memory store holding a million ready jobs sorts them all) comes every 7 s rather
@@ -232,19 +234,11 @@ class Housekeeper:
 
     def _loop(self) -> None:
         settings = self._settings
-        recover_every = max(settings.poll_interval, settings.lease_timeout / 4)
-        # Wall minus monotonic (see `wall_now`), read together: read after the first change
-        # token below (a store call, long if the store is busy; a test's fake clock moving
-        # meanwhile), it took that call's time for a jump back of the wall clock.
-        start, first_wall = self._clock.monotonic(), self._clock.time()
-        offset = first_wall - start
-        beat_every = settings.beat_every
-        next_beat = start + beat_every
-        # next_beat in real time, or when the store calls last returned if later (see the stall below)
-        beat_due_real = real_monotonic() + beat_every
-        next_recover = start + recover_every
-        held_until = start  # no recovery before this (monotonic): see the clock jump and the outage below
-        failing_since: Optional[float] = None  # a store call failed here since the last beat that worked
+        # When to beat and recover, and the hold-offs after a jump, an outage, a stall or a
+        # long pass (see `LeaseTiming`); made before the first change token below is read.
+        times = LeaseTiming(self._clock, settings.lease_timeout, settings.poll_interval, settings.beat_every,
+                            self._pool.wake_dispatcher)
+        start = times.start
         next_look = start + self._discovery_interval
         last_refill = start
         refill_every = settings.poll_interval  # at least; more if reloads prove costly
@@ -253,81 +247,11 @@ class Housekeeper:
         # stored after `start` read the store, but before that token was taken, would
         # otherwise leave no change to notice, and wait for ever.
         first_look = True
-        tolerance = jump_tolerance(settings.lease_timeout)
-
-        def wall_now(now: float) -> Optional[float]:
-            """The wall time, or None if the wall clock jumped (set by hand or NTP) since
-            `offset` was taken (`now`: this pass's monotonic time). Leases are wall times
-            shared with other processes, so after a jump ours are renewed at once and
-            taking others' back is held off for a lease period, during which every live
-            worker renews its own."""
-            nonlocal offset, next_beat, held_until, next_recover
-            before, wall, after = self._clock.monotonic(), self._clock.time(), self._clock.monotonic()
-            # Monotonic read on both sides of the wall reading: a fake clock's `advance`
-            # (both readings move) between two of the three reads is no jump, whichever two.
-            drift = min((wall - before) - offset, (wall - after) - offset, key=abs)
-            if abs(drift) <= tolerance:
-                return wall
-            logger.warning("wall clock jumped by %+.1fs; renewing leases before any recovery", drift)
-            offset += drift
-            next_beat = now  # due in this pass (at its top) or the next
-            held_until = next_recover = after + settings.lease_timeout
-            # The dispatcher sleeps real seconds until the next timer's wall time: after
-            # a jump forward (a resume from suspend, NTP) that timer is due sooner.
-            self._pool.wake_dispatcher()
-            return None
-
-        # This pass's top: real time, and the wall time (None after a jump) read there.
-        real_now, top_wall = real_monotonic(), None
-        held_in_pass = False  # long_pass found this pass long already
-        # After a pass that took half a lease (see `long_pass`): (until when, monotonic; the
-        # wall time at that pass's top), oldest first. While any is held, recovery takes
-        # back only leases that expired before the oldest one's wall time.
-        caps: collections.deque[tuple[float, float]] = collections.deque()
-
-        def long_pass(now: float) -> None:
-            """If this pass has taken half a lease so far, in real time (a store call
-            waited: another program locked the store; or the process stopped in it), the
-            other workers' heartbeats may have waited or stopped as well, and their leases
-            lapsed with no fault of theirs while this pass waited. For a lease from now,
-            recovery takes back only leases that expired before this pass began (their
-            owners failed to renew before any of that wait), and our own leases are renewed
-            at once. Unlike a hold-off, this never stops recovery for good: locks that keep
-            coming (each over half a lease) move that time on as they come."""
-            nonlocal next_beat, held_in_pass
-            took = real_monotonic() - real_now
-            if took < settings.lease_timeout / 2 or held_in_pass:
-                return
-            held_in_pass = True
-            next_beat = now
-            if top_wall is None:
-                return  # a jump at the top: recovery is held off a lease already
-            if not caps:
-                logger.warning("housekeeping took %.1fs (a store locked, or this process stopped); for"
-                               " %.1fs, only leases that expired before it began are taken back",
-                               took, settings.lease_timeout)
-            caps.append((self._clock.monotonic() + settings.lease_timeout, top_wall))
-
-        def capped(wall: float) -> float:
-            """`wall`, or the oldest cap's wall time if earlier (see `caps`)."""
-            monotonic = self._clock.monotonic()
-            while caps and caps[0][0] <= monotonic:
-                caps.popleft()
-            return min(wall, caps[0][1]) if caps else wall
-
         while True:
             now = self._clock.monotonic()
-            real_now = real_monotonic()
-            held_in_pass = False
-            if now < next_beat:
-                # When the beat falls due in real time, seen from here: a fake clock that
-                # stands still (a test between two `advance`s) moves it on, so that only
-                # time this thread really lost makes its beat late (see the stall below).
-                beat_due_real = real_now + (next_beat - now)
+            times.begin_pass(now)
             deadline = self._pool.time_out_overdue(now)
-            top_wall = wall_now(now)
-            if top_wall is None:
-                caps.clear()  # wall times from before a jump
+            times.read_top_wall(now)
             progress_due = None
             try:
                 with self._cond:
@@ -338,55 +262,18 @@ class Housekeeper:
                 if soon:
                     last_refill = now
                     self._refill()
-                if now >= next_beat:
-                    # Late on the manager's clock (leases may have lapsed) and in real time
-                    # (this thread did not run): a fake clock's `advance` is the first
-                    # alone, and stalls nothing; with the system clock the two agree.
-                    late = min(now - next_beat, real_now - beat_due_real)
-                    next_beat = now + beat_every
-                    if late >= settings.lease_timeout / 2:
-                        # This process stalled (suspended, a paused VM, starved of CPU): its
-                        # beat comes half a lease late. Whatever stalled it may have stalled
-                        # the other workers on its machine too, whose leases then lapsed with
-                        # no fault of theirs; each renews its own at its first beat after
-                        # it. Taking those back first would run their jobs a second time
-                        # beside them (or use up their attempts), so hold recovery off for
-                        # a lease period from now, as after an outage.
-                        held_until = next_recover = max(next_recover, now + settings.lease_timeout)
-                        logger.warning("this process stalled for %.1fs; expired leases are taken back no"
-                                       " sooner than %.1fs from now", late, settings.lease_timeout)
+                if now >= times.next_beat:
+                    times.beat_due(now)  # (a beat half a lease late holds recovery off)
                     running = self._pool.heartbeat()
                     self._beat(running)
-                    back = self._clock.monotonic()
-                    if failing_since is not None and back - failing_since >= beat_every:
-                        # The store works again after an outage. The other live workers'
-                        # heartbeats failed as ours did, and their leases may have lapsed:
-                        # whoever took those back first would run their jobs a second time
-                        # beside them. Hold recovery off for a lease period from now, in
-                        # which each renews its own. (Shorter trouble cannot have kept a
-                        # worker beating every beat_every from renewing for a lease.)
-                        held_until = next_recover = max(next_recover, back + settings.lease_timeout)
-                        logger.warning("the store works again after failing for %.1fs; leases renewed, and"
-                                       " expired leases are taken back no sooner than %.1fs from now",
-                                       back - failing_since, settings.lease_timeout)
-                    failing_since = None
+                    times.beat_worked()  # (after an outage, holds recovery off)
                     if self._expire_dead_neighbours():
-                        next_recover = max(now, held_until)  # take their jobs back now, not after the lease
+                        times.recover_now(now)  # take their jobs back now, not after the lease
                 # After store calls failed here (a server down, a database locked past its
                 # busy timeout), a beat must work before any recovery: our leases first.
-                if now >= next_recover:
-                    next_recover = now + recover_every
-                    # The wall time recovery compares leases with is checked for a jump in
-                    # the same reading: one since the top of this pass (while the heartbeat
-                    # above waited on a busy store, say) renewed our leases with the time
-                    # before it, and they would expire by the time after it. A jump found
-                    # here is handled as there (renew first, hold recovery off a lease).
-                    wall = wall_now(now) if failing_since is None else None
-                    # (A stall after the check that follows this reading only makes `wall`
-                    # older: a recovery by it takes back less.)
-                    long_pass(now)
+                if now >= times.next_recover:
+                    wall = times.recovery_wall(now)
                     if wall is not None:
-                        wall = capped(wall)
                         self._on_recovery(self._repo.recover(wall))
                         for worker_id in self._reap(wall):
                             logger.warning("worker %s stopped beating; removed from the registry", worker_id)
@@ -410,19 +297,11 @@ class Housekeeper:
                         refill_every = max(settings.poll_interval, (real_monotonic() - began) / RELOAD_SHARE)
             except RepositoryError as exc:
                 logger.error("housekeeping failed, will retry: %s", exc)
-                if failing_since is None:
-                    failing_since = now
+                times.store_failed(now)
             except Exception:  # the housekeeper must survive anything
                 logger.exception("housekeeping failed")
-            # The store calls above have returned (or raised). A beat that fell due while
-            # they waited (a database another program locked holds each for its busy
-            # timeout) is late from now on only: this thread ran all along, and no stall
-            # of the process made it late (it once logged one, the busy timeout over half a
-            # lease). A stall while it sleeps, or while it is due, still counts in full.
-            beat_due_real = max(beat_due_real, real_monotonic())
-            if failing_since is None:
-                long_pass(now)  # a call after the recovery (or in a pass without one) waited
-            wake_at = min(t for t in (next_beat, next_recover, next_look, deadline) if t is not None)
+            times.end_pass(now)  # (a beat that fell due while store calls waited is not late)
+            wake_at = min(t for t in (times.next_beat, times.next_recover, next_look, deadline) if t is not None)
             if self._sleep(wake_at, progress_due, lambda: self._stopping):
                 return
 
@@ -500,59 +379,11 @@ class Housekeeper:
         return self._repo.reap_workers(before)
 
     def _expire_dead_neighbours(self) -> bool:
-        """End the leases of workers on this host whose process is gone (SIGKILL, OOM):
-        their jobs need not wait out `lease_timeout`. A reused pid only delays this.
-        "This host" is `host_identity()`: a worker in another pid namespace (another
-        container on the machine) has pids this process cannot see, so it is left alone."""
-        found = False
-        for worker in self._repo.list_workers():
-            if worker.host != self._host or worker.pid == self._pid or _pid_alive(worker.pid):
-                continue
-            count = self._repo.expire_worker(worker.worker_id, self._clock.time())
-            self._repo.unregister_worker(worker.worker_id)
-            # A warning only if it held jobs: a process that ended without stopping its
-            # manager (a multiprocessing child returning) leaves an entry and nothing else.
-            logger.log(logging.WARNING if count else logging.INFO, "worker %s (pid %d) is gone; %d of its"
-                       " jobs taken back", worker.worker_id, worker.pid, count)
-            found = True
-        return found
+        """End the leases of gone workers on this host (see `neighbours`); True if any."""
+        return expire_dead_neighbours(self._repo, self._clock, self._host, self._pid)
 
     def _token(self) -> Optional[object]:
         try:
             return self._repo.change_token()
         except RepositoryError:
             return None
-
-
-def jump_tolerance(lease_timeout: float) -> float:
-    """How far (seconds) the wall clock may drift against the monotonic clock before a
-    housekeeper treats it as a jump: JUMP_TOLERANCE, or a quarter of the lease if less.
-    Leases are renewed at least three times a lease, so a live one has about two thirds of
-    it left; a step forward by a fixed second took live jobs back under a lease of 1.2 s
-    (ntpd steps any offset over 128 ms)."""
-    return min(JUMP_TOLERANCE, lease_timeout / 4)
-
-
-def host_identity() -> str:
-    """What a worker registers as its host: where its pid means a process this one can
-    check. The host name, and on Linux this boot of the machine and the pid namespace
-    (containers on one machine, even sharing its host name, each have their own pids)."""
-    parts = [socket.gethostname()]
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as boot:
-            parts.append(f"boot:{boot.read().strip()[:8]}")
-        parts.append(os.readlink("/proc/self/ns/pid"))  # "pid:[4026531836]"
-    except OSError:
-        pass  # not Linux, or no /proc: the host name alone
-    return " ".join(parts)
-
-
-def _pid_alive(pid: int) -> bool:
-    """True if a process with this pid exists on this machine (or we cannot tell)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # EPERM: it exists, under another user
-        return True
-    return True
