@@ -1,4 +1,5 @@
-"""`WorkerPool`: the threads that run jobs, and what the rest of jobcore asks of them.
+"""`WorkerPool`: the loop of the threads that run jobs, and what the rest of jobcore asks of
+them; not the starting, stopping and replacing of those threads (`pool_threads`).
 
 Claimed records reach `max_workers` worker threads through a small buffer (while jobs
 are very short, up to `max_workers` claimed jobs wait there in reserve). Finished
@@ -16,13 +17,13 @@ attempts are recorded in batches, in the same repository call as the next claims
 - the dispatcher thread (`dispatcher`) makes the others, and fires cron schedules.
 
 The threads share a `PoolState` under its one lock. A timeout hands a stuck thread's
-slot to a fresh thread. Periodic upkeep is the `Housekeeper`'s. It depends on the
-repository interface only.
+slot to a fresh thread (`pool_threads`). The claims held here, their leases and cancels
+are `holdings`'; `run_pending`, running jobs in the caller's thread, is `single_step`'s.
+Periodic upkeep is the `Housekeeper`'s. It depends on the repository interface only.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import random
 import threading
@@ -32,18 +33,21 @@ from typing import Any, Callable, Iterable, Optional
 from . import serialization
 from .attempts import AttemptRunner
 from .claims import ClaimCheck
-from .clock import LONGEST_WAIT, Clock, join_within, real_monotonic
+from .clock import Clock, real_monotonic
 from .context import JobContext
 from .dispatcher import Dispatcher
-from .errors import JobTimeout, RepositoryError
+from .errors import JobTimeout
 from .exchanges import Exchanges
 from .execution import Outcome
+from .holdings import Holdings
 from .pool_state import Attempt, PoolState, Slot
+from .pool_threads import PoolThreads
 from .progress import ProgressWriter, Report
 from .queue import ReadyQueue
 from .registry import FunctionRegistry, LocalJobs
 from .repository.base import JobRecord, JobRepository, QueueEntry
 from .retry import Classifier
+from .single_step import SingleStep
 from .completions import Completion
 from .recorder import Finished, Publisher, Recorder, Settled
 
@@ -77,7 +81,6 @@ class WorkerPool:
         self._repo = repository
         self._queue = queue
         self._clock = clock
-        self._settings = settings
         self.worker_id = worker_id
         self._recorder = Recorder(repository, queue, registry, local, clock, worker_id,
                                   lease_timeout=settings.lease_timeout,
@@ -95,14 +98,16 @@ class WorkerPool:
                                     settings.max_workers)
         self._dispatcher = Dispatcher(self._state, self._exchanges, queue, self._recorder, clock,
                                       give_up_after=settings.lease_timeout)
-        # The state's lock guards these too.
-        self._threads: list[tuple[threading.Thread, Slot]] = []
-        self._abandoned = 0
-        self._next_slot = 0
+        self._pool_threads = PoolThreads(self._state, self._dispatcher, clock, settings.max_workers,
+                                         settings.lease_timeout, serve=self._serve)
+        self._holdings = Holdings(self._state, repository, self._claims, clock, worker_id,
+                                  settings.lease_timeout, on_settled)
         self.on_deadline: Callable[[], None] = lambda: None  # set by the housekeeper
         # Set by the housekeeper: have it write the progress reports due (False: it does not run).
         self.on_progress_waiting: Callable[[], bool] = lambda: False
         self._progress = self._progress_writer()
+        self._single_step = SingleStep(self._state, queue, self._recorder, self._attempts, clock, sink=self,
+                                       last_report=self._last_report)
         queue.listener = self._ready_arrived
 
     def _progress_writer(self) -> ProgressWriter:
@@ -115,111 +120,41 @@ class WorkerPool:
         which settle there: held here, `wait` would sleep until a settlement here that
         never comes, and `poll` would show the progress they had at the fork."""
         self._state.forked()
-        self._threads = []
-        self._abandoned = 0
+        self._pool_threads.forked()
         self._progress = self._progress_writer()
         self._attempts.forked()
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
-        """Start the worker threads and the dispatcher: a new generation of them.
-
-        After a stop that did not wait, threads of the earlier start may still run. They
-        take no part in this one: its dispatcher is waited for (it ends at once, or after
-        the exchange it is making), and each of its workers still running a job ends when
-        the job returns, handing in the outcome for this generation's exchanges to record.
-        The running jobs stay within `max_workers` (a new worker has no room for a job
-        while an old one runs)."""
-        state = self._state
-        with state.lock:
-            state.generation += 1
-            # Old threads waiting for work wake up to see they are no longer wanted.
-            state.work_ready.notify_all()
-            state.dispatch_needed.notify_all()
-            previous = self._dispatcher.thread
-        if previous is not None:
-            previous.join()  # not the caller: the dispatcher runs no user code
-        with state.lock:
-            state.stopping = False
-            if not (state.buffer or state.running):
-                # Nothing is held: what is claimed from now on carries its own lease. (Jobs
-                # an earlier start left held keep the last heartbeat's: see `claims`.)
-                state.renewed_until = self._clock.time() + self._settings.lease_timeout
-            for _ in range(self._settings.max_workers):
-                self._spawn_locked()
-            self._dispatcher.start(state.generation)
-
-    def _spawn_locked(self) -> None:
-        slot = Slot(self._next_slot, generation=self._state.generation)
-        self._next_slot += 1
-        thread = threading.Thread(target=self._work, args=(slot,), daemon=True,
-                                  name=f"jobcore-worker-{slot.index}")
-        self._threads.append((thread, slot))
-        thread.start()
+        """Start the worker threads and the dispatcher: a new generation of them (threads
+        of an earlier start still running take no part: see `PoolThreads.start`)."""
+        self._pool_threads.start()
 
     def stop(self, timeout: Optional[float]) -> bool:
         """Start no more jobs; wait up to `timeout` for running ones to finish and be
-        recorded (claimed, unstarted ones are handed back). True if all threads ended.
-
-        Not for threads abandoned in a timed-out attempt, which may never return: also
-        not for one abandoned while this waits (its job timed out during the stop)."""
-        state = self._state
-        # The caller's seconds, real ones: a fake clock standing still must not hold it up.
-        deadline = None if timeout is None else real_monotonic() + timeout
-
-        def remaining() -> Optional[float]:
-            return None if deadline is None else max(0.0, deadline - real_monotonic())
-
-        def working() -> bool:  # (a thread leaves `_threads` as its loop ends)
-            return any(not slot.abandoned for _, slot in self._threads)
-
-        with state.lock:
-            state.stopping = True
-            state.work_ready.notify_all()
-            state.dispatch_needed.notify_all()
-            dispatcher = self._dispatcher.thread
-            threads = list(self._threads)
-            while working():
-                left = remaining()
-                if left == 0.0:
-                    break
-                state.workers_changed.wait(None if left is None else min(left, LONGEST_WAIT))  # no OverflowError
-            ended = not working()
-            # Threads whose loops ended, not yet gone: joined below (moments each), so
-            # that none is alive when this returns (at interpreter exit, the store closes
-            # its connections only once no other thread of its is alive).
-            still = {id(slot) for _, slot in self._threads}
-            leaving = [thread for thread, slot in threads if not slot.abandoned and id(slot) not in still]
-        for thread in leaving:
-            join_within(thread, remaining())
-        if dispatcher is not None:
-            join_within(dispatcher, remaining())
-        return ended
+        recorded (claimed, unstarted ones are handed back). True if all threads ended
+        (not counting those abandoned in a timed-out attempt: see `PoolThreads.stop`)."""
+        return self._pool_threads.stop(timeout)
 
     @property
     def threads(self) -> list[threading.Thread]:
         """The live worker threads (not those abandoned in a timed-out attempt)."""
-        with self._state.lock:
-            return [thread for thread, slot in self._threads if thread.is_alive() and not slot.abandoned]
+        return self._pool_threads.threads
 
     @property
     def abandoned_threads(self) -> int:
         """Threads still stuck in an attempt that timed out."""
-        with self._state.lock:
-            return self._abandoned
+        return self._pool_threads.abandoned
 
     def held_ids(self) -> list[str]:
         """Ids this pool holds a claim on: buffered, running, or being recorded."""
-        state = self._state
-        with state.lock:
-            return [r.id for r in state.buffer] + list(state.running) + list(state.settling)
+        return self._holdings.ids()
 
     def settles_here(self, job_id: str) -> bool:
         """True if this pool holds a claim on `job_id` that `on_settled` has yet to tell of
         (buffered, running, or being recorded): the job settles here, and the caller hears
         of it then."""
-        with self._state.lock:
-            return self._state.holds_locked(job_id)
+        return self._holdings.settles_here(job_id)
 
     def _settled(self, settled: list[tuple[str, Optional[Completion]]]) -> None:
         """The recorder settled these: they leave `settling` (see `settles_here`) before
@@ -242,18 +177,7 @@ class WorkerPool:
 
     def request_cancel(self, job_id: str) -> bool:
         """Signal a job held here to stop; False if it is not held here."""
-        state = self._state
-        with state.lock:
-            attempt = state.running.get(job_id)
-            if attempt is None:
-                if not any(r.id == job_id for r in state.buffer):
-                    return False
-                state.cancel_ids.add(job_id)
-                return True
-            if job_id in state.deferred:  # claimed again here: that attempt starts cancelled
-                state.cancel_ids.add(job_id)
-        attempt.context.request_cancel()
-        return True
+        return self._holdings.request_cancel(job_id)
 
     def enqueue_entries(self, entries: Iterable[QueueEntry], read: Optional[int] = None) -> None:
         """Queue entries this process can run (ready now, or as timers); `read` as for
@@ -306,15 +230,6 @@ class WorkerPool:
             state.dispatch_needed.notify()
 
     # -- worker threads -------------------------------------------------------------------
-    def _work(self, slot: Slot) -> None:
-        try:
-            self._serve(slot)
-        finally:
-            with self._state.lock:
-                # Forgotten (an abandoned thread that came back, too: timeouts must not grow the list).
-                self._threads = [(thread, other) for thread, other in self._threads if other is not slot]
-                self._state.workers_changed.notify_all()  # `stop` may be waiting for this one
-
     def _serve(self, slot: Slot) -> None:
         state, exchanges = self._state, self._exchanges
         attempt: Attempt  # the attempt this thread runs (set before any use)
@@ -325,7 +240,7 @@ class WorkerPool:
                     # Handed in under the same lock take that looks for the next job: one
                     # lock round trip per job, not two.
                     if slot.abandoned:
-                        self._abandoned -= 1
+                        self._pool_threads.returned_late_locked()
                         logger.warning("job %s returned after its timeout; its outcome is discarded",
                                        finished.record.id)
                         return
@@ -340,7 +255,7 @@ class WorkerPool:
                     if state.stopping:
                         return  # buffered claims are handed back by the dispatcher
                     if slot.generation != state.generation:
-                        self._leave_locked()
+                        self._pool_threads.leave_locked()
                         return
                     exchange = exchanges.worker_exchange_locked()
                     if exchange is not None or state.buffer:
@@ -364,7 +279,7 @@ class WorkerPool:
                 continue
             record, context = attempt.record, attempt.context
             if suspect and not self._claims.still_ours(record, renew=True):
-                self._drop_unstarted(record, started=attempt)
+                self._holdings.drop_unstarted(record, started=attempt)
                 continue
             if attempt.deadline is not None:
                 self.on_deadline()
@@ -375,7 +290,7 @@ class WorkerPool:
                 logger.info("job %s: its child process was ended by close(); the attempt is not"
                             " recorded", record.id)
                 context.ended = True
-                self._drop_unstarted(record, started=attempt)
+                self._holdings.drop_unstarted(record, started=attempt)
                 continue
             if attempt.deadline is not None:
                 with state.lock:  # what the engine does next is not the job's time
@@ -388,15 +303,6 @@ class WorkerPool:
                                 last_report=self._last_report(context) if context.reported_progress else None)
             if not slot.abandoned:
                 finished.settlement = self._recorder.decide(finished)
-
-    def _leave_locked(self) -> None:
-        """A worker of an earlier start leaves (see `start`): the outcome it may just have
-        handed in and the jobs it may just have claimed are left to this generation's
-        threads, told of them as a worker that goes on would have. Called with the lock held."""
-        state = self._state
-        state.dispatch_needed.notify()  # records what waits, as `worker_exchange_locked` tells it to
-        if state.buffer:
-            state.wake_one_locked()
 
     def _start_locked(self, record: JobRecord, slot: Slot) -> Attempt:
         """Make `record` this slot's running attempt. Called with the lock held."""
@@ -458,37 +364,8 @@ class WorkerPool:
     # -- single-step mode ----------------------------------------------------------------------
     def run_pending(self, limit: Optional[int] = None) -> int:
         """Run ready jobs one by one in the calling thread until none is ready (or `limit`
-        ran); fire due schedules on the way. Returns how many jobs ran. Timeouts are not
-        enforced here. For tests and immediate mode, on a pool that is not started.
-        A job interrupted by Ctrl-C (or calling `sys.exit`) is recorded as failed with
-        that error, which is then raised here, in the caller's thread."""
-        ran = 0
-        while limit is None or ran < limit:
-            for schedule in self._queue.pop_due_schedules():
-                self._recorder.fire_schedule(schedule)
-            entries = self._queue.pop_ready(1)
-            if not entries:
-                return ran
-            claimed = self._recorder.exchange([], [entries[0].job_id])
-            if not claimed:
-                continue
-            record = claimed[0]
-            context = JobContext(record.id, record.name, record.attempts, self)
-            started = self._clock.monotonic()
-            with self._state.lock:
-                self._state.running[record.id] = Attempt(record, context, Slot(-1), None, started)
-            outcome = self._attempts.run(record, context)
-            context.ended = True
-            last_report = self._last_report(context)
-            with self._state.lock:
-                del self._state.running[record.id]
-            if self._recorder.exchange([Finished(record, context, outcome, self._clock.monotonic() - started,
-                                                 last_report=last_report)], []) is None:
-                raise RepositoryError(f"could not record the outcome of job {record.id}; see the log")
-            ran += 1
-            if isinstance(outcome.error, (KeyboardInterrupt, SystemExit)):
-                raise outcome.error  # recorded as any error; now it stops the caller, as a plain call would
-        return ran
+        ran); returns how many ran. No timeouts: see `SingleStep.run_pending`."""
+        return self._single_step.run_pending(limit)
 
     # -- progress reports -------------------------------------------------------------------
     def progress_mark(self) -> int:
@@ -511,63 +388,10 @@ class WorkerPool:
         """Give up attempts past their deadline (monotonic `now`): their threads are
         abandoned and replaced, and a `JobTimeout` is recorded. Returns the earliest
         deadline still ahead, or None."""
-        with self._state.lock:
-            ahead = []
-            for attempt in list(self._state.running.values()):
-                if attempt.deadline is None:
-                    continue
-                if attempt.deadline > now:
-                    ahead.append(attempt.deadline)
-                    continue
-                record = attempt.record
-                if self._state.end_attempt_locked(attempt):
-                    self._state.wake_one_locked()  # a claim of the job kept aside for it starts now
-                attempt.slot.abandoned = True
-                attempt.context.abandon()  # a coroutine job's task is cancelled: its thread returns
-                self._abandoned += 1
-                self._state.workers_changed.notify_all()  # `stop` waits no more for its thread
-                if not self._state.stopping and attempt.slot.generation == self._state.generation:
-                    self._spawn_locked()  # capacity stays max_workers (an earlier start's slot ends anyway)
-                logger.warning("job %s exceeded its timeout of %.3fs; its thread is abandoned",
-                               record.id, record.timeout)
-                outcome = Outcome(error=JobTimeout(record.timeout or 0.0))
-                self._state.add_finished_locked(Finished(record, attempt.context, outcome, now - attempt.started))
-                self._state.dispatch_needed.notify()
-        return min(ahead) if ahead else None
+        return self._pool_threads.time_out_overdue(now)
 
     def heartbeat(self) -> list[str]:
         """Renew the leases of the jobs held here and act on cancel requests made
         elsewhere; returns the ids held here. After a gap in which leases may have lapsed
         (see `claims`), buffered jobs that are no longer this pool's are dropped, unstarted."""
-        state = self._state
-        ids = self.held_ids()
-        now = self._clock.time()
-        renewed_until = now + self._settings.lease_timeout
-        if ids:
-            for job_id in self._repo.heartbeat(self.worker_id, ids, renewed_until, now):
-                self.request_cancel(job_id)
-        with state.lock:
-            buffered = [r for r in state.buffer if self._claims.suspect(r, state.renewed_until, now)]
-        for record in buffered:
-            if not self._claims.still_ours(record, renew=False):
-                self._drop_unstarted(record, started=None)
-        with state.lock:
-            state.renewed_until = max(state.renewed_until, renewed_until)
-        return ids
-
-    def _drop_unstarted(self, record: JobRecord, *, started: Optional[Attempt]) -> None:
-        """Let go of a claimed job that is no longer this pool's, without running or
-        recording it: taken off the running attempts (`started`: the attempt a worker had
-        just made of it) or out of the buffer; whoever waits for it here reads the store again."""
-        state = self._state
-        with state.lock:
-            if started is not None:
-                state.end_attempt_locked(started)
-            else:
-                kept = [r for r in state.buffer if r is not record]
-                if len(kept) == len(state.buffer):
-                    return  # a worker took it meanwhile, and checks it itself
-                state.buffer = collections.deque(kept)
-            state.cancel_ids.discard(record.id)
-            state.dispatch_needed.notify()  # room to claim again
-        self._on_settled([(record.id, None)])
+        return self._holdings.heartbeat()

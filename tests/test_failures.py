@@ -442,7 +442,7 @@ def test_timed_out_threads_are_forgotten_once_they_return(make_manager: Any, db_
     while manager.abandoned_threads and time.monotonic() < deadline:
         time.sleep(0.01)
     assert manager.abandoned_threads == 0
-    assert len(manager._pool._threads) == 1  # the one worker left, not every thread that ever ran
+    assert len(manager._pool._pool_threads._threads) == 1  # the one worker left, not every thread that ever ran
 
 
 class _Hook(BaseHTTPRequestHandler):

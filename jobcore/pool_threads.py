@@ -1,0 +1,182 @@
+"""`PoolThreads`: starts, stops and replaces a pool's threads; what they run is not here.
+
+Each start begins a new generation of worker threads and a dispatcher (`dispatcher`);
+a stop waits for them; an attempt past its timeout has its thread abandoned and
+replaced by a fresh one, and a `JobTimeout` queued for an exchange to record. What a
+worker thread does is `WorkerPool._serve`'s (`workers`). The list of threads is guarded
+by the `PoolState`'s lock; no lock of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable, Optional
+
+from .clock import LONGEST_WAIT, Clock, join_within, real_monotonic
+from .dispatcher import Dispatcher
+from .errors import JobTimeout
+from .execution import Outcome
+from .pool_state import PoolState, Slot
+from .recorder import Finished
+
+logger = logging.getLogger("jobcore.workers")
+
+
+class PoolThreads:
+    """The worker threads and the dispatcher of one pool; each worker thread runs `serve`
+    with its `Slot`."""
+
+    def __init__(self, state: PoolState, dispatcher: Dispatcher, clock: Clock, max_workers: int,
+                 lease_timeout: float, serve: Callable[[Slot], None]) -> None:
+        self._state = state
+        self._dispatcher = dispatcher
+        self._clock = clock
+        self._max_workers = max_workers
+        self._lease_timeout = lease_timeout
+        self._serve = serve
+        # The `PoolState`'s lock guards these.
+        self._threads: list[tuple[threading.Thread, Slot]] = []
+        self._abandoned = 0
+        self._next_slot = 0
+
+    def forked(self) -> None:
+        """In a forked child (after `PoolState.forked`): no thread runs here."""
+        self._threads = []
+        self._abandoned = 0
+
+    def start(self) -> None:
+        """Start the worker threads and the dispatcher: a new generation of them.
+
+        After a stop that did not wait, threads of the earlier start may still run. They
+        take no part in this one: its dispatcher is waited for (it ends at once, or after
+        the exchange it is making), and each of its workers still running a job ends when
+        the job returns, handing in the outcome for this generation's exchanges to record.
+        The running jobs stay within `max_workers` (a new worker has no room for a job
+        while an old one runs)."""
+        state = self._state
+        with state.lock:
+            state.generation += 1
+            # Old threads waiting for work wake up to see they are no longer wanted.
+            state.work_ready.notify_all()
+            state.dispatch_needed.notify_all()
+            previous = self._dispatcher.thread
+        if previous is not None:
+            previous.join()  # not the caller: the dispatcher runs no user code
+        with state.lock:
+            state.stopping = False
+            if not (state.buffer or state.running):
+                # Nothing is held: what is claimed from now on carries its own lease. (Jobs
+                # an earlier start left held keep the last heartbeat's: see `claims`.)
+                state.renewed_until = self._clock.time() + self._lease_timeout
+            for _ in range(self._max_workers):
+                self._spawn_locked()
+            self._dispatcher.start(state.generation)
+
+    def _spawn_locked(self) -> None:
+        slot = Slot(self._next_slot, generation=self._state.generation)
+        self._next_slot += 1
+        thread = threading.Thread(target=self._work, args=(slot,), daemon=True,
+                                  name=f"jobcore-worker-{slot.index}")
+        self._threads.append((thread, slot))
+        thread.start()
+
+    def _work(self, slot: Slot) -> None:
+        try:
+            self._serve(slot)
+        finally:
+            with self._state.lock:
+                # Forgotten (an abandoned thread that came back, too: timeouts must not grow the list).
+                self._threads = [(thread, other) for thread, other in self._threads if other is not slot]
+                self._state.workers_changed.notify_all()  # `stop` may be waiting for this one
+
+    def stop(self, timeout: Optional[float]) -> bool:
+        """Start no more jobs; wait up to `timeout` for running ones to finish and be
+        recorded (claimed, unstarted ones are handed back). True if all threads ended.
+
+        Not for threads abandoned in a timed-out attempt, which may never return: also
+        not for one abandoned while this waits (its job timed out during the stop)."""
+        state = self._state
+        # The caller's seconds, real ones: a fake clock standing still must not hold it up.
+        deadline = None if timeout is None else real_monotonic() + timeout
+
+        def remaining() -> Optional[float]:
+            return None if deadline is None else max(0.0, deadline - real_monotonic())
+
+        def working() -> bool:  # (a thread leaves `_threads` as its loop ends)
+            return any(not slot.abandoned for _, slot in self._threads)
+
+        with state.lock:
+            state.stopping = True
+            state.work_ready.notify_all()
+            state.dispatch_needed.notify_all()
+            dispatcher = self._dispatcher.thread
+            threads = list(self._threads)
+            while working():
+                left = remaining()
+                if left == 0.0:
+                    break
+                state.workers_changed.wait(None if left is None else min(left, LONGEST_WAIT))  # no OverflowError
+            ended = not working()
+            # Threads whose loops ended, not yet gone: joined below (moments each), so
+            # that none is alive when this returns (at interpreter exit, the store closes
+            # its connections only once no other thread of its is alive).
+            still = {id(slot) for _, slot in self._threads}
+            leaving = [thread for thread, slot in threads if not slot.abandoned and id(slot) not in still]
+        for thread in leaving:
+            join_within(thread, remaining())
+        if dispatcher is not None:
+            join_within(dispatcher, remaining())
+        return ended
+
+    @property
+    def threads(self) -> list[threading.Thread]:
+        """The live worker threads (not those abandoned in a timed-out attempt)."""
+        with self._state.lock:
+            return [thread for thread, slot in self._threads if thread.is_alive() and not slot.abandoned]
+
+    @property
+    def abandoned(self) -> int:
+        """Threads still stuck in an attempt that timed out."""
+        with self._state.lock:
+            return self._abandoned
+
+    def leave_locked(self) -> None:
+        """A worker of an earlier start leaves (see `start`): the outcome it may just have
+        handed in and the jobs it may just have claimed are left to this generation's
+        threads, told of them as a worker that goes on would have. Called with the lock held."""
+        state = self._state
+        state.dispatch_needed.notify()  # records what waits, as `worker_exchange_locked` tells it to
+        if state.buffer:
+            state.wake_one_locked()
+
+    def returned_late_locked(self) -> None:
+        """An abandoned thread's attempt returned (its outcome is discarded, and the thread
+        ends). Called with the lock held."""
+        self._abandoned -= 1
+
+    def time_out_overdue(self, now: float) -> Optional[float]:
+        """See `WorkerPool.time_out_overdue`."""
+        with self._state.lock:
+            ahead = []
+            for attempt in list(self._state.running.values()):
+                if attempt.deadline is None:
+                    continue
+                if attempt.deadline > now:
+                    ahead.append(attempt.deadline)
+                    continue
+                record = attempt.record
+                if self._state.end_attempt_locked(attempt):
+                    self._state.wake_one_locked()  # a claim of the job kept aside for it starts now
+                attempt.slot.abandoned = True
+                attempt.context.abandon()  # a coroutine job's task is cancelled: its thread returns
+                self._abandoned += 1
+                self._state.workers_changed.notify_all()  # `stop` waits no more for its thread
+                if not self._state.stopping and attempt.slot.generation == self._state.generation:
+                    self._spawn_locked()  # capacity stays max_workers (an earlier start's slot ends anyway)
+                logger.warning("job %s exceeded its timeout of %.3fs; its thread is abandoned",
+                               record.id, record.timeout)
+                outcome = Outcome(error=JobTimeout(record.timeout or 0.0))
+                self._state.add_finished_locked(Finished(record, attempt.context, outcome, now - attempt.started))
+                self._state.dispatch_needed.notify()
+        return min(ahead) if ahead else None
