@@ -3,35 +3,36 @@
 It wires the parts together and answers for them: storing and queueing new jobs is the
 `Enqueuer`'s (`enqueuing`), running them the `WorkerPool`'s (`workers`), starting and
 stopping its threads the `Lifecycle`'s (`lifecycle`), scheduling of cron runs
-`scheduler`'s. It holds no job state of its own beyond the `ReadyQueue` index
-(the repository is the source of truth).
+`scheduler`'s, the reads that change nothing (poll, wait, list, stats, logs) its base
+class `Inspection`'s (`inspection`), checks of its arguments `arguments`'. It holds no
+job state of its own beyond the `ReadyQueue` index (the repository is the source of truth).
 """
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import socket
 import threading
 import time
 import uuid
-from typing import Any, Callable, Collection, Iterable, Optional, Union
+from typing import Any, Callable, Iterable, Optional, Union
 
-from .clock import SYSTEM_CLOCK, Clock, as_seconds, real_monotonic, real_sleep
+from .arguments import LONGEST_PERIOD, count as _count, may_exist as _may_exist, positive as _positive
+from .clock import SYSTEM_CLOCK, Clock, real_monotonic
 from .enqueuing import Enqueuer
-from .errors import LONGEST_RETRY_DELAY, InvalidJobType, JobNotFound
+from .errors import LONGEST_RETRY_DELAY, InvalidJobType
 from .execution import check_room_to_run_here
-from .models import INT64_MAX, Job, JobResult, JobStatus, LogEntry, function_qualname
+from .models import Job, function_qualname
 from .notify_dispatch import NotificationDispatcher
-from .records import event_of, job_of, local_datetime, result_of
+from .records import event_of
 from .queue import ReadyQueue
 from .registry import FunctionRegistry, LocalJobs
-from .repository.base import CANCELLED_BY_REQUEST, CancelOutcome, JobRecord, Recovery, WorkerInfo
+from .repository.base import CANCELLED_BY_REQUEST, CancelOutcome, JobRecord, Recovery
 from .repository.factory import RepositoryLike, build_repository, default_database_path
 from .retry import Classifier, is_transient
-from .serialization import could_be_id, storable
 from .housekeeper import RELOAD_SHARE, Housekeeper
+from .inspection import Inspection
 from .lifecycle import Lifecycle
 from .waiting import Settlements
 from .workers import PoolSettings, WorkerPool
@@ -47,44 +48,8 @@ READY_LOAD_LIMIT = 10_000  # a window: the queue is refilled as it drains
 # is spaced out on the housekeeper's looks, to about RELOAD_SHARE of the time.
 SPACED_SCHEDULED_READ = 0.005
 
-# The longest `lease_timeout`, `poll_interval` and `discovery_interval` (100 years, the
-# longest retry delay too). A lease ends at now + lease_timeout, which must stay a time the
-# stores take (models.TIME_LIMIT, 6e10 s): a lease of 1e11 s was stored past it, read back
-# as corrupt by every other manager's recovery, ended at once and logged into the running
-# job's log on each heartbeat. Now + 100 years stays far inside (year 2126 against 3871).
-LONGEST_PERIOD = LONGEST_RETRY_DELAY
 
-
-def _positive(name: str, value: Any, *, allow_zero: bool = False, unit: str = "seconds",
-              most: float = math.inf) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of {unit}, got {value!r}")
-    seconds = as_seconds(value)  # an int too large for a float is inf: "for ever" where that is allowed
-    if math.isnan(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
-        raise ValueError(f"{name} must be {'>=' if allow_zero else '>'} 0, got {value!r}")
-    if seconds > most:
-        raise ValueError(f"{name} must be at most {most:.0f} {unit}"
-                         f"{' (100 years)' if most == LONGEST_PERIOD else ''}, got {value!r}")
-    return seconds
-
-
-def _count(name: str, value: Any) -> None:
-    """A `limit` or `offset`: an int from 0 to 2**63 - 1 (what a store takes; bool is not one)."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= INT64_MAX:
-        raise ValueError(f"{name} must be an int from 0 to 2**63 - 1{' or None' if name == 'limit' else ''},"
-                         f" got {value!r}")
-
-
-def _may_exist(job_id: Any) -> bool:
-    """Whether `job_id` could name a stored job: a str (else `TypeError`) that an id can
-    be (one from a non-UTF-8 command line, with a lone surrogate, or one holding a NUL,
-    cannot: unknown, on every store)."""
-    if not isinstance(job_id, str):
-        raise TypeError(f"job_id must be a str, got {type(job_id).__name__} {job_id!r}")
-    return could_be_id(job_id)
-
-
-class JobManager:
+class JobManager(Inspection):
     """Runs jobs from a repository on worker threads; see SPEC for the full contract.
 
     `repository`: a `JobRepository`, a SQLite path, or None for `$JOBCORE_DB` or
@@ -286,16 +251,6 @@ class JobManager:
             self._scheduled_read_after = began + took / RELOAD_SHARE if took > SPACED_SCHEDULED_READ else 0.0
         return more
 
-    def list_workers(self) -> list[WorkerInfo]:
-        """The managers running jobs on this repository (any process), oldest first: those
-        that beat within their own `lease_timeout` (this manager's, for an entry that
-        recorded none). One killed without stopping leaves an entry that a running manager
-        removes in time; until then it is left out."""
-        now = self._clock.time()
-        return [worker for worker in self.repository.list_workers()
-                if worker.heartbeat_at >= now - (self.lease_timeout if worker.lease_timeout is None
-                                                 else worker.lease_timeout)]
-
     # -- functions -----------------------------------------------------------------------------
     def register_function(self, name: Union[str, Callable[..., Any]], func: Optional[Callable[..., Any]] = None) -> Any:
         """Let jobs naming `name` run `func`. Without `func`, returns a decorator. Given a
@@ -383,134 +338,6 @@ class JobManager:
         finally:
             enqueuer.running_pending = was
 
-    # -- reading -----------------------------------------------------------------------------------
-    def poll(self, job_id: str) -> Optional[JobResult]:
-        """The job's current state, or None for an unknown id."""
-        if not _may_exist(job_id):
-            return None
-        since = self._pool.progress_mark()
-        record = self.repository.get_without_args(job_id)
-        if record is None:
-            return None
-        if self._lifecycle.running and not record.status.is_terminal:
-            _give_way()  # the caller will likely poll again: let the workers run it meanwhile
-        return result_of(self._with_latest_progress(record, since))
-
-    def wait(self, job_id: str, timeout: Optional[float] = None) -> JobResult:
-        """Block until the job is terminal (whichever process runs it) and return it.
-
-        Raises `TimeoutError` after `timeout` seconds and `JobNotFound` (a LookupError)
-        for an unknown id."""
-        if timeout is not None:
-            timeout = _positive("timeout", timeout, allow_zero=True)
-        if not _may_exist(job_id):
-            raise JobNotFound(job_id)
-        return self._settlements.wait(job_id, timeout, held=self._pool.settles_here,
-                                      read=self.repository.get_without_args,
-                                      statuses=self.repository.get_statuses, worker_id=self.worker_id)
-
-    def list_jobs(self, status: Union[JobStatus, str, None] = None, tags: Union[str, Collection[str], None] = None,
-                  owner: Optional[str] = None, limit: Optional[int] = 50, offset: int = 0) -> list[JobResult]:
-        """Jobs newest first, filtered by status, owner, and carrying all of `tags`."""
-        wanted = self._status_arg(status)
-        if isinstance(tags, str):
-            tags = [tags]
-        if limit is not None:
-            _count("limit", limit)
-        _count("offset", offset)
-        for text in (owner, *(tags or ())):
-            if text is not None and not isinstance(text, str):
-                raise TypeError(f"owner and tags must be str, got {type(text).__name__} {text!r}")
-        if not (storable(owner or "") and all(could_be_id(tag) for tag in tags or ())):
-            return []  # no job holds such text (see `_may_exist`)
-        since = self._pool.progress_mark()
-        records = self.repository.list_without_args(status=wanted, tags=tags, owner=owner, limit=limit,
-                                                    offset=offset)
-        return [result_of(self._with_latest_progress(record, since)) for record in records]
-
-    def _with_latest_progress(self, record: JobRecord, since: int) -> JobRecord:
-        """`record` (just read, after the `progress_mark` `since`, so ours to change) with
-        the latest progress its job reported here if that is not in the row yet (see
-        `progress`): never that of an attempt whose outcome the row holds already, even
-        when the attempt running now has the same number (a job re-queued counts from 1
-        again)."""
-        if record.status is JobStatus.RUNNING:
-            report = self._pool.latest_progress(record.id, since)
-            if (report is not None and record.worker_id == self.worker_id
-                    and record.attempts == report.context.attempt):
-                record.progress, record.progress_message = report.progress, report.message
-                record.progress_details = report.details
-        return record
-
-    @staticmethod
-    def _status_arg(status: Union[JobStatus, str, None]) -> Optional[JobStatus]:
-        if status is None or isinstance(status, JobStatus):
-            return status
-        try:
-            return JobStatus(str(status).lower())
-        except ValueError:
-            names = ", ".join(s.value for s in JobStatus)
-            raise ValueError(f"unknown status {status!r}; use one of {names}") from None
-
-    def get_dead_letter_queue(self, limit: Optional[int] = None) -> list[tuple[Job, JobResult]]:
-        """The FAILED jobs, newest first, as (job, result) pairs: the most recently failed
-        first (when its last attempt ended, however long ago it was enqueued), then the
-        later enqueued among jobs that failed at the same moment."""
-        if limit is not None:
-            _count("limit", limit)
-        records = self.repository.list_dead_letters(limit)
-        return [(job_of(record, self._local.function(record.id) or self._registry.get(record.function_name)),
-                 result_of(record)) for record in records]
-
-    def list_dead_letters(self, limit: Optional[int] = None) -> list[JobResult]:
-        """The dead-letter queue as `get_dead_letter_queue` orders it, as results only: the
-        jobs' arguments are not read (what the dashboard and `jobcore dlq` show)."""
-        if limit is not None:
-            _count("limit", limit)
-        return [result_of(record) for record in self.repository.list_dead_letters_without_args(limit)]
-
-    def get_stats(self) -> dict[str, int]:
-        """Job counts: `total` and one lower-case key per status.
-
-        While threads of timed-out attempts are still stuck in their code, the count of
-        them is added under `abandoned_threads`."""
-        if self._lifecycle.running:
-            _give_way()  # often asked in a loop until the jobs are done
-        counts = self.repository.count_by_status()
-        stats = {"total": sum(counts.values())}
-        stats.update({status.value: counts[status] for status in JobStatus})
-        abandoned = self._pool.abandoned_threads
-        if abandoned:
-            stats["abandoned_threads"] = abandoned
-        return stats
-
-    @property
-    def abandoned_threads(self) -> int:
-        """Threads still stuck in attempts that timed out (they cannot be killed)."""
-        return self._pool.abandoned_threads
-
-    def get_queue_size(self) -> int:
-        """Jobs not yet started: pending plus scheduled."""
-        if self._lifecycle.running:
-            _give_way()  # often asked in a loop until the queue is empty
-        return self.repository.count_queued()
-
-    def get_logs(self, job_id: str, offset: int = 0, limit: Optional[int] = None) -> list[LogEntry]:
-        """The job's log lines, oldest first (empty for an unknown id): from the
-        `offset`-th line on, at most `limit` of them (None: all), for a job that logs a lot."""
-        _count("offset", offset)
-        if limit is not None:
-            _count("limit", limit)
-        if not _may_exist(job_id):
-            return []
-        lines = (self.repository.logs(job_id) if offset == 0 and limit is None
-                 else self.repository.log_page(job_id, offset, limit))
-        return [LogEntry(local_datetime(at), level, message) for at, level, message in lines]
-
-    def count_logs(self, job_id: str) -> int:
-        """How many log lines the job has (0 for an unknown id)."""
-        return self.repository.count_logs(job_id) if _may_exist(job_id) else 0
-
     # -- changing ------------------------------------------------------------------------------------
     def cancel(self, job_id: str) -> bool:
         """Cancel a job: pending or scheduled at once; running by request (the job stops
@@ -572,17 +399,3 @@ class JobManager:
     def __repr__(self) -> str:
         state = "running" if self._lifecycle.running else "stopped"
         return f"<JobManager {self.worker_id} {state} workers={self.max_workers} repository={self.repository!r}>"
-
-
-def _give_way() -> None:
-    """Let other threads of this process run before the caller goes on.
-
-    For the reads an application repeats in a loop while it waits for jobs (`poll` of an
-    unfinished job, `get_stats`, `get_queue_size`). Such a loop, on the memory store,
-    never blocks, so it would keep the GIL until the interpreter takes it away (every
-    5 ms by default): the workers it waits for would run in those slices only. Measured
-    with 4 workers on the memory store: a job polled without a pause finished about 6 ms
-    after its enqueue began (median; about 0.55 ms with this), and a `get_stats` loop
-    halved the rate of a drain. A `sleep(0)` gives the GIL up at once and costs about a
-    microsecond."""
-    real_sleep(0)

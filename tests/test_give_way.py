@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from jobcore import Job, JobManager, JobStatus, MemoryRepository
-from jobcore import manager as manager_module
+from jobcore import inspection
 
 MOST_READS = 200_000  # a loop keeping the GIL for 10 s reads far more than this
 
@@ -83,7 +83,7 @@ class _Counted:
 @pytest.fixture
 def give_way(monkeypatch: pytest.MonkeyPatch) -> _Counted:
     counted = _Counted()
-    monkeypatch.setattr(manager_module, "_give_way", counted)
+    monkeypatch.setattr(inspection, "_give_way", counted)
     return counted
 
 

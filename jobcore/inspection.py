@@ -1,0 +1,197 @@
+"""`Inspection`: what `JobManager` answers without changing anything (poll, wait, lists,
+stats, logs, workers); it enqueues, cancels, retries, starts and stops nothing.
+
+It is `JobManager`'s base class: the manager's `__init__` sets the attributes declared
+here, which these reads only read. It imports nothing of `manager`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Collection, Optional, Union
+
+from .arguments import count as _count, may_exist as _may_exist, positive as _positive
+from .clock import Clock, real_sleep
+from .errors import JobNotFound
+from .lifecycle import Lifecycle
+from .models import Job, JobResult, JobStatus, LogEntry
+from .records import job_of, local_datetime, result_of
+from .registry import FunctionRegistry, LocalJobs
+from .repository.base import JobRecord, JobRepository, WorkerInfo
+from .serialization import could_be_id, storable
+from .waiting import Settlements
+from .workers import WorkerPool
+
+__all__ = ["Inspection"]
+
+if TYPE_CHECKING:
+    class _Parts:
+        """What `JobManager.__init__` sets and these reads read (for type checkers only:
+        at run time the base is `object`, and `help(JobManager)` shows no trace of it)."""
+        repository: JobRepository
+        worker_id: str
+        lease_timeout: float
+        _registry: FunctionRegistry
+        _local: LocalJobs
+        _settlements: Settlements
+        _pool: WorkerPool
+        _lifecycle: Lifecycle
+        _clock: Clock
+else:
+    _Parts = object
+
+
+class Inspection(_Parts):
+    """The read-only side of `JobManager`: jobs, dead letters, counts, logs, workers."""
+
+    __slots__ = ()  # (`JobManager` has the instance dict, as before this base was split off)
+
+    def poll(self, job_id: str) -> Optional[JobResult]:
+        """The job's current state, or None for an unknown id."""
+        if not _may_exist(job_id):
+            return None
+        since = self._pool.progress_mark()
+        record = self.repository.get_without_args(job_id)
+        if record is None:
+            return None
+        if self._lifecycle.running and not record.status.is_terminal:
+            _give_way()  # the caller will likely poll again: let the workers run it meanwhile
+        return result_of(self._with_latest_progress(record, since))
+
+    def wait(self, job_id: str, timeout: Optional[float] = None) -> JobResult:
+        """Block until the job is terminal (whichever process runs it) and return it.
+
+        Raises `TimeoutError` after `timeout` seconds and `JobNotFound` (a LookupError)
+        for an unknown id."""
+        if timeout is not None:
+            timeout = _positive("timeout", timeout, allow_zero=True)
+        if not _may_exist(job_id):
+            raise JobNotFound(job_id)
+        return self._settlements.wait(job_id, timeout, held=self._pool.settles_here,
+                                      read=self.repository.get_without_args,
+                                      statuses=self.repository.get_statuses, worker_id=self.worker_id)
+
+    def list_jobs(self, status: Union[JobStatus, str, None] = None, tags: Union[str, Collection[str], None] = None,
+                  owner: Optional[str] = None, limit: Optional[int] = 50, offset: int = 0) -> list[JobResult]:
+        """Jobs newest first, filtered by status, owner, and carrying all of `tags`."""
+        wanted = self._status_arg(status)
+        if isinstance(tags, str):
+            tags = [tags]
+        if limit is not None:
+            _count("limit", limit)
+        _count("offset", offset)
+        for text in (owner, *(tags or ())):
+            if text is not None and not isinstance(text, str):
+                raise TypeError(f"owner and tags must be str, got {type(text).__name__} {text!r}")
+        if not (storable(owner or "") and all(could_be_id(tag) for tag in tags or ())):
+            return []  # no job holds such text (see `_may_exist`)
+        since = self._pool.progress_mark()
+        records = self.repository.list_without_args(status=wanted, tags=tags, owner=owner, limit=limit,
+                                                    offset=offset)
+        return [result_of(self._with_latest_progress(record, since)) for record in records]
+
+    def _with_latest_progress(self, record: JobRecord, since: int) -> JobRecord:
+        """`record` (just read, after the `progress_mark` `since`, so ours to change) with
+        the latest progress its job reported here if that is not in the row yet (see
+        `progress`): never that of an attempt whose outcome the row holds already, even
+        when the attempt running now has the same number (a job re-queued counts from 1
+        again)."""
+        if record.status is JobStatus.RUNNING:
+            report = self._pool.latest_progress(record.id, since)
+            if (report is not None and record.worker_id == self.worker_id
+                    and record.attempts == report.context.attempt):
+                record.progress, record.progress_message = report.progress, report.message
+                record.progress_details = report.details
+        return record
+
+    @staticmethod
+    def _status_arg(status: Union[JobStatus, str, None]) -> Optional[JobStatus]:
+        if status is None or isinstance(status, JobStatus):
+            return status
+        try:
+            return JobStatus(str(status).lower())
+        except ValueError:
+            names = ", ".join(s.value for s in JobStatus)
+            raise ValueError(f"unknown status {status!r}; use one of {names}") from None
+
+    def get_dead_letter_queue(self, limit: Optional[int] = None) -> list[tuple[Job, JobResult]]:
+        """The FAILED jobs, newest first, as (job, result) pairs: the most recently failed
+        first (when its last attempt ended, however long ago it was enqueued), then the
+        later enqueued among jobs that failed at the same moment."""
+        if limit is not None:
+            _count("limit", limit)
+        records = self.repository.list_dead_letters(limit)
+        return [(job_of(record, self._local.function(record.id) or self._registry.get(record.function_name)),
+                 result_of(record)) for record in records]
+
+    def list_dead_letters(self, limit: Optional[int] = None) -> list[JobResult]:
+        """The dead-letter queue as `get_dead_letter_queue` orders it, as results only: the
+        jobs' arguments are not read (what the dashboard and `jobcore dlq` show)."""
+        if limit is not None:
+            _count("limit", limit)
+        return [result_of(record) for record in self.repository.list_dead_letters_without_args(limit)]
+
+    def get_stats(self) -> dict[str, int]:
+        """Job counts: `total` and one lower-case key per status.
+
+        While threads of timed-out attempts are still stuck in their code, the count of
+        them is added under `abandoned_threads`."""
+        if self._lifecycle.running:
+            _give_way()  # often asked in a loop until the jobs are done
+        counts = self.repository.count_by_status()
+        stats = {"total": sum(counts.values())}
+        stats.update({status.value: counts[status] for status in JobStatus})
+        abandoned = self._pool.abandoned_threads
+        if abandoned:
+            stats["abandoned_threads"] = abandoned
+        return stats
+
+    @property
+    def abandoned_threads(self) -> int:
+        """Threads still stuck in attempts that timed out (they cannot be killed)."""
+        return self._pool.abandoned_threads
+
+    def get_queue_size(self) -> int:
+        """Jobs not yet started: pending plus scheduled."""
+        if self._lifecycle.running:
+            _give_way()  # often asked in a loop until the queue is empty
+        return self.repository.count_queued()
+
+    def get_logs(self, job_id: str, offset: int = 0, limit: Optional[int] = None) -> list[LogEntry]:
+        """The job's log lines, oldest first (empty for an unknown id): from the
+        `offset`-th line on, at most `limit` of them (None: all), for a job that logs a lot."""
+        _count("offset", offset)
+        if limit is not None:
+            _count("limit", limit)
+        if not _may_exist(job_id):
+            return []
+        lines = (self.repository.logs(job_id) if offset == 0 and limit is None
+                 else self.repository.log_page(job_id, offset, limit))
+        return [LogEntry(local_datetime(at), level, message) for at, level, message in lines]
+
+    def count_logs(self, job_id: str) -> int:
+        """How many log lines the job has (0 for an unknown id)."""
+        return self.repository.count_logs(job_id) if _may_exist(job_id) else 0
+
+    def list_workers(self) -> list[WorkerInfo]:
+        """The managers running jobs on this repository (any process), oldest first: those
+        that beat within their own `lease_timeout` (this manager's, for an entry that
+        recorded none). One killed without stopping leaves an entry that a running manager
+        removes in time; until then it is left out."""
+        now = self._clock.time()
+        return [worker for worker in self.repository.list_workers()
+                if worker.heartbeat_at >= now - (self.lease_timeout if worker.lease_timeout is None
+                                                 else worker.lease_timeout)]
+
+
+def _give_way() -> None:
+    """Let other threads of this process run before the caller goes on.
+
+    For the reads an application repeats in a loop while it waits for jobs (`poll` of an
+    unfinished job, `get_stats`, `get_queue_size`). Such a loop, on the memory store,
+    never blocks, so it would keep the GIL until the interpreter takes it away (every
+    5 ms by default): the workers it waits for would run in those slices only. Measured
+    with 4 workers on the memory store: a job polled without a pause finished about 6 ms
+    after its enqueue began (median; about 0.55 ms with this), and a `get_stats` loop
+    halved the rate of a drain. A `sleep(0)` gives the GIL up at once and costs about a
+    microsecond."""
+    real_sleep(0)
