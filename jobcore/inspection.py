@@ -7,7 +7,7 @@ here, which these reads only read. It imports nothing of `manager`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Collection, Optional, Union
+from typing import TYPE_CHECKING, Collection, Iterable, Optional, Union
 
 from .arguments import count as _count, may_exist as _may_exist, positive as _positive
 from .clock import Clock, real_sleep
@@ -74,8 +74,7 @@ class Inspection(_Parts):
                   owner: Optional[str] = None, limit: Optional[int] = 50, offset: int = 0) -> list[JobResult]:
         """Jobs newest first, filtered by status, owner, and carrying all of `tags`."""
         wanted = self._status_arg(status)
-        if isinstance(tags, str):
-            tags = [tags]
+        tags = _tags_arg(tags)
         if limit is not None:
             _count("limit", limit)
         _count("offset", offset)
@@ -181,6 +180,19 @@ class Inspection(_Parts):
         return [worker for worker in self.repository.list_workers()
                 if worker.heartbeat_at >= now - (self.lease_timeout if worker.lease_timeout is None
                                                  else worker.lease_timeout)]
+
+
+def _tags_arg(tags: object) -> Optional[list[str]]:
+    """`list_jobs`'s `tags` as a list (None: no filter): one str, or a collection of them.
+    Anything else is a TypeError naming `tags` (0 or False once listed every job, unfiltered;
+    a generator was used up by the checks before the store read it)."""
+    if tags is None:
+        return None
+    if isinstance(tags, str):
+        return [tags]
+    if isinstance(tags, (bytes, bytearray)) or not isinstance(tags, Iterable):
+        raise TypeError(f"tags must be a str or a collection of str, got {type(tags).__name__} {tags!r}")
+    return list(tags)
 
 
 def _give_way() -> None:

@@ -488,6 +488,22 @@ def test_a_job_id_or_filter_of_the_wrong_type_is_named(make_manager: Any, db_pat
         manager.list_jobs(owner=5)
 
 
+def test_tags_that_are_no_str_or_collection_are_named_not_ignored(make_manager: Any, db_path: str) -> None:
+    # given one job tagged "a" and one untagged
+    manager = make_manager(db_path)
+    manager.register_function("noop", lambda: None)
+    tagged = manager.enqueue(Job(function_name="noop", tags={"a"}))
+    manager.enqueue(Job(function_name="noop"))
+    # when tags is a falsy or other non-iterable value (0 and False once listed every job,
+    # unfiltered; 5 raised Python's own "Value after * must be an iterable")
+    for bad in (0, False, 5, 3.5, b"a"):
+        with pytest.raises(TypeError, match="tags must be a str or a collection of str"):
+            manager.list_jobs(tags=bad)
+    # and a generator filters as its list does (the checks used it up before the store read it)
+    assert [r.job_id for r in manager.list_jobs(tags=(t for t in ["a"]))] == [tagged]
+    assert [r.job_id for r in manager.list_jobs(tags=iter(("a",)))] == [tagged]
+
+
 def test_depends_on_drops_repeats_without_comparing_every_pair() -> None:
     # given a fan-in of 2,000 dependencies: each was compared with every one kept before
     # it (32,000 took 4 s to build, again at enqueue and in the dead-letter queue)
