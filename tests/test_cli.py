@@ -137,6 +137,7 @@ def test_list_shows_every_job_newest_first(jobs: Jobs) -> None:
 
 @pytest.mark.parametrize("filters, expected", [
     (["--status", "failed"], ["failed"]),
+    (["--status", "FAILED"], ["failed"]),  # any case, as list_jobs takes it (argparse refused it)
     (["--owner", "alice"], ["pending", "completed"]),
     (["--tag", "report"], ["completed"]),
     (["--owner", "alice", "--status", "pending"], ["pending"]),

@@ -125,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     with_json(command("stats", cmd_stats, "job counts by status and the queue size"))
     sub = with_json(command("list", cmd_list, "list jobs, newest first"))
-    sub.add_argument("--status", choices=STATUSES, help="only jobs with this status")
+    sub.add_argument("--status", type=str.lower, choices=STATUSES,
+                     help="only jobs with this status (in any case)")
     sub.add_argument("--owner", help="only jobs of this owner")
     sub.add_argument("--tag", action="append", metavar="TAG",
                      help="only jobs carrying TAG (repeat: all of them)")

@@ -332,7 +332,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(stats)
 
     def jobs(self, dashboard: DashboardServer, query: dict[str, list[str]], _: str) -> None:
-        status = (query.get("status") or [""])[0] or None
+        status = (query.get("status") or [""])[0].lower() or None  # any case, as list_jobs takes it
         if status is not None and status not in {s.value for s in JobStatus}:
             raise ApiError(HTTPStatus.BAD_REQUEST, f"unknown status {status!r}")
         owner = (query.get("owner") or [""])[0] or None
