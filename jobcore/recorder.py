@@ -1,4 +1,5 @@
-"""`Recorder`: turns finished attempts into repository writes, and acts on what they changed.
+"""`Recorder`: turns finished attempts into repository writes, and acts on what they changed;
+it runs no attempt, and leaves recording outcomes one at a time to `refusals`.
 
 It decides each settlement (complete, retry, dead-letter, cancel), writes them together
 with the next claims in one repository call, then queues retries and released
@@ -10,55 +11,26 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 from . import serialization
 from .completions import Completion
-from .clock import Clock, real_monotonic
-from .context import JobContext
+from .clock import Clock
 from .errors import RepositoryError
 from .execution import Outcome
-from .progress import Report
+from .finished import Finished as Finished  # re-exported: the pool's modules and tests import it from here
 from .queue import ReadyQueue
+from .refusals import ISOLATE_AFTER, Refusals, unrecordable
 from .registry import FunctionRegistry, LocalJobs
 from .repository.base import (CANCELLED_BY_REQUEST, CANCELLED_ERROR_TYPE, Cascade, JobRecord, JobRepository,
                               LastProgress, PartlyApplied, QueueEntry, Settlement, takes_argument)
 from .retry import Classifier
 from .scheduler import ScheduleFirer
-from .settle import EVENTS, cancelled, completed, decide, describe, event_details
+from .settle import EVENTS, cancelled, completed, decide, event_details
 
 logger = logging.getLogger("jobcore.workers")
 
 Publisher = Callable[[str, JobRecord, dict[str, Any]], None]
-
-
-@dataclass(eq=False)
-class Finished:
-    """An attempt that ended (or was given up) and awaits recording."""
-
-    record: JobRecord
-    context: JobContext
-    outcome: Outcome
-    ran_for: float
-    # Decided by the worker thread that ran the attempt (see `Recorder.decide`), so that the
-    # dispatcher, which every job's recording waits on, does less; None: decided there.
-    settlement: Optional[Settlement] = None
-    # The attempt's last progress report that may not be in its row yet: recorded with
-    # the outcome, in the same transaction (see `progress`).
-    last_report: Optional[Report] = None
-    # Only on the failure path (see `Recorder._record_each`): how many exchanges carrying
-    # this outcome the repository failed, and since when (real monotonic seconds) it has
-    # failed alone while the store renewed the job's lease (it works, but not for this
-    # outcome).
-    failed_exchanges: int = 0
-    refused_since: Optional[float] = None
-
-
-# After this many failed exchanges carrying an outcome, the outcomes are recorded one at a
-# time (see `Recorder._record_each`): one the store cannot take must not hold the others
-# back. A store that is down fails the first, and that is all.
-ISOLATE_AFTER = 2
 
 
 # Told of the jobs that settled here, in one call per exchange: each one's id, and its
@@ -91,6 +63,8 @@ class Recorder:
         self._publish = publish
         self._on_settled = on_settled
         self._scheduler = ScheduleFirer(repository, clock, self.enqueue_entries)
+        self._refusals = Refusals(repository, worker_id, lease_timeout, act=self._after_all,
+                                  give_up=self.forget_unrecorded)
         # The dependents the last exchange released, ready now and runnable here (see
         # `make_way`): set by each exchange, which the pool makes one at a time.
         self._released_now: list[QueueEntry] = []
@@ -137,7 +111,7 @@ class Recorder:
         made, and `finished` (changed in place) holds the outcomes not recorded; retry
         later. An error other than a `RepositoryError` made with claims drops them (none
         are made) and records the outcomes alone; made with outcomes alone, or a
-        `RepositoryError` repeated, it records each alone (see `_record_each`).
+        `RepositoryError` repeated, it records each alone (see `Refusals.record_each`).
         `claim_seqs`: the seqs of `claim_ids`, if known."""
         now = self._clock.time()
         self._released_now = []
@@ -164,7 +138,7 @@ class Recorder:
             if finished and max(f.failed_exchanges for f in finished) >= ISOLATE_AFTER:
                 # Perhaps one outcome the store refuses, every time: the others are recorded
                 # alone, and the claims wait for the next exchange (it retries them).
-                self._record_each(finished, settlements, now)
+                self._refusals.record_each(finished, settlements, now)
             return None
         except Exception:  # a backend bug, or a claim it cannot make: never die, never loop
             if not claim_ids and wanted is None:
@@ -174,7 +148,7 @@ class Recorder:
                 # its job.
                 logger.exception("repository failed to record %d outcomes; each is recorded alone",
                                  len(settlements))
-                return [] if self._record_each(finished, settlements, now) else None
+                return [] if self._refusals.record_each(finished, settlements, now) else None
             # Retried with the same claims it would fail again for ever, the outcomes with
             # it (a corrupt row's id once did: its jobs stayed RUNNING, nothing else ran).
             # The claims are dropped (their jobs stay in the store, as after a lost race)
@@ -240,79 +214,6 @@ class Recorder:
             kept = sorted(kept + held, key=lambda r: (-r.priority, r.seq))
         return kept
 
-    def _record_each(self, finished: list[Finished], settlements: list[Settlement], now: float) -> bool:
-        """Record each of `settlements` (of `finished`) in a call of its own, after a call
-        recording them together failed; act on those recorded. One the repository refuses
-        with a `TypeError` or `ValueError` (it cannot hold it: see `JobRepository.apply`)
-        becomes a final failure of its job saying why (or, if even that is refused, is
-        given up: its lease lapses and it is taken back, as after a crash). Any other error
-        is the store's trouble, which may pass (a disk full for a moment, a connection
-        lost): the outcome is retried later, never failed for it; if the store does not
-        renew that job's lease either, it is down, and the rest wait too; if it does, for
-        a whole lease, the outcome is given up (the job taken back later). `finished`
-        is left holding (in place) those not recorded, to be retried; returns True if
-        there are none."""
-        recorded: list[tuple[Finished, Settlement, Optional[Cascade]]] = []
-        left: list[Finished] = []
-        given_up: list[str] = []
-        pending = sorted(zip(finished, settlements),
-                         key=lambda pair: pair[0].refused_since is not None)  # suspects last
-        for index, (f, settlement) in enumerate(pending):
-            try:
-                recorded.append((f, settlement, self._record_alone(settlement, now)))
-                continue
-            except (TypeError, ValueError) as exc:  # the backend cannot hold this outcome: no retry helps
-                refusal: Exception = exc
-            except Exception as exc:
-                if not self._store_works(f, now):  # down: nothing more to learn now
-                    left.extend(g for g, _ in pending[index:])
-                    break
-                at = real_monotonic()
-                if f.refused_since is None:
-                    f.refused_since = at
-                if at - f.refused_since < self._lease_timeout:
-                    logger.error("could not record the outcome of job %s, will retry: %s", f.record.id, exc)
-                    left.append(f)
-                    continue
-                # Refused for a whole lease by a store that works otherwise (a statement
-                # timeout this one write always hits, say): kept, it would hold every
-                # claim back for ever. Given up, as a crash gives it up: its lease lapses
-                # and recovery takes the job back (a new attempt, counted), never failed
-                # for the store's trouble.
-                logger.error("could not record the outcome of job %s for %.0fs while the store works; it is given"
-                             " up, and taken back once its lease expires: %s", f.record.id, at - f.refused_since, exc)
-                given_up.append(f.record.id)
-                continue
-            logger.error("the repository refused the outcome of job %s; the job is failed: %s",
-                         f.record.id, describe(refusal))
-            failure = _unrecordable(f.record, refusal)
-            try:
-                recorded.append((f, failure, self._record_alone(failure, now)))
-            except Exception:
-                logger.exception("could not record the failure of job %s either; it is given up, and taken"
-                                 " back once its lease expires", f.record.id)
-                given_up.append(f.record.id)
-        if given_up:
-            self.forget_unrecorded(given_up)
-        if recorded:
-            done, decided, cascades = (list(column) for column in zip(*recorded))
-            self._after_all(done, decided, cascades, now)
-        finished[:] = left
-        return not left
-
-    def _record_alone(self, settlement: Settlement, now: float) -> Optional[Cascade]:
-        return self._repo.apply([settlement], [], self._worker_id, now, now + self._lease_timeout)[0][0]
-
-    def _store_works(self, finished: Finished, now: float) -> bool:
-        """True if the store renews the job's lease (a write to its very row): it is not
-        down, and the other outcomes are worth trying now. (Not proof that it can take
-        this outcome's write: a full disk may refuse a long result and take a lease.)"""
-        try:
-            self._repo.heartbeat(self._worker_id, [finished.record.id], now + self._lease_timeout, now)
-        except Exception:
-            return False
-        return True
-
     def _after_all(self, finished: list[Finished], settlements: list[Settlement],
                    cascades: list[Optional[Cascade]], now: float) -> None:
         """Act on the recorded outcomes, then tell of the jobs they settled."""
@@ -345,7 +246,7 @@ class Recorder:
             settlement = self._settlement(finished, now)
         except Exception as exc:
             logger.exception("could not decide the outcome of job %s; it is failed", finished.record.id)
-            settlement = _unrecordable(finished.record, exc)
+            settlement = unrecordable(finished.record, exc)
         return self._with_last_report(settlement, finished)
 
     def _with_last_report(self, settlement: Settlement, finished: Finished) -> Settlement:
@@ -465,14 +366,6 @@ class Recorder:
             self._publish(EVENTS["cancel"], uncounted, details)
         except Exception:  # a notification must not keep the others from being told
             logger.exception("announcing the cancel of job %s failed", record.id)
-
-
-def _unrecordable(record: JobRecord, exc: BaseException) -> Settlement:
-    """The final failure of a job whose outcome could not be decided or recorded: a short
-    error saying why, which any store holds."""
-    return Settlement("fail", record.id, record.attempts, error=serialization.storable_text(
-                      f"its outcome could not be recorded: {describe(exc)}"),
-                      error_type=serialization.storable_text(type(exc).__name__), seq=record.seq)
 
 
 def _never_retried(exc: BaseException) -> bool:
