@@ -2,25 +2,29 @@
 
 Same contract as every repository; nothing is persisted and arguments are kept as the
 Python objects given (JSON is not required). Not shared between processes. Storing new
-jobs is `memory_adding`'s.
+jobs is `memory_adding`'s; listings, counts and log lines `memory_listing`'s; cancelling,
+re-queueing and deleting on request `memory_changing`'s; the worker registry
+`memory_workers`'. This module keeps the state, its one lock, and the worker's path: the
+reads that find work, claiming, settling, progress and log lines, leases, and schedules.
 """
 
 from __future__ import annotations
 
 import builtins
-import dataclasses
 import heapq
 import operator
 import threading
 from typing import Any, Collection, Optional, Sequence
 
 from ..forks import on_fork, take_before_fork
-from ..models import TERMINAL_STATUSES, JobStatus
+from ..models import JobStatus
 from ._cascade import dependency_error_message
-from .base import (CANCELLED_BY_REQUEST, CANCELLED_ERROR_TYPE, CANCELLED_WHILE_RUNNING, Cascade, CancelOutcome,
-                   JobRecord, JobRepository, QueueEntry, Recovery, Settlement, WorkerInfo, cancelled_instead_note,
-                   id_taken, newest_failures)
+from .base import (CANCELLED_BY_REQUEST, CANCELLED_ERROR_TYPE, CANCELLED_WHILE_RUNNING, Cascade, JobRecord,
+                   JobRepository, QueueEntry, Recovery, Settlement, WorkerInfo, cancelled_instead_note, id_taken)
 from .memory_adding import MemoryAdding
+from .memory_changing import MemoryChanging
+from .memory_listing import MemoryListing
+from .memory_workers import MemoryWorkers
 # A copy with dicts of its own: whoever holds it can change it without touching the store.
 from .values import detached_copy as _detached
 from .values import stored_copy as _stored
@@ -37,7 +41,7 @@ _seq_of = operator.attrgetter("seq")
 _priority_of = operator.attrgetter("priority")
 
 
-class MemoryRepository(MemoryAdding, JobRepository):
+class MemoryRepository(MemoryAdding, MemoryListing, MemoryChanging, MemoryWorkers, JobRepository):
     """An in-memory `JobRepository`. Thread-safe; one lock guards all of its state."""
 
     persistent = False
@@ -45,7 +49,7 @@ class MemoryRepository(MemoryAdding, JobRepository):
     stores_settlement_progress = True  # the default `apply`'s way, under the one lock
 
     def __init__(self) -> None:
-        # _lock guards every attribute below.
+        # _lock guards every attribute below (the methods of the Memory* bases take it too).
         self._lock = threading.RLock()
         # The rows, by id: copies made on the way in (`stored_copy`, whose empty dict fields
         # share one dict) and never given out: every record read is a `detached_copy`, and a
@@ -85,7 +89,7 @@ class MemoryRepository(MemoryAdding, JobRepository):
         if row.unique_key is not None and self._unique.get(row.unique_key) == row.id:
             del self._unique[row.unique_key]
 
-    # -- reading ---------------------------------------------------------------------
+    # -- reading (listings, counts and logs: see MemoryListing) -----------------------
     def get(self, job_id: str) -> Optional[JobRecord]:
         with self._lock:
             row = self._jobs.get(job_id)
@@ -116,60 +120,10 @@ class MemoryRepository(MemoryAdding, JobRepository):
             best = heapq.nsmallest(limit, rows, key=lambda r: (r.run_at or 0.0, r.seq))
             return [r.queue_entry() for r in best]
 
-    def list(self, *, status: Optional[JobStatus] = None, tags: Optional[Collection[str]] = None,
-             owner: Optional[str] = None, limit: Optional[int] = 50, offset: int = 0) -> list[JobRecord]:
-        wanted = frozenset(tags or ())
-        end = None if limit is None else offset + limit
-
-        def matches(r: JobRecord) -> bool:
-            return (status is None or r.status is status) and (owner is None or r.owner == owner) and wanted <= r.tags
-
-        with self._lock:
-            few = None if status is None else self._by_status[status]
-            if few is not None and (end is None or len(few) * 4 < len(self._jobs)):
-                rows = [r for r in few.values() if matches(r)]
-                rows = sorted(rows, key=_seq_of, reverse=True) if end is None else heapq.nlargest(end, rows, key=_seq_of)
-            else:
-                # _jobs is in seq order (rows are added with the next seq, and never moved):
-                # newest first, stopping once `end` rows matched.
-                rows = []
-                for r in reversed(self._jobs.values()):
-                    if matches(r):
-                        rows.append(r)
-                        if len(rows) == end:
-                            break
-            return [_detached(r) for r in rows[offset:end]]
-
-    def list_dead_letters(self, limit: Optional[int] = None) -> builtins.list[JobRecord]:
-        with self._lock:  # the failed rows only, kept apart by _by_status
-            rows = newest_failures(self._by_status[JobStatus.FAILED].values(), limit)
-            return [_detached(r) for r in rows]
-
     def change_token(self) -> Optional[object]:
         """How many writes could have made a job runnable or taken one (this manager's own
         included): an idle manager reads the store again only when it moved."""
         return self._writes  # one int read: no lock needed
-
-    def count_by_status(self) -> dict[JobStatus, int]:
-        with self._lock:
-            return {status: len(rows) for status, rows in self._by_status.items()}
-
-    def count_queued(self) -> int:
-        with self._lock:
-            return len(self._by_status[JobStatus.PENDING]) + len(self._by_status[JobStatus.SCHEDULED])
-
-    def logs(self, job_id: str) -> builtins.list[tuple[float, str, str]]:
-        with self._lock:
-            return list(self._logs.get(job_id, ()))
-
-    def log_page(self, job_id: str, offset: int, limit: Optional[int]) -> builtins.list[tuple[float, str, str]]:
-        with self._lock:
-            lines = self._logs.get(job_id, [])
-            return lines[offset:] if limit is None else lines[offset:offset + limit]
-
-    def count_logs(self, job_id: str) -> int:
-        with self._lock:
-            return len(self._logs.get(job_id, ()))
 
     # -- running ---------------------------------------------------------------------
     def claim(self, job_id: str, worker_id: str, now: float, lease_expires_at: float) -> Optional[JobRecord]:
@@ -319,45 +273,6 @@ class MemoryRepository(MemoryAdding, JobRepository):
         with self._lock:  # one atomic step, as SQLite's single transaction
             return super().apply(settlements, claim_ids, worker_id, now, lease_expires_at, top_up, up_to)
 
-    def cancel(self, job_id: str, now: float, reason: str) -> tuple[CancelOutcome, Cascade]:
-        with self._lock:
-            row = self._jobs.get(job_id)
-            if row is None:
-                return CancelOutcome.NOT_FOUND, Cascade()
-            if row.status in TERMINAL_STATUSES:
-                return CancelOutcome.FINISHED, Cascade()
-            if row.status is JobStatus.RUNNING:
-                row.cancel_requested = True
-                return CancelOutcome.REQUESTED, Cascade()
-            self._end(row, JobStatus.CANCELLED, now)
-            row.error, row.error_type = reason, "JobCancelled"
-            return CancelOutcome.CANCELLED, Cascade(cancelled=self._cancel_dependents(row, now))
-
-    def requeue(self, job_id: str, now: float) -> Optional[QueueEntry]:
-        with self._lock:
-            row = self._jobs.get(job_id)
-            if row is None or row.status not in (JobStatus.FAILED, JobStatus.CANCELLED) or row.is_schedule:
-                return None
-            if row.unique_key is not None and row.unique_key in self._unique:
-                return None
-            # Its dependencies still linked to it: cleanup unlinks a deleted one (as SQL deletes
-            # its job_deps rows), so a new job given that id later is not one of them.
-            linked = [self._jobs[dep] for dep in row.depends_on if job_id in self._dependents.get(dep, ())]
-            if any(dep.status in (JobStatus.FAILED, JobStatus.CANCELLED) for dep in linked):
-                return None  # a dependency will never complete: retry it first
-            if row.started_at is None and any(dep not in self._jobs for dep in row.depends_on):
-                return None  # never ran, and a dependency was deleted: whether it completed is unknown
-            self._set_status(row, JobStatus.PENDING)
-            row.attempts = 0
-            row.run_at = row.started_at = row.completed_at = None
-            row.error = row.error_type = row.traceback = None
-            row.progress, row.progress_message, row.progress_details = 0.0, "", {}
-            row.worker_id, row.cancel_requested = None, False
-            row.blocked = sum(1 for dep in linked if dep.status is not JobStatus.COMPLETED)
-            if row.unique_key is not None:
-                self._unique[row.unique_key] = row.id
-            return row.queue_entry()
-
     def update_progress(self, job_id: str, worker_id: str, attempt: int, progress: float,
                         message: str, details: dict[str, Any], now: float) -> bool:
         with self._lock:
@@ -435,50 +350,3 @@ class MemoryRepository(MemoryAdding, JobRepository):
             row.created_at = now
             self._add_row(row)
             return True
-
-    def register_worker(self, worker_id: str, host: str, pid: int, now: float,
-                        lease_timeout: Optional[float] = None) -> None:
-        with self._lock:
-            self._workers[worker_id] = WorkerInfo(worker_id, host, pid, now, now, (), lease_timeout)
-
-    def beat_worker(self, worker_id: str, running: Collection[str], now: float) -> bool:
-        with self._lock:
-            info = self._workers.get(worker_id)
-            if info is not None:
-                self._workers[worker_id] = dataclasses.replace(info, heartbeat_at=now, running=tuple(running))
-            return info is not None
-
-    def unregister_worker(self, worker_id: str) -> None:
-        with self._lock:
-            self._workers.pop(worker_id, None)
-
-    def list_workers(self) -> builtins.list[WorkerInfo]:
-        with self._lock:
-            return sorted(self._workers.values(), key=lambda w: (w.started_at, w.worker_id))
-
-    def reap_workers(self, before: float, now: Optional[float] = None) -> builtins.list[str]:
-        with self._lock:
-            stale = [w.worker_id for w in self._workers.values()
-                     if w.heartbeat_at < (before if now is None or w.lease_timeout is None
-                                          else now - w.lease_timeout)]
-            for worker_id in stale:
-                del self._workers[worker_id]
-            return stale
-
-    # -- housekeeping ------------------------------------------------------------------
-    def delete_finished(self, before: Optional[float]) -> int:
-        with self._lock:
-            doomed = [r for status in TERMINAL_STATUSES for r in self._by_status[status].values()
-                      if before is None or (r.completed_at or 0.0) < before]
-            for row in doomed:
-                job_id = row.id
-                del self._jobs[job_id], self._by_status[row.status][job_id]
-                self._logs.pop(job_id, None)
-                self._dependents.pop(job_id, None)
-                for dep in row.depends_on:  # as SQL deletes its job_deps rows both ways: a
-                    waiting = self._dependents.get(dep)  # new job given this id is not theirs
-                    if waiting is not None:
-                        waiting.discard(job_id)
-                        if not waiting:
-                            del self._dependents[dep]
-            return len(doomed)

@@ -1,0 +1,92 @@
+"""`MemoryChanging`: changes made to `MemoryRepository`'s jobs on request (`cancel`, `requeue`, `delete_finished`).
+
+What `JobManager.cancel`, `retry` and `cleanup_old_results` ask of the store, each one step
+under its one lock. Not the changes a worker makes to the jobs it runs (claiming,
+settling, leases: `memory`'s), nor storing new jobs (`memory_adding`'s).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Optional
+
+from ..models import TERMINAL_STATUSES, JobStatus
+from .base import Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry
+
+
+class MemoryChanging(JobRepository):
+    """The changing-on-request part of `MemoryRepository`, which sets the attributes below
+    (all guarded by `_lock`) and provides the steps named at the end."""
+
+    _lock: threading.RLock
+    _jobs: dict[str, JobRecord]
+    _by_status: dict[JobStatus, dict[str, JobRecord]]
+    _dependents: dict[str, set[str]]
+    _logs: dict[str, list[tuple[float, str, str]]]
+    _unique: dict[str, str]
+
+    def cancel(self, job_id: str, now: float, reason: str) -> tuple[CancelOutcome, Cascade]:
+        with self._lock:
+            row = self._jobs.get(job_id)
+            if row is None:
+                return CancelOutcome.NOT_FOUND, Cascade()
+            if row.status in TERMINAL_STATUSES:
+                return CancelOutcome.FINISHED, Cascade()
+            if row.status is JobStatus.RUNNING:
+                row.cancel_requested = True
+                return CancelOutcome.REQUESTED, Cascade()
+            self._end(row, JobStatus.CANCELLED, now)
+            row.error, row.error_type = reason, "JobCancelled"
+            return CancelOutcome.CANCELLED, Cascade(cancelled=self._cancel_dependents(row, now))
+
+    def requeue(self, job_id: str, now: float) -> Optional[QueueEntry]:
+        with self._lock:
+            row = self._jobs.get(job_id)
+            if row is None or row.status not in (JobStatus.FAILED, JobStatus.CANCELLED) or row.is_schedule:
+                return None
+            if row.unique_key is not None and row.unique_key in self._unique:
+                return None
+            # Its dependencies still linked to it: cleanup unlinks a deleted one (as SQL deletes
+            # its job_deps rows), so a new job given that id later is not one of them.
+            linked = [self._jobs[dep] for dep in row.depends_on if job_id in self._dependents.get(dep, ())]
+            if any(dep.status in (JobStatus.FAILED, JobStatus.CANCELLED) for dep in linked):
+                return None  # a dependency will never complete: retry it first
+            if row.started_at is None and any(dep not in self._jobs for dep in row.depends_on):
+                return None  # never ran, and a dependency was deleted: whether it completed is unknown
+            self._set_status(row, JobStatus.PENDING)
+            row.attempts = 0
+            row.run_at = row.started_at = row.completed_at = None
+            row.error = row.error_type = row.traceback = None
+            row.progress, row.progress_message, row.progress_details = 0.0, "", {}
+            row.worker_id, row.cancel_requested = None, False
+            row.blocked = sum(1 for dep in linked if dep.status is not JobStatus.COMPLETED)
+            if row.unique_key is not None:
+                self._unique[row.unique_key] = row.id
+            return row.queue_entry()
+
+    def delete_finished(self, before: Optional[float]) -> int:
+        with self._lock:
+            doomed = [r for status in TERMINAL_STATUSES for r in self._by_status[status].values()
+                      if before is None or (r.completed_at or 0.0) < before]
+            for row in doomed:
+                job_id = row.id
+                del self._jobs[job_id], self._by_status[row.status][job_id]
+                self._logs.pop(job_id, None)
+                self._dependents.pop(job_id, None)
+                for dep in row.depends_on:  # as SQL deletes its job_deps rows both ways: a
+                    waiting = self._dependents.get(dep)  # new job given this id is not theirs
+                    if waiting is not None:
+                        waiting.discard(job_id)
+                        if not waiting:
+                            del self._dependents[dep]
+            return len(doomed)
+
+    # Provided by MemoryRepository.
+    def _set_status(self, row: JobRecord, status: JobStatus) -> None:
+        raise NotImplementedError
+
+    def _end(self, row: JobRecord, status: JobStatus, now: float) -> None:
+        raise NotImplementedError
+
+    def _cancel_dependents(self, root: JobRecord, now: float) -> tuple[str, ...]:
+        raise NotImplementedError

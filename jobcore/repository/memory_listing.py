@@ -1,0 +1,81 @@
+"""`MemoryListing`: what `MemoryRepository` reports about its jobs (`list`, dead letters, counts, log lines).
+
+The reads the dashboard, the CLI and `JobManager`'s listings make, each under the store's
+one lock, each giving out copies. Not the reads on the way to running a job (`get`,
+`ready`, `scheduled`: `memory`'s), nor any write.
+"""
+
+from __future__ import annotations
+
+import builtins
+import heapq
+import operator
+import threading
+from typing import Collection, Optional
+
+from ..models import JobStatus
+from .base import JobRecord, JobRepository, newest_failures
+# A copy with dicts of its own: whoever holds it can change it without touching the store.
+from .values import detached_copy as _detached
+
+_seq_of = operator.attrgetter("seq")
+
+
+class MemoryListing(JobRepository):
+    """The listing half of `MemoryRepository`, which sets the attributes below (all guarded
+    by `_lock`); this only reads them."""
+
+    _lock: threading.RLock
+    _jobs: dict[str, JobRecord]
+    _by_status: dict[JobStatus, dict[str, JobRecord]]
+    _logs: dict[str, builtins.list[tuple[float, str, str]]]
+
+    def list(self, *, status: Optional[JobStatus] = None, tags: Optional[Collection[str]] = None,
+             owner: Optional[str] = None, limit: Optional[int] = 50, offset: int = 0) -> builtins.list[JobRecord]:
+        wanted = frozenset(tags or ())
+        end = None if limit is None else offset + limit
+
+        def matches(r: JobRecord) -> bool:
+            return (status is None or r.status is status) and (owner is None or r.owner == owner) and wanted <= r.tags
+
+        with self._lock:
+            few = None if status is None else self._by_status[status]
+            if few is not None and (end is None or len(few) * 4 < len(self._jobs)):
+                rows = [r for r in few.values() if matches(r)]
+                rows = sorted(rows, key=_seq_of, reverse=True) if end is None else heapq.nlargest(end, rows, key=_seq_of)
+            else:
+                # _jobs is in seq order (rows are added with the next seq, and never moved):
+                # newest first, stopping once `end` rows matched.
+                rows = []
+                for r in reversed(self._jobs.values()):
+                    if matches(r):
+                        rows.append(r)
+                        if len(rows) == end:
+                            break
+            return [_detached(r) for r in rows[offset:end]]
+
+    def list_dead_letters(self, limit: Optional[int] = None) -> builtins.list[JobRecord]:
+        with self._lock:  # the failed rows only, kept apart by _by_status
+            rows = newest_failures(self._by_status[JobStatus.FAILED].values(), limit)
+            return [_detached(r) for r in rows]
+
+    def count_by_status(self) -> dict[JobStatus, int]:
+        with self._lock:
+            return {status: len(rows) for status, rows in self._by_status.items()}
+
+    def count_queued(self) -> int:
+        with self._lock:
+            return len(self._by_status[JobStatus.PENDING]) + len(self._by_status[JobStatus.SCHEDULED])
+
+    def logs(self, job_id: str) -> builtins.list[tuple[float, str, str]]:
+        with self._lock:
+            return list(self._logs.get(job_id, ()))
+
+    def log_page(self, job_id: str, offset: int, limit: Optional[int]) -> builtins.list[tuple[float, str, str]]:
+        with self._lock:
+            lines = self._logs.get(job_id, [])
+            return lines[offset:] if limit is None else lines[offset:offset + limit]
+
+    def count_logs(self, job_id: str) -> int:
+        with self._lock:
+            return len(self._logs.get(job_id, ()))
