@@ -29,8 +29,6 @@ from .memory_workers import MemoryWorkers
 from .values import detached_copy as _detached
 from .values import stored_copy as _stored
 
-_UNFINISHED = (JobStatus.PENDING, JobStatus.SCHEDULED, JobStatus.RUNNING)
-
 
 # What a completion that releases nothing, or a retry, returns: a Cascade is frozen (and
 # holds tuples), so one can be shared; one object less per job recorded.
