@@ -478,8 +478,8 @@ def test_cleanup_deletes_a_chunk_a_transaction_and_everything_of_each_job(repo: 
     # given finished jobs of every terminal status, with logs and dependency links, more
     # than a chunk of them: one transaction deleted them all, holding every other writer
     # (in every process) for seconds at a million jobs
-    import jobcore.repository.sqlite as sqlite_module
-    monkeypatch.setattr(sqlite_module, "DELETE_CHUNK", 3)
+    import jobcore.repository.sqlite_upkeep as upkeep_module
+    monkeypatch.setattr(upkeep_module, "DELETE_CHUNK", 3)
     parent = make_record()
     repo.insert([parent], NOW)
     children = [make_record(depends_on=(parent.id,)) for _ in range(4)]

@@ -3,15 +3,14 @@
 WAL mode, one connection per thread, `BEGIN IMMEDIATE` for every write, a busy timeout,
 and SQL from `sqlite_sql` (on `sqlite_schema`'s tables) with parameters only. It does
 not decide what runs when: that is the manager's job; this module only keeps rows
-consistent. Storing new jobs is
-`sqlite_adding`'s.
+consistent. Storing new jobs is `sqlite_adding`'s; checking and migrating the file as it
+opens, `sqlite_migration`'s; recovery and deleting finished jobs, `sqlite_upkeep`'s.
 """
 
 from __future__ import annotations
 
 import builtins
 import json
-import logging
 import os
 import sqlite3
 import time
@@ -20,23 +19,21 @@ from typing import Any, Callable, Collection, ContextManager, Hashable, Optional
 from .. import serialization
 from ..errors import RepositoryError
 from ..forks import on_fork_in_child
-from ..models import TERMINAL_STATUSES, JobStatus
+from ..models import JobStatus
 from . import sqlite_listing, sqlite_queue
-from . import sqlite_schema as schema
 from . import sqlite_sql as sql
 from .sqlite_conn import SYNCHRONOUS, Connections
 from .sqlite_settle import cancel_dependents, claim_known, claim_rows, encode_result, settle_all
-from .sqlite_rows import (READ_ONLY, claimed_records, entry_from_row, queue_entries, record_from_row, row_params,
-                          translate)
-from .columns import STATUSES, encode_progress, unreadable_lease_message
+from .sqlite_rows import claimed_records, entry_from_row, queue_entries, record_from_row, row_params
+from .columns import STATUSES, encode_progress
 from .group_commit import GroupCommitter
 from .sqlite_adding import SQLiteAdding
-from .base import (Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry, Recovery, Settlement,
-                   SettlesThroughApply, WorkerInfo, claim_limit, id_taken)
+from .sqlite_migration import SQLiteMigration
+from .sqlite_upkeep import SQLiteUpkeep
+from .base import (Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry, Settlement, SettlesThroughApply,
+                   WorkerInfo, claim_limit, id_taken)
 
 DURABILITY = SYNCHRONOUS
-
-logger = logging.getLogger("jobcore.sqlite")
 
 T = TypeVar("T")
 
@@ -47,7 +44,7 @@ if set(COUNTED) != set(JobStatus):
     raise ImportError("COUNT_BY_STATUS must count every status")
 
 
-class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
+class SQLiteRepository(SQLiteAdding, SQLiteUpkeep, SQLiteMigration, SettlesThroughApply, JobRepository):
     """A `JobRepository` in a SQLite file (WAL mode), safe for threads and processes.
 
     `durability="normal"` (synchronous=NORMAL) loses nothing when a process crashes; the
@@ -109,97 +106,6 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
 
     def _read(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self._db.read(query, params)
-
-    def _migrate(self) -> None:
-        current = self._current_version()
-        if current == schema.SCHEMA_VERSION:
-            return  # nothing to write: opening never waits for another process's writer
-        if current is not None:
-            # Before the write lock: a newer jobcore's process may hold it for long (a big
-            # cleanup, its own migration), and this one would say "locked" after its busy
-            # timeout instead of what is wrong. (The first connection's check refused the
-            # file already; a newer jobcore may have migrated it since.)
-            self._refuse_newer(current)
-        try:
-            with self._write() as conn:
-                self._migrate_in(conn)
-        except RepositoryError as exc:
-            if not str(exc).startswith(f"SQLite at {self.path!r}: {READ_ONLY}"):
-                raise
-            # A reader's read-only copy (a file it may not write, or in a directory it may
-            # not write) opens only once migrated: say what to do, not only what failed.
-            needed = ("jobcore's tables must be created in it" if current is None
-                      else f"schema version {current} must be migrated to {schema.SCHEMA_VERSION}")
-            detail = str(exc).removeprefix(f"SQLite at {self.path!r}: ")
-            raise RepositoryError(
-                f"SQLite at {self.path!r}: {needed} once, by a process with write access to the file"
-                f" and its directory; this one cannot write it: {detail}") from None
-
-    def _migrate_in(self, conn: sqlite3.Connection) -> None:
-        """Create or migrate jobcore's tables inside the write transaction `conn` is in."""
-        try:
-            # The version first: a newer jobcore's tables may not take this version's indexes.
-            conn.execute(schema.CREATE_META)
-            row = conn.execute(schema.SELECT_SCHEMA_VERSION).fetchone()
-            version = self._version(row[0]) if row else schema.SCHEMA_VERSION
-            self._refuse_newer(version)  # again: a newer jobcore may have migrated it since it was read
-            # Statement by statement: executescript() would COMMIT our transaction.
-            for statement in schema.CREATE_SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            while version < schema.SCHEMA_VERSION:
-                for statement in schema.MIGRATIONS[version].split(";"):
-                    if statement.strip():
-                        try:
-                            conn.execute(statement)
-                        except sqlite3.OperationalError as exc:
-                            if "duplicate column" not in str(exc):
-                                raise
-                version += 1
-            # Written only when it changes, so a read-only database still opens for reading.
-            if row is None or row[0] != str(version):
-                conn.execute(schema.SET_SCHEMA_VERSION, (str(version),))
-        except sqlite3.DatabaseError as exc:
-            raise translate(exc, self.path) from None
-
-    def _current_version(self) -> Optional[int]:
-        try:
-            rows = self._read(schema.SELECT_SCHEMA_VERSION)
-        except RepositoryError as exc:
-            if "no such table" in str(exc):
-                return None
-            raise
-        return self._version(rows[0][0]) if rows else None
-
-    def _version(self, stored: Any) -> int:
-        """The schema version stored as `stored`: an integer, or a RepositoryError."""
-        try:
-            return int(stored)
-        except (TypeError, ValueError):
-            raise RepositoryError(f"SQLite at {self.path!r}: schema version {stored!r} is not a number:"
-                                  " the file is corrupt or not jobcore's") from None
-
-    def _refuse_newer(self, version: int) -> None:
-        if version > schema.SCHEMA_VERSION:
-            raise RepositoryError(
-                f"SQLite at {self.path!r}: schema version {version} is newer than this"
-                f" jobcore understands ({schema.SCHEMA_VERSION}); upgrade jobcore")
-
-    def _refuse_foreign_file(self, conn: sqlite3.Connection) -> None:
-        """Refuse a database holding a table named as one of jobcore's but no jobcore_meta:
-        another application's (jobcore would fail on its columns, or change its rows); and
-        one whose schema version is newer than this jobcore's, or no number. Runs on the
-        first connection, before the journal mode is set: a refused file is left as it was."""
-        names = {row[0] for row in conn.execute(schema.SELECT_TABLE_NAMES)}
-        if "jobcore_meta" not in names:
-            for table in schema.TABLES:
-                if table in names:
-                    raise RepositoryError(f"SQLite at {self.path!r}: table {table!r} is not jobcore's"
-                                          " (the file has no jobcore_meta table); give jobcore a file of its own")
-            return
-        rows = conn.execute(schema.SELECT_SCHEMA_VERSION).fetchall()  # all: no statement left open
-        if rows:
-            self._refuse_newer(self._version(rows[0][0]))
 
     def close(self) -> None:
         self._db.close()
@@ -349,33 +255,6 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
         rows = self._transaction(op)
         return [job_id for job_id, requested in rows if requested]
 
-    def recover_expired(self, now: float) -> builtins.list[QueueEntry]:
-        return list(self.recover(now).requeued)
-
-    def recover(self, now: float) -> Recovery:
-        """Also fails, as CorruptJob, the waiting jobs no claim reaches because their row is
-        corrupt: a pending job whose `blocked` is no integer >= 0, and a queued row whose
-        id is not text (noted by `ready` and `scheduled`, or taken back here)."""
-        unaddressable, self._unaddressable = self._unaddressable, set()
-
-        def op(conn: sqlite3.Connection) -> tuple[list[Any], tuple[str, ...]]:
-            seqs = set(unaddressable)  # a copy: a second run starts from the same
-            _end_unreadable_leases(conn, now)
-            rows = conn.execute(sql.RECOVER_EXPIRED, (now, now)).fetchall()
-            for row in rows:
-                conn.execute(sql.INSERT_LOG, (row[0], now, "warning", row[7]))
-                if type(row[0]) is not str:
-                    seqs.add(row[2])
-                elif row[6] in (JobStatus.FAILED.value, JobStatus.CANCELLED.value):
-                    cancel_dependents(conn, row[0], now)
-            return rows, _fail_corrupt(conn, seqs, now)
-
-        rows, corrupt = self._transaction(op)
-        requeued = queue_entries([row for row in rows if row[6] == JobStatus.PENDING.value], set())
-        return Recovery(requeued=tuple(requeued),
-                        failed=tuple(row[0] for row in rows if row[6] == JobStatus.FAILED.value) + corrupt,
-                        cancelled=tuple(row[0] for row in rows if row[6] == JobStatus.CANCELLED.value))
-
     def fire_schedule(self, schedule_id: str, fire_at: float, next_run_at: float, run: JobRecord,
                       now: float) -> bool:
         params = row_params(run, now, JobStatus.PENDING, 0, None, self.max_payload_bytes)
@@ -429,80 +308,3 @@ class SQLiteRepository(SQLiteAdding, SettlesThroughApply, JobRepository):
         connection (any thread or process) commits."""
         version: object = self._read("PRAGMA data_version")[0][0]
         return version
-
-    # -- housekeeping ------------------------------------------------------------------------
-    def delete_finished(self, before: Optional[float]) -> int:
-        """Delete in chunks of DELETE_CHUNK jobs, a write transaction each: deleting a
-        million jobs holds the database's write lock for seconds, and every other writer
-        (in every process) would wait that long, past its busy timeout."""
-        deleted = 0
-        for status in TERMINAL_STATUSES:
-            while True:
-                rows = self._transaction(lambda conn: _delete_chunk(conn, sql.DELETE_FINISHED[status.value],
-                                                                    (before, before, DELETE_CHUNK)))
-                deleted += len(rows)
-                if len(rows) < DELETE_CHUNK:
-                    break
-        def unknown(conn: sqlite3.Connection) -> int:
-            total, *counted = conn.execute(sql.COUNT_BY_STATUS).fetchone()
-            if total == sum(counted):
-                return 0
-            # rows whose status jobcore never writes: they read as failed
-            return len(_delete_chunk(conn, sql.DELETE_UNKNOWN_STATUS, (before,) * 3))
-
-        return deleted + self._transaction(unknown)
-
-
-DELETE_CHUNK = 1000  # jobs deleted a transaction by `delete_finished` (about 10 ms here)
-
-
-def _delete_chunk(conn: sqlite3.Connection, query: str, params: Sequence[Any]) -> list[tuple[str]]:
-    """Run `query`, a DELETE returning the ids of the jobs it deleted, then delete their log
-    lines and dependency links; those ids."""
-    rows: list[tuple[str]] = conn.execute(query, params).fetchall()
-    _delete_logs_and_deps(conn, rows)
-    return rows
-
-
-def _delete_logs_and_deps(conn: sqlite3.Connection, rows: Sequence[tuple[str]]) -> None:
-    """Delete the log lines and dependency links of the jobs whose ids are `rows`."""
-    if rows:
-        ids = json.dumps([job_id for (job_id,) in rows])
-        conn.execute(sql.DELETE_LOGS, (ids,))
-        conn.execute(sql.DELETE_DEPS, (ids, ids))
-
-
-def _fail_corrupt(conn: sqlite3.Connection, seqs: Collection[int], now: float) -> tuple[str, ...]:
-    """Fail as CorruptJob the waiting jobs whose rows no claim reaches: those of `seqs`
-    (ids that are not text) and the pending jobs whose `blocked` is no integer >= 0.
-    Their decode error (see columns.unsound_numbers) is their error; dependents of those
-    with a text id are cancelled. The ids of those with a text id (the others cannot be
-    named: logged only)."""
-    rows = conn.execute(sql.UNUSABLE_BLOCKED).fetchall()
-    for seq in seqs:
-        rows += conn.execute(sql.SELECT_JOB_BY_SEQ, (seq,)).fetchall()
-    failed: list[str] = []
-    for row in rows:
-        record = record_from_row(row)
-        if record.decode_error is None:  # mended meanwhile
-            continue
-        if conn.execute(sql.FAIL_CORRUPT, (now, record.decode_error, record.seq)).rowcount != 1:
-            continue
-        logger.warning("failed corrupt job %s: %s", record.id, record.decode_error)
-        if type(row[0]) is str:
-            cancel_dependents(conn, row[0], now)
-            failed.append(row[0])
-    return tuple(failed)
-
-
-def _end_unreadable_leases(conn: sqlite3.Connection, now: float) -> None:
-    """Make the leases of running jobs that hold no usable time end at `now`, logging
-    it to each job: recovery never took them back (`lease_expires_at < now` is never true
-    of text), and whether their worker lives is unknown. A live one renews the lease at its
-    next heartbeat; else the next recovery round takes the job back."""
-    for job_id, lease in conn.execute(sql.UNREADABLE_LEASES).fetchall():
-        conn.execute(sql.END_LEASE, (now, job_id))
-        conn.execute(sql.INSERT_LOG, (job_id, now, "warning", unreadable_lease_message(lease)))
-
-
-# Types whose values JSON gives back as they were (bool before int: both are exact).
