@@ -1,7 +1,7 @@
 """The SQLite schema of jobcore: its tables and indexes, its version, and the migrations
 from each older version, as named constants (the statements run on it are sqlite_sql's).
 
-No code runs here; `repository.sqlite` executes these. Schema changes bump
+No code runs here; `repository.sqlite_migration` executes these. Schema changes bump
 `SCHEMA_VERSION` and add a step to `MIGRATIONS`.
 """
 
