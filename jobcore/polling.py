@@ -25,7 +25,7 @@ from typing import Callable, Collection, Mapping, Optional
 
 from .clock import SYSTEM_CLOCK, real_monotonic
 from .models import JobStatus
-from .repository import sqlite_conn  # (imported first: its exit hook, registered by sqlite_lifetime, must be registered before ours)
+from .repository import sqlite_conn  # (imported first: its exit hook (sqlite_lifetime) must come before ours)
 
 logger = logging.getLogger("jobcore.waiting")
 
