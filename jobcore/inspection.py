@@ -1,5 +1,6 @@
-"""`Inspection`: what `JobManager` answers without changing anything (poll, wait, lists,
-stats, logs, workers); it enqueues, cancels, retries, starts and stops nothing.
+"""`Inspection`: what `JobManager` answers without changing any job (poll, wait, lists,
+stats, logs, workers); it enqueues, cancels, retries, starts and stops nothing (a `wait`
+may start the manager's `jobcore-waits` poller thread: see `polling`).
 
 It is `JobManager`'s base class: the manager's `__init__` sets the attributes declared
 here, which these reads only read. It imports nothing of `manager`.

@@ -1,5 +1,6 @@
-"""`SingleStep`: a pool's ready jobs run one by one in the calling thread; no thread starts
-here, and no timeout is enforced.
+"""`SingleStep`: a pool's ready jobs run one by one in the calling thread; it starts no
+worker thread and enforces no timeout of its own (a job with `isolation="process"` runs in
+a child process, whose runner still ends it at its timeout).
 
 For tests and immediate mode, on a pool that is not started (`WorkerPool.run_pending`):
 each job is claimed, run and recorded in turn, each in its own repository call, and due

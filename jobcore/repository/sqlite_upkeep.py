@@ -1,6 +1,7 @@
 """`SQLiteUpkeep`: how `SQLiteRepository` takes back the jobs no worker will finish
-(`recover`) and deletes finished ones (`delete_finished`); it never claims, settles or adds
-a job (sqlite's and sqlite_adding's). The SQL is sqlite_sql's.
+(`recover`: re-queued, or ended FAILED or CANCELLED with their dependents when they cannot
+run again) and deletes finished ones (`delete_finished`); it never claims, completes or adds
+a job, nor records a worker's outcome (sqlite's and sqlite_adding's). The SQL is sqlite_sql's.
 
 Recovery is one write transaction: leases that ran out are taken back, and waiting jobs
 whose row no claim reaches fail as CorruptJob. Deleting goes DELETE_CHUNK jobs a
