@@ -14,7 +14,7 @@ import pytest
 from jobcore import Job, current_job
 from jobcore.dashboard import DashboardServer
 from jobcore.dashboard.connections import redact_tokens
-from jobcore.dashboard.server import DETAIL_LOGS, MAX_TAGS
+from jobcore.dashboard.handler import DETAIL_LOGS, MAX_TAGS
 
 from test_dashboard import WAIT, Site, call, site  # noqa: F401 (site: the fixture)
 
