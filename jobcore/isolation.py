@@ -7,31 +7,31 @@ another child runs it). A child outlives its forkserver, and is then watched thr
 pipe and ended by its pid. `close` ends busy children too. Children come from the `forkserver` context on Linux and `spawn`
 elsewhere, never from a fork of the threaded engine. This module decides nothing about
 retries, persists nothing, and does not pick which jobs run isolated: the worker pool
-hands it attempts. The child's loop is `jobcore.isolation_child`; what crosses the pipe,
-`jobcore.isolation_wire`; one child and how it ends, `jobcore.isolation_process`.
+hands it attempts. This module is the parent's side of an attempt: it hands the attempt
+to a child, relays its reports and turns its answer, its death, a timeout or a cancel into
+the outcome. Starting, lending, retiring and ending the children is
+`jobcore.isolation_pool`; the child's loop, `jobcore.isolation_child`; what crosses the
+pipe, `jobcore.isolation_wire`; one child and how it ends, `jobcore.isolation_process`.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import pickle
 import sys
-import threading
 import traceback as traceback_module
 from dataclasses import dataclass
 from multiprocessing.connection import wait as wait_for_ready
 from multiprocessing.reduction import ForkingPickler
-from multiprocessing.util import Finalize
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional
 
 from .clock import Clock, SystemClock, as_seconds
 from .context import JobContext
 from .errors import JobCancelled, JobcoreError, JobTimeout
 from .execution import Outcome
-from .isolation_child import memory_limit_supported, serve
-from .isolation_process import (Child, alive, default_start_method, end_all, end_child, how_it_ended,
-                                outlived_server)
+from .isolation_child import memory_limit_supported
+from .isolation_pool import POLL_INTERVAL, ChildPool, FailedStart
+from .isolation_process import Child, how_it_ended, outlived_server
 from .isolation_wire import (AttemptRequest, NotIsolatable, RemoteError, RemoteFailure,
                               isolation_problem, rebuild_exception)
 
@@ -40,7 +40,6 @@ __all__ = ["NotIsolatable", "ProcessRunner", "RemoteError", "RunnerStats", "Work
 
 logger = logging.getLogger("jobcore.isolation")
 
-POLL_INTERVAL = 0.05  # seconds between checks for cancel while a child runs an attempt
 _TRIES = 3  # children one attempt may use up when they die before it reaches them
 START_TIMEOUT = 60.0  # seconds a fresh child may take to start before its attempt fails
 
@@ -84,46 +83,25 @@ class ProcessRunner:
             raise ValueError(f"max_processes must be an int >= 1, got {max_processes!r}")
         if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not grace >= 0:
             raise ValueError(f"grace must be a number of seconds >= 0, got {grace!r}")
-        self._max = max_processes
-        self._grace = as_seconds(grace)
+        grace = as_seconds(grace)
         self._start_timeout = as_seconds(start_timeout)
-        self._max_attempts = max_attempts_per_process
-        # (typeshed's BaseContext lacks `Process`, which every concrete context has)
-        self._mp: Any = multiprocessing.get_context(start_method or default_start_method())
         self._clock = clock or SystemClock()
-        # _cond's lock guards _idle, _live, _running, _closed and the counters.
-        self._cond = threading.Condition(threading.Lock())
-        self._idle: list[Child] = []
-        self._live = 0      # children started and not yet ended (idle, busy or starting)
-        self._running = 0
-        self._closed = False
-        self._started = self._reused = self._terminated = self._died = 0
-        # Every child not yet ended; shared with the exit-time finalizer, which must not
-        # hold a reference to self. Guarded by _cond's lock.
-        self._children: set[Child] = set()
-        # Children get the read end; the write end stays here only (spawn and forkserver
-        # pass no other descriptors), so it reads as ended when this process is gone.
-        self._lifeline, lifeline_w = self._mp.Pipe(duplex=False)
-        # exitpriority: runs at interpreter exit before multiprocessing joins its children.
-        self._finalizer = Finalize(self, end_all, args=(self._children, self._cond, self._grace, lifeline_w),
-                                   exitpriority=10)
+        # The children, their counters and their lock (which this class never takes).
+        self._pool = ChildPool(max_processes, grace, max_attempts_per_process, start_method, self._clock)
 
     @property
     def start_method(self) -> str:
         """'forkserver' or 'spawn'."""
-        return str(self._mp.get_start_method())
+        return self._pool.start_method
 
     @property
     def stats(self) -> RunnerStats:
         """A snapshot of the counters."""
-        with self._cond:
-            return RunnerStats(self._started, self._reused, self._running, len(self._idle),
-                               self._terminated, self._died)
+        return RunnerStats(*self._pool.counts())
 
     def pids(self) -> list[int]:
         """Process ids of the live children (idle or busy)."""
-        with self._cond:
-            return [c.pid for c in self._children if c.pid is not None]
+        return self._pool.pids()
 
     # -- running an attempt ---------------------------------------------------------------------
     def run(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -160,9 +138,10 @@ class ProcessRunner:
         # Ctrl-C reaching it before it ignores SIGINT, say), is not the job's failure: replaced.
         failed_start: Optional[Outcome] = None
         for _ in range(_TRIES):
-            child = self._acquire(context)
-            if isinstance(child, _FailedStart):  # (the forkserver killed as it started, say)
-                failed_start = child.outcome
+            child = self._pool.acquire(lambda: self._stopped(context, None, None))
+            if isinstance(child, FailedStart):  # (the forkserver killed as it started, say)
+                failed_start = Outcome(error=WorkerProcessDied(f"could not start a child process: {child.error}"),
+                                       traceback=child.traceback)
                 continue
             if isinstance(child, Outcome):
                 return child
@@ -173,13 +152,13 @@ class ProcessRunner:
             try:
                 data = ForkingPickler.dumps(request)
             except Exception as exc:
-                self._release(child, reusable=True)
+                self._pool.release(child, reusable=True)
                 return Outcome(error=TypeError(f"the arguments of job {context.id} cannot be sent to a"
                                                f" child process (they must pickle): {exc}"))
             try:
                 child.conn.send_bytes(data)
             except OSError:  # it died while idle, just now
-                self._dead(child)
+                self._pool.dead(child)
                 continue
             child.sys_path = path
             outcome = self._supervise(child, context, timeout)
@@ -189,60 +168,6 @@ class ProcessRunner:
             return failed_start
         return Outcome(error=WorkerProcessDied(f"{_TRIES} child processes in a row died before job {context.id}"
                                                " could be handed to them (while idle or starting)"))
-
-    def _acquire(self, context: JobContext) -> Union[Child, Outcome, _FailedStart]:
-        """An idle child, or a new one when below the limit; waits for one otherwise."""
-        while True:
-            stopped = self._stopped(context, None, None)
-            if stopped is not None:
-                return stopped
-            idle: Optional[Child] = None
-            with self._cond:
-                if self._closed:
-                    return Outcome(error=RuntimeError("the process runner is closed"))
-                if self._idle:
-                    idle = self._idle.pop()  # the warmest child
-                    self._running += 1
-            if idle is not None:
-                if alive(idle):
-                    with self._cond:
-                        self._reused += 1
-                    return idle
-                exitcode = self._dead(idle)  # killed while idle (OOM killer, kill): replace it
-                logger.warning("idle child process %s had died (exit status %s); replacing it",
-                               idle.pid, exitcode)
-                continue
-            with self._cond:
-                if self._live < self._max:
-                    self._live += 1
-                    self._running += 1
-                    break
-                self._cond.wait(POLL_INTERVAL)
-        try:
-            return self._start_child()
-        except Exception as exc:
-            with self._cond:
-                self._live -= 1
-                self._running -= 1
-                self._cond.notify()
-            logger.error("could not start a child process: %s", exc)
-            return _FailedStart(Outcome(error=WorkerProcessDied(f"could not start a child process: {exc}"),
-                                        traceback=traceback_module.format_exc()))
-
-    def _start_child(self) -> Child:
-        parent_end, child_end = self._mp.Pipe(duplex=True)
-        process = self._mp.Process(target=serve, args=(child_end, self._lifeline), name="jobcore-isolated",
-                                   daemon=False)
-        try:
-            process.start()
-        finally:
-            child_end.close()  # else the parent would never see EOF when the child dies
-        child = Child(process, parent_end, process.pid, sys_path=tuple(sys.path))
-        with self._cond:
-            self._started += 1
-            self._children.add(child)
-        logger.debug("started child process %s (%s)", process.pid, self.start_method)
-        return child
 
     def _supervise(self, child: Child, context: JobContext, timeout: Optional[float]) -> Optional[Outcome]:
         """Relay the child's reports until its answer, its death, a timeout or a cancel;
@@ -282,14 +207,14 @@ class ProcessRunner:
                 else:  # dead, yet something holds its pipe open
                     return self._gone(child, context, starting)
             if starting and deadline is not None and self._clock.monotonic() >= deadline:
-                self._terminate(child)
+                self._pool.terminate(child)
                 message = (f"the child process (pid {child.pid}) for job {context.id} did not start"
                            f" within {self._start_timeout:g}s")
                 logger.warning("%s", message)
                 return Outcome(error=WorkerProcessDied(message, pid=child.pid))
             stopped = self._stopped(context, timeout, None if starting else deadline)
             if stopped is not None:
-                self._terminate(child)
+                self._pool.terminate(child)
                 return stopped
 
     def _deadline(self, timeout: Optional[float]) -> Optional[float]:
@@ -300,7 +225,7 @@ class ProcessRunner:
         try:
             message = pickle.loads(raw)
         except Exception as exc:  # e.g. a result whose class does not load here
-            self._terminate(child)
+            self._pool.terminate(child)
             return Outcome(error=TypeError(f"a message from the child process running job {context.id}"
                                            f" cannot be unpickled here: {type(exc).__name__}: {exc}"))
         kind = message[0]
@@ -308,10 +233,10 @@ class ProcessRunner:
             child.ready = True
             return None
         if kind == "result":
-            self._release(child, reusable=message[2])
+            self._pool.release(child, reusable=message[2])
             return Outcome(value=message[1])
         if kind == "error":
-            self._release(child, reusable=message[2])
+            self._pool.release(child, reusable=message[2])
             failure: RemoteFailure = message[1]
             return Outcome(error=rebuild_exception(failure), traceback=failure.traceback or None)
         try:
@@ -320,7 +245,7 @@ class ProcessRunner:
             elif kind == "log":
                 context.log(message[2], message[1])
         except JobCancelled:
-            self._terminate(child)
+            self._pool.terminate(child)
             return Outcome(error=JobCancelled(context.id))
         except Exception:  # a report that cannot be stored must not end the job
             logger.warning("could not record a %s report of job %s", kind, context.id, exc_info=True)
@@ -334,48 +259,11 @@ class ProcessRunner:
             return Outcome(error=JobTimeout(timeout or 0.0))
         return None
 
-    # -- ending children --------------------------------------------------------------------------
-    def _release(self, child: Child, reusable: bool) -> None:
-        """Return a child that answered to the idle list, or retire it."""
-        child.attempts += 1
-        with self._cond:
-            self._running -= 1
-            keep = reusable and not self._closed and not child.orphaned and (
-                self._max_attempts is None or child.attempts < self._max_attempts)
-            if keep:
-                self._idle.append(child)
-            else:
-                self._live -= 1
-                self._children.discard(child)
-            self._cond.notify()
-        if not keep:
-            end_child(child, self._grace, polite=self._grace)
-
-    def _terminate(self, child: Child) -> None:
-        """End a busy child at once (timeout, cancel); its place is refilled on demand."""
-        with self._cond:
-            self._terminated += 1
-            self._forget_locked(child)
-        end_child(child, self._grace, group=True)
-
-    def _dead(self, child: Child) -> Optional[int]:
-        """Account for a child that died on its own and reap it; returns its exit code."""
-        with self._cond:
-            self._died += 1
-            self._forget_locked(child)
-        # Polite: its pipe is closed, so the exit status follows at once.
-        return end_child(child, self._grace, polite=self._grace)
-
-    def _forget_locked(self, child: Child) -> None:
-        self._live -= 1
-        self._running -= 1
-        self._children.discard(child)
-        self._cond.notify()
-
+    # -- a child that died -----------------------------------------------------------------------
     def _gone(self, child: Child, context: JobContext, starting: bool) -> Optional[Outcome]:
         """A child that died: its attempt's outcome, or None if it died while starting
         (before "ready", so before it could have received the attempt) on its own."""
-        exitcode = self._dead(child)
+        exitcode = self._pool.dead(child)
         if starting and not (child.closing or child.at_exit):
             logger.warning("child process %s died while starting (exit status %s), before job %s"
                            " could run in it; trying another", child.pid, exitcode, context.id)
@@ -396,36 +284,13 @@ class ProcessRunner:
         group, SIGTERM and then SIGKILL after the grace period. Returns once they are gone.
         An attempt whose child this ended fails with `WorkerProcessDied` (its runner was
         closed); the engine records no such outcome: the job's lease lapses instead."""
-        with self._cond:
-            self._closed = True
-            idle, self._idle = self._idle, []
-            self._live -= len(idle)
-            for child in idle:
-                self._children.discard(child)
-            busy = list(self._children)  # their supervising threads account for them
-            for child in busy:
-                child.closing = True
-            self._cond.notify_all()
-        for child in idle:
-            child.conn.close()  # EOF: the child's loop returns (all of them at once)
-        deadline = self._clock.monotonic() + timeout
-        for child in idle:
-            end_child(child, self._grace, polite=max(0.0, deadline - self._clock.monotonic()))
-        for child in busy:
-            end_child(child, self._grace, group=True)
+        self._pool.close(timeout)
 
     def __enter__(self) -> "ProcessRunner":
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
-
-
-@dataclass(frozen=True)
-class _FailedStart:
-    """A child that could not be started: the attempt tries another, up to `_TRIES`."""
-
-    outcome: Outcome
 
 
 def _describe(func: Callable[..., Any]) -> str:

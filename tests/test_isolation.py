@@ -419,7 +419,7 @@ def test_a_child_ended_at_interpreter_exit_fails_its_attempt_as_transient_not_as
     future = in_background(runner.run, busy_loop, (), {}, context)
     sink.wait_for_log("running")
     (pid,) = runner.pids()
-    runner._finalizer()  # what atexit runs
+    runner._pool._finalizer()  # what atexit runs
     outcome = future.result(timeout=BOUND)
     assert isinstance(outcome.error, WorkerProcessDied), outcome.error
     assert "because this process is exiting" in str(outcome.error) and outcome.error.pid == pid
@@ -432,7 +432,7 @@ def test_a_child_ended_at_interpreter_exit_fails_its_attempt_as_transient_not_as
 def test_close_after_the_exit_time_finalizer_ended_an_idle_child_is_quiet(context: JobContext) -> None:
     runner = ProcessRunner(1)
     pid = runner.run(child_pid, (), {}, context).value
-    runner._finalizer()  # interpreter exit ended the idle child first
+    runner._pool._finalizer()  # interpreter exit ended the idle child first
     runner.close()       # then a manager's close: nothing left to end, nothing raised
     assert runner.pids() == []
     with pytest.raises(ProcessLookupError):
@@ -508,7 +508,7 @@ def test_close_ends_a_busy_child_before_it_returns(context: JobContext, sink: Re
         assert "its runner was closed" in str(outcome.error)
         assert runner.pids() == [] and runner.stats.running == 0
     finally:
-        runner._finalizer()  # on the old code, the child spun on
+        runner._pool._finalizer()  # on the old code, the child spun on
 
 
 # -- what can run isolated -------------------------------------------------------------------------------
