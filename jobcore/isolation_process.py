@@ -3,7 +3,8 @@
 A child ends with its pipe closed (a polite end lets it exit on EOF), then SIGTERM, and
 SIGKILL after a grace period; a timeout or a cancel signals its whole process group
 (see `isolation_child.serve`). `end_all` ends every child left at interpreter exit. Which
-child runs what, and when one is ended, is `isolation.ProcessRunner`'s business.
+child runs what is `isolation.ProcessRunner`'s business; starting, lending and ending them
+is `isolation_pool.ChildPool`'s.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ class Child:
     exit-time `end_all` (or `ProcessRunner.close`) ends every child left. `ending`
     serialises the two, and once `ended` the exit status stays readable in `exitcode`
     (the process object is closed). `ready` is the supervising thread's alone; `closing`
-    is set under the runner's lock before the child is ended, and read after."""
+    is set under the child pool's lock (`ChildPool._cond`) before the child is ended, and
+    read after."""
 
     process: Any  # multiprocessing.Process (BaseProcess)
     conn: Connection

@@ -3,7 +3,7 @@
 `DashboardHTTPServer` caps the connections served at once (past the cap a new one is
 answered `503` and closed at once, so idle clients cannot exhaust the process's file
 descriptors, which the job store needs too); the handler's request deadline (see
-`server._Handler.setup`) closes a connection idle, half-sent or trickling for too long.
+`handler._Handler.setup`) closes a connection idle, half-sent or trickling for too long.
 `redact_tokens` keeps access tokens out of logged request lines. It knows nothing of jobs.
 """
 
