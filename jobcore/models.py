@@ -1,34 +1,29 @@
 """The data model: `Job` (what to run), `JobResult` (what happened), priorities, statuses.
 
-Validation of a job's own fields lives here; what depends on storage (JSON encoding,
-payload size) lives in `serialization`, and nothing here touches threads or storage.
+Validation of a job's own fields lives here: `Job.validate` and its shortcut, over the
+limits and one-field checks of `job_fields`; ids come from `job_ids`. What depends on
+storage (JSON encoding, payload size) lives in `serialization`, and nothing here touches
+threads or storage.
 """
 
 from __future__ import annotations
 
 import enum
-import inspect
 import math
-import os
-import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 from collections.abc import Iterable as IterableABC
 from typing import Any, Callable, Mapping, NamedTuple, Optional
 
-from .clock import as_seconds
 from .cron import CronExpression
 from .errors import InvalidJob, InvalidJobType
+# The limits, `function_qualname` and `new_job_id` are re-exported: jobcore imports them from here.
+from .job_fields import (INT64_MAX as INT64_MAX, ISOLATIONS as ISOLATIONS, MAX_RETRIES as MAX_RETRIES,
+                         PRIORITY_MAX as PRIORITY_MAX, PRIORITY_MIN as PRIORITY_MIN, TIME_LIMIT as TIME_LIMIT,
+                         function_qualname as function_qualname)
+from .job_fields import check_id_text as _check_id_text, check_number as _check_number, check_time as _check_time
+from .job_ids import new_job_id as new_job_id
 from .serialization import check_text, encode
-
-PRIORITY_MIN = -(2**31)
-PRIORITY_MAX = 2**31 - 1
-ISOLATIONS = ("thread", "process")
-MAX_RETRIES = 1_000_000_000  # attempts (max_retries + 1) fit a 32-bit column
-INT64_MAX = 2**63 - 1  # the largest integer SQLite and PostgreSQL's BIGINT store
-# Epoch seconds `datetime.fromtimestamp` shows on every platform (years 69 to 3871): the
-# times a job may be given, and a store read back as sound.
-TIME_LIMIT = 6e10
 
 
 class JobPriority(enum.IntEnum):
@@ -74,94 +69,6 @@ ALLOWED_TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = {
     JobStatus.FAILED: frozenset({JobStatus.PENDING}),
     JobStatus.CANCELLED: frozenset({JobStatus.PENDING}),
 }
-
-
-_random = threading.local()  # per thread: os.urandom bytes not yet used for ids
-
-
-def _forget_random() -> None:
-    global _random
-    _random = threading.local()  # a forked child must not reuse its parent's bytes
-
-
-os.register_at_fork(after_in_child=_forget_random)
-
-
-def new_job_id() -> str:
-    """A random (version 4) UUID as 32 hex digits, like `uuid.uuid4().hex`.
-
-    Drawn from `os.urandom` 4 KiB at a time (a system call per 256 ids, not per id), whose
-    version and variant bits are set for all 256 at once."""
-    pool = getattr(_random, "pool", None)
-    if not pool or pool[1] >= 4096:
-        pool = _random.pool = [_uuid4_bytes(), 0]
-    at: int = pool[1]
-    pool[1] = at + 16
-    drawn: bytes = pool[0]
-    return drawn[at:at + 16].hex()
-
-
-def _uuid4_bytes() -> bytes:
-    """4 KiB of random bytes, each 16 of them a version 4 UUID: the version (4) in the
-    high nibble of byte 6 and the RFC 4122 variant (binary 10) in the top bits of byte 8,
-    as uuid.UUID(version=4) sets them."""
-    data = bytearray(os.urandom(4096))
-    data[6::16] = bytes(b & 0x0F | 0x40 for b in data[6::16])
-    data[8::16] = bytes(b & 0x3F | 0x80 for b in data[8::16])
-    return bytes(data)
-
-
-def function_qualname(func: Callable[..., Any]) -> str:
-    """The name a callable is registered under when none is given: `module.qualname`."""
-    target = func
-    if not (inspect.isfunction(func) or inspect.ismethod(func) or inspect.isbuiltin(func)):
-        if callable(func) and not isinstance(func, type) and hasattr(type(func), "__qualname__"):
-            target = type(func)
-    module = getattr(target, "__module__", None)
-    if module == "__mp_main__":
-        # The main script, run again in a multiprocessing child ("spawn", "forkserver")
-        # under this name: its functions keep the name the parent gave their jobs.
-        module = "__main__"
-    qualname = getattr(target, "__qualname__", None)
-    if not qualname:
-        raise InvalidJobType(
-            "function", f"{func!r} has no __qualname__; register it and pass function_name"
-        )
-    return f"{module}.{qualname}" if module else qualname
-
-
-def _check_time(field_name: str, value: datetime) -> None:
-    """Raise `InvalidJob` unless `value` is a time every store keeps and shows back."""
-    try:
-        seconds = value.timestamp()
-    except (OverflowError, ValueError, OSError):  # e.g. a naive datetime.min east of UTC
-        seconds = math.inf
-    if not -TIME_LIMIT < seconds < TIME_LIMIT:
-        raise InvalidJob(field_name, f"must be between the years 70 and 3870, got {value.isoformat()}")
-
-
-def _check_number(field_name: str, value: Any, *, minimum: float, allow_none: bool = False,
-                  strictly_above: bool = False) -> Optional[float]:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidJobType(field_name, f"must be a number, got {type(value).__name__} {value!r}")
-    seconds = as_seconds(value)  # (not `float()`: an int too large for one is not finite either)
-    if math.isnan(seconds) or math.isinf(seconds):
-        raise InvalidJob(field_name, f"must be finite, got {value!r}")
-    if seconds < minimum or (strictly_above and seconds == minimum):
-        relation = ">" if strictly_above else ">="
-        raise InvalidJob(field_name, f"must be {relation} {minimum:g}, got {value!r}")
-    return seconds
-
-
-def _check_id_text(field: str, text: str) -> None:
-    """`check_text`, and no NUL character: ids and tags are matched inside SQLite's JSON
-    functions, which end a string at a NUL (a job whose id held one was stored and never
-    claimed), and PostgreSQL cannot store one at all."""
-    check_text(field, text)
-    if "\x00" in text:
-        raise InvalidJob(field, f"must not contain a NUL character, got {text!r}")
 
 
 @dataclass
