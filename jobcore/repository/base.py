@@ -1,9 +1,9 @@
 """The storage contract: the `JobRepository` interface, over the values in `values`
 (`JobRecord`, one stored job, and the rest; re-exported here).
 
-This module is the whole promise a backend makes; `jobcore.testing.contract` checks it.
-It holds no storage code and reads no clock: every method that needs the time takes
-`now` (float epoch seconds) from its caller.
+This module and its reading half, `reads` (`JobRepository`'s base), are the whole promise
+a backend makes; `jobcore.testing.contract` checks it. No storage code, no clock read:
+every method that needs the time takes `now` (float epoch seconds) from its caller.
 
 Rules every implementation keeps:
 - The repository is the single source of truth for job state. Every state change is a
@@ -22,16 +22,19 @@ import builtins
 import abc
 import inspect
 import logging
-from typing import Any, Callable, Collection, Hashable, Iterable, Optional, Sequence
+from typing import Any, Callable, Collection, Hashable, Optional, Sequence
 
 from ..models import JobStatus
 from . import one_by_one
+from .reads import JobReads
+from .reads import statuses_read_one_by_one as statuses_read_one_by_one  # re-exported (waiting imports it)
+from .through_apply import SettlesThroughApply
 from .values import (CANCELLED_BY_REQUEST, CANCELLED_ERROR_TYPE, CANCELLED_WHILE_RUNNING, CancelOutcome,
                      Cascade, JobRecord, LastProgress, PartlyApplied, QueueEntry, Recovery, Settlement,
                      WorkerInfo, cancelled_instead_note, claim_limit, id_taken, newest_failures,
                      require_plain_pending)
 
-# The values are re-exported: backends and callers import them from here.
+# The values (and SettlesThroughApply) are re-exported: backends and callers import them from here.
 __all__ = ["CANCELLED_BY_REQUEST", "CANCELLED_ERROR_TYPE", "CANCELLED_WHILE_RUNNING", "CancelOutcome",
            "Cascade", "JobRecord", "JobRepository", "LastProgress", "PartlyApplied", "QueueEntry", "Recovery",
            "Settlement", "SettlesThroughApply", "WorkerInfo", "cancelled_instead_note", "claim_limit",
@@ -40,19 +43,7 @@ __all__ = ["CANCELLED_BY_REQUEST", "CANCELLED_ERROR_TYPE", "CANCELLED_WHILE_RUNN
 logger = logging.getLogger("jobcore.repository")
 
 
-def statuses_read_one_by_one(read: Callable[[str], Optional[JobRecord]],
-                             job_ids: Iterable[str]) -> dict[str, JobStatus]:
-    """The status of each job among `job_ids` that `read` (one job's record, or None)
-    finds, by id: `JobRepository.get_statuses` for a backend without a query for many."""
-    statuses: dict[str, JobStatus] = {}
-    for job_id in job_ids:
-        record = read(job_id)
-        if record is not None:
-            statuses[job_id] = record.status
-    return statuses
-
-
-class JobRepository(abc.ABC):
+class JobRepository(JobReads):
     """Where jobs live. Subclass it to add a backend; run `jobcore.testing.contract`.
 
     `persistent` says whether rows outlive the process: a persistent repository stores
@@ -143,93 +134,7 @@ class JobRepository(abc.ABC):
         """True if this backend implements `insert_and_apply`."""
         return type(self).insert_and_apply is not JobRepository.insert_and_apply
 
-    # -- reading -------------------------------------------------------------------
-    @abc.abstractmethod
-    def get(self, job_id: str) -> Optional[JobRecord]:
-        """The stored job, or None."""
-
-    def get_without_args(self, job_id: str) -> Optional[JobRecord]:
-        """`get`, but the record's `args` and `kwargs` may be left empty: what `poll` and
-        `wait` read (a `JobResult` shows no arguments). A backend that stores arguments
-        apart can skip reading and decoding them; by default this is `get`."""
-        return self.get(job_id)
-
-    def get_statuses(self, job_ids: Collection[str]) -> dict[str, JobStatus]:
-        """The status of each stored job among `job_ids`, by id; an id of no stored job is
-        left out. What `JobManager.wait` reads, in one
-        call every few milliseconds, for every job its callers wait for that this process
-        does not hold: a caller is woken to read its job's row only once it is terminal or
-        gone. A status the backend does not know reads FAILED, as `get` reads it.
-
-        By default one `get_without_args` per id. A backend should read them all in one
-        query (SQLite, PostgreSQL and the memory repository do): the default costs as many
-        reads as there are jobs waited for, though from one thread instead of each caller's."""
-        return statuses_read_one_by_one(self.get_without_args, job_ids)
-
-    @abc.abstractmethod
-    def ready(self, function_names: Optional[Collection[str]], limit: int) -> list[QueueEntry]:
-        """Up to `limit` PENDING jobs with no unfinished dependency, highest priority
-        first, then lowest `seq`; only those naming one of `function_names` (None: any)."""
-
-    @abc.abstractmethod
-    def scheduled(self, function_names: Optional[Collection[str]], limit: int) -> list[QueueEntry]:
-        """Up to `limit` SCHEDULED jobs and schedules with no unfinished dependency,
-        earliest `run_at` first; filtered as in `ready` (schedules are always included)."""
-
-    @abc.abstractmethod
-    def list(self, *, status: Optional[JobStatus] = None, tags: Optional[Collection[str]] = None,
-             owner: Optional[str] = None, limit: Optional[int] = 50, offset: int = 0) -> list[JobRecord]:
-        """Jobs newest first, filtered by status, owner, and carrying every tag in `tags`."""
-
-    def list_without_args(self, *, status: Optional[JobStatus] = None,
-                          tags: Optional[Collection[str]] = None, owner: Optional[str] = None,
-                          limit: Optional[int] = 50, offset: int = 0) -> builtins.list[JobRecord]:
-        """`list`, with `args` and `kwargs` possibly left empty (see `get_without_args`):
-        what `list_jobs` and the dashboard read. By default this is `list`."""
-        return self.list(status=status, tags=tags, owner=owner, limit=limit, offset=offset)
-
-    def list_dead_letters(self, limit: Optional[int] = None) -> builtins.list[JobRecord]:
-        """The dead-letter queue: FAILED jobs, the most recently failed first (by
-        `completed_at`; among jobs that failed at the same moment, the later enqueued
-        first; a row without `completed_at` last), at most `limit` (None: all). Not
-        `list`'s order: a job enqueued long ago whose retry failed just now comes first.
-
-        By default `list` reads every failed job and `values.newest_failures` sorts them;
-        a store that keeps many reads only `limit` of them, from an index by finish time."""
-        return newest_failures(self.list(status=JobStatus.FAILED, limit=None), limit)
-
-    def list_dead_letters_without_args(self, limit: Optional[int] = None) -> builtins.list[JobRecord]:
-        """`list_dead_letters`, with `args` and `kwargs` possibly left empty (see
-        `get_without_args`): what the dashboard and `jobcore dlq` read. By default this is
-        `list_dead_letters`."""
-        return self.list_dead_letters(limit)
-
-    @abc.abstractmethod
-    def count_by_status(self) -> dict[JobStatus, int]:
-        """How many jobs are in each status (every status is a key)."""
-
-    def count_queued(self) -> int:
-        """How many jobs are not started yet: PENDING (those waiting on dependencies
-        included) plus SCHEDULED (cron schedules included), exactly as `count_by_status`
-        counts them. What `get_queue_size` reads, often in a loop: by default derived from
-        `count_by_status`; a store that keeps many finished jobs counts only the others."""
-        counts = self.count_by_status()
-        return counts[JobStatus.PENDING] + counts[JobStatus.SCHEDULED]
-
-    @abc.abstractmethod
-    def logs(self, job_id: str) -> builtins.list[tuple[float, str, str]]:
-        """The job's log lines, oldest first: (time, level, message)."""
-
-    def log_page(self, job_id: str, offset: int, limit: Optional[int]) -> builtins.list[tuple[float, str, str]]:
-        """The job's log lines from the `offset`-th on (oldest first), at most `limit`
-        (None: all). By default a slice of `logs`; a store that keeps many lines a job
-        reads only the page."""
-        lines = self.logs(job_id)
-        return lines[offset:] if limit is None else lines[offset:offset + limit]
-
-    def count_logs(self, job_id: str) -> int:
-        """How many log lines the job has. By default `len(logs(job_id))`."""
-        return len(self.logs(job_id))
+    # -- reading: inherited from `reads.JobReads` (get, ready, scheduled, list, logs, ...) --
 
     # -- running ---------------------------------------------------------------------
     @abc.abstractmethod
@@ -473,31 +378,3 @@ def takes_argument(method: Callable[..., Any], name: str) -> bool:
     except (TypeError, ValueError):
         return False
     return name in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-
-
-class SettlesThroughApply:
-    """For backends whose `apply` does the real work: `complete`, `fail`,
-    `finish_cancelled` and `release` as one-settlement `apply` calls. List it before
-    `JobRepository` among the bases."""
-
-    def _settle_alone(self, settlement: Settlement, worker_id: str, now: float) -> Optional[Cascade]:
-        apply = self.apply  # type: ignore[attr-defined]
-        return apply([settlement], [], worker_id, now, now)[0][0]  # type: ignore[no-any-return]
-
-    def complete(self, job_id: str, worker_id: str, attempt: int, result: Any, now: float,
-                 note: Optional[str] = None) -> Optional[Cascade]:
-        return self._settle_alone(Settlement("complete", job_id, attempt, result=result, note=note),
-                                  worker_id, now)
-
-    def fail(self, job_id: str, worker_id: str, attempt: int, *, error: str, error_type: str,
-             traceback: Optional[str], now: float, retry_at: Optional[float],
-             note: Optional[str] = None) -> Optional[Cascade]:
-        settlement = Settlement("fail" if retry_at is None else "retry", job_id, attempt, error=error,
-                                error_type=error_type, traceback=traceback, retry_at=retry_at, note=note)
-        return self._settle_alone(settlement, worker_id, now)
-
-    def finish_cancelled(self, job_id: str, worker_id: str, attempt: int, now: float) -> Optional[Cascade]:
-        return self._settle_alone(Settlement("cancel", job_id, attempt), worker_id, now)
-
-    def release(self, job_id: str, worker_id: str, attempt: int, now: float) -> bool:
-        return self._settle_alone(Settlement("release", job_id, attempt), worker_id, now) is not None
