@@ -317,7 +317,8 @@ class JobManager(Inspection):
         """Run ready jobs synchronously in this thread until none is ready (or `limit`
         ran), firing due schedules; returns how many ran. For tests: with a `FakeClock`,
         `clock.advance(...)` then `run_pending()` runs retries and scheduled jobs that came
-        due. Timeouts are not enforced. Not for a started (threaded) manager."""
+        due. Timeouts are not enforced (except a process-isolated job's, whose child process is
+        ended at its timeout). Not for a started (threaded) manager."""
         if self._lifecycle.running and not self.immediate:
             raise RuntimeError("run_pending() is for managers that are not started (or immediate ones)")
         if limit is not None:

@@ -118,6 +118,21 @@ def test_busy_loop_times_out_and_the_worker_goes_on(make_manager: Any, db_path: 
     assert manager.abandoned_threads == 0  # the child was killed, no thread left behind
 
 
+def test_run_pending_ends_a_process_isolated_job_at_its_timeout(make_manager: Any, db_path: str,
+                                                                busy_module: Any) -> None:
+    # given a manager that is not started, with a busy loop isolated in a child process
+    # (run_pending enforces no timeout of a job in the caller's thread; docs/testing.md)
+    manager = make_manager(db_path, max_workers=1)
+    spinning = manager.enqueue(Job(function=busy_module.spin, timeout=0.5, isolation="process", max_retries=0))
+    after = manager.enqueue(Job(function=busy_module.quick, args=(1,)))
+    # when run_pending runs them
+    assert manager.run_pending() == 2
+    # then the child was ended at its timeout, and the next job ran
+    failed = manager.poll(spinning)
+    assert (failed.status, failed.error_type) == (JobStatus.FAILED, "JobTimeout")
+    assert manager.poll(after).result == 2
+
+
 def test_cancel_ends_a_running_busy_loop(make_manager: Any, db_path: str, busy_module: Any) -> None:
     manager = make_manager(db_path, max_workers=1).start()
     job_id = manager.enqueue(Job(function=busy_module.spin, isolation="process"))
