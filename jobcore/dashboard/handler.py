@@ -26,7 +26,7 @@ from ..deadline_io import DeadlineReader
 from ..dead_letters import retry_all
 from ..errors import JobNotFound, RepositoryError
 from ..manager import RETRY_RULES
-from ..models import JobStatus
+from ..models import JobResult, JobStatus
 from .checks import is_loopback, whole_number
 from .connections import DashboardHTTPServer, redact_tokens
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -280,22 +280,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- changing -------------------------------------------------------------------------------
     def cancel(self, dashboard: DashboardServer, query: dict[str, list[str]], job_id: str) -> None:
-        _poll(dashboard, job_id)
-        if not dashboard.manager.cancel(job_id):
-            status = _poll(dashboard, job_id).status.value
-            raise ApiError(HTTPStatus.CONFLICT, f"job is already {status}; it cannot be cancelled")
-        dashboard.count_action("cancel")
-        result = _poll(dashboard, job_id)
+        result = _change(dashboard, job_id, "cancel", dashboard.manager.cancel,
+                         lambda status: f"job is already {status}; it cannot be cancelled")
         self._send_json({"id": job_id, "status": result.status.value,
                          "cancel_requested": result.status is JobStatus.RUNNING})
 
     def retry(self, dashboard: DashboardServer, query: dict[str, list[str]], job_id: str) -> None:
-        _poll(dashboard, job_id)
-        if not dashboard.manager.retry(job_id):
-            status = _poll(dashboard, job_id).status.value
-            raise ApiError(HTTPStatus.CONFLICT, f"job ({status}) was not re-queued: {RETRY_RULES}")
-        dashboard.count_action("retry")
-        self._send_json({"id": job_id, "status": _poll(dashboard, job_id).status.value})
+        result = _change(dashboard, job_id, "retry", dashboard.manager.retry,
+                         lambda status: f"job ({status}) was not re-queued: {RETRY_RULES}")
+        self._send_json({"id": job_id, "status": result.status.value})
 
     def retry_dlq(self, dashboard: DashboardServer, query: dict[str, list[str]], _: str) -> None:
         report = retry_all(dashboard.manager)  # names the jobs it could not re-queue, and why
@@ -306,7 +299,18 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(b"", "image/x-icon", HTTPStatus.NO_CONTENT)
 
 
-def _poll(dashboard: DashboardServer, job_id: str) -> Any:
+def _change(dashboard: DashboardServer, job_id: str, action: str, change: Callable[[str], bool],
+            refused: Callable[[str], str]) -> JobResult:
+    """Cancel or retry `job_id` (404 if unknown; 409 saying `refused(status)` if `change`
+    refuses), count the action, and return the job as it is now."""
+    _poll(dashboard, job_id)
+    if not change(job_id):
+        raise ApiError(HTTPStatus.CONFLICT, refused(_poll(dashboard, job_id).status.value))
+    dashboard.count_action(action)
+    return _poll(dashboard, job_id)
+
+
+def _poll(dashboard: DashboardServer, job_id: str) -> JobResult:
     result = dashboard.manager.poll(job_id)
     if result is None:
         raise ApiError(HTTPStatus.NOT_FOUND, str(JobNotFound(job_id)))
