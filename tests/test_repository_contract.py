@@ -12,6 +12,7 @@ import re
 import sqlite3
 import stat
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Iterator
 
 import pytest
@@ -22,11 +23,16 @@ from jobcore.repository import MemoryRepository, SQLiteRepository
 from jobcore.repository.base import JobRepository
 from jobcore.repository import sqlite_queue
 from jobcore.repository import sqlite_schema as schema
-from jobcore.repository import sqlite_sql as sql
+from jobcore.repository import sqlite_sql, sqlite_transition_sql
 from jobcore.testing.contract import NOW, RepositoryContract, claim_race, make_record
 from jobcore.testing.contract.reading import _ReadingContract
 from dead_letter_order import fail_late_then_early
 from recovery_checks import check_entries_with_and_without_a_lease
+
+# The SQLite statements whose plans these tests check, by name, from the two modules that hold
+# them (reads and upkeep; a job's own path).
+sql = SimpleNamespace(**{name: value for module in (sqlite_sql, sqlite_transition_sql)
+                         for name, value in vars(module).items() if name.isupper()})
 
 
 class TestSQLiteRepository(RepositoryContract):

@@ -18,7 +18,7 @@ import pytest
 
 from jobcore.models import JobStatus
 from jobcore.repository import SQLiteRepository
-from jobcore.repository import sqlite_sql as sql
+from jobcore.repository import sqlite_transition_sql as sql
 from jobcore.repository.base import Cascade, JobRecord, JobRepository, Settlement
 from jobcore.testing.contract import LEASE, NOW, make_record
 

@@ -12,7 +12,7 @@ import pytest
 from jobcore.models import JobStatus
 from jobcore.repository import SQLiteRepository
 from jobcore.repository import sqlite_schema as schema
-from jobcore.repository import sqlite_sql as sql
+from jobcore.repository import sqlite_transition_sql as sql
 from jobcore.repository.sqlite_rows import is_plain, row_params
 from jobcore.testing.contract import LEASE, NOW, make_record
 

@@ -1,10 +1,11 @@
 """`SQLiteRepository`: jobs in one SQLite file, shared by threads and by processes.
 
 WAL mode, one connection per thread, `BEGIN IMMEDIATE` for every write, a busy timeout,
-and SQL from `sqlite_sql` (on `sqlite_schema`'s tables) with parameters only. It does
-not decide what runs when: that is the manager's job; this module only keeps rows
-consistent. Storing new jobs is `sqlite_adding`'s; checking and migrating the file as it
-opens, `sqlite_migration`'s; recovery and deleting finished jobs, `sqlite_upkeep`'s.
+and SQL from `sqlite_sql` and `sqlite_transition_sql` (on `sqlite_schema`'s tables) with
+parameters only. It does not decide what runs when: that is the manager's job; this
+module only keeps rows consistent. Storing new jobs is `sqlite_adding`'s; checking and
+migrating the file as it opens, `sqlite_migration`'s; recovery and deleting finished
+jobs, `sqlite_upkeep`'s.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ..forks import on_fork_in_child
 from ..models import JobStatus
 from . import sqlite_listing, sqlite_queue
 from . import sqlite_sql as sql
+from . import sqlite_transition_sql as transition_sql
 from .sqlite_conn import SYNCHRONOUS, Connections
 from .sqlite_settle import cancel_dependents, claim_known, claim_rows, encode_result, settle_all
 from .sqlite_rows import claimed_records, entry_from_row, queue_entries, record_from_row, row_params
@@ -177,7 +179,7 @@ class SQLiteRepository(SQLiteAdding, SQLiteUpkeep, SQLiteMigration, SettlesThrou
     # -- running ---------------------------------------------------------------------------
     def claim(self, job_id: str, worker_id: str, now: float, lease_expires_at: float) -> Optional[JobRecord]:
         params = (now, worker_id, lease_expires_at, job_id, now)
-        row = self._transaction(lambda conn: conn.execute(sql.CLAIM, params).fetchone())
+        row = self._transaction(lambda conn: conn.execute(transition_sql.CLAIM, params).fetchone())
         return record_from_row(row) if row else None
 
     def apply(self, settlements: Sequence[Settlement], claim_ids: Sequence[str], worker_id: str,
@@ -207,9 +209,9 @@ class SQLiteRepository(SQLiteAdding, SQLiteUpkeep, SQLiteMigration, SettlesThrou
 
     def cancel(self, job_id: str, now: float, reason: str) -> tuple[CancelOutcome, Cascade]:
         def op(conn: sqlite3.Connection) -> tuple[CancelOutcome, Cascade]:
-            if conn.execute(sql.CANCEL_WAITING, (now, reason, job_id)).rowcount == 1:
+            if conn.execute(transition_sql.CANCEL_WAITING, (now, reason, job_id)).rowcount == 1:
                 return CancelOutcome.CANCELLED, Cascade(cancelled=cancel_dependents(conn, job_id, now))
-            if conn.execute(sql.REQUEST_CANCEL, (job_id,)).rowcount == 1:
+            if conn.execute(transition_sql.REQUEST_CANCEL, (job_id,)).rowcount == 1:
                 return CancelOutcome.REQUESTED, Cascade()
             found = conn.execute(sql.SELECT_STATUS, (job_id,)).fetchone() is not None
             return (CancelOutcome.FINISHED if found else CancelOutcome.NOT_FOUND), Cascade()
@@ -218,7 +220,7 @@ class SQLiteRepository(SQLiteAdding, SQLiteUpkeep, SQLiteMigration, SettlesThrou
 
     def requeue(self, job_id: str, now: float) -> Optional[QueueEntry]:
         try:
-            row = self._transaction(lambda conn: conn.execute(sql.REQUEUE, (job_id,)).fetchone())
+            row = self._transaction(lambda conn: conn.execute(transition_sql.REQUEUE, (job_id,)).fetchone())
         except RepositoryError as exc:
             if "UNIQUE" in str(exc):  # another unfinished job holds its unique_key
                 return None
@@ -230,7 +232,7 @@ class SQLiteRepository(SQLiteAdding, SQLiteUpkeep, SQLiteMigration, SettlesThrou
         encoded = serialization.encode(details, field="progress details")
         with self._write() as conn:
             params = (progress, message, encoded, job_id, worker_id, attempt)
-            return conn.execute(sql.UPDATE_PROGRESS, params).rowcount == 1
+            return conn.execute(transition_sql.UPDATE_PROGRESS, params).rowcount == 1
 
     def add_log(self, job_id: str, level: str, message: str, now: float) -> None:
         # Alone, one statement committed by itself; beside other writers (jobs logging at
@@ -250,7 +252,7 @@ class SQLiteRepository(SQLiteAdding, SQLiteUpkeep, SQLiteMigration, SettlesThrou
             # another program's lock adds its wait, or a lease computed before it would be
             # written expired, and taken back beside the job still running.
             lease = lease_expires_at + (time.monotonic() - asked)
-            return conn.execute(sql.HEARTBEAT, (lease, worker_id, ids)).fetchall()
+            return conn.execute(transition_sql.HEARTBEAT, (lease, worker_id, ids)).fetchall()
 
         rows = self._transaction(op)
         return [job_id for job_id, requested in rows if requested]
@@ -262,7 +264,7 @@ class SQLiteRepository(SQLiteAdding, SQLiteUpkeep, SQLiteMigration, SettlesThrou
             if conn.execute(sql.ADVANCE_SCHEDULE, (next_run_at, schedule_id, fire_at)).rowcount != 1:
                 return False
             try:
-                run.seq = conn.execute(sql.INSERT_JOB, params).lastrowid or 0
+                run.seq = conn.execute(transition_sql.INSERT_JOB, params).lastrowid or 0
             except sqlite3.IntegrityError:
                 raise id_taken(run.id) from None
         return True

@@ -4,7 +4,7 @@
 A lone job with nothing to check against other rows is one INSERT (shared with other
 writers' transactions by the group committer); a batch is one transaction, checked for
 taken ids, dependencies and unique keys. Reading, claiming and settling stored jobs is
-`sqlite`'s; the SQL is `sqlite_sql`'s.
+`sqlite`'s; the SQL is `sqlite_transition_sql`'s.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from .. import serialization
 from ..models import JobStatus
-from . import sqlite_sql as sql
+from . import sqlite_transition_sql as transition_sql
 from ._cascade import ENDED, dependency_error_message, plan_batch
 from .columns import encode_progress
 from .base import Cascade, JobRecord, JobRepository, Settlement, id_taken, require_plain_pending
@@ -45,9 +45,9 @@ class SQLiteAdding(JobRepository):
         unblocked, with no error; `claimed`: the statement for a claimed row, whose
         parameters go on with started_at, worker_id and lease_expires_at."""
         if is_plain(record):
-            query = sql.INSERT_CLAIMED_PLAIN_JOB if claimed else sql.INSERT_PLAIN_JOB
+            query = transition_sql.INSERT_CLAIMED_PLAIN_JOB if claimed else transition_sql.INSERT_PLAIN_JOB
             return query, plain_params(record, now, status, self.max_payload_bytes)
-        query = sql.INSERT_CLAIMED_JOB if claimed else sql.INSERT_JOB
+        query = transition_sql.INSERT_CLAIMED_JOB if claimed else transition_sql.INSERT_JOB
         return query, row_params(record, now, status, 0, None, self.max_payload_bytes)
 
     def _insert_row(self, query: str, params: Sequence[Any], job_id: str) -> int:
@@ -70,7 +70,7 @@ class SQLiteAdding(JobRepository):
         def row_of(job_id: str) -> Any:
             """(status, name, is a schedule) of a job stored before this batch, or None: read once each."""
             if job_id not in stored_rows:
-                stored_rows[job_id] = conn.execute(sql.SELECT_DEPENDENCY, (job_id,)).fetchone()
+                stored_rows[job_id] = conn.execute(transition_sql.SELECT_DEPENDENCY, (job_id,)).fetchone()
             return stored_rows[job_id]
 
         ids, stored, cancelled_by = plan_batch(
@@ -90,13 +90,14 @@ class SQLiteAdding(JobRepository):
                 dead = dependency_error_message(culprit, name, ended_as)
             status = JobStatus.CANCELLED if dead else record.status
             try:
-                cursor = conn.execute(sql.INSERT_JOB, row_params(record, now, status, blocked, dead, self.max_payload_bytes))
+                cursor = conn.execute(transition_sql.INSERT_JOB,
+                                      row_params(record, now, status, blocked, dead, self.max_payload_bytes))
             except sqlite3.IntegrityError:
                 raise id_taken(record.id) from None
             given[record.id].seq = cursor.lastrowid or 0
             given[record.id].blocked, given[record.id].status = blocked, status
             for dep in record.depends_on:
-                conn.execute(sql.INSERT_DEP, (record.id, dep))
+                conn.execute(transition_sql.INSERT_DEP, (record.id, dep))
         return ids
 
     def _insert_plain(self, conn: sqlite3.Connection, records: Sequence[JobRecord], now: float) -> list[str]:
@@ -104,11 +105,11 @@ class SQLiteAdding(JobRepository):
         rows, so one `executemany`. Rowids are handed out one after another while this
         transaction holds the write lock, so the last one tells every record's `seq`."""
         if all(is_plain(r) for r in records):
-            query, rows = sql.INSERT_PLAIN_JOB, [plain_params(r, now, r.status, self.max_payload_bytes)
-                                                 for r in records]
+            query, rows = transition_sql.INSERT_PLAIN_JOB, [plain_params(r, now, r.status, self.max_payload_bytes)
+                                                            for r in records]
         else:
-            query, rows = sql.INSERT_JOB, [row_params(r, now, r.status, 0, None, self.max_payload_bytes)
-                                           for r in records]
+            query, rows = transition_sql.INSERT_JOB, [row_params(r, now, r.status, 0, None, self.max_payload_bytes)
+                                                      for r in records]
         ids = [record.id for record in records]
         seen: set[str] = set()
         for job_id in ids:  # named in the error, as the row-by-row path would
@@ -191,7 +192,7 @@ class SQLiteAdding(JobRepository):
 
     @staticmethod
     def _unfinished_with_key(conn: sqlite3.Connection, key: str) -> Optional[str]:
-        row = conn.execute(sql.SELECT_UNFINISHED_BY_KEY, (key,)).fetchone()
+        row = conn.execute(transition_sql.SELECT_UNFINISHED_BY_KEY, (key,)).fetchone()
         return row[0] if row else None
 
 

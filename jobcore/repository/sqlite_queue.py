@@ -7,7 +7,8 @@ manager reads about as many rows as it takes and never walks the jobs of functio
 does not run. (With one index holding every function's jobs in one order, a manager
 running only `a` beside 100,000 ready jobs of `b` walked all of them at each look for
 work, 20 times a second while other processes wrote: half a core.) No connection of its
-own: the repository passes the one to use; the SQL is `sqlite_sql`'s.
+own: the repository passes the one to use; the SQL is `sqlite_sql`'s (the claim's,
+`sqlite_transition_sql`'s).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import sqlite3
 from typing import Any, Callable, Collection, Optional, Sequence
 
 from . import sqlite_sql as sql
+from . import sqlite_transition_sql as transition_sql
 from .columns import DEFAULT_PRIORITY, usable_time
 
 Row = Sequence[Any]  # (id, priority, seq, run_at, function_name, is_schedule)
@@ -81,9 +83,9 @@ def scheduled_rows(conn: sqlite3.Connection, names: Optional[Collection[str]], l
 
 # CLAIM_BEST for one function: its range of jobs_ready, in order (what most managers run,
 # and claims by number come once a batch, in single processes too: no sort, no SQL built).
-_CLAIM_BEST_OF_ONE = sql.CLAIM_BEST.replace("{best}", sql.BEST_OF_ONE)
+_CLAIM_BEST_OF_ONE = transition_sql.CLAIM_BEST.replace("{best}", transition_sql.BEST_OF_ONE)
 _CLAIM_BEST_OF_MANY: dict[int, str] = {}  # by the number of functions (a few distinct ones)
-_CLAIM_BEST_OF_ANY = sql.CLAIM_BEST.replace(
+_CLAIM_BEST_OF_ANY = transition_sql.CLAIM_BEST.replace(
     "{best}", "SELECT seq FROM jobs WHERE status = 'pending' AND blocked = 0 AND cron IS NULL AND typeof(id) = 'text'"
               " AND function_name IN (SELECT value FROM json_each(?)) ORDER BY priority DESC, seq LIMIT ?")
 
@@ -101,7 +103,8 @@ def claim_best(names: Collection[str], up_to: int) -> tuple[str, tuple[Any, ...]
         return _CLAIM_BEST_OF_ANY, (json.dumps(ordered), up_to)
     query = _CLAIM_BEST_OF_MANY.get(len(ordered))
     if query is None:
-        arms = " UNION ALL ".join([sql.BEST_OF] * len(ordered))
-        query = sql.CLAIM_BEST.replace("{best}", f"SELECT seq FROM ({arms} ORDER BY priority DESC, seq LIMIT ?)")
+        arms = " UNION ALL ".join([transition_sql.BEST_OF] * len(ordered))
+        query = transition_sql.CLAIM_BEST.replace(
+            "{best}", f"SELECT seq FROM ({arms} ORDER BY priority DESC, seq LIMIT ?)")
         _CLAIM_BEST_OF_MANY[len(ordered)] = query  # the same text for the same count: no lock needed
     return query, tuple(itertools.chain.from_iterable((name, up_to) for name in ordered)) + (up_to,)

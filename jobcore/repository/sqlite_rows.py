@@ -17,7 +17,7 @@ from ..models import TIME_LIMIT, JobStatus
 from .base import JobRecord, QueueEntry
 from .columns import (DEFAULT_PRIORITY, JOB_COLUMNS, REAL_TYPES, json_object, json_strings, text_of_id,
                       unpack_job_row, unsound_numbers, usable_time)
-from .sqlite_sql import CLAIMED_COLUMNS, CLAIMED_PLAIN
+from .sqlite_transition_sql import CLAIMED_COLUMNS, CLAIMED_PLAIN
 
 
 # -- text that is not UTF-8 ------------------------------------------------------------------
@@ -256,7 +256,7 @@ def entry_from_row(row: Sequence[Any]) -> QueueEntry:
     (text, infinity: the ready heap and the timers cannot order it, and `-'abc'` failed a
     manager's start), reads as the default priority, or as due now. Claiming the job reads
     its row, whose decode error fails it as corrupt (the claims take a scheduled job whose
-    due time is unusable as due: see sqlite_sql._DUE)."""
+    due time is unusable as due: see sqlite_transition_sql._DUE)."""
     priority, run_at = row[1], row[3]
     if type(priority) is not int or not (run_at is None or (type(run_at) in REAL_TYPES
                                                              and -TIME_LIMIT < run_at < TIME_LIMIT)):

@@ -16,6 +16,7 @@ from typing import Any, Optional, Sequence
 
 from .. import serialization
 from . import sqlite_sql as sql
+from . import sqlite_transition_sql as transition_sql
 from ._cascade import dependency_error_message
 from .base import Cascade, QueueEntry, Settlement, cancelled_instead_note
 from .sqlite_rows import entry_from_row
@@ -26,22 +27,22 @@ _NOTHING_RELEASED = Cascade()
 
 def cancel_dependents(conn: sqlite3.Connection, job_id: str, now: float) -> tuple[str, ...]:
     """Cancel every job waiting, directly or not, on `job_id` (which ended for good); their ids."""
-    if not conn.execute(sql.ANY_DEPENDENT, (job_id,)).fetchone()[0]:
+    if not conn.execute(transition_sql.ANY_DEPENDENT, (job_id,)).fetchone()[0]:
         return ()  # most jobs: one primary-key probe instead of a read and a recursive query
     status, name = conn.execute(sql.SELECT_STATUS, (job_id,)).fetchone()
     message = dependency_error_message(job_id, name, status)
-    return tuple(row[0] for row in conn.execute(sql.CANCEL_DEPENDENTS, (job_id, now, message)))
+    return tuple(row[0] for row in conn.execute(transition_sql.CANCEL_DEPENDENTS, (job_id, now, message)))
 
 
 def _held_update(conn: sqlite3.Connection, query: str, values: tuple[Any, ...], s: Settlement,
                  worker_id: str) -> bool:
-    """Run `query`, one of the statements on a job held (`sqlite_sql.HELD_BY_SEQ`'s
+    """Run `query`, one of the statements on a job held (`sqlite_transition_sql.HELD_BY_SEQ`'s
     keys), setting `values` on the job `s` names; True if it applied. The row is found by
     the seq `s` gives, if any (no index read; its id checked too), else by its id: also
     when the seq finds no such row, so a wrong seq costs a statement, never an outcome."""
     if s.seq:  # 0: a record not stored yet, whose seq is unknown
         by_seq = (*values, s.seq, s.job_id, worker_id, s.attempt)
-        if conn.execute(sql.HELD_BY_SEQ[query], by_seq).rowcount == 1:
+        if conn.execute(transition_sql.HELD_BY_SEQ[query], by_seq).rowcount == 1:
             return True
     return conn.execute(query, (*values, s.job_id, worker_id, s.attempt)).rowcount == 1
 
@@ -52,7 +53,7 @@ def _held_returning(conn: sqlite3.Connection, query: str, values: tuple[Any, ...
     None if it did not apply (`rowcount` is not known until the rows are fetched)."""
     if s.seq:
         by_seq = (*values, s.seq, s.job_id, worker_id, s.attempt)
-        for row in conn.execute(sql.HELD_BY_SEQ[query], by_seq).fetchall():
+        for row in conn.execute(transition_sql.HELD_BY_SEQ[query], by_seq).fetchall():
             return row
     for row in conn.execute(query, (*values, s.job_id, worker_id, s.attempt)).fetchall():
         return row
@@ -62,7 +63,7 @@ def _held_returning(conn: sqlite3.Connection, query: str, values: tuple[Any, ...
 def _settle_one(conn: sqlite3.Connection, s: Settlement, worker_id: str, now: float) -> Optional[Cascade]:
     """Apply one settlement other than a completion inside the caller's transaction."""
     if s.kind == "release":
-        row = _held_returning(conn, sql.RELEASE, (now,), s, worker_id)
+        row = _held_returning(conn, transition_sql.RELEASE, (now,), s, worker_id)
         if row is None:
             return None
         if not row[0]:
@@ -70,17 +71,17 @@ def _settle_one(conn: sqlite3.Connection, s: Settlement, worker_id: str, now: fl
         # Its cancellation was requested: it ended CANCELLED instead of PENDING.
         return Cascade(cancelled=cancel_dependents(conn, s.job_id, now), cancelled_instead=True)
     if s.kind == "cancel":
-        if not _held_update(conn, sql.FINISH_CANCELLED, (now,), s, worker_id):
+        if not _held_update(conn, transition_sql.FINISH_CANCELLED, (now,), s, worker_id):
             return None
         return Cascade(cancelled=cancel_dependents(conn, s.job_id, now))
     if s.kind not in ("retry", "fail"):
         raise ValueError(f"unknown settlement kind {s.kind!r}")
     retrying = s.kind == "retry" and s.retry_at is not None
     if retrying:
-        row = _held_returning(conn, sql.FAIL_RETRY, (s.retry_at, now, s.error, s.error_type, s.traceback),
+        row = _held_returning(conn, transition_sql.FAIL_RETRY, (s.retry_at, now, s.error, s.error_type, s.traceback),
                               s, worker_id)
     else:
-        row = _held_returning(conn, sql.FAIL_FINAL, (now, s.error, s.error_type, s.traceback), s, worker_id)
+        row = _held_returning(conn, transition_sql.FAIL_FINAL, (now, s.error, s.error_type, s.traceback), s, worker_id)
     if row is None:
         return None
     cancelled = bool(row[0])  # its cancellation was requested: it ended CANCELLED instead
@@ -127,7 +128,7 @@ def _store_progress(conn: sqlite3.Connection, settlements: Sequence[Settlement],
     report of an attempt not held any more is dropped, as `update_progress` drops it)."""
     for s, encoded in zip(settlements, details):
         if s.progress is not None and s.kind != "complete":
-            _held_update(conn, sql.UPDATE_PROGRESS, (s.progress.progress, s.progress.message, encoded),
+            _held_update(conn, transition_sql.UPDATE_PROGRESS, (s.progress.progress, s.progress.message, encoded),
                          s, worker_id)
 
 
@@ -141,10 +142,10 @@ def _complete_many(conn: sqlite3.Connection, settlements: Sequence[Settlement],
     completed: list[Optional[str]] = []  # per settlement: its job id if it applied, else None
     for index, (s, e) in enumerate(zip(settlements, encoded)):
         if s.progress is None or details is None:
-            applied = _held_update(conn, sql.COMPLETE, (e, now), s, worker_id)
+            applied = _held_update(conn, transition_sql.COMPLETE, (e, now), s, worker_id)
         else:
             values = (e, now, s.progress.message, details[index])
-            applied = _held_update(conn, sql.COMPLETE_REPORTED, values, s, worker_id)
+            applied = _held_update(conn, transition_sql.COMPLETE_REPORTED, values, s, worker_id)
         if not applied:
             completed.append(None)
             continue
@@ -170,12 +171,12 @@ def _release_dependents(conn: sqlite3.Connection, completed: list[str]) -> dict[
     if not completed:
         return released
     if len(completed) == 1:
-        if not conn.execute(sql.ANY_DEPENDENT, (completed[0],)).fetchone()[0]:
+        if not conn.execute(transition_sql.ANY_DEPENDENT, (completed[0],)).fetchone()[0]:
             return released
-    elif not conn.execute(sql.ANY_DEPENDENTS, (json.dumps(completed),)).fetchone()[0]:
+    elif not conn.execute(transition_sql.ANY_DEPENDENTS, (json.dumps(completed),)).fetchone()[0]:
         return released
     ids = json.dumps(completed)
-    for row in conn.execute(sql.RELEASE_DEPENDENTS, (ids, ids, ids)):
+    for row in conn.execute(transition_sql.RELEASE_DEPENDENTS, (ids, ids, ids)):
         if row[6] == 0:
             released.setdefault(row[7], []).append(entry_from_row(row))
     return released
@@ -196,8 +197,8 @@ def claim_known(conn: sqlite3.Connection, claim_ids: Sequence[str], claim_seqs: 
     seqs when `claim_seqs` gives every one (in the same order), else by their ids."""
     if claim_seqs is not None and len(claim_seqs) == len(claim_ids) and all(claim_seqs):
         params = (*head, json.dumps(list(claim_seqs)), json.dumps(list(claim_ids)), now)
-        return claim_rows(conn, sql.CLAIM_MANY_BY_SEQ, params, full)
-    return claim_rows(conn, sql.CLAIM_MANY, (*head, json.dumps(list(claim_ids)), now), full)
+        return claim_rows(conn, transition_sql.CLAIM_MANY_BY_SEQ, params, full)
+    return claim_rows(conn, transition_sql.CLAIM_MANY, (*head, json.dumps(list(claim_ids)), now), full)
 
 
 def claim_rows(conn: sqlite3.Connection, query: str, params: Sequence[Any],
@@ -206,8 +207,8 @@ def claim_rows(conn: sqlite3.Connection, query: str, params: Sequence[Any],
     transaction; its rows of `CLAIMED_COLUMNS`. The whole row of each claimed job that is
     not plain goes into `full`, by id, for `claimed_records`."""
     rows = conn.execute(query, params).fetchall()
-    unusual = [row[0] for row in rows if not row[sql.CLAIMED_PLAIN]]
+    unusual = [row[0] for row in rows if not row[transition_sql.CLAIMED_PLAIN]]
     if unusual:
-        for row in conn.execute(sql.SELECT_JOBS_BY_IDS, (json.dumps(unusual),)):
+        for row in conn.execute(transition_sql.SELECT_JOBS_BY_IDS, (json.dumps(unusual),)):
             full[row[0]] = row
     return rows

@@ -1,5 +1,10 @@
-"""The SQL the SQLite repository runs on jobcore's schema (sqlite_schema), as named
-constants. No code runs here; `repository.sqlite` and its halves execute these.
+"""The SQL that reads SQLite's job store and keeps it up, as named constants; not the SQL of
+a job's own path from insert to its end (sqlite_transition_sql's).
+
+Here: a job's row and status, the dead-letter queue, a manager's queue (read by sqlite_queue),
+counts, listing (put together by sqlite_listing), log lines, recovery (lost leases, corrupt
+rows), cleanup, schedules' advance and the worker registry, on jobcore's schema
+(sqlite_schema). No code runs here; `repository.sqlite` and its halves execute these.
 """
 
 from . import columns as _columns
@@ -7,37 +12,6 @@ from . import columns as _columns
 COLUMNS = _columns.JOB_COLUMNS  # the order the row decoders unpack
 COLUMNS_WITHOUT_ARGS = _columns.JOB_COLUMNS_WITHOUT_ARGS
 
-
-# What every new job's row is given (sqlite_rows.plain_params, in this order), and what a
-# job may set beyond that (sqlite_rows.row_params adds these). A job whose optional fields
-# all hold their defaults is stored by the short INSERT, the column defaults filling in
-# the rest: each bound parameter costs (measured: 27 of them, 19 µs a row in a batch of
-# 500; 13, 11 µs).
-_PLAIN = ("id, function_name, name, payload, priority, status, created_at, max_retries, retry_delay,"
-          " retry_backoff, retry_jitter, timeout, isolation")
-_OPTIONAL = ("blocked, scheduled_at, run_at, tags, metadata, owner, unique_key, depends_on, cron,"
-             " cron_timezone, error, error_type, completed_at, memory_limit")
-# A new job stored already claimed by an idle worker of the enqueuing process (hand-off).
-_CLAIMED = "started_at, worker_id, lease_expires_at"
-
-
-def _insert(columns: str, claimed: bool = False) -> str:
-    if claimed:
-        columns = f"{columns}, {_CLAIMED}"
-    marks = ", ".join("?" * (columns.count(",") + 1))
-    if claimed:  # its first attempt
-        return f"INSERT INTO jobs ({columns}, attempts) VALUES ({marks}, 1)"
-    return f"INSERT INTO jobs ({columns}) VALUES ({marks})"
-
-
-INSERT_JOB = _insert(f"{_PLAIN}, {_OPTIONAL}")
-INSERT_PLAIN_JOB = _insert(_PLAIN)
-INSERT_CLAIMED_JOB = _insert(f"{_PLAIN}, {_OPTIONAL}", claimed=True)
-INSERT_CLAIMED_PLAIN_JOB = _insert(_PLAIN, claimed=True)
-INSERT_DEP = "INSERT OR IGNORE INTO job_deps (job_id, depends_on) VALUES (?, ?)"
-SELECT_UNFINISHED_BY_KEY = """
-SELECT id FROM jobs WHERE unique_key = ? AND status IN ('pending', 'scheduled', 'running')
-"""
 SELECT_JOB = f"SELECT {COLUMNS} FROM jobs WHERE id = ?"
 SELECT_JOB_WITHOUT_ARGS = f"SELECT {COLUMNS_WITHOUT_ARGS} FROM jobs WHERE id = ?"
 SELECT_STATUS = "SELECT status, name FROM jobs WHERE id = ?"
@@ -49,7 +23,6 @@ _DEAD_LETTERS = ("FROM jobs INDEXED BY jobs_failed WHERE status = 'failed'"
                  " ORDER BY completed_at DESC, seq DESC LIMIT ?")
 LIST_DEAD_LETTERS = f"SELECT {COLUMNS} {_DEAD_LETTERS}"
 LIST_DEAD_LETTERS_WITHOUT_ARGS = f"SELECT {COLUMNS_WITHOUT_ARGS} {_DEAD_LETTERS}"
-SELECT_DEPENDENCY = "SELECT status, name, cron IS NOT NULL FROM jobs WHERE id = ?"
 # Listing's filter for tags: a JSON array of distinct tags, and how many they are; a row
 # matches if it holds all of them. One condition for any number of tags (one EXISTS per
 # tag made a thousand tags an expression tree deeper than SQLite allows). A row whose
@@ -160,212 +133,6 @@ SELECT_LOG_PAGE = SELECT_LOGS + " LIMIT ? OFFSET ?"  # LIMIT -1: no limit
 COUNT_LOGS = "SELECT count(*) FROM job_logs WHERE job_id = ?"
 INSERT_LOG = "INSERT INTO job_logs (job_id, at, level, message) VALUES (?, ?, ?, ?)"
 
-# A scheduled job is due at its time, or at once if that is no usable time (see
-# columns.UNUSABLE_TIME_SQL): the claim reads its row, whose decode error then fails it
-# alone as CorruptJob. (The second term is read only for a scheduled row not due yet.)
-_DUE = f"(run_at <= ? OR {_columns.UNUSABLE_TIME_SQL.format(column='run_at')})"
-
-# What the batch claims return, in the order `claimed_records` reads it: the columns a
-# claimed job's record needs that differ between plain jobs, then whether every other
-# column holds what it holds for a plain job stored by INSERT_PLAIN_JOB and claimed. The
-# claims set status, started_at, worker_id, lease_expires_at and cancel_requested, and
-# take only rows with blocked = 0 and no cron. Such a row (most rows) is read back 14
-# columns wide instead of 38: each column read makes a Python object, about 9 µs a job
-# here (measured). Any other claimed row is read in full by SELECT_JOBS_BY_IDS in the
-# same transaction.
-CLAIMED_COLUMNS = """id, function_name, name, payload, priority, seq, created_at, attempts, max_retries,
-    retry_delay, retry_backoff, retry_jitter, timeout, isolation,
-    (scheduled_at IS NULL AND run_at IS NULL AND completed_at IS NULL AND tags = '[]'
-     AND metadata = '{}' AND owner IS NULL AND unique_key IS NULL AND depends_on = '[]'
-     AND progress = 0 AND progress_message = '' AND progress_details = '{}'
-     AND result IS NULL AND error IS NULL AND error_type IS NULL AND traceback IS NULL
-     AND cron_timezone IS NULL AND memory_limit IS NULL)"""
-CLAIMED_PLAIN = 14  # the index of that last column in a claimed row
-if CLAIMED_COLUMNS.count(",") != CLAIMED_PLAIN:
-    raise ImportError("CLAIMED_COLUMNS changed: update CLAIMED_PLAIN and sqlite_rows._plain_claimed")
-SELECT_JOBS_BY_IDS = f"SELECT {COLUMNS} FROM jobs WHERE id IN (SELECT value FROM json_each(?))"
-CLAIM = f"""
-UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?, worker_id = ?,
-    lease_expires_at = ?, cancel_requested = 0
-WHERE id = ? AND blocked = 0 AND cron IS NULL
-  AND (status = 'pending' OR (status = 'scheduled' AND {_DUE}))
-RETURNING {COLUMNS}
-"""
-# `+status`: keeps the planner off jobs_status, which would read every pending and scheduled
-# job (EXPLAIN QUERY PLAN: "MULTI-INDEX OR ... jobs_status") to claim a handful by id.
-CLAIM_MANY = f"""
-UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?, worker_id = ?,
-    lease_expires_at = ?, cancel_requested = 0
-WHERE id IN (SELECT value FROM json_each(?)) AND blocked = 0 AND cron IS NULL
-  AND (+status = 'pending' OR (+status = 'scheduled' AND {_DUE}))
-RETURNING {CLAIMED_COLUMNS}
-"""
-# The same claim finding each row by its seq (the table's own key: no index read), given
-# the seqs (first JSON array) and ids (second) of the jobs to claim: a row is claimed only
-# if its id is one of them too (`+id`: checked on the row found, not looked up).
-CLAIM_MANY_BY_SEQ = CLAIM_MANY.replace(
-    "WHERE id IN (SELECT value FROM json_each(?))",
-    "WHERE seq IN (SELECT value FROM json_each(?)) AND +id IN (SELECT value FROM json_each(?))")
-# Claims the best ready jobs by number when the ids a manager knew of went stale (other
-# processes took them). sqlite_queue.claim_best fills in {best} for the manager's functions:
-# one function's range of jobs_ready (BEST_OF_ONE), or each function's best `up_to` by its
-# range (BEST_OF) and the best `up_to` of those. They choose seqs, which jobs_ready holds,
-# so the rows are found by their key.
-CLAIM_BEST = f"""
-UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?, worker_id = ?,
-    lease_expires_at = ?, cancel_requested = 0
-WHERE seq IN ({{best}})
-RETURNING {CLAIMED_COLUMNS}
-"""
-# `typeof(id) = 'text'`: a row whose id is bytes (a hand edit) is never handed out; its
-# seq is noted where the queue is read and recovery fails it (FAIL_CORRUPT).
-BEST_OF_ONE = """SELECT seq FROM jobs INDEXED BY jobs_ready
-    WHERE function_name = ? AND status = 'pending' AND blocked = 0 AND cron IS NULL AND typeof(id) = 'text'
-    ORDER BY priority DESC, seq LIMIT ?"""
-BEST_OF = f"SELECT * FROM ({BEST_OF_ONE.replace('SELECT seq', 'SELECT seq, priority', 1)})"
-_HELD = "id = ? AND status = 'running' AND worker_id = ? AND attempts = ?"
-# A claimed job handed back unstarted (at stop) is PENDING again, its attempt uncounted;
-# or, if its cancellation was requested meanwhile (cancel() returned True), CANCELLED as
-# CANCEL_WAITING leaves a pending job, in the same statement: it must not run later.
-# RETURNING tells the caller which it did.
-RELEASE = f"""
-UPDATE jobs SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'pending' END,
-    completed_at = CASE WHEN cancel_requested THEN ? ELSE completed_at END,
-    error = CASE WHEN cancel_requested THEN 'cancelled by request' ELSE error END,
-    error_type = CASE WHEN cancel_requested THEN 'JobCancelled' ELSE error_type END,
-    attempts = attempts - 1, worker_id = NULL, lease_expires_at = NULL, cancel_requested = 0
-WHERE {_HELD}
-RETURNING status = 'cancelled'
-"""
-COMPLETE = f"""
-UPDATE jobs SET status = 'completed', result = ?, completed_at = ?, progress = 1.0,
-    lease_expires_at = NULL, error = NULL, error_type = NULL, traceback = NULL
-WHERE {_HELD}
-"""
-# COMPLETE for an attempt whose last progress report is not in its row yet (the settlement
-# carries it): its message and details set in the same statement, not in an UPDATE_PROGRESS
-# of their own.
-COMPLETE_REPORTED = f"""
-UPDATE jobs SET status = 'completed', result = ?, completed_at = ?, progress = 1.0,
-    progress_message = ?, progress_details = ?,
-    lease_expires_at = NULL, error = NULL, error_type = NULL, traceback = NULL
-WHERE {_HELD}
-"""
-# A run of completions: one COMPLETE per job, then their dependents released together.
-# Measured against one UPDATE ... FROM json_each(?) RETURNING for the whole run, per-row
-# COMPLETEs cost less (RETURNING runs a trigger program per row, and each result would be
-# escaped into JSON and parsed back) and keep the compare-and-set exact when a list names
-# a job twice. Most jobs have no dependents, and ANY_DEPENDENTS (given a JSON array of
-# ids) costs less than RELEASE_DEPENDENTS finding nothing.
-ANY_DEPENDENTS = """
-SELECT EXISTS (SELECT 1 FROM job_deps WHERE depends_on IN (SELECT value FROM json_each(?)))
-"""
-# The same for one completed job: json_each costs more than the search itself (about 14 µs
-# against 6 here), and one completion per exchange is common while enqueues stream in.
-ANY_DEPENDENT = "SELECT EXISTS (SELECT 1 FROM job_deps WHERE depends_on = ?)"
-# The dependents of the completed jobs lose one block per dependency among them. Each `?`
-# is the same JSON array of distinct job ids, in settlement order. The last column names,
-# for a dependent left with no block, the last of its dependencies in the array: the
-# completion that released it.
-# `+status`: without the unary plus the planner walks every waiting job through jobs_status
-# instead of looking up the few dependents by id (EXPLAIN QUERY PLAN shows which).
-# `+jobs.id`: with a bare column of the updated table inside RETURNING, that lookup uses
-# only depends_on and so walks every dependent of the completed job, for each one released
-# (quadratic in a fan-out); with it, job_deps_job finds the pair.
-RELEASE_DEPENDENTS = """
-UPDATE jobs SET blocked = MAX(blocked - (SELECT COUNT(*) FROM job_deps AS d
-                                         WHERE d.job_id = jobs.id
-                                           AND d.depends_on IN (SELECT value FROM json_each(?))), 0)
-WHERE id IN (SELECT d.job_id FROM json_each(?) AS c JOIN job_deps AS d ON d.depends_on = c.value)
-  AND +status IN ('pending', 'scheduled')
-RETURNING id, priority, seq, run_at, function_name, cron IS NOT NULL, blocked,
-    CASE WHEN blocked = 0 THEN (SELECT d.depends_on FROM json_each(?) AS c
-                                JOIN job_deps AS d ON d.depends_on = c.value
-                                WHERE d.job_id = +jobs.id ORDER BY c.key DESC LIMIT 1) END
-"""
-FINISH_CANCELLED = f"""
-UPDATE jobs SET status = 'cancelled', completed_at = ?, error = 'cancelled while running',
-    error_type = 'JobCancelled', lease_expires_at = NULL
-WHERE {_HELD}
-"""
-# A failed attempt of a job whose cancellation was requested (cancel() returned True while
-# the outcome was on its way: the worker had not heard of it, or the attempt had already
-# ended or timed out) ends CANCELLED, as FINISH_CANCELLED leaves it, in the same statement:
-# no retry, no dead letter. RETURNING tells the caller which it did.
-# A job waiting for its retry has no progress: the next attempt starts from 0 (a bar
-# showing the failed attempt's 0.8 until the new one reports would jump back). One that
-# ends CANCELLED keeps its last report, as every ended job does.
-FAIL_RETRY = f"""
-UPDATE jobs SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'scheduled' END,
-    run_at = CASE WHEN cancel_requested THEN run_at ELSE ? END,
-    completed_at = CASE WHEN cancel_requested THEN ? ELSE completed_at END,
-    error = CASE WHEN cancel_requested THEN 'cancelled while running' ELSE ? END,
-    error_type = CASE WHEN cancel_requested THEN 'JobCancelled' ELSE ? END,
-    traceback = CASE WHEN cancel_requested THEN traceback ELSE ? END,
-    progress = CASE WHEN cancel_requested THEN progress ELSE 0 END,
-    progress_message = CASE WHEN cancel_requested THEN progress_message ELSE '' END,
-    progress_details = CASE WHEN cancel_requested THEN progress_details ELSE '{{}}' END,
-    lease_expires_at = NULL
-WHERE {_HELD}
-RETURNING cancel_requested
-"""
-FAIL_FINAL = f"""
-UPDATE jobs SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'failed' END,
-    completed_at = ?,
-    error = CASE WHEN cancel_requested THEN 'cancelled while running' ELSE ? END,
-    error_type = CASE WHEN cancel_requested THEN 'JobCancelled' ELSE ? END,
-    traceback = CASE WHEN cancel_requested THEN traceback ELSE ? END,
-    lease_expires_at = NULL
-WHERE {_HELD}
-RETURNING cancel_requested
-"""
-# `+status`: as in RELEASE_DEPENDENTS.
-CANCEL_DEPENDENTS = """
-WITH RECURSIVE dependents(id) AS (
-    SELECT job_id FROM job_deps WHERE depends_on = ?
-    UNION
-    SELECT d.job_id FROM job_deps AS d JOIN dependents ON d.depends_on = dependents.id
-)
-UPDATE jobs SET status = 'cancelled', completed_at = ?, error = ?, error_type = 'DependencyFailed'
-WHERE id IN (SELECT id FROM dependents) AND +status IN ('pending', 'scheduled')
-RETURNING id
-"""
-CANCEL_WAITING = """
-UPDATE jobs SET status = 'cancelled', completed_at = ?, error = ?, error_type = 'JobCancelled'
-WHERE id = ? AND status IN ('pending', 'scheduled')
-"""
-REQUEST_CANCEL = "UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = 'running'"
-# Failed and cancelled jobs, and those whose status jobcore never writes (they read as
-# failed: see COUNT_BY_STATUS), go back to pending.
-REQUEUE = """
-UPDATE jobs SET status = 'pending', attempts = 0, run_at = NULL, started_at = NULL,
-    completed_at = NULL, error = NULL, error_type = NULL, traceback = NULL, progress = 0,
-    progress_message = '', progress_details = '{}', worker_id = NULL, cancel_requested = 0,
-    blocked = (SELECT COUNT(*) FROM job_deps AS d JOIN jobs AS p ON p.id = d.depends_on
-               WHERE d.job_id = jobs.id AND p.status != 'completed')
-WHERE id = ? AND status NOT IN ('pending', 'scheduled', 'running', 'completed') AND cron IS NULL
-  AND NOT EXISTS (SELECT 1 FROM job_deps AS d JOIN jobs AS p ON p.id = d.depends_on
-                  WHERE d.job_id = jobs.id AND p.status IN ('failed', 'cancelled'))
-  AND (started_at IS NOT NULL  -- else a dependency deleted (cleaned up) may not have completed
-       OR NOT EXISTS (SELECT 1 FROM json_each(CASE WHEN json_valid(jobs.depends_on) THEN jobs.depends_on
-                                                   ELSE '[]' END) AS d
-                      WHERE NOT EXISTS (SELECT 1 FROM jobs AS p WHERE p.id = d.value)))
-RETURNING id, priority, seq, run_at, function_name, cron IS NOT NULL
-"""
-UPDATE_PROGRESS = f"""
-UPDATE jobs SET progress = ?, progress_message = ?, progress_details = ? WHERE {_HELD}
-"""
-# Each statement on a job held above (and UPDATE_PROGRESS, for a settlement carrying progress),
-# finding the row by its seq (no index read) and checking its id: the parameters go on with
-# the seq before the id.
-HELD_BY_SEQ = {query: query.replace(f"WHERE {_HELD}", f"WHERE seq = ? AND {_HELD}")
-               for query in (RELEASE, COMPLETE, COMPLETE_REPORTED, FAIL_RETRY, FAIL_FINAL, FINISH_CANCELLED,
-                             UPDATE_PROGRESS)}
-HEARTBEAT = """
-UPDATE jobs SET lease_expires_at = ?
-WHERE status = 'running' AND worker_id = ? AND id IN (SELECT value FROM json_each(?))
-RETURNING id, cancel_requested
-"""
 # Running jobs whose lease is no usable time (see columns.UNUSABLE_TIME_SQL), for recovery
 # to end their lease now rather than take them back at once: a live worker renews it at
 # its next heartbeat; the next recovery round takes back the job of a dead one.
@@ -391,8 +158,8 @@ WHERE seq = ? AND status IN ('pending', 'scheduled')
 # A schedule that can never fire, ended by FAIL_CORRUPT (ScheduleFirer.fire).
 SELECT_SCHEDULE_SEQ = "SELECT seq FROM jobs WHERE id = ? AND status = 'scheduled' AND cron IS NOT NULL"
 END_LEASE = "UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND status = 'running'"
-# A job taken back to run again has no progress, as after FAIL_RETRY; one that ends
-# FAILED or CANCELLED keeps its lost attempt's last report.
+# A job taken back to run again has no progress, as after sqlite_transition_sql.FAIL_RETRY;
+# one that ends FAILED or CANCELLED keeps its lost attempt's last report.
 RECOVER_EXPIRED = """
 UPDATE jobs SET status = CASE WHEN cancel_requested THEN 'cancelled'
                           WHEN attempts > max_retries THEN 'failed' ELSE 'pending' END,
