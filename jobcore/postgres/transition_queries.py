@@ -1,0 +1,267 @@
+"""The SQL of a job's own path on PostgreSQL, as named constants: its insert (a schedule's
+run too), claim, progress and heartbeat, the settlement of its attempt, the release or
+cancellation of its dependents, and its cancel and requeue on request. Not reads, listing,
+counts, logs, recovery, cleanup, schedules or the worker registry (queries'), and no
+formatting: `{s}` stands for the quoted PostgreSQL schema, filled in by `queries.Statements`.
+
+Row locks, and why (READ COMMITTED; rows of `jobs`):
+- Claims take `FOR NO KEY UPDATE SKIP LOCKED`: managers claiming the same job never wait
+  on each other; the loser simply gets nothing.
+- Inserting a job that depends on stored jobs takes `FOR KEY SHARE` on them, and every
+  transition that ends a job (complete, final fail, cancel, recovery, cascade; a retry
+  or a hand-back too, which end it if its cancellation was requested) takes `FOR UPDATE`
+  first; `cancel` takes it before it reads the status it acts on. The
+  two conflict, so a dependency cannot end between the moment an insert reads its
+  status and the moment the dependent's `job_deps` row commits (which would leave the
+  dependent blocked forever); claims (`NO KEY UPDATE`) do not conflict with `KEY SHARE`,
+  so inserts never make a claim skip a job.
+- Statements that lock several rows take them in `seq` order, and statements that must
+  never wait (claims, heartbeats, recovery) skip locked rows, so no two transactions
+  wait on each other in a cycle (PostgreSQL would break it only after deadlock_timeout).
+"""
+
+from __future__ import annotations
+
+from ..repository.columns import JOB_COLUMNS as COLUMNS  # the order the row decoders unpack
+from ..repository.columns import UNUSABLE_TIME_SQL
+
+# COALESCE(status, ''), in statements that find a few jobs by id: it keeps the planner
+# off the status indexes. Queue statistics are always stale (thousands of jobs change
+# status between two ANALYZEs), and with them the planner was seen (EXPLAIN ANALYZE) to
+# read every pending job through jobs_ready or jobs_status and filter by id, on every
+# claim and completion: a drain of 20,000 jobs then slowed down as it went.
+_J_COLUMNS = ", ".join(f"j.{column.strip()}" for column in COLUMNS.split(","))
+ENTRY = "id, priority, seq, run_at, function_name, cron IS NOT NULL"
+_J_ENTRY = "j.id, j.priority, j.seq, j.run_at, j.function_name, j.cron IS NOT NULL"
+_UNFINISHED = "('pending', 'scheduled', 'running')"
+
+INSERT_JOB = """
+INSERT INTO {s}.jobs (id, function_name, name, payload, priority, status, blocked, created_at,
+    scheduled_at, run_at, max_retries, retry_delay, retry_backoff, retry_jitter, timeout, tags,
+    metadata, owner, unique_key, isolation, depends_on, cron, cron_timezone, error, error_type,
+    completed_at, memory_limit)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
+    %s, %s, %s, %s, %s)
+RETURNING seq
+"""
+# One job that needs no check against other rows (no dependencies, no unique key), alone:
+# stored and announced (NOTIFY, as `Tx.notify`) by one autocommit statement, one round
+# trip instead of a transaction's BEGIN, lookup, INSERT, NOTIFY and COMMIT. A taken id
+# fails on jobs_id_key, as the lookup would have found it.
+INSERT_ALONE = "WITH added AS (" + INSERT_JOB.strip() + ") SELECT seq, pg_notify('jobcore_jobs', %s) FROM added"
+SELECT_INSERTED = "SELECT seq, function_name, payload, created_at FROM {s}.jobs WHERE id = %s"
+# For batches with a unique_key: a job whose key another transaction took since the
+# insert looked (SELECT_UNFINISHED_BY_KEYS) is not inserted and returns no row, and the
+# insert runs again to find that holder. Not an error: inserts are pipelined, and psycopg
+# logs a WARNING for an error inside a pipeline even when the caller handles it. Batches
+# without keys keep INSERT_JOB: ON CONFLICT makes every row a speculative insertion.
+INSERT_JOB_KEYED = INSERT_JOB.replace("RETURNING seq", f"""ON CONFLICT (unique_key)
+    WHERE unique_key IS NOT NULL AND status IN {_UNFINISHED} DO NOTHING
+RETURNING seq""")
+INSERT_RUN = """
+INSERT INTO {s}.jobs (id, function_name, name, payload, priority, status, blocked, created_at,
+    scheduled_at, run_at, max_retries, retry_delay, retry_backoff, retry_jitter, timeout, tags,
+    metadata, owner, unique_key, isolation, depends_on, cron, cron_timezone, error, error_type,
+    completed_at, memory_limit, schedule_id, fire_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
+    %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (schedule_id, fire_at) WHERE schedule_id IS NOT NULL DO NOTHING
+RETURNING seq
+"""
+INSERT_DEP = "INSERT INTO {s}.job_deps (job_id, depends_on) VALUES (%s, %s) ON CONFLICT DO NOTHING"
+# KEY SHARE: see the module docstring. ORDER BY seq: every multi-row locker takes rows
+# in one order, so two of them cannot deadlock.
+LOCK_DEPENDENCIES = """
+SELECT id, status, name, cron IS NOT NULL FROM {s}.jobs WHERE id = ANY(%s) ORDER BY seq FOR KEY SHARE
+"""
+SELECT_UNFINISHED_BY_KEYS = f"""
+SELECT unique_key, id FROM {{s}}.jobs WHERE unique_key = ANY(%s) AND status IN {_UNFINISHED}
+"""
+
+# A scheduled job is due at its time, or at once if that is no usable time (infinity, NaN:
+# see UNUSABLE_TIME_SQL): the claim reads its row, whose decode error fails it as CorruptJob.
+_DUE = f"(run_at <= %(now)s OR {UNUSABLE_TIME_SQL.format(column='run_at')})"
+
+# Claims by id; with `top_up`, ids that went stale (other processes took those jobs) are
+# made up, to `up_to` claims in all, with the best ready jobs naming `names`, in priority
+# then FIFO order: each function's range of jobs_ready is walked in order, rows other
+# claimers hold skipped, and the best of what each gave are taken (rows one function's
+# walk locked beyond those stay locked until this statement's transaction ends).
+# One statement: `extra` sees what `wanted` locked, so nothing is claimed twice.
+CLAIM_MANY = f"""
+WITH wanted AS (
+    SELECT seq FROM {{s}}.jobs
+    WHERE id = ANY(%(ids)s) AND blocked = 0 AND cron IS NULL
+      AND (COALESCE(status, '') = 'pending' OR (COALESCE(status, '') = 'scheduled' AND {_DUE}))
+    ORDER BY priority DESC, seq
+    FOR NO KEY UPDATE SKIP LOCKED
+), extra AS (
+    SELECT e.seq FROM unnest(%(names)s::TEXT[]) AS n(name) CROSS JOIN LATERAL (
+        SELECT seq, priority FROM {{s}}.jobs
+        WHERE %(top_up)s AND function_name = n.name AND status = 'pending' AND blocked = 0
+          AND cron IS NULL AND seq NOT IN (SELECT seq FROM wanted)
+        ORDER BY priority DESC, seq
+        LIMIT GREATEST(%(up_to)s - (SELECT COUNT(*) FROM wanted), 0)
+        FOR NO KEY UPDATE SKIP LOCKED) AS e
+    ORDER BY e.priority DESC, e.seq
+    LIMIT GREATEST(%(up_to)s - (SELECT COUNT(*) FROM wanted), 0)
+)
+UPDATE {{s}}.jobs AS j SET status = 'running', attempts = j.attempts + 1, started_at = %(now)s,
+    worker_id = %(worker)s, lease_expires_at = %(lease)s, cancel_requested = FALSE
+WHERE j.seq IN (SELECT seq FROM wanted UNION ALL SELECT seq FROM extra)
+RETURNING {_J_COLUMNS}
+"""
+_HELD_WHERE = "id = %(id)s AND status = 'running' AND worker_id = %(worker)s AND attempts = %(attempt)s"
+# A running job held by (worker_id, attempts), locked FOR UPDATE: it is about to end.
+_HELD = f"""
+WITH held AS (SELECT seq FROM {{s}}.jobs WHERE {_HELD_WHERE} FOR UPDATE)
+"""
+# A claimed job handed back unstarted (at stop) is PENDING again, its attempt uncounted;
+# or, if its cancellation was requested meanwhile (cancel() returned True), CANCELLED as
+# CANCEL_WAITING leaves a pending job, in the same statement: it must not run later. It
+# takes FOR UPDATE, since it may end the job; the SET reads the row as the lock found it
+# (a cancel request committed meanwhile is seen), and RETURNING tells which it did.
+RELEASE = _HELD + """
+UPDATE {s}.jobs AS j SET status = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'pending' END,
+    completed_at = CASE WHEN j.cancel_requested THEN %(now)s ELSE j.completed_at END,
+    error = CASE WHEN j.cancel_requested THEN 'cancelled by request' ELSE j.error END,
+    error_type = CASE WHEN j.cancel_requested THEN 'JobCancelled' ELSE j.error_type END,
+    attempts = j.attempts - 1, worker_id = NULL, lease_expires_at = NULL, cancel_requested = FALSE
+FROM held WHERE j.seq = held.seq
+RETURNING j.status = 'cancelled'
+"""
+# Several completions of one worker in one statement each (the dispatcher's hot path).
+COMPLETE_MANY = """
+WITH given AS (
+    SELECT * FROM unnest(%(ids)s::TEXT[], %(attempts)s::INTEGER[], %(results)s::TEXT[])
+        AS given(id, attempt, result)
+), held AS (
+    SELECT j.seq, given.result FROM {s}.jobs AS j JOIN given ON j.id = given.id
+    WHERE COALESCE(j.status, '') = 'running' AND j.worker_id = %(worker)s AND j.attempts = given.attempt
+    ORDER BY j.seq FOR UPDATE OF j
+)
+UPDATE {s}.jobs AS j SET status = 'completed', result = held.result, completed_at = %(now)s,
+    progress = 1.0, lease_expires_at = NULL, error = NULL, error_type = NULL, traceback = NULL
+FROM held WHERE j.seq = held.seq
+RETURNING j.id
+"""
+# A dependent of several of them loses one block per completed dependency; `completed`
+# lists which, so that each release is reported with one of the completions.
+RELEASE_DEPENDENTS_MANY = f"""
+WITH counts AS (
+    SELECT job_id, COUNT(*) AS n, ARRAY_AGG(depends_on) AS completed FROM {{s}}.job_deps
+    WHERE depends_on = ANY(%s) GROUP BY job_id
+), waiting AS (
+    SELECT j.seq, counts.n, counts.completed FROM {{s}}.jobs AS j JOIN counts ON j.id = counts.job_id
+    WHERE COALESCE(j.status, '') IN ('pending', 'scheduled')
+    ORDER BY j.seq FOR NO KEY UPDATE OF j
+)
+UPDATE {{s}}.jobs AS j SET blocked = GREATEST(j.blocked - waiting.n, 0)
+FROM waiting WHERE j.seq = waiting.seq
+RETURNING {_J_ENTRY}, j.blocked, waiting.completed
+"""
+FINISH_CANCELLED = _HELD + """
+UPDATE {s}.jobs AS j SET status = 'cancelled', completed_at = %(now)s,
+    error = 'cancelled while running', error_type = 'JobCancelled', lease_expires_at = NULL
+FROM held WHERE j.seq = held.seq
+"""
+# A failed attempt of a job whose cancellation was requested (cancel() returned True while
+# the outcome was on its way: the worker had not heard of it, or the attempt had already
+# ended or timed out) ends CANCELLED, as FINISH_CANCELLED leaves it, in the same statement:
+# no retry, no dead letter. The SET reads the row as the lock found it (a cancel request
+# committed meanwhile is seen), and RETURNING tells the caller which it did. A retry
+# takes FOR UPDATE too, since it may end the job (see the module docstring).
+# The error columns and the rest, shared by both: a cancel requested wins over the error.
+_OR_CANCELLED = """
+    error = CASE WHEN j.cancel_requested THEN 'cancelled while running' ELSE %(error)s END,
+    error_type = CASE WHEN j.cancel_requested THEN 'JobCancelled' ELSE %(error_type)s END,
+    traceback = CASE WHEN j.cancel_requested THEN j.traceback ELSE %(traceback)s END,
+    lease_expires_at = NULL
+FROM held WHERE j.seq = held.seq
+RETURNING j.cancel_requested
+"""
+# A job waiting for its retry has no progress: the next attempt starts from 0. One that
+# ends CANCELLED keeps its last report, as every ended job does.
+FAIL_RETRY = _HELD + """
+UPDATE {s}.jobs AS j SET status = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'scheduled' END,
+    run_at = CASE WHEN j.cancel_requested THEN j.run_at ELSE %(retry_at)s END,
+    completed_at = CASE WHEN j.cancel_requested THEN %(now)s ELSE j.completed_at END,
+    progress = CASE WHEN j.cancel_requested THEN j.progress ELSE 0 END,
+    progress_message = CASE WHEN j.cancel_requested THEN j.progress_message ELSE '' END,
+    progress_details = CASE WHEN j.cancel_requested THEN j.progress_details ELSE '{{}}' END,""" + _OR_CANCELLED
+FAIL_FINAL = _HELD + """
+UPDATE {s}.jobs AS j SET status = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'failed' END,
+    completed_at = %(now)s,""" + _OR_CANCELLED
+# The cascade goes one level per statement: each statement reads job_deps afresh after
+# the previous one waited for its locks, so a dependent committed meanwhile is seen.
+SELECT_DEPENDENTS = "SELECT DISTINCT job_id FROM {s}.job_deps WHERE depends_on = ANY(%s)"
+CANCEL_DEPENDENTS = """
+WITH doomed AS (
+    SELECT seq FROM {s}.jobs WHERE id = ANY(%(ids)s) AND COALESCE(status, '') IN ('pending', 'scheduled')
+    ORDER BY seq FOR UPDATE
+)
+UPDATE {s}.jobs AS j SET status = 'cancelled', completed_at = %(now)s, error = %(error)s,
+    error_type = 'DependencyFailed'
+FROM doomed WHERE j.seq = doomed.seq
+RETURNING j.id
+"""
+CANCEL_WAITING = """
+WITH waiting AS (
+    SELECT seq FROM {s}.jobs WHERE id = %(id)s AND status IN ('pending', 'scheduled') FOR UPDATE
+)
+UPDATE {s}.jobs AS j SET status = 'cancelled', completed_at = %(now)s, error = %(reason)s,
+    error_type = 'JobCancelled'
+FROM waiting WHERE j.seq = waiting.seq
+"""
+# cancel() locks the job's row first and decides on the status it finds: two statements
+# that each looked for the status they act on (pending or scheduled, then running) could
+# both miss a job that went from one to the other between them (a retry recorded: running
+# to scheduled), and cancel() returned False for an unfinished job. FOR UPDATE: cancelling
+# may end the job (see the module docstring); it waits for a transition under way and
+# returns the row as that transition left it.
+LOCK_FOR_CANCEL = "SELECT status FROM {s}.jobs WHERE id = %s FOR UPDATE"
+REQUEST_CANCEL = "UPDATE {s}.jobs SET cancel_requested = TRUE WHERE id = %s AND status = 'running'"
+SELECT_UNIQUE_HOLDER = f"""
+SELECT other.id FROM {{s}}.jobs AS j JOIN {{s}}.jobs AS other ON other.unique_key = j.unique_key
+WHERE j.id = %s AND other.id <> j.id AND other.status IN {_UNFINISHED}
+"""
+LOCK_JOB_DEPENDENCIES = """
+SELECT p.status FROM {s}.job_deps AS d JOIN {s}.jobs AS p ON p.id = d.depends_on
+WHERE d.job_id = %s ORDER BY p.seq FOR KEY SHARE OF p
+"""
+REQUEUE = f"""
+UPDATE {{s}}.jobs SET status = 'pending', attempts = 0, run_at = NULL, started_at = NULL,
+    completed_at = NULL, error = NULL, error_type = NULL, traceback = NULL, progress = 0,
+    progress_message = '', progress_details = '{{{{}}}}', worker_id = NULL,
+    cancel_requested = FALSE, blocked = %s
+WHERE id = %s AND status IN ('failed', 'cancelled') AND cron IS NULL
+  AND (started_at IS NOT NULL
+       OR NOT EXISTS (SELECT 1 FROM unnest({{s}}.jobs.depends_on) AS d(id)
+                      WHERE NOT EXISTS (SELECT 1 FROM {{s}}.jobs AS p WHERE p.id = d.id)))
+RETURNING {ENTRY}
+"""
+UPDATE_PROGRESS = f"""
+UPDATE {{s}}.jobs SET progress = %(progress)s, progress_message = %(message)s,
+    progress_details = %(details)s
+WHERE {_HELD_WHERE}
+"""
+# SKIP LOCKED: a heartbeat never waits. A row locked now is being settled by its own
+# worker (or briefly by a claimer that lost the race); waiting for it would let a
+# heartbeat and a settlement of the same worker lock two rows in opposite orders, a
+# deadlock PostgreSQL breaks only after deadlock_timeout (1 s), long enough to lose
+# short leases. The next heartbeat renews what this one skipped.
+# The lease counts from when the row is written: a statement that waited behind a lock on
+# the table (LOCK TABLE, VACUUM FULL) adds its wait (server time, no clock compared), or
+# a lease computed before the wait would be written expired, and taken back beside the
+# job still running.
+HEARTBEAT = """
+WITH beat AS (
+    SELECT seq FROM {s}.jobs
+    WHERE COALESCE(status, '') = 'running' AND worker_id = %(worker)s AND id = ANY(%(ids)s)
+    FOR NO KEY UPDATE SKIP LOCKED
+)
+UPDATE {s}.jobs AS j
+SET lease_expires_at = %(lease)s + EXTRACT(EPOCH FROM clock_timestamp() - statement_timestamp())::float8
+FROM beat WHERE j.seq = beat.seq
+RETURNING j.id, j.cancel_requested
+"""
