@@ -205,7 +205,7 @@ class PostgresRepository(PostgresAdding, SettlesThroughApply, JobRepository):
 
         def work(tx: Tx) -> tuple[CancelOutcome, Cascade]:
             # The row locked first, and what is done decided on the status it then has
-            # (see queries.LOCK_FOR_CANCEL): no transition can come between.
+            # (see transition_queries.LOCK_FOR_CANCEL): no transition can come between.
             row = tx.execute(sql.LOCK_FOR_CANCEL, (job_id,)).fetchone()
             if row is None:
                 return CancelOutcome.NOT_FOUND, Cascade()

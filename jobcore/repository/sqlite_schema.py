@@ -1,5 +1,5 @@
 """The SQLite schema of jobcore: its tables and indexes, its version, and the migrations
-from each older version, as named constants (the statements run on it are sqlite_sql's).
+from each older version, as named constants (the statements run on it are sqlite_sql's and sqlite_transition_sql's).
 
 No code runs here; `repository.sqlite_migration` executes these. Schema changes bump
 `SCHEMA_VERSION` and add a step to `MIGRATIONS`.
