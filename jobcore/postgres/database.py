@@ -228,7 +228,7 @@ class Database:
                 raise
 
     def insert_alone(self, query: str, params: Any, stored: Callable[[], Optional[int]]) -> int:
-        """The seq of a job stored by one INSERT that also NOTIFYs (`queries.INSERT_ALONE`),
+        """The seq of a job stored by one INSERT that also NOTIFYs (`transition_queries.INSERT_ALONE`),
         run on its own (autocommit): moves this object's change token as a transaction
         that notified does. A taken job id raises `InvalidJob`.
 
