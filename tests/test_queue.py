@@ -76,6 +76,28 @@ def test_cancelled_far_future_timers_are_compacted_and_the_live_ones_fire_in_ord
     assert_counts_exact(queue)
 
 
+def test_timers_a_store_read_did_not_find_are_dropped_and_no_others() -> None:
+    # given timers queued before a read of the store's scheduled jobs began, one queued
+    # after, one of a function this read did not cover, one due past the read's window,
+    # and a cron schedule
+    clock = FakeClock(START)
+    queue = ReadyQueue(clock)
+    for n, job_id in enumerate(["kept", "lost", "other-function", "late"]):
+        entry = QueueEntry(job_id, 0, n, START + WEEK + n, "elsewhere" if job_id == "other-function" else "task")
+        queue.push(entry, entry.run_at)
+    queue.push(schedule("cron", 9, START + WEEK), START + WEEK)
+    mark = queue.timer_mark()
+    queue.push(timer("newer", 10, START + WEEK), START + WEEK)
+    # when the read found only "kept" (the others cancelled elsewhere, or newer than it),
+    # its window ending before "late" was due
+    found = [timer("kept", 0, START + WEEK)]
+    dropped = queue.drop_lost_timers(found, mark, {"task"}, before=START + WEEK + 3)
+    # then only "lost" is forgotten, and the heap's count of dead items is exact
+    assert dropped == 1
+    assert set(queue._members) == {"kept", "other-function", "late", "cron", "newer"}
+    assert_counts_exact(queue)
+
+
 def test_timers_queued_again_sooner_leave_no_heap_behind_and_fire_once() -> None:
     # given 1,000 timers a week ahead, each queued again 100 times, sooner each time (a
     # retry elsewhere, say): every older item is dead
@@ -323,13 +345,35 @@ def test_a_cancelled_jobs_stale_timer_runs_nothing_and_leaves_the_queue_when_due
     assert manager.cancel(job_id) and manager.cancel(schedule_id)
     for entry in entries.values():
         manager._queue.push(entry, entry.run_at)
-    assert len(manager._queue) == 2
+    # (the job's may leave sooner: a read of the scheduled jobs finds it no longer there)
     # when their times come, the claim (or the fire) fails in the store: nothing runs
     clock.advance(3600)
     wait_until(lambda: len(manager._queue) == 0, WAIT, "the stale entries to leave the queue")
     assert ran == []
     assert manager.get_stats()["total"] == 2
     assert {manager.poll(i).status for i in entries} == {JobStatus.CANCELLED}  # type: ignore[union-attr]
+
+
+def test_timers_of_jobs_another_manager_cancelled_leave_the_workers_queue(
+        repository: JobRepository, make_manager: Callable[..., JobManager]) -> None:
+    # given a started worker holding timers of 200 jobs a producer scheduled a day ahead
+    # (another manager, as a web app beside the worker would be), and one more it keeps
+    worker = make_manager(repository, max_workers=1)
+    worker.register_function("remind", lambda: None)
+    worker.start()
+    producer = make_manager(repository, producer=True)
+    later = datetime.fromtimestamp(datetime.now().timestamp() + 86_400)
+    ids = producer.enqueue_many([Job(function_name="remind", scheduled_at=later) for _ in range(200)])
+    kept = producer.enqueue(Job(function_name="remind", scheduled_at=later))
+    wait_until(lambda: len(worker._queue) == 201, WAIT, "the worker to queue the timers")
+    # when the producer cancels the 200
+    for job_id in ids:
+        assert producer.cancel(job_id)
+    # then the worker's next read of the store lets their timers go (they stayed a day,
+    # about 0.5 KB each: a hunt saw a worker grow by 50 MB over 100,000 such jobs), and
+    # keeps the one still scheduled
+    wait_until(lambda: len(worker._queue) == 1, WAIT, "the cancelled jobs' timers to leave the queue")
+    assert set(worker._queue._members) == {kept}
 
 
 def test_a_job_retried_during_a_read_runs_once(repository: JobRepository,
