@@ -13,7 +13,9 @@ them by COMPACT_FLOOR, so memory stays proportional to the jobs queued: an appli
 scheduling jobs a week ahead and cancelling most of them (reminders, debounced work) grew
 the timers heap without bound. A rebuild reads fewer than twice the items that died since
 the last one, so a discard stays O(1) amortised. And a read of the store marked with
-`reading` does not queue again an id discarded while it was under way.
+`reading` does not queue again an id discarded while it was under way; a read of the
+scheduled jobs drops the timers it no longer finds (`drop_lost_timers`): jobs another
+manager or process cancelled, which no discard here could name.
 """
 
 from __future__ import annotations
