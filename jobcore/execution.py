@@ -197,8 +197,11 @@ def run_attempt(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[st
 
 def _loop_runs_here() -> bool:
     """True if an event loop runs in this thread (never on a worker thread of its own)."""
-    asyncio = sys.modules.get("asyncio")  # not imported: no loop runs (importing it costs ~25 ms)
-    return asyncio is not None and asyncio._get_running_loop() is not None
+    # Not imported: no loop runs (importing it costs ~25 ms). Half imported, by another
+    # thread right now: no loop of it runs here yet either. (Its attribute read then
+    # raised AttributeError, and every job starting during that import failed for good.)
+    running = getattr(sys.modules.get("asyncio"), "_get_running_loop", None)
+    return running is not None and running() is not None
 
 
 def run_coroutine(coroutine: Any) -> Any:

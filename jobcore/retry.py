@@ -91,8 +91,9 @@ def _is_transient_leaf(exc: BaseException) -> bool:
 
 def _is_other_timeout(exc: BaseException) -> bool:
     for name in _OTHER_TIMEOUT_MODULES:
-        module = sys.modules.get(name)
-        if module is not None and isinstance(exc, module.TimeoutError):
+        # (getattr: a module another thread is importing may not define it yet)
+        timeout = getattr(sys.modules.get(name), "TimeoutError", None)
+        if isinstance(timeout, type) and isinstance(exc, timeout):
             return True
     return False
 

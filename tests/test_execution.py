@@ -6,12 +6,15 @@ from __future__ import annotations
 import functools
 import gc
 import inspect
+import sys
+import types
 import weakref
 from typing import Any, Callable
 
 import pytest
 
 from jobcore import Job, JobManager, JobStatus, MemoryRepository
+from jobcore import retry
 from jobcore.execution import accepts_progress_callback
 
 WAIT = 10.0  # generous bound for waits that normally end in milliseconds
@@ -230,3 +233,30 @@ def test_a_coroutine_job_given_up_before_its_task_first_ran_leaves_no_never_awai
         del outcome
         gc.collect()
     assert [str(w.message) for w in caught if "never awaited" in str(w.message)] == []
+
+
+def test_a_job_starting_while_another_thread_imports_asyncio_runs(monkeypatch: Any) -> None:
+    # given asyncio half imported, as while another thread imports it for the first time
+    # (a first coroutine job, or a library that pulls it in): the module is in sys.modules
+    # before its attributes are (a hunt saw up to 832 of 1,201 jobs fail for good then,
+    # with "partially initialized module 'asyncio' has no attribute '_get_running_loop'")
+    manager = JobManager(MemoryRepository())
+    manager.register_function("add", lambda a, b: a + b)
+    job_id = manager.enqueue(Job(function_name="add", args=(1, 2), max_retries=0))
+    monkeypatch.setitem(sys.modules, "asyncio", types.ModuleType("asyncio"))
+    # when a job starts then, then it runs as usual
+    assert manager.run_pending() == 1
+    monkeypatch.undo()
+    result = manager.poll(job_id)
+    assert result is not None and (result.status, result.result) == (JobStatus.COMPLETED, 3)
+    manager.close()
+
+
+def test_a_failure_judged_while_a_module_it_looks_at_is_half_imported_is_judged(monkeypatch: Any) -> None:
+    # given (as on Python 3.10) a timeout class looked up in a module another thread is
+    # importing right now, which does not define it yet
+    monkeypatch.setattr(retry, "_OTHER_TIMEOUT_MODULES", ("asyncio.exceptions",))
+    monkeypatch.setitem(sys.modules, "asyncio.exceptions", types.ModuleType("asyncio.exceptions"))
+    # when a failure is judged, then it is judged by the other rules (it raised AttributeError)
+    assert retry.is_transient(ValueError("bad input")) is False
+    assert retry.is_transient(ConnectionError("reset")) is True
