@@ -146,7 +146,7 @@ class Exchanges:
         try:
             claimed = self._recorder.exchange_inserting(record, claim_new, finished, [e.job_id for e in entries],
                                                         now, [e.seq for e in entries])
-        except Exception:
+        except BaseException:  # Ctrl-C too: the exchange must end, or nothing would run again
             for entry in entries:  # outside the lock: the queue's listener takes it
                 self._queue.push(entry)
             with state.lock:

@@ -147,6 +147,39 @@ def test_an_enqueue_the_store_refuses_leaves_the_waiting_outcomes_recorded(
     assert manager.wait(later, timeout=WAIT).result == "later"
 
 
+class _InterruptedOnce(SQLiteRepository):
+    """An SQLite store whose next `insert_and_apply` (the enqueuing thread's exchange) is
+    interrupted, as Ctrl-C or a signal handler raising would interrupt it."""
+
+    interrupt = False
+
+    def insert_and_apply(self, *args: Any, **kwargs: Any) -> Any:
+        if self.interrupt:
+            self.interrupt = False
+            raise KeyboardInterrupt
+        return super().insert_and_apply(*args, **kwargs)
+
+
+def test_an_enqueue_interrupted_in_its_exchange_leaves_the_pool_running(
+        db_path: str, make_manager: Callable[..., JobManager]) -> None:
+    # given a started manager whose enqueues store jobs in exchanges of their own
+    store = _InterruptedOnce(db_path)
+    manager = make_manager(store, max_workers=2)
+    manager.register_function("task", lambda value: value)
+    manager.start()
+    assert manager.wait(manager.enqueue(Job(function_name="task", args=(1,))), timeout=WAIT).result == 1
+    # when Ctrl-C interrupts an enqueue inside that exchange
+    store.interrupt = True
+    with pytest.raises(KeyboardInterrupt):
+        manager.enqueue(Job(function_name="task", args=(2,)))
+    # then the exchange ended all the same: jobs enqueued next run (a hunt saw none run
+    # again, and stop() wait for ever on the dispatcher, which waited for that exchange)
+    assert manager.wait(manager.enqueue(Job(function_name="task", args=(3,))), timeout=WAIT).result == 3
+    began = real_monotonic()
+    manager.stop(timeout=WAIT)
+    assert real_monotonic() - began < WAIT / 2 and not manager.running
+
+
 def _started_with_two_workers(repository: JobRepository,
                               make_manager: Callable[..., JobManager]) -> tuple[JobManager, list[int]]:
     """A started manager with two workers and "task", which notes its argument in the list."""
