@@ -11,6 +11,7 @@ from typing import Any, Callable
 import pytest
 
 from jobcore import SQLiteRepository
+from jobcore.errors import RepositoryError
 from jobcore.repository.group_commit import GroupCommitter
 from jobcore.testing.contract import NOW, make_record
 
@@ -57,7 +58,7 @@ def _queued_behind_a_held_leader(group: GroupCommitter[list[str]], source: _Tran
     def submit(n: int) -> None:
         try:
             outcomes[n] = group.run(ops[n])
-        except Exception as exc:
+        except BaseException as exc:  # (KeyboardInterrupt too: see the interrupted leader)
             outcomes[n] = exc
 
     for n in range(len(ops)):
@@ -152,6 +153,32 @@ def test_a_shared_transaction_that_cannot_begin_fails_every_operation_once() -> 
     # then each operation fails with that error after one wait, not a wait of its own
     # each (one caller of eight waited nine busy timeouts)
     assert all(isinstance(o, RuntimeError) and str(o) == str(locked) for o in outcomes)
+    assert source.opened == 2  # the leader's, then the shared one
+
+
+def test_a_shared_transaction_interrupted_in_its_leader_fails_the_others_rather_than_dropping_them() -> None:
+    # given three operations queued behind a leader, and the shared transaction that the
+    # first of them to lead opens interrupted there (Ctrl-C in that thread)
+    source = _Transactions()
+    group: GroupCommitter[list[str]] = GroupCommitter(source.transaction)
+    leader, outcomes = _queued_behind_a_held_leader(group, source, [_writes("a"), _writes("b"), _writes("c")])
+    threads = list(outcomes)
+
+    def interrupted(body: Callable[[list[str]], Any]) -> Any:
+        source.opened += 1
+        raise KeyboardInterrupt
+
+    group._transaction = interrupted
+    # when the leader's transaction ends and the shared one is interrupted
+    source.hold.set()
+    for thread in [leader, *threads]:
+        thread.join(10)
+    # then the thread leading it gets the interrupt, and each other one an error saying
+    # its operation may not have run (each returned None as if it had, its ticket gone)
+    assert not any(thread.is_alive() for thread in threads)
+    assert sum(isinstance(o, KeyboardInterrupt) for o in outcomes) == 1
+    others = [o for o in outcomes if not isinstance(o, KeyboardInterrupt)]
+    assert len(others) == 2 and all(isinstance(o, RepositoryError) and "interrupted" in str(o) for o in others)
     assert source.opened == 2  # the leader's, then the shared one
 
 

@@ -15,6 +15,8 @@ import copy
 import threading
 from typing import Any, Callable, Generic, TypeVar
 
+from ..errors import RepositoryError
+
 C = TypeVar("C")
 T = TypeVar("T")
 
@@ -79,6 +81,14 @@ class GroupCommitter(Generic[C]):
         if not ticket.done:
             try:
                 self._run_batch(batch)
+            except BaseException as exc:  # interrupted here (Ctrl-C): the others must not wait,
+                # nor lead again with their tickets gone and return None as if their
+                # operations had run (whether the transaction committed is not known)
+                left = [other for other in batch if not other.done and other is not ticket]
+                self._finish(left, [None] * len(left), RepositoryError(
+                    f"the transaction shared with another thread was interrupted there ({exc!r});"
+                    " this operation may or may not have been committed"))
+                raise
             finally:
                 with self._lock:
                     self._leading = False  # the next waiter with work leads
