@@ -70,6 +70,26 @@ def _queued_behind_a_held_leader(group: GroupCommitter[list[str]], source: _Tran
     return leader, outcomes
 
 
+def _shared_transaction_raising(group: GroupCommitter[list[str]], source: _Transactions,
+                                error: BaseException) -> list[Any]:
+    """Queue "a", "b" and "c" behind a held leader, make every transaction opened from then
+    on raise `error` as it opens, release the leader, and return each one's outcome once
+    every thread ended."""
+    leader, outcomes = _queued_behind_a_held_leader(group, source, [_writes("a"), _writes("b"), _writes("c")])
+    threads = list(outcomes)
+
+    def raising(body: Callable[[list[str]], Any]) -> Any:
+        source.opened += 1
+        raise error
+
+    group._transaction = raising
+    source.hold.set()
+    for thread in [leader, *threads]:
+        thread.join(10)
+    assert not any(thread.is_alive() for thread in threads)
+    return outcomes
+
+
 def test_an_operation_alone_runs_solo_without_a_transaction() -> None:
     # given a committer and nobody else writing
     source = _Transactions()
@@ -137,19 +157,9 @@ def test_a_shared_transaction_that_cannot_begin_fails_every_operation_once() -> 
     # opening a transaction waits out the busy timeout, then raises
     source = _Transactions()
     group: GroupCommitter[list[str]] = GroupCommitter(source.transaction)
-    leader, outcomes = _queued_behind_a_held_leader(group, source, [_writes("a"), _writes("b"), _writes("c")])
-    threads = list(outcomes)
     locked = RuntimeError("the database stayed locked past the busy timeout")
-
-    def cannot_begin(body: Callable[[list[str]], Any]) -> Any:
-        source.opened += 1
-        raise locked
-
-    group._transaction = cannot_begin
     # when the leader's transaction ends and the shared one cannot begin
-    source.hold.set()
-    for thread in [leader, *threads]:
-        thread.join(10)
+    outcomes = _shared_transaction_raising(group, source, locked)
     # then each operation fails with that error after one wait, not a wait of its own
     # each (one caller of eight waited nine busy timeouts)
     assert all(isinstance(o, RuntimeError) and str(o) == str(locked) for o in outcomes)
@@ -161,21 +171,10 @@ def test_a_shared_transaction_interrupted_in_its_leader_fails_the_others_rather_
     # first of them to lead opens interrupted there (Ctrl-C in that thread)
     source = _Transactions()
     group: GroupCommitter[list[str]] = GroupCommitter(source.transaction)
-    leader, outcomes = _queued_behind_a_held_leader(group, source, [_writes("a"), _writes("b"), _writes("c")])
-    threads = list(outcomes)
-
-    def interrupted(body: Callable[[list[str]], Any]) -> Any:
-        source.opened += 1
-        raise KeyboardInterrupt
-
-    group._transaction = interrupted
     # when the leader's transaction ends and the shared one is interrupted
-    source.hold.set()
-    for thread in [leader, *threads]:
-        thread.join(10)
+    outcomes = _shared_transaction_raising(group, source, KeyboardInterrupt())
     # then the thread leading it gets the interrupt, and each other one an error saying
     # its operation may not have run (each returned None as if it had, its ticket gone)
-    assert not any(thread.is_alive() for thread in threads)
     assert sum(isinstance(o, KeyboardInterrupt) for o in outcomes) == 1
     others = [o for o in outcomes if not isinstance(o, KeyboardInterrupt)]
     assert len(others) == 2 and all(isinstance(o, RepositoryError) and "interrupted" in str(o) for o in others)
