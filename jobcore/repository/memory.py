@@ -4,8 +4,9 @@ Same contract as every repository; nothing is persisted and arguments are kept a
 Python objects given (JSON is not required). Not shared between processes. Storing new
 jobs is `memory_adding`'s; listings, counts and log lines `memory_listing`'s; cancelling,
 re-queueing and deleting on request `memory_changing`'s; the worker registry
-`memory_workers`'. This module keeps the state, its one lock, and the worker's path: the
-reads that find work, claiming, settling, progress and log lines, leases, and schedules.
+`memory_workers`' (each declares the state it shares through `memory_state`). This module
+keeps the state, its one lock, and the worker's path: the reads that find work, claiming,
+settling, progress and log lines, leases, and schedules.
 """
 
 from __future__ import annotations

@@ -7,25 +7,18 @@ Reading, claiming and settling stored jobs is `memory`'s.
 
 from __future__ import annotations
 
-import threading
 from typing import Optional, Sequence
 
 from ..models import JobStatus
 from ._cascade import ENDED, dependency_error_message, plan_batch
-from .base import Cascade, JobRecord, JobRepository, Settlement, id_taken, require_plain_pending
+from .base import Cascade, JobRecord, Settlement, id_taken, require_plain_pending
+from .memory_state import MemoryState
 # The copy the store keeps of a record given to it: dicts of its own, empty ones shared.
 from .values import stored_copy as _stored
 
 
-class MemoryAdding(JobRepository):
-    """The adding half of `MemoryRepository`, which sets the attributes below (all guarded
-    by `_lock`) and provides the steps named at the end."""
-
-    _lock: threading.RLock
-    _jobs: dict[str, JobRecord]
-    _dependents: dict[str, set[str]]
-    _unique: dict[str, str]
-    _next_seq: int
+class MemoryAdding(MemoryState):
+    """The adding half of `MemoryRepository` (its state and row steps: `MemoryState`)."""
 
     def insert(self, records: Sequence[JobRecord], now: float) -> list[str]:
         if len(records) == 1 and not records[0].depends_on and records[0].unique_key is None:
@@ -96,16 +89,3 @@ class MemoryAdding(JobRepository):
             cascades, claimed = self.apply(settlements, [record.id, *claim_ids] if claim_new else claim_ids,
                                            worker_id, now, lease_expires_at)
         return cascades, claimed
-
-    # Provided by MemoryRepository.
-    def _add_row(self, row: JobRecord) -> None:
-        raise NotImplementedError
-
-    def _set_status(self, row: JobRecord, status: JobStatus) -> None:
-        raise NotImplementedError
-
-    def _forget_unique(self, row: JobRecord) -> None:
-        raise NotImplementedError
-
-    def _cancel_dependents(self, root: JobRecord, now: float) -> tuple[str, ...]:
-        raise NotImplementedError

@@ -7,23 +7,16 @@ settling, leases: `memory`'s), nor storing new jobs (`memory_adding`'s).
 
 from __future__ import annotations
 
-import threading
 from typing import Optional
 
 from ..models import TERMINAL_STATUSES, JobStatus
-from .base import Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry
+from .base import Cascade, CancelOutcome, JobRecord, QueueEntry
+from .memory_state import MemoryState
 
 
-class MemoryChanging(JobRepository):
-    """The changing-on-request part of `MemoryRepository`, which sets the attributes below
-    (all guarded by `_lock`) and provides the steps named at the end."""
-
-    _lock: threading.RLock
-    _jobs: dict[str, JobRecord]
-    _by_status: dict[JobStatus, dict[str, JobRecord]]
-    _dependents: dict[str, set[str]]
-    _logs: dict[str, list[tuple[float, str, str]]]
-    _unique: dict[str, str]
+class MemoryChanging(MemoryState):
+    """The changing-on-request part of `MemoryRepository` (its state and row steps:
+    `MemoryState`)."""
 
     def cancel(self, job_id: str, now: float, reason: str) -> tuple[CancelOutcome, Cascade]:
         with self._lock:
@@ -80,13 +73,3 @@ class MemoryChanging(JobRepository):
                         if not waiting:
                             del self._dependents[dep]
             return len(doomed)
-
-    # Provided by MemoryRepository.
-    def _set_status(self, row: JobRecord, status: JobStatus) -> None:
-        raise NotImplementedError
-
-    def _end(self, row: JobRecord, status: JobStatus, now: float) -> None:
-        raise NotImplementedError
-
-    def _cancel_dependents(self, root: JobRecord, now: float) -> tuple[str, ...]:
-        raise NotImplementedError

@@ -10,25 +10,19 @@ from __future__ import annotations
 import builtins
 import heapq
 import operator
-import threading
 from typing import Collection, Optional
 
 from ..models import JobStatus
-from .base import JobRecord, JobRepository, newest_failures
+from .base import JobRecord, newest_failures
+from .memory_state import MemoryState
 # A copy with dicts of its own: whoever holds it can change it without touching the store.
 from .values import detached_copy as _detached
 
 _seq_of = operator.attrgetter("seq")
 
 
-class MemoryListing(JobRepository):
-    """The listing half of `MemoryRepository`, which sets the attributes below (all guarded
-    by `_lock`); this only reads them."""
-
-    _lock: threading.RLock
-    _jobs: dict[str, JobRecord]
-    _by_status: dict[JobStatus, dict[str, JobRecord]]
-    _logs: dict[str, builtins.list[tuple[float, str, str]]]
+class MemoryListing(MemoryState):
+    """The listing half of `MemoryRepository` (its state: `MemoryState`); this only reads it."""
 
     def list(self, *, status: Optional[JobStatus] = None, tags: Optional[Collection[str]] = None,
              owner: Optional[str] = None, limit: Optional[int] = 50, offset: int = 0) -> builtins.list[JobRecord]:

@@ -8,18 +8,15 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
-import threading
 from typing import Collection, Optional
 
-from .base import JobRepository, WorkerInfo
+from .base import WorkerInfo
+from .memory_state import MemoryState
 
 
-class MemoryWorkers(JobRepository):
-    """The worker registry of `MemoryRepository`, which sets `_workers` (guarded by
-    `_lock`, as all of its state)."""
-
-    _lock: threading.RLock
-    _workers: dict[str, WorkerInfo]
+class MemoryWorkers(MemoryState):
+    """The worker registry of `MemoryRepository` (`_workers`, guarded by `_lock`, as all
+    of its state: `MemoryState`)."""
 
     def register_worker(self, worker_id: str, host: str, pid: int, now: float,
                         lease_timeout: Optional[float] = None) -> None:
