@@ -10,7 +10,6 @@ job state of its own beyond the `ReadyQueue` index (the repository is the source
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import socket
@@ -250,11 +249,8 @@ class JobManager(Inspection):
                 mark = self._queue.timer_mark()
                 found = self.repository.scheduled(names, READY_LOAD_LIMIT)
                 self._pool.enqueue_entries(found, read)
-            # Timers of jobs no longer scheduled in the store (cancelled elsewhere) go; past
-            # a full window, only those due before its last.
-            full = len(found) >= READY_LOAD_LIMIT
-            self._queue.drop_lost_timers(found, mark, names, max((e.run_at or 0.0 for e in found), default=0.0)
-                                         if full else math.inf)
+            # Timers of jobs no longer scheduled in the store (cancelled elsewhere) go.
+            self._queue.drop_lost_timers(found, mark, names, whole=len(found) < READY_LOAD_LIMIT)
             took = time.thread_time() - cpu
             self._scheduled_read_after = began + took / RELOAD_SHARE if took > SPACED_SCHEDULED_READ else 0.0
         return more

@@ -304,10 +304,11 @@ class ReadyQueue:
         are newer than that read (see `drop_lost_timers`)."""
         return next(_ties)
 
-    def drop_lost_timers(self, found: Iterable[QueueEntry], mark: int, functions: Collection[str],
-                         before: float = math.inf) -> int:
-        """Forget the timers of jobs of `functions` due before `before` that a read of the
-        store's scheduled jobs, begun after `mark` (`timer_mark`), did not find (`found`):
+    def drop_lost_timers(self, found: Collection[QueueEntry], mark: int, functions: Collection[str], *,
+                         whole: bool = True) -> int:
+        """Forget the timers of jobs of `functions` that a read of the store's scheduled
+        jobs, begun after `mark` (`timer_mark`), did not find (`found`, earliest due first;
+        not `whole`: a window of them, so only timers due before its last are judged):
         no longer scheduled there, they were cancelled, run or deleted by another manager
         or process. Their claim would fail when they came due; until then each stayed
         queued here (a worker beside a web app that schedules reminders a day ahead and
@@ -315,6 +316,7 @@ class ReadyQueue:
         `mark` stay (the read may predate their jobs), as do cron schedules. Returns how
         many were forgotten."""
         ids = {entry.job_id for entry in found}
+        before = math.inf if whole else max((e.run_at for e in found if e.run_at is not None), default=-math.inf)
         with self._lock:
             members = self._members
             lost = [item for item in self._timers

@@ -89,9 +89,9 @@ def test_timers_a_store_read_did_not_find_are_dropped_and_no_others() -> None:
     mark = queue.timer_mark()
     queue.push(timer("newer", 10, START + WEEK), START + WEEK)
     # when the read found only "kept" (the others cancelled elsewhere, or newer than it),
-    # its window ending before "late" was due
-    found = [timer("kept", 0, START + WEEK)]
-    dropped = queue.drop_lost_timers(found, mark, {"task"}, before=START + WEEK + 3)
+    # in a window of the store's scheduled jobs that ends where "late" is due
+    found = [timer("kept", 0, START + WEEK), timer("last-of-the-window", 99, START + WEEK + 3)]
+    dropped = queue.drop_lost_timers(found, mark, {"task"}, whole=False)
     # then only "lost" is forgotten, and the heap's count of dead items is exact
     assert dropped == 1
     assert set(queue._members) == {"kept", "other-function", "late", "cron", "newer"}
