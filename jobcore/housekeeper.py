@@ -57,7 +57,7 @@ class Housekeeper:
     """
 
     def __init__(self, repository: JobRepository, pool: WorkerPool, clock: Clock, settings: PoolSettings,
-                 refill: Callable[[], object], discovery_interval: float,
+                 refill: Callable[[], Optional[float]], discovery_interval: float,
                  on_recovery: Callable[[Recovery], None], stocked: Callable[[], bool] = lambda: False) -> None:
         self._repo = repository
         self._pool = pool
@@ -242,6 +242,10 @@ class Housekeeper:
         next_look = start + self._discovery_interval
         last_refill = start
         refill_every = settings.poll_interval  # at least; more if reloads prove costly
+        # Real monotonic: a part of the store the last refill skipped (a costly read, spaced
+        # out) is read from then, whatever the token says (on a quiet store, nothing else
+        # would: the timers of jobs another process cancelled meanwhile stayed until due).
+        owed: Optional[float] = None
         token = self._token()
         # The first look reads the store whatever the token says: a job another process
         # stored after `start` read the store, but before that token was taken, would
@@ -261,7 +265,7 @@ class Housekeeper:
                 progress_due = self._pool.flush_progress()
                 if soon:
                     last_refill = now
-                    self._refill()
+                    owed = self._refill()
                 if now >= times.next_beat:
                     times.beat_due(now)  # (a beat half a lease late holds recovery off)
                     running = self._pool.heartbeat()
@@ -286,14 +290,15 @@ class Housekeeper:
                     # queue already holds what this manager's own writes made runnable.
                     # A busy manager with a well-stocked queue spaces its reloads out by
                     # what they cost (real time: the work they keep from the workers).
-                    changed = first_look or current is None or current != token
+                    changed = (first_look or current is None or current != token
+                               or (owed is not None and real_monotonic() >= owed))
                     every = refill_every if self._stocked() else settings.poll_interval
                     due = now - last_refill >= every and (changed or not self._exact_token)
                     if (changed and self._pool.idle) or due:
                         first_look = False
                         token, last_refill = current, now
                         began = real_monotonic()
-                        self._refill()
+                        owed = self._refill()
                         refill_every = max(settings.poll_interval, (real_monotonic() - began) / RELOAD_SHARE)
             except RepositoryError as exc:
                 logger.error("housekeeping failed, will retry: %s", exc)

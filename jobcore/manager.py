@@ -4,8 +4,9 @@ It wires the parts together and answers for them: storing and queueing new jobs 
 `Enqueuer`'s (`enqueuing`), running them the `WorkerPool`'s (`workers`), starting and
 stopping its threads the `Lifecycle`'s (`lifecycle`), scheduling of cron runs
 `scheduler`'s, the reads that change nothing (poll, wait, list, stats, logs) its base
-class `Inspection`'s (`inspection`), checks of its arguments `arguments`'. It holds no
-job state of its own beyond the `ReadyQueue` index (the repository is the source of truth).
+class `Inspection`'s (`inspection`), filling its queue from the store `QueueLoader`'s
+(`loading`), checks of its arguments `arguments`'. It holds no job state of its own
+beyond the `ReadyQueue` index (the repository is the source of truth).
 """
 
 from __future__ import annotations
@@ -14,12 +15,11 @@ import os
 import random
 import socket
 import threading
-import time
 import uuid
 from typing import Any, Callable, Iterable, Optional, Union
 
 from .arguments import LONGEST_PERIOD, count as _count, may_exist as _may_exist, positive as _positive
-from .clock import SYSTEM_CLOCK, Clock, real_monotonic
+from .clock import SYSTEM_CLOCK, Clock
 from .enqueuing import Enqueuer
 from .errors import LONGEST_RETRY_DELAY, InvalidJobType
 from .execution import check_room_to_run_here
@@ -31,9 +31,10 @@ from .registry import FunctionRegistry, LocalJobs
 from .repository.base import CANCELLED_BY_REQUEST, CancelOutcome, JobRecord, Recovery
 from .repository.factory import RepositoryLike, build_repository, default_database_path
 from .retry import Classifier, is_transient
-from .housekeeper import RELOAD_SHARE, Housekeeper
+from .housekeeper import Housekeeper
 from .inspection import Inspection
 from .lifecycle import Lifecycle
+from .loading import QueueLoader
 from .waiting import Settlements
 from .workers import PoolSettings, WorkerPool
 
@@ -42,11 +43,6 @@ __all__ = ["JobManager", "RETRY_RULES", "LONGEST_PERIOD", "build_repository", "d
 RETRY_RULES = ("only a failed or cancelled job can be re-queued, and not a cron schedule, a job"
                " whose dependency failed or was cancelled (retry that first), one that never ran"
                " whose dependency was deleted, or one whose unique_key another unfinished job holds")
-
-READY_LOAD_LIMIT = 10_000  # a window: the queue is refilled as it drains
-# CPU seconds: a read of the scheduled jobs that cost more than this (about a thousand rows)
-# is spaced out on the housekeeper's looks, to about RELOAD_SHARE of the time.
-SPACED_SCHEDULED_READ = 0.005
 
 
 class JobManager(Inspection):
@@ -100,14 +96,13 @@ class JobManager(Inspection):
         self._pool = WorkerPool(self.repository, self._queue, self._registry, self._local, self._clock,
                                 settings, self.worker_id, self._publish, self._settlements.mark,
                                 random.Random() if rng is None else rng)
-        # Real monotonic time before which a look of the housekeeper's skips the scheduled
-        # jobs (see `_load_queue`); only the thread loading the queue sets it.
-        self._scheduled_read_after = 0.0
+        self._loader = QueueLoader(self.repository, self._registry, self._pool, self._queue)
+        self._load_queue = self._loader.load
         self._housekeeper = Housekeeper(self.repository, self._pool, self._clock, settings,
-                                        lambda: self._load_queue(spaced=True),
+                                        self._loader.spaced_reload,
                                         _positive("discovery_interval", discovery_interval, most=LONGEST_PERIOD),
                                         self._recovered,
-                                        stocked=lambda: len(self._queue) >= READY_LOAD_LIMIT // 2)
+                                        stocked=self._loader.stocked)
         self._enqueuer = Enqueuer(self.repository, self._registry, self._local, self._pool,
                                   self._settlements, self._clock, producer=self.producer,
                                   immediate=self.immediate, worker_id=self.worker_id,
@@ -215,45 +210,6 @@ class JobManager(Inspection):
                 record = self.repository.get(job_id)
                 if record is not None:
                     self._publish(event, record, {"error": record.error, "error_type": record.error_type})
-
-    def _load_queue(self, spaced: bool = False) -> bool:
-        """Index the stored jobs this manager can run (up to a window of the best). True
-        if the window of ready jobs was full: more may wait in the store, and the queue
-        is read again before it runs dry.
-
-        With `spaced` (the housekeeper's looks), a read of the scheduled jobs that proved
-        costly is skipped until its cost is about RELOAD_SHARE of the time since: an idle
-        manager holding thousands of jobs scheduled for later read them all again at every
-        look after another process's commit (each heartbeat or progress report of a
-        worker beside it), up to 85% of a CPU with 20,000. Those it holds are queued as
-        timers already; one another process schedules is found a little later (a second
-        or two at that size)."""
-        names = self._registry.names
-        more = False
-        if not self._pool.claims_from_store:
-            # Each read is marked (`ReadyQueue.reading`): a job it saw waiting just before a
-            # cancel committed is not queued again after that cancel discarded it.
-            with self._queue.reading() as read:
-                ready = self.repository.ready(names, READY_LOAD_LIMIT)
-                self._pool.enqueue_entries(ready, read)
-            more = len(ready) >= READY_LOAD_LIMIT
-            self._queue.watch_low(READY_LOAD_LIMIT // 4 if more else 0)
-        else:
-            # No ids to queue: the pool claims the store's best by number, in an exchange
-            # the dispatcher makes when told (an idle pool would otherwise never look).
-            self._pool.wake_dispatcher()
-        began = real_monotonic()
-        if not spaced or began >= self._scheduled_read_after:
-            cpu = time.thread_time()  # its cost: CPU, which a loaded machine does not inflate
-            with self._queue.reading() as read:
-                mark = self._queue.timer_mark()
-                found = self.repository.scheduled(names, READY_LOAD_LIMIT)
-                self._pool.enqueue_entries(found, read)
-            # Timers of jobs no longer scheduled in the store (cancelled elsewhere) go.
-            self._queue.drop_lost_timers(found, mark, names, whole=len(found) < READY_LOAD_LIMIT)
-            took = time.thread_time() - cpu
-            self._scheduled_read_after = began + took / RELOAD_SHARE if took > SPACED_SCHEDULED_READ else 0.0
-        return more
 
     # -- functions -----------------------------------------------------------------------------
     def register_function(self, name: Union[str, Callable[..., Any]], func: Optional[Callable[..., Any]] = None) -> Any:

@@ -391,6 +391,10 @@ class ReadyQueue:
         """Tell the consumer to look again (the clock jumped, or state changed)."""
         self.listener()
 
+    def __contains__(self, job_id: object) -> bool:
+        """True if `job_id` is queued here (ready, as a timer, or a schedule)."""
+        return job_id in self._members
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._members)

@@ -256,3 +256,39 @@ def test_an_idle_manager_spaces_out_costly_reads_of_its_scheduled_jobs(
     # real time, not at each look (it did: up to 85% of a CPU with 20,000 of them)
     reads = watched.reloads - before
     assert 1 <= reads <= 2 + elapsed / 0.4, (reads, elapsed)
+
+
+def test_a_read_of_scheduled_jobs_skipped_as_costly_is_made_later_on_a_quiet_store(
+        repository: JobRepository, make_manager: Callable[..., JobManager]) -> None:
+    # given an idle manager whose scheduled jobs cost 20 ms of CPU to read, and another
+    # manager on the same store (another process) that schedules a job a day ahead
+    clock = FakeClock()
+    manager, watched, _ = _idle_manager(make_manager, repository, clock)
+    scheduled = repository.scheduled
+
+    def costly_scheduled(*args: Any) -> Any:
+        end = time.thread_time() + 0.02
+        while time.thread_time() < end:  # the cost being modelled: CPU, not a wait
+            pass
+        return scheduled(*args)
+
+    repository.scheduled = costly_scheduled  # type: ignore[method-assign]
+    other = make_manager(repository)
+    other.register_function("noop", noop)
+    ahead = datetime.fromtimestamp(clock.time()) + timedelta(days=1)
+    job_id = other.enqueue(Job(function_name="noop", scheduled_at=ahead))
+    before = watched.reloads
+    watched.pass_time(clock, 0.06)
+    assert watched.reloads > before  # it read the new job, and holds its timer
+    assert job_id in manager._queue  # noqa: SLF001 (the timer is what is at stake)
+    # when the other manager cancels it right away (the next read of the scheduled jobs
+    # is skipped: the last one was costly), and then nothing is written for a while
+    assert other.cancel(job_id)
+    began = time.monotonic()
+    watched.pass_time(clock, 0.06)
+    while time.monotonic() < began + 1.0:  # past the skipped read's window (0.4 s of real time)
+        watched.pass_time(clock, 0.06)
+    watched.pass_time(clock, 0.06)
+    # then the skipped read was made once its window passed, and the cancelled job's
+    # timer went (it stayed until its time came, a day later)
+    assert job_id not in manager._queue  # noqa: SLF001

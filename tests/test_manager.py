@@ -15,9 +15,9 @@ import pytest
 
 from jobcore import (FakeClock, Job, JobCancelled, JobManager, JobPriority, JobRepository, JobStatus, MemoryRepository,
                      SQLiteRepository, UnknownFunction, current_job)
-import jobcore.manager
+import jobcore.loading
 from stuck import stuck_past_stop
-from jobcore.manager import READY_LOAD_LIMIT
+from jobcore.loading import READY_LOAD_LIMIT
 from waiting import wait_until
 from watched_leases import WatchedLeases
 
@@ -483,7 +483,7 @@ def test_a_store_deeper_than_the_window_is_read_again_before_the_queue_runs_dry(
     # given a manager that reads 100 ready jobs at a time, whose periodic reads of the
     # store (and looks for changes made there) are a minute apart, and 1,000 jobs stored
     # before it starts (with priorities)
-    monkeypatch.setattr(jobcore.manager, "READY_LOAD_LIMIT", 100)
+    monkeypatch.setattr(jobcore.loading, "READY_LOAD_LIMIT", 100)
     repo = SQLiteRepository(db_path) if backend == "sqlite" else MemoryRepository()
     manager = make_manager(repo, max_workers=4, producer=True, poll_interval=60.0, discovery_interval=60.0)
     ran: list[int] = []
@@ -505,7 +505,7 @@ def test_a_window_the_workers_empty_before_its_low_mark_is_set_is_read_again(
     # jobs stored, and a reader that sets the low mark of each later window only once the
     # workers have emptied it (they pop a window as soon as it is queued; once this
     # happened by chance, the queue stayed empty until the periodic read)
-    monkeypatch.setattr(jobcore.manager, "READY_LOAD_LIMIT", 100)
+    monkeypatch.setattr(jobcore.loading, "READY_LOAD_LIMIT", 100)
     manager = make_manager(MemoryRepository(), max_workers=4, producer=True, poll_interval=60.0,
                            discovery_interval=60.0)
     ran: list[int] = []
@@ -532,7 +532,7 @@ def test_two_managers_reading_windows_of_one_file_run_every_job_once(make_manage
                                                                      monkeypatch: Any) -> None:
     # given 600 jobs stored in one file, and two managers on it that read 50 ready jobs
     # at a time, their periodic reads and looks for changes a minute apart
-    monkeypatch.setattr(jobcore.manager, "READY_LOAD_LIMIT", 50)
+    monkeypatch.setattr(jobcore.loading, "READY_LOAD_LIMIT", 50)
     ran: list[int] = []
     lock = threading.Lock()
 
@@ -556,7 +556,7 @@ def test_two_managers_reading_windows_of_one_file_run_every_job_once(make_manage
 def test_run_pending_runs_every_stored_job_past_the_load_window(make_manager: Any, db_path: str,
                                                                 monkeypatch: Any) -> None:
     # given a manager not started that reads 50 ready jobs at a time, and 120 jobs stored
-    monkeypatch.setattr(jobcore.manager, "READY_LOAD_LIMIT", 50)
+    monkeypatch.setattr(jobcore.loading, "READY_LOAD_LIMIT", 50)
     manager = make_manager(db_path)
     ran: list[int] = []
     manager.register_function("task", ran.append)

@@ -57,8 +57,8 @@ def test_a_store_deeper_than_the_window_runs_every_job_without_a_periodic_read(
         manager_on: Callable[..., JobManager], monkeypatch: Any) -> None:
     # given a manager that reads 40 ready jobs at a time, its periodic reads and looks for
     # changes a minute apart, not started while 300 jobs are stored (so it keeps none)
-    import jobcore.manager
-    monkeypatch.setattr(jobcore.manager, "READY_LOAD_LIMIT", 40)
+    import jobcore.loading
+    monkeypatch.setattr(jobcore.loading, "READY_LOAD_LIMIT", 40)
     manager = manager_on(max_workers=2, poll_interval=60.0, discovery_interval=60.0)
     ran: list[int] = []
     manager.register_function("task", ran.append)

@@ -1,0 +1,94 @@
+"""`QueueLoader`: fills a manager's `ReadyQueue` with the stored jobs it can run.
+
+A window of the best ready jobs, and the scheduled ones as timers; the housekeeper's
+reloads space out a read of the scheduled jobs that proves costly, and are told when a
+read they skipped is owed. It owns no thread: the manager's start, its
+`register_function` and the housekeeper call it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+from .clock import real_monotonic
+from .housekeeper import RELOAD_SHARE
+from .queue import ReadyQueue
+from .registry import FunctionRegistry
+from .repository.base import JobRepository
+from .workers import WorkerPool
+
+READY_LOAD_LIMIT = 10_000  # a window: the queue is refilled as it drains
+# CPU seconds: a read of the scheduled jobs that cost more than this (about a thousand rows)
+# is spaced out on the housekeeper's looks, to about RELOAD_SHARE of the time.
+SPACED_SCHEDULED_READ = 0.005
+
+
+class QueueLoader:
+    """Loads one manager's queue from its repository (see module docstring)."""
+
+    def __init__(self, repository: JobRepository, registry: FunctionRegistry, pool: WorkerPool,
+                 queue: ReadyQueue) -> None:
+        self._repo = repository
+        self._registry = registry
+        self._pool = pool
+        self._queue = queue
+        # Real monotonic time before which a spaced load skips the scheduled jobs, and
+        # (set with it) when the read the last spaced load skipped is owed, or None. Only
+        # the thread loading the queue sets them (the housekeeper's, or one starting it).
+        self._scheduled_read_after = 0.0
+        self._scheduled_read_owed: Optional[float] = None
+
+    def stocked(self) -> bool:
+        """True while the queue holds half a window or more (reloads may be spaced out)."""
+        return len(self._queue) >= READY_LOAD_LIMIT // 2
+
+    def spaced_reload(self) -> Optional[float]:
+        """The housekeeper's reload (`load`, spaced); if it skipped the scheduled jobs, the
+        real monotonic time from which that read is owed (else None): on a store quiet
+        from then on, nothing else would make it, and the timers of jobs another process
+        cancelled meanwhile stayed queued until their time came."""
+        self.load(spaced=True)
+        return self._scheduled_read_owed
+
+    def load(self, spaced: bool = False) -> bool:
+        """Index the stored jobs this manager can run (up to a window of the best). True
+        if the window of ready jobs was full: more may wait in the store, and the queue
+        is read again before it runs dry.
+
+        With `spaced` (the housekeeper's looks), a read of the scheduled jobs that proved
+        costly is skipped until its cost is about RELOAD_SHARE of the time since: an idle
+        manager holding thousands of jobs scheduled for later read them all again at every
+        look after another process's commit (each heartbeat or progress report of a
+        worker beside it), up to 85% of a CPU with 20,000. Those it holds are queued as
+        timers already; one another process schedules is found a little later (a second
+        or two at that size)."""
+        names = self._registry.names
+        more = False
+        if not self._pool.claims_from_store:
+            # Each read is marked (`ReadyQueue.reading`): a job it saw waiting just before a
+            # cancel committed is not queued again after that cancel discarded it.
+            with self._queue.reading() as read:
+                ready = self._repo.ready(names, READY_LOAD_LIMIT)
+                self._pool.enqueue_entries(ready, read)
+            more = len(ready) >= READY_LOAD_LIMIT
+            self._queue.watch_low(READY_LOAD_LIMIT // 4 if more else 0)
+        else:
+            # No ids to queue: the pool claims the store's best by number, in an exchange
+            # the dispatcher makes when told (an idle pool would otherwise never look).
+            self._pool.wake_dispatcher()
+        began = real_monotonic()
+        if spaced and began < self._scheduled_read_after:
+            self._scheduled_read_owed = self._scheduled_read_after
+            return more
+        cpu = time.thread_time()  # its cost: CPU, which a loaded machine does not inflate
+        with self._queue.reading() as read:
+            mark = self._queue.timer_mark()
+            found = self._repo.scheduled(names, READY_LOAD_LIMIT)
+            self._pool.enqueue_entries(found, read)
+        # Timers of jobs no longer scheduled in the store (cancelled elsewhere) go.
+        self._queue.drop_lost_timers(found, mark, names, whole=len(found) < READY_LOAD_LIMIT)
+        took = time.thread_time() - cpu
+        self._scheduled_read_after = began + took / RELOAD_SHARE if took > SPACED_SCHEDULED_READ else 0.0
+        self._scheduled_read_owed = None
+        return more
