@@ -58,11 +58,16 @@ class SingleStep:
             started = self._clock.monotonic()
             with self._state.lock:
                 self._state.running[record.id] = Attempt(record, context, Slot(-1), None, started)
-            outcome = self._attempts.run(record, context)
-            context.ended = True
-            last_report = self._last_report(context)
-            with self._state.lock:
-                del self._state.running[record.id]
+            try:
+                outcome = self._attempts.run(record, context)
+                context.ended = True
+                last_report = self._last_report(context)
+            finally:
+                # Also after Ctrl-C landed here rather than in the job: held on, the job
+                # would have its lease renewed by this manager's heartbeats once started,
+                # and never be taken back; let go, its lease lapses and it runs again.
+                with self._state.lock:
+                    del self._state.running[record.id]
             if self._recorder.exchange([Finished(record, context, outcome, self._clock.monotonic() - started,
                                                  last_report=last_report)], []) is None:
                 raise RepositoryError(f"could not record the outcome of job {record.id}; see the log")

@@ -382,3 +382,41 @@ def test_run_pending_runs_jobs_that_the_jobs_it_runs_enqueue_or_retry(tmp_path: 
     assert manager.poll(parent_id).status is JobStatus.COMPLETED
     assert manager.poll(victim).status is JobStatus.COMPLETED
     manager.close()
+
+
+def test_ctrl_c_in_run_pending_after_the_job_ran_lets_go_of_it_so_it_is_taken_back(
+        make_manager: Any, db_path: str) -> None:
+    # given a manager not started whose `run_pending` is interrupted (Ctrl-C) in the
+    # engine's own step between running a job and recording its outcome
+    clock = FakeClock()
+    manager = make_manager(db_path, clock=clock, lease_timeout=4.0, poll_interval=0.5)
+    again = threading.Event()
+    runs: list[int] = []
+
+    def task() -> None:
+        runs.append(1)
+        if len(runs) > 1:
+            again.set()
+
+    job_id = manager.enqueue(Job(function=task))
+    step = manager._pool._single_step  # noqa: SLF001 (where the signal lands is what is at stake)
+    last_report = step._last_report  # noqa: SLF001
+
+    def interrupted(context: Any) -> Any:
+        step._last_report = last_report  # noqa: SLF001
+        raise KeyboardInterrupt
+
+    step._last_report = interrupted  # noqa: SLF001
+    with pytest.raises(KeyboardInterrupt):
+        manager.run_pending()
+    assert runs == [1] and manager.poll(job_id).status is JobStatus.RUNNING
+    # when the manager starts and its lease on the job lapses
+    manager.start()
+    for _ in range(40):
+        clock.advance(1.0)
+        if again.wait(0.05):
+            break
+    # then the job was taken back and ran again (held on, its lease was renewed for ever)
+    assert again.is_set()
+    assert manager.wait(job_id, timeout=10).status is JobStatus.COMPLETED
+    assert manager._pool.held_ids() == []  # noqa: SLF001
