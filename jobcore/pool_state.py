@@ -76,6 +76,7 @@ class PoolState:
         self.taken = 0  # buffered jobs workers have taken, ever: the dispatcher spots a stall
         self.exchanging = False  # an exchange is under way (one at a time, by any thread)
         self.enqueue_exchanging = False  # that exchange stores a new job (`Exchanges.inserting`)
+        self.exchange_thread = 0  # the ident of the thread making it (while `exchanging`)
         self.exchange_ended = threading.Condition(self.lock)
         # Notified when a worker thread ends or is abandoned (its job timed out): `stop` waits on it.
         self.workers_changed = threading.Condition(self.lock)
@@ -206,8 +207,14 @@ class PoolState:
             finished, self.finished = self.finished, []
             self.pacing.taken()
         self.exchanging, self.enqueue_exchanging = True, by_enqueue
+        self.exchange_thread = threading.get_ident()
         self.claiming = room = max(0, self.room_locked(recording=take_finished))
         return finished, room, self.from_store
+
+    def exchanging_here_locked(self) -> bool:
+        """True if the calling thread is making the exchange under way (a signal handler
+        running on it interrupted that exchange)."""
+        return self.exchanging and self.exchange_thread == threading.get_ident()
 
     def give_back_locked(self, finished: list[Finished]) -> None:
         """An exchange failed: its outcomes wait again, first."""

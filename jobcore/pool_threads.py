@@ -111,6 +111,12 @@ class PoolThreads:
             state.work_ready.notify_all()
             state.dispatch_needed.notify_all()
             dispatcher = self._dispatcher.thread
+            # On the thread making the exchange under way (a signal handler's stop that
+            # interrupted an enqueue there), the dispatcher is not waited for: it waits for
+            # that exchange to end before its last recording, which it makes once the
+            # handler returned (waited for, it waited for ever).
+            if state.exchanging_here_locked():
+                dispatcher = None
             threads = list(self._threads)
             while working():
                 left = remaining()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import pytest
 
@@ -475,3 +475,39 @@ def test_an_outcome_handed_in_during_an_enqueue_exchange_that_fails_is_recorded(
         enqueued.result(WAIT)
     # then the outcome is recorded all the same: the dispatcher was told
     assert manager.wait(blocker, timeout=WAIT).status is JobStatus.COMPLETED
+
+
+class _StoppedInside(SQLiteRepository):
+    """An SQLite store whose next `insert_and_apply` (the enqueuing thread's exchange)
+    calls `stop` on its manager from inside, as a SIGTERM handler that interrupted the
+    enqueue there would; `took` is how long that stop took (real seconds)."""
+
+    manager: Optional[JobManager] = None
+    took = -1.0
+
+    def insert_and_apply(self, *args: Any, **kwargs: Any) -> Any:
+        manager, self.manager = self.manager, None
+        if manager is not None:
+            began = real_monotonic()
+            manager.stop(timeout=WAIT)
+            self.took = real_monotonic() - began
+        return super().insert_and_apply(*args, **kwargs)
+
+
+def test_a_stop_from_a_signal_handler_inside_an_enqueues_exchange_returns(
+        db_path: str, make_manager: Callable[..., JobManager]) -> None:
+    # given a started manager whose enqueues store jobs in exchanges of their own
+    store = _StoppedInside(db_path)
+    manager = make_manager(store, max_workers=2)
+    manager.register_function("task", lambda value: value)
+    manager.start()
+    assert manager.wait(manager.enqueue(Job(function_name="task", args=(1,))), timeout=WAIT).result == 1
+    # when a signal handler stops the manager on the enqueuing thread, inside that exchange
+    store.manager = manager
+    job_id = manager.enqueue(Job(function_name="task", args=(2,)))
+    # then the stop returned at once: it did not wait for the dispatcher, which waits for
+    # that exchange to end before its last recording (without a timeout, for ever); the
+    # job was stored, and runs once the manager starts again
+    assert 0 <= store.took < WAIT / 2 and not manager.running
+    manager.start()
+    assert manager.wait(job_id, timeout=WAIT).result == 2
