@@ -160,14 +160,21 @@ class _InterruptedOnce(SQLiteRepository):
         return super().insert_and_apply(*args, **kwargs)
 
 
-def test_an_enqueue_interrupted_in_its_exchange_leaves_the_pool_running(
-        db_path: str, make_manager: Callable[..., JobManager]) -> None:
-    # given a started manager whose enqueues store jobs in exchanges of their own
-    store = _InterruptedOnce(db_path)
+def _started_on(store: JobRepository, make_manager: Callable[..., JobManager]) -> JobManager:
+    """A started manager on `store` with two workers and "task" (returns its argument),
+    past its first job: its enqueues store jobs in exchanges of their own."""
     manager = make_manager(store, max_workers=2)
     manager.register_function("task", lambda value: value)
     manager.start()
     assert manager.wait(manager.enqueue(Job(function_name="task", args=(1,))), timeout=WAIT).result == 1
+    return manager
+
+
+def test_an_enqueue_interrupted_in_its_exchange_leaves_the_pool_running(
+        db_path: str, make_manager: Callable[..., JobManager]) -> None:
+    # given a started manager whose enqueues store jobs in exchanges of their own
+    store = _InterruptedOnce(db_path)
+    manager = _started_on(store, make_manager)
     # when Ctrl-C interrupts an enqueue inside that exchange
     store.interrupt = True
     with pytest.raises(KeyboardInterrupt):
@@ -498,10 +505,7 @@ def test_a_stop_from_a_signal_handler_inside_an_enqueues_exchange_returns(
         db_path: str, make_manager: Callable[..., JobManager]) -> None:
     # given a started manager whose enqueues store jobs in exchanges of their own
     store = _StoppedInside(db_path)
-    manager = make_manager(store, max_workers=2)
-    manager.register_function("task", lambda value: value)
-    manager.start()
-    assert manager.wait(manager.enqueue(Job(function_name="task", args=(1,))), timeout=WAIT).result == 1
+    manager = _started_on(store, make_manager)
     # when a signal handler stops the manager on the enqueuing thread, inside that exchange
     store.manager = manager
     job_id = manager.enqueue(Job(function_name="task", args=(2,)))

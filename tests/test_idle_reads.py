@@ -76,6 +76,20 @@ def _idle_manager(make_manager: Callable[..., JobManager], repository: JobReposi
     return manager, watched, watched.reloads
 
 
+def _make_scheduled_reads_cost(repository: JobRepository, seconds: float) -> None:
+    """Each read of `repository`'s scheduled jobs costs `seconds` of CPU more (thousands
+    of them, due later): the cost being modelled is CPU, not a wait."""
+    scheduled = repository.scheduled
+
+    def costly_scheduled(*args: Any) -> Any:
+        end = time.thread_time() + seconds
+        while time.thread_time() < end:
+            pass
+        return scheduled(*args)
+
+    repository.scheduled = costly_scheduled  # type: ignore[method-assign]
+
+
 def test_an_idle_manager_does_not_reload_an_unchanged_store(repository: JobRepository,
                                                             make_manager: Callable[..., JobManager]) -> None:
     # given an idle manager with a job scheduled for later, past its first looks
@@ -238,15 +252,7 @@ def test_an_idle_manager_spaces_out_costly_reads_of_its_scheduled_jobs(
     repository.change_token = changing_token  # type: ignore[method-assign]
     clock = FakeClock()
     manager, watched, _ = _idle_manager(make_manager, repository, clock)
-    scheduled = repository.scheduled
-
-    def costly_scheduled(*args: Any) -> Any:
-        end = time.thread_time() + 0.02
-        while time.thread_time() < end:  # the cost being modelled: CPU, not a wait
-            pass
-        return scheduled(*args)
-
-    repository.scheduled = costly_scheduled  # type: ignore[method-assign]
+    _make_scheduled_reads_cost(repository, 0.02)
     # when it looks 10 times (every discovery_interval, each finding the store changed)
     before, began = watched.reloads, time.monotonic()
     for _ in range(10):
@@ -264,15 +270,7 @@ def test_a_read_of_scheduled_jobs_skipped_as_costly_is_made_later_on_a_quiet_sto
     # manager on the same store (another process) that schedules a job a day ahead
     clock = FakeClock()
     manager, watched, _ = _idle_manager(make_manager, repository, clock)
-    scheduled = repository.scheduled
-
-    def costly_scheduled(*args: Any) -> Any:
-        end = time.thread_time() + 0.02
-        while time.thread_time() < end:  # the cost being modelled: CPU, not a wait
-            pass
-        return scheduled(*args)
-
-    repository.scheduled = costly_scheduled  # type: ignore[method-assign]
+    _make_scheduled_reads_cost(repository, 0.02)
     other = make_manager(repository)
     other.register_function("noop", noop)
     ahead = datetime.fromtimestamp(clock.time()) + timedelta(days=1)
