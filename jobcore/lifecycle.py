@@ -157,8 +157,12 @@ class Lifecycle:
             deadline = None if timeout is None else real_monotonic() + timeout
             self._pool.stop(timeout)
             self._housekeeper.stop(None if deadline is None else max(0.0, deadline - real_monotonic()))
+            # Unfinished still if the pool's dispatcher was left to finish on its own (a
+            # signal handler's stop inside an enqueue's exchange): the next stop, or
+            # `close`, waits for it.
+            left = self._pool.dispatcher_left
             with self._lock:
-                self._stop_unfinished = False
+                self._stop_unfinished = left
         finally:
             with self._lock:
                 self._stops -= 1

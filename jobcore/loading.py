@@ -33,11 +33,10 @@ class QueueLoader:
         self._registry = registry
         self._pool = pool
         self._queue = queue
-        # Real monotonic time before which a spaced load skips the scheduled jobs, and
-        # (set with it) when the read the last spaced load skipped is owed, or None. Only
-        # the thread loading the queue sets them (the housekeeper's, or one starting it).
+        # Real monotonic time before which a spaced load skips the scheduled jobs. Set by
+        # the thread loading the queue (the housekeeper's, one starting the manager, one
+        # registering a function on it): a value lost to a race only moves a read.
         self._scheduled_read_after = 0.0
-        self._scheduled_read_owed: Optional[float] = None
 
     def stocked(self) -> bool:
         """True while the queue holds half a window or more (reloads may be spaced out)."""
@@ -48,8 +47,8 @@ class QueueLoader:
         real monotonic time from which that read is owed (else None): on a store quiet
         from then on, nothing else would make it, and the timers of jobs another process
         cancelled meanwhile stayed queued until their time came."""
-        self.load(spaced=True)
-        return self._scheduled_read_owed
+        self._load_ready()
+        return self._read_scheduled(spaced=True)
 
     def load(self, spaced: bool = False) -> bool:
         """Index the stored jobs this manager can run (up to a window of the best). True
@@ -63,6 +62,12 @@ class QueueLoader:
         worker beside it), up to 85% of a CPU with 20,000. Those it holds are queued as
         timers already; one another process schedules is found a little later (a second
         or two at that size)."""
+        more = self._load_ready()
+        self._read_scheduled(spaced)
+        return more
+
+    def _load_ready(self) -> bool:
+        """Queue the window of the best ready jobs (see `load`); True if it was full."""
         names = self._registry.names
         more = False
         if not self._pool.claims_from_store:
@@ -77,10 +82,15 @@ class QueueLoader:
             # No ids to queue: the pool claims the store's best by number, in an exchange
             # the dispatcher makes when told (an idle pool would otherwise never look).
             self._pool.wake_dispatcher()
+        return more
+
+    def _read_scheduled(self, spaced: bool) -> Optional[float]:
+        """Queue the scheduled jobs as timers, dropping those of jobs no longer scheduled
+        (see `load`). Spaced and skipped: returns when the read is owed (real monotonic)."""
+        names = self._registry.names
         began = real_monotonic()
         if spaced and began < self._scheduled_read_after:
-            self._scheduled_read_owed = self._scheduled_read_after
-            return more
+            return self._scheduled_read_after
         cpu = time.thread_time()  # its cost: CPU, which a loaded machine does not inflate
         with self._queue.reading() as read:
             mark = self._queue.timer_mark()
@@ -90,5 +100,4 @@ class QueueLoader:
         self._queue.drop_lost_timers(found, mark, names, whole=len(found) < READY_LOAD_LIMIT)
         took = time.thread_time() - cpu
         self._scheduled_read_after = began + took / RELOAD_SHARE if took > SPACED_SCHEDULED_READ else 0.0
-        self._scheduled_read_owed = None
-        return more
+        return None

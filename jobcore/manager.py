@@ -155,8 +155,9 @@ class JobManager(Inspection):
         `start` or `stop` (a signal handler that interrupted it), it returns at once,
         changing nothing: the call under way goes on. On one that interrupted an
         `enqueue`'s exchange, it does not wait for the last recording of the outcomes,
-        which waits for that exchange: it is made once the handler returned. After a stop
-        interrupted while it waited (Ctrl-C), the next `stop` finishes it.
+        which waits for that exchange: it is made once the handler returned, and the next
+        `stop` (or `close`) waits for it. After a stop interrupted while it waited
+        (Ctrl-C), the next `stop` finishes it.
 
         From inside one of this manager's jobs, only `stop(wait=False)`: with `wait` it
         would wait for that job, its own caller (RuntimeError; stop it from another

@@ -39,11 +39,15 @@ class PoolThreads:
         self._threads: list[tuple[threading.Thread, Slot]] = []
         self._abandoned = 0
         self._next_slot = 0
+        # A stop on the thread making an exchange left the dispatcher unjoined (see `stop`):
+        # the next stop joins it.
+        self.dispatcher_left = False
 
     def forked(self) -> None:
         """In a forked child (after `PoolState.forked`): no thread runs here."""
         self._threads = []
         self._abandoned = 0
+        self.dispatcher_left = False
 
     def start(self) -> None:
         """Start the worker threads and the dispatcher: a new generation of them.
@@ -113,9 +117,12 @@ class PoolThreads:
             dispatcher = self._dispatcher.thread
             # On the thread making the exchange under way (a signal handler's stop that
             # interrupted an enqueue there), the dispatcher is not waited for: it waits for
-            # that exchange to end before its last recording, which it makes once the
-            # handler returned (waited for, it waited for ever).
-            if state.exchanging_here_locked():
+            # that exchange to end before its last recording (the outcomes waiting, and the
+            # claimed jobs no worker started handed back), which it makes once the handler
+            # returned. Waited for, it waited out the timeout, or for ever without one. The
+            # next stop (`close` makes one) waits for it.
+            self.dispatcher_left = state.exchanging_here_locked()
+            if self.dispatcher_left:
                 dispatcher = None
             threads = list(self._threads)
             while working():

@@ -56,9 +56,9 @@ class SingleStep:
             record = claimed[0]
             context = JobContext(record.id, record.name, record.attempts, self._sink)
             started = self._clock.monotonic()
-            with self._state.lock:
-                self._state.running[record.id] = Attempt(record, context, Slot(-1), None, started)
             try:
+                with self._state.lock:
+                    self._state.running[record.id] = Attempt(record, context, Slot(-1), None, started)
                 outcome = self._attempts.run(record, context)
                 context.ended = True
                 last_report = self._last_report(context)
@@ -67,7 +67,7 @@ class SingleStep:
                 # would have its lease renewed by this manager's heartbeats once started,
                 # and never be taken back; let go, its lease lapses and it runs again.
                 with self._state.lock:
-                    del self._state.running[record.id]
+                    self._state.running.pop(record.id, None)
             if self._recorder.exchange([Finished(record, context, outcome, self._clock.monotonic() - started,
                                                  last_report=last_report)], []) is None:
                 raise RepositoryError(f"could not record the outcome of job {record.id}; see the log")

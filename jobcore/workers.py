@@ -137,6 +137,13 @@ class WorkerPool:
         return self._pool_threads.stop(timeout)
 
     @property
+    def dispatcher_left(self) -> bool:
+        """True if the last `stop` could not wait for the dispatcher's last recording (it
+        was called on the thread making an exchange): the next stop waits for it."""
+        with self._state.lock:
+            return self._pool_threads.dispatcher_left
+
+    @property
     def threads(self) -> list[threading.Thread]:
         """The live worker threads (not those abandoned in a timed-out attempt)."""
         return self._pool_threads.threads

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
+import time
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import pytest
@@ -491,6 +492,7 @@ class _StoppedInside(SQLiteRepository):
 
     manager: Optional[JobManager] = None
     took = -1.0
+    slow = 0.0  # seconds each `apply` takes more once that stop returned
 
     def insert_and_apply(self, *args: Any, **kwargs: Any) -> Any:
         manager, self.manager = self.manager, None
@@ -499,6 +501,11 @@ class _StoppedInside(SQLiteRepository):
             manager.stop(timeout=WAIT)
             self.took = real_monotonic() - began
         return super().insert_and_apply(*args, **kwargs)
+
+    def apply(self, *args: Any, **kwargs: Any) -> Any:
+        if self.took >= 0 and self.slow:
+            time.sleep(self.slow)  # the dispatcher's last recording, slow: it ends after close began
+        return super().apply(*args, **kwargs)
 
 
 def test_a_stop_from_a_signal_handler_inside_an_enqueues_exchange_returns(
@@ -515,3 +522,24 @@ def test_a_stop_from_a_signal_handler_inside_an_enqueues_exchange_returns(
     assert 0 <= store.took < WAIT / 2 and not manager.running
     manager.start()
     assert manager.wait(job_id, timeout=WAIT).result == 2
+
+
+def test_close_after_a_stop_from_a_signal_handler_inside_an_exchange_waits_for_the_last_recording(
+        db_path: str, make_manager: Callable[..., JobManager]) -> None:
+    # given a manager stopped by a signal handler inside an enqueue's exchange (the stop
+    # returned without waiting for the dispatcher), whose last recording is slow
+    store = _StoppedInside(db_path)
+    manager = _started_on(store, make_manager)
+    store.manager, store.slow = manager, 0.2
+    job_id = manager.enqueue(Job(function_name="task", args=(2,)))
+    # when the program closes the manager once the enqueue returned
+    manager.close()
+    # then close waited for the dispatcher, which handed the new job (claimed in that
+    # exchange, never started) back: it did not wait, and the job stayed RUNNING, never
+    # run, until its lease lapsed
+    reopened = SQLiteRepository(db_path)
+    try:
+        record = reopened.get(job_id)
+        assert record is not None and (record.status, record.attempts) == (JobStatus.PENDING, 0)
+    finally:
+        reopened.close()
