@@ -157,10 +157,10 @@ class Enqueuer:
                 if not stored:
                     self._local.put_back(job.id, before)  # stored the usual way next, or not at all
             return record.id if stored else None
+        claimed: Optional[JobRecord] = None
+        before = self._local.kept(job.id)  # (before the slot is promised: no call between it and the try)
         if not self._pool.reserve_idle_worker():
             return None
-        claimed: Optional[JobRecord] = None
-        before = self._local.kept(job.id)
         try:
             self._local.remember(job.id, self._local_function(job), job.retry_on)
             job_id, claimed = self._repo.insert_claimed(

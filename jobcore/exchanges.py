@@ -20,7 +20,7 @@ from .pool_state import Exchange, PoolState
 from .queue import ReadyQueue
 from .recorder import Finished, Recorder
 from .registry import FunctionRegistry
-from .repository.base import JobRecord, JobRepository
+from .repository.base import JobRecord, JobRepository, QueueEntry
 
 logger = logging.getLogger("jobcore.workers")
 
@@ -123,44 +123,56 @@ class Exchanges:
         record or to claim."""
         state = self._state
         started = real_monotonic()
-        with state.lock:
-            state.pacing.offered(started, threading.get_ident())
-            if (state.exchanging and not state.enqueue_exchanging
-                    and state.pacing.one_producer(started)
-                    and not (state.stopping or state.failing or state.from_store)):
-                state.await_exchange_locked(EXCHANGE_WAIT)
-            if state.stopping or state.exchanging or state.failing or state.from_store:
-                return False
-            if state.room_locked() <= 0 and not state.finished:
-                return False
-            # The outcomes waiting are recorded now if the pacing says so, or if a claim
-            # made without them would have no room (SPEC's bound counts them).
-            take = (state.pacing.enqueue_takes_outcomes(started, len(state.finished))
-                    or state.room_locked(recording=False) <= 0)
-            finished, room, _ = state.begin_exchange_locked(take_finished=take, by_enqueue=True)
-        entries = self._queue.pop_ready(room) if room > 0 else []
-        claim_new = room > len(entries)
-        if not claim_new and entries and record.priority > entries[-1].priority:
-            self._queue.push(entries.pop())  # the new job goes before the worst of them
-            claim_new = True
+        entries: list[QueueEntry] = []
+        claim_new = False
+        claimed: Optional[list[JobRecord]] = None  # once the repository call committed
+        kept: Optional[list[JobRecord]] = None  # of those, the ones `make_way` kept
+        # One try from before the exchange begins to after it ends: Ctrl-C (or a signal
+        # handler raising) may land anywhere on the way, and an exchange left begun stopped
+        # every later one, so no job ran again (a hunt: 5 runs of 5 wedged).
         try:
+            with state.lock:
+                state.pacing.offered(started, threading.get_ident())
+                if (state.exchanging and not state.enqueue_exchanging
+                        and state.pacing.one_producer(started)
+                        and not (state.stopping or state.failing or state.from_store)):
+                    state.await_exchange_locked(EXCHANGE_WAIT)
+                if state.stopping or state.exchanging or state.failing or state.from_store:
+                    return False
+                if state.room_locked() <= 0 and not state.finished:
+                    return False
+                # The outcomes waiting are recorded now if the pacing says so, or if a claim
+                # made without them would have no room (SPEC's bound counts them).
+                take = (state.pacing.enqueue_takes_outcomes(started, len(state.finished))
+                        or state.room_locked(recording=False) <= 0)
+                finished, room, _ = state.begin_exchange_locked(take_finished=take, by_enqueue=True)
+            entries = self._queue.pop_ready(room) if room > 0 else []
+            claim_new = room > len(entries)
+            if not claim_new and entries and record.priority > entries[-1].priority:
+                self._queue.push(entries.pop())  # the new job goes before the worst of them
+                claim_new = True
             claimed = self._recorder.exchange_inserting(record, claim_new, finished, [e.job_id for e in entries],
                                                         now, [e.seq for e in entries])
-        except BaseException:  # Ctrl-C too: the exchange must end, or nothing would run again
-            for entry in entries:  # outside the lock: the queue's listener takes it
-                self._queue.push(entry)
+            if not claim_new:
+                self._recorder.enqueue_entries([record.queue_entry()])
+            kept = self._recorder.make_way(claimed)
             with state.lock:
-                state.give_back_locked(finished)
-                if state.finished:  # given back, or handed in while it ran
-                    state.pacing.due_now(real_monotonic())
-                    state.dispatch_needed.notify()
+                state.ended_locked(finished, kept, wake=bool(kept))
+            return True
+        except BaseException:
+            if claimed is None:  # nothing stored, recorded or claimed: the exchange is undone
+                for entry in entries:  # outside the lock: the queue's listener takes it
+                    self._queue.push(entry)
+                with state.lock:
+                    state.abandon_exchange_here_locked()
+            else:  # committed, and interrupted after: the claimed go to the workers all the same
+                if not claim_new:
+                    self._recorder.enqueue_entries([record.queue_entry()])  # (a second push is ignored)
+                with state.lock:
+                    if state.exchanging_here_locked():
+                        held = claimed if kept is None else kept
+                        state.ended_locked(state.exchange_outcomes, held, wake=bool(held))
             raise
-        if not claim_new:
-            self._recorder.enqueue_entries([record.queue_entry()])
-        claimed = self._recorder.make_way(claimed)
-        with state.lock:
-            state.ended_locked(finished, claimed, wake=bool(claimed))
-        return True
 
     # -- direct hand-off: a new job to an idle worker, without the dispatcher ----------------
     def reserve_idle_worker(self) -> bool:

@@ -143,17 +143,19 @@ class Lifecycle:
         False if there was nothing to stop: not started, and no stop under way or left
         unfinished. The lock is held only to change the state, so that concurrent stops
         each keep to their own timeout (one under way is joined, not taken for done)."""
-        with self._lock:
-            if self.running:
-                self._stop_unfinished = True
-                self.running = self._enqueuer.started = False
-            elif not (self._stop_unfinished or self._stops):
-                return False
-            if self._immediate:
-                self._stop_unfinished = False
-                return False
-            self._stops += 1
-        try:
+        counted = False  # whether this stop is counted in _stops (the finally uncounts it)
+        try:  # begun before the count: Ctrl-C just after it left it counted, and close() waited for ever
+            with self._lock:
+                if self.running:
+                    self._stop_unfinished = True
+                    self.running = self._enqueuer.started = False
+                elif not (self._stop_unfinished or self._stops):
+                    return False
+                if self._immediate:
+                    self._stop_unfinished = False
+                    return False
+                self._stops += 1
+                counted = True
             deadline = None if timeout is None else real_monotonic() + timeout
             self._pool.stop(timeout)
             self._housekeeper.stop(None if deadline is None else max(0.0, deadline - real_monotonic()))
@@ -164,9 +166,10 @@ class Lifecycle:
             with self._lock:
                 self._stop_unfinished = left
         finally:
-            with self._lock:
-                self._stops -= 1
-                self._stops_ended.notify_all()
+            if counted:
+                with self._lock:
+                    self._stops -= 1
+                    self._stops_ended.notify_all()
         return True
 
     def close(self, stop: Callable[[], None], release: Callable[[], None] = lambda: None) -> None:

@@ -77,6 +77,7 @@ class PoolState:
         self.exchanging = False  # an exchange is under way (one at a time, by any thread)
         self.enqueue_exchanging = False  # that exchange stores a new job (`Exchanges.inserting`)
         self.exchange_thread = 0  # the ident of the thread making it (while `exchanging`)
+        self.exchange_outcomes: list[Finished] = []  # the outcomes it took (see `abandon_exchange_here_locked`)
         self.exchange_ended = threading.Condition(self.lock)
         # Notified when a worker thread ends or is abandoned (its job timed out): `stop` waits on it.
         self.workers_changed = threading.Condition(self.lock)
@@ -205,9 +206,11 @@ class PoolState:
         finished: list[Finished] = []
         if take_finished:
             finished, self.finished = self.finished, []
-            self.pacing.taken()
-        self.exchanging, self.enqueue_exchanging = True, by_enqueue
+        self.exchange_outcomes = finished
         self.exchange_thread = threading.get_ident()
+        self.exchanging, self.enqueue_exchanging = True, by_enqueue
+        if take_finished:
+            self.pacing.taken()
         self.claiming = room = max(0, self.room_locked(recording=take_finished))
         return finished, room, self.from_store
 
@@ -221,8 +224,20 @@ class PoolState:
         self._exchange_over_locked()
         self.finished[:0] = finished
 
+    def abandon_exchange_here_locked(self) -> None:
+        """The exchange the calling thread makes ends before its repository call committed
+        (it raised, or Ctrl-C landed anywhere on its way): the outcomes it took wait again,
+        for the dispatcher to record at once. Nothing if this thread makes none."""
+        if not self.exchanging_here_locked():
+            return
+        self.give_back_locked(self.exchange_outcomes)
+        if self.finished:  # given back, or handed in while it ran
+            self.pacing.due_now(real_monotonic())
+            self.dispatch_needed.notify()
+
     def _exchange_over_locked(self) -> None:
         self.exchanging, self.enqueue_exchanging, self.claiming = False, False, 0
+        self.exchange_outcomes = []
         if self.awaiting_exchange:
             self.exchange_ended.notify_all()
 

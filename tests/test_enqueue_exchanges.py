@@ -16,6 +16,7 @@ from jobcore import exchanges, pacing
 from jobcore.errors import RepositoryError
 from jobcore.clock import real_monotonic
 from jobcore.repository.base import JobRepository, Settlement
+from interrupts import CtrlCOnce
 from waiting import wait_until
 
 WAIT = 10.0
@@ -543,3 +544,29 @@ def test_close_after_a_stop_from_a_signal_handler_inside_an_exchange_waits_for_t
         assert record is not None and (record.status, record.attempts) == (JobStatus.PENDING, 0)
     finally:
         reopened.close()
+
+
+def test_ctrl_c_anywhere_in_an_enqueues_exchange_leaves_the_pool_running(
+        db_path: str, make_manager: Callable[..., JobManager]) -> None:
+    # given a started manager whose enqueues store jobs in exchanges of their own
+    manager = _started_on(SQLiteRepository(db_path), make_manager)
+    state = manager._pool._state
+    # when Ctrl-C lands in an enqueue just after its exchange began (before the call that
+    # stores the job), and in another just after that call committed
+    # (not while this thread holds the pool's lock: tracing stops at a `with` line before
+    # its exit releases the lock, where no signal lands)
+    with CtrlCOnce("inserting", lambda: state.exchanging and not state.lock.locked()) as began:
+        with pytest.raises(KeyboardInterrupt):
+            manager.enqueue(Job(function_name="task", args=(2,)))
+    committed = [result.job_id for result in manager.list_jobs(limit=None)]
+    with CtrlCOnce("inserting", lambda: (not state.lock.locked()
+                                          and len(manager.list_jobs(limit=None)) > len(committed))) as stored:
+        with pytest.raises(KeyboardInterrupt):
+            manager.enqueue(Job(function_name="task", args=(3,)))
+    assert began.fired and stored.fired
+    # then no exchange was left begun (every later one was refused: no job ran again),
+    # and the job stored before the interrupt ran, not left RUNNING until its lease lapsed
+    assert not state.exchanging
+    [late] = [result for result in manager.list_jobs(limit=None) if result.job_id not in committed]
+    assert manager.wait(late.job_id, timeout=WAIT).result == 3
+    assert manager.wait(manager.enqueue(Job(function_name="task", args=(4,))), timeout=WAIT).result == 4

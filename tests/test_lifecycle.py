@@ -16,6 +16,7 @@ import pytest
 
 from jobcore import CallbackNotificationChannel, FakeClock, Job, JobManager, JobStatus, MemoryRepository
 from jobcore.errors import RepositoryError
+from interrupts import CtrlCOnce
 from waiting import wait_until
 from watched_leases import WatchedLeases
 
@@ -116,6 +117,27 @@ def test_a_start_during_a_stop_waits_for_that_stop_then_starts(
     assert manager.poll(job_id).status is JobStatus.COMPLETED
     manager.register_function("two", lambda: 2)
     assert manager.wait(manager.enqueue(Job(function_name="two")), timeout=WAIT).result == 2
+
+
+def test_ctrl_c_in_a_stop_just_after_it_counted_itself_leaves_close_free_to_return() -> None:
+    # given a started manager
+    manager = JobManager(MemoryRepository(), max_workers=2)
+    manager.register_function("task", lambda: "done")
+    manager.start()
+    assert manager.wait(manager.enqueue(Job(function_name="task")), timeout=WAIT).result == "done"
+    lifecycle = manager._lifecycle
+    # when Ctrl-C lands in its stop just after the stop counted itself among those under
+    # way (the lifecycle's lock released, the stopping not begun)
+    with CtrlCOnce("_stop_threads", lambda: lifecycle._stops == 1 and not lifecycle._lock.locked()) as ctrl_c:
+        with pytest.raises(KeyboardInterrupt):
+            manager.stop()
+    assert ctrl_c.fired
+    # then the stop is not counted as under way for ever: close() returns (it waited for
+    # that stop to end, for ever), and so would a start
+    closing = threading.Thread(target=manager.close, daemon=True)
+    closing.start()
+    closing.join(WAIT)
+    assert not closing.is_alive() and lifecycle._stops == 0
 
 
 def test_a_stop_in_a_signal_handler_that_interrupted_a_stop_returns(tmp_path: Any) -> None:
