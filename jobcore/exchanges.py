@@ -171,7 +171,7 @@ class Exchanges:
                 with state.lock:
                     if state.exchanging_here_locked():
                         held = claimed if kept is None else kept
-                        state.ended_locked(state.exchange_outcomes, held, wake=bool(held))
+                        state.ended_locked(finished, held, wake=bool(held))
             raise
 
     # -- direct hand-off: a new job to an idle worker, without the dispatcher ----------------
