@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from time import thread_time
 from typing import Callable, Collection, Optional
 
 from .doorbell import Doorbell
@@ -40,9 +41,11 @@ logger = logging.getLogger("jobcore.housekeeper")
 
 # While its queue is well stocked, a busy manager's periodic reloads (a look for higher
 # priorities elsewhere) take at most about this share of the time: one that took 0.35 s
-# (a memory store holding a million ready jobs sorts them all) comes every 7 s rather
-# than every poll_interval. A queue running low is reloaded every poll_interval anyway:
-# its workers need what the reload brings.
+# of CPU (a memory store holding a million ready jobs sorts them all) comes every 7 s
+# rather than every poll_interval. Its cost is the housekeeper thread's CPU time: the work
+# a reload keeps from the workers (it holds the GIL), which a loaded machine does not
+# inflate as it does real time. A queue running low is reloaded every poll_interval
+# anyway: its workers need what the reload brings.
 RELOAD_SHARE = 0.05
 
 
@@ -289,7 +292,7 @@ class Housekeeper:
                     # unless the token says nothing was written since the last look: the
                     # queue already holds what this manager's own writes made runnable.
                     # A busy manager with a well-stocked queue spaces its reloads out by
-                    # what they cost (real time: the work they keep from the workers).
+                    # what they cost (see RELOAD_SHARE).
                     changed = (first_look or current is None or current != token
                                or (owed is not None and real_monotonic() >= owed))
                     every = refill_every if self._stocked() else settings.poll_interval
@@ -297,9 +300,9 @@ class Housekeeper:
                     if (changed and self._pool.idle) or due:
                         first_look = False
                         token, last_refill = current, now
-                        began = real_monotonic()
+                        cpu = thread_time()
                         owed = self._refill()
-                        refill_every = max(settings.poll_interval, (real_monotonic() - began) / RELOAD_SHARE)
+                        refill_every = max(settings.poll_interval, (thread_time() - cpu) / RELOAD_SHARE)
             except RepositoryError as exc:
                 logger.error("housekeeping failed, will retry: %s", exc)
                 times.store_failed(now)
