@@ -21,9 +21,11 @@ from dataclasses import dataclass
 from multiprocessing.util import Finalize
 from typing import Any, Callable, Optional, Union
 
+from . import lock_waits
 from .clock import Clock
 from .execution import Outcome
 from .isolation_child import serve
+from .lock_waits import waitable_lock
 from .isolation_process import Child, alive, default_start_method, end_all, end_child
 
 logger = logging.getLogger("jobcore.isolation")
@@ -54,7 +56,8 @@ class ChildPool:
         self._mp: Any = multiprocessing.get_context(start_method or default_start_method())
         self._clock = clock
         # _cond's lock guards _idle, _live, _running, _closed and the counters.
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = waitable_lock()  # (run_pending runs isolated jobs on a caller's thread)
+        self._cond = threading.Condition(self._lock)
         self._idle: list[Child] = []
         self._live = 0      # children started and not yet ended (idle, busy or starting)
         self._running = 0
@@ -117,7 +120,7 @@ class ChildPool:
                     self._live += 1
                     self._running += 1
                     break
-                self._cond.wait(POLL_INTERVAL)
+                lock_waits.wait(self._cond, self._lock, POLL_INTERVAL)
         try:
             return self._start_child()
         except Exception as exc:

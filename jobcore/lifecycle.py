@@ -11,12 +11,14 @@ import logging
 import threading
 from typing import Callable, Optional, Protocol, Sequence
 
+from . import lock_waits
 from .clock import Clock, real_monotonic
 from .context import current_job
 from .enqueuing import Enqueuer
 from .execution import in_isolated_child
 from .forks import on_fork_in_child
 from .housekeeper import Housekeeper
+from .lock_waits import waitable_lock
 from .notify_dispatch import NotificationDispatcher
 from .repository.base import JobRepository, Recovery
 from .workers import WorkerPool
@@ -55,7 +57,7 @@ class Lifecycle:
         self._recovered = recovered
         # _lock guards running, _stops and _stop_unfinished. `start` holds it throughout;
         # `stop` only to change them, not while it waits for jobs (see `_stop_threads`).
-        self._lock = threading.Lock()
+        self._lock = waitable_lock()
         self.running = False  # True between `start` and `stop` (read without the lock)
         self._stops = 0  # `stop` calls stopping the pool and housekeeper now: `start` waits for them
         self._stops_ended = threading.Condition(self._lock)  # notified as each of those returns
@@ -97,7 +99,7 @@ class Lifecycle:
                         raise RuntimeError("start() called from inside one of this manager's jobs while stop()"
                                            " waits for its jobs would wait for itself")
                     while self._stops:  # a start must not race a stop: it follows it
-                        self._stops_ended.wait()
+                        lock_waits.wait(self._stops_ended, self._lock)
                 if self.running:
                     return
                 if self._immediate:
@@ -189,7 +191,7 @@ class Lifecycle:
         stop()
         with self._lock:
             while self._stops:  # another thread's stop returns before what it uses is released
-                self._stops_ended.wait()
+                lock_waits.wait(self._stops_ended, self._lock)
             self._closed = True
         self._housekeeper.close()  # leases it still renews after a stop: renewed no more
         self._pool.close()
@@ -208,7 +210,7 @@ class Lifecycle:
         stores, polls and cancels jobs, and whatever runs jobs on the store (the parent,
         say) runs those enqueued here. No thread of this process is inside `start` or
         `stop` (the parent's are not here)."""
-        self._lock = threading.Lock()
+        self._lock = waitable_lock()
         self._stops_ended = threading.Condition(self._lock)
         self._stops = 0
         self._stop_unfinished = False

@@ -13,7 +13,9 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from jobcore import lock_waits
 from jobcore.errors import JobcoreError
+from jobcore.lock_waits import waitable_lock
 
 logger = logging.getLogger("jobcore.notifications")
 _thread_numbers = itertools.count(1)
@@ -22,7 +24,7 @@ _thread_numbers = itertools.count(1)
 class _Delivery:
     """One channel's queue, counters and thread; the dispatcher's `_lock` guards every field."""
 
-    def __init__(self, channel: Any, lock: threading.Lock) -> None:
+    def __init__(self, channel: Any, lock: threading.RLock) -> None:
         self.channel = channel
         self.pending: deque[dict[str, Any]] = deque()
         # has_work (on the dispatcher's lock) is notified when pending grows or when
@@ -54,7 +56,7 @@ class NotificationDispatcher:
             raise ValueError(f"queue_size must be at least 1, got {queue_size}")
         self._queue_size = queue_size
         # _lock guards _deliveries, _running, _closed, _dropped and every _Delivery's fields.
-        self._lock = threading.Lock()
+        self._lock = waitable_lock()  # (flush and close, on a caller's thread, wait on _progress)
         # _progress (on _lock) is notified when a delivery finishes an event, retires, or
         # its thread ends: what flush() and close() wait for.
         self._progress = threading.Condition(self._lock)
@@ -163,7 +165,7 @@ class NotificationDispatcher:
         self._refuse_own_thread("flush")
         with self._lock:
             targets = [(d, d.accepted) for d in self._deliveries]
-            return self._progress.wait_for(
+            return lock_waits.wait_for(self._progress, self._lock,
                 lambda: all(d.retired or d.finished >= n for d, n in targets), timeout)
 
     def close(self, timeout: float | None = 5.0) -> bool:
@@ -178,7 +180,7 @@ class NotificationDispatcher:
             for d in self._deliveries:
                 d.stopping = True
                 d.has_work.notify()
-            ended = self._progress.wait_for(lambda: not self._running, timeout)
+            ended = lock_waits.wait_for(self._progress, self._lock, lambda: not self._running, timeout)
             busy = [(d.channel, len(d.pending)) for d in self._running]
         for channel, left in busy:
             logger.warning("notification channel %r still busy at close; "
@@ -192,7 +194,7 @@ class NotificationDispatcher:
         empty queues and no thread (one starts at the first event published here), and no
         thread counted as running, so `flush` and `close` wait only for this process's.
         Closed if it was."""
-        self._lock = threading.Lock()
+        self._lock = waitable_lock()
         self._progress = threading.Condition(self._lock)
         # (Only the forking thread runs here: nothing else reads these while they change.)
         self._deliveries = [_Delivery(d.channel, self._lock) for d in self._deliveries]

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .clock import real_monotonic
+from . import lock_waits
 from .context import JobContext
+from .lock_waits import waitable_lock
 from .pacing import STALL_AFTER, Pacing
 from .recorder import Finished
 from .repository.base import JobRecord
@@ -55,7 +57,7 @@ class PoolState:
     called with `lock` held."""
 
     def __init__(self, max_workers: int) -> None:
-        self.lock = threading.Lock()
+        self.lock = waitable_lock()  # (an enqueue, on a caller's thread, waits on exchange_ended)
         self.work_ready = threading.Condition(self.lock)
         self.dispatch_needed = threading.Condition(self.lock)
         self.buffer: collections.deque[JobRecord] = collections.deque()  # claimed, not started
@@ -245,7 +247,7 @@ class PoolState:
         """Wait (releasing the lock) for the exchange under way to end, at most `seconds`."""
         self.awaiting_exchange += 1
         try:
-            self.exchange_ended.wait(seconds)
+            lock_waits.wait(self.exchange_ended, self.lock, seconds)
         finally:
             self.awaiting_exchange -= 1
 

@@ -13,6 +13,7 @@ import logging
 import threading
 from typing import Callable, Optional
 
+from . import lock_waits
 from .clock import LONGEST_WAIT, Clock, join_within, real_monotonic
 from .dispatcher import Dispatcher
 from .errors import JobTimeout
@@ -129,7 +130,8 @@ class PoolThreads:
                 left = remaining()
                 if left == 0.0:
                     break
-                state.workers_changed.wait(None if left is None else min(left, LONGEST_WAIT))  # no OverflowError
+                # (min: no OverflowError)
+                lock_waits.wait(state.workers_changed, state.lock, None if left is None else min(left, LONGEST_WAIT))
             ended = not working()
             # Threads whose loops ended, not yet gone: joined below (moments each), so
             # that none is alive when this returns (at interpreter exit, the store closes

@@ -17,8 +17,10 @@ import threading
 from collections import OrderedDict
 from typing import Callable, Iterable, Optional, Union
 
+from . import lock_waits
 from .clock import SYSTEM_CLOCK, real_monotonic
 from .errors import JobNotFound, RepositoryError
+from .lock_waits import waitable_lock
 from .models import JobResult, JobStatus
 from .polling import Statuses, StatusPoller
 from .completions import Completion
@@ -71,7 +73,7 @@ class Settlements:
         # (200 of them: about 80 row reads per job). Reentrant: `close` from a signal
         # handler may interrupt this thread while it holds the lock inside `wait` (it
         # waited for itself for ever; found by a review).
-        self._lock = threading.RLock()
+        self._lock = waitable_lock()
         self._closed = False  # by `close`: a job not ended then is waited for no more
         self._left = threading.Condition(self._lock)  # notified as the last waiter of a job leaves, once closed
         self._inside = threading.local()  # .waits: how many `wait` calls this thread is inside
@@ -94,7 +96,7 @@ class Settlements:
     def forked(self) -> None:
         """In a forked child: no thread waits here yet (the parent's stayed there), and a
         lock of its own (one of them may have held this one)."""
-        self._lock = threading.RLock()
+        self._lock = waitable_lock()
         self._left = threading.Condition(self._lock)
         self._waiters = {}
         self._poller.forked()
@@ -135,7 +137,7 @@ class Settlements:
             # review). Bounded: a look blocked behind a locked store is not waited out.
             deadline = real_monotonic() + CLOSE_LOOKS
             while self._waiters and not inside and (left := deadline - real_monotonic()) > 0:
-                self._left.wait(left)
+                lock_waits.wait(self._left, self._lock, left)
 
     def _look_again(self, job_ids: list[str]) -> None:
         """The poller's news: wake the waiters of these jobs to read them (each ended, is
@@ -279,5 +281,5 @@ class Settlements:
             seconds = LONGEST_SLEEP
         with self._lock:
             if waiting.told == seen:
-                waiting.woken.wait(seconds)
+                lock_waits.wait(waiting.woken, self._lock, seconds)
 

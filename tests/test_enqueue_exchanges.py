@@ -555,11 +555,11 @@ def test_ctrl_c_anywhere_in_an_enqueues_exchange_leaves_the_pool_running(
     # stores the job), and in another just after that call committed
     # (not while this thread holds the pool's lock: tracing stops at a `with` line before
     # its exit releases the lock, where no signal lands)
-    with CtrlCOnce("inserting", lambda: state.exchanging and not state.lock.locked()) as began:
+    with CtrlCOnce("inserting", lambda: state.exchanging and not state.lock._is_owned()) as began:
         with pytest.raises(KeyboardInterrupt):
             manager.enqueue(Job(function_name="task", args=(2,)))
     committed = [result.job_id for result in manager.list_jobs(limit=None)]
-    with CtrlCOnce("inserting", lambda: (not state.lock.locked()
+    with CtrlCOnce("inserting", lambda: (not state.lock._is_owned()
                                           and len(manager.list_jobs(limit=None)) > len(committed))) as stored:
         with pytest.raises(KeyboardInterrupt):
             manager.enqueue(Job(function_name="task", args=(3,)))

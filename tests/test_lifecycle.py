@@ -128,7 +128,7 @@ def test_ctrl_c_in_a_stop_just_after_it_counted_itself_leaves_close_free_to_retu
     lifecycle = manager._lifecycle
     # when Ctrl-C lands in its stop just after the stop counted itself among those under
     # way (the lifecycle's lock released, the stopping not begun)
-    with CtrlCOnce("_stop_threads", lambda: lifecycle._stops == 1 and not lifecycle._lock.locked()) as ctrl_c:
+    with CtrlCOnce("_stop_threads", lambda: lifecycle._stops == 1 and not lifecycle._lock._is_owned()) as ctrl_c:
         with pytest.raises(KeyboardInterrupt):
             manager.stop()
     assert ctrl_c.fired

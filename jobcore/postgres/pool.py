@@ -23,8 +23,10 @@ from typing import Iterator, Optional
 import psycopg
 from psycopg import conninfo
 
+from .. import lock_waits
 from ..clock import SYSTEM_CLOCK
 from ..errors import RepositoryError
+from ..lock_waits import waitable_lock
 
 logger = logging.getLogger("jobcore.postgres")
 
@@ -102,7 +104,8 @@ class ConnectionPool:
         self.max_size = max_size
         self.timeout = timeout
         # _cond guards _idle, _size, _pid and _closed; borrowers wait on it for a free slot.
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = waitable_lock()  # (a caller's thread waits on _cond for a connection)
+        self._cond = threading.Condition(self._lock)
         self._idle: list[psycopg.Connection] = []
         self._size = 0  # connections open or being opened, lent or idle
         self._pid = os.getpid()
@@ -157,7 +160,7 @@ class ConnectionPool:
                     raise RepositoryError(
                         f"PostgreSQL at {self.where}: no free connection within {self.timeout:g}s"
                         f" (all {self.max_size} in use; raise pool_size)")
-                self._cond.wait(remaining)
+                lock_waits.wait(self._cond, self._lock, remaining)
 
     def _open_reserved(self) -> psycopg.Connection:
         """Open a connection in a slot `_take_idle_or_reserve` reserved (freed on failure)."""

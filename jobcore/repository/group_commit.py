@@ -15,7 +15,9 @@ import copy
 import threading
 from typing import Any, Callable, Generic, TypeVar
 
+from .. import lock_waits
 from ..errors import RepositoryError
+from ..lock_waits import waitable_lock
 
 C = TypeVar("C")
 T = TypeVar("T")
@@ -44,7 +46,7 @@ class GroupCommitter(Generic[C]):
         # _lock guards _pending and _leading; followers wait on _cond, a condition on it,
         # for their ticket. (`with self._lock` rather than `with self._cond`: the same
         # lock, without two Python calls to the condition's __enter__ and __exit__.)
-        self._lock = threading.Lock()
+        self._lock = waitable_lock()  # (followers on a caller's thread wait on _cond)
         self._cond = threading.Condition(self._lock)
         self._pending: list[_Ticket] = []
         self._leading = False
@@ -74,7 +76,7 @@ class GroupCommitter(Generic[C]):
         with self._lock:
             self._pending.append(ticket)
             while not ticket.done and self._leading:
-                self._cond.wait()
+                lock_waits.wait(self._cond, self._lock)
             if not ticket.done:
                 self._leading = True
                 batch, self._pending = self._pending, []

@@ -97,8 +97,11 @@ class Connections(ConnectionLifetime):
         self._lock = threading.Lock()
         self._connections: dict[threading.Thread, sqlite3.Connection] = {}
         self._closed = False
-        # _write_lock serialises this process's write transactions and guards _commits.
-        self._write_lock = threading.Lock()
+        # _write_lock serialises this process's write transactions and guards _commits. An
+        # RLock, for its owner check: a write releases it in a `finally` if it holds it
+        # (Ctrl-C landing just after it was taken, before the `try`, left it held for ever,
+        # and every later write failed as a database locked past its busy timeout).
+        self._write_lock = threading.RLock()
         self._commits = 0
         # Every call into SQLite on these connections (reads, writes from BEGIN to COMMIT
         # or ROLLBACK, opening and closing one, checkpoints) passes through _gate, which a
@@ -126,8 +129,9 @@ class Connections(ConnectionLifetime):
         self._gate.enter()  # the whole of it, body included (see `_before_fork`)
         try:
             conn = self.get()
-            deadline = self._take_write_lock()
+            self._refuse_nested_write()
             try:
+                deadline = self._take_write_lock()
                 self._until_free(deadline, conn.execute, "BEGIN IMMEDIATE")
                 try:
                     yield conn
@@ -147,7 +151,7 @@ class Connections(ConnectionLifetime):
                     conn.execute("ROLLBACK")
                 raise
             finally:
-                self._write_lock.release()
+                self._release_write_lock()
         finally:
             self._gate.leave()
 
@@ -185,12 +189,13 @@ class Connections(ConnectionLifetime):
         gate.enter()  # (see `_before_fork`)
         try:
             conn = self.get()
-            deadline = self._take_write_lock()
+            self._refuse_nested_write()
             try:
+                deadline = self._take_write_lock()
                 cursor: sqlite3.Cursor = self._until_free(deadline, conn.execute, query, params)
                 self._committed()
             finally:
-                self._write_lock.release()
+                self._release_write_lock()
         finally:
             gate.leave()
         return cursor
@@ -210,6 +215,19 @@ class Connections(ConnectionLifetime):
         if not self._write_lock.acquire(timeout=self.busy_timeout):
             raise locked_error(self.path)
         return deadline
+
+    def _refuse_nested_write(self) -> None:
+        """A write begun inside another on this thread (its transaction open) would wait
+        for itself: raise at once, before it takes the write lock."""
+        if self._write_lock._is_owned():  # type: ignore[attr-defined]
+            raise RepositoryError(f"SQLite at {self.path!r}: a write was begun inside another write on"
+                                  " the same thread")
+
+    def _release_write_lock(self) -> None:
+        """Release _write_lock if this thread took it (see `_refuse_nested_write`: it then
+        holds it once), wherever between its call and its `try` an interrupt landed."""
+        if self._write_lock._is_owned():  # type: ignore[attr-defined]
+            self._write_lock.release()
 
     def _committed(self) -> None:
         """Count a commit (under _write_lock); every CHECKPOINT_EVERY, wake the checkpointer."""

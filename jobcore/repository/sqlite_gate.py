@@ -19,6 +19,9 @@ from __future__ import annotations
 import threading
 from threading import get_ident
 
+from .. import lock_waits
+from ..lock_waits import waitable_lock
+
 
 class ForkGate:
     """Counts the calls into SQLite under way (`enter`/`leave`, always paired: `leave`
@@ -40,7 +43,8 @@ class ForkGate:
         # is what forks and the entries waiting on them sleep on. _inside holds the
         # thread id of each call inside: appended and removed without the lock (see
         # the class docstring).
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = waitable_lock()  # (a caller's thread may wait on _cond for a fork)
+        self._cond = threading.Condition(self._lock)
         self._inside: list[int] = []
         self._forkers: set[int] = set()
 
@@ -63,7 +67,7 @@ class ForkGate:
                 self._inside.remove(me)
                 self._cond.notify_all()  # a fork may wait for this entry
                 while self._forkers and me not in self._forkers:
-                    self._cond.wait()
+                    lock_waits.wait(self._cond, self._lock)
                 self._inside.append(me)
 
     def leave(self) -> None:
@@ -91,7 +95,7 @@ class ForkGate:
         me = get_ident()
         with self._cond:
             self._forkers.add(me)
-            return self._cond.wait_for(lambda: all(ident == me for ident in self._inside), timeout)
+            return lock_waits.wait_for(self._cond, self._lock, lambda: all(ident == me for ident in self._inside), timeout)
 
     def others_inside(self) -> set[int]:
         """The ids of the threads other than this one inside a call now."""
@@ -108,6 +112,7 @@ class ForkGate:
         """In a forked child: an open gate with a lock of its own, and only the calls of
         this thread (the one that forked) counted, if it forked from inside."""
         me = get_ident()
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = waitable_lock()
+        self._cond = threading.Condition(self._lock)
         self._forkers = set()
         self._inside = [ident for ident in self._inside if ident == me]

@@ -96,7 +96,7 @@ class ConnectionLifetime:
     _lock: threading.Lock
     _connections: dict[threading.Thread, sqlite3.Connection]
     _closed: bool
-    _write_lock: threading.Lock
+    _write_lock: threading.RLock
     _commits: int
     _gate: ForkGate
     _pid: int
@@ -141,7 +141,7 @@ class ConnectionLifetime:
         connections, locks and checkpointer; this process opens connections of its own."""
         self._pid = os.getpid()
         self._lock = threading.Lock()
-        self._write_lock = threading.Lock()
+        self._write_lock = threading.RLock()
         self._gate.forked()
         _INHERITED.extend(self._connections.values())
         self._connections = {}

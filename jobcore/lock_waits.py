@@ -1,0 +1,65 @@
+"""Condition waits that Ctrl-C cannot leave holding no lock.
+
+A signal handler runs on the main thread, between two bytecodes, and Ctrl-C's raises
+KeyboardInterrupt there, also inside `Condition.wait` as it takes its lock back. With a
+plain `threading.Lock` that re-take can itself be interrupted: the wait raises without
+the lock, and the `with` block around it then releases the lock from under whichever
+thread holds it by then. Two threads run inside at once, and the holder dies later of
+"release unlocked lock" (a pool's worker threads all did, under a few hundred Ctrl-Cs
+into a loop of enqueues, and no job ran again).
+
+So a lock whose conditions a caller's thread may wait on (`enqueue`, `wait`, `stop`,
+`close` are called from the main thread) is made by `waitable_lock`: an `RLock`, which
+only its holder can release, and whose re-take inside a wait no signal interrupts. Such
+waits go through `wait` (or `wait_for`), which also covers the few bytecodes of
+`Condition.wait` where an interrupt still leaves the lock not held (as the wait lets it
+go, or just before it takes it back): the lock is taken again before the exception goes
+on. The engine's own threads (workers, dispatcher, housekeeper) receive no signal: their
+waits need none of this.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable, Optional
+
+from .clock import real_monotonic
+
+
+def waitable_lock() -> threading.RLock:
+    """A lock for conditions a caller's thread may wait on (see module docstring). Taken
+    once at a time by the engine's code: a wait releases it and takes it back once."""
+    return threading.RLock()
+
+
+def wait(cond: threading.Condition, lock: threading.RLock, timeout: Optional[float] = None) -> bool:
+    """`cond.wait(timeout)` (with `lock`, `cond`'s lock, held once), which returns or
+    raises with `lock` held again, whatever exception a signal handler raised in it."""
+    try:
+        return cond.wait(timeout)
+    except BaseException:
+        retake(lock)
+        raise
+
+
+def wait_for(cond: threading.Condition, lock: threading.RLock, predicate: Callable[[], bool],
+             timeout: Optional[float] = None) -> bool:
+    """`cond.wait_for(predicate, timeout)`, through `wait`: the predicate's last value."""
+    deadline = None if timeout is None else real_monotonic() + timeout
+    while not predicate():
+        left = None if deadline is None else deadline - real_monotonic()
+        if left is not None and left <= 0:
+            return False
+        wait(cond, lock, left)
+    return True
+
+
+def retake(lock: threading.RLock) -> None:
+    """Take `lock` unless this thread holds it: after an interrupted wait, so that the
+    `with` block around it releases a lock this thread holds. Another interrupt while
+    taking it is dropped (the one that ended the wait goes on)."""
+    while not lock._is_owned():  # type: ignore[attr-defined]  # (as Condition itself asks)
+        try:
+            lock.acquire()
+        except BaseException:  # noqa: S110 (a second Ctrl-C: the first is being raised)
+            pass
