@@ -15,6 +15,7 @@ import threading
 from typing import Optional
 
 from .clock import real_monotonic
+from .errors import JobcoreError
 from .pacing import EXCHANGE_WAIT
 from .pool_state import Exchange, PoolState
 from .queue import ReadyQueue
@@ -126,6 +127,7 @@ class Exchanges:
         entries: list[QueueEntry] = []
         claim_new = False
         claimed: Optional[list[JobRecord]] = None  # once the repository call committed
+        calling = False  # the repository call began (it may commit, and be interrupted after)
         kept: Optional[list[JobRecord]] = None  # of those, the ones `make_way` kept
         # One try from before the exchange begins to after it ends: Ctrl-C (or a signal
         # handler raising) may land anywhere on the way, and an exchange left begun stopped
@@ -151,6 +153,7 @@ class Exchanges:
             if not claim_new and entries and record.priority > entries[-1].priority:
                 self._queue.push(entries.pop())  # the new job goes before the worst of them
                 claim_new = True
+            calling = True
             claimed = self._recorder.exchange_inserting(record, claim_new, finished, [e.job_id for e in entries],
                                                         now, [e.seq for e in entries])
             if not claim_new:
@@ -159,7 +162,12 @@ class Exchanges:
             with state.lock:
                 state.ended_locked(finished, kept, wake=bool(kept))
             return True
-        except BaseException:
+        except BaseException as exc:
+            # What the store raised means nothing was committed; anything else (Ctrl-C) may
+            # have landed just after the commit (most do: the call waits there), and what
+            # the store holds tells.
+            if claimed is None and calling and not isinstance(exc, JobcoreError):
+                claimed = self._recorder.claims_if_committed(record, [e.job_id for e in entries], now)
             if claimed is None:  # nothing stored, recorded or claimed: the exchange is undone
                 for entry in entries:  # outside the lock: the queue's listener takes it
                     self._queue.push(entry)

@@ -5,6 +5,8 @@ worker has room. While enqueues stream in, the dispatcher leaves that work to th
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import sqlite3
 import threading
 import time
 from typing import Any, Callable, Iterator, Optional, Sequence
@@ -570,3 +572,28 @@ def test_ctrl_c_anywhere_in_an_enqueues_exchange_leaves_the_pool_running(
     [late] = [result for result in manager.list_jobs(limit=None) if result.job_id not in committed]
     assert manager.wait(late.job_id, timeout=WAIT).result == 3
     assert manager.wait(manager.enqueue(Job(function_name="task", args=(4,))), timeout=WAIT).result == 4
+
+
+@pytest.mark.parametrize("where", ["write_one", "exchange_inserting"])
+def test_ctrl_c_just_after_an_enqueues_exchange_committed_leaves_no_claim_unrun(
+        where: str, db_path: str, make_manager: Callable[..., JobManager]) -> None:
+    # given a started manager, idle, whose enqueues store and claim jobs in exchanges of
+    # their own (the new job among the claimed)
+    manager = _started_on(SQLiteRepository(db_path), make_manager)
+    # when Ctrl-C lands just after such an exchange's write committed: still in the store's
+    # write (where most land: the call waits for the commit), or in the recorder once the
+    # store's call returned
+    def rows() -> int:
+        with contextlib.closing(sqlite3.connect(db_path)) as other:  # sees what is committed
+            return int(other.execute("SELECT count(*) FROM jobs").fetchone()[0])
+
+    before = rows()
+    with CtrlCOnce(where, lambda: rows() > before) as ctrl_c:
+        with pytest.raises(KeyboardInterrupt):
+            manager.enqueue(Job(function_name="task", args=(2,)))
+    assert ctrl_c.fired
+    # then the job it stored and claimed runs now: it was left RUNNING, never run, until
+    # its lease lapsed (a minute): a hunt left some 300 so in 400 Ctrl-Cs
+    [late] = [r for r in manager.list_jobs(limit=None) if r.result != 1]
+    assert manager.wait(late.job_id, timeout=WAIT).result == 2
+    assert manager.wait(manager.enqueue(Job(function_name="task", args=(3,))), timeout=WAIT).result == 3
