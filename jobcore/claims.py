@@ -13,6 +13,7 @@ process, so the check costs nothing there. No threads and no locks here; the poo
 from __future__ import annotations
 
 import logging
+from typing import Optional
 
 from .clock import Clock
 from .errors import RepositoryError
@@ -60,3 +61,27 @@ class ClaimCheck:
             logger.warning("job %s: this worker's claim lapsed before it started (the process"
                            " stopped renewing it); not started here", record.id)
         return ours
+
+
+def claims_if_committed(repository: JobRepository, worker_id: str, record: JobRecord, claim_ids: list[str],
+                        now: float) -> Optional[list[JobRecord]]:
+    """After an interrupt (Ctrl-C) inside a call that stores the new `record` at `now` and
+    claims for `worker_id` (an enqueue's exchange, a hand-off), which may have landed
+    after its transaction committed: None if `record` is not stored (nothing was), else
+    the jobs among `claim_ids` and `record` the call claimed, RUNNING under `worker_id`,
+    best first. Left alone, those stayed RUNNING, never run, until their leases lapsed.
+    None too if the store cannot tell (then as if nothing was committed)."""
+    try:
+        stored = repository.get(record.id)
+        # (the same id stored by another job, refused: not this one's row)
+        if stored is None or stored.created_at != now or stored.function_name != record.function_name:
+            return None
+        rows = [stored if job_id == record.id else repository.get(job_id)
+                for job_id in dict.fromkeys([*claim_ids, record.id])]
+    except BaseException as exc:  # noqa: BLE001 (a second Ctrl-C, a store failing: can't tell)
+        logger.warning("could not read which jobs an interrupted enqueue claimed (%r); those it did"
+                       " run once their leases lapse", exc)
+        return None
+    mine = [r for r in rows if r is not None and r.status is JobStatus.RUNNING and r.worker_id == worker_id]
+    mine.sort(key=lambda r: (-r.priority, r.seq))
+    return mine

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Optional
 
+from .claims import claims_if_committed
 from .clock import Clock
-from .errors import InvalidJob, UnknownFunction
+from .errors import InvalidJob, JobcoreError, UnknownFunction
 from .execution import check_room_to_run_here
 from .models import Job, JobStatus
 from .records import record_for
@@ -158,15 +159,23 @@ class Enqueuer:
                     self._local.put_back(job.id, before)  # stored the usual way next, or not at all
             return record.id if stored else None
         claimed: Optional[JobRecord] = None
+        calling = False  # the store's call began (it may commit, and be interrupted after)
         before = self._local.kept(job.id)  # (before the slot is promised: no call between it and the try)
         if not self._pool.reserve_idle_worker():
             return None
         try:
             self._local.remember(job.id, self._local_function(job), job.retry_on)
+            calling = True
             job_id, claimed = self._repo.insert_claimed(
                 record, self._worker_id, now, now + self._lease_timeout)
-        except BaseException:
-            self._local.put_back(job.id, before)
+        except BaseException as exc:
+            # Ctrl-C just after the commit (most land there) left the job claimed: the
+            # store's row tells, and a worker runs it (it stayed RUNNING until its lease
+            # lapsed). What the store raised means nothing was stored.
+            if calling and not isinstance(exc, JobcoreError):
+                claimed = next(iter(claims_if_committed(self._repo, self._worker_id, record, [], now) or []), None)
+            if claimed is None:
+                self._local.put_back(job.id, before)
             raise
         finally:
             self._pool.hand_off(claimed)

@@ -14,6 +14,7 @@ import logging
 import threading
 from typing import Optional
 
+from .claims import claims_if_committed
 from .clock import real_monotonic
 from .errors import JobcoreError
 from .pacing import EXCHANGE_WAIT
@@ -167,7 +168,7 @@ class Exchanges:
             # have landed just after the commit (most do: the call waits there), and what
             # the store holds tells.
             if claimed is None and calling and not isinstance(exc, JobcoreError):
-                claimed = self._recorder.claims_if_committed(record, [e.job_id for e in entries], now)
+                claimed = claims_if_committed(self._repo, self._recorder.worker_id, record, [e.job_id for e in entries], now)
             if claimed is None:  # nothing stored, recorded or claimed: the exchange is undone
                 for entry in entries:  # outside the lock: the queue's listener takes it
                     self._queue.push(entry)

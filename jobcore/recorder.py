@@ -18,7 +18,6 @@ from .completions import Completion
 from .clock import Clock
 from .errors import RepositoryError
 from .execution import Outcome
-from .models import JobStatus
 from .finished import Finished as Finished  # re-exported: the pool's modules and tests import it from here
 from .queue import ReadyQueue
 from .refusals import ISOLATE_AFTER, Refusals, unrecordable
@@ -103,6 +102,11 @@ class Recorder:
             logger.exception("schedule %s failed to fire", entry.job_id)
 
     # -- recording ---------------------------------------------------------------------------
+    @property
+    def worker_id(self) -> str:
+        """The id under which this manager claims jobs."""
+        return self._worker_id
+
     def exchange(self, finished: list[Finished], claim_ids: list[str],
                  top_up: Optional[Iterable[str]] = None, up_to: int = 0,
                  claim_seqs: Optional[list[int]] = None) -> Optional[list[JobRecord]]:
@@ -183,28 +187,6 @@ class Recorder:
         if len(claimed) > 1:
             claimed.sort(key=lambda r: (-r.priority, r.seq))
         return claimed
-
-    def claims_if_committed(self, record: JobRecord, claim_ids: list[str], now: float) -> Optional[list[JobRecord]]:
-        """After an interrupt (Ctrl-C) inside `exchange_inserting`, which may have landed
-        after its transaction committed (made at `now`): None if the new `record` is not
-        stored (nothing was), else the jobs among `claim_ids` (and `record`) the call claimed, RUNNING here
-        now, best first. Those were left RUNNING, never run, until their leases lapsed.
-        None too if the store cannot tell (then as if nothing was committed)."""
-        try:
-            stored = self._repo.get(record.id)
-            # (the same id stored by another job, refused: not this one's row)
-            if stored is None or stored.created_at != now or stored.function_name != record.function_name:
-                return None
-            rows = [stored if job_id == record.id else self._repo.get(job_id)
-                    for job_id in dict.fromkeys([*claim_ids, record.id])]
-        except BaseException as exc:  # noqa: BLE001 (a second Ctrl-C, a store failing: can't tell)
-            logger.warning("could not read which jobs an interrupted enqueue claimed (%r); those it did"
-                           " run once their leases lapse", exc)
-            return None
-        mine = [r for r in rows if r is not None and r.status is JobStatus.RUNNING
-                and r.worker_id == self._worker_id]
-        mine.sort(key=lambda r: (-r.priority, r.seq))
-        return mine
 
     def _ready_released(self, cascades: Sequence[Optional[Cascade]], now: float) -> list[QueueEntry]:
         """The dependents `cascades` released that are ready now and runnable here."""

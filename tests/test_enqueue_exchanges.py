@@ -597,3 +597,24 @@ def test_ctrl_c_just_after_an_enqueues_exchange_committed_leaves_no_claim_unrun(
     [late] = [r for r in manager.list_jobs(limit=None) if r.result != 1]
     assert manager.wait(late.job_id, timeout=WAIT).result == 2
     assert manager.wait(manager.enqueue(Job(function_name="task", args=(3,))), timeout=WAIT).result == 3
+
+
+def test_ctrl_c_just_after_a_hand_off_committed_leaves_no_claim_unrun(
+        db_path: str, make_manager: Callable[..., JobManager]) -> None:
+    # given a started manager, idle, whose enqueue of a job with a unique key stores it
+    # claimed and hands it straight to an idle worker
+    manager = _started_on(SQLiteRepository(db_path), make_manager)
+
+    def running() -> int:
+        with contextlib.closing(sqlite3.connect(db_path)) as other:  # sees what is committed
+            return int(other.execute("SELECT count(*) FROM jobs WHERE status = ?",
+                                     (JobStatus.RUNNING.value,)).fetchone()[0])
+
+    # when Ctrl-C lands just after the write that claimed it committed
+    with CtrlCOnce("write", lambda: running() > 0) as ctrl_c:
+        with pytest.raises(KeyboardInterrupt):
+            manager.enqueue(Job(function_name="task", args=(2,), unique_key="once"))
+    assert ctrl_c.fired
+    # then a worker runs it now: it was left RUNNING, never run, until its lease lapsed
+    [late] = [r for r in manager.list_jobs(limit=None) if r.result != 1]
+    assert manager.wait(late.job_id, timeout=WAIT).result == 2

@@ -4,6 +4,8 @@ transaction of their own when no other writer is there to share one with)."""
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sqlite3
 import threading
 from typing import Any, Callable
@@ -12,8 +14,9 @@ import pytest
 
 from jobcore import SQLiteRepository
 from jobcore.errors import RepositoryError
-from jobcore.repository.group_commit import GroupCommitter
+from jobcore.repository.group_commit import GroupCommitter, _Ticket
 from jobcore.testing.contract import NOW, make_record
+from interrupts import CtrlCOnce
 
 
 class _Transactions:
@@ -179,6 +182,139 @@ def test_a_shared_transaction_interrupted_in_its_leader_fails_the_others_rather_
     others = [o for o in outcomes if not isinstance(o, KeyboardInterrupt)]
     assert len(others) == 2 and all(isinstance(o, RepositoryError) and "interrupted" in str(o) for o in others)
     assert source.opened == 2  # the leader's, then the shared one
+
+
+def test_a_shared_transaction_interrupted_after_its_commit_gives_the_others_their_values() -> None:
+    # given three operations queued behind a leader, and the shared transaction that the
+    # first of them to lead opens committed, then interrupted (Ctrl-C landing just after
+    # the commit, where most land: the call waits there); the source tells it committed
+    source = _Transactions()
+    committed_logs: list[int] = []
+
+    def committed(log: list[str]) -> bool:
+        return id(log) in committed_logs
+
+    group: GroupCommitter[list[str]] = GroupCommitter(source.transaction, committed)
+    leader, outcomes = _queued_behind_a_held_leader(group, source, [_writes("a"), _writes("b"), _writes("c")])
+    threads = list(outcomes)
+
+    def committing_then_interrupted(body: Callable[[list[str]], Any]) -> Any:
+        log: list[str] = []
+        body(log)
+        source.committed.append(log)
+        committed_logs.append(id(log))
+        raise KeyboardInterrupt
+
+    group._transaction = committing_then_interrupted
+    source.hold.set()
+    for thread in [leader, *threads]:
+        thread.join(10)
+    assert not any(thread.is_alive() for thread in threads)
+    # then the thread leading it gets the interrupt, and each other one its own value:
+    # their operations were committed (they got an error saying they may not have been,
+    # and a worker's exchange left the jobs it claimed there RUNNING until their leases
+    # lapsed)
+    assert sum(isinstance(o, KeyboardInterrupt) for o in outcomes) == 1
+    others = sorted(o for o in outcomes if not isinstance(o, KeyboardInterrupt))
+    assert len(others) == 2 and set(others) < {"a", "b", "c"}
+    assert sorted(source.committed[-1]) == ["a", "b", "c"]
+
+
+def test_sqlite_tells_whether_a_write_interrupted_after_its_body_committed(tmp_path: Any) -> None:
+    # given a SQLite file and a write whose body inserts a row
+    repository = SQLiteRepository(str(tmp_path / "jobs.db"))
+    db = repository._db
+    with db.write() as conn:
+        conn.execute("CREATE TABLE scratch (x INTEGER)")
+    try:
+        for after_commit in (True, False):
+            ran: list[sqlite3.Connection] = []
+
+            def body(conn: sqlite3.Connection) -> None:
+                conn.execute("INSERT INTO scratch VALUES (1)")
+                ran.append(conn)
+
+            # when Ctrl-C lands in the write once its body ran: after its COMMIT, or
+            # just before it
+            def armed() -> bool:
+                return bool(ran) and (not ran[0].in_transaction if after_commit else True)
+
+            with CtrlCOnce("write", armed) as ctrl_c:
+                with pytest.raises(KeyboardInterrupt):
+                    db.transaction(body)
+            assert ctrl_c.fired
+            # then it tells that it committed (its row is there) or not (only the first
+            # write's row is there)
+            rows = db.read("SELECT count(*) FROM scratch")[0][0]
+            assert (db.committed_after_interrupt(ran[0]), rows) == (after_commit, 1)
+    finally:
+        repository.close()
+
+
+def test_on_sqlite_a_shared_transaction_interrupted_after_its_commit_gives_the_others_their_values(
+        tmp_path: Any) -> None:
+    # given a SQLite repository's committer, and a batch this (the main) thread leads: its
+    # own operation and another thread's, which writes a row
+    repository = SQLiteRepository(str(tmp_path / "jobs.db"))
+    path = str(tmp_path / "jobs.db")
+    with repository._db.write() as conn:
+        conn.execute("CREATE TABLE scratch (x INTEGER)")
+
+    def rows() -> int:
+        with contextlib.closing(sqlite3.connect(path)) as other:  # sees what is committed
+            return int(other.execute("SELECT count(*) FROM scratch").fetchone()[0])
+
+    mine = _Ticket(lambda conn: "mine")
+    theirs = _Ticket(lambda conn: conn.execute("INSERT INTO scratch VALUES (2)") and "theirs")
+    try:
+        # when Ctrl-C lands in the write just after its COMMIT
+        with CtrlCOnce("write", lambda: rows() == 1) as ctrl_c:
+            with pytest.raises(KeyboardInterrupt):
+                repository._group._run_batch([mine, theirs])
+        assert ctrl_c.fired
+        # then the other thread's operation has its value, not an error saying it may not
+        # have been committed (a worker's exchange then left the jobs it claimed RUNNING,
+        # never run, until their leases lapsed)
+        assert (theirs.done, theirs.error, theirs.value) == (True, None, "theirs")
+    finally:
+        repository.close()
+
+
+def test_ctrl_c_while_waiting_behind_a_leader_withdraws_the_operation() -> None:
+    # given this (the main) thread's operation queued behind a leader holding its
+    # transaction open, and SIGUSR1 raising KeyboardInterrupt here (as Ctrl-C's SIGINT does)
+    source = _Transactions()
+    group: GroupCommitter[list[str]] = GroupCommitter(source.transaction)
+    source.hold.clear()
+    leader = threading.Thread(target=group.run, args=(_writes("leader"),))
+    leader.start()
+    assert source.held.wait(10)
+    main = threading.get_ident()
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    def ctrl_c_once_queued() -> None:
+        while not group._pending:
+            threading.Event().wait(0.001)
+        signal.pthread_kill(main, signal.SIGUSR1)
+
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    try:
+        sender = threading.Thread(target=ctrl_c_once_queued)
+        sender.start()
+        # when Ctrl-C comes while it waits
+        with pytest.raises(KeyboardInterrupt):
+            group.run(_writes("mine"))
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    sender.join(10)
+    source.hold.set()
+    leader.join(10)
+    # then its operation was withdrawn: it never runs (it ran in the next leader's batch
+    # while its caller had been told it was interrupted), and the committer is free
+    assert group.run(_writes("next")) == "next"
+    assert all("mine" not in log for log in source.committed) and not group._pending
 
 
 def test_each_of_many_threads_gets_its_own_result_once() -> None:

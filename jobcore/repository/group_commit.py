@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import threading
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Callable, Generic, Optional, TypeVar
 
 from .. import lock_waits
 from ..errors import RepositoryError
@@ -41,8 +41,12 @@ class GroupCommitter(Generic[C]):
     `body` again in a transaction of its own (SQLite's does after reading text that is not
     UTF-8): an operation may run more than once, as it does when its batch fails."""
 
-    def __init__(self, transaction: Callable[[Callable[[C], Any]], Any]) -> None:
+    def __init__(self, transaction: Callable[[Callable[[C], Any]], Any],
+                 committed: Callable[[C], bool] = lambda conn: False) -> None:
         self._transaction = transaction
+        # After an interrupt (Ctrl-C) escaped `transaction` on this thread, once its body
+        # had run on `conn`: whether it committed all the same (it landed after the COMMIT).
+        self._committed = committed
         # _lock guards _pending and _leading; followers wait on _cond, a condition on it,
         # for their ticket. (`with self._lock` rather than `with self._cond`: the same
         # lock, without two Python calls to the condition's __enter__ and __exit__.)
@@ -75,8 +79,12 @@ class GroupCommitter(Generic[C]):
         ticket = _Ticket(op)
         with self._lock:
             self._pending.append(ticket)
-            while not ticket.done and self._leading:
-                lock_waits.wait(self._cond, self._lock)
+            try:
+                while not ticket.done and self._leading:
+                    lock_waits.wait(self._cond, self._lock)
+            except BaseException:
+                self._interrupted_waiting(ticket)
+                raise
             if not ticket.done:
                 self._leading = True
                 batch, self._pending = self._pending, []
@@ -99,22 +107,45 @@ class GroupCommitter(Generic[C]):
             raise ticket.error
         return ticket.value  # type: ignore[no-any-return]
 
+    def _interrupted_waiting(self, ticket: _Ticket) -> None:
+        """Ctrl-C in a thread waiting for its ticket (lock held): one not taken yet is
+        withdrawn (never run); one a leader's batch runs is waited for, so that the caller
+        finds in the store what it did (an enqueue's hand-off that left before the
+        leader committed found nothing, and the job it claimed stayed RUNNING, never run,
+        until its lease lapsed). More interrupts meanwhile are dropped (the first goes on)."""
+        if ticket in self._pending:
+            self._pending.remove(ticket)
+            return
+        while not ticket.done:
+            try:
+                lock_waits.wait(self._cond, self._lock)
+            except BaseException:  # noqa: S112 (another Ctrl-C: the first is being raised)
+                continue
+
     def _run_batch(self, batch: list[_Ticket]) -> None:
         if len(batch) > 1:
             in_op = False  # whether what raised was an operation, or opening or committing
+            ran: Optional[tuple[C, list[Any]]] = None  # every operation's value, and the connection
 
             def run_all(conn: C) -> list[Any]:
-                nonlocal in_op
+                nonlocal in_op, ran
                 values = []
                 for ticket in batch:
                     in_op = True
                     values.append(ticket.op(conn))
                     in_op = False
+                ran = (conn, values)
                 return values
 
             try:
                 values = self._transaction(run_all)
-            except Exception as exc:
+            except BaseException as exc:
+                if not isinstance(exc, Exception):  # Ctrl-C, on this (the leading) thread
+                    # Most land just after the commit (the call waits there): the others'
+                    # operations were committed then, and they get their values.
+                    if ran is not None and self._committed(ran[0]):
+                        self._finish(batch, ran[1])
+                    raise
                 if not in_op:
                     # No operation's doing (a lock held past the busy timeout, a full
                     # disk): alone, each would wait for it and fail the same way in turn.

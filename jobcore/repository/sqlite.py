@@ -78,7 +78,8 @@ class SQLiteRepository(SQLiteAdding, SQLiteUpkeep, SQLiteMigration, SettlesThrou
         # next `recover` to fail (a read has no `now`, and writes nothing).
         self._unaddressable: set[int] = set()
         # Enqueues and outcomes from many threads share transactions (and fsyncs).
-        self._group: GroupCommitter[sqlite3.Connection] = GroupCommitter(self._db.transaction)
+        self._group: GroupCommitter[sqlite3.Connection] = GroupCommitter(
+            self._db.transaction, self._db.committed_after_interrupt)
         # A process that forks after this (a web server's workers, say) gives each child
         # connections of its own, and a group committer no parent thread was inside.
         on_fork_in_child(self, "_forked")
@@ -91,7 +92,7 @@ class SQLiteRepository(SQLiteAdding, SQLiteUpkeep, SQLiteMigration, SettlesThrou
     # -- connections ---------------------------------------------------------------------
     def _forked(self) -> None:
         self._db.forked()
-        self._group = GroupCommitter(self._db.transaction)
+        self._group = GroupCommitter(self._db.transaction, self._db.committed_after_interrupt)
 
     def _connection(self) -> sqlite3.Connection:
         return self._db.get()

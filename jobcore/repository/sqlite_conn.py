@@ -133,11 +133,13 @@ class Connections(ConnectionLifetime):
             try:
                 deadline = self._take_write_lock()
                 self._until_free(deadline, conn.execute, "BEGIN IMMEDIATE")
+                self._local.rolled_back = False  # (see `committed_after_interrupt`)
                 try:
                     yield conn
                     conn.execute("COMMIT")
                 except BaseException as exc:
                     if conn.in_transaction:
+                        self._local.rolled_back = True
                         conn.execute("ROLLBACK")
                     if is_not_utf8(exc):
                         self._read_tolerantly(conn)
@@ -148,12 +150,20 @@ class Connections(ConnectionLifetime):
                 self._committed()
             except BaseException:
                 if conn.in_transaction:  # begun, and interrupted before the body (Ctrl-C, say)
+                    self._local.rolled_back = True
                     conn.execute("ROLLBACK")
                 raise
             finally:
                 self._release_write_lock()
         finally:
             self._gate.leave()
+
+    def committed_after_interrupt(self, conn: sqlite3.Connection) -> bool:
+        """After an interrupt (Ctrl-C) escaped a `write()` on this thread whose body had
+        run to its end on `conn`: whether its COMMIT ran (the interrupt landed after it).
+        Not if it was rolled back, nor if it is still open (the interrupt came before the
+        COMMIT, outside `write()`: the transaction ends as its generator is closed)."""
+        return not conn.in_transaction and getattr(self._local, "rolled_back", None) is False
 
     def transaction(self, op: Callable[[sqlite3.Connection], T]) -> T:
         """`op(connection)` inside `write()`: its value, once committed. If it read stored
