@@ -127,8 +127,9 @@ class Exchanges:
         started = real_monotonic()
         entries: list[QueueEntry] = []
         claim_new = False
-        claimed: Optional[list[JobRecord]] = None  # once the repository call committed
+        finished: list[Finished] = []  # the outcomes it records (taken as it begins)
         calling = False  # the repository call began (it may commit, and be interrupted after)
+        claimed: Optional[list[JobRecord]] = None  # once the repository call committed
         kept: Optional[list[JobRecord]] = None  # of those, the ones `make_way` kept
         # One try from before the exchange begins to after it ends: Ctrl-C (or a signal
         # handler raising) may land anywhere on the way, and an exchange left begun stopped
@@ -166,22 +167,44 @@ class Exchanges:
         except BaseException as exc:
             # What the store raised means nothing was committed; anything else (Ctrl-C) may
             # have landed just after the commit (most do: the call waits there), and what
-            # the store holds tells.
-            if claimed is None and calling and not isinstance(exc, JobcoreError):
-                claimed = claims_if_committed(self._repo, self._recorder.worker_id, record, [e.job_id for e in entries], now)
-            if claimed is None:  # nothing stored, recorded or claimed: the exchange is undone
-                for entry in entries:  # outside the lock: the queue's listener takes it
-                    self._queue.push(entry)
-                with state.lock:
-                    state.abandon_exchange_here_locked()
-            else:  # committed, and interrupted after: the claimed go to the workers all the same
-                if not claim_new:
-                    self._recorder.enqueue_entries([record.queue_entry()])  # (a second push is ignored)
-                with state.lock:
-                    if state.exchanging_here_locked():
-                        held = claimed if kept is None else kept
-                        state.ended_locked(finished, held, wake=bool(held))
+            # the store holds tells. The exchange is ended whatever lands meanwhile (the
+            # store's read is where more signals come): left begun, no job ran again.
+            try:
+                if claimed is None and calling and not isinstance(exc, JobcoreError):
+                    claimed = claims_if_committed(self._repo, self._recorder.worker_id, record,
+                                                  [e.job_id for e in entries], now)
+            finally:
+                ended = False
+                while not ended:
+                    try:
+                        self._end_interrupted(record, claim_new, entries, finished, claimed, kept)
+                        ended = True
+                    except Exception:  # (not expected: never loop on it)
+                        logger.exception("ending an interrupted enqueue's exchange failed")
+                        ended = True
+                    except BaseException:  # noqa: S110 (another Ctrl-C: made again, the first goes on)
+                        pass
             raise
+
+    def _end_interrupted(self, record: JobRecord, claim_new: bool, entries: list[QueueEntry],
+                         finished: list[Finished], claimed: Optional[list[JobRecord]],
+                         kept: Optional[list[JobRecord]]) -> None:
+        """End the exchange `inserting` began, interrupted: undone if nothing was committed
+        (`claimed` None), else ended with what it claimed. Idempotent: made again if an
+        interrupt lands in it."""
+        state = self._state
+        if claimed is None:  # nothing stored, recorded or claimed: the exchange is undone
+            for entry in entries:  # outside the lock: the queue's listener takes it (again: ignored)
+                self._queue.push(entry)
+            with state.lock:
+                state.abandon_exchange_here_locked()
+        else:  # committed, and interrupted after: the claimed go to the workers all the same
+            if not claim_new:
+                self._recorder.enqueue_entries([record.queue_entry()])  # (a second push is ignored)
+            with state.lock:
+                if state.exchanging_here_locked():
+                    held = claimed if kept is None else kept
+                    state.ended_locked(finished, held, wake=bool(held))
 
     # -- direct hand-off: a new job to an idle worker, without the dispatcher ----------------
     def reserve_idle_worker(self) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import sqlite3
+import sys
 import threading
 import time
 from typing import Any, Callable, Iterator, Optional, Sequence
@@ -596,6 +597,35 @@ def test_ctrl_c_just_after_an_enqueues_exchange_committed_leaves_no_claim_unrun(
     # its lease lapsed (a minute): a hunt left some 300 so in 400 Ctrl-Cs
     [late] = [r for r in manager.list_jobs(limit=None) if r.result != 1]
     assert manager.wait(late.job_id, timeout=WAIT).result == 2
+    assert manager.wait(manager.enqueue(Job(function_name="task", args=(3,))), timeout=WAIT).result == 3
+
+
+def test_a_second_ctrl_c_while_an_interrupted_exchange_ends_still_ends_it(
+        db_path: str, make_manager: Callable[..., JobManager], monkeypatch: pytest.MonkeyPatch) -> None:
+    # given a started manager whose enqueues store jobs in exchanges of their own
+    manager = _started_on(SQLiteRepository(db_path), make_manager)
+    state = manager._pool._state
+    # when Ctrl-C lands in an enqueue's exchange as it calls the store, and a second one
+    # as that exchange is ended, once the store was read to see what the call did (a
+    # signal that came during the read lands as it returned)
+    second = CtrlCOnce("_end_interrupted", lambda: True)
+    read = exchanges.claims_if_committed
+
+    def read_then_ctrl_c(*args: Any) -> Any:
+        try:
+            return read(*args)
+        finally:
+            sys.settrace(second._global)
+
+    monkeypatch.setattr(exchanges, "claims_if_committed", read_then_ctrl_c)
+    with CtrlCOnce("exchange_inserting", lambda: state.exchanging) as first:  # (the recorder's)
+        with pytest.raises(KeyboardInterrupt):
+            manager.enqueue(Job(function_name="task", args=(2,)))
+    assert first.fired and second.fired
+    # then the exchange ended all the same (left begun, no exchange was made again and no
+    # job ran: a hunt on PostgreSQL, whose reads take longest, wedged so), and the jobs
+    # enqueued next run
+    assert not state.exchanging
     assert manager.wait(manager.enqueue(Job(function_name="task", args=(3,))), timeout=WAIT).result == 3
 
 
