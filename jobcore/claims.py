@@ -22,6 +22,9 @@ from .repository.base import JobRecord, JobRepository
 
 logger = logging.getLogger("jobcore.workers")
 
+# Reads `claims_if_committed` makes while more Ctrl-Cs land in them (each a round trip).
+READS_AFTER_INTERRUPT = 3
+
 
 class ClaimCheck:
     """The check for one pool: its repository, its worker id, its clock and lease."""
@@ -71,17 +74,21 @@ def claims_if_committed(repository: JobRepository, worker_id: str, record: JobRe
     the jobs among `claim_ids` and `record` the call claimed, RUNNING under `worker_id`,
     best first. Left alone, those stayed RUNNING, never run, until their leases lapsed.
     None too if the store cannot tell (then as if nothing was committed)."""
-    try:
-        stored = repository.get(record.id)
-        # (the same id stored by another job, refused: not this one's row)
-        if stored is None or stored.created_at != now or stored.function_name != record.function_name:
+    for tries_left in range(READS_AFTER_INTERRUPT - 1, -1, -1):
+        try:
+            stored = repository.get(record.id)
+            # (the same id stored by another job, refused: not this one's row)
+            if stored is None or stored.created_at != now or stored.function_name != record.function_name:
+                return None
+            rows = [stored if job_id == record.id else repository.get(job_id)
+                    for job_id in dict.fromkeys([*claim_ids, record.id])]
+            break
+        except BaseException as exc:  # noqa: BLE001 (another Ctrl-C: read again; a store failing: can't tell)
+            if tries_left and not isinstance(exc, Exception):
+                continue
+            logger.warning("could not read which jobs an interrupted enqueue claimed (%r); those it did"
+                           " run once their leases lapse", exc)
             return None
-        rows = [stored if job_id == record.id else repository.get(job_id)
-                for job_id in dict.fromkeys([*claim_ids, record.id])]
-    except BaseException as exc:  # noqa: BLE001 (a second Ctrl-C, a store failing: can't tell)
-        logger.warning("could not read which jobs an interrupted enqueue claimed (%r); those it did"
-                       " run once their leases lapse", exc)
-        return None
     mine = [r for r in rows if r is not None and r.status is JobStatus.RUNNING and r.worker_id == worker_id]
     mine.sort(key=lambda r: (-r.priority, r.seq))
     return mine

@@ -600,6 +600,34 @@ def test_ctrl_c_just_after_an_enqueues_exchange_committed_leaves_no_claim_unrun(
     assert manager.wait(manager.enqueue(Job(function_name="task", args=(3,))), timeout=WAIT).result == 3
 
 
+def test_a_second_ctrl_c_in_the_read_after_an_interrupted_commit_reads_again(
+        db_path: str, make_manager: Callable[..., JobManager]) -> None:
+    # given a started manager, idle, whose enqueues store and claim jobs in exchanges of
+    # their own, and a store whose next read of a job is interrupted (a second Ctrl-C)
+    store = SQLiteRepository(db_path)
+    manager = _started_on(store, make_manager)
+    get, interrupted = store.get, []
+
+    def get_once_interrupted(job_id: str) -> Any:
+        if not interrupted:
+            interrupted.append(job_id)
+            raise KeyboardInterrupt
+        return get(job_id)
+
+    # when Ctrl-C lands just after an exchange's write committed, and again in the read
+    # made to see what it did
+    before = len(manager.list_jobs(limit=None))
+    with CtrlCOnce("exchange_inserting", lambda: len(manager.list_jobs(limit=None)) > before) as ctrl_c:
+        with pytest.raises(KeyboardInterrupt):
+            store.get = get_once_interrupted  # type: ignore[method-assign]
+            manager.enqueue(Job(function_name="task", args=(2,)))
+    store.get = get  # type: ignore[method-assign]
+    assert ctrl_c.fired and interrupted
+    # then it read again, and the job it claimed runs now (not once its lease lapsed)
+    [late] = [r for r in manager.list_jobs(limit=None) if r.result != 1]
+    assert manager.wait(late.job_id, timeout=WAIT).result == 2
+
+
 def test_a_second_ctrl_c_while_an_interrupted_exchange_ends_still_ends_it(
         db_path: str, make_manager: Callable[..., JobManager], monkeypatch: pytest.MonkeyPatch) -> None:
     # given a started manager whose enqueues store jobs in exchanges of their own
