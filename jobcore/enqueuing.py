@@ -160,10 +160,11 @@ class Enqueuer:
             return record.id if stored else None
         claimed: Optional[JobRecord] = None
         calling = False  # the store's call began (it may commit, and be interrupted after)
-        before = self._local.kept(job.id)  # (before the slot is promised: no call between it and the try)
-        if not self._pool.reserve_idle_worker():
-            return None
+        promised: list[bool] = []  # True once a worker's slot is promised: handed back below
+        before = self._local.kept(job.id)
         try:
+            if not self._pool.reserve_idle_worker(promised):
+                return None
             self._local.remember(job.id, self._local_function(job), job.retry_on)
             calling = True
             job_id, claimed = self._repo.insert_claimed(
@@ -178,7 +179,8 @@ class Enqueuer:
                 self._local.put_back(job.id, before)
             raise
         finally:
-            self._pool.hand_off(claimed)
+            if promised:
+                self._pool.hand_off(claimed)
         if job_id != record.id:
             self._local.put_back(job.id, before)  # an unfinished job already holds its unique_key
         elif claimed is None and record.status is JobStatus.PENDING and not record.blocked:

@@ -207,10 +207,13 @@ class Exchanges:
                     state.ended_locked(finished, held, wake=bool(held))
 
     # -- direct hand-off: a new job to an idle worker, without the dispatcher ----------------
-    def reserve_idle_worker(self) -> bool:
+    def reserve_idle_worker(self, promised: list[bool]) -> bool:
         """Promise a slot to a job about to be enqueued, if a worker is idle, nothing is
         queued ahead of it (so handing it over directly keeps priority order) and no
-        outcome waits to be recorded. The caller must follow with `hand_off` either way.
+        outcome waits to be recorded; `promised` gets True with the promise, at once (no
+        point between them where Ctrl-C lands): the caller must follow with `hand_off`
+        if it holds True, wherever an interrupt landed after (one between the promise and
+        the caller's `try` leaked the slot; after `max_workers` of them nothing ran).
 
         That last condition keeps the shortcut to a quiet pool, where it saves latency:
         under a steady stream of jobs the dispatcher claims new jobs in the transaction
@@ -224,6 +227,7 @@ class Exchanges:
             if busy >= self._max_workers or state.from_store or self._queue.has_ready():
                 return False
             state.handoffs += 1
+            promised.append(True)
             return True
 
     def hand_off(self, record: Optional[JobRecord]) -> None:

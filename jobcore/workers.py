@@ -196,10 +196,10 @@ class WorkerPool:
         none is made now (see `Exchanges.inserting`)."""
         return self._exchanges.inserting(record, now)
 
-    def reserve_idle_worker(self) -> bool:
+    def reserve_idle_worker(self, promised: list[bool]) -> bool:
         """Promise a slot to a job about to be enqueued (see `Exchanges.reserve_idle_worker`);
-        `hand_off` must follow."""
-        return self._exchanges.reserve_idle_worker()
+        `hand_off` must follow if `promised` holds True."""
+        return self._exchanges.reserve_idle_worker(promised)
 
     def hand_off(self, record: Optional[JobRecord]) -> None:
         """Give a worker the job claimed for a promised slot, or (None) give the slot back."""

@@ -10,6 +10,7 @@ import pytest
 
 from jobcore import FakeClock, Job, JobManager, JobStatus
 from jobcore.repository.base import JobRepository
+from interrupts import CtrlCOnce
 
 WAIT = 10.0
 
@@ -143,7 +144,8 @@ def test_a_job_handed_off_while_the_pool_stops_is_given_back_unstarted(
     manager = make_manager(repository, max_workers=1).start()
     manager.register_function("echo", lambda value: value)
     pool = manager._pool
-    assert pool.reserve_idle_worker()
+    promised: list[bool] = []
+    assert pool.reserve_idle_worker(promised) and promised == [True]
     # when the manager stops before the claimed job reaches the pool
     manager.stop()
     record = manager._enqueuer.record_for(Job(function_name="echo", args=(1,)), 1000.0)
@@ -155,3 +157,23 @@ def test_a_job_handed_off_while_the_pool_stops_is_given_back_unstarted(
     assert stored is not None and (stored.status, stored.attempts, stored.worker_id) == (
         JobStatus.PENDING, 0, None)
     assert pool.held_ids() == []
+
+
+def test_ctrl_c_just_after_a_slot_was_promised_gives_it_back(
+        db_path: str, make_manager: Callable[..., JobManager]) -> None:
+    # given a started manager with one worker, idle, whose enqueues of jobs with a unique
+    # key are handed straight to that worker (a slot promised first)
+    manager = make_manager(db_path, max_workers=1).start()
+    manager.register_function("echo", lambda value: value)
+    state = manager._pool._state
+    # when Ctrl-C lands in an enqueue just after the slot was promised (as the promise's
+    # call returned: it landed before the `try` that gives it back)
+    with CtrlCOnce("_hand_off", lambda: state.handoffs == 1) as ctrl_c:
+        with pytest.raises(KeyboardInterrupt):
+            manager.enqueue(Job(function_name="echo", args=(1,), unique_key="a"))
+    assert ctrl_c.fired
+    # then the slot was given back: jobs handed off next run (the slot leaked, and after
+    # max_workers such leaks no job was handed to a worker again)
+    assert state.handoffs == 0
+    job_id = manager.enqueue(Job(function_name="echo", args=(2,), unique_key="b"))
+    assert manager.wait(job_id, timeout=WAIT).result == 2
