@@ -192,10 +192,16 @@ class Settlements:
         if completion is not None:  # completed here already: answered without joining its waiters
             return completion.job_result()
         deadline = None if timeout is None else SYSTEM_CLOCK.monotonic() + timeout
-        poller, watched = self._poller, False
-        waiting = self._enter(job_id)
-        self._inside.waits = getattr(self._inside, "waits", 0) + 1
+        poller, watched, counted = self._poller, False, False
+        # Joined in the same step as counted there (no point between where Ctrl-C lands):
+        # one landing as `_enter` returned, before the `try`, left a waiter counted for
+        # ever (and `close` waited for it).
+        entered: list[_Waiters] = []
         try:
+            self._enter(job_id, entered)
+            waiting = entered[0]
+            self._inside.waits = getattr(self._inside, "waits", 0) + 1
+            counted = True
             while True:
                 with self._lock:
                     seen = waiting.told  # before looking: news after it wakes the sleep
@@ -217,19 +223,22 @@ class Settlements:
                     remaining = LAST_INTERVAL if remaining is None else min(LAST_INTERVAL, remaining)
                 self._sleep(waiting, seen, remaining)
         finally:
-            self._inside.waits -= 1
+            if counted:
+                self._inside.waits -= 1
             if watched:
                 poller.unwatch(job_id)
-            self._leave(job_id, waiting)
+            if entered:
+                self._leave(job_id, entered[0])
 
-    def _enter(self, job_id: str) -> _Waiters:
-        """Count the caller among the waiters of `job_id`, for the rest of its `wait`."""
+    def _enter(self, job_id: str, entered: list[_Waiters]) -> None:
+        """Count the caller among the waiters of `job_id`, for the rest of its `wait`, and
+        put them in `entered` at once."""
         with self._lock:
             waiting = self._waiters.get(job_id)
             if waiting is None:
                 waiting = self._waiters[job_id] = _Waiters(self._lock)
             waiting.threads += 1
-            return waiting
+            entered.append(waiting)
 
     def _leave(self, job_id: str, waiting: _Waiters) -> None:
         """The caller's `wait` for `job_id` is over: the last one out drops its waiters."""

@@ -13,6 +13,7 @@ import pytest
 from jobcore import Job, JobManager, JobResult, JobStatus, MemoryRepository, SQLiteRepository, waiting
 from jobcore.repository.base import JobRecord
 from jobcore.testing.contract import make_record
+from interrupts import CtrlCOnce
 
 WAITERS = 40
 JOIN = 30.0  # seconds: bounds every join and wait here; none is expected to take long
@@ -189,3 +190,25 @@ def test_many_threads_waiting_for_jobs_run_here_read_each_row_a_bounded_number_o
     # own job's completion, answered from what this process remembers of it
     assert [results[job_id].result for job_id in ids] == [2 * n for n in range(WAITERS)]
     assert rows.reads == {job_id: 1 for job_id in ids}
+
+
+def test_ctrl_c_just_after_a_wait_joined_the_waiters_of_its_job_leaves_them(
+        make_manager: Callable[..., JobManager]) -> None:
+    # given a started manager running a job that holds on until released
+    release = threading.Event()
+    manager = make_manager(MemoryRepository(), max_workers=1)
+    manager.register_function("hold", lambda: release.wait(10.0))
+    manager.start()
+    job_id = manager.enqueue(Job(function_name="hold"))
+    settlements = manager._settlements
+    # when Ctrl-C lands in a wait for it just after it joined that job's waiters (as the
+    # call that counted it returned)
+    with CtrlCOnce("wait", lambda: job_id in settlements._waiters) as ctrl_c:
+        with pytest.raises(KeyboardInterrupt):
+            manager.wait(job_id, timeout=10.0)
+    assert ctrl_c.fired
+    # then it left them (counted for ever, it kept the job's waiters, and `close` waited
+    # for it)
+    assert job_id not in settlements._waiters
+    release.set()
+    assert manager.wait(job_id, timeout=10.0).status is JobStatus.COMPLETED
