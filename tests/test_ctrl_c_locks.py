@@ -76,8 +76,8 @@ def ctrl_c_on_sigusr1() -> Iterator[threading.Event]:
 def test_ctrl_c_as_a_wait_for_an_exchange_takes_the_lock_back_leaves_it_to_its_holder(
         ctrl_c_on_sigusr1: threading.Event) -> None:
     # given an enqueuing thread (this one, the main thread: signals land here) waiting for
-    # an exchange under way, and a worker thread that takes the pool's lock meanwhile and
-    # holds it while the wait, timed out, takes it back
+    # an exchange under way, and a worker thread that takes the pool's lock meanwhile,
+    # ends the wait and holds the lock while the wait takes it back
     state = PoolState(1)
     state.exchanging = True
     main = threading.get_ident()
@@ -86,8 +86,9 @@ def test_ctrl_c_as_a_wait_for_an_exchange_takes_the_lock_back_leaves_it_to_its_h
     def worker() -> None:
         try:
             with state.lock:
+                state.exchange_ended.notify_all()  # (the exchange "ended": its wait ends)
                 give_up = time.monotonic() + WAIT
-                while not _retaking(main):  # (its wait ends after 10 ms)
+                while not _retaking(main):
                     assert time.monotonic() < give_up, "the wait never took the lock back"
                     threading.Event().wait(0.001)
                 # when Ctrl-C comes then
@@ -104,7 +105,7 @@ def test_ctrl_c_as_a_wait_for_an_exchange_takes_the_lock_back_leaves_it_to_its_h
     try:
         with state.lock:
             thread.start()
-            state.await_exchange_locked(0.01)
+            state.await_exchange_locked(WAIT)
     except BaseException as exc:  # noqa: BLE001
         caught = exc
     thread.join(WAIT)
