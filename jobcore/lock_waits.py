@@ -54,11 +54,16 @@ def wait_for(cond: threading.Condition, lock: threading.RLock, predicate: Callab
     return True
 
 
+def holds(lock: threading.RLock) -> bool:
+    """Whether this thread holds `lock` (as `Condition` itself asks an RLock)."""
+    return bool(lock._is_owned())  # type: ignore[attr-defined]
+
+
 def retake(lock: threading.RLock) -> None:
     """Take `lock` unless this thread holds it: after an interrupted wait, so that the
     `with` block around it releases a lock this thread holds. Another interrupt while
     taking it is dropped (the one that ended the wait goes on)."""
-    while not lock._is_owned():  # type: ignore[attr-defined]  # (as Condition itself asks)
+    while not lock._is_owned():  # type: ignore[attr-defined]  # (not `holds`: no Python frame to land in)
         try:
             lock.acquire()
         except BaseException:  # noqa: S110 (a second Ctrl-C: the first is being raised)

@@ -73,24 +73,29 @@ def _queued_behind_a_held_leader(group: GroupCommitter[list[str]], source: _Tran
     return leader, outcomes
 
 
-def _shared_transaction_raising(group: GroupCommitter[list[str]], source: _Transactions,
-                                error: BaseException) -> list[Any]:
+def _shared_transaction_through(group: GroupCommitter[list[str]], source: _Transactions,
+                                transaction: Callable[[Callable[[list[str]], Any]], Any]) -> list[Any]:
     """Queue "a", "b" and "c" behind a held leader, make every transaction opened from then
-    on raise `error` as it opens, release the leader, and return each one's outcome once
+    on go through `transaction`, release the leader, and return each one's outcome once
     every thread ended."""
     leader, outcomes = _queued_behind_a_held_leader(group, source, [_writes("a"), _writes("b"), _writes("c")])
     threads = list(outcomes)
-
-    def raising(body: Callable[[list[str]], Any]) -> Any:
-        source.opened += 1
-        raise error
-
-    group._transaction = raising
+    group._transaction = transaction
     source.hold.set()
     for thread in [leader, *threads]:
         thread.join(10)
     assert not any(thread.is_alive() for thread in threads)
     return outcomes
+
+
+def _shared_transaction_raising(group: GroupCommitter[list[str]], source: _Transactions,
+                                error: BaseException) -> list[Any]:
+    """`_shared_transaction_through` transactions that raise `error` as they open."""
+    def raising(body: Callable[[list[str]], Any]) -> Any:
+        source.opened += 1
+        raise error
+
+    return _shared_transaction_through(group, source, raising)
 
 
 def test_an_operation_alone_runs_solo_without_a_transaction() -> None:
@@ -195,8 +200,6 @@ def test_a_shared_transaction_interrupted_after_its_commit_gives_the_others_thei
         return id(log) in committed_logs
 
     group: GroupCommitter[list[str]] = GroupCommitter(source.transaction, committed)
-    leader, outcomes = _queued_behind_a_held_leader(group, source, [_writes("a"), _writes("b"), _writes("c")])
-    threads = list(outcomes)
 
     def committing_then_interrupted(body: Callable[[list[str]], Any]) -> Any:
         log: list[str] = []
@@ -205,11 +208,7 @@ def test_a_shared_transaction_interrupted_after_its_commit_gives_the_others_thei
         committed_logs.append(id(log))
         raise KeyboardInterrupt
 
-    group._transaction = committing_then_interrupted
-    source.hold.set()
-    for thread in [leader, *threads]:
-        thread.join(10)
-    assert not any(thread.is_alive() for thread in threads)
+    outcomes = _shared_transaction_through(group, source, committing_then_interrupted)
     # then the thread leading it gets the interrupt, and each other one its own value:
     # their operations were committed (they got an error saying they may not have been,
     # and a worker's exchange left the jobs it claimed there RUNNING until their leases

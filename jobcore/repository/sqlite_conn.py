@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
 from ..clock import real_monotonic, real_sleep
 from ..errors import RepositoryError
 from ..forks import on_fork
+from ..lock_waits import holds
 from .sqlite_checkpoint import CHECKPOINT_EVERY, FOREGROUND_WAL_LIMIT_PAGES, WAL_LIMIT_PAGES, Checkpointer
 from .sqlite_gate import ForkGate
 from .sqlite_lifetime import _OPEN, ConnectionLifetime
@@ -229,14 +230,14 @@ class Connections(ConnectionLifetime):
     def _refuse_nested_write(self) -> None:
         """A write begun inside another on this thread (its transaction open) would wait
         for itself: raise at once, before it takes the write lock."""
-        if self._write_lock._is_owned():  # type: ignore[attr-defined]
+        if holds(self._write_lock):
             raise RepositoryError(f"SQLite at {self.path!r}: a write was begun inside another write on"
                                   " the same thread")
 
     def _release_write_lock(self) -> None:
         """Release _write_lock if this thread took it (see `_refuse_nested_write`: it then
         holds it once), wherever between its call and its `try` an interrupt landed."""
-        if self._write_lock._is_owned():  # type: ignore[attr-defined]
+        if holds(self._write_lock):
             self._write_lock.release()
 
     def _committed(self) -> None:
