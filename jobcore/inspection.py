@@ -69,7 +69,8 @@ class Inspection(_Parts):
             raise JobNotFound(job_id)
         return self._settlements.wait(job_id, timeout, held=self._pool.settles_here,
                                       read=self.repository.get_without_args,
-                                      statuses=self.repository.get_statuses, worker_id=self.worker_id)
+                                      statuses=self.repository.get_statuses, worker_id=self.worker_id,
+                                      sleeping=self._pool.caller_waits)
 
     def list_jobs(self, status: Union[JobStatus, str, None] = None, tags: Union[str, Collection[str], None] = None,
                   owner: Optional[str] = None, limit: Optional[int] = 50, offset: int = 0) -> list[JobResult]:

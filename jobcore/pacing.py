@@ -112,6 +112,18 @@ class Pacing:
         """True while enqueues stream in."""
         return now < self._stream_until
 
+    def producer_waits(self, thread: int) -> bool:
+        """Thread `thread` (its ident) waits for a job to settle. If it made the last
+        enqueue it streams no more: the stream ends, and its next enqueue starts none (a
+        loop of `enqueue` then `wait`, half a millisecond a turn, looked like a stream,
+        whose rules left each job, or its outcome, for a next enqueue that was waiting
+        for it: 2 ms a turn). True if a stream ended (what it left is to be seen to)."""
+        if thread != self._last_producer:
+            return False
+        streamed = self._stream_until > self._last_offer
+        self._stream_until = self._last_offer = float("-inf")
+        return streamed
+
     def stream_for(self, seconds: float, now: float) -> None:
         """Treat enqueues as streaming in for `seconds` from `now` (0 ends a stream; for
         tests)."""

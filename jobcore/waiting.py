@@ -174,7 +174,7 @@ class Settlements:
 
     def wait(self, job_id: str, timeout: Optional[float], *, held: Callable[[str], bool],
              read: Callable[[str], Optional[JobRecord]], statuses: Optional[Statuses] = None,
-             worker_id: Optional[str] = None) -> JobResult:
+             worker_id: Optional[str] = None, sleeping: Optional[Callable[[], None]] = None) -> JobResult:
         """Block until `job_id` is terminal and return what `poll` would show of it.
 
         `timeout`: seconds (checked by the caller; None: no limit), then `TimeoutError`.
@@ -182,7 +182,8 @@ class Settlements:
         it has); `read` reads its row without arguments; `statuses` reads the statuses of
         many jobs (as `JobRepository.get_statuses`; None: one `read` each). `worker_id`:
         the one this process completes jobs as (a completed row of its read back counts as
-        falling behind). `JobNotFound` for an unknown id.
+        falling behind). `sleeping()` is called once, before the caller first sleeps.
+        `JobNotFound` for an unknown id.
 
         The row is read when the wait begins, and again only when the job settled here
         (and was not remembered), or the poller found it ended or gone: however many
@@ -214,6 +215,8 @@ class Settlements:
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(f"job {job_id!r} is still {found.value} after {timeout}s")
                 if not watched:
+                    if sleeping is not None:
+                        sleeping()
                     poller.watch(job_id, held, statuses or functools.partial(statuses_read_one_by_one, read))
                     watched = True
                 # Settled here: woken at once (and only its waiters are). Settled by another

@@ -163,6 +163,16 @@ class WorkerPool:
         of it then."""
         return self._holdings.settles_here(job_id)
 
+    def caller_waits(self) -> None:
+        """The calling thread is about to sleep in `wait` for a job: if it was
+        streaming enqueues in, the stream ends (`Pacing.producer_waits`), and the
+        dispatcher sees to what the stream left: buffered jobs no worker was woken for,
+        outcomes left for a next enqueue."""
+        state = self._state
+        with state.lock:
+            if state.pacing.producer_waits(threading.get_ident()):
+                state.dispatch_needed.notify()
+
     def _settled(self, settled: list[tuple[str, Optional[Completion]]]) -> None:
         """The recorder settled these: they leave `settling` (see `settles_here`) before
         `on_settled` hears of them."""

@@ -53,6 +53,24 @@ def test_close_enqueues_from_two_threads_count_as_several_producers_for_a_gap() 
     assert pacing.one_producer(T + 10.0)
 
 
+def test_a_stream_ends_when_its_producer_waits_and_its_next_enqueue_starts_none() -> None:
+    # given a stream of enqueues from thread 1
+    pacing = Pacing(max_workers=1)
+    pacing.offered(T, 1)
+    pacing.offered(T + STREAM_GAP / 4, 1)
+    assert pacing.streaming(T + STREAM_GAP / 2)
+    # when another thread waits for a job, the stream goes on
+    assert not pacing.producer_waits(2)
+    assert pacing.streaming(T + STREAM_GAP / 2)
+    # when its producer waits for one, the stream ends (and that is told)
+    assert pacing.producer_waits(1)
+    assert not pacing.streaming(T + STREAM_GAP / 2)
+    # and its next enqueue, as close to the last as before, starts none
+    pacing.offered(T + STREAM_GAP / 2, 1)
+    assert not pacing.streaming(T + STREAM_GAP / 2)
+    assert not pacing.producer_waits(1)  # no stream to end: nothing left to see to
+
+
 def test_a_close_enqueue_never_shortens_a_longer_stream() -> None:
     pacing = Pacing(max_workers=1)
     pacing.stream_for(60.0, T)

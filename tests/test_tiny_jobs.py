@@ -9,6 +9,7 @@ from typing import Callable
 from jobcore import Job, JobManager
 from jobcore.clock import real_monotonic
 from jobcore.repository.base import JobRepository
+from waiting import wait_until
 
 WAIT = 10.0
 
@@ -69,3 +70,54 @@ def test_tiny_jobs_a_stream_of_enqueues_leaves_buffered_all_run(
     # then the dispatcher finds them stalled and wakes a worker: each completes
     results = [manager.wait(job_id, timeout=WAIT) for job_id in ids]
     assert [r.result for r in results] == list(range(len(ids)))
+
+
+def test_tiny_jobs_a_producer_that_waits_for_its_job_ends_its_stream(
+        repository: JobRepository, make_manager: Callable[..., JobManager]) -> None:
+    # given a started pool whose jobs proved tiny, and enqueues from this thread that
+    # look like a stream that never ends (a loop of enqueue then wait, a turn every half
+    # millisecond, looked like one: its rules left each job, and its outcome, for a next
+    # enqueue, and each turn took 2 ms)
+    manager = make_manager(repository, max_workers=4)
+    pacing = manager._pool._state.pacing
+    gate = threading.Event()
+    manager.register_function("gated", lambda n: (gate.wait(WAIT), n)[1])
+    pacing.assume_short_jobs()
+    manager.start()
+    pacing.stream_for(3600.0, real_monotonic())
+    job_id = manager.enqueue(Job(function_name="gated", args=(7,)))
+    # (the job ends only once the stream has: this thread's wait must end it)
+    def open_once_the_stream_ended() -> None:
+        try:
+            wait_until(lambda: not pacing.streaming(real_monotonic()), WAIT, "the stream to end", pause=0.001)
+        finally:
+            gate.set()
+
+    opener = threading.Thread(target=open_once_the_stream_ended)
+    opener.start()
+    # when this thread waits for the job
+    result = manager.wait(job_id, timeout=WAIT)
+    opener.join(WAIT)
+    # then the stream ended, and the job completed
+    assert result.result == 7
+    assert not pacing.streaming(real_monotonic())
+
+
+def test_tiny_jobs_another_thread_waiting_ends_no_stream(
+        repository: JobRepository, make_manager: Callable[..., JobManager]) -> None:
+    # given a pool whose jobs proved tiny, and a stream of enqueues from this thread
+    manager = make_manager(repository, max_workers=2)
+    manager.register_function("tiny", lambda n: n)
+    pacing = manager._pool._state.pacing
+    pacing.assume_short_jobs()
+    manager.start()
+    pacing.stream_for(3600.0, real_monotonic())
+    job_id = manager.enqueue(Job(function_name="tiny", args=(3,)))
+    # when another thread waits for its job
+    results: list[object] = []
+    other = threading.Thread(target=lambda: results.append(manager.wait(job_id, timeout=WAIT).result))
+    other.start()
+    other.join(WAIT)
+    # then the job completes (the dispatcher sees to it), and the stream goes on
+    assert results == [3]
+    assert pacing.streaming(real_monotonic())
