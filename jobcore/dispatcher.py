@@ -150,7 +150,7 @@ class Dispatcher:
         with the lock held, at each of this thread's wake-ups (while the pool holds work,
         at least every STALL_AFTER, and every RECORD_WITHIN while enqueues stream in)."""
         state, now = self._state, real_monotonic()
-        if (state.left_for_stream and state.buffer and not state.running and not state.stopping
+        if (state.buffer and not state.running and not state.stopping
                 and not state.pacing.streaming(now)):
             state.wake_one_locked()  # left for a stream's next enqueues, and the stream ended
         if not state.buffer or state.taken != self._seen_taken:

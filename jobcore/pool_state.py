@@ -76,9 +76,6 @@ class PoolState:
         self.idle = 0  # workers waiting on work_ready
         self.waking = 0  # of those, notified and not yet running
         self.taken = 0  # buffered jobs workers have taken, ever: the dispatcher spots a stall
-        # Buffered jobs were left for a stream's next enqueues, no worker woken for them
-        # since (see `wake_for_buffer_locked`): the dispatcher wakes one once it ends.
-        self.left_for_stream = False
         self.exchanging = False  # an exchange is under way (one at a time, by any thread)
         self.enqueue_exchanging = False  # that exchange stores a new job (`Exchanges.inserting`)
         self.exchange_thread = 0  # the ident of the thread making it (while `exchanging`)
@@ -169,7 +166,6 @@ class PoolState:
         takes a job and, if more wait, wakes the next. While jobs hold the GIL, the thread
         running them drains the buffer alone and no one is woken for nothing; while they
         block, idle workers join in one after the other."""
-        self.left_for_stream = False
         if self.idle and not self.waking:
             self.waking += 1
             self.work_ready.notify()
@@ -181,15 +177,11 @@ class PoolState:
         than `Pacing.stream_wake` are buffered: the stream's next enqueues add to them. The
         dispatcher wakes one if they stall, or the stream ends (`Dispatcher`)."""
         pacing = self.pacing
-        if pacing.tiny():
-            now = real_monotonic()
-            left = bool(active or self.running)
-            if not left and len(self.buffer) < pacing.stream_wake() and pacing.streaming(now):
-                left = self.left_for_stream = True
-            if left:
-                if pacing.dispatcher_sleeps_past(now + STALL_AFTER):
-                    self.dispatch_needed.notify()  # to look for a stall in time
-                return
+        if pacing.tiny() and (active or self.running or (
+                len(self.buffer) < pacing.stream_wake() and pacing.streaming(real_monotonic()))):
+            if self.pacing.dispatcher_sleeps_past(real_monotonic() + STALL_AFTER):
+                self.dispatch_needed.notify()  # to look for a stall in time
+            return
         self.wake_one_locked()
 
     def busy_locked(self) -> bool:

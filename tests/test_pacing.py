@@ -201,16 +201,13 @@ def test_a_stream_of_enqueues_wakes_an_idle_worker_once_a_batch_of_tiny_jobs_is_
 def test_the_dispatcher_wakes_a_worker_at_once_for_jobs_a_stream_left_once_it_ends() -> None:
     # given a job a stream of enqueues left buffered for its next ones, no job running
     state = _state_with_idle_worker(tiny=True)
+    state.buffer.append(make_record(id="left"))
     dispatcher = Dispatcher(state, None, None, None, None, 0.0)  # type: ignore[arg-type]
     state.pacing.stream_for(60.0, real_monotonic())
-    with state.lock:
-        state.buffer.append(make_record(id="left"))
-        state.wake_for_buffer_locked(active=False)
-    assert state.waking == 0
     state.taken += 1  # (one was taken since the dispatcher last looked: no stall yet)
     with state.lock:
         dispatcher._wake_if_stalled_locked()
-    assert state.waking == 0  # the stream goes on: its next enqueues add to them
+    assert state.waking == 0  # the stream goes on (and the job has not waited STALL_AFTER)
     # when the stream has ended at the dispatcher's next wake-up (a job was taken
     # meanwhile: the buffer has not stalled)
     state.pacing.stream_for(0.0, real_monotonic())
@@ -219,23 +216,6 @@ def test_the_dispatcher_wakes_a_worker_at_once_for_jobs_a_stream_left_once_it_en
         dispatcher._wake_if_stalled_locked()
     # then it wakes the idle worker at once, rather than STALL_AFTER later
     assert state.waking == 1
-
-
-def test_the_dispatcher_leaves_jobs_no_stream_left_to_the_worker_that_claimed_them() -> None:
-    # given tiny jobs just claimed by a worker's exchange (it takes one of them next, once
-    # it has the lock again), no job running and no stream
-    state = _state_with_idle_worker(tiny=True)
-    dispatcher = Dispatcher(state, None, None, None, None, 0.0)  # type: ignore[arg-type]
-    with state.lock:
-        state.buffer.extend([make_record(id="a"), make_record(id="b")])
-        state.wake_for_buffer_locked(active=True)
-    state.taken += 1  # (taken since the dispatcher last looked: no stall)
-    # when the dispatcher wakes in between
-    with state.lock:
-        dispatcher._wake_if_stalled_locked()
-    # then it wakes no idle worker: in a drain, one woken so took turns at the GIL with
-    # the busy one
-    assert state.waking == 0
 
 
 def test_ready_jobs_need_no_notification_only_while_a_stream_lasts_and_the_dispatcher_looks_soon() -> None:
