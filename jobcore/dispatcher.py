@@ -6,8 +6,7 @@ enqueues streaming in), while the repository fails (with back-off), and at stop,
 also hands back the claimed jobs no worker started (and gives up the outcomes the
 repository has failed to record for a lease_timeout, rather than wait for it to work).
 It fires due cron schedules, and wakes an idle worker for buffered tiny jobs that the
-busy worker, or a stream of enqueues, has left waiting (`Pacing.tiny`,
-`Pacing.stream_wake`). Between those it sleeps on
+busy worker has left waiting (`Pacing.tiny`). Between those it sleeps on
 `PoolState.dispatch_needed`. The worker threads are `workers`'.
 """
 
@@ -145,14 +144,9 @@ class Dispatcher:
 
     def _wake_if_stalled_locked(self) -> None:
         """Wake an idle worker if buffered jobs have waited STALL_AFTER with none taken
-        (while jobs are tiny, buffered ones wake no one: see `wake_for_buffer_locked`), or
-        at once if no job runs and no stream of enqueues goes on to add to them. Called
-        with the lock held, at each of this thread's wake-ups (while the pool holds work,
-        at least every STALL_AFTER, and every RECORD_WITHIN while enqueues stream in)."""
+        (while jobs are tiny, buffered ones wake no one: see `wake_for_buffer_locked`).
+        Called with the lock held, at each of this thread's wake-ups."""
         state, now = self._state, real_monotonic()
-        if (state.buffer and not state.running and not state.stopping
-                and not state.pacing.streaming(now)):
-            state.wake_one_locked()  # left for a stream's next enqueues, and the stream ended
         if not state.buffer or state.taken != self._seen_taken:
             self._seen_taken, self._seen_at = state.taken, now
         elif now - self._seen_at >= STALL_AFTER and not state.stopping:

@@ -78,16 +78,6 @@ class Pacing:
         """True while jobs run under TINY_BELOW seconds on average."""
         return self._average_run < TINY_BELOW
 
-    def stream_wake(self) -> int:
-        """While enqueues stream in and jobs are tiny, how many buffered jobs wake an idle
-        worker: three quarters of the capacity (6 of 8 with 4 workers). The stream's
-        producer runs on one CPU and the woken worker on the other, and each wake-up made
-        them take turns at the GIL several times (a worker woken per job, the producer
-        waited for the GIL about once a job): a worker woken for a batch runs it in one
-        turn. Fewer than that are left for the stream's next enqueues; the dispatcher
-        wakes a worker for them once the stream ends (`Dispatcher`)."""
-        return self.capacity() * 3 // 4
-
     def assume_short_jobs(self) -> None:
         """Hold a reserve from the start, as if jobs had proved short (for tests)."""
         self._average_run = 0.0

@@ -172,13 +172,10 @@ class PoolState:
 
     def wake_for_buffer_locked(self, active: bool) -> None:
         """Wake one idle worker for buffered jobs (`wake_one_locked`), unless jobs are tiny
-        (`Pacing.tiny`) and a worker will be back at the buffer soon (one is running a
-        job, or the caller is a worker about to: `active`) or enqueues stream in and fewer
-        than `Pacing.stream_wake` are buffered: the stream's next enqueues add to them. The
-        dispatcher wakes one if they stall, or the stream ends (`Dispatcher`)."""
-        pacing = self.pacing
-        if pacing.tiny() and (active or self.running or (
-                len(self.buffer) < pacing.stream_wake() and pacing.streaming(real_monotonic()))):
+        (`Pacing.tiny`) and a worker will be back at the buffer soon: one is running a job,
+        or the caller is a worker about to (`active`). The dispatcher wakes one if they
+        stall (`Dispatcher`)."""
+        if (active or self.running) and self.pacing.tiny():
             if self.pacing.dispatcher_sleeps_past(real_monotonic() + STALL_AFTER):
                 self.dispatch_needed.notify()  # to look for a stall in time
             return

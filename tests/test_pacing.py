@@ -7,9 +7,7 @@ import threading
 import pytest
 
 from jobcore.pacing import RECORD_WITHIN, RESERVE_BELOW, STALL_AFTER, STREAM_BATCH, STREAM_GAP, TINY_BELOW, Pacing
-from jobcore.clock import real_monotonic
 from jobcore.context import JobContext
-from jobcore.dispatcher import Dispatcher
 from jobcore.execution import Outcome
 from jobcore.pool_state import PoolState
 from jobcore.recorder import Finished
@@ -175,47 +173,6 @@ def test_buffered_jobs_wake_an_idle_worker_when_no_one_works_or_jobs_are_not_tin
     with slow.lock:
         slow.wake_for_buffer_locked(active=True)  # jobs not proved tiny: join in at once
     assert slow.waking == 1
-
-
-def test_a_stream_of_enqueues_wakes_an_idle_worker_once_a_batch_of_tiny_jobs_is_buffered() -> None:
-    # given tiny jobs, four workers (one idle, none running) and enqueues streaming in
-    state = PoolState(max_workers=4)
-    state.stopping, state.idle = False, 1
-    state.pacing.assume_short_jobs()
-    state.pacing.stream_for(60.0, real_monotonic())
-    batch = state.pacing.stream_wake()
-    assert batch == 6  # three quarters of the 8 jobs held with a reserve
-    # when the stream's jobs are buffered one after the other, fewer than the batch
-    with state.lock:
-        for n in range(batch - 1):
-            state.buffer.append(make_record(id=f"j{n}"))
-            state.wake_for_buffer_locked(active=False)
-        # then the idle worker sleeps on: the next enqueues add to them
-        assert state.waking == 0
-        # and the batch's last job wakes it, to run them in one turn
-        state.buffer.append(make_record(id="last"))
-        state.wake_for_buffer_locked(active=False)
-    assert state.waking == 1
-
-
-def test_the_dispatcher_wakes_a_worker_at_once_for_jobs_a_stream_left_once_it_ends() -> None:
-    # given a job a stream of enqueues left buffered for its next ones, no job running
-    state = _state_with_idle_worker(tiny=True)
-    state.buffer.append(make_record(id="left"))
-    dispatcher = Dispatcher(state, None, None, None, None, 0.0)  # type: ignore[arg-type]
-    state.pacing.stream_for(60.0, real_monotonic())
-    state.taken += 1  # (one was taken since the dispatcher last looked: no stall yet)
-    with state.lock:
-        dispatcher._wake_if_stalled_locked()
-    assert state.waking == 0  # the stream goes on (and the job has not waited STALL_AFTER)
-    # when the stream has ended at the dispatcher's next wake-up (a job was taken
-    # meanwhile: the buffer has not stalled)
-    state.pacing.stream_for(0.0, real_monotonic())
-    state.taken += 1
-    with state.lock:
-        dispatcher._wake_if_stalled_locked()
-    # then it wakes the idle worker at once, rather than STALL_AFTER later
-    assert state.waking == 1
 
 
 def test_ready_jobs_need_no_notification_only_while_a_stream_lasts_and_the_dispatcher_looks_soon() -> None:

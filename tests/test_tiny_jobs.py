@@ -1,5 +1,6 @@
 """While jobs are tiny (`Pacing.tiny`), buffered jobs are left to the busy worker, and
-the dispatcher wakes an idle one when they stall behind a long job after all."""
+the dispatcher wakes an idle one when they stall behind a long job after all. A stream
+of enqueues ends when its producer waits for a job (`Pacing.producer_waits`)."""
 
 from __future__ import annotations
 
@@ -53,23 +54,6 @@ def test_a_drain_of_tiny_jobs_runs_every_job_once(
     # then each ran once and completed
     assert sorted(ran) == list(range(600))
     assert {r.status.value for r in results} == {"completed"}
-
-
-def test_tiny_jobs_a_stream_of_enqueues_leaves_buffered_all_run(
-        repository: JobRepository, make_manager: Callable[..., JobManager]) -> None:
-    # given a started pool whose jobs proved tiny, and enqueues that look like a stream
-    # that never ends: fewer jobs than a batch are left for its next enqueues
-    manager = make_manager(repository, max_workers=4)
-    manager.register_function("tiny", lambda n: n)
-    state = manager._pool._state
-    state.pacing.assume_short_jobs()
-    manager.start()
-    state.pacing.stream_for(3600.0, real_monotonic())
-    # when a few are enqueued, and nothing more comes
-    ids = [manager.enqueue(Job(function_name="tiny", args=(n,))) for n in range(state.pacing.stream_wake() - 1)]
-    # then the dispatcher finds them stalled and wakes a worker: each completes
-    results = [manager.wait(job_id, timeout=WAIT) for job_id in ids]
-    assert [r.result for r in results] == list(range(len(ids)))
 
 
 def test_tiny_jobs_a_producer_that_waits_for_its_job_ends_its_stream(
