@@ -106,8 +106,8 @@ class Pacing:
         """Thread `thread` (its ident) waits for a job to settle. If it made the last
         enqueue it streams no more: the stream ends, and its next enqueue starts none (a
         loop of `enqueue` then `wait`, half a millisecond a turn, looked like a stream,
-        whose rules left each job, or its outcome, for a next enqueue that was waiting
-        for it: 2 ms a turn). True if a stream ended (what it left is to be seen to)."""
+        whose rules left each outcome for a next enqueue that was waiting for it: 2 ms a
+        turn). True if a stream ended (the outcomes it left are to be recorded now)."""
         if thread != self._last_producer:
             return False
         streamed = self._stream_until > self._last_offer

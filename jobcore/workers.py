@@ -166,8 +166,7 @@ class WorkerPool:
     def caller_waits(self) -> None:
         """The calling thread is about to sleep in `wait` for a job: if it was
         streaming enqueues in, the stream ends (`Pacing.producer_waits`), and the
-        dispatcher sees to what the stream left: buffered jobs no worker was woken for,
-        outcomes left for a next enqueue."""
+        dispatcher records the outcomes the stream left for a next enqueue."""
         state = self._state
         with state.lock:
             if state.pacing.producer_waits(threading.get_ident()):
