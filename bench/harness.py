@@ -325,10 +325,13 @@ def priority(engine: Engine, workdir: str, n: int, timeout: float) -> dict[str, 
             "started": len(tracker.order)}
 
 
-def pickup(engine: Engine, workdir: str, samples: int, timeout: float, budget: float) -> dict[str, Any]:
+def pickup(engine: Engine, workdir: str, samples: int, timeout: float, budget: float,
+           pause: bool = True) -> dict[str, Any]:
     """With idle workers, enqueue one job at a time and measure from the start of the
     enqueue call to the job's body starting; a pause of 2-8 ms between samples lets the
-    previous job finish and the workers go idle again."""
+    previous job finish and the workers go idle again. Without `pause`, back to back:
+    the next enqueue as soon as the job's body started (what a caller that hands jobs
+    over one at a time sees; enqueues so close together look like a stream)."""
     tracker = Tracker(samples, mode="stamp")
     engine.open(workdir, tracker)
     rng = random.Random(7)
@@ -341,7 +344,8 @@ def pickup(engine: Engine, workdir: str, samples: int, timeout: float, budget: f
         for x in range(samples):
             if time.monotonic() > deadline:
                 break
-            time.sleep(rng.uniform(0.002, 0.008))
+            if pause:
+                time.sleep(rng.uniform(0.002, 0.008))
             tracker.stamped.clear()
             t0 = time.perf_counter()
             engine.enqueue(x)

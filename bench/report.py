@@ -139,12 +139,17 @@ def render(results: dict[str, Any], targets: list[dict[str, Any]], meta: dict[st
         out.extend(row for _, row in _beside_e2e(results, "producers", "enqueue_per_s", notes))
         out.append("")
 
-    if "pickup" in results:
-        out.append("## Pickup latency with idle workers (ms, enqueue call start → job body starts)\n")
+    for scenario, title in (("pickup", "Pickup latency with idle workers (ms, enqueue call start → job body"
+                                         " starts; 2-8 ms between samples)"),
+                            ("pickup-b2b", "Pickup latency back to back (ms, as above; the next enqueue as soon as"
+                                           " the job's body started)")):
+        if scenario not in results:
+            continue
+        out.append(f"## {title}\n")
         out.append("| engine | p50 | p95 | p99 | max | samples | p50 × Huey |")
         out.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-        huey50 = results["pickup"].get("huey", {}).get("p50_ms")
-        for engine, entry in results["pickup"].items():
+        huey50 = results[scenario].get("huey", {}).get("p50_ms")
+        for engine, entry in results[scenario].items():
             if "error" in entry:
                 notes.setdefault(engine, entry["error"])
                 out.append(f"| {_label(engine)} | n/a | n/a | n/a | n/a | 0 | — |")

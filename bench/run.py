@@ -46,6 +46,7 @@ SCENARIO_ENGINES = {
     "polled": JOBCORE,
     "priority": JOBCORE + ["huey", "raw-normal", "heap"],
     "pickup": JOBCORE + PEERS + ["raw-normal", "heap"],
+    "pickup-b2b": JOBCORE + PEERS + ["raw-normal", "heap"],
     "deep": ["jobcore-sqlite", "jobcore-memory", "litequeue", "raw-normal", "heap"],
 }
 PRODUCERS = 4        # threads enqueueing at once in the "producers" figure
@@ -103,8 +104,8 @@ def _child_result(args: argparse.Namespace) -> Optional[dict[str, Any]]:
         return harness.concurrent(engine, workdir, args.n, args.budget)
     if args.child == "priority":
         return harness.priority(engine, workdir, args.n, args.timeout)
-    if args.child == "pickup":
-        return harness.pickup(engine, workdir, args.n, args.timeout, args.budget)
+    if args.child in ("pickup", "pickup-b2b"):
+        return harness.pickup(engine, workdir, args.n, args.timeout, args.budget, pause=args.child == "pickup")
     if args.child == "deep":
         return harness.deep(engine, workdir, args.depth, args.drain, args.timeout)
     raise ValueError(f"unknown child {args.child!r}")
@@ -231,27 +232,29 @@ def run_all(args: argparse.Namespace, cfg: dict[str, Any], code: str) -> dict[st
     reps, n = cfg["reps"], cfg["n"]
     results: dict[str, Any] = {}
     raw: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    samples: dict[str, list[float]] = {}
-    missed: dict[str, int] = {}
-    pickup_errors: dict[str, str] = {}
+    pickups = ("pickup", "pickup-b2b")
+    samples: dict[tuple[str, str], list[float]] = {}  # by (scenario, engine)
+    missed: dict[tuple[str, str], int] = {}
+    pickup_errors: dict[tuple[str, str], str] = {}
 
     # Interleaved: every repetition runs every engine once, in an order rotated per rep.
-    timed = [s for s in ("e2e", "bulk", "producers", "concurrent", "waited", "polled", "priority", "pickup")
+    timed = [s for s in ("e2e", "bulk", "producers", "concurrent", "waited", "polled", "priority", *pickups)
              if _wanted(args, s)]
     for rep in range(reps):
         for scenario in timed:
             engines = _engines(args, scenario)
             shift = rep % max(1, len(engines))
             for engine in engines[shift:] + engines[:shift]:
-                if scenario == "pickup":
+                if scenario in pickups:
                     total = cfg["pickup_polling"] if engine in POLLING else cfg["pickup"]
-                    result = runner.measure("pickup", engine, n=max(1, total // reps),
+                    result = runner.measure(scenario, engine, n=max(1, total // reps),
                                             budget=cfg["pickup_budget"] / reps)
+                    key = (scenario, engine)
                     if "error" in result:
-                        pickup_errors[engine] = result["error"]
+                        pickup_errors[key] = result["error"]
                     else:
-                        samples.setdefault(engine, []).extend(result["latencies_ms"])
-                        missed[engine] = missed.get(engine, 0) + result["missed"]
+                        samples.setdefault(key, []).extend(result["latencies_ms"])
+                        missed[key] = missed.get(key, 0) + result["missed"]
                     continue
                 params: dict[str, Any] = {"n": cfg["priority_n"] if scenario == "priority" else n}
                 if scenario in ("e2e", "concurrent", "waited", "polled"):
@@ -260,13 +263,14 @@ def run_all(args: argparse.Namespace, cfg: dict[str, Any], code: str) -> dict[st
                     runner.measure(scenario, engine, **params))
     for scenario, by_engine in raw.items():
         results[scenario] = {engine: _median_of(runs) for engine, runs in by_engine.items()}
-    if "pickup" in timed:
-        results["pickup"] = {}
-        for engine in _engines(args, "pickup"):
-            if engine in samples:
-                results["pickup"][engine] = {**_percentiles(samples[engine]), "missed": missed.get(engine, 0)}
+    for scenario in (s for s in pickups if s in timed):
+        results[scenario] = {}
+        for engine in _engines(args, scenario):
+            key = (scenario, engine)
+            if key in samples:
+                results[scenario][engine] = {**_percentiles(samples[key]), "missed": missed.get(key, 0)}
             else:
-                results["pickup"][engine] = {"error": pickup_errors.get(engine, "not run")}
+                results[scenario][engine] = {"error": pickup_errors.get(key, "not run")}
 
     if _wanted(args, "deep"):
         results["deep"] = {"depth": cfg["deep"], "drain": cfg["deep_drain"]}
@@ -331,7 +335,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--reps", type=int, help="repetitions (default 3, --quick 1)")
     parser.add_argument("--n", type=int, help="jobs per throughput figure (default 20,000)")
     parser.add_argument("--only", help="comma-separated scenarios: e2e,bulk,producers,concurrent,waited,polled,priority,"
-                                        "pickup,deep,depth,procs,isolation")
+                                        "pickup,pickup-b2b,deep,depth,procs,isolation")
     parser.add_argument("--engines", help="comma-separated engine keys (see bench/README.md)")
     parser.add_argument("--no-venv", action="store_true", help="do not build or use bench/.venv (peers n/a)")
     parser.add_argument("--profile", metavar="ENGINE", help="run the end-to-end figure once under cProfile and exit")

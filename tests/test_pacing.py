@@ -7,6 +7,7 @@ import threading
 import pytest
 
 from jobcore.pacing import RECORD_WITHIN, RESERVE_BELOW, STALL_AFTER, STREAM_BATCH, STREAM_GAP, TINY_BELOW, Pacing
+from jobcore.clock import real_monotonic
 from jobcore.context import JobContext
 from jobcore.execution import Outcome
 from jobcore.pool_state import PoolState
@@ -173,6 +174,20 @@ def test_buffered_jobs_wake_an_idle_worker_when_no_one_works_or_jobs_are_not_tin
     with slow.lock:
         slow.wake_for_buffer_locked(active=True)  # jobs not proved tiny: join in at once
     assert slow.waking == 1
+
+
+def test_a_stream_of_tiny_jobs_still_wakes_an_idle_worker_when_no_job_runs() -> None:
+    # given tiny jobs, an idle worker, no job running, and enqueues streaming in
+    state = _state_with_idle_worker(tiny=True)
+    state.pacing.stream_for(60.0, real_monotonic())
+    # when an enqueue's exchange buffers its job
+    with state.lock:
+        state.buffer.append(make_record(id="next"))
+        state.wake_for_buffer_locked(active=False)
+    # then a worker is woken at once: the producer may be waiting for this job to start
+    # before it enqueues the next (left for the stream's next enqueues, as tried once,
+    # each such job waited about 2 ms for the dispatcher)
+    assert state.waking == 1
 
 
 def test_ready_jobs_need_no_notification_only_while_a_stream_lasts_and_the_dispatcher_looks_soon() -> None:
