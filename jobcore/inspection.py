@@ -55,7 +55,7 @@ class Inspection(_Parts):
         if record is None:
             return None
         if self._lifecycle.running and not record.status.is_terminal:
-            _give_way()  # the caller will likely poll again: let the workers run it meanwhile
+            self._waits_in_a_loop()  # the caller will likely poll again: let the workers run it meanwhile
         return result_of(self._with_latest_progress(record, since))
 
     def wait(self, job_id: str, timeout: Optional[float] = None) -> JobResult:
@@ -71,6 +71,13 @@ class Inspection(_Parts):
                                       read=self.repository.get_without_args,
                                       statuses=self.repository.get_statuses, worker_id=self.worker_id,
                                       sleeping=self._pool.caller_waits)
+
+    def _waits_in_a_loop(self) -> None:
+        """The caller reads in a loop while it waits for jobs: a thread doing that streams
+        enqueues in no more (`WorkerPool.caller_waits`, as for `wait`), and the workers
+        get to run (`_give_way`)."""
+        self._pool.caller_waits()
+        _give_way()
 
     def list_jobs(self, status: Union[JobStatus, str, None] = None, tags: Union[str, Collection[str], None] = None,
                   owner: Optional[str] = None, limit: Optional[int] = 50, offset: int = 0) -> list[JobResult]:
@@ -137,7 +144,7 @@ class Inspection(_Parts):
         While threads of timed-out attempts are still stuck in their code, the count of
         them is added under `abandoned_threads`."""
         if self._lifecycle.running:
-            _give_way()  # often asked in a loop until the jobs are done
+            self._waits_in_a_loop()  # often asked in a loop until the jobs are done
         counts = self.repository.count_by_status()
         stats = {"total": sum(counts.values())}
         stats.update({status.value: counts[status] for status in JobStatus})
@@ -154,7 +161,7 @@ class Inspection(_Parts):
     def get_queue_size(self) -> int:
         """Jobs not yet started: pending plus scheduled."""
         if self._lifecycle.running:
-            _give_way()  # often asked in a loop until the queue is empty
+            self._waits_in_a_loop()  # often asked in a loop until the queue is empty
         return self.repository.count_queued()
 
     def get_logs(self, job_id: str, offset: int = 0, limit: Optional[int] = None) -> list[LogEntry]:

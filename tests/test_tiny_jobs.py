@@ -105,3 +105,42 @@ def test_tiny_jobs_another_thread_waiting_ends_no_stream(
     # then the job completes (the dispatcher sees to it), and the stream goes on
     assert results == [3]
     assert pacing.streaming(real_monotonic())
+
+
+def test_tiny_jobs_a_producer_that_polls_for_its_job_ends_its_stream(
+        repository: JobRepository, make_manager: Callable[..., JobManager]) -> None:
+    # given a started pool whose jobs proved tiny, a stream of enqueues from this thread,
+    # and a job that ends only once released
+    manager = make_manager(repository, max_workers=2)
+    pacing = manager._pool._state.pacing
+    gate = threading.Event()
+    manager.register_function("gated", lambda n: (gate.wait(WAIT), n)[1])
+    pacing.assume_short_jobs()
+    manager.start()
+    pacing.stream_for(3600.0, real_monotonic())
+    job_id = manager.enqueue(Job(function_name="gated", args=(5,)))
+    try:
+        # when this thread polls the unfinished job (as a loop of `poll` until done does)
+        polled = manager.poll(job_id)
+        # then it streams no more (the job has not ended: the stream's end is the poll's)
+        assert polled is not None and not polled.status.is_terminal
+        assert not pacing.streaming(real_monotonic())
+    finally:
+        gate.set()
+    assert manager.wait(job_id, timeout=WAIT).result == 5
+
+
+def test_tiny_jobs_a_producer_that_reads_the_stats_or_the_queue_size_ends_its_stream(
+        repository: JobRepository, make_manager: Callable[..., JobManager]) -> None:
+    # given a started pool and a stream of enqueues from this thread
+    manager = make_manager(repository, max_workers=2)
+    manager.register_function("tiny", lambda n: n)
+    pacing = manager._pool._state.pacing
+    manager.start()
+    for read in (manager.get_stats, manager.get_queue_size):
+        pacing.stream_for(3600.0, real_monotonic())
+        manager.enqueue(Job(function_name="tiny", args=(1,)))
+        # when this thread reads what a loop waiting for the jobs reads
+        read()
+        # then it streams no more
+        assert not pacing.streaming(real_monotonic()), read.__name__
