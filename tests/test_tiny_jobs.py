@@ -9,6 +9,7 @@ from typing import Callable
 
 from jobcore import Job, JobManager
 from jobcore.clock import real_monotonic
+from jobcore.pacing import Pacing
 from jobcore.repository.base import JobRepository
 from waiting import wait_until
 
@@ -56,21 +57,28 @@ def test_a_drain_of_tiny_jobs_runs_every_job_once(
     assert {r.status.value for r in results} == {"completed"}
 
 
-def test_tiny_jobs_a_producer_that_waits_for_its_job_ends_its_stream(
-        repository: JobRepository, make_manager: Callable[..., JobManager]) -> None:
-    # given a started pool whose jobs proved tiny, and enqueues from this thread that
-    # look like a stream that never ends (a loop of enqueue then wait, a turn every half
-    # millisecond, looked like one: its rules left each job, and its outcome, for a next
-    # enqueue, and each turn took 2 ms)
-    manager = make_manager(repository, max_workers=4)
+def _streaming(repository: JobRepository, make_manager: Callable[..., JobManager], workers: int,
+               name: str, function: Callable[..., object]) -> tuple[JobManager, Pacing]:
+    """A started manager whose jobs proved tiny, running `function` as `name`, and
+    enqueues from this thread that look like a stream that never ends."""
+    manager = make_manager(repository, max_workers=workers)
+    manager.register_function(name, function)
     pacing = manager._pool._state.pacing
-    gate = threading.Event()
-    manager.register_function("gated", lambda n: (gate.wait(WAIT), n)[1])
     pacing.assume_short_jobs()
     manager.start()
     pacing.stream_for(3600.0, real_monotonic())
+    return manager, pacing
+
+
+def test_tiny_jobs_a_producer_that_waits_for_its_job_ends_its_stream(
+        repository: JobRepository, make_manager: Callable[..., JobManager]) -> None:
+    # given a stream of enqueues from this thread (a loop of enqueue then wait, a turn
+    # every half millisecond, looked like one: its rules left each outcome for a next
+    # enqueue, and each turn took 2 ms), and a job that ends only once the stream has
+    gate = threading.Event()
+    manager, pacing = _streaming(repository, make_manager, 4, "gated", lambda n: (gate.wait(WAIT), n)[1])
     job_id = manager.enqueue(Job(function_name="gated", args=(7,)))
-    # (the job ends only once the stream has: this thread's wait must end it)
+
     def open_once_the_stream_ended() -> None:
         try:
             wait_until(lambda: not pacing.streaming(real_monotonic()), WAIT, "the stream to end", pause=0.001)
@@ -89,13 +97,8 @@ def test_tiny_jobs_a_producer_that_waits_for_its_job_ends_its_stream(
 
 def test_tiny_jobs_another_thread_waiting_ends_no_stream(
         repository: JobRepository, make_manager: Callable[..., JobManager]) -> None:
-    # given a pool whose jobs proved tiny, and a stream of enqueues from this thread
-    manager = make_manager(repository, max_workers=2)
-    manager.register_function("tiny", lambda n: n)
-    pacing = manager._pool._state.pacing
-    pacing.assume_short_jobs()
-    manager.start()
-    pacing.stream_for(3600.0, real_monotonic())
+    # given a stream of enqueues from this thread
+    manager, pacing = _streaming(repository, make_manager, 2, "tiny", lambda n: n)
     job_id = manager.enqueue(Job(function_name="tiny", args=(3,)))
     # when another thread waits for its job
     results: list[object] = []
@@ -109,15 +112,9 @@ def test_tiny_jobs_another_thread_waiting_ends_no_stream(
 
 def test_tiny_jobs_a_producer_that_polls_for_its_job_ends_its_stream(
         repository: JobRepository, make_manager: Callable[..., JobManager]) -> None:
-    # given a started pool whose jobs proved tiny, a stream of enqueues from this thread,
-    # and a job that ends only once released
-    manager = make_manager(repository, max_workers=2)
-    pacing = manager._pool._state.pacing
+    # given a stream of enqueues from this thread, and a job that ends only once released
     gate = threading.Event()
-    manager.register_function("gated", lambda n: (gate.wait(WAIT), n)[1])
-    pacing.assume_short_jobs()
-    manager.start()
-    pacing.stream_for(3600.0, real_monotonic())
+    manager, pacing = _streaming(repository, make_manager, 2, "gated", lambda n: (gate.wait(WAIT), n)[1])
     job_id = manager.enqueue(Job(function_name="gated", args=(5,)))
     try:
         # when this thread polls the unfinished job (as a loop of `poll` until done does)
@@ -133,10 +130,7 @@ def test_tiny_jobs_a_producer_that_polls_for_its_job_ends_its_stream(
 def test_tiny_jobs_a_producer_that_reads_the_stats_or_the_queue_size_ends_its_stream(
         repository: JobRepository, make_manager: Callable[..., JobManager]) -> None:
     # given a started pool and a stream of enqueues from this thread
-    manager = make_manager(repository, max_workers=2)
-    manager.register_function("tiny", lambda n: n)
-    pacing = manager._pool._state.pacing
-    manager.start()
+    manager, pacing = _streaming(repository, make_manager, 2, "tiny", lambda n: n)
     for read in (manager.get_stats, manager.get_queue_size):
         pacing.stream_for(3600.0, real_monotonic())
         manager.enqueue(Job(function_name="tiny", args=(1,)))
