@@ -113,18 +113,23 @@ class StatusPoller:
         self._new_state()
         self._closed = closed
 
-    def watch(self, job_id: str, held: Held, statuses: Statuses) -> None:
+    def watch(self, job_id: str, held: Held, statuses: Statuses, watching: list[bool]) -> None:
         """Read `job_id`'s status from now on, first in `first_interval` seconds, until as
         many `unwatch` calls as `watch` calls came for it. `held(job_id)`: whether it is
         held here (then not read this time); `statuses`: how to read the statuses of jobs
-        (as `JobRepository.get_statuses`). Call `ensure_running` too."""
+        (as `JobRepository.get_statuses`). `watching` gets True in the same step as the
+        call is counted (no point between them where Ctrl-C lands): the caller must
+        `unwatch` if it holds True, wherever an interrupt landed after (one as `watch`
+        returned left the job read for ever). Call `ensure_running` too."""
         due = SYSTEM_CLOCK.monotonic() + self._first
         with self._lock:
             watched = self._watched.get(job_id)
             if watched is not None:  # another caller waits for it: keep its schedule
                 watched.watchers += 1
+                watching.append(True)
                 return
             self._watched[job_id] = _Watched(held, statuses, due, min(2 * self._first, self._last))
+            watching.append(True)
             if self._sleeping_until is not None and due < self._sleeping_until:
                 self._wakeup.notify()
 

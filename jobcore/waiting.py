@@ -193,7 +193,8 @@ class Settlements:
         if completion is not None:  # completed here already: answered without joining its waiters
             return completion.job_result()
         deadline = None if timeout is None else SYSTEM_CLOCK.monotonic() + timeout
-        poller, watched, counted = self._poller, False, False
+        poller, counted = self._poller, False
+        watching: list[bool] = []  # True once the poller counts this call among the job's watchers
         # Joined in the same step as counted there (no point between where Ctrl-C lands):
         # one landing as `_enter` returned, before the `try`, left a waiter counted for
         # ever (and `close` waited for it).
@@ -214,11 +215,11 @@ class Settlements:
                 remaining = None if deadline is None else deadline - SYSTEM_CLOCK.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(f"job {job_id!r} is still {found.value} after {timeout}s")
-                if not watched:
+                if not watching:
                     if sleeping is not None:
                         sleeping()
-                    poller.watch(job_id, held, statuses or functools.partial(statuses_read_one_by_one, read))
-                    watched = True
+                    poller.watch(job_id, held, statuses or functools.partial(statuses_read_one_by_one, read),
+                                 watching)
                 # Settled here: woken at once (and only its waiters are). Settled by another
                 # process: woken once the poller reads it ended. With no poller thread (none
                 # could start), the caller reads its job itself every LAST_INTERVAL.
@@ -228,7 +229,7 @@ class Settlements:
         finally:
             if counted:
                 self._inside.waits -= 1
-            if watched:
+            if watching:
                 poller.unwatch(job_id)
             if entered:
                 self._leave(job_id, entered[0])

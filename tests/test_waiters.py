@@ -212,3 +212,25 @@ def test_ctrl_c_just_after_a_wait_joined_the_waiters_of_its_job_leaves_them(
     assert job_id not in settlements._waiters
     release.set()
     assert manager.wait(job_id, timeout=10.0).status is JobStatus.COMPLETED
+
+
+def test_ctrl_c_just_after_a_wait_had_its_job_watched_stops_the_watch(
+        make_manager: Callable[..., JobManager]) -> None:
+    # given a started manager running a job that holds on until released
+    release = threading.Event()
+    manager = make_manager(MemoryRepository(), max_workers=1)
+    manager.register_function("hold", lambda: release.wait(10.0))
+    manager.start()
+    job_id = manager.enqueue(Job(function_name="hold"))
+    poller = manager._settlements._poller
+    # when Ctrl-C lands in a wait for it just after the poller began watching the job
+    # (as the call that counted it returned)
+    with CtrlCOnce("wait", lambda: job_id in poller._watched) as ctrl_c:
+        with pytest.raises(KeyboardInterrupt):
+            manager.wait(job_id, timeout=10.0)
+    assert ctrl_c.fired
+    # then the watch ended with the wait (left, the poller read that job for ever)
+    assert job_id not in poller._watched
+    release.set()
+    assert manager.wait(job_id, timeout=10.0).status is JobStatus.COMPLETED
+    assert job_id not in poller._watched
