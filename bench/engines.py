@@ -53,6 +53,10 @@ class Jobcore(Engine):
     def start(self) -> None:
         self.manager.start()
 
+    def wait_for(self, job_id: str, timeout: float) -> None:
+        """`wait` for one job (harness.roundtrip)."""
+        self.manager.wait(job_id, timeout=timeout)
+
     def wait_done(self, timeout: float) -> None:
         if self.poll_each:
             deadline = time.monotonic() + timeout

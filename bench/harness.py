@@ -204,6 +204,35 @@ def polled(engine: Engine, workdir: str, n: int, budget: float) -> dict[str, Any
     return e2e(engine, workdir, n, budget)
 
 
+def roundtrip(engine: Engine, workdir: str, n: int, budget: float) -> dict[str, Any]:
+    """With the workers started and idle, enqueue one job and `wait` for it, n times in a
+    row (or for `budget` seconds): a caller that needs each job's result before it goes
+    on. Turns per second, and each turn's time (enqueue call start to `wait` returning)."""
+    if not hasattr(engine, "wait_for"):
+        raise NotImplementedError("only jobcore is waited for per job here")
+    tracker = Tracker(n)
+    engine.open(workdir, tracker)
+    turns: list[float] = []
+    try:
+        engine.start()
+        time.sleep(0.05)  # let the workers reach their idle wait
+        deadline = time.monotonic() + budget
+        t0 = time.perf_counter()
+        for x in range(n):
+            start = time.perf_counter()
+            engine.enqueue(x)
+            engine.wait_for(engine.ids[-1], budget)
+            turns.append((time.perf_counter() - start) * 1000.0)
+            if time.monotonic() > deadline:
+                break
+        t1 = time.perf_counter()
+    finally:
+        engine.close()
+    turns.sort()
+    return {"roundtrip_per_s": len(turns) / (t1 - t0), "p50_ms": turns[len(turns) // 2],
+            "p99_ms": turns[min(len(turns) - 1, int(len(turns) * 0.99))], "turns": len(turns)}
+
+
 def bulk(engine: Engine, workdir: str, n: int, timeout: float) -> dict[str, Any]:
     """Enqueue n jobs through the batch API, `BATCH` per call (the enqueue rate only)."""
     if not engine.bulk:

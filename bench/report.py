@@ -126,6 +126,21 @@ def render(results: dict[str, Any], targets: list[dict[str, Any]], meta: dict[st
             out.append(f"{row} {_rate(entry.get('e2e_per_s'))} |")
         out.append("")
 
+    if "roundtrip" in results:
+        out.append("## Round trip: `enqueue`, then `wait` for that job, one job at a time\n")
+        out.append("The workers started and idle; each turn from the enqueue call's start to `wait` returning"
+                   " (the caller needs each result before it goes on).\n")
+        out.append("| engine | turns/s | p50 ms | p99 ms |")
+        out.append("| --- | ---: | ---: | ---: |")
+        for engine, entry in results["roundtrip"].items():
+            if "error" in entry:
+                notes.setdefault(engine, entry["error"])
+                out.append(f"| {_label(engine)} | n/a | n/a | n/a |")
+                continue
+            out.append(f"| {_label(engine)} | {_rate(entry.get('roundtrip_per_s'))} | {_ms(entry.get('p50_ms'))} |"
+                       f" {_ms(entry.get('p99_ms'))} |")
+        out.append("")
+
     if "producers" in results:
         threads = next((int(e["threads"]) for e in results["producers"].values() if "threads" in e), 0)
         out.append(f"## Enqueue from {threads} producer threads at once (jobs/s)\n")
