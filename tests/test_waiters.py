@@ -192,43 +192,44 @@ def test_many_threads_waiting_for_jobs_run_here_read_each_row_a_bounded_number_o
     assert rows.reads == {job_id: 1 for job_id in ids}
 
 
-def test_ctrl_c_just_after_a_wait_joined_the_waiters_of_its_job_leaves_them(
-        make_manager: Callable[..., JobManager]) -> None:
-    # given a started manager running a job that holds on until released
+def _wait_interrupted(make_manager: Callable[..., JobManager],
+                     landed: Callable[[JobManager, str], bool]) -> tuple[JobManager, str, threading.Event]:
+    """A started manager running a job that holds on until the returned event is set, and
+    a `wait` for it into which Ctrl-C landed once `landed(manager, job_id)` held."""
     release = threading.Event()
     manager = make_manager(MemoryRepository(), max_workers=1)
     manager.register_function("hold", lambda: release.wait(10.0))
     manager.start()
     job_id = manager.enqueue(Job(function_name="hold"))
-    settlements = manager._settlements
-    # when Ctrl-C lands in a wait for it just after it joined that job's waiters (as the
-    # call that counted it returned)
-    with CtrlCOnce("wait", lambda: job_id in settlements._waiters) as ctrl_c:
+    with CtrlCOnce("wait", lambda: landed(manager, job_id)) as ctrl_c:
         with pytest.raises(KeyboardInterrupt):
             manager.wait(job_id, timeout=10.0)
     assert ctrl_c.fired
+    return manager, job_id, release
+
+
+def test_ctrl_c_just_after_a_wait_joined_the_waiters_of_its_job_leaves_them(
+        make_manager: Callable[..., JobManager]) -> None:
+    # given a started manager running a job that holds on until released, when Ctrl-C
+    # lands in a wait for it just after it joined that job's waiters (as the call that
+    # counted it returned)
+    manager, job_id, release = _wait_interrupted(
+        make_manager, lambda manager, job_id: job_id in manager._settlements._waiters)
     # then it left them (counted for ever, it kept the job's waiters, and `close` waited
     # for it)
-    assert job_id not in settlements._waiters
+    assert job_id not in manager._settlements._waiters
     release.set()
     assert manager.wait(job_id, timeout=10.0).status is JobStatus.COMPLETED
 
 
 def test_ctrl_c_just_after_a_wait_had_its_job_watched_stops_the_watch(
         make_manager: Callable[..., JobManager]) -> None:
-    # given a started manager running a job that holds on until released
-    release = threading.Event()
-    manager = make_manager(MemoryRepository(), max_workers=1)
-    manager.register_function("hold", lambda: release.wait(10.0))
-    manager.start()
-    job_id = manager.enqueue(Job(function_name="hold"))
+    # given a started manager running a job that holds on until released, when Ctrl-C
+    # lands in a wait for it just after the poller began watching the job (as the call
+    # that counted it returned)
+    manager, job_id, release = _wait_interrupted(
+        make_manager, lambda manager, job_id: job_id in manager._settlements._poller._watched)
     poller = manager._settlements._poller
-    # when Ctrl-C lands in a wait for it just after the poller began watching the job
-    # (as the call that counted it returned)
-    with CtrlCOnce("wait", lambda: job_id in poller._watched) as ctrl_c:
-        with pytest.raises(KeyboardInterrupt):
-            manager.wait(job_id, timeout=10.0)
-    assert ctrl_c.fired
     # then the watch ended with the wait (left, the poller read that job for ever)
     assert job_id not in poller._watched
     release.set()
