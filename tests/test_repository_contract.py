@@ -197,7 +197,7 @@ def test_a_version_5_database_gets_the_dead_letter_index_keeping_its_order(path:
             definition = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'jobs_failed'").fetchone()
             version = conn.execute("SELECT value FROM jobcore_meta WHERE key = 'schema_version'").fetchone()
         assert definition is not None and "status = 'failed'" in definition[0]
-        assert version == (str(schema.SCHEMA_VERSION),) == ("6",)
+        assert version == (str(schema.SCHEMA_VERSION),)
         assert [r.id for r in repo.list_dead_letters()] == [late.id, early.id]
     finally:
         repo.close()
@@ -411,7 +411,9 @@ def test_the_dead_letter_queue_is_read_in_order_from_its_index_without_sorting(r
     # when the first page of the dead-letter queue is planned, then it walks jobs_failed
     # backwards and stops after the page: no sort of every failed job
     plan = _plan(path, getattr(sql, query))
-    assert plan == ["SCAN jobs USING INDEX jobs_failed"], plan
+    # (beside the lookup of a long list of dependencies kept apart, by its key, per row read)
+    assert plan == ["SCAN jobs USING INDEX jobs_failed", "CORRELATED SCALAR SUBQUERY 1",
+                    "SEARCH l USING INDEX sqlite_autoindex_job_dep_lists_1 (job_id=?)"], plan
     assert [r.id for r in repo.list_dead_letters(2)] == [records[-1].id, records[-2].id]
 
 

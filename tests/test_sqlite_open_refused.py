@@ -88,8 +88,8 @@ def make_database(path: Path, version: int = schema.SCHEMA_VERSION) -> None:
     manager.close()
     with sqlite3.connect(path) as conn:
         if version < schema.SCHEMA_VERSION:
-            assert version == schema.SCHEMA_VERSION - 1 and schema.MIGRATIONS[version] == schema._JOBS_FAILED_INDEX
-            conn.execute("DROP INDEX jobs_failed")
+            assert version == schema.SCHEMA_VERSION - 1 and schema.MIGRATIONS[version] == schema._JOB_DEP_LISTS
+            conn.execute("DROP TABLE job_dep_lists")
         conn.execute("UPDATE jobcore_meta SET value = ? WHERE key = 'schema_version'", (str(version),))
     conn.close()
     assert not any(os.path.exists(f"{path}{suffix}") for suffix in ("-wal", "-shm"))

@@ -20,7 +20,7 @@ from .columns import encode_progress
 from .base import Cascade, JobRecord, JobRepository, Settlement, id_taken, require_plain_pending
 from .group_commit import GroupCommitter
 from .sqlite_conn import Connections
-from .sqlite_rows import claimed_records, is_plain, plain_params, row_params
+from .sqlite_rows import claimed_records, depends_on_text, is_plain, plain_params, row_params
 from .sqlite_settle import claim_known, encode_result, settle_all
 
 
@@ -89,11 +89,16 @@ class SQLiteAdding(JobRepository):
                     ended_as, name = row_of(culprit)[:2]
                 dead = dependency_error_message(culprit, name, ended_as)
             status = JobStatus.CANCELLED if dead else record.status
+            depends_on = depends_on_text(record)
+            apart = len(depends_on) > transition_sql.LONG_DEPENDS_ON
+            params = row_params(record, now, status, blocked, dead, self.max_payload_bytes,
+                                transition_sql.DEPENDS_ON_APART if apart else depends_on)
             try:
-                cursor = conn.execute(transition_sql.INSERT_JOB,
-                                      row_params(record, now, status, blocked, dead, self.max_payload_bytes))
+                cursor = conn.execute(transition_sql.INSERT_JOB, params)
             except sqlite3.IntegrityError:
                 raise id_taken(record.id) from None
+            if apart:
+                conn.execute(transition_sql.INSERT_DEP_LIST, (record.id, depends_on))
             given[record.id].seq = cursor.lastrowid or 0
             given[record.id].blocked, given[record.id].status = blocked, status
             for dep in record.depends_on:

@@ -167,15 +167,21 @@ def plain_params(record: JobRecord, now: float, status: JobStatus,
             record.timeout, record.isolation)
 
 
+def depends_on_text(record: JobRecord) -> str:
+    """`record`'s dependencies as the JSON its row (or job_dep_lists) stores."""
+    return json.dumps(list(record.depends_on)) if record.depends_on else "[]"
+
+
 def row_params(record: JobRecord, now: float, status: JobStatus, blocked: int, error: Optional[str],
-               max_payload_bytes: Optional[int]) -> tuple[Any, ...]:
-    """The INSERT_JOB parameters storing `record` (raises TypeError/ValueError naming a field)."""
+               max_payload_bytes: Optional[int], depends_on: Optional[str] = None) -> tuple[Any, ...]:
+    """The INSERT_JOB parameters storing `record` (raises TypeError/ValueError naming a
+    field), its depends_on column holding `depends_on` if given."""
     return plain_params(record, now, status, max_payload_bytes) + (
         blocked, record.scheduled_at, record.run_at,
         json.dumps(sorted(record.tags)) if record.tags else "[]",
         serialization.encode(record.metadata, field="metadata", max_bytes=max_payload_bytes) if record.metadata else "{}",
         record.owner, record.unique_key,
-        json.dumps(list(record.depends_on)) if record.depends_on else "[]",
+        depends_on_text(record) if depends_on is None else depends_on,
         record.cron, record.cron_timezone, error,
         "DependencyFailed" if error else None, now if error else None, record.memory_limit,
     )

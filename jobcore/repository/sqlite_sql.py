@@ -8,9 +8,8 @@ rows), cleanup, schedules' advance and the worker registry, on jobcore's schema
 """
 
 from . import columns as _columns
-
-COLUMNS = _columns.JOB_COLUMNS  # the order the row decoders unpack
-COLUMNS_WITHOUT_ARGS = _columns.JOB_COLUMNS_WITHOUT_ARGS
+from .sqlite_transition_sql import COLUMNS as COLUMNS  # the order the row decoders unpack
+from .sqlite_transition_sql import COLUMNS_WITHOUT_ARGS as COLUMNS_WITHOUT_ARGS
 
 SELECT_JOB = f"SELECT {COLUMNS} FROM jobs WHERE id = ?"
 SELECT_JOB_WITHOUT_ARGS = f"SELECT {COLUMNS_WITHOUT_ARGS} FROM jobs WHERE id = ?"
@@ -197,6 +196,7 @@ RETURNING id
 """
 # Given a JSON array of the ids deleted (one statement a chunk, not two a job).
 DELETE_LOGS = "DELETE FROM job_logs WHERE job_id IN (SELECT value FROM json_each(?))"
+DELETE_DEP_LISTS = "DELETE FROM job_dep_lists WHERE job_id IN (SELECT value FROM json_each(?))"
 DELETE_DEPS = """
 DELETE FROM job_deps WHERE job_id IN (SELECT value FROM json_each(?))
     OR depends_on IN (SELECT value FROM json_each(?))

@@ -9,7 +9,20 @@ On jobcore's schema (sqlite_schema). No code runs here; `repository.sqlite` and 
 
 from . import columns as _columns
 
-COLUMNS = _columns.JOB_COLUMNS  # the order the row decoders unpack
+# A list of dependencies longer than this (bytes of JSON, about 30 ids) is kept in
+# job_dep_lists, its row's depends_on holding DEPENDS_ON_APART (see sqlite_schema): the
+# dependent's row is rewritten at each dependency's completion.
+LONG_DEPENDS_ON = 1024
+DEPENDS_ON_APART = "@job_dep_lists"
+# What a row's depends_on reads as: its own text, or the list kept apart (NULL if that is
+# missing: the row fails to decode, as a corrupt one does).
+DEPENDS_ON = (f"CASE WHEN jobs.depends_on = '{DEPENDS_ON_APART}' THEN (SELECT l.depends_on FROM job_dep_lists AS l"
+              " WHERE l.job_id = +jobs.id) ELSE jobs.depends_on END")
+# The order the row decoders unpack (columns.JOB_COLUMNS, depends_on read as above).
+COLUMNS = _columns.JOB_COLUMNS.replace(" depends_on,", f" {DEPENDS_ON},", 1)
+COLUMNS_WITHOUT_ARGS = _columns.JOB_COLUMNS_WITHOUT_ARGS.replace(" depends_on,", f" {DEPENDS_ON},", 1)
+if DEPENDS_ON not in COLUMNS or DEPENDS_ON not in COLUMNS_WITHOUT_ARGS:
+    raise ImportError("columns.JOB_COLUMNS changed: update sqlite_transition_sql.COLUMNS")
 
 
 # What every new job's row is given (sqlite_rows.plain_params, in this order), and what a
@@ -39,6 +52,8 @@ INSERT_PLAIN_JOB = _insert(_PLAIN)
 INSERT_CLAIMED_JOB = _insert(f"{_PLAIN}, {_OPTIONAL}", claimed=True)
 INSERT_CLAIMED_PLAIN_JOB = _insert(_PLAIN, claimed=True)
 INSERT_DEP = "INSERT OR IGNORE INTO job_deps (job_id, depends_on) VALUES (?, ?)"
+# OR REPLACE: a list left by a job deleted before this kind of cleanup existed is stale.
+INSERT_DEP_LIST = "INSERT OR REPLACE INTO job_dep_lists (job_id, depends_on) VALUES (?, ?)"
 SELECT_UNFINISHED_BY_KEY = """
 SELECT id FROM jobs WHERE unique_key = ? AND status IN ('pending', 'scheduled', 'running')
 """
@@ -231,11 +246,11 @@ WHERE id = ? AND status NOT IN ('pending', 'scheduled', 'running', 'completed') 
   AND NOT EXISTS (SELECT 1 FROM job_deps AS d JOIN jobs AS p ON p.id = d.depends_on
                   WHERE d.job_id = jobs.id AND p.status IN ('failed', 'cancelled'))
   AND (started_at IS NOT NULL  -- else a dependency deleted (cleaned up) may not have completed
-       OR NOT EXISTS (SELECT 1 FROM json_each(CASE WHEN json_valid(jobs.depends_on) THEN jobs.depends_on
+       OR NOT EXISTS (SELECT 1 FROM json_each(CASE WHEN json_valid({depends_on}) THEN {depends_on}
                                                    ELSE '[]' END) AS d
                       WHERE NOT EXISTS (SELECT 1 FROM jobs AS p WHERE p.id = d.value)))
 RETURNING id, priority, seq, run_at, function_name, cron IS NOT NULL
-"""
+""".replace("{depends_on}", f"({DEPENDS_ON})")
 UPDATE_PROGRESS = f"""
 UPDATE jobs SET progress = ?, progress_message = ?, progress_details = ? WHERE {_HELD}
 """

@@ -99,11 +99,13 @@ def _delete_chunk(conn: sqlite3.Connection, query: str, params: Sequence[Any]) -
 
 
 def _delete_logs_and_deps(conn: sqlite3.Connection, rows: Sequence[tuple[str]]) -> None:
-    """Delete the log lines and dependency links of the jobs whose ids are `rows`."""
+    """Delete the log lines, dependency links and long dependency lists of the jobs whose
+    ids are `rows`."""
     if rows:
         ids = json.dumps([job_id for (job_id,) in rows])
         conn.execute(sql.DELETE_LOGS, (ids,))
         conn.execute(sql.DELETE_DEPS, (ids, ids))
+        conn.execute(sql.DELETE_DEP_LISTS, (ids,))
 
 
 def _fail_corrupt(conn: sqlite3.Connection, seqs: Collection[int], now: float) -> tuple[str, ...]:
