@@ -17,6 +17,8 @@ from jobcore import Job, JobManager, JobStatus
 from jobcore.repository import SQLiteRepository
 from jobcore.repository import sqlite_sql as read_sql
 from jobcore.repository import sqlite_transition_sql as sql
+from jobcore.repository.columns import JOB_COLUMNS
+from jobcore.repository.sqlite_rows import record_from_row
 from jobcore.repository.sqlite_schema import SCHEMA_VERSION
 from jobcore.testing.contract import NOW
 from jobcore.testing.contract.support import _add, _claim, _complete, _fail, _get, _ids_of
@@ -73,6 +75,23 @@ def test_a_list_up_to_the_limit_stays_in_the_row(repo: SQLiteRepository) -> None
     assert _stored_depends_on(repo, short.id) == json.dumps(done[:28])
     assert _stored_depends_on(repo, long.id) == sql.DEPENDS_ON_APART
     assert (_get(repo, short.id).depends_on, _get(repo, long.id).depends_on) == (tuple(done[:28]), tuple(done))
+
+
+def test_a_list_whose_json_is_the_marker_reads_as_itself(repo: SQLiteRepository) -> None:
+    named = _add(repo, id=json.loads(sql.DEPENDS_ON_APART)[0])  # a job whose id is the marker's
+    dependent = _add(repo, depends_on=(named.id,))
+    assert _get(repo, dependent.id).depends_on == (named.id,)
+    assert _ids_of(_complete(repo, named.id).released) == [dependent.id]
+
+
+def test_a_row_whose_list_is_kept_apart_decodes_as_a_jobcore_of_version_6_reads_it(
+        repo: SQLiteRepository) -> None:
+    # A process of the previous jobcore, still running beside this one, reads the row's own
+    # column (its COLUMNS are JOB_COLUMNS): a list of one id, not a corrupt row it would fail.
+    dependent = _add(repo, depends_on=tuple(_completed(repo, 40)))
+    row = _raw(repo, f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", dependent.id)[0]
+    record = record_from_row(row)
+    assert (record.decode_error, record.depends_on) == (None, tuple(json.loads(sql.DEPENDS_ON_APART)))
 
 
 def test_requeue_reads_a_long_list_to_refuse_a_job_whose_dependency_was_deleted(repo: SQLiteRepository) -> None:

@@ -90,7 +90,8 @@ class SQLiteAdding(JobRepository):
                 dead = dependency_error_message(culprit, name, ended_as)
             status = JobStatus.CANCELLED if dead else record.status
             depends_on = depends_on_text(record)
-            apart = len(depends_on) > transition_sql.LONG_DEPENDS_ON
+            apart = (len(depends_on) > transition_sql.LONG_DEPENDS_ON
+                     or depends_on == transition_sql.DEPENDS_ON_APART)
             params = row_params(record, now, status, blocked, dead, self.max_payload_bytes,
                                 transition_sql.DEPENDS_ON_APART if apart else depends_on)
             try:

@@ -11,9 +11,13 @@ from . import columns as _columns
 
 # A list of dependencies longer than this (bytes of JSON, about 30 ids) is kept in
 # job_dep_lists, its row's depends_on holding DEPENDS_ON_APART (see sqlite_schema): the
-# dependent's row is rewritten at each dependency's completion.
+# dependent's row is rewritten at each dependency's completion. That is a list, of one id
+# no job has, for a jobcore of schema version 6 still running beside this one (it does
+# not read job_dep_lists): it runs such a job as it should, shows it that list, and
+# refuses to retry it if it never ran (a dependency looks deleted). A list whose JSON is
+# that text is kept apart too, so it reads as itself.
 LONG_DEPENDS_ON = 1024
-DEPENDS_ON_APART = "@job_dep_lists"
+DEPENDS_ON_APART = '["@job_dep_lists"]'
 # What a row's depends_on reads as: its own text, or the list kept apart (NULL if that is
 # missing: the row fails to decode, as a corrupt one does).
 DEPENDS_ON = (f"CASE WHEN jobs.depends_on = '{DEPENDS_ON_APART}' THEN (SELECT l.depends_on FROM job_dep_lists AS l"
