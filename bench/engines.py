@@ -50,6 +50,11 @@ class Jobcore(Engine):
         jobs = [self._job(function_name="noop", args=(x,), priority=p) for x, p in zip(xs, levels)]
         self.ids.extend(self.manager.enqueue_many(jobs))
 
+    def enqueue_gather(self, x: int) -> str:
+        """Enqueue one job depending on every job enqueued so far (harness.fanin); its id."""
+        self.ids.append(self.manager.enqueue(self._job(function_name="noop", args=(x,), depends_on=list(self.ids))))
+        return self.ids[-1]
+
     def start(self) -> None:
         self.manager.start()
 

@@ -7,6 +7,7 @@ Every scenario runs in a fresh child process with a fresh temporary directory (s
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -231,6 +232,34 @@ def roundtrip(engine: Engine, workdir: str, n: int, budget: float) -> dict[str, 
     turns.sort()
     return {"roundtrip_per_s": len(turns) / (t1 - t0), "p50_ms": turns[len(turns) // 2],
             "p99_ms": turns[min(len(turns) - 1, int(len(turns) * 0.99))], "turns": len(turns)}
+
+
+def fanin(engine: Engine, workdir: str, n: int, budget: float) -> dict[str, Any]:
+    """n jobs enqueued in batches, drained; then, in a fresh store, the same n and one job
+    depending on all of them, drained until that one completes: what a reduce step over a
+    map costs beside the map alone (jobcore only)."""
+    if not hasattr(engine, "enqueue_gather"):
+        raise NotImplementedError("only jobcore's jobs depend on others here")
+    rates = []
+    for gather in (False, True):
+        tracker = Tracker(n + 1 if gather else n)
+        store = os.path.join(workdir, "with-gather" if gather else "alone")
+        os.makedirs(store)
+        engine.open(store, tracker)
+        try:
+            xs = list(range(n))
+            for start in range(0, n, BATCH):
+                engine.enqueue_bulk(xs[start:start + BATCH])
+            last = engine.enqueue_gather(n) if gather else engine.ids[-1]
+            t0 = time.perf_counter()
+            engine.start()
+            if not gather:
+                engine.wait_done(budget)
+            engine.wait_for(last, budget)
+            rates.append(n / (time.perf_counter() - t0))
+        finally:
+            engine.close()
+    return {"drain_per_s": rates[0], "fanin_drain_per_s": rates[1], "ratio": rates[1] / rates[0]}
 
 
 def bulk(engine: Engine, workdir: str, n: int, timeout: float) -> dict[str, Any]:

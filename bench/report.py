@@ -141,6 +141,24 @@ def render(results: dict[str, Any], targets: list[dict[str, Any]], meta: dict[st
                        f" {_ms(entry.get('p99_ms'))} |")
         out.append("")
 
+    if "fanin" in results:
+        size = cfg.get("fanin_n", 0)
+        out.append(f"## Fan-in: {size:,} jobs and one job depending on all of them\n")
+        out.append(f"{size:,} jobs enqueued in batches of 500 and drained (alone); then, in a fresh store, the same"
+                   " jobs and one more whose `depends_on` names them all, drained until that one completed"
+                   " (a reduce step after a map). Rates count the first jobs only.\n")
+        out.append("| engine | drain alone | drain with the fan-in | with ÷ alone |")
+        out.append("| --- | ---: | ---: | ---: |")
+        for engine, entry in results["fanin"].items():
+            if "error" in entry:
+                notes.setdefault(engine, entry["error"])
+                out.append(f"| {_label(engine)} | n/a | n/a | n/a |")
+                continue
+            out.append(f"| {_label(engine)} | {_rate(entry.get('drain_per_s'))} |"
+                       f" {_rate(entry.get('fanin_drain_per_s'))} |"
+                       f" {_ratio(entry.get('fanin_drain_per_s'), entry.get('drain_per_s'))} |")
+        out.append("")
+
     if "producers" in results:
         threads = next((int(e["threads"]) for e in results["producers"].values() if "threads" in e), 0)
         out.append(f"## Enqueue from {threads} producer threads at once (jobs/s)\n")
