@@ -8,11 +8,12 @@ here, which these reads only read. It imports nothing of `manager`.
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING, Collection, Iterable, Optional, Union
 
 from .arguments import count as _count, may_exist as _may_exist, positive as _positive
-from .clock import Clock, real_sleep
-from .errors import JobNotFound
+from .clock import Clock, real_monotonic, real_sleep
+from .errors import JobNotFound, RepositoryError
 from .lifecycle import Lifecycle
 from .models import Job, JobResult, JobStatus, LogEntry
 from .records import job_of, local_datetime, result_of
@@ -50,13 +51,39 @@ class Inspection(_Parts):
         """The job's current state, or None for an unknown id."""
         if not _may_exist(job_id):
             return None
+        # Completed here lately: answered without reading the row, as `wait` answers. A loop
+        # polling each job of a drain in turn read every row, and each read handed the GIL
+        # to a worker and waited to win it back (drain 0.36× of the plain one on SQLite).
+        completed = self._settlements.completed(job_id)
+        if completed is not None:
+            return completed
+        if self._lifecycle.running and _spins_on(self, job_id):
+            settled = self._settled_soon(job_id)
+            if settled is not None:
+                return settled
         since = self._pool.progress_mark()
         record = self.repository.get_without_args(job_id)
         if record is None:
             return None
         if self._lifecycle.running and not record.status.is_terminal:
+            _polled.last = (id(self), job_id, real_monotonic())
             self._waits_in_a_loop()  # the caller will likely poll again: let the workers run it meanwhile
         return result_of(self._with_latest_progress(record, since))
+
+    def _settled_soon(self, job_id: str) -> Optional[JobResult]:
+        """For a loop polling `job_id` without a pause (see `_spins_on`): if the job
+        settles here, sleep until it has, or for SPIN_PAUSE, and return it if it ended.
+        Spinning, the loop read the row and handed the GIL over at each turn: every
+        worker's call into SQLite gave the GIL to it, and each hand-over between threads
+        costs tens of microseconds (a drain polled job by job ran at 0.36× of the plain
+        drain on SQLite). Its job's end is seen as soon as `wait` would see it; a change
+        short of that (started, progress) up to SPIN_PAUSE later."""
+        if not self._pool.settles_here(job_id):
+            return None  # queued, or another process's: read as before
+        try:
+            return self.wait(job_id, SPIN_PAUSE)
+        except (TimeoutError, JobNotFound, RepositoryError):
+            return None  # not ended: read now (a manager closed meanwhile is told by that read)
 
     def wait(self, job_id: str, timeout: Optional[float] = None) -> JobResult:
         """Block until the job is terminal (whichever process runs it) and return it.
@@ -202,6 +229,22 @@ def _tags_arg(tags: object) -> Optional[list[str]]:
     if isinstance(tags, (bytes, bytearray)) or not isinstance(tags, Iterable):
         raise TypeError(f"tags must be a str or a collection of str, got {type(tags).__name__} {tags!r}")
     return list(tags)
+
+
+# A thread that polls an unfinished job again within SPIN_GAP seconds of its last poll of
+# it, with nothing else polled between, spins on it (see `Inspection._settled_soon`).
+SPIN_GAP = 0.001
+SPIN_PAUSE = 0.001
+# .last: (id of the manager, job id, real monotonic time) of the thread's last poll of an
+# unfinished job (an id, not the manager: a thread must not keep a closed one alive).
+_polled = threading.local()
+
+
+def _spins_on(manager: object, job_id: str) -> bool:
+    """Whether the calling thread polls `job_id` of `manager` in a loop (see SPIN_GAP)."""
+    last = getattr(_polled, "last", None)
+    return (last is not None and last[0] == id(manager) and last[1] == job_id
+            and real_monotonic() - last[2] < SPIN_GAP)
 
 
 def _give_way() -> None:

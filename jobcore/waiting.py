@@ -149,6 +149,14 @@ class Settlements:
                     waiting.told += 1
                     waiting.woken.notify_all()
 
+    def completed(self, job_id: str) -> Optional[JobResult]:
+        """What `poll` would show of `job_id` if it is among the latest jobs completed here
+        (see `wait`, which answers from the same: a completed job's row never changes, and
+        only ids jobcore made, never given again, are kept); else None."""
+        with self._lock:
+            completion = self._completions.get(job_id)
+        return None if completion is None else completion.job_result()
+
     def forget(self, job_ids: Iterable[str]) -> None:
         """Forget the completions of these ids (used again by new jobs after theirs were
         deleted, by any process)."""
