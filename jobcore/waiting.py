@@ -196,10 +196,9 @@ class Settlements:
         The row is read when the wait begins, and again only when the job settled here
         (and was not remembered), or the poller found it ended or gone: however many
         threads wait, the rows read while they do grow with time, not with their number."""
-        with self._lock:
-            completion = self._completions.get(job_id)
-        if completion is not None:  # completed here already: answered without joining its waiters
-            return completion.job_result()
+        completed = self.completed(job_id)
+        if completed is not None:  # completed here already: answered without joining its waiters
+            return completed
         deadline = None if timeout is None else SYSTEM_CLOCK.monotonic() + timeout
         poller, counted = self._poller, False
         watching: list[bool] = []  # True once the poller counts this call among the job's watchers

@@ -56,7 +56,8 @@ INSERT_PLAIN_JOB = _insert(_PLAIN)
 INSERT_CLAIMED_JOB = _insert(f"{_PLAIN}, {_OPTIONAL}", claimed=True)
 INSERT_CLAIMED_PLAIN_JOB = _insert(_PLAIN, claimed=True)
 INSERT_DEP = "INSERT OR IGNORE INTO job_deps (job_id, depends_on) VALUES (?, ?)"
-# OR REPLACE: a list left by a job deleted before this kind of cleanup existed is stale.
+# OR REPLACE: a list whose job a jobcore of version 6 deleted (its cleanup does not know
+# this table) is stale, and its id may be given again.
 INSERT_DEP_LIST = "INSERT OR REPLACE INTO job_dep_lists (job_id, depends_on) VALUES (?, ?)"
 SELECT_UNFINISHED_BY_KEY = """
 SELECT id FROM jobs WHERE unique_key = ? AND status IN ('pending', 'scheduled', 'running')
