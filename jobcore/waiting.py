@@ -264,10 +264,9 @@ class Settlements:
               worker_id: Optional[str]) -> Union[JobResult, JobStatus]:
         """What `wait` would return now if the job is terminal, else its status (RUNNING,
         unread, while it is held here). See `wait` for the arguments."""
-        with self._lock:
-            completion = self._completions.get(job_id)
-        if completion is not None:  # completed here: its row holds nothing else
-            return completion.job_result()
+        completed = self.completed(job_id)
+        if completed is not None:  # completed here: its row holds nothing else
+            return completed
         if held(job_id):  # and wakes us when it does: no need to read
             return JobStatus.RUNNING
         record = read(job_id)
