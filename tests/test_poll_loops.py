@@ -99,3 +99,36 @@ def test_polling_another_job_in_between_is_no_spin(make_manager: Any, db_path: s
         assert time.monotonic() - began < 20
     finally:
         gate.set()
+
+
+@pytest.mark.parametrize("read", ["get_stats", "get_queue_size"])
+def test_counts_asked_in_a_loop_pause_between_answers(make_manager: Any, db_path: str, monkeypatch: Any,
+                                                      read: str) -> None:
+    monkeypatch.setattr(inspection, "SPIN_PAUSE", 0.2, raising=False)
+    monkeypatch.setattr(inspection, "SPIN_GAP", 10.0, raising=False)
+    manager, _, _, gate = _gated(make_manager, db_path)
+    try:
+        began = time.monotonic()
+        for _ in range(3):
+            getattr(manager, read)()
+        assert time.monotonic() - began >= 0.4  # the first at once, the next two after a pause each
+    finally:
+        gate.set()
+
+
+@pytest.mark.parametrize("read", ["get_stats", "get_queue_size"])
+def test_counts_asked_now_and_then_or_of_a_manager_not_started_do_not_pause(
+        make_manager: Any, db_path: str, monkeypatch: Any, read: str) -> None:
+    monkeypatch.setattr(inspection, "SPIN_PAUSE", 5.0, raising=False)
+    monkeypatch.setattr(inspection, "SPIN_GAP", 0.05, raising=False)
+    idle = make_manager(db_path, max_workers=1)
+    began = time.monotonic()
+    for _ in range(3):
+        getattr(idle, read)()  # not started: nothing to give way to
+    assert time.monotonic() - began < 4.0
+    idle.start()
+    getattr(idle, read)()
+    time.sleep(0.1)  # longer than SPIN_GAP: no loop
+    began = time.monotonic()
+    getattr(idle, read)()
+    assert time.monotonic() - began < 4.0
