@@ -58,7 +58,7 @@ class Inspection(_Parts):
         if completed is not None:
             return completed
         if self._lifecycle.running and _spins_on(self, job_id):
-            settled = self._settled_soon(job_id)
+            settled = self._spin_pause(job_id)
             if settled is not None:
                 return settled
         since = self._pool.progress_mark()
@@ -70,16 +70,19 @@ class Inspection(_Parts):
             self._waits_in_a_loop()  # the caller will likely poll again: let the workers run it meanwhile
         return result_of(self._with_latest_progress(record, since))
 
-    def _settled_soon(self, job_id: str) -> Optional[JobResult]:
-        """For a loop polling `job_id` without a pause (see `_spins_on`): if the job
-        settles here, sleep until it has, or for SPIN_PAUSE, and return it if it ended.
-        Spinning, the loop read the row and handed the GIL over at each turn: every
-        worker's call into SQLite gave the GIL to it, and each hand-over between threads
-        costs tens of microseconds (a drain polled job by job ran at 0.36× of the plain
-        drain on SQLite). Its job's end is seen as soon as `wait` would see it; a change
-        short of that (started, progress) up to SPIN_PAUSE later."""
-        if not self._pool.settles_here(job_id):
-            return None  # queued, or another process's: read as before
+    def _spin_pause(self, job_id: str) -> Optional[JobResult]:
+        """For a loop polling `job_id` without a pause (see `_spins_on`): sleep for
+        SPIN_PAUSE, or until the job ends if this process holds it (woken as `wait` is),
+        and return it if it ended. Spinning, the loop read the row and handed the GIL over
+        at each turn: every worker's call into SQLite gave the GIL to it, and each
+        hand-over between threads costs tens of microseconds (on SQLite, a drain polled
+        job by job ran at 0.36× of the plain one, and one whose last job was polled until
+        done at about 0.55×). A job held here is seen to end as soon as `wait` would see it; any
+        other change up to SPIN_PAUSE later."""
+        if not self._pool.settles_here(job_id):  # queued, or another process's
+            self._pool.caller_waits()
+            real_sleep(SPIN_PAUSE)
+            return None
         try:
             return self.wait(job_id, SPIN_PAUSE)
         except (TimeoutError, JobNotFound, RepositoryError):
@@ -253,7 +256,7 @@ def _tags_arg(tags: object) -> Optional[list[str]]:
 
 
 # A thread that polls an unfinished job again within SPIN_GAP seconds of its last poll of
-# it, with nothing else polled between, spins on it (see `Inspection._settled_soon`); one
+# it, with nothing else polled between, spins on it (see `Inspection._spin_pause`); one
 # that asks for `get_stats` or `get_queue_size` again that soon after its last answer asks
 # in a loop (see `Inspection._paced`).
 SPIN_GAP = 0.001

@@ -1,12 +1,14 @@
 """`poll` in the loops applications write: a job completed here lately is answered without
-reading its row (as `wait` answers), and a loop polling a job this process runs, without
-a pause, sleeps until that job ends (or for `inspection.SPIN_PAUSE`) instead of reading
-its row and handing the GIL over at every turn."""
+reading its row (as `wait` answers), and a loop polling an unfinished job without a pause
+sleeps for `inspection.SPIN_PAUSE` (or until that job ends, if this process holds it)
+instead of reading its row and handing the GIL over at every turn; `get_stats` and
+`get_queue_size` asked in a loop pause too."""
 
 from __future__ import annotations
 
 import threading
 import time
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -83,6 +85,23 @@ def test_a_loop_polling_a_job_running_here_sees_it_end_at_once(make_manager: Any
     began = time.monotonic()
     assert manager.poll(job_id).status is JobStatus.COMPLETED  # the loop's next turn: woken as it ends
     assert time.monotonic() - began < 20
+
+
+def test_a_loop_polling_a_job_not_held_here_sleeps_between_reads(make_manager: Any, db_path: str,
+                                                                 monkeypatch: Any) -> None:
+    # given a started manager and a job it holds not (scheduled for later: queued as a timer)
+    monkeypatch.setattr(inspection, "SPIN_PAUSE", 0.2, raising=False)
+    monkeypatch.setattr(inspection, "SPIN_GAP", 10.0, raising=False)
+    manager = make_manager(db_path, max_workers=1)
+    manager.register_function("pair", pair)
+    manager.start()
+    later = manager.enqueue(Job(function_name="pair", args=(1,), scheduled_at=datetime.now() + timedelta(hours=1)))
+    reads = _CountingGets(manager.repository)
+    began = time.monotonic()
+    statuses = [manager.poll(later).status for _ in range(3)]
+    # then the first read comes at once, the next two after a pause each
+    assert statuses == [JobStatus.SCHEDULED] * 3
+    assert time.monotonic() - began >= 0.4 and reads.reads == 3
 
 
 def test_polling_another_job_in_between_is_no_spin(make_manager: Any, db_path: str, monkeypatch: Any) -> None:
