@@ -6,7 +6,7 @@ Pure functions of the results dict that `run.py` builds; no measuring here.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from engines import ENGINES, PER_JOB
 
@@ -56,6 +56,22 @@ def _beside_e2e(results: dict[str, Any], scenario: str, metric: str,
         if "error" in entry:
             notes.setdefault(engine, f"{scenario}: {entry['error']}")
         yield entry, f"| {_label(engine)} | {_rate(base)} | {_rate(value)} | {_ratio(value, base)} |"
+
+
+def _engine_table(out: list[str], notes: dict[str, str], entries: dict[str, Any], headers: list[str],
+                  cells: Callable[[dict[str, Any]], list[str]]) -> None:
+    """A table of one row per engine: its `cells(entry)` under `headers`, or n/a (the
+    error noted) for an engine whose measurement failed; then a blank line."""
+    out.append("| engine | " + " | ".join(headers) + " |")
+    out.append("| --- |" + " ---: |" * len(headers))
+    for engine, entry in entries.items():
+        if "error" in entry:
+            notes.setdefault(engine, entry["error"])
+            row = ["n/a"] * len(headers)
+        else:
+            row = cells(entry)
+        out.append(f"| {_label(engine)} | " + " | ".join(row) + " |")
+    out.append("")
 
 
 def render(results: dict[str, Any], targets: list[dict[str, Any]], meta: dict[str, Any]) -> str:
@@ -130,16 +146,8 @@ def render(results: dict[str, Any], targets: list[dict[str, Any]], meta: dict[st
         out.append("## Round trip: `enqueue`, then `wait` for that job, one job at a time\n")
         out.append("The workers started and idle; each turn from the enqueue call's start to `wait` returning"
                    " (the caller needs each result before it goes on).\n")
-        out.append("| engine | turns/s | p50 ms | p99 ms |")
-        out.append("| --- | ---: | ---: | ---: |")
-        for engine, entry in results["roundtrip"].items():
-            if "error" in entry:
-                notes.setdefault(engine, entry["error"])
-                out.append(f"| {_label(engine)} | n/a | n/a | n/a |")
-                continue
-            out.append(f"| {_label(engine)} | {_rate(entry.get('roundtrip_per_s'))} | {_ms(entry.get('p50_ms'))} |"
-                       f" {_ms(entry.get('p99_ms'))} |")
-        out.append("")
+        _engine_table(out, notes, results["roundtrip"], ["turns/s", "p50 ms", "p99 ms"], lambda entry: [
+            _rate(entry.get("roundtrip_per_s")), _ms(entry.get("p50_ms")), _ms(entry.get("p99_ms"))])
 
     if "fanin" in results:
         size = cfg.get("fanin_n", 0)
@@ -147,17 +155,9 @@ def render(results: dict[str, Any], targets: list[dict[str, Any]], meta: dict[st
         out.append(f"{size:,} jobs enqueued in batches of 500 and drained (alone); then, in a fresh store, the same"
                    " jobs and one more whose `depends_on` names them all, drained until that one completed"
                    " (a reduce step after a map). Rates count the first jobs only.\n")
-        out.append("| engine | drain alone | drain with the fan-in | with ÷ alone |")
-        out.append("| --- | ---: | ---: | ---: |")
-        for engine, entry in results["fanin"].items():
-            if "error" in entry:
-                notes.setdefault(engine, entry["error"])
-                out.append(f"| {_label(engine)} | n/a | n/a | n/a |")
-                continue
-            out.append(f"| {_label(engine)} | {_rate(entry.get('drain_per_s'))} |"
-                       f" {_rate(entry.get('fanin_drain_per_s'))} |"
-                       f" {_ratio(entry.get('fanin_drain_per_s'), entry.get('drain_per_s'))} |")
-        out.append("")
+        _engine_table(out, notes, results["fanin"], ["drain alone", "drain with the fan-in", "with ÷ alone"],
+                      lambda entry: [_rate(entry.get("drain_per_s")), _rate(entry.get("fanin_drain_per_s")),
+                                     _ratio(entry.get("fanin_drain_per_s"), entry.get("drain_per_s"))])
 
     if "producers" in results:
         threads = next((int(e["threads"]) for e in results["producers"].values() if "threads" in e), 0)

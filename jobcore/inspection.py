@@ -9,7 +9,7 @@ here, which these reads only read. It imports nothing of `manager`.
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Collection, Iterable, Optional, Union
+from typing import TYPE_CHECKING, Callable, Collection, Iterable, Optional, TypeVar, Union
 
 from .arguments import count as _count, may_exist as _may_exist, positive as _positive
 from .clock import Clock, real_monotonic, real_sleep
@@ -24,6 +24,8 @@ from .waiting import Settlements
 from .workers import WorkerPool
 
 __all__ = ["Inspection"]
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     class _Parts:
@@ -102,19 +104,25 @@ class Inspection(_Parts):
                                       statuses=self.repository.get_statuses, worker_id=self.worker_id,
                                       sleeping=self._pool.caller_waits)
 
-    def _paced(self, read: str) -> None:
-        """Before `read` ("stats": `get_stats`, "queue": `get_queue_size`) on a started
-        manager. A thread asking again within SPIN_GAP of its last answer asks in a loop
-        without a pause: it sleeps SPIN_PAUSE first (each of those reads took the GIL from
-        the workers, a hand-over between threads each time: a drain ended by a `get_stats`
-        loop ran at 0.79× of the plain one on SQLite); any other call gives way once, as a
-        poll does (`_waits_in_a_loop`)."""
+    def _paced(self, read: str, count: Callable[[], T]) -> T:
+        """`count()`, the read `read` ("stats": `get_stats`, "queue": `get_queue_size`),
+        often asked in a loop until the jobs are done. On a started manager, a thread
+        asking again within SPIN_GAP of its last answer asks in a loop without a pause: it
+        sleeps SPIN_PAUSE first (each of those reads took the GIL from the workers, a
+        hand-over between threads each time: a drain ended by a `get_stats` loop ran at
+        0.79× of the plain one on SQLite); any other call gives way once, as a poll does
+        (`_waits_in_a_loop`)."""
+        if not self._lifecycle.running:
+            return count()
         last = getattr(_polled, read, None)
         if last is not None and last[0] == id(self) and real_monotonic() - last[1] < SPIN_GAP:
             self._pool.caller_waits()
             real_sleep(SPIN_PAUSE)
         else:
             self._waits_in_a_loop()
+        answer = count()
+        setattr(_polled, read, (id(self), real_monotonic()))
+        return answer
 
     def _waits_in_a_loop(self) -> None:
         """The caller reads in a loop while it waits for jobs: a thread doing that streams
@@ -187,12 +195,7 @@ class Inspection(_Parts):
 
         While threads of timed-out attempts are still stuck in their code, the count of
         them is added under `abandoned_threads`."""
-        running = self._lifecycle.running
-        if running:
-            self._paced("stats")  # often asked in a loop until the jobs are done
-        counts = self.repository.count_by_status()
-        if running:
-            _answered(self, "stats")
+        counts = self._paced("stats", self.repository.count_by_status)
         stats = {"total": sum(counts.values())}
         stats.update({status.value: counts[status] for status in JobStatus})
         abandoned = self._pool.abandoned_threads
@@ -207,13 +210,7 @@ class Inspection(_Parts):
 
     def get_queue_size(self) -> int:
         """Jobs not yet started: pending plus scheduled."""
-        running = self._lifecycle.running
-        if running:
-            self._paced("queue")  # often asked in a loop until the queue is empty
-        size = self.repository.count_queued()
-        if running:
-            _answered(self, "queue")
-        return size
+        return self._paced("queue", self.repository.count_queued)
 
     def get_logs(self, job_id: str, offset: int = 0, limit: Optional[int] = None) -> list[LogEntry]:
         """The job's log lines, oldest first (empty for an unknown id): from the
@@ -265,11 +262,6 @@ SPIN_PAUSE = 0.001
 # an unfinished job; .stats and .queue: (id of the manager, real monotonic time) of its
 # last answer of each. Ids, not managers: a thread must not keep a closed one alive.
 _polled = threading.local()
-
-
-def _answered(manager: object, read: str) -> None:
-    """The calling thread just had its answer to `read` of `manager` (see `Inspection._paced`)."""
-    setattr(_polled, read, (id(manager), real_monotonic()))
 
 
 def _spins_on(manager: object, job_id: str) -> bool:

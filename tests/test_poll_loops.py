@@ -36,16 +36,6 @@ def test_a_job_completed_here_is_polled_without_reading_its_row(make_manager: An
     assert manager.poll(job_id) == polled and reads.reads > 0
 
 
-def test_a_job_deleted_here_is_polled_as_unknown(make_manager: Any, db_path: str) -> None:
-    manager = make_manager(db_path, max_workers=1)
-    manager.register_function("pair", pair)
-    manager.start()
-    job_id = manager.enqueue(Job(function_name="pair", args=(1,)))
-    manager.wait(job_id, timeout=10)
-    assert manager.cleanup_old_results(retention_days=0) == 1
-    assert manager.poll(job_id) is None
-
-
 def _gated(make_manager: Any, db_path: str) -> tuple[Any, str, threading.Event, threading.Event]:
     """A started manager running one job that waits for a gate: (manager, its id, the
     event set once it runs, the gate)."""

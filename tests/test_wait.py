@@ -110,9 +110,11 @@ def test_wait_on_a_completed_job_that_was_cleaned_up_raises_lookup_error(make_ma
     job_id = manager.enqueue(Job(function_name="pair", args=(1,)))
     manager.wait(job_id, timeout=10)
     assert manager.cleanup_old_results(retention_days=0) == 1
-    # when it is waited for again, then it is unknown
+    # when it is waited for again, then it is unknown, and so it is to poll (which
+    # answers a job completed here lately without reading its row otherwise)
     with pytest.raises(LookupError):
         manager.wait(job_id, timeout=1)
+    assert manager.poll(job_id) is None
 
 
 def test_an_id_used_again_after_another_process_deleted_its_job_is_waited_for_afresh(
