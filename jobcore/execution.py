@@ -4,12 +4,9 @@
 Handles `progress_callback`, coroutine functions and the binding of `current_job()`. It
 decides nothing about retries and touches no storage.
 
-A coroutine job runs as `asyncio.run` would run it: on an event loop of its own, made for
-the attempt and closed after it, once the tasks the job left on it are cancelled and
-drained, its async generators finalised and its default executor shut down. (A loop kept
-per thread, as before, let such leftovers wake up inside a later job of the thread, where
-`current_job()` still named theirs. A loop per attempt costs about 45 µs of CPU a
-coroutine job, measured: 11 µs before, 54 µs after, for a job awaiting `sleep(0)`.)
+A coroutine job runs as `asyncio.run` would run it, on an event loop nothing else runs on
+(`event_loops`: a worker thread's kept loop, left clean by the attempts before, or one
+made for the attempt).
 
 Called from a thread whose own loop is running (an immediate manager's `enqueue`, or
 `run_pending`, in async code), an attempt runs on a helper thread, and the caller waits
@@ -29,14 +26,12 @@ import traceback as traceback_module
 import types
 import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Hashable, Optional
+from typing import Any, Callable, Hashable, Optional
 
-from .context import JobContext, bind, current_job, unbind
+from . import event_loops
+from .context import JobContext, bind, unbind
 from .errors import ImmediateRecursionError
 from .retry import is_cancellation
-
-if TYPE_CHECKING:
-    import asyncio
 
 
 @dataclass(slots=True)
@@ -205,68 +200,12 @@ def _loop_runs_here() -> bool:
 
 
 def run_coroutine(coroutine: Any) -> Any:
-    """Run `coroutine` to its end on a new event loop and return its result, as
-    `asyncio.run` does; if this thread's loop is running, on a helper thread (see the
-    module docstring)."""
+    """Run `coroutine` to its end on an event loop nothing else runs on and return its
+    result, as `asyncio.run` does (see `event_loops`); if this thread's loop is running,
+    on a helper thread (see the module docstring)."""
     if _loop_runs_here():  # not after run_attempt, which then moved to a helper thread
-        return _run_on_a_helper_thread(_run_on_a_new_loop, coroutine)
-    return _run_on_a_new_loop(coroutine)
-
-
-def _run_on_a_new_loop(coroutine: Any) -> Any:
-    import asyncio
-    # Not asyncio.run: it would also set (then unset) the thread's current event loop,
-    # which the caller of an immediate manager may rely on.
-    loop = asyncio.new_event_loop()
-    context = current_job()
-    try:
-        task = asyncio.ensure_future(coroutine, loop=loop)
-        if context is not None:
-            # Timed out, the job is given up, and its thread would run on for as long as the
-            # coroutine awaits (an hour's sleep, a request without a timeout): cancelled, the
-            # task ends at its next await, and so does the thread.
-            context.on_abandon = functools.partial(_cancel_from_elsewhere, loop, task)
-            if context.abandoned:  # given up before the hook was set
-                task.cancel()
-        return loop.run_until_complete(task)
-    finally:
-        if context is not None:
-            context.on_abandon = None  # (the loop and task are done with)
-        try:
-            _cancel_leftover_tasks(loop)
-            loop.run_until_complete(_shut_down(loop))
-        finally:
-            loop.close()
-
-
-def _cancel_from_elsewhere(loop: asyncio.AbstractEventLoop, task: asyncio.Future[Any]) -> None:
-    """Cancel `task` on `loop`, which runs in another thread, unless the loop is closed
-    (the job ended meanwhile)."""
-    try:
-        loop.call_soon_threadsafe(task.cancel)
-    except RuntimeError:  # "Event loop is closed"
-        pass
-
-
-def _cancel_leftover_tasks(loop: asyncio.AbstractEventLoop) -> None:
-    """Cancel the tasks the job left on `loop` and let them end (as `asyncio.run` does)."""
-    import asyncio
-    leftovers = asyncio.all_tasks(loop)
-    if not leftovers:
-        return
-    for task in leftovers:
-        task.cancel()
-    loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
-    for task in leftovers:
-        if not task.cancelled() and task.exception() is not None:
-            loop.call_exception_handler({
-                "message": "unhandled exception in a task a job left running when it ended",
-                "exception": task.exception(), "task": task})
-
-
-async def _shut_down(loop: asyncio.AbstractEventLoop) -> None:
-    await loop.shutdown_asyncgens()
-    await loop.shutdown_default_executor()
+        return _run_on_a_helper_thread(event_loops.run_to_end, coroutine)
+    return event_loops.run_to_end(coroutine)
 
 
 @dataclass(slots=True)

@@ -17,6 +17,7 @@ from . import lock_waits
 from .clock import LONGEST_WAIT, Clock, join_within, real_monotonic
 from .dispatcher import Dispatcher
 from .errors import JobTimeout
+from .event_loops import loops_kept
 from .execution import Outcome
 from .pool_state import PoolState, Slot
 from .recorder import Finished
@@ -88,7 +89,8 @@ class PoolThreads:
 
     def _work(self, slot: Slot) -> None:
         try:
-            self._serve(slot)
+            with loops_kept():  # coroutine jobs' event loop, closed as the thread leaves
+                self._serve(slot)
         finally:
             with self._state.lock:
                 # Forgotten (an abandoned thread that came back, too: timeouts must not grow the list).
