@@ -310,6 +310,7 @@ class Housekeeper:
                 logger.exception("housekeeping failed")
             times.end_pass(now)  # (a beat that fell due while store calls waited is not late)
             wake_at = min(t for t in (times.next_beat, times.next_recover, next_look, deadline) if t is not None)
+            wake_at = self._pool.plan_upkeep(wake_at)  # (deadlines of attempts started since `deadline`)
             if self._sleep(wake_at, progress_due, lambda: self._stopping):
                 return
 
@@ -344,7 +345,7 @@ class Housekeeper:
                 logger.error("renewing the leases of jobs running after the stop failed, will retry: %s", exc)
             except Exception:  # as the upkeep: the leases must outlive anything
                 logger.exception("renewing the leases of jobs running after the stop failed")
-            wake_at = next_beat if deadline is None else min(next_beat, deadline)
+            wake_at = self._pool.plan_upkeep(next_beat if deadline is None else min(next_beat, deadline))
             if self._sleep(wake_at, progress_due, superseded):
                 return False
 

@@ -95,6 +95,9 @@ class PoolState:
         # Wall time until which the last heartbeat leased every job held here then (jobs
         # claimed since carry their own lease): see `claims.ClaimCheck`.
         self.renewed_until = float("-inf")
+        # When the housekeeper looks for overdue attempts next, at the latest (clock.monotonic();
+        # None: not known): see `deadline_unplanned_locked` and `PoolThreads.plan_upkeep`.
+        self.upkeep_at: Optional[float] = None
         self.max_workers = max_workers
         self.pacing = Pacing(max_workers)
 
@@ -103,6 +106,16 @@ class PoolState:
         with a lock of its own. The parent's threads stayed in the parent, with the jobs
         they held (and perhaps this lock)."""
         self.__init__(self.max_workers)  # type: ignore[misc]
+
+    def deadline_unplanned_locked(self, deadline: float) -> bool:
+        """True if an attempt starting with `deadline` must wake the housekeeper: it looks
+        for overdue attempts next at `upkeep_at`, if that is no later (and sees this one
+        among those running then), and at no known time otherwise. `deadline` counts as
+        planned from now on: the woken housekeeper looks again at once."""
+        if self.upkeep_at is not None and self.upkeep_at <= deadline:
+            return False
+        self.upkeep_at = deadline
+        return True
 
     def holds_locked(self, job_id: str) -> bool:
         """True if the job is buffered, running, or being recorded here."""

@@ -197,3 +197,12 @@ class PoolThreads:
                 self._state.add_finished_locked(Finished(record, attempt.context, outcome, now - attempt.started))
                 self._state.dispatch_needed.notify()
         return min(ahead) if ahead else None
+
+    def plan_upkeep(self, wake_at: float) -> float:
+        """See `WorkerPool.plan_upkeep`."""
+        with self._state.lock:
+            for attempt in self._state.running.values():
+                if attempt.deadline is not None and attempt.deadline < wake_at:
+                    wake_at = attempt.deadline
+            self._state.upkeep_at = wake_at
+            return wake_at
