@@ -359,7 +359,11 @@ class Housekeeper:
             if progress_due is not None:  # real time, whatever clock the rest keeps
                 delay = min(delay, progress_due - real_monotonic())
             if delay > 0 and not (self._refill_soon or self._replan or self._look_soon):
-                self._cond.wait(min(delay, LONGEST_WAIT))
+                now = real_monotonic()
+                # (reports made since `progress_due` was read, which woke nobody, included)
+                delay = self._pool.plan_progress(now + min(delay, LONGEST_WAIT)) - now
+                if delay > 0:
+                    self._cond.wait(delay)
         return False
 
     def _beat(self, running: Collection[str]) -> None:

@@ -401,6 +401,11 @@ class WorkerPool:
         the next one is due (real monotonic seconds), or None."""
         return self._progress.flush_due()
 
+    def plan_progress(self, at: float) -> float:
+        """The housekeeper is going to sleep until real monotonic `at`; returns when it
+        must wake to store a progress report instead (see `ProgressWriter.plan`)."""
+        return self._progress.plan(at)
+
     def time_out_overdue(self, now: float) -> Optional[float]:
         """Give up attempts past their deadline (monotonic `now`): their threads are
         abandoned and replaced, and a `JobTimeout` is recorded. Returns the earliest
