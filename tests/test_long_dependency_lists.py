@@ -138,7 +138,7 @@ def test_a_list_kept_apart_and_gone_fails_that_job_alone_as_corrupt(repo: SQLite
     assert _get(repo, other.id).decode_error is None
 
 
-@pytest.mark.parametrize("query", ["SELECT_JOB", "SELECT_JOB_WITHOUT_ARGS", "CLAIM", "SELECT_JOBS_BY_IDS",
+@pytest.mark.parametrize("query", ["SELECT_JOB", "SELECT_JOB_WITHOUT_ARGS", "CLAIM", "SELECT_JOBS_BY_SEQS",
                                    "REQUEUE", "UNUSABLE_BLOCKED"])
 def test_a_list_kept_apart_is_found_by_its_key(repo: SQLiteRepository, query: str) -> None:
     statement = getattr(sql, query, None) or getattr(read_sql, query)

@@ -389,7 +389,7 @@ def test_jobs_are_found_by_id_not_by_walking_every_waiting_job(repo: SQLiteRepos
     assert steps and all("(id=?)" in step for step in steps), plan
 
 
-@pytest.mark.parametrize("query", ["CLAIM_MANY_BY_SEQ", *[f"HELD_BY_SEQ:{name}" for name in (
+@pytest.mark.parametrize("query", ["CLAIM_MANY_BY_SEQ", "SELECT_JOBS_BY_SEQS", *[f"HELD_BY_SEQ:{name}" for name in (
     "RELEASE", "COMPLETE", "COMPLETE_REPORTED", "FAIL_RETRY", "FAIL_FINAL", "FINISH_CANCELLED", "UPDATE_PROGRESS")]])
 def test_an_exchange_given_seqs_finds_each_row_by_its_key_without_the_id_index(
         repo: SQLiteRepository, path: str, query: str) -> None:

@@ -207,8 +207,8 @@ def claim_rows(conn: sqlite3.Connection, query: str, params: Sequence[Any],
     transaction; its rows of `CLAIMED_COLUMNS`. The whole row of each claimed job that is
     not plain goes into `full`, by id, for `claimed_records`."""
     rows = conn.execute(query, params).fetchall()
-    unusual = [row[0] for row in rows if not row[transition_sql.CLAIMED_PLAIN]]
+    unusual = [row[transition_sql.CLAIMED_SEQ] for row in rows if not row[transition_sql.CLAIMED_PLAIN]]
     if unusual:
-        for row in conn.execute(transition_sql.SELECT_JOBS_BY_IDS, (json.dumps(unusual),)):
+        for row in conn.execute(transition_sql.SELECT_JOBS_BY_SEQS, (json.dumps(unusual),)):
             full[row[0]] = row
     return rows

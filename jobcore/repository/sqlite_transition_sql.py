@@ -75,7 +75,7 @@ _DUE = f"(run_at <= ? OR {_columns.UNUSABLE_TIME_SQL.format(column='run_at')})"
 # claims set status, started_at, worker_id, lease_expires_at and cancel_requested, and
 # take only rows with blocked = 0 and no cron. Such a row (most rows) is read back 14
 # columns wide instead of 38: each column read makes a Python object, about 9 µs a job
-# here (measured). Any other claimed row is read in full by SELECT_JOBS_BY_IDS in the
+# here (measured). Any other claimed row is read in full by SELECT_JOBS_BY_SEQS in the
 # same transaction.
 CLAIMED_COLUMNS = """id, function_name, name, payload, priority, seq, created_at, attempts, max_retries,
     retry_delay, retry_backoff, retry_jitter, timeout, isolation,
@@ -85,9 +85,11 @@ CLAIMED_COLUMNS = """id, function_name, name, payload, priority, seq, created_at
      AND result IS NULL AND error IS NULL AND error_type IS NULL AND traceback IS NULL
      AND cron_timezone IS NULL AND memory_limit IS NULL)"""
 CLAIMED_PLAIN = 14  # the index of that last column in a claimed row
+CLAIMED_SEQ = 5  # the index of seq
 if CLAIMED_COLUMNS.count(",") != CLAIMED_PLAIN:
     raise ImportError("CLAIMED_COLUMNS changed: update CLAIMED_PLAIN and sqlite_rows._plain_claimed")
-SELECT_JOBS_BY_IDS = f"SELECT {COLUMNS} FROM jobs WHERE id IN (SELECT value FROM json_each(?))"
+# By the seqs a claim returned: the table's own key, no read of the index on ids.
+SELECT_JOBS_BY_SEQS = f"SELECT {COLUMNS} FROM jobs WHERE seq IN (SELECT value FROM json_each(?))"
 CLAIM = f"""
 UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?, worker_id = ?,
     lease_expires_at = ?, cancel_requested = 0
