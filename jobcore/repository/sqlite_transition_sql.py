@@ -52,6 +52,9 @@ def _insert(columns: str, claimed: bool = False) -> str:
 
 
 INSERT_JOB = _insert(f"{_PLAIN}, {_OPTIONAL}")
+# A job with a unique_key, stored alone by one statement unless an unfinished job holds
+# its key (or its id is taken): then it stores nothing, and a transaction finds out which.
+INSERT_JOB_UNLESS_REFUSED = INSERT_JOB.replace("INSERT INTO", "INSERT OR IGNORE INTO", 1)
 INSERT_PLAIN_JOB = _insert(_PLAIN)
 INSERT_CLAIMED_JOB = _insert(f"{_PLAIN}, {_OPTIONAL}", claimed=True)
 INSERT_CLAIMED_PLAIN_JOB = _insert(_PLAIN, claimed=True)
