@@ -130,6 +130,19 @@ def test_deleting_a_job_deletes_its_long_list(repo: SQLiteRepository) -> None:
     assert _raw(repo, "SELECT count(*) FROM job_dep_lists") == [(0,)]
 
 
+def test_a_list_whose_job_an_older_version_deleted_goes_at_the_next_cleanup(repo: SQLiteRepository) -> None:
+    # given two jobs with long lists, one of which a jobcore of version 6 (which knows
+    # nothing of job_dep_lists) deleted, leaving its list behind
+    done = _completed(repo, 40)
+    kept, gone = _add(repo, depends_on=tuple(done)), _add(repo, depends_on=tuple(done))
+    _raw(repo, "DELETE FROM jobs WHERE id = ?", gone.id)
+    # when a cleanup runs that deletes nothing of those
+    repo.delete_finished(NOW - 5)
+    # then only the list left behind is gone
+    assert _raw(repo, "SELECT job_id FROM job_dep_lists") == [(kept.id,)]
+    assert _get(repo, kept.id).depends_on == tuple(done)
+
+
 def test_a_list_kept_apart_and_gone_fails_that_job_alone_as_corrupt(repo: SQLiteRepository) -> None:
     done = _completed(repo, 40)
     dependent, other = _add(repo, depends_on=tuple(done)), _add(repo)

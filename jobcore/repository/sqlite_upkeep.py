@@ -78,6 +78,7 @@ class SQLiteUpkeep(JobRepository):
                 if len(rows) < DELETE_CHUNK:
                     break
         def unknown(conn: sqlite3.Connection) -> int:
+            conn.execute(sql.DELETE_ORPHAN_DEP_LISTS)  # (a small table: only lists over 1 KB)
             total, *counted = conn.execute(sql.COUNT_BY_STATUS).fetchone()
             if total == sum(counted):
                 return 0
