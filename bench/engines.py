@@ -41,6 +41,46 @@ class Jobcore(Engine):
         self.manager = JobManager(repository, max_workers=WORKERS)
         self.manager.register_function("noop", tracker.task)
         self.ids: list[str] = []
+        self._kinds_registered = False
+
+    def _register_kinds(self) -> None:
+        """The job bodies of the kinds in `harness.KINDS` beyond a plain call."""
+        from jobcore import current_job
+        task = self.tracker.task
+
+        async def run_async(x: int) -> None:
+            task(x)
+
+        def report_progress(x: int) -> None:
+            context = current_job()
+            assert context is not None  # (inside a job)
+            context.progress(0.5, "half")
+            task(x)
+
+        def fail(x: int) -> None:
+            task(x)
+            raise ValueError("this job fails")
+
+        for name, body in (("noop-async", run_async), ("noop-progress", report_progress), ("noop-failing", fail)):
+            self.manager.register_function(name, body)
+        self._kinds_registered = True
+
+    def enqueue_kind(self, kind: str, x: int) -> None:
+        """Enqueue one job of `kind`, one of `harness.KINDS` (harness.kinds)."""
+        if not self._kinds_registered:
+            self._register_kinds()
+        job = self._job
+        if kind in ("async", "progress"):
+            made = job(function_name=f"noop-{kind}", args=(x,))
+        elif kind == "failing":
+            made = job(function_name="noop-failing", args=(x,), max_retries=0)
+        elif kind == "timeout":
+            made = job(function_name="noop", args=(x,), timeout=60.0)
+        elif kind == "keyed":
+            made = job(function_name="noop", args=(x,), unique_key=f"key-{x}")
+        else:
+            made = job(function_name="noop", args=(x,))
+        self.ids.append(self.manager.enqueue(made))
 
     def enqueue(self, x: int, priority: int = 0) -> None:
         self.ids.append(self.manager.enqueue(self._job(function_name="noop", args=(x,), priority=priority)))

@@ -262,6 +262,37 @@ def fanin(engine: Engine, workdir: str, n: int, budget: float) -> dict[str, Any]
     return {"drain_per_s": rates[0], "fanin_drain_per_s": rates[1], "ratio": rates[1] / rates[0]}
 
 
+# What a job may carry beyond a plain call (jobcore only): a coroutine function, a timeout,
+# a progress report, a unique key, and a body that raises (no retries: failed at once).
+KINDS = ("plain", "async", "timeout", "progress", "keyed", "failing")
+
+
+def kinds(engine: Engine, workdir: str, n: int, budget: float) -> dict[str, Any]:
+    """n jobs of each kind in `KINDS`, each kind in a fresh store: enqueued one call each,
+    then drained; what each feature costs a job beside a plain one (jobcore only)."""
+    if not hasattr(engine, "enqueue_kind"):
+        raise NotImplementedError("only jobcore's jobs come in these kinds here")
+    result: dict[str, Any] = {}
+    for kind in KINDS:
+        tracker = Tracker(n)
+        store = os.path.join(workdir, kind)
+        os.makedirs(store)
+        engine.open(store, tracker)
+        try:
+            t0 = time.perf_counter()
+            for x in range(n):
+                engine.enqueue_kind(kind, x)
+            t1 = time.perf_counter()
+            engine.start()
+            engine.wait_done(budget)
+            t2 = time.perf_counter()
+        finally:
+            engine.close()
+        result[f"{kind}_enqueue_per_s"] = n / (t1 - t0)
+        result[f"{kind}_drain_per_s"] = n / (t2 - t1)
+    return result
+
+
 def bulk(engine: Engine, workdir: str, n: int, timeout: float) -> dict[str, Any]:
     """Enqueue n jobs through the batch API, `BATCH` per call (the enqueue rate only)."""
     if not engine.bulk:

@@ -9,6 +9,7 @@ import math
 from typing import Any, Callable, Iterator, Optional
 
 from engines import ENGINES, PER_JOB
+from harness import KINDS
 
 # The floor each engine's end-to-end figure is compared with: the raw SQL at the same
 # synchronous level, or the heap for the in-memory store.
@@ -158,6 +159,16 @@ def render(results: dict[str, Any], targets: list[dict[str, Any]], meta: dict[st
         _engine_table(out, notes, results["fanin"], ["drain alone", "drain with the fan-in", "with ÷ alone"],
                       lambda entry: [_rate(entry.get("drain_per_s")), _rate(entry.get("fanin_drain_per_s")),
                                      _ratio(entry.get("fanin_drain_per_s"), entry.get("drain_per_s"))])
+
+    if "kinds" in results:
+        out.append(f"## Jobs that carry more than a call: {cfg.get('kinds_n', 0):,} jobs of each kind (jobs/s)\n")
+        out.append("Each kind in a fresh store: enqueued one call each, then drained. async: a coroutine"
+                   " function; timeout: `timeout=60`; progress: one `current_job().progress(...)` call;"
+                   " keyed: a `unique_key` of its own; failing: raises, `max_retries=0` (its traceback"
+                   " formatted and stored, the job failed for good). Cells: enqueue / drain.\n")
+        _engine_table(out, notes, results["kinds"], list(KINDS), lambda entry: [
+            f"{_rate(entry.get(f'{kind}_enqueue_per_s'))} / {_rate(entry.get(f'{kind}_drain_per_s'))}"
+            for kind in KINDS])
 
     if "producers" in results:
         threads = next((int(e["threads"]) for e in results["producers"].values() if "threads" in e), 0)

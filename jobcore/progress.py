@@ -11,7 +11,8 @@ last report again, in another transaction, before its outcome.
 A report is kept here, the latest of each attempt; the job's thread never writes it. The
 housekeeper (`flush_due`) writes the latest waiting report of an attempt once an interval
 has passed since the attempt's last write, or since it began: at once if that is so
-already (it is woken), else when the interval ends. If the attempt ends first, `take`
+already (it is woken), else when the interval ends. It tells, as it goes to sleep, when it
+looks next (`plan`): a report due no sooner wakes nobody. If the attempt ends first, `take`
 hands its latest report to the worker, which records it with the outcome, in the same
 transaction (`Settlement.progress`): the row ends with it, and a short job's reports cost
 no write at all. Meanwhile the process running the job reads the latest report here

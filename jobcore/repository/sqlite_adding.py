@@ -34,7 +34,7 @@ class SQLiteAdding(JobRepository):
     def insert(self, records: Sequence[JobRecord], now: float) -> list[str]:
         if len(records) == 1 and not records[0].depends_on:
             record = records[0]
-            query, params = self._new_row(record, now, record.status)
+            query, params = self._new_row(record, now, record.status)  # (keyed: INSERT_JOB's)
             if record.unique_key is None:  # nothing to check against other rows: a single INSERT
                 record.seq, record.blocked = self._insert_row(query, params, record.id), 0
                 return [record.id]
