@@ -22,7 +22,6 @@ import functools
 import inspect
 import sys
 import threading
-import traceback as traceback_module
 import types
 import weakref
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from . import event_loops
 from .context import JobContext, bind, unbind
 from .errors import ImmediateRecursionError
 from .retry import is_cancellation
+from .tracebacks import format_failure
 
 
 @dataclass(slots=True)
@@ -187,7 +187,7 @@ def run_attempt(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[st
             return Outcome(_run_on_a_helper_thread(call_job, func, args, kwargs, context, run_coroutine))
         return Outcome(call_job(func, args, kwargs, context, run_coroutine))
     except BaseException as exc:  # a job must never kill its worker thread
-        return Outcome(error=exc, traceback=traceback_module.format_exc())
+        return Outcome(error=exc, traceback=format_failure(exc))
 
 
 def _loop_runs_here() -> bool:
