@@ -11,7 +11,9 @@ its own. A thread inside `loops_kept()` (a pool's worker thread) keeps a loop th
 left clean for its next coroutine attempt instead, and closes it when it leaves. (A new
 loop per attempt costs a socket pair, an epoll instance and their closing: on a 2-vCPU
 host, a drain of 20,000 coroutine jobs awaiting nothing ran at 4,561 jobs/s with a loop
-per attempt, about one fifth of the same drain of plain functions.)
+per attempt, about one fifth of the same drain of plain functions.) The loops it makes
+poll the kernel only when a poll may wait or something is watched (`_QuickSelector`),
+unless an event loop policy gives loops of another kind: those are used as they come.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import selectors
 import threading
 from typing import TYPE_CHECKING, Any, Iterator, Optional
 
@@ -72,6 +75,9 @@ def run_to_end(coroutine: Any) -> Any:
         # Not asyncio.run: it would also set (then unset) the thread's current event loop,
         # which the caller of an immediate manager may rely on.
         loop = asyncio.new_event_loop()
+        if _kept.keeping and type(loop) is asyncio.SelectorEventLoop:  # (not another kind a policy gives)
+            loop.close()
+            loop = asyncio.SelectorEventLoop(_QuickSelector())
         debug = loop.get_debug()
     context = current_job()
     try:
@@ -89,6 +95,20 @@ def run_to_end(coroutine: Any) -> Any:
             context.on_abandon = None  # (the loop and task are done with; a cancel that
             # came meanwhile runs at the next attempt's start, on a task ended: nothing)
         _end_attempt(loop, debug)
+
+
+class _QuickSelector(selectors.DefaultSelector):
+    """The selector of the loops worker threads keep: a poll that may not wait (the loop
+    has callbacks ready) returns at once when nothing is watched but the loop's own
+    wake-up socket, instead of asking the kernel. That socket only wakes a loop blocked in
+    a poll; a callback another thread schedules is in the ready queue already, and the
+    socket is read at the next poll that may wait. (Each poll gave the GIL up and waited
+    to win it back: two or more an attempt, most of a drain of coroutine jobs' time.)"""
+
+    def select(self, timeout: Optional[float] = None) -> list[tuple[selectors.SelectorKey, int]]:
+        if timeout is not None and timeout <= 0 and len(self.get_map()) <= 1:
+            return []
+        return super().select(timeout)
 
 
 def _take_kept_loop() -> Optional[asyncio.AbstractEventLoop]:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import selectors
 import socket
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
@@ -187,3 +189,83 @@ def test_a_forked_child_neither_uses_nor_closes_the_loop_its_parent_thread_kept(
     runner.start()
     runner.join(WAIT * 2)
     assert outcome == {"child": 0, "parent": (True, "woken")}
+
+
+def test_a_kept_loop_does_not_ask_the_kernel_when_nothing_is_watched_and_callbacks_are_ready(
+        make_manager: Any, monkeypatch: Any) -> None:
+    polls: list[Any] = []
+    select = selectors.DefaultSelector.select
+
+    def counting(self: Any, timeout: Any = None) -> Any:
+        polls.append(timeout)
+        return select(self, timeout)
+
+    monkeypatch.setattr(selectors.DefaultSelector, "select", counting)
+
+    async def yields() -> None:
+        for _ in range(20):
+            await asyncio.sleep(0)
+
+    manager = make_manager(MemoryRepository(), max_workers=1).start()
+    for _ in range(3):
+        assert manager.wait(manager.enqueue(Job(function=yields)), timeout=WAIT).status is JobStatus.COMPLETED
+    assert [timeout for timeout in polls if timeout is not None and timeout <= 0] == []
+
+
+def test_a_kept_loop_still_hears_its_sockets_and_other_threads(make_manager: Any) -> None:
+    ours, theirs = socket.socketpair()
+    try:
+        async def read_and_be_woken() -> str:
+            loop = asyncio.get_running_loop()
+            threading.Timer(0.05, theirs.send, (b"data",)).start()
+            ours.setblocking(False)
+            got = await asyncio.wait_for(loop.sock_recv(ours, 4), WAIT)
+            future: asyncio.Future[str] = loop.create_future()
+            threading.Timer(0.05, loop.call_soon_threadsafe, (future.set_result, "woken")).start()
+            woken = await asyncio.wait_for(future, WAIT)
+            # and a socket watched while callbacks are ready all along (a task spinning)
+            reader = loop.create_task(loop.sock_recv(ours, 4))
+            await asyncio.sleep(0)  # it found nothing to read, and watches the socket
+            theirs.send(b"more")
+            for _ in range(100_000):
+                if reader.done():
+                    return f"{got.decode()} {woken} {reader.result().decode()}"
+                await asyncio.sleep(0)
+            reader.cancel()
+            return "the socket was never read"
+
+        manager = make_manager(MemoryRepository(), max_workers=1).start()
+        for _ in range(2):  # a new loop, then the kept one
+            result = manager.wait(manager.enqueue(Job(function=read_and_be_woken)), timeout=WAIT * 3)
+            assert (result.status, result.result) == (JobStatus.COMPLETED, "data woken more")
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_a_loop_of_another_kind_an_event_loop_policy_gives_is_the_one_used(make_manager: Any) -> None:
+    class OwnLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
+        pass
+
+    class OwnPolicy(asyncio.DefaultEventLoopPolicy):  # type: ignore[misc,valid-type]
+        def new_event_loop(self) -> asyncio.AbstractEventLoop:
+            return OwnLoop()
+
+    kinds: list[type] = []
+
+    async def note() -> None:
+        kinds.append(type(asyncio.get_running_loop()))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # (policies: deprecated in Python 3.14)
+        before = asyncio.get_event_loop_policy()
+        asyncio.set_event_loop_policy(OwnPolicy())
+    try:
+        manager = make_manager(MemoryRepository(), max_workers=1).start()
+        for _ in range(2):
+            assert manager.wait(manager.enqueue(Job(function=note)), timeout=WAIT).status is JobStatus.COMPLETED
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            asyncio.set_event_loop_policy(before)
+    assert kinds == [OwnLoop, OwnLoop]
