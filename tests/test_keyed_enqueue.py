@@ -1,7 +1,7 @@
 """A job with a `unique_key` enqueued alone on SQLite: one INSERT that stores nothing if the
 key is held, then a read of the holder, and a write transaction only when neither settles
 it (its id taken, or the holder finished in between). It took a transaction every time,
-half the rate of a keyed enqueue."""
+half the rate of a keyed enqueue. On the memory store, no batch is planned for it."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from jobcore import Job, JobStatus, SQLiteRepository
+from jobcore import Job, JobStatus, MemoryRepository, SQLiteRepository
 from jobcore.errors import InvalidJob
-from jobcore.repository import sqlite_adding, sqlite_conn
+from jobcore.repository import memory_adding, sqlite_adding, sqlite_conn
 
 
 @pytest.fixture
@@ -70,3 +70,22 @@ def test_a_key_whose_holder_seems_to_finish_meanwhile_is_settled_by_a_transactio
     assert manager.enqueue(Job(function_name="noop", unique_key="k")) == holder
     assert (reads, transactions) == (["k", "k"], [1])
     assert manager.get_stats()["total"] == 1
+
+
+def test_a_lone_keyed_job_on_the_memory_store_is_stored_without_planning_a_batch(make_manager: Any,
+                                                                                 monkeypatch: Any) -> None:
+    # (planning a batch of one cost a keyed enqueue half its rate there)
+    def no_planning(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a lone keyed job was planned as a batch")
+
+    monkeypatch.setattr(memory_adding, "plan_batch", no_planning)
+    manager = make_manager(MemoryRepository())
+    manager.register_function("noop", lambda *args: None)
+    first = manager.enqueue(Job(function_name="noop", unique_key="k"))
+    assert manager.enqueue(Job(function_name="noop", unique_key="k")) == first  # held: the holder's id
+    with pytest.raises(InvalidJob, match="already exists"):
+        manager.enqueue(Job(function_name="noop", unique_key="free", id=first))
+    assert manager.cancel(first)  # the key is free again
+    second = manager.enqueue(Job(function_name="noop", unique_key="k"))
+    assert second != first and manager.poll(second).status is JobStatus.PENDING
+    assert manager.get_stats()["total"] == 2

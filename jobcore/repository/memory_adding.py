@@ -21,8 +21,17 @@ class MemoryAdding(MemoryState):
     """The adding half of `MemoryRepository` (its state and row steps: `MemoryState`)."""
 
     def insert(self, records: Sequence[JobRecord], now: float) -> list[str]:
-        if len(records) == 1 and not records[0].depends_on and records[0].unique_key is None:
-            return [self._insert_one(records[0], now)]
+        if len(records) == 1 and not records[0].depends_on:
+            record = records[0]
+            if record.unique_key is None:
+                return [self._insert_one(record, now)]
+            with self._lock:  # alone, a keyed job is its key's holder's id, or stored holding it
+                holder = self._unique.get(record.unique_key)
+                if holder is not None:
+                    return [holder]
+                job_id = self._insert_one(record, now)
+                self._unique[record.unique_key] = job_id
+                return [job_id]
         return self._insert_batch(records, now)
 
     def _insert_batch(self, records: Sequence[JobRecord], now: float) -> list[str]:
@@ -66,9 +75,10 @@ class MemoryAdding(MemoryState):
             return ids
 
     def _insert_one(self, record: JobRecord, now: float) -> str:
-        """`insert` of a lone record with no dependency and no unique key (what most
-        enqueues store): nothing to plan or resolve, so it is stored as `_insert_batch`
-        would store it, without that path's bookkeeping for many records."""
+        """`insert` of a lone record with no dependency (what most enqueues store; one with
+        a unique_key no unfinished job holds, the caller notes as its holder): nothing to
+        plan or resolve, so it is stored as `_insert_batch` would store it, without that
+        path's bookkeeping for many records."""
         with self._lock:
             if record.id in self._jobs:
                 raise id_taken(record.id)
