@@ -9,9 +9,10 @@ drain of jobs that fail for good ran at 5,000 jobs/s, a fifth of one that succee
 failure storm repeats the same stacks, so each distinct stack (the code and instruction
 of every frame) is formatted once, and its lines kept (at most STACKS_KEPT of them): they
 show the source as it was when first formatted, the code that ran, not a file edited on
-disk since (a module reloaded has new code, and new lines). The exception's own lines
-(type, message, notes) are formatted every time. An exception that chains another, or a
-group of them, is formatted whole by `traceback.format_exception`, as before.
+disk since (a module reloaded has new code, and new lines). Each exception's own lines
+(type, message, notes) are formatted every time, and so is a chain of them (`raise ...
+from`, or raised while handling another), as the standard library chains them. A chain
+holding an exception group is formatted whole by `traceback.format_exception`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ STACKS_KEPT = 256  # distinct stacks whose formatted lines are kept (then they s
 _GROUPS: tuple[type, ...] = tuple(getattr(builtins, name) for name in ("BaseExceptionGroup",)
                                   if hasattr(builtins, name))
 _HEADER = "Traceback (most recent call last):\n"
+# What the standard library writes between the exceptions of a chain (tested equal).
+_CAUSE = "\nThe above exception was the direct cause of the following exception:\n\n"
+_CONTEXT = "\nDuring handling of the above exception, another exception occurred:\n\n"
 
 # (code, last instruction) of each frame, innermost last -> the stack's formatted lines.
 # _lock guards it (a dict's single reads and writes are atomic; the clearing at the bound
@@ -36,25 +40,74 @@ _lock = threading.Lock()
 
 
 def format_failure(error: BaseException) -> str:
-    """`"".join(traceback.format_exception(error))`, the stack of a plain exception
-    formatted once per distinct stack (see module docstring)."""
-    if (error.__cause__ is not None or (error.__context__ is not None and not error.__suppress_context__)
-            or isinstance(error, _GROUPS)):
+    """`"".join(traceback.format_exception(error))`, each stack formatted once per distinct
+    stack (see module docstring)."""
+    chain = _chain(error)
+    if chain is None:
         return "".join(traceback.format_exception(type(error), error, error.__traceback__))
-    tb = error.__traceback__
-    if tb is None:
-        return "".join(traceback.format_exception_only(type(error), error))
-    key = _stack_key(tb)
+    parts: list[str] = []
+    for link, exception in reversed(chain):
+        if link:
+            parts.append(link)
+        if exception.__traceback__ is not None:
+            parts.append(_HEADER)
+            parts.extend(_stack_lines(exception))
+        parts.extend(_own_lines(exception))
+    return "".join(parts)
+
+
+def _chain(error: BaseException) -> Optional[list[tuple[str, BaseException]]]:
+    """The exceptions `traceback.format_exception` shows for `error`, outermost first, each
+    with the line written before it that tells how it follows the next one (its cause, or
+    the one it was raised while handling; none for the innermost); None if one is a group."""
+    chain: list[tuple[str, BaseException]] = []
+    seen: set[int] = set()
+    exception: Optional[BaseException] = error
+    while exception is not None:
+        if isinstance(exception, _GROUPS):
+            return None
+        seen.add(id(exception))
+        cause, context = exception.__cause__, exception.__context__
+        if cause is not None and id(cause) not in seen:
+            chain.append((_CAUSE, exception))
+            exception = cause
+        elif context is not None and not exception.__suppress_context__ and id(context) not in seen:
+            chain.append((_CONTEXT, exception))
+            exception = context
+        else:
+            chain.append(("", exception))
+            exception = None
+    return chain
+
+
+def _stack_lines(exception: BaseException) -> list[str]:
+    """The formatted frames of `exception`'s traceback (not None), kept by its stack."""
+    key = _stack_key(exception.__traceback__)
     lines = _stacks.get(key)
     if lines is None:
-        whole = traceback.TracebackException(type(error), error, tb, compact=True)
-        lines = whole.stack.format()
+        lines = _alone(exception, exception.__traceback__).stack.format()
         with _lock:
             if len(_stacks) >= STACKS_KEPT:
                 _stacks.clear()
             _stacks[key] = lines
-        return _HEADER + "".join(lines) + "".join(whole.format_exception_only())
-    return _HEADER + "".join(lines) + "".join(traceback.format_exception_only(type(error), error))
+    return lines
+
+
+def _own_lines(exception: BaseException) -> list[str]:
+    """`exception`'s own lines: type, message and notes (or a SyntaxError's)."""
+    return list(_alone(exception, None).format_exception_only())
+
+
+def _alone(exception: BaseException, tb: Optional[TracebackType]) -> traceback.TracebackException:
+    """The standard library's view of `exception` with the traceback `tb`, without the
+    exceptions it chains: `_seen` tells it they are taken care of (a keyword of its own,
+    there since Python 3.10; without it, they are read too, each stack checked again,
+    and the same lines come out)."""
+    try:
+        return traceback.TracebackException(type(exception), exception, tb, compact=True,
+                                            _seen={id(exception)})
+    except TypeError:
+        return traceback.TracebackException(type(exception), exception, tb, compact=True)
 
 
 def _stack_key(tb: Optional[TracebackType]) -> tuple[tuple[CodeType, int], ...]:

@@ -131,3 +131,40 @@ def test_jobs_failing_from_the_same_place_read_their_source_files_status_once(ma
     assert all("_raise_value" in r.traceback and "_deeper" in r.traceback for r in results)
     # the first failure's stack was formatted (its files checked); the four others reused it
     assert 0 < len([name for name in checked if name.endswith("test_tracebacks.py")]) <= 1, checked
+
+
+def _three_levels() -> None:
+    try:
+        _from_cause()
+    except RuntimeError as exc:
+        raise KeyError("outermost") from exc
+
+
+def _looped() -> None:
+    first, second = ValueError("first"), RuntimeError("second")
+    first.__cause__ = second
+    second.__context__ = first
+    raise first
+
+
+def _cause_and_context() -> None:
+    try:
+        _raise_value("the context")
+    except ValueError:
+        raise RuntimeError("with a cause too") from KeyError("the cause")
+
+
+@pytest.mark.parametrize("raiser", [_three_levels, _looped, _cause_and_context],
+                         ids=["three levels", "a loop", "a cause and a context"])
+def test_a_chain_is_format_exceptions_first_and_again(raiser: Callable[[], None]) -> None:
+    for _ in range(2):
+        error = _caught(raiser)
+        assert format_failure(error) == "".join(traceback.format_exception(type(error), error, error.__traceback__))
+
+
+def test_a_chain_raised_again_reads_no_source_files_status(monkeypatch: Any) -> None:
+    format_failure(_caught(_three_levels))  # its stacks formatted, and kept
+    checked: list[Any] = []
+    monkeypatch.setattr(linecache, "checkcache", lambda filename=None: checked.append(filename))
+    text = format_failure(_caught(_three_levels))
+    assert checked == [] and text.endswith("KeyError: 'outermost'\n") and "direct cause" in text
