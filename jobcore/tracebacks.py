@@ -18,7 +18,6 @@ holding an exception group is formatted whole by `traceback.format_exception`.
 from __future__ import annotations
 
 import builtins
-import threading
 import traceback
 from types import CodeType, TracebackType
 from typing import Optional
@@ -33,10 +32,11 @@ _CAUSE = "\nThe above exception was the direct cause of the following exception:
 _CONTEXT = "\nDuring handling of the above exception, another exception occurred:\n\n"
 
 # (code, last instruction) of each frame, innermost last -> the stack's formatted lines.
-# _lock guards it (a dict's single reads and writes are atomic; the clearing at the bound
-# and the insert after it are kept together).
+# No lock: each read and write of the dict is atomic under the GIL; threads inserting at
+# once may clear it twice, or pass the bound by one entry each. (A lock held by a worker
+# thread as the process forked would stay held in the child, and its first failure would
+# wait on it for ever.)
 _stacks: dict[tuple[tuple[CodeType, int], ...], list[str]] = {}
-_lock = threading.Lock()
 
 
 def format_failure(error: BaseException) -> str:
@@ -86,10 +86,9 @@ def _stack_lines(exception: BaseException) -> list[str]:
     lines = _stacks.get(key)
     if lines is None:
         lines = _alone(exception, exception.__traceback__).stack.format()
-        with _lock:
-            if len(_stacks) >= STACKS_KEPT:
-                _stacks.clear()
-            _stacks[key] = lines
+        if len(_stacks) >= STACKS_KEPT:
+            _stacks.clear()
+        _stacks[key] = lines
     return lines
 
 
