@@ -33,18 +33,16 @@ class SQLiteAdding(JobRepository):
 
     def insert(self, records: Sequence[JobRecord], now: float) -> list[str]:
         if len(records) == 1 and not records[0].depends_on:
-            record = records[0]
-            query, params = self._new_row(record, now, record.status)  # (keyed: INSERT_JOB's)
-            if record.unique_key is None:  # nothing to check against other rows: a single INSERT
-                record.seq, record.blocked = self._insert_row(query, params, record.id), 0
-                return [record.id]
-            # Most keys are free: one INSERT, which stores nothing if an unfinished job holds
-            # the key (then a read finds it, unfinished when read: its id is the answer), or
-            # the id is taken (the transaction below raises), or the holder finished in
-            # between (the transaction stores it). A transaction for every keyed job cost
-            # it half its rate.
-            seq = self._group.run(lambda conn: _inserted(conn.execute, params),
-                                  lambda: _inserted(self._db.write_one, params))
+            record = records[0]  # nothing to check against other rows but its key: one INSERT
+            query, params = self._new_row(record, now, record.status)
+            if record.unique_key is not None:
+                # Most keys are free: the INSERT stores nothing if an unfinished job holds
+                # the key (then a read finds it, unfinished when read: its id is the
+                # answer), or the id is taken (the transaction below raises), or the holder
+                # finished in between (the transaction stores it). A transaction for every
+                # keyed job cost it half its rate.
+                query = transition_sql.INSERT_JOB_UNLESS_REFUSED  # (INSERT_JOB's parameters)
+            seq = self._insert_row(query, params, record.id)
             if seq:
                 record.seq, record.blocked = seq, 0
                 return [record.id]
@@ -65,13 +63,15 @@ class SQLiteAdding(JobRepository):
         return query, row_params(record, now, status, 0, None, self.max_payload_bytes)
 
     def _insert_row(self, query: str, params: Sequence[Any], job_id: str) -> int:
-        """Run one INSERT of a job's row; its rowid. Alone, it commits by itself; beside
-        other writers it shares their transaction."""
+        """Run one INSERT of a job's row; its rowid, or 0 if it stored nothing (an INSERT OR
+        IGNORE). Alone, it commits by itself; beside other writers it shares their
+        transaction."""
         def insert(execute: Callable[[str, Sequence[Any]], sqlite3.Cursor]) -> int:
             try:
-                return execute(query, params).lastrowid or 0
+                cursor = execute(query, params)
             except sqlite3.IntegrityError:
                 raise id_taken(job_id) from None
+            return (cursor.lastrowid or 0) if cursor.rowcount == 1 else 0
 
         return self._group.run(lambda conn: insert(conn.execute), lambda: insert(self._db.write_one))
 
@@ -228,8 +228,3 @@ class _Lookup:
     def __contains__(self, job_id: object) -> bool:
         return isinstance(job_id, str) and self._exists(job_id)
 
-
-def _inserted(execute: Callable[[str, Sequence[Any]], sqlite3.Cursor], params: Sequence[Any]) -> int:
-    """Run INSERT_JOB_UNLESS_REFUSED with `params`: the new row's rowid, or 0 if it stored nothing."""
-    cursor = execute(transition_sql.INSERT_JOB_UNLESS_REFUSED, params)
-    return (cursor.lastrowid or 0) if cursor.rowcount == 1 else 0
