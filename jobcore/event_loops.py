@@ -59,11 +59,9 @@ def loops_kept() -> Iterator[None]:
         yield
     finally:
         _kept.keeping = False
-        loop, _kept.loop = _kept.loop, None
-        if loop is not None and _kept.pid == os.getpid():
+        loop = _take_kept_loop()  # (one a forked child found is left alone)
+        if loop is not None:
             _shut_down_and_close(loop)
-        elif loop is not None:
-            _inherited.append(loop)
 
 
 def run_to_end(coroutine: Any) -> Any:

@@ -310,7 +310,6 @@ class Housekeeper:
                 logger.exception("housekeeping failed")
             times.end_pass(now)  # (a beat that fell due while store calls waited is not late)
             wake_at = min(t for t in (times.next_beat, times.next_recover, next_look, deadline) if t is not None)
-            wake_at = self._pool.plan_upkeep(wake_at)  # (deadlines of attempts started since `deadline`)
             if self._sleep(wake_at, progress_due, lambda: self._stopping):
                 return
 
@@ -345,13 +344,17 @@ class Housekeeper:
                 logger.error("renewing the leases of jobs running after the stop failed, will retry: %s", exc)
             except Exception:  # as the upkeep: the leases must outlive anything
                 logger.exception("renewing the leases of jobs running after the stop failed")
-            wake_at = self._pool.plan_upkeep(next_beat if deadline is None else min(next_beat, deadline))
+            wake_at = next_beat if deadline is None else min(next_beat, deadline)
             if self._sleep(wake_at, progress_due, superseded):
                 return False
 
     def _sleep(self, wake_at: float, progress_due: Optional[float], leave: Callable[[], bool]) -> bool:
         """Sleep until monotonic `wake_at`, real `progress_due` or a wake-up. Returns True
-        at once, not sleeping, if `leave()` (asked under the lock) says the thread ends."""
+        at once, not sleeping, if `leave()` (asked under the lock) says the thread ends.
+        The pool is told when this looks next, for the attempts and progress reports that
+        need a wake-up before then (`WorkerPool.plan_upkeep`, `plan_progress`)."""
+        # (the deadlines of attempts started since the pass read them included)
+        wake_at = self._pool.plan_upkeep(wake_at)
         with self._cond:
             if leave():
                 return True
