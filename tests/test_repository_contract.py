@@ -374,6 +374,15 @@ def test_claims_by_number_read_one_range_of_the_ready_index_per_function(repo: S
     assert all(step in ranges or "INTEGER PRIMARY KEY (rowid=?)" in step for step in steps), plan
 
 
+def test_asking_which_functions_have_ready_jobs_is_one_seek_into_the_ready_index_each(
+        repo: SQLiteRepository, path: str) -> None:
+    plan = _plan(path, sql.WITH_READY_JOBS)
+    _assert_no_full_scan(plan)
+    steps = [step for step in plan if re.match(r"^(SEARCH|SCAN) (TABLE )?jobs\b", step)]
+    assert len(steps) == 1 and re.match(r"^SEARCH (TABLE )?jobs USING (COVERING )?INDEX jobs_ready "
+                                        r"\(function_name=\?\)", steps[0]), plan
+
+
 @pytest.mark.parametrize("query", ["CLAIM", "COMPLETE", "COMPLETE_REPORTED", "FAIL_RETRY", "HEARTBEAT",
                                    "RECOVER_EXPIRED", "SELECT_UNFINISHED_BY_KEY", "REQUEUE",
                                    "UNUSABLE_BLOCKED", "FAIL_CORRUPT"])

@@ -68,6 +68,36 @@ def test_reading_and_claiming_for_one_function_does_not_walk_another_functions_j
     crowded.close()
 
 
+def test_a_claim_by_number_walks_only_the_functions_that_have_ready_jobs(tmp_path: Any) -> None:
+    # given ready jobs of `a` only (one of `z` running, one of `y` scheduled), and a
+    # manager running 100 functions, these three among them
+    repo = SQLiteRepository(str(tmp_path / "many.db"))
+    repo.insert([make_record(function_name="a") for _ in range(8)], NOW)
+    repo.insert([make_record(function_name="z"), make_record(function_name="y", status=JobStatus.SCHEDULED,
+                                                             run_at=NOW + 60)], NOW)
+    repo.apply([], [], "w0", NOW, NOW + 30, top_up={"z"}, up_to=1)
+    many = {"a", "y", "z", *(f"f{n:02}" for n in range(97))}
+
+    # when it claims jobs by number, twice
+    statements: list[str] = []
+    conn = repo._db.get()
+    conn.set_trace_callback(statements.append)
+    try:
+        first = repo.apply([], [], "w1", NOW, NOW + 30, top_up=many, up_to=2)[1]
+        rest = repo.apply([], [], "w1", NOW, NOW + 30, top_up=many, up_to=8)[1]
+    finally:
+        conn.set_trace_callback(None)
+
+    # then each claim walked the range of `a` alone (each range walked costs about 5.6 µs,
+    # empty or not: 100 of them cost a drain of one function's jobs a third of its rate),
+    # and took the jobs of `a`, all of them, and nothing else
+    claims = [text for text in statements if text.lstrip().startswith("UPDATE jobs SET status = 'running'")]
+    assert [claim.count("INDEXED BY jobs_ready") for claim in claims] == [1, 1], claims
+    assert [record.function_name for record in first + rest] == ["a"] * 8
+    assert not repo.apply([], [], "w1", NOW, NOW + 30, top_up=many, up_to=8)[1]
+    repo.close()
+
+
 def test_a_version_2_database_gets_the_queue_indexes_led_by_function_name(tmp_path: Any) -> None:
     # given a database as version 2 left it: the queue indexes in one order for every function
     path = str(tmp_path / "v2.db")

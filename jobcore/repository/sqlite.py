@@ -200,8 +200,9 @@ class SQLiteRepository(SQLiteAdding, SQLiteUpkeep, SQLiteMigration, SettlesThrou
             if claim_ids:
                 rows = claim_known(conn, claim_ids, claim_seqs, (now, worker_id, lease_expires_at), now, full)
             missing = wanted - len(rows)
-            if top_up and missing > 0:
-                query, best = sqlite_queue.claim_best(top_up, missing)
+            names = sqlite_queue.with_ready_jobs(conn, top_up) if top_up and missing > 0 else None
+            if names:
+                query, best = sqlite_queue.claim_best(names, missing)
                 rows += claim_rows(conn, query, (now, worker_id, lease_expires_at, *best), full)
             return cascades, rows, full
 

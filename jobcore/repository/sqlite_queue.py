@@ -90,6 +90,18 @@ _CLAIM_BEST_OF_ANY = transition_sql.CLAIM_BEST.replace(
               " AND function_name IN (SELECT value FROM json_each(?)) ORDER BY priority DESC, seq LIMIT ?")
 
 
+def with_ready_jobs(conn: sqlite3.Connection, names: Collection[str]) -> Collection[str]:
+    """Those of the functions `names` that have a ready job, as `conn` reads them (all of
+    them if there is only one), for a claim by number to walk only their ranges: each range
+    costs the claim about 5.6 µs walked, empty or not (a manager with 104 functions
+    registered drained 20,000 jobs of one of them at 0.68× the rate of one running only
+    it), and asking costs about 0.2 µs a function. A function missing here has no job to
+    claim in the same transaction."""
+    if len(names) <= 1:
+        return names
+    return [name for (name,) in conn.execute(sql.WITH_READY_JOBS, (json.dumps(sorted(names)),))]
+
+
 def claim_best(names: Collection[str], up_to: int) -> tuple[str, tuple[Any, ...]]:
     """CLAIM_BEST choosing the best `up_to` ready jobs of the functions `names` (non-empty),
     and its parameters after the claim's own three: for several functions, each one's best

@@ -43,6 +43,13 @@ SELECT {_QUEUE_COLUMNS} FROM jobs INDEXED BY jobs_ready
 WHERE function_name = ? AND status = 'pending' AND blocked = 0
 ORDER BY priority DESC, seq LIMIT ?
 """
+# Which of the functions named (a JSON array) have a ready job: one seek into jobs_ready
+# each (about 0.2 µs), where walking a function's range to claim from it costs about 5.6 µs
+# even when it is empty (see sqlite_queue.with_ready_jobs).
+WITH_READY_JOBS = """
+SELECT value FROM json_each(?) WHERE EXISTS (SELECT 1 FROM jobs INDEXED BY jobs_ready
+    WHERE function_name = value AND status = 'pending' AND blocked = 0)
+"""
 READY_ANY = f"""
 SELECT {_QUEUE_COLUMNS} FROM jobs WHERE status = 'pending' AND blocked = 0
 ORDER BY priority DESC, seq LIMIT ?
