@@ -57,11 +57,18 @@ class Jobcore(Engine):
             context.progress(0.5, "half")
             task(x)
 
+        def log_a_line(x: int) -> None:
+            context = current_job()
+            assert context is not None  # (inside a job)
+            context.log("a line")
+            task(x)
+
         def fail(x: int) -> None:
             task(x)
             raise ValueError("this job fails")
 
-        for name, body in (("noop-async", run_async), ("noop-progress", report_progress), ("noop-failing", fail)):
+        for name, body in (("noop-async", run_async), ("noop-progress", report_progress),
+                           ("noop-logging", log_a_line), ("noop-failing", fail)):
             self.manager.register_function(name, body)
         self._kinds_registered = True
 
@@ -70,7 +77,7 @@ class Jobcore(Engine):
         if not self._kinds_registered:
             self._register_kinds()
         job = self._job
-        if kind in ("async", "progress"):
+        if kind in ("async", "progress", "logging"):
             made = job(function_name=f"noop-{kind}", args=(x,))
         elif kind == "failing":
             made = job(function_name="noop-failing", args=(x,), max_retries=0)

@@ -264,7 +264,7 @@ def fanin(engine: Engine, workdir: str, n: int, budget: float) -> dict[str, Any]
 
 # What a job may carry beyond a plain call (jobcore only): a coroutine function, a timeout,
 # a progress report, a unique key, and a body that raises (no retries: failed at once).
-KINDS = ("plain", "async", "timeout", "progress", "keyed", "failing")
+KINDS = ("plain", "async", "timeout", "progress", "logging", "keyed", "failing")
 
 
 def kinds(engine: Engine, workdir: str, n: int, budget: float) -> dict[str, Any]:

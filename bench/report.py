@@ -164,7 +164,7 @@ def render(results: dict[str, Any], targets: list[dict[str, Any]], meta: dict[st
         out.append(f"## Jobs that carry more than a call: {cfg.get('kinds_n', 0):,} jobs of each kind (jobs/s)\n")
         out.append("Each kind in a fresh store: enqueued one call each, then drained. async: a coroutine"
                    " function; timeout: `timeout=60`; progress: one `current_job().progress(...)` call;"
-                   " keyed: a `unique_key` of its own; failing: raises, `max_retries=0` (its traceback"
+                   " logging: one `current_job().log(...)` call; keyed: a `unique_key` of its own; failing: raises, `max_retries=0` (its traceback"
                    " formatted and stored, the job failed for good). Cells: enqueue / drain.\n")
         _engine_table(out, notes, results["kinds"], list(KINDS), lambda entry: [
             f"{_rate(entry.get(f'{kind}_enqueue_per_s'))} / {_rate(entry.get(f'{kind}_drain_per_s'))}"

@@ -10,7 +10,7 @@ from typing import Optional
 from .context import JobContext
 from .execution import Outcome
 from .progress import Report
-from .repository.base import JobRecord, Settlement
+from .repository.base import JobRecord, LogLine, Settlement
 
 
 @dataclass(eq=False)
@@ -27,6 +27,8 @@ class Finished:
     # The attempt's last progress report that may not be in its row yet: recorded with
     # the outcome, in the same transaction (see `progress`).
     last_report: Optional[Report] = None
+    # Its log lines not in the store yet (see `log_buffer`): recorded with the outcome too.
+    log_lines: tuple[LogLine, ...] = ()
     # Only on the failure path (see `Refusals.record_each`): how many exchanges carrying
     # this outcome the repository failed, and since when (real monotonic seconds) it has
     # failed alone while the store renewed the job's lease (it works, but not for this

@@ -220,13 +220,17 @@ class Inspection(_Parts):
             _count("limit", limit)
         if not _may_exist(job_id):
             return []
+        self._pool.land_logs(job_id)  # lines this process's workers logged and have not stored yet
         lines = (self.repository.logs(job_id) if offset == 0 and limit is None
                  else self.repository.log_page(job_id, offset, limit))
         return [LogEntry(local_datetime(at), level, message) for at, level, message in lines]
 
     def count_logs(self, job_id: str) -> int:
         """How many log lines the job has (0 for an unknown id)."""
-        return self.repository.count_logs(job_id) if _may_exist(job_id) else 0
+        if not _may_exist(job_id):
+            return 0
+        self._pool.land_logs(job_id)
+        return self.repository.count_logs(job_id)
 
     def list_workers(self) -> list[WorkerInfo]:
         """The managers running jobs on this repository (any process), oldest first: those

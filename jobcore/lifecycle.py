@@ -161,6 +161,7 @@ class Lifecycle:
             deadline = None if timeout is None else real_monotonic() + timeout
             self._pool.stop(timeout)
             self._housekeeper.stop(None if deadline is None else max(0.0, deadline - real_monotonic()))
+            self._pool.flush_logs()  # lines no outcome carries (an attempt given up after its timeout)
             # Unfinished still if the pool's dispatcher was left to finish on its own (a
             # signal handler's stop inside an enqueue's exchange): the next stop, or
             # `close`, waits for it.

@@ -36,6 +36,7 @@ from .inspection import Inspection
 from .lifecycle import Lifecycle
 from .loading import QueueLoader
 from .waiting import Settlements
+from .log_buffer import LOG_INTERVAL
 from .workers import PoolSettings, WorkerPool
 
 __all__ = ["JobManager", "RETRY_RULES", "LONGEST_PERIOD", "build_repository", "default_database_path"]
@@ -55,8 +56,10 @@ class JobManager(Inspection):
     `max_retry_delay` caps back-off; `retry_on` replaces the transient-error classifier;
     `clock` and `rng` let tests control time and jitter. `immediate=True` runs each job
     synchronously inside `enqueue` (as Celery's eager mode does; for tests), and
-    `run_pending()` runs what is ready in the calling thread. Use it as a context manager
-    to start and stop it.
+    `run_pending()` runs what is ready in the calling thread. `log_interval` (seconds, 0.1
+    by default) is how long a job's log line may wait to be stored, with the attempt's
+    other lines (one write) or its outcome; 0 stores each line before `log` returns. Use it
+    as a context manager to start and stop it.
     """
 
     def __init__(self, repository: RepositoryLike = None, *, max_workers: int = 4,
@@ -64,7 +67,8 @@ class JobManager(Inspection):
                  discovery_interval: float = 0.05,
                  max_retry_delay: float = 3600.0, retry_on: Optional[Classifier] = None,
                  clock: Optional[Clock] = None, rng: Optional[random.Random] = None,
-                 worker_id: Optional[str] = None, immediate: bool = False) -> None:
+                 worker_id: Optional[str] = None, immediate: bool = False,
+                 log_interval: float = LOG_INTERVAL) -> None:
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
             raise ValueError(f"max_workers must be an int >= 1, got {max_workers!r}")
         if retry_on is not None and not callable(retry_on):
@@ -80,6 +84,7 @@ class JobManager(Inspection):
             poll_interval=_positive("poll_interval", poll_interval, most=LONGEST_PERIOD),
             max_retry_delay=_positive("max_retry_delay", max_retry_delay, allow_zero=True, most=LONGEST_RETRY_DELAY),
             retry_on=retry_on or is_transient,
+            log_interval=_positive("log_interval", log_interval, allow_zero=True, most=LONGEST_PERIOD),
         )
         self.repository = build_repository(repository)
         self.producer = bool(producer)

@@ -239,7 +239,9 @@ class Recorder:
         decided again when recorded). Called by the thread that ran the attempt."""
         try:
             settlement = self._settlement(finished, self._clock.time())
-            return settlement if finished.last_report is None else self._with_last_report(settlement, finished)
+            if finished.last_report is None and not finished.log_lines:
+                return settlement
+            return self._with_last_report(settlement, finished)
         except Exception:  # never let bookkeeping kill a worker thread
             logger.exception("could not decide the outcome of job %s here", finished.record.id)
             return None
@@ -256,12 +258,13 @@ class Recorder:
 
     def _with_last_report(self, settlement: Settlement, finished: Finished) -> Settlement:
         """`settlement` carrying the attempt's last progress report, if one may not be in
-        its row yet, for the store to record with it (details encoded here, once, for a
-        persistent store). Details the store cannot hold (changed by the job since it
-        reported them) are logged, and the report left out: the outcome goes on."""
-        report = finished.last_report
+        its row yet, and its log lines waiting, for the store to record with it (details
+        encoded here, once, for a persistent store). Details the store cannot hold (changed
+        by the job since it reported them) are logged, and the report left out: the
+        outcome goes on."""
+        report, lines = finished.last_report, finished.log_lines
         if report is None:
-            return settlement
+            return settlement.carrying(None, lines) if lines else settlement
         details, encoded = report.details, None
         if self._repo.persistent:
             try:
@@ -269,8 +272,8 @@ class Recorder:
                     details, field="progress details", max_bytes=self._repo.max_payload_bytes)
             except (TypeError, ValueError) as exc:
                 logger.warning("could not store the last progress report of job %s: %s", finished.record.id, exc)
-                return settlement
-        return settlement.carrying(LastProgress(report.progress, report.message, details, encoded))
+                return settlement.carrying(None, lines) if lines else settlement
+        return settlement.carrying(LastProgress(report.progress, report.message, details, encoded), lines)
 
     def _settlement(self, finished: Finished, now: float) -> Settlement:
         record, outcome = finished.record, finished.outcome

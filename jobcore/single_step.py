@@ -20,15 +20,18 @@ from .pool_state import Attempt, PoolState, Slot
 from .progress import Report
 from .queue import ReadyQueue
 from .recorder import Finished, Recorder
+from .repository.base import LogLine
 
 
 class SingleStep:
     """Single-step mode for one pool: `sink` takes its jobs' reports, and `last_report`
-    gives an ended attempt's last progress report for its outcome's transaction."""
+    and `log_lines` give an ended attempt's last progress report and waiting log lines
+    for its outcome's transaction."""
 
     def __init__(self, state: PoolState, queue: ReadyQueue, recorder: Recorder, attempts: AttemptRunner,
                  clock: Clock, sink: ContextSink,
-                 last_report: Callable[[JobContext], Optional[Report]]) -> None:
+                 last_report: Callable[[JobContext], Optional[Report]],
+                 log_lines: Callable[[JobContext], tuple[LogLine, ...]]) -> None:
         self._state = state
         self._queue = queue
         self._recorder = recorder
@@ -36,6 +39,7 @@ class SingleStep:
         self._clock = clock
         self._sink = sink
         self._last_report = last_report
+        self._log_lines = log_lines
 
     def run_pending(self, limit: Optional[int] = None) -> int:
         """Run ready jobs one by one in the calling thread until none is ready (or `limit`
@@ -62,6 +66,7 @@ class SingleStep:
                 outcome = self._attempts.run(record, context)
                 context.ended = True
                 last_report = self._last_report(context)
+                log_lines = self._log_lines(context)
             finally:
                 # Also after Ctrl-C landed here rather than in the job: held on, the job
                 # would have its lease renewed by this manager's heartbeats once started,
@@ -69,7 +74,7 @@ class SingleStep:
                 with self._state.lock:
                     self._state.running.pop(record.id, None)
             if self._recorder.exchange([Finished(record, context, outcome, self._clock.monotonic() - started,
-                                                 last_report=last_report)], []) is None:
+                                                 last_report=last_report, log_lines=log_lines)], []) is None:
                 raise RepositoryError(f"could not record the outcome of job {record.id}; see the log")
             ran += 1
             if isinstance(outcome.error, (KeyboardInterrupt, SystemExit)):

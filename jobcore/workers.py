@@ -40,12 +40,13 @@ from .errors import JobTimeout
 from .exchanges import Exchanges
 from .execution import Outcome
 from .holdings import Holdings
+from .log_buffer import LOG_INTERVAL, LogBuffer
 from .pool_state import Attempt, PoolState, Slot
 from .pool_threads import PoolThreads
 from .progress import ProgressWriter, Report
 from .queue import ReadyQueue
 from .registry import FunctionRegistry, LocalJobs
-from .repository.base import JobRecord, JobRepository, QueueEntry
+from .repository.base import JobRecord, JobRepository, LogLine, QueueEntry
 from .retry import Classifier
 from .single_step import SingleStep
 from .completions import Completion
@@ -63,6 +64,7 @@ class PoolSettings:
     poll_interval: float
     max_retry_delay: float
     retry_on: Classifier
+    log_interval: float = LOG_INTERVAL  # seconds a job's log line may wait to be stored (see log_buffer)
 
     @property
     def beat_every(self) -> float:
@@ -103,16 +105,23 @@ class WorkerPool:
         self._holdings = Holdings(self._state, repository, self._claims, clock, worker_id,
                                   settings.lease_timeout, on_settled)
         self.on_deadline: Callable[[], None] = lambda: None  # set by the housekeeper
-        # Set by the housekeeper: have it write the progress reports due (False: it does not run).
+        # Set by the housekeeper: have it write the progress reports and log lines due
+        # (False: it does not run).
         self.on_progress_waiting: Callable[[], bool] = lambda: False
         self._progress = self._progress_writer()
+        self._log_interval = settings.log_interval
+        self._logs = self._log_buffer()
         self._single_step = SingleStep(self._state, queue, self._recorder, self._attempts, clock, sink=self,
-                                       last_report=self._last_report)
+                                       last_report=self._last_report, log_lines=self._log_lines)
         queue.listener = self._ready_arrived
 
     def _progress_writer(self) -> ProgressWriter:
         return ProgressWriter(self._write_progress, throttle=self._repo.persistent,
                               wake=lambda: self.on_progress_waiting())
+
+    def _log_buffer(self) -> LogBuffer:
+        return LogBuffer(self._repo.add_logs, throttle=self._repo.persistent, interval=self._log_interval,
+                         wake=lambda: self.on_progress_waiting())
 
     def forked(self) -> None:
         """In a forked child: a pool that holds nothing and runs no thread. The parent's
@@ -122,6 +131,7 @@ class WorkerPool:
         self._state.forked()
         self._pool_threads.forked()
         self._progress = self._progress_writer()
+        self._logs = self._log_buffer()
         self._attempts.forked()
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -178,6 +188,7 @@ class WorkerPool:
         with self._state.lock:
             self._state.settling.difference_update(job_id for job_id, _ in settled)
         self._progress.settled(job_id for job_id, _ in settled)  # their last reports are in their rows
+        self._logs.settled(job_id for job_id, _ in settled)  # and their log lines in the store
         self._on_settled(settled)
 
     @property
@@ -317,7 +328,8 @@ class WorkerPool:
                     outcome = Outcome(error=JobTimeout(record.timeout or 0.0))
             context.ended = True  # code the job left running no longer reports into it
             finished = Finished(record, context, outcome, self._clock.monotonic() - attempt.started,
-                                last_report=self._last_report(context) if context.reported_progress else None)
+                                last_report=self._last_report(context) if context.reported_progress else None,
+                                log_lines=self._log_lines(context))
             if not slot.abandoned:
                 finished.settlement = self._recorder.decide(finished)
 
@@ -376,7 +388,35 @@ class WorkerPool:
         return None
 
     def report_log(self, context: JobContext, level: str, message: str) -> None:
-        self._repo.add_log(context.id, level, message, self._clock.time())
+        self._logs.report(context, (self._clock.time(), level, message))
+
+    def _log_lines(self, context: JobContext) -> tuple[LogLine, ...]:
+        """The ended attempt's log lines still waiting (see `log_buffer`), for the
+        transaction recording its outcome to store. A store that cannot
+        (not `stores_settlement_logs`) gets them here, before the outcome, as a write of
+        their own; if it fails that, it is logged, and the outcome goes on. An attempt
+        given up after its timeout leaves them to the housekeeper (its outcome was
+        recorded then, and this one is discarded)."""
+        if context.abandoned:
+            return ()
+        if self._repo.stores_settlement_logs:
+            return self._logs.take(context, handing_on=True)
+        lines = self._logs.take(context, handing_on=False)
+        if lines:
+            try:
+                self._repo.add_logs(context.id, list(lines))
+            except Exception as exc:  # the worker thread must go on to record the outcome
+                logger.warning("could not store the last %d log lines of job %s: %s", len(lines), context.id, exc)
+        return ()
+
+    def flush_logs(self) -> None:
+        """Store every log line waiting here (the housekeeper stopped)."""
+        self._logs.flush_all()
+
+    def land_logs(self, job_id: str) -> None:
+        """Before a read of the job's log: its lines logged so far are stored (see
+        `LogBuffer.land`)."""
+        self._logs.land(job_id)
 
     # -- single-step mode ----------------------------------------------------------------------
     def run_pending(self, limit: Optional[int] = None) -> int:
@@ -397,14 +437,17 @@ class WorkerPool:
 
     # -- called by the housekeeper --------------------------------------------------------
     def flush_progress(self) -> Optional[float]:
-        """Store the progress reports due (see `ProgressWriter.flush_due`); returns when
-        the next one is due (real monotonic seconds), or None."""
-        return self._progress.flush_due()
+        """Store the progress reports and log lines due (see `ProgressWriter.flush_due`,
+        `LogBuffer.flush_due`); returns when the next are due (real monotonic seconds), or
+        None."""
+        reports, lines = self._progress.flush_due(), self._logs.flush_due()
+        return lines if reports is None else reports if lines is None else min(reports, lines)
 
     def plan_progress(self, at: float) -> float:
         """The housekeeper is going to sleep until real monotonic `at`; returns when it
-        must wake to store a progress report instead (see `ProgressWriter.plan`)."""
-        return self._progress.plan(at)
+        must wake to store a progress report or log lines instead (see
+        `ProgressWriter.plan`, `LogBuffer.plan`)."""
+        return self._logs.plan(self._progress.plan(at))
 
     def time_out_overdue(self, now: float) -> Optional[float]:
         """Give up attempts past their deadline (monotonic `now`): their threads are

@@ -19,7 +19,7 @@ from ..repository._cascade import ENDED
 from ..repository.columns import JOB_COLUMNS as COLUMNS
 from ..repository.columns import JOB_COLUMNS_WITHOUT_ARGS as COLUMNS_WITHOUT_ARGS
 from ..repository.columns import encode_progress, unreadable_lease_message
-from ..repository.base import (Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry, Recovery,
+from ..repository.base import (Cascade, CancelOutcome, JobRecord, JobRepository, LogLine, QueueEntry, Recovery,
                                Settlement, SettlesThroughApply, WorkerInfo, claim_limit, require_plain_pending)
 from .adding import PostgresAdding
 from .database import Database, Tx, Unchanged, schema_from_dsn
@@ -47,6 +47,7 @@ class PostgresRepository(PostgresAdding, SettlesThroughApply, JobRepository):
 
     persistent = True
     stores_settlement_progress = True  # in the outcome's own transaction (settling)
+    stores_settlement_logs = True  # likewise
 
     def __init__(self, dsn: str, *, schema: Optional[str] = None, pool_size: int = 10,
                  timeout: float = 30.0,
@@ -247,6 +248,13 @@ class PostgresRepository(PostgresAdding, SettlesThroughApply, JobRepository):
 
     def add_log(self, job_id: str, level: str, message: str, now: float) -> None:
         self._db.run(self.sql.INSERT_LOG, (job_id, now, clean_text(level), clean_text(message)))
+
+    def add_logs(self, job_id: str, lines: Sequence[LogLine]) -> None:
+        rows = [(job_id, at, clean_text(level), clean_text(message)) for at, level, message in lines]
+        if len(rows) == 1:
+            self._db.run(self.sql.INSERT_LOG, rows[0])
+        elif rows:
+            self._db.transaction(lambda tx: tx.cur.executemany(self.sql.INSERT_LOG, rows))
 
     def heartbeat(self, worker_id: str, job_ids: Collection[str], lease_expires_at: float,
                   now: float) -> builtins.list[str]:

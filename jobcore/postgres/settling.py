@@ -43,7 +43,11 @@ def settle_all(sql: Statements, tx: Tx, settlements: Sequence[Settlement], encod
     """Apply settlements in order (`encoded`: each one's JSON result, for completions);
     each run of consecutive completions goes in two statements. First the last progress
     reports they carry (`progress`: each one's details as JSON, from `encode_progress`;
-    None if none carries one)."""
+    None if none carries one), and the log lines they carry, in one statement."""
+    lines = [(s.job_id, at, clean_text(level), clean_text(message))
+             for s in settlements if s.logs for at, level, message in s.logs]
+    if lines:
+        tx.cur.executemany(sql.INSERT_LOG, lines)
     if progress is not None:
         store_progress(sql, tx, settlements, progress, worker_id)
     cascades: list[Optional[Cascade]] = []

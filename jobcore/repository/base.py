@@ -30,14 +30,14 @@ from .reads import JobReads
 from .reads import statuses_read_one_by_one as statuses_read_one_by_one  # re-exported (waiting imports it)
 from .through_apply import SettlesThroughApply
 from .values import (CANCELLED_BY_REQUEST, CANCELLED_ERROR_TYPE, CANCELLED_WHILE_RUNNING, CancelOutcome,
-                     Cascade, JobRecord, LastProgress, PartlyApplied, QueueEntry, Recovery, Settlement,
+                     Cascade, JobRecord, LastProgress, LogLine, PartlyApplied, QueueEntry, Recovery, Settlement,
                      WorkerInfo, cancelled_instead_note, claim_limit, id_taken, newest_failures,
                      require_plain_pending)
 
 # The values (and SettlesThroughApply) are re-exported: backends and callers import them from here.
 __all__ = ["CANCELLED_BY_REQUEST", "CANCELLED_ERROR_TYPE", "CANCELLED_WHILE_RUNNING", "CancelOutcome",
-           "Cascade", "JobRecord", "JobRepository", "LastProgress", "PartlyApplied", "QueueEntry", "Recovery",
-           "Settlement", "SettlesThroughApply", "WorkerInfo", "cancelled_instead_note", "claim_limit",
+           "Cascade", "JobRecord", "JobRepository", "LastProgress", "LogLine", "PartlyApplied", "QueueEntry",
+           "Recovery", "Settlement", "SettlesThroughApply", "WorkerInfo", "cancelled_instead_note", "claim_limit",
            "id_taken", "newest_failures", "require_plain_pending", "takes_argument"]
 
 logger = logging.getLogger("jobcore.repository")
@@ -66,6 +66,11 @@ class JobRepository(JobReads):
     # transaction that records its outcome. Else (a backend whose `apply` predates it) the
     # engine stores that report with `update_progress` before the outcome.
     stores_settlement_progress: bool = False
+    # True if `apply` and `insert_and_apply` append a settlement's `logs` (as `add_logs`
+    # would) in the same step: the engine then hands an attempt's log lines still waiting
+    # to the transaction that records its outcome. Else it stores them with `add_logs`
+    # before the outcome.
+    stores_settlement_logs: bool = False
 
     # -- adding jobs -----------------------------------------------------------------
     @abc.abstractmethod
@@ -258,6 +263,12 @@ class JobRepository(JobReads):
     @abc.abstractmethod
     def add_log(self, job_id: str, level: str, message: str, now: float) -> None:
         """Append a line to the job's log."""
+
+    def add_logs(self, job_id: str, lines: Sequence[LogLine]) -> None:
+        """Append these lines, `(at, level, message)` each, to the job's log, in order.
+        This default adds them one by one with `add_log`; a store may add them at once."""
+        for at, level, message in lines:
+            self.add_log(job_id, level, message, at)
 
     @abc.abstractmethod
     def heartbeat(self, worker_id: str, job_ids: Collection[str], lease_expires_at: float,

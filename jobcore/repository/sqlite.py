@@ -32,8 +32,8 @@ from .group_commit import GroupCommitter
 from .sqlite_adding import SQLiteAdding
 from .sqlite_migration import SQLiteMigration
 from .sqlite_upkeep import SQLiteUpkeep
-from .base import (Cascade, CancelOutcome, JobRecord, JobRepository, QueueEntry, Settlement, SettlesThroughApply,
-                   WorkerInfo, claim_limit, id_taken)
+from .base import (Cascade, CancelOutcome, JobRecord, JobRepository, LogLine, QueueEntry, Settlement,
+                   SettlesThroughApply, WorkerInfo, claim_limit, id_taken)
 
 DURABILITY = SYNCHRONOUS
 
@@ -58,6 +58,7 @@ class SQLiteRepository(SQLiteAdding, SQLiteUpkeep, SQLiteMigration, SettlesThrou
     change_token_sees_every_write = True  # data_version: every other connection's commit
     finds_rows_by_seq = True  # claims and settlements find a row by its seq, the rowid
     stores_settlement_progress = True  # in the outcome's own transaction (sqlite_settle)
+    stores_settlement_logs = True  # likewise
 
     def __init__(self, path: "str | os.PathLike[str]", durability: str = "normal", *,
                  busy_timeout: float = 30.0,
@@ -242,6 +243,13 @@ class SQLiteRepository(SQLiteAdding, SQLiteUpkeep, SQLiteMigration, SettlesThrou
         params = (job_id, now, level, message)
         self._group.run(lambda conn: conn.execute(sql.INSERT_LOG, params),
                         lambda: self._db.write_one(sql.INSERT_LOG, params))
+
+    def add_logs(self, job_id: str, lines: Sequence[LogLine]) -> None:
+        rows = [(job_id, *line) for line in lines]
+        if len(rows) == 1:
+            self.add_log(job_id, rows[0][2], rows[0][3], rows[0][1])
+        elif rows:
+            self._group.run(lambda conn: conn.executemany(sql.INSERT_LOG, rows))
 
     def heartbeat(self, worker_id: str, job_ids: Collection[str], lease_expires_at: float,
                   now: float) -> builtins.list[str]:

@@ -101,7 +101,11 @@ def settle_all(conn: sqlite3.Connection, settlements: Sequence[Settlement],
     `columns.encode_progress`; None if none carries one).
 
     Only runs are batched, not every completion: a completion and a later failure can
-    reach the same dependent, and its `blocked` must come out as the order gives it."""
+    reach the same dependent, and its `blocked` must come out as the order gives it. The
+    log lines the settlements carry go in first, all in one statement."""
+    lines = [(s.job_id, *line) for s in settlements if s.logs for line in s.logs]
+    if lines:
+        conn.executemany(sql.INSERT_LOG, lines)
     if progress is not None:
         _store_progress(conn, settlements, progress, worker_id)
     cascades: list[Optional[Cascade]] = []

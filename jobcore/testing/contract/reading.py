@@ -303,6 +303,16 @@ class _ReadingContract:
         assert repository.logs(b.id) == [(NOW, "info", "other job")]
         assert repository.logs("no-such-job") == []
 
+    def test_add_logs_appends_lines_in_order(self, repository: JobRepository) -> None:
+        job, other = _add(repository), _add(repository)
+        repository.add_log(job.id, "info", "first", NOW)
+        repository.add_logs(job.id, [(NOW + 1, "debug", "second"), (NOW, "error", "third, earlier time")])
+        repository.add_logs(other.id, [(NOW, "info", "other job")])
+        repository.add_logs(job.id, [])
+        assert repository.logs(job.id) == [(NOW, "info", "first"), (NOW + 1, "debug", "second"),
+                                           (NOW, "error", "third, earlier time")]
+        assert repository.logs(other.id) == [(NOW, "info", "other job")]
+
     def test_logs_are_read_a_page_at_a_time(self, repository: JobRepository) -> None:
         job, other = _add(repository), _add(repository)
         for n in range(7):

@@ -201,6 +201,29 @@ class _SettlingContract:
         assert [_status(repository, j.id) for j in (ok, bad, waiting)] == [
             JobStatus.RUNNING, JobStatus.RUNNING, JobStatus.PENDING]
 
+    def test_apply_appends_the_log_lines_a_settlement_carries(self, repository: JobRepository) -> None:
+        if not repository.stores_settlement_logs:
+            pytest.skip("this backend stores log lines through add_logs only")
+        # given w1 holding three jobs, one of which logged a line already
+        done, failed, quiet = jobs = [_add(repository, max_retries=0) for _ in range(3)]
+        for job in jobs:
+            _claim(repository, job.id, "w1")
+        repository.add_log(done.id, "info", "stored before", NOW)
+        # when their outcomes are recorded, two carrying the lines their attempts logged since
+        repository.apply([
+            base.Settlement("complete", done.id, 1, result="ok",
+                            logs=((NOW + 1, "info", "a"), (NOW + 2, "warning", "b"))),
+            base.Settlement("fail", failed.id, 1, error="boom", error_type="ValueError",
+                            logs=((NOW + 1, "error", "about to fail"),)),
+            base.Settlement("complete", quiet.id, 1, result="ok"),
+        ], [], "w1", NOW + 3, NOW + 33)
+        # then each job's log has them, after what it had, in order
+        assert repository.logs(done.id) == [(NOW, "info", "stored before"), (NOW + 1, "info", "a"),
+                                            (NOW + 2, "warning", "b")]
+        assert [line for line in repository.logs(failed.id) if line[2] == "about to fail"] == [
+            (NOW + 1, "error", "about to fail")]
+        assert repository.logs(quiet.id) == []
+
     def test_apply_stores_the_last_progress_report_a_settlement_carries_with_its_outcome(
             self, repository: JobRepository) -> None:
         if not repository.stores_settlement_progress:
