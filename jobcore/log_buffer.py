@@ -234,3 +234,8 @@ class LogBuffer:
         with self._lock:
             while job_id in self._ending and (left := deadline - real_monotonic()) > 0:
                 lock_waits.wait(self._landed, self._lock, left)
+            if self._ending.pop(job_id, None) is not None:
+                # Its outcome neither recorded nor given up by now (a `run_pending` whose
+                # exchange failed): the lines went with it; later reads wait no more.
+                logger.warning("log lines of job %s handed to its outcome were not stored within %.0fs",
+                               job_id, LAND_WAIT)

@@ -161,6 +161,26 @@ def test_the_lines_of_short_jobs_go_with_their_outcomes_not_in_writes_of_their_o
         reader.close()
 
 
+def test_short_jobs_that_log_do_not_wake_the_housekeeper_each(tmp_path: Any, make_manager: Any) -> None:
+    manager: JobManager = make_manager(str(tmp_path / "jobs.db"), max_workers=2).start()
+    manager.register_function("job", lambda n: current_job().log(f"job {n}"))
+    pool = manager._pool
+    woken, wake = [], pool.on_progress_waiting
+
+    def counting_wake() -> bool:
+        woken.append(1)
+        return wake()
+
+    pool.on_progress_waiting = counting_wake
+    ids = [manager.enqueue(Job(function_name="job", args=(n,))) for n in range(300)]
+    for job_id in ids:
+        manager.wait(job_id, timeout=WAIT)
+    # a line due no sooner than the housekeeper's next look wakes nobody: a wake-up a job
+    # would cost a housekeeper pass each
+    assert len(woken) < len(ids) // 10, len(woken)
+    assert [entry.message for entry in manager.get_logs(ids[-1])] == ["job 299"]
+
+
 def test_a_job_logging_in_a_loop_keeps_every_line_in_order(tmp_path: Any, make_manager: Any) -> None:
     count = 2 * MOST_WAITING + 500  # past the lines one attempt may have waiting, twice
 
