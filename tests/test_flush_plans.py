@@ -1,7 +1,8 @@
-"""Progress reports and the housekeeper's sleep: a report wakes the housekeeper only if it
-comes due before the housekeeper's next planned look (`ProgressWriter.plan`; a short
-job's report woke it every other job: a third of the drain's rate), and a report due
-sooner than that, or made once the housekeeper is gone, is still stored in time."""
+"""Progress reports (and log lines) and the housekeeper's sleep: a report wakes the
+housekeeper only if it comes due before the housekeeper's next planned look
+(`ProgressWriter.plan`, `LogBuffer.plan`; a short job's report woke it every other job: a
+third of the drain's rate), and a report due sooner than that, or made once the
+housekeeper is gone, is still stored in time."""
 
 from __future__ import annotations
 
@@ -24,12 +25,8 @@ def _report_half(x: int) -> int:
     return x
 
 
-def test_short_jobs_reporting_progress_do_not_wake_the_housekeeper_each(make_manager: Any,
-                                                                        db_path: str) -> None:
-    # (The default intervals: the housekeeper looks for work every 50 ms, sooner than a
-    # report of an attempt comes due, so only one made while it looks wakes it again.)
-    manager = make_manager(SQLiteRepository(db_path), max_workers=2).start()
-    manager.register_function("report", _report_half)
+def _count_wakes(manager: JobManager) -> list[int]:
+    """The housekeeper's wake-ups for reports and log lines from now on, one entry each."""
     pool = manager._pool
     woken, wake = [], pool.on_progress_waiting
 
@@ -38,10 +35,32 @@ def test_short_jobs_reporting_progress_do_not_wake_the_housekeeper_each(make_man
         return wake()
 
     pool.on_progress_waiting = counting_wake
+    return woken
+
+
+def test_short_jobs_reporting_progress_do_not_wake_the_housekeeper_each(make_manager: Any,
+                                                                        db_path: str) -> None:
+    # (The default intervals: the housekeeper looks for work every 50 ms, sooner than a
+    # report of an attempt comes due, so only one made while it looks wakes it again.)
+    manager = make_manager(SQLiteRepository(db_path), max_workers=2).start()
+    manager.register_function("report", _report_half)
+    woken = _count_wakes(manager)
     ids = [manager.enqueue(Job(function_name="report", args=(i,))) for i in range(200)]
     results = [manager.wait(job_id, timeout=WAIT) for job_id in ids]
     assert {(r.status, r.progress, r.progress_message) for r in results} == {(JobStatus.COMPLETED, 1.0, "half")}
     assert len(woken) < len(ids) // 10  # (one every two jobs before)
+
+
+def test_short_jobs_that_log_do_not_wake_the_housekeeper_each(make_manager: Any, db_path: str) -> None:
+    # likewise a log line (log_buffer), waiting at most log_interval
+    manager = make_manager(SQLiteRepository(db_path), max_workers=2).start()
+    manager.register_function("job", lambda n: current_job().log(f"job {n}"))
+    woken = _count_wakes(manager)
+    ids = [manager.enqueue(Job(function_name="job", args=(n,))) for n in range(300)]
+    for job_id in ids:
+        manager.wait(job_id, timeout=WAIT)
+    assert len(woken) < len(ids) // 10, len(woken)
+    assert [entry.message for entry in manager.get_logs(ids[-1])] == ["job 299"]
 
 
 def _report_twice() -> None:

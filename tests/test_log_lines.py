@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 
@@ -28,42 +28,6 @@ def any_repository(request: Any, tmp_path: Any) -> JobRepository:
     return repository_with(AsIs, request, tmp_path)
 
 
-def test_with_log_interval_0_a_line_is_stored_when_log_returns_and_lines_keep_their_order(
-        any_repository: Any, make_manager: Any) -> None:
-    repository = any_repository
-    logged, read = threading.Event(), threading.Event()
-
-    def job(fail: bool) -> None:
-        context = current_job()
-        assert context is not None
-        context.log("one")
-        logged.set()  # the line is in the store now, before the job goes on
-        assert read.wait(WAIT)
-        context.log("two", "warning")
-        context.log("three")
-        if fail:
-            raise ValueError("after three lines")
-
-    manager: JobManager = make_manager(repository, max_workers=1, log_interval=0)
-    manager.register_function("job", job)
-    manager.start()
-    for fail in (False, True):
-        logged.clear()
-        read.clear()
-        job_id = manager.enqueue(Job(function_name="job", args=(fail,), max_retries=0))
-        try:
-            assert logged.wait(WAIT)
-            # read from this thread: another connection than the job's (a pooled one on PostgreSQL)
-            assert [message for _, _, message in repository.logs(job_id)] == ["one"]
-        finally:
-            read.set()
-        result = manager.wait(job_id, timeout=WAIT)
-        assert result.status is (JobStatus.FAILED if fail else JobStatus.COMPLETED)
-        lines = [(line.level, line.message) for line in manager.get_logs(job_id)]
-        assert lines[:3] == [("info", "one"), ("warning", "two"), ("info", "three")]
-        assert len(lines) == (4 if fail else 3)  # and the engine's line for the failed attempt, last
-
-
 def _reader_sees(repository: JobRepository, job_id: str, wanted: list[str]) -> bool:
     """Whether a reader of the store (not the manager) sees the job's lines as `wanted`
     within WAIT seconds."""
@@ -75,8 +39,9 @@ def _reader_sees(repository: JobRepository, job_id: str, wanted: list[str]) -> b
     return False
 
 
-def test_a_line_reaches_other_readers_soon_this_process_at_once_and_lines_keep_their_order(
-        any_repository: Any, make_manager: Any) -> None:
+@pytest.mark.parametrize("log_interval", [None, 0.0])
+def test_lines_reach_every_reader_in_order_and_none_is_lost_when_the_attempt_ends(
+        any_repository: Any, make_manager: Any, log_interval: Optional[float]) -> None:
     repository = any_repository
     logged, read = threading.Event(), threading.Event()
 
@@ -91,7 +56,8 @@ def test_a_line_reaches_other_readers_soon_this_process_at_once_and_lines_keep_t
         if fail:
             raise ValueError("after three lines")
 
-    manager: JobManager = make_manager(repository, max_workers=1)
+    settings = {} if log_interval is None else {"log_interval": log_interval}
+    manager: JobManager = make_manager(repository, max_workers=1, **settings)
     manager.register_function("job", job)
     manager.start()
     for fail in (False, True):
@@ -100,17 +66,22 @@ def test_a_line_reaches_other_readers_soon_this_process_at_once_and_lines_keep_t
         job_id = manager.enqueue(Job(function_name="job", args=(fail,), max_retries=0))
         try:
             assert logged.wait(WAIT)
-            # this process shows the line at once; a reader of the store sees it while the
-            # job still runs (within the interval), never out of order
-            assert [entry.message for entry in manager.get_logs(job_id)] == ["one"]
-            assert manager.count_logs(job_id) == 1
-            assert _reader_sees(repository, job_id, ["one"])
+            if log_interval == 0:
+                # committed before `log` returned: read from this thread, another
+                # connection than the job's (a pooled one on PostgreSQL), it is there now
+                assert [message for _, _, message in repository.logs(job_id)] == ["one"]
+            else:
+                # this process shows the line at once; a reader of the store sees it while
+                # the job still runs (within the interval)
+                assert [entry.message for entry in manager.get_logs(job_id)] == ["one"]
+                assert manager.count_logs(job_id) == 1
+                assert _reader_sees(repository, job_id, ["one"])
             assert manager.poll(job_id).status is JobStatus.RUNNING
         finally:
             read.set()
         result = manager.wait(job_id, timeout=WAIT)
         assert result.status is (JobStatus.FAILED if fail else JobStatus.COMPLETED)
-        # once the outcome is in, so is every line, for any reader
+        # once the outcome is in, so is every line, in order, for any reader
         lines = [(level, message) for _, level, message in repository.logs(job_id)]
         assert lines[:3] == [("info", "one"), ("warning", "two"), ("info", "three")]
         assert len(lines) == (4 if fail else 3)  # and the engine's line for the failed attempt, last
@@ -159,26 +130,6 @@ def test_the_lines_of_short_jobs_go_with_their_outcomes_not_in_writes_of_their_o
                 ("info", f"first of {n}"), ("debug", f"second of {n}")]
     finally:
         reader.close()
-
-
-def test_short_jobs_that_log_do_not_wake_the_housekeeper_each(tmp_path: Any, make_manager: Any) -> None:
-    manager: JobManager = make_manager(str(tmp_path / "jobs.db"), max_workers=2).start()
-    manager.register_function("job", lambda n: current_job().log(f"job {n}"))
-    pool = manager._pool
-    woken, wake = [], pool.on_progress_waiting
-
-    def counting_wake() -> bool:
-        woken.append(1)
-        return wake()
-
-    pool.on_progress_waiting = counting_wake
-    ids = [manager.enqueue(Job(function_name="job", args=(n,))) for n in range(300)]
-    for job_id in ids:
-        manager.wait(job_id, timeout=WAIT)
-    # a line due no sooner than the housekeeper's next look wakes nobody: a wake-up a job
-    # would cost a housekeeper pass each
-    assert len(woken) < len(ids) // 10, len(woken)
-    assert [entry.message for entry in manager.get_logs(ids[-1])] == ["job 299"]
 
 
 def test_a_job_logging_in_a_loop_keeps_every_line_in_order(tmp_path: Any, make_manager: Any) -> None:
