@@ -168,8 +168,8 @@ ENGINES: dict[str, tuple[Callable[[], Engine], str, str]] = {
 # under the tables. jobcore's entries describe the engine as of this benchmark's writing.
 PER_JOB = {
     "jobcore-sqlite": "validates the Job; JSON-encodes args, tags, metadata and dependencies into a"
-                      " ~38-column row (7 indexes on the table, 2 of them holding a plain pending job); one write transaction per `enqueue`"
-                      " call (concurrent callers share one: group commit); ready ids are claimed in"
+                      " ~38-column row (7 indexes on the table, 2 of them holding a plain pending job); one INSERT committed by itself per"
+                      " `enqueue` call (concurrent callers take turns); ready ids are claimed in"
                       " batches (UPDATE ... RETURNING the row) in the same transaction that records"
                       " finished outcomes, made by a worker thread that ran out of claimed jobs (or by"
                       " the dispatcher thread when workers are idle); an enqueue on a started manager makes"
@@ -179,8 +179,8 @@ PER_JOB = {
                       " the result (JSON, \"null\" here); an in-process heap of ids wakes workers at once;"
                       " WAL, synchronous=NORMAL: no fsync per commit, checkpoints on a background thread",
     "jobcore-sqlite-full": "as jobcore SQLite with synchronous=FULL: the WAL is fsynced on every"
-                           " commit (each enqueue call, each batch of outcomes and claims); SQLite's own"
-                           " checkpoints",
+                           " commit (each enqueue call, each batch of outcomes and claims); concurrent enqueue"
+                           " calls share one transaction and its fsync (group commit); SQLite's own checkpoints",
     "jobcore-memory": "validates the Job; keeps a copy of the record in a dict under one lock;"
                       " claims and completes by compare-and-set in the same batches; arguments"
                       " kept as Python objects (no JSON); nothing persisted",

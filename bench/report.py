@@ -175,7 +175,8 @@ def render(results: dict[str, Any], targets: list[dict[str, Any]], meta: dict[st
         out.append(f"## Enqueue from {threads} producer threads at once (jobs/s)\n")
         out.append(f"{threads} threads share the {cfg['n']:,} jobs, one `enqueue` call per job,"
                    " the workers not started; one producer = the enqueue column of the throughput table."
-                   " jobcore's concurrent callers share a transaction and its commit (group commit);"
+                   " jobcore's concurrent callers share a transaction and its commit with"
+                   " durability \"full\" (group commit), and take turns with \"normal\";"
                    " each raw floor INSERT is its own; the heap floor shows what threads taking"
                    " turns at Python's locks and GIL cost by themselves.\n")
         out.append(f"| engine | one producer | {threads} producers | × one producer |")

@@ -14,6 +14,7 @@ import pytest
 
 from jobcore import SQLiteRepository
 from jobcore.errors import RepositoryError
+from jobcore.repository import sqlite_conn
 from jobcore.repository.group_commit import GroupCommitter, _Ticket
 from jobcore.testing.contract import NOW, make_record
 from interrupts import CtrlCOnce
@@ -352,6 +353,58 @@ def test_a_single_insert_commits_by_itself_and_is_seen_by_another_connection(tmp
     assert other.execute("SELECT seq FROM jobs WHERE id = ?", (record.id,)).fetchone() == (record.seq,)
     assert record.seq > 0
     other.close()
+    repo.close()
+
+
+@pytest.mark.parametrize("durability,shares", [("normal", False), ("full", True)])
+def test_a_single_insert_behind_another_writer_shares_its_transaction_only_when_commits_fsync(
+        tmp_path: Any, monkeypatch: Any, durability: str, shares: bool) -> None:
+    # given a SQLite repository whose committer is leading another thread's write, held open
+    transactions: list[int] = []
+    opened = sqlite_conn.Connections.transaction
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> Any:
+        transactions.append(1)
+        return opened(self, *args, **kwargs)
+
+    monkeypatch.setattr(sqlite_conn.Connections, "transaction", counting)  # (before the store keeps it)
+    repo = SQLiteRepository(str(tmp_path / "jobs.db"), durability=durability)
+    inside, release = threading.Event(), threading.Event()
+
+    def held(conn: Any) -> None:
+        inside.set()
+        assert release.wait(10)
+
+    leader = threading.Thread(target=repo._group.run, args=(held,))
+    leader.start()
+    assert inside.wait(10)
+    del transactions[:]
+    # when this thread inserts one job meanwhile (from another thread, which waits)
+    record = make_record()
+    written: list[list[str]] = []
+    waiting_to_write = threading.Event()
+    write_one = repo._db.write_one
+
+    def noting_write_one(*args: Any) -> Any:
+        waiting_to_write.set()  # (then waits for the write lock, which the leader holds)
+        return write_one(*args)
+
+    monkeypatch.setattr(repo._db, "write_one", noting_write_one)
+    inserter = threading.Thread(target=lambda: written.append(repo.insert([record], NOW)))
+    inserter.start()
+    for _ in range(1000):  # until it queued behind the leader, or waits to write by itself
+        if repo._group._pending or waiting_to_write.is_set():
+            break
+        inside.wait(0.01)
+    release.set()
+    leader.join(10)
+    inserter.join(10)
+    # then it is stored either way: with "full" in a transaction shared with the next
+    # writers (one fsync for all), with "normal" committed by itself once the leader's
+    # transaction ended (joining cost each joiner a sleep and a wake-up, and a commit
+    # without an fsync has nothing worth sharing)
+    assert written == [[record.id]]
+    assert transactions == ([1] if shares else []), transactions
     repo.close()
 
 
