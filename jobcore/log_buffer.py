@@ -82,8 +82,10 @@ class LogBuffer:
         # _flushing is held by a thread writing lines it took from _waiting, across the
         # write: the lines of one job reach the store in the order they were logged (a
         # later write, or the outcome's transaction, waits for it), and `land` finds no
-        # line between here and the store. Taken before _lock, never inside it.
-        self._flushing = threading.Lock()
+        # line between here and the store. Taken before _lock, never inside it. Reentrant:
+        # a signal handler's `stop()` (which writes what waits) may interrupt this thread
+        # while it writes lines for `get_logs`, and waited for itself for ever.
+        self._flushing = threading.RLock()
 
     def report(self, context: JobContext, line: LogLine) -> None:
         """Keep `line`, logged by the attempt of `context`, for later; or write it now

@@ -218,6 +218,49 @@ def test_lines_left_waiting_at_stop_are_stored(tmp_path: Any, make_manager: Any)
         release.set()
 
 
+def test_a_stop_from_a_signal_handler_interrupting_a_write_of_lines_does_not_wait_for_itself(
+        tmp_path: Any) -> None:
+    # given two running jobs' lines waiting, and this thread writing one's for `get_logs`
+    # when a signal handler calls `stop()` (which writes whatever still waits)
+    release = threading.Event()
+
+    def job() -> None:
+        current_job().log("waiting")
+        release.wait(WAIT)
+
+    # (not closed if the stop hung: closing would wait for it too, and the test with it)
+    manager = JobManager(str(tmp_path / "jobs.db"), log_interval=60.0, max_workers=2)
+    manager.register_function("job", job)
+    manager.start()
+    job_id, other_id = (manager.enqueue(Job(function_name="job")) for _ in range(2))
+    logs = manager._pool._logs
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline and len(logs._waiting) < 2:
+        time.sleep(0.005)
+    store, stopped = logs._write, threading.Event()
+
+    def write_interrupted(*args: Any) -> None:
+        logs._write = store
+        manager.stop(wait=False)  # as the handler would, on this thread, in the middle of the write
+        stopped.set()
+        store(*args)
+
+    logs._write = write_interrupted
+    # when it reads the log (the stop runs inside its write)
+    done = threading.Thread(target=lambda: manager.get_logs(job_id), daemon=True)
+    done.start()
+    done.join(WAIT)
+    release.set()
+    # then the stop returned, and the read too, both lines stored
+    assert stopped.is_set() and not done.is_alive()
+    try:
+        assert [[message for _, _, message in manager.repository.logs(either)][:1]
+                for either in (job_id, other_id)] == [["waiting"], ["waiting"]]
+    finally:
+        manager.stop(timeout=WAIT)
+        manager.close()
+
+
 @pytest.mark.parametrize("value,error", [(-0.1, ValueError), (float("nan"), ValueError), ("0.1", TypeError)])
 def test_log_interval_must_be_a_number_of_seconds(tmp_path: Any, value: Any, error: type) -> None:
     with pytest.raises(error, match="log_interval"):
