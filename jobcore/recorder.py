@@ -262,18 +262,19 @@ class Recorder:
         encoded here, once, for a persistent store). Details the store cannot hold (changed
         by the job since it reported them) are logged, and the report left out: the
         outcome goes on."""
-        report, lines = finished.last_report, finished.log_lines
-        if report is None:
-            return settlement.carrying(None, lines) if lines else settlement
-        details, encoded = report.details, None
-        if self._repo.persistent:
+        report, progress = finished.last_report, None
+        if report is not None:
+            details, encoded = report.details, None
             try:
-                encoded = "{}" if not details else serialization.encode(
-                    details, field="progress details", max_bytes=self._repo.max_payload_bytes)
+                if self._repo.persistent:
+                    encoded = "{}" if not details else serialization.encode(
+                        details, field="progress details", max_bytes=self._repo.max_payload_bytes)
+                progress = LastProgress(report.progress, report.message, details, encoded)
             except (TypeError, ValueError) as exc:
                 logger.warning("could not store the last progress report of job %s: %s", finished.record.id, exc)
-                return settlement.carrying(None, lines) if lines else settlement
-        return settlement.carrying(LastProgress(report.progress, report.message, details, encoded), lines)
+        if progress is None and not finished.log_lines:
+            return settlement
+        return settlement.carrying(progress, finished.log_lines)
 
     def _settlement(self, finished: Finished, now: float) -> Settlement:
         record, outcome = finished.record, finished.outcome

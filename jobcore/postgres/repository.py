@@ -250,10 +250,11 @@ class PostgresRepository(PostgresAdding, SettlesThroughApply, JobRepository):
         self._db.run(self.sql.INSERT_LOG, (job_id, now, clean_text(level), clean_text(message)))
 
     def add_logs(self, job_id: str, lines: Sequence[LogLine]) -> None:
-        rows = [(job_id, at, clean_text(level), clean_text(message)) for at, level, message in lines]
-        if len(rows) == 1:
-            self._db.run(self.sql.INSERT_LOG, rows[0])
-        elif rows:
+        if len(lines) == 1:
+            at, level, message = lines[0]
+            self.add_log(job_id, level, message, at)
+        elif lines:
+            rows = [(job_id, at, clean_text(level), clean_text(message)) for at, level, message in lines]
             self._db.transaction(lambda tx: tx.cur.executemany(self.sql.INSERT_LOG, rows))
 
     def heartbeat(self, worker_id: str, job_ids: Collection[str], lease_expires_at: float,

@@ -39,11 +39,18 @@ class GroupCommitter(Generic[C]):
     `transaction(body)` must run `body(connection)` inside an open write transaction and
     return its value once committed, or roll back and raise what it raised. It may run
     `body` again in a transaction of its own (SQLite's does after reading text that is not
-    UTF-8): an operation may run more than once, as it does when its batch fails."""
+    UTF-8): an operation may run more than once, as it does when its batch fails.
+
+    `share_solo=False`: an operation that has a single-statement form (`solo`) always runs
+    it, never joining a shared transaction (the store serialises the writers itself). For
+    commits that cost no fsync: joining cost each joiner a sleep and a wake-up for nothing
+    worth sharing (4 threads enqueueing at once on SQLite with durability "normal": 13,900
+    jobs a second in all, 17,100 each committing by itself)."""
 
     def __init__(self, transaction: Callable[[Callable[[C], Any]], Any],
-                 committed: Callable[[C], bool] = lambda conn: False) -> None:
+                 committed: Callable[[C], bool] = lambda conn: False, *, share_solo: bool = True) -> None:
         self._transaction = transaction
+        self._share_solo = share_solo
         # After an interrupt (Ctrl-C) escaped `transaction` on this thread, once its body
         # had run on `conn`: whether it committed all the same (it landed after the COMMIT).
         self._committed = committed
@@ -61,7 +68,9 @@ class GroupCommitter(Generic[C]):
 
         `solo`, if given, does the same work committed on its own without a transaction
         around it (a single statement); it runs instead of `op` when no other operation
-        is there to share a transaction with."""
+        is there to share a transaction with (or always, without `share_solo`)."""
+        if solo is not None and not self._share_solo:
+            return solo()
         with self._lock:
             alone = not self._leading and not self._pending
             if alone:

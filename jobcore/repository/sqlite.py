@@ -78,9 +78,7 @@ class SQLiteRepository(SQLiteAdding, SQLiteUpkeep, SQLiteMigration, SettlesThrou
         # The seqs of queued rows whose id is not text, seen by reads of the queue, for the
         # next `recover` to fail (a read has no `now`, and writes nothing).
         self._unaddressable: set[int] = set()
-        # Enqueues and outcomes from many threads share transactions (and fsyncs).
-        self._group: GroupCommitter[sqlite3.Connection] = GroupCommitter(
-            self._db.transaction, self._db.committed_after_interrupt)
+        self._group = self._group_committer()
         # A process that forks after this (a web server's workers, say) gives each child
         # connections of its own, and a group committer no parent thread was inside.
         on_fork_in_child(self, "_forked")
@@ -91,9 +89,17 @@ class SQLiteRepository(SQLiteAdding, SQLiteUpkeep, SQLiteMigration, SettlesThrou
             raise
 
     # -- connections ---------------------------------------------------------------------
+    def _group_committer(self) -> GroupCommitter[sqlite3.Connection]:
+        """Outcomes and claims from many threads share transactions; so do single
+        statements (an enqueue, a log line) with durability "full", whose fsync they share.
+        With "normal" those commit by themselves, the threads taking turns (see
+        `GroupCommitter`)."""
+        return GroupCommitter(self._db.transaction, self._db.committed_after_interrupt,
+                              share_solo=self.durability != "normal")
+
     def _forked(self) -> None:
         self._db.forked()
-        self._group = GroupCommitter(self._db.transaction, self._db.committed_after_interrupt)
+        self._group = self._group_committer()
 
     def _connection(self) -> sqlite3.Connection:
         return self._db.get()
@@ -245,10 +251,11 @@ class SQLiteRepository(SQLiteAdding, SQLiteUpkeep, SQLiteMigration, SettlesThrou
                         lambda: self._db.write_one(sql.INSERT_LOG, params))
 
     def add_logs(self, job_id: str, lines: Sequence[LogLine]) -> None:
-        rows = [(job_id, *line) for line in lines]
-        if len(rows) == 1:
-            self.add_log(job_id, rows[0][2], rows[0][3], rows[0][1])
-        elif rows:
+        if len(lines) == 1:
+            at, level, message = lines[0]
+            self.add_log(job_id, level, message, at)
+        elif lines:
+            rows = [(job_id, *line) for line in lines]
             self._group.run(lambda conn: conn.executemany(sql.INSERT_LOG, rows))
 
     def heartbeat(self, worker_id: str, job_ids: Collection[str], lease_expires_at: float,
