@@ -437,6 +437,63 @@ def test_a_dependency_ending_while_its_dependent_is_inserted_never_strands_it(
         ender.close()
 
 
+def _finished_job(repo: "PostgresRepository") -> str:
+    record = make_record()
+    repo.insert([record], NOW)
+    assert repo.claim(record.id, "w1", NOW, NOW + 30) is not None
+    assert repo.complete(record.id, "w1", 1, None, NOW + 1) is not None
+    return record.id
+
+
+def _log_rows(conn: Any, schema: Schema, job_id: str) -> int:
+    return conn.execute(f'SELECT count(*) FROM "{schema.name}".job_logs WHERE job_id = %s', (job_id,)).fetchone()[0]
+
+
+def test_lines_logged_while_a_cleanup_deletes_their_job_are_not_left_behind(schema: Schema) -> None:
+    # given a cleanup under way (another connection deleted the job's row, not yet its lines)
+    repo = schema.repository()
+    cleaner = psycopg.connect(schema.server, autocommit=False)
+    try:
+        job_id = _finished_job(repo)
+        cleaner.execute(f'DELETE FROM "{schema.name}".jobs WHERE id = %s', (job_id,))
+        # when lines for that job are added meanwhile (a timed-out attempt's thread logging)
+        thread = threading.Thread(target=repo.add_logs, args=(job_id, [(NOW, "info", "a"), (NOW, "info", "b")]))
+        thread.start()
+        # then they wait for the cleanup, which deletes the lines it sees and commits
+        _wait_until_blocked_by(cleaner, cleaner.info.backend_pid, thread)
+        cleaner.execute(f'DELETE FROM "{schema.name}".job_logs WHERE job_id = %s', (job_id,))
+        cleaner.commit()
+        thread.join(WAIT)
+        assert not thread.is_alive()
+        # and, finding the job gone, store nothing
+        assert _log_rows(cleaner, schema, job_id) == 0
+    finally:
+        cleaner.close()
+        repo.close()
+
+
+def test_a_cleanup_while_lines_are_being_added_deletes_them_too(schema: Schema) -> None:
+    # given lines being added for a finished job (the statement run, not yet committed)
+    repo = schema.repository()
+    logger = psycopg.connect(schema.server, autocommit=False)
+    try:
+        job_id = _finished_job(repo)
+        logger.execute(repo.sql.INSERT_LOG_IF_STORED, (NOW, "info", "late", job_id))
+        # when a cleanup deletes every finished job meanwhile
+        deleted: list[int] = []
+        thread = threading.Thread(target=lambda: deleted.append(repo.delete_finished(None)))
+        thread.start()
+        # then it waits for the lines to commit, and deletes them with their job
+        _wait_until_blocked_by(logger, logger.info.backend_pid, thread)
+        logger.commit()
+        thread.join(WAIT)
+        assert deleted == [1]
+        assert repo.get(job_id) is None and _log_rows(logger, schema, job_id) == 0
+    finally:
+        logger.close()
+        repo.close()
+
+
 def test_stale_claims_are_topped_up_with_the_best_ready_jobs_in_priority_then_fifo_order(
         repo: "PostgresRepository") -> None:
     # given ready jobs of two functions, a scheduled one, and a manager whose ids went stale

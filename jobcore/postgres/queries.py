@@ -95,6 +95,14 @@ SELECT_LOGS = "SELECT at, level, message FROM {s}.job_logs WHERE job_id = %s ORD
 SELECT_LOG_PAGE = SELECT_LOGS + " LIMIT %s OFFSET %s"  # LIMIT NULL: no limit
 COUNT_LOGS = "SELECT count(*) FROM {s}.job_logs WHERE job_id = %s"
 INSERT_LOG = "INSERT INTO {s}.job_logs (job_id, at, level, message) VALUES (%s, %s, %s, %s)"
+# A line for a job that may be gone (a timed-out attempt's thread logging on after its job
+# was deleted): stored only beside its job. FOR KEY SHARE holds a cleanup deleting the job
+# until this commits (its next statement then deletes the line too), and waits for one
+# under way (finding the job gone). Claims and heartbeats (NO KEY UPDATE) never wait for
+# it; a settlement of the job waits for its commit; recovery skips the job until its next look.
+# Parameters: (at, level, message, job_id).
+INSERT_LOG_IF_STORED = """INSERT INTO {s}.job_logs (job_id, at, level, message)
+    SELECT id, %s, %s, %s FROM {s}.jobs WHERE id = %s FOR KEY SHARE"""
 
 # Running jobs whose lease is no usable time (see UNUSABLE_TIME_SQL): recovery makes it end
 # now rather than take them back at once (their worker may live, and renews it at its next

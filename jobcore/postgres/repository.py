@@ -247,15 +247,15 @@ class PostgresRepository(PostgresAdding, SettlesThroughApply, JobRepository):
         return self._db.run(self.sql.UPDATE_PROGRESS, params, idempotent=True)[0] == 1
 
     def add_log(self, job_id: str, level: str, message: str, now: float) -> None:
-        self._db.run(self.sql.INSERT_LOG, (job_id, now, clean_text(level), clean_text(message)))
+        self._db.run(self.sql.INSERT_LOG_IF_STORED, (now, clean_text(level), clean_text(message), job_id))
 
     def add_logs(self, job_id: str, lines: Sequence[LogLine]) -> None:
         if len(lines) == 1:
             at, level, message = lines[0]
             self.add_log(job_id, level, message, at)
         elif lines:
-            rows = [(job_id, at, clean_text(level), clean_text(message)) for at, level, message in lines]
-            self._db.transaction(lambda tx: tx.cur.executemany(self.sql.INSERT_LOG, rows))
+            rows = [(at, clean_text(level), clean_text(message), job_id) for at, level, message in lines]
+            self._db.transaction(lambda tx: tx.cur.executemany(self.sql.INSERT_LOG_IF_STORED, rows))
 
     def heartbeat(self, worker_id: str, job_ids: Collection[str], lease_expires_at: float,
                   now: float) -> builtins.list[str]:

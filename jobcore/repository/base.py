@@ -262,7 +262,8 @@ class JobRepository(JobReads):
 
     @abc.abstractmethod
     def add_log(self, job_id: str, level: str, message: str, now: float) -> None:
-        """Append a line to the job's log."""
+        """Append a line to the job's log; none if the job is not stored (deleted while a
+        timed-out attempt's thread still logged): no line outlives its job."""
 
     def add_logs(self, job_id: str, lines: Sequence[LogLine]) -> None:
         """Append these lines, `(at, level, message)` each, to the job's log, in order.

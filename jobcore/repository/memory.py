@@ -283,7 +283,8 @@ class MemoryRepository(MemoryAdding, MemoryListing, MemoryChanging, MemoryWorker
 
     def add_log(self, job_id: str, level: str, message: str, now: float) -> None:
         with self._lock:
-            self._logs.setdefault(job_id, []).append((now, level, message))
+            if job_id in self._jobs:  # a line for a job deleted meanwhile is dropped
+                self._logs.setdefault(job_id, []).append((now, level, message))
 
     def heartbeat(self, worker_id: str, job_ids: Collection[str], lease_expires_at: float,
                   now: float) -> builtins.list[str]:

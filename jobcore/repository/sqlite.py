@@ -247,8 +247,8 @@ class SQLiteRepository(SQLiteAdding, SQLiteUpkeep, SQLiteMigration, SettlesThrou
         # Alone, one statement committed by itself; beside other writers (jobs logging at
         # once, enqueues) it shares their transaction and, under "full", their fsync.
         params = (job_id, now, level, message)
-        self._group.run(lambda conn: conn.execute(sql.INSERT_LOG, params),
-                        lambda: self._db.write_one(sql.INSERT_LOG, params))
+        self._group.run(lambda conn: conn.execute(sql.INSERT_LOG_IF_STORED, params),
+                        lambda: self._db.write_one(sql.INSERT_LOG_IF_STORED, params))
 
     def add_logs(self, job_id: str, lines: Sequence[LogLine]) -> None:
         if len(lines) == 1:
@@ -256,7 +256,7 @@ class SQLiteRepository(SQLiteAdding, SQLiteUpkeep, SQLiteMigration, SettlesThrou
             self.add_log(job_id, level, message, at)
         elif lines:
             rows = [(job_id, *line) for line in lines]
-            self._group.run(lambda conn: conn.executemany(sql.INSERT_LOG, rows))
+            self._group.run(lambda conn: conn.executemany(sql.INSERT_LOG_IF_STORED, rows))
 
     def heartbeat(self, worker_id: str, job_ids: Collection[str], lease_expires_at: float,
                   now: float) -> builtins.list[str]:

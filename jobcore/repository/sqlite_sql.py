@@ -138,6 +138,9 @@ SELECT_LOGS = "SELECT at, level, message FROM job_logs WHERE job_id = ? ORDER BY
 SELECT_LOG_PAGE = SELECT_LOGS + " LIMIT ? OFFSET ?"  # LIMIT -1: no limit
 COUNT_LOGS = "SELECT count(*) FROM job_logs WHERE job_id = ?"
 INSERT_LOG = "INSERT INTO job_logs (job_id, at, level, message) VALUES (?, ?, ?, ?)"
+# A line for a job that may be gone (a timed-out attempt's thread logging on after its job
+# was deleted): stored only beside its job, so no line outlives the job. Same parameters.
+INSERT_LOG_IF_STORED = "INSERT INTO job_logs (job_id, at, level, message) SELECT id, ?2, ?3, ?4 FROM jobs WHERE id = ?1"
 
 # Running jobs whose lease is no usable time (see columns.UNUSABLE_TIME_SQL), for recovery
 # to end their lease now rather than take them back at once: a live worker renews it at

@@ -34,6 +34,24 @@ class _HousekeepingContract:
         assert repository.delete_finished(None) == 2
         assert [r.id for r in repository.list()] == [running.id, pending.id]
 
+    def test_lines_logged_for_a_deleted_job_are_not_stored(self, repository: JobRepository) -> None:
+        # given a finished job deleted by cleanup while the thread of an attempt of it that
+        # timed out (its outcome recorded) still logs, and a job never stored
+        gone, kept = _add(repository), _add(repository)
+        _complete(repository, gone.id, now=NOW + 1)
+        repository.add_log(gone.id, "info", "before the cleanup", NOW + 1)
+        assert repository.delete_finished(NOW + 2) == 1
+        # when lines come for them, alone and several at once, and for a stored job
+        for job_id in (gone.id, "no-such-job"):
+            repository.add_log(job_id, "info", "late", NOW + 3)
+            repository.add_logs(job_id, [(NOW + 3, "info", "one")])
+            repository.add_logs(job_id, [(NOW + 3, "info", "two"), (NOW + 4, "error", "three")])
+        repository.add_logs(kept.id, [(NOW + 3, "info", "one"), (NOW + 4, "info", "two")])
+        # then nothing of the deleted job (or of no job) is left, the stored job has its lines
+        assert repository.logs(gone.id) == [] and repository.count_logs(gone.id) == 0
+        assert repository.logs("no-such-job") == []
+        assert repository.logs(kept.id) == [(NOW + 3, "info", "one"), (NOW + 4, "info", "two")]
+
     def test_a_job_stored_after_a_delete_comes_after_every_job_still_stored(
             self, repository: JobRepository) -> None:
         # The seq of a newest job since deleted may be given again (SQLite's rowid), never
