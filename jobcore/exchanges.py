@@ -109,6 +109,17 @@ class Exchanges:
         return True
 
     # -- the enqueuing thread's exchange: a new job stored with the outcomes and claims ------
+    def _refused_at_once(self, now: float) -> bool:
+        """True if `inserting` would return False at once, read without the pool's lock (a
+        stale read errs either way: a refusal sends the job the usual way, a consent is
+        checked again under the lock)."""
+        state = self._state
+        if state.stopping or state.failing or state.from_store:
+            return True
+        if state.exchanging:  # waited for only by a lone producer, behind no enqueue's exchange
+            return state.enqueue_exchanging or not state.pacing.one_producer(now)
+        return state.room_locked() <= 0 and not state.finished
+
     def inserting(self, record: JobRecord, now: float) -> bool:
         """Store the plain pending `record` (no dependencies, no unique key) in an exchange
         made now, by the enqueuing thread, if there is room to claim or an outcome to
@@ -135,8 +146,14 @@ class Exchanges:
         # handler raising) may land anywhere on the way, and an exchange left begun stopped
         # every later one, so no job ran again (a hunt: 5 runs of 5 wedged).
         try:
+            # Offered, and whether it can be made, told without the pool's lock first:
+            # threads enqueueing at once, each taking it here and again to tell the
+            # dispatcher (`WorkerPool._tell_dispatcher`), handed it and the GIL to each
+            # other at every turn (a convoy: 4 threads enqueued at a third of one's rate).
+            state.pacing.offered(started, threading.get_ident())
+            if self._refused_at_once(started):
+                return False
             with state.lock:
-                state.pacing.offered(started, threading.get_ident())
                 if (state.exchanging and not state.enqueue_exchanging
                         and state.pacing.one_producer(started)
                         and not (state.stopping or state.failing or state.from_store)):

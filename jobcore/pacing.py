@@ -2,7 +2,8 @@
 
 Pure rules over real monotonic seconds given by the caller (`clock.real_monotonic`): a
 batching window is a millisecond or two of real time, whatever clock the manager has.
-No threads, no locks and no storage here; the pool's lock guards its one instance.
+No threads, no locks and no storage here; the pool's lock guards its one instance, but
+for `offered`, which enqueuing threads call without it (see there).
 """
 
 from __future__ import annotations
@@ -54,8 +55,9 @@ class Pacing:
         self.record_due: Optional[float] = None
         # When the sleeping dispatcher wakes by itself; None: not before it is notified.
         self.dispatcher_wakes_at: Optional[float] = None
-        self._last_offer = float("-inf")  # the last enqueue that offered to make an exchange
-        self._last_producer: Optional[int] = None  # the thread that made it
+        # The last enqueue that offered to make an exchange: when, and its thread. One
+        # tuple, replaced whole: `offered` runs without the pool's lock.
+        self._last_offer: tuple[float, Optional[int]] = (float("-inf"), None)
         self._stream_until = float("-inf")  # enqueues stream in until then
         self._shared_until = float("-inf")  # they come from several threads until then
         self._average_run = 1.0  # seconds; start without a reserve until jobs prove short
@@ -86,12 +88,18 @@ class Pacing:
     def offered(self, now: float, producer: Optional[int] = None) -> None:
         """An enqueue offered to make an exchange at `now`, from thread `producer` (its
         ident); one within STREAM_GAP of the last keeps a stream going, and shares it with
-        another thread if that one made the last."""
-        if now - self._last_offer < STREAM_GAP:
+        another thread if that one made the last.
+
+        Called without the pool's lock (threads enqueueing at once met there at every job):
+        each field it writes is replaced whole, a GIL-atomic store, and offers racing each
+        other (or `producer_waits`) can only lose one offer's extension of a stream, less
+        than STREAM_GAP, which the next offer restores."""
+        last_at, last_producer = self._last_offer
+        if now - last_at < STREAM_GAP:
             self._stream_until = max(self._stream_until, now + STREAM_GAP)
-            if producer != self._last_producer:
+            if producer != last_producer:
                 self._shared_until = now + STREAM_GAP
-        self._last_offer, self._last_producer = now, producer
+        self._last_offer = (now, producer)
 
     def one_producer(self, now: float) -> bool:
         """True unless enqueues from more than one thread came within STREAM_GAP of each
@@ -108,10 +116,12 @@ class Pacing:
         loop of `enqueue` then `wait`, half a millisecond a turn, looked like a stream,
         whose rules left each outcome for a next enqueue that was waiting for it: 2 ms a
         turn). True if a stream ended (the outcomes it left are to be recorded now)."""
-        if thread != self._last_producer:
+        last_at, last_producer = self._last_offer
+        if thread != last_producer:
             return False
-        streamed = self._stream_until > self._last_offer
-        self._stream_until = self._last_offer = float("-inf")
+        streamed = self._stream_until > last_at
+        self._stream_until = float("-inf")
+        self._last_offer = (float("-inf"), last_producer)
         return streamed
 
     def stream_for(self, seconds: float, now: float) -> None:

@@ -250,11 +250,20 @@ class WorkerPool:
         if self._dispatcher.thread is None:
             return  # never started: no one to tell (the dispatcher looks before it first sleeps)
         state = self._state
+        if unless_it_looks_soon and self._looks_soon():
+            # Read without the lock (threads enqueueing at once met there at every job): a
+            # dispatcher seen asleep until RECORD_WITHIN from now is, or will be, awake by
+            # then, and looks at the queue (this job is in it already) as it wakes.
+            return
         with state.lock:
-            if (unless_it_looks_soon and not (state.stopping or state.failing)
-                    and state.pacing.dispatcher_looks_soon(real_monotonic())):
+            if unless_it_looks_soon and self._looks_soon():
                 return
             state.dispatch_needed.notify()
+
+    def _looks_soon(self) -> bool:
+        state = self._state
+        return (not (state.stopping or state.failing)
+                and state.pacing.dispatcher_looks_soon(real_monotonic()))
 
     # -- worker threads -------------------------------------------------------------------
     def _serve(self, slot: Slot) -> None:

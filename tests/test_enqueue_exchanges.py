@@ -676,3 +676,52 @@ def test_ctrl_c_just_after_a_hand_off_committed_leaves_no_claim_unrun(
     # then a worker runs it now: it was left RUNNING, never run, until its lease lapsed
     [late] = [r for r in manager.list_jobs(limit=None) if r.result != 1]
     assert manager.wait(late.job_id, timeout=WAIT).result == 2
+
+
+@pytest.mark.parametrize("store", ["sqlite", "memory"])
+def test_an_enqueue_in_a_stream_that_no_exchange_can_take_needs_no_lock_of_the_pool(
+        store: str, tmp_path: Any, make_manager: Callable[..., JobManager], monkeypatch: Any) -> None:
+    # Threads enqueueing at once took the pool's lock twice a job (to offer an exchange,
+    # then to tell the dispatcher) and handed it, and the GIL, to each other at every turn:
+    # four enqueued at a third of one's rate on the memory store.
+    # given a started pool of one worker running a job that blocks (no room to claim more),
+    # enqueues streaming in, and the dispatcher asleep for no longer than the stream's window
+    repository = SQLiteRepository(str(tmp_path / "jobs.db")) if store == "sqlite" else MemoryRepository()
+    manager = make_manager(repository, max_workers=1)
+    started, go = threading.Event(), threading.Event()
+    manager.register_function("blocker", lambda: (started.set(), go.wait(WAIT)) and None)
+    manager.register_function("task", lambda n: n * 10)
+    manager.start()
+    blocker = manager.enqueue(Job(function_name="blocker"))
+    assert started.wait(WAIT)
+    end_stream = _streaming(manager, monkeypatch)
+    state = manager._pool._state
+    with state.lock:
+        state.dispatch_needed.notify()
+    wait_until(lambda: state.pacing.dispatcher_wakes_at is not None, WAIT, "the dispatcher to sleep in the stream")
+    # when another thread holds the pool's lock while a job is enqueued
+    holding, let_go = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with state.lock:
+            holding.set()
+            let_go.wait(WAIT)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    producer = _Producer(manager)
+    try:
+        assert holding.wait(WAIT)
+        job = Job(function_name="task", args=(3,))
+        # then the enqueue returns without waiting for that lock, its job queued
+        assert producer.enqueue(job).result(WAIT) == job.id
+        assert holder.is_alive()
+    finally:
+        let_go.set()
+        holder.join(WAIT)
+        producer.close()
+    # and it runs once the blocking job and the stream end
+    go.set()
+    end_stream()
+    assert manager.wait(job.id, timeout=WAIT).result == 30
+    assert manager.wait(blocker, timeout=WAIT).status is JobStatus.COMPLETED
