@@ -418,6 +418,18 @@ def insert_gated(request: Any, tmp_path: Any) -> Iterator[Any]:
         repository.release()  # a test that failed holding it: let the manager stop
 
 
+def _start_running_a_blocker(manager: JobManager) -> tuple[str, threading.Event]:
+    """Register "blocker" (blocks until the event returned is set) and "task" (n -> 10 n),
+    start the manager and wait until a worker runs a blocker; its id, and that event."""
+    started, go = threading.Event(), threading.Event()
+    manager.register_function("blocker", lambda: (started.set(), go.wait(WAIT)) and None)
+    manager.register_function("task", lambda n: n * 10)
+    manager.start()
+    blocker = manager.enqueue(Job(function_name="blocker"))
+    assert started.wait(WAIT)
+    return blocker, go
+
+
 @pytest.fixture
 def held_with_blocker(insert_gated: Any, make_manager: Callable[..., JobManager]
                       ) -> Iterator[tuple[JobManager, "concurrent.futures.Future[str]", str, threading.Event]]:
@@ -426,12 +438,7 @@ def held_with_blocker(insert_gated: Any, make_manager: Callable[..., JobManager]
     another manager's on the same file): the manager, the enqueue's future, the blocking
     job's id, the event."""
     manager = make_manager(insert_gated, max_workers=2)
-    started, go = threading.Event(), threading.Event()
-    manager.register_function("blocker", lambda: (started.set(), go.wait(WAIT)) and None)
-    manager.register_function("task", lambda n: n * 10)
-    manager.start()
-    blocker = manager.enqueue(Job(function_name="blocker"))
-    assert started.wait(WAIT)
+    blocker, go = _start_running_a_blocker(manager)
     producer = _Producer(manager)
     insert_gated.hold()
     enqueued = producer.enqueue(Job(function_name="task", args=(2,)))
@@ -688,12 +695,7 @@ def test_an_enqueue_in_a_stream_that_no_exchange_can_take_needs_no_lock_of_the_p
     # enqueues streaming in, and the dispatcher asleep for no longer than the stream's window
     repository = SQLiteRepository(str(tmp_path / "jobs.db")) if store == "sqlite" else MemoryRepository()
     manager = make_manager(repository, max_workers=1)
-    started, go = threading.Event(), threading.Event()
-    manager.register_function("blocker", lambda: (started.set(), go.wait(WAIT)) and None)
-    manager.register_function("task", lambda n: n * 10)
-    manager.start()
-    blocker = manager.enqueue(Job(function_name="blocker"))
-    assert started.wait(WAIT)
+    blocker, go = _start_running_a_blocker(manager)
     end_stream = _streaming(manager, monkeypatch)
     state = manager._pool._state
     with state.lock:
