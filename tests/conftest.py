@@ -14,6 +14,19 @@ from jobcore import JobManager, MemoryRepository, SQLiteRepository  # noqa: E402
 from jobcore.repository.base import JobRepository  # noqa: E402
 
 
+def pytest_configure(config: Any) -> None:
+    config.addinivalue_line("markers", "xdist_group(name): pytest-xdist runs a group's tests in one worker")
+
+
+def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
+    """Run with pytest-xdist (`-n 2 --dist loadgroup`, the README's command), every test on
+    the PostgreSQL server goes to one worker, one after another: some restart or stop that
+    server, which would break the connections of tests running beside them."""
+    for item in items:
+        if "server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("postgres"))
+
+
 @pytest.fixture
 def db_path(tmp_path: Any) -> str:
     """A fresh SQLite file path."""
