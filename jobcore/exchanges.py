@@ -110,9 +110,11 @@ class Exchanges:
 
     # -- the enqueuing thread's exchange: a new job stored with the outcomes and claims ------
     def _refused_at_once(self, now: float) -> bool:
-        """True if `inserting` would return False at once, read without the pool's lock (a
-        stale read errs either way: a refusal sends the job the usual way, a consent is
-        checked again under the lock)."""
+        """True if `inserting` returns False at once: the pool stops or fails, reads the
+        store, or has no room to claim and no outcome to record; or an exchange is under
+        way that a lone producer would not wait for. Asked first without the pool's lock
+        (a stale answer errs either way: a refusal sends the job the usual way, a consent
+        is asked again under the lock), then with it."""
         state = self._state
         if state.stopping or state.failing or state.from_store:
             return True
@@ -154,13 +156,9 @@ class Exchanges:
             if self._refused_at_once(started):
                 return False
             with state.lock:
-                if (state.exchanging and not state.enqueue_exchanging
-                        and state.pacing.one_producer(started)
-                        and not (state.stopping or state.failing or state.from_store)):
-                    state.await_exchange_locked(EXCHANGE_WAIT)
-                if state.stopping or state.exchanging or state.failing or state.from_store:
-                    return False
-                if state.room_locked() <= 0 and not state.finished:
+                if state.exchanging and not self._refused_at_once(started):
+                    state.await_exchange_locked(EXCHANGE_WAIT)  # a worker's, or the dispatcher's
+                if state.exchanging or self._refused_at_once(started):
                     return False
                 # The outcomes waiting are recorded now if the pacing says so, or if a claim
                 # made without them would have no room (SPEC's bound counts them).

@@ -241,7 +241,7 @@ class Recorder:
             settlement = self._settlement(finished, self._clock.time())
             if finished.last_report is None and not finished.log_lines:
                 return settlement
-            return self._with_last_report(settlement, finished)
+            return self._with_report_and_logs(settlement, finished)
         except Exception:  # never let bookkeeping kill a worker thread
             logger.exception("could not decide the outcome of job %s here", finished.record.id)
             return None
@@ -254,9 +254,9 @@ class Recorder:
         except Exception as exc:
             logger.exception("could not decide the outcome of job %s; it is failed", finished.record.id)
             settlement = unrecordable(finished.record, exc)
-        return self._with_last_report(settlement, finished)
+        return self._with_report_and_logs(settlement, finished)
 
-    def _with_last_report(self, settlement: Settlement, finished: Finished) -> Settlement:
+    def _with_report_and_logs(self, settlement: Settlement, finished: Finished) -> Settlement:
         """`settlement` carrying the attempt's last progress report, if one may not be in
         its row yet, and its log lines waiting, for the store to record with it (details
         encoded here, once, for a persistent store). Details the store cannot hold (changed

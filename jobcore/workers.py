@@ -261,6 +261,8 @@ class WorkerPool:
             state.dispatch_needed.notify()
 
     def _looks_soon(self) -> bool:
+        """True if the dispatcher will look at the queue soon unprompted (see
+        `Pacing.dispatcher_looks_soon`), the pool neither stopping nor failing."""
         state = self._state
         return (not (state.stopping or state.failing)
                 and state.pacing.dispatcher_looks_soon(real_monotonic()))
