@@ -144,7 +144,8 @@ class Enqueuer:
         if (job.function is None and record.function_name not in self._registry
                 and not self._pool.runnable(record.queue_entry())):
             return None  # (a job's own or a registered function runs here: the common cases, asked first)
-        if not record.depends_on and record.unique_key is None and self._repo.inserts_in_exchanges:
+        if (not record.depends_on and record.unique_key is None and self._repo.exchanges_on_enqueue
+                and self._repo.inserts_in_exchanges):
             # No row to check it against: stored in an exchange of the pool's, claimed there
             # if a worker has room for it. What it carries is kept before (a worker may run
             # it at once), and put back as it was if it was not stored: its id may be

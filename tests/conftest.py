@@ -21,9 +21,13 @@ def pytest_configure(config: Any) -> None:
 def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
     """Run with pytest-xdist (`-n 2 --dist loadgroup`, the README's command), every test on
     the PostgreSQL server goes to one worker, one after another: some restart or stop that
-    server, which would break the connections of tests running beside them."""
+    server, which would break the connections of tests running beside them. That is each
+    test using the `server` fixture, and each one parametrized with "postgres", which
+    takes its schema (and so the server) only as it runs (`mixed_repositories`)."""
     for item in items:
-        if "server" in getattr(item, "fixturenames", ()):
+        callspec = getattr(item, "callspec", None)
+        if ("server" in getattr(item, "fixturenames", ())
+                or (callspec is not None and "postgres" in callspec.params.values())):
             item.add_marker(pytest.mark.xdist_group("postgres"))
 
 

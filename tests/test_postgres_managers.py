@@ -71,6 +71,29 @@ def test_a_store_deeper_than_the_window_runs_every_job_without_a_periodic_read(
     assert {n % 2 for n in ran[:40]} == {1}  # the best window first
 
 
+def test_jobs_enqueued_while_the_workers_run_are_stored_alone_not_in_the_enqueues_exchanges(
+        schema: Schema, make_manager: Callable[..., JobManager]) -> None:
+    # given a started manager on PostgreSQL whose enqueue-made exchanges (`insert_and_apply`:
+    # BEGIN, the outcomes, the INSERT, the claims, COMMIT; six round trips) are counted
+    from jobcore.postgres import PostgresRepository
+
+    exchanges: list[str] = []
+
+    class Counted(PostgresRepository):
+        def insert_and_apply(self, record: Any, *args: Any, **kwargs: Any) -> Any:
+            exchanges.append(record.id)
+            return super().insert_and_apply(record, *args, **kwargs)
+
+    manager = make_manager(Counted(schema.server, schema=schema.name), max_workers=4, poll_interval=0.2)
+    manager.register_function("double", lambda x: 2 * x)
+    manager.start()
+    # when one thread enqueues jobs in a row while the workers run the ones before
+    ids = [manager.enqueue(Job(function_name="double", args=(n,))) for n in range(60)]
+    # then each is stored alone (one round trip), and every one runs
+    assert [manager.wait(job_id, timeout=WAIT).result for job_id in ids] == [2 * n for n in range(60)]
+    assert exchanges == []
+
+
 def test_results_progress_and_logs_are_stored(manager_on: Callable[..., JobManager]) -> None:
     manager = manager_on().start()
 

@@ -71,6 +71,13 @@ class JobRepository(JobReads):
     # to the transaction that records its outcome. Else it stores them with `add_logs`
     # before the outcome.
     stores_settlement_logs: bool = False
+    # True if a manager may store a plain new job in an exchange made by the thread that
+    # enqueues it (`insert_and_apply`, where implemented: see `inserts_in_exchanges`). That
+    # exchange is one transaction of several statements, cheap where each statement is a
+    # call into a library (SQLite, memory). A backend where each is a network round trip
+    # says False: its new jobs are then stored alone (`insert`, `insert_claimed`) and the
+    # workers' exchanges record outcomes and claim several jobs at a time.
+    exchanges_on_enqueue: bool = True
 
     # -- adding jobs -----------------------------------------------------------------
     @abc.abstractmethod
