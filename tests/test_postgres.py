@@ -278,6 +278,37 @@ def test_a_lone_plain_job_is_stored_by_one_statement_as_a_batch_stores_it(repo: 
     assert repo.get(alone.id).created_at == NOW  # type: ignore[union-attr]
 
 
+def test_a_job_handed_to_an_idle_worker_is_stored_claimed_by_one_statement(
+        repo: "PostgresRepository", monkeypatch: pytest.MonkeyPatch) -> None:
+    # given a lone plain job with every field a job may carry here, and the statements counted
+    real, statements = repo._db._run_once, []
+
+    def counted(query: str, params: Any) -> Any:
+        statements.append(query)
+        return real(query, params)
+
+    monkeypatch.setattr(repo._db, "_run_once", counted)
+    record = make_record(function_name="tests.f", args=(1, "two", [3.5]), kwargs={"k": {"n": None}}, priority=3,
+                         max_retries=2, retry_jitter=False, timeout=1.5, tags=frozenset({"t"}), metadata={"m": [1]})
+    before = repo.change_token()
+    # when it is stored claimed for a worker (insert_claimed: an enqueue's hand-off)
+    job_id, claimed = repo.insert_claimed(record, "w1", NOW, NOW + 60)
+    # then one statement stored it running, as a claim would have returned it, and told no one
+    assert len(statements) == 1 and statements[0].lstrip().startswith("INSERT")
+    assert job_id == record.id and claimed is not None
+    stored = repo.get(job_id)
+    assert stored is not None
+    assert {f.name: getattr(claimed, f.name) for f in dataclasses.fields(JobRecord)} == {
+        f.name: getattr(stored, f.name) for f in dataclasses.fields(JobRecord)}
+    assert (stored.status, stored.attempts, stored.worker_id, stored.started_at, stored.lease_expires_at) == (
+        JobStatus.RUNNING, 1, "w1", NOW, NOW + 60)
+    assert repo.change_token() == before
+    # and an id already taken stores and claims nothing
+    with pytest.raises(ValueError, match="already exists"):
+        repo.insert_claimed(make_record(id=job_id), "w2", NOW, NOW + 60)
+    assert repo.get(job_id).worker_id == "w1"  # type: ignore[union-attr]
+
+
 def test_a_lone_insert_whose_backend_is_ended_mid_statement_runs_again(schema: Schema) -> None:
     # One autocommit statement: its connection broke under it (the server ended the
     # backend while the INSERT waited for a lock) and it was not run again.

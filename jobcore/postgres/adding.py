@@ -1,10 +1,12 @@
-"""`PostgresAdding`: how `PostgresRepository` stores new jobs by themselves (`insert`);
-it reads, claims and settles nothing (a new job stored in an exchange, `insert_and_apply`,
-is `repository`'s, beside `apply`), and never reads the clock.
+"""`PostgresAdding`: how `PostgresRepository` stores new jobs by themselves (`insert`, and
+`insert_claimed` for a job handed straight to an idle worker); it claims no stored job and
+settles nothing (a new job stored in an exchange, `insert_and_apply`, is `repository`'s,
+beside `apply`), and never reads the clock.
 
 A lone job with nothing to check against other rows is one autocommit INSERT that also
-NOTIFYs (`INSERT_ALONE`); a batch is one transaction, its unique keys and dependencies
-locked and checked first. The SQL is `queries`'.
+NOTIFYs (`INSERT_ALONE`), or, stored claimed, one that does not (`INSERT_CLAIMED`); a batch
+is one transaction, its unique keys and dependencies locked and checked first. The SQL is
+`queries`'.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from .. import serialization
 from ..models import JobStatus
 from ..repository._cascade import ENDED, dependency_error_message, plan_batch
 from ..repository.base import JobRecord, JobRepository, id_taken
+from ..repository.columns import claimed_as_stored
 from .database import Database, LostRace, Tx
 from .queries import Statements
 from .rows import refuse_nul, row_params
@@ -47,6 +50,19 @@ class PostgresAdding(JobRepository):
                                                stored=lambda: self._stored_seq(record, now))
             return [record.id]
         return self._db.transaction(lambda tx: self._insert_in(tx, records, now))
+
+    def insert_claimed(self, record: JobRecord, worker_id: str, now: float,
+                       lease_expires_at: float) -> tuple[str, Optional[JobRecord]]:
+        """One autocommit INSERT of the row as claimed (`INSERT_CLAIMED`), for a pending
+        job that needs no check against other rows; others go the default way (`insert`,
+        then a claim)."""
+        if not _alone([record]) or record.is_schedule or record.status is not JobStatus.PENDING:
+            return super().insert_claimed(record, worker_id, now, lease_expires_at)
+        params = (*row_params(record, now, JobStatus.RUNNING, 0, None, self.max_payload_bytes),
+                  now, worker_id, lease_expires_at)
+        record.seq = self._db.insert_alone(self.sql.INSERT_CLAIMED, params,
+                                           stored=lambda: self._stored_seq(record, now), notifies=False)
+        return record.id, claimed_as_stored(record, params[3], worker_id, now, lease_expires_at)
 
     def _stored_seq(self, record: JobRecord, now: float) -> Optional[int]:
         """The seq of `record` as a run of INSERT_ALONE at `now` stored it, if that row

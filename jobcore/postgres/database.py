@@ -227,10 +227,12 @@ class Database:
                     raise _ConnectionLost(exc) from exc
                 raise
 
-    def insert_alone(self, query: str, params: Any, stored: Callable[[], Optional[int]]) -> int:
+    def insert_alone(self, query: str, params: Any, stored: Callable[[], Optional[int]], *,
+                     notifies: bool = True) -> int:
         """The seq of a job stored by one INSERT that also NOTIFYs (`transition_queries.INSERT_ALONE`),
         run on its own (autocommit): moves this object's change token as a transaction
-        that notified does. A taken job id raises `InvalidJob`.
+        that notified does (not for a `query` that `notifies` nothing: `INSERT_CLAIMED`).
+        A taken job id raises `InvalidJob`.
 
         If its connection breaks under it, it runs once more on another connection: the
         first run may have committed or not, and the id, unique, makes a second store
@@ -251,7 +253,8 @@ class Database:
                 if seq is None:
                     raise
                 rows = [(seq,)]
-        self._own_change = next(self._own_changes)
+        if notifies:
+            self._own_change = next(self._own_changes)
         return int(rows[0][0])
 
     def _insert_once(self, query: str, params: Any) -> list[tuple[Any, ...]]:

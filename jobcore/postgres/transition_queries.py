@@ -50,6 +50,13 @@ RETURNING seq
 # fails on jobs_id_key, as the lookup would have found it.
 INSERT_ALONE = "WITH added AS (" + INSERT_JOB.strip() + ") SELECT seq, pg_notify('jobcore_jobs', %s) FROM added"
 SELECT_INSERTED = "SELECT seq, function_name, payload, created_at FROM {s}.jobs WHERE id = %s"
+# The same job stored already claimed by an idle worker of the enqueuing manager (its first
+# attempt: a hand-off), one round trip where an INSERT and a claim were two. No NOTIFY: no
+# other manager can take it.
+INSERT_CLAIMED = INSERT_JOB.replace(
+    "completed_at, memory_limit)", "completed_at, memory_limit, started_at, worker_id, lease_expires_at, attempts)",
+    1).replace("%s, %s, %s)", "%s, %s, %s, %s, %s, %s, 1)", 1)
+assert INSERT_CLAIMED.count("%s") == INSERT_JOB.count("%s") + 3 and "attempts" in INSERT_CLAIMED
 # For batches with a unique_key: a job whose key another transaction took since the
 # insert looked (SELECT_UNFINISHED_BY_KEYS) is not inserted and returns no row, and the
 # insert runs again to find that holder. Not an error: inserts are pipelined, and psycopg

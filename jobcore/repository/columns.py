@@ -201,3 +201,24 @@ def encode_progress(settlements: Sequence[Settlement]) -> Optional[list[Optional
             if s.progress.encoded_details is not None
             else serialization.encode(s.progress.details, field="progress details")
             for s in settlements]
+
+
+_JSON_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def claimed_as_stored(record: JobRecord, payload: str, worker_id: str, now: float,
+                      lease_expires_at: float) -> JobRecord:
+    """`record`, just stored claimed (its first attempt) with `payload`, made what a
+    claim would return.
+
+    On the way from `enqueue` to a worker starting the job, so kept short: the record
+    is the caller's own (not copied), and arguments that are all JSON scalars, which
+    decode to what they were, are not decoded again."""
+    if record.kwargs or any(type(arg) not in _JSON_SCALARS for arg in record.args):
+        # The worker sees the arguments as any claim would: decoded from the stored JSON.
+        record.args, record.kwargs = serialization.decode_payload(payload)
+    if record.metadata:  # as stored (JSON), not as given: `wait` shows it as `poll` does
+        record.metadata = serialization.decode(serialization.encode(record.metadata, field="metadata"))
+    record.status, record.blocked, record.created_at, record.started_at = JobStatus.RUNNING, 0, now, now
+    record.attempts, record.worker_id, record.lease_expires_at = 1, worker_id, lease_expires_at
+    return record

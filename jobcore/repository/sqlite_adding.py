@@ -12,11 +12,10 @@ from __future__ import annotations
 import sqlite3
 from typing import Any, Callable, Optional, Sequence
 
-from .. import serialization
 from ..models import JobStatus
 from . import sqlite_transition_sql as transition_sql
 from ._cascade import ENDED, dependency_error_message, plan_batch
-from .columns import encode_progress
+from .columns import claimed_as_stored, encode_progress
 from .base import Cascade, JobRecord, JobRepository, Settlement, id_taken, require_plain_pending
 from .group_commit import GroupCommitter
 from .sqlite_conn import Connections
@@ -157,7 +156,7 @@ class SQLiteAdding(JobRepository):
             return super().insert_claimed(record, worker_id, now, lease_expires_at)
         query, params = self._new_row(record, now, JobStatus.RUNNING, claimed=True)
         record.seq = self._insert_row(query, (*params, now, worker_id, lease_expires_at), record.id)
-        return record.id, self._stored_claimed(record, params[3], worker_id, now, lease_expires_at)
+        return record.id, claimed_as_stored(record, params[3], worker_id, now, lease_expires_at)
 
     def insert_and_apply(self, record: JobRecord, settlements: Sequence[Settlement], claim_ids: Sequence[str],
                          worker_id: str, now: float, lease_expires_at: float, *, claim_new: bool,
@@ -190,33 +189,14 @@ class SQLiteAdding(JobRepository):
         record.blocked = 0
         claimed = claimed_records(rows, full, now, worker_id, lease_expires_at)
         if claim_new:
-            claimed.insert(0, self._stored_claimed(record, params[3], worker_id, now, lease_expires_at))
+            claimed.insert(0, claimed_as_stored(record, params[3], worker_id, now, lease_expires_at))
         return cascades, claimed
-
-    @staticmethod
-    def _stored_claimed(record: JobRecord, payload: str, worker_id: str, now: float,
-                        lease_expires_at: float) -> JobRecord:
-        """`record`, just stored claimed with `payload`, made what a claim would return.
-
-        On the way from `enqueue` to a worker starting the job, so kept short: the record
-        is the caller's own (not copied), and arguments that are all JSON scalars, which
-        decode to what they were, are not decoded again."""
-        if record.kwargs or any(type(arg) not in _JSON_SCALARS for arg in record.args):
-            # The worker sees the arguments as any claim would: decoded from the stored JSON.
-            record.args, record.kwargs = serialization.decode_payload(payload)
-        if record.metadata:  # as stored (JSON), not as given: `wait` shows it as `poll` does
-            record.metadata = serialization.decode(serialization.encode(record.metadata, field="metadata"))
-        record.status, record.blocked, record.created_at, record.started_at = JobStatus.RUNNING, 0, now, now
-        record.attempts, record.worker_id, record.lease_expires_at = 1, worker_id, lease_expires_at
-        return record
 
     @staticmethod
     def _unfinished_with_key(conn: sqlite3.Connection, key: str) -> Optional[str]:
         row = conn.execute(transition_sql.SELECT_UNFINISHED_BY_KEY, (key,)).fetchone()
         return row[0] if row else None
 
-
-_JSON_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 class _Lookup:
