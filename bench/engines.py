@@ -15,10 +15,14 @@ from typing import Any, Callable, Optional, Sequence
 
 from harness import BATCH, WORKERS, Engine, Tracker
 
+# The server the "jobcore-postgres" engine runs on (a libpq DSN); without it that engine is left out.
+PG_DSN_ENV = "JOBCORE_BENCH_PG_DSN"
+
 
 class Jobcore(Engine):
-    """jobcore with a `SQLiteRepository` (durability "normal" or "full") or a
-    `MemoryRepository`."""
+    """jobcore with a `SQLiteRepository` (durability "normal" or "full"), a
+    `MemoryRepository`, or (durability "postgres") a `PostgresRepository` on the server
+    `$JOBCORE_BENCH_PG_DSN` names, in a schema of its own dropped at `close`."""
 
     bulk = True
     priorities = True
@@ -27,8 +31,9 @@ class Jobcore(Engine):
 
     def __init__(self, durability: Optional[str]) -> None:
         self.durability = durability   # None: MemoryRepository
-        self.key = "jobcore-memory" if durability is None else (
+        self.key = "jobcore-memory" if durability is None else "jobcore-postgres" if durability == "postgres" else (
             "jobcore-sqlite" if durability == "normal" else f"jobcore-sqlite-{durability}")
+        self._drop: Optional[Callable[[], None]] = None
 
     def open(self, workdir: str, tracker: Tracker) -> None:
         from jobcore import Job, JobManager, MemoryRepository, SQLiteRepository
@@ -36,12 +41,29 @@ class Jobcore(Engine):
         self.tracker = tracker
         if self.durability is None:
             repository: Any = MemoryRepository()
+        elif self.durability == "postgres":
+            repository = self._postgres()
         else:
             repository = SQLiteRepository(os.path.join(workdir, "jobcore.db"), durability=self.durability)
         self.manager = JobManager(repository, max_workers=WORKERS)
         self.manager.register_function("noop", tracker.task)
         self.ids: list[str] = []
         self._kinds_registered = False
+
+    def _postgres(self) -> Any:
+        dsn = os.environ.get(PG_DSN_ENV)
+        if not dsn:
+            raise NotImplementedError(f"no PostgreSQL server: set ${PG_DSN_ENV}")
+        import uuid
+        import psycopg
+        from jobcore.postgres import PostgresRepository
+        schema = f"bench_{uuid.uuid4().hex[:12]}"
+
+        def drop() -> None:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        self._drop = drop
+        return PostgresRepository(dsn, schema=schema)
 
     def _register_kinds(self) -> None:
         """The job bodies of the kinds in `harness.KINDS` beyond a plain call."""
@@ -129,11 +151,13 @@ class Jobcore(Engine):
 
     def close(self) -> None:
         self.manager.close()
+        if self._drop is not None:
+            self._drop()
 
     def settings(self) -> dict[str, Any]:
         import jobcore
         return {"version": jobcore.__version__, "repository": "memory" if self.durability is None
-                else f"sqlite durability={self.durability}"}
+                else "postgres" if self.durability == "postgres" else f"sqlite durability={self.durability}"}
 
 
 def _peer(name: str) -> Callable[[], Engine]:
@@ -155,6 +179,7 @@ ENGINES: dict[str, tuple[Callable[[], Engine], str, str]] = {
     "jobcore-sqlite": (lambda: Jobcore("normal"), "jobcore", "jobcore SQLite (normal)"),
     "jobcore-sqlite-full": (lambda: Jobcore("full"), "jobcore", "jobcore SQLite (full)"),
     "jobcore-memory": (lambda: Jobcore(None), "jobcore", "jobcore memory"),
+    "jobcore-postgres": (lambda: Jobcore("postgres"), "jobcore", "jobcore PostgreSQL"),
     "huey": (_peer("Huey"), "peer", "Huey (SqliteHuey)"),
     "persist-queue": (_peer("PersistQueue"), "peer", "persist-queue (SQLiteAckQueue)"),
     "litequeue": (_peer("LiteQueue"), "peer", "litequeue"),
@@ -181,6 +206,10 @@ PER_JOB = {
     "jobcore-sqlite-full": "as jobcore SQLite with synchronous=FULL: the WAL is fsynced on every"
                            " commit (each enqueue call, each batch of outcomes and claims); concurrent enqueue"
                            " calls share one transaction and its fsync (group commit); SQLite's own checkpoints",
+    "jobcore-postgres": "as jobcore SQLite, on a PostgreSQL server (psycopg 3, a pool of connections): each"
+                        " statement a round trip; an enqueue one INSERT that also NOTIFYs (or, handed"
+                        " straight to an idle worker, stored claimed); claims FOR NO KEY UPDATE SKIP LOCKED;"
+                        " the server's own durability settings",
     "jobcore-memory": "validates the Job; keeps a copy of the record in a dict under one lock;"
                       " claims and completes by compare-and-set in the same batches; arguments"
                       " kept as Python objects (no JSON); nothing persisted",

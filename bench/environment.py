@@ -17,6 +17,8 @@ ROOT = os.path.dirname(BENCH)
 VENV = os.path.join(BENCH, ".venv")
 # Pinned to versions seen working here (litequeue releases after 0.9 need Python 3.12+).
 PEER_REQUIREMENTS = ["huey==3.5.4", "persist-queue==1.1.0", "litequeue==0.9"]
+# jobcore's PostgreSQL extra, for the opt-in "jobcore-postgres" engine (engines.PG_DSN_ENV).
+POSTGRES_REQUIREMENTS = ["psycopg[binary]>=3.1"]
 
 
 def log(message: str) -> None:
@@ -39,7 +41,8 @@ def bootstrap(script: str) -> None:
                 status = json.load(f)
         installed = status.get("installed", [])
         failed: dict[str, str] = {}
-        for requirement in PEER_REQUIREMENTS:
+        wanted = PEER_REQUIREMENTS + (POSTGRES_REQUIREMENTS if os.environ.get("JOBCORE_BENCH_PG_DSN") else [])
+        for requirement in wanted:
             if requirement in installed:
                 continue
             log(f"pip install {requirement} into {VENV} ...")

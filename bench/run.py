@@ -35,6 +35,8 @@ QUICK = dict(n=3_000, reps=1, roundtrip_n=500, fanin_n=20_000, kinds_n=2_000, pi
              depth_reps=1, procs_n=5_000, isolation_n=300, drain_budget=15.0, timeout=180.0)
 
 JOBCORE = ["jobcore-sqlite", "jobcore-sqlite-full", "jobcore-memory"]
+if os.environ.get("JOBCORE_BENCH_PG_DSN"):  # (engines.PG_DSN_ENV) the opt-in PostgreSQL engine
+    JOBCORE.append("jobcore-postgres")
 PEERS = ["huey", "persist-queue", "litequeue"]
 FLOORS = ["raw-normal", "raw-full", "raw-batch", "heap"]
 SCENARIO_ENGINES = {
