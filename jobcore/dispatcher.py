@@ -56,10 +56,6 @@ class Dispatcher:
     def _run(self, generation: int) -> None:
         state = self._state
         backoff = 0.0
-        # When the first of the exchanges failing now began: on this manager's clock, and
-        # in real seconds (a stop gives up after a lease of either: leases lapse on the
-        # manager's clock, and a fake one standing still must not hold the stop for ever).
-        failing_since: Optional[tuple[float, float]] = None
         while True:
             with state.lock:
                 while True:
@@ -89,15 +85,18 @@ class Dispatcher:
                 continue
             if backoff:
                 threading.Event().wait(backoff)
-            # The failing clock starts when the first failed exchange began, not when it
-            # returned: in a database locked by another program that is a whole busy
-            # timeout later, which a stop waited on top of the lease.
+            # The failing clock starts when the first failed exchange began (this thread's
+            # or a worker's), not when it returned: in a database locked by another program
+            # that is a whole busy timeout later, which a stop waited on top of the lease.
+            # On this manager's clock and in real seconds: a stop gives up after a lease of
+            # either (leases lapse on the manager's clock, and a fake one standing still
+            # must not hold the stop for ever).
             tried = (self._clock.monotonic(), real_monotonic())
-            if self._exchanges.run(*exchange, by_worker=False):
-                backoff, failing_since = 0.0, None
+            if self._exchanges.run(*exchange, by_worker=False, began=tried):
+                backoff = 0.0
                 continue
             now = (self._clock.monotonic(), real_monotonic())
-            failing_since = tried if failing_since is None else failing_since
+            failing_since = state.failing_since or tried  # (set under the lock by this thread's `run`)
             failing_for = max(now[0] - failing_since[0], now[1] - failing_since[1])
             with state.lock:
                 if state.closed:  # it failed on a closed repository: give up, for good

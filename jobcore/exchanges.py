@@ -42,22 +42,33 @@ class Exchanges:
     # -- a worker's exchange ----------------------------------------------------------------
     def worker_exchange_locked(self) -> Optional[Exchange]:
         """The exchange a worker makes before taking a job, if one is due: when the buffer
-        is empty and there is room to fill from the queue. With nothing to claim, waiting
-        outcomes are the dispatcher's to record (it is told). Called with the lock held."""
+        is empty and there is room to fill from the queue, or, with nothing to claim, to
+        record the outcomes waiting when no other job runs here (none will join them
+        soon). Otherwise, with nothing to claim, they are the dispatcher's to record (it is
+        told), unless enqueues stream in (the next one records them). Called with the lock
+        held."""
         state = self._state
         if state.exchanging or state.failing or state.buffer:
             return None
         if state.room_locked() > 0 and (state.from_store or self._queue.has_ready()):
-            return state.begin_exchange_locked()
+            return state.begin_exchange_locked(by_worker=True)
         if state.finished and not state.pacing.streaming(real_monotonic()):
+            if not (state.running or state.deferred or state.handoffs or state.claiming or state.stopping):
+                # This thread has nothing to run: it records them now, where the dispatcher,
+                # woken for it, would (a thread hand-over each way: a chain of dependent
+                # jobs took two per link, the second for the dependent this released).
+                return state.begin_exchange_locked(by_worker=True)
             state.dispatch_needed.notify()
         return None
 
-    def run(self, finished: list[Finished], room: int, from_store: bool, *, by_worker: bool) -> bool:
+    def run(self, finished: list[Finished], room: int, from_store: bool, *, by_worker: bool,
+            began: Optional[tuple[float, float]] = None) -> bool:
         """Record `finished` and claim up to `room` ready jobs in one repository call; the
         claimed go to the buffer. A worker making it takes one of them itself, so it wakes
         one idle worker fewer. False if the repository failed: everything is put back and
-        the dispatcher retries, backing off.
+        the dispatcher retries, backing off. `began`: when this exchange began (the
+        manager's clock, real seconds), kept as `PoolState.failing_since` if it is the
+        first of a run of failures.
 
         Claims name the ids queued here, best first, and are topped up from the store
         when some went stale. While other processes take most of them (`from_store`), the
@@ -100,10 +111,12 @@ class Exchanges:
         with state.lock:
             if claimed is None:  # nothing was recorded: the dispatcher records them, first
                 state.give_back_locked(finished)
+                if not state.failing or state.failing_since is None:
+                    state.failing_since = began
                 state.failing = True
                 state.dispatch_needed.notify()
                 return False
-            state.failing, state.from_store = False, from_store
+            state.failing, state.failing_since, state.from_store = False, None, from_store
             state.ended_locked(finished, claimed, wake=len(claimed) > (1 if by_worker else 0),
                                active=by_worker)
         return True

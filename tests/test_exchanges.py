@@ -14,6 +14,7 @@ import pytest
 from jobcore import FakeClock, Job, JobManager, JobStatus, MemoryRepository, RetryableError, SQLiteRepository
 from jobcore.errors import RepositoryError
 from jobcore.repository.base import JobRepository, Settlement
+from mixed_repositories import repository_with
 from waiting import wait_until
 
 
@@ -90,6 +91,56 @@ def test_workers_record_their_own_outcomes_while_work_is_queued(make_manager: An
     # job), and outcomes were recorded in batches, not one by one
     assert any(name.startswith("jobcore-worker") for name in repository.threads)
     assert len(repository.threads) < len(ids) / 2
+
+
+class ThreadsApplying:
+    """Notes the thread making each `apply` call. Mixed into a repository class."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+        self.threads: list[str] = []
+
+    def apply(self, *args: Any, **kwargs: Any) -> Any:
+        self.threads.append(threading.current_thread().name)
+        return super().apply(*args, **kwargs)  # type: ignore[misc]
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def noted_repository(request: Any, tmp_path: Any) -> JobRepository:
+    return repository_with(ThreadsApplying, request, tmp_path)
+
+
+def test_a_chain_of_dependent_jobs_runs_on_one_worker_with_no_dispatcher_hand_over(
+        noted_repository: Any, make_manager: Any) -> None:
+    # given a chain of 30 jobs, each depending on the one before, queued before the start
+    manager: JobManager = make_manager(noted_repository, max_workers=4)
+    ran: list[int] = []
+    manager.register_function("link", ran.append)
+    chain: list[Job] = []
+    for n in range(30):
+        chain.append(Job(function_name="link", args=(n,), depends_on=[chain[-1].id] if chain else []))
+    manager.enqueue_many(chain)
+    condition, notified = manager._pool._state.dispatch_needed, [0]  # the dispatcher's wake-ups
+    wait = condition.wait
+
+    def counted_wait(timeout: Any = None) -> bool:
+        woken = wait(timeout)
+        notified[0] += woken
+        return woken
+
+    condition.wait = counted_wait  # type: ignore[method-assign]
+    # when it runs
+    manager.start()
+    assert manager.wait(chain[-1].id, timeout=10).status == JobStatus.COMPLETED
+    # then they ran in order, and the worker that ran each job recorded its outcome and
+    # claimed the dependent it released itself: the dispatcher claimed the first job at
+    # most (it made two exchanges a link: one to record, woken by the worker, and one to
+    # claim, woken by the queue), and was hardly woken (the queue woke it for each
+    # dependent released, while the worker that released it went on to claim it)
+    assert ran == list(range(30))
+    by_dispatcher = [name for name in noted_repository.threads if not name.startswith("jobcore-worker")]
+    assert len(by_dispatcher) <= 1, by_dispatcher
+    assert notified[0] <= 3, notified[0]
 
 
 @pytest.mark.parametrize("durability", ["normal", "full"])
