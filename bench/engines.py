@@ -119,6 +119,15 @@ class Jobcore(Engine):
         jobs = [self._job(function_name="noop", args=(x,), priority=p) for x, p in zip(xs, levels)]
         self.ids.extend(self.manager.enqueue_many(jobs))
 
+    def enqueue_chain(self, xs: Sequence[int]) -> None:
+        """Enqueue one job per x in one `enqueue_many`, each depending on the job enqueued
+        just before it (harness.chain)."""
+        jobs: list[Any] = []
+        for x in xs:
+            before = jobs[-1].id if jobs else (self.ids[-1] if self.ids else None)
+            jobs.append(self._job(function_name="noop", args=(x,), depends_on=[before] if before else []))
+        self.ids.extend(self.manager.enqueue_many(jobs))
+
     def enqueue_gather(self, x: int) -> str:
         """Enqueue one job depending on every job enqueued so far (harness.fanin); its id."""
         self.ids.append(self.manager.enqueue(self._job(function_name="noop", args=(x,), depends_on=list(self.ids))))

@@ -262,6 +262,25 @@ def fanin(engine: Engine, workdir: str, n: int, budget: float) -> dict[str, Any]
     return {"drain_per_s": rates[0], "fanin_drain_per_s": rates[1], "ratio": rates[1] / rates[0]}
 
 
+def chain(engine: Engine, workdir: str, n: int, budget: float) -> dict[str, Any]:
+    """n jobs, each depending on the one before, enqueued in batches before the workers
+    start, drained until the last completes: what a dependency costs per link, where no
+    two jobs can run at once (jobcore only)."""
+    if not hasattr(engine, "enqueue_chain"):
+        raise NotImplementedError("only jobcore's jobs depend on others here")
+    engine.open(workdir, Tracker(n))
+    try:
+        xs = list(range(n))
+        for start in range(0, n, BATCH):
+            engine.enqueue_chain(xs[start:start + BATCH])
+        t0 = time.perf_counter()
+        engine.start()
+        engine.wait_for(engine.ids[-1], budget)
+        return {"links_per_s": n / (time.perf_counter() - t0)}
+    finally:
+        engine.close()
+
+
 # What a job may carry beyond a plain call (jobcore only): a coroutine function, a timeout,
 # a progress report, a unique key, and a body that raises (no retries: failed at once).
 KINDS = ("plain", "async", "timeout", "progress", "logging", "keyed", "failing")

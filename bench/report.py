@@ -160,6 +160,14 @@ def render(results: dict[str, Any], targets: list[dict[str, Any]], meta: dict[st
                       lambda entry: [_rate(entry.get("drain_per_s")), _rate(entry.get("fanin_drain_per_s")),
                                      _ratio(entry.get("fanin_drain_per_s"), entry.get("drain_per_s"))])
 
+    if "chain" in results:
+        size = cfg.get("chain_n", 0)
+        out.append(f"## A chain of {size:,} jobs, each depending on the one before (links/s)\n")
+        out.append("Enqueued in batches of 500 before the workers start, drained until the last completed: no two"
+                   " of its jobs can run at once, so each link is an outcome recorded, a dependent released and"
+                   " claimed, and a job started.\n")
+        _engine_table(out, notes, results["chain"], ["links/s"], lambda entry: [_rate(entry.get("links_per_s"))])
+
     if "kinds" in results:
         out.append(f"## Jobs that carry more than a call: {cfg.get('kinds_n', 0):,} jobs of each kind (jobs/s)\n")
         out.append("Each kind in a fresh store: enqueued one call each, then drained. async: a coroutine"

@@ -27,10 +27,10 @@ from environment import (BENCH, CODE_ENV, ROOT, bootstrap, code_digest, log, loa
 RESULTS = os.path.join(BENCH, "results")
 MARK = "BENCH-RESULT "
 
-FULL = dict(n=20_000, reps=3, roundtrip_n=2_000, fanin_n=100_000, kinds_n=10_000, pickup=500, pickup_polling=100, pickup_budget=60.0, priority_n=5_000,
+FULL = dict(n=20_000, reps=3, roundtrip_n=2_000, fanin_n=100_000, chain_n=2_000, kinds_n=10_000, pickup=500, pickup_polling=100, pickup_budget=60.0, priority_n=5_000,
             deep=200_000, deep_drain=20_000, depths=[10_000, 100_000, 1_000_000], depth_ops=2_000,
             depth_reps=3, procs_n=20_000, isolation_n=1_000, drain_budget=30.0, timeout=600.0)
-QUICK = dict(n=3_000, reps=1, roundtrip_n=500, fanin_n=20_000, kinds_n=2_000, pickup=100, pickup_polling=30, pickup_budget=15.0, priority_n=2_000,
+QUICK = dict(n=3_000, reps=1, roundtrip_n=500, fanin_n=20_000, chain_n=500, kinds_n=2_000, pickup=100, pickup_polling=30, pickup_budget=15.0, priority_n=2_000,
              deep=200_000, deep_drain=3_000, depths=[10_000, 100_000], depth_ops=1_000,
              depth_reps=1, procs_n=5_000, isolation_n=300, drain_budget=15.0, timeout=180.0)
 
@@ -48,6 +48,7 @@ SCENARIO_ENGINES = {
     "polled": JOBCORE,
     "roundtrip": JOBCORE,
     "fanin": JOBCORE,
+    "chain": JOBCORE,
     "kinds": JOBCORE,
     "priority": JOBCORE + ["huey", "raw-normal", "heap"],
     "pickup": JOBCORE + PEERS + ["raw-normal", "heap"],
@@ -105,6 +106,8 @@ def _child_result(args: argparse.Namespace) -> Optional[dict[str, Any]]:
         return harness.roundtrip(engine, workdir, args.n, args.budget)
     if args.child == "fanin":
         return harness.fanin(engine, workdir, args.n, args.budget)
+    if args.child == "chain":
+        return harness.chain(engine, workdir, args.n, args.budget)
     if args.child == "kinds":
         return harness.kinds(engine, workdir, args.n, args.budget)
     if args.child == "bulk":
@@ -249,8 +252,8 @@ def run_all(args: argparse.Namespace, cfg: dict[str, Any], code: str) -> dict[st
     pickup_errors: dict[tuple[str, str], str] = {}
 
     # Interleaved: every repetition runs every engine once, in an order rotated per rep.
-    timed = [s for s in ("e2e", "bulk", "producers", "concurrent", "waited", "polled", "roundtrip", "fanin", "kinds",
-                         "priority",
+    timed = [s for s in ("e2e", "bulk", "producers", "concurrent", "waited", "polled", "roundtrip", "fanin", "chain",
+                         "kinds", "priority",
                          *pickups)
              if _wanted(args, s)]
     for rep in range(reps):
@@ -270,9 +273,9 @@ def run_all(args: argparse.Namespace, cfg: dict[str, Any], code: str) -> dict[st
                         missed[key] = missed.get(key, 0) + result["missed"]
                     continue
                 sizes = {"priority": cfg["priority_n"], "roundtrip": cfg["roundtrip_n"], "fanin": cfg["fanin_n"],
-                         "kinds": cfg["kinds_n"]}
+                         "chain": cfg["chain_n"], "kinds": cfg["kinds_n"]}
                 params: dict[str, Any] = {"n": sizes.get(scenario, n)}
-                if scenario in ("e2e", "concurrent", "waited", "polled", "roundtrip", "fanin", "kinds"):
+                if scenario in ("e2e", "concurrent", "waited", "polled", "roundtrip", "fanin", "chain", "kinds"):
                     # (a fan-in drains fanin_n jobs: five times the others' at full size)
                     params["budget"] = cfg["drain_budget"] * (4 if scenario == "fanin" else 1)
                 raw.setdefault(scenario, {}).setdefault(engine, []).append(
@@ -350,7 +353,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, one repetition (~3 min)")
     parser.add_argument("--reps", type=int, help="repetitions (default 3, --quick 1)")
     parser.add_argument("--n", type=int, help="jobs per throughput figure (default 20,000)")
-    parser.add_argument("--only", help="comma-separated scenarios: e2e,bulk,producers,concurrent,waited,polled,roundtrip,fanin,kinds,priority,"
+    parser.add_argument("--only", help="comma-separated scenarios: e2e,bulk,producers,concurrent,waited,polled,roundtrip,fanin,chain,kinds,priority,"
                                         "pickup,pickup-b2b,deep,depth,procs,isolation")
     parser.add_argument("--engines", help="comma-separated engine keys (see bench/README.md)")
     parser.add_argument("--no-venv", action="store_true", help="do not build or use bench/.venv (peers n/a)")
