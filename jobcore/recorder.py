@@ -51,6 +51,8 @@ class Recorder:
         self._seqs_to_apply = repository.finds_rows_by_seq and takes_argument(repository.apply, "claim_seqs")
         self._seqs_to_insert = (repository.finds_rows_by_seq
                                 and takes_argument(repository.insert_and_apply, "claim_seqs"))
+        # Whether `apply` can claim the dependents it releases (`claim_released`).
+        self._claims_released = repository.claims_released and takes_argument(repository.apply, "claim_released")
         self._queue = queue
         self._registry = registry
         self._local = local
@@ -68,6 +70,9 @@ class Recorder:
         # The dependents the last exchange released, ready now and runnable here (see
         # `make_way`): set by each exchange, which the pool makes one at a time.
         self._released_now: list[QueueEntry] = []
+        # The ids that exchange claimed, while it acts on its outcomes: dependents they
+        # released that it claimed too are not queued.
+        self._claimed_now: frozenset[str] = frozenset()
 
     # -- feeding the queue --------------------------------------------------------------------
     def runnable(self, entry: QueueEntry) -> bool:
@@ -109,7 +114,7 @@ class Recorder:
 
     def exchange(self, finished: list[Finished], claim_ids: list[str],
                  top_up: Optional[Iterable[str]] = None, up_to: int = 0,
-                 claim_seqs: Optional[list[int]] = None) -> Optional[list[JobRecord]]:
+                 claim_seqs: Optional[list[int]] = None, claim_released: int = 0) -> Optional[list[JobRecord]]:
         """Record `finished` and claim `claim_ids` (topped up from `top_up` names, to
         `up_to` claims if more) in one repository call, then act on the results. Returns
         the claimed records, best first, or None if the repository failed: no claim was
@@ -117,7 +122,9 @@ class Recorder:
         later. An error other than a `RepositoryError` made with claims drops them (none
         are made) and records the outcomes alone; made with outcomes alone, or a
         `RepositoryError` repeated, it records each alone (see `Refusals.record_each`).
-        `claim_seqs`: the seqs of `claim_ids`, if known."""
+        `claim_seqs`: the seqs of `claim_ids`, if known. `claim_released`: how many of the
+        dependents these outcomes release, ready now and registered here, to claim as
+        well (where the repository can)."""
         now = self._clock.time()
         self._released_now = []
         settlements = [f.settlement or self._settled(f, now) for f in finished]
@@ -128,6 +135,9 @@ class Recorder:
             # `up_to` only when needed: a backend written before it still works elsewhere.
             if wanted is not None and up_to > len(claim_ids):
                 more["up_to"] = up_to
+            if claim_released > 0 and settlements and self._claims_released:
+                more["claim_released"] = claim_released
+                more["released_functions"] = self._registry.names
             cascades, claimed = self._repo.apply(settlements, claim_ids, self._worker_id, now,
                                                  now + self._lease_timeout, top_up=wanted, **more)
         except RepositoryError as exc:  # storage trouble: retry, never die
@@ -163,7 +173,11 @@ class Recorder:
             for f, settlement in zip(finished, settlements):
                 f.settlement = settlement  # decided once
             return self.exchange(finished, []) if finished else []
-        self._after_all(finished, settlements, cascades, now)
+        self._claimed_now = frozenset(record.id for record in claimed) if "claim_released" in more else frozenset()
+        try:
+            self._after_all(finished, settlements, cascades, now)
+        finally:
+            self._claimed_now = frozenset()
         self._released_now = self._ready_released(cascades, now)
         if len(claimed) > 1:
             claimed.sort(key=lambda r: (-r.priority, r.seq))
@@ -312,7 +326,9 @@ class Recorder:
         else:  # failed or cancelled: a retry runs it again
             self._local.ended(record.id)
         if cascade.released:  # most release nothing
-            self.enqueue_entries(cascade.released)
+            claimed = self._claimed_now  # (claimed by the exchange that released them: not queued)
+            self.enqueue_entries([e for e in cascade.released if e.job_id not in claimed] if claimed
+                                 else cascade.released)
         for job_id in cascade.cancelled:
             self._local.ended(job_id)
             settled.append((job_id, None))

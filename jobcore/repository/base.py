@@ -32,13 +32,13 @@ from .through_apply import SettlesThroughApply
 from .values import (CANCELLED_BY_REQUEST, CANCELLED_ERROR_TYPE, CANCELLED_WHILE_RUNNING, CancelOutcome,
                      Cascade, JobRecord, LastProgress, LogLine, PartlyApplied, QueueEntry, Recovery, Settlement,
                      WorkerInfo, cancelled_instead_note, claim_limit, id_taken, newest_failures,
-                     require_plain_pending)
+                     released_to_claim, require_plain_pending)
 
 # The values (and SettlesThroughApply) are re-exported: backends and callers import them from here.
 __all__ = ["CANCELLED_BY_REQUEST", "CANCELLED_ERROR_TYPE", "CANCELLED_WHILE_RUNNING", "CancelOutcome",
            "Cascade", "JobRecord", "JobRepository", "LastProgress", "LogLine", "PartlyApplied", "QueueEntry",
            "Recovery", "Settlement", "SettlesThroughApply", "WorkerInfo", "cancelled_instead_note", "claim_limit",
-           "id_taken", "newest_failures", "require_plain_pending", "takes_argument"]
+           "id_taken", "newest_failures", "released_to_claim", "require_plain_pending", "takes_argument"]
 
 logger = logging.getLogger("jobcore.repository")
 
@@ -71,6 +71,10 @@ class JobRepository(JobReads):
     # to the transaction that records its outcome. Else it stores them with `add_logs`
     # before the outcome.
     stores_settlement_logs: bool = False
+    # True if `apply` takes `claim_released` and `released_functions` (see `apply`): the
+    # engine then has the dependents an exchange's outcomes release claimed in that same
+    # step. A subclass whose `apply` passes its arguments on keeps its backend's answer.
+    claims_released: bool = False
     # True if a manager may store a plain new job in an exchange made by the thread that
     # enqueues it (`insert_and_apply`, where implemented: see `inserts_in_exchanges`). That
     # exchange is one transaction of several statements, cheap where each statement is a
@@ -233,6 +237,15 @@ class JobRepository(JobReads):
         undone); once anything was written, a claim that raises ends the claiming (logged)
         and what was done is returned. A release reports `cancelled_instead` by reading
         the row back.
+
+        A backend's `apply` may also take `claim_released` (an int, default 0) and
+        `released_functions` (function names, or None for any): it then claims as well, in
+        the same step, up to `claim_released` of the dependents its settlements release
+        that are ready now and name one of `released_functions`, best first
+        (`released_to_claim`), returned with the other claims. The engine passes them only
+        where `claims_released` says so, to a method that takes them (SQLite's and
+        PostgreSQL's): a chain of dependent jobs then costs one transaction a link, not one
+        to release and one to claim.
 
         `claim_seqs` (given only where `finds_rows_by_seq`) is the `seq` of each of
         `claim_ids`, in order: the backend may find the rows by it, claiming only those

@@ -33,7 +33,7 @@ from .sqlite_adding import SQLiteAdding
 from .sqlite_migration import SQLiteMigration
 from .sqlite_upkeep import SQLiteUpkeep
 from .base import (Cascade, CancelOutcome, JobRecord, JobRepository, LogLine, QueueEntry, Settlement,
-                   SettlesThroughApply, WorkerInfo, claim_limit, id_taken)
+                   SettlesThroughApply, WorkerInfo, claim_limit, id_taken, released_to_claim)
 
 DURABILITY = SYNCHRONOUS
 
@@ -59,6 +59,7 @@ class SQLiteRepository(SQLiteAdding, SQLiteUpkeep, SQLiteMigration, SettlesThrou
     finds_rows_by_seq = True  # claims and settlements find a row by its seq, the rowid
     stores_settlement_progress = True  # in the outcome's own transaction (sqlite_settle)
     stores_settlement_logs = True  # likewise
+    claims_released = True  # (apply's claim_released)
 
     def __init__(self, path: "str | os.PathLike[str]", durability: str = "normal", *,
                  busy_timeout: float = 30.0,
@@ -193,24 +194,31 @@ class SQLiteRepository(SQLiteAdding, SQLiteUpkeep, SQLiteMigration, SettlesThrou
     def apply(self, settlements: Sequence[Settlement], claim_ids: Sequence[str], worker_id: str,
               now: float, lease_expires_at: float, top_up: Optional[Collection[str]] = None,
               up_to: Optional[int] = None, *,
-              claim_seqs: Optional[Sequence[int]] = None) -> tuple[builtins.list[Optional[Cascade]], builtins.list[JobRecord]]:
-        """One transaction for every settlement and the claims (a group commit). Rows are
-        found by their seq where it is given (the table's own key, no index read)."""
+              claim_seqs: Optional[Sequence[int]] = None, claim_released: int = 0,
+              released_functions: Optional[Collection[str]] = None,
+              ) -> tuple[builtins.list[Optional[Cascade]], builtins.list[JobRecord]]:
+        """One transaction for every settlement and the claims (a group commit), the
+        dependents it released among them with `claim_released`. Rows are found by their
+        seq where it is given (the table's own key, no index read)."""
         encoded = [encode_result(s, self.max_payload_bytes) for s in settlements]  # raises before writing
         progress = encode_progress(settlements)
         wanted = claim_limit(claim_ids, up_to)
+        head = (now, worker_id, lease_expires_at)
 
         def op(conn: sqlite3.Connection) -> tuple[list[Optional[Cascade]], list[Any], dict[str, Any]]:
             cascades = settle_all(conn, settlements, encoded, worker_id, now, progress)
             rows: list[Any] = []
             full: dict[str, Any] = {}
             if claim_ids:
-                rows = claim_known(conn, claim_ids, claim_seqs, (now, worker_id, lease_expires_at), now, full)
+                rows = claim_known(conn, claim_ids, claim_seqs, head, now, full)
             missing = wanted - len(rows)
             names = sqlite_queue.with_ready_jobs(conn, top_up) if top_up and missing > 0 else None
             if names:
                 query, best = sqlite_queue.claim_best(names, missing)
-                rows += claim_rows(conn, query, (now, worker_id, lease_expires_at, *best), full)
+                rows += claim_rows(conn, query, (*head, *best), full)
+            released = released_to_claim(cascades, now, claim_released, released_functions) if claim_released else []
+            if released:  # (one the top-up took is not claimed twice: it is no longer pending)
+                rows += claim_known(conn, [e.job_id for e in released], [e.seq for e in released], head, now, full)
             return cascades, rows, full
 
         cascades, rows, full = self._group.run(op)

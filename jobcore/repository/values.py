@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import heapq
 from dataclasses import MISSING, dataclass, field, fields
-from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Collection, Iterable, NamedTuple, Optional, Sequence
 
 from ..errors import InvalidJob, RepositoryError
 from ..models import JobStatus
@@ -326,6 +326,17 @@ def require_plain_pending(record: "JobRecord") -> None:
     if (record.depends_on or record.unique_key is not None or record.is_schedule
             or record.status is not JobStatus.PENDING):
         raise ValueError(f"job {record.id} is not a plain pending job")
+
+
+def released_to_claim(cascades: Sequence[Optional["Cascade"]], now: float, limit: int,
+                      functions: Optional[Collection[str]]) -> list[QueueEntry]:
+    """What an `apply` given `claim_released=limit` claims: the dependents `cascades`
+    released that are ready now (due, not cron schedules) and name one of `functions`
+    (None: any), best first (priority, then seq), at most `limit` of them."""
+    ready = [entry for cascade in cascades if cascade is not None for entry in cascade.released
+             if not entry.is_schedule and (entry.run_at is None or entry.run_at <= now)
+             and (functions is None or entry.function_name in functions)]
+    return sorted(ready, key=lambda entry: (-entry.priority, entry.seq))[:max(0, limit)]
 
 
 def claim_limit(claim_ids: Sequence[str], up_to: Optional[int]) -> int:

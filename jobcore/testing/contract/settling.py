@@ -109,6 +109,46 @@ class _SettlingContract:
                 JobStatus.RUNNING, "w1", 1, NOW + 31)
         assert _status(repository, later.id) is JobStatus.SCHEDULED
 
+    def test_apply_claims_the_dependents_it_releases_up_to_a_number_best_first(
+            self, repository: JobRepository) -> None:
+        if not repository.claims_released:
+            pytest.skip("this backend's apply leaves released dependents for a later claim")
+        # given w1 holding two jobs; dependents of the first: a low and a high priority one,
+        # one of a function not run here, one due later, one waiting on another job too;
+        # a dependent of the second; and a job ready meanwhile
+        first, second, other = _add(repository), _add(repository), _add(repository)
+        for job in (first, second):
+            _claim(repository, job.id, "w1")
+        low = _add(repository, depends_on=(first.id,), priority=1)
+        high = _add(repository, depends_on=(first.id,), priority=9)
+        foreign = _add(repository, depends_on=(first.id,), function_name="tests.elsewhere", priority=9)
+        due_later = _add(repository, depends_on=(first.id,), status=JobStatus.SCHEDULED,
+                         scheduled_at=NOW + 60, run_at=NOW + 60)
+        both = _add(repository, depends_on=(first.id, other.id))
+        of_second = _add(repository, depends_on=(second.id,), priority=5)
+        ready = _add(repository)
+        settlements = [base.Settlement("complete", first.id, 1), base.Settlement("complete", second.id, 1)]
+        # when w1 records both, claiming the ready job and up to two of the released ones
+        cascades, claimed = repository.apply(settlements, [ready.id], "w1", NOW + 1, NOW + 31,  # type: ignore[call-arg]
+                                             claim_released=2, released_functions={"tests.task"})
+        # then the best two released ones it runs are claimed with the ready job, in the same step
+        assert sorted(r.id for r in claimed) == sorted([ready.id, high.id, of_second.id])
+        for record in claimed:
+            assert (record.status, record.worker_id, record.attempts, record.lease_expires_at) == (
+                JobStatus.RUNNING, "w1", 1, NOW + 31)
+        # and the cascades report every release as before; the rest wait to be claimed
+        assert sorted(_ids_of(cascades[0].released)) == sorted([low.id, high.id, foreign.id, due_later.id])  # type: ignore[union-attr]
+        assert _ids_of(cascades[1].released) == [of_second.id]  # type: ignore[union-attr]
+        assert [_status(repository, job.id) for job in (low, foreign, both)] == [JobStatus.PENDING] * 3
+        assert _status(repository, due_later.id) is JobStatus.SCHEDULED
+        assert _get(repository, both.id).blocked == 1
+        # and with no number given, none is claimed
+        third = _add(repository)
+        _claim(repository, third.id, "w1")
+        after_third = _add(repository, depends_on=(third.id,))
+        _, none = repository.apply([base.Settlement("complete", third.id, 1)], [], "w1", NOW + 2, NOW + 32)
+        assert none == [] and _status(repository, after_third.id) is JobStatus.PENDING
+
     def test_apply_ends_a_retry_or_failure_cancelled_once_its_cancellation_was_requested(
             self, repository: JobRepository) -> None:
         # given w1 holding four jobs, each with a dependent, three of them asked to cancel
