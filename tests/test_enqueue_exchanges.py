@@ -20,7 +20,7 @@ from jobcore.errors import RepositoryError
 from jobcore.clock import real_monotonic
 from jobcore.repository.base import JobRepository, Settlement
 from interrupts import CtrlCOnce
-from waiting import wait_until
+from waiting import count_wake_ups, wait_until
 
 WAIT = 10.0
 STREAMED = 1000
@@ -220,15 +220,7 @@ def test_jobs_enqueued_in_a_stream_all_run_without_a_dispatcher_wake_up_each(
     # given a started pool whose dispatcher's wake-ups by notification are counted
     manager, ran = _started_with_two_workers(repository, make_manager)
     state = manager._pool._state
-    condition, notified = state.dispatch_needed, [0]
-    wait = condition.wait
-
-    def counted_wait(timeout: Any = None) -> bool:
-        woken = wait(timeout)
-        notified[0] += woken
-        return woken
-
-    condition.wait = counted_wait  # type: ignore[method-assign]
+    notified = count_wake_ups(state.dispatch_needed)
     # when enqueues stream in (held as a stream throughout, with the dispatcher's own
     # RECORD_WITHIN: `_streaming` stretches it), then the stream ends
     with state.lock:

@@ -15,7 +15,7 @@ from jobcore import FakeClock, Job, JobManager, JobStatus, MemoryRepository, Ret
 from jobcore.errors import RepositoryError
 from jobcore.repository.base import JobRepository, Settlement
 from mixed_repositories import repository_with
-from waiting import wait_until
+from waiting import count_wake_ups, wait_until
 
 
 def test_an_outcome_left_for_later_is_recorded_while_every_worker_is_busy(repository: JobRepository,
@@ -120,15 +120,7 @@ def test_a_chain_of_dependent_jobs_runs_on_one_worker_with_no_dispatcher_hand_ov
     for n in range(30):
         chain.append(Job(function_name="link", args=(n,), depends_on=[chain[-1].id] if chain else []))
     manager.enqueue_many(chain)
-    condition, notified = manager._pool._state.dispatch_needed, [0]  # the dispatcher's wake-ups
-    wait = condition.wait
-
-    def counted_wait(timeout: Any = None) -> bool:
-        woken = wait(timeout)
-        notified[0] += woken
-        return woken
-
-    condition.wait = counted_wait  # type: ignore[method-assign]
+    notified = count_wake_ups(manager._pool._state.dispatch_needed)  # the dispatcher's wake-ups
     # when it runs
     manager.start()
     assert manager.wait(chain[-1].id, timeout=10).status == JobStatus.COMPLETED

@@ -1,10 +1,12 @@
 """`wait_until`: the one bounded poll the tests share, for effects no event signals
-(another process's writes, the end of an exchange already under way)."""
+(another process's writes, the end of an exchange already under way); and
+`count_wake_ups`, which counts how often a condition's waiters were notified."""
 
 from __future__ import annotations
 
 import time
-from typing import Callable
+import threading
+from typing import Any, Callable
 
 
 def wait_until(condition: Callable[[], object], timeout: float, what: str = "the condition",
@@ -14,3 +16,18 @@ def wait_until(condition: Callable[[], object], timeout: float, what: str = "the
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(pause)
+
+
+def count_wake_ups(condition: threading.Condition) -> list[int]:
+    """Count the wake-ups by notification of every later wait on `condition` (a waiter
+    already asleep is not counted): the count is the returned list's one item."""
+    notified = [0]
+    wait = condition.wait
+
+    def counted_wait(timeout: Any = None) -> bool:
+        woken = wait(timeout)
+        notified[0] += woken
+        return woken
+
+    condition.wait = counted_wait  # type: ignore[method-assign]
+    return notified
