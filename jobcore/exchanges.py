@@ -84,9 +84,11 @@ class Exchanges:
             entries = []
         ids = [e.job_id for e in entries]
         wanted = room if from_store else len(ids)
-        # The room left may take the dependents these outcomes release (a chain's next link).
+        # The room left may take the dependents these outcomes release (a chain's next link);
+        # claims from the store take the whole room by number already, those among them.
         claimed = self._recorder.exchange(finished, ids, self._registry.names, up_to=wanted,
-                                          claim_seqs=[e.seq for e in entries], claim_released=room - len(ids))
+                                          claim_seqs=[e.seq for e in entries],
+                                          claim_released=0 if from_store else room - len(ids))
         if claimed is None:
             for entry in entries:  # outside the lock: the queue's listener takes it
                 self._queue.push(entry)
