@@ -141,3 +141,39 @@ def test_an_enqueue_claims_no_job_past_the_bound_while_outcomes_wait(
     for job_id in quick + blockers:
         assert manager.wait(job_id, timeout=10).status.value == "completed"
     assert max(unrecorded_at_start) <= LIMIT and len(unrecorded_at_start) == 2 * LIMIT - 1
+
+
+def test_claims_from_the_store_stay_within_the_bound_while_outcomes_release_dependents(
+        slow_repository: Any, make_manager: Any) -> None:
+    # given jobs each with a dependent, and plain jobs, for a manager that claims from the
+    # store (by number, to its whole room: as when other processes take the ids it knows),
+    # with jobs that note, as they start, how many started jobs have no recorded outcome
+    repository = slow_repository
+    if not repository.persistent:
+        pytest.skip("claims from the store are a persistent store's (other processes take jobs there)")
+    repository.resume.set()  # no stall
+    manager: JobManager = make_manager(repository, max_workers=WORKERS)
+    started = [0]
+    unrecorded_at_start: list[int] = []
+
+    def task() -> None:
+        with repository.lock:
+            started[0] += 1
+            unrecorded_at_start.append(started[0] - repository.recorded)
+
+    manager.register_function("task", task)
+    parents = [Job(function_name="task") for _ in range(30)]
+    jobs = [*parents, *(Job(function_name="task", depends_on=[p.id]) for p in parents),
+            *(Job(function_name="task") for _ in range(60))]
+    manager.enqueue_many(jobs)
+    state = manager._pool._state
+    state.pacing.assume_short_jobs()
+    state.from_store = True
+    # when they run
+    manager.start()
+    for job in jobs:
+        assert manager.wait(job.id, timeout=10).status.value == "completed"
+    # then no exchange claimed past its room: the dependents its outcomes released came
+    # within it, never on top of it
+    assert len(unrecorded_at_start) == len(jobs)
+    assert max(unrecorded_at_start) <= LIMIT, max(unrecorded_at_start)
