@@ -143,13 +143,15 @@ def test_an_enqueue_claims_no_job_past_the_bound_while_outcomes_wait(
     assert max(unrecorded_at_start) <= LIMIT and len(unrecorded_at_start) == 2 * LIMIT - 1
 
 
-def test_claims_from_the_store_stay_within_the_bound_while_outcomes_release_dependents(
-        slow_repository: Any, make_manager: Any) -> None:
-    # given jobs each with a dependent, and plain jobs, for a manager that claims from the
-    # store (by number, to its whole room: as when other processes take the ids it knows),
-    # with jobs that note, as they start, how many started jobs have no recorded outcome
+@pytest.mark.parametrize("from_store", [False, True])
+def test_claims_stay_within_the_bound_while_outcomes_release_dependents(
+        slow_repository: Any, make_manager: Any, from_store: bool) -> None:
+    # given jobs each with a dependent, and plain jobs, for a manager that claims the ids it
+    # knows (or from the store: by number, to its whole room, as when other processes take
+    # the ids it knows), with jobs that note, as they start, how many started jobs have no
+    # recorded outcome
     repository = slow_repository
-    if not repository.persistent:
+    if from_store and not repository.persistent:
         pytest.skip("claims from the store are a persistent store's (other processes take jobs there)")
     repository.resume.set()  # no stall
     manager: JobManager = make_manager(repository, max_workers=WORKERS)
@@ -168,7 +170,7 @@ def test_claims_from_the_store_stay_within_the_bound_while_outcomes_release_depe
     manager.enqueue_many(jobs)
     state = manager._pool._state
     state.pacing.assume_short_jobs()
-    state.from_store = True
+    state.from_store = from_store
     # when they run
     manager.start()
     for job in jobs:
