@@ -60,11 +60,10 @@ def slow_repository(request: Any, tmp_path: Any) -> JobRepository:
     return repository_with(SlowRecording, request, tmp_path)
 
 
-def test_no_more_than_twice_max_workers_jobs_start_unrecorded(slow_repository: Any,
-                                                              make_manager: Any) -> None:
-    # given a manager whose recording stalls once, and jobs that note, as they start, how
-    # many started jobs have no recorded outcome yet (themselves included)
-    repository = slow_repository
+def _noting_manager(repository: Any, make_manager: Any) -> tuple[JobManager, list[int]]:
+    """A manager of WORKERS workers on `repository` (a `SlowRecording`) whose function
+    "task" notes, as each job starts, how many started jobs have no recorded outcome yet
+    (itself included), in the list returned with it."""
     manager: JobManager = make_manager(repository, max_workers=WORKERS)
     started = [0]
     unrecorded_at_start: list[int] = []
@@ -75,6 +74,15 @@ def test_no_more_than_twice_max_workers_jobs_start_unrecorded(slow_repository: A
             unrecorded_at_start.append(started[0] - repository.recorded)
 
     manager.register_function("task", task)
+    return manager, unrecorded_at_start
+
+
+def test_no_more_than_twice_max_workers_jobs_start_unrecorded(slow_repository: Any,
+                                                              make_manager: Any) -> None:
+    # given a manager whose recording stalls once, and jobs that note, as they start, how
+    # many started jobs have no recorded outcome yet (themselves included)
+    repository = slow_repository
+    manager, unrecorded_at_start = _noting_manager(repository, make_manager)
     manager.enqueue_many([Job(function_name="task") for _ in range(60)])
     manager._pool._state.pacing.assume_short_jobs()  # short jobs: claimed jobs are held in reserve from the start
     # when the workers run while the first recording is stalled
@@ -85,7 +93,7 @@ def test_no_more_than_twice_max_workers_jobs_start_unrecorded(slow_repository: A
     while (pool._state.buffer or pool._state.running) and time.monotonic() < deadline:
         time.sleep(0.005)  # until the workers ran every job they held
     with repository.lock:
-        stalled_at = started[0] - repository.recorded
+        stalled_at = len(unrecorded_at_start) - repository.recorded  # (one entry a start)
     repository.resume.set()
     for job_id in [r.job_id for r in manager.list_jobs(limit=1)]:
         manager.wait(job_id, timeout=10)
@@ -154,16 +162,7 @@ def test_claims_stay_within_the_bound_while_outcomes_release_dependents(
     if from_store and not repository.persistent:
         pytest.skip("claims from the store are a persistent store's (other processes take jobs there)")
     repository.resume.set()  # no stall
-    manager: JobManager = make_manager(repository, max_workers=WORKERS)
-    started = [0]
-    unrecorded_at_start: list[int] = []
-
-    def task() -> None:
-        with repository.lock:
-            started[0] += 1
-            unrecorded_at_start.append(started[0] - repository.recorded)
-
-    manager.register_function("task", task)
+    manager, unrecorded_at_start = _noting_manager(repository, make_manager)
     parents = [Job(function_name="task") for _ in range(30)]
     jobs = [*parents, *(Job(function_name="task", depends_on=[p.id]) for p in parents),
             *(Job(function_name="task") for _ in range(60))]
