@@ -243,8 +243,8 @@ class JobRepository(JobReads):
         the same step, up to `claim_released` of the dependents its settlements release
         that are ready now and name one of `released_functions`, best first
         (`released_to_claim`), returned with the other claims. The engine passes them only
-        where `claims_released` says so, to a method that takes them (SQLite's and
-        PostgreSQL's): a chain of dependent jobs then costs one transaction a link, not one
+        where `claims_released` says so, to a method that takes them (SQLite's,
+        PostgreSQL's and the memory repository's): a chain of dependent jobs then costs one transaction a link, not one
         to release and one to claim.
 
         `claim_seqs` (given only where `finds_rows_by_seq`) is the `seq` of each of

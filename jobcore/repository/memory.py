@@ -21,7 +21,8 @@ from ..forks import on_fork, take_before_fork
 from ..models import JobStatus
 from ._cascade import dependency_error_message
 from .base import (CANCELLED_BY_REQUEST, CANCELLED_ERROR_TYPE, CANCELLED_WHILE_RUNNING, Cascade, JobRecord,
-                   JobRepository, QueueEntry, Recovery, Settlement, WorkerInfo, cancelled_instead_note, id_taken)
+                   JobRepository, QueueEntry, Recovery, Settlement, WorkerInfo, cancelled_instead_note, id_taken,
+                   released_to_claim)
 from .memory_adding import MemoryAdding
 from .memory_changing import MemoryChanging
 from .memory_listing import MemoryListing
@@ -44,6 +45,7 @@ class MemoryRepository(MemoryAdding, MemoryListing, MemoryChanging, MemoryWorker
     """An in-memory `JobRepository`. Thread-safe; one lock guards all of its state."""
 
     persistent = False
+    claims_released = True  # (apply's claim_released)
     change_token_sees_every_write = True  # _writes: see change_token
     stores_settlement_progress = True  # the default `apply`'s way, under the one lock
 
@@ -268,9 +270,16 @@ class MemoryRepository(MemoryAdding, MemoryListing, MemoryChanging, MemoryWorker
     def apply(self, settlements: Sequence[Settlement], claim_ids: Sequence[str], worker_id: str,
               now: float, lease_expires_at: float, top_up: Optional[Collection[str]] = None,
               up_to: Optional[int] = None, *,
-              claim_seqs: Optional[Sequence[int]] = None) -> tuple[builtins.list[Optional[Cascade]], builtins.list[JobRecord]]:
+              claim_seqs: Optional[Sequence[int]] = None, claim_released: int = 0,
+              released_functions: Optional[Collection[str]] = None,
+              ) -> tuple[builtins.list[Optional[Cascade]], builtins.list[JobRecord]]:
         with self._lock:  # one atomic step, as SQLite's single transaction
-            return super().apply(settlements, claim_ids, worker_id, now, lease_expires_at, top_up, up_to)
+            cascades, claimed = super().apply(settlements, claim_ids, worker_id, now, lease_expires_at, top_up, up_to)
+            for entry in released_to_claim(cascades, now, claim_released, released_functions) if claim_released else ():
+                record = self.claim(entry.job_id, worker_id, now, lease_expires_at)
+                if record is not None:
+                    claimed.append(record)
+            return cascades, claimed
 
     def update_progress(self, job_id: str, worker_id: str, attempt: int, progress: float,
                         message: str, details: dict[str, Any], now: float) -> bool:
