@@ -139,6 +139,31 @@ def test_a_chain_of_dependent_jobs_runs_on_one_worker_with_no_dispatcher_hand_ov
         assert len(noted_repository.threads) <= 32, len(noted_repository.threads)
 
 
+def test_dependents_released_together_run_at_once_on_the_workers_free(repository: JobRepository,
+                                                                     make_manager: Any) -> None:
+    # given two dependents of one job, the better one blocking until released, the other a
+    # job's own function (no registered name), for a manager with two workers
+    manager: JobManager = make_manager(repository, max_workers=2)
+    release, ran = threading.Event(), threading.Event()
+    manager.register_function("quick", lambda: None)
+    manager.register_function("long", lambda: release.wait(10) and None)
+
+    def own() -> None:
+        ran.set()
+
+    first = Job(function_name="quick")
+    manager.enqueue_many([first, Job(function_name="long", depends_on=[first.id], priority=9),
+                          Job(function=own, depends_on=[first.id])])
+    # when the first completes, releasing both (the worker that recorded it goes on to
+    # the better one)
+    manager.start()
+    try:
+        # then the other runs on the second worker meanwhile, not after the blocking one
+        assert ran.wait(5), "the second dependent waited for the first to end"
+    finally:
+        release.set()
+
+
 @pytest.mark.parametrize("durability", ["normal", "full"])
 def test_a_drain_on_sqlite_records_every_outcome_once(tmp_path: Any, make_manager: Any,
                                                       durability: str) -> None:
