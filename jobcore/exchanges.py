@@ -51,13 +51,13 @@ class Exchanges:
         if state.exchanging or state.failing or state.buffer:
             return None
         if state.room_locked() > 0 and (state.from_store or self._queue.has_ready()):
-            return state.begin_exchange_locked(by_worker=True)
+            return state.begin_exchange_locked()
         if state.finished and not state.pacing.streaming(real_monotonic()):
             if not (state.running or state.deferred or state.handoffs or state.claiming or state.stopping):
                 # This thread has nothing to run: it records them now, where the dispatcher,
                 # woken for it, would (a thread hand-over each way: a chain of dependent
                 # jobs took two per link, the second for the dependent this released).
-                return state.begin_exchange_locked(by_worker=True)
+                return state.begin_exchange_locked()
             state.dispatch_needed.notify()
         return None
 

@@ -78,7 +78,6 @@ class PoolState:
         self.taken = 0  # buffered jobs workers have taken, ever: the dispatcher spots a stall
         self.exchanging = False  # an exchange is under way (one at a time, by any thread)
         self.enqueue_exchanging = False  # that exchange stores a new job (`Exchanges.inserting`)
-        self.worker_exchanging = False  # that exchange is a worker's, which then looks at the queue
         self.exchange_thread = 0  # the ident of the thread making it (while `exchanging`)
         self.exchange_outcomes: list[Finished] = []  # the outcomes it took (see `abandon_exchange_here_locked`)
         self.exchange_ended = threading.Condition(self.lock)
@@ -218,17 +217,16 @@ class PoolState:
                 self.dispatch_needed.notify()
         self.finished.append(finished)
 
-    def begin_exchange_locked(self, take_finished: bool = True, by_enqueue: bool = False,
-                              by_worker: bool = False) -> Exchange:
+    def begin_exchange_locked(self, take_finished: bool = True, by_enqueue: bool = False) -> Exchange:
         """Take every outcome waiting (unless not `take_finished`), the room to claim and
         whether to claim from the store, for an exchange, which must follow (one that
-        stores a new job if `by_enqueue`; a worker's, `by_worker`)."""
+        stores a new job if `by_enqueue`)."""
         finished: list[Finished] = []
         if take_finished:
             finished, self.finished = self.finished, []
         self.exchange_outcomes = finished
         self.exchange_thread = threading.get_ident()
-        self.exchanging, self.enqueue_exchanging, self.worker_exchanging = True, by_enqueue, by_worker
+        self.exchanging, self.enqueue_exchanging = True, by_enqueue
         if take_finished:
             self.pacing.taken()
         self.claiming = room = max(0, self.room_locked(recording=take_finished))
@@ -256,7 +254,7 @@ class PoolState:
             self.dispatch_needed.notify()
 
     def _exchange_over_locked(self) -> None:
-        self.exchanging, self.enqueue_exchanging, self.worker_exchanging, self.claiming = False, False, False, 0
+        self.exchanging, self.enqueue_exchanging, self.claiming = False, False, 0
         self.exchange_outcomes = []
         if self.awaiting_exchange:
             self.exchange_ended.notify_all()

@@ -63,8 +63,6 @@ class ReadyQueue:
     def __init__(self, clock: Clock, listener: Callable[[], None] = lambda: None) -> None:
         self._clock = clock
         self.listener = listener  # called, without any lock held, when there may be work
-        # Called instead when what was queued is ready now (no timer, no schedule), if set.
-        self.ready_listener: Optional[Callable[[], None]] = None
         # _lock guards _ready, _timers, _schedules, _members, _dead, _high_seq, _low_water,
         # _discards, _reads and _discarded.
         self._lock = threading.Lock()
@@ -170,7 +168,6 @@ class ReadyQueue:
         An id already queued is not queued twice, unless this time it is due sooner: then
         this entry replaces the one queued. `read`: the mark of the store read that found
         the entry (see `reading`); an id discarded since is not queued."""
-        ready = False  # (a ready entry is told as such)
         with self._lock:
             current = self._members.get(entry.job_id)
             if current is not None and not _sooner(current, due_at):
@@ -185,7 +182,6 @@ class ReadyQueue:
                 tell = not heap or due < heap[0][0]
             elif due_at is None:
                 heap, item, tell = self._ready, (-entry.priority, entry.seq, next(_ties), entry, None), True
-                ready = True
             else:
                 heap, item = self._timers, (due_at, entry.seq, next(_ties), entry, due_at)
                 tell = not heap or due_at < heap[0][0]
@@ -194,7 +190,7 @@ class ReadyQueue:
             if current is not None:
                 self._bury(current)
         if tell:
-            self._tell(ready)
+            self.listener()
 
     def push_ready(self, entries: list[QueueEntry], *, read: Optional[int] = None) -> None:
         """Queue entries that are ready now (no schedules), telling the listener once.
@@ -215,12 +211,7 @@ class ReadyQueue:
                     if current is not None:
                         self._bury(current)
             self._high_seq = high
-        self._tell(True)
-
-    def _tell(self, ready: bool) -> None:
-        """Call the listener (`ready_listener` for entries ready now, if set)."""
-        listener = self.ready_listener if ready else None
-        (listener or self.listener)()
+        self.listener()
 
     def _live(self, item: _Item) -> bool:
         return self._members.get(item[3].job_id) is item

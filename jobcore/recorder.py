@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Collection, Iterable, Optional, Sequence
 
 from . import serialization
 from .completions import Completion
@@ -70,9 +70,6 @@ class Recorder:
         # The dependents the last exchange released, ready now and runnable here (see
         # `make_way`): set by each exchange, which the pool makes one at a time.
         self._released_now: list[QueueEntry] = []
-        # The ids that exchange claimed, while it acts on its outcomes: dependents they
-        # released that it claimed too are not queued.
-        self._claimed_now: frozenset[str] = frozenset()
 
     # -- feeding the queue --------------------------------------------------------------------
     def runnable(self, entry: QueueEntry) -> bool:
@@ -173,11 +170,8 @@ class Recorder:
             for f, settlement in zip(finished, settlements):
                 f.settlement = settlement  # decided once
             return self.exchange(finished, []) if finished else []
-        self._claimed_now = frozenset(record.id for record in claimed) if "claim_released" in more else frozenset()
-        try:
-            self._after_all(finished, settlements, cascades, now)
-        finally:
-            self._claimed_now = frozenset()
+        self._after_all(finished, settlements, cascades, now,
+                        claimed={record.id for record in claimed} if "claim_released" in more else ())
         self._released_now = self._ready_released(cascades, now)
         if len(claimed) > 1:
             claimed.sort(key=lambda r: (-r.priority, r.seq))
@@ -234,12 +228,13 @@ class Recorder:
         return kept
 
     def _after_all(self, finished: list[Finished], settlements: list[Settlement],
-                   cascades: list[Optional[Cascade]], now: float) -> None:
-        """Act on the recorded outcomes, then tell of the jobs they settled."""
+                   cascades: list[Optional[Cascade]], now: float, claimed: Collection[str] = ()) -> None:
+        """Act on the recorded outcomes, then tell of the jobs they settled. `claimed`: the
+        ids the same step claimed (dependents it released among them are not queued)."""
         settled: list[tuple[str, Optional[Completion]]] = []
         for f, settlement, cascade in zip(finished, settlements, cascades):
             try:
-                self._after(f, settlement, cascade, now, settled)
+                self._after(f, settlement, cascade, now, settled, claimed)
             except Exception:  # bookkeeping must never end the thread making the exchange
                 logger.exception("after recording job %s, acting on its outcome failed", f.record.id)
         if settled:
@@ -310,8 +305,9 @@ class Recorder:
                       now=now, ran_for=finished.ran_for)
 
     def _after(self, finished: Finished, settlement: Settlement, cascade: Optional[Cascade],
-               now: float, settled: list[tuple[str, Optional[Completion]]]) -> None:
-        """Act on one recorded outcome; add the jobs it settled to `settled`."""
+               now: float, settled: list[tuple[str, Optional[Completion]]], claimed: Collection[str]) -> None:
+        """Act on one recorded outcome; add the jobs it settled to `settled` (`claimed`: see
+        `_after_all`)."""
         record = finished.record
         if cascade is None:
             logger.warning("job %s was no longer held by this worker; its outcome is discarded", record.id)
@@ -326,7 +322,6 @@ class Recorder:
         else:  # failed or cancelled: a retry runs it again
             self._local.ended(record.id)
         if cascade.released:  # most release nothing
-            claimed = self._claimed_now  # (claimed by the exchange that released them: not queued)
             self.enqueue_entries([e for e in cascade.released if e.job_id not in claimed] if claimed
                                  else cascade.released)
         for job_id in cascade.cancelled:

@@ -114,7 +114,6 @@ class WorkerPool:
         self._single_step = SingleStep(self._state, queue, self._recorder, self._attempts, clock, sink=self,
                                        last_report=self._last_report, log_lines=self._log_lines)
         queue.listener = self._ready_arrived
-        queue.ready_listener = self._ready_now
 
     def _progress_writer(self) -> ProgressWriter:
         return ProgressWriter(self._write_progress, throttle=self._repo.persistent,
@@ -246,17 +245,6 @@ class WorkerPool:
         """The queue's listener: jobs may be ready. The dispatcher is told, unless it will
         look soon anyway while enqueues stream in (`Pacing.dispatcher_looks_soon`)."""
         self._tell_dispatcher(unless_it_looks_soon=True)
-
-    def _ready_now(self) -> None:
-        """The queue's listener for jobs ready now: as `_ready_arrived`, except for jobs
-        queued by a worker's exchange (the dependents its outcomes released, those
-        `make_way` handed back), which that worker looks for as the exchange ends: waking
-        the dispatcher for them cost a thread hand-over a link in a chain of dependent jobs.
-        (Read without the lock: only this thread sets or clears its own exchange.)"""
-        state = self._state
-        if state.worker_exchanging and state.exchanging and state.exchange_thread == threading.get_ident():
-            return
-        self._ready_arrived()
 
     def _tell_dispatcher(self, *, unless_it_looks_soon: bool) -> None:
         if self._dispatcher.thread is None:

@@ -208,7 +208,7 @@ class PostgresRepository(PostgresAdding, SettlesThroughApply, JobRepository):
         def work(tx: Tx) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
             cascades = settle_all(self.sql, tx, settlements, encoded, worker_id, now, progress)
             params = claim_params
-            released = released_to_claim(cascades, now, claim_released, released_functions) if claim_released else []
+            released = released_to_claim(cascades, now, claim_released, released_functions)
             if released:  # named beside the others, the top-up's number unchanged
                 params = {**claim_params, "ids": claim_params["ids"] + [e.job_id for e in released],
                           "up_to": claim_params["up_to"] + len(released)}

@@ -275,7 +275,7 @@ class MemoryRepository(MemoryAdding, MemoryListing, MemoryChanging, MemoryWorker
               ) -> tuple[builtins.list[Optional[Cascade]], builtins.list[JobRecord]]:
         with self._lock:  # one atomic step, as SQLite's single transaction
             cascades, claimed = super().apply(settlements, claim_ids, worker_id, now, lease_expires_at, top_up, up_to)
-            for entry in released_to_claim(cascades, now, claim_released, released_functions) if claim_released else ():
+            for entry in released_to_claim(cascades, now, claim_released, released_functions):
                 record = self.claim(entry.job_id, worker_id, now, lease_expires_at)
                 if record is not None:
                     claimed.append(record)

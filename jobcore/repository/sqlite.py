@@ -216,7 +216,7 @@ class SQLiteRepository(SQLiteAdding, SQLiteUpkeep, SQLiteMigration, SettlesThrou
             if names:
                 query, best = sqlite_queue.claim_best(names, missing)
                 rows += claim_rows(conn, query, (*head, *best), full)
-            released = released_to_claim(cascades, now, claim_released, released_functions) if claim_released else []
+            released = released_to_claim(cascades, now, claim_released, released_functions)
             if released:  # (one the top-up took is not claimed twice: it is no longer pending)
                 rows += claim_known(conn, [e.job_id for e in released], [e.seq for e in released], head, now, full)
             return cascades, rows, full

@@ -333,10 +333,12 @@ def released_to_claim(cascades: Sequence[Optional["Cascade"]], now: float, limit
     """What an `apply` given `claim_released=limit` claims: the dependents `cascades`
     released that are ready now (due, not cron schedules) and name one of `functions`
     (None: any), best first (priority, then seq), at most `limit` of them."""
+    if limit <= 0:
+        return []
     ready = [entry for cascade in cascades if cascade is not None for entry in cascade.released
              if not entry.is_schedule and (entry.run_at is None or entry.run_at <= now)
              and (functions is None or entry.function_name in functions)]
-    return sorted(ready, key=lambda entry: (-entry.priority, entry.seq))[:max(0, limit)]
+    return sorted(ready, key=lambda entry: (-entry.priority, entry.seq))[:limit]
 
 
 def claim_limit(claim_ids: Sequence[str], up_to: Optional[int]) -> int:
