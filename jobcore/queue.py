@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from typing import Callable, Collection, Iterable, Iterator, Optional
 
 from .clock import Clock
+from .lock_waits import clear_way
 from .repository.base import QueueEntry
 
 # A heap item: (ordering key, seq, tie, entry, due); the key is -priority (ready) or a due
@@ -168,6 +169,8 @@ class ReadyQueue:
         An id already queued is not queued twice, unless this time it is due sooner: then
         this entry replaces the one queued. `read`: the mark of the store read that found
         the entry (see `reading`); an id discarded since is not queued."""
+        if self._lock.locked():  # threads queueing at once: see `clear_way`
+            clear_way(self._lock)
         with self._lock:
             current = self._members.get(entry.job_id)
             if current is not None and not _sooner(current, due_at):
@@ -197,6 +200,8 @@ class ReadyQueue:
         `read`: as for `push`."""
         if not entries:
             return
+        if self._lock.locked():  # threads queueing at once: see `clear_way`
+            clear_way(self._lock)
         with self._lock:
             members, ready, high = self._members, self._ready, self._high_seq
             check = read is not None and bool(self._discarded)
@@ -249,6 +254,8 @@ class ReadyQueue:
 
     def pop_ready(self, limit: int) -> list[QueueEntry]:
         """Take up to `limit` ready entries, best first; never blocks."""
+        if self._lock.locked():  # threads queueing at once: see `clear_way`
+            clear_way(self._lock)
         with self._lock:
             if not self._ready and not self._timers:
                 return []  # nothing queued (a quiet pool's enqueue asks every time)
