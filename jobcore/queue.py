@@ -254,7 +254,7 @@ class ReadyQueue:
 
     def pop_ready(self, limit: int) -> list[QueueEntry]:
         """Take up to `limit` ready entries, best first; never blocks."""
-        if self._lock.locked():  # threads queueing at once: see `clear_way`
+        if self._lock.locked():  # threads at the queue at once: see `clear_way`
             clear_way(self._lock)
         with self._lock:
             if not self._ready and not self._timers:
