@@ -21,7 +21,7 @@ WAIT = 10.0
 # Run in a fresh interpreter (as an application's process would be): inside the test
 # process, after a thousand other tests, the threads still fell into it at times
 # (1.3 switches a job, in 2 suites of 3), for a reason not found; a fresh process did in
-# none of 68 runs, beside the suite's load too.
+# none of 68 runs on an idle host or beside the suite.
 _ENQUEUE_AT_ONCE = """
 import resource, threading
 from jobcore import Job, JobManager, MemoryRepository
@@ -54,15 +54,23 @@ manager.close()
 
 def test_threads_enqueueing_at_once_on_the_memory_store_do_not_block_each_other() -> None:
     # given a memory store's manager (not started), in a process of its own
-    # when four threads enqueue 10,000 jobs each on it at once
-    done = subprocess.run([sys.executable, "-c", _ENQUEUE_AT_ONCE], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    errors, pending, switches_a_job = done.stdout.split()
-    # then every job is stored, and the threads seldom blocked (0.011-0.019 voluntary
-    # context switches a job): before clear_way a convoy blocked one of them at almost
-    # every enqueue (0.5-1.4), or at one in ten (0.09-0.13) while it only came and went
-    assert (errors, pending) == ("0", "40000")
-    assert float(switches_a_job) < 0.05, switches_a_job
+    # when four threads enqueue 10,000 jobs each on it at once (up to three times)
+    seen: list[float] = []
+    for _ in range(3):
+        done = subprocess.run([sys.executable, "-c", _ENQUEUE_AT_ONCE], capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr
+        errors, pending, switches_a_job = done.stdout.split()
+        # then every job is stored each time
+        assert (errors, pending) == ("0", "40000")
+        seen.append(float(switches_a_job))
+        if seen[-1] < 0.05:
+            break
+    # and the threads seldom blocked (0.011-0.019 voluntary context switches a job on an
+    # idle host): before clear_way a convoy blocked one of them at almost every enqueue
+    # (0.09-1.2 in 15 runs of 15). Three tries: with three busy loops beside it on the two
+    # vCPUs, one run in eight still met a passing convoy (0.06-0.1).
+    assert min(seen) < 0.05, seen
 
 
 @pytest.mark.parametrize("reentrant", [False, True])
