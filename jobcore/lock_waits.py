@@ -95,7 +95,11 @@ def clear_way(lock: threading.Lock) -> None:
     on the memory store ran at a third of one thread's rate, at 1.2 context switches a
     job. A thread that yields the GIL instead lets the holder finish its few bytecodes,
     and finds the lock free when it has the GIL again. Taking nothing, it is safe
-    anywhere an interrupt lands. For a plain `Lock`: callers ask `lock.locked()` first."""
+    anywhere an interrupt lands. For a plain `Lock`: callers ask `lock.locked()` first.
+
+    A call before the lock's own `with`, not a lock class of its own: a context manager
+    written in Python can be interrupted (Ctrl-C) inside its `__exit__` before it lets
+    the lock go, where the C lock's `with` cannot."""
     for _ in range(YIELDS):
         time.sleep(0)
         if not lock.locked():

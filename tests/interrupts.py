@@ -4,6 +4,7 @@ engine call on the calling thread, as a signal would, for tests of what it leave
 from __future__ import annotations
 
 import sys
+import threading
 from typing import Any, Callable
 
 
@@ -31,3 +32,19 @@ class CtrlCOnce:
 
     def __exit__(self, *exc: Any) -> None:
         sys.settrace(None)
+
+
+def lock_is_free(lock: Any, wait: float = 10.0) -> bool:
+    """Whether another thread can take `lock` (within `wait` seconds; this thread may hold
+    it again: an RLock): what an interrupt left of a lock it landed near."""
+    free: list[bool] = []
+
+    def take() -> None:
+        free.append(lock.acquire(timeout=wait))
+        if free[-1]:
+            lock.release()
+
+    other = threading.Thread(target=take)
+    other.start()
+    other.join(wait + 1)
+    return free == [True]

@@ -24,7 +24,7 @@ import pytest
 
 from jobcore import Job, JobManager, RepositoryError, SQLiteRepository, lock_waits
 from jobcore.pool_state import PoolState
-from interrupts import CtrlCOnce
+from interrupts import CtrlCOnce, lock_is_free
 
 WAIT = 10.0
 # The line of `Condition.wait` that takes the lock back (in its `finally`).
@@ -40,20 +40,6 @@ def _retaking(ident: int) -> bool:
     code = frame.f_code
     return code.co_name == "_acquire_restore" or (
         code is threading.Condition.wait.__code__ and frame.f_lineno == RETAKE_LINE)
-
-
-def _free(lock: Any) -> bool:
-    """Whether another thread can take `lock` (this one may hold it again: an RLock)."""
-    free: list[bool] = []
-
-    def take() -> None:
-        free.append(lock.acquire(timeout=WAIT))
-        lock.release()
-
-    other = threading.Thread(target=take)
-    other.start()
-    other.join(WAIT)
-    return free == [True]
 
 
 @pytest.fixture
@@ -115,7 +101,7 @@ def test_ctrl_c_as_a_wait_for_an_exchange_takes_the_lock_back_leaves_it_to_its_h
     assert isinstance(caught, KeyboardInterrupt), repr(caught)
     assert released == ["released"]
     assert state.awaiting_exchange == 0
-    assert _free(state.lock)
+    assert lock_is_free(state.lock)
 
 
 def test_ctrl_c_just_before_a_wait_takes_the_lock_back_leaves_it_held_by_the_waiter() -> None:
@@ -148,7 +134,7 @@ def test_ctrl_c_just_before_a_wait_takes_the_lock_back_leaves_it_held_by_the_wai
     # not hold), and the lock is free for the other threads
     assert isinstance(caught, KeyboardInterrupt), repr(caught)
     assert state.awaiting_exchange == 0
-    assert _free(state.lock)
+    assert lock_is_free(state.lock)
 
 
 def test_a_wait_for_returns_the_last_value_of_its_predicate() -> None:

@@ -13,7 +13,7 @@ import threading
 import pytest
 
 from jobcore import lock_waits
-from interrupts import CtrlCOnce
+from interrupts import CtrlCOnce, lock_is_free
 
 WAIT = 10.0
 
@@ -83,7 +83,7 @@ def test_clearing_the_way_to_a_free_lock_takes_nothing(reentrant: bool) -> None:
     else:
         lock_waits.clear_way(lock)  # type: ignore[arg-type]
     # then it is still free: another thread takes it at once
-    assert _taken_elsewhere(lock)
+    assert lock_is_free(lock)
 
 
 @pytest.mark.parametrize("reentrant", [False, True])
@@ -111,7 +111,7 @@ def test_clearing_the_way_gives_up_while_another_thread_keeps_the_lock(reentrant
     finally:
         done.set()
         other.join(WAIT)
-    assert _taken_elsewhere(lock)
+    assert lock_is_free(lock)
 
 
 def test_clearing_the_way_to_a_lock_this_thread_holds_leaves_its_holds_as_they_were() -> None:
@@ -124,7 +124,7 @@ def test_clearing_the_way_to_a_lock_this_thread_holds_leaves_its_holds_as_they_w
     lock.release()
     lock.release()
     # then it is free
-    assert _taken_elsewhere(lock)
+    assert lock_is_free(lock)
 
 
 def test_ctrl_c_as_clearing_the_way_tried_the_lock_leaves_it_free() -> None:
@@ -137,20 +137,4 @@ def test_ctrl_c_as_clearing_the_way_tried_the_lock_leaves_it_free() -> None:
             lock_waits.clear_way_reentrant(lock)
     # then this thread does not hold it: another takes it at once
     assert not lock._is_owned()  # type: ignore[attr-defined]
-    assert _taken_elsewhere(lock)
-
-
-def _taken_elsewhere(lock: "threading.Lock | threading.RLock") -> bool:
-    """Whether another thread takes `lock` without waiting (and lets it go)."""
-    taken: list[bool] = []
-
-    def take() -> None:
-        got = lock.acquire(False)
-        taken.append(got)
-        if got:
-            lock.release()
-
-    other = threading.Thread(target=take)
-    other.start()
-    other.join(WAIT)
-    return taken == [True]
+    assert lock_is_free(lock)
