@@ -24,6 +24,7 @@ taking it at once do not fall into a lock convoy (see there).
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Callable, Optional
@@ -75,18 +76,26 @@ def retake(lock: threading.RLock) -> None:
             pass
 
 
-# `sleep(0)`s a thread gives up the GIL for at most in `clear_way` (about half a
-# millisecond of them) before it takes the lock the usual way, blocking if it is still
-# held. A holder waiting for the GIL must first be scheduled to take it, which may take
-# tens of microseconds on a virtual machine: with 32, four threads enqueueing at once on
-# the memory store still fell into the convoy in 2 runs of 20; with 256, in none of 60.
+# Times a thread gives up the GIL in `clear_way` (about half a millisecond of them)
+# before it takes the lock the usual way, blocking if it is still held. A holder waiting
+# for the GIL must first be scheduled to take it, which may take tens of microseconds on
+# a virtual machine.
 YIELDS = 256
 
 
-def clear_way(lock: threading.Lock) -> None:
+# How `clear_way` gives up the GIL: `os.sched_yield()` lets go of it and steps aside for
+# a thread that is runnable. With `time.sleep(0)` instead, a thread that held the lock
+# and waited for the GIL got it within the yields in 494 tries of 500 on Python 3.10
+# (whose `sleep(0)` is a `select` that returns at once; 500 of 500 on 3.11), against 600
+# of 600 with `sched_yield`; and four threads enqueueing at once beside three busy
+# loops blocked up to 0.044 times a job, against at most 0.015. (Windows has no
+# `sched_yield`.)
+_give_up_the_gil: Callable[[], None] = getattr(os, "sched_yield", None) or (lambda: time.sleep(0))
+
+
+def clear_way(lock: threading.RLock) -> None:
     """Before `with lock:` on a short critical section of pure Python: while another
-    thread holds `lock`, give up the GIL (`time.sleep(0)`), at most YIELDS times, instead
-    of blocking on the lock.
+    thread holds `lock`, give up the GIL, at most YIELDS times, instead of blocking on it.
 
     Why: a thread blocked on a lock is handed it when it is released, and then waits for
     the GIL; the thread holding the GIL comes to the lock again and blocks in turn, and so
@@ -94,23 +103,19 @@ def clear_way(lock: threading.Lock) -> None:
     acquisition costs two thread switches: a lock convoy. Four threads enqueueing at once
     on the memory store ran at a third of one thread's rate, at 1.2 context switches a
     job. A thread that yields the GIL instead lets the holder finish its few bytecodes,
-    and finds the lock free when it has the GIL again. Taking nothing, it is safe
-    anywhere an interrupt lands. For a plain `Lock`: callers ask `lock.locked()` first.
+    and finds the lock free when it has the GIL again.
+
+    The lock is tried (taken and let go at once), not asked: a plain `Lock`'s `locked()`
+    reads False while a thread that took it blocking waits for the GIL to return (its
+    flag is set only then), which is the convoy's own state, so callers that asked it
+    first still fell in (about one run in eight of those four threads). Hence an `RLock`
+    (`_is_owned` tells this thread's holds). Nothing to clear when this thread holds it
+    already (taking it again never waits). It returns, or raises an interrupt (Ctrl-C),
+    holding `lock` as often as before.
 
     A call before the lock's own `with`, not a lock class of its own: a context manager
     written in Python can be interrupted (Ctrl-C) inside its `__exit__` before it lets
     the lock go, where the C lock's `with` cannot."""
-    for _ in range(YIELDS):
-        time.sleep(0)
-        if not lock.locked():
-            return
-
-
-def clear_way_reentrant(lock: threading.RLock) -> None:
-    """`clear_way` for an `RLock`, which cannot be asked whether another thread holds it:
-    it is tried (taken and let go at once) instead. Nothing to clear when this thread
-    holds it already (taking it again never waits). It returns, or raises an interrupt
-    (Ctrl-C), holding `lock` as often as before."""
     if lock._is_owned():  # type: ignore[attr-defined]
         return
     try:
@@ -118,7 +123,7 @@ def clear_way_reentrant(lock: threading.RLock) -> None:
             lock.release()
             return
         for _ in range(YIELDS):
-            time.sleep(0)
+            _give_up_the_gil()
             if lock.acquire(False):
                 lock.release()
                 return

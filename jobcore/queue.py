@@ -65,8 +65,9 @@ class ReadyQueue:
         self._clock = clock
         self.listener = listener  # called, without any lock held, when there may be work
         # _lock guards _ready, _timers, _schedules, _members, _dead, _high_seq, _low_water,
-        # _discards, _reads and _discarded.
-        self._lock = threading.Lock()
+        # _discards, _reads and _discarded. An RLock, which `clear_way` can try (threads
+        # queueing at once), though nothing here takes it twice.
+        self._lock = threading.RLock()
         # heapq pops the smallest: -priority puts the highest first, seq keeps FIFO.
         self._ready: list[_Item] = []
         self._timers: list[_Item] = []
@@ -96,7 +97,7 @@ class ReadyQueue:
     def forked(self) -> None:
         """In a forked child: a lock of its own (a parent thread may have held this one).
         Reads under way in the parent's threads are not the child's: it forgets them."""
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._reads.clear()
         self._discarded.clear()
 
@@ -169,8 +170,7 @@ class ReadyQueue:
         An id already queued is not queued twice, unless this time it is due sooner: then
         this entry replaces the one queued. `read`: the mark of the store read that found
         the entry (see `reading`); an id discarded since is not queued."""
-        if self._lock.locked():  # threads queueing at once: see `clear_way`
-            clear_way(self._lock)
+        clear_way(self._lock)  # threads queueing at once: see `clear_way`
         with self._lock:
             current = self._members.get(entry.job_id)
             if current is not None and not _sooner(current, due_at):
@@ -200,8 +200,7 @@ class ReadyQueue:
         `read`: as for `push`."""
         if not entries:
             return
-        if self._lock.locked():  # threads queueing at once: see `clear_way`
-            clear_way(self._lock)
+        clear_way(self._lock)  # threads queueing at once: see `clear_way`
         with self._lock:
             members, ready, high = self._members, self._ready, self._high_seq
             check = read is not None and bool(self._discarded)
@@ -254,8 +253,7 @@ class ReadyQueue:
 
     def pop_ready(self, limit: int) -> list[QueueEntry]:
         """Take up to `limit` ready entries, best first; never blocks."""
-        if self._lock.locked():  # threads at the queue at once: see `clear_way`
-            clear_way(self._lock)
+        clear_way(self._lock)  # threads at the queue at once: see `clear_way`
         with self._lock:
             if not self._ready and not self._timers:
                 return []  # nothing queued (a quiet pool's enqueue asks every time)

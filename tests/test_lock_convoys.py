@@ -9,10 +9,14 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
 from jobcore import lock_waits
+from jobcore.clock import SystemClock
+from jobcore.queue import ReadyQueue
+from jobcore.repository.base import QueueEntry
 from interrupts import CtrlCOnce, lock_is_free
 
 WAIT = 10.0
@@ -73,23 +77,67 @@ def test_threads_enqueueing_at_once_on_the_memory_store_do_not_block_each_other(
     assert min(seen) < 0.05, seen
 
 
-@pytest.mark.parametrize("reentrant", [False, True])
-def test_clearing_the_way_to_a_free_lock_takes_nothing(reentrant: bool) -> None:
+def test_a_thread_that_took_the_queues_lock_and_waits_for_the_gil_is_let_through_first() -> None:
+    # given a ready queue's lock, taken by another thread that was blocked on it and now
+    # waits for the GIL, which this thread keeps (the state a convoy lives in: a plain
+    # Lock's `locked()` reads False then, and asking it let the threads fall in)
+    queue = ReadyQueue(SystemClock())
+    lock = queue._lock
+    me = threading.get_ident()
+    where: list[str] = []  # what this thread was running when the other one got in
+    lines: list[int] = []
+
+    def other() -> None:
+        lines.append(sys._getframe().f_lineno + 1)
+        with lock:
+            where.append(sys._current_frames()[me].f_code.co_name)
+
+    lock.acquire()
+    thread = threading.Thread(target=other)
+    thread.start()
+    _until_blocked_at(thread, lines)
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1.0)  # this thread keeps the GIL until it lets go of it
+    try:
+        lock.release()
+        deadline = time.monotonic() + WAIT
+        while lock.acquire(False):  # not taken yet: let it go, and look again
+            lock.release()
+            assert time.monotonic() < deadline
+        # when this thread queues a job
+        queue.push_ready([QueueEntry("job", 0, 1, None, "task", False)])
+    finally:
+        sys.setswitchinterval(before)
+    thread.join(WAIT)
+    # then it gave the other thread the GIL to finish first (in clear_way), rather than
+    # blocking on the lock (in push_ready), and queued its job after
+    assert where == ["clear_way"]
+    assert len(queue) == 1
+
+
+def _until_blocked_at(thread: threading.Thread, lines: list[int]) -> None:
+    """Wait until `thread` is at the line `lines` names, twice in a row a millisecond
+    apart, with this thread asleep (the GIL free) in between: blocked there."""
+    deadline, seen = time.monotonic() + WAIT, 0
+    while seen < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+        frame = sys._current_frames().get(thread.ident or 0)
+        seen = seen + 1 if frame is not None and lines and frame.f_lineno == lines[0] else 0
+
+
+def test_clearing_the_way_to_a_free_lock_takes_nothing() -> None:
     # given a free lock
-    lock = threading.RLock() if reentrant else threading.Lock()
+    lock = threading.RLock()
     # when a thread clears its way to it
-    if reentrant:
-        lock_waits.clear_way_reentrant(lock)  # type: ignore[arg-type]
-    else:
-        lock_waits.clear_way(lock)  # type: ignore[arg-type]
+    lock_waits.clear_way(lock)
     # then it is still free: another thread takes it at once
     assert lock_is_free(lock)
 
 
-@pytest.mark.parametrize("reentrant", [False, True])
-def test_clearing_the_way_gives_up_while_another_thread_keeps_the_lock(reentrant: bool) -> None:
+def test_clearing_the_way_gives_up_while_another_thread_keeps_the_lock() -> None:
     # given a lock another thread holds until told
-    lock = threading.RLock() if reentrant else threading.Lock()
+    lock = threading.RLock()
     holding, done = threading.Event(), threading.Event()
 
     def holder() -> None:
@@ -102,10 +150,7 @@ def test_clearing_the_way_gives_up_while_another_thread_keeps_the_lock(reentrant
     assert holding.wait(WAIT)
     try:
         # when this thread clears its way to it
-        if reentrant:
-            lock_waits.clear_way_reentrant(lock)  # type: ignore[arg-type]
-        else:
-            lock_waits.clear_way(lock)  # type: ignore[arg-type]
+        lock_waits.clear_way(lock)
         # then it returns after its yields, taking nothing (the other still holds it)
         assert not lock.acquire(False)
     finally:
@@ -120,7 +165,7 @@ def test_clearing_the_way_to_a_lock_this_thread_holds_leaves_its_holds_as_they_w
     lock.acquire()
     lock.acquire()
     # when it clears its way to it, and lets it go twice
-    lock_waits.clear_way_reentrant(lock)
+    lock_waits.clear_way(lock)
     lock.release()
     lock.release()
     # then it is free
@@ -130,11 +175,11 @@ def test_clearing_the_way_to_a_lock_this_thread_holds_leaves_its_holds_as_they_w
 def test_ctrl_c_as_clearing_the_way_tried_the_lock_leaves_it_free() -> None:
     # given a free RLock
     lock = threading.RLock()
-    # when Ctrl-C lands in `clear_way_reentrant` just after its try took the lock, before
-    # it let it go
-    with CtrlCOnce("clear_way_reentrant", armed=lambda: bool(lock._is_owned())):  # type: ignore[attr-defined]
+    # when Ctrl-C lands in `clear_way` just after its try took the lock, before it let
+    # it go
+    with CtrlCOnce("clear_way", armed=lambda: bool(lock._is_owned())):  # type: ignore[attr-defined]
         with pytest.raises(KeyboardInterrupt):
-            lock_waits.clear_way_reentrant(lock)
+            lock_waits.clear_way(lock)
     # then this thread does not hold it: another takes it at once
     assert not lock._is_owned()  # type: ignore[attr-defined]
     assert lock_is_free(lock)

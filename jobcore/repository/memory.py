@@ -18,7 +18,7 @@ import threading
 from typing import Any, Collection, Optional, Sequence
 
 from ..forks import on_fork, take_before_fork
-from ..lock_waits import clear_way_reentrant
+from ..lock_waits import clear_way
 from ..models import JobStatus
 from ._cascade import dependency_error_message
 from .base import (CANCELLED_BY_REQUEST, CANCELLED_ERROR_TYPE, CANCELLED_WHILE_RUNNING, Cascade, JobRecord,
@@ -93,7 +93,7 @@ class MemoryRepository(MemoryAdding, MemoryListing, MemoryChanging, MemoryWorker
 
     # -- reading (listings, counts and logs: see MemoryListing) -----------------------
     def get(self, job_id: str) -> Optional[JobRecord]:
-        clear_way_reentrant(self._lock)  # threads reading and writing at once: see `clear_way`
+        clear_way(self._lock)  # threads reading and writing at once: see `clear_way`
         with self._lock:
             row = self._jobs.get(job_id)
             return _detached(row) if row is not None else None
@@ -275,7 +275,7 @@ class MemoryRepository(MemoryAdding, MemoryListing, MemoryChanging, MemoryWorker
               claim_seqs: Optional[Sequence[int]] = None, claim_released: int = 0,
               released_functions: Optional[Collection[str]] = None,
               ) -> tuple[builtins.list[Optional[Cascade]], builtins.list[JobRecord]]:
-        clear_way_reentrant(self._lock)
+        clear_way(self._lock)
         with self._lock:  # one atomic step, as SQLite's single transaction
             cascades, claimed = super().apply(settlements, claim_ids, worker_id, now, lease_expires_at, top_up, up_to)
             for entry in released_to_claim(cascades, now, claim_released, released_functions):

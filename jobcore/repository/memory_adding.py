@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from ..lock_waits import clear_way_reentrant
+from ..lock_waits import clear_way
 from ..models import JobStatus
 from ._cascade import ENDED, dependency_error_message, plan_batch
 from .base import Cascade, JobRecord, Settlement, id_taken, require_plain_pending
@@ -22,7 +22,7 @@ class MemoryAdding(MemoryState):
     """The adding half of `MemoryRepository` (its state and row steps: `MemoryState`)."""
 
     def insert(self, records: Sequence[JobRecord], now: float) -> list[str]:
-        clear_way_reentrant(self._lock)  # threads enqueueing at once: see `clear_way`
+        clear_way(self._lock)  # threads enqueueing at once: see `clear_way`
         if len(records) == 1 and not records[0].depends_on:
             record = records[0]
             if record.unique_key is None:
@@ -96,7 +96,7 @@ class MemoryAdding(MemoryState):
                          worker_id: str, now: float, lease_expires_at: float, *, claim_new: bool,
                          claim_seqs: Optional[Sequence[int]] = None) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
         require_plain_pending(record)
-        clear_way_reentrant(self._lock)
+        clear_way(self._lock)
         with self._lock:  # one atomic step; only the insert can raise (a taken id), and it goes first
             self.insert([record], now)
             cascades, claimed = self.apply(settlements, [record.id, *claim_ids] if claim_new else claim_ids,
