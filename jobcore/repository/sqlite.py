@@ -254,7 +254,7 @@ class SQLiteRepository(SQLiteAdding, SQLiteUpkeep, SQLiteMigration, SettlesThrou
     def add_log(self, job_id: str, level: str, message: str, now: float) -> None:
         # Alone, one statement committed by itself; beside other writers (jobs logging at
         # once, enqueues) it shares their transaction and, under "full", their fsync.
-        params = (job_id, now, level, message)
+        params = (now, level, message, job_id)
         self._group.run(lambda conn: conn.execute(sql.INSERT_LOG_IF_STORED, params),
                         lambda: self._db.write_one(sql.INSERT_LOG_IF_STORED, params))
 
@@ -263,7 +263,7 @@ class SQLiteRepository(SQLiteAdding, SQLiteUpkeep, SQLiteMigration, SettlesThrou
             at, level, message = lines[0]
             self.add_log(job_id, level, message, at)
         elif lines:
-            rows = [(job_id, *line) for line in lines]
+            rows = [(*line, job_id) for line in lines]
             self._group.run(lambda conn: conn.executemany(sql.INSERT_LOG_IF_STORED, rows))
 
     def heartbeat(self, worker_id: str, job_ids: Collection[str], lease_expires_at: float,

@@ -139,8 +139,10 @@ SELECT_LOG_PAGE = SELECT_LOGS + " LIMIT ? OFFSET ?"  # LIMIT -1: no limit
 COUNT_LOGS = "SELECT count(*) FROM job_logs WHERE job_id = ?"
 INSERT_LOG = "INSERT INTO job_logs (job_id, at, level, message) VALUES (?, ?, ?, ?)"
 # A line for a job that may be gone (a timed-out attempt's thread logging on after its job
-# was deleted): stored only beside its job, so no line outlives the job. Same parameters.
-INSERT_LOG_IF_STORED = "INSERT INTO job_logs (job_id, at, level, message) SELECT id, ?2, ?3, ?4 FROM jobs WHERE id = ?1"
+# was deleted): stored only beside its job, so no line outlives the job. Parameters: at,
+# level, message, job_id. (Plain `?` marks only: Python 3.12 warns of numbered ones given
+# a sequence, and 3.14 refuses them.)
+INSERT_LOG_IF_STORED = "INSERT INTO job_logs (job_id, at, level, message) SELECT id, ?, ?, ? FROM jobs WHERE id = ?"
 
 # Running jobs whose lease is no usable time (see columns.UNUSABLE_TIME_SQL), for recovery
 # to end their lease now rather than take them back at once: a live worker renews it at
