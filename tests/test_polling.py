@@ -455,10 +455,10 @@ def test_a_first_wait_inside_an_exit_handler_still_leaves_every_commit_in_the_da
         manager = JobManager(SQLiteRepository({db!r}), producer=True)
         runner = JobManager(SQLiteRepository({db!r}), max_workers=1)
         runner.register_function("builtins.len", len)
+        runner.start()  # (before the exit: since Python 3.12 no thread starts during it)
 
         def at_exit():
             job_id = manager.enqueue(Job(function_name="builtins.len", args=("abc",)))
-            runner.start()
             print(manager.wait(job_id, timeout=30).status.value)
             runner.close()
 
