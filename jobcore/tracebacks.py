@@ -41,10 +41,22 @@ _stacks: dict[tuple[tuple[CodeType, int], ...], list[str]] = {}
 
 def format_failure(error: BaseException) -> str:
     """`"".join(traceback.format_exception(error))`, each stack formatted once per distinct
-    stack (see module docstring)."""
+    stack (see module docstring). Should the shortcut fail (it leans on how the standard
+    library's `TracebackException` builds itself, which changes between versions), the
+    text is formatted the standard way: it is called as an attempt fails, in the worker's
+    thread, and an error out of it ended that thread with its job still running."""
     chain = _chain(error)
-    if chain is None:
-        return "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    if chain is not None:
+        try:
+            return _format_chain(chain)
+        except Exception:  # noqa: S110 (formatted the standard way below)
+            pass
+    return "".join(traceback.format_exception(type(error), error, error.__traceback__))
+
+
+def _format_chain(chain: list[tuple[str, BaseException]]) -> str:
+    """The text of `chain` (as `_chain` gives it), each stack formatted once (see module
+    docstring)."""
     parts: list[str] = []
     for link, exception in reversed(chain):
         if link:
@@ -103,10 +115,15 @@ def _alone(exception: BaseException, tb: Optional[TracebackType]) -> traceback.T
     there since Python 3.10; without it, they are read too, each stack checked again,
     and the same lines come out)."""
     try:
-        return traceback.TracebackException(type(exception), exception, tb, compact=True,
-                                            _seen={id(exception)})
+        alone = traceback.TracebackException(type(exception), exception, tb, compact=True,
+                                             _seen={id(exception)})
     except TypeError:
         return traceback.TracebackException(type(exception), exception, tb, compact=True)
+    if not hasattr(alone, "exceptions"):
+        # Python 3.13 sets it only while reading the chain, which `_seen` skips, and
+        # formatting reads it: no group here (`_chain` leaves those to the standard way).
+        alone.exceptions = None
+    return alone
 
 
 def _stack_key(tb: Optional[TracebackType]) -> tuple[tuple[CodeType, int], ...]:

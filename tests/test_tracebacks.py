@@ -168,3 +168,22 @@ def test_a_chain_raised_again_reads_no_source_files_status(monkeypatch: Any) -> 
     monkeypatch.setattr(linecache, "checkcache", lambda filename=None: checked.append(filename))
     text = format_failure(_caught(_three_levels))
     assert checked == [] and text.endswith("KeyError: 'outermost'\n") and "direct cause" in text
+
+
+def test_a_failure_the_shortcut_cannot_format_is_formatted_the_standard_way_and_the_worker_goes_on(
+        make_manager: Any, monkeypatch: Any) -> None:
+    # given a shortcut that breaks, as Python 3.13's `TracebackException` broke it (its
+    # `exceptions` not set, and read by `format_exception_only`): an error from inside it
+    def broken(exception: BaseException) -> list[str]:
+        raise AttributeError("'TracebackException' object has no attribute 'exceptions'")
+
+    monkeypatch.setattr(tracebacks, "_own_lines", broken)
+    error = _caught(lambda: _deeper("unformatted"))
+    # then the text is the standard one
+    assert format_failure(error) == "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    # and a worker whose job fails goes on to the next job (the error ended its thread,
+    # the failed job left running and every later one waiting)
+    manager = make_manager(MemoryRepository(), max_workers=1).start()
+    failed = manager.wait(manager.enqueue(Job(function=_deeper, args=("boom",), max_retries=0)), timeout=10)
+    assert failed.status is JobStatus.FAILED and failed.traceback.endswith("ValueError: boom\n")
+    assert manager.wait(manager.enqueue(Job(function=len, args=("abc",))), timeout=10).result == 3
