@@ -122,7 +122,7 @@ def _alone(exception: BaseException, tb: Optional[TracebackType]) -> traceback.T
     if not hasattr(alone, "exceptions"):
         # Python 3.13 sets it only while reading the chain, which `_seen` skips, and
         # formatting reads it: no group here (`_chain` leaves those to the standard way).
-        alone.exceptions = None
+        setattr(alone, "exceptions", None)  # (no such attribute before Python 3.11)
     return alone
 
 
