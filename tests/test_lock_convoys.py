@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Callable
 
 import pytest
 
@@ -18,6 +19,7 @@ from jobcore.clock import SystemClock
 from jobcore.queue import ReadyQueue
 from jobcore.repository.base import QueueEntry
 from interrupts import CtrlCOnce, lock_is_free
+from waiting import wait_until
 
 WAIT = 10.0
 
@@ -95,7 +97,7 @@ def test_a_thread_that_took_the_queues_lock_and_waits_for_the_gil_is_let_through
     lock.acquire()
     thread = threading.Thread(target=other)
     thread.start()
-    _until_blocked_at(thread, lines)
+    wait_until(_blocked_at(thread, lines), WAIT, "the other thread blocked on the lock", pause=0.001)
     before = sys.getswitchinterval()
     sys.setswitchinterval(1.0)  # this thread keeps the GIL until it lets go of it
     try:
@@ -115,15 +117,17 @@ def test_a_thread_that_took_the_queues_lock_and_waits_for_the_gil_is_let_through
     assert len(queue) == 1
 
 
-def _until_blocked_at(thread: threading.Thread, lines: list[int]) -> None:
-    """Wait until `thread` is at the line `lines` names, twice in a row a millisecond
-    apart, with this thread asleep (the GIL free) in between: blocked there."""
-    deadline, seen = time.monotonic() + WAIT, 0
-    while seen < 2:
-        assert time.monotonic() < deadline
-        time.sleep(0.001)
+def _blocked_at(thread: threading.Thread, lines: list[int]) -> Callable[[], bool]:
+    """For `wait_until`: whether `thread` was seen at the line `lines` names twice in a
+    row, this thread asleep (the GIL free) between the two looks: blocked there."""
+    seen = [0]
+
+    def blocked() -> bool:
         frame = sys._current_frames().get(thread.ident or 0)
-        seen = seen + 1 if frame is not None and lines and frame.f_lineno == lines[0] else 0
+        seen[0] = seen[0] + 1 if frame is not None and lines and frame.f_lineno == lines[0] else 0
+        return seen[0] >= 2
+
+    return blocked
 
 
 def test_clearing_the_way_to_a_free_lock_takes_nothing() -> None:
