@@ -89,27 +89,32 @@ class Exchanges:
         claimed = self._recorder.exchange(finished, ids, self._registry.names, up_to=wanted,
                                           claim_seqs=[e.seq for e in entries],
                                           claim_released=0 if from_store else room - len(ids))
-        if claimed is None:
-            for entry in entries:  # outside the lock: the queue's listener takes it
-                self._queue.push(entry)
-        elif self._repo.persistent:
-            named = set(ids)
-            by_number = [record.id for record in claimed if record.id not in named]
-            if by_number:
-                # Their ids may still be queued here (the store's best ready jobs head this
-                # queue too). Named in a later claim they would come back stale, and be
-                # topped up by number again: a chain that fills exchanges with misses.
-                self._queue.discard(by_number)
-            if len(claimed) < wanted:
-                # Topped up from the store and still short: no ready job is left there for
-                # this manager, so the ready ids it knew of were taken by other processes.
-                # Forget them now rather than claim them in vain, a transaction at a time.
-                self._queue.drop_stale(known)
-                from_store = False
-            elif ids and not {record.id for record in claimed}.issuperset(ids):
-                from_store = True  # ids went stale, yet the store had as many as asked
-        if claimed:
-            claimed = self._recorder.make_way(claimed)  # (after the above: they were claimed)
+        try:
+            if claimed is None:
+                for entry in entries:  # outside the lock: the queue's listener takes it
+                    self._queue.push(entry)
+            elif self._repo.persistent:
+                named = set(ids)
+                by_number = [record.id for record in claimed if record.id not in named]
+                if by_number:
+                    # Their ids may still be queued here (the store's best ready jobs head this
+                    # queue too). Named in a later claim they would come back stale, and be
+                    # topped up by number again: a chain that fills exchanges with misses.
+                    self._queue.discard(by_number)
+                if len(claimed) < wanted:
+                    # Topped up from the store and still short: no ready job is left there for
+                    # this manager, so the ready ids it knew of were taken by other processes.
+                    # Forget them now rather than claim them in vain, a transaction at a time.
+                    self._queue.drop_stale(known)
+                    from_store = False
+                elif ids and not {record.id for record in claimed}.issuperset(ids):
+                    from_store = True  # ids went stale, yet the store had as many as asked
+            if claimed:
+                claimed = self._make_way(claimed)  # (after the above: they were claimed)
+        except Exception:  # a fault of the engine's: the exchange must end all the same (left
+            # begun, no exchange came after it, and nothing ran again); what it claimed is
+            # this pool's to run
+            logger.exception("an exchange failed after its repository call; what it claimed runs here")
         state = self._state
         with state.lock:
             if claimed is None:  # nothing was recorded: the dispatcher records them, first
@@ -123,6 +128,16 @@ class Exchanges:
             state.ended_locked(finished, claimed, wake=len(claimed) > (1 if by_worker else 0),
                                active=by_worker)
         return True
+
+    def _make_way(self, claimed: list[JobRecord]) -> list[JobRecord]:
+        """`Recorder.make_way` after an exchange committed, or if it fails (a fault of the
+        engine's), `claimed` as they are: they are this pool's to run, and the exchange
+        must end all the same (left begun, no exchange came after it)."""
+        try:
+            return self._recorder.make_way(claimed)
+        except Exception:
+            logger.exception("making way for released jobs failed; the %d jobs claimed run here", len(claimed))
+            return claimed
 
     # -- the enqueuing thread's exchange: a new job stored with the outcomes and claims ------
     def _refused_at_once(self, now: float) -> bool:
@@ -191,7 +206,7 @@ class Exchanges:
                                                         now, [e.seq for e in entries])
             if not claim_new:
                 self._recorder.enqueue_entries([record.queue_entry()])
-            kept = self._recorder.make_way(claimed)
+            kept = self._make_way(claimed)
             with state.lock:
                 state.ended_locked(finished, kept, wake=bool(kept))
             return True

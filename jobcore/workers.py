@@ -39,6 +39,7 @@ from .dispatcher import Dispatcher
 from .errors import JobTimeout
 from .exchanges import Exchanges
 from .execution import Outcome
+from .tracebacks import format_failure
 from .holdings import Holdings
 from .log_buffer import LOG_INTERVAL, LogBuffer
 from .pool_state import Attempt, PoolState, Slot
@@ -316,33 +317,57 @@ class WorkerPool:
             if exchange is not None:
                 exchanges.run(*exchange, by_worker=True, began=(self._clock.monotonic(), real_monotonic()))
                 continue
-            record, context = attempt.record, attempt.context
-            if suspect and not self._claims.still_ours(record, renew=True):
-                self._holdings.drop_unstarted(record, started=attempt)
-                continue
-            if plan_deadline:
-                self.on_deadline()
-            outcome = self._attempts.run(record, context)
-            if record.isolation == "process" and self._is_closed():
-                # `close` ended its child (or it answered as close began): not recorded.
-                # Its lease lapses and the job is taken back, never beside that child.
-                logger.info("job %s: its child process was ended by close(); the attempt is not"
-                            " recorded", record.id)
-                context.ended = True
-                self._holdings.drop_unstarted(record, started=attempt)
-                continue
-            if attempt.deadline is not None:
-                with state.lock:  # what the engine does next is not the job's time
-                    overdue = not slot.abandoned and self._clock.monotonic() >= attempt.deadline
-                    attempt.deadline = None
-                if overdue:  # it returned late, before the housekeeper looked: a timeout all the same
-                    outcome = Outcome(error=JobTimeout(record.timeout or 0.0))
-            context.ended = True  # code the job left running no longer reports into it
-            finished = Finished(record, context, outcome, self._clock.monotonic() - attempt.started,
-                                last_report=self._last_report(context) if context.reported_progress else None,
-                                log_lines=self._log_lines(context))
-            if not slot.abandoned:
-                finished.settlement = self._recorder.decide(finished)
+            try:
+                finished = self._end_attempt(attempt, slot, suspect, plan_deadline)
+            except Exception as exc:  # a fault of the engine's: never end the thread, nor leave the job RUNNING
+                finished = self._engine_fault(attempt, exc)
+
+    def _end_attempt(self, attempt: Attempt, slot: Slot, suspect: bool, plan_deadline: bool) -> Optional[Finished]:
+        """Run the attempt this thread took (`_serve`) and tell how it ended, or None if it
+        is not to be recorded here (its claim lapsed before it began; an isolated one
+        ended by `close`)."""
+        state = self._state
+        record, context = attempt.record, attempt.context
+        if suspect and not self._claims.still_ours(record, renew=True):
+            self._holdings.drop_unstarted(record, started=attempt)
+            return None
+        if plan_deadline:
+            self.on_deadline()
+        outcome = self._attempts.run(record, context)
+        if record.isolation == "process" and self._is_closed():
+            # `close` ended its child (or it answered as close began): not recorded.
+            # Its lease lapses and the job is taken back, never beside that child.
+            logger.info("job %s: its child process was ended by close(); the attempt is not"
+                        " recorded", record.id)
+            context.ended = True
+            self._holdings.drop_unstarted(record, started=attempt)
+            return None
+        if attempt.deadline is not None:
+            with state.lock:  # what the engine does next is not the job's time
+                overdue = not slot.abandoned and self._clock.monotonic() >= attempt.deadline
+                attempt.deadline = None
+            if overdue:  # it returned late, before the housekeeper looked: a timeout all the same
+                outcome = Outcome(error=JobTimeout(record.timeout or 0.0))
+        context.ended = True  # code the job left running no longer reports into it
+        finished = Finished(record, context, outcome, self._clock.monotonic() - attempt.started,
+                            last_report=self._last_report(context) if context.reported_progress else None,
+                            log_lines=self._log_lines(context))
+        if not slot.abandoned:
+            finished.settlement = self._recorder.decide(finished)
+        return finished
+
+    def _engine_fault(self, attempt: Attempt, exc: Exception) -> Finished:
+        """The outcome of an attempt during which the engine's own code raised `exc` (a
+        bug: the job's errors are its outcome, the store's are retried): a failure with
+        that error, decided when it is recorded (retried as the job's retry policy says).
+        The thread goes on to its next job; left to end it, the job stayed RUNNING under
+        this process and `stop` waited for the thread for ever."""
+        record, context = attempt.record, attempt.context
+        logger.error("job %s: the engine failed around its attempt; recorded as a failure", record.id,
+                     exc_info=exc)
+        context.ended = True
+        return Finished(record, context, Outcome(error=exc, traceback=format_failure(exc)),
+                        self._clock.monotonic() - attempt.started)
 
     def _start_locked(self, record: JobRecord, slot: Slot) -> Attempt:
         """Make `record` this slot's running attempt. Called with the lock held."""
