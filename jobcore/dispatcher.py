@@ -25,6 +25,7 @@ from .recorder import Finished, Recorder
 
 
 logger = logging.getLogger("jobcore.workers")
+_MAX_PAUSE = 2.0  # seconds: the longest pause after a fault of the dispatcher's (see `Dispatcher._run`)
 
 class Dispatcher:
     """The dispatcher thread of one pool."""
@@ -54,6 +55,29 @@ class Dispatcher:
         self.thread.start()
 
     def _run(self, generation: int) -> None:
+        """The thread: `_serve`, begun again after a fault of the engine's own code, which
+        is logged (a pause first: 50 ms, doubling to 2 s while faults repeat). Ended by
+        one, this thread left no one to fire a scheduled job, a retry or a cron schedule
+        when it came due. A stop does not wait for it past a 2 s pause: what it held
+        (claims no worker started) is taken back once their leases lapse."""
+        pause = 0.0
+        while True:
+            try:
+                self._serve(generation)
+                return
+            except Exception:
+                logger.exception("the dispatcher failed; it goes on")
+            state = self._state
+            with state.lock:
+                if state.generation != generation:
+                    return
+                if state.stopping and pause >= _MAX_PAUSE:
+                    logger.error("stopping: the dispatcher keeps failing, and gives up")
+                    return
+            pause = min(max(pause * 2, 0.05), _MAX_PAUSE)
+            threading.Event().wait(pause)
+
+    def _serve(self, generation: int) -> None:
         state = self._state
         backoff = 0.0
         while True:

@@ -5,11 +5,12 @@ store's): the worker thread that met it goes on, the job does not stay RUNNING, 
 from __future__ import annotations
 
 import threading
+from datetime import datetime
 from typing import Any, Callable
 
 import pytest
 
-from jobcore import Job, JobManager, JobStatus, MemoryRepository, SQLiteRepository
+from jobcore import FakeClock, Job, JobManager, JobStatus, MemoryRepository, SQLiteRepository
 from jobcore.recorder import Recorder
 from jobcore.workers import WorkerPool
 
@@ -101,4 +102,22 @@ def test_a_fault_after_an_enqueues_exchange_committed_stores_the_job_and_runs_it
     # it again), and it runs
     assert raised.is_set()
     assert manager.wait(job_id, timeout=WAIT).result == 7
+    assert _stops(manager)
+
+
+def test_a_fault_in_the_dispatcher_leaves_it_running_to_start_scheduled_jobs(
+        make_manager: Any, repository: Any, monkeypatch: Any) -> None:
+    # given the dispatcher's first look for an exchange to make breaking
+    from jobcore.dispatcher import Dispatcher
+    raised = _break_once(monkeypatch, Dispatcher, "_exchange_due_locked")
+    clock = FakeClock()
+    manager: JobManager = make_manager(repository, clock=clock, max_workers=1).start()
+    assert raised.wait(WAIT)
+
+    # when a job scheduled for later comes due
+    job_id = manager.enqueue(Job(function=lambda: "ran", scheduled_at=datetime.fromtimestamp(clock.time() + 60)))
+    clock.advance(60)
+
+    # then it runs (the dispatcher, whose thread the fault ended, started it)
+    assert manager.wait(job_id, timeout=WAIT).result == "ran"
     assert _stops(manager)
