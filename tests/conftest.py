@@ -18,12 +18,18 @@ def pytest_configure(config: Any) -> None:
     config.addinivalue_line("markers", "xdist_group(name): pytest-xdist runs a group's tests in one worker")
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
     """Run with pytest-xdist (`-n 2 --dist loadgroup`, the README's command), every test on
     the PostgreSQL server goes to one worker, one after another: some restart or stop that
     server, which would break the connections of tests running beside them. That is each
     test using the `server` fixture, and each one parametrized with "postgres", which
-    takes its schema (and so the server) only as it runs (`mixed_repositories`)."""
+    takes its schema (and so the server) only as it runs (`mixed_repositories`).
+
+    First among the hooks: xdist's own reads the marks to group the tests. After it (this
+    file is loaded before xdist's worker registers that hook, and hooks registered later
+    run first), the marks came too late and the group was split over both workers: a
+    test on the server failed when a restart in the other worker ended its connections."""
     for item in items:
         callspec = getattr(item, "callspec", None)
         if ("server" in getattr(item, "fixturenames", ())

@@ -6,7 +6,6 @@ import json
 import os
 import queue
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -21,6 +20,7 @@ from jobcore.cli import main
 from dashboard_cli import serve_dashboard
 from dead_letter_order import fail_out_of_order
 from waiting import wait_until
+from raw_db import raw_db
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WAIT = 10.0  # bound for waits that normally end in well under a second
@@ -379,7 +379,7 @@ def test_a_garbage_file_is_refused_in_one_line_and_left_alone(tmp_path: Any) -> 
 
 def test_another_applications_sqlite_database_is_refused_and_not_changed(tmp_path: Any) -> None:
     other = str(tmp_path / "app.db")
-    with sqlite3.connect(other) as conn:
+    with raw_db(other) as conn:
         conn.execute("CREATE TABLE users (name TEXT)")
     conn.close()
 
@@ -388,7 +388,7 @@ def test_another_applications_sqlite_database_is_refused_and_not_changed(tmp_pat
 
     assert_one_line_error(proc, "not a jobcore one")
     assert_one_line_error(worker, "not a jobcore one")
-    with sqlite3.connect(other) as conn:
+    with raw_db(other) as conn:
         assert [row[0] for row in conn.execute("SELECT name FROM sqlite_master")] == ["users"]
     conn.close()
 

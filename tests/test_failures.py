@@ -21,6 +21,7 @@ from jobcore.errors import JobTimeout
 from jobcore.retry import is_transient, retry_delay, should_retry
 from dead_letter_order import fail_out_of_order
 from stuck import stuck_past_stop
+from raw_db import raw_db
 
 WAIT = 10.0
 
@@ -254,7 +255,7 @@ def test_a_corrupt_row_leaves_the_rest_of_the_dead_letter_queue_readable(make_ma
     manager.register_function("bad", _raise_permanent)
     ids = [manager.enqueue(Job(function_name="bad", max_retries=0)) for _ in range(2)]
     schedule = manager.enqueue(Job(function_name="bad", cron="*/5 * * * *", cron_timezone="Europe/Berlin"))
-    with sqlite3.connect(db_path) as conn:
+    with raw_db(db_path) as conn:
         conn.execute("UPDATE jobs SET retry_backoff = 0.5 WHERE id = ?", (ids[0],))
         conn.execute("UPDATE jobs SET cron_timezone = 'Mars/Olympus' WHERE id = ?", (schedule,))
     conn.close()

@@ -22,6 +22,7 @@ from jobcore.repository.sqlite_rows import record_from_row
 from jobcore.repository.sqlite_schema import SCHEMA_VERSION
 from jobcore.testing.contract import NOW
 from jobcore.testing.contract.support import _add, _claim, _complete, _fail, _get, _ids_of
+from raw_db import raw_db
 
 
 @pytest.fixture
@@ -39,7 +40,7 @@ def _completed(repo: SQLiteRepository, count: int, now: float = NOW) -> list[str
 
 
 def _raw(repo: SQLiteRepository, query: str, *params: Any) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(repo.path) as conn:
+    with raw_db(repo.path) as conn:
         return conn.execute(query, params).fetchall()
 
 
@@ -155,7 +156,7 @@ def test_a_list_kept_apart_and_gone_fails_that_job_alone_as_corrupt(repo: SQLite
                                    "REQUEUE", "UNUSABLE_BLOCKED"])
 def test_a_list_kept_apart_is_found_by_its_key(repo: SQLiteRepository, query: str) -> None:
     statement = getattr(sql, query, None) or getattr(read_sql, query)
-    with sqlite3.connect(repo.path) as conn:
+    with raw_db(repo.path) as conn:
         plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + statement, (None,) * statement.count("?"))]
     assert any(re.match(r"^SEARCH l USING INDEX sqlite_autoindex_job_dep_lists", step) for step in plan), plan
     assert not [step for step in plan if re.match(r"^SCAN (TABLE )?l\b", step)], plan

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 
@@ -253,3 +253,13 @@ def test_while_the_server_is_down_calls_fail_at_once_and_work_again_once_it_is_b
         assert repository.count_by_status()[JobStatus.PENDING] == 1
     finally:
         repository.close()
+
+
+def test_the_tests_on_the_server_run_in_one_xdist_group(server: str, request: Any) -> None:
+    # given a run on several pytest-xdist workers that groups tests (the README's command)
+    if not request.config.getoption("loadgroup", default=False):
+        pytest.skip("not run with pytest-xdist's --dist loadgroup")
+    # then this test, which uses the server that tests here restart, is in the group whose
+    # tests run on one worker, one after another (conftest's marks were once read too late:
+    # a test beside a restart in the other worker lost its connections and failed)
+    assert request.node.nodeid.endswith("@postgres")

@@ -10,7 +10,6 @@ stored exactly. No timing here: the speed is measured by hand, not asserted.
 from __future__ import annotations
 
 import re
-import sqlite3
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
@@ -21,6 +20,7 @@ from jobcore.repository import SQLiteRepository
 from jobcore.repository import sqlite_transition_sql as sql
 from jobcore.repository.base import Cascade, JobRecord, JobRepository, Settlement
 from jobcore.testing.contract import LEASE, NOW, make_record
+from raw_db import raw_db
 
 
 @pytest.fixture
@@ -195,14 +195,14 @@ def test_a_result_encoded_by_the_engine_is_stored_as_given(repo: SQLiteRepositor
     # when they are applied
     _apply(repo, [encoded, _done(jobs[1], result=(3, 4))])
     # then the encoded text is what was stored, and the other was encoded here
-    with sqlite3.connect(repo.path) as conn:
+    with raw_db(repo.path) as conn:
         stored = dict(conn.execute("SELECT id, result FROM jobs").fetchall())
     assert (stored[jobs[0].id], stored[jobs[1].id]) == ("[1,2]", "[3,4]")
 
 
 # -- query plans ---------------------------------------------------------------------------
 def _plan(repo: SQLiteRepository, query: str) -> list[str]:
-    with sqlite3.connect(repo.path) as conn:
+    with raw_db(repo.path) as conn:
         rows = conn.execute("EXPLAIN QUERY PLAN " + query, (None,) * query.count("?")).fetchall()
     return [row[3] for row in rows]
 

@@ -15,6 +15,7 @@ from jobcore.repository import sqlite_schema as schema
 from jobcore.repository import sqlite_transition_sql as sql
 from jobcore.repository.sqlite_rows import is_plain, row_params
 from jobcore.testing.contract import LEASE, NOW, make_record
+from raw_db import raw_db
 
 
 @pytest.fixture
@@ -26,7 +27,7 @@ def repo(tmp_path: Path) -> Iterator[SQLiteRepository]:
 
 def _row(repo: SQLiteRepository, job_id: str) -> dict[str, Any]:
     """Every column of a stored job but the ones that tell rows apart."""
-    with sqlite3.connect(repo.path) as conn:
+    with raw_db(repo.path) as conn:
         conn.row_factory = sqlite3.Row
         row = dict(conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
     del row["id"], row["seq"]
@@ -38,7 +39,7 @@ def _stored_by_full_insert(repo: SQLiteRepository, record: Any, claimed: bool = 
     twin = record.copy()
     twin.id = make_record().id
     params = row_params(twin, NOW, JobStatus.RUNNING if claimed else twin.status, 0, None, None)
-    with sqlite3.connect(repo.path) as conn:
+    with raw_db(repo.path) as conn:
         if claimed:
             conn.execute(sql.INSERT_CLAIMED_JOB, (*params, NOW, "w1", NOW + LEASE))
         else:
@@ -87,7 +88,7 @@ def test_a_job_with_an_optional_field_set_takes_the_full_insert(repo: SQLiteRepo
 
 
 def _seqs(repo: SQLiteRepository) -> dict[str, int]:
-    with sqlite3.connect(repo.path) as conn:
+    with raw_db(repo.path) as conn:
         return dict(conn.execute("SELECT id, seq FROM jobs"))
 
 
@@ -115,7 +116,7 @@ def test_a_new_file_keeps_no_sqlite_sequence(repo: SQLiteRepository) -> None:
     repo.insert(records[:1], NOW)
     repo.insert(records[1:], NOW)
     assert [r.seq for r in records] == [1, 2, 3] == [_seqs(repo)[r.id] for r in records]
-    with sqlite3.connect(repo.path) as conn:
+    with raw_db(repo.path) as conn:
         assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'sqlite_sequence'").fetchall() == []
 
 
@@ -125,7 +126,7 @@ def test_a_file_made_with_autoincrement_is_used_as_it_is(tmp_path: Path) -> None
     old_schema = schema.CREATE_SCHEMA.replace("seq              INTEGER PRIMARY KEY,",
                                            "seq              INTEGER PRIMARY KEY AUTOINCREMENT,")
     assert old_schema != schema.CREATE_SCHEMA
-    with sqlite3.connect(path) as conn:
+    with raw_db(path) as conn:
         conn.executescript(old_schema)
         conn.execute(schema.CREATE_META)
         conn.execute(schema.SET_SCHEMA_VERSION, (str(schema.SCHEMA_VERSION),))

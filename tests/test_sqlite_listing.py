@@ -23,6 +23,7 @@ from jobcore.repository.base import JobRecord
 from jobcore.repository import SQLiteRepository
 from jobcore.repository import sqlite_sql as sql
 from jobcore.testing.contract.support import NOW, make_record
+from raw_db import raw_db
 
 _FULL_SCAN = re.compile(r"^SCAN (TABLE )?jobs\b(?! USING)")
 _PAGES = [(50, 0), (1, 3), (None, 0)]
@@ -53,13 +54,13 @@ def _record_statements(repo: SQLiteRepository, monkeypatch: pytest.MonkeyPatch) 
 
 
 def _plan(path: Path, query: str, params: tuple[Any, ...]) -> list[str]:
-    with sqlite3.connect(path) as conn:
+    with raw_db(path) as conn:
         return [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + query, params)]
 
 
 def _set_status(path: Path, ids: list[str], status: str, **columns: Any) -> None:
     sets = ", ".join(["status = ?"] + [f"{name} = ?" for name in columns])
-    with sqlite3.connect(path) as conn:
+    with raw_db(path) as conn:
         conn.executemany(f"UPDATE jobs SET {sets} WHERE id = ?",
                          [(status, *columns.values(), job_id) for job_id in ids])
 
@@ -189,7 +190,7 @@ def _random_store(repo: SQLiteRepository, path: Path, rng: random.Random) -> Non
     for status, ids in by_status.items():
         if status != "pending":
             _set_status(path, ids, status)
-    with sqlite3.connect(path) as conn:
+    with raw_db(path) as conn:
         pending = by_status["pending"]
         conn.execute("UPDATE jobs SET status = 'PENDING' WHERE id = ?", (pending[0],))
         conn.execute("UPDATE jobs SET blocked = 'x' WHERE id = ?", (pending[1],))
@@ -199,7 +200,7 @@ def _random_store(repo: SQLiteRepository, path: Path, rng: random.Random) -> Non
 def _scan(path: Path, status: Optional[JobStatus], owner: Optional[str], tags: Optional[list[str]],
           limit: Optional[int], offset: int) -> list[str]:
     """What `list` must answer: every row, newest first, filtered here."""
-    with sqlite3.connect(path) as conn:
+    with raw_db(path) as conn:
         rows = conn.execute("SELECT id, status, owner, tags FROM jobs ORDER BY seq DESC").fetchall()
     found = [job_id for job_id, stored_status, stored_owner, stored_tags in rows
              if (status is None or stored_status == status.value) and (owner is None or stored_owner == owner)

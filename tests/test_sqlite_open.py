@@ -24,6 +24,7 @@ from jobcore.repository import sqlite_conn, sqlite_rows
 from jobcore.repository import sqlite_schema as schema
 from jobcore.repository.sqlite_conn import file_uri
 from jobcore.repository.sqlite_rows import translate
+from raw_db import raw_db
 
 ROOT = str(Path(__file__).resolve().parent.parent)
 
@@ -165,12 +166,12 @@ def test_an_in_memory_sqlite_database_is_refused_at_once_saying_why(tmp_path: Pa
 def test_another_applications_table_named_as_jobcores_is_refused_and_the_file_left_as_it_was(
         tmp_path: Path, table: str) -> None:
     path = str(tmp_path / "crm.db")
-    with sqlite3.connect(path) as conn:
+    with raw_db(path) as conn:
         conn.execute(f"CREATE TABLE {table} (id INTEGER PRIMARY KEY, title TEXT)")
     conn.close()
     with pytest.raises(RepositoryError, match=f"table '{table}' is not jobcore's.*give jobcore a file of its own"):
         SQLiteRepository(path)
-    with sqlite3.connect(path) as conn:
+    with raw_db(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)  # was switched to wal for good
         assert [row[0] for row in conn.execute(schema.SELECT_TABLE_NAMES)] == [table]
     conn.close()
@@ -184,7 +185,7 @@ def test_the_refused_tables_are_jobcores_own() -> None:
 
 def test_a_database_without_tables_named_as_jobcores_still_gets_them(tmp_path: Path) -> None:
     path = str(tmp_path / "other.db")
-    with sqlite3.connect(path) as conn:
+    with raw_db(path) as conn:
         conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY)")
     conn.close()
     manager = JobManager(path, producer=True)
@@ -196,7 +197,7 @@ def test_a_database_without_tables_named_as_jobcores_still_gets_them(tmp_path: P
 def test_a_schema_version_that_is_no_number_is_a_repository_error(tmp_path: Path) -> None:
     path = str(tmp_path / "jobs.db")
     SQLiteRepository(path).close()
-    with sqlite3.connect(path) as conn:
+    with raw_db(path) as conn:
         conn.execute("UPDATE jobcore_meta SET value = '4.0'")
     conn.close()
     with pytest.raises(RepositoryError, match=r"schema version '4.0' is not a number: the file is corrupt or not jobcore's"):
@@ -213,7 +214,7 @@ def _no_wal_left(path: Path, jobs: int) -> None:
     assert not os.path.exists(f"{path}-wal") and not os.path.exists(f"{path}-shm")
     copy = path.with_name("copy.db")
     shutil.copy(path, copy)  # the database file alone, as `cp` would copy it
-    with sqlite3.connect(copy) as conn:
+    with raw_db(copy) as conn:
         assert conn.execute("SELECT COUNT(*) FROM jobs").fetchone() == (jobs,)
     conn.close()
 
@@ -256,7 +257,7 @@ def test_a_manager_still_running_at_exit_keeps_its_connections_and_loses_nothing
     """, tmp_path)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
-    with sqlite3.connect(tmp_path / "jobs.db") as conn:
+    with raw_db(tmp_path / "jobs.db") as conn:
         assert conn.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall() == [("completed", 200)]
     conn.close()
 

@@ -29,6 +29,7 @@ from jobcore.errors import RepositoryError
 from jobcore.repository import sqlite_rows
 from jobcore.repository import sqlite_schema as schema
 from jobcore.repository.sqlite_rows import translate
+from raw_db import raw_db
 
 ROOT = str(Path(__file__).resolve().parent.parent)
 NOBODY = 65534  # the uid and gid a child of root drops to: root may write any file, whatever its mode
@@ -86,7 +87,7 @@ def make_database(path: Path, version: int = schema.SCHEMA_VERSION) -> None:
     manager = JobManager(str(path), producer=True)
     manager.enqueue(Job(function_name="work"))
     manager.close()
-    with sqlite3.connect(path) as conn:
+    with raw_db(path) as conn:
         if version < schema.SCHEMA_VERSION:
             assert version == schema.SCHEMA_VERSION - 1 and schema.MIGRATIONS[version] == schema._JOB_DEP_LISTS
             conn.execute("DROP TABLE job_dep_lists")
@@ -200,7 +201,7 @@ def test_a_refused_newer_database_is_left_as_it_was_its_journal_mode_too(tmp_pat
     # Given a newer jobcore's database in rollback-journal mode (shipped as one file, say)
     path = tmp_path / "jobs.db"
     make_database(path, schema.SCHEMA_VERSION + 1)
-    with sqlite3.connect(path) as conn:
+    with raw_db(path) as conn:
         assert conn.execute("PRAGMA journal_mode = DELETE").fetchone() == ("delete",)
     conn.close()
     before = _digest(path)
@@ -210,6 +211,6 @@ def test_a_refused_newer_database_is_left_as_it_was_its_journal_mode_too(tmp_pat
     # then not a byte of it changed: it used to be switched to WAL mode first
     assert _digest(path) == before
     assert sorted(os.listdir(tmp_path)) == ["jobs.db"]
-    with sqlite3.connect(path) as conn:
+    with raw_db(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)
     conn.close()
