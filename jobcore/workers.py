@@ -349,19 +349,26 @@ class WorkerPool:
             if overdue:  # it returned late, before the housekeeper looked: a timeout all the same
                 outcome = Outcome(error=JobTimeout(record.timeout or 0.0))
         context.ended = True  # code the job left running no longer reports into it
+        try:
+            last_report = self._last_report(context) if context.reported_progress else None
+            log_lines = self._log_lines(context)
+        except Exception:  # a fault of the engine's: the job's own outcome is recorded all the same
+            logger.exception("job %s: its last progress report and log lines could not be taken;"
+                             " its outcome is recorded without them", record.id)
+            last_report, log_lines = None, ()
         finished = Finished(record, context, outcome, self._clock.monotonic() - attempt.started,
-                            last_report=self._last_report(context) if context.reported_progress else None,
-                            log_lines=self._log_lines(context))
+                            last_report=last_report, log_lines=log_lines)
         if not slot.abandoned:
             finished.settlement = self._recorder.decide(finished)
         return finished
 
     def _engine_fault(self, attempt: Attempt, exc: Exception) -> Finished:
-        """The outcome of an attempt during which the engine's own code raised `exc` (a
-        bug: the job's errors are its outcome, the store's are retried): a failure with
-        that error, decided when it is recorded (retried as the job's retry policy says).
-        The thread goes on to its next job; left to end it, the job stayed RUNNING under
-        this process and `stop` waited for the thread for ever."""
+        """The outcome of an attempt around which the engine's own code raised `exc`
+        before the job's outcome was known (a bug: the job's errors are its outcome, the
+        store's are retried): a failure with that error, decided when it is recorded
+        (retried as the job's retry policy says). The thread goes on to its next job;
+        left to end it, the job stayed RUNNING under this process and `stop` waited for
+        the thread for ever."""
         record, context = attempt.record, attempt.context
         logger.error("job %s: the engine failed around its attempt; recorded as a failure", record.id,
                      exc_info=exc)

@@ -38,7 +38,29 @@ def repository(request: Any, db_path: str) -> Any:
     return MemoryRepository() if request.param == "memory" else SQLiteRepository(db_path)
 
 
-def test_a_fault_after_a_job_ran_fails_that_attempt_and_the_worker_goes_on(
+def test_a_fault_before_a_job_runs_fails_that_attempt_and_the_worker_goes_on(
+        make_manager: Any, repository: Any, monkeypatch: Any) -> None:
+    # given one worker, and the engine's step that runs an attempt breaking once
+    from jobcore.attempts import AttemptRunner
+    raised = _break_once(monkeypatch, AttemptRunner, "run")
+    manager: JobManager = make_manager(repository, max_workers=1)
+    manager.register_function("echo", lambda x: x)
+    first = manager.enqueue(Job(function_name="echo", args=(1,), max_retries=0))
+    manager.start()
+
+    # when the first job's attempt meets the fault
+    failed = manager.wait(first, timeout=WAIT)
+
+    # then that attempt is recorded as failed with the engine's error (not left RUNNING)
+    assert raised.is_set()
+    assert (failed.status, failed.error_type) == (JobStatus.FAILED, "RuntimeError")
+    assert "a bug in run" in failed.error
+    # and the same worker runs the next job, and stop returns
+    assert manager.wait(manager.enqueue(Job(function_name="echo", args=(2,))), timeout=WAIT).result == 2
+    assert _stops(manager)
+
+
+def test_a_fault_after_a_job_ran_records_its_own_outcome_and_the_worker_goes_on(
         make_manager: Any, repository: Any, monkeypatch: Any) -> None:
     # given one worker, and the engine's step after an attempt (taking its log lines)
     # breaking once
@@ -48,13 +70,10 @@ def test_a_fault_after_a_job_ran_fails_that_attempt_and_the_worker_goes_on(
     first = manager.enqueue(Job(function_name="echo", args=(1,), max_retries=0))
     manager.start()
 
-    # when the first job's attempt ends with the fault
-    failed = manager.wait(first, timeout=WAIT)
-
-    # then that attempt is recorded as failed with the engine's error (not left RUNNING)
+    # when the first job's attempt ends with the fault, then its own outcome is recorded
+    done = manager.wait(first, timeout=WAIT)
     assert raised.is_set()
-    assert (failed.status, failed.error_type) == (JobStatus.FAILED, "RuntimeError")
-    assert "a bug in _log_lines" in failed.error
+    assert (done.status, done.result) == (JobStatus.COMPLETED, 1)
     # and the same worker runs the next job, and stop returns
     assert manager.wait(manager.enqueue(Job(function_name="echo", args=(2,))), timeout=WAIT).result == 2
     assert _stops(manager)

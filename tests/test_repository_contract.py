@@ -7,6 +7,7 @@ plans, several connections). It does not test the manager on top.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sqlite3
@@ -87,9 +88,10 @@ def repo(path: str) -> Iterator[SQLiteRepository]:
     repository.close()
 
 
-def _raw(path: str) -> sqlite3.Connection:
-    """A plain connection, as another program (or a corrupting disk) would have."""
-    return sqlite3.connect(path, isolation_level=None)
+def _raw(path: str) -> contextlib.closing[sqlite3.Connection]:
+    """A plain connection, as another program (or a corrupting disk) would have, closed
+    after the `with` block (autocommit: each statement commits by itself)."""
+    return contextlib.closing(sqlite3.connect(path, isolation_level=None))
 
 
 def test_the_database_is_in_wal_mode(repo: SQLiteRepository, path: str) -> None:
