@@ -372,6 +372,8 @@ class WorkerPool:
         record, context = attempt.record, attempt.context
         logger.error("job %s: the engine failed around its attempt; recorded as a failure", record.id,
                      exc_info=exc)
+        with self._state.lock:
+            attempt.deadline = None  # (as `_end_attempt` does): no timeout is the job's now
         context.ended = True
         return Finished(record, context, Outcome(error=exc, traceback=format_failure(exc)),
                         self._clock.monotonic() - attempt.started)
