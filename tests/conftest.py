@@ -31,10 +31,28 @@ def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
     run first), the marks came too late and the group was split over both workers: a
     test on the server failed when a restart in the other worker ended its connections."""
     for item in items:
-        callspec = getattr(item, "callspec", None)
-        if ("server" in getattr(item, "fixturenames", ())
-                or (callspec is not None and "postgres" in callspec.params.values())):
+        if _on_the_server(item):
             item.add_marker(pytest.mark.xdist_group("postgres"))
+
+
+def _on_the_server(item: Any) -> bool:
+    """True for a test on the PostgreSQL server (see `pytest_collection_modifyitems`)."""
+    callspec = getattr(item, "callspec", None)
+    return ("server" in getattr(item, "fixturenames", ())
+            or (callspec is not None and "postgres" in callspec.params.values()))
+
+
+@pytest.fixture(autouse=True)
+def _server_in_use(request: Any) -> Iterator[None]:
+    """A test on the PostgreSQL server holds its use (shared) while it runs: a restart or a
+    stop by a test in another pytest-xdist worker waits for it to end, and it for them
+    (see `pg_server.in_use`). Needed where the xdist group is split: under pytest 9.2."""
+    if not _on_the_server(request.node):
+        yield
+        return
+    import pg_server
+    with pg_server.in_use():
+        yield
 
 
 @pytest.fixture

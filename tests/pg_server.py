@@ -24,7 +24,12 @@ import subprocess
 import sys
 import tempfile
 import threading
-from typing import Iterator, Optional
+from typing import IO, Iterator, Optional
+
+try:
+    import fcntl
+except ImportError:  # (not POSIX: no server of our own to restart either)
+    fcntl = None  # type: ignore[assignment]
 
 ENV = "JOBCORE_TEST_PG_DSN"
 DIR_ENV = "JOBCORE_TEST_PG_DIR"  # .ci/postgres.sh's cluster directory, exported with its DSN
@@ -163,8 +168,10 @@ def restartable() -> bool:
 def restart() -> None:
     """Restart the server as an operator would (`pg_ctl restart -m fast`: every session is
     ended with `terminating connection due to administrator command`), and return once it
-    accepts connections again. pg_ctl starts it with the options it was started with."""
-    _pg_ctl("restart", "-m", "fast")
+    accepts connections again. pg_ctl starts it with the options it was started with.
+    It waits for the tests on the server in other processes to end (`alone`)."""
+    with alone():
+        _pg_ctl("restart", "-m", "fast")
 
 
 @contextlib.contextmanager
@@ -174,11 +181,84 @@ def stopped() -> Iterator[None]:
     directory = _own_cluster()
     assert directory is not None, "stopped() needs a cluster of our own"
     options = _options_started_with(os.path.join(directory, "data"))
-    _pg_ctl("stop", "-m", "fast")
+    with alone():
+        _pg_ctl("stop", "-m", "fast")
+        try:
+            yield
+        finally:
+            _pg_ctl("start", "-o", options)
+
+
+# -- the server's use, shared among the test processes -------------------------------------
+# A test on the server holds its use shared while it runs (`in_use`, taken by conftest for
+# every such test); a restart or a stop holds it alone (`alone`), so that no test in
+# another pytest-xdist worker has its connections ended under it. An flock on a file in
+# the cluster's directory: every process on that cluster sees it. (conftest also puts
+# those tests in one xdist group, but pytest 9.2 ignores the ids pytest-xdist 3.8 gives
+# grouped tests, and the group was split over both workers.) Tests run one at a time in
+# a process, on its main thread: `_use_mode` is that process's hold.
+_use_file: Optional[IO[bytes]] = None  # opened once per process, for the cluster in use
+_UNHELD = fcntl.LOCK_UN if fcntl is not None else 0
+_use_mode = _UNHELD  # fcntl.LOCK_UN, LOCK_SH or LOCK_EX: what this process holds
+
+
+def _use_handle() -> Optional[IO[bytes]]:
+    """The lock file of the cluster the tests use, if they may restart it (else None:
+    nothing to wait for)."""
+    global _use_file
+    directory = _own_cluster()
+    if directory is None or fcntl is None:
+        return None
+    if _use_file is None:
+        _use_file = open(os.path.join(directory, "tests.lock"), "ab")
+    return _use_file
+
+
+def _hold(mode: int) -> None:
+    global _use_mode
+    handle = _use_handle()
+    if handle is not None and fcntl is not None and mode != _use_mode:
+        fcntl.flock(handle, mode)
+        _use_mode = mode
+
+
+@contextlib.contextmanager
+def in_use() -> Iterator[None]:
+    """Hold the server's use, shared with the other tests, for the block."""
+    before = _use_mode
+    _hold(fcntl.LOCK_SH if fcntl is not None and before != fcntl.LOCK_EX else before)
     try:
         yield
     finally:
-        _pg_ctl("start", "-o", options)
+        _hold(before)
+
+
+@contextlib.contextmanager
+def alone() -> Iterator[None]:
+    """Hold the server's use alone for the block: once the tests on it in other processes
+    have ended (this one's own hold is given up as it waits, and taken again after)."""
+    before = _use_mode
+    if fcntl is not None:
+        _hold(fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        _hold(before)
+
+
+def others_use_it() -> bool:
+    """True if a test in another process holds the server's use now (this process's own
+    hold is as it was after)."""
+    handle, before = _use_handle(), _use_mode
+    if handle is None or fcntl is None:
+        return False
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        fcntl.flock(handle, before)
+    return False
 
 
 def _options_started_with(data: str) -> str:

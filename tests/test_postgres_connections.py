@@ -8,6 +8,9 @@ test_postgres.py.
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
 import threading
 import time
 from typing import Any, Callable
@@ -255,11 +258,34 @@ def test_while_the_server_is_down_calls_fail_at_once_and_work_again_once_it_is_b
         repository.close()
 
 
-def test_the_tests_on_the_server_run_in_one_xdist_group(server: str, request: Any) -> None:
-    # given a run on several pytest-xdist workers that groups tests (the README's command)
-    if not request.config.getoption("loadgroup", default=False):
-        pytest.skip("not run with pytest-xdist's --dist loadgroup")
-    # then this test, which uses the server that tests here restart, is in the group whose
-    # tests run on one worker, one after another (conftest's marks were once read too late:
-    # a test beside a restart in the other worker lost its connections and failed)
-    assert request.node.nodeid.endswith("@postgres")
+def test_a_restart_waits_for_the_tests_on_the_server_in_other_processes(server: str) -> None:
+    if not pg_server.restartable():
+        pytest.skip("the server is not one these tests started: it cannot be restarted here")
+    # given a test on the server running in another process (another pytest-xdist worker)
+    other = subprocess.Popen([sys.executable, "-c", _HOLDS_THE_SERVER], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, cwd=os.path.dirname(__file__))
+    try:
+        assert other.stdout is not None and other.stdin is not None
+        assert other.stdout.readline() == "holding\n"
+        # then a restart here would wait for it (its connections are not ended under it)
+        assert pg_server.others_use_it()
+        # and once it ended, no longer
+        other.stdin.write("\n")
+        other.stdin.flush()
+        assert other.wait(WAIT) == 0
+        assert not pg_server.others_use_it()
+    finally:
+        other.kill()
+        other.wait()
+        for stream in (other.stdin, other.stdout):
+            if stream is not None:
+                stream.close()
+
+
+_HOLDS_THE_SERVER = """
+import sys
+import pg_server
+with pg_server.in_use():
+    print("holding", flush=True)
+    sys.stdin.readline()
+"""
