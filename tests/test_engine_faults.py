@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import pytest
 
-from jobcore import FakeClock, Job, JobManager, JobStatus, MemoryRepository, SQLiteRepository
+from jobcore import FakeClock, Job, JobManager, JobResult, JobStatus, MemoryRepository, SQLiteRepository
 from jobcore.recorder import Recorder
 from jobcore.workers import WorkerPool
 
@@ -43,21 +43,16 @@ def test_a_fault_before_a_job_runs_fails_that_attempt_and_the_worker_goes_on(
     # given one worker, and the engine's step that runs an attempt breaking once
     from jobcore.attempts import AttemptRunner
     raised = _break_once(monkeypatch, AttemptRunner, "run")
-    manager: JobManager = make_manager(repository, max_workers=1)
-    manager.register_function("echo", lambda x: x)
-    first = manager.enqueue(Job(function_name="echo", args=(1,), max_retries=0))
-    manager.start()
 
     # when the first job's attempt meets the fault
-    failed = manager.wait(first, timeout=WAIT)
+    manager, failed = _first_job_ran(make_manager(repository, max_workers=1))
 
     # then that attempt is recorded as failed with the engine's error (not left RUNNING)
     assert raised.is_set()
     assert (failed.status, failed.error_type) == (JobStatus.FAILED, "RuntimeError")
     assert "a bug in run" in failed.error
     # and the same worker runs the next job, and stop returns
-    assert manager.wait(manager.enqueue(Job(function_name="echo", args=(2,))), timeout=WAIT).result == 2
-    assert _stops(manager)
+    assert _runs_the_next_and_stops(manager)
 
 
 def test_a_fault_after_a_job_ran_records_its_own_outcome_and_the_worker_goes_on(
@@ -65,18 +60,28 @@ def test_a_fault_after_a_job_ran_records_its_own_outcome_and_the_worker_goes_on(
     # given one worker, and the engine's step after an attempt (taking its log lines)
     # breaking once
     raised = _break_once(monkeypatch, WorkerPool, "_log_lines")
-    manager: JobManager = make_manager(repository, max_workers=1)
-    manager.register_function("echo", lambda x: x)
-    first = manager.enqueue(Job(function_name="echo", args=(1,), max_retries=0))
-    manager.start()
 
     # when the first job's attempt ends with the fault, then its own outcome is recorded
-    done = manager.wait(first, timeout=WAIT)
+    manager, done = _first_job_ran(make_manager(repository, max_workers=1))
     assert raised.is_set()
     assert (done.status, done.result) == (JobStatus.COMPLETED, 1)
     # and the same worker runs the next job, and stop returns
-    assert manager.wait(manager.enqueue(Job(function_name="echo", args=(2,))), timeout=WAIT).result == 2
-    assert _stops(manager)
+    assert _runs_the_next_and_stops(manager)
+
+
+def _first_job_ran(manager: JobManager) -> tuple[JobManager, JobResult]:
+    """`manager`, given an `echo` function and started with one job (echo 1, no retries)
+    queued; and that job's result once it ended."""
+    manager.register_function("echo", lambda x: x)
+    first = manager.enqueue(Job(function_name="echo", args=(1,), max_retries=0))
+    manager.start()
+    return manager, manager.wait(first, timeout=WAIT)
+
+
+def _runs_the_next_and_stops(manager: JobManager) -> bool:
+    """True if the started `manager` runs another job (echo 2) and then stops."""
+    return manager.wait(manager.enqueue(Job(function_name="echo", args=(2,))), timeout=WAIT).result == 2 \
+        and _stops(manager)
 
 
 def test_a_fault_after_an_exchange_committed_leaves_its_claims_to_run(
