@@ -159,6 +159,47 @@ def test_locks_that_keep_coming_delay_a_dead_workers_job_and_do_not_hold_it_for_
         locker.join(WAIT)
 
 
+def test_a_write_waiting_on_another_process_pauses_up_to_the_contended_cap(db_path: str, lock: sqlite3.Connection,
+                                                                          monkeypatch: Any) -> None:
+    # given a repository whose pauses between tries for the lock are counted, and another
+    # program holding the write lock until the write has paused 15 times (contention:
+    # well under LONG_LOCK)
+    from jobcore.repository import sqlite_conn
+    repository = SQLiteRepository(db_path)
+    producer = JobManager(repository, producer=True)
+    pauses: list[float] = []
+    paused_enough = threading.Event()
+    sleep = sqlite_conn.real_sleep
+
+    def counted_sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        if len(pauses) >= 15:
+            paused_enough.set()
+        sleep(seconds)
+
+    monkeypatch.setattr(sqlite_conn, "real_sleep", counted_sleep)
+    lock.execute("BEGIN IMMEDIATE")
+
+    def release() -> None:
+        paused_enough.wait(WAIT)
+        lock.execute("ROLLBACK")
+
+    releaser = threading.Thread(target=release)
+    releaser.start()
+    try:
+        # when a job is enqueued meanwhile, then it is stored once the lock is let go
+        job_id = producer.enqueue(Job(function_name="task"))
+        assert producer.poll(job_id) is not None
+    finally:
+        paused_enough.set()
+        releaser.join(WAIT)
+        producer.close()
+    # and its pauses grew past a millisecond and a half (the cap was 1 ms, jittered up to
+    # 1.5: four worker processes on one file ran no faster than one), to at most the
+    # contended cap jittered (3 ms x 1.5)
+    assert 0.0015 < max(pauses) <= sqlite_conn.CONTENDED_PAUSE * 1.5, pauses
+
+
 def test_a_write_waiting_out_a_long_lock_tries_again_less_often(db_path: str, lock: sqlite3.Connection,
                                                                   monkeypatch: Any) -> None:
     # given a repository whose pauses between tries for the lock are counted
