@@ -9,12 +9,13 @@ from typing import Any, Iterator
 
 
 @contextlib.contextmanager
-def raw_db(path: Any) -> Iterator[sqlite3.Connection]:
-    """A connection to `path` that commits what the block did (rolls back if it raised)
-    and is closed after it. (`with sqlite3.connect(...)` commits but does not close: the
-    connection was left to the garbage collector, which since Python 3.13 warns of it,
-    inside whichever later test it ran.)"""
-    conn = sqlite3.connect(path)
+def raw_db(path: Any, **options: Any) -> Iterator[sqlite3.Connection]:
+    """A connection to `path` (`options` as `sqlite3.connect` takes them) that commits
+    what the block did (rolls back if it raised) and is closed after it. (`with
+    sqlite3.connect(...)` commits but does not close: the connection was left to the
+    garbage collector, which since Python 3.13 warns of it, inside whichever later test
+    it ran.)"""
+    conn = sqlite3.connect(path, **options)
     try:
         with conn:
             yield conn

@@ -12,7 +12,7 @@ import logging
 import sqlite3
 import threading
 import time
-from typing import Any, Collection, Iterator, Optional
+from typing import Any, Callable, Collection, Iterator, Optional
 
 import pytest
 
@@ -159,25 +159,31 @@ def test_locks_that_keep_coming_delay_a_dead_workers_job_and_do_not_hold_it_for_
         locker.join(WAIT)
 
 
+def _counted_pauses(monkeypatch: Any, seen: Callable[[int], object] = lambda count: None) -> list[float]:
+    """The pauses SQLite writes take between tries for the lock (seconds, in order), from
+    now on; `seen(count)` is called after each, with how many there were."""
+    from jobcore.repository import sqlite_conn
+    pauses: list[float] = []
+    sleep = sqlite_conn.real_sleep
+
+    def counted_sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        seen(len(pauses))
+        sleep(seconds)
+
+    monkeypatch.setattr(sqlite_conn, "real_sleep", counted_sleep)
+    return pauses
+
+
 def test_a_write_waiting_on_another_process_pauses_up_to_the_contended_cap(db_path: str, lock: sqlite3.Connection,
                                                                           monkeypatch: Any) -> None:
     # given a repository whose pauses between tries for the lock are counted, and another
     # program holding the write lock until the write has paused 15 times (contention:
     # well under LONG_LOCK)
     from jobcore.repository import sqlite_conn
-    repository = SQLiteRepository(db_path)
-    producer = JobManager(repository, producer=True)
-    pauses: list[float] = []
+    producer = JobManager(SQLiteRepository(db_path), producer=True)
     paused_enough = threading.Event()
-    sleep = sqlite_conn.real_sleep
-
-    def counted_sleep(seconds: float) -> None:
-        pauses.append(seconds)
-        if len(pauses) >= 15:
-            paused_enough.set()
-        sleep(seconds)
-
-    monkeypatch.setattr(sqlite_conn, "real_sleep", counted_sleep)
+    pauses = _counted_pauses(monkeypatch, lambda count: count >= 15 and paused_enough.set())
     lock.execute("BEGIN IMMEDIATE")
 
     def release() -> None:
@@ -203,17 +209,8 @@ def test_a_write_waiting_on_another_process_pauses_up_to_the_contended_cap(db_pa
 def test_a_write_waiting_out_a_long_lock_tries_again_less_often(db_path: str, lock: sqlite3.Connection,
                                                                   monkeypatch: Any) -> None:
     # given a repository whose pauses between tries for the lock are counted
-    from jobcore.repository import sqlite_conn
-    repository = SQLiteRepository(db_path, busy_timeout=1.0)
-    producer = JobManager(repository, producer=True)
-    pauses: list[float] = []
-    sleep = sqlite_conn.real_sleep
-
-    def counted_sleep(seconds: float) -> None:
-        pauses.append(seconds)
-        sleep(seconds)
-
-    monkeypatch.setattr(sqlite_conn, "real_sleep", counted_sleep)
+    producer = JobManager(SQLiteRepository(db_path, busy_timeout=1.0), producer=True)
+    pauses = _counted_pauses(monkeypatch)
     # when another program holds the write lock through a write's whole busy timeout
     lock.execute("BEGIN IMMEDIATE")
     began = time.monotonic()

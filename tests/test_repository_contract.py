@@ -7,14 +7,13 @@ plans, several connections). It does not test the manager on top.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import sqlite3
 import stat
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Iterator
+from typing import Any, ContextManager, Iterator
 
 import pytest
 
@@ -28,6 +27,7 @@ from jobcore.repository import sqlite_sql, sqlite_transition_sql
 from jobcore.testing.contract import NOW, RepositoryContract, claim_race, make_record
 from jobcore.testing.contract.reading import _ReadingContract
 from dead_letter_order import fail_late_then_early
+from raw_db import raw_db
 from recovery_checks import check_entries_with_and_without_a_lease
 
 # The SQLite statements whose plans these tests check, by name, from the two modules that hold
@@ -88,10 +88,10 @@ def repo(path: str) -> Iterator[SQLiteRepository]:
     repository.close()
 
 
-def _raw(path: str) -> contextlib.closing[sqlite3.Connection]:
+def _raw(path: str) -> ContextManager[sqlite3.Connection]:
     """A plain connection, as another program (or a corrupting disk) would have, closed
     after the `with` block (autocommit: each statement commits by itself)."""
-    return contextlib.closing(sqlite3.connect(path, isolation_level=None))
+    return raw_db(path, isolation_level=None)
 
 
 def test_the_database_is_in_wal_mode(repo: SQLiteRepository, path: str) -> None:
