@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from typing import IO, Iterator, Optional
+from typing import Iterator, Optional
 
 try:
     import fcntl
@@ -195,70 +195,84 @@ def stopped() -> Iterator[None]:
 # another pytest-xdist worker has its connections ended under it. An flock on a file in
 # the cluster's directory: every process on that cluster sees it. (conftest also puts
 # those tests in one xdist group, but pytest 9.2 ignores the ids pytest-xdist 3.8 gives
-# grouped tests, and the group was split over both workers.) Tests run one at a time in
-# a process, on its main thread: `_use_mode` is that process's hold.
-_use_file: Optional[IO[bytes]] = None  # opened once per process, for the cluster in use
-_UNHELD = fcntl.LOCK_UN if fcntl is not None else 0
-_use_mode = _UNHELD  # fcntl.LOCK_UN, LOCK_SH or LOCK_EX: what this process holds
+# grouped tests, and the group was split over both workers.)
+class SharedUse:
+    """A use shared among processes, or held by one alone: an flock on the file at `path`
+    (created if missing). Tests run one at a time in a process, on its main thread:
+    `_mode` is this process's hold (fcntl.LOCK_UN, LOCK_SH or LOCK_EX). POSIX only."""
+
+    def __init__(self, path: str) -> None:
+        assert fcntl is not None, "flock is POSIX's"
+        self._file = open(path, "ab")
+        self._mode = fcntl.LOCK_UN
+
+    def _hold(self, mode: int) -> None:
+        if mode != self._mode:
+            fcntl.flock(self._file, mode)
+            self._mode = mode
+
+    @contextlib.contextmanager
+    def in_use(self) -> Iterator[None]:
+        """Hold the use, shared with the other processes, for the block."""
+        before = self._mode
+        self._hold(before if before == fcntl.LOCK_EX else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            self._hold(before)
+
+    @contextlib.contextmanager
+    def alone(self) -> Iterator[None]:
+        """Hold it alone for the block: once the other processes' holds have ended (this
+        one's own hold is given up as it waits, and taken again after)."""
+        before = self._mode
+        self._hold(fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            self._hold(before)
+
+    def others_hold(self) -> bool:
+        """True if another process holds it now (this process's own hold is as it was
+        after)."""
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            fcntl.flock(self._file, self._mode)
+        return False
 
 
-def _use_handle() -> Optional[IO[bytes]]:
-    """The lock file of the cluster the tests use, if they may restart it (else None:
-    nothing to wait for)."""
-    global _use_file
+_use: Optional[SharedUse] = None  # this process's, for the cluster the tests use
+
+
+def _server_use() -> Optional[SharedUse]:
+    """The use of the cluster the tests use, if they may restart it (else None: nothing
+    to wait for)."""
+    global _use
     directory = _own_cluster()
     if directory is None or fcntl is None:
         return None
-    if _use_file is None:
-        _use_file = open(os.path.join(directory, "tests.lock"), "ab")
-    return _use_file
-
-
-def _hold(mode: int) -> None:
-    global _use_mode
-    handle = _use_handle()
-    if handle is not None and fcntl is not None and mode != _use_mode:
-        fcntl.flock(handle, mode)
-        _use_mode = mode
+    if _use is None:
+        _use = SharedUse(os.path.join(directory, "tests.lock"))
+    return _use
 
 
 @contextlib.contextmanager
 def in_use() -> Iterator[None]:
-    """Hold the server's use, shared with the other tests, for the block."""
-    before = _use_mode
-    _hold(fcntl.LOCK_SH if fcntl is not None and before != fcntl.LOCK_EX else before)
-    try:
+    """Hold the server's use, shared with the tests in other processes, for the block."""
+    use = _server_use()
+    with use.in_use() if use is not None else contextlib.nullcontext():
         yield
-    finally:
-        _hold(before)
 
 
 @contextlib.contextmanager
 def alone() -> Iterator[None]:
-    """Hold the server's use alone for the block: once the tests on it in other processes
-    have ended (this one's own hold is given up as it waits, and taken again after)."""
-    before = _use_mode
-    if fcntl is not None:
-        _hold(fcntl.LOCK_EX)
-    try:
+    """Hold the server's use alone for the block (see `SharedUse.alone`)."""
+    use = _server_use()
+    with use.alone() if use is not None else contextlib.nullcontext():
         yield
-    finally:
-        _hold(before)
-
-
-def others_use_it() -> bool:
-    """True if a test in another process holds the server's use now (this process's own
-    hold is as it was after)."""
-    handle, before = _use_handle(), _use_mode
-    if handle is None or fcntl is None:
-        return False
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        fcntl.flock(handle, before)
-    return False
 
 
 def _options_started_with(data: str) -> str:

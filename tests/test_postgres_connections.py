@@ -258,22 +258,26 @@ def test_while_the_server_is_down_calls_fail_at_once_and_work_again_once_it_is_b
         repository.close()
 
 
-def test_a_restart_waits_for_the_tests_on_the_server_in_other_processes(server: str) -> None:
-    if not pg_server.restartable():
-        pytest.skip("the server is not one these tests started: it cannot be restarted here")
-    # given a test on the server running in another process (another pytest-xdist worker)
-    other = subprocess.Popen([sys.executable, "-c", _HOLDS_THE_SERVER], stdin=subprocess.PIPE,
+def test_a_hold_on_the_servers_use_in_another_process_keeps_a_restart_waiting(tmp_path: Any) -> None:
+    # given the use of a server held, as each test on it holds it, by another process (a
+    # test in another pytest-xdist worker); a lock file of this test's own (the server's
+    # is held now and then by the tests running in the other worker)
+    path = str(tmp_path / "tests.lock")
+    use = pg_server.SharedUse(path)
+    other = subprocess.Popen([sys.executable, "-c", _HOLDS_IT, path], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True, cwd=os.path.dirname(__file__))
     try:
         assert other.stdout is not None and other.stdin is not None
         assert other.stdout.readline() == "holding\n"
-        # then a restart here would wait for it (its connections are not ended under it)
-        assert pg_server.others_use_it()
+        # then a restart here (which holds it alone) would wait for it
+        assert use.others_hold()
         # and once it ended, no longer
         other.stdin.write("\n")
         other.stdin.flush()
         assert other.wait(WAIT) == 0
-        assert not pg_server.others_use_it()
+        assert not use.others_hold()
+        with use.alone():
+            pass  # (taken at once)
     finally:
         other.kill()
         other.wait()
@@ -282,10 +286,10 @@ def test_a_restart_waits_for_the_tests_on_the_server_in_other_processes(server: 
                 stream.close()
 
 
-_HOLDS_THE_SERVER = """
+_HOLDS_IT = """
 import sys
 import pg_server
-with pg_server.in_use():
+with pg_server.SharedUse(sys.argv[1]).in_use():
     print("holding", flush=True)
     sys.stdin.readline()
 """
