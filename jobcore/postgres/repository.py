@@ -54,7 +54,7 @@ class PostgresRepository(PostgresAdding, SettlesThroughApply, JobRepository):
     # claim and COMMIT: six round trips, where the INSERT alone is one. A producer
     # enqueueing while the workers ran made 510 jobs a second that way, 2,000 with each job
     # stored alone and the workers' exchanges recording and claiming 8 at a time (local
-    # server; see docs/performance.md, session 39).
+    # server; see docs/performance-sessions.md, session 39).
     exchanges_on_enqueue = False
 
     def __init__(self, dsn: str, *, schema: Optional[str] = None, pool_size: int = 10,
