@@ -653,13 +653,17 @@ def test_a_result_the_store_cannot_hold_is_never_retried_whatever_its_type_is_ca
     # default classifier took "Connection" for a transient error: it ran 4 times
     import sqlite3
     manager = make_manager(db_path).start()
-    calls: list[int] = []
+    calls: list[sqlite3.Connection] = []
 
     def open_connection() -> Any:
-        calls.append(1)
-        return sqlite3.connect(str(tmp_path / "other.db"), check_same_thread=False)
+        calls.append(sqlite3.connect(str(tmp_path / "other.db"), check_same_thread=False))
+        return calls[-1]
 
-    result = manager.wait(manager.enqueue(Job(function=open_connection, retry_delay=0.0)), timeout=WAIT)
+    try:
+        result = manager.wait(manager.enqueue(Job(function=open_connection, retry_delay=0.0)), timeout=WAIT)
+    finally:
+        for connection in calls:
+            connection.close()
     assert (result.status, result.error_type, result.attempts, len(calls)) == (
         JobStatus.FAILED, "InvalidJobType", 1, 1)
     assert "Connection" in (result.error or "")

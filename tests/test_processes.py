@@ -223,7 +223,11 @@ def test_a_gone_worker_that_held_no_job_is_removed_without_a_warning(tmp_path: A
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait(10)
     db = str(tmp_path / "jobs.db")
-    SQLiteRepository(db).register_worker("gone-worker", host_identity(), gone.pid, time.time(), lease_timeout=3600)
+    registry = SQLiteRepository(db)
+    try:
+        registry.register_worker("gone-worker", host_identity(), gone.pid, time.time(), lease_timeout=3600)
+    finally:
+        registry.close()
     # when a manager runs on the file
     with caplog.at_level(logging.INFO, logger="jobcore.housekeeper"):
         with JobManager(db, poll_interval=0.05) as manager:

@@ -76,8 +76,23 @@ def many_reports(fail: bool = False, progress_callback: Any = None) -> float:
 
 
 @pytest.fixture
-def sqlite_manager(tmp_path: Any) -> Iterator[tuple[JobManager, CountingSQLite]]:
-    repository = CountingSQLite(str(tmp_path / "jobs.db"))
+def sqlite_store(tmp_path: Any) -> Iterator[Callable[..., Any]]:
+    """`sqlite_store(cls)`: a store of that SQLiteRepository subclass on the test's file,
+    closed as the test ends (a manager's `with` block only stops it)."""
+    opened: list[SQLiteRepository] = []
+
+    def make(cls: type = CountingSQLite) -> Any:
+        opened.append(cls(str(tmp_path / "jobs.db")))
+        return opened[-1]
+
+    yield make
+    for repository in opened:
+        repository.close()
+
+
+@pytest.fixture
+def sqlite_manager(sqlite_store: Callable[..., Any]) -> Iterator[tuple[JobManager, CountingSQLite]]:
+    repository = sqlite_store()
     with JobManager(repository, max_workers=2) as manager:
         manager.register_function("many_reports", many_reports)
         yield manager, repository
@@ -104,10 +119,10 @@ def reports_and_ends(fail: bool = False, progress_callback: Any = None) -> str:
 
 @pytest.mark.parametrize("fail", [False, True])
 def test_a_short_attempts_reports_are_recorded_with_its_outcome_in_one_transaction(
-        tmp_path: Any, monkeypatch: pytest.MonkeyPatch, fail: bool) -> None:
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch, sqlite_store: Callable[..., Any], fail: bool) -> None:
     # given an interval no attempt outlives: nothing is due before the attempt ends
     monkeypatch.setattr(progress_module, "PROGRESS_INTERVAL", 3600.0)
-    repository = CountingSQLite(str(tmp_path / "jobs.db"))
+    repository = sqlite_store()
     with JobManager(repository, max_workers=2) as manager:
         manager.register_function("reports_and_ends", reports_and_ends)
         # when a job reports three times, then returns or raises
@@ -186,10 +201,10 @@ def test_each_store_ends_with_the_last_report_of_a_short_attempt(
         assert repository.own_writes == 3 and repository.carried == []
 
 
-def test_this_process_shows_the_last_report_until_the_outcome_is_recorded(tmp_path: Any,
-                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_this_process_shows_the_last_report_until_the_outcome_is_recorded(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch, sqlite_store: Callable[..., Any]) -> None:
     monkeypatch.setattr(progress_module, "PROGRESS_INTERVAL", 3600.0)
-    repository = CountingSQLite(str(tmp_path / "jobs.db"))
+    repository = sqlite_store()
     repository.hold_folding = threading.Event()
     with JobManager(repository, max_workers=1) as manager:
         manager.register_function("reports_and_ends", reports_and_ends)
@@ -445,9 +460,10 @@ class _ApplyOnly(CountingSQLite):
 
 @pytest.mark.parametrize("refuse", [False, True])
 def test_a_store_that_cannot_record_progress_with_outcomes_gets_the_last_report_before_it(
-        tmp_path: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, refuse: bool) -> None:
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, sqlite_store: Callable[..., Any],
+        refuse: bool) -> None:
     monkeypatch.setattr(progress_module, "PROGRESS_INTERVAL", 3600.0)
-    repository = _ApplyOnly(str(tmp_path / "jobs.db"))
+    repository = sqlite_store(_ApplyOnly)
     repository.refuse_progress = refuse
     with caplog.at_level("WARNING", logger="jobcore.workers"):
         with JobManager(repository, max_workers=1) as manager:

@@ -3,20 +3,34 @@ own, not inside whichever commit crosses SQLite's threshold."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import sqlite3
 import threading
 import time
-from typing import Any
+import warnings
+import weakref
+from typing import Any, Optional
 
-from jobcore import SQLiteRepository
+import pytest
+
+from jobcore import Job, JobManager, JobStatus, SQLiteRepository
 from jobcore.repository import sqlite_checkpoint, sqlite_conn
 from jobcore.repository.sqlite_checkpoint import CHECKPOINT_EVERY, FOREGROUND_WAL_LIMIT_PAGES, WAL_LIMIT_PAGES
 from jobcore.testing.contract import NOW, make_record
+from waiting import wait_until
 
 
-def _checkpointers() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "jobcore-sqlite-checkpoint" and t.is_alive()]
+def _noop() -> None:
+    return None
+
+
+def _checkpointer(repo: SQLiteRepository) -> Optional[threading.Thread]:
+    """The repository's checkpoint thread, if one runs. (Its own: counting the threads of
+    that name saw those of other tests' repositories end meanwhile, as idle ones do.)"""
+    thread = repo._db._checkpoints.thread
+    return thread if thread is not None and thread.is_alive() else None
 
 
 def test_commits_are_checkpointed_in_the_background_and_the_thread_ends_on_close(tmp_path: Any) -> None:
@@ -24,7 +38,7 @@ def test_commits_are_checkpointed_in_the_background_and_the_thread_ends_on_close
     path = str(tmp_path / "jobs.db")
     repo = SQLiteRepository(path)
     assert repo._connection().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == WAL_LIMIT_PAGES
-    before = len(_checkpointers())
+    assert _checkpointer(repo) is None
     empty_size = os.path.getsize(path)
     # when more commits than CHECKPOINT_EVERY are made (far fewer pages than SQLite's own limit)
     for _ in range(CHECKPOINT_EVERY * 2):
@@ -34,10 +48,88 @@ def test_commits_are_checkpointed_in_the_background_and_the_thread_ends_on_close
     while os.path.getsize(path) <= empty_size and time.monotonic() < deadline:
         time.sleep(0.01)
     assert os.path.getsize(path) > empty_size
-    assert len(_checkpointers()) == before + 1
+    thread = _checkpointer(repo)
+    assert thread is not None  # (it ends on its own only IDLE_TRUNCATE_AFTER after the last call)
     # and closing the repository stops its checkpoint thread
     repo.close()
-    assert len(_checkpointers()) == before
+    assert not thread.is_alive() and _checkpointer(repo) is None
+
+
+def _open_files(path: str) -> list[str]:
+    """The files of this process open at `path` (the database, `-wal`, `-shm`)."""
+    names = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # (the listing's own descriptor, gone)
+            name = os.readlink(f"/proc/self/fd/{fd}")
+            if name.startswith(path):
+                names.append(name)
+    return names
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="lists open files through /proc")
+def test_the_checkpoint_thread_ends_once_idle_and_a_dropped_manager_leaves_nothing_open(
+        tmp_path: Any, monkeypatch: Any) -> None:
+    # given a manager on a file, started, given enough jobs for background checkpoints, and
+    # stopped by its `with` block (not closed), its WAL emptied 50 ms after the last commit
+    monkeypatch.setattr(sqlite_checkpoint, "IDLE_TRUNCATE_AFTER", 0.05)
+    path = str(tmp_path / "jobs.db")
+    with JobManager(path) as manager:
+        manager.register_function("noop", _noop)
+        for job_id in [manager.enqueue(Job(function_name="noop")) for _ in range(CHECKPOINT_EVERY * 2)]:
+            manager.wait(job_id, timeout=10)
+        repo = manager.repository
+        assert isinstance(repo, SQLiteRepository)
+        thread = _checkpointer(repo)
+        assert thread is not None
+    # when the commits have stopped, then the checkpoint thread ends (it waited for ever,
+    # keeping the repository, its connections and their files, until the process exited)
+    thread.join(10)
+    assert not thread.is_alive() and _wal_size(path) == 0
+    # and once the manager is dropped, the repository goes, its files closed (each
+    # connection closed by jobcore, not collected unclosed: no ResourceWarning)
+    dropped = weakref.ref(repo)
+    del manager, repo
+    gc.disable()  # collections only here: the one that frees the repository closes its files
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResourceWarning)
+            wait_until(lambda: gc.collect() is not None and dropped() is None, 10,
+                       "the repository to be freed")  # (`wait`'s poller holds it for a second)
+            assert _open_files(path) == []
+    finally:
+        gc.enable()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+    # and the file still has every job
+    check = SQLiteRepository(path)
+    try:
+        counts = check.count_by_status()
+        assert counts[JobStatus.COMPLETED] == sum(counts.values()) == CHECKPOINT_EVERY * 2
+    finally:
+        check.close()
+
+
+def test_commits_after_the_checkpoint_thread_ended_start_another(tmp_path: Any, monkeypatch: Any) -> None:
+    # given a repository whose checkpoint thread ended, idle, after its WAL was emptied
+    monkeypatch.setattr(sqlite_checkpoint, "IDLE_TRUNCATE_AFTER", 0.05)
+    path = str(tmp_path / "jobs.db")
+    repo = SQLiteRepository(path)
+    for _ in range(CHECKPOINT_EVERY * 2):
+        repo.insert([make_record()], NOW)
+    first = _checkpointer(repo)
+    assert first is not None
+    first.join(10)
+    assert not first.is_alive() and _wal_size(path) == 0
+    size = os.path.getsize(path)
+    # when more commits come
+    for _ in range(CHECKPOINT_EVERY * 2):
+        repo.insert([make_record(args=("x" * 500,))], NOW)
+    # then another thread checkpoints them into the file, and empties the WAL again
+    second = _checkpointer(repo)
+    assert second is not None and second is not first
+    assert _wait_for(lambda: _wal_size(path) == 0 and os.path.getsize(path) > size)
+    second.join(10)
+    assert not second.is_alive()
+    repo.close()
 
 
 def test_a_reopened_file_sees_every_commit_whether_checkpointed_or_not(tmp_path: Any) -> None:
@@ -58,12 +150,11 @@ def test_a_reopened_file_sees_every_commit_whether_checkpointed_or_not(tmp_path:
 def test_with_full_durability_sqlite_checkpoints_in_the_foreground(tmp_path: Any) -> None:
     # given a repository syncing every commit
     repo = SQLiteRepository(str(tmp_path / "jobs.db"), durability="full")
-    before = len(_checkpointers())
     # when more commits than CHECKPOINT_EVERY are made
     for _ in range(CHECKPOINT_EVERY * 2):
         repo.insert([make_record()], NOW)
     # then no checkpoint thread was started and SQLite keeps its own default threshold
-    assert len(_checkpointers()) == before
+    assert repo._db._checkpoints.thread is None
     conn = repo._connection()
     assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == FOREGROUND_WAL_LIMIT_PAGES
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL

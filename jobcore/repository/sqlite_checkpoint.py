@@ -43,9 +43,15 @@ _CHECKPOINT_TRUNCATE = "PRAGMA wal_checkpoint(TRUNCATE)"
 
 class Checkpointer:
     """The background checkpoints of the file at `path`: `want()` wakes the checkpoint
-    thread (starting it on first use, and again after a fork) for a PASSIVE checkpoint;
-    IDLE_TRUNCATE_AFTER seconds after the last, with no call since, it runs a TRUNCATE
-    one. `close()` ends the thread.
+    thread (starting it if none runs) for a PASSIVE checkpoint; IDLE_TRUNCATE_AFTER
+    seconds after the last, with no call since, it runs a TRUNCATE one, and once that
+    emptied the WAL the thread ends (the next `want()` starts another). `close()` ends it.
+
+    Ending when idle frees what the thread holds: its connection, and through the
+    `connection` it was given, the repository's connections. A thread waiting for ever
+    kept every repository that had committed CHECKPOINT_EVERY times alive until the
+    process exited, with a thread and about eight file descriptors each, though its
+    manager was stopped and dropped (a program making a manager per task or per test).
 
     `connection()` gives the calling thread's connection (opened on first use); each
     checkpoint runs inside `gate`, the fork gate of the connections it is given."""
@@ -55,7 +61,9 @@ class Checkpointer:
         self._gate = gate
         self._connection = connection
         # _lock guards _thread and _closed: no thread starts once closed, so `close` joins
-        # every thread that started.
+        # every thread that started. `want` sets _wanted under it, and the thread ends
+        # (setting _thread to None) only under it, seeing _wanted clear: a call is never
+        # left to a thread that ends without serving it.
         self._lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
         self._closed = False
@@ -63,7 +71,8 @@ class Checkpointer:
 
     @property
     def thread(self) -> Optional[threading.Thread]:
-        """The checkpoint thread last started (None before the first `want`)."""
+        """The checkpoint thread running (None before the first `want`, and once it
+        ended idle)."""
         return self._thread
 
     def forked(self) -> None:
@@ -82,7 +91,7 @@ class Checkpointer:
                 self._thread = threading.Thread(target=self._loop, daemon=True,
                                                 name="jobcore-sqlite-checkpoint")
                 self._thread.start()
-        self._wanted.set()
+            self._wanted.set()
 
     def _loop(self) -> None:
         quiet_for: Optional[float] = None  # how long to wait for a call before emptying the WAL
@@ -102,8 +111,15 @@ class Checkpointer:
             except (sqlite3.Error, RepositoryError) as exc:  # the next commit's checkpoint may do
                 logger.debug("background checkpoint of %s failed (%s): %s", self._path, query, exc)
                 busy = 1
-            # Commits came (or the WAL could not be emptied): empty it once they stop.
-            quiet_for = IDLE_TRUNCATE_AFTER if wanted or busy else None
+            if wanted or busy:  # commits came (or the WAL could not be emptied): empty it once they stop
+                quiet_for = IDLE_TRUNCATE_AFTER
+                continue
+            with self._lock:  # emptied, and quiet: end, unless a call came meanwhile
+                if not self._wanted.is_set():
+                    if self._thread is threading.current_thread():
+                        self._thread = None
+                    return
+            quiet_for = None
 
     def close(self) -> None:
         """End the checkpoint thread, waiting for a checkpoint under way (up to 5 s); later

@@ -54,6 +54,13 @@ def _thread_ended(connections: "weakref.ref[ConnectionLifetime]", thread: thread
     owner = connections()
     if owner is not None:
         owner._forget(thread, conn)
+        return
+    # The repository was dropped without `close()` (its local storage went with it): no
+    # one else can use `conn`. Closed here, not left to the collector, which freed it
+    # only at a later pass (it refers to itself through its statement cache) and warned
+    # of it as unclosed.
+    with contextlib.suppress(sqlite3.Error):
+        conn.close()
 
 # Every `Connections` of this process not yet closed, for `_close_at_exit`.
 _OPEN: "weakref.WeakSet[ConnectionLifetime]" = weakref.WeakSet()
