@@ -19,6 +19,11 @@ from jobcore.lock_waits import waitable_lock
 
 logger = logging.getLogger("jobcore.notifications")
 _thread_numbers = itertools.count(1)
+# Seconds a channel's delivery thread waits for an event before it ends (the next event
+# starts another). A thread waiting for ever kept its dispatcher, its manager and the
+# channels alive until the process exited, a thread each, though the manager was stopped
+# and dropped (a program making a manager per task or per test).
+IDLE_THREAD_END = 2.0
 
 
 class _Delivery:
@@ -35,7 +40,7 @@ class _Delivery:
         self.drop_streak = 0    # events dropped since pending last had room
         self.thread: threading.Thread | None = None
         self.stopping = False   # deliver what is pending, then let the thread end
-        self.retired = False    # removed, or its thread ended: flush no longer waits for it
+        self.retired = False    # removed, or its thread failed: flush no longer waits for it
 
 
 class NotificationDispatcher:
@@ -44,7 +49,9 @@ class NotificationDispatcher:
     `publish` never waits for a channel: each channel has a queue of at most `queue_size`
     events, and an event that finds it full is dropped for that channel (logged, counted in
     `dropped`). A channel's thread (`jobcore-notify-<n>`) starts on the first event it
-    gets, so a slow or hung channel delays only its own queue. A channel that raises is
+    gets and ends once it has waited IDLE_THREAD_END seconds for another (the next event
+    starts a new one), so a slow or hung channel delays only its own queue, and a
+    dispatcher nobody uses any more keeps no thread. A channel that raises is
     logged and delivery goes on. A channel's `wants` is called on the publishing thread.
     Usable as a context manager that closes it on exit.
     """
@@ -229,11 +236,18 @@ class NotificationDispatcher:
                          d.channel, exc, discarded)
 
     def _deliver(self, d: _Delivery) -> None:
+        idle = False  # ended for want of events: `d` goes on (the next event starts a thread)
         try:
             while True:
                 with self._lock:
                     while not (d.pending or d.stopping or d.retired):
-                        d.has_work.wait()
+                        if not d.has_work.wait(IDLE_THREAD_END) and not (d.pending or d.stopping or d.retired):
+                            # Under the lock `publish` takes to see d.thread: the next event
+                            # starts a thread, counted in _running anew.
+                            idle = True
+                            d.thread = None
+                            self._running.discard(d)
+                            return
                     if not d.pending:   # retired, or stopping with nothing left
                         return
                     event = d.pending.popleft()
@@ -242,9 +256,11 @@ class NotificationDispatcher:
                     d.finished += 1
                     self._progress.notify_all()
         finally:
-            with self._lock:
-                self._running.discard(d)
-                discarded = 0 if d.retired else self._retire(d)
+            discarded = 0
+            if not idle:
+                with self._lock:
+                    self._running.discard(d)
+                    discarded = 0 if d.retired else self._retire(d)
             if discarded:
                 logger.error("delivery thread for %r ended; %d queued events discarded",
                              d.channel, discarded)

@@ -3,6 +3,7 @@ called from inside the manager's own jobs and from signal handlers."""
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import textwrap
 import threading
 import time
+import weakref
 from typing import Any, Iterator, Optional
 
 import pytest
@@ -372,3 +374,29 @@ def test_a_closed_manager_cannot_be_started_again(db_path: str, store: str, imme
         manager.start()
     assert not manager.running
     assert events == []
+
+
+def test_a_manager_stopped_by_its_with_block_and_dropped_leaves_no_thread(monkeypatch: Any) -> None:
+    # given a manager with a notification channel, stopped by its `with` block (not closed)
+    # after its jobs ran, and threads that end after 50 ms of nothing to do
+    from jobcore import notify_dispatch
+    monkeypatch.setattr(notify_dispatch, "IDLE_THREAD_END", 0.05)
+    before = set(threading.enumerate())
+    heard: list[dict[str, Any]] = []
+    with JobManager(MemoryRepository()) as manager:
+        manager.add_notification_channel(CallbackNotificationChannel(heard.append))
+        manager.register_function("fails", _fails)
+        failed = manager.enqueue(Job(function_name="fails", max_retries=0))
+        assert manager.wait(failed, timeout=WAIT).status is JobStatus.FAILED
+        wait_until(lambda: len(heard) == 1, WAIT, "the dead letter to be heard")
+    # when it is dropped, then once idle no thread of its stays (its notification thread
+    # waited for ever, keeping the manager and the channel alive until the process exited)
+    dropped = weakref.ref(manager)
+    del manager
+    wait_until(lambda: not _jobcore_threads(before), WAIT, "jobcore's threads to end")
+    wait_until(lambda: gc.collect() is not None and dropped() is None, WAIT, "the manager to be freed")
+
+
+def _fails() -> None:
+    raise ValueError("a permanent failure")
+

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
+from jobcore import notify_dispatch
 from jobcore.notifications import (
     DEAD_LETTERED,
     CallbackNotificationChannel,
@@ -444,6 +445,29 @@ def test_publish_delivers_on_a_named_daemon_thread_started_lazily(dispatchers) -
     thread = recorder.threads[0]
     assert re.fullmatch(r"jobcore-notify-\d+", thread.name)
     assert thread.daemon and thread is not threading.current_thread()
+
+
+def test_an_idle_delivery_thread_ends_and_the_next_event_starts_another(dispatchers, monkeypatch) -> None:
+    # given a dispatcher whose delivery threads end after 50 ms without an event (a thread
+    # waiting for ever kept a dropped manager's dispatcher and channels alive)
+    monkeypatch.setattr(notify_dispatch, "IDLE_THREAD_END", 0.05)
+    recorder = Recorder()
+    dispatcher = dispatchers(CallbackNotificationChannel(recorder))
+    dispatcher.publish(make_event(job_id="first"))
+    assert recorder.wait_for(1)
+    first = recorder.threads[0]
+    # when no event comes for longer, then its thread ends
+    first.join(WAIT)
+    assert not first.is_alive()
+    # and the next event goes out on a new thread, nothing dropped or lost on the way
+    dispatcher.publish(make_event(job_id="second"))
+    assert recorder.wait_for(2)
+    assert recorder.threads[1] is not first and recorder.threads[1].name.startswith("jobcore-notify-")
+    assert [e["job_id"] for e in recorder.events] == ["first", "second"]
+    assert dispatcher.flush(WAIT) and dispatcher.dropped == 0
+    # and close ends that one too
+    assert dispatcher.close(WAIT)
+    assert not recorder.threads[1].is_alive()
 
 
 @pytest.mark.parametrize("raised", [ZeroDivisionError("channel bug"), SystemExit(3)])
