@@ -29,4 +29,7 @@ def serve_dashboard(db: str, env: dict[str, str], wait: float) -> tuple[str, str
         if proc.poll() is None:
             proc.kill()
             proc.wait(wait)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
     return banner, url, stats

@@ -232,6 +232,11 @@ class SharedUse:
         finally:
             self._hold(before)
 
+    def close(self) -> None:
+        """Give up this process's hold and the file (the module's own use lasts the process)."""
+        self._file.close()
+        self._mode = fcntl.LOCK_UN
+
     def others_hold(self) -> bool:
         """True if another process holds it now (this process's own hold is as it was
         after)."""

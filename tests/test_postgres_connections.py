@@ -284,6 +284,7 @@ def test_a_hold_on_the_servers_use_in_another_process_keeps_a_restart_waiting(tm
         for stream in (other.stdin, other.stdout):
             if stream is not None:
                 stream.close()
+        use.close()
 
 
 _HOLDS_IT = """
