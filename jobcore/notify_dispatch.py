@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+import weakref
 from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -19,11 +20,13 @@ from jobcore.lock_waits import waitable_lock
 
 logger = logging.getLogger("jobcore.notifications")
 _thread_numbers = itertools.count(1)
-# Seconds a channel's delivery thread waits for an event before it ends (the next event
-# starts another). A thread waiting for ever kept its dispatcher, its manager and the
-# channels alive until the process exited, a thread each, though the manager was stopped
-# and dropped (a program making a manager per task or per test).
-IDLE_THREAD_END = 2.0
+# Seconds between an idle delivery thread's looks at whether its dispatcher still exists.
+# The thread holds it only weakly, so a dispatcher nobody refers to any more (its manager
+# stopped and let go) is freed, and its threads end at their next look; holding it, they
+# kept it, its manager and its channels alive until the process exited, a thread each.
+# (Ending idle threads instead would have needed a new thread for the next event, which
+# Python 3.12 refuses during interpreter exit, when a manager's stop may publish events.)
+GONE_CHECK_EVERY = 2.0
 
 
 class _Delivery:
@@ -40,7 +43,7 @@ class _Delivery:
         self.drop_streak = 0    # events dropped since pending last had room
         self.thread: threading.Thread | None = None
         self.stopping = False   # deliver what is pending, then let the thread end
-        self.retired = False    # removed, or its thread failed: flush no longer waits for it
+        self.retired = False    # removed, or its thread ended: flush no longer waits for it
 
 
 class NotificationDispatcher:
@@ -49,9 +52,8 @@ class NotificationDispatcher:
     `publish` never waits for a channel: each channel has a queue of at most `queue_size`
     events, and an event that finds it full is dropped for that channel (logged, counted in
     `dropped`). A channel's thread (`jobcore-notify-<n>`) starts on the first event it
-    gets and ends once it has waited IDLE_THREAD_END seconds for another (the next event
-    starts a new one), so a slow or hung channel delays only its own queue, and a
-    dispatcher nobody uses any more keeps no thread. A channel that raises is
+    gets, so a slow or hung channel delays only its own queue; it ends at `close()`, or
+    once the dispatcher itself is gone. A channel that raises is
     logged and delivery goes on. A channel's `wants` is called on the publishing thread.
     Usable as a context manager that closes it on exit.
     """
@@ -148,7 +150,7 @@ class NotificationDispatcher:
                 d.pending.append(snapshot)
                 d.accepted += 1
                 if d.thread is None:
-                    d.thread = threading.Thread(target=self._deliver, args=(d,), daemon=True,
+                    d.thread = threading.Thread(target=_deliver, args=(weakref.ref(self), d), daemon=True,
                                                 name=f"jobcore-notify-{next(_thread_numbers)}")
                     self._running.add(d)
                     to_start.append(d)
@@ -235,35 +237,19 @@ class NotificationDispatcher:
             logger.error("cannot start a delivery thread for %r (%s); %d events discarded",
                          d.channel, exc, discarded)
 
-    def _deliver(self, d: _Delivery) -> None:
-        idle = False  # ended for want of events: `d` goes on (the next event starts a thread)
-        try:
-            while True:
-                with self._lock:
-                    while not (d.pending or d.stopping or d.retired):
-                        if not d.has_work.wait(IDLE_THREAD_END) and not (d.pending or d.stopping or d.retired):
-                            # Under the lock `publish` takes to see d.thread: the next event
-                            # starts a thread, counted in _running anew.
-                            idle = True
-                            d.thread = None
-                            self._running.discard(d)
-                            return
-                    if not d.pending:   # retired, or stopping with nothing left
-                        return
-                    event = d.pending.popleft()
-                _send(d.channel, event)
-                with self._lock:
-                    d.finished += 1
-                    self._progress.notify_all()
-        finally:
-            discarded = 0
-            if not idle:
-                with self._lock:
-                    self._running.discard(d)
-                    discarded = 0 if d.retired else self._retire(d)
-            if discarded:
-                logger.error("delivery thread for %r ended; %d queued events discarded",
-                             d.channel, discarded)
+    def _sent(self, d: _Delivery) -> None:
+        """`d`'s thread handled an event (sent it, or failed on it). Holds _lock."""
+        d.finished += 1
+        self._progress.notify_all()
+
+    def _thread_ended(self, d: _Delivery) -> None:
+        """`d`'s thread ends: what it still holds is discarded unless it was retired."""
+        with self._lock:
+            self._running.discard(d)
+            discarded = 0 if d.retired else self._retire(d)
+        if discarded:
+            logger.error("delivery thread for %r ended; %d queued events discarded",
+                         d.channel, discarded)
 
     def on_delivery_thread(self) -> bool:
         """True when called by a channel, on one of the delivery threads."""
@@ -274,6 +260,31 @@ class NotificationDispatcher:
         if self.on_delivery_thread():
             raise RuntimeError(
                 f"{method}() called from a notification channel would wait for itself")
+
+
+def _deliver(dispatcher: "weakref.ref[NotificationDispatcher]", d: _Delivery) -> None:
+    """The delivery thread of `d`: sends its events in order until it is retired, its
+    dispatcher closes (once what is queued went), or the dispatcher is gone. It refers
+    to the dispatcher only while it sends: never while it waits (see GONE_CHECK_EVERY)."""
+    try:
+        while True:
+            with d.has_work:  # (the dispatcher's lock)
+                while not (d.pending or d.stopping or d.retired):
+                    if not d.has_work.wait(GONE_CHECK_EVERY) and dispatcher() is None:
+                        return  # no event can come any more
+                if not d.pending:   # retired, or stopping with nothing left
+                    return
+                event = d.pending.popleft()
+            _send(d.channel, event)
+            with d.has_work:
+                owner = dispatcher()
+                if owner is not None:
+                    owner._sent(d)
+                del owner
+    finally:
+        owner = dispatcher()
+        if owner is not None:
+            owner._thread_ended(d)
 
 
 def _send(channel: Any, event: dict[str, Any]) -> None:

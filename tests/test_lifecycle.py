@@ -378,9 +378,10 @@ def test_a_closed_manager_cannot_be_started_again(db_path: str, store: str, imme
 
 def test_a_manager_stopped_by_its_with_block_and_dropped_leaves_no_thread(monkeypatch: Any) -> None:
     # given a manager with a notification channel, stopped by its `with` block (not closed)
-    # after its jobs ran, and threads that end after 50 ms of nothing to do
+    # after its jobs ran, its idle delivery thread looking every 50 ms whether its
+    # dispatcher still exists
     from jobcore import notify_dispatch
-    monkeypatch.setattr(notify_dispatch, "IDLE_THREAD_END", 0.05)
+    monkeypatch.setattr(notify_dispatch, "GONE_CHECK_EVERY", 0.05)
     before = set(threading.enumerate())
     heard: list[dict[str, Any]] = []
     with JobManager(MemoryRepository()) as manager:
@@ -389,12 +390,12 @@ def test_a_manager_stopped_by_its_with_block_and_dropped_leaves_no_thread(monkey
         failed = manager.enqueue(Job(function_name="fails", max_retries=0))
         assert manager.wait(failed, timeout=WAIT).status is JobStatus.FAILED
         wait_until(lambda: len(heard) == 1, WAIT, "the dead letter to be heard")
-    # when it is dropped, then once idle no thread of its stays (its notification thread
-    # waited for ever, keeping the manager and the channel alive until the process exited)
+    # when it is dropped, then it is freed and no thread of its stays (its notification
+    # thread held it, and the channel, until the process exited)
     dropped = weakref.ref(manager)
     del manager
-    wait_until(lambda: not _jobcore_threads(before), WAIT, "jobcore's threads to end")
     wait_until(lambda: gc.collect() is not None and dropped() is None, WAIT, "the manager to be freed")
+    wait_until(lambda: not _jobcore_threads(before), WAIT, "jobcore's threads to end")
 
 
 def _fails() -> None:

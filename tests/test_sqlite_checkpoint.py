@@ -9,6 +9,7 @@ import os
 import sqlite3
 import threading
 import time
+import types
 import warnings
 import weakref
 from typing import Any, Optional
@@ -260,3 +261,35 @@ def test_a_reader_elsewhere_keeps_the_wal_until_it_ends_and_writes_go_on(tmp_pat
     assert _wait_for(lambda: _wal_size(path) == 0)
     assert sum(repo.count_by_status().values()) == seen + 2
     repo.close()
+
+
+class _RefusedThread(threading.Thread):
+    """A thread that cannot start, as Python 3.12 refuses new threads during interpreter exit."""
+
+    def start(self) -> None:
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+
+def test_a_checkpoint_thread_that_cannot_start_fails_no_write(tmp_path: Any, monkeypatch: Any) -> None:
+    # given a repository whose checkpoint thread cannot start (a manager's stop recording
+    # outcomes at interpreter exit under Python 3.12, its earlier thread ended idle)
+    refusing = types.SimpleNamespace(**{name: getattr(threading, name) for name in dir(threading)
+                                        if not name.startswith("__")})
+    refusing.Thread = _RefusedThread
+    monkeypatch.setattr(sqlite_checkpoint, "threading", refusing)
+    path = str(tmp_path / "jobs.db")
+    repo = SQLiteRepository(path)
+    records = [make_record() for _ in range(CHECKPOINT_EVERY * 2 + 1)]
+    # when more commits than CHECKPOINT_EVERY are made, then each one goes through (the
+    # commit that called for a checkpoint raised, though made: a caller would enqueue twice)
+    for record in records:
+        assert repo.insert([record], NOW) == [record.id]
+    assert _checkpointer(repo) is None
+    # and every job is there, for this repository and for another
+    other = SQLiteRepository(path)
+    try:
+        assert sum(other.count_by_status().values()) == len(records)
+    finally:
+        other.close()
+    repo.close()
+

@@ -88,9 +88,17 @@ class Checkpointer:
             if self._closed:
                 return
             if self._thread is None or not self._thread.is_alive():  # also after a fork
-                self._thread = threading.Thread(target=self._loop, daemon=True,
-                                                name="jobcore-sqlite-checkpoint")
-                self._thread.start()
+                thread = threading.Thread(target=self._loop, daemon=True, name="jobcore-sqlite-checkpoint")
+                try:
+                    thread.start()
+                except RuntimeError as exc:
+                    # Python 3.12 refuses new threads while the interpreter exits, and any
+                    # version when threads run out. Called after a commit: raising would
+                    # fail a write that was made. SQLite checkpoints by itself past
+                    # WAL_LIMIT_PAGES, and the last connection to close checkpoints too.
+                    logger.debug("no background checkpoint of %s: %s", self._path, exc)
+                    return
+                self._thread = thread
             self._wanted.set()
 
     def _loop(self) -> None:
