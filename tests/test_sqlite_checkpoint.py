@@ -74,18 +74,19 @@ def test_the_checkpoint_thread_ends_once_idle_and_a_dropped_manager_leaves_nothi
     # stopped by its `with` block (not closed), its WAL emptied 50 ms after the last commit
     monkeypatch.setattr(sqlite_checkpoint, "IDLE_TRUNCATE_AFTER", 0.05)
     path = str(tmp_path / "jobs.db")
+    started = _recording_checkpoint_threads(monkeypatch)
     with JobManager(path) as manager:
         manager.register_function("noop", _noop)
         for job_id in [manager.enqueue(Job(function_name="noop")) for _ in range(CHECKPOINT_EVERY * 2)]:
             manager.wait(job_id, timeout=10)
         repo = manager.repository
         assert isinstance(repo, SQLiteRepository)
-        thread = _checkpointer(repo)
-        assert thread is not None
-    # when the commits have stopped, then the checkpoint thread ends (it waited for ever,
-    # keeping the repository, its connections and their files, until the process exited)
-    thread.join(10)
-    assert not thread.is_alive() and _wal_size(path) == 0
+    # when the commits have stopped, then the checkpoint thread empties the WAL and ends (it
+    # waited for ever, keeping the repository, its connections and their files, until the
+    # process exited)
+    assert started
+    assert _wait_for(lambda: _wal_size(path) == 0 and not any(t.is_alive() for t in started))
+    assert _checkpointer(repo) is None
     # and once the manager is dropped, the repository goes, its files closed (each
     # connection closed by jobcore, not collected unclosed: no ResourceWarning)
     dropped = weakref.ref(repo)
@@ -112,25 +113,38 @@ def test_the_checkpoint_thread_ends_once_idle_and_a_dropped_manager_leaves_nothi
 def test_commits_after_the_checkpoint_thread_ended_start_another(tmp_path: Any, monkeypatch: Any) -> None:
     # given a repository whose checkpoint thread ended, idle, after its WAL was emptied
     monkeypatch.setattr(sqlite_checkpoint, "IDLE_TRUNCATE_AFTER", 0.05)
+    started = _recording_checkpoint_threads(monkeypatch)
     path = str(tmp_path / "jobs.db")
     repo = SQLiteRepository(path)
     for _ in range(CHECKPOINT_EVERY * 2):
         repo.insert([make_record()], NOW)
-    first = _checkpointer(repo)
-    assert first is not None
-    first.join(10)
-    assert not first.is_alive() and _wal_size(path) == 0
+    assert _wait_for(lambda: _wal_size(path) == 0 and len(started) == 1 and not started[0].is_alive())
     size = os.path.getsize(path)
     # when more commits come
     for _ in range(CHECKPOINT_EVERY * 2):
         repo.insert([make_record(args=("x" * 500,))], NOW)
-    # then another thread checkpoints them into the file, and empties the WAL again
-    second = _checkpointer(repo)
-    assert second is not None and second is not first
-    assert _wait_for(lambda: _wal_size(path) == 0 and os.path.getsize(path) > size)
-    second.join(10)
-    assert not second.is_alive()
+    # then another thread checkpoints them into the file, empties the WAL again and ends
+    assert _wait_for(lambda: _wal_size(path) == 0 and os.path.getsize(path) > size
+                     and len(started) == 2 and not started[1].is_alive())
+    assert _checkpointer(repo) is None
     repo.close()
+
+
+def _recording_checkpoint_threads(monkeypatch: Any) -> list[threading.Thread]:
+    """The checkpoint threads started from now on, in order (a thread may start and end
+    between two looks at the repository's own, so the test keeps each one)."""
+    started: list[threading.Thread] = []
+
+    class Recorded(threading.Thread):
+        def start(self) -> None:
+            started.append(self)
+            super().start()
+
+    recording = types.SimpleNamespace(**{name: getattr(threading, name) for name in dir(threading)
+                                         if not name.startswith("__")})
+    recording.Thread = Recorded
+    monkeypatch.setattr(sqlite_checkpoint, "threading", recording)
+    return started
 
 
 def test_a_reopened_file_sees_every_commit_whether_checkpointed_or_not(tmp_path: Any) -> None:
@@ -273,10 +287,8 @@ class _RefusedThread(threading.Thread):
 def test_a_checkpoint_thread_that_cannot_start_fails_no_write(tmp_path: Any, monkeypatch: Any) -> None:
     # given a repository whose checkpoint thread cannot start (a manager's stop recording
     # outcomes at interpreter exit under Python 3.12, its earlier thread ended idle)
-    refusing = types.SimpleNamespace(**{name: getattr(threading, name) for name in dir(threading)
-                                        if not name.startswith("__")})
-    refusing.Thread = _RefusedThread
-    monkeypatch.setattr(sqlite_checkpoint, "threading", refusing)
+    _recording_checkpoint_threads(monkeypatch)
+    sqlite_checkpoint.threading.Thread = _RefusedThread  # (on the stand-in for `threading` there)
     path = str(tmp_path / "jobs.db")
     repo = SQLiteRepository(path)
     records = [make_record() for _ in range(CHECKPOINT_EVERY * 2 + 1)]
