@@ -100,7 +100,8 @@ def main() -> None:
     if not started.startswith("jobcore worker"):
         raise SystemExit(f"the worker did not start: {started}{worker.stdout.read()}")
     print(f"  worker: {started.rstrip()}")
-    threading.Thread(target=relay, args=(worker.stdout, "worker"), daemon=True).start()
+    relaying = threading.Thread(target=relay, args=(worker.stdout, "worker"), daemon=True)
+    relaying.start()
     try:
         t0 = time.monotonic()
         submitter = subprocess.run([sys.executable, __file__, "submit", db], env=env,
@@ -117,7 +118,8 @@ def main() -> None:
     finally:
         worker.terminate()   # SIGTERM: graceful stop
         worker.wait(timeout=15)
-    time.sleep(0.1)  # let the relay print the worker's last line
+        relaying.join(timeout=5)  # it prints the worker's last lines, then sees the pipe end
+        worker.stdout.close()
 
 
 if __name__ == "__main__":
