@@ -9,6 +9,7 @@ import subprocess
 import sys
 import urllib.request
 from typing import Any
+from subprocesses import close_pipes
 
 
 def serve_dashboard(db: str, env: dict[str, str], wait: float) -> tuple[str, str, dict[str, Any]]:
@@ -29,7 +30,5 @@ def serve_dashboard(db: str, env: dict[str, str], wait: float) -> tuple[str, str
         if proc.poll() is None:
             proc.kill()
             proc.wait(wait)
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
+        close_pipes(proc)
     return banner, url, stats

@@ -21,6 +21,7 @@ from dashboard_cli import serve_dashboard
 from dead_letter_order import fail_out_of_order
 from waiting import wait_until
 from raw_db import raw_db
+from subprocesses import close_pipes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WAIT = 10.0  # bound for waits that normally end in well under a second
@@ -318,6 +319,7 @@ def test_watch_follows_a_running_job_until_it_completes(jobs: Jobs, make_manager
     release.set()
     rest = watcher.stdout.read()
     assert watcher.wait(WAIT) == 0
+    close_pipes(watcher)
 
     assert first.strip() == "[" + "#" * 15 + "." * 15 + "]  50%  running  half"
     assert rest.strip().endswith("100%  completed  half")
@@ -644,6 +646,7 @@ class Worker:
         self.lines: queue.Queue[str] = queue.Queue()
         self.errors: list[str] = []  # its stderr, read as it comes: a full pipe would block it
         self.errors_done = threading.Event()
+        self.lines_done = threading.Event()
         threading.Thread(target=self._read, daemon=True).start()
         threading.Thread(target=self._read_errors, daemon=True).start()
 
@@ -651,6 +654,7 @@ class Worker:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             self.lines.put(line)
+        self.lines_done.set()
 
     def _read_errors(self) -> None:
         assert self.proc.stderr is not None
@@ -688,6 +692,8 @@ def start_worker(tmp_path: Any) -> Iterator[Callable[..., Worker]]:
         if worker.proc.poll() is None:
             worker.proc.kill()
             worker.proc.wait(WAIT)
+        if worker.lines_done.wait(WAIT) and worker.errors_done.wait(WAIT):  # (read to the end)
+            close_pipes(worker.proc)
         if worker.errors:  # shown with a failing test's output
             print(f"stderr of worker {worker.proc.pid}:", "".join(worker.errors), sep="\n")
 

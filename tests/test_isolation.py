@@ -27,6 +27,7 @@ from jobcore.execution import Outcome, run_attempt
 from jobcore.isolation import (NotIsolatable, ProcessRunner, RemoteError, WorkerProcessDied,
                                isolation_problem, memory_limit_supported)
 from jobcore.retry import is_transient
+from subprocesses import close_pipes
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BOUND = 10.0  # seconds: the most any join in this file waits before failing the test
@@ -688,6 +689,7 @@ def test_children_exit_when_the_engine_is_killed(tmp_path: Any) -> None:
     finally:
         engine.kill()
         engine.wait(BOUND)
+        close_pipes(engine)
     wait_until_exited(child)
 
 

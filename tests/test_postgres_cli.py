@@ -16,6 +16,7 @@ from dashboard_cli import serve_dashboard
 from pg_fixtures import *  # noqa: F401,F403 (the fixtures: server, schema, repo)
 from pg_fixtures import ROOT, WAIT, Schema
 from jobcore import Job, JobManager
+from subprocesses import close_pipes
 
 pytestmark = pg_fixtures.MARKS
 
@@ -91,6 +92,7 @@ def test_a_worker_runs_the_jobs_of_a_postgresql_database_and_never_prints_its_pa
         if proc.poll() is None:
             proc.kill()
             proc.wait(WAIT)
+        close_pipes(proc)
 
     assert results == [0, 2, 4]
     assert f"schema='{schema.name}'" in banner

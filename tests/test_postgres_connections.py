@@ -25,6 +25,7 @@ from jobcore import Job, JobManager, JobStatus, current_job
 from jobcore.errors import RepositoryError
 from jobcore.testing.contract import NOW, make_record
 from waiting import wait_until
+from subprocesses import close_pipes
 
 try:
     from jobcore.postgres import PostgresRepository
@@ -281,9 +282,7 @@ def test_a_hold_on_the_servers_use_in_another_process_keeps_a_restart_waiting(tm
     finally:
         other.kill()
         other.wait()
-        for stream in (other.stdin, other.stdout):
-            if stream is not None:
-                stream.close()
+        close_pipes(other)
         use.close()
 
 

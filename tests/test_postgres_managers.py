@@ -26,6 +26,7 @@ from pg_fixtures import ROOT, WAIT, Schema, psycopg
 from jobcore import Job, JobManager, JobPriority, JobStatus, RetryableError, current_job
 from recovery_checks import runs_again_with_its_reason, runs_once_through_a_lock
 from waiting import wait_until
+from subprocesses import close_pipes
 
 pytestmark = pg_fixtures.MARKS
 
@@ -381,6 +382,7 @@ class Workers:
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait(5)
+            close_pipes(process)
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ import pytest
 
 from jobcore import FakeClock, Job, JobManager, JobStatus, MemoryRepository, SQLiteRepository
 from waiting import wait_until
+from subprocesses import close_pipes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WAIT = 60.0
@@ -92,6 +93,7 @@ class Workers:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(5)
+            close_pipes(process)
 
 
 @pytest.fixture
