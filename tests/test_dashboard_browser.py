@@ -58,7 +58,9 @@ class WebDriver:
             with urllib.request.urlopen(request, timeout=60) as reply:
                 return json.loads(reply.read())["value"]
         except urllib.error.HTTPError as error:
-            raise AssertionError(f"WebDriver {method} {path}: {error.read().decode()[:500]}") from None
+            with error:  # (it holds the connection's socket)
+                detail = error.read().decode()[:500]
+            raise AssertionError(f"WebDriver {method} {path}: {detail}") from None
 
     def command(self, method: str, path: str, payload: Optional[dict[str, Any]] = None) -> Any:
         return self._call(method, f"/session/{self.session}{path}", payload)
