@@ -246,6 +246,9 @@ class NotificationDispatcher:
         """`d`'s thread ends: what it still holds is discarded unless it was retired."""
         with self._lock:
             self._running.discard(d)
+            # (`_retire` notifies too; a thread of a channel retired earlier ends without
+            # it, and `close` waits for `_running` to empty.)
+            self._progress.notify_all()
             discarded = 0 if d.retired else self._retire(d)
         if discarded:
             logger.error("delivery thread for %r ended; %d queued events discarded",

@@ -591,6 +591,27 @@ def test_removed_channel_gets_no_more_events(dispatchers) -> None:
         dispatcher.remove(removed_channel)
 
 
+def test_close_returns_once_a_removed_channels_send_under_way_ends() -> None:
+    # given a channel removed while its thread is inside its send
+    gate = Gate()
+    channel = CallbackNotificationChannel(gate)
+    dispatcher = NotificationDispatcher([channel])
+    dispatcher.publish(make_event())
+    assert gate.entered.wait(WAIT)
+    dispatcher.remove(channel)
+    # when close waits (without a limit) for the delivery threads, and that send then ends
+    closed = threading.Event()
+    closing = threading.Thread(target=lambda: dispatcher.close(timeout=None) and closed.set(), daemon=True)
+    closing.start()
+    time.sleep(0.05)  # (close is waiting: it would return at once without the thread)
+    assert not closed.is_set()
+    gate.release.set()
+    # then close returns (the thread's end woke it no more: it waited for ever, or out its
+    # timeout, 5 s by default)
+    assert closed.wait(WAIT)
+    assert len(gate.seen.events) == 1
+
+
 def test_each_channel_gets_its_own_copy_of_the_event(dispatchers) -> None:
     def vandal(event: dict) -> None:
         event["error"] = "overwritten"
