@@ -268,7 +268,8 @@ class NotificationDispatcher:
 def _deliver(dispatcher: "weakref.ref[NotificationDispatcher]", d: _Delivery) -> None:
     """The delivery thread of `d`: sends its events in order until it is retired, its
     dispatcher closes (once what is queued went), or the dispatcher is gone. It refers
-    to the dispatcher only while it sends: never while it waits (see GONE_CHECK_EVERY)."""
+    to the dispatcher only to count an event handled, never while it waits or sends
+    (see GONE_CHECK_EVERY)."""
     try:
         while True:
             with d.has_work:  # (the dispatcher's lock)
