@@ -202,7 +202,7 @@ def test_each_store_ends_with_the_last_report_of_a_short_attempt(
 
 
 def test_this_process_shows_the_last_report_until_the_outcome_is_recorded(
-        tmp_path: Any, monkeypatch: pytest.MonkeyPatch, sqlite_store: Callable[..., Any]) -> None:
+        monkeypatch: pytest.MonkeyPatch, sqlite_store: Callable[..., Any]) -> None:
     monkeypatch.setattr(progress_module, "PROGRESS_INTERVAL", 3600.0)
     repository = sqlite_store()
     repository.hold_folding = threading.Event()

@@ -124,8 +124,7 @@ class Checkpointer:
                 continue
             with self._lock:  # emptied, and quiet: end, unless a call came meanwhile
                 if not self._wanted.is_set():
-                    if self._thread is threading.current_thread():
-                        self._thread = None
+                    self._thread = None  # (this one: `want` starts none while it lives)
                     return
             quiet_for = None
 
