@@ -1,5 +1,6 @@
-"""The short INSERT SQLite uses for jobs whose optional fields hold their defaults stores
-exactly the row the full INSERT would."""
+"""The short INSERTs SQLite uses for jobs whose optional fields hold their defaults (and the
+default INSERT, for those whose settings are the defaults too) store exactly the row the
+full INSERT would."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from jobcore.models import JobStatus
 from jobcore.repository import SQLiteRepository
 from jobcore.repository import sqlite_schema as schema
 from jobcore.repository import sqlite_transition_sql as sql
-from jobcore.repository.sqlite_rows import is_plain, row_params
+from jobcore.models import Job
+from jobcore.records import record_for
+from jobcore.repository.sqlite_rows import has_default_settings, is_plain, row_params
 from jobcore.testing.contract import LEASE, NOW, make_record
 from raw_db import raw_db
 
@@ -49,6 +52,37 @@ def _stored_by_full_insert(repo: SQLiteRepository, record: Any, claimed: bool = 
 
 PLAIN = {"args": (1, "two"), "kwargs": {"k": [3]}, "priority": 7, "timeout": 2.5, "max_retries": 0,
          "retry_delay": 0.25, "retry_backoff": 3.0, "retry_jitter": False, "isolation": "process"}
+
+
+# Settings a record may hold that compare equal to the defaults without being them: stored
+# by the default INSERT too, as the bound values would store them (a REAL column keeps 1 as
+# 1.0, an INTEGER one 3.0 as 3).
+DEFAULTS_OF_OTHER_TYPES = {"retry_delay": 1, "retry_backoff": 2, "max_retries": 3.0}
+
+
+def test_a_job_made_with_the_default_settings_takes_the_default_insert() -> None:
+    # what the default INSERT writes into its statement is what a Job holds unless told
+    assert has_default_settings(record_for(Job(function_name="tests.task"), NOW))
+    assert has_default_settings(make_record()) and has_default_settings(make_record(**DEFAULTS_OF_OTHER_TYPES))
+    for field, value in PLAIN.items():
+        if field not in ("args", "kwargs", "priority"):
+            assert not has_default_settings(make_record(**{field: value})), field
+    assert not has_default_settings(make_record(timeout=60.0))
+
+
+@pytest.mark.parametrize("settings", [{}, DEFAULTS_OF_OTHER_TYPES], ids=["defaults", "equal-defaults"])
+def test_a_job_with_the_default_settings_is_stored_as_the_full_insert_would(repo: SQLiteRepository,
+                                                                          settings: dict[str, Any]) -> None:
+    alone, handed, *batch = [make_record(args=(1, "two"), priority=7, **settings) for _ in range(5)]
+    repo.insert([alone], NOW)
+    job_id, claimed = repo.insert_claimed(handed, "w1", NOW, NOW + LEASE)
+    assert job_id == handed.id and claimed is not None and claimed.max_retries == 3
+    repo.insert(batch, NOW)  # every job of the batch with the defaults: one default INSERT
+    assert _row(repo, alone.id) == _stored_by_full_insert(repo, alone)
+    assert _row(repo, handed.id) == _stored_by_full_insert(repo, handed, claimed=True)
+    for record in batch:
+        assert _row(repo, record.id) == _stored_by_full_insert(repo, record)
+        assert record.seq == _seqs(repo)[record.id]
 
 
 def test_a_plain_job_alone_is_stored_as_the_full_insert_would(repo: SQLiteRepository) -> None:

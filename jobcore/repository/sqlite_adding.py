@@ -19,7 +19,8 @@ from .columns import claimed_as_stored, encode_progress
 from .base import Cascade, JobRecord, JobRepository, Settlement, id_taken, require_plain_pending
 from .group_commit import GroupCommitter
 from .sqlite_conn import Connections
-from .sqlite_rows import claimed_records, depends_on_text, is_plain, plain_params, row_params
+from .sqlite_rows import (claimed_records, default_params, depends_on_text, has_default_settings, is_plain,
+                          plain_params, row_params)
 from .sqlite_settle import claim_known, encode_result, settle_all
 
 
@@ -56,6 +57,9 @@ class SQLiteAdding(JobRepository):
         unblocked, with no error; `claimed`: the statement for a claimed row, whose
         parameters go on with started_at, worker_id and lease_expires_at."""
         if is_plain(record):
+            if has_default_settings(record):
+                query = transition_sql.INSERT_CLAIMED_DEFAULT_JOB if claimed else transition_sql.INSERT_DEFAULT_JOB
+                return query, default_params(record, now, status, self.max_payload_bytes)
             query = transition_sql.INSERT_CLAIMED_PLAIN_JOB if claimed else transition_sql.INSERT_PLAIN_JOB
             return query, plain_params(record, now, status, self.max_payload_bytes)
         query = transition_sql.INSERT_CLAIMED_JOB if claimed else transition_sql.INSERT_JOB
@@ -123,7 +127,10 @@ class SQLiteAdding(JobRepository):
         """A batch with no dependency and no unique key: nothing to check against other
         rows, so one `executemany`. Rowids are handed out one after another while this
         transaction holds the write lock, so the last one tells every record's `seq`."""
-        if all(is_plain(r) for r in records):
+        if all(is_plain(r) and has_default_settings(r) for r in records):
+            query, rows = transition_sql.INSERT_DEFAULT_JOB, [default_params(r, now, r.status, self.max_payload_bytes)
+                                                              for r in records]
+        elif all(is_plain(r) for r in records):
             query, rows = transition_sql.INSERT_PLAIN_JOB, [plain_params(r, now, r.status, self.max_payload_bytes)
                                                             for r in records]
         else:

@@ -17,7 +17,7 @@ from ..models import TIME_LIMIT, JobStatus
 from .base import JobRecord, QueueEntry
 from .columns import (DEFAULT_PRIORITY, JOB_COLUMNS, REAL_TYPES, json_object, json_strings, text_of_id,
                       unpack_job_row, unsound_numbers, usable_time)
-from .sqlite_transition_sql import CLAIMED_COLUMNS, CLAIMED_PLAIN
+from .sqlite_transition_sql import CLAIMED_COLUMNS, CLAIMED_PLAIN, DEFAULT_SETTINGS
 
 
 # -- text that is not UTF-8 ------------------------------------------------------------------
@@ -165,6 +165,22 @@ def plain_params(record: JobRecord, now: float, status: JobStatus,
     return (record.id, record.function_name, record.name, payload, record.priority, _STATUS_TEXT[status], now,
             record.max_retries, record.retry_delay, record.retry_backoff, int(record.retry_jitter),
             record.timeout, record.isolation)
+
+
+def has_default_settings(record: JobRecord) -> bool:
+    """True if `record`'s retry settings, timeout and isolation are those INSERT_DEFAULT_JOB
+    writes (`DEFAULT_SETTINGS`): then `default_params` store it."""
+    return (record.max_retries, record.retry_delay, record.retry_backoff, record.retry_jitter, record.timeout,
+            record.isolation) == DEFAULT_SETTINGS
+
+
+def default_params(record: JobRecord, now: float, status: JobStatus,
+                   max_payload_bytes: Optional[int]) -> tuple[Any, ...]:
+    """The INSERT_DEFAULT_JOB parameters storing `record`, whose optional fields and
+    settings hold their defaults (`is_plain`, `has_default_settings`): `plain_params`' first
+    seven."""
+    payload = serialization.encode_payload(record.args, record.kwargs, max_payload_bytes)
+    return (record.id, record.function_name, record.name, payload, record.priority, _STATUS_TEXT[status], now)
 
 
 def depends_on_text(record: JobRecord) -> str:

@@ -34,21 +34,30 @@ if DEPENDS_ON not in COLUMNS or DEPENDS_ON not in COLUMNS_WITHOUT_ARGS:
 # all hold their defaults is stored by the short INSERT, the column defaults filling in
 # the rest: each bound parameter costs (measured: 27 of them, 19 µs a row in a batch of
 # 500; 13, 11 µs).
-_PLAIN = ("id, function_name, name, payload, priority, status, created_at, max_retries, retry_delay,"
-          " retry_backoff, retry_jitter, timeout, isolation")
+_FIRST = "id, function_name, name, payload, priority, status, created_at"
+_SETTINGS = "max_retries, retry_delay, retry_backoff, retry_jitter, timeout, isolation"
+_PLAIN = f"{_FIRST}, {_SETTINGS}"
 _OPTIONAL = ("blocked, scheduled_at, run_at, tags, metadata, owner, unique_key, depends_on, cron,"
              " cron_timezone, error, error_type, completed_at, memory_limit")
 # A new job stored already claimed by an idle worker of the enqueuing process (hand-off).
 _CLAIMED = "started_at, worker_id, lease_expires_at"
+# The settings most jobs leave as they are (JobRecord's defaults, in _SETTINGS' order, the
+# jitter flag as stored): a plain job holding them all is stored by the default INSERT,
+# which writes them into the statement and binds only _FIRST (sqlite_rows.default_params).
+# Measured: 5% off `enqueue` and `enqueue_many` alike (33.4 against 35.3 µs a call, 12.4
+# against 13.1 µs a job in batches of 500; interleaved runs, no overlap).
+DEFAULT_SETTINGS = (3, 1.0, 2.0, 1, None, "thread")
+_DEFAULT_LITERALS = ", ".join("NULL" if value is None else repr(value) for value in DEFAULT_SETTINGS)
 
 
-def _insert(columns: str, claimed: bool = False) -> str:
-    if claimed:
-        columns = f"{columns}, {_CLAIMED}"
-    marks = ", ".join("?" * (columns.count(",") + 1))
+def _insert(columns: str, claimed: bool = False, literals: str = "") -> str:
+    """The INSERT of `columns`, each bound but the last ones when `literals` gives their
+    values; then, if `claimed`, the claim's columns (bound) and attempts = 1."""
+    given = literals.count(",") + 1 if literals else 0
+    values = ", ".join(["?"] * (columns.count(",") + 1 - given) + ([literals] if literals else []))
     if claimed:  # its first attempt
-        return f"INSERT INTO jobs ({columns}, attempts) VALUES ({marks}, 1)"
-    return f"INSERT INTO jobs ({columns}) VALUES ({marks})"
+        return f"INSERT INTO jobs ({columns}, {_CLAIMED}, attempts) VALUES ({values}, ?, ?, ?, 1)"
+    return f"INSERT INTO jobs ({columns}) VALUES ({values})"
 
 
 INSERT_JOB = _insert(f"{_PLAIN}, {_OPTIONAL}")
@@ -56,8 +65,10 @@ INSERT_JOB = _insert(f"{_PLAIN}, {_OPTIONAL}")
 # its key (or its id is taken): then it stores nothing, and a transaction finds out which.
 INSERT_JOB_UNLESS_REFUSED = INSERT_JOB.replace("INSERT INTO", "INSERT OR IGNORE INTO", 1)
 INSERT_PLAIN_JOB = _insert(_PLAIN)
+INSERT_DEFAULT_JOB = _insert(_PLAIN, literals=_DEFAULT_LITERALS)
 INSERT_CLAIMED_JOB = _insert(f"{_PLAIN}, {_OPTIONAL}", claimed=True)
 INSERT_CLAIMED_PLAIN_JOB = _insert(_PLAIN, claimed=True)
+INSERT_CLAIMED_DEFAULT_JOB = _insert(_PLAIN, claimed=True, literals=_DEFAULT_LITERALS)
 INSERT_DEP = "INSERT OR IGNORE INTO job_deps (job_id, depends_on) VALUES (?, ?)"
 # OR REPLACE: a list whose job a jobcore of version 6 deleted (its cleanup does not know
 # this table) is stale, and its id may be given again.
