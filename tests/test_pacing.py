@@ -8,9 +8,12 @@ import pytest
 
 from jobcore.pacing import RECORD_WITHIN, RESERVE_BELOW, STALL_AFTER, STREAM_BATCH, STREAM_GAP, TINY_BELOW, Pacing
 from jobcore.clock import real_monotonic
+from jobcore.clock import SystemClock
 from jobcore.context import JobContext
+from jobcore.dispatcher import Dispatcher
 from jobcore.execution import Outcome
 from jobcore.pool_state import PoolState
+from jobcore.queue import ReadyQueue
 from jobcore.recorder import Finished
 from jobcore.testing.contract import make_record
 
@@ -231,6 +234,56 @@ def test_outcomes_handed_in_during_an_exchange_wake_a_dispatcher_asleep_for_good
         state.ended_locked([], [], wake=False)
     thread.join(10.0)
     assert told == [True]
+
+
+def _dispatcher_with_work_queued(tiny: bool, buffered: int = 0, running: bool = False) -> tuple[Dispatcher, PoolState]:
+    """A dispatcher of 4 workers with jobs ready in its queue, `buffered` jobs claimed
+    and, if `running`, one running."""
+    state = PoolState(max_workers=4)
+    state.stopping = False
+    state.idle = 3 if running else 4
+    state.pacing.assume_short_jobs()
+    if not tiny:  # short jobs (a reserve), not tiny ones
+        for _ in range(100):
+            state.pacing.ran((TINY_BELOW + RESERVE_BELOW) / 2)
+    state.buffer.extend(make_record(id=f"buffered-{n}") for n in range(buffered))
+    if running:
+        state.running["busy"] = object()  # type: ignore[assignment]
+    queue = ReadyQueue(SystemClock())
+    queue.push_ready([make_record(id=f"ready-{n}").queue_entry() for n in range(20)])
+    dispatcher = Dispatcher(state, None, queue, None, SystemClock(), give_up_after=60.0)  # type: ignore[arg-type]
+    return dispatcher, state
+
+
+@pytest.mark.parametrize("tiny, buffered, running", [
+    (True, 0, False), (True, 0, True), (True, 3, False),  # tiny jobs, but no worker busy with buffered ones
+    (False, 0, False), (False, 3, True),  # jobs not tiny: idle workers take buffered ones
+])
+def test_the_dispatcher_claims_ready_jobs_unless_a_busy_worker_will_claim_them(tiny: bool, buffered: int,
+                                                                               running: bool) -> None:
+    dispatcher, state = _dispatcher_with_work_queued(tiny, buffered, running)
+    assert state.pacing.tiny() is tiny
+    with state.lock:
+        assert state.room_locked() > 0
+        exchange = dispatcher._exchange_due_locked()
+    assert exchange is not None and exchange[1] == state.room_locked() + state.claiming
+
+
+def test_the_dispatcher_leaves_the_busy_worker_to_claim_more_tiny_jobs() -> None:
+    # given tiny jobs buffered, a worker running them, room to claim more and more ready
+    dispatcher, state = _dispatcher_with_work_queued(tiny=True, buffered=5, running=True)
+    with state.lock:
+        assert state.room_locked() > 0
+        # then the dispatcher makes no exchange: the busy worker makes one when the buffer
+        # runs out (topping it up meanwhile, it made most exchanges of a memory drain, of
+        # about 2 jobs each, taking turns with that worker at the GIL)
+        assert dispatcher._exchange_due_locked() is None
+        # nor once an outcome waits, until its time is up
+        state.add_finished_locked(_finished("done"))
+        assert dispatcher._exchange_due_locked() is None
+        state.pacing.due_now(real_monotonic())
+        exchange = dispatcher._exchange_due_locked()
+    assert exchange is not None and [f.record.id for f in exchange[0]] == ["done"]
 
 
 def _finished(job_id: str) -> Finished:
