@@ -47,17 +47,19 @@ _CLAIMED = "started_at, worker_id, lease_expires_at"
 # Measured: 5% off `enqueue` and `enqueue_many` alike (33.4 against 35.3 µs a call, 12.4
 # against 13.1 µs a job in batches of 500; interleaved runs, no overlap).
 DEFAULT_SETTINGS = (3, 1.0, 2.0, 1, None, "thread")
-_DEFAULT_LITERALS = ", ".join("NULL" if value is None else repr(value) for value in DEFAULT_SETTINGS)
+if len(DEFAULT_SETTINGS) != _SETTINGS.count(",") + 1:
+    raise ImportError("_SETTINGS changed: update DEFAULT_SETTINGS")
 
 
-def _insert(columns: str, claimed: bool = False, literals: str = "") -> str:
-    """The INSERT of `columns`, each bound but the last ones when `literals` gives their
-    values; then, if `claimed`, the claim's columns (bound) and attempts = 1."""
-    given = literals.count(",") + 1 if literals else 0
-    values = ", ".join(["?"] * (columns.count(",") + 1 - given) + ([literals] if literals else []))
+def _insert(columns: str, claimed: bool = False, fixed: tuple[object, ...] = ()) -> str:
+    """The INSERT of `columns`, each bound but the last len(`fixed`), which are given these
+    values in the statement; then, if `claimed`, the claim's columns (bound) and
+    attempts = 1."""
+    values = ["?"] * (columns.count(",") + 1 - len(fixed))
+    values += ["NULL" if value is None else repr(value) for value in fixed]  # (numbers and plain text)
     if claimed:  # its first attempt
-        return f"INSERT INTO jobs ({columns}, {_CLAIMED}, attempts) VALUES ({values}, ?, ?, ?, 1)"
-    return f"INSERT INTO jobs ({columns}) VALUES ({values})"
+        return f"INSERT INTO jobs ({columns}, {_CLAIMED}, attempts) VALUES ({', '.join(values)}, ?, ?, ?, 1)"
+    return f"INSERT INTO jobs ({columns}) VALUES ({', '.join(values)})"
 
 
 INSERT_JOB = _insert(f"{_PLAIN}, {_OPTIONAL}")
@@ -65,10 +67,10 @@ INSERT_JOB = _insert(f"{_PLAIN}, {_OPTIONAL}")
 # its key (or its id is taken): then it stores nothing, and a transaction finds out which.
 INSERT_JOB_UNLESS_REFUSED = INSERT_JOB.replace("INSERT INTO", "INSERT OR IGNORE INTO", 1)
 INSERT_PLAIN_JOB = _insert(_PLAIN)
-INSERT_DEFAULT_JOB = _insert(_PLAIN, literals=_DEFAULT_LITERALS)
+INSERT_DEFAULT_JOB = _insert(_PLAIN, fixed=DEFAULT_SETTINGS)
 INSERT_CLAIMED_JOB = _insert(f"{_PLAIN}, {_OPTIONAL}", claimed=True)
 INSERT_CLAIMED_PLAIN_JOB = _insert(_PLAIN, claimed=True)
-INSERT_CLAIMED_DEFAULT_JOB = _insert(_PLAIN, claimed=True, literals=_DEFAULT_LITERALS)
+INSERT_CLAIMED_DEFAULT_JOB = _insert(_PLAIN, claimed=True, fixed=DEFAULT_SETTINGS)
 INSERT_DEP = "INSERT OR IGNORE INTO job_deps (job_id, depends_on) VALUES (?, ?)"
 # OR REPLACE: a list whose job a jobcore of version 6 deleted (its cleanup does not know
 # this table) is stale, and its id may be given again.
