@@ -41,6 +41,34 @@ def test_a_job_buffered_behind_a_long_one_starts_on_an_idle_worker_while_jobs_ar
     release.set()
 
 
+def test_tiny_jobs_queued_behind_a_long_one_all_run_while_it_runs(
+        repository: JobRepository, make_manager: Callable[..., JobManager]) -> None:
+    # given a pool whose jobs proved tiny, and a long job queued ahead of many more tiny
+    # ones than the pool holds at once (twice the 4 workers)
+    manager = make_manager(repository, max_workers=4)
+    started, release = threading.Event(), threading.Event()
+    ran: list[int] = []
+
+    def long_job() -> None:
+        started.set()
+        assert release.wait(WAIT)
+
+    manager.register_function("long", long_job)
+    manager.register_function("tiny", ran.append)
+    manager.enqueue_many([Job(function_name="long", priority=9)]
+                         + [Job(function_name="tiny", args=(n,)) for n in range(40)])
+    manager._pool._state.pacing.assume_short_jobs()
+    # when the workers start and the long job holds its worker
+    manager.start()
+    assert started.wait(WAIT)
+    # then every tiny job runs meanwhile: an idle worker is woken for the buffered ones,
+    # and claims the rest as the buffer runs out (the dispatcher does not top it up
+    # while a worker runs tiny jobs)
+    wait_until(lambda: len(ran) == 40, WAIT, "the tiny jobs waited behind the long one")
+    assert not release.is_set() and sorted(ran) == list(range(40))
+    release.set()
+
+
 def test_a_drain_of_tiny_jobs_runs_every_job_once(
         repository: JobRepository, make_manager: Callable[..., JobManager]) -> None:
     # given 600 tiny jobs queued, and a pool that treats them as tiny from the start
