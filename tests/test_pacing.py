@@ -7,8 +7,7 @@ import threading
 import pytest
 
 from jobcore.pacing import RECORD_WITHIN, RESERVE_BELOW, STALL_AFTER, STREAM_BATCH, STREAM_GAP, TINY_BELOW, Pacing
-from jobcore.clock import real_monotonic
-from jobcore.clock import SystemClock
+from jobcore.clock import SystemClock, real_monotonic
 from jobcore.context import JobContext
 from jobcore.dispatcher import Dispatcher
 from jobcore.execution import Outcome

@@ -10,12 +10,11 @@ from typing import Any, Iterator
 
 import pytest
 
-from jobcore.models import JobStatus
+from jobcore.models import Job, JobStatus
+from jobcore.records import record_for
 from jobcore.repository import SQLiteRepository
 from jobcore.repository import sqlite_schema as schema
 from jobcore.repository import sqlite_transition_sql as sql
-from jobcore.models import Job
-from jobcore.records import record_for
 from jobcore.repository.sqlite_rows import has_default_settings, is_plain, row_params
 from jobcore.testing.contract import LEASE, NOW, make_record
 from raw_db import raw_db
