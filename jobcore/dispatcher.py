@@ -162,14 +162,13 @@ class Dispatcher:
                     or pacing.overdue(real_monotonic())):
                 return state.begin_exchange_locked()
         if state.room_locked() > 0 and (state.from_store or self._queue.has_ready()):
-            if state.buffer and state.running and pacing.tiny():
-                # Tiny jobs buffered, a worker running them: it claims more itself once the
-                # buffer runs out, recording its outcomes in the same exchange. Topping the
-                # buffer up meanwhile helps no one (no idle worker is woken for tiny jobs),
-                # and this thread did it again at every look while the worker took jobs:
-                # a memory drain with 4 workers made 87% of its exchanges here, of about 2
-                # jobs each, the two threads taking turns at the GIL (1.5-2 thread switches
-                # a job against 0.03 without; 36-42 µs a job against 22-23).
+            if state.buffer and state.left_to_busy_worker_locked():
+                # That worker claims more itself once the buffer runs out, recording its
+                # outcomes in the same exchange: topping the buffer up meanwhile helps no
+                # one, and this thread did it again at every look while the worker took
+                # jobs (a memory drain with 4 workers made 87% of its exchanges here, of
+                # about 2 jobs each, the two threads taking turns at the GIL: 1.5-2 thread
+                # switches a job against 0.03 without, 36-42 µs a job against 22-23).
                 return None
             return state.begin_exchange_locked()
         return None

@@ -186,12 +186,18 @@ class PoolState:
             self.waking += 1
             self.work_ready.notify()
 
+    def left_to_busy_worker_locked(self, active: bool = False) -> bool:
+        """True while buffered jobs are left to the worker running jobs: they are tiny
+        (`Pacing.tiny`) and a worker will be back at the buffer soon (one is running a
+        job, or the caller is a worker about to: `active`). No idle worker is woken for
+        them, nor are more claimed for them: that worker claims more itself once the
+        buffer runs out. The dispatcher wakes one if they stall (`Dispatcher`)."""
+        return (active or bool(self.running)) and self.pacing.tiny()
+
     def wake_for_buffer_locked(self, active: bool) -> None:
-        """Wake one idle worker for buffered jobs (`wake_one_locked`), unless jobs are tiny
-        (`Pacing.tiny`) and a worker will be back at the buffer soon: one is running a job,
-        or the caller is a worker about to (`active`). The dispatcher wakes one if they
-        stall (`Dispatcher`)."""
-        if (active or self.running) and self.pacing.tiny():
+        """Wake one idle worker for buffered jobs (`wake_one_locked`), unless they are left
+        to the busy worker (`left_to_busy_worker_locked`)."""
+        if self.left_to_busy_worker_locked(active):
             if self.pacing.dispatcher_sleeps_past(real_monotonic() + STALL_AFTER):
                 self.dispatch_needed.notify()  # to look for a stall in time
             return

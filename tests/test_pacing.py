@@ -144,10 +144,10 @@ def test_while_the_pool_holds_tiny_jobs_the_dispatcher_looks_at_least_every_stal
     assert pacing.dispatcher_timeout(T, outcomes_wait=False, timer_in=None, busy=True) is None  # long jobs
 
 
-def _state_with_idle_worker(tiny: bool) -> PoolState:
-    state = PoolState(max_workers=2)
+def _state_with_idle_worker(tiny: bool, workers: int = 2, idle: int = 1) -> PoolState:
+    state = PoolState(max_workers=workers)
     state.stopping = False
-    state.idle = 1
+    state.idle = idle
     if tiny:
         state.pacing.assume_short_jobs()
     return state
@@ -238,11 +238,9 @@ def test_outcomes_handed_in_during_an_exchange_wake_a_dispatcher_asleep_for_good
 def _dispatcher_with_work_queued(tiny: bool, buffered: int = 0, running: bool = False) -> tuple[Dispatcher, PoolState]:
     """A dispatcher of 4 workers with jobs ready in its queue, `buffered` jobs claimed
     and, if `running`, one running."""
-    state = PoolState(max_workers=4)
-    state.stopping = False
-    state.idle = 3 if running else 4
-    state.pacing.assume_short_jobs()
+    state = _state_with_idle_worker(tiny, workers=4, idle=3 if running else 4)
     if not tiny:  # short jobs (a reserve), not tiny ones
+        state.pacing.assume_short_jobs()
         for _ in range(100):
             state.pacing.ran((TINY_BELOW + RESERVE_BELOW) / 2)
     state.buffer.extend(make_record(id=f"buffered-{n}") for n in range(buffered))

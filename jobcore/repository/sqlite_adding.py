@@ -127,10 +127,11 @@ class SQLiteAdding(JobRepository):
         """A batch with no dependency and no unique key: nothing to check against other
         rows, so one `executemany`. Rowids are handed out one after another while this
         transaction holds the write lock, so the last one tells every record's `seq`."""
-        if all(is_plain(r) and has_default_settings(r) for r in records):
+        plain = all(is_plain(r) for r in records)
+        if plain and all(has_default_settings(r) for r in records):
             query, rows = transition_sql.INSERT_DEFAULT_JOB, [default_params(r, now, r.status, self.max_payload_bytes)
                                                               for r in records]
-        elif all(is_plain(r) for r in records):
+        elif plain:
             query, rows = transition_sql.INSERT_PLAIN_JOB, [plain_params(r, now, r.status, self.max_payload_bytes)
                                                             for r in records]
         else:

@@ -157,14 +157,22 @@ def is_plain(record: JobRecord) -> bool:
 _STATUS_TEXT = {status: status.value for status in JobStatus}
 
 
+def default_params(record: JobRecord, now: float, status: JobStatus,
+                   max_payload_bytes: Optional[int]) -> tuple[Any, ...]:
+    """The INSERT_DEFAULT_JOB parameters storing `record`, whose optional fields and
+    settings hold their defaults (`is_plain`, `has_default_settings`; raises
+    TypeError/ValueError naming a field)."""
+    payload = serialization.encode_payload(record.args, record.kwargs, max_payload_bytes)
+    return (record.id, record.function_name, record.name, payload, record.priority, _STATUS_TEXT[status], now)
+
+
 def plain_params(record: JobRecord, now: float, status: JobStatus,
                  max_payload_bytes: Optional[int]) -> tuple[Any, ...]:
     """The INSERT_PLAIN_JOB parameters storing `record`, whose optional fields hold their
-    defaults (raises TypeError/ValueError naming a field)."""
-    payload = serialization.encode_payload(record.args, record.kwargs, max_payload_bytes)
-    return (record.id, record.function_name, record.name, payload, record.priority, _STATUS_TEXT[status], now,
-            record.max_retries, record.retry_delay, record.retry_backoff, int(record.retry_jitter),
-            record.timeout, record.isolation)
+    defaults: `default_params`, then its settings."""
+    return default_params(record, now, status, max_payload_bytes) + (
+        record.max_retries, record.retry_delay, record.retry_backoff, int(record.retry_jitter),
+        record.timeout, record.isolation)
 
 
 def has_default_settings(record: JobRecord) -> bool:
@@ -172,15 +180,6 @@ def has_default_settings(record: JobRecord) -> bool:
     writes (`DEFAULT_SETTINGS`): then `default_params` store it."""
     return (record.max_retries, record.retry_delay, record.retry_backoff, record.retry_jitter, record.timeout,
             record.isolation) == DEFAULT_SETTINGS
-
-
-def default_params(record: JobRecord, now: float, status: JobStatus,
-                   max_payload_bytes: Optional[int]) -> tuple[Any, ...]:
-    """The INSERT_DEFAULT_JOB parameters storing `record`, whose optional fields and
-    settings hold their defaults (`is_plain`, `has_default_settings`): `plain_params`' first
-    seven."""
-    payload = serialization.encode_payload(record.args, record.kwargs, max_payload_bytes)
-    return (record.id, record.function_name, record.name, payload, record.priority, _STATUS_TEXT[status], now)
 
 
 def depends_on_text(record: JobRecord) -> str:
