@@ -215,7 +215,7 @@ class PostgresRepository(PostgresAdding, SettlesThroughApply, JobRepository):
             rows = tx.execute(self.sql.CLAIM_MANY, params).fetchall() if claiming or released else []
             return cascades, _best_first(rows)
 
-        return self._db.transaction(work)
+        return self._db.transaction(work, generic_plans=True)
 
     def cancel(self, job_id: str, now: float, reason: str) -> tuple[CancelOutcome, Cascade]:
         sql = self.sql

@@ -1,0 +1,90 @@
+"""PostgreSQL: the statements of an exchange (completions, the release of dependents, the
+claim) run on generic plans, without JIT compilation, in that transaction only.
+
+Under the server's default plan cache mode PostgreSQL planned them afresh at every run,
+which cost more than running them (a drain twice as slow at 20,000 jobs); a generic plan
+estimated for any values made the claim's cost pass `jit_above_cost` with 1,000,000 jobs
+queued, and every claim was compiled first (25 ms). See `postgres.database._GENERIC_PLANS`.
+A real server and a schema per test (see `pg_fixtures`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import pg_fixtures
+from pg_fixtures import *  # noqa: F401,F403 (the fixtures: server, schema, repo)
+from pg_fixtures import Schema
+from jobcore.repository.base import JobRecord, Settlement
+from jobcore.testing.contract import NOW, make_record
+
+try:
+    from jobcore.postgres import PostgresRepository
+    from jobcore.postgres.database import Tx
+except ImportError:  # the extra is not installed: pg_fixtures.MARKS skips (or fails in CI)
+    pass
+
+pytestmark = pg_fixtures.MARKS
+
+SETTINGS = "SELECT current_setting('plan_cache_mode'), current_setting('jit')"
+
+
+def _settings(tx: "Tx") -> tuple[str, str]:
+    row = tx.execute(SETTINGS).fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+def test_a_transaction_asking_for_generic_plans_has_them_without_jit_and_no_other(repo: "PostgresRepository") -> None:
+    database = repo._db
+    # given the server's own settings, read in a transaction that asks for nothing
+    default = database.transaction(_settings)
+    assert default[0] == "auto"  # (the server's default: the test's premise)
+    # when a transaction asks for generic plans
+    asked = database.transaction(_settings, generic_plans=True)
+    # then it runs with generic plans and without JIT, and the next transaction on the
+    # same connections has the server's settings again (SET LOCAL)
+    assert asked == ("force_generic_plan", "off")
+    assert database.transaction(_settings) == default
+    assert database.read(SETTINGS)[0] == default
+
+
+def _exchange(repository: "PostgresRepository", held: list[JobRecord], claim: list[JobRecord],
+              at: float) -> list[JobRecord]:
+    """One worker's exchange: complete every job it holds, claim `claim`; what it now holds."""
+    settlements = [Settlement("complete", r.id, r.attempts, result=None, seq=r.seq) for r in held]
+    cascades, claimed = repository.apply(settlements, [r.id for r in claim], "w1", at, at + 60)
+    assert all(cascade is not None for cascade in cascades)  # each completion applied
+    return claimed
+
+
+def test_the_statements_of_exchanges_run_on_generic_plans_once_prepared(schema: Schema) -> None:
+    # given a repository with a single pooled connection (every call uses it), and 64 jobs
+    repository = schema.repository(pool_size=1)
+    try:
+        with repository._db.pool.connection() as conn:
+            if conn.info.server_version < 140000:
+                pytest.skip("pg_prepared_statements counts plans from PostgreSQL 14 on")
+        jobs = [make_record() for _ in range(64)]
+        repository.insert(jobs, NOW)
+        # when a worker makes 8 exchanges, each completing the 8 jobs it holds and claiming 8
+        held: list[JobRecord] = []
+        for turn in range(8):
+            held = _exchange(repository, held, jobs[turn * 8:(turn + 1) * 8], NOW + turn)
+            assert sorted(r.id for r in held) == sorted(r.id for r in jobs[turn * 8:(turn + 1) * 8])
+        # then psycopg prepared the exchange's statements (at their 5th run), and the server
+        # ran each prepared run on a generic plan, none on a plan made for the values given
+        with repository._db.pool.connection() as conn:
+            plans: dict[str, Any] = {
+                statement: (generic, custom) for statement, generic, custom in conn.execute(
+                    "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements")}
+        marks = {"claim": "WITH wanted AS", "completions": "WITH given AS", "release of dependents": "WITH counts AS"}
+        for what, mark in marks.items():
+            found = [counts for statement, counts in plans.items() if mark in statement]
+            assert len(found) == 1, f"the {what} statement was not prepared once: {sorted(plans)}"
+            generic, custom = found[0]
+            assert generic >= 1 and custom == 0, f"the {what}: {generic} generic and {custom} custom plans"
+    finally:
+        repository.close()
