@@ -228,9 +228,12 @@ class Housekeeper:
         `close` comes first)."""
         if upkeep:
             self._doorbell.join()
+            # Another process's work, told by the store (PostgreSQL): looked for at once.
+            unwatch = self._repo.watch_changes(self.look_soon)
             try:
                 self._loop()
             finally:
+                unwatch()
                 self._doorbell.leave()
         if self._keep_leases(start):
             self._leave_registry()

@@ -299,6 +299,11 @@ class Database:
         """(notifications for this schema heard, own notifying commits)."""
         return self._listener.token(), self._own_change
 
+    def watch_changes(self, wake: Callable[[], None]) -> Callable[[], None]:
+        """`wake()` at each notification for this schema from another process (see
+        `ChangeListener.watch`), until the function returned is called."""
+        return self._listener.watch(wake)
+
     def _migrate(self) -> None:
         """Create, migrate or repair the schema when it is missing, behind or missing a
         table or index; else touch nothing.

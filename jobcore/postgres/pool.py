@@ -103,11 +103,17 @@ class ConnectionPool:
         self.where = describe(dsn)
         self.max_size = max_size
         self.timeout = timeout
-        # _cond guards _idle, _size, _pid and _closed; borrowers wait on it for a free slot.
+        # _cond guards _idle, _size, _pid, _closed and the process ids below; borrowers wait on
+        # it for a free slot.
         self._lock = waitable_lock()  # (a caller's thread waits on _cond for a connection)
         self._cond = threading.Condition(self._lock)
         self._idle: list[psycopg.Connection] = []
         self._size = 0  # connections open or being opened, lent or idle
+        # The server's process id of each open connection (by the connection's `id`), and
+        # their set, replaced whole: read without the lock by `ChangeListener`, to tell
+        # this pool's NOTIFYs apart.
+        self._backend_pid: dict[int, int] = {}
+        self.backend_pids: frozenset[int] = frozenset()
         self._pid = os.getpid()
         self._closed = False
         self._inherited: list[psycopg.Connection] = []  # a parent's, kept from the GC
@@ -165,12 +171,16 @@ class ConnectionPool:
     def _open_reserved(self) -> psycopg.Connection:
         """Open a connection in a slot `_take_idle_or_reserve` reserved (freed on failure)."""
         try:
-            return self.connect()
+            conn = self.connect()
         except BaseException:
             with self._cond:
                 self._size -= 1
                 self._cond.notify()
             raise
+        with self._cond:
+            self._backend_pid[id(conn)] = conn.info.backend_pid
+            self.backend_pids = frozenset(self._backend_pid.values())
+        return conn
 
     def _release(self, conn: psycopg.Connection) -> None:
         usable = not conn.closed and not conn.broken and (
@@ -190,9 +200,15 @@ class ConnectionPool:
             if os.getpid() != self._pid:  # lent before a fork: the parent's, not ours
                 return
             self._size -= 1
+            self._forget_pid_locked(conn)
             self._cond.notify()
         with contextlib.suppress(psycopg.Error):
             conn.close()
+
+    def _forget_pid_locked(self, conn: psycopg.Connection) -> None:
+        """`conn` leaves the pool: its server process id is no longer this pool's."""
+        if self._backend_pid.pop(id(conn), None) is not None:
+            self.backend_pids = frozenset(self._backend_pid.values())
 
     def _check_fork_locked(self) -> None:
         """In a forked child, forget the parent's connections without closing them:
@@ -202,6 +218,7 @@ class ConnectionPool:
             self._inherited.extend(self._idle)
             self._idle = []
             self._size = 0
+            self._backend_pid, self.backend_pids = {}, frozenset()
             self._pid = pid
 
     def close(self) -> None:
@@ -210,6 +227,8 @@ class ConnectionPool:
             self._closed = True
             idle, self._idle = self._idle, []
             self._size -= len(idle)
+            for conn in idle:
+                self._forget_pid_locked(conn)
             mine = os.getpid() == self._pid
             self._cond.notify_all()
         if mine:

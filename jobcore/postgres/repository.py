@@ -11,7 +11,7 @@ clock: callers pass `now`. Storing new jobs (`insert`) is `adding`'s.
 from __future__ import annotations
 
 import builtins
-from typing import Any, Collection, Optional, Sequence
+from typing import Any, Callable, Collection, Optional, Sequence
 
 from .. import serialization
 from ..models import JobStatus
@@ -356,6 +356,11 @@ class PostgresRepository(PostgresAdding, SettlesThroughApply, JobRepository):
         `NOTIFY jobcore_jobs` for this schema heard on a LISTEN connection, paired with
         this object's own notifying commits (seen at once, without the round trip)."""
         return self._db.change_token()
+
+    def watch_changes(self, wake: Callable[[], None]) -> Callable[[], None]:
+        """`wake()` as soon as another process's commit made work new or ready here (its
+        NOTIFY, heard on the LISTEN connection by a thread of the repository's)."""
+        return self._db.watch_changes(wake)
 
     # -- housekeeping ------------------------------------------------------------------------
     def delete_finished(self, before: Optional[float]) -> int:

@@ -387,6 +387,15 @@ class JobRepository(JobReads):
         `change_token_sees_every_write`."""
         return None
 
+    def watch_changes(self, wake: Callable[[], None]) -> Callable[[], None]:
+        """Call `wake()`, from a thread of the repository's, soon after another process
+        commits work (what moves `change_token`), until the function returned is called.
+        For a backend told of other processes' commits (PostgreSQL's NOTIFY), so that a
+        manager looks at once instead of at its next `discovery_interval`. This default
+        (a backend that can only be looked at) never calls it."""
+        return _nothing
+
+
     def recover(self, now: float) -> Recovery:
         """`recover_expired`, also saying which jobs it ended FAILED or CANCELLED (so the
         engine can notify of them). This default reports only the re-queued ones."""
@@ -410,3 +419,7 @@ def takes_argument(method: Callable[..., Any], name: str) -> bool:
     except (TypeError, ValueError):
         return False
     return name in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+
+
+def _nothing() -> None:
+    """Undoes a `watch_changes` that watches nothing."""

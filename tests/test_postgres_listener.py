@@ -1,0 +1,132 @@
+"""PostgreSQL: a started manager hears another process's new work through LISTEN/NOTIFY at
+once (the listener's thread wakes its housekeeper), not at its next look; notifications
+of its own pool wake no one; the thread ends with the last watcher and at close, and
+outlives a lost LISTEN connection. A real server and a schema per test (see
+`pg_fixtures`); the listener's token: test_postgres.py.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from typing import Any, Callable
+
+import pg_fixtures
+from pg_fixtures import *  # noqa: F401,F403 (the fixtures: server, schema, repo)
+from pg_fixtures import WAIT, Schema, psycopg
+from jobcore import Job, JobManager, JobStatus
+from jobcore.testing.contract import NOW, make_record
+from waiting import wait_until
+
+try:
+    from jobcore.postgres import PostgresRepository, listener as listener_module
+except ImportError:  # the extra is not installed: pg_fixtures.MARKS skips (or fails in CI)
+    pass
+
+pytestmark = pg_fixtures.MARKS
+
+THREAD = "jobcore-pg-listener"
+
+
+def _listening_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == THREAD]
+
+
+def _notify_from_elsewhere(schema: Schema) -> None:
+    """What another process's commit of new work sends (`schema.NOTIFY`), from a session
+    of no pool of this process."""
+    with psycopg.connect(schema.server, autocommit=True) as conn:
+        conn.execute("SELECT pg_notify('jobcore_jobs', %s)", (schema.name,))
+
+
+def test_a_job_another_process_stores_starts_without_waiting_for_a_look(
+        schema: Schema, make_manager: Callable[..., JobManager]) -> None:
+    # given a started manager that looks at the store for other processes' work only once
+    # a minute (after its first look, as it starts)
+    manager = make_manager(schema.repository(), poll_interval=60.0, discovery_interval=60.0)
+    ran = threading.Event()
+    manager.register_function("task", lambda: ran.set())
+    manager.start()
+    # when another process stores a job for it
+    producer = (
+        "import sys\n"
+        "from jobcore import Job, JobManager\n"
+        "from jobcore.postgres import PostgresRepository\n"
+        "with JobManager(PostgresRepository(sys.argv[1], schema=sys.argv[2]), producer=True) as m:\n"
+        "    print(m.enqueue(Job(function_name='task')))\n")
+    stored = subprocess.run([sys.executable, "-c", producer, schema.server, schema.name],
+                            capture_output=True, text=True, timeout=WAIT, check=True)
+    job_id = stored.stdout.strip()
+    # then the manager runs it at once, told by the store's notification
+    assert ran.wait(WAIT), "the job another process stored did not start"
+    assert manager.wait(job_id, timeout=WAIT).status is JobStatus.COMPLETED
+
+
+def test_notifications_of_the_own_pool_wake_no_watcher_and_others_do(schema: Schema) -> None:
+    # given a repository whose listener a watcher watches, wake-ups counted
+    repository = schema.repository()
+    try:
+        listener = repository._db._listener
+        woken: list[int] = []
+        unwatch = repository.watch_changes(lambda: woken.append(1))
+        wait_until(lambda: listener._conn is not None, WAIT, "the listener to connect")
+        # when this repository stores jobs one at a time (each notifies), each heard
+        for n in range(1, 21):
+            before = listener._count
+            repository.insert([make_record()], NOW)
+            wait_until(lambda: listener._count > before, WAIT, f"notification {n} to be heard")
+        # then none woke the watcher; and a notification from another session does, once
+        assert woken == []
+        _notify_from_elsewhere(schema)
+        wait_until(lambda: woken, WAIT, "the watcher to be woken")
+        assert woken == [1]
+        unwatch()
+    finally:
+        repository.close()
+
+
+def test_the_thread_ends_with_the_last_watcher_and_at_close(schema: Schema) -> None:
+    repository = schema.repository()
+    try:
+        # given two watchers (two managers started on one repository)
+        first, second = repository.watch_changes(lambda: None), repository.watch_changes(lambda: None)
+        assert len(_listening_threads()) == 1
+        # when one leaves, the thread stays; when the other does, it ends
+        first()
+        assert len(_listening_threads()) == 1
+        second()
+        wait_until(lambda: not _listening_threads(), WAIT, "the listening thread to end")
+        # and a thread started again ends when the repository closes
+        repository.watch_changes(lambda: None)
+        assert len(_listening_threads()) == 1
+    finally:
+        repository.close()
+    wait_until(lambda: not _listening_threads(), WAIT, "the listening thread to end at close")
+
+
+def test_a_lost_listen_connection_wakes_the_watchers_and_is_made_again(
+        schema: Schema, monkeypatch: Any) -> None:
+    # given a watched listener that reconnects 50 ms after a loss
+    monkeypatch.setattr(listener_module, "RECONNECT_DELAY", 0.05)
+    repository = schema.repository()
+    try:
+        listener = repository._db._listener
+        woken: list[int] = []
+        repository.watch_changes(lambda: woken.append(1))
+        wait_until(lambda: listener._conn is not None, WAIT, "the listener to connect")
+        lost_pid = listener._conn.info.backend_pid
+        # when the server ends the LISTEN session
+        with psycopg.connect(schema.server, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (lost_pid,))
+        # then the watchers are woken (notifications may have been missed), the listener
+        # listens again on a new session, and hears the next notification
+        wait_until(lambda: woken, WAIT, "the watchers to be woken by the loss")
+        wait_until(lambda: listener._conn is not None and listener._conn.info.backend_pid != lost_pid,
+                   WAIT, "the listener to connect again")
+        heard = len(woken)
+        _notify_from_elsewhere(schema)
+        wait_until(lambda: len(woken) > heard, WAIT, "the watcher to be woken after the reconnection")
+        assert len(_listening_threads()) == 1
+    finally:
+        repository.close()
