@@ -159,6 +159,7 @@ class Enqueuer:
                 if not stored:
                     self._local.put_back(job.id, before)  # stored the usual way next, or not at all
             return record.id if stored else None
+        self._pool.enqueued_apart()
         claimed: Optional[JobRecord] = None
         calling = False  # the store's call began (it may commit, and be interrupted after)
         promised: list[bool] = []  # True once a worker's slot is promised: handed back below

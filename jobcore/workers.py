@@ -217,6 +217,16 @@ class WorkerPool:
         none is made now (see `Exchanges.inserting`)."""
         return self._exchanges.inserting(record, now)
 
+    def enqueued_apart(self) -> None:
+        """An enqueue on this started pool stores its job apart from any exchange (a store
+        that makes none on enqueue, such as PostgreSQL's, or a job that needs checks
+        against other rows): it counts towards a stream of enqueues all the same (see
+        `Pacing.offered`; `exchange_inserting` counts the others), so that while one lasts
+        the dispatcher is not told of each new job but looks every RECORD_WITHIN. Told of
+        each, on PostgreSQL (whose enqueue leaves the GIL to the other threads for a round
+        trip) it was woken 2.1-2.8 times a job in a stream; 0.5-0.8 since."""
+        self._state.pacing.offered(real_monotonic(), threading.get_ident())
+
     def reserve_idle_worker(self, promised: list[bool]) -> bool:
         """Promise a slot to a job about to be enqueued (see `Exchanges.reserve_idle_worker`);
         `hand_off` must follow if `promised` holds True."""
