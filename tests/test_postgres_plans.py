@@ -10,13 +10,14 @@ A real server and a schema per test (see `pg_fixtures`).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
 
 import pg_fixtures
 from pg_fixtures import *  # noqa: F401,F403 (the fixtures: server, schema, repo)
-from pg_fixtures import Schema
+from pg_fixtures import Schema, psycopg
 from jobcore.repository.base import JobRecord, Settlement
 from jobcore.testing.contract import NOW, make_record
 
@@ -86,5 +87,67 @@ def test_the_statements_of_exchanges_run_on_generic_plans_once_prepared(schema: 
             assert len(found) == 1, f"the {what} statement was not prepared once: {sorted(plans)}"
             generic, custom = found[0]
             assert generic >= 1 and custom == 0, f"the {what}: {generic} generic and {custom} custom plans"
+    finally:
+        repository.close()
+
+
+def test_claims_alone_run_on_generic_plans_too(schema: Schema) -> None:
+    # given a repository with a single pooled connection and 64 queued jobs
+    repository = schema.repository(pool_size=1)
+    try:
+        with repository._db.pool.connection() as conn:
+            if conn.info.server_version < 140000:
+                pytest.skip("pg_prepared_statements counts plans from PostgreSQL 14 on")
+        jobs = [make_record() for _ in range(64)]
+        repository.insert(jobs, NOW)
+        # when a worker claims 8 jobs at a time with no outcome to record, 8 times
+        for turn in range(8):
+            _, claimed = repository.apply([], [r.id for r in jobs[turn * 8:(turn + 1) * 8]], "w1", NOW, NOW + 60)
+            assert len(claimed) == 8
+        # then the prepared claim ran on generic plans only
+        with repository._db.pool.connection() as conn:
+            rows = conn.execute("SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+                                " WHERE statement LIKE %s", ("%WITH wanted AS%",)).fetchall()
+        assert len(rows) == 1 and rows[0][0] >= 1 and rows[0][1] == 0, rows
+    finally:
+        repository.close()
+
+
+def _generic_plan(conn: Any, query: str, values: dict[str, Any], types: dict[str, str]) -> str:
+    """EXPLAIN ANALYZE of `query` (psycopg's `%(name)s` parameters) prepared and run on the
+    plan made for any values, as an exchange runs it; the plan's text."""
+    names: list[str] = []
+
+    def number(match: "re.Match[str]") -> str:
+        if match.group(1) not in names:
+            names.append(match.group(1))
+        return f"${names.index(match.group(1)) + 1}"
+
+    numbered = re.sub(r"%\((\w+)\)s", number, query)
+    conn.execute("SET plan_cache_mode = force_generic_plan")
+    conn.execute(f"PREPARE planned ({', '.join(types[n] for n in names)}) AS {numbered}")
+    cursor = psycopg.ClientCursor(conn)
+    arguments = ", ".join(f"%s::{types[n]}" for n in names)
+    with conn.transaction(force_rollback=True):
+        cursor.execute(f"EXPLAIN (ANALYZE, COSTS OFF) EXECUTE planned ({arguments})", [values[n] for n in names])
+        return "\n".join(row[0] for row in cursor.fetchall())
+
+
+def test_the_claims_generic_plan_finds_its_rows_by_index_in_a_deep_queue(schema: Schema) -> None:
+    # given 5,000 queued jobs, the table's statistics taken
+    repository = schema.repository()
+    try:
+        jobs = [make_record(function_name="task") for _ in range(5000)]
+        repository.insert(jobs, NOW)
+        with psycopg.connect(schema.server, autocommit=True) as conn:
+            conn.execute(f'ANALYZE "{schema.name}".jobs')
+            # when a claim of 8 named jobs, topped up by number, runs on its generic plan
+            plan = _generic_plan(conn, repository.sql.CLAIM_MANY, {
+                "ids": [r.id for r in jobs[:8]], "names": ["task"], "top_up": True, "up_to": 8, "now": NOW,
+                "worker": "w1", "lease": NOW + 60}, {
+                "ids": "text[]", "names": "text[]", "top_up": "boolean", "up_to": "integer", "now": "float8",
+                "worker": "text", "lease": "float8"})
+        # then every row is found through an index: none of the 5,000 is read in turn
+        assert "Seq Scan" not in plan and "rows=5000" not in plan, plan
     finally:
         repository.close()

@@ -202,8 +202,12 @@ class PostgresRepository(PostgresAdding, SettlesThroughApply, JobRepository):
         progress = encode_progress(settlements)
         claim_params = self._claim_params(claim_ids, worker_id, now, lease_expires_at, top_up, up_to)
         claiming = bool(claim_ids) or (top_up is not None and claim_params["up_to"] > 0)
-        if not settlements:  # claims alone: one statement is atomic by itself, no BEGIN/COMMIT
-            return [], _best_first(self._db.rows(self.sql.CLAIM_MANY, claim_params) if claiming else [])
+        if not settlements:
+            if not claiming:
+                return [], []
+            rows = self._db.transaction(lambda tx: tx.execute(self.sql.CLAIM_MANY, claim_params).fetchall(),
+                                        generic_plans=True)
+            return [], _best_first(rows)
 
         def work(tx: Tx) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
             cascades = settle_all(self.sql, tx, settlements, encoded, worker_id, now, progress)

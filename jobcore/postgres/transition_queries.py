@@ -95,6 +95,11 @@ _DUE = f"(run_at <= %(now)s OR {UNUSABLE_TIME_SQL.format(column='run_at')})"
 # claimers hold skipped, and the best of what each gave are taken (rows one function's
 # walk locked beyond those stay locked until this statement's transaction ends).
 # One statement: `extra` sees what `wanted` locked, so nothing is claimed twice.
+# The rows are updated by `seq = ANY(ARRAY(...))`, an index lookup of each whatever the
+# statistics: the plan made for any values (an exchange's, see database._GENERIC_PLANS)
+# cannot know the top-up's number, counts it at a tenth of the queue, and with
+# `seq IN (...)` joined the claimed seqs to every job by a hash over a sequential scan
+# (EXPLAIN ANALYZE with 20,000 jobs queued: 7.6 ms for a claim of 8; 0.34 ms now).
 CLAIM_MANY = f"""
 WITH wanted AS (
     SELECT seq FROM {{s}}.jobs
@@ -115,7 +120,7 @@ WITH wanted AS (
 )
 UPDATE {{s}}.jobs AS j SET status = 'running', attempts = j.attempts + 1, started_at = %(now)s,
     worker_id = %(worker)s, lease_expires_at = %(lease)s, cancel_requested = FALSE
-WHERE j.seq IN (SELECT seq FROM wanted UNION ALL SELECT seq FROM extra)
+WHERE j.seq = ANY(ARRAY(SELECT seq FROM wanted UNION ALL SELECT seq FROM extra))
 RETURNING {_J_COLUMNS}
 """
 _HELD_WHERE = "id = %(id)s AND status = 'running' AND worker_id = %(worker)s AND attempts = %(attempt)s"
