@@ -205,6 +205,9 @@ class PostgresRepository(PostgresAdding, SettlesThroughApply, JobRepository):
         if not settlements:
             if not claiming:
                 return [], []
+            # Claims alone: one statement, in a transaction all the same for its generic
+            # plan (see database._GENERIC_PLANS): planned afresh at each run, a claim cost
+            # more than BEGIN, the setting and COMMIT (median 1.1-1.5 ms against 0.6-1.0).
             rows = self._db.transaction(lambda tx: tx.execute(self.sql.CLAIM_MANY, claim_params).fetchall(),
                                         generic_plans=True)
             return [], _best_first(rows)
