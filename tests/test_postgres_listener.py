@@ -15,12 +15,12 @@ from typing import Any, Callable
 import pg_fixtures
 from pg_fixtures import *  # noqa: F401,F403 (the fixtures: server, schema, repo)
 from pg_fixtures import WAIT, Schema, psycopg
-from jobcore import Job, JobManager, JobStatus
+from jobcore import JobManager, JobStatus
 from jobcore.testing.contract import NOW, make_record
 from waiting import wait_until
 
 try:
-    from jobcore.postgres import PostgresRepository, listener as listener_module
+    from jobcore.postgres import listener as listener_module
 except ImportError:  # the extra is not installed: pg_fixtures.MARKS skips (or fails in CI)
     pass
 

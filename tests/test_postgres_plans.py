@@ -11,7 +11,7 @@ A real server and a schema per test (see `pg_fixtures`).
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
@@ -61,8 +61,10 @@ def _exchange(repository: "PostgresRepository", held: list[JobRecord], claim: li
     return claimed
 
 
-def test_the_statements_of_exchanges_run_on_generic_plans_once_prepared(schema: Schema) -> None:
-    # given a repository with a single pooled connection (every call uses it), and 64 jobs
+@pytest.fixture
+def one_connection(schema: Schema) -> Iterator[tuple["PostgresRepository", list[JobRecord]]]:
+    """A repository with a single pooled connection (every call uses it, and its prepared
+    statements' plans are counted there), and 64 queued jobs."""
     repository = schema.repository(pool_size=1)
     try:
         with repository._db.pool.connection() as conn:
@@ -70,47 +72,47 @@ def test_the_statements_of_exchanges_run_on_generic_plans_once_prepared(schema: 
                 pytest.skip("pg_prepared_statements counts plans from PostgreSQL 14 on")
         jobs = [make_record() for _ in range(64)]
         repository.insert(jobs, NOW)
-        # when a worker makes 8 exchanges, each completing the 8 jobs it holds and claiming 8
-        held: list[JobRecord] = []
-        for turn in range(8):
-            held = _exchange(repository, held, jobs[turn * 8:(turn + 1) * 8], NOW + turn)
-            assert sorted(r.id for r in held) == sorted(r.id for r in jobs[turn * 8:(turn + 1) * 8])
-        # then psycopg prepared the exchange's statements (at their 5th run), and the server
-        # ran each prepared run on a generic plan, none on a plan made for the values given
-        with repository._db.pool.connection() as conn:
-            plans: dict[str, Any] = {
-                statement: (generic, custom) for statement, generic, custom in conn.execute(
-                    "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements")}
-        marks = {"claim": "WITH wanted AS", "completions": "WITH given AS", "release of dependents": "WITH counts AS"}
-        for what, mark in marks.items():
-            found = [counts for statement, counts in plans.items() if mark in statement]
-            assert len(found) == 1, f"the {what} statement was not prepared once: {sorted(plans)}"
-            generic, custom = found[0]
-            assert generic >= 1 and custom == 0, f"the {what}: {generic} generic and {custom} custom plans"
+        yield repository, jobs
     finally:
         repository.close()
 
 
-def test_claims_alone_run_on_generic_plans_too(schema: Schema) -> None:
-    # given a repository with a single pooled connection and 64 queued jobs
-    repository = schema.repository(pool_size=1)
-    try:
-        with repository._db.pool.connection() as conn:
-            if conn.info.server_version < 140000:
-                pytest.skip("pg_prepared_statements counts plans from PostgreSQL 14 on")
-        jobs = [make_record() for _ in range(64)]
-        repository.insert(jobs, NOW)
-        # when a worker claims 8 jobs at a time with no outcome to record, 8 times
-        for turn in range(8):
-            _, claimed = repository.apply([], [r.id for r in jobs[turn * 8:(turn + 1) * 8]], "w1", NOW, NOW + 60)
-            assert len(claimed) == 8
-        # then the prepared claim ran on generic plans only
-        with repository._db.pool.connection() as conn:
-            rows = conn.execute("SELECT generic_plans, custom_plans FROM pg_prepared_statements"
-                                " WHERE statement LIKE %s", ("%WITH wanted AS%",)).fetchall()
-        assert len(rows) == 1 and rows[0][0] >= 1 and rows[0][1] == 0, rows
-    finally:
-        repository.close()
+def _plans(repository: "PostgresRepository", mark: str) -> list[tuple[int, int]]:
+    """(generic plans, custom plans) of each statement prepared on the repository's one
+    connection whose text holds `mark`."""
+    with repository._db.pool.connection() as conn:
+        rows = conn.execute("SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement LIKE %s",
+                            (f"%{mark}%",)).fetchall()
+    return [(generic, custom) for generic, custom in rows]
+
+
+def test_the_statements_of_exchanges_run_on_generic_plans_once_prepared(
+        one_connection: tuple["PostgresRepository", list[JobRecord]]) -> None:
+    repository, jobs = one_connection
+    # when a worker makes 8 exchanges, each completing the 8 jobs it holds and claiming 8
+    held: list[JobRecord] = []
+    for turn in range(8):
+        held = _exchange(repository, held, jobs[turn * 8:(turn + 1) * 8], NOW + turn)
+        assert sorted(r.id for r in held) == sorted(r.id for r in jobs[turn * 8:(turn + 1) * 8])
+    # then psycopg prepared the exchange's statements (at their 5th run), and the server
+    # ran each prepared run on a generic plan, none on a plan made for the values given
+    marks = {"claim": "WITH wanted AS", "completions": "WITH given AS", "release of dependents": "WITH counts AS"}
+    for what, mark in marks.items():
+        found = _plans(repository, mark)
+        assert len(found) == 1, f"the {what} statement was not prepared once: {found}"
+        generic, custom = found[0]
+        assert generic >= 1 and custom == 0, f"the {what}: {generic} generic and {custom} custom plans"
+
+
+def test_claims_alone_run_on_generic_plans_too(one_connection: tuple["PostgresRepository", list[JobRecord]]) -> None:
+    repository, jobs = one_connection
+    # when a worker claims 8 jobs at a time with no outcome to record, 8 times
+    for turn in range(8):
+        _, claimed = repository.apply([], [r.id for r in jobs[turn * 8:(turn + 1) * 8]], "w1", NOW, NOW + 60)
+        assert len(claimed) == 8
+    # then the prepared claim ran on generic plans only
+    found = _plans(repository, "WITH wanted AS")
+    assert len(found) == 1 and found[0][0] >= 1 and found[0][1] == 0, found
 
 
 def _generic_plan(conn: Any, query: str, values: dict[str, Any], types: dict[str, str]) -> str:
