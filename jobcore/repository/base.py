@@ -395,7 +395,6 @@ class JobRepository(JobReads):
         (a backend that can only be looked at) never calls it."""
         return _nothing
 
-
     def recover(self, now: float) -> Recovery:
         """`recover_expired`, also saying which jobs it ended FAILED or CANCELLED (so the
         engine can notify of them). This default reports only the re-queued ones."""
