@@ -130,3 +130,32 @@ def test_a_lost_listen_connection_wakes_the_watchers_and_is_made_again(
         assert len(_listening_threads()) == 1
     finally:
         repository.close()
+
+
+def test_a_child_forked_while_the_listener_is_busy_reads_its_token_at_once(schema: Schema) -> None:
+    # given a listener whose lock another thread holds (the watching thread reading, or
+    # connecting, as the process forks)
+    from test_forks import _in_forked_child
+
+    repository = schema.repository()
+    listener = repository._db._listener
+    holding, done = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with listener._lock:
+            holding.set()
+            done.wait(WAIT)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    try:
+        assert holding.wait(WAIT)
+        # when the process forks and the child asks for the change token
+        report = _in_forked_child(lambda: str(listener.token()), timeout=5.0)
+    finally:
+        done.set()
+        thread.join(WAIT)
+        repository.close()
+    # then the child did not wait for the parent's lock (it connected and read a count)
+    assert report is not None, "the child hung"
+    assert report.isdigit(), report

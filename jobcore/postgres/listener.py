@@ -26,6 +26,7 @@ import psycopg
 
 from ..clock import SYSTEM_CLOCK
 from ..errors import RepositoryError
+from ..forks import on_fork_in_child
 from .pool import ConnectionPool
 from .schema import CHANNEL
 
@@ -72,6 +73,9 @@ class ChangeListener:
         self._thread: Optional[threading.Thread] = None
         # The thread's socket pair: (what it waits on, what `_interrupt_locked` writes to).
         self._bell: Optional[tuple[socket.socket, socket.socket]] = None
+        # A child forked while the watching thread (or a housekeeper) held _lock must not
+        # wait for it for ever: it gets a lock of its own, and starts afresh.
+        on_fork_in_child(self, "_forked")
 
     def token(self) -> int:
         """The number of relevant notifications received (plus one per reconnect)."""
@@ -104,6 +108,11 @@ class ChangeListener:
                     self._interrupt_locked()  # the thread ends
 
         return unwatch
+
+    def _forked(self) -> None:
+        """In a forked child: a lock of its own (see `_check_fork_locked` for the rest)."""
+        self._lock = threading.Lock()
+        self._check_fork_locked()
 
     def _check_fork_locked(self) -> None:
         """In a forked child the socket and the thread are the parent's: leave them be,
