@@ -29,10 +29,6 @@ pytestmark = pg_fixtures.MARKS
 THREAD = "jobcore-pg-listener"
 
 
-def _listening_threads() -> list[threading.Thread]:
-    return [thread for thread in threading.enumerate() if thread.name == THREAD]
-
-
 def _notify_from_elsewhere(schema: Schema) -> None:
     """What another process's commit of new work sends (`schema.NOTIFY`), from a session
     of no pool of this process."""
@@ -88,21 +84,26 @@ def test_notifications_of_the_own_pool_wake_no_watcher_and_others_do(schema: Sch
 
 def test_the_thread_ends_with_the_last_watcher_and_at_close(schema: Schema) -> None:
     repository = schema.repository()
+    listener = repository._db._listener
     try:
-        # given two watchers (two managers started on one repository)
+        # given two watchers (two managers started on one repository): one thread
         first, second = repository.watch_changes(lambda: None), repository.watch_changes(lambda: None)
-        assert len(_listening_threads()) == 1
+        thread = listener._thread
+        assert thread is not None and thread.name == THREAD and thread.is_alive()
         # when one leaves, the thread stays; when the other does, it ends
         first()
-        assert len(_listening_threads()) == 1
+        assert listener._thread is thread and thread.is_alive()
         second()
-        wait_until(lambda: not _listening_threads(), WAIT, "the listening thread to end")
+        thread.join(WAIT)
+        assert not thread.is_alive() and listener._thread is None
         # and a thread started again ends when the repository closes
         repository.watch_changes(lambda: None)
-        assert len(_listening_threads()) == 1
+        again = listener._thread
+        assert again is not None and again is not thread and again.is_alive()
     finally:
         repository.close()
-    wait_until(lambda: not _listening_threads(), WAIT, "the listening thread to end at close")
+    again.join(WAIT)
+    assert not again.is_alive()
 
 
 def test_a_lost_listen_connection_wakes_the_watchers_and_is_made_again(
@@ -114,6 +115,7 @@ def test_a_lost_listen_connection_wakes_the_watchers_and_is_made_again(
         listener = repository._db._listener
         woken: list[int] = []
         repository.watch_changes(lambda: woken.append(1))
+        thread = listener._thread
         wait_until(lambda: listener._conn is not None, WAIT, "the listener to connect")
         lost_pid = listener._conn.info.backend_pid
         # when the server ends the LISTEN session
@@ -127,7 +129,7 @@ def test_a_lost_listen_connection_wakes_the_watchers_and_is_made_again(
         heard = len(woken)
         _notify_from_elsewhere(schema)
         wait_until(lambda: len(woken) > heard, WAIT, "the watcher to be woken after the reconnection")
-        assert len(_listening_threads()) == 1
+        assert listener._thread is thread and thread.is_alive()  # the same thread all along
     finally:
         repository.close()
 
