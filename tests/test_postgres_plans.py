@@ -1,10 +1,12 @@
 """PostgreSQL: the statements of an exchange (completions, the release of dependents, the
-claim) run on generic plans, without JIT compilation, in that transaction only.
+claim) run on generic plans, without JIT compilation nor sequential scans, in that
+transaction only.
 
 Under the server's default plan cache mode PostgreSQL planned them afresh at every run,
 which cost more than running them (a drain twice as slow at 20,000 jobs); a generic plan
 estimated for any values made the claim's cost pass `jit_above_cost` with 1,000,000 jobs
-queued, and every claim was compiled first (25 ms). See `postgres.database._GENERIC_PLANS`.
+queued, and every claim was compiled first (25 ms); one made on a near empty table read
+every row of a deep one. See `postgres.database._GENERIC_PLANS`.
 A real server and a schema per test (see `pg_fixtures`).
 """
 
@@ -24,30 +26,31 @@ from jobcore.testing.contract import NOW, make_record
 try:
     from jobcore.postgres import PostgresRepository
     from jobcore.postgres.database import Tx
+    from jobcore.postgres.schema import quote_identifier
 except ImportError:  # the extra is not installed: pg_fixtures.MARKS skips (or fails in CI)
     pass
 
 pytestmark = pg_fixtures.MARKS
 
-SETTINGS = "SELECT current_setting('plan_cache_mode'), current_setting('jit')"
+SETTINGS = "SELECT current_setting('plan_cache_mode'), current_setting('jit'), current_setting('enable_seqscan')"
 
 
-def _settings(tx: "Tx") -> tuple[str, str]:
+def _settings(tx: "Tx") -> tuple[str, str, str]:
     row = tx.execute(SETTINGS).fetchone()
     assert row is not None
-    return row[0], row[1]
+    return row[0], row[1], row[2]
 
 
-def test_a_transaction_asking_for_generic_plans_has_them_without_jit_and_no_other(repo: "PostgresRepository") -> None:
+def test_a_transaction_asking_for_generic_plans_has_them_without_jit_or_seqscans_and_no_other(repo: "PostgresRepository") -> None:
     database = repo._db
     # given the server's own settings, read in a transaction that asks for nothing
     default = database.transaction(_settings)
-    assert default[0] == "auto"  # (the server's default: the test's premise)
+    assert default[0] == "auto" and default[2] == "on"  # (the server's defaults: the test's premise)
     # when a transaction asks for generic plans
     asked = database.transaction(_settings, generic_plans=True)
-    # then it runs with generic plans and without JIT, and the next transaction on the
-    # same connections has the server's settings again (SET LOCAL)
-    assert asked == ("force_generic_plan", "off")
+    # then it runs with generic plans, without JIT nor sequential scans, and the next
+    # transaction on the same connections has the server's settings again (SET LOCAL)
+    assert asked == ("force_generic_plan", "off", "off")
     assert database.transaction(_settings) == default
     assert database.read(SETTINGS)[0] == default
 
@@ -153,3 +156,56 @@ def test_the_claims_generic_plan_finds_its_rows_by_index_in_a_deep_queue(schema:
         assert "Seq Scan" not in plan and "rows=5000" not in plan, plan
     finally:
         repository.close()
+
+
+def test_statements_planned_on_a_small_table_find_rows_by_index_once_the_queue_is_deep(
+        one_connection: tuple["PostgresRepository", list[JobRecord]]) -> None:
+    # given a worker's exchanges prepared, and their generic plans made, while the table
+    # held 64 jobs (a new schema whose first jobs stream in as workers run)
+    repository, jobs = one_connection
+    held: list[JobRecord] = []
+    for turn in range(8):
+        held = _exchange(repository, held, jobs[turn * 8:(turn + 1) * 8], NOW + turn)
+    # and then 5,000 more jobs queued, and a job waiting on each job the worker holds
+    deep = [make_record(function_name=jobs[0].function_name) for _ in range(5000)]
+    repository.insert(deep, NOW)
+    dependents = [make_record(depends_on=(r.id,)) for r in held]
+    repository.insert(dependents, NOW)
+    # when the worker completes the 8 it holds and claims 8 by id and 8 more by number,
+    # the table's sequential scans counted before and after that transaction's statements
+    # (the counts not yet sent to the server's statistics, which may hold earlier
+    # transactions' too: only the difference is this one's)
+    database = repository._db
+    read: list[tuple[int, int, int]] = []
+    exchange = database.transaction
+    query = ("SELECT seq_scan, seq_tup_read, COALESCE(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables"
+             " WHERE relid = %s::regclass")
+    table = (f"{quote_identifier(repository.sql.schema)}.jobs",)
+
+    def counted(work: Any, **options: Any) -> Any:
+        def work_then_count(tx: "Tx") -> Any:
+            before = tx.execute(query, table).fetchone()
+            result = work(tx)
+            after = tx.execute(query, table).fetchone()
+            read.append((after[0] - before[0], after[1] - before[1], after[2] - before[2]))
+            return result
+        return exchange(work_then_count, **options)
+
+    database.transaction = counted  # type: ignore[method-assign]
+    try:
+        settlements = [Settlement("complete", r.id, r.attempts, result=None, seq=r.seq) for r in held]
+        cascades, claimed = repository.apply(settlements, [r.id for r in deep[:8]], "w1", NOW + 9, NOW + 69,
+                                             top_up=[jobs[0].function_name], up_to=16)
+    finally:
+        del database.transaction
+    assert [len(cascade.released) for cascade in cascades if cascade is not None] == [1] * 8
+    assert len(claimed) == 16
+    # then none of its statements walked the table, in turn or along an index: each found
+    # its rows by their keys (the 8 completed, their 8 dependents and the 16 claimed,
+    # each read a few times). On plans made for 64 rows, every statement of the exchange
+    # read all 5,072 rows in turn, and a producer streaming jobs to running workers went
+    # 5x slower.
+    assert len(read) == 1, read
+    sequential_scans, rows_scanned, rows_fetched_by_index = read[0]
+    assert (sequential_scans, rows_scanned) == (0, 0), read
+    assert rows_fetched_by_index < 200, read

@@ -159,13 +159,17 @@ RETURNING j.id
 """
 # A dependent of several of them loses one block per completed dependency; `completed`
 # lists which, so that each release is reported with one of the completions.
+# The dependents are found by `id = ANY(ARRAY(...))`, an index lookup of each: the generic
+# plan an exchange runs (database._GENERIC_PLANS), made on a small table (its first
+# exchanges), otherwise joined them to every job by a hash over the whole index on ids,
+# and kept doing so with thousands queued.
 RELEASE_DEPENDENTS_MANY = f"""
 WITH counts AS (
     SELECT job_id, COUNT(*) AS n, ARRAY_AGG(depends_on) AS completed FROM {{s}}.job_deps
     WHERE depends_on = ANY(%s) GROUP BY job_id
 ), waiting AS (
     SELECT j.seq, counts.n, counts.completed FROM {{s}}.jobs AS j JOIN counts ON j.id = counts.job_id
-    WHERE COALESCE(j.status, '') IN ('pending', 'scheduled')
+    WHERE j.id = ANY(ARRAY(SELECT job_id FROM counts)) AND COALESCE(j.status, '') IN ('pending', 'scheduled')
     ORDER BY j.seq FOR NO KEY UPDATE OF j
 )
 UPDATE {{s}}.jobs AS j SET blocked = GREATEST(j.blocked - waiting.n, 0)
