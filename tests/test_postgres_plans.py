@@ -12,6 +12,7 @@ A real server and a schema per test (see `pg_fixtures`).
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import Any, Iterator
 
@@ -158,6 +159,36 @@ def test_the_claims_generic_plan_finds_its_rows_by_index_in_a_deep_queue(schema:
         repository.close()
 
 
+@contextlib.contextmanager
+def _rows_read(repository: "PostgresRepository") -> Iterator[list[tuple[int, int, int]]]:
+    """While open, each transaction of `repository` counts what its statements read of
+    the jobs table: (sequential scans, rows they read, rows fetched through an index),
+    one tuple per transaction in the list it gives. Counted before and after the
+    statements, inside the transaction: the counts not yet sent to the server's
+    statistics may hold earlier transactions' too, and only the difference is this one's."""
+    database = repository._db
+    read: list[tuple[int, int, int]] = []
+    transaction = database.transaction
+    query = ("SELECT seq_scan, seq_tup_read, COALESCE(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables"
+             " WHERE relid = %s::regclass")
+    table = (f"{quote_identifier(repository.sql.schema)}.jobs",)
+
+    def counted(work: Any, **options: Any) -> Any:
+        def work_then_count(tx: "Tx") -> Any:
+            before = tx.execute(query, table).fetchone()
+            result = work(tx)
+            after = tx.execute(query, table).fetchone()
+            read.append((after[0] - before[0], after[1] - before[1], after[2] - before[2]))
+            return result
+        return transaction(work_then_count, **options)
+
+    database.transaction = counted  # type: ignore[method-assign]
+    try:
+        yield read
+    finally:
+        del database.transaction
+
+
 def test_statements_planned_on_a_small_table_find_rows_by_index_once_the_queue_is_deep(
         one_connection: tuple["PostgresRepository", list[JobRecord]]) -> None:
     # given a worker's exchanges prepared, and their generic plans made, while the table
@@ -171,33 +202,11 @@ def test_statements_planned_on_a_small_table_find_rows_by_index_once_the_queue_i
     repository.insert(deep, NOW)
     dependents = [make_record(depends_on=(r.id,)) for r in held]
     repository.insert(dependents, NOW)
-    # when the worker completes the 8 it holds and claims 8 by id and 8 more by number,
-    # the table's sequential scans counted before and after that transaction's statements
-    # (the counts not yet sent to the server's statistics, which may hold earlier
-    # transactions' too: only the difference is this one's)
-    database = repository._db
-    read: list[tuple[int, int, int]] = []
-    exchange = database.transaction
-    query = ("SELECT seq_scan, seq_tup_read, COALESCE(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables"
-             " WHERE relid = %s::regclass")
-    table = (f"{quote_identifier(repository.sql.schema)}.jobs",)
-
-    def counted(work: Any, **options: Any) -> Any:
-        def work_then_count(tx: "Tx") -> Any:
-            before = tx.execute(query, table).fetchone()
-            result = work(tx)
-            after = tx.execute(query, table).fetchone()
-            read.append((after[0] - before[0], after[1] - before[1], after[2] - before[2]))
-            return result
-        return exchange(work_then_count, **options)
-
-    database.transaction = counted  # type: ignore[method-assign]
-    try:
+    # when the worker completes the 8 it holds and claims 8 by id and 8 more by number
+    with _rows_read(repository) as read:
         settlements = [Settlement("complete", r.id, r.attempts, result=None, seq=r.seq) for r in held]
         cascades, claimed = repository.apply(settlements, [r.id for r in deep[:8]], "w1", NOW + 9, NOW + 69,
                                              top_up=[jobs[0].function_name], up_to=16)
-    finally:
-        del database.transaction
     assert [len(cascade.released) for cascade in cascades if cascade is not None] == [1] * 8
     assert len(claimed) == 16
     # then none of its statements walked the table, in turn or along an index: each found
@@ -209,3 +218,25 @@ def test_statements_planned_on_a_small_table_find_rows_by_index_once_the_queue_i
     sequential_scans, rows_scanned, rows_fetched_by_index = read[0]
     assert (sequential_scans, rows_scanned) == (0, 0), read
     assert rows_fetched_by_index < 200, read
+
+
+def test_a_batch_stored_once_the_queue_is_deep_looks_up_its_ids_by_index(
+        one_connection: tuple["PostgresRepository", list[JobRecord]]) -> None:
+    # given batches of 8 jobs stored while the table held a hundred jobs or so, enough
+    # for their statements to be prepared and planned for any values
+    repository, _ = one_connection
+    for _ in range(12):
+        repository.insert([make_record() for _ in range(8)], NOW)
+    # and then 5,000 more jobs
+    repository.insert([make_record() for _ in range(5000)], NOW)
+    # when one more batch is stored
+    batch = [make_record() for _ in range(8)]
+    with _rows_read(repository) as read:
+        assert repository.insert(batch, NOW) == [r.id for r in batch]
+    # then the check that its ids are free (and the lock on the jobs it depends on) found
+    # them through the index on ids: it read no row in turn (on the plan made for a
+    # hundred rows, each batch read all 5,000 and more; at a million queued jobs, a
+    # million a batch)
+    assert len(read) == 1, read
+    sequential_scans, rows_scanned, _ = read[0]
+    assert (sequential_scans, rows_scanned) == (0, 0), read

@@ -49,7 +49,10 @@ class PostgresAdding(JobRepository):
             record.seq = self._db.insert_alone(self.sql.INSERT_ALONE, self._alone_params(record, now),
                                                stored=lambda: self._stored_seq(record, now))
             return [record.id]
-        return self._db.transaction(lambda tx: self._insert_in(tx, records, now))
+        # On generic plans without sequential scans, as exchanges run (see
+        # database._GENERIC_PLANS): the lookup of the batch's ids and dependencies, planned
+        # on a small table, read every row of the table for each batch once it was deep.
+        return self._db.transaction(lambda tx: self._insert_in(tx, records, now), generic_plans=True)
 
     def insert_claimed(self, record: JobRecord, worker_id: str, now: float,
                        lease_expires_at: float) -> tuple[str, Optional[JobRecord]]:

@@ -96,7 +96,7 @@ class PostgresRepository(PostgresAdding, SettlesThroughApply, JobRepository):
             rows = tx.execute(self.sql.CLAIM_MANY, claim_params).fetchall() if ids else []
             return cascades, _best_first(rows)
 
-        cascades, claimed = self._db.transaction(work)
+        cascades, claimed = self._db.transaction(work, generic_plans=True)  # as `apply`'s
         claimed.sort(key=lambda r: r.id != record.id)  # the new job first; stable otherwise
         return cascades, claimed
 
@@ -177,7 +177,10 @@ class PostgresRepository(PostgresAdding, SettlesThroughApply, JobRepository):
                 "up_to": claim_limit(ids, up_to)}
 
     def claim(self, job_id: str, worker_id: str, now: float, lease_expires_at: float) -> Optional[JobRecord]:
-        rows = self._db.rows(self.sql.CLAIM_MANY, self._claim_params([job_id], worker_id, now, lease_expires_at))
+        # In a transaction on generic plans, as exchanges claim: the plan a connection keeps
+        # for CLAIM_MANY is made at its first prepared run, and must not read the table.
+        params = self._claim_params([job_id], worker_id, now, lease_expires_at)
+        rows = self._db.transaction(lambda tx: tx.execute(self.sql.CLAIM_MANY, params).fetchall(), generic_plans=True)
         return record_from_row(rows[0]) if rows else None
 
     def _encode_result(self, s: Settlement) -> Optional[str]:
