@@ -240,3 +240,43 @@ def test_a_batch_stored_once_the_queue_is_deep_looks_up_its_ids_by_index(
     assert len(read) == 1, read
     sequential_scans, rows_scanned, _ = read[0]
     assert (sequential_scans, rows_scanned) == (0, 0), read
+
+
+def _scans(repository: "PostgresRepository") -> tuple[int, int]:
+    """(sequential scans, rows they read) of the jobs table counted on the repository's one
+    connection and not yet sent to the server's statistics (PostgreSQL 15 and later)."""
+    with repository._db.pool.connection() as conn:
+        row = conn.execute("SELECT seq_scan, seq_tup_read FROM pg_stat_xact_user_tables WHERE relid = %s::regclass",
+                           (f"{quote_identifier(repository.sql.schema)}.jobs",)).fetchone()
+        conn.commit()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def test_heartbeats_and_status_reads_planned_on_a_small_table_read_no_row_in_turn_at_depth(
+        one_connection: tuple["PostgresRepository", list[JobRecord]]) -> None:
+    repository, jobs = one_connection
+    with repository._db.pool.connection() as conn:
+        if conn.info.server_version < 150000:
+            pytest.skip("pg_stat_force_next_flush: PostgreSQL 15 and later")
+    # given a worker holding 8 jobs, which heartbeats and whose statuses are read 12 times
+    # each while the table holds 64 jobs (their statements prepared and planned then)
+    held = _exchange(repository, [], jobs[:8], NOW)
+    ids = [r.id for r in held]
+    for turn in range(12):
+        assert repository.heartbeat("w1", ids, NOW + 60 + turn, NOW + turn) == []
+        assert set(repository.get_statuses(ids)) == set(ids)
+    # and then 5,000 more jobs
+    repository.insert([make_record() for _ in range(5000)], NOW)
+    # when it heartbeats and its statuses are read once more, the scans counted around
+    # (the counts flushed first: none is sent again within the next second)
+    with repository._db.pool.connection() as conn:
+        conn.execute("SELECT pg_stat_force_next_flush()")
+        conn.commit()
+    before = _scans(repository)
+    assert repository.heartbeat("w1", ids, NOW + 100, NOW + 40) == []
+    assert set(repository.get_statuses(ids)) == set(ids)
+    after = _scans(repository)
+    # then neither read the table in turn: each found the 8 rows by their ids (on plans
+    # made for 64 rows, each read all 5,064 at every heartbeat and every status round)
+    assert (after[0] - before[0], after[1] - before[1]) == (0, 0), (before, after)

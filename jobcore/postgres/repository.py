@@ -112,7 +112,11 @@ class PostgresRepository(PostgresAdding, SettlesThroughApply, JobRepository):
     def get_statuses(self, job_ids: Collection[str]) -> dict[str, JobStatus]:
         if not job_ids:
             return {}
-        rows = self._db.read(self.sql.SELECT_STATUSES, (builtins.list(job_ids),))
+        # On the exchanges' plan settings (database._GENERIC_PLANS): a lookup by a list of
+        # ids, run again and again, kept a plan made on a small table that read every row.
+        ids = (builtins.list(job_ids),)
+        rows = self._db.transaction(lambda tx: tx.execute(self.sql.SELECT_STATUSES, ids).fetchall(),
+                                    generic_plans=True)
         return {job_id: status_of(status) for job_id, status in rows}
 
     def _queue(self, named: str, any_function: str, function_names: Optional[Collection[str]],
@@ -288,7 +292,9 @@ class PostgresRepository(PostgresAdding, SettlesThroughApply, JobRepository):
         if not job_ids:
             return []
         params = {"lease": lease_expires_at, "worker": worker_id, "ids": list(job_ids)}
-        return [job_id for job_id, requested in self._db.rows(self.sql.HEARTBEAT, params, idempotent=True) if requested]
+        rows = self._db.transaction(lambda tx: tx.execute(self.sql.HEARTBEAT, params).fetchall(),
+                                    generic_plans=True)  # see `get_statuses`
+        return [job_id for job_id, requested in rows if requested]
 
     def recover_expired(self, now: float) -> builtins.list[QueueEntry]:
         return list(self.recover(now).requeued)
