@@ -165,9 +165,10 @@ class Database:
         A connection that breaks during COMMIT is not re-run: it may have committed.
         Translates psycopg's errors.
 
-        `generic_plans`: its prepared statements run generic plans (see `_GENERIC_PLANS`),
-        for statements that find their rows by ids or seqs given, whose best plan is the
-        same for any of them."""
+        `generic_plans`: its prepared statements run generic plans, without JIT nor
+        sequential scans (see `_GENERIC_PLANS`), for statements that find their rows by
+        ids or seqs given (or an index range), whose best plan is the same for any of
+        them and for any size of the table."""
         reconnected = False
         races = 0  # runs that lost a race
         while True:  # ends: each pass returns, raises, or counts a race or the reconnection
