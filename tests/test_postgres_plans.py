@@ -90,14 +90,22 @@ def _plans(repository: "PostgresRepository", mark: str) -> list[tuple[int, int]]
     return [(generic, custom) for generic, custom in rows]
 
 
+def _eight_exchanges(repository: "PostgresRepository", jobs: list[JobRecord]) -> list[JobRecord]:
+    """A worker's 8 exchanges over the 64 `jobs`, each completing the 8 jobs it holds and
+    claiming the next 8 (each claim checked); the 8 it holds at the end."""
+    held: list[JobRecord] = []
+    for turn in range(8):
+        wanted = jobs[turn * 8:(turn + 1) * 8]
+        held = _exchange(repository, held, wanted, NOW + turn)
+        assert sorted(r.id for r in held) == sorted(r.id for r in wanted)
+    return held
+
+
 def test_the_statements_of_exchanges_run_on_generic_plans_once_prepared(
         one_connection: tuple["PostgresRepository", list[JobRecord]]) -> None:
     repository, jobs = one_connection
     # when a worker makes 8 exchanges, each completing the 8 jobs it holds and claiming 8
-    held: list[JobRecord] = []
-    for turn in range(8):
-        held = _exchange(repository, held, jobs[turn * 8:(turn + 1) * 8], NOW + turn)
-        assert sorted(r.id for r in held) == sorted(r.id for r in jobs[turn * 8:(turn + 1) * 8])
+    _eight_exchanges(repository, jobs)
     # then psycopg prepared the exchange's statements (at their 5th run), and the server
     # ran each prepared run on a generic plan, none on a plan made for the values given
     marks = {"claim": "WITH wanted AS", "completions": "WITH given AS", "release of dependents": "WITH counts AS"}
@@ -159,6 +167,18 @@ def test_the_claims_generic_plan_finds_its_rows_by_index_in_a_deep_queue(schema:
         repository.close()
 
 
+# What this backend's statements read of a jobs table (its regclass the parameter) and
+# has not yet sent to the server's statistics: (sequential scans, rows they read, rows
+# fetched through an index).
+_READ_OF_JOBS = ("SELECT seq_scan, seq_tup_read, COALESCE(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables"
+                 " WHERE relid = %s::regclass")
+
+
+def _jobs_table(repository: "PostgresRepository") -> tuple[str]:
+    """The parameters of _READ_OF_JOBS for `repository`'s jobs table."""
+    return (f"{quote_identifier(repository.sql.schema)}.jobs",)
+
+
 @contextlib.contextmanager
 def _rows_read(repository: "PostgresRepository") -> Iterator[list[tuple[int, int, int]]]:
     """While open, each transaction of `repository` counts what its statements read of
@@ -169,15 +189,13 @@ def _rows_read(repository: "PostgresRepository") -> Iterator[list[tuple[int, int
     database = repository._db
     read: list[tuple[int, int, int]] = []
     transaction = database.transaction
-    query = ("SELECT seq_scan, seq_tup_read, COALESCE(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables"
-             " WHERE relid = %s::regclass")
-    table = (f"{quote_identifier(repository.sql.schema)}.jobs",)
+    table = _jobs_table(repository)
 
     def counted(work: Any, **options: Any) -> Any:
         def work_then_count(tx: "Tx") -> Any:
-            before = tx.execute(query, table).fetchone()
+            before = tx.execute(_READ_OF_JOBS, table).fetchone()
             result = work(tx)
-            after = tx.execute(query, table).fetchone()
+            after = tx.execute(_READ_OF_JOBS, table).fetchone()
             read.append((after[0] - before[0], after[1] - before[1], after[2] - before[2]))
             return result
         return transaction(work_then_count, **options)
@@ -194,9 +212,7 @@ def test_statements_planned_on_a_small_table_find_rows_by_index_once_the_queue_i
     # given a worker's exchanges prepared, and their generic plans made, while the table
     # held 64 jobs (a new schema whose first jobs stream in as workers run)
     repository, jobs = one_connection
-    held: list[JobRecord] = []
-    for turn in range(8):
-        held = _exchange(repository, held, jobs[turn * 8:(turn + 1) * 8], NOW + turn)
+    held = _eight_exchanges(repository, jobs)
     # and then 5,000 more jobs queued, and a job waiting on each job the worker holds
     deep = [make_record(function_name=jobs[0].function_name) for _ in range(5000)]
     repository.insert(deep, NOW)
@@ -246,8 +262,7 @@ def _scans(repository: "PostgresRepository") -> tuple[int, int]:
     """(sequential scans, rows they read) of the jobs table counted on the repository's one
     connection and not yet sent to the server's statistics (PostgreSQL 15 and later)."""
     with repository._db.pool.connection() as conn:
-        row = conn.execute("SELECT seq_scan, seq_tup_read FROM pg_stat_xact_user_tables WHERE relid = %s::regclass",
-                           (f"{quote_identifier(repository.sql.schema)}.jobs",)).fetchone()
+        row = conn.execute(_READ_OF_JOBS, _jobs_table(repository)).fetchone()
         conn.commit()
     assert row is not None
     return int(row[0]), int(row[1])

@@ -303,6 +303,14 @@ class Database:
         """The rows a statement that only reads returns (re-run if its connection broke)."""
         return self.rows(query, params, idempotent=True)
 
+    def planned_rows(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
+        """The rows one statement returns, run in a transaction of its own on generic plans
+        (`transaction(..., generic_plans=True)`): for a statement run again and again that
+        finds its rows by the ids or seqs given. Run on the server's defaults, the plan its
+        connection keeps may be one made on a small table, which reads every row of a
+        deep one; and that plan is the one exchanges then run, for a statement they share."""
+        return self.transaction(lambda tx: tx.execute(query, params).fetchall(), generic_plans=True)
+
     def change_token(self) -> object:
         """(notifications for this schema heard, own notifying commits)."""
         return self._listener.token(), self._own_change

@@ -112,11 +112,7 @@ class PostgresRepository(PostgresAdding, SettlesThroughApply, JobRepository):
     def get_statuses(self, job_ids: Collection[str]) -> dict[str, JobStatus]:
         if not job_ids:
             return {}
-        # On the exchanges' plan settings (database._GENERIC_PLANS): a lookup by a list of
-        # ids, run again and again, kept a plan made on a small table that read every row.
-        ids = (builtins.list(job_ids),)
-        rows = self._db.transaction(lambda tx: tx.execute(self.sql.SELECT_STATUSES, ids).fetchall(),
-                                    generic_plans=True)
+        rows = self._db.planned_rows(self.sql.SELECT_STATUSES, (builtins.list(job_ids),))
         return {job_id: status_of(status) for job_id, status in rows}
 
     def _queue(self, named: str, any_function: str, function_names: Optional[Collection[str]],
@@ -181,10 +177,8 @@ class PostgresRepository(PostgresAdding, SettlesThroughApply, JobRepository):
                 "up_to": claim_limit(ids, up_to)}
 
     def claim(self, job_id: str, worker_id: str, now: float, lease_expires_at: float) -> Optional[JobRecord]:
-        # In a transaction on generic plans, as exchanges claim: the plan a connection keeps
-        # for CLAIM_MANY is made at its first prepared run, and must not read the table.
         params = self._claim_params([job_id], worker_id, now, lease_expires_at)
-        rows = self._db.transaction(lambda tx: tx.execute(self.sql.CLAIM_MANY, params).fetchall(), generic_plans=True)
+        rows = self._db.planned_rows(self.sql.CLAIM_MANY, params)
         return record_from_row(rows[0]) if rows else None
 
     def _encode_result(self, s: Settlement) -> Optional[str]:
@@ -213,11 +207,9 @@ class PostgresRepository(PostgresAdding, SettlesThroughApply, JobRepository):
             if not claiming:
                 return [], []
             # Claims alone: one statement, in a transaction all the same for its generic
-            # plan (see database._GENERIC_PLANS): planned afresh at each run, a claim cost
-            # more than BEGIN, the setting and COMMIT (median 1.1-1.5 ms against 0.6-1.0).
-            rows = self._db.transaction(lambda tx: tx.execute(self.sql.CLAIM_MANY, claim_params).fetchall(),
-                                        generic_plans=True)
-            return [], _best_first(rows)
+            # plan: planned afresh at each run, a claim cost more than BEGIN, the setting
+            # and COMMIT (median 1.1-1.5 ms against 0.6-1.0).
+            return [], _best_first(self._db.planned_rows(self.sql.CLAIM_MANY, claim_params))
 
         def work(tx: Tx) -> tuple[list[Optional[Cascade]], list[JobRecord]]:
             cascades = settle_all(self.sql, tx, settlements, encoded, worker_id, now, progress)
@@ -292,9 +284,7 @@ class PostgresRepository(PostgresAdding, SettlesThroughApply, JobRepository):
         if not job_ids:
             return []
         params = {"lease": lease_expires_at, "worker": worker_id, "ids": list(job_ids)}
-        rows = self._db.transaction(lambda tx: tx.execute(self.sql.HEARTBEAT, params).fetchall(),
-                                    generic_plans=True)  # see `get_statuses`
-        return [job_id for job_id, requested in rows if requested]
+        return [job_id for job_id, requested in self._db.planned_rows(self.sql.HEARTBEAT, params) if requested]
 
     def recover_expired(self, now: float) -> builtins.list[QueueEntry]:
         return list(self.recover(now).requeued)
