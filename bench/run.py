@@ -55,6 +55,10 @@ SCENARIO_ENGINES = {
     "pickup-b2b": JOBCORE + PEERS + ["raw-normal", "heap"],
     "deep": ["jobcore-sqlite", "jobcore-memory", "litequeue", "raw-normal", "heap"],
 }
+# Every scenario `--only` takes: the timed ones above, then those run once each.
+SCENARIOS = (*SCENARIO_ENGINES, "depth", "procs", "isolation")
+# Every engine `--engines` and `--profile` take (the opt-in PostgreSQL one needs its server).
+ENGINE_KEYS = tuple(dict.fromkeys((*JOBCORE, "jobcore-postgres", *PEERS, *FLOORS)))
 PRODUCERS = 4        # threads enqueueing at once in the "producers" figure
 POLLING = {"huey"}   # idle workers poll: fewer pickup samples, each takes ~0.1 s
 
@@ -241,6 +245,21 @@ def _engines(args: argparse.Namespace, scenario: str) -> list[str]:
     return engines
 
 
+def _check_names(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Stop with a usage error (exit status 2) on a scenario or engine the script does not
+    know, before anything is built or measured: a misspelt name would otherwise select
+    nothing and overwrite the saved results with an empty run."""
+    given = {"--only": (args.only or "").split(","), "--engines": (args.engines or "").split(","),
+             "--profile": [args.profile or ""]}
+    for option, names in given.items():
+        known = SCENARIOS if option == "--only" else ENGINE_KEYS
+        unknown = [name for name in names if name and name not in known]
+        if unknown:
+            parser.error(f"{option}: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(known)}")
+    if "jobcore-postgres" in given["--engines"] + given["--profile"] and "jobcore-postgres" not in JOBCORE:
+        parser.error("jobcore-postgres runs only with a server: set $JOBCORE_BENCH_PG_DSN to its DSN")
+
+
 def run_all(args: argparse.Namespace, cfg: dict[str, Any], code: str) -> dict[str, Any]:
     runner = Runner(args, cfg, code)
     reps, n = cfg["reps"], cfg["n"]
@@ -353,8 +372,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, one repetition (~3 min)")
     parser.add_argument("--reps", type=int, help="repetitions (default 3, --quick 1)")
     parser.add_argument("--n", type=int, help="jobs per throughput figure (default 20,000)")
-    parser.add_argument("--only", help="comma-separated scenarios: e2e,bulk,producers,concurrent,waited,polled,roundtrip,fanin,chain,kinds,priority,"
-                                        "pickup,pickup-b2b,deep,depth,procs,isolation")
+    parser.add_argument("--only", help="comma-separated scenarios: " + ",".join(SCENARIOS))
     parser.add_argument("--engines", help="comma-separated engine keys (see bench/README.md)")
     parser.add_argument("--no-venv", action="store_true", help="do not build or use bench/.venv (peers n/a)")
     parser.add_argument("--profile", metavar="ENGINE", help="run the end-to-end figure once under cProfile and exit")
@@ -367,6 +385,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                        ("drain", int), ("db", str), ("ops", int), ("procs", int), ("workers", int)):
         parser.add_argument(f"--{name}", type=kind, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if not args.child:
+        _check_names(parser, args)
     if args.child:
         args.profile = bool(args.profile)
         child(args)
