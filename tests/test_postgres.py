@@ -309,6 +309,55 @@ def test_a_job_handed_to_an_idle_worker_is_stored_claimed_by_one_statement(
     assert repo.get(job_id).worker_id == "w1"  # type: ignore[union-attr]
 
 
+def test_a_lone_keyed_job_is_stored_by_one_statement_and_a_held_key_costs_one_read(
+        repo: "PostgresRepository", monkeypatch: pytest.MonkeyPatch) -> None:
+    # given the statements run on their own and the transactions counted
+    real_run, real_transaction = repo._db._run_once, repo._db.transaction
+    statements: list[str] = []
+    transactions: list[dict[str, Any]] = []
+
+    def counted(query: str, params: Any) -> Any:
+        statements.append(query)
+        return real_run(query, params)
+
+    def counted_transaction(work: Any, **options: Any) -> Any:
+        transactions.append(options)
+        return real_transaction(work, **options)
+
+    monkeypatch.setattr(repo._db, "_run_once", counted)
+    monkeypatch.setattr(repo._db, "transaction", counted_transaction)
+    first = make_record(unique_key="k", priority=2, tags=frozenset({"t"}))
+    before = repo.change_token()
+    # when a job whose key no job holds is stored alone
+    assert repo.insert([first], NOW) == [first.id]
+    # then one statement stored it and told the other managers (its token moved), no transaction
+    assert len(statements) == 1 and statements[0].lstrip().startswith("WITH added AS (INSERT") and transactions == []
+    assert repo.change_token() != before
+    stored = repo.get(first.id)
+    assert stored is not None and (stored.seq, stored.unique_key, stored.status) == (first.seq, "k", JobStatus.PENDING)
+    # when another job with that key comes while the first is unfinished
+    statements.clear()
+    before = repo.change_token()
+    second = make_record(unique_key="k")
+    assert repo.insert([second], NOW + 1) == [first.id]
+    # then it stored nothing and told no one; the holder was found by one read
+    assert len(statements) == 1 and transactions == [{"generic_plans": True}]
+    assert repo.get(second.id) is None and repo.change_token() == before
+    # and once the holder ended, the key is free for a job stored by one statement again
+    repo.claim(first.id, "w1", NOW, NOW + 30)
+    assert repo.fail(first.id, "w1", 1, error="e", error_type="ValueError", traceback=None, now=NOW + 2,
+                     retry_at=None) is not None
+    statements.clear()
+    transactions.clear()
+    third = make_record(unique_key="k")
+    assert repo.insert([third], NOW + 3) == [third.id] and third.seq > first.seq
+    assert len(statements) == 1 and transactions == []
+    # and a keyed job whose id is taken stores nothing
+    with pytest.raises(ValueError, match="already exists"):
+        repo.insert([make_record(id=third.id, unique_key="other")], NOW + 4)
+    assert sum(repo.count_by_status().values()) == 2
+
+
 def test_a_lone_insert_whose_backend_is_ended_mid_statement_runs_again(schema: Schema) -> None:
     # One autocommit statement: its connection broke under it (the server ended the
     # backend while the INSERT waited for a lock) and it was not run again.

@@ -49,10 +49,37 @@ class PostgresAdding(JobRepository):
             record.seq = self._db.insert_alone(self.sql.INSERT_ALONE, self._alone_params(record, now),
                                                stored=lambda: self._stored_seq(record, now))
             return [record.id]
+        if len(records) == 1 and not records[0].depends_on:  # a key to check, and nothing else
+            ids = self._insert_keyed_alone(records[0], now)
+            if ids is not None:
+                return ids
         # On generic plans without sequential scans, as exchanges run (see
         # database._GENERIC_PLANS): the lookup of the batch's ids and dependencies, planned
         # on a small table, read every row of the table for each batch once it was deep.
         return self._db.transaction(lambda tx: self._insert_in(tx, records, now), generic_plans=True)
+
+    def _insert_keyed_alone(self, record: JobRecord, now: float) -> Optional[list[str]]:
+        """Store one job with a unique_key and no dependencies by one statement
+        (`INSERT_ALONE_KEYED`): its id if stored; the id of the unfinished job holding its
+        key if that stopped it (read then, as a batch reads holders); None, with nothing
+        stored, when neither tells (the holder ended in between, or the row holding the
+        key has this job's id), for `insert`'s transaction to decide."""
+        seq = self._db.insert_alone(self.sql.INSERT_ALONE_KEYED, self._alone_params(record, now),
+                                    stored=lambda: self._stored_seq(record, now), refusable=True)
+        if seq is not None:
+            record.seq = seq
+            return [record.id]
+        # On generic plans without sequential scans, as batches read holders (see `insert`).
+        holders = self._db.planned_rows(self.sql.SELECT_UNFINISHED_BY_KEYS, ([record.unique_key],))
+        holder = holders[0][1] if holders else None
+        if holder is not None and holder != record.id:
+            return [holder]
+        if holder is not None:  # this job's row: stored by a first run whose connection then broke
+            seq = self._stored_seq(record, now)
+            if seq is not None:
+                record.seq = seq
+                return [record.id]
+        return None
 
     def insert_claimed(self, record: JobRecord, worker_id: str, now: float,
                        lease_expires_at: float) -> tuple[str, Optional[JobRecord]]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 import re
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Callable, Literal, Optional, TypeVar, overload
 
 import psycopg
 from psycopg import conninfo
@@ -255,12 +255,20 @@ class Database:
                     raise _ConnectionLost(exc) from exc
                 raise
 
+    @overload
     def insert_alone(self, query: str, params: Any, stored: Callable[[], Optional[int]], *,
-                     notifies: bool = True) -> int:
+                     notifies: bool = True, refusable: Literal[False] = False) -> int: ...
+    @overload
+    def insert_alone(self, query: str, params: Any, stored: Callable[[], Optional[int]], *,
+                     notifies: bool = True, refusable: bool) -> Optional[int]: ...
+
+    def insert_alone(self, query: str, params: Any, stored: Callable[[], Optional[int]], *,
+                     notifies: bool = True, refusable: bool = False) -> Optional[int]:
         """The seq of a job stored by one INSERT that also NOTIFYs (`transition_queries.INSERT_ALONE`),
         run on its own (autocommit): moves this object's change token as a transaction
         that notified does (not for a `query` that `notifies` nothing: `INSERT_CLAIMED`).
-        A taken job id raises `InvalidJob`.
+        A taken job id raises `InvalidJob`. A `refusable` query may store nothing (and
+        notify no one): then None (`INSERT_ALONE_KEYED`, for a key another job holds).
 
         If its connection breaks under it, it runs once more on another connection: the
         first run may have committed or not, and the id, unique, makes a second store
@@ -281,6 +289,8 @@ class Database:
                 if seq is None:
                     raise
                 rows = [(seq,)]
+        if not rows and refusable:
+            return None
         if notifies:
             self._own_change = next(self._own_changes)
         return int(rows[0][0])
