@@ -26,7 +26,7 @@ from pg_fixtures import *  # noqa: F401,F403 (the fixtures: server, schema, repo
 from pg_fixtures import ROOT, WAIT, Schema, psycopg
 from jobcore import JobStatus
 from jobcore.errors import RepositoryError
-from jobcore.repository.base import CancelOutcome, JobRecord, Settlement
+from jobcore.repository.base import Cascade, CancelOutcome, JobRecord, Settlement
 from jobcore.testing.contract import NOW, RepositoryContract, claim_race, make_record
 from dead_letter_order import fail_late_then_early
 from recovery_checks import check_entries_with_and_without_a_lease
@@ -356,6 +356,69 @@ def test_a_lone_keyed_job_is_stored_by_one_statement_and_a_held_key_costs_one_re
     with pytest.raises(ValueError, match="already exists"):
         repo.insert([make_record(id=third.id, unique_key="other")], NOW + 4)
     assert sum(repo.count_by_status().values()) == 2
+
+
+def test_a_run_of_failures_and_retries_is_recorded_by_a_few_statements_not_three_a_job(
+        repo: "PostgresRepository", monkeypatch: pytest.MonkeyPatch) -> None:
+    # given six running jobs of one worker, a job waiting on the first, and a cancel
+    # requested for the fourth while it runs
+    jobs = [make_record() for _ in range(6)]
+    repo.insert(jobs, NOW)
+    waiting = make_record(depends_on=(jobs[0].id,))
+    repo.insert([waiting], NOW)
+    _, claimed = repo.apply([], [job.id for job in jobs], "w1", NOW, NOW + 30)
+    assert len(claimed) == 6
+    assert repo.cancel(jobs[3].id, NOW, "stop")[0] is CancelOutcome.REQUESTED
+    # and the statements of the settling transaction counted
+    statements: list[str] = []
+    real_execute, real_executemany = psycopg.Cursor.execute, psycopg.Cursor.executemany
+
+    def execute(cur: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        statements.append(str(query))
+        return real_execute(cur, query, *args, **kwargs)
+
+    def executemany(cur: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        statements.append(str(query))
+        return real_executemany(cur, query, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+    monkeypatch.setattr(psycopg.Cursor, "executemany", executemany)
+
+    def failed(job: JobRecord, **fields: Any) -> Settlement:
+        return Settlement(fields.pop("kind", "fail"), job.id, fields.pop("attempt", 1), error=f"e-{job.id[:4]}",
+                          error_type="ValueError", traceback=f"tb-{job.id[:4]}", note=f"note-{job.id[:4]}",
+                          **fields)
+    settlements = [failed(jobs[0]), failed(jobs[1]), failed(jobs[2], kind="retry", retry_at=NOW + 5),
+                   failed(jobs[3], kind="retry", retry_at=NOW + 5), failed(jobs[4], kind="retry"),
+                   failed(jobs[5], attempt=2)]
+    # when one exchange records them (the fifth a retry with no time: it fails for good;
+    # the sixth names an attempt not held)
+    cascades, _ = repo.apply(settlements, [], "w1", NOW + 1, NOW + 31)
+    monkeypatch.undo()
+    # then each is recorded as alone it would be, the dependent of the first cancelled
+    assert cascades == [Cascade(cancelled=(waiting.id,)), Cascade(), Cascade(), Cascade(cancelled_instead=True),
+                        Cascade(), None]
+    rows = {job.id: repo.get(job.id) for job in (*jobs, waiting)}
+    shown = {job_id: (row.status, row.error, row.error_type, row.traceback, row.run_at, row.completed_at)
+             for job_id, row in rows.items() if row is not None}
+    tag = {job.id: job.id[:4] for job in jobs}
+    assert shown == {
+        jobs[0].id: (JobStatus.FAILED, f"e-{tag[jobs[0].id]}", "ValueError", f"tb-{tag[jobs[0].id]}", None, NOW + 1),
+        jobs[1].id: (JobStatus.FAILED, f"e-{tag[jobs[1].id]}", "ValueError", f"tb-{tag[jobs[1].id]}", None, NOW + 1),
+        jobs[2].id: (JobStatus.SCHEDULED, f"e-{tag[jobs[2].id]}", "ValueError", f"tb-{tag[jobs[2].id]}", NOW + 5, None),
+        jobs[3].id: (JobStatus.CANCELLED, "cancelled while running", "JobCancelled", None, None, NOW + 1),
+        jobs[4].id: (JobStatus.FAILED, f"e-{tag[jobs[4].id]}", "ValueError", f"tb-{tag[jobs[4].id]}", None, NOW + 1),
+        jobs[5].id: (JobStatus.RUNNING, None, None, None, None, None),
+        waiting.id: (JobStatus.CANCELLED, rows[waiting.id].error, "DependencyFailed", None, None, NOW + 1),  # type: ignore[union-attr]
+    }
+    assert [message for _, _, message in repo.logs(jobs[0].id)] == [f"note-{tag[jobs[0].id]}"]
+    assert [message for _, _, message in repo.logs(jobs[3].id)][0].startswith(f"note-{tag[jobs[3].id]}")
+    assert repo.logs(jobs[5].id) == []
+    # in a few statements, not three for each settlement (the dependent's cancellation aside)
+    outcomes = [query for query in statements if "UPDATE" in query and "error_type" in query
+                and "DependencyFailed" not in query]
+    assert len(outcomes) == 1, statements
+    assert sum("job_logs" in query for query in statements) == 1
 
 
 def test_a_lone_insert_whose_backend_is_ended_mid_statement_runs_again(schema: Schema) -> None:

@@ -41,7 +41,8 @@ def settle_all(sql: Statements, tx: Tx, settlements: Sequence[Settlement], encod
                worker_id: str, now: float,
                progress: Optional[Sequence[Optional[str]]] = None) -> list[Optional[Cascade]]:
     """Apply settlements in order (`encoded`: each one's JSON result, for completions);
-    each run of consecutive completions goes in two statements. First the last progress
+    each run of consecutive completions goes in two statements, and each run of failed
+    attempts (retries and failures for good) in three. First the last progress
     reports they carry (`progress`: each one's details as JSON, from `encode_progress`;
     None if none carries one), and the log lines they carry, in one statement."""
     lines = [(s.job_id, at, clean_text(level), clean_text(message))
@@ -59,9 +60,54 @@ def settle_all(sql: Statements, tx: Tx, settlements: Sequence[Settlement], encod
         if end > start:
             cascades += complete_many(sql, tx, settlements[start:end], encoded[start:end], worker_id, now)
             start = end
+            continue
+        while end < len(settlements) and settlements[end].kind in _FAILED:
+            end += 1
+        if end - start > 1:
+            cascades += fail_many(sql, tx, settlements[start:end], worker_id, now)
+            start = end
         else:
             cascades.append(settle_one(sql, tx, settlements[start], worker_id, now))
             start += 1
+    return cascades
+
+
+_FAILED = ("retry", "fail")  # the kinds of settlement `fail_many` records
+
+
+def fail_many(sql: Statements, tx: Tx, settlements: Sequence[Settlement], worker_id: str,
+              now: float) -> list[Optional[Cascade]]:
+    """Record failed attempts of jobs held by `worker_id` (each a retry, or a failure for
+    good when it is one with no time to retry at), as `settle_one` records each: the
+    outcomes in one statement, their notes in another, and one look for dependents; the
+    jobs that ended for good with dependents then cancel them, each as `settle_one` does.
+    A run naming a job twice goes one by one (each settlement its own compare-and-set)."""
+    if len({s.job_id for s in settlements}) < len(settlements):
+        return [settle_one(sql, tx, s, worker_id, now) for s in settlements]
+    params = {"ids": [s.job_id for s in settlements], "attempts": [s.attempt for s in settlements],
+              "retry_at": [s.retry_at if s.kind == "retry" else None for s in settlements],
+              "errors": [clean_text(s.error) for s in settlements],
+              "error_types": [clean_text(s.error_type) for s in settlements],
+              "tracebacks": [clean_text(s.traceback) for s in settlements], "worker": worker_id, "now": now}
+    # job id -> whether its cancellation was requested: it ended CANCELLED instead
+    recorded: dict[str, bool] = {row[0]: bool(row[1]) for row in tx.execute(sql.FAIL_MANY, params)}
+    notes = [(s.job_id, now, "error", clean_text(cancelled_instead_note(s.note) if recorded[s.job_id] else s.note))
+             for s in settlements if s.note is not None and s.job_id in recorded]
+    if notes:
+        tx.cur.executemany(sql.INSERT_LOG, notes)
+    ended = [s.job_id for s in settlements
+             if s.job_id in recorded and (recorded[s.job_id] or s.kind != "retry" or s.retry_at is None)]
+    depended_on = {row[0] for row in tx.execute(sql.SELECT_DEPENDED_ON, (ended,))} if ended else set()
+    cascades: list[Optional[Cascade]] = []
+    for s in settlements:
+        if s.job_id not in recorded:
+            cascades.append(None)
+        elif s.job_id not in ended:  # SCHEDULED for its retry
+            tx.notify()  # its timer, for whichever manager is free then
+            cascades.append(Cascade())
+        else:
+            cancelled = cancel_dependents(sql, tx, s.job_id, now) if s.job_id in depended_on else ()
+            cascades.append(Cascade(cancelled=cancelled, cancelled_instead=recorded[s.job_id]))
     return cascades
 
 
