@@ -9,6 +9,7 @@ CI they fail instead, since CI must run them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -419,6 +420,70 @@ def test_a_run_of_failures_and_retries_is_recorded_by_a_few_statements_not_three
                 and "DependencyFailed" not in query]
     assert len(outcomes) == 1, statements
     assert sum("job_logs" in query for query in statements) == 1
+
+
+class _RoundTrips:
+    """Counts the round trips of the connections `repository` lends while counting: the
+    times the server told the client it was ready for more (libpq's protocol trace)."""
+
+    def __init__(self, repository: "PostgresRepository", monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+        self.trace = open(tmp_path / "protocol.trace", "w+")
+        lend = repository._db.pool.connection
+
+        @contextlib.contextmanager
+        def traced() -> Iterator[Any]:
+            with lend() as conn:
+                conn.pgconn.trace(self.trace.fileno())
+                try:
+                    yield conn
+                finally:
+                    conn.pgconn.untrace()
+        monkeypatch.setattr(repository._db.pool, "connection", traced)
+
+    def count(self) -> int:
+        self.trace.flush()
+        self.trace.seek(0)
+        lines = self.trace.read().splitlines()
+        self.trace.seek(0)
+        self.trace.truncate()
+        return sum(1 for line in lines if "ReadyForQuery" in line)
+
+
+def test_an_exchange_opens_its_transaction_and_its_settings_in_one_round_trip(
+        schema: Schema, monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    # given a repository of one connection, three jobs stored, and its round trips counted
+    repo = schema.repository(pool_size=1)
+    try:
+        jobs = [make_record() for _ in range(3)]
+        repo.insert(jobs, NOW)
+        trips = _RoundTrips(repo, monkeypatch, tmp_path)
+        # when a worker claims them (an exchange: a transaction on generic plans)
+        _, claimed = repo.apply([], [job.id for job in jobs], "w1", NOW, NOW + 30)
+        # then BEGIN and its settings took one round trip, the claim one, COMMIT one
+        assert len(claimed) == 3 and trips.count() == 3
+        # and the settings ended with it: the connection plans as the server does
+        assert repo._db.read("SHOW enable_seqscan") == [("on",)]
+        # and a batch refused inside such a transaction stores nothing and leaves the
+        # connection usable
+        fresh = make_record()
+        with pytest.raises(ValueError, match="already exists"):
+            repo.insert([fresh, make_record(id=jobs[0].id)], NOW)
+        assert repo.get(fresh.id) is None and repo._db.read("SHOW enable_seqscan") == [("on",)]
+
+        # and a unit of work that went on past a failed statement is not committed
+        def swallowing(tx: Any) -> str:
+            tx.execute(f'INSERT INTO "{schema.name}".job_logs (job_id, at, level, message) VALUES (%s, 1, %s, %s)',
+                       (jobs[1].id, "info", "kept?"))
+            try:
+                tx.execute("SELECT 1 / 0")
+            except psycopg.Error:
+                pass
+            return "done"
+        with pytest.raises(RepositoryError, match="aborted"):
+            repo._db.transaction(swallowing, generic_plans=True)
+        assert repo.logs(jobs[1].id) == [] and repo.get(jobs[2].id) is not None
+    finally:
+        repo.close()
 
 
 def test_a_lone_insert_whose_backend_is_ended_mid_statement_runs_again(schema: Schema) -> None:

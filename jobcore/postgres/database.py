@@ -54,6 +54,19 @@ _LOST_RACE = (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetect
 _GENERIC_PLANS = ("SELECT set_config('plan_cache_mode', 'force_generic_plan', true), set_config('jit', 'off', true),"
                   " set_config('enable_seqscan', 'off', true)")
 _GENERIC_PLANS_SINCE = 120000  # server_version
+# A transaction on them opens with its settings in one round trip, not two: statements with
+# no parameters go by the simple query protocol, which takes several at once.
+_BEGIN_ON_GENERIC_PLANS = "BEGIN; " + _GENERIC_PLANS
+
+
+def _roll_back(conn: psycopg.Connection[Any]) -> None:
+    """End the transaction open on `conn`, if the connection can still take a statement
+    (else the pool drops it: it is lent again only when no transaction is open on it)."""
+    if not conn.closed:
+        try:
+            conn.execute("ROLLBACK")
+        except psycopg.Error:
+            pass
 
 
 class Unchanged(Exception):
@@ -208,13 +221,26 @@ class Database:
         with self.pool.connection() as conn:
             committing = False
             try:
-                with conn.transaction():
+                if generic_plans and conn.info.server_version >= _GENERIC_PLANS_SINCE:
                     with conn.cursor() as cur:
-                        if generic_plans and conn.info.server_version >= _GENERIC_PLANS_SINCE:
-                            cur.execute(_GENERIC_PLANS)
+                        cur.execute(_BEGIN_ON_GENERIC_PLANS)
                         tx = Tx(cur, self.schema)
-                        result = work(tx)
-                    committing = True  # leaving the block sends COMMIT
+                        try:
+                            result = work(tx)
+                            if conn.info.transaction_status != psycopg.pq.TransactionStatus.INTRANS:
+                                # (a statement failed and `work` went on: COMMIT would roll back quietly)
+                                raise RepositoryError(f"PostgreSQL at {self.where}: the transaction was aborted")
+                        except BaseException:
+                            _roll_back(conn)
+                            raise
+                        committing = True
+                        cur.execute("COMMIT")
+                else:
+                    with conn.transaction():
+                        with conn.cursor() as cur:
+                            tx = Tx(cur, self.schema)
+                            result = work(tx)
+                        committing = True  # leaving the block sends COMMIT
             except psycopg.OperationalError as exc:
                 if conn.closed and not committing:
                     raise _ConnectionLost(exc) from exc
