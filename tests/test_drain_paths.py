@@ -177,6 +177,30 @@ def test_sqlite_batch_claims_give_records_equal_to_a_full_read_of_the_row(tmp_pa
     repo.close()
 
 
+def test_sqlite_a_claim_of_jobs_with_unique_keys_reads_no_row_beyond_its_own(tmp_path: Any) -> None:
+    # given jobs each with a unique key of its own (a common way to enqueue without
+    # duplicates), ready to claim
+    repo = _sqlite(tmp_path)
+    now = 1_700_000_000.0
+    keyed = [JobRecord(id=f"k{i}", function_name="f", name="k", args=(i,), unique_key=f"key-{i}", created_at=now)
+             for i in range(4)]
+    repo.insert(keyed, now)
+    statements: list[str] = []
+    conn = repo._db.get()
+    conn.set_trace_callback(statements.append)
+    # when one exchange claims them
+    try:
+        _, claimed = repo.apply([], [r.id for r in keyed], "w", now + 1, now + 61)
+    finally:
+        conn.set_trace_callback(None)
+    # then the claim's own rows made their records (its unique_key among its columns), as
+    # a full read of each row gives them, and no second read of their whole rows was made
+    _assert_each_claim_reads_as_its_row(repo, claimed, [r.id for r in keyed])
+    assert [record.unique_key for record in claimed] == [f"key-{i}" for i in range(4)]
+    assert not [text for text in statements if "FROM jobs WHERE seq IN" in text], statements
+    repo.close()
+
+
 def test_sqlite_claims_of_jobs_changed_since_they_were_stored_read_their_row(tmp_path: Any) -> None:
     # given jobs claimed once and handed back changed: progress reported, a failure retried,
     # a cancel requested (so handed back CANCELLED) and then retried by hand, a job failed

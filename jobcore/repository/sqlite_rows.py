@@ -243,12 +243,12 @@ def _plain_claimed(row: Sequence[Any], started_at: float, worker_id: str,
     the columns that differ between plain jobs. An undecodable payload, a number of the
     wrong kind, or text that is not UTF-8, gets `decode_error`."""
     (job_id, function_name, name, payload, priority, seq, created_at, attempts, max_retries,
-     retry_delay, retry_backoff, jitter, timeout, isolation, _) = row
+     retry_delay, retry_backoff, jitter, timeout, isolation, unique_key, _) = row
     # Every field by position, in RECORD_FIELDS (checked at import).
     record = JobRecord(
         job_id, function_name, name, (), {}, priority, _RUNNING, seq, created_at, None, None,
         started_at, None, attempts, max_retries, retry_delay, retry_backoff, bool(jitter),
-        timeout, frozenset(), {}, None, None, isolation, None, (), 0, 0.0, "", {}, None, None,
+        timeout, frozenset(), {}, None, unique_key, isolation, None, (), 0, 0.0, "", {}, None, None,
         None, None, worker_id, lease_expires_at, False, None, None, None)
     # `unsound_numbers` of the numbers a plain row holds, checked here in locals (cheaper).
     if not (type(priority) is int and type(attempts) is int and type(max_retries) is int

@@ -96,13 +96,13 @@ _DUE = f"(run_at <= ? OR {_columns.UNUSABLE_TIME_SQL.format(column='run_at')})"
 # here (measured). Any other claimed row is read in full by SELECT_JOBS_BY_SEQS in the
 # same transaction.
 CLAIMED_COLUMNS = """id, function_name, name, payload, priority, seq, created_at, attempts, max_retries,
-    retry_delay, retry_backoff, retry_jitter, timeout, isolation,
+    retry_delay, retry_backoff, retry_jitter, timeout, isolation, unique_key,
     (scheduled_at IS NULL AND run_at IS NULL AND completed_at IS NULL AND tags = '[]'
-     AND metadata = '{}' AND owner IS NULL AND unique_key IS NULL AND depends_on = '[]'
+     AND metadata = '{}' AND owner IS NULL AND depends_on = '[]'
      AND progress = 0 AND progress_message = '' AND progress_details = '{}'
      AND result IS NULL AND error IS NULL AND error_type IS NULL AND traceback IS NULL
      AND cron_timezone IS NULL AND memory_limit IS NULL)"""
-CLAIMED_PLAIN = 14  # the index of that last column in a claimed row
+CLAIMED_PLAIN = 15  # the index of that last column in a claimed row
 CLAIMED_SEQ = 5  # the index of seq
 if CLAIMED_COLUMNS.count(",") != CLAIMED_PLAIN:
     raise ImportError("CLAIMED_COLUMNS changed: update CLAIMED_PLAIN and sqlite_rows._plain_claimed")
