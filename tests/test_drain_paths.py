@@ -128,7 +128,7 @@ def test_channels_follow_adds_and_removes_in_order() -> None:
         assert dispatcher.channels == (second, third)
 
 
-# -- SQLite claims read a plain job's row 14 columns wide ----------------------------------
+# -- SQLite claims read a plain job's row 15 columns wide ----------------------------------
 
 def _claim_cases(now: float) -> list[JobRecord]:
     """Jobs ready to claim: a plain one, and one for each field a plain job leaves at its
