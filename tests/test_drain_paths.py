@@ -177,27 +177,57 @@ def test_sqlite_batch_claims_give_records_equal_to_a_full_read_of_the_row(tmp_pa
     repo.close()
 
 
-def test_sqlite_a_claim_of_jobs_with_unique_keys_reads_no_row_beyond_its_own(tmp_path: Any) -> None:
-    # given jobs each with a unique key of its own (a common way to enqueue without
-    # duplicates), ready to claim
+def test_sqlite_a_claim_of_jobs_with_keys_tags_owners_metadata_or_times_reads_no_row_beyond_its_own(
+        tmp_path: Any) -> None:
+    # given jobs that carry what jobs often carry: a unique key (against duplicates), tags,
+    # metadata, an owner, a time to start at (due now); ready to claim
     repo = _sqlite(tmp_path)
     now = 1_700_000_000.0
-    keyed = [JobRecord(id=f"k{i}", function_name="f", name="k", args=(i,), unique_key=f"key-{i}", created_at=now)
-             for i in range(4)]
-    repo.insert(keyed, now)
+
+    def job(name: str, **fields: Any) -> JobRecord:
+        return JobRecord(id=name, function_name="f", name=name, args=(1,), created_at=now, **fields)
+    jobs = [job("keyed", unique_key="k"), job("tagged", tags=frozenset({"a", "b"})), job("meta", metadata={"m": [1]}),
+            job("owned", owner="alice"),
+            job("delayed", status=JobStatus.SCHEDULED, scheduled_at=now - 1, run_at=now - 1),
+            job("all", unique_key="k2", tags=frozenset({"c"}), metadata={"n": None}, owner="bob")]
+    repo.insert(jobs, now)
     statements: list[str] = []
     conn = repo._db.get()
     conn.set_trace_callback(statements.append)
     # when one exchange claims them
     try:
-        _, claimed = repo.apply([], [r.id for r in keyed], "w", now + 1, now + 61)
+        _, claimed = repo.apply([], [r.id for r in jobs], "w", now + 1, now + 61)
     finally:
         conn.set_trace_callback(None)
-    # then the claim's own rows made their records (its unique_key among its columns), as
-    # a full read of each row gives them, and no second read of their whole rows was made
-    _assert_each_claim_reads_as_its_row(repo, claimed, [r.id for r in keyed])
-    assert [record.unique_key for record in claimed] == [f"key-{i}" for i in range(4)]
+    # then the claim's own rows made their records, as a full read of each row gives them,
+    # and no second read of their whole rows was made
+    _assert_each_claim_reads_as_its_row(repo, claimed, [r.id for r in jobs])
     assert not [text for text in statements if "FROM jobs WHERE seq IN" in text], statements
+    repo.close()
+
+
+@pytest.mark.parametrize("column, value", [
+    ("tags", "'[1'"), ("tags", "'[1]'"), ("tags", "'{}'"), ("metadata", "'[]'"), ("metadata", "'{'"),
+    ("scheduled_at", "'soon'"), ("run_at", "1e300"), ("created_at", "'then'"),
+])
+def test_sqlite_a_claimed_job_whose_row_holds_a_corrupt_value_reads_as_its_whole_row(
+        tmp_path: Any, column: str, value: str) -> None:
+    # given two jobs with tags, metadata and a time to start at, one of whose rows a hand
+    # edit left with a value of the wrong shape in one of those columns
+    repo = _sqlite(tmp_path)
+    now = 1_700_000_000.0
+    fields: dict[str, Any] = dict(tags=frozenset({"t"}), metadata={"m": 1}, owner="o", unique_key="u",
+                                  status=JobStatus.SCHEDULED, scheduled_at=now - 5, run_at=now - 5)
+    repo.insert([JobRecord(id=i, function_name="f", name=i, created_at=now, **{**fields, "unique_key": i})
+                 for i in ("good", "bad")], now)
+    repo._db.get().execute(f"UPDATE jobs SET {column} = {value} WHERE id = 'bad'")
+    # when both are claimed
+    _, claimed = repo.apply([], ["good", "bad"], "w", now, now + 60)
+    # then each record is what a full read of its row gives: the corrupt one with the same
+    # decode error (it fails alone), the other with none
+    _assert_each_claim_reads_as_its_row(repo, claimed, ["good", "bad"])
+    by_id = {r.id: r for r in claimed}
+    assert by_id["good"].decode_error is None and by_id["bad"].decode_error is not None
     repo.close()
 
 

@@ -240,33 +240,42 @@ def claimed_records(rows: Sequence[Sequence[Any]], full: dict[str, Sequence[Any]
 def _plain_claimed(row: Sequence[Any], started_at: float, worker_id: str,
                    lease_expires_at: float) -> JobRecord:
     """The record of a plain job just claimed: `record_from_row` of its whole row, from
-    the columns that differ between plain jobs. An undecodable payload, a number of the
-    wrong kind, or text that is not UTF-8, gets `decode_error`."""
-    (job_id, function_name, name, payload, priority, seq, created_at, attempts, max_retries,
-     retry_delay, retry_backoff, jitter, timeout, isolation, unique_key, _) = row
+    the columns that differ between plain jobs. An undecodable payload, tags or metadata,
+    a number of the wrong kind, or text that is not UTF-8, gets `decode_error`."""
+    (job_id, function_name, name, payload, priority, seq, created_at, scheduled_at, run_at, attempts,
+     max_retries, retry_delay, retry_backoff, jitter, timeout, tags, metadata, owner, unique_key, isolation,
+     _) = row
     # Every field by position, in RECORD_FIELDS (checked at import).
     record = JobRecord(
-        job_id, function_name, name, (), {}, priority, _RUNNING, seq, created_at, None, None,
+        job_id, function_name, name, (), {}, priority, _RUNNING, seq, created_at, scheduled_at, run_at,
         started_at, None, attempts, max_retries, retry_delay, retry_backoff, bool(jitter),
-        timeout, frozenset(), {}, None, unique_key, isolation, None, (), 0, 0.0, "", {}, None, None,
+        timeout, _NO_TAGS, {}, owner, unique_key, isolation, None, (), 0, 0.0, "", {}, None, None,
         None, None, worker_id, lease_expires_at, False, None, None, None)
     # `unsound_numbers` of the numbers a plain row holds, checked here in locals (cheaper).
     if not (type(priority) is int and type(attempts) is int and type(max_retries) is int
             and type(retry_delay) in REAL_TYPES and type(retry_backoff) in REAL_TYPES
             and (timeout is None or type(timeout) in REAL_TYPES)
-            and type(created_at) in REAL_TYPES and -TIME_LIMIT < created_at < TIME_LIMIT):
+            and type(created_at) in REAL_TYPES and -TIME_LIMIT < created_at < TIME_LIMIT
+            and (scheduled_at is None
+                 or (type(scheduled_at) in REAL_TYPES and -TIME_LIMIT < scheduled_at < TIME_LIMIT))
+            and (run_at is None or (type(run_at) in REAL_TYPES and -TIME_LIMIT < run_at < TIME_LIMIT))):
         record.decode_error = unsound_numbers(record)
     if undecodable_read:  # the row may hold text that is not UTF-8 (see tolerant_text)
         record.id = text_of_id(job_id)  # of type str (an UndecodableText is told of below)
         record.decode_error = _undecodable_error(record, row, _CLAIMED_COLUMN_NAMES)
-    try:
+    try:  # in `record_from_row`'s order: the first that fails is told
         record.args, record.kwargs = serialization.decode_payload(payload)
+        if tags != "[]":
+            record.tags = frozenset(json_strings(json.loads(tags), "tags"))
+        if metadata != "{}":
+            record.metadata = json_object(json.loads(metadata), "metadata")
     except (ValueError, TypeError) as exc:
         if record.decode_error is None:
             record.decode_error = f"stored job {job_id} cannot be decoded: {exc}"
     return record
 
 
+_NO_TAGS: frozenset[str] = frozenset()  # shared by every record without tags (see records._NO_TAGS)
 _RUNNING = JobStatus.RUNNING
 
 

@@ -88,22 +88,23 @@ SELECT_DEPENDENCY = "SELECT status, name, cron IS NOT NULL FROM jobs WHERE id = 
 _DUE = f"(run_at <= ? OR {_columns.UNUSABLE_TIME_SQL.format(column='run_at')})"
 
 # What the batch claims return, in the order `claimed_records` reads it: the columns a
-# claimed job's record needs that differ between plain jobs, then whether every other
-# column holds what it holds for a plain job stored by INSERT_PLAIN_JOB and claimed. The
+# claimed job's record needs that differ between jobs (in JOB_COLUMNS' order, so that a
+# row's decode error names its columns in the same order as a full read), then whether
+# every other column holds what it holds for a job stored by INSERT_JOB and claimed. The
 # claims set status, started_at, worker_id, lease_expires_at and cancel_requested, and
-# take only rows with blocked = 0 and no cron. Such a row (most rows) is read back 15
+# take only rows with blocked = 0 and no cron. Such a row (most rows) is read back 20
 # columns wide instead of 38: each column read makes a Python object, about 9 µs a job
-# here (measured). Any other claimed row is read in full by SELECT_JOBS_BY_SEQS in the
-# same transaction. The unique_key is one of the 15: a job enqueued with one (to avoid
-# duplicates: common) is otherwise plain, and its second read cost a keyed drain 8-20%.
-CLAIMED_COLUMNS = """id, function_name, name, payload, priority, seq, created_at, attempts, max_retries,
-    retry_delay, retry_backoff, retry_jitter, timeout, isolation, unique_key,
-    (scheduled_at IS NULL AND run_at IS NULL AND completed_at IS NULL AND tags = '[]'
-     AND metadata = '{}' AND owner IS NULL AND depends_on = '[]'
+# here (measured). Any other claimed row (a job retried, or depending on others) is read
+# in full by SELECT_JOBS_BY_SEQS in the same transaction. Tags, metadata, an owner, a
+# unique_key and a time to start at are among the 20: jobs carry them often (tags, or a
+# key against duplicates), and each such job's second read cost its drain 8-20%.
+CLAIMED_COLUMNS = """id, function_name, name, payload, priority, seq, created_at, scheduled_at, run_at, attempts,
+    max_retries, retry_delay, retry_backoff, retry_jitter, timeout, tags, metadata, owner, unique_key, isolation,
+    (completed_at IS NULL AND depends_on = '[]'
      AND progress = 0 AND progress_message = '' AND progress_details = '{}'
      AND result IS NULL AND error IS NULL AND error_type IS NULL AND traceback IS NULL
      AND cron_timezone IS NULL AND memory_limit IS NULL)"""
-CLAIMED_PLAIN = 15  # the index of that last column in a claimed row
+CLAIMED_PLAIN = 20  # the index of that last column in a claimed row
 CLAIMED_SEQ = 5  # the index of seq
 if CLAIMED_COLUMNS.count(",") != CLAIMED_PLAIN:
     raise ImportError("CLAIMED_COLUMNS changed: update CLAIMED_PLAIN and sqlite_rows._plain_claimed")
