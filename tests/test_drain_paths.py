@@ -177,8 +177,7 @@ def test_sqlite_batch_claims_give_records_equal_to_a_full_read_of_the_row(tmp_pa
     repo.close()
 
 
-def test_sqlite_a_claim_of_jobs_with_keys_tags_owners_metadata_or_times_reads_no_row_beyond_its_own(
-        tmp_path: Any) -> None:
+def test_sqlite_a_claim_of_jobs_as_they_often_are_reads_no_row_beyond_its_own(tmp_path: Any) -> None:
     # given jobs that carry what jobs often carry: a unique key (against duplicates), tags,
     # metadata, an owner, a time to start at (due now); ready to claim
     repo = _sqlite(tmp_path)
@@ -191,6 +190,15 @@ def test_sqlite_a_claim_of_jobs_with_keys_tags_owners_metadata_or_times_reads_no
             job("delayed", status=JobStatus.SCHEDULED, scheduled_at=now - 1, run_at=now - 1),
             job("all", unique_key="k2", tags=frozenset({"c"}), metadata={"n": None}, owner="bob")]
     repo.insert(jobs, now)
+    # and a job whose first attempt failed (its retry due), and one whose dependency completed
+    retried, parent = job("retried", max_retries=2), job("parent")
+    dependent = job("dependent", depends_on=("parent",))
+    repo.insert([retried, parent, dependent], now)
+    repo.apply([], ["retried", "parent"], "w", now, now + 60)
+    assert repo.fail("retried", "w", 1, error="boom", error_type="OSError", traceback="Traceback: ...", now=now,
+                     retry_at=now) is not None
+    assert repo.complete("parent", "w", 1, result=None, now=now) is not None
+    jobs += [retried, dependent]
     statements: list[str] = []
     conn = repo._db.get()
     conn.set_trace_callback(statements.append)
@@ -208,7 +216,8 @@ def test_sqlite_a_claim_of_jobs_with_keys_tags_owners_metadata_or_times_reads_no
 
 @pytest.mark.parametrize("column, value", [
     ("tags", "'[1'"), ("tags", "'[1]'"), ("tags", "'{}'"), ("metadata", "'[]'"), ("metadata", "'{'"),
-    ("scheduled_at", "'soon'"), ("run_at", "1e300"), ("created_at", "'then'"),
+    ("scheduled_at", "'soon'"), ("run_at", "1e300"), ("created_at", "'then'"), ("depends_on", "'[1]'"),
+    ("depends_on", "'[\"@job_dep_lists\"]'"),
 ])
 def test_sqlite_a_claimed_job_whose_row_holds_a_corrupt_value_reads_as_its_whole_row(
         tmp_path: Any, column: str, value: str) -> None:

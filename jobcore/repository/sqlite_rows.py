@@ -17,7 +17,7 @@ from ..models import TIME_LIMIT, JobStatus
 from .base import JobRecord, QueueEntry
 from .columns import (DEFAULT_PRIORITY, JOB_COLUMNS, REAL_TYPES, json_object, json_strings, text_of_id,
                       unpack_job_row, unsound_numbers, usable_time)
-from .sqlite_transition_sql import CLAIMED_COLUMNS, CLAIMED_PLAIN, DEFAULT_SETTINGS
+from .sqlite_transition_sql import CLAIMED_NAMES, CLAIMED_PLAIN, DEFAULT_SETTINGS
 
 
 # -- text that is not UTF-8 ------------------------------------------------------------------
@@ -75,7 +75,7 @@ def is_not_utf8(exc: BaseException) -> bool:
 # status (by columns.unknown_status: none jobcore writes).
 _JOB_COLUMN_NAMES = tuple(None if name in ("id", "status") else name
                           for name in (name.strip() for name in JOB_COLUMNS.split(",")))
-_CLAIMED_COLUMN_NAMES = tuple(name.strip() for name in CLAIMED_COLUMNS.split(",")[:CLAIMED_PLAIN])
+_CLAIMED_COLUMN_NAMES = CLAIMED_NAMES
 
 
 def _undecodable_error(record: JobRecord, row: Sequence[Any], names: Sequence[Optional[str]]) -> Optional[str]:
@@ -240,17 +240,18 @@ def claimed_records(rows: Sequence[Sequence[Any]], full: dict[str, Sequence[Any]
 def _plain_claimed(row: Sequence[Any], started_at: float, worker_id: str,
                    lease_expires_at: float) -> JobRecord:
     """The record of a plain job just claimed: `record_from_row` of its whole row, from
-    the columns that differ between plain jobs. An undecodable payload, tags or metadata,
-    a number of the wrong kind, or text that is not UTF-8, gets `decode_error`."""
+    the columns that differ between plain jobs. An undecodable payload, tags, metadata or
+    list of dependencies, a number of the wrong kind, or text that is not UTF-8, gets
+    `decode_error`."""
     (job_id, function_name, name, payload, priority, seq, created_at, scheduled_at, run_at, attempts,
      max_retries, retry_delay, retry_backoff, jitter, timeout, tags, metadata, owner, unique_key, isolation,
-     _) = row
+     depends_on, error, error_type, traceback, _) = row
     # Every field by position, in RECORD_FIELDS (checked at import).
     record = JobRecord(
         job_id, function_name, name, (), {}, priority, _RUNNING, seq, created_at, scheduled_at, run_at,
         started_at, None, attempts, max_retries, retry_delay, retry_backoff, bool(jitter),
-        timeout, _NO_TAGS, {}, owner, unique_key, isolation, None, (), 0, 0.0, "", {}, None, None,
-        None, None, worker_id, lease_expires_at, False, None, None, None)
+        timeout, _NO_TAGS, {}, owner, unique_key, isolation, None, (), 0, 0.0, "", {}, None, error,
+        error_type, traceback, worker_id, lease_expires_at, False, None, None, None)
     # `unsound_numbers` of the numbers a plain row holds, checked here in locals (cheaper).
     if not (type(priority) is int and type(attempts) is int and type(max_retries) is int
             and type(retry_delay) in REAL_TYPES and type(retry_backoff) in REAL_TYPES
@@ -269,6 +270,8 @@ def _plain_claimed(row: Sequence[Any], started_at: float, worker_id: str,
             record.tags = frozenset(json_strings(json.loads(tags), "tags"))
         if metadata != "{}":
             record.metadata = json_object(json.loads(metadata), "metadata")
+        if depends_on != "[]":
+            record.depends_on = tuple(json_strings(json.loads(depends_on), "depends_on"))
     except (ValueError, TypeError) as exc:
         if record.decode_error is None:
             record.decode_error = f"stored job {job_id} cannot be decoded: {exc}"

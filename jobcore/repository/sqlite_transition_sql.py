@@ -89,25 +89,27 @@ _DUE = f"(run_at <= ? OR {_columns.UNUSABLE_TIME_SQL.format(column='run_at')})"
 
 # What the batch claims return, in the order `claimed_records` reads it: the columns a
 # claimed job's record needs that differ between jobs (in JOB_COLUMNS' order, so that a
-# row's decode error names its columns in the same order as a full read), then whether
-# every other column holds what it holds for a job stored by INSERT_JOB and claimed. The
-# claims set status, started_at, worker_id, lease_expires_at and cancel_requested, and
-# take only rows with blocked = 0 and no cron. Such a row (most rows) is read back 20
-# columns wide instead of 38: each column read makes a Python object, about 9 µs a job
-# here (measured). Any other claimed row (a job retried, or depending on others) is read
-# in full by SELECT_JOBS_BY_SEQS in the same transaction. Tags, metadata, an owner, a
-# unique_key and a time to start at are among the 20: jobs carry them often (tags, or a
-# key against duplicates), and each such job's second read cost its drain 8-20%.
-CLAIMED_COLUMNS = """id, function_name, name, payload, priority, seq, created_at, scheduled_at, run_at, attempts,
-    max_retries, retry_delay, retry_backoff, retry_jitter, timeout, tags, metadata, owner, unique_key, isolation,
-    (completed_at IS NULL AND depends_on = '[]'
-     AND progress = 0 AND progress_message = '' AND progress_details = '{}'
-     AND result IS NULL AND error IS NULL AND error_type IS NULL AND traceback IS NULL
-     AND cron_timezone IS NULL AND memory_limit IS NULL)"""
-CLAIMED_PLAIN = 20  # the index of that last column in a claimed row
-CLAIMED_SEQ = 5  # the index of seq
-if CLAIMED_COLUMNS.count(",") != CLAIMED_PLAIN:
-    raise ImportError("CLAIMED_COLUMNS changed: update CLAIMED_PLAIN and sqlite_rows._plain_claimed")
+# row's decode error names its columns in the same order as a full read; depends_on read
+# as DEPENDS_ON), then whether every other column holds what it holds for a job stored by
+# INSERT_JOB and claimed. The claims set status, started_at, worker_id, lease_expires_at
+# and cancel_requested, and take only rows with blocked = 0 and no cron. Such a row (most
+# rows) is read back 24 columns wide instead of 38: each column read makes a Python
+# object, about 9 µs a job here (measured). Any other claimed row (one with progress
+# reported, say) is read in full by SELECT_JOBS_BY_SEQS in the same transaction. Tags,
+# metadata, an owner, a unique_key, a time to start at, dependencies and a failed
+# attempt's error are among the 24: jobs carry them often (tags, a key against
+# duplicates, a retry), and each such job's second read cost its drain 8-22%.
+CLAIMED_NAMES = ("id", "function_name", "name", "payload", "priority", "seq", "created_at", "scheduled_at",
+                 "run_at", "attempts", "max_retries", "retry_delay", "retry_backoff", "retry_jitter", "timeout",
+                 "tags", "metadata", "owner", "unique_key", "isolation", "depends_on", "error", "error_type",
+                 "traceback")
+CLAIMED_COLUMNS = ", ".join(DEPENDS_ON if name == "depends_on" else name for name in CLAIMED_NAMES) + """,
+    (completed_at IS NULL AND progress = 0 AND progress_message = '' AND progress_details = '{}'
+     AND result IS NULL AND cron_timezone IS NULL AND memory_limit IS NULL)"""
+CLAIMED_PLAIN = len(CLAIMED_NAMES)  # the index of that last column in a claimed row
+CLAIMED_SEQ = CLAIMED_NAMES.index("seq")
+if CLAIMED_COLUMNS.count(",") != CLAIMED_PLAIN:  # (DEPENDS_ON holds no comma)
+    raise ImportError("CLAIMED_COLUMNS changed: update sqlite_rows._plain_claimed")
 # By the seqs a claim returned: the table's own key, no read of the index on ids.
 SELECT_JOBS_BY_SEQS = f"SELECT {COLUMNS} FROM jobs WHERE seq IN (SELECT value FROM json_each(?))"
 CLAIM = f"""
