@@ -75,7 +75,6 @@ def is_not_utf8(exc: BaseException) -> bool:
 # status (by columns.unknown_status: none jobcore writes).
 _JOB_COLUMN_NAMES = tuple(None if name in ("id", "status") else name
                           for name in (name.strip() for name in JOB_COLUMNS.split(",")))
-_CLAIMED_COLUMN_NAMES = CLAIMED_NAMES
 
 
 def _undecodable_error(record: JobRecord, row: Sequence[Any], names: Sequence[Optional[str]]) -> Optional[str]:
@@ -212,13 +211,7 @@ def record_from_row(row: Sequence[Any]) -> JobRecord:
     try:
         if raw.payload is not None:  # None: selected without the arguments
             record.args, record.kwargs = serialization.decode_payload(raw.payload)
-        # Most jobs carry none of these: skip the decoder for the empty forms.
-        if raw.tags != "[]":
-            record.tags = frozenset(json_strings(json.loads(raw.tags), "tags"))
-        if raw.metadata != "{}":
-            record.metadata = json_object(json.loads(raw.metadata), "metadata")
-        if raw.depends_on != "[]":
-            record.depends_on = tuple(json_strings(json.loads(raw.depends_on), "depends_on"))
+        _decode_lists(record, raw.tags, raw.metadata, raw.depends_on)
         if raw.progress_details != "{}":
             record.progress_details = json_object(json.loads(raw.progress_details), "progress_details")
         record.result = serialization.decode(raw.result)
@@ -226,6 +219,18 @@ def record_from_row(row: Sequence[Any]) -> JobRecord:
         if record.decode_error is None:  # else a number was wrong first: that one is told
             record.decode_error = f"stored job {record.id} cannot be decoded: {exc}"
     return record
+
+
+def _decode_lists(record: JobRecord, tags: Any, metadata: Any, depends_on: Any) -> None:
+    """Set `record`'s tags, metadata and dependencies from their columns' JSON (raises
+    ValueError or TypeError naming the column for one not of its shape)."""
+    # Most jobs carry none of these: skip the decoder for the empty forms.
+    if tags != "[]":
+        record.tags = frozenset(json_strings(json.loads(tags), "tags"))
+    if metadata != "{}":
+        record.metadata = json_object(json.loads(metadata), "metadata")
+    if depends_on != "[]":
+        record.depends_on = tuple(json_strings(json.loads(depends_on), "depends_on"))
 
 
 def claimed_records(rows: Sequence[Sequence[Any]], full: dict[str, Sequence[Any]], started_at: float,
@@ -263,15 +268,10 @@ def _plain_claimed(row: Sequence[Any], started_at: float, worker_id: str,
         record.decode_error = unsound_numbers(record)
     if undecodable_read:  # the row may hold text that is not UTF-8 (see tolerant_text)
         record.id = text_of_id(job_id)  # of type str (an UndecodableText is told of below)
-        record.decode_error = _undecodable_error(record, row, _CLAIMED_COLUMN_NAMES)
+        record.decode_error = _undecodable_error(record, row, CLAIMED_NAMES)
     try:  # in `record_from_row`'s order: the first that fails is told
         record.args, record.kwargs = serialization.decode_payload(payload)
-        if tags != "[]":
-            record.tags = frozenset(json_strings(json.loads(tags), "tags"))
-        if metadata != "{}":
-            record.metadata = json_object(json.loads(metadata), "metadata")
-        if depends_on != "[]":
-            record.depends_on = tuple(json_strings(json.loads(depends_on), "depends_on"))
+        _decode_lists(record, tags, metadata, depends_on)
     except (ValueError, TypeError) as exc:
         if record.decode_error is None:
             record.decode_error = f"stored job {job_id} cannot be decoded: {exc}"
