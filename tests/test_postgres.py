@@ -479,8 +479,9 @@ def test_an_exchange_opens_its_transaction_and_its_settings_in_one_round_trip(
             except psycopg.Error:
                 pass
             return "done"
-        with pytest.raises(RepositoryError, match="aborted"):
-            repo._db.transaction(swallowing, generic_plans=True)
+        for generic_plans in (True, False):
+            with pytest.raises(RepositoryError, match="aborted"):
+                repo._db.transaction(swallowing, generic_plans=generic_plans)
         assert repo.logs(jobs[1].id) == [] and repo.get(jobs[2].id) is not None
     finally:
         repo.close()
@@ -819,8 +820,9 @@ def test_a_cancel_waits_for_a_transition_under_way_and_acts_on_the_status_it_lea
     try:
         with psycopg.connect(schema.server) as other, psycopg.connect(schema.server, autocommit=True) as watch:
             if transition == "retry":
-                other.execute(sql.FAIL_RETRY, {**held, "retry_at": NOW + 10, "error": "reset",
-                                               "error_type": "ConnectionError", "traceback": None})
+                other.execute(sql.FAIL_MANY, {"ids": [job.id], "attempts": [1], "retry_at": [NOW + 10],
+                                              "errors": ["reset"], "error_types": ["ConnectionError"],
+                                              "tracebacks": [None], "worker": "w1", "now": NOW + 1})
             else:
                 other.execute(sql.RELEASE, held)
             # when cancel() runs meanwhile, and that transaction commits while it waits

@@ -221,26 +221,20 @@ class Database:
         with self.pool.connection() as conn:
             committing = False
             try:
-                if generic_plans and conn.info.server_version >= _GENERIC_PLANS_SINCE:
-                    with conn.cursor() as cur:
-                        cur.execute(_BEGIN_ON_GENERIC_PLANS)
-                        tx = Tx(cur, self.schema)
-                        try:
-                            result = work(tx)
-                            if conn.info.transaction_status != psycopg.pq.TransactionStatus.INTRANS:
-                                # (a statement failed and `work` went on: COMMIT would roll back quietly)
-                                raise RepositoryError(f"PostgreSQL at {self.where}: the transaction was aborted")
-                        except BaseException:
-                            _roll_back(conn)
-                            raise
-                        committing = True
-                        cur.execute("COMMIT")
-                else:
-                    with conn.transaction():
-                        with conn.cursor() as cur:
-                            tx = Tx(cur, self.schema)
-                            result = work(tx)
-                        committing = True  # leaving the block sends COMMIT
+                with conn.cursor() as cur:
+                    on_generic_plans = generic_plans and conn.info.server_version >= _GENERIC_PLANS_SINCE
+                    cur.execute(_BEGIN_ON_GENERIC_PLANS if on_generic_plans else "BEGIN")
+                    tx = Tx(cur, self.schema)
+                    try:
+                        result = work(tx)
+                        if conn.info.transaction_status != psycopg.pq.TransactionStatus.INTRANS:
+                            # (a statement failed and `work` went on: COMMIT would roll back quietly)
+                            raise RepositoryError(f"PostgreSQL at {self.where}: the transaction was aborted")
+                    except BaseException:
+                        _roll_back(conn)
+                        raise
+                    committing = True
+                    cur.execute("COMMIT")
             except psycopg.OperationalError as exc:
                 if conn.closed and not committing:
                     raise _ConnectionLost(exc) from exc

@@ -119,7 +119,7 @@ RETURNING j.id, unreadable.lease_expires_at
 """
 # SKIP LOCKED: a row locked by a heartbeat in flight is alive; another manager already
 # recovering a row needs no help.
-# A job taken back to run again has no progress, as after transition_queries.FAIL_RETRY;
+# A job taken back to run again has no progress, as after a retry (transition_queries.FAIL_MANY);
 # one that ends FAILED or CANCELLED keeps its lost attempt's last report.
 RECOVER_EXPIRED = f"""
 WITH expired AS (

@@ -2,7 +2,8 @@
 
 Functions of a `Tx` and the schema's `Statements`: settlements (complete, retry, fail,
 cancel, release) as compare-and-sets on the holding worker and attempt, a run of
-completions in two statements, and the transitive cancellation of dependents. They
+completions in two statements, a run of failed attempts in three, and the transitive
+cancellation of dependents. They
 open no transaction and read no clock.
 """
 
@@ -63,7 +64,7 @@ def settle_all(sql: Statements, tx: Tx, settlements: Sequence[Settlement], encod
             continue
         while end < len(settlements) and settlements[end].kind in _FAILED:
             end += 1
-        if end - start > 1:
+        if end > start:
             cascades += fail_many(sql, tx, settlements[start:end], worker_id, now)
             start = end
         else:
@@ -78,12 +79,12 @@ _FAILED = ("retry", "fail")  # the kinds of settlement `fail_many` records
 def fail_many(sql: Statements, tx: Tx, settlements: Sequence[Settlement], worker_id: str,
               now: float) -> list[Optional[Cascade]]:
     """Record failed attempts of jobs held by `worker_id` (each a retry, or a failure for
-    good when it is one with no time to retry at), as `settle_one` records each: the
-    outcomes in one statement, their notes in another, and one look for dependents; the
-    jobs that ended for good with dependents then cancel them, each as `settle_one` does.
-    A run naming a job twice goes one by one (each settlement its own compare-and-set)."""
+    good when it is one with no time to retry at; None for one not held so): the outcomes
+    in one statement (FAIL_MANY), their notes in another, and one look for dependents; the
+    jobs that ended for good with dependents then cancel them. A run naming a job twice
+    goes one by one (each settlement its own compare-and-set)."""
     if len({s.job_id for s in settlements}) < len(settlements):
-        return [settle_one(sql, tx, s, worker_id, now) for s in settlements]
+        return [cascade for s in settlements for cascade in fail_many(sql, tx, [s], worker_id, now)]
     params = {"ids": [s.job_id for s in settlements], "attempts": [s.attempt for s in settlements],
               "retry_at": [s.retry_at if s.kind == "retry" else None for s in settlements],
               "errors": [clean_text(s.error) for s in settlements],
@@ -151,7 +152,8 @@ def complete_many(sql: Statements, tx: Tx, settlements: Sequence[Settlement], en
 
 
 def settle_one(sql: Statements, tx: Tx, s: Settlement, worker_id: str, now: float) -> Optional[Cascade]:
-    """Apply a retry, fail, cancel or release settlement; None if the job was not held so."""
+    """Apply a cancel or release settlement (failed attempts are `fail_many`'s); None if
+    the job was not held so."""
     held = {"id": s.job_id, "worker": worker_id, "attempt": s.attempt, "now": now}
     if s.kind == "release":
         released = tx.execute(sql.RELEASE, held).fetchone()
@@ -166,19 +168,4 @@ def settle_one(sql: Statements, tx: Tx, s: Settlement, worker_id: str, now: floa
         if tx.execute(sql.FINISH_CANCELLED, held).rowcount != 1:
             return None
         return Cascade(cancelled=cancel_dependents(sql, tx, s.job_id, now))
-    if s.kind not in ("retry", "fail"):
-        raise ValueError(f"unknown settlement kind {s.kind!r}")
-    retrying = s.kind == "retry" and s.retry_at is not None
-    params = {**held, "retry_at": s.retry_at, "error": clean_text(s.error),
-              "error_type": clean_text(s.error_type), "traceback": clean_text(s.traceback)}
-    row = tx.execute(sql.FAIL_RETRY if retrying else sql.FAIL_FINAL, params).fetchone()
-    if row is None:
-        return None
-    cancelled = bool(row[0])  # its cancellation was requested: it ended CANCELLED instead
-    if s.note is not None:
-        note = cancelled_instead_note(s.note) if cancelled else s.note
-        tx.execute(sql.INSERT_LOG, (s.job_id, now, "error", clean_text(note)))
-    if retrying and not cancelled:
-        tx.notify()  # its timer, for whichever manager is free then
-        return Cascade()
-    return Cascade(cancelled=cancel_dependents(sql, tx, s.job_id, now), cancelled_instead=cancelled)
+    raise ValueError(f"unknown settlement kind {s.kind!r}")

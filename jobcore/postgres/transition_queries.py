@@ -189,39 +189,18 @@ UPDATE {s}.jobs AS j SET status = 'cancelled', completed_at = %(now)s,
     error = 'cancelled while running', error_type = 'JobCancelled', lease_expires_at = NULL
 FROM held WHERE j.seq = held.seq
 """
-# A failed attempt of a job whose cancellation was requested (cancel() returned True while
-# the outcome was on its way: the worker had not heard of it, or the attempt had already
-# ended or timed out) ends CANCELLED, as FINISH_CANCELLED leaves it, in the same statement:
-# no retry, no dead letter. The SET reads the row as the lock found it (a cancel request
-# committed meanwhile is seen), and RETURNING tells the caller which it did. A retry
-# takes FOR UPDATE too, since it may end the job (see the module docstring).
-# The error columns and the rest, shared by both: a cancel requested wins over the error.
-_OR_CANCELLED = """
-    error = CASE WHEN j.cancel_requested THEN 'cancelled while running' ELSE %(error)s END,
-    error_type = CASE WHEN j.cancel_requested THEN 'JobCancelled' ELSE %(error_type)s END,
-    traceback = CASE WHEN j.cancel_requested THEN j.traceback ELSE %(traceback)s END,
-    lease_expires_at = NULL
-FROM held WHERE j.seq = held.seq
-RETURNING j.cancel_requested
-"""
+# Failed attempts of one worker, one statement for all: each a retry (a retry_at given:
+# SCHEDULED then) or a failure for good (none: FAILED, the dead-letter queue), its rows
+# locked in the order of their seqs, as COMPLETE_MANY locks them. A job whose cancellation
+# was requested (cancel() returned True while the outcome was on its way: the worker had
+# not heard of it, or the attempt had already ended or timed out) ends CANCELLED, as
+# FINISH_CANCELLED leaves it: no retry, no dead letter. The SET reads each row as the lock
+# found it (a cancel request committed meanwhile is seen), and RETURNING tells which it
+# did. A retry takes FOR UPDATE too, since it may end the job (see the module docstring).
 # A job waiting for its retry has no progress: the next attempt starts from 0. One that
-# ends CANCELLED keeps its last report, as every ended job does.
-FAIL_RETRY = _HELD + """
-UPDATE {s}.jobs AS j SET status = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'scheduled' END,
-    run_at = CASE WHEN j.cancel_requested THEN j.run_at ELSE %(retry_at)s END,
-    completed_at = CASE WHEN j.cancel_requested THEN %(now)s ELSE j.completed_at END,
-    progress = CASE WHEN j.cancel_requested THEN j.progress ELSE 0 END,
-    progress_message = CASE WHEN j.cancel_requested THEN j.progress_message ELSE '' END,
-    progress_details = CASE WHEN j.cancel_requested THEN j.progress_details ELSE '{{}}' END,""" + _OR_CANCELLED
-FAIL_FINAL = _HELD + """
-UPDATE {s}.jobs AS j SET status = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'failed' END,
-    completed_at = %(now)s,""" + _OR_CANCELLED
-# A run of failed attempts of one worker in one statement: each row as FAIL_RETRY (a
-# retry_at given) or FAIL_FINAL (none) would leave it, locked in the order of their seqs
-# as COMPLETE_MANY locks them. Returns each job recorded and whether its cancellation was
-# requested (it ended CANCELLED instead). A failure storm paid a round trip per job for
-# each of the outcome, its note and its dependents (1,700 failing jobs drained a second
-# against 4,500 that complete).
+# ends keeps its last report, as every ended job does. One statement per failed job, with
+# its note and its look for dependents, made a failure storm pay three round trips a job
+# (1,700 failing jobs drained a second against 4,500 that complete).
 FAIL_MANY = """
 WITH given AS (
     SELECT * FROM unnest(%(ids)s::TEXT[], %(attempts)s::INTEGER[], %(retry_at)s::DOUBLE PRECISION[],
