@@ -30,6 +30,7 @@ from jobcore.errors import RepositoryError
 from jobcore.repository.base import Cascade, CancelOutcome, JobRecord, Settlement
 from jobcore.testing.contract import NOW, RepositoryContract, claim_race, make_record
 from dead_letter_order import fail_late_then_early
+from waiting import wait_until
 from recovery_checks import check_entries_with_and_without_a_lease
 
 try:
@@ -329,11 +330,14 @@ def test_a_lone_keyed_job_is_stored_by_one_statement_and_a_held_key_costs_one_re
     monkeypatch.setattr(repo._db, "transaction", counted_transaction)
     first = make_record(unique_key="k", priority=2, tags=frozenset({"t"}))
     before = repo.change_token()
+    listener, heard = repo._db._listener, repo._db._listener.token()
     # when a job whose key no job holds is stored alone
     assert repo.insert([first], NOW) == [first.id]
     # then one statement stored it and told the other managers (its token moved), no transaction
     assert len(statements) == 1 and statements[0].lstrip().startswith("WITH added AS (INSERT") and transactions == []
     assert repo.change_token() != before
+    # (and its notification, which the listener hears too, in its time, was heard)
+    wait_until(lambda: listener.token() > heard, WAIT, "the first job's notification to be heard")
     stored = repo.get(first.id)
     assert stored is not None and (stored.seq, stored.unique_key, stored.status) == (first.seq, "k", JobStatus.PENDING)
     # when another job with that key comes while the first is unfinished
