@@ -85,8 +85,9 @@ def fail_many(sql: Statements, tx: Tx, settlements: Sequence[Settlement], worker
     goes one by one (each settlement its own compare-and-set)."""
     if len({s.job_id for s in settlements}) < len(settlements):
         return [cascade for s in settlements for cascade in fail_many(sql, tx, [s], worker_id, now)]
+    retry_ats = [s.retry_at if s.kind == "retry" else None for s in settlements]  # None: ends for good
     params = {"ids": [s.job_id for s in settlements], "attempts": [s.attempt for s in settlements],
-              "retry_at": [s.retry_at if s.kind == "retry" else None for s in settlements],
+              "retry_at": retry_ats,
               "errors": [clean_text(s.error) for s in settlements],
               "error_types": [clean_text(s.error_type) for s in settlements],
               "tracebacks": [clean_text(s.traceback) for s in settlements], "worker": worker_id, "now": now}
@@ -96,14 +97,16 @@ def fail_many(sql: Statements, tx: Tx, settlements: Sequence[Settlement], worker
              for s in settlements if s.note is not None and s.job_id in recorded]
     if notes:
         tx.cur.executemany(sql.INSERT_LOG, notes)
-    ended = [s.job_id for s in settlements
-             if s.job_id in recorded and (recorded[s.job_id] or s.kind != "retry" or s.retry_at is None)]
+    # Those that ended (FAILED, or CANCELLED instead): not SCHEDULED for a retry.
+    ended = [s.job_id for s, retry_at in zip(settlements, retry_ats)
+             if s.job_id in recorded and (recorded[s.job_id] or retry_at is None)]
     depended_on = {row[0] for row in tx.execute(sql.SELECT_DEPENDED_ON, (ended,))} if ended else set()
+    ended_ids = set(ended)
     cascades: list[Optional[Cascade]] = []
     for s in settlements:
         if s.job_id not in recorded:
             cascades.append(None)
-        elif s.job_id not in ended:  # SCHEDULED for its retry
+        elif s.job_id not in ended_ids:  # SCHEDULED for its retry
             tx.notify()  # its timer, for whichever manager is free then
             cascades.append(Cascade())
         else:

@@ -15,6 +15,7 @@ from .. import serialization
 from ..errors import RepositoryError
 from ..models import TIME_LIMIT, JobStatus
 from .base import JobRecord, QueueEntry
+from .values import NO_TAGS
 from .columns import (DEFAULT_PRIORITY, JOB_COLUMNS, REAL_TYPES, json_object, json_strings, text_of_id,
                       unpack_job_row, unsound_numbers, usable_time)
 from .sqlite_transition_sql import CLAIMED_NAMES, CLAIMED_PLAIN, DEFAULT_SETTINGS
@@ -255,7 +256,7 @@ def _plain_claimed(row: Sequence[Any], started_at: float, worker_id: str,
     record = JobRecord(
         job_id, function_name, name, (), {}, priority, _RUNNING, seq, created_at, scheduled_at, run_at,
         started_at, None, attempts, max_retries, retry_delay, retry_backoff, bool(jitter),
-        timeout, _NO_TAGS, {}, owner, unique_key, isolation, None, (), 0, 0.0, "", {}, None, error,
+        timeout, NO_TAGS, {}, owner, unique_key, isolation, None, (), 0, 0.0, "", {}, None, error,
         error_type, traceback, worker_id, lease_expires_at, False, None, None, None)
     # `unsound_numbers` of the numbers a plain row holds, checked here in locals (cheaper).
     if not (type(priority) is int and type(attempts) is int and type(max_retries) is int
@@ -278,7 +279,6 @@ def _plain_claimed(row: Sequence[Any], started_at: float, worker_id: str,
     return record
 
 
-_NO_TAGS: frozenset[str] = frozenset()  # shared by every record without tags (see records._NO_TAGS)
 _RUNNING = JobStatus.RUNNING
 
 
