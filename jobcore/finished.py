@@ -5,7 +5,7 @@ decides nor records anything (see `recorder`, `refusals`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 from .context import JobContext
 from .execution import Outcome
@@ -29,6 +29,11 @@ class Finished:
     last_report: Optional[Report] = None
     # Its log lines not in the store yet (see `log_buffer`): recorded with the outcome too.
     log_lines: tuple[LogLine, ...] = ()
+    # An attempt given up at its timeout (its thread may still run): takes the two above,
+    # which wait here until then, for the exchange that records its outcome (`Recorder`),
+    # outside the pool's lock: a store that cannot record them with an outcome has them
+    # written by it. Called once; None: nothing to take.
+    collect: Optional[Callable[[], tuple[Optional[Report], tuple[LogLine, ...]]]] = None
     # Only on the failure path (see `Refusals.record_each`): how many exchanges carrying
     # this outcome the repository failed, and since when (real monotonic seconds) it has
     # failed alone while the store renewed the job's lease (it works, but not for this

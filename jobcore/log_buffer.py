@@ -71,8 +71,9 @@ class LogBuffer:
         # written: a job's thread takes it at each line.
         self._lock = waitable_lock()  # (a caller of `land` waits on _landed)
         self._landed = threading.Condition(self._lock)
-        # attempt -> its lines waiting here (by attempt, not job: an attempt given up after
-        # its timeout leaves its lines for the housekeeper, beside the next attempt's)
+        # attempt -> its lines waiting here (by attempt, not job: code an attempt given up
+        # after its timeout left running may still log, beside the next attempt, until
+        # `log` sees it over; the lines it logged before go with its JobTimeout's outcome)
         self._waiting: dict[JobContext, _Waiting] = {}
         # job id -> how many of its attempts handed lines to an outcome not settled yet
         self._ending: dict[str, int] = {}
@@ -119,7 +120,8 @@ class LogBuffer:
         wake instead (the earliest waiting lines' due time, if sooner)."""
         with self._lock:
             for waiting in self._waiting.values():
-                at = min(at, waiting.since + self._interval)
+                if not waiting.context.abandoned:  # (its outcome takes them: `take`)
+                    at = min(at, waiting.since + self._interval)
             self._flush_at = at
         return at
 
@@ -137,6 +139,8 @@ class LogBuffer:
             due_next: Optional[float] = None
             with self._lock:
                 for context, waiting in list(self._waiting.items()):
+                    if context.abandoned:  # given up at its timeout: they go with its outcome
+                        continue
                     at = waiting.since + self._interval
                     if at > now:
                         due_next = at if due_next is None else min(due_next, at)

@@ -9,18 +9,22 @@ by the `PoolState`'s lock; no lock of its own.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from typing import Callable, Optional
 
 from . import lock_waits
 from .clock import LONGEST_WAIT, Clock, join_within, real_monotonic
+from .context import JobContext
 from .dispatcher import Dispatcher
 from .errors import JobTimeout
 from .event_loops import loops_kept
 from .execution import Outcome
 from .pool_state import PoolState, Slot
+from .progress import Report
 from .recorder import Finished
+from .repository.base import LogLine
 
 logger = logging.getLogger("jobcore.workers")
 
@@ -30,13 +34,17 @@ class PoolThreads:
     with its `Slot`."""
 
     def __init__(self, state: PoolState, dispatcher: Dispatcher, clock: Clock, max_workers: int,
-                 lease_timeout: float, serve: Callable[[Slot], None]) -> None:
+                 lease_timeout: float, serve: Callable[[Slot], None],
+                 given_up: Callable[[JobContext], tuple[Optional[Report], tuple[LogLine, ...]]]) -> None:
         self._state = state
         self._dispatcher = dispatcher
         self._clock = clock
         self._max_workers = max_workers
         self._lease_timeout = lease_timeout
         self._serve = serve
+        # What an attempt given up at its timeout left waiting (its last progress report,
+        # its log lines): taken by the exchange recording its `JobTimeout` (`Finished.collect`).
+        self._given_up = given_up
         # The `PoolState`'s lock guards these.
         self._threads: list[tuple[threading.Thread, Slot]] = []
         self._abandoned = 0
@@ -194,7 +202,8 @@ class PoolThreads:
                 logger.warning("job %s exceeded its timeout of %.3fs; its thread is abandoned",
                                record.id, record.timeout)
                 outcome = Outcome(error=JobTimeout(record.timeout or 0.0))
-                self._state.add_finished_locked(Finished(record, attempt.context, outcome, now - attempt.started))
+                self._state.add_finished_locked(Finished(record, attempt.context, outcome, now - attempt.started,
+                                                         collect=functools.partial(self._given_up, attempt.context)))
                 self._state.dispatch_needed.notify()
         return min(ahead) if ahead else None
 

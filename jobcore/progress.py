@@ -123,7 +123,8 @@ class ProgressWriter:
         housekeeper pass per exchange, and the drain a third of its rate: measured)."""
         with self._lock:
             for report in self._waiting.values():
-                at = min(at, self._due_locked(report.context))
+                if not report.context.abandoned:  # (its outcome takes it: `take`)
+                    at = min(at, self._due_locked(report.context))
             self._flush_at = at
         return at
 
@@ -157,16 +158,14 @@ class ProgressWriter:
         return due_next
 
     def _take_due(self, now: float) -> tuple[list[Report], Optional[float]]:
-        """Move the waiting reports due at `now` to `_writing`, and drop those of attempts
-        given up; returns the due reports and when the next one is due."""
+        """Move the waiting reports due at `now` to `_writing`, leaving those of attempts
+        given up at their timeout to their outcomes (`take`); returns the due reports and
+        when the next one is due."""
         due: list[Report] = []
         due_next: Optional[float] = None
         with self._lock:
             for job_id, report in list(self._waiting.items()):
-                if report.context.abandoned:  # timed out: nothing of it is recorded any more
-                    del self._waiting[job_id]
-                    self._written_at.pop(job_id, None)
-                    self._written.pop(job_id, None)
+                if report.context.abandoned:
                     continue
                 at = self._due_locked(report.context)
                 if at > now:
@@ -181,13 +180,17 @@ class ProgressWriter:
             self._flush_at = due_next
         return due, due_next
 
-    def take(self, context: JobContext) -> Optional[Report]:
+    def take(self, context: JobContext, given_up: bool = False) -> Optional[Report]:
         """The attempt of `context` ended (`context.ended` is set): its latest report not
-        yet surely in its row, for the worker to record with its outcome, or None (also
-        for an attempt given up after its timeout). `latest` shows it until `settled`
-        says the outcome was recorded."""
+        yet surely in its row, for the worker to record with its outcome, or None. An
+        attempt given up at its timeout hands it to the outcome recorded then (`given_up`:
+        the exchange recording it asks), never to its thread, should that return (its
+        outcome is discarded). `latest` shows it until `settled` says the outcome was
+        recorded (that of an attempt given up: never)."""
         if not self._throttle or not context.reported_progress:
             return None  # most jobs: no lock taken
+        if context.abandoned and not given_up:
+            return None
         with self._lock:
             self._written_at.pop(context.id, None)
             report = self._waiting.get(context.id)
@@ -201,9 +204,6 @@ class ProgressWriter:
                 if report is None or report.context is not context:
                     return None
                 self._ending[context.id] = report
-            if context.abandoned:
-                del self._ending[context.id]
-                return None
             return report
 
     def settled(self, job_ids: Iterable[str]) -> None:
@@ -222,6 +222,9 @@ class ProgressWriter:
                         recent.popitem(last=False)
                 self._ending.pop(job_id, None)
                 self._written.pop(job_id, None)
+                waiting = self._waiting.get(job_id)
+                if waiting is not None and waiting.context.abandoned:  # (its outcome did not take it)
+                    del self._waiting[job_id]
                 self._written_at.pop(job_id, None)  # (an attempt given up: `take` never came)
                 writing = self._writing.get(job_id)
                 if writing is not None and writing.context.over:

@@ -257,7 +257,15 @@ class Recorder:
 
     def _settled(self, finished: Finished, now: float) -> Settlement:
         """`_settlement`, or if even that fails (a bug of the engine's), a final failure
-        saying so: the thread recording it must go on, and the job must not stay RUNNING."""
+        saying so: the thread recording it must go on, and the job must not stay RUNNING.
+        An attempt given up at its timeout takes its last report and log lines first."""
+        collect, finished.collect = finished.collect, None
+        if collect is not None:
+            try:
+                finished.last_report, finished.log_lines = collect()
+            except Exception:  # the outcome is recorded without them
+                logger.exception("job %s: the last progress report and log lines of its attempt given up"
+                                 " could not be taken", finished.record.id)
         try:
             settlement = self._settlement(finished, now)
         except Exception as exc:

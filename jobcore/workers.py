@@ -102,7 +102,7 @@ class WorkerPool:
         self._dispatcher = Dispatcher(self._state, self._exchanges, queue, self._recorder, clock,
                                       give_up_after=settings.lease_timeout)
         self._pool_threads = PoolThreads(self._state, self._dispatcher, clock, settings.max_workers,
-                                         settings.lease_timeout, serve=self._serve)
+                                         settings.lease_timeout, serve=self._serve, given_up=self._left_waiting)
         self._holdings = Holdings(self._state, repository, self._claims, clock, worker_id,
                                   settings.lease_timeout, on_settled)
         self.on_deadline: Callable[[], None] = lambda: None  # set by the housekeeper
@@ -428,12 +428,20 @@ class WorkerPool:
         self._repo.update_progress(context.id, self.worker_id, context.attempt, report.progress,
                                    report.message, report.details, self._clock.time())
 
-    def _last_report(self, context: JobContext) -> Optional[Report]:
+    def _left_waiting(self, context: JobContext) -> tuple[Optional[Report], tuple[LogLine, ...]]:
+        """What the attempt of `context`, given up at its timeout, left waiting here: its last
+        progress report and its log lines, for the exchange recording its `JobTimeout` to
+        store with it, as a worker hands on those of an attempt that ended (its thread,
+        should it return, hands on nothing: its outcome is discarded)."""
+        return self._last_report(context, given_up=True), self._log_lines(context, given_up=True)
+
+    def _last_report(self, context: JobContext, given_up: bool = False) -> Optional[Report]:
         """The ended attempt's last progress report that may not be in its row yet, for the
         transaction recording its outcome to store (see `progress`). A store that cannot
         (not `stores_settlement_progress`) gets it here, before the outcome, as its own
-        write; if it fails that, it is logged, and the outcome goes on."""
-        report = self._progress.take(context)
+        write; if it fails that, it is logged, and the outcome goes on. `given_up`: for
+        an attempt given up at its timeout (see `_left_waiting`)."""
+        report = self._progress.take(context, given_up=given_up)
         if report is None or self._repo.stores_settlement_progress:
             return report
         try:
@@ -445,14 +453,14 @@ class WorkerPool:
     def report_log(self, context: JobContext, level: str, message: str) -> None:
         self._logs.report(context, (self._clock.time(), level, message))
 
-    def _log_lines(self, context: JobContext) -> tuple[LogLine, ...]:
+    def _log_lines(self, context: JobContext, given_up: bool = False) -> tuple[LogLine, ...]:
         """The ended attempt's log lines still waiting (see `log_buffer`), for the
         transaction recording its outcome to store. A store that cannot
         (not `stores_settlement_logs`) gets them here, before the outcome, as a write of
         their own; if it fails that, it is logged, and the outcome goes on. An attempt
-        given up after its timeout leaves them to the housekeeper (its outcome was
-        recorded then, and this one is discarded)."""
-        if context.abandoned:
+        given up at its timeout hands them on with its `JobTimeout` (`given_up`, see
+        `_left_waiting`), not when its thread returns (that outcome is discarded)."""
+        if context.abandoned and not given_up:
             return ()
         if self._repo.stores_settlement_logs:
             return self._logs.take(context, handing_on=True)

@@ -15,7 +15,9 @@ from typing import Any, Optional
 import pytest
 
 from jobcore import Job, JobManager, JobStatus, SQLiteRepository, current_job
-from jobcore.log_buffer import MOST_WAITING
+from jobcore import log_buffer
+from jobcore.context import JobContext
+from jobcore.log_buffer import MOST_WAITING, LogBuffer
 from jobcore.repository.base import JobRepository
 from mixed_repositories import BACKENDS, AsIs, repository_with
 from pg_fixtures import *  # noqa: F401,F403 (the fixtures: server, schema)
@@ -149,33 +151,71 @@ def test_a_job_logging_in_a_loop_keeps_every_line_in_order(tmp_path: Any, make_m
     assert [entry.message for entry in manager.get_logs(job_id)] == [f"line {n}" for n in range(count)]
 
 
-def test_the_lines_of_an_attempt_that_timed_out_are_kept(tmp_path: Any, make_manager: Any) -> None:
+@pytest.mark.parametrize("retries", [0, 1])
+def test_the_lines_of_an_attempt_given_up_at_its_timeout_go_with_its_outcome(
+        any_repository: Any, make_manager: Any, retries: int) -> None:
+    # given a thread job that logs a line, then hangs past its timeout (and a second
+    # attempt, when retried, that logs one and returns)
+    repository = any_repository
     release = threading.Event()
 
-    def job() -> None:
-        current_job().log("before the timeout")
-        release.wait(WAIT)
+    def job() -> str:
+        context = current_job()
+        assert context is not None
+        context.log(f"attempt {context.attempt}: connecting")
+        if context.attempt == 1:
+            release.wait(WAIT)
+        return "done"
 
-    manager: JobManager = make_manager(str(tmp_path / "jobs.db"))
+    # (the lines would wait a minute for a write of their own: only the outcome brings them)
+    manager: JobManager = make_manager(repository, max_workers=1, log_interval=60.0)
     manager.register_function("job", job)
     manager.start()
-    job_id = manager.enqueue(Job(function_name="job", timeout=0.2, max_retries=0))
+    job_id = manager.enqueue(Job(function_name="job", timeout=0.05, max_retries=retries,
+                                 retry_delay=0.0, retry_jitter=False))
     try:
         result = manager.wait(job_id, timeout=WAIT)
-        assert result.status is JobStatus.FAILED and result.error_type == "JobTimeout"
-        assert [entry.message for entry in manager.get_logs(job_id)][0] == "before the timeout"
-        # and another reader sees it too, soon (its outcome did not carry it)
-        reader = SQLiteRepository(str(tmp_path / "jobs.db"))
-        try:
-            deadline = time.monotonic() + WAIT
-            while time.monotonic() < deadline and not [m for _, _, m in reader.logs(job_id)
-                                                       if m == "before the timeout"]:
-                time.sleep(0.005)
-            assert "before the timeout" in [message for _, _, message in reader.logs(job_id)]
-        finally:
-            reader.close()
+        # then a reader of the store sees the given-up attempt's line as soon as `wait`
+        # returns, before the note of its failure, and before the retry's lines
+        messages = [message for _, _, message in repository.logs(job_id)]
+        assert messages[0] == "attempt 1: connecting"
+        assert "JobTimeout" in messages[1] and messages[1].startswith("attempt 1 failed")
+        if retries:
+            assert result.status is JobStatus.COMPLETED
+            assert len(messages) == 4 and messages[2] == "attempt 2: connecting"
+            assert messages[3].startswith("attempt 2 completed after")
+        else:
+            assert result.status is JobStatus.FAILED and result.error_type == "JobTimeout"
+            assert len(messages) == 2
+        stamps = [at for at, _, _ in repository.logs(job_id)]
+        assert stamps == sorted(stamps)
     finally:
         release.set()
+
+
+def test_no_flush_takes_the_lines_of_an_attempt_given_up_at_its_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    # given lines of two attempts waiting, the first given up at its timeout
+    clock = [100.0]
+    monkeypatch.setattr(log_buffer, "real_monotonic", lambda: clock[0])
+    written: list[tuple[str, list[str]]] = []
+    buffer = LogBuffer(lambda job_id, lines: written.append((job_id, [m for _, _, m in lines])),
+                       throttle=True, interval=0.1, wake=lambda: True)
+    given_up, running = (JobContext(job_id, job_id, 1, None) for job_id in ("a", "b"))  # type: ignore[arg-type]
+    buffer.report(given_up, (clock[0], "info", "a one"))
+    clock[0] = 100.5
+    buffer.report(running, (clock[0], "info", "b one"))
+    given_up.abandoned = True
+    # then the flusher is woken for the running attempt's lines alone
+    assert buffer.plan(200.0) == pytest.approx(100.6)
+    # and a flush, their interval past, writes those alone (the others go with the
+    # JobTimeout's outcome, in its transaction)
+    clock[0] = 101.0
+    assert buffer.flush_due() is None
+    assert written == [("b", ["b one"])]
+    assert buffer.plan(200.0) == 200.0
+    # which takes them, once
+    assert buffer.take(given_up, handing_on=True) == ((100.0, "info", "a one"),)
+    assert buffer.take(given_up, handing_on=True) == ()
 
 
 def test_a_manager_not_started_running_jobs_in_the_callers_thread_keeps_their_lines(

@@ -201,6 +201,49 @@ def test_each_store_ends_with_the_last_report_of_a_short_attempt(
         assert repository.own_writes == 3 and repository.carried == []
 
 
+@pytest.mark.parametrize("retries", [0, 1])
+def test_an_attempt_given_up_at_its_timeout_ends_with_its_last_report(
+        recording_repository: Any, make_manager: Any, monkeypatch: pytest.MonkeyPatch, retries: int) -> None:
+    # given an interval no attempt outlives, and a thread job that reports, then hangs
+    # past its timeout (its report waits here: only the outcome can bring it)
+    monkeypatch.setattr(progress_module, "PROGRESS_INTERVAL", 3600.0)
+    repository = recording_repository
+    release = threading.Event()
+
+    def hangs(progress_callback: Any = None) -> str:
+        progress_callback(0.5, "downloading", file="big.iso")
+        release.wait(WAIT)
+        return "late"
+
+    manager: JobManager = make_manager(repository, max_workers=1)
+    manager.register_function("hangs", hangs)
+    manager.start()
+    job_id = manager.enqueue(Job(function_name="hangs", timeout=0.05, max_retries=retries,
+                                 retry_delay=60.0, retry_jitter=False))
+    try:
+        if retries:  # waiting for its retry, from no progress (as every retry starts)
+            wait_until(lambda: (row := repository.get(job_id)) is not None and row.status is JobStatus.SCHEDULED,
+                       timeout=WAIT, what="the retry scheduled")
+            row = repository.get(job_id)
+            assert row is not None and (row.progress, row.progress_message, row.progress_details) == (0.0, "", {})
+        else:
+            result = manager.wait(job_id, timeout=WAIT)
+            # then the failed job keeps the given-up attempt's last report, as any job that
+            # ended while an attempt ran keeps that attempt's, for every reader
+            assert (result.status, result.error_type) == (JobStatus.FAILED, "JobTimeout")
+            assert (result.progress, result.progress_message, result.progress_details) == (
+                0.5, "downloading", {"file": "big.iso"})
+            row = repository.get(job_id)
+            assert row is not None and (row.progress, row.progress_message, row.progress_details) == (
+                0.5, "downloading", {"file": "big.iso"})
+        if repository.persistent:  # carried by the outcome, not written by itself
+            assert repository.own_writes == 0
+            assert [entry[1:] for entry in repository.carried] == [
+                ("retry" if retries else "fail", 0.5, "downloading")]
+    finally:
+        release.set()
+
+
 def test_this_process_shows_the_last_report_until_the_outcome_is_recorded(
         monkeypatch: pytest.MonkeyPatch, sqlite_store: Callable[..., Any]) -> None:
     monkeypatch.setattr(progress_module, "PROGRESS_INTERVAL", 3600.0)
@@ -380,6 +423,28 @@ def test_an_ended_attempt_hands_its_last_report_to_its_outcome(now: list[float])
     # and the next attempt starts afresh
     writer.report(Report(_context("a", now, attempt=2), 0.5, "", {}))
     assert writer.latest("a") is not None and written == []
+
+
+def test_an_attempt_given_up_at_its_timeout_leaves_its_last_report_to_its_timeouts_outcome(
+        now: list[float]) -> None:
+    writer, written, _ = _writer()
+    given_up, forgotten = _context("b", now), _context("c", now)
+    for context in (given_up, forgotten):
+        writer.report(Report(context, 0.2, "half", {}))
+        context.abandoned = True  # its attempt timed out; its thread may still run
+    # then no flush writes it, nor drops it, nor wakes for it
+    now[0] += 10 * PROGRESS_INTERVAL
+    assert writer.flush_due() is None and written == []
+    assert writer.plan(now[0] + 1.0) == now[0] + 1.0
+    # its thread, should it return, hands on nothing (that outcome is discarded)
+    given_up.ended = True
+    assert writer.take(given_up) is None
+    # the exchange recording its JobTimeout takes it, once
+    assert writer.take(given_up, given_up=True) == Report(given_up, 0.2, "half", {})
+    assert writer.take(given_up, given_up=True) is None
+    # and one whose outcome took nothing is forgotten once it settled
+    writer.settled(["b", "c"])
+    assert writer.take(forgotten, given_up=True) is None and written == []
 
 
 def test_a_settled_attempts_report_is_shown_only_for_a_row_read_before_it_settled(now: list[float]) -> None:
