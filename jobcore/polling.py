@@ -4,8 +4,8 @@ them to look again (their job is terminal, or gone, or could not be read).
 
 It decides nothing for a caller, and reads no job whole: `waiting.Settlements` wakes the
 callers it names, and each reads its own job's row then, once. A job held here (claimed by
-this process's workers: it settles here, and its waiters are woken then) is asked about
-but not read.
+this process's workers: it settles here, and its waiters are woken then) is read too, for
+the one way it ends elsewhere: this process lost its lease (see `_round`).
 
 Why one thread: each caller reading its own job's row at intervals cost each of them a
 read (and the GIL, and the SQLite connection machinery) every 10 to 100 ms, so 200
@@ -241,12 +241,14 @@ class StatusPoller:
                 return now, due
 
     def _round(self, due: list[tuple[str, _Watched]]) -> None:
-        """Read the statuses of the jobs `due` not held here, one call per `statuses`
-        function, and have the callers of those terminal, gone or unread look again."""
+        """Read the statuses of the jobs `due`, one call per `statuses` function, and have
+        the callers of those terminal, gone or unread look again. Jobs held here too: a
+        process that froze past a job's lease still runs its attempt once it resumes,
+        while another process took the job back and settled it, and its waiters learn of
+        that only here (the attempt may never return)."""
         by_reader: dict[Statuses, list[str]] = {}
         for job_id, entry in due:  # (entries read without the lock: their functions never change)
-            if not entry.held(job_id):
-                by_reader.setdefault(entry.statuses, []).append(job_id)
+            by_reader.setdefault(entry.statuses, []).append(job_id)
         told: list[str] = []
         for statuses, ids in by_reader.items():
             try:

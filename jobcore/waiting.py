@@ -42,7 +42,7 @@ POLLER_LINGER = 1.0  # seconds the thread reading them waits for another caller 
 class _Waiters:
     """The threads in `Settlements.wait` for one job id, and how they are woken."""
 
-    __slots__ = ("threads", "told", "woken")
+    __slots__ = ("threads", "told", "ended_elsewhere", "woken")
 
     def __init__(self, lock: threading.RLock) -> None:
         # All guarded by the owning `Settlements`' lock (`woken` is a condition on it).
@@ -51,6 +51,10 @@ class _Waiters:
         # here, or the poller found it ended, gone or unreadable): a waiter compares it with
         # what it saw before it looked, so news between its look and its sleep is not missed.
         self.told = 0
+        # Set once the poller found the job's row ended, gone or unreadable: from then on
+        # each look reads the row, even while this process still holds the job (an attempt
+        # that runs on here after another process took the job back and settled it).
+        self.ended_elsewhere = False
         self.woken = threading.Condition(lock)  # notified when they are told
 
 
@@ -147,6 +151,7 @@ class Settlements:
                 waiting = self._waiters.get(job_id)
                 if waiting is not None:
                     waiting.told += 1
+                    waiting.ended_elsewhere = True
                     waiting.woken.notify_all()
 
     def completed(self, job_id: str) -> Optional[JobResult]:
@@ -214,7 +219,8 @@ class Settlements:
             while True:
                 with self._lock:
                     seen = waiting.told  # before looking: news after it wakes the sleep
-                found = self._look(job_id, held, read, worker_id)
+                    elsewhere = waiting.ended_elsewhere
+                found = self._look(job_id, held, read, worker_id, read_held=elsewhere)
                 if isinstance(found, JobResult):
                     return found
                 if self._closed:
@@ -261,13 +267,14 @@ class Settlements:
                     self._left.notify_all()
 
     def _look(self, job_id: str, held: Callable[[str], bool], read: Callable[[str], Optional[JobRecord]],
-              worker_id: Optional[str]) -> Union[JobResult, JobStatus]:
+              worker_id: Optional[str], read_held: bool = False) -> Union[JobResult, JobStatus]:
         """What `wait` would return now if the job is terminal, else its status (RUNNING,
-        unread, while it is held here). See `wait` for the arguments."""
+        unread, while it is held here, unless `read_held`: the poller found its row ended
+        elsewhere). See `wait` for the other arguments."""
         completed = self.completed(job_id)
         if completed is not None:  # completed here: its row holds nothing else
             return completed
-        if held(job_id):  # and wakes us when it does: no need to read
+        if not read_held and held(job_id):  # it settles here, and wakes us then: no need to read
             return JobStatus.RUNNING
         record = read(job_id)
         if record is None:

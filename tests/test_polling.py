@@ -249,24 +249,22 @@ def test_waiters_read_their_own_rows_while_the_batched_read_fails(
 
 # -- the poller alone ---------------------------------------------------------------------
 class _Jobs:
-    """Jobs pending until `end` makes them cancelled; counts who asked what, and sets
-    `asked` once the poller asked `held` about every job at least twice."""
+    """Jobs pending (or, as `held`, held here) until `end` makes them cancelled; counts who
+    read what, and sets `asked` once the poller read the status of every job at least
+    twice."""
 
     def __init__(self, ids: list[str], held: bool) -> None:
         self._lock = threading.Lock()  # guards every field below but the event
         self._ids, self._held, self._ended = ids, held, False
         self.reads: collections.Counter[str] = collections.Counter()
-        self.polled_held: collections.Counter[str] = collections.Counter()
+        self.polled: collections.Counter[str] = collections.Counter()
         self.batches = 0
         self.asked = threading.Event()
+        self.held_once_ended = False  # True: a job held here ends elsewhere, and stays held
 
     def held(self, job_id: str) -> bool:
         with self._lock:
-            if threading.current_thread().name == "jobcore-waits":
-                self.polled_held[job_id] += 1
-                if all(self.polled_held[i] >= 2 for i in self._ids):
-                    self.asked.set()
-            return self._held and not self._ended
+            return self._held and (not self._ended or self.held_once_ended)
 
     def read(self, job_id: str) -> JobRecord:
         with self._lock:
@@ -277,7 +275,12 @@ class _Jobs:
     def statuses(self, job_ids: Collection[str]) -> dict[str, JobStatus]:
         with self._lock:
             self.batches += 1
-            return {job_id: JobStatus.CANCELLED if self._ended else JobStatus.PENDING for job_id in job_ids}
+            if threading.current_thread().name == "jobcore-waits":
+                self.polled.update(job_ids)
+                if all(self.polled[i] >= 2 for i in self._ids):
+                    self.asked.set()
+            status = JobStatus.CANCELLED if self._ended else JobStatus.RUNNING if self._held else JobStatus.PENDING
+            return {job_id: status for job_id in job_ids}
 
     def end(self) -> None:
         with self._lock:
@@ -297,23 +300,39 @@ def _waiting_on(settlements: waiting.Settlements, jobs: _Jobs, ids: list[str]) -
     return threads, results
 
 
-def test_jobs_held_here_are_asked_about_but_never_read() -> None:
+def test_jobs_held_here_are_polled_but_their_rows_never_read() -> None:
     # given threads waiting for jobs held here (they settle here, and wake their waiters)
     settlements = waiting.Settlements()
     ids = [f"held-{n}" for n in range(WAITERS)]
     jobs = _Jobs(ids, held=True)
     threads, results = _waiting_on(settlements, jobs, ids)
-    # when the poller asked about each twice (a hold may end without a settlement here:
-    # a job handed back, say; then it reads it)
+    # when the poller read each one's status twice (a job held here may end elsewhere:
+    # this process lost its lease, and another took the job back and settled it)
     assert jobs.asked.wait(JOIN)
-    # then it read none of them, and no waiter read its row
-    assert jobs.batches == 0 and not jobs.reads
+    # then no waiter read its row: each job still runs
+    assert not jobs.reads
     # and when they settle here, each waiter reads its row once
     jobs.end()
     settlements.mark([(job_id, None) for job_id in ids])
     _joined(threads)
     assert {result.status for result in results.values()} == {JobStatus.CANCELLED}
     assert jobs.reads == {job_id: 1 for job_id in ids}
+
+
+def test_a_job_held_here_that_ended_elsewhere_is_read_and_its_waiters_return() -> None:
+    # given threads waiting for jobs held here, whose rows end elsewhere (this process
+    # lost their leases while it ran them: it is still running them, and still holds them)
+    settlements = waiting.Settlements()
+    ids = [f"held-{n}" for n in range(WAITERS)]
+    jobs = _Jobs(ids, held=True)
+    jobs.held_once_ended = True
+    threads, results = _waiting_on(settlements, jobs, ids)
+    assert jobs.asked.wait(JOIN)
+    jobs.end()
+    # then the poller tells each waiter, which reads its row, though the job is held here
+    _joined(threads)
+    assert {result.status for result in results.values()} == {JobStatus.CANCELLED}
+    assert jobs.reads == {job_id: 1 for job_id in ids}  # once told (held: not as it began)
 
 
 def test_with_no_thread_to_poll_each_waiter_reads_its_own_job(monkeypatch: Any) -> None:

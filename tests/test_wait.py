@@ -7,6 +7,7 @@ import dataclasses
 import sqlite3
 import sys
 import threading
+import time
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
@@ -281,6 +282,43 @@ def test_wait_on_a_job_running_here_reads_no_row_until_it_settles(make_manager: 
     # then the answer is its outcome, and no row was read before it settled
     assert (result.status, result.result) == (JobStatus.COMPLETED, 3)
     assert reads.reads == (1 if reported else 0)
+
+
+def test_wait_sees_a_job_another_process_completed_while_this_one_still_runs_its_attempt(
+        make_manager: Any, db_path: str) -> None:
+    """A process that froze past its job's lease (a paused VM, a long GC pause) still runs
+    the attempt once it resumes, while another process took the job back and completed
+    it. Its `wait` must see that: it waited for its own attempt, which may never return."""
+    started, gate = threading.Event(), threading.Event()
+
+    def gated() -> str:
+        started.set()
+        gate.wait(10)
+        return "here"
+
+    manager = make_manager(db_path, max_workers=1)
+    manager.register_function("gated", gated)
+    manager.start()
+    job_id = manager.enqueue(Job(function_name="gated"))
+    try:
+        assert started.wait(10)
+        manager.stop(wait=False)  # (it claims nothing more; the attempt runs on, held here)
+        # given another process took the job back, its lease lapsed, and completed it
+        other = SQLiteRepository(db_path)
+        try:
+            now = time.time()
+            assert [entry.job_id for entry in other.recover_expired(now + 3600)] == [job_id]
+            record = other.claim(job_id, "another-process", now, now + 60)
+            assert record is not None
+            assert other.complete(job_id, "another-process", record.attempts, "elsewhere", now) is not None
+        finally:
+            other.close()
+        # when this process waits for it, its own attempt still running
+        result = manager.wait(job_id, timeout=5)
+        # then it sees the job completed elsewhere
+        assert (result.status, result.result, result.attempts) == (JobStatus.COMPLETED, "elsewhere", 2)
+    finally:
+        gate.set()
 
 
 def test_a_manager_that_runs_nothing_still_waits_by_reading(make_manager: Any, db_path: str) -> None:
