@@ -1,14 +1,26 @@
-"""New job ids: random version 4 UUIDs drawn from `os.urandom` in batches; it does not
-check an id a caller gives (`models.Job.validate` does) nor keep any record of ids.
+"""New job ids: random version 4 UUIDs drawn from `os.urandom` in batches, each carrying a
+checksum that tells it from an id a caller chose (`made_by_jobcore`); it does not check an
+id a caller gives (`models.Job.validate` does) nor keep any record of ids.
 
 `new_job_id` is `Job.id`'s default, re-exported by `models`. Its unused random bytes are
 kept per thread and forgotten in a forked child.
+
+Why a checksum: an id jobcore made is never given again, so a process that completed its
+job may answer `wait` and `poll` for it from memory (`waiting.Settlements`). An id of a
+caller's own may be: another process deletes the job (`cleanup_old_results`) and stores a
+new one under it. Told apart by their shape alone, 1 in 64 hex digests (idempotent ids
+made from a work item's key) and every `uuid.uuid4().hex` of a caller's passed for
+jobcore's, and were answered with the deleted job's outcome. The last 4 of the 16 bytes
+are a CRC-32 of the first 12 (90 random bits remain, a version 4 UUID still): an id of a
+caller's own passes for jobcore's about once in 4 billion.
 """
 
 from __future__ import annotations
 
 import os
+import struct
 import threading
+import zlib
 
 _random = threading.local()  # per thread: os.urandom bytes not yet used for ids
 
@@ -38,8 +50,27 @@ def new_job_id() -> str:
 def _uuid4_bytes() -> bytes:
     """4 KiB of random bytes, each 16 of them a version 4 UUID: the version (4) in the
     high nibble of byte 6 and the RFC 4122 variant (binary 10) in the top bits of byte 8,
-    as uuid.UUID(version=4) sets them."""
+    as uuid.UUID(version=4) sets them, and the checksum of `made_by_jobcore` in the last 4."""
     data = bytearray(os.urandom(4096))
     data[6::16] = bytes(b & 0x0F | 0x40 for b in data[6::16])
     data[8::16] = bytes(b & 0x3F | 0x80 for b in data[8::16])
+    view, crc, put = memoryview(data), zlib.crc32, struct.pack_into
+    for at in range(0, 4096, 16):
+        put(">I", data, at + 12, crc(view[at:at + 12], _SEED))
     return bytes(data)
+
+
+_SEED = 0x6A6F6263  # "jobc": the CRC's starting value, jobcore's own
+
+
+def made_by_jobcore(job_id: str) -> bool:
+    """Whether `job_id` is one `new_job_id` made (in any process): 32 lower-case hex digits
+    of a version 4 UUID whose last 4 bytes are the checksum of the first 12. An id a
+    caller chose passes about once in 4 billion (see module docstring)."""
+    if len(job_id) != 32 or job_id[12] != "4" or job_id[16] not in "89ab":
+        return False  # (most ids of a caller's own: no parse)
+    try:
+        raw = bytes.fromhex(job_id)
+    except ValueError:
+        return False
+    return int.from_bytes(raw[12:], "big") == zlib.crc32(raw[:12], _SEED) and raw.hex() == job_id

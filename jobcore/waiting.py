@@ -20,6 +20,7 @@ from typing import Callable, Iterable, Optional, Union
 from . import lock_waits
 from .clock import SYSTEM_CLOCK, real_monotonic
 from .errors import JobNotFound, RepositoryError
+from .job_ids import made_by_jobcore
 from .lock_waits import waitable_lock
 from .models import JobResult, JobStatus
 from .polling import Statuses, StatusPoller
@@ -56,14 +57,6 @@ class _Waiters:
         # that runs on here after another process took the job back and settled it).
         self.ended_elsewhere = False
         self.woken = threading.Condition(lock)  # notified when they are told
-
-
-def _generated(job_id: str) -> bool:
-    """Whether `job_id` has the shape of the ids jobcore makes (uuid4 hex), never given
-    again: a job with an id of its own choosing ("nightly-report") may be deleted by
-    another process and that id given to a new job there, which only its row tells, so
-    `wait` reads its row rather than answering from what it remembers."""
-    return len(job_id) == 32 and job_id[12] == "4" and job_id[16] in "89ab"
 
 
 class Settlements:
@@ -112,7 +105,7 @@ class Settlements:
         with self._lock:
             waiters = self._waiters
             for job_id, completion in settled:
-                if completion is not None and _generated(job_id):
+                if completion is not None and made_by_jobcore(job_id):
                     self._completions[job_id] = completion
                     if len(self._completions) > self._keep:
                         self._completions.popitem(last=False)

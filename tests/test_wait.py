@@ -4,6 +4,7 @@ rows back, and never answering from what it remembers once that may be wrong."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import sqlite3
 import sys
 import threading
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 
 from jobcore import Job, JobManager, JobStatus, MemoryRepository, SQLiteRepository, current_job
-from jobcore import completions, serialization, sizes, waiting
+from jobcore import completions, job_ids, serialization, sizes, waiting
 from jobcore.completions import Completion
 from jobcore.repository.base import JobRecord
 from jobcore.testing.contract import make_record
@@ -231,13 +232,13 @@ def test_only_jobs_forgotten_count_as_falling_behind(monkeypatch: Any) -> None:
     # given 2 completions remembered (all there is room for), completed at 10 and 11
     _remembering(monkeypatch, first=2, most=16, behind=1)
     settlements = waiting.Settlements()
-    settlements.mark([(uuid.uuid4().hex, Completion((), None, 10.0 + n, False)) for n in range(2)])
+    settlements.mark([(job_ids.new_job_id(), Completion((), None, 10.0 + n, False)) for n in range(2)])
 
     def wait_reading(record: JobRecord) -> None:
         settlements.wait(record.id, 1.0, held=lambda _: False, read=lambda _: record, worker_id="here")
 
     def remembered_after_four_more() -> int:
-        settlements.mark([(uuid.uuid4().hex, Completion((), None, 20.0 + n, False)) for n in range(4)])
+        settlements.mark([(job_ids.new_job_id(), Completion((), None, 20.0 + n, False)) for n in range(4)])
         return len(settlements)
 
     # when a caller reads back a job completed here after the oldest one remembered (read
@@ -423,6 +424,53 @@ def test_wait_reads_the_row_of_a_job_with_an_id_of_its_own(tmp_path: Any) -> Non
     finally:
         worker.close()
         other.close()
+
+
+@pytest.mark.parametrize("kind", ["uuid4 hex", "hex digest"])
+def test_an_id_of_ones_own_shaped_as_jobcores_is_read_back_too(tmp_path: Any, kind: str) -> None:
+    # given an id of one's own of the shape jobcore's have: a uuid4's hex (as SPEC's ids),
+    # or a hex digest of a work item's key (idempotent ids) with a uuid4's version and
+    # variant digits, as 1 digest in 64 has
+    if kind == "uuid4 hex":
+        own_id = uuid.uuid4().hex
+    else:
+        own_id = next(digest for n in range(10_000)
+                      if (digest := hashlib.md5(f"report-{n}".encode()).hexdigest())[12] == "4"
+                      and digest[16] in "89ab")
+    path = str(tmp_path / "shared.db")
+    worker = JobManager(path, max_workers=1)
+    worker.register_function("value", lambda n: n)
+    other = JobManager(path, producer=True)
+    worker.start()
+    try:
+        # completed here, then deleted by another process, which gave its id to a new job
+        assert worker.wait(worker.enqueue(Job(function_name="value", args=(42,), id=own_id)),
+                           timeout=10).result == 42
+        worker.stop()
+        assert other.cleanup_old_results(0) == 1
+        other.enqueue(Job(function_name="value", args=(7,), id=own_id))
+        # then poll and wait here see the new job (pending: its manager is stopped), not
+        # the old one's result
+        polled = worker.poll(own_id)
+        assert polled is not None and polled.status is JobStatus.PENDING
+        with pytest.raises(TimeoutError):
+            worker.wait(own_id, timeout=0.05)
+        worker.start()
+        assert worker.wait(own_id, timeout=10).result == 7
+    finally:
+        worker.close()
+        other.close()
+
+
+def test_the_ids_jobcore_makes_are_told_from_any_other() -> None:
+    made = [Job(function=pair).id for _ in range(2000)]
+    assert all(job_ids.made_by_jobcore(job_id) for job_id in made)
+    # not a uuid4 of one's own, nor a digest, though of the same shape (nor one edited)
+    own = [uuid.uuid4().hex for _ in range(2000)]
+    assert not any(job_ids.made_by_jobcore(job_id) for job_id in own)
+    assert not any(job_ids.made_by_jobcore(job_id[:-1] + ("0" if job_id[-1] != "0" else "1")) for job_id in made)
+    assert not any(job_ids.made_by_jobcore(job_id.upper()) for job_id in made)
+    assert not job_ids.made_by_jobcore("nightly-report") and not job_ids.made_by_jobcore("")
 
 
 def _large_fields(n: int) -> dict[str, Any]:
