@@ -11,16 +11,16 @@ caller's own may be: another process deletes the job (`cleanup_old_results`) and
 new one under it. Told apart by their shape alone, 1 in 64 hex digests (idempotent ids
 made from a work item's key) and every `uuid.uuid4().hex` of a caller's passed for
 jobcore's, and were answered with the deleted job's outcome. The last 4 of the 16 bytes
-are a CRC-32 of the first 12 (90 random bits remain, a version 4 UUID still): an id of a
-caller's own passes for jobcore's about once in 4 billion.
+are the first 4 mapped through a fixed permutation of the byte values (90 random bits
+remain, a version 4 UUID still): an id of a caller's own passes for jobcore's about once
+in 4 billion. A permutation, not a CRC: `bytes.translate` sets it for a batch of 256 ids
+at C speed, where a CRC per id cost `enqueue` 0.2 µs more.
 """
 
 from __future__ import annotations
 
 import os
-import struct
 import threading
-import zlib
 
 _random = threading.local()  # per thread: os.urandom bytes not yet used for ids
 
@@ -54,23 +54,24 @@ def _uuid4_bytes() -> bytes:
     data = bytearray(os.urandom(4096))
     data[6::16] = bytes(b & 0x0F | 0x40 for b in data[6::16])
     data[8::16] = bytes(b & 0x3F | 0x80 for b in data[8::16])
-    view, crc, put = memoryview(data), zlib.crc32, struct.pack_into
-    for at in range(0, 4096, 16):
-        put(">I", data, at + 12, crc(view[at:at + 12], _SEED))
+    for k in range(4):
+        data[12 + k::16] = data[k::16].translate(_CHECK)
     return bytes(data)
 
 
-_SEED = 0x6A6F6263  # "jobc": the CRC's starting value, jobcore's own
+# The permutation of byte values the checksum maps bytes 0-3 of an id through (odd
+# multiplier: a permutation). Fixed for good: ids stored by any version are checked by any.
+_CHECK = bytes((b * 167 + 89) % 256 for b in range(256))
 
 
 def made_by_jobcore(job_id: str) -> bool:
     """Whether `job_id` is one `new_job_id` made (in any process): 32 lower-case hex digits
-    of a version 4 UUID whose last 4 bytes are the checksum of the first 12. An id a
-    caller chose passes about once in 4 billion (see module docstring)."""
+    of a version 4 UUID whose last 4 bytes are its first 4 mapped through `_CHECK`. An id
+    a caller chose passes about once in 4 billion (see module docstring)."""
     if len(job_id) != 32 or job_id[12] != "4" or job_id[16] not in "89ab":
         return False  # (most ids of a caller's own: no parse)
     try:
         raw = bytes.fromhex(job_id)
     except ValueError:
         return False
-    return int.from_bytes(raw[12:], "big") == zlib.crc32(raw[:12], _SEED) and raw.hex() == job_id
+    return raw[12:] == raw[:4].translate(_CHECK) and raw.hex() == job_id

@@ -81,7 +81,8 @@ class Settlements:
         # here before the oldest one remembered, and after BEHIND_READS of them _keep
         # doubles (up to MOST_COMPLETIONS, about 0.8 KB each), so it catches up again
         # instead of reading every job from then on. A large one is never here (see
-        # `Completion.of`): with 100 KB of metadata each, 4,096 held 410 MB.
+        # `Completion.of`): with 100 KB of metadata each, 4,096 held 410 MB. Those of jobs
+        # with ids of their own are kept too, but never answered from (see `completed`).
         self._completions: OrderedDict[str, Completion] = OrderedDict()
         self._keep = RECENT_COMPLETIONS
         self._behind = 0  # reads counted towards the next doubling
@@ -105,7 +106,7 @@ class Settlements:
         with self._lock:
             waiters = self._waiters
             for job_id, completion in settled:
-                if completion is not None and made_by_jobcore(job_id):
+                if completion is not None:
                     self._completions[job_id] = completion
                     if len(self._completions) > self._keep:
                         self._completions.popitem(last=False)
@@ -150,10 +151,13 @@ class Settlements:
     def completed(self, job_id: str) -> Optional[JobResult]:
         """What `poll` would show of `job_id` if it is among the latest jobs completed here
         (see `wait`, which answers from the same: a completed job's row never changes, and
-        only ids jobcore made, never given again, are kept); else None."""
+        only for ids jobcore made, never given again); else None."""
         with self._lock:
             completion = self._completions.get(job_id)
-        return None if completion is None else completion.job_result()
+        # Asked here, of the few jobs asked about, not of every completion noted.
+        if completion is None or not made_by_jobcore(job_id):
+            return None
+        return completion.job_result()
 
     def forget(self, job_ids: Iterable[str]) -> None:
         """Forget the completions of these ids (used again by new jobs after theirs were
