@@ -432,6 +432,10 @@ def test_a_foreign_host_header_is_refused_on_loopback(site: Site) -> None:
     assert rebound.status == 403 and "not allowed" in rebound.json()["error"]
     assert rebound.json()["error"].endswith(f"; use http://127.0.0.1:{site.server.port}/")
     assert local.status == 200
+    # a host name's case is not part of it (RFC 3986 section 3.2.2), nor its root's dot
+    for name in ("LOCALHOST", "LocalHost", "localhost."):
+        assert call(site.server, "/api/jobs", headers={"Host": f"{name}:{site.server.port}"}).status == 200
+    assert call(site.server, "/api/jobs", headers={"Host": f"LOCALHOST.attacker.example:{site.server.port}"}).status == 403
 
 
 def _ipv6_loopback() -> bool:

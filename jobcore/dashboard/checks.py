@@ -36,8 +36,11 @@ def check_port(port: int) -> int:
 
 
 def is_loopback(host: str) -> bool:
-    """True for a loopback address or name (the dashboard's safe default)."""
-    if host in LOOPBACK_NAMES:
+    """True for a loopback address or name (the dashboard's safe default). A name in any
+    case, and with the root's dot (`LocalHost`, `localhost.`): DNS names are
+    case-insensitive, and a client sends the Host header as its user typed it."""
+    host = host.lower()
+    if host in LOOPBACK_NAMES or (host.endswith(".") and host[:-1] in LOOPBACK_NAMES):
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
