@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import pytest
 
-from jobcore import Job, JobManager, JobStatus, SQLiteRepository, current_job
+from jobcore import FakeClock, Job, JobManager, JobStatus, SQLiteRepository, current_job
 from jobcore import log_buffer
 from jobcore.context import JobContext
 from jobcore.log_buffer import MOST_WAITING, LogBuffer
@@ -155,29 +155,35 @@ def test_a_job_logging_in_a_loop_keeps_every_line_in_order(tmp_path: Any, make_m
 def test_the_lines_of_an_attempt_given_up_at_its_timeout_go_with_its_outcome(
         any_repository: Any, make_manager: Any, retries: int) -> None:
     # given a thread job that logs a line, then hangs past its timeout (and a second
-    # attempt, when retried, that logs one and returns)
+    # attempt, when retried, that logs one and returns); the manager's clock a fake one,
+    # moved past the timeout once the line is logged
     repository = any_repository
-    release = threading.Event()
+    clock = FakeClock()
+    logged, release = threading.Event(), threading.Event()
 
     def job() -> str:
         context = current_job()
         assert context is not None
         context.log(f"attempt {context.attempt}: connecting")
         if context.attempt == 1:
+            logged.set()
             release.wait(WAIT)
         return "done"
 
     # (the lines would wait a minute for a write of their own: only the outcome brings them)
-    manager: JobManager = make_manager(repository, max_workers=1, log_interval=60.0)
+    manager: JobManager = make_manager(repository, max_workers=1, log_interval=60.0, clock=clock)
     manager.register_function("job", job)
     manager.start()
-    job_id = manager.enqueue(Job(function_name="job", timeout=0.05, max_retries=retries,
+    job_id = manager.enqueue(Job(function_name="job", timeout=5.0, max_retries=retries,
                                  retry_delay=0.0, retry_jitter=False))
     try:
+        assert logged.wait(WAIT)
+        clock.advance(6.0)
         result = manager.wait(job_id, timeout=WAIT)
         # then a reader of the store sees the given-up attempt's line as soon as `wait`
         # returns, before the note of its failure, and before the retry's lines
-        messages = [message for _, _, message in repository.logs(job_id)]
+        lines = repository.logs(job_id)
+        messages = [message for _, _, message in lines]
         assert messages[0] == "attempt 1: connecting"
         assert "JobTimeout" in messages[1] and messages[1].startswith("attempt 1 failed")
         if retries:
@@ -187,7 +193,7 @@ def test_the_lines_of_an_attempt_given_up_at_its_timeout_go_with_its_outcome(
         else:
             assert result.status is JobStatus.FAILED and result.error_type == "JobTimeout"
             assert len(messages) == 2
-        stamps = [at for at, _, _ in repository.logs(job_id)]
+        stamps = [at for at, _, _ in lines]
         assert stamps == sorted(stamps)
     finally:
         release.set()

@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import pytest
 
-from jobcore import Job, JobManager, JobStatus, MemoryRepository, SQLiteRepository
+from jobcore import FakeClock, Job, JobManager, JobStatus, MemoryRepository, SQLiteRepository
 from jobcore import progress as progress_module
 from jobcore.context import JobContext
 from jobcore.errors import RepositoryError
@@ -205,22 +205,27 @@ def test_each_store_ends_with_the_last_report_of_a_short_attempt(
 def test_an_attempt_given_up_at_its_timeout_ends_with_its_last_report(
         recording_repository: Any, make_manager: Any, monkeypatch: pytest.MonkeyPatch, retries: int) -> None:
     # given an interval no attempt outlives, and a thread job that reports, then hangs
-    # past its timeout (its report waits here: only the outcome can bring it)
+    # past its timeout (its report waits here: only the outcome can bring it); the
+    # manager's clock a fake one, moved past the timeout once the job reported
     monkeypatch.setattr(progress_module, "PROGRESS_INTERVAL", 3600.0)
     repository = recording_repository
-    release = threading.Event()
+    clock = FakeClock()
+    reported, release = threading.Event(), threading.Event()
 
     def hangs(progress_callback: Any = None) -> str:
         progress_callback(0.5, "downloading", file="big.iso")
+        reported.set()
         release.wait(WAIT)
         return "late"
 
-    manager: JobManager = make_manager(repository, max_workers=1)
+    manager: JobManager = make_manager(repository, max_workers=1, clock=clock)
     manager.register_function("hangs", hangs)
     manager.start()
-    job_id = manager.enqueue(Job(function_name="hangs", timeout=0.05, max_retries=retries,
+    job_id = manager.enqueue(Job(function_name="hangs", timeout=5.0, max_retries=retries,
                                  retry_delay=60.0, retry_jitter=False))
     try:
+        assert reported.wait(WAIT)
+        clock.advance(6.0)
         if retries:  # waiting for its retry, from no progress (as every retry starts)
             wait_until(lambda: (row := repository.get(job_id)) is not None and row.status is JobStatus.SCHEDULED,
                        timeout=WAIT, what="the retry scheduled")
