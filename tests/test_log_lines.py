@@ -21,6 +21,7 @@ from jobcore.log_buffer import MOST_WAITING, LogBuffer
 from jobcore.repository.base import JobRepository
 from mixed_repositories import BACKENDS, AsIs, repository_with
 from pg_fixtures import *  # noqa: F401,F403 (the fixtures: server, schema)
+from waiting import enqueue_and_time_out
 
 WAIT = 10.0
 
@@ -174,11 +175,9 @@ def test_the_lines_of_an_attempt_given_up_at_its_timeout_go_with_its_outcome(
     manager: JobManager = make_manager(repository, max_workers=1, log_interval=60.0, clock=clock)
     manager.register_function("job", job)
     manager.start()
-    job_id = manager.enqueue(Job(function_name="job", timeout=5.0, max_retries=retries,
-                                 retry_delay=0.0, retry_jitter=False))
     try:
-        assert logged.wait(WAIT)
-        clock.advance(6.0)
+        job_id = enqueue_and_time_out(manager, clock, Job(function_name="job", timeout=5.0, max_retries=retries,
+                                                           retry_delay=0.0, retry_jitter=False), logged, WAIT)
         result = manager.wait(job_id, timeout=WAIT)
         # then a reader of the store sees the given-up attempt's line as soon as `wait`
         # returns, before the note of its failure, and before the retry's lines

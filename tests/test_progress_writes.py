@@ -18,7 +18,7 @@ from jobcore.progress import PROGRESS_INTERVAL, ProgressWriter, Report
 from jobcore.repository.base import JobRepository, Settlement
 from mixed_repositories import BACKENDS, repository_with
 from pg_fixtures import *  # noqa: F401,F403 (the fixtures: server, schema)
-from waiting import wait_until
+from waiting import enqueue_and_time_out, wait_until
 
 WAIT = 10.0
 REPORTS = 1_000
@@ -221,11 +221,9 @@ def test_an_attempt_given_up_at_its_timeout_ends_with_its_last_report(
     manager: JobManager = make_manager(repository, max_workers=1, clock=clock)
     manager.register_function("hangs", hangs)
     manager.start()
-    job_id = manager.enqueue(Job(function_name="hangs", timeout=5.0, max_retries=retries,
-                                 retry_delay=60.0, retry_jitter=False))
     try:
-        assert reported.wait(WAIT)
-        clock.advance(6.0)
+        job_id = enqueue_and_time_out(manager, clock, Job(function_name="hangs", timeout=5.0, max_retries=retries,
+                                                           retry_delay=60.0, retry_jitter=False), reported, WAIT)
         if retries:  # waiting for its retry, from no progress (as every retry starts)
             wait_until(lambda: (row := repository.get(job_id)) is not None and row.status is JobStatus.SCHEDULED,
                        timeout=WAIT, what="the retry scheduled")

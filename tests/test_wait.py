@@ -402,55 +402,36 @@ def test_scheduled_at_is_not_a_spent_retry_time(make_manager: Any, db_path: str)
     assert manager.list_jobs()[0].scheduled_at is None
 
 
-def test_wait_reads_the_row_of_a_job_with_an_id_of_its_own(tmp_path: Any) -> None:
-    # given a job with an id of its own completed here, then deleted by another process,
-    # which gave that id to a new job: wait answered with the old job's result
-    path = str(tmp_path / "shared.db")
-    worker = JobManager(path, max_workers=1)
-    worker.register_function("value", lambda n: n)
-    other = JobManager(path, producer=True)
-    worker.start()
-    try:
-        assert worker.wait(worker.enqueue(Job(function_name="value", args=(42,), id="nightly-report")),
-                           timeout=10).result == 42
-        assert other.cleanup_old_results(0) == 1
-        worker.stop()
-        other.enqueue(Job(function_name="value", args=(7,), id="nightly-report"))
-        # then wait sees the new job (pending: its manager is stopped), not the old result
-        with pytest.raises(TimeoutError):
-            worker.wait("nightly-report", timeout=0.05)
-        worker.start()
-        assert worker.wait("nightly-report", timeout=10).result == 7
-    finally:
-        worker.close()
-        other.close()
-
-
-@pytest.mark.parametrize("kind", ["uuid4 hex", "hex digest"])
-def test_an_id_of_ones_own_shaped_as_jobcores_is_read_back_too(tmp_path: Any, kind: str) -> None:
-    # given an id of one's own of the shape jobcore's have: a uuid4's hex (as SPEC's ids),
-    # or a hex digest of a work item's key (idempotent ids) with a uuid4's version and
-    # variant digits, as 1 digest in 64 has
+def _own_id(kind: str) -> str:
+    """An id of one's own: a name, or of the shape jobcore's have: a uuid4's hex (as SPEC's
+    ids), or a hex digest of a work item's key (idempotent ids) with a uuid4's version and
+    variant digits, as 1 digest in 64 has."""
+    if kind == "name":
+        return "nightly-report"
     if kind == "uuid4 hex":
-        own_id = uuid.uuid4().hex
-    else:
-        own_id = next(digest for n in range(10_000)
-                      if (digest := hashlib.md5(f"report-{n}".encode()).hexdigest())[12] == "4"
-                      and digest[16] in "89ab")
+        return uuid.uuid4().hex
+    return next(digest for n in range(10_000)
+                if (digest := hashlib.md5(f"report-{n}".encode()).hexdigest())[12] == "4" and digest[16] in "89ab")
+
+
+@pytest.mark.parametrize("kind", ["name", "uuid4 hex", "hex digest"])
+def test_poll_and_wait_read_the_row_of_a_job_with_an_id_of_its_own(tmp_path: Any, kind: str) -> None:
+    # given a job with an id of its own completed here, then deleted by another process,
+    # which gave that id to a new job: wait and poll answered with the old job's result
+    own_id = _own_id(kind)
     path = str(tmp_path / "shared.db")
     worker = JobManager(path, max_workers=1)
     worker.register_function("value", lambda n: n)
     other = JobManager(path, producer=True)
     worker.start()
     try:
-        # completed here, then deleted by another process, which gave its id to a new job
         assert worker.wait(worker.enqueue(Job(function_name="value", args=(42,), id=own_id)),
                            timeout=10).result == 42
-        worker.stop()
         assert other.cleanup_old_results(0) == 1
+        worker.stop()
         other.enqueue(Job(function_name="value", args=(7,), id=own_id))
-        # then poll and wait here see the new job (pending: its manager is stopped), not
-        # the old one's result
+        # then poll and wait see the new job (pending: its manager is stopped), not the
+        # old result
         polled = worker.poll(own_id)
         assert polled is not None and polled.status is JobStatus.PENDING
         with pytest.raises(TimeoutError):

@@ -1,6 +1,7 @@
 """`wait_until`: the one bounded poll the tests share, for effects no event signals
-(another process's writes, the end of an exchange already under way); and
-`count_wake_ups`, which counts how often a condition's waiters were notified."""
+(another process's writes, the end of an exchange already under way);
+`count_wake_ups`, which counts how often a condition's waiters were notified; and
+`enqueue_and_time_out`, which times a job out when the test says, on a fake clock."""
 
 from __future__ import annotations
 
@@ -31,3 +32,14 @@ def count_wake_ups(condition: threading.Condition) -> list[int]:
 
     condition.wait = counted_wait  # type: ignore[method-assign]
     return notified
+
+
+def enqueue_and_time_out(manager: Any, clock: Any, job: Any, ready: threading.Event, timeout: float) -> str:
+    """Enqueue `job` on a started `manager` whose clock is the FakeClock `clock`, wait (up
+    to `timeout` seconds) until the job set `ready`, then move the clock past the job's
+    timeout: its attempt is given up then, and not before, however loaded the machine
+    (a real timeout could lapse before the job's first statement ran). Returns its id."""
+    job_id: str = manager.enqueue(job)
+    assert ready.wait(timeout), "the job never got ready"
+    clock.advance(job.timeout + 1.0)
+    return job_id
