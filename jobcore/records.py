@@ -7,6 +7,7 @@ times are epoch seconds; the public model shows naive local datetimes.
 from __future__ import annotations
 
 import dataclasses
+import math
 from datetime import datetime
 from typing import Any, Callable, Optional, overload
 
@@ -46,9 +47,10 @@ def record_for(job: Job, now: float) -> JobRecord:
     cron = job.cron
     if cron is not None:
         try:
-            # Fires are whole seconds and `scheduled_at` whole microseconds: the first fire
-            # after a microsecond before it is the first at or after it.
-            start = max(now, scheduled_at - 1e-6) if due_later and scheduled_at is not None else now
+            # Fires are whole seconds: the first at or after `scheduled_at` is the first after
+            # the second before its ceiling. (A microsecond before it was no earlier once
+            # a float's step passed a microsecond, in 2514: a fire on it was skipped.)
+            start = max(now, math.ceil(scheduled_at) - 1) if due_later and scheduled_at is not None else now
             run_at = next_fire_epoch(cron, job.cron_timezone, start)
         except ValueError as exc:  # it never fires (`0 0 30 2 *`)
             raise InvalidJob("cron", str(exc)) from None

@@ -10,6 +10,7 @@ one run. It decides nothing about running jobs; it only creates them.
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 from datetime import datetime, tzinfo
 from typing import Callable, Optional
@@ -30,6 +31,10 @@ def next_fire_epoch(cron: str, timezone: Optional[str], after: float) -> float:
     gets (docs/cron.md): a wall time the clocks skip is skipped, and one they repeat fires
     at its first pass only."""
     expression = CronExpression(cron, timezone)
+    # Fires are whole seconds: the first after `after` is the first after its whole second.
+    # (`fromtimestamp` rounds to the microsecond: 0.4 µs before a fire landed on it, and
+    # the fire after it came next, a period late.)
+    after = math.floor(after)
     if timezone:
         return expression.next_fire(datetime.fromtimestamp(after, ZoneInfo(timezone))).timestamp()
     # A naive `after` is local wall time, and `fromtimestamp` sets its fold in the second

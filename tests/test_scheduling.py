@@ -340,6 +340,37 @@ def test_local_time_schedules_follow_the_daylight_saving_rules_of_a_zone(new_yor
         assert next_fire_epoch("*/5 * * * *", zone, second_pass - 3600) == second_pass - 3600 + 300
 
 
+@pytest.mark.parametrize("zone", [None, "UTC"])
+def test_a_fire_time_less_than_a_microsecond_ahead_is_the_next_one(zone: Any) -> None:
+    # Fires are whole seconds; `after` rounded to the microsecond landed on the fire
+    # itself, and the next fire was the one after it (a day late for a daily schedule).
+    from jobcore.scheduler import next_fire_epoch
+
+    nine = datetime(2030, 5, 1, 9, 0, tzinfo=timezone.utc).timestamp() if zone else datetime(2030, 5, 1, 9).timestamp()
+    hour = "0 9 * * *"
+    assert next_fire_epoch(hour, zone, nine - 4e-7) == nine
+    assert next_fire_epoch(hour, zone, nine - 0.5) == nine
+    assert next_fire_epoch(hour, zone, nine) == nine + 86400  # strictly after
+    assert next_fire_epoch(hour, zone, nine + 4e-7) == nine + 86400
+
+
+def test_a_schedule_enqueued_just_before_a_fire_or_far_ahead_fires_at_the_first_match(
+        make_manager: Any, db_path: str) -> None:
+    # given a schedule enqueued less than a microsecond before its first fire
+    nine = datetime(2030, 5, 1, 9).timestamp()
+    clock = FakeClock(nine - 4e-7)
+    manager = make_manager(db_path, clock=clock)
+    manager.register_function("report", lambda: "done")
+    soon = manager.enqueue(Job(function_name="report", cron="0 9 * * *"))
+    # and one whose `scheduled_at` is a fire time after 2514, where a float's step is
+    # wider than the microsecond the first fire was looked for from
+    far = datetime(2600, 1, 5, 9)
+    later = manager.enqueue(Job(function_name="report", cron="0 9 * * *", scheduled_at=far))
+    # then each fires first at that very time (at or after `scheduled_at`, after now)
+    assert manager.poll(soon).scheduled_at == datetime(2030, 5, 1, 9)
+    assert manager.poll(later).scheduled_at == far
+
+
 @pytest.mark.parametrize("store", ["sqlite", "memory"])
 def test_a_job_scheduled_centuries_ahead_leaves_the_workers_running(make_manager: Any, db_path: str,
                                                                    store: str) -> None:
