@@ -668,7 +668,9 @@ def test_a_second_ctrl_c_while_an_interrupted_exchange_ends_still_ends_it(
             sys.settrace(second._global)
 
     monkeypatch.setattr(exchanges, "claims_if_committed", read_then_ctrl_c)
-    with CtrlCOnce("exchange_inserting", lambda: state.exchanging) as first:  # (the recorder's)
+    # (The recorder's `exchange_inserting`, the exchange this thread's: the pool's, of the
+    # same name, runs before it, while another thread may be making an exchange.)
+    with CtrlCOnce("exchange_inserting", state.exchanging_here_locked) as first:
         with pytest.raises(KeyboardInterrupt):
             manager.enqueue(Job(function_name="task", args=(2,)))
     assert first.fired and second.fired
