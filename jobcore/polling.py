@@ -29,7 +29,6 @@ from .repository import sqlite_conn  # (imported first: its exit hook (sqlite_li
 
 logger = logging.getLogger("jobcore.waiting")
 
-Held = Callable[[str], bool]  # whether a job is held here (see `StatusPoller.watch`)
 Statuses = Callable[[Collection[str]], Mapping[str, JobStatus]]  # as `JobRepository.get_statuses`
 
 # How long `close` waits for the thread to end (a round under way ends with its read).
@@ -58,13 +57,12 @@ def _close_at_exit() -> None:
 class _Watched:
     """One job the poller reads: who watches it, how to read it, and when next."""
 
-    __slots__ = ("watchers", "held", "statuses", "due", "interval")
+    __slots__ = ("watchers", "statuses", "due", "interval")
 
-    def __init__(self, held: Held, statuses: Statuses, due: float, interval: float) -> None:
+    def __init__(self, statuses: Statuses, due: float, interval: float) -> None:
         # All guarded by the poller's lock.
         self.watchers = 1  # callers of `watch` for this id not yet gone (`unwatch`)
-        self.held = held  # the first watcher's (every watcher of one manager gives the same)
-        self.statuses = statuses
+        self.statuses = statuses  # the first watcher's (every watcher of one manager gives the same)
         self.due = due  # monotonic time of its next read
         self.interval = interval  # seconds from that read to the one after, doubling to the last interval
 
@@ -113,11 +111,11 @@ class StatusPoller:
         self._new_state()
         self._closed = closed
 
-    def watch(self, job_id: str, held: Held, statuses: Statuses, watching: list[bool]) -> None:
+    def watch(self, job_id: str, statuses: Statuses, watching: list[bool]) -> None:
         """Read `job_id`'s status from now on, first in `first_interval` seconds, until as
-        many `unwatch` calls as `watch` calls came for it. `held(job_id)`: whether it is
-        held here (then not read this time); `statuses`: how to read the statuses of jobs
-        (as `JobRepository.get_statuses`). `watching` gets True in the same step as the
+        many `unwatch` calls as `watch` calls came for it, whether or not it is held here
+        (see `_round`). `statuses`: how to read the statuses of jobs (as
+        `JobRepository.get_statuses`). `watching` gets True in the same step as the
         call is counted (no point between them where Ctrl-C lands): the caller must
         `unwatch` if it holds True, wherever an interrupt landed after (one as `watch`
         returned left the job read for ever). Call `ensure_running` too."""
@@ -128,7 +126,7 @@ class StatusPoller:
                 watched.watchers += 1
                 watching.append(True)
                 return
-            self._watched[job_id] = _Watched(held, statuses, due, min(2 * self._first, self._last))
+            self._watched[job_id] = _Watched(statuses, due, min(2 * self._first, self._last))
             watching.append(True)
             if self._sleeping_until is not None and due < self._sleeping_until:
                 self._wakeup.notify()

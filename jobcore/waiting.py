@@ -228,7 +228,7 @@ class Settlements:
                 if not watching:
                     if sleeping is not None:
                         sleeping()
-                    poller.watch(job_id, held, statuses or functools.partial(statuses_read_one_by_one, read),
+                    poller.watch(job_id, statuses or functools.partial(statuses_read_one_by_one, read),
                                  watching)
                 # Settled here: woken at once (and only its waiters are). Settled by another
                 # process: woken once the poller reads it ended. With no poller thread (none
