@@ -36,9 +36,10 @@ from .errors import InvalidCronExpression
 
 __all__ = ["CronExpression"]
 
-# A schedule that fires at all fires within 12 years (the longest gap before the 1st of a
-# given month falls on a given weekday; Feb 29 recurs within 8), so 28 years is safe.
-_HORIZON_YEARS = 28
+# The Gregorian calendar repeats every 400 years (146,097 days, a whole number of weeks),
+# so an expression that fires at all fires within any 400 years after a moment. The longest
+# real gap is 40 years: February 29 on one weekday (`0 0 29 2 */7`: 2088, then 2128).
+_HORIZON_YEARS = 400
 
 _MACROS = {
     "@yearly": "0 0 1 1 *",
@@ -287,14 +288,14 @@ class CronExpression:
         - naive `after` with a timezone: `after` is the system's local time; the fire is
           computed in the expression's zone and returned as naive local time.
 
-        Raises ValueError when the expression does not fire within 28 years of `after`
-        (such as `0 0 30 2 *`, which never does).
+        Raises ValueError when the expression never fires (such as `0 0 30 2 *`): it is
+        looked for over 400 years, a whole cycle of the calendar, and up to the year 9999.
         """
         return next(self.iter_fires(after))
 
     def iter_fires(self, after: datetime) -> Iterator[datetime]:
         """Yield successive fire times strictly after `after`, in the form `next_fire`
-        returns. Infinite; raises ValueError on the first fire past the 28-year horizon."""
+        returns. Infinite; raises ValueError when no fire is left (see `next_fire`)."""
         if not isinstance(after, datetime):
             raise TypeError(f"after must be a datetime, got {type(after).__name__}")
         return self._fires(after)
@@ -384,7 +385,8 @@ class CronExpression:
                 continue
             return datetime(year, month, day, hour, minute, found)
         raise ValueError(
-            f"{self!r} does not fire within {_HORIZON_YEARS} years after {start}"
+            f"{self!r} does not fire after {start} (looked {_HORIZON_YEARS} years ahead,"
+            " to the year 9999 at most)"
         )
 
     def _next_day(self, year: int, month: int, day: int) -> int | None:

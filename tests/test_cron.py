@@ -3,6 +3,7 @@ properties against brute-force references written here, independently of the mod
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from datetime import date, datetime, timedelta, timezone
@@ -269,6 +270,16 @@ def test_expression_that_never_fires_raises_value_error(expression: str) -> None
     cron = CronExpression(expression)
     with pytest.raises(ValueError, match="does not fire"):
         cron.next_fire(datetime(2025, 3, 1))
+
+
+def test_fires_forty_years_apart_are_found_and_the_limit_is_the_year_9999() -> None:
+    # February 29 on a Sunday: 2004, 2032, 2060, 2088, then 2128 (2100 is no leap year).
+    leap_sunday = CronExpression("0 0 29 2 */7")
+    assert leap_sunday.next_fire(datetime(2088, 3, 1)) == datetime(2128, 2, 29)
+    assert list(itertools.islice(leap_sunday.iter_fires(datetime(2080, 1, 1)), 3)) == [
+        datetime(2088, 2, 29), datetime(2128, 2, 29), datetime(2156, 2, 29)]
+    with pytest.raises(ValueError, match="does not fire"):
+        CronExpression("0 0 1 1 *").next_fire(datetime(9999, 6, 1))
 
 
 def test_attributes_equality_hash_and_repr() -> None:

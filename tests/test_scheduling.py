@@ -372,6 +372,31 @@ def test_a_schedule_enqueued_just_before_a_fire_or_far_ahead_fires_at_the_first_
 
 
 @pytest.mark.parametrize("store", ["sqlite", "memory"])
+def test_a_schedule_whose_fires_lie_forty_years_apart_moves_on_to_the_next(tmp_path: Any, store: str) -> None:
+    # February 29 on a Sunday: 2088, then 2128 (2100 is no leap year). Only 28 years were
+    # looked ahead, so the enqueue after 2088 was refused, and the schedule that fired in
+    # 2088 failed as corrupt instead of moving on.
+    leap_sunday = "0 0 29 2 */7"
+    clock = FakeClock(start=datetime(2088, 2, 28, tzinfo=timezone.utc).timestamp())
+    manager = JobManager(SQLiteRepository(str(tmp_path / "jobs.db")) if store == "sqlite" else MemoryRepository(),
+                         clock=clock)
+    manager.register_function("leap", lambda: "done")
+    try:
+        schedule_id = manager.enqueue(Job(function_name="leap", cron=leap_sunday, cron_timezone="UTC"))
+        leap_days = [datetime(year, 2, 29, tzinfo=timezone.utc).timestamp() for year in (2088, 2128)]
+        assert manager.poll(schedule_id).scheduled_at.timestamp() == leap_days[0]
+        clock.advance(2 * 86_400)
+        assert manager.run_pending(limit=10) == 1
+        schedule = manager.poll(schedule_id)
+        assert schedule.status is JobStatus.SCHEDULED, schedule.error
+        assert schedule.scheduled_at.timestamp() == leap_days[1]
+        later = manager.enqueue(Job(function_name="leap", cron=leap_sunday, cron_timezone="UTC"))
+        assert manager.poll(later).scheduled_at.timestamp() == leap_days[1]
+    finally:
+        manager.close()
+
+
+@pytest.mark.parametrize("store", ["sqlite", "memory"])
 def test_a_job_scheduled_centuries_ahead_leaves_the_workers_running(make_manager: Any, db_path: str,
                                                                    store: str) -> None:
     # The dispatcher slept until its time: past the platform's limit, Condition.wait raised
