@@ -22,9 +22,10 @@ _BUSY_BODY = b'{"error": "too many connections to the dashboard; try again"}'
 _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\n"
          b"Content-Length: %d\r\nConnection: close\r\nRetry-After: 1\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY))
 # A query parameter in a logged request line: its separator, name and value.
-# A value runs to the next separator or space: a token may hold quotes (`check_token`), so
-# a value stopping at one showed the rest of the token.
-_PARAMETER = re.compile(r"([?&;])([^=&;\s\"'#]*)=([^&;\s#]*)")
+# A value runs to the next `&` or space: a token may hold quotes and `;` (`check_token`),
+# so a value stopping at one showed the rest of the token. `parse_qs` splits on `&` alone
+# (Python 3.10), so `;` separates no parameters and ends no value.
+_PARAMETER = re.compile(r"([?&])([^=&\s\"'#]*)=([^&\s#]*)")
 
 
 def redact_tokens(text: str) -> str:
