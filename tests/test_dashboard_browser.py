@@ -350,3 +350,95 @@ def test_show_them_lists_the_dead_letter_queue_by_failure_and_retry_all_names_wh
         # and its id opens its detail
         browser.click(browser.find("#flash-skipped li button.job-id"))
         browser.wait_for("the skipped job's detail", lambda: text("#detail-id"), lambda value: value == blocked)
+
+
+def test_the_detail_shows_integers_too_large_for_a_double_exactly(browser: WebDriver, db_path: str,
+                                                                  make_manager: Any) -> None:
+    # A 19-digit order id read by response.json() became 1234567890123456800 on the page.
+    big = 1234567890123456789
+
+    def order() -> dict[str, int]:
+        current_job().progress(0.5, "half", row=-big)
+        return {"order_id": big}
+
+    worker = make_manager(db_path, poll_interval=0.05)
+    worker.register_function("order", order)
+    with worker:
+        job_id = worker.enqueue(Job(function_name="order", name="big ids", metadata={"ref": big * 10}))
+        worker.wait(job_id, timeout=WAIT)
+    dashboard = make_manager(db_path, producer=True)
+
+    with DashboardServer(dashboard, port=0) as server:
+        browser.get(server.url + "?refresh=100")
+        browser.wait_for("the job's row", lambda: browser.script(
+            "return document.querySelector(arguments[0]) !== null", f'tr[data-job-id="{job_id}"] button.job-id'),
+            bool)
+        browser.click(browser.find(f'tr[data-job-id="{job_id}"] button.job-id'))
+        fields = browser.wait_for("the detail", lambda: browser.script(
+            "return Object.fromEntries(Array.from(document.querySelectorAll('#detail-fields dt'),"
+            " (dt) => [dt.textContent, dt.nextElementSibling.textContent]))"), lambda value: "result" in value)
+        assert fields["result"] == '{"order_id":1234567890123456789}'
+        assert fields["metadata"] == '{"ref":12345678901234567890}'
+        assert fields["progress details"] == '{"row":-1234567890123456789}'
+        assert fields["attempts"] == "1 (max retries 3)"
+
+
+def test_a_filter_changed_while_a_refresh_is_in_flight_is_shown_at_once(browser: WebDriver, db_path: str,
+                                                                        make_manager: Any) -> None:
+    # given a completed and a failed job, and a page refreshing every 10 minutes
+    def boom() -> None:
+        raise KeyError("boom")
+
+    worker = make_manager(db_path, poll_interval=0.05)
+    worker.register_function("ok", lambda: 1)
+    worker.register_function("boom", boom)
+    with worker:
+        done = worker.enqueue(Job(function_name="ok", name="completed one"))
+        failed = worker.enqueue(Job(function_name="boom", name="failed one", max_retries=0))
+        worker.wait(done, timeout=WAIT)
+        worker.wait(failed, timeout=WAIT)
+    dashboard = make_manager(db_path, producer=True)
+    armed, entered, release = threading.Event(), threading.Event(), threading.Event()
+    list_jobs = dashboard.list_jobs
+
+    def slow_list_jobs(*args: Any, **kwargs: Any) -> Any:
+        if armed.is_set() and kwargs.get("status") is None:  # the unfiltered table, held
+            entered.set()
+            assert release.wait(WAIT)
+        return list_jobs(*args, **kwargs)
+
+    dashboard.list_jobs = slow_list_jobs  # type: ignore[method-assign]
+
+    def names() -> Any:
+        return browser.script("return Array.from(document.querySelectorAll('#jobs td.name'),"
+                              " (node) => node.textContent).sort()")
+
+    with DashboardServer(dashboard, port=0) as server, open_gates_after([release]):
+        browser.get(server.url + "?refresh=600000")
+        browser.wait_for("the whole table", names, lambda value: value == ["completed one", "failed one"])
+
+        # when a refresh of the unfiltered table is in flight (the filters' reset asks for one)
+        armed.set()
+        browser.script("document.querySelector('#filters').reset();")
+        assert entered.wait(WAIT)
+        # and the status filter changes meanwhile
+        browser.script("const select = document.querySelector('#filter-status'); select.value = 'failed';"
+                       " select.dispatchEvent(new Event('change', { bubbles: true }));")
+        release.set()
+
+        # then the table shows the filter's jobs at once, not ten minutes later
+        browser.wait_for("the failed job alone", names, lambda value: value == ["failed one"])
+
+
+def test_a_refresh_period_past_what_timers_hold_does_not_refresh_nonstop(browser: WebDriver, db_path: str,
+                                                                         make_manager: Any) -> None:
+    # setTimeout runs a delay above 2**31 - 1 ms at once: ?refresh= of 35 days polled nonstop
+    dashboard = make_manager(db_path, producer=True)
+    dashboard.enqueue(Job(function_name="later.task", name="queued"))
+    with DashboardServer(dashboard, port=0) as server:
+        browser.get(server.url + "?refresh=3000000000")
+        browser.wait_for("the table", lambda: browser.script(
+            "return document.querySelectorAll('#jobs tbody tr').length"), lambda value: value == 1)
+        browser.script(COUNT_FETCHES)
+        time.sleep(0.5)  # nonstop refreshing made hundreds of requests in this time
+        assert browser.script("return window.jobcoreFetches") == 0

@@ -17,7 +17,8 @@
   const DETAIL_LOGS = 500;   // log lines the detail shows at most (the server's DETAIL_LOGS)
 
   const params = new URLSearchParams(window.location.search);
-  const refreshMs = Math.max(100, parseInt(params.get("refresh"), 10) || 1000);
+  // setTimeout runs a delay above 2^31 - 1 ms at once: a larger ?refresh= would poll nonstop.
+  const refreshMs = Math.min(2147483647, Math.max(100, parseInt(params.get("refresh"), 10) || 1000));
   const accessToken = params.get("token");
   const csrfToken = document.querySelector('meta[name="jobcore-csrf-token"]').content;
 
@@ -28,6 +29,7 @@
     rows: new Map(),         // job id -> <tr>, kept so rows update in place
     cancelling: new Set(),   // running jobs whose cancel was requested here
     inFlight: false,
+    again: false,            // a refresh was asked for while one was in flight: run one next
     timer: null,
   };
   const detail = {
@@ -40,14 +42,41 @@
   const $ = (selector) => document.querySelector(selector);
 
   // -- talking to the server ---------------------------------------------------------------
-  async function request(method, path) {
+  // The detail shows a job's result, metadata and progress details as JSON text. An integer
+  // in them that a double cannot hold (a 19-digit order id) is kept as its JSON text, which
+  // JSON.stringify writes back as it came; browsers without JSON.rawJSON (before 2023-2025)
+  // show it rounded. Every other number is a plain Number, as response.json() makes it.
+  const EXACT_FIELDS = new Set(["progress_details", "metadata", "result"]);
+  const exact = typeof JSON.rawJSON === "function"
+    ? (key, value, context) => (typeof value === "number" && !Number.isSafeInteger(value) && context
+                                && /^-?\d+$/.test(context.source) ? JSON.rawJSON(context.source) : value)
+    : undefined;
+
+  function rounded(value) {
+    if (JSON.isRawJSON && JSON.isRawJSON(value)) return Number(value.rawJSON);
+    if (Array.isArray(value)) return value.map(rounded);
+    if (value !== null && typeof value === "object") {
+      for (const key of Object.keys(value)) value[key] = rounded(value[key]);
+    }
+    return value;
+  }
+
+  async function requestJob(path) {
+    const job = await request("GET", path, exact);
+    for (const key of Object.keys(job)) {
+      if (!EXACT_FIELDS.has(key)) job[key] = rounded(job[key]);
+    }
+    return job;
+  }
+
+  async function request(method, path, reviver) {
     const init = { method, cache: "no-store", headers: { Accept: "application/json" } };
     if (accessToken) init.headers.Authorization = "Bearer " + accessToken;
     if (method === "POST") init.headers["X-CSRF-Token"] = csrfToken;
     const response = await fetch(path, init);
     let body = null;
     try {
-      body = await response.json();
+      body = JSON.parse(await response.text(), reviver);
     } catch (err) {
       body = null;
     }
@@ -279,7 +308,7 @@
     try {
       const path = "/api/jobs/" + encodeURIComponent(id);
       if (detail.id !== id) {
-        const job = await request("GET", path);   // the fields and the last DETAIL_LOGS lines
+        const job = await requestJob(path);   // the fields and the last DETAIL_LOGS lines
         if (!current()) return;
         detail.id = id;
         detail.key = null;
@@ -289,7 +318,7 @@
         $("#detail").hidden = false;
         return;
       }
-      const job = await request("GET", path + "?logs=0");
+      const job = await requestJob(path + "?logs=0");
       if (!current()) return;
       const changed = renderFields(job);
       if (!changed && TERMINAL.has(job.status)) return;   // an ended job's log is written
@@ -334,30 +363,45 @@
     node.classList.toggle("offline", !ok);
   }
 
+  // One refresh at a time. One asked for meanwhile (a filter changed, a job cancelled) is
+  // not dropped: the refresh in flight returns true, and the next comes at once.
   async function refresh() {
-    if (state.inFlight) return;
+    if (state.inFlight) {
+      state.again = true;
+      return false;
+    }
     state.inFlight = true;
+    state.again = false;
     try {
       const deadLetters = state.deadLetters;   // what this answer is, whatever a click changes meanwhile
-      const [stats, jobs] = await Promise.all([request("GET", "/api/stats"), request("GET", jobsQuery())]);
+      const asked = jobsQuery();
+      const [stats, jobs] = await Promise.all([request("GET", "/api/stats"), request("GET", asked)]);
       renderStats(stats);
-      renderJobs(jobs.jobs, deadLetters);
+      if (asked === jobsQuery()) {
+        renderJobs(jobs.jobs, deadLetters);
+      } else {
+        state.again = true;   // the filters changed meanwhile: this table is not theirs
+      }
       setConnection("live · updated " + new Date().toLocaleTimeString(), true);
     } catch (err) {
       setConnection("offline: " + err.message, false);
     } finally {
       state.inFlight = false;
     }
+    return state.again;
   }
 
   function schedule(delay) {
     window.clearTimeout(state.timer);
     state.timer = window.setTimeout(async () => {
+      let again = false;
       if (!document.hidden) {
         refreshDetail();   // not awaited: a slow detail never holds up the table
-        await refresh();
+        again = await refresh();
       }
-      schedule(refreshMs);
+      // A callback whose refresh was in flight ends after any other started meanwhile, so
+      // its choice stands.
+      schedule(again ? 0 : refreshMs);
     }, delay);
   }
 
