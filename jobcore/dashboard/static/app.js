@@ -44,8 +44,8 @@
   // -- talking to the server ---------------------------------------------------------------
   // The detail shows a job's result, metadata and progress details as JSON text. An integer
   // in them that a double cannot hold (a 19-digit order id) is kept as its JSON text, which
-  // JSON.stringify writes back as it came; browsers without JSON.rawJSON (before 2023-2025)
-  // show it rounded. Every other number is a plain Number, as response.json() makes it.
+  // JSON.stringify writes back as it came; browsers without JSON.rawJSON show it
+  // rounded. Every other number is a plain Number, as response.json() makes it.
   const EXACT_FIELDS = new Set(["progress_details", "metadata", "result"]);
   const exact = typeof JSON.rawJSON === "function"
     ? (key, value, context) => (typeof value === "number" && !Number.isSafeInteger(value) && context
