@@ -33,9 +33,11 @@ class AttemptRunner:
         self._local = local
         self._clock = clock
         self._children = max(1, children)
-        # _lock guards _processes, built on the first isolated job (children cost ~0.1 s).
+        # _lock guards _processes, built on the first isolated job (children cost ~0.1 s),
+        # and _closed: after `close`, no runner is built again.
         self._lock = threading.Lock()
         self._processes: Optional[ProcessRunner] = None
+        self._closed = False
 
     def run(self, record: JobRecord, context: JobContext) -> Outcome:
         """Run one attempt of `record` to its end (or its isolated timeout)."""
@@ -53,16 +55,21 @@ class AttemptRunner:
             return Outcome(error=_CorruptJob(f"stored job {record.id} cannot be decoded: isolation holds"
                                              f" {record.isolation!r}, neither 'thread' nor 'process'"))
         if record.isolation == "process":
-            return self._runner().run(func, record.args, record.kwargs, context,
+            runner = self._runner()
+            if runner is None:  # closed: its lease lapses, and the job is taken back
+                return Outcome(error=RuntimeError("the process runner is closed"))
+            return runner.run(func, record.args, record.kwargs, context,
                                       timeout=record.timeout, memory_limit=record.memory_limit,
                                       check_details=self._check_details,
                                       max_payload_bytes=self._max_payload_bytes)
         return run_attempt(func, record.args, record.kwargs, context)
 
-    def _runner(self) -> ProcessRunner:
+    def _runner(self) -> Optional[ProcessRunner]:
         # Imported on the first isolated job: multiprocessing costs ~15 ms at start-up.
         from .isolation import ProcessRunner
         with self._lock:
+            if self._closed:
+                return None
             if self._processes is None:
                 self._processes = ProcessRunner(self._children, clock=self._clock)
             return self._processes
@@ -72,10 +79,13 @@ class AttemptRunner:
         or end (they run the parent's attempts); a lock of its own."""
         self._lock = threading.Lock()
         self._processes = None
+        self._closed = False
 
     def close(self) -> None:
-        """End the child processes, busy ones too (see `ProcessRunner.close`)."""
+        """End the child processes, busy ones too (see `ProcessRunner.close`); an isolated
+        attempt started after this fails at once (the engine records it no more)."""
         with self._lock:
+            self._closed = True
             runner, self._processes = self._processes, None
         if runner is not None:
             runner.close()

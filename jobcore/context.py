@@ -126,10 +126,16 @@ class JobContext:
 
         Raises `JobCancelled` if the job was asked to stop, or the attempt is over."""
         self.check_cancelled()
+        self.relay_progress(progress, message, details)  # (it may have ended since the check)
+
+    def relay_progress(self, progress: float, message: str, details: dict[str, Any]) -> None:
+        """Store a progress report the job made in a child process, which could not know
+        of a cancel (the engine calls this for `isolation="process"`): unlike `progress`,
+        never raises `JobCancelled`; ignored once the attempt is over."""
         value = _fraction_done(progress)
         message = storable_text(message if isinstance(message, str) else "" if message is None else str(message))
         self.reported_progress = True
-        if not self.over:  # it may have ended since the check above
+        if not self.over:
             self._sink.report_progress(self, value, message, details)
 
     def log(self, message: str, level: str = "info") -> None:

@@ -25,7 +25,7 @@ from multiprocessing.connection import wait as wait_for_ready
 from multiprocessing.reduction import ForkingPickler
 from typing import Any, Callable, Optional
 
-from .clock import Clock, SystemClock, as_seconds
+from .clock import Clock, SystemClock, as_seconds, real_monotonic
 from .context import JobContext
 from .errors import JobCancelled, JobcoreError, JobTimeout
 from .execution import Outcome
@@ -41,6 +41,7 @@ __all__ = ["NotIsolatable", "ProcessRunner", "RemoteError", "RunnerStats", "Work
 logger = logging.getLogger("jobcore.isolation")
 
 _TRIES = 3  # children one attempt may use up when they die before it reaches them
+_DRAIN_SECONDS = 0.2  # at most, relaying what a child sent before its timeout or cancel
 START_TIMEOUT = 60.0  # seconds a fresh child may take to start before its attempt fails
 
 
@@ -155,13 +156,8 @@ class ProcessRunner:
                 self._pool.release(child, reusable=True)
                 return Outcome(error=TypeError(f"the arguments of job {context.id} cannot be sent to a"
                                                f" child process (they must pickle): {exc}"))
-            try:
-                child.conn.send_bytes(data)
-            except OSError:  # it died while idle, just now
-                self._pool.dead(child)
-                continue
-            child.sys_path = path
-            outcome = self._supervise(child, context, timeout)
+            child.sys_path = path  # (a child the request does not reach is used no more)
+            outcome = self._supervise(child, context, timeout, data)
             if outcome is not None:
                 return outcome
         if failed_start is not None:
@@ -169,12 +165,18 @@ class ProcessRunner:
         return Outcome(error=WorkerProcessDied(f"{_TRIES} child processes in a row died before job {context.id}"
                                                " could be handed to them (while idle or starting)"))
 
-    def _supervise(self, child: Child, context: JobContext, timeout: Optional[float]) -> Optional[Outcome]:
-        """Relay the child's reports until its answer, its death, a timeout or a cancel;
-        None if the child died while starting, before the job could run in it.
+    def _supervise(self, child: Child, context: JobContext, timeout: Optional[float],
+                   request: memoryview) -> Optional[Outcome]:
+        """Send `request` and relay the child's reports until its answer, its death, a
+        timeout or a cancel; None if the child died before the request reached it (while
+        idle or starting), so that the job could not run in it.
 
         The timeout counts from the child's "ready" (sent once, as it starts): starting a
-        child is the pool's cost, not the job's. Until then the start-up limit applies."""
+        child is the pool's cost, not the job's. Until then the start-up limit applies,
+        and the request waits: one larger than the pipe holds would block here until a
+        child still starting read it, past its start-up limit and any cancel."""
+        if child.ready and not self._send(child, request):
+            return None
         watched = [child.conn, child.process.sentinel]
         starting = not child.ready
         deadline = self._deadline(self._start_timeout if starting else timeout)
@@ -196,6 +198,8 @@ class ProcessRunner:
                     return outcome
                 if starting and child.ready:
                     starting = False
+                    if not self._send(child, request):
+                        return None
                     deadline = self._deadline(timeout)
             elif ready:  # only the sentinel
                 if outlived_server(child):
@@ -214,11 +218,37 @@ class ProcessRunner:
                 return Outcome(error=WorkerProcessDied(message, pid=child.pid))
             stopped = self._stopped(context, timeout, None if starting else deadline)
             if stopped is not None:
-                self._pool.terminate(child)
-                return stopped
+                return self._stop(child, context, stopped)
+
+    def _send(self, child: Child, request: memoryview) -> bool:
+        """Hand the attempt to a started child; False if it died (while idle, just now)."""
+        try:
+            child.conn.send_bytes(request)
+        except OSError:
+            self._pool.dead(child)
+            return False
+        return True
 
     def _deadline(self, timeout: Optional[float]) -> Optional[float]:
         return None if timeout is None else self._clock.monotonic() + timeout
+
+    def _stop(self, child: Child, context: JobContext, stopped: Outcome) -> Outcome:
+        """End an attempt that timed out or was cancelled; `stopped` says which.
+
+        What the child sent before is relayed first, as the job's own thread would have
+        stored it by then: its log lines and progress reports, or its answer, which is
+        then the outcome (the attempt had ended). For at most `_DRAIN_SECONDS`: a child
+        that goes on reporting is ended all the same."""
+        drain_until = real_monotonic() + _DRAIN_SECONDS
+        try:
+            while real_monotonic() < drain_until and child.conn.poll(0):
+                outcome = self._handle(child.conn.recv_bytes(), child, context)
+                if outcome is not None:
+                    return outcome
+        except (EOFError, OSError):  # it died meanwhile: what it sent was read
+            pass
+        self._pool.terminate(child)
+        return stopped
 
     def _handle(self, raw: bytes, child: Child, context: JobContext) -> Optional[Outcome]:
         """Act on one message from the child; an Outcome once the attempt is over."""
@@ -240,13 +270,10 @@ class ProcessRunner:
             failure: RemoteFailure = message[1]
             return Outcome(error=rebuild_exception(failure), traceback=failure.traceback or None)
         try:
-            if kind == "progress":
-                context.progress(message[1], message[2], **message[3])
+            if kind == "progress":  # (sent before the child could know of a cancel: stored)
+                context.relay_progress(message[1], message[2], message[3])
             elif kind == "log":
                 context.log(message[2], message[1])
-        except JobCancelled:
-            self._pool.terminate(child)
-            return Outcome(error=JobCancelled(context.id))
         except Exception:  # a report that cannot be stored must not end the job
             logger.warning("could not record a %s report of job %s", kind, context.id, exc_info=True)
         return None

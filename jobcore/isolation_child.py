@@ -12,6 +12,8 @@ timeout counts from there, not from the child's start-up); then, for each attemp
 `("log", level, message)`, then exactly one of `("result", value, reusable)` or
 `("error", RemoteFailure, reusable)`; `reusable` is False when the child should be retired.
 Reports made after that answer (by a thread the job left running) are dropped here.
+So is all a copy of the child sends that a job made with `os.fork()`; such a copy
+that returns from the job exits, and does not serve the child's next request.
 The child leads a process group of its own, so the processes its jobs start can be
 ended with it.
 """
@@ -40,15 +42,25 @@ except ImportError:  # not on Windows
 
 
 class _PipeSink:
-    """The child's end of the pipe to the parent, shared by the attempts it runs in turn."""
+    """The child's end of the pipe to the parent, shared by the attempts it runs in turn.
+
+    Only the child itself writes to it: a copy a job made with `os.fork()` holds the same
+    pipe, and what it sent (its reports, its answer) would be read as the child's."""
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
+        self.pid = os.getpid()
         # lock guards writes to _conn (a job's own threads may report concurrently) and
         # each `_AttemptSink`'s open flag, so no report follows its attempt's answer.
         self.lock = threading.Lock()
 
+    def forked(self) -> bool:
+        """True in a copy of the child a job forked (which drops what it would send)."""
+        return os.getpid() != self.pid
+
     def send_bytes(self, data: Any) -> None:
+        if self.forked():  # (before the lock: another thread may have held it at the fork)
+            return
         with self.lock:
             self._conn.send_bytes(data)
 
@@ -82,6 +94,8 @@ class _AttemptSink:
         self._send(("log", level, message))
 
     def _send(self, message: tuple[Any, ...]) -> None:
+        if self._pipe.forked():
+            return
         data = ForkingPickler.dumps(message)
         with self._pipe.lock:
             if self._open:
@@ -89,6 +103,8 @@ class _AttemptSink:
 
     def close(self) -> None:
         """The attempt is over: later reports are dropped."""
+        if self._pipe.forked():
+            return
         with self._pipe.lock:
             self._open = False
 
@@ -138,6 +154,10 @@ def serve(conn: Connection, lifeline: Connection) -> None:
             if request is None:
                 return
             reply = _attempt(request, pipe)
+            if pipe.forked():
+                # A copy the job forked came back out of it (no `os._exit` on its path):
+                # it neither answers for the child nor serves the child's next request.
+                _leave_fork(reply[0] == "result")
             try:
                 data = ForkingPickler.dumps(reply)
             except Exception as exc:  # the return value does not pickle
@@ -154,6 +174,16 @@ def serve(conn: Connection, lifeline: Connection) -> None:
         if _Termination.requested:
             _die_by_sigterm()
         raise
+
+
+def _leave_fork(succeeded: bool) -> None:
+    """End a copy of the child a job forked, which returned from the job (0) or raised (1)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(0 if succeeded else 1)
 
 
 def _die_by_sigterm() -> None:

@@ -122,7 +122,7 @@ class ChildPool:
                     break
                 lock_waits.wait(self._cond, self._lock, POLL_INTERVAL)
         try:
-            return self._start_child()
+            child = self._start_child()
         except Exception as exc:
             with self._cond:
                 self._live -= 1
@@ -130,8 +130,13 @@ class ChildPool:
                 self._cond.notify()
             logger.error("could not start a child process: %s", exc)
             return FailedStart(exc, traceback_module.format_exc())
+        if child is None:
+            return Outcome(error=RuntimeError("the process runner is closed"))
+        return child
 
-    def _start_child(self) -> Child:
+    def _start_child(self) -> Optional[Child]:
+        """A new child, counted live and running by the caller; None if `close` came while
+        it started (it is ended here: `close` did not see it, and returns without it)."""
         parent_end, child_end = self._mp.Pipe(duplex=True)
         process = self._mp.Process(target=serve, args=(child_end, self._lifeline), name="jobcore-isolated",
                                    daemon=False)
@@ -142,7 +147,16 @@ class ChildPool:
         child = Child(process, parent_end, process.pid, sys_path=tuple(sys.path))
         with self._cond:
             self._started += 1
-            self._children.add(child)
+            closed = self._closed
+            if closed:
+                self._live -= 1
+                self._running -= 1
+                self._cond.notify()
+            else:
+                self._children.add(child)
+        if closed:
+            end_child(child, self._grace, group=True)
+            return None
         logger.debug("started child process %s (%s)", process.pid, self.start_method)
         return child
 
@@ -171,12 +185,14 @@ class ChildPool:
         end_child(child, self._grace, group=True)
 
     def dead(self, child: Child) -> Optional[int]:
-        """Account for a child that died on its own and reap it; returns its exit code."""
+        """Account for a child that died on its own and reap it, and end what is left of
+        its process group (what its job started: nothing of the attempt runs on beside a
+        retry); returns its exit code."""
         with self._cond:
             self._died += 1
             self._forget_locked(child)
         # Polite: its pipe is closed, so the exit status follows at once.
-        return end_child(child, self._grace, polite=self._grace)
+        return end_child(child, self._grace, polite=self._grace, group=True)
 
     def _forget_locked(self, child: Child) -> None:
         self._live -= 1

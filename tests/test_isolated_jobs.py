@@ -73,6 +73,14 @@ def busy_module(tmp_path: Any) -> Iterator[Any]:
             os.replace(pid_file + ".tmp", pid_file)
             time.sleep(60)
 
+        def start_a_process_and_crash(pid_file):
+            import os, subprocess
+            process = subprocess.Popen(["sleep", "60"])
+            with open(pid_file + ".tmp", "w") as f:
+                f.write(str(process.pid))
+            os.replace(pid_file + ".tmp", pid_file)
+            os._exit(3)  # the child dies on its own: no timeout, no cancel
+
         def open_connection(path):
             import sqlite3
             return sqlite3.connect(path)  # does not pickle; its type name says "Connection"
@@ -274,6 +282,28 @@ def test_a_timeout_ends_the_processes_the_job_started(make_manager: Any, db_path
         while not _gone(grandchild) and time.monotonic() < deadline:
             time.sleep(0.01)
         assert _gone(grandchild), "the process the job started outlived its timeout"
+    finally:
+        if not _gone(grandchild):
+            os.kill(grandchild, 9)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_child_that_dies_on_its_own_takes_the_processes_its_job_started_with_it(
+        make_manager: Any, db_path: str, busy_module: Any, tmp_path: Path) -> None:
+    # WorkerProcessDied is retried: the retry ran beside the `sleep` the crashed attempt
+    # started, as only a timeout or a cancel ended the child's process group.
+    pid_file = str(tmp_path / "pid")
+    manager = make_manager(db_path, max_workers=1).start()
+    job_id = manager.enqueue(Job(function=busy_module.start_a_process_and_crash, args=(pid_file,),
+                                 isolation="process", max_retries=0))
+    result = manager.wait(job_id, timeout=WAIT)
+    assert (result.status, result.error_type) == (JobStatus.FAILED, "WorkerProcessDied"), result.error
+    grandchild = int(Path(pid_file).read_text())
+    try:
+        deadline = time.monotonic() + WAIT  # SIGKILL is sent before the outcome is recorded
+        while not _gone(grandchild) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _gone(grandchild), "the process the job started outlived its child"
     finally:
         if not _gone(grandchild):
             os.kill(grandchild, 9)

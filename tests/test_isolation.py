@@ -115,6 +115,31 @@ def wait_for_file(path: str) -> int:
     return os.getpid()
 
 
+def fork_a_copy_that_raises() -> tuple[str, int]:
+    """Fork; the copy logs and raises out of the job (no `os._exit`); returns once it ended."""
+    pid = os.fork()
+    if pid == 0:
+        current_job().log("from the copy")  # type: ignore[union-attr]
+        raise RuntimeError("the copy's own error")
+    for _ in range(int(BOUND / 0.01)):
+        ended, status = os.waitpid(pid, os.WNOHANG)
+        if ended:
+            return "the child's own result", os.waitstatus_to_exitcode(status)
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)  # it served on in the child's place: the old code
+    os.waitpid(pid, 0)
+    return "the child's own result", -1
+
+
+def log_then_spin(lines: int, marker: str) -> None:
+    for number in range(lines):
+        current_job().log(f"line {number}")  # type: ignore[union-attr]
+    with open(marker, "w"):
+        pass  # every log() call has returned: the lines are in the pipe, or read
+    while True:
+        pass
+
+
 def exit_abruptly(code: int) -> None:
     os._exit(code)
 
@@ -347,6 +372,48 @@ def test_cancel_seen_at_a_progress_report_ends_the_job(runner: ProcessRunner, co
     assert future.result(timeout=BOUND).cancelled
 
 
+class HeldSink(RecordingSink):
+    """A RecordingSink whose first log line is stored only once `go` is set: the lines
+    the child sends meanwhile wait in the pipe."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = threading.Event()
+
+    def report_log(self, context: JobContext, level: str, message: str) -> None:
+        assert self.go.wait(BOUND)
+        super().report_log(context, level, message)
+
+
+def test_log_lines_sent_before_a_cancel_are_all_stored(runner: ProcessRunner, in_background: Any,
+                                                       tmp_path: Any) -> None:
+    # The child was ended as soon as the cancel was seen, with the lines it had sent
+    # still unread in the pipe: thread jobs kept every line, isolated ones lost the tail.
+    sink = HeldSink()
+    context = JobContext("job-1", "a job", 1, sink)
+    marker = tmp_path / "logged"
+    future = in_background(runner.run, log_then_spin, (200, str(marker)), {}, context)
+    for _ in range(int(BOUND / 0.01)):
+        if marker.exists():
+            break
+        time.sleep(0.01)
+    assert marker.exists()
+    context.request_cancel()
+    sink.go.set()
+    assert future.result(timeout=BOUND).cancelled
+    assert [event[2] for event in sink.events] == [f"line {number}" for number in range(200)]
+
+
+def test_a_copy_a_job_forks_neither_reports_nor_answers_for_it(runner: ProcessRunner, context: JobContext,
+                                                               sink: RecordingSink) -> None:
+    # The copy's error was the attempt's outcome, and the child's own answer, left in the
+    # pipe, became the next attempt's; the copy served on beside the child.
+    outcome = runner.run(fork_a_copy_that_raises, (), {}, context)
+    assert outcome.error is None and outcome.value == ("the child's own result", 1)
+    assert sink.events == []
+    assert runner.run(add, (2, 3), {}, context).value == 5
+
+
 def test_a_job_cancelled_before_it_starts_never_reaches_a_child(
         runner: ProcessRunner, context: JobContext) -> None:
     context.request_cancel()
@@ -494,6 +561,55 @@ def test_close_ends_the_children_and_refuses_further_attempts(context: JobContex
     assert isinstance(outcome.error, RuntimeError) and "closed" in str(outcome.error)
 
 
+def test_close_while_a_child_starts_ends_that_child_and_its_attempt_does_not_run(
+        context: JobContext, monkeypatch: Any) -> None:
+    # close() did not see a child still starting: it returned, and the child then ran
+    # the attempt (a job taken back after its lease lapsed ran beside it).
+    from jobcore import isolation_pool
+    from jobcore.isolation_process import Child
+
+    runner = ProcessRunner(1, grace=0.5)
+    pids: list[int] = []
+
+    def close_once_started(*args: Any, **kwargs: Any) -> Any:
+        child = Child(*args, **kwargs)
+        pids.append(child.pid)
+        closing = threading.Thread(target=runner.close)  # another thread's close, while it starts
+        closing.start()
+        closing.join(BOUND)
+        assert not closing.is_alive()
+        return child
+
+    monkeypatch.setattr(isolation_pool, "Child", close_once_started)
+    try:
+        outcome = runner.run(add, (1, 2), {}, context)
+        assert isinstance(outcome.error, RuntimeError) and "closed" in str(outcome.error), outcome
+        (pid,) = pids
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # ended and reaped
+        assert runner.pids() == [] and runner.stats.running == 0
+    finally:
+        runner._pool._finalizer()
+
+
+def test_no_child_is_started_for_an_attempt_after_the_attempt_runner_closed() -> None:
+    from jobcore.attempts import AttemptRunner
+    from jobcore.clock import SystemClock
+    from jobcore.registry import FunctionRegistry, LocalJobs
+    from jobcore.repository.base import JobRecord
+
+    registry = FunctionRegistry()
+    registry.register("add", add)
+    attempts = AttemptRunner(registry, LocalJobs(), SystemClock(), 1)
+    record = JobRecord(id="j", function_name="add", name="add", args=(1, 2), isolation="process")
+    context = JobContext("j", "add", 1, RecordingSink())
+    assert attempts.run(record, context).value == 3
+    attempts.close()
+    outcome = attempts.run(record, context)
+    assert isinstance(outcome.error, RuntimeError) and "closed" in str(outcome.error), outcome
+    assert attempts._processes is None  # no runner (nor child) made again
+
+
 def test_close_ends_a_busy_child_before_it_returns(context: JobContext, sink: RecordingSink,
                                                    in_background: Any) -> None:
     runner = ProcessRunner(1, grace=0.5)
@@ -602,7 +718,10 @@ def test_a_slow_child_start_up_does_not_count_against_the_timeout(tmp_path: Any)
     assert done.stdout.strip() == "49 None"
 
 
-def test_a_child_that_does_not_start_in_time_fails_the_attempt(tmp_path: Any) -> None:
+@pytest.mark.parametrize("size", [1, 600_000])
+def test_a_child_that_does_not_start_in_time_fails_the_attempt(tmp_path: Any, size: int) -> None:
+    # Arguments larger than the pipe holds were sent before the start-up limit counted:
+    # the send blocked until the child read them, which it never did.
     done = _python(_RUNNER + textwrap.dedent("""
         import threading
 
@@ -611,10 +730,10 @@ def test_a_child_that_does_not_start_in_time_fails_the_attempt(tmp_path: Any) ->
 
         if __name__ == "__main__":
             with ProcessRunner(1, start_timeout=0.5, grace=0.1) as runner:
-                outcome = runner.run(len, ("x",), {}, JobContext("j", "j", 1, Sink()), timeout=60)
+                outcome = runner.run(len, ("x" * SIZE,), {}, JobContext("j", "j", 1, Sink()), timeout=60)
                 print(type(outcome.error).__name__, outcome.error)
                 print(runner.pids(), runner.stats.terminated)
-        """), tmp_path)
+        """).replace("SIZE", str(size)), tmp_path)
     assert done.returncode == 0, done.stderr
     first, second = done.stdout.strip().splitlines()
     assert first.startswith("WorkerProcessDied ") and "did not start within 0.5s" in first
