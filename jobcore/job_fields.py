@@ -54,7 +54,8 @@ def check_time(field_name: str, value: datetime) -> None:
     except (OverflowError, ValueError, OSError):  # e.g. a naive datetime.min east of UTC
         seconds = math.inf
     if not -TIME_LIMIT < seconds < TIME_LIMIT:
-        raise InvalidJob(field_name, f"must be between the years 70 and 3870, got {value.isoformat()}")
+        raise InvalidJob(field_name, f"must be within 6e10 seconds of 1970 (3 September 68 to 29 April 3871, UTC),"
+                                     f" got {value.isoformat()}")
 
 
 def check_number(field_name: str, value: Any, *, minimum: float, allow_none: bool = False,

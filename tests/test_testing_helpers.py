@@ -68,7 +68,7 @@ def _on_a_deeper_stack(frames: int, call: Any) -> Any:
     return call() if frames == 0 else _on_a_deeper_stack(frames - 1, call)
 
 
-# Each step of the recursion below is 7 frames (the job, enqueue, the run of the next
+# Each step of the recursion below is 8 frames (the job, enqueue, the run of the next
 # job): starting 0 to 23 frames deeper meets the recursion limit at each of them (3 times).
 @pytest.mark.parametrize("backend", ["sqlite", "memory"])
 @pytest.mark.parametrize("offset", range(0, 24, 1))
