@@ -208,6 +208,19 @@ def test_dependencies_run_in_order_and_failures_cascade(manager_on: Callable[...
     assert cancelled.status is JobStatus.CANCELLED and doomed.id in (cancelled.error or "")
 
 
+def test_an_immediate_manager_runs_a_job_whose_dependencies_completed_before_enqueue_returns(
+        manager_on: Callable[..., JobManager]) -> None:
+    # The store left the record's `blocked` at its count of dependencies, so the job was
+    # taken for one still waiting: left PENDING (and, started, picked up ~50 ms later).
+    manager = manager_on(immediate=True)
+    manager.register_function("echo", lambda value: value)
+    first = manager.enqueue(Job(function_name="echo", args=("first",)))
+    second = manager.enqueue(Job(function_name="echo", args=("second",), depends_on=[first]))
+    [third] = manager.enqueue_many([Job(function_name="echo", args=("third",), depends_on=[first, second])])
+    assert [(manager.poll(i).status, manager.poll(i).result) for i in (first, second, third)] == [
+        (JobStatus.COMPLETED, "first"), (JobStatus.COMPLETED, "second"), (JobStatus.COMPLETED, "third")]
+
+
 def test_a_corrupt_row_fails_alone(manager_on: Callable[..., JobManager], schema: Schema) -> None:
     manager = manager_on()
     manager.register_function("echo", lambda x: x)

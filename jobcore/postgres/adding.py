@@ -126,6 +126,7 @@ class PostgresAdding(JobRepository):
                                                 ended=lambda job_id: found[job_id][0] in ENDED,
                                                 schedule=lambda job_id: found[job_id][2])
         rows = []
+        stored_as: list[tuple[int, JobStatus]] = []
         for record in planned:
             if record.id in found:
                 raise id_taken(record.id)
@@ -139,6 +140,7 @@ class PostgresAdding(JobRepository):
                 dead = dependency_error_message(culprit, name, status)
             status = JobStatus.CANCELLED if dead else record.status
             rows.append(row_params(record, now, status, blocked, dead, self.max_payload_bytes))
+            stored_as.append((blocked, status))
         if not rows:
             return ids
         tx.cur.executemany(sql.INSERT_JOB_KEYED if keys else sql.INSERT_JOB, rows, returning=True)
@@ -148,6 +150,8 @@ class PostgresAdding(JobRepository):
                 raise LostRace
             given[record.id].seq = row[0]
             tx.cur.nextset()
+        for record, (blocked, status) in zip(planned, stored_as):  # as `insert` promises: the engine reads them
+            given[record.id].blocked, given[record.id].status = blocked, status
         deps = [(record.id, dep) for record in planned for dep in record.depends_on]
         if deps:
             tx.cur.executemany(sql.INSERT_DEP, deps)

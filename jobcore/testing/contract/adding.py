@@ -143,6 +143,25 @@ class _AddingContract:
         assert stored.blocked == 2 and stored.depends_on == (a.id, done.id, b.id)
         assert dependent.id not in _ids_of(repository.ready(None, 10))
 
+    def test_insert_sets_blocked_and_status_on_the_records_it_is_given(self, repository: JobRepository) -> None:
+        # (the engine runs or queues a job by them: one left blocked waited for a re-read)
+        done, dead, waiting = _add(repository), _add(repository), _add(repository)
+        _complete(repository, done.id)
+        _fail(repository, dead.id)
+        ready = make_record(depends_on=(done.id,))
+        blocked = make_record(depends_on=(done.id, waiting.id))
+        cancelled = make_record(depends_on=(dead.id,))
+        in_batch = make_record(depends_on=(ready.id,))
+        repository.insert([ready, blocked, cancelled, in_batch], NOW)
+        assert [(r.blocked, r.status) for r in (ready, blocked, in_batch)] == [
+            (0, JobStatus.PENDING), (1, JobStatus.PENDING), (1, JobStatus.PENDING)]
+        assert cancelled.status is JobStatus.CANCELLED
+        for record in (ready, blocked, in_batch, cancelled):
+            stored = _get(repository, record.id)
+            assert (stored.status, stored.seq) == (record.status, record.seq)
+        for record in (ready, blocked, in_batch):
+            assert _get(repository, record.id).blocked == record.blocked
+
     def test_a_dependency_cycle_in_a_batch_is_a_dependency_error(self, repository: JobRepository) -> None:
         a, b, c = make_record(), make_record(), make_record()
         a.depends_on, b.depends_on, c.depends_on = (c.id,), (a.id,), (b.id,)
