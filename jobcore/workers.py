@@ -285,6 +285,13 @@ class WorkerPool:
         finished: Optional[Finished] = None  # its outcome, once it ran
         while True:
             with state.lock:
+                if slot.abandoned and finished is None:
+                    # Given up at its timeout before its job began (while its claim was
+                    # checked): a thread took its place, so it ends.
+                    self._pool_threads.returned_late_locked()
+                    logger.warning("job %s timed out before it began (its claim was being checked);"
+                                   " it did not run", attempt.record.id)
+                    return
                 if finished is not None:
                     # Handed in under the same lock take that looks for the next job: one
                     # lock round trip per job, not two.
@@ -338,9 +345,12 @@ class WorkerPool:
         ended by `close`)."""
         state = self._state
         record, context = attempt.record, attempt.context
-        if suspect and not self._claims.still_ours(record, renew=True):
-            self._holdings.drop_unstarted(record, started=attempt)
-            return None
+        if suspect:
+            if not self._claims.still_ours(record, renew=True):
+                self._holdings.drop_unstarted(record, started=attempt)
+                return None
+            if slot.abandoned:  # its timeout passed while the claim was checked: recorded so
+                return None
         if plan_deadline:
             self.on_deadline()
         outcome = self._attempts.run(record, context)

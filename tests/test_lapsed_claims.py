@@ -21,6 +21,8 @@ import threading
 import time
 from typing import Any
 
+import pytest
+
 from jobcore import FakeClock, Job, JobManager, JobStatus, SQLiteRepository, current_job
 from waiting import wait_until
 
@@ -322,3 +324,71 @@ def test_workers_stalled_together_past_their_lease_take_no_job_from_each_other(t
             process.kill()  # stopped or not
             process.wait(10)
         producer.close()
+
+
+class HeldCheck(CountingReads):
+    """A worker's claim check (`get_without_args`) of the job `held` waits until `go` is
+    set (the housekeeper's reads, which time attempts out, go on)."""
+
+    held: Any = None
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.checking, self.go = threading.Event(), threading.Event()
+
+    def get_without_args(self, job_id: str) -> Any:
+        if job_id == self.held and threading.current_thread().name.startswith("jobcore-worker"):
+            self.checking.set()
+            assert self.go.wait(10)
+        return super().get_without_args(job_id)
+
+
+@pytest.mark.parametrize("taken", [False, True])
+def test_a_job_whose_timeout_passes_while_its_claim_is_checked_never_runs_and_its_thread_ends(
+        tmp_path: Any, make_manager: Any, taken: bool) -> None:
+    # given a tiny job with a 5 s timeout in reserve whose claim is checked before it
+    # starts (as after a stall past the lease), which another process may have taken
+    clock = FakeClock()
+    repository = HeldCheck(str(tmp_path / "jobs.db"))
+    manager: JobManager = make_manager(repository, max_workers=1, lease_timeout=LEASE, poll_interval=1.0,
+                                       clock=clock)
+    release, ran = threading.Event(), []
+    manager.register_function("block", lambda: release.wait(10))
+    manager.register_function("tiny", lambda n: ran.append(n))
+    blocker = Job(function_name="block", priority=9)
+    tiny = Job(function_name="tiny", args=(0,), priority=1, timeout=5, max_retries=1 if taken else 0)
+    repository.held = tiny.id
+    manager.enqueue_many([blocker, tiny])
+    manager._pool._state.pacing.assume_short_jobs()
+    manager.start()
+    state = manager._pool._state
+    wait_until(lambda: blocker.id in state.running and [r.id for r in state.buffer] == [tiny.id], 10)
+    claims = manager._pool._claims
+    suspect = claims.suspect  # (a stall itself would let the housekeeper renew the claim first)
+    claims.suspect = lambda record, renewed_until, now: record.id == tiny.id or suspect(  # type: ignore[method-assign]
+        record, renewed_until, now)
+    other = SQLiteRepository(str(tmp_path / "jobs.db"))
+    if taken:
+        later = clock.time() + LEASE + 1
+        other.recover(later)
+        assert other.claim(tiny.id, "elsewhere", later, later + 60) is not None
+    release.set()
+    # when its timeout passes while the check waits (a store locked by another program)
+    assert repository.checking.wait(10)
+    clock.advance(6)
+    wait_until(lambda: manager.abandoned_threads == 1, 10, "the attempt to be given up")
+    repository.go.set()
+    # then it never runs, and the thread given up ends (it went on as a worker too many,
+    # and the first job it ran was discarded as 'returned after its timeout', RUNNING for ever)
+    wait_until(lambda: manager.abandoned_threads == 0, 10, "the thread given up to end")
+    later_jobs = manager.enqueue_many([Job(function_name="tiny", args=(n,)) for n in (1, 2, 3)])
+    assert [manager.wait(job_id, timeout=10).status for job_id in later_jobs] == [JobStatus.COMPLETED] * 3
+    assert sorted(ran) == [1, 2, 3]
+    row = other.get(tiny.id)
+    assert row is not None
+    if taken:
+        assert (row.status, row.worker_id) == (JobStatus.RUNNING, "elsewhere")
+    else:
+        assert (row.status, row.error_type) == (JobStatus.FAILED, "JobTimeout")
+    assert len([t for t in manager.workers if t.is_alive()]) == 1
+    other.close()
