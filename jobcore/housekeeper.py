@@ -31,6 +31,7 @@ from .clock import LONGEST_WAIT, Clock, join_within, real_monotonic
 from .errors import RepositoryError
 from .lease_timing import JUMP_TOLERANCE as JUMP_TOLERANCE  # (re-exported: defined here before)
 from .lease_timing import LeaseTiming
+from .models import JobStatus
 from .lease_timing import jump_tolerance as jump_tolerance  # (re-exported: defined here before)
 from .neighbours import expire_dead_neighbours
 from .neighbours import host_identity as host_identity  # (re-exported: defined here before)
@@ -277,8 +278,11 @@ class Housekeeper:
                     running = self._pool.heartbeat()
                     self._beat(running)
                     times.beat_worked()  # (after an outage, holds recovery off)
-                    if self._expire_dead_neighbours():
+                    dead = self._expire_dead_neighbours()
+                    if dead and not times.held(now):
                         times.recover_now(now)  # take their jobs back now, not after the lease
+                    elif dead:
+                        self._recover_the_dead(dead)
                 # After store calls failed here (a server down, a database locked past its
                 # busy timeout), a beat must work before any recovery: our leases first.
                 if now >= times.next_recover:
@@ -397,9 +401,20 @@ class Housekeeper:
             return self._repo.reap_workers(before, now=now)
         return self._repo.reap_workers(before)
 
-    def _expire_dead_neighbours(self) -> bool:
-        """End the leases of gone workers on this host (see `neighbours`); True if any."""
+    def _expire_dead_neighbours(self) -> list[str]:
+        """End the leases of gone workers on this host (see `neighbours`); their ids."""
         return expire_dead_neighbours(self._repo, self._clock, self._host, self._pid)
+
+    def _recover_the_dead(self, dead: list[str]) -> None:
+        """While recovery is held off (see `LeaseTiming`), take back the jobs of the gone
+        workers `dead` at once all the same, if no other lease has lapsed: a recovery
+        takes back every lapsed lease, and another may be a live worker's whose
+        heartbeats waited. Else theirs wait for the hold-off to end, with the others."""
+        wall = self._clock.time()
+        lapsed = [r for r in self._repo.list(status=JobStatus.RUNNING, limit=None)
+                  if r.lease_expires_at is not None and r.lease_expires_at <= wall]
+        if all(r.worker_id in dead for r in lapsed):
+            self._on_recovery(self._repo.recover(wall))
 
     def _token(self) -> Optional[object]:
         try:

@@ -2,13 +2,14 @@
 
 It keeps the housekeeper's times: the next heartbeat (and when that falls due in real
 time), the next recovery, and the hold-offs that keep recovery from taking back the
-leases of live workers. After a wall-clock jump, after the store failed (an outage: no
-worker's heartbeats got through), and after a stall of the process (its beat came half a
-lease late, in real time too), recovery is held off for a lease period, in which every
-live worker renews its own; after a pass that took half a lease, recovery takes back for
-a lease period only leases that expired before that pass began. It reads the clock it is
-given and the real monotonic clock; it renews, takes back and sleeps on nothing itself:
-the housekeeper's thread does, and is its only caller (no lock here).
+leases of live workers. After its manager starts, after a wall-clock jump, after the
+store failed (an outage: no worker's heartbeats got through), and after a stall of the
+process (its beat came half a lease late, in real time too), recovery is held off for a
+lease period, in which every live worker renews its own; after a pass that took half a
+lease, recovery takes back for a lease period only leases that expired before that pass
+began. It reads the clock it is given and the real monotonic clock; it renews, takes
+back and sleeps on nothing itself: the housekeeper's thread does, and is its only caller
+(no lock here).
 """
 
 from __future__ import annotations
@@ -60,8 +61,13 @@ class LeaseTiming:
         self.next_beat = start + beat_every
         # next_beat in real time, or when the store calls last returned if later (see the stall in `beat_due`)
         self._beat_due_real = real_monotonic() + beat_every
-        self.next_recover = start + self._recover_every
-        self._held_until = start  # no recovery before this (monotonic): see the clock jump and the outage
+        # No recovery before `_held_until` (monotonic): see the clock jump and the outage.
+        # A manager just started holds off for a lease: it cannot tell whether a lease
+        # lapsed because its worker died or because every heartbeat waited (a database
+        # locked until just now, a wall clock stepped before it started). Its store worked
+        # just now (it registered as a worker), and so it does for the live workers, which
+        # renew their leases within a lease from now.
+        self._held_until = self.next_recover = start + lease_timeout
         self._failing_since: Optional[float] = None  # a store call failed here since the last beat that worked
         self._tolerance = jump_tolerance(lease_timeout)
         # This pass's top: real time, and the wall time (None after a jump) read there.
@@ -128,6 +134,10 @@ class LeaseTiming:
     def recover_now(self, now: float) -> None:
         """Recovery falls due now (dead workers' jobs wait), unless it is held off."""
         self.next_recover = max(now, self._held_until)  # take their jobs back now, not after the lease
+
+    def held(self, now: float) -> bool:
+        """True while recovery is held off (see `__init__` and the hold-offs below)."""
+        return now < self._held_until
 
     def recovery_wall(self, now: float) -> Optional[float]:
         """Recovery is due (`now >= next_recover`): the wall time to take back leases

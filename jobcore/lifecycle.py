@@ -20,7 +20,7 @@ from .forks import on_fork_in_child
 from .housekeeper import Housekeeper
 from .lock_waits import waitable_lock
 from .notify_dispatch import NotificationDispatcher
-from .repository.base import JobRepository, Recovery
+from .repository.base import JobRepository
 from .workers import WorkerPool
 
 logger = logging.getLogger("jobcore")
@@ -36,14 +36,13 @@ class Lifecycle:
     """Whether one manager runs (`running`), and the calls that change it: see
     `JobManager.start`, `stop` and `close` for what they promise.
 
-    `recovered` queues what `repository.recover` took back and `load_queue` indexes the
-    stored jobs (the manager's own, which its housekeeper calls too); `parts` are the
+    `load_queue` indexes the stored jobs (the manager's own, which its housekeeper calls
+    too); `parts` are the
     manager's parts that a forked child resets (`forked`), in that order."""
 
     def __init__(self, repository: JobRepository, clock: Clock, pool: WorkerPool, housekeeper: Housekeeper,
                  enqueuer: Enqueuer, notifier: NotificationDispatcher, parts: Sequence[Forkable], *,
-                 immediate: bool, worker_id: str, load_queue: Callable[[], bool],
-                 recovered: Callable[[Recovery], None]) -> None:
+                 immediate: bool, worker_id: str, load_queue: Callable[[], bool]) -> None:
         self._repository = repository
         self._clock = clock
         self._pool = pool
@@ -54,7 +53,6 @@ class Lifecycle:
         self._immediate = immediate
         self._worker_id = worker_id
         self._load_queue = load_queue
-        self._recovered = recovered
         # _lock guards running, _stops and _stop_unfinished. `start` holds it throughout;
         # `stop` only to change them, not while it waits for jobs (see `_stop_threads`).
         self._lock = waitable_lock()
@@ -106,7 +104,8 @@ class Lifecycle:
                     self._load_queue()
                     self.running = True
                     return
-                self._recovered(self._repository.recover(self._clock.time()))
+                # Expired leases are not taken back here: the housekeeper does, a lease after
+                # its first heartbeat (at once for gone workers of this host: see LeaseTiming).
                 self._load_queue()
                 # The housekeeper first: its start registers this manager as a worker, a
                 # store call that may fail; it must fail before any worker takes a job.

@@ -118,11 +118,12 @@ class JobManager(Inspection):
                                     self._notifier, (self._pool, self._queue, self._settlements, self._registry,
                                                      self._local, self._housekeeper, self._notifier),
                                     immediate=self.immediate, worker_id=self.worker_id,
-                                    load_queue=self._load_queue, recovered=self._recovered)
+                                    load_queue=self._load_queue)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> "JobManager":
-        """Start the workers; jobs already stored (pending, scheduled, recovered) run.
+        """Start the workers; jobs already stored (pending, scheduled) run, and jobs whose
+        leases expired once a lease period has passed (see `LeaseTiming`).
 
         After a `stop` that did not wait, the threads of the earlier start take no part:
         see `WorkerPool.start` and `Housekeeper.start`. An `immediate` manager starts no

@@ -20,13 +20,13 @@ from .repository.base import JobRepository
 logger = logging.getLogger("jobcore.housekeeper")
 
 
-def expire_dead_neighbours(repository: JobRepository, clock: Clock, host: str, pid: int) -> bool:
+def expire_dead_neighbours(repository: JobRepository, clock: Clock, host: str, pid: int) -> list[str]:
     """End the leases of workers on this host whose process is gone (SIGKILL, OOM):
     their jobs need not wait out `lease_timeout`. A reused pid only delays this.
     "This host" is `host_identity()` (`host`; `pid` is this process's, never judged
     gone): a worker in another pid namespace (another container on the machine) has
-    pids this process cannot see, so it is left alone. True if it found any."""
-    found = False
+    pids this process cannot see, so it is left alone. Returns the ids of those found."""
+    found: list[str] = []
     for worker in repository.list_workers():
         if worker.host != host or worker.pid == pid or _pid_alive(worker.pid):
             continue
@@ -36,7 +36,7 @@ def expire_dead_neighbours(repository: JobRepository, clock: Clock, host: str, p
         # manager (a multiprocessing child returning) leaves an entry and nothing else.
         logger.log(logging.WARNING if count else logging.INFO, "worker %s (pid %d) is gone; %d of its"
                    " jobs taken back", worker.worker_id, worker.pid, count)
-        found = True
+        found.append(worker.worker_id)
     return found
 
 

@@ -271,7 +271,7 @@ def test_a_job_whose_last_attempt_was_lost_is_dead_lettered_with_a_notification(
     now = time.time()
     assert repo.claim(job_id, "dead-worker", now - 120, now - 60) is not None  # lease long gone
 
-    manager = make_manager(db_path)
+    manager = make_manager(db_path, lease_timeout=1.0, poll_interval=0.1)  # (recovery: a lease after start)
     manager.register_function("echo", lambda x: x)
     manager.add_notification_channel(CallbackNotificationChannel(events.append))
     manager.start()
@@ -676,8 +676,8 @@ def test_a_pending_job_whose_blocked_count_is_unusable_fails_alone(make_manager:
     before = producer.poll(ids[1])
     assert before.status is JobStatus.PENDING and before.error_type == "CorruptJob" and told in before.error
 
-    # when a manager starts (recovering first)
-    manager = make_manager(db_path, max_workers=2)
+    # when a manager starts (and recovers, a lease later)
+    manager = make_manager(db_path, max_workers=2, lease_timeout=1.0, poll_interval=0.1)
     manager.register_function("work", lambda x: x)
     manager.start()
 

@@ -339,19 +339,53 @@ def test_running_job_of_a_live_worker_is_not_taken_on_start(make_manager: Any, d
     assert manager.poll(job_id).status is JobStatus.RUNNING  # its lease is still valid
 
 
-def test_expired_lease_is_recovered_on_start(make_manager: Any, db_path: str) -> None:
+def test_an_expired_lease_is_recovered_a_lease_after_start(make_manager: Any, db_path: str) -> None:
     repo = SQLiteRepository(db_path)
     producer = make_manager(repo, producer=True)
     job_id = producer.enqueue(Job(function_name="add", args=(2, 2)))
     now = datetime.now().timestamp()
     assert repo.claim(job_id, "dead-process", now - 120, now - 60) is not None
 
-    manager = make_manager(db_path)
+    manager = make_manager(db_path, lease_timeout=1.0, poll_interval=0.1)
     manager.register_function("add", add)
     manager.start()
     result = manager.wait(job_id, timeout=WAIT)
 
     assert (result.status, result.result, result.attempts) == (JobStatus.COMPLETED, 4, 2)
+    assert result.started_at is not None and result.started_at.timestamp() >= now + 1.0
+
+
+def test_a_manager_starting_after_a_wall_clock_step_takes_no_live_workers_job(
+        make_manager: Any, db_path: str) -> None:
+    # given a job running in one manager (its lease good for 60 s), and a second manager
+    # that sees the machine's clock step forward 2 minutes before the first one does
+    # (two fake clocks: one machine's clock as two processes read it)
+    start = 1_900_000_000.0
+    clock_a, clock_b = FakeClock(start), FakeClock(start)
+    release, runs = threading.Event(), []
+
+    def work(who: str) -> str:
+        runs.append(who)
+        assert release.wait(WAIT)
+        return who
+
+    first = make_manager(db_path, max_workers=1, lease_timeout=60, clock=clock_a)
+    first.register_function("work", lambda: work("first"))
+    job_id = first.start().enqueue(Job(function_name="work"))
+    wait_until(lambda: runs == ["first"], WAIT)
+    second = make_manager(db_path, max_workers=1, lease_timeout=60, clock=clock_b)
+    second.register_function("work", lambda: work("second"))
+    clock_b.jump(120)
+    # when the second starts (it took back every lease lapsed by its clock, at once)
+    second.start()
+    # then the job stays with the first, which renews its lease once it sees the step
+    record = second.repository.get(job_id)
+    assert record is not None and (record.status, record.worker_id) == (JobStatus.RUNNING, first.worker_id)
+    clock_a.jump(120)
+    release.set()
+    result = first.wait(job_id, timeout=WAIT)
+    assert (result.status, result.attempts, result.result) == (JobStatus.COMPLETED, 1, "first")
+    assert runs == ["first"]
 
 
 def test_stats_list_queue_size_and_cleanup(make_manager: Any, db_path: str) -> None:

@@ -378,13 +378,41 @@ def test_only_a_worker_in_this_pid_namespace_is_taken_for_dead_by_its_pid(tmp_pa
         held[worker_id] = manager.enqueue(Job(function_name="noop", args=(worker_id,)))
         assert repo.claim(held[worker_id], worker_id, now, now + 3600) is not None
     # when this manager's housekeeper looks for dead neighbours
-    assert manager._housekeeper._expire_dead_neighbours() is True
+    assert manager._housekeeper._expire_dead_neighbours() == ["gone-here"]
     # then only the one in this namespace lost its job (the other, live in its own
     # namespace, would have its job run twice at once) and its entry
     repo.recover(time.time())
     assert manager.poll(held["gone-here"]).status is JobStatus.PENDING
     assert manager.poll(held["alive-elsewhere"]).status is JobStatus.RUNNING
     assert [w.worker_id for w in repo.list_workers()] == ["alive-elsewhere"]
+    manager.close()
+
+
+@pytest.mark.parametrize("another_lapsed", [False, True])
+def test_while_recovery_is_held_off_a_gone_neighbours_jobs_come_back_if_no_other_lease_lapsed(
+        tmp_path: Any, another_lapsed: bool) -> None:
+    # given a manager holding recovery off (as for a lease after it starts), a gone worker
+    # of this host holding a job, and maybe a worker elsewhere whose lease lapsed (dead,
+    # or alive with its heartbeats held back by a lock: a recovery cannot tell)
+    from jobcore.housekeeper import host_identity
+
+    manager = JobManager(str(tmp_path / "jobs.db"), lease_timeout=3600, producer=True)
+    repo, now = manager.repository, time.time()
+    repo.register_worker("gone-here", host_identity(), _dead_pid(), now)
+    gone_job = manager.enqueue(Job(function_name="noop", args=(1,)))
+    assert repo.claim(gone_job, "gone-here", now, now + 3600) is not None
+    if another_lapsed:
+        silent_job = manager.enqueue(Job(function_name="noop", args=(2,)))
+        assert repo.claim(silent_job, "silent-elsewhere", now - 120, now - 60) is not None
+    # when the housekeeper finds the gone one
+    dead = manager._housekeeper._expire_dead_neighbours()
+    assert dead == ["gone-here"]
+    manager._housekeeper._recover_the_dead(dead)
+    # then its job comes back at once, unless that recovery would take the other too
+    expected = JobStatus.RUNNING if another_lapsed else JobStatus.PENDING
+    assert manager.poll(gone_job).status is expected
+    if another_lapsed:
+        assert manager.poll(silent_job).status is JobStatus.RUNNING
     manager.close()
 
 
