@@ -277,14 +277,20 @@ def test_a_timeout_ends_the_processes_the_job_started(make_manager: Any, db_path
     clock.advance(2.0)
     result = manager.wait(job_id, timeout=WAIT)
     assert (result.status, result.error_type) == (JobStatus.FAILED, "JobTimeout"), result.error
+    _assert_ends(grandchild, "the process the job started outlived its timeout")
+
+
+def _assert_ends(pid: int, message: str) -> None:
+    """Assert that process `pid` ends within WAIT (its signal is sent before the outcome
+    is recorded, and takes a moment); kill it either way."""
     try:
-        deadline = time.monotonic() + WAIT  # the signal is sent before the timeout is recorded
-        while not _gone(grandchild) and time.monotonic() < deadline:
+        deadline = time.monotonic() + WAIT
+        while not _gone(pid) and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert _gone(grandchild), "the process the job started outlived its timeout"
+        assert _gone(pid), message
     finally:
-        if not _gone(grandchild):
-            os.kill(grandchild, 9)
+        if not _gone(pid):
+            os.kill(pid, 9)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -298,15 +304,7 @@ def test_a_child_that_dies_on_its_own_takes_the_processes_its_job_started_with_i
                                  isolation="process", max_retries=0))
     result = manager.wait(job_id, timeout=WAIT)
     assert (result.status, result.error_type) == (JobStatus.FAILED, "WorkerProcessDied"), result.error
-    grandchild = int(Path(pid_file).read_text())
-    try:
-        deadline = time.monotonic() + WAIT  # SIGKILL is sent before the outcome is recorded
-        while not _gone(grandchild) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert _gone(grandchild), "the process the job started outlived its child"
-    finally:
-        if not _gone(grandchild):
-            os.kill(grandchild, 9)
+    _assert_ends(int(Path(pid_file).read_text()), "the process the job started outlived its child")
 
 
 @pytest.mark.parametrize("isolation", ["thread", "process"])
