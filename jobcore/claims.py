@@ -32,7 +32,7 @@ class ClaimCheck:
     def __init__(self, repository: JobRepository, worker_id: str, clock: Clock,
                  lease_timeout: float) -> None:
         self._repo = repository
-        self._worker_id = worker_id
+        self.worker_id = worker_id
         self._clock = clock
         self._lease = lease_timeout
 
@@ -53,13 +53,13 @@ class ClaimCheck:
         now = self._clock.time()
         try:
             if renew:
-                self._repo.heartbeat(self._worker_id, [record.id], now + self._lease, now)
+                self._repo.heartbeat(self.worker_id, [record.id], now + self._lease, now)
             current = self._repo.get_without_args(record.id)
         except RepositoryError as exc:
             logger.warning("could not check the claim on job %s before starting it: %s", record.id, exc)
             return False
         ours = (current is not None and current.status is JobStatus.RUNNING
-                and current.worker_id == self._worker_id and current.attempts == record.attempts)
+                and current.worker_id == self.worker_id and current.attempts == record.attempts)
         if not ours:
             logger.warning("job %s: this worker's claim lapsed before it started (the process"
                            " stopped renewing it); not started here", record.id)

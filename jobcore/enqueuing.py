@@ -41,7 +41,7 @@ class Enqueuer:
         self._clock = clock
         self._producer = producer
         self._immediate = immediate  # each enqueue then runs what is ready, in its thread
-        self._worker_id = worker_id
+        self.worker_id = worker_id
         self._lease_timeout = lease_timeout
         # True while the manager's worker threads run: jobs may then be handed straight to
         # them. Written by the manager's start and stop (under its lifecycle lock), read
@@ -170,13 +170,13 @@ class Enqueuer:
             self._local.remember(job.id, self._local_function(job), job.retry_on)
             calling = True
             job_id, claimed = self._repo.insert_claimed(
-                record, self._worker_id, now, now + self._lease_timeout)
+                record, self.worker_id, now, now + self._lease_timeout)
         except BaseException as exc:
             # Ctrl-C just after the commit (most land there) left the job claimed: the
             # store's row tells, and a worker runs it (it stayed RUNNING until its lease
             # lapsed). What the store raised means nothing was stored.
             if calling and not isinstance(exc, JobcoreError):
-                claimed = next(iter(claims_if_committed(self._repo, self._worker_id, record, [], now) or []), None)
+                claimed = next(iter(claims_if_committed(self._repo, self.worker_id, record, [], now) or []), None)
             if claimed is None:
                 self._local.put_back(job.id, before)
             raise

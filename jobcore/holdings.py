@@ -29,7 +29,7 @@ class Holdings:
         self._repo = repository
         self._claims = claims
         self._clock = clock
-        self._worker_id = worker_id
+        self.worker_id = worker_id
         self._lease_timeout = lease_timeout
         self._on_settled = on_settled
 
@@ -66,7 +66,7 @@ class Holdings:
         now = self._clock.time()
         renewed_until = now + self._lease_timeout
         if ids:
-            for job_id in self._repo.heartbeat(self._worker_id, ids, renewed_until, now):
+            for job_id in self._repo.heartbeat(self.worker_id, ids, renewed_until, now):
                 self.request_cancel(job_id)
         with state.lock:
             buffered = [r for r in state.buffer if self._claims.suspect(r, state.renewed_until, now)]

@@ -51,7 +51,7 @@ class Lifecycle:
         self._notifier = notifier
         self._parts = tuple(parts)
         self._immediate = immediate
-        self._worker_id = worker_id
+        self.worker_id = worker_id
         self._load_queue = load_queue
         # _lock guards running, _stops and _stop_unfinished. `start` holds it throughout;
         # `stop` only to change them, not while it waits for jobs (see `_stop_threads`).
@@ -75,7 +75,7 @@ class Lifecycle:
     def start(self) -> None:
         """`JobManager.start` (see there), but for the argument checks and the return."""
         if in_isolated_child() and not self._immediate:
-            logger.debug("manager %s not started: this process runs isolated attempts", self._worker_id)
+            logger.debug("manager %s not started: this process runs isolated attempts", self.worker_id)
             return
         call = getattr(self._in_lifecycle, "call", None)
         if call is not None:

@@ -23,6 +23,7 @@ from .clock import SYSTEM_CLOCK, Clock
 from .enqueuing import Enqueuer
 from .errors import LONGEST_RETRY_DELAY, InvalidJobType
 from .execution import check_room_to_run_here
+from .forks import on_fork_in_child
 from .models import Job, function_qualname
 from .notify_dispatch import NotificationDispatcher
 from .records import event_of
@@ -44,6 +45,11 @@ __all__ = ["JobManager", "RETRY_RULES", "LONGEST_PERIOD", "build_repository", "d
 RETRY_RULES = ("only a failed or cancelled job can be re-queued, and not a cron schedule, a job"
                " whose dependency failed or was cancelled (retry that first), one that never ran"
                " whose dependency was deleted, or one whose unique_key another unfinished job holds")
+
+
+def _new_worker_id() -> str:
+    """An id for a manager of this process: host, pid and 8 random hex digits."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 class JobManager(Inspection):
@@ -91,7 +97,8 @@ class JobManager(Inspection):
         self.immediate = bool(immediate)
         self.max_workers = max_workers
         self.lease_timeout = settings.lease_timeout
-        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._made_id = worker_id is None  # (one given is the caller's to keep unique)
+        self.worker_id = worker_id or _new_worker_id()
         self._clock = SYSTEM_CLOCK if clock is None else clock
         self._registry = FunctionRegistry()
         self._local = LocalJobs()
@@ -119,6 +126,17 @@ class JobManager(Inspection):
                                                      self._local, self._housekeeper, self._notifier),
                                     immediate=self.immediate, worker_id=self.worker_id,
                                     load_queue=self._load_queue)
+        on_fork_in_child(self, "_forked")
+
+    def _forked(self) -> None:
+        """In a forked child: a worker id of this process's own (unless one was given).
+        Children of a process that built the manager (gunicorn's `--preload`) each start
+        it: under the parent's id, their claims were one worker's, and the first child
+        found gone took the live ones' jobs back, which then ran twice at once."""
+        if self._made_id:
+            self.worker_id = _new_worker_id()
+            self._pool.rename(self.worker_id)
+            self._enqueuer.worker_id = self._lifecycle.worker_id = self.worker_id
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> "JobManager":

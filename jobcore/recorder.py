@@ -109,6 +109,11 @@ class Recorder:
         """The id under which this manager claims jobs."""
         return self._worker_id
 
+    def rename(self, worker_id: str) -> None:
+        """Claim and record as `worker_id` from now on (a forked child's own: see
+        `JobManager._forked`); called while nothing runs here."""
+        self._worker_id = self._refusals.worker_id = worker_id
+
     def exchange(self, finished: list[Finished], claim_ids: list[str],
                  top_up: Optional[Iterable[str]] = None, up_to: int = 0,
                  claim_seqs: Optional[list[int]] = None, claim_released: int = 0) -> Optional[list[JobRecord]]:

@@ -39,7 +39,7 @@ class Refusals:
     def __init__(self, repository: JobRepository, worker_id: str, lease_timeout: float, *,
                  act: Act, give_up: Callable[[list[str]], None]) -> None:
         self._repo = repository
-        self._worker_id = worker_id
+        self.worker_id = worker_id
         self._lease_timeout = lease_timeout
         self._act = act
         self._give_up = give_up
@@ -105,14 +105,14 @@ class Refusals:
         return not left
 
     def _record_alone(self, settlement: Settlement, now: float) -> Optional[Cascade]:
-        return self._repo.apply([settlement], [], self._worker_id, now, now + self._lease_timeout)[0][0]
+        return self._repo.apply([settlement], [], self.worker_id, now, now + self._lease_timeout)[0][0]
 
     def _store_works(self, finished: Finished, now: float) -> bool:
         """True if the store renews the job's lease (a write to its very row): it is not
         down, and the other outcomes are worth trying now. (Not proof that it can take
         this outcome's write: a full disk may refuse a long result and take a lease.)"""
         try:
-            self._repo.heartbeat(self._worker_id, [finished.record.id], now + self._lease_timeout, now)
+            self._repo.heartbeat(self.worker_id, [finished.record.id], now + self._lease_timeout, now)
         except Exception:
             return False
         return True

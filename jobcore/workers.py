@@ -124,6 +124,12 @@ class WorkerPool:
         return LogBuffer(self._repo.add_logs, throttle=self._repo.persistent, interval=self._log_interval,
                          wake=lambda: self.on_progress_waiting())
 
+    def rename(self, worker_id: str) -> None:
+        """Claim, renew and record as `worker_id` from now on (a forked child's own: see
+        `JobManager._forked`); called while nothing runs here."""
+        self.worker_id = self._claims.worker_id = self._holdings.worker_id = worker_id
+        self._recorder.rename(worker_id)
+
     def forked(self) -> None:
         """In a forked child: a pool that holds nothing and runs no thread. The parent's
         threads stayed there with the jobs they held (buffered, running, being recorded),

@@ -259,6 +259,32 @@ def _in_forked_child(body: Any) -> tuple[int, list[str]]:
     return status, report
 
 
+def test_children_that_start_a_manager_built_before_the_fork_are_workers_of_their_own(tmp_path: Any) -> None:
+    # given a manager built, not started, before the fork (gunicorn's --preload)
+    path = str(tmp_path / "jobs.db")
+    manager = JobManager(path, max_workers=1, lease_timeout=60)
+    manager.register_function("pid", os.getpid)
+    parent_id = manager.worker_id
+    job_id = manager.enqueue(Job(function_name="pid"))
+
+    # when a child starts it and runs a job
+    def child() -> str:
+        manager.start()
+        result = manager.wait(job_id, timeout=WAIT)
+        entries = [w.worker_id for w in manager.list_workers()]
+        manager.stop()
+        return f"{manager.worker_id} {result.worker_id} {result.result} {' '.join(entries)}"
+
+    status, (child_id, claimed_by, ran_in, *registered) = _in_forked_child(child)
+    # then the child claims, runs and registers under an id of its own, made with its pid:
+    # under the parent's, siblings were one worker, and one found gone took the others' jobs
+    assert status == 0
+    assert child_id != parent_id and claimed_by == child_id and registered == [child_id]
+    assert child_id.split(":")[1] == ran_in != str(os.getpid())
+    assert manager.worker_id == parent_id  # the parent's own is unchanged
+    manager.close()
+
+
 def test_a_forked_child_opens_connections_of_its_own_and_both_processes_go_on(tmp_path: Any) -> None:
     # given a producer whose process has used the file (as a web app's master does when
     # it builds its manager at import time, before forking its workers)
