@@ -70,10 +70,12 @@ def encode(value: Any, *, field: str, max_bytes: int | None = None, _check_keys:
         raise InvalidJobType(field, f"must be JSON-serialisable: encoding it raised {type(exc).__name__}") from None
     if _check_keys and ":" in text:  # a non-empty dict somewhere (compact JSON writes `"key":value`), or a str with a colon
         check_keys(value, field)
-    if not text.isascii():  # (isascii: a flag read, for most payloads all there is to check)
+    ascii = text.isascii()  # (a flag read: for most payloads, all there is to check)
+    if not ascii:
         check_text(field, text)
-    if max_bytes is not None and len(text) > max_bytes:
-        size = len(text.encode("utf-8"))
+    # The cap is in bytes of UTF-8, as stored: a character is up to 4 of them.
+    if max_bytes is not None and len(text) > (max_bytes if ascii else max_bytes // 4):
+        size = len(text) if ascii else len(text.encode("utf-8"))
         if size > max_bytes:
             raise InvalidJob(field, f"encodes to {size} bytes, over the {max_bytes}-byte payload limit")
     return text

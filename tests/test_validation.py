@@ -81,6 +81,11 @@ ENQUEUE_ERRORS: list[tuple[str, Callable[[], Job], type[Exception], str]] = [
     ("oversized payload", lambda: Job(function=noop, args=("x" * 2_000_000,)), ValueError, "payload"),
     ("oversized metadata", lambda: Job(function=noop, metadata={"blob": "x" * 2_000_000}), ValueError,
      "metadata.*payload limit"),  # stored whole before: the limit is per payload, metadata one
+    # the limit is in bytes of UTF-8: characters were counted, and 4 MB of emoji passed
+    ("oversized payload of 2-byte characters", lambda: Job(function=noop, args=("é" * 600_000,)), ValueError,
+     "args.*1200009 bytes.*payload limit"),
+    ("oversized payload of 4-byte characters", lambda: Job(function=noop, args=("😀" * 300_000,)), ValueError,
+     "args.*1200009 bytes.*payload limit"),
     ("unknown function", lambda: Job(function_name="nope"), UnknownFunction, "nope"),
     ("unknown dependency", lambda: Job(function=noop, depends_on=["missing"]), DependencyError, "missing"),
     ("nan argument", lambda: Job(function=noop, args=(math.nan,)), TypeError, "args"),
