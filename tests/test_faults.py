@@ -33,6 +33,30 @@ def test_a_corrupt_row_fails_alone(make_manager: Any, db_path: str) -> None:
     assert manager.wait(fine, timeout=WAIT).result == 2
 
 
+@pytest.mark.parametrize("column", ["payload", "result", "metadata"])
+def test_a_value_nested_too_deeply_to_decode_fails_its_job_alone(make_manager: Any, db_path: str,
+                                                                 column: str) -> None:
+    # given a job whose stored JSON nests deeper than the worker's stack can decode (one
+    # `enqueue` encoded from a shallower stack: its check depends on the caller's depth)
+    manager = make_manager(db_path, max_workers=2)
+    manager.register_function("echo", lambda x: x)
+    ids = [manager.enqueue(Job(function_name="echo", args=(n,), max_retries=0)) for n in range(3)]
+    deep = "[" * 5000 + "]" * 5000
+    stored = {"payload": f"[[{deep}],{{}}]", "result": deep, "metadata": f'{{"k":{deep}}}'}[column]
+    raw = sqlite3.connect(db_path)
+    raw.execute(f"UPDATE jobs SET {column} = ? WHERE id = ?", (stored, ids[1]))
+    raw.commit()
+    raw.close()
+    # when a manager runs them, then that job fails alone as corrupt, at once (its
+    # RecursionError escaped the claim: the whole exchange's jobs stayed RUNNING until their
+    # leases lapsed, then failed as WorkerLost)
+    manager.start()
+    bad = manager.wait(ids[1], timeout=WAIT)
+    assert (bad.status, bad.error_type) == (JobStatus.FAILED, "CorruptJob"), bad.error
+    assert "cannot be decoded" in (bad.error or "")
+    assert [manager.wait(job_id, timeout=WAIT).result for job_id in (ids[0], ids[2])] == [0, 2]
+
+
 def test_an_isolation_jobcore_never_writes_fails_its_job_as_corrupt(make_manager: Any, db_path: str) -> None:
     # given a row whose isolation was edited by hand to a value jobcore never writes
     manager = make_manager(db_path)

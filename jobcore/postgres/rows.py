@@ -70,7 +70,7 @@ def record_from_row(row: Sequence[Any]) -> JobRecord:
         record.metadata = json_object(json.loads(raw.metadata), "metadata")
         record.progress_details = json_object(json.loads(raw.progress_details), "progress_details")
         record.result = serialization.decode(raw.result)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RecursionError) as exc:  # (nested deeper than this stack decodes)
         if record.decode_error is None:  # else a number was wrong first: that one is told
             record.decode_error = f"stored job {record.id} cannot be decoded: {exc}"
     return record

@@ -216,7 +216,7 @@ def record_from_row(row: Sequence[Any]) -> JobRecord:
         if raw.progress_details != "{}":
             record.progress_details = json_object(json.loads(raw.progress_details), "progress_details")
         record.result = serialization.decode(raw.result)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RecursionError) as exc:  # (nested deeper than this stack decodes)
         if record.decode_error is None:  # else a number was wrong first: that one is told
             record.decode_error = f"stored job {record.id} cannot be decoded: {exc}"
     return record
@@ -273,7 +273,7 @@ def _plain_claimed(row: Sequence[Any], started_at: float, worker_id: str,
     try:  # in `record_from_row`'s order: the first that fails is told
         record.args, record.kwargs = serialization.decode_payload(payload)
         _decode_lists(record, tags, metadata, depends_on)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RecursionError) as exc:  # (nested deeper than this stack decodes)
         if record.decode_error is None:
             record.decode_error = f"stored job {job_id} cannot be decoded: {exc}"
     return record
