@@ -50,8 +50,12 @@ def _started(manager: JobManager) -> JobManager:
     # the child processes of isolated jobs, is registered when it is first imported:
     # import it now, so that it runs after this graceful stop (which lets running jobs
     # finish, isolated ones too) rather than before it (about 5 ms).
-    import multiprocessing.util  # noqa: F401
+    import multiprocessing.util
     atexit.register(manager.stop)
+    # A process multiprocessing started ends with os._exit, running no atexit handler, but
+    # its finalizers (of this process: those of a parent are dropped at a fork): the same
+    # graceful stop, before the one ending isolated jobs' children (exitpriority 10).
+    multiprocessing.util.Finalize(None, manager.stop, exitpriority=20)
     return manager
 
 

@@ -293,6 +293,20 @@ def in_isolated_child() -> bool:
     return _isolated_child
 
 
+def reimporting_main() -> bool:
+    """True while multiprocessing imports the main script again in a process it started
+    (as `__mp_main__`: a "spawn" or "forkserver" child preparing to run its target, or the
+    fork server preloading it), before any target runs there. Code at the script's top
+    level (a `register_job_function`, say) then runs in a process that is not the app."""
+    # runpy puts the script's module there while it runs it; in the app's own process,
+    # multiprocessing names its `__main__` so too.
+    running = sys.modules.get("__mp_main__")
+    if running is None or running is sys.modules.get("__main__"):
+        return False
+    import multiprocessing  # (imported already: it is what runs the script so)
+    return multiprocessing.parent_process() is None  # (set once the process's target is to run)
+
+
 def check_room_to_run_here() -> None:
     """Raise `ImmediateRecursionError` unless NESTED_RUN_ROOM frames are left below the
     caller before the recursion limit (enough to run a job and record its outcome), and

@@ -92,6 +92,11 @@ class JobManager(Inspection):
             retry_on=retry_on or is_transient,
             log_interval=_positive("log_interval", log_interval, allow_zero=True, most=LONGEST_PERIOD),
         )
+        # What a successor in a forked child is built with (`_successor`).
+        self._options: dict[str, Any] = dict(
+            max_workers=max_workers, lease_timeout=lease_timeout, producer=producer, poll_interval=poll_interval,
+            discovery_interval=discovery_interval, max_retry_delay=max_retry_delay, retry_on=retry_on,
+            clock=clock, immediate=immediate, log_interval=log_interval)
         self.repository = build_repository(repository)
         self.producer = bool(producer)
         self.immediate = bool(immediate)
@@ -193,12 +198,14 @@ class JobManager(Inspection):
 
     def _successor(self) -> "JobManager":
         """A manager not started, for this process, on the same repository, with this
-        one's size and lease and the functions registered on it (the default manager of
-        a process forked while it ran). Here, not in `Lifecycle`: lifecycle.py does not
-        import manager.py."""
-        successor = JobManager(self.repository, max_workers=self.max_workers, lease_timeout=self.lease_timeout)
+        one's settings, the functions registered on it and its notification channels
+        (the default manager of a process forked while it ran). Here, not in `Lifecycle`:
+        lifecycle.py does not import manager.py."""
+        successor = JobManager(self.repository, **self._options)
         for name in self._registry.names:
             successor.register_function(name, self._registry.get(name))
+        for channel in self._notifier.channels:
+            successor.add_notification_channel(channel)
         return successor
 
     def close(self) -> None:

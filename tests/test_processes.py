@@ -366,6 +366,101 @@ def test_the_default_manager_of_a_forked_child_runs_jobs_in_the_child(tmp_path: 
     assert done.stdout.split("\n")[:2] == ["CHILD completed True", "PARENT 0"], done.stdout + done.stderr
 
 
+def _run_script(script: str, tmp_path: Any) -> subprocess.CompletedProcess[str]:
+    """Run `script` (dedented) with $JOBCORE_DB in `tmp_path`; its completed process."""
+    path = tmp_path / "app.py"
+    path.write_text(textwrap.dedent(script))
+    env = {**os.environ, "JOBCORE_DB": str(tmp_path / "default.db"),
+           "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, str(path)], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_the_default_manager_of_a_forked_child_keeps_the_notification_channels(tmp_path: Any) -> None:
+    # (the child's default manager was built with the parent's size, lease and functions
+    # only: a job dead-lettered there told no one)
+    done = _run_script("""
+        import os
+        import jobcore
+
+        def broken():
+            raise ValueError("no")
+
+        events = []
+        jobcore.register_job_function("broken", broken)
+        jobcore.get_job_manager().add_notification_channel(jobcore.CallbackNotificationChannel(events.append))
+        pid = os.fork()
+        if pid == 0:
+            job_id = jobcore.enqueue(jobcore.Job(function_name="broken", max_retries=0))
+            jobcore.get_job_manager().wait(job_id, timeout=30)
+            jobcore.get_job_manager().stop()  # (delivers what waits)
+            print("CHILD", [e["event"] for e in events if e["job_id"] == job_id], flush=True)
+            os._exit(0)
+        os.waitpid(pid, 0)
+    """, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "CHILD ['job.dead_lettered']", done.stdout + done.stderr
+
+
+def test_a_multiprocessing_child_stops_its_default_manager_as_it_ends(tmp_path: Any) -> None:
+    # A process multiprocessing started leaves with os._exit: the default manager's atexit
+    # stop never ran, and the jobs it was running stayed RUNNING (run again elsewhere).
+    done = _run_script("""
+        import multiprocessing, os, time
+        import jobcore
+
+        def slow():
+            time.sleep(0.5)
+            return os.getpid()
+
+        def task():
+            jobcore.register_job_function("slow", slow)
+            job_id = jobcore.enqueue(jobcore.Job(function_name="slow"))
+            while jobcore.poll(job_id).status is not jobcore.JobStatus.RUNNING:
+                time.sleep(0.01)
+            print("TASK", job_id, os.getpid(), flush=True)
+
+        if __name__ == "__main__":
+            child = multiprocessing.get_context("fork").Process(target=task)
+            child.start()
+            child.join(60)
+            print("EXIT", child.exitcode, flush=True)
+    """, tmp_path)
+    assert done.returncode == 0, done.stderr
+    (task, exit_line) = done.stdout.split("\n")[:2]
+    _, job_id, child_pid = task.split()
+    assert exit_line == "EXIT 0"
+    result = JobManager(str(tmp_path / "default.db"), producer=True).poll(job_id)
+    assert result is not None and (result.status, result.attempts, result.result) == (
+        JobStatus.COMPLETED, 1, int(child_pid)), result
+
+
+def test_no_manager_starts_while_multiprocessing_imports_the_main_script_again(tmp_path: Any) -> None:
+    # The child of an isolated job imports the script again (as __mp_main__) before it is
+    # one: a top-level register_job_function started a default manager there, which took
+    # the app's jobs, and left them RUNNING as the app's exit ended the child.
+    done = _run_script("""
+        import os, time
+        import jobcore
+
+        def work(x):
+            time.sleep(0.05)
+            return os.getpid()
+
+        jobcore.register_job_function("work", work)
+
+        if __name__ == "__main__":
+            manager = jobcore.get_job_manager()
+            isolated = jobcore.enqueue(jobcore.Job(function=work, args=(0,), isolation="process"))
+            print("ISOLATED", manager.wait(isolated, timeout=30).status.value, flush=True)
+            ids = [jobcore.enqueue(jobcore.Job(function_name="work", args=(n,))) for n in range(12)]
+            ran_in = {manager.wait(job_id, timeout=30).result for job_id in ids}
+            print("RAN", ran_in == {os.getpid()}, flush=True)
+    """, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["ISOLATED completed", "RAN True"], done.stdout + done.stderr
+
+
 def test_an_immediate_manager_goes_on_running_jobs_in_a_forked_child() -> None:
     # given an immediate manager (it runs jobs inside enqueue, with no thread to lose)
     manager = JobManager(MemoryRepository(), immediate=True)
