@@ -235,3 +235,31 @@ def test_the_authorization_scheme_is_case_insensitive(site: Site, scheme: str) -
         wrong = call(server, "/api/stats", headers={"Authorization": f"{scheme} nope"})
 
     assert reply.status == 200 and wrong.status == 401
+
+
+# -- what strict JSON cannot hold -----------------------------------------------------------------
+def test_values_a_memory_store_keeps_that_json_cannot_hold_are_sent_as_strict_json() -> None:
+    # (a bare NaN token broke the page's JSON.parse; a tuple key was a 500)
+    import json
+
+    from jobcore import JobManager, MemoryRepository
+
+    def odd() -> dict[Any, Any]:
+        current_job().progress(0.5, "half", rate=float("inf"))
+        return {"ratio": float("nan"), (1, 2): "tuple key", "low": float("-inf")}
+
+    manager = JobManager(MemoryRepository())
+    manager.register_function("odd", odd)
+    job_id = manager.enqueue(Job(function_name="odd"))
+    assert manager.run_pending() == 1
+    with DashboardServer(manager, port=0) as server:
+        reply = call(server, f"/api/jobs/{job_id}")
+
+    def refuse(token: str) -> None:
+        raise ValueError(f"not strict JSON: {token}")
+
+    assert reply.status == 200
+    detail = json.loads(reply.body, parse_constant=refuse)
+    assert detail["result"] == {"ratio": "NaN", "(1, 2)": "tuple key", "low": "-Infinity"}
+    assert detail["progress_details"] == {"rate": "Infinity"}
+    manager.close()

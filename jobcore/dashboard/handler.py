@@ -14,6 +14,7 @@ import hmac
 import io
 import json
 import logging
+import math
 import re
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
@@ -212,8 +213,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send_json(self, data: Any, status: HTTPStatus = HTTPStatus.OK,
                    headers: Optional[dict[str, str]] = None) -> None:
-        body = json.dumps(data, default=str).encode("utf-8")
-        self._send(body, "application/json; charset=utf-8", status, headers)
+        try:
+            text = json.dumps(data, default=str, allow_nan=False)
+        except (ValueError, TypeError):  # what a memory store keeps, JSON has no room for
+            text = json.dumps(_strict_json(data), default=str, allow_nan=False)
+        self._send(text.encode("utf-8"), "application/json; charset=utf-8", status, headers)
 
     # -- pages ----------------------------------------------------------------------------------
     def page(self, dashboard: DashboardServer, query: dict[str, list[str]], _: str) -> None:
@@ -344,3 +348,16 @@ ROUTES: list[tuple[str, re.Pattern[str], Route]] = [
     ("GET", re.compile(r"/api/dlq"), _Handler.dlq),
     ("POST", re.compile(r"/api/dlq/retry"), _Handler.retry_dlq),
 ]
+
+
+def _strict_json(value: Any) -> Any:
+    """`value` with what strict JSON cannot hold made text: a float that is NaN or
+    infinite ("NaN", "Infinity", "-Infinity", as Python prints them in JSON), a dict key
+    that is not a str (a memory store keeps results and details as given)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return json.dumps(value)
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else str(k): _strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(v) for v in value]
+    return value
