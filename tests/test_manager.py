@@ -1093,3 +1093,28 @@ def test_a_stop_that_did_not_wait_for_a_heartbeat_leaves_the_registry(make_manag
     housekeeper.join(WAIT)
     assert not housekeeper.is_alive()
     assert [w.worker_id for w in repository.list_workers()] == []
+
+
+def test_the_memory_store_gives_out_copies_of_metadata_and_progress_details_all_the_way_down() -> None:
+    # given a job whose metadata and progress details hold lists (the memory store copied
+    # only the outer dict: a caller appending to a list changed every later answer)
+    def report() -> None:
+        job = current_job()
+        assert job is not None
+        job.progress(0.5, "half", files=["a"])
+
+    manager = JobManager(MemoryRepository())
+    manager.register_function("report", report)
+    batch = {"ids": [1, 2]}
+    job_id = manager.enqueue(Job(function_name="report", metadata={"batch": batch}))
+    batch["ids"].append("after enqueue")
+    assert manager.run_pending() == 1
+    # when a caller changes what it was given
+    seen = manager.poll(job_id)
+    assert seen is not None
+    seen.metadata["batch"]["ids"].append("reader")
+    seen.progress_details["files"].append("reader")
+    # then the store's own are unchanged, as a persistent store's rows are
+    again = manager.poll(job_id)
+    assert again is not None
+    assert (again.metadata, again.progress_details) == ({"batch": {"ids": [1, 2]}}, {"files": ["a"]})
