@@ -251,8 +251,13 @@ class ReadyQueue:
             self._release_due()
             return bool(self._ready)
 
-    def pop_ready(self, limit: int) -> list[QueueEntry]:
-        """Take up to `limit` ready entries, best first; never blocks."""
+    def pop_ready(self, limit: int, *, at_least: Optional[int] = None) -> list[QueueEntry]:
+        """Take up to `limit` ready entries, best first (with `at_least`, only those of
+        that priority or higher); never blocks.
+
+        A store read under way (`reading`) does not queue the ids taken again: it may have
+        seen their jobs waiting before this pop's claim, and queued they came back stale,
+        their claim in vain (which switched a lone manager to claims from the store)."""
         clear_way(self._lock)  # threads at the queue at once: see `clear_way`
         with self._lock:
             if not self._ready and not self._timers:
@@ -260,12 +265,20 @@ class ReadyQueue:
             self._release_due()
             taken: list[QueueEntry] = []
             while self._ready and len(taken) < limit:
-                item = heapq.heappop(self._ready)
-                if self._live(item):
-                    del self._members[item[3].job_id]
-                    taken.append(item[3])
-                else:
+                item = self._ready[0]
+                if not self._live(item):
+                    heapq.heappop(self._ready)
                     self._dead[_READY] -= 1
+                    continue
+                if at_least is not None and item[3].priority < at_least:
+                    break
+                heapq.heappop(self._ready)
+                del self._members[item[3].job_id]
+                taken.append(item[3])
+            if self._reads and taken:
+                self._discards += 1
+                for entry in taken:
+                    self._discarded[entry.job_id] = self._discards
             self._compact(_READY)
             low = len(self._members) < self._low_water
             if low:
@@ -345,21 +358,28 @@ class ReadyQueue:
         `up_to_seq`: the repository just found no such job left to claim, so other
         processes took them all. Due timers stay. Returns how many were dropped; the
         periodic refill from the repository puts back any job dropped in error."""
+        return self.drop_stale_pending(up_to_seq)[0]
+
+    def drop_stale_pending(self, up_to_seq: int) -> tuple[int, Optional[int]]:
+        """`drop_stale`, also telling the best priority of the entries dropped (None if
+        none was): the store's best ready jobs are as good at least."""
         with self._lock:
-            kept, dropped = [], 0
+            kept, dropped, best = [], 0, None
             for item in self._ready:
                 if not self._live(item):
                     continue
                 if item[3].run_at is None and item[1] <= up_to_seq:
                     del self._members[item[3].job_id]
                     dropped += 1
+                    if best is None or item[3].priority > best:
+                        best = item[3].priority
                 else:
                     kept.append(item)
             if len(kept) < len(self._ready):
                 heapq.heapify(kept)
                 self._ready[:] = kept
             self._dead[_READY] = 0  # kept holds live items only
-            return dropped
+            return dropped, best
 
     def pop_due_schedules(self) -> list[QueueEntry]:
         """Take every cron schedule that is due to fire; never blocks."""

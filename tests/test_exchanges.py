@@ -380,6 +380,76 @@ def test_dropping_stale_ids_keeps_due_timers_and_jobs_queued_since() -> None:
     assert [e.job_id for e in queue.pop_ready(10)] == ["later"]
 
 
+def test_ids_taken_while_a_store_read_is_under_way_are_not_queued_again_by_it() -> None:
+    # given a read of the store under way that saw two jobs waiting
+    from jobcore.clock import FakeClock
+    from jobcore.queue import ReadyQueue
+    from jobcore.repository.base import QueueEntry
+    queue = ReadyQueue(FakeClock(1000.0))
+    seen = [QueueEntry(name, 0, seq, None, "task") for seq, name in enumerate("ab", 1)]
+    queue.push_ready(seen)
+    with queue.reading() as read:
+        # when a worker takes one (to claim it) before the read queues what it saw
+        assert [e.job_id for e in queue.pop_ready(1)] == ["a"]
+        for entry in seen:
+            queue.push(entry, read=read)
+    # then the one taken is not queued again (its claim would come back stale: a lone
+    # manager then took its ids for others' and claimed from the store), the other is
+    assert [e.job_id for e in queue.pop_ready(10)] == ["b"]
+    queue.push(seen[0])  # (queued anew, by whoever stores it again, it is)
+    assert [e.job_id for e in queue.pop_ready(10)] == ["a"]
+
+
+def test_claims_from_the_store_take_a_due_timer_by_id_only_if_it_is_as_good_as_the_best_pending() -> None:
+    # given a queue of pending ids at priority 10 and 5, and due timers at 0 and 20
+    from jobcore.clock import FakeClock
+    from jobcore.queue import ReadyQueue
+    from jobcore.repository.base import QueueEntry
+    queue = ReadyQueue(FakeClock(1000.0))
+    queue.push_ready([QueueEntry("high", 10, 1, None, "task"), QueueEntry("mid", 5, 2, None, "task")])
+    queue.push(QueueEntry("low-due", 0, 3, 990.0, "task"))
+    queue.push(QueueEntry("urgent-due", 20, 4, 990.0, "task"))
+    # when the pending ids are dropped as stale (claims go to the store's best by number)
+    dropped, best = queue.drop_stale_pending(queue.high_seq)
+    # then the best of them is told, and only the due timer as good as it is taken by id
+    assert (dropped, best) == (2, 10)
+    assert [e.job_id for e in queue.pop_ready(10, at_least=best)] == ["urgent-due"]
+    assert [e.job_id for e in queue.pop_ready(10)] == ["low-due"]
+
+
+def test_a_manager_claiming_from_the_store_runs_due_low_jobs_after_the_higher_ones_waiting(
+        tmp_path: Any, make_manager: Any) -> None:
+    # given a manager claiming from the store (as once other processes took its ids, or a
+    # reload queued stale ones) through HIGH jobs, the first of them running
+    from datetime import datetime, timedelta
+    from jobcore import FakeClock
+    clock = FakeClock()
+    manager: JobManager = make_manager(str(tmp_path / "jobs.db"), max_workers=1, clock=clock)
+    ran: list[str] = []
+    go = threading.Event()
+
+    def task(name: str) -> None:
+        ran.append(name)
+        if name == "high0":
+            assert go.wait(10)
+
+    manager.register_function("task", task)
+    due = datetime.fromtimestamp(clock.time()) + timedelta(seconds=1)
+    manager.enqueue_many([Job(function_name="task", args=(f"low{n}",), priority=0, scheduled_at=due)
+                          for n in range(5)])
+    manager.enqueue_many([Job(function_name="task", args=(f"high{n}",), priority=10) for n in range(20)])
+    manager._pool._state.from_store = True
+    manager.start()
+    wait_until(lambda: ran == ["high0"], 10, "the first HIGH job to start")
+    # when the LOW jobs come due meanwhile
+    clock.advance(2)
+    go.set()
+    wait_until(lambda: len(ran) == 25, 10, "every job to run")
+    # then every HIGH job ran first (the due LOW ones were claimed by id ahead of the
+    # store's best, by number)
+    assert ran[:20] == [f"high{n}" for n in range(20)]
+
+
 class StealsAndRaces(SQLiteRepository):
     """During the first claim naming ids, stands in for another process that took them
     all (worker "elsewhere") and for a producer thread here that stored and queued one
@@ -538,11 +608,11 @@ def test_a_fault_reading_the_ready_queue_does_not_wedge_the_pool() -> None:
     manager.register_function("echo", lambda n: n)
     real_pop, failed = manager._queue.pop_ready, threading.Event()
 
-    def pop_once_failing(limit: int) -> Any:
+    def pop_once_failing(limit: int, **options: Any) -> Any:
         if not failed.is_set():
             failed.set()
             raise RuntimeError("a fault in the queue")
-        return real_pop(limit)
+        return real_pop(limit, **options)
 
     manager._queue.pop_ready = pop_once_failing  # type: ignore[method-assign]
     ids = [manager.enqueue(Job(function_name="echo", args=(n,))) for n in range(20)]
