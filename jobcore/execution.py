@@ -288,23 +288,19 @@ def mark_isolated_child() -> None:
     _isolated_child = True
 
 
+ISOLATED_PROCESS_NAME = "jobcore-isolated"  # the multiprocessing name of those children
+
+
 def in_isolated_child() -> bool:
-    """True in the child process of an isolated job (see `mark_isolated_child`)."""
-    return _isolated_child
-
-
-def reimporting_main() -> bool:
-    """True while multiprocessing imports the main script again in a process it started
-    (as `__mp_main__`: a "spawn" or "forkserver" child preparing to run its target, or the
-    fork server preloading it), before any target runs there. Code at the script's top
-    level (a `register_job_function`, say) then runs in a process that is not the app."""
-    # runpy puts the script's module there while it runs it; in the app's own process,
-    # multiprocessing names its `__main__` so too.
-    running = sys.modules.get("__mp_main__")
-    if running is None or running is sys.modules.get("__main__"):
-        return False
-    import multiprocessing  # (imported already: it is what runs the script so)
-    return multiprocessing.parent_process() is None  # (set once the process's target is to run)
+    """True in the child process of an isolated job (see `mark_isolated_child`), from its
+    start: also while multiprocessing prepares it, importing the app's main script again
+    (as `__mp_main__`), before it is marked. Code at the script's top level runs then: a
+    `register_job_function` there started the default manager in the child, which took
+    the app's jobs."""
+    if _isolated_child:
+        return True
+    process = sys.modules.get("multiprocessing.process")  # (imported already in such a child)
+    return process is not None and process.current_process().name == ISOLATED_PROCESS_NAME
 
 
 def check_room_to_run_here() -> None:

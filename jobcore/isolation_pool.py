@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional, Union
 
 from . import lock_waits
 from .clock import Clock
-from .execution import Outcome
+from .execution import ISOLATED_PROCESS_NAME, Outcome
 from .isolation_child import serve
 from .lock_waits import waitable_lock
 from .isolation_process import Child, alive, default_start_method, end_all, end_child
@@ -138,7 +138,7 @@ class ChildPool:
         """A new child, counted live and running by the caller; None if `close` came while
         it started (it is ended here: `close` did not see it, and returns without it)."""
         parent_end, child_end = self._mp.Pipe(duplex=True)
-        process = self._mp.Process(target=serve, args=(child_end, self._lifeline), name="jobcore-isolated",
+        process = self._mp.Process(target=serve, args=(child_end, self._lifeline), name=ISOLATED_PROCESS_NAME,
                                    daemon=False)
         try:
             process.start()

@@ -15,7 +15,7 @@ from . import lock_waits
 from .clock import Clock, real_monotonic
 from .context import current_job
 from .enqueuing import Enqueuer
-from .execution import in_isolated_child, reimporting_main
+from .execution import in_isolated_child
 from .forks import on_fork_in_child
 from .housekeeper import Housekeeper
 from .lock_waits import waitable_lock
@@ -76,12 +76,6 @@ class Lifecycle:
         """`JobManager.start` (see there), but for the argument checks and the return."""
         if in_isolated_child() and not self._immediate:
             logger.debug("manager %s not started: this process runs isolated attempts", self.worker_id)
-            return
-        if reimporting_main() and not self._immediate:
-            # (the fork server of isolated jobs among them: its children would be forked
-            # from a process running the manager's threads)
-            logger.debug("manager %s not started: multiprocessing is importing the main script again"
-                         " in a process it started", self.worker_id)
             return
         call = getattr(self._in_lifecycle, "call", None)
         if call is not None:

@@ -1118,3 +1118,18 @@ def test_the_memory_store_gives_out_copies_of_metadata_and_progress_details_all_
     again = manager.poll(job_id)
     assert again is not None
     assert (again.metadata, again.progress_details) == ({"batch": {"ids": [1, 2]}}, {"files": ["a"]})
+
+
+def test_the_memory_store_copies_metadata_nested_as_deep_as_json_holds() -> None:
+    # (a recursive copy of nested dicts and lists reached the recursion limit at about
+    # 330 levels: poll, wait and listings raised RecursionError)
+    deep: list[Any] = []
+    for _ in range(800):
+        deep = [deep]
+    manager = JobManager(MemoryRepository())
+    manager.register_function("noop", lambda: None)
+    job_id = manager.enqueue(Job(function_name="noop", metadata={"deep": deep}))
+    assert manager.run_pending() == 1
+    result = manager.wait(job_id, timeout=10)
+    assert result.status is JobStatus.COMPLETED and result.metadata["deep"] == deep
+    assert result.metadata["deep"] is not deep

@@ -435,7 +435,7 @@ def test_a_multiprocessing_child_stops_its_default_manager_as_it_ends(tmp_path: 
         JobStatus.COMPLETED, 1, int(child_pid)), result
 
 
-def test_no_manager_starts_while_multiprocessing_imports_the_main_script_again(tmp_path: Any) -> None:
+def test_no_manager_starts_in_an_isolated_jobs_child_as_it_imports_the_main_script(tmp_path: Any) -> None:
     # The child of an isolated job imports the script again (as __mp_main__) before it is
     # one: a top-level register_job_function started a default manager there, which took
     # the app's jobs, and left them RUNNING as the app's exit ended the child.
@@ -459,6 +459,35 @@ def test_no_manager_starts_while_multiprocessing_imports_the_main_script_again(t
     """, tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:2] == ["ISOLATED completed", "RAN True"], done.stdout + done.stderr
+
+
+def test_the_default_manager_runs_in_a_spawn_child_whose_script_registers_at_top_level(tmp_path: Any) -> None:
+    # (only an isolated job's child runs no manager: a check of any re-import of the
+    # script as __mp_main__ left the default manager of every "spawn" child not started)
+    done = _run_script("""
+        import multiprocessing, os
+        import jobcore
+
+        def answer():
+            return 42
+
+        jobcore.register_job_function("answer", answer)
+
+        def task(queue):
+            job_id = jobcore.enqueue(jobcore.Job(function_name="answer"))
+            queue.put(jobcore.get_job_manager().wait(job_id, timeout=30).result)
+
+        if __name__ == "__main__":
+            jobcore.get_job_manager().stop()  # the parent runs nothing: the child must
+            context = multiprocessing.get_context("spawn")
+            queue = context.Queue()
+            child = context.Process(target=task, args=(queue,))
+            child.start()
+            print("CHILD", queue.get(timeout=60), flush=True)
+            child.join(60)
+    """, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "CHILD 42", done.stdout + done.stderr
 
 
 def test_an_immediate_manager_goes_on_running_jobs_in_a_forked_child() -> None:

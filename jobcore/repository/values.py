@@ -116,15 +116,27 @@ _NESTED = (dict, list)
 
 
 def copy_nested(value: dict[str, Any]) -> dict[str, Any]:
-    """A copy of `value` and of the dicts and lists in it, at any depth (other values, as
-    JSON holds, are kept: a flat dict costs what `dict(value)` does, and a little more)."""
-    return {key: _nested(item) if item.__class__ in _NESTED else item for key, item in value.items()}
-
-
-def _nested(value: Any) -> Any:
-    if value.__class__ is dict:
-        return copy_nested(value)
-    return [_nested(item) if item.__class__ in _NESTED else item for item in value]
+    """A copy of `value` and of the dicts and lists in it, at any depth, without recursion
+    (a value nested 1,000 deep is one JSON holds); one met twice is copied once, so a
+    cycle stays a cycle. Other values are kept. A flat dict costs what `dict(value)` does,
+    and a little more."""
+    top = dict(value)
+    if not any(item.__class__ in _NESTED for item in top.values()):
+        return top
+    copies: dict[int, Any] = {id(value): top}
+    stack: list[Any] = [top]
+    while stack:
+        container = stack.pop()
+        pairs = container.items() if container.__class__ is dict else enumerate(container)
+        for key, item in list(pairs):
+            if item.__class__ not in _NESTED:
+                continue
+            copy = copies.get(id(item))
+            if copy is None:
+                copy = copies[id(item)] = dict(item) if item.__class__ is dict else list(item)
+                stack.append(copy)
+            container[key] = copy
+    return top
 
 
 def _record_copier(detach: bool = False, share_empty: bool = False) -> Callable[[JobRecord], JobRecord]:
