@@ -41,7 +41,7 @@ def test_a_value_nested_too_deeply_to_decode_fails_its_job_alone(make_manager: A
     manager = make_manager(db_path, max_workers=2)
     manager.register_function("echo", lambda x: x)
     ids = [manager.enqueue(Job(function_name="echo", args=(n,), max_retries=0)) for n in range(3)]
-    deep = "[" * 5000 + "]" * 5000
+    deep = "[" * 100_000 + "]" * 100_000  # (past the C recursion limit too: Python 3.13 decodes 5,000)
     stored = {"payload": f"[[{deep}],{{}}]", "result": deep, "metadata": f'{{"k":{deep}}}'}[column]
     raw = sqlite3.connect(db_path)
     raw.execute(f"UPDATE jobs SET {column} = ? WHERE id = ?", (stored, ids[1]))
