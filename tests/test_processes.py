@@ -410,13 +410,14 @@ def test_a_multiprocessing_child_stops_its_default_manager_as_it_ends(tmp_path: 
         import jobcore
 
         def slow():
+            open("started", "w").close()
             time.sleep(0.5)
             return os.getpid()
 
         def task():
             jobcore.register_job_function("slow", slow)
             job_id = jobcore.enqueue(jobcore.Job(function_name="slow"))
-            while jobcore.poll(job_id).status is not jobcore.JobStatus.RUNNING:
+            while not os.path.exists("started"):  # running (a job claimed, not started, is handed back)
                 time.sleep(0.01)
             print("TASK", job_id, os.getpid(), flush=True)
 
