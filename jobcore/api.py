@@ -6,7 +6,6 @@ started, and stopped at interpreter exit. Nothing else lives here.
 
 from __future__ import annotations
 
-import atexit
 import os
 import threading
 from typing import Any, Callable, Optional, Union
@@ -46,15 +45,12 @@ def get_job_manager() -> JobManager:
 def _started(manager: JobManager) -> JobManager:
     """Start `manager` and have it stopped gracefully at interpreter exit."""
     manager.start()
-    # atexit runs its handlers last registered first. multiprocessing's own, which ends
-    # the child processes of isolated jobs, is registered when it is first imported:
-    # import it now, so that it runs after this graceful stop (which lets running jobs
-    # finish, isolated ones too) rather than before it (about 5 ms).
+    # A finalizer of multiprocessing's: they run at interpreter exit (its atexit handler)
+    # and also as a process multiprocessing started ends (with os._exit, running no atexit
+    # handler; a parent's finalizers are dropped at the fork). Higher priorities first:
+    # this graceful stop (which lets running jobs finish, isolated ones too) comes before
+    # the end of isolated jobs' child processes (exitpriority 10).
     import multiprocessing.util
-    atexit.register(manager.stop)
-    # A process multiprocessing started ends with os._exit, running no atexit handler, but
-    # its finalizers (of this process: those of a parent are dropped at a fork): the same
-    # graceful stop, before the one ending isolated jobs' children (exitpriority 10).
     multiprocessing.util.Finalize(None, manager.stop, exitpriority=20)
     return manager
 

@@ -87,8 +87,7 @@ class Exchanges:
             best = None
             if from_store:
                 dropped_best = self._queue.drop_stale_pending(known)[1]
-                known_best = [p for p in (dropped_best, self._store_best) if p is not None]
-                best = max(known_best) if known_best else None
+                best = max((p for p in (dropped_best, self._store_best) if p is not None), default=None)
             entries = self._queue.pop_ready(room, at_least=best) if room > 0 else []
         except Exception:  # a fault here must not end the thread: it holds the pool's one exchange
             logger.exception("reading the ready queue failed; this exchange claims nothing")

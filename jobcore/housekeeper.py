@@ -31,8 +31,8 @@ from .clock import LONGEST_WAIT, Clock, join_within, real_monotonic
 from .errors import RepositoryError
 from .lease_timing import JUMP_TOLERANCE as JUMP_TOLERANCE  # (re-exported: defined here before)
 from .lease_timing import LeaseTiming
-from .models import JobStatus
 from .lease_timing import jump_tolerance as jump_tolerance  # (re-exported: defined here before)
+from .models import JobStatus
 from .neighbours import expire_dead_neighbours
 from .neighbours import host_identity as host_identity  # (re-exported: defined here before)
 from .repository.base import JobRepository, Recovery, takes_argument
@@ -279,10 +279,10 @@ class Housekeeper:
                     self._beat(running)
                     times.beat_worked()  # (after an outage, holds recovery off)
                     dead = self._expire_dead_neighbours()
-                    if dead and not times.held(now):
-                        times.recover_now(now)  # take their jobs back now, not after the lease
-                    elif dead:
+                    if dead and times.held(now):
                         self._recover_the_dead(dead)
+                    elif dead:
+                        times.recover_now(now)  # take their jobs back now, not after the lease
                 # After store calls failed here (a server down, a database locked past its
                 # busy timeout), a beat must work before any recovery: our leases first.
                 if now >= times.next_recover:

@@ -37,8 +37,8 @@ class Lifecycle:
     `JobManager.start`, `stop` and `close` for what they promise.
 
     `load_queue` indexes the stored jobs (the manager's own, which its housekeeper calls
-    too); `parts` are the
-    manager's parts that a forked child resets (`forked`), in that order."""
+    too); `parts` are the manager's parts that a forked child resets (`forked`), in that
+    order."""
 
     def __init__(self, repository: JobRepository, clock: Clock, pool: WorkerPool, housekeeper: Housekeeper,
                  enqueuer: Enqueuer, notifier: NotificationDispatcher, parts: Sequence[Forkable], *,

@@ -291,21 +291,17 @@ class WorkerPool:
         finished: Optional[Finished] = None  # its outcome, once it ran
         while True:
             with state.lock:
-                if slot.abandoned and finished is None:
-                    # Given up at its timeout before its job began (while its claim was
-                    # checked): a thread took its place, so it ends.
+                if slot.abandoned:
+                    # Given up at its timeout: a thread took its place, so this one ends,
+                    # whether its job returned late or never began (its claim was checked).
                     self._pool_threads.returned_late_locked()
-                    logger.warning("job %s timed out before it began (its claim was being checked);"
-                                   " it did not run", attempt.record.id)
+                    logger.warning("job %s %s", attempt.record.id,
+                                   "timed out before it began (its claim was being checked); it did not run"
+                                   if finished is None else "returned after its timeout; its outcome is discarded")
                     return
                 if finished is not None:
                     # Handed in under the same lock take that looks for the next job: one
                     # lock round trip per job, not two.
-                    if slot.abandoned:
-                        self._pool_threads.returned_late_locked()
-                        logger.warning("job %s returned after its timeout; its outcome is discarded",
-                                       finished.record.id)
-                        return
                     # (A claim of the same job kept aside for this attempt goes to the
                     # buffer, and this thread takes it next: see `PoolState.defer_locked`.)
                     state.end_attempt_locked(attempt)
