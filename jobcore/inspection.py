@@ -139,9 +139,9 @@ class Inspection(_Parts):
         if limit is not None:
             _count("limit", limit)
         _count("offset", offset)
-        for text in (owner, *(tags or ())):
-            if text is not None and not isinstance(text, str):
-                raise TypeError(f"owner and tags must be str, got {type(text).__name__} {text!r}")
+        for field, text in (("owner", owner), *(("tags", tag) for tag in tags or ())):
+            if not isinstance(text, str) and not (field == "owner" and text is None):
+                raise TypeError(f"{field} must be str, got {type(text).__name__} {text!r}")
         if not (storable(owner or "") and all(could_be_id(tag) for tag in tags or ())):
             return []  # no job holds such text (see `_may_exist`)
         since = self._pool.progress_mark()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Callable, Optional
 
 from .clock import as_seconds
@@ -56,6 +56,11 @@ def check_time(field_name: str, value: datetime) -> None:
     if not -TIME_LIMIT < seconds < TIME_LIMIT:
         raise InvalidJob(field_name, f"must be within 6e10 seconds of 1970 (3 September 68 to 29 April 3871, UTC),"
                                      f" got {value.isoformat()}")
+    # Stores keep the time as float seconds, exact to the microsecond only up to 2^33 s
+    # from 1970 (1698 to 2242): past that, only a time whose float shows it back is kept.
+    if datetime.fromtimestamp(seconds, timezone.utc).microsecond != value.microsecond:
+        raise InvalidJob(field_name, "outside 1698 to 2242 a store keeps a time only to a few microseconds:"
+                                     f" give fewer digits (whole seconds always work), got {value.isoformat()}")
 
 
 def check_number(field_name: str, value: Any, *, minimum: float, allow_none: bool = False,

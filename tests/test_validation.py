@@ -9,8 +9,8 @@ from typing import Any, Callable
 
 import pytest
 
-from jobcore import (DependencyError, FakeClock, InvalidJob, Job, JobManager, JobPriority, JobStatus, RetryableError,
-                     SQLiteRepository, UnknownFunction)
+from jobcore import (DependencyError, FakeClock, InvalidJob, Job, JobManager, JobPriority, JobStatus, MemoryRepository,
+                     RetryableError, SQLiteRepository, UnknownFunction)
 from jobcore.manager import LONGEST_PERIOD
 
 
@@ -45,6 +45,9 @@ CONSTRUCTION_ERRORS: list[tuple[str, Callable[[], Any], type[Exception], str]] =
     ("scheduled year 4000", lambda: Job(function=noop, scheduled_at=datetime(4000, 1, 1)), ValueError,
      "scheduled_at"),
     ("scheduled min", lambda: Job(function=noop, scheduled_at=datetime.min), ValueError, "scheduled_at"),
+    # Stores keep float seconds: in 3000 a float holds a time to about 4 µs, not 1.
+    ("scheduled 3000 to the microsecond", lambda: Job(function=noop, scheduled_at=datetime(3000, 6, 1, 0, 0, 0, 123457)),
+     ValueError, "scheduled_at"),
     ("scheduled min utc", lambda: Job(function=noop, scheduled_at=datetime.min.replace(tzinfo=timezone.utc)),
      ValueError, "scheduled_at"),
     ("retries huge", lambda: Job(function=noop, max_retries=2**63), ValueError, "max_retries"),
@@ -489,8 +492,26 @@ def test_a_job_id_or_filter_of_the_wrong_type_is_named(make_manager: Any, db_pat
     for call in (lambda: manager.poll(5), lambda: manager.cancel(5), lambda: manager.get_logs(5)):
         with pytest.raises(TypeError, match="job_id must be a str"):
             call()
-    with pytest.raises(TypeError, match="owner and tags must be str"):
+    with pytest.raises(TypeError, match="owner must be str"):
         manager.list_jobs(owner=5)
+    for tags in ([None], ["a", None], [5]):  # (a None tag raised a TypeError naming nothing)
+        with pytest.raises(TypeError, match="tags must be str"):
+            manager.list_jobs(tags=tags)
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_a_scheduled_at_accepted_is_shown_back_to_the_microsecond(kind: str, make_manager: Any, db_path: str) -> None:
+    # given times a float of seconds holds exactly: any before 2242, whole seconds (and
+    # halves) later
+    manager = make_manager(MemoryRepository() if kind == "memory" else db_path)
+    times = [datetime(2242, 3, 1, 0, 0, 0, 999_999), datetime(1700, 1, 1, 0, 0, 0, 1),
+             datetime(3000, 6, 1, 12, 0, 0), datetime(3800, 1, 1, 0, 0, 0, 500_000)]
+    ids = [manager.enqueue(Job(function=noop, scheduled_at=at)) for at in times]
+
+    # then poll shows each back as given
+    for job_id, at in zip(ids, times):
+        shown = manager.poll(job_id).scheduled_at
+        assert shown == at and shown.microsecond == at.microsecond
 
 
 def test_tags_that_are_no_str_or_collection_are_named_not_ignored(make_manager: Any, db_path: str) -> None:
