@@ -18,7 +18,7 @@ from ..models import JobStatus
 from ..repository._cascade import ENDED, dependency_error_message, plan_batch
 from ..repository.base import JobRecord, JobRepository, id_taken
 from ..repository.columns import claimed_as_stored
-from .database import Database, LostRace, Tx
+from .database import Database, LostRace, TooLongForAnIndex, Tx
 from .queries import Statements
 from .rows import refuse_nul, row_params
 
@@ -40,6 +40,12 @@ class PostgresAdding(JobRepository):
 
     def insert(self, records: Sequence[JobRecord], now: float) -> list[str]:
         records = list(records)
+        try:
+            return self._insert(records, now)
+        except TooLongForAnIndex:
+            raise TooLongForAnIndex.named(records) from None
+
+    def _insert(self, records: list[JobRecord], now: float) -> list[str]:
         if not records:
             return []
         for record in records:
@@ -90,8 +96,11 @@ class PostgresAdding(JobRepository):
             return super().insert_claimed(record, worker_id, now, lease_expires_at)
         params = (*row_params(record, now, JobStatus.RUNNING, 0, None, self.max_payload_bytes),
                   now, worker_id, lease_expires_at)
-        record.seq = self._db.insert_alone(self.sql.INSERT_CLAIMED, params,
-                                           stored=lambda: self._stored_seq(record, now), notifies=False)
+        try:
+            record.seq = self._db.insert_alone(self.sql.INSERT_CLAIMED, params,
+                                               stored=lambda: self._stored_seq(record, now), notifies=False)
+        except TooLongForAnIndex:
+            raise TooLongForAnIndex.named([record]) from None
         return record.id, claimed_as_stored(record, params[3], worker_id, now, lease_expires_at)
 
     def _stored_seq(self, record: JobRecord, now: float) -> Optional[int]:

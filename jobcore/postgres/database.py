@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 import re
-from typing import Any, Callable, Literal, Optional, TypeVar, overload
+from typing import Any, Callable, Literal, Optional, Sequence, TypeVar, overload
 
 import psycopg
 from psycopg import conninfo
@@ -112,14 +112,33 @@ _INDEXED_FIELDS = {"jobs_id_key": "id", "jobs_unique": "unique_key", "jobs_owner
                    "jobs_ready": "function_name", "jobs_due": "function_name"}
 
 
+_TOO_LONG = "is too long for PostgreSQL's index on it (at most about 2,700 bytes)"
+
+
+class TooLongForAnIndex(InvalidJob):
+    """A value too long for any index row ("index row requires N bytes, maximum size is
+    8191"), whose index the server does not name: `named` names the field."""
+
+    def __init__(self) -> None:
+        super().__init__("id, unique_key, owner or function_name", _TOO_LONG)
+
+    @staticmethod
+    def named(records: Sequence[Any]) -> InvalidJob:
+        """`InvalidJob` naming the longest indexed field of `records` (the jobs stored)."""
+        _, field = max((len((getattr(record, field) or "").encode("utf-8", "surrogatepass")), field)
+                       for record in records for field in set(_INDEXED_FIELDS.values()))
+        return InvalidJob(field, _TOO_LONG)
+
+
 def too_long(exc: psycopg.errors.ProgramLimitExceeded) -> Optional[InvalidJob]:
     """`InvalidJob` naming the field whose value is too long for PostgreSQL's index on
-    it ("index row size ... exceeds btree ... maximum 2704 for index ..."), or None."""
+    it ("index row size ... exceeds btree ... maximum 2704 for index ..."), or
+    `TooLongForAnIndex` past what any index row holds; else None."""
     found = re.search(r'for index "([^"]+)"', str(exc))
     field = _INDEXED_FIELDS.get(found.group(1)) if found else None
-    if field is None:
-        return None
-    return InvalidJob(field, "is too long for PostgreSQL's index on it (at most about 2,700 bytes)")
+    if field is not None:
+        return InvalidJob(field, _TOO_LONG)
+    return TooLongForAnIndex() if str(exc).startswith("index row requires") else None
 
 
 def _lost_race(exc: psycopg.Error) -> bool:

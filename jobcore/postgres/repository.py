@@ -23,7 +23,7 @@ from ..repository.base import (Cascade, CancelOutcome, JobRecord, JobRepository,
                                Settlement, SettlesThroughApply, WorkerInfo, claim_limit, released_to_claim,
                                require_plain_pending)
 from .adding import PostgresAdding
-from .database import Database, Tx, Unchanged, schema_from_dsn
+from .database import Database, TooLongForAnIndex, Tx, Unchanged, schema_from_dsn
 from .rows import clean_text, entry_from_row, record_from_row, row_params, status_of
 from .settling import cancel_dependents, settle_all
 
@@ -96,7 +96,10 @@ class PostgresRepository(PostgresAdding, SettlesThroughApply, JobRepository):
             rows = tx.execute(self.sql.CLAIM_MANY, claim_params).fetchall() if ids else []
             return cascades, _best_first(rows)
 
-        cascades, claimed = self._db.transaction(work, generic_plans=True)  # as `apply`'s
+        try:
+            cascades, claimed = self._db.transaction(work, generic_plans=True)  # as `apply`'s
+        except TooLongForAnIndex:
+            raise TooLongForAnIndex.named([record]) from None
         claimed.sort(key=lambda r: r.id != record.id)  # the new job first; stable otherwise
         return cascades, claimed
 
