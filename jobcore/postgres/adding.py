@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence
 
 from .. import serialization
+from ..serialization import could_be_id
 from ..models import JobStatus
 from ..repository._cascade import ENDED, dependency_error_message, plan_batch
 from ..repository.base import JobRecord, JobRepository, id_taken
@@ -129,7 +130,8 @@ class PostgresAdding(JobRepository):
         keys = sorted({r.unique_key for r in records if r.unique_key is not None})
         holders = dict(tx.execute(sql.SELECT_UNFINISHED_BY_KEYS, (keys,)).fetchall()) if keys else {}
         # Locks the stored dependencies (and stand-ins) against ending meanwhile.
-        wanted = {dep for r in records for dep in r.depends_on} | set(given) | set(holders.values())
+        wanted = ({dep for r in records for dep in r.depends_on if could_be_id(dep)}  # (others: unknown)
+                  | set(given) | set(holders.values()))
         found = {row[0]: (row[1], row[2], row[3]) for row in tx.execute(sql.LOCK_DEPENDENCIES, (sorted(wanted),))}
         ids, planned, cancelled_by = plan_batch(records, exists=found, unfinished_with_key=holders.get,
                                                 ended=lambda job_id: found[job_id][0] in ENDED,

@@ -13,6 +13,7 @@ import sqlite3
 from typing import Any, Callable, Optional, Sequence
 
 from ..models import JobStatus
+from ..serialization import could_be_id
 from . import sqlite_transition_sql as transition_sql
 from ._cascade import ENDED, dependency_error_message, plan_batch
 from .columns import claimed_as_stored, encode_progress
@@ -214,5 +215,5 @@ class _Lookup:
         self._exists = exists
 
     def __contains__(self, job_id: object) -> bool:
-        return isinstance(job_id, str) and self._exists(job_id)
+        return isinstance(job_id, str) and could_be_id(job_id) and self._exists(job_id)
 

@@ -60,6 +60,14 @@ class _AddingContract:
             repository.insert([good, bad], NOW)
         assert repository.get(good.id) is None and _total(repository) == 0
 
+    def test_a_dependency_id_no_job_can_hold_is_an_unknown_one(self, repository: JobRepository) -> None:
+        # Ids hold no NUL and no lone surrogate (`Job` refuses them): such a dependency is
+        # unknown, not an encoding error or a database's refusal of the text.
+        for dep in ("a\x00b", "ab\udcff"):
+            with pytest.raises(DependencyError, match="unknown"):
+                repository.insert([make_record(), make_record(depends_on=(dep,))], NOW)
+        assert _total(repository) == 0
+
     def test_a_job_depending_on_a_cron_schedule_is_refused(self, repository: JobRepository) -> None:
         # A schedule stays SCHEDULED for as long as it lives: a dependent would never run.
         def schedule(**fields: Any) -> JobRecord:
