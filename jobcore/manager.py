@@ -32,6 +32,7 @@ from .registry import FunctionRegistry, LocalJobs
 from .repository.base import CANCELLED_BY_REQUEST, CancelOutcome, JobRecord, Recovery
 from .repository.factory import RepositoryLike, build_repository, default_database_path
 from .retry import Classifier, is_transient
+from .serialization import could_be_id
 from .housekeeper import Housekeeper
 from .inspection import Inspection
 from .lifecycle import Lifecycle
@@ -84,6 +85,11 @@ class JobManager(Inspection):
         if clock is not None and not all(callable(getattr(clock, name, None))
                                          for name in ("time", "monotonic", "subscribe")):
             raise TypeError(f"clock must be a jobcore Clock (SystemClock, FakeClock), got {clock!r}")
+        if worker_id is not None and not isinstance(worker_id, str):
+            raise TypeError(f"worker_id must be a str, got {type(worker_id).__name__} {worker_id!r}")
+        if worker_id is not None and not (worker_id and could_be_id(worker_id)):
+            raise ValueError(f"worker_id must be non-empty, without NUL or lone surrogates, got {worker_id!r}")
+        discovery_interval = _positive("discovery_interval", discovery_interval, most=LONGEST_PERIOD)
         settings = PoolSettings(
             max_workers=max_workers,
             lease_timeout=_positive("lease_timeout", lease_timeout, most=LONGEST_PERIOD),
@@ -103,7 +109,7 @@ class JobManager(Inspection):
         self.max_workers = max_workers
         self.lease_timeout = settings.lease_timeout
         self._made_id = worker_id is None  # (one given is the caller's to keep unique)
-        self.worker_id = worker_id or _new_worker_id()
+        self.worker_id = _new_worker_id() if worker_id is None else worker_id
         self._clock = SYSTEM_CLOCK if clock is None else clock
         self._registry = FunctionRegistry()
         self._local = LocalJobs()
@@ -117,7 +123,7 @@ class JobManager(Inspection):
         self._load_queue = self._loader.load
         self._housekeeper = Housekeeper(self.repository, self._pool, self._clock, settings,
                                         self._loader.spaced_reload,
-                                        _positive("discovery_interval", discovery_interval, most=LONGEST_PERIOD),
+                                        discovery_interval,
                                         self._recovered,
                                         stocked=self._loader.stocked)
         self._enqueuer = Enqueuer(self.repository, self._registry, self._local, self._pool,

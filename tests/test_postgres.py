@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import secrets
 import subprocess
@@ -233,6 +234,9 @@ def test_bad_arguments_are_refused_at_construction(server: str) -> None:
         PostgresRepository(server, schema="bad; DROP TABLE x")
     with pytest.raises(ValueError, match="pool_size"):
         PostgresRepository(server, pool_size=0)
+    for bad in (0, math.nan, math.inf, 2**31):  # NaN and infinity raised errors naming nothing
+        with pytest.raises(ValueError, match="^timeout must be a number of seconds > 0"):
+            PostgresRepository(server, timeout=bad)
     with pytest.raises(TypeError, match="dsn"):
         PostgresRepository(None)  # type: ignore[arg-type]
 

@@ -197,6 +197,38 @@ def test_manager_arguments_are_checked() -> None:
     manager.close()
 
 
+def test_a_worker_id_that_is_no_id_is_refused() -> None:
+    # It was taken as given: an int or a tuple ran jobs on memory, and a tuple failed start()
+    # on SQLite with a RepositoryError, a lone surrogate with a UnicodeEncodeError.
+    for bad in (5, ("w",), b"w"):
+        with pytest.raises(TypeError, match="worker_id must be a str"):
+            JobManager(":memory:", worker_id=bad)  # type: ignore[arg-type]
+    for bad in ("", "w\x00", "w\udcff"):
+        with pytest.raises(ValueError, match="worker_id must be non-empty"):
+            JobManager(":memory:", worker_id=bad)
+    manager = JobManager(":memory:", worker_id="web-1")
+    assert manager.worker_id == "web-1"
+    manager.close()
+
+
+def test_a_bad_discovery_interval_is_refused_before_the_database_is_made(tmp_path: Any) -> None:
+    # (it was checked after the file, its -wal and -shm were made, and left them open)
+    path = tmp_path / "d.db"
+    for bad in (0, math.nan):
+        with pytest.raises(ValueError, match="discovery_interval"):
+            JobManager(str(path), discovery_interval=bad)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, 10**400, 4e9, -1])
+def test_a_busy_timeout_that_is_no_wait_is_refused_at_construction(tmp_path: Any, bad: Any) -> None:
+    # NaN and infinity were taken: a write that waited on another thread's then raised a
+    # bare ValueError or OverflowError from the lock's acquire
+    with pytest.raises(ValueError, match="^busy_timeout must be a number of seconds from 0 to 100 years"):
+        SQLiteRepository(str(tmp_path / "b.db"), busy_timeout=bad)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("cap", [0, -5, 1.5, "1000", True])
 def test_a_payload_cap_no_payload_fits_is_refused_at_construction(tmp_path: Any, cap: Any) -> None:
     # given max_payload_bytes=-5 or 0: accepted, then every enqueue with arguments failed,

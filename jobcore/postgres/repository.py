@@ -14,6 +14,7 @@ import builtins
 from typing import Any, Callable, Collection, Optional, Sequence
 
 from .. import serialization
+from ..clock import as_seconds
 from ..models import JobStatus
 from ..repository._cascade import ENDED
 from ..repository.columns import JOB_COLUMNS as COLUMNS
@@ -27,6 +28,8 @@ from .database import Database, TooLongForAnIndex, Tx, Unchanged, schema_from_ds
 from .rows import clean_text, entry_from_row, record_from_row, row_params, status_of
 from .settling import cancel_dependents, settle_all
 
+# The longest `timeout`: libpq takes its connect_timeout as an int.
+_LONGEST_TIMEOUT = 2**31 - 1
 _SETTLEMENT_KINDS = {"complete", "retry", "fail", "cancel", "release"}
 
 
@@ -65,8 +68,9 @@ class PostgresRepository(PostgresAdding, SettlesThroughApply, JobRepository):
         dsn_schema = schema_from_dsn(dsn)
         if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
             raise ValueError(f"pool_size must be an int >= 1, got {pool_size!r}")
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-            raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+        if (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                or not 0 < as_seconds(timeout) <= _LONGEST_TIMEOUT):  # (NaN fails both)
+            raise ValueError(f"timeout must be a number of seconds > 0, at most 2**31 - 1, got {timeout!r}")
         self.dsn = dsn
         self.schema = schema or dsn_schema or "jobcore"
         self.max_payload_bytes = serialization.payload_cap(max_payload_bytes)

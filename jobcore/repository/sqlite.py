@@ -18,6 +18,8 @@ import time
 from typing import Any, Callable, Collection, ContextManager, Hashable, Optional, Sequence, TypeVar
 
 from .. import serialization
+from ..arguments import LONGEST_PERIOD
+from ..clock import as_seconds
 from ..errors import RepositoryError
 from ..forks import on_fork_in_child
 from ..models import JobStatus
@@ -66,8 +68,9 @@ class SQLiteRepository(SQLiteAdding, SQLiteUpkeep, SQLiteMigration, SettlesThrou
                  max_payload_bytes: Optional[int] = serialization.DEFAULT_MAX_PAYLOAD_BYTES) -> None:
         if durability not in DURABILITY:
             raise ValueError(f"durability must be one of {sorted(DURABILITY)}, got {durability!r}")
-        if isinstance(busy_timeout, bool) or not isinstance(busy_timeout, (int, float)) or busy_timeout < 0:
-            raise ValueError(f"busy_timeout must be a number of seconds >= 0, got {busy_timeout!r}")
+        if (isinstance(busy_timeout, bool) or not isinstance(busy_timeout, (int, float))
+                or not 0 <= as_seconds(busy_timeout) <= LONGEST_PERIOD):  # (NaN fails both)
+            raise ValueError(f"busy_timeout must be a number of seconds from 0 to 100 years, got {busy_timeout!r}")
         self.path = os.fspath(path)
         if not self.path or self.path == ":memory:":
             raise ValueError("SQLiteRepository needs a file path; use MemoryRepository for memory")
