@@ -19,6 +19,7 @@ from .models import Job, JobResult, JobStatus, LogEntry
 from .records import job_of, local_datetime, result_of
 from .registry import FunctionRegistry, LocalJobs
 from .repository.base import JobRecord, JobRepository, WorkerInfo
+from .repository.values import copy_nested
 from .serialization import could_be_id, storable
 from .waiting import Settlements
 from .workers import WorkerPool
@@ -160,7 +161,7 @@ class Inspection(_Parts):
             if (report is not None and record.worker_id == self.worker_id
                     and record.attempts == report.context.attempt):
                 record.progress, record.progress_message = report.progress, report.message
-                record.progress_details = report.details
+                record.progress_details = copy_nested(report.details)  # (the report is written later)
         return record
 
     @staticmethod

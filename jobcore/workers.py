@@ -48,6 +48,7 @@ from .progress import ProgressWriter, Report
 from .queue import ReadyQueue
 from .registry import FunctionRegistry, LocalJobs
 from .repository.base import JobRecord, JobRepository, LogLine, QueueEntry
+from .repository.values import copy_nested
 from .retry import Classifier
 from .single_step import SingleStep
 from .completions import Completion
@@ -433,7 +434,9 @@ class WorkerPool:
                         details: dict[str, Any]) -> None:
         if details and self._repo.persistent:  # checked here, in the job's thread: raises at its call
             serialization.encode(details, field="progress details", max_bytes=self._repo.max_payload_bytes)
-        self._progress.report(Report(context, progress, message, details))
+        # A copy, lists and dicts in it too: it is written later, and shown meanwhile, as it was
+        # when reported, whatever the job changes in them after.
+        self._progress.report(Report(context, progress, message, copy_nested(details) if details else details))
 
     def _write_progress(self, report: Report) -> None:
         context = report.context

@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import pytest
 
-from jobcore import FakeClock, Job, JobManager, JobStatus, MemoryRepository, SQLiteRepository
+from jobcore import FakeClock, Job, JobManager, JobStatus, MemoryRepository, SQLiteRepository, current_job
 from jobcore import progress as progress_module
 from jobcore.context import JobContext
 from jobcore.errors import RepositoryError
@@ -614,3 +614,35 @@ def test_a_report_whose_write_returns_after_its_attempt_settled_is_not_shown_aga
     flusher.join(10)
     assert not flusher.is_alive()
     assert writer.latest("a", writer.mark()) is None
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_details_are_kept_as_reported_whatever_the_job_or_a_caller_changes_after(
+        kind: str, make_manager: Any, tmp_path: Any) -> None:
+    # A job's list in its details, and the list in a JobResult poll gave, were the very list
+    # the store (memory) or the report waiting to be written (SQLite) held: changing
+    # either changed the job's progress, until it ended and after.
+    reported, release = threading.Event(), threading.Event()
+
+    def reports_then_changes_its_list() -> None:
+        items = [1, 2]
+        current_job().progress(0.5, "half", items=items, nested={"n": [1]})  # type: ignore[union-attr]
+        items.append("changed by the job")
+        reported.set()
+        assert release.wait(WAIT)
+
+    manager: JobManager = make_manager(MemoryRepository() if kind == "memory" else str(tmp_path / "jobs.db"),
+                                       max_workers=1)
+    manager.register_function("reports", reports_then_changes_its_list)
+    manager.start()
+    job_id = manager.enqueue(Job(function_name="reports"))
+    try:
+        assert reported.wait(WAIT)
+        polled = manager.poll(job_id)
+        assert polled is not None and polled.progress_details == {"items": [1, 2], "nested": {"n": [1]}}
+        polled.progress_details["items"].append("changed by the caller")
+        polled.progress_details["nested"]["n"].append("changed by the caller")
+        assert manager.poll(job_id).progress_details == {"items": [1, 2], "nested": {"n": [1]}}  # type: ignore[union-attr]
+    finally:
+        release.set()
+    assert manager.wait(job_id, timeout=WAIT).progress_details == {"items": [1, 2], "nested": {"n": [1]}}

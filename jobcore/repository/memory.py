@@ -30,7 +30,7 @@ from .memory_listing import MemoryListing
 from .memory_workers import MemoryWorkers
 # A copy with dicts of its own: whoever holds it can change it without touching the store.
 from .values import detached_copy as _detached
-from .values import stored_copy as _stored
+from .values import copy_nested, stored_copy as _stored
 
 
 # What a completion that releases nothing, or a retry, returns: a Cascade is frozen (and
@@ -290,7 +290,7 @@ class MemoryRepository(MemoryAdding, MemoryListing, MemoryChanging, MemoryWorker
             row = self._held(job_id, worker_id, attempt)
             if row is None:
                 return False
-            row.progress, row.progress_message, row.progress_details = progress, message, dict(details)
+            row.progress, row.progress_message, row.progress_details = progress, message, copy_nested(details)
             return True
 
     def add_log(self, job_id: str, level: str, message: str, now: float) -> None:
