@@ -121,7 +121,7 @@ class JobContext:
         if self.cancelled:
             raise JobCancelled(self.id)
 
-    def progress(self, progress: float, message: str = "", **details: Any) -> None:
+    def progress(self, /, progress: float, message: str = "", **details: Any) -> None:
         """Report progress (0.0 to 1.0, clamped), a message (None: none) and JSON details.
 
         Raises `JobCancelled` if the job was asked to stop, or the attempt is over."""
@@ -147,7 +147,7 @@ class JobContext:
         if not self.over:
             self._sink.report_log(self, level, storable_text(str(message)))
 
-    def progress_callback(self, progress: float, message: str = "", **details: Any) -> None:
+    def progress_callback(self, /, progress: float, message: str = "", **details: Any) -> None:
         """The `progress_callback` handed to functions that accept one."""
         self.progress(progress, message, **details)
 

@@ -215,6 +215,7 @@ def _attempt(request: AttemptRequest, pipe: _PipeSink) -> tuple[Any, ...]:
             reusable = False  # allocations half-failed inside libraries: start afresh
         return ("error", describe_exception(exc, traceback_module.format_exc()), reusable)
     finally:
+        context.ended = True  # as in a worker thread: code the job left running sees it over
         sink.close()
         if restore is not None:
             restore()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -58,6 +59,28 @@ def busy_module(tmp_path: Any) -> Iterator[Any]:
                 open(folder + "/reported", "w").close()
             threading.Thread(target=late).start()
             return "first"
+
+        def leave_watcher(folder):
+            # A thread that outlives the job and writes down what its context tells then.
+            import json, threading
+            from jobcore import JobCancelled, current_job
+            context = current_job()
+            def later():
+                _until(folder + "/job-returned")
+                told = {"cancelled": context.cancelled}
+                for name, call in (("progress", lambda: context.progress(0.9)),
+                                   ("check_cancelled", context.check_cancelled)):
+                    try:
+                        call()
+                        told[name] = "went on"
+                    except JobCancelled:
+                        told[name] = "JobCancelled"
+                with open(folder + "/told.tmp", "w") as f:
+                    json.dump(told, f)
+                os.replace(folder + "/told.tmp", folder + "/told")
+            import os
+            threading.Thread(target=later).start()
+            return "returned"
 
         def start_and_wait_for_report(folder):
             open(folder + "/next-started", "w").close()
@@ -232,6 +255,24 @@ def test_a_report_left_behind_by_one_job_never_reaches_the_next(make_manager: An
     assert result.result == "second"
     assert (result.progress, result.progress_message) == (1.0, "")
     assert [line.message for line in manager.get_logs(second)] == []
+
+
+def test_code_an_isolated_job_left_running_sees_its_attempt_over(make_manager: Any, db_path: str, busy_module: Any,
+                                                                  tmp_path: Path) -> None:
+    # As in a worker thread (docs/api.md, JobContext): the child never marked the context
+    # over, so a thread looping `while not current_job().cancelled` ran on beside the
+    # child's next jobs.
+    folder = str(tmp_path)
+    manager = make_manager(db_path, max_workers=1).start()
+    job_id = manager.enqueue(Job(function=busy_module.leave_watcher, args=(folder,), isolation="process"))
+    assert manager.wait(job_id, timeout=WAIT).result == "returned"
+    (tmp_path / "job-returned").touch()
+    told = tmp_path / "told"
+    deadline = time.monotonic() + WAIT
+    while not told.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert json.loads(told.read_text()) == {"cancelled": True, "progress": "JobCancelled",
+                                            "check_cancelled": "JobCancelled"}
 
 
 @pytest.mark.parametrize("fail", [False, True])

@@ -553,10 +553,12 @@ class _Recording:
     def __init__(self) -> None:
         self.progress: list[float] = []
         self.messages: list[str] = []
+        self.details: list[dict] = []
 
     def report_progress(self, context: JobContext, progress: float, message: str, details: dict) -> None:
         self.progress.append(progress)
         self.messages.append(message)
+        self.details.append(details)
 
     def report_log(self, context: JobContext, level: str, message: str) -> None:
         pass
@@ -582,6 +584,15 @@ def test_a_progress_message_of_none_is_no_message() -> None:
     context.progress(0.5, None)  # type: ignore[arg-type]
     context.progress(0.6, 42)  # type: ignore[arg-type]
     assert sink.messages == ["", "42"]
+
+
+def test_a_detail_may_have_any_name_but_progress_and_message() -> None:
+    # A detail named `self` raised "got multiple values for argument 'self'"
+    sink = _Recording()
+    context = JobContext("a", "a", 1, sink)
+    context.progress(0.5, "m", self=1, context=2)
+    context.progress_callback(0.6, message="n", self=3)
+    assert sink.details == [{"self": 1, "context": 2}, {"self": 3}] and sink.messages == ["m", "n"]
 
 
 
