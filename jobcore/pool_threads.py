@@ -35,8 +35,10 @@ class PoolThreads:
 
     def __init__(self, state: PoolState, dispatcher: Dispatcher, clock: Clock, max_workers: int,
                  lease_timeout: float, serve: Callable[[Slot], None],
-                 given_up: Callable[[JobContext], tuple[Optional[Report], tuple[LogLine, ...]]]) -> None:
+                 given_up: Callable[[JobContext], tuple[Optional[Report], tuple[LogLine, ...]]],
+                 store_held_here: Callable[[], bool] = lambda: False) -> None:
         self._state = state
+        self._store_held_here = store_held_here
         self._dispatcher = dispatcher
         self._clock = clock
         self._max_workers = max_workers
@@ -126,13 +128,15 @@ class PoolThreads:
             state.work_ready.notify_all()
             state.dispatch_needed.notify_all()
             dispatcher = self._dispatcher.thread
-            # On the thread making the exchange under way (a signal handler's stop that
-            # interrupted an enqueue there), the dispatcher is not waited for: it waits for
-            # that exchange to end before its last recording (the outcomes waiting, and the
-            # claimed jobs no worker started handed back), which it makes once the handler
-            # returned. Waited for, it waited out the timeout, or for ever without one. The
-            # next stop (`close` makes one) waits for it.
-            self.dispatcher_left = state.exchanging_here_locked()
+            # On the thread making the exchange under way, or inside a call of the store
+            # holding its lock (a signal handler's stop that interrupted an enqueue, or a
+            # `poll` of the memory store), the dispatcher is not waited for: it waits for
+            # that exchange or lock before its last recording (the outcomes waiting, and
+            # the claimed jobs no worker started handed back), which it makes once the
+            # handler returned. Waited for, it waited out the timeout, or for ever without
+            # one (on SQLite, a busy timeout per try, until the outcomes were given up and
+            # the jobs ran again). The next stop (`close` makes one) waits for it.
+            self.dispatcher_left = state.exchanging_here_locked() or self._store_held_here()
             if self.dispatcher_left:
                 dispatcher = None
             threads = list(self._threads)

@@ -103,7 +103,8 @@ class WorkerPool:
         self._dispatcher = Dispatcher(self._state, self._exchanges, queue, self._recorder, clock,
                                       give_up_after=settings.lease_timeout)
         self._pool_threads = PoolThreads(self._state, self._dispatcher, clock, settings.max_workers,
-                                         settings.lease_timeout, serve=self._serve, given_up=self._left_waiting)
+                                         settings.lease_timeout, serve=self._serve, given_up=self._left_waiting,
+                                         store_held_here=repository.held_here)
         self._holdings = Holdings(self._state, repository, self._claims, clock, worker_id,
                                   settings.lease_timeout, on_settled)
         self.on_deadline: Callable[[], None] = lambda: None  # set by the housekeeper

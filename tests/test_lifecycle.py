@@ -16,7 +16,8 @@ from typing import Any, Iterator, Optional
 
 import pytest
 
-from jobcore import CallbackNotificationChannel, FakeClock, Job, JobManager, JobStatus, MemoryRepository
+from jobcore import (CallbackNotificationChannel, FakeClock, Job, JobManager, JobStatus, MemoryRepository,
+                     SQLiteRepository)
 from jobcore.errors import RepositoryError
 from interrupts import CtrlCOnce
 from waiting import wait_until
@@ -140,6 +141,44 @@ def test_ctrl_c_in_a_stop_just_after_it_counted_itself_leaves_close_free_to_retu
     closing.start()
     closing.join(WAIT)
     assert not closing.is_alive() and lifecycle._stops == 0
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_a_stop_from_a_signal_handler_inside_a_store_call_does_not_wait_for_itself(
+        kind: str, tmp_path: Any, make_manager: Any) -> None:
+    # A handler interrupting any store call that holds the store's lock (a keyed enqueue,
+    # a cancel, a `poll` of the memory store) made a graceful stop wait for the dispatcher,
+    # which waited for that lock: for ever on memory; on SQLite until the outcomes were
+    # given up (busy timeout, lease timeout, busy timeout) and the jobs ran again.
+    repository = MemoryRepository() if kind == "memory" else SQLiteRepository(str(tmp_path / "jobs.db"))
+    held = repository._lock if kind == "memory" else repository._db._write_lock  # what such a call holds
+    started, release = threading.Semaphore(0), threading.Event()
+
+    def block() -> None:
+        started.release()
+        assert release.wait(WAIT)
+
+    manager = make_manager(repository, max_workers=2)
+    manager.register_function("block", block)
+    manager.start()
+    job_ids = [manager.enqueue(Job(function_name="block")) for _ in range(2)]
+    assert started.acquire(timeout=WAIT) and started.acquire(timeout=WAIT)
+    # when the handler stops the manager inside such a call, as the jobs finish
+    with held:
+        release.set()
+        began = time.monotonic()
+        manager.stop(timeout=WAIT)
+        took = time.monotonic() - began
+    # then the stop returned once the jobs ended, and their outcomes were recorded once
+    # the call went on (`close` waits for that)
+    assert took < WAIT / 2 and not manager.running
+    manager.close()
+    reopened = MemoryRepository() if kind == "memory" else SQLiteRepository(str(tmp_path / "jobs.db"))
+    store = repository if kind == "memory" else reopened
+    for job_id in job_ids:
+        record = store.get(job_id)
+        assert record is not None and (record.status, record.attempts) == (JobStatus.COMPLETED, 1)
+    reopened.close()
 
 
 def test_a_stop_in_a_signal_handler_that_interrupted_a_stop_returns(tmp_path: Any) -> None:

@@ -380,6 +380,13 @@ class JobRepository(JobReads):
         `SQLiteRepository` objects on one file) names the store."""
         return self
 
+    def held_here(self) -> bool:
+        """Whether the calling thread is inside a call of this store that holds a lock its
+        other calls wait for (a signal handler interrupted it there): a `stop` made in the
+        handler then does not wait for the engine's threads to record outcomes, which would
+        wait for that lock. False by default (a backend with no such lock)."""
+        return False
+
     def change_token(self) -> Optional[object]:
         """A cheap value that changes whenever another connection or process may have
         changed the store, so idle managers know when to look for new work. None means

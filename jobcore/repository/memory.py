@@ -18,7 +18,7 @@ import threading
 from typing import Any, Collection, Optional, Sequence
 
 from ..forks import on_fork, take_before_fork
-from ..lock_waits import clear_way
+from ..lock_waits import clear_way, holds
 from ..models import JobStatus
 from ._cascade import dependency_error_message
 from .base import (CANCELLED_BY_REQUEST, CANCELLED_ERROR_TYPE, CANCELLED_WHILE_RUNNING, Cascade, JobRecord,
@@ -122,6 +122,9 @@ class MemoryRepository(MemoryAdding, MemoryListing, MemoryChanging, MemoryWorker
                     and (r.is_schedule or function_names is None or r.function_name in function_names)]
             best = heapq.nsmallest(limit, rows, key=lambda r: (r.run_at or 0.0, r.seq))
             return [r.queue_entry() for r in best]
+
+    def held_here(self) -> bool:
+        return holds(self._lock)
 
     def change_token(self) -> Optional[object]:
         """How many writes could have made a job runnable or taken one (this manager's own

@@ -333,6 +333,9 @@ class SQLiteRepository(SQLiteAdding, SQLiteUpkeep, SQLiteMigration, SettlesThrou
         """The file (its real path): every `SQLiteRepository` of this process on it."""
         return ("sqlite", os.path.realpath(self.path))
 
+    def held_here(self) -> bool:
+        return self._db.held_here()
+
     def change_token(self) -> Optional[object]:
         """`PRAGMA data_version` of this thread's connection: it changes whenever another
         connection (any thread or process) commits."""

@@ -239,6 +239,10 @@ class Connections(ConnectionLifetime):
             raise RepositoryError(f"SQLite at {self.path!r}: a write was begun inside another write on"
                                   " the same thread")
 
+    def held_here(self) -> bool:
+        """Whether the calling thread holds the write lock (inside a write)."""
+        return holds(self._write_lock)
+
     def _release_write_lock(self) -> None:
         """Release _write_lock if this thread took it (see `_refuse_nested_write`: it then
         holds it once), wherever between its call and its `try` an interrupt landed."""
