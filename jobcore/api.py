@@ -6,6 +6,7 @@ started, and stopped at interpreter exit. Nothing else lives here.
 
 from __future__ import annotations
 
+import multiprocessing.util
 import os
 import threading
 from typing import Any, Callable, Optional, Union
@@ -49,8 +50,10 @@ def _started(manager: JobManager) -> JobManager:
     # and also as a process multiprocessing started ends (with os._exit, running no atexit
     # handler; a parent's finalizers are dropped at the fork). Higher priorities first:
     # this graceful stop (which lets running jobs finish, isolated ones too) comes before
-    # the end of isolated jobs' child processes (exitpriority 10).
-    import multiprocessing.util
+    # the end of isolated jobs' child processes (exitpriority 10). multiprocessing.util is
+    # imported with this module, not here: its atexit handler, registered as it is first
+    # imported, did not run when that was inside another atexit handler (the default
+    # manager's first use there), and the manager's jobs were left RUNNING.
     multiprocessing.util.Finalize(None, manager.stop, exitpriority=20)
     return manager
 

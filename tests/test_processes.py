@@ -436,6 +436,34 @@ def test_a_multiprocessing_child_stops_its_default_manager_as_it_ends(tmp_path: 
         JobStatus.COMPLETED, 1, int(child_pid)), result
 
 
+def test_a_default_manager_first_used_in_an_atexit_handler_is_stopped_at_exit(tmp_path: Any) -> None:
+    # Its stop is a finalizer of multiprocessing's, whose own atexit handler was registered
+    # only as multiprocessing.util was first imported, inside that handler: too late to run.
+    # The job was killed with the process and left RUNNING.
+    done = _run_script("""
+        import atexit, os, time
+        import jobcore
+
+        def slow():
+            open("started", "w").close()
+            time.sleep(0.3)
+            return "done"
+
+        def at_exit():
+            jobcore.register_job_function("slow", slow)
+            job_id = jobcore.enqueue(jobcore.Job(function_name="slow"))
+            while not os.path.exists("started"):  # running (a job claimed, not started, is handed back)
+                time.sleep(0.01)
+            print("JOB", job_id, flush=True)
+
+        atexit.register(at_exit)
+    """, tmp_path)
+    assert done.returncode == 0, done.stderr
+    _, job_id = done.stdout.split("\n")[0].split()
+    result = JobManager(str(tmp_path / "default.db"), producer=True).poll(job_id)
+    assert result is not None and (result.status, result.result) == (JobStatus.COMPLETED, "done"), result
+
+
 def test_no_manager_starts_in_an_isolated_jobs_child_as_it_imports_the_main_script(tmp_path: Any) -> None:
     # The child of an isolated job imports the script again (as __mp_main__) before it is
     # one: a top-level register_job_function started a default manager there, which took
