@@ -309,7 +309,7 @@ def _wants(channel: Any, event_name: str) -> bool:
         return True
     try:
         return bool(wants(event_name))
-    except Exception:
+    except BaseException:  # (SystemExit too, as `_send`: it runs on a worker thread)
         logger.exception("notification channel %r failed in wants(%r); event skipped",
                          channel, event_name)
         return False

@@ -37,7 +37,7 @@ def decide(record: JobRecord, outcome: Outcome, *, cancel_requested: bool, class
     traceback = None if outcome.traceback is None else storable_text(outcome.traceback, TRACEBACK_LIMIT)
     try:
         transient = should_retry(exc, classifier)
-    except Exception:  # a broken classifier must not break the engine
+    except BaseException:  # a broken classifier must not break the engine (pytest.fail's Failed too)
         logger.exception("retry classifier failed on job %s; treating the error as permanent", record.id)
         transient = False
     failed = f"attempt {attempt} failed after {ran_for:.3f}s: {error_type}: {error}"

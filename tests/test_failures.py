@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import pytest
 
@@ -144,6 +144,49 @@ def test_classifier_is_replaceable_per_manager_and_per_job(make_manager: Any, db
     job = Job(function=by_job, retry_delay=0.01, retry_on=lambda exc: False)
     assert manager.wait(manager.enqueue(job), timeout=WAIT).status is JobStatus.FAILED
     assert len(by_job.calls) == 1
+
+
+class _Fail(BaseException):
+    """What pytest.fail raises: no Exception."""
+
+
+@pytest.mark.parametrize("timeout", [None, 0.2])
+def test_a_classifier_or_channel_raising_what_is_no_exception_fails_the_job_and_the_engine_goes_on(
+        make_manager: Any, db_path: str, timeout: Optional[float]) -> None:
+    # A classifier raising pytest.fail's kind killed the worker (the job raised) or the
+    # exchange's thread (its attempt timed out: no job ran after); a channel's `wants` too.
+    def classify(exc: BaseException) -> bool:
+        raise _Fail(f"unexpected {exc!r}")
+
+    class Picky:
+        def wants(self, event: str) -> bool:
+            raise SystemExit(1)
+
+        def send(self, event: dict[str, Any]) -> None:
+            pass
+
+    release = threading.Event()
+
+    def fails() -> None:
+        if timeout is not None:
+            release.wait(WAIT)
+        raise ValueError("timeout talking to the bank")  # transient, if classified
+
+    manager = make_manager(db_path, max_workers=2).start()
+    manager.add_notification_channel(Picky())
+    try:
+        job_id = manager.enqueue(Job(function=fails, retry_on=classify, timeout=timeout))
+        result = manager.wait(job_id, timeout=WAIT)
+        # then the error counted as permanent: the job failed at its first attempt
+        assert (result.status, result.attempts) == (JobStatus.FAILED, 1)
+        # and both workers run jobs still
+        later = [manager.enqueue(Job(function=threading.get_ident)) for _ in range(4)]
+        assert all(manager.wait(job, timeout=WAIT).status is JobStatus.COMPLETED for job in later)
+        assert len(manager.workers) == 2
+    finally:
+        release.set()
+    manager.stop(timeout=WAIT)
+    assert not manager.running
 
 
 def test_retry_from_the_dead_letter_queue_resets_attempts(make_manager: Any, db_path: str) -> None:
