@@ -202,10 +202,11 @@ class Housekeeper:
 
     def look_soon(self) -> None:
         """Look for new work now, as at the next `discovery_interval` (another manager of
-        this process stored some: see `Doorbell`), if this manager's workers are idle: a
-        busy one reads the store when they run low anyway, and waking it at every enqueue
-        of a stream cost that stream a fifth of its rate (measured)."""
-        if self._look_soon or not self._pool.idle:
+        this process stored some: see `Doorbell`), if a worker here is free and nothing
+        queued here is ready (`wants_work`): a busy one reads the store when its queue runs
+        low anyway, and waking it at every enqueue of a stream cost that stream a fifth of
+        its rate (measured)."""
+        if self._look_soon or not self._pool.wants_work:
             return  # (read without the lock: a stale answer costs one look, or one wake)
         with self._cond:
             self._look_soon = True
@@ -304,7 +305,7 @@ class Housekeeper:
                                or (owed is not None and real_monotonic() >= owed))
                     every = refill_every if self._stocked() else settings.poll_interval
                     due = now - last_refill >= every and (changed or not self._exact_token)
-                    if (changed and self._pool.idle) or due:
+                    if (changed and self._pool.wants_work) or due:
                         first_look = False
                         token, last_refill = current, now
                         cpu = thread_time()

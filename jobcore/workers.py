@@ -211,6 +211,19 @@ class WorkerPool:
             busy = bool(state.running or state.buffer or state.finished or state.exchanging)
         return not busy and not self._queue.has_ready()
 
+    @property
+    def wants_work(self) -> bool:
+        """True when a worker is free and nothing queued here is ready: time to look for
+        work elsewhere (SPEC: a job due elsewhere starts within 100 ms when a worker is
+        free). As `idle`, timers not due yet do not count; unlike it, jobs running here do
+        not either: a manager running one long job on one worker of four looked only every
+        `poll_interval`, and jobs another process stored waited up to that long."""
+        state = self._state
+        with state.lock:
+            full = bool(len(state.running) >= state.max_workers or state.buffer or state.exchanging
+                        or state.stopping)
+        return not full and not self._queue.has_ready()
+
     def request_cancel(self, job_id: str) -> bool:
         """Signal a job held here to stop; False if it is not held here."""
         return self._holdings.request_cancel(job_id)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -456,6 +458,49 @@ def test_a_manager_holding_a_timer_notices_another_processs_job_at_once(tmp_path
     finally:
         worker.close()
         other.close()
+
+
+@pytest.mark.parametrize("producer", ["same process", "other process"])
+def test_a_manager_with_a_free_worker_notices_another_producers_job_at_once(tmp_path: Any, producer: str) -> None:
+    # given a started manager of two workers, one of them running a long job: it counted
+    # as busy, so it read the store for jobs stored elsewhere only every poll_interval
+    # (SPEC: a scheduled job starts within 100 ms of its due time when a worker is free)
+    path = str(tmp_path / "shared.db")
+    clock = FakeClock(start=time.time())
+    worker = JobManager(path, clock=clock, max_workers=2, poll_interval=3600.0)
+    started, release = threading.Event(), threading.Event()
+
+    def long() -> None:
+        started.set()
+        assert release.wait(WAIT)
+
+    worker.register_function("long", long)
+    worker.register_function("ok", lambda: "ran")
+    worker.start()
+    try:
+        worker.enqueue(Job(function_name="long"))
+        assert started.wait(WAIT)
+        # when another manager of this process, or another process, stores a job due an
+        # hour ago, and a little more than a discovery interval passes
+        due = datetime.fromtimestamp(clock.time() - 3600)
+        if producer == "same process":
+            other = JobManager(path, producer=True)
+            job_id = other.enqueue(Job(function_name="ok", scheduled_at=due))
+            other.close()
+        else:
+            script = ("import sys, datetime; from jobcore import Job, JobManager;"
+                      " m = JobManager(sys.argv[1], producer=True);"
+                      " print(m.enqueue(Job(function_name='ok', scheduled_at=datetime.datetime.fromtimestamp("
+                      f"{due.timestamp()!r}))))")
+            job_id = subprocess.run([sys.executable, "-c", script, path], capture_output=True, text=True,
+                                    check=True, timeout=60).stdout.strip()
+        for _ in range(3):
+            clock.advance(0.03)
+        # then the free worker runs it (the fake clock never reaches a poll_interval)
+        assert worker.wait(job_id, timeout=WAIT).result == "ran"
+    finally:
+        release.set()
+        worker.close()
 
 
 class _SteppedClock:
