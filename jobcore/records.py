@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any, Callable, Optional, overload
 
 from .errors import InvalidJob
+from .job_fields import TIME_LIMIT
 from .models import Job, JobResult, JobStatus
 from .repository.base import JobRecord
 from .repository.values import NO_TAGS
@@ -54,6 +55,9 @@ def record_for(job: Job, now: float) -> JobRecord:
             run_at = next_fire_epoch(cron, job.cron_timezone, start)
         except ValueError as exc:  # it never fires (`0 0 30 2 *`)
             raise InvalidJob("cron", str(exc)) from None
+        if run_at >= TIME_LIMIT:  # (its scheduled_at was in range: the stores read it back as corrupt)
+            raise InvalidJob("cron", f"its first fire ({datetime.fromtimestamp(run_at).isoformat()}) is past"
+                                     " 29 April 3871, the last time a store keeps")
         due_later = True
     depends_on = job.depends_on
     # Every field given by position, in `RECORD_FIELDS` (checked at import).

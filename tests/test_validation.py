@@ -532,6 +532,17 @@ def test_a_job_id_or_filter_of_the_wrong_type_is_named(make_manager: Any, db_pat
 
 
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_a_schedule_whose_first_fire_is_past_the_last_time_a_store_keeps_is_refused(
+        kind: str, make_manager: Any, db_path: str) -> None:
+    # Its scheduled_at (1 January 3871) is in range, its first fire (1 June) is not: the
+    # memory store kept it, SQLite and PostgreSQL stored it and read it back as corrupt.
+    manager = make_manager(MemoryRepository() if kind == "memory" else db_path)
+    with pytest.raises(InvalidJob, match="cron: its first fire .3871-06-01"):
+        manager.enqueue(Job(function=noop, cron="0 0 1 6 *", scheduled_at=datetime(3871, 1, 1)))
+    assert manager.get_stats()["total"] == 0
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
 def test_a_scheduled_at_accepted_is_shown_back_to_the_microsecond(kind: str, make_manager: Any, db_path: str) -> None:
     # given times a float of seconds holds exactly: any before 2242, whole seconds (and
     # halves) later
