@@ -531,6 +531,21 @@ def test_a_job_id_or_filter_of_the_wrong_type_is_named(make_manager: Any, db_pat
             manager.list_jobs(tags=tags)
 
 
+def test_metadata_comes_back_as_json_gives_it_on_every_store(make_manager: Any, db_path: str) -> None:
+    # The memory store gave back a tuple, an IntEnum and a str subclass as given, SQLite
+    # (and PostgreSQL) a list, an int and a str: one poll, two answers.
+    class Text(str):
+        pass
+
+    metadata = {"pair": (1, 2), "priority": JobPriority.HIGH, "text": Text("t"), "nested": {"t": ("a",)}}
+    shown = []
+    for store in (MemoryRepository(), db_path):
+        manager = make_manager(store)
+        shown.append(manager.poll(manager.enqueue(Job(function=noop, metadata=metadata))).metadata)
+    assert shown[0] == shown[1] == {"pair": [1, 2], "priority": 10, "text": "t", "nested": {"t": ["a"]}}
+    assert [[type(value) for value in each.values()] for each in shown] == [[list, int, str, dict]] * 2
+
+
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
 def test_a_schedule_whose_first_fire_is_past_the_last_time_a_store_keeps_is_refused(
         kind: str, make_manager: Any, db_path: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import heapq
+import json
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Callable, Collection, Iterable, NamedTuple, Optional, Sequence
 
@@ -171,9 +172,18 @@ _copy_record = _record_copier()
 # `_detached`). One generated pass, rather than `copy` and then each dict set again.
 detached_copy = _record_copier(detach=True)
 
-# `detached_copy` for a row the memory store keeps: its empty dict fields share
-# `SHARED_EMPTY` (three empty dicts are 192 bytes, a fifth of what it keeps per job).
-stored_copy = _record_copier(detach=True, share_empty=True)
+_stored_as_given = _record_copier(detach=True, share_empty=True)
+
+
+def stored_copy(record: JobRecord) -> JobRecord:
+    """`detached_copy` for a row the memory store keeps: its empty dict fields share
+    `SHARED_EMPTY` (three empty dicts are 192 bytes, a fifth of what it keeps per job).
+    Its metadata is what JSON gives back, as the persistent stores keep it (a tuple in it
+    a list, an IntEnum an int): the same `poll` on every store."""
+    row = _stored_as_given(record)
+    if row.metadata:
+        row.metadata = json.loads(json.dumps(row.metadata))
+    return row
 
 
 class QueueEntry(NamedTuple):
