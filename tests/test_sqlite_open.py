@@ -23,6 +23,7 @@ from jobcore.errors import RepositoryError
 from jobcore.repository import sqlite_conn, sqlite_rows
 from jobcore.repository import sqlite_schema as schema
 from jobcore.repository.sqlite_conn import file_uri
+from jobcore.repository.sqlite_migration import OBJECTS_MADE
 from jobcore.repository.sqlite_rows import translate
 from raw_db import raw_db
 
@@ -162,25 +163,50 @@ def test_an_in_memory_sqlite_database_is_refused_at_once_saying_why(tmp_path: Pa
 
 
 # -- another application's database -------------------------------------------------------------
-@pytest.mark.parametrize("table", schema.TABLES)
-def test_another_applications_table_named_as_jobcores_is_refused_and_the_file_left_as_it_was(
-        tmp_path: Path, table: str) -> None:
+_TABLES = [name for name, (kind, _) in OBJECTS_MADE.items() if kind == "table" and name != "jobcore_meta"]
+_INDEXES = [name for name, (kind, _) in OBJECTS_MADE.items() if kind == "index"]
+
+
+@pytest.mark.parametrize("made", [f"{kind} {name}" for kind, names in (("table", _TABLES), ("view", _TABLES),
+                                                                       ("index", _INDEXES)) for name in names])
+def test_another_applications_object_named_as_jobcores_is_refused_and_the_file_left_as_it_was(
+        tmp_path: Path, made: str) -> None:
+    # A view or index of that name was not looked at: the file was switched to WAL, then
+    # refused for "views may not be indexed"; or an index of jobcore's was skipped (`IF NOT
+    # EXISTS`), and two unfinished jobs took one unique key, or every claim failed.
+    kind, name = made.split()
     path = str(tmp_path / "crm.db")
     with raw_db(path) as conn:
-        conn.execute(f"CREATE TABLE {table} (id INTEGER PRIMARY KEY, title TEXT)")
+        conn.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, title TEXT)")
+        conn.execute({"table": f"CREATE TABLE {name} (id INTEGER PRIMARY KEY, title TEXT)",
+                      "view": f"CREATE VIEW {name} AS SELECT * FROM orders",
+                      "index": f"CREATE INDEX {name} ON orders (title)"}[kind])
     conn.close()
-    with pytest.raises(RepositoryError, match=f"table '{table}' is not jobcore's.*give jobcore a file of its own"):
+    with pytest.raises(RepositoryError, match=f"{kind} '{name}' .*is not jobcore's.*give jobcore a file of its own"):
         SQLiteRepository(path)
     with raw_db(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)  # was switched to wal for good
-        assert [row[0] for row in conn.execute(schema.SELECT_TABLE_NAMES)] == [table]
+        assert sorted(row[0] for row in conn.execute("SELECT name FROM sqlite_master")) == sorted(["orders", name])
     conn.close()
 
 
-def test_the_refused_tables_are_jobcores_own() -> None:
-    created = {statement.split("EXISTS")[1].split("(")[0].strip()
-               for statement in schema.CREATE_SCHEMA.split(";") if "CREATE TABLE" in statement}
-    assert created == set(schema.TABLES)
+def test_an_index_of_another_application_in_a_jobcore_file_is_refused(tmp_path: Path) -> None:
+    # given a jobcore file whose unique-key index another application replaced by its own
+    path = str(tmp_path / "jobs.db")
+    SQLiteRepository(path).close()
+    with raw_db(path) as conn:
+        conn.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, title TEXT)")
+        conn.execute("DROP INDEX jobs_unique")
+        conn.execute("CREATE INDEX jobs_unique ON orders (title)")
+    conn.close()
+    with pytest.raises(RepositoryError, match="index 'jobs_unique' on 'orders' is not jobcore's; give jobcore"):
+        SQLiteRepository(path)
+
+
+def test_the_objects_checked_are_those_jobcore_makes() -> None:
+    created = {statement.split("EXISTS")[1].split("(")[0].split(" ON ")[0].strip()
+               for statement in [schema.CREATE_META, *schema.CREATE_SCHEMA.split(";")] if "CREATE " in statement}
+    assert created == set(OBJECTS_MADE) and len(_TABLES) == 5 and len(_INDEXES) == 9
 
 
 def test_a_database_without_tables_named_as_jobcores_still_gets_them(tmp_path: Path) -> None:

@@ -10,12 +10,23 @@ write: opening never waits for another process's writer.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from typing import TYPE_CHECKING, Any, ContextManager, Optional, Sequence
 
 from ..errors import RepositoryError
 from . import sqlite_schema as schema
 from .sqlite_rows import READ_ONLY, translate
+
+
+# Every table and index jobcore makes, by name: (type, the table it is on). A file holding
+# one of these names as anything else (another application's table, view, index or
+# trigger: jobcore's `IF NOT EXISTS` would skip its own, and a unique key go unchecked) is
+# refused before anything is written.
+OBJECTS_MADE: dict[str, tuple[str, str]] = {
+    name: (kind.lower(), table or name)
+    for kind, name, table in re.findall(r"CREATE (?:UNIQUE )?(INDEX|TABLE) IF NOT EXISTS (\w+)(?: ON (\w+))?",
+                                        schema.CREATE_META + schema.CREATE_SCHEMA)}
 
 
 class SQLiteMigration:
@@ -104,16 +115,22 @@ class SQLiteMigration:
                 f" jobcore understands ({schema.SCHEMA_VERSION}); upgrade jobcore")
 
     def _refuse_foreign_file(self, conn: sqlite3.Connection) -> None:
-        """Refuse a database holding a table named as one of jobcore's but no jobcore_meta:
-        another application's (jobcore would fail on its columns, or change its rows); and
-        one whose schema version is newer than this jobcore's, or no number. Runs on the
-        first connection, before the journal mode is set: a refused file is left as it was."""
-        names = {row[0] for row in conn.execute(schema.SELECT_TABLE_NAMES)}
-        if "jobcore_meta" not in names:
-            for table in schema.TABLES:
-                if table in names:
-                    raise RepositoryError(f"SQLite at {self.path!r}: table {table!r} is not jobcore's"
-                                          " (the file has no jobcore_meta table); give jobcore a file of its own")
+        """Refuse a database holding an object named as one of jobcore's tables or indexes
+        that is not it (with no jobcore_meta table, any such object): another
+        application's (jobcore would fail on its columns, change its rows, or skip an index
+        of its own); and one whose schema version is newer than this jobcore's, or no
+        number. Runs on the first connection, before the journal mode is set: a refused
+        file is left as it was."""
+        found = {name: (kind, table) for name, kind, table in conn.execute(schema.SELECT_OBJECTS)}
+        ours = found.get("jobcore_meta") == OBJECTS_MADE["jobcore_meta"]
+        for name, made in OBJECTS_MADE.items():
+            if name in found and (found[name] != made or not ours):
+                kind, table = found[name]
+                what = f"{kind} {name!r}" + (f" on {table!r}" if kind not in ("table", "view") else "")
+                why = "" if ours else " (the file has no jobcore_meta table)"
+                raise RepositoryError(f"SQLite at {self.path!r}: {what} is not jobcore's{why};"
+                                      " give jobcore a file of its own")
+        if not ours:
             return
         rows = conn.execute(schema.SELECT_SCHEMA_VERSION).fetchall()  # all: no statement left open
         if rows:

@@ -40,10 +40,8 @@ CREATE TABLE IF NOT EXISTS jobcore_meta (
 """
 SELECT_SCHEMA_VERSION = "SELECT value FROM jobcore_meta WHERE key = 'schema_version'"
 SET_SCHEMA_VERSION = "INSERT OR REPLACE INTO jobcore_meta (key, value) VALUES ('schema_version', ?)"
-# jobcore's tables but jobcore_meta: a file holding one of them without jobcore_meta is
-# another application's, refused before anything is written.
-TABLES = ("jobs", "job_deps", "job_dep_lists", "job_logs", "jobcore_workers")
-SELECT_TABLE_NAMES = "SELECT name FROM sqlite_master WHERE type = 'table'"
+# Every object in the file, checked against those jobcore makes (`sqlite_migration`).
+SELECT_OBJECTS = "SELECT name, type, tbl_name FROM sqlite_master"
 
 # seq is the rowid, without AUTOINCREMENT: that reads and writes sqlite_sequence in every
 # INSERT (a 5th page a commit; `enqueue` measured 7-18% faster without it). SQLite gives
@@ -135,6 +133,7 @@ CREATE TABLE IF NOT EXISTS jobcore_workers (
     lease_timeout REAL
 );
 """
+
 
 # Migrations from version N to N + 1, run in order inside one transaction.
 # A step may meet a database that already has its change (created by a development build
