@@ -469,6 +469,22 @@ def test_a_text_timeout_fails_its_job_and_the_worker_thread_survives(make_manage
     assert manager.poll(broken).attempts == 1
 
 
+@pytest.mark.parametrize("stored", ["0", "-1.5"])
+def test_a_timeout_enqueue_would_refuse_fails_its_job_as_corrupt_unrun(make_manager: Any, db_path: str,
+                                                                       stored: str) -> None:
+    # A timeout of 0 or less (a hand edit) ran the function on every attempt, each timed
+    # out as it began and retried: its side effects four times over.
+    ran: list[int] = []
+    manager = make_manager(db_path, max_workers=1)
+    manager.register_function("echo", lambda x: ran.append(x))
+    broken = manager.enqueue(Job(function_name="echo", args=(1,), timeout=5.0))
+    _corrupt(db_path, broken, "timeout", stored)
+    manager.start()
+    bad = manager.wait(broken, timeout=WAIT)
+    assert (bad.status, bad.error_type, bad.attempts) == (JobStatus.FAILED, "CorruptJob", 1)
+    assert "not a number > 0" in bad.error and ran == []
+
+
 def test_claims_give_a_row_with_a_number_of_the_wrong_kind_a_decode_error(db_path: str) -> None:
     from jobcore.records import record_for
 

@@ -123,7 +123,7 @@ def unsound_numbers(record: JobRecord) -> Optional[str]:
             and ((at := record.started_at) is None or (type(at) in real and -limit < at < limit))
             and ((at := record.completed_at) is None or (type(at) in real and -limit < at < limit))
             and ((at := record.lease_expires_at) is None or (type(at) in real and -limit < at < limit))
-            and (record.timeout is None or type(record.timeout) in real)
+            and (record.timeout is None or (type(record.timeout) in real and record.timeout > 0))
             and (record.memory_limit is None or type(record.memory_limit) is int)
             and type(record.blocked) is int and record.blocked >= 0):
         return None
@@ -161,9 +161,11 @@ def _reset_unsound(record: JobRecord) -> Optional[str]:
         value = getattr(record, name)
         if value is None and nullable:
             continue
-        if type(value) in kinds and (not is_time or -TIME_LIMIT < value < TIME_LIMIT):
+        if type(value) in kinds and (not is_time or -TIME_LIMIT < value < TIME_LIMIT) and (
+                name != "timeout" or value > 0):  # (0 or less timed every attempt out as it began)
             continue
-        kind = "a time" if is_time else "an integer" if kinds == (int,) else "a number"
+        kind = ("a time" if is_time else "an integer" if kinds == (int,)
+                else "a number > 0" if name == "timeout" else "a number")
         wrong.append(f"{name} holds {reprlib.repr(value)}, not {kind}")
         setattr(record, name, getattr(_DEFAULTS, name))
     if not wrong:

@@ -261,7 +261,7 @@ def _plain_claimed(row: Sequence[Any], started_at: float, worker_id: str,
     # `unsound_numbers` of the numbers a plain row holds, checked here in locals (cheaper).
     if not (type(priority) is int and type(attempts) is int and type(max_retries) is int
             and type(retry_delay) in REAL_TYPES and type(retry_backoff) in REAL_TYPES
-            and (timeout is None or type(timeout) in REAL_TYPES)
+            and (timeout is None or (type(timeout) in REAL_TYPES and timeout > 0))
             and type(created_at) in REAL_TYPES and -TIME_LIMIT < created_at < TIME_LIMIT
             and (scheduled_at is None
                  or (type(scheduled_at) in REAL_TYPES and -TIME_LIMIT < scheduled_at < TIME_LIMIT))
