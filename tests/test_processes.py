@@ -540,6 +540,36 @@ def _dead_pid() -> int:
     return child.pid
 
 
+def test_a_registry_row_jobcore_never_wrote_leaves_the_others_read_and_the_dead_found(tmp_path: Any) -> None:
+    # given a gone worker of this host holding a job, beside a registry row a hand edit broke
+    # (its running jobs not JSON, its pid and times text): listing the registry raised, so
+    # the dashboard's stats failed, and every housekeeper pass stopped before it found the
+    # gone worker, whose job waited out its hour-long lease
+    import sqlite3
+    from jobcore.housekeeper import host_identity
+
+    path = str(tmp_path / "jobs.db")
+    manager = JobManager(path, lease_timeout=3600, producer=True)
+    repo, now = manager.repository, time.time()
+    repo.register_worker("gone-here", host_identity(), _dead_pid(), now)
+    held = manager.enqueue(Job(function_name="noop"))
+    assert repo.claim(held, "gone-here", now, now + 3600) is not None
+    raw = sqlite3.connect(path)
+    raw.execute("INSERT INTO jobcore_workers VALUES ('broken', ?, 'x', 'noon', 'noon', 'not json', 'x')",
+                (host_identity(),))
+    raw.commit()
+    raw.close()
+    # when the registry is listed, and this manager's housekeeper looks for dead neighbours
+    broken = {worker.worker_id: worker for worker in repo.list_workers()}["broken"]
+    dead = manager._housekeeper._expire_dead_neighbours()
+    # then the broken row reads as unknown, and the gone worker's job comes back
+    assert (broken.pid, broken.running, broken.heartbeat_at, broken.lease_timeout) == (0, (), 0.0, None)
+    assert dead == ["gone-here"]
+    repo.recover(time.time())
+    assert manager.poll(held).status is JobStatus.PENDING
+    manager.close()
+
+
 def test_only_a_worker_in_this_pid_namespace_is_taken_for_dead_by_its_pid(tmp_path: Any) -> None:
     # given two workers on this machine whose pids no process here has, each holding a
     # running job with an hour-long lease: one registered as this host and pid namespace,

@@ -29,7 +29,7 @@ from . import sqlite_transition_sql as transition_sql
 from .sqlite_conn import SYNCHRONOUS, Connections
 from .sqlite_settle import cancel_dependents, claim_known, claim_rows, encode_result, settle_all
 from .sqlite_rows import claimed_records, entry_from_row, queue_entries, record_from_row, row_params
-from .columns import STATUSES, encode_progress
+from .columns import REAL_TYPES, STATUSES, encode_progress, usable_time
 from .group_commit import GroupCommitter
 from .sqlite_adding import SQLiteAdding
 from .sqlite_migration import SQLiteMigration
@@ -38,6 +38,23 @@ from .base import (Cascade, CancelOutcome, JobRecord, JobRepository, LogLine, Qu
                    SettlesThroughApply, WorkerInfo, claim_limit, id_taken, released_to_claim)
 
 DURABILITY = SYNCHRONOUS
+
+
+def _worker_of(row: Sequence[Any]) -> WorkerInfo:
+    """A registry row as a `WorkerInfo`. One jobcore never wrote (a hand edit, another
+    tool) must not break the listing, the dashboard's stats and every housekeeper's
+    search for dead neighbours: what is unusable in it reads as unknown (pid 0: never
+    judged gone; times 0: silent since 1970, reaped; no running jobs: their leases lapse)."""
+    worker_id, host, pid, started_at, heartbeat_at, running, lease_timeout = row
+    try:
+        jobs = json.loads(running)
+    except (TypeError, ValueError, RecursionError):
+        jobs = None
+    if not (type(jobs) is list and all(type(job_id) is str for job_id in jobs)):
+        jobs = []
+    return WorkerInfo(str(worker_id), str(host), pid if type(pid) is int else 0, usable_time(started_at) or 0.0,
+                      usable_time(heartbeat_at) or 0.0, tuple(jobs),
+                      lease_timeout if type(lease_timeout) in REAL_TYPES and lease_timeout > 0 else None)
 
 T = TypeVar("T")
 
@@ -317,8 +334,7 @@ class SQLiteRepository(SQLiteAdding, SQLiteUpkeep, SQLiteMigration, SettlesThrou
             conn.execute(sql.UNREGISTER_WORKER, (worker_id,))
 
     def list_workers(self) -> builtins.list[WorkerInfo]:
-        return [WorkerInfo(row[0], row[1], row[2], row[3], row[4], tuple(json.loads(row[5])), row[6])
-                for row in self._read(sql.LIST_WORKERS)]
+        return [_worker_of(row) for row in self._read(sql.LIST_WORKERS)]
 
     def reap_workers(self, before: float, now: Optional[float] = None) -> builtins.list[str]:
         rows = self._transaction(lambda conn: conn.execute(sql.REAP_WORKERS, (now, before)).fetchall())
