@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import pytest
 
-from jobcore import FakeClock, Job, JobManager, JobStatus, RepositoryError, SQLiteRepository
+from jobcore import FakeClock, Job, JobManager, JobStatus, RepositoryError, SQLiteRepository, current_job
 from recovery_checks import runs_again_with_its_reason
 
 WAIT = 10.0
@@ -483,6 +483,33 @@ def test_a_timeout_enqueue_would_refuse_fails_its_job_as_corrupt_unrun(make_mana
     bad = manager.wait(broken, timeout=WAIT)
     assert (bad.status, bad.error_type, bad.attempts) == (JobStatus.FAILED, "CorruptJob", 1)
     assert "not a number > 0" in bad.error and ran == []
+
+
+def test_a_log_row_jobcore_never_wrote_leaves_the_log_readable(make_manager: Any, db_path: str) -> None:
+    # A time of text or past the times jobcore keeps, or a BLOB, in a log row (a hand edit)
+    # made get_logs raise: the job's log, its dashboard page and `jobcore logs` failed.
+    manager = make_manager(db_path, log_interval=0)
+
+    def logs() -> None:
+        for line in ("first", "second", "third"):
+            current_job().log(line)  # type: ignore[union-attr]
+
+    manager.register_function("logs", logs)
+    job_id = manager.enqueue(Job(function_name="logs"))
+    manager.run_pending()
+    raw = sqlite3.connect(db_path)
+    ids = [row[0] for row in raw.execute("SELECT id FROM job_logs WHERE job_id = ? AND message IN"
+                                         " ('first', 'second', 'third') ORDER BY id", (job_id,))]
+    raw.execute("UPDATE job_logs SET at = 'noon' WHERE id = ?", (ids[0],))
+    raw.execute("UPDATE job_logs SET at = 1e300, level = X'6869' WHERE id = ?", (ids[1],))
+    raw.execute("UPDATE job_logs SET message = X'74686972642c206279746573' WHERE id = ?", (ids[2],))
+    raw.commit()
+    raw.close()
+    lines = [(entry.timestamp, entry.level, entry.message) for entry in manager.get_logs(job_id)]
+    unknown = datetime.fromtimestamp(0)  # (an unusable time reads as 0)
+    assert lines[:2] == [(unknown, "info", "first"), (unknown, "hi", "second")]
+    assert lines[2][0] > unknown and lines[2][1:] == ("info", "third, bytes")
+    assert [entry.message for entry in manager.get_logs(job_id, offset=1, limit=1)] == ["second"]
 
 
 def test_claims_give_a_row_with_a_number_of_the_wrong_kind_a_decode_error(db_path: str) -> None:

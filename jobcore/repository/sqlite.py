@@ -29,7 +29,7 @@ from . import sqlite_transition_sql as transition_sql
 from .sqlite_conn import SYNCHRONOUS, Connections
 from .sqlite_settle import cancel_dependents, claim_known, claim_rows, encode_result, settle_all
 from .sqlite_rows import claimed_records, entry_from_row, queue_entries, record_from_row, row_params
-from .columns import REAL_TYPES, STATUSES, encode_progress, usable_time
+from .columns import REAL_TYPES, STATUSES, encode_progress, text_of_id, usable_time
 from .group_commit import GroupCommitter
 from .sqlite_adding import SQLiteAdding
 from .sqlite_migration import SQLiteMigration
@@ -38,6 +38,15 @@ from .base import (Cascade, CancelOutcome, JobRecord, JobRepository, LogLine, Qu
                    SettlesThroughApply, WorkerInfo, claim_limit, id_taken, released_to_claim)
 
 DURABILITY = SYNCHRONOUS
+
+
+def _log_line(row: Sequence[Any]) -> tuple[float, str, str]:
+    """A log row as (time, level, message). One jobcore never wrote (a hand edit: a time
+    that is text or past the times jobcore keeps, a BLOB) must not break the job's log, its
+    page on the dashboard or `jobcore logs`: an unusable time reads as 0 (1970)."""
+    at, level, message = row
+    return (usable_time(at) or 0.0, level if type(level) is str else text_of_id(level),
+            message if type(message) is str else text_of_id(message))
 
 
 def _worker_of(row: Sequence[Any]) -> WorkerInfo:
@@ -197,10 +206,10 @@ class SQLiteRepository(SQLiteAdding, SQLiteUpkeep, SQLiteMigration, SettlesThrou
         return int(self._read(sql.COUNT_QUEUED)[0][0])
 
     def logs(self, job_id: str) -> builtins.list[tuple[float, str, str]]:
-        return [tuple(row) for row in self._read(sql.SELECT_LOGS, (job_id,))]
+        return [_log_line(row) for row in self._read(sql.SELECT_LOGS, (job_id,))]
 
     def log_page(self, job_id: str, offset: int, limit: Optional[int]) -> builtins.list[tuple[float, str, str]]:
-        return [tuple(row) for row in self._read(sql.SELECT_LOG_PAGE, (job_id, -1 if limit is None else limit, offset))]
+        return [_log_line(row) for row in self._read(sql.SELECT_LOG_PAGE, (job_id, -1 if limit is None else limit, offset))]
 
     def count_logs(self, job_id: str) -> int:
         return int(self._read(sql.COUNT_LOGS, (job_id,))[0][0])
