@@ -173,6 +173,18 @@ def test_show_of_a_failed_job_prints_its_error_type_and_traceback(jobs: Jobs) ->
     assert "in fail_loudly" in traceback and traceback.rstrip().endswith("ValueError: disk says no")
 
 
+def test_show_of_a_job_whose_traceback_is_a_blob_prints_it(jobs: Jobs) -> None:
+    # (a hand edit's BLOB: `show` raised "a bytes-like object is required")
+    import sqlite3
+    raw = sqlite3.connect(jobs.db)
+    raw.execute("UPDATE jobs SET traceback = X'54726163656261636b0a' WHERE id = ?", (jobs.failed,))
+    raw.commit()
+    raw.close()
+    proc = run("show", jobs.failed, db=jobs.db)
+    assert proc.returncode == 0 and proc.stderr == ""
+    assert proc.stdout.split("traceback:\n", 1)[1].startswith("b'Traceback")
+
+
 def test_show_prints_a_schedules_cron_and_a_jobs_progress_details(db_path: str) -> None:
     # given a cron schedule, and a job whose progress carries details (show printed neither)
     manager = JobManager(db_path, producer=True)

@@ -131,7 +131,7 @@ def cmd_show(manager: JobManager, args: argparse.Namespace) -> int:
             print(f"{label + ':':<12}{clean(value)}")
     if result.traceback:
         print("traceback:")
-        print(clean(result.traceback.rstrip("\n"), multiline=True))
+        print(clean(result.traceback, multiline=True).rstrip("\n"))  # (a BLOB a hand edit left: bytes)
     return EXIT_OK
 
 
