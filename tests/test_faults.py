@@ -284,6 +284,12 @@ def test_a_database_in_a_directory_that_does_not_exist_is_refused_naming_it(tmp_
     assert not missing.exists()  # nothing created on the way
 
 
+def test_a_path_that_is_a_directory_is_refused_saying_so(tmp_path: Any) -> None:
+    # (it said "cannot open or create the file (check its permissions ...)")
+    with pytest.raises(RepositoryError, match="it is a directory, not a database file"):
+        SQLiteRepository(str(tmp_path))
+
+
 def test_a_job_whose_last_attempt_was_lost_is_dead_lettered_with_a_notification(
         make_manager: Any, db_path: str) -> None:
     from jobcore import CallbackNotificationChannel

@@ -127,7 +127,9 @@ def translate(exc: sqlite3.Error, path: str) -> RepositoryError:
     elif "not a database" in text or "malformed" in text:
         problem = "the file is not a jobcore database (or is corrupt)"
     elif "unable to open" in text:
-        if not os.path.isdir(folder):
+        if os.path.isdir(path):
+            problem = "it is a directory, not a database file"
+        elif not os.path.isdir(folder):
             problem = f"cannot create the file: its directory {folder!r} does not exist"
         elif os.path.exists(path) and not os.access(folder, os.W_OK):
             problem = _READ_ONLY_DIRECTORY  # in the words some SQLite builds give it
