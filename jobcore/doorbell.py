@@ -1,5 +1,6 @@
 """`Doorbell`: managers of one process on the same store wake each other's housekeeper
-when one of them stores work.
+when one of them stores work, and tell each other of a cancel requested for a job one of
+them runs.
 
 A manager learns of jobs another manager stored by looking at the store's change token
 every `discovery_interval` (50 ms): across processes there is no cheaper way. Within one
@@ -38,13 +39,18 @@ class Doorbell:
     """One manager's place among the managers of this process on one store.
 
     `key` names the store (see `JobRepository.store_key`); `wake` asks this manager's
-    housekeeper to look for new work now. `join` while the housekeeper runs, `leave` once
-    it stops; `ring` after storing ready work wakes the others that joined with the same key.
+    housekeeper to look for new work now, and `cancel(job_id)` asks its pool to stop that
+    job if it runs it. `join` while the housekeeper runs, `leave` once it stops; `ring`
+    after storing ready work wakes the others that joined with the same key, and
+    `ring_cancel` tells them of a cancel requested (they would hear of it at their next
+    heartbeat, up to `poll_interval` later).
     """
 
-    def __init__(self, key: Hashable, wake: Callable[[], None]) -> None:
+    def __init__(self, key: Hashable, wake: Callable[[], None],
+                 cancel: Callable[[str], bool] = lambda job_id: False) -> None:
         self.key = key
         self._wake = wake
+        self._cancel = cancel
 
     def join(self) -> None:
         """Be woken by the others' rings (idempotent)."""
@@ -70,3 +76,10 @@ class Doorbell:
         for bell in bells:
             if bell is not self:
                 bell._wake()
+
+    def ring_cancel(self, job_id: str) -> None:
+        """Tell the other managers of this process on this store that joined that a cancel
+        was requested for `job_id` (the one running it stops it)."""
+        for bell in _rings.get(self.key, ()):
+            if bell is not self and bell._cancel(job_id):
+                return

@@ -83,7 +83,7 @@ class Housekeeper:
         self._replan = False  # see `wake`: set while the thread is busy, it does not sleep
         self._look_soon = False  # see `look_soon`
         # Other managers of this process on this store ring it when they store work.
-        self._doorbell = Doorbell(repository.store_key, self.look_soon)
+        self._doorbell = Doorbell(repository.store_key, self.look_soon, pool.request_cancel)
         self._thread: Optional[threading.Thread] = None
         self._host, self._pid = host_identity(), os.getpid()
         # Our own lease goes into our registry entry, and others' entries are reaped by
@@ -215,6 +215,11 @@ class Housekeeper:
     def ring(self) -> None:
         """Tell the other managers of this process on this store that work was stored."""
         self._doorbell.ring()
+
+    def ring_cancel(self, job_id: str) -> None:
+        """Tell the other managers of this process on this store that a cancel was
+        requested for `job_id`, which this one does not run."""
+        self._doorbell.ring_cancel(job_id)
 
     def refill_soon(self) -> None:
         """Refill the ready queue now: it holds a window of the store's ready jobs and

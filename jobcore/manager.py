@@ -347,7 +347,8 @@ class JobManager(Inspection):
             return False
         outcome, cascade = self.repository.cancel(job_id, self._clock.time(), CANCELLED_BY_REQUEST)
         if outcome is CancelOutcome.REQUESTED:
-            self._pool.request_cancel(job_id)
+            if not self._pool.request_cancel(job_id):
+                self._housekeeper.ring_cancel(job_id)  # another manager of this process may run it
             return True
         if outcome is CancelOutcome.CANCELLED:
             ended = (job_id, *cascade.cancelled)

@@ -272,6 +272,30 @@ def test_cancel_pending_job_is_immediate(make_manager: Any, db_path: str) -> Non
     assert manager.wait(job_id, timeout=WAIT).status is JobStatus.CANCELLED
 
 
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_a_cancel_by_another_manager_of_this_process_reaches_the_running_job_at_once(
+        make_manager: Any, db_path: str, kind: str) -> None:
+    # docs/concepts.md: the manager running the job hears of a cancel at once in the same
+    # process. Made by another manager on the same store (a producer beside the workers),
+    # it was heard only at the running manager's next heartbeat.
+    store = MemoryRepository() if kind == "memory" else db_path
+    started = threading.Event()
+
+    def loop() -> None:
+        started.set()
+        for _ in range(int(WAIT * 2 / 0.005)):  # (bounded: a test that fails leaves no endless job)
+            current_job().check_cancelled()  # type: ignore[union-attr]
+            threading.Event().wait(0.005)
+
+    worker = make_manager(store, max_workers=1, lease_timeout=3600.0, poll_interval=3600.0).start()
+    producer = make_manager(worker.repository if kind == "memory" else store, producer=True)
+    job_id = worker.enqueue(Job(function=loop))
+    assert started.wait(WAIT)
+    assert producer.cancel(job_id) is True
+    result = worker.wait(job_id, timeout=WAIT)
+    assert (result.status, result.attempts) == (JobStatus.CANCELLED, 1)
+
+
 @pytest.mark.parametrize("style", ["progress_callback", "check_cancelled"])
 def test_cancel_running_job_is_cooperative(make_manager: Any, db_path: str, style: str) -> None:
     started = threading.Event()
