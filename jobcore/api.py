@@ -6,7 +6,7 @@ started, and stopped at interpreter exit. Nothing else lives here.
 
 from __future__ import annotations
 
-import multiprocessing.util
+import atexit
 import os
 import threading
 from typing import Any, Callable, Optional, Union
@@ -50,12 +50,25 @@ def _started(manager: JobManager) -> JobManager:
     # and also as a process multiprocessing started ends (with os._exit, running no atexit
     # handler; a parent's finalizers are dropped at the fork). Higher priorities first:
     # this graceful stop (which lets running jobs finish, isolated ones too) comes before
-    # the end of isolated jobs' child processes (exitpriority 10). multiprocessing.util is
-    # imported with this module, not here: its atexit handler, registered as it is first
-    # imported, did not run when that was inside another atexit handler (the default
-    # manager's first use there), and the manager's jobs were left RUNNING.
+    # the end of isolated jobs' child processes (exitpriority 10). Its atexit handler is
+    # registered as multiprocessing.util is first imported: when that was here, inside
+    # another atexit handler (the default manager's first use there), it never ran, and
+    # the manager's jobs were left RUNNING; `_stop_at_exit`, registered as this module is
+    # imported, stops it then.
+    import multiprocessing.util
     multiprocessing.util.Finalize(None, manager.stop, exitpriority=20)
     return manager
+
+
+def _stop_at_exit() -> None:
+    """At interpreter exit: stop the default manager gracefully (see `_started`; a second
+    stop is a no-op)."""
+    manager = _default
+    if manager is not None:
+        manager.stop()
+
+
+atexit.register(_stop_at_exit)
 
 
 def set_job_manager(manager: Optional[JobManager]) -> Optional[JobManager]:

@@ -72,7 +72,9 @@ class Unreachable(SQLiteRepository):
             return self.failed.get(name, 0)
 
 
-_OWN = {"close", *vars(Unreachable)}  # called as they are: the test's own, and closing
+# Called as they are: the test's own, closing, and `held_here` (which asks this thread's
+# lock, no server).
+_OWN = {"close", "held_here", *vars(Unreachable)}
 
 
 @pytest.fixture
