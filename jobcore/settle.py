@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+from datetime import datetime
 from typing import Any, Optional
 
 from .errors import LONGEST_RETRY_DELAY, RetryableError
@@ -18,6 +19,16 @@ from .retry import Classifier, is_group, leaves, retry_delay, should_retry
 from .serialization import TRACEBACK_LIMIT, storable_text
 
 logger = logging.getLogger("jobcore.settle")
+
+
+def _as_shown(at: float) -> float:
+    """`at` (epoch seconds) as `poll` shows it (a local datetime, to the microsecond) and
+    back: a retry is then due at the very time `poll` gives for it, where it came up to
+    half a microsecond later (a clock moved to that time found the job not due)."""
+    try:
+        return datetime.fromtimestamp(at).timestamp()
+    except (OverflowError, OSError, ValueError):
+        return at  # (no date to show: the store fails it as corrupt, as before)
 
 
 def decide(record: JobRecord, outcome: Outcome, *, cancel_requested: bool, classifier: Classifier,
@@ -47,7 +58,7 @@ def decide(record: JobRecord, outcome: Outcome, *, cancel_requested: bool, class
             delay = retry_delay(attempt, delay=record.retry_delay, backoff=record.retry_backoff,
                                 jitter=record.retry_jitter, max_delay=max_retry_delay, rng=rng)
         return Settlement("retry", record.id, attempt, error=error, error_type=error_type,
-                          traceback=traceback, retry_at=now + delay,
+                          traceback=traceback, retry_at=_as_shown(now + delay),
                           note=f"{failed}; retry {attempt} of {record.max_retries} in {delay:.3f}s",
                           seq=record.seq)
     why = "no retries left" if transient else "permanent error"
