@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import random
 import re
 import subprocess
 import sys
@@ -429,12 +430,11 @@ def test_a_retry_is_due_at_the_very_time_poll_shows_for_it(kind: str, tmp_path: 
     # (docs/testing.md) A clock moved to poll().scheduled_at of a job waiting for its retry
     # found it not due in 8 seeds of 20: the time was shown rounded to the microsecond,
     # half the time down.
-    import random as _random
     missed = []
     for seed in range(20):
         clock = FakeClock()
         store = MemoryRepository() if kind == "memory" else str(tmp_path / f"{seed}.db")
-        manager = JobManager(store, clock=clock, rng=_random.Random(seed))
+        manager = JobManager(store, clock=clock, rng=random.Random(seed))
         manager.register_function("flaky", _fails_with_connection_error)
         job_id = manager.enqueue(Job(function_name="flaky", max_retries=1))
         manager.run_pending()
