@@ -303,12 +303,14 @@ def kinds(engine: Engine, workdir: str, n: int, budget: float) -> dict[str, Any]
                 engine.enqueue_kind(kind, x)
             t1 = time.perf_counter()
             engine.start()
-            done, _ = _drain(engine, tracker, budget)  # (past the budget: the jobs done so far)
+            done, partial = _drain(engine, tracker, budget)  # (past the budget: the jobs done so far)
             t2 = time.perf_counter()
         finally:
             engine.close()
         result[f"{kind}_enqueue_per_s"] = n / (t1 - t0)
         result[f"{kind}_drain_per_s"] = done / (t2 - t1)
+        if partial:  # (marked † as the others' are; it was dropped, and shown as a full rate)
+            result[f"{kind}_partial"] = partial
     return result
 
 

@@ -10,6 +10,7 @@ says why not.
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 import time
 from typing import Any, Optional, Sequence
@@ -155,15 +156,28 @@ class LiteQueue(Engine):
         task, done = self.tracker.task, self.tracker.done
         try:
             while not self._stop.is_set():
-                message = queue.pop()
+                message = self._unlocked(queue.pop)
                 if message is None:
                     time.sleep(self.POLL)
                     continue
                 task(int(message.data))
-                queue.done(message.message_id)
+                self._unlocked(lambda: queue.done(message.message_id))
                 done()
         finally:
             queue.close()
+
+    def _unlocked(self, call: Any) -> Any:
+        """`call()`, tried again after a pause while the database is locked: litequeue's
+        connections keep sqlite3's 5 s busy timeout, which four threads contending on a
+        deep queue exceed. Uncaught, the error ended the worker thread unseen (3 of 4 in
+        each run), and the drain ran on one worker, or never counted a job popped."""
+        while True:
+            try:
+                return call()
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                time.sleep(self.POLL)
 
 
     def close(self) -> None:

@@ -176,7 +176,12 @@ def render(results: dict[str, Any], targets: list[dict[str, Any]], meta: dict[st
                    " formatted and stored, the job failed for good). Cells: enqueue / drain.\n")
         _engine_table(out, notes, results["kinds"], list(KINDS), lambda entry: [
             f"{_rate(entry.get(f'{kind}_enqueue_per_s'))} / {_rate(entry.get(f'{kind}_drain_per_s'))}"
+            + ("†" if any(f"{kind}_partial" in run for run in entry.get("runs", [entry])) else "")
             for kind in KINDS])
+        out.append("† partial: that kind's drain did not finish within its time budget (jobs done over"
+                   " the time spent).\n" if any(f"{kind}_partial" in run for entry in results["kinds"].values()
+                                                 if isinstance(entry, dict) for run in entry.get("runs", [entry])
+                                                 for kind in KINDS) else "")
 
     if "producers" in results:
         threads = next((int(e["threads"]) for e in results["producers"].values() if "threads" in e), 0)
@@ -248,7 +253,7 @@ def render(results: dict[str, Any], targets: list[dict[str, Any]], meta: dict[st
                 continue
             shallow = _get(results, "e2e", engine, "drain_per_s")
             out.append(f"| {_label(engine)} | {_rate(entry['fill_per_s'])} | {entry['rss_queued_mb']:.0f} |"
-                       f" {entry['rss_mb']:.0f} | {entry['hwm_mb']:.0f} | {entry['drained']:,} |"
+                       f" {entry['rss_mb']:.0f} | {entry['hwm_mb']:.0f} | {int(entry['drained']):,} |"
                        f" {_rate(entry['deep_drain_per_s'])} | {_ratio(entry['deep_drain_per_s'], shallow)} |")
         out.append("")
 

@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Any, Optional
 
@@ -67,8 +68,15 @@ POLLING = {"huey"}   # idle workers poll: fewer pickup samples, each takes ~0.1 
 def child(args: argparse.Namespace) -> None:
     """Run one measurement in this (fresh) process and print its JSON."""
     sys.path[:0] = [BENCH, os.environ.get(CODE_ENV) or ROOT]
+    # A thread of an engine's that dies (a peer's worker on "database is locked") fails the
+    # measurement: its figure, made by the threads left, is no figure of the engine.
+    died: list[str] = []
+    threading.excepthook = lambda hook: died.append(f"{hook.thread.name if hook.thread else '?'}:"
+                                                    f" {hook.exc_type.__name__}: {hook.exc_value}")
     try:
         result = _child_result(args)
+        if died and result is not None:
+            result = {"error": f"a thread died: {died[0]}"}
     except NotImplementedError as exc:
         result = {"error": f"n/a: {exc}"}
     except ImportError as exc:
@@ -310,10 +318,16 @@ def run_all(args: argparse.Namespace, cfg: dict[str, Any], code: str) -> dict[st
             else:
                 results[scenario][engine] = {"error": pickup_errors.get(key, "not run")}
 
-    if _wanted(args, "deep"):
-        results["deep"] = {"depth": cfg["deep"], "drain": cfg["deep_drain"]}
-        for engine in _engines(args, "deep"):
-            results["deep"][engine] = runner.measure("deep", engine, depth=cfg["deep"], drain=cfg["deep_drain"])
+    if _wanted(args, "deep"):  # as the timed ones: every repetition, engines interleaved, medians
+        deep_runs: dict[str, list[dict[str, Any]]] = {}
+        engines = _engines(args, "deep")
+        for rep in range(reps):
+            shift = rep % max(1, len(engines))
+            for engine in engines[shift:] + engines[:shift]:
+                deep_runs.setdefault(engine, []).append(
+                    runner.measure("deep", engine, depth=cfg["deep"], drain=cfg["deep_drain"]))
+        results["deep"] = {"depth": cfg["deep"], "drain": cfg["deep_drain"],
+                           **{engine: _median_of(deep_runs[engine]) for engine in engines}}
 
     if _wanted(args, "depth") and (not args.engines or "jobcore-sqlite" in args.engines.split(",")):
         results["depth"] = run_depth(runner, args, cfg)
