@@ -814,6 +814,36 @@ def test_an_import_failure_never_names_the_import_machinery_as_its_place(db_path
                             f" 'no_such_dependency' ({tmp_path / 'needy_tasks.py'}:2)\n")
 
 
+def test_an_import_failure_raised_inside_a_library_is_placed_at_the_users_line(db_path: str, tmp_path: Any) -> None:
+    # It named the library's file (json/decoder.py, jobcore/registry.py), not the module's.
+    (tmp_path / "json_tasks.py").write_text("import json\n\nSETTINGS = json.loads('{bad')\n")
+    (tmp_path / "job_tasks.py").write_text("import jobcore\n\n\njobcore.register_job_function('x', 5)\n")
+    env = cli_env(str(tmp_path))
+    (tmp_path / "exit_tasks.py").write_text("import sys\n\nsys.exit(0)\n")  # (it exited 0, silent)
+    for module, line, error in (("json_tasks", 3, "JSONDecodeError"), ("job_tasks", 4, "InvalidJobType"),
+                                ("exit_tasks", 3, "SystemExit")):
+        failed = run("worker", "--import", module, db=db_path, env=env)
+        assert_one_line_error(failed, f"cannot import '{module}': {error}")
+        assert failed.stderr.endswith(f" ({tmp_path / (module + '.py')}:{line})\n"), failed.stderr
+
+
+def test_worker_threads_the_system_will_not_start_are_one_line(db_path: str, tmp_path: Any) -> None:
+    # A pids limit (a container, systemd's TasksMax), here an address-space limit no 10,000
+    # thread stacks fit in: a traceback ("can't start new thread"). Past 10,000: a usage error.
+    resource = pytest.importorskip("resource")
+    (tmp_path / "no_tasks.py").write_text("")
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+    command = [sys.executable, "-m", "jobcore", "--db", db_path, "worker", "--import", "no_tasks", "--workers", "10000"]
+    failed = subprocess.run(command, capture_output=True, text=True, timeout=60, env=cli_env(str(tmp_path)),
+                            preexec_fn=limited)
+    assert_one_line_error(failed, "cannot start 10000 worker threads: ")
+    too_many = run("worker", "--import", "no_tasks", "--workers", "10001", db=db_path, env=cli_env(str(tmp_path)))
+    assert too_many.returncode == 2 and "must be <= 10000" in too_many.stderr
+
+
 def test_a_grace_period_too_long_for_the_platform_waits_as_none_would(
         start_worker: Callable[..., Worker], db_path: str) -> None:
     worker = start_worker(db_path, "--grace", "1e300")  # stop() raised OverflowError on a thread

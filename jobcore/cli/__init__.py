@@ -62,7 +62,7 @@ def _number(kind: Callable[[str], Any], minimum: float = 0, maximum: Optional[fl
 COUNT = _number(int, 0, MAX_WHOLE)  # a --limit or --offset: the database's integers end at 2**63 - 1
 PORT = _number(int, 0, MAX_PORT)
 PERIOD = _number(float, above=True, maximum=int(LONGEST_PERIOD))  # as JobManager takes (why: LONGEST_PERIOD)
-WORKERS = _number(int, 1)
+WORKERS = _number(int, 1, 10_000)  # (10**20 ran the machine out of pids before it could fail)
 
 
 def _token(text: str) -> str:
@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="module to import (repeat for several)")
     # default None: $JOBCORE_WORKERS is read in `main`, so a bad one is named, not "--workers"
     sub.add_argument("--workers", type=WORKERS, default=None,
-                     help="worker threads (default: $JOBCORE_WORKERS, else 4)")
+                     help="worker threads (default: $JOBCORE_WORKERS, else 4; at most 10000)")
     sub.add_argument("--lease-timeout", type=PERIOD, default=60.0, metavar="SECONDS",
                      help="how long a running job's claim lasts without a heartbeat before another"
                           " worker may take it back (default 60; at most 3155760000, 100 years)")

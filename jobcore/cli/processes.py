@@ -14,6 +14,7 @@ import select
 import signal
 import socket
 import sys
+import sysconfig
 import threading
 import traceback
 from typing import Any
@@ -74,9 +75,22 @@ _IMPORTLIB_DIR = (os.path.join(os.path.dirname(os.path.abspath(importlib.__file_
                   if importlib.__file__ else None)
 
 
+# Where installed code lives (the standard library, site-packages, jobcore itself): a
+# failure raised there by a call from the user's module is shown at the user's line.
+_LIBRARY_DIRS = tuple(dict.fromkeys(
+    os.path.join(os.path.abspath(path), "") for path in (
+        *(sysconfig.get_paths().get(name) for name in ("stdlib", "platstdlib", "purelib", "platlib")),
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if path))
+
+
 def _in_user_code(filename: str) -> bool:
     return not filename.startswith("<") and not (  # "<frozen importlib._bootstrap>", "<string>"
         _IMPORTLIB_DIR is not None and os.path.abspath(filename).startswith(_IMPORTLIB_DIR))
+
+
+def _in_a_library(filename: str) -> bool:
+    return os.path.abspath(filename).startswith(_LIBRARY_DIRS)
 
 
 def _import_failure(module: str, exc: BaseException) -> CommandFailed:
@@ -88,6 +102,9 @@ def _import_failure(module: str, exc: BaseException) -> CommandFailed:
         message, location = str(exc.msg), f" ({exc.filename}:{exc.lineno})"
     else:
         frames = [f for f in traceback.extract_tb(exc.__traceback__)[1:] if _in_user_code(f.filename)]
+        # The last of the user's own, if any (a ValueError raised inside json, or jobcore,
+        # by the module's call): else the last outside the import machinery.
+        frames = [f for f in frames if not _in_a_library(f.filename)] or frames
         location = f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
     return CommandFailed(f"cannot import {module!r}: {type(exc).__name__}: {message}{location}")
 
@@ -111,11 +128,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
     for module in args.imports:
         try:
             importlib.import_module(module)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # (sys.exit(0) there exited 0, silent)
             manager.close()
             raise _import_failure(module, exc) from None
     with StopSignals() as signals:
-        manager.start()
+        try:
+            manager.start()
+        except RuntimeError as exc:  # "can't start new thread": a pids limit, a container's TasksMax
+            manager.close()
+            raise CommandFailed(f"cannot start {args.workers} worker threads: {exc}") from None
         print(f"jobcore worker {manager.worker_id}: {args.workers} thread(s) on {_location(manager.repository)},"
               f" modules {', '.join(args.imports)}; stop with Ctrl-C or SIGTERM", flush=True)
         signals.wait()
