@@ -58,7 +58,9 @@ def check_time(field_name: str, value: datetime) -> None:
                                      f" got {value.isoformat()}")
     # Stores keep the time as float seconds, exact to the microsecond only up to 2^33 s
     # from 1970 (1698 to 2242): past that, only a time whose float shows it back is kept.
-    if datetime.fromtimestamp(seconds, timezone.utc).microsecond != value.microsecond:
+    shown = datetime.fromtimestamp(seconds, timezone.utc)
+    if (shown.microsecond != value.microsecond if value.tzinfo is None or value.utcoffset() is None
+            else shown != value):  # (an aware time: its offset may hold a fraction of a second)
         raise InvalidJob(field_name, "outside 1698 to 2242 a store keeps a time only to a few microseconds:"
                                      f" give fewer digits (whole seconds always work), got {value.isoformat()}")
 

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from jobcore import lock_waits
+from jobcore.deferred_interrupts import survived
 from jobcore.errors import JobcoreError
 from jobcore.lock_waits import waitable_lock
 
@@ -309,7 +310,8 @@ def _wants(channel: Any, event_name: str) -> bool:
         return True
     try:
         return bool(wants(event_name))
-    except BaseException:  # (SystemExit too, as `_send`: it runs on a worker thread)
+    except BaseException as exc:  # (SystemExit too, as `_send`: it runs on a worker thread)
         logger.exception("notification channel %r failed in wants(%r); event skipped",
                          channel, event_name)
+        survived(exc)
         return False

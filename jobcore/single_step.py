@@ -15,6 +15,7 @@ from typing import Callable, Optional
 from .attempts import AttemptRunner
 from .clock import Clock
 from .context import ContextSink, JobContext
+from .deferred_interrupts import raise_deferred
 from .errors import RepositoryError
 from .pool_state import Attempt, PoolState, Slot
 from .progress import Report
@@ -77,6 +78,7 @@ class SingleStep:
                                                  last_report=last_report, log_lines=log_lines)], []) is None:
                 raise RepositoryError(f"could not record the outcome of job {record.id}; see the log")
             ran += 1
+            raise_deferred()  # a Ctrl-C that landed in a classifier or a channel's `wants` meanwhile
             if isinstance(outcome.error, (KeyboardInterrupt, SystemExit)):
                 raise outcome.error  # recorded as any error; now it stops the caller, as a plain call would
         return ran

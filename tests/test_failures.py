@@ -189,6 +189,22 @@ def test_a_classifier_or_channel_raising_what_is_no_exception_fails_the_job_and_
     assert not manager.running
 
 
+def test_ctrl_c_in_a_classifier_run_in_the_callers_thread_reaches_the_caller_once_recorded(
+        make_manager: Any, db_path: str) -> None:
+    # Caught with everything a classifier raises, the caller's Ctrl-C was lost, and
+    # run_pending went on to run the other jobs.
+    def interrupted(exc: BaseException) -> bool:
+        raise KeyboardInterrupt
+
+    manager = make_manager(db_path)
+    first = manager.enqueue(Job(function=Flaky(ValueError("bad"), failures=9), retry_on=interrupted))
+    later = [manager.enqueue(Job(function=threading.get_ident)) for _ in range(2)]
+    with pytest.raises(KeyboardInterrupt):
+        manager.run_pending()
+    assert manager.poll(first).status is JobStatus.FAILED  # recorded first, as a permanent error
+    assert [manager.poll(job_id).status for job_id in later] == [JobStatus.PENDING] * 2
+
+
 def test_retry_from_the_dead_letter_queue_resets_attempts(make_manager: Any, db_path: str) -> None:
     flaky = Flaky(ValueError("bad"), failures=1)
     manager = make_manager(db_path).start()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import pytest
@@ -636,9 +637,10 @@ def test_details_are_kept_as_reported_whatever_the_job_or_a_caller_changes_after
     reported, release = threading.Event(), threading.Event()
 
     def reports_then_changes_its_list() -> None:
-        items = [1, 2]
-        current_job().progress(0.5, "half", items=items, nested={"n": [1]})  # type: ignore[union-attr]
+        items, counts = [1, 2], Counter(ok=1)
+        current_job().progress(0.5, "half", items=items, nested={"n": [1]}, counts=counts)  # type: ignore[union-attr]
         items.append("changed by the job")
+        counts["ok"] += 998  # (a Counter, as a dict subclass, was kept as the job's own)
         reported.set()
         assert release.wait(WAIT)
 
@@ -650,10 +652,11 @@ def test_details_are_kept_as_reported_whatever_the_job_or_a_caller_changes_after
     try:
         assert reported.wait(WAIT)
         polled = manager.poll(job_id)
-        assert polled is not None and polled.progress_details == {"items": [1, 2], "nested": {"n": [1]}}
+        assert polled is not None and polled.progress_details == {"items": [1, 2], "nested": {"n": [1]}, "counts": {"ok": 1}}
         polled.progress_details["items"].append("changed by the caller")
         polled.progress_details["nested"]["n"].append("changed by the caller")
-        assert manager.poll(job_id).progress_details == {"items": [1, 2], "nested": {"n": [1]}}  # type: ignore[union-attr]
+        polled.progress_details["counts"]["caller"] = 1
+        assert manager.poll(job_id).progress_details == {"items": [1, 2], "nested": {"n": [1]}, "counts": {"ok": 1}}  # type: ignore[union-attr]
     finally:
         release.set()
-    assert manager.wait(job_id, timeout=WAIT).progress_details == {"items": [1, 2], "nested": {"n": [1]}}
+    assert manager.wait(job_id, timeout=WAIT).progress_details == {"items": [1, 2], "nested": {"n": [1]}, "counts": {"ok": 1}}

@@ -168,7 +168,8 @@ _INDEXES = [name for name, (kind, _) in OBJECTS_MADE.items() if kind == "index"]
 
 
 @pytest.mark.parametrize("made", [f"{kind} {name}" for kind, names in (("table", _TABLES), ("view", _TABLES),
-                                                                       ("index", _INDEXES)) for name in names])
+                                                                       ("index", _INDEXES)) for name in names]
+                         + ["index JOBS_READY", "view Jobs"])  # (SQLite's names ignore case)
 def test_another_applications_object_named_as_jobcores_is_refused_and_the_file_left_as_it_was(
         tmp_path: Path, made: str) -> None:
     # A view or index of that name was not looked at: the file was switched to WAL, then
@@ -182,7 +183,7 @@ def test_another_applications_object_named_as_jobcores_is_refused_and_the_file_l
                       "view": f"CREATE VIEW {name} AS SELECT * FROM orders",
                       "index": f"CREATE INDEX {name} ON orders (title)"}[kind])
     conn.close()
-    with pytest.raises(RepositoryError, match=f"{kind} '{name}' .*is not jobcore's.*give jobcore a file of its own"):
+    with pytest.raises(RepositoryError, match=f"{kind} '{name.lower()}' .*is not jobcore's.*give jobcore a file of its own"):
         SQLiteRepository(path)
     with raw_db(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)  # was switched to wal for good

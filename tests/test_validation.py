@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import random
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 import pytest
@@ -531,6 +531,18 @@ def test_a_job_id_or_filter_of_the_wrong_type_is_named(make_manager: Any, db_pat
             manager.list_jobs(tags=tags)
 
 
+def test_the_memory_store_refuses_metadata_json_would_change_as_sqlite_does() -> None:
+    # given through the repository API (no Job to check it): an int key beside its str
+    # twin was stored and one entry lost; a date raised a bare TypeError
+    from jobcore.errors import InvalidJobType
+    from jobcore.repository.base import JobRecord
+    store = MemoryRepository()
+    for metadata in ({1: "a", "1": "b"}, {"d": datetime(2024, 1, 1).date()}):
+        with pytest.raises(InvalidJobType, match="metadata"):
+            store.insert([JobRecord(id="x", function_name="f", name="f", metadata=metadata)], 0.0)
+    assert store.get("x") is None
+
+
 def test_metadata_comes_back_as_json_gives_it_on_every_store(make_manager: Any, db_path: str) -> None:
     # The memory store gave back a tuple, an IntEnum and a str subclass as given, SQLite
     # (and PostgreSQL) a list, an int and a str: one poll, two answers.
@@ -566,6 +578,9 @@ def test_a_scheduled_at_accepted_is_shown_back_to_the_microsecond(kind: str, mak
              datetime(3000, 6, 1, 12, 0, 0), datetime(3800, 1, 1, 0, 0, 0, 500_000)]
     ids = [manager.enqueue(Job(function=noop, scheduled_at=at)) for at in times]
 
+    # (an offset holding a fraction of a second was refused, its microseconds not the UTC time's)
+    odd = datetime(2030, 1, 1, 12, 0, 0, tzinfo=timezone(timedelta(hours=1, microseconds=500)))
+    assert manager.poll(manager.enqueue(Job(function=noop, scheduled_at=odd))).scheduled_at == odd.astimezone().replace(tzinfo=None)
     # then poll shows each back as given
     for job_id, at in zip(ids, times):
         shown = manager.poll(job_id).scheduled_at

@@ -121,7 +121,8 @@ class SQLiteMigration:
         of its own); and one whose schema version is newer than this jobcore's, or no
         number. Runs on the first connection, before the journal mode is set: a refused
         file is left as it was."""
-        found = {name: (kind, table) for name, kind, table in conn.execute(schema.SELECT_OBJECTS)}
+        # (lower-cased: SQLite's names are: an index JOBS_READY made jobcore skip its own)
+        found = {name.lower(): (kind, table.lower()) for name, kind, table in conn.execute(schema.SELECT_OBJECTS)}
         ours = found.get("jobcore_meta") == OBJECTS_MADE["jobcore_meta"]
         for name, made in OBJECTS_MADE.items():
             if name in found and (found[name] != made or not ours):

@@ -14,8 +14,9 @@ import json
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Callable, Collection, Iterable, NamedTuple, Optional, Sequence
 
-from ..errors import InvalidJob, RepositoryError
+from ..errors import InvalidJob, InvalidJobType, RepositoryError
 from ..models import JobStatus
+from ..serialization import encode
 
 
 # One empty frozenset for every record without tags: since Python 3.10 each frozenset()
@@ -113,16 +114,17 @@ _new_tuple = tuple.__new__
 SHARED_EMPTY: dict[str, Any] = {}
 
 
-_NESTED = (dict, list)
+_NESTED = (dict, list, tuple)
 
 
 def copy_nested(value: dict[str, Any]) -> dict[str, Any]:
-    """A copy of `value` and of the dicts and lists in it, at any depth, without recursion
-    (a value nested 1,000 deep is one JSON holds); one met twice is copied once, so a
-    cycle stays a cycle. Other values are kept. A flat dict costs what `dict(value)` does,
-    and a little more."""
+    """A copy of `value` and of the dicts, lists and tuples in it, at any depth, as JSON
+    gives them back (dicts, a `Counter` or `defaultdict` too, as plain dicts; lists and
+    tuples as lists), without recursion (a value nested 1,000 deep is one JSON holds); one
+    met twice is copied once, so a cycle stays a cycle. Other values are kept. A flat dict
+    costs what `dict(value)` does, and a little more."""
     top = dict(value)
-    if not any(item.__class__ in _NESTED for item in top.values()):
+    if not any(isinstance(item, _NESTED) for item in top.values()):
         return top
     copies: dict[int, Any] = {id(value): top}
     stack: list[Any] = [top]
@@ -130,11 +132,11 @@ def copy_nested(value: dict[str, Any]) -> dict[str, Any]:
         container = stack.pop()
         pairs = container.items() if container.__class__ is dict else enumerate(container)
         for key, item in list(pairs):
-            if item.__class__ not in _NESTED:
+            if not isinstance(item, _NESTED):
                 continue
             copy = copies.get(id(item))
             if copy is None:
-                copy = copies[id(item)] = dict(item) if item.__class__ is dict else list(item)
+                copy = copies[id(item)] = dict(item) if isinstance(item, dict) else list(item)
                 stack.append(copy)
             container[key] = copy
     return top
@@ -181,8 +183,12 @@ def stored_copy(record: JobRecord) -> JobRecord:
     Its metadata is what JSON gives back, as the persistent stores keep it (a tuple in it
     a list, an IntEnum an int): the same `poll` on every store."""
     row = _stored_as_given(record)
-    if row.metadata:
-        row.metadata = json.loads(json.dumps(row.metadata))
+    if row.metadata:  # (refused as SQLite refuses it: a record given through the repository API)
+        text = encode(row.metadata, field="metadata")
+        try:
+            row.metadata = json.loads(text)
+        except RecursionError:
+            raise InvalidJobType("metadata", "must be JSON-serialisable: nested too deeply to decode") from None
     return row
 
 
