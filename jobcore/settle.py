@@ -49,10 +49,10 @@ def decide(record: JobRecord, outcome: Outcome, *, cancel_requested: bool, class
     traceback = None if outcome.traceback is None else storable_text(outcome.traceback, TRACEBACK_LIMIT)
     try:
         transient = should_retry(exc, classifier)
-    except BaseException as exc:  # a broken classifier must not break the engine (pytest.fail's Failed too)
+    except BaseException as broken:  # a broken classifier must not break the engine (pytest.fail's Failed too)
         logger.exception("retry classifier failed on job %s; treating the error as permanent", record.id)
         transient = False
-        survived(exc)  # (a Ctrl-C on the caller's thread reaches the caller once this is recorded)
+        survived(broken)  # (a Ctrl-C on the caller's thread reaches the caller once this is recorded)
     failed = f"attempt {attempt} failed after {ran_for:.3f}s: {error_type}: {error}"
     if transient and attempt <= record.max_retries:
         delay = asked_delay(exc, record.id)
