@@ -331,7 +331,11 @@ class WorkerPool:
                         self._pool_threads.leave_locked()
                         return
                     exchange = exchanges.worker_exchange_locked()
-                    if exchange is not None or state.buffer:
+                    # A buffered job only while fewer than max_workers run: after a stop that
+                    # did not wait and a start, workers of the earlier start may still run
+                    # jobs (the short-job reserve claimed more for this start's threads, which
+                    # ran them beside those). The last of those to end wakes one (`leave_locked`).
+                    if exchange is not None or (state.buffer and len(state.running) < state.max_workers):
                         break
                     state.idle += 1
                     state.work_ready.wait()

@@ -181,6 +181,49 @@ def test_a_stop_from_a_signal_handler_inside_a_store_call_does_not_wait_for_itse
     reopened.close()
 
 
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_after_a_stop_that_did_not_wait_a_start_runs_no_more_than_max_workers(
+        kind: str, tmp_path: Any, make_manager: Any) -> None:
+    # given a manager of one worker whose jobs have been instant (the short-job reserve
+    # claims more than the workers run), running a job as it stops without waiting
+    manager = make_manager(MemoryRepository() if kind == "memory" else str(tmp_path / "jobs.db"), max_workers=1)
+    lock, running, peak = threading.Lock(), [0], [0]
+    a_started, release_a, b_ran = threading.Event(), threading.Event(), threading.Event()
+
+    def body(name: str) -> str:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        try:
+            if name == "a":
+                a_started.set()
+                assert release_a.wait(WAIT)
+            else:
+                b_ran.set()
+            return name
+        finally:
+            with lock:
+                running[0] -= 1
+
+    manager.register_function("body", body)
+    manager.register_function("quick", lambda: None)
+    manager.start()
+    for job_id in manager.enqueue_many([Job(function_name="quick") for _ in range(300)]):
+        manager.wait(job_id, timeout=WAIT)
+    a = manager.enqueue(Job(function_name="body", args=("a",)))
+    assert a_started.wait(WAIT)
+    manager.stop(wait=False)
+    # when it starts again and a job comes
+    manager.start()
+    b = manager.enqueue(Job(function_name="body", args=("b",)))
+    # then that job waits for the earlier start's job: its thread took one of the slots
+    # (the new worker ran the job claimed in reserve beside it)
+    assert not b_ran.wait(0.3)
+    release_a.set()
+    assert [manager.wait(job_id, timeout=WAIT).result for job_id in (a, b)] == ["a", "b"]
+    assert peak[0] == 1
+
+
 def test_a_stop_in_a_signal_handler_that_interrupted_a_stop_returns(tmp_path: Any) -> None:
     # given a graceful stop on the main thread (leaving a `with` block), waiting for a job,
     # when a SIGTERM handler calls stop(timeout=...) on that same thread: it waited for
