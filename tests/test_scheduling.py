@@ -433,6 +433,12 @@ def test_a_job_retried_by_another_process_runs_now_not_at_its_old_time(tmp_path:
         other.close()
 
 
+def _past_a_discovery_interval(clock: FakeClock) -> None:
+    """A little more than a discovery interval (50 ms), in steps the housekeeper follows."""
+    for _ in range(3):
+        clock.advance(0.03)
+
+
 @pytest.mark.parametrize("holding", ["timer", "schedule"])
 def test_a_manager_holding_a_timer_notices_another_processs_job_at_once(tmp_path: Any, holding: str) -> None:
     # given a started manager whose queue holds only a job due in an hour (or a cron
@@ -451,8 +457,7 @@ def test_a_manager_holding_a_timer_notices_another_processs_job_at_once(tmp_path
     try:
         # when another process enqueues a job, and a little more than a discovery interval passes
         job_id = other.enqueue(Job(function_name="ok"))
-        for _ in range(3):
-            clock.advance(0.03)
+        _past_a_discovery_interval(clock)
         # then the worker runs it (the fake clock never reaches a poll_interval)
         assert worker.wait(job_id, timeout=WAIT).result == "ran"
     finally:
@@ -494,8 +499,7 @@ def test_a_manager_with_a_free_worker_notices_another_producers_job_at_once(tmp_
                       f"{due.timestamp()!r}))))")
             job_id = subprocess.run([sys.executable, "-c", script, path], capture_output=True, text=True,
                                     check=True, timeout=60).stdout.strip()
-        for _ in range(3):
-            clock.advance(0.03)
+        _past_a_discovery_interval(clock)
         # then the free worker runs it (the fake clock never reaches a poll_interval)
         assert worker.wait(job_id, timeout=WAIT).result == "ran"
     finally:
