@@ -60,7 +60,8 @@ def check_time(field_name: str, value: datetime) -> None:
     # from 1970 (1698 to 2242): past that, only a time whose float shows it back is kept.
     shown = datetime.fromtimestamp(seconds, timezone.utc)
     if (shown.microsecond != value.microsecond if value.tzinfo is None or value.utcoffset() is None
-            else shown != value):  # (an aware time: its offset may hold a fraction of a second)
+            else shown != value.astimezone(timezone.utc)):  # (an offset may hold a fraction of a
+        # second; and `==` across zones is False for a time in a fold or a gap of one)
         raise InvalidJob(field_name, "outside 1698 to 2242 a store keeps a time only to a few microseconds:"
                                      f" give fewer digits (whole seconds always work), got {value.isoformat()}")
 

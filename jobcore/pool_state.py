@@ -142,6 +142,14 @@ class PoolState:
             return room
         return min(room, 2 * self.max_workers - held - len(self.finished))
 
+    def room_to_run_locked(self) -> bool:
+        """Whether a worker thread may start a job now: fewer than max_workers run on
+        worker threads (those of an earlier start included; `run_pending`'s attempt, with
+        a slot of index -1 in the caller's thread, is none of them)."""
+        running = self.running
+        return len(running) < self.max_workers or sum(
+            1 for attempt in running.values() if attempt.slot.index >= 0) < self.max_workers
+
     def defer_locked(self, record: JobRecord) -> bool:
         """Keep the claimed `record`, just taken from the buffer, from starting while an
         earlier attempt of its job still runs here; True if it was kept aside.

@@ -15,7 +15,7 @@ from typing import Callable, Optional
 from .attempts import AttemptRunner
 from .clock import Clock
 from .context import ContextSink, JobContext
-from .deferred_interrupts import raise_deferred
+from .deferred_interrupts import held_interrupts
 from .errors import RepositoryError
 from .pool_state import Attempt, PoolState, Slot
 from .progress import Report
@@ -74,11 +74,11 @@ class SingleStep:
                 # and never be taken back; let go, its lease lapses and it runs again.
                 with self._state.lock:
                     self._state.running.pop(record.id, None)
-            if self._recorder.exchange([Finished(record, context, outcome, self._clock.monotonic() - started,
-                                                 last_report=last_report, log_lines=log_lines)], []) is None:
-                raise RepositoryError(f"could not record the outcome of job {record.id}; see the log")
+            with held_interrupts():  # a Ctrl-C in a classifier or a channel's `wants`: once recorded
+                if self._recorder.exchange([Finished(record, context, outcome, self._clock.monotonic() - started,
+                                                     last_report=last_report, log_lines=log_lines)], []) is None:
+                    raise RepositoryError(f"could not record the outcome of job {record.id}; see the log")
             ran += 1
-            raise_deferred()  # a Ctrl-C that landed in a classifier or a channel's `wants` meanwhile
             if isinstance(outcome.error, (KeyboardInterrupt, SystemExit)):
                 raise outcome.error  # recorded as any error; now it stops the caller, as a plain call would
         return ran

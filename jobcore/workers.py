@@ -331,11 +331,13 @@ class WorkerPool:
                         self._pool_threads.leave_locked()
                         return
                     exchange = exchanges.worker_exchange_locked()
-                    # A buffered job only while fewer than max_workers run: after a stop that
-                    # did not wait and a start, workers of the earlier start may still run
-                    # jobs (the short-job reserve claimed more for this start's threads, which
-                    # ran them beside those). The last of those to end wakes one (`leave_locked`).
-                    if exchange is not None or (state.buffer and len(state.running) < state.max_workers):
+                    # A buffered job only while fewer than max_workers run on worker threads:
+                    # after a stop that did not wait and a start, workers of the earlier start
+                    # may still run jobs (the short-job reserve claimed more for this start's
+                    # threads, which ran them beside those). The last of those to end wakes
+                    # one (`leave_locked`). (`run_pending`'s attempt, in the caller's thread,
+                    # takes no worker's place.)
+                    if exchange is not None or (state.buffer and state.room_to_run_locked()):
                         break
                     state.idle += 1
                     state.work_ready.wait()

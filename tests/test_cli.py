@@ -827,6 +827,23 @@ def test_an_import_failure_raised_inside_a_library_is_placed_at_the_users_line(d
         assert failed.stderr.endswith(f" ({tmp_path / (module + '.py')}:{line})\n"), failed.stderr
 
 
+def test_an_app_installed_in_site_packages_is_the_users_code(monkeypatch: Any) -> None:
+    # A virtualenv's platstdlib (venv/lib/python3.X/) holds its site-packages: the app
+    # installed there was taken for the standard library, and an import failure placed in
+    # json's decoder instead of the app's line.
+    from jobcore.cli import processes
+    assert [len(folder) for folder in processes._LIBRARY_DIRS] == sorted(
+        (len(folder) for folder in processes._LIBRARY_DIRS), reverse=True)  # the most specific first
+    venv = os.path.join(os.sep, "srv", "venv", "lib", "python3.11", "")
+    site = os.path.join(venv, "site-packages", "")
+    monkeypatch.setattr(processes, "_LIBRARY_DIRS", (site, venv))
+    assert not processes._in_a_library(os.path.join(site, "myapp", "tasks.py"), "myapp")
+    assert not processes._in_a_library(os.path.join(site, "myapp.py"), "myapp")
+    assert processes._in_a_library(os.path.join(site, "yaml", "loader.py"), "myapp")
+    assert processes._in_a_library(os.path.join(venv, "json", "decoder.py"), "myapp")
+    assert not processes._in_a_library(os.path.join(os.sep, "srv", "app", "tasks.py"), "tasks")
+
+
 def test_worker_threads_the_system_will_not_start_are_one_line(db_path: str, tmp_path: Any) -> None:
     # A pids limit (a container, systemd's TasksMax), here an address-space limit no 10,000
     # thread stacks fit in: a traceback ("can't start new thread"). Past 10,000: a usage error.

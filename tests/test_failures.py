@@ -205,6 +205,22 @@ def test_ctrl_c_in_a_classifier_run_in_the_callers_thread_reaches_the_caller_onc
     assert [manager.poll(job_id).status for job_id in later] == [JobStatus.PENDING] * 2
 
 
+def test_a_ctrl_c_met_outside_run_pendings_recording_goes_on_at_once_and_none_is_left_held() -> None:
+    # A Ctrl-C a classifier or a channel's wants() raised while a started manager's
+    # enqueue recorded outcomes on the caller's thread was held and never raised there: a
+    # later, unrelated run_pending raised it.
+    from jobcore.deferred_interrupts import held_interrupts, survived
+    with pytest.raises(KeyboardInterrupt):
+        survived(KeyboardInterrupt())  # outside: at once
+    with pytest.raises(KeyboardInterrupt):
+        with held_interrupts():
+            survived(KeyboardInterrupt())  # inside: held...
+            survived(ValueError())  # (anything else is survived)
+        # ...and raised as the block ends
+    with held_interrupts():
+        pass  # nothing left held for a later block
+
+
 def test_retry_from_the_dead_letter_queue_resets_attempts(make_manager: Any, db_path: str) -> None:
     flaky = Flaky(ValueError("bad"), failures=1)
     manager = make_manager(db_path).start()

@@ -224,6 +224,45 @@ def test_after_a_stop_that_did_not_wait_a_start_runs_no_more_than_max_workers(
     assert peak[0] == 1
 
 
+def test_a_run_pending_attempt_in_another_thread_takes_no_workers_place(make_manager: Any) -> None:
+    # given a manager of one worker that learned its jobs are short (the reserve claims
+    # ahead for its worker), running a job in run_pending on another thread as it is
+    # started again: that attempt counted as a worker's, so the worker left the job
+    # claimed for it in the buffer, and nothing woke it once the attempt ended
+    manager = make_manager(MemoryRepository(), max_workers=1)
+
+    def short() -> str:
+        time.sleep(0.001)
+        return "short"
+
+    manager.register_function("short", short)
+    manager.start()
+    for job_id in [manager.enqueue(Job(function_name="short")) for _ in range(60)]:
+        manager.wait(job_id, timeout=WAIT)
+    manager.stop()
+    a_started, release_a = threading.Event(), threading.Event()
+
+    def a() -> str:
+        a_started.set()
+        assert release_a.wait(WAIT)
+        return "a"
+
+    manager.register_function("a", a)
+    first = manager.enqueue(Job(function_name="a"))
+    pending = threading.Thread(target=manager.run_pending)
+    pending.start()
+    assert a_started.wait(WAIT)
+    manager.start()
+    second = manager.enqueue(Job(function_name="short"))
+    wait_until(lambda: manager.poll(second).status is JobStatus.RUNNING, WAIT, "the job claimed in reserve")
+    time.sleep(0.05)  # (the worker back asleep, the job in the buffer)
+    release_a.set()
+    pending.join(WAIT)
+    # then both run
+    assert manager.wait(first, timeout=WAIT).result == "a"
+    assert manager.wait(second, timeout=WAIT).result == "short"
+
+
 def test_a_stop_in_a_signal_handler_that_interrupted_a_stop_returns(tmp_path: Any) -> None:
     # given a graceful stop on the main thread (leaving a `with` block), waiting for a job,
     # when a SIGTERM handler calls stop(timeout=...) on that same thread: it waited for

@@ -581,6 +581,13 @@ def test_a_scheduled_at_accepted_is_shown_back_to_the_microsecond(kind: str, mak
     # (an offset holding a fraction of a second was refused, its microseconds not the UTC time's)
     odd = datetime(2030, 1, 1, 12, 0, 0, tzinfo=timezone(timedelta(hours=1, microseconds=500)))
     assert manager.poll(manager.enqueue(Job(function=noop, scheduled_at=odd))).scheduled_at == odd.astimezone().replace(tzinfo=None)
+    # (and one in a zone's fold or gap: `==` across zones said the instant was not kept)
+    from zoneinfo import ZoneInfo
+    new_york = ZoneInfo("America/New_York")
+    for local in (datetime(2025, 11, 2, 1, 30, tzinfo=new_york), datetime(2025, 11, 2, 1, 30, fold=1, tzinfo=new_york),
+                  datetime(2025, 3, 9, 2, 30, tzinfo=new_york)):
+        shown = manager.poll(manager.enqueue(Job(function=noop, scheduled_at=local))).scheduled_at
+        assert shown.timestamp() == local.timestamp()
     # then poll shows each back as given
     for job_id, at in zip(ids, times):
         shown = manager.poll(job_id).scheduled_at

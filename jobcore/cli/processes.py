@@ -77,11 +77,12 @@ _IMPORTLIB_DIR = (os.path.join(os.path.dirname(os.path.abspath(importlib.__file_
 
 # Where installed code lives (the standard library, site-packages, jobcore itself): a
 # failure raised there by a call from the user's module is shown at the user's line.
-_LIBRARY_DIRS = tuple(dict.fromkeys(
+# Longest first: a virtualenv's platstdlib (venv/lib/python3.X/) holds its site-packages.
+_LIBRARY_DIRS = tuple(sorted(dict.fromkeys(
     os.path.join(os.path.abspath(path), "") for path in (
         *(sysconfig.get_paths().get(name) for name in ("stdlib", "platstdlib", "purelib", "platlib")),
         os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    if path))
+    if path), key=len, reverse=True))
 
 
 def _in_user_code(filename: str) -> bool:
@@ -89,8 +90,14 @@ def _in_user_code(filename: str) -> bool:
         _IMPORTLIB_DIR is not None and os.path.abspath(filename).startswith(_IMPORTLIB_DIR))
 
 
-def _in_a_library(filename: str) -> bool:
-    return os.path.abspath(filename).startswith(_LIBRARY_DIRS)
+def _in_a_library(filename: str, top: str) -> bool:
+    """Whether `filename` is installed code other than the package `top` being imported
+    (an app installed in site-packages is the user's own code there)."""
+    path = os.path.abspath(filename)
+    for folder in _LIBRARY_DIRS:
+        if path.startswith(folder):
+            return path[len(folder):].split(os.sep, 1)[0] not in (top, f"{top}.py")
+    return False
 
 
 def _import_failure(module: str, exc: BaseException) -> CommandFailed:
@@ -104,7 +111,7 @@ def _import_failure(module: str, exc: BaseException) -> CommandFailed:
         frames = [f for f in traceback.extract_tb(exc.__traceback__)[1:] if _in_user_code(f.filename)]
         # The last of the user's own, if any (a ValueError raised inside json, or jobcore,
         # by the module's call): else the last outside the import machinery.
-        frames = [f for f in frames if not _in_a_library(f.filename)] or frames
+        frames = [f for f in frames if not _in_a_library(f.filename, module.split(".")[0])] or frames
         location = f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
     return CommandFailed(f"cannot import {module!r}: {type(exc).__name__}: {message}{location}")
 
