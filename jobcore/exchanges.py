@@ -16,6 +16,7 @@ from typing import Optional
 
 from .claims import claims_if_committed
 from .clock import real_monotonic
+from .deferred_interrupts import held_interrupts
 from .errors import JobcoreError
 from .pacing import EXCHANGE_WAIT
 from .pool_state import Exchange, PoolState
@@ -214,8 +215,12 @@ class Exchanges:
                 self._queue.push(entries.pop())  # the new job goes before the worst of them
                 claim_new = True
             calling = True
-            claimed = self._recorder.exchange_inserting(record, claim_new, finished, [e.job_id for e in entries],
-                                                        now, [e.seq for e in entries])
+            # A Ctrl-C in a classifier or a channel's `wants()` (user code this records on
+            # the caller's thread) is held until the recording is done, events and all,
+            # then goes on as one landing just after the commit does (see below).
+            with held_interrupts():
+                claimed = self._recorder.exchange_inserting(record, claim_new, finished, [e.job_id for e in entries],
+                                                            now, [e.seq for e in entries])
             if not claim_new:
                 self._recorder.enqueue_entries([record.queue_entry()])
             kept = self._make_way(claimed)

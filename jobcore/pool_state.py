@@ -137,18 +137,22 @@ class PoolState:
         if self.stopping:
             return 0
         held = len(self.buffer) + len(self.running) + len(self.deferred) + self.handoffs + self.claiming
-        room = self.pacing.capacity() - held
+        room = self.pacing.capacity() - (held - self._in_callers_locked())  # (no worker's place)
         if recording:
             return room
         return min(room, 2 * self.max_workers - held - len(self.finished))
 
     def room_to_run_locked(self) -> bool:
         """Whether a worker thread may start a job now: fewer than max_workers run on
-        worker threads (those of an earlier start included; `run_pending`'s attempt, with
-        a slot of index -1 in the caller's thread, is none of them)."""
-        running = self.running
-        return len(running) < self.max_workers or sum(
-            1 for attempt in running.values() if attempt.slot.index >= 0) < self.max_workers
+        worker threads (those of an earlier start included; `run_pending`'s attempt, in
+        the caller's thread, is none of them)."""
+        return len(self.running) - self._in_callers_locked() < self.max_workers
+
+    def _in_callers_locked(self) -> int:
+        """How many of the attempts running here `run_pending` runs in a caller's thread
+        (slot index -1): held here, so SPEC's bound counts them, but on no worker's place.
+        Counted, not kept: a Ctrl-C between keeping and adding would leave a count wrong."""
+        return sum(1 for attempt in self.running.values() if attempt.slot.index < 0) if self.running else 0
 
     def defer_locked(self, record: JobRecord) -> bool:
         """Keep the claimed `record`, just taken from the buffer, from starting while an

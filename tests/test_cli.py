@@ -842,6 +842,8 @@ def test_an_app_installed_in_site_packages_is_the_users_code(monkeypatch: Any) -
     assert processes._in_a_library(os.path.join(site, "yaml", "loader.py"), "myapp")
     assert processes._in_a_library(os.path.join(venv, "json", "decoder.py"), "myapp")
     assert not processes._in_a_library(os.path.join(os.sep, "srv", "app", "tasks.py"), "tasks")
+    # jobcore's own files are never the app's, even for an app module named as one of them
+    assert processes._in_a_library(os.path.join(processes._JOBCORE_DIR, "manager.py"), "manager")
 
 
 def test_worker_threads_the_system_will_not_start_are_one_line(db_path: str, tmp_path: Any) -> None:

@@ -18,6 +18,7 @@ import pytest
 from jobcore import (CallbackNotificationChannel, FakeClock, Job, JobCancelled, JobStatus, MemoryRepository,
                      PermanentError, RetryableError, WebhookNotificationChannel)
 from jobcore.errors import JobTimeout
+from jobcore.deferred_interrupts import held_interrupts
 from jobcore.retry import is_transient, retry_delay, should_retry
 from dead_letter_order import fail_out_of_order
 from stuck import stuck_past_stop
@@ -219,6 +220,54 @@ def test_a_ctrl_c_met_outside_run_pendings_recording_goes_on_at_once_and_none_is
         # ...and raised as the block ends
     with held_interrupts():
         pass  # nothing left held for a later block
+
+
+def test_a_ctrl_c_in_wants_on_an_enqueues_recording_reaches_that_caller_and_loses_no_other_event(
+        make_manager: Any, db_path: str) -> None:
+    # A started manager's enqueue records the workers' outcomes on the caller's thread, and
+    # publishes their events there. A Ctrl-C in a channel's wants() was held, and raised by
+    # a later, unrelated run_pending; raised at once instead, it cut the batch short: the
+    # other jobs' events were never published.
+    class Interrupting:
+        def __init__(self) -> None:
+            self.calls, self.raised, self.completed = 0, 0, set()
+
+        def wants(self, event: str) -> bool:
+            if threading.current_thread() is threading.main_thread():
+                self.calls += 1
+                if self.calls % 7 == 3 and self.raised < 5:
+                    self.raised += 1
+                    raise KeyboardInterrupt
+            return True
+
+        def send(self, event: dict[str, Any]) -> None:
+            if event["event"] == "job.completed":
+                self.completed.add(event["job_id"])
+
+    channel = Interrupting()
+    manager = make_manager(db_path, max_workers=2)
+    manager.add_notification_channel(channel)
+    manager.start()
+    ids, interrupted = [], 0
+    deadline = time.monotonic() + WAIT
+    while (channel.raised < 5 or len(ids) < 400) and time.monotonic() < deadline:
+        job = Job(function=threading.get_ident)
+        try:
+            manager.enqueue(job)
+        except KeyboardInterrupt:
+            interrupted += 1
+        ids.append(job.id)
+    for job_id in ids:
+        if manager.poll(job_id) is not None:
+            assert manager.wait(job_id, timeout=WAIT).status is JobStatus.COMPLETED
+    manager.stop()
+    # then each Ctrl-C reached the enqueue it landed in, and only the jobs whose wants()
+    # raised lack their event
+    assert channel.raised == 5 and interrupted == 5
+    stored = [job_id for job_id in ids if manager.poll(job_id) is not None]
+    assert len([job_id for job_id in stored if job_id not in channel.completed]) <= 5
+    with held_interrupts():
+        pass  # and nothing is left held
 
 
 def test_retry_from_the_dead_letter_queue_resets_attempts(make_manager: Any, db_path: str) -> None:

@@ -256,11 +256,42 @@ def test_a_run_pending_attempt_in_another_thread_takes_no_workers_place(make_man
     second = manager.enqueue(Job(function_name="short"))
     wait_until(lambda: manager.poll(second).status is JobStatus.RUNNING, WAIT, "the job claimed in reserve")
     time.sleep(0.05)  # (the worker back asleep, the job in the buffer)
+    # then the worker runs it while run_pending's job runs (that one holds no worker)
+    assert manager.wait(second, timeout=WAIT).result == "short"
+    assert manager.poll(first).status is JobStatus.RUNNING
     release_a.set()
     pending.join(WAIT)
-    # then both run
     assert manager.wait(first, timeout=WAIT).result == "a"
-    assert manager.wait(second, timeout=WAIT).result == "short"
+
+
+def test_run_pendings_attempt_leaves_the_worker_room_to_claim(make_manager: Any) -> None:
+    # given a manager of one worker, not started, running a long job in run_pending on
+    # another thread as it is started: the attempt counted against the worker's room, so
+    # jobs enqueued meanwhile were not claimed until it ended
+    manager = make_manager(MemoryRepository(), max_workers=1)
+    a_started, release_a = threading.Event(), threading.Event()
+
+    def a() -> str:
+        a_started.set()
+        assert release_a.wait(WAIT)
+        return "a"
+
+    manager.register_function("a", a)
+    manager.register_function("quick", lambda: "quick")
+    first = manager.enqueue(Job(function_name="a"))
+    pending = threading.Thread(target=manager.run_pending, args=(1,))
+    pending.start()
+    assert a_started.wait(WAIT)
+    try:
+        manager.start()
+        quick = [manager.enqueue(Job(function_name="quick")) for _ in range(3)]
+        # then the worker runs them meanwhile
+        assert [manager.wait(job_id, timeout=WAIT).result for job_id in quick] == ["quick"] * 3
+        assert manager.poll(first).status is JobStatus.RUNNING
+    finally:
+        release_a.set()
+        pending.join(WAIT)
+    assert manager.wait(first, timeout=WAIT).result == "a"
 
 
 def test_a_stop_in_a_signal_handler_that_interrupted_a_stop_returns(tmp_path: Any) -> None:

@@ -79,10 +79,10 @@ _IMPORTLIB_DIR = (os.path.join(os.path.dirname(os.path.abspath(importlib.__file_
 # failure raised there by a call from the user's module is shown at the user's line.
 # Longest first: a virtualenv's platstdlib (venv/lib/python3.X/) holds its site-packages.
 _LIBRARY_DIRS = tuple(sorted(dict.fromkeys(
-    os.path.join(os.path.abspath(path), "") for path in (
-        *(sysconfig.get_paths().get(name) for name in ("stdlib", "platstdlib", "purelib", "platlib")),
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    os.path.join(os.path.abspath(path), "")
+    for path in (sysconfig.get_paths().get(name) for name in ("stdlib", "platstdlib", "purelib", "platlib"))
     if path), key=len, reverse=True))
+_JOBCORE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "")
 
 
 def _in_user_code(filename: str) -> bool:
@@ -94,6 +94,8 @@ def _in_a_library(filename: str, top: str) -> bool:
     """Whether `filename` is installed code other than the package `top` being imported
     (an app installed in site-packages is the user's own code there)."""
     path = os.path.abspath(filename)
+    if path.startswith(_JOBCORE_DIR):
+        return True  # (jobcore's own manager.py is no app's module named manager)
     for folder in _LIBRARY_DIRS:
         if path.startswith(folder):
             return path[len(folder):].split(os.sep, 1)[0] not in (top, f"{top}.py")
