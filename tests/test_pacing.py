@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from types import SimpleNamespace
 
 import pytest
 
@@ -11,12 +12,14 @@ from jobcore.clock import SystemClock, real_monotonic
 from jobcore.context import JobContext
 from jobcore.dispatcher import Dispatcher
 from jobcore.execution import Outcome
-from jobcore.pool_state import PoolState
+from jobcore.pool_state import PoolState, Slot
 from jobcore.queue import ReadyQueue
 from jobcore.recorder import Finished
 from jobcore.testing.contract import make_record
 
 T = 1000.0  # any real monotonic reading
+# What `PoolState.running` holds of a worker's attempt, as far as these tests look: its slot.
+_A_WORKERS_ATTEMPT = SimpleNamespace(slot=Slot(0))
 
 
 def test_jobs_proved_short_get_a_reserve_and_long_ones_lose_it() -> None:
@@ -160,7 +163,7 @@ def test_buffered_tiny_jobs_wake_no_idle_worker_while_one_works_on_them() -> Non
     # when a worker about to run one (active) or a running job leaves more buffered
     with state.lock:
         state.wake_for_buffer_locked(active=True)
-        state.running["busy"] = object()  # type: ignore[assignment]
+        state.running["busy"] = _A_WORKERS_ATTEMPT  # type: ignore[assignment]
         state.wake_for_buffer_locked(active=False)
     # then the idle worker is left asleep: the busy one takes them next
     assert state.waking == 0
@@ -172,7 +175,7 @@ def test_buffered_jobs_wake_an_idle_worker_when_no_one_works_or_jobs_are_not_tin
         alone.wake_for_buffer_locked(active=False)  # nothing running: someone must come
     assert alone.waking == 1
     slow = _state_with_idle_worker(tiny=False)
-    slow.running["busy"] = object()  # type: ignore[assignment]
+    slow.running["busy"] = _A_WORKERS_ATTEMPT  # type: ignore[assignment]
     with slow.lock:
         slow.wake_for_buffer_locked(active=True)  # jobs not proved tiny: join in at once
     assert slow.waking == 1
@@ -245,7 +248,7 @@ def _dispatcher_with_work_queued(tiny: bool, buffered: int = 0, running: bool = 
             state.pacing.ran((TINY_BELOW + RESERVE_BELOW) / 2)
     state.buffer.extend(make_record(id=f"buffered-{n}") for n in range(buffered))
     if running:
-        state.running["busy"] = object()  # type: ignore[assignment]
+        state.running["busy"] = _A_WORKERS_ATTEMPT  # type: ignore[assignment]
     queue = ReadyQueue(SystemClock())
     queue.push_ready([make_record(id=f"ready-{n}").queue_entry() for n in range(20)])
     dispatcher = Dispatcher(state, None, queue, None, SystemClock(), give_up_after=60.0)  # type: ignore[arg-type]
