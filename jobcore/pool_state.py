@@ -62,6 +62,7 @@ class PoolState:
         self.dispatch_needed = threading.Condition(self.lock)
         self.buffer: collections.deque[JobRecord] = collections.deque()  # claimed, not started
         self.running: dict[str, Attempt] = {}
+        self.ran_in_callers = False  # `run_pending` ever ran an attempt here (see `_in_callers_locked`)
         # Claimed jobs whose earlier attempt still runs here, each started when it ends
         # (see `defer_locked`). Their ids are all in `running`, so what counts that as
         # held here (`holds_locked`, `WorkerPool.held_ids`, the heartbeat) counts them.
@@ -151,8 +152,11 @@ class PoolState:
     def _in_callers_locked(self) -> int:
         """How many of the attempts running here `run_pending` runs in a caller's thread
         (slot index -1): held here, so SPEC's bound counts them, but on no worker's place.
-        Counted, not kept: a Ctrl-C between keeping and adding would leave a count wrong."""
-        return sum(1 for attempt in self.running.values() if attempt.slot.index < 0) if self.running else 0
+        Counted, not kept: a Ctrl-C between keeping and adding would leave a count wrong;
+        and only once `run_pending` ran one (a worker's exchange asks at every take)."""
+        if not (self.ran_in_callers and self.running):
+            return 0
+        return sum(1 for attempt in self.running.values() if attempt.slot.index < 0)
 
     def defer_locked(self, record: JobRecord) -> bool:
         """Keep the claimed `record`, just taken from the buffer, from starting while an

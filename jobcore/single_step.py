@@ -63,6 +63,7 @@ class SingleStep:
             started = self._clock.monotonic()
             try:
                 with self._state.lock:
+                    self._state.ran_in_callers = True  # (first: see `PoolState._in_callers_locked`)
                     self._state.running[record.id] = Attempt(record, context, Slot(-1), None, started)
                 outcome = self._attempts.run(record, context)
                 context.ended = True
