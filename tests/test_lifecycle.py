@@ -224,6 +224,24 @@ def test_after_a_stop_that_did_not_wait_a_start_runs_no_more_than_max_workers(
     assert peak[0] == 1
 
 
+def _a_long_job_in_run_pending(manager: JobManager) -> tuple[str, threading.Event, threading.Thread]:
+    """A job "a" that runs until released, running in `run_pending` on another thread:
+    its id, the event that releases it, and that thread."""
+    started, release = threading.Event(), threading.Event()
+
+    def a() -> str:
+        started.set()
+        assert release.wait(WAIT)
+        return "a"
+
+    manager.register_function("a", a)
+    job_id = manager.enqueue(Job(function_name="a"))
+    pending = threading.Thread(target=manager.run_pending, args=(1,))
+    pending.start()
+    assert started.wait(WAIT)
+    return job_id, release, pending
+
+
 def test_a_run_pending_attempt_in_another_thread_takes_no_workers_place(make_manager: Any) -> None:
     # given a manager of one worker that learned its jobs are short (the reserve claims
     # ahead for its worker), running a job in run_pending on another thread as it is
@@ -240,18 +258,7 @@ def test_a_run_pending_attempt_in_another_thread_takes_no_workers_place(make_man
     for job_id in [manager.enqueue(Job(function_name="short")) for _ in range(60)]:
         manager.wait(job_id, timeout=WAIT)
     manager.stop()
-    a_started, release_a = threading.Event(), threading.Event()
-
-    def a() -> str:
-        a_started.set()
-        assert release_a.wait(WAIT)
-        return "a"
-
-    manager.register_function("a", a)
-    first = manager.enqueue(Job(function_name="a"))
-    pending = threading.Thread(target=manager.run_pending)
-    pending.start()
-    assert a_started.wait(WAIT)
+    first, release_a, pending = _a_long_job_in_run_pending(manager)
     manager.start()
     second = manager.enqueue(Job(function_name="short"))
     wait_until(lambda: manager.poll(second).status is JobStatus.RUNNING, WAIT, "the job claimed in reserve")
@@ -269,19 +276,8 @@ def test_run_pendings_attempt_leaves_the_worker_room_to_claim(make_manager: Any)
     # another thread as it is started: the attempt counted against the worker's room, so
     # jobs enqueued meanwhile were not claimed until it ended
     manager = make_manager(MemoryRepository(), max_workers=1)
-    a_started, release_a = threading.Event(), threading.Event()
-
-    def a() -> str:
-        a_started.set()
-        assert release_a.wait(WAIT)
-        return "a"
-
-    manager.register_function("a", a)
     manager.register_function("quick", lambda: "quick")
-    first = manager.enqueue(Job(function_name="a"))
-    pending = threading.Thread(target=manager.run_pending, args=(1,))
-    pending.start()
-    assert a_started.wait(WAIT)
+    first, release_a, pending = _a_long_job_in_run_pending(manager)
     try:
         manager.start()
         quick = [manager.enqueue(Job(function_name="quick")) for _ in range(3)]
