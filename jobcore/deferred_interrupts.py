@@ -4,10 +4,10 @@ classifier, a channel's `wants`).
 On the engine's own threads such code raising anything (pytest.fail's `Failed`,
 `SystemExit`) is logged and survived: a thread that died left its job RUNNING. On the
 main thread it is the user's Ctrl-C. Inside `held_interrupts` (`run_pending` recording
-the attempt it ran in the caller's thread) it is held, the outcome recorded as if that
-code had raised anything else, and raised to the caller once the block ends. Elsewhere
-(an `enqueue` on a started manager recording outcomes on the caller's thread) it goes on
-at once, as a Ctrl-C anywhere else in that call does: nothing is held for a later call.
+the attempt it ran in the caller's thread, an `enqueue` on a started manager recording
+outcomes there) it is held, the outcomes recorded and their events published as if that
+code had raised anything else, and raised to the caller once the block ends. Elsewhere it
+goes on at once: nothing is ever held for a later call.
 """
 
 from __future__ import annotations

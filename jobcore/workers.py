@@ -220,8 +220,7 @@ class WorkerPool:
         `poll_interval`, and jobs another process stored waited up to that long."""
         state = self._state
         with state.lock:
-            full = bool(len(state.running) >= state.max_workers or state.buffer or state.exchanging
-                        or state.stopping)
+            full = bool(not state.room_to_run_locked() or state.buffer or state.exchanging or state.stopping)
         return not full and not self._queue.has_ready()
 
     def request_cancel(self, job_id: str) -> bool:
@@ -454,9 +453,11 @@ class WorkerPool:
                         details: dict[str, Any]) -> None:
         if details and self._repo.persistent:  # checked here, in the job's thread: raises at its call
             serialization.encode(details, field="progress details", max_bytes=self._repo.max_payload_bytes)
-        # A copy, lists and dicts in it too: it is written later, and shown meanwhile, as it was
-        # when reported, whatever the job changes in them after.
-        self._progress.report(Report(context, progress, message, copy_nested(details) if details else details))
+            # A copy, lists and dicts in it too: it is written later, and shown meanwhile, as
+            # it was when reported, whatever the job changes in them after. (A store that
+            # is not persistent takes each report at once, and copies it itself.)
+            details = copy_nested(details)
+        self._progress.report(Report(context, progress, message, details))
 
     def _write_progress(self, report: Report) -> None:
         context = report.context

@@ -130,16 +130,17 @@ def unsound_numbers(record: JobRecord) -> Optional[str]:
     return _reset_unsound(record)
 
 
-# The numeric fields of a record: (name, kinds, may be None, is a time).
+# The numeric fields of a record: (name, kinds, may be None, is a time, must be > 0).
+# (A timeout of 0 or less, which enqueue refuses, timed every attempt out as it began.)
 _NUMBERS = (
-    ("priority", (int,), False, False),
-    ("created_at", REAL_TYPES, False, True), ("scheduled_at", REAL_TYPES, True, True),
-    ("run_at", REAL_TYPES, True, True), ("started_at", REAL_TYPES, True, True),
-    ("completed_at", REAL_TYPES, True, True), ("attempts", (int,), False, False),
-    ("max_retries", (int,), False, False), ("retry_delay", REAL_TYPES, False, False),
-    ("retry_backoff", REAL_TYPES, False, False), ("timeout", REAL_TYPES, True, False),
-    ("memory_limit", (int,), True, False),
-    ("progress", REAL_TYPES, False, False), ("lease_expires_at", REAL_TYPES, True, True),
+    ("priority", (int,), False, False, False),
+    ("created_at", REAL_TYPES, False, True, False), ("scheduled_at", REAL_TYPES, True, True, False),
+    ("run_at", REAL_TYPES, True, True, False), ("started_at", REAL_TYPES, True, True, False),
+    ("completed_at", REAL_TYPES, True, True, False), ("attempts", (int,), False, False, False),
+    ("max_retries", (int,), False, False, False), ("retry_delay", REAL_TYPES, False, False, False),
+    ("retry_backoff", REAL_TYPES, False, False, False), ("timeout", REAL_TYPES, True, False, True),
+    ("memory_limit", (int,), True, False, False),
+    ("progress", REAL_TYPES, False, False, False), ("lease_expires_at", REAL_TYPES, True, True, False),
 )
 _DEFAULTS = JobRecord("", "", "")
 DEFAULT_PRIORITY = _DEFAULTS.priority  # what a corrupt row's priority reads as
@@ -157,15 +158,14 @@ def _reset_unsound(record: JobRecord) -> Optional[str]:
     if not (type(record.blocked) is int and record.blocked >= 0):
         wrong.append(f"blocked holds {reprlib.repr(record.blocked)}, not an integer >= 0")
         record.blocked = 0
-    for name, kinds, nullable, is_time in _NUMBERS:
+    for name, kinds, nullable, is_time, positive in _NUMBERS:
         value = getattr(record, name)
         if value is None and nullable:
             continue
-        if type(value) in kinds and (not is_time or -TIME_LIMIT < value < TIME_LIMIT) and (
-                name != "timeout" or value > 0):  # (0 or less timed every attempt out as it began)
+        if type(value) in kinds and (not is_time or -TIME_LIMIT < value < TIME_LIMIT) and (not positive or value > 0):
             continue
         kind = ("a time" if is_time else "an integer" if kinds == (int,)
-                else "a number > 0" if name == "timeout" else "a number")
+                else "a number > 0" if positive else "a number")
         wrong.append(f"{name} holds {reprlib.repr(value)}, not {kind}")
         setattr(record, name, getattr(_DEFAULTS, name))
     if not wrong:
