@@ -41,10 +41,8 @@ class PostgresAdding(JobRepository):
 
     def insert(self, records: Sequence[JobRecord], now: float) -> list[str]:
         records = list(records)
-        try:
+        with TooLongForAnIndex.named_for(records):
             return self._insert(records, now)
-        except TooLongForAnIndex:
-            raise TooLongForAnIndex.named(records) from None
 
     def _insert(self, records: list[JobRecord], now: float) -> list[str]:
         if not records:
@@ -97,11 +95,9 @@ class PostgresAdding(JobRepository):
             return super().insert_claimed(record, worker_id, now, lease_expires_at)
         params = (*row_params(record, now, JobStatus.RUNNING, 0, None, self.max_payload_bytes),
                   now, worker_id, lease_expires_at)
-        try:
+        with TooLongForAnIndex.named_for([record]):
             record.seq = self._db.insert_alone(self.sql.INSERT_CLAIMED, params,
                                                stored=lambda: self._stored_seq(record, now), notifies=False)
-        except TooLongForAnIndex:
-            raise TooLongForAnIndex.named([record]) from None
         return record.id, claimed_as_stored(record, params[3], worker_id, now, lease_expires_at)
 
     def _stored_seq(self, record: JobRecord, now: float) -> Optional[int]:

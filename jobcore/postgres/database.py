@@ -9,10 +9,11 @@ nothing of jobs: that is `PostgresRepository`'s part.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import re
-from typing import Any, Callable, Literal, Optional, Sequence, TypeVar, overload
+from typing import Any, Callable, Iterator, Literal, Optional, Sequence, TypeVar, overload
 
 import psycopg
 from psycopg import conninfo
@@ -123,11 +124,16 @@ class TooLongForAnIndex(InvalidJob):
         super().__init__("id, unique_key, owner or function_name", _TOO_LONG)
 
     @staticmethod
-    def named(records: Sequence[Any]) -> InvalidJob:
-        """`InvalidJob` naming the longest indexed field of `records` (the jobs stored)."""
-        _, field = max((len((getattr(record, field) or "").encode("utf-8", "surrogatepass")), field)
-                       for record in records for field in set(_INDEXED_FIELDS.values()))
-        return InvalidJob(field, _TOO_LONG)
+    @contextlib.contextmanager
+    def named_for(records: Sequence[Any]) -> Iterator[None]:
+        """Around storing `records`: this error raised as `InvalidJob` naming the longest
+        indexed field of theirs."""
+        try:
+            yield
+        except TooLongForAnIndex:
+            _, field = max((len((getattr(record, field) or "").encode("utf-8", "surrogatepass")), field)
+                           for record in records for field in set(_INDEXED_FIELDS.values()))
+            raise InvalidJob(field, _TOO_LONG) from None
 
 
 def too_long(exc: psycopg.errors.ProgramLimitExceeded) -> Optional[InvalidJob]:

@@ -100,10 +100,8 @@ class PostgresRepository(PostgresAdding, SettlesThroughApply, JobRepository):
             rows = tx.execute(self.sql.CLAIM_MANY, claim_params).fetchall() if ids else []
             return cascades, _best_first(rows)
 
-        try:
+        with TooLongForAnIndex.named_for([record]):
             cascades, claimed = self._db.transaction(work, generic_plans=True)  # as `apply`'s
-        except TooLongForAnIndex:
-            raise TooLongForAnIndex.named([record]) from None
         claimed.sort(key=lambda r: r.id != record.id)  # the new job first; stable otherwise
         return cascades, claimed
 
