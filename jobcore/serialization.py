@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import reprlib
 from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
@@ -211,24 +212,39 @@ def decode_payload(text: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
     # which accepts or refuses it as it always did.
     try:
         data, end = _raw_decode(text)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         end = -1
     if end != len(text):
-        data = _decode(text)
+        data = loads(text, "payload")
     if not (isinstance(data, list) and len(data) == 2 and isinstance(data[0], list)
             and isinstance(data[1], dict)):
         raise ValueError(f"payload is not [args, kwargs]: {text[:80]!r}")
     return tuple(data[0]), data[1]
 
 
-def decode(text: str | None) -> Any:
-    """Decode a JSON column (`None` stays `None`). As in `decode_payload`, compact text
-    (what `encode` writes) skips `json.loads`'s checks; anything else goes through them.
+def decode(text: str | None, column: str = "result") -> Any:
+    """Decode a JSON column (`None` stays `None`), `column` named by the `ValueError` for
+    text that is not JSON (see `loads`). As in `decode_payload`, compact text (what
+    `encode` writes) skips `json.loads`'s checks; anything else goes through them.
     `wait` decodes every result it answers from memory, so this is on its path."""
     if text is None:
         return None
     try:
         data, end = _raw_decode(text)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         end = -1
-    return data if end == len(text) else _decode(text)
+    return data if end == len(text) else loads(text, column)
+
+
+def loads(text: Any, column: str) -> Any:
+    """`json.loads` of `text`, read from the stored column `column`; a `ValueError` naming
+    that column for a value that is not JSON text, or nests deeper than this thread's
+    stack decodes (a corrupt row's job fails as corrupt, the message saying where)."""
+    try:
+        return _decode(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{column} holds text that is not JSON ({exc})") from None
+    except TypeError:
+        raise ValueError(f"{column} holds {reprlib.repr(text)}, not JSON text") from None
+    except RecursionError:
+        raise ValueError(f"{column} holds JSON nested deeper than this thread's stack decodes") from None

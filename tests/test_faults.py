@@ -33,6 +33,30 @@ def test_a_corrupt_row_fails_alone(make_manager: Any, db_path: str) -> None:
     assert manager.wait(fine, timeout=WAIT).result == 2
 
 
+@pytest.mark.parametrize("column", ["tags", "metadata", "depends_on", "progress_details", "result"])
+def test_a_column_that_is_not_json_is_named_by_the_error(make_manager: Any, db_path: str, column: str) -> None:
+    # given a job whose column was edited into text that is not JSON
+    manager = make_manager(db_path)
+    manager.register_function("echo", lambda x: x)
+    job_id = manager.enqueue(Job(function_name="echo", args=(1,)))
+    _corrupt(db_path, job_id, column, "'{bad'")
+
+    # then poll tells which column holds it (it said only "Expecting property name ...")
+    assert f"cannot be decoded: {column} holds text that is not JSON (Expecting" in (manager.poll(job_id).error or "")
+
+
+def test_a_payload_that_is_not_json_is_named_by_its_run(make_manager: Any, db_path: str) -> None:
+    manager = make_manager(db_path)
+    manager.register_function("echo", lambda x: x)
+    broken = manager.enqueue(Job(function_name="echo", args=(1,)))
+    _corrupt(db_path, broken, "payload", "'[[1],{'")
+
+    manager.start()
+    bad = manager.wait(broken, timeout=WAIT)
+    assert (bad.status, bad.error_type) == (JobStatus.FAILED, "CorruptJob")
+    assert "cannot be decoded: payload holds text that is not JSON (Expecting" in (bad.error or "")
+
+
 @pytest.mark.parametrize("column", ["payload", "result", "metadata"])
 def test_a_value_nested_too_deeply_to_decode_fails_its_job_alone(make_manager: Any, db_path: str,
                                                                  column: str) -> None:
@@ -53,7 +77,7 @@ def test_a_value_nested_too_deeply_to_decode_fails_its_job_alone(make_manager: A
     manager.start()
     bad = manager.wait(ids[1], timeout=WAIT)
     assert (bad.status, bad.error_type) == (JobStatus.FAILED, "CorruptJob"), bad.error
-    assert "cannot be decoded" in (bad.error or "")
+    assert f"cannot be decoded: {column} holds JSON nested deeper than" in (bad.error or "")
     assert [manager.wait(job_id, timeout=WAIT).result for job_id in (ids[0], ids[2])] == [0, 2]
 
 

@@ -8,7 +8,6 @@ dependencies are `TEXT[]`.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Optional, Sequence
 
 from .. import serialization
@@ -67,8 +66,8 @@ def record_from_row(row: Sequence[Any]) -> JobRecord:
     try:
         if raw.payload is not None:  # None: selected without the arguments
             record.args, record.kwargs = serialization.decode_payload(raw.payload)
-        record.metadata = json_object(json.loads(raw.metadata), "metadata")
-        record.progress_details = json_object(json.loads(raw.progress_details), "progress_details")
+        record.metadata = json_object(serialization.loads(raw.metadata, "metadata"), "metadata")
+        record.progress_details = json_object(serialization.loads(raw.progress_details, "progress_details"), "progress_details")
         record.result = serialization.decode(raw.result)
     except (ValueError, TypeError, RecursionError) as exc:  # (nested deeper than this stack decodes)
         if record.decode_error is None:  # else a number was wrong first: that one is told

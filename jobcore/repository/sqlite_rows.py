@@ -216,7 +216,7 @@ def record_from_row(row: Sequence[Any]) -> JobRecord:
             record.args, record.kwargs = serialization.decode_payload(raw.payload)
         _decode_lists(record, raw.tags, raw.metadata, raw.depends_on)
         if raw.progress_details != "{}":
-            record.progress_details = json_object(json.loads(raw.progress_details), "progress_details")
+            record.progress_details = json_object(serialization.loads(raw.progress_details, "progress_details"), "progress_details")
         record.result = serialization.decode(raw.result)
     except (ValueError, TypeError, RecursionError) as exc:  # (nested deeper than this stack decodes)
         if record.decode_error is None:  # else a number was wrong first: that one is told
@@ -229,11 +229,11 @@ def _decode_lists(record: JobRecord, tags: Any, metadata: Any, depends_on: Any) 
     ValueError or TypeError naming the column for one not of its shape)."""
     # Most jobs carry none of these: skip the decoder for the empty forms.
     if tags != "[]":
-        record.tags = frozenset(json_strings(json.loads(tags), "tags"))
+        record.tags = frozenset(json_strings(serialization.loads(tags, "tags"), "tags"))
     if metadata != "{}":
-        record.metadata = json_object(json.loads(metadata), "metadata")
+        record.metadata = json_object(serialization.loads(metadata, "metadata"), "metadata")
     if depends_on != "[]":
-        record.depends_on = tuple(json_strings(json.loads(depends_on), "depends_on"))
+        record.depends_on = tuple(json_strings(serialization.loads(depends_on, "depends_on"), "depends_on"))
 
 
 def claimed_records(rows: Sequence[Sequence[Any]], full: dict[str, Sequence[Any]], started_at: float,
