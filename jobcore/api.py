@@ -9,9 +9,9 @@ from __future__ import annotations
 import atexit
 import os
 import threading
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Union, overload
 
-from .manager import JobManager
+from .manager import FunctionT, JobManager
 from .models import Job, JobResult
 
 # _default_lock guards _default.
@@ -96,7 +96,20 @@ def cancel(job_id: str) -> bool:
     return get_job_manager().cancel(job_id)
 
 
+@overload
+def register_job_function(name: FunctionT, func: None = None) -> FunctionT: ...
+
+
+@overload
+def register_job_function(name: str, func: None = None) -> Callable[[FunctionT], FunctionT]: ...
+
+
+@overload
+def register_job_function(name: str, func: FunctionT) -> FunctionT: ...
+
+
 def register_job_function(name: Union[str, Callable[..., Any]], func: Optional[Callable[..., Any]] = None) -> Any:
     """Register `func` under `name` on the default manager (a decorator without `func`;
     a function alone is registered under its `module.qualname`, as `register_function` does)."""
-    return get_job_manager().register_function(name, func)
+    register: Callable[..., Any] = get_job_manager().register_function  # (its overloads are this one's)
+    return register(name, func)

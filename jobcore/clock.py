@@ -55,12 +55,15 @@ class SystemClock:
     """The real clock."""
 
     def time(self) -> float:
+        """Wall-clock seconds since the epoch (`time.time()`)."""
         return _time.time()
 
     def monotonic(self) -> float:
+        """`time.monotonic()`: seconds from an arbitrary start, never going backwards."""
         return _time.monotonic()
 
     def sleep(self, delay: float) -> None:
+        """Block the calling thread for `delay` seconds (none if it is negative)."""
         _time.sleep(max(0.0, delay))
 
     def subscribe(self, listener: Callable[[], None]) -> None:
@@ -82,17 +85,21 @@ class FakeClock:
         self._listeners: list[Callable[[], None]] = []
 
     def time(self) -> float:
+        """The fake wall-clock time, seconds since the epoch (2030-01-01 local at first)."""
         with self._lock:
             return self._now
 
     def monotonic(self) -> float:
+        """Seconds moved by `advance` since this clock was made (`jump` leaves it)."""
         with self._lock:
             return self._now - self._start
 
     def sleep(self, delay: float) -> None:
+        """Return at once, the clock moved forward by `delay` (`advance`)."""
         self.advance(delay)
 
     def subscribe(self, listener: Callable[[], None]) -> None:
+        """Call `listener` after every `advance` and `jump` (a manager recomputes its timers)."""
         with self._lock:
             self._listeners.append(listener)
 

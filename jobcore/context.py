@@ -10,7 +10,7 @@ import contextvars
 import math
 import numbers
 import os
-from typing import Any, Callable, Optional, Protocol, cast
+from typing import Any, Callable, Optional, Protocol, Union, cast
 
 from .clock import real_monotonic
 from .errors import JobCancelled
@@ -20,6 +20,10 @@ _current: contextvars.ContextVar[Optional["JobContext"]] = contextvars.ContextVa
     "jobcore_current_job", default=None)
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+# What a progress report takes: any real number (an int, a float, a Fraction, a NumPy float).
+RealNumber = Union[float, numbers.Real]
 
 
 class ContextSink(Protocol):
@@ -121,22 +125,22 @@ class JobContext:
         if self.cancelled:
             raise JobCancelled(self.id)
 
-    def progress(self, /, progress: float, message: str = "", **details: Any) -> None:
+    def progress(self, /, progress: RealNumber, message: Optional[str] = "", **details: Any) -> None:
         """Report progress (0.0 to 1.0, clamped), a message (None: none) and JSON details.
 
         Raises `JobCancelled` if the job was asked to stop, or the attempt is over."""
         self.check_cancelled()
         self.relay_progress(progress, message, details)  # (it may have ended since the check)
 
-    def relay_progress(self, progress: float, message: str, details: dict[str, Any]) -> None:
+    def relay_progress(self, progress: RealNumber, message: Optional[str], details: dict[str, Any]) -> None:
         """Store a progress report the job made in a child process, which could not know
         of a cancel (the engine calls this for `isolation="process"`): unlike `progress`,
         never raises `JobCancelled`; ignored once the attempt is over."""
         value = _fraction_done(progress)
-        message = storable_text(message if isinstance(message, str) else "" if message is None else str(message))
+        text = storable_text(message if isinstance(message, str) else "" if message is None else str(message))
         self.reported_progress = True
         if not self.over:
-            self._sink.report_progress(self, value, message, details)
+            self._sink.report_progress(self, value, text, details)
 
     def log(self, message: str, level: str = "info") -> None:
         """Append a line to the job's log (see `JobManager.get_logs`); ignored once the
@@ -147,7 +151,7 @@ class JobContext:
         if not self.over:
             self._sink.report_log(self, level, storable_text(str(message)))
 
-    def progress_callback(self, /, progress: float, message: str = "", **details: Any) -> None:
+    def progress_callback(self, /, progress: RealNumber, message: Optional[str] = "", **details: Any) -> None:
         """The `progress_callback` handed to functions that accept one."""
         self.progress(progress, message, **details)
 

@@ -11,7 +11,7 @@ its unique key held by a job enqueued since, say, went unmentioned.)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, cast
 
 from .manager import RETRY_RULES, JobManager
 from .models import Job, JobStatus
@@ -66,7 +66,7 @@ def why_not_requeued(manager: JobManager, job: Job) -> tuple[str, bool]:
         return f"it is {now.status.value} now", False
     if job.cron is not None:
         return "it is a cron schedule", True
-    for dependency in job.depends_on:
+    for dependency in cast(list[str], job.depends_on):  # (ids: a Job is validated)
         result = manager.poll(dependency)
         if result is None and now.started_at is None:
             return f"it never ran and its dependency {dependency} was deleted", True

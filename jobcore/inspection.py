@@ -9,7 +9,7 @@ here, which these reads only read. It imports nothing of `manager`.
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Callable, Collection, Iterable, Optional, TypeVar, Union
+from typing import TYPE_CHECKING, Callable, Iterable, Optional, TypeVar, Union
 
 from .arguments import count as _count, may_exist as _may_exist, positive as _positive
 from .clock import Clock, real_monotonic, real_sleep
@@ -132,7 +132,7 @@ class Inspection(_Parts):
         self._pool.caller_waits()
         _give_way()
 
-    def list_jobs(self, status: Union[JobStatus, str, None] = None, tags: Union[str, Collection[str], None] = None,
+    def list_jobs(self, status: Union[JobStatus, str, None] = None, tags: Union[str, Iterable[str], None] = None,
                   owner: Optional[str] = None, limit: Optional[int] = 50, offset: int = 0) -> list[JobResult]:
         """Jobs newest first, filtered by status, owner, and carrying all of `tags`."""
         wanted = self._status_arg(status)

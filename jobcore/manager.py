@@ -16,7 +16,7 @@ import random
 import socket
 import threading
 import uuid
-from typing import Any, Callable, Iterable, Optional, Union
+from typing import Any, Callable, Iterable, Optional, TypeVar, Union, overload
 
 from .arguments import LONGEST_PERIOD, count as _count, may_exist as _may_exist, positive as _positive
 from .clock import SYSTEM_CLOCK, Clock
@@ -25,6 +25,7 @@ from .errors import LONGEST_RETRY_DELAY, InvalidJobType
 from .execution import check_room_to_run_here
 from .forks import on_fork_in_child
 from .models import Job, function_qualname
+from .notifications import NotificationChannel
 from .notify_dispatch import NotificationDispatcher
 from .records import event_of
 from .queue import ReadyQueue
@@ -42,6 +43,10 @@ from .log_buffer import LOG_INTERVAL
 from .workers import PoolSettings, WorkerPool
 
 __all__ = ["JobManager", "RETRY_RULES", "LONGEST_PERIOD", "build_repository", "default_database_path"]
+
+# A function registered (or decorated) and given back: its own type, so a checker still
+# checks its calls.
+FunctionT = TypeVar("FunctionT", bound=Callable[..., Any])
 
 RETRY_RULES = ("only a failed or cancelled job can be re-queued, and not a cron schedule, a job"
                " whose dependency failed or was cancelled (retry that first), one that never ran"
@@ -252,6 +257,15 @@ class JobManager(Inspection):
                     self._publish(event, record, {"error": record.error, "error_type": record.error_type})
 
     # -- functions -----------------------------------------------------------------------------
+    @overload
+    def register_function(self, name: FunctionT, func: None = None) -> FunctionT: ...
+
+    @overload
+    def register_function(self, name: str, func: None = None) -> Callable[[FunctionT], FunctionT]: ...
+
+    @overload
+    def register_function(self, name: str, func: FunctionT) -> FunctionT: ...
+
     def register_function(self, name: Union[str, Callable[..., Any]], func: Optional[Callable[..., Any]] = None) -> Any:
         """Let jobs naming `name` run `func`. Without `func`, returns a decorator. Given a
         function alone (`register_function(f)`, or `@register_function` bare), registers it
@@ -271,7 +285,7 @@ class JobManager(Inspection):
         return func
 
     def periodic(self, cron: str, *, name: Optional[str] = None, timezone: Optional[str] = None,
-                 run_at_startup: bool = False, **job_options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+                 run_at_startup: bool = False, **job_options: Any) -> Callable[[FunctionT], FunctionT]:
         """Decorator: register the function and keep one cron schedule running it.
 
             @manager.periodic("*/15 * * * *")
@@ -280,7 +294,7 @@ class JobManager(Inspection):
         The schedule is keyed by the function's name, so restarts reuse it rather than
         adding another; if the expression changed, the old schedule is replaced.
         `run_at_startup` also enqueues one run now. Other keywords go to `Job`."""
-        def decorator(func: Callable[..., Any]) -> Callable[..., Any]:
+        def decorator(func: FunctionT) -> FunctionT:
             function_name = name or function_qualname(func)
             self.register_function(function_name, func)
             self._ensure_schedule(function_name, cron, timezone, job_options)
@@ -390,7 +404,7 @@ class JobManager(Inspection):
         return deleted
 
     # -- notifications -------------------------------------------------------------------------------
-    def add_notification_channel(self, channel: Any) -> None:
+    def add_notification_channel(self, channel: NotificationChannel) -> None:
         """Send engine events (at least dead-lettered jobs) to `channel.send(event)`."""
         self._notifier.add(channel)
 

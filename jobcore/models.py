@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from collections.abc import Iterable as IterableABC
-from typing import Any, Callable, Mapping, NamedTuple, Optional
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence, Union
 
 from .cron import CronExpression
 from .errors import InvalidJob, InvalidJobType
@@ -90,13 +90,13 @@ class Job:
     scheduled_at: Optional[datetime] = None
     cron: Optional[str] = None
     cron_timezone: Optional[str] = None
-    depends_on: list[str] = field(default_factory=list)
+    depends_on: Sequence[Union[str, Job]] = field(default_factory=list)
     max_retries: int = 3
     retry_delay: float = 1.0
     retry_backoff: float = 2.0
     retry_jitter: bool = True
     timeout: Optional[float] = None
-    tags: set[str] = field(default_factory=set)
+    tags: Union[set[str], frozenset[str], list[str], tuple[str, ...]] = field(default_factory=set)
     metadata: dict[str, Any] = field(default_factory=dict)
     owner: Optional[str] = None
     unique_key: Optional[str] = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from datetime import datetime
-from typing import Any, Callable, Optional, overload
+from typing import Any, Callable, Optional, cast, overload
 
 from .errors import InvalidJob
 from .job_fields import TIME_LIMIT
@@ -59,7 +59,7 @@ def record_for(job: Job, now: float) -> JobRecord:
             raise InvalidJob("cron", f"its first fire ({datetime.fromtimestamp(run_at).isoformat()}) is past"
                                      " 29 April 3871, the last time a store keeps")
         due_later = True
-    depends_on = job.depends_on
+    depends_on = cast(list[str], job.depends_on)  # (validated: the ids, Job objects made ids)
     # Every field given by position, in `RECORD_FIELDS` (checked at import).
     return JobRecord(
         job.id, job.function_name, job.name, job.args, dict(job.kwargs), int(job.priority),

@@ -4,7 +4,10 @@
 line. It reads and changes jobs only through a `JobManager`, and runs none.
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # a type checker sees the class itself (at run time it loads on first use)
+    from .server import DashboardServer
 
 __all__ = ["DashboardServer"]
 

@@ -25,18 +25,22 @@ class SettlesThroughApply:
 
     def complete(self, job_id: str, worker_id: str, attempt: int, result: Any, now: float,
                  note: Optional[str] = None) -> Optional[Cascade]:
+        """`JobRepository.complete`, as one `apply` call."""
         return self._settle_alone(Settlement("complete", job_id, attempt, result=result, note=note),
                                   worker_id, now)
 
     def fail(self, job_id: str, worker_id: str, attempt: int, *, error: str, error_type: str,
              traceback: Optional[str], now: float, retry_at: Optional[float],
              note: Optional[str] = None) -> Optional[Cascade]:
+        """`JobRepository.fail`, as one `apply` call."""
         settlement = Settlement("fail" if retry_at is None else "retry", job_id, attempt, error=error,
                                 error_type=error_type, traceback=traceback, retry_at=retry_at, note=note)
         return self._settle_alone(settlement, worker_id, now)
 
     def finish_cancelled(self, job_id: str, worker_id: str, attempt: int, now: float) -> Optional[Cascade]:
+        """`JobRepository.finish_cancelled`, as one `apply` call."""
         return self._settle_alone(Settlement("cancel", job_id, attempt), worker_id, now)
 
     def release(self, job_id: str, worker_id: str, attempt: int, now: float) -> bool:
+        """`JobRepository.release`, as one `apply` call."""
         return self._settle_alone(Settlement("release", job_id, attempt), worker_id, now) is not None

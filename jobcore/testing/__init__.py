@@ -7,7 +7,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # a type checker sees them typed (at run time they load on first use)
+    from .contract import RepositoryContract, make_record
 
 __all__ = ["RepositoryContract", "make_record"]
 
