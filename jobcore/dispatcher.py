@@ -90,7 +90,7 @@ class Dispatcher:
                     exchange = None if state.exchanging else self._exchange_due_locked()
                     if exchange is not None or schedules:
                         break
-                    if state.stopping and not state.running and not state.exchanging:
+                    if state.stopping and not (state.running or state.deciding or state.exchanging):
                         # Handed back below: held (`settling`) until `on_settled` is told of
                         # them, whether they end PENDING or, their cancel requested, CANCELLED.
                         buffered = list(state.buffer)

@@ -129,6 +129,9 @@ class Lifecycle:
         if wait and job is not None and job.runs_on(self._pool):
             raise RuntimeError("stop() called from inside one of this manager's jobs would wait for that"
                                " job itself; call stop(wait=False) there, or stop() from another thread")
+        if wait and self._pool.on_own_thread():  # (a retry_on classifier, a channel's wants())
+            raise RuntimeError("stop() called on one of this manager's own threads would wait for that"
+                               " thread itself; call stop(wait=False) there, or stop() from another thread")
         self._in_lifecycle.call = "stop"
         try:
             stopped = self._stop_threads(timeout if wait else 0.0)

@@ -69,6 +69,10 @@ class PoolState:
         self.deferred: dict[str, JobRecord] = {}
         self.finished: list[Finished] = []  # waiting for an exchange to record them
         self.settling: set[str] = set()  # finished here, not yet told to `on_settled`
+        # Attempts given up at their timeout whose outcome a thread of its own is deciding
+        # (the job's retry_on runs there: `PoolThreads.time_out_overdue`); in `settling`
+        # meanwhile, and in `finished` once decided. The dispatcher's last recording waits.
+        self.deciding = 0
         self.cancel_ids: set[str] = set()  # buffered jobs to cancel when they start
         self.stopping = True
         # Counts the pool's starts: threads started by an earlier one leave (`WorkerPool.start`).

@@ -24,7 +24,7 @@ from .execution import Outcome
 from .pool_state import PoolState, Slot
 from .progress import Report
 from .recorder import Finished
-from .repository.base import LogLine
+from .repository.base import LogLine, Settlement
 
 logger = logging.getLogger("jobcore.workers")
 
@@ -36,6 +36,7 @@ class PoolThreads:
     def __init__(self, state: PoolState, dispatcher: Dispatcher, clock: Clock, max_workers: int,
                  lease_timeout: float, serve: Callable[[Slot], None],
                  given_up: Callable[[JobContext], tuple[Optional[Report], tuple[LogLine, ...]]],
+                 decide_given_up: Callable[[Finished], Optional[Settlement]] = lambda finished: None,
                  store_held_here: Callable[[], bool] = lambda: False) -> None:
         self._state = state
         self._store_held_here = store_held_here
@@ -47,8 +48,13 @@ class PoolThreads:
         # What an attempt given up at its timeout left waiting (its last progress report,
         # its log lines): taken by the exchange recording its `JobTimeout` (`Finished.collect`).
         self._given_up = given_up
+        # The settlement of such an attempt's `Finished` (None: left to the exchange),
+        # called on a thread of its own: the job's retry_on, user code, runs there (in the
+        # exchange, it held up every claim while it ran; a stop from it waited for itself).
+        self._decide_given_up = decide_given_up
         # The `PoolState`'s lock guards these.
         self._threads: list[tuple[threading.Thread, Slot]] = []
+        self._deciders: set[threading.Thread] = set()  # deciding timed-out attempts' outcomes
         self._abandoned = 0
         self._next_slot = 0
         # A stop on the thread making an exchange left the dispatcher unjoined (see `stop`):
@@ -58,6 +64,7 @@ class PoolThreads:
     def forked(self) -> None:
         """In a forked child (after `PoolState.forked`): no thread runs here."""
         self._threads = []
+        self._deciders = set()
         self._abandoned = 0
         self.dispatcher_left = False
 
@@ -184,8 +191,51 @@ class PoolThreads:
         ends). Called with the lock held."""
         self._abandoned -= 1
 
+    def on_own_thread(self) -> bool:
+        """True on one of this pool's threads: a worker (abandoned too), the dispatcher, or
+        one deciding a timed-out attempt's outcome."""
+        current = threading.current_thread()
+        with self._state.lock:
+            return (current is self._dispatcher.thread or current in self._deciders
+                    or any(thread is current for thread, _ in self._threads))
+
     def time_out_overdue(self, now: float) -> Optional[float]:
         """See `WorkerPool.time_out_overdue`."""
+        given_up: list[Finished] = []
+        try:
+            return self._time_out_overdue(now, given_up)
+        finally:
+            for finished in given_up:
+                self._decide_apart(finished)
+
+    def _decide_apart(self, finished: Finished) -> None:
+        """Decide the outcome of an attempt given up at its timeout on a thread of its own,
+        then queue it for an exchange to record (at once, if no thread can be started)."""
+        thread = threading.Thread(target=self._decide, args=(finished,), daemon=True,
+                                  name=f"jobcore-timeout-{finished.record.id[:12]}")
+        with self._state.lock:
+            self._deciders.add(thread)
+        try:
+            thread.start()
+        except BaseException:  # (no thread to be had: the exchange decides it, as before)
+            self._hand_in(finished)
+            raise
+
+    def _decide(self, finished: Finished) -> None:
+        try:
+            finished.settlement = self._decide_given_up(finished)
+        finally:  # (decided or not: the exchange decides what is not)
+            self._hand_in(finished)
+
+    def _hand_in(self, finished: Finished) -> None:
+        state = self._state
+        with state.lock:
+            self._deciders.discard(threading.current_thread())
+            state.deciding -= 1
+            state.add_finished_locked(finished)
+            state.dispatch_needed.notify()
+
+    def _time_out_overdue(self, now: float, given_up: list[Finished]) -> Optional[float]:
         with self._state.lock:
             ahead = []
             for attempt in list(self._state.running.values()):
@@ -206,9 +256,10 @@ class PoolThreads:
                 logger.warning("job %s exceeded its timeout of %.3fs; its thread is abandoned",
                                record.id, record.timeout)
                 outcome = Outcome(error=JobTimeout(record.timeout or 0.0))
-                self._state.add_finished_locked(Finished(record, attempt.context, outcome, now - attempt.started,
-                                                         collect=functools.partial(self._given_up, attempt.context)))
-                self._state.dispatch_needed.notify()
+                given_up.append(Finished(record, attempt.context, outcome, now - attempt.started,
+                                         collect=functools.partial(self._given_up, attempt.context)))
+                self._state.deciding += 1
+                self._state.settling.add(record.id)  # held here until recorded, as in `add_finished_locked`
         return min(ahead) if ahead else None
 
     def plan_upkeep(self, wake_at: float) -> float:

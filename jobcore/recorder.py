@@ -260,6 +260,16 @@ class Recorder:
             logger.exception("could not decide the outcome of job %s here", finished.record.id)
             return None
 
+    def decide_given_up(self, finished: Finished) -> Optional[Settlement]:
+        """`decide` for an attempt given up at its timeout (its last report and log lines
+        taken first, as `_settled` takes them), on a thread of its own; None if deciding
+        failed (decided again when recorded)."""
+        try:
+            return self._settled(finished, self._clock.time())
+        except Exception:  # (never: `_settled` fails the job rather than raise)
+            logger.exception("could not decide the outcome of job %s here", finished.record.id)
+            return None
+
     def _settled(self, finished: Finished, now: float) -> Settlement:
         """`_settlement`, or if even that fails (a bug of the engine's), a final failure
         saying so: the thread recording it must go on, and the job must not stay RUNNING.

@@ -104,6 +104,7 @@ class WorkerPool:
                                       give_up_after=settings.lease_timeout)
         self._pool_threads = PoolThreads(self._state, self._dispatcher, clock, settings.max_workers,
                                          settings.lease_timeout, serve=self._serve, given_up=self._left_waiting,
+                                         decide_given_up=self._recorder.decide_given_up,
                                          store_held_here=repository.held_here)
         self._holdings = Holdings(self._state, repository, self._claims, clock, worker_id,
                                   settings.lease_timeout, on_settled)
@@ -154,6 +155,11 @@ class WorkerPool:
         recorded (claimed, unstarted ones are handed back). True if all threads ended
         (not counting those abandoned in a timed-out attempt: see `PoolThreads.stop`)."""
         return self._pool_threads.stop(timeout)
+
+    def on_own_thread(self) -> bool:
+        """True on one of the pool's threads (a worker, the dispatcher, one deciding a
+        timed-out attempt's outcome): a stop that waits would wait for itself there."""
+        return self._pool_threads.on_own_thread()
 
     @property
     def dispatcher_left(self) -> bool:
@@ -208,7 +214,7 @@ class WorkerPool:
         jobs another process enqueues or retries."""
         state = self._state
         with state.lock:
-            busy = bool(state.running or state.buffer or state.finished or state.exchanging)
+            busy = bool(state.running or state.buffer or state.finished or state.deciding or state.exchanging)
         return not busy and not self._queue.has_ready()
 
     @property

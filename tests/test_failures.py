@@ -554,6 +554,107 @@ def test_stop_does_not_wait_for_a_thread_its_job_timeout_abandons_meanwhile(make
         release.set()
 
 
+@pytest.fixture(params=["sqlite", "memory"])
+def store(request: Any, db_path: str) -> Any:
+    """A SQLite file, then a memory store, for a manager to be built on."""
+    return db_path if request.param == "sqlite" else MemoryRepository()
+
+
+def test_a_slow_classifier_of_a_timed_out_attempt_holds_up_no_other_job(make_manager: Any, store: Any) -> None:
+    # given a job whose retry_on blocks (it asks a service, or waits for a job of its
+    # own), and an attempt of it that times out
+    classifying, go_on, release = threading.Event(), threading.Event(), threading.Event()
+    seen: list[str] = []
+
+    def classifier(exc: BaseException) -> bool:
+        seen.append(threading.current_thread().name)
+        classifying.set()
+        assert go_on.wait(WAIT)
+        return False
+
+    manager = make_manager(store, max_workers=3).start()
+    manager.register_function("echo", lambda x: x)
+    try:
+        slow = manager.enqueue(Job(function=release.wait, args=(WAIT,), timeout=0.05, retry_on=classifier))
+        assert classifying.wait(WAIT)
+
+        # when another job is enqueued while the classifier runs, then it runs, two
+        # workers being free (the classifier ran inside the recording exchange, and no
+        # job started until it returned)
+        other = manager.enqueue(Job(function_name="echo", args=(1,)))
+        assert manager.wait(other, timeout=5).result == 1
+        assert seen[0].startswith("jobcore-timeout-")
+    finally:
+        go_on.set()
+        release.set()
+    result = manager.wait(slow, timeout=WAIT)
+    assert (result.status, result.error_type, result.attempts) == (JobStatus.FAILED, "JobTimeout", 1)
+
+
+def test_a_stop_waits_for_a_timed_out_attempts_classifier_and_records_its_outcome(make_manager: Any,
+                                                                                 store: Any) -> None:
+    classifying, go_on, release = threading.Event(), threading.Event(), threading.Event()
+
+    def classifier(exc: BaseException) -> bool:
+        classifying.set()
+        assert go_on.wait(WAIT)
+        return True
+
+    manager = make_manager(store, max_workers=1).start()
+    try:
+        job_id = manager.enqueue(Job(function=release.wait, args=(WAIT,), timeout=0.05, retry_on=classifier,
+                                     retry_delay=3600))
+        assert classifying.wait(WAIT)
+        stopper = threading.Thread(target=manager.stop)
+        stopper.start()
+        stopper.join(0.2)
+        assert stopper.is_alive()  # its outcome is not decided yet
+        go_on.set()
+        stopper.join(WAIT)
+        assert not stopper.is_alive()
+    finally:
+        go_on.set()
+        release.set()
+    # then the stop recorded it as decided: a retry an hour ahead, not RUNNING
+    result = manager.poll(job_id)
+    assert (result.status, result.error_type, result.attempts) == (JobStatus.SCHEDULED, "JobTimeout", 1)
+
+
+@pytest.mark.parametrize("timeout", [None, 0.05])
+def test_a_stop_that_waits_from_a_classifier_is_refused_not_a_hang(make_manager: Any, store: Any,
+                                                                   timeout: Optional[float]) -> None:
+    # given a retry_on that stops the manager (a circuit breaker), on the thread deciding
+    # the outcome (a worker's, or one of its own for a timeout)
+    refused: list[str] = []
+    done, release = threading.Event(), threading.Event()
+
+    def classifier(exc: BaseException) -> bool:
+        try:
+            manager.stop()
+        except RuntimeError as error:
+            refused.append(str(error))
+        manager.stop(wait=False)  # what it may do there
+        done.set()
+        return False
+
+    def fails() -> None:
+        if timeout is not None:
+            release.wait(WAIT)
+        raise ValueError("bad")
+
+    manager = make_manager(store, max_workers=2).start()
+    try:
+        job_id = manager.enqueue(Job(function=fails, timeout=timeout, retry_on=classifier))
+        # then the stop that would wait for its own thread is refused (it hung for ever,
+        # the job left RUNNING), and the outcome is recorded
+        assert done.wait(5)
+    finally:
+        release.set()
+    assert refused and "stop() called on one of this manager's own threads" in refused[0]
+    result = manager.wait(job_id, timeout=WAIT)
+    assert (result.status, result.error_type) == (JobStatus.FAILED, "JobTimeout" if timeout else "ValueError")
+
+
 def test_timed_out_threads_are_forgotten_once_they_return(make_manager: Any, db_path: str) -> None:
     release = threading.Event()
     manager = make_manager(db_path, max_workers=1).start()
