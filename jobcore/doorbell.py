@@ -51,17 +51,25 @@ class Doorbell:
         self.key = key
         self._wake = wake
         self._cancel = cancel
+        self._joins = 0  # joins not yet left (the housekeeper's, a `run_pending`'s): guarded by _lock
 
     def join(self) -> None:
-        """Be woken by the others' rings (idempotent)."""
+        """Be woken by the others' rings, until as many `leave` calls as joins were made
+        (the housekeeper's thread and `run_pending` each join while they run)."""
         with _lock:
             bells = _rings.get(self.key, ())
-            if self not in bells:
+            if self in bells:
+                self._joins += 1
+            else:  # (counted afresh: a forked child's bells start out of the rings, whatever the parent counted)
+                self._joins = 1
                 _rings[self.key] = (*bells, self)
 
     def leave(self) -> None:
-        """Be woken no more (idempotent)."""
+        """Undo one `join`: the last one left, be woken no more."""
         with _lock:
+            self._joins = max(0, self._joins - 1)
+            if self._joins:
+                return
             bells = tuple(bell for bell in _rings.get(self.key, ()) if bell is not self)
             if bells:
                 _rings[self.key] = bells

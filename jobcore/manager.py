@@ -341,15 +341,16 @@ class JobManager(Inspection):
         ran, enqueuer = 0, self._enqueuer
         was, enqueuer.running_pending = enqueuer.running_pending, True  # (see `Enqueuer.running_pending`)
         try:
-            while True:  # a window of the store at a time
-                self._load_queue()
-                ran_now = self._pool.run_pending(None if limit is None else limit - ran)
-                ran += ran_now
-                # Until a window runs nothing: the jobs run may have stored others ready now
-                # (a retry inside a job, a dependent released), which a persistent store
-                # keeps no note of here.
-                if not ran_now or (limit is not None and ran >= limit):
-                    return ran
+            with self._housekeeper.hearing_cancels():
+                while True:  # a window of the store at a time
+                    self._load_queue()
+                    ran_now = self._pool.run_pending(None if limit is None else limit - ran)
+                    ran += ran_now
+                    # Until a window runs nothing: the jobs run may have stored others ready now
+                    # (a retry inside a job, a dependent released), which a persistent store
+                    # keeps no note of here.
+                    if not ran_now or (limit is not None and ran >= limit):
+                        return ran
         finally:
             enqueuer.running_pending = was
 

@@ -16,6 +16,7 @@ import pytest
 from jobcore import (FakeClock, Job, JobCancelled, JobManager, JobPriority, JobRepository, JobStatus, MemoryRepository,
                      SQLiteRepository, UnknownFunction, current_job)
 import jobcore.loading
+from jobcore import doorbell
 from stuck import stuck_past_stop
 from jobcore.loading import READY_LOAD_LIMIT
 from waiting import wait_until
@@ -294,6 +295,32 @@ def test_a_cancel_by_another_manager_of_this_process_reaches_the_running_job_at_
     assert producer.cancel(job_id) is True
     result = worker.wait(job_id, timeout=WAIT)
     assert (result.status, result.attempts) == (JobStatus.CANCELLED, 1)
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_a_cancel_by_another_manager_of_this_process_reaches_a_job_run_pending_runs(
+        make_manager: Any, db_path: str, kind: str) -> None:
+    # given a job run on the caller's thread by run_pending(), and a second manager of this
+    # process on the same store (only a started manager heard the doorbell: the job ran on)
+    store = MemoryRepository() if kind == "memory" else db_path
+    runner = make_manager(store, clock=FakeClock())
+    other = make_manager(runner.repository if kind == "memory" else store, producer=True)
+    seen: list[str] = []
+
+    def job() -> None:
+        assert other.cancel(current_job().id) is True  # type: ignore[union-attr]
+        seen.append("cancelled")
+        current_job().check_cancelled()  # type: ignore[union-attr]
+        seen.append("went on")
+
+    job_id = runner.enqueue(Job(function=job, max_retries=0))
+    assert runner.run_pending() == 1
+
+    # then the job's next check raises JobCancelled, and it ends CANCELLED
+    assert seen == ["cancelled"]
+    assert runner.poll(job_id).status is JobStatus.CANCELLED  # type: ignore[union-attr]
+    # and run_pending left the doorbell: a manager never started keeps no place there
+    assert runner.repository.store_key not in doorbell._rings
 
 
 @pytest.mark.parametrize("style", ["progress_callback", "check_cancelled"])
