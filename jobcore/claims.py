@@ -60,6 +60,13 @@ class ClaimCheck:
             return False
         ours = (current is not None and current.status is JobStatus.RUNNING
                 and current.worker_id == self.worker_id and current.attempts == record.attempts)
+        if ours and renew and current is not None:
+            # Renewed, its lease is half a lease away or more. A renewal can be skipped
+            # without a word (PostgreSQL's skips a row another transaction locks: another
+            # process's recovery taking the job back, not yet committed, while the read
+            # still shows the job ours): a lease left lapsing then is not taken for ours.
+            lease = current.lease_expires_at
+            ours = lease is not None and lease >= now + self._lease / 2
         if not ours:
             logger.warning("job %s: this worker's claim lapsed before it started (the process"
                            " stopped renewing it); not started here", record.id)

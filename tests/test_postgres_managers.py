@@ -24,6 +24,8 @@ import pg_fixtures
 from pg_fixtures import *  # noqa: F401,F403 (the fixtures: server, schema, repo)
 from pg_fixtures import ROOT, WAIT, Schema, psycopg
 from jobcore import Job, JobManager, JobPriority, JobStatus, RetryableError, current_job
+from jobcore.claims import ClaimCheck
+from jobcore.clock import SystemClock
 from recovery_checks import runs_again_with_its_reason, runs_once_through_a_lock
 from waiting import wait_until
 from subprocesses import close_pipes
@@ -271,6 +273,33 @@ def test_a_running_job_whose_lease_is_not_a_time_is_taken_back(schema: Schema,
     # when a manager runs on the store, recovering leases often
     # then the job is taken back and runs again, and its log tells why
     runs_again_with_its_reason(make_manager, schema.repository(), job_id, "lease_expires_at held inf, not a time")
+
+
+@pytest.mark.parametrize("locked_elsewhere", [True, False])
+def test_a_claim_check_does_not_take_a_skipped_renewal_for_its_own(schema: Schema, make_manager: Callable[..., JobManager],
+                                                                   locked_elsewhere: bool) -> None:
+    # given a job claimed in reserve by a worker that stalled past its lease, and another
+    # process's recovery taking it back: the row locked, not yet committed
+    repo = schema.repository()
+    job_id = make_manager(repo, producer=True).enqueue(Job(function_name="echo", args=(1,)))
+    now = time.time()
+    record = repo.claim(job_id, "stalled", now - 20, now - 10)
+    assert record is not None
+    check = ClaimCheck(repo, "stalled", SystemClock(), 10.0)
+    with psycopg.connect(schema.server) as recovering:
+        if locked_elsewhere:
+            recovering.execute(f'SELECT 1 FROM "{schema.name}".jobs WHERE id = %s FOR UPDATE', (job_id,))
+
+        # when the stalled worker wakes and checks its claim before starting the job
+        ours = check.still_ours(record, renew=True)
+        recovering.rollback()
+
+    # then it does not start it while the recovery holds the row (its renewal skipped that
+    # row, and the read still showed the job its own: two live workers ran it), and does
+    # once its renewal landed
+    assert ours is not locked_elsewhere
+    lease = repo.get(job_id).lease_expires_at  # type: ignore[union-attr]
+    assert (lease < now) is locked_elsewhere
 
 
 def test_a_job_runs_once_through_a_table_lock_longer_than_its_lease(schema: Schema,
