@@ -106,7 +106,8 @@ class JobTimeout(JobcoreError, TimeoutError):
     """The error recorded when an attempt ran longer than its job's `timeout`."""
 
     def __init__(self, timeout: float, *args: Any) -> None:
-        super().__init__(f"attempt exceeded its timeout of {timeout:g}s", *args)
+        # (`.15g`: as given, 1209600 or 0.1234567, where `g` showed 1.2096e+06 and 0.123457)
+        super().__init__(f"attempt exceeded its timeout of {timeout:.15g}s", *args)
         self.timeout = timeout
 
 

@@ -56,6 +56,13 @@ def test_default_classification(exc: BaseException, transient: bool) -> None:
     assert is_transient(exc) is transient
 
 
+@pytest.mark.parametrize("timeout, shown", [(600, "600"), (0.3, "0.3"), (1209600, "1209600"),
+                                            (0.1234567, "0.1234567"), (2.5e-7, "2.5e-07")])
+def test_a_timeouts_message_shows_the_timeout_as_given(timeout: float, shown: str) -> None:
+    # (14 days showed as 1.2096e+06s, 0.1234567 as 0.123457s)
+    assert str(JobTimeout(timeout)) == f"attempt exceeded its timeout of {shown}s"
+
+
 def test_retry_delay_is_exponential_capped_and_jittered_in_band() -> None:
     rng = random.Random(7)
     plain = [retry_delay(n, delay=0.2, backoff=2.0, jitter=False, max_delay=60, rng=rng) for n in (1, 2, 3)]
