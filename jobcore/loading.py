@@ -33,6 +33,9 @@ class QueueLoader:
         self._registry = registry
         self._pool = pool
         self._queue = queue
+        # The queue keeps a window of a persistent store's ready jobs, twice at most; the
+        # memory store keeps every job whole anyway (see `ReadyQueue.window`).
+        queue.window = READY_LOAD_LIMIT if repository.persistent else None
         # Real monotonic time before which a spaced load skips the scheduled jobs. Set by
         # the thread loading the queue (the housekeeper's, one starting the manager, one
         # registering a function on it): a value lost to a race only moves a read.
@@ -75,8 +78,8 @@ class QueueLoader:
             # cancel committed is not queued again after that cancel discarded it.
             with self._queue.reading() as read:
                 ready = self._repo.ready(names, READY_LOAD_LIMIT)
-                self._pool.enqueue_entries(ready, read)
-            more = len(ready) >= READY_LOAD_LIMIT
+                more = len(ready) >= READY_LOAD_LIMIT
+                self._pool.enqueue_entries(ready, read, window_full=more)
             self._queue.watch_low(READY_LOAD_LIMIT // 4 if more else 0)
         else:
             # No ids to queue: the pool claims the store's best by number, in an exchange

@@ -77,9 +77,11 @@ class Recorder:
         return (entry.is_schedule or entry.function_name in self._registry
                 or self._local.function(entry.job_id) is not None)
 
-    def enqueue_entries(self, entries: Iterable[QueueEntry], read: Optional[int] = None) -> None:
+    def enqueue_entries(self, entries: Iterable[QueueEntry], read: Optional[int] = None,
+                        window_full: Optional[bool] = None) -> None:
         """Queue entries this process can run (ready now, or as timers). `read`: the mark
-        of the store read that found them (`ReadyQueue.reading`), if they were read."""
+        of the store read that found them (`ReadyQueue.reading`), if they were read;
+        `window_full`: as for `ReadyQueue.push_ready` (a window read of the ready jobs)."""
         now = self._clock.time()
         ready = []
         for entry in entries:
@@ -89,7 +91,7 @@ class Recorder:
                     self._queue.push(entry, due, read=read)
                 else:
                     ready.append(entry)
-        self._queue.push_ready(ready, read=read)
+        self._queue.push_ready(ready, read=read, window_full=window_full)
 
     def fire_schedule(self, entry: QueueEntry) -> None:
         """Fire a due cron schedule; storage trouble retries it in a second."""

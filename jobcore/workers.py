@@ -233,10 +233,11 @@ class WorkerPool:
         """Signal a job held here to stop; False if it is not held here."""
         return self._holdings.request_cancel(job_id)
 
-    def enqueue_entries(self, entries: Iterable[QueueEntry], read: Optional[int] = None) -> None:
-        """Queue entries this process can run (ready now, or as timers); `read` as for
-        `Recorder.enqueue_entries`."""
-        self._recorder.enqueue_entries(entries, read)
+    def enqueue_entries(self, entries: Iterable[QueueEntry], read: Optional[int] = None,
+                        window_full: Optional[bool] = None) -> None:
+        """Queue entries this process can run (ready now, or as timers); `read` and
+        `window_full` as for `Recorder.enqueue_entries`."""
+        self._recorder.enqueue_entries(entries, read, window_full)
 
     def exchange_inserting(self, record: JobRecord, now: float) -> bool:
         """Store a plain pending job in an exchange made by the enqueuing thread; False if

@@ -584,6 +584,32 @@ def test_a_store_deeper_than_the_window_is_read_again_before_the_queue_runs_dry(
     assert {n % 3 for n in ran[:100]} == {2}
 
 
+def test_jobs_enqueued_into_a_started_manager_do_not_run_ahead_of_better_ones_past_the_window(
+        make_manager: Any, db_path: str, monkeypatch: Any) -> None:
+    # given a manager reading 50 ready jobs at a time, 150 NORMAL jobs stored before it
+    # starts (100 of them past its window), and its one worker busy
+    monkeypatch.setattr(jobcore.loading, "READY_LOAD_LIMIT", 50)
+    manager = make_manager(db_path, max_workers=1, poll_interval=60.0, discovery_interval=60.0)
+    ran: list[int] = []
+    busy, release = threading.Event(), threading.Event()
+    manager.register_function("block", lambda: busy.set() or release.wait(WAIT))
+    manager.register_function("task", ran.append)
+    manager.enqueue(Job(function_name="block", priority=JobPriority.CRITICAL))
+    normal = manager.enqueue_many([Job(function_name="task", args=(5,), priority=5) for _ in range(150)])
+    manager.start()
+    assert busy.wait(WAIT)
+    # when LOW jobs are enqueued meanwhile, more than twice the window of them
+    low = manager.enqueue_many([Job(function_name="task", args=(0,), priority=0) for _ in range(120)])
+    # then the queue keeps a window of them, not one entry each (about 0.4 KB a job:
+    # 200,000 enqueued into a started manager took 85 MB)
+    assert len(manager._queue) <= 2 * 50
+    release.set()
+    # and every NORMAL job runs before any LOW one (the LOW jobs, queued, ran before the
+    # 100 NORMAL ones past the window)
+    assert all(manager.wait(job_id, timeout=WAIT).status is JobStatus.COMPLETED for job_id in normal + low)
+    assert ran == [5] * 150 + [0] * 120
+
+
 def test_a_window_the_workers_empty_before_its_low_mark_is_set_is_read_again(
         make_manager: Any, monkeypatch: Any) -> None:
     # given a manager reading 100 ready jobs at a time (periodic reads a minute apart), 300

@@ -391,3 +391,53 @@ def test_a_job_retried_during_a_read_runs_once(repository: JobRepository,
         assert manager.retry(job_id)
         manager._pool.enqueue_entries([repo.get(job_id).queue_entry()], read)  # type: ignore[union-attr]
     assert manager.run_pending() == 1 and ran == [1]
+
+
+def ready(job_id: str, priority: int, seq: int) -> QueueEntry:
+    return QueueEntry(job_id, priority, seq, None, "task")
+
+
+def test_a_persistent_stores_queue_keeps_a_window_and_leaves_worse_entries_in_the_store() -> None:
+    # given a queue keeping a window of 10 ready entries, and a full window read
+    queue = ReadyQueue(FakeClock(START))
+    queue.window = 10
+    low: list[int] = []
+    queue.running_low = lambda: low.append(len(queue))
+    queue.push_ready([ready(f"w{n}", 5, n) for n in range(10)], window_full=True)
+    # when worse entries are queued (a stream of LOW jobs), and better ones
+    queue.push_ready([ready(f"low{n}", 0, 100 + n) for n in range(50)])
+    queue.push_ready([ready(f"high{n}", 9, 200 + n) for n in range(25)])
+    # then the worse ones wait in the store (the next window read finds them), and the
+    # better ones beyond twice the window too: the best ten are kept, the store asked
+    # for more as the queue runs low
+    assert len(queue) <= 20
+    taken = queue.pop_ready(100)
+    assert [e.job_id for e in taken[:10]] == [f"high{n}" for n in range(10)]
+    assert all(e.priority >= 5 for e in taken)
+    assert low
+    # and a window read that is not full (the store has no more) queues every entry again
+    queue.push_ready([ready(f"low{n}", 0, 100 + n) for n in range(3)], window_full=False)
+    queue.push_ready([ready("late", 0, 999)])
+    assert [e.job_id for e in queue.pop_ready(100)] == ["low0", "low1", "low2", "late"]
+
+
+def test_an_entry_turned_away_while_a_window_is_read_is_judged_again_by_that_window() -> None:
+    # given a queue whose bound is a window of priority 5, and a read of the store under
+    # way that began before a LOW job was stored (so it does not see it)
+    queue = ReadyQueue(FakeClock(START))
+    queue.window = 2
+    queue.push_ready([ready("a", 5, 1), ready("b", 5, 2)], window_full=True)
+    with queue.reading() as read:
+        queue.push_ready([ready("low", 0, 3)])  # worse than the bound: turned away
+        assert "low" not in queue
+        # when that read finds fewer than a window (the store's last ready jobs)
+        queue.push_ready([ready("c", 5, 4)], read=read, window_full=False)
+    # then the LOW job is queued after all: no window read would have found it again
+    assert [e.job_id for e in queue.pop_ready(10)] == ["a", "b", "c", "low"]
+
+
+def test_a_memory_stores_queue_keeps_every_entry() -> None:
+    queue = ReadyQueue(FakeClock(START))  # window None: the memory store's
+    queue.push_ready([ready(f"w{n}", 5, n) for n in range(10)], window_full=True)
+    queue.push_ready([ready(f"low{n}", 0, 100 + n) for n in range(50)])
+    assert len(queue) == 60
