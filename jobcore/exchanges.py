@@ -89,7 +89,7 @@ class Exchanges:
             if from_store:
                 dropped_best = self._queue.drop_stale_pending(known)[1]
                 best = max((p for p in (dropped_best, self._store_best) if p is not None), default=None)
-            entries = self._queue.pop_ready(room, at_least=best) if room > 0 else []
+            entries = self._queue.pop_ready(room, at_least=best, claiming=True) if room > 0 else []
         except Exception:  # a fault here must not end the thread: it holds the pool's one exchange
             logger.exception("reading the ready queue failed; this exchange claims nothing")
             entries = []
@@ -97,9 +97,13 @@ class Exchanges:
         wanted = room if from_store else len(ids)
         # The room left may take the dependents these outcomes release (a chain's next link);
         # claims from the store take the whole room by number already, those among them.
-        claimed = self._recorder.exchange(finished, ids, self._registry.names, up_to=wanted,
-                                          claim_seqs=[e.seq for e in entries],
-                                          claim_released=0 if from_store else room - len(ids))
+        try:
+            claimed = self._recorder.exchange(finished, ids, self._registry.names, up_to=wanted,
+                                              claim_seqs=[e.seq for e in entries],
+                                              claim_released=0 if from_store else room - len(ids))
+        finally:
+            if ids:
+                self._queue.claim_ended(ids)
         try:
             if claimed is None:
                 for entry in entries:  # outside the lock: the queue's listener takes it

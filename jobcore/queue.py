@@ -101,6 +101,10 @@ class ReadyQueue:
         self.window: Optional[int] = None
         self._bound: Optional[tuple[float, int]] = None
         self._held_back: dict[str, QueueEntry] = {}
+        # Ids popped for a claim not committed yet (`pop_ready(claiming=True)`, until
+        # `claim_ended`): a read of the store that begins meanwhile may see their jobs still
+        # waiting, and must not queue them again (see `reading`).
+        self._claiming: set[str] = set()
         self._high_seq = 0  # the largest seq ever queued
         # While non-zero, a pop that leaves fewer entries queued than this calls
         # `running_low` (once; see `watch_low`).
@@ -129,6 +133,12 @@ class ReadyQueue:
         with self._lock:
             mark = self._discards
             self._reads[mark] += 1
+            if self._claiming:  # popped before this read began, their claims not committed:
+                # queued again from it, each came back stale when claimed, and switched a lone
+                # manager to claims from the store, costly with many functions registered
+                self._discards += 1
+                for job_id in self._claiming:
+                    self._discarded[job_id] = self._discards
         try:
             yield mark
         finally:
@@ -297,7 +307,13 @@ class ReadyQueue:
             self._release_due()
             return bool(self._ready)
 
-    def pop_ready(self, limit: int, *, at_least: Optional[int] = None) -> list[QueueEntry]:
+    def claim_ended(self, job_ids: Iterable[str]) -> None:
+        """The claim of these ids, popped with `claiming`, committed or failed."""
+        with self._lock:
+            self._claiming.difference_update(job_ids)
+
+    def pop_ready(self, limit: int, *, at_least: Optional[int] = None,
+                  claiming: bool = False) -> list[QueueEntry]:
         """Take up to `limit` ready entries, best first (with `at_least`, only those of
         that priority or higher); never blocks.
 
@@ -325,6 +341,8 @@ class ReadyQueue:
                 self._discards += 1
                 for entry in taken:
                     self._discarded[entry.job_id] = self._discards
+            if claiming and taken:  # (`claim_ended` takes them out)
+                self._claiming.update(entry.job_id for entry in taken)
             self._compact(_READY)
             low = len(self._members) < self._low_water
             if low:

@@ -441,3 +441,22 @@ def test_a_memory_stores_queue_keeps_every_entry() -> None:
     queue.push_ready([ready(f"w{n}", 5, n) for n in range(10)], window_full=True)
     queue.push_ready([ready(f"low{n}", 0, 100 + n) for n in range(50)])
     assert len(queue) == 60
+
+
+def test_a_read_begun_while_a_claim_is_under_way_does_not_queue_its_ids_again() -> None:
+    # given an id popped for a claim not committed yet, and a read of the store that
+    # begins meanwhile (its snapshot may still show the job waiting)
+    queue = ReadyQueue(FakeClock(START))
+    queue.push_ready([ready("a", 5, 1), ready("b", 5, 2)])
+    assert [e.job_id for e in queue.pop_ready(1, claiming=True)] == ["a"]
+    with queue.reading() as read:
+        queue.claim_ended(["a"])  # the claim commits while the read goes on
+        # when the read queues what it found, then the claimed id is not queued again
+        # (claimed again by id, it came back stale, and a lone manager switched to claims
+        # from the store: a third of the rate with 100 functions registered)
+        queue.push_ready([ready("a", 5, 1), ready("b", 5, 2)], read=read)
+    assert "a" not in queue and "b" in queue
+    # and a read begun once the claim ended queues what it finds
+    with queue.reading() as read:
+        queue.push_ready([ready("a", 5, 1)], read=read)
+    assert "a" in queue
