@@ -28,14 +28,16 @@ class QueueLoader:
     """Loads one manager's queue from its repository (see module docstring)."""
 
     def __init__(self, repository: JobRepository, registry: FunctionRegistry, pool: WorkerPool,
-                 queue: ReadyQueue) -> None:
+                 queue: ReadyQueue, *, bounded: bool = True) -> None:
         self._repo = repository
         self._registry = registry
         self._pool = pool
         self._queue = queue
-        # The queue keeps a window of a persistent store's ready jobs, twice at most; the
+        # The queue keeps a window of a persistent store's ready jobs, twice at most, if
+        # `bounded`: an immediate manager's must hold every job it enqueues, to run it
+        # before `enqueue` returns (it has no housekeeper to read the store again), and the
         # memory store keeps every job whole anyway (see `ReadyQueue.window`).
-        queue.window = READY_LOAD_LIMIT if repository.persistent else None
+        queue.window = READY_LOAD_LIMIT if bounded and repository.persistent else None
         # Real monotonic time before which a spaced load skips the scheduled jobs. Set by
         # the thread loading the queue (the housekeeper's, one starting the manager, one
         # registering a function on it): a value lost to a race only moves a read.
@@ -83,7 +85,9 @@ class QueueLoader:
             self._queue.watch_low(READY_LOAD_LIMIT // 4 if more else 0)
         else:
             # No ids to queue: the pool claims the store's best by number, in an exchange
-            # the dispatcher makes when told (an idle pool would otherwise never look).
+            # the dispatcher makes when told (an idle pool would otherwise never look). No
+            # window is read, so none bounds the queue: jobs stored meanwhile are queued.
+            self._queue.unbound()
             self._pool.wake_dispatcher()
         return more
 

@@ -124,7 +124,8 @@ class JobManager(Inspection):
         self._pool = WorkerPool(self.repository, self._queue, self._registry, self._local, self._clock,
                                 settings, self.worker_id, self._publish, self._settlements.mark,
                                 random.Random() if rng is None else rng)
-        self._loader = QueueLoader(self.repository, self._registry, self._pool, self._queue)
+        self._loader = QueueLoader(self.repository, self._registry, self._pool, self._queue,
+                                   bounded=not self.immediate)
         self._load_queue = self._loader.load
         self._housekeeper = Housekeeper(self.repository, self._pool, self._clock, settings,
                                         self._loader.spaced_reload,

@@ -344,12 +344,25 @@ class ReadyQueue:
             if claiming and taken:  # (`claim_ended` takes them out)
                 self._claiming.update(entry.job_id for entry in taken)
             self._compact(_READY)
-            low = len(self._members) < self._low_water
-            if low:
-                self._low_water = 0
+            low = self._ran_low()
         if low:
             self.running_low()
         return taken
+
+    def _ran_low(self) -> bool:
+        """True, once, when fewer ready entries than the low mark are left (lock held):
+        the caller then calls `running_low`. Ready ones only: timers and schedules queued
+        (window/4 of them, jobs a day ahead) kept the mark from ever being crossed."""
+        if self._low_water and len(self._ready) - self._dead[_READY] < self._low_water:
+            self._low_water = 0
+            return True
+        return False
+
+    def unbound(self) -> None:
+        """Queue every ready entry from now on: no window read is coming to fetch the ones
+        past a bound (the pool claims the store's best by number instead)."""
+        with self._lock:
+            self._bound = None
 
     def watch_low(self, below: int) -> None:
         """Call `running_low` once, when a pop leaves fewer than `below` entries queued
@@ -359,7 +372,7 @@ class ReadyQueue:
         "At once" matters: workers pop a window as soon as it is queued, before its reader
         gets here, and a queue they emptied sees no more pops to notice it by."""
         with self._lock:
-            low = 0 < below and len(self._members) < below
+            low = 0 < below and len(self._ready) - self._dead[_READY] < below
             self._low_water = 0 if low else below
         if low:
             self.running_low()
@@ -383,6 +396,9 @@ class ReadyQueue:
                     bury(item)
                 if reading:
                     discarded[job_id] = at
+            low = self._ran_low()  # (cancels emptied a window: the store is read for more)
+        if low:
+            self.running_low()
 
     def timer_mark(self) -> int:
         """A mark taken before a read of the store's scheduled jobs: timers queued after it
@@ -446,7 +462,10 @@ class ReadyQueue:
                 heapq.heapify(kept)
                 self._ready[:] = kept
             self._dead[_READY] = 0  # kept holds live items only
-            return dropped, best
+            low = self._ran_low()
+        if low:
+            self.running_low()
+        return dropped, best
 
     def pop_due_schedules(self) -> list[QueueEntry]:
         """Take every cron schedule that is due to fire; never blocks."""

@@ -610,6 +610,52 @@ def test_jobs_enqueued_into_a_started_manager_do_not_run_ahead_of_better_ones_pa
     assert ran == [5] * 150 + [0] * 120
 
 
+def test_an_immediate_manager_runs_every_job_of_a_batch_past_twice_the_window(
+        make_manager: Any, db_path: str, monkeypatch: Any) -> None:
+    # given an immediate manager on SQLite reading 20 ready jobs at a time, 25 stored
+    monkeypatch.setattr(jobcore.loading, "READY_LOAD_LIMIT", 20)
+    ran: list[int] = []
+    make_manager(db_path, producer=True).enqueue_many([Job(function_name="task", args=(n,)) for n in range(25)])
+    manager = make_manager(db_path, immediate=True)
+    manager.register_function("task", ran.append)
+    # when it enqueues a batch of more than twice that, then one more job
+    ids = manager.enqueue_many([Job(function_name="task", args=(n,)) for n in range(100, 150)])
+    last = manager.enqueue(Job(function_name="task", args=(999,)))
+    # then every job it enqueued ran before enqueue returned (its queue, bounded as a
+    # started manager's is, left 30 of the batch and the last job PENDING for ever)
+    assert all(manager.poll(job_id).status is JobStatus.COMPLETED for job_id in [*ids, last])  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("emptied_by", ["cancels", "timers"])
+def test_a_started_managers_window_emptied_without_pops_is_read_again(
+        make_manager: Any, db_path: str, monkeypatch: Any, emptied_by: str) -> None:
+    # given a started manager reading 20 ready jobs at a time, a fake clock (no look at
+    # the store comes by itself), its worker busy, and 25 NORMAL jobs stored
+    monkeypatch.setattr(jobcore.loading, "READY_LOAD_LIMIT", 20)
+    manager = make_manager(db_path, max_workers=1, clock=FakeClock())
+    busy, release = threading.Event(), threading.Event()
+    ran: list[Any] = []
+    manager.register_function("block", lambda: busy.set() or release.wait(WAIT))
+    manager.register_function("task", ran.append)
+    if emptied_by == "timers":  # a quarter of a window of jobs an hour ahead, queued as timers
+        manager.enqueue_many([Job(function_name="task", args=("later",), scheduled_at=datetime(2030, 1, 1, 1))
+                              for _ in range(10)])
+    manager.enqueue(Job(function_name="block", priority=JobPriority.CRITICAL))
+    batch = manager.enqueue_many([Job(function_name="task", args=(n,)) for n in range(25)])
+    manager.start()
+    assert busy.wait(WAIT)
+    # when the window is emptied without the workers popping it (the application
+    # cancels the batch), or its low mark counts the timers, and a job is enqueued
+    if emptied_by == "cancels":
+        assert all(manager.cancel(job_id) for job_id in batch)
+        batch = []
+    new = manager.enqueue(Job(function_name="task", args=("new",), priority=JobPriority.LOW))
+    release.set()
+    # then the store is read again: every job runs (they stayed PENDING, the worker idle)
+    assert all(manager.wait(job_id, timeout=WAIT).status is JobStatus.COMPLETED for job_id in [*batch, new])
+    assert ran[-1] == "new"
+
+
 def test_a_window_the_workers_empty_before_its_low_mark_is_set_is_read_again(
         make_manager: Any, monkeypatch: Any) -> None:
     # given a manager reading 100 ready jobs at a time (periodic reads a minute apart), 300
