@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Optional
 
-from .clock import Clock
+from .clock import Clock, real_sleep
 from .errors import RepositoryError
 from .models import JobStatus
 from .repository.base import JobRecord, JobRepository
@@ -24,6 +24,10 @@ logger = logging.getLogger("jobcore.workers")
 
 # Reads `claims_if_committed` makes while more Ctrl-Cs land in them (each a round trip).
 READS_AFTER_INTERRUPT = 3
+# How often `still_ours` renews and reads a claim whose renewal did not land, and the
+# pause between tries (real seconds): the transaction holding the row ends in moments.
+RENEWAL_TRIES = 5
+RENEWAL_PAUSE = 0.02
 
 
 class ClaimCheck:
@@ -49,28 +53,47 @@ class ClaimCheck:
         id; with `renew`, its lease is renewed first (renewal only touches a row still
         ours, so a True answer comes with a fresh lease). A repository that fails to
         answer counts as No: not starting the job loses nothing, its lease lapses and it
-        runs elsewhere or later."""
-        now = self._clock.time()
-        try:
-            if renew:
-                self._repo.heartbeat(self.worker_id, [record.id], now + self._lease, now)
-            current = self._repo.get_without_args(record.id)
-        except RepositoryError as exc:
-            logger.warning("could not check the claim on job %s before starting it: %s", record.id, exc)
-            return False
-        ours = (current is not None and current.status is JobStatus.RUNNING
-                and current.worker_id == self.worker_id and current.attempts == record.attempts)
-        if ours and renew and current is not None:
-            # Renewed, its lease is half a lease away or more. A renewal can be skipped
-            # without a word (PostgreSQL's skips a row another transaction locks: another
-            # process's recovery taking the job back, not yet committed, while the read
-            # still shows the job ours): a lease left lapsing then is not taken for ours.
-            lease = current.lease_expires_at
-            ours = lease is not None and lease >= now + self._lease / 2
+        runs elsewhere or later.
+
+        A renewal can be skipped without a word: PostgreSQL's skips a row another
+        transaction locks. That may be another process's recovery taking the job back,
+        not committed yet, while the read still shows the job ours (it ran in two live
+        workers at once), or this manager's own heartbeat renewing it. Either ends in
+        moments: while the lease read back is not half a lease away, the check is made
+        again after a pause (RENEWAL_TRIES in all). Then the job is handed back (PENDING
+        again, its attempt uncounted, if it is still ours once the lock is released: a
+        hand-back waits for it) and counts as not ours: never run beside another attempt,
+        nor left RUNNING here unrun until its lease lapsed and it failed as WorkerLost."""
+        for tries_left in range(RENEWAL_TRIES - 1, -1, -1):
+            now = self._clock.time()
+            try:
+                if renew:
+                    self._repo.heartbeat(self.worker_id, [record.id], now + self._lease, now)
+                current = self._repo.get_without_args(record.id)
+            except RepositoryError as exc:
+                logger.warning("could not check the claim on job %s before starting it: %s", record.id, exc)
+                return False
+            ours = (current is not None and current.status is JobStatus.RUNNING
+                    and current.worker_id == self.worker_id and current.attempts == record.attempts)
+            lease = None if current is None else current.lease_expires_at
+            if not ours or not renew or (lease is not None and lease >= now + self._lease / 2):
+                break
+            ours = False  # its renewal did not land: a lock held the row
+            if tries_left:
+                real_sleep(RENEWAL_PAUSE)
+            else:
+                self._hand_back(record)
         if not ours:
             logger.warning("job %s: this worker's claim lapsed before it started (the process"
                            " stopped renewing it); not started here", record.id)
         return ours
+
+    def _hand_back(self, record: JobRecord) -> None:
+        """Hand back `record`'s claim if it is still this pool's (see `still_ours`)."""
+        try:
+            self._repo.release(record.id, self.worker_id, record.attempts, self._clock.time())
+        except RepositoryError as exc:  # its lease lapses, and it is taken back then
+            logger.warning("could not hand back job %s: %s", record.id, exc)
 
 
 def claims_if_committed(repository: JobRepository, worker_id: str, record: JobRecord, claim_ids: list[str],

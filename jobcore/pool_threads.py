@@ -210,16 +210,22 @@ class PoolThreads:
 
     def _decide_apart(self, finished: Finished) -> None:
         """Decide the outcome of an attempt given up at its timeout on a thread of its own,
-        then queue it for an exchange to record (at once, if no thread can be started)."""
+        then queue it for an exchange to record; at once, undecided, if no thread can be
+        started (the exchange decides it then). Never raises: it runs on the housekeeper's
+        thread, whose heartbeats must go on (out of threads, or Python 3.12.0-3.12.1 at
+        exit, which refuses new threads, it ended that thread, and a stop waited for ever)."""
         thread = threading.Thread(target=self._decide, args=(finished,), daemon=True,
                                   name=f"jobcore-timeout-{finished.record.id[:12]}")
         with self._state.lock:
             self._deciders.add(thread)
         try:
             thread.start()
-        except BaseException:  # (no thread to be had: the exchange decides it, as before)
+        except BaseException as exc:  # noqa: BLE001 (a Ctrl-C here too: the outcome must not be lost)
+            logger.warning("job %s: no thread to decide its timed-out attempt's outcome on (%r); the"
+                           " exchange recording it decides it", finished.record.id, exc)
+            with self._state.lock:
+                self._deciders.discard(thread)
             self._hand_in(finished)
-            raise
 
     def _decide(self, finished: Finished) -> None:
         try:
@@ -230,7 +236,7 @@ class PoolThreads:
     def _hand_in(self, finished: Finished) -> None:
         state = self._state
         with state.lock:
-            self._deciders.discard(threading.current_thread())
+            self._deciders.discard(threading.current_thread())  # (the housekeeper's: not there)
             state.deciding -= 1
             state.add_finished_locked(finished)
             state.dispatch_needed.notify()

@@ -275,31 +275,51 @@ def test_a_running_job_whose_lease_is_not_a_time_is_taken_back(schema: Schema,
     runs_again_with_its_reason(make_manager, schema.repository(), job_id, "lease_expires_at held inf, not a time")
 
 
-@pytest.mark.parametrize("locked_elsewhere", [True, False])
+@pytest.mark.parametrize("held_by", ["recovery", "own heartbeat", None])
 def test_a_claim_check_does_not_take_a_skipped_renewal_for_its_own(schema: Schema, make_manager: Callable[..., JobManager],
-                                                                   locked_elsewhere: bool) -> None:
-    # given a job claimed in reserve by a worker that stalled past its lease, and another
-    # process's recovery taking it back: the row locked, not yet committed
+                                                                   held_by: Any) -> None:
+    # given a job claimed in reserve by a worker that stalled, its lease about to lapse,
+    # and its row locked by another transaction for a moment: another process's recovery
+    # taking the job back, or the worker's own heartbeat renewing it
     repo = schema.repository()
-    job_id = make_manager(repo, producer=True).enqueue(Job(function_name="echo", args=(1,)))
+    job_id = make_manager(repo, producer=True).enqueue(Job(function_name="echo", args=(1,), max_retries=0))
     now = time.time()
-    record = repo.claim(job_id, "stalled", now - 20, now - 10)
+    record = repo.claim(job_id, "stalled", now - 20, now + 1)
     assert record is not None
     check = ClaimCheck(repo, "stalled", SystemClock(), 10.0)
-    with psycopg.connect(schema.server) as recovering:
-        if locked_elsewhere:
-            recovering.execute(f'SELECT 1 FROM "{schema.name}".jobs WHERE id = %s FOR UPDATE', (job_id,))
+    locked = threading.Event()
 
-        # when the stalled worker wakes and checks its claim before starting the job
-        ours = check.still_ours(record, renew=True)
-        recovering.rollback()
+    def hold_the_row() -> None:
+        with psycopg.connect(schema.server) as other:
+            other.execute(f'SELECT 1 FROM "{schema.name}".jobs WHERE id = %s FOR UPDATE', (job_id,))
+            locked.set()
+            time.sleep(0.3)
+            change = ("status = 'pending', worker_id = NULL" if held_by == "recovery"
+                      else "lease_expires_at = extract(epoch from now()) + 60")
+            other.execute(f'UPDATE "{schema.name}".jobs SET {change} WHERE id = %s', (job_id,))
+            other.commit()
 
-    # then it does not start it while the recovery holds the row (its renewal skipped that
-    # row, and the read still showed the job its own: two live workers ran it), and does
-    # once its renewal landed
-    assert ours is not locked_elsewhere
-    lease = repo.get(job_id).lease_expires_at  # type: ignore[union-attr]
-    assert (lease < now) is locked_elsewhere
+    holder = threading.Thread(target=hold_the_row)
+    if held_by is not None:
+        holder.start()
+        assert locked.wait(WAIT)
+
+    # when the worker checks its claim before starting the job
+    ours = check.still_ours(record, renew=True)
+    if held_by is not None:
+        holder.join(WAIT)
+
+    # then it does not start it while the row is held (its renewal skipped the row, and
+    # the read still showed the job its own: two live workers ran it), nor leaves it
+    # RUNNING here unrun (its lease lapsed, and it failed as WorkerLost, never run): it
+    # is PENDING, to run once; unheld, the renewal lands and it starts
+    row = repo.get(job_id)
+    assert row is not None
+    if held_by is None:
+        assert ours and row.status is JobStatus.RUNNING and row.lease_expires_at > now + 5
+    else:
+        assert not ours
+        assert (row.status, row.worker_id) == (JobStatus.PENDING, None)
 
 
 def test_a_job_runs_once_through_a_table_lock_longer_than_its_lease(schema: Schema,
