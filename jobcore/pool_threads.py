@@ -97,12 +97,18 @@ class PoolThreads:
             self._dispatcher.start(state.generation)
 
     def _spawn_locked(self) -> None:
+        """Start a worker thread; raises what starting it raised, listing no thread then
+        (a stop waited for ever for one listed that never started)."""
         slot = Slot(self._next_slot, generation=self._state.generation)
         self._next_slot += 1
         thread = threading.Thread(target=self._work, args=(slot,), daemon=True,
                                   name=f"jobcore-worker-{slot.index}")
         self._threads.append((thread, slot))
-        thread.start()
+        try:
+            thread.start()
+        except BaseException:
+            self._threads = [(other, kept) for other, kept in self._threads if kept is not slot]
+            raise
 
     def _work(self, slot: Slot) -> None:
         try:
@@ -208,6 +214,20 @@ class PoolThreads:
             for finished in given_up:
                 self._decide_apart(finished)
 
+    def _top_up_locked(self) -> None:
+        """Start the worker threads a timeout could not replace (no thread could be had
+        then): at each of the housekeeper's passes, until the pool has `max_workers` again."""
+        state = self._state
+        if state.stopping:
+            return
+        working = sum(1 for _, slot in self._threads if not slot.abandoned and slot.generation == state.generation)
+        for _ in range(self._max_workers - working):
+            try:
+                self._spawn_locked()
+            except Exception:  # (still none to be had: the next pass tries again)
+                return
+            logger.info("a worker thread replaced one a timeout abandoned")
+
     def _decide_apart(self, finished: Finished) -> None:
         """Decide the outcome of an attempt given up at its timeout on a thread of its own,
         then queue it for an exchange to record; at once, undecided, if no thread can be
@@ -243,6 +263,7 @@ class PoolThreads:
 
     def _time_out_overdue(self, now: float, given_up: list[Finished]) -> Optional[float]:
         with self._state.lock:
+            self._top_up_locked()
             ahead = []
             for attempt in list(self._state.running.values()):
                 if attempt.deadline is None:
@@ -257,8 +278,6 @@ class PoolThreads:
                 attempt.context.abandon()  # a coroutine job's task is cancelled: its thread returns
                 self._abandoned += 1
                 self._state.workers_changed.notify_all()  # `stop` waits no more for its thread
-                if not self._state.stopping and attempt.slot.generation == self._state.generation:
-                    self._spawn_locked()  # capacity stays max_workers (an earlier start's slot ends anyway)
                 logger.warning("job %s exceeded its timeout of %.3fs; its thread is abandoned",
                                record.id, record.timeout)
                 outcome = Outcome(error=JobTimeout(record.timeout or 0.0))
@@ -266,6 +285,12 @@ class PoolThreads:
                                          collect=functools.partial(self._given_up, attempt.context)))
                 self._state.deciding += 1
                 self._state.settling.add(record.id)  # held here until recorded, as in `add_finished_locked`
+                if not self._state.stopping and attempt.slot.generation == self._state.generation:
+                    try:
+                        self._spawn_locked()  # capacity stays max_workers (an earlier start's slot ends anyway)
+                    except Exception as exc:  # (out of threads: this runs on the housekeeper's, which must go on)
+                        logger.error("no worker thread could replace the one job %s's timeout abandoned (%r):"
+                                     " the pool runs one worker short", record.id, exc)
         return min(ahead) if ahead else None
 
     def plan_upkeep(self, wake_at: float) -> float:

@@ -627,26 +627,33 @@ def test_a_stop_waits_for_a_timed_out_attempts_classifier_and_records_its_outcom
     assert (result.status, result.error_type, result.attempts) == (JobStatus.SCHEDULED, "JobTimeout", 1)
 
 
+@pytest.mark.parametrize("refused", ["deciding threads", "every new thread, for a while"])
 def test_no_thread_to_decide_a_timeout_on_leaves_the_exchange_to_decide_it(make_manager: Any, store: Any,
-                                                                           monkeypatch: Any) -> None:
+                                                                           monkeypatch: Any, refused: str) -> None:
     # given a process that can start no more threads (out of them, or Python 3.12.0-3.12.1
     # at exit), and two attempts that time out at once
     real_start = threading.Thread.start
+    short = threading.Event()
 
     def start(thread: threading.Thread) -> None:
-        if thread.name.startswith("jobcore-timeout-"):
+        if thread.name.startswith("jobcore-timeout-") or (short.is_set() and thread.name.startswith("jobcore-")):
             raise RuntimeError("can't start new thread")
         real_start(thread)
 
     monkeypatch.setattr(threading.Thread, "start", start)
     release = threading.Event()
     manager = make_manager(store, max_workers=2).start()
+    if refused != "deciding threads":
+        short.set()  # no worker thread can replace those the timeouts abandon either
     try:
         ids = [manager.enqueue(Job(function=release.wait, args=(WAIT,), timeout=0.05, max_retries=0))
                for _ in range(2)]
         # then both are failed as timed out all the same (the housekeeper died, the
-        # second stayed RUNNING, and a stop waited for ever), and later timeouts too
+        # second stayed RUNNING, and a stop waited for ever, for a worker never started),
+        # and once threads can be had again, the pool has its workers back: later
+        # timeouts are enforced too
         assert all(manager.wait(job_id, timeout=WAIT).error_type == "JobTimeout" for job_id in ids)
+        short.clear()
         later = manager.enqueue(Job(function=release.wait, args=(WAIT,), timeout=0.05, max_retries=0))
         assert manager.wait(later, timeout=WAIT).error_type == "JobTimeout"
         stopper = threading.Thread(target=manager.stop)
