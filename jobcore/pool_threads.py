@@ -92,9 +92,17 @@ class PoolThreads:
                 # Nothing is held: what is claimed from now on carries its own lease. (Jobs
                 # an earlier start left held keep the last heartbeat's: see `claims`.)
                 state.renewed_until = self._clock.time() + self._lease_timeout
-            for _ in range(self._max_workers):
-                self._spawn_locked()
-            self._dispatcher.start(state.generation)
+            try:
+                for _ in range(self._max_workers):
+                    self._spawn_locked()
+                self._dispatcher.start(state.generation)
+            except BaseException:
+                # (no thread to be had) What did start takes no job: a worker waiting for
+                # this lock claimed and ran jobs before the caller's stop, left RUNNING,
+                # with no dispatcher to record them.
+                state.stopping = True
+                state.work_ready.notify_all()
+                raise
 
     def _spawn_locked(self) -> None:
         """Start a worker thread; raises what starting it raised, listing no thread then

@@ -549,3 +549,33 @@ def test_a_manager_stopped_by_its_with_block_and_dropped_leaves_no_thread(monkey
 def _fails() -> None:
     raise ValueError("a permanent failure")
 
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "memory"])
+def test_a_start_that_fails_halfway_runs_no_job(make_manager: Any, db_path: str, monkeypatch: Any,
+                                                backend: str) -> None:
+    # given jobs stored, and a process that can start one worker thread but not the second
+    manager = make_manager(db_path if backend == "sqlite" else MemoryRepository(), max_workers=2)
+    ran: list[int] = []
+    manager.register_function("task", ran.append)
+    ids = manager.enqueue_many([Job(function_name="task", args=(n,)) for n in range(4)])
+    real_start, real_stop = threading.Thread.start, type(manager._pool).stop
+
+    def start(thread: threading.Thread) -> None:
+        if thread.name == "jobcore-worker-1":
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+
+    def slow_stop(pool: Any, *args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.2)  # the worker that started has the pool's lock first
+        return real_stop(pool, *args, **kwargs)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    monkeypatch.setattr(type(manager._pool), "stop", slow_stop)
+    # when start() raises
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        manager.start()
+    # then no job was claimed nor run (the worker that started claimed and ran them, and
+    # they stayed RUNNING: no dispatcher had started to record them)
+    assert ran == []
+    assert [manager.poll(job_id).status for job_id in ids] == [JobStatus.PENDING] * 4  # type: ignore[union-attr]
