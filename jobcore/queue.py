@@ -65,7 +65,8 @@ class ReadyQueue:
         self._clock = clock
         self.listener = listener  # called, without any lock held, when there may be work
         # _lock guards _ready, _timers, _schedules, _members, _dead, _high_seq, _low_water,
-        # _discards, _reads and _discarded. An RLock, which `clear_way` can try (threads
+        # _discards, _reads, _discarded, _bound, _held_back and _claiming (`window` is set
+        # once, before any thread uses the queue). An RLock, which `clear_way` can try (threads
         # queueing at once), though nothing here takes it twice.
         self._lock = threading.RLock()
         # heapq pops the smallest: -priority puts the highest first, seq keeps FIFO.
@@ -365,8 +366,8 @@ class ReadyQueue:
             self._bound = None
 
     def watch_low(self, below: int) -> None:
-        """Call `running_low` once, when a pop leaves fewer than `below` entries queued
-        (0: stop watching), or at once if fewer are queued already. For a queue holding a
+        """Call `running_low` once, when a pop (or a discard) leaves fewer than `below`
+        ready entries queued (0: stop watching), or at once if fewer are queued already. For a queue holding a
         window of a bigger store: it is read again before it runs dry.
 
         "At once" matters: workers pop a window as soon as it is queued, before its reader
