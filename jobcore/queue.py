@@ -65,7 +65,7 @@ class ReadyQueue:
         self._clock = clock
         self.listener = listener  # called, without any lock held, when there may be work
         # _lock guards _ready, _timers, _schedules, _members, _dead, _high_seq, _low_water,
-        # _discards, _reads, _discarded, _bound, _held_back and _claiming (`window` is set
+        # _discards, _reads, _discarded, _bound, _held_back, _beyond and _claiming (`window` is set
         # once, before any thread uses the queue). An RLock, which `clear_way` can try (threads
         # queueing at once), though nothing here takes it twice.
         self._lock = threading.RLock()
@@ -102,6 +102,11 @@ class ReadyQueue:
         self.window: Optional[int] = None
         self._bound: Optional[tuple[float, int]] = None
         self._held_back: dict[str, QueueEntry] = {}
+        # How many live ready entries are worse than `_bound`: timers that came due, and
+        # entries queued again by `push`. Not counted against the low mark: 3,000 LOW jobs
+        # scheduled earlier came due beside the window and kept the queue from running
+        # low, and ran ahead of NORMAL jobs waiting in the store past the window.
+        self._beyond = 0
         # Ids popped for a claim not committed yet (`pop_ready(claiming=True)`, until
         # `claim_ended`): a read of the store that begins meanwhile may see their jobs still
         # waiting, and must not queue them again (see `reading`).
@@ -211,6 +216,7 @@ class ReadyQueue:
                 tell = not heap or due < heap[0][0]
             elif due_at is None:
                 heap, item, tell = self._ready, (-entry.priority, entry.seq, next(_ties), entry, None), True
+                self._beyond += self._worse(item)
             else:
                 heap, item = self._timers, (due_at, entry.seq, next(_ties), entry, due_at)
                 tell = not heap or due_at < heap[0][0]
@@ -258,6 +264,8 @@ class ReadyQueue:
                     if current is not None:
                         self._bury(current)
             self._high_seq = high
+            if window_full is not None:
+                self._count_beyond()
             if self.window is not None and len(ready) - self._dead[_READY] > 2 * self.window:
                 self._trim_ready(self.window)
         self.listener()
@@ -272,7 +280,17 @@ class ReadyQueue:
         self._ready[:] = items[:window]  # (a sorted list is a heap)
         self._dead[_READY] = 0
         self._bound = items[window - 1][:2]
+        self._beyond = 0  # (the ones kept are the best)
         self._low_water = max(self._low_water, window // 4)
+
+    def _worse(self, item: _Item) -> bool:
+        """True if ready `item` is worse than the window's bound (lock held)."""
+        return self._bound is not None and item[:2] > self._bound
+
+    def _count_beyond(self) -> None:
+        """Count `_beyond` afresh (lock held): the bound changed, or the heap was rebuilt."""
+        self._beyond = 0 if self._bound is None else sum(
+            1 for item in self._live_items(_READY, self._ready) if item[:2] > self._bound)
 
     def _live(self, item: _Item) -> bool:
         return self._members.get(item[3].job_id) is item
@@ -298,6 +316,7 @@ class ReadyQueue:
                 entry = item[3]
                 self._members[entry.job_id] = ready = (-entry.priority, entry.seq, next(_ties), entry, None)
                 heapq.heappush(self._ready, ready)
+                self._beyond += self._worse(ready)
             else:
                 self._dead[_TIMERS] -= 1
         self._compact(_TIMERS)
@@ -338,6 +357,8 @@ class ReadyQueue:
                 heapq.heappop(self._ready)
                 del self._members[item[3].job_id]
                 taken.append(item[3])
+                if self._beyond and self._worse(item):
+                    self._beyond -= 1
             if self._reads and taken:
                 self._discards += 1
                 for entry in taken:
@@ -354,16 +375,21 @@ class ReadyQueue:
         """True, once, when fewer ready entries than the low mark are left (lock held):
         the caller then calls `running_low`. Ready ones only: timers and schedules queued
         (window/4 of them, jobs a day ahead) kept the mark from ever being crossed."""
-        if self._low_water and len(self._ready) - self._dead[_READY] < self._low_water:
+        if self._low_water and self._within() < self._low_water:
             self._low_water = 0
             return True
         return False
+
+    def _within(self) -> int:
+        """How many live ready entries are within the window's bound (lock held)."""
+        return len(self._ready) - self._dead[_READY] - self._beyond
 
     def unbound(self) -> None:
         """Queue every ready entry from now on: no window read is coming to fetch the ones
         past a bound (the pool claims the store's best by number instead)."""
         with self._lock:
             self._bound = None
+            self._beyond = 0
 
     def watch_low(self, below: int) -> None:
         """Call `running_low` once, when a pop (or a discard) leaves fewer than `below`
@@ -373,7 +399,7 @@ class ReadyQueue:
         "At once" matters: workers pop a window as soon as it is queued, before its reader
         gets here, and a queue they emptied sees no more pops to notice it by."""
         with self._lock:
-            low = 0 < below and len(self._ready) - self._dead[_READY] < below
+            low = 0 < below and self._within() < below
             self._low_water = 0 if low else below
         if low:
             self.running_low()
@@ -394,6 +420,8 @@ class ReadyQueue:
                     held.pop(job_id, None)
                 item = forget(job_id, None)
                 if item is not None:
+                    if item[4] is None and self._beyond and self._worse(item):
+                        self._beyond -= 1
                     bury(item)
                 if reading:
                     discarded[job_id] = at
@@ -463,6 +491,7 @@ class ReadyQueue:
                 heapq.heapify(kept)
                 self._ready[:] = kept
             self._dead[_READY] = 0  # kept holds live items only
+            self._count_beyond()
             low = self._ran_low()
         if low:
             self.running_low()
