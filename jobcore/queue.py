@@ -103,9 +103,10 @@ class ReadyQueue:
         self._bound: Optional[tuple[float, int]] = None
         self._held_back: dict[str, QueueEntry] = {}
         # How many live ready entries are worse than `_bound`: timers that came due, and
-        # entries queued again by `push`. Not counted against the low mark: 3,000 LOW jobs
-        # scheduled earlier came due beside the window and kept the queue from running
-        # low, and ran ahead of NORMAL jobs waiting in the store past the window.
+        # entries queued again by `push`. Not counted against the low mark, nor taken
+        # until a window read lowers the bound: 3,000 LOW jobs scheduled earlier came due
+        # beside the window, kept the queue from running low, and ran ahead of NORMAL
+        # jobs waiting in the store past the window.
         self._beyond = 0
         # Ids popped for a claim not committed yet (`pop_ready(claiming=True)`, until
         # `claim_ended`): a read of the store that begins meanwhile may see their jobs still
@@ -322,10 +323,11 @@ class ReadyQueue:
         self._compact(_TIMERS)
 
     def has_ready(self) -> bool:
-        """True if an entry is ready now (timers that came due count)."""
+        """True if an entry is ready now (timers that came due count) and may be taken:
+        one worse than the window's bound waits for the next read (see `pop_ready`)."""
         with self._lock:
             self._release_due()
-            return bool(self._ready)
+            return bool(self._ready) and not self._worse(self._ready[0])
 
     def claim_ended(self, job_ids: Iterable[str]) -> None:
         """The claim of these ids, popped with `claiming`, committed or failed."""
@@ -335,7 +337,10 @@ class ReadyQueue:
     def pop_ready(self, limit: int, *, at_least: Optional[int] = None,
                   claiming: bool = False) -> list[QueueEntry]:
         """Take up to `limit` ready entries, best first (with `at_least`, only those of
-        that priority or higher); never blocks.
+        that priority or higher); never blocks. None worse than the window's bound: a
+        timer that came due so (a LOW job scheduled earlier) waits for the read of the
+        store's next window, which the low mark asks for once the entries within the
+        bound run low (taken at once, it ran ahead of better jobs waiting there).
 
         A store read under way (`reading`) does not queue the ids taken again: it may have
         seen their jobs waiting before this pop's claim, and queued they came back stale,
@@ -354,11 +359,11 @@ class ReadyQueue:
                     continue
                 if at_least is not None and item[3].priority < at_least:
                     break
+                if self._worse(item):  # the rest too: they wait for the next window read
+                    break
                 heapq.heappop(self._ready)
                 del self._members[item[3].job_id]
                 taken.append(item[3])
-                if self._beyond and self._worse(item):
-                    self._beyond -= 1
             if self._reads and taken:
                 self._discards += 1
                 for entry in taken:

@@ -610,25 +610,26 @@ def test_jobs_enqueued_into_a_started_manager_do_not_run_ahead_of_better_ones_pa
     assert ran == [5] * 150 + [0] * 120
 
 
+@pytest.mark.parametrize("workers", [1, 10])
 def test_scheduled_jobs_that_come_due_do_not_run_ahead_of_better_ones_past_the_window(
-        make_manager: Any, db_path: str, monkeypatch: Any) -> None:
-    # given a manager reading 8 ready jobs at a time, its one worker busy, 32 NORMAL jobs
+        make_manager: Any, db_path: str, monkeypatch: Any, workers: int) -> None:
+    # given a manager reading 8 ready jobs at a time, its workers busy, 32 NORMAL jobs
     # stored (24 past its window) and 6 LOW ones scheduled a minute ahead
     monkeypatch.setattr(jobcore.loading, "READY_LOAD_LIMIT", 8)
     clock = FakeClock()
-    manager = make_manager(db_path, max_workers=1, clock=clock)
+    manager = make_manager(db_path, max_workers=workers, clock=clock)
     ran: list[int] = []
-    busy, release = threading.Event(), threading.Event()
-    manager.register_function("block", lambda: busy.set() or release.wait(WAIT))
+    busy, release = threading.Semaphore(0), threading.Event()
+    manager.register_function("block", lambda: busy.release() or release.wait(WAIT))
     manager.register_function("task", ran.append)
-    manager.enqueue(Job(function_name="block", priority=JobPriority.CRITICAL))
+    manager.enqueue_many([Job(function_name="block", priority=JobPriority.CRITICAL) for _ in range(workers)])
     due = datetime.fromtimestamp(clock.time() + 60)
     low = manager.enqueue_many([Job(function_name="task", args=(0,), priority=0, scheduled_at=due)
                                 for _ in range(6)])
     normal = manager.enqueue_many([Job(function_name="task", args=(5,), priority=5) for _ in range(32)])
     manager.start()
-    assert busy.wait(WAIT)
-    # when the LOW jobs come due while the worker is busy
+    assert all(busy.acquire(timeout=WAIT) for _ in range(workers))
+    # when the LOW jobs come due while the workers are busy
     clock.advance(61)
     assert manager._queue.has_ready()  # (their timers are ready now)
     release.set()
