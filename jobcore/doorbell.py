@@ -13,9 +13,10 @@ reads when its workers have room), so a stream of enqueues costs a busy manager 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
-from typing import Callable, Hashable
+from typing import Callable, Hashable, Iterator
 
 # _lock guards _rings, the bells that joined, by key. `ring` reads _rings without the lock
 # (one dict read, atomic under the GIL); `join` and `leave` replace its tuples whole.
@@ -75,6 +76,15 @@ class Doorbell:
                 _rings[self.key] = bells
             else:
                 _rings.pop(self.key, None)
+
+    @contextlib.contextmanager
+    def joined(self) -> Iterator[None]:
+        """`join` for the block, `leave` after it."""
+        self.join()
+        try:
+            yield
+        finally:
+            self.leave()
 
     def ring(self) -> None:
         """Wake the other managers of this process on this store that joined."""

@@ -20,12 +20,11 @@ nothing else.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
 from time import thread_time
-from typing import Callable, Collection, Iterator, Optional
+from typing import Callable, Collection, ContextManager, Optional
 
 from .doorbell import Doorbell
 from .clock import LONGEST_WAIT, Clock, join_within, real_monotonic
@@ -222,16 +221,11 @@ class Housekeeper:
         requested for `job_id`, which this one does not run."""
         self._doorbell.ring_cancel(job_id)
 
-    @contextlib.contextmanager
-    def hearing_cancels(self) -> Iterator[None]:
+    def hearing_cancels(self) -> ContextManager[None]:
         """While `run_pending` runs jobs on the caller's thread: a cancel another manager
         of this process requests reaches the job at once (`ring_cancel`), as it reaches a
         started manager's. (No heartbeat runs there: one from another process does not.)"""
-        self._doorbell.join()
-        try:
-            yield
-        finally:
-            self._doorbell.leave()
+        return self._doorbell.joined()
 
     def refill_soon(self) -> None:
         """Refill the ready queue now: it holds a window of the store's ready jobs and
@@ -246,14 +240,13 @@ class Housekeeper:
         then the leases of the jobs still running here until they end (unless a start or
         `close` comes first)."""
         if upkeep:
-            self._doorbell.join()
-            # Another process's work, told by the store (PostgreSQL): looked for at once.
-            unwatch = self._repo.watch_changes(self.look_soon)
-            try:
-                self._loop()
-            finally:
-                unwatch()
-                self._doorbell.leave()
+            with self._doorbell.joined():
+                # Another process's work, told by the store (PostgreSQL): looked for at once.
+                unwatch = self._repo.watch_changes(self.look_soon)
+                try:
+                    self._loop()
+                finally:
+                    unwatch()
         if self._keep_leases(start):
             self._leave_registry()
 

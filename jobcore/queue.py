@@ -351,6 +351,7 @@ class ReadyQueue:
                 return []  # nothing queued (a quiet pool's enqueue asks every time)
             self._release_due()
             taken: list[QueueEntry] = []
+            bound = self._bound
             while self._ready and len(taken) < limit:
                 item = self._ready[0]
                 if not self._live(item):
@@ -359,7 +360,7 @@ class ReadyQueue:
                     continue
                 if at_least is not None and item[3].priority < at_least:
                     break
-                if self._worse(item):  # the rest too: they wait for the next window read
+                if bound is not None and item[:2] > bound:  # the rest too: they wait for the next window read
                     break
                 heapq.heappop(self._ready)
                 del self._members[item[3].job_id]
