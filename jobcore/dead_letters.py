@@ -69,7 +69,7 @@ def why_not_requeued(manager: JobManager, job: Job) -> tuple[str, bool]:
     for dependency in cast(list[str], job.depends_on):  # (ids: a Job is validated)
         result = manager.poll(dependency)
         if result is None and now.started_at is None:
-            return f"it never ran and its dependency {dependency} was deleted", True
+            return f"it ended waiting on its dependency {dependency}, since deleted", True
         if result is not None and result.status in (JobStatus.FAILED, JobStatus.CANCELLED):
             return f"its dependency {dependency} is {result.status.value} (retry that first)", True
     if job.unique_key is not None:

@@ -49,8 +49,8 @@ __all__ = ["JobManager", "RETRY_RULES", "LONGEST_PERIOD", "build_repository", "d
 FunctionT = TypeVar("FunctionT", bound=Callable[..., Any])
 
 RETRY_RULES = ("only a failed or cancelled job can be re-queued, and not a cron schedule, a job"
-               " whose dependency failed or was cancelled (retry that first), one that never ran"
-               " whose dependency was deleted, or one whose unique_key another unfinished job holds")
+               " whose dependency failed or was cancelled (retry that first), one that ended waiting"
+               " on a dependency since deleted, or one whose unique_key another unfinished job holds")
 
 
 def _new_worker_id() -> str:

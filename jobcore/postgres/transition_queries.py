@@ -274,7 +274,7 @@ UPDATE {{s}}.jobs SET status = 'pending', attempts = 0, run_at = NULL, started_a
     progress_message = '', progress_details = '{{{{}}}}', worker_id = NULL,
     cancel_requested = FALSE, blocked = %s
 WHERE id = %s AND status IN ('failed', 'cancelled') AND cron IS NULL
-  AND (started_at IS NOT NULL
+  AND (blocked = 0
        OR NOT EXISTS (SELECT 1 FROM unnest({{s}}.jobs.depends_on) AS d(id)
                       WHERE NOT EXISTS (SELECT 1 FROM {{s}}.jobs AS p WHERE p.id = d.id)))
 RETURNING {ENTRY}

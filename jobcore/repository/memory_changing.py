@@ -44,8 +44,8 @@ class MemoryChanging(MemoryState):
             linked = [self._jobs[dep] for dep in row.depends_on if job_id in self._dependents.get(dep, ())]
             if any(dep.status in (JobStatus.FAILED, JobStatus.CANCELLED) for dep in linked):
                 return None  # a dependency will never complete: retry it first
-            if row.started_at is None and any(dep not in self._jobs for dep in row.depends_on):
-                return None  # never ran, and a dependency was deleted: whether it completed is unknown
+            if row.blocked and any(dep not in self._jobs for dep in row.depends_on):
+                return None  # it ended blocked, and a dependency was deleted: whether that completed is unknown
             self._set_status(row, JobStatus.PENDING)
             row.attempts = 0
             row.run_at = row.started_at = row.completed_at = None

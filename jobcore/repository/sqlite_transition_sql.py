@@ -274,7 +274,7 @@ UPDATE jobs SET status = 'pending', attempts = 0, run_at = NULL, started_at = NU
 WHERE id = ? AND status NOT IN ('pending', 'scheduled', 'running', 'completed') AND cron IS NULL
   AND NOT EXISTS (SELECT 1 FROM job_deps AS d JOIN jobs AS p ON p.id = d.depends_on
                   WHERE d.job_id = jobs.id AND p.status IN ('failed', 'cancelled'))
-  AND (started_at IS NOT NULL  -- else a dependency deleted (cleaned up) may not have completed
+  AND (blocked = 0  -- else a dependency deleted (cleaned up) may not have completed
        OR NOT EXISTS (SELECT 1 FROM json_each(CASE WHEN json_valid({depends_on}) THEN {depends_on}
                                                    ELSE '[]' END) AS d
                       WHERE NOT EXISTS (SELECT 1 FROM jobs AS p WHERE p.id = d.value)))

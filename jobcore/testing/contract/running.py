@@ -306,6 +306,27 @@ class _RunningContract:
         assert repository.requeue(child.id, NOW + 1) is None
         assert repository.requeue(ran.id, NOW + 1) is not None
 
+    def test_requeue_takes_a_job_its_deleted_dependency_had_released(self, repository: JobRepository) -> None:
+        # given a job that ran after its dependency completed, was re-queued (which clears
+        # its started_at) and cancelled before it ran again; and a job cancelled, before it
+        # ran, after its dependency completed; both dependencies deleted since
+        done = _add(repository)
+        _complete(repository, done.id, now=NOW + 1)
+        ran = _add(repository, depends_on=(done.id,))
+        _fail(repository, ran.id, now=NOW + 2)
+        assert repository.requeue(ran.id, NOW + 3) is not None
+        repository.cancel(ran.id, NOW + 4, "not now")
+        released = _add(repository)
+        waited = _add(repository, depends_on=(released.id,))
+        _complete(repository, released.id, now=NOW + 1)
+        repository.cancel(waited.id, NOW + 4, "not needed")
+        assert repository.delete_finished(NOW + 2) == 2
+        # then both are re-queued, ready at once: each dependency was known to have completed
+        for job in (ran, waited):
+            assert repository.requeue(job.id, NOW + 5) is not None
+            assert _get(repository, job.id).blocked == 0
+        assert _ids_of(repository.ready(None, 10)) == [ran.id, waited.id]
+
     def test_requeue_ignores_a_new_job_given_a_deleted_dependencys_id(self, repository: JobRepository) -> None:
         # given a job that ran after its dependency completed and failed; the dependency
         # deleted since (cleaned up), and its id given to a new job, which fails
