@@ -66,20 +66,30 @@ class SQLiteUpkeep(JobRepository):
                         cancelled=tuple(row[0] for row in rows if row[6] == JobStatus.CANCELLED.value))
 
     def delete_finished(self, before: Optional[float]) -> int:
-        """Delete in chunks of DELETE_CHUNK jobs, a write transaction each: deleting a
-        million jobs holds the database's write lock for seconds, and every other writer
-        (in every process) would wait that long, past its busy timeout."""
+        """Find the jobs to delete by reading (no lock held), then delete them in chunks of
+        DELETE_CHUNK jobs, a write transaction each: deleting a million jobs holds the
+        database's write lock for seconds, and every other writer (in every process) would
+        wait that long, past its busy timeout. A cleanup that finds nothing writes nothing."""
         deleted = 0
         for status in TERMINAL_STATUSES:
+            after = -1  # (seqs start at 1)
             while True:
-                rows = self._transaction(lambda conn: _delete_chunk(conn, sql.DELETE_FINISHED[status.value],
-                                                                    (before, before, DELETE_CHUNK)))
-                deleted += len(rows)
-                if len(rows) < DELETE_CHUNK:
+                seqs = [seq for (seq,) in self._read(sql.FINISHED_SEQS[status.value],
+                                                     (after, before, before, DELETE_CHUNK))]
+                if seqs:
+                    chunk = (json.dumps(seqs), before, before)
+                    deleted += len(self._transaction(
+                        lambda conn: _delete_chunk(conn, sql.DELETE_FINISHED[status.value], chunk)))
+                if len(seqs) < DELETE_CHUNK:
                     break
+                after = seqs[-1]
+        # Counted first, by reading: the count reads every job's entry.
+        total, *counted = self._read(sql.COUNT_BY_STATUS)[0]
+        if total == sum(counted) and not self._read(sql.ORPHAN_DEP_LISTS)[0][0]:
+            return deleted
+
         def unknown(conn: sqlite3.Connection) -> int:
             conn.execute(sql.DELETE_ORPHAN_DEP_LISTS)  # (a small table: only lists over 1 KB)
-            total, *counted = conn.execute(sql.COUNT_BY_STATUS).fetchone()
             if total == sum(counted):
                 return 0
             # rows whose status jobcore never writes: they read as failed
