@@ -103,25 +103,34 @@ class MemoryRepository(MemoryAdding, MemoryListing, MemoryChanging, MemoryWorker
         with self._lock:
             return {job_id: row.status for job_id in job_ids if (row := jobs.get(job_id)) is not None}
 
+    # `ready` and `scheduled` take the lock only to copy the list of rows of one status,
+    # then pick and sort them without it, as a read of a database runs beside its writers:
+    # a pass over 300,000 ready rows took 100-240 ms, 150,000 scheduled ones 117, and every
+    # enqueue, claim and completion waited that long behind it (scheduled jobs started that
+    # late). What they return may be stale by the time it is queued, as a database's read
+    # is: a row claimed, cancelled or moved meanwhile is refused by its claim, and a row
+    # made ready or scheduled meanwhile is queued by the path that changed it.
     def ready(self, function_names: Optional[Collection[str]], limit: int) -> list[QueueEntry]:
         with self._lock:
-            rows = [r for r in self._by_status[JobStatus.PENDING].values()
-                    if r.blocked == 0 and r.cron is None  # a cron row is a schedule
-                    and (function_names is None or r.function_name in function_names)]
-            # Best first: higher priority, then lower seq. Two stable sorts by C key
-            # functions, the first over rows mostly in seq order already: half the time of
-            # one heapq.nsmallest by a tuple key (200,000 rows: 63 against 126 ms).
-            rows.sort(key=_seq_of)
-            rows.sort(key=_priority_of, reverse=True)  # reverse keeps equal keys in order
-            return [r.queue_entry() for r in rows[:limit]]
+            pending = list(self._by_status[JobStatus.PENDING].values())
+        rows = [r for r in pending
+                if r.blocked == 0 and r.cron is None  # a cron row is a schedule
+                and (function_names is None or r.function_name in function_names)]
+        # Best first: higher priority, then lower seq. Two stable sorts by C key
+        # functions, the first over rows mostly in seq order already: half the time of
+        # one heapq.nsmallest by a tuple key (200,000 rows: 63 against 126 ms).
+        rows.sort(key=_seq_of)
+        rows.sort(key=_priority_of, reverse=True)  # reverse keeps equal keys in order
+        return [r.queue_entry() for r in rows[:limit]]
 
     def scheduled(self, function_names: Optional[Collection[str]], limit: int) -> list[QueueEntry]:
         with self._lock:
-            rows = [r for r in self._by_status[JobStatus.SCHEDULED].values()
-                    if r.blocked == 0
-                    and (r.is_schedule or function_names is None or r.function_name in function_names)]
-            best = heapq.nsmallest(limit, rows, key=lambda r: (r.run_at or 0.0, r.seq))
-            return [r.queue_entry() for r in best]
+            waiting = list(self._by_status[JobStatus.SCHEDULED].values())
+        rows = [r for r in waiting
+                if r.blocked == 0
+                and (r.is_schedule or function_names is None or r.function_name in function_names)]
+        best = heapq.nsmallest(limit, rows, key=lambda r: (r.run_at or 0.0, r.seq))
+        return [r.queue_entry() for r in best]
 
     def held_here(self) -> bool:
         return holds(self._lock)
