@@ -167,6 +167,27 @@ def test_the_claims_generic_plan_finds_its_rows_by_index_in_a_deep_queue(schema:
         repository.close()
 
 
+def test_the_release_of_dependents_reads_the_links_of_the_jobs_completed_by_key(schema: Schema) -> None:
+    # given a store that had held a fan-out: 2,000 jobs waiting on one, the statistics taken
+    # (every link naming one job: the plan made for any ids estimated that all matched)
+    repository = schema.repository()
+    try:
+        root = make_record()
+        repository.insert([root, *(make_record(depends_on=(root.id,)) for _ in range(2000))], NOW)
+        with psycopg.connect(schema.server, autocommit=True) as conn:
+            conn.execute(f'ANALYZE "{schema.name}".job_deps')
+            conn.execute("SET enable_seqscan = off")
+            # when the release of the dependents of 8 completed jobs runs on its generic plan
+            plan = _generic_plan(conn, repository.sql.RELEASE_DEPENDENTS_MANY.replace("%s", "%(done)s"),
+                                 {"done": [make_record().id for _ in range(8)]}, {"done": "text[]"})
+        # then it looks up the links of each by its key: it walked every link's entry in
+        # the index on job_id (6-9 ms an exchange with 20,000 kept)
+        assert "job_deps_pkey" in plan and "job_deps_job" not in plan, plan
+        assert "Seq Scan" not in plan, plan
+    finally:
+        repository.close()
+
+
 # What this backend's statements read of a jobs table (its regclass the parameter) and
 # has not yet sent to the server's statistics: (sequential scans, rows they read, rows
 # fetched through an index).
