@@ -257,3 +257,27 @@ def test_a_limit_or_offset_as_large_as_list_jobs_takes_lists_as_before(
     # then the listing is what it was: everything from the start, nothing past the end
     expected = sorted(ids) if status is JobStatus.PENDING and offset == 0 else []
     assert sorted(listed) == expected
+
+
+def test_a_tag_filter_passes_over_a_tagless_job_by_its_text_alone(repo: SQLiteRepository) -> None:
+    # given 3,000 jobs with no tag and one tagged job behind them
+    repo.insert([make_record() for _ in range(3000)], NOW)
+    tagged = make_record(tags=frozenset({"rare"}))
+    repo.insert([tagged], NOW)
+    conn = repo._db.get()
+    ticks = [0]
+
+    def tick() -> int:
+        ticks[0] += 1
+        return 0
+
+    # when they are listed by that tag, SQLite's steps counted (one tick per 100)
+    conn.set_progress_handler(tick, 100)
+    try:
+        found = repo.list(tags=["rare"], limit=None)
+    finally:
+        conn.set_progress_handler(None, 100)
+    # then only the tagged one is found, in under 10 steps a tagless job (counting the
+    # tags of each, none, took 23: 80% of such a listing's time, 150 ms at 300,000 jobs)
+    assert [r.id for r in found] == [tagged.id]
+    assert ticks[0] * 100 < 3000 * 10, ticks

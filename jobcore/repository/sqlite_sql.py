@@ -117,7 +117,9 @@ STATUS_TERMS = {status: f"status = '{status}'" for status in COUNTED_STATUSES}
 OWNER_TERM = "owner = ?"
 # The owner checked on each row read (unary plus: no index), where the rows come by seq.
 OWNER_CHECKED = "+owner = ?"
-TAGS_TERM = HAS_TAGS
+# A job with no tag (most, by far) is passed over by its text alone: the count of its tags
+# took 80% of a tag-filtered listing's time (150 ms with 300,000 jobs kept, 31 without).
+TAGS_TERM = f"(jobs.tags <> '[]' AND {HAS_TAGS})"
 # The newest rows only: a range of the table's own key, from the newest row back to
 # `?` seqs before it (fewer rows once older ones are deleted). Any such range is where a
 # listing of the whole table newest first begins, so what a listing finds in it is what the
