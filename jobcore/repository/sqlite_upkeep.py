@@ -37,6 +37,7 @@ class SQLiteUpkeep(JobRepository):
 
     if TYPE_CHECKING:  # SQLiteRepository's (declared here for the type checker only)
         def _transaction(self, op: Callable[[sqlite3.Connection], T]) -> T: ...
+        def _read(self, query: str, params: Sequence[Any] = ()) -> builtins.list[tuple[Any, ...]]: ...
 
     def recover_expired(self, now: float) -> builtins.list[QueueEntry]:
         return list(self.recover(now).requeued)
