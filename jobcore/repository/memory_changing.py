@@ -61,9 +61,17 @@ class MemoryChanging(MemoryState):
         with self._lock:
             doomed = [r for status in TERMINAL_STATUSES for r in self._by_status[status].values()
                       if before is None or (r.completed_at or 0.0) < before]
+            gone = {row.id for row in doomed if row.status is JobStatus.FAILED}
+            if gone:
+                self._failed_order = [key for key in self._failed_order if key[3] not in gone]
             for row in doomed:
                 job_id = row.id
                 del self._jobs[job_id], self._by_status[row.status][job_id]
+                if row.owner is not None:
+                    owned = self._by_owner[row.owner]
+                    del owned[job_id]
+                    if not owned:
+                        del self._by_owner[row.owner]
                 self._logs.pop(job_id, None)
                 self._dependents.pop(job_id, None)
                 for dep in row.depends_on:  # as SQL deletes its job_deps rows both ways: a

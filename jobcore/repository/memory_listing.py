@@ -10,10 +10,10 @@ from __future__ import annotations
 import builtins
 import heapq
 import operator
-from typing import Collection, Optional
+from typing import Callable, Collection, Optional, Reversible
 
 from ..models import JobStatus
-from .base import JobRecord, newest_failures
+from .base import JobRecord
 from .memory_state import MemoryState
 # A copy with dicts of its own: whoever holds it can change it without touching the store.
 from .values import detached_copy as _detached
@@ -34,24 +34,22 @@ class MemoryListing(MemoryState):
 
         with self._lock:
             few = None if status is None else self._by_status[status]
-            if few is not None and (end is None or len(few) * 4 < len(self._jobs)):
+            mine = None if owner is None else self._by_owner.get(owner, {})
+            if mine is not None and (few is None or len(mine) <= len(few)):
+                rows = _newest(mine.values(), matches, end)  # (an owner's rows: seq order too)
+            elif few is not None and (end is None or len(few) * 4 < len(self._jobs)):
                 rows = [r for r in few.values() if matches(r)]
                 rows = sorted(rows, key=_seq_of, reverse=True) if end is None else heapq.nlargest(end, rows, key=_seq_of)
             else:
-                # _jobs is in seq order (rows are added with the next seq, and never moved):
-                # newest first, stopping once `end` rows matched.
-                rows = []
-                for r in reversed(self._jobs.values()):
-                    if matches(r):
-                        rows.append(r)
-                        if len(rows) == end:
-                            break
+                # _jobs is in seq order (rows are added with the next seq, and never moved)
+                rows = _newest(self._jobs.values(), matches, end)
             return [_detached(r) for r in rows[offset:end]]
 
     def list_dead_letters(self, limit: Optional[int] = None) -> builtins.list[JobRecord]:
-        with self._lock:  # the failed rows only, kept apart by _by_status
-            rows = newest_failures(self._by_status[JobStatus.FAILED].values(), limit)
-            return [_detached(r) for r in rows]
+        with self._lock:  # the newest few failed rows, from the end of their order
+            order = self._failed_order
+            keys = order if limit is None else order[max(0, len(order) - limit):]
+            return [_detached(self._jobs[key[3]]) for key in reversed(keys)]
 
     def count_by_status(self) -> dict[JobStatus, int]:
         with self._lock:
@@ -73,3 +71,16 @@ class MemoryListing(MemoryState):
     def count_logs(self, job_id: str) -> int:
         with self._lock:
             return len(self._logs.get(job_id, ()))
+
+
+def _newest(rows: Reversible[JobRecord], matches: Callable[[JobRecord], bool],
+            end: Optional[int]) -> builtins.list[JobRecord]:
+    """The rows of `rows` (in seq order) that match, newest first, stopping once `end`
+    matched (None: all of them)."""
+    found: builtins.list[JobRecord] = []
+    for r in reversed(rows):
+        if matches(r):
+            found.append(r)
+            if len(found) == end:
+                break
+    return found

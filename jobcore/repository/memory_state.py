@@ -11,6 +11,7 @@ import threading
 
 from ..models import JobStatus
 from .base import JobRecord, JobRepository, WorkerInfo
+from .values import FailedKey
 
 
 class MemoryState(JobRepository):
@@ -20,6 +21,8 @@ class MemoryState(JobRepository):
     _lock: threading.RLock
     _jobs: dict[str, JobRecord]
     _by_status: dict[JobStatus, dict[str, JobRecord]]
+    _failed_order: list[FailedKey]
+    _by_owner: dict[str, dict[str, JobRecord]]
     _dependents: dict[str, set[str]]
     _logs: dict[str, list[tuple[float, str, str]]]
     _unique: dict[str, str]

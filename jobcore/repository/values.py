@@ -400,15 +400,23 @@ def claim_limit(claim_ids: Sequence[str], up_to: Optional[int]) -> int:
     return len(claim_ids) if up_to is None else max(up_to, len(claim_ids))
 
 
+# A FAILED record's place in the dead-letter queue, which lists the greatest first (see
+# `newest_failures`): whether it has a completed_at, that time, its seq, and its id.
+FailedKey = tuple[bool, float, int, str]
+
+
+def failed_key(record: "JobRecord") -> FailedKey:
+    """`record`'s place in the dead-letter queue (`FailedKey`)."""
+    at = record.completed_at
+    return at is not None, 0.0 if at is None else at, record.seq, record.id
+
+
 def newest_failures(records: Iterable["JobRecord"], limit: Optional[int]) -> list["JobRecord"]:
     """The dead-letter queue's order over FAILED `records`, up to `limit` (None: all): the
     most recently failed first (by `completed_at`, when the last attempt ended, which a
     `retry` resets, not when the job was enqueued); among jobs that failed at the same
     moment, the later enqueued (higher `seq`) first; a row without `completed_at` after
     every row with one. What `list_dead_letters` gives, for a store that sorts in Python."""
-    def newest(record: "JobRecord") -> tuple[bool, float, int]:
-        at = record.completed_at
-        return at is not None, 0.0 if at is None else at, record.seq
     if limit is None:
-        return sorted(records, key=newest, reverse=True)
-    return heapq.nlargest(limit, records, key=newest)
+        return sorted(records, key=failed_key, reverse=True)
+    return heapq.nlargest(limit, records, key=failed_key)
