@@ -73,6 +73,23 @@ def report(progress_callback: Any = None) -> str:
     return f"{job.id}/{job.name}/{job.attempt}/{os.getpid()}"
 
 
+def report_often(times: int) -> int:
+    job = current_job()
+    assert job is not None
+    for i in range(1, times + 1):
+        job.progress(i / times, f"step {i}", step=i)
+    return times
+
+
+def report_twice_then_wait(marker: str) -> None:
+    job = current_job()
+    assert job is not None
+    job.progress(0.1, "first")
+    job.progress(0.2, "second")  # (held: made within REPORT_EVERY of the first)
+    while not os.path.exists(marker):  # until the test has seen it
+        time.sleep(0.005)
+
+
 async def async_double(x: int) -> tuple[int, Optional[str]]:
     await asyncio.sleep(0)
     job = current_job()
@@ -193,6 +210,11 @@ class RecordingSink:
             self.events.append(("log", level, message))
             self._cond.notify_all()
 
+    def wait_for_progress(self, message: str) -> None:
+        with self._cond:
+            assert self._cond.wait_for(lambda: any(e[0] == "progress" and e[2] == message for e in self.events),
+                                       BOUND), f"no progress report {message!r} within {BOUND}s"
+
     def wait_for_log(self, message: str) -> None:
         with self._cond:
             assert self._cond.wait_for(lambda: any(e[0] == "log" and e[2] == message for e in self.events),
@@ -277,6 +299,33 @@ def test_progress_and_logs_reach_the_parent_context_in_order(
     assert sink.events == [("progress", 0.25, "quarter", {"step": 1}),
                            ("log", "warning", "halfway there"),
                            ("progress", 1.0, "done", {"step": 2})]
+
+
+def test_progress_reported_in_a_tight_loop_crosses_the_pipe_a_few_times_ending_with_the_last(
+        runner: ProcessRunner, context: JobContext, sink: RecordingSink) -> None:
+    # given a job reporting its progress 20,000 times as fast as it can (each report crossed
+    # the pipe: the engine spent about 10 µs of CPU on each, and the job ran at its pace)
+    outcome = runner.run(report_often, (20_000,), {}, context)
+    assert outcome.value == 20_000
+    # then a few of them reached the parent, in order, the last one among them
+    reports = [e for e in sink.events if e[0] == "progress"]
+    assert 1 <= len(reports) < 2_000, len(reports)
+    assert reports[-1] == ("progress", 1.0, "step 20000", {"step": 20_000})
+    assert [e[3]["step"] for e in reports] == sorted(e[3]["step"] for e in reports)
+
+
+def test_a_progress_report_held_back_reaches_the_parent_while_the_job_runs_on(
+        runner: ProcessRunner, context: JobContext, sink: RecordingSink, in_background: Any,
+        tmp_path: Any) -> None:
+    # given a job that reports twice at once, then makes no report while it runs on
+    marker = str(tmp_path / "seen")
+    running = in_background(runner.run, report_twice_then_wait, (marker,), {}, context)
+    # then the second report reaches the parent while it runs (not only with its answer)
+    sink.wait_for_progress("second")
+    assert not running.done()
+    open(marker, "w").close()
+    assert running.result(timeout=BOUND).error is None
+    assert [e[2] for e in sink.events if e[0] == "progress"] == ["first", "second"]
 
 
 def test_a_coroutine_function_runs_on_an_event_loop_in_the_child(
