@@ -250,3 +250,26 @@ def test_an_owners_jobs_are_listed_without_walking_the_store() -> None:
     assert [r.id for r in repo.list(owner="alice", limit=1, offset=1)] == [records[150].id]
     assert [r.id for r in repo.list(owner="alice", status=JobStatus.PENDING)] == [records[i].id for i in (290, 150, 10)]
     assert repo.list(owner="carol") == []
+
+
+def test_the_scheduled_jobs_read_give_the_times_they_were_picked_by(monkeypatch: pytest.MonkeyPatch) -> None:
+    # given 5 scheduled jobs, and the earliest one's run_at moved an hour later while they
+    # are picked without the lock (it ran meanwhile, failed, and waits for its retry)
+    import jobcore.repository.memory as memory_module
+    repo = MemoryRepository()
+    later = [make_record(status=JobStatus.SCHEDULED, run_at=NOW + i) for i in range(1, 6)]
+    repo.insert(later, NOW)
+    real = memory_module.heapq.nsmallest
+
+    def picked_then_moved(n: int, rows: Any, key: Any = None) -> Any:
+        best = real(n, rows, key=key)
+        repo._jobs[later[0].id].run_at = NOW + 3600
+        return best
+
+    monkeypatch.setattr(memory_module.heapq, "nsmallest", picked_then_moved)
+    # when the earliest 3 are read
+    found = repo.scheduled(None, 3)
+    # then each entry gives the time it was picked by: the window's last time is the third
+    # job's (the moved job's new time in its entry made it an hour later, and the reader
+    # dropped the timers of jobs still scheduled before that)
+    assert [(e.job_id, e.run_at) for e in found] == [(r.id, r.run_at) for r in later[:3]]

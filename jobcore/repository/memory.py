@@ -43,6 +43,11 @@ _seq_of = operator.attrgetter("seq")
 _priority_of = operator.attrgetter("priority")
 
 
+def _due_key(due: tuple[Optional[float], JobRecord]) -> tuple[float, int]:
+    """The order of `scheduled`'s (run_at, row) pairs: earliest first, then by seq."""
+    return due[0] or 0.0, due[1].seq
+
+
 class MemoryRepository(MemoryAdding, MemoryListing, MemoryChanging, MemoryWorkers, JobRepository):
     """An in-memory `JobRepository`. Thread-safe; one lock guards all of its state."""
 
@@ -136,11 +141,14 @@ class MemoryRepository(MemoryAdding, MemoryListing, MemoryChanging, MemoryWorker
     def scheduled(self, function_names: Optional[Collection[str]], limit: int) -> list[QueueEntry]:
         with self._lock:
             waiting = list(self._by_status[JobStatus.SCHEDULED].values())
-        rows = [r for r in waiting
-                if r.blocked == 0
-                and (r.is_schedule or function_names is None or r.function_name in function_names)]
-        best = heapq.nsmallest(limit, rows, key=lambda r: (r.run_at or 0.0, r.seq))
-        return [r.queue_entry() for r in best]
+        # Each row's run_at read once: the entries give the times they were picked by (one
+        # that moved later meanwhile, a retry's back-off or a schedule's next fire, made the
+        # window's last time later than it was, and the reader dropped the timers of jobs
+        # still scheduled past the window but before that time).
+        due = [(r.run_at, r) for r in waiting
+               if r.blocked == 0 and (r.is_schedule or function_names is None or r.function_name in function_names)]
+        best = heapq.nsmallest(limit, due, key=_due_key)
+        return [QueueEntry(r.id, r.priority, r.seq, run_at, r.function_name, r.cron is not None) for run_at, r in best]
 
     def held_here(self) -> bool:
         return holds(self._lock)
