@@ -29,7 +29,7 @@ from .clock import Clock, SystemClock, as_seconds, real_monotonic
 from .context import JobContext
 from .errors import JobCancelled, JobcoreError, JobTimeout
 from .execution import Outcome
-from .isolation_child import memory_limit_supported
+from .isolation_child import REPORT_EVERY, memory_limit_supported
 from .isolation_pool import POLL_INTERVAL, ChildPool, FailedStart
 from .isolation_process import Child, how_it_ended, outlived_server
 from .isolation_wire import (AttemptRequest, NotIsolatable, RemoteError, RemoteFailure,
@@ -42,6 +42,9 @@ logger = logging.getLogger("jobcore.isolation")
 
 _TRIES = 3  # children one attempt may use up when they die before it reaches them
 _DRAIN_SECONDS = 0.2  # at most, relaying what a child sent before its timeout or cancel
+# How long after a child's last progress report it may still send one it held (sent by its
+# flusher REPORT_EVERY after the last one; the rest is room for that thread to be woken).
+_HELD_REPORT_WAIT = 3 * REPORT_EVERY
 START_TIMEOUT = 60.0  # seconds a fresh child may take to start before its attempt fails
 
 
@@ -179,6 +182,7 @@ class ProcessRunner:
             return None
         watched = [child.conn, child.process.sentinel]
         starting = not child.ready
+        child.reported_at = None
         deadline = self._deadline(self._start_timeout if starting else timeout)
         while True:
             wait = POLL_INTERVAL
@@ -241,7 +245,14 @@ class ProcessRunner:
         that goes on reporting is ended all the same."""
         drain_until = real_monotonic() + _DRAIN_SECONDS
         try:
-            while real_monotonic() < drain_until and child.conn.poll(0):
+            while (now := real_monotonic()) < drain_until:
+                # A progress report made within REPORT_EVERY of the last one the child sent
+                # is held there, and sent when that time comes: waited for, while it may be.
+                wait = 0.0
+                if child.reported_at is not None:
+                    wait = max(0.0, min(drain_until, child.reported_at + _HELD_REPORT_WAIT) - now)
+                if not child.conn.poll(wait):
+                    break
                 outcome = self._handle(child.conn.recv_bytes(), child, context)
                 if outcome is not None:
                     return outcome
@@ -271,6 +282,7 @@ class ProcessRunner:
             return Outcome(error=rebuild_exception(failure), traceback=failure.traceback or None)
         try:
             if kind == "progress":  # (sent before the child could know of a cancel: stored)
+                child.reported_at = real_monotonic()
                 context.relay_progress(message[1], message[2], message[3])
             elif kind == "log":
                 context.log(message[2], message[1])

@@ -62,18 +62,25 @@ class _PipeSink:
         self.pid = os.getpid()
         # lock guards writes to _conn (a job's own threads may report concurrently), each
         # `_AttemptSink`'s open flag, so no report follows its attempt's answer, and its
-        # held report; and _holding and _flusher below. held_report waits on it.
+        # held report; and _holding below. held_report waits on it.
         self.lock = threading.Lock()
         self.held_report = threading.Condition(self.lock)
         self._holding: Optional[tuple[_AttemptSink, float]] = None  # the sink holding one, when due
-        self._flusher: Optional[threading.Thread] = None
+        # Started here, as the child starts: not by a job's report, under the attempt's
+        # memory_limit (where it may not start). If it cannot start, reports go at once.
+        self.holds = self._start_flusher()
+
+    def _start_flusher(self) -> bool:
+        flusher = threading.Thread(target=self._flush, name="jobcore-child-reports", daemon=True)
+        try:
+            flusher.start()
+        except RuntimeError:  # no thread to be had
+            return False
+        return True
 
     def flush_later_locked(self, sink: _AttemptSink, due: float) -> None:
         """Have `sink`'s held report sent at `due` (time.monotonic); called with `lock` held."""
         self._holding = (sink, due)
-        if self._flusher is None:
-            self._flusher = threading.Thread(target=self._flush, name="jobcore-child-reports", daemon=True)
-            self._flusher.start()
         self.held_report.notify()
 
     def _flush(self) -> None:
@@ -136,7 +143,7 @@ class _AttemptSink:
             if not self._open:
                 return
             now = time.monotonic()
-            if self._held is None and now - self._sent_at >= REPORT_EVERY:
+            if self._held is None and (now - self._sent_at >= REPORT_EVERY or not self._pipe.holds):
                 self._pipe.send_bytes_locked(data)
                 self._sent_at = now
                 return

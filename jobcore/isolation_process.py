@@ -44,6 +44,9 @@ class Child:
     attempts: int = 0
     sys_path: tuple[str, ...] = ()
     ready: bool = False  # it sent "ready": started, its start-up over
+    # When its last progress report came (real_monotonic; None: none yet in this attempt):
+    # it may hold one made since (isolation_child.REPORT_EVERY). The supervising thread's.
+    reported_at: Optional[float] = None
     # `ending` guards ended, exitcode and at_exit, and the ending of the process.
     ending: threading.Lock = field(default_factory=threading.Lock, repr=False)
     ended: bool = False

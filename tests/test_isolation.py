@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -17,13 +18,16 @@ import textwrap
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.reduction import ForkingPickler
 from typing import Any, Iterator, Optional
 
 import pytest
 
+from jobcore.clock import real_monotonic
 from jobcore.context import JobContext, current_job
 from jobcore.errors import JobCancelled, JobTimeout
 from jobcore.execution import Outcome, run_attempt
+from jobcore.isolation_process import Child
 from jobcore.isolation import (NotIsolatable, ProcessRunner, RemoteError, WorkerProcessDied,
                                isolation_problem, memory_limit_supported)
 from jobcore.retry import is_transient
@@ -88,6 +92,10 @@ def report_twice_then_wait(marker: str) -> None:
     job.progress(0.2, "second")  # (held: made within REPORT_EVERY of the first)
     while not os.path.exists(marker):  # until the test has seen it
         time.sleep(0.005)
+
+
+def flusher_running() -> bool:
+    return any(thread.name == "jobcore-child-reports" for thread in threading.enumerate())
 
 
 async def async_double(x: int) -> tuple[int, Optional[str]]:
@@ -326,6 +334,53 @@ def test_a_progress_report_held_back_reaches_the_parent_while_the_job_runs_on(
     open(marker, "w").close()
     assert running.result(timeout=BOUND).error is None
     assert [e[2] for e in sink.events if e[0] == "progress"] == ["first", "second"]
+
+
+def test_the_thread_sending_held_reports_runs_before_any_job_reports(
+        runner: ProcessRunner, context: JobContext) -> None:
+    # (started by a job's report, it ran under the attempt's memory_limit, where it could
+    # fail to start: the report raised, and no held report was sent from then on)
+    assert runner.run(flusher_running, (), {}, context).value is True
+
+
+class _HeldReportPipe:
+    """The parent's end of a child's pipe, whose child sends a progress report it held
+    once the parent waits for one (a poll with a timeout), not before."""
+
+    def __init__(self, conn: Any, child_end: Any) -> None:
+        self._conn, self._child_end = conn, child_end
+        self.waits: list[float] = []
+
+    def poll(self, timeout: float = 0.0) -> bool:
+        self.waits.append(timeout)
+        if timeout > 0 and len(self.waits) == 1:
+            self._child_end.send_bytes(ForkingPickler.dumps(("progress", 0.2, "second", {})))
+        return bool(self._conn.poll(timeout))
+
+    def recv_bytes(self) -> bytes:
+        return bytes(self._conn.recv_bytes())
+
+
+@pytest.mark.parametrize("reported_lately", [True, False])
+def test_a_stopped_attempt_waits_for_a_report_its_child_may_hold(
+        reported_lately: bool, runner: ProcessRunner, context: JobContext, sink: RecordingSink,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # given a child that sent a progress report just now (or none), and holds another
+    # (made within REPORT_EVERY of the first: sent when that time comes); the last report
+    # a job made before its timeout or cancel was lost
+    parent_end, child_end = multiprocessing.Pipe()
+    pipe = _HeldReportPipe(parent_end, child_end)
+    child = Child(process=None, conn=pipe, pid=None)  # type: ignore[arg-type]
+    child.reported_at = real_monotonic() if reported_lately else None
+    monkeypatch.setattr(runner._pool, "terminate", lambda child: None)
+    # when the attempt is stopped
+    stopped = Outcome(error=JobCancelled("job-1"))
+    assert runner._stop(child, context, stopped) is stopped
+    # then a report held is waited for and relayed; with none lately, nothing is waited for
+    if reported_lately:
+        assert sink.events == [("progress", 0.2, "second", {})]
+    else:
+        assert sink.events == [] and pipe.waits == [0.0]
 
 
 def test_a_coroutine_function_runs_on_an_event_loop_in_the_child(
