@@ -504,6 +504,8 @@ def test_cleanup_deletes_a_chunk_a_transaction_and_everything_of_each_job(repo: 
     # (in every process) for seconds at a million jobs
     import jobcore.repository.sqlite_upkeep as upkeep_module
     monkeypatch.setattr(upkeep_module, "DELETE_CHUNK", 3)
+    pauses: list[float] = []
+    monkeypatch.setattr(upkeep_module, "_pause", pauses.append)
     parent = make_record()
     repo.insert([parent], NOW)
     children = [make_record(depends_on=(parent.id,)) for _ in range(4)]
@@ -526,8 +528,11 @@ def test_cleanup_deletes_a_chunk_a_transaction_and_everything_of_each_job(repo: 
     monkeypatch.setattr(repo._db, "_committed", lambda: (commits.append(1), original())[1])
     # when every finished job is deleted, 3 a transaction
     assert repo.delete_finished(None) == 10
-    # then it took several transactions, and left no log line or link of theirs
+    # then it took several transactions, each full one followed by a pause as long as it
+    # (the write lock taken back at once left other writers waiting through the whole purge),
+    # and left no log line or link of theirs
     assert len(commits) >= 4
+    assert len(pauses) == 2 and all(pause > 0 for pause in pauses), pauses
     with _raw(path) as conn:
         assert conn.execute("SELECT COUNT(*) FROM job_logs").fetchone()[0] == 0
         assert conn.execute("SELECT COUNT(*) FROM job_deps").fetchone()[0] == 0
