@@ -273,3 +273,31 @@ def test_the_scheduled_jobs_read_give_the_times_they_were_picked_by(monkeypatch:
     # job's (the moved job's new time in its entry made it an hour later, and the reader
     # dropped the timers of jobs still scheduled before that)
     assert [(e.job_id, e.run_at) for e in found] == [(r.id, r.run_at) for r in later[:3]]
+
+
+def test_a_cleanup_lets_other_threads_at_the_store_between_its_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    # given 5 completed, 5 failed and 5 cancelled jobs, and a cleanup of 2 a hold of the lock
+    # (deleting 250,000 in one hold stopped every other store call for 450 ms)
+    import jobcore.repository.memory_changing as changing_module
+    repo = MemoryRepository()
+    records = [make_record(max_retries=0) for _ in range(15)]
+    repo.insert(records, NOW)
+    for i, record in enumerate(records):
+        if i >= 10:
+            repo.cancel(record.id, NOW + i, "no")
+            continue
+        repo.claim(record.id, "w", NOW, NOW + LEASE)
+        if i < 5:
+            repo.complete(record.id, "w", 1, None, NOW + i)
+        else:
+            repo.fail(record.id, "w", 1, error="boom", error_type="ValueError", traceback=None,
+                      now=NOW + i, retry_at=None)
+    monkeypatch.setattr(changing_module, "DELETE_CHUNK", 2)
+    between: list[bool] = []
+    monkeypatch.setattr(changing_module, "_let_others_in", lambda: between.append(repo.held_here()))
+    # when the jobs finished before NOW + 12 are deleted (all but 3 cancelled ones)
+    assert repo.delete_finished(NOW + 12) == 12
+    # then it let go of the lock between its chunks, and kept the rest exactly
+    assert len(between) >= 6 and not any(between)
+    assert sorted(r.id for r in repo.list(limit=None)) == sorted(r.id for r in records[12:])
+    assert repo._failed_order == [] and repo.list_dead_letters() == []
