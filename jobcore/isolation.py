@@ -244,13 +244,14 @@ class ProcessRunner:
         then the outcome (the attempt had ended). For at most `_DRAIN_SECONDS`: a child
         that goes on reporting is ended all the same."""
         drain_until = real_monotonic() + _DRAIN_SECONDS
+        # A progress report made within REPORT_EVERY of the last one the child sent is held
+        # there, and sent when that time comes: waited for until then, from the last report
+        # before the stop (not from each one read since: a child reporting all along kept
+        # the wait going to the end of the drain, 0.2 s).
+        held_until = None if child.reported_at is None else min(drain_until, child.reported_at + _HELD_REPORT_WAIT)
         try:
             while (now := real_monotonic()) < drain_until:
-                # A progress report made within REPORT_EVERY of the last one the child sent
-                # is held there, and sent when that time comes: waited for, while it may be.
-                wait = 0.0
-                if child.reported_at is not None:
-                    wait = max(0.0, min(drain_until, child.reported_at + _HELD_REPORT_WAIT) - now)
+                wait = 0.0 if held_until is None else max(0.0, held_until - now)
                 if not child.conn.poll(wait):
                     break
                 outcome = self._handle(child.conn.recv_bytes(), child, context)

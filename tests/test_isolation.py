@@ -27,6 +27,7 @@ from jobcore.clock import real_monotonic
 from jobcore.context import JobContext, current_job
 from jobcore.errors import JobCancelled, JobTimeout
 from jobcore.execution import Outcome, run_attempt
+from jobcore import isolation as isolation_module
 from jobcore.isolation_process import Child
 from jobcore.isolation import (NotIsolatable, ProcessRunner, RemoteError, WorkerProcessDied,
                                isolation_problem, memory_limit_supported)
@@ -352,13 +353,33 @@ class _HeldReportPipe:
         self.waits: list[float] = []
 
     def poll(self, timeout: float = 0.0) -> bool:
+        """(Never blocks: a wait that nothing answers ends at once.)"""
         self.waits.append(timeout)
         if timeout > 0 and len(self.waits) == 1:
             self._child_end.send_bytes(ForkingPickler.dumps(("progress", 0.2, "second", {})))
-        return bool(self._conn.poll(timeout))
+        return bool(self._conn.poll(0))
 
     def recv_bytes(self) -> bytes:
         return bytes(self._conn.recv_bytes())
+
+
+def test_a_stopped_attempt_waits_for_a_held_report_from_the_last_report_before_the_stop(
+        runner: ProcessRunner, context: JobContext, sink: RecordingSink, monkeypatch: pytest.MonkeyPatch) -> None:
+    # given a child whose last report came a while before the stop, and which sends one more
+    # as the stop waits (a child reporting all along: each report read used to start the
+    # wait afresh, and the drain ran to its end, 0.2 s, with the child alive)
+    parent_end, child_end = multiprocessing.Pipe()
+    pipe = _HeldReportPipe(parent_end, child_end)
+    child = Child(process=None, conn=pipe, pid=None)  # type: ignore[arg-type]
+    monkeypatch.setattr(isolation_module, "_HELD_REPORT_WAIT", 10.0)  # (the pipe never blocks)
+    monkeypatch.setattr(isolation_module, "_DRAIN_SECONDS", 60.0)
+    child.reported_at = real_monotonic() - 1.0
+    monkeypatch.setattr(runner._pool, "terminate", lambda child: None)
+    # when the attempt is stopped
+    runner._stop(child, context, Outcome(error=JobCancelled("job-1")))
+    # then the report is relayed, and the wait after it ends when the first one would have
+    assert sink.events == [("progress", 0.2, "second", {})]
+    assert len(pipe.waits) == 2 and pipe.waits[1] < pipe.waits[0] <= 9.0, pipe.waits
 
 
 @pytest.mark.parametrize("reported_lately", [True, False])

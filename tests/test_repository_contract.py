@@ -539,6 +539,34 @@ def test_cleanup_deletes_a_chunk_a_transaction_and_everything_of_each_job(repo: 
     assert sorted(r.id for r in repo.list()) == sorted(c.id for c in children[2:])
 
 
+def test_a_cleanups_pause_is_as_long_as_its_chunk_held_the_lock_not_its_wait_for_it(
+        repo: SQLiteRepository, monkeypatch: Any) -> None:
+    # given 7 cancelled jobs, deleted 3 a transaction, and a write lock each transaction
+    # waits 10 s for (another writer's), on a clock the test moves
+    import jobcore.repository.sqlite_upkeep as upkeep_module
+    monkeypatch.setattr(upkeep_module, "DELETE_CHUNK", 3)
+    records = [make_record() for _ in range(7)]
+    repo.insert(records, NOW)
+    for record in records:
+        repo.cancel(record.id, NOW, "no")
+    now = [0.0]
+    monkeypatch.setattr(upkeep_module, "real_monotonic", lambda: now[0])
+    take = repo._db._take_write_lock
+
+    def waited() -> Any:
+        now[0] += 10.0
+        return take()
+
+    monkeypatch.setattr(repo._db, "_take_write_lock", waited)
+    pauses: list[float] = []
+    monkeypatch.setattr(upkeep_module, "_pause", pauses.append)
+    # when they are deleted
+    assert repo.delete_finished(None) == 7
+    # then each pause after a full chunk was the time the chunk held the lock (none on
+    # this clock), not that and its wait (it slept as long as it had waited, up to 30 s)
+    assert pauses == [0.0, 0.0]
+
+
 def test_a_cleanup_that_finds_nothing_to_delete_writes_nothing(repo: SQLiteRepository, monkeypatch: Any) -> None:
     # given jobs of every terminal status, all finished after the cutoff: reading them in a
     # write transaction held every other writer (in every process) while it read the whole

@@ -82,11 +82,14 @@ class SQLiteUpkeep(JobRepository):
                                                      (after, before, before, DELETE_CHUNK))]
                 held = 0.0
                 if seqs:
-                    chunk = (json.dumps(seqs), before, before)
-                    began = real_monotonic()
-                    deleted += len(self._transaction(
-                        lambda conn: _delete_chunk(conn, sql.DELETE_FINISHED[status.value], chunk)))
-                    held = real_monotonic() - began
+                    chunk, began = (json.dumps(seqs), before, before), [0.0]
+
+                    def delete(conn: sqlite3.Connection) -> list[tuple[str]]:
+                        began[0] = real_monotonic()  # (the lock taken: not the wait for it)
+                        return _delete_chunk(conn, sql.DELETE_FINISHED[status.value], chunk)
+
+                    deleted += len(self._transaction(delete))
+                    held = real_monotonic() - began[0]
                 if len(seqs) < DELETE_CHUNK:
                     break
                 after = seqs[-1]
