@@ -23,8 +23,7 @@ READY_LOAD_LIMIT = 10_000  # a window: the queue is refilled as it drains
 # is spaced out on the housekeeper's looks, to about RELOAD_SHARE of the time.
 SPACED_SCHEDULED_READ = 0.005
 # While that read is spaced out, each look reads this many of the earliest scheduled jobs
-# (a few rows of an index, or of the memory store's heap: about 0.3 ms): a job another
-# process (or another manager on the same memory store) schedules due soon is
+# (a few rows of an index: about 0.3 ms): a job another process schedules due soon is
 # among them, and is queued as a timer at once. Found only by the spaced read, one stored
 # 0.3 s ahead beside 20,000 due later started up to 0.7 s late (SPEC: within 100 ms).
 EARLIEST_SCHEDULED = 100
@@ -72,8 +71,8 @@ class QueueLoader:
         look after another process's commit (each heartbeat or progress report of a
         worker beside it), up to 85% of a CPU with 20,000. Those it holds are queued as
         timers already; one another process schedules is found at the next look among the
-        EARLIEST_SCHEDULED read then, or else at the next read of them all (a second or two
-        at that size)."""
+        EARLIEST_SCHEDULED read then (on a persistent store), or else at the next read of
+        them all (a second or two at that size)."""
         more = self._load_ready()
         self._read_scheduled(spaced)
         return more
@@ -104,8 +103,11 @@ class QueueLoader:
         names = self._registry.names
         began = real_monotonic()
         if spaced and began < self._scheduled_read_after:
-            with self._queue.reading() as read:
-                self._pool.enqueue_entries(self._repo.scheduled(names, EARLIEST_SCHEDULED), read)
+            # (Not the memory store: its other managers, rare, are in this process, and it
+            # reads its earliest jobs as costly as all of them.)
+            if self._repo.persistent:
+                with self._queue.reading() as read:
+                    self._pool.enqueue_entries(self._repo.scheduled(names, EARLIEST_SCHEDULED), read)
             return self._scheduled_read_after
         cpu = time.thread_time()  # its cost: CPU, which a loaded machine does not inflate
         with self._queue.reading() as read:

@@ -310,17 +310,14 @@ def test_a_read_of_scheduled_jobs_skipped_as_costly_is_made_later_on_a_quiet_sto
     assert job_id not in manager._queue  # noqa: SLF001
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "memory"])
 def test_a_job_another_process_schedules_due_soon_is_queued_while_the_costly_read_is_spaced_out(
-        backend: str, db_path: str, make_manager: Callable[..., JobManager]) -> None:
+        db_path: str, make_manager: Callable[..., JobManager]) -> None:
     # given an idle manager on a file whose scheduled jobs cost 20 ms of CPU to read (thousands
-    # due later), which read them all just now, for a job another process scheduled a day
-    # ahead (or another manager of this process, sharing its memory store)
+    # due later), which read them all just now, for a job another process scheduled a day ahead
     clock = FakeClock()
-    repository: JobRepository = SQLiteRepository(db_path) if backend == "sqlite" else MemoryRepository()
-    manager, watched, _ = _idle_manager(make_manager, repository, clock)
+    manager, watched, _ = _idle_manager(make_manager, SQLiteRepository(db_path), clock)
     _make_scheduled_reads_cost(manager.repository, 0.02)
-    other = make_manager(SQLiteRepository(db_path) if backend == "sqlite" else repository, producer=True)
+    other = make_manager(SQLiteRepository(db_path), producer=True)
     now = datetime.fromtimestamp(clock.time())
     later = other.enqueue(Job(function_name="noop", scheduled_at=now + timedelta(days=1)))
     before = watched.reloads

@@ -16,7 +16,6 @@ import pytest
 
 from jobcore import JobStatus, MemoryRepository
 from jobcore.repository.base import JobRecord, newest_failures
-from jobcore.repository.memory import FEW_DUE
 from jobcore.repository.values import failed_key
 from jobcore.testing.contract.support import LEASE, NOW, make_record
 
@@ -207,14 +206,13 @@ def test_the_reads_of_the_queue_pick_and_sort_their_rows_without_the_stores_lock
     repo.insert(ready + later, NOW)
     names = _NamesSeen(repo, {ready[0].function_name})
     # when the queue's reads pick the rows
-    # (a read of more scheduled jobs than the few read from the top of their heap)
     found = repo.ready(names, 4)
-    timers = repo.scheduled(names, FEW_DUE + 1)
+    timers = repo.scheduled(names, 4)
     # then each row was matched with the lock free, and the answers are a locked pass's
     assert len(names.locked) == 12 and not any(names.locked)
     best = sorted(ready, key=lambda r: (-r.priority, r.seq))[:4]
     assert [e.job_id for e in found] == [r.id for r in best]
-    assert [e.job_id for e in timers] == [r.id for r in reversed(later)]
+    assert [e.job_id for e in timers] == [r.id for r in reversed(later)][:4]
 
 
 def test_the_newest_dead_letters_are_read_without_walking_every_failed_job() -> None:
@@ -269,8 +267,8 @@ def test_the_scheduled_jobs_read_give_the_times_they_were_picked_by(monkeypatch:
         return best
 
     monkeypatch.setattr(memory_module.heapq, "nsmallest", picked_then_moved)
-    # when the earliest 3 are read (in a read of more than the few read from the heap's top)
-    found = repo.scheduled(None, FEW_DUE + 1)[:3]
+    # when the earliest 3 are read
+    found = repo.scheduled(None, 3)
     # then each entry gives the time it was picked by: the window's last time is the third
     # job's (the moved job's new time in its entry made it an hour later, and the reader
     # dropped the timers of jobs still scheduled before that)
@@ -303,25 +301,3 @@ def test_a_cleanup_lets_other_threads_at_the_store_between_its_chunks(monkeypatc
     assert len(between) >= 6 and not any(between)
     assert sorted(r.id for r in repo.list(limit=None)) == sorted(r.id for r in records[12:])
     assert repo._failed_order == [] and repo.list_dead_letters() == []
-
-
-def test_the_earliest_scheduled_jobs_are_read_from_the_top_of_their_heap() -> None:
-    # given 300 scheduled jobs, some moved since (one retried, one schedule fired, one
-    # cancelled), some of another function, one waiting on a dependency
-    repo = MemoryRepository()
-    parent = make_record()
-    records = [make_record(status=JobStatus.SCHEDULED, run_at=NOW + 1000 - i,
-                           function_name="other" if i % 7 == 0 else "task") for i in range(300)]
-    blocked = make_record(status=JobStatus.SCHEDULED, run_at=NOW - 5, function_name="task", depends_on=(parent.id,))
-    repo.insert([parent, *records, blocked], NOW)
-    repo.cancel(records[-1].id, NOW, "no")
-    retried = records[-2]
-    repo.claim(retried.id, "w", NOW + 1000, NOW + 1000 + LEASE)
-    repo.fail(retried.id, "w", 1, error="boom", error_type="ValueError", traceback=None, now=NOW + 1000,
-              retry_at=NOW + 5000)
-    waiting = [r for r in repo._jobs.values() if r.status is JobStatus.SCHEDULED and r.blocked == 0]
-    expected = [r.id for r in sorted(waiting, key=lambda r: (r.run_at, r.seq)) if r.function_name == "task"][:5]
-    # (picking them walked every scheduled row: 20 ms at 100,000, at each look of a manager)
-    repo._by_status[JobStatus.SCHEDULED] = _NoScan(repo._by_status[JobStatus.SCHEDULED])
-    # when the earliest 5 of "task" are read, then they are those, earliest first
-    assert [e.job_id for e in repo.scheduled({"task"}, 5)] == expected

@@ -43,10 +43,6 @@ _seq_of = operator.attrgetter("seq")
 _priority_of = operator.attrgetter("priority")
 
 
-# A `scheduled` read of at most this many is made from the top of `_due`.
-FEW_DUE = 1000
-
-
 def _due_key(due: tuple[Optional[float], JobRecord]) -> tuple[float, int]:
     """The order of `scheduled`'s (run_at, row) pairs: earliest first, then by seq."""
     return due[0] or 0.0, due[1].seq
@@ -84,12 +80,6 @@ class MemoryRepository(MemoryAdding, MemoryListing, MemoryChanging, MemoryWorker
         # owner never changes): listing an owner's jobs walked every row (30 ms with
         # 300,000 kept, the store locked throughout).
         self._by_owner: dict[str, dict[str, JobRecord]] = {}
-        # A heap of (run_at, seq, id) pushed as each row becomes SCHEDULED or its run_at
-        # moves (an entry whose row is gone, or not scheduled at that time, is stale and
-        # passed over; the heap is rebuilt once most are): the earliest few scheduled jobs
-        # are read from its top (`scheduled` with a small limit, each look of a manager),
-        # where picking them walked every scheduled row (20 ms at 100,000).
-        self._due: list[tuple[float, int, str]] = []
         # Moves at each row added and each status changed: every write that can make a job
         # runnable (a dependency released goes with its dependency's completion) or take one.
         self._writes = 0
@@ -149,8 +139,6 @@ class MemoryRepository(MemoryAdding, MemoryListing, MemoryChanging, MemoryWorker
         return [r.queue_entry() for r in rows[:limit]]
 
     def scheduled(self, function_names: Optional[Collection[str]], limit: int) -> list[QueueEntry]:
-        if limit <= FEW_DUE:
-            return self._earliest(function_names, limit)
         with self._lock:
             waiting = list(self._by_status[JobStatus.SCHEDULED].values())
         # Each row's run_at read once: the entries give the times they were picked by (one
@@ -161,38 +149,6 @@ class MemoryRepository(MemoryAdding, MemoryListing, MemoryChanging, MemoryWorker
                if r.blocked == 0 and (r.is_schedule or function_names is None or r.function_name in function_names)]
         best = heapq.nsmallest(limit, due, key=_due_key)
         return [QueueEntry(r.id, r.priority, r.seq, run_at, r.function_name, r.cron is not None) for run_at, r in best]
-
-    def _earliest(self, function_names: Optional[Collection[str]], limit: int) -> list[QueueEntry]:
-        """`scheduled` from the top of `_due`: its entries walked in order (each node's
-        children put on a frontier), stale ones and those not asked for passed over."""
-        found: list[QueueEntry] = []
-        seen: set[str] = set()
-        jobs, scheduled = self._jobs, JobStatus.SCHEDULED
-        with self._lock:
-            due = self._due
-            frontier = [(due[0], 0)] if due else []
-            while frontier and len(found) < limit:
-                (at, _, job_id), i = heapq.heappop(frontier)
-                for child in (2 * i + 1, 2 * i + 2):
-                    if child < len(due):
-                        heapq.heappush(frontier, (due[child], child))
-                row = jobs.get(job_id)
-                if (row is None or row.status is not scheduled or (row.run_at or 0.0) != at or row.blocked
-                        or job_id in seen
-                        or not (row.is_schedule or function_names is None or row.function_name in function_names)):
-                    continue
-                seen.add(job_id)
-                found.append(row.queue_entry())
-        return found
-
-    def _note_due(self, row: JobRecord) -> None:
-        """Push a SCHEDULED row's run_at on `_due` (called with the lock held), rebuilding
-        the heap from the scheduled rows once most of its entries are stale."""
-        due = self._due
-        heapq.heappush(due, (row.run_at or 0.0, row.seq, row.id))
-        if len(due) > 64 and len(due) > 2 * len(self._by_status[JobStatus.SCHEDULED]):
-            self._due = [(r.run_at or 0.0, r.seq, r.id) for r in self._by_status[JobStatus.SCHEDULED].values()]
-            heapq.heapify(self._due)
 
     def held_here(self) -> bool:
         return holds(self._lock)
@@ -237,8 +193,6 @@ class MemoryRepository(MemoryAdding, MemoryListing, MemoryChanging, MemoryWorker
         row.status = status
         if status is JobStatus.FAILED:
             bisect.insort(self._failed_order, failed_key(row))
-        elif status is JobStatus.SCHEDULED:
-            self._note_due(row)
         self._writes += 1
 
     def _add_row(self, row: JobRecord) -> None:
@@ -249,8 +203,6 @@ class MemoryRepository(MemoryAdding, MemoryListing, MemoryChanging, MemoryWorker
             self._by_owner.setdefault(row.owner, {})[row.id] = row
         if row.status is JobStatus.FAILED:
             bisect.insort(self._failed_order, failed_key(row))
-        elif row.status is JobStatus.SCHEDULED:
-            self._note_due(row)
         self._writes += 1
 
     def _unlist_failed(self, row: JobRecord) -> None:
@@ -322,8 +274,8 @@ class MemoryRepository(MemoryAdding, MemoryListing, MemoryChanging, MemoryWorker
                 self._logs.setdefault(job_id, []).append((now, "error", note))
             row.error, row.error_type, row.traceback = error, error_type, traceback
             if retry_at is not None:  # the next attempt starts from no progress
-                row.run_at = retry_at  # (first: _set_status notes it in _due)
                 self._set_status(row, JobStatus.SCHEDULED)
+                row.run_at = retry_at
                 row.lease_expires_at = None
                 row.progress, row.progress_message, row.progress_details = 0.0, "", {}
                 return _NO_CASCADE
@@ -452,7 +404,6 @@ class MemoryRepository(MemoryAdding, MemoryListing, MemoryChanging, MemoryWorker
             if run.id in self._jobs:
                 raise id_taken(run.id)
             schedule.run_at = next_run_at
-            self._note_due(schedule)
             row = _stored(run)
             row.seq = run.seq = self._next_seq
             self._next_seq += 1
