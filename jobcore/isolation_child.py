@@ -96,7 +96,10 @@ class _PipeSink:
                     self.held_report.wait(left)
                     continue
                 self._holding = None
-                sink.send_held_locked()
+                try:
+                    sink.send_held_locked()
+                except (OSError, ValueError):  # the parent stopped listening: it is ending us
+                    return
 
     def forked(self) -> bool:
         """True in a copy of the child a job forked (which drops what it would send)."""

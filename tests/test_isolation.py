@@ -344,6 +344,30 @@ def test_the_thread_sending_held_reports_runs_before_any_job_reports(
     assert runner.run(flusher_running, (), {}, context).value is True
 
 
+def test_the_thread_sending_held_reports_ends_quietly_once_the_parent_stops_listening(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # given a child's end of the pipe whose parent closed its end (as it does before it ends
+    # the child), and a progress report held there (the thread died on the broken pipe, and
+    # its traceback, cut off by the child's end, went to the worker's stderr)
+    from types import SimpleNamespace
+    from jobcore.isolation_child import _AttemptSink, _PipeSink
+    failures: list[Any] = []
+    monkeypatch.setattr(threading, "excepthook", failures.append)
+    ours, theirs = multiprocessing.Pipe()
+    theirs.close()
+    before = set(threading.enumerate())
+    pipe = _PipeSink(ours)
+    flusher, = [t for t in threading.enumerate() if t not in before and t.name == "jobcore-child-reports"]
+    sink = _AttemptSink(pipe, SimpleNamespace(check_details=False, max_payload_bytes=None))  # type: ignore[arg-type]
+    sink._sent_at = time.monotonic()  # (a report just sent: the next is held)
+    # when the report is held and its time comes
+    sink.report_progress(JobContext("job-1", "a job", 1, RecordingSink()), 0.5, "held", {})
+    flusher.join(BOUND)
+    # then the thread ended without an exception
+    assert not flusher.is_alive() and failures == []
+    ours.close()
+
+
 class _HeldReportPipe:
     """The parent's end of a child's pipe, whose child sends a progress report it held
     once the parent waits for one (a poll with a timeout), not before."""
