@@ -220,10 +220,9 @@ DELETE_LOGS = "DELETE FROM job_logs WHERE job_id IN (SELECT value FROM json_each
 DELETE_DEP_LISTS = "DELETE FROM job_dep_lists WHERE job_id IN (SELECT value FROM json_each(?))"
 # Lists whose job is gone: a jobcore of version 6 running beside this one during an upgrade
 # deletes jobs without their lists (it does not know the table). Each found by its key.
-ORPHAN_DEP_LISTS = "SELECT EXISTS (SELECT 1 FROM job_dep_lists WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.id = job_dep_lists.job_id))"
-DELETE_ORPHAN_DEP_LISTS = """
-DELETE FROM job_dep_lists WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.id = job_dep_lists.job_id)
-"""
+_ORPHAN = "NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.id = job_dep_lists.job_id)"
+ORPHAN_DEP_LISTS = f"SELECT EXISTS (SELECT 1 FROM job_dep_lists WHERE {_ORPHAN})"
+DELETE_ORPHAN_DEP_LISTS = f"DELETE FROM job_dep_lists WHERE {_ORPHAN}"
 DELETE_DEPS = """
 DELETE FROM job_deps WHERE job_id IN (SELECT value FROM json_each(?))
     OR depends_on IN (SELECT value FROM json_each(?))
