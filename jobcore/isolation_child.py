@@ -65,7 +65,7 @@ class _PipeSink:
         # held report; and _holding below. held_report waits on it.
         self.lock = threading.Lock()
         self.held_report = threading.Condition(self.lock)
-        self._holding: Optional[tuple[_AttemptSink, float]] = None  # the sink holding one, when due
+        self._holding: Optional[_AttemptSink] = None  # the sink holding one
         # Started here, as the child starts: not by a job's report, under the attempt's
         # memory_limit (where it may not start). If it cannot start, reports go at once.
         self.holds = self._start_flusher()
@@ -78,9 +78,9 @@ class _PipeSink:
             return False
         return True
 
-    def flush_later_locked(self, sink: _AttemptSink, due: float) -> None:
-        """Have `sink`'s held report sent at `due` (time.monotonic); called with `lock` held."""
-        self._holding = (sink, due)
+    def flush_later_locked(self, sink: _AttemptSink) -> None:
+        """Have `sink`'s held report sent when it is due; called with `lock` held."""
+        self._holding = sink
         self.held_report.notify()
 
     def _flush(self) -> None:
@@ -90,8 +90,8 @@ class _PipeSink:
                 if self._holding is None:
                     self.held_report.wait()
                     continue
-                sink, due = self._holding
-                left = due - time.monotonic()
+                sink = self._holding
+                left = sink.due_locked() - time.monotonic()
                 if left > 0:
                     self.held_report.wait(left)
                     continue
@@ -151,7 +151,7 @@ class _AttemptSink:
                 self._sent_at = now
                 return
             if self._held is None:
-                self._pipe.flush_later_locked(self, self._sent_at + REPORT_EVERY)
+                self._pipe.flush_later_locked(self)
             self._held = data
 
     def report_log(self, context: JobContext, level: str, message: str) -> None:
@@ -162,6 +162,10 @@ class _AttemptSink:
             if self._open:
                 self.send_held_locked()
                 self._pipe.send_bytes_locked(data)
+
+    def due_locked(self) -> float:
+        """When a report held is to be sent (time.monotonic; called with pipe.lock held)."""
+        return self._sent_at + REPORT_EVERY
 
     def send_held_locked(self) -> None:
         """Send the progress report held, if any (called with pipe.lock held)."""
