@@ -16,6 +16,7 @@ from .housekeeper import RELOAD_SHARE
 from .queue import ReadyQueue
 from .registry import FunctionRegistry
 from .repository.base import JobRepository
+from .repository.memory import MemoryRepository
 from .workers import WorkerPool
 
 READY_LOAD_LIMIT = 10_000  # a window: the queue is refilled as it drains
@@ -27,6 +28,11 @@ SPACED_SCHEDULED_READ = 0.005
 # among them, and is queued as a timer at once. Found only by the spaced read, one stored
 # 0.3 s ahead beside 20,000 due later started up to 0.7 s late (SPEC: within 100 ms).
 EARLIEST_SCHEDULED = 100
+# On the memory store, whose feed gives the rows made runnable since a look (see
+# `QueueLoader.__init__`), the read of every row is a safety net only, made at most about
+# this share of the time by its cost: at RELOAD_SHARE, an idle manager sharing the store
+# with a producer, 100,000 jobs of another function pending, spent 5% of a CPU on it.
+FULL_READ_SHARE = RELOAD_SHARE / 10
 
 
 class QueueLoader:
@@ -47,6 +53,16 @@ class QueueLoader:
         # the thread loading the queue (the housekeeper's, one starting the manager, one
         # registering a function on it): a value lost to a race only moves a read.
         self._scheduled_read_after = 0.0
+        # The memory store keeps a feed of the rows made runnable (see
+        # `MemoryRepository.runnable_since`): after a full load, the housekeeper's reloads
+        # read what it added since (`_feed_at`, its position then), and read every row
+        # again only as often as FULL_READ_SHARE allows by that read's cost (from
+        # `_full_read_after`, real monotonic). Set by the thread loading the queue, as above.
+        self._feed = repository if isinstance(repository, MemoryRepository) else None
+        self._feed_at: Optional[int] = None
+        self._full_read_after = 0.0
+        # Whether the last window of ready jobs read was full (see `load`). Set as above.
+        self._more_ready = False
 
     def stocked(self) -> bool:
         """True while the queue holds half a window or more (reloads may be spaced out)."""
@@ -57,8 +73,37 @@ class QueueLoader:
         real monotonic time from which that read is owed (else None): on a store quiet
         from then on, nothing else would make it, and the timers of jobs another process
         cancelled meanwhile stayed queued until their time came."""
+        if self._feed is not None:
+            self._follow_feed(self._feed)
+            return None
         self._load_ready()
         return self._read_scheduled(spaced=True)
+
+    def _follow_feed(self, feed: MemoryRepository) -> None:
+        """`spaced_reload` on the memory store: queue the rows it made runnable since the
+        last read, and forget those that ended since (cancelled by another manager), or
+        read them all if that read is due (see `__init__`). The window of the best ready
+        jobs is read again, as on other stores, while the last one was full (more wait
+        in the store than it holds), and the pool's claims by number told (see
+        `_load_ready`). Nothing is ever owed: the feed tells every change a read of them
+        all would find."""
+        began = real_monotonic()
+        at = self._feed_at
+        if at is not None and began < self._full_read_after:
+            window = self._more_ready or self._pool.claims_from_store
+            with self._queue.reading() as read:
+                found = feed.runnable_since(at, self._registry.names)
+                if found is not None:
+                    ready, scheduled, gone, self._feed_at = found
+                    self._queue.discard(gone)
+                    self._pool.enqueue_entries(scheduled if window else [*ready, *scheduled], read)
+            if found is not None:
+                if window:
+                    self._load_ready()
+                return
+        cpu = time.thread_time()
+        self.load()
+        self._full_read_after = began + (time.thread_time() - cpu) / FULL_READ_SHARE
 
     def load(self, spaced: bool = False) -> bool:
         """Index the stored jobs this manager can run (up to a window of the best). True
@@ -73,6 +118,8 @@ class QueueLoader:
         timers already; one another process schedules is found at the next look among the
         EARLIEST_SCHEDULED read then (on a persistent store), or else at the next read of
         them all (a second or two at that size)."""
+        if self._feed is not None:
+            self._feed_at = self._feed.feed_position()  # (before the reads: see `_follow_feed`)
         more = self._load_ready()
         self._read_scheduled(spaced)
         return more
@@ -86,7 +133,7 @@ class QueueLoader:
             # cancel committed is not queued again after that cancel discarded it.
             with self._queue.reading() as read:
                 ready = self._repo.ready(names, READY_LOAD_LIMIT)
-                more = len(ready) >= READY_LOAD_LIMIT
+                more = self._more_ready = len(ready) >= READY_LOAD_LIMIT
                 self._pool.enqueue_entries(ready, read, window_full=more)
             self._queue.watch_low(READY_LOAD_LIMIT // 4 if more else 0)
         else:

@@ -18,7 +18,8 @@ from typing import Any, Callable
 import pytest
 
 from jobcore import FakeClock, Job, JobManager, JobRepository, MemoryRepository, SQLiteRepository, housekeeper
-from jobcore.loading import EARLIEST_SCHEDULED
+from jobcore.loading import EARLIEST_SCHEDULED, FULL_READ_SHARE
+from jobcore.repository import memory
 
 WAIT = 10.0
 
@@ -29,12 +30,15 @@ def noop() -> None:
 
 class Watched:
     """Counts the store's reloads (reads of its scheduled jobs, not those of only the
-    earliest few: `earliest_reads`) and lets the test wait for each housekeeping look
-    (each `change_token` read)."""
+    earliest few: `earliest_reads`; nor the memory store's reads of its feed of the rows
+    made runnable since a look: `feed_reads`) and lets the test wait for each housekeeping
+    look (each `change_token` read)."""
 
     def __init__(self, repository: JobRepository) -> None:
         self.reloads = 0
         self.earliest_reads = 0
+        self.feed_reads = 0
+        self.housekeepers_reloads = 0  # (those a started manager made; `run_pending` makes others)
         self._looks = threading.Semaphore(0)
         token, scheduled = repository.change_token, repository.scheduled
 
@@ -46,12 +50,26 @@ class Watched:
         def counted_scheduled(names: Any, limit: int) -> Any:
             if limit > EARLIEST_SCHEDULED:  # (not a look's read of the earliest few)
                 self.reloads += 1
+                self.housekeepers_reloads += threading.current_thread().name == "jobcore-housekeeper"
             else:
                 self.earliest_reads += 1
             return scheduled(names, limit)
 
         repository.change_token = change_token  # type: ignore[method-assign]
         repository.scheduled = counted_scheduled  # type: ignore[method-assign]
+        if isinstance(repository, MemoryRepository):
+            since = repository.runnable_since
+
+            def counted_since(*args: Any) -> Any:
+                self.feed_reads += 1
+                return since(*args)
+
+            repository.runnable_since = counted_since  # type: ignore[method-assign]
+
+    @property
+    def reads(self) -> int:
+        """The store's reads for work: reloads, and reads of the memory store's feed."""
+        return self.reloads + self.feed_reads
 
     def started(self) -> None:
         """Wait for the housekeeper's first token read, made as its thread starts."""
@@ -69,7 +87,7 @@ class Watched:
 def _idle_manager(make_manager: Callable[..., JobManager], repository: JobRepository,
                   clock: FakeClock, *jobs: Job) -> tuple[JobManager, Watched, int]:
     """A started manager on `repository` holding `jobs`, past its first looks; with the
-    store's reloads counted from then on (and how many there were so far)."""
+    store's reads counted from then on (and how many there were so far: `Watched.reads`)."""
     watched = Watched(repository)
     manager = make_manager(repository, clock=clock, poll_interval=1.0, discovery_interval=0.05)
     manager.register_function("noop", noop)
@@ -79,7 +97,7 @@ def _idle_manager(make_manager: Callable[..., JobManager], repository: JobReposi
     watched.started()
     for _ in range(2):
         watched.pass_time(clock, 1.5)
-    return manager, watched, watched.reloads
+    return manager, watched, watched.reads
 
 
 def spend_cpu(seconds: float) -> None:
@@ -115,7 +133,7 @@ def test_an_idle_manager_does_not_reload_an_unchanged_store(repository: JobRepos
         watched.pass_time(clock, 1.5)
 
     # then it never read the store's jobs again
-    assert watched.reloads == before
+    assert watched.reads == before
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "memory"])
@@ -134,7 +152,7 @@ def test_an_idle_manager_reloads_after_another_writer_adds_a_job(backend: str, t
     watched.pass_time(clock, 0.06)
 
     # then the idle manager read the store again and ran it
-    assert watched.reloads > before
+    assert watched.reads > before
     assert manager.wait(job_id, timeout=WAIT).status.value == "completed"
 
 
@@ -172,24 +190,31 @@ def test_a_busy_manager_spaces_out_costly_reloads_while_its_queue_is_stocked(
     def reloads_over(passes: int) -> int:
         """Reloads in `passes` passes of 3 s: one each while a reload costs under 0.15 s of
         CPU (20 times that is the pause after it)."""
-        before = watched.reloads
+        before = watched.reads
         for _ in range(passes):
             producer.enqueue(Job(function_name="elsewhere"))
             watched.pass_time(clock, 3.0)
-        return watched.reloads - before
+        return watched.reads - before
 
     # (cheap reloads come at every pass)
     assert reloads_over(3) == 3
     # when one reload takes 0.2 s of CPU (as sorting a million ready jobs can)
-    ready = repository.ready
+    # (whichever read it makes: of every ready job, or of the memory store's feed)
+    ready, since = repository.ready, repository.runnable_since
 
     def slow_ready(*args: Any) -> Any:
         cpu[0] += 0.2
         return ready(*args)
 
+    def slow_since(*args: Any) -> Any:
+        cpu[0] += 0.2
+        return since(*args)
+
     repository.ready = slow_ready  # type: ignore[method-assign]
+    repository.runnable_since = slow_since  # type: ignore[method-assign]
     assert reloads_over(1) == 1
     repository.ready = ready  # type: ignore[method-assign]
+    repository.runnable_since = since  # type: ignore[method-assign]
     if stocked:
         # then, the queue stocked, the next comes only once 20 times that has passed (at
         # least 4 s: none in the next pass, 3.06 s)
@@ -272,13 +297,19 @@ def test_an_idle_manager_spaces_out_costly_reads_of_its_scheduled_jobs(
     manager, watched, _ = _idle_manager(make_manager, repository, clock)
     _make_scheduled_reads_cost(repository, 0.02)
     # when it looks 10 times (every discovery_interval, each finding the store changed)
-    before, began = watched.reloads, time.monotonic()
+    before, feed_before, began = watched.reloads, watched.feed_reads, time.monotonic()
     for _ in range(10):
         watched.pass_time(clock, 0.06)
     elapsed = time.monotonic() - began
+    reads = watched.reloads - before
+    if isinstance(repository, MemoryRepository):
+        # then (the memory store) each look read the rows made runnable since the last
+        # one, and every row again at most once per 200 times that read's cost (4 s)
+        assert watched.feed_reads - feed_before + reads >= 10
+        assert reads <= 1 + elapsed / (0.02 / FULL_READ_SHARE), (reads, elapsed)
+        return
     # then it read its scheduled jobs again about once per 20 times their cost (0.4 s) of
     # real time, not at each look (it did: up to 85% of a CPU with 20,000 of them)
-    reads = watched.reloads - before
     assert 1 <= reads <= 2 + elapsed / 0.4, (reads, elapsed)
 
 
@@ -293,9 +324,9 @@ def test_a_read_of_scheduled_jobs_skipped_as_costly_is_made_later_on_a_quiet_sto
     other.register_function("noop", noop)
     ahead = datetime.fromtimestamp(clock.time()) + timedelta(days=1)
     job_id = other.enqueue(Job(function_name="noop", scheduled_at=ahead))
-    before = watched.reloads
+    before = watched.reads
     watched.pass_time(clock, 0.06)
-    assert watched.reloads > before  # it read the new job, and holds its timer
+    assert watched.reads > before  # it read the new job, and holds its timer
     assert job_id in manager._queue  # noqa: SLF001 (the timer is what is at stake)
     # when the other manager cancels it right away (the next read of the scheduled jobs
     # is skipped: the last one was costly), and then nothing is written for a while
@@ -332,3 +363,94 @@ def test_a_job_another_process_schedules_due_soon_is_queued_while_the_costly_rea
     # found it 0.4-0.7 s later: it started that late, past SPEC's 100 ms)
     assert watched.reloads == before and watched.earliest_reads >= 1
     assert soon in manager._queue  # noqa: SLF001
+
+
+def _make_memory_full_reads_cost(repository: MemoryRepository, seconds: float) -> None:
+    """Each read of every ready and every scheduled job of the memory store costs
+    `seconds` of CPU more (thousands of them), so that its next one is spaced out."""
+    _make_scheduled_reads_cost(repository, seconds)
+    ready = repository.ready
+
+    def costly_ready(*args: Any) -> Any:
+        spend_cpu(seconds)
+        return ready(*args)
+
+    repository.ready = costly_ready  # type: ignore[method-assign]
+
+
+def _memory_idle_manager(make_manager: Callable[..., JobManager],
+                         clock: FakeClock) -> tuple[MemoryRepository, JobManager, Watched]:
+    """An idle manager on a memory store whose reads of every job cost 50 ms of CPU (the
+    last one made just now: the next comes 10 s later), past its first looks."""
+    repository = MemoryRepository()
+    manager, watched, _ = _idle_manager(make_manager, repository, clock)
+    _make_memory_full_reads_cost(repository, 0.05)
+    before, began = watched.housekeepers_reloads, time.monotonic()
+    while watched.housekeepers_reloads == before:  # (a look reads when the store changed)
+        assert time.monotonic() < began + WAIT
+        make_manager(repository, producer=True).enqueue(Job(function_name="elsewhere"))
+        watched.pass_time(clock, 0.06)
+    return repository, manager, watched
+
+
+def test_a_job_another_manager_of_the_memory_store_schedules_is_queued_at_the_next_look(
+        make_manager: Callable[..., JobManager]) -> None:
+    # given an idle manager on a memory store whose reads of every job are costly and
+    # spaced out (50,000 scheduled for later), the last one made just now
+    clock = FakeClock()
+    repository, manager, watched = _memory_idle_manager(make_manager, clock)
+    # when another manager of this process schedules a job 0.3 s ahead
+    other = make_manager(repository, clock=clock, producer=True)
+    soon = other.enqueue(Job(function_name="noop",
+                             scheduled_at=datetime.fromtimestamp(clock.time()) + timedelta(seconds=0.3)))
+    before, feed_before = watched.housekeepers_reloads, watched.feed_reads
+    watched.pass_time(clock, 0.06)
+    # then the next look queued its timer, from the rows made runnable since the last one
+    # (found only by the spaced read of every job, one started 0.4-1.2 s late, past
+    # SPEC's 100 ms)
+    assert watched.housekeepers_reloads == before and watched.feed_reads > feed_before
+    assert soon in manager._queue  # noqa: SLF001
+    clock.advance(0.3)
+    assert manager.wait(soon, timeout=WAIT).status.value == "completed"
+
+
+def test_a_dependent_another_manager_releases_on_the_memory_store_runs_without_a_full_read(
+        make_manager: Callable[..., JobManager]) -> None:
+    # given an idle manager on a memory store (its reads of every job spaced out), that
+    # runs "noop", and another manager of this process that runs "first"
+    clock = FakeClock()
+    repository, manager, watched = _memory_idle_manager(make_manager, clock)
+    other = make_manager(repository, clock=clock, producer=True)
+    other.register_function("first", noop)
+    before = watched.housekeepers_reloads
+    # when the other manager runs a job another depends on, the dependent seen waiting
+    first = other.enqueue(Job(function_name="first"))
+    then = other.enqueue(Job(function_name="noop", depends_on=[first]))
+    watched.pass_time(clock, 0.06)
+    assert then not in manager._queue  # noqa: SLF001
+    assert other.run_pending() == 1
+    watched.pass_time(clock, 0.06)
+    # then the dependent it released was queued by the next look, and ran
+    assert manager.wait(then, timeout=WAIT).status.value == "completed"
+    assert watched.housekeepers_reloads == before
+
+
+def test_a_manager_behind_on_the_memory_store_feed_reads_every_job(
+        make_manager: Callable[..., JobManager], monkeypatch: pytest.MonkeyPatch) -> None:
+    # given an idle manager on a memory store whose feed keeps 5 to 10 rows made runnable
+    monkeypatch.setattr(memory, "FEED_KEEP", 5)
+    clock = FakeClock()
+    repository = MemoryRepository()
+    manager, watched, _ = _idle_manager(make_manager, repository, clock)
+    _make_memory_full_reads_cost(repository, 0.02)
+    make_manager(repository, producer=True).enqueue(Job(function_name="elsewhere"))
+    watched.pass_time(clock, 0.06)  # (a costly read of every job: the next is spaced out)
+    before = watched.reloads
+    # when another manager stores 30 jobs between two of its looks
+    other = make_manager(repository, clock=clock, producer=True)
+    ids = [other.enqueue(Job(function_name="noop", scheduled_at=datetime.fromtimestamp(clock.time())
+                             + timedelta(days=1))) for _ in range(30)]
+    watched.pass_time(clock, 0.06)
+    # then, the feed no longer holding its place, it read every job at once
+    assert watched.reloads > before
+    assert all(job_id in manager._queue for job_id in ids)  # noqa: SLF001

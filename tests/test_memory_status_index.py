@@ -15,6 +15,7 @@ from typing import Any, Optional
 import pytest
 
 from jobcore import JobStatus, MemoryRepository
+from jobcore.repository import memory
 from jobcore.repository.base import JobRecord, newest_failures
 from jobcore.repository.values import failed_key
 from jobcore.testing.contract.support import LEASE, NOW, make_record
@@ -104,6 +105,58 @@ def test_the_status_index_matches_a_scan_of_the_store_after_any_operations(seed:
     for step in range(150):
         _step(repo, rng, NOW + step)
         _check(repo, rng)
+
+
+class _Follower:
+    """What another manager of the process sharing the store queues from its feed of rows
+    made runnable (`runnable_since`): entries by id, ready or timers; every ready and
+    scheduled row read afresh when the feed no longer holds its place (a manager keeps
+    what it queued before, refused at its claim if stale: not the feed's to tell)."""
+
+    def __init__(self, repo: MemoryRepository) -> None:
+        self.repo, self.at = repo, repo.feed_position()
+        self.queued: dict[str, Any] = {}
+        self.full_reads = 0
+
+    def look(self) -> None:
+        found = self.repo.runnable_since(self.at, None)
+        if found is None:
+            self.full_reads += 1
+            self.at = self.repo.feed_position()
+            self.queued = {}
+            self.queued.update((e.job_id, e) for e in [*self.repo.ready(None, 10**6), *self.repo.scheduled(None, 10**6)])
+            return
+        ready, scheduled, gone, self.at = found
+        for job_id in gone:
+            self.queued.pop(job_id, None)
+        self.queued.update((e.job_id, e) for e in [*ready, *scheduled])
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_the_feed_of_rows_made_runnable_misses_none(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # given a follower of the feed, which keeps 2 to 4 rows between two looks or more
+    if seed % 2:
+        monkeypatch.setattr(memory, "FEED_KEEP", 2)
+    rng = random.Random(seed)
+    repo = MemoryRepository()
+    follower = _Follower(repo)
+    for step in range(150):
+        # when any operation is made, and the follower looks now and then
+        _step(repo, rng, NOW + step)
+        if rng.random() < 0.5:
+            follower.look()
+            # then every job that can run is queued there, a scheduled one by its time,
+            # and none that was cancelled or failed while it waited is
+            for row in repo._jobs.values():
+                runnable = row.blocked == 0 and (row.status is JobStatus.SCHEDULED or (
+                    row.status is JobStatus.PENDING and row.cron is None))
+                entry = follower.queued.get(row.id)
+                if runnable:
+                    assert entry is not None, (step, row.status, row.id)
+                    assert entry.run_at == (row.run_at if row.status is JobStatus.SCHEDULED else entry.run_at)
+                elif row.status in (JobStatus.CANCELLED, JobStatus.FAILED) and row.started_at is None:
+                    assert entry is None, (step, row.status, row.id)
+    assert follower.full_reads > 0 or not seed % 2
 
 
 class _NoScan(dict):  # type: ignore[type-arg]

@@ -39,6 +39,11 @@ from .values import FailedKey, copy_nested, failed_key, stored_copy as _stored
 _NO_CASCADE = Cascade()
 
 
+# The ids of rows made runnable that the feed keeps at least (see `runnable_since`): a
+# manager reading it falls back to reading every pending and scheduled row when more were
+# added between two of its looks.
+FEED_KEEP = 20_000
+
 _seq_of = operator.attrgetter("seq")
 _priority_of = operator.attrgetter("priority")
 
@@ -83,6 +88,17 @@ class MemoryRepository(MemoryAdding, MemoryListing, MemoryChanging, MemoryWorker
         # Moves at each row added and each status changed: every write that can make a job
         # runnable (a dependency released goes with its dependency's completion) or take one.
         self._writes = 0
+        # The ids of the rows that may have become runnable or stopped being so while
+        # waiting, in order (`_add_row`, `_set_status`, a release from dependencies): each
+        # entered PENDING or SCHEDULED, was released, or ended (cancelled) from there.
+        # Another manager of this process sharing the store reads what was added since its
+        # last look (`runnable_since`) rather than every pending and scheduled row: a job
+        # it scheduled beside 20,000 due later started 0.4-1.2 s late, found only by the
+        # read of all of them, spaced out by its cost. The feed keeps its last FEED_KEEP to
+        # 2 * FEED_KEEP ids; `_feed_start` is the position of its first (positions only
+        # grow).
+        self._feed: list[str] = []
+        self._feed_start = 0
         # A forked child has a copy of the store of its own: one no thread was changing at
         # the fork, with a lock of its own (the parent's may have been held then).
         self._held_for_fork = False
@@ -150,6 +166,45 @@ class MemoryRepository(MemoryAdding, MemoryListing, MemoryChanging, MemoryWorker
         best = heapq.nsmallest(limit, due, key=_due_key)
         return [QueueEntry(r.id, r.priority, r.seq, run_at, r.function_name, r.cron is not None) for run_at, r in best]
 
+    def feed_position(self) -> int:
+        """Where the feed of rows made runnable ends now: `runnable_since` from here gives
+        those made runnable after this call."""
+        with self._lock:
+            return self._feed_start + len(self._feed)
+
+    def runnable_since(self, position: int, function_names: Optional[Collection[str]],
+                       ) -> Optional[tuple[list[QueueEntry], list[QueueEntry], list[str], int]]:
+        """The rows noted in the feed since its `position` (`feed_position`): those
+        runnable now, as `ready` and `scheduled` would give them (unsorted); the ids of
+        those gone (cancelled, failed or deleted: a timer of theirs would only fail to
+        claim); and the position to read from next. None if the feed no longer holds
+        `position` (more than FEED_KEEP were added since: read `ready` and `scheduled`
+        instead). As those reads, it copies the ids under the lock and picks the rows
+        without it (see `ready`)."""
+        with self._lock:
+            start = self._feed_start
+            if position < start:
+                return None
+            ids = self._feed[position - start:]
+            end = start + len(self._feed)
+        jobs, ready, scheduled, gone = self._jobs, [], [], []
+        for job_id in dict.fromkeys(ids):
+            r = jobs.get(job_id)
+            if r is None or r.status is JobStatus.CANCELLED or r.status is JobStatus.FAILED:
+                gone.append(job_id)
+                continue
+            if r.blocked:
+                continue
+            status = r.status
+            if status is JobStatus.PENDING:
+                if r.cron is None and (function_names is None or r.function_name in function_names):
+                    ready.append(r.queue_entry())
+            elif status is JobStatus.SCHEDULED:
+                if r.is_schedule or function_names is None or r.function_name in function_names:
+                    scheduled.append(QueueEntry(r.id, r.priority, r.seq, r.run_at, r.function_name,
+                                                r.cron is not None))
+        return ready, scheduled, gone, end
+
     def held_here(self) -> bool:
         return holds(self._lock)
 
@@ -186,14 +241,28 @@ class MemoryRepository(MemoryAdding, MemoryListing, MemoryChanging, MemoryWorker
     def _set_status(self, row: JobRecord, status: JobStatus) -> None:
         """Change a stored row's status, moving it to that status in `_by_status` (and in
         or out of `_failed_order`: a row enters FAILED with its `completed_at` set)."""
-        if row.status is JobStatus.FAILED:
+        was = row.status
+        if was is JobStatus.FAILED:
             self._unlist_failed(row)
-        del self._by_status[row.status][row.id]
+        del self._by_status[was][row.id]
         self._by_status[status][row.id] = row
         row.status = status
         if status is JobStatus.FAILED:
             bisect.insort(self._failed_order, failed_key(row))
+        if status is not JobStatus.RUNNING and (
+                status is JobStatus.PENDING or status is JobStatus.SCHEDULED
+                or was is JobStatus.PENDING or was is JobStatus.SCHEDULED):
+            self._note_runnable(row.id)  # (made runnable, or ended while it waited)
         self._writes += 1
+
+    def _note_runnable(self, job_id: str) -> None:
+        """Add a row that may have become runnable, or ended while it waited, to the feed
+        (see `runnable_since`)."""
+        feed = self._feed
+        feed.append(job_id)
+        if len(feed) > 2 * FEED_KEEP:
+            del feed[:FEED_KEEP]
+            self._feed_start += FEED_KEEP
 
     def _add_row(self, row: JobRecord) -> None:
         """Store a new row (its seq the next one: `list` relies on _jobs being in seq order)."""
@@ -203,6 +272,8 @@ class MemoryRepository(MemoryAdding, MemoryListing, MemoryChanging, MemoryWorker
             self._by_owner.setdefault(row.owner, {})[row.id] = row
         if row.status is JobStatus.FAILED:
             bisect.insort(self._failed_order, failed_key(row))
+        elif row.status is JobStatus.PENDING or row.status is JobStatus.SCHEDULED:
+            self._note_runnable(row.id)
         self._writes += 1
 
     def _unlist_failed(self, row: JobRecord) -> None:
@@ -243,6 +314,7 @@ class MemoryRepository(MemoryAdding, MemoryListing, MemoryChanging, MemoryWorker
                 dependent.blocked = max(0, dependent.blocked - 1)
                 if dependent.blocked == 0:
                     released.append(dependent.queue_entry())
+                    self._note_runnable(dep_id)
             return Cascade(released=tuple(released)) if released else _NO_CASCADE
 
     def _cancel_dependents(self, root: JobRecord, now: float) -> tuple[str, ...]:
@@ -404,6 +476,7 @@ class MemoryRepository(MemoryAdding, MemoryListing, MemoryChanging, MemoryWorker
             if run.id in self._jobs:
                 raise id_taken(run.id)
             schedule.run_at = next_run_at
+            self._note_runnable(schedule_id)
             row = _stored(run)
             row.seq = run.seq = self._next_seq
             self._next_seq += 1
