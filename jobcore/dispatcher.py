@@ -26,6 +26,10 @@ from .recorder import Finished, Recorder
 
 logger = logging.getLogger("jobcore.workers")
 _MAX_PAUSE = 2.0  # seconds: the longest pause after a fault of the dispatcher's (see `Dispatcher._run`)
+# Cron schedules due at once are fired this many at a time, an exchange made between (the
+# runs of the first claimed while the rest fire): 1,000 sharing a fire time, all fired
+# before any exchange, started their runs only after the last was stored.
+FIRE_AT_ONCE = 50
 
 class Dispatcher:
     """The dispatcher thread of one pool."""
@@ -45,11 +49,15 @@ class Dispatcher:
         # has held jobs with that count unchanged: only this thread reads or writes them.
         self._seen_taken = 0
         self._seen_at = 0.0
+        # When the pool last started (epoch seconds, set before the thread starts): fire
+        # times passed since are each fired, not coalesced (see `ScheduleFirer.fire`).
+        self._started_at = 0.0
 
     def start(self, generation: int) -> None:
         """Start the thread for the pool's start numbered `generation`; it ends once the
         pool stops and nothing is left to record, or once the pool starts again (the next
         start's dispatcher takes over)."""
+        self._started_at = self._clock.time()
         self.thread = threading.Thread(target=self._run, args=(generation,), name="jobcore-dispatcher",
                                        daemon=True)
         self.thread.start()
@@ -86,7 +94,7 @@ class Dispatcher:
                     if state.generation != generation:
                         return
                     self._wake_if_stalled_locked()
-                    schedules = [] if state.stopping else self._queue.pop_due_schedules()
+                    schedules = [] if state.stopping else self._queue.pop_due_schedules(FIRE_AT_ONCE)
                     exchange = None if state.exchanging else self._exchange_due_locked()
                     if exchange is not None or schedules:
                         break
@@ -103,8 +111,8 @@ class Dispatcher:
             if exchange is None and not schedules:
                 self._recorder.hand_back(buffered)
                 return
-            for schedule in schedules:
-                self._recorder.fire_schedule(schedule)
+            if schedules:
+                self._recorder.fire_schedules(schedules, running_since=self._started_at)
             if exchange is None:
                 continue
             if backoff:

@@ -503,13 +503,14 @@ class ReadyQueue:
             self.running_low()
         return dropped, best
 
-    def pop_due_schedules(self) -> list[QueueEntry]:
-        """Take every cron schedule that is due to fire; never blocks."""
+    def pop_due_schedules(self, limit: Optional[int] = None) -> list[QueueEntry]:
+        """Take the cron schedules that are due to fire, earliest first (`limit` of them
+        at most); never blocks."""
         with self._lock:
             now = self._clock.time()
-            due = []
+            due: list[QueueEntry] = []
             self._prune(_SCHEDULES)
-            while self._schedules and self._schedules[0][0] <= now:
+            while self._schedules and self._schedules[0][0] <= now and (limit is None or len(due) < limit):
                 item = heapq.heappop(self._schedules)
                 if self._live(item):
                     del self._members[item[3].job_id]

@@ -64,7 +64,7 @@ class Recorder:
         self._rng = rng
         self._publish = publish
         self._on_settled = on_settled
-        self._scheduler = ScheduleFirer(repository, clock, self.enqueue_entries)
+        self._scheduler = ScheduleFirer(repository, clock, self.enqueue_entries, catch_up_within=lease_timeout)
         self._refusals = Refusals(repository, worker_id, lease_timeout, act=self._after_all,
                                   give_up=self.forget_unrecorded)
         # The dependents the last exchange released, ready now and runnable here (see
@@ -93,17 +93,24 @@ class Recorder:
                     ready.append(entry)
         self._queue.push_ready(ready, read=read, window_full=window_full)
 
-    def fire_schedule(self, entry: QueueEntry) -> None:
-        """Fire a due cron schedule; storage trouble retries it in a second."""
+    def fire_schedules(self, entries: list[QueueEntry], running_since: Optional[float] = None) -> None:
+        """Fire due cron schedules together (`ScheduleFirer.fire`, which tells what
+        `running_since` is for); storage trouble retries them in a second, and a fault
+        fires them one by one (a broken schedule must not keep the others from firing)."""
         try:
-            # A read: a cancel committed after it must not leave the schedule queued.
+            # A read: a cancel committed after it must not leave a schedule queued.
             with self._queue.reading() as read:
-                self._scheduler.fire(entry, read)
+                self._scheduler.fire(entries, read, running_since)
         except RepositoryError as exc:
-            logger.error("could not fire schedule %s, retrying in 1s: %s", entry.job_id, exc)
-            self._queue.push(entry, self._clock.time() + 1.0)
+            logger.error("could not fire %d schedule(s), retrying in 1s: %s", len(entries), exc)
+            for entry in entries:
+                self._queue.push(entry, self._clock.time() + 1.0)
         except Exception:  # a broken schedule must not stop the dispatcher
-            logger.exception("schedule %s failed to fire", entry.job_id)
+            if len(entries) > 1:
+                for entry in entries:
+                    self.fire_schedules([entry], running_since)
+            else:
+                logger.exception("schedule %s failed to fire", entries[0].job_id)
 
     # -- recording ---------------------------------------------------------------------------
     @property

@@ -50,8 +50,9 @@ class SingleStep:
         that error, which is then raised here, in the caller's thread."""
         ran = 0
         while limit is None or ran < limit:
-            for schedule in self._queue.pop_due_schedules():
-                self._recorder.fire_schedule(schedule)
+            schedules = self._queue.pop_due_schedules()
+            if schedules:
+                self._recorder.fire_schedules(schedules)
             entries = self._queue.pop_ready(1)
             if not entries:
                 return ran

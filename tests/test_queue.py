@@ -313,14 +313,14 @@ def test_a_schedule_cancelled_as_it_fires_is_not_queued_again(
     ran: list[int] = []
     manager.register_function("tick", lambda: ran.append(1))
     schedule_id = manager.enqueue(Job(function_name="tick", cron="0 3 * * *"))
-    fire = repository.fire_schedule
+    fire = repository.fire_schedules
 
     def fire_then_cancel(*args: Any) -> Any:
         fired = fire(*args)
         assert manager.cancel(schedule_id)
         return fired
 
-    repository.fire_schedule = fire_then_cancel  # type: ignore[method-assign,assignment]
+    repository.fire_schedules = fire_then_cancel  # type: ignore[method-assign]
     clock.advance(86_400)
     # when it fires: its run runs
     assert manager.run_pending() == 1 and ran == [1]

@@ -316,6 +316,15 @@ class JobRepository(JobReads):
         if the schedule was cancelled or fired already (by any process): each fire time
         yields at most one run."""
 
+    def fire_schedules(self, fires: Sequence[tuple[str, float, float, JobRecord]],
+                       now: float) -> builtins.list[bool]:
+        """`fire_schedule` for each (schedule_id, fire_at, next_run_at, run) of `fires`,
+        in order; whether each fired. A backend may store them all in one transaction
+        (SQLite does: schedules sharing a fire time, fired a transaction each, started
+        their runs that much later); by default, one `fire_schedule` call each."""
+        return [self.fire_schedule(schedule_id, fire_at, next_run_at, run, now)
+                for schedule_id, fire_at, next_run_at, run in fires]
+
     def fail_schedule(self, schedule_id: str, error: str, now: float) -> bool:
         """A cron schedule that can never fire (its row is corrupt: a column that cannot be
         decoded, a cron expression or time zone that does not parse): SCHEDULED -> FAILED

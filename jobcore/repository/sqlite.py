@@ -313,15 +313,25 @@ class SQLiteRepository(SQLiteAdding, SQLiteUpkeep, SQLiteMigration, SettlesThrou
 
     def fire_schedule(self, schedule_id: str, fire_at: float, next_run_at: float, run: JobRecord,
                       now: float) -> bool:
-        params = row_params(run, now, JobStatus.PENDING, 0, None, self.max_payload_bytes)
+        return self.fire_schedules([(schedule_id, fire_at, next_run_at, run)], now)[0]
+
+    def fire_schedules(self, fires: Sequence[tuple[str, float, float, JobRecord]],
+                       now: float) -> builtins.list[bool]:
+        """One transaction for them all (see `JobRepository.fire_schedules`)."""
+        params = [row_params(run, now, JobStatus.PENDING, 0, None, self.max_payload_bytes)
+                  for _, _, _, run in fires]
+        fired = []
         with self._write() as conn:
-            if conn.execute(sql.ADVANCE_SCHEDULE, (next_run_at, schedule_id, fire_at)).rowcount != 1:
-                return False
-            try:
-                run.seq = conn.execute(transition_sql.INSERT_JOB, params).lastrowid or 0
-            except sqlite3.IntegrityError:
-                raise id_taken(run.id) from None
-        return True
+            for (schedule_id, fire_at, next_run_at, run), run_params in zip(fires, params):
+                if conn.execute(sql.ADVANCE_SCHEDULE, (next_run_at, schedule_id, fire_at)).rowcount != 1:
+                    fired.append(False)
+                    continue
+                try:
+                    run.seq = conn.execute(transition_sql.INSERT_JOB, run_params).lastrowid or 0
+                except sqlite3.IntegrityError:
+                    raise id_taken(run.id) from None
+                fired.append(True)
+        return fired
 
     def fail_schedule(self, schedule_id: str, error: str, now: float) -> bool:
         with self._write() as conn:
