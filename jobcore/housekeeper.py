@@ -54,7 +54,8 @@ class Housekeeper:
     """Periodic upkeep for one manager (see module docstring).
 
     `refill()` reloads the manager's ready queue from the repository; `stocked()` tells
-    whether that queue holds plenty (then costly reloads are spaced out). Intervals are float
+    whether that queue holds plenty (then costly reloads are spaced out); `glance()` reads
+    the few jobs due first, when the store changed but the workers have work here. Intervals are float
     seconds: heartbeats every `poll_interval` (at least three a lease: `beat_every`),
     recovery every `lease_timeout / 4` (at least `poll_interval`), and change detection
     every `discovery_interval`.
@@ -62,13 +63,15 @@ class Housekeeper:
 
     def __init__(self, repository: JobRepository, pool: WorkerPool, clock: Clock, settings: PoolSettings,
                  refill: Callable[[], Optional[float]], discovery_interval: float,
-                 on_recovery: Callable[[Recovery], None], stocked: Callable[[], bool] = lambda: False) -> None:
+                 on_recovery: Callable[[Recovery], None], stocked: Callable[[], bool] = lambda: False,
+                 glance: Callable[[], None] = lambda: None) -> None:
         self._repo = repository
         self._pool = pool
         self._clock = clock
         self._settings = settings
         self._refill = refill
         self._stocked = stocked
+        self._glance = glance
         self._exact_token = repository.change_token_sees_every_write
         self._on_recovery = on_recovery  # queues what came back, notifies of what failed
         self._discovery_interval = discovery_interval
@@ -265,6 +268,7 @@ class Housekeeper:
         # would: the timers of jobs another process cancelled meanwhile stayed until due).
         owed: Optional[float] = None
         token = self._token()
+        glanced = token  # the token when the store was last read or glanced at (see below)
         # The first look reads the store whatever the token says: a job another process
         # stored after `start` read the store, but before that token was taken, would
         # otherwise leave no change to notice, and wait for ever.
@@ -317,10 +321,18 @@ class Housekeeper:
                     due = now - last_refill >= every and (changed or not self._exact_token)
                     if (changed and self._pool.wants_work) or due:
                         first_look = False
-                        token, last_refill = current, now
+                        token, glanced, last_refill = current, current, now
                         cpu = thread_time()
                         owed = self._refill()
                         refill_every = max(settings.poll_interval, (thread_time() - cpu) / RELOAD_SHARE)
+                    elif current is not None and current != glanced:
+                        # No reload (the workers have work here), but the store changed:
+                        # a glance queues the timers of the jobs due first, among them one
+                        # another process scheduled due soon. While a manager's own
+                        # scheduled jobs kept coming due (833 a second), such a job was
+                        # found only by the reload every poll_interval: up to 2 s late.
+                        glanced = current
+                        self._glance()
             except RepositoryError as exc:
                 logger.error("housekeeping failed, will retry: %s", exc)
                 times.store_failed(now)

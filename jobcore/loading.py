@@ -79,6 +79,17 @@ class QueueLoader:
         self._load_ready()
         return self._read_scheduled(spaced=True)
 
+    def glance(self) -> None:
+        """The housekeeper's look when the store changed but the pool wants no work (no
+        reload then): queue the EARLIEST_SCHEDULED jobs due first (on the memory store,
+        what its feed gained), so that a job another process or manager schedules due
+        soon is queued before its time."""
+        if self._feed is not None:
+            self._follow_feed(self._feed)
+            return
+        with self._queue.reading() as read:
+            self._pool.enqueue_entries(self._repo.scheduled(self._registry.names, EARLIEST_SCHEDULED), read)
+
     def _follow_feed(self, feed: MemoryRepository) -> None:
         """`spaced_reload` on the memory store: queue the rows it made runnable since the
         last read, and forget those that ended since (cancelled by another manager), or

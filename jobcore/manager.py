@@ -131,7 +131,7 @@ class JobManager(Inspection):
                                         self._loader.spaced_reload,
                                         discovery_interval,
                                         self._recovered,
-                                        stocked=self._loader.stocked)
+                                        stocked=self._loader.stocked, glance=self._loader.glance)
         self._enqueuer = Enqueuer(self.repository, self._registry, self._local, self._pool,
                                   self._settlements, self._clock, producer=self.producer,
                                   immediate=self.immediate, worker_id=self.worker_id,

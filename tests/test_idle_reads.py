@@ -454,3 +454,36 @@ def test_a_manager_behind_on_the_memory_store_feed_reads_every_job(
     # then, the feed no longer holding its place, it read every job at once
     assert watched.reloads > before
     assert all(job_id in manager._queue for job_id in ids)  # noqa: SLF001
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "memory"])
+def test_a_busy_manager_queues_a_job_another_writer_schedules_at_its_next_look(
+        backend: str, tmp_path: Any, make_manager: Callable[..., JobManager]) -> None:
+    # given a started manager whose one worker is busy, with a job ready behind it (it
+    # wants no work, so its looks do not reload the store: that comes every poll_interval)
+    clock = FakeClock()
+    path = str(tmp_path / "jobs.db")
+    repository: JobRepository = SQLiteRepository(path) if backend == "sqlite" else MemoryRepository()
+    watched = Watched(repository)
+    manager = make_manager(repository, clock=clock, poll_interval=1.0, discovery_interval=0.05, max_workers=1)
+    busy, release = threading.Event(), threading.Event()
+    manager.register_function("busy", lambda: busy.set() or release.wait(WAIT))
+    manager.register_function("noop", noop)
+    manager.enqueue(Job(function_name="busy", priority=9))
+    manager.enqueue(Job(function_name="noop"))
+    manager.start()
+    watched.started()
+    assert busy.wait(WAIT)
+    watched.pass_time(clock, 0.06)
+    before = watched.reloads
+    # when another writer (another process, or another manager of this one) schedules a
+    # job due soon
+    other = SQLiteRepository(path) if backend == "sqlite" else repository
+    soon = datetime.fromtimestamp(clock.time()) + timedelta(seconds=0.5)
+    job_id = make_manager(other, clock=clock, producer=True).enqueue(Job(function_name="noop", scheduled_at=soon))
+    watched.pass_time(clock, 0.06)
+    # then its next look queued the job's timer, without reloading the store (found only
+    # by that reload, it started up to 2 s late while the manager's own jobs kept it busy)
+    assert job_id in manager._queue  # noqa: SLF001
+    assert watched.reloads == before
+    release.set()
