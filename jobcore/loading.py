@@ -85,22 +85,22 @@ class QueueLoader:
         what its feed gained), so that a job another process or manager schedules due
         soon is queued before its time."""
         if self._feed is not None:
-            self._follow_feed(self._feed)
+            self._follow_feed(self._feed, glance=True)
             return
         with self._queue.reading() as read:
             self._pool.enqueue_entries(self._repo.scheduled(self._registry.names, EARLIEST_SCHEDULED), read)
 
-    def _follow_feed(self, feed: MemoryRepository) -> None:
+    def _follow_feed(self, feed: MemoryRepository, glance: bool = False) -> None:
         """`spaced_reload` on the memory store: queue the rows it made runnable since the
         last read, and forget those that ended since (cancelled by another manager), or
         read them all if that read is due (see `__init__`). The window of the best ready
         jobs is read again, as on other stores, while the last one was full (more wait
         in the store than it holds), and the pool's claims by number told (see
         `_load_ready`). Nothing is ever owed: the feed tells every change a read of them
-        all would find."""
+        all would find. A `glance` reads the feed alone (if it still holds its place)."""
         began = real_monotonic()
         at = self._feed_at
-        if at is not None and began < self._full_read_after:
+        if at is not None and (glance or began < self._full_read_after):
             window = self._more_ready or self._pool.claims_from_store
             with self._queue.reading() as read:
                 found = feed.runnable_since(at, self._registry.names)
@@ -109,9 +109,11 @@ class QueueLoader:
                     self._queue.discard(gone)
                     self._pool.enqueue_entries(scheduled if window else [*ready, *scheduled], read)
             if found is not None:
-                if window:
+                if window and not glance:
                     self._load_ready()
                 return
+        if glance:
+            return
         cpu = time.thread_time()
         self.load()
         self._full_read_after = began + (time.thread_time() - cpu) / FULL_READ_SHARE
