@@ -110,6 +110,12 @@ class Pacing:
         """True while enqueues stream in."""
         return now < self._stream_until
 
+    def offered_last(self, thread: int) -> bool:
+        """Whether thread `thread` (its ident) made the last enqueue's offer: if not,
+        `producer_waits` for it changes nothing. Safe without the pool's lock for the
+        thread asking about itself: only its own enqueues can make it the last."""
+        return self._last_offer[1] == thread
+
     def producer_waits(self, thread: int) -> bool:
         """Thread `thread` (its ident) waits for a job to settle. If it made the last
         enqueue it streams no more: the stream ends, and its next enqueue starts none (a

@@ -457,6 +457,8 @@ BEYOND = "99999999999999999999"  # more than SQLite's (and PostgreSQL's) 64-bit 
      "argument --lease-timeout: must be <= 3155760000, got 1e11"),
     (["worker", "--import", "x", "--poll-interval", "3155760001"],
      "argument --poll-interval: must be <= 3155760000, got 3155760001"),
+    (["worker", "--import", "x", "--discovery-interval", "0"],
+     "argument --discovery-interval: must be > 0, got 0"),
 ])
 def test_bad_values_are_usage_errors_before_the_database_is_opened(tmp_path: Any, capsys: Any, args: list[str],
                                                                     complaint: str) -> None:
@@ -637,6 +639,13 @@ def double(x, progress_callback=None):
     return {"value": 2 * x, "db": os.environ["JOBCORE_DB"], "max_workers": manager.max_workers}
 
 
+@jobcore.register_job_function("cli_tasks.intervals")
+def intervals():
+    # The intervals of the manager the worker runs (its options reach it).
+    manager = jobcore.get_job_manager()
+    return [manager._options["discovery_interval"], manager._options["poll_interval"]]
+
+
 @jobcore.register_job_function("cli_tasks.hold")
 def hold(started_path, release_path):
     # Says it started, then runs until the test creates `release_path`: lets the test stop
@@ -708,6 +717,19 @@ def start_worker(tmp_path: Any) -> Iterator[Callable[..., Worker]]:
             close_pipes(worker.proc)
         if worker.errors:  # shown with a failing test's output
             print(f"stderr of worker {worker.proc.pid}:", "".join(worker.errors), sep="\n")
+
+
+def test_the_worker_takes_its_discovery_interval(start_worker: Callable[..., Worker], db_path: str,
+                                                make_manager: Any) -> None:
+    # given a worker started with a discovery interval of its own (a web process's jobs
+    # waited about half of the default 50 ms for a worker process to look)
+    producer = make_manager(db_path, producer=True)
+    job_id = producer.enqueue(Job(function_name="cli_tasks.intervals"))
+    worker = start_worker(db_path, "--discovery-interval", "0.01", "--poll-interval", "2")
+    assert "thread(s)" in worker.next_line()
+    # then its manager looks at that interval
+    assert producer.wait(job_id, timeout=WAIT).result == [0.01, 2.0]
+    assert worker.stop() == 0
 
 
 def test_worker_runs_the_jobs_its_module_registers_then_stops_on_sigterm(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 from types import SimpleNamespace
 
 import pytest
@@ -289,3 +290,33 @@ def test_the_dispatcher_leaves_the_busy_worker_to_claim_more_tiny_jobs() -> None
 def _finished(job_id: str) -> Finished:
     record = make_record(id=job_id)
     return Finished(record, JobContext(job_id, job_id, 1, None), Outcome(), 0.001)  # type: ignore[arg-type]
+
+
+def test_a_thread_that_made_no_enqueue_waits_without_the_pools_lock(tmp_path: Any) -> None:
+    # given a started manager whose pool lock another thread holds (a worker, the dispatcher)
+    from jobcore import JobManager  # (a whole manager: `caller_waits` is the pool's)
+    manager = JobManager(str(tmp_path / "jobs.db"), max_workers=1).start()
+    try:
+        pool = manager._pool  # noqa: SLF001
+        assert pacing_of(pool).offered_last(threading.get_ident()) is False
+        returned = threading.Event()
+        with pool._state.lock:  # noqa: SLF001
+            # when a thread that made no enqueue (one of 50 polling their jobs) says it waits
+            waiter = threading.Thread(target=lambda: (pool.caller_waits(), returned.set()))
+            waiter.start()
+            # then it goes on at once: nothing of its to see to (it took the lock at each
+            # poll, and 50 such threads met the workers there: a drain at 0.05x its rate)
+            assert returned.wait(5.0)
+        waiter.join(5.0)
+        # and the thread that made the last enqueue still ends its stream under the lock
+        pacing = pacing_of(pool)
+        pacing.offered(real_monotonic(), threading.get_ident())
+        assert pacing.offered_last(threading.get_ident())
+        pool.caller_waits()
+        assert not pacing.streaming(real_monotonic())
+    finally:
+        manager.stop()
+
+
+def pacing_of(pool: Any) -> Pacing:
+    return pool._state.pacing  # type: ignore[no-any-return]  # noqa: SLF001

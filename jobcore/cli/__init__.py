@@ -167,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--poll-interval", type=PERIOD, default=1.0, metavar="SECONDS",
                      help="seconds between heartbeats, and between full looks for work (default 1;"
                           " at most 100 years)")
+    sub.add_argument("--discovery-interval", type=PERIOD, default=0.05, metavar="SECONDS",
+                     help="seconds between looks for jobs other processes stored (default 0.05; SQLite:"
+                          " a job another process enqueues waits about half of it, PostgreSQL hears of"
+                          " it at once)")
     sub.add_argument("--grace", type=_number(float), default=None, metavar="SECONDS",
                      help="on stop, wait at most this long for running jobs (default: until they finish)")
     sub = command("dashboard", cmd_dashboard, "serve the web dashboard (live jobs, stats, cancel, retry)",

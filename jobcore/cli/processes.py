@@ -129,7 +129,7 @@ def install_default_manager(manager: JobManager) -> None:
 def cmd_worker(args: argparse.Namespace) -> int:
     db = absolute_location(args.db)
     manager = open_manager(db, create=True, max_workers=args.workers, lease_timeout=args.lease_timeout,
-                           poll_interval=args.poll_interval)
+                           poll_interval=args.poll_interval, discovery_interval=args.discovery_interval)
     os.environ["JOBCORE_DB"] = db  # before the imports: modules that build JobManager() share it
     install_default_manager(manager)
     if os.getcwd() not in sys.path:
