@@ -32,17 +32,32 @@ class MemoryListing(MemoryState):
         def matches(r: JobRecord) -> bool:
             return (status is None or r.status is status) and (owner is None or r.owner == owner) and wanted <= r.tags
 
+        candidates: Optional[builtins.list[JobRecord]] = None
+        source: dict[str, JobRecord] = {}
         with self._lock:
             few = None if status is None else self._by_status[status]
             mine = None if owner is None else self._by_owner.get(owner, {})
             if mine is not None and (few is None or len(mine) <= len(few)):
                 rows = _newest(mine.values(), matches, end)  # (an owner's rows: seq order too)
             elif few is not None and (end is None or len(few) * 4 < len(self._jobs)):
-                rows = [r for r in few.values() if matches(r)]
-                rows = sorted(rows, key=_seq_of, reverse=True) if end is None else heapq.nlargest(end, rows, key=_seq_of)
+                source = few
+                candidates = builtins.list(few.values())  # (picked below)
             else:
                 # _jobs is in seq order (rows are added with the next seq, and never moved)
                 rows = _newest(self._jobs.values(), matches, end)
+            if candidates is None:
+                return [_detached(r) for r in rows[offset:end]]
+        # The rows of one status are picked and sorted without the lock: that pass held
+        # every enqueue, claim and completion (a dashboard listing 30,000 pending jobs,
+        # 14-51 ms a time, 200 at worst). The rows picked are copied under the lock again,
+        # as they are then, if they all still match and are stored: a row that entered the
+        # status meanwhile is left out, as a read made a moment earlier would leave it; if
+        # one left it, the pick is made again there.
+        jobs = self._jobs
+        rows = _pick([r for r in candidates if matches(r)], end)
+        with self._lock:
+            if not all(matches(r) and jobs.get(r.id) is r for r in rows):
+                rows = _pick([r for r in source.values() if matches(r)], end)
             return [_detached(r) for r in rows[offset:end]]
 
     def list_dead_letters(self, limit: Optional[int] = None) -> builtins.list[JobRecord]:
@@ -71,6 +86,11 @@ class MemoryListing(MemoryState):
     def count_logs(self, job_id: str) -> int:
         with self._lock:
             return len(self._logs.get(job_id, ()))
+
+
+def _pick(rows: builtins.list[JobRecord], end: Optional[int]) -> builtins.list[JobRecord]:
+    """The newest `end` of `rows` (None: all of them), newest first."""
+    return sorted(rows, key=_seq_of, reverse=True) if end is None else heapq.nlargest(end, rows, key=_seq_of)
 
 
 def _newest(rows: Reversible[JobRecord], matches: Callable[[JobRecord], bool],
