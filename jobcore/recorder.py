@@ -86,8 +86,14 @@ class Recorder:
         ready = []
         for entry in entries:
             if self.runnable(entry):
+                if entry.is_schedule:
+                    # By its fire time, passed or not: a schedule being caught up, queued
+                    # again as due "now" by each look, went behind thousands of others and
+                    # fired seconds late while they kept firing.
+                    self._queue.push(entry, entry.run_at, read=read)
+                    continue
                 due = entry.run_at if entry.run_at is not None and entry.run_at > now else None
-                if entry.is_schedule or due is not None:
+                if due is not None:
                     self._queue.push(entry, due, read=read)
                 else:
                     ready.append(entry)

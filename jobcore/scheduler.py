@@ -73,6 +73,14 @@ def run_for(schedule: JobRecord, fire_at: float) -> JobRecord:
     )
 
 
+# Seconds: a running manager fires each fire time it fell behind by no more than this (and
+# its lease_timeout, past which it is as good as not running), one run each; one further
+# back coalesces with those after it. A manager behind by more is overloaded past
+# catching up, or its clock stepped forward or its process was suspended: a 40 s step of
+# the wall clock fired a per-second schedule 41 times at once.
+CATCH_UP_WITHIN = 10.0
+
+
 class ScheduleFirer:
     """Fires due schedules on behalf of a worker pool."""
 
@@ -84,20 +92,20 @@ class ScheduleFirer:
         # second argument (see `ReadyQueue.reading`).
         self._requeue = requeue
         # Seconds: how far back a running manager fires each fire time it fell behind by
-        # (its lease_timeout: a manager stalled longer is as good as not running).
-        self._catch_up_within = catch_up_within
+        # (see CATCH_UP_WITHIN).
+        self._catch_up_within = min(catch_up_within, CATCH_UP_WITHIN)
 
     def fire(self, entries: Sequence[QueueEntry], read: Optional[int] = None,
              running_since: Optional[float] = None) -> None:
         """Handle due schedules' timers: enqueue each one's run if it is due and still ours
         to fire, all in one store call (`JobRepository.fire_schedules`: 1,000 schedules
-        sharing a fire time, fired in a transaction each, started their runs 0.8-1.2 s
+        sharing a fire time, fired in a transaction each, started their runs 0.2-1.2 s
         late on SQLite). `read`: the mark of a `ReadyQueue.reading` begun before the
         schedules were read. `running_since`: when this manager started (epoch seconds),
-        if it runs: a fire time passed since then, within `catch_up_within` of now, is
-        not skipped (the next fire is the one after it, due at once if passed: a manager
-        that fell behind under load skipped fire times); one missed before coalesces
-        with every one since (the next fire is the first after now)."""
+        if it runs: a fire time passed since then, within `catch_up_within` of now, is not
+        skipped (the next fire is the one after it, due at once if passed: a manager that
+        fell behind under load skipped fire times); one missed before coalesces with
+        every one since (the next fire is the first after now)."""
         now = self._clock.time()
         requeue: list[QueueEntry] = []
         fires: list[tuple[JobRecord, float, float, JobRecord]] = []

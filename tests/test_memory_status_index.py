@@ -415,3 +415,31 @@ def test_a_listing_of_one_status_leaves_out_a_row_that_left_it_while_it_picked()
     # then the listing shows the pending jobs as they are then, not the one claimed
     assert [r.id for r in listed] == [r.id for r in records[16:19][::-1]]
     assert all(r.status is JobStatus.PENDING for r in listed)
+
+
+def test_a_listing_of_one_status_shows_a_row_that_entered_it_while_it_picked() -> None:
+    # given 20 pending jobs among 200
+    repo = MemoryRepository()
+    records = [make_record() for _ in range(200)]
+    repo.insert(records, NOW)
+    for record in records[20:]:
+        repo.claim(record.id, "w", NOW, NOW + LEASE)
+        repo.complete(record.id, "w", 1, None, NOW)
+    newer = make_record()
+
+    class Changing(frozenset):  # type: ignore[type-arg]
+        """Tags whose first match, made while the rows are picked, cancels the newest
+        pending job and stores a newer one."""
+
+        def __ge__(self, other: Any) -> bool:
+            if not repo.held_here() and repo.get(newer.id) is None:
+                repo.cancel(records[19].id, NOW, "by request")
+                repo.insert([newer], NOW)
+            return frozenset.__ge__(self, other)
+
+    repo._jobs[records[0].id].tags = Changing()
+    # when that happens while a listing picks its rows
+    listed = repo.list(status=JobStatus.PENDING, limit=2)
+    # then it shows the page as it is once it is done, the new job first (it showed the
+    # two below the cancelled one: a page that never was)
+    assert [r.id for r in listed] == [newer.id, records[18].id]

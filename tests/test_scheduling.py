@@ -275,6 +275,43 @@ def test_a_manager_stalled_past_its_lease_coalesces_the_fires_it_missed(make_man
     assert manager.poll(schedule_id).scheduled_at.timestamp() == 1_900_000_062.0
 
 
+def test_a_wall_clock_step_forward_coalesces_the_fires_it_jumped_over(make_manager: Any, db_path: str) -> None:
+    # given a started manager with a schedule firing every second, fired once
+    clock = FakeClock(start=1_900_000_000.0)
+    fired = threading.Semaphore(0)
+    manager = make_manager(db_path, clock=clock).start()
+    manager.register_function("tick", fired.release)
+    schedule_id = manager.enqueue(Job(function_name="tick", cron="* * * * * *"))
+    clock.advance(1)
+    assert fired.acquire(timeout=WAIT)
+    # when the wall clock steps 40 s forward (NTP, an operator, a suspended machine)
+    clock.advance(40)
+    # then the 40 fire times it jumped over make one run, not 40 back to back
+    assert fired.acquire(timeout=WAIT)
+    assert not fired.acquire(timeout=0.3)
+    runs = [r for r in manager.list_jobs(limit=None) if r.job_id != schedule_id]
+    fire_times = sorted(datetime.fromisoformat(r.metadata["fire_at"]).timestamp() for r in runs)
+    assert fire_times == [1_900_000_001.0, 1_900_000_002.0]
+    assert manager.poll(schedule_id).scheduled_at.timestamp() == 1_900_000_042.0
+
+
+def test_a_schedule_queued_again_while_behind_keeps_its_place_by_fire_time(make_manager: Any) -> None:
+    # given two schedules come due, the first 5 s ago and the second 1 s ago, queued
+    clock = FakeClock(start=1_900_000_000.0)
+    manager = make_manager(MemoryRepository(), clock=clock)
+    manager.register_function("tick", lambda: None)
+    first = manager.enqueue(Job(function_name="tick", cron="* * * * * *"))
+    second = manager.enqueue(Job(function_name="tick", cron="*/5 * * * * *",
+                                 scheduled_at=datetime.fromtimestamp(1_900_000_004.0)))
+    clock.advance(5.5)
+    entries = {e.job_id: e for e in manager.repository.scheduled(None, 10)}
+    # when a look queues the first again (it is read among the jobs scheduled first)
+    manager._pool.enqueue_entries([entries[first]])  # noqa: SLF001
+    # then it still comes first, by its fire time (queued as due now, each look put it
+    # behind every other schedule due: with thousands, some fired seconds late)
+    assert [e.job_id for e in manager._queue.pop_due_schedules()] == [first, second]  # noqa: SLF001
+
+
 def test_schedules_due_together_are_fired_in_batches(make_manager: Any, db_path: str,
                                                      monkeypatch: Any) -> None:
     # given 120 schedules that fire at the same time, on a started manager

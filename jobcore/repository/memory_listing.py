@@ -40,7 +40,7 @@ class MemoryListing(MemoryState):
             if mine is not None and (few is None or len(mine) <= len(few)):
                 rows = _newest(mine.values(), matches, end)  # (an owner's rows: seq order too)
             elif few is not None and (end is None or len(few) * 4 < len(self._jobs)):
-                source = few
+                source, entered = few, self._entered[status]  # type: ignore[index]
                 candidates = builtins.list(few.values())  # (picked below)
             else:
                 # _jobs is in seq order (rows are added with the next seq, and never moved)
@@ -50,13 +50,15 @@ class MemoryListing(MemoryState):
         # The rows of one status are picked and sorted without the lock: that pass held
         # every enqueue, claim and completion (a dashboard listing 30,000 pending jobs,
         # 14-51 ms a time, 200 at worst). The rows picked are copied under the lock again,
-        # as they are then, if they all still match and are stored: a row that entered the
-        # status meanwhile is left out, as a read made a moment earlier would leave it; if
-        # one left it, the pick is made again there.
+        # as they are then, if no row entered the status meanwhile and those picked all
+        # still match and are stored: they are then the page the store shows now (a row
+        # that left it before the pick is not among them, nor is one that left since);
+        # otherwise the pick is made again there.
         jobs = self._jobs
         rows = _pick([r for r in candidates if matches(r)], end)
         with self._lock:
-            if not all(matches(r) and jobs.get(r.id) is r for r in rows):
+            if self._entered[status] != entered or not all(  # type: ignore[index]
+                    matches(r) and jobs.get(r.id) is r for r in rows):
                 rows = _pick([r for r in source.values() if matches(r)], end)
             return [_detached(r) for r in rows[offset:end]]
 

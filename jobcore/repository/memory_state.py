@@ -21,6 +21,7 @@ class MemoryState(JobRepository):
     _lock: threading.RLock
     _jobs: dict[str, JobRecord]
     _by_status: dict[JobStatus, dict[str, JobRecord]]
+    _entered: dict[JobStatus, int]
     _failed_order: list[FailedKey]
     _by_owner: dict[str, dict[str, JobRecord]]
     _dependents: dict[str, set[str]]
