@@ -474,7 +474,7 @@ def test_a_busy_manager_queues_a_job_another_writer_schedules_at_its_next_look(
     path = str(tmp_path / "jobs.db")
     repository: JobRepository = SQLiteRepository(path) if backend == "sqlite" else MemoryRepository()
     watched = Watched(repository)
-    manager = make_manager(repository, clock=clock, poll_interval=1.0, discovery_interval=0.05, max_workers=1)
+    manager = make_manager(repository, clock=clock, poll_interval=60.0, discovery_interval=0.05, max_workers=1)
     busy, release = threading.Event(), threading.Event()
     manager.register_function("busy", lambda: busy.set() or release.wait(WAIT))
     manager.register_function("noop", noop)
@@ -488,11 +488,55 @@ def test_a_busy_manager_queues_a_job_another_writer_schedules_at_its_next_look(
     # when another writer (another process, or another manager of this one) schedules a
     # job due soon
     other = SQLiteRepository(path) if backend == "sqlite" else repository
-    soon = datetime.fromtimestamp(clock.time()) + timedelta(seconds=0.5)
+    soon = datetime.fromtimestamp(clock.time()) + timedelta(seconds=5)
     job_id = make_manager(other, clock=clock, producer=True).enqueue(Job(function_name="noop", scheduled_at=soon))
+    began = time.monotonic()
     watched.pass_time(clock, 0.06)
-    # then its next look queued the job's timer, without reloading the store (found only
-    # by that reload, it started up to 2 s late while the manager's own jobs kept it busy)
+    while job_id not in manager._queue and time.monotonic() < began + WAIT:  # noqa: SLF001
+        watched.pass_time(clock, 0.06)  # (glances are spaced out by their cost: a few ms here)
+    # then a look queued the job's timer before its time, without reloading the store
+    # (found only by that reload, it started up to 2 s late while the manager's own jobs
+    # kept it busy)
     assert job_id in manager._queue  # noqa: SLF001
+    assert clock.time() < soon.timestamp()
     assert watched.reloads == before
+    release.set()
+
+
+def test_a_busy_managers_glances_are_spaced_out_by_their_cost(
+        db_path: str, make_manager: Callable[..., JobManager]) -> None:
+    # given a busy manager (its one worker held, a job ready behind it) whose glance at the
+    # jobs scheduled first costs 20 ms of CPU (100 of each of 200 functions), on a file
+    # another process writes to before each of its looks
+    clock = FakeClock()
+    repository = SQLiteRepository(db_path)
+    watched = Watched(repository)
+    scheduled = repository.scheduled
+
+    def costly_glance(names: Any, limit: int) -> Any:
+        if limit <= EARLIEST_SCHEDULED:
+            spend_cpu(0.02)
+        return scheduled(names, limit)
+
+    repository.scheduled = costly_glance  # type: ignore[method-assign]
+    manager = make_manager(repository, clock=clock, poll_interval=60.0, discovery_interval=0.05, max_workers=1)
+    busy, release = threading.Event(), threading.Event()
+    manager.register_function("busy", lambda: busy.set() or release.wait(WAIT))
+    manager.register_function("noop", noop)
+    manager.enqueue(Job(function_name="busy", priority=9))
+    manager.enqueue(Job(function_name="noop"))
+    manager.start()
+    watched.started()
+    assert busy.wait(WAIT)
+    other = make_manager(SQLiteRepository(db_path), clock=clock, producer=True)
+    # when it looks 10 times, the store changed before each
+    before, began = watched.earliest_reads, time.monotonic()
+    for _ in range(10):
+        other.enqueue(Job(function_name="elsewhere"))
+        watched.pass_time(clock, 0.06)
+    elapsed = time.monotonic() - began
+    # then it glanced about once per 20 times a glance's cost (0.4 s) of real time, not
+    # at each look (200 functions: 16% of a CPU on SQLite, more of PostgreSQL's server)
+    glances = watched.earliest_reads - before
+    assert 1 <= glances <= 2 + elapsed / 0.4, (glances, elapsed)
     release.set()

@@ -443,3 +443,27 @@ def test_a_listing_of_one_status_shows_a_row_that_entered_it_while_it_picked() -
     # then it shows the page as it is once it is done, the new job first (it showed the
     # two below the cancelled one: a page that never was)
     assert [r.id for r in listed] == [newer.id, records[18].id]
+
+
+def test_a_retry_is_in_the_feed_with_its_time_already_set() -> None:
+    # given a running job, and the feed's notes watched as they are made
+    repo = MemoryRepository()
+    record = make_record()
+    repo.insert([record], NOW)
+    assert repo.claim(record.id, "w", NOW, NOW + LEASE) is not None
+    noted: list[tuple[JobStatus, Optional[float]]] = []
+    note = repo._note_runnable
+
+    def watched(job_id: str) -> None:
+        row = repo._jobs[job_id]
+        noted.append((row.status, row.run_at))
+        note(job_id)
+
+    repo._note_runnable = watched  # type: ignore[method-assign]
+    # when it fails and is to be retried a minute later
+    repo.fail(record.id, "w", 1, error="boom", error_type="ConnectionError", traceback=None,
+              now=NOW, retry_at=NOW + 60)
+    # then the row was noted SCHEDULED with its new time set (a reader of the feed, which
+    # reads rows without the lock, could see it SCHEDULED with no time: queued as ready
+    # now, its claim refused, and the worker's own timer for it skipped as not sooner)
+    assert noted == [(JobStatus.SCHEDULED, NOW + 60)]

@@ -203,8 +203,10 @@ class MemoryRepository(MemoryAdding, MemoryListing, MemoryChanging, MemoryWorker
                 if r.cron is None and (function_names is None or r.function_name in function_names):
                     ready.append(r.queue_entry())
             elif status is JobStatus.SCHEDULED:
-                if r.is_schedule or function_names is None or r.function_name in function_names:
-                    scheduled.append(QueueEntry(r.id, r.priority, r.seq, r.run_at, r.function_name,
+                run_at = r.run_at  # (read once; None only in a row caught half changed)
+                if run_at is not None and (r.is_schedule or function_names is None
+                                           or r.function_name in function_names):
+                    scheduled.append(QueueEntry(r.id, r.priority, r.seq, run_at, r.function_name,
                                                 r.cron is not None))
         return ready, scheduled, gone, end
 
@@ -351,10 +353,10 @@ class MemoryRepository(MemoryAdding, MemoryListing, MemoryChanging, MemoryWorker
                 self._logs.setdefault(job_id, []).append((now, "error", note))
             row.error, row.error_type, row.traceback = error, error_type, traceback
             if retry_at is not None:  # the next attempt starts from no progress
-                self._set_status(row, JobStatus.SCHEDULED)
-                row.run_at = retry_at
+                row.run_at = retry_at  # (first: a feed reader may see the row as it enters SCHEDULED)
                 row.lease_expires_at = None
                 row.progress, row.progress_message, row.progress_details = 0.0, "", {}
+                self._set_status(row, JobStatus.SCHEDULED)
                 return _NO_CASCADE
             self._end(row, JobStatus.FAILED, now)
             return Cascade(cancelled=self._cancel_dependents(row, now))
