@@ -465,15 +465,11 @@ def test_a_manager_behind_on_the_memory_store_feed_reads_every_job(
     assert all(job_id in manager._queue for job_id in ids)  # noqa: SLF001
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "memory"])
-def test_a_busy_manager_queues_a_job_another_writer_schedules_at_its_next_look(
-        backend: str, tmp_path: Any, make_manager: Callable[..., JobManager]) -> None:
-    # given a started manager whose one worker is busy, with a job ready behind it (it
-    # wants no work, so its looks do not reload the store: that comes every poll_interval)
-    clock = FakeClock()
-    path = str(tmp_path / "jobs.db")
-    repository: JobRepository = SQLiteRepository(path) if backend == "sqlite" else MemoryRepository()
-    watched = Watched(repository)
+def _busy_manager(make_manager: Callable[..., JobManager], repository: JobRepository, clock: FakeClock,
+                  watched: Watched) -> tuple[JobManager, threading.Event]:
+    """A started manager on `repository` whose one worker runs a job until the event
+    returned is set, with a job ready behind it: it wants no work, so its looks do not
+    reload the store (poll_interval is a minute)."""
     manager = make_manager(repository, clock=clock, poll_interval=60.0, discovery_interval=0.05, max_workers=1)
     busy, release = threading.Event(), threading.Event()
     manager.register_function("busy", lambda: busy.set() or release.wait(WAIT))
@@ -483,6 +479,19 @@ def test_a_busy_manager_queues_a_job_another_writer_schedules_at_its_next_look(
     manager.start()
     watched.started()
     assert busy.wait(WAIT)
+    return manager, release
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "memory"])
+def test_a_busy_manager_queues_a_job_another_writer_schedules_at_its_next_look(
+        backend: str, tmp_path: Any, make_manager: Callable[..., JobManager]) -> None:
+    # given a started manager whose one worker is busy, with a job ready behind it (it
+    # wants no work, so its looks do not reload the store: that comes every poll_interval)
+    clock = FakeClock()
+    path = str(tmp_path / "jobs.db")
+    repository: JobRepository = SQLiteRepository(path) if backend == "sqlite" else MemoryRepository()
+    watched = Watched(repository)
+    manager, release = _busy_manager(make_manager, repository, clock, watched)
     watched.pass_time(clock, 0.06)
     before = watched.reloads
     # when another writer (another process, or another manager of this one) schedules a
@@ -519,15 +528,7 @@ def test_a_busy_managers_glances_are_spaced_out_by_their_cost(
         return scheduled(names, limit)
 
     repository.scheduled = costly_glance  # type: ignore[method-assign]
-    manager = make_manager(repository, clock=clock, poll_interval=60.0, discovery_interval=0.05, max_workers=1)
-    busy, release = threading.Event(), threading.Event()
-    manager.register_function("busy", lambda: busy.set() or release.wait(WAIT))
-    manager.register_function("noop", noop)
-    manager.enqueue(Job(function_name="busy", priority=9))
-    manager.enqueue(Job(function_name="noop"))
-    manager.start()
-    watched.started()
-    assert busy.wait(WAIT)
+    manager, release = _busy_manager(make_manager, repository, clock, watched)
     other = make_manager(SQLiteRepository(db_path), clock=clock, producer=True)
     # when it looks 10 times, the store changed before each
     before, began = watched.earliest_reads, time.monotonic()

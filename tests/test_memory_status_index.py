@@ -356,6 +356,18 @@ def test_a_cleanup_lets_other_threads_at_the_store_between_its_chunks(monkeypatc
     assert repo._failed_order == [] and repo.list_dead_letters() == []
 
 
+def _store_with_pending(pending: int, total: int) -> tuple[MemoryRepository, list[JobRecord]]:
+    """A memory store of `total` jobs, in seq order: the first `pending` pending, the rest
+    completed."""
+    repo = MemoryRepository()
+    records = [make_record() for _ in range(total)]
+    repo.insert(records, NOW)
+    for record in records[pending:]:
+        assert repo.claim(record.id, "w", NOW, NOW + LEASE) is not None
+        repo.complete(record.id, "w", 1, None, NOW)
+    return repo, records
+
+
 class _TagsSeen(frozenset):  # type: ignore[type-arg]
     """A row's tags that note, each time the row is matched against a listing's tags,
     whether the thread asking holds the store's lock (a subclass: its `__ge__` is asked
@@ -372,12 +384,7 @@ class _TagsSeen(frozenset):  # type: ignore[type-arg]
 def test_a_listing_of_one_status_picks_its_rows_without_the_stores_lock() -> None:
     # given 40 pending jobs among 400 (a dashboard listing 30,000 pending jobs held the
     # store's lock 14-51 ms a time, and every enqueue, claim and completion waited)
-    repo = MemoryRepository()
-    records = [make_record() for _ in range(400)]
-    repo.insert(records, NOW)
-    for record in records[40:]:
-        assert repo.claim(record.id, "w", NOW, NOW + LEASE) is not None
-        repo.complete(record.id, "w", 1, None, NOW)
+    repo, records = _store_with_pending(40, 400)
     locked: list[bool] = []
     for record in records[:40]:
         tags = _TagsSeen()
@@ -393,12 +400,7 @@ def test_a_listing_of_one_status_picks_its_rows_without_the_stores_lock() -> Non
 
 def test_a_listing_of_one_status_leaves_out_a_row_that_left_it_while_it_picked() -> None:
     # given 20 pending jobs among 200
-    repo = MemoryRepository()
-    records = [make_record() for _ in range(200)]
-    repo.insert(records, NOW)
-    for record in records[20:]:
-        repo.claim(record.id, "w", NOW, NOW + LEASE)
-        repo.complete(record.id, "w", 1, None, NOW)
+    repo, records = _store_with_pending(20, 200)
     newest = records[19]
 
     class Claimed(frozenset):  # type: ignore[type-arg]
@@ -419,12 +421,7 @@ def test_a_listing_of_one_status_leaves_out_a_row_that_left_it_while_it_picked()
 
 def test_a_listing_of_one_status_shows_a_row_that_entered_it_while_it_picked() -> None:
     # given 20 pending jobs among 200
-    repo = MemoryRepository()
-    records = [make_record() for _ in range(200)]
-    repo.insert(records, NOW)
-    for record in records[20:]:
-        repo.claim(record.id, "w", NOW, NOW + LEASE)
-        repo.complete(record.id, "w", 1, None, NOW)
+    repo, records = _store_with_pending(20, 200)
     newer = make_record()
 
     class Changing(frozenset):  # type: ignore[type-arg]

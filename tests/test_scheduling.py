@@ -233,17 +233,32 @@ def test_missed_fires_coalesce_into_one_run(make_manager: Any, db_path: str) -> 
     assert manager.poll(schedule_id).scheduled_at.timestamp() > clock.time()
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "memory"])
-def test_a_running_manager_that_falls_behind_fires_every_fire_time(make_manager: Any, db_path: str,
-                                                                   backend: str) -> None:
-    # given a started manager with a schedule firing every second
-    clock = FakeClock(start=1_900_000_000.0)
+def _ticking(make_manager: Any, repository: Any, clock: FakeClock,
+             **options: Any) -> tuple[JobManager, threading.Semaphore, str]:
+    """A started manager on `repository` with a schedule firing every second, fired once
+    (at 1_900_000_001); the semaphore is released at each run."""
     fired = threading.Semaphore(0)
-    manager = make_manager(db_path if backend == "sqlite" else MemoryRepository(), clock=clock).start()
+    manager = make_manager(repository, clock=clock, **options).start()
     manager.register_function("tick", fired.release)
     schedule_id = manager.enqueue(Job(function_name="tick", cron="* * * * * *"))
     clock.advance(1)
     assert fired.acquire(timeout=WAIT)
+    return manager, fired, schedule_id
+
+
+def _fire_times(manager: JobManager, schedule_id: str) -> list[float]:
+    """The fire times of the schedule's runs, in order."""
+    runs = [r for r in manager.list_jobs(limit=None) if r.job_id != schedule_id]
+    return sorted(datetime.fromisoformat(r.metadata["fire_at"]).timestamp() for r in runs)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "memory"])
+def test_a_running_manager_that_falls_behind_fires_every_fire_time(make_manager: Any, db_path: str,
+                                                                   backend: str) -> None:
+    # given a started manager with a schedule firing every second, fired once
+    clock = FakeClock(start=1_900_000_000.0)
+    manager, fired, schedule_id = _ticking(make_manager, db_path if backend == "sqlite" else MemoryRepository(),
+                                           clock)
     # when it falls 4 s behind while it runs (a machine under load: firing a thousand
     # schedules took longer than their period)
     clock.advance(4)
@@ -253,46 +268,24 @@ def test_a_running_manager_that_falls_behind_fires_every_fire_time(make_manager:
         assert fired.acquire(timeout=WAIT)
     assert manager.cancel(schedule_id)
     assert not fired.acquire(timeout=0.3)
-    runs = [r for r in manager.list_jobs(limit=None) if r.job_id != schedule_id]
-    fire_times = sorted(datetime.fromisoformat(r.metadata["fire_at"]).timestamp() for r in runs)
-    assert fire_times == [1_900_000_000.0 + n for n in range(1, 6)]
+    assert _fire_times(manager, schedule_id) == [1_900_000_000.0 + n for n in range(1, 6)]
 
 
-def test_a_manager_stalled_past_its_lease_coalesces_the_fires_it_missed(make_manager: Any, db_path: str) -> None:
-    # given a started manager, lease 5 s, with a schedule firing every second, fired once
-    clock = FakeClock(start=1_900_000_000.0)
-    fired = threading.Semaphore(0)
-    manager = make_manager(db_path, clock=clock, lease_timeout=5.0).start()
-    manager.register_function("tick", fired.release)
-    schedule_id = manager.enqueue(Job(function_name="tick", cron="* * * * * *"))
-    clock.advance(1)
-    assert fired.acquire(timeout=WAIT)
-    # when it is frozen for a minute (as good as not running: its lease lapsed)
-    clock.advance(60)
-    # then it fires once for the minute it missed, then on time again
-    assert fired.acquire(timeout=WAIT)
-    assert not fired.acquire(timeout=0.3)
-    assert manager.poll(schedule_id).scheduled_at.timestamp() == 1_900_000_062.0
-
-
-def test_a_wall_clock_step_forward_coalesces_the_fires_it_jumped_over(make_manager: Any, db_path: str) -> None:
+@pytest.mark.parametrize("lease, behind", [(60.0, 40), (5.0, 8)])
+def test_a_running_manager_far_behind_coalesces_the_fires_it_missed(make_manager: Any, db_path: str,
+                                                                    lease: float, behind: int) -> None:
     # given a started manager with a schedule firing every second, fired once
     clock = FakeClock(start=1_900_000_000.0)
-    fired = threading.Semaphore(0)
-    manager = make_manager(db_path, clock=clock).start()
-    manager.register_function("tick", fired.release)
-    schedule_id = manager.enqueue(Job(function_name="tick", cron="* * * * * *"))
-    clock.advance(1)
-    assert fired.acquire(timeout=WAIT)
-    # when the wall clock steps 40 s forward (NTP, an operator, a suspended machine)
-    clock.advance(40)
-    # then the 40 fire times it jumped over make one run, not 40 back to back
+    manager, fired, schedule_id = _ticking(make_manager, db_path, clock, lease_timeout=lease)
+    # when it falls further behind than 10 s, or than its lease (its wall clock stepped
+    # forward: NTP, an operator; its process suspended, or frozen past its lease)
+    clock.advance(behind)
+    # then the fire times it missed make one run (the first of them), not one each back
+    # to back (a 40 s step fired a per-second schedule 41 times), then it is on time again
     assert fired.acquire(timeout=WAIT)
     assert not fired.acquire(timeout=0.3)
-    runs = [r for r in manager.list_jobs(limit=None) if r.job_id != schedule_id]
-    fire_times = sorted(datetime.fromisoformat(r.metadata["fire_at"]).timestamp() for r in runs)
-    assert fire_times == [1_900_000_001.0, 1_900_000_002.0]
-    assert manager.poll(schedule_id).scheduled_at.timestamp() == 1_900_000_042.0
+    assert _fire_times(manager, schedule_id) == [1_900_000_001.0, 1_900_000_002.0]
+    assert manager.poll(schedule_id).scheduled_at.timestamp() == 1_900_000_001.0 + behind + 1
 
 
 def test_a_schedule_queued_again_while_behind_keeps_its_place_by_fire_time(make_manager: Any) -> None:
