@@ -541,3 +541,31 @@ def test_a_busy_managers_glances_are_spaced_out_by_their_cost(
     glances = watched.earliest_reads - before
     assert 1 <= glances <= 2 + elapsed / 0.4, (glances, elapsed)
     release.set()
+
+
+def test_a_busy_manager_on_the_memory_store_reads_its_feed_at_every_look_that_finds_a_change(
+        make_manager: Callable[..., JobManager]) -> None:
+    # given a busy manager on a memory store whose feed reads cost 20 ms of CPU (a producer
+    # beside it storing 18,000 jobs a second: what each read finds grows with the time
+    # since the last one)
+    clock = FakeClock()
+    repository = MemoryRepository()
+    watched = Watched(repository)
+    since = repository.runnable_since
+    manager, release = _busy_manager(make_manager, repository, clock, watched)
+
+    def costly_since(*args: Any) -> Any:
+        spend_cpu(0.02)
+        return since(*args)
+
+    repository.runnable_since = costly_since  # type: ignore[method-assign]
+    producer = make_manager(repository, clock=clock, producer=True)
+    # when it looks 5 times, the store changed before each
+    before = watched.feed_reads
+    for _ in range(5):
+        producer.enqueue(Job(function_name="elsewhere"))
+        watched.pass_time(clock, 0.06)
+    # then it read the feed at each (spaced out by their cost, the reads came 2 s apart,
+    # and a job the producer scheduled 300 ms ahead started up to 0.9 s late)
+    assert watched.feed_reads - before >= 5
+    release.set()
