@@ -55,7 +55,8 @@ class Housekeeper:
 
     `refill()` reloads the manager's ready queue from the repository; `stocked()` tells
     whether that queue holds plenty (then costly reloads are spaced out); `glance()` reads
-    the few jobs due first, when the store changed but the workers have work here. Intervals are float
+    the few jobs due first, when the store changed but the workers have work here (False
+    if it put that off). Intervals are float
     seconds: heartbeats every `poll_interval` (at least three a lease: `beat_every`),
     recovery every `lease_timeout / 4` (at least `poll_interval`), and change detection
     every `discovery_interval`.
@@ -64,7 +65,7 @@ class Housekeeper:
     def __init__(self, repository: JobRepository, pool: WorkerPool, clock: Clock, settings: PoolSettings,
                  refill: Callable[[], Optional[float]], discovery_interval: float,
                  on_recovery: Callable[[Recovery], None], stocked: Callable[[], bool] = lambda: False,
-                 glance: Callable[[], None] = lambda: None) -> None:
+                 glance: Callable[[], bool] = lambda: True) -> None:
         self._repo = repository
         self._pool = pool
         self._clock = clock
@@ -269,7 +270,6 @@ class Housekeeper:
         owed: Optional[float] = None
         token = self._token()
         glanced = token  # the token when the store was last read or glanced at (see below)
-        glance_after = 0.0  # real monotonic: the next glance not before then (see below)
         # The first look reads the store whatever the token says: a job another process
         # stored after `start` read the store, but before that token was taken, would
         # otherwise leave no change to notice, and wait for ever.
@@ -326,24 +326,14 @@ class Housekeeper:
                         cpu = thread_time()
                         owed = self._refill()
                         refill_every = max(settings.poll_interval, (thread_time() - cpu) / RELOAD_SHARE)
-                    elif current is not None and current != glanced and real_monotonic() >= glance_after:
+                    elif current is not None and current != glanced and self._glance():
                         # No reload (the workers have work here), but the store changed:
-                        # a glance queues the timers of the jobs due first, among them one
+                        # a glance queued the timers of the jobs due first, among them one
                         # another process scheduled due soon. While a manager's own
                         # scheduled jobs kept coming due (833 a second), such a job was
                         # found only by the reload every poll_interval: up to 2 s late.
-                        # Spaced out by its cost, as reloads are, on a persistent store: it
-                        # reads up to 100 jobs a function (200 functions: 8 ms on SQLite,
-                        # 12-21 on PostgreSQL's server), and a busy manager's own commits
-                        # change the token. Not the memory store's, a read of what its feed
-                        # gained since: put off, it only grows (a producer storing 18,000
-                        # jobs a second beside a busy manager spaced them by 2 s, and a job
-                        # it scheduled 300 ms ahead started up to 0.9 s late).
-                        began, cpu = real_monotonic(), thread_time()
-                        self._glance()
+                        # (One skipped, spaced out by its cost, is made at a later look.)
                         glanced = current
-                        if self._repo.persistent:
-                            glance_after = began + (thread_time() - cpu) / RELOAD_SHARE
             except RepositoryError as exc:
                 logger.error("housekeeping failed, will retry: %s", exc)
                 times.store_failed(now)

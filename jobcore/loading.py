@@ -9,7 +9,7 @@ read they skipped is owed. It owns no thread: the manager's start, its
 from __future__ import annotations
 
 import time
-from typing import Optional
+from typing import Collection, Optional
 
 from .clock import real_monotonic
 from .housekeeper import RELOAD_SHARE
@@ -63,6 +63,9 @@ class QueueLoader:
         self._full_read_after = 0.0
         # Whether the last window of ready jobs read was full (see `load`). Set as above.
         self._more_ready = False
+        # Real monotonic time before which a persistent store's `glance` is skipped (by
+        # its cost, as the read of the scheduled jobs). Set by the housekeeper's thread.
+        self._glance_after = 0.0
 
     def stocked(self) -> bool:
         """True while the queue holds half a window or more (reloads may be spaced out)."""
@@ -79,16 +82,33 @@ class QueueLoader:
         self._load_ready()
         return self._read_scheduled(spaced=True)
 
-    def glance(self) -> None:
+    def glance(self) -> bool:
         """The housekeeper's look when the store changed but the pool wants no work (no
-        reload then): queue the EARLIEST_SCHEDULED jobs due first (on the memory store,
-        what its feed gained), so that a job another process or manager schedules due
-        soon is queued before its time."""
+        reload then): queue the EARLIEST_SCHEDULED jobs due first of each function (on
+        the memory store, what its feed gained), so that a job another process or manager
+        schedules due soon is queued before its time. False if skipped: on a persistent
+        store glances are spaced out by their cost, to about RELOAD_SHARE of the time
+        (200 functions: 8 ms each on SQLite, 12-21 of PostgreSQL's server, and a busy
+        manager's own commits change the token at every look). Not the memory store's,
+        a read of what its feed gained since: put off, it only grows (beside a producer
+        storing 18,000 jobs a second, spaced glances came 2 s apart, and a job it
+        scheduled 300 ms ahead started up to 0.9 s late)."""
         if self._feed is not None:
             self._follow_feed(self._feed, glance=True)
-            return
+            return True
+        began = real_monotonic()
+        if began < self._glance_after:
+            return False
+        cpu = time.thread_time()
+        self._read_earliest(self._registry.names)
+        self._glance_after = began + (time.thread_time() - cpu) / RELOAD_SHARE
+        return True
+
+    def _read_earliest(self, names: Collection[str]) -> None:
+        """Queue the EARLIEST_SCHEDULED jobs due first of each function as timers (a few
+        rows of an index each)."""
         with self._queue.reading() as read:
-            self._pool.enqueue_entries(self._repo.scheduled(self._registry.names, EARLIEST_SCHEDULED), read)
+            self._pool.enqueue_entries(self._repo.scheduled(names, EARLIEST_SCHEDULED), read)
 
     def _follow_feed(self, feed: MemoryRepository, glance: bool = False) -> None:
         """`spaced_reload` on the memory store: queue the rows it made runnable since the
@@ -163,11 +183,10 @@ class QueueLoader:
         names = self._registry.names
         began = real_monotonic()
         if spaced and began < self._scheduled_read_after:
-            # (Not the memory store: its other managers, rare, are in this process, and it
+            # (Not on a store kept in memory other than ours, which follows its feed: it
             # reads its earliest jobs as costly as all of them.)
             if self._repo.persistent:
-                with self._queue.reading() as read:
-                    self._pool.enqueue_entries(self._repo.scheduled(names, EARLIEST_SCHEDULED), read)
+                self._read_earliest(names)
             return self._scheduled_read_after
         cpu = time.thread_time()  # its cost: CPU, which a loaded machine does not inflate
         with self._queue.reading() as read:

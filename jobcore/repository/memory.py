@@ -193,12 +193,12 @@ class MemoryRepository(MemoryAdding, MemoryListing, MemoryChanging, MemoryWorker
         jobs, ready, scheduled, gone = self._jobs, [], [], []
         for job_id in dict.fromkeys(ids):
             r = jobs.get(job_id)
-            if r is None or r.status is JobStatus.CANCELLED or r.status is JobStatus.FAILED:
+            status = None if r is None else r.status
+            if r is None or status is JobStatus.CANCELLED or status is JobStatus.FAILED:
                 gone.append(job_id)
                 continue
             if r.blocked:
                 continue
-            status = r.status
             if status is JobStatus.PENDING:
                 if r.cron is None and (function_names is None or r.function_name in function_names):
                     ready.append(r.queue_entry())
