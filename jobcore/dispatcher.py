@@ -94,7 +94,7 @@ class Dispatcher:
                     if state.generation != generation:
                         return
                     self._wake_if_stalled_locked()
-                    schedules = [] if state.stopping else self._queue.pop_due_schedules(FIRE_AT_ONCE)
+                    schedules = [] if state.stopping else self._queue.pop_due_schedules(FIRE_AT_ONCE, firing=True)
                     exchange = None if state.exchanging else self._exchange_due_locked()
                     if exchange is not None or schedules:
                         break

@@ -117,6 +117,8 @@ class Recorder:
                     self.fire_schedules([entry], running_since)
             else:
                 logger.exception("schedule %s failed to fire", entries[0].job_id)
+        finally:
+            self._queue.fire_ended(entry.job_id for entry in entries)  # (popped `firing`)
 
     # -- recording ---------------------------------------------------------------------------
     @property

@@ -109,8 +109,13 @@ class ScheduleFirer:
         now = self._clock.time()
         requeue: list[QueueEntry] = []
         fires: list[tuple[JobRecord, float, float, JobRecord]] = []
+        # One read for them all, and each next fire time worked out once for the schedules
+        # that share it (an expression, a zone, a time after): read and worked out one by
+        # one, each took a third of firing the schedules.
+        schedules = self._repo.get_many(list(dict.fromkeys(entry.job_id for entry in entries)))
+        next_fires: dict[tuple[str, Optional[str], float], float] = {}
         for entry in entries:
-            schedule = self._repo.get(entry.job_id)
+            schedule = schedules.pop(entry.job_id, None)  # (an id queued twice fires once)
             if schedule is None or schedule.status is not JobStatus.SCHEDULED or schedule.cron is None:
                 continue  # cancelled or cleaned up: the schedule has ended
             if schedule.decode_error is not None:
@@ -121,8 +126,11 @@ class ScheduleFirer:
                 requeue.append(schedule.queue_entry())  # not due (another process moved it on)
                 continue
             caught_up = running_since is not None and fire_at >= max(running_since, now - self._catch_up_within)
+            key = (schedule.cron, schedule.cron_timezone, fire_at if caught_up else now)
             try:
-                next_at = next_fire_epoch(schedule.cron, schedule.cron_timezone, fire_at if caught_up else now)
+                next_at = next_fires.get(key)
+                if next_at is None:
+                    next_at = next_fires[key] = next_fire_epoch(*key)
             except Exception as exc:  # a row changed behind enqueue's checks: it can never fire
                 self._fail_corrupt(schedule, f"the schedule cannot fire: cron {schedule.cron!r}"
                                              f" (time zone {schedule.cron_timezone!r}): {exc}", now)

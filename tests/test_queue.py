@@ -149,6 +149,34 @@ def test_cancelled_schedules_are_compacted_and_the_live_ones_fire_in_order() -> 
     assert len(queue) == 0
 
 
+def test_a_schedule_being_fired_is_not_queued_again_from_a_read_that_saw_it_due() -> None:
+    # given two schedules due now, taken to fire
+    clock = FakeClock(START)
+    queue = ReadyQueue(clock)
+    queue.push(schedule("s1", 1, START), START)
+    queue.push(schedule("s2", 2, START), START)
+    assert [e.job_id for e in queue.pop_due_schedules(firing=True)] == ["s1", "s2"]
+    # when a store read made before their fire committed queues them, still due then
+    with queue.reading() as read:
+        for job_id, seq in (("s1", 1), ("s2", 2)):
+            queue.push(schedule(job_id, seq, START), START, read=read)
+    # then neither is queued again (each was fired a second time, for nothing: a look
+    # after each batch of fires queued the batch being fired)
+    assert len(queue) == 0 and queue.pop_due_schedules() == []
+    # but a schedule's next fire time is queued, by the fire or by a read made after it
+    with queue.reading() as read:
+        queue.push(schedule("s1", 1, START + 60), START + 60, read=read)
+    # and once their fire ended, one put back after failing, or read again, is queued
+    queue.push(schedule("s2", 2, START), START + 1)  # (a failed fire: back in a second, no read)
+    queue.fire_ended(["s1", "s2"])
+    assert len(queue) == 2
+    clock.advance(60)
+    assert [e.job_id for e in queue.pop_due_schedules()] == ["s2", "s1"]
+    with queue.reading() as read:
+        queue.push(schedule("s2", 2, START + 60), START + 60, read=read)
+    assert [e.job_id for e in queue.pop_due_schedules()] == ["s2"]
+
+
 def test_ready_ids_claimed_by_number_are_compacted() -> None:
     clock = FakeClock(START)
     queue = ReadyQueue(clock)

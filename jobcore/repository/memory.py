@@ -132,6 +132,12 @@ class MemoryRepository(MemoryAdding, MemoryListing, MemoryChanging, MemoryWorker
             row = self._jobs.get(job_id)
             return _detached(row) if row is not None else None
 
+    def get_many(self, job_ids: Collection[str]) -> dict[str, JobRecord]:
+        clear_way(self._lock)  # as `get`
+        jobs = self._jobs
+        with self._lock:  # (copied under it: rows change in place)
+            return {job_id: _detached(row) for job_id in job_ids if (row := jobs.get(job_id)) is not None}
+
     def get_statuses(self, job_ids: Collection[str]) -> dict[str, JobStatus]:
         jobs = self._jobs
         with self._lock:

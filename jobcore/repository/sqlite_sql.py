@@ -14,6 +14,8 @@ from .sqlite_transition_sql import COLUMNS_WITHOUT_ARGS as COLUMNS_WITHOUT_ARGS
 SELECT_JOB = f"SELECT {COLUMNS} FROM jobs WHERE id = ?"
 SELECT_JOB_WITHOUT_ARGS = f"SELECT {COLUMNS_WITHOUT_ARGS} FROM jobs WHERE id = ?"
 SELECT_STATUS = "SELECT status, name FROM jobs WHERE id = ?"
+# Jobs by id, many at once (ids as one JSON array): `get_many`.
+SELECT_JOBS = f"SELECT {COLUMNS} FROM jobs WHERE id IN (SELECT value FROM json_each(?))"
 # The jobs callers of `wait` wait for, all in one statement (ids as one JSON array).
 SELECT_STATUSES = "SELECT id, status FROM jobs WHERE id IN (SELECT value FROM json_each(?))"
 # The dead-letter queue (sqlite_schema._JOBS_FAILED_INDEX). INDEXED BY: left to itself the planner

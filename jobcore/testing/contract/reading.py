@@ -82,6 +82,23 @@ class _ReadingContract:
         assert dict(repository.get_statuses({pending.id, "no-such-job"})) == {pending.id: JobStatus.PENDING}
         assert dict(repository.get_statuses([])) == {}
 
+    def test_many_jobs_are_read_at_once_as_get_reads_each(self, repository: JobRepository) -> None:
+        # given jobs in several states, one with arguments, tags and metadata
+        pending = _add(repository, args=(1, "two"), kwargs={"k": [3]}, tags=frozenset({"t"}), metadata={"m": 1})
+        running = _claim(repository, _add(repository).id)
+        later = _add(repository, status=JobStatus.SCHEDULED, scheduled_at=NOW + 60, run_at=NOW + 60)
+        done = _add(repository)
+        _complete(repository, done.id)
+        # when they are read in one call, with an unknown id and an id given twice
+        found = repository.get_many([pending.id, running.id, later.id, done.id, "no-such-job", done.id])
+        # then each stored job comes by its id as `get` reads it, and nothing for the unknown one
+        assert set(found) == {pending.id, running.id, later.id, done.id}
+        for job_id, record in found.items():
+            assert record == repository.get(job_id)
+        assert (found[pending.id].args, found[pending.id].kwargs) == ((1, "two"), {"k": [3]})
+        assert found[later.id].status is JobStatus.SCHEDULED and found[done.id].status is JobStatus.COMPLETED
+        assert repository.get_many([]) == {} and repository.get_many(["no-such-job"]) == {}
+
     def test_ready_orders_by_priority_then_insertion(self, repository: JobRepository) -> None:
         # given jobs of mixed priorities, inserted in two batches
         priorities = [5, 10, 5, 0, 10, -3, 5]
