@@ -75,6 +75,10 @@ class JobContext:
         # Called by `abandon`, if set: a coroutine job's loop sets it to cancel the job's
         # task there (a thread cannot be stopped from outside; a task can).
         self.on_abandon: Optional[Callable[[], None]] = None
+        # Called by `request_cancel`, if set: the same for a cancel of the job, so that a
+        # coroutine job ends at its next await (as a task cancelled in asyncio does)
+        # rather than run to its end, its outcome kept, unless it reports progress.
+        self.on_cancel: Optional[Callable[[], None]] = None
         # Set by the worker once the attempt returned, before its last report is written
         # and its outcome recorded: later reports are refused (see the class docstring).
         self.ended = False
@@ -110,8 +114,12 @@ class JobContext:
         return self._cancel
 
     def request_cancel(self) -> None:
-        """Ask the job to stop (the engine calls this; jobs call `check_cancelled`)."""
+        """Ask the job to stop (the engine calls this; jobs call `check_cancelled`; a
+        coroutine job's task is cancelled, `on_cancel`)."""
         self._cancel = True
+        hook = self.on_cancel  # (read after the flag is set: see `event_loops.run_to_end`)
+        if hook is not None:
+            hook()
 
     def runs_on(self, sink: object) -> bool:
         """True if this attempt reports to `sink` (the engine asks: is it one of mine?) and

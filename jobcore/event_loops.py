@@ -26,6 +26,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 from .context import current_job
+from .errors import JobCancelled
 
 if TYPE_CHECKING:
     import asyncio
@@ -83,15 +84,23 @@ def run_to_end(coroutine: Any) -> Any:
         if context is not None:
             # Timed out, the job is given up, and its thread would run on for as long as the
             # coroutine awaits (an hour's sleep, a request without a timeout): cancelled, the
-            # task ends at its next await, and so does the thread.
-            context.on_abandon = functools.partial(_cancel_from_elsewhere, loop, task)
-            if context.abandoned:  # given up before the hook was set
+            # task ends at its next await, and so does the thread. A cancel of the job
+            # cancels it too, as asyncio would: a job awaiting a 5 s sleep, cancelled, ran
+            # on to its end and COMPLETED.
+            context.on_abandon = context.on_cancel = functools.partial(_cancel_from_elsewhere, loop, task)
+            if context.abandoned or context.cancel_requested:  # before the hooks were set
                 task.cancel()
-        return loop.run_until_complete(task)
+        try:
+            return loop.run_until_complete(task)
+        except asyncio.CancelledError:
+            if context is not None and context.cancel_requested and not context.abandoned:
+                raise JobCancelled(context.id) from None  # the job ends CANCELLED
+            raise
     finally:
         if context is not None:
-            context.on_abandon = None  # (the loop and task are done with; a cancel that
-            # came meanwhile runs at the next attempt's start, on a task ended: nothing)
+            context.on_abandon = context.on_cancel = None  # (the loop and task are done
+            # with; a cancel that came meanwhile runs at the next attempt's start, on a
+            # task ended: nothing)
         _end_attempt(loop, debug)
 
 

@@ -269,3 +269,59 @@ def test_a_loop_of_another_kind_an_event_loop_policy_gives_is_the_one_used(make_
             warnings.simplefilter("ignore", DeprecationWarning)
             asyncio.set_event_loop_policy(before)
     assert kinds == [OwnLoop, OwnLoop]
+
+
+def test_a_cancel_of_a_running_coroutine_job_cancels_its_task_at_its_next_await(make_manager: Any) -> None:
+    # given a started manager running a coroutine job that awaits a minute's sleep, and
+    # one that cleans up as it is cancelled
+    manager = make_manager(MemoryRepository(), max_workers=2).start()
+    began, cleaned = threading.Event(), threading.Event()
+
+    async def nap() -> str:
+        began.set()
+        await asyncio.sleep(60)
+        return "woke"
+
+    async def tidy() -> str:
+        try:
+            began.set()
+            await asyncio.sleep(60)
+        finally:
+            cleaned.set()
+        return "done"
+
+    manager.register_function("nap", nap)
+    manager.register_function("tidy", tidy)
+    for name in ("nap", "tidy"):
+        began.clear()
+        job_id = manager.enqueue(Job(function_name=name))
+        assert began.wait(WAIT)
+        # when it is cancelled
+        assert manager.cancel(job_id)
+        # then it ends CANCELLED at once, its finally blocks run (it ran its minute out,
+        # and COMPLETED: a cancel reached a coroutine only through its progress reports)
+        result = manager.wait(job_id, timeout=WAIT)
+        assert (result.status, result.error_type) == (JobStatus.CANCELLED, "JobCancelled"), result
+    assert cleaned.is_set()
+
+
+def test_a_coroutine_job_that_swallows_its_cancellation_completes_with_its_result(make_manager: Any) -> None:
+    # given a coroutine job that catches the cancellation of its task and returns
+    manager = make_manager(MemoryRepository(), max_workers=1).start()
+    began = threading.Event()
+
+    async def stubborn() -> str:
+        began.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            return "kept going"
+        return "slept"
+
+    manager.register_function("stubborn", stubborn)
+    job_id = manager.enqueue(Job(function_name="stubborn"))
+    assert began.wait(WAIT)
+    # when it is cancelled, then it ends as its coroutine did, as in asyncio
+    assert manager.cancel(job_id)
+    result = manager.wait(job_id, timeout=WAIT)
+    assert (result.status, result.result) == (JobStatus.COMPLETED, "kept going")
