@@ -139,8 +139,14 @@ class Lifecycle:
             self._in_lifecycle.call = None
         # Bounded: a user's callback channel that hangs must not hang stop(). Not on a
         # delivery thread (a channel stopping the manager): it would wait for itself.
-        if stopped and not self._notifier.on_delivery_thread():
-            self._notifier.flush(timeout=5.0 if wait else 0.5)
+        if stopped and not self._notifier.on_delivery_thread() \
+                and not self._notifier.flush(timeout=5.0 if wait else 0.5):
+            # Said, as close() says it: a `with` block's stop, then the process's exit, lost
+            # the events of a slow channel without a word.
+            for channel, left in self._notifier.backlog():
+                logger.warning("notification channel %r still busy as the manager stops: %d events not"
+                               " handled yet, delivered while this process lives (close() waits 5 s more)",
+                               channel, left)
 
     def _stop_threads(self, timeout: Optional[float]) -> bool:
         """Stop the pool and the housekeeper, waiting for running jobs up to `timeout`;

@@ -178,6 +178,13 @@ class NotificationDispatcher:
             return lock_waits.wait_for(self._progress, self._lock,
                 lambda: all(d.retired or d.finished >= n for d, n in targets), timeout)
 
+    def backlog(self) -> list[tuple[Any, int]]:
+        """Each channel with events published that it has not handled yet (sent, or failed
+        on), and how many."""
+        with self._lock:
+            return [(d.channel, d.accepted - d.finished) for d in self._deliveries
+                    if not d.retired and d.finished < d.accepted]
+
     def close(self, timeout: float | None = 5.0) -> bool:
         """Stop accepting events, deliver what is queued, and let the threads end.
 

@@ -15,7 +15,7 @@ from typing import Any, Optional
 import pytest
 
 from jobcore import JobStatus, MemoryRepository
-from jobcore.repository import memory
+from jobcore.repository import memory, memory_listing
 from jobcore.repository.base import JobRecord, newest_failures
 from jobcore.repository.values import failed_key
 from jobcore.testing.contract.support import LEASE, NOW, make_record
@@ -287,6 +287,53 @@ def test_the_newest_dead_letters_are_read_without_walking_every_failed_job() -> 
     # when the dead-letter queue's newest 3 are read, then they are those, newest first
     assert [r.id for r in repo.list_dead_letters(3)] == [r.id for r in expected]
     assert len(repo.list_dead_letters(None)) == 299
+
+
+def test_a_long_dead_letter_queue_is_copied_a_few_hundred_rows_a_hold_of_the_lock() -> None:
+    # given 1,200 failed jobs
+    repo = MemoryRepository()
+    records = [make_record(max_retries=0) for _ in range(1_200)]
+    repo.insert(records, NOW)
+    for n, record in enumerate(records):
+        repo.claim(record.id, "w", NOW, NOW + LEASE)
+        repo.fail(record.id, "w", 1, error="boom", error_type="ValueError", traceback=None,
+                  now=NOW + n, retry_at=None)
+    newest_first = [r.id for r in reversed(records)]
+    # and a lock that counts its holds, and between the listing's first two holds the two
+    # oldest failed jobs (copied last) are retried, and the second fails again
+    lock, holds, injecting = repo._lock, [], []
+
+    class Counted:
+        def __enter__(self) -> None:
+            if injecting:
+                return lock.acquire()  # (the retries' own holds: not the listing's)
+            holds.append(1)
+            if len(holds) == 2:
+                injecting.append(1)
+                with lock:
+                    for record in records[:2]:
+                        assert repo.requeue(record.id, NOW + 2_000) is not None
+                    repo.claim(records[1].id, "w", NOW + 2_000, NOW + 2_000 + LEASE)
+                    repo.fail(records[1].id, "w", 1, error="again", error_type="ValueError", traceback=None,
+                              now=NOW + 2_001, retry_at=None)
+                injecting.clear()
+            lock.acquire()
+
+        def __exit__(self, *exc: Any) -> None:
+            lock.release()
+
+    repo._lock = Counted()  # type: ignore[assignment]
+    try:
+        # when the whole dead-letter queue is read
+        found = [r.id for r in repo.list_dead_letters(None)]
+    finally:
+        repo._lock = lock
+    # then it was copied in holds of at most DEAD_LETTERS_AT_ONCE rows (50,000 copied in
+    # one held every claim, completion and enqueue up to 0.9 s), newest first, the rows
+    # that left the queue meanwhile left out (and the one that failed again, newer than
+    # the read, as if it came after)
+    assert len(holds) == 1 + -(-1_200 // memory_listing.DEAD_LETTERS_AT_ONCE)
+    assert found == newest_first[:-2]
 
 
 def test_an_owners_jobs_are_listed_without_walking_the_store() -> None:

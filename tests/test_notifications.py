@@ -970,6 +970,26 @@ def test_a_channel_may_stop_the_manager_but_not_close_it(make_manager, db_path) 
     assert manager.poll(job_id).status is JobStatus.FAILED  # the repository is still open
 
 
+def test_a_stop_that_leaves_events_undelivered_says_so(make_manager, db_path, caplog) -> None:
+    # given a manager whose channel hangs on the first of three dead-lettered jobs' events
+    from jobcore import Job, JobStatus
+
+    gate = Gate()
+    manager = make_manager(db_path, max_workers=1)
+    manager.add_notification_channel(CallbackNotificationChannel(gate, events=[DEAD_LETTERED]))
+    manager.start()
+    ids = [manager.enqueue(Job(function=_fail, max_retries=0)) for _ in range(3)]
+    assert all(manager.wait(job_id, timeout=WAIT).status is JobStatus.FAILED for job_id in ids)
+    assert gate.entered.wait(WAIT)
+    # when the manager stops (not waiting for the jobs: its flush waits 0.5 s)
+    manager.stop(wait=False)
+    # then the events not handled yet are told of (a `with` block's stop, then the
+    # process's exit, lost them without a word; only close() said so)
+    messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("still busy as the manager stops: 3 events not handled yet" in m for m in messages), messages
+    gate.release.set()
+
+
 def test_a_channel_refuses_event_names_the_engine_never_publishes() -> None:
     from jobcore.notifications import EVENT_NAMES
     from jobcore.settle import EVENTS

@@ -17,8 +17,12 @@ from .base import JobRecord
 from .memory_state import MemoryState
 # A copy with dicts of its own: whoever holds it can change it without touching the store.
 from .values import detached_copy as _detached
+from .values import failed_key
 
 _seq_of = operator.attrgetter("seq")
+# Dead letters copied in one hold of the store's lock (a few ms): the whole queue copied
+# in one, 50,000 rows, held every claim, completion and enqueue 0.4-0.9 s.
+DEAD_LETTERS_AT_ONCE = 500
 
 
 class MemoryListing(MemoryState):
@@ -65,8 +69,21 @@ class MemoryListing(MemoryState):
     def list_dead_letters(self, limit: Optional[int] = None) -> builtins.list[JobRecord]:
         with self._lock:  # the newest few failed rows, from the end of their order
             order = self._failed_order
-            keys = order if limit is None else order[max(0, len(order) - limit):]
-            return [_detached(self._jobs[key[3]]) for key in reversed(keys)]
+            keys = order[max(0, len(order) - limit):] if limit is not None else builtins.list(order)
+            if len(keys) <= DEAD_LETTERS_AT_ONCE:
+                return [_detached(self._jobs[key[3]]) for key in reversed(keys)]
+        # Many: copied DEAD_LETTERS_AT_ONCE at a time, each row as it is then, unless it
+        # left the queue meanwhile (retried, or deleted) or failed again (it is newer than
+        # this read: as if the read came first).
+        keys.reverse()
+        found: builtins.list[JobRecord] = []
+        for start in range(0, len(keys), DEAD_LETTERS_AT_ONCE):
+            with self._lock:
+                for key in keys[start:start + DEAD_LETTERS_AT_ONCE]:
+                    row = self._jobs.get(key[3])
+                    if row is not None and row.status is JobStatus.FAILED and failed_key(row) == key:
+                        found.append(_detached(row))
+        return found
 
     def count_by_status(self) -> dict[JobStatus, int]:
         with self._lock:
