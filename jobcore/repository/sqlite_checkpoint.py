@@ -9,9 +9,12 @@ thread's connection and the fork gate every call into SQLite passes.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 from typing import Callable, Optional
+
+from ..clock import real_monotonic
 
 from ..errors import RepositoryError
 from .sqlite_gate import ForkGate
@@ -37,7 +40,30 @@ FOREGROUND_WAL_LIMIT_PAGES = 1_000
 # checkpoint, which gives up at once (to be tried after the next quiet spell) while any
 # connection, in any process, writes or reads an older snapshot.
 IDLE_TRUNCATE_AFTER = 2.0
+# But SQLite starts the WAL over only at a moment when it is wholly copied back and no
+# reader uses it: one reader after another, each slow (`get_stats` on a million rows, a
+# dashboard filtering on a tag), kept one reading at every moment, and the WAL grew by
+# every commit without end (a gigabyte in 40 s beside a drain). Once it holds OVERGROWN
+# times its limit, the thread has it started over: RESTART checkpoints, tried every
+# RETRY_PAUSE for up to OVERGROWN_WAIT while this process's writers wait, until the
+# readers of older snapshots are done (once it is wholly copied back, new readers read
+# the database file, and do not hold it up). SQLite's own busy handler waits in steps of
+# 25-100 ms, and a reader beginning again at once kept its place in the log for ever; a
+# TRUNCATE would wait for the new readers too. The next commit starts the WAL over, and
+# cuts the file down to the limit (`journal_size_limit`). If readers
+# outlasted the wait (one holding a snapshot for ever, say), tried again OVERGROWN_SPACING
+# seconds later at the soonest, then twice as long after each try that fails, up to
+# OVERGROWN_SPACING_MAX: writers wait that half second seldom.
+OVERGROWN = 2
+OVERGROWN_WAIT = 0.5
+RETRY_PAUSE = 0.0002
+OVERGROWN_SPACING = 10.0
+OVERGROWN_SPACING_MAX = 300.0
+# With durability "full" (no background checkpoints) the committing thread looks at the
+# WAL's size every this many commits, and calls for that checkpoint if it is overgrown.
+SIZE_CHECK_EVERY = 1_024
 _CHECKPOINT_PASSIVE = "PRAGMA wal_checkpoint(PASSIVE)"
+_CHECKPOINT_RESTART = "PRAGMA wal_checkpoint(RESTART)"
 _CHECKPOINT_TRUNCATE = "PRAGMA wal_checkpoint(TRUNCATE)"
 
 
@@ -54,12 +80,29 @@ class Checkpointer:
     manager was stopped and dropped (a program making a manager per task or per test).
 
     `connection()` gives the calling thread's connection (opened on first use); each
-    checkpoint runs inside `gate`, the fork gate of the connections it is given."""
+    checkpoint runs inside `gate`, the fork gate of the connections it is given.
+    `wal_limit`: SQLite's own checkpoint threshold (pages), of which a WAL OVERGROWN times
+    as long is started over however long readers keep it in use (see OVERGROWN)."""
 
-    def __init__(self, path: str, gate: ForkGate, connection: Callable[[], sqlite3.Connection]) -> None:
+    def __init__(self, path: str, gate: ForkGate, connection: Callable[[], sqlite3.Connection],
+                 wal_limit: int, write_lock: threading.RLock) -> None:
         self._path = path
         self._gate = gate
         self._connection = connection
+        # The lock this process's writers queue on (`Connections`'): held while an
+        # overgrown WAL is started over, so that they wait behind it rather than take SQLite's
+        # write lock back between its tries (SQLite's busy handler sleeps 25-100 ms
+        # between them, and a writer committing back to back never left it a turn).
+        self._write_lock = write_lock
+        self._overgrown_frames = OVERGROWN * wal_limit
+        self.page_size = 4096  # the database's (set as a connection opens)
+        # Set by `want(overgrown=True)`, read and cleared by the thread (a bool: a lost
+        # race only moves the emptying to the next call).
+        self._overgrown = False
+        # Real monotonic time before which no overgrown WAL is started over, and the spacing the
+        # next failed try sets (see OVERGROWN_SPACING); the thread's alone.
+        self._overgrown_after = 0.0
+        self._overgrown_spacing = OVERGROWN_SPACING
         # _lock guards _thread and _closed: no thread starts once closed, so `close` joins
         # every thread that started. `want` sets _wanted under it, and the thread ends
         # (setting _thread to None) only under it, seeing _wanted clear: a call is never
@@ -75,18 +118,32 @@ class Checkpointer:
         ended idle)."""
         return self._thread
 
-    def forked(self) -> None:
+    def forked(self, write_lock: threading.RLock) -> None:
         """In a forked child: the parent's checkpoint thread is not here (the next `want`
-        starts one), and its lock may have been held at the fork."""
+        starts one), and its lock may have been held at the fork; `write_lock` is the
+        child's writers' own."""
         self._lock = threading.Lock()
+        self._write_lock = write_lock
         self._thread = None
         self._wanted = threading.Event()
 
-    def want(self) -> None:
-        """Wake the checkpoint thread (starting it if none runs) for a PASSIVE checkpoint."""
+    def overgrown(self) -> bool:
+        """True if the WAL file holds OVERGROWN times its limit or more (a stat of the
+        file: with durability "full", and when a checkpoint could not tell)."""
+        try:
+            size = os.stat(self._path + "-wal").st_size
+        except OSError:
+            return False
+        return size >= self._overgrown_frames * (self.page_size + 24)  # (a frame's header: 24 bytes)
+
+    def want(self, overgrown: bool = False) -> None:
+        """Wake the checkpoint thread (starting it if none runs) for a PASSIVE checkpoint,
+        or (`overgrown`) to empty an overgrown WAL (see OVERGROWN)."""
         with self._lock:
             if self._closed:
                 return
+            if overgrown:
+                self._overgrown = True
             if self._thread is None or not self._thread.is_alive():  # also after a fork
                 thread = threading.Thread(target=self._loop, daemon=True, name="jobcore-sqlite-checkpoint")
                 try:
@@ -108,17 +165,15 @@ class Checkpointer:
             self._wanted.clear()
             if self._closed:
                 return
-            query = _CHECKPOINT_PASSIVE if wanted else _CHECKPOINT_TRUNCATE
-            try:
-                self._gate.enter()  # (see Connections._before_fork)
-                try:
-                    conn = self._connection()
-                    busy = conn.execute(query).fetchone()[0]
-                finally:
-                    self._gate.leave()
-            except (sqlite3.Error, RepositoryError) as exc:  # the next commit's checkpoint may do
-                logger.debug("background checkpoint of %s failed (%s): %s", self._path, query, exc)
-                busy = 1
+            overgrown, self._overgrown = self._overgrown, False
+            if overgrown:
+                busy = self._restart_overgrown()
+            else:
+                busy, frames = self._checkpoint(_CHECKPOINT_PASSIVE if wanted else _CHECKPOINT_TRUNCATE)
+                # (-1 frames: another connection's checkpoint was under way, a writer's own
+                # past SQLite's threshold, as after every commit while the WAL is overgrown)
+                if wanted and (frames >= self._overgrown_frames or (frames < 0 and self.overgrown())):
+                    busy = self._restart_overgrown()
             if wanted or busy:  # commits came (or the WAL could not be emptied): empty it once they stop
                 quiet_for = IDLE_TRUNCATE_AFTER
                 continue
@@ -127,6 +182,53 @@ class Checkpointer:
                     self._thread = None  # (this one: `want` starts none while it lives)
                     return
             quiet_for = None
+
+    def _checkpoint(self, query: str, wait: float = 0.0) -> tuple[int, int]:
+        """Run the checkpoint `query` (1 if it could not finish, else 0; the frames in the
+        WAL, -1 if not known). With `wait` (seconds), this process's writers wait behind it
+        meanwhile, and it is tried again every RETRY_PAUSE until it finishes or that time
+        passes (see `_restart_overgrown`)."""
+        busy, frames = 1, -1
+        try:
+            self._gate.enter()  # (see Connections._before_fork; before the write lock, as writers)
+            try:
+                deadline = real_monotonic() + wait
+                if wait and not self._write_lock.acquire(timeout=wait):
+                    return 1, -1
+                try:
+                    conn = self._connection()
+                    while True:
+                        busy, frames, _ = conn.execute(query).fetchone()
+                        if not busy or real_monotonic() >= deadline:
+                            break
+                        threading.Event().wait(RETRY_PAUSE)
+                finally:
+                    if wait:
+                        self._write_lock.release()
+            finally:
+                self._gate.leave()
+        except (sqlite3.Error, RepositoryError) as exc:  # the next commit's checkpoint may do
+            logger.debug("background checkpoint of %s failed (%s): %s", self._path, query, exc)
+            return 1, -1
+        return int(busy), int(frames)
+
+    def _restart_overgrown(self) -> int:
+        """Start an overgrown WAL over (see OVERGROWN), unless the last try was too recent; 1 if
+        it is not empty after."""
+        now = real_monotonic()
+        if now < self._overgrown_after:
+            return 1
+        busy, frames = self._checkpoint(_CHECKPOINT_RESTART, wait=OVERGROWN_WAIT)
+        if not busy:
+            self._overgrown_spacing = OVERGROWN_SPACING
+            return 0
+        spacing = self._overgrown_spacing
+        self._overgrown_after = real_monotonic() + spacing
+        self._overgrown_spacing = min(spacing * 2, OVERGROWN_SPACING_MAX)
+        logger.warning("the write-ahead log of %s holds %d pages, and readers of older snapshots kept"
+                       " it from being started over for %.1f s (writers waited); trying again in %.0f s",
+                       self._path, frames, OVERGROWN_WAIT, spacing)
+        return 1
 
     def close(self) -> None:
         """End the checkpoint thread, waiting for a checkpoint under way (up to 5 s); later

@@ -22,7 +22,8 @@ from ..clock import real_monotonic, real_sleep
 from ..errors import RepositoryError
 from ..forks import on_fork
 from ..lock_waits import holds
-from .sqlite_checkpoint import CHECKPOINT_EVERY, FOREGROUND_WAL_LIMIT_PAGES, WAL_LIMIT_PAGES, Checkpointer
+from .sqlite_checkpoint import (CHECKPOINT_EVERY, FOREGROUND_WAL_LIMIT_PAGES, SIZE_CHECK_EVERY, WAL_LIMIT_PAGES,
+                                Checkpointer)
 from .sqlite_gate import ForkGate
 from .sqlite_lifetime import _OPEN, ConnectionLifetime
 from .sqlite_rows import TextNotUtf8, is_not_utf8, tolerant_text, translate
@@ -114,7 +115,7 @@ class Connections(ConnectionLifetime):
         # fork closes and waits at: see sqlite_gate and `_before_fork` (sqlite_lifetime).
         self._gate = ForkGate()
         self._pid = os.getpid()  # the process whose connections these are
-        self._checkpoints = Checkpointer(path, self._gate, self.get)
+        self._checkpoints = Checkpointer(path, self._gate, self.get, self._wal_limit, self._write_lock)
         _OPEN.add(self)
         on_fork(self, before="_before_fork", after_in_parent="_after_fork_in_parent")
 
@@ -250,11 +251,17 @@ class Connections(ConnectionLifetime):
             self._write_lock.release()
 
     def _committed(self) -> None:
-        """Count a commit (under _write_lock); every CHECKPOINT_EVERY, wake the checkpointer."""
+        """Count a commit (under _write_lock); every CHECKPOINT_EVERY, wake the checkpointer
+        (with durability "full", every SIZE_CHECK_EVERY, if the WAL is overgrown)."""
         self._commits += 1
-        if self._commits >= CHECKPOINT_EVERY and self.background_checkpoints:
+        if self.background_checkpoints:
+            if self._commits >= CHECKPOINT_EVERY:
+                self._commits = 0
+                self._checkpoints.want()
+        elif self._commits >= SIZE_CHECK_EVERY:
             self._commits = 0
-            self._checkpoints.want()
+            if self._checkpoints.overgrown():
+                self._checkpoints.want(overgrown=True)
 
     def read(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Every row of one query on this thread's connection."""

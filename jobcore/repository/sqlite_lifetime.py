@@ -154,7 +154,7 @@ class ConnectionLifetime:
         self._connections = {}
         self._local = threading.local()  # (its finalizers do nothing in this process: `_thread_ended`)
         self._commits = 0
-        self._checkpoints.forked()
+        self._checkpoints.forked(self._write_lock)
 
     def _first_connection(self) -> sqlite3.Connection:
         """This thread's connection, opened (inside the fork gate), and the connections of
@@ -241,6 +241,10 @@ class ConnectionLifetime:
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         conn.execute("PRAGMA foreign_keys = OFF")
         conn.execute(f"PRAGMA wal_autocheckpoint = {self._wal_limit}")
+        # A WAL started over after it grew past its limit (see sqlite_checkpoint.OVERGROWN)
+        # is cut down to it (bytes: a frame is a page and a 24-byte header).
+        page_size = self._checkpoints.page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        conn.execute(f"PRAGMA journal_size_limit = {self._wal_limit * (page_size + 24)}")
 
     def close_unless_in_use(self) -> None:
         """`close()`, unless a thread other than this one and the checkpointer is alive
