@@ -23,6 +23,8 @@ from .transition_queries import ENTRY, _J_ENTRY
 SELECT_JOB = f"SELECT {COLUMNS} FROM {{s}}.jobs WHERE id = %s"
 SELECT_JOB_WITHOUT_ARGS = f"SELECT {COLUMNS_WITHOUT_ARGS} FROM {{s}}.jobs WHERE id = %s"
 SELECT_STATUS = "SELECT status, name FROM {s}.jobs WHERE id = %s"
+# The job of a status stored first (`oldest`): the head of jobs_status's range.
+SELECT_OLDEST = f"SELECT {COLUMNS_WITHOUT_ARGS} FROM {{s}}.jobs WHERE status = %s ORDER BY seq LIMIT 1"
 # Jobs by id, many at once (ids as one text array): `get_many`.
 SELECT_JOBS = f"SELECT {COLUMNS} FROM {{s}}.jobs WHERE id = ANY(%s)"
 # The jobs callers of `wait` wait for, all in one statement (ids as one text array).

@@ -120,6 +120,10 @@ class PostgresRepository(PostgresAdding, SettlesThroughApply, JobRepository):
         rows = self._db.planned_rows(self.sql.SELECT_JOBS, (builtins.list(job_ids),))
         return {record.id: record for record in map(record_from_row, rows)}
 
+    def oldest(self, status: JobStatus) -> Optional[JobRecord]:
+        rows = self._db.read(self.sql.SELECT_OLDEST, (JobStatus(status).value,))
+        return record_from_row(rows[0]) if rows else None
+
     def get_without_args(self, job_id: str) -> Optional[JobRecord]:
         rows = self._db.read(self.sql.SELECT_JOB_WITHOUT_ARGS, (job_id,))
         return record_from_row(rows[0]) if rows else None

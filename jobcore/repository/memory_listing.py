@@ -85,6 +85,15 @@ class MemoryListing(MemoryState):
                         found.append(_detached(row))
         return found
 
+    def oldest(self, status: JobStatus) -> Optional[JobRecord]:
+        with self._lock:  # (the rows copied under it, the lowest found without it)
+            rows = builtins.list(self._by_status[JobStatus(status)].values())
+        if not rows:
+            return None
+        first = min(rows, key=_seq_of)
+        with self._lock:
+            return _detached(first)
+
     def count_by_status(self) -> dict[JobStatus, int]:
         with self._lock:
             return {status: len(rows) for status, rows in self._by_status.items()}

@@ -99,6 +99,24 @@ class _ReadingContract:
         assert found[later.id].status is JobStatus.SCHEDULED and found[done.id].status is JobStatus.COMPLETED
         assert repository.get_many([]) == {} and repository.get_many(["no-such-job"]) == {}
 
+    def test_the_oldest_job_of_a_status_is_the_one_stored_first(self, repository: JobRepository) -> None:
+        # given pending jobs stored in two batches, one of them claimed since, and a failed one
+        first = [make_record(priority=p) for p in (0, 10, 5)]
+        repository.insert(first, NOW)
+        repository.insert([make_record(priority=20)], NOW + 1)
+        _claim(repository, first[0].id)
+        failed = _add(repository, now=NOW + 2)
+        _fail(repository, failed.id)
+        # when the oldest of each status is read, then it is the one stored first, whatever
+        # its priority, and none for a status no job has
+        pending = repository.oldest(JobStatus.PENDING)
+        assert pending is not None and pending.id == first[1].id and pending.status is JobStatus.PENDING
+        assert pending.created_at == _get(repository, first[1].id).created_at
+        running, dead = repository.oldest(JobStatus.RUNNING), repository.oldest(JobStatus.FAILED)
+        assert running is not None and running.id == first[0].id
+        assert dead is not None and dead.id == failed.id
+        assert repository.oldest(JobStatus.CANCELLED) is None
+
     def test_ready_orders_by_priority_then_insertion(self, repository: JobRepository) -> None:
         # given jobs of mixed priorities, inserted in two batches
         priorities = [5, 10, 5, 0, 10, -3, 5]
