@@ -214,3 +214,40 @@ def test_a_refused_newer_database_is_left_as_it_was_its_journal_mode_too(tmp_pat
     with raw_db(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)
     conn.close()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="resource limits are POSIX")
+def test_a_process_out_of_file_descriptors_is_told_so_not_to_check_permissions(tmp_path: Path) -> None:
+    # given a process that has opened as many files as its limit allows, after storing a job
+    code = textwrap.dedent(f"""
+        import os, resource, threading
+        from jobcore import SQLiteRepository
+        from jobcore.errors import RepositoryError
+        from jobcore.testing.contract import NOW, make_record
+        repo = SQLiteRepository({str(tmp_path / "jobs.db")!r})
+        repo.insert([make_record()], NOW)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 16,
+                                                    resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+        held = []
+        try:
+            while True:
+                held.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError:
+            pass
+        said = []
+        def use():  # a thread of its own: a connection of its own to open
+            try:
+                repo.count_by_status()
+            except RepositoryError as exc:
+                said.append(str(exc))
+        thread = threading.Thread(target=use)
+        thread.start()
+        thread.join()
+        print(said[0] if said else "no error")
+        """)
+    done = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=ROOT),
+                          capture_output=True, text=True, timeout=60)
+    # when it uses the store from a thread that has no connection yet, then the error says
+    # why (it said to check the file's permissions)
+    assert done.returncode == 0, done.stderr
+    assert "as many files open as it may (EMFILE)" in done.stdout, done.stdout

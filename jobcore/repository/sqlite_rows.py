@@ -5,6 +5,7 @@ execution here.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import reprlib
@@ -133,11 +134,26 @@ def translate(exc: sqlite3.Error, path: str) -> RepositoryError:
             problem = f"cannot create the file: its directory {folder!r} does not exist"
         elif os.path.exists(path) and not os.access(folder, os.W_OK):
             problem = _READ_ONLY_DIRECTORY  # in the words some SQLite builds give it
+        elif _out_of_descriptors():
+            # (Each thread that uses the store holds a connection: threads of attempts
+            # given up at their timeout, stuck for ever, each kept one.)
+            problem = ("this process has as many files open as it may (EMFILE): raise its limit"
+                       " (ulimit -n), or use fewer threads")
         else:
             problem = "cannot open or create the file (check its permissions and its directory's)"
     else:
         problem = text
     return RepositoryError(f"SQLite at {path!r}: {problem} ({text})")
+
+
+def _out_of_descriptors() -> bool:
+    """True if this process cannot open one more file (EMFILE): SQLite says "unable to
+    open database file" then, in the words of a file that cannot be opened."""
+    try:
+        os.close(os.open(os.devnull, os.O_RDONLY))
+    except OSError as exc:
+        return exc.errno in (errno.EMFILE, errno.ENFILE)
+    return False
 
 
 def _no_space_left(folder: str) -> bool:
