@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -345,6 +346,42 @@ def test_cancel_of_a_pending_job_cancels_it_and_a_second_cancel_fails(jobs: Jobs
     assert first.returncode == 0 and first.stdout.strip() == f"cancelled {jobs.pending}"
     assert_one_line_error(second, "already cancelled")
     assert status_of(jobs.db, jobs.pending) is JobStatus.CANCELLED
+
+
+def _sleep_long() -> None:
+    time.sleep(60)
+
+
+@pytest.mark.parametrize("isolation", ["thread", "process"])
+def test_cancel_of_a_running_job_says_how_it_will_stop(db_path: str, make_manager: Any, capsys: Any,
+                                                      isolation: str) -> None:
+    # given a job running in a worker, in a thread of its or a process of its own
+    manager = make_manager(db_path, max_workers=1)
+    began = threading.Event()
+
+    def wait_for_cancel(progress_callback: Any) -> None:
+        began.set()
+        while True:
+            progress_callback(0.5)
+            time.sleep(0.01)
+
+    manager.register_function("wait_for_cancel", wait_for_cancel)
+    if isolation == "process":
+        job_id = manager.enqueue(Job(_sleep_long, isolation="process"))
+    else:
+        job_id = manager.enqueue(Job(function_name="wait_for_cancel"))
+    manager.start()
+    if isolation == "thread":
+        assert began.wait(WAIT)
+    wait_until(lambda: manager.poll(job_id).status is JobStatus.RUNNING, WAIT, "the job running")
+    # when it is cancelled from the command line
+    cancelled = run_here(capsys, "cancel", job_id, db=db_path)
+    # then the command says how it stops (it said "at its next progress report" of a job
+    # whose process was to be ended), and it ends cancelled
+    assert cancelled.returncode == 0, cancelled
+    expected = ("its process is ended" if isolation == "process" else "it stops at its next progress report")
+    assert f"cancellation requested: job {job_id} is running; {expected}" in cancelled.stdout
+    assert manager.wait(job_id, timeout=WAIT).status is JobStatus.CANCELLED
 
 
 def test_retry_requeues_a_failed_job_but_not_a_completed_one(jobs: Jobs) -> None:

@@ -208,7 +208,10 @@ def cmd_cancel(manager: JobManager, args: argparse.Namespace) -> int:
     _poll_or_fail(manager, args.id)
     if manager.cancel(args.id):
         if _poll_or_fail(manager, args.id).status is JobStatus.RUNNING:
-            print(f"cancellation requested: job {args.id} is running and stops at its next progress report")
+            record = manager.repository.get_without_args(args.id)
+            how = ("its process is ended within a second or so" if record is not None and record.isolation == "process"
+                   else "it stops at its next progress report (a coroutine job, at its next await)")
+            print(f"cancellation requested: job {args.id} is running; {how}")
         else:
             print(f"cancelled {args.id}")
         return EXIT_OK
