@@ -44,6 +44,12 @@ COUNT_PER_MATCH = 16
 SORT_CAP = 10_000
 
 
+# The most wanted tags looked for in a row's text (a term each: SQLite refuses a
+# statement whose expression nests 1,000 deep, as 1,000 terms ANDed do; a few pass over
+# most rows without the tags).
+TAG_TEXTS_AT_MOST = 8
+
+
 class _Filters:
     """The owner and tags a listing filters by, as SQL terms and their parameters."""
 
@@ -58,7 +64,8 @@ class _Filters:
         if tags:
             wanted = sorted(set(tags))
             self.tag_params = (json.dumps(wanted), len(wanted))
-            self.tag_texts = [f'"{tag}"' for tag in wanted if json.dumps(tag) == f'"{tag}"']
+            plain = [f'"{tag}"' for tag in wanted if json.dumps(tag) == f'"{tag}"']
+            self.tag_texts = plain[:TAG_TEXTS_AT_MOST]
 
     def terms(self, owner_term: str = sql.OWNER_TERM) -> tuple[list[str], list[Any]]:
         terms: list[str] = []
