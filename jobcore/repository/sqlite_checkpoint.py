@@ -9,9 +9,11 @@ thread's connection and the fork gate every call into SQLite passes.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sqlite3
 import threading
+import time
 from typing import Callable, Optional
 
 from ..clock import real_monotonic
@@ -45,20 +47,25 @@ IDLE_TRUNCATE_AFTER = 2.0
 # dashboard filtering on a tag), kept one reading at every moment, and the WAL grew by
 # every commit without end (a gigabyte in 40 s beside a drain). Once it holds OVERGROWN
 # times its limit, the thread has it started over: RESTART checkpoints, tried every
-# RETRY_PAUSE for up to OVERGROWN_WAIT while this process's writers wait, until the
-# readers of older snapshots are done (once it is wholly copied back, new readers read
-# the database file, and do not hold it up). SQLite's own busy handler waits in steps of
-# 25-100 ms, and a reader beginning again at once kept its place in the log for ever; a
-# TRUNCATE would wait for the new readers too. The next commit starts the WAL over, and
-# cuts the file down to the limit (`journal_size_limit`). If readers
-# outlasted the wait (one holding a snapshot for ever, say), tried again OVERGROWN_SPACING
-# seconds later at the soonest, then twice as long after each try that fails, up to
-# OVERGROWN_SPACING_MAX: writers wait that half second seldom.
+# RETRY_PAUSE for up to OVERGROWN_WAIT (and half the busy timeout) while this process's
+# writers wait, until the readers of older snapshots are done (once it is wholly copied
+# back, new readers read the database file, and do not hold it up). SQLite's own busy
+# handler waits in steps of 25-100 ms, and a reader beginning again at once kept its place
+# in the log for ever; a TRUNCATE would wait for the new readers too. The next commit
+# starts the WAL over, and cuts the file down to the limit (`journal_size_limit`).
+# Other processes' writers would keep it from finishing: so every process tries at the
+# same moments, whole multiples of the wall clock's OVERGROWN_SPACING seconds, each
+# holding its own writers then. After a try that fails (a reader holding a snapshot for
+# ever, say) the spacing doubles, up to OVERGROWN_SPACING_MAX (multiples of a power of
+# two: a process whose spacing is shorter tries at the other's moments too); writers
+# wait that half second seldom.
 OVERGROWN = 2
 OVERGROWN_WAIT = 0.5
 RETRY_PAUSE = 0.0002
-OVERGROWN_SPACING = 10.0
-OVERGROWN_SPACING_MAX = 300.0
+OVERGROWN_SPACING = 1.0
+OVERGROWN_SPACING_MAX = 256.0
+MIN_RESTART_WAIT = 0.01  # seconds: a shorter wait (a tiny busy timeout) makes no try
+LOGGED_SPACING = 16.0  # a failed try is logged as a warning once the spacing reaches this
 # With durability "full" (no background checkpoints) the committing thread looks at the
 # WAL's size every this many commits, and calls for that checkpoint if it is overgrown.
 SIZE_CHECK_EVERY = 1_024
@@ -85,7 +92,7 @@ class Checkpointer:
     as long is started over however long readers keep it in use (see OVERGROWN)."""
 
     def __init__(self, path: str, gate: ForkGate, connection: Callable[[], sqlite3.Connection],
-                 wal_limit: int, write_lock: threading.RLock) -> None:
+                 wal_limit: int, write_lock: threading.RLock, busy_timeout: float) -> None:
         self._path = path
         self._gate = gate
         self._connection = connection
@@ -94,14 +101,17 @@ class Checkpointer:
         # write lock back between its tries (SQLite's busy handler sleeps 25-100 ms
         # between them, and a writer committing back to back never left it a turn).
         self._write_lock = write_lock
+        # How long this process's writers may wait behind a restart: half their busy
+        # timeout at most (a write waiting longer fails as a database locked).
+        self._restart_wait = min(OVERGROWN_WAIT, busy_timeout / 2)
         self._overgrown_frames = OVERGROWN * wal_limit
         self.page_size = 4096  # the database's (set as a connection opens)
         # Set by `want(overgrown=True)`, read and cleared by the thread (a bool: a lost
         # race only moves the emptying to the next call).
         self._overgrown = False
-        # Real monotonic time before which no overgrown WAL is started over, and the spacing the
-        # next failed try sets (see OVERGROWN_SPACING); the thread's alone.
-        self._overgrown_after = 0.0
+        # The wall-clock time of the next try to start an overgrown WAL over (None: none
+        # planned), and the spacing of the tries (see OVERGROWN_SPACING); the thread's alone.
+        self._restart_at: Optional[float] = None
         self._overgrown_spacing = OVERGROWN_SPACING
         # _lock guards _thread and _closed: no thread starts once closed, so `close` joins
         # every thread that started. `want` sets _wanted under it, and the thread ends
@@ -161,19 +171,32 @@ class Checkpointer:
     def _loop(self) -> None:
         quiet_for: Optional[float] = None  # how long to wait for a call before emptying the WAL
         while True:
-            wanted = self._wanted.wait(quiet_for)
+            timeout = quiet_for
+            if self._restart_at is not None:  # (woken for it, at its moment)
+                left = max(0.0, self._restart_at - time.time())
+                timeout = left if timeout is None else min(timeout, left)
+            wanted = self._wanted.wait(timeout)
             self._wanted.clear()
             if self._closed:
                 return
-            overgrown, self._overgrown = self._overgrown, False
-            if overgrown:
+            if self._overgrown:
+                self._overgrown = False
+                self._plan_restart()
+            if self._restart_at is not None and time.time() >= self._restart_at:
                 busy = self._restart_overgrown()
-            else:
-                busy, frames = self._checkpoint(_CHECKPOINT_PASSIVE if wanted else _CHECKPOINT_TRUNCATE)
+            elif wanted:
+                busy, frames = self._checkpoint(_CHECKPOINT_PASSIVE)
                 # (-1 frames: another connection's checkpoint was under way, a writer's own
                 # past SQLite's threshold, as after every commit while the WAL is overgrown)
-                if wanted and (frames >= self._overgrown_frames or (frames < 0 and self.overgrown())):
-                    busy = self._restart_overgrown()
+                if frames >= self._overgrown_frames or (frames < 0 and self.overgrown()):
+                    self._plan_restart()
+            elif self._restart_at is not None and quiet_for is None:
+                continue  # (a wait for the restart's moment that ended a little early)
+            else:
+                busy, _ = self._checkpoint(_CHECKPOINT_TRUNCATE)
+                if not busy:  # emptied: no restart is owed
+                    self._restart_at, self._overgrown_spacing = None, OVERGROWN_SPACING
+            busy = busy or self._restart_at is not None
             if wanted or busy:  # commits came (or the WAL could not be emptied): empty it once they stop
                 quiet_for = IDLE_TRUNCATE_AFTER
                 continue
@@ -212,22 +235,30 @@ class Checkpointer:
             return 1, -1
         return int(busy), int(frames)
 
+    def _plan_restart(self) -> None:
+        """Plan a try to start the overgrown WAL over at the next whole multiple of the
+        wall clock's spacing (see OVERGROWN), unless one is planned."""
+        if self._restart_at is None:
+            spacing = self._overgrown_spacing
+            self._restart_at = (math.floor(time.time() / spacing) + 1) * spacing
+
     def _restart_overgrown(self) -> int:
-        """Start an overgrown WAL over (see OVERGROWN), unless the last try was too recent; 1 if
-        it is not empty after."""
-        now = real_monotonic()
-        if now < self._overgrown_after:
-            return 1
-        busy, frames = self._checkpoint(_CHECKPOINT_RESTART, wait=OVERGROWN_WAIT)
+        """Try to start an overgrown WAL over (see OVERGROWN); 1 if it failed (the next try
+        is planned)."""
+        self._restart_at = None
+        if self._restart_wait < MIN_RESTART_WAIT:  # (a busy timeout too short to wait in)
+            return 0
+        busy, frames = self._checkpoint(_CHECKPOINT_RESTART, wait=self._restart_wait)
         if not busy:
             self._overgrown_spacing = OVERGROWN_SPACING
             return 0
-        spacing = self._overgrown_spacing
-        self._overgrown_after = real_monotonic() + spacing
-        self._overgrown_spacing = min(spacing * 2, OVERGROWN_SPACING_MAX)
-        logger.warning("the write-ahead log of %s holds %d pages, and readers of older snapshots kept"
-                       " it from being started over for %.1f s (writers waited); trying again in %.0f s",
-                       self._path, frames, OVERGROWN_WAIT, spacing)
+        spacing = self._overgrown_spacing = min(self._overgrown_spacing * 2, OVERGROWN_SPACING_MAX)
+        self._plan_restart()
+        (logger.warning if spacing >= LOGGED_SPACING else logger.debug)(
+            "the write-ahead log of %s holds %s pages, and readers of older snapshots, or other"
+            " processes' writers, kept it from being started over for %.1f s (this process's"
+            " writers waited); trying again in %.0f s at most", self._path,
+            frames if frames >= 0 else "many", self._restart_wait, spacing)
         return 1
 
     def close(self) -> None:

@@ -115,7 +115,8 @@ class Connections(ConnectionLifetime):
         # fork closes and waits at: see sqlite_gate and `_before_fork` (sqlite_lifetime).
         self._gate = ForkGate()
         self._pid = os.getpid()  # the process whose connections these are
-        self._checkpoints = Checkpointer(path, self._gate, self.get, self._wal_limit, self._write_lock)
+        self._checkpoints = Checkpointer(path, self._gate, self.get, self._wal_limit, self._write_lock,
+                                         busy_timeout)
         _OPEN.add(self)
         on_fork(self, before="_before_fork", after_in_parent="_after_fork_in_parent")
 
