@@ -79,15 +79,7 @@ class QueueLoader:
         if self._feed is not None:
             self._follow_feed(self._feed)
             return None
-        if self._repo.claims_by_number_when_told and self._pool.wants_work:
-            # An idle pool on a store that tells of other processes' work (every idle
-            # manager sharing it looks at each new job): claimed by number, one statement,
-            # not read then claimed by id (see `JobRepository.claims_by_number_when_told`).
-            # No window is read, so none bounds the queue.
-            self._queue.unbound()
-            self._pool.claim_from_store()
-        else:
-            self._load_ready()
+        self._load_ready()
         return self._read_scheduled(spaced=True)
 
     def glance(self) -> bool:

@@ -274,15 +274,6 @@ class WorkerPool:
         with self._state.lock:
             return self._state.from_store
 
-    def claim_from_store(self) -> None:
-        """Have the next exchange claim the store's best ready jobs by number (its due
-        timers by id), and the dispatcher make it now: jobs stored by other processes
-        that no id queued here tells of. As when other processes took the ids queued here
-        (`claims_from_store`), claims stay by number until one comes back short."""
-        with self._state.lock:
-            self._state.from_store = True
-        self.wake_dispatcher()
-
     def runnable(self, entry: QueueEntry) -> bool:
         """True if this process can run (or fire) the queued job."""
         return self._recorder.runnable(entry)

@@ -97,36 +97,6 @@ def test_jobs_enqueued_while_the_workers_run_are_stored_alone_not_in_the_enqueue
     assert exchanges == []
 
 
-def test_an_idle_manager_told_of_another_process_job_claims_it_by_number_without_reading_the_ready_ids(
-        schema: Schema, make_manager: Callable[..., JobManager]) -> None:
-    # given an idle started manager whose reads of the ready ids are counted, and a producer
-    # on a repository of its own (another pool: its NOTIFYs are another process's)
-    from jobcore.postgres import PostgresRepository
-
-    reads: list[int] = []
-
-    class Counted(PostgresRepository):
-        def ready(self, *args: Any, **kwargs: Any) -> Any:
-            reads.append(1)
-            return super().ready(*args, **kwargs)
-
-    runner = make_manager(Counted(schema.server, schema=schema.name), max_workers=4, poll_interval=30.0)
-    runner.register_function("double", lambda x: 2 * x)
-    runner.start()
-    producer = make_manager(schema.repository(), producer=True)
-    del reads[:]
-    # when the producer stores jobs one at a time, each once the one before ended
-    results = []
-    for n in range(20):
-        job_id = producer.enqueue(Job(function_name="double", args=(n,)))
-        results.append(producer.wait(job_id, timeout=WAIT).result)
-    # then each ran, claimed by number as its NOTIFY woke the runner: the runner did not
-    # read the ready ids to claim them by id (it did once a job, as every idle process
-    # sharing the store did). A look made while an exchange was under way reads them.
-    assert results == [2 * n for n in range(20)]
-    assert len(reads) <= 5, len(reads)
-
-
 def test_results_progress_and_logs_are_stored(manager_on: Callable[..., JobManager]) -> None:
     manager = manager_on().start()
 

@@ -59,10 +59,6 @@ class PostgresRepository(PostgresAdding, SettlesThroughApply, JobRepository):
     # stored alone and the workers' exchanges recording and claiming 8 at a time (local
     # server; see docs/performance-sessions.md, session 39).
     exchanges_on_enqueue = False
-    # Each idle worker process hears of each job another stores (NOTIFY): with 4 of them,
-    # each read the ready ids and claimed by id on every one, and their CPU a job grew from
-    # about 200 µs (1 process) to 750-1,280 µs. See docs/performance-sessions.md, session 57.
-    claims_by_number_when_told = True
 
     def __init__(self, dsn: str, *, schema: Optional[str] = None, pool_size: int = 10,
                  timeout: float = 30.0,

@@ -82,11 +82,6 @@ class JobRepository(JobReads):
     # says False: its new jobs are then stored alone (`insert`, `insert_claimed`) and the
     # workers' exchanges record outcomes and claim several jobs at a time.
     exchanges_on_enqueue: bool = True
-    # True if `watch_changes` wakes its caller at each commit of work by another process
-    # (PostgreSQL's NOTIFY): every idle manager sharing the store then looks at every new
-    # job at once. An idle one claims the store's best jobs by number, one statement,
-    # rather than read the ready ids and claim them by id, two, all but one in vain.
-    claims_by_number_when_told: bool = False
 
     # -- adding jobs -----------------------------------------------------------------
     @abc.abstractmethod
