@@ -75,6 +75,10 @@ class Dispatcher:
                 return
             except Exception:
                 logger.exception("the dispatcher failed; it goes on")
+                # Schedules it took to fire may be lost with the fault: a read of the store
+                # queues them again (their fire-time guard, `pop_due_schedules(firing=True)`,
+                # would have kept them out for ever).
+                self._queue.fire_ended(None)
             state = self._state
             with state.lock:
                 if state.generation != generation:

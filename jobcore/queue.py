@@ -539,10 +539,13 @@ class ReadyQueue:
             self._compact(_SCHEDULES)
             return due
 
-    def fire_ended(self, job_ids: Iterable[str]) -> None:
-        """The fire of these schedules, popped with `firing`, committed or failed."""
+    def fire_ended(self, job_ids: Optional[Iterable[str]]) -> None:
+        """The fire of these schedules (None: of all), popped with `firing`, committed or
+        failed."""
         with self._lock:
-            for job_id in job_ids:
+            if job_ids is None:
+                self._firing.clear()
+            for job_id in job_ids or ():
                 self._firing.pop(job_id, None)
 
     def next_due(self, schedules: bool = True) -> Optional[float]:

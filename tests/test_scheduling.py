@@ -14,6 +14,7 @@ import pytest
 from jobcore import dispatcher
 from jobcore import (DependencyError, FakeClock, InvalidCronExpression, Job, JobManager, JobPriority, JobStatus,
                      MemoryRepository, SQLiteRepository)
+from waiting import wait_until
 
 WAIT = 10.0
 
@@ -350,6 +351,34 @@ def test_schedules_due_together_are_fired_in_batches(make_manager: Any, db_path:
     runs = [r.job_id for r in manager.list_jobs(limit=None) if "schedule_id" in r.metadata]
     assert len(runs) == 120
     assert all(manager.wait(job_id, timeout=WAIT).status is JobStatus.COMPLETED for job_id in runs)
+
+
+def test_a_schedule_taken_to_fire_when_the_dispatcher_fails_is_fired_once_read_again(
+        make_manager: Any, db_path: str) -> None:
+    # given a per-second schedule on a started manager whose dispatcher fails once, just
+    # after it took the schedule to fire
+    clock = FakeClock(start=1_900_000_000.5)
+    ran = threading.Semaphore(0)
+    manager = make_manager(SQLiteRepository(db_path), clock=clock, poll_interval=60.0)
+    manager.register_function("tick", ran.release)
+    manager.enqueue(Job(function_name="tick", cron="* * * * * *"))
+    manager.start()
+    exchange_due = manager._pool._dispatcher._exchange_due_locked  # noqa: SLF001
+    failed = []
+
+    def fail_once() -> Any:
+        if not failed and manager._queue._firing:  # noqa: SLF001
+            failed.append(1)
+            raise RuntimeError("a fault of the engine's")
+        return exchange_due()
+
+    manager._pool._dispatcher._exchange_due_locked = fail_once  # noqa: SLF001
+    clock.advance(1)
+    wait_until(lambda: failed, WAIT, "the dispatcher's fault")
+    # when the store is read again (the schedule, lost with the fault, is due there)
+    manager._load_queue(spaced=True)  # noqa: SLF001
+    # then it fires (kept out of the queue for ever, as being fired still)
+    assert ran.acquire(timeout=WAIT)
 
 
 def test_two_managers_never_fire_the_same_time_twice(tmp_path: Any) -> None:

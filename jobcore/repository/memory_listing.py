@@ -74,8 +74,8 @@ class MemoryListing(MemoryState):
             if len(keys) <= DEAD_LETTERS_AT_ONCE:
                 return [_detached(self._jobs[key[3]]) for key in reversed(keys)]
         # Many: copied DEAD_LETTERS_AT_ONCE at a time, each row as it is then, unless it
-        # left the queue meanwhile (retried, or deleted) or failed again (it is newer than
-        # this read: as if the read came first).
+        # left the queue meanwhile (retried, or deleted), or failed again (in neither
+        # place then: its new place is newer than the queue this read took).
         keys.reverse()
         found: builtins.list[JobRecord] = []
         for start in range(0, len(keys), DEAD_LETTERS_AT_ONCE):
