@@ -43,7 +43,8 @@ def preload_in_forkserver(context: Any) -> None:
     import multiprocessing.forkserver as forkserver  # (Unix only, as the method)
 
     server = getattr(forkserver, "_forkserver", None)
-    preloaded = list(getattr(server, "_preload_modules", None) or ["__main__"])
+    preloaded = getattr(server, "_preload_modules", None)
+    preloaded = ["__main__"] if preloaded is None else list(preloaded)  # ([]: the application's choice)
     if CHILD_MODULE not in preloaded:
         context.set_forkserver_preload([*preloaded, CHILD_MODULE])
 

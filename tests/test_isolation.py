@@ -872,6 +872,29 @@ def test_the_fork_server_imports_jobcore_once_for_every_child_beside_the_applica
     assert done.stdout.split() == ["49", "__main__", "json", "jobcore.isolation_child"]
 
 
+@pytest.mark.skipif(default_start_method() != "forkserver", reason="children come from a fork server only there")
+def test_an_application_that_preloads_nothing_in_its_fork_server_gets_jobcore_alone_there(tmp_path: Any) -> None:
+    # given an application that chose to preload nothing (not even its __main__)
+    done = _python("""
+        import multiprocessing
+        import multiprocessing.forkserver as forkserver
+
+        multiprocessing.get_context("forkserver").set_forkserver_preload([])
+        from jobcore import Job, JobManager, MemoryRepository
+
+        def square(x):
+            return x * x
+
+        if __name__ == "__main__":
+            with JobManager(MemoryRepository(), max_workers=1) as manager:
+                result = manager.wait(manager.enqueue(Job(square, args=(7,), isolation="process")), timeout=30)
+            print(result.result, " ".join(forkserver._forkserver._preload_modules))
+        """, tmp_path)
+    # then its main module is not preloaded for it (it was brought back)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["49", "jobcore.isolation_child"]
+
+
 def test_a_slow_child_start_up_does_not_count_against_the_timeout(tmp_path: Any) -> None:
     # The script's top level runs again in each child (as __mp_main__): a start-up of
     # 1 s, longer than the 0.5 s timeout. Once every such attempt timed out, and each

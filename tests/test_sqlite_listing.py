@@ -289,6 +289,22 @@ def test_a_tag_filter_passes_over_a_job_without_the_tag_by_its_text_alone(repo: 
         assert ticks[0] * 100 < 3000 * 20, ticks
 
 
+def test_a_tag_filter_finds_a_row_whose_json_another_program_wrote_with_escapes(repo: SQLiteRepository) -> None:
+    # given a job whose tags another program wrote, escaping characters jobcore writes as
+    # they are (PHP's json_encode writes "a\/b"), beside jobs with other tags
+    repo.insert([make_record(tags=frozenset({"other"})) for _ in range(5)], NOW)
+    escaped = make_record(tags=frozenset({"placeholder"}))
+    repo.insert([escaped], NOW)
+    with repo._db.write() as conn:
+        conn.execute("UPDATE jobs SET tags = ? WHERE id = ?", ('["a\\/b", "\\u0061bc"]', escaped.id))
+    assert repo.get(escaped.id).tags == frozenset({"a/b", "abc"})
+    # when listed by those tags, then it is found, as its tags read (the text of a tag was
+    # looked for alone, and such a row was left out)
+    assert [r.id for r in repo.list(tags=["a/b"], limit=None)] == [escaped.id]
+    assert [r.id for r in repo.list(tags=["abc", "a/b"], limit=None)] == [escaped.id]
+    assert repo.list(tags=["other", "abc"], limit=None) == []
+
+
 def test_a_tag_filter_passes_over_a_tagless_job_by_its_text_alone(repo: SQLiteRepository) -> None:
     # given 3,000 jobs with no tag and one tagged job behind them
     repo.insert([make_record() for _ in range(3000)], NOW)
