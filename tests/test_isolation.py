@@ -846,14 +846,16 @@ def test_a_function_in_a_scripts_main_module_runs_isolated(tmp_path: Any) -> Non
 
 
 @pytest.mark.skipif(default_start_method() != "forkserver", reason="children come from a fork server only there")
+@pytest.mark.parametrize("preloads, expected", [('["__main__", "json"]', ["__main__", "json"]), ("[]", [])])
 def test_the_fork_server_imports_jobcore_once_for_every_child_beside_the_applications_own_preloads(
-        tmp_path: Any) -> None:
-    # given an application that has its fork server preload a module of its own
+        tmp_path: Any, preloads: str, expected: list[str]) -> None:
+    # given an application that has its fork server preload modules of its own (or, [],
+    # nothing at all, not even its __main__)
     done = _python("""
         import multiprocessing
         import multiprocessing.forkserver as forkserver
 
-        multiprocessing.get_context("forkserver").set_forkserver_preload(["__main__", "json"])
+        multiprocessing.get_context("forkserver").set_forkserver_preload(PRELOADS)
         from jobcore import Job, JobManager, MemoryRepository
 
         def square(x):
@@ -864,35 +866,12 @@ def test_the_fork_server_imports_jobcore_once_for_every_child_beside_the_applica
             with JobManager(MemoryRepository(), max_workers=1) as manager:
                 result = manager.wait(manager.enqueue(Job(square, args=(7,), isolation="process")), timeout=30)
             print(result.result, " ".join(forkserver._forkserver._preload_modules))
-        """, tmp_path)
+        """.replace("PRELOADS", preloads), tmp_path)
     # then it ran in a child of a fork server that imported jobcore (each child imported
     # it afresh: 0.17-0.24 s of CPU before its first job), and preloaded the application's
-    # modules too
+    # modules, and those only (an empty list came back as ["__main__"])
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["49", "__main__", "json", "jobcore.isolation_child"]
-
-
-@pytest.mark.skipif(default_start_method() != "forkserver", reason="children come from a fork server only there")
-def test_an_application_that_preloads_nothing_in_its_fork_server_gets_jobcore_alone_there(tmp_path: Any) -> None:
-    # given an application that chose to preload nothing (not even its __main__)
-    done = _python("""
-        import multiprocessing
-        import multiprocessing.forkserver as forkserver
-
-        multiprocessing.get_context("forkserver").set_forkserver_preload([])
-        from jobcore import Job, JobManager, MemoryRepository
-
-        def square(x):
-            return x * x
-
-        if __name__ == "__main__":
-            with JobManager(MemoryRepository(), max_workers=1) as manager:
-                result = manager.wait(manager.enqueue(Job(square, args=(7,), isolation="process")), timeout=30)
-            print(result.result, " ".join(forkserver._forkserver._preload_modules))
-        """, tmp_path)
-    # then its main module is not preloaded for it (it was brought back)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["49", "jobcore.isolation_child"]
+    assert done.stdout.split() == ["49", *expected, "jobcore.isolation_child"]
 
 
 def test_a_slow_child_start_up_does_not_count_against_the_timeout(tmp_path: Any) -> None:
