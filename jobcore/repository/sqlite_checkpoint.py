@@ -173,7 +173,10 @@ class Checkpointer:
         while True:
             timeout = quiet_for
             if self._restart_at is not None:  # (woken for it, at its moment)
-                left = max(0.0, self._restart_at - time.time())
+                if self._restart_at - time.time() > self._overgrown_spacing:  # the clock stepped back
+                    self._restart_at = None
+                    self._plan_restart()
+                left = max(0.0, self._restart_at - time.time())  # type: ignore[operator]
                 timeout = left if timeout is None else min(timeout, left)
             wanted = self._wanted.wait(timeout)
             self._wanted.clear()
@@ -209,8 +212,9 @@ class Checkpointer:
     def _checkpoint(self, query: str, wait: float = 0.0) -> tuple[int, int]:
         """Run the checkpoint `query` (1 if it could not finish, else 0; the frames in the
         WAL, -1 if not known). With `wait` (seconds), this process's writers wait behind it
-        meanwhile, and it is tried again every RETRY_PAUSE until it finishes or that time
-        passes (see `_restart_overgrown`)."""
+        meanwhile, and it is tried again every RETRY_PAUSE until it finishes, or the WAL is
+        no longer overgrown (another process started it over), or that time passes (see
+        `_restart_overgrown`)."""
         busy, frames = 1, -1
         try:
             self._gate.enter()  # (see Connections._before_fork; before the write lock, as writers)
@@ -222,6 +226,11 @@ class Checkpointer:
                     conn = self._connection()
                     while True:
                         busy, frames, _ = conn.execute(query).fetchone()
+                        if wait and busy and 0 <= frames < self._overgrown_frames:
+                            # Started over by another process (whose writers write again,
+                            # and its readers read that): done. Tried on, this one held its
+                            # writers in vain, then tried alone, out of step with the others.
+                            return 0, int(frames)
                         if not busy or real_monotonic() >= deadline:
                             break
                         threading.Event().wait(RETRY_PAUSE)
@@ -246,7 +255,10 @@ class Checkpointer:
         """Try to start an overgrown WAL over (see OVERGROWN); 1 if it failed (the next try
         is planned)."""
         self._restart_at = None
-        if self._restart_wait < MIN_RESTART_WAIT:  # (a busy timeout too short to wait in)
+        if self._restart_wait < MIN_RESTART_WAIT or not self.overgrown():
+            # (a busy timeout too short to wait in; or started over and cut down already,
+            # by another process)
+            self._overgrown_spacing = OVERGROWN_SPACING
             return 0
         busy, frames = self._checkpoint(_CHECKPOINT_RESTART, wait=self._restart_wait)
         if not busy:
