@@ -17,7 +17,6 @@ import time
 from typing import Callable, Optional
 
 from ..clock import real_monotonic
-
 from ..errors import RepositoryError
 from .sqlite_gate import ForkGate
 
@@ -175,8 +174,7 @@ class Checkpointer:
             if self._restart_at is not None:  # (woken for it, at its moment)
                 if self._restart_at - time.time() > self._overgrown_spacing:  # the clock stepped back
                     self._restart_at = None
-                    self._plan_restart()
-                left = max(0.0, self._restart_at - time.time())  # type: ignore[operator]
+                left = max(0.0, self._plan_restart() - time.time())
                 timeout = left if timeout is None else min(timeout, left)
             wanted = self._wanted.wait(timeout)
             self._wanted.clear()
@@ -244,12 +242,13 @@ class Checkpointer:
             return 1, -1
         return int(busy), int(frames)
 
-    def _plan_restart(self) -> None:
+    def _plan_restart(self) -> float:
         """Plan a try to start the overgrown WAL over at the next whole multiple of the
-        wall clock's spacing (see OVERGROWN), unless one is planned."""
+        wall clock's spacing (see OVERGROWN), unless one is planned; when it is planned."""
         if self._restart_at is None:
             spacing = self._overgrown_spacing
             self._restart_at = (math.floor(time.time() / spacing) + 1) * spacing
+        return self._restart_at
 
     def _restart_overgrown(self) -> int:
         """Try to start an overgrown WAL over (see OVERGROWN); 1 if it failed (the next try

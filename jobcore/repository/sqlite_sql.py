@@ -254,9 +254,10 @@ DELETE FROM jobcore_workers WHERE heartbeat_at < COALESCE(? - lease_timeout, ?) 
 """
 EXPIRE_WORKER = """
 UPDATE jobs SET lease_expires_at = ? WHERE status = 'running' AND worker_id = ?
-"""# The job of each status stored first (`oldest`), by status: the head of the status's range
+"""
+# The job of each status stored first (`oldest`), by status: the head of the status's range
 # of jobs_status, or, for `pending` (whose ready jobs are in jobs_ready alone, by function
-# and priority), the lowest of jobs_ready's seqs (an index-only pass: 14 ms for 300,000)
+# and priority), the lowest of jobs_ready's seqs (an index-only pass: 22 ms for 300,000)
 # and of the waiting ones' range. The walk to the last of a listing took 67-167 ms.
 SELECT_OLDEST = {
     status: (f"SELECT {COLUMNS_WITHOUT_ARGS} FROM jobs WHERE seq = (SELECT MIN(seq) FROM ("
