@@ -505,3 +505,43 @@ def test_a_child_forked_inside_a_job_may_stop_and_close_its_copy_of_the_manager(
     assert (result.status, result.result) == (JobStatus.COMPLETED, "stopped and closed; running=False")
     assert refused.status is JobStatus.FAILED and "inside one of this manager's jobs" in (refused.error or "")
     manager.close()
+
+
+def test_a_parent_closing_its_store_after_a_fork_leaves_the_childs_commits_in_it(tmp_path: Any) -> None:
+    # gunicorn --preload: the app used its store before the fork, the child writes on, and
+    # the parent closes its store (at `close()`, or at exit). A child that inherited the
+    # record of the parent's open connections took no lock on `-shm`; the parent's close
+    # found no other holder and removed `-wal` and `-shm` under it: the child's later
+    # commits went to removed files, and its jobs were lost.
+    path = str(tmp_path / "jobs.db")
+    parent = JobManager(path, producer=True)
+    parent.enqueue(Job(function_name="work", name="parent"))
+    to_parent, from_child = os.pipe()
+    to_child, from_parent = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            signal.alarm(int(CHILD_WAIT))
+            child = JobManager(path, producer=True)
+            child.enqueue(Job(function_name="work", name="child"))
+            os.write(from_child, b"1")
+            os.read(to_child, 1)  # the parent has closed its store
+            for _ in range(20):
+                child.enqueue(Job(function_name="work", name="child"))
+            os.write(from_child, b"2")
+        finally:
+            os._exit(0)
+    try:
+        assert select.select([to_parent], [], [], CHILD_WAIT)[0] and os.read(to_parent, 1) == b"1"
+        parent.close()
+        left = sorted(name for name in os.listdir(tmp_path) if name.startswith("jobs.db"))
+        os.write(from_parent, b"go")
+        assert select.select([to_parent], [], [], CHILD_WAIT)[0] and os.read(to_parent, 1) == b"2"
+    finally:
+        os.waitpid(pid, 0)
+        for fd in (to_parent, from_child, to_child, from_parent):
+            os.close(fd)
+    assert left == ["jobs.db", "jobs.db-shm", "jobs.db-wal"]  # the child had them open
+    with JobManager(path, producer=True) as after:
+        names = [result.name for result in after.list_jobs(limit=100)]
+    assert sorted(names) == ["child"] * 21 + ["parent"]

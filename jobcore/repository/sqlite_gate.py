@@ -102,6 +102,10 @@ class ForkGate:
         me = get_ident()
         return {ident for ident in list(self._inside) if ident != me}
 
+    def inside_here(self) -> bool:
+        """Whether this thread is inside a call (only this thread adds or removes its id)."""
+        return get_ident() in self._inside
+
     def after_fork_in_parent(self) -> None:
         """This thread's fork is done: open the gate (unless another thread forks too)."""
         with self._cond:
