@@ -545,3 +545,39 @@ def test_a_parent_closing_its_store_after_a_fork_leaves_the_childs_commits_in_it
     with JobManager(path, producer=True) as after:
         names = [result.name for result in after.list_jobs(limit=100)]
     assert sorted(names) == ["child"] * 21 + ["parent"]
+
+
+def test_a_fork_while_a_thread_waits_for_another_connections_lock_leaves_its_write_whole(
+        tmp_path: Any, threads: list[threading.Thread]) -> None:
+    # A fork closes the parent's connections (see the test above), but not the one a
+    # thread holds while it waits between tries for a lock another connection holds: it
+    # tries again on it after the fork.
+    import sqlite3
+
+    path = str(tmp_path / "jobs.db")
+    manager = JobManager(path, producer=True)
+    manager.enqueue(Job(function_name="work"))
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    outcome: list[Any] = []
+
+    def enqueue() -> None:
+        try:
+            outcome.append(manager.enqueue(Job(function_name="work", name="waited")))
+        except Exception as exc:
+            outcome.append(exc)
+
+    threads.append(threading.Thread(target=enqueue))
+    threads[-1].start()
+    gate = manager.repository._db._gate  # type: ignore[attr-defined]
+    deadline = time.monotonic() + WAIT
+    while not gate.anyone_stepped_out() and time.monotonic() < deadline:
+        time.sleep(0.001)  # (until the enqueue waits for the lock)
+    assert gate.anyone_stepped_out()
+    assert _in_forked_child(lambda: "forked") == "forked"
+    other.execute("COMMIT")
+    other.close()
+    threads[-1].join(WAIT)
+    assert len(outcome) == 1 and isinstance(outcome[0], str), outcome
+    assert manager.poll(outcome[0]) is not None
+    manager.close()

@@ -47,6 +47,10 @@ class ForkGate:
         self._cond = threading.Condition(self._lock)
         self._inside: list[int] = []
         self._forkers: set[int] = set()
+        # _out holds the id of each thread stepped out (`step_out`) of a call it is still
+        # making, its connection in hand: appended before it leaves, removed once it is
+        # back in, without the lock, as _inside.
+        self._out: list[int] = []
 
     def enter(self) -> None:
         """Come in: at once if no fork is under way (or this thread is inside already, or
@@ -80,13 +84,22 @@ class ForkGate:
     def step_out(self) -> bool:
         """Leave for a while (this thread is about to sleep between tries: no SQLite call
         under way), if it is inside only once; True if it did (then `step_in` after)."""
-        if self._inside.count(get_ident()) != 1:
+        me = get_ident()
+        if self._inside.count(me) != 1:
             return False
+        self._out.append(me)
         self.leave()
         return True
 
     def step_in(self) -> None:
-        self.enter()
+        try:
+            self.enter()
+        finally:
+            self._out.remove(get_ident())
+
+    def anyone_stepped_out(self) -> bool:
+        """Whether a thread is stepped out of a call it is still making (see `step_out`)."""
+        return bool(self._out)
 
     def before_fork(self, timeout: float) -> bool:
         """Close the gate and wait, at most `timeout` seconds, until no thread but this
@@ -120,3 +133,4 @@ class ForkGate:
         self._cond = threading.Condition(self._lock)
         self._forkers = set()
         self._inside = [ident for ident in self._inside if ident == me]
+        self._out = [ident for ident in self._out if ident == me]

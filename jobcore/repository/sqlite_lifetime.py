@@ -139,9 +139,12 @@ class ConnectionLifetime:
             logger.warning("forking while a call into SQLite on %s is under way: the child may hang"
                            " on its first connection, find the database locked, or lose its commits"
                            " when this process closes that connection", self.path)
-        elif self._gate.inside_here():
-            logger.warning("forking from inside a call into SQLite on %s: the child may lose its"
-                           " commits when this process closes that connection", self.path)
+        elif self._gate.inside_here() or self._gate.anyone_stepped_out():
+            # (A thread stepped out waits between tries for another process's lock, its
+            # connection in hand: it must not be closed under it.)
+            logger.warning("forking while a call into SQLite on %s waits for a lock, or from inside"
+                           " one: the child may lose its commits when this process closes that"
+                           " connection", self.path)
         else:
             self._close_for_fork()
 
