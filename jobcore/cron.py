@@ -311,7 +311,10 @@ class CronExpression:
         naive_local = after.tzinfo is None
         zone = self.timezone or after.tzinfo
         assert zone is not None
-        moment = after.astimezone() if naive_local else after
+        # Read as the machine's local time by the rules `timestamp()` and the no-timezone
+        # path follow (PEP 495): `astimezone()` reads a wall time a spring-forward skipped
+        # with the other offset, and the fire came out an hour or two before `after`.
+        moment = after.replace(tzinfo=_LOCAL) if naive_local else after
         while True:
             moment = self._next_in_zone(moment, zone)
             # Naive local time via the timestamp: it sets `fold` in a repeated hour, which a
@@ -331,7 +334,11 @@ class CronExpression:
     def _next_in_zone(self, after: datetime, zone: tzinfo) -> datetime:
         after_utc = _as_utc(after)
         # Via UTC: astimezone() to the datetime's own tzinfo would keep a nonexistent wall.
-        start = self._after_wall(after_utc.astimezone(zone).replace(tzinfo=None))
+        try:
+            wall_after = after_utc.astimezone(zone).replace(tzinfo=None)
+        except OverflowError:  # past the year 9999 in `zone`
+            raise ValueError(f"{self!r} has no fire time after {after}") from None
+        start = self._after_wall(wall_after)
         first_year = start.year
         while True:
             wall = self._next_wall(start, first_year)

@@ -282,6 +282,32 @@ def test_fires_forty_years_apart_are_found_and_the_limit_is_the_year_9999() -> N
         CronExpression("0 0 1 1 *").next_fire(datetime(9999, 6, 1))
 
 
+def test_the_end_of_time_in_a_zone_ahead_of_utc_is_a_value_error() -> None:
+    # 9999-12-31 12:00 UTC is past the year 9999 on Kiritimati (UTC+14): an OverflowError.
+    with pytest.raises(ValueError, match="no fire time after"):
+        CronExpression("* * * * *", "Pacific/Kiritimati").next_fire(datetime(9999, 12, 31, 12, tzinfo=UTC))
+
+
+@pytest.mark.parametrize("fold", [0, 1])
+def test_a_naive_wall_time_a_spring_forward_skipped_is_read_alike_with_and_without_a_timezone(
+        fold: int) -> None:
+    # 02:30 on 8 March 2026 does not exist in New York. `timestamp()` (and the path with
+    # no timezone) reads it with the offset before the gap (fold 0: 07:30 UTC) or after it
+    # (fold 1: 06:30 UTC); `astimezone()` the other way round, and with a timezone the
+    # fire came out as 01:45, before `after`.
+    _set_local_zone("America/New_York")
+    try:
+        after = datetime(2026, 3, 8, 2, 30, fold=fold)
+        instant = datetime.fromtimestamp(after.timestamp(), UTC)
+        local = CronExpression("*/15 * * * *").next_fire(after)
+        for zone in ("America/New_York", "UTC"):
+            fire = CronExpression("*/15 * * * *", zone).next_fire(after)
+            assert fire == local and fire.fold == local.fold, zone
+        assert datetime.fromtimestamp(local.timestamp(), UTC) == instant.replace(minute=45)
+    finally:
+        _set_local_zone("UTC")
+
+
 def test_attributes_equality_hash_and_repr() -> None:
     cron = CronExpression("*/5 * * * *", "Europe/Berlin")
     assert cron.expression == "*/5 * * * *"
