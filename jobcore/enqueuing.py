@@ -11,6 +11,9 @@ changing them is the manager's.
 
 from __future__ import annotations
 
+import functools
+import inspect
+import logging
 from typing import Any, Callable, Iterable, Optional
 
 from .claims import claims_if_committed
@@ -23,6 +26,8 @@ from .registry import FunctionRegistry, LocalJobs
 from .repository.base import JobRecord, JobRepository, QueueEntry
 from .waiting import Settlements
 from .workers import WorkerPool
+
+logger = logging.getLogger("jobcore")
 
 
 class Enqueuer:
@@ -211,10 +216,48 @@ class Enqueuer:
         function here, so a job handed straight to a worker carries its own
         (`_local_function`, as for a name bound to another callable)."""
         if job.function is not None and self._registry.get(job.function_name) is not job.function:  # type: ignore[arg-type]
+            first = job.function_name not in self._registry
             self._registry.register(job.function_name, job.function, replace=False)  # type: ignore[arg-type]
+            if first and self._repo.persistent:
+                _warn_if_name_is_not_its_own(job.function_name, job.function)
 
     def _local_function(self, job: Job) -> Optional[Callable[..., Any]]:
         """The job's callable when its name runs another one here (two lambdas, say)."""
         if job.function is None or self._registry.get(job.function_name) is job.function:  # type: ignore[arg-type]
             return None
         return job.function
+
+
+def _warn_if_name_is_not_its_own(name: str, func: Callable[..., Any]) -> None:
+    """Log a warning if `name`, the name a persistent store keeps for `func`'s jobs, does
+    not lead back to `func` alone (a lambda, a nested function, a `functools.partial`, a
+    method bound to an instance, a callable object): after a restart, or in another
+    process, those jobs run whatever callable is registered under `name` there (another
+    lambda, another instance's method) without an error. Found by a review: a stored
+    `charge` bound to Alice's account ran on Bob's once the restarted app enqueued one of
+    Bob's."""
+    what = _shared_name_kind(func)
+    if what is not None:
+        logger.warning("jobs of %r are stored by that name only, and %s: after a restart, or in"
+                       " another process, they run whatever callable is registered under that name"
+                       " there. Register a module-level function with register_function(name, func)"
+                       " and pass what differs as the job's arguments", name, what)
+
+
+def _shared_name_kind(func: Callable[..., Any]) -> Optional[str]:
+    """What `func` is, if its registered name (`function_qualname`) may name other
+    callables too; None for a module-level function, class, classmethod or staticmethod."""
+    if isinstance(func, functools.partial):
+        return "it is a functools.partial (its bound arguments are not stored)"
+    owner = getattr(func, "__self__", None)
+    if inspect.ismethod(func) and not isinstance(owner, type):
+        return f"it is a method bound to one {type(owner).__name__} instance (the instance is not stored)"
+    if not (inspect.isfunction(func) or inspect.ismethod(func) or inspect.isbuiltin(func)
+            or isinstance(func, type)):
+        return f"it is a callable {type(func).__name__} object (the object is not stored)"
+    qualname = getattr(func, "__qualname__", "")
+    if "<lambda>" in qualname:
+        return "it is a lambda (every lambda of its module has that name)"
+    if "<locals>" in qualname:
+        return "it is defined inside another function (each definition has that name)"
+    return None

@@ -814,6 +814,37 @@ def test_two_lambdas_with_the_same_qualname_each_run_their_own_code(make_manager
     assert manager.wait(second, timeout=WAIT).result == "second"
 
 
+class _Account:
+    def charge(self, amount: int) -> int:
+        return amount
+
+
+def test_a_stored_job_whose_name_other_callables_share_is_warned_of_once(
+        make_manager: Any, db_path: str, caplog: pytest.LogCaptureFixture) -> None:
+    # A restarted app that enqueued one of Bob's charges ran Alice's stored one on Bob's
+    # account: the stored name ("module.Class.method") does not say which instance.
+    import functools
+
+    manager = make_manager(db_path)
+    with caplog.at_level("WARNING", logger="jobcore"):
+        for _ in range(2):
+            manager.enqueue(Job(function=_Account().charge, args=(5,)))
+            manager.enqueue(Job(function=functools.partial(add, 1), args=(1,)))
+            manager.enqueue(Job(function=lambda: 1))
+        manager.enqueue(Job(function=add, args=(1, 1)))
+    warned = [record.getMessage() for record in caplog.records if "stored by that name only" in record.getMessage()]
+    assert len(warned) == 3
+    assert "bound to one _Account instance" in warned[0] and "functools.partial" in warned[1]
+    assert "lambda" in warned[2]
+
+
+def test_a_job_whose_name_other_callables_share_is_not_warned_of_on_the_memory_store(
+        caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="jobcore"), JobManager(MemoryRepository()) as manager:
+        manager.enqueue(Job(function=lambda: 1))
+    assert not [record for record in caplog.records if "stored by that name only" in record.getMessage()]
+
+
 def test_graceful_stop_lets_running_jobs_finish(make_manager: Any, db_path: str) -> None:
     started = threading.Event()
     release = threading.Event()
