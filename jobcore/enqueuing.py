@@ -215,11 +215,12 @@ class Enqueuer:
         threads enqueueing at once have nothing to undo. Until then the name runs no
         function here, so a job handed straight to a worker carries its own
         (`_local_function`, as for a name bound to another callable)."""
-        if job.function is not None and self._registry.get(job.function_name) is not job.function:  # type: ignore[arg-type]
-            first = job.function_name not in self._registry
-            self._registry.register(job.function_name, job.function, replace=False)  # type: ignore[arg-type]
+        name = job.function_name
+        if job.function is not None and name is not None and self._registry.get(name) is not job.function:
+            first = name not in self._registry
+            self._registry.register(name, job.function, replace=False)
             if first and self._repo.persistent:
-                _warn_if_name_is_not_its_own(job.function_name, job.function)
+                _warn_if_name_is_not_its_own(name, job.function)
 
     def _local_function(self, job: Job) -> Optional[Callable[..., Any]]:
         """The job's callable when its name runs another one here (two lambdas, say)."""
