@@ -148,8 +148,12 @@ def storable_text(text: str, limit: int = ERROR_TEXT_LIMIT) -> str:
     if not text.isascii():
         text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     if len(text) > limit:
-        keep = limit // 2
-        text = f"{text[:keep]}\n... [{len(text) - 2 * keep} characters cut] ...\n{text[-keep:]}"
+        # At most `limit` characters with the marker, so that text cut once is never cut
+        # again (an isolated job's log line is cut in its child, then stored by the parent:
+        # the second cut had cut the first marker out, and said "[33 characters cut]").
+        longest_marker = len(f"\n... [{len(text)} characters cut] ...\n")
+        keep = max(limit - longest_marker, 0) // 2
+        text = f"{text[:keep]}\n... [{len(text) - 2 * keep} characters cut] ...\n{text[len(text) - keep:]}"
     return text
 
 

@@ -134,6 +134,12 @@ def busy_module(tmp_path: Any) -> Iterator[Any]:
             if fail:
                 raise ValueError("failed after step 3")
             return "reported"
+
+        def say_at_length(characters):
+            from jobcore import current_job
+            current_job().log("<" + "x" * characters + ">")
+            current_job().progress(0.5, "<" + "y" * characters + ">")
+            return "said"
     """))
     sys.path.insert(0, str(tmp_path))
     import busyjobs  # noqa: F401
@@ -407,3 +413,20 @@ def test_close_ends_a_busy_child_and_records_nothing_of_its_attempt(
     row = make_manager(db_path).poll(job_id)
     # Not recorded: the lease lapses and the job is taken back, its old child gone.
     assert (row.status, row.attempts, row.error_type) == (JobStatus.RUNNING, 1, None)
+
+
+def test_a_long_log_line_and_progress_message_of_an_isolated_job_are_cut_once(
+        make_manager: Any, db_path: str, busy_module: Any) -> None:
+    # Cut in the child, then again in the parent: the second cut had cut the first marker
+    # out, and told of 33 characters cut where 134,464 were.
+    from jobcore.serialization import ERROR_TEXT_LIMIT
+
+    manager = make_manager(db_path, max_workers=1).start()
+    job_id = manager.enqueue(Job(function=busy_module.say_at_length, args=(200_000,), isolation="process"))
+    result = manager.wait(job_id, timeout=WAIT)
+    assert result.status is JobStatus.COMPLETED
+    line = manager.get_logs(job_id)[-1].message
+    for text in (line, result.progress_message):
+        assert text.startswith("<") and text.endswith(">") and len(text) <= ERROR_TEXT_LIMIT
+        cut = int(text.split("... [")[1].split(" characters cut]")[0])
+        assert cut == 200_002 - (len(text) - len(f"\n... [{cut} characters cut] ...\n"))
