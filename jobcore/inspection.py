@@ -135,6 +135,20 @@ class Inspection(_Parts):
     def list_jobs(self, status: Union[JobStatus, str, None] = None, tags: Union[str, Iterable[str], None] = None,
                   owner: Optional[str] = None, limit: Optional[int] = 50, offset: int = 0) -> list[JobResult]:
         """Jobs newest first, filtered by status, owner, and carrying all of `tags`."""
+        return self._list(self.repository.list_without_args, status, tags, owner, limit, offset)
+
+    def list_job_summaries(self, status: Union[JobStatus, str, None] = None,
+                           tags: Union[str, Iterable[str], None] = None, owner: Optional[str] = None,
+                           limit: Optional[int] = 50, offset: int = 0) -> list[JobResult]:
+        """`list_jobs` for a table of jobs: the same jobs, with `result`, `traceback`,
+        `metadata` and `progress_details` left empty (None, or an empty dict), which a
+        store need not read. What the dashboard's job table, its metrics and `jobcore
+        list` read: a job's whole result is for `poll`."""
+        return self._list(self.repository.list_summaries, status, tags, owner, limit, offset)
+
+    def _list(self, read: Callable[..., list[JobRecord]], status: Union[JobStatus, str, None],
+              tags: Union[str, Iterable[str], None], owner: Optional[str], limit: Optional[int],
+              offset: int) -> list[JobResult]:
         wanted = self._status_arg(status)
         tags = _tags_arg(tags)
         if limit is not None:
@@ -146,8 +160,7 @@ class Inspection(_Parts):
         if not (storable(owner or "") and all(could_be_id(tag) for tag in tags or ())):
             return []  # no job holds such text (see `_may_exist`)
         since = self._pool.progress_mark()
-        records = self.repository.list_without_args(status=wanted, tags=tags, owner=owner, limit=limit,
-                                                    offset=offset)
+        records = read(status=wanted, tags=tags, owner=owner, limit=limit, offset=offset)
         return [result_of(self._with_latest_progress(record, since)) for record in records]
 
     def _with_latest_progress(self, record: JobRecord, since: int) -> JobRecord:

@@ -90,8 +90,8 @@ def cmd_stats(manager: JobManager, args: argparse.Namespace) -> int:
 
 
 def cmd_list(manager: JobManager, args: argparse.Namespace) -> int:
-    results = manager.list_jobs(status=args.status, tags=args.tag or None, owner=args.owner,
-                                limit=args.limit or None, offset=args.offset)
+    results = manager.list_job_summaries(status=args.status, tags=args.tag or None, owner=args.owner,
+                                         limit=args.limit or None, offset=args.offset)
     if args.json:
         _print_json([job_summary(result) for result in results])
     elif not results:

@@ -252,8 +252,8 @@ class _Handler(BaseHTTPRequestHandler):
             raise ApiError(HTTPStatus.BAD_REQUEST, f"at most {MAX_TAGS} distinct tag values, got {len(tags)}")
         limit = _int_param(query, "limit", DEFAULT_LIMIT, MAX_LIMIT)
         offset = _int_param(query, "offset", 0, None)
-        results = dashboard.manager.list_jobs(status=status, tags=tags, owner=owner, limit=limit,
-                                              offset=offset)
+        results = dashboard.manager.list_job_summaries(status=status, tags=tags, owner=owner, limit=limit,
+                                                       offset=offset)
         self._send_json({"jobs": [job_summary(r) for r in results], "limit": limit, "offset": offset})
 
     def job(self, dashboard: DashboardServer, query: dict[str, list[str]], job_id: str) -> None:

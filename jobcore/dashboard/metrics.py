@@ -33,8 +33,8 @@ def recent_run_metrics(manager: JobManager) -> list[str]:
     RECENT_JOBS completed and as many failed): a run-time histogram of the last attempt of
     completed jobs, and counts of finished jobs, failures and retries. They describe a
     window, so they can fall when old jobs are cleaned up."""
-    completed = manager.list_jobs(status=JobStatus.COMPLETED, limit=RECENT_JOBS)
-    failed = manager.list_jobs(status=JobStatus.FAILED, limit=RECENT_JOBS)
+    completed = manager.list_job_summaries(status=JobStatus.COMPLETED, limit=RECENT_JOBS)
+    failed = manager.list_job_summaries(status=JobStatus.FAILED, limit=RECENT_JOBS)
     runs: dict[str, list[float]] = {}
     for job in completed:
         if job.started_at is not None and job.completed_at is not None:

@@ -14,6 +14,7 @@ from typing import Optional
 
 from ..models import JobStatus
 from ..repository.columns import JOB_COLUMNS as COLUMNS  # the order the row decoders unpack
+from ..repository.columns import JOB_COLUMNS_SUMMARY
 from ..repository.columns import JOB_COLUMNS_WITHOUT_ARGS as COLUMNS_WITHOUT_ARGS
 from ..repository.columns import UNUSABLE_TIME_SQL
 from . import schema as ddl
@@ -21,6 +22,8 @@ from . import transition_queries
 from .transition_queries import ENTRY, _J_ENTRY
 
 SELECT_JOB = f"SELECT {COLUMNS} FROM {{s}}.jobs WHERE id = %s"
+# (Its '{}' literals doubled: the texts below are formatted with the schema's name.)
+COLUMNS_SUMMARY = JOB_COLUMNS_SUMMARY.replace("{", "{{").replace("}", "}}")
 SELECT_JOB_WITHOUT_ARGS = f"SELECT {COLUMNS_WITHOUT_ARGS} FROM {{s}}.jobs WHERE id = %s"
 SELECT_STATUS = "SELECT status, name FROM {s}.jobs WHERE id = %s"
 # The job of a status stored first (`oldest`): the head of jobs_status's range.
@@ -82,7 +85,7 @@ def _list(columns: str, status: Optional[str], by_owner: bool) -> str:
 
 LIST = {columns: {(status, by_owner): _list(columns, status, by_owner)
                   for status in (None, *(s.value for s in JobStatus)) for by_owner in (False, True)}
-        for columns in (COLUMNS, COLUMNS_WITHOUT_ARGS)}
+        for columns in (COLUMNS, COLUMNS_WITHOUT_ARGS, COLUMNS_SUMMARY)}
 # The dead-letter queue, the most recently failed first, read in order from jobs_failed
 # (NULLS LAST: PostgreSQL puts NULLs first in a DESC order; SQLite and the memory store
 # put a row without a finish time last). LIMIT NULL: no limit.

@@ -25,6 +25,7 @@ from ..repository.base import (Cascade, CancelOutcome, JobRecord, JobRepository,
                                require_plain_pending)
 from .adding import PostgresAdding
 from .database import Database, TooLongForAnIndex, Tx, Unchanged, schema_from_dsn
+from .queries import COLUMNS_SUMMARY
 from .rows import clean_text, entry_from_row, record_from_row, row_params, status_of
 from .settling import cancel_dependents, settle_all
 
@@ -150,6 +151,11 @@ class PostgresRepository(PostgresAdding, SettlesThroughApply, JobRepository):
                           tags: Optional[Collection[str]] = None, owner: Optional[str] = None,
                           limit: Optional[int] = 50, offset: int = 0) -> builtins.list[JobRecord]:
         return self._list(COLUMNS_WITHOUT_ARGS, status, tags, owner, limit, offset)
+
+    def list_summaries(self, *, status: Optional[JobStatus] = None,
+                       tags: Optional[Collection[str]] = None, owner: Optional[str] = None,
+                       limit: Optional[int] = 50, offset: int = 0) -> builtins.list[JobRecord]:
+        return self._list(COLUMNS_SUMMARY, status, tags, owner, limit, offset)
 
     def list_dead_letters(self, limit: Optional[int] = None) -> builtins.list[JobRecord]:
         return [record_from_row(row) for row in self._db.read(self.sql.LIST_DEAD_LETTERS, (limit,))]

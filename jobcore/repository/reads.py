@@ -86,6 +86,15 @@ class JobReads(abc.ABC):
         what `list_jobs` and the dashboard read. By default this is `list`."""
         return self.list(status=status, tags=tags, owner=owner, limit=limit, offset=offset)
 
+    def list_summaries(self, *, status: Optional[JobStatus] = None,
+                       tags: Optional[Collection[str]] = None, owner: Optional[str] = None,
+                       limit: Optional[int] = 50, offset: int = 0) -> builtins.list[JobRecord]:
+        """`list_without_args`, with `metadata`, `progress_details`, `result` and
+        `traceback` possibly left empty too: what a table of jobs shows (the dashboard,
+        `jobcore list`, the run-time metrics), which reads no job's whole result. By
+        default this is `list_without_args`."""
+        return self.list_without_args(status=status, tags=tags, owner=owner, limit=limit, offset=offset)
+
     def list_dead_letters(self, limit: Optional[int] = None) -> builtins.list[JobRecord]:
         """The dead-letter queue: FAILED jobs, the most recently failed first (by
         `completed_at`; among jobs that failed at the same moment, the later enqueued

@@ -192,6 +192,11 @@ class SQLiteRepository(SQLiteAdding, SQLiteUpkeep, SQLiteMigration, SettlesThrou
                           limit: Optional[int] = 50, offset: int = 0) -> builtins.list[JobRecord]:
         return self._list(sql.COLUMNS_WITHOUT_ARGS, status, tags, owner, limit, offset)
 
+    def list_summaries(self, *, status: Optional[JobStatus] = None,
+                       tags: Optional[Collection[str]] = None, owner: Optional[str] = None,
+                       limit: Optional[int] = 50, offset: int = 0) -> builtins.list[JobRecord]:
+        return self._list(sql.COLUMNS_SUMMARY, status, tags, owner, limit, offset)
+
     def list_dead_letters(self, limit: Optional[int] = None) -> builtins.list[JobRecord]:
         return [record_from_row(row) for row in self._read(sql.LIST_DEAD_LETTERS, (-1 if limit is None else limit,))]
 

@@ -10,6 +10,7 @@ rows), cleanup, schedules' advance and the worker registry, on jobcore's schema
 from . import columns as _columns
 from .sqlite_transition_sql import COLUMNS as COLUMNS  # the order the row decoders unpack
 from .sqlite_transition_sql import COLUMNS_WITHOUT_ARGS as COLUMNS_WITHOUT_ARGS
+from .sqlite_transition_sql import COLUMNS_SUMMARY as COLUMNS_SUMMARY
 
 SELECT_JOB = f"SELECT {COLUMNS} FROM jobs WHERE id = ?"
 SELECT_JOB_WITHOUT_ARGS = f"SELECT {COLUMNS_WITHOUT_ARGS} FROM jobs WHERE id = ?"

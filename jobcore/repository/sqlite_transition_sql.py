@@ -28,7 +28,8 @@ DEPENDS_ON = (f"CASE WHEN jobs.depends_on = '{DEPENDS_ON_APART}' THEN (SELECT l.
 # The order the row decoders unpack (columns.JOB_COLUMNS, depends_on read as above).
 COLUMNS = _columns.JOB_COLUMNS.replace(" depends_on,", f" {DEPENDS_ON},", 1)
 COLUMNS_WITHOUT_ARGS = _columns.JOB_COLUMNS_WITHOUT_ARGS.replace(" depends_on,", f" {DEPENDS_ON},", 1)
-if DEPENDS_ON not in COLUMNS or DEPENDS_ON not in COLUMNS_WITHOUT_ARGS:
+COLUMNS_SUMMARY = _columns.JOB_COLUMNS_SUMMARY.replace(" depends_on,", f" {DEPENDS_ON},", 1)
+if DEPENDS_ON not in COLUMNS or DEPENDS_ON not in COLUMNS_WITHOUT_ARGS or DEPENDS_ON not in COLUMNS_SUMMARY:
     raise ImportError("columns.JOB_COLUMNS changed: update sqlite_transition_sql.COLUMNS")
 
 

@@ -59,6 +59,20 @@ class _ReadingContract:
         assert [r.id for r in repository.list_without_args(tags=["t"], limit=1, offset=0)] == [done.id]
         assert [r.id for r in repository.list_without_args(limit=2, offset=1)] == [running.id, done.id]
 
+        def summary(full: Any, light: Any) -> bool:  # the fields a table of jobs shows
+            left_out: dict[str, Any] = {"args": (), "kwargs": {}, "metadata": {}, "progress_details": {}, "result": None,
+                        "traceback": None}
+            return all(getattr(full, f) == getattr(light, f) or (f in left_out and getattr(light, f) == left_out[f])
+                       for f in type(full).__dataclass_fields__)
+
+        # and a summary agrees with it on every field it does not leave empty
+        for status in (None, JobStatus.COMPLETED, JobStatus.PENDING):
+            full, light = repository.list(status=status), repository.list_summaries(status=status)
+            assert [r.id for r in light] == [r.id for r in full]
+            assert all(summary(f, lt) for f, lt in zip(full, light))
+        assert [r.id for r in repository.list_summaries(tags=["t"], limit=1, offset=0)] == [done.id]
+        assert [r.id for r in repository.list_summaries(owner="nobody")] == []
+
     def test_statuses_of_many_jobs_are_read_at_once(self, repository: JobRepository) -> None:
         # given jobs pending, waiting on a dependency, scheduled, running, completed, failed
         # and cancelled (what callers of `wait` wait for, and what they wait to see)
