@@ -144,7 +144,7 @@ def complete_many(sql: Statements, tx: Tx, settlements: Sequence[Settlement], en
     released: dict[str, list[QueueEntry]] = {}
     if done:
         order = {s.job_id: index for index, s in enumerate(settlements)}
-        for row in tx.execute(sql.RELEASE_DEPENDENTS_MANY, (sorted(done),)):
+        for row in tx.execute(sql.RELEASE_DEPENDENTS_MANY, {"done": sorted(done)}):
             if row[6] == 0:
                 by = max(row[7], key=lambda job_id: order.get(job_id, -1))
                 released.setdefault(by, []).append(entry_from_row(row))
