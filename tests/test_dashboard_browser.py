@@ -399,7 +399,7 @@ def test_a_filter_changed_while_a_refresh_is_in_flight_is_shown_at_once(browser:
         worker.wait(failed, timeout=WAIT)
     dashboard = make_manager(db_path, producer=True)
     armed, entered, release = threading.Event(), threading.Event(), threading.Event()
-    list_jobs = dashboard.list_jobs
+    list_jobs = dashboard.list_job_summaries  # (what the job table reads)
 
     def slow_list_jobs(*args: Any, **kwargs: Any) -> Any:
         if armed.is_set() and kwargs.get("status") is None:  # the unfiltered table, held
@@ -407,7 +407,7 @@ def test_a_filter_changed_while_a_refresh_is_in_flight_is_shown_at_once(browser:
             assert release.wait(WAIT)
         return list_jobs(*args, **kwargs)
 
-    dashboard.list_jobs = slow_list_jobs  # type: ignore[method-assign]
+    dashboard.list_job_summaries = slow_list_jobs  # type: ignore[method-assign]
 
     def names() -> Any:
         return browser.script("return Array.from(document.querySelectorAll('#jobs td.name'),"
