@@ -301,6 +301,12 @@ class CronExpression:
         return self._fires(after)
 
     def _fires(self, after: datetime) -> Iterator[datetime]:
+        try:
+            yield from self._fires_in_range(after)
+        except OverflowError:  # a time past the year 9999 (or before 1) in UTC or a zone
+            raise ValueError(f"{self!r} has no fire time after {after} within the range of datetime") from None
+
+    def _fires_in_range(self, after: datetime) -> Iterator[datetime]:
         if after.tzinfo is None and self.timezone is None:
             # The machine's local wall time, by the rules a zone's follows (docs/cron.md);
             # `after`'s fold tells which pass of a repeated hour it lies in.
@@ -334,11 +340,7 @@ class CronExpression:
     def _next_in_zone(self, after: datetime, zone: tzinfo) -> datetime:
         after_utc = _as_utc(after)
         # Via UTC: astimezone() to the datetime's own tzinfo would keep a nonexistent wall.
-        try:
-            wall_after = after_utc.astimezone(zone).replace(tzinfo=None)
-        except OverflowError:  # past the year 9999 in `zone`
-            raise ValueError(f"{self!r} has no fire time after {after}") from None
-        start = self._after_wall(wall_after)
+        start = self._after_wall(after_utc.astimezone(zone).replace(tzinfo=None))
         first_year = start.year
         while True:
             wall = self._next_wall(start, first_year)

@@ -282,10 +282,19 @@ def test_fires_forty_years_apart_are_found_and_the_limit_is_the_year_9999() -> N
         CronExpression("0 0 1 1 *").next_fire(datetime(9999, 6, 1))
 
 
-def test_the_end_of_time_in_a_zone_ahead_of_utc_is_a_value_error() -> None:
-    # 9999-12-31 12:00 UTC is past the year 9999 on Kiritimati (UTC+14): an OverflowError.
+@pytest.mark.parametrize("expression, zone, after", [
+    # 9999-12-31 12:00 UTC is past the year 9999 on Kiritimati (UTC+14)
+    ("* * * * *", "Pacific/Kiritimati", datetime(9999, 12, 31, 12, tzinfo=UTC)),
+    # the fire's wall time in New York is past the year 9999 in UTC
+    ("59 23 31 12 *", "America/New_York", datetime(9999, 12, 30, tzinfo=UTC)),
+    ("* * * * *", "Pacific/Kiritimati", datetime(9999, 12, 31, 23, 59, tzinfo=ZoneInfo("America/New_York"))),
+    # before the year 1 in UTC
+    ("* * * * *", "UTC", datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=5)))),
+])
+def test_the_ends_of_time_are_a_value_error(expression: str, zone: str, after: datetime) -> None:
+    # (each was an OverflowError)
     with pytest.raises(ValueError, match="no fire time after"):
-        CronExpression("* * * * *", "Pacific/Kiritimati").next_fire(datetime(9999, 12, 31, 12, tzinfo=UTC))
+        CronExpression(expression, zone).next_fire(after)
 
 
 @pytest.mark.parametrize("fold", [0, 1])
