@@ -581,3 +581,58 @@ def test_a_fork_while_a_thread_waits_for_another_connections_lock_leaves_its_wri
     assert len(outcome) == 1 and isinstance(outcome[0], str), outcome
     assert manager.poll(outcome[0]) is not None
     manager.close()
+
+
+def _holds_a_lock_on(path: str) -> bool:
+    """Whether this process holds a POSIX lock on `path` (Linux's /proc/locks)."""
+    inode, me = os.stat(path).st_ino, str(os.getpid())
+    with open("/proc/locks") as locks:
+        return any(fields[4] == me and fields[5].split(":")[-1] == str(inode)
+                   for fields in (line.split() for line in locks) if len(fields) > 5 and fields[1] == "POSIX")
+
+
+class _HeldClose:
+    """Stands for a connection in `Connections._connections`: its `close()` tells that it
+    began, waits for `go` (at most `wait` seconds), then closes the real one."""
+
+    def __init__(self, conn: Any, began: threading.Event, go: threading.Event, wait: float) -> None:
+        self._conn, self._began, self._go, self._wait = conn, began, go, wait
+
+    def close(self) -> None:
+        self._began.set()
+        self._go.wait(self._wait)
+        self._conn.close()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/locks"), reason="reads /proc/locks (Linux)")
+def test_a_fork_while_another_threads_fork_closes_the_connections_waits_for_the_closes(
+        tmp_path: Any, threads: list[threading.Thread]) -> None:
+    # Two threads fork at once: the first closes the connections (see the tests above);
+    # the second found none left to close and forked while the first still closed one,
+    # and its child inherited SQLite's record of it: its connections took no lock on
+    # `-shm` (the state in which a parent's close removes the log under the child).
+    path = str(tmp_path / "jobs.db")
+    manager = JobManager(path, producer=True)
+    manager.enqueue(Job(function_name="work"))
+    connections = manager.repository._db  # type: ignore[attr-defined]
+    began, forked = threading.Event(), threading.Event()
+    with connections._lock:
+        connections._connections = {thread: _HeldClose(conn, began, forked, 1.0)
+                                    for thread, conn in connections._connections.items()}
+
+    def child() -> str:
+        import sqlite3
+        conn = sqlite3.connect(path)
+        conn.execute("SELECT COUNT(*) FROM jobs").fetchone()
+        return "locked" if _holds_a_lock_on(path + "-shm") else "no lock of its own"
+
+    reports: list[Optional[str]] = []
+    threads.append(threading.Thread(target=lambda: reports.append(_in_forked_child(lambda: "first"))))
+    threads[-1].start()
+    assert began.wait(WAIT)  # the first fork closes a connection
+    reports.append(_in_forked_child(child))
+    forked.set()
+    threads[-1].join(WAIT)
+    assert sorted(reports, key=str) == ["first", "locked"]
+    assert manager.poll(manager.enqueue(Job(function_name="work"))) is not None
+    manager.close()

@@ -166,9 +166,17 @@ class ConnectionLifetime:
         with self._lock:
             connections = list(self._connections.values())
             self._connections = {}
-        for conn in connections:
-            with contextlib.suppress(sqlite3.Error):
-                conn.close()
+        # Counted inside the gate while it closes them: another thread forking at once
+        # (its gate closed too, this thread's let through) waits for the closes to end,
+        # instead of finding none left to close and forking while the last one is inside
+        # SQLite (its child then inherited the record, or a mutex a close holds).
+        self._gate.enter()
+        try:
+            for conn in connections:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+        finally:
+            self._gate.leave()
         # (The local storage dropped frees each thread's `_ThreadEnd`: its `_thread_ended`
         # finds the connection gone from _connections and does nothing.)
         self._local = threading.local()
@@ -316,13 +324,17 @@ class ConnectionLifetime:
         self._gate.before_fork(CLOSE_WAIT)
         try:
             busy = self._gate.others_inside()
-            for thread, conn in connections:
-                if thread.ident in busy:
-                    logger.warning("SQLite at %r: a connection still in use by thread %s is left open"
-                                   " at close", self.path, thread.name)
-                    continue
-                with contextlib.suppress(sqlite3.Error):
-                    conn.close()
+            self._gate.enter()  # (a fork meanwhile waits for the closes: see `_close_for_fork`)
+            try:
+                for thread, conn in connections:
+                    if thread.ident in busy:
+                        logger.warning("SQLite at %r: a connection still in use by thread %s is left open"
+                                       " at close", self.path, thread.name)
+                        continue
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.close()
+            finally:
+                self._gate.leave()
         finally:
             self._gate.after_fork_in_parent()
         self._local = threading.local()
