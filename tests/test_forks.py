@@ -14,6 +14,9 @@ import gc
 import os
 import select
 import signal
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from typing import Any, Callable, Iterator, Optional
@@ -636,3 +639,53 @@ def test_a_fork_while_another_threads_fork_closes_the_connections_waits_for_the_
     assert sorted(reports, key=str) == ["first", "locked"]
     assert manager.poll(manager.enqueue(Job(function_name="work"))) is not None
     manager.close()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/locks"), reason="reads /proc/locks (Linux)")
+def test_a_fork_while_another_thread_closes_the_store_waits_for_the_closes(
+        tmp_path: Any, threads: list[threading.Thread]) -> None:
+    # `close()` in one thread while another forks: the fork found no connection left to
+    # close (close had taken them) and forked while they were still open.
+    path = str(tmp_path / "jobs.db")
+    manager = JobManager(path, producer=True)
+    manager.enqueue(Job(function_name="work"))
+    connections = manager.repository._db  # type: ignore[attr-defined]
+    began, forked = threading.Event(), threading.Event()
+    with connections._lock:
+        connections._connections = {thread: _HeldClose(conn, began, forked, 1.0)
+                                    for thread, conn in connections._connections.items()}
+
+    def child() -> str:
+        import sqlite3
+        conn = sqlite3.connect(path)
+        conn.execute("SELECT COUNT(*) FROM jobs").fetchone()
+        return "locked" if _holds_a_lock_on(path + "-shm") else "no lock of its own"
+
+    threads.append(threading.Thread(target=manager.close))
+    threads[-1].start()
+    assert began.wait(WAIT)  # close() closes a connection
+    report = _in_forked_child(child)
+    forked.set()
+    threads[-1].join(WAIT)
+    assert report == "locked"
+
+
+def test_a_fork_from_a_signal_handler_while_its_thread_closes_the_store_does_not_hang(tmp_path: Any) -> None:
+    # The handler's fork waited for the connections' lock its own thread held in close():
+    # for ever. (In a process of its own: a hang must not hang the suite.)
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        from jobcore import Job, JobManager
+        manager = JobManager({str(tmp_path / "jobs.db")!r}, producer=True)
+        manager.enqueue(Job(function_name="work"))
+        connections = manager.repository._db
+        with connections._lock:  # as close() holds it when the signal lands
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        manager.close()
+        print("forked and closed")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "forked and closed", done.stderr

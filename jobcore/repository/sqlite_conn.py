@@ -114,6 +114,13 @@ class Connections(ConnectionLifetime):
         # or ROLLBACK, opening and closing one, checkpoints) passes through _gate, which a
         # fork closes and waits at: see sqlite_gate and `_before_fork` (sqlite_lifetime).
         self._gate = ForkGate()
+        # _fork_lock serialises this process's forks and `close` on these connections: held
+        # from `_before_fork` to `_after_fork_in_parent` (each thread's holds stacked in
+        # _forking), and around close's closes, so that no fork runs while another
+        # thread's fork or close still closes a connection (sqlite_lifetime). Reentrant: a
+        # signal handler may fork inside either.
+        self._fork_lock = threading.RLock()
+        self._forking = threading.local()
         self._pid = os.getpid()  # the process whose connections these are
         self._checkpoints = Checkpointer(path, self._gate, self.get, self._wal_limit, self._write_lock,
                                          busy_timeout)

@@ -106,6 +106,8 @@ class ConnectionLifetime:
     _write_lock: threading.RLock
     _commits: int
     _gate: ForkGate
+    _fork_lock: threading.RLock
+    _forking: threading.local
     _pid: int
     _checkpoints: Checkpointer
 
@@ -135,7 +137,14 @@ class ConnectionLifetime:
         `busy_timeout` (a write stuck on a slow disk), and the forking thread may be
         inside one itself (a signal handler forks): then the fork goes on, logged, and
         the child may find the database locked, or hang on its first connection."""
-        if not self._gate.before_fork(max(self.busy_timeout, 1.0)):
+        wait = max(self.busy_timeout, 1.0)
+        held = self._fork_lock.acquire(timeout=wait)  # (another thread's fork or close first)
+        self._forking.__dict__.setdefault("held", []).append(held)
+        if not held:
+            logger.warning("forking while another thread's fork or close of SQLite on %s still runs:"
+                           " the child may lose its commits when this process closes its connections",
+                           self.path)
+        if not self._gate.before_fork(wait):
             logger.warning("forking while a call into SQLite on %s is under way: the child may hang"
                            " on its first connection, find the database locked, or lose its commits"
                            " when this process closes that connection", self.path)
@@ -163,14 +172,17 @@ class ConnectionLifetime:
         (measured: 4 runs in 4 of a preloaded app whose parent exited while its child and
         another process enqueued). With no connection open at the fork, the record is gone
         before it, and the child's connections take their locks as any process's do."""
-        with self._lock:
+        # (Bounded: a signal handler may fork while its thread holds _lock, in `close`.)
+        if not self._lock.acquire(timeout=1.0):
+            logger.warning("forking while this thread holds the connections of SQLite on %s: the child"
+                           " may lose its commits when this process closes them", self.path)
+            return
+        try:
             connections = list(self._connections.values())
             self._connections = {}
-        # Counted inside the gate while it closes them: another thread forking at once
-        # (its gate closed too, this thread's let through) waits for the closes to end,
-        # instead of finding none left to close and forking while the last one is inside
-        # SQLite (its child then inherited the record, or a mutex a close holds).
-        self._gate.enter()
+        finally:
+            self._lock.release()
+        self._gate.enter()  # (as every call into SQLite; the forking thread never waits there)
         try:
             for conn in connections:
                 with contextlib.suppress(sqlite3.Error):
@@ -184,6 +196,9 @@ class ConnectionLifetime:
     def _after_fork_in_parent(self) -> None:
         """The fork is done: calls into SQLite go on (see `_before_fork`)."""
         self._gate.after_fork_in_parent()
+        holds = self._forking.__dict__.get("held")
+        if holds and holds.pop():
+            self._fork_lock.release()
 
     def forked(self) -> None:
         """In a forked child (where no other thread runs yet): forget the parent's
@@ -192,6 +207,8 @@ class ConnectionLifetime:
         self._lock = threading.Lock()
         self._write_lock = threading.RLock()
         self._gate.forked()
+        self._fork_lock = threading.RLock()
+        self._forking = threading.local()
         _INHERITED.extend(self._connections.values())
         self._connections = {}
         self._local = threading.local()  # (its finalizers do nothing in this process: `_thread_ended`)
@@ -312,6 +329,18 @@ class ConnectionLifetime:
         # The checkpointer first: closed, it starts no thread, so none outlives the join,
         # and the one it joins has ended before its connection is closed below.
         self._checkpoints.close()
+        # No fork of another thread while these close (see `_fork_lock`): one that took
+        # none to close forked while they were open, or inside SQLite's close.
+        held = self._fork_lock.acquire(timeout=CLOSE_WAIT)
+        try:
+            self._close_connections()
+        finally:
+            if held:
+                self._fork_lock.release()
+        self._local = threading.local()
+
+    def _close_connections(self) -> None:
+        """`close`'s closing of every connection (under `_fork_lock`)."""
         with self._lock:
             self._closed = True
             connections = list(self._connections.items())
@@ -324,17 +353,12 @@ class ConnectionLifetime:
         self._gate.before_fork(CLOSE_WAIT)
         try:
             busy = self._gate.others_inside()
-            self._gate.enter()  # (a fork meanwhile waits for the closes: see `_close_for_fork`)
-            try:
-                for thread, conn in connections:
-                    if thread.ident in busy:
-                        logger.warning("SQLite at %r: a connection still in use by thread %s is left open"
-                                       " at close", self.path, thread.name)
-                        continue
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.close()
-            finally:
-                self._gate.leave()
+            for thread, conn in connections:
+                if thread.ident in busy:
+                    logger.warning("SQLite at %r: a connection still in use by thread %s is left open"
+                                   " at close", self.path, thread.name)
+                    continue
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
         finally:
             self._gate.after_fork_in_parent()
-        self._local = threading.local()
