@@ -20,7 +20,7 @@ from .claims import claims_if_committed
 from .clock import Clock
 from .errors import InvalidJob, JobcoreError, UnknownFunction
 from .execution import check_room_to_run_here
-from .models import Job, JobStatus
+from .models import Job, JobStatus, function_qualname
 from .records import record_for
 from .registry import FunctionRegistry, LocalJobs
 from .repository.base import JobRecord, JobRepository, QueueEntry
@@ -48,6 +48,9 @@ class Enqueuer:
         self._immediate = immediate  # each enqueue then runs what is ready, in its thread
         self.worker_id = worker_id
         self._lease_timeout = lease_timeout
+        # Names `_bind_function` warned of (see `_warn_if_name_is_not_its_own`): each once.
+        # A set.add under the GIL: two threads may both warn of one name, no more.
+        self._warned: set[str] = set()
         # True while the manager's worker threads run: jobs may then be handed straight to
         # them. Written by the manager's start and stop (under its lifecycle lock), read
         # here without a lock: a stale True only offers a job to a stopping pool, which
@@ -216,11 +219,17 @@ class Enqueuer:
         function here, so a job handed straight to a worker carries its own
         (`_local_function`, as for a name bound to another callable)."""
         name = job.function_name
-        if job.function is not None and name is not None and self._registry.get(name) is not job.function:
-            first = name not in self._registry
+        current = None if name is None else self._registry.get(name)
+        if job.function is not None and name is not None and current is not job.function:
             self._registry.register(name, job.function, replace=False)
-            if first and self._repo.persistent:
-                _warn_if_name_is_not_its_own(name, job.function)
+            # (A name the application gave is its own to keep apart. `==`: each look-up of
+            # a method makes a new bound method, equal to the last.)
+            if self._repo.persistent and name not in self._warned and name == function_qualname(job.function):
+                what = (_shared_name_kind(job.function) if current is None
+                        else None if current == job.function else "another callable holds that name here")
+                if what is not None:
+                    self._warned.add(name)
+                    _warn_of_shared_name(name, what)
 
     def _local_function(self, job: Job) -> Optional[Callable[..., Any]]:
         """The job's callable when its name runs another one here (two lambdas, say)."""
@@ -229,20 +238,18 @@ class Enqueuer:
         return job.function
 
 
-def _warn_if_name_is_not_its_own(name: str, func: Callable[..., Any]) -> None:
-    """Log a warning if `name`, the name a persistent store keeps for `func`'s jobs, does
-    not lead back to `func` alone (a lambda, a nested function, a `functools.partial`, a
-    method bound to an instance, a callable object): after a restart, or in another
-    process, those jobs run whatever callable is registered under `name` there (another
-    lambda, another instance's method) without an error. Found by a review: a stored
-    `charge` bound to Alice's account ran on Bob's once the restarted app enqueued one of
-    Bob's."""
-    what = _shared_name_kind(func)
-    if what is not None:
-        logger.warning("jobs of %r are stored by that name only, and %s: after a restart, or in"
-                       " another process, they run whatever callable is registered under that name"
-                       " there. Register a module-level function with register_function(name, func)"
-                       " and pass what differs as the job's arguments", name, what)
+def _warn_of_shared_name(name: str, what: str) -> None:
+    """Log that `name`, the name a persistent store keeps for a callable's jobs, does not
+    lead back to that callable alone (`what` says why: a lambda, a nested function, a
+    `functools.partial`, a method bound to an instance, a callable object, or another
+    callable holds the name): after a restart, or in another process, those jobs run
+    whatever callable is registered under `name` there (another lambda, another
+    instance's method) without an error. Found by a review: a stored `charge` bound to
+    Alice's account ran on Bob's once the restarted app enqueued one of Bob's."""
+    logger.warning("jobs of %r are stored by that name only, and %s: after a restart, or in"
+                   " another process, they run whatever callable is registered under that name"
+                   " there. Register a module-level function with register_function(name, func)"
+                   " and pass what differs as the job's arguments", name, what)
 
 
 def _shared_name_kind(func: Callable[..., Any]) -> Optional[str]:
@@ -251,8 +258,14 @@ def _shared_name_kind(func: Callable[..., Any]) -> Optional[str]:
     if isinstance(func, functools.partial):
         return "it is a functools.partial (its bound arguments are not stored)"
     owner = getattr(func, "__self__", None)
-    if inspect.ismethod(func) and not isinstance(owner, type):
-        return f"it is a method bound to one {type(owner).__name__} instance (the instance is not stored)"
+    if inspect.ismethod(func):
+        if not isinstance(owner, type):
+            return f"it is a method bound to one {type(owner).__name__} instance (the instance is not stored)"
+        if func.__qualname__ != f"{owner.__qualname__}.{func.__name__}":
+            return (f"it is a classmethod {owner.__name__} inherits (its name is {func.__qualname__}'s, which"
+                    f" runs on that class)")
+    if inspect.isbuiltin(func) and owner is not None and not inspect.ismodule(owner):
+        return f"it is a built-in method bound to one {type(owner).__name__} object (the object is not stored)"
     if not (inspect.isfunction(func) or inspect.ismethod(func) or inspect.isbuiltin(func)
             or isinstance(func, type)):
         return f"it is a callable {type(func).__name__} object (the object is not stored)"

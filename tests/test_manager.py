@@ -818,6 +818,14 @@ class _Account:
     def charge(self, amount: int) -> int:
         return amount
 
+    @classmethod
+    def opened(cls, amount: int) -> str:
+        return f"{cls.__name__} {amount}"
+
+
+class _Savings(_Account):
+    pass
+
 
 def test_a_stored_job_whose_name_other_callables_share_is_warned_of_once(
         make_manager: Any, db_path: str, caplog: pytest.LogCaptureFixture) -> None:
@@ -832,10 +840,24 @@ def test_a_stored_job_whose_name_other_callables_share_is_warned_of_once(
             manager.enqueue(Job(function=functools.partial(add, 1), args=(1,)))
             manager.enqueue(Job(function=lambda: 1))
         manager.enqueue(Job(function=add, args=(1, 1)))
+        for _ in range(2):  # none of these shares its name: each look-up makes a new bound method
+            manager.enqueue(Job(function=_Account.opened, args=(1,)))
+            manager.enqueue(Job(function=len, args=([],)))
+        manager.enqueue(Job(function=lambda: 2, function_name="named_by_the_app"))  # (its own to keep apart)
+        manager.enqueue(Job(function=[].append, args=(1,)))
     warned = [record.getMessage() for record in caplog.records if "stored by that name only" in record.getMessage()]
-    assert len(warned) == 3
+    assert len(warned) == 4
     assert "bound to one _Account instance" in warned[0] and "functools.partial" in warned[1]
-    assert "lambda" in warned[2]
+    assert "lambda" in warned[2] and "built-in method bound to one list" in warned[3]
+
+
+def test_an_inherited_classmethod_is_warned_of_as_its_name_is_the_base_classs(
+        make_manager: Any, db_path: str, caplog: pytest.LogCaptureFixture) -> None:
+    manager = make_manager(db_path)
+    with caplog.at_level("WARNING", logger="jobcore"):
+        manager.enqueue(Job(function=_Savings.opened, args=(1,)))
+    warned = [record.getMessage() for record in caplog.records if "stored by that name only" in record.getMessage()]
+    assert len(warned) == 1 and "classmethod _Savings inherits" in warned[0]
 
 
 def test_a_job_whose_name_other_callables_share_is_not_warned_of_on_the_memory_store(
