@@ -607,14 +607,10 @@ class _HeldClose:
         self._conn.close()
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/locks"), reason="reads /proc/locks (Linux)")
-def test_a_fork_while_another_threads_fork_closes_the_connections_waits_for_the_closes(
-        tmp_path: Any, threads: list[threading.Thread]) -> None:
-    # Two threads fork at once: the first closes the connections (see the tests above);
-    # the second found none left to close and forked while the first still closed one,
-    # and its child inherited SQLite's record of it: its connections took no lock on
-    # `-shm` (the state in which a parent's close removes the log under the child).
-    path = str(tmp_path / "jobs.db")
+def _closes_held(path: str) -> tuple[JobManager, Callable[[], str], threading.Event, threading.Event]:
+    """A producer on `path` whose connections' closes wait (see `_HeldClose`: `began` is
+    set as one begins, which then waits for `forked`, 1 s at most), and a forked child's
+    body that tells whether its own connection holds a lock on `-shm`."""
     manager = JobManager(path, producer=True)
     manager.enqueue(Job(function_name="work"))
     connections = manager.repository._db  # type: ignore[attr-defined]
@@ -629,6 +625,17 @@ def test_a_fork_while_another_threads_fork_closes_the_connections_waits_for_the_
         conn.execute("SELECT COUNT(*) FROM jobs").fetchone()
         return "locked" if _holds_a_lock_on(path + "-shm") else "no lock of its own"
 
+    return manager, child, began, forked
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/locks"), reason="reads /proc/locks (Linux)")
+def test_a_fork_while_another_threads_fork_closes_the_connections_waits_for_the_closes(
+        tmp_path: Any, threads: list[threading.Thread]) -> None:
+    # Two threads fork at once: the first closes the connections (see the tests above);
+    # the second found none left to close and forked while the first still closed one,
+    # and its child inherited SQLite's record of it: its connections took no lock on
+    # `-shm` (the state in which a parent's close removes the log under the child).
+    manager, child, began, forked = _closes_held(str(tmp_path / "jobs.db"))
     reports: list[Optional[str]] = []
     threads.append(threading.Thread(target=lambda: reports.append(_in_forked_child(lambda: "first"))))
     threads[-1].start()
@@ -646,21 +653,7 @@ def test_a_fork_while_another_thread_closes_the_store_waits_for_the_closes(
         tmp_path: Any, threads: list[threading.Thread]) -> None:
     # `close()` in one thread while another forks: the fork found no connection left to
     # close (close had taken them) and forked while they were still open.
-    path = str(tmp_path / "jobs.db")
-    manager = JobManager(path, producer=True)
-    manager.enqueue(Job(function_name="work"))
-    connections = manager.repository._db  # type: ignore[attr-defined]
-    began, forked = threading.Event(), threading.Event()
-    with connections._lock:
-        connections._connections = {thread: _HeldClose(conn, began, forked, 1.0)
-                                    for thread, conn in connections._connections.items()}
-
-    def child() -> str:
-        import sqlite3
-        conn = sqlite3.connect(path)
-        conn.execute("SELECT COUNT(*) FROM jobs").fetchone()
-        return "locked" if _holds_a_lock_on(path + "-shm") else "no lock of its own"
-
+    manager, child, began, forked = _closes_held(str(tmp_path / "jobs.db"))
     threads.append(threading.Thread(target=manager.close))
     threads[-1].start()
     assert began.wait(WAIT)  # close() closes a connection
