@@ -682,3 +682,91 @@ def test_a_fork_from_a_signal_handler_while_its_thread_closes_the_store_does_not
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "forked and closed", done.stderr
+
+
+def test_a_thread_ending_while_a_fork_waits_has_its_connection_closed_before_the_fork(
+        tmp_path: Any, threads: list[threading.Thread]) -> None:
+    # A thread that ended while a fork waited at the gate (for a read under way) took its
+    # connection out of the connections kept, then waited at the gate to close it: the
+    # fork found it gone, forked with it open, and the child took no lock on `-shm`.
+    path = str(tmp_path / "jobs.db")
+    producer = JobManager(path, producer=True)
+    producer.enqueue(Job(function_name="noop"))
+    db = producer.repository._db  # type: ignore[attr-defined]
+    reading, finish_read, end = threading.Event(), threading.Event(), threading.Event()
+
+    def held_read(conn: Any) -> None:
+        reading.set()
+        finish_read.wait(WAIT)
+
+    def ending() -> None:
+        producer.poll("0" * 32)  # (a connection of its own)
+        end.wait(WAIT)
+
+    threads.append(threading.Thread(target=lambda: db.reading(held_read)))
+    threads[-1].start()
+    ender = threading.Thread(target=ending)
+    ender.start()
+    assert reading.wait(WAIT)
+
+    def child() -> str:
+        import sqlite3
+        conn = sqlite3.connect(path)
+        conn.execute("SELECT COUNT(*) FROM jobs").fetchone()
+        return "locked" if _holds_a_lock_on(path + "-shm") else "no lock of its own"
+
+    reports: list[Optional[str]] = []
+    threads.append(threading.Thread(target=lambda: reports.append(_in_forked_child(child))))
+    threads[-1].start()  # the fork waits for the held read
+    deadline = time.monotonic() + WAIT
+    while not db._gate._forkers and time.monotonic() < deadline:
+        time.sleep(0.001)
+    end.set()  # the thread ends: its connection's finalizer waits at the gate
+    while time.monotonic() < deadline and "_wait_for_forks" not in _stack_of(ender):
+        time.sleep(0.001)
+    assert "_wait_for_forks" in _stack_of(ender)
+    finish_read.set()
+    threads[-1].join(WAIT)
+    ender.join(WAIT)
+    assert reports == ["locked"]
+    producer.close()
+
+
+def _stack_of(thread: threading.Thread) -> str:
+    """The names of the functions `thread` is in now."""
+    frame = sys._current_frames().get(thread.ident or 0)
+    names = []
+    while frame is not None:
+        names.append(frame.f_code.co_name)
+        frame = frame.f_back
+    return " ".join(names)
+
+
+def test_a_fork_inside_a_forks_hooks_leaves_the_outer_forks_gate_closed(tmp_path: Any) -> None:
+    # A fork made inside another fork's hooks (a signal handler's) reopened the gate as
+    # it ended, while the outer fork was still to happen: reads went in, and the outer
+    # fork closed connections under them.
+    from jobcore.forks import on_fork
+
+    class Nested:
+        seen: list[bool] = []
+
+        def before(self) -> None:  # (registered before the store: runs after its hook)
+            if self.seen or getattr(self, "forking", False):
+                return  # (the inner fork runs the hooks too)
+            self.forking = True
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0)
+            os.waitpid(pid, 0)
+            self.seen.append(bool(db._gate._forkers))
+
+    nested = Nested()
+    on_fork(nested, before="before")
+    producer = JobManager(str(tmp_path / "jobs.db"), producer=True)
+    producer.enqueue(Job(function_name="noop"))
+    db = producer.repository._db  # type: ignore[attr-defined]
+    assert _in_forked_child(lambda: "forked") == "forked"
+    assert Nested.seen[-1] is True  # still closed for the outer fork after the inner one
+    assert not db._gate._forkers  # and open once it is done
+    producer.close()

@@ -16,6 +16,7 @@ The way in and out costs about 0.25 µs and takes no lock while no fork is under
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from threading import get_ident
 
@@ -39,14 +40,17 @@ class ForkGate:
 
     def __init__(self) -> None:
         # _cond guards _forkers (the threads forking: while there is one the gate is
-        # closed, and entries of other threads wait; two threads may fork at once) and
+        # closed, and entries of other threads wait; two threads may fork at once, and a
+        # thread may fork inside its own fork's hooks, a signal handler's: a list, each
+        # fork's mark taken out by its own end, so that an inner fork's end leaves the
+        # outer's gate closed) and
         # is what forks and the entries waiting on them sleep on. _inside holds the
         # thread id of each call inside: appended and removed without the lock (see
         # the class docstring).
         self._lock = waitable_lock()  # (a caller's thread may wait on _cond for a fork)
         self._cond = threading.Condition(self._lock)
         self._inside: list[int] = []
-        self._forkers: set[int] = set()
+        self._forkers: list[int] = []
         # _out holds the id of each thread stepped out (`step_out`) of a call it is still
         # making, its connection in hand: appended before it leaves, removed once it is
         # back in, without the lock, as _inside.
@@ -107,7 +111,7 @@ class ForkGate:
         for itself); False if one still was (the gate stays closed all the same)."""
         me = get_ident()
         with self._cond:
-            self._forkers.add(me)
+            self._forkers.append(me)
             return lock_waits.wait_for(self._cond, self._lock, lambda: all(ident == me for ident in self._inside), timeout)
 
     def others_inside(self) -> set[int]:
@@ -122,7 +126,8 @@ class ForkGate:
     def after_fork_in_parent(self) -> None:
         """This thread's fork is done: open the gate (unless another thread forks too)."""
         with self._cond:
-            self._forkers.discard(get_ident())
+            with contextlib.suppress(ValueError):
+                self._forkers.remove(get_ident())
             self._cond.notify_all()
 
     def forked(self) -> None:
@@ -131,6 +136,6 @@ class ForkGate:
         me = get_ident()
         self._lock = waitable_lock()
         self._cond = threading.Condition(self._lock)
-        self._forkers = set()
+        self._forkers = []
         self._inside = [ident for ident in self._inside if ident == me]
         self._out = [ident for ident in self._out if ident == me]

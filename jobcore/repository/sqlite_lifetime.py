@@ -244,12 +244,15 @@ class ConnectionLifetime:
 
     def _forget(self, thread: threading.Thread, conn: sqlite3.Connection) -> None:
         """Close `thread`'s connection `conn` (the thread ended) unless it was replaced."""
-        with self._lock:
-            if self._connections.get(thread) is not conn:
-                return
-            del self._connections[thread]
+        # Inside the gate from before it is taken out of _connections: a fork meanwhile
+        # (which waits for the gate) found it gone and forked while it was still open, and
+        # the child took no lock on `-shm` (see `_close_for_fork`).
         self._gate.enter()  # (see `_before_fork`; never waits in the forking thread)
         try:
+            with self._lock:
+                if self._connections.get(thread) is not conn:
+                    return
+                del self._connections[thread]
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
         finally:
