@@ -258,14 +258,13 @@ def _shared_name_kind(func: Callable[..., Any]) -> Optional[str]:
     if isinstance(func, functools.partial):
         return "it is a functools.partial (its bound arguments are not stored)"
     owner = getattr(func, "__self__", None)
-    if inspect.ismethod(func):
-        if not isinstance(owner, type):
-            return f"it is a method bound to one {type(owner).__name__} instance (the instance is not stored)"
-        if func.__qualname__ != f"{owner.__qualname__}.{func.__name__}":
-            return (f"it is a classmethod {owner.__name__} inherits (its name is {func.__qualname__}'s, which"
-                    f" runs on that class)")
-    if inspect.isbuiltin(func) and owner is not None and not inspect.ismodule(owner):
-        return f"it is a built-in method bound to one {type(owner).__name__} object (the object is not stored)"
+    bound = inspect.ismethod(func) or (inspect.isbuiltin(func) and owner is not None and not inspect.ismodule(owner))
+    if bound and not isinstance(owner, type):
+        kind, what = ("method", "instance") if inspect.ismethod(func) else ("built-in method", "object")
+        return f"it is a {kind} bound to one {type(owner).__name__} {what} (the {what} is not stored)"
+    if bound and isinstance(owner, type) and func.__qualname__ != f"{owner.__qualname__}.{func.__name__}":
+        return (f"it is a classmethod {owner.__name__} inherits (its name is {func.__qualname__}'s, which"
+                f" runs on that class)")
     if not (inspect.isfunction(func) or inspect.ismethod(func) or inspect.isbuiltin(func)
             or isinstance(func, type)):
         return f"it is a callable {type(func).__name__} object (the object is not stored)"

@@ -770,3 +770,73 @@ def test_a_fork_inside_a_forks_hooks_leaves_the_outer_forks_gate_closed(tmp_path
     assert Nested.seen[-1] is True  # still closed for the outer fork after the inner one
     assert not db._gate._forkers  # and open once it is done
     producer.close()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/locks"), reason="reads /proc/locks (Linux)")
+def test_close_waits_for_a_fork_that_waits_for_a_long_call(
+        tmp_path: Any, threads: list[threading.Thread], monkeypatch: pytest.MonkeyPatch) -> None:
+    # A fork waits up to the busy timeout for a call under way; close() waited CLOSE_WAIT
+    # for it, then closed the connections beside it: the fork found none to close and
+    # forked while close() still closed them.
+    import jobcore.repository.sqlite_lifetime as lifetime
+
+    monkeypatch.setattr(lifetime, "CLOSE_WAIT", 0.05)
+    path = str(tmp_path / "jobs.db")
+    producer = JobManager(path, producer=True)
+    producer.enqueue(Job(function_name="noop"))
+    db = producer.repository._db  # type: ignore[attr-defined]
+    reading, finish_read = threading.Event(), threading.Event()
+
+    def held_read(conn: Any) -> None:
+        reading.set()
+        finish_read.wait(WAIT)
+
+    def child() -> str:
+        import sqlite3
+        conn = sqlite3.connect(path)
+        conn.execute("SELECT COUNT(*) FROM jobs").fetchone()
+        return "locked" if _holds_a_lock_on(path + "-shm") else "no lock of its own"
+
+    threads.append(threading.Thread(target=lambda: db.reading(held_read)))
+    threads[-1].start()
+    assert reading.wait(WAIT)
+    reports: list[Optional[str]] = []
+    forker = threading.Thread(target=lambda: reports.append(_in_forked_child(child)))
+    forker.start()  # the fork waits for the held read
+    deadline = time.monotonic() + WAIT
+    while not db._gate._forkers and time.monotonic() < deadline:
+        time.sleep(0.001)
+    closer = threading.Thread(target=producer.close)
+    closer.start()
+    closer.join(0.3)  # (past CLOSE_WAIT: close() went on here)
+    finish_read.set()
+    forker.join(WAIT)
+    closer.join(WAIT)
+    assert reports == ["locked"]
+
+
+def test_a_fork_inside_a_forks_hooks_leaves_the_memory_stores_lock_free_after(tmp_path: Any) -> None:
+    # The store kept one flag for its lock held across a fork: a fork inside another's
+    # hooks (a signal handler's) cleared it, and the outer fork left the lock held for good.
+    from jobcore.forks import on_fork
+
+    class Nested:
+        forked = False
+
+        def before(self) -> None:  # (registered before the store: runs after its hook)
+            if not Nested.forked:
+                Nested.forked = True
+                pid = os.fork()
+                if pid == 0:
+                    os._exit(0)
+                os.waitpid(pid, 0)
+
+    nested = Nested()
+    on_fork(nested, before="before")
+    store = MemoryRepository()
+    assert _in_forked_child(lambda: "forked") == "forked"
+    taken: list[bool] = []
+    other = threading.Thread(target=lambda: taken.append(store._lock.acquire(timeout=2.0)))
+    other.start()
+    other.join(WAIT)
+    assert taken == [True]

@@ -843,6 +843,7 @@ def test_a_stored_job_whose_name_other_callables_share_is_warned_of_once(
         for _ in range(2):  # none of these shares its name: each look-up makes a new bound method
             manager.enqueue(Job(function=_Account.opened, args=(1,)))
             manager.enqueue(Job(function=len, args=([],)))
+            manager.enqueue(Job(function=dict.fromkeys, args=(["k"],)))  # (a built-in classmethod)
         manager.enqueue(Job(function=lambda: 2, function_name="named_by_the_app"))  # (its own to keep apart)
         manager.enqueue(Job(function=[].append, args=(1,)))
     warned = [record.getMessage() for record in caplog.records if "stored by that name only" in record.getMessage()]

@@ -334,7 +334,11 @@ class ConnectionLifetime:
         self._checkpoints.close()
         # No fork of another thread while these close (see `_fork_lock`): one that took
         # none to close forked while they were open, or inside SQLite's close.
-        held = self._fork_lock.acquire(timeout=CLOSE_WAIT)
+        # (As long as a fork may hold it: it waits up to the busy timeout for a call.)
+        held = self._fork_lock.acquire(timeout=max(self.busy_timeout, 1.0) + CLOSE_WAIT)
+        if not held:
+            logger.warning("SQLite at %r: closing while a fork of another thread still waits; its"
+                           " child may lose its commits", self.path)
         try:
             self._close_connections()
         finally:
