@@ -158,13 +158,15 @@ class _Registry:
     def _before(self) -> None:
         # A copy, so that the lock is not held while the hooks run (one may register
         # another object), nor in the child; `after_in_parent` calls the same entries.
-        entries = self._forking.entries = self._copy()
+        # (A stack: a fork inside a fork's hooks, a signal handler's, has its own.)
+        entries = self._copy()
+        self._forking.__dict__.setdefault("entries", []).append(entries)
         for entry in reversed(entries):
             _call(entry, entry.before)
 
     def _after_in_parent(self) -> None:
-        entries: Optional[list[_Entry]] = getattr(self._forking, "entries", None)
-        self._forking.entries = None
+        stack: list[list[_Entry]] = self._forking.__dict__.get("entries", [])
+        entries = stack.pop() if stack else None
         # (None: this thread's fork ran no `before` of ours, registered only now.)
         for entry in self._copy() if entries is None else entries:
             _call(entry, entry.after_in_parent)
