@@ -291,14 +291,15 @@ def test_a_forked_child_opens_connections_of_its_own_and_both_processes_go_on(tm
     path = str(tmp_path / "jobs.db")
     producer = JobManager(path, producer=True)
     first = producer.enqueue(Job(function_name="noop", args=(0,)))
-    inherited = id(producer.repository._db.get())
+    # (The object kept: the fork closes it, and a new one may take a freed one's id.)
+    inherited = producer.repository._db.get()
     # when the process forks and the child enqueues, then leaves the way Python does
     # (closing what it holds)
     def child() -> str:
-        own = id(producer.repository._db.get())
+        own = producer.repository._db.get()
         job_id = producer.enqueue(Job(function_name="noop", args=(1,)))
         producer.repository.close()
-        return f"{own != inherited} {job_id}"
+        return f"{own is not inherited} {job_id}"
 
     status, report = _in_forked_child(child)
     # then the child used a connection of its own (SQLite forbids using one across a
