@@ -947,3 +947,4 @@ def test_a_malformed_postgres_dsn_is_one_line_that_never_shows_the_password() ->
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr.startswith("jobcore: error: dsn is not a valid") and done.stderr.count("\n") == 1
     assert "topsecret" not in done.stderr and "Traceback" not in done.stderr
+

@@ -205,9 +205,12 @@ def cmd_watch(manager: JobManager, args: argparse.Namespace) -> int:
 
 # -- commands that change --------------------------------------------------------------------
 def cmd_cancel(manager: JobManager, args: argparse.Namespace) -> int:
-    _poll_or_fail(manager, args.id)
+    before = _poll_or_fail(manager, args.id).status
     if manager.cancel(args.id):
-        if _poll_or_fail(manager, args.id).status is JobStatus.RUNNING:
+        # (Running before or after: a running job's cancel is a request, even if it has
+        # stopped by now; one in this process stops within moments, and read only after,
+        # it was told as "cancelled" at once.)
+        if JobStatus.RUNNING in (before, _poll_or_fail(manager, args.id).status):
             record = manager.repository.get_without_args(args.id)
             how = ("its process is ended within a second or so" if record is not None and record.isolation == "process"
                    else "it stops at its next progress report (a coroutine job, at its next await)")
