@@ -840,3 +840,80 @@ def test_a_fork_inside_a_forks_hooks_leaves_the_memory_stores_lock_free_after(tm
     other.start()
     other.join(WAIT)
     assert taken == [True]
+
+
+class _CloseThenInterrupt:
+    """Stands for a connection: its `close()` closes the real one, then raises as Ctrl-C
+    landing just after would."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    def close(self) -> None:
+        self._conn.close()
+        raise KeyboardInterrupt
+
+
+def test_ctrl_c_in_a_forks_closes_leaves_every_connection_closed_and_every_thread_able_to_read(
+        tmp_path: Any, threads: list[threading.Thread]) -> None:
+    # Ctrl-C in the fork's closes (the fork hooks log it and the fork goes on) had left
+    # the connections after it open and no longer kept, and the threads whose connection
+    # was closed failing every call on it.
+    repository = SQLiteRepository(str(tmp_path / "jobs.db"))
+    repository.list(limit=1)
+    db = repository._db
+    go, results = threading.Event(), []
+
+    def worker() -> None:
+        repository.list(limit=1)  # (a connection of its own)
+        go.wait(WAIT)
+        results.append(len(repository.list(limit=1)))
+
+    threads.append(threading.Thread(target=worker))
+    threads[-1].start()
+    deadline = time.monotonic() + WAIT
+    while len(db._connections) < 2 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    me = threading.current_thread()
+    with db._lock:  # the main thread's connection closed first
+        db._connections = dict(sorted(((thread, _CloseThenInterrupt(conn) if thread is me else conn)
+                                       for thread, conn in db._connections.items()),
+                                      key=lambda item: item[0] is not me))
+        others = [conn for thread, conn in db._connections.items() if thread is not me]
+    assert _in_forked_child(lambda: "forked") == "forked"
+    go.set()
+    threads[-1].join(WAIT)
+    assert results == [0] and repository.list(limit=1) == []  # both threads read on
+    for conn in others:  # and the other connection was closed too
+        with pytest.raises(Exception, match="closed"):
+            conn.execute("SELECT 1")
+    repository.close()
+
+
+def test_ctrl_c_as_a_fork_ends_leaves_the_next_fork_and_close_free_to_go(tmp_path: Any) -> None:
+    # Ctrl-C as the gate reopened after a fork left the turn of forks and closes held for
+    # good: every later fork from another thread, and close(), waited out the busy timeout.
+    repository = SQLiteRepository(str(tmp_path / "jobs.db"))
+    repository.list(limit=1)
+    db = repository._db
+    reopen = db._gate.after_fork_in_parent
+
+    def reopen_then_interrupt() -> None:
+        reopen()
+        db._gate.after_fork_in_parent = reopen
+        raise KeyboardInterrupt
+
+    db._gate.after_fork_in_parent = reopen_then_interrupt
+    assert _in_forked_child(lambda: "forked") == "forked"
+    taken: list[bool] = []
+
+    def take() -> None:
+        taken.append(db._fork_lock.acquire(timeout=2.0))
+        if taken[-1]:
+            db._fork_lock.release()
+
+    other = threading.Thread(target=take)
+    other.start()
+    other.join(WAIT)
+    assert taken == [True]
+    repository.close()

@@ -178,7 +178,10 @@ class Connections(ConnectionLifetime):
         run to its end on `conn`: whether its COMMIT ran (the interrupt landed after it).
         Not if it was rolled back, nor if it is still open (the interrupt came before the
         COMMIT, outside `write()`: the transaction ends as its generator is closed)."""
-        return not conn.in_transaction and getattr(self._local, "rolled_back", None) is False
+        try:
+            return not conn.in_transaction and getattr(self._local, "rolled_back", None) is False
+        except sqlite3.ProgrammingError:  # closed meanwhile by a fork (see `_close_for_fork`): unknown
+            return False
 
     def transaction(self, op: Callable[[sqlite3.Connection], T]) -> T:
         """`op(connection)` inside `write()`: its value, once committed. If it read stored

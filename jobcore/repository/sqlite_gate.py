@@ -126,9 +126,11 @@ class ForkGate:
     def after_fork_in_parent(self) -> None:
         """This thread's fork is done: open the gate (unless another thread forks too)."""
         with self._cond:
-            with contextlib.suppress(ValueError):
-                self._forkers.remove(get_ident())
-            self._cond.notify_all()
+            try:
+                with contextlib.suppress(ValueError):
+                    self._forkers.remove(get_ident())
+            finally:
+                self._cond.notify_all()
 
     def forked(self) -> None:
         """In a forked child: an open gate with a lock of its own, and only the calls of

@@ -84,6 +84,21 @@ def _close_at_exit() -> None:
 atexit.register(_close_at_exit)
 
 
+def _close_all(connections: list[sqlite3.Connection]) -> None:
+    """Close every connection of `connections`, all of them even if an interrupt (Ctrl-C)
+    lands in one close: it is raised after the last."""
+    interrupted: Optional[BaseException] = None
+    for conn in connections:
+        try:
+            conn.close()
+        except sqlite3.Error:
+            pass
+        except BaseException as exc:  # (a signal handler's): the rest are closed first
+            interrupted = interrupted or exc
+    if interrupted is not None:
+        raise interrupted
+
+
 class ConnectionLifetime:
     """The opening, closing and forking half of `Connections`, which sets the attributes
     below in its `__init__` (and says there what its locks guard: `_lock` guards
@@ -182,23 +197,25 @@ class ConnectionLifetime:
             self._connections = {}
         finally:
             self._lock.release()
-        self._gate.enter()  # (as every call into SQLite; the forking thread never waits there)
-        try:
-            for conn in connections:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.close()
-        finally:
-            self._gate.leave()
+        # First, so that no thread keeps a connection closed below, whatever interrupts the
+        # closes (Ctrl-C there left threads failing every call on a closed connection).
         # (The local storage dropped frees each thread's `_ThreadEnd`: its `_thread_ended`
         # finds the connection gone from _connections and does nothing.)
         self._local = threading.local()
+        self._gate.enter()  # (as every call into SQLite; the forking thread never waits there)
+        try:
+            _close_all(connections)
+        finally:
+            self._gate.leave()
 
     def _after_fork_in_parent(self) -> None:
         """The fork is done: calls into SQLite go on (see `_before_fork`)."""
-        self._gate.after_fork_in_parent()
-        holds = self._forking.__dict__.get("held")
-        if holds and holds.pop():
-            self._fork_lock.release()
+        try:
+            self._gate.after_fork_in_parent()
+        finally:  # (Ctrl-C in the gate's reopening left _fork_lock held for good)
+            holds = self._forking.__dict__.get("held")
+            if holds and holds.pop():
+                self._fork_lock.release()
 
     def forked(self) -> None:
         """In a forked child (where no other thread runs yet): forget the parent's
