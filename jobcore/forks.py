@@ -25,9 +25,11 @@ import logging
 import os
 import threading
 import weakref
-from typing import NamedTuple, Optional
+from typing import Generic, NamedTuple, Optional, TypeVar
 
 logger = logging.getLogger("jobcore")
+
+T = TypeVar("T")
 
 # How long a fork waits at most for a lock that guards in-memory state (held for moments).
 FORK_WAIT = 10.0
@@ -62,6 +64,23 @@ def registered() -> int:
     return _registry.count()
 
 
+class PerForkStack(threading.local, Generic[T]):
+    """What each fork under way in a thread keeps from its `before` hook to its
+    `after_in_parent` (a lock taken, the entries called): a stack per thread, since a
+    fork may come inside a fork's hooks (a signal handler's) and another thread may fork
+    at once; each fork's end takes only its own. Make a new one in a forked child."""
+
+    def __init__(self) -> None:  # (run in each thread at its first use)
+        self._items: list[T] = []
+
+    def push(self, item: T) -> None:
+        self._items.append(item)
+
+    def pop(self) -> Optional[T]:
+        """This thread's latest item, taken; None if it has none (its fork pushed none)."""
+        return self._items.pop() if self._items else None
+
+
 class _Entry(NamedTuple):
     """One `on_fork` registration: its object, weakly, and the methods to call."""
 
@@ -91,8 +110,8 @@ class _Registry:
         self._keys = itertools.count()  # those keys (one `next` each: no step to interleave)
         self._hooked = False  # whether the interpreter was given `_before` and the others
         self._dead: list[int] = []  # keys of entries whose objects went (list.append: atomic)
-        # Per forking thread: the entries whose `before` this fork ran, for `after_in_parent`.
-        self._forking = threading.local()
+        # Per fork: the entries whose `before` it ran, for `after_in_parent`.
+        self._forking: PerForkStack[list[_Entry]] = PerForkStack()
 
     def add(self, obj: object, before: Optional[str], after_in_parent: Optional[str],
             after_in_child: Optional[str]) -> None:
@@ -158,15 +177,13 @@ class _Registry:
     def _before(self) -> None:
         # A copy, so that the lock is not held while the hooks run (one may register
         # another object), nor in the child; `after_in_parent` calls the same entries.
-        # (A stack: a fork inside a fork's hooks, a signal handler's, has its own.)
         entries = self._copy()
-        self._forking.__dict__.setdefault("entries", []).append(entries)
+        self._forking.push(entries)
         for entry in reversed(entries):
             _call(entry, entry.before)
 
     def _after_in_parent(self) -> None:
-        stack: list[list[_Entry]] = self._forking.__dict__.get("entries", [])
-        entries = stack.pop() if stack else None
+        entries = self._forking.pop()
         # (None: this thread's fork ran no `before` of ours, registered only now.)
         for entry in self._copy() if entries is None else entries:
             _call(entry, entry.after_in_parent)
@@ -175,7 +192,7 @@ class _Registry:
         # The only thread here: no other can be changing the entries, and the parent
         # thread that may have held the lock at the fork is not here to let it go.
         self._lock = threading.RLock()
-        self._forking = threading.local()
+        self._forking = PerForkStack()
         # Every object registered before the fork: one that another thread registered
         # after this fork's `before` ran is in this child's memory too.
         for entry in self._copy():

@@ -18,7 +18,7 @@ import operator
 import threading
 from typing import Any, Collection, Optional, Sequence
 
-from ..forks import on_fork, take_before_fork
+from ..forks import PerForkStack, on_fork, take_before_fork
 from ..lock_waits import clear_way, holds
 from ..models import JobStatus
 from ._cascade import dependency_error_message
@@ -104,23 +104,21 @@ class MemoryRepository(MemoryAdding, MemoryListing, MemoryChanging, MemoryWorker
         self._feed_start = 0
         # A forked child has a copy of the store of its own: one no thread was changing at
         # the fork, with a lock of its own (the parent's may have been held then).
-        # Per forking thread, a stack: a fork inside a fork's hooks (a signal handler's), or
-        # another thread's fork at once, releases only its own hold.
-        self._held_for_fork = threading.local()
+        # Whether each fork under way took the lock (a fork inside a fork's hooks, or another
+        # thread's fork at once, releases only its own hold).
+        self._held_for_fork: PerForkStack[bool] = PerForkStack()
         on_fork(self, before="_before_fork", after_in_parent="_after_fork_in_parent",
                 after_in_child="_forked")
 
     def _before_fork(self) -> None:
-        self._held_for_fork.__dict__.setdefault("holds", []).append(
-            take_before_fork(self._lock, "the memory store's lock"))
+        self._held_for_fork.push(take_before_fork(self._lock, "the memory store's lock"))
 
     def _after_fork_in_parent(self) -> None:
-        holds = self._held_for_fork.__dict__.get("holds")
-        if holds and holds.pop():
+        if self._held_for_fork.pop():
             self._lock.release()
 
     def _forked(self) -> None:
-        self._held_for_fork = threading.local()
+        self._held_for_fork = PerForkStack()
         self._lock = threading.RLock()
 
     # -- adding: see MemoryAdding ---------------------------------------------------

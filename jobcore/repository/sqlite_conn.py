@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
 
 from ..clock import real_monotonic, real_sleep
 from ..errors import RepositoryError
-from ..forks import on_fork
+from ..forks import PerForkStack, on_fork
 from ..lock_waits import holds
 from .sqlite_checkpoint import (CHECKPOINT_EVERY, FOREGROUND_WAL_LIMIT_PAGES, SIZE_CHECK_EVERY, WAL_LIMIT_PAGES,
                                 Checkpointer)
@@ -115,12 +115,12 @@ class Connections(ConnectionLifetime):
         # fork closes and waits at: see sqlite_gate and `_before_fork` (sqlite_lifetime).
         self._gate = ForkGate()
         # _fork_lock serialises this process's forks and `close` on these connections: held
-        # from `_before_fork` to `_after_fork_in_parent` (each thread's holds stacked in
+        # from `_before_fork` to `_after_fork_in_parent` (whether each fork took it: in
         # _forking), and around close's closes, so that no fork runs while another
         # thread's fork or close still closes a connection (sqlite_lifetime). Reentrant: a
         # signal handler may fork inside either.
         self._fork_lock = threading.RLock()
-        self._forking = threading.local()
+        self._forking: PerForkStack[bool] = PerForkStack()
         self._pid = os.getpid()  # the process whose connections these are
         self._checkpoints = Checkpointer(path, self._gate, self.get, self._wal_limit, self._write_lock,
                                          busy_timeout)

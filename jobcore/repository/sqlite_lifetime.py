@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
 
 from ..errors import RepositoryError
 from .sqlite_checkpoint import Checkpointer
+from ..forks import PerForkStack
 from .sqlite_gate import ForkGate
 from .sqlite_rows import tolerant_text, translate
 
@@ -122,7 +123,7 @@ class ConnectionLifetime:
     _commits: int
     _gate: ForkGate
     _fork_lock: threading.RLock
-    _forking: threading.local
+    _forking: PerForkStack[bool]
     _pid: int
     _checkpoints: Checkpointer
 
@@ -154,7 +155,7 @@ class ConnectionLifetime:
         the child may find the database locked, or hang on its first connection."""
         wait = max(self.busy_timeout, 1.0)
         held = self._fork_lock.acquire(timeout=wait)  # (another thread's fork or close first)
-        self._forking.__dict__.setdefault("held", []).append(held)
+        self._forking.push(held)
         if not held:
             logger.warning("forking while another thread's fork or close of SQLite on %s still runs:"
                            " the child may lose its commits when this process closes its connections",
@@ -213,8 +214,7 @@ class ConnectionLifetime:
         try:
             self._gate.after_fork_in_parent()
         finally:  # (Ctrl-C in the gate's reopening left _fork_lock held for good)
-            holds = self._forking.__dict__.get("held")
-            if holds and holds.pop():
+            if self._forking.pop():
                 self._fork_lock.release()
 
     def forked(self) -> None:
@@ -225,7 +225,7 @@ class ConnectionLifetime:
         self._write_lock = threading.RLock()
         self._gate.forked()
         self._fork_lock = threading.RLock()
-        self._forking = threading.local()
+        self._forking = PerForkStack()
         _INHERITED.extend(self._connections.values())
         self._connections = {}
         self._local = threading.local()  # (its finalizers do nothing in this process: `_thread_ended`)
