@@ -99,7 +99,12 @@ class Dispatcher:
                         return
                     self._wake_if_stalled_locked()
                     schedules = [] if state.stopping else self._queue.pop_due_schedules(FIRE_AT_ONCE, firing=True)
-                    exchange = None if state.exchanging else self._exchange_due_locked()
+                    if state.exchanging:  # (its end tells this thread to look again if need be)
+                        exchange = None
+                        if not state.look_after_exchange and self._queue.has_ready():
+                            state.look_after_exchange = True
+                    else:
+                        exchange = self._exchange_due_locked()
                     if exchange is not None or schedules:
                         break
                     if state.stopping and not (state.running or state.deciding or state.exchanging):

@@ -85,6 +85,10 @@ class PoolState:
         self.enqueue_exchanging = False  # that exchange stores a new job (`Exchanges.inserting`)
         self.exchange_thread = 0  # the ident of the thread making it (while `exchanging`)
         self.exchange_outcomes: list[Finished] = []  # the outcomes it took (see `abandon_exchange_here_locked`)
+        # The dispatcher woke while that exchange was under way with jobs ready in the
+        # queue, and left them to it: its end may tell the dispatcher to look again (see
+        # `ended_locked`).
+        self.look_after_exchange = False
         self.exchange_ended = threading.Condition(self.lock)
         # Notified when a worker thread ends or is abandoned (its job timed out): `stop` waits on it.
         self.workers_changed = threading.Condition(self.lock)
@@ -265,6 +269,8 @@ class PoolState:
 
     def give_back_locked(self, finished: list[Finished]) -> None:
         """An exchange failed: its outcomes wait again, first."""
+        if self.look_after_exchange:  # (see `ended_locked`: it claimed nothing)
+            self.dispatch_needed.notify()
         self._exchange_over_locked()
         self.finished[:0] = finished
 
@@ -282,6 +288,7 @@ class PoolState:
     def _exchange_over_locked(self) -> None:
         self.exchanging, self.enqueue_exchanging, self.claiming = False, False, 0
         self.exchange_outcomes = []
+        self.look_after_exchange = False
         if self.awaiting_exchange:
             self.exchange_ended.notify_all()
 
@@ -297,6 +304,16 @@ class PoolState:
                      wake: bool, active: bool = False) -> None:
         """An exchange recorded `finished` and claimed `claimed` (to the buffer; one idle
         worker woken for them if `wake`, as `wake_for_buffer_locked(active)` does)."""
+        if self.look_after_exchange and len(claimed) < self.claiming:
+            # It claimed less than it had room for, and jobs were queued after it took its
+            # ids (a window read of the store, an enqueue, a timer come due): the dispatcher,
+            # told of them, found it under way. Unless it looks again they wait beside an
+            # idle worker until something else wakes one (for ever, at a start that left 2
+            # of 10 workers idle). Not after a full claim: the room left is that of workers
+            # that ended meanwhile, whose outcomes bring the dispatcher (below) or a claim
+            # of their own (told at every such exchange, it woke 5 times as often in a drain
+            # of tiny jobs, which ran 17% slower).
+            self.dispatch_needed.notify()
         self._exchange_over_locked()
         for f in finished:
             self.pacing.ran(f.ran_for)

@@ -683,3 +683,64 @@ def test_make_way_hands_back_only_claims_worse_than_a_released_dependent_left_un
         assert kept == []
         record = repository.get(normal)
         assert (record.status, record.attempts) == (JobStatus.PENDING, 0)
+
+
+class HeldClaim(SQLiteRepository):
+    """The first `apply` that claims ids waits inside (`entered` set) until `gate` is set."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.held, self.entered, self.gate = True, threading.Event(), threading.Event()
+
+    def apply(self, settlements: Sequence[Settlement], claim_ids: Sequence[str], *args: Any,
+              **kwargs: Any) -> Any:
+        if claim_ids and self.held:
+            self.held = False
+            self.entered.set()
+            assert self.gate.wait(10)
+        return super().apply(settlements, claim_ids, *args, **kwargs)
+
+
+def test_a_job_queued_while_a_workers_claim_was_under_way_runs_on_the_idle_worker(
+        tmp_path: Any, make_manager: Any, monkeypatch: Any) -> None:
+    # given a manager of two workers on a fake clock (no periodic look at the store comes),
+    # one job stored that blocks, and the claim of it a worker makes as the pool starts,
+    # held inside the repository (its dispatcher begins once that claim is held, so that
+    # it is a worker's); every later wake-up of the dispatcher counted
+    repository = HeldClaim(str(tmp_path / "jobs.db"))
+    manager: JobManager = make_manager(repository, max_workers=2, clock=FakeClock())
+    release = threading.Event()
+    manager.register_function("block", lambda: release.wait(10))
+    manager.register_function("task", lambda: "done")
+    blocking = manager.enqueue(Job(function_name="block"))
+    dispatcher = manager._pool._dispatcher
+    serve = dispatcher._serve
+    monkeypatch.setattr(dispatcher, "_serve", lambda generation: repository.entered.wait(10) and serve(generation))
+    state = manager._pool._state
+    slept, woke, wait = [0], [0], state.dispatch_needed.wait
+
+    def counted(timeout: Any = None) -> bool:
+        slept[0] += 1
+        woken = wait(timeout)
+        woke[0] += 1
+        return woken
+
+    state.dispatch_needed.wait = counted  # type: ignore[method-assign]
+    try:
+        manager.start()
+        assert repository.entered.wait(10)
+        # when another job is queued meanwhile, and the dispatcher, asleep and told of it,
+        # wakes to find that claim under way (it leaves the queue to it), before the
+        # claim commits
+        wait_until(lambda: slept[0] > woke[0], 10, "the dispatcher to sleep")
+        seen = woke[0]
+        queued = manager.enqueue(Job(function_name="task"))
+        wait_until(lambda: woke[0] > seen, 10, "the dispatcher to wake")
+        repository.gate.set()
+        # then the idle worker runs the new job while the claimed one blocks on the other
+        # (no one looked at the queue again: it stayed PENDING, the worker idle)
+        assert manager.wait(queued, timeout=10).status == JobStatus.COMPLETED
+        assert manager.poll(blocking).status == JobStatus.RUNNING  # type: ignore[union-attr]
+    finally:
+        repository.gate.set()
+        release.set()
