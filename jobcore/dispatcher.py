@@ -101,7 +101,7 @@ class Dispatcher:
                     schedules = [] if state.stopping else self._queue.pop_due_schedules(FIRE_AT_ONCE, firing=True)
                     if state.exchanging:  # (its end tells this thread to look again if need be)
                         exchange = None
-                        if not state.look_after_exchange and self._queue.has_ready():
+                        if not state.look_after_exchange and (state.from_store or self._queue.has_ready()):
                             state.look_after_exchange = True
                     else:
                         exchange = self._exchange_due_locked()
