@@ -56,6 +56,11 @@ class Enqueuer:
         # here without a lock: a stale True only offers a job to a stopping pool, which
         # refuses it, and the job is stored the usual way.
         self.started = False
+        # True while the manager starts (from before its first read of the store until
+        # `started`): jobs stored meanwhile are queued here (`_queues`). Left to that read,
+        # one stored just after it was in no queue, and waited, beside idle workers, for
+        # a periodic read. Written and read as `started` is.
+        self.starting = False
         # True while `run_pending` runs jobs in this manager: the jobs they enqueue are
         # queued here too, to run in their order among those of the window it read.
         self.running_pending = False
@@ -129,7 +134,7 @@ class Enqueuer:
         registered here; `Job(function=...)` registers one). A manager not started on the
         memory store, whose windows would each sort every pending job, queues them
         (unless it is a producer): the store keeps each job whole here anyway."""
-        return (self.started or self._immediate or self.running_pending
+        return (self.started or self.starting or self._immediate or self.running_pending
                 or not (self._producer or self._repo.persistent))
 
     def _stored(self, job: Job, record: JobRecord, job_id: str) -> bool:

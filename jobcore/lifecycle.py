@@ -106,18 +106,22 @@ class Lifecycle:
                     return
                 # Expired leases are not taken back here: the housekeeper does, a lease after
                 # its first heartbeat (at once for gone workers of this host: see LeaseTiming).
-                self._load_queue()
-                # The housekeeper first: its start registers this manager as a worker, a
-                # store call that may fail; it must fail before any worker takes a job.
-                self._housekeeper.start()
+                self._enqueuer.starting = True  # (before the read: see `Enqueuer.starting`)
                 try:
-                    self._pool.start()
-                except BaseException:
-                    self._pool.stop(0.0)  # what it started takes no job, and ends
-                    self._housekeeper.stop(0.0)
-                    raise
-                self._stop_unfinished = False  # (an interrupted stop's threads were taken over)
-                self.running = self._enqueuer.started = True
+                    self._load_queue()
+                    # The housekeeper first: its start registers this manager as a worker, a
+                    # store call that may fail; it must fail before any worker takes a job.
+                    self._housekeeper.start()
+                    try:
+                        self._pool.start()
+                    except BaseException:
+                        self._pool.stop(0.0)  # what it started takes no job, and ends
+                        self._housekeeper.stop(0.0)
+                        raise
+                    self._stop_unfinished = False  # (an interrupted stop's threads were taken over)
+                    self.running = self._enqueuer.started = True
+                finally:
+                    self._enqueuer.starting = False
         finally:
             self._in_lifecycle.call = None
 

@@ -10,11 +10,12 @@ import sqlite3
 import sys
 import threading
 import time
+from datetime import datetime
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import pytest
 
-from jobcore import Job, JobManager, JobStatus, MemoryRepository, SQLiteRepository
+from jobcore import FakeClock, Job, JobManager, JobStatus, MemoryRepository, SQLiteRepository
 from jobcore import exchanges, pacing
 from jobcore.errors import RepositoryError
 from jobcore.clock import real_monotonic
@@ -744,3 +745,46 @@ def test_an_enqueue_in_a_stream_that_no_exchange_can_take_needs_no_lock_of_the_p
     end_stream()
     assert manager.wait(job.id, timeout=WAIT).result == 30
     assert manager.wait(blocker, timeout=WAIT).status is JobStatus.COMPLETED
+
+
+@pytest.mark.parametrize("store", ["sqlite", "memory"])
+def test_a_timer_that_comes_due_as_an_enqueue_reads_the_queue_is_claimed_or_left_queued(
+        store: str, tmp_path: Any, make_manager: Callable[..., JobManager], monkeypatch: Any) -> None:
+    # given a started manager on a fake clock (its reads of the store a minute apart), two
+    # idle workers, and a job scheduled a second ahead (queued as a timer), the dispatcher
+    # asleep until then; the clock moves past it (unannounced) just after an enqueue read
+    # the time, as the enqueue asks for an exchange of its own
+    clock = FakeClock()
+    repository = SQLiteRepository(str(tmp_path / "jobs.db")) if store == "sqlite" else MemoryRepository()
+    manager = make_manager(repository, max_workers=2, clock=clock, poll_interval=60, discovery_interval=60)
+    manager.register_function("task", lambda: "done")
+    scheduled = manager.enqueue(Job(function_name="task", scheduled_at=datetime.fromtimestamp(clock.time() + 1)))
+    state = manager._pool._state
+    slept, woke, wait = [0], [0], state.dispatch_needed.wait
+
+    def counted(timeout: Any = None) -> bool:
+        slept[0] += 1
+        try:
+            return wait(timeout)
+        finally:
+            woke[0] += 1
+
+    monkeypatch.setattr(state.dispatch_needed, "wait", counted)
+    manager.start()
+    wait_until(lambda: slept[0] > woke[0], WAIT, "the dispatcher to sleep until the timer")
+    exchanges_ = manager._pool._exchanges
+    refused_at_once = exchanges_._refused_at_once
+
+    def refused_later(now: float) -> bool:
+        with clock._lock:
+            clock._now += 2.0  # (no subscriber told: the dispatcher still sleeps a second)
+        monkeypatch.setattr(exchanges_, "_refused_at_once", refused_at_once)
+        return refused_at_once(now)
+
+    monkeypatch.setattr(exchanges_, "_refused_at_once", refused_later)
+    # when that enqueue stores its job in an exchange, which takes the timer come due
+    new = manager.enqueue(Job(function_name="task"))
+    # then both jobs run (the exchange claimed the timer's job at the enqueue's time, before
+    # it was due: refused, it was in no queue any more, and waited for a periodic read)
+    assert manager.wait(new, timeout=WAIT).status is JobStatus.COMPLETED
+    assert manager.wait(scheduled, timeout=WAIT).status is JobStatus.COMPLETED

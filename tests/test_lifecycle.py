@@ -579,3 +579,29 @@ def test_a_start_that_fails_halfway_runs_no_job(make_manager: Any, db_path: str,
     # they stayed RUNNING: no dispatcher had started to record them)
     assert ran == []
     assert [manager.poll(job_id).status for job_id in ids] == [JobStatus.PENDING] * 4  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("store", ["sqlite", "memory"])
+def test_a_job_stored_while_the_manager_starts_runs(make_manager: Any, db_path: str, store: str,
+                                                    monkeypatch: Any) -> None:
+    # given a manager on a fake clock (no periodic read of the store comes: its
+    # housekeeper's first look, too, waits for the clock) whose start, once it has read
+    # the store, lets another thread enqueue a job before it goes on
+    manager: JobManager = make_manager(db_path if store == "sqlite" else MemoryRepository(), clock=FakeClock())
+    manager.register_function("task", lambda: "done")
+    start_housekeeper = manager._housekeeper.start
+    stored: list[str] = []
+
+    def start_after_an_enqueue() -> None:
+        enqueuing = threading.Thread(target=lambda: stored.append(manager.enqueue(Job(function_name="task"))))
+        enqueuing.start()
+        enqueuing.join(WAIT)
+        start_housekeeper()
+
+    monkeypatch.setattr(manager._housekeeper, "start", start_after_an_enqueue)
+    # when it starts
+    manager.start()
+    # then the job runs (stored after the start's read of the store, it was in no queue:
+    # it stayed PENDING beside idle workers until a periodic read)
+    assert len(stored) == 1
+    assert manager.wait(stored[0], timeout=WAIT).status is JobStatus.COMPLETED
