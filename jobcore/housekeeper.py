@@ -96,6 +96,7 @@ class Housekeeper:
                            if takes_argument(repository.register_worker, "lease_timeout") else {})
         self._reaps_by_own_lease = takes_argument(repository.reap_workers, "now")
         pool.on_deadline = self.wake
+        pool.on_free = self._look_now
         pool.on_progress_waiting = self.wake_to_flush
         clock.subscribe(self.wake)
 
@@ -206,12 +207,22 @@ class Housekeeper:
 
     def look_soon(self) -> None:
         """Look for new work now, as at the next `discovery_interval` (another manager of
-        this process stored some: see `Doorbell`), if a worker here is free and nothing
-        queued here is ready (`wants_work`): a busy one reads the store when its queue runs
-        low anyway, and waking it at every enqueue of a stream cost that stream a fifth of
-        its rate (measured)."""
-        if self._look_soon or not self._pool.wants_work:
+        this process stored some: see `Doorbell`; another process did, told by the store),
+        if a worker here is free and nothing queued here is ready (`wants_work`). A busy
+        pool has the look made once a worker finds nothing to do (`WorkerPool.look_when_free`):
+        waking the housekeeper at every enqueue of a stream cost that stream a fifth of its
+        rate (measured), and dropped, the look came a discovery_interval later."""
+        if self._look_soon:
             return  # (read without the lock: a stale answer costs one look, or one wake)
+        if not self._pool.wants_work:
+            # Not dropped: a worker that finds nothing to do asks for the look then (there
+            # may be no window read to come, and the next look was a discovery_interval on).
+            self._pool.look_when_free()
+            return
+        self._look_now()
+
+    def _look_now(self) -> None:
+        """Look for new work at once (see `look_soon`; the pool's `on_free`)."""
         with self._cond:
             self._look_soon = True
             self._cond.notify_all()
@@ -326,14 +337,18 @@ class Housekeeper:
                         cpu = thread_time()
                         owed = self._refill()
                         refill_every = max(settings.poll_interval, (thread_time() - cpu) / RELOAD_SHARE)
-                    elif current is not None and current != glanced and self._glance():
-                        # No reload (the workers have work here), but the store changed:
-                        # a glance queued the timers of the jobs due first, among them one
-                        # another process scheduled due soon. While a manager's own
-                        # scheduled jobs kept coming due (833 a second), such a job was
-                        # found only by the reload every poll_interval: up to 2 s late.
-                        # (One skipped, spaced out by its cost, is made at a later look.)
-                        glanced = current
+                    elif changed:
+                        # No reload (the workers have work here): one is made as soon as a
+                        # worker finds nothing to do, not a discovery_interval later.
+                        self._pool.look_when_free()
+                        if current is not None and current != glanced and self._glance():
+                            # But the store changed: a glance queued the timers of the jobs
+                            # due first, among them one another process scheduled due soon.
+                            # While a manager's own scheduled jobs kept coming due (833 a
+                            # second), such a job was found only by the reload every
+                            # poll_interval: up to 2 s late. (One skipped, spaced out by its
+                            # cost, is made at a later look.)
+                            glanced = current
             except RepositoryError as exc:
                 logger.error("housekeeping failed, will retry: %s", exc)
                 times.store_failed(now)

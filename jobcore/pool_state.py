@@ -89,6 +89,10 @@ class PoolState:
         # queue, and left them to it: its end may tell the dispatcher to look again (see
         # `ended_locked`).
         self.look_after_exchange = False
+        # The housekeeper was told of work stored elsewhere (another process, another
+        # manager here) while this pool wanted none (`WorkerPool.wants_work`): the first
+        # worker to find nothing to do has it look then (`WorkerPool.on_free`).
+        self.look_when_free = False
         self.exchange_ended = threading.Condition(self.lock)
         # Notified when a worker thread ends or is abandoned (its job timed out): `stop` waits on it.
         self.workers_changed = threading.Condition(self.lock)
@@ -315,6 +319,8 @@ class PoolState:
             # of tiny jobs, which ran 17% slower).
             self.dispatch_needed.notify()
         self._exchange_over_locked()
+        if self.look_when_free and not claimed:
+            self.wake_one_locked()  # (an idle worker finds nothing, and has the store looked at)
         for f in finished:
             self.pacing.ran(f.ran_for)
             # Most left in _settled already; this catches any never told of (a failed

@@ -109,6 +109,9 @@ class WorkerPool:
         self._holdings = Holdings(self._state, repository, self._claims, clock, worker_id,
                                   settings.lease_timeout, on_settled)
         self.on_deadline: Callable[[], None] = lambda: None  # set by the housekeeper
+        # Set by the housekeeper: look at the store now (see `look_when_free`); called by a
+        # worker with no lock held.
+        self.on_free: Callable[[], None] = lambda: None
         # Set by the housekeeper: have it write the progress reports and log lines due
         # (False: it does not run).
         self.on_progress_waiting: Callable[[], bool] = lambda: False
@@ -267,6 +270,20 @@ class WorkerPool:
         """Give a worker the job claimed for a promised slot, or (None) give the slot back."""
         self._exchanges.hand_off(record)
 
+    def look_when_free(self) -> None:
+        """Call `on_free` once a worker finds nothing to do (an idle one is woken for it
+        now, unless an exchange or buffered jobs will wake one): the housekeeper was told
+        of work stored elsewhere while this pool wanted none. Dropped, that work waited
+        beside idle workers for the next look (a `discovery_interval` on: 30 s for a
+        manager given that)."""
+        state = self._state
+        if state.look_when_free:
+            return  # (read without the lock: a stale True is one a worker is acting on now)
+        with state.lock:
+            state.look_when_free = True
+            if not (state.exchanging or state.buffer):
+                state.wake_one_locked()
+
     @property
     def claims_from_store(self) -> bool:
         """True while ready jobs are claimed from the store by number (other processes
@@ -334,6 +351,7 @@ class WorkerPool:
                     if state.stopping:
                         state.dispatch_needed.notify()  # at stop the dispatcher records everything
                     finished = None
+                look = False  # whether this thread has the store looked at (see `look_when_free`)
                 while True:
                     if state.stopping:
                         return  # buffered claims are handed back by the dispatcher
@@ -349,12 +367,15 @@ class WorkerPool:
                     # takes no worker's place.)
                     if exchange is not None or (state.buffer and state.room_to_run_locked()):
                         break
+                    if state.look_when_free:
+                        look, state.look_when_free = True, False
+                        break
                     state.idle += 1
                     state.work_ready.wait()
                     state.idle -= 1
                     if state.waking:
                         state.waking -= 1
-                if exchange is None:
+                if exchange is None and not look:
                     record = state.buffer.popleft()
                     state.taken += 1
                     if state.buffer:
@@ -364,6 +385,12 @@ class WorkerPool:
                     attempt = self._start_locked(record, slot)
                     suspect = self._claims.suspect(attempt.record, state.renewed_until, self._clock.time())
                     plan_deadline = attempt.deadline is not None and state.deadline_unplanned_locked(attempt.deadline)
+            if look:  # with no lock held: the housekeeper's look reads the pool's state
+                try:
+                    self.on_free()
+                except Exception:  # (not expected) never end the thread: the next periodic look finds the work
+                    logger.exception("asking for a look at the store failed")
+                continue
             if exchange is not None:
                 exchanges.run(*exchange, by_worker=True, began=(self._clock.monotonic(), real_monotonic()))
                 continue

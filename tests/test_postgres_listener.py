@@ -161,3 +161,25 @@ def test_a_child_forked_while_the_listener_is_busy_reads_its_token_at_once(schem
     # then the child did not wait for the parent's lock (it connected and read a count)
     assert report is not None, "the child hung"
     assert report.isdigit(), report
+
+
+def test_a_listen_connection_made_again_wakes_the_watchers(schema: Schema) -> None:
+    # given a watched listener, connected
+    repository = schema.repository()
+    try:
+        listener = repository._db._listener
+        woken: list[int] = []
+        repository.watch_changes(lambda: woken.append(1))
+        wait_until(lambda: listener._conn is not None, WAIT, "the listener to connect")
+        lost_pid = listener._conn.info.backend_pid
+        # when the server ends the LISTEN session, and the listener connects again
+        with psycopg.connect(schema.server, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (lost_pid,))
+        wait_until(lambda: listener._conn is not None and listener._conn.info.backend_pid != lost_pid,
+                   WAIT, "the listener to connect again")
+        # then the watchers were woken at the loss and again once it listened again (what
+        # was stored while nobody listened is looked for then: a manager given a long
+        # discovery_interval waited that long for it), with no notification since
+        wait_until(lambda: len(woken) >= 2, WAIT, "the watchers to be woken by the new connection")
+    finally:
+        repository.close()

@@ -32,7 +32,12 @@ from .schema import CHANNEL
 
 logger = logging.getLogger("jobcore.postgres")
 
-RECONNECT_DELAY = 1.0  # seconds between attempts to re-open a lost listening connection
+# Seconds between attempts to re-open a lost listening connection: the first after
+# FIRST_RECONNECT_DELAY, each next one twice as long after the last, up to RECONNECT_DELAY
+# (a server restarting comes back in about a second: work stored as it did was heard up
+# to a whole RECONNECT_DELAY late).
+FIRST_RECONNECT_DELAY = 0.05
+RECONNECT_DELAY = 1.0
 # Seconds the watching thread waits, after reading only this process's own notifications,
 # before it reads again. This process's enqueues notify too (other processes must hear
 # of them), and each woke the thread: 10,000 jobs enqueued in a stream while the workers
@@ -48,8 +53,10 @@ class ChangeListener:
 
     The connection opens on the first `token()` or `watch`, so producers that never ask
     pay nothing. When it is lost, the count moves on (notifications may have been missed)
-    and it is re-opened at most every `RECONNECT_DELAY` seconds; meanwhile the token stays
-    put and managers fall back to looking every `poll_interval`.
+    and the watchers are woken; it is re-opened after a pause (FIRST_RECONNECT_DELAY,
+    doubling up to RECONNECT_DELAY while attempts fail), and the watchers are woken again
+    once it is; meanwhile the token stays put and managers fall back to looking every
+    `poll_interval`.
 
     The watching thread runs while there are watchers (one per started manager on this
     repository) and the listener is open; it ends when the last one leaves or at `close`,
@@ -67,6 +74,10 @@ class ChangeListener:
         self._pid = os.getpid()
         self._count = 0
         self._retry_at = 0.0
+        self._retry_delay = FIRST_RECONNECT_DELAY  # the next pause after a failed open
+        # The connection was lost, and the watchers not yet woken since it was made again
+        # (by the watching thread, or by a `token()`).
+        self._lost = False
         self._closed = False
         self._warned = False
         self._watchers: tuple[Callable[[], None], ...] = ()
@@ -140,6 +151,7 @@ class ChangeListener:
             logger.warning("lost the LISTEN connection to %s, reconnecting: %s", self._pool.where, exc)
             self._drop_locked()
             self._count += 1
+            self._lost = True
             return True
         return foreign
 
@@ -151,11 +163,20 @@ class ChangeListener:
                 with self._lock:
                     if self._closed or not self._watchers or self._thread is not threading.current_thread():
                         return
-                    if self._conn is None and not self._open_locked():
+                    if self._conn is None:
+                        self._open_locked()
+                    if self._conn is None:
                         fd, wait = None, max(0.0, self._retry_at - SYSTEM_CLOCK.monotonic())
                     else:
-                        assert self._conn is not None
                         fd, wait = self._conn.pgconn.socket, None
+                    reopened, watchers = self._conn is not None and self._lost, self._watchers
+                    if reopened:
+                        self._lost = False
+                if reopened:
+                    # Whatever was committed while nobody listened is looked for now: left
+                    # to the managers' next looks, a job stored as the server came back
+                    # waited a discovery_interval (30 s for managers given that).
+                    self._wake(watchers)
                 readable = _wait_readable(bell, fd, wait)
                 if readable is False:
                     continue  # the bell rang (or a pause ended): look again
@@ -167,18 +188,14 @@ class ChangeListener:
                                        self._pool.where)
                         self._drop_locked()
                         self._count += 1
-                        heard = True
+                        self._lost = heard = True
                     else:
                         heard = self._drain_locked()
                     watchers = self._watchers
                 if not heard:
                     _wait_readable(bell, None, OWN_PAUSE)  # see OWN_PAUSE
                     continue
-                for wake in watchers:
-                    try:
-                        wake()
-                    except Exception:  # (not expected) the others are woken all the same
-                        logger.exception("waking a manager for new jobs on %s failed", self._pool.where)
+                self._wake(watchers)
         except Exception:  # (not expected) managers fall back to their periodic looks
             logger.exception("the thread listening for new jobs on %s failed; managers will look"
                              " every discovery_interval", self._pool.where)
@@ -188,6 +205,14 @@ class ChangeListener:
                     self._thread = None
                     self._bell = None
             bell.close()
+
+    def _wake(self, watchers: tuple[Callable[[], None], ...]) -> None:
+        """Wake `watchers` (on the watching thread, no lock held)."""
+        for wake in watchers:
+            try:
+                wake()
+            except Exception:  # (not expected) the others are woken all the same
+                logger.exception("waking a manager for new jobs on %s failed", self._pool.where)
 
     def _interrupt_locked(self) -> None:
         """Ring the watching thread's bell: it looks at what it is to do (end, most often)."""
@@ -202,7 +227,8 @@ class ChangeListener:
         now = SYSTEM_CLOCK.monotonic()
         if now < self._retry_at:
             return False
-        self._retry_at = now + RECONNECT_DELAY
+        self._retry_at = now + min(self._retry_delay, RECONNECT_DELAY)
+        self._retry_delay = min(2 * self._retry_delay, RECONNECT_DELAY)
         conn = None
         try:
             conn = self._pool.connect()
@@ -221,7 +247,7 @@ class ChangeListener:
                                self._pool.where, exc)
                 self._warned = True
             return False
-        self._conn, self._warned = conn, False
+        self._conn, self._warned, self._retry_delay = conn, False, FIRST_RECONNECT_DELAY
         self._count += 1  # whatever was committed while nobody listened
         return True
 
