@@ -168,11 +168,21 @@ class _InterruptedOnce(SQLiteRepository):
 
 def _started_on(store: JobRepository, make_manager: Callable[..., JobManager]) -> JobManager:
     """A started manager on `store` with two workers and "task" (returns its argument),
-    past its first job: its enqueues store jobs in exchanges of their own."""
+    past its first job, and idle: its enqueues store jobs in exchanges of their own."""
     manager = make_manager(store, max_workers=2)
     manager.register_function("task", lambda value: value)
     manager.start()
     assert manager.wait(manager.enqueue(Job(function_name="task", args=(1,))), timeout=WAIT).result == 1
+    state = manager._pool._state
+
+    def idle() -> bool:
+        # (`wait` returned once the outcome was stored: a worker's exchange may still be
+        # claiming, and an enqueue then hands no job to a worker; on a loaded machine,
+        # 1 run in 20 of a test that waits for that hand-off)
+        with state.lock:
+            return not (state.exchanging or state.finished or state.settling or state.running or state.buffer)
+
+    wait_until(idle, WAIT, "the pool to be idle")
     return manager
 
 

@@ -336,9 +336,15 @@ def test_ready_ids_are_not_reloaded_while_claims_come_from_the_store(tmp_path: A
     gate = threading.Event()
     manager.register_function("task", lambda: gate.wait(10))
     ids = manager.enqueue_many([Job(function_name="task") for _ in range(20)])
-    loads: list[int] = []
-    ready = repository.ready
-    repository.ready = lambda *args: loads.append(1) or ready(*args)  # type: ignore[method-assign]
+    loads: list[int] = []  # the reads of ready ids made by this thread (the housekeeper makes its own)
+    ready, here = repository.ready, threading.get_ident()
+
+    def counted_ready(*args: Any) -> Any:
+        if threading.get_ident() == here:
+            loads.append(1)
+        return ready(*args)
+
+    repository.ready = counted_ready  # type: ignore[method-assign]
     manager.start()
     try:
         wait_until(lambda: manager._pool.claims_from_store, 5, "claims by number", pause=0.002)

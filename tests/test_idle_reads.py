@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import pytest
 
+import jobcore.loading
 from jobcore import FakeClock, Job, JobManager, JobRepository, MemoryRepository, SQLiteRepository, housekeeper
 from jobcore.loading import EARLIEST_SCHEDULED, FULL_READ_SHARE
 from jobcore.repository import memory
@@ -332,8 +333,8 @@ def test_a_read_of_scheduled_jobs_skipped_as_costly_is_made_later_on_a_quiet_sto
     other = make_manager(repository)
     other.register_function("noop", noop)
     ahead = datetime.fromtimestamp(clock.time()) + timedelta(days=1)
+    before = watched.reads  # (before the enqueue: its doorbell may have the manager look at once)
     job_id = other.enqueue(Job(function_name="noop", scheduled_at=ahead))
-    before = watched.reads
     watched.pass_time(clock, 0.06)
     assert watched.reads > before  # it read the new job, and holds its timer
     assert job_id in manager._queue  # noqa: SLF001 (the timer is what is at stake)
@@ -351,16 +352,19 @@ def test_a_read_of_scheduled_jobs_skipped_as_costly_is_made_later_on_a_quiet_sto
 
 
 def test_a_job_another_process_schedules_due_soon_is_queued_while_the_costly_read_is_spaced_out(
-        db_path: str, make_manager: Callable[..., JobManager]) -> None:
+        db_path: str, make_manager: Callable[..., JobManager], monkeypatch: Any) -> None:
     # given an idle manager on a file whose scheduled jobs cost 20 ms of CPU to read (thousands
     # due later), which read them all just now, for a job another process scheduled a day ahead
+    # (the next such read spaced 40 s of real time on, not 0.4 s: two looks on a loaded
+    # machine took longer than that)
+    monkeypatch.setattr(jobcore.loading, "RELOAD_SHARE", housekeeper.RELOAD_SHARE / 100)
     clock = FakeClock()
     manager, watched, _ = _idle_manager(make_manager, SQLiteRepository(db_path), clock)
     _make_scheduled_reads_cost(manager.repository, 0.02)
     other = make_manager(SQLiteRepository(db_path), producer=True)
     now = datetime.fromtimestamp(clock.time())
+    before = watched.reloads  # (before the enqueue: its doorbell may have the manager look at once)
     later = other.enqueue(Job(function_name="noop", scheduled_at=now + timedelta(days=1)))
-    before = watched.reloads
     watched.pass_time(clock, 0.06)
     assert watched.reloads > before and later in manager._queue  # noqa: SLF001
     # when the other process schedules a job 0.3 s ahead (the next read of them all is

@@ -619,24 +619,36 @@ def test_scheduled_jobs_that_come_due_do_not_run_ahead_of_better_ones_past_the_w
     clock = FakeClock()
     manager = make_manager(db_path, max_workers=workers, clock=clock)
     ran: list[int] = []
+    normal: list[str] = []
+    waiting: list[int] = []  # as each LOW job starts, how many NORMAL ones are still PENDING
     busy, release = threading.Semaphore(0), threading.Event()
     manager.register_function("block", lambda: busy.release() or release.wait(WAIT))
-    manager.register_function("task", ran.append)
+
+    def task(value: int) -> None:
+        if value == 0:
+            waiting.append(sum(manager.poll(job_id).status is JobStatus.PENDING for job_id in normal))
+        ran.append(value)
+
+    manager.register_function("task", task)
     manager.enqueue_many([Job(function_name="block", priority=JobPriority.CRITICAL) for _ in range(workers)])
     due = datetime.fromtimestamp(clock.time() + 60)
     low = manager.enqueue_many([Job(function_name="task", args=(0,), priority=0, scheduled_at=due)
                                 for _ in range(6)])
-    normal = manager.enqueue_many([Job(function_name="task", args=(5,), priority=5) for _ in range(32)])
+    normal += manager.enqueue_many([Job(function_name="task", args=(5,), priority=5) for _ in range(32)])
     manager.start()
     assert all(busy.acquire(timeout=WAIT) for _ in range(workers))
     # when the LOW jobs come due while the workers are busy
     clock.advance(61)
     assert manager._queue.has_ready()  # (their timers are ready now)
     release.set()
-    # then every NORMAL job runs first (the LOW ones, come due beside the window, kept the
-    # queue from running low: they ran ahead of the NORMAL jobs past it)
+    # then every NORMAL job is claimed first (the LOW ones, come due beside the window,
+    # kept the queue from running low: they ran ahead of the NORMAL jobs past it); with
+    # one worker they run in that order too (with ten, which thread reaches its job's
+    # body first is the scheduler's choice: a NORMAL job claimed first may start last)
     assert all(manager.wait(job_id, timeout=WAIT).status is JobStatus.COMPLETED for job_id in normal + low)
-    assert ran == [5] * 32 + [0] * 6
+    assert waiting == [0] * 6
+    if workers == 1:
+        assert ran == [5] * 32 + [0] * 6
 
 
 def test_an_immediate_manager_runs_every_job_of_a_batch_past_twice_the_window(
