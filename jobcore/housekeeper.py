@@ -337,18 +337,17 @@ class Housekeeper:
                         cpu = thread_time()
                         owed = self._refill()
                         refill_every = max(settings.poll_interval, (thread_time() - cpu) / RELOAD_SHARE)
-                    elif changed:
-                        # No reload (the workers have work here): one is made as soon as a
-                        # worker finds nothing to do, not a discovery_interval later.
-                        self._pool.look_when_free()
-                        if current is not None and current != glanced and self._glance():
-                            # But the store changed: a glance queued the timers of the jobs
-                            # due first, among them one another process scheduled due soon.
-                            # While a manager's own scheduled jobs kept coming due (833 a
-                            # second), such a job was found only by the reload every
-                            # poll_interval: up to 2 s late. (One skipped, spaced out by its
-                            # cost, is made at a later look.)
-                            glanced = current
+                    elif current is not None and current != glanced and self._glance():
+                        # No reload (the workers have work here), but the store changed:
+                        # a glance queued the timers of the jobs due first, among them one
+                        # another process scheduled due soon. While a manager's own
+                        # scheduled jobs kept coming due (833 a second), such a job was
+                        # found only by the reload every poll_interval: up to 2 s late.
+                        # (One skipped, spaced out by its cost, is made at a later look.)
+                        # (Not asked of the pool for when a worker is free, as `look_soon`
+                        # is: the token moves with this manager's own writes too, and a
+                        # look at every worker's pause in a drain cost more than it found.)
+                        glanced = current
             except RepositoryError as exc:
                 logger.error("housekeeping failed, will retry: %s", exc)
                 times.store_failed(now)
