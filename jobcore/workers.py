@@ -270,18 +270,20 @@ class WorkerPool:
         """Give a worker the job claimed for a promised slot, or (None) give the slot back."""
         self._exchanges.hand_off(record)
 
-    def look_when_free(self) -> None:
-        """Call `on_free` once a worker finds nothing to do (an idle one is woken for it
-        now, unless an exchange or buffered jobs will wake one): the housekeeper was told
-        of work stored elsewhere while this pool wanted none. Dropped, that work waited
-        beside idle workers for the next look (a `discovery_interval` on: 30 s for a
-        manager given that)."""
+    def look_when_free(self, wake: bool = True) -> None:
+        """Call `on_free` once a worker finds nothing to do (with `wake`, an idle one is
+        woken for it now, unless an exchange or buffered jobs will wake one): the
+        housekeeper was told of work stored elsewhere while this pool wanted none.
+        Dropped, that work waited beside idle workers for the next look (a
+        `discovery_interval` on: 30 s for a manager given that). Not `wake` when that look
+        found the pool busy again: a worker woken for it would ask again at once, for as
+        long as the pool stays so (its store failing, say)."""
         state = self._state
         if state.look_when_free:
             return  # (read without the lock: a stale True is one a worker is acting on now)
         with state.lock:
             state.look_when_free = True
-            if not (state.exchanging or state.buffer):
+            if wake and not (state.exchanging or state.buffer):
                 state.wake_one_locked()
 
     @property

@@ -53,9 +53,9 @@ class ChangeListener:
 
     The connection opens on the first `token()` or `watch`, so producers that never ask
     pay nothing. When it is lost, the count moves on (notifications may have been missed)
-    and the watchers are woken; it is re-opened after a pause (FIRST_RECONNECT_DELAY,
-    doubling up to RECONNECT_DELAY while attempts fail), and the watchers are woken again
-    once it is; meanwhile the token stays put and managers fall back to looking every
+    and the watchers are woken; it is re-opened (at pauses from FIRST_RECONNECT_DELAY,
+    doubling up to RECONNECT_DELAY, until a connection lasts), and the watchers are woken
+    again once it is; meanwhile the token stays put and managers fall back to looking every
     `poll_interval`.
 
     The watching thread runs while there are watchers (one per started manager on this
@@ -74,7 +74,13 @@ class ChangeListener:
         self._pid = os.getpid()
         self._count = 0
         self._retry_at = 0.0
-        self._retry_delay = FIRST_RECONNECT_DELAY  # the next pause after a failed open
+        # The next pause after an attempt to open (doubling at each, up to RECONNECT_DELAY),
+        # and when the open connection was made: the pause starts again from
+        # FIRST_RECONNECT_DELAY only once a connection lasted RECONNECT_DELAY (one the
+        # server ends as soon as it is made, by a short idle_session_timeout or a proxy,
+        # was made again every 50 ms, each time a warning and a look of every manager).
+        self._retry_delay = FIRST_RECONNECT_DELAY
+        self._opened_at = 0.0
         # The connection was lost, and the watchers not yet woken since it was made again
         # (by the watching thread, or by a `token()`).
         self._lost = False
@@ -149,9 +155,7 @@ class ChangeListener:
                     foreign = foreign or notify.be_pid not in own
         except psycopg.Error as exc:
             logger.warning("lost the LISTEN connection to %s, reconnecting: %s", self._pool.where, exc)
-            self._drop_locked()
-            self._count += 1
-            self._lost = True
+            self._lost_locked()
             return True
         return foreign
 
@@ -186,9 +190,8 @@ class ChangeListener:
                     if readable is None:  # (not expected) the connection is made again, in a while
                         logger.warning("waiting on the LISTEN connection to %s failed; reconnecting",
                                        self._pool.where)
-                        self._drop_locked()
-                        self._count += 1
-                        self._lost = heard = True
+                        self._lost_locked()
+                        heard = True
                     else:
                         heard = self._drain_locked()
                     watchers = self._watchers
@@ -247,9 +250,18 @@ class ChangeListener:
                                self._pool.where, exc)
                 self._warned = True
             return False
-        self._conn, self._warned, self._retry_delay = conn, False, FIRST_RECONNECT_DELAY
+        self._conn, self._warned, self._opened_at = conn, False, SYSTEM_CLOCK.monotonic()
         self._count += 1  # whatever was committed while nobody listened
         return True
+
+    def _lost_locked(self) -> None:
+        """The connection was lost: dropped, to be made again, and counted as a change
+        (notifications may have been missed); the watchers are woken once it is."""
+        if SYSTEM_CLOCK.monotonic() - self._opened_at >= RECONNECT_DELAY:
+            self._retry_delay = FIRST_RECONNECT_DELAY
+        self._drop_locked()
+        self._count += 1
+        self._lost = True
 
     def _drop_locked(self) -> None:
         conn, self._conn = self._conn, None
