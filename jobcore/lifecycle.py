@@ -106,8 +106,8 @@ class Lifecycle:
                     return
                 # Expired leases are not taken back here: the housekeeper does, a lease after
                 # its first heartbeat (at once for gone workers of this host: see LeaseTiming).
-                self._enqueuer.starting = True  # (before the read: see `Enqueuer.starting`)
                 try:
+                    self._enqueuer.starting = True  # (before the read: see `Enqueuer.starting`)
                     self._load_queue()
                     # The housekeeper first: its start registers this manager as a worker, a
                     # store call that may fail; it must fail before any worker takes a job.
