@@ -261,10 +261,12 @@ class Exchanges:
         queue's clock, read later. Claimed, they were refused by the store, and lost:
         in no queue any more, a retry that came due in between waited for a periodic
         read of the store (found by a hunt: 1-5 retries in 800, seconds late)."""
-        due = [e for e in entries if e.run_at is None or e.run_at <= now]
+        due = []
         for entry in entries:
             if entry.run_at is not None and entry.run_at > now:
                 self._queue.push(entry)  # (outside the lock: the queue's listener tells the dispatcher)
+            else:
+                due.append(entry)
         return due
 
     def _end_interrupted(self, record: JobRecord, claim_new: bool, entries: list[QueueEntry],

@@ -332,13 +332,13 @@ class Housekeeper:
                                or (owed is not None and real_monotonic() >= owed))
                     every = refill_every if self._stocked() else settings.poll_interval
                     due = now - last_refill >= every and (changed or not self._exact_token)
-                    wants_work = changed and self._pool.wants_work
-                    if changed and asked and not (wants_work or due):
+                    reload = changed and self._pool.wants_work
+                    if changed and asked and not (reload or due):
                         # Asked for, but the pool turned busy meanwhile (an exchange began,
                         # a worker took a job): made once a worker is free again, not
                         # dropped (with 2 workers, 9 asked looks in 20 were).
                         self._pool.look_when_free(wake=False)
-                    if wants_work or due:
+                    if reload or due:
                         first_look = False
                         token, glanced, last_refill = current, current, now
                         cpu = thread_time()

@@ -21,7 +21,7 @@ from jobcore.errors import RepositoryError
 from jobcore.clock import real_monotonic
 from jobcore.repository.base import JobRepository, Settlement
 from interrupts import CtrlCOnce
-from waiting import count_wake_ups, wait_until
+from waiting import Sleeps, count_wake_ups, wait_until
 
 WAIT = 10.0
 STREAMED = 1000
@@ -769,19 +769,9 @@ def test_a_timer_that_comes_due_as_an_enqueue_reads_the_queue_is_claimed_or_left
     manager = make_manager(repository, max_workers=2, clock=clock, poll_interval=60, discovery_interval=60)
     manager.register_function("task", lambda: "done")
     scheduled = manager.enqueue(Job(function_name="task", scheduled_at=datetime.fromtimestamp(clock.time() + 1)))
-    state = manager._pool._state
-    slept, woke, wait = [0], [0], state.dispatch_needed.wait
-
-    def counted(timeout: Any = None) -> bool:
-        slept[0] += 1
-        try:
-            return wait(timeout)
-        finally:
-            woke[0] += 1
-
-    monkeypatch.setattr(state.dispatch_needed, "wait", counted)
+    sleeps = Sleeps(manager._pool._state.dispatch_needed)
     manager.start()
-    wait_until(lambda: slept[0] > woke[0], WAIT, "the dispatcher to sleep until the timer")
+    wait_until(sleeps.asleep, WAIT, "the dispatcher to sleep until the timer")
     exchanges_ = manager._pool._exchanges
     refused_at_once = exchanges_._refused_at_once
 

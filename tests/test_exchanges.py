@@ -15,7 +15,7 @@ from jobcore import FakeClock, Job, JobManager, JobStatus, MemoryRepository, Ret
 from jobcore.errors import RepositoryError
 from jobcore.repository.base import JobRepository, Settlement
 from mixed_repositories import repository_with
-from waiting import count_wake_ups, wait_until
+from waiting import Sleeps, count_wake_ups, wait_until
 
 
 def test_an_outcome_left_for_later_is_recorded_while_every_worker_is_busy(repository: JobRepository,
@@ -722,26 +722,17 @@ def test_a_job_queued_while_a_workers_claim_was_under_way_runs_on_the_idle_worke
     dispatcher = manager._pool._dispatcher
     serve = dispatcher._serve
     monkeypatch.setattr(dispatcher, "_serve", lambda generation: repository.entered.wait(10) and serve(generation))
-    state = manager._pool._state
-    slept, woke, wait = [0], [0], state.dispatch_needed.wait
-
-    def counted(timeout: Any = None) -> bool:
-        slept[0] += 1
-        woken = wait(timeout)
-        woke[0] += 1
-        return woken
-
-    state.dispatch_needed.wait = counted  # type: ignore[method-assign]
+    sleeps = Sleeps(manager._pool._state.dispatch_needed)
     try:
         manager.start()
         assert repository.entered.wait(10)
         # when another job is queued meanwhile, and the dispatcher, asleep and told of it,
         # wakes to find that claim under way (it leaves the queue to it), before the
         # claim commits
-        wait_until(lambda: slept[0] > woke[0], 10, "the dispatcher to sleep")
-        seen = woke[0]
+        wait_until(sleeps.asleep, 10, "the dispatcher to sleep")
+        seen = sleeps.woke
         queued = manager.enqueue(Job(function_name="task"))
-        wait_until(lambda: woke[0] > seen, 10, "the dispatcher to wake")
+        wait_until(lambda: sleeps.woke > seen, 10, "the dispatcher to wake")
         repository.gate.set()
         # then the idle worker runs the new job while the claimed one blocks on the other
         # (no one looked at the queue again: it stayed PENDING, the worker idle)

@@ -1,6 +1,7 @@
 """`wait_until`: the one bounded poll the tests share, for effects no event signals
 (another process's writes, the end of an exchange already under way);
-`count_wake_ups`, which counts how often a condition's waiters were notified; and
+`count_wake_ups`, which counts how often a condition's waiters were notified; `Sleeps`,
+which tells when a thread sleeps on a condition; and
 `enqueue_and_time_out`, which times a job out when the test says, on a fake clock."""
 
 from __future__ import annotations
@@ -32,6 +33,27 @@ def count_wake_ups(condition: threading.Condition) -> list[int]:
 
     condition.wait = counted_wait  # type: ignore[method-assign]
     return notified
+
+
+class Sleeps:
+    """Counts the waits on `condition` begun (`slept`) and ended (`woke`, by notification
+    or timeout) from now on: `asleep()` is True while a waiter is inside one."""
+
+    def __init__(self, condition: threading.Condition) -> None:
+        self.slept = self.woke = 0
+        wait = condition.wait
+
+        def counted_wait(timeout: Any = None) -> bool:
+            self.slept += 1
+            try:
+                return wait(timeout)
+            finally:
+                self.woke += 1
+
+        condition.wait = counted_wait  # type: ignore[method-assign]
+
+    def asleep(self) -> bool:
+        return self.slept > self.woke
 
 
 def enqueue_and_time_out(manager: Any, clock: Any, job: Any, ready: threading.Event, timeout: float) -> str:
