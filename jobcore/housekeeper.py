@@ -100,8 +100,33 @@ class Housekeeper:
         pool.on_progress_waiting = self.wake_to_flush
         clock.subscribe(self.wake)
 
-    def start(self) -> None:
-        """Register this manager as a worker and start the thread.
+    def listen(self) -> Callable[[], None]:
+        """Hear from now on of work stored elsewhere: the rings of the other managers of
+        this process on this store (`Doorbell`), and the store's word of other processes'
+        (`watch_changes`: PostgreSQL's LISTEN connection is made before it returns). A start calls
+        it before it reads the store, and hands what it returns to `start`, whose thread
+        calls it as it stops: work stored after that read, before the thread ran, was heard
+        by no one, and waited for the first look, a `discovery_interval` on. Heard before
+        the pool starts, it is looked for once a worker is free (see `look_soon`)."""
+        self._doorbell.join()
+        try:
+            unwatch = self._repo.watch_changes(self.look_soon)
+        except BaseException:
+            self._doorbell.leave()
+            raise
+
+        def unlisten() -> None:
+            try:
+                unwatch()
+            finally:
+                self._doorbell.leave()
+
+        return unlisten
+
+    def start(self, unlisten: Callable[[], None] = lambda: None) -> None:
+        """Register this manager as a worker and start the thread; `unlisten` is what
+        `listen` returned, called by the thread as its upkeep ends (or here, if the start
+        fails).
 
         The thread of an earlier start, told to stop by a `stop` that did not wait for it,
         is waited for first (it ends once the chores under way are done; one renewing the
@@ -121,6 +146,7 @@ class Housekeeper:
                 previous.join()
             self._register(self._clock.time())
         except BaseException:
+            unlisten()
             if self._pool.held_ids():  # jobs running past a stop: their leases must not lapse
                 with self._cond:
                     self._thread = threading.Thread(target=self._run, args=(self._starts, False),
@@ -129,8 +155,8 @@ class Housekeeper:
             raise
         with self._cond:
             self._stopping = False
-            self._thread = threading.Thread(target=self._run, args=(self._starts,), name="jobcore-housekeeper",
-                                            daemon=True)
+            self._thread = threading.Thread(target=self._run, args=(self._starts, True, unlisten),
+                                            name="jobcore-housekeeper", daemon=True)
             self._thread.start()
 
     def stop(self, timeout: Optional[float]) -> None:
@@ -250,18 +276,15 @@ class Housekeeper:
             self._refill_soon = True
             self._cond.notify_all()
 
-    def _run(self, start: int, upkeep: bool = True) -> None:
-        """The thread of the start numbered `start`: upkeep (if `upkeep`) until a stop,
-        then the leases of the jobs still running here until they end (unless a start or
-        `close` comes first)."""
+    def _run(self, start: int, upkeep: bool = True, unlisten: Callable[[], None] = lambda: None) -> None:
+        """The thread of the start numbered `start`: upkeep (if `upkeep`; hearing of work
+        stored elsewhere until `unlisten`, see `listen`) until a stop, then the leases of
+        the jobs still running here until they end (unless a start or `close` comes first)."""
         if upkeep:
-            with self._doorbell.joined():
-                # Another process's work, told by the store (PostgreSQL): looked for at once.
-                unwatch = self._repo.watch_changes(self.look_soon)
-                try:
-                    self._loop()
-                finally:
-                    unwatch()
+            try:
+                self._loop()
+            finally:
+                unlisten()
         if self._keep_leases(start):
             self._leave_registry()
 

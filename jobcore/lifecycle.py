@@ -108,10 +108,16 @@ class Lifecycle:
                 # its first heartbeat (at once for gone workers of this host: see LeaseTiming).
                 try:
                     self._enqueuer.starting = True  # (before the read: see `Enqueuer.starting`)
-                    self._load_queue()
+                    # Work the other managers or processes store from the read on is heard of.
+                    unlisten = self._housekeeper.listen()
+                    try:
+                        self._load_queue()
+                    except BaseException:
+                        unlisten()
+                        raise
                     # The housekeeper first: its start registers this manager as a worker, a
                     # store call that may fail; it must fail before any worker takes a job.
-                    self._housekeeper.start()
+                    self._housekeeper.start(unlisten)
                     try:
                         self._pool.start()
                     except BaseException:

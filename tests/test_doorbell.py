@@ -103,3 +103,28 @@ def test_a_job_a_producer_stored_while_every_worker_was_busy_starts_once_one_is_
     finally:
         for release in releases:
             release.set()
+
+
+@pytest.mark.parametrize("store", ["sqlite", "memory"])
+def test_a_job_a_producer_stored_while_the_worker_manager_started_runs_at_once(
+        make_manager: Any, db_path: str, store: str, monkeypatch: Any) -> None:
+    # given a worker manager that looks for new work once a minute, whose start, once it
+    # has read the store, lets a producer manager beside it store a job before going on
+    shared = MemoryRepository() if store == "memory" else None
+    worker = make_manager(shared or db_path, discovery_interval=SLOW, poll_interval=SLOW)
+    worker.register_function("job", lambda: "done")
+    producer = make_manager(shared or db_path, producer=True)
+    start_housekeeper = worker._housekeeper.start
+    stored: list[str] = []
+
+    def start_after_a_producers_enqueue(*args: Any) -> None:
+        stored.append(producer.enqueue(Job(function_name="job")))
+        start_housekeeper(*args)
+
+    monkeypatch.setattr(worker._housekeeper, "start", start_after_a_producers_enqueue)
+    # when the worker manager starts
+    worker.start()
+    # then the job runs now (its ring came before the housekeeper listened: it waited for
+    # the first look, a minute on)
+    assert len(stored) == 1
+    assert producer.wait(stored[0], timeout=WAIT).status is JobStatus.COMPLETED

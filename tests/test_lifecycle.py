@@ -592,11 +592,11 @@ def test_a_job_stored_while_the_manager_starts_runs(make_manager: Any, db_path: 
     start_housekeeper = manager._housekeeper.start
     stored: list[str] = []
 
-    def start_after_an_enqueue() -> None:
+    def start_after_an_enqueue(*args: Any) -> None:
         enqueuing = threading.Thread(target=lambda: stored.append(manager.enqueue(Job(function_name="task"))))
         enqueuing.start()
         enqueuing.join(WAIT)
-        start_housekeeper()
+        start_housekeeper(*args)
 
     monkeypatch.setattr(manager._housekeeper, "start", start_after_an_enqueue)
     # when it starts

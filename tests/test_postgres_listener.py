@@ -27,6 +27,13 @@ except ImportError:  # the extra is not installed: pg_fixtures.MARKS skips (or f
 pytestmark = pg_fixtures.MARKS
 
 THREAD = "jobcore-pg-listener"
+# Another process's script: store a job of "task" in the schema, print its id.
+PRODUCER = (
+    "import sys\n"
+    "from jobcore import Job, JobManager\n"
+    "from jobcore.postgres import PostgresRepository\n"
+    "with JobManager(PostgresRepository(sys.argv[1], schema=sys.argv[2]), producer=True) as m:\n"
+    "    print(m.enqueue(Job(function_name='task')))\n")
 
 
 def _notify_from_elsewhere(schema: Schema) -> None:
@@ -45,18 +52,35 @@ def test_a_job_another_process_stores_starts_without_waiting_for_a_look(
     manager.register_function("task", lambda: ran.set())
     manager.start()
     # when another process stores a job for it
-    producer = (
-        "import sys\n"
-        "from jobcore import Job, JobManager\n"
-        "from jobcore.postgres import PostgresRepository\n"
-        "with JobManager(PostgresRepository(sys.argv[1], schema=sys.argv[2]), producer=True) as m:\n"
-        "    print(m.enqueue(Job(function_name='task')))\n")
-    stored = subprocess.run([sys.executable, "-c", producer, schema.server, schema.name],
+    stored = subprocess.run([sys.executable, "-c", PRODUCER, schema.server, schema.name],
                             capture_output=True, text=True, timeout=WAIT, check=True)
     job_id = stored.stdout.strip()
     # then the manager runs it at once, told by the store's notification
     assert ran.wait(WAIT), "the job another process stored did not start"
     assert manager.wait(job_id, timeout=WAIT).status is JobStatus.COMPLETED
+
+
+def test_a_job_another_process_stores_while_the_manager_starts_runs_at_once(
+        schema: Schema, make_manager: Callable[..., JobManager], monkeypatch: Any) -> None:
+    # given a manager that looks at the store for other processes' work once a minute,
+    # whose start, once it has read the store, lets another process store a job
+    manager = make_manager(schema.repository(), poll_interval=60.0, discovery_interval=60.0)
+    manager.register_function("task", lambda: "done")
+    start_housekeeper = manager._housekeeper.start
+    stored: list[str] = []
+
+    def start_after_another_process_stored(*args: Any) -> None:
+        stored.append(subprocess.run([sys.executable, "-c", PRODUCER, schema.server, schema.name],
+                                     capture_output=True, text=True, timeout=WAIT, check=True).stdout.strip())
+        start_housekeeper(*args)
+
+    monkeypatch.setattr(manager._housekeeper, "start", start_after_another_process_stored)
+    # when it starts
+    manager.start()
+    # then the job runs now (its notification came before anyone listened: it waited for
+    # the first look, a minute on)
+    assert len(stored) == 1
+    assert manager.wait(stored[0], timeout=WAIT).status is JobStatus.COMPLETED
 
 
 def test_notifications_of_the_own_pool_wake_no_watcher_and_others_do(schema: Schema) -> None:

@@ -107,11 +107,18 @@ class ChangeListener:
 
     def watch(self, wake: Callable[[], None]) -> Callable[[], None]:
         """Call `wake()` (on the listener's thread) whenever a notification for this schema
-        arrives from another process, until the function returned is called. `wake` must
-        be quick and must not raise (it is the housekeeper's `look_soon`)."""
+        arrives from another process, until the function returned is called; the LISTEN
+        connection is made before it returns (if it can be). `wake` must be quick and must
+        not raise (it is the housekeeper's `look_soon`)."""
         with self._lock:
             self._check_fork_locked()
             self._watchers = (*self._watchers, wake)
+            if self._conn is None and not self._closed:
+                # LISTEN before returning: a manager's start watches before it reads the
+                # store, and what another process commits after that read must be heard
+                # (made on the thread, a job committed before it listened waited for the
+                # manager's first look, a discovery_interval on).
+                self._open_locked()
             if self._thread is None and not self._closed:
                 self._bell = socket.socketpair()
                 self._thread = threading.Thread(target=self._listen, args=(self._bell[0],), daemon=True,
