@@ -34,6 +34,18 @@ def test_jobs_proved_short_get_a_reserve_and_long_ones_lose_it() -> None:
     assert pacing.capacity() == 4
 
 
+@pytest.mark.parametrize("seconds", [0.005, 0.01])
+def test_io_bound_jobs_of_a_few_milliseconds_get_a_reserve(seconds: float) -> None:
+    # given a pool whose jobs each wait a few milliseconds (an HTTP call, a database write)
+    pacing = Pacing(max_workers=32)
+    # when they have run a while
+    for _ in range(100):
+        pacing.ran(seconds)
+    # then it claims a reserve: without one, each of its 32 workers that ended a job
+    # waited its turn for an exchange (60-67% of the ideal rate on SQLite, 88-91% with it)
+    assert pacing.capacity() == 64
+
+
 def test_enqueues_closer_than_the_gap_make_a_stream_that_ends_a_gap_after_the_last() -> None:
     pacing = Pacing(max_workers=1)
     pacing.offered(T)
