@@ -97,6 +97,7 @@ class Housekeeper:
         self._reaps_by_own_lease = takes_argument(repository.reap_workers, "now")
         pool.on_deadline = self.wake
         pool.on_free = self._look_now
+        pool.on_work_stored = self.ring
         pool.on_progress_waiting = self.wake_to_flush
         clock.subscribe(self.wake)
 
@@ -114,8 +115,11 @@ class Housekeeper:
         except BaseException:
             self._doorbell.leave()
             raise
+        once = threading.Lock()  # taken by the first call: the thread's and a failed start's may both come
 
         def unlisten() -> None:
+            if not once.acquire(blocking=False):
+                return
             try:
                 unwatch()
             finally:
@@ -126,7 +130,7 @@ class Housekeeper:
     def start(self, unlisten: Callable[[], None] = lambda: None) -> None:
         """Register this manager as a worker and start the thread; `unlisten` is what
         `listen` returned, called by the thread as its upkeep ends (or here, if the start
-        fails).
+        fails; it acts once).
 
         The thread of an earlier start, told to stop by a `stop` that did not wait for it,
         is waited for first (it ends once the chores under way are done; one renewing the
@@ -155,9 +159,31 @@ class Housekeeper:
             raise
         with self._cond:
             self._stopping = False
-            self._thread = threading.Thread(target=self._run, args=(self._starts, True, unlisten),
-                                            name="jobcore-housekeeper", daemon=True)
-            self._thread.start()
+            thread = self._thread = threading.Thread(target=self._run, args=(self._starts, True, unlisten),
+                                                     name="jobcore-housekeeper", daemon=True)
+        try:
+            thread.start()
+        except BaseException:
+            self._abandon_start(thread, unlisten)
+            raise
+
+    def _abandon_start(self, thread: threading.Thread, unlisten: Callable[[], None]) -> None:
+        """`start` raised as its thread started (a Ctrl-C in `Thread.start`, which waits for
+        the thread to begin): no upkeep goes on. Left running, the thread heartbeated and
+        heard the other managers' rings for a manager not started, and `stop` had nothing
+        to stop. A thread begun sees the stop and ends (leaving the registry); one never
+        begun is forgotten (joined, it would raise). The listening is undone here, once."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        began_by = real_monotonic() + 1.0  # (one begun sets its ident at once)
+        while thread.ident is None and real_monotonic() < began_by:
+            threading.Event().wait(0.001)
+        if thread.ident is None:
+            with self._cond:
+                if self._thread is thread:
+                    self._thread = None
+        unlisten()
 
     def stop(self, timeout: Optional[float]) -> None:
         """Stop the upkeep (after the pool stopped); the thread leaves the worker registry

@@ -250,6 +250,8 @@ class JobManager(Inspection):
     def _recovered(self, recovery: Recovery) -> None:
         """Queue jobs taken back from dead workers; announce those that ended for good."""
         self._pool.enqueue_entries(recovery.requeued)
+        if recovery.requeued:
+            self._housekeeper.ring()  # (another manager of this process may run them)
         for event, ids in (("job.dead_lettered", recovery.failed), ("job.cancelled", recovery.cancelled)):
             for job_id in ids:
                 self._settlements.mark([(job_id, None)])
@@ -389,6 +391,7 @@ class JobManager(Inspection):
         self.repository.add_log(job_id, "info", f"re-queued by request{last} (attempts reset)", now)
         self._queue.discard([job_id])  # an entry it had before it ended (a timer) is stale
         self._enqueuer.queue_here([entry])
+        self._housekeeper.ring()  # (another manager of this process may run it, or be free to)
         return True
 
     def retry_dead_letters(self, limit: Optional[int] = None) -> list[str]:

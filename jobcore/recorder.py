@@ -44,8 +44,13 @@ class Recorder:
     def __init__(self, repository: JobRepository, queue: ReadyQueue, registry: FunctionRegistry,
                  local: LocalJobs, clock: Clock, worker_id: str, *, lease_timeout: float,
                  max_retry_delay: float, retry_on: Classifier, rng: random.Random,
-                 publish: Publisher, on_settled: Settled) -> None:
+                 publish: Publisher, on_settled: Settled, ring: Callable[[], None] = lambda: None) -> None:
         self._repo = repository
+        # Tells the other managers of this process on the store (see `Doorbell`) of jobs this
+        # pool's writes made ready: dependents released, jobs handed back, runs fired. The
+        # function may be one another of them runs (or has a free worker for), and it heard
+        # of none of them: they waited for its next look, a discovery_interval on.
+        self._ring = ring
         # Whether to pass claims' seqs: to a backend that finds rows by them, through a
         # method that takes them (a subclass may override it without the argument).
         self._seqs_to_apply = repository.finds_rows_by_seq and takes_argument(repository.apply, "claim_seqs")
@@ -64,7 +69,8 @@ class Recorder:
         self._rng = rng
         self._publish = publish
         self._on_settled = on_settled
-        self._scheduler = ScheduleFirer(repository, clock, self.enqueue_entries, catch_up_within=lease_timeout)
+        self._scheduler = ScheduleFirer(repository, clock, self.enqueue_entries, catch_up_within=lease_timeout,
+                                        ring=ring)
         self._refusals = Refusals(repository, worker_id, lease_timeout, act=self._after_all,
                                   give_up=self.forget_unrecorded)
         # The dependents the last exchange released, ready now and runnable here (see
@@ -259,6 +265,8 @@ class Recorder:
                 self._after(f, settlement, cascade, now, settled, claimed)
             except Exception:  # bookkeeping must never end the thread making the exchange
                 logger.exception("after recording job %s, acting on its outcome failed", f.record.id)
+        if any(cascade is not None and cascade.released for cascade in cascades):
+            self._ring_safely()
         if settled:
             try:
                 self._on_settled(settled)
@@ -372,6 +380,13 @@ class Recorder:
         details = {"result": settlement.result} if settlement.kind == "complete" else event_details(settlement)
         self._publish(EVENTS[settlement.kind], record, details)
 
+    def _ring_safely(self) -> None:
+        """`_ring`, on a thread that must go on whatever it raises."""
+        try:
+            self._ring()
+        except Exception:  # (not expected) the others find the jobs at their next look
+            logger.exception("telling the other managers of this process of new work failed")
+
     def forget_unrecorded(self, job_ids: list[str]) -> None:
         """Let go of finished jobs whose outcomes will not be recorded here (see
         `Dispatcher`): they are told to `on_settled` as settled here, unrecorded, so
@@ -408,6 +423,8 @@ class Recorder:
                 elif cascade is not None:
                     pending.append(record)
             self._on_settled(settled)
+            if pending:
+                self._ring_safely()
         return pending, records[len(cascades):]
 
     def _handed_back_cancelled(self, record: JobRecord, cascade: Cascade,

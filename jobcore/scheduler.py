@@ -85,8 +85,12 @@ class ScheduleFirer:
     """Fires due schedules on behalf of a worker pool."""
 
     def __init__(self, repository: JobRepository, clock: Clock,
-                 requeue: Callable[[list[QueueEntry], Optional[int]], None], catch_up_within: float) -> None:
+                 requeue: Callable[[list[QueueEntry], Optional[int]], None], catch_up_within: float,
+                 ring: Callable[[], None] = lambda: None) -> None:
         self._repo = repository
+        # Tells the other managers of this process on the store of runs fired (one of them
+        # may be the one that runs that function).
+        self._ring = ring
         self._clock = clock
         # Queues runs and the schedules' next timers, found by the read marked by its
         # second argument (see `ReadyQueue.reading`).
@@ -149,6 +153,8 @@ class ScheduleFirer:
                     requeue.append(current.queue_entry())
         if requeue:
             self._requeue(requeue, read)
+        if any(fired):
+            self._ring()
 
     def _fail_corrupt(self, schedule: JobRecord, error: str, now: float) -> None:
         """End a schedule that can never fire FAILED (`CorruptJob`), as a claim ends any

@@ -89,7 +89,8 @@ class WorkerPool:
         self._recorder = Recorder(repository, queue, registry, local, clock, worker_id,
                                   lease_timeout=settings.lease_timeout,
                                   max_retry_delay=settings.max_retry_delay, retry_on=settings.retry_on,
-                                  rng=rng, publish=publish, on_settled=self._settled)
+                                  rng=rng, publish=publish, on_settled=self._settled,
+                                  ring=lambda: self.on_work_stored())
         self._on_settled = on_settled
         # An isolated job's progress details are checked in its child, as report_progress
         # checks a thread job's.
@@ -112,6 +113,9 @@ class WorkerPool:
         # Set by the housekeeper: look at the store now (see `look_when_free`); called by a
         # worker with no lock held.
         self.on_free: Callable[[], None] = lambda: None
+        # Set by the housekeeper: tell the other managers of this process on the store that
+        # this pool's writes made jobs ready (see `Recorder`); any thread, no lock held.
+        self.on_work_stored: Callable[[], None] = lambda: None
         # Set by the housekeeper: have it write the progress reports and log lines due
         # (False: it does not run).
         self.on_progress_waiting: Callable[[], bool] = lambda: False

@@ -12,6 +12,7 @@ import pytest
 
 from jobcore import Job, JobManager, JobStatus, MemoryRepository
 from jobcore.doorbell import Doorbell
+from waiting import wait_until
 
 WAIT = 10.0
 SLOW = 60.0  # discovery_interval and poll_interval: no look of their own within the test
@@ -128,3 +129,80 @@ def test_a_job_a_producer_stored_while_the_worker_manager_started_runs_at_once(
     # the first look, a minute on)
     assert len(stored) == 1
     assert producer.wait(stored[0], timeout=WAIT).status is JobStatus.COMPLETED
+
+
+@pytest.mark.parametrize("store", ["sqlite", "memory"])
+def test_a_job_a_producer_retries_runs_on_the_worker_manager_at_once(make_manager: Any, db_path: str,
+                                                                     store: str) -> None:
+    # given a failed job, and a producer manager beside the worker manager that ran it
+    shared = MemoryRepository() if store == "memory" else None
+    worker = make_manager(shared or db_path, discovery_interval=SLOW, poll_interval=SLOW)
+    runs: list[int] = []
+
+    def fails_first() -> str:
+        runs.append(1)
+        if len(runs) == 1:
+            raise ValueError("first run")
+        return "done"
+
+    worker.register_function("job", fails_first)
+    worker.start()
+    producer = make_manager(shared or db_path, producer=True)
+    job_id = producer.enqueue(Job(function_name="job", max_retries=0))
+    assert producer.wait(job_id, timeout=WAIT).status is JobStatus.FAILED
+    # when the producer retries it (a web app's manager, say)
+    assert producer.retry(job_id)
+    # then the worker manager runs it now, not at its next look a minute on
+    assert producer.wait(job_id, timeout=WAIT).status is JobStatus.COMPLETED
+
+
+@pytest.mark.parametrize("store", ["sqlite", "memory"])
+def test_a_dependent_another_manager_runs_starts_once_its_dependency_completes(make_manager: Any, db_path: str,
+                                                                               store: str) -> None:
+    # given two worker managers of one process on one store, each running its own kind of
+    # job, and a job of the second kind that depends on one of the first (running)
+    shared = MemoryRepository() if store == "memory" else None
+    first = make_manager(shared or db_path, discovery_interval=SLOW, poll_interval=SLOW)
+    second = make_manager(shared or db_path, discovery_interval=SLOW, poll_interval=SLOW)
+    release = threading.Event()
+    first.register_function("a", lambda: release.wait(WAIT))
+    second.register_function("b", lambda: "done")
+    first.start()
+    second.start()
+    producer = make_manager(shared or db_path, producer=True)
+    a = producer.enqueue(Job(function_name="a"))
+    b = producer.enqueue(Job(function_name="b", depends_on=[a]))
+    # when the dependency completes on the first manager
+    release.set()
+    # then the second runs the dependent now (released by the first's write, it heard of
+    # it at its next look, a minute on)
+    assert first.wait(a, timeout=WAIT).status is JobStatus.COMPLETED
+    assert second.wait(b, timeout=WAIT).status is JobStatus.COMPLETED
+
+
+@pytest.mark.parametrize("store", ["sqlite", "memory"])
+def test_jobs_a_stopping_manager_hands_back_run_on_another_at_once(make_manager: Any, db_path: str,
+                                                                  store: str) -> None:
+    # given a manager of one worker holding a job claimed in reserve behind one that runs,
+    # and another manager of the process on the same store, idle
+    shared = MemoryRepository() if store == "memory" else None
+    stopping = make_manager(shared or db_path, max_workers=1, discovery_interval=SLOW, poll_interval=SLOW)
+    idle = make_manager(shared or db_path, discovery_interval=SLOW, poll_interval=SLOW)
+    started, release = threading.Event(), threading.Event()
+    for manager in (stopping, idle):
+        manager.register_function("block", lambda: started.set() or release.wait(WAIT))
+        manager.register_function("job", lambda: "done")
+    stopping._pool._state.pacing.assume_short_jobs()  # (a reserve: room for 2 jobs)
+    stopping.start()
+    blocking = stopping.enqueue(Job(function_name="block"))
+    assert started.wait(WAIT)
+    held = stopping.enqueue(Job(function_name="job"))
+    wait_until(lambda: stopping.poll(held).status is JobStatus.RUNNING, WAIT, "the job to be claimed in reserve")
+    idle.start()
+    # when the first stops without waiting, and hands that job back as its running one ends
+    stopping.stop(wait=False)
+    release.set()
+    # then the other runs it now (handed back PENDING, it waited for that one's next look,
+    # a minute on)
+    assert stopping.wait(blocking, timeout=WAIT).status is JobStatus.COMPLETED
+    assert idle.wait(held, timeout=WAIT).status is JobStatus.COMPLETED

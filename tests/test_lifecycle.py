@@ -606,3 +606,40 @@ def test_a_job_stored_while_the_manager_starts_runs(make_manager: Any, db_path: 
     # the memory store queues every job, started or not)
     assert len(stored) == 1
     assert manager.wait(stored[0], timeout=WAIT).status is JobStatus.COMPLETED
+
+
+@pytest.mark.parametrize("launched", [True, False])
+def test_ctrl_c_as_the_housekeepers_thread_starts_leaves_nothing_running(
+        make_manager: Any, db_path: str, monkeypatch: Any, launched: bool) -> None:
+    # given a manager on a file, and Ctrl-C landing as its housekeeper's thread is started
+    # (`Thread.start` waits for the new thread to begin: there, once it was launched, or
+    # before it was)
+    from jobcore import doorbell
+    before = set(threading.enumerate())
+    manager = make_manager(db_path)
+    manager.register_function("task", lambda: "done")
+    start_thread = threading.Thread.start
+
+    def interrupted_start(thread: threading.Thread) -> None:
+        if thread.name != "jobcore-housekeeper":
+            return start_thread(thread)
+        monkeypatch.setattr(threading.Thread, "start", start_thread)  # (once)
+        if launched:
+            start_thread(thread)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(threading.Thread, "start", interrupted_start)
+    # when it starts
+    with pytest.raises(KeyboardInterrupt):
+        manager.start()
+    # then nothing runs (the thread heartbeated and heard other managers' rings for a
+    # manager not started, and stop() had nothing to stop), nothing hears the doorbell,
+    # and a start then works
+    assert not manager.running
+    wait_until(lambda: _jobcore_threads(before) == [], WAIT, "the housekeeper's thread to end")
+    assert manager._housekeeper._doorbell.key not in doorbell._rings
+    manager.start()
+    assert manager.wait(manager.enqueue(Job(function_name="task")), timeout=WAIT).result == "done"
+    manager.stop()
+    assert "jobcore-housekeeper" not in _jobcore_threads(before)
+    assert manager._housekeeper._doorbell.key not in doorbell._rings

@@ -12,10 +12,12 @@ import sys
 import threading
 from typing import Any, Callable
 
+import pytest
+
 import pg_fixtures
 from pg_fixtures import *  # noqa: F401,F403 (the fixtures: server, schema, repo)
 from pg_fixtures import WAIT, Schema, psycopg
-from jobcore import JobManager, JobStatus
+from jobcore import Job, JobManager, JobStatus
 from jobcore.testing.contract import NOW, make_record
 from waiting import wait_until
 
@@ -207,3 +209,42 @@ def test_a_listen_connection_made_again_wakes_the_watchers(schema: Schema) -> No
         wait_until(lambda: len(woken) >= 2, WAIT, "the watchers to be woken by the new connection")
     finally:
         repository.close()
+
+
+@pytest.mark.parametrize("where", ["connect", "thread"])
+def test_ctrl_c_in_a_watch_leaves_no_watcher_and_no_thread(
+        schema: Schema, make_manager: Callable[..., JobManager], monkeypatch: Any, where: str) -> None:
+    # given a manager whose start's watch is interrupted by Ctrl-C, as the LISTEN connection
+    # is made or as the listener's thread starts
+    manager = make_manager(schema.repository())
+    manager.register_function("task", lambda: "done")
+    listener = manager.repository._db._listener
+    if where == "connect":
+        def interrupted_open() -> bool:
+            raise KeyboardInterrupt
+        monkeypatch.setattr(listener, "_open_locked", interrupted_open)
+    else:
+        start_thread = threading.Thread.start
+
+        def interrupted_start(thread: threading.Thread) -> None:
+            if thread.name != THREAD:
+                return start_thread(thread)
+            start_thread(thread)
+            raise KeyboardInterrupt
+        monkeypatch.setattr(threading.Thread, "start", interrupted_start)
+    # when it starts
+    with pytest.raises(KeyboardInterrupt):
+        manager.start()
+    monkeypatch.undo()
+    # then no watcher is left, nor a thread (a watcher added first stayed for ever: the
+    # thread and its connection outlived every manager, waking one long stopped)
+    assert listener._watchers == ()
+    wait_until(lambda: not [t for t in threading.enumerate() if t.name == THREAD], WAIT,
+               "the listener's thread to end")
+    # and a start then works, its stop leaving nothing either
+    manager.start()
+    assert manager.wait(manager.enqueue(Job(function_name="task")), timeout=WAIT).result == "done"
+    manager.stop()
+    assert listener._watchers == ()
+    wait_until(lambda: not [t for t in threading.enumerate() if t.name == THREAD], WAIT,
+               "the listener's thread to end")

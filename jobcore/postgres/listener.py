@@ -112,18 +112,29 @@ class ChangeListener:
         not raise (it is the housekeeper's `look_soon`)."""
         with self._lock:
             self._check_fork_locked()
-            self._watchers = (*self._watchers, wake)
-            if self._conn is None and not self._closed:
-                # LISTEN before returning: a manager's start watches before it reads the
-                # store, and what another process commits after that read must be heard
-                # (made on the thread, a job committed before it listened waited for the
-                # manager's first look, a discovery_interval on).
-                self._open_locked()
-            if self._thread is None and not self._closed:
-                self._bell = socket.socketpair()
-                self._thread = threading.Thread(target=self._listen, args=(self._bell[0],), daemon=True,
-                                                name="jobcore-pg-listener")
-                self._thread.start()
+            created = False
+            try:
+                if self._conn is None and not self._closed:
+                    # LISTEN before returning: a manager's start watches before it reads the
+                    # store, and what another process commits after that read must be heard
+                    # (made on the thread, a job committed before it listened waited for the
+                    # manager's first look, a discovery_interval on).
+                    self._open_locked()
+                if self._thread is None and not self._closed:
+                    created = True
+                    self._bell = socket.socketpair()
+                    self._thread = threading.Thread(target=self._listen, args=(self._bell[0],), daemon=True,
+                                                    name="jobcore-pg-listener")
+                    self._thread.start()
+            except BaseException:
+                # (Ctrl-C in the connect or the thread's start: a start that raises leaves
+                # nothing behind) The watcher is not added, and a thread made here, if it
+                # runs at all, ends (a watcher added first stayed for ever, and so did the
+                # thread and its connection, waking a manager long stopped).
+                if created:
+                    self._interrupt_locked()
+                raise
+            self._watchers = (*self._watchers, wake)  # (last: the thread waits for this lock)
 
         def unwatch() -> None:
             with self._lock:
