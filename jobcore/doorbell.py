@@ -1,6 +1,7 @@
 """`Doorbell`: managers of one process on the same store wake each other's housekeeper
-when one of them stores work, and tell each other of a cancel requested for a job one of
-them runs.
+when one of them stores work or makes stored work ready (a retry, released dependents,
+jobs handed back, fired runs, recovered jobs), and tell each other of a cancel requested
+for a job one of them runs.
 
 A manager learns of jobs another manager stored by looking at the store's change token
 every `discovery_interval` (50 ms): across processes there is no cheaper way. Within one
