@@ -18,10 +18,11 @@ from typing import Optional
 
 from .clock import Clock, real_monotonic
 from .exchanges import Exchanges
-from .pacing import STALL_AFTER
+from .pacing import RESERVE_HOLD, STALL_AFTER
 from .pool_state import Exchange, PoolState
 from .queue import ReadyQueue
 from .recorder import Finished, Recorder
+from .repository.base import JobRecord
 
 
 logger = logging.getLogger("jobcore.workers")
@@ -49,6 +50,10 @@ class Dispatcher:
         # has held jobs with that count unchanged: only this thread reads or writes them.
         self._seen_taken = 0
         self._seen_at = 0.0
+        # The same, for jobs held in reserve while every worker is busy (see RESERVE_HOLD);
+        # None while the buffer is not so held (the count is taken afresh when it is).
+        self._held_taken = 0
+        self._held_since: Optional[float] = None
         # When the pool last started (epoch seconds, set before the thread starts): fire
         # times passed since are each fired, not coalesced (see `ScheduleFirer.fire`).
         self._started_at = 0.0
@@ -98,6 +103,9 @@ class Dispatcher:
                     if state.generation != generation:
                         return
                     self._wake_if_stalled_locked()
+                    stale = self._stale_reserve_locked()
+                    if stale:
+                        break
                     schedules = [] if state.stopping else self._queue.pop_due_schedules(FIRE_AT_ONCE, firing=True)
                     if state.exchanging:  # (its end tells this thread to look again if need be)
                         exchange = None
@@ -117,6 +125,9 @@ class Dispatcher:
                         state.cancel_ids.difference_update(handed)
                         break
                     self._sleep_locked()
+            if stale:
+                self._give_back(stale)
+                continue
             if exchange is None and not schedules:
                 self._recorder.hand_back(buffered)
                 return
@@ -196,6 +207,42 @@ class Dispatcher:
             return state.begin_exchange_locked()
         return None
 
+    def _stale_reserve_locked(self) -> list[JobRecord]:
+        """The jobs held in reserve, taken out of the buffer (held, `settling`, until handed
+        back), if none was taken for RESERVE_HOLD while every worker was busy; else none.
+        Called with the lock held, at each of this thread's wake-ups."""
+        state, now = self._state, real_monotonic()
+        if not state.buffer or state.idle > state.waking or state.stopping or state.exchanging:
+            self._held_since = None
+            return []
+        if self._held_since is None or state.taken != self._held_taken:
+            self._held_taken, self._held_since = state.taken, now
+            return []
+        if now - self._held_since < RESERVE_HOLD:
+            return []
+        records = list(state.buffer)
+        state.buffer.clear()
+        ids = [record.id for record in records]
+        state.settling.update(ids)
+        state.cancel_ids.difference_update(ids)  # (as at stop: the store ends those CANCELLED)
+        state.pacing.reserve_went_stale()
+        self._held_since = None
+        return records
+
+    def _give_back(self, records: list[JobRecord]) -> None:
+        """Hand back jobs held in reserve too long (`_stale_reserve_locked`): PENDING again,
+        queued here again, the other managers of the process told; the workers here, and
+        elsewhere, take the best of them as they come free. Those the store failed to hand
+        back are still this pool's: they go back to the buffer."""
+        kept = self._recorder.give_back(records)
+        logger.debug("handed back %d jobs held in reserve %.2fs with every worker busy", len(records),
+                     RESERVE_HOLD)
+        if kept:
+            state = self._state
+            with state.lock:
+                state.buffer.extend(kept)
+                state.wake_for_buffer_locked(active=False)
+
     def _wake_if_stalled_locked(self) -> None:
         """Wake an idle worker if buffered jobs have waited STALL_AFTER with none taken
         (while jobs are tiny, buffered ones wake no one: see `wake_for_buffer_locked`).
@@ -215,6 +262,9 @@ class Dispatcher:
         # schedule (one due would wake it again at once, for as long as a job still ran).
         due = self._queue.next_due(schedules=not state.stopping)
         timer_in = None if due is None else max(0.0, due - self._clock.time())
+        if self._held_since is not None:  # (see `_stale_reserve_locked`)
+            held_in = max(0.0, self._held_since + RESERVE_HOLD - real_monotonic())
+            timer_in = held_in if timer_in is None else min(timer_in, held_in)
         # Outcomes past their time while an exchange is under way are not this thread's to
         # record until it ends, and its end tells this thread (`PoolState.ended_locked`).
         # Timed by their due time, it spun with a zero timeout for as long as that exchange

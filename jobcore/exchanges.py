@@ -81,6 +81,11 @@ class Exchanges:
         rest of the room by number, the store's best ready jobs (so a due timer goes first
         only if as good as the best pending job it knew of)."""
         known = self._queue.high_seq
+        state = self._state
+        if room > 0 and not from_store and state.pacing.capacity() > state.max_workers and not state.pacing.tiny():
+            ready = self._queue.ready_count()
+            with state.lock:
+                room = state.claiming = state.reserve_limited_locked(room, ready)
         try:
             # Claimed by id ahead of the store's best: only due timers and retries as good
             # as the best pending jobs known (a lower one waits: 200 jobs at LOW came due
@@ -132,7 +137,6 @@ class Exchanges:
             # begun, no exchange came after it, and nothing ran again); what it claimed is
             # this pool's to run
             logger.exception("an exchange failed after its repository call; what it claimed runs here")
-        state = self._state
         with state.lock:
             if claimed is None:  # nothing was recorded: the dispatcher records them, first
                 state.give_back_locked(finished)
@@ -213,6 +217,8 @@ class Exchanges:
                 take = (state.pacing.enqueue_takes_outcomes(started, len(state.finished))
                         or state.room_locked(recording=False) <= 0)
                 finished, room, _ = state.begin_exchange_locked(take_finished=take, by_enqueue=True)
+                if room > 0:  # (the new job is one of those ready)
+                    room = state.claiming = state.reserve_limited_locked(room, self._queue.ready_count() + 1)
             entries = self._queue.pop_ready(room) if room > 0 else []
             if entries and any(e.run_at is not None and e.run_at > now for e in entries):
                 entries = self._not_due_queued_again(entries, now)

@@ -19,6 +19,12 @@ from .clock import LONGEST_WAIT
 # the dispatcher batches the claims). A reserved job waits for a worker here for at
 # most about one job's length, so the bound stays short.
 RESERVE_BELOW = 0.02
+# Seconds: a job claimed in reserve that no worker took for this long, every worker busy,
+# is handed back, and the reserve stops until jobs prove short again: its jobs run longer
+# than a reserve is for (short jobs, then long ones: the reserve filled with long jobs,
+# claimed while the average was short, that waited for a long job's length here, a later
+# HIGH job behind them, while idle workers elsewhere could not take them).
+RESERVE_HOLD = 0.1
 # Seconds: the longest a finished attempt waits to be recorded while the workers, busy
 # with buffered jobs, leave it for a later exchange; then the dispatcher records it.
 RECORD_WITHIN = 0.002
@@ -76,6 +82,11 @@ class Pacing:
         reach of idle workers elsewhere."""
         workers = self._max_workers
         return 2 * workers if self._average_run < RESERVE_BELOW else workers
+
+    def reserve_went_stale(self) -> None:
+        """Jobs held in reserve were handed back (see RESERVE_HOLD): no reserve until the
+        jobs that end prove short again."""
+        self._average_run = max(self._average_run, RESERVE_BELOW)
 
     def ran(self, seconds: float) -> None:
         """An attempt ran `seconds`: a moving average decides the reserve."""

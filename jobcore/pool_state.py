@@ -19,7 +19,7 @@ from .clock import real_monotonic
 from . import lock_waits
 from .context import JobContext
 from .lock_waits import waitable_lock
-from .pacing import STALL_AFTER, Pacing
+from .pacing import RESERVE_HOLD, STALL_AFTER, Pacing
 from .recorder import Finished
 from .repository.base import JobRecord
 
@@ -154,6 +154,20 @@ class PoolState:
         if recording:
             return room
         return min(room, 2 * self.max_workers - held - len(self.finished))
+
+    def reserve_limited_locked(self, room: int, ready: int) -> int:
+        """`room` (to claim from `ready` jobs queued here), less the reserve's part of it
+        (claims beyond the free workers) that would leave fewer than `max_workers` of them
+        for others: a burst of up to twice `max_workers` jobs of a few milliseconds went
+        whole to one manager, half of it waiting in reserve while another process's
+        workers sat idle (taking two jobs' length instead of one). Tiny jobs keep their
+        whole reserve: a burst of them runs in a millisecond."""
+        reserve = self.pacing.capacity() - self.max_workers
+        if room <= 0 or reserve <= 0 or self.pacing.tiny():
+            return room
+        spare = min(room, reserve)
+        free = room - spare
+        return free + max(0, min(spare, ready - free - self.max_workers))
 
     def room_to_run_locked(self) -> bool:
         """Whether a worker thread may start a job now: fewer than max_workers run on
@@ -329,6 +343,11 @@ class PoolState:
         self.buffer.extend(claimed)
         if wake:
             self.wake_for_buffer_locked(active)
+        if (claimed and self.idle <= self.waking
+                and self.pacing.dispatcher_sleeps_past(real_monotonic() + RESERVE_HOLD)):
+            # Held in reserve with every worker busy: the dispatcher times how long (see
+            # `Dispatcher._stale_reserve_locked`), which it cannot do asleep for good.
+            self.dispatch_needed.notify()
         if self.stopping:
             self.dispatch_needed.notify()  # it may be waiting for this exchange to end
         elif self.finished:

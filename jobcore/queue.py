@@ -344,6 +344,12 @@ class ReadyQueue:
             self._release_due()
             return bool(self._ready) and not self._worse(self._ready[0])
 
+    def ready_count(self) -> int:
+        """About how many entries `pop_ready` could take now (timers that came due count)."""
+        with self._lock:
+            self._release_due()
+            return max(0, len(self._ready) - self._dead[_READY] - self._beyond)
+
     def claim_ended(self, job_ids: Iterable[str]) -> None:
         """The claim of these ids, popped with `claiming`, committed or failed."""
         with self._lock:

@@ -401,6 +401,14 @@ class Recorder:
         if records:
             self._release(records)
 
+    def give_back(self, records: list[JobRecord]) -> list[JobRecord]:
+        """Release claimed jobs that never started, as `hand_back` does, while the pool
+        runs: those handed back PENDING are queued here again. Returns those the store
+        failed to hand back (still held here)."""
+        pending, kept = self._release(records)
+        self.enqueue_entries([record.queue_entry() for record in pending])
+        return kept
+
     def _release(self, records: list[JobRecord]) -> tuple[list[JobRecord], list[JobRecord]]:
         """`hand_back`: returns the records handed back PENDING, and those the store
         failed to hand back (still held here; their leases lapse unless renewed)."""

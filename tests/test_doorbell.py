@@ -206,3 +206,32 @@ def test_jobs_a_stopping_manager_hands_back_run_on_another_at_once(make_manager:
     # a minute on)
     assert stopping.wait(blocking, timeout=WAIT).status is JobStatus.COMPLETED
     assert idle.wait(held, timeout=WAIT).status is JobStatus.COMPLETED
+
+
+@pytest.mark.parametrize("store", ["sqlite", "memory"])
+def test_a_job_held_in_reserve_while_every_worker_is_busy_is_handed_back_to_run_elsewhere(
+        make_manager: Any, db_path: str, store: str) -> None:
+    # given a manager of one worker, short jobs assumed (a reserve), running a job that
+    # blocks, and another manager of the process on the same store, idle
+    shared = MemoryRepository() if store == "memory" else None
+    busy = make_manager(shared or db_path, max_workers=1, discovery_interval=SLOW, poll_interval=SLOW)
+    idle = make_manager(shared or db_path, discovery_interval=SLOW, poll_interval=SLOW)
+    started, release = threading.Event(), threading.Event()
+    for manager in (busy, idle):
+        manager.register_function("block", lambda: started.set() or release.wait(WAIT))
+        manager.register_function("job", lambda: "done")
+    busy._pool._state.pacing.assume_short_jobs()
+    busy.start()
+    blocking = busy.enqueue(Job(function_name="block"))
+    assert started.wait(WAIT)
+    idle.start()
+    # when a job is claimed in reserve behind the blocking one
+    held = busy.enqueue(Job(function_name="job"))
+    # then, no worker taking it, it is handed back and the idle manager runs it while the
+    # blocking job still runs (claimed while the jobs were short, it waited here for that
+    # job's whole length, out of reach of the idle workers)
+    done = idle.wait(held, timeout=WAIT)
+    assert done.status is JobStatus.COMPLETED and done.worker_id == idle.worker_id
+    assert busy.poll(blocking).status is JobStatus.RUNNING
+    release.set()
+    assert busy.wait(blocking, timeout=WAIT).status is JobStatus.COMPLETED

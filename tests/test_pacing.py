@@ -320,6 +320,26 @@ def test_an_outcome_of_a_short_job_is_recorded_with_the_top_up_at_its_time_while
     assert exchange is not None and [f.record.id for f in exchange[0]] == ["done"]
 
 
+@pytest.mark.parametrize("ready, tiny, claims", [
+    (16, False, 8), (20, False, 12), (24, False, 16), (100, False, 16), (16, True, 16)])
+def test_a_reserve_is_claimed_only_from_jobs_beyond_a_workers_worth_left_for_others(
+        ready: int, tiny: bool, claims: int) -> None:
+    # given an idle pool of 8 workers holding a reserve (room for 16)
+    state = PoolState(max_workers=8)
+    state.stopping = False
+    state.pacing.assume_short_jobs()
+    if not tiny:
+        for _ in range(100):
+            state.pacing.ran((TINY_BELOW + RESERVE_BELOW) / 2)
+    with state.lock:
+        assert state.room_locked() == 16
+        # then of `ready` jobs queued, it claims for its free workers, and in reserve only
+        # those beyond 8 more left for others (a burst of 16 jobs of 15 ms went whole to one
+        # manager, 8 waiting in reserve beside another's idle workers: 31 ms for the
+        # burst, not 16), unless the jobs are tiny
+        assert state.reserve_limited_locked(16, ready) == claims
+
+
 def _finished(job_id: str) -> Finished:
     record = make_record(id=job_id)
     return Finished(record, JobContext(job_id, job_id, 1, None), Outcome(), 0.001)  # type: ignore[arg-type]
