@@ -180,6 +180,10 @@ class Lifecycle:
             self._pool.stop(timeout)
             self._housekeeper.stop(None if deadline is None else max(0.0, deadline - real_monotonic()))
             self._pool.flush_logs()  # lines no outcome carries (an attempt given up after its timeout)
+            # The other managers of the process look now: the retries and scheduled jobs
+            # this one timed are theirs to run (a retry due a second on waited for their
+            # next look, 30 s with that discovery_interval).
+            self._housekeeper.ring()
             # Unfinished still if the pool's dispatcher was left to finish on its own (a
             # signal handler's stop inside an enqueue's exchange): the next stop, or
             # `close`, waits for it.

@@ -380,6 +380,13 @@ class JobManager(Inspection):
     def retry(self, job_id: str) -> bool:
         """Re-queue a FAILED or CANCELLED job with its attempts reset; False otherwise
         (see RETRY_RULES)."""
+        if not self._retry(job_id):
+            return False
+        self._housekeeper.ring()  # (another manager of this process may run it, or be free to)
+        return True
+
+    def _retry(self, job_id: str) -> bool:
+        """`retry`, telling no other manager of the process."""
         if not _may_exist(job_id):
             return False
         now = self._clock.time()
@@ -391,13 +398,15 @@ class JobManager(Inspection):
         self.repository.add_log(job_id, "info", f"re-queued by request{last} (attempts reset)", now)
         self._queue.discard([job_id])  # an entry it had before it ended (a timer) is stale
         self._enqueuer.queue_here([entry])
-        self._housekeeper.ring()  # (another manager of this process may run it, or be free to)
         return True
 
     def retry_dead_letters(self, limit: Optional[int] = None) -> list[str]:
         """Re-queue every job in the dead-letter queue (newest first, up to `limit`);
         returns the ids re-queued."""
-        return [job.id for job, _ in self.get_dead_letter_queue(limit) if self.retry(job.id)]
+        retried = [job.id for job, _ in self.get_dead_letter_queue(limit) if self._retry(job.id)]
+        if retried:
+            self._housekeeper.ring()  # once (rung per job, 5,000 made the other managers read 5,000 times)
+        return retried
 
     def cleanup_old_results(self, retention_days: float = 7) -> int:
         """Delete terminal jobs finished more than `retention_days` ago (0: all terminal

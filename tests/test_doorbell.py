@@ -235,3 +235,33 @@ def test_a_job_held_in_reserve_while_every_worker_is_busy_is_handed_back_to_run_
     assert busy.poll(blocking).status is JobStatus.RUNNING
     release.set()
     assert busy.wait(blocking, timeout=WAIT).status is JobStatus.COMPLETED
+
+
+@pytest.mark.parametrize("store", ["sqlite", "memory"])
+def test_a_retry_a_stopped_manager_timed_runs_on_another_when_due(make_manager: Any, db_path: str,
+                                                                  store: str) -> None:
+    # given two worker managers of one process on one store, the first of which ran a job
+    # that failed and is to be retried half a second later
+    shared = MemoryRepository() if store == "memory" else None
+    first = make_manager(shared or db_path, discovery_interval=SLOW, poll_interval=SLOW)
+    second = make_manager(shared or db_path, discovery_interval=SLOW, poll_interval=SLOW)
+    runs: list[str] = []
+
+    def fails_first() -> str:
+        runs.append(threading.current_thread().name)
+        if len(runs) == 1:
+            raise ConnectionError("first run")  # (transient: retried)
+        return "done"
+
+    for manager in (first, second):
+        manager.register_function("job", fails_first)
+    first.start()
+    second.start()
+    job_id = first.enqueue(Job(function_name="job", max_retries=1, retry_delay=0.5, retry_jitter=False))
+    wait_until(lambda: first.poll(job_id).status is JobStatus.SCHEDULED, WAIT, "the retry to be timed")
+    # when the first stops before the retry is due
+    first.stop()
+    # then the second runs it when due (told of it at the stop: else at its next look, a
+    # minute on)
+    assert second.wait(job_id, timeout=WAIT).status is JobStatus.COMPLETED
+    assert len(runs) == 2
