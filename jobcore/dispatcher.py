@@ -222,9 +222,7 @@ class Dispatcher:
             return []
         records = list(state.buffer)
         state.buffer.clear()
-        ids = [record.id for record in records]
-        state.settling.update(ids)
-        state.cancel_ids.difference_update(ids)  # (as at stop: the store ends those CANCELLED)
+        state.settling.update(record.id for record in records)
         state.pacing.reserve_went_stale()
         self._held_since = None
         return records
@@ -237,9 +235,13 @@ class Dispatcher:
         kept = self._recorder.give_back(records)
         logger.debug("handed back %d jobs held in reserve %.2fs with every worker busy", len(records),
                      RESERVE_HOLD)
-        if kept:
-            state = self._state
-            with state.lock:
+        state = self._state
+        with state.lock:
+            # Cancels asked of the jobs handed back are the store's now (it ended those
+            # CANCELLED, as at stop); those kept keep theirs, for when they start.
+            held = {record.id for record in kept}
+            state.cancel_ids.difference_update(record.id for record in records if record.id not in held)
+            if kept:
                 state.buffer.extend(kept)
                 state.wake_for_buffer_locked(active=False)
 

@@ -82,10 +82,6 @@ class Exchanges:
         only if as good as the best pending job it knew of)."""
         known = self._queue.high_seq
         state = self._state
-        if room > 0 and not from_store and state.pacing.capacity() > state.max_workers and not state.pacing.tiny():
-            ready = self._queue.ready_count()
-            with state.lock:
-                room = state.claiming = state.reserve_limited_locked(room, ready)
         try:
             # Claimed by id ahead of the store's best: only due timers and retries as good
             # as the best pending jobs known (a lower one waits: 200 jobs at LOW came due
@@ -217,8 +213,6 @@ class Exchanges:
                 take = (state.pacing.enqueue_takes_outcomes(started, len(state.finished))
                         or state.room_locked(recording=False) <= 0)
                 finished, room, _ = state.begin_exchange_locked(take_finished=take, by_enqueue=True)
-                if room > 0:  # (the new job is one of those ready)
-                    room = state.claiming = state.reserve_limited_locked(room, self._queue.ready_count() + 1)
             entries = self._queue.pop_ready(room) if room > 0 else []
             if entries and any(e.run_at is not None and e.run_at > now for e in entries):
                 entries = self._not_due_queued_again(entries, now)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import collections
 import threading
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 from .clock import real_monotonic
 from . import lock_waits
@@ -61,6 +61,9 @@ class PoolState:
         self.work_ready = threading.Condition(self.lock)
         self.dispatch_needed = threading.Condition(self.lock)
         self.buffer: collections.deque[JobRecord] = collections.deque()  # claimed, not started
+        # Set by the pool: about how many jobs its ready queue could give now (the queue's
+        # own lock, taken inside this one; see `reserve_limited_locked`).
+        self.ready_count: Callable[[], int] = lambda: 1 << 30
         self.running: dict[str, Attempt] = {}
         self.ran_in_callers = False  # `run_pending` ever ran an attempt here (see `_in_callers_locked`)
         # Claimed jobs whose earlier attempt still runs here, each started when it ends
@@ -151,6 +154,8 @@ class PoolState:
             return 0
         held = len(self.buffer) + len(self.running) + len(self.deferred) + self.handoffs + self.claiming
         room = self.pacing.capacity() - (held - self._in_callers_locked())  # (no worker's place)
+        if room > 0 and not self.from_store and self.pacing.capacity() > self.max_workers and not self.pacing.tiny():
+            room = self.reserve_limited_locked(room, self.ready_count())
         if recording:
             return room
         return min(room, 2 * self.max_workers - held - len(self.finished))
@@ -165,6 +170,9 @@ class PoolState:
         reserve = self.pacing.capacity() - self.max_workers
         if room <= 0 or reserve <= 0 or self.pacing.tiny():
             return room
+        # (Counted in every room asked for, not cut from the room an exchange was begun
+        # with: cut there, with every worker busy and a workers' worth queued, the
+        # dispatcher began empty exchanges in a loop, a whole CPU for a long job's length.)
         spare = min(room, reserve)
         free = room - spare
         return free + max(0, min(spare, ready - free - self.max_workers))

@@ -19,6 +19,7 @@ from .clock import Clock
 from .errors import RepositoryError
 from .execution import Outcome
 from .finished import Finished as Finished  # re-exported: the pool's modules and tests import it from here
+from .models import JobStatus
 from .queue import ReadyQueue
 from .refusals import ISOLATE_AFTER, Refusals, unrecordable
 from .registry import FunctionRegistry, LocalJobs
@@ -407,13 +408,32 @@ class Recorder:
 
     def give_back(self, records: list[JobRecord]) -> list[JobRecord]:
         """Release claimed jobs that never started, as `hand_back` does, while the pool
-        runs: those handed back PENDING are queued here again. Returns those the store
-        failed to hand back (still held here)."""
-        pending, kept = self._release(records)
+        runs: those handed back PENDING are queued here again. Returns those still held
+        here: the store failed, and their rows say they are still this worker's claim (a
+        failed write may have committed before it failed: put back as held, such a job ran
+        with no claim, its outcome was discarded, and it ran again once found PENDING)."""
+        pending, failed = self._release(records, then="their rows tell whether they are still held here")
         self.enqueue_entries([record.queue_entry() for record in pending])
-        return kept
+        if not failed:
+            return []
+        try:
+            rows = self._repo.get_many([record.id for record in failed])
+        except RepositoryError:
+            return failed  # (most likely nothing was written: still held here)
+        held, queued = [], []
+        for record in failed:
+            row = rows.get(record.id)
+            if (row is not None and row.status is JobStatus.RUNNING and row.worker_id == self._worker_id
+                    and row.attempts == record.attempts):
+                record.cancel_requested = row.cancel_requested
+                held.append(record)
+            elif row is not None and row.status is JobStatus.PENDING:
+                queued.append(row.queue_entry())
+        self.enqueue_entries(queued)
+        return held
 
-    def _release(self, records: list[JobRecord]) -> tuple[list[JobRecord], list[JobRecord]]:
+    def _release(self, records: list[JobRecord],
+                 then: str = "their leases will lapse") -> tuple[list[JobRecord], list[JobRecord]]:
         """`hand_back`: returns the records handed back PENDING, and those the store
         failed to hand back (still held here; their leases lapse unless renewed)."""
         now = self._clock.time()
@@ -424,8 +444,7 @@ class Recorder:
         try:
             cascades, _ = self._repo.apply(releases, [], self._worker_id, now, now)
         except RepositoryError as exc:
-            logger.error("could not hand back %d unstarted jobs (their leases will lapse): %s",
-                         len(records), exc)
+            logger.error("could not hand back %d unstarted jobs (%s): %s", len(records), then, exc)
             if isinstance(exc, PartlyApplied):  # the first ones were handed back
                 cascades = exc.cascades
         finally:

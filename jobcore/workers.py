@@ -98,6 +98,7 @@ class WorkerPool:
                                        check_details=repository.persistent,
                                        max_payload_bytes=repository.max_payload_bytes)
         self._state = PoolState(settings.max_workers)
+        self._state.ready_count = queue.ready_count
         self._claims = ClaimCheck(repository, worker_id, clock, settings.lease_timeout)
         self._exchanges = Exchanges(self._state, repository, queue, registry, self._recorder,
                                     settings.max_workers)
