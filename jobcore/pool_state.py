@@ -154,14 +154,15 @@ class PoolState:
             return 0
         held = len(self.buffer) + len(self.running) + len(self.deferred) + self.handoffs + self.claiming
         room = self.pacing.capacity() - (held - self._in_callers_locked())  # (no worker's place)
-        if room > 0 and not self.from_store and self.pacing.capacity() > self.max_workers and not self.pacing.tiny():
-            room = self.reserve_limited_locked(room, self.ready_count())
+        if room > 0 and not self.from_store:
+            room = self.reserve_limited_locked(room)
         if recording:
             return room
         return min(room, 2 * self.max_workers - held - len(self.finished))
 
-    def reserve_limited_locked(self, room: int, ready: int) -> int:
-        """`room` (to claim from `ready` jobs queued here), less the reserve's part of it
+    def reserve_limited_locked(self, room: int, ready: Optional[int] = None) -> int:
+        """`room` (to claim from `ready` jobs queued here: by default `ready_count()`, asked
+        only while a reserve of jobs not tiny is held), less the reserve's part of it
         (claims beyond the free workers) that would leave fewer than `max_workers` of them
         for others: a burst of up to twice `max_workers` jobs of a few milliseconds went
         whole to one manager, half of it waiting in reserve while another process's
@@ -173,6 +174,8 @@ class PoolState:
         # (Counted in every room asked for, not cut from the room an exchange was begun
         # with: cut there, with every worker busy and a workers' worth queued, the
         # dispatcher began empty exchanges in a loop, a whole CPU for a long job's length.)
+        if ready is None:
+            ready = self.ready_count()
         spare = min(room, reserve)
         free = room - spare
         return free + max(0, min(spare, ready - free - self.max_workers))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
@@ -18,18 +18,46 @@ WAIT = 10.0
 SLOW = 60.0  # discovery_interval and poll_interval: no look of their own within the test
 
 
+def _managers(make_manager: Callable[..., JobManager], db_path: str, store: str) -> Callable[..., JobManager]:
+    """A maker of managers of one process on one store ("sqlite": each its own
+    SQLiteRepository on the file; "memory": one MemoryRepository): worker managers look for
+    new work once a minute (SLOW); `producer=True` makes a producer."""
+    shared = MemoryRepository() if store == "memory" else None
+
+    def make(producer: bool = False, **settings: Any) -> JobManager:
+        if producer:
+            return make_manager(shared or db_path, producer=True)
+        return make_manager(shared or db_path, discovery_interval=SLOW, poll_interval=SLOW, **settings)
+
+    return make
+
+
+def _fails_first(error: BaseException) -> tuple[Callable[[], str], list[str]]:
+    """A job function that raises `error` at its first run and returns "done" after, and
+    the names of the threads it ran on."""
+    runs: list[str] = []
+
+    def fails_first() -> str:
+        runs.append(threading.current_thread().name)
+        if len(runs) == 1:
+            raise error
+        return "done"
+
+    return fails_first, runs
+
+
 @pytest.mark.parametrize("store", ["sqlite", "memory"])
 def test_a_worker_manager_starts_a_job_a_producer_beside_it_stored(make_manager: Any, db_path: str,
                                                                    store: str) -> None:
     # given a started worker manager that looks for new work once a minute, and a producer
     # manager in the same process on the same store (another SQLiteRepository on the file,
     # or the same MemoryRepository)
-    shared = MemoryRepository() if store == "memory" else None
-    worker = make_manager(shared or db_path, discovery_interval=SLOW, poll_interval=SLOW)
+    make = _managers(make_manager, db_path, store)
+    worker = make()
     started = threading.Event()
     worker.register_function("job", started.set)
     worker.start()
-    producer = make_manager(shared or db_path, producer=True)
+    producer = make(producer=True)
     # when the producer stores jobs, one alone and a batch
     first = producer.enqueue(Job(function_name="job"))
     # then the worker runs them now, not at its next look
@@ -82,8 +110,8 @@ def test_a_job_a_producer_stored_while_every_worker_was_busy_starts_once_one_is_
         make_manager: Any, db_path: str, store: str, workers: int) -> None:
     # given a started worker manager that looks for new work once a minute, each of its
     # workers running a job that blocks, and a producer manager beside it on the same store
-    shared = MemoryRepository() if store == "memory" else None
-    worker = make_manager(shared or db_path, max_workers=workers, discovery_interval=SLOW, poll_interval=SLOW)
+    make = _managers(make_manager, db_path, store)
+    worker = make(max_workers=workers)
     started = threading.Semaphore(0)
     releases = [threading.Event() for _ in range(workers)]
     worker.register_function("block", lambda n: started.release() or releases[n].wait(WAIT))
@@ -91,7 +119,7 @@ def test_a_job_a_producer_stored_while_every_worker_was_busy_starts_once_one_is_
     worker.start()
     blocking = [worker.enqueue(Job(function_name="block", args=(n,))) for n in range(workers)]
     assert all(started.acquire(timeout=WAIT) for _ in range(workers))
-    producer = make_manager(shared or db_path, producer=True)
+    producer = make(producer=True)
     # when the producer stores a job while they run (the manager, rung, has no room), and
     # one of them then ends (the others run on: the outcome is recorded by the dispatcher,
     # whose exchange the look asked for as the worker was free may find under way)
@@ -111,10 +139,10 @@ def test_a_job_a_producer_stored_while_the_worker_manager_started_runs_at_once(
         make_manager: Any, db_path: str, store: str, monkeypatch: Any) -> None:
     # given a worker manager that looks for new work once a minute, whose start, once it
     # has read the store, lets a producer manager beside it store a job before going on
-    shared = MemoryRepository() if store == "memory" else None
-    worker = make_manager(shared or db_path, discovery_interval=SLOW, poll_interval=SLOW)
+    make = _managers(make_manager, db_path, store)
+    worker = make()
     worker.register_function("job", lambda: "done")
-    producer = make_manager(shared or db_path, producer=True)
+    producer = make(producer=True)
     start_housekeeper = worker._housekeeper.start
     stored: list[str] = []
 
@@ -135,19 +163,12 @@ def test_a_job_a_producer_stored_while_the_worker_manager_started_runs_at_once(
 def test_a_job_a_producer_retries_runs_on_the_worker_manager_at_once(make_manager: Any, db_path: str,
                                                                      store: str) -> None:
     # given a failed job, and a producer manager beside the worker manager that ran it
-    shared = MemoryRepository() if store == "memory" else None
-    worker = make_manager(shared or db_path, discovery_interval=SLOW, poll_interval=SLOW)
-    runs: list[int] = []
-
-    def fails_first() -> str:
-        runs.append(1)
-        if len(runs) == 1:
-            raise ValueError("first run")
-        return "done"
-
+    make = _managers(make_manager, db_path, store)
+    worker = make()
+    fails_first, _ = _fails_first(ValueError("first run"))
     worker.register_function("job", fails_first)
     worker.start()
-    producer = make_manager(shared or db_path, producer=True)
+    producer = make(producer=True)
     job_id = producer.enqueue(Job(function_name="job", max_retries=0))
     assert producer.wait(job_id, timeout=WAIT).status is JobStatus.FAILED
     # when the producer retries it (a web app's manager, say)
@@ -161,15 +182,15 @@ def test_a_dependent_another_manager_runs_starts_once_its_dependency_completes(m
                                                                                store: str) -> None:
     # given two worker managers of one process on one store, each running its own kind of
     # job, and a job of the second kind that depends on one of the first (running)
-    shared = MemoryRepository() if store == "memory" else None
-    first = make_manager(shared or db_path, discovery_interval=SLOW, poll_interval=SLOW)
-    second = make_manager(shared or db_path, discovery_interval=SLOW, poll_interval=SLOW)
+    make = _managers(make_manager, db_path, store)
+    first = make()
+    second = make()
     release = threading.Event()
     first.register_function("a", lambda: release.wait(WAIT))
     second.register_function("b", lambda: "done")
     first.start()
     second.start()
-    producer = make_manager(shared or db_path, producer=True)
+    producer = make(producer=True)
     a = producer.enqueue(Job(function_name="a"))
     b = producer.enqueue(Job(function_name="b", depends_on=[a]))
     # when the dependency completes on the first manager
@@ -185,9 +206,9 @@ def test_jobs_a_stopping_manager_hands_back_run_on_another_at_once(make_manager:
                                                                   store: str) -> None:
     # given a manager of one worker holding a job claimed in reserve behind one that runs,
     # and another manager of the process on the same store, idle
-    shared = MemoryRepository() if store == "memory" else None
-    stopping = make_manager(shared or db_path, max_workers=1, discovery_interval=SLOW, poll_interval=SLOW)
-    idle = make_manager(shared or db_path, discovery_interval=SLOW, poll_interval=SLOW)
+    make = _managers(make_manager, db_path, store)
+    stopping = make(max_workers=1)
+    idle = make()
     started, release = threading.Event(), threading.Event()
     for manager in (stopping, idle):
         manager.register_function("block", lambda: started.set() or release.wait(WAIT))
@@ -213,9 +234,9 @@ def test_a_job_held_in_reserve_while_every_worker_is_busy_is_handed_back_to_run_
         make_manager: Any, db_path: str, store: str) -> None:
     # given a manager of one worker, short jobs assumed (a reserve), running a job that
     # blocks, and another manager of the process on the same store, idle
-    shared = MemoryRepository() if store == "memory" else None
-    busy = make_manager(shared or db_path, max_workers=1, discovery_interval=SLOW, poll_interval=SLOW)
-    idle = make_manager(shared or db_path, discovery_interval=SLOW, poll_interval=SLOW)
+    make = _managers(make_manager, db_path, store)
+    busy = make(max_workers=1)
+    idle = make()
     started, release = threading.Event(), threading.Event()
     for manager in (busy, idle):
         manager.register_function("block", lambda: started.set() or release.wait(WAIT))
@@ -242,17 +263,10 @@ def test_a_retry_a_stopped_manager_timed_runs_on_another_when_due(make_manager: 
                                                                   store: str) -> None:
     # given two worker managers of one process on one store, the first of which ran a job
     # that failed and is to be retried half a second later
-    shared = MemoryRepository() if store == "memory" else None
-    first = make_manager(shared or db_path, discovery_interval=SLOW, poll_interval=SLOW)
-    second = make_manager(shared or db_path, discovery_interval=SLOW, poll_interval=SLOW)
-    runs: list[str] = []
-
-    def fails_first() -> str:
-        runs.append(threading.current_thread().name)
-        if len(runs) == 1:
-            raise ConnectionError("first run")  # (transient: retried)
-        return "done"
-
+    make = _managers(make_manager, db_path, store)
+    first = make()
+    second = make()
+    fails_first, runs = _fails_first(ConnectionError("first run"))  # (transient: retried)
     for manager in (first, second):
         manager.register_function("job", fails_first)
     first.start()
