@@ -115,22 +115,23 @@ class Dispatcher:
                         exchange = self._exchange_due_locked()
                     if exchange is not None or schedules:
                         break
-                    if state.stopping and not (state.running or state.deciding or state.exchanging):
-                        # Handed back below: held (`settling`) until `on_settled` is told of
-                        # them, whether they end PENDING or, their cancel requested, CANCELLED.
-                        buffered = list(state.buffer)
-                        state.buffer.clear()
-                        handed = [r.id for r in buffered]
-                        state.settling.update(handed)
-                        state.cancel_ids.difference_update(handed)
-                        break
+                    if state.stopping and not state.exchanging:
+                        # Claimed jobs no worker here will start are handed back at once, not
+                        # once the running jobs end: held meanwhile, they waited the length of
+                        # a long job beside another manager's idle workers.
+                        buffered = self._take_buffer_locked()
+                        last = not (state.running or state.deciding)
+                        if buffered or last:
+                            break
                     self._sleep_locked()
             if stale:
                 self._give_back(stale)
                 continue
             if exchange is None and not schedules:
                 self._recorder.hand_back(buffered)
-                return
+                if last:
+                    return
+                continue
             if schedules:
                 self._recorder.fire_schedules(schedules, running_since=self._started_at)
             if exchange is None:
@@ -226,6 +227,18 @@ class Dispatcher:
         state.pacing.reserve_went_stale()
         self._held_since = None
         return records
+
+    def _take_buffer_locked(self) -> list[JobRecord]:
+        """The claimed jobs no worker started, taken out of the buffer to be handed back at
+        a stop: held (`settling`) until `on_settled` is told of them, whether they end
+        PENDING or, their cancel requested, CANCELLED. Called with the lock held."""
+        state = self._state
+        buffered = list(state.buffer)
+        state.buffer.clear()
+        handed = [r.id for r in buffered]
+        state.settling.update(handed)
+        state.cancel_ids.difference_update(handed)
+        return buffered
 
     def _give_back(self, records: list[JobRecord]) -> None:
         """Hand back jobs held in reserve too long (`_stale_reserve_locked`): PENDING again,

@@ -256,6 +256,19 @@ class PoolState:
             return
         self.wake_one_locked()
 
+    def time_reserve_locked(self) -> None:
+        """If jobs are held in reserve with every worker busy, have the dispatcher time how
+        long (see `Dispatcher._stale_reserve_locked`), which it cannot do asleep for good:
+        told when an exchange ends, and when a worker takes a job leaving others in the
+        buffer. Told only then, a reserve claimed while the workers were idle (they then
+        took the jobs before it) stayed until the dispatcher woke for something else: a
+        poll_interval, or the running jobs' length, beside another manager's idle workers.
+        Not told while it wakes by itself within RESERVE_HOLD (a hold it times already).
+        Called with the lock held."""
+        if (self.buffer and self.idle <= self.waking
+                and self.pacing.dispatcher_sleeps_past(real_monotonic() + RESERVE_HOLD)):
+            self.dispatch_needed.notify()
+
     def busy_locked(self) -> bool:
         """True while jobs are buffered and a worker idle could be woken for them, outcomes
         wait to be recorded, or an exchange is under way: the dispatcher then keeps an eye
@@ -354,11 +367,7 @@ class PoolState:
         self.buffer.extend(claimed)
         if wake:
             self.wake_for_buffer_locked(active)
-        if (claimed and self.idle <= self.waking
-                and self.pacing.dispatcher_sleeps_past(real_monotonic() + RESERVE_HOLD)):
-            # Held in reserve with every worker busy: the dispatcher times how long (see
-            # `Dispatcher._stale_reserve_locked`), which it cannot do asleep for good.
-            self.dispatch_needed.notify()
+        self.time_reserve_locked()  # (also a reserve this exchange claimed nothing for)
         if self.stopping:
             self.dispatch_needed.notify()  # it may be waiting for this exchange to end
         elif self.finished:

@@ -387,6 +387,7 @@ class WorkerPool:
                     state.taken += 1
                     if state.buffer:
                         state.wake_for_buffer_locked(active=True)
+                        state.time_reserve_locked()
                     if state.defer_locked(record):
                         continue  # an earlier attempt of the job still runs here
                     attempt = self._start_locked(record, slot)

@@ -11,6 +11,7 @@ from typing import Any, Callable
 import pytest
 
 from jobcore import Job, JobManager, JobStatus, MemoryRepository
+from jobcore import dispatcher, pool_state
 from jobcore.doorbell import Doorbell
 from waiting import wait_until
 
@@ -256,6 +257,76 @@ def test_a_job_held_in_reserve_while_every_worker_is_busy_is_handed_back_to_run_
     assert busy.poll(blocking).status is JobStatus.RUNNING
     release.set()
     assert busy.wait(blocking, timeout=WAIT).status is JobStatus.COMPLETED
+
+
+@pytest.mark.parametrize("store", ["sqlite", "memory"])
+def test_a_reserve_claimed_while_the_workers_were_idle_is_handed_back_once_they_are_busy(
+        make_manager: Any, db_path: str, store: str) -> None:
+    # given a manager of two idle workers whose jobs have run 2 ms on average (a reserve),
+    # and another manager of the process on the same store, not started
+    make = _managers(make_manager, db_path, store)
+    busy, idle, producer = make(max_workers=2), make(), make(producer=True)
+    blocked, release = threading.Semaphore(0), threading.Event()
+    for manager in (busy, idle):
+        manager.register_function("block", lambda: blocked.release() or release.wait(WAIT))
+        manager.register_function("job", lambda: "done")
+    for _ in range(100):
+        busy._pool._state.pacing.ran(0.002)
+    busy.start()
+    # when two blocking jobs and six short ones are stored at once (the idle workers' first
+    # manager claims them in one exchange, some in reserve; its workers then take the
+    # blocking ones), and the other manager then starts
+    blocking = producer.enqueue_many([Job(function_name="block") for _ in range(2)])
+    jobs = producer.enqueue_many([Job(function_name="job") for _ in range(6)])
+    assert blocked.acquire(timeout=WAIT) and blocked.acquire(timeout=WAIT)
+    idle.start()
+    # then every short job runs while the blocking ones still run: those held in reserve
+    # are handed back (told only when an exchange ended with every worker busy, the
+    # dispatcher never timed them, and they waited beside the idle workers for its next
+    # look, a minute on)
+    for job_id in jobs:
+        assert idle.wait(job_id, timeout=WAIT).status is JobStatus.COMPLETED
+    assert all(busy.poll(job_id).status is JobStatus.RUNNING for job_id in blocking)  # type: ignore[union-attr]
+    release.set()
+    for job_id in blocking:
+        assert busy.wait(job_id, timeout=WAIT).status is JobStatus.COMPLETED
+
+
+@pytest.mark.parametrize("store", ["sqlite", "memory"])
+def test_a_stopping_manager_hands_its_reserve_back_while_its_running_job_goes_on(
+        make_manager: Any, db_path: str, store: str, monkeypatch: Any) -> None:
+    # given a manager of one worker holding a job claimed in reserve behind one that runs
+    # (held in reserve for as long as it takes: no hand-back of its own after RESERVE_HOLD),
+    # and another manager of the process on the same store, idle
+    monkeypatch.setattr(dispatcher, "RESERVE_HOLD", SLOW)
+    monkeypatch.setattr(pool_state, "RESERVE_HOLD", SLOW)
+    make = _managers(make_manager, db_path, store)
+    stopping, idle = make(max_workers=1), make()
+    started, release = threading.Event(), threading.Event()
+    for manager in (stopping, idle):
+        manager.register_function("block", lambda: started.set() or release.wait(WAIT))
+        manager.register_function("job", lambda: "done")
+    stopping._pool._state.pacing.assume_short_jobs()
+    stopping.start()
+    blocking = stopping.enqueue(Job(function_name="block"))
+    assert started.wait(WAIT)
+    held = stopping.enqueue(Job(function_name="job"))
+    wait_until(lambda: stopping.poll(held).status is JobStatus.RUNNING, WAIT, "the job to be claimed in reserve")
+    idle.start()
+    # when the first stops, waiting for its running job
+    stop = threading.Thread(target=stopping.stop)
+    stop.start()
+    try:
+        # then the job it held in reserve is handed back at once, and the other runs it
+        # while the running job goes on (handed back once that job ended, it waited the
+        # running job's whole length)
+        done = idle.wait(held, timeout=WAIT)
+        assert done.status is JobStatus.COMPLETED and done.worker_id == idle.worker_id
+        assert stopping.poll(blocking).status is JobStatus.RUNNING  # type: ignore[union-attr]
+    finally:
+        release.set()
+        stop.join(WAIT)
+    assert stopping.wait(blocking, timeout=WAIT).status is JobStatus.COMPLETED
 
 
 @pytest.mark.parametrize("store", ["sqlite", "memory"])
