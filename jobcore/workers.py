@@ -388,6 +388,13 @@ class WorkerPool:
                     if state.buffer:
                         state.wake_for_buffer_locked(active=True)
                         state.time_reserve_locked()
+                    elif state.look_when_free:
+                        # The look asked for while this pool was busy (`look_when_free`) is
+                        # made by an idle worker, if one is left: the workers woken for the
+                        # buffer each took a job, so none found nothing to do, and jobs
+                        # another process stored meanwhile waited beside the idle ones until
+                        # a running job ended (a discovery_interval, if none was running).
+                        state.wake_one_locked()
                     if state.defer_locked(record):
                         continue  # an earlier attempt of the job still runs here
                     attempt = self._start_locked(record, slot)

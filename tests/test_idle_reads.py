@@ -18,8 +18,10 @@ from typing import Any, Callable
 import pytest
 
 import jobcore.loading
-from jobcore import FakeClock, Job, JobManager, JobRepository, MemoryRepository, SQLiteRepository, housekeeper
+from jobcore import (FakeClock, Job, JobManager, JobRepository, JobStatus, MemoryRepository, SQLiteRepository,
+                     housekeeper)
 from jobcore.loading import EARLIEST_SCHEDULED, FULL_READ_SHARE
+from jobcore.records import record_for
 from jobcore.repository import memory
 
 WAIT = 10.0
@@ -575,3 +577,34 @@ def test_a_busy_manager_on_the_memory_store_reads_its_feed_at_every_look_that_fi
     # and a job the producer scheduled 300 ms ahead started up to 0.9 s late)
     assert watched.feed_reads - before >= 5
     release.set()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "memory"])
+def test_a_look_asked_for_while_the_pool_was_busy_is_made_by_a_worker_left_idle(backend: str, db_path: str,
+                                                                                make_manager: Any) -> None:
+    # given a started manager of three workers that looks at the store only when asked,
+    # one worker running a job that blocks, a job stored by another writer that it was not
+    # told of, and a look asked for while the pool was busy (as its housekeeper asks, told
+    # of work stored elsewhere while an exchange was under way: made once a worker is free)
+    repository: JobRepository = SQLiteRepository(db_path) if backend == "sqlite" else MemoryRepository()
+    manager = make_manager(repository, max_workers=3, discovery_interval=60.0, poll_interval=60.0)
+    started, release = threading.Semaphore(0), threading.Event()
+    manager.register_function("block", lambda: started.release() or release.wait(WAIT))
+    manager.register_function("job", lambda: "done")
+    manager.start()
+    manager.enqueue(Job(function_name="block"))
+    assert started.acquire(timeout=WAIT)
+    elsewhere = Job(function_name="job")
+    repository.insert([record_for(elsewhere, time.time())], time.time())
+    manager._pool.look_when_free(wake=False)
+    try:
+        # when a job enqueued here goes to a second worker (the one woken for it takes it)
+        manager.enqueue(Job(function_name="block"))
+        assert started.acquire(timeout=WAIT)
+        # then the third worker makes the look and runs the job stored elsewhere (no worker
+        # found nothing to do, so the look waited, beside that idle worker, for a running
+        # job to end: on PostgreSQL, jobs another process stored a few at a time stayed
+        # pending the length of the jobs running)
+        assert manager.wait(elsewhere.id, timeout=WAIT).status is JobStatus.COMPLETED
+    finally:
+        release.set()
