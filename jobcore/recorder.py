@@ -45,13 +45,19 @@ class Recorder:
     def __init__(self, repository: JobRepository, queue: ReadyQueue, registry: FunctionRegistry,
                  local: LocalJobs, clock: Clock, worker_id: str, *, lease_timeout: float,
                  max_retry_delay: float, retry_on: Classifier, rng: random.Random,
-                 publish: Publisher, on_settled: Settled, ring: Callable[[], None] = lambda: None) -> None:
+                 publish: Publisher, on_settled: Settled, ring: Callable[[], None] = lambda: None,
+                 handed_back: Callable[[list[QueueEntry]], None] = lambda entries: None) -> None:
         self._repo = repository
         # Tells the other managers of this process on the store (see `Doorbell`) of jobs this
         # pool's writes made ready: dependents released, jobs handed back, runs fired. The
         # function may be one another of them runs (or has a free worker for), and it heard
         # of none of them: they waited for its next look, a discovery_interval on.
         self._ring = ring
+        # Queues the jobs a stop handed back PENDING here, if this manager queues stored jobs
+        # now (`Enqueuer.queue_here`): started again while its last dispatcher handed them
+        # back, its start's read of the store may come before that write, and no bell rings
+        # for a manager's own writes (they waited for its next look, a discovery_interval on).
+        self._handed_back = handed_back
         # Whether to pass claims' seqs: to a backend that finds rows by them, through a
         # method that takes them (a subclass may override it without the argument).
         self._seqs_to_apply = repository.finds_rows_by_seq and takes_argument(repository.apply, "claim_seqs")
@@ -404,7 +410,9 @@ class Recorder:
         the same write: see `JobRepository.release`), which is then told as a cancel is.
         Every one is told to `on_settled`, so whoever waits for it here looks again."""
         if records:
-            self._release(records)
+            pending, _ = self._release(records)
+            if pending:
+                self._handed_back([record.queue_entry() for record in pending])
 
     def give_back(self, records: list[JobRecord]) -> list[JobRecord]:
         """Release claimed jobs that never started, as `hand_back` does, while the pool

@@ -90,7 +90,8 @@ class WorkerPool:
                                   lease_timeout=settings.lease_timeout,
                                   max_retry_delay=settings.max_retry_delay, retry_on=settings.retry_on,
                                   rng=rng, publish=publish, on_settled=self._settled,
-                                  ring=lambda: self.on_work_stored())
+                                  ring=lambda: self.on_work_stored(),
+                                  handed_back=lambda entries: self.on_handed_back(entries))
         self._on_settled = on_settled
         # An isolated job's progress details are checked in its child, as report_progress
         # checks a thread job's.
@@ -117,6 +118,9 @@ class WorkerPool:
         # Set by the housekeeper: tell the other managers of this process on the store that
         # this pool's writes made jobs ready (see `Recorder`); any thread, no lock held.
         self.on_work_stored: Callable[[], None] = lambda: None
+        # Set by the manager: queue here the jobs a stop handed back, if this manager queues
+        # stored jobs now (see `Recorder`); the dispatcher's thread, no lock held.
+        self.on_handed_back: Callable[[list[QueueEntry]], None] = lambda entries: None
         # Set by the housekeeper: have it write the progress reports and log lines due
         # (False: it does not run).
         self.on_progress_waiting: Callable[[], bool] = lambda: False

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import pytest
 
-from jobcore import Job, JobManager, JobStatus, MemoryRepository, current_job
+from jobcore import Job, JobManager, JobStatus, MemoryRepository, current_job, dispatcher, pool_state
 from jobcore.errors import RepositoryError
 
 WAIT = 10.0
@@ -120,3 +120,57 @@ def test_no_exchange_is_made_for_a_reserve_that_cannot_be_had(make_manager: Any)
     # second, a whole CPU)
     assert applies <= 3, applies
     assert manager.wait(job_id, timeout=WAIT).status is JobStatus.COMPLETED
+
+
+class _LateReleases(MemoryRepository):
+    """A memory store whose hand-backs (`apply` of releases only) land only after the next
+    read of the ready jobs (a start's) that begins once one of them is under way."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.releasing, self.read = threading.Event(), threading.Event()
+
+    def apply(self, settlements: Sequence[Any], claim_ids: Sequence[str], *args: Any, **kwargs: Any) -> Any:
+        if settlements and all(s.kind == "release" for s in settlements):
+            self.releasing.set()
+            self.read.wait(WAIT)
+        return super().apply(settlements, claim_ids, *args, **kwargs)
+
+    def ready(self, *args: Any, **kwargs: Any) -> Any:
+        found = super().ready(*args, **kwargs)
+        if self.releasing.is_set():
+            self.read.set()
+        return found
+
+
+def test_a_job_a_stop_hands_back_as_the_manager_starts_again_runs_there(make_manager: Any,
+                                                                        monkeypatch: Any) -> None:
+    # given a manager of one worker holding a job in reserve behind one that blocks (no
+    # hand-back of its own while it runs: RESERVE_HOLD a minute), on a store whose
+    # hand-backs land only when the test says
+    monkeypatch.setattr(dispatcher, "RESERVE_HOLD", SLOW)
+    monkeypatch.setattr(pool_state, "RESERVE_HOLD", SLOW)
+    store = _LateReleases()
+    manager = make_manager(store, max_workers=1, discovery_interval=SLOW, poll_interval=SLOW)
+    started, release = threading.Event(), threading.Event()
+    manager.register_function("block", lambda: started.set() or release.wait(WAIT))
+    manager.register_function("job", lambda: "done")
+    manager._pool._state.pacing.assume_short_jobs()
+    manager.start()
+    blocking = manager.enqueue(Job(function_name="block"))
+    assert started.wait(WAIT)
+    held = manager.enqueue(Job(function_name="job"))
+    deadline = time.monotonic() + WAIT
+    while manager.poll(held).status is not JobStatus.RUNNING and time.monotonic() < deadline:  # type: ignore[union-attr]
+        time.sleep(0.005)
+    # when it stops without waiting (handing that job back) and starts again at once, the
+    # hand-back landing just after the start read the store
+    manager.stop(wait=False)
+    assert store.releasing.wait(WAIT)
+    manager.start()
+    assert store.read.is_set()
+    release.set()
+    # then the job runs there once the blocking job ended (PENDING in the store and queued
+    # nowhere, it waited for the manager's next look, a minute on)
+    assert manager.wait(blocking, timeout=WAIT).status is JobStatus.COMPLETED
+    assert manager.wait(held, timeout=WAIT).status is JobStatus.COMPLETED
