@@ -33,6 +33,23 @@ def _managers(make_manager: Callable[..., JobManager], db_path: str, store: str)
     return make
 
 
+def _one_blocked(make: Callable[..., JobManager]) -> tuple[JobManager, JobManager, str, threading.Event]:
+    """Two managers of the process on one store (`make`: see `_managers`) that run "block"
+    (until the event returned is set) and "job": the first, of one worker, short jobs
+    assumed (a reserve), started and running a "block" job (its id returned); the other
+    not started."""
+    busy, idle = make(max_workers=1), make()
+    started, release = threading.Event(), threading.Event()
+    for manager in (busy, idle):
+        manager.register_function("block", lambda: started.set() or release.wait(WAIT))
+        manager.register_function("job", lambda: "done")
+    busy._pool._state.pacing.assume_short_jobs()
+    busy.start()
+    blocking = busy.enqueue(Job(function_name="block"))
+    assert started.wait(WAIT)
+    return busy, idle, blocking, release
+
+
 def _fails_first(error: BaseException) -> tuple[Callable[[], str], list[str]]:
     """A job function that raises `error` at its first run and returns "done" after, and
     the names of the threads it ran on."""
@@ -207,17 +224,7 @@ def test_jobs_a_stopping_manager_hands_back_run_on_another_at_once(make_manager:
                                                                   store: str) -> None:
     # given a manager of one worker holding a job claimed in reserve behind one that runs,
     # and another manager of the process on the same store, idle
-    make = _managers(make_manager, db_path, store)
-    stopping = make(max_workers=1)
-    idle = make()
-    started, release = threading.Event(), threading.Event()
-    for manager in (stopping, idle):
-        manager.register_function("block", lambda: started.set() or release.wait(WAIT))
-        manager.register_function("job", lambda: "done")
-    stopping._pool._state.pacing.assume_short_jobs()  # (a reserve: room for 2 jobs)
-    stopping.start()
-    blocking = stopping.enqueue(Job(function_name="block"))
-    assert started.wait(WAIT)
+    stopping, idle, blocking, release = _one_blocked(_managers(make_manager, db_path, store))
     held = stopping.enqueue(Job(function_name="job"))
     wait_until(lambda: stopping.poll(held).status is JobStatus.RUNNING, WAIT, "the job to be claimed in reserve")
     idle.start()
@@ -235,17 +242,7 @@ def test_a_job_held_in_reserve_while_every_worker_is_busy_is_handed_back_to_run_
         make_manager: Any, db_path: str, store: str) -> None:
     # given a manager of one worker, short jobs assumed (a reserve), running a job that
     # blocks, and another manager of the process on the same store, idle
-    make = _managers(make_manager, db_path, store)
-    busy = make(max_workers=1)
-    idle = make()
-    started, release = threading.Event(), threading.Event()
-    for manager in (busy, idle):
-        manager.register_function("block", lambda: started.set() or release.wait(WAIT))
-        manager.register_function("job", lambda: "done")
-    busy._pool._state.pacing.assume_short_jobs()
-    busy.start()
-    blocking = busy.enqueue(Job(function_name="block"))
-    assert started.wait(WAIT)
+    busy, idle, blocking, release = _one_blocked(_managers(make_manager, db_path, store))
     idle.start()
     # when a job is claimed in reserve behind the blocking one
     held = busy.enqueue(Job(function_name="job"))
@@ -300,16 +297,7 @@ def test_a_stopping_manager_hands_its_reserve_back_while_its_running_job_goes_on
     # and another manager of the process on the same store, idle
     monkeypatch.setattr(dispatcher, "RESERVE_HOLD", SLOW)
     monkeypatch.setattr(pool_state, "RESERVE_HOLD", SLOW)
-    make = _managers(make_manager, db_path, store)
-    stopping, idle = make(max_workers=1), make()
-    started, release = threading.Event(), threading.Event()
-    for manager in (stopping, idle):
-        manager.register_function("block", lambda: started.set() or release.wait(WAIT))
-        manager.register_function("job", lambda: "done")
-    stopping._pool._state.pacing.assume_short_jobs()
-    stopping.start()
-    blocking = stopping.enqueue(Job(function_name="block"))
-    assert started.wait(WAIT)
+    stopping, idle, blocking, release = _one_blocked(_managers(make_manager, db_path, store))
     held = stopping.enqueue(Job(function_name="job"))
     wait_until(lambda: stopping.poll(held).status is JobStatus.RUNNING, WAIT, "the job to be claimed in reserve")
     idle.start()
