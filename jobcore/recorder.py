@@ -208,6 +208,14 @@ class Recorder:
         self._after_all(finished, settlements, cascades, now,
                         claimed={record.id for record in claimed} if "claim_released" in more else ())
         self._released_now = self._ready_released(cascades, now)
+        if self._released_now and self._claims_released:
+            taken = {record.id for record in claimed}
+            if any(entry.job_id not in taken for entry in self._released_now):
+                # Dependents ready and runnable here that this exchange had no room to claim
+                # (every worker busy): another manager of the process may have a free one.
+                # Told only of those it did not run, an idle one waited for this pool's
+                # worker (6 s beside a long job) or its next look.
+                self._ring_safely()
         if len(claimed) > 1:
             claimed.sort(key=lambda r: (-r.priority, r.seq))
         return claimed
@@ -276,7 +284,8 @@ class Recorder:
                for entry in cascade.released):
             # Only for a dependent this process does not run: rung at every release, a
             # chain drained beside two idle managers made them read the store at each link
-            # (0.45x the rate). One it runs is claimed here, or found by their next look.
+            # (0.45x the rate). One it runs is claimed here, or (no room) rung for by
+            # `exchange`.
             self._ring_safely()
         if settled:
             try:

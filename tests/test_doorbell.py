@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import pytest
 
-from jobcore import Job, JobManager, JobStatus, MemoryRepository
+from jobcore import Job, JobManager, JobPriority, JobStatus, MemoryRepository
 from jobcore import dispatcher, pool_state
 from jobcore.doorbell import Doorbell
 from waiting import wait_until
@@ -217,6 +217,37 @@ def test_a_dependent_another_manager_runs_starts_once_its_dependency_completes(m
     # it at its next look, a minute on)
     assert first.wait(a, timeout=WAIT).status is JobStatus.COMPLETED
     assert second.wait(b, timeout=WAIT).status is JobStatus.COMPLETED
+
+
+@pytest.mark.parametrize("store", ["sqlite", "memory"])
+def test_a_dependent_its_busy_manager_could_run_starts_on_an_idle_one(make_manager: Any, db_path: str,
+                                                                      store: str) -> None:
+    # given a manager of one worker running a job whose dependent it could run too, with a
+    # job that blocks queued behind, and another manager of the process on the same store
+    # that runs only the dependent's function, idle
+    make = _managers(make_manager, db_path, store)
+    busy, idle = make(max_workers=1), make()
+    go, started, release = threading.Event(), threading.Event(), threading.Event()
+    busy.register_function("parent", lambda: go.wait(WAIT))
+    busy.register_function("block", lambda: started.set() or release.wait(WAIT))
+    for manager in (busy, idle):
+        manager.register_function("child", lambda: "done")
+    busy.start()
+    idle.start()
+    parent = Job(function_name="parent", priority=JobPriority.HIGH)
+    child = Job(function_name="child", depends_on=[parent.id], priority=JobPriority.LOW)
+    make(producer=True).enqueue_many([parent, Job(function_name="block"), child])
+    # when that job completes, its worker going on to the blocking one
+    go.set()
+    assert started.wait(WAIT)
+    # then the idle manager runs the dependent now (ready and runnable where it was
+    # released, it waited there for a free worker, the blocking job's whole length, or for
+    # the idle one's next look, a minute on)
+    try:
+        done = idle.wait(child.id, timeout=WAIT)
+        assert done.status is JobStatus.COMPLETED and done.worker_id == idle.worker_id
+    finally:
+        release.set()
 
 
 @pytest.mark.parametrize("store", ["sqlite", "memory"])
