@@ -120,6 +120,8 @@ class Dispatcher:
                         # once the running jobs end: held meanwhile, they waited the length of
                         # a long job beside another manager's idle workers.
                         buffered = self._take_buffer_locked()
+                        # (Cancels asked of them are the store's now: it ends those CANCELLED.)
+                        state.cancel_ids.difference_update(r.id for r in buffered)
                         last = not (state.running or state.deciding)
                         if buffered or last:
                             break
@@ -221,23 +223,20 @@ class Dispatcher:
             return []
         if now - self._held_since < RESERVE_HOLD:
             return []
-        records = list(state.buffer)
-        state.buffer.clear()
-        state.settling.update(record.id for record in records)
+        records = self._take_buffer_locked()
         state.pacing.reserve_went_stale()
         self._held_since = None
         return records
 
     def _take_buffer_locked(self) -> list[JobRecord]:
-        """The claimed jobs no worker started, taken out of the buffer to be handed back at
-        a stop: held (`settling`) until `on_settled` is told of them, whether they end
-        PENDING or, their cancel requested, CANCELLED. Called with the lock held."""
+        """The claimed jobs no worker started, taken out of the buffer to be handed back (at
+        a stop, or held in reserve too long): held (`settling`) until `on_settled` is told
+        of them, whether they end PENDING or, their cancel requested, CANCELLED. Called
+        with the lock held."""
         state = self._state
         buffered = list(state.buffer)
         state.buffer.clear()
-        handed = [r.id for r in buffered]
-        state.settling.update(handed)
-        state.cancel_ids.difference_update(handed)
+        state.settling.update(r.id for r in buffered)
         return buffered
 
     def _give_back(self, records: list[JobRecord]) -> None:
