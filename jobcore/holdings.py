@@ -59,6 +59,17 @@ class Holdings:
         attempt.context.request_cancel()
         return True
 
+    def hear_cancels(self) -> None:
+        """See `WorkerPool.hear_cancels`."""
+        ids = self.ids()
+        if not ids:
+            return
+        for job_id in self._repo.cancels_requested(self.worker_id, ids):
+            with self._state.lock:
+                attempt = self._state.running.get(job_id)
+            if attempt is None or not attempt.context.cancel_requested:
+                self.request_cancel(job_id)  # (once: a coroutine's task is cancelled each time)
+
     def heartbeat(self) -> list[str]:
         """See `WorkerPool.heartbeat`."""
         state = self._state

@@ -330,6 +330,7 @@ class Housekeeper:
         owed: Optional[float] = None
         token = self._token()
         glanced = token  # the token when the store was last read or glanced at (see below)
+        heard = token  # the token when the cancel requests of the jobs held were last read
         # The first look reads the store whatever the token says: a job another process
         # stored after `start` read the store, but before that token was taken, would
         # otherwise leave no change to notice, and wait for ever.
@@ -371,6 +372,14 @@ class Housekeeper:
                 if now >= next_look:
                     next_look = now + self._discovery_interval
                     current = self._token()
+                    if current is not None and current != heard and self._repo.persistent:
+                        # Another process (the CLI, the dashboard, a web app) may have asked
+                        # to cancel a job running here: heard now, not at the next heartbeat
+                        # (every poll_interval: 7 s with poll_interval=30, the job ran to its
+                        # end). A read of the held ids, none when nothing is held. (In this
+                        # process, `cancel` reaches the job at once.)
+                        heard = current
+                        self._pool.hear_cancels()
                     # Look when another process changed the store and we have room for
                     # work, and in any case every poll_interval (higher priorities elsewhere)
                     # unless the token says nothing was written since the last look: the

@@ -619,6 +619,13 @@ class WorkerPool:
         with timeouts cost a quarter of the drain's rate)."""
         return self._pool_threads.plan_upkeep(wake_at)
 
+    def hear_cancels(self) -> None:
+        """Act on cancel requests made elsewhere (another process: the CLI, the dashboard,
+        a web app's) for the jobs held here, read without renewing leases: the housekeeper
+        asks when the store changed, so that they reach the job within a
+        `discovery_interval` rather than at the next heartbeat (`poll_interval`)."""
+        self._holdings.hear_cancels()
+
     def heartbeat(self) -> list[str]:
         """Renew the leases of the jobs held here and act on cancel requests made
         elsewhere; returns the ids held here. After a gap in which leases may have lapsed

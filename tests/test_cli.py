@@ -127,6 +127,24 @@ def test_stats_counts_jobs_by_lower_case_status(jobs: Jobs) -> None:
                                           "workers": 0}
 
 
+def test_stats_gives_a_queue_size_of_the_same_counts_while_jobs_come_in(jobs: Jobs, capsys: Any,
+                                                                        monkeypatch: Any) -> None:
+    # given a job stored just after the command read the counts (a producer beside it)
+    counts = JobManager.get_stats
+
+    def count_then_a_job_comes(manager: JobManager) -> dict[str, int]:
+        stats = counts(manager)
+        monkeypatch.setattr(JobManager, "get_stats", counts)
+        manager.enqueue(Job(function_name="elsewhere.task"))
+        return stats
+
+    monkeypatch.setattr(JobManager, "get_stats", count_then_a_job_comes)
+    # when `stats` prints them
+    stats = json.loads(run_here(capsys, "stats", "--json", db=jobs.db).stdout)
+    # then its queue size is those counts' pending + scheduled (a second read gave 2)
+    assert stats["pending"] == 1 and stats["queue_size"] == stats["pending"] + stats["scheduled"]
+
+
 def test_list_shows_every_job_newest_first(jobs: Jobs) -> None:
     proc = run("list", db=jobs.db)
 
@@ -382,6 +400,35 @@ def test_cancel_of_a_running_job_says_how_it_will_stop(db_path: str, make_manage
     expected = ("its process is ended" if isolation == "process" else "it stops at its next progress report")
     assert f"cancellation requested: job {job_id} is running; {expected}" in cancelled.stdout
     assert manager.wait(job_id, timeout=WAIT).status is JobStatus.CANCELLED
+
+
+def _report_progress_for(seconds: float) -> str:
+    """Report progress every 10 ms for `seconds`, then complete (unless cancelled)."""
+    context = current_job()
+    assert context is not None
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        context.progress(0.5)
+        time.sleep(0.01)
+    return "ran to its end"
+
+
+def test_a_cancel_from_another_process_reaches_the_running_job_before_its_next_heartbeat(
+        db_path: str, make_manager: Any) -> None:
+    # given a job reporting progress for 15 s in a worker whose heartbeats are 20 s apart
+    # (poll_interval=30; it looks at the store every 50 ms)
+    manager = make_manager(db_path, max_workers=1, poll_interval=30)
+    manager.register_function("report", _report_progress_for)
+    job_id = manager.enqueue(Job(function_name="report", args=(15.0,)))
+    manager.start()
+    wait_until(lambda: manager.poll(job_id).status is JobStatus.RUNNING, WAIT, "the job running")
+    # when the command line, another process, cancels it
+    cancelled = run("cancel", job_id, db=db_path)
+    # then the job hears of it at a look (it ran to its end, COMPLETED, hearing it only at
+    # the heartbeat after)
+    assert cancelled.returncode == 0, cancelled
+    result = manager.wait(job_id, timeout=30)
+    assert result.status is JobStatus.CANCELLED, result
 
 
 def test_retry_requeues_a_failed_job_but_not_a_completed_one(jobs: Jobs) -> None:

@@ -88,6 +88,29 @@ def test_a_jobs_detail_carries_the_last_lines_of_its_log_and_their_count(site: S
     assert "logs" not in none and "log_count" not in none and none["status"] == "completed"
 
 
+def test_a_line_logged_between_the_details_two_reads_waits_for_the_next_page(site: Site, monkeypatch: Any) -> None:
+    # given a job with one line in its log, and another line landing just after the
+    # dashboard counted them (the job logs meanwhile, in another process say)
+    manager = site.manager
+    manager.repository.add_log(site.completed, "info", "first", 1.0)
+    counted = manager.count_logs
+
+    def count_then_a_line_lands(job_id: str) -> int:
+        count = counted(job_id)
+        monkeypatch.setattr(manager, "count_logs", counted)
+        manager.repository.add_log(site.completed, "info", "second", 2.0)
+        return count
+
+    monkeypatch.setattr(manager, "count_logs", count_then_a_line_lands)
+    # when the page reads the job's detail, then the lines after its `log_count`
+    detail = call(site.server, f"/api/jobs/{site.completed}").json()
+    page = call(site.server, f"/api/jobs/{site.completed}/logs?after={detail['log_count']}").json()
+    # then each line comes once: the detail's lines are the `log_count` it counted (the
+    # second line came in both, and the page showed it twice)
+    assert len(detail["logs"]) == detail["log_count"]
+    assert messages(detail)[-1] == "first" and messages(page) == ["second"]
+
+
 def test_the_log_comes_in_pages_after_a_line_number(site: Site, long_log: str) -> None:
     first = call(site.server, f"/api/jobs/{long_log}/logs").json()
     later = call(site.server, f"/api/jobs/{long_log}/logs?after=1190&limit=4").json()

@@ -9,13 +9,14 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from typing import Any
 
 import pg_fixtures
 from dashboard_cli import serve_dashboard
 from pg_fixtures import *  # noqa: F401,F403 (the fixtures: server, schema, repo)
 from pg_fixtures import ROOT, WAIT, Schema
-from jobcore import Job, JobManager
+from jobcore import Job, JobManager, JobStatus, current_job
 from subprocesses import close_pipes
 
 pytestmark = pg_fixtures.MARKS
@@ -123,3 +124,38 @@ def test_the_examples_that_start_workers_run_on_the_dsn_in_jobcore_db(schema: Sc
         assert f"database: {schema.dsn}\n" in out, f"{name}:\n{out[-3000:]}"
         assert WORKER_EXAMPLES[name] in out, f"{name}:\n{out[-3000:]}"
         assert "Traceback" not in out, f"{name}:\n{out[-3000:]}"
+
+
+def _report_progress_for(seconds: float) -> str:
+    """Report progress every 10 ms for `seconds`, then complete (unless cancelled)."""
+    context = current_job()
+    assert context is not None
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        context.progress(0.5)
+        time.sleep(0.01)
+    return "ran to its end"
+
+
+def test_a_cancel_from_the_command_line_reaches_a_job_running_in_another_process_at_once(schema: Schema) -> None:
+    # given a job reporting progress for 15 s in a worker whose heartbeats are 20 s apart
+    # (poll_interval=30)
+    repository = schema.repository()
+    manager = JobManager(repository, max_workers=1, poll_interval=30)
+    try:
+        manager.register_function("report", _report_progress_for)
+        job_id = manager.enqueue(Job(function_name="report", args=(15.0,)))
+        manager.start()
+        deadline = time.monotonic() + WAIT
+        while manager.poll(job_id).status is not JobStatus.RUNNING:  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "the job never started"
+            time.sleep(0.01)
+        # when the command line cancels it
+        cancelled = subprocess.run([sys.executable, "-m", "jobcore", "--db", schema.dsn, "cancel", job_id],
+                                   capture_output=True, text=True, env=_env(), timeout=WAIT)
+        # then the worker hears of it from the cancel's NOTIFY (it ran to its end, COMPLETED,
+        # hearing it only at its heartbeat after)
+        assert cancelled.returncode == 0, cancelled.stderr
+        assert manager.wait(job_id, timeout=30).status is JobStatus.CANCELLED
+    finally:
+        manager.close()

@@ -79,8 +79,10 @@ def _poll_or_fail(manager: JobManager, job_id: str) -> JobResult:
 
 
 def cmd_stats(manager: JobManager, args: argparse.Namespace) -> int:
-    stats = dict(manager.get_stats(), queue_size=manager.get_queue_size(),
-                 workers=len(manager.list_workers()))
+    stats: dict[str, int] = dict(manager.get_stats())
+    # From the same read (as the dashboard's): a second read, beside a worker, gave a queue
+    # size that was not these counts' pending + scheduled.
+    stats.update(queue_size=stats["pending"] + stats["scheduled"], workers=len(manager.list_workers()))
     if args.json:
         _print_json(stats)
     else:

@@ -263,7 +263,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(job_detail(result))
             return
         count = dashboard.manager.count_logs(job_id)
-        detail = job_detail(result, dashboard.manager.get_logs(job_id, max(0, count - wanted), wanted))
+        # No line past `count`: one logged between the two reads, given here as well, was
+        # given again by the page's next read, from `log_count` on (shown twice).
+        shown = min(wanted, count)
+        detail = job_detail(result, dashboard.manager.get_logs(job_id, count - shown, shown) if shown else [])
         detail["log_count"] = count
         self._send_json(detail)
 

@@ -259,6 +259,7 @@ class PostgresRepository(PostgresAdding, SettlesThroughApply, JobRepository):
                 return CancelOutcome.CANCELLED, Cascade(cancelled=cancel_dependents(sql, tx, job_id, now))
             if status == JobStatus.RUNNING.value:
                 tx.execute(sql.REQUEST_CANCEL, (job_id,))
+                tx.notify()  # the process running it reads its cancel requests (`cancels_requested`)
                 return CancelOutcome.REQUESTED, Cascade()
             return CancelOutcome.FINISHED, Cascade()
 
@@ -306,6 +307,10 @@ class PostgresRepository(PostgresAdding, SettlesThroughApply, JobRepository):
             return []
         params = {"lease": lease_expires_at, "worker": worker_id, "ids": list(job_ids)}
         return [job_id for job_id, requested in self._db.planned_rows(self.sql.HEARTBEAT, params) if requested]
+
+    def cancels_requested(self, worker_id: str, job_ids: Collection[str]) -> builtins.list[str]:
+        params = {"worker": worker_id, "ids": list(job_ids)}
+        return [row[0] for row in self._db.planned_rows(self.sql.CANCELS_REQUESTED, params)]
 
     def recover_expired(self, now: float) -> builtins.list[QueueEntry]:
         return list(self.recover(now).requeued)

@@ -309,6 +309,11 @@ WHERE {_HELD_WHERE}
 # the table (LOCK TABLE, VACUUM FULL) adds its wait (server time, no clock compared), or
 # a lease computed before the wait would be written expired, and taken back beside the
 # job still running.
+# Read only (`cancels_requested`): the housekeeper asks when another process notified.
+CANCELS_REQUESTED = """
+SELECT id FROM {s}.jobs
+WHERE COALESCE(status, '') = 'running' AND worker_id = %(worker)s AND id = ANY(%(ids)s) AND cancel_requested
+"""
 HEARTBEAT = """
 WITH beat AS (
     SELECT seq FROM {s}.jobs

@@ -299,6 +299,13 @@ class JobRepository(JobReads):
         whose write may wait behind a lock (another program's) adds that wait to the lease:
         it counts from when it is written, not from when it was asked for."""
 
+    def cancels_requested(self, worker_id: str, job_ids: Collection[str]) -> builtins.list[str]:
+        """The ids among `job_ids` that `worker_id` is running and whose cancellation was
+        requested; it only reads (`heartbeat` hears them too, renewing leases). This
+        default reads the jobs with `get_many`; a store may read just those columns."""
+        return [r.id for r in self.get_many(job_ids).values()
+                if r.status is JobStatus.RUNNING and r.worker_id == worker_id and r.cancel_requested]
+
     @abc.abstractmethod
     def recover_expired(self, now: float) -> builtins.list[QueueEntry]:
         """Take back RUNNING jobs whose lease expired before `now` (their worker died or

@@ -326,6 +326,9 @@ class SQLiteRepository(SQLiteAdding, SQLiteUpkeep, SQLiteMigration, SettlesThrou
         rows = self._transaction(op)
         return [job_id for job_id, requested in rows if requested]
 
+    def cancels_requested(self, worker_id: str, job_ids: Collection[str]) -> builtins.list[str]:
+        return [row[0] for row in self._read(sql.SELECT_CANCELS_REQUESTED, (json.dumps(list(job_ids)), worker_id))]
+
     def fire_schedule(self, schedule_id: str, fire_at: float, next_run_at: float, run: JobRecord,
                       now: float) -> bool:
         return self.fire_schedules([(schedule_id, fire_at, next_run_at, run)], now)[0]

@@ -17,6 +17,12 @@ SELECT_JOB_WITHOUT_ARGS = f"SELECT {COLUMNS_WITHOUT_ARGS} FROM jobs WHERE id = ?
 SELECT_STATUS = "SELECT status, name FROM jobs WHERE id = ?"
 # Jobs by id, many at once (ids as one JSON array): `get_many`.
 SELECT_JOBS = f"SELECT {COLUMNS} FROM jobs WHERE id IN (SELECT value FROM json_each(?))"
+# Of the jobs a worker holds (ids as one JSON array), those it runs whose cancellation
+# was requested: `cancels_requested`.
+SELECT_CANCELS_REQUESTED = """
+SELECT id FROM jobs WHERE id IN (SELECT value FROM json_each(?))
+    AND status = 'running' AND worker_id = ? AND cancel_requested = 1
+"""
 # The jobs callers of `wait` wait for, all in one statement (ids as one JSON array).
 SELECT_STATUSES = "SELECT id, status FROM jobs WHERE id IN (SELECT value FROM json_each(?))"
 # The dead-letter queue (sqlite_schema._JOBS_FAILED_INDEX). INDEXED BY: left to itself the planner

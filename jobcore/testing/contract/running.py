@@ -381,3 +381,18 @@ class _RunningContract:
         assert repository.heartbeat("w1", [a.id, b.id], NOW + 110, NOW + 7) == [a.id]
         assert repository.heartbeat("w2", [a.id, c.id], NOW + 110, NOW + 7) == []
         assert repository.heartbeat("w1", [], NOW + 110, NOW + 7) == []
+
+    def test_cancels_requested_reads_the_holders_cancelled_jobs_leaving_leases_alone(
+            self, repository: JobRepository) -> None:
+        # given w1 running a and b, w2 running c, d pending, and cancels asked of a, c and d
+        a, b, c, d = (_add(repository) for _ in range(4))
+        for job, worker in ((a, "w1"), (b, "w1"), (c, "w2")):
+            _claim(repository, job.id, worker)
+        for job in (a, c, d):
+            repository.cancel(job.id, NOW + 6, "stop")
+        # when each worker reads the cancel requests of what it holds
+        # then each hears of its own running jobs' only, and no lease moves
+        assert repository.cancels_requested("w1", [a.id, b.id, c.id, d.id]) == [a.id]
+        assert repository.cancels_requested("w2", [a.id, c.id]) == [c.id]
+        assert repository.cancels_requested("w1", []) == []
+        assert [_get(repository, j.id).lease_expires_at for j in (a, b, c)] == [NOW + LEASE] * 3
