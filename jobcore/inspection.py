@@ -205,16 +205,11 @@ class Inspection(_Parts):
         return [result_of(record) for record in self.repository.list_dead_letters_without_args(limit)]
 
     def get_stats(self) -> dict[str, int]:
-        """Job counts: `total` and one lower-case key per status.
-
-        While threads of timed-out attempts are still stuck in their code, the count of
-        them is added under `abandoned_threads`."""
+        """Job counts: `total` and one lower-case key per status, nothing else (the
+        threads still stuck in timed-out attempts: `abandoned_threads`)."""
         counts = self._paced("stats", self.repository.count_by_status)
         stats = {"total": sum(counts.values())}
         stats.update({status.value: counts[status] for status in JobStatus})
-        abandoned = self._pool.abandoned_threads
-        if abandoned:
-            stats["abandoned_threads"] = abandoned
         return stats
 
     @property

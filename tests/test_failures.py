@@ -479,7 +479,10 @@ def test_stuck_job_times_out_and_its_slot_is_handed_on(make_manager: Any, db_pat
 
         assert quick.result == "quick" and not release.is_set()  # ran while the stuck one still hung
         assert (stuck_result.status, stuck_result.error_type) == (JobStatus.FAILED, "JobTimeout")
-        assert manager.get_stats()["abandoned_threads"] == 1
+        assert manager.abandoned_threads == 1
+        stats = manager.get_stats()  # (SPEC: `total` and one key per status, summing to it)
+        assert set(stats) == {"total", *(status.value for status in JobStatus)}
+        assert sum(stats.values()) == 2 * stats["total"]
         assert len(manager.workers) == 1  # the replacement; the stuck one is abandoned
     finally:
         release.set()
@@ -488,7 +491,7 @@ def test_stuck_job_times_out_and_its_slot_is_handed_on(make_manager: Any, db_pat
         time.sleep(0.01)
     assert manager.abandoned_threads == 0
     assert manager.poll(stuck_id).status is JobStatus.FAILED  # the late return was discarded
-    assert "abandoned_threads" not in manager.get_stats()
+    assert set(manager.get_stats()) == {"total", *(status.value for status in JobStatus)}
 
 
 def test_a_coroutine_job_that_times_out_is_cancelled_and_its_thread_returns(make_manager: Any,
