@@ -374,10 +374,11 @@ class Housekeeper:
                     current = self._token()
                     if current is not None and current != heard and self._repo.persistent:
                         # Another process (the CLI, the dashboard, a web app) may have asked
-                        # to cancel a job running here: heard now, not at the next heartbeat
-                        # (every poll_interval: 7 s with poll_interval=30, the job ran to its
-                        # end). A read of the held ids, none when nothing is held. (In this
-                        # process, `cancel` reaches the job at once.)
+                        # to cancel a job held here: heard now, not at the next heartbeat
+                        # (`beat_every`: with poll_interval=30, a job reporting progress ran
+                        # on to its end). A read of the held ids, none when nothing is held;
+                        # PostgreSQL's cancel notifies, moving the token. (In this process,
+                        # `cancel` reaches the job at once.)
                         heard = current
                         self._pool.hear_cancels()
                     # Look when another process changed the store and we have room for
