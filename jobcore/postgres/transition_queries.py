@@ -300,6 +300,11 @@ UPDATE {{s}}.jobs SET progress = %(progress)s, progress_message = %(message)s,
     progress_details = %(details)s
 WHERE {_HELD_WHERE}
 """
+# Read only (`cancels_requested`): the housekeeper asks at its looks when the store changed.
+CANCELS_REQUESTED = """
+SELECT id FROM {s}.jobs
+WHERE COALESCE(status, '') = 'running' AND worker_id = %(worker)s AND id = ANY(%(ids)s) AND cancel_requested
+"""
 # SKIP LOCKED: a heartbeat never waits. A row locked now is being settled by its own
 # worker (or briefly by a claimer that lost the race); waiting for it would let a
 # heartbeat and a settlement of the same worker lock two rows in opposite orders, a
@@ -309,11 +314,6 @@ WHERE {_HELD_WHERE}
 # the table (LOCK TABLE, VACUUM FULL) adds its wait (server time, no clock compared), or
 # a lease computed before the wait would be written expired, and taken back beside the
 # job still running.
-# Read only (`cancels_requested`): the housekeeper asks when another process notified.
-CANCELS_REQUESTED = """
-SELECT id FROM {s}.jobs
-WHERE COALESCE(status, '') = 'running' AND worker_id = %(worker)s AND id = ANY(%(ids)s) AND cancel_requested
-"""
 HEARTBEAT = """
 WITH beat AS (
     SELECT seq FROM {s}.jobs
