@@ -66,6 +66,7 @@ class _PipeSink:
         self.lock = threading.Lock()
         self.held_report = threading.Condition(self.lock)
         self._holding: Optional[_AttemptSink] = None  # the sink holding one
+        self.broken = False  # the parent closed its end (see `report_locked`)
         # Started here, as the child starts: not by a job's report, under the attempt's
         # memory_limit (where it may not start). If it cannot start, reports go at once.
         self.holds = self._start_flusher()
@@ -96,9 +97,8 @@ class _PipeSink:
                     self.held_report.wait(left)
                     continue
                 self._holding = None
-                try:
-                    sink.send_held_locked()
-                except (OSError, ValueError):  # the parent stopped listening: it is ending us
+                sink.send_held_locked()
+                if self.broken:  # the parent stopped listening: it is ending us
                     return
 
     def forked(self) -> bool:
@@ -111,9 +111,17 @@ class _PipeSink:
         with self.lock:
             self._conn.send_bytes(data)
 
-    def send_bytes_locked(self, data: Any) -> None:
-        """Send `data`; called with `lock` held."""
-        self._conn.send_bytes(data)
+    def report_locked(self, data: Any) -> None:
+        """Send a progress or log report; called with `lock` held. Dropped once the parent
+        closed its end (it is ending us: a timeout, a cancel): the attempt is over, and
+        its report is ignored, as a thread job's is. Raised, it cut short the job's
+        `finally` blocks, which log their cleanup."""
+        if self.broken:
+            return
+        try:
+            self._conn.send_bytes(data)
+        except (OSError, ValueError):
+            self.broken = True
 
 
 class _AttemptSink:
@@ -147,7 +155,7 @@ class _AttemptSink:
                 return
             now = time.monotonic()
             if self._held is None and (now - self._sent_at >= REPORT_EVERY or not self._pipe.holds):
-                self._pipe.send_bytes_locked(data)
+                self._pipe.report_locked(data)
                 self._sent_at = now
                 return
             if self._held is None:
@@ -161,7 +169,7 @@ class _AttemptSink:
         with self._pipe.lock:
             if self._open:
                 self.send_held_locked()
-                self._pipe.send_bytes_locked(data)
+                self._pipe.report_locked(data)
 
     def due_locked(self) -> float:
         """When a report held is to be sent (time.monotonic; called with pipe.lock held)."""
@@ -170,7 +178,7 @@ class _AttemptSink:
     def send_held_locked(self) -> None:
         """Send the progress report held, if any (called with pipe.lock held)."""
         if self._held is not None and self._open:
-            self._pipe.send_bytes_locked(self._held)
+            self._pipe.report_locked(self._held)
             self._sent_at = time.monotonic()
         self._held = None
 
@@ -318,6 +326,13 @@ def _exit_with_engine(lifeline: Connection) -> None:
     outlive the engine that ran it (nothing is ever written to it)."""
     def watch() -> None:
         wait_for_ready([lifeline])
+        if hasattr(os, "killpg") and os.getpgrp() == os.getpid():
+            # The processes the job started, in the group this child leads, go with it:
+            # left, they ran on beside the job's retry by another engine.
+            try:
+                os.killpg(os.getpid(), signal.SIGKILL)  # (this process among them)
+            except OSError:
+                pass
         os._exit(1)
     threading.Thread(target=watch, name="jobcore-isolated-lifeline", daemon=True).start()
 

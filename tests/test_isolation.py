@@ -11,6 +11,7 @@ import functools
 import math
 import multiprocessing
 import os
+import contextlib
 import signal
 import subprocess
 import sys
@@ -123,6 +124,18 @@ def busy_then_mark(marker: str) -> None:
         while True:
             pass
     finally:
+        with open(marker, "w") as out:
+            out.write("cleaned up")
+
+
+def busy_then_report_and_mark(marker: str) -> None:
+    try:
+        current_job().log("running")  # type: ignore[union-attr]
+        while True:
+            pass
+    finally:
+        current_job().log("cleaning up")  # type: ignore[union-attr]
+        current_job().progress(1.0, "cleaned")  # type: ignore[union-attr]
         with open(marker, "w") as out:
             out.write("cleaned up")
 
@@ -491,6 +504,23 @@ def test_a_terminated_job_runs_its_finally_blocks(
     context.request_cancel()
     assert future.result(timeout=BOUND).cancelled
     assert marker.read_text() == "cleaned up"  # the child was reaped, so the write is done
+
+
+@pytest.mark.parametrize("end", ["cancel", "timeout"])
+def test_reports_a_finally_block_makes_after_the_end_are_dropped_and_the_rest_of_it_runs(
+        runner: ProcessRunner, context: JobContext, sink: RecordingSink,
+        in_background: Any, tmp_path: Any, end: str) -> None:
+    # given a busy isolated job whose `finally` logs and reports progress before its cleanup
+    marker = tmp_path / "marker.txt"
+    timeout = 0.5 if end == "timeout" else None
+    future = in_background(runner.run, busy_then_report_and_mark, (str(marker),), {}, context, timeout=timeout)
+    sink.wait_for_log("running")
+    # when the attempt ends (the parent stops listening, then ends the child)
+    if end == "cancel":
+        context.request_cancel()
+    future.result(timeout=BOUND)
+    # then its cleanup ran all the same (the reports raised BrokenPipeError, cutting it short)
+    assert marker.read_text() == "cleaned up"
 
 
 def test_a_child_that_ignores_sigterm_is_killed_after_the_grace_period(context: JobContext) -> None:
@@ -988,6 +1018,45 @@ def test_children_exit_when_the_engine_is_killed(tmp_path: Any) -> None:
         engine.wait(BOUND)
         close_pipes(engine)
     wait_until_exited(child)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_processes_a_job_started_end_with_its_child_when_the_engine_is_killed(tmp_path: Any) -> None:
+    # given an isolated job whose work is a process of its own (in its child's group)
+    script = tmp_path / "engine.py"
+    script.write_text(textwrap.dedent("""
+        import subprocess, sys, time
+        from jobcore.context import JobContext
+        from jobcore.isolation import ProcessRunner
+
+        def start_worker():
+            worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+            print(worker.pid, flush=True)
+            time.sleep(60)
+
+        class Sink:
+            def report_progress(self, *a): pass
+            def report_log(self, *a): pass
+
+        if __name__ == "__main__":
+            runner = ProcessRunner(1)
+            runner.run(start_worker, (), {}, JobContext("j", "j", 1, Sink()))
+        """))
+    engine = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": REPO_ROOT}, cwd=str(tmp_path))
+    try:
+        worker = int(engine.stdout.readline())  # type: ignore[union-attr]
+    finally:
+        # when the engine is killed
+        engine.kill()
+        engine.wait(BOUND)
+        close_pipes(engine)
+    # then that process ends too (it ran on beside the job's retry by another engine)
+    try:
+        wait_until_exited(worker)
+    finally:
+        with contextlib.suppress(OSError):
+            os.kill(worker, signal.SIGKILL)
 
 
 def wait_until_exited(pid: int) -> None:
