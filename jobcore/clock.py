@@ -12,9 +12,11 @@ a fake clock that stands still must not decide when such a wait ends.
 
 from __future__ import annotations
 
+import inspect
 import math
 import threading
 import time as _time
+import weakref
 from datetime import datetime
 from typing import Callable, Optional, Protocol
 
@@ -82,7 +84,10 @@ class FakeClock:
         self._lock = threading.Lock()
         self._now = datetime(2030, 1, 1).timestamp() if start is None else as_seconds(start)
         self._start = self._now
-        self._listeners: list[Callable[[], None]] = []
+        # Each subscriber's reference: weak to a bound method (the managers' parts), so a
+        # clock that outlives its managers (a test session's) keeps none of them alive, nor
+        # its store's connections open; strong to anything else (a function, a lambda).
+        self._listeners: list[Callable[[], Optional[Callable[[], None]]]] = []
 
     def time(self) -> float:
         """The fake wall-clock time, seconds since the epoch (2030-01-01 local at first)."""
@@ -99,9 +104,20 @@ class FakeClock:
         self.advance(delay)
 
     def subscribe(self, listener: Callable[[], None]) -> None:
-        """Call `listener` after every `advance` and `jump` (a manager recomputes its timers)."""
+        """Call `listener` after every `advance` and `jump` (a manager recomputes its timers).
+        A bound method is held weakly: it is called while its object lives."""
+        ref: Callable[[], Optional[Callable[[], None]]] = lambda: listener
+        if inspect.ismethod(listener):
+            try:
+                ref = weakref.WeakMethod(listener)
+            except TypeError:  # (its object takes no weak reference: held as it is)
+                pass
         with self._lock:
-            self._listeners.append(listener)
+            self._listeners = [kept for kept in self._listeners if kept() is not None]
+            self._listeners.append(ref)
+
+    def _live_listeners_locked(self) -> list[Callable[[], None]]:
+        return [listener for ref in self._listeners if (listener := ref()) is not None]
 
     def jump(self, delta: float) -> None:
         """Move only the wall clock by `delta` seconds (either way), as when an operator or
@@ -110,7 +126,7 @@ class FakeClock:
         with self._lock:
             self._now += seconds
             self._start += seconds
-            listeners = list(self._listeners)
+            listeners = self._live_listeners_locked()
         for listener in listeners:
             listener()
 
@@ -121,7 +137,7 @@ class FakeClock:
             raise ValueError(f"cannot move a clock backwards (or by NaN): {delay!r}")
         with self._lock:
             self._now += seconds
-            listeners = list(self._listeners)
+            listeners = self._live_listeners_locked()
         for listener in listeners:
             listener()
 

@@ -550,6 +550,37 @@ def _fails() -> None:
     raise ValueError("a permanent failure")
 
 
+def _open_files_on(path: str) -> int:
+    """How many of this process's file descriptors are open on `path` or its -wal/-shm."""
+    names = {path, path + "-wal", path + "-shm"}
+    found = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found += os.readlink(f"/proc/self/fd/{fd}") in names
+        except OSError:  # (the listing's own descriptor, closed since)
+            pass
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_clock_that_outlives_its_managers_keeps_none_of_them_nor_their_files(db_path: str) -> None:
+    # given a fake clock shared by the tests of a session, and a manager on it that ran a
+    # job, stopped by its `with` block (not closed)
+    clock = FakeClock()
+    with JobManager(db_path, clock=clock) as manager:
+        manager.register_function("add", lambda x, y: x + y)
+        assert manager.wait(manager.enqueue(Job(function_name="add", args=(1, 2))), timeout=WAIT).result == 3
+    assert _open_files_on(db_path) > 0
+    # when it is dropped
+    dropped = weakref.ref(manager)
+    del manager
+    # then it is freed, and its connections to the file closed (the clock's subscribers
+    # held it, and two descriptors, for as long as the clock lived), and the clock goes on
+    wait_until(lambda: gc.collect() is not None and dropped() is None, WAIT, "the manager to be freed")
+    assert _open_files_on(db_path) == 0
+    clock.advance(1.0)
+
+
 
 @pytest.mark.parametrize("backend", ["sqlite", "memory"])
 def test_a_start_that_fails_halfway_runs_no_job(make_manager: Any, db_path: str, monkeypatch: Any,
