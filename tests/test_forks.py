@@ -550,18 +550,30 @@ def test_a_parent_closing_its_store_after_a_fork_leaves_the_childs_commits_in_it
     assert sorted(names) == ["child"] * 21 + ["parent"]
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/locks"), reason="reads /proc/locks (Linux)")
 def test_a_fork_while_a_thread_waits_for_another_connections_lock_leaves_its_write_whole(
         tmp_path: Any, threads: list[threading.Thread]) -> None:
-    # A fork closes the parent's connections (see the test above), but not the one a
-    # thread holds while it waits between tries for a lock another connection holds: it
-    # tries again on it after the fork.
+    # A fork closes the parent's connections (see the test above), the one a thread holds
+    # while it waits between tries for a lock another connection holds too: the thread
+    # makes its call again on a new one after the fork, and the child's connections take
+    # their own locks (left open, the child inherited SQLite's record of its locks, took
+    # none on -shm, and lost commits or read a "malformed" file once the parent closed it).
     import sqlite3
 
     path = str(tmp_path / "jobs.db")
     manager = JobManager(path, producer=True)
     manager.enqueue(Job(function_name="work"))
-    other = sqlite3.connect(path, isolation_level=None)
-    other.execute("BEGIN IMMEDIATE")
+    # (the lock held by another process: a connection of this one open at the fork would
+    # leave the child no lock of its own whatever jobcore does)
+    other = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sqlite3, sys
+        conn = sqlite3.connect({path!r}, isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        print("held", flush=True)
+        sys.stdin.readline()
+        conn.execute("COMMIT")
+        """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert other.stdout.readline().strip() == "held"  # type: ignore[union-attr]
     outcome: list[Any] = []
 
     def enqueue() -> None:
@@ -577,9 +589,16 @@ def test_a_fork_while_a_thread_waits_for_another_connections_lock_leaves_its_wri
     while not gate.anyone_stepped_out() and time.monotonic() < deadline:
         time.sleep(0.001)  # (until the enqueue waits for the lock)
     assert gate.anyone_stepped_out()
-    assert _in_forked_child(lambda: "forked") == "forked"
-    other.execute("COMMIT")
-    other.close()
+
+    def child() -> str:
+        conn = sqlite3.connect(path)
+        conn.execute("SELECT COUNT(*) FROM jobs").fetchone()
+        return "locked" if _holds_a_lock_on(path + "-shm") else "no lock of its own"
+
+    try:
+        assert _in_forked_child(child) == "locked"
+    finally:
+        other.communicate("commit\n", timeout=WAIT)
     threads[-1].join(WAIT)
     assert len(outcome) == 1 and isinstance(outcome[0], str), outcome
     assert manager.poll(outcome[0]) is not None

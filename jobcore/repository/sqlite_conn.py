@@ -69,6 +69,12 @@ def locked_error(path: str) -> RepositoryError:
     return translate(sqlite3.OperationalError("database is locked"), path)
 
 
+class ReopenedByFork(Exception):
+    """A fork closed this thread's connection while it waited between tries for another
+    process's lock (see `ConnectionLifetime._before_fork`): its call is made again on a
+    new connection. Raised and caught inside `Connections` only."""
+
+
 class Connections(ConnectionLifetime):
     """Per-thread connections to the file at `path`, write transactions one at a time
     (`write`), and WAL checkpoints on a thread of their own (a `Checkpointer`, woken
@@ -110,6 +116,7 @@ class Connections(ConnectionLifetime):
         # and every later write failed as a database locked past its busy timeout).
         self._write_lock = threading.RLock()
         self._commits = 0
+        self._fork_closes = 0
         # Every call into SQLite on these connections (reads, writes from BEGIN to COMMIT
         # or ROLLBACK, opening and closing one, checkpoints) passes through _gate, which a
         # fork closes and waits at: see sqlite_gate and `_before_fork` (sqlite_lifetime).
@@ -147,7 +154,12 @@ class Connections(ConnectionLifetime):
             self._refuse_nested_write()
             try:
                 deadline = self._take_write_lock()
-                self._until_free(deadline, conn.execute, "BEGIN IMMEDIATE")
+                while True:
+                    try:
+                        self._until_free(deadline, conn.execute, "BEGIN IMMEDIATE")
+                        break
+                    except ReopenedByFork:
+                        conn = self.get()
                 self._local.rolled_back = False  # (see `committed_after_interrupt`)
                 try:
                     yield conn
@@ -220,7 +232,12 @@ class Connections(ConnectionLifetime):
             self._refuse_nested_write()
             try:
                 deadline = self._take_write_lock()
-                cursor: sqlite3.Cursor = self._until_free(deadline, conn.execute, query, params)
+                while True:
+                    try:
+                        cursor: sqlite3.Cursor = self._until_free(deadline, conn.execute, query, params)
+                        break
+                    except ReopenedByFork:
+                        conn = self.get()
                 self._committed()
             finally:
                 self._release_write_lock()
@@ -285,17 +302,22 @@ class Connections(ConnectionLifetime):
         gate = self._gate
         gate.enter()  # (see `_before_fork`)
         try:
-            conn = self.get()
-            try:
-                return self._until_free(None, read, conn)
-            except TextNotUtf8 as error:
-                self._read_tolerantly(conn)
-                self._warn_once(error)
-                return self._until_free(None, read, conn)
+            while True:
+                conn = self.get()
+                try:
+                    try:
+                        return self._until_free(None, read, conn)
+                    except TextNotUtf8 as error:
+                        self._read_tolerantly(conn)
+                        self._warn_once(error)
+                        return self._until_free(None, read, conn)
+                except ReopenedByFork:
+                    continue
         finally:
             gate.leave()
 
-    def _until_free(self, deadline: Optional[float], attempt: Callable[..., T], *args: Any) -> T:
+    def _until_free(self, deadline: Optional[float], attempt: Callable[..., T], *args: Any,
+                    fork_closes: bool = True) -> T:
         """`attempt(*args)`, tried again while another process holds the lock it needs,
         until `deadline` (`real_monotonic()` time; None: `busy_timeout` seconds after the
         first busy answer); then (or on any other error) a `RepositoryError`.
@@ -305,7 +327,11 @@ class Connections(ConnectionLifetime):
         time. Here the pause starts at 20 µs and doubles to at most CONTENDED_PAUSE (with
         jitter, so waiting processes do not retry in step). A lock held past LONG_LOCK is
         no contention but an outage (another program's long transaction): the pause then
-        grows to OUTAGE_PAUSE, not a thousand tries a second for the whole busy timeout."""
+        grows to OUTAGE_PAUSE, not a thousand tries a second for the whole busy timeout.
+
+        Between tries the thread is out of the fork gate; a fork then closes its connection
+        with the others, and this raises `ReopenedByFork` for the caller to make its call
+        again on a new one (unless not `fork_closes`: a connection not yet handed out)."""
         pause, longest, waited_from = 0.00002, CONTENDED_PAUSE, None
         while True:
             try:
@@ -327,12 +353,15 @@ class Connections(ConnectionLifetime):
                     longest = OUTAGE_PAUSE
                 # No call into SQLite while it sleeps: a fork need not wait for another
                 # process (unless this thread is inside twice, in a callback, say).
+                closes = self._fork_closes
                 stepped_out = self._gate.step_out()
                 try:
                     real_sleep(min(pause * (0.5 + random.random()), deadline - now))
                 finally:
                     if stepped_out:
                         self._gate.step_in()
+                if fork_closes and self._fork_closes != closes:
+                    raise ReopenedByFork()
                 pause = min(pause * 2, longest)
             except sqlite3.IntegrityError:
                 raise  # a constraint the caller's statement broke: the caller names it

@@ -126,9 +126,14 @@ class ConnectionLifetime:
     _forking: PerForkStack[bool]
     _pid: int
     _checkpoints: Checkpointer
+    # How many times a fork closed this process's connections (`_close_for_fork`), under
+    # _lock: a thread that waited between tries meanwhile finds its own closed, and makes
+    # its call again on a new one (`Connections._until_free`, `ReopenedByFork`).
+    _fork_closes: int
 
     if TYPE_CHECKING:  # Connections' (declared here for the type checker only)
-        def _until_free(self, deadline: Optional[float], attempt: Callable[..., T], *args: Any) -> T: ...
+        def _until_free(self, deadline: Optional[float], attempt: Callable[..., T], *args: Any,
+                        fork_closes: bool = True) -> T: ...
 
     def _before_fork(self) -> None:
         """Just before this process forks: wait for the calls into SQLite under way on its
@@ -149,10 +154,16 @@ class ConnectionLifetime:
 
         The wait is bounded: a call of this process lasts well under a second, and a
         thread waiting between tries for another process's lock is outside the gate
-        meanwhile (no fork waits for another process); a call may still last past
-        `busy_timeout` (a write stuck on a slow disk), and the forking thread may be
-        inside one itself (a signal handler forks): then the fork goes on, logged, and
-        the child may find the database locked, or hang on its first connection."""
+        meanwhile (no fork waits for another process): its connection, between tries,
+        is in no statement and no transaction, and is closed with the others; the thread
+        makes its call again on a new one (`ReopenedByFork`). Left open, the child
+        inherited SQLite's record of its locks, with the loss of commits described in
+        `_close_for_fork`, and errors reading "database disk image is malformed" (a
+        preloaded app whose threads waited for its workers' writes: 7 runs in 12). A call
+        may still last past `busy_timeout` (a write stuck on a slow disk), and the forking
+        thread may be inside one itself (a signal handler forks): then the fork goes on,
+        logged, and the child may find the database locked, or hang on its first
+        connection."""
         wait = max(self.busy_timeout, 1.0)
         held = self._fork_lock.acquire(timeout=wait)  # (another thread's fork or close first)
         self._forking.push(held)
@@ -164,12 +175,9 @@ class ConnectionLifetime:
             logger.warning("forking while a call into SQLite on %s is under way: the child may hang"
                            " on its first connection, find the database locked, or lose its commits"
                            " when this process closes that connection", self.path)
-        elif self._gate.inside_here() or self._gate.anyone_stepped_out():
-            # (A thread stepped out waits between tries for another process's lock, its
-            # connection in hand: it must not be closed under it.)
-            logger.warning("forking while a call into SQLite on %s waits for a lock, or from inside"
-                           " one: the child may lose its commits when this process closes that"
-                           " connection", self.path)
+        elif self._gate.inside_here():
+            logger.warning("forking from inside a call into SQLite on %s: the child may lose its"
+                           " commits when this process closes that call's connection", self.path)
         else:
             self._close_for_fork()
 
@@ -196,6 +204,7 @@ class ConnectionLifetime:
         try:
             connections = list(self._connections.values())
             self._connections = {}
+            self._fork_closes += 1
         finally:
             self._lock.release()
         # First, so that no thread keeps a connection closed below, whatever interrupts the
@@ -296,7 +305,8 @@ class ConnectionLifetime:
             # The set-up too: `journal_mode = WAL` on a new file that another process is
             # setting up answers "database is locked" at once, whatever the busy timeout
             # (measured: 1 process in 800, 8 opening a new file at once).
-            self._until_free(None, self._set_up, conn)
+            # (Not yet among _connections, it is not closed at a fork meanwhile.)
+            self._until_free(None, self._set_up, conn, fork_closes=False)
         except BaseException:
             conn.close()
             raise
