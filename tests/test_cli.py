@@ -22,6 +22,7 @@ from dashboard_cli import serve_dashboard
 from dead_letter_order import fail_out_of_order
 from waiting import wait_until
 from raw_db import raw_db
+from progress_jobs import report_progress_for
 from subprocesses import close_pipes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -402,23 +403,12 @@ def test_cancel_of_a_running_job_says_how_it_will_stop(db_path: str, make_manage
     assert manager.wait(job_id, timeout=WAIT).status is JobStatus.CANCELLED
 
 
-def _report_progress_for(seconds: float) -> str:
-    """Report progress every 10 ms for `seconds`, then complete (unless cancelled)."""
-    context = current_job()
-    assert context is not None
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        context.progress(0.5)
-        time.sleep(0.01)
-    return "ran to its end"
-
-
 def test_a_cancel_from_another_process_reaches_the_running_job_before_its_next_heartbeat(
         db_path: str, make_manager: Any) -> None:
     # given a job reporting progress for 15 s in a worker whose heartbeats are 20 s apart
     # (poll_interval=30; it looks at the store every 50 ms)
     manager = make_manager(db_path, max_workers=1, poll_interval=30)
-    manager.register_function("report", _report_progress_for)
+    manager.register_function("report", report_progress_for)
     job_id = manager.enqueue(Job(function_name="report", args=(15.0,)))
     manager.start()
     wait_until(lambda: manager.poll(job_id).status is JobStatus.RUNNING, WAIT, "the job running")

@@ -118,24 +118,15 @@ def busy_with_progress(progress_callback: Any = None) -> None:
         progress_callback(0.5, "working")
 
 
-def busy_then_mark(marker: str) -> None:
+def busy_then_mark(marker: str, report_first: bool = False) -> None:
     try:
         current_job().log("running")  # type: ignore[union-attr]
         while True:
             pass
     finally:
-        with open(marker, "w") as out:
-            out.write("cleaned up")
-
-
-def busy_then_report_and_mark(marker: str) -> None:
-    try:
-        current_job().log("running")  # type: ignore[union-attr]
-        while True:
-            pass
-    finally:
-        current_job().log("cleaning up")  # type: ignore[union-attr]
-        current_job().progress(1.0, "cleaned")  # type: ignore[union-attr]
+        if report_first:  # (after the attempt's end: dropped, and the block goes on)
+            current_job().log("cleaning up")  # type: ignore[union-attr]
+            current_job().progress(1.0, "cleaned")  # type: ignore[union-attr]
         with open(marker, "w") as out:
             out.write("cleaned up")
 
@@ -513,7 +504,7 @@ def test_reports_a_finally_block_makes_after_the_end_are_dropped_and_the_rest_of
     # given a busy isolated job whose `finally` logs and reports progress before its cleanup
     marker = tmp_path / "marker.txt"
     timeout = 0.5 if end == "timeout" else None
-    future = in_background(runner.run, busy_then_report_and_mark, (str(marker),), {}, context, timeout=timeout)
+    future = in_background(runner.run, busy_then_mark, (str(marker), True), {}, context, timeout=timeout)
     sink.wait_for_log("running")
     # when the attempt ends (the parent stops listening, then ends the child)
     if end == "cancel":
@@ -1009,15 +1000,19 @@ def test_children_exit_when_the_engine_is_killed(tmp_path: Any) -> None:
             print(runner.pids()[0], flush=True)
             runner.run(spin, (), {}, JobContext("j", "j", 1, Sink()))
         """))
+    wait_until_exited(_pid_from_killed_engine(script, tmp_path))
+
+
+def _pid_from_killed_engine(script: Any, tmp_path: Any) -> int:
+    """Run `script` as an engine process, read the pid its first line prints, SIGKILL it."""
     engine = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONPATH": REPO_ROOT}, cwd=str(tmp_path))
     try:
-        child = int(engine.stdout.readline())  # type: ignore[union-attr]
+        return int(engine.stdout.readline())  # type: ignore[union-attr]
     finally:
         engine.kill()
         engine.wait(BOUND)
         close_pipes(engine)
-    wait_until_exited(child)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -1042,15 +1037,8 @@ def test_the_processes_a_job_started_end_with_its_child_when_the_engine_is_kille
             runner = ProcessRunner(1)
             runner.run(start_worker, (), {}, JobContext("j", "j", 1, Sink()))
         """))
-    engine = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONPATH": REPO_ROOT}, cwd=str(tmp_path))
-    try:
-        worker = int(engine.stdout.readline())  # type: ignore[union-attr]
-    finally:
-        # when the engine is killed
-        engine.kill()
-        engine.wait(BOUND)
-        close_pipes(engine)
+    # when the engine is killed
+    worker = _pid_from_killed_engine(script, tmp_path)
     # then that process ends too (it ran on beside the job's retry by another engine)
     try:
         wait_until_exited(worker)

@@ -16,7 +16,8 @@ import pg_fixtures
 from dashboard_cli import serve_dashboard
 from pg_fixtures import *  # noqa: F401,F403 (the fixtures: server, schema, repo)
 from pg_fixtures import ROOT, WAIT, Schema
-from jobcore import Job, JobManager, JobStatus, current_job
+from jobcore import Job, JobManager, JobStatus
+from progress_jobs import report_progress_for
 from subprocesses import close_pipes
 
 pytestmark = pg_fixtures.MARKS
@@ -126,24 +127,13 @@ def test_the_examples_that_start_workers_run_on_the_dsn_in_jobcore_db(schema: Sc
         assert "Traceback" not in out, f"{name}:\n{out[-3000:]}"
 
 
-def _report_progress_for(seconds: float) -> str:
-    """Report progress every 10 ms for `seconds`, then complete (unless cancelled)."""
-    context = current_job()
-    assert context is not None
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        context.progress(0.5)
-        time.sleep(0.01)
-    return "ran to its end"
-
-
 def test_a_cancel_from_the_command_line_reaches_a_job_running_in_another_process_at_once(schema: Schema) -> None:
     # given a job reporting progress for 15 s in a worker whose heartbeats are 20 s apart
     # (poll_interval=30)
     repository = schema.repository()
     manager = JobManager(repository, max_workers=1, poll_interval=30)
     try:
-        manager.register_function("report", _report_progress_for)
+        manager.register_function("report", report_progress_for)
         job_id = manager.enqueue(Job(function_name="report", args=(15.0,)))
         manager.start()
         deadline = time.monotonic() + WAIT
