@@ -56,7 +56,10 @@ class Holdings:
                 return True
             if job_id in state.deferred:  # claimed again here: that attempt starts cancelled
                 state.cancel_ids.add(job_id)
-        attempt.context.request_cancel()
+        if not attempt.context.cancel_requested:
+            # Once: a coroutine job's task is cancelled at each request, and one that caught
+            # the first to clean up had its cleanup cut short by the next heartbeat's.
+            attempt.context.request_cancel()
         return True
 
     def hear_cancels(self) -> None:
@@ -65,10 +68,7 @@ class Holdings:
         if not ids:
             return
         for job_id in self._repo.cancels_requested(self.worker_id, ids):
-            with self._state.lock:
-                attempt = self._state.running.get(job_id)
-            if attempt is None or not attempt.context.cancel_requested:
-                self.request_cancel(job_id)  # (once: a coroutine's task is cancelled each time)
+            self.request_cancel(job_id)
 
     def heartbeat(self) -> list[str]:
         """See `WorkerPool.heartbeat`."""

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator, Optional
 import pytest
 
 from jobcore import Job, JobManager, JobStatus, MemoryRepository, SQLiteRepository
+from waiting import wait_until
 
 CHILD_WAIT = 20.0  # seconds a child has to report; it does in well under one
 WAIT = 10.0
@@ -565,15 +566,7 @@ def test_a_fork_while_a_thread_waits_for_another_connections_lock_leaves_its_wri
     manager.enqueue(Job(function_name="work"))
     # (the lock held by another process: a connection of this one open at the fork would
     # leave the child no lock of its own whatever jobcore does)
-    other = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import sqlite3, sys
-        conn = sqlite3.connect({path!r}, isolation_level=None)
-        conn.execute("BEGIN IMMEDIATE")
-        print("held", flush=True)
-        sys.stdin.readline()
-        conn.execute("COMMIT")
-        """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert other.stdout.readline().strip() == "held"  # type: ignore[union-attr]
+    other = _write_lock_held_elsewhere(path)
     outcome: list[Any] = []
 
     def enqueue() -> None:
@@ -603,6 +596,122 @@ def test_a_fork_while_a_thread_waits_for_another_connections_lock_leaves_its_wri
     assert len(outcome) == 1 and isinstance(outcome[0], str), outcome
     assert manager.poll(outcome[0]) is not None
     manager.close()
+
+
+def _write_lock_held_elsewhere(path: str) -> subprocess.Popen[str]:
+    """Another process holding the write lock on `path` until a line comes on its stdin
+    (`communicate("commit\\n")`)."""
+    other = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sqlite3, sys
+        conn = sqlite3.connect({path!r}, isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        print("held", flush=True)
+        sys.stdin.readline()
+        conn.execute("COMMIT")
+        """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert other.stdout.readline().strip() == "held"  # type: ignore[union-attr]
+    return other
+
+
+def test_a_fork_does_not_wait_for_a_thread_queued_behind_one_waiting_for_another_process(
+        tmp_path: Any, threads: list[threading.Thread]) -> None:
+    # given a thread waiting between tries for another process's write lock, and a second
+    # thread queued behind it for this process's write lock
+    path = str(tmp_path / "jobs.db")
+    manager = JobManager(SQLiteRepository(path, busy_timeout=3.0), producer=True)
+    manager.enqueue(Job(function_name="work"))
+    other = _write_lock_held_elsewhere(path)
+    outcome: list[Any] = []
+
+    def enqueue() -> None:
+        try:
+            outcome.append(manager.enqueue(Job(function_name="work")))
+        except Exception as exc:
+            outcome.append(exc)
+
+    gate = manager.repository._db._gate  # type: ignore[attr-defined]
+    threads.append(threading.Thread(target=enqueue))
+    threads[-1].start()
+    wait_until(gate.anyone_stepped_out, WAIT, "the first enqueue to wait for the other process")
+    threads.append(threading.Thread(target=enqueue))
+    threads[-1].start()
+    # (queued for the write lock, the second is out of the gate too: it waited inside it)
+    wait_until(lambda: len(gate._out) == 2, WAIT, "the second enqueue to queue behind the first")
+    try:
+        # when this process forks, then the lock is let go
+        assert _in_forked_child(lambda: "forked") == "forked"
+    finally:
+        other.communicate("commit\n", timeout=WAIT)
+    # then both enqueues are stored (the fork waited for the queued one, which timed out
+    # behind the first, which could not come back in during the fork)
+    for thread in threads:
+        thread.join(WAIT)
+    assert len(outcome) == 2 and all(isinstance(job_id, str) for job_id in outcome), outcome
+    manager.close()
+
+
+def test_ctrl_c_in_a_write_whose_connection_a_fork_closed_as_it_waited_is_a_ctrl_c(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch, threads: list[threading.Thread]) -> None:
+    # given a write (a cancel) waiting between tries for another process's lock, its pauses
+    # made long, and a fork from another thread closing its connection meanwhile
+    from jobcore.repository import sqlite_conn
+    monkeypatch.setattr(sqlite_conn, "real_sleep", lambda seconds: time.sleep(max(seconds, 0.5)))
+    path = str(tmp_path / "jobs.db")
+    manager = JobManager(path, producer=True)
+    job_id = manager.enqueue(Job(function_name="work"))
+    other = _write_lock_held_elsewhere(path)
+    gate = manager.repository._db._gate  # type: ignore[attr-defined]
+
+    def fork_then_ctrl_c() -> None:
+        wait_until(gate.anyone_stepped_out, WAIT, "the cancel to wait for the other process")
+        assert _in_forked_child(lambda: "forked") == "forked"
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threads.append(threading.Thread(target=fork_then_ctrl_c))
+    threads[-1].start()
+    try:
+        # when Ctrl-C lands in its pause
+        # then the call raises KeyboardInterrupt (it raised sqlite3.ProgrammingError, reading
+        # whether the closed connection was in a transaction)
+        with pytest.raises(KeyboardInterrupt):
+            manager.cancel(job_id)
+    finally:
+        other.communicate("commit\n", timeout=WAIT)
+        threads[-1].join(WAIT)
+    assert manager.poll(job_id).status is JobStatus.PENDING  # type: ignore[union-attr]
+    manager.close()
+
+
+def test_ctrl_c_while_a_thread_steps_back_in_during_a_fork_leaves_the_gate_balanced(
+        threads: list[threading.Thread]) -> None:
+    # given this thread stepped out of a call (between tries), and another thread's fork
+    # under way as it steps back in
+    from jobcore.repository.sqlite_gate import ForkGate
+    gate = ForkGate()
+    gate.enter()
+    assert gate.step_out()
+    forking, done = threading.Event(), threading.Event()
+
+    def fork() -> None:
+        assert gate.before_fork(WAIT)
+        forking.set()
+        done.wait(WAIT)
+        gate.after_fork_in_parent()
+
+    threads.append(threading.Thread(target=fork))
+    threads[-1].start()
+    assert forking.wait(WAIT)
+    # when Ctrl-C lands while it waits for that fork
+    threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT)).start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            gate.step_in()
+    finally:
+        done.set()
+        threads[-1].join(WAIT)
+    # then the call's way out balances its way in (it raised ValueError: no entry to take)
+    gate.leave()
+    assert gate.others_inside() == set() and not gate.inside_here() and not gate.anyone_stepped_out()
 
 
 def _holds_a_lock_on(path: str) -> bool:

@@ -349,6 +349,43 @@ def test_cancel_running_job_is_cooperative(make_manager: Any, db_path: str, styl
     assert result.attempts == 1
 
 
+def test_a_coroutine_job_that_catches_its_cancel_is_not_cancelled_again_while_it_cleans_up(
+        make_manager: Any, db_path: str) -> None:
+    # given a running coroutine job that catches the cancel, then cleans up until told
+    caught, clean = threading.Event(), threading.Event()
+    cancels: list[int] = []
+
+    async def careful() -> str:
+        try:
+            while True:
+                await asyncio.sleep(0.005)
+        except asyncio.CancelledError:
+            cancels.append(1)
+            caught.set()
+        while not clean.is_set():  # the cleanup, awaiting: each await may be cancelled again
+            try:
+                await asyncio.sleep(0.005)
+            except asyncio.CancelledError:
+                cancels.append(1)
+                raise
+        return "cleaned up"
+
+    manager = make_manager(db_path, max_workers=1).start()
+    manager.register_function("careful", careful)
+    job_id = manager.enqueue(Job(function_name="careful"))
+    wait_until(lambda: manager.poll(job_id).status is JobStatus.RUNNING, WAIT, "the job to run")
+    # when it is cancelled, and a heartbeat hears of that cancel again while it cleans up
+    assert manager.cancel(job_id) is True
+    assert caught.wait(WAIT)
+    manager._pool.heartbeat()
+    clean.set()
+    # then its task was cancelled once, and it ends as it returned (the heartbeat cancelled
+    # the task again, cutting the cleanup short: CANCELLED)
+    result = manager.wait(job_id, timeout=WAIT)
+    assert cancels == [1]
+    assert (result.status, result.result) == (JobStatus.COMPLETED, "cleaned up")
+
+
 def test_job_that_raises_job_cancelled_itself_ends_cancelled(make_manager: Any, db_path: str) -> None:
     def give_up() -> None:
         raise JobCancelled()

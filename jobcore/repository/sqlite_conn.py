@@ -69,6 +69,15 @@ def locked_error(path: str) -> RepositoryError:
     return translate(sqlite3.OperationalError("database is locked"), path)
 
 
+def _in_transaction(conn: sqlite3.Connection) -> bool:
+    """Whether `conn` is inside a transaction; False once closed (by a fork: see
+    `ReopenedByFork`)."""
+    try:
+        return conn.in_transaction
+    except sqlite3.ProgrammingError:
+        return False
+
+
 class ReopenedByFork(Exception):
     """A fork closed this thread's connection while it waited between tries for another
     process's lock (see `ConnectionLifetime._before_fork`): its call is made again on a
@@ -150,10 +159,11 @@ class Connections(ConnectionLifetime):
         """A `BEGIN IMMEDIATE` transaction: committed on success, rolled back on error."""
         self._gate.enter()  # the whole of it, body included (see `_before_fork`)
         try:
-            conn = self.get()
             self._refuse_nested_write()
+            conn: Optional[sqlite3.Connection] = None
             try:
                 deadline = self._take_write_lock()
+                conn = self.get()  # (after the lock: a fork may close one taken before)
                 while True:
                     try:
                         self._until_free(deadline, conn.execute, "BEGIN IMMEDIATE")
@@ -176,7 +186,10 @@ class Connections(ConnectionLifetime):
                     raise
                 self._committed()
             except BaseException:
-                if conn.in_transaction:  # begun, and interrupted before the body (Ctrl-C, say)
+                # Begun, and interrupted before the body (Ctrl-C, say). Not if a fork closed it
+                # as it waited between tries (no transaction on it): read, it raised
+                # `ProgrammingError` in place of the interrupt.
+                if conn is not None and _in_transaction(conn):
                     self._local.rolled_back = True
                     conn.execute("ROLLBACK")
                 raise
@@ -228,10 +241,10 @@ class Connections(ConnectionLifetime):
         gate = self._gate
         gate.enter()  # (see `_before_fork`)
         try:
-            conn = self.get()
             self._refuse_nested_write()
             try:
                 deadline = self._take_write_lock()
+                conn = self.get()  # (after the lock: a fork may close one taken before)
                 while True:
                     try:
                         cursor: sqlite3.Cursor = self._until_free(deadline, conn.execute, query, params)
@@ -257,7 +270,17 @@ class Connections(ConnectionLifetime):
         if self._write_lock.acquire(False):
             return None
         deadline = real_monotonic() + self.busy_timeout
-        if not self._write_lock.acquire(timeout=self.busy_timeout):
+        # Out of the fork gate while it waits (no call into SQLite): a fork waited for it
+        # here, behind a thread of this process stepped out between tries for another
+        # process's lock, which could not come back in during the fork (the fork lasted
+        # the busy timeout, and this write failed, the lock long free).
+        stepped_out = self._gate.step_out()
+        try:
+            got = self._write_lock.acquire(timeout=self.busy_timeout)
+        finally:
+            if stepped_out:
+                self._gate.step_in()
+        if not got:
             raise locked_error(self.path)
         return deadline
 

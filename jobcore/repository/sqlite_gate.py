@@ -74,9 +74,13 @@ class ForkGate:
             while self._forkers and me not in self._forkers and self._inside.count(me) == 1:
                 self._inside.remove(me)
                 self._cond.notify_all()  # a fork may wait for this entry
-                while self._forkers and me not in self._forkers:
-                    lock_waits.wait(self._cond, self._lock)
-                self._inside.append(me)
+                try:
+                    while self._forkers and me not in self._forkers:
+                        lock_waits.wait(self._cond, self._lock)
+                finally:
+                    # Back in, also when a signal handler raised in the wait (Ctrl-C): the
+                    # caller's `leave` takes it out (it found none, and raised ValueError).
+                    self._inside.append(me)
 
     def leave(self) -> None:
         """Go out (see `enter`); a way out wakes a fork waiting."""
