@@ -160,6 +160,40 @@ def test_a_lost_listen_connection_wakes_the_watchers_and_is_made_again(
         repository.close()
 
 
+def test_the_token_does_not_wait_for_a_reconnection_that_hangs(schema: Schema, monkeypatch: Any) -> None:
+    # given a watched listener whose LISTEN session the server ended, and whose new
+    # connections hang (a postmaster stopped: the pool's sessions still work)
+    monkeypatch.setattr(listener_module, "RECONNECT_DELAY", 0.05)
+    repository = schema.repository()
+    listener = repository._db._listener
+    connect, hanging, let_go = listener._pool.connect, threading.Event(), threading.Event()
+
+    def hung_connect(*args: Any, **kwargs: Any) -> Any:
+        hanging.set()
+        let_go.wait(WAIT)
+        return connect(*args, **kwargs)
+
+    try:
+        repository.watch_changes(lambda: None)
+        wait_until(lambda: listener._conn is not None, WAIT, "the listener to connect")
+        before = listener.token()
+        monkeypatch.setattr(listener._pool, "connect", hung_connect)
+        with psycopg.connect(schema.server, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (listener._conn.info.backend_pid,))
+        assert hanging.wait(WAIT)  # the watching thread reconnects, and hangs
+        # when a housekeeper asks for the change token meanwhile
+        answers: list[int] = []
+        asking = threading.Thread(target=lambda: answers.append(listener.token()))
+        asking.start()
+        asking.join(WAIT)
+        # then it is answered while the connection still hangs, the loss counted (it waited
+        # for the connection: a housekeeper's heartbeats stopped, and its jobs were taken back)
+        assert answers and answers[0] > before and not let_go.is_set()
+    finally:
+        let_go.set()
+        repository.close()
+
+
 def test_a_child_forked_while_the_listener_is_busy_reads_its_token_at_once(schema: Schema) -> None:
     # given a listener whose lock another thread holds (the watching thread reading, or
     # connecting, as the process forks)
