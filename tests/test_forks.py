@@ -613,43 +613,6 @@ def _write_lock_held_elsewhere(path: str) -> subprocess.Popen[str]:
     return other
 
 
-def test_a_fork_does_not_wait_for_a_thread_queued_behind_one_waiting_for_another_process(
-        tmp_path: Any, threads: list[threading.Thread]) -> None:
-    # given a thread waiting between tries for another process's write lock, and a second
-    # thread queued behind it for this process's write lock
-    path = str(tmp_path / "jobs.db")
-    manager = JobManager(SQLiteRepository(path, busy_timeout=3.0), producer=True)
-    manager.enqueue(Job(function_name="work"))
-    other = _write_lock_held_elsewhere(path)
-    outcome: list[Any] = []
-
-    def enqueue() -> None:
-        try:
-            outcome.append(manager.enqueue(Job(function_name="work")))
-        except Exception as exc:
-            outcome.append(exc)
-
-    gate = manager.repository._db._gate  # type: ignore[attr-defined]
-    threads.append(threading.Thread(target=enqueue))
-    threads[-1].start()
-    wait_until(gate.anyone_stepped_out, WAIT, "the first enqueue to wait for the other process")
-    threads.append(threading.Thread(target=enqueue))
-    threads[-1].start()
-    # (queued for the write lock, the second is out of the gate too: it waited inside it)
-    wait_until(lambda: len(gate._out) == 2, WAIT, "the second enqueue to queue behind the first")
-    try:
-        # when this process forks, then the lock is let go
-        assert _in_forked_child(lambda: "forked") == "forked"
-    finally:
-        other.communicate("commit\n", timeout=WAIT)
-    # then both enqueues are stored (the fork waited for the queued one, which timed out
-    # behind the first, which could not come back in during the fork)
-    for thread in threads:
-        thread.join(WAIT)
-    assert len(outcome) == 2 and all(isinstance(job_id, str) for job_id in outcome), outcome
-    manager.close()
-
-
 def test_ctrl_c_in_a_write_whose_connection_a_fork_closed_as_it_waited_is_a_ctrl_c(
         tmp_path: Any, monkeypatch: pytest.MonkeyPatch, threads: list[threading.Thread]) -> None:
     # given a write (a cancel) waiting between tries for another process's lock, its pauses
@@ -712,6 +675,37 @@ def test_ctrl_c_while_a_thread_steps_back_in_during_a_fork_leaves_the_gate_balan
     # then the call's way out balances its way in (it raised ValueError: no entry to take)
     gate.leave()
     assert gate.others_inside() == set() and not gate.inside_here() and not gate.anyone_stepped_out()
+
+
+def test_ctrl_c_while_a_call_waits_to_come_in_during_a_fork_leaves_it_out(
+        threads: list[threading.Thread]) -> None:
+    # given another thread's fork under way as this thread begins a call
+    from jobcore.repository.sqlite_gate import ForkGate
+    gate = ForkGate()
+    forking, done = threading.Event(), threading.Event()
+
+    def fork() -> None:
+        assert gate.before_fork(WAIT)
+        forking.set()
+        done.wait(WAIT)
+        gate.after_fork_in_parent()
+
+    threads.append(threading.Thread(target=fork))
+    threads[-1].start()
+    assert forking.wait(WAIT)
+    # when Ctrl-C lands while it waits for that fork to come in
+    threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT)).start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            gate.enter()
+    finally:
+        done.set()
+        threads[-1].join(WAIT)
+    # then it is not counted inside (its callers leave only once `enter` returned: counted,
+    # every later fork waited its whole time for it, and closed no connection)
+    assert not gate.inside_here()
+    assert gate.before_fork(0.0)
+    gate.after_fork_in_parent()
 
 
 def _holds_a_lock_on(path: str) -> bool:

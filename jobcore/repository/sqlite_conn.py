@@ -163,7 +163,7 @@ class Connections(ConnectionLifetime):
             conn: Optional[sqlite3.Connection] = None
             try:
                 deadline = self._take_write_lock()
-                conn = self.get()  # (after the lock: a fork may close one taken before)
+                conn = self.get()
                 while True:
                     try:
                         self._until_free(deadline, conn.execute, "BEGIN IMMEDIATE")
@@ -244,7 +244,7 @@ class Connections(ConnectionLifetime):
             self._refuse_nested_write()
             try:
                 deadline = self._take_write_lock()
-                conn = self.get()  # (after the lock: a fork may close one taken before)
+                conn = self.get()
                 while True:
                     try:
                         cursor: sqlite3.Cursor = self._until_free(deadline, conn.execute, query, params)
@@ -270,17 +270,7 @@ class Connections(ConnectionLifetime):
         if self._write_lock.acquire(False):
             return None
         deadline = real_monotonic() + self.busy_timeout
-        # Out of the fork gate while it waits (no call into SQLite): a fork waited for it
-        # here, behind a thread of this process stepped out between tries for another
-        # process's lock, which could not come back in during the fork (the fork lasted
-        # the busy timeout, and this write failed, the lock long free).
-        stepped_out = self._gate.step_out()
-        try:
-            got = self._write_lock.acquire(timeout=self.busy_timeout)
-        finally:
-            if stepped_out:
-                self._gate.step_in()
-        if not got:
+        if not self._write_lock.acquire(timeout=self.busy_timeout):
             raise locked_error(self.path)
         return deadline
 

@@ -74,13 +74,9 @@ class ForkGate:
             while self._forkers and me not in self._forkers and self._inside.count(me) == 1:
                 self._inside.remove(me)
                 self._cond.notify_all()  # a fork may wait for this entry
-                try:
-                    while self._forkers and me not in self._forkers:
-                        lock_waits.wait(self._cond, self._lock)
-                finally:
-                    # Back in, also when a signal handler raised in the wait (Ctrl-C): the
-                    # caller's `leave` takes it out (it found none, and raised ValueError).
-                    self._inside.append(me)
+                while self._forkers and me not in self._forkers:
+                    lock_waits.wait(self._cond, self._lock)
+                self._inside.append(me)
 
     def leave(self) -> None:
         """Go out (see `enter`); a way out wakes a fork waiting."""
@@ -100,10 +96,18 @@ class ForkGate:
         return True
 
     def step_in(self) -> None:
+        me = get_ident()
         try:
             self.enter()
+        except BaseException:
+            # Interrupted as it waited for a fork (Ctrl-C): back in all the same, as the call
+            # it stepped out of is, whose `leave` takes it out (it found none: ValueError).
+            # (Not so for `enter` itself: its callers call `leave` only once it returned.)
+            if me not in self._inside:
+                self._inside.append(me)
+            raise
         finally:
-            self._out.remove(get_ident())
+            self._out.remove(me)
 
     def anyone_stepped_out(self) -> bool:
         """Whether a thread is stepped out of a call it is still making (see `step_out`)."""
