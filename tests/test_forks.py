@@ -653,25 +653,8 @@ def test_ctrl_c_while_a_thread_steps_back_in_during_a_fork_leaves_the_gate_balan
     gate = ForkGate()
     gate.enter()
     assert gate.step_out()
-    forking, done = threading.Event(), threading.Event()
-
-    def fork() -> None:
-        assert gate.before_fork(WAIT)
-        forking.set()
-        done.wait(WAIT)
-        gate.after_fork_in_parent()
-
-    threads.append(threading.Thread(target=fork))
-    threads[-1].start()
-    assert forking.wait(WAIT)
     # when Ctrl-C lands while it waits for that fork
-    threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT)).start()
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            gate.step_in()
-    finally:
-        done.set()
-        threads[-1].join(WAIT)
+    _interrupted_during_a_fork(gate, gate.step_in, threads)
     # then the call's way out balances its way in (it raised ValueError: no entry to take)
     gate.leave()
     assert gate.others_inside() == set() and not gate.inside_here() and not gate.anyone_stepped_out()
@@ -682,6 +665,18 @@ def test_ctrl_c_while_a_call_waits_to_come_in_during_a_fork_leaves_it_out(
     # given another thread's fork under way as this thread begins a call
     from jobcore.repository.sqlite_gate import ForkGate
     gate = ForkGate()
+    # when Ctrl-C lands while it waits for that fork to come in
+    _interrupted_during_a_fork(gate, gate.enter, threads)
+    # then it is not counted inside (its callers leave only once `enter` returned: counted,
+    # every later fork waited its whole time for it, and closed no connection)
+    assert not gate.inside_here()
+    assert gate.before_fork(0.0)
+    gate.after_fork_in_parent()
+
+
+def _interrupted_during_a_fork(gate: Any, call: Callable[[], None], threads: list[threading.Thread]) -> None:
+    """Run `call` (a way into `gate`) on this thread while another thread's fork holds the
+    gate closed, and Ctrl-C it as it waits there: it raises KeyboardInterrupt; the fork ends."""
     forking, done = threading.Event(), threading.Event()
 
     def fork() -> None:
@@ -693,19 +688,13 @@ def test_ctrl_c_while_a_call_waits_to_come_in_during_a_fork_leaves_it_out(
     threads.append(threading.Thread(target=fork))
     threads[-1].start()
     assert forking.wait(WAIT)
-    # when Ctrl-C lands while it waits for that fork to come in
     threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT)).start()
     try:
         with pytest.raises(KeyboardInterrupt):
-            gate.enter()
+            call()
     finally:
         done.set()
         threads[-1].join(WAIT)
-    # then it is not counted inside (its callers leave only once `enter` returned: counted,
-    # every later fork waited its whole time for it, and closed no connection)
-    assert not gate.inside_here()
-    assert gate.before_fork(0.0)
-    gate.after_fork_in_parent()
 
 
 def _holds_a_lock_on(path: str) -> bool:
