@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator, Optional
 import pytest
 
 from jobcore import Job, JobManager, JobStatus, MemoryRepository, SQLiteRepository
+from jobcore.errors import RepositoryError
 from waiting import wait_until
 
 CHILD_WAIT = 20.0  # seconds a child has to report; it does in well under one
@@ -611,6 +612,45 @@ def _write_lock_held_elsewhere(path: str) -> subprocess.Popen[str]:
         """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert other.stdout.readline().strip() == "held"  # type: ignore[union-attr]
     return other
+
+
+@pytest.mark.parametrize("call", ["enqueue", "cancel"])
+def test_forks_while_a_call_waits_for_another_process_give_it_no_more_than_its_busy_timeout(
+        tmp_path: Any, threads: list[threading.Thread], call: str) -> None:
+    # given a call waiting for another process's lock (a write alone, a write transaction),
+    # with a busy timeout of 0.5 s, and this process forking every 0.1 s meanwhile
+    path = str(tmp_path / "jobs.db")
+    manager = JobManager(SQLiteRepository(path, busy_timeout=0.5), producer=True)
+    job_id = manager.enqueue(Job(function_name="work"))
+    other = _write_lock_held_elsewhere(path)
+    stop = threading.Event()
+
+    def keep_forking() -> None:
+        while not stop.wait(0.1):
+            assert _in_forked_child(lambda: "forked") == "forked"
+
+    threads.append(threading.Thread(target=keep_forking))
+    threads[-1].start()
+    released = threading.Timer(5.0, other.communicate, ("commit\n",), {"timeout": WAIT})
+    released.start()
+    try:
+        # when the lock stays held past it
+        # then the call raises as the busy timeout says (each fork gave it a whole one more:
+        # it waited until the lock was let go, 5 s later)
+        with pytest.raises(RepositoryError, match="locked"):
+            if call == "enqueue":
+                manager.enqueue(Job(function_name="work"))
+            else:
+                manager.cancel(job_id)
+        assert released.is_alive()  # (raised before the lock was let go)
+    finally:
+        stop.set()
+        threads[-1].join(WAIT)
+        released.cancel()
+        released.join(WAIT)
+        if other.returncode is None:
+            other.communicate("commit\n", timeout=WAIT)
+    manager.close()
 
 
 def test_ctrl_c_in_a_write_whose_connection_a_fork_closed_as_it_waited_is_a_ctrl_c(

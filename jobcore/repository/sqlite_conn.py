@@ -81,7 +81,13 @@ def _in_transaction(conn: sqlite3.Connection) -> bool:
 class ReopenedByFork(Exception):
     """A fork closed this thread's connection while it waited between tries for another
     process's lock (see `ConnectionLifetime._before_fork`): its call is made again on a
-    new connection. Raised and caught inside `Connections` only."""
+    new connection, waiting until the same `deadline` (each fork gave it a whole busy
+    timeout more: a process forking more often than that waited for ever). Raised and
+    caught inside `Connections` only."""
+
+    def __init__(self, deadline: float) -> None:
+        super().__init__(deadline)
+        self.deadline = deadline
 
 
 class Connections(ConnectionLifetime):
@@ -168,8 +174,8 @@ class Connections(ConnectionLifetime):
                     try:
                         self._until_free(deadline, conn.execute, "BEGIN IMMEDIATE")
                         break
-                    except ReopenedByFork:
-                        conn = self.get()
+                    except ReopenedByFork as reopened:
+                        conn, deadline = self.get(), reopened.deadline
                 self._local.rolled_back = False  # (see `committed_after_interrupt`)
                 try:
                     yield conn
@@ -249,8 +255,8 @@ class Connections(ConnectionLifetime):
                     try:
                         cursor: sqlite3.Cursor = self._until_free(deadline, conn.execute, query, params)
                         break
-                    except ReopenedByFork:
-                        conn = self.get()
+                    except ReopenedByFork as reopened:
+                        conn, deadline = self.get(), reopened.deadline
                 self._committed()
             finally:
                 self._release_write_lock()
@@ -315,17 +321,18 @@ class Connections(ConnectionLifetime):
         gate = self._gate
         gate.enter()  # (see `_before_fork`)
         try:
+            deadline: Optional[float] = None
             while True:
                 conn = self.get()
                 try:
                     try:
-                        return self._until_free(None, read, conn)
+                        return self._until_free(deadline, read, conn)
                     except TextNotUtf8 as error:
                         self._read_tolerantly(conn)
                         self._warn_once(error)
-                        return self._until_free(None, read, conn)
-                except ReopenedByFork:
-                    continue
+                        return self._until_free(deadline, read, conn)
+                except ReopenedByFork as reopened:
+                    deadline = reopened.deadline
         finally:
             gate.leave()
 
@@ -374,7 +381,7 @@ class Connections(ConnectionLifetime):
                     if stepped_out:
                         self._gate.step_in()
                 if fork_closes and self._fork_closes != closes:
-                    raise ReopenedByFork()
+                    raise ReopenedByFork(deadline)
                 pause = min(pause * 2, longest)
             except sqlite3.IntegrityError:
                 raise  # a constraint the caller's statement broke: the caller names it
