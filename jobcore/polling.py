@@ -190,6 +190,7 @@ class StatusPoller:
             while (due := self._next_round(last_round + self._slack)) is not None:
                 last_round, jobs = due
                 self._round(jobs)
+                del due, jobs  # (lingering, the thread kept the last round's stores alive, files open)
             ended = True
         finally:
             if not ended:  # not expected: the callers look for themselves, and start another thread
