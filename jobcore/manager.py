@@ -415,7 +415,9 @@ class JobManager(Inspection):
         days = _positive("retention_days", retention_days, allow_zero=True, unit="days")
         before = None if days == 0 else self._clock.time() - days * 86400.0
         deleted = self.repository.delete_finished(before)
-        self._settlements.forget_all()  # `wait` on a deleted job must not find it here
+        # `wait` on a deleted job must not find it here, nor a completion committed before
+        # the delete and noted after it (read after: see `Settlements.forget_all`).
+        self._settlements.forget_all(self._clock.time())
         return deleted
 
     # -- notifications -------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ each caller reads its own job's row only when it begins to wait and once it was 
 from __future__ import annotations
 
 import functools
+import math
 import threading
 from collections import OrderedDict
 from typing import Callable, Iterable, Optional, Union
@@ -86,6 +87,9 @@ class Settlements:
         self._completions: OrderedDict[str, Completion] = OrderedDict()
         self._keep = RECENT_COMPLETIONS
         self._behind = 0  # reads counted towards the next doubling
+        # Completions made (`Completion.at`, read before their commit) at or before this
+        # are not remembered: see `forget_all`.
+        self._forgotten_until = -math.inf
         # Reads the jobs waited for that another process may settle, for every caller at
         # once (the callers each read their own at intervals before: see polling).
         self._poller = StatusPoller(self._look_again, first_interval=FIRST_INTERVAL,
@@ -106,7 +110,7 @@ class Settlements:
         with self._lock:
             waiters = self._waiters
             for job_id, completion in settled:
-                if completion is not None:
+                if completion is not None and completion.at > self._forgotten_until:
                     self._completions[job_id] = completion
                     if len(self._completions) > self._keep:
                         self._completions.popitem(last=False)
@@ -172,10 +176,14 @@ class Settlements:
                 for job_id in known:
                     completions.pop(job_id, None)
 
-    def forget_all(self) -> None:
-        """Forget every completion (their rows may have been deleted)."""
+    def forget_all(self, deleted_by: float = -math.inf) -> None:
+        """Forget every completion (their rows may have been deleted), and every one made
+        at or before `deleted_by` (a time read once the rows were deleted) that is noted
+        later: committed before the delete, a completion may be noted after it (its `wait`
+        returned from the row first), and `wait` then answered COMPLETED for a job deleted."""
         with self._lock:
             self._completions.clear()
+            self._forgotten_until = max(self._forgotten_until, deleted_by)
 
     def __len__(self) -> int:
         """How many completions are remembered."""

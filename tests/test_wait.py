@@ -48,13 +48,17 @@ class _CountingGets:
 
     def __init__(self, repository: Any) -> None:
         self.reads = 0
+        self.unsettled = 0  # reads that found the job not yet terminal
         for name in ("get", "get_without_args"):
             setattr(repository, name, self._counting(getattr(repository, name)))
 
     def _counting(self, read: Any) -> Any:
         def counted(job_id: str) -> Any:
             self.reads += 1
-            return read(job_id)
+            row = read(job_id)
+            if row is not None and not row.status.is_terminal:
+                self.unsettled += 1
+            return row
         return counted
 
 
@@ -76,6 +80,7 @@ def test_wait_on_a_job_completed_here_gives_what_poll_gives_without_reading_the_
     assert last.status is JobStatus.COMPLETED
     for job_id in ids:  # every one settled before the last one's wait returned? wait for each
         manager.wait(job_id, timeout=10)
+    _noted(manager, ids)
     # when each is waited for again, with row reads counted
     reads = _CountingGets(manager.repository)
     waited = [manager.wait(job_id, timeout=10) for job_id in ids]
@@ -119,6 +124,40 @@ def test_wait_on_a_completed_job_that_was_cleaned_up_raises_lookup_error(make_ma
     assert manager.poll(job_id) is None
 
 
+def test_a_completion_noted_after_this_managers_cleanup_deleted_its_job_is_not_answered(
+        make_manager: Any, db_path: str, monkeypatch: Any) -> None:
+    # given a job whose completion is noted here late: committed, its `wait` answered from
+    # the row, and the recording thread still on its way to note it
+    release, held, noted = threading.Event(), threading.Event(), threading.Event()
+    mark = waiting.Settlements.mark
+
+    def late_mark(self: waiting.Settlements, settled: Any) -> None:
+        settled = list(settled)
+        late = any(completion is not None for _, completion in settled) and not release.is_set()
+        if late:
+            held.set()
+            release.wait(10)
+        mark(self, settled)
+        if late:
+            noted.set()
+
+    monkeypatch.setattr(waiting.Settlements, "mark", late_mark)
+    manager = make_manager(db_path, max_workers=1)
+    manager.register_function("pair", pair)
+    manager.start()
+    job_id = manager.enqueue(Job(function_name="pair", args=(1,)))
+    assert held.wait(10)
+    assert manager.wait(job_id, timeout=10).status is JobStatus.COMPLETED
+    # when this manager's cleanup deletes it, and only then is the completion noted
+    assert manager.cleanup_old_results(retention_days=0) == 1
+    release.set()
+    assert noted.wait(10)
+    # then the deleted job is unknown to wait and poll (both answered COMPLETED)
+    with pytest.raises(LookupError):
+        manager.wait(job_id, timeout=1)
+    assert manager.poll(job_id) is None
+
+
 def test_an_id_used_again_after_another_process_deleted_its_job_is_waited_for_afresh(
         make_manager: Any, db_path: str) -> None:
     # given a job completed here, deleted behind this manager's back (as another process
@@ -153,6 +192,7 @@ def test_only_the_latest_completions_are_remembered(make_manager: Any, db_path: 
     ids = [manager.enqueue(Job(function_name="pair", args=(n,))) for n in range(6)]
     for job_id in ids:
         manager.wait(job_id, timeout=10)
+    _noted(manager, ids[-1:])
     # when every job is waited for again
     reads = _CountingGets(manager.repository)
     results = [manager.wait(job_id, timeout=10) for job_id in ids]
@@ -183,7 +223,16 @@ def _run(manager: JobManager, numbers: range) -> list[str]:
     for n in numbers:
         ids.append(manager.enqueue(Job(function_name="pair", args=(n,))))
         manager.wait(ids[-1], timeout=10)
+    _noted(manager, ids[-1:])
     return ids
+
+
+def _noted(manager: JobManager, ids: list[str]) -> None:
+    """Wait until these jobs' completions are noted here: a `wait` may return from the row,
+    read between an outcome's commit and its settling here (woken by the poller, or looking
+    just then), before that."""
+    wait_until(lambda: all(manager._settlements.completed(job_id) is not None for job_id in ids), 10,
+               "the completions noted here")
 
 
 def test_a_caller_that_fell_behind_makes_more_completions_remembered(make_manager: Any, db_path: str,
@@ -282,7 +331,9 @@ def test_wait_on_a_job_running_here_reads_no_row_until_it_settles(make_manager: 
     result = manager.wait(job_id, timeout=10)
     # then the answer is its outcome, and no row was read before it settled
     assert (result.status, result.result) == (JobStatus.COMPLETED, 3)
-    assert reads.reads == (1 if reported else 0)
+    # (a read between the outcome's commit and its settling here, for the poller found it
+    # ended first, finds it settled: no read before)
+    assert reads.unsettled == 0 and reads.reads <= 1 and (reads.reads == 1 or not reported)
 
 
 def test_wait_sees_a_job_another_process_completed_while_this_one_still_runs_its_attempt(
@@ -480,6 +531,7 @@ def test_wait_on_a_job_with_large_fields_gives_what_it_gave_from_memory(
     remembered = [manager.enqueue(Job(function_name="pair", args=(n,), **f)) for n, f in enumerate(fields)]
     for job_id in remembered:
         manager.wait(job_id, timeout=10)
+    _noted(manager, remembered)
     monkeypatch.undo()
     reads = _CountingGets(manager.repository)
     from_memory = [manager.wait(job_id, timeout=10) for job_id in remembered]
@@ -531,6 +583,7 @@ def test_the_fields_remembered_of_completions_stay_small(make_manager: Any, db_p
                                 for n in range(250)])
     results = [manager.wait(job_id, timeout=10) for job_id in ids]
     assert [r.status for r in results] == [JobStatus.COMPLETED] * 250
+    _noted(manager, ids[200:])
     # then only the ordinary ones are remembered, each with its fields in under 4 KB
     # (before: all 250, the large ones with their 5 KB and more each; with 100 KB of
     # metadata each, 4,096 held 410 MB)
