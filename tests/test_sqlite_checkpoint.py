@@ -266,7 +266,11 @@ def test_a_reader_elsewhere_keeps_the_wal_until_it_ends_and_writes_go_on(tmp_pat
     reader = sqlite3.connect(path, isolation_level=None)
     reader.execute("BEGIN")
     seen = reader.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
-    repo.insert([make_record()], NOW)  # after the snapshot: the reader still needs the WAL
+    # after the snapshot, enough commits to call for a checkpoint (the reader still needs
+    # the WAL): one made before it began may have emptied the WAL and ended (a pause of
+    # IDLE_TRUNCATE_AFTER before it began), and nothing would empty it again
+    for _ in range(CHECKPOINT_EVERY):
+        repo.insert([make_record()], NOW)
     # when several quiet spells pass while it reads
     time.sleep(0.3)
     # then the WAL is still there, the reader's snapshot unchanged, and a write goes through
@@ -277,7 +281,7 @@ def test_a_reader_elsewhere_keeps_the_wal_until_it_ends_and_writes_go_on(tmp_pat
     reader.execute("COMMIT")
     reader.close()
     wait_until(lambda: _wal_size(path) == 0, 10, "the WAL emptied")
-    assert sum(repo.count_by_status().values()) == seen + 2
+    assert sum(repo.count_by_status().values()) == seen + CHECKPOINT_EVERY + 1
     repo.close()
 
 
