@@ -416,9 +416,9 @@ def test_a_job_another_manager_of_the_memory_store_schedules_is_queued_at_the_ne
     repository, manager, watched = _memory_idle_manager(make_manager, clock)
     # when another manager of this process schedules a job 0.3 s ahead
     other = make_manager(repository, clock=clock, producer=True)
+    before, feed_before = watched.housekeepers_reloads, watched.feed_reads
     soon = other.enqueue(Job(function_name="noop",
                              scheduled_at=datetime.fromtimestamp(clock.time()) + timedelta(seconds=0.3)))
-    before, feed_before = watched.housekeepers_reloads, watched.feed_reads
     watched.pass_time(clock, 0.06)
     # then the next look queued its timer, from the rows made runnable since the last one
     # (found only by the spaced read of every job, one started 0.4-1.2 s late, past
