@@ -180,7 +180,9 @@ class Settlements:
         """Forget every completion (their rows may have been deleted), and every one made
         at or before `deleted_by` (a time read once the rows were deleted) that is noted
         later: committed before the delete, a completion may be noted after it (its `wait`
-        returned from the row first), and `wait` then answered COMPLETED for a job deleted."""
+        returned from the row first), and `wait` then answered COMPLETED for a job deleted.
+        (Times of the manager's clock, read before each commit and after the delete: only a
+        clock set back between the two lets one through; one not remembered is read.)"""
         with self._lock:
             self._completions.clear()
             self._forgotten_until = max(self._forgotten_until, deleted_by)
