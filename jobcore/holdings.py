@@ -39,10 +39,10 @@ class Holdings:
         with state.lock:
             return [r.id for r in state.buffer] + list(state.running) + list(state.settling)
 
-    def settles_here(self, job_id: str) -> bool:
+    def settles_here(self, job_id: str) -> int:
         """See `WorkerPool.settles_here`."""
         with self._state.lock:
-            return self._state.holds_locked(job_id)
+            return self._state.holding_locked(job_id)
 
     def request_cancel(self, job_id: str) -> bool:
         """Signal a job held here to stop; False if it is not held here."""

@@ -11,6 +11,7 @@ beyond the `ReadyQueue` index (the repository is the source of truth).
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import socket
@@ -122,7 +123,8 @@ class JobManager(Inspection):
         self._notifier = NotificationDispatcher()
         self._settlements = Settlements()  # jobs settled here, and `wait`'s sleepers
         self._pool = WorkerPool(self.repository, self._queue, self._registry, self._local, self._clock,
-                                settings, self.worker_id, self._publish, self._settlements.mark,
+                                settings, self.worker_id, self._publish, self._settlements.note,
+                                functools.partial(self._settlements.mark, noted=True),
                                 random.Random() if rng is None else rng)
         self._loader = QueueLoader(self.repository, self._registry, self._pool, self._queue,
                                    bounded=not self.immediate)

@@ -27,6 +27,10 @@ from .repository.base import JobRecord
 # to claim from the store by number (see `Exchanges.run`).
 Exchange = tuple[list[Finished], int, bool]
 
+# How a pool holds a job (`PoolState.holding_locked`): not at all, buffered or running, or
+# its attempt over and its outcome being recorded (it settles here within that exchange).
+NOT_HELD, HELD, RECORDING = 0, 1, 2
+
 
 @dataclass(eq=False)
 class Slot:
@@ -68,7 +72,7 @@ class PoolState:
         self.ran_in_callers = False  # `run_pending` ever ran an attempt here (see `_in_callers_locked`)
         # Claimed jobs whose earlier attempt still runs here, each started when it ends
         # (see `defer_locked`). Their ids are all in `running`, so what counts that as
-        # held here (`holds_locked`, `WorkerPool.held_ids`, the heartbeat) counts them.
+        # held here (`holding_locked`, `WorkerPool.held_ids`, the heartbeat) counts them.
         self.deferred: dict[str, JobRecord] = {}
         self.finished: list[Finished] = []  # waiting for an exchange to record them
         self.settling: set[str] = set()  # finished here, not yet told to `on_settled`
@@ -136,10 +140,12 @@ class PoolState:
         self.upkeep_at = deadline
         return True
 
-    def holds_locked(self, job_id: str) -> bool:
-        """True if the job is buffered, running, or being recorded here."""
-        return (job_id in self.running or job_id in self.settling
-                or any(r.id == job_id for r in self.buffer))
+    def holding_locked(self, job_id: str) -> int:
+        """How the job is held here: `HELD` (buffered or running), `RECORDING` (its attempt
+        is over and its outcome being recorded), or `NOT_HELD` (0, the only falsy one)."""
+        if job_id in self.running or any(r.id == job_id for r in self.buffer):
+            return HELD
+        return RECORDING if job_id in self.settling else NOT_HELD
 
     def room_locked(self, recording: bool = True) -> int:
         """How many more jobs to claim now, in an exchange that records every outcome

@@ -25,6 +25,7 @@ from .job_ids import made_by_jobcore
 from .lock_waits import waitable_lock
 from .models import JobResult, JobStatus
 from .polling import Statuses, StatusPoller
+from .pool_state import RECORDING
 from .completions import Completion
 from .records import result_of
 from .repository.base import JobRecord, statuses_read_one_by_one
@@ -55,7 +56,8 @@ class _Waiters:
         self.told = 0
         # Set once the poller found the job's row ended, gone or unreadable: from then on
         # each look reads the row, even while this process still holds the job (an attempt
-        # that runs on here after another process took the job back and settled it).
+        # that runs on here after another process took the job back and settled it), but
+        # not while its ended attempt's outcome is being recorded here (`_look`).
         self.ended_elsewhere = False
         self.woken = threading.Condition(lock)  # notified when they are told
 
@@ -103,17 +105,31 @@ class Settlements:
         self._waiters = {}
         self._poller.forked()
 
-    def mark(self, settled: Iterable[tuple[str, Optional[Completion]]]) -> None:
-        """Note that these jobs reached a terminal state here (each with its `Completion`
-        if it completed) and wake whoever waits for one of them, and no one else: a waiter
-        woken finds its job already noted."""
+    def note(self, settled: Iterable[tuple[str, Optional[Completion]]]) -> None:
+        """Remember the completions among these settlements (a `Completion` each), waking
+        no one: `mark` does, once the jobs no longer look held here. Noted while they still
+        do, a job is never seen neither held nor remembered (a `wait` then read its row)."""
         with self._lock:
+            self._note_locked(settled)
+
+    def _note_locked(self, settled: Iterable[tuple[str, Optional[Completion]]]) -> None:
+        completions = self._completions
+        for job_id, completion in settled:
+            if completion is not None and completion.at > self._forgotten_until:
+                completions[job_id] = completion
+                if len(completions) > self._keep:
+                    completions.popitem(last=False)
+
+    def mark(self, settled: Iterable[tuple[str, Optional[Completion]]], *, noted: bool = False) -> None:
+        """Note that these jobs reached a terminal state here (each with its `Completion`
+        if it completed; `noted`: `note` remembered those already) and wake whoever waits
+        for one of them, and no one else: a waiter woken finds its job already noted."""
+        settled = list(settled)
+        with self._lock:
+            if not noted:
+                self._note_locked(settled)
             waiters = self._waiters
-            for job_id, completion in settled:
-                if completion is not None and completion.at > self._forgotten_until:
-                    self._completions[job_id] = completion
-                    if len(self._completions) > self._keep:
-                        self._completions.popitem(last=False)
+            for job_id, _ in settled:
                 waiting = waiters.get(job_id) if waiters else None  # most settle with nobody waiting
                 if waiting is not None:
                     waiting.told += 1
@@ -192,14 +208,14 @@ class Settlements:
         with self._lock:
             return len(self._completions)
 
-    def wait(self, job_id: str, timeout: Optional[float], *, held: Callable[[str], bool],
+    def wait(self, job_id: str, timeout: Optional[float], *, held: Callable[[str], int],
              read: Callable[[str], Optional[JobRecord]], statuses: Optional[Statuses] = None,
              worker_id: Optional[str] = None, sleeping: Optional[Callable[[], None]] = None) -> JobResult:
         """Block until `job_id` is terminal and return what `poll` would show of it.
 
         `timeout`: seconds (checked by the caller; None: no limit), then `TimeoutError`.
-        `held(job_id)` tells whether the job settles here (then its row is not read until
-        it has); `read` reads its row without arguments; `statuses` reads the statuses of
+        `held(job_id)` tells whether the job settles here (truthy: then its row is not read
+        until it has; `pool_state.RECORDING` once its outcome is being recorded); `read` reads its row without arguments; `statuses` reads the statuses of
         many jobs (as `JobRepository.get_statuses`; None: one `read` each). `worker_id`:
         the one this process completes jobs as (a completed row of its read back counts as
         falling behind). `sleeping()` is called once, before the caller first sleeps.
@@ -273,15 +289,21 @@ class Settlements:
                 if self._closed:
                     self._left.notify_all()
 
-    def _look(self, job_id: str, held: Callable[[str], bool], read: Callable[[str], Optional[JobRecord]],
+    def _look(self, job_id: str, held: Callable[[str], int], read: Callable[[str], Optional[JobRecord]],
               worker_id: Optional[str], read_held: bool = False) -> Union[JobResult, JobStatus]:
         """What `wait` would return now if the job is terminal, else its status (RUNNING,
         unread, while it is held here, unless `read_held`: the poller found its row ended
-        elsewhere). See `wait` for the other arguments."""
+        elsewhere, and the attempt here may never return; but unread still while its
+        outcome is being recorded). See `wait` for the other arguments."""
         completed = self.completed(job_id)
         if completed is not None:  # completed here: its row holds nothing else
             return completed
-        if not read_held and held(job_id):  # it settles here, and wakes us then: no need to read
+        holding = held(job_id)
+        # It settles here, and wakes us then: no need to read. After the poller's news too
+        # once its attempt is over (RECORDING): its outcome's exchange settles it here at
+        # once, whether it commits or finds the job taken back; the poller often reads the
+        # row between that commit and the settling, and each waiter then read it for nothing.
+        if holding and (not read_held or holding == RECORDING):
             return JobStatus.RUNNING
         record = read(job_id)
         if record is None:

@@ -81,7 +81,8 @@ class WorkerPool:
 
     def __init__(self, repository: JobRepository, queue: ReadyQueue, registry: FunctionRegistry,
                  local: LocalJobs, clock: Clock, settings: PoolSettings, worker_id: str,
-                 publish: Publisher, on_settled: Settled, rng: random.Random) -> None:
+                 publish: Publisher, note_settled: Settled, on_settled: Settled,
+                 rng: random.Random) -> None:
         self._repo = repository
         self._queue = queue
         self._clock = clock
@@ -93,6 +94,7 @@ class WorkerPool:
                                   ring=lambda: self.on_work_stored(),
                                   handed_back=lambda entries: self.on_handed_back(entries))
         self._on_settled = on_settled
+        self._note_settled = note_settled
         # An isolated job's progress details are checked in its child, as report_progress
         # checks a thread job's.
         self._attempts = AttemptRunner(registry, local, clock, settings.max_workers,
@@ -194,10 +196,11 @@ class WorkerPool:
         """Ids this pool holds a claim on: buffered, running, or being recorded."""
         return self._holdings.ids()
 
-    def settles_here(self, job_id: str) -> bool:
-        """True if this pool holds a claim on `job_id` that `on_settled` has yet to tell of
-        (buffered, running, or being recorded): the job settles here, and the caller hears
-        of it then."""
+    def settles_here(self, job_id: str) -> int:
+        """Truthy if this pool holds a claim on `job_id` that `on_settled` has yet to tell
+        of: the job settles here, and the caller hears of it then. `pool_state.HELD` while
+        it is buffered or running, `pool_state.RECORDING` once its attempt is over and its
+        outcome is being recorded; 0 when not held."""
         return self._holdings.settles_here(job_id)
 
     def caller_waits(self) -> None:
@@ -214,8 +217,11 @@ class WorkerPool:
                 state.dispatch_needed.notify()
 
     def _settled(self, settled: list[tuple[str, Optional[Completion]]]) -> None:
-        """The recorder settled these: they leave `settling` (see `settles_here`) before
-        `on_settled` hears of them."""
+        """The recorder settled these: their completions are noted (`note_settled`) while
+        they are still in `settling`, then they leave it (see `settles_here`), then
+        `on_settled` hears of them. A caller looking in between finds each job either held
+        here or remembered, never neither (it then read the row)."""
+        self._note_settled(settled)
         with self._state.lock:
             self._state.settling.difference_update(job_id for job_id, _ in settled)
         self._progress.settled(job_id for job_id, _ in settled)  # their last reports are in their rows
