@@ -15,7 +15,7 @@ from datetime import datetime
 from collections.abc import Iterable as IterableABC
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence, Union
 
-from .cron import CronExpression
+from .cron import parsed as parsed_cron
 from .errors import InvalidJob, InvalidJobType
 # The limits, `function_qualname` and `new_job_id` are re-exported: jobcore imports them from here.
 from .job_fields import (INT64_MAX as INT64_MAX, ISOLATIONS as ISOLATIONS, MAX_RETRIES as MAX_RETRIES,
@@ -155,15 +155,15 @@ class Job:
             if not isinstance(self.scheduled_at, datetime):
                 raise InvalidJobType("scheduled_at", f"must be a datetime, got {self.scheduled_at!r}")
             _check_time("scheduled_at", self.scheduled_at)
-        if self.cron is not None:
-            if not isinstance(self.cron, str):
-                raise InvalidJobType("cron", f"must be a str, got {self.cron!r}")
-            CronExpression(self.cron, self.cron_timezone)  # raises naming the bad field
         if self.cron_timezone is not None:
             if not isinstance(self.cron_timezone, str):
                 raise InvalidJobType("cron_timezone", f"must be an IANA name, got {self.cron_timezone!r}")
             if self.cron is None:
                 raise InvalidJob("cron_timezone", "only applies to a job with `cron`")
+        if self.cron is not None:
+            if not isinstance(self.cron, str):
+                raise InvalidJobType("cron", f"must be a str, got {self.cron!r}")
+            parsed_cron(self.cron, self.cron_timezone)  # raises naming the bad field
         self.depends_on = self._normalise_depends_on(self.depends_on)
         if self.cron is not None and self.depends_on:
             raise InvalidJob("depends_on", "a cron schedule cannot depend on jobs")

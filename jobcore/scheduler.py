@@ -9,7 +9,6 @@ one run. It decides nothing about running jobs; it only creates them.
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import uuid
@@ -18,18 +17,11 @@ from typing import Callable, Optional, Sequence
 from zoneinfo import ZoneInfo
 
 from .clock import Clock
-from .cron import CronExpression
+from .cron import parsed
 from .models import JobStatus
 from .repository.base import JobRecord, JobRepository, QueueEntry
 
 logger = logging.getLogger("jobcore.scheduler")
-
-
-@functools.lru_cache(maxsize=1024)
-def _parsed(cron: str, timezone: Optional[str]) -> CronExpression:
-    """`cron` parsed, kept for its next fires (it is never changed): parsing it again at
-    each fire was about a fifth of a fire's CPU (1,000 schedules firing every second)."""
-    return CronExpression(cron, timezone)
 
 
 def next_fire_epoch(cron: str, timezone: Optional[str], after: float) -> float:
@@ -38,7 +30,7 @@ def next_fire_epoch(cron: str, timezone: Optional[str], after: float) -> float:
     Without a time zone the expression follows local wall time, with the rules a zone's
     gets (docs/cron.md): a wall time the clocks skip is skipped, and one they repeat fires
     at its first pass only."""
-    expression = _parsed(cron, timezone)
+    expression = parsed(cron, timezone)
     # Fires are whole seconds: the first after `after` is the first after its whole second.
     # (`fromtimestamp` rounds to the microsecond: 0.4 µs before a fire landed on it, and
     # the fire after it came next, a period late.)

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from jobcore import dispatcher
-from jobcore import (DependencyError, FakeClock, InvalidCronExpression, Job, JobManager, JobPriority, JobStatus,
-                     MemoryRepository, SQLiteRepository)
+from jobcore import cron, dispatcher
+from jobcore import (DependencyError, FakeClock, InvalidCronExpression, InvalidJobType, Job, JobManager, JobPriority,
+                     JobStatus, MemoryRepository, SQLiteRepository)
 from waiting import wait_until
 
 WAIT = 10.0
@@ -175,6 +175,35 @@ def test_invalid_cron_is_rejected_naming_the_field(make_manager: Any, db_path: s
     with pytest.raises(ValueError, match="timezone"):
         Job(function=lambda: 1, cron="* * * * *", cron_timezone="Mars/Olympus")
     assert manager.get_stats()["total"] == 0
+
+
+def test_a_cron_timezone_of_the_wrong_type_is_named(make_manager: Any, db_path: str) -> None:
+    # (checked before the expression is parsed, whose parses are kept: an unhashable zone
+    # would have failed in the cache instead of naming the field)
+    for zone in (["UTC"], 5):
+        with pytest.raises(InvalidJobType, match="cron_timezone"):
+            Job(function=lambda: 1, cron="* * * * *", cron_timezone=zone)  # type: ignore[arg-type]
+
+
+def test_a_cron_jobs_expression_is_parsed_once_for_its_validation_and_its_fires(
+        make_manager: Any, db_path: str, monkeypatch: Any) -> None:
+    # given every parse of a cron expression counted
+    parses: list[str] = []
+    real_init = cron.CronExpression.__init__
+
+    def counted(self: Any, expr: str, timezone: Any = None) -> None:
+        parses.append(expr)
+        real_init(self, expr, timezone)
+
+    monkeypatch.setattr(cron.CronExpression, "__init__", counted)
+    expression = "7 3 * * *"  # (used by no other test: not parsed and kept already)
+    # when a schedule with it is enqueued into a manager, and enqueued again
+    manager = make_manager(db_path)
+    first = manager.enqueue(Job(function=lambda: 1, cron=expression, cron_timezone="Asia/Tokyo"))
+    second = manager.enqueue(Job(function=lambda: 1, cron=expression, cron_timezone="Asia/Tokyo"))
+    # then both are scheduled, and the expression was parsed once
+    assert {manager.poll(first).status, manager.poll(second).status} == {JobStatus.SCHEDULED}
+    assert parses == [expression]
 
 
 def test_every_second_schedule_fires_and_stops_when_cancelled(make_manager: Any, db_path: str) -> None:
