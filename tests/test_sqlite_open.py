@@ -151,15 +151,34 @@ def test_a_journal_mode_that_never_becomes_wal_fails_after_the_busy_timeout(
         _Flaky.answers = []
 
 
-def test_an_in_memory_sqlite_database_is_refused_at_once_saying_why(tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("name", ["file::memory:?cache=shared", "file:jobs?mode=memory&cache=shared"])
+def test_an_in_memory_sqlite_database_is_refused_at_once_saying_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    name: str) -> None:
     # given a shared-cache in-memory URI (it waited the whole busy timeout, 30 s, then said
-    # the database was locked: its journal mode is "memory", never WAL)
+    # the database was locked: its journal mode is "memory", never WAL), or another name
+    # SQLite gives an in-memory database
     monkeypatch.chdir(tmp_path)
     began = time.monotonic()
     with pytest.raises(RepositoryError, match="an in-memory SQLite database cannot be used"):
-        SQLiteRepository("file::memory:?cache=shared", busy_timeout=10.0)
+        SQLiteRepository(name, busy_timeout=10.0)
     assert time.monotonic() - began < 5.0  # not the busy timeout
+    assert os.listdir(tmp_path) == []  # and no file of that name made
+
+
+def test_a_new_file_whose_name_starts_with_file_colon_is_that_file_for_every_connection(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_manager: Any) -> None:
+    # given a relative path that SQLite would read as a URI ("file:jobs.db" names jobs.db
+    # there), of a file that does not exist yet
+    monkeypatch.chdir(tmp_path)
+    manager = make_manager(SQLiteRepository("file:jobs.db"), max_workers=1)
+    manager.register_function("double", lambda x: 2 * x)
+    # when a job is enqueued and run (its outcome recorded on another thread's connection)
+    manager.start()
+    job_id = manager.enqueue(Job(function_name="double", args=(21,)))
+    # then it completes, in the one file of that very name (the first connection made
+    # jobs.db, the others found "file:jobs.db" gone, and the job stayed RUNNING)
+    assert manager.wait(job_id, timeout=10).result == 42
+    assert sorted(name for name in os.listdir(tmp_path) if not name.endswith(("-wal", "-shm"))) == ["file:jobs.db"]
 
 
 # -- another application's database -------------------------------------------------------------

@@ -110,6 +110,7 @@ class Connections(ConnectionLifetime):
         self.busy_timeout = busy_timeout
         self._check = check
         self._uri = file_uri(path, "rw")
+        self._create_uri = file_uri(path, "rwc")  # (the first connection's, if the file is new)
         # Whether the next connection may create the file (cleared by the first that opens).
         self._may_create = not os.path.exists(path)
         self._checked = False  # whether `check` accepted the file

@@ -111,6 +111,7 @@ class ConnectionLifetime:
     synchronous: str
     _check: Optional[Callable[[sqlite3.Connection], None]]
     _uri: str
+    _create_uri: str
     _may_create: bool
     _checked: bool
     _tolerant: bool
@@ -289,12 +290,14 @@ class ConnectionLifetime:
         may_create = self._may_create
         # timeout=0: a busy database is retried by _until_free, not by SQLite's busy
         # handler (see there).
+        if may_create and _names_memory(self.path):
+            raise _in_memory_refused(self.path)
         try:
-            if may_create:
-                conn = sqlite3.connect(self.path, timeout=0, isolation_level=None, check_same_thread=False)
-            else:
-                conn = sqlite3.connect(self._uri, timeout=0, uri=True, isolation_level=None,
-                                       check_same_thread=False)
+            # Both by URI, naming the file of `path`'s bytes: the path itself, read by an
+            # SQLite that takes URIs for names, made a first connection to "file:jobs.db"
+            # create jobs.db, and every other connection then found "file:jobs.db" gone.
+            conn = sqlite3.connect(self._create_uri if may_create else self._uri, timeout=0, uri=True,
+                                   isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             if not may_create and not os.path.exists(self.path):
                 raise RepositoryError(
@@ -320,11 +323,8 @@ class ConnectionLifetime:
             self._check(conn)  # before the journal mode: a refused file is left as it was
             self._checked = True
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() == "memory":  # an in-memory database ("file::memory:"): never WAL
-            raise RepositoryError(
-                f"SQLite at {self.path!r}: an in-memory SQLite database cannot be used (it has no"
-                " write-ahead log, and each connection would see a database of its own); give a"
-                " file path, or \":memory:\" for jobcore's MemoryRepository")
+        if str(mode).lower() == "memory":  # (not expected: such names are refused before)
+            raise _in_memory_refused(self.path)
         if str(mode).lower() != "wal":  # another process held the file: try again
             raise sqlite3.OperationalError(f"database is locked (the journal mode stayed {mode!r})")
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")
@@ -396,3 +396,17 @@ class ConnectionLifetime:
                     conn.close()
         finally:
             self._gate.after_fork_in_parent()
+
+
+def _names_memory(path: str) -> bool:
+    """True for SQLite's names of an in-memory database (":memory:", a "file:" URI naming
+    ":memory:" or `mode=memory`): refused rather than made a file of that name."""
+    return path == ":memory:" or path.startswith("file::memory:") or (path.startswith("file:")
+                                                                      and "mode=memory" in path)
+
+
+def _in_memory_refused(path: str) -> RepositoryError:
+    return RepositoryError(
+        f"SQLite at {path!r}: an in-memory SQLite database cannot be used (it has no"
+        " write-ahead log, and each connection would see a database of its own); give a"
+        " file path, or \":memory:\" for jobcore's MemoryRepository")
