@@ -46,7 +46,8 @@ class Recorder:
                  local: LocalJobs, clock: Clock, worker_id: str, *, lease_timeout: float,
                  max_retry_delay: float, retry_on: Classifier, rng: random.Random,
                  publish: Publisher, on_settled: Settled, ring: Callable[[], None] = lambda: None,
-                 handed_back: Callable[[list[QueueEntry]], None] = lambda entries: None) -> None:
+                 handed_back: Callable[[list[QueueEntry]], None] = lambda entries: None,
+                 look: Callable[[], None] = lambda: None) -> None:
         self._repo = repository
         # Tells the other managers of this process on the store (see `Doorbell`) of jobs this
         # pool's writes made ready: dependents released, jobs handed back, runs fired. The
@@ -77,7 +78,7 @@ class Recorder:
         self._publish = publish
         self._on_settled = on_settled
         self._scheduler = ScheduleFirer(repository, clock, self.enqueue_entries, catch_up_within=lease_timeout,
-                                        ring=ring)
+                                        ring=ring, fired_elsewhere=look)
         self._refusals = Refusals(repository, worker_id, lease_timeout, act=self._after_all,
                                   give_up=self.forget_unrecorded)
         # The dependents the last exchange released, ready now and runnable here (see

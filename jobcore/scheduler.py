@@ -78,11 +78,17 @@ class ScheduleFirer:
 
     def __init__(self, repository: JobRepository, clock: Clock,
                  requeue: Callable[[list[QueueEntry], Optional[int]], None], catch_up_within: float,
-                 ring: Callable[[], None] = lambda: None) -> None:
+                 ring: Callable[[], None] = lambda: None,
+                 fired_elsewhere: Callable[[], None] = lambda: None) -> None:
         self._repo = repository
         # Tells the other managers of this process on the store of runs fired (one of them
         # may be the one that runs that function).
         self._ring = ring
+        # Has this manager look at the store (once a worker is free): a fire it was due to
+        # make was made by another process, whose run is stored for whoever runs it. On
+        # SQLite nothing else tells it so: the run waited for its next look, up to a
+        # discovery_interval after the fire time it had woken for.
+        self._fired_elsewhere = fired_elsewhere
         self._clock = clock
         # Queues runs and the schedules' next timers, found by the read marked by its
         # second argument (see `ReadyQueue.reading`).
@@ -105,6 +111,7 @@ class ScheduleFirer:
         now = self._clock.time()
         requeue: list[QueueEntry] = []
         fires: list[tuple[JobRecord, float, float, JobRecord]] = []
+        elsewhere = False  # whether another process made a fire this call was to make
         # One read for them all, and each next fire time worked out once for the schedules
         # that share it (an expression, a zone, a time after): read and worked out one by
         # one, each took a third of firing the schedules.
@@ -120,6 +127,7 @@ class ScheduleFirer:
             fire_at = schedule.run_at
             if fire_at is None or fire_at > now:
                 requeue.append(schedule.queue_entry())  # not due (another process moved it on)
+                elsewhere = True
                 continue
             caught_up = running_since is not None and fire_at >= max(running_since, now - self._catch_up_within)
             key = (schedule.cron, schedule.cron_timezone, fire_at if caught_up else now)
@@ -143,10 +151,13 @@ class ScheduleFirer:
                 current = self._repo.get(schedule.id)
                 if current is not None and current.status is JobStatus.SCHEDULED:
                     requeue.append(current.queue_entry())
+                    elsewhere = True
         if requeue:
             self._requeue(requeue, read)
         if any(fired):
             self._ring()
+        if elsewhere:
+            self._fired_elsewhere()
 
     def _fail_corrupt(self, schedule: JobRecord, error: str, now: float) -> None:
         """End a schedule that can never fire FAILED (`CorruptJob`), as a claim ends any

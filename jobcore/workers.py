@@ -92,7 +92,8 @@ class WorkerPool:
                                   max_retry_delay=settings.max_retry_delay, retry_on=settings.retry_on,
                                   rng=rng, publish=publish, on_settled=self._settled,
                                   ring=lambda: self.on_work_stored(),
-                                  handed_back=lambda entries: self.on_handed_back(entries))
+                                  handed_back=lambda entries: self.on_handed_back(entries),
+                                  look=self.look_when_free)
         self._on_settled = on_settled
         self._note_settled = note_settled
         # An isolated job's progress details are checked in its child, as report_progress

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from jobcore import cron, dispatcher
+from jobcore import cron, dispatcher, scheduler
 from jobcore import (DependencyError, FakeClock, InvalidCronExpression, InvalidJobType, Job, JobManager, JobPriority,
                      JobStatus, MemoryRepository, SQLiteRepository)
 from waiting import wait_until
@@ -333,6 +333,32 @@ def test_a_schedule_queued_again_while_behind_keeps_its_place_by_fire_time(make_
     # then it still comes first, by its fire time (queued as due now, each look put it
     # behind every other schedule due: with thousands, some fired seconds late)
     assert [e.job_id for e in manager._queue.pop_due_schedules()] == [first, second]  # noqa: SLF001
+
+
+def test_a_run_another_process_fired_first_starts_here_at_its_time_not_at_the_next_look(
+        make_manager: Any, db_path: str) -> None:
+    # given a manager that runs a per-second schedule's function and looks at the store
+    # only every 30 s, its timer set for the schedule's next fire
+    clock = FakeClock(start=1_900_000_000.5)
+    manager = make_manager(db_path, clock=clock, poll_interval=30, discovery_interval=30)
+    ran = threading.Event()
+    manager.register_function("tick", ran.set)
+    schedule_id = manager.enqueue(Job(function_name="tick", cron="* * * * * *"))
+    manager.start()
+    # when another process (its own connection, no bell of this one's) fires it first
+    other = SQLiteRepository(db_path)
+    try:
+        schedule = other.get(schedule_id)
+        assert schedule is not None and schedule.run_at == 1_900_000_001.0
+        run = scheduler.run_for(schedule, schedule.run_at)
+        assert other.fire_schedules([(schedule_id, schedule.run_at, schedule.run_at + 1, run)], clock.time()) == [True]
+    finally:
+        other.close()
+    clock.advance(1)  # (this manager's timer comes due, to find the fire made)
+    # then the run that process stored starts here now: told by nothing else on SQLite,
+    # it waited for the next look, 30 s on
+    assert ran.wait(10)
+    assert manager.wait(run.id, timeout=10).status is JobStatus.COMPLETED
 
 
 def test_schedules_due_together_are_fired_in_batches(make_manager: Any, db_path: str,
