@@ -187,6 +187,32 @@ def test_a_version_6_database_is_migrated_and_keeps_its_lists_in_rows(tmp_path: 
         repo.close()
 
 
+def test_a_version_6_row_whose_list_is_the_kept_apart_text_reads_the_same_after_the_migration(
+        tmp_path: Path) -> None:
+    # given a file of schema version 6 holding a job that depends on one job whose id is
+    # "@job_dep_lists" (a legal id): its row's list is the text version 7 reads as "kept
+    # apart", which version 6 never wrote apart
+    path = str(tmp_path / "old.db")
+    repo = SQLiteRepository(path)
+    _add(repo, id="@job_dep_lists")
+    child = _add(repo)
+    repo.close()
+    raw = sqlite3.connect(path)
+    raw.execute("DROP TABLE job_dep_lists")
+    raw.execute("UPDATE jobs SET depends_on = ? WHERE id = ?", (sql.DEPENDS_ON_APART, child.id))
+    raw.execute("UPDATE jobcore_meta SET value = '6' WHERE key = 'schema_version'")
+    raw.commit()
+    raw.close()
+    # when it is opened (migrated)
+    repo = SQLiteRepository(path)
+    try:
+        # then the job still depends on that one job (it read as corrupt: no list kept apart)
+        got = _get(repo, child.id)
+        assert got.decode_error is None and got.depends_on == ("@job_dep_lists",)
+    finally:
+        repo.close()
+
+
 def test_a_manager_runs_a_fan_in_kept_apart_after_every_dependency(tmp_path: Path) -> None:
     manager = JobManager(SQLiteRepository(str(tmp_path / "jobs.db")), max_workers=4)
     parts: list[str] = []

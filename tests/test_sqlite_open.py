@@ -255,6 +255,26 @@ def test_a_schema_version_that_is_no_number_is_a_repository_error(tmp_path: Path
                                           " the file is corrupt or not jobcore's"]
 
 
+@pytest.mark.parametrize("stored", ["0", "-1"])
+def test_a_schema_version_below_the_first_is_a_repository_error(tmp_path: Path, stored: str) -> None:
+    # (a KeyError, and a traceback from the CLI, looking for its migration)
+    path = str(tmp_path / "jobs.db")
+    SQLiteRepository(path).close()
+    with raw_db(path) as conn:
+        conn.execute("UPDATE jobcore_meta SET value = ?", (stored,))
+    conn.close()
+    message = f"SQLite at {path!r}: schema version {stored!r} is not one jobcore ever wrote: the file is corrupt or not jobcore's"
+    with pytest.raises(RepositoryError) as raised:
+        SQLiteRepository(path)
+    assert str(raised.value) == message
+    result = run_python(f"import sys; from jobcore.cli import main; sys.exit(main(['--db', {path!r}, 'stats']))",
+                        tmp_path)
+    assert (result.returncode, result.stderr.splitlines()) == (1, [f"jobcore: error: {message}"])
+    with raw_db(path) as conn:  # and the file is left as it was
+        assert conn.execute("SELECT value FROM jobcore_meta").fetchall() == [(stored,)]
+    conn.close()
+
+
 # -- closing at exit ----------------------------------------------------------------------------
 def _no_wal_left(path: Path, jobs: int) -> None:
     assert not os.path.exists(f"{path}-wal") and not os.path.exists(f"{path}-shm")

@@ -103,10 +103,14 @@ class SQLiteMigration:
     def _version(self, stored: Any) -> int:
         """The schema version stored as `stored`: an integer, or a RepositoryError."""
         try:
-            return int(stored)
+            version = int(stored)
         except (TypeError, ValueError):
             raise RepositoryError(f"SQLite at {self.path!r}: schema version {stored!r} is not a number:"
                                   " the file is corrupt or not jobcore's") from None
+        if version < 1:  # (no jobcore wrote one: a KeyError looking for its migration)
+            raise RepositoryError(f"SQLite at {self.path!r}: schema version {stored!r} is not one jobcore"
+                                  " ever wrote: the file is corrupt or not jobcore's")
+        return version
 
     def _refuse_newer(self, version: int) -> None:
         if version > schema.SCHEMA_VERSION:

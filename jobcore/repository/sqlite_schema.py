@@ -154,6 +154,10 @@ CREATE INDEX jobs_due ON jobs (function_name, run_at) WHERE status = 'scheduled'
     4: "ALTER TABLE jobcore_workers ADD COLUMN lease_timeout REAL",
     # The dead-letter queue's index by finish time (CREATE_SCHEMA, run first, makes it too).
     5: _JOBS_FAILED_INDEX,
-    # Long dependency lists kept out of their rows (CREATE_SCHEMA makes it too).
-    6: _JOB_DEP_LISTS,
+    # Long dependency lists kept out of their rows (CREATE_SCHEMA makes the table too). A
+    # row written before whose list is the very text that now says "kept apart" (one
+    # dependency, of id "@job_dep_lists") gets its list there too, so it reads the same.
+    6: _JOB_DEP_LISTS + """;
+INSERT OR IGNORE INTO job_dep_lists (job_id, depends_on)
+    SELECT id, depends_on FROM jobs WHERE depends_on = '["@job_dep_lists"]'""",
 }
