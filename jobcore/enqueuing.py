@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 from .claims import claims_if_committed
 from .clock import Clock
@@ -36,7 +36,7 @@ class Enqueuer:
     def __init__(self, repository: JobRepository, registry: FunctionRegistry, local: LocalJobs,
                  pool: WorkerPool, settlements: Settlements, clock: Clock, *, producer: bool,
                  immediate: bool, worker_id: str, lease_timeout: float,
-                 ring: Callable[[], None] = lambda: None) -> None:
+                 ring: Callable[[Optional[Sequence[QueueEntry]]], None] = lambda entries: None) -> None:
         self._repo = repository
         self._ring = ring  # tells the other managers of this process on the store (see `Doorbell`)
         self._registry = registry
@@ -83,12 +83,13 @@ class Enqueuer:
         now = self._clock.time()
         records = [self.record_for(job, now) for job in jobs]
         ids = self._repo.insert(records, now)
-        self._ring()
         for job in jobs:
             self._bind_function(job)
-        ready = [record for job, record, job_id in zip(jobs, records, ids) if self._stored(job, record, job_id)]
+        ready = [record.queue_entry() for job, record, job_id in zip(jobs, records, ids)
+                 if self._stored(job, record, job_id)]
+        self._ring(ready)  # (every job stored that is not waiting on another: see `Doorbell.ring`)
         if ready and self._queues():
-            self._pool.enqueue_entries([record.queue_entry() for record in ready])
+            self._pool.enqueue_entries(ready)
         if self._immediate:
             self._pool.run_pending()
         return ids
@@ -112,10 +113,11 @@ class Enqueuer:
                     self._local.drop_function(job.id, job.function)  # carried until then: see `_bind_function`
                 return handed
         job_id = self._repo.insert([record], now)[0]
-        self._ring()
         self._bind_function(job)
-        if self._stored(job, record, job_id) and self._queues():
-            self._pool.enqueue_entries((record.queue_entry(),))
+        ready = (record.queue_entry(),) if self._stored(job, record, job_id) else ()
+        self._ring(ready)
+        if ready and self._queues():
+            self._pool.enqueue_entries(ready)
         if self._immediate:
             self._pool.run_pending()
         return job_id
@@ -124,6 +126,16 @@ class Enqueuer:
         """Queue stored jobs for this manager's workers, if it queues them now (`_queues`)."""
         if self._queues():
             self._pool.enqueue_entries(entries)
+
+    def offered(self, entries: Sequence[QueueEntry]) -> bool:
+        """Queue the entries of jobs another manager of this process just stored (its
+        ring: see `Doorbell.ring`), as if enqueued here, if this manager queues stored
+        jobs now (those of functions it does not run are left out); True if it does."""
+        if not self._queues():
+            return False
+        if entries:
+            self._pool.enqueue_entries(entries)
+        return True
 
     def _queues(self) -> bool:
         """Whether jobs stored now are queued here: once the workers run (or at once for

@@ -24,7 +24,7 @@ import logging
 import os
 import threading
 from time import thread_time
-from typing import Callable, Collection, ContextManager, Optional
+from typing import Callable, Collection, ContextManager, Optional, Sequence
 
 from .doorbell import Doorbell
 from .clock import LONGEST_WAIT, Clock, join_within, real_monotonic
@@ -35,7 +35,7 @@ from .lease_timing import jump_tolerance as jump_tolerance  # (re-exported: defi
 from .models import JobStatus
 from .neighbours import expire_dead_neighbours
 from .neighbours import host_identity as host_identity  # (re-exported: defined here before)
-from .repository.base import JobRepository, Recovery, takes_argument
+from .repository.base import JobRepository, QueueEntry, Recovery, takes_argument
 from .workers import PoolSettings, WorkerPool
 
 logger = logging.getLogger("jobcore.housekeeper")
@@ -87,7 +87,11 @@ class Housekeeper:
         self._replan = False  # see `wake`: set while the thread is busy, it does not sleep
         self._look_soon = False  # see `look_soon`
         # Other managers of this process on this store ring it when they store work.
-        self._doorbell = Doorbell(repository.store_key, self.look_soon, pool.request_cancel)
+        self._doorbell = Doorbell(repository.store_key, self.look_soon, pool.request_cancel,
+                                  lambda entries: self.offered(entries))
+        # Set by the manager: queue here the entries of jobs another manager of this
+        # process stored, if this one queues stored jobs now; True if it does.
+        self.offered: Callable[[Sequence[QueueEntry]], bool] = lambda entries: False
         self._thread: Optional[threading.Thread] = None
         self._host, self._pid = host_identity(), os.getpid()
         # Our own lease goes into our registry entry, and others' entries are reaped by
@@ -279,9 +283,10 @@ class Housekeeper:
             self._look_soon = True
             self._cond.notify_all()
 
-    def ring(self) -> None:
-        """Tell the other managers of this process on this store that work was stored."""
-        self._doorbell.ring()
+    def ring(self, entries: Optional[Sequence[QueueEntry]] = None) -> None:
+        """Tell the other managers of this process on this store that work was stored
+        (`entries`: all of it, ready or timed, which they may queue at once)."""
+        self._doorbell.ring(entries)
 
     def ring_cancel(self, job_id: str) -> None:
         """Tell the other managers of this process on this store that a cancel was

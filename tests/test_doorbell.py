@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
+from datetime import datetime, timedelta
 from typing import Any, Callable
 
 import pytest
@@ -83,6 +84,37 @@ def test_a_worker_manager_starts_a_job_a_producer_beside_it_stored(make_manager:
     assert producer.wait(first, timeout=WAIT).status is JobStatus.COMPLETED
     batch = producer.enqueue_many([Job(function_name="job") for _ in range(3)])
     assert all(producer.wait(job_id, timeout=WAIT).status is JobStatus.COMPLETED for job_id in batch)
+
+
+@pytest.mark.parametrize("store", ["sqlite", "memory"])
+def test_a_producers_jobs_are_handed_to_the_worker_manager_without_a_read_of_the_store(
+        make_manager: Any, db_path: str, store: str) -> None:
+    # given a started worker manager whose housekeeper's reads of the store are counted
+    # (its own looks a minute apart), and a producer beside it
+    make = _managers(make_manager, db_path, store)
+    worker = make()
+    worker.register_function("job", lambda n: n)
+    housekeeper = worker._housekeeper
+    reads: list[int] = []
+    refill = housekeeper._refill
+
+    def counted() -> Any:
+        reads.append(1)
+        return refill()
+
+    housekeeper._refill = counted  # type: ignore[method-assign]
+    worker.start()
+    producer = make(producer=True)
+    # when the producer stores jobs, alone, in a batch, and one due a moment later
+    ids = [producer.enqueue(Job(function_name="job", args=(1,)))]
+    ids += producer.enqueue_many([Job(function_name="job", args=(n,)) for n in range(2, 5)])
+    ids.append(producer.enqueue(Job(function_name="job", args=(5,),
+                                    scheduled_at=datetime.now() + timedelta(milliseconds=50))))
+    # then the worker manager runs each, queued by the producer's ring: its housekeeper
+    # read nothing (woken instead, it read the store's window, and its dispatcher then
+    # claimed the job: the job started about 3 times later than one enqueued here)
+    assert [producer.wait(job_id, timeout=WAIT).result for job_id in ids] == [1, 2, 3, 4, 5]
+    assert reads == []
 
 
 def test_a_stopped_manager_is_rung_no_more_and_one_on_another_file_never(make_manager: Any, tmp_path: Any) -> None:
