@@ -302,12 +302,11 @@ def test_only_jobs_forgotten_count_as_falling_behind(monkeypatch: Any) -> None:
     assert remembered_after_four_more() == 4
 
 
-@pytest.mark.parametrize("reported", [False, True])
-def test_wait_on_a_job_running_here_reads_no_row_until_it_settles(make_manager: Any, db_path: str,
-                                                                  reported: bool) -> None:
-    """A job claimed here settles here, and its waiter is woken then: reading its row
-    while it runs would tell nothing new. One that reported progress is read once, after."""
-    # given a job running here, held at a gate
+def _running_at_a_gate(make_manager: Any, db_path: str, value: int,
+                       reported: bool = False) -> tuple[JobManager, str, threading.Event, _CountingGets]:
+    """A started manager of one worker running a job held at a gate (set it and the job
+    returns `value`; `reported`: it reported progress first), and the row reads made from
+    then on: (manager, job id, gate, reads)."""
     started, gate = threading.Event(), threading.Event()
 
     def gated(x: int) -> int:
@@ -322,9 +321,18 @@ def test_wait_on_a_job_running_here_reads_no_row_until_it_settles(make_manager: 
     manager = make_manager(db_path, max_workers=1)
     manager.register_function("gated", gated)
     manager.start()
-    job_id = manager.enqueue(Job(function_name="gated", args=(3,)))
+    job_id = manager.enqueue(Job(function_name="gated", args=(value,)))
     assert started.wait(10)
-    reads = _CountingGets(manager.repository)
+    return manager, job_id, gate, _CountingGets(manager.repository)
+
+
+@pytest.mark.parametrize("reported", [False, True])
+def test_wait_on_a_job_running_here_reads_no_row_until_it_settles(make_manager: Any, db_path: str,
+                                                                  reported: bool) -> None:
+    """A job claimed here settles here, and its waiter is woken then: reading its row
+    while it runs would tell nothing new. One that reported progress is read once, after."""
+    # given a job running here, held at a gate
+    manager, job_id, gate, reads = _running_at_a_gate(make_manager, db_path, 3, reported)
     # when it is waited for while it runs (past a timeout), then released and waited for
     with pytest.raises(TimeoutError, match="still running"):
         manager.wait(job_id, timeout=0.05)
@@ -341,8 +349,7 @@ def test_a_waiter_the_poller_tells_of_a_job_being_recorded_here_reads_no_row(
     and often finds a job ended between its outcome's commit and its settling here. That
     job settles here at once: its waiter waits for it rather than read the row."""
     # given a job whose completion is committed and then held up before it is noted here
-    started, gate, release, held_up = (threading.Event() for _ in range(4))
-    told, looked = threading.Event(), threading.Event()
+    release, held_up, told, looked = (threading.Event() for _ in range(4))
     note, look_again, look = waiting.Settlements.note, waiting.Settlements._look_again, waiting.Settlements._look
 
     def late_note(self: waiting.Settlements, settled: Any) -> None:
@@ -365,18 +372,7 @@ def test_a_waiter_the_poller_tells_of_a_job_being_recorded_here_reads_no_row(
     monkeypatch.setattr(waiting.Settlements, "note", late_note)
     monkeypatch.setattr(waiting.Settlements, "_look_again", news)
     monkeypatch.setattr(waiting.Settlements, "_look", looking)
-
-    def gated(x: int) -> int:
-        started.set()
-        gate.wait(10)
-        return x
-
-    manager = make_manager(db_path, max_workers=1)
-    manager.register_function("gated", gated)
-    manager.start()
-    job_id = manager.enqueue(Job(function_name="gated", args=(4,)))
-    assert started.wait(10)
-    reads = _CountingGets(manager.repository)
+    manager, job_id, gate, reads = _running_at_a_gate(make_manager, db_path, 4)
     results: list[Any] = []
     waiter = threading.Thread(target=lambda: results.append(manager.wait(job_id, timeout=10)))
     waiter.start()
