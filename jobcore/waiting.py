@@ -40,6 +40,10 @@ LAST_INTERVAL = 0.1  # to this
 LONGEST_SLEEP = 3600.0
 CLOSE_LOOKS = 2.0  # seconds `close` waits at most for the callers it woke to look once more
 POLLER_LINGER = 1.0  # seconds the thread reading them waits for another caller once none waits
+# Seconds a waiter told by the poller that its job ended elsewhere still waits, unread, for
+# that job's outcome being recorded here (see `Settlements._look`); the poller tells it
+# again at its next read, up to LAST_INTERVAL later.
+RECORDING_GRACE = 0.5
 
 
 class _Waiters:
@@ -54,11 +58,12 @@ class _Waiters:
         # here, or the poller found it ended, gone or unreadable): a waiter compares it with
         # what it saw before it looked, so news between its look and its sleep is not missed.
         self.told = 0
-        # Set once the poller found the job's row ended, gone or unreadable: from then on
-        # each look reads the row, even while this process still holds the job (an attempt
-        # that runs on here after another process took the job back and settled it), but
-        # not while its ended attempt's outcome is being recorded here (`_look`).
-        self.ended_elsewhere = False
+        # When (real monotonic) the poller first found the job's row ended, gone or
+        # unreadable, else None: from then on each look reads the row, even while this
+        # process still holds the job (an attempt that runs on here after another process
+        # took the job back and settled it), but not, for RECORDING_GRACE, while its ended
+        # attempt's outcome is being recorded here (`_look`).
+        self.ended_elsewhere: Optional[float] = None
         self.woken = threading.Condition(lock)  # notified when they are told
 
 
@@ -165,7 +170,8 @@ class Settlements:
                 waiting = self._waiters.get(job_id)
                 if waiting is not None:
                     waiting.told += 1
-                    waiting.ended_elsewhere = True
+                    if waiting.ended_elsewhere is None:
+                        waiting.ended_elsewhere = real_monotonic()
                     waiting.woken.notify_all()
 
     def completed(self, job_id: str) -> Optional[JobResult]:
@@ -243,7 +249,7 @@ class Settlements:
                 with self._lock:
                     seen = waiting.told  # before looking: news after it wakes the sleep
                     elsewhere = waiting.ended_elsewhere
-                found = self._look(job_id, held, read, worker_id, read_held=elsewhere)
+                found = self._look(job_id, held, read, worker_id, elsewhere_since=elsewhere)
                 if isinstance(found, JobResult):
                     return found
                 if self._closed:
@@ -290,20 +296,24 @@ class Settlements:
                     self._left.notify_all()
 
     def _look(self, job_id: str, held: Callable[[str], int], read: Callable[[str], Optional[JobRecord]],
-              worker_id: Optional[str], read_held: bool = False) -> Union[JobResult, JobStatus]:
+              worker_id: Optional[str], elsewhere_since: Optional[float] = None) -> Union[JobResult, JobStatus]:
         """What `wait` would return now if the job is terminal, else its status (RUNNING,
-        unread, while it is held here, unless `read_held`: the poller found its row ended
-        elsewhere, and the attempt here may never return; but unread still while its
-        outcome is being recorded). See `wait` for the other arguments."""
+        unread, while it is held here, unless the poller found its row ended elsewhere
+        (`elsewhere_since`, when it first did): the attempt here may never return. Unread
+        still for RECORDING_GRACE after that news while its outcome is being recorded here.
+        See `wait` for the other arguments."""
         completed = self.completed(job_id)
         if completed is not None:  # completed here: its row holds nothing else
             return completed
         holding = held(job_id)
-        # It settles here, and wakes us then: no need to read. After the poller's news too
-        # once its attempt is over (RECORDING): its outcome's exchange settles it here at
-        # once, whether it commits or finds the job taken back; the poller often reads the
-        # row between that commit and the settling, and each waiter then read it for nothing.
-        if holding and (not read_held or holding == RECORDING):
+        # It settles here, and wakes us then: no need to read. After the poller's news too,
+        # for a while, once its attempt is over (RECORDING): its outcome's exchange settles
+        # it here at once, whether it commits or finds the job taken back; the poller often
+        # reads the row between that commit and the settling, and each waiter then read it
+        # for nothing. Not for longer: a recording held up (a store locked by another
+        # program) kept a job another process had completed waiting for it.
+        if holding and (elsewhere_since is None or (
+                holding == RECORDING and real_monotonic() - elsewhere_since < RECORDING_GRACE)):
             return JobStatus.RUNNING
         record = read(job_id)
         if record is None:

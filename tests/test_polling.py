@@ -22,6 +22,7 @@ from typing import Any, Callable, Collection, Iterator, Optional
 import pytest
 
 from jobcore import Job, JobManager, JobResult, JobStatus, MemoryRepository, RepositoryError, SQLiteRepository, waiting
+from jobcore import pool_state
 from jobcore.repository.base import JobRecord
 from jobcore.testing.contract import make_record
 from test_waiters import _joined
@@ -261,10 +262,15 @@ class _Jobs:
         self.batches = 0
         self.asked = threading.Event()
         self.held_once_ended = False  # True: a job held here ends elsewhere, and stays held
+        self.holding_once_ended = pool_state.HELD  # how it stays held then (see `WorkerPool.settles_here`)
 
-    def held(self, job_id: str) -> bool:
+    def held(self, job_id: str) -> int:
         with self._lock:
-            return self._held and (not self._ended or self.held_once_ended)
+            if not self._held:
+                return pool_state.NOT_HELD
+            if not self._ended:
+                return pool_state.HELD
+            return self.holding_once_ended if self.held_once_ended else pool_state.NOT_HELD
 
     def read(self, job_id: str) -> JobRecord:
         with self._lock:
@@ -333,6 +339,27 @@ def test_a_job_held_here_that_ended_elsewhere_is_read_and_its_waiters_return() -
     _joined(threads)
     assert {result.status for result in results.values()} == {JobStatus.CANCELLED}
     assert jobs.reads == {job_id: 1 for job_id in ids}  # once told (held: not as it began)
+
+
+def test_a_job_whose_outcome_here_is_held_up_after_it_ended_elsewhere_is_read_after_a_grace(
+        monkeypatch: Any) -> None:
+    # given threads waiting for jobs held here whose rows end elsewhere while their
+    # attempts' outcomes here are being recorded, for ever (a store locked by another
+    # program holds the recording up; the grace shortened for the test)
+    monkeypatch.setattr(waiting, "RECORDING_GRACE", 0.2)
+    settlements = waiting.Settlements()
+    ids = [f"recording-{n}" for n in range(WAITERS)]
+    jobs = _Jobs(ids, held=True)
+    jobs.held_once_ended, jobs.holding_once_ended = True, pool_state.RECORDING
+    threads, results = _waiting_on(settlements, jobs, ids)
+    assert jobs.asked.wait(JOIN)
+    jobs.end()
+    # then each waiter, told by the poller, waits out the grace for the recording, then
+    # reads its row and returns what another process made of the job (it waited for the
+    # recording here as long as that was held up)
+    _joined(threads)
+    assert {result.status for result in results.values()} == {JobStatus.CANCELLED}
+    assert jobs.reads == {job_id: 1 for job_id in ids}
 
 
 def test_with_no_thread_to_poll_each_waiter_reads_its_own_job(monkeypatch: Any) -> None:

@@ -278,3 +278,16 @@ def test_a_schema_version_that_is_not_a_number_is_refused_as_corrupt(repo: "Post
     assert (f"schema {schema.name!r}: schema version 'six' is not a number: the schema is corrupt"
             f" or not jobcore's") in str(refused.value)
     assert _version(schema) == ("six",)  # left as it was
+
+
+@pytest.mark.parametrize("stored", ["0", "-1"])
+def test_a_schema_version_below_the_first_is_refused_as_corrupt(repo: "PostgresRepository", schema: Schema,
+                                                                stored: str) -> None:
+    # (a KeyError looking for its migration, as on SQLite)
+    with psycopg.connect(schema.server, autocommit=True) as conn:
+        conn.execute(f"UPDATE \"{schema.name}\".jobcore_meta SET value = %s", (stored,))
+    with pytest.raises(RepositoryError) as refused:
+        schema.repository()
+    assert (f"schema {schema.name!r}: schema version {stored!r} is not one jobcore ever wrote: the schema is"
+            f" corrupt or not jobcore's") in str(refused.value)
+    assert _version(schema) == (stored,)  # left as it was

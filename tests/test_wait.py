@@ -363,9 +363,9 @@ def test_a_waiter_the_poller_tells_of_a_job_being_recorded_here_reads_no_row(
         look_again(self, ids)
         told.set()
 
-    def looking(self: waiting.Settlements, *args: Any, read_held: bool = False) -> Any:
-        found = look(self, *args, read_held=read_held)
-        if read_held and held_up.is_set():
+    def looking(self: waiting.Settlements, *args: Any, elsewhere_since: Any = None) -> Any:
+        found = look(self, *args, elsewhere_since=elsewhere_since)
+        if elsewhere_since is not None and held_up.is_set():
             looked.set()
         return found
 

@@ -422,7 +422,7 @@ class Database:
     def _stored_version(self, tx: Tx) -> tuple[bool, Optional[int], list[str]]:
         """(whether the schema exists, its stored version or None if it has none yet, the
         tables and indexes of `schema.CREATE_SCHEMA` it lacks), read without DDL and
-        without a lock. A version that is not a number raises `RepositoryError`."""
+        without a lock. A version that is not a number, or below 1, raises `RepositoryError`."""
         state = tx.execute(ddl.SELECT_SCHEMA_STATE, {"schema": self.schema,
                                                      "relations": list(ddl.SCHEMA_RELATIONS)}).fetchone()
         exists, has_meta, present = state if state else (False, False, [])
@@ -433,11 +433,16 @@ class Database:
         if row is None:
             return True, None, missing
         try:
-            return True, int(row[0]), missing
+            version = int(row[0])
         except (TypeError, ValueError):
             raise RepositoryError(f"PostgreSQL at {self.where}: schema {self.schema!r}: schema version"
                                   f" {row[0]!r} is not a number: the schema is corrupt or not jobcore's"
                                   ) from None
+        if version < 1:  # (no jobcore wrote one: a KeyError looking for its migration)
+            raise RepositoryError(f"PostgreSQL at {self.where}: schema {self.schema!r}: schema version"
+                                  f" {row[0]!r} is not one jobcore ever wrote: the schema is corrupt or not"
+                                  " jobcore's")
+        return True, version, missing
 
     def _refuse_newer(self, version: Optional[int]) -> None:
         if version is not None and version > ddl.SCHEMA_VERSION:

@@ -49,12 +49,14 @@ CONTENDED_PAUSE = 0.003
 
 def file_uri(path: str, mode: str, paths: Any = os.path) -> str:
     """An SQLite URI naming the file at `path` (made absolute by `paths`, os.path or
-    ntpath; any character URIs reserve quoted), opened in `mode` ("rw": the file must
+    ntpath, its symbolic links followed as the file system follows them: `link/../jobs.db`
+    is the jobs.db beside the link's target, where `abspath` took the `..` as text and named
+    another file; any character URIs reserve quoted), opened in `mode` ("rw": the file must
     exist, SQLite never creates it). What is quoted is the bytes the file system names
     the file by (`os.fsencode`): a name that is not UTF-8 (a Latin-1 one, which
     `os.listdir` and the command line give with lone surrogates, 'caf\\udce9.db') reaches
     SQLite as those bytes, where the str itself cannot be quoted (UnicodeEncodeError)."""
-    absolute = paths.abspath(path)
+    absolute = paths.realpath(path)
     if paths.sep != "/":  # Windows: C:\data\jobs.db -> /C:/data/jobs.db
         absolute = absolute.replace(paths.sep, "/")
     if not absolute.startswith("/"):

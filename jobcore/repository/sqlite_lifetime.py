@@ -290,7 +290,7 @@ class ConnectionLifetime:
         may_create = self._may_create
         # timeout=0: a busy database is retried by _until_free, not by SQLite's busy
         # handler (see there).
-        if may_create and _names_memory(self.path):
+        if _names_memory(self.path):
             raise _in_memory_refused(self.path)
         try:
             # Both by URI, naming the file of `path`'s bytes: the path itself, read by an
@@ -400,9 +400,14 @@ class ConnectionLifetime:
 
 def _names_memory(path: str) -> bool:
     """True for SQLite's names of an in-memory database (":memory:", a "file:" URI naming
-    ":memory:" or `mode=memory`): refused rather than made a file of that name."""
-    return path == ":memory:" or path.startswith("file::memory:") or (path.startswith("file:")
-                                                                      and "mode=memory" in path)
+    ":memory:" or with `mode=memory` among its query's parameters): refused rather than
+    opened as a file of that name, whether or not one exists."""
+    if path == ":memory:" or path.startswith("file::memory:"):
+        return True
+    if not path.startswith("file:") or "?" not in path:
+        return False
+    query = path.partition("?")[2].partition("#")[0]
+    return "mode=memory" in query.split("&")
 
 
 def _in_memory_refused(path: str) -> RepositoryError:
