@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from jobcore import Job, JobManager, SQLiteRepository
+from jobcore import Job, JobManager, JobStatus, SQLiteRepository
 from jobcore.errors import RepositoryError
 from jobcore.repository import sqlite_conn, sqlite_rows
 from jobcore.repository import sqlite_schema as schema
@@ -163,6 +163,46 @@ def test_an_in_memory_sqlite_database_is_refused_at_once_saying_why(tmp_path: Pa
         SQLiteRepository(name, busy_timeout=10.0)
     assert time.monotonic() - began < 5.0  # not the busy timeout
     assert os.listdir(tmp_path) == []  # and no file of that name made
+
+
+def test_names_that_only_look_in_memory_are_files_and_in_memory_names_are_refused_even_if_a_file_exists(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    # a name with "mode=memory" outside a URI's query is a file of that name
+    os.mkdir("file:notes")
+    for name in ("file:mode=memory.db", "file:notes/mode=memory-backup.db"):
+        SQLiteRepository(name).close()
+        assert os.path.exists(name)
+    # and SQLite's in-memory names are refused, a file of that name there or not
+    open("file::memory:", "wb").close()
+    with pytest.raises(RepositoryError, match="an in-memory SQLite database cannot be used"):
+        SQLiteRepository("file::memory:")
+    assert os.path.getsize("file::memory:") == 0
+
+
+def test_a_path_through_a_symbolic_link_and_dot_dot_is_the_file_the_file_system_names(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_manager: Any) -> None:
+    # given link -> real/sub, and the path link/../jobs.db (the file system: real/jobs.db;
+    # the URI made from its text named work/jobs.db, a file of its own)
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "link").symlink_to(tmp_path / "real" / "sub")
+    monkeypatch.chdir(tmp_path / "work")
+    repository = SQLiteRepository("link/../jobs.db")
+    manager = make_manager(repository, max_workers=1)
+    manager.register_function("double", lambda x: 2 * x)
+    manager.start()
+    job_id = manager.enqueue(Job(function_name="double", args=(4,)))
+    # then the job runs, in that file, which every other name of it opens
+    assert manager.wait(job_id, timeout=10).result == 8
+    assert not (tmp_path / "work" / "jobs.db").exists()
+    other = SQLiteRepository(str(tmp_path / "real" / "jobs.db"))
+    try:
+        assert other.store_key == repository.store_key
+        found = other.get(job_id)
+        assert found is not None and found.status is JobStatus.COMPLETED
+    finally:
+        other.close()
 
 
 def test_a_new_file_whose_name_starts_with_file_colon_is_that_file_for_every_connection(
