@@ -136,19 +136,13 @@ class Enqueuer:
                 return
         self._ring(ready)
 
-    def queue_here(self, entries: Iterable[QueueEntry]) -> None:
-        """Queue stored jobs for this manager's workers, if it queues them now (`_queues`)."""
-        if self._queues():
-            self._pool.enqueue_entries(entries)
-
-    def offered(self, entries: Sequence[QueueEntry]) -> bool:
-        """Queue the entries of jobs another manager of this process just stored (its
-        ring: see `Doorbell.ring`), as if enqueued here, if this manager queues stored
-        jobs now (those of functions it does not run are left out); True if it does."""
+    def queue_here(self, entries: Iterable[QueueEntry]) -> bool:
+        """Queue stored jobs for this manager's workers (those of functions it runs), if it
+        queues them now (`_queues`): jobs a stop handed back, and those another manager of
+        this process just stored (its ring: see `Doorbell.ring`). True if it does."""
         if not self._queues():
             return False
-        if entries:
-            self._pool.enqueue_entries(entries)
+        self._pool.enqueue_entries(entries)
         return True
 
     def _queues(self) -> bool:

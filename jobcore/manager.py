@@ -139,7 +139,7 @@ class JobManager(Inspection):
                                   immediate=self.immediate, worker_id=self.worker_id,
                                   lease_timeout=self.lease_timeout, ring=self._housekeeper.ring)
         self._pool.on_handed_back = self._enqueuer.queue_here
-        self._housekeeper.offered = self._enqueuer.offered
+        self._housekeeper.offered = self._enqueuer.queue_here
         self._queue.running_low = self._housekeeper.refill_soon
         # Starting and stopping the threads, and a forked child's reset of every part.
         self._lifecycle = Lifecycle(self.repository, self._clock, self._pool, self._housekeeper, self._enqueuer,

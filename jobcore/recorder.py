@@ -46,7 +46,7 @@ class Recorder:
                  local: LocalJobs, clock: Clock, worker_id: str, *, lease_timeout: float,
                  max_retry_delay: float, retry_on: Classifier, rng: random.Random,
                  publish: Publisher, on_settled: Settled, ring: Callable[[], None] = lambda: None,
-                 handed_back: Callable[[list[QueueEntry]], None] = lambda entries: None,
+                 handed_back: Callable[[list[QueueEntry]], object] = lambda entries: None,
                  look: Callable[[], None] = lambda: None) -> None:
         self._repo = repository
         # Tells the other managers of this process on the store (see `Doorbell`) of jobs this

@@ -129,7 +129,8 @@ class Settlements:
         """Note that these jobs reached a terminal state here (each with its `Completion`
         if it completed; `noted`: `note` remembered those already) and wake whoever waits
         for one of them, and no one else: a waiter woken finds its job already noted."""
-        settled = list(settled)
+        if not noted:
+            settled = list(settled)  # (gone through twice)
         with self._lock:
             if not noted:
                 self._note_locked(settled)

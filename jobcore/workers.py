@@ -123,7 +123,7 @@ class WorkerPool:
         self.on_work_stored: Callable[[], None] = lambda: None
         # Set by the manager: queue here the jobs a stop handed back, if this manager queues
         # stored jobs now (see `Recorder`); the dispatcher's thread, no lock held.
-        self.on_handed_back: Callable[[list[QueueEntry]], None] = lambda entries: None
+        self.on_handed_back: Callable[[list[QueueEntry]], object] = lambda entries: None
         # Set by the housekeeper: have it write the progress reports and log lines due
         # (False: it does not run).
         self.on_progress_waiting: Callable[[], bool] = lambda: False

@@ -23,6 +23,7 @@ from . import schema as ddl
 from .listener import ChangeListener
 from .pool import ConnectionPool, translate
 from .queries import Statements
+from ..repository.values import schema_version
 
 logger = logging.getLogger("jobcore.postgres")
 
@@ -432,17 +433,7 @@ class Database:
         row = tx.execute(self.sql.SELECT_VERSION).fetchone()
         if row is None:
             return True, None, missing
-        try:
-            version = int(row[0])
-        except (TypeError, ValueError):
-            raise RepositoryError(f"PostgreSQL at {self.where}: schema {self.schema!r}: schema version"
-                                  f" {row[0]!r} is not a number: the schema is corrupt or not jobcore's"
-                                  ) from None
-        if version < 1:  # (no jobcore wrote one: a KeyError looking for its migration)
-            raise RepositoryError(f"PostgreSQL at {self.where}: schema {self.schema!r}: schema version"
-                                  f" {row[0]!r} is not one jobcore ever wrote: the schema is corrupt or not"
-                                  " jobcore's")
-        return True, version, missing
+        return True, schema_version(row[0], f"PostgreSQL at {self.where}: schema {self.schema!r}", "schema"), missing
 
     def _refuse_newer(self, version: Optional[int]) -> None:
         if version is not None and version > ddl.SCHEMA_VERSION:

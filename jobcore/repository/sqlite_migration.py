@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ContextManager, Optional, Sequence
 from ..errors import RepositoryError
 from . import sqlite_schema as schema
 from .sqlite_rows import READ_ONLY, translate
+from .values import schema_version
 
 
 # Every table and index jobcore makes, by name: (type, the table it is on). A file holding
@@ -102,15 +103,7 @@ class SQLiteMigration:
 
     def _version(self, stored: Any) -> int:
         """The schema version stored as `stored`: an integer, or a RepositoryError."""
-        try:
-            version = int(stored)
-        except (TypeError, ValueError):
-            raise RepositoryError(f"SQLite at {self.path!r}: schema version {stored!r} is not a number:"
-                                  " the file is corrupt or not jobcore's") from None
-        if version < 1:  # (no jobcore wrote one: a KeyError looking for its migration)
-            raise RepositoryError(f"SQLite at {self.path!r}: schema version {stored!r} is not one jobcore"
-                                  " ever wrote: the file is corrupt or not jobcore's")
-        return version
+        return schema_version(stored, f"SQLite at {self.path!r}", "file")
 
     def _refuse_newer(self, version: int) -> None:
         if version > schema.SCHEMA_VERSION:

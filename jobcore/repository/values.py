@@ -420,3 +420,19 @@ def newest_failures(records: Iterable["JobRecord"], limit: Optional[int]) -> lis
     if limit is None:
         return sorted(records, key=failed_key, reverse=True)
     return heapq.nlargest(limit, records, key=failed_key)
+
+
+def schema_version(stored: Any, store: str, holder: str) -> int:
+    """The schema version a store keeps as `stored`, as an int. A `RepositoryError` (its
+    message starting with `store`, where; `holder`, what is then corrupt: "file",
+    "schema") for one that is no number, or below 1, which no jobcore ever wrote (the
+    migrations looked for its step: a `KeyError`)."""
+    try:
+        version = int(stored)
+    except (TypeError, ValueError):
+        raise RepositoryError(f"{store}: schema version {stored!r} is not a number: the {holder} is corrupt"
+                              " or not jobcore's") from None
+    if version < 1:
+        raise RepositoryError(f"{store}: schema version {stored!r} is not one jobcore ever wrote: the {holder}"
+                              " is corrupt or not jobcore's")
+    return version
