@@ -293,10 +293,19 @@ def test_workers_stalled_together_past_their_lease_take_no_job_from_each_other(t
     db, log, release = str(tmp_path / "jobs.db"), tmp_path / "starts.log", tmp_path / "release"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), ROOT, os.environ.get("PYTHONPATH", "")])}
     producer = JobManager(db, producer=True)
-    processes = [subprocess.Popen(
-        [sys.executable, "-m", "jobcore", "--db", db, "worker", "--import", "stalljobs", "--workers", "1",
-         "--lease-timeout", str(STALL_LEASE), "--poll-interval", "0.1"],
-        env=env, cwd=str(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
+    # Their logs (-v: each stall, hold-off and lease taken back noted) explain a failure.
+    outputs = [tmp_path / f"worker{n}.log" for n in range(2)]
+    processes = []
+    for output in outputs:
+        with open(output, "wb") as sink:
+            processes.append(subprocess.Popen(
+                [sys.executable, "-m", "jobcore", "--db", db, "-v", "worker", "--import", "stalljobs",
+                 "--workers", "1", "--lease-timeout", str(STALL_LEASE), "--poll-interval", "0.1"],
+                env=env, cwd=str(tmp_path), stdout=sink, stderr=subprocess.STDOUT))
+
+    def logs() -> str:
+        return "".join(f"\n--- worker {process.pid}:\n{output.read_text(errors='replace')}"
+                       for process, output in zip(processes, outputs))
     try:
         wait_until(lambda: len(producer.list_workers()) == 2, 30, "both workers to start")
         job_id = producer.enqueue(Job(function_name="stalljobs.hold", args=(str(log), str(release)),
@@ -317,12 +326,13 @@ def test_workers_stalled_together_past_their_lease_take_no_job_from_each_other(t
         release.touch()
         # then the other did not take the job back: it ran once, and completes as attempt 1
         result = producer.wait(job_id, timeout=30)
-        assert result.status == JobStatus.COMPLETED and result.attempts == 1 and result.result == "held"
+        assert (result.status, result.attempts, result.result) == (JobStatus.COMPLETED, 1, "held")
         assert starts(log) == [(holder_pid, 1)]
     finally:
         for process in processes:
             process.kill()  # stopped or not
             process.wait(10)
+        print(logs())  # (pytest shows it when the test failed)
         producer.close()
 
 
