@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 
 from .clock import Clock
 from .cron import parsed
-from .models import JobStatus
+from .models import TIME_LIMIT, JobStatus
 from .repository.base import JobRecord, JobRepository, QueueEntry
 
 logger = logging.getLogger("jobcore.scheduler")
@@ -143,7 +143,16 @@ class ScheduleFirer:
         fired = self._repo.fire_schedules([(s.id, fire_at, next_at, run) for s, fire_at, next_at, run in fires],
                                           now) if fires else []
         for (schedule, fire_at, next_at, run), done in zip(fires, fired):
-            if done:
+            if done and next_at >= TIME_LIMIT:
+                # Its last run: no store keeps the next fire's time (SQLite and PostgreSQL
+                # read it back as corrupt, the memory store would keep it), so the
+                # schedule ends here, the same on every store.
+                logger.info("schedule %s fired for %s", schedule.id, run.metadata["fire_at"])
+                requeue.append(run.queue_entry())
+                self._fail_corrupt(schedule, f"the schedule cannot fire again: its next fire"
+                                             f" ({fire_time_text(next_at, schedule.cron_timezone)}) is past"
+                                             " 29 April 3871, the last time a store keeps", now)
+            elif done:
                 logger.info("schedule %s fired for %s", schedule.id, run.metadata["fire_at"])
                 schedule.run_at = next_at
                 requeue += (run.queue_entry(), schedule.queue_entry())

@@ -11,9 +11,11 @@ from typing import Any
 
 import pytest
 
+from pg_fixtures import *  # noqa: F401,F403 (the fixtures: server, schema)
 from jobcore import cron, dispatcher, scheduler
 from jobcore import (DependencyError, FakeClock, InvalidCronExpression, InvalidJobType, Job, JobManager, JobPriority,
                      JobStatus, MemoryRepository, SQLiteRepository)
+from mixed_repositories import BACKENDS, AsIs, repository_with
 from waiting import wait_until
 
 WAIT = 10.0
@@ -601,6 +603,36 @@ def test_a_schedule_whose_fires_lie_forty_years_apart_moves_on_to_the_next(tmp_p
         assert schedule.scheduled_at.timestamp() == leap_days[1]
         later = manager.enqueue(Job(function_name="leap", cron=leap_sunday, cron_timezone="UTC"))
         assert manager.poll(later).scheduled_at.timestamp() == leap_days[1]
+    finally:
+        manager.close()
+
+
+@pytest.fixture(params=BACKENDS)
+def any_repository(request: Any, tmp_path: Any) -> Any:
+    return repository_with(AsIs, request, tmp_path)
+
+
+def test_a_schedule_whose_next_fire_is_past_the_last_time_a_store_keeps_fails_after_its_last_run(
+        any_repository: Any) -> None:
+    # Daily at midnight UTC: 29 April 3871 fires, the 30th is past 3871-04-29 10:40 UTC
+    # (6e10 s, the last time a store keeps). SQLite and PostgreSQL stored that next fire
+    # and read it back as corrupt (FAILED at the next look); the memory store kept it.
+    clock = FakeClock(start=datetime(3871, 4, 28, 12, tzinfo=timezone.utc).timestamp())
+    manager = JobManager(any_repository, clock=clock)
+    manager.register_function("daily", lambda: "done")
+    try:
+        schedule_id = manager.enqueue(Job(function_name="daily", cron="0 0 * * *", cron_timezone="UTC"))
+        clock.advance(12 * 3600)
+        assert manager.run_pending(limit=10) == 1
+        # then its last run ran, and the schedule ended FAILED, naming why, on every store
+        [run] = [r for r in manager.list_jobs() if r.job_id != schedule_id]
+        assert (run.status, run.result, run.metadata["fire_at"]) == (
+            JobStatus.COMPLETED, "done", "3871-04-29T00:00:00+00:00")
+        schedule = manager.poll(schedule_id)
+        assert schedule.status is JobStatus.FAILED
+        assert "3871-04-30T00:00:00+00:00" in schedule.error and "29 April 3871" in schedule.error
+        clock.advance(2 * 86_400)
+        assert manager.run_pending(limit=10) == 0
     finally:
         manager.close()
 
