@@ -341,8 +341,7 @@ class Housekeeper:
         # otherwise leave no change to notice, and wait for ever.
         first_look = True
         while True:
-            now = self._clock.monotonic()
-            times.begin_pass(now)
+            now = times.begin_pass()
             deadline = self._pool.time_out_overdue(now)
             times.read_top_wall(now)
             progress_due = None

@@ -70,24 +70,37 @@ class LeaseTiming:
         self._held_until = self.next_recover = start + lease_timeout
         self._failing_since: Optional[float] = None  # a store call failed here since the last beat that worked
         self._tolerance = jump_tolerance(lease_timeout)
-        # This pass's top: real time, and the wall time (None after a jump) read there.
+        # This pass's top: real time, the wall time read just before it (`_begin_wall`), and
+        # the wall time read after its timeouts were enforced (None after a jump).
+        self._begin_wall = clock.time()
         self._real_now = real_monotonic()
         self._top_wall: Optional[float] = None
         self._held_in_pass = False  # _long_pass found this pass long already
         # After a pass that took half a lease (see `_long_pass`): (until when, monotonic; the
-        # wall time at that pass's top), oldest first. While any is held, recovery takes
+        # wall time at that pass's beginning), oldest first. While any is held, recovery takes
         # back only leases that expired before the oldest one's wall time.
         self._caps: collections.deque[tuple[float, float]] = collections.deque()
 
-    def begin_pass(self, now: float) -> None:
-        """A pass begins at monotonic `now` (before its timeouts are enforced)."""
+    def begin_pass(self) -> float:
+        """A pass begins (before its timeouts are enforced): its monotonic time, `now`."""
+        # Read in this order, so that a stall of the process between any two readings,
+        # or later in the pass, is seen: before the real time, the beat comes late in
+        # both times (`beat_due`); after it, the pass is long (`_long_pass`), and the
+        # wall time read before it, taken as the pass's beginning, is before the stall.
+        # (The pass's `now` read first, then the real time, a stall between the two
+        # was seen by neither, and one after the real time capped recovery by a wall
+        # time read after it: another process took back the lease of a live worker
+        # stopped with this one, 1 run in 24 of a test that stops both.)
+        self._begin_wall = self._clock.time()
         self._real_now = real_monotonic()
+        now = self._clock.monotonic()
         self._held_in_pass = False
         if now < self.next_beat:
             # When the beat falls due in real time, seen from here: a fake clock that
             # stands still (a test between two `advance`s) moves it on, so that only
             # time this thread really lost makes its beat late (see the stall below).
             self._beat_due_real = self._real_now + (self.next_beat - now)
+        return now
 
     def read_top_wall(self, now: float) -> None:
         """The wall time at this pass's top (after its timeouts were enforced)."""
@@ -213,7 +226,7 @@ class LeaseTiming:
             logger.warning("housekeeping took %.1fs (a store locked, or this process stopped); for"
                            " %.1fs, only leases that expired before it began are taken back",
                            took, self._lease_timeout)
-        self._caps.append((self._clock.monotonic() + self._lease_timeout, self._top_wall))
+        self._caps.append((self._clock.monotonic() + self._lease_timeout, min(self._begin_wall, self._top_wall)))
 
     def _capped(self, wall: float) -> float:
         """`wall`, or the oldest cap's wall time if earlier (see `_caps`)."""

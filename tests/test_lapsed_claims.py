@@ -12,6 +12,7 @@ advance of a fake clock is no stall, and a manager on one takes expired leases b
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -253,6 +254,65 @@ def test_a_started_manager_takes_back_a_dead_workers_lease_after_one_advance_of_
     # then the manager takes the job back and runs it, with no second advance
     result = manager.wait(job_id, timeout=5)
     assert result.status == JobStatus.COMPLETED and result.attempts == 2 and result.result == "done"
+
+
+class RecoveryWatched(Watched):
+    """`Watched`, and the wall times its recoveries took back leases by (`walls`)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.walls: list[float] = []
+        self.recovered = threading.Event()
+
+    def recover(self, now: float) -> Any:
+        recovery = super().recover(now)
+        self.walls.append(now)
+        self.recovered.set()
+        return recovery
+
+
+def test_a_stall_at_the_top_of_a_housekeeping_pass_takes_no_lease_the_stall_let_lapse(
+        tmp_path: Any, make_manager: Any, monkeypatch: Any, caplog: Any) -> None:
+    # given a started manager on a fake clock, its housekeeper's real time faked too (a
+    # stall moves both), past the hold-off of its start, and a job a worker of another
+    # process runs, renewing its lease until the stall below stops both processes
+    from jobcore import lease_timing
+    real = [1000.0]
+    monkeypatch.setattr(lease_timing, "real_monotonic", lambda: real[0])
+    clock = FakeClock()
+    repository = RecoveryWatched(str(tmp_path / "jobs.db"))
+    manager: JobManager = make_manager(repository, lease_timeout=LEASE, poll_interval=1.0, clock=clock)
+    ran: list[int] = []
+    manager.register_function("work", lambda: ran.append(1))
+    job_id = manager.enqueue(Job(function_name="work", max_retries=3))
+    assert repository.claim(job_id, "elsewhere:1:live", clock.time(), clock.time() + LEASE) is not None
+    start = clock.monotonic()
+    pool = manager._pool
+    time_out_overdue = pool.time_out_overdue
+
+    def stalled_at_the_top(now: float) -> Any:
+        # when the whole machine stalls for twice the lease at the top of the pass that
+        # finds recovery due, after its time was read (both processes stopped: the
+        # worker's lease lapses with no fault of its own)
+        if now >= start + LEASE and not caplog.records:
+            clock.advance(2 * LEASE)
+            real[0] += 2 * LEASE
+        return time_out_overdue(now)
+
+    pool.time_out_overdue = stalled_at_the_top  # type: ignore[method-assign]
+    caplog.set_level(logging.WARNING, logger="jobcore.housekeeper")
+    manager.start()
+    assert repository.looping.wait(10)
+    for _ in range(int(LEASE)):  # (an advance over 1 s while timers are set up reads as a jump)
+        assert repository.heartbeat("elsewhere:1:live", [job_id], clock.time() + LEASE, clock.time()) == []
+        clock.advance(1.0)
+        assert repository.beat_at(clock.time())
+    # then the manager found its pass long, and took back no lease that lapsed in it
+    assert repository.recovered.wait(10)
+    assert [r.message for r in caplog.records if "housekeeping took" in r.message], caplog.records
+    row = repository.get_without_args(job_id)
+    assert row is not None and (row.status, row.worker_id, row.attempts) == (JobStatus.RUNNING, "elsewhere:1:live", 1)
+    assert repository.walls and max(repository.walls) < clock.time() - LEASE and not ran
 
 
 STALL_JOBS = textwrap.dedent("""
