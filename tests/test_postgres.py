@@ -890,6 +890,38 @@ def test_a_producer_that_loses_a_unique_key_race_gets_the_holder_without_a_warni
         repository.close()
 
 
+def test_outcomes_ended_in_two_statements_wait_on_no_insert_of_their_dependents_in_a_cycle(
+        repo: "PostgresRepository", schema: Schema) -> None:
+    # given two running jobs of one worker, the earlier about to fail and the later to
+    # complete, and another connection inserting a job that depends on both, holding its
+    # lock on the earlier (dependencies are locked in seq order)
+    earlier, later = make_record(), make_record()
+    repo.insert([earlier], NOW)
+    repo.insert([later], NOW)
+    for job in (earlier, later):
+        assert repo.claim(job.id, "w1", NOW, NOW + 30) is not None
+    outcomes = [Settlement("complete", later.id, 1),
+                Settlement("fail", earlier.id, 1, error="e", error_type="ValueError", traceback="tb")]
+    applied: list[Any] = []
+    with psycopg.connect(schema.server) as inserter, psycopg.connect(schema.server, autocommit=True) as watch:
+        inserter.execute("SET deadlock_timeout = '20ms'")  # (this side would find a cycle first)
+        lock = f'SELECT 1 FROM "{schema.name}".jobs WHERE id = %s FOR KEY SHARE'
+        inserter.execute(lock, (earlier.id,))
+        # when the outcomes are applied in one transaction, completion first, and wait
+        exchange = threading.Thread(target=lambda: applied.append(repo.apply(outcomes, [], "w1", NOW + 1, NOW + 31)),
+                                    name="exchange")
+        exchange.start()
+        _wait_until_blocked_by(watch, inserter.info.backend_pid, exchange)
+        # then the insert's lock on the later job is not held up behind them: they hold
+        # no lock yet (the completion locked the later job first, then waited for the
+        # earlier: a deadlock the server broke only after deadlock_timeout)
+        inserter.execute(lock, (later.id,))
+        inserter.commit()
+        exchange.join(WAIT)
+    assert applied and not exchange.is_alive()
+    assert [repo.get(job.id).status for job in (earlier, later)] == [JobStatus.FAILED, JobStatus.COMPLETED]
+
+
 def _wait_until_blocked_by(watch: Any, pid: int, thread: threading.Thread) -> None:
     """Return once a backend waits for a lock `pid` holds (the thread's statement); fail if
     the thread ended without waiting, or nothing waits within WAIT seconds."""
