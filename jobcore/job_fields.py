@@ -18,8 +18,9 @@ from .clock import as_seconds
 from .errors import InvalidJob, InvalidJobType
 from .serialization import check_text
 
-PRIORITY_MIN = -(2**31)
-PRIORITY_MAX = 2**31 - 1
+# A priority is any int a store's integer column keeps (SQLite's INTEGER, PostgreSQL's BIGINT).
+PRIORITY_MIN = -(2**63)
+PRIORITY_MAX = 2**63 - 1
 ISOLATIONS = ("thread", "process")
 MAX_RETRIES = 1_000_000_000  # attempts (max_retries + 1) fit a 32-bit column
 INT64_MAX = 2**63 - 1  # the largest integer SQLite and PostgreSQL's BIGINT store

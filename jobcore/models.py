@@ -150,7 +150,7 @@ class Job:
                 "priority", f"must be a JobPriority or int, got {type(self.priority).__name__} {self.priority!r}"
             )
         if not PRIORITY_MIN <= self.priority <= PRIORITY_MAX:
-            raise InvalidJob("priority", f"must fit in 32 bits, got {self.priority!r}")
+            raise InvalidJob("priority", f"must fit in 64 bits (from -2**63 to 2**63 - 1), got {self.priority!r}")
         if self.scheduled_at is not None:
             if not isinstance(self.scheduled_at, datetime):
                 raise InvalidJobType("scheduled_at", f"must be a datetime, got {self.scheduled_at!r}")

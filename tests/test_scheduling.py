@@ -612,6 +612,24 @@ def any_repository(request: Any, tmp_path: Any) -> Any:
     return repository_with(AsIs, request, tmp_path)
 
 
+def test_priorities_across_the_whole_64_bit_range_run_in_order(any_repository: Any) -> None:
+    # given jobs whose priorities reach both ends of what a store's integer keeps
+    priorities = [5, -(2**63), 2**63 - 1, -(2**40), 2**40, 2**63 - 2]
+    ran: list[int] = []
+    manager = JobManager(any_repository)
+    manager.register_function("note", ran.append)
+    try:
+        ids = manager.enqueue_many([Job(function_name="note", args=(p,), priority=p) for p in priorities[:3]])
+        ids += [manager.enqueue(Job(function_name="note", args=(p,), priority=p)) for p in priorities[3:]]
+        # when they run one at a time, then the higher runs first, each kept as given
+        while manager.run_pending(limit=1):
+            pass
+        assert ran == sorted(priorities, reverse=True)
+        assert [manager.poll(job_id).priority for job_id in ids] == priorities
+    finally:
+        manager.close()
+
+
 def test_a_schedule_whose_next_fire_is_past_the_last_time_a_store_keeps_fails_after_its_last_run(
         any_repository: Any) -> None:
     # Daily at midnight UTC: 29 April 3871 fires, the 30th is past 3871-04-29 10:40 UTC
