@@ -24,6 +24,7 @@ from .clock import SYSTEM_CLOCK, Clock
 from .enqueuing import Enqueuer
 from .errors import LONGEST_RETRY_DELAY, InvalidJobType
 from .execution import check_room_to_run_here
+from . import forgetting
 from .forks import on_fork_in_child
 from .models import Job, function_qualname
 from .notifications import NotificationChannel
@@ -148,6 +149,7 @@ class JobManager(Inspection):
                                     immediate=self.immediate, worker_id=self.worker_id,
                                     load_queue=self._load_queue)
         on_fork_in_child(self, "_forked")
+        forgetting.join(self.repository.store_key, self._forget_deleted)
 
     def _forked(self) -> None:
         """In a forked child: a worker id of this process's own (unless one was given).
@@ -418,10 +420,16 @@ class JobManager(Inspection):
         days = _positive("retention_days", retention_days, allow_zero=True, unit="days")
         before = None if days == 0 else self._clock.time() - days * 86400.0
         deleted = self.repository.delete_finished(before)
-        # `wait` on a deleted job must not find it here, nor a completion committed before
-        # the delete and noted after it (read after: see `Settlements.forget_all`).
-        self._settlements.forget_all(self._clock.time())
+        # `wait` on a deleted job must not find it here, nor in another manager of this
+        # process on the store (`forgetting`).
+        forgetting.deleted(self.repository.store_key)
         return deleted
+
+    def _forget_deleted(self) -> None:
+        """Finished jobs of the store were deleted (by this manager or another of the
+        process): forget the completions remembered, and any committed before the delete
+        and noted after it (the time read after it: see `Settlements.forget_all`)."""
+        self._settlements.forget_all(self._clock.time())
 
     # -- notifications -------------------------------------------------------------------------------
     def add_notification_channel(self, channel: NotificationChannel) -> None:

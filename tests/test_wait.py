@@ -124,6 +124,27 @@ def test_wait_on_a_completed_job_that_was_cleaned_up_raises_lookup_error(make_ma
     assert manager.poll(job_id) is None
 
 
+@pytest.mark.parametrize("store", ["sqlite", "memory"])
+def test_a_job_another_manager_of_the_process_cleaned_up_is_unknown_here(make_manager: Any, db_path: str,
+                                                                       store: str) -> None:
+    # given a job completed by one manager, and another manager of the process on the
+    # same store (another repository object on the file, or the same memory store)
+    repository: Any = MemoryRepository() if store == "memory" else db_path
+    manager = make_manager(repository, max_workers=1)
+    other = make_manager(repository if store == "memory" else SQLiteRepository(db_path))
+    manager.register_function("pair", pair)
+    manager.start()
+    job_id = manager.enqueue(Job(function_name="pair", args=(1,)))
+    assert manager.wait(job_id, timeout=10).status is JobStatus.COMPLETED
+    # when the other one's cleanup deletes it
+    assert other.cleanup_old_results(retention_days=0) == 1
+    # then it is unknown to the first one's poll and wait too (it answered COMPLETED from
+    # the completions it remembered)
+    assert manager.poll(job_id) is None and other.poll(job_id) is None
+    with pytest.raises(LookupError):
+        manager.wait(job_id, timeout=1)
+
+
 def test_a_completion_noted_after_this_managers_cleanup_deleted_its_job_is_not_answered(
         make_manager: Any, db_path: str, monkeypatch: Any) -> None:
     # given a job whose completion is noted here late: committed, and the recording thread
