@@ -8,7 +8,10 @@ the first one's `poll` showing COMPLETED for a job deleted, where SPEC says `Non
 Another process's cleanup is beyond this: docs/api.md says so at `poll`.
 
 No threads here; `_lock` guards `_forgetters` (weak references to each manager's bound
-method, so a registry entry keeps no manager alive).
+method, so a registry entry keeps no manager alive; those of managers gone are dropped
+as their store's list is next touched, and every store's once the stores listed have
+doubled since the last such sweep: a store named by its repository object, a memory
+store, is not kept alive for long by its key) and `_swept` (how many were left then).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Callable, Hashable
 
 _lock = threading.Lock()
 _forgetters: dict[Hashable, list["weakref.WeakMethod[Callable[[], None]]"]] = {}
+_swept = 0
 
 
 def _forked() -> None:
@@ -33,24 +37,31 @@ if hasattr(os, "register_at_fork"):
 
 
 def join(key: Hashable, forget: Callable[[], None]) -> None:
-    """Have the bound method `forget` called whenever a manager of this process deletes
-    finished jobs of the store `key` names (`JobRepository.store_key`)."""
+    """Have the bound method `forget` called whenever another manager of this process
+    deletes finished jobs of the store `key` names (`JobRepository.store_key`)."""
+    global _swept
     with _lock:
-        for other in list(_forgetters):  # (managers gone: their entries go too)
-            alive = [ref for ref in _forgetters[other] if ref() is not None]
-            if alive:
-                _forgetters[other] = alive
-            else:
-                del _forgetters[other]
-        _forgetters.setdefault(key, []).append(weakref.WeakMethod(forget))
+        alive = [ref for ref in _forgetters.get(key, ()) if ref() is not None]
+        alive.append(weakref.WeakMethod(forget))
+        _forgetters[key] = alive
+        if len(_forgetters) > 2 * _swept + 16:  # (amortised: each join costs O(1) of sweeping)
+            for other, refs in list(_forgetters.items()):
+                if not any(ref() is not None for ref in refs):
+                    del _forgetters[other]
+            _swept = len(_forgetters)
 
 
-def deleted(key: Hashable) -> None:
-    """Finished jobs of the store `key` names were deleted: every manager of this
-    process on it forgets what it remembered of completions."""
+def deleted(key: Hashable, by: Callable[[], None]) -> None:
+    """Finished jobs of the store `key` names were deleted by the manager whose `forget`
+    is `by` (it forgot already): every other manager of this process on it forgets what
+    it remembered of completions."""
     with _lock:
-        refs = list(_forgetters.get(key, ()))
+        refs = [ref for ref in _forgetters.get(key, ()) if ref() is not None]
+        if refs:
+            _forgetters[key] = refs
+        else:
+            _forgetters.pop(key, None)
     for ref in refs:
         forget = ref()
-        if forget is not None:
+        if forget is not None and forget != by:
             forget()

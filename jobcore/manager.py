@@ -149,7 +149,8 @@ class JobManager(Inspection):
                                     immediate=self.immediate, worker_id=self.worker_id,
                                     load_queue=self._load_queue)
         on_fork_in_child(self, "_forked")
-        forgetting.join(self.repository.store_key, self._forget_deleted)
+        self._store_key = self.repository.store_key  # (as it was when the manager joined)
+        forgetting.join(self._store_key, self._forget_deleted)
 
     def _forked(self) -> None:
         """In a forked child: a worker id of this process's own (unless one was given).
@@ -419,11 +420,13 @@ class JobManager(Inspection):
         jobs); returns how many were deleted."""
         days = _positive("retention_days", retention_days, allow_zero=True, unit="days")
         before = None if days == 0 else self._clock.time() - days * 86400.0
-        deleted = self.repository.delete_finished(before)
-        # `wait` on a deleted job must not find it here, nor in another manager of this
-        # process on the store (`forgetting`).
-        forgetting.deleted(self.repository.store_key)
-        return deleted
+        try:
+            return self.repository.delete_finished(before)
+        finally:  # (a cleanup that failed part of the way may have deleted some)
+            # `wait` on a deleted job must not find it here, nor in another manager of
+            # this process on the store (`forgetting`).
+            self._forget_deleted()
+            forgetting.deleted(self._store_key, self._forget_deleted)
 
     def _forget_deleted(self) -> None:
         """Finished jobs of the store were deleted (by this manager or another of the

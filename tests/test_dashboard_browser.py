@@ -364,7 +364,8 @@ def test_the_detail_shows_integers_too_large_for_a_double_exactly(browser: WebDr
     worker = make_manager(db_path, poll_interval=0.05)
     worker.register_function("order", order)
     with worker:
-        job_id = worker.enqueue(Job(function_name="order", name="big ids", metadata={"ref": big * 10}))
+        job_id = worker.enqueue(Job(function_name="order", name="big ids", metadata={"ref": big * 10},
+                                    priority=2**63 - 1))
         worker.wait(job_id, timeout=WAIT)
     dashboard = make_manager(db_path, producer=True)
 
@@ -381,6 +382,7 @@ def test_the_detail_shows_integers_too_large_for_a_double_exactly(browser: WebDr
         assert fields["metadata"] == '{"ref":12345678901234567890}'
         assert fields["progress details"] == '{"row":-1234567890123456789}'
         assert fields["attempts"] == "1 (max retries 3)"
+        assert fields["priority"] == "9223372036854775807"  # (a priority is any 64-bit int)
 
 
 def test_a_filter_changed_while_a_refresh_is_in_flight_is_shown_at_once(browser: WebDriver, db_path: str,

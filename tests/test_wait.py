@@ -18,9 +18,12 @@ import pytest
 from jobcore import Job, JobManager, JobStatus, MemoryRepository, SQLiteRepository, current_job
 from jobcore import completions, job_ids, serialization, sizes, waiting
 from jobcore.completions import Completion
+from jobcore.errors import RepositoryError
 from jobcore.repository.base import JobRecord
 from jobcore.testing.contract import make_record
 
+from mixed_repositories import BACKENDS, AsIs, repository_with
+from pg_fixtures import *  # noqa: F401,F403 (the fixtures: server, schema)
 from waiting import wait_until
 
 
@@ -124,14 +127,22 @@ def test_wait_on_a_completed_job_that_was_cleaned_up_raises_lookup_error(make_ma
     assert manager.poll(job_id) is None
 
 
-@pytest.mark.parametrize("store", ["sqlite", "memory"])
-def test_a_job_another_manager_of_the_process_cleaned_up_is_unknown_here(make_manager: Any, db_path: str,
-                                                                       store: str) -> None:
+@pytest.fixture(params=BACKENDS)
+def two_repositories(request: Any, tmp_path: Any) -> Any:
+    """Two repositories of this process on one store: the same memory store, two
+    repository objects on one SQLite file, or on one PostgreSQL schema."""
+    first = repository_with(AsIs, request, tmp_path)
+    if request.param == "memory":
+        return first, first
+    return first, repository_with(AsIs, request, tmp_path)
+
+
+def test_a_job_another_manager_of_the_process_cleaned_up_is_unknown_here(make_manager: Any,
+                                                                       two_repositories: Any) -> None:
     # given a job completed by one manager, and another manager of the process on the
-    # same store (another repository object on the file, or the same memory store)
-    repository: Any = MemoryRepository() if store == "memory" else db_path
-    manager = make_manager(repository, max_workers=1)
-    other = make_manager(repository if store == "memory" else SQLiteRepository(db_path))
+    # same store (another repository object on the file or schema, or the same memory store)
+    manager = make_manager(two_repositories[0], max_workers=1)
+    other = make_manager(two_repositories[1])
     manager.register_function("pair", pair)
     manager.start()
     job_id = manager.enqueue(Job(function_name="pair", args=(1,)))
@@ -141,6 +152,52 @@ def test_a_job_another_manager_of_the_process_cleaned_up_is_unknown_here(make_ma
     # then it is unknown to the first one's poll and wait too (it answered COMPLETED from
     # the completions it remembered)
     assert manager.poll(job_id) is None and other.poll(job_id) is None
+    with pytest.raises(LookupError):
+        manager.wait(job_id, timeout=1)
+
+
+def test_a_manager_whose_process_changed_directory_forgets_what_its_cleanup_deleted(
+        make_manager: Any, tmp_path: Any, monkeypatch: Any) -> None:
+    # given a job completed by a manager on a relative path, then the process's directory
+    # changed (its store named afresh named another file, and the cleanup's news went
+    # nowhere)
+    monkeypatch.chdir(tmp_path)
+    manager = make_manager("jobs.db", max_workers=1)
+    manager.register_function("pair", pair)
+    manager.start()
+    job_id = manager.enqueue(Job(function_name="pair", args=(1,)))
+    assert manager.wait(job_id, timeout=10).status is JobStatus.COMPLETED
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    # when its cleanup deletes the job, then it is unknown to its poll and wait
+    assert manager.cleanup_old_results(retention_days=0) == 1
+    assert manager.poll(job_id) is None
+    with pytest.raises(LookupError):
+        manager.wait(job_id, timeout=1)
+
+
+class FailingAfterDeleting(SQLiteRepository):
+    """Deletes the finished jobs, then fails (as a chunk after the first may, the database
+    locked past its busy timeout)."""
+
+    def delete_finished(self, before: Any) -> int:
+        super().delete_finished(before)
+        raise RepositoryError("the database stayed locked past the busy timeout")
+
+
+def test_a_cleanup_that_failed_part_of_the_way_forgets_what_it_may_have_deleted(
+        make_manager: Any, db_path: str) -> None:
+    # given a job completed here
+    manager = make_manager(FailingAfterDeleting(db_path), max_workers=1)
+    manager.register_function("pair", pair)
+    manager.start()
+    job_id = manager.enqueue(Job(function_name="pair", args=(1,)))
+    assert manager.wait(job_id, timeout=10).status is JobStatus.COMPLETED
+    # when a cleanup deletes it, then fails
+    with pytest.raises(RepositoryError):
+        manager.cleanup_old_results(retention_days=0)
+    # then the job is unknown to poll and wait (both answered COMPLETED from memory)
+    assert manager.poll(job_id) is None
     with pytest.raises(LookupError):
         manager.wait(job_id, timeout=1)
 

@@ -11,7 +11,7 @@ clock: callers pass `now`. Storing new jobs (`insert`) is `adding`'s.
 from __future__ import annotations
 
 import builtins
-from typing import Any, Callable, Collection, Optional, Sequence
+from typing import Any, Callable, Collection, Hashable, Optional, Sequence
 
 from .. import serialization
 from ..clock import as_seconds
@@ -382,6 +382,12 @@ class PostgresRepository(PostgresAdding, SettlesThroughApply, JobRepository):
 
     def expire_worker(self, worker_id: str, now: float) -> int:
         return self._db.run(self.sql.EXPIRE_WORKER, (now - 1.0, worker_id), idempotent=True)[0]
+
+    @property
+    def store_key(self) -> Hashable:
+        """The DSN and schema: every `PostgresRepository` of this process made with both
+        (managers on them wake each other, and forget together what a cleanup deleted)."""
+        return ("postgres", self.dsn, self.schema)
 
     def change_token(self) -> Optional[object]:
         """Moves whenever a commit (by any process) made work new or ready: the count of

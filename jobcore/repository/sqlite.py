@@ -100,6 +100,9 @@ class SQLiteRepository(SQLiteAdding, SQLiteUpkeep, SQLiteMigration, SettlesThrou
         self.path = os.fspath(path)
         if not self.path or self.path == ":memory:":
             raise ValueError("SQLiteRepository needs a file path; use MemoryRepository for memory")
+        # (Resolved now, as the connections' URI is: a relative path names the same file
+        # after the process changes its directory.)
+        self._store_key = ("sqlite", os.path.realpath(self.path))
         self.durability = durability
         self.busy_timeout = float(busy_timeout)
         self.max_payload_bytes = serialization.payload_cap(max_payload_bytes)
@@ -383,8 +386,9 @@ class SQLiteRepository(SQLiteAdding, SQLiteUpkeep, SQLiteMigration, SettlesThrou
 
     @property
     def store_key(self) -> Hashable:
-        """The file (its real path): every `SQLiteRepository` of this process on it."""
-        return ("sqlite", os.path.realpath(self.path))
+        """The file (its real path when this repository was made): every
+        `SQLiteRepository` of this process on it."""
+        return self._store_key
 
     def held_here(self) -> bool:
         return self._db.held_here()

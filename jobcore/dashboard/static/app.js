@@ -42,11 +42,12 @@
   const $ = (selector) => document.querySelector(selector);
 
   // -- talking to the server ---------------------------------------------------------------
-  // The detail shows a job's result, metadata and progress details as JSON text. An integer
-  // in them that a double cannot hold (a 19-digit order id) is kept as its JSON text, which
-  // JSON.stringify writes back as it came; browsers without JSON.rawJSON show it
-  // rounded. Every other number is a plain Number, as response.json() makes it.
-  const EXACT_FIELDS = new Set(["progress_details", "metadata", "result"]);
+  // The detail shows a job's result, metadata and progress details as JSON text, and its
+  // priority (any 64-bit int). An integer in them that a double cannot hold (a 19-digit
+  // order id) is kept as its JSON text, which JSON.stringify writes back as it came;
+  // browsers without JSON.rawJSON show it rounded. Every other number is a plain Number,
+  // as response.json() makes it.
+  const EXACT_FIELDS = new Set(["progress_details", "metadata", "result", "priority"]);
   const exact = typeof JSON.rawJSON === "function"
     ? (key, value, context) => (typeof value === "number" && !Number.isSafeInteger(value) && context
                                 && /^-?\d+$/.test(context.source) ? JSON.rawJSON(context.source) : value)
@@ -232,7 +233,7 @@
     add("progress", percent(job.progress) + "% " + (job.progress_message || ""));
     if (hasKeys(job.progress_details)) add("progress details", JSON.stringify(job.progress_details));
     add("attempts", job.attempts + " (max retries " + job.max_retries + ")");
-    add("priority", job.priority);
+    add("priority", JSON.stringify(job.priority));
     add("owner", job.owner);
     add("tags", job.tags.join(", "));
     add("cron", job.cron);
