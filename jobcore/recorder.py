@@ -78,7 +78,7 @@ class Recorder:
         self._publish = publish
         self._on_settled = on_settled
         self._scheduler = ScheduleFirer(repository, clock, self.enqueue_entries, catch_up_within=lease_timeout,
-                                        ring=ring, fired_elsewhere=look)
+                                        ring=ring, fired_elsewhere=look, failed=self._schedule_failed)
         self._refusals = Refusals(repository, worker_id, lease_timeout, act=self._after_all,
                                   give_up=self.forget_unrecorded)
         # The dependents the last exchange released, ready now and runnable here (see
@@ -407,6 +407,11 @@ class Recorder:
             self._ring()
         except Exception:  # (not expected) the others find the jobs at their next look
             logger.exception("telling the other managers of this process of new work failed")
+
+    def _schedule_failed(self, schedule: JobRecord, error: str) -> None:
+        """A schedule ended FAILED (`CorruptJob`) as it came due: notification channels
+        hear of it as of any job entering the dead-letter queue."""
+        self._publish(EVENTS["fail"], schedule, {"error": error, "error_type": "CorruptJob"})
 
     def forget_unrecorded(self, job_ids: list[str]) -> None:
         """Let go of finished jobs whose outcomes will not be recorded here (see

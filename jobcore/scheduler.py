@@ -79,8 +79,12 @@ class ScheduleFirer:
     def __init__(self, repository: JobRepository, clock: Clock,
                  requeue: Callable[[list[QueueEntry], Optional[int]], None], catch_up_within: float,
                  ring: Callable[[], None] = lambda: None,
-                 fired_elsewhere: Callable[[], None] = lambda: None) -> None:
+                 fired_elsewhere: Callable[[], None] = lambda: None,
+                 failed: Callable[[JobRecord, str], None] = lambda schedule, error: None) -> None:
         self._repo = repository
+        # Tells of a schedule this firer ended FAILED, with its error: it is in the
+        # dead-letter queue, and notification channels hear of it as of any job there.
+        self._failed = failed
         # Tells the other managers of this process on the store of runs fired (one of them
         # may be the one that runs that function).
         self._ring = ring
@@ -173,5 +177,6 @@ class ScheduleFirer:
         other corrupt row; one left SCHEDULED would never run and never end."""
         if self._repo.fail_schedule(schedule.id, error, now):
             logger.error("schedule %s is corrupt and failed: %s", schedule.id, error)
+            self._failed(schedule, error)
         else:
             logger.error("schedule %s is corrupt and will not fire: %s", schedule.id, error)

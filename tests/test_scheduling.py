@@ -13,7 +13,7 @@ import pytest
 
 from pg_fixtures import *  # noqa: F401,F403 (the fixtures: server, schema)
 from jobcore import cron, dispatcher, scheduler
-from jobcore import (DependencyError, FakeClock, InvalidCronExpression, InvalidJobType, Job, JobManager, JobPriority,
+from jobcore import (CallbackNotificationChannel, DependencyError, FakeClock, InvalidCronExpression, InvalidJobType, Job, JobManager, JobPriority,
                      JobStatus, MemoryRepository, SQLiteRepository)
 from mixed_repositories import BACKENDS, AsIs, repository_with
 from waiting import wait_until
@@ -638,6 +638,8 @@ def test_a_schedule_whose_next_fire_is_past_the_last_time_a_store_keeps_fails_af
     clock = FakeClock(start=datetime(3871, 4, 28, 12, tzinfo=timezone.utc).timestamp())
     manager = JobManager(any_repository, clock=clock)
     manager.register_function("daily", lambda: "done")
+    events: list[dict[str, Any]] = []
+    manager.add_notification_channel(CallbackNotificationChannel(events.append))
     try:
         schedule_id = manager.enqueue(Job(function_name="daily", cron="0 0 * * *", cron_timezone="UTC"))
         clock.advance(12 * 3600)
@@ -649,6 +651,10 @@ def test_a_schedule_whose_next_fire_is_past_the_last_time_a_store_keeps_fails_af
         schedule = manager.poll(schedule_id)
         assert schedule.status is JobStatus.FAILED
         assert "3871-04-30T00:00:00+00:00" in schedule.error and "29 April 3871" in schedule.error
+        # and it entered the dead-letter queue as any job does: channels heard of it
+        wait_until(lambda: any(e["job_id"] == schedule_id for e in events), WAIT, "the schedule's event")
+        [event] = [e for e in events if e["job_id"] == schedule_id]
+        assert (event["event"], event["error_type"]) == ("job.dead_lettered", "CorruptJob")
         clock.advance(2 * 86_400)
         assert manager.run_pending(limit=10) == 0
     finally:
