@@ -922,6 +922,42 @@ def test_outcomes_ended_in_two_statements_wait_on_no_insert_of_their_dependents_
     assert [repo.get(job.id).status for job in (earlier, later)] == [JobStatus.FAILED, JobStatus.COMPLETED]
 
 
+def test_dependents_that_two_failures_cancel_wait_on_no_insert_depending_on_them_in_a_cycle(
+        repo: "PostgresRepository", schema: Schema) -> None:
+    # given two running jobs of one worker, each with a waiting dependent (the second's
+    # stored first), and another connection inserting a job that depends on both
+    # dependents, holding its lock on the earlier one (locked in seq order)
+    first, second = make_record(), make_record()
+    repo.insert([first], NOW)
+    repo.insert([second], NOW)
+    of_second = make_record(depends_on=(second.id,))
+    repo.insert([of_second], NOW)
+    of_first = make_record(depends_on=(first.id,))
+    repo.insert([of_first], NOW)
+    for job in (first, second):
+        assert repo.claim(job.id, "w1", NOW, NOW + 30) is not None
+    outcomes = [Settlement("fail", job.id, 1, error="e", error_type="ValueError", traceback="tb")
+                for job in (first, second)]
+    applied: list[Any] = []
+    with psycopg.connect(schema.server) as inserter, psycopg.connect(schema.server, autocommit=True) as watch:
+        inserter.execute("SET deadlock_timeout = '20ms'")  # (this side would find a cycle first)
+        lock = f'SELECT 1 FROM "{schema.name}".jobs WHERE id = %s FOR KEY SHARE'
+        inserter.execute(lock, (of_second.id,))
+        # when both fail for good in one transaction, and their dependents are cancelled
+        exchange = threading.Thread(target=lambda: applied.append(repo.apply(outcomes, [], "w1", NOW + 1, NOW + 31)),
+                                    name="exchange")
+        exchange.start()
+        _wait_until_blocked_by(watch, inserter.info.backend_pid, exchange)
+        # then the insert's lock on the other dependent is not held up behind them (the
+        # first failure's cascade locked it, then the second's waited: a deadlock)
+        inserter.execute(lock, (of_first.id,))
+        inserter.commit()
+        exchange.join(WAIT)
+    assert applied and not exchange.is_alive()
+    assert [repo.get(job.id).status for job in (first, second, of_first, of_second)] == [
+        JobStatus.FAILED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.CANCELLED]
+
+
 def _wait_until_blocked_by(watch: Any, pid: int, thread: threading.Thread) -> None:
     """Return once a backend waits for a lock `pid` holds (the thread's statement); fail if
     the thread ended without waiting, or nothing waits within WAIT seconds."""

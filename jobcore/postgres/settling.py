@@ -114,6 +114,8 @@ def fail_many(sql: Statements, tx: Tx, settlements: Sequence[Settlement], worker
     ended = [s.job_id for s, retry_at in zip(settlements, retry_ats)
              if s.job_id in recorded and (recorded[s.job_id] or retry_at is None)]
     depended_on = {row[0] for row in tx.execute(sql.SELECT_DEPENDED_ON, (ended,))} if ended else set()
+    if len(depended_on) > 1:  # (their dependents locked in `seq` order first: see LOCK_DEPENDENTS)
+        tx.execute(sql.LOCK_DEPENDENTS, (sorted(depended_on),))
     ended_ids = set(ended)
     cascades: list[Optional[Cascade]] = []
     for s in settlements:

@@ -21,7 +21,9 @@ Row locks, and why (READ COMMITTED; rows of `jobs`):
   Outcomes that end jobs in more than one statement (completions, then failures) lock
   them all in `seq` order first (LOCK_HELD): each statement in order, a completion locked
   a later job before a failure locked an earlier one that an insert of their dependents
-  held, while that insert waited for the later one (1-2 s, 3 runs in 3).
+  held, while that insert waited for the later one (1-2 s, 3 runs in 3). So do the
+  dependents that several failures cancel, one job's after another's (LOCK_DEPENDENTS;
+  deeper levels of a cascade are still locked level by level).
 """
 
 from __future__ import annotations
@@ -258,6 +260,14 @@ RETURNING j.id, j.cancel_requested
 # The cascade goes one level per statement: each statement reads job_deps afresh after
 # the previous one waited for its locks, so a dependent committed meanwhile is seen.
 SELECT_DEPENDENTS = "SELECT DISTINCT job_id FROM {s}.job_deps WHERE depends_on = ANY(%s)"
+# The waiting dependents of several jobs that ended for good, locked in `seq` order before
+# each job's cascade cancels its own (one job after another: out of `seq` order, as the
+# outcomes in LOCK_HELD were).
+LOCK_DEPENDENTS = """
+SELECT 1 FROM {s}.jobs WHERE id IN (SELECT job_id FROM {s}.job_deps WHERE depends_on = ANY(%s))
+    AND COALESCE(status, '') IN ('pending', 'scheduled')
+ORDER BY seq FOR UPDATE
+"""
 # Which of these jobs have dependents (most have none): only those need the cascade.
 SELECT_DEPENDED_ON = "SELECT DISTINCT depends_on FROM {s}.job_deps WHERE depends_on = ANY(%s)"
 CANCEL_DEPENDENTS = """
