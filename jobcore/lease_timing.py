@@ -15,6 +15,7 @@ back and sleeps on nothing itself: the housekeeper's thread does, and is its onl
 from __future__ import annotations
 
 import collections
+import math
 import logging
 from typing import Callable, Optional
 
@@ -68,12 +69,18 @@ class LeaseTiming:
         # just now (it registered as a worker), and so it does for the live workers, which
         # renew their leases within a lease from now.
         self._held_until = self.next_recover = start + lease_timeout
+        # The wall time the current hold-off answers for: leases that expired before it
+        # lapsed with no stall, outage or jump to excuse them (their owners had a live
+        # lease to renew in). A pass that began in the hold-off and took half a lease
+        # takes back no lease that expired after it (see `_long_pass`).
+        self._hold_wall = first_wall
         self._failing_since: Optional[float] = None  # a store call failed here since the last beat that worked
         self._tolerance = jump_tolerance(lease_timeout)
         # This pass's top: real time, the wall time read just before it (`_begin_wall`), and
         # the wall time read after its timeouts were enforced (None after a jump).
         self._begin_wall = clock.time()
         self._real_now = real_monotonic()
+        self._began_held = True  # (whether this pass began in a hold-off: see `_long_pass`)
         self._top_wall: Optional[float] = None
         self._held_in_pass = False  # _long_pass found this pass long already
         # After a pass that took half a lease (see `_long_pass`): (until when, monotonic; the
@@ -91,9 +98,11 @@ class LeaseTiming:
         # was seen by neither, and one after the real time capped recovery by a wall
         # time read after it: another process took back the lease of a live worker
         # stopped with this one, 1 run in 24 of a test that stops both.)
+        began = self._clock.monotonic()  # (before the real time: whether the pass began held)
         self._begin_wall = self._clock.time()
         self._real_now = real_monotonic()
         now = self._clock.monotonic()
+        self._began_held = began < self._held_until
         self._held_in_pass = False
         if now < self.next_beat:
             # When the beat falls due in real time, seen from here: a fake clock that
@@ -124,7 +133,7 @@ class LeaseTiming:
             # it. Taking those back first would run their jobs a second time
             # beside them (or use up their attempts), so hold recovery off for
             # a lease period from now, as after an outage.
-            self._held_until = self.next_recover = max(self.next_recover, now + self._lease_timeout)
+            self._hold(now - late, now + self._lease_timeout, self._clock.time() - late)
             logger.warning("this process stalled for %.1fs; expired leases are taken back no"
                            " sooner than %.1fs from now", late, self._lease_timeout)
 
@@ -138,11 +147,20 @@ class LeaseTiming:
             # beside them. Hold recovery off for a lease period from now, in
             # which each renews its own. (Shorter trouble cannot have kept a
             # worker beating every beat_every from renewing for a lease.)
-            self._held_until = self.next_recover = max(self.next_recover, back + self._lease_timeout)
+            self._hold(self._failing_since, back + self._lease_timeout,
+                       self._clock.time() - (back - self._failing_since))
             logger.warning("the store works again after failing for %.1fs; leases renewed, and"
                            " expired leases are taken back no sooner than %.1fs from now",
                            back - self._failing_since, self._lease_timeout)
         self._failing_since = None
+
+    def _hold(self, since: float, until: float, since_wall: float) -> None:
+        """Hold recovery off until monotonic `until`, for leases that expired after wall
+        time `since_wall`, when its cause (a stall, an outage, a jump) began: at monotonic
+        `since`. A cause that began while a hold-off ran keeps that one's wall time if
+        earlier (the hold-off ran out in it: a stall soon after a stall)."""
+        self._hold_wall = min(self._hold_wall, since_wall) if since < self._held_until else since_wall
+        self._held_until = self.next_recover = max(self.next_recover, until)
 
     def recover_now(self, now: float) -> None:
         """Recovery falls due now (dead workers' jobs wait), unless it is held off."""
@@ -200,6 +218,7 @@ class LeaseTiming:
         logger.warning("wall clock jumped by %+.1fs; renewing leases before any recovery", drift)
         self._offset += drift
         self.next_beat = now  # due in this pass (at its top) or the next
+        self._hold(after, after + self._lease_timeout, -math.inf)  # (no wall time before the jump holds)
         self._held_until = self.next_recover = after + self._lease_timeout
         # The dispatcher sleeps real seconds until the next timer's wall time: after
         # a jump forward (a resume from suspend, NTP) that timer is due sooner.
@@ -226,7 +245,14 @@ class LeaseTiming:
             logger.warning("housekeeping took %.1fs (a store locked, or this process stopped); for"
                            " %.1fs, only leases that expired before it began are taken back",
                            took, self._lease_timeout)
-        self._caps.append((self._clock.monotonic() + self._lease_timeout, min(self._begin_wall, self._top_wall)))
+        cap = min(self._begin_wall, self._top_wall)
+        if self._began_held:
+            # The pass began in a hold-off (a stall, say, the process stopped again before
+            # the other workers had beaten), which ran out while the pass stood still: the
+            # leases that lapsed since that hold-off's cause began are not yet theirs to have
+            # renewed (a live worker's job was taken back, 3 runs in 3).
+            cap = min(cap, self._hold_wall)
+        self._caps.append((self._clock.monotonic() + self._lease_timeout, cap))
 
     def _capped(self, wall: float) -> float:
         """`wall`, or the oldest cap's wall time if earlier (see `_caps`)."""

@@ -309,10 +309,90 @@ def test_a_stall_at_the_top_of_a_housekeeping_pass_takes_no_lease_the_stall_let_
         assert repository.beat_at(clock.time())
     # then the manager found its pass long, and took back no lease that lapsed in it
     assert repository.recovered.wait(10)
-    assert [r.message for r in caplog.records if "housekeeping took" in r.message], caplog.records
+    assert [r for r in caplog.records if "housekeeping took" in r.getMessage()], caplog.records
     row = repository.get_without_args(job_id)
     assert row is not None and (row.status, row.worker_id, row.attempts) == (JobStatus.RUNNING, "elsewhere:1:live", 1)
     assert repository.walls and max(repository.walls) < clock.time() - LEASE and not ran
+
+
+@pytest.mark.parametrize("where", ["right after its real time", "after its timeouts"])
+def test_a_second_stall_inside_a_pass_before_the_others_beat_takes_no_lease_the_first_let_lapse(
+        tmp_path: Any, make_manager: Any, monkeypatch: Any, caplog: Any, where: str) -> None:
+    # given a started manager on a fake clock, its housekeeper's real time faked too (a
+    # stall moves both), past the hold-off of its start, and a job a worker of another
+    # process runs, its lease renewed until the stalls below stop both processes
+    from jobcore import lease_timing
+    real = [1000.0]
+    second: list[float] = []  # [0.0]: the second stall armed; then the wall time it began at
+
+    def stall_again() -> None:
+        second[0] = clock.time()
+        clock.advance(1.5 * LEASE)
+        real[0] += 1.5 * LEASE
+
+    def real_time() -> float:
+        read = real[0]
+        if where == "right after its real time" and second == [0.0]:  # (the top of the next pass)
+            stall_again()
+        return read
+
+    monkeypatch.setattr(lease_timing, "real_monotonic", real_time)
+    clock = FakeClock()
+    repository = RecoveryWatched(str(tmp_path / "jobs.db"))
+    manager: JobManager = make_manager(repository, lease_timeout=LEASE, poll_interval=1.0, clock=clock)
+    ran: list[int] = []
+    manager.register_function("work", lambda: ran.append(1))
+    job_id = manager.enqueue(Job(function_name="work", max_retries=3))
+    assert repository.claim(job_id, "elsewhere:1:live", clock.time(), clock.time() + LEASE) is not None
+    pool = manager._pool
+    time_out_overdue = pool.time_out_overdue
+
+    def stalled_at_the_top(now: float) -> Any:
+        if where == "after its timeouts" and second == [0.0]:  # (the top of the next pass)
+            stall_again()
+        return time_out_overdue(now)
+
+    pool.time_out_overdue = stalled_at_the_top  # type: ignore[method-assign]
+    housekeeper = manager._housekeeper
+    sleep, asleep = housekeeper._sleep, threading.Event()
+
+    def watched_sleep(*args: Any) -> bool:  # (between passes: a stall then makes the next beat late)
+        asleep.set()
+        try:
+            return sleep(*args)
+        finally:
+            asleep.clear()
+
+    housekeeper._sleep = watched_sleep  # type: ignore[method-assign]
+    caplog.set_level(logging.WARNING, logger="jobcore.housekeeper")
+    manager.start()
+    assert repository.looping.wait(10)
+    for _ in range(int(LEASE) + 1):  # (an advance over 1 s while timers are set up reads as a jump)
+        assert repository.heartbeat("elsewhere:1:live", [job_id], clock.time() + LEASE, clock.time()) == []
+        clock.advance(1.0)
+        assert repository.beat_at(clock.time())
+    # when the whole machine stalls for 1.5 leases while the housekeeper sleeps (the
+    # worker's lease lapses; the manager finds its beat late and holds recovery off)
+    wait_until(asleep.is_set, 10, "the housekeeper to sleep")
+    clock.advance(1.5 * LEASE)
+    real[0] += 1.5 * LEASE
+    wait_until(lambda: any("stalled" in r.getMessage() for r in caplog.records), 10, f"the stall to be noted")
+    # and again, for as long, at the top of its next pass, before the worker has beaten
+    # (the hold-off runs out meanwhile)
+    wait_until(asleep.is_set, 10, "the housekeeper to sleep")
+    second.append(0.0)
+    clock.advance(1.0)
+    wait_until(lambda: second[0] > 0, 10, "the second stall")
+    walls = len(repository.walls)
+    for _ in range(3):  # (a few passes, recoveries among them)
+        clock.advance(1.0)
+        assert repository.beat_at(clock.time())
+    wait_until(lambda: len(repository.walls) > walls, 10, "a recovery after the second stall")
+    # then the manager took back no lease that lapsed in the first stall: the worker
+    # still has its job (it was taken back and run again here)
+    row = repository.get_without_args(job_id)
+    assert row is not None and (row.status, row.worker_id, row.attempts) == (JobStatus.RUNNING, "elsewhere:1:live", 1)
+    assert not ran and max(repository.walls) < second[0]
 
 
 STALL_JOBS = textwrap.dedent("""
