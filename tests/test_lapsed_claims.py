@@ -271,6 +271,32 @@ class RecoveryWatched(Watched):
         return recovery
 
 
+LIVE = "elsewhere:1:live"  # a worker of another process, live (stopped with this one at most)
+
+
+def a_job_a_live_worker_elsewhere_runs(tmp_path: Any, make_manager: Any,
+                                       clock: FakeClock) -> tuple[RecoveryWatched, JobManager, str, list[int]]:
+    """A manager on `clock` (not started) and a job that LIVE claimed for a lease: the
+    repository, the manager, the job's id, and the runs of the job here (none, if all goes well)."""
+    repository = RecoveryWatched(str(tmp_path / "jobs.db"))
+    manager: JobManager = make_manager(repository, lease_timeout=LEASE, poll_interval=1.0, clock=clock)
+    ran: list[int] = []
+    manager.register_function("work", lambda: ran.append(1))
+    job_id = manager.enqueue(Job(function_name="work", max_retries=3))
+    assert repository.claim(job_id, LIVE, clock.time(), clock.time() + LEASE) is not None
+    return repository, manager, job_id, ran
+
+
+def renewed_second_by_second(repository: RecoveryWatched, clock: FakeClock, job_id: str, seconds: int) -> None:
+    """LIVE renews its lease, then the clock moves a second on and the started manager
+    beats, `seconds` times. (An advance over 1 s while the housekeeper sets its timers up
+    reads as a jump to it.)"""
+    for _ in range(seconds):
+        assert repository.heartbeat(LIVE, [job_id], clock.time() + LEASE, clock.time()) == []
+        clock.advance(1.0)
+        assert repository.beat_at(clock.time())
+
+
 def test_a_stall_at_the_top_of_a_housekeeping_pass_takes_no_lease_the_stall_let_lapse(
         tmp_path: Any, make_manager: Any, monkeypatch: Any, caplog: Any) -> None:
     # given a started manager on a fake clock, its housekeeper's real time faked too (a
@@ -280,12 +306,7 @@ def test_a_stall_at_the_top_of_a_housekeeping_pass_takes_no_lease_the_stall_let_
     real = [1000.0]
     monkeypatch.setattr(lease_timing, "real_monotonic", lambda: real[0])
     clock = FakeClock()
-    repository = RecoveryWatched(str(tmp_path / "jobs.db"))
-    manager: JobManager = make_manager(repository, lease_timeout=LEASE, poll_interval=1.0, clock=clock)
-    ran: list[int] = []
-    manager.register_function("work", lambda: ran.append(1))
-    job_id = manager.enqueue(Job(function_name="work", max_retries=3))
-    assert repository.claim(job_id, "elsewhere:1:live", clock.time(), clock.time() + LEASE) is not None
+    repository, manager, job_id, ran = a_job_a_live_worker_elsewhere_runs(tmp_path, make_manager, clock)
     start = clock.monotonic()
     pool = manager._pool
     time_out_overdue = pool.time_out_overdue
@@ -303,15 +324,12 @@ def test_a_stall_at_the_top_of_a_housekeeping_pass_takes_no_lease_the_stall_let_
     caplog.set_level(logging.WARNING, logger="jobcore.housekeeper")
     manager.start()
     assert repository.looping.wait(10)
-    for _ in range(int(LEASE)):  # (an advance over 1 s while timers are set up reads as a jump)
-        assert repository.heartbeat("elsewhere:1:live", [job_id], clock.time() + LEASE, clock.time()) == []
-        clock.advance(1.0)
-        assert repository.beat_at(clock.time())
+    renewed_second_by_second(repository, clock, job_id, int(LEASE))
     # then the manager found its pass long, and took back no lease that lapsed in it
     assert repository.recovered.wait(10)
     assert [r for r in caplog.records if "housekeeping took" in r.getMessage()], caplog.records
     row = repository.get_without_args(job_id)
-    assert row is not None and (row.status, row.worker_id, row.attempts) == (JobStatus.RUNNING, "elsewhere:1:live", 1)
+    assert row is not None and (row.status, row.worker_id, row.attempts) == (JobStatus.RUNNING, LIVE, 1)
     assert repository.walls and max(repository.walls) < clock.time() - LEASE and not ran
 
 
@@ -338,12 +356,7 @@ def test_a_second_stall_inside_a_pass_before_the_others_beat_takes_no_lease_the_
 
     monkeypatch.setattr(lease_timing, "real_monotonic", real_time)
     clock = FakeClock()
-    repository = RecoveryWatched(str(tmp_path / "jobs.db"))
-    manager: JobManager = make_manager(repository, lease_timeout=LEASE, poll_interval=1.0, clock=clock)
-    ran: list[int] = []
-    manager.register_function("work", lambda: ran.append(1))
-    job_id = manager.enqueue(Job(function_name="work", max_retries=3))
-    assert repository.claim(job_id, "elsewhere:1:live", clock.time(), clock.time() + LEASE) is not None
+    repository, manager, job_id, ran = a_job_a_live_worker_elsewhere_runs(tmp_path, make_manager, clock)
     pool = manager._pool
     time_out_overdue = pool.time_out_overdue
 
@@ -367,10 +380,7 @@ def test_a_second_stall_inside_a_pass_before_the_others_beat_takes_no_lease_the_
     caplog.set_level(logging.WARNING, logger="jobcore.housekeeper")
     manager.start()
     assert repository.looping.wait(10)
-    for _ in range(int(LEASE) + 1):  # (an advance over 1 s while timers are set up reads as a jump)
-        assert repository.heartbeat("elsewhere:1:live", [job_id], clock.time() + LEASE, clock.time()) == []
-        clock.advance(1.0)
-        assert repository.beat_at(clock.time())
+    renewed_second_by_second(repository, clock, job_id, int(LEASE) + 1)
     # when the whole machine stalls for 1.5 leases while the housekeeper sleeps (the
     # worker's lease lapses; the manager finds its beat late and holds recovery off)
     wait_until(asleep.is_set, 10, "the housekeeper to sleep")
@@ -391,7 +401,7 @@ def test_a_second_stall_inside_a_pass_before_the_others_beat_takes_no_lease_the_
     # then the manager took back no lease that lapsed in the first stall: the worker
     # still has its job (it was taken back and run again here)
     row = repository.get_without_args(job_id)
-    assert row is not None and (row.status, row.worker_id, row.attempts) == (JobStatus.RUNNING, "elsewhere:1:live", 1)
+    assert row is not None and (row.status, row.worker_id, row.attempts) == (JobStatus.RUNNING, LIVE, 1)
     assert not ran and max(repository.walls) < second[0]
 
 

@@ -902,23 +902,11 @@ def test_outcomes_ended_in_two_statements_wait_on_no_insert_of_their_dependents_
         assert repo.claim(job.id, "w1", NOW, NOW + 30) is not None
     outcomes = [Settlement("complete", later.id, 1),
                 Settlement("fail", earlier.id, 1, error="e", error_type="ValueError", traceback="tb")]
-    applied: list[Any] = []
-    with psycopg.connect(schema.server) as inserter, psycopg.connect(schema.server, autocommit=True) as watch:
-        inserter.execute("SET deadlock_timeout = '20ms'")  # (this side would find a cycle first)
-        lock = f'SELECT 1 FROM "{schema.name}".jobs WHERE id = %s FOR KEY SHARE'
-        inserter.execute(lock, (earlier.id,))
-        # when the outcomes are applied in one transaction, completion first, and wait
-        exchange = threading.Thread(target=lambda: applied.append(repo.apply(outcomes, [], "w1", NOW + 1, NOW + 31)),
-                                    name="exchange")
-        exchange.start()
-        _wait_until_blocked_by(watch, inserter.info.backend_pid, exchange)
-        # then the insert's lock on the later job is not held up behind them: they hold
-        # no lock yet (the completion locked the later job first, then waited for the
-        # earlier: a deadlock the server broke only after deadlock_timeout)
-        inserter.execute(lock, (later.id,))
-        inserter.commit()
-        exchange.join(WAIT)
-    assert applied and not exchange.is_alive()
+    # when the outcomes are applied in one transaction, completion first, and wait; then
+    # the insert's lock on the later job is not held up behind them: they hold no lock
+    # yet (the completion locked the later job first, then waited for the earlier: a
+    # deadlock the server broke only after deadlock_timeout)
+    _applied_while_an_insert_locks(repo, schema, outcomes, earlier.id, later.id)
     assert [repo.get(job.id).status for job in (earlier, later)] == [JobStatus.FAILED, JobStatus.COMPLETED]
 
 
@@ -938,24 +926,33 @@ def test_dependents_that_two_failures_cancel_wait_on_no_insert_depending_on_them
         assert repo.claim(job.id, "w1", NOW, NOW + 30) is not None
     outcomes = [Settlement("fail", job.id, 1, error="e", error_type="ValueError", traceback="tb")
                 for job in (first, second)]
+    # when both fail for good in one transaction, their dependents cancelled; then the
+    # insert's lock on the other dependent is not held up behind them (the first
+    # failure's cascade locked it, then the second's waited: a deadlock)
+    _applied_while_an_insert_locks(repo, schema, outcomes, of_second.id, of_first.id)
+    assert [repo.get(job.id).status for job in (first, second, of_first, of_second)] == [
+        JobStatus.FAILED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.CANCELLED]
+
+
+def _applied_while_an_insert_locks(repo: "PostgresRepository", schema: Schema, outcomes: list[Settlement],
+                                   held: str, then: str) -> None:
+    """Apply `outcomes` (worker "w1") while another connection, inserting a dependent, holds
+    `FOR KEY SHARE` on job `held`; once the apply waits for it, take the same lock on job
+    `then` (it must not wait for the apply, with a 20 ms `deadlock_timeout` on its side to
+    find a cycle first), commit, and see the apply end."""
     applied: list[Any] = []
     with psycopg.connect(schema.server) as inserter, psycopg.connect(schema.server, autocommit=True) as watch:
-        inserter.execute("SET deadlock_timeout = '20ms'")  # (this side would find a cycle first)
+        inserter.execute("SET deadlock_timeout = '20ms'")
         lock = f'SELECT 1 FROM "{schema.name}".jobs WHERE id = %s FOR KEY SHARE'
-        inserter.execute(lock, (of_second.id,))
-        # when both fail for good in one transaction, and their dependents are cancelled
+        inserter.execute(lock, (held,))
         exchange = threading.Thread(target=lambda: applied.append(repo.apply(outcomes, [], "w1", NOW + 1, NOW + 31)),
                                     name="exchange")
         exchange.start()
         _wait_until_blocked_by(watch, inserter.info.backend_pid, exchange)
-        # then the insert's lock on the other dependent is not held up behind them (the
-        # first failure's cascade locked it, then the second's waited: a deadlock)
-        inserter.execute(lock, (of_first.id,))
+        inserter.execute(lock, (then,))
         inserter.commit()
         exchange.join(WAIT)
     assert applied and not exchange.is_alive()
-    assert [repo.get(job.id).status for job in (first, second, of_first, of_second)] == [
-        JobStatus.FAILED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.CANCELLED]
 
 
 def _wait_until_blocked_by(watch: Any, pid: int, thread: threading.Thread) -> None:
