@@ -218,7 +218,7 @@ class LeaseTiming:
         logger.warning("wall clock jumped by %+.1fs; renewing leases before any recovery", drift)
         self._offset += drift
         self.next_beat = now  # due in this pass (at its top) or the next
-        self._hold(after, after + self._lease_timeout, -math.inf)  # (no wall time before the jump holds)
+        self._hold_wall = -math.inf  # (no wall time from before the jump holds)
         self._held_until = self.next_recover = after + self._lease_timeout
         # The dispatcher sleeps real seconds until the next timer's wall time: after
         # a jump forward (a resume from suspend, NTP) that timer is due sooner.

@@ -52,7 +52,10 @@ def settle_all(sql: Statements, tx: Tx, settlements: Sequence[Settlement], encod
         tx.cur.executemany(sql.INSERT_LOG, lines)
     if progress is not None:
         store_progress(sql, tx, settlements, progress, worker_id)
-    if _ending_statements(settlements) > 1:  # (locked in `seq` order first: see LOCK_HELD)
+    # Ended in more than one statement (below: a run of completions, a run of failed
+    # attempts, or any other settlement, each one): locked in `seq` order first (LOCK_HELD).
+    if len({"failed" if s.kind in _FAILED else s.kind if s.kind == "complete" else s.job_id
+            for s in settlements}) > 1:
         tx.execute(sql.LOCK_HELD, (sorted({s.job_id for s in settlements}), worker_id))
     cascades: list[Optional[Cascade]] = []
     start = 0
@@ -76,17 +79,6 @@ def settle_all(sql: Statements, tx: Tx, settlements: Sequence[Settlement], encod
 
 
 _FAILED = ("retry", "fail")  # the kinds of settlement `fail_many` records
-
-
-def _ending_statements(settlements: Sequence[Settlement]) -> int:
-    """How many statements `settle_all` ends `settlements`' jobs in: one per run of
-    completions, one per run of failed attempts, one per other settlement."""
-    count, previous = 0, ""
-    for s in settlements:
-        group = "complete" if s.kind == "complete" else "failed" if s.kind in _FAILED else ""
-        count += not group or group != previous
-        previous = group
-    return count
 
 
 def fail_many(sql: Statements, tx: Tx, settlements: Sequence[Settlement], worker_id: str,
